@@ -1,0 +1,112 @@
+//! Types shared by the kernel programs (`claude-ebpf`) and user space (`claude-watch`).
+//!
+//! The kernel sends one [`EventHeader`] followed by `captured` bytes of the buffer head for
+//! every TLS write or read that begins an HTTP/1.x request or response (or continues one the
+//! kernel saw start in pieces). Everything else stays in the kernel and is only counted.
+#![no_std]
+
+/// Bytes of a buffer's head copied out of the kernel at most: room for a request line and
+/// headers plus the start of a JSON body, or a status line and headers. A power of two so the
+/// kernel can bound lengths with a mask.
+pub const HEAD_MAX: usize = 4096;
+
+/// A read shorter than this that starts (or continues) a response head makes the kernel
+/// forward the next read on the same connection too: the status line arrived in pieces.
+pub const SHORT_HEAD: u32 = 64;
+
+/// Direction of a captured buffer.
+pub mod direction {
+    /// Written by the client with `SSL_write`/`SSL_write_ex`: a request.
+    pub const WRITE: u32 = 1;
+    /// Read by the client with `SSL_read`/`SSL_read_ex`: a response.
+    pub const READ: u32 = 2;
+}
+
+/// Bits of [`EventHeader::flags`].
+pub mod flags {
+    /// The buffer continues a head the kernel forwarded earlier on this connection (it does
+    /// not begin with a request or status line itself).
+    pub const CONTINUATION: u32 = 1;
+}
+
+/// Indices into the per-CPU `STATS` array map.
+pub mod stats {
+    /// Events dropped because the ring buffer was full.
+    pub const LOST: u32 = 0;
+    /// Events sent to user space.
+    pub const SENT: u32 = 1;
+    /// TLS buffers that were not HTTP/1.x heads and stayed in the kernel.
+    pub const SKIPPED: u32 = 2;
+    /// Reads whose entry arguments were missing at return (table full or probe attached late).
+    pub const ORPHAN_RETURNS: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+}
+
+/// Fixed header of every ring-buffer record; `captured` head bytes follow it directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// `bpf_ktime_get_ns()` at the probe: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// The `SSL *` of the call: identifies the TLS connection within the process.
+    pub conn: u64,
+    /// Process id (thread group id) of the caller.
+    pub pid: u32,
+    /// Thread id of the caller.
+    pub tid: u32,
+    /// Bytes the call wrote or returned in all.
+    pub len: u32,
+    /// Bytes of the buffer head that follow this header (at most [`HEAD_MAX`]).
+    pub captured: u32,
+    /// [`direction::WRITE`] or [`direction::READ`].
+    pub direction: u32,
+    /// Bits from [`flags`].
+    pub flags: u32,
+}
+
+/// Size of [`EventHeader`] in bytes.
+pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
+
+/// Kernel-side scratch record: header plus the largest head. Lives in a per-CPU array because
+/// it is too large for the 512-byte eBPF stack.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EventBuf {
+    /// The header sent first.
+    pub header: EventHeader,
+    /// The head bytes; only `header.captured` of them are sent.
+    pub head: [u8; HEAD_MAX],
+}
+
+/// Arguments of an `SSL_read`/`SSL_read_ex` call kept from entry to return, per thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadArgs {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// The destination buffer.
+    pub buf: u64,
+    /// `SSL_read_ex`'s `size_t *readbytes`, or 0 for `SSL_read`.
+    pub readbytes: u64,
+}
+
+/// Key of the continuation map: one direction of one TLS connection of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnKey {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// Process id.
+    pub pid: u32,
+    /// The direction whose next buffer is awaited ([`direction::WRITE`] or [`direction::READ`]).
+    pub direction: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `repr(C)` integer structs without padding.
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::ReadArgs {}
+    unsafe impl aya::Pod for super::ConnKey {}
+}

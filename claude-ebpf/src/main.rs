@@ -1,0 +1,260 @@
+//! Uprobes on the TLS library's write and read functions.
+//!
+//! The kernel side stays thin: it looks at the first bytes of each plaintext buffer and forwards
+//! only those that begin an HTTP/1.x request or response (a bounded head, never a body), plus
+//! the next buffer of a connection whose head arrived in pieces. Everything else is counted and
+//! dropped here, so streamed response bodies cost one 8-byte read per `SSL_read`.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
+    macros::{map, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext},
+};
+use claude_ebpf_common::{
+    ConnKey, EventBuf, EventHeader, HEAD_MAX, HEADER_LEN, ReadArgs, SHORT_HEAD, direction, flags,
+    stats,
+};
+
+/// Records for user space. User space may resize it at load time.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// `SSL_read`/`SSL_read_ex` arguments from entry to return, keyed by pid_tgid.
+#[map]
+static READ_ARGS: HashMap<u64, ReadArgs> = HashMap::with_max_entries(16384, 0);
+
+/// Connections whose next buffer in one direction continues a forwarded head.
+#[map]
+static CONT: LruHashMap<ConnKey, u32> = LruHashMap::with_max_entries(8192, 0);
+
+/// Per-CPU room to assemble a record before it is copied to the ring buffer.
+#[map]
+static SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// Counters, see [`stats`].
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// `SSL_write(SSL *ssl, const void *buf, int num)`.
+#[uprobe]
+pub fn ssl_write(ctx: ProbeContext) -> u32 {
+    if let (Some(ssl), Some(buf), Some(num)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i32>(2))
+        && num > 0
+    {
+        capture(ssl, buf, num as u32, direction::WRITE);
+    }
+    0
+}
+
+/// `SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)`.
+#[uprobe]
+pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
+    if let (Some(ssl), Some(buf), Some(num)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+        && num > 0
+    {
+        capture(ssl, buf, num.min(u64::from(u32::MAX)) as u32, direction::WRITE);
+    }
+    0
+}
+
+/// Entry of `SSL_read(SSL *ssl, void *buf, int num)`: remember where the plaintext will land.
+#[uprobe]
+pub fn ssl_read_entry(ctx: ProbeContext) -> u32 {
+    remember_read(&ctx, 0);
+    0
+}
+
+/// Entry of `SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)`.
+#[uprobe]
+pub fn ssl_read_ex_entry(ctx: ProbeContext) -> u32 {
+    let readbytes = ctx.arg::<u64>(3).unwrap_or(0);
+    if readbytes != 0 {
+        remember_read(&ctx, readbytes);
+    }
+    0
+}
+
+#[inline(always)]
+fn remember_read(ctx: &ProbeContext, readbytes: u64) {
+    if let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
+        let args = ReadArgs { ssl, buf, readbytes };
+        let _ = READ_ARGS.insert(&bpf_get_current_pid_tgid(), &args, 0);
+    }
+}
+
+/// Return of `SSL_read`: the result is the number of bytes read, or <= 0.
+#[uretprobe]
+pub fn ssl_read_return(ctx: RetProbeContext) -> u32 {
+    if let Some(args) = take_read() {
+        let ret: i32 = ctx.ret();
+        if ret > 0 {
+            capture(args.ssl, args.buf, ret as u32, direction::READ);
+        }
+    }
+    0
+}
+
+/// Return of `SSL_read_ex`: 1 on success with the count in `*readbytes`.
+#[uretprobe]
+pub fn ssl_read_ex_return(ctx: RetProbeContext) -> u32 {
+    if let Some(args) = take_read() {
+        let ret: i32 = ctx.ret();
+        if ret == 1 {
+            // SAFETY: reads user memory through the helper, which checks the access.
+            let read = unsafe { bpf_probe_read_user(args.readbytes as *const u64) }.unwrap_or(0);
+            if read > 0 {
+                capture(args.ssl, args.buf, read.min(u64::from(u32::MAX)) as u32, direction::READ);
+            }
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn take_read() -> Option<ReadArgs> {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let args = unsafe { READ_ARGS.get(&key) }.copied();
+    if args.is_some() {
+        let _ = READ_ARGS.remove(&key);
+    } else {
+        bump(stats::ORPHAN_RETURNS);
+    }
+    args
+}
+
+/// Methods whose first four bytes open a request line.
+const METHODS: [[u8; 4]; 7] =
+    [*b"GET ", *b"POST", *b"PUT ", *b"HEAD", *b"DELE", *b"PATC", *b"OPTI"];
+
+/// What the first bytes of a buffer say.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Begins a request or status line.
+    Head,
+    /// Anything else.
+    Other,
+}
+
+#[inline(always)]
+fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
+    let mut prefix = [0u8; 8];
+    let n = if len < 8 { len as usize } else { 8 };
+    let Some(dst) = prefix.get_mut(..n) else { return };
+    // SAFETY: the helper checks the user access.
+    if unsafe { bpf_probe_read_user_buf(buf as *const u8, dst) }.is_err() {
+        return;
+    }
+    let start = if dir == direction::WRITE {
+        if n >= 4 && METHODS.iter().any(|m| prefix[..4] == m[..]) { Start::Head } else { Start::Other }
+    } else if starts_status(&prefix, n) {
+        Start::Head
+    } else {
+        Start::Other
+    };
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = ConnKey { ssl, pid, direction: dir };
+    let mut event_flags = 0;
+    match start {
+        Start::Head => {}
+        Start::Other => {
+            // SAFETY: the value is only tested for presence.
+            if unsafe { CONT.get(&key) }.is_none() {
+                bump(stats::SKIPPED);
+                return;
+            }
+            let _ = CONT.remove(&key);
+            event_flags = flags::CONTINUATION;
+        }
+    }
+    if dir == direction::READ && len < SHORT_HEAD {
+        // The status line or headers may be split: forward the next read too.
+        let _ = CONT.insert(&key, &1, 0);
+    } else if dir == direction::WRITE && start == Start::Head && prefix[0] == b'P' && ends_headers(buf, len) {
+        // Headers written alone (node's http): the body, with the model, follows.
+        let _ = CONT.insert(&key, &1, 0);
+    }
+    emit(ssl, buf, len, dir, event_flags);
+}
+
+/// Whether the first `n` bytes match `HTTP/1.` (all of it, or all there is of a short read).
+#[inline(always)]
+fn starts_status(prefix: &[u8; 8], n: usize) -> bool {
+    const STATUS: &[u8; 7] = b"HTTP/1.";
+    let m = if n < 7 { n } else { 7 };
+    let mut i = 0;
+    while i < 7 {
+        if i < m && prefix[i] != STATUS[i] {
+            return false;
+        }
+        i += 1;
+    }
+    m > 0
+}
+
+/// Whether a buffer of `len <= HEAD_MAX` bytes ends with the blank line closing the headers.
+#[inline(always)]
+fn ends_headers(buf: u64, len: u32) -> bool {
+    if len < 4 || len as usize > HEAD_MAX {
+        return false;
+    }
+    // SAFETY: the helper checks the user access.
+    let tail = unsafe { bpf_probe_read_user((buf + u64::from(len) - 4) as *const [u8; 4]) };
+    matches!(tail, Ok(t) if t == *b"\r\n\r\n")
+}
+
+#[inline(always)]
+fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32) {
+    let Some(record) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU scratch slot, used by one program at a time on this CPU.
+    let record = unsafe { &mut *record };
+    let cap = if len as usize > HEAD_MAX { HEAD_MAX } else { len as usize };
+    let Some(dst) = record.head.get_mut(..cap) else { return };
+    // SAFETY: the helper checks the user access.
+    if unsafe { bpf_probe_read_user_buf(buf as *const u8, dst) }.is_err() {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    record.header = EventHeader {
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        conn: ssl,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        len,
+        captured: cap as u32,
+        direction: dir,
+        flags: event_flags,
+    };
+    let total = HEADER_LEN + cap;
+    // SAFETY: `total` is at most the size of `EventBuf`.
+    let bytes = unsafe { core::slice::from_raw_parts((record as *const EventBuf).cast::<u8>(), total) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_ok() {
+        bump(stats::SENT);
+    } else {
+        bump(stats::LOST);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,25 @@
+//! Builds the eBPF programs (`claude-ebpf`) for the BPF target and leaves the object in
+//! `OUT_DIR`, where `capture::loader` embeds it. Needs `bpf-linker` and nightly `rust-src`
+//! (`cargo xtask setup` installs both).
+use anyhow::{Context as _, anyhow};
+use aya_build::Toolchain;
+
+fn main() -> anyhow::Result<()> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("reading the workspace metadata")?;
+    let ebpf = metadata
+        .packages
+        .into_iter()
+        .find(|p| p.name.as_str() == "claude-ebpf")
+        .ok_or_else(|| anyhow!("claude-ebpf package not found in the workspace"))?;
+    let root = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    aya_build::build_ebpf(
+        [aya_build::Package { name: ebpf.name.as_str(), root_dir: root.as_str(), ..Default::default() }],
+        Toolchain::default(),
+    )
+}

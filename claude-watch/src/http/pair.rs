@@ -1,0 +1,1 @@
+//! Pairs responses with requests per connection.

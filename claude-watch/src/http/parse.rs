@@ -1,0 +1,1 @@
+//! Pure parsers for HTTP/1.x heads.
