@@ -5,7 +5,8 @@
 //! kernel saw start in pieces). Everything else stays in the kernel and is only counted.
 #![no_std]
 
-/// Bytes of a buffer's head copied out of the kernel at most: room for a request line and
+/// Size of the head area; the kernel copies at most `HEAD_MAX - 1` bytes of a buffer (so one
+/// mask bounds every length for the verifier): room for a request line and
 /// headers plus the start of a JSON body, or a status line and headers. A power of two so the
 /// kernel can bound lengths with a mask.
 pub const HEAD_MAX: usize = 4096;
@@ -57,7 +58,7 @@ pub struct EventHeader {
     pub tid: u32,
     /// Bytes the call wrote or returned in all.
     pub len: u32,
-    /// Bytes of the buffer head that follow this header (at most [`HEAD_MAX`]).
+    /// Bytes of the buffer head that follow this header (less than [`HEAD_MAX`]).
     pub captured: u32,
     /// [`direction::WRITE`] or [`direction::READ`].
     pub direction: u32,

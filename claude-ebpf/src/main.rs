@@ -7,10 +7,11 @@
 #![no_std]
 #![no_main]
 
+use core::ffi::c_void;
+use core::hint::black_box;
+
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated as raw},
     macros::{map, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
@@ -51,7 +52,8 @@ fn bump(index: u32) {
 /// `SSL_write(SSL *ssl, const void *buf, int num)`.
 #[uprobe]
 pub fn ssl_write(ctx: ProbeContext) -> u32 {
-    if let (Some(ssl), Some(buf), Some(num)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i32>(2))
+    if let (Some(ssl), Some(buf), Some(num)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i32>(2))
         && num > 0
     {
         capture(ssl, buf, num as u32, direction::WRITE);
@@ -62,10 +64,16 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
 /// `SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)`.
 #[uprobe]
 pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
-    if let (Some(ssl), Some(buf), Some(num)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    if let (Some(ssl), Some(buf), Some(num)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
         && num > 0
     {
-        capture(ssl, buf, num.min(u64::from(u32::MAX)) as u32, direction::WRITE);
+        capture(
+            ssl,
+            buf,
+            num.min(u64::from(u32::MAX)) as u32,
+            direction::WRITE,
+        );
     }
     0
 }
@@ -90,7 +98,11 @@ pub fn ssl_read_ex_entry(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn remember_read(ctx: &ProbeContext, readbytes: u64) {
     if let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
-        let args = ReadArgs { ssl, buf, readbytes };
+        let args = ReadArgs {
+            ssl,
+            buf,
+            readbytes,
+        };
         let _ = READ_ARGS.insert(&bpf_get_current_pid_tgid(), &args, 0);
     }
 }
@@ -116,7 +128,12 @@ pub fn ssl_read_ex_return(ctx: RetProbeContext) -> u32 {
             // SAFETY: reads user memory through the helper, which checks the access.
             let read = unsafe { bpf_probe_read_user(args.readbytes as *const u64) }.unwrap_or(0);
             if read > 0 {
-                capture(args.ssl, args.buf, read.min(u64::from(u32::MAX)) as u32, direction::READ);
+                capture(
+                    args.ssl,
+                    args.buf,
+                    read.min(u64::from(u32::MAX)) as u32,
+                    direction::READ,
+                );
             }
         }
     }
@@ -137,8 +154,9 @@ fn take_read() -> Option<ReadArgs> {
 }
 
 /// Methods whose first four bytes open a request line.
-const METHODS: [[u8; 4]; 7] =
-    [*b"GET ", *b"POST", *b"PUT ", *b"HEAD", *b"DELE", *b"PATC", *b"OPTI"];
+const METHODS: [[u8; 4]; 7] = [
+    *b"GET ", *b"POST", *b"PUT ", *b"HEAD", *b"DELE", *b"PATC", *b"OPTI",
+];
 
 /// What the first bytes of a buffer say.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -152,21 +170,43 @@ enum Start {
 #[inline(always)]
 fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
     let mut prefix = [0u8; 8];
-    let n = if len < 8 { len as usize } else { 8 };
-    let Some(dst) = prefix.get_mut(..n) else { return };
-    // SAFETY: the helper checks the user access.
-    if unsafe { bpf_probe_read_user_buf(buf as *const u8, dst) }.is_err() {
-        return;
-    }
+    let n = if len >= 8 {
+        // SAFETY: the helper checks the user access.
+        match unsafe { bpf_probe_read_user(buf as *const [u8; 8]) } {
+            Ok(bytes) => prefix = bytes,
+            Err(_) => return,
+        }
+        8
+    } else {
+        // The mask (kept by `black_box` from being optimised away) bounds the size for the
+        // verifier.
+        let n = black_box(len as usize) & 7;
+        // SAFETY: `n` <= 7 < prefix.len(); the helper checks the user access.
+        if unsafe {
+            raw::bpf_probe_read_user(prefix.as_mut_ptr().cast(), n as u32, buf as *const c_void)
+        } != 0
+        {
+            return;
+        }
+        n
+    };
     let start = if dir == direction::WRITE {
-        if n >= 4 && METHODS.iter().any(|m| prefix[..4] == m[..]) { Start::Head } else { Start::Other }
+        if n >= 4 && METHODS.iter().any(|m| prefix[..4] == m[..]) {
+            Start::Head
+        } else {
+            Start::Other
+        }
     } else if starts_status(&prefix, n) {
         Start::Head
     } else {
         Start::Other
     };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = ConnKey { ssl, pid, direction: dir };
+    let key = ConnKey {
+        ssl,
+        pid,
+        direction: dir,
+    };
     let mut event_flags = 0;
     match start {
         Start::Head => {}
@@ -183,7 +223,11 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
     if dir == direction::READ && len < SHORT_HEAD {
         // The status line or headers may be split: forward the next read too.
         let _ = CONT.insert(&key, &1, 0);
-    } else if dir == direction::WRITE && start == Start::Head && prefix[0] == b'P' && ends_headers(buf, len) {
+    } else if dir == direction::WRITE
+        && start == Start::Head
+        && prefix[0] == b'P'
+        && ends_headers(buf, len)
+    {
         // Headers written alone (node's http): the body, with the model, follows.
         let _ = CONT.insert(&key, &1, 0);
     }
@@ -218,13 +262,21 @@ fn ends_headers(buf: u64, len: u32) -> bool {
 
 #[inline(always)]
 fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32) {
-    let Some(record) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU scratch slot, used by one program at a time on this CPU.
     let record = unsafe { &mut *record };
-    let cap = if len as usize > HEAD_MAX { HEAD_MAX } else { len as usize };
-    let Some(dst) = record.head.get_mut(..cap) else { return };
-    // SAFETY: the helper checks the user access.
-    if unsafe { bpf_probe_read_user_buf(buf as *const u8, dst) }.is_err() {
+    // Copy at most HEAD_MAX - 1 bytes so one mask bounds every size for the verifier.
+    const MASK: usize = HEAD_MAX - 1;
+    let cap = black_box(if len as usize > MASK {
+        MASK
+    } else {
+        len as usize
+    }) & MASK;
+    let head = record.head.as_mut_ptr().cast::<c_void>();
+    // SAFETY: `cap` < HEAD_MAX = head.len(); the helper checks the user access.
+    if unsafe { raw::bpf_probe_read_user(head, cap as u32, buf as *const c_void) } != 0 {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -239,10 +291,12 @@ fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32) {
         direction: dir,
         flags: event_flags,
     };
-    let total = HEADER_LEN + cap;
-    // SAFETY: `total` is at most the size of `EventBuf`.
-    let bytes = unsafe { core::slice::from_raw_parts((record as *const EventBuf).cast::<u8>(), total) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_ok() {
+    let size = HEADER_LEN + (black_box(cap) & MASK);
+    // SAFETY: `size` is at most the size of `EventBuf`, which `record` points to.
+    let bytes =
+        unsafe { core::slice::from_raw_parts((record as *const EventBuf).cast::<u8>(), size) };
+    let ret = EVENTS.output::<[u8]>(bytes, 0);
+    if ret.is_ok() {
         bump(stats::SENT);
     } else {
         bump(stats::LOST);

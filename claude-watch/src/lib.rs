@@ -4,7 +4,9 @@
 //! The module tree follows the data:
 //! - [`capture`]: eBPF programs loaded and attached, ring-buffer records out;
 //! - [`http`]: records parsed and paired into exchanges (pure);
-//! - [`locate`]: where SSL_write/SSL_read live in a binary, with or without symbols (pure);
 //! - [`cli`]: the subcommands.
 
+pub mod capture;
+pub mod cli;
 pub mod http;
+pub mod time;

@@ -1,1 +1,399 @@
-//! Pairs responses with requests per connection.
+//! Pairs response heads with the requests written before them on the same connection.
+//!
+//! Sans-IO: [`Pairer::push`] takes one kernel record and returns the exchange it completes, if
+//! any. Per connection it keeps a short FIFO of requests awaiting their responses (HTTP/1.1
+//! answers in order) and the pieces of a status line that arrived split over several reads.
+
+use std::collections::{HashMap, VecDeque};
+
+use claude_ebpf_common::{EventHeader, HEAD_MAX, direction, flags};
+
+use super::Exchange;
+use super::parse::{Invalid, Parse, RequestHead, model_from_body, parse_request, parse_response};
+
+/// Requests remembered per connection at most (pipelining depth we accept).
+const MAX_PENDING: usize = 16;
+/// Connections remembered at most; the least recently used are forgotten beyond this.
+const MAX_CONNS: usize = 8192;
+
+/// One record from the kernel: its header and the captured head bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    /// The fixed header.
+    pub header: EventHeader,
+    /// `header.captured` bytes of the buffer's head.
+    pub head: &'a [u8],
+}
+
+/// Counters of what the pairer could not use. Bad input is counted, never fatal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PairStats {
+    /// Records that were not an HTTP/1.x head (or had a malformed first line).
+    pub invalid: u64,
+    /// Responses with no request seen before them on their connection.
+    pub unpaired_responses: u64,
+    /// Requests dropped because their connection had too many waiting.
+    pub dropped_requests: u64,
+    /// Split status lines abandoned (too long, or followed by something else).
+    pub abandoned_pieces: u64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    ts_ns: u64,
+    head: RequestHead,
+}
+
+#[derive(Debug, Default)]
+struct Conn {
+    last_seen_ns: u64,
+    requests: VecDeque<Pending>,
+    /// A status line that has begun but not ended.
+    pieces: Vec<u8>,
+}
+
+/// Turns kernel records into exchanges.
+#[derive(Debug)]
+pub struct Pairer {
+    conns: HashMap<(u32, u64), Conn>,
+    wall_minus_mono_ns: i128,
+    stats: PairStats,
+}
+
+impl Pairer {
+    /// A pairer converting monotonic timestamps to wall time with `wall_minus_mono_ns`
+    /// (CLOCK_REALTIME minus CLOCK_MONOTONIC, read once at start).
+    pub fn new(wall_minus_mono_ns: i128) -> Self {
+        Self {
+            conns: HashMap::new(),
+            wall_minus_mono_ns,
+            stats: PairStats::default(),
+        }
+    }
+
+    /// What could not be used so far.
+    pub fn stats(&self) -> PairStats {
+        self.stats
+    }
+
+    /// Forgets every connection of a process that exited.
+    pub fn forget_pid(&mut self, pid: u32) {
+        self.conns.retain(|&(p, _), _| p != pid);
+    }
+
+    /// Feeds one record; returns the exchange it completes.
+    pub fn push(&mut self, record: Record<'_>) -> Option<Exchange> {
+        let h = record.header;
+        let truncated = (h.captured as usize) < h.len as usize || h.captured as usize >= HEAD_MAX;
+        let continuation = h.flags & flags::CONTINUATION != 0;
+        if self.conns.len() >= MAX_CONNS && !self.conns.contains_key(&(h.pid, h.conn)) {
+            self.evict_oldest();
+        }
+        let conn = self.conns.entry((h.pid, h.conn)).or_default();
+        conn.last_seen_ns = h.ts_ns;
+        match h.direction {
+            direction::WRITE if continuation => {
+                // The body after a headers-only write: take the model from it.
+                if let Some(last) = conn.requests.back_mut()
+                    && last.head.headers_complete
+                    && last.head.model.is_none()
+                {
+                    last.head.model = model_from_body(record.head);
+                }
+                None
+            }
+            direction::WRITE => match parse_request(record.head, truncated) {
+                Parse::Parsed(head) => {
+                    if conn.requests.len() >= MAX_PENDING {
+                        conn.requests.pop_front();
+                        self.stats.dropped_requests += 1;
+                    }
+                    conn.requests.push_back(Pending {
+                        ts_ns: h.ts_ns,
+                        head,
+                    });
+                    None
+                }
+                Parse::Incomplete | Parse::Invalid(_) => {
+                    self.stats.invalid += 1;
+                    None
+                }
+            },
+            direction::READ => {
+                let joined;
+                let bytes = if continuation {
+                    if conn.pieces.is_empty() {
+                        // The rest of a head already parsed (or a body): nothing to add.
+                        return None;
+                    }
+                    conn.pieces.extend_from_slice(record.head);
+                    joined = std::mem::take(&mut conn.pieces);
+                    &joined[..]
+                } else {
+                    if !conn.pieces.is_empty() {
+                        conn.pieces.clear();
+                        self.stats.abandoned_pieces += 1;
+                    }
+                    record.head
+                };
+                match parse_response(bytes, truncated || bytes.len() >= HEAD_MAX) {
+                    Parse::Incomplete => {
+                        conn.pieces.extend_from_slice(bytes);
+                        None
+                    }
+                    Parse::Invalid(Invalid::LineTooLong) if continuation => {
+                        self.stats.abandoned_pieces += 1;
+                        None
+                    }
+                    Parse::Invalid(_) => {
+                        self.stats.invalid += 1;
+                        None
+                    }
+                    Parse::Parsed(resp) if resp.status < 200 => None, // 1xx: the final answer follows
+                    Parse::Parsed(resp) => {
+                        let request = conn.requests.pop_front();
+                        if request.is_none() {
+                            self.stats.unpaired_responses += 1;
+                        }
+                        let (req_ts, req) = match request {
+                            Some(p) => (Some(p.ts_ns), p.head),
+                            None => (None, RequestHead::default()),
+                        };
+                        let wall_ns = i128::from(h.ts_ns) + self.wall_minus_mono_ns;
+                        Some(Exchange {
+                            ts_ms: u64::try_from(wall_ns / 1_000_000).unwrap_or(0),
+                            mono_ns: h.ts_ns,
+                            pid: h.pid,
+                            tid: h.tid,
+                            conn: h.conn,
+                            method: (!req.method.is_empty()).then_some(req.method),
+                            path: (!req.target.is_empty()).then_some(req.target),
+                            status: resp.status,
+                            latency_ms: req_ts.map(|t| h.ts_ns.saturating_sub(t) / 1_000_000),
+                            request_id: resp.request_id,
+                            retry_after: resp.retry_after,
+                            should_retry: resp.should_retry,
+                            session_id: req.session_id,
+                            model: req.model,
+                            user_agent: req.user_agent,
+                        })
+                    }
+                }
+            }
+            _ => {
+                self.stats.invalid += 1;
+                None
+            }
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(key) = self
+            .conns
+            .iter()
+            .min_by_key(|(_, c)| c.last_seen_ns)
+            .map(|(k, _)| *k)
+        {
+            self.conns.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Feed {
+        pairer: Pairer,
+        t: u64,
+    }
+
+    impl Feed {
+        fn new() -> Self {
+            Self {
+                pairer: Pairer::new(1_700_000_000_000_000_000),
+                t: 1_000_000_000,
+            }
+        }
+
+        fn push(&mut self, conn: u64, dir: u32, fl: u32, bytes: &[u8]) -> Option<Exchange> {
+            self.push_len(conn, dir, fl, bytes, bytes.len() as u32)
+        }
+
+        fn push_len(
+            &mut self,
+            conn: u64,
+            dir: u32,
+            fl: u32,
+            bytes: &[u8],
+            len: u32,
+        ) -> Option<Exchange> {
+            self.t += 5_000_000;
+            let header = EventHeader {
+                ts_ns: self.t,
+                conn,
+                pid: 42,
+                tid: 43,
+                len,
+                captured: bytes.len() as u32,
+                direction: dir,
+                flags: fl,
+            };
+            self.pairer.push(Record {
+                header,
+                head: bytes,
+            })
+        }
+    }
+
+    const REQ: &[u8] = b"POST /v1/messages?beta=true HTTP/1.1\r\nX-Claude-Code-Session-Id: s-1\r\n\r\n{\"model\":\"claude-opus-4-8\"}";
+
+    #[test]
+    fn keep_alive_pairs_in_order() {
+        let mut f = Feed::new();
+        assert_eq!(f.push(1, direction::WRITE, 0, REQ), None);
+        assert_eq!(
+            f.push(1, direction::WRITE, 0, b"HEAD / HTTP/1.1\r\n\r\n"),
+            None
+        );
+        let first = f
+            .push(
+                1,
+                direction::READ,
+                0,
+                b"HTTP/1.1 401 Unauthorized\r\nrequest-id: req_1\r\n\r\n",
+            )
+            .unwrap();
+        assert_eq!(first.method.as_deref(), Some("POST"));
+        assert_eq!(first.path.as_deref(), Some("/v1/messages?beta=true"));
+        assert_eq!(first.status, 401);
+        assert_eq!(first.latency_ms, Some(10));
+        assert_eq!(first.session_id.as_deref(), Some("s-1"));
+        assert_eq!(first.model.as_deref(), Some("claude-opus-4-8"));
+        assert_eq!(first.request_id.as_deref(), Some("req_1"));
+        assert_eq!(first.ts_ms, 1_700_000_001_015);
+        let second = f
+            .push(1, direction::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
+            .unwrap();
+        assert_eq!(second.method.as_deref(), Some("HEAD"));
+        assert_eq!(f.pairer.stats(), PairStats::default());
+    }
+
+    #[test]
+    fn connections_are_separate() {
+        let mut f = Feed::new();
+        f.push(1, direction::WRITE, 0, b"GET /a HTTP/1.1\r\n\r\n");
+        f.push(2, direction::WRITE, 0, b"GET /b HTTP/1.1\r\n\r\n");
+        let b = f
+            .push(
+                2,
+                direction::READ,
+                0,
+                b"HTTP/1.1 429 Too Many Requests\r\n\r\n",
+            )
+            .unwrap();
+        assert_eq!((b.path.as_deref(), b.status), (Some("/b"), 429));
+        let a = f
+            .push(1, direction::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
+            .unwrap();
+        assert_eq!(a.path.as_deref(), Some("/a"));
+    }
+
+    #[test]
+    fn status_line_in_pieces() {
+        let mut f = Feed::new();
+        f.push(1, direction::WRITE, 0, b"GET /x HTTP/1.1\r\n\r\n");
+        assert_eq!(f.push(1, direction::READ, 0, b"HT"), None);
+        assert_eq!(
+            f.push(1, direction::READ, flags::CONTINUATION, b"TP/1.1 4"),
+            None
+        );
+        let ex = f
+            .push(
+                1,
+                direction::READ,
+                flags::CONTINUATION,
+                b"01 Unauthorized\r\nrequest-id: req_9\r\n\r\n",
+            )
+            .unwrap();
+        assert_eq!((ex.status, ex.request_id.as_deref()), (401, Some("req_9")));
+        // A later continuation without pieces (the rest of a body) adds nothing.
+        assert_eq!(
+            f.push(
+                1,
+                direction::READ,
+                flags::CONTINUATION,
+                b"{\"type\":\"error\"}"
+            ),
+            None
+        );
+        assert_eq!(f.pairer.stats(), PairStats::default());
+    }
+
+    #[test]
+    fn model_from_body_written_after_headers() {
+        let mut f = Feed::new();
+        f.push(
+            1,
+            direction::WRITE,
+            0,
+            b"POST /v1/messages HTTP/1.1\r\nhost: h\r\n\r\n",
+        );
+        f.push(
+            1,
+            direction::WRITE,
+            flags::CONTINUATION,
+            b"{\"model\":\"claude-haiku-4-5\",\"stream\":true}",
+        );
+        let ex = f
+            .push(1, direction::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
+            .unwrap();
+        assert_eq!(ex.model.as_deref(), Some("claude-haiku-4-5"));
+    }
+
+    #[test]
+    fn garbage_is_counted_not_paired() {
+        let mut f = Feed::new();
+        f.push(1, direction::WRITE, 0, b"GET /x HTTP/1.1\r\n\r\n");
+        assert_eq!(f.push(1, direction::READ, 0, b"HTTP/1.1 2x0 OK\r\n"), None);
+        assert_eq!(f.push(1, direction::WRITE, 0, b"\x00\x01garbage"), None);
+        assert_eq!(
+            f.push(1, direction::READ, 0, b"HTTP/1.1 100 Continue\r\n\r\n"),
+            None
+        );
+        assert_eq!(f.pairer.stats().invalid, 2);
+        // The request is still waiting for its real answer.
+        assert_eq!(
+            f.push(1, direction::READ, 0, b"HTTP/1.1 204 No Content\r\n\r\n")
+                .unwrap()
+                .status,
+            204
+        );
+    }
+
+    #[test]
+    fn truncated_long_head_and_unpaired_response() {
+        let mut f = Feed::new();
+        let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+        big.resize(HEAD_MAX, b'a');
+        let ex = f.push_len(7, direction::READ, 0, &big, 10 << 20).unwrap();
+        assert_eq!((ex.status, ex.method), (200, None));
+        assert_eq!(f.pairer.stats().unpaired_responses, 1);
+        let line = vec![b'x'; HEAD_MAX - 9];
+        let mut overlong = b"HTTP/1.1 ".to_vec();
+        overlong.extend_from_slice(&line);
+        assert_eq!(f.push_len(7, direction::READ, 0, &overlong, 1 << 20), None);
+        assert_eq!(f.pairer.stats().invalid, 1);
+    }
+
+    #[test]
+    fn forget_pid_drops_waiting_requests() {
+        let mut f = Feed::new();
+        f.push(1, direction::WRITE, 0, b"GET /x HTTP/1.1\r\n\r\n");
+        f.pairer.forget_pid(42);
+        let ex = f
+            .push(1, direction::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
+            .unwrap();
+        assert_eq!(ex.method, None);
+    }
+}

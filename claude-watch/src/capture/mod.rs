@@ -1,0 +1,103 @@
+//! The kernel side, seen from user space: load the eBPF programs, attach them to the TLS
+//! functions of binaries and processes, and read their records.
+//!
+//! - [`probes`]: loading, attaching, detaching, kernel counters;
+//! - [`records`]: decoding ring-buffer records and reading them asynchronously;
+//! - [`targets`]: what to attach to: binaries, processes, the libraries they map.
+
+pub mod probes;
+pub mod records;
+pub mod targets;
+
+pub use probes::{KernelStats, Probes};
+pub use targets::{AttachPoint, Target};
+
+use std::path::PathBuf;
+
+/// Errors of the capture path. Each displays as one line saying what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// Not running with the privileges eBPF needs.
+    #[error(
+        "loading eBPF programs needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN): run claude-watch as root, e.g. with sudo"
+    )]
+    NotPrivileged,
+    /// The kernel cannot load BPF programs.
+    #[error(
+        "this kernel does not support BPF (bpf() returned ENOSYS): claude-watch needs Linux 5.8+ built with CONFIG_BPF_SYSCALL, CONFIG_UPROBES and CONFIG_BPF_EVENTS"
+    )]
+    BpfUnsupported,
+    /// Loading the object or a program failed for another reason.
+    #[error("loading the eBPF programs failed: {detail}")]
+    Load {
+        /// The loader's message chain.
+        detail: String,
+    },
+    /// A target file does not exist or cannot be read.
+    #[error("cannot open {path}: {source}")]
+    TargetUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No process with that pid.
+    #[error("no process with pid {pid}")]
+    NoSuchProcess {
+        /// The pid.
+        pid: u32,
+    },
+    /// The target has no TLS functions to attach to.
+    #[error("{path}: {reason}")]
+    NoTlsFunctions {
+        /// The file or process.
+        path: String,
+        /// What was (not) found.
+        reason: String,
+    },
+    /// The kernel refused an attachment.
+    #[error("attaching {function} in {path} at file offset {offset:#x} failed: {detail}")]
+    Attach {
+        /// Function name.
+        function: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// File offset.
+        offset: u64,
+        /// The loader's message chain.
+        detail: String,
+    },
+    /// The ring buffer could not be polled.
+    #[error("reading the ring buffer failed: {0}")]
+    Read(#[source] std::io::Error),
+}
+
+/// Renders an error and its sources as one line (`a: b: c`).
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The first OS error code in an error's source chain.
+pub(crate) fn os_error(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && let Some(code) = io.raw_os_error()
+        {
+            return Some(code);
+        }
+        source = s.source();
+    }
+    None
+}

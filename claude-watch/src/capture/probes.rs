@@ -1,0 +1,239 @@
+//! Loading the eBPF object, attaching its programs, reading its counters.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::os::unix::fs::MetadataExt as _;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::UProbe;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
+use aya::{Ebpf, EbpfLoader};
+use claude_ebpf_common::stats;
+use serde::Serialize;
+use tracing::{debug, info};
+
+use super::targets::{Function, Target};
+use super::{CaptureError, chain, os_error};
+
+/// The compiled eBPF object (built by `build.rs` from the `claude-ebpf` crate).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/claude-ebpf"));
+
+/// Default ring buffer size: 8 MiB holds about 2,000 full 4 KiB heads, or far more of the
+/// usual few-hundred-byte ones, between two reads.
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+
+/// Counters kept by the kernel programs, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KernelStats {
+    /// Records dropped because the ring buffer was full.
+    pub lost: u64,
+    /// Records sent to user space.
+    pub sent: u64,
+    /// TLS buffers that were not HTTP heads (bodies, streamed events, non-HTTP traffic).
+    pub skipped: u64,
+    /// Read returns without a remembered entry (probe attached mid-call).
+    pub orphan_returns: u64,
+}
+
+/// One attached file: which file (by device and inode) in which scope.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct AttachKey {
+    dev: u64,
+    ino: u64,
+    pid: Option<u32>,
+}
+
+/// The loaded programs and their attachments.
+pub struct Probes {
+    ebpf: Ebpf,
+    links: HashMap<AttachKey, Vec<(&'static str, UProbeLinkId)>>,
+}
+
+impl std::fmt::Debug for Probes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probes")
+            .field("attachments", &self.links.len())
+            .finish()
+    }
+}
+
+/// Program names in the object, per function: entry program, and return program if any.
+fn programs(function: Function) -> &'static [&'static str] {
+    match function {
+        Function::SslWrite => &["ssl_write"],
+        Function::SslWriteEx => &["ssl_write_ex"],
+        Function::SslRead => &["ssl_read_entry", "ssl_read_return"],
+        Function::SslReadEx => &["ssl_read_ex_entry", "ssl_read_ex_return"],
+    }
+}
+
+const ALL_PROGRAMS: [&str; 6] = [
+    "ssl_write",
+    "ssl_write_ex",
+    "ssl_read_entry",
+    "ssl_read_return",
+    "ssl_read_ex_entry",
+    "ssl_read_ex_return",
+];
+
+impl Probes {
+    /// Loads the programs into the kernel with a ring buffer of `ring_bytes` (a power of two
+    /// multiple of the page size).
+    pub fn load(ring_bytes: u32) -> Result<Self, CaptureError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(CaptureError::NotPrivileged);
+        }
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", ring_bytes)
+            .load(OBJECT)
+            .map_err(|e| load_error(&e))?;
+        for name in ALL_PROGRAMS {
+            let program: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| CaptureError::Load {
+                    detail: format!("program {name} missing from the object"),
+                })?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| load_error(&e))?;
+            program.load().map_err(|e| load_error(&e))?;
+        }
+        info!(ring_bytes, "eBPF programs loaded");
+        Ok(Self {
+            ebpf,
+            links: HashMap::new(),
+        })
+    }
+
+    /// Takes the ring buffer out (once) for a [`super::records::RecordStream`].
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| CaptureError::Load {
+                detail: "ring buffer EVENTS already taken".into(),
+            })?;
+        RingBuf::try_from(map).map_err(|e| load_error(&e))
+    }
+
+    /// Attaches to every point of `target`. Attaching the same file in the same scope twice is
+    /// a no-op returning `Ok(false)`.
+    pub fn attach(&mut self, target: &Target) -> Result<bool, CaptureError> {
+        let meta =
+            std::fs::metadata(&target.path).map_err(|source| CaptureError::TargetUnreadable {
+                path: target.path.clone(),
+                source,
+            })?;
+        let key = AttachKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            pid: target.pid,
+        };
+        if self.links.contains_key(&key) {
+            return Ok(false);
+        }
+        let scope = match target.pid.and_then(NonZeroU32::new) {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
+        };
+        let mut links = Vec::new();
+        for point in &target.points {
+            for &name in programs(point.function) {
+                let program: &mut UProbe = self
+                    .ebpf
+                    .program_mut(name)
+                    .and_then(|p| p.try_into().ok())
+                    .expect("every program was loaded as a uprobe");
+                let location = UProbeAttachLocation::AbsoluteOffset(point.file_offset);
+                match program.attach(location, &target.path, scope) {
+                    Ok(id) => links.push((name, id)),
+                    Err(e) => {
+                        self.detach_links(links);
+                        return Err(CaptureError::Attach {
+                            function: point.function.name(),
+                            path: target.path.clone(),
+                            offset: point.file_offset,
+                            detail: chain(&e),
+                        });
+                    }
+                }
+            }
+        }
+        debug!(path = %target.path.display(), pid = ?target.pid, points = target.points.len(), "attached");
+        self.links.insert(key, links);
+        Ok(true)
+    }
+
+    /// Detaches the programs attached for `pid` (a process that exited). Returns whether any were.
+    pub fn detach_pid(&mut self, pid: u32) -> bool {
+        let keys: Vec<_> = self
+            .links
+            .keys()
+            .filter(|k| k.pid == Some(pid))
+            .copied()
+            .collect();
+        for key in &keys {
+            if let Some(links) = self.links.remove(key) {
+                self.detach_links(links);
+            }
+        }
+        !keys.is_empty()
+    }
+
+    /// Number of attached (file, scope) pairs.
+    pub fn attachments(&self) -> usize {
+        self.links.len()
+    }
+
+    fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
+        for (name, id) in links {
+            if let Some(program) = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| <&mut UProbe>::try_from(p).ok())
+            {
+                let _ = program.detach(id);
+            }
+        }
+    }
+
+    /// Reads the kernel counters.
+    pub fn stats(&self) -> KernelStats {
+        let Some(map) = self.ebpf.map("STATS") else {
+            return KernelStats::default();
+        };
+        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
+            return KernelStats::default();
+        };
+        let sum = |index: u32| array.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        KernelStats {
+            lost: sum(stats::LOST),
+            sent: sum(stats::SENT),
+            skipped: sum(stats::SKIPPED),
+            orphan_returns: sum(stats::ORPHAN_RETURNS),
+        }
+    }
+}
+
+/// Classifies a loader error: missing privileges and missing BPF get their own messages.
+fn load_error(err: &(dyn std::error::Error + 'static)) -> CaptureError {
+    match os_error(err) {
+        Some(libc::EPERM) => CaptureError::NotPrivileged,
+        Some(libc::ENOSYS) => CaptureError::BpfUnsupported,
+        _ => CaptureError::Load { detail: chain(err) },
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so loading does not fail
+/// there. Newer kernels account through the memory cgroup and ignore it.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        debug!("could not raise RLIMIT_MEMLOCK; relying on memcg accounting");
+    }
+}

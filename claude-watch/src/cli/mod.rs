@@ -1,0 +1,50 @@
+//! Command-line interface: one file per subcommand.
+
+pub mod trace;
+
+use clap::{Parser, Subcommand};
+
+/// Watch headless Claude Code agents from the kernel: see every API request and status of every
+/// claude process, tell a 401 latch from a 429 throttle, and recover latched instances.
+#[derive(Debug, Parser)]
+#[command(name = "claude-watch", version, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace). `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show every HTTP exchange of TLS clients live, one line each (needs root).
+    Trace(trace::TraceArgs),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Trace(args) => trace::run(args),
+    }
+}
+
+/// Logs go to stderr through `tracing`; `RUST_LOG` wins over `-v`.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,216 @@
+//! `claude-watch trace`: a live view of HTTP exchanges, one line each.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::capture::records::RecordStream;
+use crate::capture::{Probes, probes::DEFAULT_RING_BYTES, targets};
+use crate::http::Exchange;
+use crate::http::pair::Pairer;
+use crate::time::{rfc3339_ms, wall_minus_mono_ns};
+
+/// Show every HTTP/1.x exchange of TLS clients, live.
+///
+/// Examples:
+///   claude-watch trace --pid 4242                  # one process (its libssl or executable)
+///   claude-watch trace --binary /usr/bin/node      # every process running that binary
+///   claude-watch trace --binary /usr/lib/x86_64-linux-gnu/libssl.so.3 --json
+///
+/// Only request and status lines and a few headers (request-id, retry-after, x-should-retry,
+/// X-Claude-Code-Session-Id) and the request's model leave the kernel's filter into the
+/// output; credentials and bodies never do.
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct TraceArgs {
+    /// Trace this process (repeatable): its executable or TLS library, this process only.
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Trace every process that maps this executable or shared library (repeatable),
+    /// including processes started later.
+    #[arg(long, value_name = "PATH")]
+    pub binary: Vec<PathBuf>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many seconds (default: until interrupted).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_RING_BYTES >> 20, value_parser = parse_ring_mib)]
+    pub ring_mib: u32,
+}
+
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of MiB"))?;
+    if n == 0 || !n.is_power_of_two() || n > 1024 {
+        return Err(format!(
+            "{n} MiB: the ring buffer size must be a power of two from 1 to 1024"
+        ));
+    }
+    Ok(n)
+}
+
+/// One output line.
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    comm: Option<&'a str>,
+    exe: Option<&'a str>,
+    #[serde(flatten)]
+    exchange: &'a Exchange,
+}
+
+/// `comm` and `exe` of processes, read once per pid.
+#[derive(Default)]
+struct ProcNames(HashMap<u32, (Option<String>, Option<String>)>);
+
+impl ProcNames {
+    fn get(&mut self, pid: u32) -> (Option<&str>, Option<&str>) {
+        let (comm, exe) = self.0.entry(pid).or_insert_with(|| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .ok()
+                .map(|s| s.trim_end().to_owned());
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .map(|p| p.display().to_string());
+            (comm, exe)
+        });
+        (comm.as_deref(), exe.as_deref())
+    }
+}
+
+/// Runs the trace until interrupted or `--duration` ends.
+pub fn run(args: TraceArgs) -> anyhow::Result<()> {
+    if args.pid.is_empty() && args.binary.is_empty() {
+        anyhow::bail!(
+            "nothing to trace: give --pid PID or --binary PATH (see `claude-watch trace --help`)"
+        );
+    }
+    let mut all = Vec::new();
+    for path in &args.binary {
+        all.push(targets::binary(path)?);
+    }
+    for &pid in &args.pid {
+        all.extend(targets::process(pid)?);
+    }
+    let mut probes = Probes::load(args.ring_mib << 20)?;
+    for target in &all {
+        probes.attach(target)?;
+        eprintln!(
+            "claude-watch: attached to {}{} ({}: {})",
+            target.path.display(),
+            target
+                .pid
+                .map(|p| format!(" [pid {p}]"))
+                .unwrap_or_default(),
+            target.how,
+            target
+                .points
+                .iter()
+                .map(|p| p.function.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let ring = probes.take_ring()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(trace_loop(args, probes, ring))
+}
+
+async fn trace_loop(
+    args: TraceArgs,
+    probes: Probes,
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+) -> anyhow::Result<()> {
+    let mut stream = RecordStream::new(ring).context("polling the ring buffer")?;
+    let mut pairer = Pairer::new(wall_minus_mono_ns());
+    let mut names = ProcNames::default();
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = tokio::time::sleep(
+        args.duration
+            .map_or(Duration::MAX / 4, Duration::from_secs_f64),
+    );
+    tokio::pin!(deadline);
+    eprintln!("claude-watch: tracing (Ctrl-C to stop)");
+    let stdout = std::io::stdout();
+    loop {
+        tokio::select! {
+            drained = stream.drain(|record| {
+                // Name the process at its first record: short-lived clients may be gone by the
+                // time their response is paired.
+                names.get(record.header.pid);
+                if let Some(exchange) = pairer.push(record) {
+                    let mut out = stdout.lock();
+                    let (comm, exe) = names.get(exchange.pid);
+                    let written = if args.json {
+                        let line = Line { ts: rfc3339_ms(exchange.ts_ms), comm, exe, exchange: &exchange };
+                        serde_json::to_writer(&mut out, &line).map_err(std::io::Error::other).and_then(|()| writeln!(out))
+                    } else {
+                        writeln!(out, "{}", human(&exchange, comm))
+                    };
+                    if written.is_err() {
+                        std::process::exit(0); // stdout closed (e.g. `| head`)
+                    }
+                }
+            }) => {
+                drained.map_err(crate::capture::CaptureError::Read)?;
+                let _ = stdout.lock().flush();
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            () = &mut deadline => break,
+        }
+    }
+    let k = probes.stats();
+    let p = pairer.stats();
+    eprintln!(
+        "claude-watch: kernel sent {} heads, skipped {} other buffers, lost {}; user space ignored {} invalid, {} unpaired",
+        k.sent, k.skipped, k.lost, p.invalid, p.unpaired_responses
+    );
+    if k.lost > 0 {
+        eprintln!(
+            "claude-watch: {} records were lost (ring buffer full): raise --ring-mib",
+            k.lost
+        );
+    }
+    Ok(())
+}
+
+/// The text form of one exchange.
+fn human(e: &Exchange, comm: Option<&str>) -> String {
+    let mut line = format!(
+        "{} pid {} ({}) {} {} -> {}",
+        rfc3339_ms(e.ts_ms),
+        e.pid,
+        comm.unwrap_or("?"),
+        e.method.as_deref().unwrap_or("?"),
+        e.path.as_deref().unwrap_or("?"),
+        e.status
+    );
+    if let Some(ms) = e.latency_ms {
+        line.push_str(&format!(" {ms}ms"));
+    }
+    for (key, value) in [
+        ("model", &e.model),
+        ("request_id", &e.request_id),
+        ("session", &e.session_id),
+        ("retry_after", &e.retry_after),
+    ] {
+        if let Some(v) = value {
+            line.push_str(&format!(" {key}={v}"));
+        }
+    }
+    line
+}
