@@ -1,1 +1,229 @@
-fn main() {}
+//! Project tasks that a build script should not do: install the toolchain pieces, run
+//! claude-watch as root, run the whole test suite (privileged tests included).
+//!
+//! `cargo xtask setup` is idempotent and fast when everything is in place; `run` and `test`
+//! call it first, so on a fresh machine each of them is the only command needed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// Project tasks for claude-watch.
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build needs (Debian's llvm-22-dev, nightly rust-src, bpf-linker);
+    /// with --tests also what the tests need (pinned npm clients, supervisor, curl).
+    Setup {
+        /// Also install the test dependencies.
+        #[arg(long)]
+        tests: bool,
+    },
+    /// Build claude-watch (release) and run it as root with the given arguments,
+    /// e.g. `cargo xtask run -- trace --json`.
+    Run {
+        /// Arguments for claude-watch.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run every test (unit and privileged integration tests) as root.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages bpf-linker is built against (see `shared/notes/toolchain.md`).
+const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+/// Debian packages the tests use: real clients and supervisors.
+const TEST_PACKAGES: &[&str] = &["curl", "openssl", "supervisor", "nodejs", "npm", "util-linux", "dbus", "systemd"];
+/// The bpf-linker release that pairs with LLVM 22.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Setup { tests } => setup(&root, tests),
+        Task::Run { args } => {
+            setup(&root, false)?;
+            build(&root)?;
+            let bin = root.join("target/release/claude-watch");
+            let status = as_root(&bin, &args).status().with_context(|| format!("running {}", bin.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => {
+            setup(&root, true)?;
+            build(&root)?;
+            let mut cmd = as_root(Path::new("cargo"), &[]);
+            cmd.args(["test", "--release", "--workspace"]).args(&args).current_dir(&root);
+            cmd.env("CLAUDE_WATCH_BIN", root.join("target/release/claude-watch"));
+            cmd.env("CLAUDE_WATCH_TEST_DEPS", root.join(".test-deps"));
+            run(cmd)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// A command run as root: directly when we are root, through `sudo -E` otherwise.
+fn as_root(program: &Path, args: &[String]) -> Command {
+    if is_root() {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        cmd
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg("-E").arg(program).args(args);
+        cmd
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn run(mut cmd: Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn build(root: &Path) -> anyhow::Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "--release", "--package", "claude-watch"]).current_dir(root);
+    cmd.env("PATH", path_with_cargo_bin());
+    run(cmd)
+}
+
+fn setup(root: &Path, tests: bool) -> anyhow::Result<()> {
+    let mut packages = BUILD_PACKAGES.to_vec();
+    if tests {
+        packages.extend_from_slice(TEST_PACKAGES);
+    }
+    apt_install(&packages)?;
+    rust_src()?;
+    bpf_linker()?;
+    if tests {
+        npm_deps(root)?;
+    }
+    Ok(())
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"install ok installed"))
+        })
+        .collect();
+    // A binary that is already on PATH (node from another source, say) counts as installed.
+    let missing: Vec<&str> = missing
+        .into_iter()
+        .filter(|p| !(matches!(*p, "nodejs" | "npm") && on_path(if *p == "nodejs" { "node" } else { "npm" })))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run(as_root_cmd("apt-get", &["update", "-qq"]))?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    let mut cmd = as_root_cmd("apt-get", &args);
+    cmd.env("DEBIAN_FRONTEND", "noninteractive");
+    run(cmd)
+}
+
+fn as_root_cmd(program: &str, args: &[&str]) -> Command {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    as_root(Path::new(program), &args)
+}
+
+fn on_path(program: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("running rustup (is the nightly toolchain installed?)")?;
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: adding rust-src to the nightly toolchain");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+    run(cmd)
+}
+
+fn path_with_cargo_bin() -> String {
+    let home = std::env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_else(|_| "/root".into())));
+    format!("{home}/bin:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let version = Command::new("bpf-linker").arg("--version").env("PATH", path_with_cargo_bin()).output();
+    if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes, once)");
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "install",
+        "bpf-linker",
+        "--locked",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ]);
+    cmd.env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22");
+    cmd.env("PATH", format!("/usr/lib/llvm-22/bin:{}", path_with_cargo_bin()));
+    run(cmd)
+}
+
+/// Installs the pinned npm clients listed in `tests/npm-deps.txt` under `.test-deps/npm/`.
+fn npm_deps(root: &Path) -> anyhow::Result<()> {
+    let list = root.join("tests/npm-deps.txt");
+    let text = std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let Some((dir, package)) = line.split_once(char::is_whitespace) else {
+            bail!("{}: bad line {line:?}: want `<dir> <package@version>`", list.display());
+        };
+        let prefix = root.join(".test-deps/npm").join(dir);
+        let marker = prefix.join(".installed");
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == package.trim()) {
+            continue;
+        }
+        eprintln!("xtask: npm install {package} into {}", prefix.display());
+        std::fs::create_dir_all(&prefix)?;
+        let mut cmd = Command::new("npm");
+        cmd.args(["install", "--no-audit", "--no-fund", "--ignore-scripts", "--silent", "--prefix"])
+            .arg(&prefix)
+            .arg(package.trim());
+        run(cmd)?;
+        std::fs::write(&marker, package.trim())?;
+    }
+    Ok(())
+}
