@@ -24,7 +24,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// The environment every agent gets: loopback-only API, no telemetry, self-signed TLS accepted.
 fn base_env(standin: &StandIn, home: &ScratchDir, api_key: &str) -> Vec<(&'static str, OsString)> {
     vec![
-        ("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into())),
+        (
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        ),
         ("HOME", home.path().as_os_str().to_owned()),
         ("ANTHROPIC_BASE_URL", standin.base_url().into()),
         ("ANTHROPIC_API_KEY", api_key.into()),
@@ -128,8 +131,15 @@ impl Agent {
             l.contains("\"start\"")
         });
         let start: Value = serde_json::from_str(&start).expect("agent start line is JSON");
-        let session = start["session"].as_str().expect("start line has a session").to_owned();
-        Agent { child, session, _home: home }
+        let session = start["session"]
+            .as_str()
+            .expect("start line has a session")
+            .to_owned();
+        Agent {
+            child,
+            session,
+            _home: home,
+        }
     }
 
     /// The agent's pid (its process group id too).
@@ -163,7 +173,10 @@ impl Agent {
         matches: impl Fn(&AgentResponse) -> bool,
     ) -> AgentResponse {
         crate::wait::wait_until(timeout, what, || {
-            self.responses().into_iter().filter(|r| matches(r)).nth(count.saturating_sub(1))
+            self.responses()
+                .into_iter()
+                .filter(|r| matches(r))
+                .nth(count.saturating_sub(1))
         })
     }
 
@@ -234,9 +247,11 @@ impl ClaudeAgent {
     /// Waits for the result of the turn sent when stdout had `from` lines.
     #[track_caller]
     pub fn wait_for_result(&mut self, from: usize, timeout: Duration) -> TurnResult {
-        let (_, line) = self.child.wait_for_line(from, timeout, "a turn's result", |l| {
-            serde_json::from_str::<Value>(l).is_ok_and(|v| v["type"] == "result")
-        });
+        let (_, line) = self
+            .child
+            .wait_for_line(from, timeout, "a turn's result", |l| {
+                serde_json::from_str::<Value>(l).is_ok_and(|v| v["type"] == "result")
+            });
         let value: Value = serde_json::from_str(&line).expect("result line is JSON");
         TurnResult {
             is_error: value["is_error"].as_bool().unwrap_or(true),
@@ -256,7 +271,10 @@ impl ClaudeAgent {
             .map(|v| {
                 (
                     v["attempt"].as_u64().unwrap_or(0),
-                    v["error_status"].as_u64().and_then(|s| u16::try_from(s).ok()).unwrap_or(0),
+                    v["error_status"]
+                        .as_u64()
+                        .and_then(|s| u16::try_from(s).ok())
+                        .unwrap_or(0),
                 )
             })
             .collect()

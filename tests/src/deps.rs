@@ -121,10 +121,15 @@ impl ClaudeCode {
                 .join("node_modules/@anthropic-ai/claude-code-linux-x64/claude")
         };
         match self {
-            ClaudeCode::Native2_1_331 => (required(native("claude-2.1.331"), "Claude Code"), vec![]),
-            ClaudeCode::Native2_1_197 => (required(native("claude-2.1.197"), "Claude Code"), vec![]),
+            ClaudeCode::Native2_1_331 => {
+                (required(native("claude-2.1.331"), "Claude Code"), vec![])
+            }
+            ClaudeCode::Native2_1_197 => {
+                (required(native("claude-2.1.197"), "Claude Code"), vec![])
+            }
             ClaudeCode::Node2_0_77 => {
-                let cli = npm.join("claude-node-2.0.77/node_modules/@anthropic-ai/claude-code/cli.js");
+                let cli =
+                    npm.join("claude-node-2.0.77/node_modules/@anthropic-ai/claude-code/cli.js");
                 (node(), vec![required(cli, "Claude Code cli.js")])
             }
         }

@@ -88,7 +88,11 @@ impl ChildGuard {
             .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
         let stdout = Arc::new(Lines::default());
         let stderr = Arc::new(Lines::default());
-        read_lines(child.stdout.take().expect("piped stdout"), stdout.clone(), None);
+        read_lines(
+            child.stdout.take().expect("piped stdout"),
+            stdout.clone(),
+            None,
+        );
         read_lines(
             child.stderr.take().expect("piped stderr"),
             stderr.clone(),
@@ -164,7 +168,10 @@ impl ChildGuard {
                 seen = seen.max(lines.len());
                 let now = Instant::now();
                 if now >= deadline {
-                    panic!("{}: timed out after {timeout:?} waiting for {what}", self.name);
+                    panic!(
+                        "{}: timed out after {timeout:?} waiting for {what}",
+                        self.name
+                    );
                 }
                 let wait = (deadline - now).min(Duration::from_millis(100));
                 drop(self.stdout.changed.wait_timeout(lines, wait));
@@ -220,7 +227,12 @@ impl Drop for ChildGuard {
         if std::thread::panicking() {
             let tail = self.stderr_tail();
             let shown = &tail[tail.len().saturating_sub(30)..];
-            eprintln!("--- {} (pid {}) stderr tail ---\n{}", self.name, self.child.id(), shown.join("\n"));
+            eprintln!(
+                "--- {} (pid {}) stderr tail ---\n{}",
+                self.name,
+                self.child.id(),
+                shown.join("\n")
+            );
         }
     }
 }
@@ -262,7 +274,8 @@ impl ScratchDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&path)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
         ScratchDir { path }

@@ -253,7 +253,10 @@ impl StandIn {
             .split_once("\r\n\r\n")
             .unwrap_or_else(|| panic!("stand-in control {method} {path}: no header end"));
         let status = head.split_whitespace().nth(1).unwrap_or("");
-        assert_eq!(status, "200", "stand-in control {method} {path} answered {head}: {payload}");
+        assert_eq!(
+            status, "200",
+            "stand-in control {method} {path} answered {head}: {payload}"
+        );
         serde_json::from_str(payload)
             .unwrap_or_else(|e| panic!("stand-in control {method} {path}: body not JSON ({e})"))
     }

@@ -14,6 +14,29 @@ When both are ready, one JSON line goes to stdout:
 The server exits when its standard input reaches end of file (the test harness holds the
 write end, so the server dies with the test), or on SIGTERM/SIGINT.
 
+Control API (POST bodies are JSON; every answer is JSON):
+  POST /latch        {"session": ID} | {"next": true, "count": N} | {"pid": P} | {"client_port": N}
+                     -> that identity gets 401 on every /v1/messages request until reset/unlatch
+                        (an identity is `session:<X-Claude-Code-Session-Id>`, or `conn:<client
+                        port>` for clients without the header; a pid latch also catches the
+                        process's later connections)
+  POST /unlatch      {"session": ID} | {"pid": P}
+  POST /window       {"seconds": T, "latch_existing": false}
+                     -> for T seconds, a session first seen latches forever (all sessions making a
+                        request inside the window, if latch_existing)
+  POST /poison       {"credential": C}   -> every request with C gets 401 (no latch)
+  POST /unpoison     {"credential": C} | {"all": true}
+  POST /throttle     {"models": ["claude-opus-*", ...]}   -> 429 rate_limit_error for those models
+  POST /idle_wake    {"seconds": X | null}  -> a session idle > X s latches on its next request
+  POST /split_status {"pieces": N, "delay_ms": D, "count": K}
+                     -> the status lines of the next K responses go out in N writes, D ms apart
+  POST /reply        {"text": S}          -> text of successful answers
+  POST /reset        {"clear_log": false} -> all modes off, every identity unlatched
+  GET  /log?since=I  -> request log entries from index I (no credentials, no bodies)
+  GET  /sessions     -> known identities with their latch state
+Precedence on /v1/messages: poisoned credential (401) > latched (401) > throttled (429) > 200.
+`GET /v1/models` (the token probe) fails only for a poisoned credential.
+
 Credentials are kept in memory only and never printed: logs carry an 8-hex-digit SHA-256
 prefix. Request bodies and prompts are never logged.
 """
