@@ -1,1 +1,13 @@
-//! Test harness.
+//! Test harness for claude-watch's integration tests.
+//!
+//! A stand-in Anthropic API on 127.0.0.1 with switchable failure modes ([`standin`]), agents to
+//! watch (light node/Bun agents and the real Claude Code, [`agents`]), the pinned clients they run
+//! on ([`deps`]), child-process guards that never leak a process ([`process`]) and deadline-bound
+//! waiting ([`wait`]). Helpers panic with a message instead of returning errors, so a failing
+//! scenario says where it failed.
+
+pub mod agents;
+pub mod deps;
+pub mod process;
+pub mod standin;
+pub mod wait;

@@ -1,0 +1,287 @@
+//! Agents to watch: light node/Bun agents (`tests/agents/agent.mjs`) and the real Claude Code,
+//! each a long-running process pointed at a [`StandIn`], killed with its process group on drop.
+//!
+//! Every agent runs with a cleared environment: only `PATH`, a scratch `HOME`, the stand-in's
+//! base URL and a fake key, so nothing can reach beyond 127.0.0.1.
+
+use std::ffi::OsString;
+use std::process::Command;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::deps::{self, Bun, ClaudeCode};
+use crate::process::{ChildGuard, ScratchDir};
+use crate::standin::StandIn;
+
+/// A fake credential in the shape of an Anthropic API key.
+pub const FAKE_API_KEY: &str = "sk-ant-api03-test-claude-watch-0000000000";
+
+/// How long an agent may take to start.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The environment every agent gets: loopback-only API, no telemetry, self-signed TLS accepted.
+fn base_env(standin: &StandIn, home: &ScratchDir, api_key: &str) -> Vec<(&'static str, OsString)> {
+    vec![
+        (
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        ),
+        ("HOME", home.path().as_os_str().to_owned()),
+        ("ANTHROPIC_BASE_URL", standin.base_url().into()),
+        ("ANTHROPIC_API_KEY", api_key.into()),
+        ("NODE_TLS_REJECT_UNAUTHORIZED", "0".into()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
+        ("DISABLE_AUTOUPDATER", "1".into()),
+        ("DISABLE_TELEMETRY", "1".into()),
+        ("NO_COLOR", "1".into()),
+    ]
+}
+
+/// The runtime a light agent runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// The system `node`.
+    Node,
+    /// A pinned Bun build.
+    Bun(Bun),
+}
+
+/// Settings of a light agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Model asked for on every turn.
+    pub model: String,
+    /// Pause between successful turns.
+    pub interval: Duration,
+    /// Multiplier on Claude-Code-like retry delays (0.6, 1.1, 2, 4.7, 8.8, 20 s, capped).
+    pub backoff_scale: f64,
+    /// Credential sent as `x-api-key`.
+    pub api_key: String,
+    /// Session id to use; a fresh UUID when `None`.
+    pub session_id: Option<String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            model: "claude-opus-4-8".into(),
+            interval: Duration::from_millis(300),
+            backoff_scale: 0.1,
+            api_key: FAKE_API_KEY.into(),
+            session_id: None,
+        }
+    }
+}
+
+/// One answer a light agent got (one stdout line of `agent.mjs`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AgentResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// The `request-id` header.
+    pub request_id: Option<String>,
+    /// The model asked for.
+    pub model: String,
+    /// The agent's session id.
+    pub session: String,
+    /// Turn number, from 1.
+    pub turn: u64,
+    /// Retry number within the turn, from 0.
+    pub attempt: u64,
+    /// The streamed answer text (200 only).
+    pub text: Option<String>,
+    /// Whether the stream ended with `message_stop` (200 only).
+    pub complete: Option<bool>,
+    /// `error.type` of an error body.
+    pub error_type: Option<String>,
+}
+
+/// A light agent process (node or Bun running `agent.mjs`).
+pub struct Agent {
+    child: ChildGuard,
+    session: String,
+    _home: ScratchDir,
+}
+
+impl Agent {
+    /// Starts a light agent against `standin` and waits for its start line.
+    #[track_caller]
+    pub fn start(standin: &StandIn, runtime: Runtime, config: &AgentConfig) -> Self {
+        let home = ScratchDir::new("claude-watch-agent");
+        let program = match runtime {
+            Runtime::Node => deps::node(),
+            Runtime::Bun(build) => build.path(),
+        };
+        let mut command = Command::new(program);
+        command
+            .arg(deps::assets_dir().join("agents/agent.mjs"))
+            .env_clear()
+            .envs(base_env(standin, &home, &config.api_key))
+            .env("ANTHROPIC_MODEL", &config.model)
+            .env("AGENT_INTERVAL_MS", config.interval.as_millis().to_string())
+            .env("AGENT_BACKOFF_SCALE", config.backoff_scale.to_string())
+            .current_dir(home.path());
+        if let Some(id) = &config.session_id {
+            command.env("AGENT_SESSION_ID", id);
+        }
+        let mut child = ChildGuard::spawn(&format!("agent ({runtime:?})"), &mut command);
+        let (_, start) = child.wait_for_line(0, START_TIMEOUT, "the agent's start line", |l| {
+            l.contains("\"start\"")
+        });
+        let start: Value = serde_json::from_str(&start).expect("agent start line is JSON");
+        let session = start["session"]
+            .as_str()
+            .expect("start line has a session")
+            .to_owned();
+        Agent {
+            child,
+            session,
+            _home: home,
+        }
+    }
+
+    /// The agent's pid (its process group id too).
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// The session id it sends as `X-Claude-Code-Session-Id`.
+    pub fn session_id(&self) -> &str {
+        &self.session
+    }
+
+    /// Every response the agent has reported so far, oldest first.
+    pub fn responses(&self) -> Vec<AgentResponse> {
+        self.child
+            .lines()
+            .iter()
+            .filter(|l| l.contains("\"response\""))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until the `count`-th response (counting from 1 over all responses) satisfying
+    /// `matches` arrives, and returns it. Panics, naming `what`, after `timeout`.
+    #[track_caller]
+    pub fn wait_for_responses(
+        &self,
+        count: usize,
+        timeout: Duration,
+        what: &str,
+        matches: impl Fn(&AgentResponse) -> bool,
+    ) -> AgentResponse {
+        crate::wait::wait_until(timeout, what, || {
+            self.responses()
+                .into_iter()
+                .filter(|r| matches(r))
+                .nth(count.saturating_sub(1))
+        })
+    }
+
+    /// Kills the agent's process group now (as a crash or a supervisor would).
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+}
+
+/// The real Claude Code, kept alive across turns:
+/// `claude -p --input-format stream-json --output-format stream-json --verbose`, fed turns on
+/// stdin. It keeps one process and one session id for its whole life, like a fleet instance.
+pub struct ClaudeAgent {
+    child: ChildGuard,
+    _home: ScratchDir,
+}
+
+/// The outcome of one turn of [`ClaudeAgent`] (its `{"type":"result"}` line).
+#[derive(Debug, Clone)]
+pub struct TurnResult {
+    /// Whether Claude Code reported an error for the turn.
+    pub is_error: bool,
+    /// The answer text (or error text) Claude Code printed.
+    pub result: String,
+    /// Claude Code's session id.
+    pub session_id: String,
+}
+
+impl ClaudeAgent {
+    /// Starts `release` against `standin` with credential `api_key`. It makes no request until
+    /// the first [`Self::send_turn`].
+    #[track_caller]
+    pub fn start(standin: &StandIn, release: ClaudeCode, api_key: &str) -> Self {
+        let home = ScratchDir::new("claude-watch-claude");
+        let (program, leading) = release.command();
+        let mut command = Command::new(program);
+        command
+            .args(leading)
+            .args([
+                "-p",
+                "--input-format",
+                "stream-json",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+            ])
+            .env_clear()
+            .envs(base_env(standin, &home, api_key))
+            .current_dir(home.path());
+        let child = ChildGuard::spawn(&format!("claude ({release:?})"), &mut command);
+        ClaudeAgent { child, _home: home }
+    }
+
+    /// Claude Code's pid (its process group id too).
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Sends one user turn; returns the stdout line index to wait from for its result.
+    #[track_caller]
+    pub fn send_turn(&mut self, text: &str) -> usize {
+        let from = self.child.lines().len();
+        let line = json!({ "type": "user", "message": { "role": "user", "content": text } });
+        self.child.write_line(&line.to_string());
+        from
+    }
+
+    /// Waits for the result of the turn sent when stdout had `from` lines.
+    #[track_caller]
+    pub fn wait_for_result(&mut self, from: usize, timeout: Duration) -> TurnResult {
+        let (_, line) = self
+            .child
+            .wait_for_line(from, timeout, "a turn's result", |l| {
+                serde_json::from_str::<Value>(l).is_ok_and(|v| v["type"] == "result")
+            });
+        let value: Value = serde_json::from_str(&line).expect("result line is JSON");
+        TurnResult {
+            is_error: value["is_error"].as_bool().unwrap_or(true),
+            result: value["result"].as_str().unwrap_or_default().to_owned(),
+            session_id: value["session_id"].as_str().unwrap_or_default().to_owned(),
+        }
+    }
+
+    /// Stdout lines (stream-json) of `type` `system` and `subtype` `api_retry` so far: one per
+    /// failed request Claude Code is about to retry, as `(attempt, error_status)`.
+    pub fn api_retries(&self) -> Vec<(u64, u16)> {
+        self.child
+            .lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["type"] == "system" && v["subtype"] == "api_retry")
+            .map(|v| {
+                (
+                    v["attempt"].as_u64().unwrap_or(0),
+                    v["error_status"]
+                        .as_u64()
+                        .and_then(|s| u16::try_from(s).ok())
+                        .unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.child.has_exited()
+    }
+}

@@ -1,0 +1,137 @@
+//! Where the pinned test clients (node, Bun builds, Claude Code releases) live.
+//!
+//! Pinned npm packages are installed by `cargo xtask setup` under
+//! `$CLAUDE_WATCH_TEST_DEPS/npm/<dir>/node_modules/...` (see `tests/npm-deps.txt`);
+//! `CLAUDE_WATCH_TEST_DEPS` defaults to `<workspace root>/.test-deps`.
+
+use std::path::{Path, PathBuf};
+
+/// Environment variable naming the directory of pinned test dependencies.
+pub const TEST_DEPS_ENV: &str = "CLAUDE_WATCH_TEST_DEPS";
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate has a parent directory")
+        .to_path_buf()
+}
+
+/// The directory of pinned test dependencies (`$CLAUDE_WATCH_TEST_DEPS` or `<root>/.test-deps`).
+pub fn test_deps_dir() -> PathBuf {
+    std::env::var_os(TEST_DEPS_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".test-deps"))
+}
+
+/// Directory of this crate's non-Rust assets (`tests/`: stand-in server, agent scripts).
+pub fn assets_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The first executable called `name` on `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[track_caller]
+fn required(path: PathBuf, what: &str) -> PathBuf {
+    assert!(
+        is_executable(&path) || path.is_file(),
+        "{what} not found at {} (run `cargo xtask setup`, or set {TEST_DEPS_ENV})",
+        path.display()
+    );
+    path
+}
+
+/// The system `node` (its OpenSSL is statically linked and exports `SSL_read`/`SSL_write`).
+#[track_caller]
+pub fn node() -> PathBuf {
+    find_on_path("node").expect("`node` is not on PATH")
+}
+
+/// A Python 3 interpreter (runs the stand-in server).
+#[track_caller]
+pub fn python3() -> PathBuf {
+    ["/usr/bin/python3"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| is_executable(p))
+        .or_else(|| find_on_path("python3"))
+        .expect("`python3` is not installed")
+}
+
+/// The pinned Bun builds (npm `@oven/bun-linux-x64*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bun {
+    /// `@oven/bun-linux-x64@1.4.5`.
+    V1_4_5,
+    /// `@oven/bun-linux-x64-baseline@1.3.11`.
+    Baseline1_3_11,
+    /// `@oven/bun-linux-x64@1.2.23`.
+    V1_2_23,
+}
+
+impl Bun {
+    /// Path of this build's `bun` executable; panics if it is not installed.
+    #[track_caller]
+    pub fn path(self) -> PathBuf {
+        let (dir, package) = match self {
+            Bun::V1_4_5 => ("bun-1.4.5", "bun-linux-x64"),
+            Bun::Baseline1_3_11 => ("bun-baseline-1.3.11", "bun-linux-x64-baseline"),
+            Bun::V1_2_23 => ("bun-1.2.23", "bun-linux-x64"),
+        };
+        let path = test_deps_dir()
+            .join("npm")
+            .join(dir)
+            .join("node_modules/@oven")
+            .join(package)
+            .join("bin/bun");
+        required(path, "pinned Bun")
+    }
+}
+
+/// The pinned Claude Code releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaudeCode {
+    /// Native (Bun single-file) executable 2.1.331.
+    Native2_1_331,
+    /// Native (Bun single-file) executable 2.1.197.
+    Native2_1_197,
+    /// `cli.js` 2.0.77, run by `node`.
+    Node2_0_77,
+}
+
+impl ClaudeCode {
+    /// The program and leading arguments that run this release; panics if it is not installed.
+    #[track_caller]
+    pub fn command(self) -> (PathBuf, Vec<PathBuf>) {
+        let npm = test_deps_dir().join("npm");
+        let native = |dir: &str| {
+            npm.join(dir)
+                .join("node_modules/@anthropic-ai/claude-code-linux-x64/claude")
+        };
+        match self {
+            ClaudeCode::Native2_1_331 => {
+                (required(native("claude-2.1.331"), "Claude Code"), vec![])
+            }
+            ClaudeCode::Native2_1_197 => {
+                (required(native("claude-2.1.197"), "Claude Code"), vec![])
+            }
+            ClaudeCode::Node2_0_77 => {
+                let cli =
+                    npm.join("claude-node-2.0.77/node_modules/@anthropic-ai/claude-code/cli.js");
+                (node(), vec![required(cli, "Claude Code cli.js")])
+            }
+        }
+    }
+}
