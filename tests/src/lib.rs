@@ -11,3 +11,4 @@ pub mod deps;
 pub mod process;
 pub mod standin;
 pub mod wait;
+pub mod watch;

@@ -205,6 +205,28 @@ impl ChildGuard {
         exited
     }
 
+    /// Sends SIGTERM to the child alone and waits up to `timeout` for it to exit; panics if it
+    /// does not.
+    #[track_caller]
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: plain syscall on our own unreaped child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.reaped = true;
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!("{}: still running {timeout:?} after SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the child's whole process group and reaps the child. Idempotent.
     pub fn kill(&mut self) {
         let pgid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
