@@ -24,12 +24,8 @@ impl Lines {
     fn push(&self, line: String, keep: Option<usize>) {
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         lines.push(line);
-        if let Some(keep) = keep
-            && lines.len() > keep
-        {
-            let excess = lines.len() - keep;
-            lines.drain(..excess);
-        }
+        let excess = keep.map_or(0, |keep| lines.len().saturating_sub(keep));
+        lines.drain(..excess);
         self.changed.notify_all();
     }
 
