@@ -43,9 +43,23 @@ enum Task {
 }
 
 /// Debian packages bpf-linker is built against (see `shared/notes/toolchain.md`).
-const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 /// Debian packages the tests use: real clients and supervisors.
-const TEST_PACKAGES: &[&str] = &["curl", "openssl", "supervisor", "nodejs", "npm", "util-linux", "dbus", "systemd"];
+const TEST_PACKAGES: &[&str] = &[
+    "curl",
+    "openssl",
+    "supervisor",
+    "nodejs",
+    "npm",
+    "util-linux",
+    "dbus",
+    "systemd",
+];
 /// The bpf-linker release that pairs with LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -58,14 +72,18 @@ fn main() -> anyhow::Result<()> {
             setup(&root, false)?;
             build(&root)?;
             let bin = root.join("target/release/claude-watch");
-            let status = as_root(&bin, &args).status().with_context(|| format!("running {}", bin.display()))?;
+            let status = as_root(&bin, &args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test { args } => {
             setup(&root, true)?;
             build(&root)?;
             let mut cmd = as_root(Path::new("cargo"), &[]);
-            cmd.args(["test", "--release", "--workspace"]).args(&args).current_dir(&root);
+            cmd.args(["test", "--release", "--workspace"])
+                .args(&args)
+                .current_dir(&root);
             cmd.env("CLAUDE_WATCH_BIN", root.join("target/release/claude-watch"));
             cmd.env("CLAUDE_WATCH_TEST_DEPS", root.join(".test-deps"));
             run(cmd)
@@ -74,7 +92,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// A command run as root: directly when we are root, through `sudo -E` otherwise.
@@ -91,7 +112,10 @@ fn as_root(program: &Path, args: &[String]) -> Command {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 fn run(mut cmd: Command) -> anyhow::Result<()> {
@@ -105,7 +129,8 @@ fn run(mut cmd: Command) -> anyhow::Result<()> {
 
 fn build(root: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new("cargo");
-    cmd.args(["build", "--release", "--package", "claude-watch"]).current_dir(root);
+    cmd.args(["build", "--release", "--package", "claude-watch"])
+        .current_dir(root);
     cmd.env("PATH", path_with_cargo_bin());
     run(cmd)
 }
@@ -138,7 +163,10 @@ fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     // A binary that is already on PATH (node from another source, say) counts as installed.
     let missing: Vec<&str> = missing
         .into_iter()
-        .filter(|p| !(matches!(*p, "nodejs" | "npm") && on_path(if *p == "nodejs" { "node" } else { "npm" })))
+        .filter(|p| {
+            !(matches!(*p, "nodejs" | "npm")
+                && on_path(if *p == "nodejs" { "node" } else { "npm" }))
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -158,7 +186,10 @@ fn as_root_cmd(program: &str, args: &[&str]) -> Command {
 }
 
 fn on_path(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn rust_src() -> anyhow::Result<()> {
@@ -166,7 +197,10 @@ fn rust_src() -> anyhow::Result<()> {
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
         .output()
         .context("running rustup (is the nightly toolchain installed?)")?;
-    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         return Ok(());
     }
     eprintln!("xtask: adding rust-src to the nightly toolchain");
@@ -176,17 +210,26 @@ fn rust_src() -> anyhow::Result<()> {
 }
 
 fn path_with_cargo_bin() -> String {
-    let home = std::env::var("CARGO_HOME")
-        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_else(|_| "/root".into())));
+    let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| {
+        format!(
+            "{}/.cargo",
+            std::env::var("HOME").unwrap_or_else(|_| "/root".into())
+        )
+    });
     format!("{home}/bin:{}", std::env::var("PATH").unwrap_or_default())
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
-    let version = Command::new("bpf-linker").arg("--version").env("PATH", path_with_cargo_bin()).output();
+    let version = Command::new("bpf-linker")
+        .arg("--version")
+        .env("PATH", path_with_cargo_bin())
+        .output();
     if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
         return Ok(());
     }
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes, once)");
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes, once)"
+    );
     let mut cmd = Command::new("cargo");
     cmd.args([
         "install",
@@ -199,17 +242,28 @@ fn bpf_linker() -> anyhow::Result<()> {
         "llvm-22",
     ]);
     cmd.env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22");
-    cmd.env("PATH", format!("/usr/lib/llvm-22/bin:{}", path_with_cargo_bin()));
+    cmd.env(
+        "PATH",
+        format!("/usr/lib/llvm-22/bin:{}", path_with_cargo_bin()),
+    );
     run(cmd)
 }
 
 /// Installs the pinned npm clients listed in `tests/npm-deps.txt` under `.test-deps/npm/`.
 fn npm_deps(root: &Path) -> anyhow::Result<()> {
     let list = root.join("tests/npm-deps.txt");
-    let text = std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    let text =
+        std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let Some((dir, package)) = line.split_once(char::is_whitespace) else {
-            bail!("{}: bad line {line:?}: want `<dir> <package@version>`", list.display());
+            bail!(
+                "{}: bad line {line:?}: want `<dir> <package@version>`",
+                list.display()
+            );
         };
         let prefix = root.join(".test-deps/npm").join(dir);
         let marker = prefix.join(".installed");
@@ -219,9 +273,16 @@ fn npm_deps(root: &Path) -> anyhow::Result<()> {
         eprintln!("xtask: npm install {package} into {}", prefix.display());
         std::fs::create_dir_all(&prefix)?;
         let mut cmd = Command::new("npm");
-        cmd.args(["install", "--no-audit", "--no-fund", "--ignore-scripts", "--silent", "--prefix"])
-            .arg(&prefix)
-            .arg(package.trim());
+        cmd.args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            "--silent",
+            "--prefix",
+        ])
+        .arg(&prefix)
+        .arg(package.trim());
         run(cmd)?;
         std::fs::write(&marker, package.trim())?;
     }
