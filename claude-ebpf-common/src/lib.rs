@@ -2,7 +2,8 @@
 //!
 //! The kernel sends one [`EventHeader`] followed by `captured` bytes of the buffer head for
 //! every TLS write or read that begins an HTTP/1.x request or response (or continues one the
-//! kernel saw start in pieces). Everything else stays in the kernel and is only counted.
+//! kernel saw start in pieces), and a bare header for every exec and process exit. Everything
+//! else stays in the kernel and is only counted.
 #![no_std]
 
 /// Size of the head area; the kernel copies at most `HEAD_MAX - 1` bytes of a buffer (so one
@@ -15,12 +16,16 @@ pub const HEAD_MAX: usize = 4096;
 /// forward the next read on the same connection too: the status line arrived in pieces.
 pub const SHORT_HEAD: u32 = 64;
 
-/// Direction of a captured buffer.
-pub mod direction {
-    /// Written by the client with `SSL_write`/`SSL_write_ex`: a request.
+/// What a record reports ([`EventHeader::kind`]).
+pub mod kind {
+    /// A buffer written by the client with `SSL_write`/`SSL_write_ex`: a request.
     pub const WRITE: u32 = 1;
-    /// Read by the client with `SSL_read`/`SSL_read_ex`: a response.
+    /// A buffer read by the client with `SSL_read`/`SSL_read_ex`: a response.
     pub const READ: u32 = 2;
+    /// A process called `execve` (no head bytes): user space checks whether it is claude.
+    pub const EXEC: u32 = 3;
+    /// A process exited (its main thread; no head bytes).
+    pub const EXIT: u32 = 4;
 }
 
 /// Bits of [`EventHeader::flags`].
@@ -60,8 +65,8 @@ pub struct EventHeader {
     pub len: u32,
     /// Bytes of the buffer head that follow this header (less than [`HEAD_MAX`]).
     pub captured: u32,
-    /// [`direction::WRITE`] or [`direction::READ`].
-    pub direction: u32,
+    /// One of [`kind`].
+    pub kind: u32,
     /// Bits from [`flags`].
     pub flags: u32,
 }
@@ -100,7 +105,7 @@ pub struct ConnKey {
     pub ssl: u64,
     /// Process id.
     pub pid: u32,
-    /// The direction whose next buffer is awaited ([`direction::WRITE`] or [`direction::READ`]).
+    /// The direction whose next buffer is awaited ([`kind::WRITE`] or [`kind::READ`]).
     pub direction: u32,
 }
 

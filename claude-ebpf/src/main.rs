@@ -12,13 +12,12 @@ use core::hint::black_box;
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated as raw},
-    macros::{map, uprobe, uretprobe},
+    macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use claude_ebpf_common::{
-    ConnKey, EventBuf, EventHeader, HEAD_MAX, HEADER_LEN, ReadArgs, SHORT_HEAD, direction, flags,
-    stats,
+    ConnKey, EventBuf, EventHeader, HEAD_MAX, HEADER_LEN, ReadArgs, SHORT_HEAD, flags, kind, stats,
 };
 
 /// Records for user space. User space may resize it at load time.
@@ -56,7 +55,7 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
         (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i32>(2))
         && num > 0
     {
-        capture(ssl, buf, num as u32, direction::WRITE);
+        capture(ssl, buf, num as u32, kind::WRITE);
     }
     0
 }
@@ -68,12 +67,7 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
         (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
         && num > 0
     {
-        capture(
-            ssl,
-            buf,
-            num.min(u64::from(u32::MAX)) as u32,
-            direction::WRITE,
-        );
+        capture(ssl, buf, num.min(u64::from(u32::MAX)) as u32, kind::WRITE);
     }
     0
 }
@@ -113,7 +107,7 @@ pub fn ssl_read_return(ctx: RetProbeContext) -> u32 {
     if let Some(args) = take_read() {
         let ret: i32 = ctx.ret();
         if ret > 0 {
-            capture(args.ssl, args.buf, ret as u32, direction::READ);
+            capture(args.ssl, args.buf, ret as u32, kind::READ);
         }
     }
     0
@@ -132,7 +126,7 @@ pub fn ssl_read_ex_return(ctx: RetProbeContext) -> u32 {
                     args.ssl,
                     args.buf,
                     read.min(u64::from(u32::MAX)) as u32,
-                    direction::READ,
+                    kind::READ,
                 );
             }
         }
@@ -190,7 +184,7 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
         }
         n
     };
-    let start = if dir == direction::WRITE {
+    let start = if dir == kind::WRITE {
         if n >= 4 && METHODS.iter().any(|m| prefix[..4] == m[..]) {
             Start::Head
         } else {
@@ -220,10 +214,10 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
             event_flags = flags::CONTINUATION;
         }
     }
-    if dir == direction::READ && len < SHORT_HEAD {
+    if dir == kind::READ && len < SHORT_HEAD {
         // The status line or headers may be split: forward the next read too.
         let _ = CONT.insert(&key, &1, 0);
-    } else if dir == direction::WRITE
+    } else if dir == kind::WRITE
         && start == Start::Head
         && prefix[0] == b'P'
         && ends_headers(buf, len)
@@ -288,7 +282,7 @@ fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32) {
         tid: pid_tgid as u32,
         len,
         captured: cap as u32,
-        direction: dir,
+        kind: dir,
         flags: event_flags,
     };
     let size = HEADER_LEN + (black_box(cap) & MASK);
@@ -297,6 +291,41 @@ fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32) {
         unsafe { core::slice::from_raw_parts((record as *const EventBuf).cast::<u8>(), size) };
     let ret = EVENTS.output::<[u8]>(bytes, 0);
     if ret.is_ok() {
+        bump(stats::SENT);
+    } else {
+        bump(stats::LOST);
+    }
+}
+
+/// Every `execve`: user space decides whether the new program is a claude to watch.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+    notify(kind::EXEC);
+    0
+}
+
+/// Every thread exit; only a process's main thread is reported.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
+        notify(kind::EXIT);
+    }
+    0
+}
+
+#[inline(always)]
+fn notify(event_kind: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let header = EventHeader {
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        kind: event_kind,
+        ..EventHeader::default()
+    };
+    if EVENTS.output::<EventHeader>(&header, 0).is_ok() {
         bump(stats::SENT);
     } else {
         bump(stats::LOST);

@@ -5,8 +5,8 @@ use std::num::NonZeroU32;
 use std::os::unix::fs::MetadataExt as _;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
+use aya::programs::{RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use claude_ebpf_common::stats;
 use serde::Serialize;
@@ -47,6 +47,7 @@ struct AttachKey {
 pub struct Probes {
     ebpf: Ebpf,
     links: HashMap<AttachKey, Vec<(&'static str, UProbeLinkId)>>,
+    process_events: bool,
 }
 
 impl std::fmt::Debug for Probes {
@@ -66,6 +67,9 @@ fn programs(function: Function) -> &'static [&'static str] {
         Function::SslReadEx => &["ssl_read_ex_entry", "ssl_read_ex_return"],
     }
 }
+
+/// Raw tracepoints (named as the tracepoints they attach to) that report execs and exits.
+const PROCESS_PROGRAMS: [&str; 2] = ["sched_process_exec", "sched_process_exit"];
 
 const ALL_PROGRAMS: [&str; 6] = [
     "ssl_write",
@@ -99,11 +103,42 @@ impl Probes {
                 .map_err(|e: aya::programs::ProgramError| load_error(&e))?;
             program.load().map_err(|e| load_error(&e))?;
         }
+        for name in PROCESS_PROGRAMS {
+            let program: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| CaptureError::Load {
+                    detail: format!("program {name} missing from the object"),
+                })?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| load_error(&e))?;
+            program.load().map_err(|e| load_error(&e))?;
+        }
         info!(ring_bytes, "eBPF programs loaded");
         Ok(Self {
             ebpf,
             links: HashMap::new(),
+            process_events: false,
         })
+    }
+
+    /// Also reports every exec and process exit (records of kind `EXEC` and `EXIT`), so new
+    /// claude processes are found within milliseconds of starting. Idempotent.
+    pub fn watch_processes(&mut self) -> Result<(), CaptureError> {
+        if self.process_events {
+            return Ok(());
+        }
+        for name in PROCESS_PROGRAMS {
+            let program: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .expect("loaded as a raw tracepoint");
+            program.attach(name).map_err(|e| CaptureError::Load {
+                detail: format!("attaching {name}: {}", chain(&e)),
+            })?;
+        }
+        self.process_events = true;
+        Ok(())
     }
 
     /// Takes the ring buffer out (once) for a [`super::records::RecordStream`].

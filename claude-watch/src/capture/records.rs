@@ -73,7 +73,7 @@ mod tests {
             captured: 4,
             len: 4,
             pid: 7,
-            direction: 1,
+            kind: 1,
             ..EventHeader::default()
         };
         let mut bytes = vec![0u8; HEADER_LEN];

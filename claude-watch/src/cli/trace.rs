@@ -9,6 +9,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
+use claude_ebpf_common::kind;
+
 use crate::capture::records::RecordStream;
 use crate::capture::{Probes, probes::DEFAULT_RING_BYTES, targets};
 use crate::http::Exchange;
@@ -150,6 +152,11 @@ async fn trace_loop(
             drained = stream.drain(|record| {
                 // Name the process at its first record: short-lived clients may be gone by the
                 // time their response is paired.
+                if record.header.kind == kind::EXIT {
+                    pairer.forget_pid(record.header.pid);
+                    names.0.remove(&record.header.pid);
+                    return;
+                }
                 names.get(record.header.pid);
                 if let Some(exchange) = pairer.push(record) {
                     let mut out = stdout.lock();

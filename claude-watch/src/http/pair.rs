@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use claude_ebpf_common::{EventHeader, HEAD_MAX, direction, flags};
+use claude_ebpf_common::{EventHeader, HEAD_MAX, flags, kind};
 
 use super::Exchange;
 use super::parse::{Invalid, Parse, RequestHead, model_from_body, parse_request, parse_response};
@@ -91,8 +91,8 @@ impl Pairer {
         }
         let conn = self.conns.entry((h.pid, h.conn)).or_default();
         conn.last_seen_ns = h.ts_ns;
-        match h.direction {
-            direction::WRITE if continuation => {
+        match h.kind {
+            kind::WRITE if continuation => {
                 // The body after a headers-only write: take the model from it.
                 if let Some(last) = conn.requests.back_mut()
                     && last.head.headers_complete
@@ -102,7 +102,7 @@ impl Pairer {
                 }
                 None
             }
-            direction::WRITE => match parse_request(record.head, truncated) {
+            kind::WRITE => match parse_request(record.head, truncated) {
                 Parse::Parsed(head) => {
                     if conn.requests.len() >= MAX_PENDING {
                         conn.requests.pop_front();
@@ -119,7 +119,7 @@ impl Pairer {
                     None
                 }
             },
-            direction::READ => {
+            kind::READ => {
                 let joined;
                 let bytes = if continuation {
                     if conn.pieces.is_empty() {
@@ -236,7 +236,7 @@ mod tests {
                 tid: 43,
                 len,
                 captured: bytes.len() as u32,
-                direction: dir,
+                kind: dir,
                 flags: fl,
             };
             self.pairer.push(Record {
@@ -251,15 +251,12 @@ mod tests {
     #[test]
     fn keep_alive_pairs_in_order() {
         let mut f = Feed::new();
-        assert_eq!(f.push(1, direction::WRITE, 0, REQ), None);
-        assert_eq!(
-            f.push(1, direction::WRITE, 0, b"HEAD / HTTP/1.1\r\n\r\n"),
-            None
-        );
+        assert_eq!(f.push(1, kind::WRITE, 0, REQ), None);
+        assert_eq!(f.push(1, kind::WRITE, 0, b"HEAD / HTTP/1.1\r\n\r\n"), None);
         let first = f
             .push(
                 1,
-                direction::READ,
+                kind::READ,
                 0,
                 b"HTTP/1.1 401 Unauthorized\r\nrequest-id: req_1\r\n\r\n",
             )
@@ -273,7 +270,7 @@ mod tests {
         assert_eq!(first.request_id.as_deref(), Some("req_1"));
         assert_eq!(first.ts_ms, 1_700_000_001_015);
         let second = f
-            .push(1, direction::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
+            .push(1, kind::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
             .unwrap();
         assert_eq!(second.method.as_deref(), Some("HEAD"));
         assert_eq!(f.pairer.stats(), PairStats::default());
@@ -282,19 +279,14 @@ mod tests {
     #[test]
     fn connections_are_separate() {
         let mut f = Feed::new();
-        f.push(1, direction::WRITE, 0, b"GET /a HTTP/1.1\r\n\r\n");
-        f.push(2, direction::WRITE, 0, b"GET /b HTTP/1.1\r\n\r\n");
+        f.push(1, kind::WRITE, 0, b"GET /a HTTP/1.1\r\n\r\n");
+        f.push(2, kind::WRITE, 0, b"GET /b HTTP/1.1\r\n\r\n");
         let b = f
-            .push(
-                2,
-                direction::READ,
-                0,
-                b"HTTP/1.1 429 Too Many Requests\r\n\r\n",
-            )
+            .push(2, kind::READ, 0, b"HTTP/1.1 429 Too Many Requests\r\n\r\n")
             .unwrap();
         assert_eq!((b.path.as_deref(), b.status), (Some("/b"), 429));
         let a = f
-            .push(1, direction::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
+            .push(1, kind::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
             .unwrap();
         assert_eq!(a.path.as_deref(), Some("/a"));
     }
@@ -302,16 +294,16 @@ mod tests {
     #[test]
     fn status_line_in_pieces() {
         let mut f = Feed::new();
-        f.push(1, direction::WRITE, 0, b"GET /x HTTP/1.1\r\n\r\n");
-        assert_eq!(f.push(1, direction::READ, 0, b"HT"), None);
+        f.push(1, kind::WRITE, 0, b"GET /x HTTP/1.1\r\n\r\n");
+        assert_eq!(f.push(1, kind::READ, 0, b"HT"), None);
         assert_eq!(
-            f.push(1, direction::READ, flags::CONTINUATION, b"TP/1.1 4"),
+            f.push(1, kind::READ, flags::CONTINUATION, b"TP/1.1 4"),
             None
         );
         let ex = f
             .push(
                 1,
-                direction::READ,
+                kind::READ,
                 flags::CONTINUATION,
                 b"01 Unauthorized\r\nrequest-id: req_9\r\n\r\n",
             )
@@ -319,12 +311,7 @@ mod tests {
         assert_eq!((ex.status, ex.request_id.as_deref()), (401, Some("req_9")));
         // A later continuation without pieces (the rest of a body) adds nothing.
         assert_eq!(
-            f.push(
-                1,
-                direction::READ,
-                flags::CONTINUATION,
-                b"{\"type\":\"error\"}"
-            ),
+            f.push(1, kind::READ, flags::CONTINUATION, b"{\"type\":\"error\"}"),
             None
         );
         assert_eq!(f.pairer.stats(), PairStats::default());
@@ -335,18 +322,18 @@ mod tests {
         let mut f = Feed::new();
         f.push(
             1,
-            direction::WRITE,
+            kind::WRITE,
             0,
             b"POST /v1/messages HTTP/1.1\r\nhost: h\r\n\r\n",
         );
         f.push(
             1,
-            direction::WRITE,
+            kind::WRITE,
             flags::CONTINUATION,
             b"{\"model\":\"claude-haiku-4-5\",\"stream\":true}",
         );
         let ex = f
-            .push(1, direction::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
+            .push(1, kind::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
             .unwrap();
         assert_eq!(ex.model.as_deref(), Some("claude-haiku-4-5"));
     }
@@ -354,17 +341,17 @@ mod tests {
     #[test]
     fn garbage_is_counted_not_paired() {
         let mut f = Feed::new();
-        f.push(1, direction::WRITE, 0, b"GET /x HTTP/1.1\r\n\r\n");
-        assert_eq!(f.push(1, direction::READ, 0, b"HTTP/1.1 2x0 OK\r\n"), None);
-        assert_eq!(f.push(1, direction::WRITE, 0, b"\x00\x01garbage"), None);
+        f.push(1, kind::WRITE, 0, b"GET /x HTTP/1.1\r\n\r\n");
+        assert_eq!(f.push(1, kind::READ, 0, b"HTTP/1.1 2x0 OK\r\n"), None);
+        assert_eq!(f.push(1, kind::WRITE, 0, b"\x00\x01garbage"), None);
         assert_eq!(
-            f.push(1, direction::READ, 0, b"HTTP/1.1 100 Continue\r\n\r\n"),
+            f.push(1, kind::READ, 0, b"HTTP/1.1 100 Continue\r\n\r\n"),
             None
         );
         assert_eq!(f.pairer.stats().invalid, 2);
         // The request is still waiting for its real answer.
         assert_eq!(
-            f.push(1, direction::READ, 0, b"HTTP/1.1 204 No Content\r\n\r\n")
+            f.push(1, kind::READ, 0, b"HTTP/1.1 204 No Content\r\n\r\n")
                 .unwrap()
                 .status,
             204
@@ -376,23 +363,23 @@ mod tests {
         let mut f = Feed::new();
         let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
         big.resize(HEAD_MAX, b'a');
-        let ex = f.push_len(7, direction::READ, 0, &big, 10 << 20).unwrap();
+        let ex = f.push_len(7, kind::READ, 0, &big, 10 << 20).unwrap();
         assert_eq!((ex.status, ex.method), (200, None));
         assert_eq!(f.pairer.stats().unpaired_responses, 1);
         let line = vec![b'x'; HEAD_MAX - 9];
         let mut overlong = b"HTTP/1.1 ".to_vec();
         overlong.extend_from_slice(&line);
-        assert_eq!(f.push_len(7, direction::READ, 0, &overlong, 1 << 20), None);
+        assert_eq!(f.push_len(7, kind::READ, 0, &overlong, 1 << 20), None);
         assert_eq!(f.pairer.stats().invalid, 1);
     }
 
     #[test]
     fn forget_pid_drops_waiting_requests() {
         let mut f = Feed::new();
-        f.push(1, direction::WRITE, 0, b"GET /x HTTP/1.1\r\n\r\n");
+        f.push(1, kind::WRITE, 0, b"GET /x HTTP/1.1\r\n\r\n");
         f.pairer.forget_pid(42);
         let ex = f
-            .push(1, direction::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
+            .push(1, kind::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
             .unwrap();
         assert_eq!(ex.method, None);
     }
