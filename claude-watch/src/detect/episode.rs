@@ -1,0 +1,88 @@
+//! The record of one 401 episode, as the detector builds it and the journal stores it.
+
+use serde::{Deserialize, Serialize};
+
+/// How many request ids an episode keeps from its start and from its end.
+pub const REQUEST_IDS_KEPT: usize = 5;
+
+/// How an episode ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpisodeEnd {
+    /// Not ended (yet, or the daemon stopped before it ended).
+    StillOpen,
+    /// The instance's own process got a non-401 answer without any restart.
+    SelfRecovered,
+    /// After a restart, the new process's own request got a non-401 answer.
+    RecoveredAfterRestart,
+    /// The process exited (not through our restart) while latched.
+    ProcessExited,
+    /// The recovery layer gave up restarting and escalated.
+    Escalated,
+}
+
+/// One latch episode: from the first 401 of the window to its end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Episode {
+    /// Unique id: `<instance>@<first 401 wall ms>`; later snapshots of the same episode share it.
+    pub id: String,
+    /// Instance name.
+    pub instance: String,
+    /// systemd unit, when the instance is one.
+    pub unit: Option<String>,
+    /// PIDs whose 401s belong to the episode.
+    pub pids: Vec<u32>,
+    /// Session ids (`X-Claude-Code-Session-Id`) seen on its 401s.
+    pub session_ids: Vec<String>,
+    /// Models of its 401 requests.
+    pub models: Vec<String>,
+    /// Wall time (ms since epoch) of the first 401.
+    pub first_401_ms: u64,
+    /// Wall time of the last 401.
+    pub last_401_ms: u64,
+    /// Monotonic time (ns) of the first 401.
+    pub first_401_mono_ns: u64,
+    /// Monotonic time of the last 401.
+    pub last_401_mono_ns: u64,
+    /// Number of 401 answers in the episode.
+    pub count_401: u64,
+    /// Request ids of the first 401s (at most [`REQUEST_IDS_KEPT`]).
+    pub first_request_ids: Vec<String>,
+    /// Request ids of the latest 401s (at most [`REQUEST_IDS_KEPT`]; overlaps `first_*` when the
+    /// episode is short).
+    pub last_request_ids: Vec<String>,
+    /// Time between the instance's previous API exchange and the first 401, in ms; `None` when
+    /// no earlier exchange was seen.
+    pub idle_before_ms: Option<u64>,
+    /// Restarts attempted during the episode.
+    pub restarts: u32,
+    /// How it ended.
+    pub end: EpisodeEnd,
+    /// Wall time it ended (ms), when it has.
+    pub ended_ms: Option<u64>,
+    /// After a confirmed recovery: first non-401 time minus the (last) restart time, in ms.
+    pub time_to_recovery_ms: Option<u64>,
+}
+
+impl Episode {
+    /// Duration in ms: first 401 to the end, or to the last 401 while still open.
+    pub fn duration_ms(&self) -> u64 {
+        self.ended_ms.unwrap_or(self.last_401_ms).saturating_sub(self.first_401_ms)
+    }
+
+    /// Whether the episode has ended.
+    pub fn is_closed(&self) -> bool {
+        self.end != EpisodeEnd::StillOpen
+    }
+
+    /// All request ids kept, first ones then last ones, without duplicates.
+    pub fn request_ids(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self.first_request_ids.iter().map(String::as_str).collect();
+        for id in &self.last_request_ids {
+            if !ids.contains(&id.as_str()) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+}

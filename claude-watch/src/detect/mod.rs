@@ -1,0 +1,685 @@
+//! The latch detector: a sans-IO state machine fed exchanges, process and restart events, and a
+//! monotonic clock; it returns [`Event`]s and does no I/O and reads no clock of its own.
+//!
+//! # States (per instance)
+//! - [`State::Healthy`]: no open 401 window.
+//! - [`State::Suspect`]: 401s seen on the instance's current session, no accepted answer since,
+//!   threshold not reached yet.
+//! - [`State::Latched`]: at least [`DetectorConfig::latch_min_401s`] 401s and the window open for
+//!   at least [`DetectorConfig::latch_min_span`]; an [`Episode`] is open.
+//! - [`State::Recovering`]: the recovery layer restarted the instance; waiting for the new
+//!   process's own answer.
+//! - [`State::Escalated`]: the recovery layer gave up; left only on an accepted answer.
+//!
+//! Model throttles are a separate, per-model dimension ([`InstanceStatus::throttled`]): an
+//! instance can be healthy with `claude-opus-*` throttled, and a 429 never counts toward a latch.
+//!
+//! # Answers, precisely
+//! Only Anthropic API calls count: paths starting with `/v1/` (not `HEAD /`, not unknown paths).
+//! - **rejected**: 401.
+//! - **accepted**: any other status in 200..=499 except 403 (2xx, 3xx, 400, 404, 413, 429...):
+//!   the request got past authentication on this session. It ends a 401 window, confirms a
+//!   recovery and leaves escalation ("non-401" in the design).
+//! - **neutral**: 1xx, 403, 5xx (500, 529 overloaded): tells nothing about the session; only
+//!   updates the idle clock.
+//!
+//! # Latch threshold
+//! Latched when the window has at least N 401s (default 3) and `now - first 401 >= T` (default
+//! 10 s) with no accepted answer in between. `T` is measured to `now` (checked by [`Detector::tick`]),
+//! not to the last 401: Claude Code retries a 401 after about 1, 1, 3, 4, 8, 18 s, so by 10 s a
+//! latched instance has sent 5 requests but its next 401 only comes at about 17 s; measuring to
+//! `now` reports the latch at T plus the tick period. A lone 401 window that never reaches N is
+//! forgotten after [`DetectorConfig::suspect_forget_after`] without further 401s.
+//!
+//! # Own session
+//! A 401 counts only for the process and session that got it: exchanges from a PID reported
+//! exited, or carrying a session id of an exited process, are ignored; while recovering only
+//! processes started at or after the restart count; a new session id in a suspect window starts
+//! the window anew.
+
+pub mod episode;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use episode::{Episode, EpisodeEnd, REQUEST_IDS_KEPT};
+
+use crate::http::Exchange;
+use crate::instance::InstanceId;
+
+/// Monotonic time in nanoseconds (CLOCK_MONOTONIC, the clock of [`Exchange::mono_ns`]).
+pub type MonoNs = u64;
+
+/// How many exited PIDs / retired sessions an instance remembers, to ignore their late answers.
+const RETIRED_KEPT: usize = 64;
+
+/// Thresholds of the detector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DetectorConfig {
+    /// N: 401s needed in one window (default 3).
+    pub latch_min_401s: u32,
+    /// T: how long the window must have been open (default 10 s).
+    pub latch_min_span: Duration,
+    /// A suspect window below N with no new 401 for this long is dropped (default 10 min).
+    pub suspect_forget_after: Duration,
+    /// A throttled model with no 429 for this long is no longer throttled (default 5 min); an
+    /// accepted non-429 answer from that model clears it at once.
+    pub throttle_clear_after: Duration,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            latch_min_401s: 3,
+            latch_min_span: Duration::from_secs(10),
+            suspect_forget_after: Duration::from_secs(600),
+            throttle_clear_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The state of one instance (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// No open 401 window.
+    Healthy,
+    /// 401s below the latch threshold.
+    Suspect,
+    /// Latched: an episode is open.
+    Latched,
+    /// Restarted, waiting for the new process's own answer.
+    Recovering,
+    /// Restarts gave up; waiting for any accepted answer.
+    Escalated,
+}
+
+/// Why a state changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum Reason {
+    /// The first 401 of a window.
+    Unauthorized {
+        /// Process that got it.
+        pid: u32,
+    },
+    /// The latch threshold was reached.
+    Threshold {
+        /// 401s in the window.
+        count_401: u64,
+        /// Time since the first 401, in ms.
+        open_ms: u64,
+    },
+    /// An accepted (non-401) answer.
+    Accepted {
+        /// Process that got it.
+        pid: u32,
+        /// Its status.
+        status: u16,
+    },
+    /// The recovery layer started a restart.
+    RestartStarted,
+    /// The restarted instance's new process got a 401.
+    RejectedAfterRestart {
+        /// The new process.
+        pid: u32,
+    },
+    /// The instance's last process exited.
+    ProcessExited {
+        /// The process.
+        pid: u32,
+    },
+    /// The recovery layer escalated.
+    Escalated,
+    /// A suspect window saw no new 401 for [`DetectorConfig::suspect_forget_after`].
+    Forgotten,
+}
+
+/// What the detector reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum Event {
+    /// An instance changed state.
+    StateChanged {
+        /// The instance.
+        instance: InstanceId,
+        /// Old state.
+        from: State,
+        /// New state.
+        to: State,
+        /// Why.
+        #[serde(flatten)]
+        reason: Reason,
+        /// When (monotonic ns).
+        at_ns: MonoNs,
+    },
+    /// A model of the instance got its first 429 of a throttle.
+    ModelThrottled {
+        /// The instance.
+        instance: InstanceId,
+        /// The model (`unknown` when the request's model was not seen).
+        model: String,
+        /// When.
+        at_ns: MonoNs,
+    },
+    /// A tier throttle: some models get 429 while another answers.
+    TierThrottle {
+        /// The instance.
+        instance: InstanceId,
+        /// Models currently throttled.
+        throttled: Vec<String>,
+        /// A model that answered meanwhile.
+        answering: String,
+        /// When.
+        at_ns: MonoNs,
+    },
+    /// A model is no longer throttled.
+    ThrottleCleared {
+        /// The instance.
+        instance: InstanceId,
+        /// The model.
+        model: String,
+        /// When.
+        at_ns: MonoNs,
+    },
+    /// A latch episode opened (journal it).
+    EpisodeOpened(Episode),
+    /// An open episode changed: more 401s, a restart (journal it).
+    EpisodeUpdated(Episode),
+    /// An episode ended; `end` says how (journal it).
+    EpisodeClosed(Episode),
+}
+
+/// A read-only view of one instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InstanceStatus {
+    /// The instance.
+    pub instance: InstanceId,
+    /// Its state.
+    pub state: State,
+    /// Its live PIDs.
+    pub pids: Vec<u32>,
+    /// Its current session id.
+    pub session_id: Option<String>,
+    /// Throttled models.
+    pub throttled: Vec<String>,
+    /// Whether a throttled model coexists with another model answering (tier throttle).
+    pub tier_throttle: bool,
+    /// The open episode (latched/recovering) or suspect window.
+    pub window: Option<Episode>,
+}
+
+#[derive(Debug)]
+struct Throttle {
+    last_429_ns: MonoNs,
+    tier_reported: bool,
+}
+
+#[derive(Debug)]
+struct Proc {
+    started_ns: MonoNs,
+    sessions: BTreeSet<String>,
+}
+
+#[derive(Debug)]
+struct Inst {
+    id: InstanceId,
+    state: State,
+    pids: BTreeMap<u32, Proc>,
+    exited: Vec<u32>,
+    retired_sessions: Vec<String>,
+    session: Option<String>,
+    last_api_ns: Option<MonoNs>,
+    window: Option<Episode>,
+    restart_ns: Option<MonoNs>,
+    throttles: BTreeMap<String, Throttle>,
+    last_ok: BTreeMap<String, MonoNs>,
+}
+
+/// The detector for all instances of a host.
+#[derive(Debug, Default)]
+pub struct Detector {
+    config: DetectorConfig,
+    instances: BTreeMap<InstanceId, Inst>,
+    /// Wall ns minus mono ns, learned from the latest exchange.
+    wall_offset_ns: Option<i128>,
+}
+
+enum Answer {
+    Rejected,
+    Accepted,
+    Neutral,
+}
+
+fn answer(status: u16) -> Answer {
+    match status {
+        401 => Answer::Rejected,
+        403 => Answer::Neutral,
+        200..=499 => Answer::Accepted,
+        _ => Answer::Neutral,
+    }
+}
+
+fn ms(ns: u64) -> u64 {
+    ns / 1_000_000
+}
+
+fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
+    if !v.contains(&x) {
+        v.push(x);
+    }
+}
+
+fn push_bounded<T>(v: &mut Vec<T>, x: T) {
+    if v.len() == RETIRED_KEPT {
+        v.remove(0);
+    }
+    v.push(x);
+}
+
+impl Inst {
+    fn new(id: InstanceId) -> Self {
+        Self {
+            id,
+            state: State::Healthy,
+            pids: BTreeMap::new(),
+            exited: Vec::new(),
+            retired_sessions: Vec::new(),
+            session: None,
+            last_api_ns: None,
+            window: None,
+            restart_ns: None,
+            throttles: BTreeMap::new(),
+            last_ok: BTreeMap::new(),
+        }
+    }
+
+    fn set_state(&mut self, to: State, reason: Reason, at_ns: MonoNs, out: &mut Vec<Event>) {
+        let from = self.state;
+        self.state = to;
+        tracing::info!(instance = %self.id, ?from, ?to, ?reason, "instance state changed");
+        out.push(Event::StateChanged { instance: self.id.clone(), from, to, reason, at_ns });
+    }
+
+    fn new_window(&self, pid: u32, ex: &Exchange) -> Episode {
+        Episode {
+            id: format!("{}@{}", self.id, ex.ts_ms),
+            instance: self.id.name.clone(),
+            unit: self.id.unit_name().map(str::to_owned),
+            pids: Vec::new(),
+            session_ids: Vec::new(),
+            models: Vec::new(),
+            first_401_ms: ex.ts_ms,
+            last_401_ms: ex.ts_ms,
+            first_401_mono_ns: ex.mono_ns,
+            last_401_mono_ns: ex.mono_ns,
+            count_401: 0,
+            first_request_ids: Vec::new(),
+            last_request_ids: Vec::new(),
+            idle_before_ms: self.last_api_ns.map(|l| ms(ex.mono_ns.saturating_sub(l))),
+            restarts: 0,
+            end: EpisodeEnd::StillOpen,
+            ended_ms: None,
+            time_to_recovery_ms: None,
+        }
+        .with_401(pid, ex)
+    }
+
+    fn close(&mut self, end: EpisodeEnd, ended_ms: Option<u64>, out: &mut Vec<Event>) {
+        if let Some(mut ep) = self.window.take() {
+            ep.end = end;
+            ep.ended_ms = ended_ms;
+            tracing::info!(instance = %self.id, episode = %ep.id, ?end, count_401 = ep.count_401, "episode closed");
+            out.push(Event::EpisodeClosed(ep));
+        }
+        self.restart_ns = None;
+    }
+}
+
+impl Episode {
+    fn with_401(mut self, pid: u32, ex: &Exchange) -> Self {
+        self.add_401(pid, ex);
+        self
+    }
+
+    fn add_401(&mut self, pid: u32, ex: &Exchange) {
+        self.count_401 += 1;
+        self.last_401_ms = ex.ts_ms;
+        self.last_401_mono_ns = ex.mono_ns;
+        push_unique(&mut self.pids, pid);
+        if let Some(s) = &ex.session_id {
+            push_unique(&mut self.session_ids, s.clone());
+        }
+        if let Some(m) = &ex.model {
+            push_unique(&mut self.models, m.clone());
+        }
+        if let Some(id) = &ex.request_id {
+            if self.first_request_ids.len() < REQUEST_IDS_KEPT {
+                self.first_request_ids.push(id.clone());
+            }
+            if self.last_request_ids.len() == REQUEST_IDS_KEPT {
+                self.last_request_ids.remove(0);
+            }
+            self.last_request_ids.push(id.clone());
+        }
+    }
+}
+
+impl Detector {
+    /// A detector with the given thresholds.
+    pub fn new(config: DetectorConfig) -> Self {
+        Self { config, instances: BTreeMap::new(), wall_offset_ns: None }
+    }
+
+    /// The thresholds in use.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// The status of one instance, if it was ever seen.
+    pub fn status(&self, instance: &InstanceId) -> Option<InstanceStatus> {
+        self.instances.get(instance).map(|i| InstanceStatus {
+            instance: i.id.clone(),
+            state: i.state,
+            pids: i.pids.keys().copied().collect(),
+            session_id: i.session.clone(),
+            throttled: i.throttles.keys().cloned().collect(),
+            tier_throttle: i.throttles.values().any(|t| t.tier_reported),
+            window: i.window.clone(),
+        })
+    }
+
+    /// The status of every instance seen.
+    pub fn statuses(&self) -> Vec<InstanceStatus> {
+        self.instances.keys().filter_map(|k| self.status(k)).collect()
+    }
+
+    fn wall_ms(&self, now: MonoNs) -> Option<u64> {
+        self.wall_offset_ns
+            .map(|off| u64::try_from((i128::from(now) + off).max(0) / 1_000_000).unwrap_or(0))
+    }
+
+    fn inst(&mut self, id: &InstanceId) -> &mut Inst {
+        self.instances.entry(id.clone()).or_insert_with(|| Inst::new(id.clone()))
+    }
+
+    /// Feeds one exchange of process `pid`, which belongs to `instance`.
+    pub fn observe(
+        &mut self,
+        instance: &InstanceId,
+        pid: u32,
+        ex: &Exchange,
+        now: MonoNs,
+    ) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.wall_offset_ns =
+            Some(i128::from(ex.ts_ms) * 1_000_000 - i128::from(ex.mono_ns));
+        let cfg = self.config.clone();
+        let inst = self.inst(instance);
+        if inst.exited.contains(&pid)
+            || ex.session_id.as_ref().is_some_and(|s| inst.retired_sessions.contains(s))
+        {
+            tracing::debug!(instance = %instance, pid, "ignoring exchange of an exited process or session");
+            return out;
+        }
+        let started_ns = inst
+            .pids
+            .entry(pid)
+            .or_insert_with(|| Proc { started_ns: ex.mono_ns, sessions: BTreeSet::new() })
+            .started_ns;
+        if let (State::Recovering, Some(r)) = (inst.state, inst.restart_ns)
+            && started_ns < r
+        {
+            tracing::debug!(instance = %instance, pid, "ignoring pre-restart process while recovering");
+            return out;
+        }
+        if !ex.path.as_deref().is_some_and(|p| p.starts_with("/v1/")) {
+            return out;
+        }
+        if let Some(s) = &ex.session_id {
+            inst.pids.get_mut(&pid).map(|p| p.sessions.insert(s.clone()));
+            inst.session = Some(s.clone());
+        }
+        let model = ex.model.clone().unwrap_or_else(|| "unknown".to_owned());
+        match answer(ex.status) {
+            Answer::Rejected => Self::on_401(inst, pid, ex, &mut out),
+            Answer::Accepted => {
+                Self::on_throttle_signal(inst, &model, ex.status, ex.mono_ns, &mut out);
+                Self::on_accepted(inst, pid, ex, &mut out);
+            }
+            Answer::Neutral => {}
+        }
+        inst.last_api_ns = Some(ex.mono_ns);
+        Self::check_latch(inst, &cfg, now, &mut out);
+        out
+    }
+
+    fn on_401(inst: &mut Inst, pid: u32, ex: &Exchange, out: &mut Vec<Event>) {
+        match inst.state {
+            State::Escalated => {}
+            State::Healthy => {
+                inst.window = Some(inst.new_window(pid, ex));
+                inst.set_state(State::Suspect, Reason::Unauthorized { pid }, ex.mono_ns, out);
+            }
+            State::Suspect => {
+                let new_session = match (&ex.session_id, &inst.window) {
+                    (Some(s), Some(w)) => !w.session_ids.is_empty() && !w.session_ids.contains(s),
+                    _ => false,
+                };
+                if new_session || inst.window.is_none() {
+                    inst.window = Some(inst.new_window(pid, ex));
+                } else if let Some(w) = inst.window.as_mut() {
+                    w.add_401(pid, ex);
+                }
+            }
+            State::Latched | State::Recovering => {
+                if let Some(w) = inst.window.as_mut() {
+                    w.add_401(pid, ex);
+                }
+                if inst.state == State::Recovering {
+                    inst.restart_ns = None;
+                    inst.set_state(
+                        State::Latched,
+                        Reason::RejectedAfterRestart { pid },
+                        ex.mono_ns,
+                        out,
+                    );
+                }
+                if let Some(w) = &inst.window {
+                    out.push(Event::EpisodeUpdated(w.clone()));
+                }
+            }
+        }
+    }
+
+    fn on_accepted(inst: &mut Inst, pid: u32, ex: &Exchange, out: &mut Vec<Event>) {
+        let reason = Reason::Accepted { pid, status: ex.status };
+        match inst.state {
+            State::Healthy => {}
+            State::Suspect => {
+                inst.window = None;
+                inst.set_state(State::Healthy, reason, ex.mono_ns, out);
+            }
+            State::Latched => {
+                inst.close(EpisodeEnd::SelfRecovered, Some(ex.ts_ms), out);
+                inst.set_state(State::Healthy, reason, ex.mono_ns, out);
+            }
+            State::Recovering => {
+                let ttr = inst.restart_ns.map(|r| ms(ex.mono_ns.saturating_sub(r)));
+                if let Some(w) = inst.window.as_mut() {
+                    w.time_to_recovery_ms = ttr;
+                }
+                inst.close(EpisodeEnd::RecoveredAfterRestart, Some(ex.ts_ms), out);
+                inst.set_state(State::Healthy, reason, ex.mono_ns, out);
+            }
+            State::Escalated => inst.set_state(State::Healthy, reason, ex.mono_ns, out),
+        }
+    }
+
+    fn on_throttle_signal(
+        inst: &mut Inst,
+        model: &str,
+        status: u16,
+        at_ns: MonoNs,
+        out: &mut Vec<Event>,
+    ) {
+        if status == 429 {
+            let fresh = !inst.throttles.contains_key(model);
+            inst.throttles
+                .entry(model.to_owned())
+                .or_insert(Throttle { last_429_ns: at_ns, tier_reported: false })
+                .last_429_ns = at_ns;
+            if fresh {
+                tracing::info!(instance = %inst.id, model, "model throttled");
+                out.push(Event::ModelThrottled { instance: inst.id.clone(), model: model.to_owned(), at_ns });
+            }
+            let since = at_ns.saturating_sub(60_000_000_000);
+            let answering = inst
+                .last_ok
+                .iter()
+                .find(|(m, t)| m.as_str() != model && **t >= since && !inst.throttles.contains_key(*m))
+                .map(|(m, _)| m.clone());
+            if let Some(answering) = answering {
+                Self::report_tier(inst, answering, at_ns, out);
+            }
+            return;
+        }
+        if inst.throttles.remove(model).is_some() {
+            out.push(Event::ThrottleCleared { instance: inst.id.clone(), model: model.to_owned(), at_ns });
+        }
+        inst.last_ok.insert(model.to_owned(), at_ns);
+        if (200..300).contains(&status) && !inst.throttles.is_empty() {
+            Self::report_tier(inst, model.to_owned(), at_ns, out);
+        }
+    }
+
+    fn report_tier(inst: &mut Inst, answering: String, at_ns: MonoNs, out: &mut Vec<Event>) {
+        if inst.throttles.values().all(|t| t.tier_reported) {
+            return;
+        }
+        inst.throttles.values_mut().for_each(|t| t.tier_reported = true);
+        let throttled: Vec<String> = inst.throttles.keys().cloned().collect();
+        tracing::warn!(instance = %inst.id, ?throttled, answering = %answering, "tier throttle");
+        out.push(Event::TierThrottle { instance: inst.id.clone(), throttled, answering, at_ns });
+    }
+
+    fn check_latch(inst: &mut Inst, cfg: &DetectorConfig, now: MonoNs, out: &mut Vec<Event>) {
+        if inst.state != State::Suspect {
+            return;
+        }
+        let Some(w) = &inst.window else { return };
+        let open = now.saturating_sub(w.first_401_mono_ns);
+        if w.count_401 >= u64::from(cfg.latch_min_401s)
+            && u128::from(open) >= cfg.latch_min_span.as_nanos()
+        {
+            let reason = Reason::Threshold { count_401: w.count_401, open_ms: ms(open) };
+            out.push(Event::EpisodeOpened(w.clone()));
+            inst.set_state(State::Latched, reason, now, out);
+        } else if u128::from(now.saturating_sub(w.last_401_mono_ns))
+            >= cfg.suspect_forget_after.as_nanos()
+        {
+            inst.window = None;
+            inst.set_state(State::Healthy, Reason::Forgotten, now, out);
+        }
+    }
+
+    /// Advances the clock: reports latches whose time threshold has passed, forgets stale suspect
+    /// windows and clears throttles that have gone quiet. Call it periodically (e.g. every
+    /// 250 ms); the latch is reported at most one period after the threshold.
+    pub fn tick(&mut self, now: MonoNs) -> Vec<Event> {
+        let mut out = Vec::new();
+        let cfg = self.config.clone();
+        for inst in self.instances.values_mut() {
+            Self::check_latch(inst, &cfg, now, &mut out);
+            let quiet: Vec<String> = inst
+                .throttles
+                .iter()
+                .filter(|(_, t)| {
+                    u128::from(now.saturating_sub(t.last_429_ns)) >= cfg.throttle_clear_after.as_nanos()
+                })
+                .map(|(m, _)| m.clone())
+                .collect();
+            for model in quiet {
+                inst.throttles.remove(&model);
+                out.push(Event::ThrottleCleared { instance: inst.id.clone(), model, at_ns: now });
+            }
+        }
+        out
+    }
+
+    /// The recovery layer started restarting `instance`. Only meaningful with an open episode
+    /// (latched or recovering): counts a restart and waits for the new process. Otherwise ignored.
+    pub fn restart_started(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
+        let mut out = Vec::new();
+        let inst = self.inst(instance);
+        if !matches!(inst.state, State::Latched | State::Recovering) {
+            tracing::debug!(instance = %instance, state = ?inst.state, "restart without open episode ignored");
+            return out;
+        }
+        inst.restart_ns = Some(now);
+        if let Some(w) = inst.window.as_mut() {
+            w.restarts += 1;
+            out.push(Event::EpisodeUpdated(w.clone()));
+        }
+        inst.set_state(State::Recovering, Reason::RestartStarted, now, &mut out);
+        out
+    }
+
+    /// A process of `instance` started (exec seen, or the supervisor reported a new main PID).
+    pub fn process_started(&mut self, instance: &InstanceId, pid: u32, now: MonoNs) -> Vec<Event> {
+        let inst = self.inst(instance);
+        inst.exited.retain(|&p| p != pid);
+        inst.pids.insert(pid, Proc { started_ns: now, sessions: BTreeSet::new() });
+        Vec::new()
+    }
+
+    /// A process of `instance` exited. When it was the last one: a suspect window is dropped and
+    /// a latched episode closes as [`EpisodeEnd::ProcessExited`]; recovering and escalated
+    /// instances keep their state (a restart is expected to replace the process).
+    pub fn process_exited(&mut self, instance: &InstanceId, pid: u32, now: MonoNs) -> Vec<Event> {
+        let mut out = Vec::new();
+        let wall = self.wall_ms(now);
+        let inst = self.inst(instance);
+        if let Some(p) = inst.pids.remove(&pid) {
+            for s in p.sessions {
+                push_bounded(&mut inst.retired_sessions, s);
+            }
+        }
+        push_bounded(&mut inst.exited, pid);
+        if !inst.pids.is_empty() {
+            return out;
+        }
+        match inst.state {
+            State::Suspect => {
+                inst.window = None;
+                inst.set_state(State::Healthy, Reason::ProcessExited { pid }, now, &mut out);
+            }
+            State::Latched => {
+                inst.close(EpisodeEnd::ProcessExited, wall, &mut out);
+                inst.set_state(State::Healthy, Reason::ProcessExited { pid }, now, &mut out);
+            }
+            State::Healthy | State::Recovering | State::Escalated => {}
+        }
+        out
+    }
+
+    /// The recovery layer gave up on `instance`: the open episode closes as
+    /// [`EpisodeEnd::Escalated`] and the instance stays escalated until an accepted answer.
+    pub fn escalate(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
+        let mut out = Vec::new();
+        let wall = self.wall_ms(now);
+        let inst = self.inst(instance);
+        match inst.state {
+            State::Escalated => return out,
+            State::Latched | State::Recovering => inst.close(EpisodeEnd::Escalated, wall, &mut out),
+            State::Healthy | State::Suspect => inst.window = None,
+        }
+        inst.set_state(State::Escalated, Reason::Escalated, now, &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,316 @@
+//! Detector scenarios with a fake clock (seconds turned into monotonic ns).
+
+use super::*;
+
+const S: u64 = 1_000_000_000;
+const WALL0: u64 = 1_780_000_000_000;
+
+fn a() -> InstanceId {
+    InstanceId::unit("alpha.service")
+}
+
+fn b() -> InstanceId {
+    InstanceId::unit("beta.service")
+}
+
+fn ex(pid: u32, t: u64, status: u16, model: &str, session: &str, req: &str) -> Exchange {
+    Exchange {
+        ts_ms: WALL0 + t / 1_000_000,
+        mono_ns: t,
+        pid,
+        tid: pid,
+        conn: 1,
+        method: Some("POST".into()),
+        path: Some("/v1/messages?beta=true".into()),
+        status,
+        latency_ms: Some(5),
+        request_id: Some(req.into()),
+        retry_after: None,
+        should_retry: None,
+        session_id: Some(session.into()),
+        model: Some(model.into()),
+        user_agent: Some("claude-cli/2.1.197 (external, sdk-cli)".into()),
+    }
+}
+
+struct Rig {
+    d: Detector,
+    events: Vec<Event>,
+}
+
+impl Rig {
+    fn new() -> Self {
+        Self { d: Detector::new(DetectorConfig::default()), events: Vec::new() }
+    }
+    fn see(&mut self, id: &InstanceId, e: Exchange) -> Vec<Event> {
+        let ev = self.d.observe(id, e.pid, &e, e.mono_ns);
+        self.events.extend(ev.clone());
+        ev
+    }
+    fn tick(&mut self, t: u64) -> Vec<Event> {
+        let ev = self.d.tick(t);
+        self.events.extend(ev.clone());
+        ev
+    }
+    /// Ticks every 250 ms from `from` to `to`.
+    fn run(&mut self, from: u64, to: u64) {
+        let mut t = from;
+        while t <= to {
+            self.tick(t);
+            t += S / 4;
+        }
+    }
+    fn state(&self, id: &InstanceId) -> State {
+        self.d.status(id).expect("instance known").state
+    }
+    fn closed(&self) -> Vec<&Episode> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::EpisodeClosed(ep) => Some(ep),
+                _ => None,
+            })
+            .collect()
+    }
+    fn opened(&self) -> usize {
+        self.events.iter().filter(|e| matches!(e, Event::EpisodeOpened(_))).count()
+    }
+    fn latched_at(&self, id: &InstanceId) -> Option<u64> {
+        self.events.iter().find_map(|e| match e {
+            Event::StateChanged { instance, to: State::Latched, at_ns, .. } if instance == id => {
+                Some(*at_ns)
+            }
+            _ => None,
+        })
+    }
+}
+
+/// Claude Code's 401 retry cadence, starting at `t0`: 401s at +0, 1, 2, 5, 9, 17, 35 s.
+fn retrying_401s(r: &mut Rig, id: &InstanceId, pid: u32, t0: u64, session: &str) {
+    let mut t = t0;
+    for (i, gap) in [1, 1, 3, 4, 8, 18, 0].iter().enumerate() {
+        r.see(id, ex(pid, t, 401, "claude-opus-4-8", session, &format!("req_{pid}_{i}")));
+        r.run(t, t + gap * S - 1);
+        t += gap * S;
+    }
+}
+
+#[test]
+fn a_single_401_among_successes_is_not_a_latch() {
+    let mut r = Rig::new();
+    r.see(&a(), ex(10, S, 200, "claude-opus-4-8", "s1", "req_1"));
+    r.see(&a(), ex(10, 2 * S, 401, "claude-opus-4-8", "s1", "req_2"));
+    assert_eq!(r.state(&a()), State::Suspect);
+    r.see(&a(), ex(10, 3 * S, 200, "claude-opus-4-8", "s1", "req_3"));
+    r.run(3 * S, 60 * S);
+    assert_eq!(r.state(&a()), State::Healthy);
+    assert_eq!(r.opened(), 0);
+    assert!(r.closed().is_empty());
+}
+
+#[test]
+fn a_lone_401_window_is_forgotten_without_latching() {
+    let mut r = Rig::new();
+    r.see(&a(), ex(10, S, 401, "m", "s1", "req_1"));
+    r.run(S, 700 * S);
+    assert_eq!(r.state(&a()), State::Healthy);
+    assert_eq!(r.opened(), 0);
+}
+
+#[test]
+fn retrying_client_latches_within_threshold_plus_tick() {
+    let mut r = Rig::new();
+    r.see(&a(), ex(10, 100 * S, 200, "claude-opus-4-8", "s1", "req_ok"));
+    let t0 = 4000 * S;
+    retrying_401s(&mut r, &a(), 10, t0, "s1");
+    let latched = r.latched_at(&a()).expect("latched");
+    assert!(latched >= t0 + 10 * S && latched <= t0 + 11 * S, "latched at +{} ms", (latched - t0) / 1_000_000);
+    assert_eq!(r.state(&a()), State::Latched);
+    let ep = r.d.status(&a()).unwrap().window.unwrap();
+    assert_eq!(ep.count_401, 7);
+    assert_eq!(ep.first_request_ids, ["req_10_0", "req_10_1", "req_10_2", "req_10_3", "req_10_4"]);
+    assert_eq!(ep.last_request_ids, ["req_10_2", "req_10_3", "req_10_4", "req_10_5", "req_10_6"]);
+    assert_eq!(ep.idle_before_ms, Some(3900 * 1000));
+    assert_eq!(ep.unit.as_deref(), Some("alpha.service"));
+    assert_eq!(ep.session_ids, ["s1"]);
+    assert_eq!(r.opened(), 1);
+    let updates = r.events.iter().filter(|e| matches!(e, Event::EpisodeUpdated(_))).count();
+    assert_eq!(updates, 2, "401s at +17 s and +35 s update the open episode");
+}
+
+#[test]
+fn a_latch_that_self_recovers() {
+    let mut r = Rig::new();
+    retrying_401s(&mut r, &a(), 10, 0, "s1");
+    assert_eq!(r.state(&a()), State::Latched);
+    r.see(&a(), ex(10, 40 * S, 200, "claude-opus-4-8", "s1", "req_ok"));
+    assert_eq!(r.state(&a()), State::Healthy);
+    let closed = r.closed();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].end, EpisodeEnd::SelfRecovered);
+    assert_eq!(closed[0].duration_ms(), 40_000);
+    assert_eq!(closed[0].restarts, 0);
+    assert_eq!(closed[0].idle_before_ms, None);
+}
+
+#[test]
+fn throttle_on_one_model_with_success_on_another_is_a_tier_throttle_not_a_latch() {
+    let mut r = Rig::new();
+    for i in 0..20u64 {
+        r.see(&a(), ex(10, i * S, 429, "claude-opus-4-8", "s1", &format!("req_o{i}")));
+        if i % 5 == 0 {
+            r.see(&a(), ex(10, i * S + S / 2, 200, "claude-haiku-4-5", "s1", &format!("req_h{i}")));
+        }
+        r.tick(i * S + S / 2);
+    }
+    let st = r.d.status(&a()).unwrap();
+    assert_eq!(st.state, State::Healthy);
+    assert_eq!(st.throttled, ["claude-opus-4-8"]);
+    assert!(st.tier_throttle);
+    assert_eq!(r.opened(), 0);
+    let tiers: Vec<_> = r.events.iter().filter(|e| matches!(e, Event::TierThrottle { .. })).collect();
+    assert_eq!(tiers.len(), 1, "reported once per throttle");
+    assert!(matches!(tiers[0], Event::TierThrottle { answering, throttled, .. }
+        if answering == "claude-haiku-4-5" && throttled == &["claude-opus-4-8".to_string()]));
+    r.run(20 * S, 400 * S);
+    assert!(r.d.status(&a()).unwrap().throttled.is_empty(), "quiet throttle clears");
+}
+
+#[test]
+fn a_429_does_not_count_toward_a_latch() {
+    let mut r = Rig::new();
+    r.see(&a(), ex(10, 0, 401, "m", "s1", "r0"));
+    r.see(&a(), ex(10, S, 429, "m", "s1", "r1"));
+    r.see(&a(), ex(10, 2 * S, 401, "m", "s1", "r2"));
+    r.see(&a(), ex(10, 3 * S, 401, "m", "s1", "r3"));
+    r.run(3 * S, 12 * S);
+    assert_eq!(r.state(&a()), State::Suspect, "the 429 broke the window; only 2 401s since");
+    r.see(&a(), ex(10, 13 * S, 401, "m", "s1", "r4"));
+    r.run(13 * S, 14 * S);
+    assert_eq!(r.state(&a()), State::Latched);
+    assert_eq!(r.d.status(&a()).unwrap().window.unwrap().count_401, 3);
+}
+
+#[test]
+fn two_instances_one_latched() {
+    let mut r = Rig::new();
+    let mut t = 0;
+    for i in 0..15u64 {
+        r.see(&a(), ex(10, t, 401, "m", "sa", &format!("ra{i}")));
+        r.see(&b(), ex(20, t + 1, 200, "m", "sb", &format!("rb{i}")));
+        t += S;
+        r.tick(t);
+    }
+    assert_eq!(r.state(&a()), State::Latched);
+    assert_eq!(r.state(&b()), State::Healthy);
+    assert!(r.latched_at(&b()).is_none());
+    let ep = r.d.status(&a()).unwrap().window.unwrap();
+    assert_eq!(ep.pids, [10]);
+}
+
+#[test]
+fn restarted_instance_with_new_session_recovers_and_old_401s_do_not_count() {
+    let mut r = Rig::new();
+    retrying_401s(&mut r, &a(), 10, 0, "old");
+    r.d.restart_started(&a(), 40 * S);
+    assert_eq!(r.state(&a()), State::Recovering);
+    // A late 401 of the old process, before it is reported exited: ignored.
+    r.see(&a(), ex(10, 40 * S + 1, 401, "m", "old", "late1"));
+    r.d.process_exited(&a(), 10, 41 * S);
+    r.see(&a(), ex(10, 41 * S + 1, 401, "m", "old", "late2"));
+    assert_eq!(r.state(&a()), State::Recovering);
+    r.d.process_started(&a(), 11, 42 * S);
+    let ev = r.see(&a(), ex(11, 45 * S, 200, "m", "new", "req_new"));
+    assert!(ev.iter().any(|e| matches!(e, Event::StateChanged { to: State::Healthy, .. })));
+    let closed = r.closed();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].end, EpisodeEnd::RecoveredAfterRestart);
+    assert_eq!(closed[0].time_to_recovery_ms, Some(5000));
+    assert_eq!(closed[0].restarts, 1);
+    assert_eq!(closed[0].count_401, 7, "late 401s of the old process are not counted");
+    // An old-session 401 arriving after recovery does not open anything for the new one.
+    r.see(&a(), ex(12, 46 * S, 401, "m", "old", "late3"));
+    assert_eq!(r.state(&a()), State::Healthy);
+    assert_eq!(r.d.status(&a()).unwrap().session_id.as_deref(), Some("new"));
+}
+
+#[test]
+fn new_session_restarts_a_suspect_window() {
+    let mut r = Rig::new();
+    r.see(&a(), ex(10, 0, 401, "m", "s1", "r0"));
+    r.see(&a(), ex(10, S, 401, "m", "s1", "r1"));
+    r.see(&a(), ex(10, 9 * S, 401, "m", "s2", "r2"));
+    r.run(9 * S, 12 * S);
+    assert_eq!(r.state(&a()), State::Suspect);
+    assert_eq!(r.d.status(&a()).unwrap().window.unwrap().session_ids, ["s2"]);
+}
+
+#[test]
+fn recovering_then_latched_again_then_escalated_then_healthy() {
+    let mut r = Rig::new();
+    retrying_401s(&mut r, &a(), 10, 0, "s1");
+    r.d.restart_started(&a(), 40 * S);
+    r.d.process_exited(&a(), 10, 40 * S);
+    assert_eq!(r.state(&a()), State::Recovering, "exit during a restart closes nothing");
+    r.d.process_started(&a(), 11, 41 * S);
+    let ev = r.see(&a(), ex(11, 42 * S, 401, "m", "s2", "again"));
+    assert!(ev.iter().any(|e| matches!(e,
+        Event::StateChanged { from: State::Recovering, to: State::Latched, reason: Reason::RejectedAfterRestart { pid: 11 }, .. })));
+    assert_eq!(r.state(&a()), State::Latched);
+    r.d.restart_started(&a(), 100 * S);
+    r.d.process_exited(&a(), 11, 100 * S);
+    r.d.process_started(&a(), 12, 101 * S);
+    r.see(&a(), ex(12, 102 * S, 401, "m", "s3", "again2"));
+    let ev = r.d.escalate(&a(), 103 * S);
+    r.events.extend(ev);
+    assert_eq!(r.state(&a()), State::Escalated);
+    let closed = r.closed();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].end, EpisodeEnd::Escalated);
+    assert_eq!(closed[0].restarts, 2);
+    assert_eq!(closed[0].pids, [10, 11, 12]);
+    assert_eq!(closed[0].ended_ms, Some(WALL0 + 103_000));
+    // 401s while escalated open nothing; a 5xx does not leave; a non-401 does.
+    r.see(&a(), ex(12, 110 * S, 401, "m", "s3", "x"));
+    r.run(110 * S, 130 * S);
+    r.see(&a(), ex(12, 131 * S, 529, "m", "s3", "y"));
+    assert_eq!(r.state(&a()), State::Escalated);
+    assert_eq!(r.opened(), 1);
+    r.see(&a(), ex(12, 132 * S, 200, "m", "s3", "z"));
+    assert_eq!(r.state(&a()), State::Healthy);
+}
+
+#[test]
+fn latched_process_exit_closes_the_episode() {
+    let mut r = Rig::new();
+    retrying_401s(&mut r, &a(), 10, 0, "s1");
+    r.d.process_exited(&a(), 10, 50 * S).into_iter().for_each(|e| r.events.push(e));
+    assert_eq!(r.closed()[0].end, EpisodeEnd::ProcessExited);
+    assert_eq!(r.state(&a()), State::Healthy);
+}
+
+#[test]
+fn non_api_calls_and_neutral_statuses_are_ignored() {
+    let mut r = Rig::new();
+    let mut head = ex(10, 0, 401, "m", "s1", "h");
+    head.path = Some("/".into());
+    r.see(&a(), head);
+    assert_eq!(r.state(&a()), State::Healthy);
+    r.see(&a(), ex(10, S, 401, "m", "s1", "r1"));
+    r.see(&a(), ex(10, 2 * S, 500, "m", "s1", "r2"));
+    r.see(&a(), ex(10, 3 * S, 403, "m", "s1", "r3"));
+    assert_eq!(r.state(&a()), State::Suspect, "5xx and 403 neither end nor extend a window");
+    r.see(&a(), ex(10, 4 * S, 401, "m", "s1", "r4"));
+    r.see(&a(), ex(10, 5 * S, 401, "m", "s1", "r5"));
+    r.run(5 * S, 11 * S);
+    assert_eq!(r.d.status(&a()).unwrap().window.unwrap().count_401, 3);
+    assert_eq!(r.state(&a()), State::Latched);
+}
+
+#[test]
+fn restart_without_episode_is_ignored() {
+    let mut r = Rig::new();
+    r.see(&a(), ex(10, 0, 200, "m", "s1", "r"));
+    assert!(r.d.restart_started(&a(), S).is_empty());
+    assert_eq!(r.state(&a()), State::Healthy);
+}

@@ -1,0 +1,182 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn proc_with(exe: &str, args: &[&str], cgroup: &str) -> ProcessInfo {
+    ProcessInfo {
+        pid: 4242,
+        ppid: 1,
+        start_time: 99,
+        exe: PathBuf::from(exe),
+        cmdline: args.iter().map(|s| (*s).to_owned()).collect(),
+        cwd: Some(PathBuf::from("/srv/agents/alpha")),
+        cgroup: cgroup.to_owned(),
+    }
+}
+
+fn unit(cgroup: &str) -> Option<String> {
+    systemd_unit(cgroup).map(|u| u.name)
+}
+
+#[test]
+fn unit_from_plain_and_nested_cgroups() {
+    assert_eq!(unit("0::/system.slice/foo.service\n").as_deref(), Some("foo.service"));
+    assert_eq!(
+        unit("0::/testbed/system.slice/looper.service\n").as_deref(),
+        Some("looper.service")
+    );
+    let docker = "0::/system.slice/docker-0123abcd.scope/system.slice/x.service\n";
+    assert_eq!(unit(docker).as_deref(), Some("x.service"));
+    assert_eq!(
+        unit("0::/system.slice/agent@7.service\n").as_deref(),
+        Some("agent@7.service")
+    );
+    let delegated = "0::/system.slice/foo.service/payload\n";
+    assert_eq!(unit(delegated).as_deref(), Some("foo.service"));
+    let full = systemd_unit("0::/testbed/system.slice/looper.service").unwrap();
+    assert_eq!(full.manager, Manager::System);
+    assert_eq!(full.cgroup, "/testbed/system.slice/looper.service");
+}
+
+#[test]
+fn user_units_name_their_manager() {
+    let u = systemd_unit("0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.service")
+        .unwrap();
+    assert_eq!(u.name, "x.service");
+    assert_eq!(u.manager, Manager::User { uid: 1000 });
+}
+
+#[test]
+fn scopes_and_managers_are_not_units() {
+    assert_eq!(unit("0::/user.slice/user-1000.slice/session-3.scope\n"), None);
+    assert_eq!(unit("0::/system.slice/docker-0123abcd.scope\n"), None);
+    assert_eq!(unit("0::/user.slice/user-1000.slice/user@1000.service/init.scope\n"), None);
+    assert_eq!(
+        unit("0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-x-12.scope\n"),
+        None
+    );
+    assert_eq!(unit("0::/\n"), None);
+    assert_eq!(unit(""), None);
+}
+
+#[test]
+fn cgroup_v1_uses_the_name_systemd_line() {
+    let v1 = "12:memory:/system.slice/a.service\n1:name=systemd:/system.slice/b.service\n";
+    assert_eq!(unit(v1).as_deref(), Some("b.service"));
+}
+
+#[test]
+fn identify_prefers_unit_then_rule_then_pid() {
+    let rules = vec![
+        MatchRule { name: "by-cwd".into(), cwd: Some("/srv/agents/beta".into()), ..Default::default() },
+        MatchRule {
+            name: "alpha".into(),
+            exe: Some("*/claude-code-linux-x64/claude".into()),
+            arg: Some("stream-json".into()),
+            cwd: Some("/srv/agents".into()),
+            ..Default::default()
+        },
+    ];
+    let exe = "/opt/n/node_modules/@anthropic-ai/claude-code-linux-x64/claude";
+    let args = ["claude", "-p", "--input-format", "stream-json"];
+    let in_unit = proc_with(exe, &args, "0::/system.slice/agent.service\n");
+    assert_eq!(identify(&in_unit, &rules), InstanceId::unit("agent.service"));
+    assert_eq!(identify(&in_unit, &rules).unit_name(), Some("agent.service"));
+
+    let bare = proc_with(exe, &args, "0::/user.slice/user-0.slice/session-1.scope\n");
+    assert_eq!(identify(&bare, &rules), InstanceId::rule("alpha"));
+    assert_eq!(identify(&bare, &rules).unit_name(), None);
+
+    let other_args = proc_with(exe, &["claude", "-p", "hi"], "0::/\n");
+    assert_eq!(identify(&other_args, &rules), InstanceId::pid(4242));
+    assert_eq!(InstanceId::pid(4242).to_string(), "pid:4242");
+}
+
+#[test]
+fn rule_conditions_are_all_required() {
+    let r = MatchRule {
+        name: "c".into(),
+        cgroup: Some("docker-".into()),
+        cwd: Some("/srv/agents/alpha".into()),
+        ..Default::default()
+    };
+    let mut p = proc_with("/usr/bin/claude", &["claude"], "0::/system.slice/docker-1.scope\n");
+    assert!(r.matches(&p));
+    p.cwd = Some("/srv/agents/alphabet".into());
+    assert!(!r.matches(&p), "cwd must be the directory or below, not a string prefix");
+    p.cwd = None;
+    assert!(!r.matches(&p));
+}
+
+#[test]
+fn glob_behaves() {
+    assert!(glob_match("/usr/*/claude", "/usr/local/bin/claude"));
+    assert!(glob_match("*claude", "claude"));
+    assert!(glob_match("/a/?/c", "/a/b/c"));
+    assert!(!glob_match("/a/?/c", "/a/bb/c"));
+    assert!(!glob_match("*/claude", "/usr/bin/claude-helper"));
+}
+
+#[test]
+fn classify_claude_installs() {
+    let native = [
+        "/work/.test-deps/npm/claude-2.1.331/node_modules/@anthropic-ai/claude-code-linux-x64/claude",
+        "/home/a/.local/bin/claude",
+        "/home/a/.claude/local/claude",
+        "/home/a/.local/share/claude/versions/2.1.197",
+    ];
+    for exe in native {
+        assert_eq!(classify(Path::new(exe), &["claude".into()]), Some(ClaudeKind::Native), "{exe}");
+    }
+    let node_cli = ["node", "/usr/lib/node_modules/@anthropic-ai/claude-code/cli.js", "-p"];
+    let args: Vec<String> = node_cli.iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(classify(Path::new("/usr/bin/node"), &args), Some(ClaudeKind::Script));
+    let shim: Vec<String> = ["node", "--no-warnings", "/usr/local/bin/claude"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    assert_eq!(classify(Path::new("/usr/bin/node"), &shim), Some(ClaudeKind::Script));
+}
+
+#[test]
+fn classify_rejects_tools_and_other_scripts() {
+    let mcp: Vec<String> = ["node", "/opt/mcp/server.js"].iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(classify(Path::new("/usr/bin/node"), &mcp), None);
+    assert_eq!(classify(Path::new("/bin/bash"), &["bash".into(), "-c".into()]), None);
+    assert_eq!(classify(Path::new("/usr/bin/rg"), &["rg".into()]), None);
+    assert_eq!(classify(Path::new("/usr/lib/python3/versions/3.11"), &[]), None);
+}
+
+#[test]
+fn children_of_an_instance_are_not_instances() {
+    let claude = proc_with("/usr/local/bin/claude", &["claude", "-p"], "0::/system.slice/a.service");
+    let bash = proc_with("/bin/bash", &["bash", "-c", "ls"], "0::/system.slice/a.service");
+    let helper = proc_with("/usr/local/bin/claude", &["rg", "foo"], "0::/system.slice/a.service");
+    assert_eq!(is_instance(&claude, &[]), Some(ClaudeKind::Native));
+    assert_eq!(is_instance(&bash, std::slice::from_ref(&claude)), None);
+    assert_eq!(is_instance(&helper, &[bash.clone(), claude.clone()]), None);
+}
+
+#[test]
+fn stat_fields_after_a_tricky_comm() {
+    let stat = "4242 (we(ird) c) S 17 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 12 0 \
+                987654 1000 100 18446744073709551615";
+    assert_eq!(proc::parse_stat(stat), Some((17, 987_654)));
+    assert_eq!(proc::parse_stat("garbage"), None);
+}
+
+#[test]
+fn reads_this_very_process() {
+    let me = std::process::id();
+    let info = read_process_info(Path::new("/proc"), me).expect("own /proc entry");
+    assert_eq!(info.pid, me);
+    assert!(info.start_time > 0);
+    assert_eq!(info.exe, std::env::current_exe().unwrap());
+    assert_eq!(info.cwd.as_deref(), Some(std::env::current_dir().unwrap().as_path()));
+    let ancestry = read_ancestry(Path::new("/proc"), me, 64);
+    assert_eq!(ancestry.first().map(|p| p.pid), Some(info.ppid));
+    assert!(matches!(
+        read_process_info(Path::new("/proc"), u32::MAX),
+        Err(InstanceError::Read { .. })
+    ));
+}
