@@ -4,9 +4,14 @@
 //! The module tree follows the data:
 //! - [`capture`]: eBPF programs loaded and attached, ring-buffer records out;
 //! - [`http`]: records parsed and paired into exchanges (pure);
+//! - [`discover`] and [`instance`]: which processes are claude instances, and their names;
+//! - [`detect`]: the latch detector, a sans-IO state machine over exchanges;
 //! - [`cli`]: the subcommands.
 
 pub mod capture;
 pub mod cli;
+pub mod detect;
+pub mod discover;
 pub mod http;
+pub mod instance;
 pub mod time;

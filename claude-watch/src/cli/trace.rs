@@ -12,14 +12,21 @@ use tokio::signal::unix::{SignalKind, signal};
 use claude_ebpf_common::kind;
 
 use crate::capture::records::RecordStream;
-use crate::capture::{Probes, probes::DEFAULT_RING_BYTES, targets};
+use tracing::warn;
+
+use crate::capture::{Probes, Target, probes::DEFAULT_RING_BYTES, targets};
+use crate::discover::{self, Discovery, Found};
 use crate::http::Exchange;
 use crate::http::pair::Pairer;
 use crate::time::{rfc3339_ms, wall_minus_mono_ns};
 
 /// Show every HTTP/1.x exchange of TLS clients, live.
 ///
+/// Without --pid or --binary: every Claude Code process on the host (native binary or cli.js
+/// under node), including those started later.
+///
 /// Examples:
+///   claude-watch trace                             # every claude process
 ///   claude-watch trace --pid 4242                  # one process (its libssl or executable)
 ///   claude-watch trace --binary /usr/bin/node      # every process running that binary
 ///   claude-watch trace --binary /usr/lib/x86_64-linux-gnu/libssl.so.3 --json
@@ -91,49 +98,73 @@ impl ProcNames {
 
 /// Runs the trace until interrupted or `--duration` ends.
 pub fn run(args: TraceArgs) -> anyhow::Result<()> {
-    if args.pid.is_empty() && args.binary.is_empty() {
-        anyhow::bail!(
-            "nothing to trace: give --pid PID or --binary PATH (see `claude-watch trace --help`)"
-        );
-    }
-    let mut all = Vec::new();
+    let mut explicit = Vec::new();
     for path in &args.binary {
-        all.push(targets::binary(path)?);
+        explicit.push(targets::binary(path)?);
     }
     for &pid in &args.pid {
-        all.extend(targets::process(pid)?);
+        explicit.extend(targets::process(pid)?);
     }
     let mut probes = Probes::load(args.ring_mib << 20)?;
-    for target in &all {
+    for target in &explicit {
         probes.attach(target)?;
-        eprintln!(
-            "claude-watch: attached to {}{} ({}: {})",
-            target.path.display(),
-            target
-                .pid
-                .map(|p| format!(" [pid {p}]"))
-                .unwrap_or_default(),
-            target.how,
-            target
-                .points
-                .iter()
-                .map(|p| p.function.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        announce(target);
     }
+    // Without targets: every claude process, now and later.
+    let discovery = if explicit.is_empty() {
+        probes.watch_processes()?;
+        let mut discovery = Discovery::new("/proc", Vec::new());
+        for found in discovery.scan() {
+            attach_found(&mut probes, &found);
+        }
+        eprintln!(
+            "claude-watch: watching for claude processes ({} running)",
+            discovery.all().count()
+        );
+        Some(discovery)
+    } else {
+        None
+    };
     let ring = probes.take_ring()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(trace_loop(args, probes, ring))
+    runtime.block_on(trace_loop(args, probes, ring, discovery))
+}
+
+fn announce(target: &Target) {
+    eprintln!(
+        "claude-watch: attached to {}{} ({}: {})",
+        target.path.display(),
+        target
+            .pid
+            .map(|p| format!(" [pid {p}]"))
+            .unwrap_or_default(),
+        target.how,
+        target
+            .points
+            .iter()
+            .map(|p| p.function.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+/// Attaches to a discovered claude process; a failure is reported and skipped, never fatal.
+fn attach_found(probes: &mut Probes, found: &Found) {
+    match discover::target(found).and_then(|t| probes.attach(&t).map(|new| (t, new))) {
+        Ok((target, true)) => announce(&target),
+        Ok((_, false)) => {}
+        Err(e) => warn!(pid = found.info.pid, instance = %found.instance, "cannot attach: {e}"),
+    }
 }
 
 async fn trace_loop(
     args: TraceArgs,
-    probes: Probes,
+    mut probes: Probes,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
+    mut discovery: Option<Discovery>,
 ) -> anyhow::Result<()> {
     let mut stream = RecordStream::new(ring).context("polling the ring buffer")?;
     let mut pairer = Pairer::new(wall_minus_mono_ns());
@@ -150,14 +181,27 @@ async fn trace_loop(
     loop {
         tokio::select! {
             drained = stream.drain(|record| {
+                let pid = record.header.pid;
+                match record.header.kind {
+                    kind::EXEC => {
+                        if let Some(found) = discovery.as_mut().and_then(|d| d.check(pid)) {
+                            attach_found(&mut probes, &found);
+                        }
+                        return;
+                    }
+                    kind::EXIT => {
+                        if let Some(d) = discovery.as_mut() {
+                            d.exited(pid);
+                        }
+                        pairer.forget_pid(pid);
+                        names.0.remove(&pid);
+                        return;
+                    }
+                    _ => {}
+                }
                 // Name the process at its first record: short-lived clients may be gone by the
                 // time their response is paired.
-                if record.header.kind == kind::EXIT {
-                    pairer.forget_pid(record.header.pid);
-                    names.0.remove(&record.header.pid);
-                    return;
-                }
-                names.get(record.header.pid);
+                names.get(pid);
                 if let Some(exchange) = pairer.push(record) {
                     let mut out = stdout.lock();
                     let (comm, exe) = names.get(exchange.pid);

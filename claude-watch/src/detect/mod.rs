@@ -300,7 +300,13 @@ impl Inst {
         let from = self.state;
         self.state = to;
         tracing::info!(instance = %self.id, ?from, ?to, ?reason, "instance state changed");
-        out.push(Event::StateChanged { instance: self.id.clone(), from, to, reason, at_ns });
+        out.push(Event::StateChanged {
+            instance: self.id.clone(),
+            from,
+            to,
+            reason,
+            at_ns,
+        });
     }
 
     fn new_window(&self, pid: u32, ex: &Exchange) -> Episode {
@@ -370,7 +376,11 @@ impl Episode {
 impl Detector {
     /// A detector with the given thresholds.
     pub fn new(config: DetectorConfig) -> Self {
-        Self { config, instances: BTreeMap::new(), wall_offset_ns: None }
+        Self {
+            config,
+            instances: BTreeMap::new(),
+            wall_offset_ns: None,
+        }
     }
 
     /// The thresholds in use.
@@ -393,7 +403,10 @@ impl Detector {
 
     /// The status of every instance seen.
     pub fn statuses(&self) -> Vec<InstanceStatus> {
-        self.instances.keys().filter_map(|k| self.status(k)).collect()
+        self.instances
+            .keys()
+            .filter_map(|k| self.status(k))
+            .collect()
     }
 
     fn wall_ms(&self, now: MonoNs) -> Option<u64> {
@@ -402,7 +415,9 @@ impl Detector {
     }
 
     fn inst(&mut self, id: &InstanceId) -> &mut Inst {
-        self.instances.entry(id.clone()).or_insert_with(|| Inst::new(id.clone()))
+        self.instances
+            .entry(id.clone())
+            .or_insert_with(|| Inst::new(id.clone()))
     }
 
     /// Feeds one exchange of process `pid`, which belongs to `instance`.
@@ -414,12 +429,14 @@ impl Detector {
         now: MonoNs,
     ) -> Vec<Event> {
         let mut out = Vec::new();
-        self.wall_offset_ns =
-            Some(i128::from(ex.ts_ms) * 1_000_000 - i128::from(ex.mono_ns));
+        self.wall_offset_ns = Some(i128::from(ex.ts_ms) * 1_000_000 - i128::from(ex.mono_ns));
         let cfg = self.config.clone();
         let inst = self.inst(instance);
         if inst.exited.contains(&pid)
-            || ex.session_id.as_ref().is_some_and(|s| inst.retired_sessions.contains(s))
+            || ex
+                .session_id
+                .as_ref()
+                .is_some_and(|s| inst.retired_sessions.contains(s))
         {
             tracing::debug!(instance = %instance, pid, "ignoring exchange of an exited process or session");
             return out;
@@ -427,7 +444,10 @@ impl Detector {
         let started_ns = inst
             .pids
             .entry(pid)
-            .or_insert_with(|| Proc { started_ns: ex.mono_ns, sessions: BTreeSet::new() })
+            .or_insert_with(|| Proc {
+                started_ns: ex.mono_ns,
+                sessions: BTreeSet::new(),
+            })
             .started_ns;
         if let (State::Recovering, Some(r)) = (inst.state, inst.restart_ns)
             && started_ns < r
@@ -439,7 +459,9 @@ impl Detector {
             return out;
         }
         if let Some(s) = &ex.session_id {
-            inst.pids.get_mut(&pid).map(|p| p.sessions.insert(s.clone()));
+            inst.pids
+                .get_mut(&pid)
+                .map(|p| p.sessions.insert(s.clone()));
             inst.session = Some(s.clone());
         }
         let model = ex.model.clone().unwrap_or_else(|| "unknown".to_owned());
@@ -461,7 +483,12 @@ impl Detector {
             State::Escalated => {}
             State::Healthy => {
                 inst.window = Some(inst.new_window(pid, ex));
-                inst.set_state(State::Suspect, Reason::Unauthorized { pid }, ex.mono_ns, out);
+                inst.set_state(
+                    State::Suspect,
+                    Reason::Unauthorized { pid },
+                    ex.mono_ns,
+                    out,
+                );
             }
             State::Suspect => {
                 let new_session = match (&ex.session_id, &inst.window) {
@@ -495,7 +522,10 @@ impl Detector {
     }
 
     fn on_accepted(inst: &mut Inst, pid: u32, ex: &Exchange, out: &mut Vec<Event>) {
-        let reason = Reason::Accepted { pid, status: ex.status };
+        let reason = Reason::Accepted {
+            pid,
+            status: ex.status,
+        };
         match inst.state {
             State::Healthy => {}
             State::Suspect => {
@@ -529,17 +559,26 @@ impl Detector {
             let fresh = !inst.throttles.contains_key(model);
             inst.throttles
                 .entry(model.to_owned())
-                .or_insert(Throttle { last_429_ns: at_ns, tier_reported: false })
+                .or_insert(Throttle {
+                    last_429_ns: at_ns,
+                    tier_reported: false,
+                })
                 .last_429_ns = at_ns;
             if fresh {
                 tracing::info!(instance = %inst.id, model, "model throttled");
-                out.push(Event::ModelThrottled { instance: inst.id.clone(), model: model.to_owned(), at_ns });
+                out.push(Event::ModelThrottled {
+                    instance: inst.id.clone(),
+                    model: model.to_owned(),
+                    at_ns,
+                });
             }
             let since = at_ns.saturating_sub(60_000_000_000);
             let answering = inst
                 .last_ok
                 .iter()
-                .find(|(m, t)| m.as_str() != model && **t >= since && !inst.throttles.contains_key(*m))
+                .find(|(m, t)| {
+                    m.as_str() != model && **t >= since && !inst.throttles.contains_key(*m)
+                })
                 .map(|(m, _)| m.clone());
             if let Some(answering) = answering {
                 Self::report_tier(inst, answering, at_ns, out);
@@ -547,7 +586,11 @@ impl Detector {
             return;
         }
         if inst.throttles.remove(model).is_some() {
-            out.push(Event::ThrottleCleared { instance: inst.id.clone(), model: model.to_owned(), at_ns });
+            out.push(Event::ThrottleCleared {
+                instance: inst.id.clone(),
+                model: model.to_owned(),
+                at_ns,
+            });
         }
         inst.last_ok.insert(model.to_owned(), at_ns);
         if (200..300).contains(&status) && !inst.throttles.is_empty() {
@@ -559,10 +602,17 @@ impl Detector {
         if inst.throttles.values().all(|t| t.tier_reported) {
             return;
         }
-        inst.throttles.values_mut().for_each(|t| t.tier_reported = true);
+        inst.throttles
+            .values_mut()
+            .for_each(|t| t.tier_reported = true);
         let throttled: Vec<String> = inst.throttles.keys().cloned().collect();
         tracing::warn!(instance = %inst.id, ?throttled, answering = %answering, "tier throttle");
-        out.push(Event::TierThrottle { instance: inst.id.clone(), throttled, answering, at_ns });
+        out.push(Event::TierThrottle {
+            instance: inst.id.clone(),
+            throttled,
+            answering,
+            at_ns,
+        });
     }
 
     fn check_latch(inst: &mut Inst, cfg: &DetectorConfig, now: MonoNs, out: &mut Vec<Event>) {
@@ -574,7 +624,10 @@ impl Detector {
         if w.count_401 >= u64::from(cfg.latch_min_401s)
             && u128::from(open) >= cfg.latch_min_span.as_nanos()
         {
-            let reason = Reason::Threshold { count_401: w.count_401, open_ms: ms(open) };
+            let reason = Reason::Threshold {
+                count_401: w.count_401,
+                open_ms: ms(open),
+            };
             out.push(Event::EpisodeOpened(w.clone()));
             inst.set_state(State::Latched, reason, now, out);
         } else if u128::from(now.saturating_sub(w.last_401_mono_ns))
@@ -597,13 +650,18 @@ impl Detector {
                 .throttles
                 .iter()
                 .filter(|(_, t)| {
-                    u128::from(now.saturating_sub(t.last_429_ns)) >= cfg.throttle_clear_after.as_nanos()
+                    u128::from(now.saturating_sub(t.last_429_ns))
+                        >= cfg.throttle_clear_after.as_nanos()
                 })
                 .map(|(m, _)| m.clone())
                 .collect();
             for model in quiet {
                 inst.throttles.remove(&model);
-                out.push(Event::ThrottleCleared { instance: inst.id.clone(), model, at_ns: now });
+                out.push(Event::ThrottleCleared {
+                    instance: inst.id.clone(),
+                    model,
+                    at_ns: now,
+                });
             }
         }
         out
@@ -631,7 +689,13 @@ impl Detector {
     pub fn process_started(&mut self, instance: &InstanceId, pid: u32, now: MonoNs) -> Vec<Event> {
         let inst = self.inst(instance);
         inst.exited.retain(|&p| p != pid);
-        inst.pids.insert(pid, Proc { started_ns: now, sessions: BTreeSet::new() });
+        inst.pids.insert(
+            pid,
+            Proc {
+                started_ns: now,
+                sessions: BTreeSet::new(),
+            },
+        );
         Vec::new()
     }
 
