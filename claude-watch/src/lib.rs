@@ -8,3 +8,4 @@
 //! - [`cli`]: the subcommands.
 
 pub mod http;
+pub mod locate;
