@@ -111,8 +111,40 @@ pub fn locate(image: &ElfImage<'_>) -> Result<Option<Vec<Function>>, NotIdentifi
         calls_by_segment.push(calls);
     }
     tracing::debug!(strings = strings.len(), sites = sites.len(), "boringssl: error sites");
-    let functions = classify(image, &sites, &calls_by_segment)?;
-    Ok(Some(functions))
+    if sites.is_empty() {
+        return Err(NotIdentified::NoErrorSites { strings: strings.len() });
+    }
+    let roles = classify(&sites, |from, to| calls_directly(image, &calls_by_segment, from, to))?;
+    tracing::debug!(
+        ssl_write = format_args!("{:#x}", roles.write),
+        ssl_read = format_args!("{:#x}", roles.read),
+        ssl_read_impl = format_args!("{:#x}", roles.read_impl),
+        "boringssl: identified"
+    );
+    let function = |name, vaddr: u64, evidence: String| Function {
+        name,
+        vaddr,
+        file_offset: image.file_offset(vaddr).unwrap_or_default(),
+        evidence,
+    };
+    Ok(Some(vec![
+        function(
+            FunctionName::SslWrite,
+            roles.write,
+            format!(
+                "ssl_lib.cc error sites with reasons {:?} (lines {}..={}); directly called; push rbp; mov rbp,rsp prologue",
+                roles.write_reasons, roles.write_lines.0, roles.write_lines.1
+            ),
+        ),
+        function(
+            FunctionName::SslRead,
+            roles.read,
+            format!(
+                "one ssl_lib.cc reason-66 site (line {}) between ssl_read_impl@{:#x} and SSL_write; calls ssl_read_impl; directly called; push rbp; mov rbp,rsp prologue",
+                roles.read_line, roles.read_impl
+            ),
+        ),
+    ]))
 }
 
 /// A function start with its prologue, for a site at `at`.
@@ -290,8 +322,29 @@ impl Profile {
     }
 }
 
-/// Assigns roles to the functions holding the error sites; see the module documentation.
-fn classify(image: &ElfImage<'_>, sites: &[ErrorSite], calls: &[CallTargets]) -> Result<Vec<Function>, NotIdentified> {
+/// The functions identified, with what identified them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles {
+    /// `SSL_write`'s start.
+    pub write: u64,
+    /// Distinct reason codes of `SSL_write`'s sites.
+    pub write_reasons: Vec<u32>,
+    /// Lowest and highest line of `SSL_write`'s sites.
+    pub write_lines: (u32, u32),
+    /// `SSL_read`'s start.
+    pub read: u64,
+    /// Line of `SSL_read`'s (inlined `SSL_peek`) site.
+    pub read_line: u32,
+    /// `ssl_read_impl`'s start.
+    pub read_impl: u64,
+}
+
+/// Assigns roles to the functions holding `sites`; see the module documentation.
+/// `calls(from, to)` says whether the function starting at `from` calls the one at `to`.
+///
+/// # Errors
+/// [`NotIdentified`] unless each role has exactly one candidate.
+pub fn classify(sites: &[ErrorSite], calls: impl Fn(u64, u64) -> bool) -> Result<Roles, NotIdentified> {
     // The error reporter is the callee most sites share; sites calling anything else are not
     // OPENSSL_PUT_ERROR expansions.
     let mut callees: BTreeMap<u64, usize> = BTreeMap::new();
@@ -338,7 +391,7 @@ fn classify(image: &ElfImage<'_>, sites: &[ErrorSite], calls: &[CallTargets]) ->
         let line = p.lines[0];
         for &(&read_impl, impl_profile) in &read_impls {
             let after_impl = impl_profile.max_line().is_some_and(|l| l < line);
-            if after_impl && line < write_first && calls_directly(image, calls, start, read_impl) {
+            if after_impl && line < write_first && calls(start, read_impl) {
                 reads.push((start, read_impl, line));
             }
         }
@@ -346,33 +399,17 @@ fn classify(image: &ElfImage<'_>, sites: &[ErrorSite], calls: &[CallTargets]) ->
     let [(read, read_impl, read_line)] = reads[..] else {
         return Err(NotIdentified::SslRead { count: reads.len() });
     };
-    let function = |name, vaddr: u64, evidence: String| Function {
-        name,
-        vaddr,
-        file_offset: image.file_offset(vaddr).unwrap_or_default(),
-        evidence,
-    };
     let mut write_reasons = write_profile.reasons.clone();
     write_reasons.sort_unstable();
     write_reasons.dedup();
-    Ok(vec![
-        function(
-            FunctionName::SslWrite,
-            write,
-            format!(
-                "ssl_lib.cc error sites with reasons {write_reasons:?} (lines {}..={}); direct call target with push rbp; mov rbp,rsp",
-                write_first,
-                write_profile.max_line().unwrap_or_default()
-            ),
-        ),
-        function(
-            FunctionName::SslRead,
-            read,
-            format!(
-                "one ssl_lib.cc reason-66 site (line {read_line}) between ssl_read_impl@{read_impl:#x} and SSL_write; calls ssl_read_impl; direct call target with push rbp; mov rbp,rsp"
-            ),
-        ),
-    ])
+    Ok(Roles {
+        write,
+        write_reasons,
+        write_lines: (write_first, write_profile.max_line().unwrap_or_default()),
+        read,
+        read_line,
+        read_impl,
+    })
 }
 
 /// Whether the function at `start` calls (or tail-jumps to) `callee` within its first
@@ -395,4 +432,137 @@ fn calls_directly(image: &ElfImage<'_>, calls: &[CallTargets], start: u64, calle
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: u64 = 0x1234_5678;
+    const BASE: u64 = 0x1000;
+
+    /// A function with a direct error site (file in ecx) and a second site that jumps to the
+    /// first one's `call` (the tail-merged form compilers emit).
+    fn code() -> Vec<u8> {
+        let mut c = vec![0x55, 0x48, 0x89, 0xE5]; // push rbp; mov rbp,rsp
+        c.extend([0xB9, 0x78, 0x56, 0x34, 0x12]); // 0x1004 mov ecx, FILE
+        c.extend([0xBF, 0x10, 0, 0, 0]); // mov edi, 16
+        c.extend([0x31, 0xF6]); // xor esi, esi
+        c.extend([0xBA, 0xE2, 0, 0, 0]); // mov edx, 226
+        c.extend([0x41, 0xB8, 0xFD, 0x03, 0, 0]); // mov r8d, 1021
+        c.extend([0xE8, 0xE0, 0x0F, 0, 0]); // 0x101B call 0x2000
+        c.extend([0x5D, 0xC3]); // pop rbp; ret
+        c.extend([0xB9, 0x78, 0x56, 0x34, 0x12]); // 0x1022 mov ecx, FILE
+        c.extend([0xBF, 0x10, 0, 0, 0]); // mov edi, 16
+        c.extend([0x31, 0xF6]); // xor esi, esi
+        c.extend([0xBA, 0xD7, 0, 0, 0]); // mov edx, 215
+        c.extend([0x41, 0xB8, 0x10, 0, 0, 0]); // mov r8d, 16
+        c.extend([0xEB, 0xE0]); // 0x1039 jmp 0x101B
+        c.extend([0xCC; 8]);
+        c
+    }
+
+    fn site_at(code: &[u8], at: u64) -> Option<ErrorSite> {
+        let r = Reference { vaddr: at, target: FILE };
+        let before = decode_to(code, BASE, at)?;
+        read_site(|ip| code.get(usize::try_from(ip - BASE).ok()?..), BASE, &before, &r)
+    }
+
+    #[test]
+    fn reads_a_direct_site_with_file_in_ecx() {
+        let site = site_at(&code(), 0x1004).expect("site");
+        assert_eq!((site.reason, site.line, site.lib, site.callee), (Some(226), Some(1021), Some(16), 0x2000));
+        assert_eq!(site.function, BASE);
+    }
+
+    #[test]
+    fn follows_the_jump_to_a_shared_call() {
+        let site = site_at(&code(), 0x1022).expect("site");
+        assert_eq!((site.reason, site.line, site.callee), (Some(215), Some(16), 0x2000));
+    }
+
+    #[test]
+    fn reads_a_site_with_file_in_edx() {
+        let mut c = vec![0x55, 0x48, 0x89, 0xE5];
+        c.extend([0xBF, 0x10, 0, 0, 0]); // mov edi, 16
+        c.extend([0xBA, 0x78, 0x56, 0x34, 0x12]); // 0x1009 mov edx, FILE
+        c.extend([0xBE, 0x42, 0, 0, 0]); // mov esi, 66
+        c.extend([0xB9, 0xA5, 0x03, 0, 0]); // mov ecx, 933
+        c.extend([0xE8, 0, 0, 0, 0]); // call next
+        let site = site_at(&c, 0x1009).expect("site");
+        assert_eq!((site.reason, site.line, site.lib), (Some(66), Some(933), Some(16)));
+    }
+
+    #[test]
+    fn refuses_a_reference_the_linear_decode_does_not_reach() {
+        // 0x1005 is inside the `mov ecx, FILE` instruction.
+        assert!(decode_to(&code(), BASE, 0x1005).is_none());
+        // A branch between the file load and the call breaks the site.
+        let mut c = vec![0x55, 0x48, 0x89, 0xE5];
+        c.extend([0xB9, 0x78, 0x56, 0x34, 0x12]); // mov ecx, FILE
+        c.extend([0x74, 0x00]); // je +0
+        c.extend([0xE8, 0, 0, 0, 0]);
+        assert!(site_at(&c, 0x1004).is_none());
+    }
+
+    fn site(function: u64, reason: u32, line: u32) -> ErrorSite {
+        ErrorSite { at: function + u64::from(line), function, reason: Some(reason), line: Some(line), lib: Some(16), callee: 0xE770 }
+    }
+
+    /// The profile seen in Bun 1.4.5: SSL_read 0x100, ssl_read_impl 0x200, SSL_write 0x300,
+    /// plus SSL_do_handshake and unrelated single-66 functions.
+    fn bun_like() -> Vec<ErrorSite> {
+        vec![
+            site(0x100, 66, 931),
+            site(0x200, 226, 837),
+            site(0x200, 215, 870),
+            site(0x300, 66, 953),
+            site(0x300, 215, 973),
+            site(0x300, 226, 958),
+            site(0x300, 111, 979),
+            site(0x400, 226, 1021),
+            site(0x400, 291, 1069),
+            site(0x500, 66, 810),
+            site(0x600, 66, 1671),
+        ]
+    }
+
+    #[test]
+    fn classifies_write_read_and_read_impl() {
+        let all_call_impl = |_from: u64, to: u64| to == 0x200;
+        let roles = classify(&bun_like(), all_call_impl).expect("roles");
+        assert_eq!((roles.write, roles.read, roles.read_impl, roles.read_line), (0x300, 0x100, 0x200, 931));
+        assert_eq!(roles.write_reasons, vec![66, 111, 215, 226]);
+    }
+
+    #[test]
+    fn refuses_when_read_does_not_call_read_impl() {
+        let err = classify(&bun_like(), |_, _| false).unwrap_err();
+        assert_eq!(err, NotIdentified::SslRead { count: 0 });
+    }
+
+    #[test]
+    fn refuses_two_write_candidates() {
+        let mut sites = bun_like();
+        sites.extend([site(0x700, 226, 990), site(0x700, 215, 991), site(0x700, 111, 992)]);
+        assert_eq!(classify(&sites, |_, to| to == 0x200).unwrap_err(), NotIdentified::SslWrite { count: 2 });
+    }
+
+    #[test]
+    fn refuses_two_read_candidates_in_range() {
+        let mut sites = bun_like();
+        sites.push(site(0x800, 66, 940));
+        assert_eq!(classify(&sites, |_, to| to == 0x200).unwrap_err(), NotIdentified::SslRead { count: 2 });
+    }
+
+    #[test]
+    fn ignores_sites_calling_another_function_or_library() {
+        let mut sites = bun_like();
+        // A stray SSL_write-like profile reported through a different callee or library.
+        let mut stray = vec![site(0x900, 226, 990), site(0x900, 215, 991), site(0x900, 111, 992)];
+        stray[0].callee = 0xBAD;
+        stray[1].lib = Some(6);
+        sites.extend(stray);
+        assert_eq!(classify(&sites, |_, to| to == 0x200).expect("roles").write, 0x300);
+    }
 }
