@@ -3,6 +3,8 @@
 //!
 //! The module tree follows the data:
 //! - [`capture`]: eBPF programs loaded and attached, ring-buffer records out;
+//! - [`locate`]: where SSL_write/SSL_read are in a binary, by symbols or, in stripped BoringSSL
+//!   (Bun, Claude Code), from what the code itself says (pure, cached by build id);
 //! - [`http`]: records parsed and paired into exchanges (pure);
 //! - [`discover`] and [`instance`]: which processes are claude instances, and their names;
 //! - [`detect`]: the latch detector, a sans-IO state machine over exchanges;
@@ -14,4 +16,5 @@ pub mod detect;
 pub mod discover;
 pub mod http;
 pub mod instance;
+pub mod locate;
 pub mod time;

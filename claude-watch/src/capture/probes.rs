@@ -12,8 +12,9 @@ use claude_ebpf_common::stats;
 use serde::Serialize;
 use tracing::{debug, info};
 
-use super::targets::{Function, Target};
+use super::targets::Target;
 use super::{CaptureError, chain, os_error};
+use crate::locate::FunctionName;
 
 /// The compiled eBPF object (built by `build.rs` from the `claude-ebpf` crate).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/claude-ebpf"));
@@ -59,12 +60,12 @@ impl std::fmt::Debug for Probes {
 }
 
 /// Program names in the object, per function: entry program, and return program if any.
-fn programs(function: Function) -> &'static [&'static str] {
+fn programs(function: FunctionName) -> &'static [&'static str] {
     match function {
-        Function::SslWrite => &["ssl_write"],
-        Function::SslWriteEx => &["ssl_write_ex"],
-        Function::SslRead => &["ssl_read_entry", "ssl_read_return"],
-        Function::SslReadEx => &["ssl_read_ex_entry", "ssl_read_ex_return"],
+        FunctionName::SslWrite => &["ssl_write"],
+        FunctionName::SslWriteEx => &["ssl_write_ex"],
+        FunctionName::SslRead => &["ssl_read_entry", "ssl_read_return"],
+        FunctionName::SslReadEx => &["ssl_read_ex_entry", "ssl_read_ex_return"],
     }
 }
 
@@ -186,7 +187,7 @@ impl Probes {
                     Err(e) => {
                         self.detach_links(links);
                         return Err(CaptureError::Attach {
-                            function: point.function.name(),
+                            function: point.function.symbol(),
                             path: target.path.clone(),
                             offset: point.file_offset,
                             detail: chain(&e),

@@ -5,45 +5,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::CaptureError;
-
-/// A TLS function the programs know how to probe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Function {
-    /// `int SSL_write(SSL *, const void *, int)`.
-    SslWrite,
-    /// `int SSL_write_ex(SSL *, const void *, size_t, size_t *)`.
-    SslWriteEx,
-    /// `int SSL_read(SSL *, void *, int)`.
-    SslRead,
-    /// `int SSL_read_ex(SSL *, void *, size_t, size_t *)`.
-    SslReadEx,
-}
-
-impl Function {
-    /// All of them, writes first.
-    pub const ALL: [Function; 4] = [
-        Self::SslWrite,
-        Self::SslWriteEx,
-        Self::SslRead,
-        Self::SslReadEx,
-    ];
-
-    /// The C name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::SslWrite => "SSL_write",
-            Self::SslWriteEx => "SSL_write_ex",
-            Self::SslRead => "SSL_read",
-            Self::SslReadEx => "SSL_read_ex",
-        }
-    }
-}
+use crate::locate::{self, Cache, FunctionName, LocateError};
 
 /// One function in one file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttachPoint {
     /// Which function.
-    pub function: Function,
+    pub function: FunctionName,
     /// Its entry as an offset in the file (what uprobes take).
     pub file_offset: u64,
 }
@@ -134,51 +102,42 @@ pub fn executable_mappings(maps: &str) -> Vec<&str> {
     out
 }
 
-/// SSL functions in a file by its dynamic or static symbols.
-// Interim: symbols only, until the locator (which also reads stripped BoringSSL) is merged.
+/// The TLS functions of a file, from the locator (symbols, or BoringSSL's own code), with
+/// the on-disk cache when one is configured.
 fn find_points(path: &Path) -> Result<(Vec<AttachPoint>, String), CaptureError> {
-    use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
-    let data = fs::read(path).map_err(|source| CaptureError::TargetUnreadable {
-        path: path.to_path_buf(),
-        source,
+    let located = locate::locate_file(path, locate_cache()).map_err(|e| match e {
+        LocateError::Io { source, .. } => CaptureError::TargetUnreadable {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => CaptureError::NoTlsFunctions {
+            path: path.display().to_string(),
+            reason: other.to_string(),
+        },
     })?;
-    let no = |reason: String| CaptureError::NoTlsFunctions {
-        path: path.display().to_string(),
-        reason,
-    };
-    let file =
-        object::File::parse(&*data).map_err(|e| no(format!("not a readable ELF file: {e}")))?;
-    let mut points = Vec::new();
-    for function in Function::ALL {
-        let Some(sym) = file
-            .dynamic_symbols()
-            .chain(file.symbols())
-            .find(|s| s.name() == Ok(function.name()) && s.address() != 0)
-        else {
-            continue;
-        };
-        let Some(offset) = file.segments().find_map(|seg| {
-            let (start, size) = (seg.address(), seg.size());
-            (sym.address() >= start && sym.address() < start + size)
-                .then(|| sym.address() - start + seg.file_range().0)
-        }) else {
-            continue;
-        };
-        points.push(AttachPoint {
-            function,
-            file_offset: offset,
-        });
-    }
-    if !points
+    let points = located
+        .functions
         .iter()
-        .any(|p| p.function == Function::SslWrite || p.function == Function::SslWriteEx)
-        || !points
-            .iter()
-            .any(|p| p.function == Function::SslRead || p.function == Function::SslReadEx)
-    {
-        return Err(no("no SSL_write/SSL_read symbols".into()));
-    }
-    Ok((points, "symbols".into()))
+        .map(|f| AttachPoint {
+            function: f.name,
+            file_offset: f.file_offset,
+        })
+        .collect();
+    Ok((
+        points,
+        format!("{} via {}", located.library, located.method),
+    ))
+}
+
+static LOCATE_CACHE: std::sync::OnceLock<Option<Cache>> = std::sync::OnceLock::new();
+
+/// Uses `dir` to cache located offsets by build id (set once, before the first attach).
+pub fn set_locate_cache(dir: PathBuf) {
+    let _ = LOCATE_CACHE.set(Some(Cache::new(dir)));
+}
+
+fn locate_cache() -> Option<&'static Cache> {
+    LOCATE_CACHE.get_or_init(|| None).as_ref()
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ fn announce(target: &Target) {
         target
             .points
             .iter()
-            .map(|p| p.function.name())
+            .map(|p| p.function.symbol())
             .collect::<Vec<_>>()
             .join(", ")
     );

@@ -1,0 +1,240 @@
+//! Linear byte scans over mapped code and data: NUL-terminated strings, direct call targets,
+//! and instructions that reference an address. Pure and fast: nothing here decodes more than a
+//! few bytes at a time; the results are candidates that `boringssl` verifies by decoding.
+
+use memchr::memmem;
+
+/// Virtual addresses of the NUL-terminated strings in `data` (mapped at `base`) that end with
+/// `suffix`, e.g. every `.../ssl/ssl_lib.cc`.
+#[must_use]
+pub fn strings_ending_with(data: &[u8], base: u64, suffix: &[u8]) -> Vec<u64> {
+    let mut needle = suffix.to_vec();
+    needle.push(0);
+    let mut found = Vec::new();
+    for end in memmem::find_iter(data, &needle) {
+        // Walk back to the start of the string (after the previous NUL), at most 4 KiB.
+        let floor = end.saturating_sub(4096);
+        let start = data[floor..end]
+            .iter()
+            .rposition(|&b| b == 0)
+            .map_or(floor, |p| floor + p + 1);
+        let addr = base + start as u64;
+        if !found.contains(&addr) {
+            found.push(addr);
+        }
+    }
+    found
+}
+
+/// The set of direct call targets (`E8 rel32`) found by scanning a code region byte by byte.
+///
+/// Every `E8` byte counts, including ones inside other instructions, so the set over-approximates;
+/// callers pair it with a prologue check and a decode from the found start.
+#[derive(Debug, Clone)]
+pub struct CallTargets {
+    base: u64,
+    len: u64,
+    bits: Vec<u64>,
+}
+
+impl CallTargets {
+    /// Scans `code`, mapped at `base`, for `E8 rel32` whose target lies inside `code`.
+    #[must_use]
+    pub fn scan(code: &[u8], base: u64) -> Self {
+        let len = code.len() as u64;
+        let mut bits = vec![0u64; code.len().div_ceil(64)];
+        for pos in memchr::memchr_iter(0xE8, code) {
+            let Some(rel) = code.get(pos + 1..pos + 5) else {
+                break;
+            };
+            let rel = i64::from(i32::from_le_bytes([rel[0], rel[1], rel[2], rel[3]]));
+            let target = pos as i64 + 5 + rel;
+            if (0..len as i64).contains(&target) {
+                let t = target as usize;
+                bits[t / 64] |= 1 << (t % 64);
+            }
+        }
+        Self { base, len, bits }
+    }
+
+    /// Whether some `E8` in the region targets `vaddr`.
+    #[must_use]
+    pub fn contains(&self, vaddr: u64) -> bool {
+        let Some(rel) = vaddr.checked_sub(self.base).filter(|&r| r < self.len) else {
+            return false;
+        };
+        self.bits[(rel / 64) as usize] & (1 << (rel % 64)) != 0
+    }
+
+    /// Call targets at or below `vaddr` and no further than `max_distance` below it, highest first.
+    pub fn at_or_below(&self, vaddr: u64, max_distance: u64) -> impl Iterator<Item = u64> + '_ {
+        let hi = vaddr
+            .saturating_sub(self.base)
+            .min(self.len.saturating_sub(1));
+        let lo = vaddr.saturating_sub(max_distance).saturating_sub(self.base);
+        let valid = vaddr >= self.base && self.len > 0;
+        let mut word = hi / 64;
+        let mut mask = if hi % 64 == 63 {
+            u64::MAX
+        } else {
+            (1u64 << (hi % 64 + 1)) - 1
+        };
+        std::iter::from_fn(move || {
+            if !valid {
+                return None;
+            }
+            loop {
+                let w = self.bits[word as usize] & mask;
+                if w != 0 {
+                    let bit = 63 - u64::from(w.leading_zeros());
+                    mask = (1u64 << bit) - 1;
+                    let rel = word * 64 + bit;
+                    return (rel >= lo).then_some(self.base + rel);
+                }
+                if word == 0 || word * 64 < lo {
+                    return None;
+                }
+                word -= 1;
+                mask = u64::MAX;
+            }
+        })
+    }
+}
+
+/// An instruction that puts one of the wanted addresses in a register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reference {
+    /// Address of the referencing instruction.
+    pub vaddr: u64,
+    /// The address it loads.
+    pub target: u64,
+}
+
+/// Instructions in `code` (mapped at `base`) that load one of `targets` into a register:
+/// `mov r32, imm32` (`B8+r`, `41 B8+r`), `mov r64, simm32` (`48/49 C7 C0+r`) for non-PIE code,
+/// and `lea r64, [rip+disp32]` (`48/4C 8D modrm`) for PIE code. Sorted by address.
+#[must_use]
+pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
+    let mut out = Vec::new();
+    for &target in targets {
+        if let Ok(imm) = u32::try_from(target) {
+            for pos in memmem::find_iter(code, &imm.to_le_bytes()) {
+                let before = |n: usize| pos.checked_sub(n).map(|p| code[p]);
+                let start = match (before(3), before(2), before(1)) {
+                    (Some(0x48 | 0x49), Some(0xC7), Some(0xC0..=0xC7)) => pos - 3,
+                    (_, Some(0x41), Some(0xB8..=0xBF)) => pos - 2,
+                    (_, _, Some(0xB8..=0xBF)) => pos - 1,
+                    _ => continue,
+                };
+                out.push(Reference {
+                    vaddr: base + start as u64,
+                    target,
+                });
+            }
+        }
+    }
+    for pos in memchr::memchr_iter(0x8D, code) {
+        if pos == 0 || !matches!(code[pos - 1], 0x48 | 0x4C) {
+            continue;
+        }
+        let Some(tail) = code.get(pos + 1..pos + 6) else {
+            break;
+        };
+        if tail[0] & 0xC7 != 0x05 {
+            continue;
+        }
+        let disp = i64::from(i32::from_le_bytes([tail[1], tail[2], tail[3], tail[4]]));
+        let next = base as i64 + pos as i64 + 6;
+        let target = (next + disp) as u64;
+        if targets.contains(&target) {
+            out.push(Reference {
+                vaddr: base + pos as u64 - 1,
+                target,
+            });
+        }
+    }
+    out.sort_by_key(|r| r.vaddr);
+    out.dedup();
+    out
+}
+
+/// Whether `code` starts with a frame-pointer prologue: `push rbp; mov rbp, rsp`, optionally
+/// after `endbr64`.
+#[must_use]
+pub fn has_prologue(code: &[u8]) -> bool {
+    const PUSH_MOV: [u8; 4] = [0x55, 0x48, 0x89, 0xE5];
+    const ENDBR64: [u8; 4] = [0xF3, 0x0F, 0x1E, 0xFA];
+    code.starts_with(&PUSH_MOV) || (code.starts_with(&ENDBR64) && code[4..].starts_with(&PUSH_MOV))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_whole_strings_with_the_suffix() {
+        let data = b"\0abc\0../../vendor/boringssl/ssl/ssl_lib.cc\0x/ssl/ssl_lib.cc.bak\0/ssl/ssl_lib.cc\0";
+        let found = strings_ending_with(data, 0x1000, b"/ssl/ssl_lib.cc");
+        assert_eq!(found, vec![0x1005, 0x1000 + 64]);
+    }
+
+    #[test]
+    fn call_targets_are_found_and_bounded() {
+        // 0x00: call +3 (-> 0x08); 0x05: nop*3; 0x08: ret; 0x09: call -0x100 (outside).
+        let code = [
+            0xE8, 3, 0, 0, 0, 0x90, 0x90, 0x90, 0xC3, 0xE8, 0x00, 0xFF, 0xFF, 0xFF,
+        ];
+        let t = CallTargets::scan(&code, 0x4000);
+        assert!(t.contains(0x4008));
+        assert!(!t.contains(0x4007));
+        assert!(!t.contains(0x4009));
+        assert_eq!(t.at_or_below(0x400D, 100).collect::<Vec<_>>(), vec![0x4008]);
+        assert_eq!(t.at_or_below(0x4007, 100).count(), 0);
+        assert_eq!(t.at_or_below(0x400D, 2).count(), 0);
+    }
+
+    #[test]
+    fn call_targets_walk_down_across_words() {
+        let mut code = vec![0x90u8; 300];
+        // call at 0 -> 0x10, call at 0x100 -> 0xC8 (200)
+        code[0..5].copy_from_slice(&[0xE8, 0x0B, 0, 0, 0]);
+        code[0x100..0x105].copy_from_slice(&[0xE8, 0xC3, 0xFF, 0xFF, 0xFF]);
+        let t = CallTargets::scan(&code, 0);
+        assert_eq!(
+            t.at_or_below(299, 1000).collect::<Vec<_>>(),
+            vec![200, 0x10]
+        );
+        assert_eq!(t.at_or_below(199, 1000).collect::<Vec<_>>(), vec![0x10]);
+    }
+
+    #[test]
+    fn references_by_immediate_and_rip_relative_lea() {
+        let target = 0x0123_4567u64;
+        let mut code = vec![0x90u8; 64];
+        // 0x00: mov edx, imm32
+        code[0..5].copy_from_slice(&[0xBA, 0x67, 0x45, 0x23, 0x01]);
+        // 0x08: mov r8d, imm32
+        code[8..14].copy_from_slice(&[0x41, 0xB8, 0x67, 0x45, 0x23, 0x01]);
+        // 0x10: lea rcx, [rip+disp] with next ip = base + 0x17
+        let base = 0x0100_0000u64;
+        let disp = (target as i64 - (base as i64 + 0x17)) as i32;
+        code[0x10..0x13].copy_from_slice(&[0x48, 0x8D, 0x0D]);
+        code[0x13..0x17].copy_from_slice(&disp.to_le_bytes());
+        // 0x20: the bytes of the address without a mov opcode: not a reference.
+        code[0x20..0x25].copy_from_slice(&[0x31, 0x67, 0x45, 0x23, 0x01]);
+        let refs = references(&code, base, &[target]);
+        let at: Vec<u64> = refs.iter().map(|r| r.vaddr - base).collect();
+        assert_eq!(at, vec![0x00, 0x08, 0x10]);
+        assert!(refs.iter().all(|r| r.target == target));
+    }
+
+    #[test]
+    fn prologue_with_and_without_endbr64() {
+        assert!(has_prologue(&[0x55, 0x48, 0x89, 0xE5, 0x41]));
+        assert!(has_prologue(&[
+            0xF3, 0x0F, 0x1E, 0xFA, 0x55, 0x48, 0x89, 0xE5
+        ]));
+        assert!(!has_prologue(&[0x55, 0x48, 0x8B, 0xEC]));
+        assert!(!has_prologue(&[0x55]));
+    }
+}

@@ -1,0 +1,164 @@
+//! The real Claude Code and real Bun builds, traced live: the locator's offsets for stripped
+//! BoringSSL binaries are right when a probe there sees the plaintext.
+//!
+//! Needs root and the pinned npm clients (`cargo xtask setup --tests`).
+
+use std::time::Duration;
+
+use claude_watch_tests::agents::{Agent, AgentConfig, ClaudeAgent, FAKE_API_KEY, Runtime};
+use claude_watch_tests::deps::{Bun, ClaudeCode};
+use claude_watch_tests::standin::StandIn;
+use claude_watch_tests::wait::wait_until;
+use claude_watch_tests::watch::Trace;
+use serde_json::Value;
+
+const TURN: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until the trace has attached to `pid`'s executable.
+fn wait_attached(trace: &Trace, pid: u32) {
+    let needle = format!("/proc/{pid}/exe");
+    wait_until(WAIT, "the trace to attach to the new claude", || {
+        trace
+            .stderr()
+            .iter()
+            .any(|l| l.contains("attached to") && l.contains(&needle))
+            .then_some(())
+    });
+}
+
+/// One turn that must succeed, then a latch: the trace shows the 200, then 401s, all with the
+/// claude pid and its session id.
+fn turn_then_latch(standin: &StandIn, claude: &mut ClaudeAgent, trace: &Trace) {
+    let pid = claude.pid();
+    let from = claude.send_turn("say hi");
+    let result = claude.wait_for_result(from, TURN);
+    assert!(
+        !result.is_error,
+        "the first turn should succeed: {result:?}"
+    );
+    let ok = trace.wait_for(pid, 1, WAIT, "claude's successful POST", |e| {
+        e["method"] == "POST" && e["path"] == "/v1/messages?beta=true" && e["status"] == 200
+    });
+    let session = ok[0]["session_id"]
+        .as_str()
+        .expect("the session id header was seen")
+        .to_owned();
+    assert_eq!(
+        session, result.session_id,
+        "the header's session id is claude's own"
+    );
+    assert!(
+        ok[0]["model"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("claude-")),
+        "{:?}",
+        ok[0]
+    );
+    assert!(
+        ok[0]["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("req_"))
+    );
+    standin.latch_session(&session);
+    claude.send_turn("are you there?");
+    let denied = trace.wait_for(pid, 2, WAIT, "claude's 401s", |e| e["status"] == 401);
+    for e in &denied {
+        assert_eq!(e["session_id"], Value::from(session.as_str()));
+        assert_eq!(e["path"], "/v1/messages?beta=true");
+    }
+    // The stand-in's log agrees on every request id the trace reported.
+    let log = standin.log();
+    for e in trace.exchanges_of(pid) {
+        assert!(
+            log.iter()
+                .any(|l| Some(l.request_id.as_str()) == e["request_id"].as_str()),
+            "{e} not in the stand-in's log"
+        );
+    }
+}
+
+#[test]
+fn native_claude_started_after_the_trace() {
+    let standin = StandIn::start();
+    let trace = Trace::start(&[]);
+    let mut claude = ClaudeAgent::start(&standin, ClaudeCode::Native2_1_331, FAKE_API_KEY);
+    wait_attached(&trace, claude.pid());
+    turn_then_latch(&standin, &mut claude, &trace);
+}
+
+#[test]
+fn native_claude_started_before_the_trace_older_release() {
+    let standin = StandIn::start();
+    let mut claude = ClaudeAgent::start(&standin, ClaudeCode::Native2_1_197, FAKE_API_KEY);
+    // Let it start up before claude-watch does.
+    std::thread::sleep(Duration::from_millis(1500));
+    let trace = Trace::start(&[]);
+    wait_attached(&trace, claude.pid());
+    turn_then_latch(&standin, &mut claude, &trace);
+}
+
+#[test]
+fn node_based_claude_cli_js() {
+    let standin = StandIn::start();
+    let trace = Trace::start(&[]);
+    let mut claude = ClaudeAgent::start(&standin, ClaudeCode::Node2_0_77, FAKE_API_KEY);
+    wait_attached(&trace, claude.pid());
+    let from = claude.send_turn("say hi");
+    let result = claude.wait_for_result(from, TURN);
+    assert!(!result.is_error, "{result:?}");
+    let seen = trace.wait_for(claude.pid(), 1, WAIT, "the node claude's POST", |e| {
+        e["method"] == "POST"
+            && e["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/v1/messages"))
+            && e["status"] == 200
+    });
+    // node renames its process title to `claude`; the executable is still node.
+    assert!(
+        seen[0]["exe"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("/node")),
+        "{:?}",
+        seen[0]
+    );
+    assert!(
+        seen[0]["session_id"].is_string()
+            || seen[0]["user_agent"]
+                .as_str()
+                .is_some_and(|u| u.contains("claude-cli")),
+        "{:?}",
+        seen[0]
+    );
+}
+
+#[test]
+fn bun_builds_without_symbols() {
+    let standin = StandIn::start();
+    for bun in [Bun::V1_4_5, Bun::Baseline1_3_11, Bun::V1_2_23] {
+        let path = bun.path();
+        let trace = Trace::start(&["--binary", path.to_str().expect("utf-8 path")]);
+        assert!(
+            trace.stderr().iter().any(|l| l.contains("BoringSSL")
+                && l.contains("SSL_write")
+                && l.contains("SSL_read")),
+            "{bun:?}: {:?}",
+            trace.stderr()
+        );
+        let config = AgentConfig {
+            model: "claude-haiku-4-5".into(),
+            ..AgentConfig::default()
+        };
+        let agent = Agent::start(&standin, Runtime::Bun(bun), &config);
+        let seen = trace.wait_for(agent.pid(), 2, WAIT, "the Bun agent's turns", |e| {
+            e["status"] == 200
+        });
+        assert_eq!(seen[0]["method"], "POST", "{bun:?}");
+        assert_eq!(seen[0]["model"], "claude-haiku-4-5", "{bun:?}");
+        assert_eq!(
+            seen[0]["session_id"],
+            Value::from(agent.session_id()),
+            "{bun:?}"
+        );
+    }
+}
