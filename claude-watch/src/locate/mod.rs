@@ -157,7 +157,7 @@ pub enum LocateError {
         problem: ElfProblem,
     },
     /// The file imports the TLS functions from a shared library instead of containing them.
-    #[error("{path}: no TLS code inside; it imports SSL_read/SSL_write from {needed}: locate that library instead")]
+    #[error("{path}: no TLS code inside; it imports SSL_read/SSL_write (or their _ex forms) from {needed}: locate that library instead")]
     ImportsTls {
         /// The file.
         path: PathBuf,
@@ -234,7 +234,8 @@ pub fn locate_image(path: &Path, image: &ElfImage<'_>) -> Result<Located, Locate
             functions,
         }),
         Ok(None) => {
-            let (_, imported) = image.function_symbols(&["SSL_read", "SSL_write"]);
+            let names: Vec<&str> = FunctionName::ALL.iter().map(|n| n.symbol()).collect();
+            let (_, imported) = image.function_symbols(&names);
             if imported {
                 let tls: Vec<&str> = image
                     .needed
