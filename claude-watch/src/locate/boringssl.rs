@@ -41,22 +41,30 @@ const MAX_READ_SPAN: u64 = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotIdentified {
     /// The `ssl_lib.cc` string is there but no code loads it in an `ERR_put_error` call.
-    #[error("{strings} ssl_lib.cc string(s) but no verifiable error site references them (x86-64 non-PIE immediate or PIE lea)")]
+    #[error(
+        "{strings} ssl_lib.cc string(s) but no verifiable error site references them (x86-64 non-PIE immediate or PIE lea)"
+    )]
     NoErrorSites {
         /// How many copies of the string were found.
         strings: usize,
     },
     /// No function, or more than one, has `SSL_write`'s error sites.
-    #[error("{count} functions have SSL_write's error sites (reasons 226, 215, 111), expected exactly one")]
+    #[error(
+        "{count} functions have SSL_write's error sites (reasons 226, 215, 111), expected exactly one"
+    )]
     SslWrite {
         /// How many candidates.
         count: usize,
     },
     /// No `ssl_read_impl` candidate (reasons 226 and 215 without 111, before `SSL_write`).
-    #[error("no ssl_read_impl candidate (reasons 226 and 215 without 111, before SSL_write in ssl_lib.cc)")]
+    #[error(
+        "no ssl_read_impl candidate (reasons 226 and 215 without 111, before SSL_write in ssl_lib.cc)"
+    )]
     NoReadImpl,
     /// No function, or more than one, passes all of `SSL_read`'s checks.
-    #[error("{count} functions pass SSL_read's checks (one reason-66 site between ssl_read_impl and SSL_write, calls ssl_read_impl), expected exactly one")]
+    #[error(
+        "{count} functions pass SSL_read's checks (one reason-66 site between ssl_read_impl and SSL_write, calls ssl_read_impl), expected exactly one"
+    )]
     SslRead {
         /// How many candidates.
         count: usize,
@@ -89,7 +97,9 @@ pub fn locate(image: &ElfImage<'_>) -> Result<Option<Vec<Function>>, NotIdentifi
         .segments
         .iter()
         .filter(|s| !s.executable)
-        .flat_map(|s| scan::strings_ending_with(image.segment_bytes(s), s.vaddr, b"/ssl/ssl_lib.cc"))
+        .flat_map(|s| {
+            scan::strings_ending_with(image.segment_bytes(s), s.vaddr, b"/ssl/ssl_lib.cc")
+        })
         .collect();
     if strings.is_empty() {
         return Ok(None);
@@ -105,16 +115,28 @@ pub fn locate(image: &ElfImage<'_>) -> Result<Option<Vec<Function>>, NotIdentifi
         let calls = CallTargets::scan(code, seg.vaddr);
         for r in &refs {
             let site = decode_site(image, &calls, r);
-            tracing::trace!(at = format_args!("{:#x}", r.vaddr), ?site, "boringssl: reference");
+            tracing::trace!(
+                at = format_args!("{:#x}", r.vaddr),
+                ?site,
+                "boringssl: reference"
+            );
             sites.extend(site);
         }
         calls_by_segment.push(calls);
     }
-    tracing::debug!(strings = strings.len(), sites = sites.len(), "boringssl: error sites");
+    tracing::debug!(
+        strings = strings.len(),
+        sites = sites.len(),
+        "boringssl: error sites"
+    );
     if sites.is_empty() {
-        return Err(NotIdentified::NoErrorSites { strings: strings.len() });
+        return Err(NotIdentified::NoErrorSites {
+            strings: strings.len(),
+        });
     }
-    let roles = classify(&sites, |from, to| calls_directly(image, &calls_by_segment, from, to))?;
+    let roles = classify(&sites, |from, to| {
+        calls_directly(image, &calls_by_segment, from, to)
+    })?;
     tracing::debug!(
         ssl_write = format_args!("{:#x}", roles.write),
         ssl_read = format_args!("{:#x}", roles.read),
@@ -148,9 +170,15 @@ pub fn locate(image: &ElfImage<'_>) -> Result<Option<Vec<Function>>, NotIdentifi
 }
 
 /// A function start with its prologue, for a site at `at`.
-fn function_start(image: &ElfImage<'_>, calls: &CallTargets, r: &Reference) -> Option<(u64, Vec<Instruction>)> {
+fn function_start(
+    image: &ElfImage<'_>,
+    calls: &CallTargets,
+    r: &Reference,
+) -> Option<(u64, Vec<Instruction>)> {
     for start in calls.at_or_below(r.vaddr, MAX_FUNCTION_SPAN).take(64) {
-        let Some(code) = image.bytes_at(start) else { continue };
+        let Some(code) = image.bytes_at(start) else {
+            continue;
+        };
         if !scan::has_prologue(code) {
             continue;
         }
@@ -170,11 +198,19 @@ fn decode_to(code: &[u8], start: u64, target: u64) -> Option<Vec<Instruction>> {
     let mut out = Vec::new();
     let mut instruction = Instruction::default();
     let mut landed = None;
+    let mut after_padding = false;
     while decoder.can_decode() {
         decoder.decode_out(&mut instruction);
         if instruction.is_invalid() {
             break;
         }
+        // `int3` padding then a prologue is the next function: the site is not in the function
+        // that starts at `start` (it is only reached through pointers); refuse to assign it.
+        let offset = (instruction.ip() - start) as usize;
+        if after_padding && landed.is_none() && scan::has_prologue(&window[offset..]) {
+            return None;
+        }
+        after_padding = instruction.mnemonic() == Mnemonic::Int3;
         if instruction.ip() == target {
             landed = Some(out.len());
         }
@@ -198,7 +234,13 @@ fn gpr(reg: Register) -> Option<usize> {
 
 /// Whether an instruction ends a straight-line block.
 fn ends_block(i: &Instruction) -> bool {
-    i.is_call_near() || i.is_jcc_short_or_near() || i.is_jmp_short_or_near() || matches!(i.mnemonic(), Mnemonic::Ret | Mnemonic::Int3 | Mnemonic::Ud2 | Mnemonic::Jmp | Mnemonic::Call)
+    i.is_call_near()
+        || i.is_jcc_short_or_near()
+        || i.is_jmp_short_or_near()
+        || matches!(
+            i.mnemonic(),
+            Mnemonic::Ret | Mnemonic::Int3 | Mnemonic::Ud2 | Mnemonic::Jmp | Mnemonic::Call
+        )
 }
 
 /// Confirms the reference `r` is an `ERR_put_error(SSL, .., reason, file, line)` call and reads
@@ -216,13 +258,21 @@ struct Registers([Option<u64>; 16]);
 impl Registers {
     /// Applies one non-branch instruction; returns the value it loaded into its destination.
     fn apply(&mut self, i: &Instruction) -> Option<u64> {
-        let dest = (i.op_count() > 0 && i.op0_kind() == OpKind::Register).then(|| gpr(i.op0_register())).flatten();
+        let dest = (i.op_count() > 0 && i.op0_kind() == OpKind::Register)
+            .then(|| gpr(i.op0_register()))
+            .flatten();
         let value = match i.code() {
             Code::Mov_r32_imm32 => Some(u64::from(i.immediate32())),
-            Code::Mov_rm64_imm32 if i.op0_kind() == OpKind::Register => Some(i.immediate32to64() as u64),
+            Code::Mov_rm64_imm32 if i.op0_kind() == OpKind::Register => {
+                Some(i.immediate32to64() as u64)
+            }
             Code::Lea_r64_m if i.memory_base() == Register::RIP => Some(i.memory_displacement64()),
             // `xor r32, r32` zeroes the register.
-            Code::Xor_r32_rm32 | Code::Xor_rm32_r32 if i.op1_kind() == OpKind::Register && i.op0_register() == i.op1_register() => Some(0),
+            Code::Xor_r32_rm32 | Code::Xor_rm32_r32
+                if i.op1_kind() == OpKind::Register && i.op0_register() == i.op1_register() =>
+            {
+                Some(0)
+            }
             _ => None,
         };
         if let Some(d) = dest {
@@ -264,7 +314,8 @@ pub fn read_site<'a>(
     let mut jumps = 0;
     for _ in 0..MAX_ARGUMENT_TAIL {
         let code = code_at(ip)?;
-        let mut decoder = Decoder::with_ip(64, &code[..code.len().min(16)], ip, DecoderOptions::NONE);
+        let mut decoder =
+            Decoder::with_ip(64, &code[..code.len().min(16)], ip, DecoderOptions::NONE);
         let i = decoder.decode();
         if i.is_invalid() {
             return None;
@@ -344,7 +395,10 @@ pub struct Roles {
 ///
 /// # Errors
 /// [`NotIdentified`] unless each role has exactly one candidate.
-pub fn classify(sites: &[ErrorSite], calls: impl Fn(u64, u64) -> bool) -> Result<Roles, NotIdentified> {
+pub fn classify(
+    sites: &[ErrorSite],
+    calls: impl Fn(u64, u64) -> bool,
+) -> Result<Roles, NotIdentified> {
     // The error reporter is the callee most sites share; sites calling anything else are not
     // OPENSSL_PUT_ERROR expansions.
     let mut callees: BTreeMap<u64, usize> = BTreeMap::new();
@@ -355,7 +409,10 @@ pub fn classify(sites: &[ErrorSite], calls: impl Fn(u64, u64) -> bool) -> Result
         return Err(NotIdentified::NoErrorSites { strings: 1 });
     };
     let mut profiles: BTreeMap<u64, Profile> = BTreeMap::new();
-    for s in sites.iter().filter(|s| s.callee == reporter && s.lib.is_none_or(|l| l == ERR_LIB_SSL)) {
+    for s in sites
+        .iter()
+        .filter(|s| s.callee == reporter && s.lib.is_none_or(|l| l == ERR_LIB_SSL))
+    {
         let p = profiles.entry(s.function).or_default();
         if let Some(reason) = s.reason {
             p.reasons.push(reason);
@@ -369,15 +426,21 @@ pub fn classify(sites: &[ErrorSite], calls: impl Fn(u64, u64) -> bool) -> Result
     }
     let writes: Vec<(&u64, &Profile)> = profiles
         .iter()
-        .filter(|(_, p)| p.has(R_UNINITIALIZED) && p.has(R_HANDSHAKE_FAILURE) && p.has(R_BAD_LENGTH))
+        .filter(|(_, p)| {
+            p.has(R_UNINITIALIZED) && p.has(R_HANDSHAKE_FAILURE) && p.has(R_BAD_LENGTH)
+        })
         .collect();
     let [(&write, write_profile)] = writes[..] else {
-        return Err(NotIdentified::SslWrite { count: writes.len() });
+        return Err(NotIdentified::SslWrite {
+            count: writes.len(),
+        });
     };
     let write_first = write_profile.min_line().unwrap_or(u32::MAX);
     let read_impls: Vec<(&u64, &Profile)> = profiles
         .iter()
-        .filter(|(_, p)| p.has(R_UNINITIALIZED) && p.has(R_HANDSHAKE_FAILURE) && !p.has(R_BAD_LENGTH))
+        .filter(|(_, p)| {
+            p.has(R_UNINITIALIZED) && p.has(R_HANDSHAKE_FAILURE) && !p.has(R_BAD_LENGTH)
+        })
         .filter(|(_, p)| p.max_line().is_some_and(|l| l < write_first))
         .collect();
     if read_impls.is_empty() {
@@ -415,7 +478,9 @@ pub fn classify(sites: &[ErrorSite], calls: impl Fn(u64, u64) -> bool) -> Result
 /// Whether the function at `start` calls (or tail-jumps to) `callee` within its first
 /// [`MAX_READ_SPAN`] bytes, before the next function starts.
 fn calls_directly(image: &ElfImage<'_>, calls: &[CallTargets], start: u64, callee: u64) -> bool {
-    let Some(code) = image.bytes_at(start) else { return false };
+    let Some(code) = image.bytes_at(start) else {
+        return false;
+    };
     let code = &code[..code.len().min(MAX_READ_SPAN as usize)];
     let mut decoder = Decoder::with_ip(64, code, start, DecoderOptions::NONE);
     let mut i = Instruction::default();
@@ -424,10 +489,16 @@ fn calls_directly(image: &ElfImage<'_>, calls: &[CallTargets], start: u64, calle
         if i.is_invalid() {
             return false;
         }
-        if i.ip() != start && calls.iter().any(|c| c.contains(i.ip())) && scan::has_prologue(&code[(i.ip() - start) as usize..]) {
+        if i.ip() != start
+            && calls.iter().any(|c| c.contains(i.ip()))
+            && scan::has_prologue(&code[(i.ip() - start) as usize..])
+        {
             return false;
         }
-        if (i.is_call_near() || i.is_jmp_near()) && i.op0_kind() == OpKind::NearBranch64 && i.near_branch64() == callee {
+        if (i.is_call_near() || i.is_jmp_near())
+            && i.op0_kind() == OpKind::NearBranch64
+            && i.near_branch64() == callee
+        {
             return true;
         }
     }
@@ -463,22 +534,36 @@ mod tests {
     }
 
     fn site_at(code: &[u8], at: u64) -> Option<ErrorSite> {
-        let r = Reference { vaddr: at, target: FILE };
+        let r = Reference {
+            vaddr: at,
+            target: FILE,
+        };
         let before = decode_to(code, BASE, at)?;
-        read_site(|ip| code.get(usize::try_from(ip - BASE).ok()?..), BASE, &before, &r)
+        read_site(
+            |ip| code.get(usize::try_from(ip - BASE).ok()?..),
+            BASE,
+            &before,
+            &r,
+        )
     }
 
     #[test]
     fn reads_a_direct_site_with_file_in_ecx() {
         let site = site_at(&code(), 0x1004).expect("site");
-        assert_eq!((site.reason, site.line, site.lib, site.callee), (Some(226), Some(1021), Some(16), 0x2000));
+        assert_eq!(
+            (site.reason, site.line, site.lib, site.callee),
+            (Some(226), Some(1021), Some(16), 0x2000)
+        );
         assert_eq!(site.function, BASE);
     }
 
     #[test]
     fn follows_the_jump_to_a_shared_call() {
         let site = site_at(&code(), 0x1022).expect("site");
-        assert_eq!((site.reason, site.line, site.callee), (Some(215), Some(16), 0x2000));
+        assert_eq!(
+            (site.reason, site.line, site.callee),
+            (Some(215), Some(16), 0x2000)
+        );
     }
 
     #[test]
@@ -490,7 +575,10 @@ mod tests {
         c.extend([0xB9, 0xA5, 0x03, 0, 0]); // mov ecx, 933
         c.extend([0xE8, 0, 0, 0, 0]); // call next
         let site = site_at(&c, 0x1009).expect("site");
-        assert_eq!((site.reason, site.line, site.lib), (Some(66), Some(933), Some(16)));
+        assert_eq!(
+            (site.reason, site.line, site.lib),
+            (Some(66), Some(933), Some(16))
+        );
     }
 
     #[test]
@@ -505,8 +593,27 @@ mod tests {
         assert!(site_at(&c, 0x1004).is_none());
     }
 
+    #[test]
+    fn refuses_a_site_behind_the_next_functions_prologue() {
+        // start: push rbp; mov rbp,rsp; pop rbp; ret; int3; then a function only reached
+        // through pointers, holding the site.
+        let mut c = vec![0x55, 0x48, 0x89, 0xE5, 0x5D, 0xC3, 0xCC, 0xCC];
+        c.extend([0x55, 0x48, 0x89, 0xE5]); // 0x1008
+        c.extend([0xB9, 0x78, 0x56, 0x34, 0x12]); // 0x100C mov ecx, FILE
+        c.extend([0xE8, 0, 0, 0, 0]);
+        assert!(decode_to(&c, BASE, 0x100C).is_none());
+        assert!(decode_to(&c, 0x1008, 0x100C).is_some());
+    }
+
     fn site(function: u64, reason: u32, line: u32) -> ErrorSite {
-        ErrorSite { at: function + u64::from(line), function, reason: Some(reason), line: Some(line), lib: Some(16), callee: 0xE770 }
+        ErrorSite {
+            at: function + u64::from(line),
+            function,
+            reason: Some(reason),
+            line: Some(line),
+            lib: Some(16),
+            callee: 0xE770,
+        }
     }
 
     /// The profile seen in Bun 1.4.5: SSL_read 0x100, ssl_read_impl 0x200, SSL_write 0x300,
@@ -531,7 +638,10 @@ mod tests {
     fn classifies_write_read_and_read_impl() {
         let all_call_impl = |_from: u64, to: u64| to == 0x200;
         let roles = classify(&bun_like(), all_call_impl).expect("roles");
-        assert_eq!((roles.write, roles.read, roles.read_impl, roles.read_line), (0x300, 0x100, 0x200, 931));
+        assert_eq!(
+            (roles.write, roles.read, roles.read_impl, roles.read_line),
+            (0x300, 0x100, 0x200, 931)
+        );
         assert_eq!(roles.write_reasons, vec![66, 111, 215, 226]);
     }
 
@@ -544,25 +654,42 @@ mod tests {
     #[test]
     fn refuses_two_write_candidates() {
         let mut sites = bun_like();
-        sites.extend([site(0x700, 226, 990), site(0x700, 215, 991), site(0x700, 111, 992)]);
-        assert_eq!(classify(&sites, |_, to| to == 0x200).unwrap_err(), NotIdentified::SslWrite { count: 2 });
+        sites.extend([
+            site(0x700, 226, 990),
+            site(0x700, 215, 991),
+            site(0x700, 111, 992),
+        ]);
+        assert_eq!(
+            classify(&sites, |_, to| to == 0x200).unwrap_err(),
+            NotIdentified::SslWrite { count: 2 }
+        );
     }
 
     #[test]
     fn refuses_two_read_candidates_in_range() {
         let mut sites = bun_like();
         sites.push(site(0x800, 66, 940));
-        assert_eq!(classify(&sites, |_, to| to == 0x200).unwrap_err(), NotIdentified::SslRead { count: 2 });
+        assert_eq!(
+            classify(&sites, |_, to| to == 0x200).unwrap_err(),
+            NotIdentified::SslRead { count: 2 }
+        );
     }
 
     #[test]
     fn ignores_sites_calling_another_function_or_library() {
         let mut sites = bun_like();
         // A stray SSL_write-like profile reported through a different callee or library.
-        let mut stray = vec![site(0x900, 226, 990), site(0x900, 215, 991), site(0x900, 111, 992)];
+        let mut stray = vec![
+            site(0x900, 226, 990),
+            site(0x900, 215, 991),
+            site(0x900, 111, 992),
+        ];
         stray[0].callee = 0xBAD;
         stray[1].lib = Some(6);
         sites.extend(stray);
-        assert_eq!(classify(&sites, |_, to| to == 0x200).expect("roles").write, 0x300);
+        assert_eq!(
+            classify(&sites, |_, to| to == 0x200).expect("roles").write,
+            0x300
+        );
     }
 }

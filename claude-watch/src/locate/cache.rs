@@ -67,7 +67,9 @@ impl Cache {
 
     /// Path of the entry for `build_id`; `None` for ids that are not plain hex.
     fn entry_path(&self, build_id: &str) -> Option<PathBuf> {
-        let valid = !build_id.is_empty() && build_id.len() <= 128 && build_id.bytes().all(|b| b.is_ascii_hexdigit());
+        let valid = !build_id.is_empty()
+            && build_id.len() <= 128
+            && build_id.bytes().all(|b| b.is_ascii_hexdigit());
         valid.then(|| self.dir.join(format!("{build_id}.json")))
     }
 
@@ -118,10 +120,15 @@ impl Cache {
             file.sync_all()?;
             std::fs::rename(p, &path)
         };
-        let tmp = self.dir.join(format!(".{build_id}.{}.tmp", std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!(".{build_id}.{}.tmp", std::process::id()));
         write(&tmp).map_err(|source| {
             let _ = std::fs::remove_file(&tmp);
-            CacheError::Write { path: path.clone(), source }
+            CacheError::Write {
+                path: path.clone(),
+                source,
+            }
         })
     }
 }
@@ -131,9 +138,16 @@ impl Cache {
 pub fn fingerprint(data: &[u8], located: &Located) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for function in &located.functions {
-        let start = usize::try_from(function.file_offset).unwrap_or(usize::MAX).min(data.len());
+        let start = usize::try_from(function.file_offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
         let end = start.saturating_add(FINGERPRINT_SPAN).min(data.len());
-        for &b in function.file_offset.to_le_bytes().iter().chain(&data[start..end]) {
+        for &b in function
+            .file_offset
+            .to_le_bytes()
+            .iter()
+            .chain(&data[start..end])
+        {
             hash ^= u64::from(b);
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
         }

@@ -9,10 +9,14 @@ use object::{Endianness, LittleEndian};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ElfProblem {
     /// The file does not start with the ELF magic.
-    #[error("not an ELF file (no \\x7fELF magic); give the path of an executable or shared library")]
+    #[error(
+        "not an ELF file (no \\x7fELF magic); give the path of an executable or shared library"
+    )]
     NotElf,
     /// A header or segment extends past the end of the file.
-    #[error("truncated ELF: {what} ends at byte {needed} but the file has {size} bytes (incomplete download or copy?)")]
+    #[error(
+        "truncated ELF: {what} ends at byte {needed} but the file has {size} bytes (incomplete download or copy?)"
+    )]
     Truncated {
         /// Which structure is cut off.
         what: String,
@@ -100,7 +104,11 @@ fn machine_name(machine: u16) -> String {
 fn raw_machine(data: &[u8]) -> Option<u16> {
     let bytes = data.get(18..20)?;
     let raw = [bytes[0], bytes[1]];
-    Some(if data.get(5) == Some(&2) { u16::from_be_bytes(raw) } else { u16::from_le_bytes(raw) })
+    Some(if data.get(5) == Some(&2) {
+        u16::from_be_bytes(raw)
+    } else {
+        u16::from_le_bytes(raw)
+    })
 }
 
 impl<'data> ElfImage<'data> {
@@ -110,34 +118,61 @@ impl<'data> ElfImage<'data> {
             return Err(ElfProblem::NotElf);
         }
         if data.len() < 20 {
-            return Err(ElfProblem::Truncated { what: "ELF header".into(), needed: 64, size: data.len() as u64 });
+            return Err(ElfProblem::Truncated {
+                what: "ELF header".into(),
+                needed: 64,
+                size: data.len() as u64,
+            });
         }
         let class = data[4];
         let machine = raw_machine(data).unwrap_or(0);
         if class != elf::ELFCLASS64 || machine != elf::EM_X86_64 {
             if class == elf::ELFCLASS32 && machine == elf::EM_X86_64 {
-                return Err(ElfProblem::UnsupportedArch { arch: "x32 (32-bit ELF for x86-64)".into() });
+                return Err(ElfProblem::UnsupportedArch {
+                    arch: "x32 (32-bit ELF for x86-64)".into(),
+                });
             }
             if class != elf::ELFCLASS32 && class != elf::ELFCLASS64 {
-                return Err(ElfProblem::Corrupt { reason: format!("unknown ELF class {class}") });
+                return Err(ElfProblem::Corrupt {
+                    reason: format!("unknown ELF class {class}"),
+                });
             }
-            return Err(ElfProblem::UnsupportedArch { arch: machine_name(machine) });
+            return Err(ElfProblem::UnsupportedArch {
+                arch: machine_name(machine),
+            });
         }
         if data[5] != elf::ELFDATA2LSB {
-            return Err(ElfProblem::Corrupt { reason: "x86-64 ELF that is not little-endian".into() });
+            return Err(ElfProblem::Corrupt {
+                reason: "x86-64 ELF that is not little-endian".into(),
+            });
         }
         if data.len() < 64 {
-            return Err(ElfProblem::Truncated { what: "ELF header".into(), needed: 64, size: data.len() as u64 });
+            return Err(ElfProblem::Truncated {
+                what: "ELF header".into(),
+                needed: 64,
+                size: data.len() as u64,
+            });
         }
-        let corrupt = |what: &str, e: object::read::Error| ElfProblem::Corrupt { reason: format!("{what}: {e}") };
-        let header = FileHeader64::<Endianness>::parse(data).map_err(|e| corrupt("ELF header", e))?;
+        let corrupt = |what: &str, e: object::read::Error| ElfProblem::Corrupt {
+            reason: format!("{what}: {e}"),
+        };
+        let header =
+            FileHeader64::<Endianness>::parse(data).map_err(|e| corrupt("ELF header", e))?;
         let endian = header.endian().map_err(|e| corrupt("ELF header", e))?;
         let phoff = header.e_phoff(endian);
-        let ph_end = phoff.saturating_add(u64::from(header.e_phnum(endian)) * u64::from(header.e_phentsize(endian)));
+        let ph_end = phoff.saturating_add(
+            u64::from(header.e_phnum(endian)) * u64::from(header.e_phentsize(endian)),
+        );
         if ph_end > data.len() as u64 {
-            return Err(ElfProblem::Truncated { what: "program header table".into(), needed: ph_end, size: data.len() as u64 });
+            return Err(ElfProblem::Truncated {
+                what: "program header table".into(),
+                needed: ph_end,
+                size: data.len() as u64,
+            });
         }
-        let phdrs = header.program_headers(endian, data).map_err(|e| corrupt("program headers", e))?;
+        let phdrs = header
+            .program_headers(endian, data)
+            .map_err(|e| corrupt("program headers", e))?;
         let mut segments = Vec::new();
         let mut build_id = None;
         for ph in phdrs {
@@ -163,10 +198,18 @@ impl<'data> ElfImage<'data> {
             }
         }
         if segments.is_empty() {
-            return Err(ElfProblem::Corrupt { reason: "no PT_LOAD segment".into() });
+            return Err(ElfProblem::Corrupt {
+                reason: "no PT_LOAD segment".into(),
+            });
         }
         let needed = needed_libraries(header, endian, data);
-        Ok(Self { data, segments, build_id, pie: header.e_type(endian) == elf::ET_DYN, needed })
+        Ok(Self {
+            data,
+            segments,
+            build_id,
+            pie: header.e_type(endian) == elf::ET_DYN,
+            needed,
+        })
     }
 
     /// The segment whose file-backed part holds `vaddr`.
@@ -201,14 +244,24 @@ impl<'data> ElfImage<'data> {
     pub fn function_symbols(&self, names: &[&str]) -> (Vec<FunctionSymbol>, bool) {
         let mut found: Vec<FunctionSymbol> = Vec::new();
         let mut imported = false;
-        let Ok(header) = FileHeader64::<LittleEndian>::parse(self.data) else { return (found, false) };
+        let Ok(header) = FileHeader64::<LittleEndian>::parse(self.data) else {
+            return (found, false);
+        };
         let endian = LittleEndian;
-        let Ok(sections) = header.sections(endian, self.data) else { return (found, false) };
+        let Ok(sections) = header.sections(endian, self.data) else {
+            return (found, false);
+        };
         for (kind, table) in [(elf::SHT_DYNSYM, ".dynsym"), (elf::SHT_SYMTAB, ".symtab")] {
-            let Ok(symbols) = sections.symbols(endian, self.data, kind) else { continue };
+            let Ok(symbols) = sections.symbols(endian, self.data, kind) else {
+                continue;
+            };
             for sym in symbols.iter() {
-                let Ok(name) = sym.name(endian, symbols.strings()) else { continue };
-                let Ok(name) = std::str::from_utf8(name) else { continue };
+                let Ok(name) = sym.name(endian, symbols.strings()) else {
+                    continue;
+                };
+                let Ok(name) = std::str::from_utf8(name) else {
+                    continue;
+                };
                 if !names.contains(&name) {
                     continue;
                 }
@@ -220,7 +273,11 @@ impl<'data> ElfImage<'data> {
                     continue;
                 }
                 if !found.iter().any(|f| f.name == name) {
-                    found.push(FunctionSymbol { name: name.to_owned(), vaddr: sym.st_value(endian), table });
+                    found.push(FunctionSymbol {
+                        name: name.to_owned(),
+                        vaddr: sym.st_value(endian),
+                        table,
+                    });
                 }
             }
         }
@@ -230,18 +287,30 @@ impl<'data> ElfImage<'data> {
     /// Whether a defined symbol whose name starts with `prefix` exists in `.dynsym`.
     #[must_use]
     pub fn has_dynamic_symbol_prefix(&self, prefix: &str) -> bool {
-        let Ok(header) = FileHeader64::<LittleEndian>::parse(self.data) else { return false };
-        let Ok(sections) = header.sections(LittleEndian, self.data) else { return false };
-        let Ok(symbols) = sections.symbols(LittleEndian, self.data, elf::SHT_DYNSYM) else { return false };
+        let Ok(header) = FileHeader64::<LittleEndian>::parse(self.data) else {
+            return false;
+        };
+        let Ok(sections) = header.sections(LittleEndian, self.data) else {
+            return false;
+        };
+        let Ok(symbols) = sections.symbols(LittleEndian, self.data, elf::SHT_DYNSYM) else {
+            return false;
+        };
         symbols.iter().any(|sym| {
             sym.st_shndx(LittleEndian) != elf::SHN_UNDEF
-                && sym.name(LittleEndian, symbols.strings()).is_ok_and(|n| n.starts_with(prefix.as_bytes()))
+                && sym
+                    .name(LittleEndian, symbols.strings())
+                    .is_ok_and(|n| n.starts_with(prefix.as_bytes()))
         })
     }
 }
 
 /// The `NT_GNU_BUILD_ID` of a `PT_NOTE` segment, as lowercase hex.
-fn gnu_build_id(ph: &elf::ProgramHeader64<Endianness>, endian: Endianness, data: &[u8]) -> Option<String> {
+fn gnu_build_id(
+    ph: &elf::ProgramHeader64<Endianness>,
+    endian: Endianness,
+    data: &[u8],
+) -> Option<String> {
     let mut notes = ph.notes(endian, data).ok()??;
     while let Ok(Some(note)) = notes.next() {
         if note.name() == elf::ELF_NOTE_GNU && note.n_type(endian) == elf::NT_GNU_BUILD_ID {
@@ -252,14 +321,28 @@ fn gnu_build_id(ph: &elf::ProgramHeader64<Endianness>, endian: Endianness, data:
 }
 
 /// `DT_NEEDED` entries of the dynamic section, if any.
-fn needed_libraries(header: &FileHeader64<Endianness>, endian: Endianness, data: &[u8]) -> Vec<String> {
-    let Ok(sections) = header.sections(endian, data) else { return Vec::new() };
-    let Some((index, section)) = sections.iter().enumerate().find(|(_, s)| s.sh_type(endian) == elf::SHT_DYNAMIC) else {
+fn needed_libraries(
+    header: &FileHeader64<Endianness>,
+    endian: Endianness,
+    data: &[u8],
+) -> Vec<String> {
+    let Ok(sections) = header.sections(endian, data) else {
+        return Vec::new();
+    };
+    let Some((index, section)) = sections
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.sh_type(endian) == elf::SHT_DYNAMIC)
+    else {
         return Vec::new();
     };
     let _ = index;
-    let Ok(Some((dynamic, link))) = section.dynamic(endian, data) else { return Vec::new() };
-    let Ok(strings) = sections.strings(endian, data, link) else { return Vec::new() };
+    let Ok(Some((dynamic, link))) = section.dynamic(endian, data) else {
+        return Vec::new();
+    };
+    let Ok(strings) = sections.strings(endian, data, link) else {
+        return Vec::new();
+    };
     dynamic
         .iter()
         .filter(|d| d.d_tag(endian) == elf::DT_NEEDED)

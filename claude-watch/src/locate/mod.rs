@@ -76,7 +76,12 @@ pub enum FunctionName {
 
 impl FunctionName {
     /// All names, in the order results are reported.
-    pub const ALL: [Self; 4] = [Self::SslWrite, Self::SslRead, Self::SslWriteEx, Self::SslReadEx];
+    pub const ALL: [Self; 4] = [
+        Self::SslWrite,
+        Self::SslRead,
+        Self::SslWriteEx,
+        Self::SslReadEx,
+    ];
 
     /// The C symbol name.
     #[must_use]
@@ -157,7 +162,9 @@ pub enum LocateError {
         problem: ElfProblem,
     },
     /// The file imports the TLS functions from a shared library instead of containing them.
-    #[error("{path}: no TLS code inside; it imports SSL_read/SSL_write (or their _ex forms) from {needed}: locate that library instead")]
+    #[error(
+        "{path}: no TLS code inside; it imports SSL_read/SSL_write (or their _ex forms) from {needed}: locate that library instead"
+    )]
     ImportsTls {
         /// The file.
         path: PathBuf,
@@ -165,13 +172,17 @@ pub enum LocateError {
         needed: String,
     },
     /// Neither TLS symbols nor BoringSSL code were found.
-    #[error("{path}: no TLS library found (no SSL_read/SSL_write symbols and no BoringSSL ssl_lib.cc error sites)")]
+    #[error(
+        "{path}: no TLS library found (no SSL_read/SSL_write symbols and no BoringSSL ssl_lib.cc error sites)"
+    )]
     NoTlsLibrary {
         /// The file.
         path: PathBuf,
     },
     /// A TLS library is there, but the functions could not be identified with certainty.
-    #[error("{path}: {library} found but SSL_write/SSL_read not identified with certainty: {reason}; not attaching")]
+    #[error(
+        "{path}: {library} found but SSL_write/SSL_read not identified with certainty: {reason}; not attaching"
+    )]
     NotIdentified {
         /// The file.
         path: PathBuf,
@@ -189,18 +200,23 @@ pub enum LocateError {
 /// with certainty.
 pub fn locate_file(path: &Path, cache: Option<&Cache>) -> Result<Located, LocateError> {
     let started = Instant::now();
-    let io = |source| LocateError::Io { path: path.to_owned(), source };
+    let io = |source| LocateError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let file = std::fs::File::open(path).map_err(io)?;
     // SAFETY: the map is read-only and private; if another process truncates the file while we
     // read, accesses may fault (SIGBUS), as for any mmap reader. Executables in use cannot be
     // written (ETXTBSY), and updates replace files by rename, which leaves our mapping intact.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-    let image = ElfImage::parse(&map).map_err(|problem| LocateError::Elf { path: path.to_owned(), problem })?;
-    if let (Some(cache), Some(build_id)) = (cache, image.build_id.as_deref()) {
-        if let Some(hit) = cache.lookup(build_id, &image) {
-            tracing::debug!(path = %path.display(), build_id, elapsed_us = started.elapsed().as_micros() as u64, "locate: cache hit");
-            return Ok(hit);
-        }
+    let image = ElfImage::parse(&map).map_err(|problem| LocateError::Elf {
+        path: path.to_owned(),
+        problem,
+    })?;
+    let build_id = image.build_id.as_deref();
+    if let Some(hit) = cache.zip(build_id).and_then(|(cache, id)| cache.lookup(id, &image)) {
+        tracing::debug!(path = %path.display(), build_id, elapsed_us = started.elapsed().as_micros() as u64, "locate: cache hit");
+        return Ok(hit);
     }
     let located = locate_image(path, &image)?;
     tracing::debug!(
@@ -210,10 +226,8 @@ pub fn locate_file(path: &Path, cache: Option<&Cache>) -> Result<Located, Locate
         elapsed_ms = started.elapsed().as_millis() as u64,
         "locate: located"
     );
-    if let Some(cache) = cache {
-        if let Err(error) = cache.store(&image, &located) {
-            tracing::warn!(path = %path.display(), %error, "locate: cannot write cache entry");
-        }
+    if let Some(Err(error)) = cache.map(|cache| cache.store(&image, &located)) {
+        tracing::warn!(path = %path.display(), %error, "locate: cannot write cache entry");
     }
     Ok(located)
 }
@@ -243,10 +257,19 @@ pub fn locate_image(path: &Path, image: &ElfImage<'_>) -> Result<Located, Locate
                     .map(String::as_str)
                     .filter(|n| n.contains("ssl") || n.contains("tls"))
                     .collect();
-                let needed = if tls.is_empty() { image.needed.join(", ") } else { tls.join(", ") };
-                return Err(LocateError::ImportsTls { path: path.to_owned(), needed });
+                let needed = if tls.is_empty() {
+                    image.needed.join(", ")
+                } else {
+                    tls.join(", ")
+                };
+                return Err(LocateError::ImportsTls {
+                    path: path.to_owned(),
+                    needed,
+                });
             }
-            Err(LocateError::NoTlsLibrary { path: path.to_owned() })
+            Err(LocateError::NoTlsLibrary {
+                path: path.to_owned(),
+            })
         }
         Err(reason) => Err(LocateError::NotIdentified {
             path: path.to_owned(),

@@ -12,11 +12,21 @@ use super::Located;
 pub fn human(path: &Path, located: &Located) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "file:     {}", path.display());
-    let _ = writeln!(out, "build id: {}", located.build_id.as_deref().unwrap_or("(none)"));
+    let _ = writeln!(
+        out,
+        "build id: {}",
+        located.build_id.as_deref().unwrap_or("(none)")
+    );
     let _ = writeln!(out, "library:  {}", located.library);
     let _ = writeln!(out, "method:   {}", located.method);
     for f in &located.functions {
-        let _ = writeln!(out, "{:<13} vaddr {:#x}  file offset {:#x}", f.name.symbol(), f.vaddr, f.file_offset);
+        let _ = writeln!(
+            out,
+            "{:<13} vaddr {:#x}  file offset {:#x}",
+            f.name.symbol(),
+            f.vaddr,
+            f.file_offset
+        );
         let _ = writeln!(out, "              evidence: {}", f.evidence);
     }
     out

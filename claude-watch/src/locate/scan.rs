@@ -14,7 +14,10 @@ pub fn strings_ending_with(data: &[u8], base: u64, suffix: &[u8]) -> Vec<u64> {
     for end in memmem::find_iter(data, &needle) {
         // Walk back to the start of the string (after the previous NUL), at most 4 KiB.
         let floor = end.saturating_sub(4096);
-        let start = data[floor..end].iter().rposition(|&b| b == 0).map_or(floor, |p| floor + p + 1);
+        let start = data[floor..end]
+            .iter()
+            .rposition(|&b| b == 0)
+            .map_or(floor, |p| floor + p + 1);
         let addr = base + start as u64;
         if !found.contains(&addr) {
             found.push(addr);
@@ -41,7 +44,9 @@ impl CallTargets {
         let len = code.len() as u64;
         let mut bits = vec![0u64; code.len().div_ceil(64)];
         for pos in memchr::memchr_iter(0xE8, code) {
-            let Some(rel) = code.get(pos + 1..pos + 5) else { break };
+            let Some(rel) = code.get(pos + 1..pos + 5) else {
+                break;
+            };
             let rel = i64::from(i32::from_le_bytes([rel[0], rel[1], rel[2], rel[3]]));
             let target = pos as i64 + 5 + rel;
             if (0..len as i64).contains(&target) {
@@ -55,17 +60,25 @@ impl CallTargets {
     /// Whether some `E8` in the region targets `vaddr`.
     #[must_use]
     pub fn contains(&self, vaddr: u64) -> bool {
-        let Some(rel) = vaddr.checked_sub(self.base).filter(|&r| r < self.len) else { return false };
+        let Some(rel) = vaddr.checked_sub(self.base).filter(|&r| r < self.len) else {
+            return false;
+        };
         self.bits[(rel / 64) as usize] & (1 << (rel % 64)) != 0
     }
 
     /// Call targets at or below `vaddr` and no further than `max_distance` below it, highest first.
     pub fn at_or_below(&self, vaddr: u64, max_distance: u64) -> impl Iterator<Item = u64> + '_ {
-        let hi = vaddr.saturating_sub(self.base).min(self.len.saturating_sub(1));
+        let hi = vaddr
+            .saturating_sub(self.base)
+            .min(self.len.saturating_sub(1));
         let lo = vaddr.saturating_sub(max_distance).saturating_sub(self.base);
         let valid = vaddr >= self.base && self.len > 0;
         let mut word = hi / 64;
-        let mut mask = if hi % 64 == 63 { u64::MAX } else { (1u64 << (hi % 64 + 1)) - 1 };
+        let mut mask = if hi % 64 == 63 {
+            u64::MAX
+        } else {
+            (1u64 << (hi % 64 + 1)) - 1
+        };
         std::iter::from_fn(move || {
             if !valid {
                 return None;
@@ -113,7 +126,10 @@ pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
                     (_, _, Some(0xB8..=0xBF)) => pos - 1,
                     _ => continue,
                 };
-                out.push(Reference { vaddr: base + start as u64, target });
+                out.push(Reference {
+                    vaddr: base + start as u64,
+                    target,
+                });
             }
         }
     }
@@ -121,7 +137,9 @@ pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
         if pos == 0 || !matches!(code[pos - 1], 0x48 | 0x4C) {
             continue;
         }
-        let Some(tail) = code.get(pos + 1..pos + 6) else { break };
+        let Some(tail) = code.get(pos + 1..pos + 6) else {
+            break;
+        };
         if tail[0] & 0xC7 != 0x05 {
             continue;
         }
@@ -129,7 +147,10 @@ pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
         let next = base as i64 + pos as i64 + 6;
         let target = (next + disp) as u64;
         if targets.contains(&target) {
-            out.push(Reference { vaddr: base + pos as u64 - 1, target });
+            out.push(Reference {
+                vaddr: base + pos as u64 - 1,
+                target,
+            });
         }
     }
     out.sort_by_key(|r| r.vaddr);
@@ -160,7 +181,9 @@ mod tests {
     #[test]
     fn call_targets_are_found_and_bounded() {
         // 0x00: call +3 (-> 0x08); 0x05: nop*3; 0x08: ret; 0x09: call -0x100 (outside).
-        let code = [0xE8, 3, 0, 0, 0, 0x90, 0x90, 0x90, 0xC3, 0xE8, 0x00, 0xFF, 0xFF, 0xFF];
+        let code = [
+            0xE8, 3, 0, 0, 0, 0x90, 0x90, 0x90, 0xC3, 0xE8, 0x00, 0xFF, 0xFF, 0xFF,
+        ];
         let t = CallTargets::scan(&code, 0x4000);
         assert!(t.contains(0x4008));
         assert!(!t.contains(0x4007));
@@ -177,7 +200,10 @@ mod tests {
         code[0..5].copy_from_slice(&[0xE8, 0x0B, 0, 0, 0]);
         code[0x100..0x105].copy_from_slice(&[0xE8, 0xC3, 0xFF, 0xFF, 0xFF]);
         let t = CallTargets::scan(&code, 0);
-        assert_eq!(t.at_or_below(299, 1000).collect::<Vec<_>>(), vec![200, 0x10]);
+        assert_eq!(
+            t.at_or_below(299, 1000).collect::<Vec<_>>(),
+            vec![200, 0x10]
+        );
         assert_eq!(t.at_or_below(199, 1000).collect::<Vec<_>>(), vec![0x10]);
     }
 
@@ -205,7 +231,9 @@ mod tests {
     #[test]
     fn prologue_with_and_without_endbr64() {
         assert!(has_prologue(&[0x55, 0x48, 0x89, 0xE5, 0x41]));
-        assert!(has_prologue(&[0xF3, 0x0F, 0x1E, 0xFA, 0x55, 0x48, 0x89, 0xE5]));
+        assert!(has_prologue(&[
+            0xF3, 0x0F, 0x1E, 0xFA, 0x55, 0x48, 0x89, 0xE5
+        ]));
         assert!(!has_prologue(&[0x55, 0x48, 0x8B, 0xEC]));
         assert!(!has_prologue(&[0x55]));
     }

@@ -29,6 +29,15 @@ pub fn locate(image: &ElfImage<'_>) -> Option<Located> {
         return None;
     }
     // BoringSSL builds that keep symbols export BORINGSSL_* helpers; OpenSSL has none.
-    let library = if image.has_dynamic_symbol_prefix("BORINGSSL_") { TlsLibrary::BoringSsl } else { TlsLibrary::OpenSsl };
-    Some(Located { build_id: image.build_id.clone(), library, method: Method::Symbols, functions })
+    let library = if image.has_dynamic_symbol_prefix("BORINGSSL_") {
+        TlsLibrary::BoringSsl
+    } else {
+        TlsLibrary::OpenSsl
+    };
+    Some(Located {
+        build_id: image.build_id.clone(),
+        library,
+        method: Method::Symbols,
+        functions,
+    })
 }
