@@ -214,7 +214,10 @@ pub fn locate_file(path: &Path, cache: Option<&Cache>) -> Result<Located, Locate
         problem,
     })?;
     let build_id = image.build_id.as_deref();
-    if let Some(hit) = cache.zip(build_id).and_then(|(cache, id)| cache.lookup(id, &image)) {
+    if let Some(hit) = cache
+        .zip(build_id)
+        .and_then(|(cache, id)| cache.lookup(id, &image))
+    {
         tracing::debug!(path = %path.display(), build_id, elapsed_us = started.elapsed().as_micros() as u64, "locate: cache hit");
         return Ok(hit);
     }
