@@ -5,6 +5,8 @@
 //! - [`capture`]: eBPF programs loaded and attached, ring-buffer records out;
 //! - [`http`]: records parsed and paired into exchanges (pure);
 //! - [`locate`]: where SSL_write/SSL_read live in a binary, with or without symbols (pure);
+//! - [`supervise`]: supervisor adapters and the recovery policy;
 //! - [`cli`]: the subcommands.
 
 pub mod http;
+pub mod supervise;

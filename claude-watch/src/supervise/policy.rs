@@ -1,0 +1,458 @@
+//! The recovery policy, sans-IO: fed what the detector and the restarter report plus a clock,
+//! it answers with [`Action`]s. It never reads the time or touches a process itself.
+//!
+//! - The first latch of an instance is restarted as soon as no other restart is in flight.
+//! - After a restart the instance is recovering until its new process gets a non-401 answer
+//!   ([`Policy::recovered`]); a new latch instead means the upstream window is still open, so the
+//!   next restart waits a quiet window that doubles each time up to a cap, and is reset after the
+//!   instance stays healthy long enough.
+//! - One restart is in flight host-wide: several instances latched together (an upstream
+//!   incident) are restarted one at a time, the next one after the previous is confirmed, has
+//!   failed, or has timed out.
+//! - After `max_restarts` restarts without a confirmed recovery the instance is escalated: no
+//!   more restarts, [`Action::Escalate`] once; a non-401 answer leaves the escalated state.
+//! - Supervisor failures are retried with the same backoff.
+//! - [`Policy::snapshot`] / [`Policy::restore`] carry the state across a daemon restart with
+//!   wall-clock deadlines, so a restarted daemon does not restart anything early.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Tunables of the policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyConfig {
+    /// The first quiet window, after the first restart that did not heal.
+    pub initial_backoff: Duration,
+    /// The largest quiet window.
+    pub max_backoff: Duration,
+    /// How long an instance must stay healthy for its backoff to reset.
+    pub healthy_reset: Duration,
+    /// Restarts without a confirmed recovery before the instance is escalated.
+    pub max_restarts: u32,
+    /// How long a restart (job plus confirmation) may hold the host-wide slot.
+    pub restart_timeout: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(30 * 60),
+            healthy_reset: Duration::from_secs(10 * 60),
+            max_restarts: 3,
+            restart_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What the daemon should do now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Restart this instance through its supervisor, then report [`Policy::restart_finished`].
+    Restart(String),
+    /// Run the escalation hook for this instance (emitted once per escalation).
+    Escalate(String),
+    /// Nothing more to do before this time: poll again then (or on the next event).
+    Wait {
+        /// When to poll next.
+        until: Instant,
+    },
+}
+
+/// Where an instance stands in recovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Not latched.
+    Idle,
+    /// Latched, waiting for its turn or its quiet window.
+    Latched,
+    /// A restart was handed out and has not finished.
+    Restarting {
+        /// When it was handed out.
+        since: Instant,
+    },
+    /// Restarted; waiting for the new process's own answer.
+    Recovering {
+        /// When the restart finished.
+        since: Instant,
+    },
+    /// Restarts stopped; waiting for a non-401 answer.
+    Escalated,
+}
+
+#[derive(Clone, Debug)]
+struct Instance {
+    phase: Phase,
+    /// When the instance entered `Latched` (for fairness: oldest first).
+    latched_at: Option<Instant>,
+    /// Restarts since the last confirmed recovery.
+    restarts: u32,
+    /// The quiet window to apply on the next failed attempt.
+    backoff: Duration,
+    /// No restart before this.
+    not_before: Option<Instant>,
+    /// Healthy since (for the backoff reset).
+    healthy_since: Option<Instant>,
+    /// `Escalate` still to be emitted.
+    escalate_pending: bool,
+}
+
+/// The recovery policy for all instances of a host.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    config: PolicyConfig,
+    instances: BTreeMap<String, Instance>,
+    /// The instance holding the host-wide restart slot.
+    in_flight: Option<String>,
+}
+
+impl Policy {
+    /// An empty policy.
+    #[must_use]
+    pub fn new(config: PolicyConfig) -> Self {
+        Self {
+            config,
+            instances: BTreeMap::new(),
+            in_flight: None,
+        }
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// The phase of `instance`, `None` when the policy has never heard of it.
+    #[must_use]
+    pub fn phase(&self, instance: &str) -> Option<Phase> {
+        self.instances.get(instance).map(|i| i.phase)
+    }
+
+    /// Restarts of `instance` since its last confirmed recovery.
+    #[must_use]
+    pub fn restarts(&self, instance: &str) -> u32 {
+        self.instances.get(instance).map_or(0, |i| i.restarts)
+    }
+
+    /// No restart of `instance` happens before this.
+    #[must_use]
+    pub fn not_before(&self, instance: &str) -> Option<Instant> {
+        self.instances.get(instance).and_then(|i| i.not_before)
+    }
+
+    fn entry(&mut self, instance: &str) -> &mut Instance {
+        let initial = self.config.initial_backoff;
+        self.instances.entry(instance.to_owned()).or_insert_with(|| Instance {
+            phase: Phase::Idle,
+            latched_at: None,
+            restarts: 0,
+            backoff: initial,
+            not_before: None,
+            healthy_since: None,
+            escalate_pending: false,
+        })
+    }
+
+    fn release(&mut self, instance: &str) {
+        if self.in_flight.as_deref() == Some(instance) {
+            self.in_flight = None;
+        }
+    }
+
+    /// Puts `instance` back in the queue behind a quiet window starting `now`, growing the
+    /// window; escalates instead when it has had its `max_restarts`.
+    fn back_off(&mut self, instance: &str, now: Instant) {
+        let max_restarts = self.config.max_restarts;
+        let max_backoff = self.config.max_backoff;
+        let i = self.entry(instance);
+        if i.restarts >= max_restarts {
+            i.phase = Phase::Escalated;
+            i.escalate_pending = true;
+            i.not_before = None;
+            tracing::warn!(instance, restarts = i.restarts, "restarts did not heal: escalating");
+        } else {
+            i.phase = Phase::Latched;
+            i.latched_at.get_or_insert(now);
+            i.not_before = Some(now + i.backoff);
+            tracing::info!(instance, wait = ?i.backoff, "backing off before the next restart");
+            i.backoff = (i.backoff * 2).min(max_backoff);
+        }
+        self.release(instance);
+    }
+
+    /// The detector says `instance` is latched (its own requests keep getting 401).
+    pub fn latched(&mut self, instance: &str, now: Instant) {
+        let i = self.entry(instance);
+        i.healthy_since = None;
+        match i.phase {
+            Phase::Idle => {
+                i.phase = Phase::Latched;
+                i.latched_at = Some(now);
+            }
+            // The new process got 401 again: the window is still open.
+            Phase::Recovering { .. } => self.back_off(instance, now),
+            Phase::Latched | Phase::Restarting { .. } | Phase::Escalated => {}
+        }
+    }
+
+    /// The restart handed out for `instance` finished with `result` (the adapter's own result).
+    /// Reports for an instance that is not restarting are ignored.
+    pub fn restart_finished<T, E>(&mut self, instance: &str, now: Instant, result: &Result<T, E>) {
+        let Some(i) = self.instances.get_mut(instance) else {
+            return;
+        };
+        if !matches!(i.phase, Phase::Restarting { .. }) {
+            return;
+        }
+        if result.is_ok() {
+            i.phase = Phase::Recovering { since: now };
+            i.restarts += 1;
+        } else {
+            // The supervisor failed: retry later with the same backoff, not counted as a restart.
+            self.back_off(instance, now);
+        }
+    }
+
+    /// `instance`'s process got a non-401 answer: a confirmed recovery when it was recovering
+    /// (returns the time from the end of the restart), and the end of an escalation.
+    pub fn recovered(&mut self, instance: &str, now: Instant) -> Option<Duration> {
+        let i = self.entry(instance);
+        let time_to_recovery = match i.phase {
+            Phase::Recovering { since } => Some(now.saturating_duration_since(since)),
+            _ => None,
+        };
+        if matches!(i.phase, Phase::Restarting { .. }) {
+            // An answer of the old process while the restart runs proves nothing about the new.
+            return None;
+        }
+        i.phase = Phase::Idle;
+        i.latched_at = None;
+        i.restarts = 0;
+        i.escalate_pending = false;
+        i.healthy_since.get_or_insert(now);
+        self.release(instance);
+        time_to_recovery
+    }
+
+    /// What to do at `now`: restarts to run (at most one in flight host-wide), escalations to
+    /// announce, and when to poll next.
+    pub fn poll(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut next: Option<Instant> = None;
+        let mut wake = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        let config = self.config.clone();
+
+        // A restart that holds the slot too long: the restart itself is a failure; an
+        // unconfirmed recovery just frees the slot.
+        if let Some(name) = self.in_flight.clone() {
+            match self.instances.get(&name).map(|i| i.phase) {
+                Some(Phase::Restarting { since }) if now >= since + config.restart_timeout => {
+                    tracing::warn!(instance = %name, "restart timed out");
+                    self.back_off(&name, now);
+                }
+                Some(Phase::Recovering { since }) if now >= since + config.restart_timeout => {
+                    self.release(&name);
+                }
+                Some(Phase::Restarting { since } | Phase::Recovering { since }) => {
+                    wake(since + config.restart_timeout);
+                }
+                _ => self.release(&name),
+            }
+        }
+
+        for (name, i) in &mut self.instances {
+            // A long enough healthy period forgets the backoff.
+            if i.phase == Phase::Idle {
+                if let Some(since) = i.healthy_since {
+                    if now >= since + config.healthy_reset {
+                        i.backoff = config.initial_backoff;
+                        i.not_before = None;
+                        i.healthy_since = None;
+                    } else {
+                        wake(since + config.healthy_reset);
+                    }
+                }
+            }
+            if i.escalate_pending {
+                i.escalate_pending = false;
+                actions.push(Action::Escalate(name.clone()));
+            }
+        }
+
+        if self.in_flight.is_none() {
+            let due = self
+                .instances
+                .iter()
+                .filter(|(_, i)| i.phase == Phase::Latched)
+                .filter(|(_, i)| i.not_before.is_none_or(|t| t <= now))
+                .min_by_key(|(name, i)| (i.latched_at, name.as_str()))
+                .map(|(name, _)| name.clone());
+            if let Some(name) = due {
+                let i = self.entry(&name);
+                i.phase = Phase::Restarting { since: now };
+                i.latched_at = None;
+                self.in_flight = Some(name.clone());
+                wake(now + config.restart_timeout);
+                actions.push(Action::Restart(name));
+            }
+        }
+        for i in self.instances.values() {
+            if i.phase == Phase::Latched {
+                if let Some(t) = i.not_before.filter(|t| *t > now) {
+                    wake(t);
+                }
+            }
+        }
+        if let Some(until) = next {
+            actions.push(Action::Wait { until });
+        }
+        actions
+    }
+
+    /// The state to persist, with every deadline as wall-clock time (`now` and `wall_now` are
+    /// the same moment on both clocks).
+    #[must_use]
+    pub fn snapshot(&self, now: Instant, wall_now: SystemTime) -> PolicySnapshot {
+        let wall = |t: Instant| to_wall_ms(t, now, wall_now);
+        PolicySnapshot {
+            config: self.config.clone(),
+            instances: self
+                .instances
+                .iter()
+                .map(|(name, i)| {
+                    let phase = match i.phase {
+                        Phase::Idle => SavedPhase::Idle,
+                        Phase::Latched => SavedPhase::Latched,
+                        Phase::Restarting { since } => SavedPhase::Restarting { since_ms: wall(since) },
+                        Phase::Recovering { since } => SavedPhase::Recovering { since_ms: wall(since) },
+                        Phase::Escalated => SavedPhase::Escalated,
+                    };
+                    let saved = SavedInstance {
+                        phase,
+                        restarts: i.restarts,
+                        backoff: i.backoff,
+                        not_before_ms: i.not_before.map(wall),
+                        healthy_since_ms: i.healthy_since.map(wall),
+                        escalate_pending: i.escalate_pending,
+                    };
+                    (name.clone(), saved)
+                })
+                .collect(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+
+    /// The policy saved by [`Policy::snapshot`], its deadlines mapped back onto this process's
+    /// monotonic clock. A restart that was running when the daemon stopped is taken as done and
+    /// awaiting confirmation: it is not repeated.
+    #[must_use]
+    pub fn restore(snapshot: PolicySnapshot, now: Instant, wall_now: SystemTime) -> Self {
+        let at = |ms: u64| from_wall_ms(ms, now, wall_now);
+        let instances = snapshot
+            .instances
+            .into_iter()
+            .map(|(name, s)| {
+                let phase = match s.phase {
+                    SavedPhase::Idle => Phase::Idle,
+                    SavedPhase::Latched => Phase::Latched,
+                    SavedPhase::Restarting { since_ms } | SavedPhase::Recovering { since_ms } => {
+                        Phase::Recovering { since: at(since_ms) }
+                    }
+                    SavedPhase::Escalated => Phase::Escalated,
+                };
+                let restarts = match s.phase {
+                    SavedPhase::Restarting { .. } => s.restarts + 1,
+                    _ => s.restarts,
+                };
+                let instance = Instance {
+                    phase,
+                    latched_at: (phase == Phase::Latched).then_some(now),
+                    restarts,
+                    backoff: s.backoff,
+                    not_before: s.not_before_ms.map(at),
+                    healthy_since: s.healthy_since_ms.map(at),
+                    escalate_pending: s.escalate_pending,
+                };
+                (name, instance)
+            })
+            .collect();
+        Self {
+            config: snapshot.config,
+            instances,
+            in_flight: snapshot.in_flight,
+        }
+    }
+}
+
+fn to_wall_ms(t: Instant, now: Instant, wall_now: SystemTime) -> u64 {
+    let wall_now_ms = wall_now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let ms = if t >= now {
+        wall_now_ms + (t - now).as_millis()
+    } else {
+        wall_now_ms.saturating_sub((now - t).as_millis())
+    };
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+fn from_wall_ms(ms: u64, now: Instant, wall_now: SystemTime) -> Instant {
+    let wall_now_ms =
+        u64::try_from(wall_now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX);
+    if ms >= wall_now_ms {
+        now + Duration::from_millis(ms - wall_now_ms)
+    } else {
+        now.checked_sub(Duration::from_millis(wall_now_ms - ms)).unwrap_or(now)
+    }
+}
+
+/// The persisted policy: deadlines in milliseconds since the Unix epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySnapshot {
+    /// The configuration in force.
+    pub config: PolicyConfig,
+    /// Per-instance state.
+    pub instances: BTreeMap<String, SavedInstance>,
+    /// The instance holding the host-wide restart slot.
+    pub in_flight: Option<String>,
+}
+
+/// One instance's persisted state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedInstance {
+    /// Its phase.
+    pub phase: SavedPhase,
+    /// Restarts since the last confirmed recovery.
+    pub restarts: u32,
+    /// The next quiet window.
+    pub backoff: Duration,
+    /// No restart before this wall time (ms since the epoch).
+    pub not_before_ms: Option<u64>,
+    /// Healthy since this wall time (ms since the epoch).
+    pub healthy_since_ms: Option<u64>,
+    /// An `Escalate` not yet emitted.
+    pub escalate_pending: bool,
+}
+
+/// A persisted [`Phase`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum SavedPhase {
+    /// Not latched.
+    Idle,
+    /// Waiting for its turn or quiet window.
+    Latched,
+    /// A restart was running (wall ms when handed out).
+    Restarting {
+        /// Wall ms.
+        since_ms: u64,
+    },
+    /// Awaiting confirmation (wall ms when the restart finished).
+    Recovering {
+        /// Wall ms.
+        since_ms: u64,
+    },
+    /// Restarts stopped.
+    Escalated,
+}
