@@ -456,3 +456,239 @@ pub enum SavedPhase {
     /// Restarts stopped.
     Escalated,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn restarts_of(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Restart(i) => Some(i.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn escalations_of(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Escalate(i) => Some(i.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn wait_of(actions: &[Action]) -> Option<Instant> {
+        actions.iter().find_map(|a| match a {
+            Action::Wait { until } => Some(*until),
+            _ => None,
+        })
+    }
+
+    /// Restart handed out and finished OK at `t`, then the new process latches again at `t`.
+    fn restart_and_relatch(p: &mut Policy, name: &str, t: Instant) {
+        assert_eq!(restarts_of(&p.poll(t)), [name], "a restart is due at {t:?}");
+        p.restart_finished(name, t, &Ok::<(), ()>(()));
+        p.latched(name, t);
+    }
+
+    #[test]
+    fn first_latch_restarts_at_once_and_recovery_is_confirmed_by_the_new_process() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(PolicyConfig::default());
+        assert!(p.poll(t0).is_empty(), "nothing latched, nothing to do");
+        p.latched("a", t0);
+        assert_eq!(restarts_of(&p.poll(t0)), ["a"]);
+        assert!(restarts_of(&p.poll(t0)).is_empty(), "restart handed out once");
+        p.restart_finished("a", t0 + Duration::from_secs(2), &Ok::<(), ()>(()));
+        assert!(matches!(p.phase("a"), Some(Phase::Recovering { .. })));
+        let ttr = p.recovered("a", t0 + Duration::from_secs(5));
+        assert_eq!(ttr, Some(Duration::from_secs(3)));
+        assert_eq!(p.phase("a"), Some(Phase::Idle));
+        assert_eq!(p.restarts("a"), 0);
+    }
+
+    #[test]
+    fn relatches_back_off_with_doubling_waits_up_to_the_cap() {
+        let config = PolicyConfig {
+            max_restarts: 100,
+            max_backoff: 4 * MIN,
+            ..PolicyConfig::default()
+        };
+        let mut p = Policy::new(config);
+        let mut t = Instant::now();
+        p.latched("a", t);
+        restart_and_relatch(&mut p, "a", t);
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let nb = p.not_before("a").expect("a quiet window after a relatch");
+            waits.push(nb - t);
+            // Inside the window: no restart, and a Wait until its end.
+            let inside = p.poll(nb - Duration::from_secs(1));
+            assert!(restarts_of(&inside).is_empty(), "no restart inside the window");
+            assert_eq!(wait_of(&inside), Some(nb));
+            t = nb;
+            restart_and_relatch(&mut p, "a", t);
+        }
+        assert_eq!(waits, [MIN, 2 * MIN, 4 * MIN, 4 * MIN, 4 * MIN]);
+    }
+
+    #[test]
+    fn a_healthy_period_resets_the_backoff() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let t0 = Instant::now();
+        p.latched("a", t0);
+        restart_and_relatch(&mut p, "a", t0);
+        let t1 = p.not_before("a").unwrap();
+        restart_and_relatch(&mut p, "a", t1);
+        assert_eq!(p.not_before("a").unwrap() - t1, 2 * MIN);
+        let t2 = p.not_before("a").unwrap();
+        assert_eq!(restarts_of(&p.poll(t2)), ["a"]);
+        p.restart_finished("a", t2, &Ok::<(), ()>(()));
+        p.recovered("a", t2);
+        // Healthy for less than the reset period: the backoff is remembered.
+        p.poll(t2 + 5 * MIN);
+        p.latched("a", t2 + 5 * MIN);
+        restart_and_relatch(&mut p, "a", t2 + 5 * MIN);
+        assert_eq!(p.not_before("a").unwrap() - (t2 + 5 * MIN), 4 * MIN);
+        // Now healthy for 10 minutes: back to the first window.
+        let t3 = p.not_before("a").unwrap();
+        assert_eq!(restarts_of(&p.poll(t3)), ["a"]);
+        p.restart_finished("a", t3, &Ok::<(), ()>(()));
+        p.recovered("a", t3);
+        p.poll(t3 + 10 * MIN);
+        let t4 = t3 + 11 * MIN;
+        p.latched("a", t4);
+        restart_and_relatch(&mut p, "a", t4);
+        assert_eq!(p.not_before("a").unwrap() - t4, MIN);
+    }
+
+    #[test]
+    fn simultaneous_latches_are_restarted_one_at_a_time() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let t0 = Instant::now();
+        for (k, name) in ["c", "a", "b"].iter().enumerate() {
+            p.latched(name, t0 + Duration::from_millis(k as u64));
+        }
+        let t = t0 + Duration::from_secs(1);
+        assert_eq!(restarts_of(&p.poll(t)), ["c"], "oldest latch first, one only");
+        assert!(restarts_of(&p.poll(t)).is_empty(), "c still restarting");
+        p.restart_finished("c", t, &Ok::<(), ()>(()));
+        assert!(restarts_of(&p.poll(t)).is_empty(), "c not confirmed yet");
+        p.recovered("c", t + Duration::from_secs(3));
+        assert_eq!(restarts_of(&p.poll(t + Duration::from_secs(3))), ["a"]);
+        // a's restart fails: the slot is released, b goes next, a backs off.
+        p.restart_finished("a", t + Duration::from_secs(4), &Err::<(), _>("unit not found"));
+        assert_eq!(restarts_of(&p.poll(t + Duration::from_secs(4))), ["b"]);
+        assert_eq!(p.not_before("a"), Some(t + Duration::from_secs(4) + MIN));
+        // b is never confirmed: after the restart timeout the slot frees, a waits for its window.
+        let t5 = t + Duration::from_secs(5) + PolicyConfig::default().restart_timeout;
+        p.restart_finished("b", t + Duration::from_secs(5), &Ok::<(), ()>(()));
+        assert!(restarts_of(&p.poll(t5 - Duration::from_secs(1))).is_empty());
+        assert_eq!(restarts_of(&p.poll(t5)), ["a"]);
+    }
+
+    #[test]
+    fn restart_that_never_reports_times_out_and_is_retried_with_backoff() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let t0 = Instant::now();
+        p.latched("a", t0);
+        assert_eq!(restarts_of(&p.poll(t0)), ["a"]);
+        let timeout = p.config().restart_timeout;
+        assert_eq!(wait_of(&p.poll(t0 + Duration::from_secs(1))), Some(t0 + timeout));
+        assert!(restarts_of(&p.poll(t0 + timeout)).is_empty());
+        assert_eq!(p.phase("a"), Some(Phase::Latched));
+        assert_eq!(p.not_before("a"), Some(t0 + timeout + MIN));
+        // A late report of the abandoned restart changes nothing.
+        p.restart_finished("a", t0 + timeout + Duration::from_secs(1), &Ok::<(), ()>(()));
+        assert_eq!(p.phase("a"), Some(Phase::Latched));
+        assert_eq!(restarts_of(&p.poll(t0 + timeout + MIN)), ["a"]);
+        assert_eq!(p.restarts("a"), 0, "failed attempts are not restarts");
+    }
+
+    #[test]
+    fn escalates_once_after_k_restarts_and_leaves_on_a_non_401() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let mut t = Instant::now();
+        p.latched("a", t);
+        for k in 1..=3 {
+            restart_and_relatch(&mut p, "a", t);
+            assert_eq!(p.restarts("a"), k);
+            if k < 3 {
+                t = p.not_before("a").unwrap();
+            }
+        }
+        assert_eq!(p.phase("a"), Some(Phase::Escalated));
+        let actions = p.poll(t);
+        assert_eq!(escalations_of(&actions), ["a"]);
+        assert!(restarts_of(&actions).is_empty());
+        // Escalated: further latches and polls do nothing, hook once.
+        p.latched("a", t + 60 * MIN);
+        let later = p.poll(t + 120 * MIN);
+        assert!(escalations_of(&later).is_empty() && restarts_of(&later).is_empty());
+        // A non-401 answer leaves the escalated state; a new latch restarts again.
+        assert_eq!(p.recovered("a", t + 121 * MIN), None);
+        assert_eq!(p.phase("a"), Some(Phase::Idle));
+        p.latched("a", t + 122 * MIN);
+        assert_eq!(restarts_of(&p.poll(t + 122 * MIN)), ["a"]);
+    }
+
+    #[test]
+    fn a_non_401_before_the_restart_cancels_it() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let t0 = Instant::now();
+        p.latched("a", t0);
+        p.latched("b", t0 + Duration::from_millis(1));
+        assert_eq!(restarts_of(&p.poll(t0)), ["a"]);
+        p.recovered("b", t0 + Duration::from_secs(1));
+        p.restart_finished("a", t0, &Ok::<(), ()>(()));
+        p.recovered("a", t0 + Duration::from_secs(2));
+        assert!(restarts_of(&p.poll(t0 + Duration::from_secs(2))).is_empty());
+    }
+
+    #[test]
+    fn a_restored_policy_does_not_restart_early() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let t0 = Instant::now();
+        let wall0 = SystemTime::now();
+        p.latched("a", t0);
+        restart_and_relatch(&mut p, "a", t0);
+        let t1 = p.not_before("a").unwrap();
+        restart_and_relatch(&mut p, "a", t1);
+        let deadline_wall = wall0 + (p.not_before("a").unwrap() - t0);
+        let saved = serde_json::to_string(&p.snapshot(t0, wall0)).unwrap();
+
+        // The daemon dies and comes back 30 s later (wall), on a fresh monotonic clock.
+        let t_new = t0 + Duration::from_secs(5000);
+        let wall_new = wall0 + Duration::from_secs(30);
+        let snapshot: PolicySnapshot = serde_json::from_str(&saved).unwrap();
+        let mut q = Policy::restore(snapshot, t_new, wall_new);
+        let nb = q.not_before("a").unwrap();
+        assert_eq!(nb, t_new + deadline_wall.duration_since(wall_new).unwrap());
+        let early = q.poll(t_new);
+        assert!(restarts_of(&early).is_empty(), "no restart before the saved window ends");
+        assert_eq!(wait_of(&early), Some(nb));
+        assert!(restarts_of(&q.poll(nb - Duration::from_millis(1))).is_empty());
+        assert_eq!(restarts_of(&q.poll(nb)), ["a"]);
+        assert_eq!(q.restarts("a"), 2, "restart count survives");
+    }
+
+    #[test]
+    fn a_restart_running_at_shutdown_is_not_repeated_after_restore() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let t0 = Instant::now();
+        let wall0 = SystemTime::now();
+        p.latched("a", t0);
+        assert_eq!(restarts_of(&p.poll(t0)), ["a"]);
+        let mut q = Policy::restore(p.snapshot(t0, wall0), t0, wall0 + Duration::from_secs(1));
+        assert!(restarts_of(&q.poll(t0 + Duration::from_secs(1))).is_empty());
+        assert!(matches!(q.phase("a"), Some(Phase::Recovering { .. })));
+        q.latched("a", t0 + Duration::from_secs(2));
+        assert_eq!(q.not_before("a"), Some(t0 + Duration::from_secs(2) + MIN));
+    }
+}
