@@ -35,13 +35,16 @@ impl CommandRestarter {
         self.argv
             .iter()
             .map(|arg| {
-                let mut out = arg.replace("{instance}", &target.instance).replace("{pid}", &pid);
+                let mut out = arg
+                    .replace("{instance}", &target.instance)
+                    .replace("{pid}", &pid);
                 if out.contains("{unit}") {
-                    let unit =
-                        target.unit.as_deref().ok_or_else(|| SuperviseError::MissingPlaceholder {
+                    let unit = target.unit.as_deref().ok_or_else(|| {
+                        SuperviseError::MissingPlaceholder {
                             placeholder: "{unit}",
                             instance: target.instance.clone(),
-                        })?;
+                        }
+                    })?;
                     out = out.replace("{unit}", unit);
                 }
                 Ok(out)
@@ -117,19 +120,40 @@ mod tests {
     #[test]
     fn placeholders_are_substituted_per_argument_without_splitting() {
         let r = CommandRestarter::new(
-            vec!["ctl".into(), "restart".into(), "{instance}".into(), "--pid={pid}".into(), "{unit}".into()],
+            vec![
+                "ctl".into(),
+                "restart".into(),
+                "{instance}".into(),
+                "--pid={pid}".into(),
+                "{unit}".into(),
+            ],
             Duration::from_secs(1),
         );
         let argv = r.render(&target(Some("a b.service"))).unwrap();
-        assert_eq!(argv, ["ctl", "restart", "agent; rm -rf /", "--pid=4242", "a b.service"]);
+        assert_eq!(
+            argv,
+            [
+                "ctl",
+                "restart",
+                "agent; rm -rf /",
+                "--pid=4242",
+                "a b.service"
+            ]
+        );
     }
 
     #[test]
     fn missing_unit_is_an_error() {
-        let r = CommandRestarter::new(vec!["sv".into(), "restart".into(), "{unit}".into()], Duration::from_secs(1));
+        let r = CommandRestarter::new(
+            vec!["sv".into(), "restart".into(), "{unit}".into()],
+            Duration::from_secs(1),
+        );
         assert!(matches!(
             r.render(&target(None)),
-            Err(SuperviseError::MissingPlaceholder { placeholder: "{unit}", .. })
+            Err(SuperviseError::MissingPlaceholder {
+                placeholder: "{unit}",
+                ..
+            })
         ));
     }
 
@@ -138,8 +162,15 @@ mod tests {
         let ok = CommandRestarter::new(vec!["true".into()], Duration::from_secs(5));
         assert!(ok.restart(&target(None)).await.unwrap().acted);
         let bad = CommandRestarter::new(vec!["false".into()], Duration::from_secs(5));
-        assert!(matches!(bad.restart(&target(None)).await, Err(SuperviseError::CommandFailed { .. })));
-        let missing = CommandRestarter::new(vec!["/nonexistent/ctl".into()], Duration::from_secs(5));
-        assert!(matches!(missing.restart(&target(None)).await, Err(SuperviseError::Spawn { .. })));
+        assert!(matches!(
+            bad.restart(&target(None)).await,
+            Err(SuperviseError::CommandFailed { .. })
+        ));
+        let missing =
+            CommandRestarter::new(vec!["/nonexistent/ctl".into()], Duration::from_secs(5));
+        assert!(matches!(
+            missing.restart(&target(None)).await,
+            Err(SuperviseError::Spawn { .. })
+        ));
     }
 }

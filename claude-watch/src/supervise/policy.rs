@@ -145,15 +145,17 @@ impl Policy {
 
     fn entry(&mut self, instance: &str) -> &mut Instance {
         let initial = self.config.initial_backoff;
-        self.instances.entry(instance.to_owned()).or_insert_with(|| Instance {
-            phase: Phase::Idle,
-            latched_at: None,
-            restarts: 0,
-            backoff: initial,
-            not_before: None,
-            healthy_since: None,
-            escalate_pending: false,
-        })
+        self.instances
+            .entry(instance.to_owned())
+            .or_insert_with(|| Instance {
+                phase: Phase::Idle,
+                latched_at: None,
+                restarts: 0,
+                backoff: initial,
+                not_before: None,
+                healthy_since: None,
+                escalate_pending: false,
+            })
     }
 
     fn release(&mut self, instance: &str) {
@@ -172,7 +174,11 @@ impl Policy {
             i.phase = Phase::Escalated;
             i.escalate_pending = true;
             i.not_before = None;
-            tracing::warn!(instance, restarts = i.restarts, "restarts did not heal: escalating");
+            tracing::warn!(
+                instance,
+                restarts = i.restarts,
+                "restarts did not heal: escalating"
+            );
         } else {
             i.phase = Phase::Latched;
             i.latched_at.get_or_insert(now);
@@ -326,8 +332,12 @@ impl Policy {
                     let phase = match i.phase {
                         Phase::Idle => SavedPhase::Idle,
                         Phase::Latched => SavedPhase::Latched,
-                        Phase::Restarting { since } => SavedPhase::Restarting { since_ms: wall(since) },
-                        Phase::Recovering { since } => SavedPhase::Recovering { since_ms: wall(since) },
+                        Phase::Restarting { since } => SavedPhase::Restarting {
+                            since_ms: wall(since),
+                        },
+                        Phase::Recovering { since } => SavedPhase::Recovering {
+                            since_ms: wall(since),
+                        },
                         Phase::Escalated => SavedPhase::Escalated,
                     };
                     let saved = SavedInstance {
@@ -359,7 +369,9 @@ impl Policy {
                     SavedPhase::Idle => Phase::Idle,
                     SavedPhase::Latched => Phase::Latched,
                     SavedPhase::Restarting { since_ms } | SavedPhase::Recovering { since_ms } => {
-                        Phase::Recovering { since: at(since_ms) }
+                        Phase::Recovering {
+                            since: at(since_ms),
+                        }
                     }
                     SavedPhase::Escalated => Phase::Escalated,
                 };
@@ -388,7 +400,10 @@ impl Policy {
 }
 
 fn to_wall_ms(t: Instant, now: Instant, wall_now: SystemTime) -> u64 {
-    let wall_now_ms = wall_now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let wall_now_ms = wall_now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     let ms = if t >= now {
         wall_now_ms + (t - now).as_millis()
     } else {
@@ -398,12 +413,18 @@ fn to_wall_ms(t: Instant, now: Instant, wall_now: SystemTime) -> u64 {
 }
 
 fn from_wall_ms(ms: u64, now: Instant, wall_now: SystemTime) -> Instant {
-    let wall_now_ms =
-        u64::try_from(wall_now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX);
+    let wall_now_ms = u64::try_from(
+        wall_now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX);
     if ms >= wall_now_ms {
         now + Duration::from_millis(ms - wall_now_ms)
     } else {
-        now.checked_sub(Duration::from_millis(wall_now_ms - ms)).unwrap_or(now)
+        now.checked_sub(Duration::from_millis(wall_now_ms - ms))
+            .unwrap_or(now)
     }
 }
 
@@ -504,7 +525,10 @@ mod tests {
         assert!(p.poll(t0).is_empty(), "nothing latched, nothing to do");
         p.latched("a", t0);
         assert_eq!(restarts_of(&p.poll(t0)), ["a"]);
-        assert!(restarts_of(&p.poll(t0)).is_empty(), "restart handed out once");
+        assert!(
+            restarts_of(&p.poll(t0)).is_empty(),
+            "restart handed out once"
+        );
         p.restart_finished("a", t0 + Duration::from_secs(2), &Ok::<(), ()>(()));
         assert!(matches!(p.phase("a"), Some(Phase::Recovering { .. })));
         let ttr = p.recovered("a", t0 + Duration::from_secs(5));
@@ -530,7 +554,10 @@ mod tests {
             waits.push(nb - t);
             // Inside the window: no restart, and a Wait until its end.
             let inside = p.poll(nb - Duration::from_secs(1));
-            assert!(restarts_of(&inside).is_empty(), "no restart inside the window");
+            assert!(
+                restarts_of(&inside).is_empty(),
+                "no restart inside the window"
+            );
             assert_eq!(wait_of(&inside), Some(nb));
             t = nb;
             restart_and_relatch(&mut p, "a", t);
@@ -576,14 +603,22 @@ mod tests {
             p.latched(name, t0 + Duration::from_millis(k as u64));
         }
         let t = t0 + Duration::from_secs(1);
-        assert_eq!(restarts_of(&p.poll(t)), ["c"], "oldest latch first, one only");
+        assert_eq!(
+            restarts_of(&p.poll(t)),
+            ["c"],
+            "oldest latch first, one only"
+        );
         assert!(restarts_of(&p.poll(t)).is_empty(), "c still restarting");
         p.restart_finished("c", t, &Ok::<(), ()>(()));
         assert!(restarts_of(&p.poll(t)).is_empty(), "c not confirmed yet");
         p.recovered("c", t + Duration::from_secs(3));
         assert_eq!(restarts_of(&p.poll(t + Duration::from_secs(3))), ["a"]);
         // a's restart fails: the slot is released, b goes next, a backs off.
-        p.restart_finished("a", t + Duration::from_secs(4), &Err::<(), _>("unit not found"));
+        p.restart_finished(
+            "a",
+            t + Duration::from_secs(4),
+            &Err::<(), _>("unit not found"),
+        );
         assert_eq!(restarts_of(&p.poll(t + Duration::from_secs(4))), ["b"]);
         assert_eq!(p.not_before("a"), Some(t + Duration::from_secs(4) + MIN));
         // b is never confirmed: after the restart timeout the slot frees, a waits for its window.
@@ -600,12 +635,19 @@ mod tests {
         p.latched("a", t0);
         assert_eq!(restarts_of(&p.poll(t0)), ["a"]);
         let timeout = p.config().restart_timeout;
-        assert_eq!(wait_of(&p.poll(t0 + Duration::from_secs(1))), Some(t0 + timeout));
+        assert_eq!(
+            wait_of(&p.poll(t0 + Duration::from_secs(1))),
+            Some(t0 + timeout)
+        );
         assert!(restarts_of(&p.poll(t0 + timeout)).is_empty());
         assert_eq!(p.phase("a"), Some(Phase::Latched));
         assert_eq!(p.not_before("a"), Some(t0 + timeout + MIN));
         // A late report of the abandoned restart changes nothing.
-        p.restart_finished("a", t0 + timeout + Duration::from_secs(1), &Ok::<(), ()>(()));
+        p.restart_finished(
+            "a",
+            t0 + timeout + Duration::from_secs(1),
+            &Ok::<(), ()>(()),
+        );
         assert_eq!(p.phase("a"), Some(Phase::Latched));
         assert_eq!(restarts_of(&p.poll(t0 + timeout + MIN)), ["a"]);
         assert_eq!(p.restarts("a"), 0, "failed attempts are not restarts");
@@ -671,7 +713,10 @@ mod tests {
         let nb = q.not_before("a").unwrap();
         assert_eq!(nb, t_new + deadline_wall.duration_since(wall_new).unwrap());
         let early = q.poll(t_new);
-        assert!(restarts_of(&early).is_empty(), "no restart before the saved window ends");
+        assert!(
+            restarts_of(&early).is_empty(),
+            "no restart before the saved window ends"
+        );
         assert_eq!(wait_of(&early), Some(nb));
         assert!(restarts_of(&q.poll(nb - Duration::from_millis(1))).is_empty());
         assert_eq!(restarts_of(&q.poll(nb)), ["a"]);

@@ -82,7 +82,10 @@ pub fn parse_nspid(status: &str) -> Option<Vec<u32>> {
 pub fn namespace_pid(pid: u32) -> Result<u32, ProcError> {
     parse_nspid(&read(pid, "status")?)
         .and_then(|p| p.last().copied())
-        .ok_or(ProcError::Malformed { pid, file: "status" })
+        .ok_or(ProcError::Malformed {
+            pid,
+            file: "status",
+        })
 }
 
 /// The PID namespace of `pid`, as `pid:[inode]`.
@@ -107,10 +110,15 @@ pub fn host_pid(namespace: &str, ns_pid: u32) -> Result<u32, ProcError> {
     };
     let entries = fs::read_dir("/proc").map_err(|_| not_found())?;
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
-        let Ok(status) = fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
+        let Ok(status) =
+            fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
         else {
             continue;
         };
@@ -146,9 +154,16 @@ mod tests {
     fn own_process_round_trips() {
         let me = std::process::id();
         assert!(start_time(me).unwrap() > 0);
-        assert_eq!(namespace_pid(me).unwrap(), me, "tests run in the host pid namespace");
+        assert_eq!(
+            namespace_pid(me).unwrap(),
+            me,
+            "tests run in the host pid namespace"
+        );
         let ns = pid_namespace(me).unwrap();
         assert_eq!(host_pid(&ns, me).unwrap(), me);
-        assert!(matches!(start_time(u32::MAX), Err(ProcError::NoProcess { .. })));
+        assert!(matches!(
+            start_time(u32::MAX),
+            Err(ProcError::NoProcess { .. })
+        ));
     }
 }

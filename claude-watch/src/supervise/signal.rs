@@ -77,7 +77,9 @@ fn pidfd_send_signal(fd: &OwnedFd, pid: u32, signal: i32) -> Result<(), Supervis
 
 /// Waits until the process behind `fd` has exited, at most `limit`; `true` when it has.
 async fn exited_within(fd: &AsyncFd<OwnedFd>, limit: Duration) -> bool {
-    tokio::time::timeout(limit, fd.readable()).await.is_ok_and(|r| r.is_ok())
+    tokio::time::timeout(limit, fd.readable())
+        .await
+        .is_ok_and(|r| r.is_ok())
 }
 
 fn children(parent: u32) -> Vec<u32> {
@@ -100,13 +102,14 @@ impl Restarter for SignalRestarter {
         let parent = procfs::parent_pid(pid)?;
         let siblings = children(parent);
         // SAFETY: the OwnedFd stays open and owned by the AsyncFd for its whole life.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| {
-            SuperviseError::Syscall {
-                call: "epoll_ctl(pidfd)",
-                pid,
-                source: e.into_parts().1,
-            }
-        })?;
+        let fd =
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| {
+                SuperviseError::Syscall {
+                    call: "epoll_ctl(pidfd)",
+                    pid,
+                    source: e.into_parts().1,
+                }
+            })?;
 
         pidfd_send_signal(fd.get_ref(), pid, libc::SIGTERM)?;
         let mut how = "SIGTERM";

@@ -81,7 +81,10 @@ impl SystemdRestarter {
     }
 
     async fn connect(&self) -> Result<Connection, SuperviseError> {
-        let address = self.address.clone().unwrap_or_else(|| "system bus".to_owned());
+        let address = self
+            .address
+            .clone()
+            .unwrap_or_else(|| "system bus".to_owned());
         let unavailable = |source| SuperviseError::BusUnavailable {
             address: address.clone(),
             source,
@@ -134,13 +137,13 @@ async fn unit_path_of_pid(
         .call::<_, _, OwnedObjectPath>("GetUnitByPID", &(ns_pid,))
         .await
         .map_err(|e| match error_name(&e) {
-            Some("org.freedesktop.systemd1.NoUnitForPID" | "org.freedesktop.systemd1.NoSuchProcess") => {
-                SuperviseError::UnitNotFound {
-                    instance: instance.to_owned(),
-                    pid,
-                    reason: error_detail(&e),
-                }
-            }
+            Some(
+                "org.freedesktop.systemd1.NoUnitForPID" | "org.freedesktop.systemd1.NoSuchProcess",
+            ) => SuperviseError::UnitNotFound {
+                instance: instance.to_owned(),
+                pid,
+                reason: error_detail(&e),
+            },
             _ => SuperviseError::Bus {
                 method: "GetUnitByPID",
                 source: e,
