@@ -51,7 +51,8 @@ fn bump(index: u32) {
 /// `SSL_write(SSL *ssl, const void *buf, int num)`.
 #[uprobe]
 pub fn ssl_write(ctx: ProbeContext) -> u32 {
-    if let (Some(ssl), Some(buf), Some(num)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i32>(2))
+    if let (Some(ssl), Some(buf), Some(num)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i32>(2))
         && num > 0
     {
         capture(ssl, buf, num as u32, direction::WRITE);
@@ -62,10 +63,16 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
 /// `SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)`.
 #[uprobe]
 pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
-    if let (Some(ssl), Some(buf), Some(num)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    if let (Some(ssl), Some(buf), Some(num)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
         && num > 0
     {
-        capture(ssl, buf, num.min(u64::from(u32::MAX)) as u32, direction::WRITE);
+        capture(
+            ssl,
+            buf,
+            num.min(u64::from(u32::MAX)) as u32,
+            direction::WRITE,
+        );
     }
     0
 }
@@ -90,7 +97,11 @@ pub fn ssl_read_ex_entry(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn remember_read(ctx: &ProbeContext, readbytes: u64) {
     if let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
-        let args = ReadArgs { ssl, buf, readbytes };
+        let args = ReadArgs {
+            ssl,
+            buf,
+            readbytes,
+        };
         let _ = READ_ARGS.insert(&bpf_get_current_pid_tgid(), &args, 0);
     }
 }
@@ -116,7 +127,12 @@ pub fn ssl_read_ex_return(ctx: RetProbeContext) -> u32 {
             // SAFETY: reads user memory through the helper, which checks the access.
             let read = unsafe { bpf_probe_read_user(args.readbytes as *const u64) }.unwrap_or(0);
             if read > 0 {
-                capture(args.ssl, args.buf, read.min(u64::from(u32::MAX)) as u32, direction::READ);
+                capture(
+                    args.ssl,
+                    args.buf,
+                    read.min(u64::from(u32::MAX)) as u32,
+                    direction::READ,
+                );
             }
         }
     }
@@ -137,8 +153,9 @@ fn take_read() -> Option<ReadArgs> {
 }
 
 /// Methods whose first four bytes open a request line.
-const METHODS: [[u8; 4]; 7] =
-    [*b"GET ", *b"POST", *b"PUT ", *b"HEAD", *b"DELE", *b"PATC", *b"OPTI"];
+const METHODS: [[u8; 4]; 7] = [
+    *b"GET ", *b"POST", *b"PUT ", *b"HEAD", *b"DELE", *b"PATC", *b"OPTI",
+];
 
 /// What the first bytes of a buffer say.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -153,20 +170,30 @@ enum Start {
 fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
     let mut prefix = [0u8; 8];
     let n = if len < 8 { len as usize } else { 8 };
-    let Some(dst) = prefix.get_mut(..n) else { return };
+    let Some(dst) = prefix.get_mut(..n) else {
+        return;
+    };
     // SAFETY: the helper checks the user access.
     if unsafe { bpf_probe_read_user_buf(buf as *const u8, dst) }.is_err() {
         return;
     }
     let start = if dir == direction::WRITE {
-        if n >= 4 && METHODS.iter().any(|m| prefix[..4] == m[..]) { Start::Head } else { Start::Other }
+        if n >= 4 && METHODS.iter().any(|m| prefix[..4] == m[..]) {
+            Start::Head
+        } else {
+            Start::Other
+        }
     } else if starts_status(&prefix, n) {
         Start::Head
     } else {
         Start::Other
     };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = ConnKey { ssl, pid, direction: dir };
+    let key = ConnKey {
+        ssl,
+        pid,
+        direction: dir,
+    };
     let mut event_flags = 0;
     match start {
         Start::Head => {}
@@ -183,7 +210,11 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
     if dir == direction::READ && len < SHORT_HEAD {
         // The status line or headers may be split: forward the next read too.
         let _ = CONT.insert(&key, &1, 0);
-    } else if dir == direction::WRITE && start == Start::Head && prefix[0] == b'P' && ends_headers(buf, len) {
+    } else if dir == direction::WRITE
+        && start == Start::Head
+        && prefix[0] == b'P'
+        && ends_headers(buf, len)
+    {
         // Headers written alone (node's http): the body, with the model, follows.
         let _ = CONT.insert(&key, &1, 0);
     }
@@ -218,11 +249,19 @@ fn ends_headers(buf: u64, len: u32) -> bool {
 
 #[inline(always)]
 fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32) {
-    let Some(record) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU scratch slot, used by one program at a time on this CPU.
     let record = unsafe { &mut *record };
-    let cap = if len as usize > HEAD_MAX { HEAD_MAX } else { len as usize };
-    let Some(dst) = record.head.get_mut(..cap) else { return };
+    let cap = if len as usize > HEAD_MAX {
+        HEAD_MAX
+    } else {
+        len as usize
+    };
+    let Some(dst) = record.head.get_mut(..cap) else {
+        return;
+    };
     // SAFETY: the helper checks the user access.
     if unsafe { bpf_probe_read_user_buf(buf as *const u8, dst) }.is_err() {
         return;
@@ -241,7 +280,8 @@ fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32) {
     };
     let total = HEADER_LEN + cap;
     // SAFETY: `total` is at most the size of `EventBuf`.
-    let bytes = unsafe { core::slice::from_raw_parts((record as *const EventBuf).cast::<u8>(), total) };
+    let bytes =
+        unsafe { core::slice::from_raw_parts((record as *const EventBuf).cast::<u8>(), total) };
     if EVENTS.output::<[u8]>(bytes, 0).is_ok() {
         bump(stats::SENT);
     } else {

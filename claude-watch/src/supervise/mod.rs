@@ -82,7 +82,7 @@ pub enum SuperviseError {
         address: String,
         /// The connection error.
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     /// A D-Bus call to systemd failed.
     #[error("systemd call {method} failed")]
@@ -91,7 +91,7 @@ pub enum SuperviseError {
         method: &'static str,
         /// The call's error.
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     /// The supervisor has no unit for this instance.
     #[error("no supervisor unit for instance {instance} (pid {pid}): {reason}")]

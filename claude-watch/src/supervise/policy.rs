@@ -271,15 +271,13 @@ impl Policy {
 
         for (name, i) in &mut self.instances {
             // A long enough healthy period forgets the backoff.
-            if i.phase == Phase::Idle {
-                if let Some(since) = i.healthy_since {
-                    if now >= since + config.healthy_reset {
-                        i.backoff = config.initial_backoff;
-                        i.not_before = None;
-                        i.healthy_since = None;
-                    } else {
-                        wake(since + config.healthy_reset);
-                    }
+            if let Some(since) = i.healthy_since.filter(|_| i.phase == Phase::Idle) {
+                if now >= since + config.healthy_reset {
+                    i.backoff = config.initial_backoff;
+                    i.not_before = None;
+                    i.healthy_since = None;
+                } else {
+                    wake(since + config.healthy_reset);
                 }
             }
             if i.escalate_pending {
@@ -306,10 +304,11 @@ impl Policy {
             }
         }
         for i in self.instances.values() {
-            if i.phase == Phase::Latched {
-                if let Some(t) = i.not_before.filter(|t| *t > now) {
-                    wake(t);
-                }
+            if let Some(t) = i
+                .not_before
+                .filter(|t| i.phase == Phase::Latched && *t > now)
+            {
+                wake(t);
             }
         }
         if let Some(until) = next {

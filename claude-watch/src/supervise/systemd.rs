@@ -52,7 +52,10 @@ impl Default for SystemdRestarter {
 }
 
 fn bus_err(method: &'static str) -> impl FnOnce(zbus::Error) -> SuperviseError {
-    move |source| SuperviseError::Bus { method, source }
+    move |source| SuperviseError::Bus {
+        method,
+        source: Box::new(source),
+    }
 }
 
 /// The D-Bus error name of a failed method call, if that is what `e` is.
@@ -87,7 +90,7 @@ impl SystemdRestarter {
             .unwrap_or_else(|| "system bus".to_owned());
         let unavailable = |source| SuperviseError::BusUnavailable {
             address: address.clone(),
-            source,
+            source: Box::new(source),
         };
         match &self.address {
             Some(a) => zbus::connection::Builder::address(a.as_str())
@@ -146,7 +149,7 @@ async fn unit_path_of_pid(
             },
             _ => SuperviseError::Bus {
                 method: "GetUnitByPID",
-                source: e,
+                source: Box::new(e),
             },
         })
 }
@@ -171,7 +174,10 @@ fn not_found_or<'a>(
                 reason: error_detail(&e),
             }
         }
-        _ => SuperviseError::Bus { method, source: e },
+        _ => SuperviseError::Bus {
+            method,
+            source: Box::new(e),
+        },
     }
 }
 
