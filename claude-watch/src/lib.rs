@@ -8,3 +8,12 @@
 //! - [`cli`]: the subcommands.
 
 pub mod http;
+pub mod detect;
+pub mod instance;
+pub mod journal;
+pub mod report;
+
+/// The subcommands' implementations (the top-level CLI wires them).
+pub mod cli {
+    pub mod episodes;
+}

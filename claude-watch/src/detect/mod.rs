@@ -234,6 +234,7 @@ struct Inst {
     last_api_ns: Option<MonoNs>,
     window: Option<Episode>,
     restart_ns: Option<MonoNs>,
+    last_restart_ns: Option<MonoNs>,
     throttles: BTreeMap<String, Throttle>,
     last_ok: BTreeMap<String, MonoNs>,
 }
@@ -291,6 +292,7 @@ impl Inst {
             last_api_ns: None,
             window: None,
             restart_ns: None,
+            last_restart_ns: None,
             throttles: BTreeMap::new(),
             last_ok: BTreeMap::new(),
         }
@@ -335,6 +337,7 @@ impl Inst {
             out.push(Event::EpisodeClosed(ep));
         }
         self.restart_ns = None;
+        self.last_restart_ns = None;
     }
 }
 
@@ -502,12 +505,14 @@ impl Detector {
                 inst.window = None;
                 inst.set_state(State::Healthy, reason, ex.mono_ns, out);
             }
-            State::Latched => {
+            State::Latched if inst.window.as_ref().is_none_or(|w| w.restarts == 0) => {
                 inst.close(EpisodeEnd::SelfRecovered, Some(ex.ts_ms), out);
                 inst.set_state(State::Healthy, reason, ex.mono_ns, out);
             }
-            State::Recovering => {
-                let ttr = inst.restart_ns.map(|r| ms(ex.mono_ns.saturating_sub(r)));
+            // Latched again after a restart, then a non-401 from the restarted process: the
+            // restart did heal it, later than its first request.
+            State::Latched | State::Recovering => {
+                let ttr = inst.last_restart_ns.map(|r| ms(ex.mono_ns.saturating_sub(r)));
                 if let Some(w) = inst.window.as_mut() {
                     w.time_to_recovery_ms = ttr;
                 }
@@ -619,6 +624,7 @@ impl Detector {
             return out;
         }
         inst.restart_ns = Some(now);
+        inst.last_restart_ns = Some(now);
         if let Some(w) = inst.window.as_mut() {
             w.restarts += 1;
             out.push(Event::EpisodeUpdated(w.clone()));

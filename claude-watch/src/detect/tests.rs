@@ -281,6 +281,20 @@ fn recovering_then_latched_again_then_escalated_then_healthy() {
 }
 
 #[test]
+fn success_after_relatch_counts_as_recovered_after_restart() {
+    let mut r = Rig::new();
+    retrying_401s(&mut r, &a(), 10, 0, "s1");
+    r.d.restart_started(&a(), 40 * S);
+    r.d.process_exited(&a(), 10, 40 * S);
+    r.see(&a(), ex(11, 42 * S, 401, "m", "s2", "again"));
+    assert_eq!(r.state(&a()), State::Latched);
+    r.see(&a(), ex(11, 50 * S, 200, "m", "s2", "ok"));
+    let closed = r.closed();
+    assert_eq!(closed[0].end, EpisodeEnd::RecoveredAfterRestart);
+    assert_eq!(closed[0].time_to_recovery_ms, Some(10_000));
+}
+
+#[test]
 fn latched_process_exit_closes_the_episode() {
     let mut r = Rig::new();
     retrying_401s(&mut r, &a(), 10, 0, "s1");
