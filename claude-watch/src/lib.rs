@@ -7,8 +7,8 @@
 //! - [`locate`]: where SSL_write/SSL_read live in a binary, with or without symbols (pure);
 //! - [`cli`]: the subcommands.
 
-pub mod http;
 pub mod detect;
+pub mod http;
 pub mod instance;
 pub mod journal;
 pub mod report;

@@ -23,7 +23,9 @@ use crate::detect::{Episode, EpisodeEnd};
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// `--since` was neither RFC 3339 nor a relative duration like `24h`.
-    #[error("cannot read time {input:?}: expected RFC 3339 (2026-06-13T00:00:00Z) or a duration like 90m, 24h, 7d")]
+    #[error(
+        "cannot read time {input:?}: expected RFC 3339 (2026-06-13T00:00:00Z) or a duration like 90m, 24h, 7d"
+    )]
     Since {
         /// What was given.
         input: String,
@@ -135,7 +137,12 @@ fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     if sorted.is_empty() {
         return None;
     }
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "small counts")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "small counts"
+    )]
     let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     Some(sorted[rank - 1])
 }
@@ -152,15 +159,23 @@ pub fn build(
     now_ms: u64,
     utc_offset_s: impl Fn(u64) -> i64,
 ) -> Report {
-    let eps: Vec<&Episode> =
-        episodes.iter().filter(|e| since_ms.is_none_or(|s| e.first_401_ms >= s)).collect();
-    let start = since_ms.or_else(|| eps.iter().map(|e| e.first_401_ms).min()).unwrap_or(now_ms);
+    let eps: Vec<&Episode> = episodes
+        .iter()
+        .filter(|e| since_ms.is_none_or(|s| e.first_401_ms >= s))
+        .collect();
+    let start = since_ms
+        .or_else(|| eps.iter().map(|e| e.first_401_ms).min())
+        .unwrap_or(now_ms);
     #[expect(clippy::cast_precision_loss, reason = "ms spans far below 2^52")]
     let days = (now_ms.saturating_sub(start) as f64 / DAY_MS as f64).max(1.0);
     #[expect(clippy::cast_precision_loss, reason = "small counts")]
     let per_day = eps.len() as f64 / days;
 
-    let mut durations: Vec<u64> = eps.iter().filter(|e| e.is_closed()).map(|e| e.duration_ms()).collect();
+    let mut durations: Vec<u64> = eps
+        .iter()
+        .filter(|e| e.is_closed())
+        .map(|e| e.duration_ms())
+        .collect();
     durations.sort_unstable();
     let duration = DurationStats {
         closed: durations.len(),
@@ -170,7 +185,8 @@ pub fn build(
     };
 
     let mut ends = Ends::default();
-    let (mut idle_wake, mut mid_use, mut idle_unknown) = (IdleGroup::default(), IdleGroup::default(), 0);
+    let (mut idle_wake, mut mid_use, mut idle_unknown) =
+        (IdleGroup::default(), IdleGroup::default(), 0);
     let mut by_day = BTreeMap::new();
     let mut lines = Vec::new();
     for e in &eps {
@@ -266,7 +282,12 @@ impl LocalTime {
             "Z".to_owned()
         } else {
             let a = self.offset_s.abs();
-            format!("{}{:02}:{:02}", if self.offset_s < 0 { '-' } else { '+' }, a / 3600, a % 3600 / 60)
+            format!(
+                "{}{:02}:{:02}",
+                if self.offset_s < 0 { '-' } else { '+' },
+                a / 3600,
+                a % 3600 / 60
+            )
         };
         format!(
             "{}T{:02}:{:02}:{:02}{off}",
@@ -290,7 +311,11 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 }
 
 /// The civil date of a day count since 1970-01-01.
-#[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "bounded by the algorithm")]
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "bounded by the algorithm"
+)]
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
@@ -300,11 +325,24 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 /// The local civil time of `ms` (since epoch) at UTC offset `offset_s`.
-#[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap, reason = "bounded values")]
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    reason = "bounded values"
+)]
 pub fn local_time(ms: u64, offset_s: i64) -> LocalTime {
     let secs = (ms / 1000) as i64 + offset_s;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -325,14 +363,22 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
     let s = s.trim();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let t = s.get(r)?;
-        t.bytes().all(|b| b.is_ascii_digit()).then(|| t.parse().ok())?
+        t.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| t.parse().ok())?
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if s.as_bytes().get(4) != Some(&b'-') || s.as_bytes().get(7) != Some(&b'-')
+    if s.as_bytes().get(4) != Some(&b'-')
+        || s.as_bytes().get(7) != Some(&b'-')
         || !matches!(s.as_bytes().get(10), Some(b'T' | b't' | b' '))
-        || s.as_bytes().get(13) != Some(&b':') || s.as_bytes().get(16) != Some(&b':')
-        || !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60
+        || s.as_bytes().get(13) != Some(&b':')
+        || s.as_bytes().get(16) != Some(&b':')
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&d)
+        || h > 23
+        || mi > 59
+        || se > 60
     {
         return None;
     }
@@ -357,7 +403,11 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
         }
         _ => return None,
     };
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "validated ranges")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "validated ranges"
+    )]
     let days = days_from_civil(y, mo as u32, d as u32);
     let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_s;
     u64::try_from(secs * 1000 + frac_ms).ok()
@@ -366,7 +416,9 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
 /// Parses `--since`: RFC 3339, or a duration before `now_ms` such as `30m`, `24h`, `7d`, `2w`,
 /// `45s`.
 pub fn parse_since(input: &str, now_ms: u64) -> Result<u64, ReportError> {
-    let err = || ReportError::Since { input: input.to_owned() };
+    let err = || ReportError::Since {
+        input: input.to_owned(),
+    };
     if let Some(ms) = parse_rfc3339(input) {
         return Ok(ms);
     }
@@ -406,7 +458,11 @@ pub fn render(r: &Report) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     let _ = writeln!(o, "401 latch episodes");
-    let _ = writeln!(o, "  windows:           {} over {:.1} days ({:.2} per day)", r.windows, r.days, r.per_day);
+    let _ = writeln!(
+        o,
+        "  windows:           {} over {:.1} days ({:.2} per day)",
+        r.windows, r.days, r.per_day
+    );
     for (day, n) in &r.by_day {
         let _ = writeln!(o, "    {day}: {n}");
     }
@@ -423,7 +479,11 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(
         o,
         "  ended: self-recovered without restart {}, recovered after restart (confirmed) {}, process exited {}, escalated {}, still open {}",
-        r.self_recovered_without_restart, e.recovered_after_restart, e.process_exited, e.escalated, e.still_open
+        r.self_recovered_without_restart,
+        e.recovered_after_restart,
+        e.process_exited,
+        e.escalated,
+        e.still_open
     );
     let _ = writeln!(
         o,
@@ -455,7 +515,10 @@ pub fn render(r: &Report) -> String {
             l.count_401,
             l.restarts,
             opt_ms(l.idle_before_ms),
-            serde_json::to_value(l.end).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+            serde_json::to_value(l.end)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
         );
         if !l.request_ids.is_empty() {
             let _ = writeln!(o, "    {}", l.request_ids.join(" "));
@@ -472,7 +535,13 @@ mod tests {
     /// 2026-06-28T00:00:00Z.
     const DAY0: u64 = 1_782_604_800_000;
 
-    fn ep(start_ms: u64, dur_ms: u64, idle: Option<u64>, end: EpisodeEnd, restarts: u32) -> Episode {
+    fn ep(
+        start_ms: u64,
+        dur_ms: u64,
+        idle: Option<u64>,
+        end: EpisodeEnd,
+        restarts: u32,
+    ) -> Episode {
         Episode {
             id: format!("a@{start_ms}"),
             instance: "a.service".into(),
@@ -499,11 +568,17 @@ mod tests {
         use EpisodeEnd::*;
         vec![
             ep(DAY0 + 6 * H, 10_000, Some(3 * H), RecoveredAfterRestart, 1), // idle-wake, morning
-            ep(DAY0 + 7 * H, 20_000, Some(2 * H), SelfRecovered, 0),        // idle-wake, morning
-            ep(DAY0 + 15 * H, 30_000, Some(5 * H), Escalated, 3),           // idle-wake, afternoon
-            ep(DAY0 + 16 * H, 40_000, Some(60_000), RecoveredAfterRestart, 1), // mid-use
-            ep(DAY0 + 24 * H + 13 * H, 50_000, Some(H), ProcessExited, 0),  // mid-use (= 1 h)
-            ep(DAY0 + 24 * H + 14 * H, 7_000_000, None, StillOpen, 0),      // unknown, open
+            ep(DAY0 + 7 * H, 20_000, Some(2 * H), SelfRecovered, 0),         // idle-wake, morning
+            ep(DAY0 + 15 * H, 30_000, Some(5 * H), Escalated, 3),            // idle-wake, afternoon
+            ep(
+                DAY0 + 16 * H,
+                40_000,
+                Some(60_000),
+                RecoveredAfterRestart,
+                1,
+            ), // mid-use
+            ep(DAY0 + 24 * H + 13 * H, 50_000, Some(H), ProcessExited, 0),   // mid-use (= 1 h)
+            ep(DAY0 + 24 * H + 14 * H, 7_000_000, None, StillOpen, 0),       // unknown, open
         ]
     }
 
@@ -518,20 +593,47 @@ mod tests {
         assert_eq!(r.duration.closed, 5);
         assert_eq!(r.duration.median_ms, Some(30_000));
         assert_eq!(r.duration.p90_ms, Some(50_000));
-        assert_eq!(r.duration.max_ms, Some(50_000), "the open episode is not in durations");
+        assert_eq!(
+            r.duration.max_ms,
+            Some(50_000),
+            "the open episode is not in durations"
+        );
         assert_eq!(r.self_recovered_without_restart, 1);
         assert_eq!(
             r.ends,
-            Ends { self_recovered: 1, recovered_after_restart: 2, process_exited: 1, escalated: 1, still_open: 1 }
+            Ends {
+                self_recovered: 1,
+                recovered_after_restart: 2,
+                process_exited: 1,
+                escalated: 1,
+                still_open: 1
+            }
         );
-        assert_eq!(r.idle_wake, IdleGroup { episodes: 3, morning: 2, morning_share: Some(2.0 / 3.0) });
-        assert_eq!(r.mid_use, IdleGroup { episodes: 2, morning: 0, morning_share: Some(0.0) });
+        assert_eq!(
+            r.idle_wake,
+            IdleGroup {
+                episodes: 3,
+                morning: 2,
+                morning_share: Some(2.0 / 3.0)
+            }
+        );
+        assert_eq!(
+            r.mid_use,
+            IdleGroup {
+                episodes: 2,
+                morning: 0,
+                morning_share: Some(0.0)
+            }
+        );
         assert_eq!(r.idle_unknown, 1);
-        assert_eq!(r.episodes[0].request_ids, [
-            format!("req_{}_a", DAY0 + 6 * H),
-            format!("req_{}_b", DAY0 + 6 * H),
-            format!("req_{}_c", DAY0 + 6 * H)
-        ]);
+        assert_eq!(
+            r.episodes[0].request_ids,
+            [
+                format!("req_{}_a", DAY0 + 6 * H),
+                format!("req_{}_b", DAY0 + 6 * H),
+                format!("req_{}_c", DAY0 + 6 * H)
+            ]
+        );
         assert_eq!(r.episodes[0].started, "2026-06-28T06:00:00Z");
     }
 
@@ -539,8 +641,14 @@ mod tests {
     fn morning_is_local_time() {
         // 15:00 UTC is 10:00 at UTC-5: the afternoon idle-wake episode becomes a morning one.
         let r = build(&sample(), None, DAY0 + 48 * H, |_| -5 * 3600);
-        assert_eq!(r.idle_wake.morning, 1, "06:00Z and 07:00Z are 01:00/02:00 local; 15:00Z is 10:00");
-        assert_eq!(r.mid_use.morning, 2, "16:00Z = 11:00 local, 13:00Z = 08:00 local");
+        assert_eq!(
+            r.idle_wake.morning, 1,
+            "06:00Z and 07:00Z are 01:00/02:00 local; 15:00Z is 10:00"
+        );
+        assert_eq!(
+            r.mid_use.morning, 2,
+            "16:00Z = 11:00 local, 13:00Z = 08:00 local"
+        );
         assert_eq!(r.episodes[2].started, "2026-06-28T10:00:00-05:00");
     }
 
@@ -569,7 +677,10 @@ mod tests {
     fn since_parses_rfc3339_and_relative() {
         assert_eq!(parse_rfc3339("2026-06-28T00:00:00Z"), Some(DAY0));
         assert_eq!(parse_rfc3339("2026-06-27T19:00:00-05:00"), Some(DAY0));
-        assert_eq!(parse_rfc3339("2026-06-28 00:00:01.25+00:00"), Some(DAY0 + 1250));
+        assert_eq!(
+            parse_rfc3339("2026-06-28 00:00:01.25+00:00"),
+            Some(DAY0 + 1250)
+        );
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("2026-06-28"), None);
@@ -577,7 +688,10 @@ mod tests {
         assert_eq!(parse_since("24h", now).unwrap(), DAY0 - 24 * H);
         assert_eq!(parse_since("7d", now).unwrap(), DAY0 - 7 * 24 * H);
         assert_eq!(parse_since("90m", now).unwrap(), DAY0 - 90 * 60_000);
-        assert!(matches!(parse_since("yesterday", now), Err(ReportError::Since { .. })));
+        assert!(matches!(
+            parse_since("yesterday", now),
+            Err(ReportError::Since { .. })
+        ));
         assert!(parse_since("12x", now).is_err());
         assert!(parse_since("h", now).is_err());
     }
@@ -594,10 +708,19 @@ mod tests {
     #[test]
     fn human_report_names_the_numbers() {
         let text = render(&build(&sample(), None, DAY0 + 48 * H, |_| 0));
-        assert!(text.contains("windows:           6 over 1.8 days"), "{text}");
-        assert!(text.contains("median 30.0s, p90 50.0s, max 50.0s"), "{text}");
+        assert!(
+            text.contains("windows:           6 over 1.8 days"),
+            "{text}"
+        );
+        assert!(
+            text.contains("median 30.0s, p90 50.0s, max 50.0s"),
+            "{text}"
+        );
         assert!(text.contains("self-recovered without restart 1"), "{text}");
-        assert!(text.contains("idle-wake (>1h idle): 3 episodes, 2 in the morning"), "{text}");
+        assert!(
+            text.contains("idle-wake (>1h idle): 3 episodes, 2 in the morning"),
+            "{text}"
+        );
         assert!(text.contains(&format!("req_{}_c", DAY0 + 6 * H)), "{text}");
     }
 }

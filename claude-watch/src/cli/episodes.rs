@@ -28,7 +28,9 @@ pub struct EpisodesArgs {
 /// The local UTC offset in seconds at `ms` since the epoch (the C library's `localtime_r`, so
 /// `TZ` is honoured); 0 when it cannot be determined.
 pub fn local_utc_offset_s(ms: u64) -> i64 {
-    let Ok(t) = libc::time_t::try_from(ms / 1000) else { return 0 };
+    let Ok(t) = libc::time_t::try_from(ms / 1000) else {
+        return 0;
+    };
     // SAFETY: `tm` is a plain C struct for which all-zero is valid; `localtime_r` writes only
     // into it and reads `t`.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
@@ -40,16 +42,26 @@ pub fn local_utc_offset_s(ms: u64) -> i64 {
 /// Runs the subcommand: reads the journal, prints the report.
 pub fn run(args: EpisodesArgs) -> anyhow::Result<()> {
     let now_ms = u64::try_from(
-        SystemTime::now().duration_since(UNIX_EPOCH).context("system clock before 1970")?.as_millis(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("system clock before 1970")?
+            .as_millis(),
     )
     .context("system clock out of range")?;
-    let since = args.since.as_deref().map(|s| report::parse_since(s, now_ms)).transpose()?;
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| report::parse_since(s, now_ms))
+        .transpose()?;
     let records = journal::read_records(&args.journal)
         .with_context(|| format!("reading journal {}", args.journal.display()))?;
     let episodes = journal::episodes(&records);
     let report = report::build(&episodes, since, now_ms, local_utc_offset_s);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).context("encoding report")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("encoding report")?
+        );
     } else {
         print!("{}", report::render(&report));
     }
@@ -76,13 +88,23 @@ mod tests {
             #[command(flatten)]
             args: EpisodesArgs,
         }
-        let cli = Cli::try_parse_from(["x", "--journal", "/tmp/j.jsonl", "--since", "7d", "--json"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["x", "--journal", "/tmp/j.jsonl", "--since", "7d", "--json"])
+                .unwrap();
         assert_eq!(cli.args.journal, PathBuf::from("/tmp/j.jsonl"));
         assert_eq!(cli.args.since.as_deref(), Some("7d"));
         assert!(cli.args.json);
-        let missing = EpisodesArgs { journal: "/nonexistent/dir/j.jsonl".into(), since: None, json: true };
+        let missing = EpisodesArgs {
+            journal: "/nonexistent/dir/j.jsonl".into(),
+            since: None,
+            json: true,
+        };
         run(missing).expect("a missing journal is an empty report");
-        let bad = EpisodesArgs { journal: "/nonexistent/j".into(), since: Some("soon".into()), json: false };
+        let bad = EpisodesArgs {
+            journal: "/nonexistent/j".into(),
+            since: Some("soon".into()),
+            json: false,
+        };
         assert!(run(bad).is_err());
     }
 }

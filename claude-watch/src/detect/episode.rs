@@ -67,7 +67,9 @@ pub struct Episode {
 impl Episode {
     /// Duration in ms: first 401 to the end, or to the last 401 while still open.
     pub fn duration_ms(&self) -> u64 {
-        self.ended_ms.unwrap_or(self.last_401_ms).saturating_sub(self.first_401_ms)
+        self.ended_ms
+            .unwrap_or(self.last_401_ms)
+            .saturating_sub(self.first_401_ms)
     }
 
     /// Whether the episode has ended.

@@ -203,6 +203,8 @@ pub struct InstanceStatus {
     pub pids: Vec<u32>,
     /// Its current session id.
     pub session_id: Option<String>,
+    /// Claude Code version, from the latest `User-Agent: claude-cli/<version> ...`.
+    pub client_version: Option<String>,
     /// Throttled models.
     pub throttled: Vec<String>,
     /// Whether a throttled model coexists with another model answering (tier throttle).
@@ -231,6 +233,7 @@ struct Inst {
     exited: Vec<u32>,
     retired_sessions: Vec<String>,
     session: Option<String>,
+    client_version: Option<String>,
     last_api_ns: Option<MonoNs>,
     window: Option<Episode>,
     restart_ns: Option<MonoNs>,
@@ -263,6 +266,14 @@ fn answer(status: u16) -> Answer {
     }
 }
 
+/// `2.1.197` from `claude-cli/2.1.197 (external, sdk-cli)`.
+fn client_version(user_agent: &str) -> Option<&str> {
+    user_agent
+        .strip_prefix("claude-cli/")?
+        .split_whitespace()
+        .next()
+}
+
 fn ms(ns: u64) -> u64 {
     ns / 1_000_000
 }
@@ -289,6 +300,7 @@ impl Inst {
             exited: Vec::new(),
             retired_sessions: Vec::new(),
             session: None,
+            client_version: None,
             last_api_ns: None,
             window: None,
             restart_ns: None,
@@ -302,7 +314,13 @@ impl Inst {
         let from = self.state;
         self.state = to;
         tracing::info!(instance = %self.id, ?from, ?to, ?reason, "instance state changed");
-        out.push(Event::StateChanged { instance: self.id.clone(), from, to, reason, at_ns });
+        out.push(Event::StateChanged {
+            instance: self.id.clone(),
+            from,
+            to,
+            reason,
+            at_ns,
+        });
     }
 
     fn new_window(&self, pid: u32, ex: &Exchange) -> Episode {
@@ -373,7 +391,11 @@ impl Episode {
 impl Detector {
     /// A detector with the given thresholds.
     pub fn new(config: DetectorConfig) -> Self {
-        Self { config, instances: BTreeMap::new(), wall_offset_ns: None }
+        Self {
+            config,
+            instances: BTreeMap::new(),
+            wall_offset_ns: None,
+        }
     }
 
     /// The thresholds in use.
@@ -388,6 +410,7 @@ impl Detector {
             state: i.state,
             pids: i.pids.keys().copied().collect(),
             session_id: i.session.clone(),
+            client_version: i.client_version.clone(),
             throttled: i.throttles.keys().cloned().collect(),
             tier_throttle: i.throttles.values().any(|t| t.tier_reported),
             window: i.window.clone(),
@@ -396,7 +419,10 @@ impl Detector {
 
     /// The status of every instance seen.
     pub fn statuses(&self) -> Vec<InstanceStatus> {
-        self.instances.keys().filter_map(|k| self.status(k)).collect()
+        self.instances
+            .keys()
+            .filter_map(|k| self.status(k))
+            .collect()
     }
 
     fn wall_ms(&self, now: MonoNs) -> Option<u64> {
@@ -405,7 +431,9 @@ impl Detector {
     }
 
     fn inst(&mut self, id: &InstanceId) -> &mut Inst {
-        self.instances.entry(id.clone()).or_insert_with(|| Inst::new(id.clone()))
+        self.instances
+            .entry(id.clone())
+            .or_insert_with(|| Inst::new(id.clone()))
     }
 
     /// Feeds one exchange of process `pid`, which belongs to `instance`.
@@ -417,12 +445,14 @@ impl Detector {
         now: MonoNs,
     ) -> Vec<Event> {
         let mut out = Vec::new();
-        self.wall_offset_ns =
-            Some(i128::from(ex.ts_ms) * 1_000_000 - i128::from(ex.mono_ns));
+        self.wall_offset_ns = Some(i128::from(ex.ts_ms) * 1_000_000 - i128::from(ex.mono_ns));
         let cfg = self.config.clone();
         let inst = self.inst(instance);
         if inst.exited.contains(&pid)
-            || ex.session_id.as_ref().is_some_and(|s| inst.retired_sessions.contains(s))
+            || ex
+                .session_id
+                .as_ref()
+                .is_some_and(|s| inst.retired_sessions.contains(s))
         {
             tracing::debug!(instance = %instance, pid, "ignoring exchange of an exited process or session");
             return out;
@@ -430,7 +460,10 @@ impl Detector {
         let started_ns = inst
             .pids
             .entry(pid)
-            .or_insert_with(|| Proc { started_ns: ex.mono_ns, sessions: BTreeSet::new() })
+            .or_insert_with(|| Proc {
+                started_ns: ex.mono_ns,
+                sessions: BTreeSet::new(),
+            })
             .started_ns;
         if let (State::Recovering, Some(r)) = (inst.state, inst.restart_ns)
             && started_ns < r
@@ -441,8 +474,13 @@ impl Detector {
         if !ex.path.as_deref().is_some_and(|p| p.starts_with("/v1/")) {
             return out;
         }
+        if let Some(v) = ex.user_agent.as_deref().and_then(client_version) {
+            inst.client_version = Some(v.to_owned());
+        }
         if let Some(s) = &ex.session_id {
-            inst.pids.get_mut(&pid).map(|p| p.sessions.insert(s.clone()));
+            inst.pids
+                .get_mut(&pid)
+                .map(|p| p.sessions.insert(s.clone()));
             inst.session = Some(s.clone());
         }
         let model = ex.model.clone().unwrap_or_else(|| "unknown".to_owned());
@@ -464,7 +502,12 @@ impl Detector {
             State::Escalated => {}
             State::Healthy => {
                 inst.window = Some(inst.new_window(pid, ex));
-                inst.set_state(State::Suspect, Reason::Unauthorized { pid }, ex.mono_ns, out);
+                inst.set_state(
+                    State::Suspect,
+                    Reason::Unauthorized { pid },
+                    ex.mono_ns,
+                    out,
+                );
             }
             State::Suspect => {
                 let new_session = match (&ex.session_id, &inst.window) {
@@ -498,7 +541,10 @@ impl Detector {
     }
 
     fn on_accepted(inst: &mut Inst, pid: u32, ex: &Exchange, out: &mut Vec<Event>) {
-        let reason = Reason::Accepted { pid, status: ex.status };
+        let reason = Reason::Accepted {
+            pid,
+            status: ex.status,
+        };
         match inst.state {
             State::Healthy => {}
             State::Suspect => {
@@ -512,7 +558,9 @@ impl Detector {
             // Latched again after a restart, then a non-401 from the restarted process: the
             // restart did heal it, later than its first request.
             State::Latched | State::Recovering => {
-                let ttr = inst.last_restart_ns.map(|r| ms(ex.mono_ns.saturating_sub(r)));
+                let ttr = inst
+                    .last_restart_ns
+                    .map(|r| ms(ex.mono_ns.saturating_sub(r)));
                 if let Some(w) = inst.window.as_mut() {
                     w.time_to_recovery_ms = ttr;
                 }
@@ -534,17 +582,26 @@ impl Detector {
             let fresh = !inst.throttles.contains_key(model);
             inst.throttles
                 .entry(model.to_owned())
-                .or_insert(Throttle { last_429_ns: at_ns, tier_reported: false })
+                .or_insert(Throttle {
+                    last_429_ns: at_ns,
+                    tier_reported: false,
+                })
                 .last_429_ns = at_ns;
             if fresh {
                 tracing::info!(instance = %inst.id, model, "model throttled");
-                out.push(Event::ModelThrottled { instance: inst.id.clone(), model: model.to_owned(), at_ns });
+                out.push(Event::ModelThrottled {
+                    instance: inst.id.clone(),
+                    model: model.to_owned(),
+                    at_ns,
+                });
             }
             let since = at_ns.saturating_sub(60_000_000_000);
             let answering = inst
                 .last_ok
                 .iter()
-                .find(|(m, t)| m.as_str() != model && **t >= since && !inst.throttles.contains_key(*m))
+                .find(|(m, t)| {
+                    m.as_str() != model && **t >= since && !inst.throttles.contains_key(*m)
+                })
                 .map(|(m, _)| m.clone());
             if let Some(answering) = answering {
                 Self::report_tier(inst, answering, at_ns, out);
@@ -552,7 +609,11 @@ impl Detector {
             return;
         }
         if inst.throttles.remove(model).is_some() {
-            out.push(Event::ThrottleCleared { instance: inst.id.clone(), model: model.to_owned(), at_ns });
+            out.push(Event::ThrottleCleared {
+                instance: inst.id.clone(),
+                model: model.to_owned(),
+                at_ns,
+            });
         }
         inst.last_ok.insert(model.to_owned(), at_ns);
         if (200..300).contains(&status) && !inst.throttles.is_empty() {
@@ -564,10 +625,17 @@ impl Detector {
         if inst.throttles.values().all(|t| t.tier_reported) {
             return;
         }
-        inst.throttles.values_mut().for_each(|t| t.tier_reported = true);
+        inst.throttles
+            .values_mut()
+            .for_each(|t| t.tier_reported = true);
         let throttled: Vec<String> = inst.throttles.keys().cloned().collect();
         tracing::warn!(instance = %inst.id, ?throttled, answering = %answering, "tier throttle");
-        out.push(Event::TierThrottle { instance: inst.id.clone(), throttled, answering, at_ns });
+        out.push(Event::TierThrottle {
+            instance: inst.id.clone(),
+            throttled,
+            answering,
+            at_ns,
+        });
     }
 
     fn check_latch(inst: &mut Inst, cfg: &DetectorConfig, now: MonoNs, out: &mut Vec<Event>) {
@@ -579,7 +647,10 @@ impl Detector {
         if w.count_401 >= u64::from(cfg.latch_min_401s)
             && u128::from(open) >= cfg.latch_min_span.as_nanos()
         {
-            let reason = Reason::Threshold { count_401: w.count_401, open_ms: ms(open) };
+            let reason = Reason::Threshold {
+                count_401: w.count_401,
+                open_ms: ms(open),
+            };
             out.push(Event::EpisodeOpened(w.clone()));
             inst.set_state(State::Latched, reason, now, out);
         } else if u128::from(now.saturating_sub(w.last_401_mono_ns))
@@ -602,16 +673,36 @@ impl Detector {
                 .throttles
                 .iter()
                 .filter(|(_, t)| {
-                    u128::from(now.saturating_sub(t.last_429_ns)) >= cfg.throttle_clear_after.as_nanos()
+                    u128::from(now.saturating_sub(t.last_429_ns))
+                        >= cfg.throttle_clear_after.as_nanos()
                 })
                 .map(|(m, _)| m.clone())
                 .collect();
             for model in quiet {
                 inst.throttles.remove(&model);
-                out.push(Event::ThrottleCleared { instance: inst.id.clone(), model, at_ns: now });
+                out.push(Event::ThrottleCleared {
+                    instance: inst.id.clone(),
+                    model,
+                    at_ns: now,
+                });
             }
         }
         out
+    }
+
+    /// Resumes an episode found still open in the journal after a daemon restart (the
+    /// monotonic clock survives a daemon restart, not a reboot): the instance is latched with
+    /// that episode, so later 401s extend it and a non-401 closes it under the same id.
+    /// Ignored for closed episodes and for instances that already have a window.
+    pub fn restore(&mut self, instance: &InstanceId, episode: Episode) -> Vec<Event> {
+        let inst = self.inst(instance);
+        if episode.is_closed() || inst.window.is_some() || inst.state != State::Healthy {
+            return Vec::new();
+        }
+        tracing::info!(instance = %instance, episode = %episode.id, "resuming open episode");
+        inst.state = State::Latched;
+        inst.window = Some(episode);
+        Vec::new()
     }
 
     /// The recovery layer started restarting `instance`. Only meaningful with an open episode
@@ -637,7 +728,13 @@ impl Detector {
     pub fn process_started(&mut self, instance: &InstanceId, pid: u32, now: MonoNs) -> Vec<Event> {
         let inst = self.inst(instance);
         inst.exited.retain(|&p| p != pid);
-        inst.pids.insert(pid, Proc { started_ns: now, sessions: BTreeSet::new() });
+        inst.pids.insert(
+            pid,
+            Proc {
+                started_ns: now,
+                sessions: BTreeSet::new(),
+            },
+        );
         Vec::new()
     }
 

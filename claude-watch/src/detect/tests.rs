@@ -40,7 +40,10 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
-        Self { d: Detector::new(DetectorConfig::default()), events: Vec::new() }
+        Self {
+            d: Detector::new(DetectorConfig::default()),
+            events: Vec::new(),
+        }
     }
     fn see(&mut self, id: &InstanceId, e: Exchange) -> Vec<Event> {
         let ev = self.d.observe(id, e.pid, &e, e.mono_ns);
@@ -73,13 +76,19 @@ impl Rig {
             .collect()
     }
     fn opened(&self) -> usize {
-        self.events.iter().filter(|e| matches!(e, Event::EpisodeOpened(_))).count()
+        self.events
+            .iter()
+            .filter(|e| matches!(e, Event::EpisodeOpened(_)))
+            .count()
     }
     fn latched_at(&self, id: &InstanceId) -> Option<u64> {
         self.events.iter().find_map(|e| match e {
-            Event::StateChanged { instance, to: State::Latched, at_ns, .. } if instance == id => {
-                Some(*at_ns)
-            }
+            Event::StateChanged {
+                instance,
+                to: State::Latched,
+                at_ns,
+                ..
+            } if instance == id => Some(*at_ns),
             _ => None,
         })
     }
@@ -89,7 +98,17 @@ impl Rig {
 fn retrying_401s(r: &mut Rig, id: &InstanceId, pid: u32, t0: u64, session: &str) {
     let mut t = t0;
     for (i, gap) in [1, 1, 3, 4, 8, 18, 0].iter().enumerate() {
-        r.see(id, ex(pid, t, 401, "claude-opus-4-8", session, &format!("req_{pid}_{i}")));
+        r.see(
+            id,
+            ex(
+                pid,
+                t,
+                401,
+                "claude-opus-4-8",
+                session,
+                &format!("req_{pid}_{i}"),
+            ),
+        );
         r.run(t, t + gap * S - 1);
         t += gap * S;
     }
@@ -120,22 +139,42 @@ fn a_lone_401_window_is_forgotten_without_latching() {
 #[test]
 fn retrying_client_latches_within_threshold_plus_tick() {
     let mut r = Rig::new();
-    r.see(&a(), ex(10, 100 * S, 200, "claude-opus-4-8", "s1", "req_ok"));
+    r.see(
+        &a(),
+        ex(10, 100 * S, 200, "claude-opus-4-8", "s1", "req_ok"),
+    );
     let t0 = 4000 * S;
     retrying_401s(&mut r, &a(), 10, t0, "s1");
     let latched = r.latched_at(&a()).expect("latched");
-    assert!(latched >= t0 + 10 * S && latched <= t0 + 11 * S, "latched at +{} ms", (latched - t0) / 1_000_000);
+    assert!(
+        latched >= t0 + 10 * S && latched <= t0 + 11 * S,
+        "latched at +{} ms",
+        (latched - t0) / 1_000_000
+    );
     assert_eq!(r.state(&a()), State::Latched);
     let ep = r.d.status(&a()).unwrap().window.unwrap();
     assert_eq!(ep.count_401, 7);
-    assert_eq!(ep.first_request_ids, ["req_10_0", "req_10_1", "req_10_2", "req_10_3", "req_10_4"]);
-    assert_eq!(ep.last_request_ids, ["req_10_2", "req_10_3", "req_10_4", "req_10_5", "req_10_6"]);
+    assert_eq!(
+        ep.first_request_ids,
+        ["req_10_0", "req_10_1", "req_10_2", "req_10_3", "req_10_4"]
+    );
+    assert_eq!(
+        ep.last_request_ids,
+        ["req_10_2", "req_10_3", "req_10_4", "req_10_5", "req_10_6"]
+    );
     assert_eq!(ep.idle_before_ms, Some(3900 * 1000));
     assert_eq!(ep.unit.as_deref(), Some("alpha.service"));
     assert_eq!(ep.session_ids, ["s1"]);
     assert_eq!(r.opened(), 1);
-    let updates = r.events.iter().filter(|e| matches!(e, Event::EpisodeUpdated(_))).count();
-    assert_eq!(updates, 2, "401s at +17 s and +35 s update the open episode");
+    let updates = r
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::EpisodeUpdated(_)))
+        .count();
+    assert_eq!(
+        updates, 2,
+        "401s at +17 s and +35 s update the open episode"
+    );
 }
 
 #[test]
@@ -157,9 +196,29 @@ fn a_latch_that_self_recovers() {
 fn throttle_on_one_model_with_success_on_another_is_a_tier_throttle_not_a_latch() {
     let mut r = Rig::new();
     for i in 0..20u64 {
-        r.see(&a(), ex(10, i * S, 429, "claude-opus-4-8", "s1", &format!("req_o{i}")));
+        r.see(
+            &a(),
+            ex(
+                10,
+                i * S,
+                429,
+                "claude-opus-4-8",
+                "s1",
+                &format!("req_o{i}"),
+            ),
+        );
         if i % 5 == 0 {
-            r.see(&a(), ex(10, i * S + S / 2, 200, "claude-haiku-4-5", "s1", &format!("req_h{i}")));
+            r.see(
+                &a(),
+                ex(
+                    10,
+                    i * S + S / 2,
+                    200,
+                    "claude-haiku-4-5",
+                    "s1",
+                    &format!("req_h{i}"),
+                ),
+            );
         }
         r.tick(i * S + S / 2);
     }
@@ -168,12 +227,21 @@ fn throttle_on_one_model_with_success_on_another_is_a_tier_throttle_not_a_latch(
     assert_eq!(st.throttled, ["claude-opus-4-8"]);
     assert!(st.tier_throttle);
     assert_eq!(r.opened(), 0);
-    let tiers: Vec<_> = r.events.iter().filter(|e| matches!(e, Event::TierThrottle { .. })).collect();
+    let tiers: Vec<_> = r
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::TierThrottle { .. }))
+        .collect();
     assert_eq!(tiers.len(), 1, "reported once per throttle");
-    assert!(matches!(tiers[0], Event::TierThrottle { answering, throttled, .. }
-        if answering == "claude-haiku-4-5" && throttled == &["claude-opus-4-8".to_string()]));
+    assert!(
+        matches!(tiers[0], Event::TierThrottle { answering, throttled, .. }
+        if answering == "claude-haiku-4-5" && throttled == &["claude-opus-4-8".to_string()])
+    );
     r.run(20 * S, 400 * S);
-    assert!(r.d.status(&a()).unwrap().throttled.is_empty(), "quiet throttle clears");
+    assert!(
+        r.d.status(&a()).unwrap().throttled.is_empty(),
+        "quiet throttle clears"
+    );
 }
 
 #[test]
@@ -184,7 +252,11 @@ fn a_429_does_not_count_toward_a_latch() {
     r.see(&a(), ex(10, 2 * S, 401, "m", "s1", "r2"));
     r.see(&a(), ex(10, 3 * S, 401, "m", "s1", "r3"));
     r.run(3 * S, 12 * S);
-    assert_eq!(r.state(&a()), State::Suspect, "the 429 broke the window; only 2 401s since");
+    assert_eq!(
+        r.state(&a()),
+        State::Suspect,
+        "the 429 broke the window; only 2 401s since"
+    );
     r.see(&a(), ex(10, 13 * S, 401, "m", "s1", "r4"));
     r.run(13 * S, 14 * S);
     assert_eq!(r.state(&a()), State::Latched);
@@ -221,13 +293,22 @@ fn restarted_instance_with_new_session_recovers_and_old_401s_do_not_count() {
     assert_eq!(r.state(&a()), State::Recovering);
     r.d.process_started(&a(), 11, 42 * S);
     let ev = r.see(&a(), ex(11, 45 * S, 200, "m", "new", "req_new"));
-    assert!(ev.iter().any(|e| matches!(e, Event::StateChanged { to: State::Healthy, .. })));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::StateChanged {
+            to: State::Healthy,
+            ..
+        }
+    )));
     let closed = r.closed();
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].end, EpisodeEnd::RecoveredAfterRestart);
     assert_eq!(closed[0].time_to_recovery_ms, Some(5000));
     assert_eq!(closed[0].restarts, 1);
-    assert_eq!(closed[0].count_401, 7, "late 401s of the old process are not counted");
+    assert_eq!(
+        closed[0].count_401, 7,
+        "late 401s of the old process are not counted"
+    );
     // An old-session 401 arriving after recovery does not open anything for the new one.
     r.see(&a(), ex(12, 46 * S, 401, "m", "old", "late3"));
     assert_eq!(r.state(&a()), State::Healthy);
@@ -242,7 +323,10 @@ fn new_session_restarts_a_suspect_window() {
     r.see(&a(), ex(10, 9 * S, 401, "m", "s2", "r2"));
     r.run(9 * S, 12 * S);
     assert_eq!(r.state(&a()), State::Suspect);
-    assert_eq!(r.d.status(&a()).unwrap().window.unwrap().session_ids, ["s2"]);
+    assert_eq!(
+        r.d.status(&a()).unwrap().window.unwrap().session_ids,
+        ["s2"]
+    );
 }
 
 #[test]
@@ -251,11 +335,22 @@ fn recovering_then_latched_again_then_escalated_then_healthy() {
     retrying_401s(&mut r, &a(), 10, 0, "s1");
     r.d.restart_started(&a(), 40 * S);
     r.d.process_exited(&a(), 10, 40 * S);
-    assert_eq!(r.state(&a()), State::Recovering, "exit during a restart closes nothing");
+    assert_eq!(
+        r.state(&a()),
+        State::Recovering,
+        "exit during a restart closes nothing"
+    );
     r.d.process_started(&a(), 11, 41 * S);
     let ev = r.see(&a(), ex(11, 42 * S, 401, "m", "s2", "again"));
-    assert!(ev.iter().any(|e| matches!(e,
-        Event::StateChanged { from: State::Recovering, to: State::Latched, reason: Reason::RejectedAfterRestart { pid: 11 }, .. })));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::StateChanged {
+            from: State::Recovering,
+            to: State::Latched,
+            reason: Reason::RejectedAfterRestart { pid: 11 },
+            ..
+        }
+    )));
     assert_eq!(r.state(&a()), State::Latched);
     r.d.restart_started(&a(), 100 * S);
     r.d.process_exited(&a(), 11, 100 * S);
@@ -298,7 +393,9 @@ fn success_after_relatch_counts_as_recovered_after_restart() {
 fn latched_process_exit_closes_the_episode() {
     let mut r = Rig::new();
     retrying_401s(&mut r, &a(), 10, 0, "s1");
-    r.d.process_exited(&a(), 10, 50 * S).into_iter().for_each(|e| r.events.push(e));
+    r.d.process_exited(&a(), 10, 50 * S)
+        .into_iter()
+        .for_each(|e| r.events.push(e));
     assert_eq!(r.closed()[0].end, EpisodeEnd::ProcessExited);
     assert_eq!(r.state(&a()), State::Healthy);
 }
@@ -313,7 +410,11 @@ fn non_api_calls_and_neutral_statuses_are_ignored() {
     r.see(&a(), ex(10, S, 401, "m", "s1", "r1"));
     r.see(&a(), ex(10, 2 * S, 500, "m", "s1", "r2"));
     r.see(&a(), ex(10, 3 * S, 403, "m", "s1", "r3"));
-    assert_eq!(r.state(&a()), State::Suspect, "5xx and 403 neither end nor extend a window");
+    assert_eq!(
+        r.state(&a()),
+        State::Suspect,
+        "5xx and 403 neither end nor extend a window"
+    );
     r.see(&a(), ex(10, 4 * S, 401, "m", "s1", "r4"));
     r.see(&a(), ex(10, 5 * S, 401, "m", "s1", "r5"));
     r.run(5 * S, 11 * S);
@@ -327,4 +428,31 @@ fn restart_without_episode_is_ignored() {
     r.see(&a(), ex(10, 0, 200, "m", "s1", "r"));
     assert!(r.d.restart_started(&a(), S).is_empty());
     assert_eq!(r.state(&a()), State::Healthy);
+}
+
+#[test]
+fn restored_open_episode_continues_under_its_id() {
+    let mut r = Rig::new();
+    retrying_401s(&mut r, &a(), 10, 0, "s1");
+    let open = r.d.status(&a()).unwrap().window.unwrap();
+    // A new daemon: fresh detector, episode read back from the journal.
+    let mut r2 = Rig::new();
+    r2.d.restore(&a(), open.clone());
+    assert_eq!(r2.state(&a()), State::Latched);
+    r2.see(&a(), ex(10, 60 * S, 401, "m", "s1", "more"));
+    r2.see(&a(), ex(10, 61 * S, 200, "m", "s1", "ok"));
+    let closed = r2.closed();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].id, open.id);
+    assert_eq!(closed[0].count_401, open.count_401 + 1);
+    assert_eq!(closed[0].end, EpisodeEnd::SelfRecovered);
+    assert_eq!(
+        r2.d.status(&a()).unwrap().client_version.as_deref(),
+        Some("2.1.197")
+    );
+    let mut closed_ep = open;
+    closed_ep.end = EpisodeEnd::Escalated;
+    let mut r3 = Rig::new();
+    r3.d.restore(&b(), closed_ep);
+    assert_eq!(r3.state(&b()), State::Healthy);
 }

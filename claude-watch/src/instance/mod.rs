@@ -63,17 +63,26 @@ pub struct InstanceId {
 impl InstanceId {
     /// An instance named after a systemd unit.
     pub fn unit(name: impl Into<String>) -> Self {
-        Self { name: name.into(), source: IdSource::Unit }
+        Self {
+            name: name.into(),
+            source: IdSource::Unit,
+        }
     }
 
     /// An instance named by a configured rule.
     pub fn rule(name: impl Into<String>) -> Self {
-        Self { name: name.into(), source: IdSource::Rule }
+        Self {
+            name: name.into(),
+            source: IdSource::Rule,
+        }
     }
 
     /// The fallback name of a process without unit or rule.
     pub fn pid(pid: u32) -> Self {
-        Self { name: format!("pid:{pid}"), source: IdSource::Pid }
+        Self {
+            name: format!("pid:{pid}"),
+            source: IdSource::Pid,
+        }
     }
 
     /// The systemd unit, when the name is one.
@@ -158,7 +167,11 @@ pub fn systemd_unit(cgroup: &str) -> Option<SystemdUnit> {
 
 /// `Some(uid)` for `user@<uid>.service`.
 fn user_manager_uid(segment: &str) -> Option<u32> {
-    segment.strip_prefix("user@")?.strip_suffix(".service")?.parse().ok()
+    segment
+        .strip_prefix("user@")?
+        .strip_suffix(".service")?
+        .parse()
+        .ok()
 }
 
 /// A configured rule naming the processes it matches. Every condition given must hold.
@@ -184,8 +197,13 @@ pub struct MatchRule {
 impl MatchRule {
     /// Whether the process satisfies every condition of the rule.
     pub fn matches(&self, p: &ProcessInfo) -> bool {
-        self.exe.as_deref().is_none_or(|g| glob_match(g, &p.exe.to_string_lossy()))
-            && self.arg.as_deref().is_none_or(|a| p.cmdline.iter().skip(1).any(|x| x.contains(a)))
+        self.exe
+            .as_deref()
+            .is_none_or(|g| glob_match(g, &p.exe.to_string_lossy()))
+            && self
+                .arg
+                .as_deref()
+                .is_none_or(|a| p.cmdline.iter().skip(1).any(|x| x.contains(a)))
             && self.cgroup.as_deref().is_none_or(|c| p.cgroup.contains(c))
             && self
                 .cwd
@@ -229,11 +247,17 @@ pub fn classify(exe: &Path, cmdline: &[String]) -> Option<ClaudeKind> {
         return Some(ClaudeKind::Native);
     }
     let parent = exe.parent();
-    if parent.and_then(Path::file_name).is_some_and(|p| p == "versions")
+    if parent
+        .and_then(Path::file_name)
+        .is_some_and(|p| p == "versions")
         && parent
             .and_then(Path::parent)
             .and_then(Path::file_name)
-            .is_some_and(|g| g.to_string_lossy().trim_start_matches('.').starts_with("claude"))
+            .is_some_and(|g| {
+                g.to_string_lossy()
+                    .trim_start_matches('.')
+                    .starts_with("claude")
+            })
     {
         return Some(ClaudeKind::Native);
     }
@@ -255,7 +279,9 @@ pub fn classify(exe: &Path, cmdline: &[String]) -> Option<ClaudeKind> {
 /// `ancestors` is the parent chain, nearest first (see [`read_ancestry`]).
 pub fn is_instance(p: &ProcessInfo, ancestors: &[ProcessInfo]) -> Option<ClaudeKind> {
     let kind = classify(&p.exe, &p.cmdline)?;
-    let nested = ancestors.iter().any(|a| classify(&a.exe, &a.cmdline).is_some());
+    let nested = ancestors
+        .iter()
+        .any(|a| classify(&a.exe, &a.cmdline).is_some());
     (!nested).then_some(kind)
 }
 

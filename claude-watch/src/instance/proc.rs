@@ -61,11 +61,20 @@ pub fn read_process_info(proc_root: &Path, pid: u32) -> Result<ProcessInfo, Inst
     let exe = std::fs::read_link(dir.join("exe"))
         .map(|p| {
             let s = p.to_string_lossy();
-            s.strip_suffix(" (deleted)").map_or(p.clone(), PathBuf::from)
+            s.strip_suffix(" (deleted)")
+                .map_or(p.clone(), PathBuf::from)
         })
         .unwrap_or_default();
     let cwd = std::fs::read_link(dir.join("cwd")).ok();
-    Ok(ProcessInfo { pid, ppid, start_time, exe, cmdline, cwd, cgroup })
+    Ok(ProcessInfo {
+        pid,
+        ppid,
+        start_time,
+        exe,
+        cmdline,
+        cwd,
+        cgroup,
+    })
 }
 
 /// The parent chain of `pid`, nearest first, up to (excluding) PID 1 or `max_depth` entries.

@@ -20,7 +20,10 @@ fn unit(cgroup: &str) -> Option<String> {
 
 #[test]
 fn unit_from_plain_and_nested_cgroups() {
-    assert_eq!(unit("0::/system.slice/foo.service\n").as_deref(), Some("foo.service"));
+    assert_eq!(
+        unit("0::/system.slice/foo.service\n").as_deref(),
+        Some("foo.service")
+    );
     assert_eq!(
         unit("0::/testbed/system.slice/looper.service\n").as_deref(),
         Some("looper.service")
@@ -48,9 +51,15 @@ fn user_units_name_their_manager() {
 
 #[test]
 fn scopes_and_managers_are_not_units() {
-    assert_eq!(unit("0::/user.slice/user-1000.slice/session-3.scope\n"), None);
+    assert_eq!(
+        unit("0::/user.slice/user-1000.slice/session-3.scope\n"),
+        None
+    );
     assert_eq!(unit("0::/system.slice/docker-0123abcd.scope\n"), None);
-    assert_eq!(unit("0::/user.slice/user-1000.slice/user@1000.service/init.scope\n"), None);
+    assert_eq!(
+        unit("0::/user.slice/user-1000.slice/user@1000.service/init.scope\n"),
+        None
+    );
     assert_eq!(
         unit("0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-x-12.scope\n"),
         None
@@ -68,7 +77,11 @@ fn cgroup_v1_uses_the_name_systemd_line() {
 #[test]
 fn identify_prefers_unit_then_rule_then_pid() {
     let rules = vec![
-        MatchRule { name: "by-cwd".into(), cwd: Some("/srv/agents/beta".into()), ..Default::default() },
+        MatchRule {
+            name: "by-cwd".into(),
+            cwd: Some("/srv/agents/beta".into()),
+            ..Default::default()
+        },
         MatchRule {
             name: "alpha".into(),
             exe: Some("*/claude-code-linux-x64/claude".into()),
@@ -80,8 +93,14 @@ fn identify_prefers_unit_then_rule_then_pid() {
     let exe = "/opt/n/node_modules/@anthropic-ai/claude-code-linux-x64/claude";
     let args = ["claude", "-p", "--input-format", "stream-json"];
     let in_unit = proc_with(exe, &args, "0::/system.slice/agent.service\n");
-    assert_eq!(identify(&in_unit, &rules), InstanceId::unit("agent.service"));
-    assert_eq!(identify(&in_unit, &rules).unit_name(), Some("agent.service"));
+    assert_eq!(
+        identify(&in_unit, &rules),
+        InstanceId::unit("agent.service")
+    );
+    assert_eq!(
+        identify(&in_unit, &rules).unit_name(),
+        Some("agent.service")
+    );
 
     let bare = proc_with(exe, &args, "0::/user.slice/user-0.slice/session-1.scope\n");
     assert_eq!(identify(&bare, &rules), InstanceId::rule("alpha"));
@@ -100,10 +119,17 @@ fn rule_conditions_are_all_required() {
         cwd: Some("/srv/agents/alpha".into()),
         ..Default::default()
     };
-    let mut p = proc_with("/usr/bin/claude", &["claude"], "0::/system.slice/docker-1.scope\n");
+    let mut p = proc_with(
+        "/usr/bin/claude",
+        &["claude"],
+        "0::/system.slice/docker-1.scope\n",
+    );
     assert!(r.matches(&p));
     p.cwd = Some("/srv/agents/alphabet".into());
-    assert!(!r.matches(&p), "cwd must be the directory or below, not a string prefix");
+    assert!(
+        !r.matches(&p),
+        "cwd must be the directory or below, not a string prefix"
+    );
     p.cwd = None;
     assert!(!r.matches(&p));
 }
@@ -126,32 +152,67 @@ fn classify_claude_installs() {
         "/home/a/.local/share/claude/versions/2.1.197",
     ];
     for exe in native {
-        assert_eq!(classify(Path::new(exe), &["claude".into()]), Some(ClaudeKind::Native), "{exe}");
+        assert_eq!(
+            classify(Path::new(exe), &["claude".into()]),
+            Some(ClaudeKind::Native),
+            "{exe}"
+        );
     }
-    let node_cli = ["node", "/usr/lib/node_modules/@anthropic-ai/claude-code/cli.js", "-p"];
+    let node_cli = [
+        "node",
+        "/usr/lib/node_modules/@anthropic-ai/claude-code/cli.js",
+        "-p",
+    ];
     let args: Vec<String> = node_cli.iter().map(|s| (*s).to_owned()).collect();
-    assert_eq!(classify(Path::new("/usr/bin/node"), &args), Some(ClaudeKind::Script));
+    assert_eq!(
+        classify(Path::new("/usr/bin/node"), &args),
+        Some(ClaudeKind::Script)
+    );
     let shim: Vec<String> = ["node", "--no-warnings", "/usr/local/bin/claude"]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-    assert_eq!(classify(Path::new("/usr/bin/node"), &shim), Some(ClaudeKind::Script));
+    assert_eq!(
+        classify(Path::new("/usr/bin/node"), &shim),
+        Some(ClaudeKind::Script)
+    );
 }
 
 #[test]
 fn classify_rejects_tools_and_other_scripts() {
-    let mcp: Vec<String> = ["node", "/opt/mcp/server.js"].iter().map(|s| (*s).to_owned()).collect();
+    let mcp: Vec<String> = ["node", "/opt/mcp/server.js"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     assert_eq!(classify(Path::new("/usr/bin/node"), &mcp), None);
-    assert_eq!(classify(Path::new("/bin/bash"), &["bash".into(), "-c".into()]), None);
+    assert_eq!(
+        classify(Path::new("/bin/bash"), &["bash".into(), "-c".into()]),
+        None
+    );
     assert_eq!(classify(Path::new("/usr/bin/rg"), &["rg".into()]), None);
-    assert_eq!(classify(Path::new("/usr/lib/python3/versions/3.11"), &[]), None);
+    assert_eq!(
+        classify(Path::new("/usr/lib/python3/versions/3.11"), &[]),
+        None
+    );
 }
 
 #[test]
 fn children_of_an_instance_are_not_instances() {
-    let claude = proc_with("/usr/local/bin/claude", &["claude", "-p"], "0::/system.slice/a.service");
-    let bash = proc_with("/bin/bash", &["bash", "-c", "ls"], "0::/system.slice/a.service");
-    let helper = proc_with("/usr/local/bin/claude", &["rg", "foo"], "0::/system.slice/a.service");
+    let claude = proc_with(
+        "/usr/local/bin/claude",
+        &["claude", "-p"],
+        "0::/system.slice/a.service",
+    );
+    let bash = proc_with(
+        "/bin/bash",
+        &["bash", "-c", "ls"],
+        "0::/system.slice/a.service",
+    );
+    let helper = proc_with(
+        "/usr/local/bin/claude",
+        &["rg", "foo"],
+        "0::/system.slice/a.service",
+    );
     assert_eq!(is_instance(&claude, &[]), Some(ClaudeKind::Native));
     assert_eq!(is_instance(&bash, std::slice::from_ref(&claude)), None);
     assert_eq!(is_instance(&helper, &[bash.clone(), claude.clone()]), None);
@@ -172,7 +233,10 @@ fn reads_this_very_process() {
     assert_eq!(info.pid, me);
     assert!(info.start_time > 0);
     assert_eq!(info.exe, std::env::current_exe().unwrap());
-    assert_eq!(info.cwd.as_deref(), Some(std::env::current_dir().unwrap().as_path()));
+    assert_eq!(
+        info.cwd.as_deref(),
+        Some(std::env::current_dir().unwrap().as_path())
+    );
     let ancestry = read_ancestry(Path::new("/proc"), me, 64);
     assert_eq!(ancestry.first().map(|p| p.pid), Some(info.ppid));
     assert!(matches!(

@@ -106,7 +106,10 @@ pub struct JournalOptions {
 
 impl Default for JournalOptions {
     fn default() -> Self {
-        Self { max_bytes: 8 << 20, keep: 4 }
+        Self {
+            max_bytes: 8 << 20,
+            keep: 4,
+        }
     }
 }
 
@@ -120,7 +123,11 @@ pub struct Journal {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {
-    move |source| JournalError::Io { op, path: path.to_owned(), source }
+    move |source| JournalError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn rotated(path: &Path, n: usize) -> PathBuf {
@@ -130,7 +137,10 @@ fn rotated(path: &Path, n: usize) -> PathBuf {
 }
 
 fn sync_dir(path: &Path) -> Result<(), JournalError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("sync", dir))
@@ -151,7 +161,12 @@ impl Journal {
             .map_err(io_err("open", &path))?;
         let len = repair(&mut file, &path)?;
         sync_dir(&path)?;
-        Ok(Self { path, file, len, options })
+        Ok(Self {
+            path,
+            file,
+            len,
+            options,
+        })
     }
 
     /// The live file's path.
@@ -159,15 +174,31 @@ impl Journal {
         &self.path
     }
 
+    /// Every complete record of the journal so far (rotated files included), oldest first:
+    /// what a restarted daemon reads back (open episodes, backoff deadlines).
+    pub fn records(&self) -> Result<Vec<Record>, JournalError> {
+        read_records(&self.path)
+    }
+
     /// Appends one record and syncs it to disk before returning.
     pub fn append(&mut self, record: &Record) -> Result<(), JournalError> {
-        let mut line = serde_json::to_vec(record).map_err(|source| JournalError::Encode { source })?;
+        let mut line =
+            serde_json::to_vec(record).map_err(|source| JournalError::Encode { source })?;
         line.push(b'\n');
         if self.len > 0 && self.len + line.len() as u64 > self.options.max_bytes {
             self.rotate()?;
         }
-        self.file.write_all(&line).map_err(io_err("write", &self.path))?;
-        self.file.sync_data().map_err(io_err("sync", &self.path))?;
+        if let Err(e) = self
+            .file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data())
+        {
+            // A short write (disk full) must not leave a torn line for the next record.
+            if let Err(cut) = self.file.set_len(self.len) {
+                tracing::error!(path = %self.path.display(), error = %cut, "journal: cannot cut a failed write");
+            }
+            return Err(io_err("write", &self.path)(e));
+        }
         self.len += line.len() as u64;
         Ok(())
     }
@@ -181,16 +212,20 @@ impl Journal {
         }
         let oldest = rotated(&self.path, keep);
         match std::fs::remove_file(&oldest) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("rotate", &oldest)(e)),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err("rotate", &oldest)(e));
+            }
             _ => {}
         }
         for n in (1..keep).rev() {
             let from = rotated(&self.path, n);
             if from.exists() {
-                std::fs::rename(&from, rotated(&self.path, n + 1)).map_err(io_err("rotate", &from))?;
+                std::fs::rename(&from, rotated(&self.path, n + 1))
+                    .map_err(io_err("rotate", &from))?;
             }
         }
-        std::fs::rename(&self.path, rotated(&self.path, 1)).map_err(io_err("rotate", &self.path))?;
+        std::fs::rename(&self.path, rotated(&self.path, 1))
+            .map_err(io_err("rotate", &self.path))?;
         self.file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -215,7 +250,8 @@ fn repair(file: &mut File, path: &Path) -> Result<u64, JournalError> {
     loop {
         let start = keep.saturating_sub(buf.len() as u64);
         let chunk = &mut buf[..usize::try_from(keep - start).unwrap_or(0)];
-        file.seek(SeekFrom::Start(start)).map_err(io_err("repair", path))?;
+        file.seek(SeekFrom::Start(start))
+            .map_err(io_err("repair", path))?;
         std::io::Read::read_exact(file, chunk).map_err(io_err("repair", path))?;
         if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
             keep = start + i as u64 + 1;
@@ -256,14 +292,18 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>, JournalError> {
         let mut lineno = 0usize;
         loop {
             line.clear();
-            let n = reader.read_until(b'\n', &mut line).map_err(io_err("read", &file))?;
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(io_err("read", &file))?;
             if n == 0 || line.last() != Some(&b'\n') {
                 break;
             }
             lineno += 1;
             match serde_json::from_slice::<Record>(&line) {
                 Ok(r) => out.push(r),
-                Err(e) => tracing::warn!(path = %file.display(), line = lineno, error = %e, "journal: skipping unreadable record"),
+                Err(e) => {
+                    tracing::warn!(path = %file.display(), line = lineno, error = %e, "journal: skipping unreadable record")
+                }
             }
         }
     }

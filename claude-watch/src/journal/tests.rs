@@ -45,7 +45,10 @@ fn episode(id: u64, end: EpisodeEnd) -> Episode {
 }
 
 fn snap(id: u64, end: EpisodeEnd) -> Record {
-    Record::Episode { at_ms: id, episode: episode(id, end) }
+    Record::Episode {
+        at_ms: id,
+        episode: episode(id, end),
+    }
 }
 
 #[test]
@@ -64,7 +67,8 @@ fn records_round_trip_and_latest_snapshot_wins() {
         detail: Some("systemd".into()),
     });
     j.append(&action).unwrap();
-    j.append(&snap(1, EpisodeEnd::RecoveredAfterRestart)).unwrap();
+    j.append(&snap(1, EpisodeEnd::RecoveredAfterRestart))
+        .unwrap();
     j.append(&snap(7, EpisodeEnd::StillOpen)).unwrap();
     drop(j);
     let recs = read_records(&path).unwrap();
@@ -89,7 +93,11 @@ fn torn_last_line_is_repaired_and_never_corrupts_the_next_record() {
     let mut f = OpenOptions::new().append(true).open(&path).unwrap();
     f.write_all(&full.as_bytes()[..full.len() / 2]).unwrap();
     drop(f);
-    assert_eq!(read_records(&path).unwrap().len(), 2, "readers skip the torn tail");
+    assert_eq!(
+        read_records(&path).unwrap().len(),
+        2,
+        "readers skip the torn tail"
+    );
 
     let mut j = Journal::open(&path, JournalOptions::default()).unwrap();
     j.append(&snap(4, EpisodeEnd::ProcessExited)).unwrap();
@@ -116,8 +124,14 @@ fn a_file_that_is_only_a_torn_line_is_emptied() {
 fn rotates_by_size_keeps_k_files_and_reads_in_order() {
     let dir = TempDir::new("rot");
     let path = dir.0.join("journal.jsonl");
-    let line_len = serde_json::to_vec(&snap(100, EpisodeEnd::SelfRecovered)).unwrap().len() as u64 + 1;
-    let options = JournalOptions { max_bytes: line_len * 2, keep: 2 };
+    let line_len = serde_json::to_vec(&snap(100, EpisodeEnd::SelfRecovered))
+        .unwrap()
+        .len() as u64
+        + 1;
+    let options = JournalOptions {
+        max_bytes: line_len * 2,
+        keep: 2,
+    };
     let mut j = Journal::open(&path, options).unwrap();
     for id in 100..108 {
         j.append(&snap(id, EpisodeEnd::SelfRecovered)).unwrap();
@@ -127,7 +141,11 @@ fn rotates_by_size_keeps_k_files_and_reads_in_order() {
     assert!(!rotated(&path, 3).exists(), "only `keep` rotated files");
     let recs = read_records(&path).unwrap();
     let ids: Vec<u64> = episodes(&recs).iter().map(|e| e.first_401_ms).collect();
-    assert_eq!(ids, [102, 103, 104, 105, 106, 107], "two per file, oldest dropped");
+    assert_eq!(
+        ids,
+        [102, 103, 104, 105, 106, 107],
+        "two per file, oldest dropped"
+    );
     let order: Vec<u64> = recs
         .iter()
         .map(|r| match r {
@@ -135,7 +153,11 @@ fn rotates_by_size_keeps_k_files_and_reads_in_order() {
             Record::Action(a) => a.at_ms,
         })
         .collect();
-    assert_eq!(order, [102, 103, 104, 105, 106, 107], "rotated files read oldest first");
+    assert_eq!(
+        order,
+        [102, 103, 104, 105, 106, 107],
+        "rotated files read oldest first"
+    );
 }
 
 #[test]
@@ -147,5 +169,128 @@ fn reopening_continues_the_same_journal() {
         j.append(&snap(id, EpisodeEnd::SelfRecovered)).unwrap();
     }
     assert_eq!(read_records(&path).unwrap().len(), 3);
-    assert!(read_records(&dir.0.join("missing.jsonl")).unwrap().is_empty());
+    let j = Journal::open(&path, JournalOptions::default()).unwrap();
+    assert_eq!(j.records().unwrap().len(), 3);
+    assert!(
+        read_records(&dir.0.join("missing.jsonl"))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Kills a child process on drop.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const CHILD_ENV: &str = "CLAUDE_WATCH_JOURNAL_KILL_CHILD";
+
+/// Writer half of `sigkill_mid_write_loses_and_corrupts_nothing`: when started by that test (the
+/// env var names the journal), appends large records forever until killed. Run directly, it
+/// has nothing to do.
+#[test]
+fn journal_writer_child() {
+    let Some(path) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let mut j = Journal::open(
+        PathBuf::from(path),
+        JournalOptions {
+            max_bytes: 256 << 10,
+            keep: 3,
+        },
+    )
+    .unwrap();
+    let mut ep = episode(0, EpisodeEnd::SelfRecovered);
+    ep.first_request_ids = (0..5)
+        .map(|i| format!("req_{}", "x".repeat(4000 + i)))
+        .collect();
+    for id in 0.. {
+        ep.id = format!("a.service@{id}");
+        ep.first_401_ms = id;
+        j.append(&Record::Episode {
+            at_ms: id,
+            episode: ep.clone(),
+        })
+        .unwrap();
+        println!("{id}");
+    }
+}
+
+#[test]
+fn sigkill_mid_write_loses_and_corrupts_nothing() {
+    use std::io::BufRead as _;
+    let dir = TempDir::new("kill");
+    let path = dir.0.join("journal.jsonl");
+    for round in 0..3 {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "journal::tests::journal_writer_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn writer child");
+        let mut guard = ChildGuard(child);
+        // Read acknowledged ids until enough have been appended, then SIGKILL mid-stream.
+        let out = guard.0.stdout.take().unwrap();
+        let mut acked = Vec::new();
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line.unwrap();
+            if let Ok(id) = line.trim().parse::<u64>() {
+                acked.push(id);
+            }
+            if acked.len() >= 40 + round * 7 {
+                break;
+            }
+        }
+        // SAFETY: kill(2) on our own child's pid, which the guard has not reaped yet.
+        assert_eq!(
+            unsafe { libc::kill(guard.0.id().cast_signed(), libc::SIGKILL) },
+            0
+        );
+        let _ = guard.0.wait();
+        let recs = read_records(&path).expect("journal readable after SIGKILL");
+        let ids: std::collections::BTreeSet<u64> =
+            episodes(&recs).iter().map(|e| e.first_401_ms).collect();
+        // Only the rotated-away oldest files may be gone; every acknowledged record still in
+        // the retained span is there.
+        let oldest = *ids.first().expect("records survive");
+        for id in acked.iter().filter(|&&id| id >= oldest) {
+            assert!(
+                ids.contains(id),
+                "round {round}: acknowledged record {id} lost"
+            );
+        }
+        // The next writer continues cleanly after whatever the kill left.
+        let mut j = Journal::open(
+            &path,
+            JournalOptions {
+                max_bytes: 256 << 10,
+                keep: 3,
+            },
+        )
+        .unwrap();
+        j.append(&snap(1_000_000 + round as u64, EpisodeEnd::SelfRecovered))
+            .unwrap();
+        drop(j);
+        let after = read_records(&path).unwrap();
+        assert!(
+            matches!(after.last(), Some(Record::Episode { at_ms, .. }) if *at_ms == 1_000_000 + round as u64)
+        );
+    }
+    let text = std::fs::read(&path).unwrap();
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        serde_json::from_slice::<Record>(line)
+            .expect("every line of the live file is a whole record");
+    }
 }
