@@ -344,7 +344,7 @@ fn real_native_claude_is_an_instance_and_its_children_are_not() {
         exe: "/bin/bash".into(),
         ..Default::default()
     };
-    assert_eq!(is_instance(&bash, &[info.clone()]), None);
+    assert_eq!(is_instance(&bash, std::slice::from_ref(&info)), None);
     let nested = ProcessInfo {
         ppid: info.pid,
         ..info.clone()
