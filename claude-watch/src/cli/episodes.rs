@@ -48,6 +48,12 @@ pub fn run(args: EpisodesArgs) -> anyhow::Result<()> {
             .as_millis(),
     )
     .context("system clock out of range")?;
+    print!("{}", report_text(&args, now_ms)?);
+    Ok(())
+}
+
+/// The report `run` prints, as of `now_ms` (human text, or one JSON object with `--json`).
+pub fn report_text(args: &EpisodesArgs, now_ms: u64) -> anyhow::Result<String> {
     let since = args
         .since
         .as_deref()
@@ -57,15 +63,13 @@ pub fn run(args: EpisodesArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading journal {}", args.journal.display()))?;
     let episodes = journal::episodes(&records);
     let report = report::build(&episodes, since, now_ms, local_utc_offset_s);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).context("encoding report")?
-        );
+    Ok(if args.json {
+        let mut s = serde_json::to_string_pretty(&report).context("encoding report")?;
+        s.push('\n');
+        s
     } else {
-        print!("{}", report::render(&report));
-    }
-    Ok(())
+        report::render(&report)
+    })
 }
 
 #[cfg(test)]
@@ -106,5 +110,96 @@ mod tests {
             json: false,
         };
         assert!(run(bad).is_err());
+    }
+
+    #[test]
+    fn report_from_a_real_journal() {
+        use crate::detect::{Detector, Event};
+        use crate::http::Exchange;
+        use crate::instance::InstanceId;
+        use crate::journal::{Journal, JournalOptions, Record};
+
+        let dir = std::env::temp_dir().join(format!("cw-episodes-{}", std::process::id()));
+        struct Cleanup(PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _cleanup = Cleanup(dir.clone());
+        let path = dir.join("journal.jsonl");
+        let mut journal = Journal::open(&path, JournalOptions::default()).unwrap();
+
+        // Drive the detector through one latch that self-recovers; journal what it reports.
+        let s = 1_000_000_000u64;
+        let wall0 = 1_782_604_800_000u64;
+        let id = InstanceId::unit("agent.service");
+        let mut d = Detector::default();
+        let mut events = Vec::new();
+        for (i, t) in [0u64, 1, 2, 5, 9, 17].into_iter().enumerate() {
+            let ex = Exchange {
+                ts_ms: wall0 + t * 1000,
+                mono_ns: t * s,
+                pid: 7,
+                tid: 7,
+                conn: 1,
+                method: Some("POST".into()),
+                path: Some("/v1/messages?beta=true".into()),
+                status: if t == 17 { 200 } else { 401 },
+                latency_ms: None,
+                request_id: Some(format!("req_standin_{i}")),
+                retry_after: None,
+                should_retry: None,
+                session_id: Some("sess".into()),
+                model: Some("claude-opus-4-8".into()),
+                user_agent: None,
+            };
+            events.extend(d.tick(t * s));
+            events.extend(d.observe(&id, 7, &ex, t * s));
+        }
+        for e in &events {
+            if let Event::EpisodeOpened(ep) | Event::EpisodeUpdated(ep) | Event::EpisodeClosed(ep) =
+                e
+            {
+                journal
+                    .append(&Record::Episode {
+                        at_ms: ep.last_401_ms,
+                        episode: ep.clone(),
+                    })
+                    .unwrap();
+            }
+        }
+        drop(journal);
+
+        let now = wall0 + 3_600_000;
+        let args = EpisodesArgs {
+            journal: path.clone(),
+            since: Some("1d".into()),
+            json: true,
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&report_text(&args, now).unwrap()).unwrap();
+        assert_eq!(json["windows"], 1);
+        assert_eq!(json["self_recovered_without_restart"], 1);
+        assert_eq!(json["duration"]["max_ms"], 17_000);
+        assert_eq!(json["episodes"][0]["request_ids"][0], "req_standin_0");
+        let human = report_text(
+            &EpisodesArgs {
+                json: false,
+                ..args
+            },
+            now,
+        )
+        .unwrap();
+        assert!(human.contains("req_standin_4"), "{human}");
+        assert!(human.contains("windows:           1"), "{human}");
+        let later = EpisodesArgs {
+            journal: path,
+            since: Some("2026-06-29T00:00:00Z".into()),
+            json: true,
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&report_text(&later, now).unwrap()).unwrap();
+        assert_eq!(json["windows"], 0);
     }
 }
