@@ -307,7 +307,20 @@ fn start_real_claude(program: &Path, pre_args: &[&Path], tag: &str) -> Running {
 fn classify_running(run: &Running) -> (ProcessInfo, Option<ClaudeKind>) {
     let pid = run.child.id();
     let proc_root = Path::new("/proc");
-    let info = read_process_info(proc_root, pid).expect("child readable");
+    // Right after a vfork-style spawn returns, the kernel may not have set up the new argv
+    // yet (cmdline reads empty): wait for it, and for the process to still be alive.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let info = loop {
+        let info = read_process_info(proc_root, pid).expect("child readable");
+        if !info.cmdline.is_empty() {
+            break info;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "child {pid} never showed its argv (exited?)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     let ancestry = read_ancestry(proc_root, pid, 64);
     assert_eq!(ancestry.first().map(|p| p.pid), Some(std::process::id()));
     let kind = is_instance(&info, &ancestry);
