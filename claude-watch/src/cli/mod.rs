@@ -1,5 +1,7 @@
 //! Command-line interface: one file per subcommand.
 
+pub mod episodes;
+pub mod locate;
 pub mod trace;
 
 use clap::{Parser, Subcommand};
@@ -22,12 +24,18 @@ pub struct Cli {
 pub enum Command {
     /// Show every HTTP exchange of TLS clients live, one line each (needs root).
     Trace(trace::TraceArgs),
+    /// Find SSL_write/SSL_read in an executable or library, with or without symbols.
+    Locate(locate::LocateArgs),
+    /// Report latch episodes from the journal, as you would send them upstream.
+    Episodes(episodes::EpisodesArgs),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Trace(args) => trace::run(args),
+        Command::Locate(args) => locate::run(args),
+        Command::Episodes(args) => episodes::run(args),
     }
 }
 
