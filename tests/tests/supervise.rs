@@ -137,6 +137,26 @@ fn testbed_starts_and_stops_in_seconds_leaving_nothing_behind() {
 }
 
 #[test]
+fn testbed_teardown_falls_back_to_cgroup_kill_when_systemd_hangs() {
+    let tb = Testbed::start("hung");
+    let pid1 = tb.pid1();
+    let cgroup = tb.cgroup();
+    let looper = start_looper(&tb);
+    // systemd stops answering: `systemctl exit` cannot work.
+    // SAFETY: plain syscall on the test bed's PID 1.
+    unsafe { libc::kill(i32::try_from(pid1).unwrap(), libc::SIGSTOP) };
+    let t0 = Instant::now();
+    drop(tb);
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        t0.elapsed()
+    );
+    assert!(!cgroup.exists(), "cgroup {} left behind", cgroup.display());
+    assert!(!alive(pid1) && !alive(looper), "processes left behind");
+}
+
+#[test]
 fn systemd_adapter_restarts_the_unit_of_a_host_pid_and_returns_the_new_host_pid() {
     let tb = Testbed::start("restart");
     let old = start_looper(&tb);
