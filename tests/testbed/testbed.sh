@@ -146,7 +146,7 @@ stop() {
     local pid1
     pid1=$(cat "$dir/pid1" 2>/dev/null || find_pid1 "$cg" 2>/dev/null || true)
     if [ -n "$pid1" ] && [ -d "/proc/$pid1" ]; then
-        nsenter -t "$pid1" -m -p systemctl exit --no-block > /dev/null 2>&1 || true
+        timeout 3 nsenter -t "$pid1" -m -p systemctl exit --no-block > /dev/null 2>&1 || true
         local i
         for i in $(seq 1 60); do
             [ -d "/proc/$pid1" ] || break

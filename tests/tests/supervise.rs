@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use claude_watch::supervise::command::CommandRestarter;
 use claude_watch::supervise::observe::ObserveOnly;
+use claude_watch::supervise::policy::{Action, Phase, Policy, PolicyConfig};
 use claude_watch::supervise::signal::SignalRestarter;
 use claude_watch::supervise::systemd::{SystemdMode, SystemdRestarter};
 use claude_watch::supervise::{Restarter, SuperviseError, Target, procfs};
@@ -137,6 +138,26 @@ fn testbed_starts_and_stops_in_seconds_leaving_nothing_behind() {
 }
 
 #[test]
+fn testbed_teardown_falls_back_to_cgroup_kill_when_systemd_hangs() {
+    let tb = Testbed::start("hung");
+    let pid1 = tb.pid1();
+    let cgroup = tb.cgroup();
+    let looper = start_looper(&tb);
+    // systemd stops answering: `systemctl exit` cannot work.
+    // SAFETY: plain syscall on the test bed's PID 1.
+    unsafe { libc::kill(i32::try_from(pid1).unwrap(), libc::SIGSTOP) };
+    let t0 = Instant::now();
+    drop(tb);
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        t0.elapsed()
+    );
+    assert!(!cgroup.exists(), "cgroup {} left behind", cgroup.display());
+    assert!(!alive(pid1) && !alive(looper), "processes left behind");
+}
+
+#[test]
 fn systemd_adapter_restarts_the_unit_of_a_host_pid_and_returns_the_new_host_pid() {
     let tb = Testbed::start("restart");
     let old = start_looper(&tb);
@@ -226,6 +247,65 @@ fn systemd_adapter_reports_unit_not_found_and_bus_unavailable() {
         "{err:?}"
     );
     assert!(err.to_string().contains("/nonexistent/claude-watch/bus"));
+}
+
+#[test]
+fn policy_drives_the_systemd_adapter_one_at_a_time_and_backs_off_a_failing_supervisor() {
+    let tb = Testbed::start("policy");
+    let looper = start_looper(&tb);
+    let restarter = SystemdRestarter::with_address(tb.bus_address());
+    let rt = runtime();
+    let targets = [
+        Target::for_pid("ghost", looper)
+            .unwrap()
+            .with_unit("ghost.service"),
+        Target::for_pid("looper", looper).unwrap(),
+    ];
+    let mut policy = Policy::new(PolicyConfig::default());
+    let t0 = std::time::Instant::now();
+    policy.latched("ghost", t0);
+    policy.latched("looper", t0 + Duration::from_millis(1));
+
+    let mut new_pid = None;
+    for _ in 0..2 {
+        let now = std::time::Instant::now();
+        let restarts: Vec<String> = policy
+            .poll(now)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Restart(i) => Some(i),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(restarts.len(), 1, "one restart at a time: {restarts:?}");
+        let target = targets.iter().find(|t| t.instance == restarts[0]).unwrap();
+        let result = rt.block_on(restarter.restart(target));
+        if target.instance == "ghost" {
+            assert!(
+                matches!(result, Err(SuperviseError::UnitNotFound { .. })),
+                "{result:?}"
+            );
+        } else {
+            new_pid = result.as_ref().ok().and_then(|o| o.new_pid);
+        }
+        policy.restart_finished(&target.instance, std::time::Instant::now(), &result);
+    }
+    // The failing supervisor is retried only after its quiet window; the other one restarted.
+    let ghost_next = policy.not_before("ghost").expect("ghost backs off");
+    assert!(ghost_next >= t0 + Duration::from_secs(60));
+    assert_eq!(policy.phase("ghost"), Some(Phase::Latched));
+    assert!(matches!(
+        policy.phase("looper"),
+        Some(Phase::Recovering { .. })
+    ));
+    let new_pid = new_pid.expect("looper restarted");
+    assert_ne!(new_pid, looper);
+    assert_eq!(tb.main_pid("looper.service"), Some(new_pid));
+    // The new process answers (non-401): recovered; nothing else is due before ghost's window.
+    let now = std::time::Instant::now();
+    assert!(policy.recovered("looper", now).is_some());
+    let actions = policy.poll(now);
+    assert_eq!(actions, [Action::Wait { until: ghost_next }]);
 }
 
 fn supervisorctl(conf: &Path, args: &[&str]) -> String {
