@@ -268,7 +268,8 @@ pub enum SupervisorSpec {
     /// An argv template run without a shell (`{instance}`, `{unit}`, `{pid}`).
     Command {
         /// The program and its arguments.
-        argv: Spanned<Vec<String>>,
+        #[serde(deserialize_with = "argv")]
+        argv: Vec<String>,
         /// How long it may run.
         #[serde(default = "default_command_timeout", deserialize_with = "duration")]
         timeout: Duration,
@@ -310,7 +311,10 @@ impl Config {
 
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -351,11 +355,21 @@ impl Config {
     fn check(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
         let r = &self.recovery;
         if *r.backoff_max.get_ref() < r.backoff_initial {
-            return Err(invalid(text, origin, r.backoff_max.span(), "must not be shorter than backoff_initial"));
+            return Err(invalid(
+                text,
+                origin,
+                r.backoff_max.span(),
+                "must not be shorter than backoff_initial",
+            ));
         }
         if !self.daemon.ring_mib.is_power_of_two() || self.daemon.ring_mib > 1024 {
             let span = value_span(text, "daemon", "ring_mib");
-            return Err(invalid(text, origin, span, "must be a power of two from 1 to 1024"));
+            return Err(invalid(
+                text,
+                origin,
+                span,
+                "must be a power of two from 1 to 1024",
+            ));
         }
         if let Some(hook) = &r.escalation_hook {
             check_argv(hook, text, origin)?;
@@ -364,46 +378,74 @@ impl Config {
         for instance in &self.instances {
             let name = instance.name.get_ref();
             if name.is_empty() || name.starts_with("pid:") || name.contains(char::is_whitespace) {
-                return Err(invalid(text, origin, instance.name.span(), "an instance name must be non-empty, without spaces, and not start with `pid:`"));
+                return Err(invalid(
+                    text,
+                    origin,
+                    instance.name.span(),
+                    "an instance name must be non-empty, without spaces, and not start with `pid:`",
+                ));
             }
             if seen.contains(&name.as_str()) {
-                return Err(invalid(text, origin, instance.name.span(), &format!("instance {name:?} is defined twice")));
+                return Err(invalid(
+                    text,
+                    origin,
+                    instance.name.span(),
+                    &format!("instance {name:?} is defined twice"),
+                ));
             }
             seen.push(name);
             let m = &instance.matches;
             if m.exe.is_none() && m.arg.is_none() && m.cgroup.is_none() && m.cwd.is_none() {
-                return Err(invalid(text, origin, instance.name.span(), &format!("instance {name:?} has no `match` condition (exe, arg, cgroup or cwd)")));
+                return Err(invalid(
+                    text,
+                    origin,
+                    instance.name.span(),
+                    &format!(
+                        "instance {name:?} has no `match` condition (exe, arg, cgroup or cwd)"
+                    ),
+                ));
             }
-            if let Some(SupervisorSpec::Command { argv, .. }) = &instance.supervisor {
-                check_argv(argv, text, origin)?;
-            }
-        }
-        if let SupervisorSpec::Command { argv, .. } = &r.supervisor {
-            check_argv(argv, text, origin)?;
         }
         Ok(())
     }
 }
 
-/// An argv template: non-empty, an absolute or bare program, known placeholders only.
+/// An argv template checked where it is written.
 fn check_argv(argv: &Spanned<Vec<String>>, text: &str, origin: &str) -> Result<(), ConfigError> {
-    let bad = |message: String| Err(invalid(text, origin, argv.span(), &message));
-    let Some(program) = argv.get_ref().first() else { return bad("the command is empty: give at least the program".into()) };
+    validate_argv(argv.get_ref()).map_err(|message| invalid(text, origin, argv.span(), &message))
+}
+
+/// An argv template: non-empty, a real program first, known placeholders only.
+pub fn validate_argv(argv: &[String]) -> Result<(), String> {
+    let Some(program) = argv.first() else {
+        return Err("the command is empty: give at least the program".into());
+    };
     if program.contains('{') {
-        return bad(format!("the program {program:?} must not be a placeholder"));
+        return Err(format!("the program {program:?} must not be a placeholder"));
     }
-    for arg in argv.get_ref() {
+    for arg in argv {
         let mut rest = arg.as_str();
         while let Some(open) = rest.find('{') {
-            let Some(close) = rest[open..].find('}') else { return bad(format!("unclosed `{{` in {arg:?}")) };
+            let Some(close) = rest[open..].find('}') else {
+                return Err(format!("unclosed `{{` in {arg:?}"));
+            };
             let placeholder = &rest[open..open + close + 1];
             if !PLACEHOLDERS.contains(&placeholder) {
-                return bad(format!("unknown placeholder {placeholder} in {arg:?} (known: {})", PLACEHOLDERS.join(", ")));
+                return Err(format!(
+                    "unknown placeholder {placeholder} in {arg:?} (known: {})",
+                    PLACEHOLDERS.join(", ")
+                ));
             }
             rest = &rest[open + close + 1..];
         }
     }
     Ok(())
+}
+
+fn argv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let argv = Vec::<String>::deserialize(d)?;
+    validate_argv(&argv).map_err(serde::de::Error::custom)?;
+    Ok(argv)
 }
 
 /// An error at byte range `span` of `text`, naming the key on that line.
@@ -412,8 +454,16 @@ fn invalid(text: &str, origin: &str, span: Range<usize>, message: &str) -> Confi
     let line = text[..at].matches('\n').count() + 1;
     let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
     let column = text[line_start..at].chars().count() + 1;
-    let key = key_at(text, at).map(|k| format!("{k}: ")).unwrap_or_default();
-    ConfigError::Invalid { path: origin.to_owned(), line, column, key, message: message.to_owned() }
+    let key = key_at(text, at)
+        .map(|k| format!("{k}: "))
+        .unwrap_or_default();
+    ConfigError::Invalid {
+        path: origin.to_owned(),
+        line,
+        column,
+        key,
+        message: message.to_owned(),
+    }
 }
 
 /// The dotted key whose value is at byte `at`: the table header above plus the key on the line.
@@ -421,7 +471,10 @@ fn key_at(text: &str, at: usize) -> Option<String> {
     let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
     let line = &text[line_start..line_end];
-    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| !k.is_empty() && !k.starts_with('['))?;
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['))?;
     let table = text[..line_start]
         .lines()
         .rev()
@@ -464,20 +517,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("{s:?} is not a duration (like 30s, 5m, 1h30m, 500ms)"));
+            return Err(format!(
+                "{s:?} is not a duration (like 30s, 5m, 1h30m, 500ms)"
+            ));
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| format!("{s:?}: number too large"))?;
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{s:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n * 60),
             "h" => Duration::from_secs(n * 3600),
             "d" => Duration::from_secs(n * 86_400),
-            other => return Err(format!("{s:?}: unknown unit {other:?} (use ms, s, m, h or d)")),
+            other => {
+                return Err(format!(
+                    "{s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
+                ));
+            }
         };
         total += unit;
         rest = &rest[unit_len..];
@@ -505,9 +570,14 @@ fn spanned_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Spanned<Duration>
     let parsed = match value.get_ref() {
         toml::Value::Integer(n) if *n >= 0 => Ok(Duration::from_secs(n.unsigned_abs())),
         toml::Value::String(s) => parse_duration(s),
-        other => Err(format!("expected a duration like \"30m\", found {}", other.type_str())),
+        other => Err(format!(
+            "expected a duration like \"30m\", found {}",
+            other.type_str()
+        )),
     };
-    parsed.map(|v| Spanned::new(span, v)).map_err(serde::de::Error::custom)
+    parsed
+        .map(|v| Spanned::new(span, v))
+        .map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -515,7 +585,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        Config::parse(text, "test.toml").expect_err("should be rejected").to_string()
+        Config::parse(text, "test.toml")
+            .expect_err("should be rejected")
+            .to_string()
     }
 
     #[test]
@@ -557,37 +629,90 @@ supervisor = { kind = "signal" }
         )
         .unwrap();
         assert_eq!(c.detector.latch_min_span, Duration::from_secs(90));
-        assert_eq!(c.recovery.policy_config().max_backoff, Duration::from_secs(3600));
-        assert_eq!(c.recovery.policy_config().initial_backoff, Duration::from_secs(30));
+        assert_eq!(
+            c.recovery.policy_config().max_backoff,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            c.recovery.policy_config().initial_backoff,
+            Duration::from_secs(30)
+        );
         assert_eq!(c.rules().len(), 2);
-        assert!(matches!(c.supervisor_for("reviewer"), SupervisorSpec::Command { timeout, .. } if *timeout == Duration::from_secs(20)));
-        assert_eq!(c.supervisor_for("writer"), &SupervisorSpec::Signal { grace: Duration::from_secs(10) });
-        assert_eq!(c.supervisor_for("other"), &SupervisorSpec::Systemd { mode: SystemdModeSpec::Kill });
+        assert!(
+            matches!(c.supervisor_for("reviewer"), SupervisorSpec::Command { timeout, .. } if *timeout == Duration::from_secs(20))
+        );
+        assert_eq!(
+            c.supervisor_for("writer"),
+            &SupervisorSpec::Signal {
+                grace: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(
+            c.supervisor_for("other"),
+            &SupervisorSpec::Systemd {
+                mode: SystemdModeSpec::Kill
+            }
+        );
     }
 
     #[test]
     fn every_error_class_names_file_line_and_key() {
-        assert_eq!(err("[detector]\nlatch_min_401 = 3\n").split(": ").next(), Some("test.toml:2:1"));
+        assert_eq!(
+            err("[detector]\nlatch_min_401 = 3\n").split(": ").next(),
+            Some("test.toml:2:1")
+        );
         assert!(err("[detector]\nlatch_min_401 = 3\n").contains("unknown field `latch_min_401`"));
         assert!(err("[detectr]\n").contains("unknown field `detectr`"));
         let e = err("[detector]\nlatch_min_401s = 0\n");
-        assert!(e.starts_with("test.toml:2:18: detector.latch_min_401s: "), "{e}");
+        assert!(
+            e.starts_with("test.toml:2:18: detector.latch_min_401s: "),
+            "{e}"
+        );
         let e = err("[detector]\nlatch_min_span = \"10 parsecs\"\n");
-        assert!(e.contains("detector.latch_min_span") && e.contains("unknown unit"), "{e}");
+        assert!(
+            e.contains("detector.latch_min_span") && e.contains("unknown unit"),
+            "{e}"
+        );
         let e = err("[recovery]\nbackoff_initial = \"10m\"\nbackoff_max = \"1m\"\n");
-        assert!(e.starts_with("test.toml:3:15: recovery.backoff_max: must not be shorter"), "{e}");
+        assert!(
+            e.starts_with("test.toml:3:15: recovery.backoff_max: must not be shorter"),
+            "{e}"
+        );
         let e = err("[recovery]\nescalation_hook = [\"/bin/page\", \"{user}\"]\n");
-        assert!(e.contains("recovery.escalation_hook") && e.contains("unknown placeholder {user}"), "{e}");
+        assert!(
+            e.contains("recovery.escalation_hook") && e.contains("unknown placeholder {user}"),
+            "{e}"
+        );
         let e = err("[recovery]\nescalation_hook = []\n");
         assert!(e.contains("the command is empty"), "{e}");
+        let e = err(
+            "[[instance]]\nname = \"a\"\nmatch = { exe = \"/x\" }\nsupervisor = { kind = \"command\", argv = [\"{pid}\"] }\n",
+        );
+        assert!(
+            e.starts_with("test.toml:4:")
+                && e.contains("instance.supervisor")
+                && e.contains("must not be a placeholder"),
+            "{e}"
+        );
         let e = err("[recovery]\nsupervisor = { kind = \"upstart\" }\n");
-        assert!(e.contains("recovery.supervisor") && e.contains("upstart"), "{e}");
+        assert!(
+            e.contains("recovery.supervisor") && e.contains("upstart"),
+            "{e}"
+        );
         let e = err("[daemon]\nmetrics_listen = \"localhost\"\n");
         assert!(e.contains("daemon.metrics_listen"), "{e}");
         let e = err("[daemon]\nring_mib = 3\n");
-        assert!(e.starts_with("test.toml:2:12: daemon.ring_mib: must be a power of two"), "{e}");
-        let e = err("[[instance]]\nname = \"a\"\nmatch = { exe = \"/x\" }\n[[instance]]\nname = \"a\"\nmatch = { arg = \"y\" }\n");
-        assert!(e.starts_with("test.toml:5:8: instance.name: instance \"a\" is defined twice"), "{e}");
+        assert!(
+            e.starts_with("test.toml:2:12: daemon.ring_mib: must be a power of two"),
+            "{e}"
+        );
+        let e = err(
+            "[[instance]]\nname = \"a\"\nmatch = { exe = \"/x\" }\n[[instance]]\nname = \"a\"\nmatch = { arg = \"y\" }\n",
+        );
+        assert!(
+            e.starts_with("test.toml:5:8: instance.name: instance \"a\" is defined twice"),
+            "{e}"
+        );
         let e = err("[[instance]]\nname = \"a\"\n");
         assert!(e.contains("has no `match` condition"), "{e}");
         let e = err("[[instance]]\nname = \"a\"\nmatch = { exe = \"/x\", user = \"bob\" }\n");
