@@ -10,12 +10,14 @@
 //! - [`detect`]: the latch detector, a sans-IO state machine over exchanges;
 //! - [`journal`] and [`report`]: the durable episode history and the report made from it;
 //! - [`supervise`]: supervisor adapters (the I/O seam of recovery) and the recovery policy;
+//! - [`daemon`]: all of it wired around one event loop, with status, metrics and control;
 //! - [`config`]: the TOML configuration;
 //! - [`cli`]: the subcommands.
 
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod detect;
 pub mod discover;
 pub mod http;

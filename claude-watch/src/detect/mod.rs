@@ -131,6 +131,8 @@ pub enum Reason {
         /// The process.
         pid: u32,
     },
+    /// The supervisor could not restart the instance.
+    RestartFailed,
     /// The recovery layer escalated.
     Escalated,
     /// A suspect window saw no new 401 for [`DetectorConfig::suspect_forget_after`].
@@ -722,6 +724,23 @@ impl Detector {
         }
         inst.set_state(State::Recovering, Reason::RestartStarted, now, &mut out);
         out
+    }
+
+    /// The restart the recovery layer started did not happen (the supervisor failed): the
+    /// instance is latched again, its old process still the one that counts.
+    pub fn restart_failed(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
+        let mut out = Vec::new();
+        let inst = self.inst(instance);
+        if inst.state == State::Recovering {
+            inst.restart_ns = None;
+            inst.set_state(State::Latched, Reason::RestartFailed, now, &mut out);
+        }
+        out
+    }
+
+    /// Replaces the thresholds (configuration reload); open windows keep their history.
+    pub fn set_config(&mut self, config: DetectorConfig) {
+        self.config = config;
     }
 
     /// A process of `instance` started (exec seen, or the supervisor reported a new main PID).

@@ -125,6 +125,11 @@ impl Policy {
         &self.config
     }
 
+    /// Replaces the tunables (configuration reload); running windows keep their deadlines.
+    pub fn set_config(&mut self, config: PolicyConfig) {
+        self.config = config;
+    }
+
     /// The phase of `instance`, `None` when the policy has never heard of it.
     #[must_use]
     pub fn phase(&self, instance: &str) -> Option<Phase> {
