@@ -1,6 +1,7 @@
 #!/bin/bash
 # A real systemd (252) as PID 1 of fresh namespaces, for tests, on hosts whose own PID 1 is not
-# systemd. It gets its own cgroup2 subtree, a private /run, /dev, /proc and /sys, and a hermetic
+# systemd. It gets its own cgroup2 subtree, a private /run, /dev and /proc, a read-only /sys, the
+# host's network (so its units reach servers on the host's 127.0.0.1), and a hermetic
 # unit directory; the host is left alone.
 #
 #   testbed.sh start NAME DIR   set up DIR, start systemd, print the host PID of its PID 1
@@ -79,7 +80,7 @@ start() {
     mkdir "$cg"
     (
         echo "$BASHPID" > "$cg/cgroup.procs"
-        exec setsid unshare --pid --fork --kill-child --mount --uts --ipc --net --cgroup \
+        exec setsid unshare --pid --fork --kill-child --mount --uts --ipc --cgroup \
             --propagation private "$0" inner "$name" "$dir"
     ) < /dev/null > "$dir/outer.log" 2>&1 &
     local pid1="" i
@@ -109,7 +110,11 @@ inner() {
     mount -t proc -o nosuid,nodev,noexec proc /proc
     mount --bind /proc/sys /proc/sys
     mount -o remount,bind,ro /proc/sys
-    mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys
+    # The test bed shares the host's network namespace (agents in its units must reach a
+    # stand-in API on the host's 127.0.0.1), and a fresh sysfs needs a network namespace of its
+    # own: bind the host's sysfs read-only instead (no submounts), then a cgroup2 rooted at ours.
+    mount --bind /sys /sys
+    mount -o remount,bind,ro,nosuid,nodev,noexec /sys
     mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
     mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
     local dev=/run/.testbed-dev
