@@ -178,6 +178,7 @@ impl Daemon {
         let policy = restore_policy(&state_path, config.recovery.policy_config());
         let mut detector = Detector::new(config.detector.detector_config());
         let records = journal.records().context("reading the journal")?;
+        let mut resumed = Vec::new();
         for episode in crate::journal::episodes(&records)
             .into_iter()
             .filter(|e| !e.is_closed())
@@ -185,6 +186,7 @@ impl Daemon {
             let id = instance_id_of(&episode.instance, episode.unit.as_deref());
             info!(instance = %id, episode = %episode.id, "resuming an episode left open by the previous run");
             detector.restore(&id, episode);
+            resumed.push(id);
         }
 
         let bus = SystemdBus::detect(config.recovery.systemd_bus.as_deref());
@@ -235,6 +237,20 @@ impl Daemon {
         for found in daemon.discovery.scan() {
             daemon.adopt(&found);
         }
+        // An episode still open is still latched as far as recovery knows: a restart that was
+        // under way when the previous run stopped counts as not healed (a quiet window first),
+        // and a quiet window restored from the state file keeps its deadline.
+        for id in resumed {
+            if !daemon.config.daemon.dry_run && daemon.supervisor(&id).acts() {
+                daemon
+                    .ids
+                    .entry(id.name.clone())
+                    .or_insert_with(|| id.clone());
+                daemon.policy.latched(&id.name, Instant::now());
+                daemon.journal_backoff(&id.name, Instant::now());
+            }
+        }
+        daemon.save_policy();
         daemon.publish();
         info!(
             instances = daemon.ids.len(),
@@ -437,6 +453,8 @@ impl Daemon {
                             self.observe_detection(instance, *at_ns);
                             if acts {
                                 self.policy.latched(name, instant);
+                                self.journal_backoff(name, instant);
+                                self.save_policy();
                             } else {
                                 warn!(instance = %instance, supervisor = self.supervisor(instance).kind(), "latched; not restarting (observe-only)");
                             }
@@ -715,18 +733,31 @@ impl Daemon {
                 }
             }
         }
-        if let Some(until) = self.policy.not_before(name) {
-            let until_ms = now_ms()
-                + u64::try_from(until.saturating_duration_since(now).as_millis()).unwrap_or(0);
+        self.journal_backoff(name, now);
+        self.save_policy();
+    }
+
+    /// Journals the quiet window the policy set for `name`, if one runs past `now`.
+    fn journal_backoff(&mut self, name: &str, now: Instant) {
+        if let Some(until) = self.policy.not_before(name).filter(|t| *t > now) {
+            let wait = until.duration_since(now);
+            let until_ms = now_ms() + u64::try_from(wait.as_millis()).unwrap_or(0);
+            info!(
+                instance = name,
+                wait_s = wait.as_secs(),
+                "quiet window before the next restart"
+            );
             self.journal_action(
                 name,
                 ActionKind::Backoff,
                 true,
                 Some(until_ms),
-                "quiet window before the next restart".into(),
+                format!(
+                    "quiet window of {}s before the next restart",
+                    wait.as_secs()
+                ),
             );
         }
-        self.save_policy();
     }
 
     fn escalate(&mut self, name: &str) {
