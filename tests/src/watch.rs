@@ -200,6 +200,17 @@ impl Daemon {
     /// carry over).
     #[track_caller]
     pub fn start_in(dir: crate::process::ScratchDir, daemon_extra: &str, extra: &str) -> Self {
+        Self::start_with_env(dir, daemon_extra, extra, &[])
+    }
+
+    /// As [`Self::start_in`], with extra environment variables for the daemon.
+    #[track_caller]
+    pub fn start_with_env(
+        dir: crate::process::ScratchDir,
+        daemon_extra: &str,
+        extra: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         let metrics_port = daemon_extra.contains("metrics_listen").then(|| {
             daemon_extra
                 .split("127.0.0.1:")
@@ -218,7 +229,8 @@ impl Daemon {
             .arg("daemon")
             .arg("--config")
             .arg(dir.path().join("config.toml"))
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, *v)));
         let child = ChildGuard::spawn("claude-watch daemon", &mut command);
         let mut daemon = Self {
             child,

@@ -131,7 +131,7 @@ fn healthy_latched_and_throttled_agents_in_status_journal_episodes_and_metrics()
     assert!(
         value(
             "claude_watch_exchanges_total",
-            &[("instance", &latched_name), ("status", "401")]
+            &[("agent", &latched_name), ("status", "401")]
         )
         .is_some_and(|v| v >= 3.0),
         "{metrics}"
@@ -139,31 +139,25 @@ fn healthy_latched_and_throttled_agents_in_status_journal_episodes_and_metrics()
     assert!(
         value(
             "claude_watch_exchanges_total",
-            &[("instance", &throttled_name), ("status", "429")]
+            &[("agent", &throttled_name), ("status", "429")]
         )
         .is_some_and(|v| v >= 1.0),
         "{metrics}"
     );
     assert_eq!(
-        value(
-            "claude_watch_episodes_total",
-            &[("instance", &latched_name)]
-        ),
+        value("claude_watch_episodes_total", &[("agent", &latched_name)]),
         Some(1.0),
         "{metrics}"
     );
     assert_eq!(
-        value(
-            "claude_watch_episodes_total",
-            &[("instance", &throttled_name)]
-        ),
+        value("claude_watch_episodes_total", &[("agent", &throttled_name)]),
         None,
         "a throttle opens no episode"
     );
     assert_eq!(
         value(
             "claude_watch_instance_state",
-            &[("instance", &latched_name), ("state", "latched")]
+            &[("agent", &latched_name), ("state", "latched")]
         ),
         Some(1.0)
     );
@@ -176,6 +170,28 @@ fn healthy_latched_and_throttled_agents_in_status_journal_episodes_and_metrics()
             .any(|s| s.metric == "claude_watch_detection_seconds_count"),
         "detection latency histogram"
     );
+
+    // Every metric the shipped alert rules and dashboard use is exported.
+    let root = claude_watch_tests::deps::workspace_root();
+    for file in [
+        "packaging/prometheus/claude-watch.rules.yml",
+        "packaging/grafana/claude-watch-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).expect("packaging file");
+        let mut names: Vec<&str> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|t| t.starts_with("claude_watch_"))
+            .map(|t| t.strip_suffix("_bucket").unwrap_or(t))
+            .collect();
+        names.dedup();
+        assert!(!names.is_empty());
+        for name in names {
+            assert!(
+                metrics.contains(&format!("# TYPE {name} ")),
+                "{file} uses {name}, which claude-watch does not export"
+            );
+        }
+    }
 
     // The journal holds the episode with the stand-in's request ids; `episodes` reports it.
     let journal = daemon.journal();
@@ -303,21 +319,23 @@ fn reload_on_sighup_and_clean_sigterm() {
         "the daemon holds its programs and links: {progs:?} {links:?}"
     );
     let dir = daemon.stop();
-    let loaded_progs: Vec<u32> = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .map(|p| p.id())
-        .collect();
-    assert!(
-        progs.iter().all(|p| !loaded_progs.contains(p)),
-        "a program of the daemon is still loaded"
-    );
-    let loaded_links: Vec<u32> = aya::programs::loaded_links()
-        .filter_map(Result::ok)
-        .map(|l| l.id())
-        .collect();
-    assert!(
-        links.iter().all(|l| !loaded_links.contains(l)),
-        "a link of the daemon is still attached"
+    // The kernel frees programs and links asynchronously once their last reference is gone.
+    wait_until(
+        Duration::from_secs(10),
+        "the daemon's programs and links to be released",
+        || {
+            let loaded_progs: Vec<u32> = aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .map(|p| p.id())
+                .collect();
+            let loaded_links: Vec<u32> = aya::programs::loaded_links()
+                .filter_map(Result::ok)
+                .map(|l| l.id())
+                .collect();
+            (progs.iter().all(|p| !loaded_progs.contains(p))
+                && links.iter().all(|l| !loaded_links.contains(l)))
+            .then_some(())
+        },
     );
     assert!(
         !dir.path().join("control.sock").exists(),
@@ -416,6 +434,51 @@ fn sigkill_mid_write_loses_no_episode_and_corrupts_no_record() {
     );
     drop(daemon);
     drop(agent);
+}
+
+#[test]
+fn sd_notify_readiness_and_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = claude_watch_tests::process::ScratchDir::new("claude-watch-notify");
+    let path = dir.path().join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let daemon = Daemon::start_with_env(
+        dir,
+        "",
+        DETECTOR,
+        &[
+            ("NOTIFY_SOCKET", path.as_os_str()),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("400000")),
+        ],
+    );
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20)
+        && !(seen.iter().any(|m| m == "READY=1")
+            && seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2)
+    {
+        let n = socket.recv(&mut buf).expect("a notification");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(seen.iter().any(|m| m == "READY=1"), "{seen:?}");
+    assert!(
+        seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2,
+        "watchdog pings every WATCHDOG_USEC/2: {seen:?}"
+    );
+    daemon.stop();
+    let mut stopping = false;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    while let Ok(n) = socket.recv(&mut buf) {
+        stopping |= &buf[..n] == b"STOPPING=1";
+    }
+    assert!(stopping, "STOPPING=1 on SIGTERM");
 }
 
 #[test]

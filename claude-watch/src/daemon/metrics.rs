@@ -64,6 +64,24 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
+    /// Declares a counter family so it is exported (with no series) before its first event.
+    pub fn declare_counter(&self, name: &'static str, help: &'static str) {
+        self.with(|m| {
+            m.series
+                .entry(name)
+                .or_insert((help, Kind::Counter, BTreeMap::new()));
+        });
+    }
+
+    /// Declares a histogram so it is exported (all zero) before its first observation.
+    pub fn declare_histogram(&self, name: &'static str, help: &'static str) {
+        self.with(|m| {
+            m.histograms
+                .entry(name)
+                .or_insert((help, Histogram::default()));
+        });
+    }
+
     /// Adds `by` to a counter.
     pub fn inc(&self, name: &'static str, help: &'static str, labels: String, by: f64) {
         self.with(|m| {

@@ -200,6 +200,7 @@ impl Daemon {
         }
 
         let metrics = Metrics::default();
+        declare_metrics(&metrics);
         let (snapshots, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
         tokio::spawn(control::serve(control, snapshot_rx));
         if let Some(listener) = metrics_listener {
@@ -403,9 +404,9 @@ impl Daemon {
         let status = exchange.status.to_string();
         self.metrics.inc(
             "claude_watch_exchanges_total",
-            "HTTP exchanges of claude instances, by status and model.",
+            EXCHANGES_HELP,
             labels(&[
-                ("instance", &instance.name),
+                ("agent", &instance.name),
                 ("status", &status),
                 ("model", model),
             ]),
@@ -463,7 +464,7 @@ impl Daemon {
                             if let Some(ttr) = self.policy.recovered(name, instant) {
                                 self.metrics.observe(
                                     "claude_watch_recovery_seconds",
-                                    "Restart to the new process's first accepted answer.",
+                                    RECOVERY_HELP,
                                     ttr.as_secs_f64(),
                                 );
                             }
@@ -471,8 +472,8 @@ impl Daemon {
                             {
                                 self.metrics.inc(
                                     "claude_watch_recoveries_total",
-                                    "Confirmed recoveries (a non-401 from the instance itself).",
-                                    labels(&[("instance", name)]),
+                                    RECOVERIES_HELP,
+                                    labels(&[("agent", name)]),
                                     1.0,
                                 );
                             }
@@ -485,8 +486,8 @@ impl Daemon {
                     warn!(instance = %episode.instance, episode = %episode.id, count_401 = episode.count_401, request_ids = ?episode.request_ids(), "latched: 401s on the instance's own session");
                     self.metrics.inc(
                         "claude_watch_episodes_total",
-                        "Latch episodes opened.",
-                        labels(&[("instance", &episode.instance)]),
+                        EPISODES_HELP,
+                        labels(&[("agent", &episode.instance)]),
                         1.0,
                     );
                     self.journal_episode(episode);
@@ -533,11 +534,8 @@ impl Daemon {
             reason = "nanoseconds to seconds for a histogram"
         )]
         let seconds = decided.saturating_sub(held_since) as f64 / 1e9;
-        self.metrics.observe(
-            "claude_watch_detection_seconds",
-            "From the latch condition holding to the detector's decision.",
-            seconds,
-        );
+        self.metrics
+            .observe("claude_watch_detection_seconds", DETECTION_HELP, seconds);
     }
 
     fn journal_episode(&mut self, episode: &crate::detect::Episode) {
@@ -701,8 +699,8 @@ impl Daemon {
                 info!(instance = name, new_pid = ?outcome.new_pid, took_ms = done.started.elapsed().as_millis() as u64, "{}", outcome.summary);
                 self.metrics.inc(
                     "claude_watch_restarts_total",
-                    "Restarts requested from supervisors, by result.",
-                    labels(&[("instance", name), ("result", "ok")]),
+                    RESTARTS_HELP,
+                    labels(&[("agent", name), ("result", "ok")]),
                     1.0,
                 );
                 self.journal_action(
@@ -722,8 +720,8 @@ impl Daemon {
                 warn!(instance = name, "restart failed: {e}");
                 self.metrics.inc(
                     "claude_watch_restarts_total",
-                    "Restarts requested from supervisors, by result.",
-                    labels(&[("instance", name), ("result", "error")]),
+                    RESTARTS_HELP,
+                    labels(&[("agent", name), ("result", "error")]),
                     1.0,
                 );
                 self.journal_action(name, ActionKind::Restart, false, None, e.to_string());
@@ -768,8 +766,8 @@ impl Daemon {
         );
         self.metrics.inc(
             "claude_watch_escalations_total",
-            "Instances escalated after restarts did not heal them.",
-            labels(&[("instance", name)]),
+            ESCALATIONS_HELP,
+            labels(&[("agent", name)]),
             1.0,
         );
         self.journal_action(
@@ -905,6 +903,19 @@ impl Daemon {
                 view.state = "escalated".into();
             }
         }
+        let throttled: BTreeMap<String, f64> = instances
+            .values()
+            .flat_map(|v| {
+                v.throttled
+                    .iter()
+                    .map(move |m| (labels(&[("agent", &v.name), ("model", m)]), 1.0))
+            })
+            .collect();
+        self.metrics.set_all(
+            "claude_watch_throttled",
+            "1 for each model an instance gets 429 for (a throttle, not a latch).",
+            throttled,
+        );
         let mut states = BTreeMap::new();
         for view in instances.values() {
             for state in [
@@ -916,7 +927,7 @@ impl Daemon {
                 "escalated",
             ] {
                 states.insert(
-                    labels(&[("instance", &view.name), ("state", state)]),
+                    labels(&[("agent", &view.name), ("state", state)]),
                     f64::from(u8::from(view.state == state)),
                 );
             }
@@ -971,6 +982,26 @@ impl Daemon {
         self.snapshots.send_replace(Arc::new(snapshot));
     }
 }
+
+/// Every metric family, exported from the start (counters and histograms before their first
+/// event), so dashboards and alerts find them.
+fn declare_metrics(m: &Metrics) {
+    m.declare_counter("claude_watch_exchanges_total", EXCHANGES_HELP);
+    m.declare_counter("claude_watch_episodes_total", EPISODES_HELP);
+    m.declare_counter("claude_watch_restarts_total", RESTARTS_HELP);
+    m.declare_counter("claude_watch_recoveries_total", RECOVERIES_HELP);
+    m.declare_counter("claude_watch_escalations_total", ESCALATIONS_HELP);
+    m.declare_histogram("claude_watch_detection_seconds", DETECTION_HELP);
+    m.declare_histogram("claude_watch_recovery_seconds", RECOVERY_HELP);
+}
+
+const EXCHANGES_HELP: &str = "HTTP exchanges of claude instances, by status and model.";
+const EPISODES_HELP: &str = "Latch episodes opened.";
+const RESTARTS_HELP: &str = "Restarts requested from supervisors, by result.";
+const RECOVERIES_HELP: &str = "Confirmed recoveries (a non-401 from the instance itself).";
+const ESCALATIONS_HELP: &str = "Instances escalated after restarts did not heal them.";
+const DETECTION_HELP: &str = "From the latch condition holding to the detector's decision.";
+const RECOVERY_HELP: &str = "Restart to the new process's first accepted answer.";
 
 /// The instance id an episode names.
 fn instance_id_of(name: &str, unit: Option<&str>) -> InstanceId {
