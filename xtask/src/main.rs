@@ -27,12 +27,19 @@ enum Task {
         #[arg(long)]
         tests: bool,
     },
-    /// Build claude-watch (release) and run it as root with the given arguments,
-    /// e.g. `cargo xtask run -- trace --json`.
+    /// Build claude-watch (release) and run it as root with the given arguments; without any,
+    /// the daemon (`claude-watch daemon`). E.g. `cargo xtask run -- trace --json`.
     Run {
         /// Arguments for claude-watch.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Install claude-watch on this host: binary, systemd unit, default configuration (kept if
+    /// present), shell completions; then reload systemd if it runs.
+    Install {
+        /// Install under this root instead of / (for packaging or a dry look).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
     },
     /// Set up, build, and run every test (unit and privileged integration tests) as root.
     Test {
@@ -68,9 +75,17 @@ fn main() -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.task {
         Task::Setup { tests } => setup(&root, tests),
-        Task::Run { args } => {
+        Task::Install { root: dest } => {
             setup(&root, false)?;
             build(&root)?;
+            install(&root, &dest)
+        }
+        Task::Run { mut args } => {
+            setup(&root, false)?;
+            build(&root)?;
+            if args.is_empty() {
+                args.push("daemon".into());
+            }
             let bin = root.join("target/release/claude-watch");
             let status = as_root(&bin, &args)
                 .status()
@@ -129,7 +144,9 @@ fn run(mut cmd: Command) -> anyhow::Result<()> {
 
 fn build(root: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new("cargo");
-    cmd.args(["build", "--release", "--package", "claude-watch"])
+    // The whole workspace, as `cargo test --workspace` sees it, so both resolve the same
+    // features and neither rebuilds what the other built.
+    cmd.args(["build", "--release", "--workspace"])
         .current_dir(root);
     cmd.env("PATH", path_with_cargo_bin());
     run(cmd)
@@ -247,6 +264,54 @@ fn bpf_linker() -> anyhow::Result<()> {
         format!("/usr/lib/llvm-22/bin:{}", path_with_cargo_bin()),
     );
     run(cmd)
+}
+
+/// Copies the binary, unit, configuration and completions under `dest`.
+fn install(root: &Path, dest: &Path) -> anyhow::Result<()> {
+    let bin = root.join("target/release/claude-watch");
+    let place = |rel: &str| dest.join(rel.trim_start_matches('/'));
+    let copy = |from: &Path, to: &Path, mode: u32| -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir_all(to.parent().expect("an absolute path"))?;
+        std::fs::copy(from, to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
+        eprintln!("xtask: installed {}", to.display());
+        Ok(())
+    };
+    copy(&bin, &place("/usr/local/bin/claude-watch"), 0o755)?;
+    copy(
+        &root.join("packaging/claude-watch.service"),
+        &place("/etc/systemd/system/claude-watch.service"),
+        0o644,
+    )?;
+    let config = place("/etc/claude-watch/config.toml");
+    if config.exists() {
+        eprintln!("xtask: kept the existing {}", config.display());
+    } else {
+        copy(
+            &root.join("claude-watch/config/default.toml"),
+            &config,
+            0o644,
+        )?;
+    }
+    let completions = Command::new(&bin)
+        .args(["completions", "bash"])
+        .output()
+        .context("generating completions")?;
+    let bash = place("/usr/share/bash-completion/completions/claude-watch");
+    std::fs::create_dir_all(bash.parent().expect("absolute"))?;
+    std::fs::write(&bash, completions.stdout)?;
+    eprintln!("xtask: installed {}", bash.display());
+    if dest == Path::new("/") && Path::new("/run/systemd/system").exists() {
+        run(as_root_cmd("systemctl", &["daemon-reload"]))?;
+        eprintln!("xtask: next: systemctl enable --now claude-watch && claude-watch status");
+    } else {
+        eprintln!(
+            "xtask: systemd is not running here; start it with `claude-watch daemon` (as root)"
+        );
+    }
+    Ok(())
 }
 
 /// Installs the pinned npm clients listed in `tests/npm-deps.txt` under `.test-deps/npm/`.

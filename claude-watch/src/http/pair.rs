@@ -36,12 +36,26 @@ pub struct PairStats {
     pub dropped_requests: u64,
     /// Split status lines abandoned (too long, or followed by something else).
     pub abandoned_pieces: u64,
+    /// Writes of a request repeated before any answer (a failed `SSL_write` retried), counted
+    /// once.
+    pub repeated_writes: u64,
 }
 
 #[derive(Debug)]
 struct Pending {
     ts_ns: u64,
+    /// Length of the write and a hash of its captured bytes: a TLS write that failed (during
+    /// the handshake, say) is repeated with the same buffer, and must not count twice.
+    len: u32,
+    fingerprint: u64,
     head: RequestHead,
+}
+
+/// FNV-1a over the captured head: cheap, and only compared with the previous request.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[derive(Debug, Default)]
@@ -104,12 +118,25 @@ impl Pairer {
             }
             kind::WRITE => match parse_request(record.head, truncated) {
                 Parse::Parsed(head) => {
+                    let print = fingerprint(record.head);
+                    if conn
+                        .requests
+                        .back()
+                        .is_some_and(|last| last.len == h.len && last.fingerprint == print)
+                    {
+                        // The same write again, unanswered: the first attempt did not go out
+                        // (SSL_write returned <= 0 and the client retried it).
+                        self.stats.repeated_writes += 1;
+                        return None;
+                    }
                     if conn.requests.len() >= MAX_PENDING {
                         conn.requests.pop_front();
                         self.stats.dropped_requests += 1;
                     }
                     conn.requests.push_back(Pending {
                         ts_ns: h.ts_ns,
+                        len: h.len,
+                        fingerprint: print,
                         head,
                     });
                     None
@@ -274,6 +301,37 @@ mod tests {
             .unwrap();
         assert_eq!(second.method.as_deref(), Some("HEAD"));
         assert_eq!(f.pairer.stats(), PairStats::default());
+    }
+
+    #[test]
+    fn a_write_retried_after_a_failed_attempt_counts_once() {
+        // node calls SSL_write while the handshake is still running: -1 twice, then success,
+        // with the same buffer each time. Every attempt reaches the probe.
+        let mut f = Feed::new();
+        for _ in 0..3 {
+            f.push(1, kind::WRITE, 0, b"GET /first HTTP/1.1\r\n\r\n");
+        }
+        f.push(1, kind::WRITE, 0, b"GET /second HTTP/1.1\r\n\r\n");
+        let a = f
+            .push(1, kind::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
+            .unwrap();
+        let b = f
+            .push(1, kind::READ, 0, b"HTTP/1.1 401 Unauthorized\r\n\r\n")
+            .unwrap();
+        assert_eq!(
+            (a.path.as_deref(), b.path.as_deref()),
+            (Some("/first"), Some("/second"))
+        );
+        assert_eq!(f.pairer.stats().repeated_writes, 2);
+        // The same request sent again after its answer is a new request.
+        f.push(1, kind::WRITE, 0, b"GET /second HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            f.push(1, kind::READ, 0, b"HTTP/1.1 200 OK\r\n\r\n")
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/second")
+        );
     }
 
     #[test]
