@@ -1,5 +1,6 @@
 //! Command-line interface: one file per subcommand.
 
+pub mod locate;
 pub mod trace;
 
 use clap::{Parser, Subcommand};
@@ -22,12 +23,15 @@ pub struct Cli {
 pub enum Command {
     /// Show every HTTP exchange of TLS clients live, one line each (needs root).
     Trace(trace::TraceArgs),
+    /// Show where SSL_write/SSL_read are in a binary (symbols or BoringSSL error sites).
+    Locate(locate::LocateArgs),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Trace(args) => trace::run(args),
+        Command::Locate(args) => locate::run(args),
     }
 }
 
