@@ -9,13 +9,15 @@
 //                                  -> {"ms":..,"cpu_ms":..,"count":..}
 //   stream PORT EVENTS SIZE        one GET /stream read to the end in many small reads
 //                                  -> {"ms":..,"cpu_ms":..,"chunks":..,"bytes":..}
-//   load PORT SECONDS CONCURRENCY  CONCURRENCY keep-alive loops of GET /small for SECONDS
-//                                  -> {"count":..,"ms":..}
+//   blast PORT SECONDS CONNECTIONS raw TLS (node only, against the RAW=1 server): on each of
+//                                  CONNECTIONS connections, write a request head, wait for the
+//                                  response head, repeat, for SECONDS -> {"count":..,"ms":..}
 //   latency PORT COUNT GAP_MS      COUNT GET /401?seq=I, GAP_MS apart; after each response head
 //                                  -> {"seq":I,"status":401,"mono_ns":..} (CLOCK_MONOTONIC)
 //   idle PORT                      one GET /small, then {"ready":true} and nothing; SIGUSR1 turns
 //                                  it busy (sequential GET /small); SIGTERM -> {"count":..}, exit
 import https from "node:https";
+import tls from "node:tls";
 
 const isBun = typeof Bun !== "undefined";
 const [mode, portArg, ...rest] = process.argv.slice(2);
@@ -85,17 +87,27 @@ async function stream(events, size) {
   say({ ms: now() - start, cpu_ms: cpu() - cpu0, chunks, bytes });
 }
 
-async function load(seconds, concurrency) {
+// Bare HTTP/1.1 heads over TLS, one exchange in flight per connection: the most exchanges per
+// second a node process can make, each still one SSL_write and one SSL_read.
+async function blast(seconds, connections) {
+  const REQUEST = "GET /blast HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n";
   const end = now() + seconds * 1000;
   let count = 0;
   const start = now();
-  const loop = async () => {
-    while (now() < end) {
-      await get("/small");
-      count += 1;
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, loop));
+  const one = () =>
+    new Promise((resolve, reject) => {
+      const socket = tls.connect({ host: "127.0.0.1", port, rejectUnauthorized: false }, () => {
+        socket.setNoDelay(true);
+        socket.write(REQUEST);
+      });
+      socket.on("data", () => {
+        count += 1;
+        if (now() < end) socket.write(REQUEST);
+        else socket.end(resolve);
+      });
+      socket.on("error", reject);
+    });
+  await Promise.all(Array.from({ length: connections }, one));
   say({ count, ms: now() - start });
 }
 
@@ -136,7 +148,7 @@ const n = (i, dflt) => Number(rest[i] ?? dflt);
 const modes = {
   requests: () => requests(n(0, 1000)),
   stream: () => stream(n(0, 10000), n(1, 100)),
-  load: () => load(n(0, 5), n(1, 8)),
+  blast: () => blast(n(0, 5), n(1, 8)),
   latency: () => latency(n(0, 200), n(1, 5)),
   idle: () => idle(),
 };

@@ -14,9 +14,13 @@
 //                      in its own event-loop turn (one TLS record each): the shape of a Claude turn.
 //   /401?seq=N         401 with the Anthropic authentication_error body: capture latency.
 //   anything else      404.
+// With RAW=1 it is instead a bare TLS server that answers every request head it reads
+// (each ending in a blank line) with a bodiless `HTTP/1.1 200 OK`, written on its own: the
+// cheapest server, for the capacity test's `blast` client.
 import cluster from "node:cluster";
 import { readFileSync } from "node:fs";
 import https from "node:https";
+import tls from "node:tls";
 
 const [cert, key, workersArg] = process.argv.slice(2);
 const workers = Number(workersArg ?? 1);
@@ -27,7 +31,24 @@ const AUTH_ERROR = JSON.stringify({
   error: { type: "authentication_error", message: "Invalid authentication credentials" },
 });
 
+const RAW_RESPONSE = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+
+function serveRaw(port, onListening) {
+  const server = tls.createServer({ cert: readFileSync(cert), key: readFileSync(key) }, (socket) => {
+    socket.setNoDelay(true);
+    let tail = "";
+    socket.on("data", (chunk) => {
+      const parts = (tail + chunk.toString("latin1")).split("\r\n\r\n");
+      tail = parts.pop();
+      for (let i = 0; i < parts.length; i += 1) socket.write(RAW_RESPONSE);
+    });
+    socket.on("error", () => {});
+  });
+  server.listen(port, "127.0.0.1", () => onListening(server.address().port));
+}
+
 function serve(port, onListening) {
+  if (process.env.RAW === "1") return serveRaw(port, onListening);
   const server = https.createServer(
     { cert: readFileSync(cert), key: readFileSync(key), keepAliveTimeout: 60_000 },
     (req, res) => {
