@@ -59,7 +59,7 @@ impl Plan {
         Self {
             rounds: 11,
             requests: 2000,
-            stream_events: 5000,
+            stream_events: 20000,
             event_bytes: 100,
             capacity_seconds: 4.0,
             capacity_steps: &[(1, 4), (1, 16), (2, 16), (2, 64)],
