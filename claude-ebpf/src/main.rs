@@ -20,9 +20,6 @@ use claude_ebpf_common::{
     ConnKey, EventBuf, EventHeader, HEAD_MAX, HEADER_LEN, ReadArgs, SHORT_HEAD, flags, kind, stats,
 };
 
-/// `bpf_ringbuf_output` flag: do not notify the consumer of this record.
-const BPF_RB_NO_WAKEUP: u64 = 1;
-
 /// Records for user space. User space may resize it at load time.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
@@ -292,11 +289,7 @@ fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32) {
     // SAFETY: `size` is at most the size of `EventBuf`, which `record` points to.
     let bytes =
         unsafe { core::slice::from_raw_parts((record as *const EventBuf).cast::<u8>(), size) };
-    // A request head does not wake the reader: the response head that follows on the same
-    // connection does, and user space only acts on responses. Halves the wakeups (and the
-    // context switches on the client's CPU) per exchange.
-    let wakeup = if dir == kind::WRITE { BPF_RB_NO_WAKEUP } else { 0 };
-    let ret = EVENTS.output::<[u8]>(bytes, wakeup);
+    let ret = EVENTS.output::<[u8]>(bytes, 0);
     if ret.is_ok() {
         bump(stats::SENT);
     } else {
