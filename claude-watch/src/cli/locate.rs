@@ -36,7 +36,11 @@ pub fn run(args: LocateArgs) -> anyhow::Result<()> {
     let text = if args.json {
         serde_json::to_string(&report::json(&located)).context("encoding JSON")?
     } else {
-        format!("{}elapsed:  {:.1} ms", report::human(&args.binary, &located), elapsed.as_secs_f64() * 1e3)
+        format!(
+            "{}elapsed:  {:.1} ms",
+            report::human(&args.binary, &located),
+            elapsed.as_secs_f64() * 1e3
+        )
     };
     println!("{text}");
     Ok(())
