@@ -8,13 +8,22 @@
 //! - [`http`]: records parsed and paired into exchanges (pure);
 //! - [`discover`] and [`instance`]: which processes are claude instances, and their names;
 //! - [`detect`]: the latch detector, a sans-IO state machine over exchanges;
+//! - [`journal`] and [`report`]: the durable episode history and the report made from it;
+//! - [`supervise`]: supervisor adapters (the I/O seam of recovery) and the recovery policy;
+//! - [`daemon`]: all of it wired around one event loop, with status, metrics and control;
+//! - [`config`]: the TOML configuration;
 //! - [`cli`]: the subcommands.
 
 pub mod capture;
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod detect;
 pub mod discover;
 pub mod http;
 pub mod instance;
+pub mod journal;
 pub mod locate;
+pub mod report;
+pub mod supervise;
 pub mod time;

@@ -12,6 +12,7 @@
 //   AGENT_INTERVAL_MS     pause between successful turns (default 3000)
 //   AGENT_BACKOFF_SCALE   multiplier on the retry delays, to speed tests up (default 1)
 //   AGENT_SESSION_ID      session id to use (default: a fresh random UUID)
+//   AGENT_USER_AGENT      User-Agent header (default claude-watch-agent/0.1 (<runtime>))
 // Set NODE_TLS_REJECT_UNAUTHORIZED=0 for the stand-in's self-signed certificate.
 //
 // Standard output: one JSON line per event, never the key or the prompt:
@@ -64,7 +65,7 @@ async function attempt(turn, retry) {
       "x-api-key": key,
       "X-Claude-Code-Session-Id": session,
       "X-Stainless-Retry-Count": String(retry),
-      "User-Agent": `claude-watch-agent/0.1 (${runtime})`,
+      "User-Agent": process.env.AGENT_USER_AGENT || `claude-watch-agent/0.1 (${runtime})`,
     },
     body: JSON.stringify({
       model,

@@ -61,6 +61,9 @@ pub struct AgentConfig {
     pub api_key: String,
     /// Session id to use; a fresh UUID when `None`.
     pub session_id: Option<String>,
+    /// Run the script installed as `@anthropic-ai/claude-code/cli.js` with a `claude-cli`
+    /// User-Agent, so claude-watch's discovery takes the agent for a Claude Code instance.
+    pub as_claude: bool,
 }
 
 impl Default for AgentConfig {
@@ -71,6 +74,7 @@ impl Default for AgentConfig {
             backoff_scale: 0.1,
             api_key: FAKE_API_KEY.into(),
             session_id: None,
+            as_claude: false,
         }
     }
 }
@@ -116,16 +120,11 @@ impl Agent {
         };
         let mut command = Command::new(program);
         command
-            .arg(deps::assets_dir().join("agents/agent.mjs"))
+            .arg(agent_script(home.path(), config.as_claude))
             .env_clear()
             .envs(base_env(standin, &home, &config.api_key))
-            .env("ANTHROPIC_MODEL", &config.model)
-            .env("AGENT_INTERVAL_MS", config.interval.as_millis().to_string())
-            .env("AGENT_BACKOFF_SCALE", config.backoff_scale.to_string())
+            .envs(agent_env(config))
             .current_dir(home.path());
-        if let Some(id) = &config.session_id {
-            command.env("AGENT_SESSION_ID", id);
-        }
         let mut child = ChildGuard::spawn(&format!("agent ({runtime:?})"), &mut command);
         let (_, start) = child.wait_for_line(0, START_TIMEOUT, "the agent's start line", |l| {
             l.contains("\"start\"")
@@ -184,6 +183,90 @@ impl Agent {
     pub fn kill(&mut self) {
         self.child.kill();
     }
+}
+
+/// The agent script to run: `agent.mjs` itself, or (for `as_claude`) a copy installed under
+/// `dir` as npm's `@anthropic-ai/claude-code/cli.js` (an ES module package, like the real one).
+#[track_caller]
+pub fn agent_script(dir: &std::path::Path, as_claude: bool) -> std::path::PathBuf {
+    let script = deps::assets_dir().join("agents/agent.mjs");
+    if !as_claude {
+        return script;
+    }
+    let package = dir.join("node_modules/@anthropic-ai/claude-code");
+    std::fs::create_dir_all(&package).expect("create the fake claude-code package");
+    std::fs::write(
+        package.join("package.json"),
+        r#"{"name":"@anthropic-ai/claude-code","type":"module"}"#,
+    )
+    .expect("write package.json");
+    let cli = package.join("cli.js");
+    std::fs::copy(&script, &cli).expect("copy agent.mjs as cli.js");
+    cli
+}
+
+/// The agent's own environment variables for `config` (besides the base environment).
+pub fn agent_env(config: &AgentConfig) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("ANTHROPIC_MODEL", config.model.clone()),
+        ("AGENT_INTERVAL_MS", config.interval.as_millis().to_string()),
+        ("AGENT_BACKOFF_SCALE", config.backoff_scale.to_string()),
+    ];
+    if let Some(id) = &config.session_id {
+        env.push(("AGENT_SESSION_ID", id.clone()));
+    }
+    if config.as_claude {
+        env.push((
+            "AGENT_USER_AGENT",
+            "claude-cli/0.0.0-agent (external, sdk-cli)".into(),
+        ));
+    }
+    env
+}
+
+/// A systemd unit running a light agent against `standin` with `Restart=always`, its files under
+/// `dir` (which must outlive the unit).
+#[track_caller]
+pub fn agent_unit(
+    standin: &StandIn,
+    runtime: Runtime,
+    config: &AgentConfig,
+    dir: &std::path::Path,
+) -> String {
+    let program = match runtime {
+        Runtime::Node => deps::node(),
+        Runtime::Bun(build) => build.path(),
+    };
+    let script = agent_script(dir, config.as_claude);
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).expect("create the unit's HOME");
+    let mut env: Vec<(String, String)> = vec![
+        ("HOME".into(), home.display().to_string()),
+        ("ANTHROPIC_BASE_URL".into(), standin.base_url()),
+        ("ANTHROPIC_API_KEY".into(), config.api_key.clone()),
+        ("NODE_TLS_REJECT_UNAUTHORIZED".into(), "0".into()),
+        (
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".into(),
+            "1".into(),
+        ),
+        ("DISABLE_AUTOUPDATER".into(), "1".into()),
+        ("DISABLE_TELEMETRY".into(), "1".into()),
+    ];
+    env.extend(
+        agent_env(config)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let environment: String = env
+        .iter()
+        .map(|(k, v)| format!("Environment=\"{k}={v}\"\n"))
+        .collect();
+    format!(
+        "[Unit]\nDescription=claude-watch test agent\n[Service]\nExecStart={} {}\nRestart=always\nRestartSec=200ms\nWorkingDirectory={}\n{environment}",
+        program.display(),
+        script.display(),
+        home.display()
+    )
 }
 
 /// The real Claude Code, kept alive across turns:

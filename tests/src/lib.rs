@@ -10,5 +10,6 @@ pub mod agents;
 pub mod deps;
 pub mod process;
 pub mod standin;
+pub mod testbed;
 pub mod wait;
 pub mod watch;

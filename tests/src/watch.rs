@@ -178,3 +178,233 @@ pub fn counters(stderr: &[String]) -> Counters {
         invalid: number_after("ignored"),
     }
 }
+
+/// A running `claude-watch daemon` with its own journal, state, control socket and config in a
+/// scratch directory; killed on drop.
+pub struct Daemon {
+    child: ChildGuard,
+    dir: crate::process::ScratchDir,
+    metrics_port: Option<u16>,
+}
+
+impl Daemon {
+    /// Starts the daemon with the scratch paths plus `extra` TOML (its own `[daemon]` keys go
+    /// in `daemon_extra`), and waits until it watches.
+    #[track_caller]
+    pub fn start(daemon_extra: &str, extra: &str) -> Self {
+        let dir = crate::process::ScratchDir::new("claude-watch-daemon");
+        Self::start_in(dir, daemon_extra, extra)
+    }
+
+    /// Starts (or restarts) a daemon on an existing scratch directory (its journal and state
+    /// carry over).
+    #[track_caller]
+    pub fn start_in(dir: crate::process::ScratchDir, daemon_extra: &str, extra: &str) -> Self {
+        let metrics_port = daemon_extra.contains("metrics_listen").then(|| {
+            daemon_extra
+                .split("127.0.0.1:")
+                .nth(1)
+                .and_then(|p| p.split('"').next())
+                .and_then(|p| p.parse().ok())
+                .expect("metrics_listen = \"127.0.0.1:PORT\"")
+        });
+        let config = format!(
+            "[daemon]\njournal = \"{d}/journal.jsonl\"\nstate_dir = \"{d}/state\"\ncontrol_socket = \"{d}/control.sock\"\nlocate_cache = \"/var/cache/claude-watch/locate\"\n{daemon_extra}\n{extra}\n",
+            d = dir.path().display()
+        );
+        std::fs::write(dir.path().join("config.toml"), config).expect("write config");
+        let mut command = Command::new(bin());
+        command
+            .arg("daemon")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .env("RUST_LOG", "info");
+        let child = ChildGuard::spawn("claude-watch daemon", &mut command);
+        let mut daemon = Self {
+            child,
+            dir,
+            metrics_port,
+        };
+        wait_until(READY_TIMEOUT, "the daemon to start watching", || {
+            if daemon.child.has_exited() {
+                panic!(
+                    "claude-watch daemon exited early:\n{}",
+                    daemon.child.stderr_tail().join("\n")
+                );
+            }
+            daemon
+                .log()
+                .iter()
+                .any(|l| l.contains("claude-watch is watching"))
+                .then_some(())
+        });
+        daemon
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// The scratch directory (journal, state, socket, config).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// The journal file.
+    pub fn journal_path(&self) -> PathBuf {
+        self.dir.path().join("journal.jsonl")
+    }
+
+    /// The daemon's log lines (stderr, newest kept).
+    pub fn log(&self) -> Vec<String> {
+        self.child.stderr_tail()
+    }
+
+    /// `claude-watch status --json`: one object per instance.
+    #[track_caller]
+    pub fn status(&self) -> Vec<Value> {
+        let socket = self.dir.path().join("control.sock");
+        let out = run(&[
+            "status",
+            "--json",
+            "--socket",
+            socket.to_str().expect("utf-8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("status printed a line that is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// `claude-watch status` as text.
+    #[track_caller]
+    pub fn status_text(&self) -> String {
+        let socket = self.dir.path().join("control.sock");
+        let out = run(&["status", "--socket", socket.to_str().expect("utf-8")]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The status of the instance that has `pid`.
+    pub fn instance_of(&self, pid: u32) -> Option<Value> {
+        self.status().into_iter().find(|i| {
+            i["pids"]
+                .as_array()
+                .is_some_and(|p| p.contains(&Value::from(pid)))
+        })
+    }
+
+    /// Waits until the instance named `name` satisfies `matches`; returns it.
+    #[track_caller]
+    pub fn wait_instance(
+        &self,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Value {
+        wait_until(timeout, what, || {
+            self.status()
+                .into_iter()
+                .find(|i| i["name"] == name && matches(i))
+        })
+    }
+
+    /// Every journal record, parsed (panics on a line that is not JSON).
+    #[track_caller]
+    pub fn journal(&self) -> Vec<Value> {
+        read_journal(&self.journal_path())
+    }
+
+    /// `claude-watch episodes --journal <journal> --json`.
+    #[track_caller]
+    pub fn episodes_report(&self) -> Value {
+        let out = run(&[
+            "episodes",
+            "--journal",
+            self.journal_path().to_str().expect("utf-8"),
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "episodes failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("episodes --json prints one JSON object")
+    }
+
+    /// Scrapes `/metrics`.
+    #[track_caller]
+    pub fn metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let port = self.metrics_port.expect("started with metrics_listen");
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits");
+        // SAFETY: plain syscall on our own child.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
+    /// SIGTERM, and waits for a clean exit; returns the scratch directory for a restart.
+    #[track_caller]
+    pub fn stop(mut self) -> crate::process::ScratchDir {
+        let status = self.child.terminate(Duration::from_secs(15));
+        assert!(
+            status.success(),
+            "the daemon exited with {status} on SIGTERM:\n{}",
+            self.log().join("\n")
+        );
+        self.child.kill();
+        self.dir
+    }
+
+    /// SIGKILL (a crash); returns the scratch directory for a restart.
+    pub fn crash(mut self) -> crate::process::ScratchDir {
+        self.child.kill();
+        self.dir
+    }
+}
+
+/// Reads a journal file: one JSON value per line.
+#[track_caller]
+pub fn read_journal(path: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("journal line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}

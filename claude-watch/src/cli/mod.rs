@@ -1,6 +1,11 @@
 //! Command-line interface: one file per subcommand.
 
+pub mod completions;
+pub mod config;
+pub mod daemon;
+pub mod episodes;
 pub mod locate;
+pub mod status;
 pub mod trace;
 
 use clap::{Parser, Subcommand};
@@ -21,17 +26,32 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the watchdog daemon (needs root): detect latches, recover them (`cargo xtask run`).
+    Daemon(daemon::DaemonArgs),
+    /// Show the instances the running daemon watches, and their state.
+    Status(status::StatusArgs),
     /// Show every HTTP exchange of TLS clients live, one line each (needs root).
     Trace(trace::TraceArgs),
-    /// Show where SSL_write/SSL_read are in a binary (symbols or BoringSSL error sites).
+    /// Find SSL_write/SSL_read in an executable or library, with or without symbols.
     Locate(locate::LocateArgs),
+    /// Report latch episodes from the journal, as you would send them upstream.
+    Episodes(episodes::EpisodesArgs),
+    /// Check a configuration file, or print the built-in one.
+    Config(config::ConfigArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Daemon(args) => daemon::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Config(args) => config::run(args),
+        Command::Completions(args) => completions::run(&args),
         Command::Trace(args) => trace::run(args),
         Command::Locate(args) => locate::run(args),
+        Command::Episodes(args) => episodes::run(args),
     }
 }
 

@@ -131,6 +131,8 @@ pub enum Reason {
         /// The process.
         pid: u32,
     },
+    /// The supervisor could not restart the instance.
+    RestartFailed,
     /// The recovery layer escalated.
     Escalated,
     /// A suspect window saw no new 401 for [`DetectorConfig::suspect_forget_after`].
@@ -203,6 +205,8 @@ pub struct InstanceStatus {
     pub pids: Vec<u32>,
     /// Its current session id.
     pub session_id: Option<String>,
+    /// Claude Code version, from the latest `User-Agent: claude-cli/<version> ...`.
+    pub client_version: Option<String>,
     /// Throttled models.
     pub throttled: Vec<String>,
     /// Whether a throttled model coexists with another model answering (tier throttle).
@@ -231,9 +235,11 @@ struct Inst {
     exited: Vec<u32>,
     retired_sessions: Vec<String>,
     session: Option<String>,
+    client_version: Option<String>,
     last_api_ns: Option<MonoNs>,
     window: Option<Episode>,
     restart_ns: Option<MonoNs>,
+    last_restart_ns: Option<MonoNs>,
     throttles: BTreeMap<String, Throttle>,
     last_ok: BTreeMap<String, MonoNs>,
 }
@@ -262,6 +268,14 @@ fn answer(status: u16) -> Answer {
     }
 }
 
+/// `2.1.197` from `claude-cli/2.1.197 (external, sdk-cli)`.
+fn client_version(user_agent: &str) -> Option<&str> {
+    user_agent
+        .strip_prefix("claude-cli/")?
+        .split_whitespace()
+        .next()
+}
+
 fn ms(ns: u64) -> u64 {
     ns / 1_000_000
 }
@@ -288,9 +302,11 @@ impl Inst {
             exited: Vec::new(),
             retired_sessions: Vec::new(),
             session: None,
+            client_version: None,
             last_api_ns: None,
             window: None,
             restart_ns: None,
+            last_restart_ns: None,
             throttles: BTreeMap::new(),
             last_ok: BTreeMap::new(),
         }
@@ -341,6 +357,7 @@ impl Inst {
             out.push(Event::EpisodeClosed(ep));
         }
         self.restart_ns = None;
+        self.last_restart_ns = None;
     }
 }
 
@@ -395,6 +412,7 @@ impl Detector {
             state: i.state,
             pids: i.pids.keys().copied().collect(),
             session_id: i.session.clone(),
+            client_version: i.client_version.clone(),
             throttled: i.throttles.keys().cloned().collect(),
             tier_throttle: i.throttles.values().any(|t| t.tier_reported),
             window: i.window.clone(),
@@ -457,6 +475,9 @@ impl Detector {
         }
         if !ex.path.as_deref().is_some_and(|p| p.starts_with("/v1/")) {
             return out;
+        }
+        if let Some(v) = ex.user_agent.as_deref().and_then(client_version) {
+            inst.client_version = Some(v.to_owned());
         }
         if let Some(s) = &ex.session_id {
             inst.pids
@@ -532,12 +553,16 @@ impl Detector {
                 inst.window = None;
                 inst.set_state(State::Healthy, reason, ex.mono_ns, out);
             }
-            State::Latched => {
+            State::Latched if inst.window.as_ref().is_none_or(|w| w.restarts == 0) => {
                 inst.close(EpisodeEnd::SelfRecovered, Some(ex.ts_ms), out);
                 inst.set_state(State::Healthy, reason, ex.mono_ns, out);
             }
-            State::Recovering => {
-                let ttr = inst.restart_ns.map(|r| ms(ex.mono_ns.saturating_sub(r)));
+            // Latched again after a restart, then a non-401 from the restarted process: the
+            // restart did heal it, later than its first request.
+            State::Latched | State::Recovering => {
+                let ttr = inst
+                    .last_restart_ns
+                    .map(|r| ms(ex.mono_ns.saturating_sub(r)));
                 if let Some(w) = inst.window.as_mut() {
                     w.time_to_recovery_ms = ttr;
                 }
@@ -667,6 +692,21 @@ impl Detector {
         out
     }
 
+    /// Resumes an episode found still open in the journal after a daemon restart (the
+    /// monotonic clock survives a daemon restart, not a reboot): the instance is latched with
+    /// that episode, so later 401s extend it and a non-401 closes it under the same id.
+    /// Ignored for closed episodes and for instances that already have a window.
+    pub fn restore(&mut self, instance: &InstanceId, episode: Episode) -> Vec<Event> {
+        let inst = self.inst(instance);
+        if episode.is_closed() || inst.window.is_some() || inst.state != State::Healthy {
+            return Vec::new();
+        }
+        tracing::info!(instance = %instance, episode = %episode.id, "resuming open episode");
+        inst.state = State::Latched;
+        inst.window = Some(episode);
+        Vec::new()
+    }
+
     /// The recovery layer started restarting `instance`. Only meaningful with an open episode
     /// (latched or recovering): counts a restart and waits for the new process. Otherwise ignored.
     pub fn restart_started(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
@@ -677,12 +717,30 @@ impl Detector {
             return out;
         }
         inst.restart_ns = Some(now);
+        inst.last_restart_ns = Some(now);
         if let Some(w) = inst.window.as_mut() {
             w.restarts += 1;
             out.push(Event::EpisodeUpdated(w.clone()));
         }
         inst.set_state(State::Recovering, Reason::RestartStarted, now, &mut out);
         out
+    }
+
+    /// The restart the recovery layer started did not happen (the supervisor failed): the
+    /// instance is latched again, its old process still the one that counts.
+    pub fn restart_failed(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
+        let mut out = Vec::new();
+        let inst = self.inst(instance);
+        if inst.state == State::Recovering {
+            inst.restart_ns = None;
+            inst.set_state(State::Latched, Reason::RestartFailed, now, &mut out);
+        }
+        out
+    }
+
+    /// Replaces the thresholds (configuration reload); open windows keep their history.
+    pub fn set_config(&mut self, config: DetectorConfig) {
+        self.config = config;
     }
 
     /// A process of `instance` started (exec seen, or the supervisor reported a new main PID).

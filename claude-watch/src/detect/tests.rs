@@ -376,6 +376,20 @@ fn recovering_then_latched_again_then_escalated_then_healthy() {
 }
 
 #[test]
+fn success_after_relatch_counts_as_recovered_after_restart() {
+    let mut r = Rig::new();
+    retrying_401s(&mut r, &a(), 10, 0, "s1");
+    r.d.restart_started(&a(), 40 * S);
+    r.d.process_exited(&a(), 10, 40 * S);
+    r.see(&a(), ex(11, 42 * S, 401, "m", "s2", "again"));
+    assert_eq!(r.state(&a()), State::Latched);
+    r.see(&a(), ex(11, 50 * S, 200, "m", "s2", "ok"));
+    let closed = r.closed();
+    assert_eq!(closed[0].end, EpisodeEnd::RecoveredAfterRestart);
+    assert_eq!(closed[0].time_to_recovery_ms, Some(10_000));
+}
+
+#[test]
 fn latched_process_exit_closes_the_episode() {
     let mut r = Rig::new();
     retrying_401s(&mut r, &a(), 10, 0, "s1");
@@ -414,4 +428,31 @@ fn restart_without_episode_is_ignored() {
     r.see(&a(), ex(10, 0, 200, "m", "s1", "r"));
     assert!(r.d.restart_started(&a(), S).is_empty());
     assert_eq!(r.state(&a()), State::Healthy);
+}
+
+#[test]
+fn restored_open_episode_continues_under_its_id() {
+    let mut r = Rig::new();
+    retrying_401s(&mut r, &a(), 10, 0, "s1");
+    let open = r.d.status(&a()).unwrap().window.unwrap();
+    // A new daemon: fresh detector, episode read back from the journal.
+    let mut r2 = Rig::new();
+    r2.d.restore(&a(), open.clone());
+    assert_eq!(r2.state(&a()), State::Latched);
+    r2.see(&a(), ex(10, 60 * S, 401, "m", "s1", "more"));
+    r2.see(&a(), ex(10, 61 * S, 200, "m", "s1", "ok"));
+    let closed = r2.closed();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].id, open.id);
+    assert_eq!(closed[0].count_401, open.count_401 + 1);
+    assert_eq!(closed[0].end, EpisodeEnd::SelfRecovered);
+    assert_eq!(
+        r2.d.status(&a()).unwrap().client_version.as_deref(),
+        Some("2.1.197")
+    );
+    let mut closed_ep = open;
+    closed_ep.end = EpisodeEnd::Escalated;
+    let mut r3 = Rig::new();
+    r3.d.restore(&b(), closed_ep);
+    assert_eq!(r3.state(&b()), State::Healthy);
 }

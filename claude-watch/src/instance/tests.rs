@@ -244,3 +244,132 @@ fn reads_this_very_process() {
         Err(InstanceError::Read { .. })
     ));
 }
+
+/// Where the pinned real clients are (`CLAUDE_WATCH_TEST_DEPS`, default `<workspace>/.test-deps`).
+fn test_deps() -> PathBuf {
+    std::env::var_os("CLAUDE_WATCH_TEST_DEPS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.test-deps"),
+        PathBuf::from,
+    )
+}
+
+/// A scratch directory and a running child, both cleaned up on drop.
+struct Running {
+    child: std::process::Child,
+    home: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+/// Starts a real Claude Code as a long-running stream-json agent that only ever talks to a
+/// closed loopback port, and waits until its `/proc` entry shows the final executable.
+fn start_real_claude(program: &Path, pre_args: &[&Path], tag: &str) -> Running {
+    assert!(
+        program.exists() && pre_args.iter().all(|p| p.exists()),
+        "pinned client missing under {} (run `cargo xtask setup`)",
+        test_deps().display()
+    );
+    let home = std::env::temp_dir().join(format!("cw-inst-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let child = std::process::Command::new(program)
+        .args(pre_args)
+        .args([
+            "-p",
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &home)
+        .env("ANTHROPIC_BASE_URL", "https://127.0.0.1:9")
+        .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
+        .env("ANTHROPIC_API_KEY", "sk-ant-api03-test-not-a-key")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("DISABLE_TELEMETRY", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+    Running { child, home }
+}
+
+fn classify_running(run: &Running) -> (ProcessInfo, Option<ClaudeKind>) {
+    let pid = run.child.id();
+    let proc_root = Path::new("/proc");
+    // Right after a vfork-style spawn returns, the kernel may not have set up the new argv
+    // yet (cmdline reads empty): wait for it, and for the process to still be alive.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let info = loop {
+        let info = read_process_info(proc_root, pid).expect("child readable");
+        if !info.cmdline.is_empty() {
+            break info;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "child {pid} never showed its argv (exited?)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let ancestry = read_ancestry(proc_root, pid, 64);
+    assert_eq!(ancestry.first().map(|p| p.pid), Some(std::process::id()));
+    let kind = is_instance(&info, &ancestry);
+    (info, kind)
+}
+
+#[test]
+fn real_native_claude_is_an_instance_and_its_children_are_not() {
+    let exe = test_deps()
+        .join("npm/claude-2.1.331/node_modules/@anthropic-ai/claude-code-linux-x64/claude");
+    let run = start_real_claude(&exe, &[], "native");
+    let (info, kind) = classify_running(&run);
+    assert_eq!(kind, Some(ClaudeKind::Native), "exe {}", info.exe.display());
+    assert_eq!(
+        identify(&info, &[]).source,
+        if systemd_unit(&info.cgroup).is_some() {
+            IdSource::Unit
+        } else {
+            IdSource::Pid
+        }
+    );
+    let rule = MatchRule {
+        name: "agent".into(),
+        arg: Some("stream-json".into()),
+        ..Default::default()
+    };
+    if systemd_unit(&info.cgroup).is_none() {
+        assert_eq!(identify(&info, &[rule]), InstanceId::rule("agent"));
+    }
+    // A shell started under the instance is not one, whatever it runs.
+    let bash = ProcessInfo {
+        pid: 1,
+        ppid: info.pid,
+        exe: "/bin/bash".into(),
+        ..Default::default()
+    };
+    assert_eq!(is_instance(&bash, std::slice::from_ref(&info)), None);
+    let nested = ProcessInfo {
+        ppid: info.pid,
+        ..info.clone()
+    };
+    assert_eq!(is_instance(&nested, &[info]), None);
+}
+
+#[test]
+fn real_node_claude_is_an_instance() {
+    let cli =
+        test_deps().join("npm/claude-node-2.0.77/node_modules/@anthropic-ai/claude-code/cli.js");
+    let run = start_real_claude(Path::new("/usr/bin/node"), &[cli.as_path()], "node");
+    let (info, kind) = classify_running(&run);
+    assert_eq!(kind, Some(ClaudeKind::Script), "cmdline {:?}", info.cmdline);
+}

@@ -198,11 +198,19 @@ fn decode_to(code: &[u8], start: u64, target: u64) -> Option<Vec<Instruction>> {
     let mut out = Vec::new();
     let mut instruction = Instruction::default();
     let mut landed = None;
+    let mut after_padding = false;
     while decoder.can_decode() {
         decoder.decode_out(&mut instruction);
         if instruction.is_invalid() {
             break;
         }
+        // `int3` padding then a prologue is the next function: the site is not in the function
+        // that starts at `start` (it is only reached through pointers); refuse to assign it.
+        let offset = (instruction.ip() - start) as usize;
+        if after_padding && landed.is_none() && scan::has_prologue(&window[offset..]) {
+            return None;
+        }
+        after_padding = instruction.mnemonic() == Mnemonic::Int3;
         if instruction.ip() == target {
             landed = Some(out.len());
         }
@@ -583,6 +591,18 @@ mod tests {
         c.extend([0x74, 0x00]); // je +0
         c.extend([0xE8, 0, 0, 0, 0]);
         assert!(site_at(&c, 0x1004).is_none());
+    }
+
+    #[test]
+    fn refuses_a_site_behind_the_next_functions_prologue() {
+        // start: push rbp; mov rbp,rsp; pop rbp; ret; int3; then a function only reached
+        // through pointers, holding the site.
+        let mut c = vec![0x55, 0x48, 0x89, 0xE5, 0x5D, 0xC3, 0xCC, 0xCC];
+        c.extend([0x55, 0x48, 0x89, 0xE5]); // 0x1008
+        c.extend([0xB9, 0x78, 0x56, 0x34, 0x12]); // 0x100C mov ecx, FILE
+        c.extend([0xE8, 0, 0, 0, 0]);
+        assert!(decode_to(&c, BASE, 0x100C).is_none());
+        assert!(decode_to(&c, 0x1008, 0x100C).is_some());
     }
 
     fn site(function: u64, reason: u32, line: u32) -> ErrorSite {

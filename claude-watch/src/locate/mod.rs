@@ -163,7 +163,7 @@ pub enum LocateError {
     },
     /// The file imports the TLS functions from a shared library instead of containing them.
     #[error(
-        "{path}: no TLS code inside; it imports SSL_read/SSL_write from {needed}: locate that library instead"
+        "{path}: no TLS code inside; it imports SSL_read/SSL_write (or their _ex forms) from {needed}: locate that library instead"
     )]
     ImportsTls {
         /// The file.
@@ -213,11 +213,13 @@ pub fn locate_file(path: &Path, cache: Option<&Cache>) -> Result<Located, Locate
         path: path.to_owned(),
         problem,
     })?;
-    if let (Some(cache), Some(build_id)) = (cache, image.build_id.as_deref()) {
-        if let Some(hit) = cache.lookup(build_id, &image) {
-            tracing::debug!(path = %path.display(), build_id, elapsed_us = started.elapsed().as_micros() as u64, "locate: cache hit");
-            return Ok(hit);
-        }
+    let build_id = image.build_id.as_deref();
+    if let Some(hit) = cache
+        .zip(build_id)
+        .and_then(|(cache, id)| cache.lookup(id, &image))
+    {
+        tracing::debug!(path = %path.display(), build_id, elapsed_us = started.elapsed().as_micros() as u64, "locate: cache hit");
+        return Ok(hit);
     }
     let located = locate_image(path, &image)?;
     tracing::debug!(
@@ -227,10 +229,8 @@ pub fn locate_file(path: &Path, cache: Option<&Cache>) -> Result<Located, Locate
         elapsed_ms = started.elapsed().as_millis() as u64,
         "locate: located"
     );
-    if let Some(cache) = cache {
-        if let Err(error) = cache.store(&image, &located) {
-            tracing::warn!(path = %path.display(), %error, "locate: cannot write cache entry");
-        }
+    if let Some(Err(error)) = cache.map(|cache| cache.store(&image, &located)) {
+        tracing::warn!(path = %path.display(), %error, "locate: cannot write cache entry");
     }
     Ok(located)
 }
@@ -251,7 +251,8 @@ pub fn locate_image(path: &Path, image: &ElfImage<'_>) -> Result<Located, Locate
             functions,
         }),
         Ok(None) => {
-            let (_, imported) = image.function_symbols(&["SSL_read", "SSL_write"]);
+            let names: Vec<&str> = FunctionName::ALL.iter().map(|n| n.symbol()).collect();
+            let (_, imported) = image.function_symbols(&names);
             if imported {
                 let tls: Vec<&str> = image
                     .needed

@@ -1,0 +1,21 @@
+//! `claude-watch completions SHELL`: shell completion scripts.
+
+use clap::CommandFactory as _;
+
+/// Print a completion script, e.g. `claude-watch completions bash > /etc/bash_completion.d/claude-watch`.
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}
+
+/// Prints the script.
+pub fn run(args: &CompletionsArgs) -> anyhow::Result<()> {
+    clap_complete::generate(
+        args.shell,
+        &mut super::Cli::command(),
+        "claude-watch",
+        &mut std::io::stdout(),
+    );
+    Ok(())
+}

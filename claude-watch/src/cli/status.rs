@@ -1,0 +1,204 @@
+//! `claude-watch status`: the fleet as the running daemon sees it.
+
+use std::path::PathBuf;
+
+use crate::daemon::control::query_status;
+use crate::daemon::status::{InstanceView, Snapshot};
+use crate::time::rfc3339_ms;
+
+/// Show every claude instance: unit, pid, session, version, state, last answer, 401s in the
+/// current episode, restarts and quiet window, like `systemctl status` for the fleet.
+///
+/// Examples:
+///   claude-watch status
+///   claude-watch status --json | jq 'select(.state == "latched")'
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct StatusArgs {
+    /// One JSON object per instance, one per line.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's control socket.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/claude-watch/control.sock"
+    )]
+    pub socket: PathBuf,
+}
+
+/// Prints the status.
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let snapshot = query_status(&args.socket)?;
+    if args.json {
+        for instance in &snapshot.instances {
+            println!("{}", serde_json::to_string(instance)?);
+        }
+    } else {
+        print!("{}", render(&snapshot));
+    }
+    Ok(())
+}
+
+/// The human status screen.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = format!(
+        "claude-watch {} (pid {}), up {}, config {}{}\nprobes: {} attached, {} records, {} lost; {} exchanges seen\n\n",
+        s.version,
+        s.pid,
+        ago(s.now_ms.saturating_sub(s.started_ms)),
+        s.config,
+        if s.dry_run {
+            ", DRY RUN (no restarts)"
+        } else {
+            ""
+        },
+        s.capture.attachments,
+        s.capture.sent,
+        s.capture.lost,
+        s.capture.exchanges
+    );
+    if s.instances.is_empty() {
+        out.push_str("no claude instances running\n");
+        return out;
+    }
+    let header = [
+        "INSTANCE",
+        "PID",
+        "SESSION",
+        "VERSION",
+        "STATE",
+        "LAST",
+        "401s",
+        "RESTARTS",
+        "BACKOFF",
+        "SUPERVISOR",
+    ];
+    let rows: Vec<[String; 10]> = s.instances.iter().map(|i| row(i, s.now_ms)).collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let mut l = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        l.truncate(l.trim_end().len());
+        l.push('\n');
+        l
+    };
+    out.push_str(&line(header.iter().map(|h| (*h).to_owned()).collect()));
+    for r in rows {
+        out.push_str(&line(r.to_vec()));
+    }
+    out
+}
+
+fn row(i: &InstanceView, now_ms: u64) -> [String; 10] {
+    let dash = || "-".to_owned();
+    [
+        i.name.clone(),
+        if i.pids.is_empty() {
+            dash()
+        } else {
+            i.pids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+        i.session_id
+            .as_deref()
+            .map_or_else(dash, |s| s.chars().take(8).collect()),
+        i.version.clone().unwrap_or_else(dash),
+        i.state_label(),
+        match (i.last_status, i.last_seen_ms) {
+            (Some(status), Some(at)) => format!("{status} {} ago", ago(now_ms.saturating_sub(at))),
+            _ => dash(),
+        },
+        i.window_401s.map_or_else(dash, |n| n.to_string()),
+        i.restarts.to_string(),
+        i.backoff_until_ms
+            .map_or_else(dash, |t| format!("until {}", &rfc3339_ms(t)[11..19])),
+        i.supervisor.clone(),
+    ]
+}
+
+/// `3s`, `4m`, `2h05m`, `3d04h`.
+fn ago(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::status::CaptureView;
+
+    #[test]
+    fn renders_a_fleet() {
+        let s = Snapshot {
+            version: "0.1.0".into(),
+            pid: 7,
+            started_ms: 1_000,
+            now_ms: 3_601_000,
+            dry_run: false,
+            config: "<built-in>".into(),
+            capture: CaptureView {
+                attachments: 2,
+                sent: 10,
+                lost: 0,
+                exchanges: 5,
+            },
+            instances: vec![
+                InstanceView {
+                    name: "agent-a.service".into(),
+                    unit: Some("agent-a.service".into()),
+                    pids: vec![42],
+                    session_id: Some("1b6f8a1e-44f3".into()),
+                    version: Some("2.1.331".into()),
+                    state: "latched".into(),
+                    last_status: Some(401),
+                    last_seen_ms: Some(3_598_000),
+                    window_401s: Some(4),
+                    restarts: 1,
+                    supervisor: "systemd".into(),
+                    ..InstanceView::default()
+                },
+                InstanceView {
+                    name: "pid:99".into(),
+                    pids: vec![99],
+                    state: "healthy".into(),
+                    throttled: vec!["claude-opus-4-8".into()],
+                    tier_throttle: true,
+                    supervisor: "observe".into(),
+                    ..InstanceView::default()
+                },
+            ],
+        };
+        let text = render(&s);
+        assert!(text.contains("up 1h00m"), "{text}");
+        assert!(
+            text.contains("agent-a.service  42   1b6f8a1e  2.1.331  latched"),
+            "{text}"
+        );
+        assert!(text.contains("401 3s ago  4"), "{text}");
+        assert!(
+            text.contains("healthy tier-throttled(claude-opus-4-8)"),
+            "{text}"
+        );
+    }
+}

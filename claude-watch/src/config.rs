@@ -1,0 +1,733 @@
+//! The daemon's configuration: TOML, every key optional (the defaults serve a typical host),
+//! checked completely before anything starts. Errors name the file, line, column and key.
+//!
+//! ```toml
+//! [daemon]
+//! journal = "/var/lib/claude-watch/journal.jsonl"
+//! metrics_listen = "127.0.0.1:9464"     # off unless set
+//!
+//! [detector]
+//! latch_min_401s = 3
+//! latch_min_span = "10s"
+//!
+//! [recovery]
+//! supervisor = { kind = "auto" }         # systemd where the instance has a unit, else observe
+//! backoff_initial = "1m"
+//! backoff_max = "30m"
+//! max_restarts = 3
+//! escalation_hook = ["/usr/local/bin/page-oncall", "{instance}"]
+//!
+//! [[instance]]
+//! name = "reviewer"
+//! match = { exe = "/opt/claude/*", cwd = "/srv/reviewer" }
+//! supervisor = { kind = "command", argv = ["supervisorctl", "restart", "{instance}"] }
+//! ```
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use toml::Spanned;
+
+use crate::detect::DetectorConfig;
+use crate::instance::MatchRule;
+use crate::supervise::policy::PolicyConfig;
+
+/// The configuration built into the binary: what `claude-watch daemon` uses without a file.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Placeholders an argv template may use.
+pub const PLACEHOLDERS: [&str; 3] = ["{instance}", "{unit}", "{pid}"];
+
+/// Why a configuration cannot be used. Each displays as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key, or a value of the wrong type or range.
+    #[error("{path}:{line}:{column}: {key}{message}")]
+    Invalid {
+        /// The file (or `<built-in>`).
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// `key: ` naming the offending key, or empty when unknown.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Files, sockets, capture.
+    pub daemon: DaemonConfig,
+    /// Latch detection thresholds.
+    pub detector: DetectorSection,
+    /// Restart policy and default supervisor.
+    pub recovery: RecoverySection,
+    /// Named instances: match rules and their own supervisors.
+    #[serde(rename = "instance")]
+    pub instances: Vec<InstanceSection>,
+}
+
+/// `[daemon]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// The episode journal (JSON lines).
+    pub journal: PathBuf,
+    /// Rotate the journal past this size.
+    pub journal_max_bytes: u64,
+    /// Rotated journal files kept.
+    pub journal_keep: u32,
+    /// Where recovery state survives daemon restarts.
+    pub state_dir: PathBuf,
+    /// The control socket `claude-watch status` talks to.
+    pub control_socket: PathBuf,
+    /// Prometheus metrics on this address (`host:port`); off when unset.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Cache of located TLS functions, by build id.
+    pub locate_cache: PathBuf,
+    /// Ring buffer size in MiB (a power of two).
+    pub ring_mib: u32,
+    /// Detect and report, never restart (also `--dry-run`).
+    pub dry_run: bool,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            journal: "/var/lib/claude-watch/journal.jsonl".into(),
+            journal_max_bytes: 16 << 20,
+            journal_keep: 5,
+            state_dir: "/var/lib/claude-watch".into(),
+            control_socket: "/run/claude-watch/control.sock".into(),
+            metrics_listen: None,
+            locate_cache: "/var/cache/claude-watch/locate".into(),
+            ring_mib: 8,
+            dry_run: false,
+        }
+    }
+}
+
+/// `[detector]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorSection {
+    /// N: 401s in one window before an instance is latched.
+    pub latch_min_401s: NonZeroU32,
+    /// T: how long the window must be open.
+    #[serde(deserialize_with = "duration")]
+    pub latch_min_span: Duration,
+    /// A suspect window without new 401s is forgotten after this.
+    #[serde(deserialize_with = "duration")]
+    pub suspect_forget_after: Duration,
+    /// A model without a new 429 for this long is no longer throttled.
+    #[serde(deserialize_with = "duration")]
+    pub throttle_clear_after: Duration,
+}
+
+impl Default for DetectorSection {
+    fn default() -> Self {
+        let d = DetectorConfig::default();
+        Self {
+            latch_min_401s: NonZeroU32::new(d.latch_min_401s).unwrap_or(NonZeroU32::MIN),
+            latch_min_span: d.latch_min_span,
+            suspect_forget_after: d.suspect_forget_after,
+            throttle_clear_after: d.throttle_clear_after,
+        }
+    }
+}
+
+impl DetectorSection {
+    /// The detector's thresholds.
+    pub fn detector_config(&self) -> DetectorConfig {
+        DetectorConfig {
+            latch_min_401s: self.latch_min_401s.get(),
+            latch_min_span: self.latch_min_span,
+            suspect_forget_after: self.suspect_forget_after,
+            throttle_clear_after: self.throttle_clear_after,
+        }
+    }
+}
+
+/// `[recovery]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoverySection {
+    /// Supervisor of instances without their own.
+    pub supervisor: SupervisorSpec,
+    /// The first quiet window after a restart that did not heal.
+    #[serde(deserialize_with = "duration")]
+    pub backoff_initial: Duration,
+    /// The largest quiet window.
+    #[serde(deserialize_with = "spanned_duration")]
+    pub backoff_max: Spanned<Duration>,
+    /// Healthy this long resets the backoff.
+    #[serde(deserialize_with = "duration")]
+    pub healthy_reset: Duration,
+    /// K: restarts without a confirmed recovery before escalating.
+    pub max_restarts: NonZeroU32,
+    /// How long one restart (job and confirmation) may take.
+    #[serde(deserialize_with = "duration")]
+    pub restart_timeout: Duration,
+    /// Run once when an instance is escalated (argv, no shell; placeholders allowed).
+    pub escalation_hook: Option<Spanned<Vec<String>>>,
+    /// How long the hook may run.
+    #[serde(deserialize_with = "duration")]
+    pub hook_timeout: Duration,
+    /// D-Bus address of systemd (default: the system bus).
+    pub systemd_bus: Option<String>,
+}
+
+impl Default for RecoverySection {
+    fn default() -> Self {
+        let p = PolicyConfig::default();
+        Self {
+            supervisor: SupervisorSpec::Auto,
+            backoff_initial: p.initial_backoff,
+            backoff_max: Spanned::new(0..0, p.max_backoff),
+            healthy_reset: p.healthy_reset,
+            max_restarts: NonZeroU32::new(p.max_restarts).unwrap_or(NonZeroU32::MIN),
+            restart_timeout: p.restart_timeout,
+            escalation_hook: None,
+            hook_timeout: Duration::from_secs(30),
+            systemd_bus: None,
+        }
+    }
+}
+
+impl RecoverySection {
+    /// The policy's tunables.
+    pub fn policy_config(&self) -> PolicyConfig {
+        PolicyConfig {
+            initial_backoff: self.backoff_initial,
+            max_backoff: *self.backoff_max.get_ref(),
+            healthy_reset: self.healthy_reset,
+            max_restarts: self.max_restarts.get(),
+            restart_timeout: self.restart_timeout,
+        }
+    }
+}
+
+/// `[[instance]]`: a name for the processes a rule matches, and optionally their supervisor.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSection {
+    /// Instance name.
+    pub name: Spanned<String>,
+    /// Conditions; every one given must hold.
+    #[serde(rename = "match", default)]
+    pub matches: MatchSection,
+    /// How to restart it (default: `[recovery] supervisor`).
+    pub supervisor: Option<SupervisorSpec>,
+}
+
+/// The conditions of a match rule.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSection {
+    /// Glob over the executable path.
+    pub exe: Option<String>,
+    /// Substring one argument must contain.
+    pub arg: Option<String>,
+    /// Substring of the cgroup path.
+    pub cgroup: Option<String>,
+    /// The working directory or a parent of it.
+    pub cwd: Option<PathBuf>,
+}
+
+/// How an instance is restarted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SupervisorSpec {
+    /// systemd where the instance has a unit and a bus is reachable, observe-only elsewhere.
+    #[default]
+    Auto,
+    /// systemd over D-Bus: `RestartUnit`, or `KillUnit` for units that restart themselves.
+    Systemd {
+        /// `restart` (default) or `kill`.
+        #[serde(default)]
+        mode: SystemdModeSpec,
+    },
+    /// An argv template run without a shell (`{instance}`, `{unit}`, `{pid}`).
+    Command {
+        /// The program and its arguments.
+        #[serde(deserialize_with = "argv")]
+        argv: Vec<String>,
+        /// How long it may run.
+        #[serde(default = "default_command_timeout", deserialize_with = "duration")]
+        timeout: Duration,
+    },
+    /// SIGTERM, then SIGKILL after `grace`, through a pidfd; the parent respawns.
+    Signal {
+        /// Time between SIGTERM and SIGKILL.
+        #[serde(default = "default_grace", deserialize_with = "duration")]
+        grace: Duration,
+    },
+    /// Detect and report only.
+    Observe,
+}
+
+/// `mode` of a systemd supervisor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SystemdModeSpec {
+    /// `RestartUnit(unit, "replace")`.
+    #[default]
+    Restart,
+    /// `KillUnit(unit, "main", SIGTERM)`; the unit's `Restart=` brings it back.
+    Kill,
+}
+
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Config {
+    /// The built-in configuration.
+    pub fn builtin() -> Self {
+        Self::parse(DEFAULT_TOML, "<built-in>").expect("the built-in configuration is valid")
+    }
+
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks TOML `text`; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim_end().to_owned();
+            invalid(text, origin, e.span().unwrap_or(0..0), &message)
+        })?;
+        config.check(text, origin)?;
+        Ok(config)
+    }
+
+    /// The match rules, in file order.
+    pub fn rules(&self) -> Vec<MatchRule> {
+        self.instances
+            .iter()
+            .map(|i| MatchRule {
+                name: i.name.get_ref().clone(),
+                exe: i.matches.exe.clone(),
+                arg: i.matches.arg.clone(),
+                cgroup: i.matches.cgroup.clone(),
+                cwd: i.matches.cwd.clone(),
+            })
+            .collect()
+    }
+
+    /// The supervisor of instance `name`.
+    pub fn supervisor_for(&self, name: &str) -> &SupervisorSpec {
+        self.instances
+            .iter()
+            .find(|i| i.name.get_ref() == name)
+            .and_then(|i| i.supervisor.as_ref())
+            .unwrap_or(&self.recovery.supervisor)
+    }
+
+    /// Cross-field checks the types cannot express.
+    fn check(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let r = &self.recovery;
+        if *r.backoff_max.get_ref() < r.backoff_initial {
+            return Err(invalid(
+                text,
+                origin,
+                r.backoff_max.span(),
+                "must not be shorter than backoff_initial",
+            ));
+        }
+        if !self.daemon.ring_mib.is_power_of_two() || self.daemon.ring_mib > 1024 {
+            let span = value_span(text, "daemon", "ring_mib");
+            return Err(invalid(
+                text,
+                origin,
+                span,
+                "must be a power of two from 1 to 1024",
+            ));
+        }
+        if let Some(hook) = &r.escalation_hook {
+            check_argv(hook, text, origin)?;
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for instance in &self.instances {
+            let name = instance.name.get_ref();
+            if name.is_empty() || name.starts_with("pid:") || name.contains(char::is_whitespace) {
+                return Err(invalid(
+                    text,
+                    origin,
+                    instance.name.span(),
+                    "an instance name must be non-empty, without spaces, and not start with `pid:`",
+                ));
+            }
+            if seen.contains(&name.as_str()) {
+                return Err(invalid(
+                    text,
+                    origin,
+                    instance.name.span(),
+                    &format!("instance {name:?} is defined twice"),
+                ));
+            }
+            seen.push(name);
+            let m = &instance.matches;
+            if m.exe.is_none() && m.arg.is_none() && m.cgroup.is_none() && m.cwd.is_none() {
+                return Err(invalid(
+                    text,
+                    origin,
+                    instance.name.span(),
+                    &format!(
+                        "instance {name:?} has no `match` condition (exe, arg, cgroup or cwd)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An argv template checked where it is written.
+fn check_argv(argv: &Spanned<Vec<String>>, text: &str, origin: &str) -> Result<(), ConfigError> {
+    validate_argv(argv.get_ref()).map_err(|message| invalid(text, origin, argv.span(), &message))
+}
+
+/// An argv template: non-empty, a real program first, known placeholders only.
+pub fn validate_argv(argv: &[String]) -> Result<(), String> {
+    let Some(program) = argv.first() else {
+        return Err("the command is empty: give at least the program".into());
+    };
+    if program.contains('{') {
+        return Err(format!("the program {program:?} must not be a placeholder"));
+    }
+    for arg in argv {
+        let mut rest = arg.as_str();
+        while let Some(open) = rest.find('{') {
+            let Some(close) = rest[open..].find('}') else {
+                return Err(format!("unclosed `{{` in {arg:?}"));
+            };
+            let placeholder = &rest[open..open + close + 1];
+            if !PLACEHOLDERS.contains(&placeholder) {
+                return Err(format!(
+                    "unknown placeholder {placeholder} in {arg:?} (known: {})",
+                    PLACEHOLDERS.join(", ")
+                ));
+            }
+            rest = &rest[open + close + 1..];
+        }
+    }
+    Ok(())
+}
+
+fn argv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let argv = Vec::<String>::deserialize(d)?;
+    validate_argv(&argv).map_err(serde::de::Error::custom)?;
+    Ok(argv)
+}
+
+/// An error at byte range `span` of `text`, naming the key on that line.
+fn invalid(text: &str, origin: &str, span: Range<usize>, message: &str) -> ConfigError {
+    let at = span.start.min(text.len());
+    let line = text[..at].matches('\n').count() + 1;
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..at].chars().count() + 1;
+    let key = key_at(text, at)
+        .map(|k| format!("{k}: "))
+        .unwrap_or_default();
+    ConfigError::Invalid {
+        path: origin.to_owned(),
+        line,
+        column,
+        key,
+        message: message.to_owned(),
+    }
+}
+
+/// The dotted key whose value is at byte `at`: the table header above plus the key on the line.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let line = &text[line_start..line_end];
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['))?;
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+/// Byte offset of `key = ...` inside `[table]`, for checks on plain values.
+fn value_span(text: &str, table: &str, key: &str) -> Range<usize> {
+    let mut in_table = false;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_table = t.trim_matches(|c| c == '[' || c == ']').trim() == table;
+        } else if in_table && t.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
+            let value = line.find('=').map_or(0, |i| i + 1);
+            let skip = line[value..].len() - line[value..].trim_start().len();
+            return offset + value + skip..offset + line.len();
+        }
+        offset += line.len();
+    }
+    0..0
+}
+
+/// Parses `"10s"`, `"1m"`, `"1h30m"`, `"500ms"`, `"2d"` (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "{s:?} is not a duration (like 30s, 5m, 1h30m, 500ms)"
+            ));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{s:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86_400),
+            other => {
+                return Err(format!(
+                    "{s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
+                ));
+            }
+        };
+        total += unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Seconds(u64),
+    Text(String),
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match DurationValue::deserialize(d)? {
+        DurationValue::Seconds(n) => Ok(Duration::from_secs(n)),
+        DurationValue::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn spanned_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Spanned<Duration>, D::Error> {
+    let value: Spanned<toml::Value> = Spanned::deserialize(d)?;
+    let span = value.span();
+    let parsed = match value.get_ref() {
+        toml::Value::Integer(n) if *n >= 0 => Ok(Duration::from_secs(n.unsigned_abs())),
+        toml::Value::String(s) => parse_duration(s),
+        other => Err(format!(
+            "expected a duration like \"30m\", found {}",
+            other.type_str()
+        )),
+    };
+    parsed
+        .map(|v| Spanned::new(span, v))
+        .map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "test.toml")
+            .expect_err("should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn builtin_and_empty_configs_are_valid() {
+        let c = Config::builtin();
+        assert_eq!(c.detector.latch_min_401s.get(), 3);
+        assert_eq!(c.recovery.supervisor, SupervisorSpec::Auto);
+        assert!(c.daemon.metrics_listen.is_none());
+        let empty = Config::parse("", "x").unwrap();
+        assert_eq!(empty.recovery.policy_config(), PolicyConfig::default());
+        assert_eq!(empty.detector.detector_config(), DetectorConfig::default());
+    }
+
+    #[test]
+    fn a_full_config() {
+        let c = Config::parse(
+            r#"
+[daemon]
+metrics_listen = "127.0.0.1:9464"
+dry_run = true
+[detector]
+latch_min_401s = 5
+latch_min_span = "1m30s"
+[recovery]
+backoff_initial = 30
+backoff_max = "1h"
+escalation_hook = ["/usr/local/bin/page", "{instance}", "unit={unit}"]
+supervisor = { kind = "systemd", mode = "kill" }
+[[instance]]
+name = "reviewer"
+match = { exe = "/opt/claude/*", cwd = "/srv/reviewer" }
+supervisor = { kind = "command", argv = ["supervisorctl", "restart", "{instance}"], timeout = "20s" }
+[[instance]]
+name = "writer"
+match = { arg = "--writer" }
+supervisor = { kind = "signal" }
+"#,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.detector.latch_min_span, Duration::from_secs(90));
+        assert_eq!(
+            c.recovery.policy_config().max_backoff,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            c.recovery.policy_config().initial_backoff,
+            Duration::from_secs(30)
+        );
+        assert_eq!(c.rules().len(), 2);
+        assert!(
+            matches!(c.supervisor_for("reviewer"), SupervisorSpec::Command { timeout, .. } if *timeout == Duration::from_secs(20))
+        );
+        assert_eq!(
+            c.supervisor_for("writer"),
+            &SupervisorSpec::Signal {
+                grace: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(
+            c.supervisor_for("other"),
+            &SupervisorSpec::Systemd {
+                mode: SystemdModeSpec::Kill
+            }
+        );
+    }
+
+    #[test]
+    fn every_error_class_names_file_line_and_key() {
+        assert_eq!(
+            err("[detector]\nlatch_min_401 = 3\n").split(": ").next(),
+            Some("test.toml:2:1")
+        );
+        assert!(err("[detector]\nlatch_min_401 = 3\n").contains("unknown field `latch_min_401`"));
+        assert!(err("[detectr]\n").contains("unknown field `detectr`"));
+        let e = err("[detector]\nlatch_min_401s = 0\n");
+        assert!(
+            e.starts_with("test.toml:2:18: detector.latch_min_401s: "),
+            "{e}"
+        );
+        let e = err("[detector]\nlatch_min_span = \"10 parsecs\"\n");
+        assert!(
+            e.contains("detector.latch_min_span") && e.contains("unknown unit"),
+            "{e}"
+        );
+        let e = err("[recovery]\nbackoff_initial = \"10m\"\nbackoff_max = \"1m\"\n");
+        assert!(
+            e.starts_with("test.toml:3:15: recovery.backoff_max: must not be shorter"),
+            "{e}"
+        );
+        let e = err("[recovery]\nescalation_hook = [\"/bin/page\", \"{user}\"]\n");
+        assert!(
+            e.contains("recovery.escalation_hook") && e.contains("unknown placeholder {user}"),
+            "{e}"
+        );
+        let e = err("[recovery]\nescalation_hook = []\n");
+        assert!(e.contains("the command is empty"), "{e}");
+        let e = err(
+            "[[instance]]\nname = \"a\"\nmatch = { exe = \"/x\" }\nsupervisor = { kind = \"command\", argv = [\"{pid}\"] }\n",
+        );
+        assert!(
+            e.starts_with("test.toml:4:")
+                && e.contains("instance.supervisor")
+                && e.contains("must not be a placeholder"),
+            "{e}"
+        );
+        let e = err("[recovery]\nsupervisor = { kind = \"upstart\" }\n");
+        assert!(
+            e.contains("recovery.supervisor") && e.contains("upstart"),
+            "{e}"
+        );
+        let e = err("[daemon]\nmetrics_listen = \"localhost\"\n");
+        assert!(e.contains("daemon.metrics_listen"), "{e}");
+        let e = err("[daemon]\nring_mib = 3\n");
+        assert!(
+            e.starts_with("test.toml:2:12: daemon.ring_mib: must be a power of two"),
+            "{e}"
+        );
+        let e = err(
+            "[[instance]]\nname = \"a\"\nmatch = { exe = \"/x\" }\n[[instance]]\nname = \"a\"\nmatch = { arg = \"y\" }\n",
+        );
+        assert!(
+            e.starts_with("test.toml:5:8: instance.name: instance \"a\" is defined twice"),
+            "{e}"
+        );
+        let e = err("[[instance]]\nname = \"a\"\n");
+        assert!(e.contains("has no `match` condition"), "{e}");
+        let e = err("[[instance]]\nname = \"a\"\nmatch = { exe = \"/x\", user = \"bob\" }\n");
+        assert!(e.contains("unknown field `user`"), "{e}");
+        let e = err("[detector\n");
+        assert!(e.starts_with("test.toml:1:"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("5 m").is_err());
+    }
+}

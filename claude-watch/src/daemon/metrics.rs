@@ -1,0 +1,232 @@
+//! Prometheus metrics: a small registry the daemon updates, rendered in the text exposition
+//! format and served on the opt-in `metrics_listen` address.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// What a metric is, for its `# TYPE` line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// name -> (help, kind, labels -> value)
+    series: BTreeMap<&'static str, (&'static str, Kind, BTreeMap<String, f64>)>,
+    histograms: BTreeMap<&'static str, (&'static str, Histogram)>,
+}
+
+/// The metrics registry, shared between the daemon loop and the HTTP server.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics(Arc<Mutex<Inner>>);
+
+/// Formats a label set: `a="x",b="y"` with values escaped.
+pub fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let escaped = v
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = write!(out, "{k}=\"{escaped}\"");
+    }
+    out
+}
+
+impl Metrics {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Adds `by` to a counter.
+    pub fn inc(&self, name: &'static str, help: &'static str, labels: String, by: f64) {
+        self.with(|m| {
+            *m.series
+                .entry(name)
+                .or_insert((help, Kind::Counter, BTreeMap::new()))
+                .2
+                .entry(labels)
+                .or_insert(0.0) += by
+        });
+    }
+
+    /// Sets a counter to an absolute value (for counters kept elsewhere, like the kernel's).
+    pub fn set_counter(&self, name: &'static str, help: &'static str, labels: String, value: f64) {
+        self.with(|m| {
+            m.series
+                .entry(name)
+                .or_insert((help, Kind::Counter, BTreeMap::new()))
+                .2
+                .insert(labels, value);
+        });
+    }
+
+    /// Sets a gauge.
+    pub fn set(&self, name: &'static str, help: &'static str, labels: String, value: f64) {
+        self.with(|m| {
+            m.series
+                .entry(name)
+                .or_insert((help, Kind::Gauge, BTreeMap::new()))
+                .2
+                .insert(labels, value);
+        });
+    }
+
+    /// Replaces every series of a gauge (for per-instance gauges whose label sets change).
+    pub fn set_all(&self, name: &'static str, help: &'static str, values: BTreeMap<String, f64>) {
+        self.with(|m| {
+            m.series.insert(name, (help, Kind::Gauge, values));
+        });
+    }
+
+    /// Records one observation (seconds) in a histogram.
+    pub fn observe(&self, name: &'static str, help: &'static str, seconds: f64) {
+        self.with(|m| {
+            let (_, h) = m
+                .histograms
+                .entry(name)
+                .or_insert((help, Histogram::default()));
+            for (bound, count) in BUCKETS.iter().zip(h.counts.iter_mut()) {
+                if seconds <= *bound {
+                    *count += 1;
+                }
+            }
+            h.sum += seconds;
+            h.count += 1;
+        });
+    }
+
+    /// The text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        self.with(|m| {
+            let mut out = String::new();
+            for (name, (help, kind, series)) in &m.series {
+                let kind = match kind {
+                    Kind::Counter => "counter",
+                    Kind::Gauge => "gauge",
+                };
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (labels, value) in series {
+                    if labels.is_empty() {
+                        let _ = writeln!(out, "{name} {value}");
+                    } else {
+                        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                    }
+                }
+            }
+            for (name, (help, h)) in &m.histograms {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+                for (bound, count) in BUCKETS.iter().zip(h.counts.iter()) {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+                }
+                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+                let _ = writeln!(out, "{name}_sum {}", h.sum);
+                let _ = writeln!(out, "{name}_count {}", h.count);
+            }
+            out
+        })
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Metrics) {
+    loop {
+        let Ok((mut stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = match tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                stream.read(&mut buf),
+            )
+            .await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) =
+                if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
+                    ("200 OK", metrics.render())
+                } else {
+                    ("404 Not Found", "only GET /metrics is served\n".to_owned())
+                };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if let Err(e) = stream.write_all(response.as_bytes()).await {
+                debug!(%peer, "metrics client went away: {e}");
+            }
+        });
+    }
+}
+
+/// Binds the metrics address (before anything else starts, so a taken port fails early).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .inspect_err(|e| warn!(%addr, "cannot listen for metrics: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_text_format() {
+        let m = Metrics::default();
+        m.inc(
+            "claude_watch_exchanges_total",
+            "Exchanges.",
+            labels(&[("instance", "a\"b"), ("status", "401")]),
+            1.0,
+        );
+        m.inc(
+            "claude_watch_exchanges_total",
+            "Exchanges.",
+            labels(&[("instance", "a\"b"), ("status", "401")]),
+            2.0,
+        );
+        m.set("claude_watch_instances", "Instances.", String::new(), 2.0);
+        m.observe("claude_watch_detection_seconds", "Latency.", 0.003);
+        let text = m.render();
+        assert!(text.contains("# TYPE claude_watch_exchanges_total counter"));
+        assert!(
+            text.contains("claude_watch_exchanges_total{instance=\"a\\\"b\",status=\"401\"} 3")
+        );
+        assert!(text.contains("claude_watch_instances 2"));
+        assert!(text.contains("claude_watch_detection_seconds_bucket{le=\"0.001\"} 0"));
+        assert!(text.contains("claude_watch_detection_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("claude_watch_detection_seconds_count 1"));
+    }
+}

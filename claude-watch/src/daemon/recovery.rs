@@ -1,0 +1,134 @@
+//! Choosing each instance's supervisor and running restarts and the escalation hook.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::{SupervisorSpec, SystemdModeSpec};
+use crate::instance::InstanceId;
+use crate::supervise::command::CommandRestarter;
+use crate::supervise::observe::ObserveOnly;
+use crate::supervise::signal::SignalRestarter;
+use crate::supervise::systemd::{SystemdMode, SystemdRestarter};
+use crate::supervise::{RestartOutcome, Restarter as _, SuperviseError, Target};
+
+/// The system bus socket systemd listens on.
+const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
+
+/// Where systemd can be reached for restarts, decided at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SystemdBus {
+    /// A configured address (e.g. a container's or a test bed's bus).
+    Address(String),
+    /// The host's system bus (PID 1 is systemd).
+    System,
+    /// No systemd here: instances in units are observed only unless configured otherwise.
+    Unavailable(String),
+}
+
+impl SystemdBus {
+    /// From the configuration, checking that the host runs systemd.
+    pub fn detect(configured: Option<&str>) -> Self {
+        if let Some(address) = configured {
+            return Self::Address(address.to_owned());
+        }
+        if !Path::new("/run/systemd/system").exists() {
+            return Self::Unavailable("PID 1 is not systemd (no /run/systemd/system)".into());
+        }
+        if !Path::new(SYSTEM_BUS).exists() {
+            return Self::Unavailable(format!("no D-Bus system bus at {SYSTEM_BUS}"));
+        }
+        Self::System
+    }
+}
+
+/// The supervisor of one instance.
+#[derive(Clone, Debug)]
+pub enum Supervisor {
+    /// systemd over D-Bus.
+    Systemd(SystemdRestarter),
+    /// A configured command.
+    Command(CommandRestarter),
+    /// SIGTERM/SIGKILL through a pidfd.
+    Signal(SignalRestarter),
+    /// Never acts.
+    Observe(ObserveOnly),
+}
+
+impl Supervisor {
+    /// Resolves `spec` for `instance`: `auto` is systemd when the instance has a unit and
+    /// systemd is reachable, observe-only otherwise.
+    pub fn resolve(
+        spec: &SupervisorSpec,
+        instance: &InstanceId,
+        bus: &SystemdBus,
+        timeout: Duration,
+    ) -> Self {
+        let systemd = |mode: SystemdModeSpec| {
+            let mode = match mode {
+                SystemdModeSpec::Restart => SystemdMode::Restart,
+                SystemdModeSpec::Kill => SystemdMode::Kill,
+            };
+            let address = match bus {
+                SystemdBus::Address(a) => Some(a.clone()),
+                SystemdBus::System | SystemdBus::Unavailable(_) => None,
+            };
+            Self::Systemd(SystemdRestarter {
+                address,
+                mode,
+                timeout,
+            })
+        };
+        match spec {
+            SupervisorSpec::Auto
+                if instance.unit_name().is_some() && !matches!(bus, SystemdBus::Unavailable(_)) =>
+            {
+                systemd(SystemdModeSpec::Restart)
+            }
+            SupervisorSpec::Auto | SupervisorSpec::Observe => Self::Observe(ObserveOnly),
+            SupervisorSpec::Systemd { mode } => systemd(*mode),
+            SupervisorSpec::Command { argv, timeout } => {
+                Self::Command(CommandRestarter::new(argv.clone(), *timeout))
+            }
+            SupervisorSpec::Signal { grace } => Self::Signal(SignalRestarter {
+                grace: *grace,
+                ..SignalRestarter::default()
+            }),
+        }
+    }
+
+    /// Short name for status and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Systemd(_) => "systemd",
+            Self::Command(_) => "command",
+            Self::Signal(_) => "signal",
+            Self::Observe(_) => "observe",
+        }
+    }
+
+    /// Whether it ever acts.
+    pub fn acts(&self) -> bool {
+        !matches!(self, Self::Observe(_))
+    }
+
+    /// Restarts `target`.
+    pub async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
+        match self {
+            Self::Systemd(s) => s.restart(target).await,
+            Self::Command(s) => s.restart(target).await,
+            Self::Signal(s) => s.restart(target).await,
+            Self::Observe(s) => s.restart(target).await,
+        }
+    }
+}
+
+/// Runs the escalation hook (an argv template) for `target`, without a shell, with a timeout.
+pub async fn run_hook(
+    argv: &[String],
+    timeout: Duration,
+    target: &Target,
+) -> Result<RestartOutcome, SuperviseError> {
+    CommandRestarter::new(argv.to_vec(), timeout)
+        .restart(target)
+        .await
+}

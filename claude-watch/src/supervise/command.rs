@@ -1,0 +1,176 @@
+//! A supervisor command: an argv template with `{unit}`, `{pid}` and `{instance}` substituted
+//! per argument and run without a shell, under a timeout (e.g. `supervisorctl restart
+//! {instance}`, `s6-svc -r /run/service/{unit}`, `sv restart {unit}`, `docker restart {unit}`).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use super::{RestartOutcome, Restarter, SuperviseError, Target};
+
+/// Runs a configured argv to restart an instance.
+#[derive(Clone, Debug)]
+pub struct CommandRestarter {
+    /// The argv template; `argv[0]` is the program (looked up in `PATH`).
+    pub argv: Vec<String>,
+    /// How long the command may run before it (and its process group) is killed.
+    pub timeout: Duration,
+}
+
+impl CommandRestarter {
+    /// A command restarter for `argv` with `timeout`.
+    #[must_use]
+    pub fn new(argv: Vec<String>, timeout: Duration) -> Self {
+        Self { argv, timeout }
+    }
+
+    /// The argv for `target`: each placeholder replaced inside each argument, nothing split or
+    /// interpreted, so observed data can never become shell syntax or extra arguments.
+    ///
+    /// # Errors
+    /// [`SuperviseError::MissingPlaceholder`] when `{unit}` is used and the target has no unit.
+    pub fn render(&self, target: &Target) -> Result<Vec<String>, SuperviseError> {
+        let pid = target.pid.to_string();
+        self.argv
+            .iter()
+            .map(|arg| {
+                let mut out = arg
+                    .replace("{instance}", &target.instance)
+                    .replace("{pid}", &pid);
+                if out.contains("{unit}") {
+                    let unit = target.unit.as_deref().ok_or_else(|| {
+                        SuperviseError::MissingPlaceholder {
+                            placeholder: "{unit}",
+                            instance: target.instance.clone(),
+                        }
+                    })?;
+                    out = out.replace("{unit}", unit);
+                }
+                Ok(out)
+            })
+            .collect()
+    }
+}
+
+impl Restarter for CommandRestarter {
+    #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
+    async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
+        let argv = self.render(target)?;
+        let program = argv.first().cloned().unwrap_or_default();
+        let mut child = Command::new(&program)
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| SuperviseError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
+        let pgid = child.id();
+        match tokio::time::timeout(self.timeout, child.wait()).await {
+            Ok(Ok(status)) if status.success() => {
+                tracing::info!(program = %program, "supervisor command succeeded");
+                Ok(RestartOutcome {
+                    acted: true,
+                    unit: target.unit.clone(),
+                    new_pid: None,
+                    invocation_id: None,
+                    summary: format!("ran {program} for instance {}", target.instance),
+                })
+            }
+            Ok(Ok(status)) => {
+                tracing::warn!(program = %program, %status, "supervisor command failed");
+                Err(SuperviseError::CommandFailed { program, status })
+            }
+            Ok(Err(source)) => Err(SuperviseError::Spawn { program, source }),
+            Err(_elapsed) => {
+                // Kill the whole process group: the command may have children of its own.
+                if let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()) {
+                    // SAFETY: plain syscall on a process group we created.
+                    unsafe { libc::killpg(pgid, libc::SIGKILL) };
+                }
+                let _ = child.kill().await;
+                tracing::warn!(program = %program, timeout = ?self.timeout, "supervisor command timed out, killed");
+                Err(SuperviseError::Timeout {
+                    what: format!("command {program}"),
+                    timeout: self.timeout,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(unit: Option<&str>) -> Target {
+        Target {
+            instance: "agent; rm -rf /".into(),
+            unit: unit.map(Into::into),
+            pid: 4242,
+            start_time: None,
+        }
+    }
+
+    #[test]
+    fn placeholders_are_substituted_per_argument_without_splitting() {
+        let r = CommandRestarter::new(
+            vec![
+                "ctl".into(),
+                "restart".into(),
+                "{instance}".into(),
+                "--pid={pid}".into(),
+                "{unit}".into(),
+            ],
+            Duration::from_secs(1),
+        );
+        let argv = r.render(&target(Some("a b.service"))).unwrap();
+        assert_eq!(
+            argv,
+            [
+                "ctl",
+                "restart",
+                "agent; rm -rf /",
+                "--pid=4242",
+                "a b.service"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_unit_is_an_error() {
+        let r = CommandRestarter::new(
+            vec!["sv".into(), "restart".into(), "{unit}".into()],
+            Duration::from_secs(1),
+        );
+        assert!(matches!(
+            r.render(&target(None)),
+            Err(SuperviseError::MissingPlaceholder {
+                placeholder: "{unit}",
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn exit_status_is_checked() {
+        let ok = CommandRestarter::new(vec!["true".into()], Duration::from_secs(5));
+        assert!(ok.restart(&target(None)).await.unwrap().acted);
+        let bad = CommandRestarter::new(vec!["false".into()], Duration::from_secs(5));
+        assert!(matches!(
+            bad.restart(&target(None)).await,
+            Err(SuperviseError::CommandFailed { .. })
+        ));
+        let missing =
+            CommandRestarter::new(vec!["/nonexistent/ctl".into()], Duration::from_secs(5));
+        assert!(matches!(
+            missing.restart(&target(None)).await,
+            Err(SuperviseError::Spawn { .. })
+        ));
+    }
+}

@@ -1,0 +1,195 @@
+//! Recovery through the host's own supervisor.
+//!
+//! - [`Restarter`]: the one I/O seam, "restart this instance", with its adapters:
+//!   [`systemd::SystemdRestarter`] (D-Bus), [`command::CommandRestarter`] (an argv template, no
+//!   shell), [`signal::SignalRestarter`] (SIGTERM then SIGKILL through a pidfd, for supervisors that
+//!   respawn on their own) and [`observe::ObserveOnly`] (never acts);
+//! - [`policy`]: the sans-IO recovery policy (quiet-window backoff, one restart at a time,
+//!   escalation), fed events and a clock, persisted across daemon restarts;
+//! - [`procfs`]: the few `/proc` facts the adapters need (start times, namespace PIDs).
+
+pub mod command;
+pub mod observe;
+pub mod policy;
+pub mod procfs;
+pub mod signal;
+pub mod systemd;
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The instance to restart, as the daemon knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// The instance's name in the configuration (what `{instance}` stands for).
+    pub instance: String,
+    /// The supervisor's unit or program name, when known (what `{unit}` stands for).
+    pub unit: Option<String>,
+    /// Host PID of the instance's process (what `{pid}` stands for).
+    pub pid: u32,
+    /// Start time of that process (field 22 of `/proc/<pid>/stat`, clock ticks since boot), so a
+    /// reused PID is never mistaken for the instance. `None` skips the check.
+    pub start_time: Option<u64>,
+}
+
+impl Target {
+    /// A target for the live process `pid`, its start time read from `/proc` now.
+    ///
+    /// # Errors
+    /// [`SuperviseError::Process`] when the process is gone or `/proc` is unreadable.
+    pub fn for_pid(instance: impl Into<String>, pid: u32) -> Result<Self, SuperviseError> {
+        let start_time = procfs::start_time(pid)?;
+        Ok(Self {
+            instance: instance.into(),
+            unit: None,
+            pid,
+            start_time: Some(start_time),
+        })
+    }
+
+    /// The same target with its supervisor unit set.
+    #[must_use]
+    pub fn with_unit(mut self, unit: impl Into<String>) -> Self {
+        self.unit = Some(unit.into());
+        self
+    }
+}
+
+/// What a restart did, for the journal and for confirming the new process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartOutcome {
+    /// `false` when nothing was done (observe-only, dry run).
+    pub acted: bool,
+    /// The supervisor unit that was restarted, when there is one.
+    pub unit: Option<String>,
+    /// Host PID of the new main process, when the supervisor tells it.
+    pub new_pid: Option<u32>,
+    /// systemd's `InvocationID` of the new run of the unit (32 hex digits).
+    pub invocation_id: Option<String>,
+    /// One line saying what was done (or would have been done), without secrets.
+    pub summary: String,
+}
+
+/// Why a restart did not happen. The policy retries all of these with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    /// The supervisor's bus could not be reached.
+    #[error("D-Bus at {address} is unavailable")]
+    BusUnavailable {
+        /// The bus address tried.
+        address: String,
+        /// The connection error.
+        #[source]
+        source: Box<zbus::Error>,
+    },
+    /// A D-Bus call to systemd failed.
+    #[error("systemd call {method} failed")]
+    Bus {
+        /// The method or property.
+        method: &'static str,
+        /// The call's error.
+        #[source]
+        source: Box<zbus::Error>,
+    },
+    /// The supervisor has no unit for this instance.
+    #[error("no supervisor unit for instance {instance} (pid {pid}): {reason}")]
+    UnitNotFound {
+        /// The instance.
+        instance: String,
+        /// Its host PID.
+        pid: u32,
+        /// The supervisor's answer.
+        reason: String,
+    },
+    /// The restart job did not end as expected.
+    #[error("restart of {unit} failed: {reason}")]
+    RestartFailed {
+        /// The unit.
+        unit: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The supervisor did not answer in time.
+    #[error("supervisor did not finish within {timeout:?}: {what}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// A supervisor command could not be started.
+    #[error("could not run supervisor command {program}")]
+    Spawn {
+        /// argv\[0\].
+        program: String,
+        /// The spawn error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A supervisor command exited unsuccessfully.
+    #[error("supervisor command {program} failed with {status}")]
+    CommandFailed {
+        /// argv\[0\].
+        program: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+    },
+    /// The command template needs a value the target does not have.
+    #[error("command template uses {placeholder} but instance {instance} has none")]
+    MissingPlaceholder {
+        /// The placeholder, e.g. `{unit}`.
+        placeholder: &'static str,
+        /// The instance.
+        instance: String,
+    },
+    /// The PID now belongs to another process than the instance's: nothing is signalled.
+    #[error("pid {pid} was reused (start time {expected} expected, {found} found)")]
+    PidReused {
+        /// The PID.
+        pid: u32,
+        /// The instance's start time.
+        expected: u64,
+        /// The start time of the process that has the PID now.
+        found: u64,
+    },
+    /// A system call on the process failed.
+    #[error("{call} on pid {pid} failed")]
+    Syscall {
+        /// The call.
+        call: &'static str,
+        /// The PID.
+        pid: u32,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `/proc` could not tell what was needed.
+    #[error(transparent)]
+    Process(#[from] procfs::ProcError),
+}
+
+/// Refuses when `pid` no longer has the `expected` start time (the PID was reused).
+pub(crate) fn verify_start_time(pid: u32, expected: Option<u64>) -> Result<(), SuperviseError> {
+    if let Some(expected) = expected {
+        let found = procfs::start_time(pid)?;
+        if found != expected {
+            return Err(SuperviseError::PidReused {
+                pid,
+                expected,
+                found,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Restarts an instance through whatever supervises it: the I/O seam of recovery.
+pub trait Restarter {
+    /// Restart `target`, wait until the supervisor says it is done, and say what happened.
+    fn restart(
+        &self,
+        target: &Target,
+    ) -> impl Future<Output = Result<RestartOutcome, SuperviseError>> + Send;
+}

@@ -1,0 +1,469 @@
+//! The daemon end to end, without a supervisor (observe-only): real probes on real agents
+//! against the stand-in API; detection, the journal, `status`, `episodes`, metrics, reload and
+//! shutdown, and crashes.
+//!
+//! Needs root and the pinned clients (`cargo xtask setup --tests`).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use claude_watch_tests::agents::{Agent, AgentConfig, Runtime};
+use claude_watch_tests::standin::StandIn;
+use claude_watch_tests::wait::wait_until;
+use claude_watch_tests::watch::{self, Daemon, read_journal};
+use serde_json::Value;
+
+/// Fast thresholds for tests: latched after 3 401s over 2 s.
+const DETECTOR: &str = "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n";
+const SPAN: Duration = Duration::from_secs(2);
+const WAIT: Duration = Duration::from_secs(30);
+
+fn claude_agent(standin: &StandIn, model: &str) -> Agent {
+    let config = AgentConfig {
+        model: model.into(),
+        as_claude: true,
+        ..AgentConfig::default()
+    };
+    Agent::start(standin, Runtime::Node, &config)
+}
+
+fn wall_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_secs_f64()
+}
+
+/// The instance name the daemon gives an agent without unit or rule.
+fn pid_name(agent: &Agent) -> String {
+    format!("pid:{}", agent.pid())
+}
+
+#[test]
+fn healthy_latched_and_throttled_agents_in_status_journal_episodes_and_metrics() {
+    let standin = StandIn::start();
+    standin.throttle_models(&["claude-opus-*"]);
+    let daemon = Daemon::start("metrics_listen = \"127.0.0.1:19465\"", DETECTOR);
+    let healthy = claude_agent(&standin, "claude-haiku-4-5");
+    let latched = claude_agent(&standin, "claude-sonnet-4-6");
+    let throttled = claude_agent(&standin, "claude-opus-4-8");
+    for agent in [&healthy, &latched] {
+        daemon.wait_instance(&pid_name(agent), WAIT, "a healthy agent with a 200", |i| {
+            i["state"] == "healthy" && i["last_status"] == 200
+        });
+    }
+
+    // Latch one session; measure from its first 401 (the stand-in's clock) to the report.
+    let latch_index = standin.log().len();
+    standin.latch_session(latched.session_id());
+    let reported = daemon.wait_instance(
+        &pid_name(&latched),
+        WAIT,
+        "the latched agent reported latched",
+        |i| i["state"] == "latched",
+    );
+    let reported_at = wall_s();
+    let first_401 = standin
+        .log_since(latch_index)
+        .into_iter()
+        .find(|l| l.status == 401 && l.session.as_deref() == Some(latched.session_id()))
+        .expect("the stand-in answered 401");
+    let delay = reported_at - first_401.time;
+    assert!(
+        delay <= SPAN.as_secs_f64() + 1.0,
+        "latched reported {delay:.2}s after the first 401 (threshold {SPAN:?} + 1 s)"
+    );
+    assert!(
+        reported["window_401s"].as_u64().is_some_and(|n| n >= 3),
+        "{reported}"
+    );
+    assert_eq!(reported["session_id"], Value::from(latched.session_id()));
+    assert_eq!(
+        reported["supervisor"], "observe",
+        "no systemd here: observe-only"
+    );
+
+    // The throttled agent: 429s, throttled, never latched.
+    std::thread::sleep(SPAN + Duration::from_secs(1));
+    let t = daemon.wait_instance(&pid_name(&throttled), WAIT, "the throttled agent", |i| {
+        !i["throttled"].as_array().is_none_or(Vec::is_empty)
+    });
+    assert_eq!(t["state"], "healthy", "a 429 throttle is not a latch: {t}");
+    assert_eq!(t["throttled"], serde_json::json!(["claude-opus-4-8"]));
+    assert_eq!(t["last_status"], 429);
+    let h = daemon
+        .instance_of(healthy.pid())
+        .expect("healthy agent listed");
+    assert_eq!(
+        (h["state"].as_str(), h["last_status"].as_u64()),
+        (Some("healthy"), Some(200))
+    );
+    assert_eq!(
+        h["version"], "0.0.0-agent",
+        "version from the claude-cli User-Agent: {h}"
+    );
+
+    let text = daemon.status_text();
+    assert!(
+        text.contains(&pid_name(&latched)) && text.contains("latched"),
+        "{text}"
+    );
+    assert!(text.contains("throttled(claude-opus-4-8)"), "{text}");
+
+    // Metrics, parsed by a Prometheus text parser, agree with what happened.
+    let metrics = daemon.metrics();
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid Prometheus text");
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    let latched_name = pid_name(&latched);
+    let throttled_name = pid_name(&throttled);
+    assert!(
+        value(
+            "claude_watch_exchanges_total",
+            &[("instance", &latched_name), ("status", "401")]
+        )
+        .is_some_and(|v| v >= 3.0),
+        "{metrics}"
+    );
+    assert!(
+        value(
+            "claude_watch_exchanges_total",
+            &[("instance", &throttled_name), ("status", "429")]
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(
+            "claude_watch_episodes_total",
+            &[("instance", &latched_name)]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(
+            "claude_watch_episodes_total",
+            &[("instance", &throttled_name)]
+        ),
+        None,
+        "a throttle opens no episode"
+    );
+    assert_eq!(
+        value(
+            "claude_watch_instance_state",
+            &[("instance", &latched_name), ("state", "latched")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(value("claude_watch_lost_events_total", &[]), Some(0.0));
+    assert!(value("claude_watch_probe_attachments", &[]).is_some_and(|v| v >= 1.0));
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "claude_watch_detection_seconds_count"),
+        "detection latency histogram"
+    );
+
+    // The journal holds the episode with the stand-in's request ids; `episodes` reports it.
+    let journal = daemon.journal();
+    let episode = journal
+        .iter()
+        .filter(|r| r["record"] == "episode" && r["episode"]["instance"] == latched_name.as_str())
+        .last()
+        .expect("an episode record")["episode"]
+        .clone();
+    let ids: Vec<&str> = episode["first_request_ids"]
+        .as_array()
+        .expect("request ids")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(!ids.is_empty());
+    let log = standin.log();
+    for id in &ids {
+        let entry = log
+            .iter()
+            .find(|l| l.request_id == *id)
+            .unwrap_or_else(|| panic!("{id} is not the stand-in's"));
+        assert_eq!(
+            (entry.status, entry.session.as_deref()),
+            (401, Some(latched.session_id()))
+        );
+    }
+    assert!(
+        journal
+            .iter()
+            .all(|r| r["episode"]["instance"] != throttled_name.as_str()),
+        "no episode for the throttle"
+    );
+    let report = daemon.episodes_report();
+    let text = report.to_string();
+    assert!(
+        text.contains(ids[0]),
+        "the report carries request ids: {report}"
+    );
+    assert!(report.as_object().is_some_and(|o| !o.is_empty()));
+    // Nothing secret anywhere.
+    let all = format!(
+        "{}\n{}\n{}",
+        daemon.log().join("\n"),
+        std::fs::read_to_string(daemon.journal_path()).unwrap_or_default(),
+        metrics
+    );
+    assert!(
+        !all.contains(claude_watch_tests::agents::FAKE_API_KEY),
+        "the credential leaked"
+    );
+}
+
+#[test]
+fn a_latch_that_self_recovers_is_closed_as_self_recovered() {
+    let standin = StandIn::start();
+    let daemon = Daemon::start("", DETECTOR);
+    let agent = claude_agent(&standin, "claude-haiku-4-5");
+    let name = pid_name(&agent);
+    daemon.wait_instance(&name, WAIT, "healthy", |i| i["last_status"] == 200);
+    standin.latch_session(agent.session_id());
+    daemon.wait_instance(&name, WAIT, "latched", |i| i["state"] == "latched");
+    standin.unlatch_session(agent.session_id());
+    daemon.wait_instance(&name, WAIT, "healthy again", |i| {
+        i["state"] == "healthy" && i["last_status"] == 200
+    });
+    let closed = wait_until(WAIT, "the closed episode in the journal", || {
+        daemon
+            .journal()
+            .into_iter()
+            .find(|r| r["record"] == "episode" && r["episode"]["end"] == "self_recovered")
+    });
+    assert_eq!(closed["episode"]["restarts"], 0);
+    assert!(
+        closed["episode"]["count_401"]
+            .as_u64()
+            .is_some_and(|n| n >= 3)
+    );
+}
+
+#[test]
+fn reload_on_sighup_and_clean_sigterm() {
+    let daemon = Daemon::start("", DETECTOR);
+    // A valid change is applied.
+    let config = std::fs::read_to_string(daemon.config_path()).expect("config");
+    std::fs::write(
+        daemon.config_path(),
+        config.replace("[daemon]\n", "[daemon]\ndry_run = true\n"),
+    )
+    .expect("rewrite config");
+    daemon.signal(libc::SIGHUP);
+    wait_until(WAIT, "the reload to be logged", || {
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("configuration reloaded"))
+            .then_some(())
+    });
+    wait_until(WAIT, "dry run shown in status", || {
+        daemon.status_text().contains("DRY RUN").then_some(())
+    });
+    // A broken one is refused and the daemon keeps running with the old one.
+    std::fs::write(daemon.config_path(), "[detector]\nlatch_min_401s = 0\n").expect("break config");
+    daemon.signal(libc::SIGHUP);
+    let refusal = wait_until(WAIT, "the refusal to be logged", || {
+        daemon
+            .log()
+            .into_iter()
+            .find(|l| l.contains("reload refused"))
+    });
+    assert!(
+        refusal.contains("config.toml:2:18") && refusal.contains("detector.latch_min_401s"),
+        "{refusal}"
+    );
+    assert!(
+        daemon.status_text().contains("DRY RUN"),
+        "the running configuration is kept"
+    );
+
+    // SIGTERM: exit 0, probes and links released, the socket removed.
+    let pid = daemon.pid();
+    let (progs, links) = bpf_objects_of(pid);
+    assert!(
+        progs.len() >= 6 && !links.is_empty(),
+        "the daemon holds its programs and links: {progs:?} {links:?}"
+    );
+    let dir = daemon.stop();
+    let loaded_progs: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect();
+    assert!(
+        progs.iter().all(|p| !loaded_progs.contains(p)),
+        "a program of the daemon is still loaded"
+    );
+    let loaded_links: Vec<u32> = aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .map(|l| l.id())
+        .collect();
+    assert!(
+        links.iter().all(|l| !loaded_links.contains(l)),
+        "a link of the daemon is still attached"
+    );
+    assert!(
+        !dir.path().join("control.sock").exists(),
+        "the control socket was removed"
+    );
+}
+
+/// BPF program and link ids held by process `pid`, from its fdinfo.
+fn bpf_objects_of(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let (mut progs, mut links) = (Vec::new(), Vec::new());
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("fdinfo")
+        .flatten()
+    {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        for line in info.lines() {
+            if let Some(id) = line
+                .strip_prefix("prog_id:")
+                .and_then(|v| v.trim().parse().ok())
+            {
+                progs.push(id);
+            }
+            if let Some(id) = line
+                .strip_prefix("link_id:")
+                .and_then(|v| v.trim().parse().ok())
+            {
+                links.push(id);
+            }
+        }
+    }
+    progs.sort_unstable();
+    progs.dedup();
+    (progs, links)
+}
+
+#[test]
+fn sigkill_mid_write_loses_no_episode_and_corrupts_no_record() {
+    let standin = StandIn::start();
+    let agent = claude_agent(&standin, "claude-haiku-4-5");
+    standin.latch_session(agent.session_id());
+    // Every 401 of the latched agent updates its episode: the journal is written continuously.
+    let mut dir = None;
+    let mut reported: BTreeMap<String, u64> = BTreeMap::new();
+    for round in 0..4 {
+        let daemon = match dir.take() {
+            Some(d) => Daemon::start_in(d, "", DETECTOR),
+            None => Daemon::start("", DETECTOR),
+        };
+        let before = daemon.journal().len();
+        wait_until(WAIT, "the journal to grow", || {
+            (daemon.journal().len() >= before + 2).then_some(())
+        });
+        // What the daemon has reported as written (fsynced before it is reported).
+        for r in daemon.journal() {
+            if r["record"] == "episode" {
+                let id = r["episode"]["id"].as_str().unwrap_or_default().to_owned();
+                let count = r["episode"]["count_401"].as_u64().unwrap_or(0);
+                let e = reported.entry(id).or_insert(0);
+                *e = (*e).max(count);
+            }
+        }
+        // Kill at a varying moment inside the write cadence.
+        std::thread::sleep(Duration::from_millis(37 * (round + 1)));
+        let started = Instant::now();
+        dir = Some(daemon.crash());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    let daemon = Daemon::start_in(dir.take().expect("dir"), "", DETECTOR);
+    // After a restart the (possibly torn) tail was repaired: every line parses.
+    let records = read_journal(&daemon.journal_path());
+    assert!(!records.is_empty());
+    for (id, count) in &reported {
+        let kept = records
+            .iter()
+            .filter(|r| r["record"] == "episode" && r["episode"]["id"] == id.as_str())
+            .filter_map(|r| r["episode"]["count_401"].as_u64())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            kept >= *count,
+            "episode {id}: {count} 401s were reported, {kept} kept"
+        );
+    }
+    let report = daemon.episodes_report();
+    assert!(
+        report.to_string().contains(
+            reported
+                .keys()
+                .next()
+                .expect("an episode")
+                .split('@')
+                .next()
+                .unwrap_or("")
+        ),
+        "{report}"
+    );
+    drop(daemon);
+    drop(agent);
+}
+
+#[test]
+fn status_without_a_daemon_says_so_in_one_line() {
+    let out = watch::run(&["status", "--socket", "/nonexistent/claude-watch.sock"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no claude-watch daemon answers on /nonexistent/claude-watch.sock"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_check_names_file_line_and_key() {
+    let dir = claude_watch_tests::process::ScratchDir::new("claude-watch-config");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[recovery]\nbackoff_initial = \"10m\"\nbackoff_max = \"5m\"\n",
+    )
+    .expect("write");
+    let out = watch::run(&["config", "check", path.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:3:15: recovery.backoff_max: must not be shorter than backoff_initial",
+            path.display()
+        )),
+        "{err}"
+    );
+    std::fs::write(&path, "[detector]\nlatch_min_401s = 4\n").expect("write");
+    let out = watch::run(&["config", "check", path.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A daemon given a bad file does not start at all.
+    std::fs::write(&path, "[daemon]\nring_mib = 3\n").expect("write");
+    let out = watch::run(&["daemon", "--config", path.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("daemon.ring_mib") && !err.contains("eBPF programs loaded"),
+        "{err}"
+    );
+}
