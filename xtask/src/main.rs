@@ -4,6 +4,8 @@
 //! `cargo xtask setup` is idempotent and fast when everything is in place; `run` and `test`
 //! call it first, so on a fresh machine each of them is the only command needed.
 
+mod bench;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -46,6 +48,13 @@ enum Task {
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build claude-watch and measure it (probe overhead, capacity, latency, footprint,
+    /// locate); writes BENCHMARKS.md. Needs root.
+    Bench {
+        /// A tiny run of every part (for CI): checks that each part yields numbers, not timings.
+        #[arg(long)]
+        smoke: bool,
     },
 }
 
@@ -103,6 +112,7 @@ fn main() -> anyhow::Result<()> {
             cmd.env("CLAUDE_WATCH_TEST_DEPS", root.join(".test-deps"));
             run(cmd)
         }
+        Task::Bench { smoke } => bench::run(&root, smoke),
     }
 }
 

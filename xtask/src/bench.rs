@@ -1,0 +1,1582 @@
+//! `cargo xtask bench`: what claude-watch costs the processes it watches, and how much it can
+//! take, measured side by side on this machine. Prints a table and writes it to
+//! `BENCHMARKS.md` (`--smoke`: a tiny run of every part, written to
+//! `target/BENCHMARKS-smoke.md`, checking only that each part produces numbers).
+//!
+//! Parts:
+//! 1. probe overhead on node clients (keep-alive request loop; long streamed response read in
+//!    many small reads), each timed with no probes, with an empty-probe floor (bpftrace on the
+//!    same functions), and with `claude-watch trace` attached; runs alternated;
+//! 2. the same on a Bun client (BoringSSL found without symbols);
+//! 3. pipeline capacity: exchanges/s from node raw-TLS clients, lost records counted, and a
+//!    stalled consumer with a small ring to show loss is counted without a crash;
+//! 4. capture-to-output latency of a 401 (the daemon's detector is not in this tree);
+//! 5. footprint of `claude-watch trace` with a fleet of node processes, idle then busy;
+//! 6. locating SSL functions in the real Claude Code binary, cold and cached.
+//!
+//! Everything talks to 127.0.0.1 only: the server is `bench/server.mjs`, run from a private
+//! copy of the node executable so the probes on `/usr/bin/node` never fire in it.
+
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// Sizes of one bench run.
+#[derive(Clone, Debug)]
+struct Plan {
+    /// Alternated rounds of (none, floor, claude-watch) per client.
+    rounds: usize,
+    /// Requests in the request loop.
+    requests: u32,
+    /// SSE events in the streamed response.
+    stream_events: u32,
+    /// Bytes per SSE event.
+    event_bytes: u32,
+    /// Seconds each capacity step lasts.
+    capacity_seconds: f64,
+    /// Capacity steps: (`blast` client processes, connections each).
+    capacity_steps: &'static [(u32, u32)],
+    /// 401 responses timed for the capture latency.
+    latency_count: u32,
+    /// Pause between two 401 requests (ms).
+    latency_gap_ms: u32,
+    /// Watched node processes for the footprint.
+    fleet: usize,
+    /// Footprint measurement window.
+    window: Duration,
+    /// Timed runs of the locator, cold and cached each.
+    locate_runs: usize,
+}
+
+impl Plan {
+    fn full() -> Self {
+        Self {
+            rounds: 11,
+            requests: 2000,
+            stream_events: 20000,
+            event_bytes: 100,
+            capacity_seconds: 4.0,
+            capacity_steps: &[(1, 4), (1, 16), (2, 16), (2, 64)],
+            latency_count: 400,
+            latency_gap_ms: 5,
+            fleet: 50,
+            window: Duration::from_secs(5),
+            locate_runs: 5,
+        }
+    }
+
+    fn smoke() -> Self {
+        Self {
+            rounds: 1,
+            requests: 100,
+            stream_events: 300,
+            event_bytes: 100,
+            capacity_seconds: 1.0,
+            capacity_steps: &[(1, 4)],
+            latency_count: 20,
+            latency_gap_ms: 5,
+            fleet: 3,
+            window: Duration::from_secs(1),
+            locate_runs: 1,
+        }
+    }
+}
+
+/// Runs the bench; `smoke` runs a tiny version of every part and fails if one yields nothing.
+pub fn run(root: &Path, smoke: bool) -> anyhow::Result<()> {
+    if !super::is_root() {
+        bail!("the bench attaches uprobes: run it as root (e.g. `sudo -E cargo xtask bench`)");
+    }
+    super::build(root)?;
+    if let Err(e) = super::apt_install(&["bpftrace", "openssl"]) {
+        eprintln!("bench: cannot install bpftrace ({e:#}); the probe floor will not be measured");
+    }
+    let plan = if smoke { Plan::smoke() } else { Plan::full() };
+    let started = Instant::now();
+    let env = BenchEnv::new(root)?;
+    let mut report = Report::default();
+
+    let server = env.server(1, false)?;
+    for client in [Client::Node, Client::Bun] {
+        let part = if client == Client::Node { 1 } else { 2 };
+        eprintln!(
+            "bench: part {part}: probe overhead, {} client",
+            client.name()
+        );
+        match overhead(&env, &plan, client, server.port) {
+            Ok(o) => o.report(part, &mut report),
+            Err(e) => report.failed(part, &format!("probe overhead, {}", client.name()), &e),
+        }
+    }
+    eprintln!("bench: part 4: capture-to-output latency");
+    match latency(&env, &plan, server.port) {
+        Ok(l) => l.report(&mut report),
+        Err(e) => report.failed(4, "capture-to-output latency", &e),
+    }
+    eprintln!("bench: part 5: footprint");
+    match footprint(&env, &plan, server.port) {
+        Ok(f) => f.report(&mut report),
+        Err(e) => report.failed(5, "footprint", &e),
+    }
+    drop(server);
+
+    eprintln!("bench: part 3: pipeline capacity");
+    match capacity(&env, &plan) {
+        Ok(c) => c.report(&mut report),
+        Err(e) => report.failed(3, "pipeline capacity", &e),
+    }
+    eprintln!("bench: part 6: locate");
+    match locate(&env, &plan) {
+        Ok(l) => l.report(&mut report),
+        Err(e) => report.failed(6, "locate", &e),
+    }
+
+    let text = report.render(&machine(), smoke, started.elapsed());
+    println!("{text}");
+    let out = if smoke {
+        root.join("target/BENCHMARKS-smoke.md")
+    } else {
+        root.join("BENCHMARKS.md")
+    };
+    std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("bench: wrote {}", out.display());
+    if !report.failures.is_empty() {
+        bail!(
+            "{} part(s) produced no numbers: {}",
+            report.failures.len(),
+            report.failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Environment: binaries, scripts, the scratch directory, the server.
+
+/// Paths the bench uses, and a scratch directory removed at the end.
+struct BenchEnv {
+    claude_watch: PathBuf,
+    node: PathBuf,
+    bun: PathBuf,
+    claude: PathBuf,
+    scripts: PathBuf,
+    scratch: Scratch,
+}
+
+/// A temporary directory removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl BenchEnv {
+    fn new(root: &Path) -> anyhow::Result<Self> {
+        let deps = std::env::var_os("CLAUDE_WATCH_TEST_DEPS")
+            .map_or_else(|| root.join(".test-deps"), PathBuf::from);
+        let node = which("node").context("`node` is not on PATH")?;
+        let node = std::fs::canonicalize(&node).unwrap_or(node);
+        let bun = deps.join("npm/bun-1.4.5/node_modules/@oven/bun-linux-x64/bin/bun");
+        let claude =
+            deps.join("npm/claude-2.1.331/node_modules/@anthropic-ai/claude-code-linux-x64/claude");
+        for (what, path) in [("Bun 1.4.5", &bun), ("Claude Code 2.1.331", &claude)] {
+            if !path.is_file() {
+                bail!(
+                    "{what} not found at {} (run `cargo xtask setup --tests`, or set CLAUDE_WATCH_TEST_DEPS)",
+                    path.display()
+                );
+            }
+        }
+        let scratch =
+            std::env::temp_dir().join(format!("claude-watch-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        let scratch = Scratch(scratch);
+        let dir = &scratch.0;
+        let mut openssl = Command::new("openssl");
+        openssl
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stderr(Stdio::null());
+        super::run(openssl).context("making the server's self-signed certificate")?;
+        // The server runs from a copy of node (another inode): probes on node stay out of it.
+        std::fs::copy(&node, dir.join("node-server")).context("copying node for the server")?;
+        Ok(Self {
+            claude_watch: root.join("target/release/claude-watch"),
+            node,
+            bun,
+            claude,
+            scripts: root.join("bench"),
+            scratch,
+        })
+    }
+
+    /// Starts `bench/server.mjs` with `workers` processes (`raw`: the bare TLS server of the
+    /// `blast` client) and waits for its port.
+    fn server(&self, workers: u32, raw: bool) -> anyhow::Result<Server> {
+        let dir = &self.scratch.0;
+        let mut cmd = Command::new(dir.join("node-server"));
+        cmd.env("RAW", if raw { "1" } else { "0" });
+        cmd.arg(self.scripts.join("server.mjs"))
+            .arg(dir.join("cert.pem"))
+            .arg(dir.join("key.pem"))
+            .arg(workers.to_string());
+        let proc = Proc::spawn("server", &mut cmd, true)?;
+        let line = proc.wait_stdout(|l| l.contains("port"), Duration::from_secs(20))?;
+        let port = serde_json::from_str::<Value>(&line.text)?["port"]
+            .as_u64()
+            .context("server printed no port")?;
+        Ok(Server {
+            port: u16::try_from(port)?,
+            _proc: proc,
+        })
+    }
+
+    /// A client command (`bench/client.mjs MODE PORT ARGS...`) under node or Bun.
+    fn client(&self, client: Client, mode: &str, port: u16, args: &[String]) -> Command {
+        let program = match client {
+            Client::Node => &self.node,
+            Client::Bun => &self.bun,
+        };
+        let mut cmd = Command::new(program);
+        cmd.arg(self.scripts.join("client.mjs"))
+            .arg(mode)
+            .arg(port.to_string())
+            .args(args)
+            .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
+            .env("BUN_CONFIG_NO_TELEMETRY", "1");
+        for proxy in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+        ] {
+            cmd.env_remove(proxy);
+        }
+        cmd
+    }
+
+    /// Runs a client to the end and returns its last JSON line.
+    fn run_client(
+        &self,
+        client: Client,
+        mode: &str,
+        port: u16,
+        args: &[String],
+    ) -> anyhow::Result<Value> {
+        let mut cmd = self.client(client, mode, port, args);
+        let mut proc = Proc::spawn("client", &mut cmd, true)?;
+        let lines = proc.finish(Duration::from_secs(120))?;
+        let last = lines
+            .last()
+            .with_context(|| format!("client {mode} printed nothing"))?;
+        serde_json::from_str(&last.text).with_context(|| format!("client output {:?}", last.text))
+    }
+
+    /// Starts `claude-watch trace --binary BINARY` (JSON lines on stdout when `keep_stdout`,
+    /// else discarded) and waits until it is tracing.
+    fn trace(&self, binary: &Path, ring_mib: u32, keep_stdout: bool) -> anyhow::Result<Trace> {
+        let mut cmd = Command::new(&self.claude_watch);
+        cmd.args([
+            "trace",
+            "--json",
+            "--ring-mib",
+            &ring_mib.to_string(),
+            "--binary",
+        ])
+        .arg(binary);
+        if !keep_stdout {
+            cmd.stdout(Stdio::null());
+        }
+        let proc = Proc::spawn("claude-watch trace", &mut cmd, keep_stdout)?;
+        proc.wait_stderr(|l| l.contains("tracing"), Duration::from_secs(60))
+            .context("waiting for claude-watch trace to attach")?;
+        Ok(Trace { proc })
+    }
+}
+
+/// The bench's HTTPS server, stopped when dropped.
+struct Server {
+    port: u16,
+    _proc: Proc,
+}
+
+/// A client runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Client {
+    Node,
+    Bun,
+}
+
+impl Client {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Node => "node",
+            Self::Bun => "Bun 1.4.5",
+        }
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes.
+
+/// One line of a child's output, with the CLOCK_MONOTONIC time it was read.
+struct Line {
+    mono_ns: u64,
+    text: String,
+}
+
+/// A started process, killed and reaped when dropped, so an error leaves nothing running.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    stdout: Option<Receiver<Line>>,
+    stderr: Receiver<Line>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdin closed, stderr piped, and stdout piped when `pipe_stdout`
+    /// (else as `cmd` set it, or inherited).
+    fn spawn(name: &'static str, cmd: &mut Command, pipe_stdout: bool) -> anyhow::Result<Self> {
+        cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+        if pipe_stdout {
+            cmd.stdout(Stdio::piped());
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        let stdout = child.stdout.take().map(reader);
+        let stderr = reader(child.stderr.take().expect("stderr is piped"));
+        Ok(Self {
+            name,
+            child,
+            stdout,
+            stderr,
+        })
+    }
+
+    fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pids fit in i32")
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child, which we have not reaped yet.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    fn wait_stdout(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> anyhow::Result<Line> {
+        let rx = self.stdout.as_ref().context("stdout is not piped")?;
+        wait_line(self.name, rx, pred, timeout)
+    }
+
+    fn wait_stderr(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> anyhow::Result<Line> {
+        wait_line(self.name, &self.stderr, pred, timeout)
+    }
+
+    /// Waits for the process to close its stdout and exit successfully; returns its stdout lines.
+    fn finish(&mut self, timeout: Duration) -> anyhow::Result<Vec<Line>> {
+        let (status, lines) = self.collect(timeout)?;
+        if !status.success() {
+            let err: Vec<String> = self.stderr.try_iter().map(|l| l.text).collect();
+            bail!("{} failed ({status}): {}", self.name, err.join(" / "));
+        }
+        Ok(lines)
+    }
+
+    /// Waits for the process to close its stdout and exit; returns its status and stdout lines.
+    fn collect(&mut self, timeout: Duration) -> anyhow::Result<(ExitStatus, Vec<Line>)> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        if let Some(rx) = &self.stdout {
+            loop {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(line) => lines.push(line),
+                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => bail!("{} did not finish", self.name),
+                }
+            }
+        }
+        Ok((self.wait_exit(deadline)?, lines))
+    }
+
+    /// Sends SIGINT and waits for the exit; returns the exit status and the stderr lines.
+    fn interrupt(&mut self, timeout: Duration) -> anyhow::Result<(ExitStatus, Vec<String>)> {
+        self.signal(libc::SIGINT);
+        let status = self.wait_exit(Instant::now() + timeout)?;
+        // The stderr reader ends at the pipe's end, right after the exit.
+        let mut err = Vec::new();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
+            err.push(line.text);
+        }
+        Ok((status, err))
+    }
+
+    fn wait_exit(&mut self, deadline: Instant) -> anyhow::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} did not exit in time", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    /// SIGTERM first (the server stops its cluster workers on it, trace and bpftrace detach),
+    /// SIGKILL after a second.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal(libc::SIGTERM);
+            if self
+                .wait_exit(Instant::now() + Duration::from_secs(1))
+                .is_err()
+            {
+                let _ = self.child.kill();
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A thread that forwards the lines of `pipe`, stamped with the time they were read.
+fn reader(pipe: impl Read + Send + 'static) -> Receiver<Line> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for text in BufReader::new(pipe).lines() {
+            let Ok(text) = text else { break };
+            if tx
+                .send(Line {
+                    mono_ns: mono_ns(),
+                    text,
+                })
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(
+    name: &str,
+    rx: &Receiver<Line>,
+    pred: impl Fn(&str) -> bool,
+    timeout: Duration,
+) -> anyhow::Result<Line> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if pred(&line.text) => return Ok(line),
+            Ok(line) => seen.push(line.text),
+            Err(_) => bail!(
+                "{name}: expected line did not come; saw: {}",
+                seen.join(" / ")
+            ),
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's `bpf_ktime_get_ns()`.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// A running `claude-watch trace`.
+struct Trace {
+    proc: Proc,
+}
+
+impl Trace {
+    /// Stops the trace with SIGINT and reads its final counters line.
+    fn stop(mut self) -> anyhow::Result<(ExitStatus, Counters)> {
+        let (status, stderr) = self.proc.interrupt(Duration::from_secs(20))?;
+        let counters = stderr
+            .iter()
+            .find_map(|l| parse_counters(l))
+            .with_context(|| format!("no counters line from trace: {}", stderr.join(" / ")))?;
+        Ok((status, counters))
+    }
+}
+
+/// The final counters line of `claude-watch trace`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counters {
+    sent: u64,
+    skipped: u64,
+    lost: u64,
+    invalid: u64,
+    unpaired: u64,
+}
+
+/// Parses `claude-watch: kernel sent N heads, skipped N other buffers, lost N; user space
+/// ignored N invalid, N unpaired`.
+fn parse_counters(line: &str) -> Option<Counters> {
+    let rest = line.split("kernel sent ").nth(1)?;
+    let numbers: Vec<u64> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    match numbers[..] {
+        [sent, skipped, lost, invalid, unpaired] => Some(Counters {
+            sent,
+            skipped,
+            lost,
+            invalid,
+            unpaired,
+        }),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics.
+
+/// The median of `xs` (mean of the middle two for an even count); NaN when empty.
+fn median(xs: &[f64]) -> f64 {
+    percentile(xs, 50.0)
+}
+
+/// The `p`th percentile of `xs` by linear interpolation between closest ranks; NaN when empty.
+fn percentile(xs: &[f64], p: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = xs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = p / 100.0 * (sorted.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
+}
+
+fn min_max(xs: &[f64]) -> (f64, f64) {
+    xs.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parts 1 and 2: probe overhead.
+
+/// What is attached while a client runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// Nothing.
+    None,
+    /// Empty bpftrace probes on the same functions: the kernel's floor.
+    Floor,
+    /// `claude-watch trace --binary CLIENT`.
+    Watch,
+}
+
+const VARIANTS: [Variant; 3] = [Variant::None, Variant::Floor, Variant::Watch];
+
+/// The functions `claude-watch locate` finds in a binary, as (name, file offset).
+fn located_functions(
+    env: &BenchEnv,
+    binary: &Path,
+) -> anyhow::Result<(String, Vec<(String, u64)>)> {
+    let mut cmd = Command::new(&env.claude_watch);
+    cmd.args(["locate", "--json", "--no-cache"]).arg(binary);
+    let out = cmd.output().context("running claude-watch locate")?;
+    if !out.status.success() {
+        bail!(
+            "claude-watch locate {} failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let json: Value = serde_json::from_slice(&out.stdout).context("locate --json output")?;
+    let method = json["method"].as_str().unwrap_or("?").to_owned();
+    let functions = json["functions"]
+        .as_object()
+        .context("locate output has no functions")?
+        .iter()
+        .filter_map(|(name, f)| Some((name.clone(), f["file_offset"].as_u64()?)))
+        .collect();
+    Ok((method, functions))
+}
+
+/// A bpftrace program with empty probes on the points claude-watch attaches: entry of the
+/// write functions, entry and return of the read functions. By symbol when the binary has
+/// them, else by file offset (bpftrace 0.17 takes a stripped binary's address as a file
+/// offset, and needs `--unsafe` for it). `body` is the probes' action (`{}` for the floor).
+fn floor_program(
+    binary: &Path,
+    by_symbol: bool,
+    functions: &[(String, u64)],
+    body: &str,
+) -> String {
+    let mut program = String::new();
+    for (name, offset) in functions {
+        let at = if by_symbol {
+            format!("\"{}\":{name}", binary.display())
+        } else {
+            format!("\"{}\":{offset:#x}", binary.display())
+        };
+        let body = body.replace("NAME", &name.replace(|c: char| !c.is_alphanumeric(), "_"));
+        let _ = writeln!(program, "uprobe:{at} {body}");
+        if name.starts_with("SSL_read") {
+            let _ = writeln!(program, "uretprobe:{at} {{}}");
+        }
+    }
+    program.push_str("BEGIN { printf(\"ready\\n\"); }\n");
+    program
+}
+
+/// bpftrace running a program, stopped when dropped.
+struct Bpftrace {
+    proc: Proc,
+}
+
+impl Bpftrace {
+    fn start(program: &str, unsafe_: bool) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("bpftrace");
+        if unsafe_ {
+            cmd.arg("--unsafe");
+        }
+        cmd.arg("-e").arg(program);
+        let proc = Proc::spawn("bpftrace", &mut cmd, true)?;
+        proc.wait_stdout(|l| l == "ready", Duration::from_secs(60))?;
+        Ok(Self { proc })
+    }
+
+    /// Stops bpftrace; returns its stdout (maps are printed at exit).
+    fn stop(mut self) -> anyhow::Result<Vec<String>> {
+        self.proc.signal(libc::SIGINT);
+        let (_, lines) = self.proc.collect(Duration::from_secs(20))?;
+        Ok(lines.into_iter().map(|l| l.text).collect())
+    }
+}
+
+/// Something attached for one variant; detached when dropped.
+enum Attached {
+    None,
+    Floor(Bpftrace),
+    Watch(Trace),
+}
+
+/// Timings of one workload: per variant, per round.
+#[derive(Debug, Default)]
+struct Runs {
+    wall_ms: [Vec<f64>; 3],
+    cpu_ms: [Vec<f64>; 3],
+}
+
+/// Results of parts 1 or 2.
+struct Overhead {
+    client: Client,
+    plan: Plan,
+    requests: Runs,
+    stream: Runs,
+    /// Why the floor was not measured, if it was not.
+    floor_missing: Option<String>,
+    /// Counters of the last claude-watch run.
+    counters: Option<Counters>,
+    how: String,
+}
+
+fn overhead(env: &BenchEnv, plan: &Plan, client: Client, port: u16) -> anyhow::Result<Overhead> {
+    let binary = match client {
+        Client::Node => env.node.clone(),
+        Client::Bun => env.bun.clone(),
+    };
+    let (method, functions) = located_functions(env, &binary)?;
+    let by_symbol = method == "symbols";
+    // The floor's probes must hit: check once with counting probes before using empty ones.
+    let floor_missing = check_floor(env, client, port, &binary, by_symbol, &functions).err();
+    if let Some(why) = &floor_missing {
+        eprintln!("bench: floor not measured for {}: {why}", client.name());
+    }
+    let floor = floor_program(&binary, by_symbol, &functions, "{}");
+    let mut out = Overhead {
+        client,
+        plan: plan.clone(),
+        requests: Runs::default(),
+        stream: Runs::default(),
+        floor_missing,
+        counters: None,
+        how: format!(
+            "{} ({method}: {})",
+            binary.display(),
+            functions
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let requests = [plan.requests.to_string()];
+    let stream = [plan.stream_events.to_string(), plan.event_bytes.to_string()];
+    // One untimed run of each workload warms the server (JIT, page cache) for every variant.
+    env.run_client(client, "requests", port, &requests)?;
+    env.run_client(client, "stream", port, &stream)?;
+    for round in 0..plan.rounds {
+        for (i, variant) in VARIANTS.into_iter().enumerate() {
+            let attached = match variant {
+                Variant::None => Attached::None,
+                Variant::Floor if out.floor_missing.is_some() => continue,
+                Variant::Floor => Attached::Floor(Bpftrace::start(&floor, !by_symbol)?),
+                Variant::Watch => Attached::Watch(env.trace(&binary, 8, false)?),
+            };
+            for (runs, mode, args) in [
+                (&mut out.requests, "requests", &requests[..]),
+                (&mut out.stream, "stream", &stream[..]),
+            ] {
+                let v = env.run_client(client, mode, port, args)?;
+                runs.wall_ms[i].push(v["ms"].as_f64().context("client printed no ms")?);
+                runs.cpu_ms[i].push(v["cpu_ms"].as_f64().context("client printed no cpu_ms")?);
+            }
+            match attached {
+                Attached::None => {}
+                Attached::Floor(b) => {
+                    b.stop()?;
+                }
+                Attached::Watch(t) => {
+                    let (status, counters) = t.stop()?;
+                    if !status.success() {
+                        bail!("claude-watch trace exited with {status}");
+                    }
+                    out.counters = Some(counters);
+                }
+            }
+        }
+        eprintln!("bench:   round {}/{} done", round + 1, plan.rounds);
+    }
+    if out.counters.is_some_and(|c| c.sent == 0) {
+        bail!(
+            "claude-watch captured nothing from the {} client",
+            client.name()
+        );
+    }
+    Ok(out)
+}
+
+/// Runs a short request loop under counting probes; fails unless every write probe hit.
+fn check_floor(
+    env: &BenchEnv,
+    client: Client,
+    port: u16,
+    binary: &Path,
+    by_symbol: bool,
+    functions: &[(String, u64)],
+) -> Result<(), String> {
+    if which("bpftrace").is_none() {
+        return Err("bpftrace is not installed".into());
+    }
+    let program = floor_program(binary, by_symbol, functions, "{ @NAME = count(); }");
+    let tracer = Bpftrace::start(&program, !by_symbol).map_err(|e| format!("{e:#}"))?;
+    let ran = env.run_client(client, "requests", port, &["20".into()]);
+    let lines = tracer.stop().map_err(|e| format!("{e:#}"))?;
+    ran.map_err(|e| format!("{e:#}"))?;
+    let hits = |name: &str| {
+        lines.iter().find_map(|l| {
+            l.strip_prefix(&format!("@{name}: "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+    };
+    let writes: u64 = ["SSL_write", "SSL_write_ex"]
+        .iter()
+        .filter_map(|n| hits(n))
+        .sum();
+    if writes < 20 {
+        return Err(format!(
+            "bpftrace's probes at the located offsets saw {writes} writes of 20 requests"
+        ));
+    }
+    Ok(())
+}
+
+impl Overhead {
+    fn report(&self, part: u8, report: &mut Report) {
+        let who = self.client.name();
+        let floor = self.floor_missing.is_none();
+        for (runs, workload, label) in [
+            (
+                &self.requests,
+                "request loop",
+                format!(
+                    "{} sequential GETs, one keep-alive connection",
+                    self.plan.requests
+                ),
+            ),
+            (
+                &self.stream,
+                "streamed response",
+                format!(
+                    "one response of {} SSE events of {} B, read as they come",
+                    self.plan.stream_events, self.plan.event_bytes
+                ),
+            ),
+        ] {
+            let med = |i: usize| median(&runs.wall_ms[i]);
+            let watch_none = med(2) / med(0);
+            let per_round: Vec<f64> = runs.wall_ms[2]
+                .iter()
+                .zip(&runs.wall_ms[0])
+                .map(|(w, n)| w / n)
+                .collect();
+            let (lo, hi) = min_max(&per_round);
+            let noise = format!("per-round {lo:.2}–{hi:.2}");
+            if workload == "streamed response" {
+                report.row(
+                    part,
+                    &format!("{who} {workload}: wall time, claude-watch / none"),
+                    &format!("{watch_none:.2} ({noise}){}", shown(watch_none, hi, 1.02)),
+                    "≤ 1.02",
+                    verdict(watch_none, hi, 1.02),
+                );
+            } else if floor {
+                let watch_floor = med(2) / med(1);
+                let per_round: Vec<f64> = runs.wall_ms[2]
+                    .iter()
+                    .zip(&runs.wall_ms[1])
+                    .map(|(w, f)| w / f)
+                    .collect();
+                let (lo, hi) = min_max(&per_round);
+                report.row(
+                    part,
+                    &format!("{who} {workload}: wall time, claude-watch / empty-probe floor"),
+                    &format!(
+                        "{watch_floor:.2} (per-round {lo:.2}–{hi:.2}){}",
+                        shown(watch_floor, hi, 1.10)
+                    ),
+                    "≤ 1.10",
+                    verdict(watch_floor, hi, 1.10),
+                );
+            } else {
+                report.row(
+                    part,
+                    &format!("{who} {workload}: wall time, claude-watch / empty-probe floor"),
+                    "floor not measured",
+                    "≤ 1.10",
+                    None,
+                );
+            }
+            report.detail(part, format!("{who} {workload} ({label})"), runs, floor);
+        }
+        if let Some(why) = &self.floor_missing {
+            report.note(format!("{who}: empty-probe floor not measured: {why}."));
+        }
+        // Where the time goes, for the notes: the client's own CPU (user + system, where probe
+        // hits are charged) per request and per streamed event, over the floor and over none.
+        let per = |runs: &Runs, n: u32, base: usize| {
+            (median(&runs.cpu_ms[2]) - median(&runs.cpu_ms[base])) * 1000.0 / f64::from(n)
+        };
+        let base = if floor { 1 } else { 0 };
+        report.note(format!(
+            "{who}: claude-watch's extra client CPU over {}: {:.1} µs per request (request loop), {:.1} µs per event (stream); the probes, the copy of each head into the ring buffer and the reader's wakeup run on the client's CPU, and the trace process shares the 2 cores with client and server. Per-round ratios spread wider than the 2% and 10% targets on this shared machine, so those targets cannot be shown met here even where the medians come close.",
+            if floor { "the empty-probe floor" } else { "no probes" },
+            per(&self.requests, self.plan.requests, base),
+            per(&self.stream, self.plan.stream_events, base),
+        ));
+        if let Some(c) = self.counters {
+            report.note(format!(
+                "{who}: claude-watch attached to {}; last run: kernel sent {} heads, skipped {} other buffers, lost {}.",
+                self.how, c.sent, c.skipped, c.lost
+            ));
+        }
+    }
+}
+
+/// Met when the median ratio meets the target and no round exceeds it; unclear (`None`) when
+/// only the median does: the noise is wider than the target.
+fn verdict(median: f64, worst_round: f64, target: f64) -> Option<bool> {
+    match (median <= target, worst_round <= target) {
+        (true, true) => Some(true),
+        (true, false) => None,
+        (false, _) => Some(false),
+    }
+}
+
+/// The remark that goes with an unclear [`verdict`].
+fn shown(median: f64, worst_round: f64, target: f64) -> &'static str {
+    if verdict(median, worst_round, target).is_none() {
+        "; median meets the target, the noise is wider than it"
+    } else {
+        ""
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 3: pipeline capacity.
+
+/// One capacity step.
+struct Step {
+    label: String,
+    /// Exchanges the clients completed per second.
+    rate: f64,
+    /// Exchange lines the trace printed per second of load.
+    printed_rate: f64,
+    counters: Counters,
+    clean_exit: bool,
+    /// Lines printed after the consumer resumed (stall step only).
+    after_resume: Option<usize>,
+}
+
+struct Capacity {
+    steps: Vec<Step>,
+}
+
+fn capacity(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Capacity> {
+    let server = env.server(2, true)?;
+    let mut steps = Vec::new();
+    for &(procs, conc) in plan.capacity_steps {
+        let step = capacity_step(env, plan, server.port, procs, conc, 8, false)?;
+        eprintln!(
+            "bench:   {}: {:.0} exchanges/s, lost {}",
+            step.label, step.rate, step.counters.lost
+        );
+        steps.push(step);
+    }
+    let &(procs, conc) = plan.capacity_steps.last().expect("at least one step");
+    let step = capacity_step(env, plan, server.port, procs, conc, 1, true)?;
+    eprintln!("bench:   {}: lost {}", step.label, step.counters.lost);
+    steps.push(step);
+    Ok(Capacity { steps })
+}
+
+fn capacity_step(
+    env: &BenchEnv,
+    plan: &Plan,
+    port: u16,
+    procs: u32,
+    conc: u32,
+    ring_mib: u32,
+    stall: bool,
+) -> anyhow::Result<Step> {
+    let trace = env.trace(&env.node, ring_mib, true)?;
+    // Stalled step: the consumer stops for `pause`, long enough to overflow a 1 MiB ring.
+    let pause = Duration::from_secs_f64((plan.capacity_seconds * 0.6).max(1.5));
+    let load_seconds = if stall {
+        pause.as_secs_f64() + 1.0
+    } else {
+        plan.capacity_seconds
+    };
+    let args = [load_seconds.to_string(), conc.to_string()];
+    let mut clients = (0..procs)
+        .map(|_| {
+            Proc::spawn(
+                "blast client",
+                &mut env.client(Client::Node, "blast", port, &args),
+                true,
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut resumed_at = None;
+    if stall {
+        // The consumer stops reading for most of the load: the ring fills and overflows.
+        std::thread::sleep(Duration::from_millis(300));
+        trace.proc.signal(libc::SIGSTOP);
+        std::thread::sleep(pause);
+        trace.proc.signal(libc::SIGCONT);
+        resumed_at = Some(mono_ns());
+    }
+    let mut exchanges = 0.0;
+    let mut seconds: f64 = 0.0;
+    for client in &mut clients {
+        let lines = client.finish(Duration::from_secs_f64(load_seconds + 60.0))?;
+        let v: Value =
+            serde_json::from_str(&lines.last().context("load client printed nothing")?.text)?;
+        exchanges += v["count"].as_f64().unwrap_or(0.0);
+        seconds = seconds.max(v["ms"].as_f64().unwrap_or(0.0) / 1000.0);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rx = trace.proc.stdout.as_ref().expect("stdout piped");
+    let printed: Vec<u64> = rx.try_iter().map(|l| l.mono_ns).collect();
+    let after_resume = resumed_at.map(|t| printed.iter().filter(|&&m| m > t).count());
+    let (status, counters) = trace.stop()?;
+    let label = if stall {
+        format!(
+            "{procs}×{conc} connections, ring 1 MiB, consumer stopped {:.1} s",
+            pause.as_secs_f64()
+        )
+    } else {
+        format!("{procs} process(es) × {conc} connections, ring {ring_mib} MiB")
+    };
+    Ok(Step {
+        label,
+        rate: exchanges / seconds.max(1e-9),
+        printed_rate: printed.len() as f64 / seconds.max(1e-9),
+        counters,
+        clean_exit: status.success(),
+        after_resume,
+    })
+}
+
+impl Capacity {
+    fn report(&self, report: &mut Report) {
+        let lossless = self
+            .steps
+            .iter()
+            .filter(|s| s.after_resume.is_none() && s.counters.lost == 0)
+            .map(|s| s.rate)
+            .fold(0.0, f64::max);
+        let any_loss_unstalled = self
+            .steps
+            .iter()
+            .any(|s| s.after_resume.is_none() && s.counters.lost > 0);
+        report.row(
+            3,
+            "highest exchange rate generated with zero lost records (node raw-TLS clients, 2 cores)",
+            &format!("{lossless:.0} exchanges/s"),
+            "0 lost at 20,000/s",
+            if lossless >= 20_000.0 {
+                Some(true)
+            } else if any_loss_unstalled {
+                Some(false)
+            } else {
+                None
+            },
+        );
+        if let Some(stall) = self.steps.iter().find(|s| s.after_resume.is_some()) {
+            report.row(
+                3,
+                "past capacity (consumer stalled, 1 MiB ring): lost records counted, trace survives",
+                &format!(
+                    "lost {}, {} lines after resume, exit {}",
+                    stall.counters.lost,
+                    stall.after_resume.unwrap_or(0),
+                    if stall.clean_exit { "clean" } else { "FAILED" }
+                ),
+                "loss counted, no crash",
+                Some(stall.counters.lost > 0 && stall.clean_exit && stall.after_resume > Some(0)),
+            );
+        }
+        let mut t = String::from(
+            "| step | exchanges/s (clients) | lines/s printed | kernel sent | skipped | lost | unpaired | exit |\n|---|---|---|---|---|---|---|---|\n",
+        );
+        for s in &self.steps {
+            let _ = writeln!(
+                t,
+                "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
+                s.label,
+                s.rate,
+                s.printed_rate,
+                s.counters.sent,
+                s.counters.skipped,
+                s.counters.lost,
+                s.counters.unpaired,
+                if s.clean_exit { "clean" } else { "failed" }
+            );
+        }
+        report.details.push((3, "Pipeline capacity".into(), t));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 4: capture-to-output latency.
+
+struct Latency {
+    samples_us: Vec<f64>,
+    expected: u32,
+    /// 401 lines whose paired request was not the one the 401 answered.
+    mispaired: usize,
+}
+
+fn latency(env: &BenchEnv, plan: &Plan, port: u16) -> anyhow::Result<Latency> {
+    let trace = env.trace(&env.node, 8, true)?;
+    let args = [
+        plan.latency_count.to_string(),
+        plan.latency_gap_ms.to_string(),
+    ];
+    env.run_client(Client::Node, "latency", port, &args)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let rx = trace.proc.stdout.as_ref().expect("stdout piped");
+    let mut samples_us = Vec::new();
+    let mut mispaired = 0;
+    for line in rx.try_iter() {
+        let Ok(v) = serde_json::from_str::<Value>(&line.text) else {
+            continue;
+        };
+        // Matched by the response's own request-id (`req_bench<seq>`), not by the paired
+        // request's path: see the note on retried writes.
+        let ours = v["status"] == 401
+            && v["request_id"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("req_bench"));
+        if let (true, Some(read_ns)) = (ours, v["mono_ns"].as_u64()) {
+            if v["path"].as_str()
+                != v["request_id"]
+                    .as_str()
+                    .map(|r| format!("/401?seq={}", &r[9..]))
+                    .as_deref()
+            {
+                mispaired += 1;
+            }
+            samples_us.push(line.mono_ns.saturating_sub(read_ns) as f64 / 1e3);
+        }
+    }
+    trace.stop()?;
+    if samples_us.is_empty() {
+        bail!("the trace printed none of the 401 exchanges");
+    }
+    Ok(Latency {
+        samples_us,
+        expected: plan.latency_count,
+        mispaired,
+    })
+}
+
+impl Latency {
+    fn report(&self, report: &mut Report) {
+        let p50 = percentile(&self.samples_us, 50.0);
+        let p99 = percentile(&self.samples_us, 99.0);
+        let (_, max) = min_max(&self.samples_us);
+        report.row(
+            4,
+            "capture-to-output latency of a 401 (SSL_read return → `trace --json` line read), NOT detector latency",
+            &format!(
+                "p50 {p50:.0} µs, p99 {p99:.0} µs, max {max:.0} µs ({} of {} seen)",
+                self.samples_us.len(),
+                self.expected
+            ),
+            "p99 < 5 ms (detector)",
+            Some(p99 < 5000.0 && self.samples_us.len() as u32 == self.expected),
+        );
+        report.row(
+            4,
+            "401 lines paired with the wrong request (same connection, keep-alive)",
+            &format!("{} of {}", self.mispaired, self.samples_us.len()),
+            "0",
+            Some(self.mispaired == 0),
+        );
+        if self.mispaired > 0 {
+            report.note(format!(
+                "Capture bug found by the bench: {} of {} 401 responses were paired with an earlier request. node retries the first SSL_write of a connection while the TLS handshake is in progress (bpftrace: `SSL_write len 70 ret -1`, twice, then `ret 70`); the entry uprobe forwards each attempt, so the pairer queues the request three times and every later response on that connection is paired with the request two before it. Latencies here are matched by the response's own request-id, so they are not affected.",
+                self.mispaired,
+                self.samples_us.len()
+            ));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 5: footprint.
+
+/// Resident memory and CPU of a process over a window.
+#[derive(Clone, Copy, Debug)]
+struct Usage {
+    rss_kib: u64,
+    hwm_kib: u64,
+    cpu_percent: f64,
+}
+
+struct Footprint {
+    fleet: usize,
+    window: Duration,
+    idle: Usage,
+    busy: Usage,
+    busy_rate: f64,
+    counters: Counters,
+}
+
+/// CPU ticks (utime + stime) of `pid`.
+fn cpu_ticks(pid: i32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the comm: state is field 3 of stat, so utime (14) and stime (15) are at 11 and 12.
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+/// `VmRSS` and `VmHWM` of `pid` in KiB.
+fn memory_kib(pid: i32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("{name} missing"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn usage_over(pid: i32, window: Duration) -> anyhow::Result<Usage> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let t0 = cpu_ticks(pid)?;
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let t1 = cpu_ticks(pid)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let (rss_kib, hwm_kib) = memory_kib(pid)?;
+    Ok(Usage {
+        rss_kib,
+        hwm_kib,
+        cpu_percent: (t1 - t0) as f64 / hz / elapsed * 100.0,
+    })
+}
+
+fn footprint(env: &BenchEnv, plan: &Plan, port: u16) -> anyhow::Result<Footprint> {
+    let mut fleet = Vec::new();
+    for _ in 0..plan.fleet {
+        fleet.push(Proc::spawn(
+            "idle client",
+            &mut env.client(Client::Node, "idle", port, &[]),
+            true,
+        )?);
+    }
+    for p in &fleet {
+        p.wait_stdout(|l| l.contains("ready"), Duration::from_secs(120))?;
+    }
+    let trace = env.trace(&env.node, 8, true)?;
+    let pid = trace.proc.pid();
+    let idle = usage_over(pid, plan.window)?;
+    for p in &fleet {
+        p.signal(libc::SIGUSR1);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rx = trace.proc.stdout.as_ref().expect("stdout piped");
+    let _ = rx.try_iter().count();
+    let busy = usage_over(pid, plan.window)?;
+    let printed = rx.try_iter().count();
+    for p in &fleet {
+        p.signal(libc::SIGTERM);
+    }
+    for p in &mut fleet {
+        let _ = p.finish(Duration::from_secs(30));
+    }
+    let (status, counters) = trace.stop()?;
+    if !status.success() {
+        bail!("claude-watch trace exited with {status}");
+    }
+    Ok(Footprint {
+        fleet: plan.fleet,
+        window: plan.window,
+        idle,
+        busy,
+        busy_rate: printed as f64 / plan.window.as_secs_f64(),
+        counters,
+    })
+}
+
+impl Footprint {
+    fn report(&self, report: &mut Report) {
+        let hwm_mib = self.idle.hwm_kib.max(self.busy.hwm_kib) as f64 / 1024.0;
+        report.row(
+            5,
+            &format!(
+                "claude-watch trace, {} watched node processes idle: RSS, CPU",
+                self.fleet
+            ),
+            &format!(
+                "RSS {:.1} MiB, CPU {:.1}% of one core",
+                self.idle.rss_kib as f64 / 1024.0,
+                self.idle.cpu_percent
+            ),
+            "RSS < 30 MB",
+            Some(self.idle.rss_kib < 30 * 1000),
+        );
+        report.row(
+            5,
+            &format!(
+                "… busy ({:.0} exchanges/s traced): RSS, peak RSS (VmHWM), CPU",
+                self.busy_rate
+            ),
+            &format!(
+                "RSS {:.1} MiB, peak {hwm_mib:.1} MiB, CPU {:.1}% of one core (lost {})",
+                self.busy.rss_kib as f64 / 1024.0,
+                self.busy.cpu_percent,
+                self.counters.lost
+            ),
+            "RSS < 30 MB",
+            Some(self.idle.hwm_kib.max(self.busy.hwm_kib) < 30 * 1000),
+        );
+        report.note(format!(
+            "Footprint: each window is {:.0} s; CPU is utime+stime of the trace process from /proc/PID/stat over the window, memory VmRSS/VmHWM from /proc/PID/status (MiB = 1024 KiB; the target is read as 30 MB = 30,000 KiB).",
+            self.window.as_secs_f64()
+        ));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 6: locate.
+
+struct Locate {
+    binary: PathBuf,
+    cold_ms: Vec<f64>,
+    cached_ms: Vec<f64>,
+    method: String,
+}
+
+fn locate(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Locate> {
+    let time = |cache: &Path| -> anyhow::Result<(f64, Value)> {
+        let start = Instant::now();
+        let out = Command::new(&env.claude_watch)
+            .args(["locate", "--json", "--cache-dir"])
+            .arg(cache)
+            .arg(&env.claude)
+            .stderr(Stdio::null())
+            .output()?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        if !out.status.success() {
+            bail!("claude-watch locate {} failed", env.claude.display());
+        }
+        Ok((ms, serde_json::from_slice(&out.stdout)?))
+    };
+    // One untimed run brings the file into the page cache: "cold" means no locate cache.
+    let warm = env.scratch.0.join("locate-warm");
+    let (_, first) = time(&warm)?;
+    let method = first["method"].as_str().unwrap_or("?").to_owned();
+    let mut cold_ms = Vec::new();
+    for i in 0..plan.locate_runs {
+        let dir = env.scratch.0.join(format!("locate-cold-{i}"));
+        cold_ms.push(time(&dir)?.0);
+    }
+    let mut cached_ms = Vec::new();
+    for _ in 0..plan.locate_runs {
+        cached_ms.push(time(&warm)?.0);
+    }
+    Ok(Locate {
+        binary: env.claude.clone(),
+        cold_ms,
+        cached_ms,
+        method,
+    })
+}
+
+impl Locate {
+    fn report(&self, report: &mut Report) {
+        let cold = median(&self.cold_ms);
+        let cached = median(&self.cached_ms);
+        let (lo, hi) = min_max(&self.cold_ms);
+        report.row(
+            6,
+            "locate SSL_write/SSL_read in Claude Code 2.1.331 (245 MB), no cache (whole `claude-watch locate` run)",
+            &format!("{cold:.0} ms median ({lo:.0}–{hi:.0}, {} runs; {})", self.cold_ms.len(), self.method),
+            "< 2 s",
+            Some(cold < 2000.0),
+        );
+        let (lo, hi) = min_max(&self.cached_ms);
+        report.row(
+            6,
+            "… same, cached by build id",
+            &format!("{cached:.0} ms median ({lo:.0}–{hi:.0})"),
+            "—",
+            None,
+        );
+        report.note(format!(
+            "Locate: {} with an empty cache directory per cold run, after one untimed run so the file is in the page cache.",
+            self.binary.display()
+        ));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report.
+
+/// The rows, detail tables and notes of one run.
+#[derive(Default)]
+struct Report {
+    rows: Vec<(u8, String, String, String, Option<bool>)>,
+    details: Vec<(u8, String, String)>,
+    notes: Vec<String>,
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn row(&mut self, part: u8, measure: &str, result: &str, target: &str, met: Option<bool>) {
+        self.rows
+            .push((part, measure.into(), result.into(), target.into(), met));
+    }
+
+    fn note(&mut self, note: String) {
+        self.notes.push(note);
+    }
+
+    fn failed(&mut self, part: u8, what: &str, err: &anyhow::Error) {
+        eprintln!("bench: part {part} ({what}) failed: {err:#}");
+        self.row(part, what, &format!("FAILED: {err:#}"), "", Some(false));
+        self.failures.push(format!("part {part} ({what}): {err:#}"));
+    }
+
+    fn detail(&mut self, part: u8, title: String, runs: &Runs, floor: bool) {
+        let mut t = String::from(
+            "| attached | wall ms, median | wall min–max | client CPU ms, median | wall ratio to none |\n|---|---|---|---|---|\n",
+        );
+        let base = median(&runs.wall_ms[0]);
+        for (i, name) in ["nothing", "empty probes (floor)", "claude-watch trace"]
+            .iter()
+            .enumerate()
+        {
+            if i == 1 && !floor {
+                let _ = writeln!(t, "| {name} | not measured | | | |");
+                continue;
+            }
+            let (lo, hi) = min_max(&runs.wall_ms[i]);
+            let m = median(&runs.wall_ms[i]);
+            let _ = writeln!(
+                t,
+                "| {name} | {m:.1} | {lo:.1}–{hi:.1} | {:.1} | {:.2} |",
+                median(&runs.cpu_ms[i]),
+                m / base
+            );
+        }
+        self.details.push((part, title, t));
+    }
+
+    fn render(&self, machine: &str, smoke: bool, took: Duration) -> String {
+        let mut s = String::from("# claude-watch benchmarks\n\n");
+        let _ = writeln!(
+            s,
+            "Written by `cargo xtask bench{}` (took {:.0} s). Re-run it to refresh; numbers from a shared, busy machine carry the noise shown.\n",
+            if smoke { " --smoke" } else { "" },
+            took.as_secs_f64()
+        );
+        let _ = writeln!(s, "{machine}\n");
+        s.push_str("## Results against the targets\n\n| part | measure | result | target | met |\n|---|---|---|---|---|\n");
+        let mut rows = self.rows.clone();
+        rows.sort_by_key(|r| r.0);
+        for (part, measure, result, target, met) in &rows {
+            let met = match met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a",
+            };
+            let _ = writeln!(s, "| {part} | {measure} | {result} | {target} | {met} |");
+        }
+        let mut details = self.details.iter().collect::<Vec<_>>();
+        details.sort_by_key(|d| d.0);
+        for (part, title, table) in details {
+            let _ = writeln!(s, "\n### {part}. {title}\n\n{table}");
+        }
+        if !self.notes.is_empty() {
+            s.push_str("\n## Notes\n\n");
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
+        s
+    }
+}
+
+/// The machine, as a few Markdown lines.
+fn machine() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "?".into());
+    let mem = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or_else(
+            || "?".into(),
+            |k| format!("{:.1} GiB", k as f64 / 1024.0 / 1024.0),
+        );
+    let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    format!(
+        "Machine: {nproc} CPUs ({cpu}), {mem} memory, Linux {}, load average at the end: {}.",
+        read("/proc/sys/kernel/osrelease").trim(),
+        read("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_line_is_parsed() {
+        let line = "claude-watch: kernel sent 2000 heads, skipped 31 other buffers, lost 7; user space ignored 1 invalid, 2 unpaired";
+        assert_eq!(
+            parse_counters(line),
+            Some(Counters {
+                sent: 2000,
+                skipped: 31,
+                lost: 7,
+                invalid: 1,
+                unpaired: 2
+            })
+        );
+        assert_eq!(
+            parse_counters("claude-watch: tracing (Ctrl-C to stop)"),
+            None
+        );
+        assert_eq!(parse_counters("claude-watch: kernel sent 5 heads"), None);
+    }
+
+    #[test]
+    fn percentiles_interpolate() {
+        let xs = [4.0, 1.0, 3.0, 2.0];
+        assert!((median(&xs) - 2.5).abs() < 1e-9);
+        assert!((percentile(&xs, 0.0) - 1.0).abs() < 1e-9);
+        assert!((percentile(&xs, 100.0) - 4.0).abs() < 1e-9);
+        assert!((percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 99.0) - 4.96).abs() < 1e-9);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn floor_program_mirrors_the_attach_points() {
+        let functions = vec![
+            ("SSL_read".to_owned(), 0x100),
+            ("SSL_write".to_owned(), 0x200),
+        ];
+        let by_name = floor_program(Path::new("/usr/bin/node"), true, &functions, "{}");
+        assert_eq!(
+            by_name,
+            "uprobe:\"/usr/bin/node\":SSL_read {}\nuretprobe:\"/usr/bin/node\":SSL_read {}\nuprobe:\"/usr/bin/node\":SSL_write {}\nBEGIN { printf(\"ready\\n\"); }\n"
+        );
+        let by_offset = floor_program(Path::new("/b"), false, &functions, "{ @NAME = count(); }");
+        assert!(by_offset.contains("uprobe:\"/b\":0x100 { @SSL_read = count(); }\n"));
+        assert!(by_offset.contains("uretprobe:\"/b\":0x100 {}\n"));
+        assert!(by_offset.contains("uprobe:\"/b\":0x200 { @SSL_write = count(); }\n"));
+        assert!(!by_offset.contains("uretprobe:\"/b\":0x200"));
+    }
+
+    #[test]
+    fn verdicts_account_for_noise() {
+        assert_eq!(verdict(1.01, 1.02, 1.02), Some(true));
+        assert_eq!(verdict(1.01, 1.30, 1.02), None);
+        assert_eq!(verdict(1.05, 1.01, 1.02), Some(false));
+    }
+
+    #[test]
+    fn proc_stat_fields() {
+        let ticks = cpu_ticks(i32::try_from(std::process::id()).unwrap()).unwrap();
+        let (rss, hwm) = memory_kib(i32::try_from(std::process::id()).unwrap()).unwrap();
+        assert!(rss > 0 && hwm >= rss, "rss {rss} hwm {hwm}");
+        let _ = ticks;
+    }
+}
