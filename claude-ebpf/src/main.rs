@@ -254,6 +254,23 @@ fn ends_headers(buf: u64, len: u32) -> bool {
     matches!(tail, Ok(t) if t == *b"\r\n\r\n")
 }
 
+/// `bpf_ringbuf_output` flags: wake the reader, or leave the record for the next wake-up.
+const NO_WAKEUP: u64 = 1;
+const FORCE_WAKEUP: u64 = 2;
+
+/// One wake-up per exchange: a request waits in the ring for its response (which follows within
+/// the request's latency) and wakes the reader for both; responses, execs and exits wake it at
+/// once. Forced, not adaptive, because an adaptive wake-up is skipped while older records are
+/// unread. User space also drains the ring on a timer, so nothing waits long.
+#[inline(always)]
+fn wakeup(dir: u32) -> u64 {
+    if dir == kind::WRITE {
+        NO_WAKEUP
+    } else {
+        FORCE_WAKEUP
+    }
+}
+
 #[inline(always)]
 fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32) {
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
@@ -289,7 +306,7 @@ fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32) {
     // SAFETY: `size` is at most the size of `EventBuf`, which `record` points to.
     let bytes =
         unsafe { core::slice::from_raw_parts((record as *const EventBuf).cast::<u8>(), size) };
-    let ret = EVENTS.output::<[u8]>(bytes, 0);
+    let ret = EVENTS.output::<[u8]>(bytes, wakeup(dir));
     if ret.is_ok() {
         bump(stats::SENT);
     } else {
@@ -325,7 +342,7 @@ fn notify(event_kind: u32) {
         kind: event_kind,
         ..EventHeader::default()
     };
-    if EVENTS.output::<EventHeader>(&header, 0).is_ok() {
+    if EVENTS.output::<EventHeader>(&header, FORCE_WAKEUP).is_ok() {
         bump(stats::SENT);
     } else {
         bump(stats::LOST);

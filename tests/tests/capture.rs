@@ -522,3 +522,49 @@ fn exchanges_of_other_processes_are_not_attributed_to_the_wrong_pid() {
     wait_until(Duration::from_secs(1), "no stray exchange", || Some(()));
     assert_eq!(trace.exchanges_of(a.pid()).len(), 2);
 }
+
+#[test]
+fn node_https_keep_alive_pairs_each_response_with_its_own_request() {
+    // node's https module writes the first request while the handshake is still running:
+    // SSL_write fails and is retried with the same buffer. Each attempt reaches the probe.
+    let standin = StandIn::start();
+    let script = r#"
+        const https = require('https');
+        const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+        const get = (path) => new Promise((ok, fail) => https.get(
+            { host: '127.0.0.1', port: Number(process.argv[1]), path, agent, rejectUnauthorized: false,
+              headers: { 'x-api-key': process.env.KEY } },
+            (res) => { res.resume(); res.on('end', () => ok(res.statusCode)); }).on('error', fail));
+        console.log('ready');
+        process.stdin.once('data', async () => {
+            const out = [];
+            for (const p of ['/v1/models', '/bytes/10', '/bytes/20', '/bytes/30']) out.push(await get(p));
+            console.log(JSON.stringify(out));
+            agent.destroy();
+        });
+    "#;
+    let mut command = Command::new(deps::node());
+    command
+        .args(["-e", script, &standin.api_port().to_string()])
+        .env("KEY", CANARY_KEY);
+    let mut node = ChildGuard::spawn("node https", &mut command);
+    node.wait_for_line(0, WAIT, "node to start", |l| l == "ready");
+    let trace = Trace::start(&["--pid", &node.pid().to_string()]);
+    node.write_line("go");
+    node.wait_for_line(1, WAIT, "the four answers", |l| l == "[200,200,200,200]");
+    let seen = trace.wait_for(node.pid(), 4, WAIT, "four exchanges", |_| true);
+    let paths: Vec<&str> = seen.iter().filter_map(|e| e["path"].as_str()).collect();
+    assert_eq!(paths, ["/v1/models", "/bytes/10", "/bytes/20", "/bytes/30"]);
+    let log = standin.log();
+    for e in &seen {
+        let answered = log
+            .iter()
+            .find(|l| Some(l.request_id.as_str()) == e["request_id"].as_str())
+            .expect("a stand-in request id");
+        assert_eq!(
+            Some(answered.path.as_str()),
+            e["path"].as_str(),
+            "response paired with another request: {e}"
+        );
+    }
+}

@@ -46,6 +46,21 @@ impl RecordStream {
         self.malformed
     }
 
+    /// Hands every record already in the ring to `f` without waiting; returns how many there
+    /// were. Requests do not wake the reader (their responses do), so a timer calls this too.
+    pub fn drain_now(&mut self, mut f: impl FnMut(Record<'_>)) -> usize {
+        let ring = self.ring.get_mut();
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Some(record) => f(record),
+                None => self.malformed += 1,
+            }
+            n += 1;
+        }
+        n
+    }
+
     /// Waits for records and hands every available one to `f`; returns how many there were.
     pub async fn drain(&mut self, mut f: impl FnMut(Record<'_>)) -> io::Result<usize> {
         let mut guard = self.ring.readable_mut().await?;

@@ -17,7 +17,7 @@ use tracing::warn;
 use crate::capture::{Probes, Target, probes::DEFAULT_RING_BYTES, targets};
 use crate::discover::{self, Discovery, Found};
 use crate::http::Exchange;
-use crate::http::pair::Pairer;
+use crate::http::pair::{Pairer, Record};
 use crate::time::{rfc3339_ms, wall_minus_mono_ns};
 
 /// Show every HTTP/1.x exchange of TLS clients, live.
@@ -178,52 +178,69 @@ async fn trace_loop(
     tokio::pin!(deadline);
     eprintln!("claude-watch: tracing (Ctrl-C to stop)");
     let stdout = std::io::stdout();
-    loop {
-        tokio::select! {
-            drained = stream.drain(|record| {
-                let pid = record.header.pid;
-                match record.header.kind {
-                    kind::EXEC => {
-                        if let Some(found) = discovery.as_mut().and_then(|d| d.check(pid)) {
-                            attach_found(&mut probes, &found);
-                        }
-                        return;
-                    }
-                    kind::EXIT => {
-                        if let Some(d) = discovery.as_mut() {
-                            d.exited(pid);
-                        }
-                        pairer.forget_pid(pid);
-                        names.0.remove(&pid);
-                        return;
-                    }
-                    _ => {}
+    let mut handle = |record: Record<'_>| {
+        let pid = record.header.pid;
+        match record.header.kind {
+            kind::EXEC => {
+                if let Some(found) = discovery.as_mut().and_then(|d| d.check(pid)) {
+                    attach_found(&mut probes, &found);
                 }
-                // Name the process at its first record: short-lived clients may be gone by the
-                // time their response is paired.
-                names.get(pid);
-                if let Some(exchange) = pairer.push(record) {
-                    let mut out = stdout.lock();
-                    let (comm, exe) = names.get(exchange.pid);
-                    let written = if args.json {
-                        let line = Line { ts: rfc3339_ms(exchange.ts_ms), comm, exe, exchange: &exchange };
-                        serde_json::to_writer(&mut out, &line).map_err(std::io::Error::other).and_then(|()| writeln!(out))
-                    } else {
-                        writeln!(out, "{}", human(&exchange, comm))
-                    };
-                    if written.is_err() {
-                        std::process::exit(0); // stdout closed (e.g. `| head`)
-                    }
-                }
-            }) => {
-                drained.map_err(crate::capture::CaptureError::Read)?;
-                let _ = stdout.lock().flush();
+                return;
             }
+            kind::EXIT => {
+                if let Some(d) = discovery.as_mut() {
+                    d.exited(pid);
+                }
+                pairer.forget_pid(pid);
+                names.0.remove(&pid);
+                return;
+            }
+            _ => {}
+        }
+        // Name the process at its first record: short-lived clients may be gone by the time
+        // their response is paired.
+        names.get(pid);
+        if let Some(exchange) = pairer.push(record) {
+            let mut out = stdout.lock();
+            let (comm, exe) = names.get(exchange.pid);
+            let written = if args.json {
+                let line = Line {
+                    ts: rfc3339_ms(exchange.ts_ms),
+                    comm,
+                    exe,
+                    exchange: &exchange,
+                };
+                serde_json::to_writer(&mut out, &line)
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| writeln!(out))
+            } else {
+                writeln!(out, "{}", human(&exchange, comm))
+            };
+            if written.is_err() {
+                std::process::exit(0); // stdout closed (e.g. `| head`)
+            }
+        }
+    };
+    // Requests do not wake the reader (their responses do): a timer sweeps up the rest.
+    let mut sweep = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        let swept = tokio::select! {
+            drained = stream.drain(&mut handle) => {
+                drained.map_err(crate::capture::CaptureError::Read)?;
+                false
+            }
+            _ = sweep.tick() => true,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             () = &mut deadline => break,
+        };
+        if swept {
+            stream.drain_now(&mut handle);
         }
+        let _ = stdout.lock().flush();
     }
+    stream.drain_now(&mut handle);
+    drop(handle);
     let k = probes.stats();
     let p = pairer.stats();
     eprintln!(

@@ -283,7 +283,11 @@ impl Daemon {
                     self.drive_policy();
                     self.publish();
                 }
-                _ = tick.tick() => {
+                                _ = tick.tick() => {
+                    stream.drain_now(|r| batch.push((r.header, r.head.to_vec())));
+                    for (header, head) in batch.drain(..) {
+                        self.on_record(Record { header, head: &head });
+                    }
                     let events = self.detector.tick(mono_now_ns());
                     self.on_events(events);
                     self.drive_policy();
