@@ -353,7 +353,6 @@ impl Inst {
         if let Some(mut ep) = self.window.take() {
             ep.end = end;
             ep.ended_ms = ended_ms;
-            tracing::info!(instance = %self.id, episode = %ep.id, ?end, count_401 = ep.count_401, "episode closed");
             out.push(Event::EpisodeClosed(ep));
         }
         self.restart_ns = None;
