@@ -105,7 +105,7 @@ fn main() -> anyhow::Result<()> {
             setup(&root, true)?;
             build(&root)?;
             let mut cmd = as_root(Path::new("cargo"), &[]);
-            cmd.args(["test", "--release", "--workspace"])
+            cmd.args(["test", "--release"])
                 .args(&args)
                 .current_dir(&root);
             cmd.env("CLAUDE_WATCH_BIN", root.join("target/release/claude-watch"));
@@ -154,10 +154,9 @@ fn run(mut cmd: Command) -> anyhow::Result<()> {
 
 fn build(root: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new("cargo");
-    // The whole workspace, as `cargo test --workspace` sees it, so both resolve the same
-    // features and neither rebuilds what the other built.
-    cmd.args(["build", "--release", "--workspace"])
-        .current_dir(root);
+    // The default members (everything but the eBPF crate, which only builds for BPF), as
+    // `cargo test` sees them: both resolve the same features, neither rebuilds the other's work.
+    cmd.args(["build", "--release"]).current_dir(root);
     cmd.env("PATH", path_with_cargo_bin());
     run(cmd)
 }
