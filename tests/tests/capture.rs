@@ -568,3 +568,53 @@ fn node_https_keep_alive_pairs_each_response_with_its_own_request() {
         );
     }
 }
+
+#[test]
+fn a_process_in_another_mount_namespace_is_reached_through_its_root() {
+    // node copied onto a tmpfs only its own mount namespace sees: the host has no such path.
+    let standin = StandIn::start();
+    let script = r#"
+        const https = require('https');
+        console.log('ready ' + process.execPath);
+        process.stdin.once('data', () => https.get({ host: '127.0.0.1', port: Number(process.argv[1]), path: '/v1/models',
+            rejectUnauthorized: false }, (res) => { res.resume(); res.on('end', () => console.log('status ' + res.statusCode)); }));
+    "#;
+    let inner = format!(
+        "mount -t tmpfs tmpfs /mnt && cp {} /mnt/node-private && exec /mnt/node-private -e \"$0\" \"$1\"",
+        deps::node().display()
+    );
+    let mut command = Command::new("unshare");
+    command.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &inner,
+        script,
+        &standin.api_port().to_string(),
+    ]);
+    let mut node = ChildGuard::spawn("node in its own mount namespace", &mut command);
+    let (_, ready) = node.wait_for_line(0, WAIT, "node to start", |l| l.starts_with("ready "));
+    assert_eq!(ready, "ready /mnt/node-private");
+    assert!(
+        !std::path::Path::new("/mnt/node-private").exists(),
+        "the host must not see the private copy"
+    );
+    let trace = Trace::start(&["--pid", &node.pid().to_string()]);
+    assert!(
+        trace
+            .stderr()
+            .iter()
+            .any(|l| l.contains(&format!("/proc/{}/root/mnt/node-private", node.pid()))),
+        "{:?}",
+        trace.stderr()
+    );
+    node.write_line("go");
+    node.wait_for_line(1, WAIT, "the answer", |l| l == "status 200");
+    let seen = trace.wait_for(node.pid(), 1, WAIT, "the exchange", |_| true);
+    assert_eq!(
+        (seen[0]["path"].as_str(), seen[0]["status"].as_u64()),
+        (Some("/v1/models"), Some(200))
+    );
+}

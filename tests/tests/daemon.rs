@@ -530,3 +530,43 @@ fn config_check_names_file_line_and_key() {
         "{err}"
     );
 }
+
+#[test]
+fn with_no_configuration_the_daemon_watches_a_running_agent_and_status_shows_it() {
+    // The built-in configuration and the default control socket, as `cargo xtask run` starts it.
+    assert!(
+        !std::path::Path::new(claude_watch::daemon::DEFAULT_CONFIG_PATH).exists(),
+        "this test wants a host without /etc/claude-watch/config.toml"
+    );
+    let standin = StandIn::start();
+    let agent = claude_agent(&standin, "claude-haiku-4-5");
+    let mut command = std::process::Command::new(watch::bin());
+    command.arg("daemon");
+    let mut daemon = claude_watch_tests::process::ChildGuard::spawn(
+        "claude-watch daemon (built-in config)",
+        &mut command,
+    );
+    let name = pid_name(&agent);
+    let listed = wait_until(WAIT, "`claude-watch status` to show the agent", || {
+        let out = watch::run(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success()
+            && text.contains(&name)
+            && text.contains("healthy")
+            && text.contains("config <built-in>"))
+        .then_some(text)
+    });
+    assert!(
+        listed.contains("observe"),
+        "no systemd here: observe-only, said in status: {listed}"
+    );
+    assert!(
+        daemon
+            .stderr_tail()
+            .iter()
+            .any(|l| l.contains("systemd is not reachable")),
+        "said clearly at start"
+    );
+    let status = daemon.terminate(Duration::from_secs(15));
+    assert!(status.success());
+}

@@ -1377,7 +1377,7 @@ impl Locate {
         let (lo, hi) = min_max(&self.cold_ms);
         report.row(
             6,
-            "locate SSL_write/SSL_read in Claude Code 2.1.331 (245 MB), no cache (whole `claude-watch locate` run)",
+            "locate SSL_write/SSL_read in Claude Code 2.1.331 (399 MB), no cache (whole `claude-watch locate` run)",
             &format!("{cold:.0} ms median ({lo:.0}–{hi:.0}, {} runs; {})", self.cold_ms.len(), self.method),
             "< 2 s",
             Some(cold < 2000.0),

@@ -43,7 +43,8 @@ enum Task {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
-    /// Set up, build, and run every test (unit and privileged integration tests) as root.
+    /// Set up, build, and run every test (unit and privileged integration tests) as root, then
+    /// the benchmark's smoke run.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -75,6 +76,8 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "dbus",
     "systemd",
+    // The benchmark's empty-probe floor.
+    "bpftrace",
 ];
 /// The bpf-linker release that pairs with LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -110,7 +113,12 @@ fn main() -> anyhow::Result<()> {
                 .current_dir(&root);
             cmd.env("CLAUDE_WATCH_BIN", root.join("target/release/claude-watch"));
             cmd.env("CLAUDE_WATCH_TEST_DEPS", root.join(".test-deps"));
-            run(cmd)
+            run(cmd)?;
+            if args.is_empty() {
+                // The benchmark's smoke run: every part runs and yields numbers (none is timed).
+                bench::run(&root, true)?;
+            }
+            Ok(())
         }
         Task::Bench { smoke } => bench::run(&root, smoke),
     }

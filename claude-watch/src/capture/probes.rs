@@ -95,24 +95,14 @@ impl Probes {
             .load(OBJECT)
             .map_err(|e| load_error(&e))?;
         for name in ALL_PROGRAMS {
-            let program: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or_else(|| CaptureError::Load {
-                    detail: format!("program {name} missing from the object"),
-                })?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| load_error(&e))?;
-            program.load().map_err(|e| load_error(&e))?;
+            program::<UProbe>(&mut ebpf, name)?
+                .load()
+                .map_err(|e| load_error(&e))?;
         }
         for name in PROCESS_PROGRAMS {
-            let program: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| CaptureError::Load {
-                    detail: format!("program {name} missing from the object"),
-                })?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| load_error(&e))?;
-            program.load().map_err(|e| load_error(&e))?;
+            program::<RawTracePoint>(&mut ebpf, name)?
+                .load()
+                .map_err(|e| load_error(&e))?;
         }
         info!(ring_bytes, "eBPF programs loaded");
         Ok(Self {
@@ -250,6 +240,19 @@ impl Probes {
             orphan_returns: sum(stats::ORPHAN_RETURNS),
         }
     }
+}
+
+/// Program `name` of the object, as its type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, CaptureError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| CaptureError::Load {
+            detail: format!("program {name} missing from the object"),
+        })?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| load_error(&e))
 }
 
 /// Classifies a loader error: missing privileges and missing BPF get their own messages.

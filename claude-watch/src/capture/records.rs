@@ -48,34 +48,34 @@ impl RecordStream {
 
     /// Hands every record already in the ring to `f` without waiting; returns how many there
     /// were. Requests do not wake the reader (their responses do), so a timer calls this too.
-    pub fn drain_now(&mut self, mut f: impl FnMut(Record<'_>)) -> usize {
-        let ring = self.ring.get_mut();
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Some(record) => f(record),
-                None => self.malformed += 1,
-            }
-            n += 1;
-        }
-        n
+    pub fn drain_now(&mut self, f: impl FnMut(Record<'_>)) -> usize {
+        consume(self.ring.get_mut(), &mut self.malformed, f)
     }
 
     /// Waits for records and hands every available one to `f`; returns how many there were.
-    pub async fn drain(&mut self, mut f: impl FnMut(Record<'_>)) -> io::Result<usize> {
+    pub async fn drain(&mut self, f: impl FnMut(Record<'_>)) -> io::Result<usize> {
         let mut guard = self.ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Some(record) => f(record),
-                None => self.malformed += 1,
-            }
-            n += 1;
-        }
+        let n = consume(guard.get_inner_mut(), &mut self.malformed, f);
         guard.clear_ready();
         Ok(n)
     }
+}
+
+/// Hands every record in `ring` to `f`, counting those too short for their header.
+fn consume(
+    ring: &mut RingBuf<MapData>,
+    malformed: &mut u64,
+    mut f: impl FnMut(Record<'_>),
+) -> usize {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        match decode(&item) {
+            Some(record) => f(record),
+            None => *malformed += 1,
+        }
+        n += 1;
+    }
+    n
 }
 
 #[cfg(test)]

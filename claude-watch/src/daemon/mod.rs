@@ -274,7 +274,22 @@ impl Daemon {
             tokio::time::interval(Notifier::watchdog_period().unwrap_or(Duration::from_secs(3600)));
         let mut batch: Vec<(claude_ebpf_common::EventHeader, Vec<u8>)> = Vec::new();
         loop {
+            // A latch the clock will decide (N 401s already in, span not yet reached) is
+            // decided at that moment, not at the next tick.
+            let deadline = self.detector.next_deadline().map_or(
+                tokio::time::Instant::now() + Duration::from_secs(3600),
+                |at| {
+                    tokio::time::Instant::now()
+                        + Duration::from_nanos(at.saturating_sub(mono_now_ns()))
+                },
+            );
             tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    let events = self.detector.tick(mono_now_ns());
+                    self.on_events(events);
+                    self.drive_policy();
+                    self.publish();
+                }
                 drained = stream.drain(|r| batch.push((r.header, r.head.to_vec()))) => {
                     drained.map_err(crate::capture::CaptureError::Read)?;
                     for (header, head) in batch.drain(..) {

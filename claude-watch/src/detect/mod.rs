@@ -662,6 +662,20 @@ impl Detector {
         }
     }
 
+    /// The earliest moment a latch can be decided by the clock alone: a suspect window that
+    /// already has N 401s reaches its minimum span then. A caller that sleeps until this moment
+    /// (as well as ticking) reports such latches without the tick period's delay.
+    pub fn next_deadline(&self) -> Option<MonoNs> {
+        let span = u64::try_from(self.config.latch_min_span.as_nanos()).unwrap_or(u64::MAX);
+        self.instances
+            .values()
+            .filter(|i| i.state == State::Suspect)
+            .filter_map(|i| i.window.as_ref())
+            .filter(|w| w.count_401 >= u64::from(self.config.latch_min_401s))
+            .map(|w| w.first_401_mono_ns.saturating_add(span))
+            .min()
+    }
+
     /// Advances the clock: reports latches whose time threshold has passed, forgets stale suspect
     /// windows and clears throttles that have gone quiet. Call it periodically (e.g. every
     /// 250 ms); the latch is reported at most one period after the threshold.

@@ -456,3 +456,44 @@ fn restored_open_episode_continues_under_its_id() {
     r3.d.restore(&b(), closed_ep);
     assert_eq!(r3.state(&b()), State::Healthy);
 }
+
+#[test]
+fn next_deadline_is_when_n_401s_reach_the_span() {
+    let mut d = Detector::new(DetectorConfig::default());
+    let id = InstanceId::unit("a.service");
+    let ex = |status: u16, t: u64| crate::http::Exchange {
+        ts_ms: t / 1_000_000,
+        mono_ns: t,
+        pid: 7,
+        tid: 7,
+        conn: 1,
+        method: Some("POST".into()),
+        path: Some("/v1/messages".into()),
+        status,
+        latency_ms: Some(1),
+        request_id: None,
+        retry_after: None,
+        should_retry: None,
+        session_id: Some("s".into()),
+        model: Some("claude-opus-4-8".into()),
+        user_agent: None,
+    };
+    let s = 1_000_000_000;
+    d.observe(&id, 7, &ex(200, s), s);
+    d.observe(&id, 7, &ex(401, 2 * s), 2 * s);
+    d.observe(&id, 7, &ex(401, 3 * s), 3 * s);
+    assert_eq!(
+        d.next_deadline(),
+        None,
+        "two 401s cannot latch by the clock alone"
+    );
+    d.observe(&id, 7, &ex(401, 4 * s), 4 * s);
+    assert_eq!(d.next_deadline(), Some(12 * s), "first 401 + 10 s");
+    assert!(d.tick(12 * s - 1).is_empty());
+    assert!(
+        d.tick(12 * s)
+            .iter()
+            .any(|e| matches!(e, Event::EpisodeOpened(_)))
+    );
+    assert_eq!(d.next_deadline(), None);
+}
