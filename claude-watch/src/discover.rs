@@ -78,6 +78,10 @@ impl Discovery {
     /// is a claude instance not known before. A known pid whose start time changed (reused) is
     /// looked at anew.
     pub fn check(&mut self, pid: u32) -> Option<Found> {
+        // Every exec on the host lands here: rule most out with two cheap reads first.
+        if !self.known.contains_key(&pid) && !self.might_be_claude(pid) {
+            return None;
+        }
         let info = instance::read_process_info(&self.proc_root, pid).ok()?;
         if let Some(known) = self.known.get(&pid) {
             if known.info.start_time == info.start_time && known.info.exe == info.exe {
@@ -96,6 +100,28 @@ impl Discovery {
         debug!(pid, instance = %found.instance, exe = %found.info.exe.display(), "claude process found");
         self.known.insert(pid, found.clone());
         Some(found)
+    }
+
+    /// Whether the executable and command line alone say claude (no cgroup, cwd or stat read).
+    fn might_be_claude(&self, pid: u32) -> bool {
+        let dir = self.proc_root.join(pid.to_string());
+        let Ok(exe) = std::fs::read_link(dir.join("exe")) else {
+            return false;
+        };
+        // A binary replaced by an update while running reads `... (deleted)`.
+        let exe = exe
+            .to_str()
+            .and_then(|s| s.strip_suffix(" (deleted)"))
+            .map_or(exe.clone(), std::path::PathBuf::from);
+        let cmdline: Vec<String> = std::fs::read(dir.join("cmdline"))
+            .map(|raw| {
+                raw.split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        instance::classify(&exe, &cmdline).is_some()
     }
 
     /// Forgets a process that exited; returns it if it was an instance.

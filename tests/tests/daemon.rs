@@ -43,7 +43,10 @@ fn pid_name(agent: &Agent) -> String {
 fn healthy_latched_and_throttled_agents_in_status_journal_episodes_and_metrics() {
     let standin = StandIn::start();
     standin.throttle_models(&["claude-opus-*"]);
-    let daemon = Daemon::start("metrics_listen = \"127.0.0.1:19465\"", DETECTOR);
+    let daemon = Daemon::start(
+        &format!("metrics_listen = \"127.0.0.1:{}\"", watch::free_port()),
+        DETECTOR,
+    );
     let healthy = claude_agent(&standin, "claude-haiku-4-5");
     let latched = claude_agent(&standin, "claude-sonnet-4-6");
     let throttled = claude_agent(&standin, "claude-opus-4-8");

@@ -470,7 +470,9 @@ impl Daemon {
                     let acts = !self.config.daemon.dry_run && self.supervisor(instance).acts();
                     match (from, to) {
                         (_, State::Latched) => {
-                            self.observe_detection(instance, *at_ns);
+                            if *from == State::Suspect {
+                                self.observe_detection(instance, *at_ns);
+                            }
                             if acts {
                                 self.policy.latched(name, instant);
                                 self.journal_backoff(name, instant);
