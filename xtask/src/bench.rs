@@ -1364,6 +1364,8 @@ struct Detection {
     /// The daemon's threads over the cycles: time spent runnable but waiting for a CPU, and
     /// the number of times they ran (`/proc/PID/task/*/schedstat`).
     runqueue: Option<(Duration, u64)>,
+    /// The daemon's CPU use over the cycles, percent of one core.
+    cpu_percent: Option<f64>,
 }
 
 /// Run-queue wait (ns) and timeslices run, summed over the threads of `pid`.
@@ -1635,6 +1637,7 @@ fn detection(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Detection> {
 
     let load_start = loadavg();
     let sched_start = runqueue_wait(daemon.pid()).ok();
+    let ticks_start = cpu_ticks(daemon.pid()).ok();
     let started = Instant::now();
     let (mut seen, mut cycles) = (0u64, 0u64);
     let mut next = 0;
@@ -1681,6 +1684,11 @@ fn detection(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Detection> {
         .zip(runqueue_wait(daemon.pid()).ok())
         .map(|((w0, s0), (w1, s1))| (Duration::from_nanos(w1 - w0), s1 - s0));
     let load = (load_start, loadavg());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu_percent = ticks_start
+        .zip(cpu_ticks(daemon.pid()).ok())
+        .map(|(t0, t1)| (t1 - t0) as f64 / hz / elapsed.as_secs_f64() * 100.0);
     let histogram = parse_histogram(&scrape(metrics_port)?, DETECTION_HISTOGRAM)
         .context("the daemon exports no detection histogram")?;
     if histogram.count == 0 {
@@ -1699,6 +1707,7 @@ fn detection(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Detection> {
         budget_hit,
         load,
         runqueue,
+        cpu_percent,
     })
 }
 
@@ -1734,6 +1743,9 @@ impl Detection {
                 .iter()
                 .find(|(bound, _)| *bound >= 0.005)
                 .map_or(0, |(_, n)| *n);
+        let cpu = self.cpu_percent.map_or_else(String::new, |c| {
+            format!(" The daemon used {c:.1}% of one core over the cycles.")
+        });
         let runqueue = self.runqueue.map_or_else(String::new, |(wait, runs)| {
             format!(
                 " Over the cycles the daemon's threads waited {:.0} ms in all for a CPU while runnable, over {runs} runs ({:.0} µs per run on average; `/proc/PID/task/*/schedstat`).",
@@ -1748,7 +1760,7 @@ impl Detection {
             .map(|(bound, n)| format!("≤ {}: {n}", fmt_ms(bound * 1e3)))
             .collect();
         report.note(format!(
-            "Detector latency (4b): `claude-watch daemon` (dry run: nothing restarted) with `latch_min_401s = 1`, `latch_min_span = \"0s\"`, so each session's first 401 latches at once and each sample of `{DETECTION_HISTOGRAM}` is the time from the kernel timestamp of the SSL_read return carrying that 401 to the decision. {} node light agents (`tests/agents/agent.mjs` as `@anthropic-ai/claude-code/cli.js`, a turn every 300 ms) against the stand-in API; sessions latched {} at a time through its control API, each seen latched in `claude-watch status` and healed by unlatching: {} latch decisions in {} cycles, {:.1} s{} (load average {} at the start, {} at the end).{runqueue} {above_target} of {} decisions took over 5 ms. Quantiles are the upper bounds of the histogram buckets holding them (a p99 of \"≤ 5 ms\" counts as meeting \"< 5 ms\"); cumulative buckets up to 10 ms: {}.{}",
+            "Detector latency (4b): `claude-watch daemon` (dry run: nothing restarted) with `latch_min_401s = 1`, `latch_min_span = \"0s\"`, so each session's first 401 latches at once and each sample of `{DETECTION_HISTOGRAM}` is the time from the kernel timestamp of the SSL_read return carrying that 401 to the decision. {} node light agents (`tests/agents/agent.mjs` as `@anthropic-ai/claude-code/cli.js`, a turn every 300 ms) against the stand-in API; sessions latched {} at a time through its control API, each seen latched in `claude-watch status` and healed by unlatching: {} latch decisions in {} cycles, {:.1} s{} (load average {} at the start, {} at the end).{cpu}{runqueue} {above_target} of {} decisions took over 5 ms. Quantiles are the upper bounds of the histogram buckets holding them (a p99 of \"≤ 5 ms\" counts as meeting \"< 5 ms\"); cumulative buckets up to 10 ms: {}.{}",
             self.agents,
             self.batch,
             self.seen,
