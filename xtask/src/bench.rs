@@ -1328,6 +1328,25 @@ fn parse_histogram(text: &str, name: &str) -> Option<Histogram> {
 }
 
 impl Histogram {
+    /// The observations made after `before` was scraped (same buckets), or `None` if the
+    /// buckets differ or a count went down.
+    fn since(&self, before: &Self) -> Option<Self> {
+        if before.buckets.len() != self.buckets.len() {
+            return None;
+        }
+        let buckets = self
+            .buckets
+            .iter()
+            .zip(&before.buckets)
+            .map(|((b, n), (b0, n0))| (b == b0).then(|| n.checked_sub(*n0).map(|d| (*b, d))))
+            .collect::<Option<Option<Vec<_>>>>()??;
+        Some(Self {
+            buckets,
+            count: self.count.checked_sub(before.count)?,
+            sum: self.sum - before.sum,
+        })
+    }
+
     /// The upper bound of the bucket holding the `q` quantile (0 < q ≤ 1): the smallest bound
     /// with at least ⌈q·count⌉ observations at or below it. `None` when empty, or when the
     /// quantile lies past the last finite bound.
@@ -1366,6 +1385,8 @@ struct Detection {
     runqueue: Option<(Duration, u64)>,
     /// The daemon's CPU use over the cycles, percent of one core.
     cpu_percent: Option<f64>,
+    /// Instances the daemon reported that are not the bench's agents.
+    foreign: Vec<String>,
 }
 
 /// Run-queue wait (ns) and timeslices run, summed over the threads of `pid`.
@@ -1528,7 +1549,7 @@ fn daemon_status(env: &BenchEnv, socket: &Path) -> anyhow::Result<Vec<Value>> {
 }
 
 /// Waits until the instance of every pid in `pids` is in `state` (and, when `status` is given,
-/// last answered with it).
+/// last answered with it); returns the last status seen.
 fn wait_states(
     env: &BenchEnv,
     socket: &Path,
@@ -1536,7 +1557,7 @@ fn wait_states(
     state: &str,
     status: Option<u64>,
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Value>> {
     let deadline = Instant::now() + timeout;
     let mut last = Vec::new();
     loop {
@@ -1551,7 +1572,7 @@ fn wait_states(
             })
         };
         if pids.iter().all(ok) {
-            return Ok(());
+            return Ok(last);
         }
         if Instant::now() >= deadline {
             let missing: Vec<_> = pids.iter().filter(|p| !ok(p)).collect();
@@ -1620,20 +1641,33 @@ fn detection(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Detection> {
         )?);
     }
     let pids: Vec<i32> = agents.iter().map(|a| a.proc.pid()).collect();
-    wait_states(
-        env,
-        &socket,
-        &pids,
-        "healthy",
-        Some(200),
-        Duration::from_secs(90),
-    )
-    .context("waiting for the agents to be watched and healthy")?;
+    let mut foreign = std::collections::BTreeSet::new();
+    // Claude-like processes the bench did not start (another test run, say) are watched too,
+    // and their latches land in the same histogram.
+    let mut note_foreign = |status: &[Value]| {
+        for i in status {
+            let ours = i["pids"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|p| p.as_i64().is_some_and(|p| pids.contains(&(p as i32))))
+            });
+            if !ours {
+                foreign.insert(i["name"].as_str().unwrap_or("?").to_owned());
+            }
+        }
+    };
+    note_foreign(
+        &wait_states(
+            env,
+            &socket,
+            &pids,
+            "healthy",
+            Some(200),
+            Duration::from_secs(90),
+        )
+        .context("waiting for the agents to be watched and healthy")?,
+    );
     let before = parse_histogram(&scrape(metrics_port)?, DETECTION_HISTOGRAM)
         .context("the daemon exports no detection histogram")?;
-    if before.count != 0 {
-        bail!("{} latch decisions before any latch", before.count);
-    }
 
     let load_start = loadavg();
     let sched_start = runqueue_wait(daemon.pid()).ok();
@@ -1657,27 +1691,27 @@ fn detection(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Detection> {
         for a in &batch {
             standin.post("/latch", &serde_json::json!({ "session": a.session }))?;
         }
-        wait_states(
+        note_foreign(&wait_states(
             env,
             &socket,
             &batch_pids,
             "latched",
             None,
             Duration::from_secs(30),
-        )?;
+        )?);
         seen += batch.len() as u64;
         cycles += 1;
         for a in &batch {
             standin.post("/unlatch", &serde_json::json!({ "session": a.session }))?;
         }
-        wait_states(
+        note_foreign(&wait_states(
             env,
             &socket,
             &batch_pids,
             "healthy",
             Some(200),
             Duration::from_secs(30),
-        )?;
+        )?);
     };
     let elapsed = started.elapsed();
     let runqueue = sched_start
@@ -1690,7 +1724,9 @@ fn detection(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Detection> {
         .zip(cpu_ticks(daemon.pid()).ok())
         .map(|(t0, t1)| (t1 - t0) as f64 / hz / elapsed.as_secs_f64() * 100.0);
     let histogram = parse_histogram(&scrape(metrics_port)?, DETECTION_HISTOGRAM)
-        .context("the daemon exports no detection histogram")?;
+        .context("the daemon exports no detection histogram")?
+        .since(&before)
+        .context("the detection histogram's buckets changed during the run")?;
     if histogram.count == 0 {
         bail!("the daemon recorded no latch decision");
     }
@@ -1708,6 +1744,7 @@ fn detection(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Detection> {
         load,
         runqueue,
         cpu_percent,
+        foreign: foreign.into_iter().collect(),
     })
 }
 
@@ -1779,8 +1816,18 @@ impl Detection {
                 String::new()
             } else {
                 format!(
-                    " The histogram counted {} decisions, the bench saw {}.",
-                    h.count, self.seen
+                    " The histogram counted {} decisions, the bench saw {}{}.",
+                    h.count,
+                    self.seen,
+                    if self.foreign.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; the daemon also watched {} Claude-like process(es) the bench did not start ({}), whose latches count too",
+                            self.foreign.len(),
+                            self.foreign.join(", ")
+                        )
+                    }
                 )
             }
         ));
@@ -2241,6 +2288,36 @@ mod tests {
         assert_eq!(h.quantile_bound(1.0), None);
         assert_eq!(Histogram::default().quantile_bound(0.5), None);
         assert_eq!(parse_histogram(text, "claude_watch_absent_seconds"), None);
+        let before = Histogram {
+            buckets: vec![
+                (0.0001, 0),
+                (0.00025, 10),
+                (0.0005, 10),
+                (0.005, 10),
+                (0.01, 10),
+            ],
+            count: 10,
+            sum: 0.002,
+        };
+        let delta = h.since(&before).expect("same buckets");
+        assert_eq!(delta.count, 90);
+        assert_eq!(
+            delta.buckets,
+            vec![
+                (0.0001, 0),
+                (0.00025, 30),
+                (0.0005, 88),
+                (0.005, 89),
+                (0.01, 89)
+            ]
+        );
+        assert!((delta.sum - 0.498).abs() < 1e-12);
+        assert_eq!(before.since(&h), None, "counts only grow");
+        let other = Histogram {
+            buckets: vec![(0.001, 0)],
+            ..Histogram::default()
+        };
+        assert_eq!(h.since(&other), None, "different buckets");
         assert_eq!(fmt_ms(0.25), "0.25 ms");
         assert_eq!(fmt_ms(5.0), "5 ms");
         assert_eq!(Part(4, Some('b')).to_string(), "4b");
