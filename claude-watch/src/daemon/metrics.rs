@@ -10,9 +10,11 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-/// Upper bounds (seconds) of the latency histograms' buckets.
-const BUCKETS: [f64; 14] = [
-    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+/// Upper bounds (seconds) of the latency histograms' buckets: fine below 10 ms, so a detection
+/// p99 against its 5 ms target can be read from them, then coarse up to an hour for recoveries.
+const BUCKETS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0,
+    60.0, 300.0, 900.0, 3600.0,
 ];
 
 /// What a metric is, for its `# TYPE` line.
@@ -237,14 +239,28 @@ mod tests {
         );
         m.set("claude_watch_instances", "Instances.", String::new(), 2.0);
         m.observe("claude_watch_detection_seconds", "Latency.", 0.003);
+        m.observe("claude_watch_detection_seconds", "Latency.", 0.0002);
         let text = m.render();
         assert!(text.contains("# TYPE claude_watch_exchanges_total counter"));
         assert!(
             text.contains("claude_watch_exchanges_total{instance=\"a\\\"b\",status=\"401\"} 3")
         );
         assert!(text.contains("claude_watch_instances 2"));
-        assert!(text.contains("claude_watch_detection_seconds_bucket{le=\"0.001\"} 0"));
-        assert!(text.contains("claude_watch_detection_seconds_bucket{le=\"0.005\"} 1"));
-        assert!(text.contains("claude_watch_detection_seconds_count 1"));
+        // Cumulative buckets: 0.2 ms falls in le=0.00025 and above, 3 ms in le=0.005 and above.
+        for (le, count) in [
+            ("0.0001", 0),
+            ("0.00025", 1),
+            ("0.0005", 1),
+            ("0.001", 1),
+            ("0.0025", 1),
+            ("0.005", 2),
+            ("0.01", 2),
+            ("3600", 2),
+            ("+Inf", 2),
+        ] {
+            let line = format!("claude_watch_detection_seconds_bucket{{le=\"{le}\"}} {count}\n");
+            assert!(text.contains(&line), "{line:?} missing from:\n{text}");
+        }
+        assert!(text.contains("claude_watch_detection_seconds_count 2"));
     }
 }
