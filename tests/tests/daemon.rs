@@ -200,8 +200,7 @@ fn healthy_latched_and_throttled_agents_in_status_journal_episodes_and_metrics()
     let journal = daemon.journal();
     let episode = journal
         .iter()
-        .filter(|r| r["record"] == "episode" && r["episode"]["instance"] == latched_name.as_str())
-        .last()
+        .rfind(|r| r["record"] == "episode" && r["episode"]["instance"] == latched_name.as_str())
         .expect("an episode record")["episode"]
         .clone();
     let ids: Vec<&str> = episode["first_request_ids"]

@@ -240,7 +240,7 @@ async fn trace_loop(
         let _ = stdout.lock().flush();
     }
     stream.drain_now(&mut handle);
-    drop(handle);
+    let _ = stdout.lock().flush();
     let k = probes.stats();
     let p = pairer.stats();
     eprintln!(

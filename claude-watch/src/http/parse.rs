@@ -269,7 +269,7 @@ fn split_line(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// Calls `f(name, value)` for every complete header line; returns the bytes after the blank
 /// line ending the headers, if it is in `buf`.
-fn for_each_header<'a>(mut buf: &'a [u8], mut f: impl FnMut(&[u8], &[u8])) -> Option<&'a [u8]> {
+fn for_each_header(mut buf: &[u8], mut f: impl FnMut(&[u8], &[u8])) -> Option<&[u8]> {
     while let Some((line, rest)) = split_line(buf) {
         if line.is_empty() {
             return Some(rest);
