@@ -113,11 +113,21 @@ impl Agent {
     /// Starts a light agent against `standin` and waits for its start line.
     #[track_caller]
     pub fn start(standin: &StandIn, runtime: Runtime, config: &AgentConfig) -> Self {
-        let home = ScratchDir::new("claude-watch-agent");
         let program = match runtime {
             Runtime::Node => deps::node(),
             Runtime::Bun(build) => build.path(),
         };
+        Self::start_with_program(standin, &program, config)
+    }
+
+    /// Starts a light agent run by `program` (node, or any Bun executable, whatever its name).
+    #[track_caller]
+    pub fn start_with_program(
+        standin: &StandIn,
+        program: &std::path::Path,
+        config: &AgentConfig,
+    ) -> Self {
+        let home = ScratchDir::new("claude-watch-agent");
         let mut command = Command::new(program);
         command
             .arg(agent_script(home.path(), config.as_claude))
@@ -125,7 +135,7 @@ impl Agent {
             .envs(base_env(standin, &home, &config.api_key))
             .envs(agent_env(config))
             .current_dir(home.path());
-        let mut child = ChildGuard::spawn(&format!("agent ({runtime:?})"), &mut command);
+        let mut child = ChildGuard::spawn(&format!("agent ({})", program.display()), &mut command);
         let (_, start) = child.wait_for_line(0, START_TIMEOUT, "the agent's start line", |l| {
             l.contains("\"start\"")
         });

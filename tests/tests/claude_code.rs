@@ -162,3 +162,54 @@ fn bun_builds_without_symbols() {
         );
     }
 }
+
+#[test]
+fn a_binary_replaced_by_an_update_is_located_and_attached_again() {
+    // A Bun build installed as `claude` (so discovery takes it for Claude Code), traced; then
+    // replaced in place the way updaters do (new file, rename over the old path).
+    let standin = StandIn::start();
+    let dir = claude_watch_tests::process::ScratchDir::new("claude-watch-update");
+    let claude = dir.path().join("claude");
+    std::fs::copy(Bun::V1_4_5.path(), &claude).expect("install the first build");
+    let trace = Trace::start(&[]);
+    let config = AgentConfig {
+        model: "claude-haiku-4-5".into(),
+        ..AgentConfig::default()
+    };
+    let first = Agent::start_with_program(&standin, &claude, &config);
+    wait_attached(&trace, first.pid());
+    trace.wait_for(first.pid(), 1, WAIT, "the first build's traffic", |e| {
+        e["status"] == 200
+    });
+
+    let staged = dir.path().join("claude.new");
+    std::fs::copy(Bun::Baseline1_3_11.path(), &staged).expect("stage the update");
+    std::fs::rename(&staged, &claude).expect("replace the binary");
+    let second = Agent::start_with_program(&standin, &claude, &config);
+    wait_attached(&trace, second.pid());
+    // (Its very first request may go out while the new file is still being located: the
+    // response then shows up unpaired. Every later one is whole.)
+    let seen = trace.wait_for(second.pid(), 1, WAIT, "the updated build's traffic", |e| {
+        e["status"] == 200 && e["method"] == "POST"
+    });
+    assert_eq!(seen[0]["session_id"], Value::from(second.session_id()));
+    let attachments = trace
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("attached to") && l.contains("BoringSSL"))
+        .count();
+    assert!(
+        attachments >= 2,
+        "the new file was located and attached: {:?}",
+        trace.stderr()
+    );
+    // The old process, still running the replaced file, is still seen too.
+    let before = trace.exchanges_of(first.pid()).len();
+    trace.wait_for(
+        first.pid(),
+        before + 1,
+        WAIT,
+        "the old build's traffic after the update",
+        |_| true,
+    );
+}
