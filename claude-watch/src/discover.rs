@@ -105,22 +105,7 @@ impl Discovery {
     /// Whether the executable and command line alone say claude (no cgroup, cwd or stat read).
     fn might_be_claude(&self, pid: u32) -> bool {
         let dir = self.proc_root.join(pid.to_string());
-        let Ok(exe) = std::fs::read_link(dir.join("exe")) else {
-            return false;
-        };
-        // A binary replaced by an update while running reads `... (deleted)`.
-        let exe = exe
-            .to_str()
-            .and_then(|s| s.strip_suffix(" (deleted)"))
-            .map_or(exe.clone(), std::path::PathBuf::from);
-        let cmdline: Vec<String> = std::fs::read(dir.join("cmdline"))
-            .map(|raw| {
-                raw.split(|&b| b == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
         instance::classify(&exe, &cmdline).is_some()
     }
 

@@ -37,6 +37,27 @@ pub fn parse_stat(stat: &str) -> Option<(u32, u64)> {
     Some((ppid, start))
 }
 
+/// `exe` (without the ` (deleted)` of a binary replaced while running; empty when unreadable)
+/// and `cmdline` (split at NULs) of the process directory `dir`: all [`super::classify`] needs.
+pub fn read_exe_and_cmdline(dir: &Path) -> (PathBuf, Vec<String>) {
+    let exe = std::fs::read_link(dir.join("exe"))
+        .map(|p| {
+            p.to_str()
+                .and_then(|s| s.strip_suffix(" (deleted)"))
+                .map_or(p.clone(), PathBuf::from)
+        })
+        .unwrap_or_default();
+    let cmdline = std::fs::read(dir.join("cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (exe, cmdline)
+}
+
 /// Reads `/proc/<pid>/{stat,exe,cmdline,cwd,cgroup}` under `proc_root` (normally `/proc`).
 ///
 /// `exe` and `cwd` may be unreadable for another user's or a zombie process: they are then left
@@ -50,21 +71,7 @@ pub fn read_process_info(proc_root: &Path, pid: u32) -> Result<ProcessInfo, Inst
     let stat = String::from_utf8_lossy(&read("stat")?).into_owned();
     let (ppid, start_time) = parse_stat(&stat).ok_or(InstanceError::Stat { pid })?;
     let cgroup = String::from_utf8_lossy(&read("cgroup")?).into_owned();
-    let cmdline = read("cmdline")
-        .map(|raw| {
-            raw.split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let exe = std::fs::read_link(dir.join("exe"))
-        .map(|p| {
-            let s = p.to_string_lossy();
-            s.strip_suffix(" (deleted)")
-                .map_or(p.clone(), PathBuf::from)
-        })
-        .unwrap_or_default();
+    let (exe, cmdline) = read_exe_and_cmdline(&dir);
     let cwd = std::fs::read_link(dir.join("cwd")).ok();
     Ok(ProcessInfo {
         pid,
