@@ -13,7 +13,12 @@ use clap::{Parser, Subcommand};
 /// Watch headless Claude Code agents from the kernel: see every API request and status of every
 /// claude process, tell a 401 latch from a 429 throttle, and recover latched instances.
 #[derive(Debug, Parser)]
-#[command(name = "claude-watch", version, propagate_version = true)]
+#[command(
+    name = "claude-watch",
+    version,
+    propagate_version = true,
+    after_help = "Examples:\n  claude-watch daemon                   watch every claude process, recover latched ones (root)\n  claude-watch status                   what the daemon sees, like systemctl status for the fleet\n  claude-watch trace --json             every API call of every claude process, live (root)\n  claude-watch episodes --since 7d      the episode report to send upstream, with request ids\n  claude-watch locate ~/.local/bin/claude  where SSL_write/SSL_read are in a stripped binary\n  claude-watch config check /etc/claude-watch/config.toml\n\nEach command has --help with more."
+)]
 pub struct Cli {
     /// More log output on stderr (-v: debug, -vv: trace). `RUST_LOG` overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
