@@ -119,14 +119,11 @@ impl Probes {
             return Ok(());
         }
         for name in PROCESS_PROGRAMS {
-            let program: &mut RawTracePoint = self
-                .ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .expect("loaded as a raw tracepoint");
-            program.attach(name).map_err(|e| CaptureError::Load {
-                detail: format!("attaching {name}: {}", chain(&e)),
-            })?;
+            program::<RawTracePoint>(&mut self.ebpf, name)?
+                .attach(name)
+                .map_err(|e| CaptureError::Load {
+                    detail: format!("attaching {name}: {}", chain(&e)),
+                })?;
         }
         self.process_events = true;
         Ok(())
@@ -166,11 +163,7 @@ impl Probes {
         let mut links = Vec::new();
         for point in &target.points {
             for &name in programs(point.function) {
-                let program: &mut UProbe = self
-                    .ebpf
-                    .program_mut(name)
-                    .and_then(|p| p.try_into().ok())
-                    .expect("every program was loaded as a uprobe");
+                let program = program::<UProbe>(&mut self.ebpf, name)?;
                 let location = UProbeAttachLocation::AbsoluteOffset(point.file_offset);
                 match program.attach(location, &target.path, scope) {
                     Ok(id) => links.push((name, id)),
@@ -214,11 +207,7 @@ impl Probes {
 
     fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
         for (name, id) in links {
-            if let Some(program) = self
-                .ebpf
-                .program_mut(name)
-                .and_then(|p| <&mut UProbe>::try_from(p).ok())
-            {
+            if let Ok(program) = program::<UProbe>(&mut self.ebpf, name) {
                 let _ = program.detach(id);
             }
         }

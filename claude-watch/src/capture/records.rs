@@ -52,6 +52,13 @@ impl RecordStream {
         consume(self.ring.get_mut(), &mut self.malformed, f)
     }
 
+    /// Waits until the kernel signals new records; [`Self::drain_now`] then takes them. The
+    /// readiness is cleared before they are read, so none that arrive meanwhile is missed.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        self.ring.readable_mut().await?.clear_ready();
+        Ok(())
+    }
+
     /// Waits for records and hands every available one to `f`; returns how many there were.
     pub async fn drain(&mut self, f: impl FnMut(Record<'_>)) -> io::Result<usize> {
         let mut guard = self.ring.readable_mut().await?;

@@ -280,7 +280,7 @@ impl Daemon {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watchdog =
             tokio::time::interval(Notifier::watchdog_period().unwrap_or(Duration::from_secs(3600)));
-        let mut batch: Vec<(claude_ebpf_common::EventHeader, Vec<u8>)> = Vec::new();
+
         loop {
             // A latch the clock will decide (N 401s already in, span not yet reached) is
             // decided at that moment, not at the next tick.
@@ -298,19 +298,15 @@ impl Daemon {
                     self.drive_policy();
                     self.publish();
                 }
-                drained = stream.drain(|r| batch.push((r.header, r.head.to_vec()))) => {
-                    drained.map_err(crate::capture::CaptureError::Read)?;
-                    for (header, head) in batch.drain(..) {
-                        self.on_record(Record { header, head: &head });
-                    }
+                                // Records are handled in place, straight from the ring (no copy). The status
+                // snapshot is rebuilt on the tick, not per record.
+                ready = stream.readable() => {
+                    ready.map_err(crate::capture::CaptureError::Read)?;
+                    stream.drain_now(|r| self.on_record(r));
                     self.drive_policy();
-                    self.publish();
                 }
                                 _ = tick.tick() => {
-                    stream.drain_now(|r| batch.push((r.header, r.head.to_vec())));
-                    for (header, head) in batch.drain(..) {
-                        self.on_record(Record { header, head: &head });
-                    }
+                                        stream.drain_now(|r| self.on_record(r));
                     let events = self.detector.tick(mono_now_ns());
                     self.on_events(events);
                     self.drive_policy();
@@ -398,8 +394,9 @@ impl Daemon {
             }
             kind::EXIT => {
                 self.pairer.forget_pid(pid);
-                self.probes.detach_pid(pid);
                 if let Some(found) = self.discovery.exited(pid) {
+                    // Only instances (scripts under node or bun) have per-process probes.
+                    self.probes.detach_pid(pid);
                     debug!(pid, instance = %found.instance, "instance process exited");
                     let events = self
                         .detector
