@@ -107,6 +107,9 @@ pub struct DaemonConfig {
     pub ring_mib: u32,
     /// Detect and report, never restart (also `--dry-run`).
     pub dry_run: bool,
+    /// The Docker Engine API socket, asked for the names of containers that agents run in
+    /// (a Podman service socket works too).
+    pub docker_socket: PathBuf,
 }
 
 impl Default for DaemonConfig {
@@ -121,6 +124,7 @@ impl Default for DaemonConfig {
             locate_cache: "/var/cache/claude-watch/locate".into(),
             ring_mib: 8,
             dry_run: false,
+            docker_socket: "/var/run/docker.sock".into(),
         }
     }
 }
