@@ -362,7 +362,7 @@ pub fn classify(exe: &Path, cmdline: &[String]) -> Option<ClaudeKind> {
 /// `ancestors` is the parent chain, nearest first (see [`read_ancestry`]).
 pub fn is_outermost(
     ancestors: &[ProcessInfo],
-    mut is_claude: impl FnMut(&ProcessInfo) -> bool,
+    is_claude: impl FnMut(&ProcessInfo) -> bool,
 ) -> bool {
     !ancestors.iter().any(is_claude)
 }
