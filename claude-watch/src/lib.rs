@@ -12,6 +12,7 @@
 //! - [`supervise`]: supervisor adapters (the I/O seam of recovery) and the recovery policy;
 //! - [`daemon`]: all of it wired around one event loop, with status, metrics and control;
 //! - [`config`]: the TOML configuration;
+//! - [`text`]: observed text made safe to print;
 //! - [`cli`]: the subcommands.
 
 pub mod capture;
@@ -26,4 +27,5 @@ pub mod journal;
 pub mod locate;
 pub mod report;
 pub mod supervise;
+pub mod text;
 pub mod time;

@@ -504,3 +504,32 @@ fn content_check_on_real_binaries() {
         );
     }
 }
+
+#[test]
+fn a_claude_whose_binary_cannot_be_verified_is_listed_unobserved() {
+    let _serial = one_at_a_time();
+    let daemon = daemon();
+    // Named like Claude Code (the name rule takes it), but no TLS functions can be verified in
+    // it: refused, said once in the log, and listed as unobserved rather than vanishing.
+    let dir = ScratchDir::new("claude-watch-unverifiable");
+    let fake = dir.path().join("claude");
+    std::fs::copy("/bin/sleep", &fake).expect("copy sleep");
+    let mut command = Command::new(&fake);
+    command.arg("60");
+    let child = claude_watch_tests::process::ChildGuard::spawn("fake claude", &mut command);
+    let listed = wait_until(WAIT, "the instance listed as unobserved", || {
+        daemon
+            .instance_of(child.pid())
+            .filter(|i| i["unobserved"].is_string())
+    });
+    let why = listed["unobserved"].as_str().expect("a reason");
+    assert!(why.contains("no TLS library found"), "{why}");
+    let text = daemon.status_text();
+    assert!(text.contains("unobserved ("), "{text}");
+    let lines = daemon
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("unobserved") && l.contains(&format!("pid={}", child.pid())))
+        .count();
+    assert_eq!(lines, 1, "one log line: {:?}", daemon.log());
+}

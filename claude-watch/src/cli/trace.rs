@@ -306,5 +306,6 @@ fn human(e: &Exchange, comm: Option<&str>) -> String {
             line.push_str(&format!(" {key}={v}"));
         }
     }
-    line
+    // The command name is the process's own choice.
+    crate::text::printable(&line).into_owned()
 }
