@@ -110,9 +110,11 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
         probes.attach(target)?;
         announce(target);
     }
+    // Exits free what the kernel and the pairer keep per thread and process, also for explicit
+    // targets; execs find new claude processes.
+    probes.watch_processes()?;
     // Without targets: every claude process, now and later.
     let discovery = if explicit.is_empty() {
-        probes.watch_processes()?;
         let mut discovery = Discovery::new("/proc", Vec::new());
         for found in discovery.scan() {
             let quiet = discovery.rescan_pending(found.info.pid);
