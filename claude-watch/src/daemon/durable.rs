@@ -4,7 +4,9 @@
 //!
 //! Invariants kept here: journal records are appended in the order the core produced them; of
 //! several recovery states queued together only the latest is written (each is complete); on
-//! shutdown everything queued is written before the daemon exits ([`Durable::finish`]).
+//! shutdown everything queued is written before the daemon exits ([`Durable::finish`]). A crash
+//! loses at most the records still queued (the journal's own invariants keep what was written
+//! whole: see [`crate::journal`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;

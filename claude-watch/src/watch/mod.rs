@@ -403,6 +403,13 @@ impl Watch {
     }
 
     fn resume(&mut self, episodes: Vec<Episode>, now: MonoNs, out: &mut Vec<Effect>) {
+        // Instances the previous run gave up on stay given up on: the detector waits for their
+        // non-401 answer too, instead of latching them anew.
+        let escalated: Vec<InstanceId> = self.policy.escalated().cloned().collect();
+        for id in escalated {
+            let events = self.detector.escalate(&id, now);
+            self.on_events(events, now, out);
+        }
         for episode in episodes.into_iter().filter(|e| !e.is_closed()) {
             let id = policy::saved_instance_id(&episode.instance, episode.unit.as_deref());
             info!(instance = %id, episode = %episode.id, "resuming an episode left open by the previous run");

@@ -159,6 +159,14 @@ impl Policy {
         self.instances.get(instance).map_or(0, |i| i.restarts)
     }
 
+    /// The instances restarts gave up on (waiting for a non-401 answer).
+    pub fn escalated(&self) -> impl Iterator<Item = &InstanceId> {
+        self.instances
+            .iter()
+            .filter(|(_, i)| i.phase == Phase::Escalated)
+            .map(|(id, _)| id)
+    }
+
     /// No restart of `instance` happens before this.
     #[must_use]
     pub fn not_before(&self, instance: &InstanceId) -> Option<MonoNs> {

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Watch;
-use super::policy::Phase;
 use crate::detect::{MonoNs, State};
 
 /// The latest API answer of an instance.
@@ -31,8 +30,8 @@ pub struct Status {
 }
 
 /// Every instance's status at `now`: live processes, detector state, recovery phase and
-/// supervisor merged. An escalated instance whose new 401s latch it again reads `escalated`
-/// (the policy holds it there, not the detector).
+/// supervisor merged. The state is the detector's: the core keeps it in step with the policy
+/// (an escalation, or a restored one, escalates the detector too).
 pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
     let mut instances: BTreeMap<String, InstanceView> = BTreeMap::new();
     for found in watch.procs.values() {
@@ -105,9 +104,6 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
             .map(|t| watch.wall_ms(t));
         if view.binary.is_none() {
             view.binary = watch.binaries.get(id).cloned();
-        }
-        if matches!(watch.policy.phase(id), Some(Phase::Escalated)) && view.state == "latched" {
-            view.state = "escalated".into();
         }
     }
     Status {

@@ -700,3 +700,39 @@ fn an_instance_without_a_live_process_is_not_restarted_blindly() {
             .is_some_and(|d| d.contains("no live process")),
     );
 }
+
+#[test]
+fn a_daemon_restarted_while_escalated_stays_escalated_until_a_non_401() {
+    let text = "backoff_initial = \"2s\"\nmax_restarts = 1\nescalation_hook = [\"/bin/page\"]";
+    let mut r = Rig::new(text);
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let (instance, _, _) = r.take_restart();
+    r.restart_ok(&instance, 101);
+    r.start(101, &agent());
+    r.advance(500 * MS);
+    r.see(101, 401, "s1");
+    r.advance(S);
+    assert_eq!(r.view("agent.service").state, "escalated");
+    assert_eq!(r.hooks.len(), 1);
+    let saved = r.saved.clone().expect("saved");
+
+    let (now, offset) = (r.now + 60 * S, r.wall_minus_mono_ns - i128::from(60 * S));
+    let mut q = Rig::resume(config(text), Some(saved), now, offset);
+    q.start(101, &agent());
+    q.input(Input::Resume {
+        episodes: Vec::new(),
+    });
+    assert_eq!(q.view("agent.service").state, "escalated");
+    // Its 401s open no new episode, restart nothing, page nobody again.
+    q.keep_answering(101, 401, "s1", 30 * S);
+    assert_eq!(q.view("agent.service").state, "escalated");
+    assert!(q.episodes().is_empty(), "{:?}", q.episodes());
+    assert_eq!(q.restarts_total, 0);
+    assert!(q.hooks.is_empty());
+    // Fixed by hand: the first non-401 ends it.
+    q.see(101, 200, "s1");
+    assert_eq!(q.view("agent.service").state, "healthy");
+    assert_eq!(q.view("agent.service").restarts, 0);
+}
