@@ -34,7 +34,7 @@ use toml::Spanned;
 
 use crate::detect::DetectorConfig;
 use crate::instance::MatchRule;
-use crate::supervise::policy::PolicyConfig;
+use crate::watch::policy::PolicyConfig;
 
 /// The configuration built into the binary: what `claude-watch daemon` uses without a file.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");

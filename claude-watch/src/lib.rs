@@ -9,8 +9,12 @@
 //! - [`discover`] and [`instance`]: which processes are claude instances, and their names;
 //! - [`detect`]: the latch detector, a sans-IO state machine over exchanges;
 //! - [`journal`] and [`report`]: the durable episode history and the report made from it;
-//! - [`supervise`]: supervisor adapters (the I/O seam of recovery) and the recovery policy;
-//! - [`daemon`]: all of it wired around one event loop, with status, metrics and control;
+//! - [`watch`]: the core: every decision (latch, restart, wait, give up, what to publish) in one
+//!   sans-IO state machine fed inputs and a monotonic clock, returning effects; with the
+//!   recovery policy and the front half (records to inputs) shared with `trace`;
+//! - [`supervise`]: supervisor adapters (the I/O seam of recovery);
+//! - [`daemon`]: the shell that executes the core's effects: ring reader, `/proc`, probes,
+//!   supervisors, journal, status, metrics and control;
 //! - [`config`]: the TOML configuration;
 //! - [`text`]: observed text made safe to print;
 //! - [`cli`]: the subcommands.
@@ -29,3 +33,4 @@ pub mod report;
 pub mod supervise;
 pub mod text;
 pub mod time;
+pub mod watch;

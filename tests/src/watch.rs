@@ -346,6 +346,13 @@ impl Daemon {
         read_journal(&self.journal_path())
     }
 
+    /// The journal as the library reads it (rotated files included).
+    #[track_caller]
+    pub fn records(&self) -> Vec<claude_watch::journal::Record> {
+        claude_watch::journal::read_records(&self.journal_path())
+            .unwrap_or_else(|e| panic!("reading the journal: {e}"))
+    }
+
     /// `claude-watch episodes --journal <journal> --json`.
     #[track_caller]
     pub fn episodes_report(&self) -> Value {

@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use claude_watch::detect::{Episode, EpisodeEnd};
+use claude_watch::journal::{ActionKind, ActionRecord, Record};
 use claude_watch_tests::agents::{AgentConfig, FAKE_API_KEY, Runtime, agent_unit};
 use claude_watch_tests::deps::ClaudeCode;
 use claude_watch_tests::process::ScratchDir;
@@ -13,7 +15,6 @@ use claude_watch_tests::standin::StandIn;
 use claude_watch_tests::testbed::Testbed;
 use claude_watch_tests::wait::wait_until;
 use claude_watch_tests::watch::Daemon;
-use serde_json::Value;
 
 const UNIT: &str = "agent.service";
 
@@ -65,22 +66,33 @@ fn recovery_config(bed: &Testbed, extra: &str) -> String {
     )
 }
 
-/// Journal records of a kind (`restart`, `backoff`, `escalate`, `hook`).
-fn actions(daemon: &Daemon, kind: &str) -> Vec<Value> {
+/// Journal actions of a kind.
+fn actions(daemon: &Daemon, kind: ActionKind) -> Vec<ActionRecord> {
     daemon
-        .journal()
+        .records()
         .into_iter()
-        .filter(|r| r["record"] == "action" && r["kind"] == kind)
+        .filter_map(|r| match r {
+            Record::Action(a) if a.kind == kind => Some(a),
+            _ => None,
+        })
         .collect()
 }
 
-fn closed_episode(daemon: &Daemon, end: &str) -> Value {
-    wait_until(WAIT, &format!("an episode closed as {end}"), || {
-        daemon
-            .journal()
-            .into_iter()
-            .find(|r| r["record"] == "episode" && r["episode"]["end"] == end)
-            .map(|r| r["episode"].clone())
+/// Every episode snapshot in the journal.
+fn episodes(daemon: &Daemon) -> Vec<Episode> {
+    daemon
+        .records()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Episode { episode, .. } => Some(episode),
+            Record::Action(_) => None,
+        })
+        .collect()
+}
+
+fn closed_episode(daemon: &Daemon, end: EpisodeEnd) -> Episode {
+    wait_until(WAIT, &format!("an episode closed as {end:?}"), || {
+        episodes(daemon).into_iter().find(|e| e.end == end)
     })
 }
 
@@ -101,10 +113,10 @@ fn a_latched_agent_is_restarted_through_dbus_and_recovery_is_confirmed_by_its_ow
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
-    let episode = closed_episode(&daemon, "recovered_after_restart");
-    assert_eq!(episode["restarts"], 1);
-    let ttr = episode["time_to_recovery_ms"]
-        .as_u64()
+    let episode = closed_episode(&daemon, EpisodeEnd::RecoveredAfterRestart);
+    assert_eq!(episode.restarts, 1);
+    let ttr = episode
+        .time_to_recovery_ms
         .expect("time to recovery recorded");
     assert!(ttr < 20_000, "time to recovery {ttr} ms");
     let new_pid = bed.main_pid(UNIT).expect("a new main pid");
@@ -123,10 +135,10 @@ fn a_latched_agent_is_restarted_through_dbus_and_recovery_is_confirmed_by_its_ow
         log.iter().all(|l| l.path != "/v1/models"),
         "no probe request was made"
     );
-    let restarts = actions(&daemon, "restart");
+    let restarts = actions(&daemon, ActionKind::Restart);
     assert_eq!(restarts.len(), 1, "{restarts:?}");
-    assert_eq!(restarts[0]["ok"], true);
-    assert_eq!(restarts[0]["episode_id"], episode["id"]);
+    assert!(restarts[0].ok);
+    assert_eq!(restarts[0].episode_id.as_deref(), Some(episode.id.as_str()));
 }
 
 #[test]
@@ -149,21 +161,21 @@ fn an_open_upstream_window_backs_off_and_recovery_waits_for_it_to_close() {
     let window_closes = now_ms() + u64::try_from(window.as_millis()).expect("fits");
     standin.latch_session(healthy["session_id"].as_str().expect("session"));
 
-    let episode = closed_episode(&daemon, "recovered_after_restart");
-    let restarts = actions(&daemon, "restart");
+    let episode = closed_episode(&daemon, EpisodeEnd::RecoveredAfterRestart);
+    let restarts = actions(&daemon, ActionKind::Restart);
     assert!(
         restarts.len() >= 2,
         "restarted into the open window, then again: {restarts:?}"
     );
     assert!(
-        episode["ended_ms"].as_u64().expect("ended") >= window_closes,
-        "recovered before the window closed: {episode}"
+        episode.ended_ms.expect("ended") >= window_closes,
+        "recovered before the window closed: {episode:?}"
     );
     // Growing quiet windows, and no restart inside one.
-    let backoffs = actions(&daemon, "backoff");
+    let backoffs = actions(&daemon, ActionKind::Backoff);
     let waits: Vec<u64> = backoffs
         .iter()
-        .map(|b| b["until_ms"].as_u64().expect("until") - b["at_ms"].as_u64().expect("at"))
+        .map(|b| b.until_ms.expect("until") - b.at_ms)
         .collect();
     assert!(waits.len() >= 2, "{backoffs:?}");
     assert!(
@@ -171,12 +183,12 @@ fn an_open_upstream_window_backs_off_and_recovery_waits_for_it_to_close() {
         "quiet windows grow: {waits:?}"
     );
     for backoff in &backoffs {
-        let until = backoff["until_ms"].as_u64().expect("until");
-        let at = backoff["at_ms"].as_u64().expect("at");
+        let until = backoff.until_ms.expect("until");
+        let at = backoff.at_ms;
         assert!(
             restarts
                 .iter()
-                .filter_map(|r| r["at_ms"].as_u64())
+                .map(|r| r.at_ms)
                 .all(|t| t <= at || t >= until.saturating_sub(300)),
             "a restart inside the quiet window {at}..{until}: {restarts:?}"
         );
@@ -207,20 +219,20 @@ fn a_poisoned_credential_is_escalated_after_k_restarts_and_the_hook_runs_once() 
     daemon.wait_instance(UNIT, WAIT, "healthy", |i| i["last_status"] == 200);
     standin.poison_credential(FAKE_API_KEY);
 
-    let episode = closed_episode(&daemon, "escalated");
-    assert_eq!(episode["restarts"], 2, "{episode}");
+    let episode = closed_episode(&daemon, EpisodeEnd::Escalated);
+    assert_eq!(episode.restarts, 2, "{episode:?}");
     daemon.wait_instance(UNIT, WAIT, "escalated in status", |i| {
         i["state"] == "escalated"
     });
     wait_until(WAIT, "the hook to run", || hook_log.exists().then_some(()));
     // No more restarts once escalated, and the hook ran exactly once.
     std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(actions(&daemon, "restart").len(), 2);
+    assert_eq!(actions(&daemon, ActionKind::Restart).len(), 2);
     assert_eq!(
         std::fs::read_to_string(&hook_log).expect("hook log"),
         format!("{UNIT} {UNIT}\n")
     );
-    assert_eq!(actions(&daemon, "hook").len(), 1);
+    assert_eq!(actions(&daemon, ActionKind::Hook).len(), 1);
     // A non-401 leaves escalation.
     standin.clear_credential(FAKE_API_KEY);
     daemon.wait_instance(UNIT, WAIT, "healthy after the credential was fixed", |i| {
@@ -243,7 +255,7 @@ fn a_429_throttle_restarts_nothing() {
     std::thread::sleep(Duration::from_secs(6));
     let status = daemon.wait_instance(UNIT, WAIT, "still healthy", |_| true);
     assert_eq!(status["state"], "healthy");
-    assert!(actions(&daemon, "restart").is_empty());
+    assert!(actions(&daemon, ActionKind::Restart).is_empty());
     assert_eq!(bed.main_pid(UNIT), Some(pid), "the unit was not restarted");
 }
 
@@ -260,9 +272,9 @@ fn a_daemon_restarted_during_a_quiet_window_does_not_restart_early() {
     standin.latch_session(healthy["session_id"].as_str().expect("session"));
     // First restart, into the window: latched again, a 10 s quiet window begins.
     let backoff = wait_until(WAIT, "a quiet window", || {
-        actions(&daemon, "backoff").into_iter().next()
+        actions(&daemon, ActionKind::Backoff).into_iter().next()
     });
-    let until = backoff["until_ms"].as_u64().expect("until");
+    let until = backoff.until_ms.expect("until");
     let pid_in_window = bed.main_pid(UNIT).expect("pid");
     let scratch = daemon.crash();
     let daemon = Daemon::start_in(scratch, "", &config);
@@ -285,12 +297,12 @@ fn a_daemon_restarted_during_a_quiet_window_does_not_restart_early() {
     }
     // ...and the next restart comes after it.
     let second = wait_until(WAIT, "the next restart", || {
-        actions(&daemon, "restart").into_iter().nth(1)
+        actions(&daemon, ActionKind::Restart).into_iter().nth(1)
     });
     assert!(
-        second["at_ms"].as_u64().expect("at") >= until.saturating_sub(300),
+        second.at_ms >= until.saturating_sub(300),
         "restart at {} before {until}",
-        second["at_ms"]
+        second.at_ms
     );
 }
 
@@ -305,19 +317,23 @@ fn an_unreachable_supervisor_is_reported_retried_and_loses_no_episode() {
     let healthy = daemon.wait_instance(UNIT, WAIT, "healthy", |i| i["last_status"] == 200);
     standin.latch_session(healthy["session_id"].as_str().expect("session"));
     let failed = wait_until(WAIT, "two failed restarts", || {
-        let failed: Vec<Value> = actions(&daemon, "restart")
+        let failed: Vec<ActionRecord> = actions(&daemon, ActionKind::Restart)
             .into_iter()
-            .filter(|r| r["ok"] == false)
+            .filter(|r| !r.ok)
             .collect();
         (failed.len() >= 2).then_some(failed)
     });
     assert!(
-        failed[0]["detail"]
-            .as_str()
+        failed[0]
+            .detail
+            .as_deref()
             .is_some_and(|d| d.contains("unavailable")),
         "{failed:?}"
     );
-    assert!(!actions(&daemon, "backoff").is_empty(), "failures back off");
+    assert!(
+        !actions(&daemon, ActionKind::Backoff).is_empty(),
+        "failures back off"
+    );
     daemon.wait_instance(UNIT, WAIT, "still latched, daemon alive", |i| {
         i["state"] == "latched"
     });
@@ -329,17 +345,12 @@ fn an_unreachable_supervisor_is_reported_retried_and_loses_no_episode() {
     )
     .expect("fix config");
     daemon.signal(libc::SIGHUP);
-    let episode = closed_episode(&daemon, "recovered_after_restart");
-    assert!(episode["restarts"].as_u64().is_some_and(|n| n >= 1));
-    let episodes: Vec<Value> = daemon
-        .journal()
-        .into_iter()
-        .filter(|r| r["record"] == "episode")
-        .map(|r| r["episode"]["id"].clone())
-        .collect();
+    let episode = closed_episode(&daemon, EpisodeEnd::RecoveredAfterRestart);
+    assert!(episode.restarts >= 1);
+    let ids: Vec<String> = episodes(&daemon).into_iter().map(|e| e.id).collect();
     assert!(
-        episodes.iter().all(|id| *id == episode["id"]),
-        "one episode throughout: {episodes:?}"
+        ids.iter().all(|id| *id == episode.id),
+        "one episode throughout: {ids:?}"
     );
 }
 
@@ -397,12 +408,8 @@ fn the_real_claude_code_in_a_unit_is_restarted_and_recovers() {
     );
     let old_session = healthy["session_id"].as_str().expect("session").to_owned();
     standin.latch_session(&old_session);
-    let episode = closed_episode(&daemon, "recovered_after_restart");
-    assert!(
-        episode["session_ids"]
-            .as_array()
-            .is_some_and(|s| s.contains(&Value::from(old_session.as_str())))
-    );
+    let episode = closed_episode(&daemon, EpisodeEnd::RecoveredAfterRestart);
+    assert!(episode.session_ids.contains(&old_session), "{episode:?}");
     let now = daemon.wait_instance(UNIT, WAIT, "claude healthy with a new session", |i| {
         i["state"] == "healthy" && i["session_id"] != old_session.as_str()
     });

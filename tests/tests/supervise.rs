@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use claude_watch::instance::InstanceId;
 use claude_watch::supervise::command::CommandRestarter;
 use claude_watch::supervise::observe::ObserveOnly;
-use claude_watch::supervise::policy::{Action, Phase, Policy, PolicyConfig};
 use claude_watch::supervise::signal::SignalRestarter;
 use claude_watch::supervise::systemd::{SystemdMode, SystemdRestarter};
 use claude_watch::supervise::{Restarter, SuperviseError, Target, procfs};
+use claude_watch::time::mono_now_ns;
+use claude_watch::watch::policy::{Action, Phase, Policy, PolicyConfig};
 use claude_watch_tests::testbed::Testbed;
 
 const LOOPER: &str = "[Unit]\nDescription=looper\n[Service]\nExecStart=/bin/sh -c 'while :; do sleep 1; done'\nRestart=always\nRestartSec=100ms\n";
@@ -220,10 +222,13 @@ fn systemd_adapter_reports_unit_not_found_and_bus_unavailable() {
         .with_unit("ghost.service");
     match rt.block_on(restarter.restart(&named)) {
         Err(SuperviseError::UnitNotFound {
-            instance, reason, ..
+            instance, source, ..
         }) => {
             assert_eq!(instance, "ghost");
-            assert!(reason.contains("ghost.service"), "reason: {reason}");
+            assert!(
+                source.to_string().contains("ghost.service"),
+                "cause: {source}"
+            );
         }
         other => panic!("expected UnitNotFound, got {other:?}"),
     }
@@ -261,24 +266,40 @@ fn policy_drives_the_systemd_adapter_one_at_a_time_and_backs_off_a_failing_super
             .with_unit("ghost.service"),
         Target::for_pid("looper", looper).unwrap(),
     ];
+    let (ghost, looper_id) = (
+        InstanceId::unit("ghost.service"),
+        InstanceId::rule("looper"),
+    );
+    let id_of = |name: &str| {
+        if name == "ghost" {
+            ghost.clone()
+        } else {
+            looper_id.clone()
+        }
+    };
     let mut policy = Policy::new(PolicyConfig::default());
-    let t0 = std::time::Instant::now();
-    policy.latched("ghost", t0);
-    policy.latched("looper", t0 + Duration::from_millis(1));
+    let t0 = mono_now_ns();
+    policy.latched(&ghost, t0);
+    policy.latched(&looper_id, t0 + 1_000_000);
 
     let mut new_pid = None;
     for _ in 0..2 {
-        let now = std::time::Instant::now();
-        let restarts: Vec<String> = policy
+        let now = mono_now_ns();
+        let restarts: Vec<InstanceId> = policy
             .poll(now)
             .into_iter()
             .filter_map(|a| match a {
                 Action::Restart(i) => Some(i),
-                _ => None,
+                Action::Escalate(_) => None,
             })
             .collect();
         assert_eq!(restarts.len(), 1, "one restart at a time: {restarts:?}");
-        let target = targets.iter().find(|t| t.instance == restarts[0]).unwrap();
+        let name = if restarts[0] == ghost {
+            "ghost"
+        } else {
+            "looper"
+        };
+        let target = targets.iter().find(|t| t.instance == name).unwrap();
         let result = rt.block_on(restarter.restart(target));
         if target.instance == "ghost" {
             assert!(
@@ -288,24 +309,24 @@ fn policy_drives_the_systemd_adapter_one_at_a_time_and_backs_off_a_failing_super
         } else {
             new_pid = result.as_ref().ok().and_then(|o| o.new_pid);
         }
-        policy.restart_finished(&target.instance, std::time::Instant::now(), &result);
+        policy.restart_finished(&id_of(&target.instance), mono_now_ns(), &result);
     }
     // The failing supervisor is retried only after its quiet window; the other one restarted.
-    let ghost_next = policy.not_before("ghost").expect("ghost backs off");
-    assert!(ghost_next >= t0 + Duration::from_secs(60));
-    assert_eq!(policy.phase("ghost"), Some(Phase::Latched));
+    let ghost_next = policy.not_before(&ghost).expect("ghost backs off");
+    assert!(ghost_next >= t0 + 60_000_000_000);
+    assert_eq!(policy.phase(&ghost), Some(Phase::Latched));
     assert!(matches!(
-        policy.phase("looper"),
+        policy.phase(&looper_id),
         Some(Phase::Recovering { .. })
     ));
     let new_pid = new_pid.expect("looper restarted");
     assert_ne!(new_pid, looper);
     assert_eq!(tb.main_pid("looper.service"), Some(new_pid));
     // The new process answers (non-401): recovered; nothing else is due before ghost's window.
-    let now = std::time::Instant::now();
-    assert!(policy.recovered("looper", now).is_some());
-    let actions = policy.poll(now);
-    assert_eq!(actions, [Action::Wait { until: ghost_next }]);
+    let now = mono_now_ns();
+    assert!(policy.recovered(&looper_id, now).is_some());
+    assert!(policy.poll(now).is_empty());
+    assert_eq!(policy.next_deadline(), Some(ghost_next));
 }
 
 fn supervisorctl(conf: &Path, args: &[&str]) -> String {

@@ -5,7 +5,6 @@
 //! call it first, so on a fresh machine each of them is the only command needed.
 
 mod bench;
-mod execburst;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -17,8 +17,12 @@ use tracing::{debug, warn};
 use crate::capture::{Probes, Target, probes::DEFAULT_RING_BYTES, targets};
 use crate::discover::{self, Discovery, Found};
 use crate::http::Exchange;
-use crate::http::pair::{Pairer, Record};
+use crate::http::pair::Record;
+use crate::instance::ClaudeKind;
 use crate::time::{rfc3339_ms, wall_minus_mono_ns};
+use crate::watch::Input;
+use crate::watch::error_chain;
+use crate::watch::front::{Front, NoProcesses, Processes};
 
 /// Show every HTTP/1.x exchange of TLS clients, live.
 ///
@@ -117,8 +121,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     let discovery = if explicit.is_empty() {
         let mut discovery = Discovery::new("/proc", Vec::new());
         for found in discovery.scan() {
-            let quiet = discovery.rescan_pending(found.info.pid);
-            attach_found(&mut probes, &found, quiet);
+            attach_found(&mut probes, &found, found.kind == ClaudeKind::Script);
         }
         eprintln!(
             "claude-watch: watching for claude processes ({} running)",
@@ -133,7 +136,16 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(trace_loop(args, probes, ring, discovery))
+    let offset = wall_minus_mono_ns();
+    match discovery {
+        Some(d) => runtime.block_on(trace_loop(args, probes, ring, Front::new(d, offset))),
+        None => runtime.block_on(trace_loop(
+            args,
+            probes,
+            ring,
+            Front::new(NoProcesses, offset),
+        )),
+    }
 }
 
 fn announce(target: &Target) {
@@ -167,24 +179,24 @@ fn attach_found(probes: &mut Probes, found: &Found, quiet: bool) {
     });
     if let Err(e) = attached {
         if quiet {
-            debug!(pid = found.info.pid, instance = %found.instance, "not attached yet: {e}");
+            debug!(pid = found.info.pid, instance = %found.instance, error = %error_chain(&e), "not attached yet");
         } else {
-            warn!(pid = found.info.pid, instance = %found.instance, "cannot attach: {e}");
+            warn!(pid = found.info.pid, instance = %found.instance, error = %error_chain(&e), "cannot attach");
         }
     }
 }
 
-async fn trace_loop(
+/// Prints every exchange the front half pairs; attaches to claude processes it finds.
+async fn trace_loop<P: Processes>(
     args: TraceArgs,
     probes: Probes,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
-    discovery: Option<Discovery>,
+    front: Front<P>,
 ) -> anyhow::Result<()> {
     // Shared by the record handler and the sweep timer (script instances looked at again).
     let probes = std::cell::RefCell::new(probes);
-    let discovery = std::cell::RefCell::new(discovery);
+    let front = std::cell::RefCell::new(front);
     let mut stream = RecordStream::new(ring).context("polling the ring buffer")?;
-    let mut pairer = Pairer::new(wall_minus_mono_ns());
     let mut names = ProcNames::default();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -196,50 +208,42 @@ async fn trace_loop(
     eprintln!("claude-watch: tracing (Ctrl-C to stop)");
     let stdout = std::io::stdout();
     let mut handle = |record: Record<'_>| {
-        let pid = record.header.pid;
-        match record.header.kind {
-            kind::EXEC => {
-                if let Some(d) = discovery.borrow_mut().as_mut()
-                    && let Some(found) = d.check(pid)
-                {
-                    let quiet = d.rescan_pending(pid);
-                    attach_found(&mut probes.borrow_mut(), &found, quiet);
-                }
-                return;
-            }
-            kind::EXIT => {
-                if let Some(d) = discovery.borrow_mut().as_mut() {
-                    d.exited(pid);
-                }
-                pairer.forget_pid(pid);
-                names.0.remove(&pid);
-                return;
-            }
-            _ => {}
-        }
         // Name the process at its first record: short-lived clients may be gone by the time
         // their response is paired.
-        names.get(pid);
-        if let Some(exchange) = pairer.push(record) {
-            let mut out = stdout.lock();
-            let (comm, exe) = names.get(exchange.pid);
-            let written = if args.json {
-                let line = Line {
-                    ts: rfc3339_ms(exchange.ts_ms),
-                    comm,
-                    exe,
-                    exchange: &exchange,
-                };
-                serde_json::to_writer(&mut out, &line)
-                    .map_err(std::io::Error::other)
-                    .and_then(|()| writeln!(out))
-            } else {
-                writeln!(out, "{}", human(&exchange, comm))
-            };
-            if written.is_err() {
-                std::process::exit(0); // stdout closed (e.g. `| head`)
-            }
+        if !matches!(record.header.kind, kind::EXEC | kind::EXIT) {
+            names.get(record.header.pid);
         }
+        front.borrow_mut().push(record, |input| match input {
+            Input::Started(found) => attach_found(
+                &mut probes.borrow_mut(),
+                &found,
+                found.kind == ClaudeKind::Script,
+            ),
+            Input::Exited { pid, .. } => {
+                names.0.remove(&pid);
+            }
+            Input::Exchange { exchange, .. } => {
+                let mut out = stdout.lock();
+                let (comm, exe) = names.get(exchange.pid);
+                let written = if args.json {
+                    let line = Line {
+                        ts: rfc3339_ms(exchange.ts_ms),
+                        comm,
+                        exe,
+                        exchange: &exchange,
+                    };
+                    serde_json::to_writer(&mut out, &line)
+                        .map_err(std::io::Error::other)
+                        .and_then(|()| writeln!(out))
+                } else {
+                    writeln!(out, "{}", human(&exchange, comm))
+                };
+                if written.is_err() {
+                    std::process::exit(0); // stdout closed (e.g. `| head`)
+                }
+            }
+            _ => {}
+        });
     };
     // Requests do not wake the reader (their responses do): a timer sweeps up the rest.
     let mut sweep = tokio::time::interval(Duration::from_millis(200));
@@ -256,11 +260,10 @@ async fn trace_loop(
         };
         if swept {
             stream.drain_now(&mut handle);
-            let due = discovery
+            let due = front
                 .borrow_mut()
-                .as_mut()
-                .map(|d| d.due_rescans(std::time::Instant::now()))
-                .unwrap_or_default();
+                .processes_mut()
+                .due_rescans(std::time::Instant::now());
             for (found, last) in due {
                 attach_found(&mut probes.borrow_mut(), &found, !last);
             }
@@ -270,7 +273,7 @@ async fn trace_loop(
     stream.drain_now(&mut handle);
     let _ = stdout.lock().flush();
     let k = probes.borrow().stats();
-    let p = pairer.stats();
+    let p = front.borrow().pair_stats();
     eprintln!(
         "claude-watch: kernel sent {} heads, skipped {} other buffers, lost {}; user space ignored {} invalid, {} unpaired",
         k.sent, k.skipped, k.lost, p.invalid, p.unpaired_responses

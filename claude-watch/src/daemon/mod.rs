@@ -1,60 +1,59 @@
-//! The daemon: capture, discovery, detection and recovery wired together around one event
-//! loop. The state machines ([`Detector`], [`Policy`]) stay pure; this module moves data
-//! between them and the world: kernel records in, journal records, restarts, metrics and
-//! status out.
+//! The daemon: the shell around the core ([`crate::watch::Watch`]). It decides nothing; it moves
+//! data between the core and the world and executes the core's effects:
 //!
-//! - `actions`: restarts, the escalation hook, and their durable record;
-//! - `publish`: the status snapshot and gauges;
+//! - kernel records in, through the front half ([`crate::watch::front`]) and [`Discovery`]
+//!   (`/proc`);
+//! - probes attached (locating TLS functions on a blocking task) and detached;
+//! - restarts and the escalation hook on their own tasks, their results fed back as inputs;
+//! - the journal and the recovery state written by one durable writer thread (fsync never runs
+//!   on the event loop);
+//! - status, metrics, `sd_notify` and the control socket.
+//!
+//! Modules:
+//! - `durable`: the writer thread for the journal and the recovery state;
+//! - `publish`: metric events and the status snapshot rendered for the registry and the socket;
 //! - [`control`]: the control socket `claude-watch status` talks to;
 //! - [`metrics`]: the Prometheus registry and endpoint;
 //! - [`notify`]: `sd_notify` readiness and watchdog;
-//! - [`recovery`]: each instance's supervisor, restarts and the escalation hook;
 //! - [`status`]: the snapshot served to operators.
 
-mod actions;
 pub mod control;
+mod durable;
 pub mod metrics;
 pub mod notify;
 mod publish;
-pub mod recovery;
 pub mod status;
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use claude_ebpf_common::kind;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::capture::records::RecordStream;
-use crate::capture::{Probes, targets};
+use crate::capture::{CaptureError, Probes, Target as ProbeTarget, targets};
 use crate::config::Config;
-use crate::detect::{Detector, Event, Reason, State};
 use crate::discover::{self, Discovery, Found};
-use crate::http::Exchange;
-use crate::http::pair::{Pairer, Record};
-use crate::instance::{IdSource, InstanceId};
+use crate::http::pair::Record;
+use crate::instance::ClaudeKind;
 use crate::journal::{Journal, JournalOptions};
-use crate::supervise::policy::Policy;
-use crate::supervise::{RestartOutcome, SuperviseError};
+use crate::supervise::supervisor::{self, SystemdBus};
 use crate::time::{mono_now_ns, wall_minus_mono_ns};
-use actions::restore_policy;
-use metrics::{Metrics, labels};
+use crate::watch::front::Front;
+use crate::watch::policy::PolicySnapshot;
+use crate::watch::{Effect, Input, Watch, error_chain};
+use durable::{Durable, Write};
+use metrics::Metrics;
 use notify::Notifier;
-use publish::{
-    DETECTION_HELP, EPISODES_HELP, EXCHANGES_HELP, RECOVERIES_HELP, RECOVERY_HELP, declare_metrics,
-};
-use recovery::SystemdBus;
 use status::Snapshot;
 
 /// The configuration file read when none is given, if it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/claude-watch/config.toml";
 
-/// How often the detector's clock and the recovery policy are polled.
+/// How often the core's clock is advanced without an event.
 const TICK: Duration = Duration::from_millis(250);
 
 /// How the daemon was started.
@@ -94,56 +93,57 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     })
 }
 
-/// A restart or hook that finished, sent back to the loop by its task.
-struct RestartDone {
-    instance: String,
-    started: Instant,
-    /// The escalation hook rather than a restart.
-    hook: bool,
-    result: Result<RestartOutcome, SuperviseError>,
-}
-
-/// The latest API answer of an instance.
-#[derive(Clone, Copy, Debug)]
-struct LastSeen {
-    status: u16,
-    ts_ms: u64,
+/// A result of work done off the event loop, on its way back.
+enum Done {
+    /// The TLS functions of a found process were located (or not).
+    Located {
+        found: Box<Found>,
+        result: Result<Vec<ProbeTarget>, CaptureError>,
+        /// The last look at a script instance's mapped files (a failure is then said).
+        last: bool,
+    },
+    /// An input for the core (a restart's or the hook's result).
+    Input(Input),
 }
 
 struct Daemon {
-    config: Config,
     origin: String,
     options: Options,
     probes: Probes,
     stream: Option<RecordStream>,
-    discovery: Discovery,
-    pairer: Pairer,
-    detector: Detector,
-    policy: Policy,
-    journal: Journal,
+    front: Front<Discovery>,
+    watch: Watch,
+    durable: Durable,
     metrics: Metrics,
     notifier: Notifier,
-    bus: SystemdBus,
-    /// Instances by name (the policy speaks names).
-    ids: BTreeMap<String, InstanceId>,
-    /// Binary of each instance.
-    binaries: HashMap<InstanceId, String>,
-    /// Instance processes that no probe could be attached to, and why.
-    unobserved: HashMap<u32, String>,
-    last_seen: HashMap<InstanceId, LastSeen>,
-    exchanges: u64,
     snapshots: watch::Sender<Arc<Snapshot>>,
-    done_tx: mpsc::UnboundedSender<RestartDone>,
-    done_rx: mpsc::UnboundedReceiver<RestartDone>,
-    state_path: PathBuf,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
     started_ms: u64,
     control_path: PathBuf,
+    /// Effects are executed inline while starting (attachments before readiness).
+    starting: bool,
 }
 
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The recovery state saved by the previous run, if readable.
+fn read_recovery_state(path: &Path) -> Option<PolicySnapshot> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str::<PolicySnapshot>(&text) {
+        Ok(snapshot) => {
+            info!(path = %path.display(), "recovery state restored (quiet windows and escalations carry over)");
+            Some(snapshot)
+        }
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "ignoring unreadable recovery state");
+            None
+        }
+    }
 }
 
 impl Daemon {
@@ -185,19 +185,12 @@ impl Daemon {
         let stream = RecordStream::new(probes.take_ring()?).context("polling the ring buffer")?;
 
         let state_path = d.state_dir.join("recovery.json");
-        let policy = restore_policy(&state_path, config.recovery.policy_config());
-        let mut detector = Detector::new(config.detector.detector_config());
+        let saved = read_recovery_state(&state_path);
         let records = journal.records().context("reading the journal")?;
-        let mut resumed = Vec::new();
-        for episode in crate::journal::episodes(&records)
+        let open_episodes: Vec<_> = crate::journal::episodes(&records)
             .into_iter()
             .filter(|e| !e.is_closed())
-        {
-            let id = instance_id_of(&episode.instance, episode.unit.as_deref());
-            info!(instance = %id, episode = %episode.id, "resuming an episode left open by the previous run");
-            detector.restore(&id, episode);
-            resumed.push(id);
-        }
+            .collect();
 
         let bus = SystemdBus::detect(config.recovery.systemd_bus.as_deref());
         if let SystemdBus::Unavailable(why) = &bus {
@@ -210,7 +203,7 @@ impl Daemon {
         }
 
         let metrics = Metrics::default();
-        declare_metrics(&metrics);
+        publish::declare_metrics(&metrics);
         let (snapshots, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
         tokio::spawn(control::serve(control, snapshot_rx));
         if let Some(listener) = metrics_listener {
@@ -218,55 +211,38 @@ impl Daemon {
             tokio::spawn(metrics::serve(listener, metrics.clone()));
         }
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let offset = wall_minus_mono_ns();
         let discovery = Discovery::new("/proc", config.rules())
             .with_docker_socket(config.daemon.docker_socket.clone());
+        let front = Front::new(discovery, offset);
         let control_path = d.control_socket.clone();
+        let watch = Watch::new(config, bus, saved, mono_now_ns(), offset);
         let mut daemon = Self {
-            config,
             origin,
             options,
             probes,
             stream: Some(stream),
-            discovery,
-            pairer: Pairer::new(wall_minus_mono_ns()),
-            detector,
-            policy,
-            journal,
+            front,
+            watch,
+            durable: Durable::start(journal, state_path),
             metrics,
             notifier: Notifier::from_env(),
-            bus,
-            ids: BTreeMap::new(),
-            binaries: HashMap::new(),
-            unobserved: HashMap::new(),
-            last_seen: HashMap::new(),
-            exchanges: 0,
             snapshots,
             done_tx,
             done_rx,
-            state_path,
             started_ms: now_ms(),
             control_path,
+            starting: true,
         };
-        for found in daemon.discovery.scan() {
-            daemon.adopt(&found);
+        for found in daemon.front.processes_mut().scan() {
+            daemon.feed(Input::Started(found));
         }
-        // An episode still open is still latched as far as recovery knows: a restart that was
-        // under way when the previous run stopped counts as not healed (a quiet window first),
-        // and a quiet window restored from the state file keeps its deadline.
-        for id in resumed {
-            if !daemon.config.daemon.dry_run && daemon.supervisor(&id).acts() {
-                daemon
-                    .ids
-                    .entry(id.name.clone())
-                    .or_insert_with(|| id.clone());
-                daemon.policy.latched(&id.name, Instant::now());
-                daemon.journal_backoff(&id.name, Instant::now());
-            }
-        }
-        daemon.save_policy();
-        daemon.publish();
+        daemon.feed(Input::Resume {
+            episodes: open_episodes,
+        });
+        daemon.starting = false;
         info!(
-            instances = daemon.ids.len(),
+            instances = daemon.watch.instance_count(),
             config = %daemon.origin,
             control = %daemon.control_path.display(),
             "claude-watch is watching"
@@ -286,9 +262,9 @@ impl Daemon {
             tokio::time::interval(Notifier::watchdog_period().unwrap_or(Duration::from_secs(3600)));
 
         loop {
-            // A latch the clock will decide (N 401s already in, span not yet reached) is
-            // decided at that moment, not at the next tick.
-            let deadline = self.detector.next_deadline().map_or(
+            // What the clock alone will decide (a latch reaching its span, a quiet window
+            // ending) is decided at that moment, not at the next tick.
+            let deadline = self.watch.next_deadline().map_or(
                 tokio::time::Instant::now() + Duration::from_secs(3600),
                 |at| {
                     tokio::time::Instant::now()
@@ -296,34 +272,22 @@ impl Daemon {
                 },
             );
             tokio::select! {
-                () = tokio::time::sleep_until(deadline) => {
-                    let events = self.detector.tick(mono_now_ns());
-                    self.on_events(events);
-                    self.drive_policy();
-                    self.publish();
-                }
-                                // Records are handled in place, straight from the ring (no copy). The status
+                () = tokio::time::sleep_until(deadline) => self.feed(Input::Tick),
+                // Records are handled in place, straight from the ring (no copy). The status
                 // snapshot is rebuilt on the tick, not per record.
                 ready = stream.readable() => {
-                    ready.map_err(crate::capture::CaptureError::Read)?;
+                    ready.map_err(CaptureError::Read)?;
                     stream.drain_now(|r| self.on_record(r));
-                    self.drive_policy();
                 }
-                                _ = tick.tick() => {
+                _ = tick.tick() => {
                     stream.drain_now(|r| self.on_record(r));
-                    for (found, last) in self.discovery.due_rescans(Instant::now()) {
-                        self.attach(&found, last);
+                    let due = self.front.processes_mut().due_rescans(std::time::Instant::now());
+                    for (found, last) in due {
+                        self.locate(found, last);
                     }
-                    let events = self.detector.tick(mono_now_ns());
-                    self.on_events(events);
-                    self.drive_policy();
-                    self.publish();
+                    self.feed(Input::Tick);
                 }
-                Some(done) = self.done_rx.recv() => {
-                    self.on_restart_done(done);
-                    self.drive_policy();
-                    self.publish();
-                }
+                Some(done) = self.done_rx.recv() => self.on_done(done),
                 _ = watchdog.tick() => self.notifier.notify("WATCHDOG=1"),
                 _ = sighup.recv() => self.reload(),
                 _ = sigterm.recv() => break,
@@ -334,10 +298,13 @@ impl Daemon {
         Ok(())
     }
 
-    /// Stops cleanly: state saved, socket removed, probes detached (dropping them detaches).
+    /// Stops cleanly: state saved and written, socket removed, probes detached (dropping them
+    /// detaches).
     fn shutdown(&mut self) {
         self.notifier.notify("STOPPING=1");
-        self.save_policy();
+        self.durable
+            .send(Write::State(self.watch.recovery_state(mono_now_ns())));
+        self.durable.finish();
         let _ = std::fs::remove_file(&self.control_path);
         info!(
             attachments = self.probes.attachments(),
@@ -350,261 +317,178 @@ impl Daemon {
         match load_config(self.options.config.as_deref()) {
             Ok((mut config, origin)) => {
                 config.daemon.dry_run |= self.options.dry_run;
-                if config.daemon.journal != self.config.daemon.journal
-                    || config.daemon.control_socket != self.config.daemon.control_socket
-                    || config.daemon.metrics_listen != self.config.daemon.metrics_listen
+                let old = &self.watch.config().daemon;
+                if config.daemon.journal != old.journal
+                    || config.daemon.control_socket != old.control_socket
+                    || config.daemon.metrics_listen != old.metrics_listen
                 {
                     warn!(
                         "journal, control_socket and metrics_listen changes take effect at the next start"
                     );
                 }
-                self.detector.set_config(config.detector.detector_config());
-                self.policy.set_config(config.recovery.policy_config());
-                self.discovery.set_rules(config.rules());
-                self.bus = SystemdBus::detect(config.recovery.systemd_bus.as_deref());
-                self.config = config;
+                self.front.processes_mut().set_rules(config.rules());
+                let bus = SystemdBus::detect(config.recovery.systemd_bus.as_deref());
                 self.origin = origin;
+                self.feed(Input::Reload {
+                    config: Box::new(config),
+                    bus,
+                });
                 info!(config = %self.origin, "configuration reloaded");
             }
             Err(e) => error!("reload refused, keeping the running configuration: {e:#}"),
         }
         self.notifier.notify("READY=1");
-        self.publish();
     }
 
-    /// A claude process was found: attach to it and tell the detector.
-    fn adopt(&mut self, found: &Found) {
-        self.attach(found, false);
-        self.ids
-            .insert(found.instance.name.clone(), found.instance.clone());
-        self.binaries
-            .insert(found.instance.clone(), found.info.exe.display().to_string());
-        let events = self
-            .detector
-            .process_started(&found.instance, found.info.pid, mono_now_ns());
-        self.on_events(events);
+    fn on_record(&mut self, record: Record<'_>) {
+        let mut inputs = Vec::new();
+        self.front.push(record, |input| inputs.push(input));
+        for input in inputs {
+            self.feed(input);
+        }
     }
 
-    /// Attaches the probes a found process needs. A file that cannot be verified is refused,
-    /// said once in the log, and the instance is shown `unobserved (why)`; a script whose TLS
-    /// library is not mapped yet is looked at again (`last`: for the final time).
-    fn attach(&mut self, found: &Found, last: bool) {
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Located {
+                found,
+                result,
+                last,
+            } => self.attach(&found, result, last),
+            Done::Input(input) => self.feed(input),
+        }
+    }
+
+    /// Hands `input` to the core now and executes what it answers.
+    fn feed(&mut self, input: Input) {
+        for effect in self.watch.handle(mono_now_ns(), input) {
+            self.execute(effect);
+        }
+    }
+
+    fn execute(&mut self, effect: Effect) {
+        match effect {
+            // A script's TLS library may not be mapped yet: it is looked at again (see
+            // `Discovery::due_rescans`), and only the last failure is said.
+            Effect::Attach(found) => self.locate(found, false),
+            Effect::Detach { pid } => {
+                self.probes.detach_pid(pid);
+            }
+            Effect::Inspect { pid } => {
+                if let Some(input) = self.front.inspect(pid) {
+                    self.feed(input);
+                }
+            }
+            Effect::Restart {
+                instance,
+                supervisor,
+                target,
+                timeout,
+            } => {
+                let tx = self.done_tx.clone();
+                tokio::spawn(async move {
+                    let result = supervisor.restart_within(&target, timeout).await;
+                    let _ = tx.send(Done::Input(Input::RestartFinished { instance, result }));
+                });
+            }
+            Effect::RunHook {
+                instance,
+                argv,
+                target,
+                timeout,
+            } => {
+                let tx = self.done_tx.clone();
+                tokio::spawn(async move {
+                    let result = supervisor::run_hook(&argv, timeout, &target).await;
+                    let _ = tx.send(Done::Input(Input::HookFinished { instance, result }));
+                });
+            }
+            Effect::Journal(record) => self.durable.send(Write::Journal(record)),
+            Effect::SaveRecovery(snapshot) => self.durable.send(Write::State(snapshot)),
+            Effect::Metric(metric) => publish::record(&self.metrics, &metric),
+            Effect::Publish(status) => self.publish(&status),
+        }
+    }
+
+    /// Locates the TLS functions a found process needs (on a blocking task once the daemon
+    /// runs; inline while it starts, so they are attached by the time it says it watches).
+    fn locate(&mut self, found: Found, last: bool) {
+        let last = last || found.kind != ClaudeKind::Script;
+        if self.starting {
+            let result = discover::target(&found);
+            self.attach(&found, result, last);
+        } else {
+            let tx = self.done_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = discover::target(&found);
+                let _ = tx.send(Done::Located {
+                    found: Box::new(found),
+                    result,
+                    last,
+                });
+            });
+        }
+    }
+
+    /// Attaches probes for a found process once its TLS functions are located, unless it has
+    /// exited (or its pid was reused) meanwhile. A file that cannot be verified is refused,
+    /// said once in the log (at the `last` look), and the instance is shown `unobserved (why)`.
+    fn attach(
+        &mut self,
+        found: &Found,
+        result: Result<Vec<ProbeTarget>, CaptureError>,
+        last: bool,
+    ) {
         let pid = found.info.pid;
-        let attached = discover::target(found).and_then(|targets| {
-            let mut any = false;
+        let current = self
+            .front
+            .processes()
+            .get(pid)
+            .is_some_and(|f| f.info.start_time == found.info.start_time);
+        if !current {
+            return;
+        }
+        let attached = result.and_then(|targets| {
             for target in &targets {
                 if self.probes.attach(target)? {
                     info!(pid, instance = %found.instance, path = %target.path.display(), how = %target.how, "attached");
                 }
-                any = true;
             }
-            Ok(any)
+            Ok(())
         });
-        match attached {
-            Ok(_) => {
-                self.unobserved.remove(&pid);
+        let unobserved = match attached {
+            Ok(()) => None,
+            Err(e) if last => {
+                warn!(pid, instance = %found.instance, error = %error_chain(&e), "unobserved: cannot attach");
+                Some(error_chain(&e))
             }
             Err(e) => {
-                if last || !self.discovery.rescan_pending(pid) {
-                    warn!(pid, instance = %found.instance, "unobserved: cannot attach: {e}");
-                } else {
-                    debug!(pid, instance = %found.instance, "not attached yet: {e}");
-                }
-                self.unobserved.insert(pid, e.to_string());
+                debug!(pid, instance = %found.instance, error = %error_chain(&e), "not attached yet");
+                Some(error_chain(&e))
             }
-        }
+        };
+        self.feed(Input::Observed { pid, unobserved });
     }
 
-    fn on_record(&mut self, record: Record<'_>) {
-        let pid = record.header.pid;
-        match record.header.kind {
-            kind::EXEC => {
-                if let Some(found) = self.discovery.check(pid) {
-                    self.adopt(&found);
-                }
-            }
-            kind::EXIT => {
-                self.pairer.forget_pid(pid);
-                if let Some(found) = self.discovery.exited(pid) {
-                    // Only instances (scripts under node or bun) have per-process probes.
-                    self.probes.detach_pid(pid);
-                    self.unobserved.remove(&pid);
-                    debug!(pid, instance = %found.instance, "instance process exited");
-                    let events = self
-                        .detector
-                        .process_exited(&found.instance, pid, mono_now_ns());
-                    self.on_events(events);
-                }
-            }
-            _ => {
-                if let Some(exchange) = self.pairer.push(record) {
-                    self.on_exchange(&exchange);
-                }
-            }
-        }
-    }
-
-    fn on_exchange(&mut self, exchange: &Exchange) {
-        self.exchanges += 1;
-        let instance = match self.discovery.get(exchange.pid) {
-            Some(found) => found.instance.clone(),
-            None => match self.discovery.check(exchange.pid) {
-                Some(found) => {
-                    self.adopt(&found);
-                    found.instance
-                }
-                None => return, // not a claude instance (a tool it spawned, say)
+    /// Publishes the status snapshot and refreshes the gauges.
+    fn publish(&mut self, status: &crate::watch::status::Status) {
+        let stats = self.probes.stats();
+        publish::gauges(&self.metrics, status, &stats, self.probes.attachments());
+        let snapshot = Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            started_ms: self.started_ms,
+            now_ms: now_ms(),
+            dry_run: status.dry_run,
+            config: self.origin.clone(),
+            capture: status::CaptureView {
+                attachments: self.probes.attachments(),
+                sent: stats.sent,
+                lost: stats.lost,
+                exchanges: status.exchanges,
             },
+            instances: status.instances.clone(),
         };
-        let model = exchange.model.as_deref().unwrap_or("unknown");
-        let status = exchange.status.to_string();
-        self.metrics.inc(
-            "claude_watch_exchanges_total",
-            EXCHANGES_HELP,
-            labels(&[
-                ("agent", &instance.name),
-                ("status", &status),
-                ("model", model),
-            ]),
-            1.0,
-        );
-        if exchange
-            .path
-            .as_deref()
-            .is_some_and(|p| p.starts_with("/v1/"))
-        {
-            self.last_seen.insert(
-                instance.clone(),
-                LastSeen {
-                    status: exchange.status,
-                    ts_ms: exchange.ts_ms,
-                },
-            );
-        }
-        let now = mono_now_ns();
-        let events = self
-            .detector
-            .observe(&instance, exchange.pid, exchange, now);
-        self.on_events(events);
-    }
-
-    fn on_events(&mut self, events: Vec<Event>) {
-        let instant = Instant::now();
-        for event in events {
-            match &event {
-                Event::StateChanged {
-                    instance,
-                    from,
-                    to,
-                    reason,
-                    at_ns,
-                } => {
-                    info!(instance = %instance, from = ?from, to = ?to, reason = ?reason, "state changed");
-                    let name = instance.name.as_str();
-                    self.ids
-                        .entry(name.to_owned())
-                        .or_insert_with(|| instance.clone());
-                    let acts = !self.config.daemon.dry_run && self.supervisor(instance).acts();
-                    match (from, to) {
-                        (_, State::Latched) => {
-                            if *from == State::Suspect {
-                                self.observe_detection(instance, *at_ns);
-                            }
-                            if acts {
-                                self.policy.latched(name, instant);
-                                self.journal_backoff(name, instant);
-                                self.save_policy();
-                            } else {
-                                warn!(instance = %instance, supervisor = self.supervisor(instance).kind(), "latched; not restarting (observe-only)");
-                            }
-                        }
-                        (State::Recovering | State::Latched | State::Escalated, State::Healthy) => {
-                            if let Some(ttr) = self.policy.recovered(name, instant) {
-                                self.metrics.observe(
-                                    "claude_watch_recovery_seconds",
-                                    RECOVERY_HELP,
-                                    ttr.as_secs_f64(),
-                                );
-                            }
-                            if *from != State::Latched || matches!(reason, Reason::Accepted { .. })
-                            {
-                                self.metrics.inc(
-                                    "claude_watch_recoveries_total",
-                                    RECOVERIES_HELP,
-                                    labels(&[("agent", name)]),
-                                    1.0,
-                                );
-                            }
-                            self.save_policy();
-                        }
-                        _ => {}
-                    }
-                }
-                Event::EpisodeOpened(episode) => {
-                    warn!(instance = %episode.instance, episode = %episode.id, count_401 = episode.count_401, request_ids = ?episode.request_ids(), "latched: 401s on the instance's own session");
-                    self.metrics.inc(
-                        "claude_watch_episodes_total",
-                        EPISODES_HELP,
-                        labels(&[("agent", &episode.instance)]),
-                        1.0,
-                    );
-                    self.journal_episode(episode);
-                }
-                Event::EpisodeUpdated(episode) => self.journal_episode(episode),
-                Event::EpisodeClosed(episode) => {
-                    info!(instance = %episode.instance, episode = %episode.id, end = ?episode.end, duration_ms = episode.duration_ms(), restarts = episode.restarts, "episode closed");
-                    self.journal_episode(episode);
-                }
-                Event::ModelThrottled {
-                    instance, model, ..
-                } => {
-                    warn!(instance = %instance, model, "model throttled (429): not a latch, no restart");
-                }
-                Event::TierThrottle {
-                    instance,
-                    throttled,
-                    answering,
-                    ..
-                } => {
-                    warn!(instance = %instance, throttled = ?throttled, answering, "tier throttle: 429 for some models while another answers");
-                }
-                Event::ThrottleCleared {
-                    instance, model, ..
-                } => info!(instance = %instance, model, "throttle cleared"),
-            }
-        }
-    }
-
-    /// Detection latency: from the moment the latch condition held (the 401 that completed it,
-    /// or the window reaching its minimum span) to the decision.
-    fn observe_detection(&self, instance: &InstanceId, at_ns: u64) {
-        let Some(window) = self.detector.status(instance).and_then(|s| s.window) else {
-            return;
-        };
-        let span =
-            u64::try_from(self.detector.config().latch_min_span.as_nanos()).unwrap_or(u64::MAX);
-        let held_since = window
-            .last_401_mono_ns
-            .max(window.first_401_mono_ns.saturating_add(span));
-        let decided = at_ns.max(mono_now_ns());
-        #[expect(
-            clippy::cast_precision_loss,
-            reason = "nanoseconds to seconds for a histogram"
-        )]
-        let seconds = decided.saturating_sub(held_since) as f64 / 1e9;
-        self.metrics
-            .observe("claude_watch_detection_seconds", DETECTION_HELP, seconds);
-    }
-}
-
-/// The instance id an episode names.
-fn instance_id_of(name: &str, unit: Option<&str>) -> InstanceId {
-    match unit {
-        Some(u) if u == name => InstanceId::unit(name),
-        _ if name.starts_with("pid:") => InstanceId {
-            name: name.to_owned(),
-            source: IdSource::Pid,
-        },
-        _ => InstanceId::rule(name),
+        self.snapshots.send_replace(Arc::new(snapshot));
     }
 }

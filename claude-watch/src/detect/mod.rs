@@ -268,6 +268,13 @@ fn answer(status: u16) -> Answer {
     }
 }
 
+/// Whether an exchange is an Anthropic API call, the only kind that counts: its path starts
+/// with `/v1/` (not `HEAD /`, not an unknown path).
+#[must_use]
+pub fn is_api_call(ex: &Exchange) -> bool {
+    ex.path.as_deref().is_some_and(|p| p.starts_with("/v1/"))
+}
+
 /// `2.1.197` from `claude-cli/2.1.197 (external, sdk-cli)`.
 fn client_version(user_agent: &str) -> Option<&str> {
     user_agent
@@ -472,7 +479,7 @@ impl Detector {
             tracing::debug!(instance = %instance, pid, "ignoring pre-restart process while recovering");
             return out;
         }
-        if !ex.path.as_deref().is_some_and(|p| p.starts_with("/v1/")) {
+        if !is_api_call(ex) {
             return out;
         }
         if let Some(v) = ex.user_agent.as_deref().and_then(client_version) {
@@ -660,6 +667,18 @@ impl Detector {
             inst.window = None;
             inst.set_state(State::Healthy, Reason::Forgotten, now, out);
         }
+    }
+
+    /// When the latch condition of `instance`'s open window came to hold: the 401 that
+    /// completed it, or the moment the window reached its minimum span, whichever is later
+    /// (detection latency is measured from there to the decision).
+    pub fn latch_held_since(&self, instance: &InstanceId) -> Option<MonoNs> {
+        let w = self.instances.get(instance)?.window.as_ref()?;
+        let span = u64::try_from(self.config.latch_min_span.as_nanos()).unwrap_or(u64::MAX);
+        Some(
+            w.last_401_mono_ns
+                .max(w.first_401_mono_ns.saturating_add(span)),
+        )
     }
 
     /// The earliest moment a latch can be decided by the clock alone: a suspect window that

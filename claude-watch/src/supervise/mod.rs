@@ -4,15 +4,14 @@
 //!   [`systemd::SystemdRestarter`] (D-Bus), [`command::CommandRestarter`] (an argv template, no
 //!   shell), [`signal::SignalRestarter`] (SIGTERM then SIGKILL through a pidfd, for supervisors that
 //!   respawn on their own) and [`observe::ObserveOnly`] (never acts);
-//! - [`policy`]: the sans-IO recovery policy (quiet-window backoff, one restart at a time,
-//!   escalation), fed events and a clock, persisted across daemon restarts;
+//! - [`supervisor`]: which adapter each instance gets, and the escalation hook;
 //! - [`procfs`]: the few `/proc` facts the adapters need (start times, namespace PIDs).
 
 pub mod command;
 pub mod observe;
-pub mod policy;
 pub mod procfs;
 pub mod signal;
+pub mod supervisor;
 pub mod systemd;
 
 use std::future::Future;
@@ -94,14 +93,15 @@ pub enum SuperviseError {
         source: Box<zbus::Error>,
     },
     /// The supervisor has no unit for this instance.
-    #[error("no supervisor unit for instance {instance} (pid {pid}): {reason}")]
+    #[error("no supervisor unit for instance {instance} (pid {pid})")]
     UnitNotFound {
         /// The instance.
         instance: String,
         /// Its host PID.
         pid: u32,
-        /// The supervisor's answer.
-        reason: String,
+        /// The supervisor's answer (e.g. systemd's `NoUnitForPID`).
+        #[source]
+        source: Box<zbus::Error>,
     },
     /// The restart job did not end as expected.
     #[error("restart of {unit} failed: {reason}")]

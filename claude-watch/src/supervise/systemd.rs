@@ -66,13 +66,6 @@ fn error_name(e: &zbus::Error) -> Option<&str> {
     }
 }
 
-fn error_detail(e: &zbus::Error) -> String {
-    match e {
-        zbus::Error::MethodError(name, Some(detail), _) => format!("{}: {detail}", name.as_str()),
-        other => other.to_string(),
-    }
-}
-
 impl SystemdRestarter {
     /// A restarter talking to systemd at `address` (e.g. `unix:path=/run/dbus/system_bus_socket`).
     #[must_use]
@@ -145,7 +138,7 @@ async fn unit_path_of_pid(
             ) => SuperviseError::UnitNotFound {
                 instance: instance.to_owned(),
                 pid,
-                reason: error_detail(&e),
+                source: Box::new(e),
             },
             _ => SuperviseError::Bus {
                 method: "GetUnitByPID",
@@ -171,7 +164,7 @@ fn not_found_or<'a>(
             SuperviseError::UnitNotFound {
                 instance: target.instance.clone(),
                 pid: target.pid,
-                reason: error_detail(&e),
+                source: Box::new(e),
             }
         }
         _ => SuperviseError::Bus {

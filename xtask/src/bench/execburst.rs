@@ -14,27 +14,29 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use super::{BenchEnv, Report};
+
 /// What one burst measured.
-pub struct ExecBurst {
+pub(super) struct ExecBurst {
     /// Execs in the burst.
-    pub execs: usize,
+    pub(super) execs: usize,
     /// Distinct files never seen before (one content read each).
-    pub unknown_files: usize,
+    pub(super) unknown_files: usize,
     /// Banner-carrying processes started, and how many the daemon listed.
-    pub claude_expected: usize,
+    pub(super) claude_expected: usize,
     /// ...listed by `status`.
-    pub claude_found: usize,
+    pub(super) claude_found: usize,
     /// The daemon's CPU over the burst (utime + stime), ms.
-    pub cpu_ms: f64,
+    pub(super) cpu_ms: f64,
     /// How long the burst took, s.
-    pub seconds: f64,
+    pub(super) seconds: f64,
     /// Records the kernel lost during the burst.
-    pub lost: u64,
+    pub(super) lost: u64,
 }
 
 impl ExecBurst {
     /// The daemon's CPU per exec, µs.
-    pub fn cpu_per_exec_us(&self) -> f64 {
+    pub(super) fn cpu_per_exec_us(&self) -> f64 {
         self.cpu_ms * 1000.0 / self.execs as f64
     }
 }
@@ -85,10 +87,24 @@ fn lost(claude_watch: &Path, socket: &Path) -> anyhow::Result<u64> {
         .with_context(|| format!("no lost count in status: {text}"))
 }
 
+/// Runs one burst (1,000 execs, 20 of them banner-carrying, 50 files never seen; a tenth of
+/// that for `smoke`).
+pub(super) fn run(env: &BenchEnv, root: &Path, smoke: bool) -> anyhow::Result<ExecBurst> {
+    let (execs, claudes, unknown) = if smoke { (100, 3, 10) } else { (1000, 20, 50) };
+    burst(
+        &env.claude_watch,
+        &pinned_bun(root),
+        &env.scratch.0,
+        execs,
+        claudes,
+        unknown,
+    )
+}
+
 /// Runs one burst of `execs` execs, `claudes` of them banner-carrying Bun programs built with
 /// `bun`, `unknown` distinct copies of `/bin/true`, under a daemon `claude_watch` whose state
 /// lives in `scratch`.
-pub fn run(
+fn burst(
     claude_watch: &Path,
     bun: &Path,
     scratch: &Path,
@@ -235,7 +251,39 @@ pub fn run(
     })
 }
 
+impl ExecBurst {
+    /// Its rows in the report; a missed Claude process or a lost record fails the bench.
+    pub(super) fn report(&self, report: &mut Report) {
+        let missed = self.claude_found != self.claude_expected || self.lost != 0;
+        report.row(
+            7,
+            &format!(
+                "daemon CPU per exec, burst of {} execs ({} files never seen, {} Claude-banner processes)",
+                self.execs, self.unknown_files, self.claude_expected
+            ),
+            &format!(
+                "{:.1} µs per exec ({:.0} ms CPU over {:.1} s); {}/{} Claude processes listed, {} records lost",
+                self.cpu_per_exec_us(),
+                self.cpu_ms,
+                self.seconds,
+                self.claude_found,
+                self.claude_expected,
+                self.lost
+            ),
+            "no exec missed",
+            Some(!missed),
+        );
+        report.note("Exec burst (part 7): the daemon with its built-in settings while execs of copies of /bin/true it has never seen, `env true`, and Bun programs compiled here whose entry carries Claude Code's banner (stand-ins for Claude Code, too heavy to start by the dozen; hard links of one file, located before the burst) go by. CPU is the daemon's utime+stime over the burst and 1.5 s after it, divided by the execs, at CLK_TCK resolution (10 ms).".into());
+        if missed {
+            report.failures.push(format!(
+                "part 7: {}/{} Claude processes listed, {} records lost",
+                self.claude_found, self.claude_expected, self.lost
+            ));
+        }
+    }
+}
+
 /// Where the bench keeps the Bun it compiles with: the pinned 1.4.5.
-pub fn pinned_bun(root: &Path) -> PathBuf {
+fn pinned_bun(root: &Path) -> PathBuf {
     root.join(".test-deps/npm/bun-1.4.5/node_modules/@oven/bun-linux-x64/bin/bun")
 }

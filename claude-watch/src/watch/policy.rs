@@ -1,5 +1,17 @@
-//! The recovery policy, sans-IO: fed what the detector and the restarter report plus a clock,
-//! it answers with [`Action`]s. It never reads the time or touches a process itself.
+//! The recovery policy, sans-IO: fed what the detector and the restarter report plus the
+//! monotonic clock, it answers with [`Action`]s. It never reads the time or touches a process
+//! itself; [`Policy::next_deadline`] says when the clock alone will change something.
+//!
+//! ```text
+//!             latched                poll: slot free,           restart_finished(Ok)
+//!   Idle ───────────────► Latched ── window over ──► Restarting ────────────────────► Recovering
+//!    ▲                     ▲   ▲                         │                              │   │
+//!    │                     │   └── restart_finished(Err) ┘ or restart_timeout           │   │
+//!    │                     └──────────── latched (window still open): quiet window ─────┘   │
+//!    │                                      (K restarts reached: Escalated instead)          │
+//!    └──────────────── recovered (a non-401 of the new process) ───────────────────────────┘
+//!    └──────────────── recovered ◄── Escalated (no restarts; Escalate once)
+//! ```
 //!
 //! - The first latch of an instance is restarted as soon as no other restart is in flight.
 //! - After a restart the instance is recovering until its new process gets a non-401 answer
@@ -11,15 +23,25 @@
 //!   failed, or has timed out.
 //! - After `max_restarts` restarts without a confirmed recovery the instance is escalated: no
 //!   more restarts, [`Action::Escalate`] once; a non-401 answer leaves the escalated state.
-//! - Supervisor failures are retried with the same backoff.
+//! - Supervisor failures (and restarts that time out) are retried behind the same growing
+//!   quiet window, and do not count as restarts.
 //! - [`Policy::snapshot`] / [`Policy::restore`] carry the state across a daemon restart with
 //!   wall-clock deadlines, so a restarted daemon does not restart anything early.
+//!
+//! Instances are keyed by [`InstanceId`] and time is [`MonoNs`], like the detector's.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::detect::MonoNs;
+use crate::instance::{IdSource, InstanceId};
+
+/// A duration in nanoseconds, saturating.
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 /// Tunables of the policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyConfig {
@@ -51,14 +73,9 @@ impl Default for PolicyConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Restart this instance through its supervisor, then report [`Policy::restart_finished`].
-    Restart(String),
+    Restart(InstanceId),
     /// Run the escalation hook for this instance (emitted once per escalation).
-    Escalate(String),
-    /// Nothing more to do before this time: poll again then (or on the next event).
-    Wait {
-        /// When to poll next.
-        until: Instant,
-    },
+    Escalate(InstanceId),
 }
 
 /// Where an instance stands in recovery.
@@ -71,12 +88,12 @@ pub enum Phase {
     /// A restart was handed out and has not finished.
     Restarting {
         /// When it was handed out.
-        since: Instant,
+        since: MonoNs,
     },
     /// Restarted; waiting for the new process's own answer.
     Recovering {
         /// When the restart finished.
-        since: Instant,
+        since: MonoNs,
     },
     /// Restarts stopped; waiting for a non-401 answer.
     Escalated,
@@ -86,15 +103,15 @@ pub enum Phase {
 struct Instance {
     phase: Phase,
     /// When the instance entered `Latched` (for fairness: oldest first).
-    latched_at: Option<Instant>,
+    latched_at: Option<MonoNs>,
     /// Restarts since the last confirmed recovery.
     restarts: u32,
     /// The quiet window to apply on the next failed attempt.
     backoff: Duration,
     /// No restart before this.
-    not_before: Option<Instant>,
+    not_before: Option<MonoNs>,
     /// Healthy since (for the backoff reset).
-    healthy_since: Option<Instant>,
+    healthy_since: Option<MonoNs>,
     /// `Escalate` still to be emitted.
     escalate_pending: bool,
 }
@@ -103,9 +120,9 @@ struct Instance {
 #[derive(Clone, Debug)]
 pub struct Policy {
     config: PolicyConfig,
-    instances: BTreeMap<String, Instance>,
+    instances: BTreeMap<InstanceId, Instance>,
     /// The instance holding the host-wide restart slot.
-    in_flight: Option<String>,
+    in_flight: Option<InstanceId>,
 }
 
 impl Policy {
@@ -132,26 +149,34 @@ impl Policy {
 
     /// The phase of `instance`, `None` when the policy has never heard of it.
     #[must_use]
-    pub fn phase(&self, instance: &str) -> Option<Phase> {
+    pub fn phase(&self, instance: &InstanceId) -> Option<Phase> {
         self.instances.get(instance).map(|i| i.phase)
     }
 
     /// Restarts of `instance` since its last confirmed recovery.
     #[must_use]
-    pub fn restarts(&self, instance: &str) -> u32 {
+    pub fn restarts(&self, instance: &InstanceId) -> u32 {
         self.instances.get(instance).map_or(0, |i| i.restarts)
+    }
+
+    /// The instances restarts gave up on (waiting for a non-401 answer).
+    pub fn escalated(&self) -> impl Iterator<Item = &InstanceId> {
+        self.instances
+            .iter()
+            .filter(|(_, i)| i.phase == Phase::Escalated)
+            .map(|(id, _)| id)
     }
 
     /// No restart of `instance` happens before this.
     #[must_use]
-    pub fn not_before(&self, instance: &str) -> Option<Instant> {
+    pub fn not_before(&self, instance: &InstanceId) -> Option<MonoNs> {
         self.instances.get(instance).and_then(|i| i.not_before)
     }
 
-    fn entry(&mut self, instance: &str) -> &mut Instance {
+    fn entry(&mut self, instance: &InstanceId) -> &mut Instance {
         let initial = self.config.initial_backoff;
         self.instances
-            .entry(instance.to_owned())
+            .entry(instance.clone())
             .or_insert_with(|| Instance {
                 phase: Phase::Idle,
                 latched_at: None,
@@ -163,15 +188,15 @@ impl Policy {
             })
     }
 
-    fn release(&mut self, instance: &str) {
-        if self.in_flight.as_deref() == Some(instance) {
+    fn release(&mut self, instance: &InstanceId) {
+        if self.in_flight.as_ref() == Some(instance) {
             self.in_flight = None;
         }
     }
 
     /// Puts `instance` back in the queue behind a quiet window starting `now`, growing the
     /// window; escalates instead when it has had its `max_restarts`.
-    fn back_off(&mut self, instance: &str, now: Instant) {
+    fn back_off(&mut self, instance: &InstanceId, now: MonoNs) {
         let max_restarts = self.config.max_restarts;
         let max_backoff = self.config.max_backoff;
         let i = self.entry(instance);
@@ -180,22 +205,22 @@ impl Policy {
             i.escalate_pending = true;
             i.not_before = None;
             tracing::warn!(
-                instance,
+                instance = %instance,
                 restarts = i.restarts,
                 "restarts did not heal: escalating"
             );
         } else {
             i.phase = Phase::Latched;
             i.latched_at.get_or_insert(now);
-            i.not_before = Some(now + i.backoff);
-            tracing::info!(instance, wait = ?i.backoff, "backing off before the next restart");
+            i.not_before = Some(now.saturating_add(ns(i.backoff)));
+            tracing::info!(instance = %instance, wait = ?i.backoff, "backing off before the next restart");
             i.backoff = (i.backoff * 2).min(max_backoff);
         }
         self.release(instance);
     }
 
     /// The detector says `instance` is latched (its own requests keep getting 401).
-    pub fn latched(&mut self, instance: &str, now: Instant) {
+    pub fn latched(&mut self, instance: &InstanceId, now: MonoNs) {
         let i = self.entry(instance);
         i.healthy_since = None;
         match i.phase {
@@ -211,7 +236,12 @@ impl Policy {
 
     /// The restart handed out for `instance` finished with `result` (the adapter's own result).
     /// Reports for an instance that is not restarting are ignored.
-    pub fn restart_finished<T, E>(&mut self, instance: &str, now: Instant, result: &Result<T, E>) {
+    pub fn restart_finished<T, E>(
+        &mut self,
+        instance: &InstanceId,
+        now: MonoNs,
+        result: &Result<T, E>,
+    ) {
         let Some(i) = self.instances.get_mut(instance) else {
             return;
         };
@@ -229,10 +259,10 @@ impl Policy {
 
     /// `instance`'s process got a non-401 answer: a confirmed recovery when it was recovering
     /// (returns the time from the end of the restart), and the end of an escalation.
-    pub fn recovered(&mut self, instance: &str, now: Instant) -> Option<Duration> {
+    pub fn recovered(&mut self, instance: &InstanceId, now: MonoNs) -> Option<Duration> {
         let i = self.entry(instance);
         let time_to_recovery = match i.phase {
-            Phase::Recovering { since } => Some(now.saturating_duration_since(since)),
+            Phase::Recovering { since } => Some(Duration::from_nanos(now.saturating_sub(since))),
             _ => None,
         };
         if matches!(i.phase, Phase::Restarting { .. }) {
@@ -248,46 +278,41 @@ impl Policy {
         time_to_recovery
     }
 
-    /// What to do at `now`: restarts to run (at most one in flight host-wide), escalations to
-    /// announce, and when to poll next.
-    pub fn poll(&mut self, now: Instant) -> Vec<Action> {
+    /// What to do at `now`: restarts to run (at most one in flight host-wide) and escalations
+    /// to announce. [`Policy::next_deadline`] says when to poll again if nothing else happens.
+    pub fn poll(&mut self, now: MonoNs) -> Vec<Action> {
         let mut actions = Vec::new();
-        let mut next: Option<Instant> = None;
-        let mut wake = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         let config = self.config.clone();
+        let timeout = ns(config.restart_timeout);
 
         // A restart that holds the slot too long: the restart itself is a failure; an
         // unconfirmed recovery just frees the slot.
-        if let Some(name) = self.in_flight.clone() {
-            match self.instances.get(&name).map(|i| i.phase) {
-                Some(Phase::Restarting { since }) if now >= since + config.restart_timeout => {
-                    tracing::warn!(instance = %name, "restart timed out");
-                    self.back_off(&name, now);
+        if let Some(id) = self.in_flight.clone() {
+            match self.instances.get(&id).map(|i| i.phase) {
+                Some(Phase::Restarting { since }) if now >= since.saturating_add(timeout) => {
+                    tracing::warn!(instance = %id, "restart timed out");
+                    self.back_off(&id, now);
                 }
-                Some(Phase::Recovering { since }) if now >= since + config.restart_timeout => {
-                    self.release(&name);
+                Some(Phase::Recovering { since }) if now >= since.saturating_add(timeout) => {
+                    self.release(&id);
                 }
-                Some(Phase::Restarting { since } | Phase::Recovering { since }) => {
-                    wake(since + config.restart_timeout);
-                }
-                _ => self.release(&name),
+                Some(Phase::Restarting { .. } | Phase::Recovering { .. }) => {}
+                _ => self.release(&id),
             }
         }
 
-        for (name, i) in &mut self.instances {
+        for (id, i) in &mut self.instances {
             // A long enough healthy period forgets the backoff.
-            if let Some(since) = i.healthy_since.filter(|_| i.phase == Phase::Idle) {
-                if now >= since + config.healthy_reset {
-                    i.backoff = config.initial_backoff;
-                    i.not_before = None;
-                    i.healthy_since = None;
-                } else {
-                    wake(since + config.healthy_reset);
-                }
+            if let Some(since) = i.healthy_since.filter(|_| i.phase == Phase::Idle)
+                && now >= since.saturating_add(ns(config.healthy_reset))
+            {
+                i.backoff = config.initial_backoff;
+                i.not_before = None;
+                i.healthy_since = None;
             }
             if i.escalate_pending {
                 i.escalate_pending = false;
-                actions.push(Action::Escalate(name.clone()));
+                actions.push(Action::Escalate(id.clone()));
             }
         }
 
@@ -297,42 +322,56 @@ impl Policy {
                 .iter()
                 .filter(|(_, i)| i.phase == Phase::Latched)
                 .filter(|(_, i)| i.not_before.is_none_or(|t| t <= now))
-                .min_by_key(|(name, i)| (i.latched_at, name.as_str()))
-                .map(|(name, _)| name.clone());
-            if let Some(name) = due {
-                let i = self.entry(&name);
+                .min_by_key(|(id, i)| (i.latched_at, *id))
+                .map(|(id, _)| id.clone());
+            if let Some(id) = due {
+                let i = self.entry(&id);
                 i.phase = Phase::Restarting { since: now };
                 i.latched_at = None;
-                self.in_flight = Some(name.clone());
-                wake(now + config.restart_timeout);
-                actions.push(Action::Restart(name));
+                self.in_flight = Some(id.clone());
+                actions.push(Action::Restart(id));
             }
-        }
-        for i in self.instances.values() {
-            if let Some(t) = i
-                .not_before
-                .filter(|t| i.phase == Phase::Latched && *t > now)
-            {
-                wake(t);
-            }
-        }
-        if let Some(until) = next {
-            actions.push(Action::Wait { until });
         }
         actions
     }
 
-    /// The state to persist, with every deadline as wall-clock time (`now` and `wall_now` are
-    /// the same moment on both clocks).
+    /// The earliest moment [`Policy::poll`] will do something the clock alone decides: the end
+    /// of a restart's time limit, of a quiet window, or of a healthy period that resets the
+    /// backoff. `None` when only an event can change anything.
     #[must_use]
-    pub fn snapshot(&self, now: Instant, wall_now: SystemTime) -> PolicySnapshot {
-        let wall = |t: Instant| to_wall_ms(t, now, wall_now);
+    pub fn next_deadline(&self) -> Option<MonoNs> {
+        let timeout = ns(self.config.restart_timeout);
+        let in_flight = self
+            .in_flight
+            .as_ref()
+            .and_then(|id| self.instances.get(id))
+            .and_then(|i| match i.phase {
+                Phase::Restarting { since } | Phase::Recovering { since } => {
+                    Some(since.saturating_add(timeout))
+                }
+                _ => None,
+            });
+        let instances = self.instances.values().filter_map(|i| match i.phase {
+            Phase::Idle => i
+                .healthy_since
+                .map(|t| t.saturating_add(ns(self.config.healthy_reset))),
+            Phase::Latched => i.not_before,
+            _ => None,
+        });
+        in_flight.into_iter().chain(instances).min()
+    }
+
+    /// The state to persist, with every deadline as wall-clock time (`now` and `wall_now_ms`
+    /// are the same moment on both clocks).
+    #[must_use]
+    pub fn snapshot(&self, now: MonoNs, wall_now_ms: u64) -> PolicySnapshot {
+        let wall = |t: MonoNs| to_wall_ms(t, now, wall_now_ms);
         PolicySnapshot {
             config: self.config.clone(),
             instances: self
                 .instances
                 .iter()
-                .map(|(name, i)| {
+                .map(|(id, i)| {
                     let phase = match i.phase {
                         Phase::Idle => SavedPhase::Idle,
                         Phase::Latched => SavedPhase::Latched,
@@ -351,11 +390,12 @@ impl Policy {
                         not_before_ms: i.not_before.map(wall),
                         healthy_since_ms: i.healthy_since.map(wall),
                         escalate_pending: i.escalate_pending,
+                        source: Some(id.source),
                     };
-                    (name.clone(), saved)
+                    (id.name.clone(), saved)
                 })
                 .collect(),
-            in_flight: self.in_flight.clone(),
+            in_flight: self.in_flight.as_ref().map(|id| id.name.clone()),
         }
     }
 
@@ -363,12 +403,24 @@ impl Policy {
     /// monotonic clock. A restart that was running when the daemon stopped is taken as done and
     /// awaiting confirmation: it is not repeated.
     #[must_use]
-    pub fn restore(snapshot: PolicySnapshot, now: Instant, wall_now: SystemTime) -> Self {
-        let at = |ms: u64| from_wall_ms(ms, now, wall_now);
+    pub fn restore(snapshot: PolicySnapshot, now: MonoNs, wall_now_ms: u64) -> Self {
+        let at = |ms: u64| from_wall_ms(ms, now, wall_now_ms);
+        let mut in_flight = None;
         let instances = snapshot
             .instances
             .into_iter()
             .map(|(name, s)| {
+                let id = match s.source {
+                    Some(source) => InstanceId { name, source },
+                    // Earlier files: a unit name is the only kind that ends like one.
+                    None if [".service", ".scope"].iter().any(|s| name.ends_with(s)) => {
+                        InstanceId::unit(name)
+                    }
+                    None => saved_instance_id(&name, None),
+                };
+                if snapshot.in_flight.as_deref() == Some(id.name.as_str()) {
+                    in_flight = Some(id.clone());
+                }
                 let phase = match s.phase {
                     SavedPhase::Idle => Phase::Idle,
                     SavedPhase::Latched => Phase::Latched,
@@ -392,43 +444,44 @@ impl Policy {
                     healthy_since: s.healthy_since_ms.map(at),
                     escalate_pending: s.escalate_pending,
                 };
-                (name, instance)
+                (id, instance)
             })
             .collect();
         Self {
             config: snapshot.config,
             instances,
-            in_flight: snapshot.in_flight,
+            in_flight,
         }
     }
 }
 
-fn to_wall_ms(t: Instant, now: Instant, wall_now: SystemTime) -> u64 {
-    let wall_now_ms = wall_now
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let ms = if t >= now {
-        wall_now_ms + (t - now).as_millis()
-    } else {
-        wall_now_ms.saturating_sub((now - t).as_millis())
-    };
-    u64::try_from(ms).unwrap_or(u64::MAX)
+/// The instance a saved name stands for (an episode's `instance` and `unit`): a unit when the
+/// name is the unit, `pid:N` names by pid, a configured rule otherwise.
+#[must_use]
+pub fn saved_instance_id(name: &str, unit: Option<&str>) -> InstanceId {
+    match unit {
+        Some(u) if u == name => InstanceId::unit(name),
+        _ if name.starts_with("pid:") => InstanceId {
+            name: name.to_owned(),
+            source: IdSource::Pid,
+        },
+        _ => InstanceId::rule(name),
+    }
 }
 
-fn from_wall_ms(ms: u64, now: Instant, wall_now: SystemTime) -> Instant {
-    let wall_now_ms = u64::try_from(
-        wall_now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX);
-    if ms >= wall_now_ms {
-        now + Duration::from_millis(ms - wall_now_ms)
+fn to_wall_ms(t: MonoNs, now: MonoNs, wall_now_ms: u64) -> u64 {
+    if t >= now {
+        wall_now_ms.saturating_add((t - now) / 1_000_000)
     } else {
-        now.checked_sub(Duration::from_millis(wall_now_ms - ms))
-            .unwrap_or(now)
+        wall_now_ms.saturating_sub((now - t) / 1_000_000)
+    }
+}
+
+fn from_wall_ms(ms: u64, now: MonoNs, wall_now_ms: u64) -> MonoNs {
+    if ms >= wall_now_ms {
+        now.saturating_add((ms - wall_now_ms).saturating_mul(1_000_000))
+    } else {
+        now.saturating_sub((wall_now_ms - ms).saturating_mul(1_000_000))
     }
 }
 
@@ -458,6 +511,9 @@ pub struct SavedInstance {
     pub healthy_since_ms: Option<u64>,
     /// An `Escalate` not yet emitted.
     pub escalate_pending: bool,
+    /// How the instance's name was derived (absent in files written by earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<IdSource>,
 }
 
 /// A persisted [`Phase`].
@@ -486,14 +542,21 @@ pub enum SavedPhase {
 mod tests {
     use super::*;
 
-    const MIN: Duration = Duration::from_secs(60);
+    const S: MonoNs = 1_000_000_000;
+    const MIN: MonoNs = 60 * S;
+    /// A fake monotonic start, far from zero so subtractions stay meaningful.
+    const T0: MonoNs = 10_000 * S;
+
+    fn id(name: &str) -> InstanceId {
+        InstanceId::rule(name)
+    }
 
     fn restarts_of(actions: &[Action]) -> Vec<&str> {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Restart(i) => Some(i.as_str()),
-                _ => None,
+                Action::Restart(i) => Some(i.name.as_str()),
+                Action::Escalate(_) => None,
             })
             .collect()
     }
@@ -502,67 +565,63 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Escalate(i) => Some(i.as_str()),
-                _ => None,
+                Action::Escalate(i) => Some(i.name.as_str()),
+                Action::Restart(_) => None,
             })
             .collect()
     }
 
-    fn wait_of(actions: &[Action]) -> Option<Instant> {
-        actions.iter().find_map(|a| match a {
-            Action::Wait { until } => Some(*until),
-            _ => None,
-        })
-    }
-
     /// Restart handed out and finished OK at `t`, then the new process latches again at `t`.
-    fn restart_and_relatch(p: &mut Policy, name: &str, t: Instant) {
-        assert_eq!(restarts_of(&p.poll(t)), [name], "a restart is due at {t:?}");
-        p.restart_finished(name, t, &Ok::<(), ()>(()));
-        p.latched(name, t);
+    fn restart_and_relatch(p: &mut Policy, name: &str, t: MonoNs) {
+        assert_eq!(restarts_of(&p.poll(t)), [name], "a restart is due at {t}");
+        p.restart_finished(&id(name), t, &Ok::<(), ()>(()));
+        p.latched(&id(name), t);
     }
 
     #[test]
     fn first_latch_restarts_at_once_and_recovery_is_confirmed_by_the_new_process() {
-        let t0 = Instant::now();
+        let a = id("a");
         let mut p = Policy::new(PolicyConfig::default());
-        assert!(p.poll(t0).is_empty(), "nothing latched, nothing to do");
-        p.latched("a", t0);
-        assert_eq!(restarts_of(&p.poll(t0)), ["a"]);
+        assert!(p.poll(T0).is_empty(), "nothing latched, nothing to do");
+        assert_eq!(p.next_deadline(), None);
+        p.latched(&a, T0);
+        assert_eq!(restarts_of(&p.poll(T0)), ["a"]);
         assert!(
-            restarts_of(&p.poll(t0)).is_empty(),
+            restarts_of(&p.poll(T0)).is_empty(),
             "restart handed out once"
         );
-        p.restart_finished("a", t0 + Duration::from_secs(2), &Ok::<(), ()>(()));
-        assert!(matches!(p.phase("a"), Some(Phase::Recovering { .. })));
-        let ttr = p.recovered("a", t0 + Duration::from_secs(5));
+        p.restart_finished(&a, T0 + 2 * S, &Ok::<(), ()>(()));
+        assert!(matches!(p.phase(&a), Some(Phase::Recovering { .. })));
+        let ttr = p.recovered(&a, T0 + 5 * S);
         assert_eq!(ttr, Some(Duration::from_secs(3)));
-        assert_eq!(p.phase("a"), Some(Phase::Idle));
-        assert_eq!(p.restarts("a"), 0);
+        assert_eq!(p.phase(&a), Some(Phase::Idle));
+        assert_eq!(p.restarts(&a), 0);
     }
 
     #[test]
     fn relatches_back_off_with_doubling_waits_up_to_the_cap() {
         let config = PolicyConfig {
             max_restarts: 100,
-            max_backoff: 4 * MIN,
+            max_backoff: Duration::from_secs(4 * 60),
             ..PolicyConfig::default()
         };
         let mut p = Policy::new(config);
-        let mut t = Instant::now();
-        p.latched("a", t);
+        let mut t = T0;
+        p.latched(&id("a"), t);
         restart_and_relatch(&mut p, "a", t);
         let mut waits = Vec::new();
         for _ in 0..5 {
-            let nb = p.not_before("a").expect("a quiet window after a relatch");
+            let nb = p
+                .not_before(&id("a"))
+                .expect("a quiet window after a relatch");
             waits.push(nb - t);
-            // Inside the window: no restart, and a Wait until its end.
-            let inside = p.poll(nb - Duration::from_secs(1));
+            // Inside the window: no restart, and the window's end is the next deadline.
+            let inside = p.poll(nb - S);
             assert!(
                 restarts_of(&inside).is_empty(),
                 "no restart inside the window"
             );
-            assert_eq!(wait_of(&inside), Some(nb));
+            assert_eq!(p.next_deadline(), Some(nb));
             t = nb;
             restart_and_relatch(&mut p, "a", t);
         }
@@ -571,173 +630,179 @@ mod tests {
 
     #[test]
     fn a_healthy_period_resets_the_backoff() {
+        let a = id("a");
         let mut p = Policy::new(PolicyConfig::default());
-        let t0 = Instant::now();
-        p.latched("a", t0);
-        restart_and_relatch(&mut p, "a", t0);
-        let t1 = p.not_before("a").unwrap();
+        p.latched(&a, T0);
+        restart_and_relatch(&mut p, "a", T0);
+        let t1 = p.not_before(&a).unwrap();
         restart_and_relatch(&mut p, "a", t1);
-        assert_eq!(p.not_before("a").unwrap() - t1, 2 * MIN);
-        let t2 = p.not_before("a").unwrap();
+        assert_eq!(p.not_before(&a).unwrap() - t1, 2 * MIN);
+        let t2 = p.not_before(&a).unwrap();
         assert_eq!(restarts_of(&p.poll(t2)), ["a"]);
-        p.restart_finished("a", t2, &Ok::<(), ()>(()));
-        p.recovered("a", t2);
+        p.restart_finished(&a, t2, &Ok::<(), ()>(()));
+        p.recovered(&a, t2);
         // Healthy for less than the reset period: the backoff is remembered.
         p.poll(t2 + 5 * MIN);
-        p.latched("a", t2 + 5 * MIN);
+        p.latched(&a, t2 + 5 * MIN);
         restart_and_relatch(&mut p, "a", t2 + 5 * MIN);
-        assert_eq!(p.not_before("a").unwrap() - (t2 + 5 * MIN), 4 * MIN);
+        assert_eq!(p.not_before(&a).unwrap() - (t2 + 5 * MIN), 4 * MIN);
         // Now healthy for 10 minutes: back to the first window.
-        let t3 = p.not_before("a").unwrap();
+        let t3 = p.not_before(&a).unwrap();
         assert_eq!(restarts_of(&p.poll(t3)), ["a"]);
-        p.restart_finished("a", t3, &Ok::<(), ()>(()));
-        p.recovered("a", t3);
+        p.restart_finished(&a, t3, &Ok::<(), ()>(()));
+        p.recovered(&a, t3);
+        assert_eq!(
+            p.next_deadline(),
+            Some(t3 + 10 * MIN),
+            "the reset is a deadline"
+        );
         p.poll(t3 + 10 * MIN);
         let t4 = t3 + 11 * MIN;
-        p.latched("a", t4);
+        p.latched(&a, t4);
         restart_and_relatch(&mut p, "a", t4);
-        assert_eq!(p.not_before("a").unwrap() - t4, MIN);
+        assert_eq!(p.not_before(&a).unwrap() - t4, MIN);
     }
 
     #[test]
     fn simultaneous_latches_are_restarted_one_at_a_time() {
         let mut p = Policy::new(PolicyConfig::default());
-        let t0 = Instant::now();
         for (k, name) in ["c", "a", "b"].iter().enumerate() {
-            p.latched(name, t0 + Duration::from_millis(k as u64));
+            p.latched(&id(name), T0 + k as u64 * 1_000_000);
         }
-        let t = t0 + Duration::from_secs(1);
+        let t = T0 + S;
         assert_eq!(
             restarts_of(&p.poll(t)),
             ["c"],
             "oldest latch first, one only"
         );
         assert!(restarts_of(&p.poll(t)).is_empty(), "c still restarting");
-        p.restart_finished("c", t, &Ok::<(), ()>(()));
+        p.restart_finished(&id("c"), t, &Ok::<(), ()>(()));
         assert!(restarts_of(&p.poll(t)).is_empty(), "c not confirmed yet");
-        p.recovered("c", t + Duration::from_secs(3));
-        assert_eq!(restarts_of(&p.poll(t + Duration::from_secs(3))), ["a"]);
+        p.recovered(&id("c"), t + 3 * S);
+        assert_eq!(restarts_of(&p.poll(t + 3 * S)), ["a"]);
         // a's restart fails: the slot is released, b goes next, a backs off.
-        p.restart_finished(
-            "a",
-            t + Duration::from_secs(4),
-            &Err::<(), _>("unit not found"),
-        );
-        assert_eq!(restarts_of(&p.poll(t + Duration::from_secs(4))), ["b"]);
-        assert_eq!(p.not_before("a"), Some(t + Duration::from_secs(4) + MIN));
+        p.restart_finished(&id("a"), t + 4 * S, &Err::<(), _>("unit not found"));
+        assert_eq!(restarts_of(&p.poll(t + 4 * S)), ["b"]);
+        assert_eq!(p.not_before(&id("a")), Some(t + 4 * S + MIN));
         // b is never confirmed: after the restart timeout the slot frees, a waits for its window.
-        let t5 = t + Duration::from_secs(5) + PolicyConfig::default().restart_timeout;
-        p.restart_finished("b", t + Duration::from_secs(5), &Ok::<(), ()>(()));
-        assert!(restarts_of(&p.poll(t5 - Duration::from_secs(1))).is_empty());
+        let timeout = ns(PolicyConfig::default().restart_timeout);
+        let t5 = t + 5 * S + timeout;
+        p.restart_finished(&id("b"), t + 5 * S, &Ok::<(), ()>(()));
+        assert!(restarts_of(&p.poll(t5 - S)).is_empty());
         assert_eq!(restarts_of(&p.poll(t5)), ["a"]);
     }
 
     #[test]
     fn restart_that_never_reports_times_out_and_is_retried_with_backoff() {
+        let a = id("a");
         let mut p = Policy::new(PolicyConfig::default());
-        let t0 = Instant::now();
-        p.latched("a", t0);
-        assert_eq!(restarts_of(&p.poll(t0)), ["a"]);
-        let timeout = p.config().restart_timeout;
-        assert_eq!(
-            wait_of(&p.poll(t0 + Duration::from_secs(1))),
-            Some(t0 + timeout)
-        );
-        assert!(restarts_of(&p.poll(t0 + timeout)).is_empty());
-        assert_eq!(p.phase("a"), Some(Phase::Latched));
-        assert_eq!(p.not_before("a"), Some(t0 + timeout + MIN));
+        p.latched(&a, T0);
+        assert_eq!(restarts_of(&p.poll(T0)), ["a"]);
+        let timeout = ns(p.config().restart_timeout);
+        p.poll(T0 + S);
+        assert_eq!(p.next_deadline(), Some(T0 + timeout));
+        assert!(restarts_of(&p.poll(T0 + timeout)).is_empty());
+        assert_eq!(p.phase(&a), Some(Phase::Latched));
+        assert_eq!(p.not_before(&a), Some(T0 + timeout + MIN));
         // A late report of the abandoned restart changes nothing.
-        p.restart_finished(
-            "a",
-            t0 + timeout + Duration::from_secs(1),
-            &Ok::<(), ()>(()),
-        );
-        assert_eq!(p.phase("a"), Some(Phase::Latched));
-        assert_eq!(restarts_of(&p.poll(t0 + timeout + MIN)), ["a"]);
-        assert_eq!(p.restarts("a"), 0, "failed attempts are not restarts");
+        p.restart_finished(&a, T0 + timeout + S, &Ok::<(), ()>(()));
+        assert_eq!(p.phase(&a), Some(Phase::Latched));
+        assert_eq!(restarts_of(&p.poll(T0 + timeout + MIN)), ["a"]);
+        assert_eq!(p.restarts(&a), 0, "failed attempts are not restarts");
     }
 
     #[test]
     fn escalates_once_after_k_restarts_and_leaves_on_a_non_401() {
+        let a = id("a");
         let mut p = Policy::new(PolicyConfig::default());
-        let mut t = Instant::now();
-        p.latched("a", t);
+        let mut t = T0;
+        p.latched(&a, t);
         for k in 1..=3 {
             restart_and_relatch(&mut p, "a", t);
-            assert_eq!(p.restarts("a"), k);
+            assert_eq!(p.restarts(&a), k);
             if k < 3 {
-                t = p.not_before("a").unwrap();
+                t = p.not_before(&a).unwrap();
             }
         }
-        assert_eq!(p.phase("a"), Some(Phase::Escalated));
+        assert_eq!(p.phase(&a), Some(Phase::Escalated));
         let actions = p.poll(t);
         assert_eq!(escalations_of(&actions), ["a"]);
         assert!(restarts_of(&actions).is_empty());
         // Escalated: further latches and polls do nothing, hook once.
-        p.latched("a", t + 60 * MIN);
+        p.latched(&a, t + 60 * MIN);
         let later = p.poll(t + 120 * MIN);
-        assert!(escalations_of(&later).is_empty() && restarts_of(&later).is_empty());
+        assert!(later.is_empty(), "{later:?}");
         // A non-401 answer leaves the escalated state; a new latch restarts again.
-        assert_eq!(p.recovered("a", t + 121 * MIN), None);
-        assert_eq!(p.phase("a"), Some(Phase::Idle));
-        p.latched("a", t + 122 * MIN);
+        assert_eq!(p.recovered(&a, t + 121 * MIN), None);
+        assert_eq!(p.phase(&a), Some(Phase::Idle));
+        p.latched(&a, t + 122 * MIN);
         assert_eq!(restarts_of(&p.poll(t + 122 * MIN)), ["a"]);
     }
 
     #[test]
     fn a_non_401_before_the_restart_cancels_it() {
         let mut p = Policy::new(PolicyConfig::default());
-        let t0 = Instant::now();
-        p.latched("a", t0);
-        p.latched("b", t0 + Duration::from_millis(1));
-        assert_eq!(restarts_of(&p.poll(t0)), ["a"]);
-        p.recovered("b", t0 + Duration::from_secs(1));
-        p.restart_finished("a", t0, &Ok::<(), ()>(()));
-        p.recovered("a", t0 + Duration::from_secs(2));
-        assert!(restarts_of(&p.poll(t0 + Duration::from_secs(2))).is_empty());
+        p.latched(&id("a"), T0);
+        p.latched(&id("b"), T0 + 1_000_000);
+        assert_eq!(restarts_of(&p.poll(T0)), ["a"]);
+        p.recovered(&id("b"), T0 + S);
+        p.restart_finished(&id("a"), T0, &Ok::<(), ()>(()));
+        p.recovered(&id("a"), T0 + 2 * S);
+        assert!(restarts_of(&p.poll(T0 + 2 * S)).is_empty());
     }
 
     #[test]
     fn a_restored_policy_does_not_restart_early() {
+        let a = id("a");
         let mut p = Policy::new(PolicyConfig::default());
-        let t0 = Instant::now();
-        let wall0 = SystemTime::now();
-        p.latched("a", t0);
-        restart_and_relatch(&mut p, "a", t0);
-        let t1 = p.not_before("a").unwrap();
+        let wall0: u64 = 1_780_000_000_000;
+        p.latched(&a, T0);
+        restart_and_relatch(&mut p, "a", T0);
+        let t1 = p.not_before(&a).unwrap();
         restart_and_relatch(&mut p, "a", t1);
-        let deadline_wall = wall0 + (p.not_before("a").unwrap() - t0);
-        let saved = serde_json::to_string(&p.snapshot(t0, wall0)).unwrap();
+        let deadline_wall = wall0 + (p.not_before(&a).unwrap() - T0) / 1_000_000;
+        let saved = serde_json::to_string(&p.snapshot(T0, wall0)).unwrap();
 
         // The daemon dies and comes back 30 s later (wall), on a fresh monotonic clock.
-        let t_new = t0 + Duration::from_secs(5000);
-        let wall_new = wall0 + Duration::from_secs(30);
+        let t_new = T0 + 5000 * S;
+        let wall_new = wall0 + 30_000;
         let snapshot: PolicySnapshot = serde_json::from_str(&saved).unwrap();
         let mut q = Policy::restore(snapshot, t_new, wall_new);
-        let nb = q.not_before("a").unwrap();
-        assert_eq!(nb, t_new + deadline_wall.duration_since(wall_new).unwrap());
+        let nb = q.not_before(&a).unwrap();
+        assert_eq!(nb, t_new + (deadline_wall - wall_new) * 1_000_000);
         let early = q.poll(t_new);
         assert!(
             restarts_of(&early).is_empty(),
             "no restart before the saved window ends"
         );
-        assert_eq!(wait_of(&early), Some(nb));
-        assert!(restarts_of(&q.poll(nb - Duration::from_millis(1))).is_empty());
+        assert_eq!(q.next_deadline(), Some(nb));
+        assert!(restarts_of(&q.poll(nb - 1_000_000)).is_empty());
         assert_eq!(restarts_of(&q.poll(nb)), ["a"]);
-        assert_eq!(q.restarts("a"), 2, "restart count survives");
+        assert_eq!(q.restarts(&a), 2, "restart count survives");
     }
 
     #[test]
     fn a_restart_running_at_shutdown_is_not_repeated_after_restore() {
+        let a = id("a");
         let mut p = Policy::new(PolicyConfig::default());
-        let t0 = Instant::now();
-        let wall0 = SystemTime::now();
-        p.latched("a", t0);
-        assert_eq!(restarts_of(&p.poll(t0)), ["a"]);
-        let mut q = Policy::restore(p.snapshot(t0, wall0), t0, wall0 + Duration::from_secs(1));
-        assert!(restarts_of(&q.poll(t0 + Duration::from_secs(1))).is_empty());
-        assert!(matches!(q.phase("a"), Some(Phase::Recovering { .. })));
-        q.latched("a", t0 + Duration::from_secs(2));
-        assert_eq!(q.not_before("a"), Some(t0 + Duration::from_secs(2) + MIN));
+        let wall0: u64 = 1_780_000_000_000;
+        p.latched(&a, T0);
+        assert_eq!(restarts_of(&p.poll(T0)), ["a"]);
+        let mut q = Policy::restore(p.snapshot(T0, wall0), T0, wall0 + 1000);
+        assert!(restarts_of(&q.poll(T0 + S)).is_empty());
+        assert!(matches!(q.phase(&a), Some(Phase::Recovering { .. })));
+        q.latched(&a, T0 + 2 * S);
+        assert_eq!(q.not_before(&a), Some(T0 + 2 * S + MIN));
+    }
+
+    #[test]
+    fn state_files_of_earlier_versions_name_units_and_rules() {
+        let old = r#"{"config":{"initial_backoff":{"secs":60,"nanos":0},"max_backoff":{"secs":1800,"nanos":0},"healthy_reset":{"secs":600,"nanos":0},"max_restarts":3,"restart_timeout":{"secs":120,"nanos":0}},"instances":{"agent.service":{"phase":{"phase":"escalated"},"restarts":3,"backoff":{"secs":240,"nanos":0},"not_before_ms":null,"healthy_since_ms":null,"escalate_pending":false},"nightly":{"phase":{"phase":"idle"},"restarts":0,"backoff":{"secs":60,"nanos":0},"not_before_ms":null,"healthy_since_ms":null,"escalate_pending":false}},"in_flight":null}"#;
+        let q = Policy::restore(serde_json::from_str(old).unwrap(), T0, 1_780_000_000_000);
+        assert_eq!(
+            q.phase(&InstanceId::unit("agent.service")),
+            Some(Phase::Escalated)
+        );
+        assert_eq!(q.phase(&InstanceId::rule("nightly")), Some(Phase::Idle));
     }
 }

@@ -1,15 +1,16 @@
-//! Choosing each instance's supervisor and running restarts and the escalation hook.
+//! Choosing each instance's supervisor (pure, from the configuration and where systemd is
+//! reachable) and running restarts and the escalation hook through it.
 
 use std::path::Path;
 use std::time::Duration;
 
+use super::command::CommandRestarter;
+use super::observe::ObserveOnly;
+use super::signal::SignalRestarter;
+use super::systemd::{SystemdMode, SystemdRestarter};
+use super::{RestartOutcome, Restarter as _, SuperviseError, Target};
 use crate::config::{SupervisorSpec, SystemdModeSpec};
 use crate::instance::InstanceId;
-use crate::supervise::command::CommandRestarter;
-use crate::supervise::observe::ObserveOnly;
-use crate::supervise::signal::SignalRestarter;
-use crate::supervise::systemd::{SystemdMode, SystemdRestarter};
-use crate::supervise::{RestartOutcome, Restarter as _, SuperviseError, Target};
 
 /// The system bus socket systemd listens on.
 const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
@@ -109,6 +110,21 @@ impl Supervisor {
     /// Whether it ever acts.
     pub fn acts(&self) -> bool {
         !matches!(self, Self::Observe(_))
+    }
+
+    /// Restarts `target`, giving up with [`SuperviseError::Timeout`] after `timeout`.
+    pub async fn restart_within(
+        &self,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<RestartOutcome, SuperviseError> {
+        match tokio::time::timeout(timeout, self.restart(target)).await {
+            Ok(result) => result,
+            Err(_) => Err(SuperviseError::Timeout {
+                what: format!("{} restart", self.kind()),
+                timeout,
+            }),
+        }
     }
 
     /// Restarts `target`.

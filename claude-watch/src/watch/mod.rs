@@ -1,0 +1,782 @@
+//! The watch core: every decision the daemon makes, in one sans-IO state machine.
+//!
+//! Fed [`Input`]s with the monotonic time (kernel clock, nanoseconds), [`Watch::handle`] answers
+//! with [`Effect`]s for the daemon to execute; the daemon feeds their results back as inputs.
+//! The core reads no clock, no file and no process, so every recovery behaviour is tested here
+//! with a fake clock (`tests.rs`), in milliseconds and without root.
+//!
+//! ```text
+//!  kernel record ─► front (pair, exec/exit) ─► Input::{Started, Exited, Exchange}
+//!  tick / restart result / hook result / reload ────────► Input::{Tick, Restart…, Reload}
+//!                                                             │
+//!                        ┌───────────────── Watch ────────────▼──────────────────────────┐
+//!                        │ Detector (latch?) ──events──► Policy (restart? wait? give up?) │
+//!                        │      one InstanceId per instance, one MonoNs clock            │
+//!                        └────────────────────────────┬──────────────────────────────────┘
+//!                                                     ▼
+//!   Effect::{Attach, Detach, Inspect, Restart, RunHook, Journal, SaveRecovery, Metric, Publish}
+//! ```
+//!
+//! What lives where:
+//! - [`front`]: kernel records to inputs (pairing, exec and exit dispatch), shared with `trace`;
+//! - [`crate::detect`]: what counts as a latch, a recovery, a throttle;
+//! - [`policy`]: when to restart, how long to wait, when to give up;
+//! - this module: how the two are joined (the detector's state changes drive the policy, the
+//!   policy's actions drive the detector), the restart target, the journal and metrics each
+//!   decision produces, resumed episodes;
+//! - [`status`]: the status every instance shows (detector, policy and processes merged).
+//!
+//! Wall time appears only where a person or a file needs it: journal records and the persisted
+//! recovery state, converted with the wall-minus-monotonic offset given at construction.
+
+pub mod front;
+pub mod policy;
+pub mod status;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::detect::{Detector, Episode, Event, MonoNs, Reason, State};
+use crate::discover::Found;
+use crate::http::Exchange;
+use crate::instance::InstanceId;
+use crate::journal::{ActionKind, ActionRecord, Record as JournalRecord};
+use crate::supervise::supervisor::{Supervisor, SystemdBus};
+use crate::supervise::{RestartOutcome, SuperviseError, Target};
+use policy::{Action, Policy, PolicySnapshot};
+use status::{LastSeen, Status};
+
+/// Something that happened, for the core to decide about.
+#[derive(Debug)]
+pub enum Input {
+    /// A claude instance process was found (at start, on exec, after a restart).
+    Started(Found),
+    /// A process exited; `instance` when it was an instance process.
+    Exited {
+        /// The process.
+        pid: u32,
+        /// Its instance, when it was one.
+        instance: Option<InstanceId>,
+    },
+    /// Probes were attached for an instance process (`unobserved` is `None`), or could not
+    /// be (a binary or library that could not be verified: why).
+    Observed {
+        /// The process.
+        pid: u32,
+        /// Why its traffic cannot be seen, if it cannot.
+        unobserved: Option<String>,
+    },
+    /// An HTTP exchange was paired; `instance` when its process is an instance.
+    Exchange {
+        /// The exchange.
+        exchange: Exchange,
+        /// The instance of its process, when it is one.
+        instance: Option<InstanceId>,
+    },
+    /// The clock moved (periodically, and at [`Watch::next_deadline`]).
+    Tick,
+    /// Episodes the journal holds open from the previous run, after the first scan: they are
+    /// resumed under the same ids and, where a supervisor acts, count as still latched.
+    Resume {
+        /// The open episodes.
+        episodes: Vec<Episode>,
+    },
+    /// A restart handed out by [`Effect::Restart`] finished.
+    RestartFinished {
+        /// The instance.
+        instance: InstanceId,
+        /// The supervisor's answer (a time-out is an error too).
+        result: Result<RestartOutcome, SuperviseError>,
+    },
+    /// The escalation hook of [`Effect::RunHook`] finished.
+    HookFinished {
+        /// The instance.
+        instance: InstanceId,
+        /// The hook's result.
+        result: Result<RestartOutcome, SuperviseError>,
+    },
+    /// The configuration was reloaded (and systemd's reachability checked again).
+    Reload {
+        /// The new configuration.
+        config: Box<Config>,
+        /// Where systemd is reachable now.
+        bus: SystemdBus,
+    },
+}
+
+/// Something for the daemon to do.
+#[derive(Debug)]
+pub enum Effect {
+    /// Locate the TLS functions of this process's executable and attach to it.
+    Attach(Found),
+    /// Detach the per-process probes of this process (an exited script instance).
+    Detach {
+        /// The process.
+        pid: u32,
+    },
+    /// Look at this process (a supervisor's new main PID) and report it if it is claude.
+    Inspect {
+        /// The process.
+        pid: u32,
+    },
+    /// Restart an instance through its supervisor within `timeout`, then report
+    /// [`Input::RestartFinished`].
+    Restart {
+        /// The instance.
+        instance: InstanceId,
+        /// Through what.
+        supervisor: Supervisor,
+        /// The process to restart.
+        target: Target,
+        /// Report a time-out error after this long.
+        timeout: Duration,
+    },
+    /// Run the escalation hook (an argv template, no shell), then report
+    /// [`Input::HookFinished`].
+    RunHook {
+        /// The instance.
+        instance: InstanceId,
+        /// The hook.
+        argv: Vec<String>,
+        /// What its placeholders stand for.
+        target: Target,
+        /// Its time limit.
+        timeout: Duration,
+    },
+    /// Append to the journal (durably, in order).
+    Journal(JournalRecord),
+    /// Persist the recovery state (durably; the latest one wins).
+    SaveRecovery(PolicySnapshot),
+    /// Count or observe a metric.
+    Metric(Metric),
+    /// Publish the status of every instance.
+    Publish(Status),
+}
+
+/// A metric event; the daemon owns names, help texts and the registry.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Metric {
+    /// An exchange of an instance.
+    Exchange {
+        /// Instance name.
+        agent: String,
+        /// HTTP status.
+        status: u16,
+        /// Model, `unknown` when not seen.
+        model: String,
+    },
+    /// A latch episode opened.
+    EpisodeOpened {
+        /// Instance name.
+        agent: String,
+    },
+    /// A restart finished.
+    Restart {
+        /// Instance name.
+        agent: String,
+        /// Whether the supervisor did it.
+        ok: bool,
+    },
+    /// A confirmed recovery.
+    Recovery {
+        /// Instance name.
+        agent: String,
+    },
+    /// An escalation.
+    Escalation {
+        /// Instance name.
+        agent: String,
+    },
+    /// From the latch condition holding to the decision, in seconds.
+    DetectionSeconds(f64),
+    /// From the end of a restart to the new process's first accepted answer, in seconds.
+    RecoverySeconds(f64),
+}
+
+/// The core: detector, recovery policy and what joins them, for every instance of the host.
+#[derive(Debug)]
+pub struct Watch {
+    config: Config,
+    bus: SystemdBus,
+    detector: Detector,
+    policy: Policy,
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, ns: turns the core's clock into wall time.
+    wall_minus_mono_ns: i128,
+    /// Live instance processes, by pid.
+    procs: BTreeMap<u32, Found>,
+    /// The executable of each instance (kept after its processes exit).
+    binaries: BTreeMap<InstanceId, String>,
+    /// The latest API answer of each instance.
+    last_seen: BTreeMap<InstanceId, LastSeen>,
+    /// Exchanges seen, of any process.
+    exchanges: u64,
+    /// Instance processes whose traffic cannot be seen, and why.
+    unobserved: BTreeMap<u32, String>,
+}
+
+impl Watch {
+    /// A core for `config`, systemd reachable as `bus`, recovery state `saved` by the previous
+    /// run (if any), at monotonic time `now`.
+    #[must_use]
+    pub fn new(
+        config: Config,
+        bus: SystemdBus,
+        saved: Option<PolicySnapshot>,
+        now: MonoNs,
+        wall_minus_mono_ns: i128,
+    ) -> Self {
+        let wall_now = wall_ms(now, wall_minus_mono_ns);
+        let policy = match saved {
+            Some(snapshot) => {
+                let mut policy = Policy::restore(snapshot, now, wall_now);
+                policy.set_config(config.recovery.policy_config());
+                policy
+            }
+            None => Policy::new(config.recovery.policy_config()),
+        };
+        Self {
+            detector: Detector::new(config.detector.detector_config()),
+            policy,
+            config,
+            bus,
+            wall_minus_mono_ns,
+            procs: BTreeMap::new(),
+            binaries: BTreeMap::new(),
+            last_seen: BTreeMap::new(),
+            exchanges: 0,
+            unobserved: BTreeMap::new(),
+        }
+    }
+
+    /// The configuration in force.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Instances known (with a process or a detector state).
+    #[must_use]
+    pub fn instance_count(&self) -> usize {
+        let mut ids: Vec<&InstanceId> = self.procs.values().map(|f| &f.instance).collect();
+        let statuses = self.detector.statuses();
+        ids.extend(statuses.iter().map(|s| &s.instance));
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+
+    /// When the clock alone will next change something (a latch reaching its span, a quiet
+    /// window ending, a restart timing out): feed [`Input::Tick`] then.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<MonoNs> {
+        [self.detector.next_deadline(), self.policy.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Decides about `input` at monotonic time `now`.
+    pub fn handle(&mut self, now: MonoNs, input: Input) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let publish = matches!(
+            input,
+            Input::Tick
+                | Input::Resume { .. }
+                | Input::RestartFinished { .. }
+                | Input::HookFinished { .. }
+                | Input::Reload { .. }
+                | Input::Observed { .. }
+        );
+        match input {
+            Input::Started(found) => self.started(found, now, &mut out),
+            Input::Observed { pid, unobserved } => match unobserved {
+                Some(why) if self.procs.contains_key(&pid) => {
+                    self.unobserved.insert(pid, why);
+                }
+                _ => {
+                    self.unobserved.remove(&pid);
+                }
+            },
+            Input::Exited { pid, instance } => {
+                self.procs.remove(&pid);
+                self.unobserved.remove(&pid);
+                if let Some(id) = instance {
+                    // Only instances (scripts under node or bun) have per-process probes.
+                    out.push(Effect::Detach { pid });
+                    let events = self.detector.process_exited(&id, pid, now);
+                    self.on_events(events, now, &mut out);
+                }
+            }
+            Input::Exchange { exchange, instance } => {
+                self.exchange(&exchange, instance, now, &mut out);
+            }
+            Input::Tick => {
+                let events = self.detector.tick(now);
+                self.on_events(events, now, &mut out);
+            }
+            Input::Resume { episodes } => self.resume(episodes, now, &mut out),
+            Input::RestartFinished { instance, result } => {
+                self.restart_finished(&instance, result, now, &mut out);
+            }
+            Input::HookFinished { instance, result } => {
+                let (ok, detail) = match &result {
+                    Ok(outcome) => (true, outcome.summary.clone()),
+                    Err(e) => (false, error_chain(e)),
+                };
+                if ok {
+                    info!(instance = %instance, detail, "escalation hook ran");
+                } else {
+                    warn!(instance = %instance, detail, "escalation hook failed");
+                }
+                self.journal_action(&instance, ActionKind::Hook, ok, None, detail, now, &mut out);
+            }
+            Input::Reload { config, bus } => {
+                self.detector.set_config(config.detector.detector_config());
+                self.policy.set_config(config.recovery.policy_config());
+                self.config = *config;
+                self.bus = bus;
+            }
+        }
+        self.drive(now, &mut out);
+        if publish {
+            out.push(Effect::Publish(self.status(now)));
+        }
+        out
+    }
+
+    /// The status of every instance now (also published on ticks and after restarts).
+    #[must_use]
+    pub fn status(&self, now: MonoNs) -> Status {
+        status::merge(self, now)
+    }
+
+    /// The recovery state to persist at `now` (also sent as [`Effect::SaveRecovery`] after each
+    /// change; the daemon writes it once more when it stops).
+    #[must_use]
+    pub fn recovery_state(&self, now: MonoNs) -> PolicySnapshot {
+        self.policy.snapshot(now, self.wall_ms(now))
+    }
+
+    fn wall_ms(&self, now: MonoNs) -> u64 {
+        wall_ms(now, self.wall_minus_mono_ns)
+    }
+
+    /// The supervisor of `instance` (`Observe` in a dry run acts the same: never).
+    fn supervisor(&self, instance: &InstanceId) -> Supervisor {
+        Supervisor::resolve(
+            self.config.supervisor_for(&instance.name),
+            instance,
+            &self.bus,
+            self.config.recovery.restart_timeout,
+        )
+    }
+
+    /// Whether latches of `instance` are acted on.
+    fn acts(&self, instance: &InstanceId) -> bool {
+        !self.config.daemon.dry_run && self.supervisor(instance).acts()
+    }
+
+    fn started(&mut self, found: Found, now: MonoNs, out: &mut Vec<Effect>) {
+        let id = found.instance.clone();
+        self.binaries
+            .insert(id.clone(), found.info.exe.display().to_string());
+        let events = self.detector.process_started(&id, found.info.pid, now);
+        self.procs.insert(found.info.pid, found.clone());
+        out.push(Effect::Attach(found));
+        self.on_events(events, now, out);
+    }
+
+    fn exchange(
+        &mut self,
+        exchange: &Exchange,
+        instance: Option<InstanceId>,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        self.exchanges += 1;
+        // Not a claude instance (a tool it spawned, say).
+        let Some(id) = instance else { return };
+        out.push(Effect::Metric(Metric::Exchange {
+            agent: id.name.clone(),
+            status: exchange.status,
+            model: exchange
+                .model
+                .clone()
+                .unwrap_or_else(|| "unknown".to_owned()),
+        }));
+        if crate::detect::is_api_call(exchange) {
+            self.last_seen.insert(
+                id.clone(),
+                LastSeen {
+                    status: exchange.status,
+                    ts_ms: exchange.ts_ms,
+                },
+            );
+        }
+        let events = self.detector.observe(&id, exchange.pid, exchange, now);
+        self.on_events(events, now, out);
+    }
+
+    fn resume(&mut self, episodes: Vec<Episode>, now: MonoNs, out: &mut Vec<Effect>) {
+        // Instances the previous run gave up on stay given up on: the detector waits for their
+        // non-401 answer too, instead of latching them anew.
+        let escalated: Vec<InstanceId> = self.policy.escalated().cloned().collect();
+        for id in escalated {
+            let events = self.detector.escalate(&id, now);
+            self.on_events(events, now, out);
+        }
+        for episode in episodes.into_iter().filter(|e| !e.is_closed()) {
+            let id = policy::saved_instance_id(&episode.instance, episode.unit.as_deref());
+            info!(instance = %id, episode = %episode.id, "resuming an episode left open by the previous run");
+            self.detector.restore(&id, episode);
+            // Still latched as far as recovery knows: a restart that was under way when the
+            // previous run stopped counts as not healed (a quiet window first), and a quiet
+            // window restored from the state file keeps its deadline.
+            if self.acts(&id) {
+                self.policy.latched(&id, now);
+                self.journal_backoff(&id, now, out);
+            }
+        }
+        self.save(now, out);
+    }
+
+    /// Translates the detector's events into policy calls, journal records and metrics.
+    fn on_events(&mut self, events: Vec<Event>, now: MonoNs, out: &mut Vec<Effect>) {
+        for event in events {
+            match event {
+                Event::StateChanged {
+                    instance,
+                    from,
+                    to,
+                    reason,
+                    at_ns,
+                } => self.state_changed(&instance, from, to, &reason, at_ns, now, out),
+                Event::EpisodeOpened(episode) => {
+                    warn!(instance = %episode.instance, episode = %episode.id, count_401 = episode.count_401, request_ids = ?episode.request_ids(), "latched: 401s on the instance's own session");
+                    out.push(Effect::Metric(Metric::EpisodeOpened {
+                        agent: episode.instance.clone(),
+                    }));
+                    self.journal_episode(episode, now, out);
+                }
+                Event::EpisodeUpdated(episode) => self.journal_episode(episode, now, out),
+                Event::EpisodeClosed(episode) => {
+                    info!(instance = %episode.instance, episode = %episode.id, end = ?episode.end, duration_ms = episode.duration_ms(), restarts = episode.restarts, "episode closed");
+                    self.journal_episode(episode, now, out);
+                }
+                Event::ModelThrottled {
+                    instance, model, ..
+                } => {
+                    warn!(instance = %instance, model, "model throttled (429): not a latch, no restart");
+                }
+                Event::TierThrottle {
+                    instance,
+                    throttled,
+                    answering,
+                    ..
+                } => {
+                    warn!(instance = %instance, throttled = ?throttled, answering, "tier throttle: 429 for some models while another answers");
+                }
+                Event::ThrottleCleared {
+                    instance, model, ..
+                } => info!(instance = %instance, model, "throttle cleared"),
+            }
+        }
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of one detector event"
+    )]
+    fn state_changed(
+        &mut self,
+        instance: &InstanceId,
+        from: State,
+        to: State,
+        reason: &Reason,
+        at_ns: MonoNs,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        match (from, to) {
+            (_, State::Latched) => {
+                if from == State::Suspect
+                    && let Some(held) = self.detector.latch_held_since(instance)
+                {
+                    #[expect(
+                        clippy::cast_precision_loss,
+                        reason = "nanoseconds to seconds for a histogram"
+                    )]
+                    let seconds = at_ns.max(now).saturating_sub(held) as f64 / 1e9;
+                    out.push(Effect::Metric(Metric::DetectionSeconds(seconds)));
+                }
+                if self.acts(instance) {
+                    let before = self.policy.not_before(instance);
+                    self.policy.latched(instance, now);
+                    if self.policy.not_before(instance) != before {
+                        self.journal_backoff(instance, now, out);
+                    }
+                    self.save(now, out);
+                } else {
+                    let supervisor = if self.config.daemon.dry_run {
+                        "dry-run"
+                    } else {
+                        self.supervisor(instance).kind()
+                    };
+                    warn!(instance = %instance, supervisor, "latched; not restarting (observe-only)");
+                }
+            }
+            (State::Recovering | State::Latched | State::Escalated, State::Healthy) => {
+                if let Some(ttr) = self.policy.recovered(instance, now) {
+                    out.push(Effect::Metric(Metric::RecoverySeconds(ttr.as_secs_f64())));
+                }
+                if from != State::Latched || matches!(reason, Reason::Accepted { .. }) {
+                    out.push(Effect::Metric(Metric::Recovery {
+                        agent: instance.name.clone(),
+                    }));
+                }
+                self.save(now, out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Hands out what the policy says is due now.
+    fn drive(&mut self, now: MonoNs, out: &mut Vec<Effect>) {
+        for action in self.policy.poll(now) {
+            match action {
+                Action::Restart(id) => self.start_restart(&id, now, out),
+                Action::Escalate(id) => self.escalate(&id, now, out),
+            }
+        }
+    }
+
+    /// The process to restart for `id`: the newest live process that got the open window's
+    /// 401s, else the newest live process of the instance.
+    fn target(&self, id: &InstanceId) -> Option<Target> {
+        let window_pids = self
+            .detector
+            .status(id)
+            .and_then(|s| s.window)
+            .map(|w| w.pids)
+            .unwrap_or_default();
+        let found = window_pids
+            .iter()
+            .rev()
+            .find_map(|p| self.procs.get(p).filter(|f| &f.instance == id))
+            .or_else(|| {
+                self.procs
+                    .values()
+                    .filter(|f| &f.instance == id)
+                    .max_by_key(|f| f.info.pid)
+            })?;
+        Some(Target {
+            instance: id.name.clone(),
+            unit: id.unit_name().map(str::to_owned),
+            pid: found.info.pid,
+            start_time: Some(found.info.start_time),
+        })
+    }
+
+    fn start_restart(&mut self, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
+        let supervisor = self.supervisor(id);
+        let Some(target) = self.target(id) else {
+            let detail = format!("no live process of instance {id} is known");
+            warn!(instance = %id, "cannot restart: {detail}");
+            self.policy
+                .restart_finished(id, now, &Err::<(), _>(detail.as_str()));
+            self.journal_action(
+                id,
+                ActionKind::Restart,
+                false,
+                None,
+                format!("no live process to restart: {detail}"),
+                now,
+                out,
+            );
+            return;
+        };
+        info!(instance = %id, pid = target.pid, unit = ?target.unit, supervisor = supervisor.kind(), "restarting latched instance");
+        let events = self.detector.restart_started(id, now);
+        self.on_events(events, now, out);
+        self.save(now, out);
+        out.push(Effect::Restart {
+            instance: id.clone(),
+            supervisor,
+            target,
+            timeout: self.config.recovery.restart_timeout,
+        });
+    }
+
+    fn restart_finished(
+        &mut self,
+        id: &InstanceId,
+        result: Result<RestartOutcome, SuperviseError>,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let before = self.policy.not_before(id);
+        self.policy.restart_finished(id, now, &result);
+        // A failure backs off: said once, here (the detector's return to latched below finds
+        // the window already set).
+        if self.policy.not_before(id) != before {
+            self.journal_backoff(id, now, out);
+        }
+        match &result {
+            Ok(outcome) => {
+                info!(instance = %id, new_pid = ?outcome.new_pid, "{}", outcome.summary);
+                out.push(Effect::Metric(Metric::Restart {
+                    agent: id.name.clone(),
+                    ok: true,
+                }));
+                self.journal_action(
+                    id,
+                    ActionKind::Restart,
+                    true,
+                    None,
+                    outcome.summary.clone(),
+                    now,
+                    out,
+                );
+                if let Some(pid) = outcome.new_pid {
+                    out.push(Effect::Inspect { pid });
+                }
+            }
+            Err(e) => {
+                let detail = error_chain(e);
+                warn!(instance = %id, detail, "restart failed");
+                out.push(Effect::Metric(Metric::Restart {
+                    agent: id.name.clone(),
+                    ok: false,
+                }));
+                self.journal_action(id, ActionKind::Restart, false, None, detail, now, out);
+                let events = self.detector.restart_failed(id, now);
+                self.on_events(events, now, out);
+            }
+        }
+        self.save(now, out);
+    }
+
+    fn escalate(&mut self, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
+        let restarts = self.policy.restarts(id);
+        warn!(
+            instance = %id,
+            restarts,
+            "escalated: restarts did not heal it; no more restarts until it answers non-401"
+        );
+        out.push(Effect::Metric(Metric::Escalation {
+            agent: id.name.clone(),
+        }));
+        self.journal_action(
+            id,
+            ActionKind::Escalate,
+            true,
+            None,
+            format!("{restarts} restarts without a confirmed recovery"),
+            now,
+            out,
+        );
+        let events = self.detector.escalate(id, now);
+        self.on_events(events, now, out);
+        if let Some(hook) = &self.config.recovery.escalation_hook {
+            let target = self.target(id).unwrap_or(Target {
+                instance: id.name.clone(),
+                unit: id.unit_name().map(str::to_owned),
+                pid: 0,
+                start_time: None,
+            });
+            info!(instance = %id, "running the escalation hook");
+            out.push(Effect::RunHook {
+                instance: id.clone(),
+                argv: hook.get_ref().clone(),
+                target,
+                timeout: self.config.recovery.hook_timeout,
+            });
+        }
+        self.save(now, out);
+    }
+
+    fn journal_episode(&self, episode: Episode, now: MonoNs, out: &mut Vec<Effect>) {
+        out.push(Effect::Journal(JournalRecord::Episode {
+            at_ms: self.wall_ms(now),
+            episode,
+        }));
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of one journal record"
+    )]
+    fn journal_action(
+        &self,
+        id: &InstanceId,
+        kind: ActionKind,
+        ok: bool,
+        until_ms: Option<u64>,
+        detail: String,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let episode_id = self
+            .detector
+            .status(id)
+            .and_then(|s| s.window)
+            .map(|w| w.id);
+        out.push(Effect::Journal(JournalRecord::Action(ActionRecord {
+            at_ms: self.wall_ms(now),
+            instance: id.name.clone(),
+            episode_id,
+            kind,
+            ok,
+            until_ms,
+            detail: Some(detail),
+        })));
+    }
+
+    /// Journals the quiet window the policy set for `id`, if one runs past `now`.
+    fn journal_backoff(&self, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
+        if let Some(until) = self.policy.not_before(id).filter(|t| *t > now) {
+            let wait_s = (until - now) / 1_000_000_000;
+            info!(instance = %id, wait_s, "quiet window before the next restart");
+            self.journal_action(
+                id,
+                ActionKind::Backoff,
+                true,
+                Some(self.wall_ms(until)),
+                format!("quiet window of {wait_s}s before the next restart"),
+                now,
+                out,
+            );
+        }
+    }
+
+    fn save(&self, now: MonoNs, out: &mut Vec<Effect>) {
+        out.push(Effect::SaveRecovery(self.recovery_state(now)));
+    }
+}
+
+/// Wall time in ms since the epoch of monotonic time `mono`.
+fn wall_ms(mono: MonoNs, wall_minus_mono_ns: i128) -> u64 {
+    u64::try_from((i128::from(mono) + wall_minus_mono_ns).max(0) / 1_000_000).unwrap_or(u64::MAX)
+}
+
+/// An error and its causes on one line, each said once (`a: b: c`).
+#[must_use]
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}

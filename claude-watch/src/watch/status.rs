@@ -1,0 +1,235 @@
+//! What `claude-watch status` shows: a snapshot of the fleet the daemon publishes after every
+//! change, served over the control socket as JSON, and [`merge`], the one place where the
+//! processes, the detector and the recovery policy are joined into each instance's status.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Watch;
+use crate::detect::{MonoNs, State};
+
+/// The latest API answer of an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastSeen {
+    /// Its status.
+    pub status: u16,
+    /// When (wall ms).
+    pub ts_ms: u64,
+}
+
+/// What the core publishes: every instance's view, and the exchange count.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Status {
+    /// One entry per instance, by name.
+    pub instances: Vec<InstanceView>,
+    /// Exchanges seen, of any process.
+    pub exchanges: u64,
+    /// Whether restarts are disabled.
+    pub dry_run: bool,
+}
+
+/// Every instance's status at `now`: live processes, detector state, recovery phase and
+/// supervisor merged. The state is the detector's: the core keeps it in step with the policy
+/// (an escalation, or a restored one, escalates the detector too).
+pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
+    let mut instances: BTreeMap<String, InstanceView> = BTreeMap::new();
+    for found in watch.procs.values() {
+        let view = instances
+            .entry(found.instance.name.clone())
+            .or_insert_with(|| InstanceView {
+                name: found.instance.name.clone(),
+                unit: found.instance.unit_name().map(str::to_owned),
+                state: "observed".into(),
+                ..InstanceView::default()
+            });
+        view.pids.push(found.info.pid);
+        view.binary = Some(found.info.exe.display().to_string());
+        if let Some(why) = watch.unobserved.get(&found.info.pid) {
+            view.unobserved = Some(why.clone());
+        }
+        if view.version.is_none() {
+            view.version = found.version();
+        }
+    }
+    let mut ids = BTreeMap::new();
+    for found in watch.procs.values() {
+        ids.insert(found.instance.name.clone(), found.instance.clone());
+    }
+    for s in watch.detector.statuses() {
+        ids.insert(s.instance.name.clone(), s.instance.clone());
+        let name = s.instance.name.clone();
+        let view = instances
+            .entry(name.clone())
+            .or_insert_with(|| InstanceView {
+                name: name.clone(),
+                unit: s.instance.unit_name().map(str::to_owned),
+                ..InstanceView::default()
+            });
+        view.state = state_name(s.state).to_owned();
+        if view.pids.is_empty() {
+            view.pids.clone_from(&s.pids);
+        }
+        view.session_id.clone_from(&s.session_id);
+        if s.client_version.is_some() {
+            view.version.clone_from(&s.client_version);
+        }
+        view.throttled.clone_from(&s.throttled);
+        view.tier_throttle = s.tier_throttle;
+        view.window_401s = s.window.as_ref().map(|w| w.count_401);
+        view.episode = s
+            .window
+            .as_ref()
+            .filter(|_| matches!(s.state, State::Latched | State::Recovering))
+            .map(|w| w.id.clone());
+        if let Some(last) = watch.last_seen.get(&s.instance) {
+            view.last_status = Some(last.status);
+            view.last_seen_ms = Some(last.ts_ms);
+        }
+    }
+    let dry_run = watch.config.daemon.dry_run;
+    for view in instances.values_mut() {
+        view.pids.sort_unstable();
+        view.pids.dedup();
+        let Some(id) = ids.get(&view.name) else {
+            continue;
+        };
+        view.supervisor = if dry_run {
+            "dry-run".into()
+        } else {
+            watch.supervisor(id).kind().into()
+        };
+        view.restarts = watch.policy.restarts(id);
+        view.backoff_until_ms = watch
+            .policy
+            .not_before(id)
+            .filter(|t| *t > now)
+            .map(|t| watch.wall_ms(t));
+        if view.binary.is_none() {
+            view.binary = watch.binaries.get(id).cloned();
+        }
+    }
+    Status {
+        instances: instances.into_values().collect(),
+        exchanges: watch.exchanges,
+        dry_run,
+    }
+}
+
+/// The name a state has in status and metrics.
+#[must_use]
+pub fn state_name(state: State) -> &'static str {
+    match state {
+        State::Healthy => "healthy",
+        State::Suspect => "suspect",
+        State::Latched => "latched",
+        State::Recovering => "recovering",
+        State::Escalated => "escalated",
+    }
+}
+
+/// Every state an instance can show, `observed` (no API call seen yet) first.
+pub const STATES: [&str; 6] = [
+    "observed",
+    "healthy",
+    "suspect",
+    "latched",
+    "recovering",
+    "escalated",
+];
+
+/// The daemon's view of the host at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// claude-watch version.
+    pub version: String,
+    /// Daemon pid.
+    pub pid: u32,
+    /// When the daemon started (ms since the epoch).
+    pub started_ms: u64,
+    /// When this snapshot was taken.
+    pub now_ms: u64,
+    /// Whether restarts are disabled (`--dry-run`).
+    pub dry_run: bool,
+    /// The configuration file in use (`<built-in>` without one).
+    pub config: String,
+    /// Probe and pipeline counters.
+    pub capture: CaptureView,
+    /// One entry per instance, by name.
+    pub instances: Vec<InstanceView>,
+}
+
+/// Capture counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureView {
+    /// Files (or processes) with probes attached.
+    pub attachments: usize,
+    /// Records the kernel sent.
+    pub sent: u64,
+    /// Records lost because the ring buffer was full.
+    pub lost: u64,
+    /// Exchanges seen.
+    pub exchanges: u64,
+}
+
+/// One instance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// Instance name (unit, rule name, or `pid:N`).
+    pub name: String,
+    /// systemd unit, when it lives in one.
+    pub unit: Option<String>,
+    /// Live pids.
+    pub pids: Vec<u32>,
+    /// Current `X-Claude-Code-Session-Id`.
+    pub session_id: Option<String>,
+    /// Claude Code version (from its User-Agent).
+    pub version: Option<String>,
+    /// The executable.
+    pub binary: Option<String>,
+    /// healthy, suspect, latched, recovering, escalated (and `observed` for instances seen
+    /// before their first API call).
+    pub state: String,
+    /// Models currently answered with 429.
+    pub throttled: Vec<String>,
+    /// A throttled model while another model answers.
+    pub tier_throttle: bool,
+    /// Status of its latest API exchange.
+    pub last_status: Option<u16>,
+    /// When that was (ms since the epoch).
+    pub last_seen_ms: Option<u64>,
+    /// 401s in the open episode or suspect window.
+    pub window_401s: Option<u64>,
+    /// Id of the open episode.
+    pub episode: Option<String>,
+    /// Restarts since the last confirmed recovery.
+    pub restarts: u32,
+    /// No restart before this (quiet window), ms since the epoch.
+    pub backoff_until_ms: Option<u64>,
+    /// How it would be restarted: systemd, command, signal, observe.
+    pub supervisor: String,
+    /// Why no probe could be attached to it (a binary or library that could not be
+    /// verified): its traffic is not seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unobserved: Option<String>,
+}
+
+impl InstanceView {
+    /// `throttled(opus)` etc. appended to the state when models are throttled; `unobserved
+    /// (why)` for an instance whose traffic cannot be seen.
+    pub fn state_label(&self) -> String {
+        if let Some(why) = &self.unobserved {
+            return format!("unobserved ({why})");
+        }
+        if self.throttled.is_empty() {
+            self.state.clone()
+        } else {
+            let what = if self.tier_throttle {
+                "tier-throttled"
+            } else {
+                "throttled"
+            };
+            format!("{} {what}({})", self.state, self.throttled.join(","))
+        }
+    }
+}

@@ -1,0 +1,738 @@
+//! Recovery scenarios of the whole core with a fake clock: what the root integration tests prove
+//! end to end (tests/tests/recovery.rs), decided here in milliseconds, without root, processes
+//! or a supervisor. Agents are played by exchanges; the supervisor by `RestartFinished` inputs.
+
+use std::path::PathBuf;
+
+use super::*;
+use crate::detect::EpisodeEnd;
+use crate::instance::{ClaudeKind, ProcessInfo};
+use status::InstanceView;
+
+const MS: MonoNs = 1_000_000;
+const S: MonoNs = 1_000 * MS;
+/// Wall time (ms) at monotonic time 0 of the first daemon run.
+const WALL0_MS: u64 = 1_780_000_000_000;
+const BUS: &str = "unix:path=/run/test-bed/bus";
+
+fn agent() -> InstanceId {
+    InstanceId::unit("agent.service")
+}
+
+fn unit(name: &str) -> InstanceId {
+    InstanceId::unit(name)
+}
+
+/// The test beds' configuration: fast detection (3 401s over 2 s), systemd on a bus.
+fn config(extra: &str) -> Config {
+    let text = format!(
+        "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nsystemd_bus = \"{BUS}\"\nrestart_timeout = \"20s\"\n{extra}\n"
+    );
+    Config::parse(&text, "test").expect("valid test configuration")
+}
+
+fn found(pid: u32, instance: &InstanceId) -> Found {
+    Found {
+        info: ProcessInfo {
+            pid,
+            ppid: 1,
+            start_time: u64::from(pid) * 7,
+            exe: PathBuf::from("/usr/local/bin/claude"),
+            cmdline: vec!["claude".into(), "-p".into()],
+            ..ProcessInfo::default()
+        },
+        kind: ClaudeKind::Native,
+        instance: instance.clone(),
+    }
+}
+
+/// One daemon run: the core, a fake clock and everything it asked for.
+struct Rig {
+    watch: Watch,
+    now: MonoNs,
+    wall_minus_mono_ns: i128,
+    /// Instance of each live pid (what discovery would say).
+    pids: BTreeMap<u32, InstanceId>,
+    /// Restarts handed out and not yet reported.
+    restarts: Vec<(InstanceId, Supervisor, Target)>,
+    /// Every restart handed out.
+    restarts_total: usize,
+    /// When the latest restart was handed out.
+    restarted_at: MonoNs,
+    hooks: Vec<(InstanceId, Vec<String>, Target)>,
+    journal: Vec<JournalRecord>,
+    saved: Option<PolicySnapshot>,
+    inspected: Vec<u32>,
+    metrics: Vec<Metric>,
+    status: Status,
+    requests: u32,
+}
+
+impl Rig {
+    fn new(extra: &str) -> Self {
+        Self::resume(
+            config(extra),
+            None,
+            100 * S,
+            i128::from(WALL0_MS) * 1_000_000,
+        )
+    }
+
+    /// A daemon run starting at `now` with `saved` recovery state.
+    fn resume(
+        config: Config,
+        saved: Option<PolicySnapshot>,
+        now: MonoNs,
+        wall_minus_mono_ns: i128,
+    ) -> Self {
+        let watch = Watch::new(
+            config,
+            SystemdBus::Address(BUS.into()),
+            saved,
+            now,
+            wall_minus_mono_ns,
+        );
+        Self {
+            watch,
+            now,
+            wall_minus_mono_ns,
+            pids: BTreeMap::new(),
+            restarts: Vec::new(),
+            restarts_total: 0,
+            restarted_at: 0,
+            hooks: Vec::new(),
+            journal: Vec::new(),
+            saved: None,
+            inspected: Vec::new(),
+            metrics: Vec::new(),
+            status: Status::default(),
+            requests: 0,
+        }
+    }
+
+    fn wall_now(&self) -> u64 {
+        wall_ms(self.now, self.wall_minus_mono_ns)
+    }
+
+    fn input(&mut self, input: Input) {
+        for effect in self.watch.handle(self.now, input) {
+            match effect {
+                Effect::Restart {
+                    instance,
+                    supervisor,
+                    target,
+                    ..
+                } => {
+                    assert!(
+                        self.restarts.is_empty(),
+                        "a restart of {instance} while {:?} is in flight",
+                        self.restarts
+                    );
+                    self.restarts_total += 1;
+                    self.restarted_at = self.now;
+                    self.restarts.push((instance, supervisor, target));
+                }
+                Effect::RunHook {
+                    instance,
+                    argv,
+                    target,
+                    ..
+                } => self.hooks.push((instance, argv, target)),
+                Effect::Journal(record) => self.journal.push(record),
+                Effect::SaveRecovery(snapshot) => self.saved = Some(snapshot),
+                Effect::Inspect { pid } => self.inspected.push(pid),
+                Effect::Metric(metric) => self.metrics.push(metric),
+                Effect::Publish(status) => self.status = status,
+                Effect::Attach(_) | Effect::Detach { .. } => {}
+            }
+        }
+    }
+
+    fn start(&mut self, pid: u32, instance: &InstanceId) {
+        self.pids.insert(pid, instance.clone());
+        self.input(Input::Started(found(pid, instance)));
+    }
+
+    fn exit(&mut self, pid: u32) {
+        let instance = self.pids.remove(&pid);
+        self.input(Input::Exited { pid, instance });
+    }
+
+    /// Process `pid` gets `status` for a request of `model` on `session`, now.
+    fn answer(&mut self, pid: u32, status: u16, model: &str, session: &str) {
+        self.requests += 1;
+        let exchange = Exchange {
+            ts_ms: self.wall_now(),
+            mono_ns: self.now,
+            pid,
+            tid: pid,
+            conn: u64::from(pid),
+            method: Some("POST".into()),
+            path: Some("/v1/messages?beta=true".into()),
+            status,
+            latency_ms: Some(40),
+            request_id: Some(format!("req_{:04}", self.requests)),
+            retry_after: None,
+            should_retry: None,
+            session_id: Some(session.into()),
+            model: Some(model.into()),
+            user_agent: Some("claude-cli/2.1.197 (external, sdk-cli)".into()),
+        };
+        let instance = self.pids.get(&pid).cloned();
+        self.input(Input::Exchange { exchange, instance });
+    }
+
+    fn see(&mut self, pid: u32, status: u16, session: &str) {
+        self.answer(pid, status, "claude-haiku-4-5", session);
+    }
+
+    /// Advances the clock by `d`, ticking every 250 ms as the daemon does.
+    fn advance(&mut self, d: MonoNs) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now = (self.now + 250 * MS).min(end);
+            self.input(Input::Tick);
+        }
+    }
+
+    /// Advances by `d` while `pid` gets `status` once a second (an agent retrying).
+    fn keep_answering(&mut self, pid: u32, status: u16, session: &str, d: MonoNs) {
+        let end = self.now + d;
+        while self.now < end {
+            self.advance(S.min(end - self.now));
+            self.see(pid, status, session);
+        }
+    }
+
+    fn published_at_least_once(&self) -> bool {
+        !self.status.instances.is_empty()
+    }
+
+    fn take_restart(&mut self) -> (InstanceId, Supervisor, Target) {
+        assert_eq!(self.restarts.len(), 1, "one restart in flight");
+        self.restarts.remove(0)
+    }
+
+    fn restart_ok(&mut self, instance: &InstanceId, new_pid: u32) {
+        self.input(Input::RestartFinished {
+            instance: instance.clone(),
+            result: Ok(RestartOutcome {
+                acted: true,
+                unit: instance.unit_name().map(str::to_owned),
+                new_pid: Some(new_pid),
+                invocation_id: None,
+                summary: format!("restarted {instance}"),
+            }),
+        });
+    }
+
+    fn actions(&self, kind: ActionKind) -> Vec<&ActionRecord> {
+        self.journal
+            .iter()
+            .filter_map(|r| match r {
+                JournalRecord::Action(a) if a.kind == kind => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn episodes(&self) -> Vec<&Episode> {
+        self.journal
+            .iter()
+            .filter_map(|r| match r {
+                JournalRecord::Episode { episode, .. } => Some(episode),
+                JournalRecord::Action(_) => None,
+            })
+            .collect()
+    }
+
+    fn closed(&self, end: EpisodeEnd) -> Option<&Episode> {
+        self.episodes().into_iter().find(|e| e.end == end)
+    }
+
+    /// The status of `name` now (the published one is only as fresh as the last tick).
+    fn view(&self, name: &str) -> InstanceView {
+        let status = self.watch.status(self.now);
+        status
+            .instances
+            .into_iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("{name} in status: {:?}", self.status))
+    }
+
+    /// A healthy agent latched: 401s once a second until the restart is handed out.
+    fn latch(&mut self, pid: u32, session: &str) {
+        for _ in 0..10 {
+            if !self.restarts.is_empty() {
+                return;
+            }
+            self.advance(S);
+            self.see(pid, 401, session);
+        }
+        self.advance(S);
+    }
+}
+
+#[test]
+fn a_latch_is_restarted_through_systemd_and_confirmed_by_the_new_session_200() {
+    let mut r = Rig::new("backoff_initial = \"3s\"");
+    r.start(100, &agent());
+    r.see(100, 200, "s-old");
+    r.advance(S);
+    assert_eq!(r.view("agent.service").state, "healthy");
+    assert_eq!(r.view("agent.service").supervisor, "systemd");
+
+    r.latch(100, "s-old");
+    let (instance, supervisor, target) = r.take_restart();
+    assert_eq!(instance, agent());
+    assert_eq!(supervisor.kind(), "systemd");
+    assert_eq!(target.pid, 100, "the process that got the 401s");
+    assert_eq!(target.unit.as_deref(), Some("agent.service"));
+    assert_eq!(
+        target.start_time,
+        Some(700),
+        "start time guards against pid reuse"
+    );
+    assert!(
+        r.metrics
+            .iter()
+            .any(|m| matches!(m, Metric::DetectionSeconds(s) if *s < 0.3)),
+        "detection latency observed: {:?}",
+        r.metrics
+    );
+
+    // The old process's 401s while the restart runs prove nothing about the new one.
+    r.keep_answering(100, 401, "s-old", 2 * S);
+    assert!(r.restarts.is_empty() && r.restarts_total == 1);
+    r.restart_ok(&agent(), 101);
+    assert_eq!(r.inspected, [101], "the new main pid is looked at");
+    r.exit(100);
+    r.start(101, &agent());
+    r.advance(S);
+    assert_eq!(r.view("agent.service").state, "recovering");
+    r.see(101, 200, "s-new");
+    r.advance(S);
+
+    let episode = r
+        .closed(EpisodeEnd::RecoveredAfterRestart)
+        .expect("closed as recovered after restart");
+    assert_eq!(episode.restarts, 1);
+    assert_eq!(episode.time_to_recovery_ms, Some(3000));
+    let restarts = r.actions(ActionKind::Restart);
+    assert_eq!(restarts.len(), 1);
+    assert!(restarts[0].ok);
+    assert_eq!(restarts[0].episode_id.as_deref(), Some(episode.id.as_str()));
+    let view = r.view("agent.service");
+    assert_eq!(view.state, "healthy");
+    assert_eq!(view.session_id.as_deref(), Some("s-new"));
+    assert_eq!(view.pids, [101]);
+    assert_eq!(view.last_status, Some(200));
+    assert!(r.metrics.contains(&Metric::Recovery {
+        agent: "agent.service".into()
+    }));
+    assert!(r.restarts.is_empty(), "nothing else to do");
+}
+
+#[test]
+fn an_open_upstream_window_backs_off_with_growing_quiet_windows() {
+    let mut r = Rig::new("backoff_initial = \"3s\"\nmax_restarts = 5");
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let mut pid = 100;
+    let mut waits = Vec::new();
+    for round in 1..=3 {
+        let (instance, _, target) = r.take_restart();
+        assert_eq!(target.pid, pid);
+        r.restart_ok(&instance, pid + 1);
+        r.exit(pid);
+        pid += 1;
+        r.start(pid, &agent());
+        // The window is still open upstream: the new process gets 401 too.
+        r.advance(500 * MS);
+        r.see(pid, 401, &format!("s{round}"));
+        let backoff = *r
+            .actions(ActionKind::Backoff)
+            .last()
+            .expect("a quiet window");
+        let until = backoff.until_ms.expect("until");
+        waits.push(until - r.wall_now());
+        assert_eq!(
+            r.view("agent.service").backoff_until_ms,
+            Some(until),
+            "status shows the window"
+        );
+        // Nothing inside the window, however many 401s...
+        let left = until - r.wall_now();
+        r.keep_answering(pid, 401, &format!("s{round}"), (left - 100) * MS);
+        assert!(r.restarts.is_empty(), "restarted inside the quiet window");
+        // ...and the next restart once it ends.
+        r.advance(200 * MS);
+        assert_eq!(
+            r.restarts.len(),
+            1,
+            "restart after the window, round {round}"
+        );
+    }
+    assert_eq!(waits, [3000, 6000, 12000], "each quiet window doubles");
+    // The window closes: the next new process gets 200; the same episode recovers.
+    let (instance, _, _) = r.take_restart();
+    r.restart_ok(&instance, pid + 1);
+    r.start(pid + 1, &agent());
+    r.see(pid + 1, 200, "s-ok");
+    let episode = r
+        .closed(EpisodeEnd::RecoveredAfterRestart)
+        .expect("recovered");
+    assert_eq!(episode.restarts, 4);
+    let ids: Vec<&str> = r.episodes().iter().map(|e| e.id.as_str()).collect();
+    assert!(
+        ids.iter().all(|id| *id == episode.id),
+        "one episode: {ids:?}"
+    );
+}
+
+#[test]
+fn escalation_after_k_restarts_runs_the_hook_once_and_a_non_401_leaves_it() {
+    let mut r = Rig::new(
+        "backoff_initial = \"2s\"\nmax_restarts = 2\nescalation_hook = [\"/bin/page\", \"{instance}\", \"{unit}\"]",
+    );
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let mut pid = 100;
+    // A poisoned credential: every new process gets 401 at once.
+    for _ in 0..2 {
+        let (instance, _, _) = r.take_restart();
+        r.restart_ok(&instance, pid + 1);
+        r.exit(pid);
+        pid += 1;
+        r.start(pid, &agent());
+        r.advance(500 * MS);
+        r.see(pid, 401, &format!("s{pid}"));
+        r.keep_answering(pid, 401, &format!("s{pid}"), 3 * S);
+    }
+    let episode = r
+        .closed(EpisodeEnd::Escalated)
+        .expect("closed as escalated");
+    assert_eq!(episode.restarts, 2);
+    assert_eq!(r.view("agent.service").state, "escalated");
+    assert_eq!(r.actions(ActionKind::Escalate).len(), 1);
+    assert_eq!(r.hooks.len(), 1, "the hook runs once");
+    let (instance, argv, target) = r.hooks[0].clone();
+    assert_eq!(argv, ["/bin/page", "{instance}", "{unit}"]);
+    assert_eq!(target.pid, pid);
+    r.input(Input::HookFinished {
+        instance,
+        result: Ok(RestartOutcome {
+            acted: true,
+            unit: None,
+            new_pid: None,
+            invocation_id: None,
+            summary: "ran /bin/page".into(),
+        }),
+    });
+
+    // Escalated: a minute of 401s restarts nothing and runs no hook again.
+    r.keep_answering(pid, 401, &format!("s{pid}"), 60 * S);
+    assert!(r.restarts.is_empty());
+    assert_eq!(r.restarts_total, 2);
+    assert_eq!(r.hooks.len(), 1);
+    assert_eq!(r.actions(ActionKind::Hook).len(), 1);
+    assert_eq!(r.view("agent.service").state, "escalated");
+
+    // The credential is fixed: a non-401 leaves escalation.
+    r.see(pid, 200, &format!("s{pid}"));
+    r.advance(S);
+    assert_eq!(r.view("agent.service").state, "healthy");
+    assert_eq!(r.view("agent.service").restarts, 0);
+}
+
+#[test]
+fn a_429_throttle_never_restarts() {
+    let mut r = Rig::new("backoff_initial = \"2s\"");
+    r.start(100, &agent());
+    for _ in 0..60 {
+        r.advance(S);
+        r.answer(100, 429, "claude-opus-4-8", "s0");
+    }
+    r.answer(100, 200, "claude-haiku-4-5", "s0");
+    r.advance(S);
+    assert!(r.restarts.is_empty() && r.restarts_total == 0);
+    assert!(r.episodes().is_empty(), "a throttle opens no episode");
+    let view = r.view("agent.service");
+    assert_eq!(view.state, "healthy");
+    assert_eq!(view.throttled, ["claude-opus-4-8"]);
+    assert!(view.tier_throttle, "haiku answers while opus is throttled");
+}
+
+#[test]
+fn a_fleet_wide_incident_restarts_one_instance_at_a_time() {
+    let mut r = Rig::new("backoff_initial = \"5s\"");
+    let names = ["a.service", "b.service", "c.service"];
+    for (k, name) in names.iter().enumerate() {
+        let pid = 100 + u32::try_from(k).unwrap();
+        r.start(pid, &unit(name));
+        r.see(pid, 200, name);
+    }
+    // All three get 401s together.
+    for _ in 0..5 {
+        r.advance(S);
+        for (k, name) in names.iter().enumerate() {
+            r.see(100 + u32::try_from(k).unwrap(), 401, name);
+        }
+    }
+    let mut order = Vec::new();
+    for round in 0..3 {
+        // `Rig::input` fails if a second restart is handed out while one is in flight.
+        let (instance, _, target) = r.take_restart();
+        order.push(instance.name.clone());
+        r.advance(2 * S);
+        assert!(r.restarts.is_empty(), "the next waits for the confirmation");
+        let new_pid = 200 + round;
+        r.restart_ok(&instance, new_pid);
+        r.exit(target.pid);
+        r.start(new_pid, &instance);
+        r.advance(S);
+        assert!(r.restarts.is_empty(), "still unconfirmed");
+        r.see(new_pid, 200, "fresh");
+        r.advance(250 * MS);
+    }
+    assert_eq!(order, names, "oldest latch first (ties by name)");
+    assert!(names.iter().all(|n| r.view(n).state == "healthy"));
+}
+
+#[test]
+fn a_daemon_restarted_mid_backoff_keeps_the_quiet_window_and_the_episode() {
+    let config_text = "backoff_initial = \"10s\"\nmax_restarts = 5";
+    let mut r = Rig::new(config_text);
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let (instance, _, _) = r.take_restart();
+    r.restart_ok(&instance, 101);
+    r.exit(100);
+    r.start(101, &agent());
+    r.advance(S);
+    r.see(101, 401, "s1");
+    let until = r.actions(ActionKind::Backoff)[0].until_ms.expect("until");
+    let open: Vec<Episode> = crate::journal::episodes(&r.journal)
+        .into_iter()
+        .filter(|e| !e.is_closed())
+        .collect();
+    assert_eq!(open.len(), 1);
+    let saved = r.saved.clone().expect("recovery state saved");
+    // Through the file, as the daemon does.
+    let saved: PolicySnapshot =
+        serde_json::from_str(&serde_json::to_string(&saved).unwrap()).unwrap();
+
+    // The daemon dies; 2 s of wall time later a new one starts on a monotonic clock that moved
+    // 5000 s (its offset to wall time is what it measures at start).
+    let wall_then = r.wall_now() + 2000;
+    let mono_then = r.now + 5000 * S;
+    let offset = i128::from(wall_then) * 1_000_000 - i128::from(mono_then);
+    let mut q = Rig::resume(config(config_text), Some(saved), mono_then, offset);
+    q.start(101, &agent());
+    q.input(Input::Resume { episodes: open });
+    assert_eq!(q.view("agent.service").state, "latched");
+    assert_eq!(
+        q.view("agent.service").restarts,
+        1,
+        "the restart count survives"
+    );
+    assert_eq!(q.view("agent.service").backoff_until_ms, Some(until));
+    // Nothing before the window ends, 401s or not...
+    let left = until - q.wall_now();
+    q.keep_answering(101, 401, "s1", (left - 300) * MS);
+    assert!(q.restarts.is_empty(), "restarted inside the saved window");
+    // ...the next restart right after it, in the same episode.
+    q.advance(500 * MS);
+    let (_, _, target) = q.take_restart();
+    assert_eq!(target.pid, 101);
+    q.restart_ok(&agent(), 102);
+    q.start(102, &agent());
+    q.see(102, 200, "s2");
+    let episode = q
+        .closed(EpisodeEnd::RecoveredAfterRestart)
+        .expect("recovered");
+    assert_eq!(
+        episode.id,
+        r.episodes()[0].id,
+        "the episode resumed under its id"
+    );
+    assert_eq!(episode.restarts, 2);
+}
+
+#[test]
+fn a_failing_supervisor_is_journalled_with_its_cause_and_retried_after_a_quiet_window() {
+    let mut r = Rig::new("backoff_initial = \"2s\"");
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let mut waits = Vec::new();
+    for attempt in 1..=2 {
+        let (instance, _, _) = r.take_restart();
+        r.input(Input::RestartFinished {
+            instance,
+            result: Err(SuperviseError::Spawn {
+                program: "systemctl".into(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            }),
+        });
+        let failed = r.actions(ActionKind::Restart);
+        assert_eq!(failed.len(), attempt);
+        assert!(!failed[attempt - 1].ok);
+        assert_eq!(
+            failed[attempt - 1].detail.as_deref(),
+            Some("could not run supervisor command systemctl: no such file"),
+            "the cause, once"
+        );
+        assert_eq!(r.view("agent.service").state, "latched");
+        assert_eq!(
+            r.view("agent.service").restarts,
+            0,
+            "failures are not restarts"
+        );
+        let until = r.actions(ActionKind::Backoff)[attempt - 1]
+            .until_ms
+            .expect("a quiet window");
+        waits.push(until - r.wall_now());
+        r.keep_answering(100, 401, "s0", (until - r.wall_now() - 300) * MS);
+        assert!(r.restarts.is_empty(), "retried only after the quiet window");
+        r.advance(600 * MS);
+    }
+    assert_eq!(waits, [2000, 4000], "failures back off like relatches");
+    assert!(r.metrics.contains(&Metric::Restart {
+        agent: "agent.service".into(),
+        ok: false
+    }));
+    // The supervisor is back: the same episode recovers.
+    let (instance, _, _) = r.take_restart();
+    r.restart_ok(&instance, 101);
+    r.start(101, &agent());
+    r.see(101, 200, "s1");
+    let episode = r
+        .closed(EpisodeEnd::RecoveredAfterRestart)
+        .expect("recovered");
+    let ids: Vec<&str> = r.episodes().iter().map(|e| e.id.as_str()).collect();
+    assert!(
+        ids.iter().all(|id| *id == episode.id),
+        "one episode: {ids:?}"
+    );
+}
+
+#[test]
+fn a_hanging_supervisor_times_out_frees_the_slot_and_its_late_answer_changes_nothing() {
+    let mut r = Rig::new("backoff_initial = \"5s\"");
+    r.start(100, &agent());
+    r.start(200, &unit("other.service"));
+    r.see(100, 200, "a0");
+    r.see(200, 200, "b0");
+    for _ in 0..5 {
+        r.advance(S);
+        r.see(100, 401, "a0");
+        r.see(200, 401, "b0");
+    }
+    let (hung, _, _) = r.take_restart();
+    assert_eq!(hung, agent());
+    // The supervisor never answers: after restart_timeout (20 s) the slot goes to the other.
+    r.advance(r.restarted_at + 19 * S - r.now);
+    assert!(r.restarts.is_empty());
+    assert!(r.published_at_least_once());
+    r.advance(S);
+    let (next, _, _) = r.take_restart();
+    assert_eq!(next, unit("other.service"));
+    // The hung call finally times out in the daemon: journalled, nothing handed out twice.
+    r.input(Input::RestartFinished {
+        instance: hung.clone(),
+        result: Err(SuperviseError::Timeout {
+            what: "systemd restart".into(),
+            timeout: Duration::from_secs(20),
+        }),
+    });
+    assert!(r.restarts.is_empty());
+    assert_eq!(r.actions(ActionKind::Restart).len(), 1);
+    assert_eq!(r.view("agent.service").state, "latched");
+    // The other recovers; the hung one is retried after its quiet window.
+    r.restart_ok(&next, 201);
+    r.start(201, &next);
+    r.see(201, 200, "b1");
+    r.advance(5 * S);
+    let (retried, _, target) = r.take_restart();
+    assert_eq!(retried, agent());
+    assert_eq!(target.pid, 100);
+}
+
+#[test]
+fn observe_only_and_dry_run_detect_but_never_restart() {
+    for extra in ["supervisor = { kind = \"observe\" }", ""] {
+        let mut config = config(extra);
+        config.daemon.dry_run = extra.is_empty();
+        let mut r = Rig::resume(config, None, 100 * S, 0);
+        r.start(100, &agent());
+        r.see(100, 200, "s0");
+        r.keep_answering(100, 401, "s0", 30 * S);
+        assert_eq!(r.restarts_total, 0, "{extra:?}");
+        assert_eq!(r.view("agent.service").state, "latched");
+        let expected = if extra.is_empty() {
+            "dry-run"
+        } else {
+            "observe"
+        };
+        assert_eq!(r.view("agent.service").supervisor, expected);
+        assert!(r.episodes().iter().any(|e| e.end == EpisodeEnd::StillOpen));
+    }
+}
+
+#[test]
+fn an_instance_without_a_live_process_is_not_restarted_blindly() {
+    let mut r = Rig::new("backoff_initial = \"2s\"");
+    // Traffic of an instance whose process discovery never reported (so no start time).
+    r.pids.insert(100, agent());
+    r.see(100, 200, "s0");
+    r.keep_answering(100, 401, "s0", 5 * S);
+    assert_eq!(r.restarts_total, 0);
+    let failed = r.actions(ActionKind::Restart);
+    assert!(!failed.is_empty() && !failed[0].ok, "{failed:?}");
+    assert!(
+        failed[0]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("no live process")),
+    );
+}
+
+#[test]
+fn a_daemon_restarted_while_escalated_stays_escalated_until_a_non_401() {
+    let text = "backoff_initial = \"2s\"\nmax_restarts = 1\nescalation_hook = [\"/bin/page\"]";
+    let mut r = Rig::new(text);
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let (instance, _, _) = r.take_restart();
+    r.restart_ok(&instance, 101);
+    r.start(101, &agent());
+    r.advance(500 * MS);
+    r.see(101, 401, "s1");
+    r.advance(S);
+    assert_eq!(r.view("agent.service").state, "escalated");
+    assert_eq!(r.hooks.len(), 1);
+    let saved = r.saved.clone().expect("saved");
+
+    let (now, offset) = (r.now + 60 * S, r.wall_minus_mono_ns - i128::from(60 * S));
+    let mut q = Rig::resume(config(text), Some(saved), now, offset);
+    q.start(101, &agent());
+    q.input(Input::Resume {
+        episodes: Vec::new(),
+    });
+    assert_eq!(q.view("agent.service").state, "escalated");
+    // Its 401s open no new episode, restart nothing, page nobody again.
+    q.keep_answering(101, 401, "s1", 30 * S);
+    assert_eq!(q.view("agent.service").state, "escalated");
+    assert!(q.episodes().is_empty(), "{:?}", q.episodes());
+    assert_eq!(q.restarts_total, 0);
+    assert!(q.hooks.is_empty());
+    // Fixed by hand: the first non-401 ends it.
+    q.see(101, 200, "s1");
+    assert_eq!(q.view("agent.service").state, "healthy");
+    assert_eq!(q.view("agent.service").restarts, 0);
+}

@@ -1,0 +1,352 @@
+//! `cargo xtask bench`: what claude-watch costs the processes it watches, and how much it can
+//! take, measured side by side on this machine. Prints a table and writes it to
+//! `BENCHMARKS.md` (`--smoke`: a tiny run of every part, written to
+//! `target/BENCHMARKS-smoke.md`, checking only that each part produces numbers).
+//!
+//! Parts:
+//! 1. probe overhead on node clients (keep-alive request loop; long streamed response read in
+//!    many small reads), each timed with no probes, with an empty-probe floor (bpftrace on the
+//!    same functions), and with `claude-watch trace` attached; runs alternated;
+//! 2. the same on a Bun client (BoringSSL found without symbols);
+//! 3. pipeline capacity: exchanges/s from node raw-TLS clients, lost records counted, and a
+//!    stalled consumer with a small ring to show loss is counted without a crash;
+//! 4. capture-to-output latency of a 401 (probe → `trace --json` line);
+//!
+//!    4b. detector decision latency: `claude-watch daemon` watching light agents against the
+//!    stand-in API, sessions latched and healed through its control API, p50/p99 read from the
+//!    daemon's `claude_watch_detection_seconds` histogram;
+//! 5. footprint of `claude-watch trace` with a fleet of node processes, idle then busy;
+//! 6. locating SSL functions in the real Claude Code binary, cold and cached.
+//!
+//! Files: `env.rs` (binaries, scratch directory, the server), `process.rs` (child processes,
+//! their output and `trace`'s counters), `stats.rs`, one file per part (`overhead.rs`,
+//! `capacity.rs`, `latency.rs`, `detection.rs`, `footprint.rs`, `locate.rs`) and `report.rs`
+//! (the tables and `BENCHMARKS.md`).
+//!
+//! Everything talks to 127.0.0.1 only: the server is `bench/server.mjs`, run from a private
+//! copy of the node executable so the probes on `/usr/bin/node` never fire in it.
+
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+mod capacity;
+mod detection;
+mod env;
+mod execburst;
+mod footprint;
+mod latency;
+mod locate;
+mod overhead;
+mod process;
+mod report;
+mod stats;
+
+use capacity::*;
+use detection::*;
+use env::*;
+use footprint::*;
+use latency::*;
+use locate::*;
+use overhead::*;
+use process::*;
+use report::*;
+use stats::*;
+
+/// Sizes of one bench run.
+#[derive(Clone, Debug)]
+struct Plan {
+    /// Alternated rounds of (none, floor, claude-watch) per client.
+    rounds: usize,
+    /// Requests in the request loop.
+    requests: u32,
+    /// SSE events in the streamed response.
+    stream_events: u32,
+    /// Bytes per SSE event.
+    event_bytes: u32,
+    /// Seconds each capacity step lasts.
+    capacity_seconds: f64,
+    /// Capacity steps: (`blast` client processes, connections each).
+    capacity_steps: &'static [(u32, u32)],
+    /// 401 responses timed for the capture latency.
+    latency_count: u32,
+    /// Pause between two 401 requests (ms).
+    latency_gap_ms: u32,
+    /// Light agents the daemon watches for the detector latency.
+    detect_agents: usize,
+    /// Agents latched together in one latch/unlatch cycle.
+    detect_batch: usize,
+    /// Latch decisions wanted for the detector latency...
+    detect_decisions: u64,
+    /// ...unless the cycles have taken this long.
+    detect_budget: Duration,
+    /// Watched node processes for the footprint.
+    fleet: usize,
+    /// Footprint measurement window.
+    window: Duration,
+    /// Timed runs of the locator, cold and cached each.
+    locate_runs: usize,
+}
+
+impl Plan {
+    fn full() -> Self {
+        Self {
+            rounds: 11,
+            requests: 2000,
+            stream_events: 20000,
+            event_bytes: 100,
+            capacity_seconds: 4.0,
+            capacity_steps: &[(1, 4), (1, 16), (2, 16), (2, 64)],
+            latency_count: 400,
+            latency_gap_ms: 5,
+            detect_agents: 20,
+            detect_batch: 5,
+            detect_decisions: 200,
+            detect_budget: Duration::from_secs(60),
+            fleet: 50,
+            window: Duration::from_secs(5),
+            locate_runs: 5,
+        }
+    }
+
+    fn smoke() -> Self {
+        Self {
+            rounds: 1,
+            requests: 100,
+            stream_events: 300,
+            event_bytes: 100,
+            capacity_seconds: 1.0,
+            capacity_steps: &[(1, 4)],
+            latency_count: 20,
+            latency_gap_ms: 5,
+            detect_agents: 5,
+            detect_batch: 5,
+            detect_decisions: 10,
+            detect_budget: Duration::from_secs(30),
+            fleet: 3,
+            window: Duration::from_secs(1),
+            locate_runs: 1,
+        }
+    }
+}
+
+/// Runs the bench; `smoke` runs a tiny version of every part and fails if one yields nothing.
+pub fn run(root: &Path, smoke: bool) -> anyhow::Result<()> {
+    if !super::is_root() {
+        bail!("the bench attaches uprobes: run it as root (e.g. `sudo -E cargo xtask bench`)");
+    }
+    super::build(root)?;
+    if let Err(e) = super::apt_install(&["bpftrace", "openssl"]) {
+        eprintln!("bench: cannot install bpftrace ({e:#}); the probe floor will not be measured");
+    }
+    let plan = if smoke { Plan::smoke() } else { Plan::full() };
+    let started = Instant::now();
+    let env = BenchEnv::new(root)?;
+    let mut report = Report::default();
+
+    let server = env.server(1, false)?;
+    for client in [Client::Node, Client::Bun] {
+        let part = if client == Client::Node { 1 } else { 2 };
+        eprintln!(
+            "bench: part {part}: probe overhead, {} client",
+            client.name()
+        );
+        match overhead(&env, &plan, client, server.port) {
+            Ok(o) => o.report(part, &mut report),
+            Err(e) => report.failed(part, &format!("probe overhead, {}", client.name()), &e),
+        }
+    }
+    eprintln!("bench: part 4: capture-to-output latency");
+    match latency(&env, &plan, server.port) {
+        Ok(l) => l.report(&mut report),
+        Err(e) => report.failed(4, "capture-to-output latency", &e),
+    }
+    eprintln!("bench: part 4b: detector decision latency");
+    match detection(&env, &plan) {
+        Ok(d) => d.report(&mut report),
+        Err(e) => report.failed(Part(4, Some('b')), "detector decision latency", &e),
+    }
+    eprintln!("bench: part 5: footprint");
+    match footprint(&env, &plan, server.port) {
+        Ok(f) => f.report(&mut report),
+        Err(e) => report.failed(5, "footprint", &e),
+    }
+    drop(server);
+
+    eprintln!("bench: part 3: pipeline capacity");
+    match capacity(&env, &plan) {
+        Ok(c) => c.report(&mut report),
+        Err(e) => report.failed(3, "pipeline capacity", &e),
+    }
+    eprintln!("bench: part 7: exec burst");
+    match execburst::run(&env, root, smoke) {
+        Ok(b) => b.report(&mut report),
+        Err(e) => report.failed(7, "exec burst", &e),
+    }
+    eprintln!("bench: part 6: locate");
+    match locate(&env, &plan) {
+        Ok(l) => l.report(&mut report),
+        Err(e) => report.failed(6, "locate", &e),
+    }
+
+    let text = report.render(&machine(), smoke, started.elapsed());
+    println!("{text}");
+    let out = if smoke {
+        root.join("target/BENCHMARKS-smoke.md")
+    } else {
+        root.join("BENCHMARKS.md")
+    };
+    std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("bench: wrote {}", out.display());
+    if !report.failures.is_empty() {
+        bail!(
+            "{} part(s) produced no numbers: {}",
+            report.failures.len(),
+            report.failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_line_is_parsed() {
+        let line = "claude-watch: kernel sent 2000 heads, skipped 31 other buffers, lost 7; user space ignored 1 invalid, 2 unpaired";
+        assert_eq!(
+            parse_counters(line),
+            Some(Counters {
+                sent: 2000,
+                skipped: 31,
+                lost: 7,
+                invalid: 1,
+                unpaired: 2
+            })
+        );
+        assert_eq!(
+            parse_counters("claude-watch: tracing (Ctrl-C to stop)"),
+            None
+        );
+        assert_eq!(parse_counters("claude-watch: kernel sent 5 heads"), None);
+    }
+
+    #[test]
+    fn percentiles_interpolate() {
+        let xs = [4.0, 1.0, 3.0, 2.0];
+        assert!((median(&xs) - 2.5).abs() < 1e-9);
+        assert!((percentile(&xs, 0.0) - 1.0).abs() < 1e-9);
+        assert!((percentile(&xs, 100.0) - 4.0).abs() < 1e-9);
+        assert!((percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 99.0) - 4.96).abs() < 1e-9);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn floor_program_mirrors_the_attach_points() {
+        let functions = vec![
+            ("SSL_read".to_owned(), 0x100),
+            ("SSL_write".to_owned(), 0x200),
+        ];
+        let by_name = floor_program(Path::new("/usr/bin/node"), true, &functions, "{}");
+        assert_eq!(
+            by_name,
+            "uprobe:\"/usr/bin/node\":SSL_read {}\nuretprobe:\"/usr/bin/node\":SSL_read {}\nuprobe:\"/usr/bin/node\":SSL_write {}\nBEGIN { printf(\"ready\\n\"); }\n"
+        );
+        let by_offset = floor_program(Path::new("/b"), false, &functions, "{ @NAME = count(); }");
+        assert!(by_offset.contains("uprobe:\"/b\":0x100 { @SSL_read = count(); }\n"));
+        assert!(by_offset.contains("uretprobe:\"/b\":0x100 {}\n"));
+        assert!(by_offset.contains("uprobe:\"/b\":0x200 { @SSL_write = count(); }\n"));
+        assert!(!by_offset.contains("uretprobe:\"/b\":0x200"));
+    }
+
+    #[test]
+    fn detection_histogram_is_parsed_and_read_as_bucket_bounds() {
+        let text = "# HELP claude_watch_detection_seconds Latency.\n\
+            # TYPE claude_watch_detection_seconds histogram\n\
+            claude_watch_detection_seconds_bucket{le=\"0.0001\"} 0\n\
+            claude_watch_detection_seconds_bucket{le=\"0.00025\"} 40\n\
+            claude_watch_detection_seconds_bucket{le=\"0.0005\"} 98\n\
+            claude_watch_detection_seconds_bucket{le=\"0.005\"} 99\n\
+            claude_watch_detection_seconds_bucket{le=\"0.01\"} 99\n\
+            claude_watch_detection_seconds_bucket{le=\"+Inf\"} 100\n\
+            claude_watch_detection_seconds_sum 0.5\n\
+            claude_watch_detection_seconds_count 100\n\
+            claude_watch_recovery_seconds_count 7\n";
+        let h = parse_histogram(text, DETECTION_HISTOGRAM).expect("histogram");
+        assert_eq!(h.count, 100);
+        assert!((h.sum - 0.5).abs() < 1e-12);
+        assert_eq!(
+            h.buckets,
+            vec![
+                (0.0001, 0),
+                (0.00025, 40),
+                (0.0005, 98),
+                (0.005, 99),
+                (0.01, 99)
+            ]
+        );
+        // Rank 50 is in the 0.5 ms bucket, rank 99 in the 5 ms one, rank 100 past 10 ms.
+        assert_eq!(h.quantile_bound(0.5), Some(0.0005));
+        assert_eq!(h.quantile_bound(0.4), Some(0.00025));
+        assert_eq!(h.quantile_bound(0.99), Some(0.005));
+        assert_eq!(h.quantile_bound(1.0), None);
+        assert_eq!(Histogram::default().quantile_bound(0.5), None);
+        assert_eq!(parse_histogram(text, "claude_watch_absent_seconds"), None);
+        let before = Histogram {
+            buckets: vec![
+                (0.0001, 0),
+                (0.00025, 10),
+                (0.0005, 10),
+                (0.005, 10),
+                (0.01, 10),
+            ],
+            count: 10,
+            sum: 0.002,
+        };
+        let delta = h.since(&before).expect("same buckets");
+        assert_eq!(delta.count, 90);
+        assert_eq!(
+            delta.buckets,
+            vec![
+                (0.0001, 0),
+                (0.00025, 30),
+                (0.0005, 88),
+                (0.005, 89),
+                (0.01, 89)
+            ]
+        );
+        assert!((delta.sum - 0.498).abs() < 1e-12);
+        assert_eq!(before.since(&h), None, "counts only grow");
+        let other = Histogram {
+            buckets: vec![(0.001, 0)],
+            ..Histogram::default()
+        };
+        assert_eq!(h.since(&other), None, "different buckets");
+        assert_eq!(fmt_ms(0.25), "0.25 ms");
+        assert_eq!(fmt_ms(5.0), "5 ms");
+        assert_eq!(Part(4, Some('b')).to_string(), "4b");
+        assert!(Part::from(4) < Part(4, Some('b')) && Part(4, Some('b')) < Part::from(5));
+    }
+
+    #[test]
+    fn verdicts_account_for_noise() {
+        assert_eq!(verdict(1.01, 1.02, 1.02), Some(true));
+        assert_eq!(verdict(1.01, 1.30, 1.02), None);
+        assert_eq!(verdict(1.05, 1.01, 1.02), Some(false));
+    }
+
+    #[test]
+    fn proc_stat_fields() {
+        let ticks = cpu_ticks(i32::try_from(std::process::id()).unwrap()).unwrap();
+        let (rss, hwm) = memory_kib(i32::try_from(std::process::id()).unwrap()).unwrap();
+        assert!(rss > 0 && hwm >= rss, "rss {rss} hwm {hwm}");
+        let _ = ticks;
+    }
+}

@@ -1,0 +1,306 @@
+//! Processes.
+
+use super::*;
+
+/// One line of a child's output, with the CLOCK_MONOTONIC time it was read.
+pub(super) struct Line {
+    pub(super) mono_ns: u64,
+    pub(super) text: String,
+}
+
+/// A started process, killed and reaped when dropped, so an error leaves nothing running.
+pub(super) struct Proc {
+    pub(super) name: &'static str,
+    pub(super) child: Child,
+    pub(super) stdout: Option<Receiver<Line>>,
+    pub(super) stderr: Receiver<Line>,
+    /// Leads a process group of its own: signals and the final kill go to the whole group.
+    pub(super) group: bool,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdin closed, stderr piped, and stdout piped when `pipe_stdout`
+    /// (else as `cmd` set it, or inherited).
+    pub(super) fn spawn(
+        name: &'static str,
+        cmd: &mut Command,
+        pipe_stdout: bool,
+    ) -> anyhow::Result<Self> {
+        cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+        if pipe_stdout {
+            cmd.stdout(Stdio::piped());
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        let stdout = child.stdout.take().map(reader);
+        let stderr = reader(child.stderr.take().expect("stderr is piped"));
+        Ok(Self {
+            name,
+            child,
+            stdout,
+            stderr,
+            group: false,
+        })
+    }
+
+    /// Spawns `cmd` as the leader of a new process group, stdout and stderr piped, stdin a pipe
+    /// held open until the drop (the stand-in exits when it closes). The drop kills the whole
+    /// group; the kernel kills the leader too if the bench dies first (`PR_SET_PDEATHSIG`).
+    pub(super) fn spawn_group(name: &'static str, cmd: &mut Command) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        let stdout = child.stdout.take().map(reader);
+        let stderr = reader(child.stderr.take().expect("stderr is piped"));
+        Ok(Self {
+            name,
+            child,
+            stdout,
+            stderr,
+            group: true,
+        })
+    }
+
+    /// Whether the child has exited, without reaping it (so its pid, the group id, cannot be
+    /// reused yet); `None` once it has been reaped.
+    pub(super) fn exited_unreaped(&self) -> Option<bool> {
+        // SAFETY: an all-zero siginfo_t is valid; waitid only writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on our own child with WNOWAIT leaves it waitable.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.child.id(),
+                &raw mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: waitid filled the siginfo_t (si_pid stays 0 while the child runs).
+        (rc == 0).then(|| unsafe { info.si_pid() } != 0)
+    }
+
+    pub(super) fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pids fit in i32")
+    }
+
+    pub(super) fn signal(&self, signal: i32) {
+        let target = if self.group { -self.pid() } else { self.pid() };
+        // SAFETY: kill(2) on our own child (or its group), which we have not reaped yet.
+        unsafe { libc::kill(target, signal) };
+    }
+
+    pub(super) fn wait_stdout(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Line> {
+        let rx = self.stdout.as_ref().context("stdout is not piped")?;
+        wait_line(self.name, rx, pred, timeout)
+    }
+
+    pub(super) fn wait_stderr(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Line> {
+        wait_line(self.name, &self.stderr, pred, timeout)
+    }
+
+    /// Waits for the process to close its stdout and exit successfully; returns its stdout lines.
+    pub(super) fn finish(&mut self, timeout: Duration) -> anyhow::Result<Vec<Line>> {
+        let (status, lines) = self.collect(timeout)?;
+        if !status.success() {
+            let err: Vec<String> = self.stderr.try_iter().map(|l| l.text).collect();
+            bail!("{} failed ({status}): {}", self.name, err.join(" / "));
+        }
+        Ok(lines)
+    }
+
+    /// Waits for the process to close its stdout and exit; returns its status and stdout lines.
+    pub(super) fn collect(&mut self, timeout: Duration) -> anyhow::Result<(ExitStatus, Vec<Line>)> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        if let Some(rx) = &self.stdout {
+            loop {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(line) => lines.push(line),
+                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Timeout) => bail!("{} did not finish", self.name),
+                }
+            }
+        }
+        Ok((self.wait_exit(deadline)?, lines))
+    }
+
+    /// Sends SIGINT and waits for the exit; returns the exit status and the stderr lines.
+    pub(super) fn interrupt(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<(ExitStatus, Vec<String>)> {
+        self.signal(libc::SIGINT);
+        let status = self.wait_exit(Instant::now() + timeout)?;
+        // The stderr reader ends at the pipe's end, right after the exit.
+        let mut err = Vec::new();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
+            err.push(line.text);
+        }
+        Ok((status, err))
+    }
+
+    pub(super) fn wait_exit(&mut self, deadline: Instant) -> anyhow::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} did not exit in time", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    /// SIGTERM first (the server stops its cluster workers on it, trace and bpftrace detach),
+    /// SIGKILL after a second.
+    fn drop(&mut self) {
+        if self.group {
+            // The leader stays unreaped until its group is killed: the group id cannot be reused.
+            if self.exited_unreaped().is_some() {
+                self.signal(libc::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while self.exited_unreaped() == Some(false) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                self.signal(libc::SIGKILL);
+            }
+            let _ = self.child.wait();
+            return;
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal(libc::SIGTERM);
+            if self
+                .wait_exit(Instant::now() + Duration::from_secs(1))
+                .is_err()
+            {
+                let _ = self.child.kill();
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A thread that forwards the lines of `pipe`, stamped with the time they were read.
+pub(super) fn reader(pipe: impl Read + Send + 'static) -> Receiver<Line> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for text in BufReader::new(pipe).lines() {
+            let Ok(text) = text else { break };
+            if tx
+                .send(Line {
+                    mono_ns: mono_ns(),
+                    text,
+                })
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+pub(super) fn wait_line(
+    name: &str,
+    rx: &Receiver<Line>,
+    pred: impl Fn(&str) -> bool,
+    timeout: Duration,
+) -> anyhow::Result<Line> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if pred(&line.text) => return Ok(line),
+            Ok(line) => seen.push(line.text),
+            Err(_) => bail!(
+                "{name}: expected line did not come; saw: {}",
+                seen.join(" / ")
+            ),
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's `bpf_ktime_get_ns()`.
+pub(super) fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// A running `claude-watch trace`.
+pub(super) struct Trace {
+    pub(super) proc: Proc,
+}
+
+impl Trace {
+    /// Stops the trace with SIGINT and reads its final counters line.
+    pub(super) fn stop(mut self) -> anyhow::Result<(ExitStatus, Counters)> {
+        let (status, stderr) = self.proc.interrupt(Duration::from_secs(20))?;
+        let counters = stderr
+            .iter()
+            .find_map(|l| parse_counters(l))
+            .with_context(|| format!("no counters line from trace: {}", stderr.join(" / ")))?;
+        Ok((status, counters))
+    }
+}
+
+/// The final counters line of `claude-watch trace`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Counters {
+    pub(super) sent: u64,
+    pub(super) skipped: u64,
+    pub(super) lost: u64,
+    pub(super) invalid: u64,
+    pub(super) unpaired: u64,
+}
+
+/// Parses `claude-watch: kernel sent N heads, skipped N other buffers, lost N; user space
+/// ignored N invalid, N unpaired`.
+pub(super) fn parse_counters(line: &str) -> Option<Counters> {
+    let rest = line.split("kernel sent ").nth(1)?;
+    let numbers: Vec<u64> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    match numbers[..] {
+        [sent, skipped, lost, invalid, unpaired] => Some(Counters {
+            sent,
+            skipped,
+            lost,
+            invalid,
+            unpaired,
+        }),
+        _ => None,
+    }
+}
