@@ -46,7 +46,7 @@ pub const PLACEHOLDERS: [&str; 3] = ["{instance}", "{unit}", "{pid}"];
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Read {
         /// The file.
         path: PathBuf,

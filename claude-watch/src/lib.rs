@@ -34,3 +34,20 @@ pub mod supervise;
 pub mod text;
 pub mod time;
 pub mod watch;
+
+/// An error and its causes on one line, each said once (`a: b: c`), for logs and the journal
+/// (error types name their cause with `#[source]` and do not repeat it in their message).
+#[must_use]
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -34,7 +34,7 @@ pub enum CaptureError {
         detail: String,
     },
     /// A target file does not exist or cannot be read.
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     TargetUnreadable {
         /// The file.
         path: PathBuf,
@@ -69,7 +69,7 @@ pub enum CaptureError {
         detail: String,
     },
     /// The ring buffer could not be polled.
-    #[error("reading the ring buffer failed: {0}")]
+    #[error("reading the ring buffer failed")]
     Read(#[source] std::io::Error),
 }
 

@@ -16,12 +16,12 @@ use tracing::{debug, warn};
 
 use crate::capture::{Probes, Target, probes::DEFAULT_RING_BYTES, targets};
 use crate::discover::{self, Discovery, Found};
+use crate::error_chain;
 use crate::http::Exchange;
 use crate::http::pair::Record;
 use crate::instance::ClaudeKind;
 use crate::time::{rfc3339_ms, wall_minus_mono_ns};
 use crate::watch::Input;
-use crate::watch::error_chain;
 use crate::watch::front::{Front, NoProcesses, Processes};
 
 /// Show every HTTP/1.x exchange of TLS clients, live.

@@ -25,7 +25,7 @@ pub enum ControlError {
         path: PathBuf,
     },
     /// Creating, binding or securing the socket failed.
-    #[error("{path}: cannot create the control socket: {source}")]
+    #[error("{path}: cannot create the control socket")]
     Bind {
         /// The socket.
         path: PathBuf,
@@ -35,7 +35,7 @@ pub enum ControlError {
     },
     /// No daemon answers there.
     #[error(
-        "no claude-watch daemon answers on {path} ({source}): is it running? (`cargo xtask run`, or `systemctl status claude-watch`)"
+        "no claude-watch daemon answers on {path} (is it running? `cargo xtask run`, or `systemctl status claude-watch`)"
     )]
     Connect {
         /// The socket.

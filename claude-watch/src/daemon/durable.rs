@@ -14,8 +14,8 @@ use std::thread::JoinHandle;
 
 use tracing::error;
 
+use crate::error_chain;
 use crate::journal::{Journal, Record};
-use crate::watch::error_chain;
 use crate::watch::policy::PolicySnapshot;
 
 /// Something to write durably.

@@ -26,7 +26,7 @@ pub enum CacheError {
     #[error("the file has no GNU build id; results are not cached")]
     NoBuildId,
     /// Creating the directory or writing the entry failed.
-    #[error("cannot write cache entry {path}: {source}")]
+    #[error("cannot write cache entry {path}")]
     Write {
         /// The entry file.
         path: PathBuf,

@@ -145,7 +145,7 @@ impl Located {
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
     /// The file could not be opened, read or mapped.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -230,7 +230,7 @@ pub fn locate_file(path: &Path, cache: Option<&Cache>) -> Result<Located, Locate
         "locate: located"
     );
     if let Some(Err(error)) = cache.map(|cache| cache.store(&image, &located)) {
-        tracing::warn!(path = %path.display(), %error, "locate: cannot write cache entry");
+        tracing::warn!(path = %path.display(), error = %crate::error_chain(&error), "locate: cannot write cache entry");
     }
     Ok(located)
 }

@@ -44,6 +44,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::detect::{Detector, Episode, Event, MonoNs, Reason, State};
 use crate::discover::Found;
+use crate::error_chain;
 use crate::http::Exchange;
 use crate::instance::InstanceId;
 use crate::journal::{ActionKind, ActionRecord, Record as JournalRecord};
@@ -763,20 +764,4 @@ impl Watch {
 /// Wall time in ms since the epoch of monotonic time `mono`.
 fn wall_ms(mono: MonoNs, wall_minus_mono_ns: i128) -> u64 {
     u64::try_from((i128::from(mono) + wall_minus_mono_ns).max(0) / 1_000_000).unwrap_or(u64::MAX)
-}
-
-/// An error and its causes on one line, each said once (`a: b: c`).
-#[must_use]
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let line = cause.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = cause.source();
-    }
-    text
 }
