@@ -161,6 +161,8 @@ mod tests {
                 },
                 kind: ClaudeKind::Native,
                 instance: self.claude.get(&pid)?.clone(),
+                release: None,
+                container: None,
             };
             self.known.insert(pid, found.clone());
             Some(found)

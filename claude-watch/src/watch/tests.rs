@@ -43,6 +43,8 @@ fn found(pid: u32, instance: &InstanceId) -> Found {
         },
         kind: ClaudeKind::Native,
         instance: instance.clone(),
+        release: None,
+        container: None,
     }
 }
 
