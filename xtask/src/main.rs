@@ -78,7 +78,16 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     // The benchmark's empty-probe floor.
     "bpftrace",
+    // arm64: the emulated ground truth of tests/tests/arm64.rs, and the aarch64 cross build.
+    "qemu-user",
+    "gdb-multiarch",
+    "libc6-arm64-cross",
+    "gcc-aarch64-linux-gnu",
+    // Its C runtime (Scrt1.o, crti.o), only recommended by gcc-aarch64-linux-gnu.
+    "libc6-dev-arm64-cross",
 ];
+/// The arm64 target `cargo xtask test` cross-builds the workspace for.
+const ARM64_TARGET: &str = "aarch64-unknown-linux-gnu";
 /// The bpf-linker release that pairs with LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -107,6 +116,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => {
             setup(&root, true)?;
             build(&root)?;
+            cross_build_arm64(&root)?;
             let mut cmd = as_root(Path::new("cargo"), &[]);
             cmd.args(["test", "--release"])
                 .args(&args)
@@ -179,7 +189,127 @@ fn setup(root: &Path, tests: bool) -> anyhow::Result<()> {
     bpf_linker()?;
     if tests {
         npm_deps(root)?;
+        arm64_musl(root)?;
+        rust_target(ARM64_TARGET)?;
     }
+    Ok(())
+}
+
+/// Cross-builds claude-watch (with its eBPF object built for `bpf_target_arch = "aarch64"` by
+/// build.rs) for arm64, so nothing x86-only creeps in, and checks the result is an arm64 ELF.
+fn cross_build_arm64(root: &Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        ARM64_TARGET,
+        "-p",
+        "claude-watch",
+    ])
+    .current_dir(root);
+    cmd.env("PATH", path_with_cargo_bin());
+    run(cmd)?;
+    let bin = root
+        .join("target")
+        .join(ARM64_TARGET)
+        .join("release/claude-watch");
+    let mut header = [0u8; 20];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(&bin).with_context(|| format!("opening {}", bin.display()))?,
+        &mut header,
+    )
+    .with_context(|| format!("reading {}", bin.display()))?;
+    // e_machine (offset 18, little-endian) is EM_AARCH64 = 183.
+    if header[18..20] != 183u16.to_le_bytes() {
+        bail!("{} is not an arm64 ELF", bin.display());
+    }
+    // It runs (emulated, with Debian's arm64 glibc).
+    let mut cmd = Command::new("qemu-aarch64");
+    cmd.args(["-L", "/usr/aarch64-linux-gnu"])
+        .arg(&bin)
+        .arg("--version");
+    run(cmd)?;
+    eprintln!(
+        "xtask: cross-built {} for {ARM64_TARGET} in {:.0?}",
+        bin.display(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Adds a standard library target to the default toolchain (rustup's own server is reachable).
+fn rust_target(target: &str) -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == target)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the {target} standard library (rustup target add)");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", target]);
+    run(cmd)
+}
+
+/// Debian has `musl` only for the host architecture; the arm64 musl builds of Claude Code need
+/// `/lib/ld-musl-aarch64.so.1` (and Alpine's name for it, `libc.musl-aarch64.so.1`) under the
+/// sysroot qemu-user is given. Extracts Debian's `musl:arm64` package (downloaded, not
+/// installed: `dpkg --add-architecture arm64` only makes apt list arm64 packages) into
+/// `.test-deps/arm64-musl`.
+fn arm64_musl(root: &Path) -> anyhow::Result<()> {
+    let dest = root.join(".test-deps/arm64-musl");
+    if dest.join("lib/ld-musl-aarch64.so.1").exists()
+        && dest.join("lib/libc.musl-aarch64.so.1").exists()
+    {
+        return Ok(());
+    }
+    let foreign = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()
+        .context("running dpkg")?;
+    if !String::from_utf8_lossy(&foreign.stdout)
+        .lines()
+        .any(|l| l.trim() == "arm64")
+    {
+        eprintln!("xtask: dpkg --add-architecture arm64 (to download musl:arm64)");
+        run(as_root_cmd("dpkg", &["--add-architecture", "arm64"]))?;
+        run(as_root_cmd("apt-get", &["update", "-qq"]))?;
+    }
+    let download = root.join(".test-deps/arm64-musl.download");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download)?;
+    let mut cmd = Command::new("apt-get");
+    cmd.args(["download", "-qq", "musl:arm64"])
+        .current_dir(&download);
+    if run(cmd).is_err() {
+        // Lists older than the arm64 architecture: refresh once and retry.
+        run(as_root_cmd("apt-get", &["update", "-qq"]))?;
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["download", "-qq", "musl:arm64"])
+            .current_dir(&download);
+        run(cmd)?;
+    }
+    let deb = std::fs::read_dir(&download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download musl:arm64 left no .deb")?;
+    let _ = std::fs::remove_dir_all(&dest);
+    let mut cmd = Command::new("dpkg-deb");
+    cmd.arg("-x").arg(&deb).arg(&dest);
+    run(cmd)?;
+    std::os::unix::fs::symlink(
+        "ld-musl-aarch64.so.1",
+        dest.join("lib/libc.musl-aarch64.so.1"),
+    )?;
+    std::fs::remove_dir_all(&download)?;
+    eprintln!("xtask: extracted musl:arm64 into {}", dest.display());
     Ok(())
 }
 
@@ -361,10 +491,22 @@ fn npm_deps(root: &Path) -> anyhow::Result<()> {
             "--no-fund",
             "--ignore-scripts",
             "--silent",
-            "--prefix",
-        ])
-        .arg(&prefix)
-        .arg(package.trim());
+        ]);
+        // Another cpu's build (npm says EBADPLATFORM; --cpu/--os do not lift that for a package
+        // named directly): install it anyway, it is only read and emulated.
+        let name = package.trim().rsplit_once('@').map_or(package, |(n, _)| n);
+        if [
+            "-linux-arm64",
+            "-linux-arm64-musl",
+            "-linux-aarch64",
+            "-linux-aarch64-musl",
+        ]
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
+        {
+            cmd.arg("--force");
+        }
+        cmd.arg("--prefix").arg(&prefix).arg(package.trim());
         run(cmd)?;
         std::fs::write(&marker, package.trim())?;
     }
