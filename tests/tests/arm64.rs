@@ -436,6 +436,22 @@ fn located_arm64_offsets_carry_their_architecture() {
     assert_eq!(x86.arch, Arch::X86_64);
 }
 
+/// `claude-watch trace` on this x86-64 host refuses an arm64 binary, saying why.
+#[test]
+fn trace_refuses_an_arm64_binary_on_an_x86_64_host() {
+    let output = Command::new(claude_watch_tests::watch::bin())
+        .args(["trace", "--binary"])
+        .arg(bun("1.4.5"))
+        .output()
+        .expect("run claude-watch trace");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("arm64 binary on this x86-64 host") && stderr.contains("not attaching"),
+        "{stderr}"
+    );
+}
+
 /// A truncated arm64 build is refused like an x86-64 one.
 #[test]
 fn truncated_arm64_binary() {

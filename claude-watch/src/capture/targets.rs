@@ -121,7 +121,7 @@ fn find_points(path: &Path) -> Result<(Vec<AttachPoint>, String), CaptureError> 
         return Err(CaptureError::NoTlsFunctions {
             path: path.display().to_string(),
             reason: format!(
-                "{} binary on a {} host (run under emulation?): probes at its offsets would never fire; not attaching",
+                "{} binary on this {} host (run under emulation?): probes at its offsets would never fire; not attaching",
                 located.arch,
                 Arch::HOST.map_or_else(|| std::env::consts::ARCH.to_owned(), |a| a.to_string())
             ),
