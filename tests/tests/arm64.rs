@@ -1,5 +1,5 @@
-//! The locator on arm64 (AArch64) builds of Claude Code (glibc and musl) and Bun, checked
-//! against emulated execution.
+//! The locator on arm64 (AArch64) builds of Claude Code 2.1.331 and 2.1.197 (glibc and musl) and
+//! Bun 1.4.5, 1.3.11 and 1.2.23, checked against emulated execution.
 //!
 //! This machine has no arm64 kernel, so no uprobe can fire in arm64 code. The ground truth is
 //! instead: run the arm64 binary under Debian's `qemu-aarch64` (user mode) with its gdb stub,
@@ -383,13 +383,28 @@ fn claude_code_arm64_musl_2_1_197() {
     );
 }
 
-#[test]
-fn bun_arm64_1_4_5() {
+/// Bun `version` (arm64, glibc) runs [`BUN_CLIENT`] under emulation.
+fn check_bun(version: &str) {
     let dir = ScratchDir::new("claude-watch-arm64-bun");
     let script = dir.path().join("client.mjs");
     std::fs::write(&script, BUN_CLIENT).expect("write client");
     let script = script.to_string_lossy().into_owned();
-    check_against_emulation(&bun("1.4.5"), &[&script], Libc::Glibc, bun_env);
+    check_against_emulation(&bun(version), &[&script], Libc::Glibc, bun_env);
+}
+
+#[test]
+fn bun_arm64_1_4_5() {
+    check_bun("1.4.5");
+}
+
+#[test]
+fn bun_arm64_1_3_11() {
+    check_bun("1.3.11");
+}
+
+#[test]
+fn bun_arm64_1_2_23() {
+    check_bun("1.2.23");
 }
 
 /// The ground truth can fail: with the two functions swapped, no write breakpoint sees the
