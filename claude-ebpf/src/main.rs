@@ -4,6 +4,11 @@
 //! only those that begin an HTTP/1.x request or response (a bounded head, never a body), plus
 //! the next buffer of a connection whose head arrived in pieces. Everything else is counted and
 //! dropped here, so streamed response bodies cost one 8-byte read per `SSL_read`.
+//!
+//! Arguments and return values are read through aya's `ProbeContext::arg` and
+//! `RetProbeContext::ret`, which follow `bpf_target_arch` (set by claude-watch's build.rs from
+//! the target it is built for): `rdi`/`rsi`/`rdx`/`rcx` and `rax` on x86-64, `x0`..`x3` and `x0`
+//! on arm64. Nothing here depends on the architecture otherwise.
 #![no_std]
 #![no_main]
 

@@ -321,15 +321,25 @@ fn elf_header(machine: u16) -> Vec<u8> {
     h
 }
 
+/// arm64 is read (tests/tests/arm64.rs); other architectures are refused by name.
 #[test]
-fn arm64_binary() {
-    let dir = TempDir::new("arm64");
-    let path = dir.path().join("hello-arm64");
-    std::fs::write(&path, elf_header(183)).expect("write");
+fn unsupported_architecture() {
+    let dir = TempDir::new("riscv");
+    let path = dir.path().join("hello-riscv64");
+    std::fs::write(&path, elf_header(243)).expect("write");
     expect_error(
         &path,
-        "arm64",
-        |e| matches!(e, LocateError::Elf { problem: locate::ElfProblem::UnsupportedArch { arch }, .. } if arch.contains("arm64")),
+        "RISC-V",
+        |e| matches!(e, LocateError::Elf { problem: locate::ElfProblem::UnsupportedArch { arch }, .. } if arch.contains("RISC-V")),
+    );
+    let mut big_endian = elf_header(183);
+    big_endian[5] = 2;
+    big_endian[18..20].copy_from_slice(&183u16.to_be_bytes());
+    std::fs::write(&path, big_endian).expect("write");
+    expect_error(
+        &path,
+        "aarch64_be",
+        |e| matches!(e, LocateError::Elf { problem: locate::ElfProblem::UnsupportedArch { arch }, .. } if arch.contains("big-endian arm64")),
     );
 }
 

@@ -88,6 +88,13 @@ const TEST_PACKAGES: &[&str] = &[
     "libicu72",
     "libnghttp2-14",
     "libbrotli1",
+    // arm64: the emulated ground truth of tests/tests/arm64.rs, and the aarch64 cross build.
+    "qemu-user",
+    "gdb-multiarch",
+    "libc6-arm64-cross",
+    "gcc-aarch64-linux-gnu",
+    // Its C runtime (Scrt1.o, crti.o), only recommended by gcc-aarch64-linux-gnu.
+    "libc6-dev-arm64-cross",
 ];
 /// Debian packages unpacked (not installed) into `.test-deps/deb/node`: Debian's own node 18,
 /// which links the system's shared `libssl.so.3` (it cannot be installed beside the machine's
@@ -99,6 +106,8 @@ const DEBIAN_NODE: &[&str] = &[
     "node-acorn",
     "node-cjs-module-lexer",
 ];
+/// The arm64 target `cargo xtask test` cross-builds the workspace for.
+const ARM64_TARGET: &str = "aarch64-unknown-linux-gnu";
 /// The bpf-linker release that pairs with LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -127,6 +136,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => {
             setup(&root, true)?;
             build(&root)?;
+            cross_build_arm64(&root)?;
             let mut cmd = as_root(Path::new("cargo"), &[]);
             cmd.args(["test", "--release"])
                 .args(&args)
@@ -201,7 +211,127 @@ fn setup(root: &Path, tests: bool) -> anyhow::Result<()> {
         npm_deps(root)?;
         pip_deps(root)?;
         debian_node(root)?;
+        arm64_musl(root)?;
+        rust_target(ARM64_TARGET)?;
     }
+    Ok(())
+}
+
+/// Cross-builds claude-watch (with its eBPF object built for `bpf_target_arch = "aarch64"` by
+/// build.rs) for arm64, so nothing x86-only creeps in, and checks the result is an arm64 ELF.
+fn cross_build_arm64(root: &Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        ARM64_TARGET,
+        "-p",
+        "claude-watch",
+    ])
+    .current_dir(root);
+    cmd.env("PATH", path_with_cargo_bin());
+    run(cmd)?;
+    let bin = root
+        .join("target")
+        .join(ARM64_TARGET)
+        .join("release/claude-watch");
+    let mut header = [0u8; 20];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(&bin).with_context(|| format!("opening {}", bin.display()))?,
+        &mut header,
+    )
+    .with_context(|| format!("reading {}", bin.display()))?;
+    // e_machine (offset 18, little-endian) is EM_AARCH64 = 183.
+    if header[18..20] != 183u16.to_le_bytes() {
+        bail!("{} is not an arm64 ELF", bin.display());
+    }
+    // It runs (emulated, with Debian's arm64 glibc).
+    let mut cmd = Command::new("qemu-aarch64");
+    cmd.args(["-L", "/usr/aarch64-linux-gnu"])
+        .arg(&bin)
+        .arg("--version");
+    run(cmd)?;
+    eprintln!(
+        "xtask: cross-built {} for {ARM64_TARGET} in {:.0?}",
+        bin.display(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Adds a standard library target to the default toolchain (rustup's own server is reachable).
+fn rust_target(target: &str) -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == target)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the {target} standard library (rustup target add)");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", target]);
+    run(cmd)
+}
+
+/// Debian has `musl` only for the host architecture; the arm64 musl builds of Claude Code need
+/// `/lib/ld-musl-aarch64.so.1` (and Alpine's name for it, `libc.musl-aarch64.so.1`) under the
+/// sysroot qemu-user is given. Extracts Debian's `musl:arm64` package (downloaded, not
+/// installed: `dpkg --add-architecture arm64` only makes apt list arm64 packages) into
+/// `.test-deps/arm64-musl`.
+fn arm64_musl(root: &Path) -> anyhow::Result<()> {
+    let dest = root.join(".test-deps/arm64-musl");
+    if dest.join("lib/ld-musl-aarch64.so.1").exists()
+        && dest.join("lib/libc.musl-aarch64.so.1").exists()
+    {
+        return Ok(());
+    }
+    let foreign = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()
+        .context("running dpkg")?;
+    if !String::from_utf8_lossy(&foreign.stdout)
+        .lines()
+        .any(|l| l.trim() == "arm64")
+    {
+        eprintln!("xtask: dpkg --add-architecture arm64 (to download musl:arm64)");
+        run(as_root_cmd("dpkg", &["--add-architecture", "arm64"]))?;
+        run(as_root_cmd("apt-get", &["update", "-qq"]))?;
+    }
+    let download = root.join(".test-deps/arm64-musl.download");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download)?;
+    let mut cmd = Command::new("apt-get");
+    cmd.args(["download", "-qq", "musl:arm64"])
+        .current_dir(&download);
+    if run(cmd).is_err() {
+        // Lists older than the arm64 architecture: refresh once and retry.
+        run(as_root_cmd("apt-get", &["update", "-qq"]))?;
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["download", "-qq", "musl:arm64"])
+            .current_dir(&download);
+        run(cmd)?;
+    }
+    let deb = std::fs::read_dir(&download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download musl:arm64 left no .deb")?;
+    let _ = std::fs::remove_dir_all(&dest);
+    let mut cmd = Command::new("dpkg-deb");
+    cmd.arg("-x").arg(&deb).arg(&dest);
+    run(cmd)?;
+    std::os::unix::fs::symlink(
+        "ld-musl-aarch64.so.1",
+        dest.join("lib/libc.musl-aarch64.so.1"),
+    )?;
+    std::fs::remove_dir_all(&download)?;
+    eprintln!("xtask: extracted musl:arm64 into {}", dest.display());
     Ok(())
 }
 
@@ -394,7 +524,20 @@ fn npm_deps(root: &Path) -> anyhow::Result<()> {
         } else {
             cmd.arg("--ignore-scripts");
         }
-        if flags.contains(&"force") {
+        // Another libc's or cpu's build (npm says EBADPLATFORM; --cpu/--os do not lift that for
+        // a package named directly): install it anyway, it is only read, emulated or run here
+        // with its own loader.
+        let name = package.rsplit_once('@').map_or(package, |(n, _)| n);
+        if flags.contains(&"force")
+            || [
+                "-linux-arm64",
+                "-linux-arm64-musl",
+                "-linux-aarch64",
+                "-linux-aarch64-musl",
+            ]
+            .iter()
+            .any(|suffix| name.ends_with(suffix))
+        {
             cmd.arg("--force");
         }
         cmd.arg("--prefix").arg(&prefix).arg(package);

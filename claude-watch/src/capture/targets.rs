@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::CaptureError;
-use crate::locate::{self, Cache, FunctionName, LocateError};
+use crate::locate::{self, Arch, Cache, FunctionName, LocateError};
 
 /// One function in one file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +115,18 @@ fn find_points(path: &Path) -> Result<(Vec<AttachPoint>, String), CaptureError> 
             reason: other.to_string(),
         },
     })?;
+    if Arch::HOST != Some(located.arch) {
+        // E.g. an arm64 claude run by qemu-user on an x86-64 host: its code is translated, so
+        // uprobes at its file offsets would never fire.
+        return Err(CaptureError::NoTlsFunctions {
+            path: path.display().to_string(),
+            reason: format!(
+                "{} binary on this {} host (run under emulation?): probes at its offsets would never fire; not attaching",
+                located.arch,
+                Arch::HOST.map_or_else(|| std::env::consts::ARCH.to_owned(), |a| a.to_string())
+            ),
+        });
+    }
     let points = located
         .functions
         .iter()

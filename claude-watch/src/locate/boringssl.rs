@@ -3,8 +3,9 @@
 //!
 //! BoringSSL's `OPENSSL_PUT_ERROR(SSL, reason)` passes `__FILE__` and `__LINE__` to
 //! `ERR_put_error`. Every error site in `ssl/ssl_lib.cc` therefore loads the address of the
-//! `.../ssl/ssl_lib.cc` string (an immediate in non-PIE code, a RIP-relative `lea` in PIE code)
-//! next to a reason code and a line number. The reason codes of a function's sites are stable
+//! `.../ssl/ssl_lib.cc` string (on x86-64 an immediate in non-PIE code, a RIP-relative `lea` in
+//! PIE code; on arm64 an `adrp`/`add` pair, read by [`super::aarch64`]) next to a reason code
+//! and a line number. The reason codes of a function's sites are stable
 //! across versions and pick out `SSL_write` ({226 UNINITIALIZED, 215 SSL_HANDSHAKE_FAILURE,
 //! 111 BAD_LENGTH}), `ssl_read_impl` ({226, 215}, no 111) and `SSL_read` (one 66
 //! SHOULD_NOT_HAVE_BEEN_CALLED site, inlined from `SSL_peek`, between the two in source order,
@@ -16,7 +17,8 @@ use std::collections::BTreeMap;
 
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
-use super::elf::ElfImage;
+use super::aarch64;
+use super::elf::{Arch, ElfImage};
 use super::scan::{self, CallTargets, Reference};
 use super::{Function, FunctionName};
 
@@ -42,7 +44,7 @@ const MAX_READ_SPAN: u64 = 4096;
 pub enum NotIdentified {
     /// The `ssl_lib.cc` string is there but no code loads it in an `ERR_put_error` call.
     #[error(
-        "{strings} ssl_lib.cc string(s) but no verifiable error site references them (x86-64 non-PIE immediate or PIE lea)"
+        "{strings} ssl_lib.cc string(s) but no verifiable error site references them (x86-64 non-PIE immediate or PIE lea, arm64 adrp+add, in a function with a frame prologue)"
     )]
     NoErrorSites {
         /// How many copies of the string were found.
@@ -104,11 +106,71 @@ pub fn locate(image: &ElfImage<'_>) -> Result<Option<Vec<Function>>, NotIdentifi
     if strings.is_empty() {
         return Ok(None);
     }
+    let (roles, write_prologue, read_prologue) = match image.arch {
+        Arch::X86_64 => {
+            let roles = x86_64_roles(image, &strings)?;
+            let prologue = "push rbp; mov rbp,rsp".to_owned();
+            (roles, prologue.clone(), prologue)
+        }
+        Arch::Aarch64 => {
+            let code = aarch64::Code::new(image);
+            let sites = code.error_sites(&strings);
+            tracing::debug!(
+                strings = strings.len(),
+                sites = sites.len(),
+                "boringssl/arm64: error sites"
+            );
+            if sites.is_empty() {
+                return Err(NotIdentified::NoErrorSites {
+                    strings: strings.len(),
+                });
+            }
+            let roles = classify(&sites, |from, to| code.calls_directly(from, to))?;
+            let write = code.prologue_at(roles.write).unwrap_or_default();
+            let read = code.prologue_at(roles.read).unwrap_or_default();
+            (roles, write, read)
+        }
+    };
+    tracing::debug!(
+        arch = %image.arch,
+        ssl_write = format_args!("{:#x}", roles.write),
+        ssl_read = format_args!("{:#x}", roles.read),
+        ssl_read_impl = format_args!("{:#x}", roles.read_impl),
+        "boringssl: identified"
+    );
+    let function = |name, vaddr: u64, evidence: String| Function {
+        name,
+        vaddr,
+        file_offset: image.file_offset(vaddr).unwrap_or_default(),
+        evidence,
+    };
+    Ok(Some(vec![
+        function(
+            FunctionName::SslWrite,
+            roles.write,
+            format!(
+                "ssl_lib.cc error sites with reasons {:?} (lines {}..={}); directly called; {write_prologue} prologue",
+                roles.write_reasons, roles.write_lines.0, roles.write_lines.1
+            ),
+        ),
+        function(
+            FunctionName::SslRead,
+            roles.read,
+            format!(
+                "one ssl_lib.cc reason-66 site (line {}) between ssl_read_impl@{:#x} and SSL_write; calls ssl_read_impl; directly called; {read_prologue} prologue",
+                roles.read_line, roles.read_impl
+            ),
+        ),
+    ]))
+}
+
+/// The x86-64 error sites that load one of `strings`, classified into roles.
+fn x86_64_roles(image: &ElfImage<'_>, strings: &[u64]) -> Result<Roles, NotIdentified> {
     let mut sites = Vec::new();
     let mut calls_by_segment = Vec::new();
     for seg in image.segments.iter().filter(|s| s.executable) {
         let code = image.segment_bytes(seg);
-        let refs = scan::references(code, seg.vaddr, &strings);
+        let refs = scan::references(code, seg.vaddr, strings);
         if refs.is_empty() {
             continue;
         }
@@ -134,39 +196,9 @@ pub fn locate(image: &ElfImage<'_>) -> Result<Option<Vec<Function>>, NotIdentifi
             strings: strings.len(),
         });
     }
-    let roles = classify(&sites, |from, to| {
+    classify(&sites, |from, to| {
         calls_directly(image, &calls_by_segment, from, to)
-    })?;
-    tracing::debug!(
-        ssl_write = format_args!("{:#x}", roles.write),
-        ssl_read = format_args!("{:#x}", roles.read),
-        ssl_read_impl = format_args!("{:#x}", roles.read_impl),
-        "boringssl: identified"
-    );
-    let function = |name, vaddr: u64, evidence: String| Function {
-        name,
-        vaddr,
-        file_offset: image.file_offset(vaddr).unwrap_or_default(),
-        evidence,
-    };
-    Ok(Some(vec![
-        function(
-            FunctionName::SslWrite,
-            roles.write,
-            format!(
-                "ssl_lib.cc error sites with reasons {:?} (lines {}..={}); directly called; push rbp; mov rbp,rsp prologue",
-                roles.write_reasons, roles.write_lines.0, roles.write_lines.1
-            ),
-        ),
-        function(
-            FunctionName::SslRead,
-            roles.read,
-            format!(
-                "one ssl_lib.cc reason-66 site (line {}) between ssl_read_impl@{:#x} and SSL_write; calls ssl_read_impl; directly called; push rbp; mov rbp,rsp prologue",
-                roles.read_line, roles.read_impl
-            ),
-        ),
-    ]))
+    })
 }
 
 /// A function start with its prologue, for a site at `at`.

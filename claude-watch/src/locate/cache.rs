@@ -1,8 +1,10 @@
 //! On-disk cache of locate results, one JSON file per GNU build id.
 //!
-//! An entry records the file size and a fingerprint of the bytes at the located functions; an
-//! entry that no longer matches the file (same build id, different bytes) is ignored, and the
-//! fresh result overwrites it.
+//! An entry records the file's architecture and size and a fingerprint of the bytes at the
+//! located functions; an entry that no longer matches the file (same build id, different bytes,
+//! or another architecture: build ids are only unique per build, and an x86-64 and an arm64
+//! build could share one) is ignored, and the fresh result overwrites it. Entries of an older
+//! format are ignored the same way.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,8 +16,8 @@ use super::{Located, Method};
 
 /// The daemon's default cache directory.
 pub const DEFAULT_DIR: &str = "/var/cache/claude-watch/locate";
-/// Bumped when the entry format or the locating method changes meaning.
-const FORMAT_VERSION: u32 = 1;
+/// Bumped when the entry format or the locating method changes meaning (2: `arch`, arm64).
+const FORMAT_VERSION: u32 = 2;
 /// Bytes hashed at each located function.
 const FINGERPRINT_SPAN: usize = 4096;
 
@@ -34,6 +36,12 @@ pub enum CacheError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The first field of every entry format, read before the rest.
+#[derive(Debug, Deserialize)]
+struct Format {
+    format: u32,
 }
 
 /// One stored result.
@@ -79,6 +87,10 @@ impl Cache {
     pub fn lookup(&self, build_id: &str, image: &ElfImage<'_>) -> Option<Located> {
         let path = self.entry_path(build_id)?;
         let text = std::fs::read(&path).ok()?;
+        if serde_json::from_slice::<Format>(&text).is_ok_and(|f| f.format != FORMAT_VERSION) {
+            tracing::info!(path = %path.display(), build_id, "locate cache: entry of another format; ignored");
+            return None;
+        }
         let entry: Entry = match serde_json::from_slice(&text) {
             Ok(entry) => entry,
             Err(error) => {
@@ -88,6 +100,7 @@ impl Cache {
         };
         let matches = entry.format == FORMAT_VERSION
             && entry.build_id == build_id
+            && entry.located.arch == image.arch
             && entry.file_size == image.data.len() as u64
             && entry.fingerprint == fingerprint(image.data, &entry.located);
         if !matches {

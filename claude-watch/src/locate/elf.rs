@@ -1,11 +1,43 @@
-//! Reading the parts of an ELF file the locator needs: load segments, the GNU build id, the
-//! dynamic and static symbol tables and the shared libraries it needs. Pure: works on bytes.
+//! Reading the parts of an ELF file the locator needs: architecture, load segments, the GNU
+//! build id, the dynamic and static symbol tables and the shared libraries it needs. Pure: works
+//! on bytes. Little-endian 64-bit x86-64 and AArch64 files are read; others are refused.
 
 use object::elf::{self, FileHeader64};
 use object::read::elf::{Dyn as _, FileHeader, ProgramHeader, SectionHeader as _, Sym as _};
 use object::{Endianness, LittleEndian};
+use serde::{Deserialize, Serialize};
 
-/// Why a file cannot be read as an x86-64 ELF. Shown after the file's path.
+/// The instruction set of a file the locator reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Arch {
+    /// x86-64 (`EM_X86_64`).
+    X86_64,
+    /// 64-bit Arm, little-endian (`EM_AARCH64`).
+    Aarch64,
+}
+
+impl Arch {
+    /// The architecture this program runs on, when the locator reads it (uprobes placed by a
+    /// daemon only fire in processes of its own architecture).
+    pub const HOST: Option<Self> = if cfg!(target_arch = "x86_64") {
+        Some(Self::X86_64)
+    } else if cfg!(target_arch = "aarch64") {
+        Some(Self::Aarch64)
+    } else {
+        None
+    };
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::X86_64 => "x86-64",
+            Self::Aarch64 => "arm64",
+        })
+    }
+}
+
+/// Why a file cannot be read as an x86-64 or arm64 ELF. Shown after the file's path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ElfProblem {
     /// The file does not start with the ELF magic.
@@ -32,7 +64,7 @@ pub enum ElfProblem {
         reason: String,
     },
     /// A well-formed ELF for another architecture.
-    #[error("{arch} binary; only x86-64 is supported")]
+    #[error("{arch} binary; only x86-64 and arm64 (aarch64, little-endian) are supported")]
     UnsupportedArch {
         /// Architecture name, e.g. `arm64 (aarch64)`.
         arch: String,
@@ -71,11 +103,13 @@ pub struct FunctionSymbol {
     pub table: &'static str,
 }
 
-/// What the locator knows about one x86-64 ELF file after reading its headers.
+/// What the locator knows about one ELF file after reading its headers.
 #[derive(Debug, Clone)]
 pub struct ElfImage<'data> {
     /// The whole file.
     pub data: &'data [u8],
+    /// Its instruction set.
+    pub arch: Arch,
     /// `PT_LOAD` segments, in program-header order.
     pub segments: Vec<Segment>,
     /// GNU build id as lowercase hex, when the file has an `NT_GNU_BUILD_ID` note.
@@ -112,7 +146,8 @@ fn raw_machine(data: &[u8]) -> Option<u16> {
 }
 
 impl<'data> ElfImage<'data> {
-    /// Parses the headers of `data`, refusing anything that is not a complete x86-64 ELF.
+    /// Parses the headers of `data`, refusing anything that is not a complete, little-endian,
+    /// 64-bit x86-64 or AArch64 ELF.
     pub fn parse(data: &'data [u8]) -> Result<Self, ElfProblem> {
         if data.len() < 4 || &data[..4] != b"\x7fELF" {
             return Err(ElfProblem::NotElf);
@@ -126,7 +161,12 @@ impl<'data> ElfImage<'data> {
         }
         let class = data[4];
         let machine = raw_machine(data).unwrap_or(0);
-        if class != elf::ELFCLASS64 || machine != elf::EM_X86_64 {
+        let arch = match (class, machine) {
+            (elf::ELFCLASS64, elf::EM_X86_64) => Some(Arch::X86_64),
+            (elf::ELFCLASS64, elf::EM_AARCH64) => Some(Arch::Aarch64),
+            _ => None,
+        };
+        let Some(arch) = arch else {
             if class == elf::ELFCLASS32 && machine == elf::EM_X86_64 {
                 return Err(ElfProblem::UnsupportedArch {
                     arch: "x32 (32-bit ELF for x86-64)".into(),
@@ -137,13 +177,23 @@ impl<'data> ElfImage<'data> {
                     reason: format!("unknown ELF class {class}"),
                 });
             }
+            if class == elf::ELFCLASS32 && machine == elf::EM_AARCH64 {
+                return Err(ElfProblem::UnsupportedArch {
+                    arch: "ILP32 (32-bit ELF for arm64)".into(),
+                });
+            }
             return Err(ElfProblem::UnsupportedArch {
                 arch: machine_name(machine),
             });
-        }
+        };
         if data[5] != elf::ELFDATA2LSB {
-            return Err(ElfProblem::Corrupt {
-                reason: "x86-64 ELF that is not little-endian".into(),
+            return Err(match arch {
+                Arch::X86_64 => ElfProblem::Corrupt {
+                    reason: "x86-64 ELF that is not little-endian".into(),
+                },
+                Arch::Aarch64 => ElfProblem::UnsupportedArch {
+                    arch: "big-endian arm64 (aarch64_be)".into(),
+                },
             });
         }
         if data.len() < 64 {
@@ -205,6 +255,7 @@ impl<'data> ElfImage<'data> {
         let needed = needed_libraries(header, endian, data);
         Ok(Self {
             data,
+            arch,
             segments,
             build_id,
             pie: header.e_type(endian) == elf::ET_DYN,

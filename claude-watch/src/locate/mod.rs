@@ -4,8 +4,10 @@
 //! Symbols are used when the file has them (node, `libssl.so.3`). Stripped BoringSSL builds (Bun,
 //! the native Claude Code) are handled by [`boringssl`], which finds the functions from the
 //! BoringSSL error sites in the code itself and verifies every candidate; it refuses rather than
-//! guesses. Results can be cached on disk by GNU build id ([`Cache`]).
+//! guesses. x86-64 and arm64 (AArch64) files are read; the arm64 code reading is in [`aarch64`].
+//! Results can be cached on disk by GNU build id ([`Cache`]).
 
+pub mod aarch64;
 pub mod boringssl;
 pub mod cache;
 pub mod elf;
@@ -20,7 +22,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 pub use cache::Cache;
-pub use elf::{ElfImage, ElfProblem};
+pub use elf::{Arch, ElfImage, ElfProblem};
 
 /// Which TLS implementation the functions belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +127,9 @@ pub struct Function {
 pub struct Located {
     /// GNU build id (lowercase hex), when the file has one.
     pub build_id: Option<String>,
+    /// The file's instruction set: uprobes at these offsets only fire in processes that run
+    /// this code natively (an arm64 binary under emulation on an x86-64 host never hits them).
+    pub arch: Arch,
     /// The TLS implementation found.
     pub library: TlsLibrary,
     /// How the functions were found.
@@ -153,7 +158,7 @@ pub enum LocateError {
         #[source]
         source: std::io::Error,
     },
-    /// Not a complete, well-formed x86-64 ELF file.
+    /// Not a complete, well-formed x86-64 or arm64 ELF file.
     #[error("{path}: {problem}")]
     Elf {
         /// The file.
@@ -196,7 +201,7 @@ pub enum LocateError {
 /// Locates the TLS functions in the ELF file at `path`, using and filling `cache` when given.
 ///
 /// # Errors
-/// See [`LocateError`]: I/O, not an (x86-64, complete) ELF, no TLS library, or not identified
+/// See [`LocateError`]: I/O, not a complete x86-64 or arm64 ELF, no TLS library, or not identified
 /// with certainty.
 pub fn locate_file(path: &Path, cache: Option<&Cache>) -> Result<Located, LocateError> {
     let started = Instant::now();
@@ -246,6 +251,7 @@ pub fn locate_image(path: &Path, image: &ElfImage<'_>) -> Result<Located, Locate
     match boringssl::locate(image) {
         Ok(Some(functions)) => Ok(Located {
             build_id: image.build_id.clone(),
+            arch: image.arch,
             library: TlsLibrary::BoringSsl,
             method: Method::Disassembly,
             functions,

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::Located;
 
-/// Several lines: the file, build id, library, method, then one block per function.
+/// Several lines: the file, build id, architecture, library, method, then one block per function.
 #[must_use]
 pub fn human(path: &Path, located: &Located) -> String {
     let mut out = String::new();
@@ -17,6 +17,7 @@ pub fn human(path: &Path, located: &Located) -> String {
         "build id: {}",
         located.build_id.as_deref().unwrap_or("(none)")
     );
+    let _ = writeln!(out, "arch:     {}", located.arch);
     let _ = writeln!(out, "library:  {}", located.library);
     let _ = writeln!(out, "method:   {}", located.method);
     for f in &located.functions {
@@ -32,7 +33,8 @@ pub fn human(path: &Path, located: &Located) -> String {
     out
 }
 
-/// One JSON object: `build_id`, `library`, `method`, and `functions` mapping each C name to
+/// One JSON object: `build_id`, `arch` (`x86-64` or `arm64`), `library`, `method`, and
+/// `functions` mapping each C name to
 /// `{"vaddr": N, "file_offset": N, "evidence": "..."}`.
 #[must_use]
 pub fn json(located: &Located) -> Value {
@@ -48,6 +50,7 @@ pub fn json(located: &Located) -> Value {
         .collect();
     json!({
         "build_id": located.build_id,
+        "arch": located.arch.to_string(),
         "library": located.library.to_string(),
         "method": located.method.to_string(),
         "functions": functions,

@@ -36,6 +36,7 @@ pub fn locate(image: &ElfImage<'_>) -> Option<Located> {
     };
     Some(Located {
         build_id: image.build_id.clone(),
+        arch: image.arch,
         library,
         method: Method::Symbols,
         functions,
