@@ -39,7 +39,7 @@ pub mod flags {
 pub mod stats {
     /// Events dropped because the ring buffer was full.
     pub const LOST: u32 = 0;
-    /// Events sent to user space.
+    /// HTTP heads sent to user space (exec and exit events are not counted here).
     pub const SENT: u32 = 1;
     /// TLS buffers that were not HTTP/1.x heads and stayed in the kernel.
     pub const SKIPPED: u32 = 2;

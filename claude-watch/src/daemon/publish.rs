@@ -105,7 +105,7 @@ pub(super) fn gauges(m: &Metrics, status: &Status, stats: &KernelStats, attachme
         );
         m.set_counter(
             "claude_watch_kernel_records_total",
-            "Records the kernel sent to user space.",
+            "HTTP heads the kernel sent to user space.",
             String::new(),
             stats.sent as f64,
         );

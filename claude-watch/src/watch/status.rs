@@ -164,7 +164,7 @@ pub struct Snapshot {
 pub struct CaptureView {
     /// Files (or processes) with probes attached.
     pub attachments: usize,
-    /// Records the kernel sent.
+    /// HTTP heads the kernel sent.
     pub sent: u64,
     /// Records lost because the ring buffer was full.
     pub lost: u64,
