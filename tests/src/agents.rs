@@ -284,7 +284,7 @@ pub fn agent_unit(
 /// stdin. It keeps one process and one session id for its whole life, like a fleet instance.
 pub struct ClaudeAgent {
     child: ChildGuard,
-    _home: ScratchDir,
+    home: ScratchDir,
 }
 
 /// The outcome of one turn of [`ClaudeAgent`] (its `{"type":"result"}` line).
@@ -303,6 +303,17 @@ impl ClaudeAgent {
     /// the first [`Self::send_turn`].
     #[track_caller]
     pub fn start(standin: &StandIn, release: ClaudeCode, api_key: &str) -> Self {
+        Self::start_with_env(standin, release, api_key, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables (e.g. `CLAUDE_CODE_MAX_RETRIES`).
+    #[track_caller]
+    pub fn start_with_env(
+        standin: &StandIn,
+        release: ClaudeCode,
+        api_key: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let home = ScratchDir::new("claude-watch-claude");
         let (program, leading) = release.command();
         let mut command = Command::new(program);
@@ -318,9 +329,16 @@ impl ClaudeAgent {
             ])
             .env_clear()
             .envs(base_env(standin, &home, api_key))
+            .envs(extra_env.iter().copied())
             .current_dir(home.path());
         let child = ChildGuard::spawn(&format!("claude ({release:?})"), &mut command);
-        ClaudeAgent { child, _home: home }
+        ClaudeAgent { child, home }
+    }
+
+    /// Its scratch `HOME` (also its working directory): Claude Code writes its transcripts
+    /// under `.claude/projects` there.
+    pub fn home(&self) -> &std::path::Path {
+        self.home.path()
     }
 
     /// Claude Code's pid (its process group id too).
