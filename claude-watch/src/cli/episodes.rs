@@ -28,27 +28,31 @@ pub enum Format {
     Markdown,
 }
 
-/// Report 401 latch episodes from the journal, as you would send them upstream: windows per
-/// day, duration median/p90/max, recoveries by kind, idle-wake vs mid-use and their morning
-/// share, Claude Code versions, and request ids with their local times.
-///
-/// --import first rebuilds the history Claude Code's own session transcripts hold
-/// (~/.claude/projects/<project>/<session>.jsonl): 401 and 429 answers per session, turned into
-/// episodes by the daemon's own detector and thresholds ([detector] of --config), and stored in
-/// the journal as source "transcript". Episodes the daemon saw live (same request ids, or same
-/// session at the same time) and earlier imports are not stored twice. Only times, session ids,
-/// request ids, models, statuses and versions are read; never prompts or answers. Without DIR:
-/// every user's ~/.claude/projects and $CLAUDE_CONFIG_DIR/projects.
-///
-/// Examples:
-///   claude-watch episodes --since 7d                     # text report of the last week
-///   claude-watch episodes --import                       # import every user's transcripts
-///   claude-watch episodes --import /home/ci/.claude --format markdown > report.md
-///   claude-watch episodes --format markdown --redact-instances > upstream.md
-///   claude-watch episodes --svg episodes.svg             # timeline and windows per day
-///   claude-watch episodes --json                         # one JSON object (--format json)
+/// What `claude-watch episodes --help` says beyond the one-line summary.
+pub const LONG_ABOUT: &str =
+    "Report 401 latch episodes from the journal, as you would send them upstream: windows per
+day, duration median/p90/max, recoveries by kind, idle-wake vs mid-use and their morning share,
+Claude Code versions, and request ids with their local times.
+
+--import first rebuilds the history Claude Code's own session transcripts hold
+(~/.claude/projects/<project>/<session>.jsonl): 401 and 429 answers per session, turned into
+episodes by the daemon's own detector and thresholds ([detector] of --config), and stored in the
+journal as source \"transcript\". Episodes the daemon saw live (same request ids, or same session
+at the same time) and earlier imports are not stored twice. Only times, session ids, request ids,
+models, statuses and versions are read, never prompts or answers. Without DIR: every user's
+~/.claude/projects and $CLAUDE_CONFIG_DIR/projects.";
+
+/// The examples `claude-watch episodes --help` ends with.
+pub const EXAMPLES: &str = "Examples:
+  claude-watch episodes --since 7d                     text report of the last week
+  claude-watch episodes --import                       import every user's transcripts (root)
+  claude-watch episodes --import /home/ci/.claude --format markdown > report.md
+  claude-watch episodes --format markdown --redact-instances > upstream.md
+  claude-watch episodes --svg episodes.svg             timeline per instance, windows per day
+  claude-watch episodes --json                         one JSON object (same as --format json)";
+
+/// Arguments of `claude-watch episodes` (see [`LONG_ABOUT`]).
 #[derive(Clone, Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
 pub struct EpisodesArgs {
     /// The journal file (rotated files `PATH.1`, `PATH.2`... are read too).
     #[arg(long, default_value = DEFAULT_JOURNAL, env = "CLAUDE_WATCH_JOURNAL")]
@@ -268,6 +272,36 @@ mod tests {
         assert_eq!(cli.args.journal, PathBuf::from("/tmp/j.jsonl"));
         assert_eq!(cli.args.since.as_deref(), Some("7d"));
         assert!(cli.args.json);
+        assert_eq!(cli.args.import, None, "no import unless asked");
+        let cli = Cli::try_parse_from(["x", "--import", "--format", "markdown"]).unwrap();
+        assert_eq!(
+            cli.args.import,
+            Some(vec![]),
+            "--import alone: the default places"
+        );
+        assert_eq!(cli.args.format, Format::Markdown);
+        let cli = Cli::try_parse_from([
+            "x",
+            "--import",
+            "/a",
+            "/b",
+            "--svg",
+            "/tmp/e.svg",
+            "--redact-instances",
+        ])
+        .unwrap();
+        assert_eq!(cli.args.import, Some(vec!["/a".into(), "/b".into()]));
+        assert_eq!(cli.args.svg, Some(PathBuf::from("/tmp/e.svg")));
+        assert!(cli.args.redact_instances);
+        assert!(Cli::try_parse_from(["x", "--format", "html"]).is_err());
+        let help = crate::cli::Cli::try_parse_from(["claude-watch", "episodes", "--help"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            help.contains("Examples:") && help.contains("--import") && help.contains("--svg"),
+            "{help}"
+        );
         let missing = EpisodesArgs {
             json: true,
             ..EpisodesArgs::for_journal("/nonexistent/dir/j.jsonl")

@@ -272,8 +272,15 @@ impl Rig<'_> {
     }
 }
 
-/// Rebuilds the history of every instance in `files` with the detector thresholds `cfg`.
+/// Rebuilds the history of every instance in `files` with the detector thresholds `cfg`. The
+/// detector's own logs are silenced meanwhile: a replay of the past is not live news.
 pub fn rebuild(files: &[SessionFile], cfg: &DetectorConfig) -> History {
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+        rebuild_quietly(files, cfg)
+    })
+}
+
+fn rebuild_quietly(files: &[SessionFile], cfg: &DetectorConfig) -> History {
     let expanded: Vec<(&str, Vec<Entry>)> = files
         .iter()
         .map(|f| (f.instance.as_str(), with_inferred_attempts(&f.transcript)))

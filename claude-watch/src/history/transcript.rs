@@ -17,9 +17,10 @@
 //! - everything else (attachments, request blobs, queued prompts) is counted as ignored and never
 //!   read further: no prompt or answer text leaves this module.
 //!
-//! Older releases (2.1.197) write no `api-request`, `api_error` or `cost-state` lines: only the
-//! error that ended a turn, after its retries. [`super::rebuild`] then infers the turn's first
-//! attempt (see there).
+//! 2.1.197 writes no `api-request` or `cost-state` lines, and writes a turn's `api_error` lines
+//! only when the next turn starts (after the turn-ending error, out of time order), so the
+//! retries of a process's last failed turn are never written. [`super::rebuild`] orders lines by
+//! time and infers the first attempt of turns without logged retries (see there).
 
 use serde_json::Value;
 
