@@ -236,6 +236,17 @@ pub fn render(input: &Input<'_>) -> String {
             y + ROW_H / 2.0 + 4.0,
             esc(name)
         );
+        for r in input.restarts.iter().filter(|r| r.instance == *name) {
+            let rx = x(r.at_ms);
+            let _ = writeln!(
+                o,
+                r#"<line class="restart" x1="{rx:.1}" y1="{:.1}" x2="{rx:.1}" y2="{:.1}" stroke="{RESTART}" stroke-width="1.5"><title>{}: restart at {}</title></line>"#,
+                y + 1.0,
+                y + ROW_H - 1.0,
+                esc(name),
+                local_time(r.at_ms, off).civil()
+            );
+        }
         for t in input.throttles.iter().filter(|t| t.instance == *name) {
             let a = x(t.first_429_ms);
             let end = t.ended_ms.unwrap_or(t.last_429_ms);
@@ -279,17 +290,6 @@ pub fn render(input: &Input<'_>) -> String {
                 } else {
                     ""
                 }
-            );
-        }
-        for r in input.restarts.iter().filter(|r| r.instance == *name) {
-            let rx = x(r.at_ms);
-            let _ = writeln!(
-                o,
-                r#"<line class="restart" x1="{rx:.1}" y1="{:.1}" x2="{rx:.1}" y2="{:.1}" stroke="{RESTART}" stroke-width="2"><title>{}: restart at {}</title></line>"#,
-                y + 1.0,
-                y + ROW_H - 1.0,
-                esc(name),
-                local_time(r.at_ms, off).civil()
             );
         }
     }

@@ -203,6 +203,8 @@ struct Rig<'c> {
     done_throttles: Vec<ThrottleRecord>,
     open_episode: Option<String>,
     latched: bool,
+    /// Whether the events being handled come from an answer (not from the clock).
+    answering: bool,
 }
 
 impl Rig<'_> {
@@ -262,7 +264,9 @@ impl Rig<'_> {
                 }
                 Event::ThrottleCleared { model, at_ns, .. } => {
                     if let Some(mut t) = self.throttles.remove(&model) {
-                        t.ended_ms = Some(at_ns / NS_PER_MS);
+                        // Ended by the model answering; a throttle that just went quiet has no
+                        // known end.
+                        t.ended_ms = self.answering.then_some(at_ns / NS_PER_MS);
                         self.done_throttles.push(t);
                     }
                 }
@@ -329,6 +333,7 @@ fn rebuild_instance(
         done_throttles: Vec::new(),
         open_episode: None,
         latched: false,
+        answering: false,
     };
     // A process is replaced by the next one when that one starts after it ended.
     let successor: Vec<Option<usize>> = (0..procs.len())
@@ -459,7 +464,9 @@ fn rebuild_instance(
                         .map(|v| format!("claude-cli/{v} (transcript)")),
                 };
                 let ev = rig.det.observe(&id, pid(i), &ex, now);
+                rig.answering = true;
                 rig.handle(ev);
+                rig.answering = false;
                 rig.last_tick_ms = Some(t);
                 if status == 429 {
                     let key = m.unwrap_or_else(|| "unknown".to_owned());

@@ -254,6 +254,20 @@ fn throttles_are_windows_per_model_and_never_latch() {
 const REQUEST_IDS_KEPT_FOR_TEST: usize = crate::detect::REQUEST_IDS_KEPT;
 
 #[test]
+fn a_throttle_that_goes_quiet_has_no_known_end() {
+    let mut e = vec![ok(0, "s1", "r0")];
+    for i in 0..3 {
+        e.push(err(10 * S + i * S, "s1", 429, &format!("t{i}"), i == 2));
+    }
+    // Next answer 20 min later: the throttle was cleared by the clock (5 min quiet) before it.
+    e.push(ok(1200 * S, "s1", "r1"));
+    let h = rebuild(&[file("agent", e)], &cfg());
+    assert_eq!(h.throttles.len(), 1, "{h:#?}");
+    assert_eq!(h.throttles[0].ended_ms, None);
+    assert_eq!(h.throttles[0].last_429_ms, T0 + 12 * S);
+}
+
+#[test]
 fn answers_spanning_lines_count_once() {
     let mut e = vec![ok(0, "s1", "r0"), ok(1, "s1", "r0"), ok(2, "s1", "r0")];
     e.extend(latched_turn(10 * S, "s1", "a"));
