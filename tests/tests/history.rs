@@ -37,9 +37,16 @@ fn fixture_copy(dir: &Path) -> PathBuf {
 
 #[track_caller]
 fn episodes_cmd(args: &[&str], tz: &str) -> Output {
-    let out = Command::new(bin())
-        .arg("episodes")
-        .args(args)
+    // The built-in thresholds, whatever /etc/claude-watch/config.toml says (an empty file is
+    // the built-in configuration).
+    let config = std::env::temp_dir().join("cw-history-builtin-config.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut command = Command::new(bin());
+    command.arg("episodes").args(args);
+    if args.contains(&"--import") {
+        command.arg("--config").arg(&config);
+    }
+    let out = command
         .env("TZ", tz)
         .env_remove("CLAUDE_WATCH_JOURNAL")
         .output()

@@ -131,13 +131,26 @@ fn local_tm(ms: u64) -> Option<libc::tm> {
     (!r.is_null()).then_some(tm)
 }
 
-fn detector_config(path: Option<&Path>) -> anyhow::Result<DetectorConfig> {
-    let config = match path {
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match path {
         Some(p) => Config::load(p)?,
         None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG))?,
         None => Config::builtin(),
-    };
-    Ok(config.detector.detector_config())
+    })
+}
+
+/// The import's settings from the configuration: the detector thresholds, and the journal's
+/// rotation (the daemon's, so an import never rotates the journal differently).
+fn import_settings(path: Option<&Path>) -> anyhow::Result<(DetectorConfig, JournalOptions)> {
+    let config = load_config(path)?;
+    let d = &config.daemon;
+    Ok((
+        config.detector.detector_config(),
+        JournalOptions {
+            max_bytes: d.journal_max_bytes,
+            keep: usize::try_from(d.journal_keep).unwrap_or(usize::MAX),
+        },
+    ))
 }
 
 /// Imports the transcripts under `dirs` (the default places when empty) into `journal_path`;
@@ -148,7 +161,7 @@ pub fn import(
     config: Option<&Path>,
     now_ms: u64,
 ) -> anyhow::Result<String> {
-    let cfg = detector_config(config)?;
+    let (cfg, options) = import_settings(config)?;
     let roots: Vec<PathBuf> = if dirs.is_empty() {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         let config_dir = std::env::var_os("CLAUDE_CONFIG_DIR").map(PathBuf::from);
@@ -156,7 +169,7 @@ pub fn import(
     } else {
         dirs.iter().map(|d| history::projects_dir(d)).collect()
     };
-    let mut journal = Journal::open(journal_path, JournalOptions::default())
+    let mut journal = Journal::open(journal_path, options)
         .with_context(|| format!("opening journal {}", journal_path.display()))?;
     let (loaded, history, outcome) = history::import_dirs(&mut journal, &roots, &cfg, now_ms)
         .with_context(|| format!("importing into {}", journal_path.display()))?;
@@ -312,6 +325,29 @@ mod tests {
             ..EpisodesArgs::for_journal("/nonexistent/j")
         };
         assert!(run(bad).is_err());
+    }
+
+    #[test]
+    fn import_uses_the_configured_thresholds_and_rotation() {
+        let path =
+            std::env::temp_dir().join(format!("cw-import-config-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[daemon]\njournal_max_bytes = 1048576\njournal_keep = 9\n[detector]\nlatch_min_401s = 7\nlatch_min_span = \"30s\"\n",
+        )
+        .unwrap();
+        let (cfg, options) = import_settings(Some(&path)).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(cfg.latch_min_401s, 7);
+        assert_eq!(cfg.latch_min_span, std::time::Duration::from_secs(30));
+        assert_eq!(
+            options,
+            JournalOptions {
+                max_bytes: 1 << 20,
+                keep: 9
+            }
+        );
+        assert!(import_settings(Some(Path::new("/nonexistent/config.toml"))).is_err());
     }
 
     #[test]
