@@ -13,7 +13,7 @@ use core::hint::black_box;
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated as raw},
     macros::{map, raw_tracepoint, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use claude_ebpf_common::{
@@ -26,7 +26,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 /// `SSL_read`/`SSL_read_ex` arguments from entry to return, keyed by pid_tgid.
 #[map]
-static READ_ARGS: HashMap<u64, ReadArgs> = HashMap::with_max_entries(16384, 0);
+static READ_ARGS: LruHashMap<u64, ReadArgs> = LruHashMap::with_max_entries(16384, 0);
 
 /// Connections whose next buffer in one direction continues a forwarded head.
 #[map]
@@ -325,6 +325,9 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // A thread that exits inside SSL_read never returns: free its pending read here (the LRU
+    // map is the backstop), so no process can fill the map and blind everyone's responses.
+    let _ = READ_ARGS.remove(&pid_tgid);
     if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
         notify(kind::EXIT);
     }

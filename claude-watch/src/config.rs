@@ -107,6 +107,9 @@ pub struct DaemonConfig {
     pub ring_mib: u32,
     /// Detect and report, never restart (also `--dry-run`).
     pub dry_run: bool,
+    /// The Docker Engine API socket, asked for the names of containers that agents run in
+    /// (a Podman service socket works too).
+    pub docker_socket: PathBuf,
 }
 
 impl Default for DaemonConfig {
@@ -121,6 +124,7 @@ impl Default for DaemonConfig {
             locate_cache: "/var/cache/claude-watch/locate".into(),
             ring_mib: 8,
             dry_run: false,
+            docker_socket: "/var/run/docker.sock".into(),
         }
     }
 }
@@ -512,7 +516,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("empty duration".into());
     }
     if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+        return bounded(Duration::from_secs(secs));
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -532,19 +536,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86_400),
+        let seconds_per = match &rest[..unit_len] {
+            "ms" => None,
+            "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3600),
+            "d" => Some(86_400),
             other => {
                 return Err(format!(
                     "{s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
                 ));
             }
         };
-        total += unit;
+        let unit = match seconds_per {
+            None => Some(Duration::from_millis(n)),
+            Some(per) => n.checked_mul(per).map(Duration::from_secs),
+        };
+        total = unit
+            .and_then(|u| total.checked_add(u))
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(|| too_long(s))?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -557,18 +568,35 @@ enum DurationValue {
     Text(String),
 }
 
+/// The longest duration any setting takes: longer ones are refused, never overflow later
+/// (a deadline `now + duration` must always be representable).
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
+
+fn too_long(s: &str) -> String {
+    format!("{s:?} is too long (at most 366d)")
+}
+
+fn bounded(d: Duration) -> Result<Duration, String> {
+    if d <= MAX_DURATION {
+        Ok(d)
+    } else {
+        Err(too_long(&format!("{}s", d.as_secs())))
+    }
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match DurationValue::deserialize(d)? {
-        DurationValue::Seconds(n) => Ok(Duration::from_secs(n)),
-        DurationValue::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+        DurationValue::Seconds(n) => bounded(Duration::from_secs(n)),
+        DurationValue::Text(s) => parse_duration(&s),
     }
+    .map_err(serde::de::Error::custom)
 }
 
 fn spanned_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Spanned<Duration>, D::Error> {
     let value: Spanned<toml::Value> = Spanned::deserialize(d)?;
     let span = value.span();
     let parsed = match value.get_ref() {
-        toml::Value::Integer(n) if *n >= 0 => Ok(Duration::from_secs(n.unsigned_abs())),
+        toml::Value::Integer(n) if *n >= 0 => bounded(Duration::from_secs(n.unsigned_abs())),
         toml::Value::String(s) => parse_duration(s),
         other => Err(format!(
             "expected a duration like \"30m\", found {}",
@@ -588,6 +616,38 @@ mod tests {
         Config::parse(text, "test.toml")
             .expect_err("should be rejected")
             .to_string()
+    }
+
+    #[test]
+    fn huge_durations_are_refused_not_overflowed() {
+        for (text, key) in [
+            (
+                "[detector]\nlatch_min_span = \"99999999999999999d\"\n",
+                "latch_min_span",
+            ),
+            (
+                "[detector]\nlatch_min_span = \"18446744073709551615s\"\n",
+                "latch_min_span",
+            ),
+            (
+                "[recovery]\nbackoff_max = 9223372036854775807\n",
+                "backoff_max",
+            ),
+            ("[recovery]\nhealthy_reset = \"400d\"\n", "healthy_reset"),
+            (
+                "[recovery]\nrestart_timeout = \"300d2000h\"\n",
+                "restart_timeout",
+            ),
+            (
+                "[detector]\nsuspect_forget_after = \"9223372036854775807\"\n",
+                "suspect_forget_after",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains(key) && e.contains("too long"), "{text}: {e}");
+        }
+        assert_eq!(parse_duration("366d"), Ok(MAX_DURATION));
+        assert!(parse_duration("365d24h1ms").is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`supervise`]: supervisor adapters (the I/O seam of recovery) and the recovery policy;
 //! - [`daemon`]: all of it wired around one event loop, with status, metrics and control;
 //! - [`config`]: the TOML configuration;
+//! - [`text`]: observed text made safe to print;
 //! - [`cli`]: the subcommands.
 
 pub mod capture;
@@ -30,4 +31,5 @@ pub mod locate;
 pub mod report;
 pub mod supervise;
 pub mod svg;
+pub mod text;
 pub mod time;

@@ -5,6 +5,7 @@
 //! base URL and a fake key, so nothing can reach beyond 127.0.0.1.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,7 +23,11 @@ pub const FAKE_API_KEY: &str = "sk-ant-api03-test-claude-watch-0000000000";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The environment every agent gets: loopback-only API, no telemetry, self-signed TLS accepted.
-fn base_env(standin: &StandIn, home: &ScratchDir, api_key: &str) -> Vec<(&'static str, OsString)> {
+pub fn base_env(
+    standin: &StandIn,
+    home: &ScratchDir,
+    api_key: &str,
+) -> Vec<(&'static str, OsString)> {
     vec![
         (
             "PATH",
@@ -284,7 +289,7 @@ pub fn agent_unit(
 /// stdin. It keeps one process and one session id for its whole life, like a fleet instance.
 pub struct ClaudeAgent {
     child: ChildGuard,
-    home: ScratchDir,
+    _home: ScratchDir,
 }
 
 /// The outcome of one turn of [`ClaudeAgent`] (its `{"type":"result"}` line).
@@ -298,12 +303,23 @@ pub struct TurnResult {
     pub session_id: String,
 }
 
+/// The arguments that keep Claude Code alive across turns read from stdin.
+pub const STREAM_ARGS: [&str; 6] = [
+    "-p",
+    "--input-format",
+    "stream-json",
+    "--output-format",
+    "stream-json",
+    "--verbose",
+];
+
 impl ClaudeAgent {
     /// Starts `release` against `standin` with credential `api_key`. It makes no request until
     /// the first [`Self::send_turn`].
     #[track_caller]
     pub fn start(standin: &StandIn, release: ClaudeCode, api_key: &str) -> Self {
-        Self::start_with_env(standin, release, api_key, &[])
+        let (program, leading) = release.command();
+        Self::start_program(standin, &program, &leading, api_key)
     }
 
     /// [`Self::start`] with extra environment variables (e.g. `CLAUDE_CODE_MAX_RETRIES`).
@@ -314,31 +330,65 @@ impl ClaudeAgent {
         api_key: &str,
         extra_env: &[(&str, &str)],
     ) -> Self {
-        let home = ScratchDir::new("claude-watch-claude");
         let (program, leading) = release.command();
-        let mut command = Command::new(program);
+        let home = ScratchDir::new("claude-watch-claude");
+        let mut command = Command::new(&program);
         command
-            .args(leading)
-            .args([
-                "-p",
-                "--input-format",
-                "stream-json",
-                "--output-format",
-                "stream-json",
-                "--verbose",
-            ])
+            .args(&leading)
+            .args(STREAM_ARGS)
             .env_clear()
             .envs(base_env(standin, &home, api_key))
             .envs(extra_env.iter().copied())
             .current_dir(home.path());
-        let child = ChildGuard::spawn(&format!("claude ({release:?})"), &mut command);
-        ClaudeAgent { child, home }
+        Self::spawn(
+            &format!("claude ({})", program.display()),
+            &mut command,
+            home,
+        )
     }
 
-    /// Its scratch `HOME` (also its working directory): Claude Code writes its transcripts
-    /// under `.claude/projects` there.
+    /// Starts the Claude Code at `program` (after `leading` arguments, e.g. a script for node),
+    /// however it is installed, against `standin`.
+    #[track_caller]
+    pub fn start_program(
+        standin: &StandIn,
+        program: &std::path::Path,
+        leading: &[PathBuf],
+        api_key: &str,
+    ) -> Self {
+        let home = ScratchDir::new("claude-watch-claude");
+        let mut command = Command::new(program);
+        command
+            .args(leading)
+            .args(STREAM_ARGS)
+            .env_clear()
+            .envs(base_env(standin, &home, api_key))
+            .current_dir(home.path());
+        Self::spawn(
+            &format!("claude ({})", program.display()),
+            &mut command,
+            home,
+        )
+    }
+
+    /// Runs `command` (already given its arguments and environment) as an agent driven with
+    /// stream-json turns on stdin and `{"type":"result"}` lines on stdout: Claude Code itself,
+    /// or a program around it (an Agent SDK driver, `docker run -i`). `home` lives as long as
+    /// the agent.
+    #[track_caller]
+    pub fn spawn(name: &str, command: &mut Command, home: ScratchDir) -> Self {
+        let child = ChildGuard::spawn(name, command);
+        ClaudeAgent { child, _home: home }
+    }
+
+    /// The agent's scratch `HOME`.
     pub fn home(&self) -> &std::path::Path {
-        self.home.path()
+        self._home.path()
+    }
+
+    /// The agent's standard error so far (its newest lines).
+    pub fn stderr(&self) -> Vec<String> {
+        self.child.stderr_tail()
     }
 
     /// Claude Code's pid (its process group id too).

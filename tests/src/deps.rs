@@ -135,3 +135,79 @@ impl ClaudeCode {
         }
     }
 }
+
+/// The latest pinned Claude Code release (the one the install tests run).
+pub const LATEST: &str = "2.1.332";
+
+/// The `npm install -g @anthropic-ai/claude-code@2.1.332` prefix: `bin/claude` is npm's symlink
+/// to `lib/node_modules/@anthropic-ai/claude-code/bin/claude.exe`, which the package's
+/// postinstall hard-linked (or copied) from the platform package.
+#[track_caller]
+pub fn npm_global_prefix() -> PathBuf {
+    let prefix = test_deps_dir().join("npm/claude-global-2.1.332");
+    required(
+        prefix.join("lib/node_modules/@anthropic-ai/claude-code/bin/claude.exe"),
+        "npm install -g @anthropic-ai/claude-code (with its postinstall)",
+    );
+    prefix
+}
+
+/// The platform package's native binary of the latest release (`claude`).
+#[track_caller]
+pub fn native_latest() -> PathBuf {
+    required(
+        test_deps_dir()
+            .join("npm/claude-2.1.332/node_modules/@anthropic-ai/claude-code-linux-x64/claude"),
+        "Claude Code 2.1.332",
+    )
+}
+
+/// The musl build of the latest release (`@anthropic-ai/claude-code-linux-x64-musl`).
+#[track_caller]
+pub fn native_musl() -> PathBuf {
+    required(
+        test_deps_dir().join(
+            "npm/claude-musl-2.1.332/node_modules/@anthropic-ai/claude-code-linux-x64-musl/claude",
+        ),
+        "Claude Code 2.1.332 (musl)",
+    )
+}
+
+/// The TypeScript Agent SDK install (`node_modules` holding `@anthropic-ai/claude-agent-sdk` and
+/// its platform package with the bundled Claude Code).
+#[track_caller]
+pub fn agent_sdk_modules() -> PathBuf {
+    let modules = test_deps_dir().join("npm/agent-sdk-0.3.332/node_modules");
+    required(
+        modules.join("@anthropic-ai/claude-agent-sdk-linux-x64/claude"),
+        "the TypeScript Agent SDK's bundled Claude Code",
+    );
+    modules
+}
+
+/// The Python Agent SDK (`claude-agent-sdk` from PyPI): the interpreter it was installed for and
+/// the directory to put on `PYTHONPATH`.
+#[track_caller]
+pub fn python_agent_sdk() -> (PathBuf, PathBuf) {
+    let dir = test_deps_dir().join("pip/claude-agent-sdk-0.2.189");
+    required(
+        dir.join("claude_agent_sdk/_bundled/claude"),
+        "the Python Agent SDK's bundled Claude Code",
+    );
+    let python = std::fs::read_to_string(dir.join(".python")).unwrap_or_else(|e| {
+        panic!(
+            "{}/.python: {e} (run `cargo xtask setup --tests`)",
+            dir.display()
+        )
+    });
+    (PathBuf::from(python.trim()), dir)
+}
+
+/// Debian's own node 18, unpacked by `cargo xtask setup --tests` under `.test-deps/deb/node`:
+/// it links the system's shared `libssl.so.3`.
+#[track_caller]
+pub fn debian_node_root() -> PathBuf {
+    let root = test_deps_dir().join("deb/node");
+    required(root.join("usr/bin/node"), "Debian's node (nodejs 18)");
+    root
+}

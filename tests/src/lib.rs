@@ -2,12 +2,13 @@
 //!
 //! A stand-in Anthropic API on 127.0.0.1 with switchable failure modes ([`standin`]), agents to
 //! watch (light node/Bun agents and the real Claude Code, [`agents`]), the pinned clients they run
-//! on ([`deps`]), child-process guards that never leak a process ([`process`]) and deadline-bound
+//! on ([`deps`]), a real Docker engine ([`docker`]), child-process guards that never leak a process ([`process`]) and deadline-bound
 //! waiting ([`wait`]). Helpers panic with a message instead of returning errors, so a failing
 //! scenario says where it failed.
 
 pub mod agents;
 pub mod deps;
+pub mod docker;
 pub mod process;
 pub mod standin;
 pub mod testbed;

@@ -15,9 +15,10 @@ use serde_json::Value;
 const TURN: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Waits until the trace has attached to `pid`'s executable.
+/// Waits until the trace has attached to `pid`'s executable (native: through `/proc/<pid>/exe`;
+/// a script: the TLS library its interpreter maps, through `/proc/<pid>/root`).
 fn wait_attached(trace: &Trace, pid: u32) {
-    let needle = format!("/proc/{pid}/exe");
+    let needle = format!("/proc/{pid}/");
     wait_until(WAIT, "the trace to attach to the new claude", || {
         trace
             .stderr()

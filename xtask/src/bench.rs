@@ -156,6 +156,45 @@ pub fn run(root: &Path, smoke: bool) -> anyhow::Result<()> {
         Ok(c) => c.report(&mut report),
         Err(e) => report.failed(3, "pipeline capacity", &e),
     }
+    eprintln!("bench: part 7: exec burst");
+    let (execs, claudes, unknown) = if smoke { (100, 3, 10) } else { (1000, 20, 50) };
+    match super::execburst::run(
+        &env.claude_watch,
+        &super::execburst::pinned_bun(root),
+        &env.scratch.0,
+        execs,
+        claudes,
+        unknown,
+    ) {
+        Ok(b) => {
+            report.row(
+                7,
+                &format!(
+                    "daemon CPU per exec, burst of {} execs ({} files never seen, {} Claude-banner processes)",
+                    b.execs, b.unknown_files, b.claude_expected
+                ),
+                &format!(
+                    "{:.1} µs per exec ({:.0} ms CPU over {:.1} s); {}/{} Claude processes listed, {} records lost",
+                    b.cpu_per_exec_us(),
+                    b.cpu_ms,
+                    b.seconds,
+                    b.claude_found,
+                    b.claude_expected,
+                    b.lost
+                ),
+                "no exec missed",
+                Some(b.claude_found == b.claude_expected && b.lost == 0),
+            );
+            report.note("Exec burst (part 7): the daemon with its built-in settings while execs of copies of /bin/true it has never seen, `env true`, and Bun programs compiled here whose entry carries Claude Code's banner (stand-ins for Claude Code, too heavy to start by the dozen) go by; CPU is the daemon's utime+stime over the burst and 1.5 s after it, divided by the execs; CLK_TCK resolution (10 ms).".into());
+            if b.claude_found != b.claude_expected || b.lost != 0 {
+                report.failures.push(format!(
+                    "part 7: {}/{} Claude processes listed, {} lost",
+                    b.claude_found, b.claude_expected, b.lost
+                ));
+            }
+        }
+        Err(e) => report.failed(7, "exec burst", &e),
+    }
     eprintln!("bench: part 6: locate");
     match locate(&env, &plan) {
         Ok(l) => l.report(&mut report),

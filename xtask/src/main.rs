@@ -5,6 +5,7 @@
 //! call it first, so on a fresh machine each of them is the only command needed.
 
 mod bench;
+mod execburst;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -80,6 +81,26 @@ const TEST_PACKAGES: &[&str] = &[
     "bpftrace",
     // Draws the `episodes --svg` picture to PNG in tests/history.rs.
     "chromium",
+    // Where users run Claude Code: the musl build's loader, a Docker engine (and a busybox
+    // userland for the test image), and what Debian's own node 18 links (its shared libssl.so.3).
+    "musl",
+    "docker.io",
+    "busybox-static",
+    "libuv1",
+    "libc-ares2",
+    "libicu72",
+    "libnghttp2-14",
+    "libbrotli1",
+];
+/// Debian packages unpacked (not installed) into `.test-deps/deb/node`: Debian's own node 18,
+/// which links the system's shared `libssl.so.3` (it cannot be installed beside the machine's
+/// node 20); its externalized builtins come along.
+const DEBIAN_NODE: &[&str] = &[
+    "nodejs",
+    "libnode108",
+    "node-undici",
+    "node-acorn",
+    "node-cjs-module-lexer",
 ];
 /// The bpf-linker release that pairs with LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -181,6 +202,8 @@ fn setup(root: &Path, tests: bool) -> anyhow::Result<()> {
     bpf_linker()?;
     if tests {
         npm_deps(root)?;
+        pip_deps(root)?;
+        debian_node(root)?;
     }
     Ok(())
 }
@@ -342,6 +365,11 @@ fn install(root: &Path, dest: &Path) -> anyhow::Result<()> {
 }
 
 /// Installs the pinned npm clients listed in `tests/npm-deps.txt` under `.test-deps/npm/`.
+///
+/// A line is `<dir> <package@version> [global] [force]`: `global` installs the way users do
+/// (`npm install -g --prefix <dir>`, install scripts run: Claude Code's postinstall links its
+/// native binary as `bin/claude.exe`); `force` installs a package built for another libc (the
+/// musl build). Other packages are installed without their scripts.
 fn npm_deps(root: &Path) -> anyhow::Result<()> {
     let list = root.join("tests/npm-deps.txt");
     let text =
@@ -351,32 +379,146 @@ fn npm_deps(root: &Path) -> anyhow::Result<()> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
     {
-        let Some((dir, package)) = line.split_once(char::is_whitespace) else {
+        let mut words = line.split_whitespace();
+        let (Some(dir), Some(package)) = (words.next(), words.next()) else {
             bail!(
-                "{}: bad line {line:?}: want `<dir> <package@version>`",
+                "{}: bad line {line:?}: want `<dir> <package@version> [global] [force]`",
                 list.display()
             );
         };
+        let flags: Vec<&str> = words.collect();
+        if let Some(bad) = flags.iter().find(|f| !matches!(**f, "global" | "force")) {
+            bail!("{}: unknown flag {bad:?} in {line:?}", list.display());
+        }
         let prefix = root.join(".test-deps/npm").join(dir);
         let marker = prefix.join(".installed");
-        if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == package.trim()) {
+        let wanted = if flags.is_empty() { package } else { line };
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == wanted) {
             continue;
         }
-        eprintln!("xtask: npm install {package} into {}", prefix.display());
+        eprintln!("xtask: npm install {line} into {}", prefix.display());
         std::fs::create_dir_all(&prefix)?;
         let mut cmd = Command::new("npm");
-        cmd.args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--ignore-scripts",
-            "--silent",
-            "--prefix",
-        ])
-        .arg(&prefix)
-        .arg(package.trim());
+        cmd.args(["install", "--no-audit", "--no-fund", "--silent"]);
+        if flags.contains(&"global") {
+            cmd.args(["--global", "--foreground-scripts"]);
+        } else {
+            cmd.arg("--ignore-scripts");
+        }
+        if flags.contains(&"force") {
+            cmd.arg("--force");
+        }
+        cmd.arg("--prefix").arg(&prefix).arg(package);
         run(cmd)?;
-        std::fs::write(&marker, package.trim())?;
+        std::fs::write(&marker, wanted)?;
     }
+    Ok(())
+}
+
+/// Installs the pinned PyPI packages listed in `tests/pip-deps.txt` (`<dir> <requirement>`)
+/// under `.test-deps/pip/<dir>` with the `python3` on PATH, which is recorded in `<dir>/.python`
+/// so the tests run them with the interpreter they were built for.
+fn pip_deps(root: &Path) -> anyhow::Result<()> {
+    let list = root.join("tests/pip-deps.txt");
+    let text =
+        std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
+    let python = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v python3"])
+            .output()
+            .context("looking for python3")?
+            .stdout,
+    )?
+    .trim()
+    .to_owned();
+    if python.is_empty() {
+        bail!("python3 is not on PATH");
+    }
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let Some((dir, requirement)) = line.split_once(char::is_whitespace) else {
+            bail!(
+                "{}: bad line {line:?}: want `<dir> <requirement>`",
+                list.display()
+            );
+        };
+        let target = root.join(".test-deps/pip").join(dir);
+        let marker = target.join(".installed");
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == line) {
+            continue;
+        }
+        eprintln!("xtask: pip install {requirement} into {}", target.display());
+        let _ = std::fs::remove_dir_all(&target);
+        std::fs::create_dir_all(&target)?;
+        let mut cmd = Command::new(&python);
+        cmd.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--target",
+        ])
+        .arg(&target)
+        .arg(requirement.trim());
+        run(cmd)?;
+        std::fs::write(target.join(".python"), &python)?;
+        std::fs::write(&marker, line)?;
+    }
+    Ok(())
+}
+
+/// Unpacks Debian's own node (see [`DEBIAN_NODE`]) into `.test-deps/deb/node`: the highest
+/// Debian build (`+dfsg`) of each package, whatever other node the machine has.
+fn debian_node(root: &Path) -> anyhow::Result<()> {
+    let dest = root.join(".test-deps/deb/node");
+    let marker = dest.join(".installed");
+    let wanted = DEBIAN_NODE.join(" ");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == wanted) {
+        return Ok(());
+    }
+    let debs = dest.join("debs");
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::create_dir_all(&debs)?;
+    let mut specs = Vec::new();
+    for package in DEBIAN_NODE {
+        let madison = |update: bool| -> anyhow::Result<Option<String>> {
+            if update {
+                run(as_root_cmd("apt-get", &["update", "-qq"]))?;
+            }
+            let out = Command::new("apt-cache")
+                .args(["madison", package])
+                .output()
+                .context("running apt-cache")?;
+            // `nodejs | 18.20.4+dfsg-1~deb12u3 | http://deb.debian.org/... Packages`
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split('|').nth(1).map(str::trim))
+                .find(|v| !v.contains("nodesource"))
+                .map(str::to_owned))
+        };
+        let version = match madison(false)? {
+            Some(v) => v,
+            None => madison(true)?
+                .with_context(|| format!("Debian has no {package} (apt-cache madison)"))?,
+        };
+        specs.push(format!("{package}={version}"));
+    }
+    eprintln!("xtask: unpacking Debian's node into {}", dest.display());
+    let mut cmd = Command::new("apt-get");
+    cmd.arg("download").args(&specs).current_dir(&debs);
+    run(cmd)?;
+    for deb in std::fs::read_dir(&debs)? {
+        let deb = deb?.path();
+        let mut cmd = Command::new("dpkg-deb");
+        cmd.arg("-x").arg(&deb).arg(&dest);
+        run(cmd)?;
+    }
+    std::fs::remove_dir_all(&debs)?;
+    std::fs::write(&marker, wanted)?;
     Ok(())
 }

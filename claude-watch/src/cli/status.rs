@@ -102,7 +102,13 @@ pub fn render(s: &Snapshot) -> String {
     out
 }
 
+/// One table row; every cell escaped, since names, versions and reasons come from what the
+/// observed processes say about themselves.
 fn row(i: &InstanceView, now_ms: u64) -> [String; 10] {
+    cells(i, now_ms).map(|c| crate::text::printable(&c).into_owned())
+}
+
+fn cells(i: &InstanceView, now_ms: u64) -> [String; 10] {
     let dash = || "-".to_owned();
     [
         i.name.clone(),
@@ -198,6 +204,40 @@ mod tests {
         assert!(text.contains("401 3s ago  4"), "{text}");
         assert!(
             text.contains("healthy tier-throttled(claude-opus-4-8)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn observed_text_is_escaped_and_unobserved_says_why() {
+        let s = Snapshot {
+            instances: vec![
+                InstanceView {
+                    name: "docker:x\x1b[2J".into(),
+                    version: Some("2.1.332\nforged".into()),
+                    state: "healthy".into(),
+                    supervisor: "observe".into(),
+                    ..InstanceView::default()
+                },
+                InstanceView {
+                    name: "pid:7".into(),
+                    pids: vec![7],
+                    state: "observed".into(),
+                    unobserved: Some("/opt/claude: no TLS library found".into()),
+                    supervisor: "observe".into(),
+                    ..InstanceView::default()
+                },
+            ],
+            ..Snapshot::default()
+        };
+        let text = render(&s);
+        assert!(
+            !text.contains('\x1b') && text.contains("docker:x\\u{1b}[2J"),
+            "{text}"
+        );
+        assert!(text.contains("2.1.332\\nforged"), "{text}");
+        assert!(
+            text.contains("unobserved (/opt/claude: no TLS library found)"),
             "{text}"
         );
     }

@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use claude_ebpf_common::kind;
 
 use crate::capture::records::RecordStream;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::capture::{Probes, Target, probes::DEFAULT_RING_BYTES, targets};
 use crate::discover::{self, Discovery, Found};
@@ -110,12 +110,15 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
         probes.attach(target)?;
         announce(target);
     }
+    // Exits free what the kernel and the pairer keep per thread and process, also for explicit
+    // targets; execs find new claude processes.
+    probes.watch_processes()?;
     // Without targets: every claude process, now and later.
     let discovery = if explicit.is_empty() {
-        probes.watch_processes()?;
         let mut discovery = Discovery::new("/proc", Vec::new());
         for found in discovery.scan() {
-            attach_found(&mut probes, &found);
+            let quiet = discovery.rescan_pending(found.info.pid);
+            attach_found(&mut probes, &found, quiet);
         }
         eprintln!(
             "claude-watch: watching for claude processes ({} running)",
@@ -151,21 +154,35 @@ fn announce(target: &Target) {
     );
 }
 
-/// Attaches to a discovered claude process; a failure is reported and skipped, never fatal.
-fn attach_found(probes: &mut Probes, found: &Found) {
-    match discover::target(found).and_then(|t| probes.attach(&t).map(|new| (t, new))) {
-        Ok((target, true)) => announce(&target),
-        Ok((_, false)) => {}
-        Err(e) => warn!(pid = found.info.pid, instance = %found.instance, "cannot attach: {e}"),
+/// Attaches to a discovered claude process; a failure is reported and skipped, never fatal
+/// (quietly while a script's TLS library may still be loading: `quiet`).
+fn attach_found(probes: &mut Probes, found: &Found, quiet: bool) {
+    let attached = discover::target(found).and_then(|targets| {
+        for target in targets {
+            if probes.attach(&target)? {
+                announce(&target);
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = attached {
+        if quiet {
+            debug!(pid = found.info.pid, instance = %found.instance, "not attached yet: {e}");
+        } else {
+            warn!(pid = found.info.pid, instance = %found.instance, "cannot attach: {e}");
+        }
     }
 }
 
 async fn trace_loop(
     args: TraceArgs,
-    mut probes: Probes,
+    probes: Probes,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
-    mut discovery: Option<Discovery>,
+    discovery: Option<Discovery>,
 ) -> anyhow::Result<()> {
+    // Shared by the record handler and the sweep timer (script instances looked at again).
+    let probes = std::cell::RefCell::new(probes);
+    let discovery = std::cell::RefCell::new(discovery);
     let mut stream = RecordStream::new(ring).context("polling the ring buffer")?;
     let mut pairer = Pairer::new(wall_minus_mono_ns());
     let mut names = ProcNames::default();
@@ -182,13 +199,16 @@ async fn trace_loop(
         let pid = record.header.pid;
         match record.header.kind {
             kind::EXEC => {
-                if let Some(found) = discovery.as_mut().and_then(|d| d.check(pid)) {
-                    attach_found(&mut probes, &found);
+                if let Some(d) = discovery.borrow_mut().as_mut()
+                    && let Some(found) = d.check(pid)
+                {
+                    let quiet = d.rescan_pending(pid);
+                    attach_found(&mut probes.borrow_mut(), &found, quiet);
                 }
                 return;
             }
             kind::EXIT => {
-                if let Some(d) = discovery.as_mut() {
+                if let Some(d) = discovery.borrow_mut().as_mut() {
                     d.exited(pid);
                 }
                 pairer.forget_pid(pid);
@@ -236,12 +256,20 @@ async fn trace_loop(
         };
         if swept {
             stream.drain_now(&mut handle);
+            let due = discovery
+                .borrow_mut()
+                .as_mut()
+                .map(|d| d.due_rescans(std::time::Instant::now()))
+                .unwrap_or_default();
+            for (found, last) in due {
+                attach_found(&mut probes.borrow_mut(), &found, !last);
+            }
         }
         let _ = stdout.lock().flush();
     }
     stream.drain_now(&mut handle);
     let _ = stdout.lock().flush();
-    let k = probes.stats();
+    let k = probes.borrow().stats();
     let p = pairer.stats();
     eprintln!(
         "claude-watch: kernel sent {} heads, skipped {} other buffers, lost {}; user space ignored {} invalid, {} unpaired",
@@ -280,5 +308,6 @@ fn human(e: &Exchange, comm: Option<&str>) -> String {
             line.push_str(&format!(" {key}={v}"));
         }
     }
-    line
+    // The command name is the process's own choice.
+    crate::text::printable(&line).into_owned()
 }

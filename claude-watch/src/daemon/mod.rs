@@ -128,6 +128,8 @@ struct Daemon {
     ids: BTreeMap<String, InstanceId>,
     /// Binary of each instance.
     binaries: HashMap<InstanceId, String>,
+    /// Instance processes that no probe could be attached to, and why.
+    unobserved: HashMap<u32, String>,
     last_seen: HashMap<InstanceId, LastSeen>,
     exchanges: u64,
     snapshots: watch::Sender<Arc<Snapshot>>,
@@ -216,7 +218,8 @@ impl Daemon {
             tokio::spawn(metrics::serve(listener, metrics.clone()));
         }
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let discovery = Discovery::new("/proc", config.rules());
+        let discovery = Discovery::new("/proc", config.rules())
+            .with_docker_socket(config.daemon.docker_socket.clone());
         let control_path = d.control_socket.clone();
         let mut daemon = Self {
             config,
@@ -234,6 +237,7 @@ impl Daemon {
             bus,
             ids: BTreeMap::new(),
             binaries: HashMap::new(),
+            unobserved: HashMap::new(),
             last_seen: HashMap::new(),
             exchanges: 0,
             snapshots,
@@ -306,7 +310,10 @@ impl Daemon {
                     self.drive_policy();
                 }
                                 _ = tick.tick() => {
-                                        stream.drain_now(|r| self.on_record(r));
+                    stream.drain_now(|r| self.on_record(r));
+                    for (found, last) in self.discovery.due_rescans(Instant::now()) {
+                        self.attach(&found, last);
+                    }
                     let events = self.detector.tick(mono_now_ns());
                     self.on_events(events);
                     self.drive_policy();
@@ -367,13 +374,7 @@ impl Daemon {
 
     /// A claude process was found: attach to it and tell the detector.
     fn adopt(&mut self, found: &Found) {
-        match discover::target(found).and_then(|t| self.probes.attach(&t).map(|new| (t, new))) {
-            Ok((target, true)) => {
-                info!(pid = found.info.pid, instance = %found.instance, path = %target.path.display(), how = %target.how, "attached")
-            }
-            Ok((_, false)) => {}
-            Err(e) => warn!(pid = found.info.pid, instance = %found.instance, "cannot attach: {e}"),
-        }
+        self.attach(found, false);
         self.ids
             .insert(found.instance.name.clone(), found.instance.clone());
         self.binaries
@@ -382,6 +383,36 @@ impl Daemon {
             .detector
             .process_started(&found.instance, found.info.pid, mono_now_ns());
         self.on_events(events);
+    }
+
+    /// Attaches the probes a found process needs. A file that cannot be verified is refused,
+    /// said once in the log, and the instance is shown `unobserved (why)`; a script whose TLS
+    /// library is not mapped yet is looked at again (`last`: for the final time).
+    fn attach(&mut self, found: &Found, last: bool) {
+        let pid = found.info.pid;
+        let attached = discover::target(found).and_then(|targets| {
+            let mut any = false;
+            for target in &targets {
+                if self.probes.attach(target)? {
+                    info!(pid, instance = %found.instance, path = %target.path.display(), how = %target.how, "attached");
+                }
+                any = true;
+            }
+            Ok(any)
+        });
+        match attached {
+            Ok(_) => {
+                self.unobserved.remove(&pid);
+            }
+            Err(e) => {
+                if last || !self.discovery.rescan_pending(pid) {
+                    warn!(pid, instance = %found.instance, "unobserved: cannot attach: {e}");
+                } else {
+                    debug!(pid, instance = %found.instance, "not attached yet: {e}");
+                }
+                self.unobserved.insert(pid, e.to_string());
+            }
+        }
     }
 
     fn on_record(&mut self, record: Record<'_>) {
@@ -397,6 +428,7 @@ impl Daemon {
                 if let Some(found) = self.discovery.exited(pid) {
                     // Only instances (scripts under node or bun) have per-process probes.
                     self.probes.detach_pid(pid);
+                    self.unobserved.remove(&pid);
                     debug!(pid, instance = %found.instance, "instance process exited");
                     let events = self
                         .detector

@@ -28,6 +28,9 @@ impl Daemon {
                 });
             view.pids.push(found.info.pid);
             view.binary = Some(found.info.exe.display().to_string());
+            if let Some(why) = self.unobserved.get(&found.info.pid) {
+                view.unobserved = Some(why.clone());
+            }
             if view.version.is_none() {
                 view.version = found.version();
             }

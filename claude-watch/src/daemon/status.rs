@@ -73,11 +73,19 @@ pub struct InstanceView {
     pub backoff_until_ms: Option<u64>,
     /// How it would be restarted: systemd, command, signal, observe.
     pub supervisor: String,
+    /// Why no probe could be attached to it (a binary or library that could not be
+    /// verified): its traffic is not seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unobserved: Option<String>,
 }
 
 impl InstanceView {
-    /// `throttled(opus)` etc. appended to the state when models are throttled.
+    /// `throttled(opus)` etc. appended to the state when models are throttled; `unobserved
+    /// (why)` for an instance whose traffic cannot be seen.
     pub fn state_label(&self) -> String {
+        if let Some(why) = &self.unobserved {
+            return format!("unobserved ({why})");
+        }
         if self.throttled.is_empty() {
             self.state.clone()
         } else {

@@ -6,7 +6,7 @@
 //! 3. by its PID (`pid:<pid>`).
 //!
 //! Processes that an instance spawns (shells, MCP servers, ripgrep, even the claude binary
-//! re-executing itself as a helper) are never instances themselves ([`is_instance`]).
+//! re-executing itself as a helper) are never instances themselves ([`is_outermost`]).
 
 pub mod proc;
 
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use proc::{InstanceError, read_ancestry, read_process_info};
 
-/// What a process is, as far as `/proc` tells: the inputs of [`identify`] and [`is_instance`].
+/// What a process is, as far as `/proc` tells: the inputs of [`identify`] and [`is_outermost`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
     /// Process id (thread group id), as the host sees it.
@@ -48,6 +48,8 @@ pub enum IdSource {
     Rule,
     /// The name is `pid:<pid>`: nothing better was known.
     Pid,
+    /// The name is a container's (`docker:<name>`, `podman:<name>`).
+    Container,
 }
 
 /// The stable name of one Claude Code instance (survives restarts of its process, except for
@@ -82,6 +84,14 @@ impl InstanceId {
         Self {
             name: format!("pid:{pid}"),
             source: IdSource::Pid,
+        }
+    }
+
+    /// An instance named after the container it runs in, e.g. `docker:reviewer`.
+    pub fn container(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            source: IdSource::Container,
         }
     }
 
@@ -163,6 +173,78 @@ pub fn systemd_unit(cgroup: &str) -> Option<SystemdUnit> {
         manager,
         cgroup: format!("/{}", segments[..=idx].join("/")),
     })
+}
+
+/// The container engine a process runs under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// Docker (`/docker/<id>` with the cgroupfs driver, `docker-<id>.scope` with systemd's).
+    Docker,
+    /// Podman (`libpod-<id>.scope`, `/libpod_parent/libpod-<id>`).
+    Podman,
+}
+
+impl Engine {
+    /// The prefix of instance names in this engine (`docker`, `podman`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Engine::Docker => "docker",
+            Engine::Podman => "podman",
+        }
+    }
+}
+
+/// A container a process runs in, as read from its cgroup path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Container {
+    /// Which engine.
+    pub engine: Engine,
+    /// The full container id (64 hex digits).
+    pub id: String,
+}
+
+impl Container {
+    /// The first 12 digits of the id, as `docker ps` shows it.
+    pub fn short_id(&self) -> &str {
+        &self.id[..12]
+    }
+}
+
+/// The container of a process from the content of `/proc/<pid>/cgroup`: the innermost path
+/// segment naming a Docker or Podman container id (`/docker/<id>`, `docker-<id>.scope`,
+/// `libpod-<id>.scope`, `libpod-<id>`). Only 64-hex-digit ids count, so a process cannot name
+/// a container by choosing a cgroup called `docker-x`.
+pub fn container(cgroup: &str) -> Option<Container> {
+    let path = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .or_else(|| cgroup.lines().find_map(|l| l.splitn(3, ':').nth(2)))?
+        .trim();
+    let is_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    segments
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(i, seg)| {
+            let scoped = |prefix: &str| {
+                seg.strip_prefix(prefix)
+                    .map(|rest| rest.strip_suffix(".scope").unwrap_or(rest))
+                    .filter(|id| is_id(id))
+            };
+            if let Some(id) = scoped("docker-") {
+                return Some((Engine::Docker, id));
+            }
+            if let Some(id) = scoped("libpod-") {
+                return Some((Engine::Podman, id));
+            }
+            (is_id(seg) && i > 0 && segments[i - 1] == "docker").then_some((Engine::Docker, *seg))
+        })
+        .map(|(engine, id)| Container {
+            engine,
+            id: id.to_ascii_lowercase(),
+        })
 }
 
 /// `Some(uid)` for `user@<uid>.service`.
@@ -272,17 +354,17 @@ pub fn classify(exe: &Path, cmdline: &[String]) -> Option<ClaudeKind> {
     None
 }
 
-/// Whether a process is an instance: it runs Claude Code ([`classify`]) and none of its
-/// ancestors does. A claude process started by another one (a helper the binary spawns from
-/// itself, or `claude -p` run from an agent's shell) belongs to the outer instance.
+/// Whether a claude process is an instance of its own: none of its ancestors runs Claude Code
+/// (`is_claude` tells, by name or content). A claude process started by another one (a helper
+/// the binary spawns from itself, or `claude -p` run from an agent's shell) belongs to the
+/// outer instance.
 ///
 /// `ancestors` is the parent chain, nearest first (see [`read_ancestry`]).
-pub fn is_instance(p: &ProcessInfo, ancestors: &[ProcessInfo]) -> Option<ClaudeKind> {
-    let kind = classify(&p.exe, &p.cmdline)?;
-    let nested = ancestors
-        .iter()
-        .any(|a| classify(&a.exe, &a.cmdline).is_some());
-    (!nested).then_some(kind)
+pub fn is_outermost(
+    ancestors: &[ProcessInfo],
+    is_claude: impl FnMut(&ProcessInfo) -> bool,
+) -> bool {
+    !ancestors.iter().any(is_claude)
 }
 
 /// Glob match with `*` (any run, `/` included) and `?` (one character).

@@ -2,6 +2,12 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 
+/// The name-only instance rule: Claude Code by [`classify`], with no ancestor that is.
+fn is_instance(p: &ProcessInfo, ancestors: &[ProcessInfo]) -> Option<ClaudeKind> {
+    classify(&p.exe, &p.cmdline)
+        .filter(|_| is_outermost(ancestors, |a| classify(&a.exe, &a.cmdline).is_some()))
+}
+
 fn proc_with(exe: &str, args: &[&str], cgroup: &str) -> ProcessInfo {
     ProcessInfo {
         pid: 4242,
@@ -372,4 +378,44 @@ fn real_node_claude_is_an_instance() {
     let run = start_real_claude(Path::new("/usr/bin/node"), &[cli.as_path()], "node");
     let (info, kind) = classify_running(&run);
     assert_eq!(kind, Some(ClaudeKind::Script), "cmdline {:?}", info.cmdline);
+}
+
+#[test]
+fn containers_from_real_cgroup_shapes() {
+    let id = "3f1c2a9be0d4c5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0";
+    // Docker with the cgroupfs driver (these machines), v2 and v1.
+    let c = container(&format!("0::/docker/{id}\n")).expect("docker cgroupfs");
+    assert_eq!(
+        (c.engine, c.id.as_str(), c.short_id()),
+        (Engine::Docker, id, &id[..12])
+    );
+    assert_eq!(
+        container(&format!("12:pids:/docker/{id}\n11:memory:/docker/{id}\n")).map(|c| c.engine),
+        Some(Engine::Docker)
+    );
+    // Docker with the systemd driver, and a container nested in a test bed's slice.
+    assert_eq!(
+        container(&format!("0::/system.slice/docker-{id}.scope\n")).map(|c| c.id),
+        Some(id.to_owned())
+    );
+    // Podman (rootful systemd driver, and cgroupfs).
+    assert_eq!(
+        container(&format!("0::/machine.slice/libpod-{id}.scope/container\n")).map(|c| c.engine),
+        Some(Engine::Podman)
+    );
+    assert_eq!(
+        container(&format!("0::/libpod_parent/libpod-{id}\n")).map(|c| c.engine),
+        Some(Engine::Podman)
+    );
+    // Not containers: units, user sessions, a cgroup a user named to look like one.
+    for other in [
+        "0::/system.slice/looper.service\n",
+        "0::/user.slice/user-1000.slice/session-3.scope\n",
+        "0::/user.slice/user-1000.slice/user@1000.service/app.slice/docker-abc.scope\n",
+        "0::/docker/not-a-container-id\n",
+        "0::/\n",
+        "",
+    ] {
+        assert_eq!(container(other), None, "{other}");
+    }
 }

@@ -1,0 +1,469 @@
+//! Finding the claude processes on the host and what to attach for each.
+//!
+//! A full `/proc` scan at start, then one check per exec the kernel reports. A process runs
+//! Claude Code when its executable is named so (a fast path: `claude`, the native installer's
+//! `versions/<version>`, npm's `claude-code/cli.js`) or when the file itself says so
+//! ([`content`]): npm's `bin/claude.exe`, an Agent SDK's bundled build, a renamed copy. The
+//! verdict on a file is cached per (device, inode, size, mtime), so an exec of a known file
+//! costs a `stat` and no read, and an unknown one costs about 16 KiB of bounded reads, once.
+//!
+//! A native claude binary is attached once per file (inode), which covers every process running
+//! it, started now or later; a `cli.js` run by node (or bun) is attached per process, in every
+//! TLS library that process maps (a distro node links the shared `libssl.so.3`), so the other
+//! node programs on the host never hit a probe. Instances in a Docker or Podman container are
+//! named after it, with the name the engine reports ([`engine`]).
+
+pub mod content;
+pub mod engine;
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use crate::capture::{CaptureError, Target, targets};
+use crate::instance::{self, ClaudeKind, Container, InstanceId, MatchRule, ProcessInfo};
+
+pub use content::ClaudeFile;
+
+/// How far up the parent chain to look for an enclosing claude.
+const MAX_ANCESTRY: usize = 16;
+/// Files whose verdict is remembered (oldest forgotten first).
+const VERDICTS_KEPT: usize = 8192;
+/// Containers whose name is remembered.
+const CONTAINERS_KEPT: usize = 1024;
+/// When a script instance's mapped files are looked at again, after it was found: the
+/// interpreter maps its TLS library (a distro node's `libssl.so.3`) only after the exec.
+const RESCAN_AFTER: [Duration; 3] = [
+    Duration::from_millis(300),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+
+/// A claude process that is an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// What `/proc` said about it.
+    pub info: ProcessInfo,
+    /// Native binary or script.
+    pub kind: ClaudeKind,
+    /// The instance it belongs to.
+    pub instance: InstanceId,
+    /// The release, from the file's banner when it could be read.
+    pub release: Option<String>,
+    /// The container it runs in, if any.
+    pub container: Option<Container>,
+}
+
+impl Found {
+    /// The version: from the file's banner, else from the path (npm and native-installer
+    /// layouts), e.g. `2.1.197`.
+    pub fn version(&self) -> Option<String> {
+        self.release.clone().or_else(|| {
+            version_from_path(&self.info.exe).or_else(|| {
+                self.info
+                    .cmdline
+                    .iter()
+                    .find_map(|a| version_from_path(Path::new(a)))
+            })
+        })
+    }
+}
+
+/// Identity of a file's content as far as `stat` tells: a file replaced or rewritten gets a
+/// new key, so its verdict is taken anew.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl FileKey {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
+}
+
+/// A bounded map that forgets its oldest entries first.
+#[derive(Debug)]
+struct Bounded<K, V> {
+    map: HashMap<K, V>,
+    order: VecDeque<K>,
+    cap: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
+    fn new(cap: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+            while self.order.len() > self.cap {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// What files are, remembered per [`FileKey`].
+#[derive(Debug)]
+pub struct Recognizer {
+    verdicts: Bounded<FileKey, Option<ClaudeFile>>,
+    /// Files actually read (not answered from the cache), for the operator and the bench.
+    reads: u64,
+}
+
+impl Default for Recognizer {
+    fn default() -> Self {
+        Self {
+            verdicts: Bounded::new(VERDICTS_KEPT),
+            reads: 0,
+        }
+    }
+}
+
+impl Recognizer {
+    /// Whether the process in `dir` (`/proc/<pid>`), with executable `exe` and command line
+    /// `cmdline`, runs Claude Code: how, and which release when the file says.
+    pub fn process(
+        &mut self,
+        dir: &Path,
+        exe: &Path,
+        cmdline: &[String],
+    ) -> Option<(ClaudeKind, Option<String>)> {
+        if exe.as_os_str().is_empty() {
+            return None;
+        }
+        let by_name = instance::classify(exe, cmdline);
+        if by_name == Some(ClaudeKind::Script) || is_interpreter(exe) {
+            let script = script_arg(cmdline)?;
+            let path = if Path::new(script).is_absolute() {
+                dir.join("root").join(script.trim_start_matches('/'))
+            } else {
+                dir.join("cwd").join(script)
+            };
+            let verdict = self.file(&path, |f, _| {
+                let mut head = Vec::with_capacity(content::HEAD_BYTES);
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(f, content::HEAD_BYTES as u64),
+                    &mut head,
+                )
+                .ok()?;
+                content::script(&head)
+            });
+            return match (by_name, verdict) {
+                (_, Some(file)) => Some((ClaudeKind::Script, file.version)),
+                (Some(kind), None) => Some((kind, None)),
+                (None, None) => None,
+            };
+        }
+        let verdict = self.file(&dir.join("exe"), |f, len| {
+            content::native(f, len).ok().flatten()
+        });
+        match (by_name, verdict) {
+            (_, Some(file)) => Some((ClaudeKind::Native, file.version)),
+            (Some(kind), None) => Some((kind, None)),
+            (None, None) => None,
+        }
+    }
+
+    /// The verdict on the file at `path`: from the cache when its key is known, else from
+    /// `check` on the opened file (which is then remembered).
+    fn file(
+        &mut self,
+        path: &Path,
+        check: impl FnOnce(&mut File, u64) -> Option<ClaudeFile>,
+    ) -> Option<ClaudeFile> {
+        let mut file = File::open(path).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        let key = FileKey::of(&meta);
+        if let Some(verdict) = self.verdicts.get(&key) {
+            return verdict.clone();
+        }
+        self.reads += 1;
+        let verdict = check(&mut file, meta.len());
+        self.verdicts.insert(key, verdict.clone());
+        verdict
+    }
+
+    /// Files whose content was read so far (cache misses).
+    pub fn reads(&self) -> u64 {
+        self.reads
+    }
+
+    /// Files whose verdict is cached.
+    pub fn cached(&self) -> usize {
+        self.verdicts.len()
+    }
+}
+
+/// Whether `exe` is a JavaScript runtime that may run `cli.js` (node, nodejs, bun).
+fn is_interpreter(exe: &Path) -> bool {
+    exe.file_name()
+        .and_then(|f| f.to_str())
+        .is_some_and(|f| f.starts_with("node") || f == "bun")
+}
+
+/// The script an interpreter runs: its first argument that is not an option, when it looks
+/// like a JavaScript file or a bin shim (no extension).
+fn script_arg(cmdline: &[String]) -> Option<&str> {
+    let script = cmdline.iter().skip(1).find(|a| !a.starts_with('-'))?;
+    let ext = Path::new(script).extension().and_then(|e| e.to_str());
+    matches!(ext, None | Some("js" | "mjs" | "cjs")).then_some(script.as_str())
+}
+
+/// Known claude processes, keyed by pid.
+#[derive(Debug)]
+pub struct Discovery {
+    proc_root: PathBuf,
+    rules: Vec<MatchRule>,
+    known: HashMap<u32, Found>,
+    recognizer: Recognizer,
+    docker_socket: Option<PathBuf>,
+    containers: Bounded<Container, Option<String>>,
+    /// Script instances to look at again: pid, start time, when, which attempt.
+    rescans: Vec<(u32, u64, Instant, usize)>,
+}
+
+impl Discovery {
+    /// Discovery over `proc_root` (normally `/proc`) naming instances with `rules`.
+    pub fn new(proc_root: impl Into<PathBuf>, rules: Vec<MatchRule>) -> Self {
+        Self {
+            proc_root: proc_root.into(),
+            rules,
+            known: HashMap::new(),
+            recognizer: Recognizer::default(),
+            docker_socket: None,
+            containers: Bounded::new(CONTAINERS_KEPT),
+            rescans: Vec::new(),
+        }
+    }
+
+    /// Asks the engine on `socket` (Docker's API, or Podman's compatible one) for the names of
+    /// containers that instances run in.
+    #[must_use]
+    pub fn with_docker_socket(mut self, socket: PathBuf) -> Self {
+        self.docker_socket = Some(socket);
+        self
+    }
+
+    /// Replaces the match rules (configuration reload); known processes keep their names.
+    pub fn set_rules(&mut self, rules: Vec<MatchRule>) {
+        self.rules = rules;
+    }
+
+    /// Every claude instance running now that was not known yet.
+    pub fn scan(&mut self) -> Vec<Found> {
+        let Ok(entries) = std::fs::read_dir(&self.proc_root) else {
+            return Vec::new();
+        };
+        let mut pids: Vec<u32> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        pids.into_iter().filter_map(|pid| self.check(pid)).collect()
+    }
+
+    /// Checks one process (after an exec, or a record from an unknown pid); returns it when it
+    /// is a claude instance not known before. A known pid whose start time changed (reused) is
+    /// looked at anew.
+    pub fn check(&mut self, pid: u32) -> Option<Found> {
+        let dir = self.proc_root.join(pid.to_string());
+        // Every exec on the host lands here: the executable's name and (cached) verdict first.
+        let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
+        let recognized = self.recognizer.process(&dir, &exe, &cmdline);
+        if !self.known.contains_key(&pid) && recognized.is_none() {
+            return None;
+        }
+        let info = instance::read_process_info(&self.proc_root, pid).ok()?;
+        if let Some(known) = self.known.get(&pid) {
+            if known.info.start_time == info.start_time && known.info.exe == info.exe {
+                return None;
+            }
+            self.known.remove(&pid);
+        }
+        let (kind, release) = recognized?;
+        let ancestors = instance::read_ancestry(&self.proc_root, pid, MAX_ANCESTRY);
+        let (proc_root, recognizer) = (&self.proc_root, &mut self.recognizer);
+        let outermost = instance::is_outermost(&ancestors, |a| {
+            let dir = proc_root.join(a.pid.to_string());
+            recognizer.process(&dir, &a.exe, &a.cmdline).is_some()
+        });
+        if !outermost {
+            return None;
+        }
+        let container = instance::container(&info.cgroup);
+        let instance = match &container {
+            Some(c) => InstanceId::container(format!(
+                "{}:{}",
+                c.engine.label(),
+                self.container_name(c)
+                    .unwrap_or_else(|| c.short_id().to_owned())
+            )),
+            None => instance::identify(&info, &self.rules),
+        };
+        let found = Found {
+            instance,
+            kind,
+            info,
+            release,
+            container,
+        };
+        debug!(pid, instance = %found.instance, exe = %found.info.exe.display(), version = ?found.release, "claude process found");
+        if found.kind == ClaudeKind::Script {
+            self.rescans.push((
+                pid,
+                found.info.start_time,
+                Instant::now() + RESCAN_AFTER[0],
+                0,
+            ));
+        }
+        self.known.insert(pid, found.clone());
+        Some(found)
+    }
+
+    /// The engine's name for a container (cached, also when the engine did not answer).
+    fn container_name(&mut self, container: &Container) -> Option<String> {
+        if let Some(name) = self.containers.get(container) {
+            return name.clone();
+        }
+        let name = self.docker_socket.as_deref().and_then(|socket| {
+            engine::container_name(socket, container)
+                .inspect_err(|e| debug!(container = %container.short_id(), "container name: {e}"))
+                .ok()
+        });
+        self.containers.insert(container.clone(), name.clone());
+        name
+    }
+
+    /// Script instances due for another look at their mapped files (see [`target`]); the
+    /// last look is marked `final`.
+    pub fn due_rescans(&mut self, now: Instant) -> Vec<(Found, bool)> {
+        let mut due = Vec::new();
+        let known = &self.known;
+        self.rescans.retain_mut(|(pid, start, at, attempt)| {
+            let Some(found) = known.get(pid).filter(|f| f.info.start_time == *start) else {
+                return false;
+            };
+            if *at > now {
+                return true;
+            }
+            *attempt += 1;
+            let last = *attempt >= RESCAN_AFTER.len();
+            due.push((found.clone(), last));
+            if let Some(next) = RESCAN_AFTER.get(*attempt) {
+                *at = now + next.saturating_sub(RESCAN_AFTER[*attempt - 1]);
+            }
+            !last
+        });
+        due
+    }
+
+    /// Whether a script instance will be looked at again.
+    pub fn rescan_pending(&self, pid: u32) -> bool {
+        self.rescans.iter().any(|(p, ..)| *p == pid)
+    }
+
+    /// Forgets a process that exited; returns it if it was an instance.
+    pub fn exited(&mut self, pid: u32) -> Option<Found> {
+        self.known.remove(&pid)
+    }
+
+    /// The instance process `pid` belongs to, if known.
+    pub fn get(&self, pid: u32) -> Option<&Found> {
+        self.known.get(&pid)
+    }
+
+    /// All known instance processes.
+    pub fn all(&self) -> impl Iterator<Item = &Found> {
+        self.known.values()
+    }
+
+    /// What recognising files has cost so far.
+    pub fn recognizer(&self) -> &Recognizer {
+        &self.recognizer
+    }
+}
+
+/// What to attach for a found process: its executable through `/proc/<pid>/exe` (which works
+/// across mount namespaces and for replaced binaries), for every process running that file,
+/// when it is the native binary; for a script, every TLS-carrying file the interpreter maps
+/// (its executable, or the shared `libssl` a distro node links), for that process only.
+pub fn target(found: &Found) -> Result<Vec<Target>, CaptureError> {
+    match found.kind {
+        ClaudeKind::Native => {
+            let exe = PathBuf::from(format!("/proc/{}/exe", found.info.pid));
+            Ok(vec![targets::binary(&exe)?])
+        }
+        ClaudeKind::Script => targets::process(found.info.pid),
+    }
+}
+
+/// A `x.y.z` path component (or file name) of `path`, e.g. npm's
+/// `.../claude-code-2.1.197/...` is not matched but `versions/2.1.197` is.
+fn version_from_path(path: &Path) -> Option<String> {
+    path.components().rev().find_map(|c| {
+        let s = c.as_os_str().to_str()?;
+        let mut parts = s.split('.');
+        let ok = parts.clone().count() == 3
+            && parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        ok.then(|| s.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_from_install_paths() {
+        assert_eq!(
+            version_from_path(Path::new("/root/.local/share/claude/versions/2.1.197")).as_deref(),
+            Some("2.1.197")
+        );
+        assert_eq!(
+            version_from_path(Path::new(
+                "/usr/lib/node_modules/@anthropic-ai/claude-code/cli.js"
+            )),
+            None
+        );
+    }
+
+    #[test]
+    fn scan_of_this_machine_finds_no_test_runner() {
+        // The test binary is not claude: a scan must not call it an instance.
+        let mut discovery = Discovery::new("/proc", Vec::new());
+        let me = std::process::id();
+        assert!(discovery.scan().iter().all(|f| f.info.pid != me));
+        assert!(discovery.check(me).is_none());
+    }
+}

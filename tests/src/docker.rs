@@ -1,0 +1,207 @@
+//! A real Docker engine for tests: Debian's `dockerd`, started by the test when none answers
+//! (and stopped by it), and an image imported from a root filesystem made here (busybox, the
+//! glibc libraries Claude Code needs, a Claude Code binary): no registry, no pulls. Containers
+//! use the host network, so an agent inside reaches the stand-in on 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::{ChildGuard, ScratchDir};
+use crate::wait::wait_until;
+
+/// The engine's API socket (Docker's default, which claude-watch asks by default too).
+pub const SOCKET: &str = "/var/run/docker.sock";
+
+/// How long dockerd may take to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The Docker engine, for as long as a test needs it.
+pub struct Engine {
+    /// dockerd, when this test started it (stopped on drop); `None` when one was running.
+    dockerd: Option<ChildGuard>,
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", format!("unix://{SOCKET}"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run docker {args:?}: {e}"))
+}
+
+fn answers() -> bool {
+    docker(&["version", "--format", "{{.Server.Version}}"])
+        .status
+        .success()
+}
+
+impl Engine {
+    /// Uses the engine that answers on [`SOCKET`], or starts Debian's dockerd (no bridge, no
+    /// iptables: containers use the host network).
+    #[track_caller]
+    pub fn start() -> Self {
+        if answers() {
+            return Self { dockerd: None };
+        }
+        let mut command = Command::new("dockerd");
+        command.args([
+            "--host",
+            &format!("unix://{SOCKET}"),
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-masq=false",
+        ]);
+        let mut dockerd = ChildGuard::spawn("dockerd", &mut command);
+        wait_until(START_TIMEOUT, "dockerd to answer", || {
+            if dockerd.has_exited() {
+                panic!("dockerd exited:\n{}", dockerd.stderr_tail().join("\n"));
+            }
+            answers().then_some(())
+        });
+        Self {
+            dockerd: Some(dockerd),
+        }
+    }
+
+    /// An image `name` whose root filesystem holds busybox (as `/bin/sh`), the glibc libraries
+    /// the native Claude Code links, and `claude` at `/usr/local/bin/claude`; imported once.
+    #[track_caller]
+    pub fn claude_image(&self, name: &str, claude: &Path) -> String {
+        if docker(&["image", "inspect", name]).status.success() {
+            return name.to_owned();
+        }
+        let root = ScratchDir::new("claude-watch-rootfs");
+        let put = |from: &Path, to: &str| {
+            let dest = root.path().join(to.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().expect("a parent"))
+                .unwrap_or_else(|e| panic!("mkdir for {to}: {e}"));
+            let from =
+                std::fs::canonicalize(from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+            if std::fs::hard_link(&from, &dest).is_err() {
+                std::fs::copy(&from, &dest)
+                    .unwrap_or_else(|e| panic!("copy {} to {to}: {e}", from.display()));
+            }
+        };
+        put(Path::new("/bin/busybox"), "/bin/busybox");
+        std::os::unix::fs::symlink("busybox", root.path().join("bin/sh")).expect("sh link");
+        for lib in [
+            "libc.so.6",
+            "libm.so.6",
+            "libpthread.so.0",
+            "libdl.so.2",
+            "librt.so.1",
+        ] {
+            put(
+                &Path::new("/lib/x86_64-linux-gnu").join(lib),
+                &format!("/lib/x86_64-linux-gnu/{lib}"),
+            );
+        }
+        put(
+            Path::new("/lib64/ld-linux-x86-64.so.2"),
+            "/lib64/ld-linux-x86-64.so.2",
+        );
+        put(claude, "/usr/local/bin/claude");
+        for dir in ["root", "tmp", "etc"] {
+            std::fs::create_dir_all(root.path().join(dir)).expect("mkdir");
+        }
+        std::fs::write(
+            root.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\n",
+        )
+        .expect("passwd");
+        let tar = root.path().with_extension("tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(root.path())
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .expect("run tar");
+        assert!(status.success(), "tar of the root filesystem failed");
+        let out = docker(&["import", tar.to_str().expect("utf-8"), name]);
+        let _ = std::fs::remove_file(&tar);
+        assert!(
+            out.status.success(),
+            "docker import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        name.to_owned()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(mut dockerd) = self.dockerd.take() {
+            dockerd.terminate(Duration::from_secs(20));
+        }
+    }
+}
+
+/// A container, removed (with `docker rm -f`) on drop.
+pub struct Container {
+    name: String,
+}
+
+impl Container {
+    /// Takes charge of the container `name` (started by the caller).
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+        }
+    }
+
+    /// The `docker run` arguments that start `image` as this container on the host network,
+    /// interactive (stdin kept open), with `env`; the caller appends the command.
+    pub fn run_args(&self, image: &str, env: &[(&str, String)]) -> Vec<String> {
+        let mut args = vec![
+            "run".to_owned(),
+            "-i".to_owned(),
+            "--rm".to_owned(),
+            "--name".to_owned(),
+            self.name.clone(),
+            "--network".to_owned(),
+            "host".to_owned(),
+        ];
+        for (k, v) in env {
+            args.push("-e".to_owned());
+            args.push(format!("{k}={v}"));
+        }
+        args.push(image.to_owned());
+        args
+    }
+
+    /// The host pid of the container's main process, once it runs.
+    #[track_caller]
+    pub fn main_pid(&self) -> u32 {
+        wait_until(Duration::from_secs(30), "the container to run", || {
+            let out = docker(&["inspect", "-f", "{{.State.Pid}}", &self.name]);
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&p| p > 0)
+        })
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.name]);
+    }
+}
+
+/// The `docker` client program, with [`SOCKET`] as its host.
+pub fn client() -> (PathBuf, Vec<(&'static str, String)>) {
+    (
+        PathBuf::from("docker"),
+        vec![("DOCKER_HOST", format!("unix://{SOCKET}"))],
+    )
+}

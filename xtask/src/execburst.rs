@@ -1,0 +1,241 @@
+//! Bench part 7: what the per-exec check costs. The daemon runs with its built-in settings (and
+//! scratch state) while a burst of execs of assorted executables goes by: copies of `/bin/true`
+//! it has never seen (each one file read, then cached), `env` running `true`, and Bun programs
+//! that carry Claude Code's banner (standing in for Claude Code, which is too heavy to start by
+//! the dozen), each under a name of its own (hard links of one file, located once before the
+//! burst). Nothing may be missed: every banner-carrying process is listed by `claude-watch
+//! status`, and the kernel lost no record. The daemon's CPU over the burst, divided by the
+//! execs, is its cost per exec.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// What one burst measured.
+pub struct ExecBurst {
+    /// Execs in the burst.
+    pub execs: usize,
+    /// Distinct files never seen before (one content read each).
+    pub unknown_files: usize,
+    /// Banner-carrying processes started, and how many the daemon listed.
+    pub claude_expected: usize,
+    /// ...listed by `status`.
+    pub claude_found: usize,
+    /// The daemon's CPU over the burst (utime + stime), ms.
+    pub cpu_ms: f64,
+    /// How long the burst took, s.
+    pub seconds: f64,
+    /// Records the kernel lost during the burst.
+    pub lost: u64,
+}
+
+impl ExecBurst {
+    /// The daemon's CPU per exec, µs.
+    pub fn cpu_per_exec_us(&self) -> f64 {
+        self.cpu_ms * 1000.0 / self.execs as f64
+    }
+}
+
+/// Kills a child (and reaps it) when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+/// `claude-watch status --json`: one object per instance.
+fn status(claude_watch: &Path, socket: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let out = Command::new(claude_watch)
+        .args(["status", "--json", "--socket"])
+        .arg(socket)
+        .output()?;
+    if !out.status.success() {
+        bail!("status: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).context("status line"))
+        .collect()
+}
+
+/// The `lost` count of `claude-watch status` (its `probes:` line).
+fn lost(claude_watch: &Path, socket: &Path) -> anyhow::Result<u64> {
+    let out = Command::new(claude_watch)
+        .args(["status", "--socket"])
+        .arg(socket)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "probes: 3 attached, 78 records, 0 lost; 26 exchanges seen"
+    text.lines()
+        .find_map(|l| l.strip_prefix("probes: "))
+        .and_then(|l| l.split(" lost").next()?.rsplit(' ').next()?.parse().ok())
+        .with_context(|| format!("no lost count in status: {text}"))
+}
+
+/// Runs one burst of `execs` execs, `claudes` of them banner-carrying Bun programs built with
+/// `bun`, `unknown` distinct copies of `/bin/true`, under a daemon `claude_watch` whose state
+/// lives in `scratch`.
+pub fn run(
+    claude_watch: &Path,
+    bun: &Path,
+    scratch: &Path,
+    execs: usize,
+    claudes: usize,
+    unknown: usize,
+) -> anyhow::Result<ExecBurst> {
+    let dir = scratch.join("execburst");
+    std::fs::create_dir_all(&dir)?;
+    // A Bun program whose entry module opens with Claude Code's banner (the bundler keeps a
+    // `--banner`, not ordinary comments).
+    let source = dir.join("cli.js");
+    std::fs::write(&source, "setTimeout(() => {}, 60000);\n")?;
+    let built = dir.join("claude-like");
+    let compiled = Command::new(bun)
+        .args(["build", "--compile", "--banner"])
+        .arg("// (c) Anthropic PBC. All rights reserved. Use is subject to the Legal Agreements outlined here: https://code.claude.com/docs/en/legal-and-compliance.\n\n// Version: 9.9.9-bench")
+        .arg(&source)
+        .arg("--outfile")
+        .arg(&built)
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .context("bun build --compile")?;
+    if !compiled.success() {
+        bail!("bun build --compile failed");
+    }
+    let mut names = Vec::new();
+    for i in 0..claudes {
+        let name = dir.join(format!("agent-{i}"));
+        std::fs::hard_link(&built, &name)?;
+        names.push(name);
+    }
+    let mut trues = Vec::new();
+    for i in 0..unknown {
+        let name = dir.join(format!("true-{i}"));
+        std::fs::copy("/bin/true", &name)?;
+        trues.push(name);
+    }
+
+    let socket = dir.join("control.sock");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\njournal = \"{d}/journal.jsonl\"\nstate_dir = \"{d}/state\"\ncontrol_socket = \"{}\"\nlocate_cache = \"{d}/locate\"\n",
+            socket.display(),
+            d = dir.display()
+        ),
+    )?;
+    let mut daemon = Reaped(
+        Command::new(claude_watch)
+            .arg("daemon")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the daemon")?,
+    );
+    let stderr = daemon.0.stderr.take().context("stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("claude-watch is watching") => break,
+            Some(Ok(_)) => {}
+            _ => bail!("the daemon exited before it watched"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let pid = daemon.0.id();
+    // One banner-carrying process first, so the file is located (and its offsets cached)
+    // before the measurement: the burst measures the per-exec check, not the locator.
+    let warm_name = dir.join("agent-warm");
+    std::fs::hard_link(&built, &warm_name)?;
+    let warm = Reaped(Command::new(&warm_name).stdout(Stdio::null()).spawn()?);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !status(claude_watch, &socket)?.iter().any(|i| {
+        i["pids"]
+            .as_array()
+            .is_some_and(|ps| ps.contains(&serde_json::Value::from(warm.0.id())))
+    }) {
+        if Instant::now() > deadline {
+            bail!("the warm-up process was never listed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let lost0 = lost(claude_watch, &socket)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let t0 = cpu_ticks(pid)?;
+    let started = Instant::now();
+
+    let mut running = Vec::new();
+    let mut done = 0;
+    let every = (execs / claudes.max(1)).max(1);
+    let mut i = 0;
+    while done < execs {
+        if i % every == 0 && running.len() < claudes {
+            running.push(Reaped(
+                Command::new(&names[running.len()])
+                    .stdout(Stdio::null())
+                    .spawn()?,
+            ));
+            done += 1;
+        } else if i % 5 == 4 && done + 2 <= execs {
+            // `env` execs `true`: two execs.
+            Command::new("/usr/bin/env")
+                .arg(&trues[i % trues.len()])
+                .status()?;
+            done += 2;
+        } else {
+            Command::new(&trues[i % trues.len()]).status()?;
+            done += 1;
+        }
+        i += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // Let the daemon finish the burst's records, then read its CPU.
+    std::thread::sleep(Duration::from_millis(1500));
+    let t1 = cpu_ticks(pid)?;
+    let listed = status(claude_watch, &socket)?;
+    let claude_found = running
+        .iter()
+        .filter(|p| {
+            listed.iter().any(|i| {
+                i["version"] == "9.9.9-bench"
+                    && i["pids"]
+                        .as_array()
+                        .is_some_and(|ps| ps.contains(&serde_json::Value::from(p.0.id())))
+            })
+        })
+        .count();
+    let lost1 = lost(claude_watch, &socket)?;
+    Ok(ExecBurst {
+        execs: done,
+        unknown_files: unknown,
+        claude_expected: running.len(),
+        claude_found,
+        cpu_ms: (t1 - t0) as f64 / hz * 1000.0,
+        seconds,
+        lost: lost1.saturating_sub(lost0),
+    })
+}
+
+/// Where the bench keeps the Bun it compiles with: the pinned 1.4.5.
+pub fn pinned_bun(root: &Path) -> PathBuf {
+    root.join(".test-deps/npm/bun-1.4.5/node_modules/@oven/bun-linux-x64/bin/bun")
+}
