@@ -15,6 +15,8 @@
 //! - [`supervise`]: supervisor adapters (the I/O seam of recovery);
 //! - [`daemon`]: the shell that executes the core's effects: ring reader, `/proc`, probes,
 //!   supervisors, journal, status, metrics and control;
+//! - [`history`]: episodes rebuilt from Claude Code's own transcripts, imported into the journal;
+//! - [`svg`]: the episode timeline drawn as SVG;
 //! - [`config`]: the TOML configuration;
 //! - [`text`]: observed text made safe to print;
 //! - [`cli`]: the subcommands.
@@ -25,12 +27,14 @@ pub mod config;
 pub mod daemon;
 pub mod detect;
 pub mod discover;
+pub mod history;
 pub mod http;
 pub mod instance;
 pub mod journal;
 pub mod locate;
 pub mod report;
 pub mod supervise;
+pub mod svg;
 pub mod text;
 pub mod time;
 pub mod watch;

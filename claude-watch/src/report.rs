@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::detect::{Episode, EpisodeEnd};
+use crate::detect::{Episode, EpisodeEnd, EpisodeSource};
+use crate::journal::ThrottleRecord;
 
 /// Errors of the report's inputs.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +100,47 @@ pub struct EpisodeLine {
     pub idle_before_ms: Option<u64>,
     /// Request ids (first and last ones).
     pub request_ids: Vec<String>,
+    /// Where the episode comes from (`live` or `transcript`).
+    pub source: EpisodeSource,
+    /// Claude Code version, when known.
+    pub client_version: Option<String>,
+    /// Last 401, local time (`YYYY-MM-DD HH:MM:SS±hh:mm`).
+    pub last_401: String,
+}
+
+/// A request id of an episode with the time it was answered, for tracing upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RequestIdTime {
+    /// The `request-id`.
+    pub request_id: String,
+    /// Instance.
+    pub instance: String,
+    /// When it was answered (local, `YYYY-MM-DD HH:MM:SS±hh:mm`): exact for an episode's first
+    /// and last 401; for the ones between, the start of the window (see `exact`).
+    pub time: String,
+    /// Whether `time` is the request's own time rather than its window's start.
+    pub exact: bool,
+    /// Last 401 of its window, local time.
+    pub window_end: String,
+}
+
+/// A throttle window in the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ThrottleLine {
+    /// Instance.
+    pub instance: String,
+    /// The throttled model.
+    pub model: String,
+    /// First 429, local time.
+    pub started: String,
+    /// 429 answers.
+    pub count_429: u64,
+    /// First 429 to the model's next answer (or to the last 429), ms.
+    pub duration_ms: u64,
+    /// Whether the model answered again.
+    pub ended: bool,
+    /// Where it comes from.
+    pub source: EpisodeSource,
 }
 
 /// The report.
@@ -130,6 +172,16 @@ pub struct Report {
     pub idle_unknown: usize,
     /// Every episode, oldest first.
     pub episodes: Vec<EpisodeLine>,
+    /// Episodes per source (`live`, `transcript`).
+    pub sources: BTreeMap<String, usize>,
+    /// Episodes per Claude Code version (`unknown` when not known).
+    pub versions: BTreeMap<String, usize>,
+    /// Request ids of every episode with their local times, oldest first.
+    pub request_ids: Vec<RequestIdTime>,
+    /// Throttle windows (429) in the period, oldest first.
+    pub throttles: Vec<ThrottleLine>,
+    /// The host's UTC offset now, in seconds (what "local" means in this report).
+    pub utc_offset_s: i64,
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -155,6 +207,21 @@ fn share(part: usize, whole: usize) -> Option<f64> {
 /// Builds the report. `utc_offset_s(ms)` gives the local offset from UTC at an instant.
 pub fn build(
     episodes: &[Episode],
+    since_ms: Option<u64>,
+    now_ms: u64,
+    utc_offset_s: impl Fn(u64) -> i64,
+) -> Report {
+    build_with(episodes, &[], since_ms, now_ms, utc_offset_s)
+}
+
+/// [`build`] with throttle windows too.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one pass per statistic, in report order"
+)]
+pub fn build_with(
+    episodes: &[Episode],
+    throttles: &[ThrottleRecord],
     since_ms: Option<u64>,
     now_ms: u64,
     utc_offset_s: impl Fn(u64) -> i64,
@@ -217,6 +284,59 @@ pub fn build(
     for g in [&mut idle_wake, &mut mid_use] {
         g.morning_share = share(g.morning, g.episodes);
     }
+    let mut sources = BTreeMap::new();
+    let mut versions = BTreeMap::new();
+    let mut request_ids = Vec::new();
+    for e in &eps {
+        *sources.entry(e.source.as_str().to_owned()).or_insert(0) += 1;
+        *versions
+            .entry(
+                e.client_version
+                    .clone()
+                    .unwrap_or_else(|| "unknown".to_owned()),
+            )
+            .or_insert(0) += 1;
+        let first = local_time(e.first_401_ms, utc_offset_s(e.first_401_ms)).civil();
+        let last = local_time(e.last_401_ms, utc_offset_s(e.last_401_ms)).civil();
+        let ids = e.request_ids();
+        let n = ids.len();
+        for (i, id) in ids.into_iter().enumerate() {
+            let (time, exact) = if i == 0
+                && e.first_request_ids
+                    .first()
+                    .is_some_and(|f| f.as_str() == id)
+            {
+                (first.clone(), true)
+            } else if i + 1 == n && e.last_request_ids.last().is_some_and(|l| l.as_str() == id) {
+                (last.clone(), true)
+            } else {
+                (first.clone(), false)
+            };
+            request_ids.push(RequestIdTime {
+                request_id: id.to_owned(),
+                instance: e.instance.clone(),
+                time,
+                exact,
+                window_end: last.clone(),
+            });
+        }
+    }
+    let throttles = throttles
+        .iter()
+        .filter(|t| since_ms.is_none_or(|s| t.first_429_ms >= s))
+        .map(|t| ThrottleLine {
+            instance: t.instance.clone(),
+            model: t.model.clone(),
+            started: local_time(t.first_429_ms, utc_offset_s(t.first_429_ms)).civil(),
+            count_429: t.count_429,
+            duration_ms: t
+                .ended_ms
+                .unwrap_or(t.last_429_ms)
+                .saturating_sub(t.first_429_ms),
+            ended: t.ended_ms.is_some(),
+            source: t.source,
+        })
+        .collect();
     Report {
         since_ms,
         now_ms,
@@ -234,6 +354,11 @@ pub fn build(
         mid_use,
         idle_unknown,
         episodes: lines,
+        sources,
+        versions,
+        request_ids,
+        throttles,
+        utc_offset_s: utc_offset_s(now_ms),
     }
 }
 
@@ -248,6 +373,9 @@ fn line(e: &Episode, local: &LocalTime) -> EpisodeLine {
         restarts: e.restarts,
         idle_before_ms: e.idle_before_ms,
         request_ids: e.request_ids().into_iter().map(str::to_owned).collect(),
+        source: e.source,
+        client_version: e.client_version.clone(),
+        last_401: local_time(e.last_401_ms, local.offset_s).civil(),
     }
 }
 
@@ -276,6 +404,18 @@ impl LocalTime {
         format!("{:04}-{:02}-{:02}", self.year, self.month, self.day)
     }
 
+    /// `YYYY-MM-DD HH:MM:SS±hh:mm`, for people.
+    pub fn civil(&self) -> String {
+        format!(
+            "{} {:02}:{:02}:{:02}{}",
+            self.date(),
+            self.hour,
+            self.minute,
+            self.second,
+            offset_text(self.offset_s)
+        )
+    }
+
     /// RFC 3339 with the offset (`Z` for UTC).
     pub fn rfc3339(&self) -> String {
         let off = if self.offset_s == 0 {
@@ -297,6 +437,17 @@ impl LocalTime {
             self.second
         )
     }
+}
+
+/// `+hh:mm` / `-hh:mm` of an offset in seconds.
+pub fn offset_text(offset_s: i64) -> String {
+    let a = offset_s.abs();
+    format!(
+        "{}{:02}:{:02}",
+        if offset_s < 0 { '-' } else { '+' },
+        a / 3600,
+        a % 3600 / 60
+    )
 }
 
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
@@ -527,6 +678,259 @@ pub fn render(r: &Report) -> String {
     o
 }
 
+/// Replaces instance names with `instance-1`, `instance-2`... (numbered in order of first
+/// appearance: episodes by first 401, then throttles, then restarts), the same name everywhere
+/// it appears (episode ids included); units are dropped. Returns the mapping.
+pub fn redact_instances(
+    episodes: &mut [Episode],
+    throttles: &mut [ThrottleRecord],
+    restarts: &mut [crate::journal::ActionRecord],
+) -> BTreeMap<String, String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut sorted: Vec<&Episode> = episodes.iter().collect();
+    sorted.sort_by_key(|e| (e.first_401_ms, e.id.clone()));
+    let names = sorted
+        .iter()
+        .map(|e| e.instance.clone())
+        .chain(throttles.iter().map(|t| t.instance.clone()))
+        .chain(restarts.iter().map(|r| r.instance.clone()));
+    for n in names {
+        if !order.contains(&n) {
+            order.push(n);
+        }
+    }
+    let map: BTreeMap<String, String> = order
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| (n, format!("instance-{}", i + 1)))
+        .collect();
+    let by_prefix = |id: &str| -> String {
+        let (inst, ms) = id.rsplit_once('@').unwrap_or((id, ""));
+        format!(
+            "{}@{ms}",
+            map.get(inst).map_or("instance-?", String::as_str)
+        )
+    };
+    let mut ids: BTreeMap<String, String> = BTreeMap::new();
+    for e in episodes.iter_mut() {
+        let new_id = format!("{}@{}", map[&e.instance], e.first_401_ms);
+        ids.insert(std::mem::replace(&mut e.id, new_id.clone()), new_id);
+        e.instance = map[&e.instance].clone();
+        e.unit = None;
+    }
+    for t in throttles.iter_mut() {
+        t.instance = map[&t.instance].clone();
+    }
+    for r in restarts.iter_mut() {
+        r.instance = map[&r.instance].clone();
+        r.episode_id = r
+            .episode_id
+            .as_deref()
+            .map(|id| ids.get(id).cloned().unwrap_or_else(|| by_prefix(id)));
+    }
+    map
+}
+
+/// A Markdown table cell: `|` escaped, no line breaks.
+fn cell(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(['\n', '\r'], " ")
+}
+
+fn end_name(e: EpisodeEnd) -> &'static str {
+    match e {
+        EpisodeEnd::StillOpen => "still open",
+        EpisodeEnd::SelfRecovered => "self-recovered",
+        EpisodeEnd::RecoveredAfterRestart => "recovered after restart",
+        EpisodeEnd::ProcessExited => "never (process exited)",
+        EpisodeEnd::Escalated => "never (escalated)",
+    }
+}
+
+/// The report as Markdown, to attach to an upstream issue: windows per day, durations,
+/// recoveries by kind, idle-wake versus mid-use with their morning share, Claude Code versions,
+/// throttles, every episode, and the request ids with their local times. `zone` names the
+/// host's time zone (e.g. `CDT`); the offset is printed with every time.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one section after another, in report order"
+)]
+pub fn render_markdown(r: &Report, zone: &str) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let offset = offset_text(r.utc_offset_s);
+    let _ = writeln!(o, "# Claude Code 401 latch episodes\n");
+    let period_start = r
+        .since_ms
+        .map(|ms| local_time(ms, r.utc_offset_s).date())
+        .or_else(|| r.by_day.keys().next().cloned());
+    let _ = writeln!(
+        o,
+        "{} windows of HTTP 401 `authentication_error` over {:.1} days ({:.2} per day){}, made {} \
+         by claude-watch {}. Times are the host's local time ({zone}, UTC{offset} now).\n",
+        r.windows,
+        r.days,
+        r.per_day,
+        period_start.map_or(String::new(), |d| format!(" since {d}")),
+        local_time(r.now_ms, r.utc_offset_s).civil(),
+        env!("CARGO_PKG_VERSION"),
+    );
+    let live = r.sources.get("live").copied().unwrap_or(0);
+    let imported = r.sources.get("transcript").copied().unwrap_or(0);
+    let _ = writeln!(
+        o,
+        "Sources: {live} seen live by claude-watch (eBPF, the instance's own requests), \
+         {imported} rebuilt from Claude Code's session transcripts.\n"
+    );
+    let _ = writeln!(o, "## Windows per day\n");
+    let _ = writeln!(o, "| day | windows |\n|---|---:|");
+    for (day, n) in &r.by_day {
+        let _ = writeln!(o, "| {day} | {n} |");
+    }
+    let _ = writeln!(o, "| **total** | **{}** |\n", r.windows);
+
+    let d = &r.duration;
+    let _ = writeln!(o, "## Duration\n");
+    let _ = writeln!(
+        o,
+        "First 401 to the end of the window, over closed episodes.\n\n\
+         | closed episodes | median | p90 | max |\n|---:|---:|---:|---:|\n| {} | {} | {} | {} |\n",
+        d.closed,
+        opt_ms(d.median_ms),
+        opt_ms(d.p90_ms),
+        opt_ms(d.max_ms)
+    );
+
+    let e = &r.ends;
+    let _ = writeln!(o, "## Recoveries\n");
+    let _ = writeln!(o, "| how the episode ended | episodes |\n|---|---:|");
+    for (what, n) in [
+        (
+            "self-recovered, no restart",
+            r.self_recovered_without_restart,
+        ),
+        ("recovered after a restart", e.recovered_after_restart),
+        ("never: the process exited latched", e.process_exited),
+        ("never: restarts gave up (escalated)", e.escalated),
+        ("still open", e.still_open),
+    ] {
+        let _ = writeln!(o, "| {what} | {n} |");
+    }
+    let _ = writeln!(o);
+
+    let _ = writeln!(o, "## Idle-wake vs mid-use\n");
+    let _ = writeln!(
+        o,
+        "Idle time is from the instance's previous API answer to the first 401. Morning is \
+         05:00-11:59 local time.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| group | episodes | in the morning | morning share |\n|---|---:|---:|---:|"
+    );
+    for (what, g) in [
+        ("idle-wake (idle > 1 h)", &r.idle_wake),
+        ("mid-use (idle <= 1 h)", &r.mid_use),
+    ] {
+        let _ = writeln!(
+            o,
+            "| {what} | {} | {} | {} |",
+            g.episodes,
+            g.morning,
+            pct(g.morning_share)
+        );
+    }
+    if r.idle_unknown > 0 {
+        let _ = writeln!(o, "| idle unknown | {} | - | - |", r.idle_unknown);
+    }
+    let _ = writeln!(o);
+
+    let _ = writeln!(o, "## Claude Code versions\n");
+    let _ = writeln!(o, "| version | episodes |\n|---|---:|");
+    for (v, n) in &r.versions {
+        let _ = writeln!(o, "| {} | {n} |", cell(v));
+    }
+    let _ = writeln!(o);
+
+    if !r.throttles.is_empty() {
+        let _ = writeln!(o, "## Model throttles (429 `rate_limit_error`)\n");
+        let _ = writeln!(
+            o,
+            "Not latches: a restart does not help them, and they never count toward one.\n"
+        );
+        let _ = writeln!(
+            o,
+            "| started | instance | model | 429s | lasted | answered again | source |\n|---|---|---|---:|---:|---|---|"
+        );
+        for t in &r.throttles {
+            let _ = writeln!(
+                o,
+                "| {} | {} | `{}` | {} | {} | {} | {} |",
+                t.started,
+                cell(&t.instance),
+                cell(&t.model),
+                t.count_429,
+                human_ms(t.duration_ms),
+                if t.ended { "yes" } else { "no" },
+                t.source.as_str()
+            );
+        }
+        let _ = writeln!(o);
+    }
+
+    let _ = writeln!(o, "## Episodes\n");
+    let _ = writeln!(
+        o,
+        "| started | instance | duration | 401s | restarts | idle before | ended | version | source |\n|---|---|---:|---:|---:|---:|---|---|---|"
+    );
+    for l in &r.episodes {
+        let started = l.started.replacen('T', " ", 1);
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            cell(&started),
+            cell(&l.instance),
+            human_ms(l.duration_ms),
+            l.count_401,
+            l.restarts,
+            opt_ms(l.idle_before_ms),
+            end_name(l.end),
+            cell(l.client_version.as_deref().unwrap_or("-")),
+            l.source.as_str()
+        );
+    }
+    let _ = writeln!(o);
+
+    let _ = writeln!(o, "## Request ids\n");
+    let _ = writeln!(
+        o,
+        "Every kept request id of the episodes above (HTTP 401 `authentication_error`, the \
+         instance's own requests), for tracing upstream. An episode keeps its first and last \
+         {} ids; \"window from\" marks an id answered between its window's first and last 401.\n",
+        crate::detect::REQUEST_IDS_KEPT
+    );
+    let _ = writeln!(
+        o,
+        "| request id | time ({zone}) | instance |\n|---|---|---|"
+    );
+    for q in &r.request_ids {
+        let time = if q.exact {
+            q.time.clone()
+        } else {
+            format!("window from {} to {}", q.time, q.window_end)
+        };
+        let _ = writeln!(
+            o,
+            "| `{}` | {} | {} |",
+            cell(&q.request_id),
+            cell(&time),
+            cell(&q.instance)
+        );
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,6 +965,8 @@ mod tests {
             end,
             ended_ms: (end != EpisodeEnd::StillOpen).then_some(start_ms + dur_ms),
             time_to_recovery_ms: None,
+            source: crate::detect::EpisodeSource::Live,
+            client_version: None,
         }
     }
 
@@ -722,5 +1128,97 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(&format!("req_{}_c", DAY0 + 6 * H)), "{text}");
+    }
+
+    #[test]
+    fn markdown_has_the_sections_and_the_request_ids() {
+        let mut eps = sample();
+        eps[1].source = EpisodeSource::Transcript;
+        eps[1].client_version = Some("2.1.197".into());
+        eps[0].instance = "a|b".into();
+        let r = build(&eps, None, DAY0 + 48 * H, |_| -5 * 3600);
+        let md = render_markdown(&r, "CDT");
+        for h in [
+            "# Claude Code 401 latch episodes",
+            "## Windows per day",
+            "## Duration",
+            "## Recoveries",
+            "## Idle-wake vs mid-use",
+            "## Claude Code versions",
+            "## Episodes",
+            "## Request ids",
+        ] {
+            assert!(md.lines().any(|l| l == h), "{h}: {md}");
+        }
+        assert!(
+            !md.contains("## Model throttles"),
+            "no throttles, no section"
+        );
+        assert!(md.contains("Sources: 5 seen live by claude-watch"), "{md}");
+        assert!(
+            md.contains("1 rebuilt from Claude Code's session transcripts"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 2.1.197 | 1 |") && md.contains("| unknown | 5 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| idle-wake (idle > 1 h) | 3 | 1 | 33% |"),
+            "{md}"
+        );
+        assert!(md.contains("a\\|b"), "a pipe in a name is escaped: {md}");
+        // The first id at the first 401 (06:00Z = 01:00 at UTC-5), the last at the last 401,
+        // the one between marked as within its window.
+        let first = format!("| `req_{}_a` | 2026-06-28 01:00:00-05:00 |", DAY0 + 6 * H);
+        let last = format!("| `req_{}_c` | 2026-06-28 01:00:10-05:00 |", DAY0 + 6 * H);
+        let mid = format!(
+            "| `req_{}_b` | window from 2026-06-28 01:00:00-05:00 to 2026-06-28 01:00:10-05:00 |",
+            DAY0 + 6 * H
+        );
+        for row in [&first, &last, &mid] {
+            assert!(md.contains(row.as_str()), "{row}\n{md}");
+        }
+        assert!(md.contains("| request id | time (CDT) | instance |"));
+    }
+
+    #[test]
+    fn redaction_is_consistent() {
+        let mut eps = sample();
+        eps[0].instance = "z.service".into();
+        eps[0].id = format!("z.service@{}", eps[0].first_401_ms);
+        let mut th = vec![ThrottleRecord {
+            instance: "y".into(),
+            session_id: None,
+            model: "m".into(),
+            first_429_ms: 0,
+            last_429_ms: 0,
+            count_429: 1,
+            request_ids: vec![],
+            ended_ms: None,
+            source: EpisodeSource::Live,
+        }];
+        let mut rs = vec![crate::journal::ActionRecord {
+            at_ms: 1,
+            instance: "a.service".into(),
+            episode_id: Some(eps[1].id.clone()),
+            kind: crate::journal::ActionKind::Restart,
+            ok: true,
+            until_ms: None,
+            detail: None,
+        }];
+        let map = redact_instances(&mut eps, &mut th, &mut rs);
+        assert_eq!(map["z.service"], "instance-1");
+        assert_eq!(map["a.service"], "instance-2");
+        assert_eq!(map["y"], "instance-3");
+        assert!(eps[0].id.starts_with("instance-1@"));
+        assert!(
+            eps[1..]
+                .iter()
+                .all(|e| e.instance == "instance-2" && e.unit.is_none())
+        );
+        assert_eq!(rs[0].instance, "instance-2");
+        assert_eq!(rs[0].episode_id.as_deref(), Some(eps[1].id.as_str()));
+        assert_eq!(th[0].instance, "instance-3");
     }
 }

@@ -322,6 +322,31 @@ impl ClaudeAgent {
         Self::start_program(standin, &program, &leading, api_key)
     }
 
+    /// [`Self::start`] with extra environment variables (e.g. `CLAUDE_CODE_MAX_RETRIES`).
+    #[track_caller]
+    pub fn start_with_env(
+        standin: &StandIn,
+        release: ClaudeCode,
+        api_key: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        let (program, leading) = release.command();
+        let home = ScratchDir::new("claude-watch-claude");
+        let mut command = Command::new(&program);
+        command
+            .args(&leading)
+            .args(STREAM_ARGS)
+            .env_clear()
+            .envs(base_env(standin, &home, api_key))
+            .envs(extra_env.iter().copied())
+            .current_dir(home.path());
+        Self::spawn(
+            &format!("claude ({})", program.display()),
+            &mut command,
+            home,
+        )
+    }
+
     /// Starts the Claude Code at `program` (after `leading` arguments, e.g. a script for node),
     /// however it is installed, against `standin`.
     #[track_caller]

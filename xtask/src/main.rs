@@ -78,6 +78,8 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     // The benchmark's empty-probe floor.
     "bpftrace",
+    // Draws the `episodes --svg` picture to PNG in tests/history.rs.
+    "chromium",
     // Where users run Claude Code: the musl build's loader, a Docker engine (and a busybox
     // userland for the test image), and what Debian's own node 18 links (its shared libssl.so.3).
     "musl",
@@ -359,7 +361,15 @@ fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run(as_root_cmd("apt-get", &["update", "-qq"]))?;
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    // Another apt may hold the lock (engineers share machines): wait for it, not fail.
+    let mut args = vec![
+        "-o",
+        "DPkg::Lock::Timeout=600",
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+    ];
     args.extend(&missing);
     let mut cmd = as_root_cmd("apt-get", &args);
     cmd.env("DEBIAN_FRONTEND", "noninteractive");

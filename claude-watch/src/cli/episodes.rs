@@ -1,16 +1,57 @@
-//! `claude-watch episodes`: the episode report from the journal.
+//! `claude-watch episodes`: the episode report from the journal, as text, JSON, Markdown or an
+//! SVG picture; and the import of the history Claude Code's transcripts already hold.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
-use crate::{journal, report};
+use crate::config::Config;
+use crate::detect::DetectorConfig;
+use crate::journal::{self, Journal, JournalOptions};
+use crate::{history, report, svg};
 
 /// Where the daemon keeps its journal by default.
 pub const DEFAULT_JOURNAL: &str = "/var/lib/claude-watch/journal.jsonl";
+/// The configuration read for the detector thresholds when it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/claude-watch/config.toml";
 
-/// Arguments of `claude-watch episodes`.
+/// How the report is printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Text for a terminal.
+    #[default]
+    Text,
+    /// One JSON object.
+    Json,
+    /// Markdown to attach to an upstream issue.
+    Markdown,
+}
+
+/// What `claude-watch episodes --help` says beyond the one-line summary.
+pub const LONG_ABOUT: &str =
+    "Report 401 latch episodes from the journal, as you would send them upstream: windows per
+day, duration median/p90/max, recoveries by kind, idle-wake vs mid-use and their morning share,
+Claude Code versions, and request ids with their local times.
+
+--import first rebuilds the history Claude Code's own session transcripts hold
+(~/.claude/projects/<project>/<session>.jsonl): 401 and 429 answers per session, turned into
+episodes by the daemon's own detector and thresholds ([detector] of --config), and stored in the
+journal as source \"transcript\". Episodes the daemon saw live (same request ids, or same session
+at the same time) and earlier imports are not stored twice. Only times, session ids, request ids,
+models, statuses and versions are read, never prompts or answers. Without DIR: every user's
+~/.claude/projects and $CLAUDE_CONFIG_DIR/projects.";
+
+/// The examples `claude-watch episodes --help` ends with.
+pub const EXAMPLES: &str = "Examples:
+  claude-watch episodes --since 7d                     text report of the last week
+  claude-watch episodes --import                       import every user's transcripts (root)
+  claude-watch episodes --import /home/ci/.claude --format markdown > report.md
+  claude-watch episodes --format markdown --redact-instances > upstream.md
+  claude-watch episodes --svg episodes.svg             timeline per instance, windows per day
+  claude-watch episodes --json                         one JSON object (same as --format json)";
+
+/// Arguments of `claude-watch episodes` (see [`LONG_ABOUT`]).
 #[derive(Clone, Debug, clap::Args)]
 pub struct EpisodesArgs {
     /// The journal file (rotated files `PATH.1`, `PATH.2`... are read too).
@@ -20,26 +61,142 @@ pub struct EpisodesArgs {
     /// duration before now (`24h`, `7d`).
     #[arg(long)]
     pub since: Option<String>,
-    /// Print the report as one JSON object.
+    /// Print the report as one JSON object (same as `--format json`).
     #[arg(long)]
     pub json: bool,
+    /// How to print the report.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Import episodes from Claude Code transcripts into the journal first. DIR is a
+    /// `projects` directory, or a `~/.claude` / `$CLAUDE_CONFIG_DIR` holding one; without DIR,
+    /// every user's `~/.claude/projects` and `$CLAUDE_CONFIG_DIR/projects`.
+    #[arg(long, value_name = "DIR", num_args = 0..)]
+    pub import: Option<Vec<PathBuf>>,
+    /// Also draw the episodes as an SVG picture into FILE (timeline per instance and windows
+    /// per day).
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Name instances `instance-1`, `instance-2`... in the report and the picture.
+    #[arg(long)]
+    pub redact_instances: bool,
+    /// Configuration whose `[detector]` thresholds the import uses (default:
+    /// /etc/claude-watch/config.toml when it exists, else the built-in one).
+    #[arg(long, short, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+impl EpisodesArgs {
+    /// Arguments for a plain report of `journal`.
+    pub fn for_journal(journal: impl Into<PathBuf>) -> Self {
+        Self {
+            journal: journal.into(),
+            since: None,
+            json: false,
+            format: Format::Text,
+            import: None,
+            svg: None,
+            redact_instances: false,
+            config: None,
+        }
+    }
 }
 
 /// The local UTC offset in seconds at `ms` since the epoch (the C library's `localtime_r`, so
 /// `TZ` is honoured); 0 when it cannot be determined.
 pub fn local_utc_offset_s(ms: u64) -> i64 {
-    let Ok(t) = libc::time_t::try_from(ms / 1000) else {
-        return 0;
-    };
+    local_tm(ms).map_or(0, |tm| tm.tm_gmtoff)
+}
+
+/// The local time zone's abbreviation at `ms` (`CDT`, `UTC`...), from `localtime_r`.
+pub fn local_zone_name(ms: u64) -> String {
+    local_tm(ms)
+        .filter(|tm| !tm.tm_zone.is_null())
+        // SAFETY: `tm_zone` points to a NUL-terminated static string of the C library's tz data.
+        .map(|tm| {
+            unsafe { std::ffi::CStr::from_ptr(tm.tm_zone) }
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|z| !z.is_empty())
+        .unwrap_or_else(|| report::offset_text(local_utc_offset_s(ms)))
+}
+
+fn local_tm(ms: u64) -> Option<libc::tm> {
+    let t = libc::time_t::try_from(ms / 1000).ok()?;
     // SAFETY: `tm` is a plain C struct for which all-zero is valid; `localtime_r` writes only
     // into it and reads `t`.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are valid for the duration of the call.
     let r = unsafe { libc::localtime_r(&raw const t, &raw mut tm) };
-    if r.is_null() { 0 } else { tm.tm_gmtoff }
+    (!r.is_null()).then_some(tm)
 }
 
-/// Runs the subcommand: reads the journal, prints the report.
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG))?,
+        None => Config::builtin(),
+    })
+}
+
+/// The import's settings from the configuration: the detector thresholds, and the journal's
+/// rotation (the daemon's, so an import never rotates the journal differently).
+fn import_settings(path: Option<&Path>) -> anyhow::Result<(DetectorConfig, JournalOptions)> {
+    let config = load_config(path)?;
+    let d = &config.daemon;
+    Ok((
+        config.detector.detector_config(),
+        JournalOptions {
+            max_bytes: d.journal_max_bytes,
+            keep: usize::try_from(d.journal_keep).unwrap_or(usize::MAX),
+        },
+    ))
+}
+
+/// Imports the transcripts under `dirs` (the default places when empty) into `journal_path`;
+/// returns a one-paragraph summary for stderr.
+pub fn import(
+    journal_path: &Path,
+    dirs: &[PathBuf],
+    config: Option<&Path>,
+    now_ms: u64,
+) -> anyhow::Result<String> {
+    let (cfg, options) = import_settings(config)?;
+    let roots: Vec<PathBuf> = if dirs.is_empty() {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let config_dir = std::env::var_os("CLAUDE_CONFIG_DIR").map(PathBuf::from);
+        history::default_roots(&passwd, config_dir.as_deref())
+    } else {
+        dirs.iter().map(|d| history::projects_dir(d)).collect()
+    };
+    let mut journal = Journal::open(journal_path, options)
+        .with_context(|| format!("opening journal {}", journal_path.display()))?;
+    let (loaded, history, outcome) = history::import_dirs(&mut journal, &roots, &cfg, now_ms)
+        .with_context(|| format!("importing into {}", journal_path.display()))?;
+    let c = loaded.counts;
+    Ok(format!(
+        "imported from {} transcript director{} ({} sessions, {} processes): {} episodes added, \
+         {} already seen live, {} already imported; {} throttles and {} restarts added.\n\
+         lines: {} read, {} used, {} ignored, {} malformed, {} truncated, {} from unknown versions (skipped)\n",
+        roots.len(),
+        if roots.len() == 1 { "y" } else { "ies" },
+        history.sessions,
+        history.processes,
+        outcome.episodes_added,
+        outcome.episodes_seen_live,
+        outcome.episodes_already_imported,
+        outcome.throttles_added,
+        outcome.restarts_added,
+        c.lines,
+        c.used,
+        c.ignored,
+        c.malformed,
+        c.truncated,
+        c.unknown_version,
+    ))
+}
+
+/// Runs the subcommand: imports if asked, prints the report, draws the picture if asked.
 pub fn run(args: EpisodesArgs) -> anyhow::Result<()> {
     let now_ms = u64::try_from(
         SystemTime::now()
@@ -48,11 +205,18 @@ pub fn run(args: EpisodesArgs) -> anyhow::Result<()> {
             .as_millis(),
     )
     .context("system clock out of range")?;
+    if let Some(dirs) = &args.import {
+        eprint!(
+            "{}",
+            import(&args.journal, dirs, args.config.as_deref(), now_ms)?
+        );
+    }
     print!("{}", report_text(&args, now_ms)?);
     Ok(())
 }
 
-/// The report `run` prints, as of `now_ms` (human text, or one JSON object with `--json`).
+/// The report `run` prints, as of `now_ms` (text, JSON or Markdown); also writes the SVG
+/// picture when `--svg` is given.
 pub fn report_text(args: &EpisodesArgs, now_ms: u64) -> anyhow::Result<String> {
     let since = args
         .since
@@ -61,14 +225,37 @@ pub fn report_text(args: &EpisodesArgs, now_ms: u64) -> anyhow::Result<String> {
         .transpose()?;
     let records = journal::read_records(&args.journal)
         .with_context(|| format!("reading journal {}", args.journal.display()))?;
-    let episodes = journal::episodes(&records);
-    let report = report::build(&episodes, since, now_ms, local_utc_offset_s);
-    Ok(if args.json {
-        let mut s = serde_json::to_string_pretty(&report).context("encoding report")?;
-        s.push('\n');
-        s
-    } else {
-        report::render(&report)
+    let mut episodes = journal::episodes(&records);
+    let mut throttles = journal::throttles(&records);
+    let mut restarts = journal::restarts(&records);
+    if let Some(s) = since {
+        restarts.retain(|r| r.at_ms >= s);
+        episodes.retain(|e| e.first_401_ms >= s);
+        throttles.retain(|t| t.first_429_ms >= s);
+    }
+    if args.redact_instances {
+        report::redact_instances(&mut episodes, &mut throttles, &mut restarts);
+    }
+    let report = report::build_with(&episodes, &throttles, since, now_ms, local_utc_offset_s);
+    if let Some(path) = &args.svg {
+        let picture = svg::render(&svg::Input {
+            episodes: &episodes,
+            throttles: &throttles,
+            restarts: &restarts,
+            by_day: &report.by_day,
+            utc_offset_s: local_utc_offset_s(now_ms),
+        });
+        std::fs::write(path, picture).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let format = if args.json { Format::Json } else { args.format };
+    Ok(match format {
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(&report).context("encoding report")?;
+            s.push('\n');
+            s
+        }
+        Format::Markdown => report::render_markdown(&report, &local_zone_name(now_ms)),
+        Format::Text => report::render(&report),
     })
 }
 
@@ -98,18 +285,69 @@ mod tests {
         assert_eq!(cli.args.journal, PathBuf::from("/tmp/j.jsonl"));
         assert_eq!(cli.args.since.as_deref(), Some("7d"));
         assert!(cli.args.json);
+        assert_eq!(cli.args.import, None, "no import unless asked");
+        let cli = Cli::try_parse_from(["x", "--import", "--format", "markdown"]).unwrap();
+        assert_eq!(
+            cli.args.import,
+            Some(vec![]),
+            "--import alone: the default places"
+        );
+        assert_eq!(cli.args.format, Format::Markdown);
+        let cli = Cli::try_parse_from([
+            "x",
+            "--import",
+            "/a",
+            "/b",
+            "--svg",
+            "/tmp/e.svg",
+            "--redact-instances",
+        ])
+        .unwrap();
+        assert_eq!(cli.args.import, Some(vec!["/a".into(), "/b".into()]));
+        assert_eq!(cli.args.svg, Some(PathBuf::from("/tmp/e.svg")));
+        assert!(cli.args.redact_instances);
+        assert!(Cli::try_parse_from(["x", "--format", "html"]).is_err());
+        let help = crate::cli::Cli::try_parse_from(["claude-watch", "episodes", "--help"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            help.contains("Examples:") && help.contains("--import") && help.contains("--svg"),
+            "{help}"
+        );
         let missing = EpisodesArgs {
-            journal: "/nonexistent/dir/j.jsonl".into(),
-            since: None,
             json: true,
+            ..EpisodesArgs::for_journal("/nonexistent/dir/j.jsonl")
         };
         run(missing).expect("a missing journal is an empty report");
         let bad = EpisodesArgs {
-            journal: "/nonexistent/j".into(),
             since: Some("soon".into()),
-            json: false,
+            ..EpisodesArgs::for_journal("/nonexistent/j")
         };
         assert!(run(bad).is_err());
+    }
+
+    #[test]
+    fn import_uses_the_configured_thresholds_and_rotation() {
+        let path =
+            std::env::temp_dir().join(format!("cw-import-config-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[daemon]\njournal_max_bytes = 1048576\njournal_keep = 9\n[detector]\nlatch_min_401s = 7\nlatch_min_span = \"30s\"\n",
+        )
+        .unwrap();
+        let (cfg, options) = import_settings(Some(&path)).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(cfg.latch_min_401s, 7);
+        assert_eq!(cfg.latch_min_span, std::time::Duration::from_secs(30));
+        assert_eq!(
+            options,
+            JournalOptions {
+                max_bytes: 1 << 20,
+                keep: 9
+            }
+        );
+        assert!(import_settings(Some(Path::new("/nonexistent/config.toml"))).is_err());
     }
 
     #[test]
@@ -173,9 +411,9 @@ mod tests {
 
         let now = wall0 + 3_600_000;
         let args = EpisodesArgs {
-            journal: path.clone(),
             since: Some("1d".into()),
             json: true,
+            ..EpisodesArgs::for_journal(path.clone())
         };
         let json: serde_json::Value =
             serde_json::from_str(&report_text(&args, now).unwrap()).unwrap();
@@ -194,9 +432,9 @@ mod tests {
         assert!(human.contains("req_standin_4"), "{human}");
         assert!(human.contains("windows:           1"), "{human}");
         let later = EpisodesArgs {
-            journal: path,
             since: Some("2026-06-29T00:00:00Z".into()),
             json: true,
+            ..EpisodesArgs::for_journal(path)
         };
         let json: serde_json::Value =
             serde_json::from_str(&report_text(&later, now).unwrap()).unwrap();

@@ -40,6 +40,7 @@ pub enum Command {
     /// Find SSL_write/SSL_read in an executable or library, with or without symbols.
     Locate(locate::LocateArgs),
     /// Report latch episodes from the journal, as you would send them upstream.
+    #[command(long_about = episodes::LONG_ABOUT, after_help = episodes::EXAMPLES)]
     Episodes(episodes::EpisodesArgs),
     /// Check a configuration file, or print the built-in one.
     Config(config::ConfigArgs),

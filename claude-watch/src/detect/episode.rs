@@ -21,6 +21,30 @@ pub enum EpisodeEnd {
     Escalated,
 }
 
+/// Where an episode comes from.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EpisodeSource {
+    /// Seen live by the daemon (the default: journals written before this field existed hold
+    /// only live episodes).
+    #[default]
+    Live,
+    /// Rebuilt from Claude Code's session transcripts by `claude-watch episodes --import`.
+    Transcript,
+}
+
+impl EpisodeSource {
+    /// `live` or `transcript`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Transcript => "transcript",
+        }
+    }
+}
+
 /// One latch episode: from the first 401 of the window to its end.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Episode {
@@ -62,6 +86,13 @@ pub struct Episode {
     pub ended_ms: Option<u64>,
     /// After a confirmed recovery: first non-401 time minus the (last) restart time, in ms.
     pub time_to_recovery_ms: Option<u64>,
+    /// Where the episode comes from (`live` when absent, as in journals written before it).
+    #[serde(default)]
+    pub source: EpisodeSource,
+    /// Claude Code version of the instance when the window opened (from `User-Agent:
+    /// claude-cli/<version>`, or a transcript's `version`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_version: Option<String>,
 }
 
 impl Episode {

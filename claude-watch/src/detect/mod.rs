@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use episode::{Episode, EpisodeEnd, REQUEST_IDS_KEPT};
+pub use episode::{Episode, EpisodeEnd, EpisodeSource, REQUEST_IDS_KEPT};
 
 use crate::http::Exchange;
 use crate::instance::InstanceId;
@@ -352,6 +352,8 @@ impl Inst {
             end: EpisodeEnd::StillOpen,
             ended_ms: None,
             time_to_recovery_ms: None,
+            source: EpisodeSource::Live,
+            client_version: self.client_version.clone(),
         }
         .with_401(pid, ex)
     }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::detect::Episode;
+use crate::detect::{Episode, EpisodeSource};
 
 /// Errors of the journal.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +80,32 @@ pub struct ActionRecord {
     pub detail: Option<String>,
 }
 
+/// A model throttle window of one instance: 429 `rate_limit_error` answers for one model, from
+/// the first to the last, until that model answered again. Written by the transcript import (the
+/// daemon shows throttles live and does not journal them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottleRecord {
+    /// Instance name.
+    pub instance: String,
+    /// Session id the 429s were answered on.
+    pub session_id: Option<String>,
+    /// The throttled model (`unknown` when the request's model was not known).
+    pub model: String,
+    /// Wall time (ms) of the first 429.
+    pub first_429_ms: u64,
+    /// Wall time of the last 429.
+    pub last_429_ms: u64,
+    /// Number of 429 answers.
+    pub count_429: u64,
+    /// Request ids of the first 429s (at most [`crate::detect::REQUEST_IDS_KEPT`]).
+    pub request_ids: Vec<String>,
+    /// Wall time the model answered again, when it did.
+    pub ended_ms: Option<u64>,
+    /// Where the throttle comes from.
+    #[serde(default)]
+    pub source: EpisodeSource,
+}
+
 /// One line of the journal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "record")]
@@ -93,6 +119,8 @@ pub enum Record {
     },
     /// An action of the recovery layer.
     Action(ActionRecord),
+    /// A model throttle window (see [`ThrottleRecord`]).
+    Throttle(ThrottleRecord),
 }
 
 /// Size limits of the journal.
@@ -321,6 +349,37 @@ pub fn episodes(records: &[Record]) -> Vec<Episode> {
     let mut eps: Vec<Episode> = by_id.into_values().cloned().collect();
     eps.sort_by(|a, b| (a.first_401_ms, &a.id).cmp(&(b.first_401_ms, &b.id)));
     eps
+}
+
+/// The throttle windows in `records`, without duplicates (same instance, session, model and
+/// first 429), ordered by first 429.
+pub fn throttles(records: &[Record]) -> Vec<ThrottleRecord> {
+    let mut out: Vec<ThrottleRecord> = Vec::new();
+    for r in records {
+        if let Record::Throttle(t) = r
+            && !out.iter().any(|o| {
+                (&o.instance, &o.session_id, &o.model, o.first_429_ms)
+                    == (&t.instance, &t.session_id, &t.model, t.first_429_ms)
+            })
+        {
+            out.push(t.clone());
+        }
+    }
+    out.sort_by(|a, b| (a.first_429_ms, &a.instance).cmp(&(b.first_429_ms, &b.instance)));
+    out
+}
+
+/// The restarts in `records` (actions of kind [`ActionKind::Restart`]), oldest first.
+pub fn restarts(records: &[Record]) -> Vec<ActionRecord> {
+    let mut out: Vec<ActionRecord> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Action(a) if a.kind == ActionKind::Restart => Some(a.clone()),
+            _ => None,
+        })
+        .collect();
+    out.sort_by_key(|a| a.at_ms);
+    out
 }
 
 #[cfg(test)]

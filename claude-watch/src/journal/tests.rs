@@ -41,6 +41,8 @@ fn episode(id: u64, end: EpisodeEnd) -> Episode {
         end,
         ended_ms: (end != EpisodeEnd::StillOpen).then_some(id + 6000),
         time_to_recovery_ms: None,
+        source: crate::detect::EpisodeSource::Live,
+        client_version: None,
     }
 }
 
@@ -151,6 +153,7 @@ fn rotates_by_size_keeps_k_files_and_reads_in_order() {
         .map(|r| match r {
             Record::Episode { at_ms, .. } => *at_ms,
             Record::Action(a) => a.at_ms,
+            Record::Throttle(t) => t.first_429_ms,
         })
         .collect();
     assert_eq!(

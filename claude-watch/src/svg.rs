@@ -1,0 +1,523 @@
+//! The episode picture: a timeline (one row per instance; latch episodes as bars coloured by how
+//! they ended, throttles as thinner bars of their own colour, restarts as ticks) above a
+//! windows-per-day histogram. Hand-written SVG 1.1, deterministic for the same input, with a
+//! `<title>` on the picture and on every mark for screen readers and tooltips. Pure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::detect::{Episode, EpisodeEnd};
+use crate::journal::{ActionRecord, ThrottleRecord};
+use crate::report::{local_time, offset_text};
+
+/// Colour of episodes that healed on their own.
+pub const SELF_RECOVERED: &str = "#2e7d32";
+/// Colour of episodes a restart healed.
+pub const AFTER_RESTART: &str = "#1565c0";
+/// Colour of episodes that never recovered (the process exited latched, or restarts gave up).
+pub const NEVER: &str = "#c62828";
+/// Colour of episodes still open.
+pub const STILL_OPEN: &str = "#ef6c00";
+/// Colour of model throttles (429).
+pub const THROTTLE: &str = "#8e24aa";
+/// Colour of restart ticks.
+pub const RESTART: &str = "#212121";
+/// Colour of the histogram's bars.
+pub const HISTOGRAM: &str = "#546e7a";
+
+/// Width of the picture, px.
+pub const WIDTH: u32 = 960;
+const LABEL_W: f64 = 150.0;
+const RIGHT_PAD: f64 = 20.0;
+const ROW_H: f64 = 30.0;
+const TOP: f64 = 70.0;
+const HIST_H: f64 = 160.0;
+const MIN_BAR_W: f64 = 4.0;
+
+/// What the picture shows.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    /// Latch episodes.
+    pub episodes: &'a [Episode],
+    /// Throttle windows.
+    pub throttles: &'a [ThrottleRecord],
+    /// Restarts (journal actions of kind restart).
+    pub restarts: &'a [ActionRecord],
+    /// Windows per local day (`YYYY-MM-DD` → count), as in the report.
+    pub by_day: &'a BTreeMap<String, usize>,
+    /// The host's UTC offset (s) for the labels.
+    pub utc_offset_s: i64,
+}
+
+/// The colour of an episode's bar.
+pub fn end_colour(end: EpisodeEnd) -> &'static str {
+    match end {
+        EpisodeEnd::SelfRecovered => SELF_RECOVERED,
+        EpisodeEnd::RecoveredAfterRestart => AFTER_RESTART,
+        EpisodeEnd::ProcessExited | EpisodeEnd::Escalated => NEVER,
+        EpisodeEnd::StillOpen => STILL_OPEN,
+    }
+}
+
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            c if c.is_control() => o.push(' '),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn human(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+fn end_text(end: EpisodeEnd) -> &'static str {
+    match end {
+        EpisodeEnd::SelfRecovered => "self-recovered",
+        EpisodeEnd::RecoveredAfterRestart => "recovered after restart",
+        EpisodeEnd::ProcessExited => "never recovered (process exited)",
+        EpisodeEnd::Escalated => "never recovered (escalated)",
+        EpisodeEnd::StillOpen => "still open",
+    }
+}
+
+/// A tick step for a time range: the first of 1 min ... 7 days giving at most 8 ticks.
+fn tick_step_ms(range_ms: u64) -> u64 {
+    const M: u64 = 60_000;
+    const H: u64 = 60 * M;
+    const D: u64 = 24 * H;
+    [
+        M,
+        5 * M,
+        15 * M,
+        30 * M,
+        H,
+        3 * H,
+        6 * H,
+        12 * H,
+        D,
+        2 * D,
+        7 * D,
+        30 * D,
+    ]
+    .into_iter()
+    .find(|s| range_ms / s <= 8)
+    .unwrap_or(30 * D)
+}
+
+#[expect(clippy::cast_precision_loss, reason = "ms spans far below 2^52")]
+fn f(v: u64) -> f64 {
+    v as f64
+}
+
+/// Draws the picture.
+#[expect(clippy::too_many_lines, reason = "one element group after another")]
+pub fn render(input: &Input<'_>) -> String {
+    let off = input.utc_offset_s;
+    let names: std::collections::BTreeSet<&str> = input
+        .episodes
+        .iter()
+        .map(|e| e.instance.as_str())
+        .chain(input.throttles.iter().map(|t| t.instance.as_str()))
+        .chain(input.restarts.iter().map(|r| r.instance.as_str()))
+        .collect();
+    let instances: Vec<&str> = names.into_iter().collect();
+
+    let ends = input
+        .episodes
+        .iter()
+        .map(|e| (e.first_401_ms, e.ended_ms.unwrap_or(e.last_401_ms)))
+        .chain(
+            input
+                .throttles
+                .iter()
+                .map(|t| (t.first_429_ms, t.ended_ms.unwrap_or(t.last_429_ms))),
+        )
+        .chain(input.restarts.iter().map(|r| (r.at_ms, r.at_ms)));
+    let (mut t0, mut t1) = (u64::MAX, 0u64);
+    for (a, b) in ends {
+        t0 = t0.min(a);
+        t1 = t1.max(b.max(a));
+    }
+    if t0 > t1 {
+        (t0, t1) = (0, 60_000);
+    }
+    // A margin of 3 % each side, at least a minute of range.
+    let span = (t1 - t0).max(60_000);
+    let pad = span / 33;
+    let (t0, t1) = (t0.saturating_sub(pad), t0 + span + pad);
+    let plot_w = f64::from(WIDTH) - LABEL_W - RIGHT_PAD;
+    let x = |ms: u64| LABEL_W + (f(ms.saturating_sub(t0)) / f(t1 - t0)) * plot_w;
+
+    let rows = instances.len().max(1);
+    #[expect(clippy::cast_precision_loss, reason = "few rows")]
+    let timeline_h = rows as f64 * ROW_H;
+    let axis_y = TOP + timeline_h;
+    let hist_top = axis_y + 80.0;
+    let height = hist_top + HIST_H + 60.0;
+
+    let mut o = String::new();
+    let n_eps = input.episodes.len();
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0}" viewBox="0 0 {WIDTH} {height:.0}" role="img" aria-labelledby="cw-title cw-desc" font-family="DejaVu Sans, Verdana, sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        o,
+        r#"<title id="cw-title">Claude Code 401 latch episodes: {n_eps} windows on {} instances</title>"#,
+        instances.len()
+    );
+    let _ = writeln!(
+        o,
+        r#"<desc id="cw-desc">Timeline per instance from {} to {} (UTC{}): latch episodes coloured by how they ended, model throttles, restarts as ticks; below, 401 windows per day.</desc>"#,
+        local_time(t0, off).civil(),
+        local_time(t1, off).civil(),
+        offset_text(off)
+    );
+    let _ = writeln!(
+        o,
+        "<rect x=\"0\" y=\"0\" width=\"{WIDTH}\" height=\"{height:.0}\" fill=\"#ffffff\"/>"
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="20" y="28" font-size="18" font-weight="bold">401 latch episodes per instance</text>"#
+    );
+
+    // Legend.
+    let legend = [
+        (SELF_RECOVERED, "self-recovered"),
+        (AFTER_RESTART, "recovered after restart"),
+        (NEVER, "never recovered"),
+        (STILL_OPEN, "still open"),
+        (THROTTLE, "429 throttle"),
+    ];
+    let mut lx = 20.0;
+    let _ = writeln!(o, r#"<g id="legend">"#);
+    for (colour, label) in legend {
+        let _ = writeln!(
+            o,
+            r#"<rect x="{lx:.1}" y="42" width="14" height="14" fill="{colour}"><title>{label}</title></rect><text x="{:.1}" y="53">{label}</text>"#,
+            lx + 18.0
+        );
+        #[expect(clippy::cast_precision_loss, reason = "short labels")]
+        let w = label.len() as f64 * 7.0;
+        lx += 18.0 + w + 18.0;
+    }
+    let _ = writeln!(
+        o,
+        r#"<line x1="{lx:.1}" y1="42" x2="{lx:.1}" y2="56" stroke="{RESTART}" stroke-width="2"><title>restart</title></line><text x="{:.1}" y="53">restart</text>"#,
+        lx + 6.0
+    );
+    let _ = writeln!(o, "</g>");
+
+    // Rows.
+    let _ = writeln!(o, r#"<g id="timeline">"#);
+    for (i, name) in instances.iter().enumerate() {
+        #[expect(clippy::cast_precision_loss, reason = "few rows")]
+        let y = TOP + i as f64 * ROW_H;
+        let band = if i % 2 == 0 { "#f5f5f5" } else { "#ffffff" };
+        let _ = writeln!(
+            o,
+            r#"<rect x="{LABEL_W}" y="{y:.1}" width="{plot_w:.1}" height="{ROW_H}" fill="{band}"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LABEL_W - 8.0,
+            y + ROW_H / 2.0 + 4.0,
+            esc(name)
+        );
+        for r in input.restarts.iter().filter(|r| r.instance == *name) {
+            let rx = x(r.at_ms);
+            let _ = writeln!(
+                o,
+                r#"<line class="restart" x1="{rx:.1}" y1="{:.1}" x2="{rx:.1}" y2="{:.1}" stroke="{RESTART}" stroke-width="1.5"><title>{}: restart at {}</title></line>"#,
+                y + 1.0,
+                y + ROW_H - 1.0,
+                esc(name),
+                local_time(r.at_ms, off).civil()
+            );
+        }
+        for t in input.throttles.iter().filter(|t| t.instance == *name) {
+            let a = x(t.first_429_ms);
+            let end = t.ended_ms.unwrap_or(t.last_429_ms);
+            let w = (x(end) - a).max(MIN_BAR_W);
+            let _ = writeln!(
+                o,
+                r#"<rect class="throttle" x="{a:.1}" y="{:.1}" width="{w:.1}" height="8" fill="{THROTTLE}"><title>{}: {} throttled from {} for {} ({} × 429{})</title></rect>"#,
+                y + ROW_H - 10.0,
+                esc(name),
+                esc(&t.model),
+                local_time(t.first_429_ms, off).civil(),
+                human(end.saturating_sub(t.first_429_ms)),
+                t.count_429,
+                if t.ended_ms.is_some() {
+                    ", answered again"
+                } else {
+                    ""
+                }
+            );
+        }
+        for e in input.episodes.iter().filter(|e| e.instance == *name) {
+            let a = x(e.first_401_ms);
+            let w = (x(e.ended_ms.unwrap_or(e.last_401_ms)) - a).max(MIN_BAR_W);
+            let _ = writeln!(
+                o,
+                r#"<rect class="episode" data-end="{}" x="{a:.1}" y="{:.1}" width="{w:.1}" height="14" fill="{}"><title>{}: 401 window from {} for {}, {} × 401, {} restart(s), {}{}</title></rect>"#,
+                serde_json::to_value(e.end)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                y + 4.0,
+                end_colour(e.end),
+                esc(name),
+                local_time(e.first_401_ms, off).civil(),
+                human(e.duration_ms()),
+                e.count_401,
+                e.restarts,
+                end_text(e.end),
+                if e.source == crate::detect::EpisodeSource::Transcript {
+                    " (from transcripts)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    let _ = writeln!(o, "</g>");
+
+    // Time axis, ticks at whole local steps.
+    let step = tick_step_ms(t1 - t0);
+    let _ = writeln!(
+        o,
+        r##"<g id="axis"><line x1="{LABEL_W}" y1="{axis_y:.1}" x2="{:.1}" y2="{axis_y:.1}" stroke="#424242"/>"##,
+        LABEL_W + plot_w
+    );
+    let off_ms = off * 1000;
+    let local0 = i128::from(t0) + i128::from(off_ms);
+    let step_i = i128::from(step);
+    let mut tick = (local0 + step_i - 1).div_euclid(step_i) * step_i - i128::from(off_ms);
+    let mut prev_day = String::new();
+    while tick <= i128::from(t1) {
+        let Ok(tms) = u64::try_from(tick) else {
+            tick += step_i;
+            continue;
+        };
+        let tx = x(tms);
+        let lt = local_time(tms, off);
+        let day = lt.date();
+        let label = if step >= 86_400_000 {
+            day[5..].to_owned()
+        } else if day == prev_day {
+            format!("{:02}:{:02}", lt.hour, lt.minute)
+        } else {
+            format!("{} {:02}:{:02}", &day[5..], lt.hour, lt.minute)
+        };
+        prev_day = day;
+        let _ = writeln!(
+            o,
+            r##"<line x1="{tx:.1}" y1="{axis_y:.1}" x2="{tx:.1}" y2="{:.1}" stroke="#424242"/><text x="{tx:.1}" y="{:.1}" text-anchor="middle">{label}</text>"##,
+            axis_y + 5.0,
+            axis_y + 18.0
+        );
+        tick += step_i;
+    }
+    let _ = writeln!(
+        o,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#616161">local time (UTC{})</text></g>"##,
+        LABEL_W + plot_w,
+        axis_y + 34.0,
+        offset_text(off)
+    );
+
+    // Histogram of windows per day.
+    let _ = writeln!(o, r#"<g id="histogram">"#);
+    let _ = writeln!(
+        o,
+        r#"<text x="20" y="{:.1}" font-size="15" font-weight="bold">401 windows per day</text>"#,
+        hist_top - 14.0
+    );
+    let max = input.by_day.values().copied().max().unwrap_or(0).max(1);
+    let days = input.by_day.len().max(1);
+    #[expect(clippy::cast_precision_loss, reason = "few days")]
+    let slot = plot_w / days as f64;
+    let bar_w = (slot * 0.7).clamp(4.0, 60.0);
+    let base = hist_top + HIST_H;
+    let _ = writeln!(
+        o,
+        r##"<line x1="{LABEL_W}" y1="{base:.1}" x2="{:.1}" y2="{base:.1}" stroke="#424242"/>"##,
+        LABEL_W + plot_w
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{max}</text><text x="{:.1}" y="{base:.1}" text-anchor="end">0</text>"#,
+        LABEL_W - 8.0,
+        hist_top + 10.0,
+        LABEL_W - 8.0
+    );
+    let label_every = days.div_ceil(12);
+    for (i, (day, n)) in input.by_day.iter().enumerate() {
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        let h = (*n as f64 / max as f64) * (HIST_H - 10.0);
+        #[expect(clippy::cast_precision_loss, reason = "few days")]
+        let bx = LABEL_W + slot * i as f64 + (slot - bar_w) / 2.0;
+        let _ = writeln!(
+            o,
+            r#"<rect class="day" x="{bx:.1}" y="{:.1}" width="{bar_w:.1}" height="{h:.1}" fill="{HISTOGRAM}"><title>{day}: {n} window(s)</title></rect>"#,
+            base - h
+        );
+        if i % label_every == 0 {
+            let _ = writeln!(
+                o,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                bx + bar_w / 2.0,
+                base + 16.0,
+                &day[5..]
+            );
+        }
+    }
+    let _ = writeln!(o, "</g>");
+    let _ = writeln!(o, "</svg>");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::EpisodeSource;
+    use crate::journal::ActionKind;
+
+    const T0: u64 = 1_782_604_800_000;
+
+    fn ep(instance: &str, start: u64, dur: u64, end: EpisodeEnd) -> Episode {
+        Episode {
+            id: format!("{instance}@{start}"),
+            instance: instance.into(),
+            unit: None,
+            pids: vec![],
+            session_ids: vec![],
+            models: vec![],
+            first_401_ms: start,
+            last_401_ms: start + dur,
+            first_401_mono_ns: 0,
+            last_401_mono_ns: 0,
+            count_401: 4,
+            first_request_ids: vec![],
+            last_request_ids: vec![],
+            idle_before_ms: None,
+            restarts: 0,
+            end,
+            ended_ms: Some(start + dur),
+            time_to_recovery_ms: None,
+            source: EpisodeSource::Transcript,
+            client_version: None,
+        }
+    }
+
+    fn sample() -> (Vec<Episode>, Vec<ThrottleRecord>, Vec<ActionRecord>) {
+        let eps = vec![
+            ep("a<&>", T0, 60_000, EpisodeEnd::SelfRecovered),
+            ep(
+                "b",
+                T0 + 3_600_000,
+                600_000,
+                EpisodeEnd::RecoveredAfterRestart,
+            ),
+            ep("b", T0 + 90_000_000, 20_000, EpisodeEnd::ProcessExited),
+        ];
+        let th = vec![ThrottleRecord {
+            instance: "c".into(),
+            session_id: None,
+            model: "claude-opus-4-8".into(),
+            first_429_ms: T0 + 7_200_000,
+            last_429_ms: T0 + 7_300_000,
+            count_429: 6,
+            request_ids: vec![],
+            ended_ms: None,
+            source: EpisodeSource::Transcript,
+        }];
+        let rs = vec![ActionRecord {
+            at_ms: T0 + 3_900_000,
+            instance: "b".into(),
+            episode_id: None,
+            kind: ActionKind::Restart,
+            ok: true,
+            until_ms: None,
+            detail: None,
+        }];
+        (eps, th, rs)
+    }
+
+    #[test]
+    fn structure_and_determinism() {
+        let (eps, th, rs) = sample();
+        let by_day: BTreeMap<String, usize> =
+            [("2026-06-28".to_owned(), 2), ("2026-06-29".to_owned(), 1)].into();
+        let input = Input {
+            episodes: &eps,
+            throttles: &th,
+            restarts: &rs,
+            by_day: &by_day,
+            utc_offset_s: -5 * 3600,
+        };
+        let svg = render(&input);
+        assert_eq!(svg, render(&input), "deterministic");
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("class=\"episode\"").count(), 3);
+        assert_eq!(svg.matches("class=\"throttle\"").count(), 1);
+        assert_eq!(svg.matches("class=\"restart\"").count(), 1);
+        assert_eq!(svg.matches("class=\"day\"").count(), 2);
+        for c in [
+            SELF_RECOVERED,
+            AFTER_RESTART,
+            NEVER,
+            THROTTLE,
+            RESTART,
+            HISTOGRAM,
+        ] {
+            assert!(svg.contains(&format!("\"{c}\"")), "{c}");
+        }
+        assert!(svg.contains("a&lt;&amp;&gt;"), "names are escaped");
+        assert!(!svg.contains("a<&>"));
+        // Every mark has a title; every opened element is closed.
+        assert_eq!(svg.matches("<rect class=").count(), 6);
+        assert!(svg.matches("<title>").count() >= 6 + 6);
+        assert_eq!(svg.matches("<g ").count(), svg.matches("</g>").count());
+        assert_eq!(
+            svg.matches("<title").count(),
+            svg.matches("</title>").count()
+        );
+        assert!(svg.contains("UTC-05:00"));
+    }
+
+    #[test]
+    fn an_empty_journal_still_draws() {
+        let by_day = BTreeMap::new();
+        let svg = render(&Input {
+            episodes: &[],
+            throttles: &[],
+            restarts: &[],
+            by_day: &by_day,
+            utc_offset_s: 0,
+        });
+        assert!(svg.contains("0 windows on 0 instances"));
+        assert!(svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn ticks() {
+        assert_eq!(tick_step_ms(5 * 60_000), 60_000);
+        assert_eq!(tick_step_ms(2 * 3_600_000), 15 * 60_000);
+        assert_eq!(tick_step_ms(3 * 86_400_000), 12 * 3_600_000);
+    }
+}
