@@ -18,7 +18,11 @@ use claude_watch_tests::wait::wait_until;
 
 /// Waits until `pid` has exec'd `exe_suffix` (right after spawn it may still be the parent's
 /// image), then asks a fresh discovery about it.
-fn discover(pid: u32, exe_suffix: &str, rules: Vec<MatchRule>) -> Option<claude_watch::discover::Found> {
+fn discover(
+    pid: u32,
+    exe_suffix: &str,
+    rules: Vec<MatchRule>,
+) -> Option<claude_watch::discover::Found> {
     wait_until(Duration::from_secs(10), "the process to exec", || {
         std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
@@ -45,17 +49,24 @@ fn real_claude_processes_are_found_with_their_kind_and_release() {
     }
 
     // npm's `bin/claude.exe`: found by what the file is.
-    let exe = deps::npm_global_prefix().join("lib/node_modules/@anthropic-ai/claude-code/bin/claude.exe");
+    let exe =
+        deps::npm_global_prefix().join("lib/node_modules/@anthropic-ai/claude-code/bin/claude.exe");
     let npm = ClaudeAgent::start_program(&standin, &exe, &[], FAKE_API_KEY);
     let found = discover(npm.pid(), "/claude.exe", Vec::new()).expect("claude.exe found");
-    assert_eq!((found.kind, found.version().as_deref()), (ClaudeKind::Native, Some(LATEST)));
+    assert_eq!(
+        (found.kind, found.version().as_deref()),
+        (ClaudeKind::Native, Some(LATEST))
+    );
     assert_eq!(found.instance, InstanceId::pid(npm.pid()));
 
     // `cli.js` under node: a script instance, its release from the banner.
     let (node, leading) = ClaudeCode::Node2_0_77.command();
     let script = ClaudeAgent::start_program(&standin, &node, &leading, FAKE_API_KEY);
     let found = discover(script.pid(), "/node", Vec::new()).expect("cli.js found");
-    assert_eq!((found.kind, found.version().as_deref()), (ClaudeKind::Script, Some("2.0.77")));
+    assert_eq!(
+        (found.kind, found.version().as_deref()),
+        (ClaudeKind::Script, Some("2.0.77"))
+    );
 
     // The same cli.js copied where no path says Claude Code (an npx cache, say).
     let scratch = ScratchDir::new("claude-watch-npx");
@@ -87,7 +98,11 @@ fn other_programs_are_not_claude_whatever_their_name() {
     let cases: [(PathBuf, Vec<PathBuf>, &str); 3] = [
         (compiled, vec![], "/claude.exe"),
         (deps::node(), vec![app], "/node"),
-        (PathBuf::from("/bin/sleep"), vec![PathBuf::from("30")], "/sleep"),
+        (
+            PathBuf::from("/bin/sleep"),
+            vec![PathBuf::from("30")],
+            "/sleep",
+        ),
     ];
     for (program, args, suffix) in cases {
         let mut command = Command::new(&program);

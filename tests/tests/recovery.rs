@@ -85,7 +85,7 @@ fn episodes(daemon: &Daemon) -> Vec<Episode> {
         .into_iter()
         .filter_map(|r| match r {
             Record::Episode { episode, .. } => Some(episode),
-            Record::Action(_) => None,
+            Record::Action(_) | Record::Throttle(_) => None,
         })
         .collect()
 }

@@ -243,7 +243,7 @@ impl Rig {
             .iter()
             .filter_map(|r| match r {
                 JournalRecord::Episode { episode, .. } => Some(episode),
-                JournalRecord::Action(_) => None,
+                JournalRecord::Action(_) | JournalRecord::Throttle(_) => None,
             })
             .collect()
     }
