@@ -211,3 +211,24 @@ pub fn debian_node_root() -> PathBuf {
     required(root.join("usr/bin/node"), "Debian's node (nodejs 18)");
     root
 }
+
+/// A Bun program that is not Claude Code: `source` written to `<dir>/app.js` and compiled with
+/// the pinned Bun into the single-file executable `<dir>/<name>` (a Bun executable with a
+/// `.bun` section, like Claude Code's). Returns the script and the executable.
+#[track_caller]
+pub fn compile_bun_program(dir: &Path, source: &str, name: &str) -> (PathBuf, PathBuf) {
+    let app = dir.join("app.js");
+    std::fs::write(&app, source).expect("write app.js");
+    let compiled = dir.join(name);
+    let status = std::process::Command::new(Bun::V1_4_5.path())
+        .args(["build", "--compile"])
+        .arg(&app)
+        .arg("--outfile")
+        .arg(&compiled)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run bun build --compile");
+    assert!(status.success(), "bun build --compile {}", app.display());
+    (app, compiled)
+}

@@ -83,18 +83,11 @@ fn other_programs_are_not_claude_whatever_their_name() {
     let scratch = ScratchDir::new("claude-watch-not-claude");
     // A Bun program compiled into one file, named like a Claude helper; node running another
     // script; sleep.
-    let app = scratch.path().join("app.js");
-    std::fs::write(&app, "setTimeout(() => {}, 30000);\n").expect("write app");
-    let compiled = scratch.path().join("claude.exe");
-    let built = Command::new(deps::Bun::V1_4_5.path())
-        .args(["build", "--compile"])
-        .arg(&app)
-        .arg("--outfile")
-        .arg(&compiled)
-        .current_dir(scratch.path())
-        .status()
-        .expect("bun build --compile");
-    assert!(built.success());
+    let (app, compiled) = deps::compile_bun_program(
+        scratch.path(),
+        "setTimeout(() => {}, 30000);\n",
+        "claude.exe",
+    );
     let cases: [(PathBuf, Vec<PathBuf>, &str); 3] = [
         (compiled, vec![], "/claude.exe"),
         (deps::node(), vec![app], "/node"),

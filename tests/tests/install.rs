@@ -475,18 +475,11 @@ fn content_check_on_real_binaries() {
     // Not Claude Code: plain Bun builds, node, curl, and a Bun program compiled into a single
     // file and named like a claude helper.
     let scratch = ScratchDir::new("claude-watch-bun-app");
-    let app = scratch.path().join("app.js");
-    std::fs::write(&app, "console.log('a Bun app, not Claude Code')\n").expect("write app");
-    let compiled = scratch.path().join("cc-agent");
-    let status = Command::new(Bun::V1_4_5.path())
-        .args(["build", "--compile"])
-        .arg(&app)
-        .arg("--outfile")
-        .arg(&compiled)
-        .current_dir(scratch.path())
-        .status()
-        .expect("bun build --compile");
-    assert!(status.success(), "bun build --compile");
+    let (_, compiled) = deps::compile_bun_program(
+        scratch.path(),
+        "console.log('a Bun app, not Claude Code')\n",
+        "cc-agent",
+    );
     let others = [
         Bun::V1_4_5.path(),
         Bun::Baseline1_3_11.path(),
