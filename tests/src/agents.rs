@@ -331,20 +331,7 @@ impl ClaudeAgent {
         extra_env: &[(&str, &str)],
     ) -> Self {
         let (program, leading) = release.command();
-        let home = ScratchDir::new("claude-watch-claude");
-        let mut command = Command::new(&program);
-        command
-            .args(&leading)
-            .args(STREAM_ARGS)
-            .env_clear()
-            .envs(base_env(standin, &home, api_key))
-            .envs(extra_env.iter().copied())
-            .current_dir(home.path());
-        Self::spawn(
-            &format!("claude ({})", program.display()),
-            &mut command,
-            home,
-        )
+        Self::start_program_with_env(standin, &program, &leading, api_key, extra_env)
     }
 
     /// Starts the Claude Code at `program` (after `leading` arguments, e.g. a script for node),
@@ -356,6 +343,18 @@ impl ClaudeAgent {
         leading: &[PathBuf],
         api_key: &str,
     ) -> Self {
+        Self::start_program_with_env(standin, program, leading, api_key, &[])
+    }
+
+    /// [`Self::start_program`] with extra environment variables.
+    #[track_caller]
+    pub fn start_program_with_env(
+        standin: &StandIn,
+        program: &std::path::Path,
+        leading: &[PathBuf],
+        api_key: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let home = ScratchDir::new("claude-watch-claude");
         let mut command = Command::new(program);
         command
@@ -363,6 +362,7 @@ impl ClaudeAgent {
             .args(STREAM_ARGS)
             .env_clear()
             .envs(base_env(standin, &home, api_key))
+            .envs(extra_env.iter().copied())
             .current_dir(home.path());
         Self::spawn(
             &format!("claude ({})", program.display()),
