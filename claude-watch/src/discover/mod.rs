@@ -134,7 +134,8 @@ impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
 /// What files are, remembered per [`FileKey`].
 #[derive(Debug)]
 pub struct Recognizer {
-    verdicts: Bounded<FileKey, Option<ClaudeFile>>,
+    /// Verdicts per file and the way it was read (a file is a script or an executable).
+    verdicts: Bounded<(FileKey, ClaudeKind), Option<ClaudeFile>>,
     /// Files actually read (not answered from the cache), for the operator and the bench.
     reads: u64,
 }
@@ -161,56 +162,53 @@ impl Recognizer {
             return None;
         }
         let by_name = instance::classify(exe, cmdline);
-        if by_name == Some(ClaudeKind::Script) || is_interpreter(exe) {
+        let (kind, verdict) = if by_name == Some(ClaudeKind::Script) || is_interpreter(exe) {
             let script = script_arg(cmdline)?;
             let path = if Path::new(script).is_absolute() {
                 dir.join("root").join(script.trim_start_matches('/'))
             } else {
                 dir.join("cwd").join(script)
             };
-            let verdict = self.file(&path, |f, _| {
-                let mut head = Vec::with_capacity(content::HEAD_BYTES);
-                std::io::Read::read_to_end(
-                    &mut std::io::Read::take(f, content::HEAD_BYTES as u64),
-                    &mut head,
-                )
-                .ok()?;
-                content::script(&head)
-            });
-            return match (by_name, verdict) {
-                (_, Some(file)) => Some((ClaudeKind::Script, file.version)),
-                (Some(kind), None) => Some((kind, None)),
-                (None, None) => None,
-            };
-        }
-        let verdict = self.file(&dir.join("exe"), |f, len| {
-            content::native(f, len).ok().flatten()
-        });
-        match (by_name, verdict) {
-            (_, Some(file)) => Some((ClaudeKind::Native, file.version)),
-            (Some(kind), None) => Some((kind, None)),
+            (ClaudeKind::Script, self.file(&path, ClaudeKind::Script))
+        } else {
+            (
+                ClaudeKind::Native,
+                self.file(&dir.join("exe"), ClaudeKind::Native),
+            )
+        };
+        match (verdict, by_name) {
+            (Some(file), _) => Some((kind, file.version)),
+            (None, Some(named)) => Some((named, None)),
             (None, None) => None,
         }
     }
 
-    /// The verdict on the file at `path`: from the cache when its key is known, else from
-    /// `check` on the opened file (which is then remembered).
-    fn file(
-        &mut self,
-        path: &Path,
-        check: impl FnOnce(&mut File, u64) -> Option<ClaudeFile>,
-    ) -> Option<ClaudeFile> {
+    /// The verdict on the file at `path` read as `kind` (a script's head, or a native
+    /// executable's module graph): from the cache when its key is known, else read once and
+    /// remembered.
+    fn file(&mut self, path: &Path, kind: ClaudeKind) -> Option<ClaudeFile> {
         let mut file = File::open(path).ok()?;
         let meta = file.metadata().ok()?;
         if !meta.is_file() {
             return None;
         }
-        let key = FileKey::of(&meta);
+        let key = (FileKey::of(&meta), kind);
         if let Some(verdict) = self.verdicts.get(&key) {
             return verdict.clone();
         }
         self.reads += 1;
-        let verdict = check(&mut file, meta.len());
+        let verdict = match kind {
+            ClaudeKind::Script => {
+                let mut head = Vec::with_capacity(content::HEAD_BYTES);
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(&mut file, content::HEAD_BYTES as u64),
+                    &mut head,
+                )
+                .ok()
+                .and_then(|_| content::script(&head))
+            }
+            ClaudeKind::Native => content::native(&mut file, meta.len()).ok().flatten(),
+        };
         self.verdicts.insert(key, verdict.clone());
         verdict
     }

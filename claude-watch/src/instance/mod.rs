@@ -307,7 +307,7 @@ pub fn identify(p: &ProcessInfo, rules: &[MatchRule]) -> InstanceId {
 }
 
 /// How a process runs Claude Code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClaudeKind {
     /// The native (Bun single-file) executable.
