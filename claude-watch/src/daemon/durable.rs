@@ -118,7 +118,18 @@ fn write_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(), StateE
         move |source| StateError::Io { op, path, source }
     };
     let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+    // Root-only, and never through a link planted at the temporary name.
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?
+    };
     serde_json::to_writer(&mut file, value).map_err(StateError::Serialize)?;
     file.write_all(b"\n").map_err(io("write", &tmp))?;
     file.sync_all().map_err(io("fsync", &tmp))?;
@@ -129,4 +140,28 @@ fn write_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(), StateE
             .map_err(io("fsync", dir))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_file_is_private_and_written_through_no_link() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("cw-durable-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("recovery.json");
+        write_atomic(&path, &serde_json::json!({"v": 1})).expect("write");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A link planted at the temporary name is not written through.
+        let target = dir.join("elsewhere");
+        std::fs::write(&target, "untouched").expect("target");
+        std::os::unix::fs::symlink(&target, path.with_extension("json.tmp")).expect("link");
+        assert!(write_atomic(&path, &serde_json::json!({"v": 2})).is_err());
+        assert_eq!(std::fs::read_to_string(&target).expect("target"), "untouched");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -174,6 +174,25 @@ fn sync_dir(path: &Path) -> Result<(), JournalError> {
         .map_err(io_err("sync", dir))
 }
 
+/// Opens `path` for appending, creating it readable by its owner only (the journal holds
+/// request ids and instance names of every user's agents), tightening an older, looser file,
+/// and refusing to follow a symbolic link planted at the path.
+pub(crate) fn open_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
 impl Journal {
     /// Opens (creating) the journal at `path`, cutting off a torn last line left by a crash.
     pub fn open(path: impl Into<PathBuf>, options: JournalOptions) -> Result<Self, JournalError> {
@@ -181,12 +200,7 @@ impl Journal {
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io_err("open", dir))?;
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
+        let mut file = open_private(&path).map_err(io_err("open", &path))?;
         let len = repair(&mut file, &path)?;
         sync_dir(&path)?;
         Ok(Self {
@@ -254,12 +268,7 @@ impl Journal {
         }
         std::fs::rename(&self.path, rotated(&self.path, 1))
             .map_err(io_err("rotate", &self.path))?;
-        self.file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&self.path)
-            .map_err(io_err("open", &self.path))?;
+        self.file = open_private(&self.path).map_err(io_err("open", &self.path))?;
         sync_dir(&self.path)?;
         self.len = 0;
         tracing::info!(path = %self.path.display(), keep, "journal rotated");

@@ -297,3 +297,28 @@ fn sigkill_mid_write_loses_and_corrupts_nothing() {
             .expect("every line of the live file is a whole record");
     }
 }
+
+#[test]
+fn the_journal_is_private_and_never_followed_through_a_link() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("private");
+    let path = dir.0.join("journal.jsonl");
+    let options = JournalOptions {
+        max_bytes: 1 << 20,
+        keep: 2,
+    };
+    drop(Journal::open(&path, options).expect("open"));
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600, "a new journal is root-only");
+    // A journal an older version left world-readable is tightened.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    drop(Journal::open(&path, options).expect("reopen"));
+    assert_eq!(mode(&path), 0o600);
+    // A link planted where the journal goes is refused, and its target left alone.
+    let target = dir.0.join("elsewhere");
+    std::fs::write(&target, "").expect("target");
+    let link = dir.0.join("linked.jsonl");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    assert!(Journal::open(&link, options).is_err(), "opened through a link");
+    assert_eq!(std::fs::read(&target).expect("target").len(), 0);
+}
