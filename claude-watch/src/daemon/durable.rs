@@ -161,7 +161,10 @@ mod tests {
         std::fs::write(&target, "untouched").expect("target");
         std::os::unix::fs::symlink(&target, path.with_extension("json.tmp")).expect("link");
         assert!(write_atomic(&path, &serde_json::json!({"v": 2})).is_err());
-        assert_eq!(std::fs::read_to_string(&target).expect("target"), "untouched");
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("target"),
+            "untouched"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

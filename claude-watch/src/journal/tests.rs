@@ -319,6 +319,9 @@ fn the_journal_is_private_and_never_followed_through_a_link() {
     std::fs::write(&target, "").expect("target");
     let link = dir.0.join("linked.jsonl");
     std::os::unix::fs::symlink(&target, &link).expect("symlink");
-    assert!(Journal::open(&link, options).is_err(), "opened through a link");
+    assert!(
+        Journal::open(&link, options).is_err(),
+        "opened through a link"
+    );
     assert_eq!(std::fs::read(&target).expect("target").len(), 0);
 }
