@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use super::{BenchEnv, Report};
+use super::{BenchEnv, Report, cpu_ticks, daemon_status};
 
 /// What one burst measured.
 pub(super) struct ExecBurst {
@@ -51,28 +51,6 @@ impl Drop for Reaped {
     }
 }
 
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-}
-
-/// `claude-watch status --json`: one object per instance.
-fn status(claude_watch: &Path, socket: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
-    let out = Command::new(claude_watch)
-        .args(["status", "--json", "--socket"])
-        .arg(socket)
-        .output()?;
-    if !out.status.success() {
-        bail!("status: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).context("status line"))
-        .collect()
-}
-
 /// The `lost` count of `claude-watch status` (its `probes:` line).
 fn lost(claude_watch: &Path, socket: &Path) -> anyhow::Result<u64> {
     let out = Command::new(claude_watch)
@@ -92,7 +70,7 @@ fn lost(claude_watch: &Path, socket: &Path) -> anyhow::Result<u64> {
 pub(super) fn run(env: &BenchEnv, root: &Path, smoke: bool) -> anyhow::Result<ExecBurst> {
     let (execs, claudes, unknown) = if smoke { (100, 3, 10) } else { (1000, 20, 50) };
     burst(
-        &env.claude_watch,
+        env,
         &pinned_bun(root),
         &env.scratch.0,
         execs,
@@ -102,10 +80,10 @@ pub(super) fn run(env: &BenchEnv, root: &Path, smoke: bool) -> anyhow::Result<Ex
 }
 
 /// Runs one burst of `execs` execs, `claudes` of them banner-carrying Bun programs built with
-/// `bun`, `unknown` distinct copies of `/bin/true`, under a daemon `claude_watch` whose state
+/// `bun`, `unknown` distinct copies of `/bin/true`, under the bench's daemon binary, whose state
 /// lives in `scratch`.
 fn burst(
-    claude_watch: &Path,
+    env: &BenchEnv,
     bun: &Path,
     scratch: &Path,
     execs: usize,
@@ -156,7 +134,7 @@ fn burst(
         ),
     )?;
     let mut daemon = Reaped(
-        Command::new(claude_watch)
+        Command::new(&env.claude_watch)
             .arg("daemon")
             .arg("--config")
             .arg(&config)
@@ -182,7 +160,7 @@ fn burst(
     std::fs::hard_link(&built, &warm_name)?;
     let warm = Reaped(Command::new(&warm_name).stdout(Stdio::null()).spawn()?);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !status(claude_watch, &socket)?.iter().any(|i| {
+    while !daemon_status(env, &socket)?.iter().any(|i| {
         i["pids"]
             .as_array()
             .is_some_and(|ps| ps.contains(&serde_json::Value::from(warm.0.id())))
@@ -193,9 +171,10 @@ fn burst(
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(1));
-    let lost0 = lost(claude_watch, &socket)?;
+    let lost0 = lost(&env.claude_watch, &socket)?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let pid = i32::try_from(pid).context("daemon pid")?;
     let t0 = cpu_ticks(pid)?;
     let started = Instant::now();
 
@@ -227,7 +206,7 @@ fn burst(
     // Let the daemon finish the burst's records, then read its CPU.
     std::thread::sleep(Duration::from_millis(1500));
     let t1 = cpu_ticks(pid)?;
-    let listed = status(claude_watch, &socket)?;
+    let listed = daemon_status(env, &socket)?;
     let claude_found = running
         .iter()
         .filter(|p| {
@@ -239,7 +218,7 @@ fn burst(
             })
         })
         .count();
-    let lost1 = lost(claude_watch, &socket)?;
+    let lost1 = lost(&env.claude_watch, &socket)?;
     Ok(ExecBurst {
         execs: done,
         unknown_files: unknown,
