@@ -420,6 +420,8 @@ fn command_adapter_kills_a_hanging_command_on_timeout() {
         unit: None,
         pid: 1,
         start_time: None,
+        uid: None,
+        placement: claude_watch::instance::Placement::Unsupervised,
     };
     let t0 = Instant::now();
     let err = runtime().block_on(restarter.restart(&target)).unwrap_err();

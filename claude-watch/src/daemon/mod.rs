@@ -104,7 +104,7 @@ enum Done {
         last: bool,
     },
     /// An input for the core (a restart's or the hook's result).
-    Input(Input),
+    Input(Box<Input>),
 }
 
 struct Daemon {
@@ -356,7 +356,7 @@ impl Daemon {
                 result,
                 last,
             } => self.attach(&found, result, last),
-            Done::Input(input) => self.feed(input),
+            Done::Input(input) => self.feed(*input),
         }
     }
 
@@ -389,7 +389,10 @@ impl Daemon {
                 let tx = self.done_tx.clone();
                 tokio::spawn(async move {
                     let result = supervisor.restart_within(&target, timeout).await;
-                    let _ = tx.send(Done::Input(Input::RestartFinished { instance, result }));
+                    let _ = tx.send(Done::Input(Box::new(Input::RestartFinished {
+                        instance,
+                        result,
+                    })));
                 });
             }
             Effect::RunHook {
@@ -401,7 +404,10 @@ impl Daemon {
                 let tx = self.done_tx.clone();
                 tokio::spawn(async move {
                     let result = supervisor::run_hook(&argv, timeout, &target).await;
-                    let _ = tx.send(Done::Input(Input::HookFinished { instance, result }));
+                    let _ = tx.send(Done::Input(Box::new(Input::HookFinished {
+                        instance,
+                        result,
+                    })));
                 });
             }
             Effect::Journal(record) => self.durable.send(Write::Journal(record)),

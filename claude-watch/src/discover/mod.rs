@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use crate::capture::{CaptureError, Target, targets};
-use crate::instance::{self, ClaudeKind, Container, InstanceId, MatchRule, ProcessInfo};
+use crate::instance::{self, ClaudeKind, Container, InstanceId, MatchRule, Placement, ProcessInfo};
 
 pub use content::ClaudeFile;
 
@@ -54,8 +54,8 @@ pub struct Found {
     pub instance: InstanceId,
     /// The release, from the file's banner when it could be read.
     pub release: Option<String>,
-    /// The container it runs in, if any.
-    pub container: Option<Container>,
+    /// Where it lives: the supervisor that could restart it ([`instance::placement`]).
+    pub placement: Placement,
 }
 
 impl Found {
@@ -319,22 +319,22 @@ impl Discovery {
         if !outermost {
             return None;
         }
-        let container = instance::container(&info.cgroup);
-        let instance = match &container {
-            Some(c) => InstanceId::container(format!(
+        let placement = instance::placement(&info);
+        let instance = match &placement {
+            Placement::Container(c) => InstanceId::container(format!(
                 "{}:{}",
                 c.engine.label(),
                 self.container_name(c)
                     .unwrap_or_else(|| c.short_id().to_owned())
             )),
-            None => instance::identify(&info, &self.rules),
+            _ => instance::identify(&info, &self.rules),
         };
         let found = Found {
             instance,
             kind,
             info,
             release,
-            container,
+            placement,
         };
         debug!(pid, instance = %found.instance, exe = %found.info.exe.display(), version = ?found.release, "claude process found");
         if found.kind == ClaudeKind::Script {

@@ -36,6 +36,30 @@ pub struct ProcessInfo {
     pub cwd: Option<PathBuf>,
     /// Content of `/proc/<pid>/cgroup`.
     pub cgroup: String,
+    /// Real user id (first field of `Uid:` in `/proc/<pid>/status`): the process's owner.
+    pub uid: u32,
+    /// What a process manager (pm2, supervisord) told it through its environment; nothing else
+    /// of the environment is read (it holds credentials).
+    pub env: SupervisorEnv,
+}
+
+/// The environment variables process managers set on the programs they run, read from
+/// `/proc/<pid>/environ` by [`proc::parse_environ`]. The process controls them: they only
+/// *suggest* a supervisor, which is asked before anything is done.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisorEnv {
+    /// pm2's `pm_id`.
+    pub pm2_id: Option<u32>,
+    /// pm2's `name` (only read together with `pm_id`).
+    pub pm2_name: Option<String>,
+    /// pm2's `PM2_HOME`: the pm2 daemon that runs it.
+    pub pm2_home: Option<PathBuf>,
+    /// supervisord's `SUPERVISOR_PROCESS_NAME`.
+    pub supervisord_program: Option<String>,
+    /// supervisord's `SUPERVISOR_GROUP_NAME`.
+    pub supervisord_group: Option<String>,
+    /// supervisord's `SUPERVISOR_SERVER_URL` (`unix:///...` or `http://...`).
+    pub supervisord_url: Option<String>,
 }
 
 /// How an [`InstanceId`] was derived.
@@ -48,8 +72,12 @@ pub enum IdSource {
     Rule,
     /// The name is `pid:<pid>`: nothing better was known.
     Pid,
-    /// The name is a container's (`docker:<name>`, `podman:<name>`).
+    /// The name is a container's (`docker:<name>`, `podman:<name>`, `k8s:<pod>/<container>`).
     Container,
+    /// The name is a unit of a user's systemd manager: `user:<uid>:<unit>`.
+    UserUnit,
+    /// The name is a program of a process manager: `pm2:<name>`, `supervisord:<program>`.
+    Program,
 }
 
 /// The stable name of one Claude Code instance (survives restarts of its process, except for
@@ -95,9 +123,78 @@ impl InstanceId {
         }
     }
 
-    /// The systemd unit, when the name is one.
+    /// A unit of user `uid`'s systemd manager, named `user:<uid>:<unit>`.
+    pub fn user_unit(uid: u32, unit: &str) -> Self {
+        Self {
+            name: format!("user:{uid}:{unit}"),
+            source: IdSource::UserUnit,
+        }
+    }
+
+    /// A program of a process manager, e.g. `pm2:reviewer`.
+    pub fn program(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            source: IdSource::Program,
+        }
+    }
+
+    /// The systemd unit, when the name is one (of the system's or a user's manager).
     pub fn unit_name(&self) -> Option<&str> {
-        (self.source == IdSource::Unit).then_some(self.name.as_str())
+        match self.source {
+            IdSource::Unit => Some(self.name.as_str()),
+            IdSource::UserUnit => self.name.splitn(3, ':').nth(2),
+            _ => None,
+        }
+    }
+
+    /// What the name alone says about where the instance lives: its unit for unit names
+    /// (under the system's manager, or `user:<uid>:`'s), nothing otherwise.
+    pub fn placement(&self) -> Placement {
+        let unit = self.unit_name().map(str::to_owned);
+        let manager = match self.source {
+            IdSource::UserUnit => self
+                .name
+                .split(':')
+                .nth(1)
+                .and_then(|u| u.parse().ok())
+                .map(|uid| Manager::User { uid }),
+            _ => Some(Manager::System),
+        };
+        match (unit, manager) {
+            (Some(name), Some(manager)) => Placement::Unit(SystemdUnit {
+                cgroup: String::new(),
+                name,
+                manager,
+            }),
+            _ => Placement::Unsupervised,
+        }
+    }
+
+    /// The id of a name written by an earlier run (journal, state file): the source follows
+    /// from the name's shape, and `unit` (what the record saved as the unit) tells system
+    /// units from rules.
+    pub fn from_saved(name: &str, unit: Option<&str>) -> Self {
+        let source = if name.starts_with("pid:") {
+            IdSource::Pid
+        } else if ["docker:", "podman:", "k8s:"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            IdSource::Container
+        } else if name.starts_with("user:") && name.splitn(3, ':').count() == 3 {
+            IdSource::UserUnit
+        } else if name.starts_with("pm2:") || name.starts_with("supervisord:") {
+            IdSource::Program
+        } else if unit == Some(name) {
+            IdSource::Unit
+        } else {
+            IdSource::Rule
+        };
+        Self {
+            name: name.to_owned(),
+            source,
+        }
     }
 }
 
@@ -247,6 +344,132 @@ pub fn container(cgroup: &str) -> Option<Container> {
         })
 }
 
+/// A Kubernetes pod container a process runs in, as read from its cgroup path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Pod {
+    /// The pod's uid (with dashes, as `kubectl get pod -o jsonpath={.metadata.uid}` shows it).
+    pub uid: String,
+    /// The container id (64 hex digits), which changes with every restart of the container.
+    pub container_id: String,
+    /// The runtime, from the scope's prefix (`cri-containerd`, `crio`, `docker`), when known.
+    pub runtime: Option<String>,
+}
+
+/// The pod container of a process from the content of `/proc/<pid>/cgroup`, for both cgroup
+/// drivers: systemd's (`/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid with
+/// underscores>.slice/cri-containerd-<id>.scope`, `crio-<id>.scope`) and cgroupfs's
+/// (`/kubepods/burstable/pod<uid>/<id>`). The pod segment must sit under a `kubepods` root and
+/// the container segment right below it, with a 64-hex-digit id.
+pub fn pod(cgroup: &str) -> Option<Pod> {
+    // Any line: on a hybrid host the unified line is `0::/` and a v1 controller has the path.
+    cgroup
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .find_map(|path| pod_of_path(path.trim()))
+}
+
+fn pod_of_path(path: &str) -> Option<Pod> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let root = segments
+        .iter()
+        .position(|s| *s == "kubepods" || *s == "kubepods.slice")?;
+    let is_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let (i, uid) = segments
+        .iter()
+        .enumerate()
+        .skip(root + 1)
+        .find_map(|(i, s)| {
+            let uid = match s.strip_suffix(".slice") {
+                // kubepods-burstable-pod<uid>.slice, kubepods-pod<uid>.slice
+                Some(slice) => slice.rsplit_once("-pod")?.1.replace('_', "-"),
+                None => s.strip_prefix("pod")?.to_owned(),
+            };
+            let ok = uid.len() == 36
+                && uid.bytes().enumerate().all(|(j, b)| {
+                    if matches!(j, 8 | 13 | 18 | 23) {
+                        b == b'-'
+                    } else {
+                        b.is_ascii_hexdigit()
+                    }
+                });
+            ok.then_some((i, uid.to_ascii_lowercase()))
+        })?;
+    let leaf = segments.get(i + 1)?;
+    let (runtime, id) = match leaf.strip_suffix(".scope") {
+        Some(scope) => {
+            let (runtime, id) = scope.rsplit_once('-')?;
+            (Some(runtime.to_owned()), id)
+        }
+        None => (None, *leaf),
+    };
+    is_id(id).then(|| Pod {
+        uid,
+        container_id: id.to_ascii_lowercase(),
+        runtime,
+    })
+}
+
+/// Where a process lives, as far as its cgroup and the process-manager variables of its
+/// environment tell: the supervisor that could restart it, before anyone asks that supervisor.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Placement {
+    /// A systemd unit (of the system's manager, a user's, or a nested one).
+    Unit(SystemdUnit),
+    /// A Docker or Podman container.
+    Container(Container),
+    /// A Kubernetes pod's container.
+    Pod(Pod),
+    /// A pm2 app.
+    Pm2 {
+        /// `pm_id`.
+        id: u32,
+        /// The app's name.
+        name: String,
+        /// The pm2 daemon's home (`PM2_HOME`), when given.
+        home: Option<PathBuf>,
+    },
+    /// A supervisord program.
+    Supervisord {
+        /// The program's name.
+        program: String,
+        /// Its group, when given (`group:program` is what supervisorctl takes).
+        group: Option<String>,
+        /// The server's URL, when given.
+        url: Option<String>,
+    },
+    /// None of the above.
+    #[default]
+    Unsupervised,
+}
+
+/// Where `p` lives: a pod, else a container, else a pm2 app, else a supervisord program, else
+/// a systemd unit. The nearest supervisor wins: pm2 and supervisord often run inside a unit,
+/// and restarting that unit would restart every program they run.
+pub fn placement(p: &ProcessInfo) -> Placement {
+    if let Some(pod) = pod(&p.cgroup) {
+        return Placement::Pod(pod);
+    }
+    if let Some(c) = container(&p.cgroup) {
+        return Placement::Container(c);
+    }
+    if let (Some(id), Some(name)) = (p.env.pm2_id, &p.env.pm2_name) {
+        return Placement::Pm2 {
+            id,
+            name: name.clone(),
+            home: p.env.pm2_home.clone(),
+        };
+    }
+    if let Some(program) = &p.env.supervisord_program {
+        return Placement::Supervisord {
+            program: program.clone(),
+            group: p.env.supervisord_group.clone(),
+            url: p.env.supervisord_url.clone(),
+        };
+    }
+    systemd_unit(&p.cgroup).map_or(Placement::Unsupervised, Placement::Unit)
+}
+
 /// `Some(uid)` for `user@<uid>.service`.
 fn user_manager_uid(segment: &str) -> Option<u32> {
     segment
@@ -294,11 +517,24 @@ impl MatchRule {
     }
 }
 
-/// The instance a (claude) process belongs to: its systemd unit, else the first matching rule,
-/// else `pid:<pid>`.
+/// The instance a (claude) process belongs to, after its [`placement`]: `k8s:<pod uid>`,
+/// `pm2:<name>`, `supervisord:<program>`, its systemd unit (`user:<uid>:<unit>` under a user's
+/// manager), else the first matching rule, else `pid:<pid>`. Containers are named by the
+/// caller, which asks the engine for their names.
 pub fn identify(p: &ProcessInfo, rules: &[MatchRule]) -> InstanceId {
-    if let Some(unit) = systemd_unit(&p.cgroup) {
-        return InstanceId::unit(unit.name);
+    match placement(p) {
+        Placement::Pod(pod) => return InstanceId::container(format!("k8s:{}", pod.uid)),
+        Placement::Pm2 { name, .. } => return InstanceId::program(format!("pm2:{name}")),
+        Placement::Supervisord { program, .. } => {
+            return InstanceId::program(format!("supervisord:{program}"));
+        }
+        Placement::Unit(SystemdUnit {
+            name,
+            manager: Manager::User { uid },
+            ..
+        }) => return InstanceId::user_unit(uid, &name),
+        Placement::Unit(unit) => return InstanceId::unit(unit.name),
+        Placement::Container(_) | Placement::Unsupervised => {}
     }
     rules
         .iter()

@@ -58,7 +58,8 @@ pub fn read_exe_and_cmdline(dir: &Path) -> (PathBuf, Vec<String>) {
     (exe, cmdline)
 }
 
-/// Reads `/proc/<pid>/{stat,exe,cmdline,cwd,cgroup}` under `proc_root` (normally `/proc`).
+/// Reads `/proc/<pid>/{stat,exe,cmdline,cwd,cgroup,status}` and the process-manager variables
+/// of `environ` under `proc_root` (normally `/proc`).
 ///
 /// `exe` and `cwd` may be unreadable for another user's or a zombie process: they are then left
 /// empty / `None` rather than failing; `stat` and `cgroup` must be readable.
@@ -73,6 +74,11 @@ pub fn read_process_info(proc_root: &Path, pid: u32) -> Result<ProcessInfo, Inst
     let cgroup = String::from_utf8_lossy(&read("cgroup")?).into_owned();
     let (exe, cmdline) = read_exe_and_cmdline(&dir);
     let cwd = std::fs::read_link(dir.join("cwd")).ok();
+    let status = String::from_utf8_lossy(&read("status")?).into_owned();
+    let uid = parse_uid(&status).ok_or(InstanceError::Stat { pid })?;
+    let env = read_bounded(&dir.join("environ"), MAX_ENVIRON)
+        .map(|raw| parse_environ(&raw))
+        .unwrap_or_default();
     Ok(ProcessInfo {
         pid,
         ppid,
@@ -81,7 +87,78 @@ pub fn read_process_info(proc_root: &Path, pid: u32) -> Result<ProcessInfo, Inst
         cmdline,
         cwd,
         cgroup,
+        uid,
+        env,
     })
+}
+
+/// Most bytes of `/proc/<pid>/environ` read: process managers put their variables among the
+/// first ones, and a process cannot make the daemon read megabytes.
+const MAX_ENVIRON: u64 = 64 * 1024;
+/// Longest value kept from a process manager's variable.
+const MAX_VALUE: usize = 256;
+
+fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut raw = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit)
+        .read_to_end(&mut raw)?;
+    Ok(raw)
+}
+
+/// The real uid (first field of `Uid:`) from the content of `/proc/<pid>/status`.
+pub fn parse_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The process-manager variables of an environment block (`KEY=value` entries split at NULs).
+/// Every other variable is skipped unread beyond its key (the environment holds credentials);
+/// values that are too long or hold control characters are ignored.
+pub fn parse_environ(raw: &[u8]) -> super::SupervisorEnv {
+    let mut env = super::SupervisorEnv::default();
+    for entry in raw.split(|&b| b == 0) {
+        let Some(eq) = entry.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let (key, value) = (&entry[..eq], &entry[eq + 1..]);
+        let slot = match key {
+            b"pm_id"
+            | b"name"
+            | b"PM2_HOME"
+            | b"SUPERVISOR_PROCESS_NAME"
+            | b"SUPERVISOR_GROUP_NAME"
+            | b"SUPERVISOR_SERVER_URL" => key,
+            _ => continue,
+        };
+        let Ok(value) = std::str::from_utf8(value) else {
+            continue;
+        };
+        if value.is_empty() || value.len() > MAX_VALUE || value.chars().any(char::is_control) {
+            continue;
+        }
+        let value = value.to_owned();
+        match slot {
+            b"pm_id" => env.pm2_id = value.parse().ok(),
+            b"name" => env.pm2_name = Some(value),
+            b"PM2_HOME" => env.pm2_home = Some(PathBuf::from(value)),
+            b"SUPERVISOR_PROCESS_NAME" => env.supervisord_program = Some(value),
+            b"SUPERVISOR_GROUP_NAME" => env.supervisord_group = Some(value),
+            _ => env.supervisord_url = Some(value),
+        }
+    }
+    if env.pm2_id.is_none() {
+        // `name` alone is too common a variable to mean pm2.
+        env.pm2_name = None;
+        env.pm2_home = None;
+    }
+    env
 }
 
 /// The parent chain of `pid`, nearest first, up to (excluding) PID 1 or `max_depth` entries.

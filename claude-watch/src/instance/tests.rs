@@ -17,6 +17,7 @@ fn proc_with(exe: &str, args: &[&str], cgroup: &str) -> ProcessInfo {
         cmdline: args.iter().map(|s| (*s).to_owned()).collect(),
         cwd: Some(PathBuf::from("/srv/agents/alpha")),
         cgroup: cgroup.to_owned(),
+        ..ProcessInfo::default()
     }
 }
 
@@ -288,5 +289,119 @@ fn containers_from_real_cgroup_shapes() {
         "",
     ] {
         assert_eq!(container(other), None, "{other}");
+    }
+}
+
+#[test]
+fn pods_from_both_cgroup_drivers_and_runtimes() {
+    let id = "a".repeat(64);
+    let systemd = format!(
+        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1c2d3e4f_aaaa_bbbb_cccc_0123456789ab.slice/cri-containerd-{id}.scope\n"
+    );
+    let p = pod(&systemd).unwrap();
+    assert_eq!(p.uid, "1c2d3e4f-aaaa-bbbb-cccc-0123456789ab");
+    assert_eq!(p.container_id, id);
+    assert_eq!(p.runtime.as_deref(), Some("cri-containerd"));
+    let guaranteed = format!(
+        "0::/kubepods.slice/kubepods-pod1c2d3e4f_aaaa_bbbb_cccc_0123456789ab.slice/crio-{id}.scope"
+    );
+    assert_eq!(pod(&guaranteed).unwrap().runtime.as_deref(), Some("crio"));
+    let cgroupfs = format!(
+        "12:memory:/kubepods/besteffort/pod1c2d3e4f-aaaa-bbbb-cccc-0123456789ab/{id}\n0::/\n"
+    );
+    let p = pod(&cgroupfs).unwrap();
+    assert_eq!(p.uid, "1c2d3e4f-aaaa-bbbb-cccc-0123456789ab");
+    assert_eq!(p.runtime, None);
+    // Not under kubepods, a short id, a uid of the wrong shape: no pod.
+    assert_eq!(
+        pod(&format!(
+            "0::/user.slice/pod1c2d3e4f-aaaa-bbbb-cccc-0123456789ab/{id}"
+        )),
+        None
+    );
+    assert_eq!(
+        pod("0::/kubepods/pod1c2d3e4f-aaaa-bbbb-cccc-0123456789ab/abc"),
+        None
+    );
+    assert_eq!(pod(&format!("0::/kubepods/podnotauid/{id}")), None);
+    // A pod's container is named after the pod, not taken for a Docker container.
+    let mut info = proc_with("/usr/bin/claude", &["claude"], &systemd);
+    assert!(matches!(placement(&info), Placement::Pod(_)));
+    assert_eq!(
+        identify(&info, &[]),
+        InstanceId::container("k8s:1c2d3e4f-aaaa-bbbb-cccc-0123456789ab")
+    );
+    info.cgroup = format!("0::/system.slice/docker-{id}.scope");
+    assert!(matches!(placement(&info), Placement::Container(_)));
+}
+
+#[test]
+fn environ_yields_only_process_manager_variables() {
+    let raw = b"ANTHROPIC_API_KEY=sk-ant-secret\0pm_id=3\0name=reviewer\0PM2_HOME=/home/a/.pm2\0\
+SUPERVISOR_PROCESS_NAME=agent\0SUPERVISOR_GROUP_NAME=agents\0SUPERVISOR_SERVER_URL=unix:///run/s.sock\0";
+    let env = proc::parse_environ(raw);
+    assert_eq!(env.pm2_id, Some(3));
+    assert_eq!(env.pm2_name.as_deref(), Some("reviewer"));
+    assert_eq!(env.pm2_home.as_deref(), Some(Path::new("/home/a/.pm2")));
+    assert_eq!(env.supervisord_program.as_deref(), Some("agent"));
+    assert_eq!(env.supervisord_group.as_deref(), Some("agents"));
+    assert!(!format!("{env:?}").contains("sk-ant"));
+    // `name` without `pm_id` is not pm2; control characters and huge values are dropped.
+    let env = proc::parse_environ(b"name=x\0SUPERVISOR_PROCESS_NAME=a\x1b[2Jb\0");
+    assert_eq!(env, SupervisorEnv::default());
+    let long = format!("SUPERVISOR_PROCESS_NAME={}", "x".repeat(300));
+    assert_eq!(
+        proc::parse_environ(long.as_bytes()),
+        SupervisorEnv::default()
+    );
+    // Any bytes at all: no panic.
+    for cut in 0..raw.len() {
+        let _ = proc::parse_environ(&raw[..cut]);
+    }
+}
+
+#[test]
+fn the_nearest_supervisor_names_the_instance() {
+    let mut info = proc_with(
+        "/usr/bin/claude",
+        &["claude"],
+        "0::/system.slice/pm2-root.service\n",
+    );
+    assert_eq!(identify(&info, &[]), InstanceId::unit("pm2-root.service"));
+    info.env.pm2_id = Some(0);
+    info.env.pm2_name = Some("reviewer".into());
+    assert_eq!(identify(&info, &[]), InstanceId::program("pm2:reviewer"));
+    info.env = SupervisorEnv {
+        supervisord_program: Some("agent".into()),
+        ..SupervisorEnv::default()
+    };
+    assert_eq!(
+        identify(&info, &[]),
+        InstanceId::program("supervisord:agent")
+    );
+    let user = proc_with(
+        "/usr/bin/claude",
+        &["claude"],
+        "0::/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service\n",
+    );
+    let id = identify(&user, &[]);
+    assert_eq!(id, InstanceId::user_unit(1000, "nginx.service"));
+    assert_eq!(id.name, "user:1000:nginx.service");
+    assert_eq!(id.unit_name(), Some("nginx.service"));
+}
+
+#[test]
+fn saved_names_keep_their_source() {
+    for id in [
+        InstanceId::unit("a.service"),
+        InstanceId::user_unit(7, "a.service"),
+        InstanceId::pid(9),
+        InstanceId::container("docker:web"),
+        InstanceId::container("k8s:1c2d3e4f-aaaa-bbbb-cccc-0123456789ab"),
+        InstanceId::program("pm2:x"),
+        InstanceId::program("supervisord:x"),
+        InstanceId::rule("alpha"),
+    ] {
+        assert_eq!(InstanceId::from_saved(&id.name, id.unit_name()), id, "{id}");
     }
 }

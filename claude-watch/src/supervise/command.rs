@@ -114,6 +114,8 @@ mod tests {
             unit: unit.map(Into::into),
             pid: 4242,
             start_time: None,
+            uid: None,
+            placement: crate::instance::Placement::Unsupervised,
         }
     }
 

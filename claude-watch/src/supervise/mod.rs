@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::instance::Placement;
+
 /// The instance to restart, as the daemon knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
@@ -31,6 +33,14 @@ pub struct Target {
     /// Start time of that process (field 22 of `/proc/<pid>/stat`, clock ticks since boot), so a
     /// reused PID is never mistaken for the instance. `None` skips the check.
     pub start_time: Option<u64>,
+    /// The process's owner (real uid), when known: adapters act as this user where they can,
+    /// and check that the supervisor they ask belongs to it.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Where the process lives, as discovery read it (to be confirmed by the supervisor right
+    /// before acting).
+    #[serde(default)]
+    pub placement: Placement,
 }
 
 impl Target {
@@ -45,6 +55,8 @@ impl Target {
             unit: None,
             pid,
             start_time: Some(start_time),
+            uid: None,
+            placement: Placement::Unsupervised,
         })
     }
 

@@ -10,7 +10,7 @@ use super::signal::SignalRestarter;
 use super::systemd::{SystemdMode, SystemdRestarter};
 use super::{RestartOutcome, Restarter as _, SuperviseError, Target};
 use crate::config::{SupervisorSpec, SystemdModeSpec};
-use crate::instance::InstanceId;
+use crate::instance::{Manager, Placement, SystemdUnit};
 
 /// The system bus socket systemd listens on.
 const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
@@ -42,6 +42,15 @@ impl SystemdBus {
     }
 }
 
+/// A supervisor chosen for an instance, and why it was.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    /// The supervisor.
+    pub supervisor: Supervisor,
+    /// `configured: command`, `auto → systemd (unit a.service in the system manager)`, ...
+    pub reason: String,
+}
+
 /// The supervisor of one instance.
 #[derive(Clone, Debug)]
 pub enum Supervisor {
@@ -56,14 +65,14 @@ pub enum Supervisor {
 }
 
 impl Supervisor {
-    /// Resolves `spec` for `instance`: `auto` is systemd when the instance has a unit and
-    /// systemd is reachable, observe-only otherwise.
+    /// Resolves `spec` for an instance whose newest process lives at `placement`, and says
+    /// why (`auto → systemd (unit agent.service in the system manager)`), for status and logs.
     pub fn resolve(
         spec: &SupervisorSpec,
-        instance: &InstanceId,
+        placement: &Placement,
         bus: &SystemdBus,
         timeout: Duration,
-    ) -> Self {
+    ) -> Choice {
         let systemd = |mode: SystemdModeSpec| {
             let mode = match mode {
                 SystemdModeSpec::Restart => SystemdMode::Restart,
@@ -79,21 +88,75 @@ impl Supervisor {
                 timeout,
             })
         };
+        let configured = |supervisor: Self| Choice {
+            reason: format!("configured: {}", supervisor.kind()),
+            supervisor,
+        };
+        let auto = |supervisor: Self, why: String| Choice {
+            reason: format!("auto → {} ({why})", supervisor.kind()),
+            supervisor,
+        };
         match spec {
-            SupervisorSpec::Auto
-                if instance.unit_name().is_some() && !matches!(bus, SystemdBus::Unavailable(_)) =>
-            {
-                systemd(SystemdModeSpec::Restart)
-            }
-            SupervisorSpec::Auto | SupervisorSpec::Observe => Self::Observe(ObserveOnly),
-            SupervisorSpec::Systemd { mode } => systemd(*mode),
+            SupervisorSpec::Auto => match placement {
+                Placement::Unit(SystemdUnit {
+                    name,
+                    manager: Manager::System,
+                    ..
+                }) => match bus {
+                    SystemdBus::Unavailable(why) => auto(
+                        Self::Observe(ObserveOnly),
+                        format!("unit {name}, but systemd is not reachable: {why}"),
+                    ),
+                    _ => auto(
+                        systemd(SystemdModeSpec::Restart),
+                        format!("unit {name} in the system manager"),
+                    ),
+                },
+                Placement::Unit(SystemdUnit {
+                    name,
+                    manager: Manager::User { uid },
+                    ..
+                }) => auto(
+                    Self::Observe(ObserveOnly),
+                    format!("unit {name} in user@{uid}'s manager, which is not supported yet"),
+                ),
+                Placement::Container(c) => auto(
+                    Self::Observe(ObserveOnly),
+                    format!(
+                        "{} container {}, which is not supported yet",
+                        c.engine.label(),
+                        c.short_id()
+                    ),
+                ),
+                Placement::Pod(pod) => auto(
+                    Self::Signal(SignalRestarter::default()),
+                    format!(
+                        "pod {}: the kubelet restarts the container when its process ends",
+                        pod.uid
+                    ),
+                ),
+                Placement::Pm2 { id, .. } => auto(
+                    Self::Observe(ObserveOnly),
+                    format!("pm2 app {id}, which is not supported yet"),
+                ),
+                Placement::Supervisord { program, .. } => auto(
+                    Self::Observe(ObserveOnly),
+                    format!("supervisord program {program}, which is not supported yet"),
+                ),
+                Placement::Unsupervised => auto(
+                    Self::Observe(ObserveOnly),
+                    "no supervisor found: not in a unit, container or process manager".into(),
+                ),
+            },
+            SupervisorSpec::Observe => configured(Self::Observe(ObserveOnly)),
+            SupervisorSpec::Systemd { mode } => configured(systemd(*mode)),
             SupervisorSpec::Command { argv, timeout } => {
-                Self::Command(CommandRestarter::new(argv.clone(), *timeout))
+                configured(Self::Command(CommandRestarter::new(argv.clone(), *timeout)))
             }
-            SupervisorSpec::Signal { grace } => Self::Signal(SignalRestarter {
+            SupervisorSpec::Signal { grace } => configured(Self::Signal(SignalRestarter {
                 grace: *grace,
                 ..SignalRestarter::default()
-            }),
+            })),
         }
     }
 

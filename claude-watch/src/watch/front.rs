@@ -162,7 +162,7 @@ mod tests {
                 kind: ClaudeKind::Native,
                 instance: self.claude.get(&pid)?.clone(),
                 release: None,
-                container: None,
+                placement: crate::instance::Placement::Unsupervised,
             };
             self.known.insert(pid, found.clone());
             Some(found)

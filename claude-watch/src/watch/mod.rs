@@ -46,9 +46,9 @@ use crate::detect::{Detector, Episode, Event, MonoNs, Reason, State};
 use crate::discover::Found;
 use crate::error_chain;
 use crate::http::Exchange;
-use crate::instance::InstanceId;
+use crate::instance::{InstanceId, Placement};
 use crate::journal::{ActionKind, ActionRecord, Record as JournalRecord};
-use crate::supervise::supervisor::{Supervisor, SystemdBus};
+use crate::supervise::supervisor::{Choice, Supervisor, SystemdBus};
 use crate::supervise::{RestartOutcome, SuperviseError, Target};
 use policy::{Action, Policy, PolicySnapshot};
 use status::{LastSeen, Status};
@@ -213,6 +213,8 @@ pub struct Watch {
     procs: BTreeMap<u32, Found>,
     /// The executable of each instance (kept after its processes exit).
     binaries: BTreeMap<InstanceId, String>,
+    /// Where the newest process of each instance lives (kept after its processes exit).
+    placements: BTreeMap<InstanceId, Placement>,
     /// The latest API answer of each instance.
     last_seen: BTreeMap<InstanceId, LastSeen>,
     /// Exchanges seen, of any process.
@@ -249,6 +251,7 @@ impl Watch {
             wall_minus_mono_ns,
             procs: BTreeMap::new(),
             binaries: BTreeMap::new(),
+            placements: BTreeMap::new(),
             last_seen: BTreeMap::new(),
             exchanges: 0,
             unobserved: BTreeMap::new(),
@@ -368,14 +371,26 @@ impl Watch {
         wall_ms(now, self.wall_minus_mono_ns)
     }
 
-    /// The supervisor of `instance` (`Observe` in a dry run acts the same: never).
-    fn supervisor(&self, instance: &InstanceId) -> Supervisor {
+    /// The supervisor of `instance` and why (`Observe` in a dry run acts the same: never).
+    fn choice(&self, instance: &InstanceId) -> Choice {
+        // An instance known only from its traffic or the journal: its unit, if its name is one.
+        let from_name = || instance.placement();
+        let placement = self
+            .placements
+            .get(instance)
+            .cloned()
+            .unwrap_or_else(from_name);
         Supervisor::resolve(
             self.config.supervisor_for(&instance.name),
-            instance,
+            &placement,
             &self.bus,
             self.config.recovery.restart_timeout,
         )
+    }
+
+    /// The supervisor of `instance`.
+    fn supervisor(&self, instance: &InstanceId) -> Supervisor {
+        self.choice(instance).supervisor
     }
 
     /// Whether latches of `instance` are acted on.
@@ -387,6 +402,7 @@ impl Watch {
         let id = found.instance.clone();
         self.binaries
             .insert(id.clone(), found.info.exe.display().to_string());
+        self.placements.insert(id.clone(), found.placement.clone());
         let events = self.detector.process_started(&id, found.info.pid, now);
         self.procs.insert(found.info.pid, found.clone());
         out.push(Effect::Attach(found));
@@ -581,6 +597,8 @@ impl Watch {
             unit: id.unit_name().map(str::to_owned),
             pid: found.info.pid,
             start_time: Some(found.info.start_time),
+            uid: Some(found.info.uid),
+            placement: found.placement.clone(),
         })
     }
 
@@ -690,6 +708,8 @@ impl Watch {
                 unit: id.unit_name().map(str::to_owned),
                 pid: 0,
                 start_time: None,
+                uid: None,
+                placement: self.placements.get(id).cloned().unwrap_or_default(),
             });
             info!(instance = %id, "running the escalation hook");
             out.push(Effect::RunHook {

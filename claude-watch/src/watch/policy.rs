@@ -459,14 +459,7 @@ impl Policy {
 /// name is the unit, `pid:N` names by pid, a configured rule otherwise.
 #[must_use]
 pub fn saved_instance_id(name: &str, unit: Option<&str>) -> InstanceId {
-    match unit {
-        Some(u) if u == name => InstanceId::unit(name),
-        _ if name.starts_with("pid:") => InstanceId {
-            name: name.to_owned(),
-            source: IdSource::Pid,
-        },
-        _ => InstanceId::rule(name),
-    }
+    InstanceId::from_saved(name, unit)
 }
 
 fn to_wall_ms(t: MonoNs, now: MonoNs, wall_now_ms: u64) -> u64 {

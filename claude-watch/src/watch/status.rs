@@ -94,11 +94,14 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         let Some(id) = ids.get(&view.name) else {
             continue;
         };
-        view.supervisor = if dry_run {
-            "dry-run".into()
+        let choice = watch.choice(id);
+        if dry_run {
+            view.supervisor = "dry-run".into();
+            view.supervisor_reason = format!("dry run (would be {})", choice.reason);
         } else {
-            watch.supervisor(id).kind().into()
-        };
+            view.supervisor = choice.supervisor.kind().into();
+            view.supervisor_reason = choice.reason;
+        }
         view.restarts = watch.policy.restarts(id);
         view.backoff_until_ms = watch
             .policy
@@ -208,6 +211,9 @@ pub struct InstanceView {
     pub backoff_until_ms: Option<u64>,
     /// How it would be restarted: systemd, command, signal, observe.
     pub supervisor: String,
+    /// Why that supervisor: `auto → systemd (unit a.service in the system manager)`.
+    #[serde(default)]
+    pub supervisor_reason: String,
     /// Why no probe could be attached to it (a binary or library that could not be
     /// verified): its traffic is not seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]

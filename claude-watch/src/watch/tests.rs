@@ -44,7 +44,14 @@ fn found(pid: u32, instance: &InstanceId) -> Found {
         kind: ClaudeKind::Native,
         instance: instance.clone(),
         release: None,
-        container: None,
+        placement: match instance.unit_name() {
+            Some(name) => crate::instance::Placement::Unit(crate::instance::SystemdUnit {
+                name: name.to_owned(),
+                manager: crate::instance::Manager::System,
+                cgroup: format!("/system.slice/{name}"),
+            }),
+            None => crate::instance::Placement::Unsupervised,
+        },
     }
 }
 
