@@ -36,7 +36,7 @@ pub mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -46,7 +46,7 @@ use crate::detect::{Detector, Episode, Event, MonoNs, Reason, State};
 use crate::discover::Found;
 use crate::error_chain;
 use crate::http::Exchange;
-use crate::instance::{InstanceId, Placement};
+use crate::instance::{IdSource, InstanceId, Placement};
 use crate::journal::{ActionKind, ActionRecord, Record as JournalRecord};
 use crate::supervise::supervisor::{Choice, Supervisor, SystemdBus};
 use crate::supervise::{RestartOutcome, SuperviseError, Target};
@@ -221,6 +221,8 @@ pub struct Watch {
     exchanges: u64,
     /// Instance processes whose traffic cannot be seen, and why.
     unobserved: BTreeMap<u32, String>,
+    /// Instances of resumed episodes too old to act on: their next API answer decides.
+    recheck: BTreeSet<InstanceId>,
 }
 
 impl Watch {
@@ -243,8 +245,10 @@ impl Watch {
             }
             None => Policy::new(config.recovery.policy_config()),
         };
+        let mut detector = Detector::new(config.detector.detector_config());
+        detector.set_wall_offset(wall_minus_mono_ns);
         Self {
-            detector: Detector::new(config.detector.detector_config()),
+            detector,
             policy,
             config,
             bus,
@@ -255,6 +259,7 @@ impl Watch {
             last_seen: BTreeMap::new(),
             exchanges: 0,
             unobserved: BTreeMap::new(),
+            recheck: BTreeSet::new(),
         }
     }
 
@@ -315,6 +320,7 @@ impl Watch {
                     out.push(Effect::Detach { pid });
                     let events = self.detector.process_exited(&id, pid, now);
                     self.on_events(events, now, &mut out);
+                    self.prune(&id);
                 }
             }
             Input::Exchange { exchange, instance } => {
@@ -438,6 +444,18 @@ impl Watch {
         }
         let events = self.detector.observe(&id, exchange.pid, exchange, now);
         self.on_events(events, now, out);
+        if crate::detect::is_api_call(exchange) && self.recheck.remove(&id) {
+            let latched = self
+                .detector
+                .status(&id)
+                .is_some_and(|s| s.state == State::Latched);
+            if exchange.status == 401 && latched && self.acts(&id) {
+                info!(instance = %id, "the resumed episode's instance still gets 401: latched");
+                self.policy.latched(&id, now);
+                self.journal_backoff(&id, now, out);
+                self.save(now, out);
+            }
+        }
     }
 
     fn resume(&mut self, episodes: Vec<Episode>, now: MonoNs, out: &mut Vec<Effect>) {
@@ -448,19 +466,58 @@ impl Watch {
             let events = self.detector.escalate(&id, now);
             self.on_events(events, now, out);
         }
+        let wall_now = self.wall_ms(now);
+        let stale_after =
+            u64::try_from(self.config.recovery.healthy_reset.as_millis()).unwrap_or(u64::MAX);
         for episode in episodes.into_iter().filter(|e| !e.is_closed()) {
-            let id = policy::saved_instance_id(&episode.instance, episode.unit.as_deref());
-            info!(instance = %id, episode = %episode.id, "resuming an episode left open by the previous run");
+            let id = InstanceId::from_saved(&episode.instance, episode.unit.as_deref());
+            let live = self.procs.values().any(|f| f.instance == id);
+            let age_ms = wall_now.saturating_sub(episode.last_401_ms);
+            let last_pid = episode.pids.last().copied().unwrap_or(0);
+            info!(instance = %id, episode = %episode.id, live, age_ms, "resuming an episode left open by the previous run");
             self.detector.restore(&id, episode);
+            if !live {
+                // Its process is gone (and a `pid:` name can never come back): the episode
+                // ends as the process's would have, and nothing is restarted.
+                info!(instance = %id, "the latched process is gone: episode ends process_exited");
+                self.policy.hold(&id);
+                let events = self.detector.process_exited(&id, last_pid, now);
+                self.on_events(events, now, out);
+                self.prune(&id);
+                continue;
+            }
+            if !self.acts(&id) {
+                continue;
+            }
+            if age_ms > stale_after {
+                // Too old to act on: the instance's current traffic decides (a 401 latches it
+                // again, a non-401 closes the episode).
+                info!(instance = %id, age_ms, "old episode: waiting for the instance's current traffic before any restart");
+                self.policy.hold(&id);
+                self.recheck.insert(id);
+                continue;
+            }
             // Still latched as far as recovery knows: a restart that was under way when the
             // previous run stopped counts as not healed (a quiet window first), and a quiet
             // window restored from the state file keeps its deadline.
-            if self.acts(&id) {
-                self.policy.latched(&id, now);
-                self.journal_backoff(&id, now, out);
-            }
+            self.policy.latched(&id, now);
+            self.journal_backoff(&id, now, out);
         }
         self.save(now, out);
+    }
+
+    /// Forgets a `pid:` instance once its process is gone (its name can never come back), so
+    /// neither status nor memory keeps one entry per process that ever ran.
+    fn prune(&mut self, id: &InstanceId) {
+        if id.source != IdSource::Pid || self.procs.values().any(|f| &f.instance == id) {
+            return;
+        }
+        self.detector.forget(id);
+        self.policy.forget(id);
+        self.last_seen.remove(id);
+        self.binaries.remove(id);
+        self.placements.remove(id);
+        self.recheck.remove(id);
     }
 
     /// Translates the detector's events into policy calls, journal records and metrics.
