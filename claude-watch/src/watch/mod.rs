@@ -223,6 +223,8 @@ pub struct Watch {
     unobserved: BTreeMap<u32, String>,
     /// Instances of resumed episodes too old to act on: their next API answer decides.
     recheck: BTreeSet<InstanceId>,
+    /// The id of each instance's latest episode (actions that end after it closed name it).
+    last_episode: BTreeMap<InstanceId, String>,
 }
 
 impl Watch {
@@ -260,6 +262,7 @@ impl Watch {
             exchanges: 0,
             unobserved: BTreeMap::new(),
             recheck: BTreeSet::new(),
+            last_episode: BTreeMap::new(),
         }
     }
 
@@ -475,6 +478,7 @@ impl Watch {
             let age_ms = wall_now.saturating_sub(episode.last_401_ms);
             let last_pid = episode.pids.last().copied().unwrap_or(0);
             info!(instance = %id, episode = %episode.id, live, age_ms, "resuming an episode left open by the previous run");
+            self.last_episode.insert(id.clone(), episode.id.clone());
             self.detector.restore(&id, episode);
             if !live {
                 // Its process is gone (and a `pid:` name can never come back): the episode
@@ -518,6 +522,7 @@ impl Watch {
         self.binaries.remove(id);
         self.placements.remove(id);
         self.recheck.remove(id);
+        self.last_episode.remove(id);
     }
 
     /// Translates the detector's events into policy calls, journal records and metrics.
@@ -532,6 +537,10 @@ impl Watch {
                     at_ns,
                 } => self.state_changed(&instance, from, to, &reason, at_ns, now, out),
                 Event::EpisodeOpened(episode) => {
+                    self.last_episode.insert(
+                        InstanceId::from_saved(&episode.instance, episode.unit.as_deref()),
+                        episode.id.clone(),
+                    );
                     warn!(instance = %episode.instance, episode = %episode.id, count_401 = episode.count_401, request_ids = ?episode.request_ids(), "latched: 401s on the instance's own session");
                     out.push(Effect::Metric(Metric::EpisodeOpened {
                         agent: episode.instance.clone(),
@@ -800,11 +809,14 @@ impl Watch {
         now: MonoNs,
         out: &mut Vec<Effect>,
     ) {
+        // The open episode, else the latest one: a restart may finish, or the hook run, after
+        // the episode it was for has closed.
         let episode_id = self
             .detector
             .status(id)
             .and_then(|s| s.window)
-            .map(|w| w.id);
+            .map(|w| w.id)
+            .or_else(|| self.last_episode.get(id).cloned());
         out.push(Effect::Journal(JournalRecord::Action(ActionRecord {
             at_ms: self.wall_ms(now),
             instance: id.name.clone(),

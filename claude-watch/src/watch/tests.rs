@@ -857,3 +857,24 @@ fn pid_instances_are_forgotten_when_their_process_exits() {
     assert!(r.watch.status(r.now).instances.is_empty());
     assert_eq!(r.watch.instance_count(), 0);
 }
+
+#[test]
+fn a_restart_that_finishes_after_the_new_process_s_200_still_names_its_episode() {
+    let mut r = Rig::new("");
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let (instance, _, _) = r.take_restart();
+    // The supervisor's new process answers before the restart call returns (a slow D-Bus).
+    r.start(101, &agent());
+    r.see(101, 200, "s1");
+    let episode = r
+        .closed(EpisodeEnd::RecoveredAfterRestart)
+        .expect("recovered")
+        .id
+        .clone();
+    r.restart_ok(&instance, 101);
+    let restarts = r.actions(ActionKind::Restart);
+    assert_eq!(restarts.len(), 1);
+    assert_eq!(restarts[0].episode_id.as_deref(), Some(episode.as_str()));
+}
