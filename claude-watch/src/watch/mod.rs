@@ -639,8 +639,9 @@ impl Watch {
         }
     }
 
-    /// The process to restart for `id`: the newest live process that got the open window's
-    /// 401s, else the newest live process of the instance.
+    /// The process to restart for `id`: the newest live process whose own requests got the
+    /// open window's 401s. Never another member of the instance: a process that did not latch
+    /// (possibly another user's, borrowing the name) is not restarted for someone else's 401s.
     fn target(&self, id: &InstanceId) -> Option<Target> {
         let window_pids = self
             .detector
@@ -651,13 +652,7 @@ impl Watch {
         let found = window_pids
             .iter()
             .rev()
-            .find_map(|p| self.procs.get(p).filter(|f| &f.instance == id))
-            .or_else(|| {
-                self.procs
-                    .values()
-                    .filter(|f| &f.instance == id)
-                    .max_by_key(|f| f.info.pid)
-            })?;
+            .find_map(|p| self.procs.get(p).filter(|f| &f.instance == id))?;
         Some(Target {
             instance: id.name.clone(),
             unit: id.unit_name().map(str::to_owned),
@@ -671,7 +666,7 @@ impl Watch {
     fn start_restart(&mut self, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
         let supervisor = self.supervisor(id);
         let Some(target) = self.target(id) else {
-            let detail = format!("no live process of instance {id} is known");
+            let detail = format!("no live process of instance {id} got the 401s");
             warn!(instance = %id, "cannot restart: {detail}");
             self.policy
                 .restart_finished(id, now, &Err::<(), _>(detail.as_str()));
@@ -766,10 +761,12 @@ impl Watch {
             now,
             out,
         );
+        // The process that latched, taken before the escalation closes its episode.
+        let latched = self.target(id);
         let events = self.detector.escalate(id, now);
         self.on_events(events, now, out);
         if let Some(hook) = &self.config.recovery.escalation_hook {
-            let target = self.target(id).unwrap_or(Target {
+            let target = latched.unwrap_or(Target {
                 instance: id.name.clone(),
                 unit: id.unit_name().map(str::to_owned),
                 pid: 0,

@@ -878,3 +878,42 @@ fn a_restart_that_finishes_after_the_new_process_s_200_still_names_its_episode()
     assert_eq!(restarts.len(), 1);
     assert_eq!(restarts[0].episode_id.as_deref(), Some(episode.as_str()));
 }
+
+#[test]
+fn a_member_that_latched_and_exited_does_not_get_another_member_restarted() {
+    let mut r = Rig::new("backoff_initial = \"2s\"");
+    // Another instance's restart holds the host-wide slot.
+    r.start(50, &unit("other.service"));
+    r.see(50, 200, "o");
+    r.latch(50, "o");
+    let (other, _, _) = r.take_restart();
+    // Two processes share the instance; only 100's own requests get 401s, then it exits.
+    r.start(100, &agent());
+    r.start(200, &agent());
+    r.see(200, 200, "honest");
+    r.see(100, 200, "s0");
+    for _ in 0..4 {
+        r.advance(S);
+        r.see(100, 401, "s0");
+    }
+    assert_eq!(r.view("agent.service").state, "latched");
+    r.exit(100);
+    r.restart_ok(&other, 51);
+    r.start(51, &unit("other.service"));
+    r.see(51, 200, "o2");
+    r.advance(10 * S);
+    assert!(
+        r.restarts.is_empty(),
+        "the honest member 200 was not restarted"
+    );
+    assert_eq!(r.restarts_total, 1);
+    let refused = r.actions(ActionKind::Restart);
+    assert!(
+        refused.iter().any(|a| a.instance == "agent.service"
+            && !a.ok
+            && a.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("got the 401s"))),
+        "{refused:?}"
+    );
+}
