@@ -1,0 +1,165 @@
+//! Recovery through the supervisor that really owns the latched process, checked right before
+//! acting: systemd user units through their user's own manager (a real `user@<uid>.service`
+//! with its own D-Bus inside the test bed), and the refusal when the manager asked does not own
+//! the process.
+//!
+//! Needs root (`cargo xtask setup --tests`: systemd, dbus-user-session).
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use claude_watch::detect::{Episode, EpisodeEnd};
+use claude_watch::journal::{ActionKind, ActionRecord, Record};
+use claude_watch::supervise::systemd::SystemdRestarter;
+use claude_watch::supervise::{Restarter as _, SuperviseError, Target};
+use claude_watch_tests::agents::{AgentConfig, Runtime, agent_unit};
+use claude_watch_tests::process::ScratchDir;
+use claude_watch_tests::standin::StandIn;
+use claude_watch_tests::testbed::Testbed;
+use claude_watch_tests::users::TestUser;
+use claude_watch_tests::wait::wait_until;
+use claude_watch_tests::watch::Daemon;
+
+/// The unprivileged user whose manager runs the agents.
+const USER: &str = "cwtest-unit";
+const WAIT: Duration = Duration::from_secs(45);
+
+/// Every daemon watches every claude process on the host: one scenario at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_millis(),
+    )
+    .expect("fits")
+}
+
+/// A light agent (taken for Claude Code) as user unit `unit` of `user`'s manager, started.
+fn user_agent(bed: &Testbed, user: &TestUser, unit: &str, standin: &StandIn, dir: &Path) {
+    let config = AgentConfig {
+        model: "claude-haiku-4-5".into(),
+        as_claude: true,
+        ..AgentConfig::default()
+    };
+    let text = agent_unit(standin, Runtime::Node, &config, dir);
+    user.chown(dir);
+    bed.add_user_unit(user, unit, &text);
+    bed.user_daemon_reload(user);
+    let out = bed.user_systemctl(user, &["start", unit]);
+    assert!(
+        out.status.success(),
+        "start user unit {unit}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        bed.user_log(user)
+    );
+}
+
+/// A long-running system unit `unit` in the test bed, started.
+fn system_unit(bed: &Testbed, unit: &str) {
+    bed.add_unit(
+        unit,
+        "[Service]\nExecStart=/bin/sleep infinity\nRestart=always\n",
+    );
+    bed.daemon_reload();
+    let out = bed.systemctl(&["start", unit]);
+    assert!(
+        out.status.success(),
+        "start {unit}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Fast detection, short quiet windows, the test bed's system bus.
+fn config(bed: &Testbed) -> String {
+    format!(
+        "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nsystemd_bus = \"{}\"\nrestart_timeout = \"20s\"\nbackoff_initial = \"3s\"\n",
+        bed.bus_address()
+    )
+}
+
+fn actions(daemon: &Daemon, kind: ActionKind) -> Vec<ActionRecord> {
+    daemon
+        .records()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Action(a) if a.kind == kind => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+fn closed_episode(daemon: &Daemon, end: EpisodeEnd) -> Episode {
+    wait_until(WAIT, &format!("an episode closed as {end:?}"), || {
+        daemon.records().into_iter().find_map(|r| match r {
+            Record::Episode { episode, .. } if episode.end == end => Some(episode),
+            _ => None,
+        })
+    })
+}
+
+/// Latches the user's agent `unit` and checks it is restarted through the user's manager and
+/// recovers by its own new session's 200; returns the daemon for further checks.
+fn latch_and_recover(bed: &Testbed, user: &TestUser, unit: &str, standin: &StandIn) -> Daemon {
+    let name = format!("user:{}:{unit}", user.uid);
+    let daemon = Daemon::start("", &config(bed));
+    let healthy = daemon.wait_instance(&name, WAIT, "the user's agent healthy", |i| {
+        i["last_status"] == 200
+    });
+    assert_eq!(healthy["supervisor"], "systemd-user", "{healthy}");
+    assert_eq!(
+        healthy["supervisor_reason"],
+        format!(
+            "auto → systemd-user (unit {unit} in user@{}'s manager)",
+            user.uid
+        )
+    );
+    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    let old_pid = bed.user_main_pid(user, unit).expect("the user unit's main pid");
+    let latched_at = now_ms();
+    standin.latch_session(&old_session);
+
+    let episode = closed_episode(&daemon, EpisodeEnd::RecoveredAfterRestart);
+    assert_eq!(episode.restarts, 1, "{episode:?}");
+    let new_pid = bed.user_main_pid(user, unit).expect("a new main pid");
+    assert_ne!(new_pid, old_pid, "the user's manager restarted the unit");
+    let now = daemon.wait_instance(&name, WAIT, "healthy with a new session", |i| {
+        i["state"] == "healthy" && i["session_id"] != old_session.as_str()
+    });
+    let new_session = now["session_id"].as_str().expect("new session");
+    assert!(
+        standin.log().iter().any(|l| l.session.as_deref() == Some(new_session)
+            && l.status == 200
+            && l.time * 1000.0 > latched_at as f64),
+        "the new session's own 200 confirmed the recovery"
+    );
+    let restarts = actions(&daemon, ActionKind::Restart);
+    assert_eq!(restarts.len(), 1, "{restarts:?}");
+    assert!(restarts[0].ok, "{restarts:?}");
+    let detail = restarts[0].detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("user@{}'s manager", user.uid)),
+        "{detail}"
+    );
+    daemon
+}
+
+#[test]
+fn a_latched_user_unit_is_restarted_through_its_users_manager_and_confirmed_by_its_own_200() {
+    let _serial = serial();
+    let user = TestUser::ensure(USER);
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-user-unit");
+    let bed = Testbed::start("userunit");
+    bed.start_user_manager(&user);
+    user_agent(&bed, &user, "agent.service", &standin, dir.path());
+    let _daemon = latch_and_recover(&bed, &user, "agent.service", &standin);
+}
