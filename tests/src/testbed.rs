@@ -138,12 +138,16 @@ impl Testbed {
             String::from_utf8_lossy(&out.stderr),
             self.user_log(user)
         );
-        wait_until(Duration::from_secs(20), "the user's manager on its bus", || {
-            let out = self.user_systemctl(user, &["is-system-running"]);
-            let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            (self.user_bus(user).exists() && matches!(state.as_str(), "running" | "degraded"))
-                .then_some(())
-        });
+        wait_until(
+            Duration::from_secs(20),
+            "the user's manager on its bus",
+            || {
+                let out = self.user_systemctl(user, &["is-system-running"]);
+                let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                (self.user_bus(user).exists() && matches!(state.as_str(), "running" | "degraded"))
+                    .then_some(())
+            },
+        );
     }
 
     /// The user's bus socket, as a path on the host.

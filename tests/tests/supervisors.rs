@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use claude_watch::detect::{Episode, EpisodeEnd};
+use claude_watch::instance::{Manager, Placement, SystemdUnit};
 use claude_watch::journal::{ActionKind, ActionRecord, Record};
 use claude_watch::supervise::systemd::SystemdRestarter;
 use claude_watch::supervise::{Restarter as _, SuperviseError, Target};
@@ -123,7 +124,9 @@ fn latch_and_recover(bed: &Testbed, user: &TestUser, unit: &str, standin: &Stand
         )
     );
     let old_session = healthy["session_id"].as_str().expect("session").to_owned();
-    let old_pid = bed.user_main_pid(user, unit).expect("the user unit's main pid");
+    let old_pid = bed
+        .user_main_pid(user, unit)
+        .expect("the user unit's main pid");
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
@@ -136,9 +139,12 @@ fn latch_and_recover(bed: &Testbed, user: &TestUser, unit: &str, standin: &Stand
     });
     let new_session = now["session_id"].as_str().expect("new session");
     assert!(
-        standin.log().iter().any(|l| l.session.as_deref() == Some(new_session)
-            && l.status == 200
-            && l.time * 1000.0 > latched_at as f64),
+        standin
+            .log()
+            .iter()
+            .any(|l| l.session.as_deref() == Some(new_session)
+                && l.status == 200
+                && l.time * 1000.0 > latched_at as f64),
         "the new session's own 200 confirmed the recovery"
     );
     let restarts = actions(&daemon, ActionKind::Restart);
@@ -162,4 +168,131 @@ fn a_latched_user_unit_is_restarted_through_its_users_manager_and_confirmed_by_i
     bed.start_user_manager(&user);
     user_agent(&bed, &user, "agent.service", &standin, dir.path());
     let _daemon = latch_and_recover(&bed, &user, "agent.service", &standin);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// A target that names `unit` (of `manager`) but whose process is `pid`.
+fn crafted(instance: &str, unit: &str, manager: Manager, pid: u32) -> Target {
+    let mut target = Target::for_pid(instance, pid)
+        .expect("a live pid")
+        .with_unit(unit);
+    target.placement = Placement::Unit(SystemdUnit {
+        name: unit.into(),
+        manager,
+        cgroup: String::new(),
+    });
+    target
+}
+
+#[test]
+fn a_process_of_another_unit_is_refused_naming_both_and_nothing_is_restarted() {
+    let _serial = serial();
+    let user = TestUser::ensure(USER);
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-refusal");
+    let bed = Testbed::start("refusal");
+    system_unit(&bed, "unit-a.service");
+    system_unit(&bed, "unit-b.service");
+    bed.start_user_manager(&user);
+    user_agent(&bed, &user, "agent.service", &standin, dir.path());
+    user_agent(&bed, &user, "other.service", &standin, dir.path());
+    let pids = || {
+        [
+            bed.main_pid("unit-a.service"),
+            bed.main_pid("unit-b.service"),
+            bed.user_main_pid(&user, "agent.service"),
+            bed.user_main_pid(&user, "other.service"),
+        ]
+    };
+    let before = wait_until(WAIT, "four main pids", || {
+        let p = pids();
+        p.iter().all(Option::is_some).then_some(p)
+    });
+    let [a, b, agent, other] = before.map(|p| p.expect("pid"));
+    let rt = runtime();
+
+    // The system manager: unit-a's name, unit-b's process.
+    let system = SystemdRestarter::with_address(bed.bus_address());
+    let err = rt
+        .block_on(system.restart(&crafted(
+            "unit-a.service",
+            "unit-a.service",
+            Manager::System,
+            b,
+        )))
+        .expect_err("refused");
+    let SuperviseError::NotOwner {
+        expected, found, ..
+    } = &err
+    else {
+        panic!("expected NotOwner, got {err:?}")
+    };
+    assert_eq!(
+        (expected.as_str(), found.as_str()),
+        ("unit-a.service", "unit-b.service")
+    );
+    let text = claude_watch::error_chain(&err);
+    assert!(
+        text.contains("unit-a.service") && text.contains("unit-b.service"),
+        "{text}"
+    );
+
+    // The user's manager: agent.service's name, other.service's process.
+    let user_manager = SystemdRestarter::for_user(user.uid);
+    let name = format!("user:{}:agent.service", user.uid);
+    let err = rt
+        .block_on(user_manager.restart(&crafted(
+            &name,
+            "agent.service",
+            Manager::User { uid: user.uid },
+            other,
+        )))
+        .expect_err("refused");
+    assert!(
+        matches!(&err, SuperviseError::NotOwner { expected, found, manager, .. }
+            if expected == "agent.service" && found == "other.service"
+                && *manager == format!("user@{}'s manager", user.uid)),
+        "{err:?}"
+    );
+
+    // A user unit's name with a root process: not the user's to restart, and never talked
+    // about to the user's manager as root.
+    let err = rt
+        .block_on(user_manager.restart(&crafted(
+            &name,
+            "agent.service",
+            Manager::User { uid: user.uid },
+            a,
+        )))
+        .expect_err("refused");
+    assert!(
+        matches!(&err, SuperviseError::NotOwner { found, .. } if found == "a process of uid 0"),
+        "{err:?}"
+    );
+
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        pids(),
+        [Some(a), Some(b), Some(agent), Some(other)],
+        "nothing was restarted"
+    );
+    // And the same restarters do act when the unit is the process's own.
+    let outcome = rt
+        .block_on(user_manager.restart(&crafted(
+            &name,
+            "agent.service",
+            Manager::User { uid: user.uid },
+            agent,
+        )))
+        .expect("restarted");
+    let new_pid = outcome.new_pid.expect("the new main pid, as a host pid");
+    assert_ne!(new_pid, agent);
+    assert_eq!(bed.user_main_pid(&user, "agent.service"), Some(new_pid));
+    assert_eq!(bed.user_main_pid(&user, "other.service"), Some(other));
 }
