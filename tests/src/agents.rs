@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use crate::deps::{self, Bun, ClaudeCode};
 use crate::process::{ChildGuard, ScratchDir};
 use crate::standin::StandIn;
+use crate::testbed::Testbed;
+use crate::users::TestUser;
 
 /// A fake credential in the shape of an Anthropic API key.
 pub const FAKE_API_KEY: &str = "sk-ant-api03-test-claude-watch-0000000000";
@@ -282,6 +284,35 @@ pub fn agent_unit(
         script.display(),
         home.display()
     )
+}
+
+/// Starts a light agent (taken for Claude Code, Node) as user unit `unit` of `user`'s
+/// manager in `bed` (started with [`Testbed::start_user_manager`]); `dir` (its script and
+/// `HOME`) is given to the user.
+#[track_caller]
+pub fn start_user_agent(
+    bed: &Testbed,
+    user: &TestUser,
+    unit: &str,
+    standin: &StandIn,
+    dir: &std::path::Path,
+) {
+    let config = AgentConfig {
+        model: "claude-haiku-4-5".into(),
+        as_claude: true,
+        ..AgentConfig::default()
+    };
+    let text = agent_unit(standin, Runtime::Node, &config, dir);
+    user.chown(dir);
+    bed.add_user_unit(user, unit, &text);
+    bed.user_daemon_reload(user);
+    let out = bed.user_systemctl(user, &["start", unit]);
+    assert!(
+        out.status.success(),
+        "start user unit {unit}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        bed.user_log(user)
+    );
 }
 
 /// The real Claude Code, kept alive across turns:

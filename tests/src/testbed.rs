@@ -126,6 +126,23 @@ impl Testbed {
         host_pid_in(&self.cgroup().join("system.slice").join(unit), &out)
     }
 
+    /// Starts system unit `unit` running `sleep infinity` (`Restart=always`): a long-running
+    /// unit whose main PID must not change.
+    #[track_caller]
+    pub fn start_sleeper(&self, unit: &str) {
+        self.add_unit(
+            unit,
+            "[Service]\nExecStart=/bin/sleep infinity\nRestart=always\n",
+        );
+        self.daemon_reload();
+        let out = self.systemctl(&["start", unit]);
+        assert!(
+            out.status.success(),
+            "start {unit}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Starts `user@<uid>.service` for `user` (its own systemd manager and, from
     /// dbus-user-session, its bus) and waits until both answer.
     #[track_caller]

@@ -1,8 +1,18 @@
-//! What an unprivileged neighbour can do to the probes (the start of the hostile-user suite).
+//! What an unprivileged neighbour can do to the probes and to recovery (the start of the
+//! hostile-user suite).
 //!
 //! Needs root (`cargo xtask setup --tests`).
 
 use std::time::Duration;
+
+use claude_watch::detect::EpisodeEnd;
+use claude_watch::journal::{ActionKind, ActionRecord, Record};
+use claude_watch_tests::agents::{AgentConfig, Runtime, agent_unit, start_user_agent};
+use claude_watch_tests::process::ScratchDir;
+use claude_watch_tests::standin::StandIn;
+use claude_watch_tests::testbed::Testbed;
+use claude_watch_tests::users::TestUser;
+use claude_watch_tests::watch::Daemon;
 
 use aya::maps::{HashMap, Map, MapData, loaded_maps};
 use claude_watch_tests::process::ChildGuard;
@@ -103,4 +113,169 @@ fn threads_that_exit_inside_ssl_read_leave_no_pending_read_behind() {
         "the dead threads' entries freed",
         || (pending_reads_of(trace.pid(), pid) == 0).then_some(()),
     );
+}
+
+/// The unprivileged user who runs the attacks on recovery.
+const ATTACKER: &str = "cwtest-unit";
+const WAIT: Duration = Duration::from_secs(45);
+
+/// Every daemon watches every claude process on the host: one daemon scenario at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Fast detection, short quiet windows, the test bed's system bus.
+fn recovery_config(bed: &Testbed) -> String {
+    format!(
+        "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nsystemd_bus = \"{}\"\nrestart_timeout = \"20s\"\nbackoff_initial = \"3s\"\n",
+        bed.bus_address()
+    )
+}
+
+fn restarts(daemon: &Daemon) -> Vec<ActionRecord> {
+    daemon
+        .records()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Action(a) if a.kind == ActionKind::Restart => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+/// systemd's `MainPID` of system unit `unit` (a test bed PID).
+fn ns_main_pid(bed: &Testbed, unit: &str) -> String {
+    let out = bed.systemctl(&["show", "-p", "MainPID", "--value", unit]);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A user's service named like a system service (`nginx.service` in their own manager, while
+/// the system runs `nginx.service` too): latching the user's agent restarts the user's unit
+/// through the user's manager, and the system's unit keeps its main process.
+#[test]
+fn a_user_unit_named_like_a_system_unit_gets_only_the_users_unit_restarted() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-hostile-nginx");
+    let bed = Testbed::start("hostile-nginx");
+    bed.start_sleeper("nginx.service");
+    let system_nginx = wait_until(WAIT, "the system nginx", || bed.main_pid("nginx.service"));
+    bed.start_user_manager(&user);
+    start_user_agent(&bed, &user, "nginx.service", &standin, dir.path());
+    let name = format!("user:{}:nginx.service", user.uid);
+    let daemon = Daemon::start("", &recovery_config(&bed));
+    let healthy = daemon.wait_instance(&name, WAIT, "the user's agent healthy", |i| {
+        i["last_status"] == 200
+    });
+    assert_eq!(healthy["supervisor"], "systemd-user", "{healthy}");
+    let users_nginx = bed
+        .user_main_pid(&user, "nginx.service")
+        .expect("the user's nginx");
+    standin.latch_session(healthy["session_id"].as_str().expect("session"));
+
+    wait_until(WAIT, "the user's episode recovered after a restart", || {
+        daemon.records().into_iter().find(|r| {
+            matches!(r, Record::Episode { episode, .. } if episode.end == EpisodeEnd::RecoveredAfterRestart)
+        })
+    });
+    let new_users_nginx = bed.user_main_pid(&user, "nginx.service");
+    assert!(
+        new_users_nginx.is_some_and(|p| p != users_nginx),
+        "the user's unit was restarted: {new_users_nginx:?}"
+    );
+    assert_eq!(
+        bed.main_pid("nginx.service"),
+        Some(system_nginx),
+        "the system's nginx.service was not touched"
+    );
+    let done = restarts(&daemon);
+    assert_eq!(done.len(), 1, "{done:?}");
+    let detail = done[0].detail.clone().unwrap_or_default();
+    assert!(
+        done[0].ok && detail.contains(&format!("user@{}'s manager", user.uid)),
+        "{done:?}"
+    );
+}
+
+/// The user's own system service (`User=`, `Delegate=yes`) moves its agent into a sub-cgroup
+/// named `nginx.service`: by its cgroup path the agent is the system's `nginx.service`, but the
+/// system manager says its process belongs to the user's service. The restart is refused,
+/// journalled with both names and shown in `status`; nothing is restarted.
+#[test]
+fn a_delegated_subcgroup_named_like_a_system_unit_is_refused_and_nothing_is_restarted() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-hostile-delegate");
+    let bed = Testbed::start("hostile-delegate");
+    bed.start_sleeper("nginx.service");
+    let system_nginx = wait_until(WAIT, "the system nginx", || bed.main_pid("nginx.service"));
+    let config = AgentConfig {
+        model: "claude-haiku-4-5".into(),
+        as_claude: true,
+        ..AgentConfig::default()
+    };
+    let mover = dir.path().join("move.sh");
+    std::fs::write(
+        &mover,
+        "#!/bin/sh\ncg=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)\nmkdir \"$cg/nginx.service\"\necho $$ > \"$cg/nginx.service/cgroup.procs\"\nexec \"$@\"\n",
+    )
+    .expect("write move.sh");
+    let unit = agent_unit(&standin, Runtime::Node, &config, dir.path()).replace(
+        "ExecStart=",
+        &format!("ExecStart=/bin/sh {} ", mover.display()),
+    );
+    user.chown(dir.path());
+    bed.add_unit(
+        "attacker.service",
+        &format!("{unit}User={}\nDelegate=yes\n", user.name),
+    );
+    bed.daemon_reload();
+    let out = bed.systemctl(&["start", "attacker.service"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let attacker = ns_main_pid(&bed, "attacker.service");
+
+    let daemon = Daemon::start("", &recovery_config(&bed));
+    let healthy = daemon.wait_instance("nginx.service", WAIT, "the disguised agent", |i| {
+        i["last_status"] == 200
+    });
+    standin.latch_session(healthy["session_id"].as_str().expect("session"));
+
+    let refused = wait_until(WAIT, "a refused restart in the journal", || {
+        restarts(&daemon).into_iter().find(|a| !a.ok)
+    });
+    let detail = refused.detail.unwrap_or_default();
+    assert!(
+        detail.contains("refused")
+            && detail.contains("nginx.service")
+            && detail.contains("attacker.service"),
+        "{detail}"
+    );
+    let shown = daemon.wait_instance("nginx.service", WAIT, "the refusal in status", |i| {
+        i["last_error"].is_string()
+    });
+    let shown = shown["last_error"].as_str().unwrap_or_default();
+    assert!(
+        shown.contains("nginx.service") && shown.contains("attacker.service"),
+        "{shown}"
+    );
+    assert!(
+        daemon
+            .status_text()
+            .contains("last restart failed: refused"),
+        "{}",
+        daemon.status_text()
+    );
+    assert!(restarts(&daemon).iter().all(|a| !a.ok), "nothing restarted");
+    assert_eq!(bed.main_pid("nginx.service"), Some(system_nginx));
+    assert_eq!(ns_main_pid(&bed, "attacker.service"), attacker);
 }

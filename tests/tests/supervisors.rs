@@ -5,7 +5,6 @@
 //!
 //! Needs root (`cargo xtask setup --tests`: systemd, dbus-user-session).
 
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use claude_watch::detect::{Episode, EpisodeEnd};
@@ -13,7 +12,7 @@ use claude_watch::instance::{Manager, Placement, SystemdUnit};
 use claude_watch::journal::{ActionKind, ActionRecord, Record};
 use claude_watch::supervise::systemd::SystemdRestarter;
 use claude_watch::supervise::{Restarter as _, SuperviseError, Target};
-use claude_watch_tests::agents::{AgentConfig, Runtime, agent_unit};
+use claude_watch_tests::agents::start_user_agent;
 use claude_watch_tests::process::ScratchDir;
 use claude_watch_tests::standin::StandIn;
 use claude_watch_tests::testbed::Testbed;
@@ -42,41 +41,6 @@ fn now_ms() -> u64 {
             .as_millis(),
     )
     .expect("fits")
-}
-
-/// A light agent (taken for Claude Code) as user unit `unit` of `user`'s manager, started.
-fn user_agent(bed: &Testbed, user: &TestUser, unit: &str, standin: &StandIn, dir: &Path) {
-    let config = AgentConfig {
-        model: "claude-haiku-4-5".into(),
-        as_claude: true,
-        ..AgentConfig::default()
-    };
-    let text = agent_unit(standin, Runtime::Node, &config, dir);
-    user.chown(dir);
-    bed.add_user_unit(user, unit, &text);
-    bed.user_daemon_reload(user);
-    let out = bed.user_systemctl(user, &["start", unit]);
-    assert!(
-        out.status.success(),
-        "start user unit {unit}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        bed.user_log(user)
-    );
-}
-
-/// A long-running system unit `unit` in the test bed, started.
-fn system_unit(bed: &Testbed, unit: &str) {
-    bed.add_unit(
-        unit,
-        "[Service]\nExecStart=/bin/sleep infinity\nRestart=always\n",
-    );
-    bed.daemon_reload();
-    let out = bed.systemctl(&["start", unit]);
-    assert!(
-        out.status.success(),
-        "start {unit}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Fast detection, short quiet windows, the test bed's system bus.
@@ -166,7 +130,7 @@ fn a_latched_user_unit_is_restarted_through_its_users_manager_and_confirmed_by_i
     let dir = ScratchDir::new("cw-user-unit");
     let bed = Testbed::start("userunit");
     bed.start_user_manager(&user);
-    user_agent(&bed, &user, "agent.service", &standin, dir.path());
+    start_user_agent(&bed, &user, "agent.service", &standin, dir.path());
     let _daemon = latch_and_recover(&bed, &user, "agent.service", &standin);
 }
 
@@ -197,11 +161,11 @@ fn a_process_of_another_unit_is_refused_naming_both_and_nothing_is_restarted() {
     let standin = StandIn::start();
     let dir = ScratchDir::new("cw-refusal");
     let bed = Testbed::start("refusal");
-    system_unit(&bed, "unit-a.service");
-    system_unit(&bed, "unit-b.service");
+    bed.start_sleeper("unit-a.service");
+    bed.start_sleeper("unit-b.service");
     bed.start_user_manager(&user);
-    user_agent(&bed, &user, "agent.service", &standin, dir.path());
-    user_agent(&bed, &user, "other.service", &standin, dir.path());
+    start_user_agent(&bed, &user, "agent.service", &standin, dir.path());
+    start_user_agent(&bed, &user, "other.service", &standin, dir.path());
     let pids = || {
         [
             bed.main_pid("unit-a.service"),
