@@ -279,3 +279,64 @@ fn a_delegated_subcgroup_named_like_a_system_unit_is_refused_and_nothing_is_rest
     assert_eq!(bed.main_pid("nginx.service"), Some(system_nginx));
     assert_eq!(ns_main_pid(&bed, "attacker.service"), attacker);
 }
+
+/// The user swaps their bus socket for a link to the system bus, hoping the root daemon will
+/// take the system manager for theirs (an absolute link seen through `/proc/<pid>/root` even
+/// resolves in the daemon's own root: the host's system bus). The daemon connects as the user
+/// and only to a socket the user owns, never through a link: refused, journalled, nothing
+/// restarted.
+#[test]
+fn a_user_bus_pointed_at_the_system_bus_gets_nothing_restarted() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-hostile-bus");
+    let bed = Testbed::start("hostile-bus");
+    bed.start_sleeper("nginx.service");
+    let system_nginx = wait_until(WAIT, "the system nginx", || bed.main_pid("nginx.service"));
+    bed.start_user_manager(&user);
+    start_user_agent(&bed, &user, "nginx.service", &standin, dir.path());
+    let name = format!("user:{}:nginx.service", user.uid);
+    // As the user, inside the test bed: their runtime directory is theirs to change.
+    let runtime = format!("/run/user/{}", user.uid);
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &bed.pid1().to_string(), "-m", "-p", "setpriv"])
+        .arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .args([
+            "--clear-groups",
+            "ln",
+            "-sfn",
+            "/run/dbus/system_bus_socket",
+        ])
+        .arg(format!("{runtime}/bus"))
+        .output()
+        .expect("run ln as the user");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let daemon = Daemon::start("", &recovery_config(&bed));
+    let healthy = daemon.wait_instance(&name, WAIT, "the user's agent healthy", |i| {
+        i["last_status"] == 200
+    });
+    let pids = healthy["pids"].clone();
+    standin.latch_session(healthy["session_id"].as_str().expect("session"));
+    let refused = wait_until(WAIT, "a refused restart in the journal", || {
+        restarts(&daemon).into_iter().find(|a| !a.ok)
+    });
+    let detail = refused.detail.unwrap_or_default();
+    assert!(
+        detail.contains(&format!("not a socket owned by uid {}", user.uid)),
+        "{detail}"
+    );
+    assert!(restarts(&daemon).iter().all(|a| !a.ok), "nothing restarted");
+    assert_eq!(bed.main_pid("nginx.service"), Some(system_nginx));
+    let now = daemon.wait_instance(&name, WAIT, "the agent", |_| true);
+    assert_eq!(
+        now["pids"], pids,
+        "the user's agent was not restarted either"
+    );
+}

@@ -132,6 +132,21 @@ fn a_latched_user_unit_is_restarted_through_its_users_manager_and_confirmed_by_i
     bed.start_user_manager(&user);
     start_user_agent(&bed, &user, "agent.service", &standin, dir.path());
     let _daemon = latch_and_recover(&bed, &user, "agent.service", &standin);
+    // The user's bus admits its user only (dbus-daemon refuses even root): the restart went
+    // through as the user.
+    let as_root = std::process::Command::new("busctl")
+        .arg(format!(
+            "--address=unix:path={}",
+            bed.user_bus(&user).display()
+        ))
+        .args(["call", "org.freedesktop.DBus", "/org/freedesktop/DBus"])
+        .args(["org.freedesktop.DBus", "GetId"])
+        .output()
+        .expect("run busctl");
+    assert!(
+        !as_root.status.success(),
+        "root was let onto the user's bus: {as_root:?}"
+    );
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -13,8 +13,10 @@
 //! `/proc/<pid>/root/run/user/<uid>/bus` (the process's own view of the filesystem, so a test
 //! bed or a container works like the host), connected from a short-lived thread that has
 //! dropped to the user's uid and gid: the bus sees that user, not root, so whatever the user
-//! put at that path (their own socket, a link to the system bus) is talked to with their
-//! rights only. (dbus-daemon's session bus refuses root anyway.)
+//! put at that path is talked to with their rights only (dbus-daemon's session bus refuses
+//! root anyway). The path must be a socket the user owns, opened without following a final
+//! link: an absolute link there would resolve in the daemon's root, not the process's (seen
+//! through `/proc/<pid>/root`), and a link or bind mount to the system bus is refused.
 
 use std::time::Duration;
 
@@ -199,18 +201,15 @@ async fn connect_user_bus(uid: u32, pid: u32) -> Result<Connection, SuperviseErr
         })
 }
 
-/// Drops THIS thread's credentials to `uid`/`gid` (no supplementary groups) and connects a
-/// non-blocking unix stream to `path` (a socket that never accepts fails at once instead of
-/// blocking). Only for a thread that ends right after: it cannot get root back.
+/// Drops THIS thread's credentials to `uid`/`gid` (no supplementary groups), opens `path`
+/// without following a final symlink, checks it is a socket owned by `uid` (not a link to,
+/// or a bind mount of, someone else's bus), and connects a non-blocking unix stream to it (a
+/// socket that never accepts fails at once instead of blocking). Only for a thread that ends
+/// right after: it cannot get root back.
 fn connect_as(path: &str, uid: u32, gid: u32) -> std::io::Result<std::os::unix::net::UnixStream> {
-    use std::os::fd::{FromRawFd as _, OwnedFd};
-    let check = |r: libc::c_long| {
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let os_error = std::io::Error::last_os_error;
+    let check = |r: libc::c_long| if r == 0 { Ok(()) } else { Err(os_error()) };
     // SAFETY: plain system calls on this thread's own credentials (glibc's wrappers would
     // change every thread of the process; the raw calls change only the caller's).
     unsafe {
@@ -222,14 +221,43 @@ fn connect_as(path: &str, uid: u32, gid: u32) -> std::io::Result<std::os::unix::
         check(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
         check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
     }
+    let c_path = std::ffi::CString::new(path)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a NUL-terminated path; the descriptor is owned right after.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let file = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: fstat(2) into a zeroed stat of the right type.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(file.as_raw_fd(), &raw mut st) } != 0 {
+        return Err(os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK || st.st_uid != uid {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "not a socket owned by uid {uid} (mode {:o}, owner {}): a link or another user's socket",
+                st.st_mode, st.st_uid
+            ),
+        ));
+    }
+    // Connect through the descriptor, so what was checked is what is connected to.
+    let via = format!("/proc/thread-self/fd/{}", file.as_raw_fd());
     // SAFETY: a zeroed sockaddr_un is valid; the path is copied in bounds below.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_bytes();
-    if bytes.len() >= addr.sun_path.len() {
+    if via.len() >= addr.sun_path.len() {
         return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
     }
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+    for (dst, src) in addr.sun_path.iter_mut().zip(via.as_bytes()) {
         *dst = *src as libc::c_char;
     }
     // SAFETY: socket(2) with constant arguments.
@@ -241,23 +269,16 @@ fn connect_as(path: &str, uid: u32, gid: u32) -> std::io::Result<std::os::unix::
         )
     };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(os_error());
     }
     // SAFETY: `fd` is a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
     // SAFETY: `addr` is an initialised sockaddr_un of `len` bytes.
-    let r = unsafe {
-        libc::connect(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            (&raw const addr).cast(),
-            len,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
+    if unsafe { libc::connect(socket.as_raw_fd(), (&raw const addr).cast(), len) } != 0 {
+        return Err(os_error());
     }
-    Ok(std::os::unix::net::UnixStream::from(fd))
+    Ok(std::os::unix::net::UnixStream::from(socket))
 }
 
 async fn proxy<'a>(
