@@ -271,7 +271,7 @@ fn a_delegated_subcgroup_named_like_a_system_unit_is_refused_and_nothing_is_rest
     assert!(
         daemon
             .status_text()
-            .contains("last restart failed: refused"),
+            .contains("last restart failed:\n  nginx.service  refused"),
         "{}",
         daemon.status_text()
     );

@@ -216,23 +216,8 @@ impl Supervisor {
 #[must_use]
 pub fn misfit(spec: &SupervisorSpec, placement: &Placement) -> Option<String> {
     match (spec, placement) {
-        (
-            SupervisorSpec::Systemd { .. },
-            Placement::Unit(SystemdUnit {
-                manager: Manager::System,
-                ..
-            }),
-        ) => None,
-        (
-            SupervisorSpec::Systemd { .. },
-            Placement::Unit(SystemdUnit {
-                name,
-                manager: Manager::User { uid },
-                ..
-            }),
-        ) => Some(format!(
-            "its unit {name} belongs to user@{uid}'s manager, not the system's (`auto` restarts it there)"
-        )),
+        // A user's unit too: `systemd` restarts it through that user's manager.
+        (SupervisorSpec::Systemd { .. }, Placement::Unit(_)) => None,
         (SupervisorSpec::Systemd { .. }, _) => Some("it is not in a systemd unit".into()),
         _ => None,
     }
