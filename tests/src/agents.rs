@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use crate::deps::{self, Bun, ClaudeCode};
 use crate::process::{ChildGuard, ScratchDir};
 use crate::standin::StandIn;
+use crate::testbed::Testbed;
+use crate::users::TestUser;
 
 /// A fake credential in the shape of an Anthropic API key.
 pub const FAKE_API_KEY: &str = "sk-ant-api03-test-claude-watch-0000000000";
@@ -128,7 +130,11 @@ impl Agent {
     /// Starts a light agent on node as the unprivileged `user` (through `setpriv`), its home
     /// owned by that user.
     #[track_caller]
-    pub fn start_as(standin: &StandIn, user: crate::users::User, config: &AgentConfig) -> Self {
+    pub fn start_as(
+        standin: &StandIn,
+        user: &crate::users::TestUser,
+        config: &AgentConfig,
+    ) -> Self {
         Self::start_inner(standin, &deps::node(), config, Some(user))
     }
 
@@ -147,19 +153,13 @@ impl Agent {
         standin: &StandIn,
         program: &std::path::Path,
         config: &AgentConfig,
-        user: Option<crate::users::User>,
+        user: Option<&crate::users::TestUser>,
     ) -> Self {
         let home = ScratchDir::new("claude-watch-agent");
         let script = agent_script(home.path(), config.as_claude);
         let mut command = match user {
             Some(user) => {
-                let chown = Command::new("chown")
-                    .arg("-R")
-                    .arg(format!("{}:{}", user.uid, user.gid))
-                    .arg(home.path())
-                    .status()
-                    .expect("run chown");
-                assert!(chown.success(), "chown the agent's home");
+                user.chown(home.path());
                 let mut c = Command::new("setpriv");
                 c.args(user.setpriv_args()).arg(program);
                 c
@@ -314,6 +314,35 @@ pub fn agent_unit(
         script.display(),
         home.display()
     )
+}
+
+/// Starts a light agent (taken for Claude Code, Node) as user unit `unit` of `user`'s
+/// manager in `bed` (started with [`Testbed::start_user_manager`]); `dir` (its script and
+/// `HOME`) is given to the user.
+#[track_caller]
+pub fn start_user_agent(
+    bed: &Testbed,
+    user: &TestUser,
+    unit: &str,
+    standin: &StandIn,
+    dir: &std::path::Path,
+) {
+    let config = AgentConfig {
+        model: "claude-haiku-4-5".into(),
+        as_claude: true,
+        ..AgentConfig::default()
+    };
+    let text = agent_unit(standin, Runtime::Node, &config, dir);
+    user.chown(dir);
+    bed.add_user_unit(user, unit, &text);
+    bed.user_daemon_reload(user);
+    let out = bed.user_systemctl(user, &["start", unit]);
+    assert!(
+        out.status.success(),
+        "start user unit {unit}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        bed.user_log(user)
+    );
 }
 
 /// The real Claude Code, kept alive across turns:

@@ -4,6 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::users::TestUser;
+use crate::wait::wait_until;
 
 /// A running systemd test bed; stopped and cleaned up when dropped.
 #[derive(Debug)]
@@ -119,30 +123,117 @@ impl Testbed {
     #[must_use]
     pub fn main_pid(&self, unit: &str) -> Option<u32> {
         let out = self.systemctl(&["show", "-p", "MainPID", "--value", unit]);
-        let ns_pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-        if ns_pid == 0 {
-            return None;
-        }
-        let procs = std::fs::read_to_string(
-            self.cgroup()
-                .join("system.slice")
-                .join(unit)
-                .join("cgroup.procs"),
-        )
-        .ok()?;
-        procs
-            .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok())
-            .find(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("NSpid:"))
-                            .and_then(|l| l.split_whitespace().last().map(str::to_owned))
-                    })
-                    .is_some_and(|last| last == ns_pid.to_string())
-            })
+        host_pid_in(&self.cgroup().join("system.slice").join(unit), &out)
+    }
+
+    /// Starts system unit `unit` running `sleep infinity` (`Restart=always`): a long-running
+    /// unit whose main PID must not change.
+    #[track_caller]
+    pub fn start_sleeper(&self, unit: &str) {
+        self.add_unit(
+            unit,
+            "[Service]\nExecStart=/bin/sleep infinity\nRestart=always\n",
+        );
+        self.daemon_reload();
+        let out = self.systemctl(&["start", unit]);
+        assert!(
+            out.status.success(),
+            "start {unit}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts `user@<uid>.service` for `user` (its own systemd manager and, from
+    /// dbus-user-session, its bus) and waits until both answer.
+    #[track_caller]
+    pub fn start_user_manager(&self, user: &TestUser) {
+        let unit = format!("user@{}.service", user.uid);
+        let out = self.systemctl(&["start", &unit]);
+        assert!(
+            out.status.success(),
+            "start {unit}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.user_log(user)
+        );
+        wait_until(
+            Duration::from_secs(20),
+            "the user's manager on its bus",
+            || {
+                let out = self.user_systemctl(user, &["is-system-running"]);
+                let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                (self.user_bus(user).exists() && matches!(state.as_str(), "running" | "degraded"))
+                    .then_some(())
+            },
+        );
+    }
+
+    /// The user's bus socket, as a path on the host.
+    #[must_use]
+    pub fn user_bus(&self, user: &TestUser) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/{}/root/run/user/{}/bus",
+            self.pid1, user.uid
+        ))
+    }
+
+    /// Writes user unit `name` where `user`'s manager reads runtime units
+    /// (`$XDG_RUNTIME_DIR/systemd/user`, inside the test bed only); call
+    /// [`Testbed::user_daemon_reload`] after.
+    pub fn add_user_unit(&self, user: &TestUser, name: &str, text: &str) {
+        let dir = PathBuf::from(format!(
+            "/proc/{}/root/run/user/{}/systemd/user",
+            self.pid1, user.uid
+        ));
+        std::fs::create_dir_all(&dir).expect("create the user's runtime unit dir");
+        std::fs::write(dir.join(name), text).expect("write user unit");
+    }
+
+    /// `systemctl --user daemon-reload` for `user`, panicking on failure.
+    pub fn user_daemon_reload(&self, user: &TestUser) {
+        let out = self.user_systemctl(user, &["daemon-reload"]);
+        assert!(
+            out.status.success(),
+            "user daemon-reload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `systemctl --user ARGS` as `user` inside the test bed (its manager, on its bus).
+    #[must_use]
+    pub fn user_systemctl(&self, user: &TestUser, args: &[&str]) -> Output {
+        let runtime = format!("/run/user/{}", user.uid);
+        Command::new("nsenter")
+            .args(["-t", &self.pid1.to_string(), "-m", "-p", "setpriv"])
+            .arg(format!("--reuid={}", user.uid))
+            .arg(format!("--regid={}", user.gid))
+            .args(["--clear-groups", "env", "-i"])
+            .arg(format!("XDG_RUNTIME_DIR={runtime}"))
+            .arg(format!("DBUS_SESSION_BUS_ADDRESS=unix:path={runtime}/bus"))
+            .args(["PATH=/usr/bin:/bin", "systemctl", "--user"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run systemctl --user")
+    }
+
+    /// Host PID of user unit `unit`'s main process in `user`'s manager, `None` when it has
+    /// none (found like [`Testbed::main_pid`]).
+    #[must_use]
+    pub fn user_main_pid(&self, user: &TestUser, unit: &str) -> Option<u32> {
+        let out = self.user_systemctl(user, &["show", "-p", "MainPID", "--value", unit]);
+        let manager = self
+            .cgroup()
+            .join("user.slice")
+            .join(format!("user-{}.slice", user.uid))
+            .join(format!("user@{}.service", user.uid));
+        let dir = find_dir(&manager, unit, 4)?;
+        host_pid_in(&dir, &out)
+    }
+
+    /// The log of `user`'s manager in this test bed.
+    #[must_use]
+    pub fn user_log(&self, user: &TestUser) -> String {
+        std::fs::read_to_string(self.dir.join(format!("user-{}.log", user.uid))).unwrap_or_default()
     }
 
     /// The test bed's systemd log (its `/dev/kmsg`), for failure messages.
@@ -150,6 +241,48 @@ impl Testbed {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("kmsg.log")).unwrap_or_default()
     }
+}
+
+/// The host PID, among the processes of cgroup `dir`, whose innermost namespace PID is the
+/// `MainPID` printed by `systemctl show -p MainPID --value` in `out`.
+fn host_pid_in(dir: &Path, out: &Output) -> Option<u32> {
+    let ns_pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    if ns_pid == 0 {
+        return None;
+    }
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    procs
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("NSpid:"))
+                        .and_then(|l| l.split_whitespace().last().map(str::to_owned))
+                })
+                .is_some_and(|last| last == ns_pid.to_string())
+        })
+}
+
+/// The directory named `name` under `root`, at most `depth` levels down.
+fn find_dir(root: &Path, name: &str, depth: u32) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(root).ok()?.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if entry.file_name() == name {
+            return Some(path);
+        }
+        if depth > 0
+            && let Some(found) = find_dir(&path, name, depth - 1)
+        {
+            return Some(found);
+        }
+    }
+    None
 }
 
 impl Drop for Testbed {

@@ -10,6 +10,8 @@
 #
 # NAME: [A-Za-z0-9_-]+, the cgroup subtree and the target name. DIR: an empty state directory.
 # Units of a test go into DIR/units (then `systemctl daemon-reload`); systemd's log is DIR/kmsg.log.
+# `systemctl start user@UID.service` starts that user's manager (and, with dbus-user-session, its
+# bus at /run/user/UID/bus); the user manager's log is DIR/user-UID.log.
 set -euo pipefail
 
 cgroup2_root() {
@@ -38,9 +40,17 @@ write_units() {
         "$name" > "$units/$name.target"
     local u
     for u in dbus.service dbus.socket exit.target systemd-exit.service poweroff.target \
-        systemd-poweroff.service halt.target systemd-halt.service; do
+        systemd-poweroff.service halt.target systemd-halt.service \
+        user@.service user-runtime-dir@.service user.slice; do
         ln -sf "/lib/systemd/system/$u" "$units/$u"
     done
+    # Per-user managers: pam_systemd gets XDG_RUNTIME_DIR from logind, which the test bed does
+    # not run; without it `systemd --user` refuses to start.
+    local dir
+    dir=$(dirname "$units")
+    mkdir -p "$units/user@.service.d"
+    printf '[Service]\nEnvironment=XDG_RUNTIME_DIR=/run/user/%%i\nStandardOutput=append:%s/user-%%i.log\nStandardError=append:%s/user-%%i.log\n' \
+        "$dir" "$dir" > "$units/user@.service.d/testbed.conf"
 }
 
 # The host PID of the new namespaces' PID 1: a process of our cgroup subtree whose innermost

@@ -1,19 +1,25 @@
 //! What an unprivileged neighbour can do to the root daemon: each attack run as a user the test
-//! creates (processes started through `setpriv`), against real probes and a real daemon, each
-//! asserting the outcome (nothing done for the attacker that it could not do itself, the honest
-//! agent next to it still watched, the refusal said).
+//! creates (processes started through `setpriv` or as its own systemd units), against real
+//! probes and a real daemon, each asserting the outcome (nothing done for the attacker that it
+//! could not do itself, the honest agent next to it still watched, the refusal said).
 //!
 //! Needs root (`cargo xtask setup --tests`).
 
 use std::time::Duration;
 
-use aya::maps::{HashMap, Map, MapData, loaded_maps};
-use claude_watch_tests::agents::{Agent, AgentConfig, Runtime};
-use claude_watch_tests::process::{ChildGuard, ScratchDir};
+use claude_watch::detect::EpisodeEnd;
+use claude_watch::journal::{ActionKind, ActionRecord, Record};
+use claude_watch_tests::agents::{Agent, AgentConfig, Runtime, agent_unit, start_user_agent};
+use claude_watch_tests::process::ScratchDir;
 use claude_watch_tests::standin::StandIn;
-use claude_watch_tests::users::test_user;
+use claude_watch_tests::testbed::Testbed;
+use claude_watch_tests::users::TestUser;
+use claude_watch_tests::watch::Daemon;
+
+use aya::maps::{HashMap, Map, MapData, loaded_maps};
+use claude_watch_tests::process::ChildGuard;
 use claude_watch_tests::wait::wait_until;
-use claude_watch_tests::watch::{Daemon, Trace};
+use claude_watch_tests::watch::Trace;
 
 /// The ids of the BPF maps a process holds open (from its fdinfo).
 fn map_ids_of(pid: u32) -> Vec<u32> {
@@ -111,6 +117,232 @@ fn threads_that_exit_inside_ssl_read_leave_no_pending_read_behind() {
     );
 }
 
+/// The unprivileged user who runs the attacks on recovery.
+const ATTACKER: &str = "cwtest-unit";
+const WAIT: Duration = Duration::from_secs(45);
+
+/// Every daemon watches every claude process on the host: one daemon scenario at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Fast detection, short quiet windows, the test bed's system bus.
+fn recovery_config(bed: &Testbed) -> String {
+    format!(
+        "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nsystemd_bus = \"{}\"\nrestart_timeout = \"20s\"\nbackoff_initial = \"3s\"\n",
+        bed.bus_address()
+    )
+}
+
+fn restarts(daemon: &Daemon) -> Vec<ActionRecord> {
+    daemon
+        .records()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Action(a) if a.kind == ActionKind::Restart => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+/// systemd's `MainPID` of system unit `unit` (a test bed PID).
+fn ns_main_pid(bed: &Testbed, unit: &str) -> String {
+    let out = bed.systemctl(&["show", "-p", "MainPID", "--value", unit]);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A user's service named like a system service (`nginx.service` in their own manager, while
+/// the system runs `nginx.service` too): latching the user's agent restarts the user's unit
+/// through the user's manager, and the system's unit keeps its main process.
+#[test]
+fn a_user_unit_named_like_a_system_unit_gets_only_the_users_unit_restarted() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-hostile-nginx");
+    let bed = Testbed::start("hostile-nginx");
+    bed.start_sleeper("nginx.service");
+    let system_nginx = wait_until(WAIT, "the system nginx", || bed.main_pid("nginx.service"));
+    bed.start_user_manager(&user);
+    start_user_agent(&bed, &user, "nginx.service", &standin, dir.path());
+    let name = format!("user:{}:nginx.service", user.uid);
+    let daemon = Daemon::start("", &recovery_config(&bed));
+    let healthy = daemon.wait_instance(&name, WAIT, "the user's agent healthy", |i| {
+        i["last_status"] == 200
+    });
+    assert_eq!(healthy["supervisor"], "systemd-user", "{healthy}");
+    let users_nginx = bed
+        .user_main_pid(&user, "nginx.service")
+        .expect("the user's nginx");
+    standin.latch_session(healthy["session_id"].as_str().expect("session"));
+
+    wait_until(WAIT, "the user's episode recovered after a restart", || {
+        daemon.records().into_iter().find(|r| {
+            matches!(r, Record::Episode { episode, .. } if episode.end == EpisodeEnd::RecoveredAfterRestart)
+        })
+    });
+    let new_users_nginx = bed.user_main_pid(&user, "nginx.service");
+    assert!(
+        new_users_nginx.is_some_and(|p| p != users_nginx),
+        "the user's unit was restarted: {new_users_nginx:?}"
+    );
+    assert_eq!(
+        bed.main_pid("nginx.service"),
+        Some(system_nginx),
+        "the system's nginx.service was not touched"
+    );
+    let done = restarts(&daemon);
+    assert_eq!(done.len(), 1, "{done:?}");
+    let detail = done[0].detail.clone().unwrap_or_default();
+    assert!(
+        done[0].ok && detail.contains(&format!("user@{}'s manager", user.uid)),
+        "{done:?}"
+    );
+}
+
+/// The user's own system service (`User=`, `Delegate=yes`) moves its agent into a sub-cgroup
+/// named `nginx.service`: by its cgroup path the agent is the system's `nginx.service`, but the
+/// system manager says its process belongs to the user's service. The restart is refused,
+/// journalled with both names and shown in `status`; nothing is restarted.
+#[test]
+fn a_delegated_subcgroup_named_like_a_system_unit_is_refused_and_nothing_is_restarted() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-hostile-delegate");
+    let bed = Testbed::start("hostile-delegate");
+    bed.start_sleeper("nginx.service");
+    let system_nginx = wait_until(WAIT, "the system nginx", || bed.main_pid("nginx.service"));
+    let config = AgentConfig {
+        model: "claude-haiku-4-5".into(),
+        as_claude: true,
+        ..AgentConfig::default()
+    };
+    let mover = dir.path().join("move.sh");
+    std::fs::write(
+        &mover,
+        "#!/bin/sh\ncg=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)\nmkdir \"$cg/nginx.service\"\necho $$ > \"$cg/nginx.service/cgroup.procs\"\nexec \"$@\"\n",
+    )
+    .expect("write move.sh");
+    let unit = agent_unit(&standin, Runtime::Node, &config, dir.path()).replace(
+        "ExecStart=",
+        &format!("ExecStart=/bin/sh {} ", mover.display()),
+    );
+    user.chown(dir.path());
+    bed.add_unit(
+        "attacker.service",
+        &format!("{unit}User={}\nDelegate=yes\n", user.name),
+    );
+    bed.daemon_reload();
+    let out = bed.systemctl(&["start", "attacker.service"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let attacker = ns_main_pid(&bed, "attacker.service");
+
+    let daemon = Daemon::start("", &recovery_config(&bed));
+    let healthy = daemon.wait_instance("nginx.service", WAIT, "the disguised agent", |i| {
+        i["last_status"] == 200
+    });
+    standin.latch_session(healthy["session_id"].as_str().expect("session"));
+
+    let refused = wait_until(WAIT, "a refused restart in the journal", || {
+        restarts(&daemon).into_iter().find(|a| !a.ok)
+    });
+    let detail = refused.detail.unwrap_or_default();
+    assert!(
+        detail.contains("refused")
+            && detail.contains("nginx.service")
+            && detail.contains("attacker.service"),
+        "{detail}"
+    );
+    let shown = daemon.wait_instance("nginx.service", WAIT, "the refusal in status", |i| {
+        i["last_error"].is_string()
+    });
+    let shown = shown["last_error"].as_str().unwrap_or_default();
+    assert!(
+        shown.contains("nginx.service") && shown.contains("attacker.service"),
+        "{shown}"
+    );
+    assert!(
+        daemon
+            .status_text()
+            .contains("last restart failed:\n  nginx.service  refused"),
+        "{}",
+        daemon.status_text()
+    );
+    assert!(restarts(&daemon).iter().all(|a| !a.ok), "nothing restarted");
+    assert_eq!(bed.main_pid("nginx.service"), Some(system_nginx));
+    assert_eq!(ns_main_pid(&bed, "attacker.service"), attacker);
+}
+
+/// The user swaps their bus socket for a link to the system bus, hoping the root daemon will
+/// take the system manager for theirs (an absolute link seen through `/proc/<pid>/root` even
+/// resolves in the daemon's own root: the host's system bus). The daemon connects as the user
+/// and only to a socket the user owns, never through a link: refused, journalled, nothing
+/// restarted.
+#[test]
+fn a_user_bus_pointed_at_the_system_bus_gets_nothing_restarted() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-hostile-bus");
+    let bed = Testbed::start("hostile-bus");
+    bed.start_sleeper("nginx.service");
+    let system_nginx = wait_until(WAIT, "the system nginx", || bed.main_pid("nginx.service"));
+    bed.start_user_manager(&user);
+    start_user_agent(&bed, &user, "nginx.service", &standin, dir.path());
+    let name = format!("user:{}:nginx.service", user.uid);
+    // As the user, inside the test bed: their runtime directory is theirs to change.
+    let runtime = format!("/run/user/{}", user.uid);
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &bed.pid1().to_string(), "-m", "-p", "setpriv"])
+        .arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .args([
+            "--clear-groups",
+            "ln",
+            "-sfn",
+            "/run/dbus/system_bus_socket",
+        ])
+        .arg(format!("{runtime}/bus"))
+        .output()
+        .expect("run ln as the user");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let daemon = Daemon::start("", &recovery_config(&bed));
+    let healthy = daemon.wait_instance(&name, WAIT, "the user's agent healthy", |i| {
+        i["last_status"] == 200
+    });
+    let pids = healthy["pids"].clone();
+    standin.latch_session(healthy["session_id"].as_str().expect("session"));
+    let refused = wait_until(WAIT, "a refused restart in the journal", || {
+        restarts(&daemon).into_iter().find(|a| !a.ok)
+    });
+    let detail = refused.detail.unwrap_or_default();
+    assert!(
+        detail.contains(&format!("not a socket owned by uid {}", user.uid)),
+        "{detail}"
+    );
+    assert!(restarts(&daemon).iter().all(|a| !a.ok), "nothing restarted");
+    assert_eq!(bed.main_pid("nginx.service"), Some(system_nginx));
+    let now = daemon.wait_instance(&name, WAIT, "the agent", |_| true);
+    assert_eq!(
+        now["pids"], pids,
+        "the user's agent was not restarted either"
+    );
+}
+
 /// Fast thresholds: latched after 3 401s over 2 s.
 const DETECTOR: &str = "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n";
 
@@ -125,6 +357,7 @@ fn another_user_cannot_borrow_a_named_instance_and_get_it_restarted() {
          supervisor = {{ kind = \"command\", argv = [\"touch\", \"{}/restarted-{{pid}}\"] }}\n",
         marks.path().display()
     );
+    let _serial = serial();
     let daemon = Daemon::start("", &rule);
     let config = AgentConfig {
         model: "claude-haiku-4-5".into(),
@@ -139,8 +372,8 @@ fn another_user_cannot_borrow_a_named_instance_and_get_it_restarted() {
         |i| i["state"] == "healthy" && i["pids"] == serde_json::json!([honest.pid()]),
     );
     // The attacker: same script, same rule, another user; it latches itself and exits.
-    let user = test_user("cwtest-hostile");
-    let attacker = Agent::start_as(&standin, user, &config);
+    let user = TestUser::ensure(ATTACKER);
+    let attacker = Agent::start_as(&standin, &user, &config);
     standin.latch_session(attacker.session_id());
     let own = format!("pid:{}", attacker.pid());
     daemon.wait_instance(

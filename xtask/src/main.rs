@@ -76,6 +76,9 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "dbus",
     "systemd",
+    // The per-user bus (dbus.socket/dbus.service of user managers) of the test bed's
+    // `user@<uid>.service` (tests/tests/supervisors.rs, hostile.rs).
+    "dbus-user-session",
     // The benchmark's empty-probe floor.
     "bpftrace",
     // Draws the `episodes --svg` picture to PNG in tests/history.rs.

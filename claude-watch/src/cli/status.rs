@@ -122,6 +122,22 @@ pub fn render(s: &Snapshot) -> String {
             out.push_str(&format!("  {name:<w$}  {reason}\n"));
         }
     }
+    // Why the latest restart failed or was refused, until one succeeds.
+    let failures: Vec<String> = s
+        .instances
+        .iter()
+        .filter_map(|i| {
+            Some(format!(
+                "  {}  {}\n",
+                crate::text::printable(&i.name),
+                crate::text::printable(i.last_error.as_deref()?)
+            ))
+        })
+        .collect();
+    if !failures.is_empty() {
+        out.push_str("\nlast restart failed:\n");
+        out.push_str(&failures.concat());
+    }
     out
 }
 
@@ -207,6 +223,7 @@ mod tests {
                     supervisor: "systemd".into(),
                     supervisor_reason:
                         "auto → systemd (unit agent-a.service in the system manager)".into(),
+                    last_error: Some("refused: the system manager says pid 42 belongs to x.service, not to agent-a.service\x1b[2J".into()),
                     ..InstanceView::default()
                 },
                 InstanceView {
@@ -235,6 +252,10 @@ mod tests {
             text.contains(
                 "supervisors:\n  agent-a.service  auto → systemd (unit agent-a.service in the system manager)\n"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("last restart failed:\n  agent-a.service  refused: the system manager says pid 42 belongs to x.service, not to agent-a.service\\u{1b}[2J"),
             "{text}"
         );
     }

@@ -115,6 +115,35 @@ pub enum SuperviseError {
         #[source]
         source: Box<zbus::Error>,
     },
+    /// The manager asked does not own the process under the unit about to be restarted (a
+    /// user unit named like a system unit, a delegated sub-cgroup named like another unit, a
+    /// process of another user): refused, nothing restarted.
+    #[error(
+        "refused: {manager} says pid {pid} of instance {instance} belongs to {found}, not to {expected}; nothing restarted"
+    )]
+    NotOwner {
+        /// The instance.
+        instance: String,
+        /// Its host PID.
+        pid: u32,
+        /// The manager that was asked (`the system manager`, `user@1000's manager`).
+        manager: String,
+        /// The unit (or owner) the restart was meant for.
+        expected: String,
+        /// What the manager (or `/proc`) says owns the process.
+        found: String,
+    },
+    /// A user's bus could not be connected to as that user.
+    #[error("cannot connect to {path} as uid {uid}")]
+    UserBus {
+        /// The socket path.
+        path: String,
+        /// The user.
+        uid: u32,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The restart job did not end as expected.
     #[error("restart of {unit} failed: {reason}")]
     RestartFailed {

@@ -88,6 +88,32 @@ pub fn namespace_pid(pid: u32) -> Result<u32, ProcError> {
         })
 }
 
+/// The real uid and real gid of a `status` file (the first fields of its `Uid:` and `Gid:`).
+#[must_use]
+pub fn parse_owner(status: &str) -> Option<(u32, u32)> {
+    let first = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((first("Uid:")?, first("Gid:")?))
+}
+
+/// The real uid and gid of `pid`.
+///
+/// # Errors
+/// As [`start_time`].
+pub fn owner(pid: u32) -> Result<(u32, u32), ProcError> {
+    parse_owner(&read(pid, "status")?).ok_or(ProcError::Malformed {
+        pid,
+        file: "status",
+    })
+}
+
 /// The PID namespace of `pid`, as `pid:[inode]`.
 ///
 /// # Errors
@@ -148,6 +174,14 @@ mod tests {
         let status = "Name:\tsleep\nTgid:\t7\nNSpid:\t8762\t42\nPPid:\t1\n";
         assert_eq!(parse_nspid(status), Some(vec![8762, 42]));
         assert_eq!(parse_nspid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn owner_is_the_real_uid_and_gid() {
+        let status = "Name:\tnode\nUid:\t999\t0\t0\t0\nGid:\t995\t995\t995\t995\n";
+        assert_eq!(parse_owner(status), Some((999, 995)));
+        assert_eq!(parse_owner("Uid:\t999\n"), None);
+        assert_eq!(parse_owner("Uid:\tx\nGid:\t1\n"), None);
     }
 
     #[test]

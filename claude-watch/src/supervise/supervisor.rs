@@ -82,8 +82,17 @@ impl Supervisor {
                 SystemdBus::Address(a) => Some(a.clone()),
                 SystemdBus::System | SystemdBus::Unavailable(_) => None,
             };
+            // A unit of a user's manager is restarted through that manager, configured or not.
+            let user = match placement {
+                Placement::Unit(SystemdUnit {
+                    manager: Manager::User { uid },
+                    ..
+                }) => Some(*uid),
+                _ => None,
+            };
             Self::Systemd(SystemdRestarter {
                 address,
+                user,
                 mode,
                 timeout,
             })
@@ -117,8 +126,8 @@ impl Supervisor {
                     manager: Manager::User { uid },
                     ..
                 }) => auto(
-                    Self::Observe(ObserveOnly),
-                    format!("unit {name} in user@{uid}'s manager, which is not supported yet"),
+                    systemd(SystemdModeSpec::Restart),
+                    format!("unit {name} in user@{uid}'s manager"),
                 ),
                 Placement::Container(c) => auto(
                     Self::Observe(ObserveOnly),
@@ -163,6 +172,7 @@ impl Supervisor {
     /// Short name for status and logs.
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::Systemd(s) if s.user.is_some() => "systemd-user",
             Self::Systemd(_) => "systemd",
             Self::Command(_) => "command",
             Self::Signal(_) => "signal",
@@ -206,23 +216,8 @@ impl Supervisor {
 #[must_use]
 pub fn misfit(spec: &SupervisorSpec, placement: &Placement) -> Option<String> {
     match (spec, placement) {
-        (
-            SupervisorSpec::Systemd { .. },
-            Placement::Unit(SystemdUnit {
-                manager: Manager::System,
-                ..
-            }),
-        ) => None,
-        (
-            SupervisorSpec::Systemd { .. },
-            Placement::Unit(SystemdUnit {
-                name,
-                manager: Manager::User { uid },
-                ..
-            }),
-        ) => Some(format!(
-            "its unit {name} belongs to user@{uid}'s manager, not the system's (`auto` restarts it there)"
-        )),
+        // A user's unit too: `systemd` restarts it through that user's manager.
+        (SupervisorSpec::Systemd { .. }, Placement::Unit(_)) => None,
         (SupervisorSpec::Systemd { .. }, _) => Some("it is not in a systemd unit".into()),
         _ => None,
     }
@@ -237,4 +232,69 @@ pub async fn run_hook(
     CommandRestarter::new(argv.to_vec(), timeout)
         .restart(target)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(name: &str, manager: Manager) -> Placement {
+        Placement::Unit(SystemdUnit {
+            name: name.into(),
+            manager,
+            cgroup: String::new(),
+        })
+    }
+
+    const T: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_user_unit_goes_to_its_users_manager_never_the_system_bus() {
+        let bus = SystemdBus::Address("unix:path=/x".into());
+        let choice = Supervisor::resolve(
+            &SupervisorSpec::Auto,
+            &unit("nginx.service", Manager::User { uid: 1000 }),
+            &bus,
+            T,
+        );
+        assert_eq!(choice.supervisor.kind(), "systemd-user");
+        assert_eq!(
+            choice.reason,
+            "auto → systemd-user (unit nginx.service in user@1000's manager)"
+        );
+        let Supervisor::Systemd(s) = &choice.supervisor else {
+            panic!("{choice:?}")
+        };
+        assert_eq!(s.user, Some(1000));
+        // Configured systemd too: the user's manager owns the unit.
+        let choice = Supervisor::resolve(
+            &SupervisorSpec::Systemd {
+                mode: SystemdModeSpec::Kill,
+            },
+            &unit("nginx.service", Manager::User { uid: 1000 }),
+            &bus,
+            T,
+        );
+        assert_eq!(choice.supervisor.kind(), "systemd-user");
+        assert_eq!(choice.reason, "configured: systemd-user");
+    }
+
+    #[test]
+    fn a_system_unit_goes_to_the_system_manager() {
+        let choice = Supervisor::resolve(
+            &SupervisorSpec::Auto,
+            &unit("agent.service", Manager::System),
+            &SystemdBus::System,
+            T,
+        );
+        assert_eq!(choice.supervisor.kind(), "systemd");
+        assert_eq!(
+            choice.reason,
+            "auto → systemd (unit agent.service in the system manager)"
+        );
+        let Supervisor::Systemd(s) = &choice.supervisor else {
+            panic!("{choice:?}")
+        };
+        assert_eq!((s.user, s.address.as_deref()), (None, None));
+    }
 }

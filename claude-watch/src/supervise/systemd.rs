@@ -3,6 +3,20 @@
 //!
 //! systemd speaks PIDs of its own PID namespace; [`procfs`] translates both ways, so a systemd in
 //! a container (or the test bed) works like the host's.
+//!
+//! Before acting, the manager itself is asked which unit holds the latched PID
+//! (`GetUnitByPID`); a unit other than the one about to be restarted is refused
+//! ([`SuperviseError::NotOwner`]): a user unit or a delegated sub-cgroup named like a system
+//! unit never gets the system's unit restarted.
+//!
+//! A user's manager (`user@<uid>.service`) is reached on that user's bus,
+//! `/proc/<pid>/root/run/user/<uid>/bus` (the process's own view of the filesystem, so a test
+//! bed or a container works like the host), connected from a short-lived thread that has
+//! dropped to the user's uid and gid: the bus sees that user, not root, so whatever the user
+//! put at that path is talked to with their rights only (dbus-daemon's session bus refuses
+//! root anyway). The path must be a socket the user owns, opened without following a final
+//! link: an absolute link there would resolve in the daemon's root, not the process's (seen
+//! through `/proc/<pid>/root`), and a link or bind mount to the system bus is refused.
 
 use std::time::Duration;
 
@@ -35,6 +49,9 @@ pub enum SystemdMode {
 pub struct SystemdRestarter {
     /// D-Bus address of systemd's bus; `None` is the system bus.
     pub address: Option<String>,
+    /// Talk to this user's manager instead (on the user's bus, as the user); `address` is then
+    /// unused.
+    pub user: Option<u32>,
     /// Restart or kill.
     pub mode: SystemdMode,
     /// How long to wait for the job (or the new main process).
@@ -45,6 +62,7 @@ impl Default for SystemdRestarter {
     fn default() -> Self {
         Self {
             address: None,
+            user: None,
             mode: SystemdMode::Restart,
             timeout: Duration::from_secs(90),
         }
@@ -95,16 +113,172 @@ impl SystemdRestarter {
         }
     }
 
+    /// A restarter talking to the manager of user `uid` (on the user's bus, as the user).
+    #[must_use]
+    pub fn for_user(uid: u32) -> Self {
+        Self {
+            user: Some(uid),
+            ..Self::default()
+        }
+    }
+
+    /// The manager this restarter talks to, for messages.
+    #[must_use]
+    pub fn manager_label(&self) -> String {
+        match (self.user, &self.address) {
+            (Some(uid), _) => format!("user@{uid}'s manager"),
+            (None, Some(address)) => format!("the system manager at {address}"),
+            (None, None) => "the system manager".to_owned(),
+        }
+    }
+
+    /// A connection to the manager that is to act on host process `pid`.
+    async fn connect_for(&self, pid: u32) -> Result<Connection, SuperviseError> {
+        match self.user {
+            Some(uid) => connect_user_bus(uid, pid).await,
+            None => self.connect().await,
+        }
+    }
+
     /// The unit that holds host process `pid` (its name, e.g. `agent.service`).
     ///
     /// # Errors
     /// [`SuperviseError::UnitNotFound`] when systemd has none, bus errors otherwise.
     pub async fn unit_of_pid(&self, instance: &str, pid: u32) -> Result<String, SuperviseError> {
-        let conn = self.connect().await?;
+        let conn = self.connect_for(pid).await?;
         let manager = proxy(&conn, MANAGER_PATH, MANAGER).await?;
         let path = unit_path_of_pid(&manager, instance, pid).await?;
         unit_id(&conn, &path).await
     }
+}
+
+/// The path of user `uid`'s bus as process `pid` sees it.
+fn user_bus_path(uid: u32, pid: u32) -> String {
+    format!("/proc/{pid}/root/run/user/{uid}/bus")
+}
+
+/// Connects to user `uid`'s bus as seen by process `pid`, as that user: the socket is
+/// connected from a fresh thread whose own credentials are dropped to the process's uid and
+/// gid (raw per-thread system calls; the rest of the daemon keeps its own), and the D-Bus
+/// handshake claims that uid. The process must belong to `uid`.
+async fn connect_user_bus(uid: u32, pid: u32) -> Result<Connection, SuperviseError> {
+    let path = user_bus_path(uid, pid);
+    let (owner, gid) = procfs::owner(pid)?;
+    if owner != uid {
+        return Err(SuperviseError::NotOwner {
+            instance: String::new(),
+            pid,
+            manager: format!("user@{uid}'s manager"),
+            expected: format!("a process of uid {uid}"),
+            found: format!("a process of uid {owner}"),
+        });
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread_path = path.clone();
+    let spawned = std::thread::Builder::new()
+        .name("cw-user-bus".into())
+        .spawn(move || {
+            let _ = tx.send(connect_as(&thread_path, uid, gid));
+        });
+    let user_bus = |source| SuperviseError::UserBus {
+        path: path.clone(),
+        uid,
+        source,
+    };
+    spawned.map_err(user_bus)?;
+    let stream = rx
+        .await
+        .map_err(|_| user_bus(std::io::Error::other("connecting thread ended")))?
+        .map_err(user_bus)?;
+    let stream = tokio::net::UnixStream::from_std(stream).map_err(user_bus)?;
+    zbus::connection::Builder::unix_stream(stream)
+        .user_id(uid)
+        .build()
+        .await
+        .map_err(|source| SuperviseError::BusUnavailable {
+            address: format!("unix:path={path}"),
+            source: Box::new(source),
+        })
+}
+
+/// Drops THIS thread's credentials to `uid`/`gid` (no supplementary groups), opens `path`
+/// without following a final symlink, checks it is a socket owned by `uid` (not a link to,
+/// or a bind mount of, someone else's bus), and connects a non-blocking unix stream to it (a
+/// socket that never accepts fails at once instead of blocking). Only for a thread that ends
+/// right after: it cannot get root back.
+fn connect_as(path: &str, uid: u32, gid: u32) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let os_error = std::io::Error::last_os_error;
+    let check = |r: libc::c_long| if r == 0 { Ok(()) } else { Err(os_error()) };
+    // SAFETY: plain system calls on this thread's own credentials (glibc's wrappers would
+    // change every thread of the process; the raw calls change only the caller's).
+    unsafe {
+        check(libc::syscall(
+            libc::SYS_setgroups,
+            0,
+            std::ptr::null::<libc::gid_t>(),
+        ))?;
+        check(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+        check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
+    }
+    let c_path = std::ffi::CString::new(path)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a NUL-terminated path; the descriptor is owned right after.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let file = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: fstat(2) into a zeroed stat of the right type.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(file.as_raw_fd(), &raw mut st) } != 0 {
+        return Err(os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK || st.st_uid != uid {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "not a socket owned by uid {uid} (mode {:o}, owner {}): a link or another user's socket",
+                st.st_mode, st.st_uid
+            ),
+        ));
+    }
+    // Connect through the descriptor, so what was checked is what is connected to.
+    let via = format!("/proc/thread-self/fd/{}", file.as_raw_fd());
+    // SAFETY: a zeroed sockaddr_un is valid; the path is copied in bounds below.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if via.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(via.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is an initialised sockaddr_un of `len` bytes.
+    if unsafe { libc::connect(socket.as_raw_fd(), (&raw const addr).cast(), len) } != 0 {
+        return Err(os_error());
+    }
+    Ok(std::os::unix::net::UnixStream::from(socket))
 }
 
 async fn proxy<'a>(
@@ -153,6 +327,18 @@ async fn unit_id(conn: &Connection, path: &OwnedObjectPath) -> Result<String, Su
         .get_property::<String>("Id")
         .await
         .map_err(bus_err("Unit.Id"))
+}
+
+/// Every name of the unit at `path` (its id and aliases).
+async fn unit_names(
+    conn: &Connection,
+    path: &OwnedObjectPath,
+) -> Result<Vec<String>, SuperviseError> {
+    proxy(conn, path.as_str(), UNIT)
+        .await?
+        .get_property::<Vec<String>>("Names")
+        .await
+        .map_err(bus_err("Unit.Names"))
 }
 
 fn not_found_or<'a>(
@@ -204,20 +390,41 @@ impl Restarter for SystemdRestarter {
         // Remember the namespace now: the old process is about to go.
         let namespace = procfs::pid_namespace(target.pid)?;
         let old_ns_pid = procfs::namespace_pid(target.pid)?;
-        let conn = self.connect().await?;
+        let conn = self.connect_for(target.pid).await.map_err(|e| match e {
+            SuperviseError::NotOwner {
+                pid,
+                manager,
+                expected,
+                found,
+                ..
+            } => SuperviseError::NotOwner {
+                instance: target.instance.clone(),
+                pid,
+                manager,
+                expected,
+                found,
+            },
+            e => e,
+        })?;
         let manager = proxy(&conn, MANAGER_PATH, MANAGER).await?;
-        let (unit, path) = match &target.unit {
+        // Ask the manager which unit holds the process, right before acting on it.
+        let path = unit_path_of_pid(&manager, &target.instance, target.pid).await?;
+        let found = unit_id(&conn, &path).await?;
+        let unit = match &target.unit {
             Some(unit) => {
-                let path = manager
-                    .call::<_, _, OwnedObjectPath>("GetUnit", &(unit.as_str(),))
-                    .await
-                    .map_err(not_found_or("GetUnit", target))?;
-                (unit.clone(), path)
+                let names = unit_names(&conn, &path).await?;
+                if !names.iter().any(|n| n == unit) {
+                    return Err(SuperviseError::NotOwner {
+                        instance: target.instance.clone(),
+                        pid: target.pid,
+                        manager: self.manager_label(),
+                        expected: unit.clone(),
+                        found,
+                    });
+                }
+                unit.clone()
             }
-            None => {
-                let path = unit_path_of_pid(&manager, &target.instance, target.pid).await?;
-                (unit_id(&conn, &path).await?, path)
-            }
+            None => found,
         };
         let deadline = tokio::time::Instant::now() + self.timeout;
         let timed_out = |what: &str| SuperviseError::Timeout {
@@ -272,7 +479,11 @@ impl Restarter for SystemdRestarter {
             unit: Some(unit.clone()),
             new_pid,
             invocation_id: Some(invocation_id),
-            summary: format!("restarted {unit} for instance {}", target.instance),
+            summary: format!(
+                "restarted {unit} in {} for instance {}",
+                self.manager_label(),
+                target.instance
+            ),
         })
     }
 }

@@ -225,6 +225,8 @@ pub struct Watch {
     recheck: BTreeSet<InstanceId>,
     /// The id of each instance's latest episode (actions that end after it closed name it).
     last_episode: BTreeMap<InstanceId, String>,
+    /// Why the latest restart of each instance failed or was refused (until one succeeds).
+    restart_errors: BTreeMap<InstanceId, String>,
 }
 
 impl Watch {
@@ -263,6 +265,7 @@ impl Watch {
             unobserved: BTreeMap::new(),
             recheck: BTreeSet::new(),
             last_episode: BTreeMap::new(),
+            restart_errors: BTreeMap::new(),
         }
     }
 
@@ -709,6 +712,7 @@ impl Watch {
         }
         match &result {
             Ok(outcome) => {
+                self.restart_errors.remove(id);
                 info!(instance = %id, new_pid = ?outcome.new_pid, "{}", outcome.summary);
                 out.push(Effect::Metric(Metric::Restart {
                     agent: id.name.clone(),
@@ -730,6 +734,7 @@ impl Watch {
             Err(e) => {
                 let detail = error_chain(e);
                 warn!(instance = %id, detail, "restart failed");
+                self.restart_errors.insert(id.clone(), detail.clone());
                 out.push(Effect::Metric(Metric::Restart {
                     agent: id.name.clone(),
                     ok: false,

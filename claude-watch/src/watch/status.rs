@@ -103,6 +103,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
             view.supervisor_reason = choice.reason;
         }
         view.restarts = watch.policy.restarts(id);
+        view.last_error = watch.restart_errors.get(id).cloned();
         view.backoff_until_ms = watch
             .policy
             .not_before(id)
@@ -214,6 +215,9 @@ pub struct InstanceView {
     /// Why that supervisor: `auto → systemd (unit a.service in the system manager)`.
     #[serde(default)]
     pub supervisor_reason: String,
+    /// Why its latest restart failed or was refused (until a restart succeeds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
     /// Why no probe could be attached to it (a binary or library that could not be
     /// verified): its traffic is not seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -630,6 +630,44 @@ fn a_failing_supervisor_is_journalled_with_its_cause_and_retried_after_a_quiet_w
 }
 
 #[test]
+fn a_refused_restart_is_journalled_with_both_units_and_shown_in_status_until_one_succeeds() {
+    let mut r = Rig::new("backoff_initial = \"2s\"");
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let (instance, _, _) = r.take_restart();
+    r.input(Input::RestartFinished {
+        instance,
+        result: Err(SuperviseError::NotOwner {
+            instance: "agent.service".into(),
+            pid: 100,
+            manager: "the system manager".into(),
+            expected: "agent.service".into(),
+            found: "user@1000.service".into(),
+        }),
+    });
+    let refused = r.actions(ActionKind::Restart);
+    assert_eq!(refused.len(), 1);
+    assert!(!refused[0].ok);
+    let detail = refused[0].detail.clone().expect("detail");
+    assert!(
+        detail.contains("agent.service") && detail.contains("user@1000.service"),
+        "{detail}"
+    );
+    assert_eq!(
+        r.view("agent.service").last_error.as_deref(),
+        Some(detail.as_str())
+    );
+    assert_eq!(r.view("agent.service").restarts, 0, "nothing restarted");
+    // Retried after the quiet window; a success clears it.
+    let until = r.actions(ActionKind::Backoff)[0].until_ms.expect("until");
+    r.keep_answering(100, 401, "s0", (until - r.wall_now() + 300) * MS);
+    let (instance, _, _) = r.take_restart();
+    r.restart_ok(&instance, 101);
+    assert_eq!(r.view("agent.service").last_error, None);
+}
+
+#[test]
 fn a_hanging_supervisor_times_out_frees_the_slot_and_its_late_answer_changes_nothing() {
     let mut r = Rig::new("backoff_initial = \"5s\"");
     r.start(100, &agent());
