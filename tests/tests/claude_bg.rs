@@ -215,7 +215,7 @@ fn a_latch_bound_to_the_session_survives_respawn_and_escalates_with_advice() {
     let daemon = Daemon::start(
         "",
         &config(&format!(
-            "max_restarts = 2\nescalation_hook = [\"/bin/sh\", \"{}\", \"{{instance}}\"]",
+            "max_restarts = 3\nescalation_hook = [\"/bin/sh\", \"{}\", \"{{instance}}\"]",
             hook.display()
         )),
     );
@@ -235,7 +235,7 @@ fn a_latch_bound_to_the_session_survives_respawn_and_escalates_with_advice() {
     // Each respawned worker keeps the session id, so its next turn meets the latch again:
     // give every new worker its turn until the daemon gives up.
     let mut pids = vec![a_pid];
-    wait_until(Duration::from_secs(100), "a escalated", || {
+    wait_until(Duration::from_secs(120), "a escalated", || {
         let current = fleet.pid_of(&a)?;
         if !pids.contains(&current) {
             pids.push(current);
@@ -248,19 +248,35 @@ fn a_latch_bound_to_the_session_survives_respawn_and_escalates_with_advice() {
             .find(|i| i["name"] == name(&a) && i["state"] == "escalated")
     });
     let episode = closed_episode(&daemon, &name(&a), EpisodeEnd::Escalated);
-    assert_eq!(episode.restarts, 2, "{episode:?}");
+    assert_eq!(episode.restarts, 3, "{episode:?}");
     assert_eq!(
         episode.session_ids,
         std::slice::from_ref(&session),
         "{episode:?}"
     );
-    assert_eq!(pids.len(), 3, "two respawns: {pids:?}");
-    // Quiet windows grew between the respawns (2 s, then 4 s).
-    let backoffs = actions(&daemon, &name(&a), ActionKind::Backoff);
-    assert!(!backoffs.is_empty(), "a quiet window was journalled");
+    assert_eq!(pids.len(), 4, "three respawns: {pids:?}");
+    // Quiet windows grew between the respawns.
+    let windows: Vec<u64> = actions(&daemon, &name(&a), ActionKind::Backoff)
+        .iter()
+        .filter_map(|b| {
+            b.detail
+                .as_deref()?
+                .strip_prefix("quiet window of ")?
+                .split('s')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        windows.len() >= 2
+            && windows.windows(2).all(|w| w[0] <= w[1])
+            && windows[0] < windows[windows.len() - 1],
+        "quiet windows grow: {windows:?}"
+    );
     wait_until(WAIT, "the hook to run", || hook_log.exists().then_some(()));
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(actions(&daemon, &name(&a), ActionKind::Restart).len(), 2);
+    assert_eq!(actions(&daemon, &name(&a), ActionKind::Restart).len(), 3);
     assert_eq!(
         std::fs::read_to_string(&hook_log).expect("hook log"),
         format!("{}\n", name(&a)),
@@ -284,6 +300,75 @@ fn a_latch_bound_to_the_session_survives_respawn_and_escalates_with_advice() {
         .filter_map(|e| e.pid)
         .collect();
     assert!(rejected.len() >= 2, "{rejected:?} of {pids:?}");
+    // b untouched.
+    assert_eq!(fleet.pid_of(&b), Some(b_pid));
+    assert!(actions(&daemon, &name(&b), ActionKind::Restart).is_empty());
+}
+
+#[test]
+fn fresh_session_opt_in_stops_the_worker_and_starts_a_new_session_in_the_same_directory() {
+    let _serial = serial();
+    let standin = StandIn::start();
+    let daemon = Daemon::start("", &config("fresh_session = true"));
+    let fleet = BgFleet::new(&standin, FAKE_API_KEY, &["a", "b"]);
+    let ((a, a_pid), (b, b_pid)) = two_workers(&fleet, &daemon);
+    let listed = daemon.wait_instance(&name(&a), WAIT, "a listed", |_| true);
+    assert!(
+        listed["supervisor_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fresh_session = true"),
+        "{listed}"
+    );
+    let session = fleet
+        .agents()
+        .into_iter()
+        .find(|x| x["id"] == a.as_str())
+        .expect("a listed")["sessionId"]
+        .as_str()
+        .expect("session id")
+        .to_owned();
+    // Bound to the session: only a new session gets past it.
+    standin.latch_session(&session);
+    fleet.send(&a, "next turn please");
+
+    // a is stopped and a new session starts in a's directory, idle until its first turn.
+    let fresh = wait_until(WAIT, "a fresh session in a's directory", || {
+        fleet.agents().into_iter().find(|x| {
+            x["id"] != a.as_str()
+                && x["id"] != b.as_str()
+                && x["cwd"] == fleet.dir("a").display().to_string()
+        })
+    });
+    let fresh_id = fresh["id"].as_str().expect("id").to_owned();
+    assert_ne!(fresh["sessionId"], session.as_str());
+    let fresh_pid = fleet.wait_idle(&fresh_id, Some(a_pid), WAIT);
+    assert_eq!(fleet.pid_of(&a), None, "the old session was stopped");
+    // The new worker continues the instance it replaced.
+    daemon.wait_instance(&name(&a), WAIT, "the fresh worker under a's name", |i| {
+        has_pid(i, fresh_pid) && i["background"]["short_id"] == fresh_id.as_str()
+    });
+    fleet.send(&fresh_id, "hello again");
+    let episode = closed_episode(&daemon, &name(&a), EpisodeEnd::RecoveredAfterRestart);
+    assert_eq!(episode.restarts, 1, "{episode:?}");
+    let restarts = actions(&daemon, &name(&a), ActionKind::Restart);
+    assert_eq!(restarts.len(), 1, "{restarts:?}");
+    let detail = restarts[0].detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("claude stop {a}")) && detail.contains(&fresh_id),
+        "{detail}"
+    );
+    assert!(
+        standin
+            .log()
+            .iter()
+            .any(|e| e.pid == Some(fresh_pid) && e.status == 200),
+        "the fresh worker's own 200"
+    );
+    assert!(
+        daemon.status().iter().all(|i| i["name"] != name(&fresh_id)),
+        "the fresh session is not listed under a name of its own"
+    );
     // b untouched.
     assert_eq!(fleet.pid_of(&b), Some(b_pid));
     assert!(actions(&daemon, &name(&b), ActionKind::Restart).is_empty());

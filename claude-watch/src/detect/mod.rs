@@ -833,6 +833,20 @@ impl Detector {
         out
     }
 
+    /// Process `pid` turned out to belong to another instance (a fresh background session
+    /// that continues `instance`'s predecessor): it is dropped from `instance` without retiring
+    /// its sessions, and `instance` is forgotten altogether when that leaves it healthy, with
+    /// no process and no window.
+    pub fn forget_process(&mut self, instance: &InstanceId, pid: u32) {
+        let Some(inst) = self.instances.get_mut(instance) else {
+            return;
+        };
+        inst.pids.remove(&pid);
+        if inst.pids.is_empty() && inst.state == State::Healthy && inst.window.is_none() {
+            self.instances.remove(instance);
+        }
+    }
+
     /// The recovery layer gave up on `instance`: the open episode closes as
     /// [`EpisodeEnd::Escalated`] and the instance stays escalated until an accepted answer.
     pub fn escalate(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {

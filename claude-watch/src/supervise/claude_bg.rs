@@ -16,7 +16,7 @@
 //! here knows whether it healed; the core confirms by the new process's own answer.
 
 use std::os::unix::process::ExitStatusExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -35,11 +35,14 @@ const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// How long to wait for `claude agents` to list the respawned worker.
 const NEW_PID_WAIT: Duration = Duration::from_secs(10);
 
-/// Restarts a background session with `claude respawn`.
+/// Restarts a background session with `claude respawn` (or, opted in, a fresh session).
 #[derive(Clone, Debug)]
 pub struct ClaudeBgRestarter {
     /// Limit of each `claude` command.
     pub timeout: Duration,
+    /// Instead of `claude respawn` (same session id): `claude stop <id>`, then `claude --bg`
+    /// in the session's directory, a new session (the conversation is not carried over).
+    pub fresh_session: bool,
 }
 
 /// Who owns a process: real uid, gid and supplementary groups.
@@ -123,6 +126,14 @@ pub fn respawned_pid(agents: &[Agent], short_id: &str, old: u32) -> Option<u32> 
         .filter(|p| *p != old)
 }
 
+/// The short id `claude --bg` prints (`backgrounded · 178f1db4 (idle — send a prompt to
+/// start)`), when it looks like one.
+pub fn backgrounded_id(out: &str) -> Option<String> {
+    let rest = out.split("backgrounded ·").nth(1)?;
+    let id = rest.split_whitespace().next()?;
+    (id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
+}
+
 /// How the owner's `claude` is run: which binary, as whom, with what environment.
 struct AsOwner {
     exe: PathBuf,
@@ -134,6 +145,11 @@ struct AsOwner {
 impl AsOwner {
     /// Runs `claude <args>` as the owner; its standard output (bounded) when it exits 0.
     async fn run(&self, args: &[&str]) -> Result<Vec<u8>, SuperviseError> {
+        self.run_in(Path::new("/"), args).await
+    }
+
+    /// Runs `claude <args>` as the owner in directory `cwd`.
+    async fn run_in(&self, cwd: &Path, args: &[&str]) -> Result<Vec<u8>, SuperviseError> {
         let program = format!("claude {}", args.first().copied().unwrap_or_default());
         let mut command = Command::new(&self.exe);
         command
@@ -141,7 +157,7 @@ impl AsOwner {
             .env_clear()
             .env("PATH", PATH)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir("/")
+            .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -262,6 +278,56 @@ fn as_owner(pid: u32, session: &BgSession, timeout: Duration) -> Result<AsOwner,
     })
 }
 
+impl ClaudeBgRestarter {
+    /// `claude stop <id>`, then `claude --bg` (no prompt: the new session waits for its first
+    /// turn) in the session's directory, as the owner; the new session's worker pid.
+    async fn fresh(
+        &self,
+        claude: &AsOwner,
+        session: &BgSession,
+        target: &Target,
+    ) -> Result<RestartOutcome, SuperviseError> {
+        let refuse = |detail: String| SuperviseError::BgSessionNotOwned {
+            instance: target.instance.clone(),
+            pid: target.pid,
+            detail,
+        };
+        let cwd = session
+            .cwd
+            .clone()
+            .filter(|c| c.is_dir())
+            .ok_or_else(|| refuse("its working directory is unknown or gone".into()))?;
+        tracing::info!(id = %session.short_id, uid = claude.owner.uid, "claude stop, then a fresh claude --bg");
+        claude.run(&["stop", &session.short_id]).await?;
+        let out = claude.run_in(&cwd, &["--bg"]).await?;
+        let new_id = backgrounded_id(&String::from_utf8_lossy(&out))
+            .ok_or_else(|| refuse("`claude --bg` printed no session id".into()))?;
+        let deadline = tokio::time::Instant::now() + NEW_PID_WAIT.min(self.timeout);
+        let mut new_pid = None;
+        while new_pid.is_none() && tokio::time::Instant::now() < deadline {
+            if let Ok(agents) = claude.agents().await {
+                new_pid = respawned_pid(&agents, &new_id, target.pid);
+            }
+            if new_pid.is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(RestartOutcome {
+            acted: true,
+            unit: None,
+            new_pid,
+            invocation_id: None,
+            summary: format!(
+                "claude stop {} and a fresh claude --bg in {} as uid {}: session {new_id}, pid {}",
+                session.short_id,
+                cwd.display(),
+                claude.owner.uid,
+                new_pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+            ),
+        })
+    }
+}
+
 impl Restarter for ClaudeBgRestarter {
     #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
     async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
@@ -283,6 +349,9 @@ impl Restarter for ClaudeBgRestarter {
             detail,
         })?;
         super::verify_start_time(pid, target.start_time)?;
+        if self.fresh_session {
+            return self.fresh(&claude, session, target).await;
+        }
         tracing::info!(id = %session.short_id, uid = claude.owner.uid, "claude respawn");
         claude.run(&["respawn", &session.short_id]).await?;
         let deadline = tokio::time::Instant::now() + NEW_PID_WAIT.min(self.timeout);
@@ -358,6 +427,18 @@ mod tests {
         assert_eq!(respawned_pid(&agents, "dfe38d22", 31022), None);
         assert_eq!(respawned_pid(&agents, "dfe38d22", 30000), Some(31022));
         assert_eq!(respawned_pid(&agents, "nope", 1), None);
+    }
+
+    #[test]
+    fn the_new_session_id_from_claude_bg() {
+        let out = "backgrounded · 178f1db4 (idle — send a prompt to start)\n  claude agents  list sessions\n";
+        assert_eq!(backgrounded_id(out).as_deref(), Some("178f1db4"));
+        assert_eq!(
+            backgrounded_id("backgrounded · 5c56ca27\n").as_deref(),
+            Some("5c56ca27")
+        );
+        assert_eq!(backgrounded_id("backgrounded · ../../x\n"), None);
+        assert_eq!(backgrounded_id("Not logged in"), None);
     }
 
     #[test]

@@ -147,7 +147,10 @@ impl Supervisor {
                     format!("supervisord program {program}, which is not supported yet"),
                 ),
                 Placement::ClaudeBg(bg) => auto(
-                    Self::ClaudeBg(ClaudeBgRestarter { timeout }),
+                    Self::ClaudeBg(ClaudeBgRestarter {
+                        timeout,
+                        fresh_session: false,
+                    }),
                     format!(
                         "background session {} of Claude Code's daemon, respawned as uid {}",
                         bg.short_id, bg.uid
