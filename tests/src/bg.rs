@@ -31,6 +31,7 @@ pub struct BgFleet {
     work: ScratchDir,
     claude: PathBuf,
     env: Vec<(&'static str, std::ffi::OsString)>,
+    owner: Option<u32>,
 }
 
 impl BgFleet {
@@ -38,6 +39,13 @@ impl BgFleet {
     /// made under a scratch work directory).
     #[track_caller]
     pub fn new(standin: &StandIn, api_key: &str, dirs: &[&str]) -> Self {
+        Self::new_as(standin, api_key, dirs, None)
+    }
+
+    /// As [`Self::new`], every `claude` run as user `owner` (uid = gid, e.g. `nobody`), who
+    /// owns the scratch home and work directories.
+    #[track_caller]
+    pub fn new_as(standin: &StandIn, api_key: &str, dirs: &[&str], owner: Option<u32>) -> Self {
         let home = ScratchDir::new("claude-bg-home");
         let work = ScratchDir::new("claude-bg-work");
         let mut projects = serde_json::Map::new();
@@ -72,12 +80,30 @@ impl BgFleet {
         .expect("write settings");
         let claude = deps::npm_global_prefix().join("bin/claude");
         let env = base_env(standin, &home, api_key);
+        if let Some(uid) = owner {
+            chown_tree(home.path(), uid);
+            chown_tree(work.path(), uid);
+        }
         Self {
             home,
             work,
             claude,
             env,
+            owner,
         }
+    }
+
+    /// A command with the fleet's environment, run as its owner.
+    fn command(&self, program: &Path) -> Command {
+        use std::os::unix::process::CommandExt as _;
+        let mut command = Command::new(program);
+        command
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(uid) = self.owner {
+            command.uid(uid).gid(uid);
+        }
+        command
     }
 
     /// The scratch `HOME`.
@@ -98,11 +124,9 @@ impl BgFleet {
     /// Runs `claude <args>` in `cwd` with the fleet's environment.
     #[track_caller]
     pub fn run(&self, cwd: &Path, args: &[&str]) -> Output {
-        Command::new(&self.claude)
+        self.command(&self.claude)
             .args(args)
             .current_dir(cwd)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap_or_else(|e| panic!("claude {args:?}: {e}"))
     }
@@ -164,14 +188,13 @@ impl BgFleet {
     #[track_caller]
     pub fn send(&self, id: &str, text: &str) {
         let script = deps::assets_dir().join("agents/bg_send.py");
-        let out = Command::new(deps::python3())
+        let out = self
+            .command(&deps::python3())
             .arg(script)
             .arg(&self.claude)
             .arg(id)
             .arg(text)
             .current_dir(self.home())
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("TERM", "xterm")
             .output()
             .expect("run bg_send.py");
@@ -195,6 +218,21 @@ impl BgFleet {
                     .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
             })
             .collect()
+    }
+}
+
+/// `chown -R uid:uid dir`.
+fn chown_tree(dir: &Path, uid: u32) {
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", dir.display()));
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            chown_tree(&path, uid);
+        } else {
+            std::os::unix::fs::chown(&path, Some(uid), Some(uid))
+                .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+        }
     }
 }
 

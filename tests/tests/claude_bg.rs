@@ -127,14 +127,26 @@ fn only_workers_listed(fleet: &BgFleet, daemon: &Daemon, workers: &[u32]) {
     }
 }
 
+/// `nobody`: the sessions of this test belong to an unprivileged user, as whom the daemon
+/// (root) must act.
+const NOBODY: u32 = 65534;
+
 #[test]
 fn two_workers_one_latched_by_its_process_is_recovered_through_claude_respawn() {
     let _serial = serial();
     let standin = StandIn::start();
     let daemon = Daemon::start("", &config(""));
-    let fleet = BgFleet::new(&standin, FAKE_API_KEY, &["a", "b"]);
+    let fleet = BgFleet::new_as(&standin, FAKE_API_KEY, &["a", "b"], Some(NOBODY));
     let ((a, a_pid), (b, b_pid)) = two_workers(&fleet, &daemon);
     only_workers_listed(&fleet, &daemon, &[a_pid, b_pid]);
+    let listed = daemon.wait_instance(&name(&a), WAIT, "a listed", |_| true);
+    assert!(
+        listed["supervisor_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("as uid {NOBODY}")),
+        "{listed}"
+    );
 
     // A latch bound to a's process; a's next turn meets it.
     standin.latch_process(a_pid);
@@ -160,8 +172,17 @@ fn two_workers_one_latched_by_its_process_is_recovered_through_claude_respawn() 
     assert!(restarts[0].ok, "{restarts:?}");
     let detail = restarts[0].detail.as_deref().unwrap_or_default();
     assert!(
-        detail.contains(&format!("claude respawn {a}")) && detail.contains(&new_a.to_string()),
+        detail.contains(&format!("claude respawn {a} as uid {NOBODY}"))
+            && detail.contains(&new_a.to_string()),
         "{detail}"
+    );
+    // The respawned worker is the owner's, not root's.
+    let status = std::fs::read_to_string(format!("/proc/{new_a}/status")).expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("65534")),
+        "{status}"
     );
     // The new worker kept the session id and got 200 from the stand-in with it.
     let log = standin.log();
