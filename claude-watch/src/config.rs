@@ -16,6 +16,7 @@
 //! backoff_max = "30m"
 //! max_restarts = 3
 //! escalation_hook = ["/usr/local/bin/page-oncall", "{instance}"]
+//! fresh_session = false                  # claude --bg sessions: respawn (same session id)
 //!
 //! [[instance]]
 //! name = "reviewer"
@@ -197,6 +198,10 @@ pub struct RecoverySection {
     pub hook_timeout: Duration,
     /// D-Bus address of systemd (default: the system bus).
     pub systemd_bus: Option<String>,
+    /// Background sessions of Claude Code's daemon are recovered with a fresh session (`claude
+    /// stop <id>`, then `claude --bg` in the same directory; the conversation is lost) instead of
+    /// `claude respawn`, which keeps the session id.
+    pub fresh_session: bool,
 }
 
 impl Default for RecoverySection {
@@ -212,6 +217,7 @@ impl Default for RecoverySection {
             escalation_hook: None,
             hook_timeout: Duration::from_secs(30),
             systemd_bus: None,
+            fresh_session: false,
         }
     }
 }
@@ -658,6 +664,13 @@ mod tests {
         }
         assert_eq!(parse_duration("366d"), Ok(MAX_DURATION));
         assert!(parse_duration("365d24h1ms").is_err());
+    }
+
+    #[test]
+    fn fresh_session_is_opt_in() {
+        assert!(!Config::builtin().recovery.fresh_session);
+        let c = Config::parse("[recovery]\nfresh_session = true\n", "test").unwrap();
+        assert!(c.recovery.fresh_session);
     }
 
     #[test]

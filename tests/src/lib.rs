@@ -7,6 +7,7 @@
 //! scenario says where it failed.
 
 pub mod agents;
+pub mod bg;
 pub mod deps;
 pub mod docker;
 pub mod process;

@@ -133,6 +133,13 @@ impl StandIn {
         self.post("/latch", &json!({ "pid": pid }));
     }
 
+    /// A latch bound to the process, not to its session: every request from pid `pid` gets 401,
+    /// while another process sending the same session id is answered normally (the model in
+    /// which `claude respawn`, which keeps the session id, heals a latch).
+    pub fn latch_process(&self, pid: u32) {
+        self.post("/latch", &json!({ "process": pid }));
+    }
+
     /// Latches the connection from client port `port` (clients without a session id).
     pub fn latch_client_port(&self, port: u16) {
         self.post("/latch", &json!({ "client_port": port }));

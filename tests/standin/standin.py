@@ -19,8 +19,13 @@ Control API (POST bodies are JSON; every answer is JSON):
                      -> that identity gets 401 on every /v1/messages request until reset/unlatch
                         (an identity is `session:<X-Claude-Code-Session-Id>`, or `conn:<client
                         port>` for clients without the header; a pid latch also catches the
-                        process's later connections)
-  POST /unlatch      {"session": ID} | {"pid": P}
+                        process's later connections, and latches the session it used: a new
+                        process with the same session id stays latched)
+                     {"process": P}
+                     -> a latch bound to the process, not the session: every request from pid P
+                        gets 401 (reason `latched_process`), and another process with the same
+                        session id is answered normally
+  POST /unlatch      {"session": ID} | {"pid": P} | {"process": P}
   POST /window       {"seconds": T, "latch_existing": false}
                      -> for T seconds, a session first seen latches forever (all sessions making a
                         request inside the window, if latch_existing)
@@ -133,6 +138,7 @@ class State:
     def clear_modes(self):
         self.latch_next = 0
         self.latched_pids = set()
+        self.latched_processes = set()  # process-bound latches: pids only, sessions untouched
         self.window_until = 0.0
         self.window_latch_existing = False
         self.poisoned = set()  # credential hashes (full sha256)
@@ -171,6 +177,8 @@ class State:
                 session["latched"] = True
             if cred_full and hashlib.sha256(cred_full.encode()).hexdigest() in self.poisoned:
                 return 401, "poisoned"
+            if pid is not None and pid in self.latched_processes:
+                return 401, "latched_process"
             if session["latched"]:
                 return 401, "latched"
             if model and any(fnmatch.fnmatchcase(model, g) for g in self.throttled):
@@ -480,7 +488,9 @@ class ControlHandler(BaseHTTPRequestHandler):
 
     # Every ctl_* runs under STATE.lock.
     def ctl_latch(self, b):
-        if "session" in b:
+        if "process" in b:
+            STATE.latched_processes.add(int(b["process"]))
+        elif "session" in b:
             key = "session:" + str(b["session"])
             STATE.sessions.setdefault(key, {"first_seen": time.time(), "last_seen": None,
                                             "latched": False, "requests": 0, "pid": None})
@@ -502,7 +512,9 @@ class ControlHandler(BaseHTTPRequestHandler):
             raise KeyError("session|client_port|pid|next")
 
     def ctl_unlatch(self, b):
-        if "session" in b:
+        if "process" in b:
+            STATE.latched_processes.discard(int(b["process"]))
+        elif "session" in b:
             s = STATE.sessions.get("session:" + str(b["session"]))
             if s:
                 s["latched"] = False

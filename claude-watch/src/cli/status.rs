@@ -138,6 +138,31 @@ pub fn render(s: &Snapshot) -> String {
         out.push_str("\nlast restart failed:\n");
         out.push_str(&failures.concat());
     }
+    let background: Vec<&InstanceView> = s
+        .instances
+        .iter()
+        .filter(|i| i.background.is_some())
+        .collect();
+    if !background.is_empty() {
+        out.push_str("\nbackground sessions (claude --bg):\n");
+        for i in background {
+            let Some(bg) = &i.background else { continue };
+            let text = format!(
+                "  {}  id {}  name {}  cwd {}",
+                i.name,
+                bg.short_id,
+                bg.name.as_deref().unwrap_or("-"),
+                bg.cwd.as_deref().unwrap_or("-")
+            );
+            out.push_str(&crate::text::printable(&text));
+            out.push('\n');
+            if let Some(advice) = &i.advice {
+                out.push_str("    ");
+                out.push_str(&crate::text::printable(advice));
+                out.push('\n');
+            }
+        }
+    }
     out
 }
 

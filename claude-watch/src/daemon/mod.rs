@@ -286,6 +286,9 @@ impl Daemon {
                     for (found, last) in due {
                         self.locate(found, last);
                     }
+                    for found in self.front.processes_mut().due_claims() {
+                        self.feed(Input::Started(found));
+                    }
                     self.feed(Input::Tick);
                 }
                 Some(done) = self.done_rx.recv() => self.on_done(done),

@@ -33,7 +33,9 @@
 //!
 //! # Own session
 //! A 401 counts only for the process and session that got it: exchanges from a PID reported
-//! exited, or carrying a session id of an exited process, are ignored; while recovering only
+//! exited, or carrying a session id of an exited process (unless discovery announced the
+//! process as the instance's: a respawned background worker keeps its session id), are
+//! ignored; while recovering only
 //! processes started at or after the restart count; a new session id in a suspect window starts
 //! the window anew.
 
@@ -225,6 +227,9 @@ struct Throttle {
 struct Proc {
     started_ns: MonoNs,
     sessions: BTreeSet<String>,
+    /// Reported by discovery as a live process of the instance ([`Detector::process_started`]),
+    /// not only seen in traffic.
+    announced: bool,
 }
 
 #[derive(Debug)]
@@ -470,11 +475,16 @@ impl Detector {
         self.wall_offset_ns = Some(i128::from(ex.ts_ms) * 1_000_000 - i128::from(ex.mono_ns));
         let cfg = self.config.clone();
         let inst = self.inst(instance);
+        // A retired session id is ignored only from processes discovery did not announce: a
+        // process it reported live is the instance's own, and `claude respawn` gives the new
+        // worker of a background session the same session id as the old one.
+        let announced = inst.pids.get(&pid).is_some_and(|p| p.announced);
         if inst.exited.contains(&pid)
-            || ex
-                .session_id
-                .as_ref()
-                .is_some_and(|s| inst.retired_sessions.contains(s))
+            || (!announced
+                && ex
+                    .session_id
+                    .as_ref()
+                    .is_some_and(|s| inst.retired_sessions.contains(s)))
         {
             tracing::debug!(instance = %instance, pid, "ignoring exchange of an exited process or session");
             return out;
@@ -485,6 +495,7 @@ impl Detector {
             .or_insert_with(|| Proc {
                 started_ns: ex.mono_ns,
                 sessions: BTreeSet::new(),
+                announced: false,
             })
             .started_ns;
         if let (State::Recovering, Some(r)) = (inst.state, inst.restart_ns)
@@ -798,6 +809,7 @@ impl Detector {
             Proc {
                 started_ns: now,
                 sessions: BTreeSet::new(),
+                announced: true,
             },
         );
         Vec::new()
@@ -831,6 +843,20 @@ impl Detector {
             State::Healthy | State::Recovering | State::Escalated => {}
         }
         out
+    }
+
+    /// Process `pid` turned out to belong to another instance (a fresh background session
+    /// that continues `instance`'s predecessor): it is dropped from `instance` without retiring
+    /// its sessions, and `instance` is forgotten altogether when that leaves it healthy, with
+    /// no process and no window.
+    pub fn forget_process(&mut self, instance: &InstanceId, pid: u32) {
+        let Some(inst) = self.instances.get_mut(instance) else {
+            return;
+        };
+        inst.pids.remove(&pid);
+        if inst.pids.is_empty() && inst.state == State::Healthy && inst.window.is_none() {
+            self.instances.remove(instance);
+        }
     }
 
     /// The recovery layer gave up on `instance`: the open episode closes as

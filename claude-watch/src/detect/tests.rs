@@ -497,3 +497,28 @@ fn next_deadline_is_when_n_401s_reach_the_span() {
     );
     assert_eq!(d.next_deadline(), None);
 }
+
+#[test]
+fn a_respawned_worker_keeping_the_session_id_is_heard() {
+    // `claude respawn` starts a new process with the same session id; discovery announces it.
+    let mut r = Rig::new();
+    retrying_401s(&mut r, &a(), 10, 0, "kept");
+    r.d.restart_started(&a(), 40 * S);
+    r.d.process_exited(&a(), 10, 41 * S);
+    r.d.process_started(&a(), 11, 42 * S);
+    // Session-bound upstream: the new worker's own 401 counts (no confirmation).
+    r.see(&a(), ex(11, 43 * S, 401, "m", "kept", "again"));
+    assert_eq!(r.state(&a()), State::Latched);
+    // Process-bound: its 200 confirms the recovery.
+    let mut r = Rig::new();
+    retrying_401s(&mut r, &a(), 10, 0, "kept");
+    r.d.restart_started(&a(), 40 * S);
+    r.d.process_exited(&a(), 10, 41 * S);
+    r.d.process_started(&a(), 11, 42 * S);
+    r.see(&a(), ex(11, 45 * S, 200, "m", "kept", "ok"));
+    assert_eq!(r.state(&a()), State::Healthy);
+    assert_eq!(r.closed()[0].end, EpisodeEnd::RecoveredAfterRestart);
+    // A process never announced still cannot speak for the retired session.
+    r.see(&a(), ex(12, 46 * S, 401, "m", "kept", "late"));
+    assert_eq!(r.state(&a()), State::Healthy);
+}

@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::capture::{CaptureError, Target, targets};
-use crate::instance::{self, ClaudeKind, Container, InstanceId, MatchRule, Placement, ProcessInfo};
+use crate::instance::bg::{self, Role};
+use crate::instance::{
+    self, BgSession, ClaudeKind, Container, InstanceId, MatchRule, Placement, ProcessInfo,
+};
 
 pub use content::ClaudeFile;
 
@@ -33,6 +36,8 @@ pub use content::ClaudeFile;
 const MAX_ANCESTRY: usize = 16;
 /// Files whose verdict is remembered (oldest forgotten first).
 const VERDICTS_KEPT: usize = 8192;
+/// Unclaimed background spares looked at again (a few per user running `claude --bg`).
+const SPARES_KEPT: usize = 256;
 /// Containers whose name is remembered.
 const CONTAINERS_KEPT: usize = 1024;
 /// When a script instance's mapped files are looked at again, after it was found: the
@@ -250,6 +255,17 @@ pub struct Discovery {
     containers: Bounded<Container, Option<String>>,
     /// Script instances to look at again: pid, start time, when, which attempt.
     rescans: Vec<(u32, u64, Instant, usize)>,
+    /// Background spares not claimed by a session yet.
+    spares: Vec<Spare>,
+}
+
+/// A background spare (`claude bg-spare`) waiting to be claimed by a session.
+#[derive(Debug)]
+struct Spare {
+    pid: u32,
+    start_time: u64,
+    kind: ClaudeKind,
+    release: Option<String>,
 }
 
 impl Discovery {
@@ -263,6 +279,7 @@ impl Discovery {
             docker_socket: None,
             containers: Bounded::new(CONTAINERS_KEPT),
             rescans: Vec::new(),
+            spares: Vec::new(),
         }
     }
 
@@ -312,14 +329,73 @@ impl Discovery {
         let (kind, release) = recognized?;
         let ancestors = instance::read_ancestry(&self.proc_root, pid, MAX_ANCESTRY);
         let (proc_root, recognizer) = (&self.proc_root, &mut self.recognizer);
-        let outermost = instance::is_outermost(&ancestors, |a| {
+        let role = bg::role(&info, &ancestors, |a| {
             let dir = proc_root.join(a.pid.to_string());
             recognizer.process(&dir, &a.exe, &a.cmdline).is_some()
         });
-        if !outermost {
-            return None;
+        let placement = match role {
+            Role::Outermost => instance::placement(&info),
+            Role::Helper | Role::BgMachinery => return None,
+            // An unclaimed spare has no session file yet: not an instance now; its first
+            // exchange after a claim brings it here again.
+            // An unclaimed spare has no session file yet: not an instance now, looked at again
+            // on every tick until it is claimed ([`Self::due_claims`]) or exits.
+            Role::BgCandidate => match bg_session(&self.proc_root, &info) {
+                Some(session) => Placement::ClaudeBg(session),
+                None => {
+                    debug!(
+                        pid,
+                        "background spare without a session: not an instance yet"
+                    );
+                    if self.spares.len() < SPARES_KEPT && !self.spares.iter().any(|s| s.pid == pid)
+                    {
+                        self.spares.push(Spare {
+                            pid,
+                            start_time: info.start_time,
+                            kind,
+                            release,
+                        });
+                    }
+                    return None;
+                }
+            },
+        };
+        Some(self.found(info, kind, release, placement))
+    }
+
+    /// Unclaimed background spares (see [`Self::check`]) that a session has claimed since
+    /// the last look: each is an instance now. Spares that exited (or whose pid was reused)
+    /// are forgotten. Called on every tick of the daemon: a claimed spare writes its session
+    /// file a second or two before its first API request.
+    pub fn due_claims(&mut self) -> Vec<Found> {
+        let mut claimed = Vec::new();
+        for spare in std::mem::take(&mut self.spares) {
+            let Ok(info) = instance::read_process_info(&self.proc_root, spare.pid) else {
+                continue;
+            };
+            if info.start_time != spare.start_time || self.known.contains_key(&spare.pid) {
+                continue;
+            }
+            match bg_session(&self.proc_root, &info) {
+                Some(session) => {
+                    let placement = Placement::ClaudeBg(session);
+                    claimed.push(self.found(info, spare.kind, spare.release.clone(), placement));
+                }
+                None => self.spares.push(spare),
+            }
         }
-        let placement = instance::placement(&info);
+        claimed
+    }
+
+    /// Names a claude instance process found at `placement`, and remembers it.
+    fn found(
+        &mut self,
+        info: ProcessInfo,
+        kind: ClaudeKind,
+        release: Option<String>,
+        placement: Placement,
+    ) -> Found {
+        let pid = info.pid;
         let instance = match &placement {
             Placement::Container(c) => InstanceId::container(format!(
                 "{}:{}",
@@ -327,6 +403,7 @@ impl Discovery {
                 self.container_name(c)
                     .unwrap_or_else(|| c.short_id().to_owned())
             )),
+            Placement::ClaudeBg(bg) => InstanceId::bg_session(&bg.short_id),
             _ => instance::identify(&info, &self.rules),
         };
         let members = self
@@ -357,7 +434,7 @@ impl Discovery {
             ));
         }
         self.known.insert(pid, found.clone());
-        Some(found)
+        found
     }
 
     /// The engine's name for a container (cached, also when the engine did not answer).
@@ -404,6 +481,7 @@ impl Discovery {
 
     /// Forgets a process that exited; returns it if it was an instance.
     pub fn exited(&mut self, pid: u32) -> Option<Found> {
+        self.spares.retain(|s| s.pid != pid);
         self.known.remove(&pid)
     }
 
@@ -422,6 +500,42 @@ impl Discovery {
         &self.recognizer
     }
 }
+
+/// The background session worker `info` runs, from its session file
+/// `<config dir>/sessions/<pid>.json` ([`bg::parse_session_file`]). The configuration directory
+/// comes from the worker's own `HOME` / `CLAUDE_CONFIG_DIR`, which it controls, so the file must
+/// be a regular file owned by the worker's uid (checked on the open file, the last component
+/// not followed if a link), and is read to at most [`bg::SESSION_FILE_MAX`] bytes.
+fn bg_session(proc_root: &Path, info: &ProcessInfo) -> Option<BgSession> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut environ = Vec::new();
+    File::open(proc_root.join(info.pid.to_string()).join("environ"))
+        .ok()?
+        .take(ENVIRON_MAX)
+        .read_to_end(&mut environ)
+        .ok()?;
+    let (home, config) = bg::parse_config_env(&environ);
+    drop(environ);
+    let dir = bg::config_dir(home.as_deref(), config.as_deref())?;
+    let path = dir.join("sessions").join(format!("{}.json", info.pid));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != info.uid {
+        debug!(pid = info.pid, path = %path.display(), "session file not a regular file of the worker's owner");
+        return None;
+    }
+    let mut raw = Vec::new();
+    file.take(bg::SESSION_FILE_MAX).read_to_end(&mut raw).ok()?;
+    bg::parse_session_file(&raw, info.pid, info.start_time, info.uid, &dir)
+}
+
+/// Most bytes of a worker's `environ` read for `HOME` and `CLAUDE_CONFIG_DIR`.
+const ENVIRON_MAX: u64 = 64 * 1024;
 
 /// What to attach for a found process: its executable through `/proc/<pid>/exe` (which works
 /// across mount namespaces and for replaced binaries), for every process running that file,

@@ -8,6 +8,7 @@
 //! Processes that an instance spawns (shells, MCP servers, ripgrep, even the claude binary
 //! re-executing itself as a helper) are never instances themselves ([`is_outermost`]).
 
+pub mod bg;
 pub mod proc;
 
 use std::fmt;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use bg::BgSession;
 pub use proc::{InstanceError, read_ancestry, read_process_info};
 
 /// What a process is, as far as `/proc` tells: the inputs of [`identify`] and [`is_outermost`].
@@ -78,6 +80,8 @@ pub enum IdSource {
     UserUnit,
     /// The name is a program of a process manager: `pm2:<name>`, `supervisord:<program>`.
     Program,
+    /// The name is a background session of Claude Code's own daemon: `claude-bg:<short id>`.
+    BgSession,
 }
 
 /// The stable name of one Claude Code instance (survives restarts of its process, except for
@@ -139,6 +143,14 @@ impl InstanceId {
         }
     }
 
+    /// A background session of Claude Code's own daemon, named `claude-bg:<short id>`.
+    pub fn bg_session(short_id: &str) -> Self {
+        Self {
+            name: format!("claude-bg:{short_id}"),
+            source: IdSource::BgSession,
+        }
+    }
+
     /// The systemd unit, when the name is one (of the system's or a user's manager).
     pub fn unit_name(&self) -> Option<&str> {
         match self.source {
@@ -186,6 +198,8 @@ impl InstanceId {
             IdSource::UserUnit
         } else if name.starts_with("pm2:") || name.starts_with("supervisord:") {
             IdSource::Program
+        } else if name.starts_with("claude-bg:") {
+            IdSource::BgSession
         } else if unit == Some(name) {
             IdSource::Unit
         } else {
@@ -438,6 +452,10 @@ pub enum Placement {
         /// The server's URL, when given.
         url: Option<String>,
     },
+    /// A background session (worker) of Claude Code's own daemon (`claude --bg`), which
+    /// `claude respawn <short id>` restarts. Found by discovery from the worker's session file,
+    /// never from the cgroup or the environment alone.
+    ClaudeBg(BgSession),
     /// None of the above.
     #[default]
     Unsupervised,
@@ -538,6 +556,7 @@ pub fn identify(p: &ProcessInfo, rules: &[MatchRule]) -> InstanceId {
             ..
         }) => return InstanceId::user_unit(uid, &name),
         Placement::Unit(unit) => return InstanceId::unit(unit.name),
+        Placement::ClaudeBg(bg) => return InstanceId::bg_session(&bg.short_id),
         Placement::Container(_) | Placement::Unsupervised => {}
     }
     rules
@@ -563,7 +582,7 @@ pub fn may_join(
         IdSource::Rule => !rules
             .iter()
             .any(|r| r.name == instance.name && r.uid.is_some()),
-        IdSource::Program => true,
+        IdSource::Program | IdSource::BgSession => true,
         IdSource::Unit | IdSource::UserUnit | IdSource::Pid | IdSource::Container => false,
     };
     !self_named || member_uids.into_iter().all(|m| m == uid)

@@ -7,6 +7,7 @@
 //! - [`supervisor`]: which adapter each instance gets, and the escalation hook;
 //! - [`procfs`]: the few `/proc` facts the adapters need (start times, namespace PIDs).
 
+pub mod claude_bg;
 pub mod command;
 pub mod observe;
 pub mod procfs;
@@ -205,6 +206,25 @@ pub enum SuperviseError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// A `claude-bg` restart was asked for an instance that is not a background session.
+    #[error("instance {instance} (pid {pid}) is not a background session of Claude Code's daemon")]
+    NotBgSession {
+        /// The instance.
+        instance: String,
+        /// Its host PID.
+        pid: u32,
+    },
+    /// Claude Code's daemon (`claude agents --json`, run as the session's owner) does not say
+    /// that the session runs as the latched process: nothing is respawned.
+    #[error("claude-bg refuses to respawn {instance} (pid {pid}): {detail}")]
+    BgSessionNotOwned {
+        /// The instance, `claude-bg:<short id>`.
+        instance: String,
+        /// The latched process.
+        pid: u32,
+        /// What the daemon listed instead, or why the process is not the session's.
+        detail: String,
     },
     /// `/proc` could not tell what was needed.
     #[error(transparent)]

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::claude_bg::ClaudeBgRestarter;
 use super::command::CommandRestarter;
 use super::observe::ObserveOnly;
 use super::signal::SignalRestarter;
@@ -62,6 +63,8 @@ pub enum Supervisor {
     Signal(SignalRestarter),
     /// Never acts.
     Observe(ObserveOnly),
+    /// `claude respawn` of a background session, as its owner.
+    ClaudeBg(ClaudeBgRestarter),
 }
 
 impl Supervisor {
@@ -152,6 +155,16 @@ impl Supervisor {
                     Self::Observe(ObserveOnly),
                     format!("supervisord program {program}, which is not supported yet"),
                 ),
+                Placement::ClaudeBg(bg) => auto(
+                    Self::ClaudeBg(ClaudeBgRestarter {
+                        timeout,
+                        fresh_session: false,
+                    }),
+                    format!(
+                        "background session {} of Claude Code's daemon, respawned as uid {}",
+                        bg.short_id, bg.uid
+                    ),
+                ),
                 Placement::Unsupervised => auto(
                     Self::Observe(ObserveOnly),
                     "no supervisor found: not in a unit, container or process manager".into(),
@@ -177,6 +190,7 @@ impl Supervisor {
             Self::Command(_) => "command",
             Self::Signal(_) => "signal",
             Self::Observe(_) => "observe",
+            Self::ClaudeBg(_) => "claude-bg",
         }
     }
 
@@ -207,6 +221,7 @@ impl Supervisor {
             Self::Command(s) => s.restart(target).await,
             Self::Signal(s) => s.restart(target).await,
             Self::Observe(s) => s.restart(target).await,
+            Self::ClaudeBg(s) => s.restart(target).await,
         }
     }
 }

@@ -227,6 +227,9 @@ pub struct Watch {
     last_episode: BTreeMap<InstanceId, String>,
     /// Why the latest restart of each instance failed or was refused (until one succeeds).
     restart_errors: BTreeMap<InstanceId, String>,
+    /// New processes a background session's restart reported, and the instance they continue
+    /// (a fresh session has a new short id, so discovery names it anew).
+    successors: BTreeMap<u32, InstanceId>,
 }
 
 impl Watch {
@@ -266,6 +269,7 @@ impl Watch {
             recheck: BTreeSet::new(),
             last_episode: BTreeMap::new(),
             restart_errors: BTreeMap::new(),
+            successors: BTreeMap::new(),
         }
     }
 
@@ -319,7 +323,13 @@ impl Watch {
                 }
             },
             Input::Exited { pid, instance } => {
-                self.procs.remove(&pid);
+                // The core's own name wins (a process adopted by the instance it continues).
+                let instance = self
+                    .procs
+                    .remove(&pid)
+                    .map(|f| f.instance)
+                    .filter(|_| instance.is_some())
+                    .or(instance);
                 self.unobserved.remove(&pid);
                 if let Some(id) = instance {
                     // Only instances (scripts under node or bun) have per-process probes.
@@ -330,6 +340,12 @@ impl Watch {
                 }
             }
             Input::Exchange { exchange, instance } => {
+                let instance = self
+                    .procs
+                    .get(&exchange.pid)
+                    .map(|f| f.instance.clone())
+                    .filter(|_| instance.is_some())
+                    .or(instance);
                 self.exchange(&exchange, instance, now, &mut out);
             }
             Input::Tick => {
@@ -392,12 +408,21 @@ impl Watch {
             .get(instance)
             .cloned()
             .unwrap_or_else(from_name);
-        Supervisor::resolve(
+        let mut choice = Supervisor::resolve(
             self.config.supervisor_for(&instance.name),
             &placement,
             &self.bus,
             self.config.recovery.restart_timeout,
-        )
+        );
+        if let Supervisor::ClaudeBg(restarter) = &mut choice.supervisor
+            && self.config.recovery.fresh_session
+        {
+            restarter.fresh_session = true;
+            choice
+                .reason
+                .push_str(", a fresh session each time (fresh_session = true)");
+        }
+        choice
     }
 
     /// The supervisor of `instance`.
@@ -410,7 +435,14 @@ impl Watch {
         !self.config.daemon.dry_run && self.supervisor(instance).acts()
     }
 
-    fn started(&mut self, found: Found, now: MonoNs, out: &mut Vec<Effect>) {
+    fn started(&mut self, mut found: Found, now: MonoNs, out: &mut Vec<Effect>) {
+        if let Some(old) = self.successors.remove(&found.info.pid)
+            && matches!(found.placement, Placement::ClaudeBg(_))
+            && old != found.instance
+        {
+            info!(pid = found.info.pid, instance = %old, named = %found.instance, "a fresh background session continues the instance it replaced");
+            found.instance = old;
+        }
         let id = found.instance.clone();
         self.binaries
             .insert(id.clone(), found.info.exe.display().to_string());
@@ -728,6 +760,9 @@ impl Watch {
                     out,
                 );
                 if let Some(pid) = outcome.new_pid {
+                    if matches!(self.placements.get(id), Some(Placement::ClaudeBg(_))) {
+                        self.adopt(id, pid, now, out);
+                    }
                     out.push(Effect::Inspect { pid });
                 }
             }
@@ -745,6 +780,32 @@ impl Watch {
             }
         }
         self.save(now, out);
+    }
+
+    /// The new process `pid` of background session `id` (a fresh session, named anew by
+    /// discovery) continues `id`: now if it is known already, else when it is found.
+    fn adopt(&mut self, id: &InstanceId, pid: u32, now: MonoNs, out: &mut Vec<Effect>) {
+        let Some(found) = self.procs.get(&pid).cloned() else {
+            self.successors.insert(pid, id.clone());
+            return;
+        };
+        if &found.instance == id || !matches!(found.placement, Placement::ClaudeBg(_)) {
+            return;
+        }
+        let named = found.instance.clone();
+        self.detector.forget_process(&named, pid);
+        if !self
+            .procs
+            .values()
+            .any(|f| f.instance == named && f.info.pid != pid)
+        {
+            self.placements.remove(&named);
+            self.binaries.remove(&named);
+            self.last_seen.remove(&named);
+        }
+        self.procs.remove(&pid);
+        self.successors.insert(pid, id.clone());
+        self.started(found, now, out);
     }
 
     fn escalate(&mut self, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Watch;
 use crate::detect::{MonoNs, State};
+use crate::instance::Placement;
 
 /// The latest API answer of an instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +102,18 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         } else {
             view.supervisor = choice.supervisor.kind().into();
             view.supervisor_reason = choice.reason;
+        }
+        if let Some(Placement::ClaudeBg(bg)) = watch.placements.get(id) {
+            let cwd = bg.cwd.as_ref().map(|c| c.display().to_string());
+            if view.state == state_name(State::Escalated) {
+                view.advice = Some(bg_escalation_advice(&bg.short_id, cwd.as_deref()));
+            }
+            view.background = Some(BackgroundView {
+                short_id: bg.short_id.clone(),
+                session_id: bg.session_id.clone(),
+                name: bg.name.clone(),
+                cwd,
+            });
         }
         view.restarts = watch.policy.restarts(id);
         view.last_error = watch.restart_errors.get(id).cloned();
@@ -222,6 +235,40 @@ pub struct InstanceView {
     /// verified): its traffic is not seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unobserved: Option<String>,
+    /// A background session of Claude Code's own daemon (`claude --bg`): its short id, name
+    /// and working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<BackgroundView>,
+    /// What the operator can do when restarts did not heal it (set for escalated background
+    /// sessions: a respawn keeps the session id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advice: Option<String>,
+}
+
+/// A background session, as status shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackgroundView {
+    /// The short id (`claude agents`, `claude respawn <id>`).
+    pub short_id: String,
+    /// The session id, which `claude respawn` keeps.
+    pub session_id: String,
+    /// The session's name, when it has one.
+    pub name: Option<String>,
+    /// Its working directory.
+    pub cwd: Option<String>,
+}
+
+/// What to tell the operator about an escalated background session: a respawn keeps the
+/// session, so a latch bound upstream to the session id follows it.
+#[must_use]
+pub fn bg_escalation_advice(short_id: &str, cwd: Option<&str>) -> String {
+    format!(
+        "claude respawn keeps the session id, so a latch bound to the session survives it; \
+         run `claude stop {short_id}` and start a new `claude --bg` session in {} (the \
+         conversation is not carried over), or set fresh_session = true for claude-watch to \
+         do that",
+        cwd.unwrap_or("the same directory")
+    )
 }
 
 impl InstanceView {

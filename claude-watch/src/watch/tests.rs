@@ -955,3 +955,81 @@ fn a_member_that_latched_and_exited_does_not_get_another_member_restarted() {
         "{refused:?}"
     );
 }
+
+fn bg_found(pid: u32, short_id: &str) -> Found {
+    let session = crate::instance::BgSession {
+        short_id: short_id.into(),
+        session_id: format!("{short_id}-0000-4000-8000-000000000000"),
+        name: None,
+        cwd: Some(PathBuf::from("/srv/a")),
+        uid: 1000,
+        config_dir: PathBuf::from("/home/a/.claude"),
+    };
+    Found {
+        instance: InstanceId::bg_session(short_id),
+        placement: crate::instance::Placement::ClaudeBg(session),
+        ..found(pid, &InstanceId::bg_session(short_id))
+    }
+}
+
+/// A background worker, as discovery reports it (named after its short id).
+fn bg_start(r: &mut Rig, pid: u32, short_id: &str) {
+    r.pids.insert(pid, InstanceId::bg_session(short_id));
+    r.input(Input::Started(bg_found(pid, short_id)));
+}
+
+#[test]
+fn a_background_worker_is_respawned_through_claude_bg_and_a_fresh_session_continues_it() {
+    for found_first in [false, true] {
+        let mut r = Rig::new("backoff_initial = \"3s\"\nfresh_session = true");
+        let a = InstanceId::bg_session("5c56ca27");
+        bg_start(&mut r, 100, "5c56ca27");
+        r.see(100, 200, "s-a");
+        r.advance(S);
+        let view = r.view("claude-bg:5c56ca27");
+        assert_eq!(view.supervisor, "claude-bg");
+        assert!(view.supervisor_reason.contains("fresh session"), "{view:?}");
+        assert_eq!(view.background.as_ref().unwrap().short_id, "5c56ca27");
+
+        r.latch(100, "s-a");
+        let (instance, supervisor, target) = r.take_restart();
+        assert_eq!(instance, a);
+        assert!(matches!(supervisor, Supervisor::ClaudeBg(ref c) if c.fresh_session));
+        assert!(matches!(
+            target.placement,
+            crate::instance::Placement::ClaudeBg(_)
+        ));
+        r.exit(100);
+        // The fresh session has another short id; discovery may report it before the
+        // supervisor's answer, or after.
+        if found_first {
+            bg_start(&mut r, 101, "178f1db4");
+            r.see(101, 200, "s-early");
+            r.restart_ok(&a, 101);
+        } else {
+            r.restart_ok(&a, 101);
+            bg_start(&mut r, 101, "178f1db4");
+        }
+        r.advance(S);
+        assert_eq!(
+            r.view("claude-bg:5c56ca27").pids,
+            [101],
+            "found_first={found_first}"
+        );
+        assert!(
+            r.watch
+                .status(r.now)
+                .instances
+                .iter()
+                .all(|i| i.name != "claude-bg:178f1db4"),
+            "the new name is not an instance of its own (found_first={found_first})"
+        );
+        r.see(101, 200, "s-new");
+        r.advance(S);
+        let episode = r
+            .closed(EpisodeEnd::RecoveredAfterRestart)
+            .expect("recovered after restart");
+        assert_eq!(episode.instance, "claude-bg:5c56ca27");
+        assert_eq!(r.view("claude-bg:5c56ca27").state, "healthy");
+    }
+}

@@ -1,0 +1,459 @@
+//! Claude Code's own supervisor for its background sessions: `claude respawn <short id>`.
+//!
+//! A background worker (see [`crate::instance::bg`]) is restarted by asking Claude Code's daemon,
+//! through the `claude` binary the worker runs, as the session's owner:
+//!
+//! 1. the target's pid still has its start time, and its owner (uid, gid, groups from
+//!    `/proc/<pid>/status`) is the session's;
+//! 2. `claude agents --json`, run as that owner with only `HOME`, `CLAUDE_CONFIG_DIR` (from the
+//!    worker's environment) and a fixed `PATH`, must map the session's short id to the latched
+//!    pid and session id (the ownership check, right before acting);
+//! 3. `claude respawn <short id>`, argv only, no shell, with a timeout;
+//! 4. `claude agents --json` again until the id maps to a new pid, which is returned (the core
+//!    then waits for that process's own answer).
+//!
+//! `respawn` keeps the session id: a latch bound upstream to the session follows it. Nothing
+//! here knows whether it healed; the core confirms by the new process's own answer.
+
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::AsyncReadExt as _;
+use tokio::process::Command;
+
+use super::{RestartOutcome, Restarter, SuperviseError, Target, procfs};
+use crate::instance::Placement;
+use crate::instance::bg::{self, BgSession};
+
+/// Longest output of `claude agents --json` read.
+const AGENTS_MAX: u64 = 1024 * 1024;
+/// `PATH` the owner's `claude` runs with (it needs no user-controlled path).
+const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// How long to wait for `claude agents` to list the respawned worker.
+const NEW_PID_WAIT: Duration = Duration::from_secs(10);
+
+/// Restarts a background session with `claude respawn` (or, opted in, a fresh session).
+#[derive(Clone, Debug)]
+pub struct ClaudeBgRestarter {
+    /// Limit of each `claude` command.
+    pub timeout: Duration,
+    /// Instead of `claude respawn` (same session id): `claude stop <id>`, then `claude --bg`
+    /// in the session's directory, a new session (the conversation is not carried over).
+    pub fresh_session: bool,
+}
+
+/// Who owns a process: real uid, gid and supplementary groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// The owner of a process from the content of `/proc/<pid>/status` (real ids: the first field
+/// of `Uid:` and `Gid:`, and `Groups:`).
+pub fn parse_owner(status: &str) -> Option<Owner> {
+    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
+    let first = |key: &str| field(key)?.split_whitespace().next()?.parse().ok();
+    let groups = field("Groups:")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<Vec<u32>, _>>()
+        .ok()?;
+    Some(Owner {
+        uid: first("Uid:")?,
+        gid: first("Gid:")?,
+        groups,
+    })
+}
+
+/// One session as `claude agents --json` lists it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    /// The worker's pid.
+    pub pid: Option<u32>,
+    /// The short id.
+    pub id: String,
+    /// The session id.
+    pub session_id: Option<String>,
+}
+
+/// The sessions of a `claude agents --json` output (`None` when it is not a JSON array of
+/// sessions).
+pub fn parse_agents(out: &[u8]) -> Option<Vec<Agent>> {
+    serde_json::from_slice(out).ok()
+}
+
+/// Whether `agents` maps `session` to `pid`: the id and the session id listed together with
+/// exactly that pid. `Err` says what was listed instead.
+///
+/// # Errors
+/// What the list says about the id instead, for the refusal.
+pub fn owns(agents: &[Agent], session: &BgSession, pid: u32) -> Result<(), String> {
+    let Some(agent) = agents.iter().find(|a| a.id == session.short_id) else {
+        return Err(format!("no session {} is listed", session.short_id));
+    };
+    if agent.session_id.as_deref() != Some(session.session_id.as_str()) {
+        return Err(format!(
+            "session {} is listed with another session id",
+            session.short_id
+        ));
+    }
+    match agent.pid {
+        Some(p) if p == pid => Ok(()),
+        Some(p) => Err(format!(
+            "session {} runs as pid {p}, not {pid}",
+            session.short_id
+        )),
+        None => Err(format!("session {} has no process", session.short_id)),
+    }
+}
+
+/// The pid `agents` lists for `short_id` when it is another than `old`.
+pub fn respawned_pid(agents: &[Agent], short_id: &str, old: u32) -> Option<u32> {
+    agents
+        .iter()
+        .find(|a| a.id == short_id)
+        .and_then(|a| a.pid)
+        .filter(|p| *p != old)
+}
+
+/// The short id `claude --bg` prints (`backgrounded · 178f1db4 (idle — send a prompt to
+/// start)`), when it looks like one.
+pub fn backgrounded_id(out: &str) -> Option<String> {
+    let rest = out.split("backgrounded ·").nth(1)?;
+    let id = rest.split_whitespace().next()?;
+    (id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
+}
+
+/// How the owner's `claude` is run: which binary, as whom, with what environment.
+struct AsOwner {
+    exe: PathBuf,
+    owner: Owner,
+    env: Vec<(&'static str, PathBuf)>,
+    timeout: Duration,
+}
+
+impl AsOwner {
+    /// Runs `claude <args>` as the owner; its standard output (bounded) when it exits 0.
+    async fn run(&self, args: &[&str]) -> Result<Vec<u8>, SuperviseError> {
+        self.run_in(Path::new("/"), args).await
+    }
+
+    /// Runs `claude <args>` as the owner in directory `cwd`.
+    async fn run_in(&self, cwd: &Path, args: &[&str]) -> Result<Vec<u8>, SuperviseError> {
+        let program = format!("claude {}", args.first().copied().unwrap_or_default());
+        let mut command = Command::new(&self.exe);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", PATH)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        let (uid, gid, groups) = (
+            self.owner.uid,
+            self.owner.gid,
+            self.owner
+                .groups
+                .iter()
+                .map(|&g| g as libc::gid_t)
+                .collect::<Vec<_>>(),
+        );
+        // SAFETY: only async-signal-safe system calls between fork and exec; `groups` was
+        // allocated before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|source| SuperviseError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let work = async {
+            let mut out = Vec::new();
+            (&mut stdout).take(AGENTS_MAX).read_to_end(&mut out).await?;
+            let status = child.wait().await?;
+            Ok::<_, std::io::Error>((out, status))
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok((out, status))) if status.success() => Ok(out),
+            Ok(Ok((_, status))) => Err(SuperviseError::CommandFailed { program, status }),
+            Ok(Err(source)) => Err(SuperviseError::Spawn { program, source }),
+            Err(_) => {
+                if let Some(pgid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                    // SAFETY: plain syscall on the process group this command leads.
+                    unsafe { libc::killpg(pgid, libc::SIGKILL) };
+                }
+                Err(SuperviseError::Timeout {
+                    what: program,
+                    timeout: self.timeout,
+                })
+            }
+        }
+    }
+
+    async fn agents(&self) -> Result<Vec<Agent>, SuperviseError> {
+        let out = self.run(&["agents", "--json"]).await?;
+        parse_agents(&out).ok_or_else(|| SuperviseError::CommandFailed {
+            program: "claude agents --json (unreadable output)".into(),
+            status: std::process::ExitStatus::from_raw(0),
+        })
+    }
+}
+
+/// Reads what acting as the owner of `pid` needs: the binary it runs, its owner, and its
+/// `HOME` / `CLAUDE_CONFIG_DIR` (nothing else of its environment).
+fn as_owner(pid: u32, session: &BgSession, timeout: Duration) -> Result<AsOwner, SuperviseError> {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    let status = std::fs::read_to_string(dir.join("status"))
+        .map_err(|source| SuperviseError::Process(procfs::ProcError::NoProcess { pid, source }))?;
+    let owner =
+        parse_owner(&status).ok_or(SuperviseError::Process(procfs::ProcError::Malformed {
+            pid,
+            file: "status",
+        }))?;
+    if owner.uid != session.uid {
+        return Err(SuperviseError::BgSessionNotOwned {
+            instance: format!("claude-bg:{}", session.short_id),
+            pid,
+            detail: format!(
+                "the process is owned by uid {}, the session by uid {}",
+                owner.uid, session.uid
+            ),
+        });
+    }
+    let exe = std::fs::read_link(dir.join("exe"))
+        .map_err(|source| SuperviseError::Process(procfs::ProcError::NoProcess { pid, source }))?;
+    if exe.to_string_lossy().ends_with(" (deleted)") || !exe.is_absolute() {
+        return Err(SuperviseError::BgSessionNotOwned {
+            instance: format!("claude-bg:{}", session.short_id),
+            pid,
+            detail: format!("its binary {} is gone", exe.display()),
+        });
+    }
+    let mut environ = Vec::new();
+    {
+        use std::io::Read as _;
+        std::fs::File::open(dir.join("environ"))
+            .and_then(|f| f.take(64 * 1024).read_to_end(&mut environ))
+            .map_err(|source| {
+                SuperviseError::Process(procfs::ProcError::NoProcess { pid, source })
+            })?;
+    }
+    let (home, config) = bg::parse_config_env(&environ);
+    drop(environ);
+    let mut env = Vec::new();
+    if let Some(home) = home.filter(|h| h.is_absolute()) {
+        env.push(("HOME", home));
+    }
+    if let Some(config) = config.filter(|c| c.is_absolute()) {
+        env.push(("CLAUDE_CONFIG_DIR", config));
+    }
+    Ok(AsOwner {
+        exe,
+        owner,
+        env,
+        timeout,
+    })
+}
+
+impl ClaudeBgRestarter {
+    /// `claude stop <id>`, then `claude --bg` (no prompt: the new session waits for its first
+    /// turn) in the session's directory, as the owner; the new session's worker pid.
+    async fn fresh(
+        &self,
+        claude: &AsOwner,
+        session: &BgSession,
+        target: &Target,
+    ) -> Result<RestartOutcome, SuperviseError> {
+        let refuse = |detail: String| SuperviseError::BgSessionNotOwned {
+            instance: target.instance.clone(),
+            pid: target.pid,
+            detail,
+        };
+        let cwd = session
+            .cwd
+            .clone()
+            .filter(|c| c.is_dir())
+            .ok_or_else(|| refuse("its working directory is unknown or gone".into()))?;
+        tracing::info!(id = %session.short_id, uid = claude.owner.uid, "claude stop, then a fresh claude --bg");
+        claude.run(&["stop", &session.short_id]).await?;
+        let out = claude.run_in(&cwd, &["--bg"]).await?;
+        let new_id = backgrounded_id(&String::from_utf8_lossy(&out))
+            .ok_or_else(|| refuse("`claude --bg` printed no session id".into()))?;
+        let deadline = tokio::time::Instant::now() + NEW_PID_WAIT.min(self.timeout);
+        let mut new_pid = None;
+        while new_pid.is_none() && tokio::time::Instant::now() < deadline {
+            if let Ok(agents) = claude.agents().await {
+                new_pid = respawned_pid(&agents, &new_id, target.pid);
+            }
+            if new_pid.is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(RestartOutcome {
+            acted: true,
+            unit: None,
+            new_pid,
+            invocation_id: None,
+            summary: format!(
+                "claude stop {} and a fresh claude --bg in {} as uid {}: session {new_id}, pid {}",
+                session.short_id,
+                cwd.display(),
+                claude.owner.uid,
+                new_pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+            ),
+        })
+    }
+}
+
+impl Restarter for ClaudeBgRestarter {
+    #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
+    async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
+        let Placement::ClaudeBg(session) = &target.placement else {
+            return Err(SuperviseError::NotBgSession {
+                instance: target.instance.clone(),
+                pid: target.pid,
+            });
+        };
+        let pid = target.pid;
+        super::verify_start_time(pid, target.start_time)?;
+        let claude = as_owner(pid, session, self.timeout)?;
+        // The ownership check, right before acting: Claude Code's daemon must say this session
+        // runs as exactly this process.
+        let agents = claude.agents().await?;
+        owns(&agents, session, pid).map_err(|detail| SuperviseError::BgSessionNotOwned {
+            instance: target.instance.clone(),
+            pid,
+            detail,
+        })?;
+        super::verify_start_time(pid, target.start_time)?;
+        if self.fresh_session {
+            return self.fresh(&claude, session, target).await;
+        }
+        tracing::info!(id = %session.short_id, uid = claude.owner.uid, "claude respawn");
+        claude.run(&["respawn", &session.short_id]).await?;
+        let deadline = tokio::time::Instant::now() + NEW_PID_WAIT.min(self.timeout);
+        let mut new_pid = None;
+        while new_pid.is_none() && tokio::time::Instant::now() < deadline {
+            if let Ok(agents) = claude.agents().await {
+                new_pid = respawned_pid(&agents, &session.short_id, pid);
+            }
+            if new_pid.is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(RestartOutcome {
+            acted: true,
+            unit: None,
+            new_pid,
+            invocation_id: None,
+            summary: format!(
+                "claude respawn {} as uid {}: pid {pid} -> {}",
+                session.short_id,
+                claude.owner.uid,
+                new_pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // `claude agents --json` of Claude Code 2.1.332 with two background sessions.
+    const AGENTS: &str = r#"[
+  {"pid": 31018, "id": "5c56ca27", "cwd": "/tmp/bgx/work/a", "kind": "background",
+   "startedAt": 1796035248369, "sessionId": "5c56ca27-6d9f-488a-9038-47f736b1ab43",
+   "name": "hello from the stand-in.", "status": "idle", "state": "working"},
+  {"pid": 31022, "id": "dfe38d22", "cwd": "/tmp/bgx/work/b", "kind": "background",
+   "startedAt": 1796035269628, "sessionId": "dfe38d22-09dc-4ff1-a4c5-49152ec80492",
+   "name": "task b", "status": "busy", "state": "working"}
+]"#;
+
+    fn session(short: &str, id: &str) -> BgSession {
+        BgSession {
+            short_id: short.into(),
+            session_id: id.into(),
+            name: None,
+            cwd: None,
+            uid: 0,
+            config_dir: PathBuf::from("/h/.claude"),
+        }
+    }
+
+    #[test]
+    fn the_listed_pid_must_be_the_latched_one() {
+        let agents = parse_agents(AGENTS.as_bytes()).unwrap();
+        let b = session("dfe38d22", "dfe38d22-09dc-4ff1-a4c5-49152ec80492");
+        assert_eq!(owns(&agents, &b, 31022), Ok(()));
+        assert!(
+            owns(&agents, &b, 31018)
+                .unwrap_err()
+                .contains("runs as pid 31022")
+        );
+        let gone = session("0badc0de", "0badc0de-09dc-4ff1-a4c5-49152ec80492");
+        assert!(owns(&agents, &gone, 31022).is_err());
+        let other = session("dfe38d22", "dfe38d22-0000-4ff1-a4c5-49152ec80492");
+        assert!(owns(&agents, &other, 31022).is_err());
+        assert_eq!(parse_agents(b"not json"), None);
+    }
+
+    #[test]
+    fn the_respawned_pid_is_a_new_one() {
+        let agents = parse_agents(AGENTS.as_bytes()).unwrap();
+        assert_eq!(respawned_pid(&agents, "dfe38d22", 31022), None);
+        assert_eq!(respawned_pid(&agents, "dfe38d22", 30000), Some(31022));
+        assert_eq!(respawned_pid(&agents, "nope", 1), None);
+    }
+
+    #[test]
+    fn the_new_session_id_from_claude_bg() {
+        let out = "backgrounded · 178f1db4 (idle — send a prompt to start)\n  claude agents  list sessions\n";
+        assert_eq!(backgrounded_id(out).as_deref(), Some("178f1db4"));
+        assert_eq!(
+            backgrounded_id("backgrounded · 5c56ca27\n").as_deref(),
+            Some("5c56ca27")
+        );
+        assert_eq!(backgrounded_id("backgrounded · ../../x\n"), None);
+        assert_eq!(backgrounded_id("Not logged in"), None);
+    }
+
+    #[test]
+    fn owner_from_status() {
+        let status = "Name:\tclaude\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nGroups:\t24 27 100 \n";
+        assert_eq!(
+            parse_owner(status),
+            Some(Owner {
+                uid: 1000,
+                gid: 100,
+                groups: vec![24, 27, 100]
+            })
+        );
+        let none = "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n";
+        assert_eq!(parse_owner(none).unwrap().groups, Vec::<u32>::new());
+        assert_eq!(parse_owner("Uid:\tx\n"), None);
+    }
+}

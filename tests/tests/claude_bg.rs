@@ -1,0 +1,396 @@
+//! Claude Code's own background sessions (`claude --bg`), end to end: the real Claude Code
+//! (2.1.332 from `npm install -g`) against the stand-in, real probes, the daemon recovering a
+//! latched worker through `claude respawn`.
+//!
+//! Each worker is an instance of its own (`claude-bg:<short id>`); the daemon, the pty hosts
+//! and the unclaimed spares are none. A worker that finished its task waits idle for its next
+//! turn, so the tests give it one as a person would (`claude attach` in a pseudo-terminal,
+//! [`BgFleet::send`]). `claude respawn` keeps the session id: the stand-in's latch bound to the
+//! process heals, the one bound to the session does not.
+//!
+//! Needs root and the pinned clients (`cargo xtask setup --tests`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use claude_watch::detect::{Episode, EpisodeEnd};
+use claude_watch::journal::{ActionKind, ActionRecord, Record};
+use claude_watch_tests::agents::FAKE_API_KEY;
+use claude_watch_tests::bg::BgFleet;
+use claude_watch_tests::process::ScratchDir;
+use claude_watch_tests::standin::StandIn;
+use claude_watch_tests::wait::wait_until;
+use claude_watch_tests::watch::Daemon;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Every daemon watches every claude process on the host: one scenario at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Fast detection and short quiet windows.
+fn config(extra: &str) -> String {
+    format!(
+        "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nrestart_timeout = \"90s\"\nbackoff_initial = \"2s\"\n{extra}\n"
+    )
+}
+
+fn name(id: &str) -> String {
+    format!("claude-bg:{id}")
+}
+
+fn has_pid(i: &Value, pid: u32) -> bool {
+    i["pids"]
+        .as_array()
+        .is_some_and(|p| p.contains(&Value::from(pid)))
+}
+
+fn actions(daemon: &Daemon, instance: &str, kind: ActionKind) -> Vec<ActionRecord> {
+    daemon
+        .records()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Action(a) if a.kind == kind && a.instance == instance => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+fn closed_episode(daemon: &Daemon, instance: &str, end: EpisodeEnd) -> Episode {
+    wait_until(
+        WAIT,
+        &format!("an episode of {instance} closed as {end:?}"),
+        || {
+            daemon.records().into_iter().find_map(|r| match r {
+                Record::Episode { episode, .. }
+                    if episode.instance == instance && episode.end == end =>
+                {
+                    Some(episode)
+                }
+                _ => None,
+            })
+        },
+    )
+}
+
+/// Two sessions started and idle, each listed by the daemon as its own instance; their pids.
+fn two_workers(fleet: &BgFleet, daemon: &Daemon) -> ((String, u32), (String, u32)) {
+    let a = fleet.start("a", "task a");
+    let a_pid = fleet.wait_idle(&a, None, WAIT);
+    let b = fleet.start("b", "task b");
+    let b_pid = fleet.wait_idle(&b, None, WAIT);
+    for (id, pid, dir) in [(&a, a_pid, "a"), (&b, b_pid, "b")] {
+        let i = daemon.wait_instance(&name(id), WAIT, "the worker listed", |i| has_pid(i, pid));
+        assert_eq!(i["supervisor"], "claude-bg", "{i}");
+        assert_eq!(i["background"]["short_id"], id.as_str(), "{i}");
+        assert_eq!(
+            i["background"]["cwd"],
+            fleet.dir(dir).display().to_string(),
+            "{i}"
+        );
+        assert!(
+            i["session_id"].is_null() || i["session_id"] == i["background"]["session_id"],
+            "{i}"
+        );
+    }
+    ((a, a_pid), (b, b_pid))
+}
+
+/// No process of the fleet other than the workers is an instance: not the daemon, not a pty
+/// host, not a spare.
+fn only_workers_listed(fleet: &BgFleet, daemon: &Daemon, workers: &[u32]) {
+    let fleet_pids: BTreeSet<u32> = fleet.processes().into_iter().collect();
+    assert!(
+        fleet_pids.len() > workers.len(),
+        "daemon and spares run too"
+    );
+    for i in daemon.status() {
+        for pid in i["pids"].as_array().into_iter().flatten() {
+            let pid = u32::try_from(pid.as_u64().unwrap_or(0)).unwrap_or(0);
+            if fleet_pids.contains(&pid) {
+                assert!(
+                    workers.contains(&pid),
+                    "pid {pid} of the fleet is listed but is no worker: {i}"
+                );
+                assert!(
+                    i["name"].as_str().unwrap_or("").starts_with("claude-bg:"),
+                    "{i}"
+                );
+            }
+        }
+    }
+}
+
+/// `nobody`: the sessions of this test belong to an unprivileged user, as whom the daemon
+/// (root) must act.
+const NOBODY: u32 = 65534;
+
+#[test]
+fn two_workers_one_latched_by_its_process_is_recovered_through_claude_respawn() {
+    let _serial = serial();
+    let standin = StandIn::start();
+    let daemon = Daemon::start("", &config(""));
+    let fleet = BgFleet::new_as(&standin, FAKE_API_KEY, &["a", "b"], Some(NOBODY));
+    let ((a, a_pid), (b, b_pid)) = two_workers(&fleet, &daemon);
+    only_workers_listed(&fleet, &daemon, &[a_pid, b_pid]);
+    let listed = daemon.wait_instance(&name(&a), WAIT, "a listed", |_| true);
+    assert!(
+        listed["supervisor_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("as uid {NOBODY}")),
+        "{listed}"
+    );
+
+    // A latch bound to a's process; a's next turn meets it.
+    standin.latch_process(a_pid);
+    fleet.send(&a, "next turn please");
+    let new_a = wait_until(WAIT, "claude respawn to replace a's worker", || {
+        fleet.pid_of(&a).filter(|p| *p != a_pid)
+    });
+    let restarted = daemon.wait_instance(&name(&a), WAIT, "the new worker known", |i| {
+        has_pid(i, new_a)
+    });
+    assert_eq!(restarted["background"]["short_id"], a.as_str());
+    // The respawned worker waits for its next turn; its own answer confirms the recovery.
+    fleet.wait_idle(&a, Some(a_pid), WAIT);
+    fleet.send(&a, "and now?");
+    let episode = closed_episode(&daemon, &name(&a), EpisodeEnd::RecoveredAfterRestart);
+    assert_eq!(episode.restarts, 1, "{episode:?}");
+    assert!(episode.pids.contains(&a_pid), "{episode:?}");
+    daemon.wait_instance(&name(&a), WAIT, "a healthy on its new worker", |i| {
+        i["state"] == "healthy" && i["last_status"] == 200 && has_pid(i, new_a)
+    });
+    let restarts = actions(&daemon, &name(&a), ActionKind::Restart);
+    assert_eq!(restarts.len(), 1, "{restarts:?}");
+    assert!(restarts[0].ok, "{restarts:?}");
+    let detail = restarts[0].detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("claude respawn {a} as uid {NOBODY}"))
+            && detail.contains(&new_a.to_string()),
+        "{detail}"
+    );
+    // The respawned worker is the owner's, not root's.
+    let status = std::fs::read_to_string(format!("/proc/{new_a}/status")).expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("65534")),
+        "{status}"
+    );
+    // The new worker kept the session id and got 200 from the stand-in with it.
+    let log = standin.log();
+    let session = fleet
+        .agents()
+        .into_iter()
+        .find(|x| x["id"] == a.as_str())
+        .expect("a")["sessionId"]
+        .as_str()
+        .expect("session id")
+        .to_owned();
+    assert!(
+        log.iter().any(|e| e.pid == Some(new_a)
+            && e.status == 200
+            && e.session.as_deref() == Some(session.as_str())),
+        "the respawned worker's own 200 with the same session id"
+    );
+
+    // b untouched: same process, no restart, healthy.
+    assert_eq!(fleet.pid_of(&b), Some(b_pid));
+    assert!(actions(&daemon, &name(&b), ActionKind::Restart).is_empty());
+    let bi = daemon.wait_instance(&name(&b), WAIT, "b listed", |_| true);
+    assert_eq!(bi["state"], "healthy", "{bi}");
+
+    // Every API request came from a worker: the daemon, pty hosts and spares sent none.
+    let workers = [a_pid, new_a, b_pid];
+    for e in log.iter().filter(|e| e.path.starts_with("/v1/")) {
+        assert!(
+            e.pid.is_none_or(|p| workers.contains(&p)),
+            "request from a process that is no worker: {e:?}"
+        );
+    }
+    only_workers_listed(&fleet, &daemon, &[new_a, b_pid]);
+    let text = daemon.status_text();
+    assert!(text.contains("background sessions (claude --bg)"), "{text}");
+    assert!(text.contains(&format!("id {a}")), "{text}");
+}
+
+#[test]
+fn a_latch_bound_to_the_session_survives_respawn_and_escalates_with_advice() {
+    let _serial = serial();
+    let standin = StandIn::start();
+    let scratch = ScratchDir::new("cw-bg-hook");
+    let hook_log = scratch.path().join("hook.log");
+    let hook = scratch.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\necho \"$1\" >> {}\n", hook_log.display()),
+    )
+    .expect("write hook");
+    let daemon = Daemon::start(
+        "",
+        &config(&format!(
+            "max_restarts = 3\nescalation_hook = [\"/bin/sh\", \"{}\", \"{{instance}}\"]",
+            hook.display()
+        )),
+    );
+    let fleet = BgFleet::new(&standin, FAKE_API_KEY, &["a", "b"]);
+    let ((a, a_pid), (b, b_pid)) = two_workers(&fleet, &daemon);
+    let session = fleet
+        .agents()
+        .into_iter()
+        .find(|x| x["id"] == a.as_str())
+        .expect("a listed")["sessionId"]
+        .as_str()
+        .expect("session id")
+        .to_owned();
+    standin.latch_session(&session);
+    fleet.send(&a, "next turn please");
+
+    // Each respawned worker keeps the session id, so its next turn meets the latch again:
+    // give every new worker its turn until the daemon gives up.
+    let mut pids = vec![a_pid];
+    wait_until(Duration::from_secs(120), "a escalated", || {
+        let current = fleet.pid_of(&a)?;
+        if !pids.contains(&current) {
+            pids.push(current);
+            fleet.wait_idle(&a, Some(pids[pids.len() - 2]), WAIT);
+            fleet.send(&a, "try again");
+        }
+        daemon
+            .status()
+            .into_iter()
+            .find(|i| i["name"] == name(&a) && i["state"] == "escalated")
+    });
+    let episode = closed_episode(&daemon, &name(&a), EpisodeEnd::Escalated);
+    assert_eq!(episode.restarts, 3, "{episode:?}");
+    assert_eq!(
+        episode.session_ids,
+        std::slice::from_ref(&session),
+        "{episode:?}"
+    );
+    assert_eq!(pids.len(), 4, "three respawns: {pids:?}");
+    // Quiet windows grew between the respawns.
+    let windows: Vec<u64> = actions(&daemon, &name(&a), ActionKind::Backoff)
+        .iter()
+        .filter_map(|b| {
+            b.detail
+                .as_deref()?
+                .strip_prefix("quiet window of ")?
+                .split('s')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        windows.len() >= 2
+            && windows.windows(2).all(|w| w[0] <= w[1])
+            && windows[0] < windows[windows.len() - 1],
+        "quiet windows grow: {windows:?}"
+    );
+    wait_until(WAIT, "the hook to run", || hook_log.exists().then_some(()));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(actions(&daemon, &name(&a), ActionKind::Restart).len(), 3);
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).expect("hook log"),
+        format!("{}\n", name(&a)),
+        "the hook ran once"
+    );
+    let status = daemon.wait_instance(&name(&a), WAIT, "a escalated", |i| {
+        i["state"] == "escalated"
+    });
+    let advice = status["advice"].as_str().unwrap_or_default();
+    assert!(
+        advice.contains("keeps the session id")
+            && advice.contains(&format!("claude stop {a}"))
+            && advice.contains("fresh_session = true"),
+        "{status}"
+    );
+    // The 401s of the respawned workers came with the same session id.
+    let rejected: BTreeSet<u32> = standin
+        .log()
+        .iter()
+        .filter(|e| e.status == 401 && e.session.as_deref() == Some(session.as_str()))
+        .filter_map(|e| e.pid)
+        .collect();
+    assert!(rejected.len() >= 2, "{rejected:?} of {pids:?}");
+    // b untouched.
+    assert_eq!(fleet.pid_of(&b), Some(b_pid));
+    assert!(actions(&daemon, &name(&b), ActionKind::Restart).is_empty());
+}
+
+#[test]
+fn fresh_session_opt_in_stops_the_worker_and_starts_a_new_session_in_the_same_directory() {
+    let _serial = serial();
+    let standin = StandIn::start();
+    let daemon = Daemon::start("", &config("fresh_session = true"));
+    let fleet = BgFleet::new(&standin, FAKE_API_KEY, &["a", "b"]);
+    let ((a, a_pid), (b, b_pid)) = two_workers(&fleet, &daemon);
+    let listed = daemon.wait_instance(&name(&a), WAIT, "a listed", |_| true);
+    assert!(
+        listed["supervisor_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fresh_session = true"),
+        "{listed}"
+    );
+    let session = fleet
+        .agents()
+        .into_iter()
+        .find(|x| x["id"] == a.as_str())
+        .expect("a listed")["sessionId"]
+        .as_str()
+        .expect("session id")
+        .to_owned();
+    // Bound to the session: only a new session gets past it.
+    standin.latch_session(&session);
+    fleet.send(&a, "next turn please");
+
+    // a is stopped and a new session starts in a's directory, idle until its first turn.
+    let fresh = wait_until(WAIT, "a fresh session in a's directory", || {
+        fleet.agents().into_iter().find(|x| {
+            x["id"] != a.as_str()
+                && x["id"] != b.as_str()
+                && x["cwd"] == fleet.dir("a").display().to_string()
+        })
+    });
+    let fresh_id = fresh["id"].as_str().expect("id").to_owned();
+    assert_ne!(fresh["sessionId"], session.as_str());
+    let fresh_pid = fleet.wait_idle(&fresh_id, Some(a_pid), WAIT);
+    assert_eq!(fleet.pid_of(&a), None, "the old session was stopped");
+    // The new worker continues the instance it replaced.
+    daemon.wait_instance(&name(&a), WAIT, "the fresh worker under a's name", |i| {
+        has_pid(i, fresh_pid) && i["background"]["short_id"] == fresh_id.as_str()
+    });
+    fleet.send(&fresh_id, "hello again");
+    let episode = closed_episode(&daemon, &name(&a), EpisodeEnd::RecoveredAfterRestart);
+    assert_eq!(episode.restarts, 1, "{episode:?}");
+    let restarts = actions(&daemon, &name(&a), ActionKind::Restart);
+    assert_eq!(restarts.len(), 1, "{restarts:?}");
+    let detail = restarts[0].detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("claude stop {a}")) && detail.contains(&fresh_id),
+        "{detail}"
+    );
+    assert!(
+        standin
+            .log()
+            .iter()
+            .any(|e| e.pid == Some(fresh_pid) && e.status == 200),
+        "the fresh worker's own 200"
+    );
+    assert!(
+        daemon.status().iter().all(|i| i["name"] != name(&fresh_id)),
+        "the fresh session is not listed under a name of its own"
+    );
+    // b untouched.
+    assert_eq!(fleet.pid_of(&b), Some(b_pid));
+    assert!(actions(&daemon, &name(&b), ActionKind::Restart).is_empty());
+}
