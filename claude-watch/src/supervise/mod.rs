@@ -3,15 +3,19 @@
 //! - [`Restarter`]: the one I/O seam, "restart this instance", with its adapters:
 //!   [`systemd::SystemdRestarter`] (D-Bus), [`command::CommandRestarter`] (an argv template, no
 //!   shell), [`signal::SignalRestarter`] (SIGTERM then SIGKILL through a pidfd, for supervisors that
-//!   respawn on their own) and [`observe::ObserveOnly`] (never acts);
+//!   respawn on their own), [`pm2::Pm2Restarter`] (`pm2 restart` as the app's owner),
+//!   [`supervisord::SupervisordRestarter`] (XML-RPC on its unix socket) and
+//!   [`observe::ObserveOnly`] (never acts);
 //! - [`supervisor`]: which adapter each instance gets, and the escalation hook;
 //! - [`procfs`]: the few `/proc` facts the adapters need (start times, namespace PIDs).
 
 pub mod command;
 pub mod observe;
+pub mod pm2;
 pub mod procfs;
 pub mod signal;
 pub mod supervisor;
+pub mod supervisord;
 pub mod systemd;
 
 use std::future::Future;
@@ -180,6 +184,77 @@ pub enum SuperviseError {
     /// `/proc` could not tell what was needed.
     #[error(transparent)]
     Process(#[from] procfs::ProcError),
+    /// The supervisor asked does not run the latched process (the process's environment named
+    /// it, but it runs something else under that name, or nothing): nothing is restarted.
+    #[error("{supervisor} does not own pid {pid} of instance {instance}: it {found}")]
+    NotOwner {
+        /// The instance.
+        instance: String,
+        /// The latched process.
+        pid: u32,
+        /// The supervisor asked (`pm2 of alice (/home/alice/.pm2)`, `supervisord at <socket>`).
+        supervisor: String,
+        /// What the supervisor has under that name instead.
+        found: String,
+    },
+    /// The adapter will not act for this instance (an unsafe or unusable setting).
+    #[error("refusing to restart instance {instance}: {reason}")]
+    Refused {
+        /// The instance.
+        instance: String,
+        /// Why.
+        reason: String,
+    },
+    /// The instance does not live where this adapter acts (e.g. `pm2` for a process pm2 does
+    /// not run, as far as discovery saw).
+    #[error("instance {instance} is not under {supervisor}")]
+    WrongPlacement {
+        /// The instance.
+        instance: String,
+        /// The adapter.
+        supervisor: &'static str,
+    },
+    /// The process's owner has no passwd entry.
+    #[error("uid {uid} has no passwd entry")]
+    UnknownUser {
+        /// The uid.
+        uid: u32,
+    },
+    /// A supervisor command wrote more than is read.
+    #[error("{program} wrote more than {limit} bytes")]
+    OutputTooLong {
+        /// argv\[0\].
+        program: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// A supervisor's answer could not be understood.
+    #[error("{supervisor} answered something unexpected: {detail}")]
+    BadAnswer {
+        /// Who answered (`pm2 jlist`, `supervisord supervisor.getProcessInfo`).
+        supervisor: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A supervisor's socket could not be used.
+    #[error("supervisor socket {path}")]
+    Socket {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// supervisord answered an XML-RPC fault.
+    #[error("supervisord {method} failed: {code} {message}")]
+    Fault {
+        /// The method.
+        method: &'static str,
+        /// `faultCode`.
+        code: i64,
+        /// `faultString`.
+        message: String,
+    },
 }
 
 /// Refuses when `pid` no longer has the `expected` start time (the PID was reused).
