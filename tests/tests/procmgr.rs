@@ -499,6 +499,10 @@ fn a_process_faking_pm2_variables_is_refused_and_nothing_is_restarted() {
             && detail.contains(&format!("runs pid {real_pid} as app 0 (agent)")),
         "{detail}"
     );
+    // Retried behind a quiet window, shown in status.
+    daemon.wait_instance("pm2:impostor", WAIT, "a quiet window", |i| {
+        i["backoff_until_ms"].is_u64() && i["supervisor"] == "pm2"
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         pm2.pid("agent"),
@@ -616,6 +620,10 @@ fn processes_faking_supervisord_variables_are_refused_and_nothing_is_restarted()
         detail.contains("no supervisord among the process's ancestors"),
         "{detail}"
     );
+    // Retried behind a quiet window, shown in status.
+    daemon.wait_instance("supervisord:agent", WAIT, "a quiet window", |i| {
+        i["backoff_until_ms"].is_u64() && i["supervisor"] == "supervisord"
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         sup.pid("agent"),
