@@ -566,6 +566,51 @@ fn a_latched_agent_under_supervisord_is_restarted_over_xml_rpc() {
 }
 
 #[test]
+fn an_agent_under_a_wrapper_shell_of_supervisord_is_restarted_with_its_program() {
+    let _serial = serial();
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-supervisord-wrap");
+    // `sh -c "node cli.js; ..."` does not exec: supervisord's pid is the shell's, the agent is
+    // its child. `stopasgroup` makes supervisord stop the agent with its shell.
+    let program = agent_program("wrapped", &standin, dir.path())
+        .replacen("command=", "command=/bin/sh -c \"", 1)
+        .replacen("\nenvironment=", "; exit 3\"\nenvironment=", 1)
+        + "stopasgroup=true\n";
+    let sup = Supervisord::start(dir.path(), &program);
+    let shell = wait_until(WAIT, "the wrapper shell", || sup.pid("wrapped"));
+
+    let daemon = Daemon::start("", CONFIG);
+    let healthy = daemon.wait_instance("supervisord:wrapped", WAIT, "the agent healthy", |i| {
+        i["last_status"] == 200
+    });
+    let agent = healthy["pids"][0].as_u64().expect("pid");
+    assert_ne!(agent, u64::from(shell), "the agent is the shell's child");
+    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    let latched_at = now_ms();
+    standin.latch_session(&old_session);
+
+    closed_episode(
+        &daemon,
+        "supervisord:wrapped",
+        EpisodeEnd::RecoveredAfterRestart,
+    );
+    let restarts = wait_until(WAIT, "the restart recorded", || {
+        let r = actions(&daemon, "supervisord:wrapped", ActionKind::Restart);
+        (!r.is_empty()).then_some(r)
+    });
+    assert!(restarts[0].ok, "{restarts:?}");
+    assert_ne!(sup.pid("wrapped"), Some(shell), "a new shell");
+    assert!(!alive(shell) && !alive(u32::try_from(agent).expect("pid")));
+    assert_new_session_answered(
+        &daemon,
+        &standin,
+        "supervisord:wrapped",
+        &old_session,
+        latched_at,
+    );
+}
+
+#[test]
 fn processes_faking_supervisord_variables_are_refused_and_nothing_is_restarted() {
     let _serial = serial();
     let standin = StandIn::start();

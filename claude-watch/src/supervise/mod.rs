@@ -272,6 +272,26 @@ pub(crate) fn verify_start_time(pid: u32, expected: Option<u64>) -> Result<(), S
     Ok(())
 }
 
+/// How many parents up a supervisor's main process may be from the instance's (a wrapper
+/// shell, `sh -c "claude ..."`, that the supervisor started).
+const MAX_WRAPPERS: usize = 4;
+
+/// Whether `main`, the pid a supervisor says it runs, is `pid` or one of the `ancestors` of
+/// `pid` (nearest first, at most [`MAX_WRAPPERS`] looked at). PID 0 (nothing running) never is.
+pub fn is_self_or_wrapper(main: u32, pid: u32, ancestors: &[u32]) -> bool {
+    main != 0 && (main == pid || ancestors.iter().take(MAX_WRAPPERS).any(|&a| a == main))
+}
+
+/// [`is_self_or_wrapper`] with the parent chain of `pid` read from `/proc` now.
+pub(crate) fn runs_under(main: u32, pid: u32) -> bool {
+    let chain: Vec<u32> =
+        crate::instance::read_ancestry(std::path::Path::new("/proc"), pid, MAX_WRAPPERS)
+            .into_iter()
+            .map(|p| p.pid)
+            .collect();
+    is_self_or_wrapper(main, pid, &chain)
+}
+
 /// Restarts an instance through whatever supervises it: the I/O seam of recovery.
 pub trait Restarter {
     /// Restart `target`, wait until the supervisor says it is done, and say what happened.
@@ -279,4 +299,19 @@ pub trait Restarter {
         &self,
         target: &Target,
     ) -> impl Future<Output = Result<RestartOutcome, SuperviseError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_supervisors_pid_must_be_the_process_or_a_near_parent() {
+        assert!(is_self_or_wrapper(10, 10, &[]));
+        assert!(is_self_or_wrapper(9, 10, &[9, 8]));
+        assert!(is_self_or_wrapper(7, 10, &[9, 8, 7, 6]));
+        assert!(!is_self_or_wrapper(5, 10, &[9, 8, 7, 6, 5]));
+        assert!(!is_self_or_wrapper(11, 10, &[9, 8]));
+        assert!(!is_self_or_wrapper(0, 0, &[]));
+    }
 }

@@ -1,10 +1,11 @@
 //! pm2: `pm2 restart <pm_id>`, run without a shell as the app's owner, after pm2 itself
-//! confirmed that the app runs the latched pid.
+//! confirmed that the app runs the latched pid (or a wrapper shell around it).
 //!
 //! The `pm_id` / `name` / `PM2_HOME` discovery read from the process's environment only
 //! *suggest* pm2 (any process can set them). Right before acting, `pm2 jlist` of the owner's
-//! pm2 daemon must list app `<pm_id>` with `pid` equal to the latched pid; otherwise the restart
-//! is refused ([`SuperviseError::NotOwner`]). Every pm2 command runs as the process's owner
+//! pm2 daemon must list app `<pm_id>` with `pid` equal to the latched pid or to one of its
+//! nearest parents ([`super::is_self_or_wrapper`]); otherwise the restart is refused
+//! ([`SuperviseError::NotOwner`]). Every pm2 command runs as the process's owner
 //! (its uid, primary and supplementary groups, `HOME` from its passwd entry, a minimal
 //! environment), so it can only reach that user's own pm2 daemon, under a timeout, its output
 //! bounded.
@@ -471,8 +472,9 @@ impl Restarter for Pm2Restarter {
         verify_start_time(target.pid, target.start_time)?;
         let apps = self.jlist(&account, &pm2, &env).await?;
         let supervisor = format!("pm2 of {} ({})", account.name, pm2_home.display());
-        match apps.iter().find(|a| a.id == *id) {
-            Some(app) if app.pid == target.pid => {}
+        let old_main = match apps.iter().find(|a| a.id == *id) {
+            // The app itself, or a wrapper (`sh -c "claude ..."`) that pm2 runs around it.
+            Some(app) if super::runs_under(app.pid, target.pid) => app.pid,
             Some(app) => {
                 return Err(SuperviseError::NotOwner {
                     instance: target.instance.clone(),
@@ -489,7 +491,7 @@ impl Restarter for Pm2Restarter {
                     found: format!("has no app {id} ({name})"),
                 });
             }
-        }
+        };
 
         let argv = [
             pm2.as_os_str().to_owned(),
@@ -507,7 +509,7 @@ impl Restarter for Pm2Restarter {
             .jlist(&account, &pm2, &env)
             .await?
             .into_iter()
-            .find(|a| a.id == *id && a.pid != 0 && a.pid != target.pid)
+            .find(|a| a.id == *id && a.pid != 0 && a.pid != old_main)
             .map(|a| a.pid);
         tracing::info!(pm_id = id, app = %name, user = %account.name, ?new_pid, "pm2 restarted the app");
         Ok(RestartOutcome {

@@ -9,7 +9,9 @@
 //!   (`supervisor = { kind = "supervisord", url = "unix:///run/supervisor.sock" }`); with no
 //!   usable URL in the environment, the ancestor's only listening socket is used;
 //! - right before acting, `getProcessInfo(<group>:<program>)` must answer `RUNNING` with `pid`
-//!   equal to the latched pid, otherwise the restart is refused ([`SuperviseError::NotOwner`]).
+//!   equal to the latched pid or one of its nearest parents (a wrapper shell,
+//!   [`super::is_self_or_wrapper`]), otherwise the restart is refused
+//!   ([`SuperviseError::NotOwner`]).
 //!
 //! supervisord's socket is usually root's: the daemon talks to it as root, and the ownership
 //! check is what keeps a faked environment from steering it at another program.
@@ -622,7 +624,9 @@ impl Restarter for SupervisordRestarter {
             .member("statename")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if pid != i64::from(target.pid) || state != "RUNNING" {
+        // The program itself, or a wrapper (`sh -c "claude ..."`) it runs around it.
+        let main = u32::try_from(pid).unwrap_or(0);
+        if !super::runs_under(main, target.pid) || state != "RUNNING" {
             return Err(SuperviseError::NotOwner {
                 instance: target.instance.clone(),
                 pid: target.pid,
@@ -649,7 +653,7 @@ impl Restarter for SupervisordRestarter {
             .member("pid")
             .and_then(Value::as_int)
             .and_then(|p| u32::try_from(p).ok())
-            .filter(|p| *p != 0 && *p != target.pid);
+            .filter(|p| *p != 0 && *p != main);
         tracing::info!(process = %name, ?new_pid, "supervisord restarted the program");
         Ok(RestartOutcome {
             acted: true,
