@@ -125,7 +125,8 @@ impl Account {
     }
 }
 
-/// A command run as an account: argv, a minimal environment, its output bounded.
+/// A command run as an account: argv, a minimal environment, its output bounded by
+/// `max_output` bytes (0: not read at all).
 pub(crate) async fn run_as(
     account: &Account,
     argv: &[OsString],
@@ -150,7 +151,11 @@ pub(crate) async fn run_as(
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(cwd)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(if max_output == 0 {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stderr(Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
@@ -171,13 +176,12 @@ pub(crate) async fn run_as(
         source,
     })?;
     let pgid = child.id();
-    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stdout = child.stdout.take();
     let work = async {
         let mut out = Vec::new();
-        (&mut stdout)
-            .take(max_output + 1)
-            .read_to_end(&mut out)
-            .await?;
+        if let Some(stdout) = &mut stdout {
+            stdout.take(max_output + 1).read_to_end(&mut out).await?;
+        }
         let status = child.wait().await?;
         Ok::<_, std::io::Error>((status, out))
     };
@@ -221,9 +225,19 @@ pub struct Pm2App {
 /// The apps of `pm2 jlist` output: a JSON array of objects with `pm_id`, `name`, `pid` and
 /// `pm2_env.status`; everything else (environments) is dropped. `None` when it is not that.
 pub fn parse_jlist(out: &[u8]) -> Option<Vec<Pm2App>> {
-    // pm2 may print a notice (e.g. an in-memory / local version mismatch) before the JSON.
-    let start = out.iter().position(|&b| b == b'[')?;
-    let apps: Vec<serde_json::Value> = serde_json::from_slice(&out[start..]).ok()?;
+    // pm2 may print notices before the JSON (`>>>> In-memory PM2 is out-of-date`,
+    // `[PM2] Spawning PM2 daemon`): the list starts at the first `[` followed by `{` or `]`.
+    let start = (0..out.len()).find(|&i| {
+        out[i] == b'['
+            && out[i + 1..]
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_some_and(|&b| b == b'{' || b == b']')
+    })?;
+    let apps: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out[start..])
+        .into_iter()
+        .next()?
+        .ok()?;
     apps.iter()
         .map(|a| {
             Some(Pm2App {
@@ -498,7 +512,7 @@ impl Restarter for Pm2Restarter {
             "restart".into(),
             id.to_string().into(),
         ];
-        let (status, _) = run_as(&account, &argv, &env, self.timeout, 1024 * 1024).await?;
+        let (status, _) = run_as(&account, &argv, &env, self.timeout, 0).await?;
         if !status.success() {
             return Err(SuperviseError::CommandFailed {
                 program: pm2.display().to_string(),
@@ -551,8 +565,10 @@ mod tests {
                 }
             ]
         );
-        let noisy = b">>>> In-memory PM2 is out-of-date, do:\n[]";
+        let noisy = b">>>> In-memory PM2 is out-of-date, do:\n[PM2] Spawning PM2 daemon\n[]\n";
         assert_eq!(parse_jlist(noisy).unwrap(), []);
+        let trailing = br#"[{"pid":1,"name":"a","pm_id":0}] [PM2] done"#;
+        assert_eq!(parse_jlist(trailing).unwrap().len(), 1);
         assert_eq!(parse_jlist(b"not json"), None);
         assert_eq!(parse_jlist(br#"[{"name":"no id"}]"#), None);
     }
