@@ -22,6 +22,7 @@
 //! name = "reviewer"
 //! match = { exe = "/opt/claude/*", cwd = "/srv/reviewer" }
 //! supervisor = { kind = "command", argv = ["supervisorctl", "restart", "{instance}"] }
+//! # or { kind = "pm2" }, { kind = "supervisord", url = "unix:///run/supervisor.sock" }
 //! ```
 
 use std::net::SocketAddr;
@@ -293,6 +294,20 @@ pub enum SupervisorSpec {
         /// Time between SIGTERM and SIGKILL.
         #[serde(default = "default_grace", deserialize_with = "duration")]
         grace: Duration,
+    },
+    /// `pm2 restart <pm_id>` as the app's owner, after `pm2 jlist` confirmed the app's pid.
+    Pm2 {
+        /// The `pm2` executable (default: found next to the pm2 daemon's node, or on `PATH`).
+        #[serde(default)]
+        pm2: Option<PathBuf>,
+    },
+    /// supervisord over XML-RPC (`stopProcess` + `startProcess`), after `getProcessInfo`
+    /// confirmed the program's pid.
+    Supervisord {
+        /// The server, `unix:///path/to/supervisor.sock` (default: the process's
+        /// `SUPERVISOR_SERVER_URL`, checked against the supervisord that is its ancestor).
+        #[serde(default)]
+        url: Option<String>,
     },
     /// Detect and report only.
     Observe,
@@ -803,6 +818,38 @@ supervisor = { kind = "signal" }
         let e = err("[detector\n");
         assert!(e.starts_with("test.toml:1:"), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    #[test]
+    fn process_manager_presets() {
+        let c = Config::parse(
+            "[recovery]\nsupervisor = { kind = \"supervisord\", url = \"unix:///run/supervisor.sock\" }\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            c.recovery.supervisor,
+            SupervisorSpec::Supervisord {
+                url: Some("unix:///run/supervisor.sock".into())
+            }
+        );
+        let c =
+            Config::parse("[recovery]\nsupervisor = { kind = \"supervisord\" }\n", "x").unwrap();
+        assert_eq!(
+            c.recovery.supervisor,
+            SupervisorSpec::Supervisord { url: None }
+        );
+        let c = Config::parse(
+            "[recovery]\nsupervisor = { kind = \"pm2\", pm2 = \"/opt/pm2/bin/pm2\" }\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            c.recovery.supervisor,
+            SupervisorSpec::Pm2 {
+                pm2: Some("/opt/pm2/bin/pm2".into())
+            }
+        );
     }
 
     #[test]

@@ -3,16 +3,20 @@
 //! - [`Restarter`]: the one I/O seam, "restart this instance", with its adapters:
 //!   [`systemd::SystemdRestarter`] (D-Bus), [`command::CommandRestarter`] (an argv template, no
 //!   shell), [`signal::SignalRestarter`] (SIGTERM then SIGKILL through a pidfd, for supervisors that
-//!   respawn on their own) and [`observe::ObserveOnly`] (never acts);
+//!   respawn on their own), [`pm2::Pm2Restarter`] (`pm2 restart` as the app's owner),
+//!   [`supervisord::SupervisordRestarter`] (XML-RPC on its unix socket) and
+//!   [`observe::ObserveOnly`] (never acts);
 //! - [`supervisor`]: which adapter each instance gets, and the escalation hook;
 //! - [`procfs`]: the few `/proc` facts the adapters need (start times, namespace PIDs).
 
 pub mod claude_bg;
 pub mod command;
 pub mod observe;
+pub mod pm2;
 pub mod procfs;
 pub mod signal;
 pub mod supervisor;
+pub mod supervisord;
 pub mod systemd;
 
 use std::future::Future;
@@ -229,6 +233,77 @@ pub enum SuperviseError {
     /// `/proc` could not tell what was needed.
     #[error(transparent)]
     Process(#[from] procfs::ProcError),
+    /// The supervisor asked does not run the latched process (the process's environment named
+    /// it, but it runs something else under that name, or nothing): nothing is restarted.
+    #[error("{supervisor} does not own pid {pid} of instance {instance}: it {found}")]
+    NotRunBy {
+        /// The instance.
+        instance: String,
+        /// The latched process.
+        pid: u32,
+        /// The supervisor asked (`pm2 of alice (/home/alice/.pm2)`, `supervisord at <socket>`).
+        supervisor: String,
+        /// What the supervisor has under that name instead.
+        found: String,
+    },
+    /// The adapter will not act for this instance (an unsafe or unusable setting).
+    #[error("refusing to restart instance {instance}: {reason}")]
+    Refused {
+        /// The instance.
+        instance: String,
+        /// Why.
+        reason: String,
+    },
+    /// The instance does not live where this adapter acts (e.g. `pm2` for a process pm2 does
+    /// not run, as far as discovery saw).
+    #[error("instance {instance} is not under {supervisor}")]
+    WrongPlacement {
+        /// The instance.
+        instance: String,
+        /// The adapter.
+        supervisor: &'static str,
+    },
+    /// The process's owner has no passwd entry.
+    #[error("uid {uid} has no passwd entry")]
+    UnknownUser {
+        /// The uid.
+        uid: u32,
+    },
+    /// A supervisor command wrote more than is read.
+    #[error("{program} wrote more than {limit} bytes")]
+    OutputTooLong {
+        /// argv\[0\].
+        program: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// A supervisor's answer could not be understood.
+    #[error("{supervisor} answered something unexpected: {detail}")]
+    BadAnswer {
+        /// Who answered (`pm2 jlist`, `supervisord supervisor.getProcessInfo`).
+        supervisor: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A supervisor's socket could not be used.
+    #[error("supervisor socket {path}")]
+    Socket {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// supervisord answered an XML-RPC fault.
+    #[error("supervisord {method} failed: {code} {message}")]
+    Fault {
+        /// The method.
+        method: &'static str,
+        /// `faultCode`.
+        code: i64,
+        /// `faultString`.
+        message: String,
+    },
 }
 
 /// Refuses when `pid` no longer has the `expected` start time (the PID was reused).
@@ -246,6 +321,26 @@ pub(crate) fn verify_start_time(pid: u32, expected: Option<u64>) -> Result<(), S
     Ok(())
 }
 
+/// How many parents up a supervisor's main process may be from the instance's (a wrapper
+/// shell, `sh -c "claude ..."`, that the supervisor started).
+const MAX_WRAPPERS: usize = 4;
+
+/// Whether `main`, the pid a supervisor says it runs, is `pid` or one of the `ancestors` of
+/// `pid` (nearest first, at most [`MAX_WRAPPERS`] looked at). PID 0 (nothing running) never is.
+pub fn is_self_or_wrapper(main: u32, pid: u32, ancestors: &[u32]) -> bool {
+    main != 0 && (main == pid || ancestors.iter().take(MAX_WRAPPERS).any(|&a| a == main))
+}
+
+/// [`is_self_or_wrapper`] with the parent chain of `pid` read from `/proc` now.
+pub(crate) fn runs_under(main: u32, pid: u32) -> bool {
+    let chain: Vec<u32> =
+        crate::instance::read_ancestry(std::path::Path::new("/proc"), pid, MAX_WRAPPERS)
+            .into_iter()
+            .map(|p| p.pid)
+            .collect();
+    is_self_or_wrapper(main, pid, &chain)
+}
+
 /// Restarts an instance through whatever supervises it: the I/O seam of recovery.
 pub trait Restarter {
     /// Restart `target`, wait until the supervisor says it is done, and say what happened.
@@ -253,4 +348,19 @@ pub trait Restarter {
         &self,
         target: &Target,
     ) -> impl Future<Output = Result<RestartOutcome, SuperviseError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_supervisors_pid_must_be_the_process_or_a_near_parent() {
+        assert!(is_self_or_wrapper(10, 10, &[]));
+        assert!(is_self_or_wrapper(9, 10, &[9, 8]));
+        assert!(is_self_or_wrapper(7, 10, &[9, 8, 7, 6]));
+        assert!(!is_self_or_wrapper(5, 10, &[9, 8, 7, 6, 5]));
+        assert!(!is_self_or_wrapper(11, 10, &[9, 8]));
+        assert!(!is_self_or_wrapper(0, 0, &[]));
+    }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use super::claude_bg::ClaudeBgRestarter;
 use super::command::CommandRestarter;
 use super::observe::ObserveOnly;
+use super::pm2::Pm2Restarter;
 use super::signal::SignalRestarter;
+use super::supervisord::{SupervisordRestarter, process_name};
 use super::systemd::{SystemdMode, SystemdRestarter};
 use super::{RestartOutcome, Restarter as _, SuperviseError, Target};
 use crate::config::{SupervisorSpec, SystemdModeSpec};
@@ -61,6 +63,10 @@ pub enum Supervisor {
     Command(CommandRestarter),
     /// SIGTERM/SIGKILL through a pidfd.
     Signal(SignalRestarter),
+    /// `pm2 restart` as the app's owner.
+    Pm2(Pm2Restarter),
+    /// supervisord over XML-RPC.
+    Supervisord(SupervisordRestarter),
     /// Never acts.
     Observe(ObserveOnly),
     /// `claude respawn` of a background session, as its owner.
@@ -147,13 +153,16 @@ impl Supervisor {
                         pod.uid
                     ),
                 ),
-                Placement::Pm2 { id, .. } => auto(
-                    Self::Observe(ObserveOnly),
-                    format!("pm2 app {id}, which is not supported yet"),
+                Placement::Pm2 { id, name, .. } => auto(
+                    Self::Pm2(Pm2Restarter { pm2: None, timeout }),
+                    format!("pm2 app {id} ({name}) in the process's environment"),
                 ),
-                Placement::Supervisord { program, .. } => auto(
-                    Self::Observe(ObserveOnly),
-                    format!("supervisord program {program}, which is not supported yet"),
+                Placement::Supervisord { program, group, .. } => auto(
+                    Self::Supervisord(SupervisordRestarter { url: None, timeout }),
+                    format!(
+                        "supervisord program {} in the process's environment",
+                        process_name(program, group.as_deref())
+                    ),
                 ),
                 Placement::ClaudeBg(bg) => auto(
                     Self::ClaudeBg(ClaudeBgRestarter {
@@ -171,6 +180,16 @@ impl Supervisor {
                 ),
             },
             SupervisorSpec::Observe => configured(Self::Observe(ObserveOnly)),
+            SupervisorSpec::Pm2 { pm2 } => configured(Self::Pm2(Pm2Restarter {
+                pm2: pm2.clone(),
+                timeout,
+            })),
+            SupervisorSpec::Supervisord { url } => {
+                configured(Self::Supervisord(SupervisordRestarter {
+                    url: url.clone(),
+                    timeout,
+                }))
+            }
             SupervisorSpec::Systemd { mode } => configured(systemd(*mode)),
             SupervisorSpec::Command { argv, timeout } => {
                 configured(Self::Command(CommandRestarter::new(argv.clone(), *timeout)))
@@ -189,6 +208,8 @@ impl Supervisor {
             Self::Systemd(_) => "systemd",
             Self::Command(_) => "command",
             Self::Signal(_) => "signal",
+            Self::Pm2(_) => "pm2",
+            Self::Supervisord(_) => "supervisord",
             Self::Observe(_) => "observe",
             Self::ClaudeBg(_) => "claude-bg",
         }
@@ -220,6 +241,8 @@ impl Supervisor {
             Self::Systemd(s) => s.restart(target).await,
             Self::Command(s) => s.restart(target).await,
             Self::Signal(s) => s.restart(target).await,
+            Self::Pm2(s) => s.restart(target).await,
+            Self::Supervisord(s) => s.restart(target).await,
             Self::Observe(s) => s.restart(target).await,
             Self::ClaudeBg(s) => s.restart(target).await,
         }
@@ -311,5 +334,45 @@ mod tests {
             panic!("{choice:?}")
         };
         assert_eq!((s.user, s.address.as_deref()), (None, None));
+    }
+
+    fn resolve(spec: &SupervisorSpec, placement: &Placement) -> Choice {
+        Supervisor::resolve(spec, placement, &SystemdBus::System, Duration::from_secs(5))
+    }
+
+    #[test]
+    fn auto_picks_pm2_and_supervisord_from_the_placement() {
+        let pm2 = Placement::Pm2 {
+            id: 3,
+            name: "reviewer".into(),
+            home: None,
+        };
+        let c = resolve(&SupervisorSpec::Auto, &pm2);
+        assert_eq!(c.supervisor.kind(), "pm2");
+        assert_eq!(
+            c.reason,
+            "auto → pm2 (pm2 app 3 (reviewer) in the process's environment)"
+        );
+        let sup = Placement::Supervisord {
+            program: "agent_01".into(),
+            group: Some("fleet".into()),
+            url: None,
+        };
+        let c = resolve(&SupervisorSpec::Auto, &sup);
+        assert_eq!(c.supervisor.kind(), "supervisord");
+        assert_eq!(
+            c.reason,
+            "auto → supervisord (supervisord program fleet:agent_01 in the process's environment)"
+        );
+        let c = resolve(
+            &SupervisorSpec::Supervisord {
+                url: Some("unix:///run/supervisor.sock".into()),
+            },
+            &Placement::Unsupervised,
+        );
+        assert_eq!(c.supervisor.kind(), "supervisord");
+        assert_eq!(c.reason, "configured: supervisord");
+        let c = resolve(&SupervisorSpec::Pm2 { pm2: None }, &pm2);
+        assert_eq!(c.reason, "configured: pm2");
     }
 }
