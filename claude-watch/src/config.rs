@@ -284,6 +284,16 @@ pub enum SupervisorSpec {
         #[serde(default = "default_grace", deserialize_with = "duration")]
         grace: Duration,
     },
+    /// Restart the instance's container through the engine's API socket (Docker's, or a
+    /// Podman service's), after the engine confirms the process runs in it.
+    Docker {
+        /// The engine's socket (default: `[daemon] docker_socket`).
+        #[serde(default)]
+        socket: Option<PathBuf>,
+        /// Time between SIGTERM and SIGKILL (default: the container's own stop timeout).
+        #[serde(default, deserialize_with = "optional_duration")]
+        grace: Option<Duration>,
+    },
     /// Detect and report only.
     Observe,
 }
@@ -592,6 +602,10 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     .map_err(serde::de::Error::custom)
 }
 
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 fn spanned_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Spanned<Duration>, D::Error> {
     let value: Spanned<toml::Value> = Spanned::deserialize(d)?;
     let span = value.span();
@@ -684,6 +698,14 @@ supervisor = { kind = "command", argv = ["supervisorctl", "restart", "{instance}
 name = "writer"
 match = { arg = "--writer" }
 supervisor = { kind = "signal" }
+[[instance]]
+name = "boxed"
+match = { cgroup = "docker" }
+supervisor = { kind = "docker", grace = "3s" }
+[[instance]]
+name = "podded"
+match = { cgroup = "libpod" }
+supervisor = { kind = "docker", socket = "/run/podman/podman.sock" }
 "#,
             "x",
         )
@@ -697,7 +719,21 @@ supervisor = { kind = "signal" }
             c.recovery.policy_config().initial_backoff,
             Duration::from_secs(30)
         );
-        assert_eq!(c.rules().len(), 2);
+        assert_eq!(c.rules().len(), 4);
+        assert_eq!(
+            c.supervisor_for("boxed"),
+            &SupervisorSpec::Docker {
+                socket: None,
+                grace: Some(Duration::from_secs(3))
+            }
+        );
+        assert_eq!(
+            c.supervisor_for("podded"),
+            &SupervisorSpec::Docker {
+                socket: Some("/run/podman/podman.sock".into()),
+                grace: None
+            }
+        );
         assert!(
             matches!(c.supervisor_for("reviewer"), SupervisorSpec::Command { timeout, .. } if *timeout == Duration::from_secs(20))
         );

@@ -1,10 +1,11 @@
 //! Choosing each instance's supervisor (pure, from the configuration and where systemd is
 //! reachable) and running restarts and the escalation hook through it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::command::CommandRestarter;
+use super::docker::DockerRestarter;
 use super::observe::ObserveOnly;
 use super::signal::SignalRestarter;
 use super::systemd::{SystemdMode, SystemdRestarter};
@@ -42,6 +43,27 @@ impl SystemdBus {
     }
 }
 
+/// The container engine's API socket (`[daemon] docker_socket`), and whether it exists: checked
+/// at start and on reload, so that resolving stays pure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineSocket {
+    /// The socket's path.
+    pub path: PathBuf,
+    /// Whether a unix socket is there.
+    pub present: bool,
+}
+
+impl EngineSocket {
+    /// Looks whether a unix socket exists at `path`.
+    pub fn detect(path: &Path) -> Self {
+        use std::os::unix::fs::FileTypeExt as _;
+        Self {
+            path: path.to_owned(),
+            present: std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket()),
+        }
+    }
+}
+
 /// A supervisor chosen for an instance, and why it was.
 #[derive(Clone, Debug)]
 pub struct Choice {
@@ -56,6 +78,8 @@ pub struct Choice {
 pub enum Supervisor {
     /// systemd over D-Bus.
     Systemd(SystemdRestarter),
+    /// A container engine's API (Docker, or Podman's compatible one).
+    Docker(DockerRestarter),
     /// A configured command.
     Command(CommandRestarter),
     /// SIGTERM/SIGKILL through a pidfd.
@@ -67,10 +91,12 @@ pub enum Supervisor {
 impl Supervisor {
     /// Resolves `spec` for an instance whose newest process lives at `placement`, and says
     /// why (`auto → systemd (unit agent.service in the system manager)`), for status and logs.
+    /// `engine` is the container engine's socket, for containers.
     pub fn resolve(
         spec: &SupervisorSpec,
         placement: &Placement,
         bus: &SystemdBus,
+        engine: &EngineSocket,
         timeout: Duration,
     ) -> Choice {
         let systemd = |mode: SystemdModeSpec| {
@@ -120,12 +146,26 @@ impl Supervisor {
                     Self::Observe(ObserveOnly),
                     format!("unit {name} in user@{uid}'s manager, which is not supported yet"),
                 ),
+                Placement::Container(c) if engine.present => auto(
+                    Self::Docker(DockerRestarter {
+                        socket: engine.path.clone(),
+                        grace: None,
+                        timeout,
+                    }),
+                    format!(
+                        "{} container {} on {}",
+                        c.engine.label(),
+                        c.short_id(),
+                        engine.path.display()
+                    ),
+                ),
                 Placement::Container(c) => auto(
                     Self::Observe(ObserveOnly),
                     format!(
-                        "{} container {}, which is not supported yet",
+                        "{} container {}, but no engine socket at {}",
                         c.engine.label(),
-                        c.short_id()
+                        c.short_id(),
+                        engine.path.display()
                     ),
                 ),
                 Placement::Pod(pod) => auto(
@@ -153,6 +193,11 @@ impl Supervisor {
             SupervisorSpec::Command { argv, timeout } => {
                 configured(Self::Command(CommandRestarter::new(argv.clone(), *timeout)))
             }
+            SupervisorSpec::Docker { socket, grace } => configured(Self::Docker(DockerRestarter {
+                socket: socket.clone().unwrap_or_else(|| engine.path.clone()),
+                grace: *grace,
+                timeout,
+            })),
             SupervisorSpec::Signal { grace } => configured(Self::Signal(SignalRestarter {
                 grace: *grace,
                 ..SignalRestarter::default()
@@ -164,6 +209,7 @@ impl Supervisor {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Systemd(_) => "systemd",
+            Self::Docker(_) => "docker",
             Self::Command(_) => "command",
             Self::Signal(_) => "signal",
             Self::Observe(_) => "observe",
@@ -194,6 +240,7 @@ impl Supervisor {
     pub async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
         match self {
             Self::Systemd(s) => s.restart(target).await,
+            Self::Docker(s) => s.restart(target).await,
             Self::Command(s) => s.restart(target).await,
             Self::Signal(s) => s.restart(target).await,
             Self::Observe(s) => s.restart(target).await,
@@ -210,4 +257,89 @@ pub async fn run_hook(
     CommandRestarter::new(argv.to_vec(), timeout)
         .restart(target)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::{Container, Engine};
+
+    const ID: &str = "0123abcd4567ef890123abcd4567ef890123abcd4567ef890123abcd4567ef89";
+
+    fn resolve(spec: &SupervisorSpec, placement: &Placement, present: bool) -> Choice {
+        Supervisor::resolve(
+            spec,
+            placement,
+            &SystemdBus::System,
+            &EngineSocket {
+                path: "/var/run/docker.sock".into(),
+                present,
+            },
+            Duration::from_secs(30),
+        )
+    }
+
+    fn container(engine: Engine) -> Placement {
+        Placement::Container(Container {
+            engine,
+            id: ID.into(),
+        })
+    }
+
+    #[test]
+    fn auto_restarts_containers_through_the_engine_when_its_socket_is_there() {
+        let choice = resolve(&SupervisorSpec::Auto, &container(Engine::Docker), true);
+        assert_eq!(
+            choice.reason,
+            "auto → docker (docker container 0123abcd4567 on /var/run/docker.sock)"
+        );
+        let Supervisor::Docker(d) = choice.supervisor else {
+            panic!("{:?}", choice.supervisor)
+        };
+        assert_eq!(
+            d,
+            DockerRestarter {
+                socket: "/var/run/docker.sock".into(),
+                grace: None,
+                timeout: Duration::from_secs(30)
+            }
+        );
+        let podman = resolve(&SupervisorSpec::Auto, &container(Engine::Podman), true);
+        assert_eq!(podman.supervisor.kind(), "docker");
+        assert!(podman.reason.contains("podman container 0123abcd4567"));
+    }
+
+    #[test]
+    fn auto_observes_containers_without_an_engine_socket() {
+        let choice = resolve(&SupervisorSpec::Auto, &container(Engine::Docker), false);
+        assert!(!choice.supervisor.acts());
+        assert_eq!(
+            choice.reason,
+            "auto → observe (docker container 0123abcd4567, but no engine socket at /var/run/docker.sock)"
+        );
+    }
+
+    #[test]
+    fn a_configured_docker_supervisor_takes_its_own_socket_and_grace() {
+        let spec = SupervisorSpec::Docker {
+            socket: Some("/run/podman/podman.sock".into()),
+            grace: Some(Duration::from_secs(3)),
+        };
+        let choice = resolve(&spec, &Placement::Unsupervised, false);
+        assert_eq!(choice.reason, "configured: docker");
+        let Supervisor::Docker(d) = choice.supervisor else {
+            panic!("{:?}", choice.supervisor)
+        };
+        assert_eq!(d.socket, PathBuf::from("/run/podman/podman.sock"));
+        assert_eq!(d.grace, Some(Duration::from_secs(3)));
+        let default = SupervisorSpec::Docker {
+            socket: None,
+            grace: None,
+        };
+        let Supervisor::Docker(d) = resolve(&default, &Placement::Unsupervised, true).supervisor
+        else {
+            panic!()
+        };
+        assert_eq!(d.socket, PathBuf::from("/var/run/docker.sock"));
+    }
 }

@@ -48,7 +48,7 @@ use crate::error_chain;
 use crate::http::Exchange;
 use crate::instance::{InstanceId, Placement};
 use crate::journal::{ActionKind, ActionRecord, Record as JournalRecord};
-use crate::supervise::supervisor::{Choice, Supervisor, SystemdBus};
+use crate::supervise::supervisor::{Choice, EngineSocket, Supervisor, SystemdBus};
 use crate::supervise::{RestartOutcome, SuperviseError, Target};
 use policy::{Action, Policy, PolicySnapshot};
 use status::{LastSeen, Status};
@@ -108,7 +108,12 @@ pub enum Input {
         config: Box<Config>,
         /// Where systemd is reachable now.
         bus: SystemdBus,
+        /// The container engine's socket now.
+        engine: EngineSocket,
     },
+    /// The container engine's socket appeared or went away (the engine started after the
+    /// daemon, or stopped).
+    Engine(EngineSocket),
 }
 
 /// Something for the daemon to do.
@@ -205,6 +210,7 @@ pub enum Metric {
 pub struct Watch {
     config: Config,
     bus: SystemdBus,
+    engine: EngineSocket,
     detector: Detector,
     policy: Policy,
     /// CLOCK_REALTIME minus CLOCK_MONOTONIC, ns: turns the core's clock into wall time.
@@ -224,12 +230,13 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// A core for `config`, systemd reachable as `bus`, recovery state `saved` by the previous
-    /// run (if any), at monotonic time `now`.
+    /// A core for `config`, systemd reachable as `bus`, the container engine at `engine`,
+    /// recovery state `saved` by the previous run (if any), at monotonic time `now`.
     #[must_use]
     pub fn new(
         config: Config,
         bus: SystemdBus,
+        engine: EngineSocket,
         saved: Option<PolicySnapshot>,
         now: MonoNs,
         wall_minus_mono_ns: i128,
@@ -248,6 +255,7 @@ impl Watch {
             policy,
             config,
             bus,
+            engine,
             wall_minus_mono_ns,
             procs: BTreeMap::new(),
             binaries: BTreeMap::new(),
@@ -262,6 +270,12 @@ impl Watch {
     #[must_use]
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The container engine's socket, as last detected.
+    #[must_use]
+    pub fn engine(&self) -> &EngineSocket {
+        &self.engine
     }
 
     /// Instances known (with a process or a detector state).
@@ -295,6 +309,7 @@ impl Watch {
                 | Input::RestartFinished { .. }
                 | Input::HookFinished { .. }
                 | Input::Reload { .. }
+                | Input::Engine(_)
                 | Input::Observed { .. }
         );
         match input {
@@ -340,12 +355,18 @@ impl Watch {
                 }
                 self.journal_action(&instance, ActionKind::Hook, ok, None, detail, now, &mut out);
             }
-            Input::Reload { config, bus } => {
+            Input::Reload {
+                config,
+                bus,
+                engine,
+            } => {
                 self.detector.set_config(config.detector.detector_config());
                 self.policy.set_config(config.recovery.policy_config());
                 self.config = *config;
                 self.bus = bus;
+                self.engine = engine;
             }
+            Input::Engine(engine) => self.engine = engine,
         }
         self.drive(now, &mut out);
         if publish {
@@ -384,6 +405,7 @@ impl Watch {
             self.config.supervisor_for(&instance.name),
             &placement,
             &self.bus,
+            &self.engine,
             self.config.recovery.restart_timeout,
         )
     }

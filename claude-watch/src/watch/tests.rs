@@ -97,6 +97,10 @@ impl Rig {
         let watch = Watch::new(
             config,
             SystemdBus::Address(BUS.into()),
+            EngineSocket {
+                path: "/var/run/docker.sock".into(),
+                present: true,
+            },
             saved,
             now,
             wall_minus_mono_ns,
