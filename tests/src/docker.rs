@@ -22,7 +22,8 @@ pub struct Engine {
     dockerd: Option<ChildGuard>,
 }
 
-fn docker(args: &[&str]) -> std::process::Output {
+/// Runs the `docker` client with `args` against [`SOCKET`].
+pub fn docker(args: &[&str]) -> std::process::Output {
     Command::new("docker")
         .args(args)
         .env("DOCKER_HOST", format!("unix://{SOCKET}"))
@@ -173,6 +174,43 @@ impl Container {
         args
     }
 
+    /// Starts `image` detached as this container on the host network with `args` (options such
+    /// as `-e`, `-v`, `--stop-timeout`) before the image and `command` after it, no `--rm` (so
+    /// that it can be restarted).
+    #[track_caller]
+    pub fn run_detached(&self, image: &str, args: &[String], command: &[&str]) {
+        let mut all: Vec<&str> = vec!["run", "-d", "--name", &self.name, "--network", "host"];
+        all.extend(args.iter().map(String::as_str));
+        all.push(image);
+        all.extend_from_slice(command);
+        let out = docker(&all);
+        assert!(
+            out.status.success(),
+            "docker run {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `docker inspect -f <format>` of the container, trimmed.
+    #[track_caller]
+    pub fn inspect(&self, format: &str) -> String {
+        let out = docker(&["inspect", "-f", format, &self.name]);
+        assert!(
+            out.status.success(),
+            "docker inspect {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The full container id.
+    #[track_caller]
+    pub fn id(&self) -> String {
+        self.inspect("{{.Id}}")
+    }
+
     /// The host pid of the container's main process, once it runs.
     #[track_caller]
     pub fn main_pid(&self) -> u32 {
@@ -196,6 +234,35 @@ impl Drop for Container {
     fn drop(&mut self) {
         let _ = docker(&["rm", "-f", &self.name]);
     }
+}
+
+/// The engine's events of container `name` from `since` to `until` (Unix seconds), oldest first,
+/// as `(time in ms since the epoch, action)` (`kill`, `die`, `stop`, `start`, `restart`...).
+#[track_caller]
+pub fn container_events(name: &str, since: u64, until: u64) -> Vec<(u64, String)> {
+    let out = docker(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &until.to_string(),
+        "--filter",
+        &format!("container={name}"),
+        "--format",
+        "{{.TimeNano}} {{.Action}}",
+    ]);
+    assert!(
+        out.status.success(),
+        "docker events: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (nanos, action) = l.split_once(' ')?;
+            Some((nanos.parse::<u64>().ok()? / 1_000_000, action.to_owned()))
+        })
+        .collect()
 }
 
 /// The `docker` client program, with [`SOCKET`] as its host.
