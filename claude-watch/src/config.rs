@@ -107,8 +107,8 @@ pub struct DaemonConfig {
     pub ring_mib: u32,
     /// Detect and report, never restart (also `--dry-run`).
     pub dry_run: bool,
-    /// The Docker Engine API socket, asked for the names of containers that agents run in
-    /// (a Podman service socket works too).
+    /// The Docker Engine API socket, asked for the names of containers that agents run in and
+    /// through which `auto` restarts them (a Podman service socket speaks the same API).
     pub docker_socket: PathBuf,
 }
 
@@ -260,7 +260,8 @@ pub struct MatchSection {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SupervisorSpec {
-    /// systemd where the instance has a unit and a bus is reachable, observe-only elsewhere.
+    /// `docker` for a container when the engine's socket exists, systemd where the instance has a
+    /// unit and a bus is reachable, observe-only elsewhere.
     #[default]
     Auto,
     /// systemd over D-Bus: `RestartUnit`, or `KillUnit` for units that restart themselves.
