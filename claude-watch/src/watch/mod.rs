@@ -50,7 +50,7 @@ use crate::instance::{InstanceId, Placement};
 use crate::journal::{ActionKind, ActionRecord, Record as JournalRecord};
 use crate::supervise::supervisor::{Choice, EngineSocket, Supervisor, SystemdBus};
 use crate::supervise::{RestartOutcome, SuperviseError, Target};
-use policy::{Action, Policy, PolicySnapshot};
+use policy::{Action, Phase, Policy, PolicySnapshot};
 use status::{LastSeen, Status};
 
 /// Something that happened, for the core to decide about.
@@ -365,8 +365,12 @@ impl Watch {
                 self.config = *config;
                 self.bus = bus;
                 self.engine = engine;
+                self.adopt_latched(now, &mut out);
             }
-            Input::Engine(engine) => self.engine = engine,
+            Input::Engine(engine) => {
+                self.engine = engine;
+                self.adopt_latched(now, &mut out);
+            }
         }
         self.drive(now, &mut out);
         if publish {
@@ -460,6 +464,31 @@ impl Watch {
         }
         let events = self.detector.observe(&id, exchange.pid, exchange, now);
         self.on_events(events, now, out);
+    }
+
+    /// Instances the detector holds latched while their supervisor could not act (observe-only,
+    /// no engine socket, a dry run) are handed to the policy once it can (the engine's socket
+    /// appeared, the configuration was reloaded), instead of waiting for a new latch.
+    fn adopt_latched(&mut self, now: MonoNs, out: &mut Vec<Effect>) {
+        let latched: Vec<InstanceId> = self
+            .detector
+            .statuses()
+            .into_iter()
+            .filter(|s| s.state == State::Latched)
+            .map(|s| s.instance)
+            .filter(|id| matches!(self.policy.phase(id), None | Some(Phase::Idle)))
+            .collect();
+        let mut adopted = false;
+        for id in latched {
+            if self.acts(&id) {
+                info!(instance = %id, supervisor = self.supervisor(&id).kind(), "a latched instance can be restarted now");
+                self.policy.latched(&id, now);
+                adopted = true;
+            }
+        }
+        if adopted {
+            self.save(now, out);
+        }
     }
 
     fn resume(&mut self, episodes: Vec<Episode>, now: MonoNs, out: &mut Vec<Effect>) {

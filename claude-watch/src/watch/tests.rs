@@ -760,7 +760,8 @@ fn a_daemon_restarted_while_escalated_stays_escalated_until_a_non_401() {
 }
 
 #[test]
-fn a_container_is_restarted_through_the_engine_once_its_socket_is_there_and_a_refusal_backs_off() {
+fn a_latched_container_is_restarted_through_the_engine_once_its_socket_appears_and_a_refusal_backs_off()
+ {
     let mut r = Rig::new("backoff_initial = \"2s\"");
     let socket = PathBuf::from("/var/run/docker.sock");
     r.input(Input::Engine(EngineSocket {
@@ -776,15 +777,16 @@ fn a_container_is_restarted_through_the_engine_once_its_socket_is_there_and_a_re
         view.supervisor_reason,
         "auto → observe (docker container 0123abcd4567, but no engine socket at /var/run/docker.sock)"
     );
-    r.keep_answering(100, 200, "s0", 3 * S);
+    r.keep_answering(100, 401, "s0", 15 * S);
+    assert_eq!(r.view("docker:reviewer").state, "latched");
+    assert_eq!(r.restarts_total, 0, "no engine, no restart");
 
-    // The engine comes up: a latch of the container is restarted through it, as the process seen.
+    // The engine comes up: the latched container is restarted through it, as the process seen.
     r.input(Input::Engine(EngineSocket {
         path: socket,
         present: true,
     }));
     assert_eq!(r.view("docker:reviewer").supervisor, "docker");
-    r.latch(100, "s0");
     let (instance, supervisor, target) = r.take_restart();
     assert_eq!(instance, boxed);
     assert!(
