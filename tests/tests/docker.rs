@@ -6,6 +6,7 @@
 //! - a latched container is restarted and recovery is confirmed by the new process's own 200;
 //! - two containers latched by an open upstream window are restarted one at a time, again only
 //!   after growing quiet windows, and both recover once the window closes;
+//! - the same through Podman's Docker-compatible API (`podman system service`, rootful);
 //! - a process outside a container, in a cgroup forged to name that container, is refused by the
 //!   adapter and the container is left alone.
 //!
@@ -21,7 +22,7 @@ use claude_watch::supervise::docker::DockerRestarter;
 use claude_watch::supervise::{Restarter as _, SuperviseError, Target};
 use claude_watch_tests::agents::{AgentConfig, agent_env, agent_script};
 use claude_watch_tests::deps::{self, Bun, LATEST};
-use claude_watch_tests::docker::{self, Container, Engine};
+use claude_watch_tests::docker::{self, Container, Engine, Podman};
 use claude_watch_tests::process::{ChildGuard, ScratchDir};
 use claude_watch_tests::standin::StandIn;
 use claude_watch_tests::testbed::cgroup2_root;
@@ -64,13 +65,19 @@ fn image(engine: &Engine) -> String {
 /// `standin`; its files under `dir`. SIGTERM is ignored by a PID 1 without a handler, so the
 /// container's stop timeout is 1 s (the engine then kills it).
 fn agent_container(image: &str, standin: &StandIn, name: &str, dir: &Path) -> (Container, String) {
+    let container = Container::named(name);
+    agent_in(&container, image, standin, dir);
+    (container, format!("docker:{name}"))
+}
+
+/// Starts `container` (Docker's or Podman's) running the light agent, as [`agent_container`].
+fn agent_in(container: &Container, image: &str, standin: &StandIn, dir: &Path) {
     let config = AgentConfig {
         model: "claude-haiku-4-5".into(),
         as_claude: true,
         ..AgentConfig::default()
     };
     agent_script(dir, true);
-    let container = Container::named(name);
     let mut args: Vec<String> = vec![
         "--stop-timeout".into(),
         "1".into(),
@@ -92,8 +99,6 @@ fn agent_container(image: &str, standin: &StandIn, name: &str, dir: &Path) -> (C
         args.push(format!("{k}={v}"));
     }
     container.run_detached(image, &args, &["/usr/local/bin/bun", CLI]);
-    let instance = format!("docker:{name}");
-    (container, instance)
 }
 
 /// Daemon configuration: fast detection, short quiet windows, the engine at its default socket.
@@ -192,6 +197,75 @@ fn a_latched_container_is_restarted_through_the_engine_api_and_recovers_with_its
             .is_some_and(|p| p.contains(&serde_json::Value::from(new_pid))),
         "the new main process is the instance's: {now}"
     );
+    let new_session = now["session_id"].as_str().expect("new session");
+    assert!(
+        standin
+            .log()
+            .iter()
+            .any(|l| l.session.as_deref() == Some(new_session)
+                && l.status == 200
+                && l.time * 1000.0 > latched_at as f64)
+    );
+}
+
+#[test]
+fn a_latched_podman_container_is_restarted_through_its_docker_compatible_api() {
+    let _serial = serial();
+    let standin = StandIn::start();
+    let podman = Podman::start();
+    let image = podman.claude_image(
+        &format!("claude-watch-test/claude:{LATEST}"),
+        &deps::native_latest(),
+    );
+    let dir = ScratchDir::new("cw-podman-recover");
+    let name = format!("cw-podman-{}", std::process::id());
+    let container = Container::podman(&name, &podman);
+    agent_in(&container, &image, &standin, dir.path());
+    let instance = format!("podman:{name}");
+    let daemon = Daemon::start(
+        &format!("docker_socket = \"{}\"", podman.socket().display()),
+        &config("backoff_initial = \"3s\""),
+    );
+
+    let healthy = daemon.wait_instance(&instance, WAIT, "the container's agent healthy", |i| {
+        i["last_status"] == 200
+    });
+    let id = container.id();
+    assert_eq!(healthy["supervisor"], "docker", "{healthy}");
+    assert_eq!(
+        healthy["supervisor_reason"],
+        format!(
+            "auto → docker (podman container {} on {})",
+            &id[..12],
+            podman.socket().display()
+        ),
+        "{healthy}"
+    );
+    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    let (old_pid, _) = run_of(&container);
+    let latched_at = now_ms();
+    standin.latch_session(&old_session);
+
+    let episode = wait_until(WAIT, "the episode recovered after a restart", || {
+        episodes(&daemon)
+            .into_iter()
+            .find(|e| e.instance == instance && e.end == EpisodeEnd::RecoveredAfterRestart)
+    });
+    assert_eq!(episode.restarts, 1, "{episode:?}");
+    let (new_pid, _) = run_of(&container);
+    assert_ne!(new_pid, old_pid, "Podman restarted the container");
+    let restarts = actions(&daemon, ActionKind::Restart);
+    assert_eq!(restarts.len(), 1, "{restarts:?}");
+    assert!(restarts[0].ok, "{restarts:?}");
+    let detail = restarts[0].detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("podman container {name} ({})", &id[..12]))
+            && detail.contains(&format!("→ {new_pid}")),
+        "{detail}"
+    );
+    let now = daemon.wait_instance(&instance, WAIT, "healthy with a new session", |i| {
+        i["state"] == "healthy" && i["session_id"] != old_session.as_str()
+    });
     let new_session = now["session_id"].as_str().expect("new session");
     assert!(
         standin
