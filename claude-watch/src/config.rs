@@ -254,6 +254,10 @@ pub struct MatchSection {
     pub cgroup: Option<String>,
     /// The working directory or a parent of it.
     pub cwd: Option<PathBuf>,
+    /// The owner's user id. Without it, a process of another user than the instance's running
+    /// members is refused (it could borrow the instance's name); with it, only that user's
+    /// processes match.
+    pub uid: Option<u32>,
 }
 
 /// How an instance is restarted.
@@ -353,6 +357,7 @@ impl Config {
                 arg: i.matches.arg.clone(),
                 cgroup: i.matches.cgroup.clone(),
                 cwd: i.matches.cwd.clone(),
+                uid: i.matches.uid,
             })
             .collect()
     }
@@ -410,13 +415,18 @@ impl Config {
             }
             seen.push(name);
             let m = &instance.matches;
-            if m.exe.is_none() && m.arg.is_none() && m.cgroup.is_none() && m.cwd.is_none() {
+            if m.exe.is_none()
+                && m.arg.is_none()
+                && m.cgroup.is_none()
+                && m.cwd.is_none()
+                && m.uid.is_none()
+            {
                 return Err(invalid(
                     text,
                     origin,
                     instance.name.span(),
                     &format!(
-                        "instance {name:?} has no `match` condition (exe, arg, cgroup or cwd)"
+                        "instance {name:?} has no `match` condition (exe, arg, cgroup, cwd or uid)"
                     ),
                 ));
             }

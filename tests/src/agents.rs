@@ -125,6 +125,13 @@ impl Agent {
         Self::start_with_program(standin, &program, config)
     }
 
+    /// Starts a light agent on node as the unprivileged `user` (through `setpriv`), its home
+    /// owned by that user.
+    #[track_caller]
+    pub fn start_as(standin: &StandIn, user: crate::users::User, config: &AgentConfig) -> Self {
+        Self::start_inner(standin, &deps::node(), config, Some(user))
+    }
+
     /// Starts a light agent run by `program` (node, or any Bun executable, whatever its name).
     #[track_caller]
     pub fn start_with_program(
@@ -132,10 +139,35 @@ impl Agent {
         program: &std::path::Path,
         config: &AgentConfig,
     ) -> Self {
+        Self::start_inner(standin, program, config, None)
+    }
+
+    #[track_caller]
+    fn start_inner(
+        standin: &StandIn,
+        program: &std::path::Path,
+        config: &AgentConfig,
+        user: Option<crate::users::User>,
+    ) -> Self {
         let home = ScratchDir::new("claude-watch-agent");
-        let mut command = Command::new(program);
+        let script = agent_script(home.path(), config.as_claude);
+        let mut command = match user {
+            Some(user) => {
+                let chown = Command::new("chown")
+                    .arg("-R")
+                    .arg(format!("{}:{}", user.uid, user.gid))
+                    .arg(home.path())
+                    .status()
+                    .expect("run chown");
+                assert!(chown.success(), "chown the agent's home");
+                let mut c = Command::new("setpriv");
+                c.args(user.setpriv_args()).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
         command
-            .arg(agent_script(home.path(), config.as_claude))
+            .arg(script)
             .env_clear()
             .envs(base_env(standin, &home, &config.api_key))
             .envs(agent_env(config))

@@ -12,5 +12,6 @@ pub mod docker;
 pub mod process;
 pub mod standin;
 pub mod testbed;
+pub mod users;
 pub mod wait;
 pub mod watch;

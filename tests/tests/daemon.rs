@@ -572,3 +572,41 @@ fn with_no_configuration_the_daemon_watches_a_running_agent_and_status_shows_it(
     let status = daemon.terminate(Duration::from_secs(15));
     assert!(status.success());
 }
+
+#[test]
+fn a_restarted_daemon_ends_the_episode_of_a_latched_process_that_exited_meanwhile() {
+    let standin = StandIn::start();
+    let mut agent = claude_agent(&standin, "claude-haiku-4-5");
+    let name = pid_name(&agent);
+    let daemon = Daemon::start("", DETECTOR);
+    daemon.wait_instance(&name, WAIT, "a healthy agent", |i| i["state"] == "healthy");
+    standin.latch_session(agent.session_id());
+    daemon.wait_instance(&name, WAIT, "the agent latched", |i| {
+        i["state"] == "latched"
+    });
+    let dir = daemon.stop();
+    // The latched process exits while no daemon runs.
+    agent.kill();
+
+    let daemon = Daemon::start_in(dir, "", DETECTOR);
+    let ended = wait_until(WAIT, "the open episode to end process_exited", || {
+        daemon.records().into_iter().find_map(|r| match r {
+            claude_watch::journal::Record::Episode { episode, .. }
+                if episode.instance == name
+                    && episode.end == claude_watch::detect::EpisodeEnd::ProcessExited =>
+            {
+                Some(episode)
+            }
+            _ => None,
+        })
+    });
+    assert!(ended.ended_ms.is_some(), "{ended:?}");
+    let report = daemon.episodes_report();
+    assert_eq!(report["ends"]["still_open"], 0, "{report}");
+    assert_eq!(report["ends"]["process_exited"], 1, "{report}");
+    assert!(
+        daemon.status().iter().all(|i| i["name"] != name.as_str()),
+        "{name} no longer listed: {:?}",
+        daemon.status()
+    );
+}

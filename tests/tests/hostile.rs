@@ -1,13 +1,19 @@
-//! What an unprivileged neighbour can do to the probes (the start of the hostile-user suite).
+//! What an unprivileged neighbour can do to the root daemon: each attack run as a user the test
+//! creates (processes started through `setpriv`), against real probes and a real daemon, each
+//! asserting the outcome (nothing done for the attacker that it could not do itself, the honest
+//! agent next to it still watched, the refusal said).
 //!
 //! Needs root (`cargo xtask setup --tests`).
 
 use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData, loaded_maps};
-use claude_watch_tests::process::ChildGuard;
+use claude_watch_tests::agents::{Agent, AgentConfig, Runtime};
+use claude_watch_tests::process::{ChildGuard, ScratchDir};
+use claude_watch_tests::standin::StandIn;
+use claude_watch_tests::users::test_user;
 use claude_watch_tests::wait::wait_until;
-use claude_watch_tests::watch::Trace;
+use claude_watch_tests::watch::{Daemon, Trace};
 
 /// The ids of the BPF maps a process holds open (from its fdinfo).
 fn map_ids_of(pid: u32) -> Vec<u32> {
@@ -103,4 +109,68 @@ fn threads_that_exit_inside_ssl_read_leave_no_pending_read_behind() {
         "the dead threads' entries freed",
         || (pending_reads_of(trace.pid(), pid) == 0).then_some(()),
     );
+}
+
+/// Fast thresholds: latched after 3 401s over 2 s.
+const DETECTOR: &str = "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n";
+
+#[test]
+fn another_user_cannot_borrow_a_named_instance_and_get_it_restarted() {
+    let standin = StandIn::start();
+    let marks = ScratchDir::new("claude-watch-borrow");
+    // An instance named by a rule the attacker can satisfy (it runs the same cli.js), restarted
+    // by a command that leaves a mark.
+    let rule = format!(
+        "{DETECTOR}[[instance]]\nname = \"reviewer\"\nmatch = {{ arg = \"claude-code/cli.js\" }}\n\
+         supervisor = {{ kind = \"command\", argv = [\"touch\", \"{}/restarted-{{pid}}\"] }}\n",
+        marks.path().display()
+    );
+    let daemon = Daemon::start("", &rule);
+    let config = AgentConfig {
+        model: "claude-haiku-4-5".into(),
+        as_claude: true,
+        ..AgentConfig::default()
+    };
+    let honest = Agent::start(&standin, Runtime::Node, &config);
+    daemon.wait_instance(
+        "reviewer",
+        Duration::from_secs(30),
+        "the honest agent",
+        |i| i["state"] == "healthy" && i["pids"] == serde_json::json!([honest.pid()]),
+    );
+    // The attacker: same script, same rule, another user; it latches itself and exits.
+    let user = test_user("cwtest-hostile");
+    let attacker = Agent::start_as(&standin, user, &config);
+    standin.latch_session(attacker.session_id());
+    let own = format!("pid:{}", attacker.pid());
+    daemon.wait_instance(
+        &own,
+        Duration::from_secs(30),
+        "the attacker latched under its own pid",
+        |i| i["state"] == "latched",
+    );
+    drop(attacker);
+    std::thread::sleep(Duration::from_secs(3));
+    // The honest instance was neither joined nor restarted.
+    let reviewer = daemon.wait_instance("reviewer", Duration::from_secs(5), "reviewer", |_| true);
+    assert_eq!(reviewer["state"], "healthy", "{reviewer}");
+    assert_eq!(
+        reviewer["pids"],
+        serde_json::json!([honest.pid()]),
+        "{reviewer}"
+    );
+    assert_eq!(reviewer["restarts"], 0, "{reviewer}");
+    let marks_left: Vec<_> = std::fs::read_dir(marks.path())
+        .expect("read the marks dir")
+        .collect();
+    assert!(marks_left.is_empty(), "a restart ran: {marks_left:?}");
+    assert!(
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("refused") && l.contains("claimed=reviewer")),
+        "the refusal is logged: {:?}",
+        daemon.log()
+    );
+    drop(honest);
 }

@@ -72,20 +72,22 @@ fn actions(daemon: &Daemon, kind: ActionKind) -> Vec<ActionRecord> {
         .records()
         .into_iter()
         .filter_map(|r| match r {
-            Record::Action(a) if a.kind == kind => Some(a),
+            Record::Action(a) if a.kind == kind && a.instance == UNIT => Some(a),
             _ => None,
         })
         .collect()
 }
 
-/// Every episode snapshot in the journal.
+/// Every episode snapshot of the bed's agent in the journal. (Actions and episodes are of the
+/// bed's agent only: the daemon watches every claude process on the host, and another test's
+/// agent may be latched next to ours.)
 fn episodes(daemon: &Daemon) -> Vec<Episode> {
     daemon
         .records()
         .into_iter()
         .filter_map(|r| match r {
-            Record::Episode { episode, .. } => Some(episode),
-            Record::Action(_) | Record::Throttle(_) => None,
+            Record::Episode { episode, .. } if episode.instance == UNIT => Some(episode),
+            Record::Episode { .. } | Record::Action(_) | Record::Throttle(_) => None,
         })
         .collect()
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::config::{Config, DEFAULT_TOML};
 use crate::daemon::DEFAULT_CONFIG_PATH;
+use crate::supervise::supervisor::misfit;
 
 /// Check or show the configuration.
 #[derive(Debug, clap::Args)]
@@ -26,12 +27,47 @@ pub enum ConfigAction {
     Show,
 }
 
+/// Where the configured supervisors cannot restart the claude processes running now: one line
+/// each. Reads `/proc` (as root it sees every process).
+fn supervision_warnings(config: &Config) -> Vec<String> {
+    let mut discovery = crate::discover::Discovery::new("/proc", config.rules())
+        .with_docker_socket(config.daemon.docker_socket.clone());
+    let found = discovery.scan();
+    warnings(config, &found)
+}
+
+/// The pure half of [`supervision_warnings`].
+fn warnings(config: &Config, found: &[crate::discover::Found]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in found {
+        let spec = config.supervisor_for(&f.instance.name);
+        if let Some(why) = misfit(spec, &f.placement) {
+            out.push(format!(
+                "{} (pid {}): the configured supervisor cannot restart it: {why}",
+                f.instance, f.info.pid
+            ));
+        }
+    }
+    for rule in &config.instances {
+        let name = rule.name.get_ref();
+        if rule.supervisor.is_some() && !found.iter().any(|f| &f.instance.name == name) {
+            out.push(format!(
+                "[[instance]] {name} configures a supervisor but no running claude process is named {name}"
+            ));
+        }
+    }
+    out
+}
+
 /// Runs the action.
 pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
     match args.action {
         ConfigAction::Check { path } => {
             let path = path.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
             let config = Config::load(&path)?;
+            for warning in supervision_warnings(&config) {
+                eprintln!("warning: {}", crate::text::printable(&warning));
+            }
             println!(
                 "{}: ok ({} instance rule(s), journal {}, {})",
                 path.display(),
@@ -49,5 +85,70 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
             print!("{DEFAULT_TOML}");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::discover::Found;
+    use crate::instance::{
+        ClaudeKind, InstanceId, Manager, Placement, ProcessInfo, SystemdUnit, identify,
+    };
+
+    fn found(pid: u32, cgroup: &str) -> Found {
+        let info = ProcessInfo {
+            pid,
+            exe: PathBuf::from("/usr/bin/claude"),
+            cgroup: cgroup.into(),
+            ..ProcessInfo::default()
+        };
+        Found {
+            instance: identify(&info, &[]),
+            placement: crate::instance::placement(&info),
+            kind: ClaudeKind::Native,
+            release: None,
+            info,
+        }
+    }
+
+    #[test]
+    fn warns_where_a_configured_supervisor_cannot_own_the_running_processes() {
+        let config = Config::parse(
+            "[recovery]\nsupervisor = { kind = \"systemd\" }\n\
+             [[instance]]\nname = \"ghost\"\nmatch = { arg = \"--ghost\" }\nsupervisor = { kind = \"signal\" }\n",
+            "test",
+        )
+        .expect("valid");
+        let running = [
+            found(10, "0::/system.slice/agent.service\n"),
+            found(
+                11,
+                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/a.service\n",
+            ),
+            found(12, "0::/user.slice/user-1000.slice/session-3.scope\n"),
+        ];
+        assert_eq!(
+            running[1].placement,
+            Placement::Unit(SystemdUnit {
+                name: "a.service".into(),
+                manager: Manager::User { uid: 1000 },
+                cgroup: "/user.slice/user-1000.slice/user@1000.service/app.slice/a.service".into(),
+            })
+        );
+        assert_eq!(running[2].instance, InstanceId::pid(12));
+        let w = warnings(&config, &running);
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(
+            w[0].starts_with("user:1000:a.service (pid 11)") && w[0].contains("user@1000"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("pid:12 (pid 12)") && w[1].contains("not in a systemd unit"),
+            "{w:?}"
+        );
+        assert!(w[2].contains("[[instance]] ghost"), "{w:?}");
     }
 }

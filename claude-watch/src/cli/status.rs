@@ -99,6 +99,29 @@ pub fn render(s: &Snapshot) -> String {
     for r in rows {
         out.push_str(&line(r.to_vec()));
     }
+    // Why each supervisor was chosen, under the table (too long for a column).
+    let reasons: Vec<(String, String)> = s
+        .instances
+        .iter()
+        .filter(|i| !i.supervisor_reason.is_empty())
+        .map(|i| {
+            (
+                crate::text::printable(&i.name).into_owned(),
+                crate::text::printable(&i.supervisor_reason).into_owned(),
+            )
+        })
+        .collect();
+    if !reasons.is_empty() {
+        let w = reasons
+            .iter()
+            .map(|(n, _)| n.chars().count())
+            .max()
+            .unwrap_or(0);
+        out.push_str("\nsupervisors:\n");
+        for (name, reason) in reasons {
+            out.push_str(&format!("  {name:<w$}  {reason}\n"));
+        }
+    }
     out
 }
 
@@ -182,6 +205,8 @@ mod tests {
                     window_401s: Some(4),
                     restarts: 1,
                     supervisor: "systemd".into(),
+                    supervisor_reason:
+                        "auto → systemd (unit agent-a.service in the system manager)".into(),
                     ..InstanceView::default()
                 },
                 InstanceView {
@@ -204,6 +229,12 @@ mod tests {
         assert!(text.contains("401 3s ago  4"), "{text}");
         assert!(
             text.contains("healthy tier-throttled(claude-opus-4-8)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "supervisors:\n  agent-a.service  auto → systemd (unit agent-a.service in the system manager)\n"
+            ),
             "{text}"
         );
     }

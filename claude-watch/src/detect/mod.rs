@@ -408,6 +408,18 @@ impl Detector {
         }
     }
 
+    /// Sets the wall-minus-monotonic offset (ns) used to stamp episode ends before any exchange
+    /// has taught it (each exchange updates it).
+    pub fn set_wall_offset(&mut self, wall_minus_mono_ns: i128) {
+        self.wall_offset_ns = Some(wall_minus_mono_ns);
+    }
+
+    /// Drops everything known about `instance` (a `pid:` instance whose process exited: it can
+    /// never come back). Returns whether it was known.
+    pub fn forget(&mut self, instance: &InstanceId) -> bool {
+        self.instances.remove(instance).is_some()
+    }
+
     /// The thresholds in use.
     pub fn config(&self) -> &DetectorConfig {
         &self.config

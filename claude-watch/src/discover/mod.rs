@@ -22,7 +22,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::capture::{CaptureError, Target, targets};
 use crate::instance::{self, ClaudeKind, Container, InstanceId, MatchRule, Placement, ProcessInfo};
@@ -328,6 +328,17 @@ impl Discovery {
                     .unwrap_or_else(|| c.short_id().to_owned())
             )),
             _ => instance::identify(&info, &self.rules),
+        };
+        let members = self
+            .known
+            .values()
+            .filter(|f| f.instance == instance)
+            .map(|f| f.info.uid);
+        let instance = if instance::may_join(&instance, info.uid, members, &self.rules) {
+            instance
+        } else {
+            warn!(pid, uid = info.uid, claimed = %instance, "refused: a process of another user than the instance's claims its name; it is watched under its own pid");
+            InstanceId::pid(pid)
         };
         let found = Found {
             instance,

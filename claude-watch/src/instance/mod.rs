@@ -497,6 +497,9 @@ pub struct MatchRule {
     /// Working directory: the process's cwd must be this directory or below it.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
+    /// The owner's user id: only processes of this user match.
+    #[serde(default)]
+    pub uid: Option<u32>,
 }
 
 impl MatchRule {
@@ -514,6 +517,7 @@ impl MatchRule {
                 .cwd
                 .as_deref()
                 .is_none_or(|dir| p.cwd.as_deref().is_some_and(|cwd| cwd.starts_with(dir)))
+            && self.uid.is_none_or(|uid| p.uid == uid)
     }
 }
 
@@ -540,6 +544,29 @@ pub fn identify(p: &ProcessInfo, rules: &[MatchRule]) -> InstanceId {
         .iter()
         .find(|r| r.matches(p))
         .map_or_else(|| InstanceId::pid(p.pid), |r| InstanceId::rule(&r.name))
+}
+
+/// Whether a process of user `uid` may join `instance`, whose live members belong to
+/// `member_uids`. Names a process chooses for itself (rules over its exe, arguments, cwd or
+/// cgroup; pm2's and supervisord's environment variables) are not proof of belonging: a
+/// process of another user than the instance's members would borrow the instance (latch it with
+/// fake 401s, then have its restart fall on the real members), so it is refused and keeps a
+/// name of its own. Names the kernel vouches for (a unit's or container's cgroup, `pid:`) and
+/// rules that name the uid admit every process they match.
+pub fn may_join(
+    instance: &InstanceId,
+    uid: u32,
+    member_uids: impl IntoIterator<Item = u32>,
+    rules: &[MatchRule],
+) -> bool {
+    let self_named = match instance.source {
+        IdSource::Rule => !rules
+            .iter()
+            .any(|r| r.name == instance.name && r.uid.is_some()),
+        IdSource::Program => true,
+        IdSource::Unit | IdSource::UserUnit | IdSource::Pid | IdSource::Container => false,
+    };
+    !self_named || member_uids.into_iter().all(|m| m == uid)
 }
 
 /// How a process runs Claude Code.

@@ -405,3 +405,39 @@ fn saved_names_keep_their_source() {
         assert_eq!(InstanceId::from_saved(&id.name, id.unit_name()), id, "{id}");
     }
 }
+
+#[test]
+fn only_names_the_kernel_vouches_for_admit_processes_of_other_users() {
+    let rules = [
+        MatchRule {
+            name: "open".into(),
+            arg: Some("--x".into()),
+            ..MatchRule::default()
+        },
+        MatchRule {
+            name: "pinned".into(),
+            arg: Some("--x".into()),
+            uid: Some(1001),
+            ..MatchRule::default()
+        },
+    ];
+    let open = InstanceId::rule("open");
+    assert!(may_join(&open, 1001, [], &rules), "the first member");
+    assert!(may_join(&open, 1001, [1001, 1001], &rules));
+    assert!(!may_join(&open, 1002, [1001], &rules), "another user");
+    assert!(may_join(&InstanceId::rule("pinned"), 1001, [1001], &rules));
+    assert!(!may_join(&InstanceId::program("pm2:a"), 0, [1001], &rules));
+    for kernel in [
+        InstanceId::unit("a.service"),
+        InstanceId::user_unit(1001, "a.service"),
+        InstanceId::container("docker:a"),
+    ] {
+        assert!(may_join(&kernel, 0, [1001], &rules), "{kernel}");
+    }
+    // A rule naming the uid matches only that user's processes.
+    let mut p = proc_with("/usr/bin/claude", &["claude", "--x"], "0::/\n");
+    p.uid = 1002;
+    assert!(!rules[1].matches(&p));
+    p.uid = 1001;
+    assert!(rules[1].matches(&p));
+}

@@ -248,6 +248,33 @@ impl Supervisor {
     }
 }
 
+/// Why a configured `spec` cannot restart a process living at `placement`, if it cannot (for
+/// `config check`): `None` when it can, or when only running it would tell (commands, signals).
+#[must_use]
+pub fn misfit(spec: &SupervisorSpec, placement: &Placement) -> Option<String> {
+    match (spec, placement) {
+        (
+            SupervisorSpec::Systemd { .. },
+            Placement::Unit(SystemdUnit {
+                manager: Manager::System,
+                ..
+            }),
+        ) => None,
+        (
+            SupervisorSpec::Systemd { .. },
+            Placement::Unit(SystemdUnit {
+                name,
+                manager: Manager::User { uid },
+                ..
+            }),
+        ) => Some(format!(
+            "its unit {name} belongs to user@{uid}'s manager, not the system's (`auto` restarts it there)"
+        )),
+        (SupervisorSpec::Systemd { .. }, _) => Some("it is not in a systemd unit".into()),
+        _ => None,
+    }
+}
+
 /// Runs the escalation hook (an argv template) for `target`, without a shell, with a timeout.
 pub async fn run_hook(
     argv: &[String],

@@ -36,7 +36,7 @@ pub mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -46,7 +46,7 @@ use crate::detect::{Detector, Episode, Event, MonoNs, Reason, State};
 use crate::discover::Found;
 use crate::error_chain;
 use crate::http::Exchange;
-use crate::instance::{InstanceId, Placement};
+use crate::instance::{IdSource, InstanceId, Placement};
 use crate::journal::{ActionKind, ActionRecord, Record as JournalRecord};
 use crate::supervise::supervisor::{Choice, EngineSocket, Supervisor, SystemdBus};
 use crate::supervise::{RestartOutcome, SuperviseError, Target};
@@ -227,6 +227,10 @@ pub struct Watch {
     exchanges: u64,
     /// Instance processes whose traffic cannot be seen, and why.
     unobserved: BTreeMap<u32, String>,
+    /// Instances of resumed episodes too old to act on: their next API answer decides.
+    recheck: BTreeSet<InstanceId>,
+    /// The id of each instance's latest episode (actions that end after it closed name it).
+    last_episode: BTreeMap<InstanceId, String>,
 }
 
 impl Watch {
@@ -250,8 +254,10 @@ impl Watch {
             }
             None => Policy::new(config.recovery.policy_config()),
         };
+        let mut detector = Detector::new(config.detector.detector_config());
+        detector.set_wall_offset(wall_minus_mono_ns);
         Self {
-            detector: Detector::new(config.detector.detector_config()),
+            detector,
             policy,
             config,
             bus,
@@ -263,6 +269,8 @@ impl Watch {
             last_seen: BTreeMap::new(),
             exchanges: 0,
             unobserved: BTreeMap::new(),
+            recheck: BTreeSet::new(),
+            last_episode: BTreeMap::new(),
         }
     }
 
@@ -330,6 +338,7 @@ impl Watch {
                     out.push(Effect::Detach { pid });
                     let events = self.detector.process_exited(&id, pid, now);
                     self.on_events(events, now, &mut out);
+                    self.prune(&id);
                 }
             }
             Input::Exchange { exchange, instance } => {
@@ -464,6 +473,18 @@ impl Watch {
         }
         let events = self.detector.observe(&id, exchange.pid, exchange, now);
         self.on_events(events, now, out);
+        if crate::detect::is_api_call(exchange) && self.recheck.remove(&id) {
+            let latched = self
+                .detector
+                .status(&id)
+                .is_some_and(|s| s.state == State::Latched);
+            if exchange.status == 401 && latched && self.acts(&id) {
+                info!(instance = %id, "the resumed episode's instance still gets 401: latched");
+                self.policy.latched(&id, now);
+                self.journal_backoff(&id, now, out);
+                self.save(now, out);
+            }
+        }
     }
 
     /// Instances the detector holds latched while their supervisor could not act (observe-only,
@@ -499,19 +520,60 @@ impl Watch {
             let events = self.detector.escalate(&id, now);
             self.on_events(events, now, out);
         }
+        let wall_now = self.wall_ms(now);
+        let stale_after =
+            u64::try_from(self.config.recovery.healthy_reset.as_millis()).unwrap_or(u64::MAX);
         for episode in episodes.into_iter().filter(|e| !e.is_closed()) {
-            let id = policy::saved_instance_id(&episode.instance, episode.unit.as_deref());
-            info!(instance = %id, episode = %episode.id, "resuming an episode left open by the previous run");
+            let id = InstanceId::from_saved(&episode.instance, episode.unit.as_deref());
+            let live = self.procs.values().any(|f| f.instance == id);
+            let age_ms = wall_now.saturating_sub(episode.last_401_ms);
+            let last_pid = episode.pids.last().copied().unwrap_or(0);
+            info!(instance = %id, episode = %episode.id, live, age_ms, "resuming an episode left open by the previous run");
+            self.last_episode.insert(id.clone(), episode.id.clone());
             self.detector.restore(&id, episode);
+            if !live {
+                // Its process is gone (and a `pid:` name can never come back): the episode
+                // ends as the process's would have, and nothing is restarted.
+                info!(instance = %id, "the latched process is gone: episode ends process_exited");
+                self.policy.hold(&id);
+                let events = self.detector.process_exited(&id, last_pid, now);
+                self.on_events(events, now, out);
+                self.prune(&id);
+                continue;
+            }
+            if !self.acts(&id) {
+                continue;
+            }
+            if age_ms > stale_after {
+                // Too old to act on: the instance's current traffic decides (a 401 latches it
+                // again, a non-401 closes the episode).
+                info!(instance = %id, age_ms, "old episode: waiting for the instance's current traffic before any restart");
+                self.policy.hold(&id);
+                self.recheck.insert(id);
+                continue;
+            }
             // Still latched as far as recovery knows: a restart that was under way when the
             // previous run stopped counts as not healed (a quiet window first), and a quiet
             // window restored from the state file keeps its deadline.
-            if self.acts(&id) {
-                self.policy.latched(&id, now);
-                self.journal_backoff(&id, now, out);
-            }
+            self.policy.latched(&id, now);
+            self.journal_backoff(&id, now, out);
         }
         self.save(now, out);
+    }
+
+    /// Forgets a `pid:` instance once its process is gone (its name can never come back), so
+    /// neither status nor memory keeps one entry per process that ever ran.
+    fn prune(&mut self, id: &InstanceId) {
+        if id.source != IdSource::Pid || self.procs.values().any(|f| &f.instance == id) {
+            return;
+        }
+        self.detector.forget(id);
+        self.policy.forget(id);
+        self.last_seen.remove(id);
+        self.binaries.remove(id);
+        self.placements.remove(id);
+        self.recheck.remove(id);
+        self.last_episode.remove(id);
     }
 
     /// Translates the detector's events into policy calls, journal records and metrics.
@@ -526,6 +588,10 @@ impl Watch {
                     at_ns,
                 } => self.state_changed(&instance, from, to, &reason, at_ns, now, out),
                 Event::EpisodeOpened(episode) => {
+                    self.last_episode.insert(
+                        InstanceId::from_saved(&episode.instance, episode.unit.as_deref()),
+                        episode.id.clone(),
+                    );
                     warn!(instance = %episode.instance, episode = %episode.id, count_401 = episode.count_401, request_ids = ?episode.request_ids(), "latched: 401s on the instance's own session");
                     out.push(Effect::Metric(Metric::EpisodeOpened {
                         agent: episode.instance.clone(),
@@ -624,8 +690,9 @@ impl Watch {
         }
     }
 
-    /// The process to restart for `id`: the newest live process that got the open window's
-    /// 401s, else the newest live process of the instance.
+    /// The process to restart for `id`: the newest live process whose own requests got the
+    /// open window's 401s. Never another member of the instance: a process that did not latch
+    /// (possibly another user's, borrowing the name) is not restarted for someone else's 401s.
     fn target(&self, id: &InstanceId) -> Option<Target> {
         let window_pids = self
             .detector
@@ -636,13 +703,7 @@ impl Watch {
         let found = window_pids
             .iter()
             .rev()
-            .find_map(|p| self.procs.get(p).filter(|f| &f.instance == id))
-            .or_else(|| {
-                self.procs
-                    .values()
-                    .filter(|f| &f.instance == id)
-                    .max_by_key(|f| f.info.pid)
-            })?;
+            .find_map(|p| self.procs.get(p).filter(|f| &f.instance == id))?;
         Some(Target {
             instance: id.name.clone(),
             unit: id.unit_name().map(str::to_owned),
@@ -656,7 +717,7 @@ impl Watch {
     fn start_restart(&mut self, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
         let supervisor = self.supervisor(id);
         let Some(target) = self.target(id) else {
-            let detail = format!("no live process of instance {id} is known");
+            let detail = format!("no live process of instance {id} got the 401s");
             warn!(instance = %id, "cannot restart: {detail}");
             self.policy
                 .restart_finished(id, now, &Err::<(), _>(detail.as_str()));
@@ -751,10 +812,12 @@ impl Watch {
             now,
             out,
         );
+        // The process that latched, taken before the escalation closes its episode.
+        let latched = self.target(id);
         let events = self.detector.escalate(id, now);
         self.on_events(events, now, out);
         if let Some(hook) = &self.config.recovery.escalation_hook {
-            let target = self.target(id).unwrap_or(Target {
+            let target = latched.unwrap_or(Target {
                 instance: id.name.clone(),
                 unit: id.unit_name().map(str::to_owned),
                 pid: 0,
@@ -794,11 +857,14 @@ impl Watch {
         now: MonoNs,
         out: &mut Vec<Effect>,
     ) {
+        // The open episode, else the latest one: a restart may finish, or the hook run, after
+        // the episode it was for has closed.
         let episode_id = self
             .detector
             .status(id)
             .and_then(|s| s.window)
-            .map(|w| w.id);
+            .map(|w| w.id)
+            .or_else(|| self.last_episode.get(id).cloned());
         out.push(Effect::Journal(JournalRecord::Action(ActionRecord {
             at_ms: self.wall_ms(now),
             instance: id.name.clone(),

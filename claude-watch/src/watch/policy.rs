@@ -257,6 +257,27 @@ impl Policy {
         }
     }
 
+    /// Drops everything known about `instance` (a `pid:` instance whose process exited).
+    pub fn forget(&mut self, instance: &InstanceId) {
+        self.instances.remove(instance);
+        self.release(instance);
+    }
+
+    /// Holds `instance` until its current traffic is seen again (a resumed episode too old to
+    /// act on without a fresh 401): no restart until [`Policy::latched`] is called again.
+    /// Restarts, quiet window and backoff are kept; the slot is released.
+    pub fn hold(&mut self, instance: &InstanceId) {
+        let i = self.entry(instance);
+        if matches!(
+            i.phase,
+            Phase::Latched | Phase::Restarting { .. } | Phase::Recovering { .. }
+        ) {
+            i.phase = Phase::Idle;
+            i.latched_at = None;
+        }
+        self.release(instance);
+    }
+
     /// `instance`'s process got a non-401 answer: a confirmed recovery when it was recovering
     /// (returns the time from the end of the restart), and the end of an escalation.
     pub fn recovered(&mut self, instance: &InstanceId, now: MonoNs) -> Option<Duration> {
@@ -416,7 +437,7 @@ impl Policy {
                     None if [".service", ".scope"].iter().any(|s| name.ends_with(s)) => {
                         InstanceId::unit(name)
                     }
-                    None => saved_instance_id(&name, None),
+                    None => InstanceId::from_saved(&name, None),
                 };
                 if snapshot.in_flight.as_deref() == Some(id.name.as_str()) {
                     in_flight = Some(id.clone());
@@ -453,13 +474,6 @@ impl Policy {
             in_flight,
         }
     }
-}
-
-/// The instance a saved name stands for (an episode's `instance` and `unit`): a unit when the
-/// name is the unit, `pid:N` names by pid, a configured rule otherwise.
-#[must_use]
-pub fn saved_instance_id(name: &str, unit: Option<&str>) -> InstanceId {
-    InstanceId::from_saved(name, unit)
 }
 
 fn to_wall_ms(t: MonoNs, now: MonoNs, wall_now_ms: u64) -> u64 {

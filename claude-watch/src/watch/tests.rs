@@ -819,3 +819,175 @@ fn a_latched_container_is_restarted_through_the_engine_once_its_socket_appears_a
     assert_eq!(r.actions(ActionKind::Backoff).len(), 1);
     assert!(r.restarts.is_empty());
 }
+
+/// A daemon run that latched `instance`'s process `pid` and stopped with the episode open:
+/// the open episodes and the saved state, for the next run.
+fn run_until_latched(
+    config_text: &str,
+    instance: &InstanceId,
+    pid: u32,
+) -> (Rig, Vec<Episode>, PolicySnapshot) {
+    let mut config = config(config_text);
+    // Observe only, so the episode stays open with no restart under way.
+    config.daemon.dry_run = true;
+    let mut r = Rig::resume(config, None, 100 * S, i128::from(WALL0_MS) * 1_000_000);
+    r.start(pid, instance);
+    r.see(pid, 200, "s0");
+    r.keep_answering(pid, 401, "s0", 6 * S);
+    let open: Vec<Episode> = crate::journal::episodes(&r.journal)
+        .into_iter()
+        .filter(|e| !e.is_closed())
+        .collect();
+    assert_eq!(open.len(), 1, "one open episode");
+    let saved = r.watch.recovery_state(r.now);
+    (r, open, saved)
+}
+
+/// The next run, `later_ms` of wall time after `r` stopped.
+fn next_run(r: &Rig, config_text: &str, saved: PolicySnapshot, later_ms: u64) -> Rig {
+    let wall_then = r.wall_now() + later_ms;
+    let mono_then = r.now + 7000 * S;
+    let offset = i128::from(wall_then) * 1_000_000 - i128::from(mono_then);
+    Rig::resume(config(config_text), Some(saved), mono_then, offset)
+}
+
+#[test]
+fn a_resumed_episode_whose_process_is_gone_ends_process_exited_and_leaves_status() {
+    for instance in [InstanceId::pid(4242), agent()] {
+        let (r, open, saved) = run_until_latched("", &instance, 4242);
+        // The next run finds no process of the instance.
+        let mut q = next_run(&r, "", saved, 60_000);
+        q.input(Input::Resume { episodes: open });
+        q.advance(120 * S);
+        assert_eq!(q.restarts_total, 0, "{instance}: nothing restarted");
+        let ended = q
+            .closed(EpisodeEnd::ProcessExited)
+            .unwrap_or_else(|| panic!("{instance}: episode ended process_exited"));
+        assert_eq!(ended.id, r.episodes()[0].id, "the same episode");
+        assert!(ended.ended_ms.is_some());
+        let listed = q.watch.status(q.now).instances;
+        if instance.source == IdSource::Pid {
+            assert!(
+                listed.iter().all(|v| v.name != instance.name),
+                "{instance} still listed: {listed:?}"
+            );
+        } else {
+            assert_eq!(q.view(&instance.name).state, "healthy");
+        }
+    }
+}
+
+#[test]
+fn an_old_resumed_episode_waits_for_the_instance_s_current_traffic() {
+    let text = "healthy_reset = \"60s\"\nbackoff_initial = \"2s\"";
+    // A 200 now: the episode closes, nothing is restarted.
+    let (r, open, saved) = run_until_latched(text, &agent(), 100);
+    let mut q = next_run(&r, text, saved, 3_600_000);
+    q.start(100, &agent());
+    q.input(Input::Resume {
+        episodes: open.clone(),
+    });
+    q.advance(30 * S);
+    assert_eq!(
+        q.restarts_total, 0,
+        "no restart on an hour-old episode alone"
+    );
+    q.see(100, 200, "s0");
+    assert!(q.closed(EpisodeEnd::SelfRecovered).is_some());
+    q.advance(30 * S);
+    assert_eq!(q.restarts_total, 0);
+
+    // A 401 now: it is latched again and restarted, in the same episode.
+    let (r, open, saved) = run_until_latched(text, &agent(), 100);
+    let mut q = next_run(&r, text, saved, 3_600_000);
+    q.start(100, &agent());
+    q.input(Input::Resume { episodes: open });
+    q.advance(30 * S);
+    assert_eq!(q.restarts_total, 0);
+    q.see(100, 401, "s0");
+    q.advance(S);
+    let (instance, _, target) = q.take_restart();
+    assert_eq!((instance, target.pid), (agent(), 100));
+
+    // A recent episode is acted on at once, as before.
+    let (r, open, saved) = run_until_latched(text, &agent(), 100);
+    let mut q = next_run(&r, text, saved, 1_000);
+    q.start(100, &agent());
+    q.input(Input::Resume { episodes: open });
+    q.advance(S);
+    assert_eq!(q.restarts_total, 1);
+}
+
+#[test]
+fn pid_instances_are_forgotten_when_their_process_exits() {
+    let mut r = Rig::new("");
+    for pid in 1000..1200 {
+        let id = InstanceId::pid(pid);
+        r.start(pid, &id);
+        r.see(pid, 200, "s");
+        r.exit(pid);
+    }
+    r.advance(S);
+    assert!(r.watch.status(r.now).instances.is_empty());
+    assert_eq!(r.watch.instance_count(), 0);
+}
+
+#[test]
+fn a_restart_that_finishes_after_the_new_process_s_200_still_names_its_episode() {
+    let mut r = Rig::new("");
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let (instance, _, _) = r.take_restart();
+    // The supervisor's new process answers before the restart call returns (a slow D-Bus).
+    r.start(101, &agent());
+    r.see(101, 200, "s1");
+    let episode = r
+        .closed(EpisodeEnd::RecoveredAfterRestart)
+        .expect("recovered")
+        .id
+        .clone();
+    r.restart_ok(&instance, 101);
+    let restarts = r.actions(ActionKind::Restart);
+    assert_eq!(restarts.len(), 1);
+    assert_eq!(restarts[0].episode_id.as_deref(), Some(episode.as_str()));
+}
+
+#[test]
+fn a_member_that_latched_and_exited_does_not_get_another_member_restarted() {
+    let mut r = Rig::new("backoff_initial = \"2s\"");
+    // Another instance's restart holds the host-wide slot.
+    r.start(50, &unit("other.service"));
+    r.see(50, 200, "o");
+    r.latch(50, "o");
+    let (other, _, _) = r.take_restart();
+    // Two processes share the instance; only 100's own requests get 401s, then it exits.
+    r.start(100, &agent());
+    r.start(200, &agent());
+    r.see(200, 200, "honest");
+    r.see(100, 200, "s0");
+    for _ in 0..4 {
+        r.advance(S);
+        r.see(100, 401, "s0");
+    }
+    assert_eq!(r.view("agent.service").state, "latched");
+    r.exit(100);
+    r.restart_ok(&other, 51);
+    r.start(51, &unit("other.service"));
+    r.see(51, 200, "o2");
+    r.advance(10 * S);
+    assert!(
+        r.restarts.is_empty(),
+        "the honest member 200 was not restarted"
+    );
+    assert_eq!(r.restarts_total, 1);
+    let refused = r.actions(ActionKind::Restart);
+    assert!(
+        refused.iter().any(|a| a.instance == "agent.service"
+            && !a.ok
+            && a.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("got the 401s"))),
+        "{refused:?}"
+    );
+}
