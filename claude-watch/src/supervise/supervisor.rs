@@ -271,6 +271,10 @@ pub fn misfit(spec: &SupervisorSpec, placement: &Placement) -> Option<String> {
             "its unit {name} belongs to user@{uid}'s manager, not the system's (`auto` restarts it there)"
         )),
         (SupervisorSpec::Systemd { .. }, _) => Some("it is not in a systemd unit".into()),
+        (SupervisorSpec::Docker { .. }, Placement::Container(_)) => None,
+        (SupervisorSpec::Docker { .. }, _) => {
+            Some("it is not in a Docker or Podman container".into())
+        }
         _ => None,
     }
 }
@@ -334,6 +338,19 @@ mod tests {
         let podman = resolve(&SupervisorSpec::Auto, &container(Engine::Podman), true);
         assert_eq!(podman.supervisor.kind(), "docker");
         assert!(podman.reason.contains("podman container 0123abcd4567"));
+    }
+
+    #[test]
+    fn a_docker_supervisor_fits_containers_only() {
+        let spec = SupervisorSpec::Docker {
+            socket: None,
+            grace: None,
+        };
+        assert_eq!(misfit(&spec, &container(Engine::Podman)), None);
+        assert_eq!(
+            misfit(&spec, &Placement::Unsupervised).as_deref(),
+            Some("it is not in a Docker or Podman container")
+        );
     }
 
     #[test]
