@@ -109,8 +109,8 @@ pub struct DaemonConfig {
     pub ring_mib: u32,
     /// Detect and report, never restart (also `--dry-run`).
     pub dry_run: bool,
-    /// The Docker Engine API socket, asked for the names of containers that agents run in
-    /// (a Podman service socket works too).
+    /// The Docker Engine API socket, asked for the names of containers that agents run in and
+    /// through which `auto` restarts them (a Podman service socket speaks the same API).
     pub docker_socket: PathBuf,
 }
 
@@ -271,7 +271,8 @@ pub struct MatchSection {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SupervisorSpec {
-    /// systemd where the instance has a unit and a bus is reachable, observe-only elsewhere.
+    /// `docker` for a container when the engine's socket exists, systemd where the instance has a
+    /// unit and a bus is reachable, observe-only elsewhere.
     #[default]
     Auto,
     /// systemd over D-Bus: `RestartUnit`, or `KillUnit` for units that restart themselves.
@@ -308,6 +309,16 @@ pub enum SupervisorSpec {
         /// `SUPERVISOR_SERVER_URL`, checked against the supervisord that is its ancestor).
         #[serde(default)]
         url: Option<String>,
+    },
+    /// Restart the instance's container through the engine's API socket (Docker's, or a
+    /// Podman service's), after the engine confirms the process runs in it.
+    Docker {
+        /// The engine's socket (default: `[daemon] docker_socket`).
+        #[serde(default)]
+        socket: Option<PathBuf>,
+        /// Time between SIGTERM and SIGKILL (default: the container's own stop timeout).
+        #[serde(default, deserialize_with = "optional_duration")]
+        grace: Option<Duration>,
     },
     /// Detect and report only.
     Observe,
@@ -623,6 +634,10 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     .map_err(serde::de::Error::custom)
 }
 
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 fn spanned_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Spanned<Duration>, D::Error> {
     let value: Spanned<toml::Value> = Spanned::deserialize(d)?;
     let span = value.span();
@@ -722,6 +737,14 @@ supervisor = { kind = "command", argv = ["supervisorctl", "restart", "{instance}
 name = "writer"
 match = { arg = "--writer" }
 supervisor = { kind = "signal" }
+[[instance]]
+name = "boxed"
+match = { cgroup = "docker" }
+supervisor = { kind = "docker", grace = "3s" }
+[[instance]]
+name = "podded"
+match = { cgroup = "libpod" }
+supervisor = { kind = "docker", socket = "/run/podman/podman.sock" }
 "#,
             "x",
         )
@@ -735,7 +758,21 @@ supervisor = { kind = "signal" }
             c.recovery.policy_config().initial_backoff,
             Duration::from_secs(30)
         );
-        assert_eq!(c.rules().len(), 2);
+        assert_eq!(c.rules().len(), 4);
+        assert_eq!(
+            c.supervisor_for("boxed"),
+            &SupervisorSpec::Docker {
+                socket: None,
+                grace: Some(Duration::from_secs(3))
+            }
+        );
+        assert_eq!(
+            c.supervisor_for("podded"),
+            &SupervisorSpec::Docker {
+                socket: Some("/run/podman/podman.sock".into()),
+                grace: None
+            }
+        );
         assert!(
             matches!(c.supervisor_for("reviewer"), SupervisorSpec::Command { timeout, .. } if *timeout == Duration::from_secs(20))
         );

@@ -1,5 +1,6 @@
 //! Claude Code as users really install and run it, each watched live by `claude-watch daemon`
-//! with its built-in configuration (only where to keep its state is given): npm's global install
+//! with its built-in configuration (only where to keep its state is given; the Docker case in dry
+//! run, since `auto` restarts containers): npm's global install
 //! (`bin/claude.exe`, linked or copied by the postinstall), the native installer's layout and an
 //! update under it, the TypeScript and Python Agent SDKs, the musl build, the node-era `cli.js`
 //! under Debian's own node (shared `libssl.so.3`), and a Docker container.
@@ -400,7 +401,9 @@ fn agent_in_a_docker_container() {
     let _serial = one_at_a_time();
     let standin = StandIn::start();
     let engine = docker::Engine::start();
-    let daemon = daemon();
+    // Detection only: `auto` would restart the latched container through the engine at once
+    // (tests/tests/docker.rs proves that), and the instance would not stay latched to be seen.
+    let daemon = Daemon::start("dry_run = true", "");
     let image = engine.claude_image(
         &format!("claude-watch-test/claude:{LATEST}"),
         &deps::native_latest(),

@@ -87,6 +87,9 @@ const TEST_PACKAGES: &[&str] = &[
     // userland for the test image), and what Debian's own node 18 links (its shared libssl.so.3).
     "musl",
     "docker.io",
+    // Podman's Docker-compatible API service (tests/tests/docker.rs); runs containers with
+    // docker.io's runc.
+    "podman",
     "busybox-static",
     "libuv1",
     "libc-ares2",

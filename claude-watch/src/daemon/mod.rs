@@ -41,7 +41,7 @@ use crate::error_chain;
 use crate::http::pair::Record;
 use crate::instance::ClaudeKind;
 use crate::journal::{Journal, JournalOptions};
-use crate::supervise::supervisor::{self, SystemdBus};
+use crate::supervise::supervisor::{self, EngineSocket, SystemdBus};
 use crate::time::{mono_now_ns, wall_minus_mono_ns};
 use crate::watch::front::Front;
 use crate::watch::policy::PolicySnapshot;
@@ -217,7 +217,8 @@ impl Daemon {
             .with_docker_socket(config.daemon.docker_socket.clone());
         let front = Front::new(discovery, offset);
         let control_path = d.control_socket.clone();
-        let watch = Watch::new(config, bus, saved, mono_now_ns(), offset);
+        let engine = EngineSocket::detect(&config.daemon.docker_socket);
+        let watch = Watch::new(config, bus, engine, saved, mono_now_ns(), offset);
         let mut daemon = Self {
             origin,
             options,
@@ -289,6 +290,11 @@ impl Daemon {
                     for found in self.front.processes_mut().due_claims() {
                         self.feed(Input::Started(found));
                     }
+                    let engine = EngineSocket::detect(&self.watch.config().daemon.docker_socket);
+                    if &engine != self.watch.engine() {
+                        info!(socket = %engine.path.display(), present = engine.present, "container engine socket changed");
+                        self.feed(Input::Engine(engine));
+                    }
                     self.feed(Input::Tick);
                 }
                 Some(done) = self.done_rx.recv() => self.on_done(done),
@@ -332,10 +338,12 @@ impl Daemon {
                 }
                 self.front.processes_mut().set_rules(config.rules());
                 let bus = SystemdBus::detect(config.recovery.systemd_bus.as_deref());
+                let engine = EngineSocket::detect(&config.daemon.docker_socket);
                 self.origin = origin;
                 self.feed(Input::Reload {
                     config: Box::new(config),
                     bus,
+                    engine,
                 });
                 info!(config = %self.origin, "configuration reloaded");
             }

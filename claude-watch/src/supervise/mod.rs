@@ -1,7 +1,8 @@
 //! Recovery through the host's own supervisor.
 //!
 //! - [`Restarter`]: the one I/O seam, "restart this instance", with its adapters:
-//!   [`systemd::SystemdRestarter`] (D-Bus), [`command::CommandRestarter`] (an argv template, no
+//!   [`systemd::SystemdRestarter`] (D-Bus), [`docker::DockerRestarter`] (the container engine's
+//!   API), [`command::CommandRestarter`] (an argv template, no
 //!   shell), [`signal::SignalRestarter`] (SIGTERM then SIGKILL through a pidfd, for supervisors that
 //!   respawn on their own), [`pm2::Pm2Restarter`] (`pm2 restart` as the app's owner),
 //!   [`supervisord::SupervisordRestarter`] (XML-RPC on its unix socket) and
@@ -11,6 +12,7 @@
 
 pub mod claude_bg;
 pub mod command;
+pub mod docker;
 pub mod observe;
 pub mod pm2;
 pub mod procfs;
@@ -229,6 +231,28 @@ pub enum SuperviseError {
         pid: u32,
         /// What the daemon listed instead, or why the process is not the session's.
         detail: String,
+    },
+    /// The container engine could not be asked, or answered something unexpected.
+    #[error("container engine on {socket}")]
+    Engine {
+        /// The engine's socket.
+        socket: std::path::PathBuf,
+        /// What went wrong.
+        #[source]
+        source: Box<crate::discover::engine::EngineError>,
+    },
+    /// Refused: the engine does not confirm that the process runs in the container its cgroup
+    /// names (a forged cgroup, or the container changed); nothing was restarted.
+    #[error(
+        "refused: the engine does not confirm pid {pid} runs in container {container}: {found}"
+    )]
+    NotInContainer {
+        /// The container, as `name (short id)` (or its short id).
+        container: String,
+        /// The target's host PID.
+        pid: u32,
+        /// What was found instead.
+        found: String,
     },
     /// `/proc` could not tell what was needed.
     #[error(transparent)]

@@ -1,11 +1,12 @@
 //! Choosing each instance's supervisor (pure, from the configuration and where systemd is
 //! reachable) and running restarts and the escalation hook through it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::claude_bg::ClaudeBgRestarter;
 use super::command::CommandRestarter;
+use super::docker::DockerRestarter;
 use super::observe::ObserveOnly;
 use super::pm2::Pm2Restarter;
 use super::signal::SignalRestarter;
@@ -45,6 +46,27 @@ impl SystemdBus {
     }
 }
 
+/// The container engine's API socket (`[daemon] docker_socket`), and whether it exists: checked
+/// at start and on reload, so that resolving stays pure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineSocket {
+    /// The socket's path.
+    pub path: PathBuf,
+    /// Whether a unix socket is there.
+    pub present: bool,
+}
+
+impl EngineSocket {
+    /// Looks whether a unix socket exists at `path`.
+    pub fn detect(path: &Path) -> Self {
+        use std::os::unix::fs::FileTypeExt as _;
+        Self {
+            path: path.to_owned(),
+            present: std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket()),
+        }
+    }
+}
+
 /// A supervisor chosen for an instance, and why it was.
 #[derive(Clone, Debug)]
 pub struct Choice {
@@ -59,6 +81,8 @@ pub struct Choice {
 pub enum Supervisor {
     /// systemd over D-Bus.
     Systemd(SystemdRestarter),
+    /// A container engine's API (Docker, or Podman's compatible one).
+    Docker(DockerRestarter),
     /// A configured command.
     Command(CommandRestarter),
     /// SIGTERM/SIGKILL through a pidfd.
@@ -76,10 +100,12 @@ pub enum Supervisor {
 impl Supervisor {
     /// Resolves `spec` for an instance whose newest process lives at `placement`, and says
     /// why (`auto → systemd (unit agent.service in the system manager)`), for status and logs.
+    /// `engine` is the container engine's socket, for containers.
     pub fn resolve(
         spec: &SupervisorSpec,
         placement: &Placement,
         bus: &SystemdBus,
+        engine: &EngineSocket,
         timeout: Duration,
     ) -> Choice {
         let systemd = |mode: SystemdModeSpec| {
@@ -138,12 +164,26 @@ impl Supervisor {
                     systemd(SystemdModeSpec::Restart),
                     format!("unit {name} in user@{uid}'s manager"),
                 ),
+                Placement::Container(c) if engine.present => auto(
+                    Self::Docker(DockerRestarter {
+                        socket: engine.path.clone(),
+                        grace: None,
+                        timeout,
+                    }),
+                    format!(
+                        "{} container {} on {}",
+                        c.engine.label(),
+                        c.short_id(),
+                        engine.path.display()
+                    ),
+                ),
                 Placement::Container(c) => auto(
                     Self::Observe(ObserveOnly),
                     format!(
-                        "{} container {}, which is not supported yet",
+                        "{} container {}, but no engine socket at {}",
                         c.engine.label(),
-                        c.short_id()
+                        c.short_id(),
+                        engine.path.display()
                     ),
                 ),
                 Placement::Pod(pod) => auto(
@@ -194,6 +234,11 @@ impl Supervisor {
             SupervisorSpec::Command { argv, timeout } => {
                 configured(Self::Command(CommandRestarter::new(argv.clone(), *timeout)))
             }
+            SupervisorSpec::Docker { socket, grace } => configured(Self::Docker(DockerRestarter {
+                socket: socket.clone().unwrap_or_else(|| engine.path.clone()),
+                grace: *grace,
+                timeout,
+            })),
             SupervisorSpec::Signal { grace } => configured(Self::Signal(SignalRestarter {
                 grace: *grace,
                 ..SignalRestarter::default()
@@ -206,6 +251,7 @@ impl Supervisor {
         match self {
             Self::Systemd(s) if s.user.is_some() => "systemd-user",
             Self::Systemd(_) => "systemd",
+            Self::Docker(_) => "docker",
             Self::Command(_) => "command",
             Self::Signal(_) => "signal",
             Self::Pm2(_) => "pm2",
@@ -239,6 +285,7 @@ impl Supervisor {
     pub async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
         match self {
             Self::Systemd(s) => s.restart(target).await,
+            Self::Docker(s) => s.restart(target).await,
             Self::Command(s) => s.restart(target).await,
             Self::Signal(s) => s.restart(target).await,
             Self::Pm2(s) => s.restart(target).await,
@@ -257,6 +304,10 @@ pub fn misfit(spec: &SupervisorSpec, placement: &Placement) -> Option<String> {
         // A user's unit too: `systemd` restarts it through that user's manager.
         (SupervisorSpec::Systemd { .. }, Placement::Unit(_)) => None,
         (SupervisorSpec::Systemd { .. }, _) => Some("it is not in a systemd unit".into()),
+        (SupervisorSpec::Docker { .. }, Placement::Container(_)) => None,
+        (SupervisorSpec::Docker { .. }, _) => {
+            Some("it is not in a Docker or Podman container".into())
+        }
         _ => None,
     }
 }
@@ -293,6 +344,7 @@ mod tests {
             &SupervisorSpec::Auto,
             &unit("nginx.service", Manager::User { uid: 1000 }),
             &bus,
+            &no_engine(),
             T,
         );
         assert_eq!(choice.supervisor.kind(), "systemd-user");
@@ -311,6 +363,7 @@ mod tests {
             },
             &unit("nginx.service", Manager::User { uid: 1000 }),
             &bus,
+            &no_engine(),
             T,
         );
         assert_eq!(choice.supervisor.kind(), "systemd-user");
@@ -323,6 +376,7 @@ mod tests {
             &SupervisorSpec::Auto,
             &unit("agent.service", Manager::System),
             &SystemdBus::System,
+            &no_engine(),
             T,
         );
         assert_eq!(choice.supervisor.kind(), "systemd");
@@ -336,8 +390,21 @@ mod tests {
         assert_eq!((s.user, s.address.as_deref()), (None, None));
     }
 
+    fn no_engine() -> EngineSocket {
+        EngineSocket {
+            path: "/var/run/docker.sock".into(),
+            present: false,
+        }
+    }
+
     fn resolve(spec: &SupervisorSpec, placement: &Placement) -> Choice {
-        Supervisor::resolve(spec, placement, &SystemdBus::System, Duration::from_secs(5))
+        Supervisor::resolve(
+            spec,
+            placement,
+            &SystemdBus::System,
+            &no_engine(),
+            Duration::from_secs(5),
+        )
     }
 
     #[test]
@@ -374,5 +441,100 @@ mod tests {
         assert_eq!(c.reason, "configured: supervisord");
         let c = resolve(&SupervisorSpec::Pm2 { pm2: None }, &pm2);
         assert_eq!(c.reason, "configured: pm2");
+    }
+
+    use crate::instance::{Container, Engine};
+
+    const ID: &str = "0123abcd4567ef890123abcd4567ef890123abcd4567ef890123abcd4567ef89";
+
+    fn resolve_engine(spec: &SupervisorSpec, placement: &Placement, present: bool) -> Choice {
+        Supervisor::resolve(
+            spec,
+            placement,
+            &SystemdBus::System,
+            &EngineSocket {
+                path: "/var/run/docker.sock".into(),
+                present,
+            },
+            Duration::from_secs(30),
+        )
+    }
+
+    fn container(engine: Engine) -> Placement {
+        Placement::Container(Container {
+            engine,
+            id: ID.into(),
+        })
+    }
+
+    #[test]
+    fn auto_restarts_containers_through_the_engine_when_its_socket_is_there() {
+        let choice = resolve_engine(&SupervisorSpec::Auto, &container(Engine::Docker), true);
+        assert_eq!(
+            choice.reason,
+            "auto → docker (docker container 0123abcd4567 on /var/run/docker.sock)"
+        );
+        let Supervisor::Docker(d) = choice.supervisor else {
+            panic!("{:?}", choice.supervisor)
+        };
+        assert_eq!(
+            d,
+            DockerRestarter {
+                socket: "/var/run/docker.sock".into(),
+                grace: None,
+                timeout: Duration::from_secs(30)
+            }
+        );
+        let podman = resolve_engine(&SupervisorSpec::Auto, &container(Engine::Podman), true);
+        assert_eq!(podman.supervisor.kind(), "docker");
+        assert!(podman.reason.contains("podman container 0123abcd4567"));
+    }
+
+    #[test]
+    fn a_docker_supervisor_fits_containers_only() {
+        let spec = SupervisorSpec::Docker {
+            socket: None,
+            grace: None,
+        };
+        assert_eq!(misfit(&spec, &container(Engine::Podman)), None);
+        assert_eq!(
+            misfit(&spec, &Placement::Unsupervised).as_deref(),
+            Some("it is not in a Docker or Podman container")
+        );
+    }
+
+    #[test]
+    fn auto_observes_containers_without_an_engine_socket() {
+        let choice = resolve_engine(&SupervisorSpec::Auto, &container(Engine::Docker), false);
+        assert!(!choice.supervisor.acts());
+        assert_eq!(
+            choice.reason,
+            "auto → observe (docker container 0123abcd4567, but no engine socket at /var/run/docker.sock)"
+        );
+    }
+
+    #[test]
+    fn a_configured_docker_supervisor_takes_its_own_socket_and_grace() {
+        let spec = SupervisorSpec::Docker {
+            socket: Some("/run/podman/podman.sock".into()),
+            grace: Some(Duration::from_secs(3)),
+        };
+        let choice = resolve_engine(&spec, &Placement::Unsupervised, false);
+        assert_eq!(choice.reason, "configured: docker");
+        let Supervisor::Docker(d) = choice.supervisor else {
+            panic!("{:?}", choice.supervisor)
+        };
+        assert_eq!(d.socket, PathBuf::from("/run/podman/podman.sock"));
+        assert_eq!(d.grace, Some(Duration::from_secs(3)));
+        let default = SupervisorSpec::Docker {
+            socket: None,
+            grace: None,
+        };
+        let Supervisor::Docker(d) =
+            resolve_engine(&default, &Placement::Unsupervised, true).supervisor
+        else {
+            panic!()
+        };
+        assert_eq!(d.socket, PathBuf::from("/var/run/docker.sock"));
     }
 }

@@ -48,9 +48,9 @@ use crate::error_chain;
 use crate::http::Exchange;
 use crate::instance::{IdSource, InstanceId, Placement};
 use crate::journal::{ActionKind, ActionRecord, Record as JournalRecord};
-use crate::supervise::supervisor::{Choice, Supervisor, SystemdBus};
+use crate::supervise::supervisor::{Choice, EngineSocket, Supervisor, SystemdBus};
 use crate::supervise::{RestartOutcome, SuperviseError, Target};
-use policy::{Action, Policy, PolicySnapshot};
+use policy::{Action, Phase, Policy, PolicySnapshot};
 use status::{LastSeen, Status};
 
 /// Something that happened, for the core to decide about.
@@ -108,7 +108,12 @@ pub enum Input {
         config: Box<Config>,
         /// Where systemd is reachable now.
         bus: SystemdBus,
+        /// The container engine's socket now.
+        engine: EngineSocket,
     },
+    /// The container engine's socket appeared or went away (the engine started after the
+    /// daemon, or stopped).
+    Engine(EngineSocket),
 }
 
 /// Something for the daemon to do.
@@ -205,6 +210,7 @@ pub enum Metric {
 pub struct Watch {
     config: Config,
     bus: SystemdBus,
+    engine: EngineSocket,
     detector: Detector,
     policy: Policy,
     /// CLOCK_REALTIME minus CLOCK_MONOTONIC, ns: turns the core's clock into wall time.
@@ -233,12 +239,13 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// A core for `config`, systemd reachable as `bus`, recovery state `saved` by the previous
-    /// run (if any), at monotonic time `now`.
+    /// A core for `config`, systemd reachable as `bus`, the container engine at `engine`,
+    /// recovery state `saved` by the previous run (if any), at monotonic time `now`.
     #[must_use]
     pub fn new(
         config: Config,
         bus: SystemdBus,
+        engine: EngineSocket,
         saved: Option<PolicySnapshot>,
         now: MonoNs,
         wall_minus_mono_ns: i128,
@@ -259,6 +266,7 @@ impl Watch {
             policy,
             config,
             bus,
+            engine,
             wall_minus_mono_ns,
             procs: BTreeMap::new(),
             binaries: BTreeMap::new(),
@@ -277,6 +285,12 @@ impl Watch {
     #[must_use]
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The container engine's socket, as last detected.
+    #[must_use]
+    pub fn engine(&self) -> &EngineSocket {
+        &self.engine
     }
 
     /// Instances known (with a process or a detector state).
@@ -310,6 +324,7 @@ impl Watch {
                 | Input::RestartFinished { .. }
                 | Input::HookFinished { .. }
                 | Input::Reload { .. }
+                | Input::Engine(_)
                 | Input::Observed { .. }
         );
         match input {
@@ -368,11 +383,21 @@ impl Watch {
                 }
                 self.journal_action(&instance, ActionKind::Hook, ok, None, detail, now, &mut out);
             }
-            Input::Reload { config, bus } => {
+            Input::Reload {
+                config,
+                bus,
+                engine,
+            } => {
                 self.detector.set_config(config.detector.detector_config());
                 self.policy.set_config(config.recovery.policy_config());
                 self.config = *config;
                 self.bus = bus;
+                self.engine = engine;
+                self.adopt_latched(now, &mut out);
+            }
+            Input::Engine(engine) => {
+                self.engine = engine;
+                self.adopt_latched(now, &mut out);
             }
         }
         self.drive(now, &mut out);
@@ -412,6 +437,7 @@ impl Watch {
             self.config.supervisor_for(&instance.name),
             &placement,
             &self.bus,
+            &self.engine,
             self.config.recovery.restart_timeout,
         );
         if let Supervisor::ClaudeBg(restarter) = &mut choice.supervisor
@@ -493,6 +519,31 @@ impl Watch {
                 self.journal_backoff(&id, now, out);
                 self.save(now, out);
             }
+        }
+    }
+
+    /// Instances the detector holds latched while their supervisor could not act (observe-only,
+    /// no engine socket, a dry run) are handed to the policy once it can (the engine's socket
+    /// appeared, the configuration was reloaded), instead of waiting for a new latch.
+    fn adopt_latched(&mut self, now: MonoNs, out: &mut Vec<Effect>) {
+        let latched: Vec<InstanceId> = self
+            .detector
+            .statuses()
+            .into_iter()
+            .filter(|s| s.state == State::Latched)
+            .map(|s| s.instance)
+            .filter(|id| matches!(self.policy.phase(id), None | Some(Phase::Idle)))
+            .collect();
+        let mut adopted = false;
+        for id in latched {
+            if self.acts(&id) {
+                info!(instance = %id, supervisor = self.supervisor(&id).kind(), "a latched instance can be restarted now");
+                self.policy.latched(&id, now);
+                adopted = true;
+            }
+        }
+        if adopted {
+            self.save(now, out);
         }
     }
 

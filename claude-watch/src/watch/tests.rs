@@ -31,6 +31,9 @@ fn config(extra: &str) -> Config {
     Config::parse(&text, "test").expect("valid test configuration")
 }
 
+/// The container of `docker:` instances.
+const CONTAINER_ID: &str = "0123abcd4567ef890123abcd4567ef890123abcd4567ef890123abcd4567ef89";
+
 fn found(pid: u32, instance: &InstanceId) -> Found {
     Found {
         info: ProcessInfo {
@@ -45,6 +48,12 @@ fn found(pid: u32, instance: &InstanceId) -> Found {
         instance: instance.clone(),
         release: None,
         placement: match instance.unit_name() {
+            None if instance.name.starts_with("docker:") => {
+                crate::instance::Placement::Container(crate::instance::Container {
+                    engine: crate::instance::Engine::Docker,
+                    id: CONTAINER_ID.into(),
+                })
+            }
             Some(name) => crate::instance::Placement::Unit(crate::instance::SystemdUnit {
                 name: name.to_owned(),
                 manager: crate::instance::Manager::System,
@@ -97,6 +106,10 @@ impl Rig {
         let watch = Watch::new(
             config,
             SystemdBus::Address(BUS.into()),
+            EngineSocket {
+                path: "/var/run/docker.sock".into(),
+                present: true,
+            },
             saved,
             now,
             wall_minus_mono_ns,
@@ -782,6 +795,67 @@ fn a_daemon_restarted_while_escalated_stays_escalated_until_a_non_401() {
     q.see(101, 200, "s1");
     assert_eq!(q.view("agent.service").state, "healthy");
     assert_eq!(q.view("agent.service").restarts, 0);
+}
+
+#[test]
+fn a_latched_container_is_restarted_through_the_engine_once_its_socket_appears_and_a_refusal_backs_off()
+ {
+    let mut r = Rig::new("backoff_initial = \"2s\"");
+    let socket = PathBuf::from("/var/run/docker.sock");
+    r.input(Input::Engine(EngineSocket {
+        path: socket.clone(),
+        present: false,
+    }));
+    let boxed = InstanceId::container("docker:reviewer");
+    r.start(100, &boxed);
+    r.see(100, 200, "s0");
+    let view = r.view("docker:reviewer");
+    assert_eq!(view.supervisor, "observe");
+    assert_eq!(
+        view.supervisor_reason,
+        "auto → observe (docker container 0123abcd4567, but no engine socket at /var/run/docker.sock)"
+    );
+    r.keep_answering(100, 401, "s0", 15 * S);
+    assert_eq!(r.view("docker:reviewer").state, "latched");
+    assert_eq!(r.restarts_total, 0, "no engine, no restart");
+
+    // The engine comes up: the latched container is restarted through it, as the process seen.
+    r.input(Input::Engine(EngineSocket {
+        path: socket,
+        present: true,
+    }));
+    assert_eq!(r.view("docker:reviewer").supervisor, "docker");
+    let (instance, supervisor, target) = r.take_restart();
+    assert_eq!(instance, boxed);
+    assert!(
+        matches!(supervisor, Supervisor::Docker(_)),
+        "{supervisor:?}"
+    );
+    assert_eq!(target.pid, 100);
+    assert!(
+        matches!(&target.placement, crate::instance::Placement::Container(c) if c.id == CONTAINER_ID)
+    );
+
+    // The engine does not confirm the pid: journalled with both names, retried after a window.
+    r.input(Input::RestartFinished {
+        instance,
+        result: Err(SuperviseError::NotInContainer {
+            container: "reviewer (0123abcd4567)".into(),
+            pid: 100,
+            found: "pid 100 is in pid namespace 1, the container's main process 7 in 2".into(),
+        }),
+    });
+    let failed = r.actions(ActionKind::Restart);
+    assert_eq!(failed.len(), 1);
+    assert!(!failed[0].ok);
+    assert_eq!(
+        failed[0].detail.as_deref(),
+        Some(
+            "refused: the engine does not confirm pid 100 runs in container reviewer (0123abcd4567): pid 100 is in pid namespace 1, the container's main process 7 in 2"
+        )
+    );
+    assert_eq!(r.actions(ActionKind::Backoff).len(), 1);
+    assert!(r.restarts.is_empty());
 }
 
 /// A daemon run that latched `instance`'s process `pid` and stopped with the episode open:

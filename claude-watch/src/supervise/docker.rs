@@ -1,0 +1,275 @@
+//! Docker (and Podman's Docker-compatible API): restart the container an instance runs in
+//! through the engine's socket, after checking that the engine really runs the latched process.
+//!
+//! The container id comes from the process's cgroup, which a local user can forge (a cgroup named
+//! `docker-<a real id>.scope` under their own delegated subtree). So right before acting, the
+//! engine is asked about that container ([`super::super::discover::engine::inspect`]): it must
+//! run, and the target must share the PID namespace of the container's main process and live in
+//! its cgroup (at or below it, in every hierarchy). Only then is `POST /containers/<id>/restart`
+//! sent, and the new main process (`State.Pid`) awaited and handed back for inspection.
+//!
+//! The exchanges are blocking (short, bounded) and run on a blocking thread.
+
+use std::fs::File;
+use std::io::Read as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tracing::{info, instrument};
+
+use super::{RestartOutcome, Restarter, SuperviseError, Target, verify_start_time};
+use crate::discover::engine::{self, EngineError, Inspect};
+use crate::instance::{Container, Placement};
+
+/// How often the engine is asked whether the container runs again.
+const POLL: Duration = Duration::from_millis(100);
+/// Most bytes read from a `/proc/<pid>/cgroup`.
+const MAX_CGROUP: u64 = 64 * 1024;
+
+/// A [`Restarter`] that restarts the instance's container through the engine on `socket`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerRestarter {
+    /// The engine's API socket (Docker's, or a Podman service's).
+    pub socket: PathBuf,
+    /// Time between SIGTERM and SIGKILL (`?t=`); `None` keeps the container's own stop timeout.
+    pub grace: Option<Duration>,
+    /// How long the restart and the wait for the new main process may take.
+    pub timeout: Duration,
+}
+
+impl Restarter for DockerRestarter {
+    #[instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
+    async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
+        let this = self.clone();
+        let target = target.clone();
+        tokio::task::spawn_blocking(move || this.restart_blocking(&target))
+            .await
+            .map_err(|e| SuperviseError::RestartFailed {
+                unit: "container".into(),
+                reason: format!("the restart task failed: {e}"),
+            })?
+    }
+}
+
+impl DockerRestarter {
+    fn engine_error(&self, source: EngineError) -> SuperviseError {
+        SuperviseError::Engine {
+            socket: self.socket.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// The container `target` runs in, confirmed by the engine: its description now.
+    ///
+    /// # Errors
+    /// [`SuperviseError::NotInContainer`] when the engine does not confirm it, and the errors of
+    /// asking.
+    pub fn confirm(&self, target: &Target) -> Result<(Container, Inspect), SuperviseError> {
+        let Placement::Container(container) = &target.placement else {
+            return Err(SuperviseError::NotInContainer {
+                container: "(none)".into(),
+                pid: target.pid,
+                found: "its cgroup names no container".into(),
+            });
+        };
+        verify_start_time(target.pid, target.start_time)?;
+        let inspect = engine::inspect(&self.socket, container, engine::TIMEOUT)
+            .map_err(|e| self.engine_error(e))?;
+        let label = describe(container, &inspect);
+        let refuse = |found: String| SuperviseError::NotInContainer {
+            container: label.clone(),
+            pid: target.pid,
+            found,
+        };
+        if !inspect.running || inspect.pid == 0 {
+            return Err(refuse(
+                "the engine says the container is not running".into(),
+            ));
+        }
+        let main = inspect.pid;
+        let ns = |pid: u32| {
+            std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+                .map(|m| (m.dev(), m.ino()))
+                .map_err(|source| {
+                    SuperviseError::Process(super::procfs::ProcError::NoProcess { pid, source })
+                })
+        };
+        let (target_ns, main_ns) = (ns(target.pid)?, ns(main)?);
+        if target_ns != main_ns {
+            return Err(refuse(format!(
+                "pid {} is in pid namespace {}, the container's main process {main} in {}",
+                target.pid, target_ns.1, main_ns.1
+            )));
+        }
+        let (target_cg, main_cg) = (read_cgroup(target.pid)?, read_cgroup(main)?);
+        if let Err(why) = cgroup_within(&target_cg, &main_cg) {
+            return Err(refuse(format!(
+                "pid {} is outside the cgroup of the container's main process {main}: {why}",
+                target.pid
+            )));
+        }
+        // The checks above read the target by pid: it must still be the same process.
+        verify_start_time(target.pid, target.start_time)?;
+        Ok((container.clone(), inspect))
+    }
+
+    fn restart_blocking(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
+        let deadline = Instant::now() + self.timeout;
+        let (container, before) = self.confirm(target)?;
+        let label = describe(&container, &before);
+        let path = match self.grace {
+            Some(grace) => format!("/containers/{}/restart?t={}", container.id, grace.as_secs()),
+            None => format!("/containers/{}/restart", container.id),
+        };
+        info!(container = %label, socket = %self.socket.display(), "restarting the container");
+        let answer = engine::request(&self.socket, "POST", &path, self.timeout)
+            .map_err(|e| self.engine_error(e))?;
+        if !(200..300).contains(&answer.status) {
+            return Err(SuperviseError::RestartFailed {
+                unit: label,
+                reason: format!(
+                    "the engine answered {}: {}",
+                    answer.status,
+                    answer.message()
+                ),
+            });
+        }
+        let after = loop {
+            let now = engine::inspect(&self.socket, &container, engine::TIMEOUT)
+                .map_err(|e| self.engine_error(e))?;
+            if now.running
+                && now.pid != 0
+                && (now.pid != before.pid || now.started_at != before.started_at)
+            {
+                break now;
+            }
+            if Instant::now() + POLL > deadline {
+                return Err(SuperviseError::Timeout {
+                    what: format!("container {label} to run again"),
+                    timeout: self.timeout,
+                });
+            }
+            std::thread::sleep(POLL);
+        };
+        Ok(RestartOutcome {
+            acted: true,
+            unit: Some(label.clone()),
+            new_pid: Some(after.pid),
+            invocation_id: None,
+            summary: format!(
+                "restarted {} container {label} through {} (main pid {} → {})",
+                container.engine.label(),
+                self.socket.display(),
+                before.pid,
+                after.pid
+            ),
+        })
+    }
+}
+
+/// `name (0123abcd4567)`, or the short id alone when the engine gave no valid name.
+fn describe(container: &Container, inspect: &Inspect) -> String {
+    match &inspect.name {
+        Some(name) => format!("{name} ({})", container.short_id()),
+        None => container.short_id().to_owned(),
+    }
+}
+
+/// `/proc/<pid>/cgroup`, bounded.
+fn read_cgroup(pid: u32) -> Result<String, SuperviseError> {
+    let no_process =
+        |source| SuperviseError::Process(super::procfs::ProcError::NoProcess { pid, source });
+    let mut text = String::new();
+    File::open(Path::new("/proc").join(pid.to_string()).join("cgroup"))
+        .map_err(no_process)?
+        .take(MAX_CGROUP)
+        .read_to_string(&mut text)
+        .map_err(no_process)?;
+    Ok(text)
+}
+
+/// Whether a process with cgroup file `target` lives at or below the cgroups of a process with
+/// cgroup file `main`, in every hierarchy `main` is in (cgroup v1 controllers, named hierarchies
+/// and the unified one alike). Each line is `<hierarchy id>:<controllers>:<path>`. A `main`
+/// in no cgroup of its own (only root paths) confines nothing and is refused.
+///
+/// # Errors
+/// The first hierarchy where it does not, as `<controllers or unified>: <target path> is not
+/// within <main path>`.
+pub fn cgroup_within(target: &str, main: &str) -> Result<(), String> {
+    let split = |line: &str| {
+        let mut fields = line.splitn(3, ':');
+        let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        Some((format!("{id}:{controllers}"), path.trim().to_owned()))
+    };
+    let targets: Vec<(String, String)> = target.lines().filter_map(split).collect();
+    let mains: Vec<(String, String)> = main.lines().filter_map(split).collect();
+    if mains.iter().all(|(_, path)| path == "/") {
+        return Err("the container's main process is in no cgroup of its own".into());
+    }
+    for (key, main_path) in &mains {
+        let hierarchy = match key.split_once(':') {
+            Some((_, "")) | None => "unified".to_owned(),
+            Some((_, controllers)) => controllers.to_owned(),
+        };
+        let Some((_, path)) = targets.iter().find(|(k, _)| k == key) else {
+            return Err(format!("{hierarchy}: not in this hierarchy"));
+        };
+        let within = main_path == "/"
+            || path == main_path
+            || path
+                .strip_prefix(main_path.as_str())
+                .is_some_and(|rest| rest.starts_with('/'));
+        if !within {
+            return Err(format!("{hierarchy}: {path} is not within {main_path}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f1c0e9d2b7a4c8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a";
+
+    #[test]
+    fn the_container_and_below_it_are_within() {
+        let main = format!("0::/system.slice/docker-{ID}.scope\n");
+        assert_eq!(cgroup_within(&main, &main), Ok(()));
+        let below = format!("0::/system.slice/docker-{ID}.scope/app\n");
+        assert_eq!(cgroup_within(&below, &main), Ok(()));
+        let v1 = format!(
+            "12:pids:/docker/{ID}\n4:memory:/docker/{ID}\n1:name=systemd:/docker/{ID}\n0::/docker/{ID}\n"
+        );
+        assert_eq!(cgroup_within(&v1, &v1), Ok(()));
+    }
+
+    #[test]
+    fn a_forged_scope_is_not_within() {
+        let main = format!("0::/system.slice/docker-{ID}.scope\n");
+        let forged = format!(
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{ID}.scope\n"
+        );
+        let err = cgroup_within(&forged, &main).unwrap_err();
+        assert!(err.starts_with("unified: /user.slice/"), "{err}");
+        // A sibling whose name only starts like the container's.
+        let sibling = format!("0::/system.slice/docker-{ID}.scope-x\n");
+        assert!(cgroup_within(&sibling, &main).is_err());
+        // Hybrid: the unified line forged, the v1 controllers elsewhere.
+        let main = format!("4:memory:/docker/{ID}\n0::/docker/{ID}\n");
+        let forged = format!("4:memory:/\n0::/forge/docker-{ID}.scope\n");
+        assert_eq!(
+            cgroup_within(&forged, &main),
+            Err(format!("memory: / is not within /docker/{ID}"))
+        );
+        // A hierarchy the target is not in at all, or an empty main.
+        assert!(cgroup_within("0::/x\n", &format!("4:memory:/docker/{ID}\n")).is_err());
+        assert!(cgroup_within("0::/x\n", "").is_err());
+        assert!(cgroup_within("0::/x\n", "0::/\n").is_err());
+        // A colon in a path is part of the path.
+        let odd = "0::/docker/a:b\n";
+        assert_eq!(cgroup_within(odd, odd), Ok(()));
+    }
+}
