@@ -36,6 +36,28 @@ struct Inner {
     /// name -> (help, kind, labels -> value)
     series: BTreeMap<&'static str, (&'static str, Kind, BTreeMap<String, f64>)>,
     histograms: BTreeMap<&'static str, (&'static str, Histogram)>,
+    /// Events of new label sets dropped because their family was full.
+    dropped: u64,
+}
+
+/// Most label sets one family keeps: label values come from what observed processes say (their
+/// instance names, their models), so a host full of short-lived `pid:` agents, or a process
+/// making up model names, cannot grow the registry without bound. Events for a new label set
+/// beyond this are counted in `claude_watch_metric_series_dropped_total` instead.
+pub const MAX_SERIES_PER_FAMILY: usize = 2048;
+
+/// Where `labels` may be counted in `family`: its existing entry, or a new one while there is
+/// room; `None` (the event is dropped and counted) when the family is full.
+fn slot<'a>(
+    family: &'a mut BTreeMap<String, f64>,
+    labels: String,
+    dropped: &mut u64,
+) -> Option<&'a mut f64> {
+    if family.len() >= MAX_SERIES_PER_FAMILY && !family.contains_key(&labels) {
+        *dropped += 1;
+        return None;
+    }
+    Some(family.entry(labels).or_insert(0.0))
 }
 
 /// The metrics registry, shared between the daemon loop and the HTTP server.
@@ -87,12 +109,14 @@ impl Metrics {
     /// Adds `by` to a counter.
     pub fn inc(&self, name: &'static str, help: &'static str, labels: String, by: f64) {
         self.with(|m| {
-            *m.series
+            let family = &mut m
+                .series
                 .entry(name)
                 .or_insert((help, Kind::Counter, BTreeMap::new()))
-                .2
-                .entry(labels)
-                .or_insert(0.0) += by
+                .2;
+            if let Some(v) = slot(family, labels, &mut m.dropped) {
+                *v += by;
+            }
         });
     }
 
@@ -110,11 +134,14 @@ impl Metrics {
     /// Sets a gauge.
     pub fn set(&self, name: &'static str, help: &'static str, labels: String, value: f64) {
         self.with(|m| {
-            m.series
+            let family = &mut m
+                .series
                 .entry(name)
                 .or_insert((help, Kind::Gauge, BTreeMap::new()))
-                .2
-                .insert(labels, value);
+                .2;
+            if let Some(v) = slot(family, labels, &mut m.dropped) {
+                *v = value;
+            }
         });
     }
 
@@ -169,6 +196,11 @@ impl Metrics {
                 let _ = writeln!(out, "{name}_sum {}", h.sum);
                 let _ = writeln!(out, "{name}_count {}", h.count);
             }
+            let _ = writeln!(
+                out,
+                "# HELP claude_watch_metric_series_dropped_total Metric events not counted because their family already had {MAX_SERIES_PER_FAMILY} label sets.\n# TYPE claude_watch_metric_series_dropped_total counter\nclaude_watch_metric_series_dropped_total {}",
+                m.dropped
+            );
             out
         })
     }
@@ -220,6 +252,25 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_family_keeps_at_most_its_cap_of_label_sets_and_counts_the_rest() {
+        let m = Metrics::default();
+        for pid in 0..(MAX_SERIES_PER_FAMILY + 500) {
+            let agent = format!("pid:{pid}");
+            m.inc("x_total", "x", labels(&[("agent", &agent)]), 1.0);
+        }
+        // Known label sets still count.
+        m.inc("x_total", "x", labels(&[("agent", "pid:0")]), 1.0);
+        let text = m.render();
+        let series = text.lines().filter(|l| l.starts_with("x_total{")).count();
+        assert_eq!(series, MAX_SERIES_PER_FAMILY);
+        assert!(text.contains("x_total{agent=\"pid:0\"} 2"), "{text}");
+        assert!(
+            text.contains("claude_watch_metric_series_dropped_total 500"),
+            "{text}"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -492,10 +492,7 @@ impl Watch {
         out.push(Effect::Metric(Metric::Exchange {
             agent: id.name.clone(),
             status: exchange.status,
-            model: exchange
-                .model
-                .clone()
-                .unwrap_or_else(|| "unknown".to_owned()),
+            model: model_label(exchange.model.as_deref()),
         }));
         if crate::detect::is_api_call(exchange) {
             self.last_seen.insert(
@@ -961,6 +958,28 @@ impl Watch {
 
     fn save(&self, now: MonoNs, out: &mut Vec<Effect>) {
         out.push(Effect::SaveRecovery(self.recovery_state(now)));
+    }
+}
+
+/// The `model` label of an exchange's metrics: the model the request named when it has a model
+/// name's shape (lowercase letters, digits and `-._:@/`, at most 80 bytes, as in
+/// `claude-opus-4-8` or `us.anthropic.claude-sonnet-4-6@20251001`), `unknown` when it named
+/// none, `other` otherwise: the request body is the observed process's to choose, and a label
+/// value is exported as is.
+#[must_use]
+pub fn model_label(model: Option<&str>) -> String {
+    match model {
+        None => "unknown".to_owned(),
+        Some(m)
+            if !m.is_empty()
+                && m.len() <= 80
+                && m.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._:@/".contains(&b)
+                }) =>
+        {
+            m.to_owned()
+        }
+        Some(_) => "other".to_owned(),
     }
 }
 

@@ -1107,3 +1107,22 @@ fn a_background_worker_is_respawned_through_claude_bg_and_a_fresh_session_contin
         assert_eq!(r.view("claude-bg:5c56ca27").state, "healthy");
     }
 }
+
+#[test]
+fn model_labels_take_only_the_shape_of_a_model_name() {
+    use super::model_label;
+    assert_eq!(model_label(Some("claude-opus-4-8")), "claude-opus-4-8");
+    assert_eq!(
+        model_label(Some("us.anthropic.claude-sonnet-4-6@20251001")),
+        "us.anthropic.claude-sonnet-4-6@20251001"
+    );
+    assert_eq!(model_label(None), "unknown");
+    for forged in [
+        "",
+        "Claude\"} 1\nfake_total 9",
+        "x\u{1b}[2J",
+        &"a".repeat(81),
+    ] {
+        assert_eq!(model_label(Some(forged)), "other", "{forged:?}");
+    }
+}
