@@ -163,28 +163,12 @@ impl AsOwner {
             .stderr(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        let (uid, gid, groups) = (
+        super::drop_to_owner(
+            &mut command,
             self.owner.uid,
             self.owner.gid,
-            self.owner
-                .groups
-                .iter()
-                .map(|&g| g as libc::gid_t)
-                .collect::<Vec<_>>(),
+            &self.owner.groups,
         );
-        // SAFETY: only async-signal-safe system calls between fork and exec; `groups` was
-        // allocated before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let mut child = command.spawn().map_err(|source| SuperviseError::Spawn {
             program: program.clone(),
             source,

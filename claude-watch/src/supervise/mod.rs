@@ -330,6 +330,31 @@ pub enum SuperviseError {
     },
 }
 
+/// Makes `command` run as `uid`, `gid` and exactly the supplementary `groups` (set between fork
+/// and exec, groups first, the uid last, so nothing of root's is kept): how every adapter that
+/// acts as a process's owner (pm2, `claude respawn`) starts its commands.
+pub(crate) fn drop_to_owner(
+    command: &mut tokio::process::Command,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+) {
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: only async-signal-safe system calls between fork and exec; `groups` was
+    // allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Refuses when `pid` no longer has the `expected` start time (the PID was reused).
 pub(crate) fn verify_start_time(pid: u32, expected: Option<u64>) -> Result<(), SuperviseError> {
     if let Some(expected) = expected {

@@ -159,18 +159,7 @@ pub(crate) async fn run_as(
         .stderr(Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: only async-signal-safe syscalls, on data prepared before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    super::drop_to_owner(&mut command, uid, gid, &groups);
     let mut child = command.spawn().map_err(|source| SuperviseError::Spawn {
         program: program.clone(),
         source,
