@@ -21,3 +21,13 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
         std::thread::sleep(POLL_INTERVAL);
     }
 }
+
+/// Every daemon a test starts watches every claude process on the host (and acts through the
+/// host's real supervisors), so the daemon scenarios of one test binary run one at a time:
+/// each takes this lock first. A failed scenario does not poison it for the next.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

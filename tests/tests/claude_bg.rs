@@ -10,6 +10,7 @@
 //!
 //! Needs root and the pinned clients (`cargo xtask setup --tests`).
 
+use claude_watch_tests::wait::one_at_a_time as serial;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -24,15 +25,6 @@ use claude_watch_tests::watch::Daemon;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Every daemon watches every claude process on the host: one scenario at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Fast detection and short quiet windows.
 fn config(extra: &str) -> String {

@@ -12,6 +12,7 @@
 //!
 //! Needs root and the pinned clients (`cargo xtask setup --tests`).
 
+use claude_watch_tests::wait::one_at_a_time as serial;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,15 +34,6 @@ const WAIT: Duration = Duration::from_secs(45);
 /// Where the agent's package is mounted in the container.
 const AGENT_DIR: &str = "/opt/agent/node_modules";
 const CLI: &str = "/opt/agent/node_modules/@anthropic-ai/claude-code/cli.js";
-
-/// Every daemon watches every claude process on the host: one scenario at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn now_ms() -> u64 {
     u64::try_from(

@@ -5,6 +5,7 @@
 //!
 //! Needs root (`cargo xtask setup --tests`).
 
+use claude_watch_tests::wait::one_at_a_time as serial;
 use std::time::Duration;
 
 use claude_watch::detect::EpisodeEnd;
@@ -120,15 +121,6 @@ fn threads_that_exit_inside_ssl_read_leave_no_pending_read_behind() {
 /// The unprivileged user who runs the attacks on recovery.
 const ATTACKER: &str = "cwtest-unit";
 const WAIT: Duration = Duration::from_secs(45);
-
-/// Every daemon watches every claude process on the host: one daemon scenario at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Fast detection, short quiet windows, the test bed's system bus.
 fn recovery_config(bed: &Testbed) -> String {

@@ -16,11 +16,11 @@
 //! time: each takes the built-in 10 s span, and several real Claude Codes starting at once on a
 //! 2-core machine would measure the machine, not claude-watch.
 
+use claude_watch_tests::wait::one_at_a_time;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use claude_watch::discover::content;
@@ -37,14 +37,6 @@ use serde_json::Value;
 const SPAN: Duration = Duration::from_secs(10);
 const TURN: Duration = Duration::from_secs(90);
 const WAIT: Duration = Duration::from_secs(30);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn wall_s() -> f64 {
     SystemTime::now()

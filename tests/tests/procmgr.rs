@@ -6,6 +6,7 @@
 //!
 //! Needs root, `useradd`, supervisord and the pinned pm2 (`cargo xtask setup --tests`).
 
+use claude_watch_tests::wait::one_at_a_time as serial;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -29,15 +30,6 @@ const PM2_USER: &str = "cwtest-pm2";
 const WAIT: Duration = Duration::from_secs(45);
 /// Fast detection, short quiet windows; no systemd here.
 const CONFIG: &str = "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nrestart_timeout = \"30s\"\nbackoff_initial = \"3s\"\n";
-
-/// Every daemon watches every claude process on the host: one scenario at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn now_ms() -> u64 {
     u64::try_from(

@@ -13,20 +13,11 @@ use claude_watch_tests::deps::ClaudeCode;
 use claude_watch_tests::process::ScratchDir;
 use claude_watch_tests::standin::StandIn;
 use claude_watch_tests::testbed::Testbed;
-use claude_watch_tests::wait::wait_until;
+use claude_watch_tests::wait::{one_at_a_time as serial, wait_until};
 use claude_watch_tests::watch::Daemon;
 
 const UNIT: &str = "agent.service";
 
-/// Every daemon watches every claude process on the host, so these scenarios run one at a time
-/// (each would otherwise see, and try to recover, the others' agents).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 const WAIT: Duration = Duration::from_secs(45);
 
 fn now_ms() -> u64 {

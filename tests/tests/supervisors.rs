@@ -5,6 +5,7 @@
 //!
 //! Needs root (`cargo xtask setup --tests`: systemd, dbus-user-session).
 
+use claude_watch_tests::wait::one_at_a_time as serial;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use claude_watch::detect::{Episode, EpisodeEnd};
@@ -23,15 +24,6 @@ use claude_watch_tests::watch::Daemon;
 /// The unprivileged user whose manager runs the agents.
 const USER: &str = "cwtest-unit";
 const WAIT: Duration = Duration::from_secs(45);
-
-/// Every daemon watches every claude process on the host: one scenario at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn now_ms() -> u64 {
     u64::try_from(
