@@ -12,9 +12,10 @@
 //!
 //! Needs root and the pinned clients (`cargo xtask setup --tests`).
 
+use claude_watch_tests::wait::now_ms;
 use claude_watch_tests::wait::one_at_a_time as serial;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use claude_watch::detect::{Episode, EpisodeEnd};
 use claude_watch::instance::{Placement, container};
@@ -34,16 +35,6 @@ const WAIT: Duration = Duration::from_secs(45);
 /// Where the agent's package is mounted in the container.
 const AGENT_DIR: &str = "/opt/agent/node_modules";
 const CLI: &str = "/opt/agent/node_modules/@anthropic-ai/claude-code/cli.js";
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after the epoch")
-            .as_millis(),
-    )
-    .expect("fits")
-}
 
 /// The image: busybox, glibc and a Claude Code binary (the agent's Bun is mounted in).
 fn image(engine: &Engine) -> String {

@@ -6,12 +6,13 @@
 //!
 //! Needs root, `useradd`, supervisord and the pinned pm2 (`cargo xtask setup --tests`).
 
+use claude_watch_tests::wait::now_ms;
 use claude_watch_tests::wait::one_at_a_time as serial;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use claude_watch::detect::{Episode, EpisodeEnd};
 use claude_watch::journal::{ActionKind, ActionRecord, Record};
@@ -30,16 +31,6 @@ const PM2_USER: &str = "cwtest-pm2";
 const WAIT: Duration = Duration::from_secs(45);
 /// Fast detection, short quiet windows; no systemd here.
 const CONFIG: &str = "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nrestart_timeout = \"30s\"\nbackoff_initial = \"3s\"\n";
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after the epoch")
-            .as_millis(),
-    )
-    .expect("fits")
-}
 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {

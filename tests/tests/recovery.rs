@@ -3,8 +3,9 @@
 //!
 //! Needs root and the pinned clients (`cargo xtask setup --tests`).
 
+use claude_watch_tests::wait::now_ms;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use claude_watch::detect::{Episode, EpisodeEnd};
 use claude_watch::journal::{ActionKind, ActionRecord, Record};
@@ -19,16 +20,6 @@ use claude_watch_tests::watch::Daemon;
 const UNIT: &str = "agent.service";
 
 const WAIT: Duration = Duration::from_secs(45);
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after the epoch")
-            .as_millis(),
-    )
-    .expect("fits")
-}
 
 /// A test bed running one light agent (taken for Claude Code) in `agent.service`.
 fn bed_with_agent(name: &str, standin: &StandIn, model: &str, dir: &Path) -> Testbed {

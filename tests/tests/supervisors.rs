@@ -5,8 +5,9 @@
 //!
 //! Needs root (`cargo xtask setup --tests`: systemd, dbus-user-session).
 
+use claude_watch_tests::wait::now_ms;
 use claude_watch_tests::wait::one_at_a_time as serial;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use claude_watch::detect::{Episode, EpisodeEnd};
 use claude_watch::instance::{Manager, Placement, SystemdUnit};
@@ -24,16 +25,6 @@ use claude_watch_tests::watch::Daemon;
 /// The unprivileged user whose manager runs the agents.
 const USER: &str = "cwtest-unit";
 const WAIT: Duration = Duration::from_secs(45);
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after the epoch")
-            .as_millis(),
-    )
-    .expect("fits")
-}
 
 /// Fast detection, short quiet windows, the test bed's system bus.
 fn config(bed: &Testbed) -> String {
