@@ -286,16 +286,7 @@ impl ClaudeBgRestarter {
         let out = claude.run_in(&cwd, &["--bg"]).await?;
         let new_id = backgrounded_id(&String::from_utf8_lossy(&out))
             .ok_or_else(|| refuse("`claude --bg` printed no session id".into()))?;
-        let deadline = tokio::time::Instant::now() + NEW_PID_WAIT.min(self.timeout);
-        let mut new_pid = None;
-        while new_pid.is_none() && tokio::time::Instant::now() < deadline {
-            if let Ok(agents) = claude.agents().await {
-                new_pid = respawned_pid(&agents, &new_id, target.pid);
-            }
-            if new_pid.is_none() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+        let new_pid = self.new_pid(claude, &new_id, target.pid).await;
         Ok(RestartOutcome {
             acted: true,
             unit: None,
@@ -309,6 +300,26 @@ impl ClaudeBgRestarter {
                 new_pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
             ),
         })
+    }
+}
+
+impl ClaudeBgRestarter {
+    /// The pid session `id` runs as now, other than `old_pid`, as `claude agents --json` lists
+    /// it: asked every 200 ms for at most `NEW_PID_WAIT` (or the restart timeout); `None` when
+    /// it did not appear (discovery still finds it).
+    async fn new_pid(&self, claude: &AsOwner, id: &str, old_pid: u32) -> Option<u32> {
+        let deadline = tokio::time::Instant::now() + NEW_PID_WAIT.min(self.timeout);
+        loop {
+            if let Ok(agents) = claude.agents().await
+                && let Some(pid) = respawned_pid(&agents, id, old_pid)
+            {
+                return Some(pid);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -338,16 +349,7 @@ impl Restarter for ClaudeBgRestarter {
         }
         tracing::info!(id = %session.short_id, uid = claude.owner.uid, "claude respawn");
         claude.run(&["respawn", &session.short_id]).await?;
-        let deadline = tokio::time::Instant::now() + NEW_PID_WAIT.min(self.timeout);
-        let mut new_pid = None;
-        while new_pid.is_none() && tokio::time::Instant::now() < deadline {
-            if let Ok(agents) = claude.agents().await {
-                new_pid = respawned_pid(&agents, &session.short_id, pid);
-            }
-            if new_pid.is_none() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+        let new_pid = self.new_pid(&claude, &session.short_id, pid).await;
         Ok(RestartOutcome {
             acted: true,
             unit: None,
