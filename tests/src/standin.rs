@@ -217,6 +217,16 @@ impl StandIn {
         self.log_since(0)
     }
 
+    /// Whether the stand-in answered a request of `session` with `status` after `after_ms`
+    /// (wall ms): how a test sees a new process's own answer confirm a recovery.
+    pub fn answered(&self, session: &str, status: u16, after_ms: u64) -> bool {
+        #[expect(clippy::cast_precision_loss, reason = "wall ms compared with seconds")]
+        let after_s = after_ms as f64 / 1000.0;
+        self.log().iter().any(|l| {
+            l.session.as_deref() == Some(session) && l.status == status && l.time > after_s
+        })
+    }
+
     /// The request log from entry `index` on.
     pub fn log_since(&self, index: usize) -> Vec<LogEntry> {
         let value = self.control("GET", &format!("/log?since={index}"), None);

@@ -181,14 +181,7 @@ fn a_latched_container_is_restarted_through_the_engine_api_and_recovers_with_its
         "the new main process is the instance's: {now}"
     );
     let new_session = now["session_id"].as_str().expect("new session");
-    assert!(
-        standin
-            .log()
-            .iter()
-            .any(|l| l.session.as_deref() == Some(new_session)
-                && l.status == 200
-                && l.time * 1000.0 > latched_at as f64)
-    );
+    assert!(standin.answered(new_session, 200, latched_at));
 }
 
 #[test]
@@ -250,14 +243,7 @@ fn a_latched_podman_container_is_restarted_through_its_docker_compatible_api() {
         i["state"] == "healthy" && i["session_id"] != old_session.as_str()
     });
     let new_session = now["session_id"].as_str().expect("new session");
-    assert!(
-        standin
-            .log()
-            .iter()
-            .any(|l| l.session.as_deref() == Some(new_session)
-                && l.status == 200
-                && l.time * 1000.0 > latched_at as f64)
-    );
+    assert!(standin.answered(new_session, 200, latched_at));
 }
 
 #[test]

@@ -359,12 +359,7 @@ fn assert_new_session_answered(
     });
     let new_session = now["session_id"].as_str().expect("new session");
     assert!(
-        standin
-            .log()
-            .iter()
-            .any(|l| l.session.as_deref() == Some(new_session)
-                && l.status == 200
-                && l.time * 1000.0 > since as f64),
+        standin.answered(new_session, 200, since),
         "no 200 for the new session {new_session}"
     );
 }

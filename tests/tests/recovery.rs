@@ -111,12 +111,9 @@ fn a_latched_agent_is_restarted_through_dbus_and_recovery_is_confirmed_by_its_ow
     // Confirmed by the new process's own request: the stand-in answered its new session 200
     // after the restart, and no token probe was ever sent (claude-watch sends no request).
     let new_session = now["session_id"].as_str().expect("new session");
-    let log = standin.log();
-    assert!(log.iter().any(|l| l.session.as_deref() == Some(new_session)
-        && l.status == 200
-        && l.time * 1000.0 > latched_at as f64));
+    assert!(standin.answered(new_session, 200, latched_at));
     assert!(
-        log.iter().all(|l| l.path != "/v1/models"),
+        standin.log().iter().all(|l| l.path != "/v1/models"),
         "no probe request was made"
     );
     let restarts = actions(&daemon, ActionKind::Restart);

@@ -86,12 +86,7 @@ fn latch_and_recover(bed: &Testbed, user: &TestUser, unit: &str, standin: &Stand
     });
     let new_session = now["session_id"].as_str().expect("new session");
     assert!(
-        standin
-            .log()
-            .iter()
-            .any(|l| l.session.as_deref() == Some(new_session)
-                && l.status == 200
-                && l.time * 1000.0 > latched_at as f64),
+        standin.answered(new_session, 200, latched_at),
         "the new session's own 200 confirmed the recovery"
     );
     let restarts = actions(&daemon, ActionKind::Restart);
