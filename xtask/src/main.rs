@@ -146,7 +146,8 @@ fn main() -> anyhow::Result<()> {
             build(&root)?;
             cross_build_arm64(&root)?;
             let mut cmd = as_root(Path::new("cargo"), &[]);
-            cmd.args(["test", "--release"])
+            // Every suite runs even when one fails, so one run reports every failure.
+            cmd.args(["test", "--release", "--no-fail-fast"])
                 .args(&args)
                 .current_dir(&root);
             cmd.env("CLAUDE_WATCH_BIN", root.join("target/release/claude-watch"));
