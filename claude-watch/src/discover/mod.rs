@@ -327,12 +327,7 @@ impl Discovery {
             self.known.remove(&pid);
         }
         let (kind, release) = recognized?;
-        let ancestors = instance::read_ancestry(&self.proc_root, pid, MAX_ANCESTRY);
-        let (proc_root, recognizer) = (&self.proc_root, &mut self.recognizer);
-        let role = bg::role(&info, &ancestors, |a| {
-            let dir = proc_root.join(a.pid.to_string());
-            recognizer.process(&dir, &a.exe, &a.cmdline).is_some()
-        });
+        let role = self.role(&info);
         let placement = match role {
             Role::Outermost => instance::placement(&info),
             Role::Helper | Role::BgMachinery => return None,
@@ -363,6 +358,38 @@ impl Discovery {
         Some(self.found(info, kind, release, placement))
     }
 
+    /// Process `pid`, whose own API request just arrived although [`Self::check`] found no
+    /// instance in it: when it is Claude Code's background machinery (its daemon, a pty host,
+    /// an unclaimed spare), it joins its owner's observe-only instance `claude-bg-daemon:<uid>`
+    /// (and is returned, once); anything else (a helper of an instance, not Claude Code) stays
+    /// unattributed.
+    pub fn attribute(&mut self, pid: u32) -> Option<Found> {
+        if self.known.contains_key(&pid) {
+            return None;
+        }
+        let dir = self.proc_root.join(pid.to_string());
+        let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
+        let (kind, release) = self.recognizer.process(&dir, &exe, &cmdline)?;
+        let info = instance::read_process_info(&self.proc_root, pid).ok()?;
+        let role = self.role(&info);
+        let machinery = match role {
+            Role::BgMachinery => true,
+            // A claimed spare is a worker: `check` names it (on this exchange or the next tick).
+            Role::BgCandidate => bg_session(&self.proc_root, &info).is_none(),
+            Role::Outermost | Role::Helper => false,
+        };
+        if !machinery {
+            return None;
+        }
+        debug!(
+            pid,
+            uid = info.uid,
+            "requests of Claude Code's background machinery: its observe-only instance"
+        );
+        let placement = Placement::BgMachinery { uid: info.uid };
+        Some(self.found(info, kind, release, placement))
+    }
+
     /// Unclaimed background spares (see [`Self::check`]) that a session has claimed since
     /// the last look: each is an instance now. Spares that exited (or whose pid was reused)
     /// are forgotten. Called on every tick of the daemon: a claimed spare writes its session
@@ -373,7 +400,15 @@ impl Discovery {
             let Ok(info) = instance::read_process_info(&self.proc_root, spare.pid) else {
                 continue;
             };
-            if info.start_time != spare.start_time || self.known.contains_key(&spare.pid) {
+            // A spare whose own requests made it part of the machinery's instance
+            // ([`Self::attribute`]) is still a spare until a session claims it.
+            let machinery = self
+                .known
+                .get(&spare.pid)
+                .is_some_and(|f| matches!(f.placement, Placement::BgMachinery { .. }));
+            if info.start_time != spare.start_time
+                || (self.known.contains_key(&spare.pid) && !machinery)
+            {
                 continue;
             }
             match bg_session(&self.proc_root, &info) {
@@ -385,6 +420,16 @@ impl Discovery {
             }
         }
         claimed
+    }
+
+    /// The part claude process `info` plays, from its parent chain.
+    fn role(&mut self, info: &ProcessInfo) -> Role {
+        let ancestors = instance::read_ancestry(&self.proc_root, info.pid, MAX_ANCESTRY);
+        let (proc_root, recognizer) = (&self.proc_root, &mut self.recognizer);
+        bg::role(info, &ancestors, |a| {
+            let dir = proc_root.join(a.pid.to_string());
+            recognizer.process(&dir, &a.exe, &a.cmdline).is_some()
+        })
     }
 
     /// Names a claude instance process found at `placement`, and remembers it.
@@ -404,6 +449,7 @@ impl Discovery {
                     .unwrap_or_else(|| c.short_id().to_owned())
             )),
             Placement::ClaudeBg(bg) => InstanceId::bg_session(&bg.short_id),
+            Placement::BgMachinery { uid } => InstanceId::bg_machinery(*uid),
             _ => instance::identify(&info, &self.rules),
         };
         let members = self
