@@ -525,7 +525,9 @@ mod tests {
             SupervisorSpec::Systemd {
                 mode: SystemdModeSpec::Restart,
             },
-            SupervisorSpec::Signal { grace: Duration::from_secs(5) },
+            SupervisorSpec::Signal {
+                grace: Duration::from_secs(5),
+            },
         ] {
             let choice = resolve(&spec, &machinery);
             assert!(!choice.supervisor.acts(), "{spec:?}");
