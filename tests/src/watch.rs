@@ -563,8 +563,5 @@ pub fn read_journal(path: &std::path::Path) -> Vec<Value> {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (for the daemon's metrics).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    crate::shared::free_port().expect("a free port")
 }

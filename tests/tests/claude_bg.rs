@@ -147,14 +147,7 @@ fn two_workers_one_latched_by_its_process_is_recovered_through_claude_respawn() 
     );
     // The new worker kept the session id and got 200 from the stand-in with it.
     let log = standin.log();
-    let session = fleet
-        .agents()
-        .into_iter()
-        .find(|x| x["id"] == a.as_str())
-        .expect("a")["sessionId"]
-        .as_str()
-        .expect("session id")
-        .to_owned();
+    let session = fleet.session_of(&a);
     assert!(
         log.iter().any(|e| e.pid == Some(new_a)
             && e.status == 200
@@ -203,14 +196,7 @@ fn a_latch_bound_to_the_session_survives_respawn_and_escalates_with_advice() {
     );
     let fleet = BgFleet::new(&standin, FAKE_API_KEY, &["a", "b"]);
     let ((a, a_pid), (b, b_pid)) = two_workers(&fleet, &daemon);
-    let session = fleet
-        .agents()
-        .into_iter()
-        .find(|x| x["id"] == a.as_str())
-        .expect("a listed")["sessionId"]
-        .as_str()
-        .expect("session id")
-        .to_owned();
+    let session = fleet.session_of(&a);
     standin.latch_session(&session);
     fleet.send(&a, "next turn please");
 
@@ -297,14 +283,7 @@ fn fresh_session_opt_in_stops_the_worker_and_starts_a_new_session_in_the_same_di
         listed.supervisor_reason.contains("fresh_session = true"),
         "{listed:?}"
     );
-    let session = fleet
-        .agents()
-        .into_iter()
-        .find(|x| x["id"] == a.as_str())
-        .expect("a listed")["sessionId"]
-        .as_str()
-        .expect("session id")
-        .to_owned();
+    let session = fleet.session_of(&a);
     // Bound to the session: only a new session gets past it.
     standin.latch_session(&session);
     fleet.send(&a, "next turn please");

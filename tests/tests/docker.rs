@@ -128,12 +128,8 @@ fn a_latched_container_is_restarted_through_the_engine_api_and_recovers_with_its
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
-    let episode = wait_until(WAIT, "the episode recovered after a restart", || {
-        daemon
-            .episodes()
-            .into_iter()
-            .find(|e| e.instance == instance && e.end == EpisodeEnd::RecoveredAfterRestart)
-    });
+    let episode =
+        daemon.wait_closed_episode(Some(&instance), EpisodeEnd::RecoveredAfterRestart, WAIT);
     assert_eq!(episode.restarts, 1, "{episode:?}");
     let (new_pid, new_started) = run_of(&container);
     assert_ne!(new_pid, old_pid, "the engine restarted the container");
@@ -196,12 +192,8 @@ fn a_latched_podman_container_is_restarted_through_its_docker_compatible_api() {
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
-    let episode = wait_until(WAIT, "the episode recovered after a restart", || {
-        daemon
-            .episodes()
-            .into_iter()
-            .find(|e| e.instance == instance && e.end == EpisodeEnd::RecoveredAfterRestart)
-    });
+    let episode =
+        daemon.wait_closed_episode(Some(&instance), EpisodeEnd::RecoveredAfterRestart, WAIT);
     assert_eq!(episode.restarts, 1, "{episode:?}");
     let (new_pid, _) = run_of(&container);
     assert_ne!(new_pid, old_pid, "Podman restarted the container");
