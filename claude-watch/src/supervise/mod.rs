@@ -450,6 +450,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failure_prints_its_cause_once_through_error_chain() {
+        let e = SuperviseError::RestartFailed {
+            unit: "agent.service".into(),
+            source: RestartFailure::NotActive {
+                state: "failed".into(),
+                main_pid: 0,
+            },
+        };
+        assert_eq!(
+            crate::error_chain(&e),
+            "restart of agent.service failed: unit is failed with main pid 0 after the job"
+        );
+        let e = SuperviseError::BadAnswer {
+            supervisor: "supervisord supervisor.getProcessInfo".into(),
+            source: supervisord::parse_response(b"HTTP/1.0 500 Oops\r\n\r\n")
+                .unwrap_err()
+                .into(),
+        };
+        assert_eq!(
+            crate::error_chain(&e),
+            "supervisord supervisor.getProcessInfo answered something unexpected: HTTP status \"HTTP/1.0 500 Oops\""
+        );
+        let e = SuperviseError::from(proc::start_time(u32::MAX).unwrap_err());
+        let text = crate::error_chain(&e);
+        assert!(
+            text.starts_with(&format!("reading /proc/{}/stat: ", u32::MAX)),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn the_supervisors_pid_must_be_the_process_or_a_near_parent() {
         assert!(is_self_or_wrapper(10, 10, &[]));
         assert!(is_self_or_wrapper(9, 10, &[9, 8]));
