@@ -298,12 +298,7 @@ impl Discovery {
 
     /// Every claude instance running now that was not known yet.
     pub fn scan(&mut self) -> Vec<Found> {
-        let Ok(entries) = std::fs::read_dir(&self.proc_root) else {
-            return Vec::new();
-        };
-        let mut pids: Vec<u32> = entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
+        let mut pids = instance::proc::pids(&self.proc_root);
         pids.sort_unstable();
         pids.into_iter().filter_map(|pid| self.check(pid)).collect()
     }
@@ -555,12 +550,7 @@ impl Discovery {
 fn bg_session(proc_root: &Path, info: &ProcessInfo) -> Option<BgSession> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut environ = Vec::new();
-    File::open(proc_root.join(info.pid.to_string()).join("environ"))
-        .ok()?
-        .take(ENVIRON_MAX)
-        .read_to_end(&mut environ)
-        .ok()?;
+    let environ = instance::proc::environ(proc_root, info.pid).ok()?;
     let (home, config) = bg::parse_config_env(&environ);
     drop(environ);
     let dir = bg::config_dir(home.as_deref(), config.as_deref())?;
@@ -579,9 +569,6 @@ fn bg_session(proc_root: &Path, info: &ProcessInfo) -> Option<BgSession> {
     file.take(bg::SESSION_FILE_MAX).read_to_end(&mut raw).ok()?;
     bg::parse_session_file(&raw, info.pid, info.start_time, info.uid, &dir)
 }
-
-/// Most bytes of a worker's `environ` read for `HOME` and `CLAUDE_CONFIG_DIR`.
-const ENVIRON_MAX: u64 = 64 * 1024;
 
 /// What to attach for a found process: its executable through `/proc/<pid>/exe` (which works
 /// across mount namespaces and for replaced binaries), for every process running that file,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use bg::BgSession;
-pub use proc::{InstanceError, read_ancestry, read_process_info};
+pub use proc::{ProcError, read_ancestry, read_process_info};
 
 /// What a process is, as far as `/proc` tells: the inputs of [`identify`] and [`is_outermost`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
