@@ -163,6 +163,7 @@ mod tests {
                 instance: self.claude.get(&pid)?.clone(),
                 release: None,
                 placement: crate::instance::Placement::Unsupervised,
+                exe_id: None,
             };
             self.known.insert(pid, found.clone());
             Some(found)
