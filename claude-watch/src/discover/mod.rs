@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use crate::capture::{CaptureError, Target, targets};
+use crate::capture::{CaptureError, FileId, Target, targets};
 use crate::instance::bg::{self, Role};
 use crate::instance::{
     self, BgSession, ClaudeKind, Container, InstanceId, MatchRule, Placement, ProcessInfo,
@@ -61,6 +61,9 @@ pub struct Found {
     pub release: Option<String>,
     /// Where it lives: the supervisor that could restart it ([`instance::placement`]).
     pub placement: Placement,
+    /// The executable discovery read (device and inode of `/proc/<pid>/exe` when opened for
+    /// the verdict): a native binary is attached only if its executable is still that file.
+    pub exe_id: Option<FileId>,
 }
 
 impl Found {
@@ -156,50 +159,56 @@ impl Default for Recognizer {
 
 impl Recognizer {
     /// Whether the process in `dir` (`/proc/<pid>`), with executable `exe` and command line
-    /// `cmdline`, runs Claude Code: how, and which release when the file says.
+    /// `cmdline`, runs Claude Code: how, which release when the file says, and (for a native
+    /// binary) the identity of the executable file that was judged.
     pub fn process(
         &mut self,
         dir: &Path,
         exe: &Path,
         cmdline: &[String],
-    ) -> Option<(ClaudeKind, Option<String>)> {
+    ) -> Option<(ClaudeKind, Option<String>, Option<FileId>)> {
         if exe.as_os_str().is_empty() {
             return None;
         }
         let by_name = instance::classify(exe, cmdline);
-        let (kind, verdict) = if by_name == Some(ClaudeKind::Script) || is_interpreter(exe) {
+        let (kind, verdict, exe_id) = if by_name == Some(ClaudeKind::Script) || is_interpreter(exe)
+        {
             let script = script_arg(cmdline)?;
             let path = if Path::new(script).is_absolute() {
                 dir.join("root").join(script.trim_start_matches('/'))
             } else {
                 dir.join("cwd").join(script)
             };
-            (ClaudeKind::Script, self.file(&path, ClaudeKind::Script))
+            let (verdict, _) = self.file(&path, ClaudeKind::Script);
+            (ClaudeKind::Script, verdict, None)
         } else {
-            (
-                ClaudeKind::Native,
-                self.file(&dir.join("exe"), ClaudeKind::Native),
-            )
+            let (verdict, id) = self.file(&dir.join("exe"), ClaudeKind::Native);
+            (ClaudeKind::Native, verdict, id)
         };
         match (verdict, by_name) {
-            (Some(file), _) => Some((kind, file.version)),
-            (None, Some(named)) => Some((named, None)),
+            (Some(file), _) => Some((kind, file.version, exe_id)),
+            (None, Some(named)) => Some((named, None, exe_id.filter(|_| named == kind))),
             (None, None) => None,
         }
     }
 
     /// The verdict on the file at `path` read as `kind` (a script's head, or a native
     /// executable's module graph): from the cache when its key is known, else read once and
-    /// remembered.
-    fn file(&mut self, path: &Path, kind: ClaudeKind) -> Option<ClaudeFile> {
-        let mut file = File::open(path).ok()?;
-        let meta = file.metadata().ok()?;
+    /// remembered; with the identity of the file opened.
+    fn file(&mut self, path: &Path, kind: ClaudeKind) -> (Option<ClaudeFile>, Option<FileId>) {
+        let Some((mut file, meta)) = File::open(path)
+            .ok()
+            .and_then(|f| f.metadata().ok().map(|m| (f, m)))
+        else {
+            return (None, None);
+        };
         if !meta.is_file() {
-            return None;
+            return (None, None);
         }
+        let id = Some(FileId::of(&meta));
         let key = (FileKey::of(&meta), kind);
         if let Some(verdict) = self.verdicts.get(&key) {
-            return verdict.clone();
+            return (verdict.clone(), id);
         }
         self.reads += 1;
         let verdict = match kind {
@@ -215,7 +224,7 @@ impl Recognizer {
             ClaudeKind::Native => content::native(&mut file, meta.len()).ok().flatten(),
         };
         self.verdicts.insert(key, verdict.clone());
-        verdict
+        (verdict, id)
     }
 
     /// Files whose content was read so far (cache misses).
@@ -266,6 +275,7 @@ struct Spare {
     start_time: u64,
     kind: ClaudeKind,
     release: Option<String>,
+    exe_id: Option<FileId>,
 }
 
 impl Discovery {
@@ -321,7 +331,7 @@ impl Discovery {
             }
             self.known.remove(&pid);
         }
-        let (kind, release) = recognized?;
+        let (kind, release, exe_id) = recognized?;
         let role = self.role(&info);
         let placement = match role {
             Role::Outermost => instance::placement(&info),
@@ -344,13 +354,14 @@ impl Discovery {
                             start_time: info.start_time,
                             kind,
                             release,
+                            exe_id,
                         });
                     }
                     return None;
                 }
             },
         };
-        Some(self.found(info, kind, release, placement))
+        Some(self.found(info, kind, release, exe_id, placement))
     }
 
     /// Process `pid`, whose own API request just arrived although [`Self::check`] found no
@@ -364,7 +375,7 @@ impl Discovery {
         }
         let dir = self.proc_root.join(pid.to_string());
         let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
-        let (kind, release) = self.recognizer.process(&dir, &exe, &cmdline)?;
+        let (kind, release, exe_id) = self.recognizer.process(&dir, &exe, &cmdline)?;
         let info = instance::read_process_info(&self.proc_root, pid).ok()?;
         let role = self.role(&info);
         let machinery = match role {
@@ -382,7 +393,7 @@ impl Discovery {
             "requests of Claude Code's background machinery: its observe-only instance"
         );
         let placement = Placement::BgMachinery { uid: info.uid };
-        Some(self.found(info, kind, release, placement))
+        Some(self.found(info, kind, release, exe_id, placement))
     }
 
     /// Unclaimed background spares (see [`Self::check`]) that a session has claimed since
@@ -409,7 +420,13 @@ impl Discovery {
             match bg_session(&self.proc_root, &info) {
                 Some(session) => {
                     let placement = Placement::ClaudeBg(session);
-                    claimed.push(self.found(info, spare.kind, spare.release.clone(), placement));
+                    claimed.push(self.found(
+                        info,
+                        spare.kind,
+                        spare.release.clone(),
+                        spare.exe_id,
+                        placement,
+                    ));
                 }
                 None => self.spares.push(spare),
             }
@@ -433,6 +450,7 @@ impl Discovery {
         info: ProcessInfo,
         kind: ClaudeKind,
         release: Option<String>,
+        exe_id: Option<FileId>,
         placement: Placement,
     ) -> Found {
         let pid = info.pid;
@@ -464,6 +482,7 @@ impl Discovery {
             info,
             release,
             placement,
+            exe_id,
         };
         debug!(pid, instance = %found.instance, exe = %found.info.exe.display(), version = ?found.release, "claude process found");
         if found.kind == ClaudeKind::Script {
@@ -572,14 +591,12 @@ fn bg_session(proc_root: &Path, info: &ProcessInfo) -> Option<BgSession> {
 
 /// What to attach for a found process: its executable through `/proc/<pid>/exe` (which works
 /// across mount namespaces and for replaced binaries), for every process running that file,
-/// when it is the native binary; for a script, every TLS-carrying file the interpreter maps
-/// (its executable, or the shared `libssl` a distro node links), for that process only.
+/// when it is the native binary and still the file discovery judged (`exe_id`); for a script,
+/// every TLS-carrying file the interpreter maps (its executable, or the shared `libssl` a
+/// distro node links), for that process only.
 pub fn target(found: &Found) -> Result<Vec<Target>, CaptureError> {
     match found.kind {
-        ClaudeKind::Native => {
-            let exe = PathBuf::from(format!("/proc/{}/exe", found.info.pid));
-            Ok(vec![targets::binary(&exe)?])
-        }
+        ClaudeKind::Native => Ok(vec![targets::executable(found.info.pid, found.exe_id)?]),
         ClaudeKind::Script => targets::process(found.info.pid),
     }
 }

@@ -181,6 +181,7 @@ mod tests {
                 instance,
                 release: None,
                 placement: crate::instance::Placement::Unsupervised,
+                exe_id: None,
             }
         }
     }

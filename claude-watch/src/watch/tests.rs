@@ -47,6 +47,7 @@ fn found(pid: u32, instance: &InstanceId) -> Found {
         kind: ClaudeKind::Native,
         instance: instance.clone(),
         release: None,
+        exe_id: None,
         placement: match instance.unit_name() {
             None if instance.name.starts_with("docker:") => {
                 crate::instance::Placement::Container(crate::instance::Container {
