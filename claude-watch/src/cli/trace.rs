@@ -111,7 +111,8 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     }
     let mut probes = Probes::load(args.ring_mib << 20)?;
     for target in &explicit {
-        probes.attach(target)?;
+        // Held by the trace itself (pid 0) for its whole run.
+        probes.attach(target, target.pid.unwrap_or(0))?;
         announce(target);
     }
     // Exits free what the kernel and the pairer keep per thread and process, also for explicit
@@ -171,7 +172,7 @@ fn announce(target: &Target) {
 fn attach_found(probes: &mut Probes, found: &Found, quiet: bool) {
     let attached = discover::target(found).and_then(|targets| {
         for target in targets {
-            if probes.attach(&target)? {
+            if probes.attach(&target, found.info.pid)? {
                 announce(&target);
             }
         }
@@ -282,6 +283,13 @@ async fn trace_loop<P: Processes>(
         eprintln!(
             "claude-watch: {} records were lost (ring buffer full): raise --ring-mib",
             k.lost
+        );
+    }
+    if k.over_budget > 0 {
+        eprintln!(
+            "claude-watch: {} records were dropped in the kernel: a process sent more than {} per second",
+            k.over_budget,
+            claude_ebpf_common::BUDGET_RECORDS
         );
     }
     Ok(())
