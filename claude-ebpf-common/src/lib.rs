@@ -52,10 +52,11 @@ pub mod stats {
     pub const COUNT: u32 = 5;
 }
 
-/// Records (HTTP heads and their continuations) one process may send per
+/// Default of the records (HTTP heads and their continuations) one process may send per
 /// [`BUDGET_WINDOW_NS`]; the kernel drops and counts the rest ([`stats::OVER_BUDGET`]), so a
-/// process flooding the ring costs only itself. A Claude Code turn sends a handful (a request
-/// head, its body, a response head per API call); this is far above any real burst.
+/// process flooding the ring costs only itself. User space sets the value at load time (the
+/// kernel's `BUDGET_RECORDS` global). A Claude Code turn sends a handful (a request head, its
+/// body, a response head per API call); this is far above any real burst.
 pub const BUDGET_RECORDS: u32 = 256;
 
 /// Length of a budget window: one second.

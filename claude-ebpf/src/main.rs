@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use claude_ebpf_common::{
-    BUDGET_ENTRIES, BUDGET_RECORDS, BUDGET_WINDOW_NS, Budget, ConnKey, EventBuf, EventHeader,
-    HEAD_MAX, HEADER_LEN, ReadArgs, SHORT_HEAD, flags, kind, stats,
+    BUDGET_ENTRIES, BUDGET_WINDOW_NS, Budget, ConnKey, EventBuf, EventHeader, HEAD_MAX, HEADER_LEN,
+    ReadArgs, SHORT_HEAD, flags, kind, stats,
 };
 
 /// Records for user space. User space may resize it at load time.
@@ -37,6 +37,11 @@ static READ_ARGS: LruHashMap<u64, ReadArgs> = LruHashMap::with_max_entries(16384
 /// Connections whose next buffer in one direction continues a forwarded head.
 #[map]
 static CONT: LruHashMap<ConnKey, u32> = LruHashMap::with_max_entries(8192, 0);
+
+/// Records one process may send per budget window; set by user space at load time
+/// (`u32::MAX`: no budget).
+#[unsafe(no_mangle)]
+static BUDGET_RECORDS: u32 = claude_ebpf_common::BUDGET_RECORDS;
 
 /// Each process's record budget, keyed by pid (see [`within_budget`]).
 #[map]
@@ -241,6 +246,13 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
     emit(ssl, buf, len, dir, event_flags);
 }
 
+/// The budget user space set (read through a volatile load so the compiler keeps it a global).
+#[inline(always)]
+fn budget_records() -> u32 {
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    unsafe { core::ptr::read_volatile(&raw const BUDGET_RECORDS) }
+}
+
 /// Whether process `pid` may send one more record in the current window (and counts it): at
 /// most [`BUDGET_RECORDS`] per [`BUDGET_WINDOW_NS`], so one process flooding its TLS writes
 /// cannot fill the ring shared with every other process. No loop, one map lookup. Threads of
@@ -264,7 +276,7 @@ fn within_budget(pid: u32) -> bool {
         budget.window_start_ns = now;
         budget.records = 1;
         true
-    } else if budget.records < BUDGET_RECORDS {
+    } else if budget.records < budget_records() {
         budget.records += 1;
         true
     } else {

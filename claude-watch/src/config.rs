@@ -107,6 +107,10 @@ pub struct DaemonConfig {
     pub locate_cache: PathBuf,
     /// Ring buffer size in MiB (a power of two).
     pub ring_mib: u32,
+    /// TLS records (HTTP heads) one process may send to user space per second; the kernel drops
+    /// and counts the rest, so one flooding process cannot fill the ring everyone shares.
+    /// 0: no budget. Takes effect at the next start.
+    pub record_budget: u32,
     /// Probe attachments (files, or a script's files per process) held at once; new ones beyond
     /// it are refused and their processes shown unobserved.
     pub max_attachments: u32,
@@ -128,6 +132,7 @@ impl Default for DaemonConfig {
             metrics_listen: None,
             locate_cache: "/var/cache/claude-watch/locate".into(),
             ring_mib: 8,
+            record_budget: claude_ebpf_common::BUDGET_RECORDS,
             max_attachments: crate::capture::ledger::DEFAULT_MAX_ATTACHMENTS,
             dry_run: false,
             docker_socket: "/var/run/docker.sock".into(),

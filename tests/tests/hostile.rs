@@ -453,14 +453,20 @@ fn a_process_flooding_tls_writes_does_not_blind_the_honest_agent() {
     std::fs::write(package.join("cli.js"), FLOOD).expect("write cli.js");
     let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
     let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
         .args(["-subj", "/CN=127.0.0.1", "-keyout"])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
         .output()
         .expect("run openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     user.chown(dir.path());
 
     let daemon = Daemon::start(
@@ -556,7 +562,11 @@ fn tiny_claudes(dir: &std::path::Path, user: &TestUser, from: usize, n: usize) -
             .arg(dir.join("tiny.c"))
             .output()
             .expect("run cc");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     (from..from + n)
         .map(|i| {
@@ -566,7 +576,10 @@ fn tiny_claudes(dir: &std::path::Path, user: &TestUser, from: usize, n: usize) -
             std::fs::copy(&built, &exe).expect("copy the tiny claude");
             user.chown(&home);
             let mut command = std::process::Command::new("setpriv");
-            command.args(user.setpriv_args()).arg(&exe).current_dir(&home);
+            command
+                .args(user.setpriv_args())
+                .arg(&exe)
+                .current_dir(&home);
             ChildGuard::spawn("tiny claude", &mut command)
         })
         .collect()
@@ -588,9 +601,8 @@ fn many_distinct_claude_files_are_capped_and_detached_when_they_exit() {
         ),
         "",
     );
-    let attachments = || {
-        metric(&daemon.metrics(), "claude_watch_probe_attachments").expect("attachments gauge")
-    };
+    let attachments =
+        || metric(&daemon.metrics(), "claude_watch_probe_attachments").expect("attachments gauge");
     // Other claude processes of the host may hold attachments already.
     let base = attachments();
     let base_fds = fds_of(daemon.pid());
@@ -655,7 +667,12 @@ fn many_distinct_claude_files_are_capped_and_detached_when_they_exit() {
     for t in &mut again {
         t.close_stdin();
     }
-    wait_until(WAIT, "detached again", || (attachments() == base).then_some(()));
+    wait_until(WAIT, "detached again", || {
+        (attachments() == base).then_some(())
+    });
     eprintln!("fds: {base_fds} at start, {capped_fds} at the cap, {after_fds} after");
-    assert!(daemon.status().iter().all(|_| true), "the daemon answers status");
+    assert!(
+        daemon.status().iter().all(|_| true),
+        "the daemon answers status"
+    );
 }

@@ -91,16 +91,20 @@ const ALL_PROGRAMS: [&str; 6] = [
 
 impl Probes {
     /// Loads the programs into the kernel with a ring buffer of `ring_bytes` (a power of two
-    /// multiple of the page size), allowing [`super::ledger::DEFAULT_MAX_ATTACHMENTS`]
-    /// attachments (see [`Probes::set_max_attachments`]).
-    pub fn load(ring_bytes: u32) -> Result<Self, CaptureError> {
+    /// multiple of the page size) and a budget of `budget` records per process and second
+    /// (`None`: no budget), allowing [`super::ledger::DEFAULT_MAX_ATTACHMENTS`] attachments
+    /// (see [`Probes::set_max_attachments`]).
+    pub fn load(ring_bytes: u32, budget: Option<u32>) -> Result<Self, CaptureError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(CaptureError::NotPrivileged);
         }
         raise_memlock();
+        raise_nofile();
+        let budget_records = budget.unwrap_or(u32::MAX);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
+            .override_global("BUDGET_RECORDS", &budget_records, true)
             .load(OBJECT)
             .map_err(|e| load_error(&e))?;
         for name in ALL_PROGRAMS {
@@ -113,7 +117,7 @@ impl Probes {
                 .load()
                 .map_err(|e| load_error(&e))?;
         }
-        info!(ring_bytes, "eBPF programs loaded");
+        info!(ring_bytes, budget = ?budget, "eBPF programs loaded");
         Ok(Self {
             ebpf,
             links: HashMap::new(),
@@ -325,5 +329,32 @@ fn raise_memlock() {
     // SAFETY: plain syscall with a valid pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         debug!("could not raise RLIMIT_MEMLOCK; relying on memcg accounting");
+    }
+}
+
+/// Every uprobe attachment holds a descriptor (three to six per attached file, up to
+/// `[daemon] max_attachments` files): lift the soft descriptor limit towards the hard one (at
+/// most 65,536), so the
+/// cap, not a default soft limit of 1024, bounds them.
+fn raise_nofile() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = limit.rlim_max.min(65_536);
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: wanted,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        debug!("could not raise RLIMIT_NOFILE");
     }
 }

@@ -57,6 +57,10 @@ pub struct TraceArgs {
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_RING_BYTES >> 20, value_parser = parse_ring_mib)]
     pub ring_mib: u32,
+    /// Records one process may send per second; the kernel drops and counts the rest (the
+    /// daemon's `[daemon] record_budget`). Default: no budget, every record is shown.
+    #[arg(long, value_name = "RECORDS")]
+    pub record_budget: Option<u32>,
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -109,7 +113,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     for &pid in &args.pid {
         explicit.extend(targets::process(pid)?);
     }
-    let mut probes = Probes::load(args.ring_mib << 20)?;
+    let mut probes = Probes::load(args.ring_mib << 20, args.record_budget)?;
     for target in &explicit {
         // Held by the trace itself (pid 0) for its whole run.
         probes.attach(target, target.pid.unwrap_or(0))?;
@@ -287,9 +291,8 @@ async fn trace_loop<P: Processes>(
     }
     if k.over_budget > 0 {
         eprintln!(
-            "claude-watch: {} records were dropped in the kernel: a process sent more than {} per second",
-            k.over_budget,
-            claude_ebpf_common::BUDGET_RECORDS
+            "claude-watch: {} records were dropped in the kernel: a process sent more than --record-budget per second",
+            k.over_budget
         );
     }
     Ok(())

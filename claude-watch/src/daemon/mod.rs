@@ -187,7 +187,10 @@ impl Daemon {
         };
         targets::set_locate_cache(d.locate_cache.clone());
 
-        let mut probes = Probes::load(d.ring_mib << 20)?;
+        let mut probes = Probes::load(
+            d.ring_mib << 20,
+            (d.record_budget > 0).then_some(d.record_budget),
+        )?;
         probes.set_max_attachments(d.max_attachments as usize);
         probes.watch_processes()?;
         let stream = RecordStream::new(probes.take_ring()?).context("polling the ring buffer")?;
@@ -341,9 +344,11 @@ impl Daemon {
                 if config.daemon.journal != old.journal
                     || config.daemon.control_socket != old.control_socket
                     || config.daemon.metrics_listen != old.metrics_listen
+                    || config.daemon.record_budget != old.record_budget
+                    || config.daemon.ring_mib != old.ring_mib
                 {
                     warn!(
-                        "journal, control_socket and metrics_listen changes take effect at the next start"
+                        "journal, control_socket, metrics_listen, ring_mib and record_budget changes take effect at the next start"
                     );
                 }
                 self.front.processes_mut().set_rules(config.rules());
@@ -570,7 +575,7 @@ impl Daemon {
                     pid = o.pid,
                     comm,
                     dropped = o.dropped,
-                    budget = claude_ebpf_common::BUDGET_RECORDS,
+                    budget = self.watch.config().daemon.record_budget,
                     "a process is over its record budget: its excess TLS records are dropped in the kernel"
                 );
             }

@@ -84,6 +84,8 @@ struct Rig {
     metrics: Vec<Metric>,
     status: Status,
     requests: u32,
+    /// Pids whose attachments the core released.
+    detached: Vec<u32>,
 }
 
 impl Rig {
@@ -129,6 +131,7 @@ impl Rig {
             metrics: Vec::new(),
             status: Status::default(),
             requests: 0,
+            detached: Vec::new(),
         }
     }
 
@@ -165,7 +168,8 @@ impl Rig {
                 Effect::Inspect { pid } => self.inspected.push(pid),
                 Effect::Metric(metric) => self.metrics.push(metric),
                 Effect::Publish(status) => self.status = status,
-                Effect::Attach(_) | Effect::Detach { .. } => {}
+                Effect::Detach { pid } => self.detached.push(pid),
+                Effect::Attach(_) => {}
             }
         }
     }
@@ -1125,4 +1129,25 @@ fn model_labels_take_only_the_shape_of_a_model_name() {
     ] {
         assert_eq!(model_label(Some(forged)), "other", "{forged:?}");
     }
+}
+
+/// Every instance process that exits releases what it held (a native binary's attachment goes
+/// once its last process exits; the daemon's ledger counts), whatever discovery says about it
+/// at exit; a process the core never knew releases nothing.
+#[test]
+fn an_exited_instance_process_releases_its_attachments() {
+    let mut r = Rig::new("");
+    r.start(41, &agent());
+    r.start(42, &agent());
+    r.exit(41);
+    // Discovery no longer names the instance (its pid left the table first): still released.
+    r.input(Input::Exited {
+        pid: 42,
+        instance: None,
+    });
+    r.input(Input::Exited {
+        pid: 99,
+        instance: None,
+    });
+    assert_eq!(r.detached, vec![41, 42]);
 }
