@@ -45,8 +45,37 @@ pub mod stats {
     pub const SKIPPED: u32 = 2;
     /// Reads whose entry arguments were missing at return (table full or probe attached late).
     pub const ORPHAN_RETURNS: u32 = 3;
+    /// HTTP heads dropped in the kernel because their process had used up its
+    /// [`super::BUDGET_RECORDS`] for the current window.
+    pub const OVER_BUDGET: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// Default of the records (HTTP heads and their continuations) one process may send per
+/// [`BUDGET_WINDOW_NS`]; the kernel drops and counts the rest ([`stats::OVER_BUDGET`]), so a
+/// process flooding the ring costs only itself. User space sets the value at load time (the
+/// kernel's `BUDGET_RECORDS` global). A Claude Code turn sends a handful (a request head, its
+/// body, a response head per API call); this is far above any real burst.
+pub const BUDGET_RECORDS: u32 = 256;
+
+/// Length of a budget window: one second.
+pub const BUDGET_WINDOW_NS: u64 = 1_000_000_000;
+
+/// Entries of the per-process budget map (least recently used processes are evicted first,
+/// and start over with a full budget).
+pub const BUDGET_ENTRIES: u32 = 8192;
+
+/// One process's budget, in the kernel's `BUDGET` map keyed by pid (thread group id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// `bpf_ktime_get_ns()` when the current window began.
+    pub window_start_ns: u64,
+    /// Records sent in the current window.
+    pub records: u32,
+    /// Records dropped over budget since the entry was created (never reset).
+    pub dropped: u32,
 }
 
 /// Fixed header of every ring-buffer record; `captured` head bytes follow it directly.
@@ -115,4 +144,5 @@ mod pod {
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::ReadArgs {}
     unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::Budget {}
 }

@@ -22,7 +22,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use claude_ebpf_common::{
-    ConnKey, EventBuf, EventHeader, HEAD_MAX, HEADER_LEN, ReadArgs, SHORT_HEAD, flags, kind, stats,
+    BUDGET_ENTRIES, BUDGET_WINDOW_NS, Budget, ConnKey, EventBuf, EventHeader, HEAD_MAX, HEADER_LEN,
+    ReadArgs, SHORT_HEAD, flags, kind, stats,
 };
 
 /// Records for user space. User space may resize it at load time.
@@ -36,6 +37,15 @@ static READ_ARGS: LruHashMap<u64, ReadArgs> = LruHashMap::with_max_entries(16384
 /// Connections whose next buffer in one direction continues a forwarded head.
 #[map]
 static CONT: LruHashMap<ConnKey, u32> = LruHashMap::with_max_entries(8192, 0);
+
+/// Records one process may send per budget window; set by user space at load time
+/// (`u32::MAX`: no budget).
+#[unsafe(no_mangle)]
+static BUDGET_RECORDS: u32 = claude_ebpf_common::BUDGET_RECORDS;
+
+/// Each process's record budget, keyed by pid (see [`within_budget`]).
+#[map]
+static BUDGET: LruHashMap<u32, Budget> = LruHashMap::with_max_entries(BUDGET_ENTRIES, 0);
 
 /// Per-CPU room to assemble a record before it is copied to the ring buffer.
 #[map]
@@ -219,6 +229,9 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
             event_flags = flags::CONTINUATION;
         }
     }
+    if !within_budget(pid) {
+        return;
+    }
     if dir == kind::READ && len < SHORT_HEAD {
         // The status line or headers may be split: forward the next read too.
         let _ = CONT.insert(&key, &1, 0);
@@ -231,6 +244,46 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
         let _ = CONT.insert(&key, &1, 0);
     }
     emit(ssl, buf, len, dir, event_flags);
+}
+
+/// The budget user space set (read through a volatile load so the compiler keeps it a global).
+#[inline(always)]
+fn budget_records() -> u32 {
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    unsafe { core::ptr::read_volatile(&raw const BUDGET_RECORDS) }
+}
+
+/// Whether process `pid` may send one more record in the current window (and counts it): at
+/// most [`BUDGET_RECORDS`] per [`BUDGET_WINDOW_NS`], so one process flooding its TLS writes
+/// cannot fill the ring shared with every other process. No loop, one map lookup. Threads of
+/// one process on several CPUs may race on the counts; the budget is approximate by that much.
+#[inline(always)]
+fn within_budget(pid: u32) -> bool {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(budget) = BUDGET.get_ptr_mut(&pid) else {
+        let fresh = Budget {
+            window_start_ns: now,
+            records: 1,
+            dropped: 0,
+        };
+        let _ = BUDGET.insert(&pid, &fresh, 0);
+        return true;
+    };
+    // SAFETY: a live map value; concurrent updates only make the counts approximate.
+    let budget = unsafe { &mut *budget };
+    if now.wrapping_sub(budget.window_start_ns) >= BUDGET_WINDOW_NS {
+        budget.window_start_ns = now;
+        budget.records = 1;
+        true
+    } else if budget.records < budget_records() {
+        budget.records += 1;
+        true
+    } else {
+        budget.dropped = budget.dropped.saturating_add(1);
+        bump(stats::OVER_BUDGET);
+        false
+    }
 }
 
 /// Whether the first `n` bytes match `HTTP/1.` (all of it, or all there is of a short read).
@@ -334,6 +387,8 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     // map is the backstop), so no process can fill the map and blind everyone's responses.
     let _ = READ_ARGS.remove(&pid_tgid);
     if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
+        // A reused pid starts with a full budget.
+        let _ = BUDGET.remove(&((pid_tgid >> 32) as u32));
         notify(kind::EXIT);
     }
     0

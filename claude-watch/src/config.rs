@@ -107,6 +107,13 @@ pub struct DaemonConfig {
     pub locate_cache: PathBuf,
     /// Ring buffer size in MiB (a power of two).
     pub ring_mib: u32,
+    /// TLS records (HTTP heads) one process may send to user space per second; the kernel drops
+    /// and counts the rest, so one flooding process cannot fill the ring everyone shares.
+    /// 0: no budget. Takes effect at the next start.
+    pub record_budget: u32,
+    /// Probe attachments (files, or a script's files per process) held at once; new ones beyond
+    /// it are refused and their processes shown unobserved.
+    pub max_attachments: u32,
     /// Detect and report, never restart (also `--dry-run`).
     pub dry_run: bool,
     /// The Docker Engine API socket, asked for the names of containers that agents run in and
@@ -125,6 +132,8 @@ impl Default for DaemonConfig {
             metrics_listen: None,
             locate_cache: "/var/cache/claude-watch/locate".into(),
             ring_mib: 8,
+            record_budget: claude_ebpf_common::BUDGET_RECORDS,
+            max_attachments: crate::capture::ledger::DEFAULT_MAX_ATTACHMENTS,
             dry_run: false,
             docker_socket: "/var/run/docker.sock".into(),
         }
@@ -410,6 +419,15 @@ impl Config {
                 origin,
                 span,
                 "must be a power of two from 1 to 1024",
+            ));
+        }
+        if self.daemon.max_attachments == 0 {
+            let span = value_span(text, "daemon", "max_attachments");
+            return Err(invalid(
+                text,
+                origin,
+                span,
+                "must be at least 1 (no attachment watches nothing)",
             ));
         }
         if let Some(hook) = &r.escalation_hook {
@@ -839,6 +857,11 @@ supervisor = { kind = "docker", socket = "/run/podman/podman.sock" }
         let e = err("[daemon]\nring_mib = 3\n");
         assert!(
             e.starts_with("test.toml:2:12: daemon.ring_mib: must be a power of two"),
+            "{e}"
+        );
+        let e = err("[daemon]\nmax_attachments = 0\n");
+        assert!(
+            e.contains("daemon.max_attachments: must be at least 1"),
             "{e}"
         );
         let e = err(

@@ -641,8 +641,8 @@ fn the_attach_goes_to_the_opened_file_even_when_its_path_is_swapped() {
     let target = targets::binary(&opened).expect("locate the opened copy");
     // Swap: the path now names the other copy (same bytes, another inode).
     std::fs::rename(dir.join("other/libssl.so.3"), &opened).expect("swap");
-    let mut probes = Probes::load(1 << 20).expect("load");
-    assert!(probes.attach(&target).expect("attach"));
+    let mut probes = Probes::load(1 << 20, None).expect("load");
+    assert!(probes.attach(&target, std::process::id()).expect("attach"));
     let hits = |probes: &Probes| {
         let s = probes.stats();
         s.sent + s.skipped

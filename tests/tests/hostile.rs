@@ -388,3 +388,280 @@ fn another_user_cannot_borrow_a_named_instance_and_get_it_restarted() {
     );
     drop(honest);
 }
+
+/// A value of an unlabelled metric family in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Open file descriptors of process `pid`.
+fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// A node program installed as Claude Code's `cli.js` (so discovery takes it for claude) that
+/// floods: its own TLS server on 127.0.0.1 swallows whatever its client writes, and the client
+/// writes 4,000-byte buffers that each begin a request head, as fast as TLS carries them.
+const FLOOD: &str = r#"
+import fs from "node:fs";
+import tls from "node:tls";
+const cert = fs.readFileSync(process.env.FLOOD_CERT);
+const key = fs.readFileSync(process.env.FLOOD_KEY);
+const server = tls.createServer({ cert, key }, (s) => { s.on("data", () => {}); s.on("error", () => {}); });
+server.listen(0, "127.0.0.1", () => {
+  const port = server.address().port;
+  const c = tls.connect({ host: "127.0.0.1", port, rejectUnauthorized: false }, () => {
+    const head = Buffer.alloc(4000, "a");
+    head.write("POST /v1/messages?beta=true HTTP/1.1\r\nHost: 127.0.0.1\r\nx-pad: ");
+    let writes = 0;
+    const pump = () => { while (c.write(head)) writes++; c.once("drain", pump); };
+    pump();
+    setInterval(() => console.log(JSON.stringify({ writes })), 500);
+  });
+});
+"#;
+
+/// An unprivileged user's process taken for claude floods its TLS writes; the kernel budget
+/// drops its records beyond its share, so the honest agent next to it keeps being watched: its
+/// latch is detected, no record is lost to a full ring, and the flood shows in `/metrics` and
+/// `status`.
+#[test]
+fn a_process_flooding_tls_writes_does_not_blind_the_honest_agent() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-hostile-flood");
+    let package = dir.path().join("node_modules/@anthropic-ai/claude-code");
+    std::fs::create_dir_all(&package).expect("create the flood package");
+    std::fs::write(
+        package.join("package.json"),
+        r#"{"name":"@anthropic-ai/claude-code","type":"module"}"#,
+    )
+    .expect("write package.json");
+    std::fs::write(package.join("cli.js"), FLOOD).expect("write cli.js");
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    user.chown(dir.path());
+
+    let daemon = Daemon::start(
+        &format!(
+            "metrics_listen = \"127.0.0.1:{}\"",
+            claude_watch_tests::watch::free_port()
+        ),
+        DETECTOR,
+    );
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(user.setpriv_args())
+        .arg(claude_watch_tests::deps::node())
+        .arg(package.join("cli.js"))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("FLOOD_CERT", &cert)
+        .env("FLOOD_KEY", &key)
+        .current_dir(dir.path());
+    let mut flood = ChildGuard::spawn("flooding claude", &mut command);
+    flood.wait_for_line(0, Duration::from_secs(20), "the flood going", |l| {
+        l.contains("writes")
+    });
+    // The flood is watched (so its writes reach the probes) and goes over its budget.
+    let dropped = wait_until(WAIT, "the flood over its budget in /metrics", || {
+        metric(&daemon.metrics(), "claude_watch_kernel_over_budget_total").filter(|&v| v > 1000.0)
+    });
+
+    let config = AgentConfig {
+        model: "claude-haiku-4-5".into(),
+        as_claude: true,
+        ..AgentConfig::default()
+    };
+    let honest = Agent::start(&standin, Runtime::Node, &config);
+    daemon.wait_instance(
+        &format!("pid:{}", honest.pid()),
+        WAIT,
+        "the honest agent healthy",
+        |i| i["state"] == "healthy" && i["last_status"] == 200,
+    );
+    standin.latch_session(honest.session_id());
+    daemon.wait_instance(
+        &format!("pid:{}", honest.pid()),
+        WAIT,
+        "the honest agent's latch detected",
+        |i| i["state"] == "latched",
+    );
+    let writes = flood.lines().len();
+    let text = daemon.metrics();
+    let over = metric(&text, "claude_watch_kernel_over_budget_total").unwrap_or_default();
+    assert!(over > dropped, "the flood kept being dropped: {over}");
+    assert_eq!(
+        metric(&text, "claude_watch_lost_events_total"),
+        Some(0.0),
+        "no record lost to a full ring:\n{text}"
+    );
+    assert!(
+        metric(&text, "claude_watch_over_budget_processes").is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    let status = daemon.status_text();
+    assert!(
+        status.contains(&format!("pid {} (", flood.pid())),
+        "the flooding process is named in status:\n{status}"
+    );
+    assert!(
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("over its record budget") && l.contains(&flood.pid().to_string())),
+        "the flood is logged"
+    );
+    eprintln!("flood: {writes} progress lines, {over} records dropped over budget");
+}
+
+/// A tiny program named `claude` that exports `SSL_write` and `SSL_read` (found by its
+/// symbols) and waits for its standard input to close.
+const TINY_CLAUDE: &str = r"
+#include <unistd.h>
+int SSL_write(void *s, const void *b, int n) { return n; }
+int SSL_read(void *s, void *b, int n) { return 0; }
+int main(void) { char c; read(0, &c, 1); return 0; }
+";
+
+/// Starts `n` distinct copies (each its own file) of the tiny claude as `user`.
+fn tiny_claudes(dir: &std::path::Path, user: &TestUser, from: usize, n: usize) -> Vec<ChildGuard> {
+    let built = dir.join("tiny");
+    if !built.exists() {
+        std::fs::write(dir.join("tiny.c"), TINY_CLAUDE).expect("write tiny.c");
+        let out = std::process::Command::new("cc")
+            .args(["-O1", "-rdynamic", "-o"])
+            .arg(&built)
+            .arg(dir.join("tiny.c"))
+            .output()
+            .expect("run cc");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (from..from + n)
+        .map(|i| {
+            let home = dir.join(format!("c{i}"));
+            std::fs::create_dir_all(&home).expect("create a copy's dir");
+            let exe = home.join("claude");
+            std::fs::copy(&built, &exe).expect("copy the tiny claude");
+            user.chown(&home);
+            let mut command = std::process::Command::new("setpriv");
+            command
+                .args(user.setpriv_args())
+                .arg(&exe)
+                .current_dir(&home);
+            ChildGuard::spawn("tiny claude", &mut command)
+        })
+        .collect()
+}
+
+/// An unprivileged user runs many distinct `claude` files: the daemon attaches at most
+/// `max_attachments` of them, shows the rest unobserved with the reason (and counts them),
+/// and detaches each file when its last process exits, so attachments and file descriptors
+/// return to where they were.
+#[test]
+fn many_distinct_claude_files_are_capped_and_detached_when_they_exit() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let dir = ScratchDir::new("cw-hostile-tiny");
+    let daemon = Daemon::start(
+        &format!(
+            "metrics_listen = \"127.0.0.1:{}\"\nmax_attachments = 8",
+            claude_watch_tests::watch::free_port()
+        ),
+        "",
+    );
+    let attachments =
+        || metric(&daemon.metrics(), "claude_watch_probe_attachments").expect("attachments gauge");
+    // Other claude processes of the host may hold attachments already.
+    let base = attachments();
+    let base_fds = fds_of(daemon.pid());
+    assert!(base < 4.0, "room under the cap for the test: {base}");
+    let room = 8 - base as usize;
+
+    let mut tinies = tiny_claudes(dir.path(), &user, 0, room + 4);
+    wait_until(WAIT, "every copy seen, the cap reached", || {
+        let seen = tinies
+            .iter()
+            .filter(|t| daemon.instance_of(t.pid()).is_some())
+            .count();
+        (seen == tinies.len() && attachments() == 8.0).then_some(())
+    });
+    let refused: Vec<_> = tinies
+        .iter()
+        .filter_map(|t| daemon.instance_of(t.pid()))
+        .filter(|i| {
+            i["unobserved"]
+                .as_str()
+                .is_some_and(|w| w.contains("max_attachments"))
+        })
+        .collect();
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    let text = daemon.metrics();
+    assert!(
+        metric(&text, "claude_watch_probe_attachments_refused_total").is_some_and(|v| v >= 4.0),
+        "{text}"
+    );
+    assert!(
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("attachment cap reached") && l.contains("pid=")),
+        "the refusal is logged with its fields"
+    );
+    assert!(daemon.status_text().contains("attachments refused (cap 8"));
+    let capped_fds = fds_of(daemon.pid());
+
+    for t in &mut tinies {
+        t.close_stdin();
+    }
+    wait_until(WAIT, "every file detached after its process exited", || {
+        (attachments() == base).then_some(())
+    });
+    drop(tinies);
+    let after_fds = fds_of(daemon.pid());
+    assert!(
+        after_fds <= base_fds + 2,
+        "fds back near {base_fds}: {after_fds} (at the cap: {capped_fds})"
+    );
+
+    // Room again: new files attach, and go too.
+    let mut again = tiny_claudes(dir.path(), &user, 100, room);
+    wait_until(WAIT, "the new copies attached", || {
+        (attachments() == 8.0).then_some(())
+    });
+    for t in &again {
+        let view = daemon.instance_of(t.pid()).expect("seen");
+        assert!(view["unobserved"].is_null(), "{view}");
+    }
+    for t in &mut again {
+        t.close_stdin();
+    }
+    wait_until(WAIT, "detached again", || {
+        (attachments() == base).then_some(())
+    });
+    eprintln!("fds: {base_fds} at start, {capped_fds} at the cap, {after_fds} after");
+    assert!(
+        daemon.status().iter().all(|_| true),
+        "the daemon answers status"
+    );
+}

@@ -2,9 +2,11 @@
 //! functions of binaries and processes, and read their records.
 //!
 //! - [`probes`]: loading, attaching, detaching, kernel counters;
+//! - [`ledger`]: which attachments exist, which processes hold them, the cap (pure);
 //! - [`records`]: decoding ring-buffer records and reading them asynchronously;
 //! - [`targets`]: what to attach to: binaries, processes, the libraries they map.
 
+pub mod ledger;
 pub mod probes;
 pub mod records;
 pub mod targets;
@@ -80,6 +82,17 @@ pub enum CaptureError {
         expected: String,
         /// The identity found.
         found: String,
+    },
+    /// The daemon holds as many attachments as it may (`[daemon] max_attachments`): a new file
+    /// is not attached until others are released.
+    #[error(
+        "not attaching {path}: {cap} attachments already (the [daemon] max_attachments cap; each costs file descriptors), so its traffic is not seen"
+    )]
+    TooManyAttachments {
+        /// The file.
+        path: PathBuf,
+        /// The cap.
+        cap: usize,
     },
     /// The ring buffer could not be polled.
     #[error("reading the ring buffer failed")]

@@ -3,14 +3,15 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use aya::programs::{RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
-use claude_ebpf_common::stats;
-use serde::Serialize;
+use claude_ebpf_common::{Budget, stats};
+use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
+use super::ledger::{Acquire, AttachKey, Ledger};
 use super::targets::{FileId, Target};
 use super::{CaptureError, chain, os_error};
 use crate::locate::FunctionName;
@@ -33,20 +34,27 @@ pub struct KernelStats {
     pub skipped: u64,
     /// Read returns without a remembered entry (probe attached mid-call).
     pub orphan_returns: u64,
+    /// HTTP heads dropped because their process exceeded its record budget.
+    pub over_budget: u64,
 }
 
-/// One attached file: which file (by device and inode) in which scope.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-struct AttachKey {
-    dev: u64,
-    ino: u64,
-    pid: Option<u32>,
+/// A live process that went over its record budget (from the kernel's `BUDGET` map).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverBudget {
+    /// The process.
+    pub pid: u32,
+    /// Records of it dropped so far.
+    pub dropped: u64,
 }
+
+/// At most this many over-budget processes are read from the kernel map and reported.
+pub const OVER_BUDGET_SHOWN: usize = 16;
 
 /// The loaded programs and their attachments.
 pub struct Probes {
     ebpf: Ebpf,
     links: HashMap<AttachKey, Vec<(&'static str, UProbeLinkId)>>,
+    ledger: Ledger,
     process_events: bool,
 }
 
@@ -82,15 +90,20 @@ const ALL_PROGRAMS: [&str; 6] = [
 
 impl Probes {
     /// Loads the programs into the kernel with a ring buffer of `ring_bytes` (a power of two
-    /// multiple of the page size).
-    pub fn load(ring_bytes: u32) -> Result<Self, CaptureError> {
+    /// multiple of the page size) and a budget of `budget` records per process and second
+    /// (`None`: no budget), allowing [`super::ledger::DEFAULT_MAX_ATTACHMENTS`] attachments
+    /// (see [`Probes::set_max_attachments`]).
+    pub fn load(ring_bytes: u32, budget: Option<u32>) -> Result<Self, CaptureError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(CaptureError::NotPrivileged);
         }
         raise_memlock();
+        raise_nofile();
+        let budget_records = budget.unwrap_or(u32::MAX);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
+            .override_global("BUDGET_RECORDS", &budget_records, true)
             .load(OBJECT)
             .map_err(|e| load_error(&e))?;
         for name in ALL_PROGRAMS {
@@ -103,12 +116,20 @@ impl Probes {
                 .load()
                 .map_err(|e| load_error(&e))?;
         }
-        info!(ring_bytes, "eBPF programs loaded");
+        info!(ring_bytes, budget = ?budget, "eBPF programs loaded");
         Ok(Self {
             ebpf,
             links: HashMap::new(),
+            ledger: Ledger::new(super::ledger::DEFAULT_MAX_ATTACHMENTS as usize),
             process_events: false,
         })
+    }
+
+    /// At most `cap` attachments at once; new files beyond it are refused
+    /// ([`CaptureError::TooManyAttachments`]). Attachments beyond a lowered cap stay until
+    /// their processes exit.
+    pub fn set_max_attachments(&mut self, cap: usize) {
+        self.ledger.set_cap(cap);
     }
 
     /// Also reports every exec and process exit (records of kind `EXEC` and `EXIT`), so new
@@ -139,20 +160,29 @@ impl Probes {
         RingBuf::try_from(map).map_err(|e| load_error(&e))
     }
 
-    /// Attaches to every point of `target`, through `/proc/self/fd/N` of the descriptor it was
-    /// located from (the kernel resolves that to the very inode, whatever the target's path
-    /// names now). Right after, the descriptor's path and the target's `/proc` link must still
-    /// lead to that inode, else the attach is undone ([`CaptureError::Replaced`]). Attaching
-    /// the same file in the same scope twice is a no-op returning `Ok(false)`.
-    pub fn attach(&mut self, target: &Target) -> Result<bool, CaptureError> {
+    /// Attaches to every point of `target` for process `holder` (the process that runs or maps
+    /// it), through `/proc/self/fd/N` of the descriptor it was located from (the kernel
+    /// resolves that to the very inode, whatever the target's path names now). Right after,
+    /// the descriptor's path and the target's `/proc` link must still lead to that inode, else
+    /// the attach is undone ([`CaptureError::Replaced`]). Attaching the same file in the same
+    /// scope twice only adds the holder and returns `Ok(false)`; the attachment stays until its
+    /// last holder is [released](Self::release). A new file beyond the cap is refused.
+    pub fn attach(&mut self, target: &Target, holder: u32) -> Result<bool, CaptureError> {
         let id = target.file.id;
         let key = AttachKey {
             dev: id.dev,
             ino: id.ino,
             pid: target.pid,
         };
-        if self.links.contains_key(&key) {
-            return Ok(false);
+        match self.ledger.acquire(key, holder) {
+            Acquire::Attach => {}
+            Acquire::Shared => return Ok(false),
+            Acquire::Refused { cap } => {
+                return Err(CaptureError::TooManyAttachments {
+                    path: target.path.clone(),
+                    cap,
+                });
+            }
         }
         let scope = match target.pid.and_then(NonZeroU32::new) {
             Some(pid) => UProbeScope::OneProcess(pid),
@@ -184,28 +214,38 @@ impl Probes {
         }
         debug!(path = %target.path.display(), pid = ?target.pid, dev = id.dev, ino = id.ino, points = target.points.len(), "attached");
         self.links.insert(key, links);
+        self.ledger.attached(key, holder);
         Ok(true)
     }
 
-    /// Detaches the programs attached for `pid` (a process that exited). Returns whether any were.
-    pub fn detach_pid(&mut self, pid: u32) -> bool {
-        let keys: Vec<_> = self
-            .links
-            .keys()
-            .filter(|k| k.pid == Some(pid))
-            .copied()
-            .collect();
-        for key in &keys {
+    /// Process `pid` exited: detaches what it alone held (its own per-process attachments,
+    /// and binaries no other live process runs). Returns how many attachments went.
+    pub fn release(&mut self, pid: u32) -> usize {
+        let free = self.ledger.release(pid);
+        for key in &free {
             if let Some(links) = self.links.remove(key) {
                 self.detach_links(links);
             }
         }
-        !keys.is_empty()
+        if !free.is_empty() {
+            debug!(pid, detached = free.len(), "detached");
+        }
+        free.len()
     }
 
     /// Number of attached (file, scope) pairs.
     pub fn attachments(&self) -> usize {
         self.links.len()
+    }
+
+    /// The attachment cap in force.
+    pub fn max_attachments(&self) -> usize {
+        self.ledger.cap()
+    }
+
+    /// Attachments refused for the cap since the start.
+    pub fn refused_attachments(&self) -> u64 {
+        self.ledger.refused()
     }
 
     fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
@@ -230,7 +270,33 @@ impl Probes {
             sent: sum(stats::SENT),
             skipped: sum(stats::SKIPPED),
             orphan_returns: sum(stats::ORPHAN_RETURNS),
+            over_budget: sum(stats::OVER_BUDGET),
         }
+    }
+
+    /// Live processes whose records the kernel dropped over budget, most dropped first (at
+    /// most [`OVER_BUDGET_SHOWN`]). Walks the kernel's `BUDGET` map (up to
+    /// [`claude_ebpf_common::BUDGET_ENTRIES`] entries): call it only when
+    /// [`KernelStats::over_budget`] has grown.
+    pub fn over_budget(&self) -> Vec<OverBudget> {
+        let Some(map) = self.ebpf.map("BUDGET") else {
+            return Vec::new();
+        };
+        let Ok(budgets) = BpfHashMap::<_, u32, Budget>::try_from(map) else {
+            return Vec::new();
+        };
+        let mut out: Vec<OverBudget> = budgets
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, b)| b.dropped > 0)
+            .map(|(pid, b)| OverBudget {
+                pid,
+                dropped: u64::from(b.dropped),
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| b.dropped.cmp(&a.dropped).then(a.pid.cmp(&b.pid)));
+        out.truncate(OVER_BUDGET_SHOWN);
+        out
     }
 }
 
@@ -284,5 +350,32 @@ fn raise_memlock() {
     // SAFETY: plain syscall with a valid pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         debug!("could not raise RLIMIT_MEMLOCK; relying on memcg accounting");
+    }
+}
+
+/// Every uprobe attachment holds a descriptor (three to six per attached file, up to
+/// `[daemon] max_attachments` files): lift the soft descriptor limit towards the hard one (at
+/// most 65,536), so the
+/// cap, not a default soft limit of 1024, bounds them.
+fn raise_nofile() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = limit.rlim_max.min(65_536);
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: wanted,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        debug!("could not raise RLIMIT_NOFILE");
     }
 }

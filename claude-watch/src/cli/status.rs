@@ -58,6 +58,29 @@ pub fn render(s: &Snapshot) -> String {
         s.capture.lost,
         s.capture.exchanges
     );
+    if s.capture.refused_attachments > 0 {
+        // Replaces the blank line: the warning belongs to the probes line.
+        out.pop();
+        out.push_str(&format!(
+            "  {} attachments refused (cap {}: [daemon] max_attachments)\n\n",
+            s.capture.refused_attachments, s.capture.max_attachments
+        ));
+    }
+    if s.capture.over_budget > 0 {
+        out.pop();
+        let pids: Vec<String> = s
+            .capture
+            .over_budget_pids
+            .iter()
+            .map(|o| format!("pid {} ({} dropped)", o.pid, o.dropped))
+            .collect();
+        out.push_str(&format!(
+            "  {} records dropped over a process's budget{}{}\n\n",
+            s.capture.over_budget,
+            if pids.is_empty() { "" } else { ": " },
+            pids.join(", ")
+        ));
+    }
     if s.instances.is_empty() {
         out.push_str("no claude instances running\n");
         return out;
@@ -232,6 +255,7 @@ mod tests {
                 sent: 10,
                 lost: 0,
                 exchanges: 5,
+                ..CaptureView::default()
             },
             instances: vec![
                 InstanceView {

@@ -58,6 +58,10 @@ pub struct TraceArgs {
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_RING_BYTES >> 20, value_parser = parse_ring_mib)]
     pub ring_mib: u32,
+    /// Records one process may send per second; the kernel drops and counts the rest (the
+    /// daemon's `[daemon] record_budget`). Default: no budget, every record is shown.
+    #[arg(long, value_name = "RECORDS")]
+    pub record_budget: Option<u32>,
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -106,9 +110,10 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     for &pid in &args.pid {
         explicit.extend(targets::process(pid)?);
     }
-    let mut probes = Probes::load(args.ring_mib << 20)?;
+    let mut probes = Probes::load(args.ring_mib << 20, args.record_budget)?;
     for target in &explicit {
-        probes.attach(target)?;
+        // Held by the trace itself (pid 0) for its whole run.
+        probes.attach(target, target.pid.unwrap_or(0))?;
         announce(target);
     }
     // Exits free what the kernel and the pairer keep per thread and process, also for explicit
@@ -168,7 +173,7 @@ fn announce(target: &Target) {
 fn attach_found(probes: &mut Probes, found: &Found, quiet: bool) {
     let attached = discover::target(found).and_then(|targets| {
         for target in targets {
-            if probes.attach(&target)? {
+            if probes.attach(&target, found.info.pid)? {
                 announce(&target);
             }
         }
@@ -279,6 +284,12 @@ async fn trace_loop<P: Processes>(
         eprintln!(
             "claude-watch: {} records were lost (ring buffer full): raise --ring-mib",
             k.lost
+        );
+    }
+    if k.over_budget > 0 {
+        eprintln!(
+            "claude-watch: {} records were dropped in the kernel: a process sent more than --record-budget per second",
+            k.over_budget
         );
     }
     Ok(())

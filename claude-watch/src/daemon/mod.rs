@@ -35,8 +35,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::capture::probes::OverBudget;
 use crate::capture::records::RecordStream;
-use crate::capture::{CaptureError, Probes, Target as ProbeTarget, targets};
+use crate::capture::{CaptureError, KernelStats, Probes, Target as ProbeTarget, targets};
 use crate::config::Config;
 use crate::discover::{self, Discovery, Found};
 use crate::error_chain;
@@ -130,6 +131,11 @@ struct Daemon {
     control_path: PathBuf,
     /// Effects are executed inline while starting (attachments before readiness).
     starting: bool,
+    /// Live processes over their record budget, as last read from the kernel.
+    over_budget: Vec<OverBudget>,
+    /// The kernel's over-budget counter at that read, and when it was.
+    over_budget_seen: u64,
+    over_budget_read: Option<std::time::Instant>,
 }
 
 fn now_ms() -> u64 {
@@ -187,7 +193,11 @@ impl Daemon {
         };
         targets::set_locate_cache(d.locate_cache.clone());
 
-        let mut probes = Probes::load(d.ring_mib << 20)?;
+        let mut probes = Probes::load(
+            d.ring_mib << 20,
+            (d.record_budget > 0).then_some(d.record_budget),
+        )?;
+        probes.set_max_attachments(d.max_attachments as usize);
         probes.watch_processes()?;
         let stream = RecordStream::new(probes.take_ring()?).context("polling the ring buffer")?;
 
@@ -246,6 +256,9 @@ impl Daemon {
             started_ms: now_ms(),
             control_path,
             starting: true,
+            over_budget: Vec::new(),
+            over_budget_seen: 0,
+            over_budget_read: None,
         };
         for found in daemon.front.processes_mut().scan() {
             daemon.feed(Input::Started(found));
@@ -352,12 +365,16 @@ impl Daemon {
                 if config.daemon.journal != old.journal
                     || config.daemon.control_socket != old.control_socket
                     || config.daemon.metrics_listen != old.metrics_listen
+                    || config.daemon.record_budget != old.record_budget
+                    || config.daemon.ring_mib != old.ring_mib
                 {
                     warn!(
-                        "journal, control_socket and metrics_listen changes take effect at the next start"
+                        "journal, control_socket, metrics_listen, ring_mib and record_budget changes take effect at the next start"
                     );
                 }
                 self.front.processes_mut().set_rules(config.rules());
+                self.probes
+                    .set_max_attachments(config.daemon.max_attachments as usize);
                 let bus = SystemdBus::detect(config.recovery.systemd_bus.as_deref());
                 let engine = EngineSocket::detect(&config.daemon.docker_socket);
                 self.origin = origin;
@@ -433,7 +450,7 @@ impl Daemon {
             // `Discovery::due_rescans`), and only the last failure is said.
             Effect::Attach(found) => self.locate(found, false),
             Effect::Detach { pid } => {
-                self.probes.detach_pid(pid);
+                self.probes.release(pid);
             }
             Effect::Inspect { pid } => {
                 if let Some(input) = self.front.inspect(pid) {
@@ -517,7 +534,7 @@ impl Daemon {
         }
         let attached = result.and_then(|targets| {
             for target in &targets {
-                if self.probes.attach(target)? {
+                if self.probes.attach(target, pid)? {
                     info!(pid, instance = %found.instance, path = %target.path.display(), how = %target.how, "attached");
                 }
             }
@@ -525,6 +542,10 @@ impl Daemon {
         });
         let unobserved = match attached {
             Ok(()) => None,
+            Err(e @ CaptureError::TooManyAttachments { .. }) => {
+                warn!(pid, instance = %found.instance, attachments = self.probes.attachments(), refused = self.probes.refused_attachments(), error = %error_chain(&e), "unobserved: attachment cap reached");
+                Some(error_chain(&e))
+            }
             Err(e) if last => {
                 warn!(pid, instance = %found.instance, error = %error_chain(&e), "unobserved: cannot attach");
                 Some(error_chain(&e))
@@ -540,7 +561,18 @@ impl Daemon {
     /// Publishes the status snapshot and refreshes the gauges.
     fn publish(&mut self, status: &crate::watch::status::Status) {
         let stats = self.probes.stats();
-        publish::gauges(&self.metrics, status, &stats, self.probes.attachments());
+        self.refresh_over_budget(&stats);
+        publish::gauges(
+            &self.metrics,
+            status,
+            &publish::CaptureFigures {
+                stats: &stats,
+                attachments: self.probes.attachments(),
+                max_attachments: self.probes.max_attachments(),
+                refused_attachments: self.probes.refused_attachments(),
+                over_budget_processes: self.over_budget.len(),
+            },
+        );
         let snapshot = Snapshot {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
@@ -553,9 +585,50 @@ impl Daemon {
                 sent: stats.sent,
                 lost: stats.lost,
                 exchanges: status.exchanges,
+                skipped: stats.skipped,
+                orphan_returns: stats.orphan_returns,
+                over_budget: stats.over_budget,
+                over_budget_pids: self.over_budget.clone(),
+                max_attachments: self.probes.max_attachments(),
+                refused_attachments: self.probes.refused_attachments(),
             },
             instances: status.instances.clone(),
         };
         self.snapshots.send_replace(Arc::new(snapshot));
+    }
+
+    /// Reads which live processes are over their record budget when the kernel dropped more
+    /// since the last look (or some still were), at most once a second, and says each new one
+    /// once in the log.
+    fn refresh_over_budget(&mut self, stats: &KernelStats) {
+        let grew = stats.over_budget > self.over_budget_seen;
+        if !grew && self.over_budget.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .over_budget_read
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.over_budget_read = Some(now);
+        self.over_budget_seen = stats.over_budget;
+        let fresh = self.probes.over_budget();
+        for o in &fresh {
+            if !self.over_budget.iter().any(|old| old.pid == o.pid) {
+                let comm = std::fs::read_to_string(format!("/proc/{}/comm", o.pid))
+                    .map(|c| c.trim_end().escape_debug().to_string())
+                    .unwrap_or_default();
+                warn!(
+                    pid = o.pid,
+                    comm,
+                    dropped = o.dropped,
+                    budget = self.watch.config().daemon.record_budget,
+                    "a process is over its record budget: its excess TLS records are dropped in the kernel"
+                );
+            }
+        }
+        self.over_budget = fresh;
     }
 }

@@ -59,8 +59,23 @@ pub(super) fn record(m: &Metrics, metric: &Metric) {
     }
 }
 
+/// What the capture path reports besides the status: the kernel's counters and the
+/// attachments.
+pub(super) struct CaptureFigures<'a> {
+    /// The kernel's counters.
+    pub stats: &'a KernelStats,
+    /// Attachments in place.
+    pub attachments: usize,
+    /// The attachment cap.
+    pub max_attachments: usize,
+    /// Attachments refused for the cap since the start.
+    pub refused_attachments: u64,
+    /// Live processes over their record budget.
+    pub over_budget_processes: usize,
+}
+
 /// Refreshes the gauges from the published status and the kernel's counters.
-pub(super) fn gauges(m: &Metrics, status: &Status, stats: &KernelStats, attachments: usize) {
+pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>) {
     let throttled: BTreeMap<String, f64> = status
         .instances
         .iter()
@@ -89,6 +104,7 @@ pub(super) fn gauges(m: &Metrics, status: &Status, stats: &KernelStats, attachme
         "1 for the state each instance is in.",
         states,
     );
+    let stats = capture.stats;
     #[expect(clippy::cast_precision_loss, reason = "counters as Prometheus floats")]
     {
         m.set(
@@ -97,23 +113,57 @@ pub(super) fn gauges(m: &Metrics, status: &Status, stats: &KernelStats, attachme
             String::new(),
             status.instances.len() as f64,
         );
-        m.set_counter(
-            "claude_watch_lost_events_total",
-            "Kernel records lost (ring buffer full).",
-            String::new(),
-            stats.lost as f64,
-        );
-        m.set_counter(
-            "claude_watch_kernel_records_total",
-            "HTTP heads the kernel sent to user space.",
-            String::new(),
-            stats.sent as f64,
-        );
+        for (name, help, value) in [
+            (
+                "claude_watch_lost_events_total",
+                "Kernel records lost because the ring buffer was full (any rise means exchanges went unseen: alert).",
+                stats.lost,
+            ),
+            (
+                "claude_watch_kernel_records_total",
+                "HTTP heads the kernel sent to user space.",
+                stats.sent,
+            ),
+            (
+                "claude_watch_kernel_skipped_total",
+                "TLS buffers the kernel kept because they are not HTTP heads (bodies, streamed events).",
+                stats.skipped,
+            ),
+            (
+                "claude_watch_kernel_orphan_returns_total",
+                "SSL_read returns without their entry (a probe attached mid-call; a steady rise means reads go unseen).",
+                stats.orphan_returns,
+            ),
+            (
+                "claude_watch_kernel_over_budget_total",
+                "HTTP heads dropped in the kernel because their process exceeded its record budget (a process flooding TLS writes).",
+                stats.over_budget,
+            ),
+            (
+                "claude_watch_probe_attachments_refused_total",
+                "Attachments refused because [daemon] max_attachments were in place (those processes are unobserved).",
+                capture.refused_attachments,
+            ),
+        ] {
+            m.set_counter(name, help, String::new(), value as f64);
+        }
         m.set(
             "claude_watch_probe_attachments",
             "Files (or processes) with probes attached.",
             String::new(),
-            attachments as f64,
+            capture.attachments as f64,
+        );
+        m.set(
+            "claude_watch_probe_attachments_max",
+            "The attachment cap ([daemon] max_attachments).",
+            String::new(),
+            capture.max_attachments as f64,
+        );
+        m.set(
+            "claude_watch_over_budget_processes",
+            "Live processes whose records the kernel drops or dropped over their budget.",
+            String::new(),
+            capture.over_budget_processes as f64,
         );
     }
 }

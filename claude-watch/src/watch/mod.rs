@@ -125,7 +125,8 @@ pub enum Input {
 pub enum Effect {
     /// Locate the TLS functions of this process's executable and attach to it.
     Attach(Found),
-    /// Detach the per-process probes of this process (an exited script instance).
+    /// An instance process exited: release what it held (its per-process probes, and a
+    /// binary's once no other process runs it).
     Detach {
         /// The process.
         pid: u32,
@@ -343,16 +344,18 @@ impl Watch {
             },
             Input::Exited { pid, instance } => {
                 // The core's own name wins (a process adopted by the instance it continues).
-                let instance = self
-                    .procs
-                    .remove(&pid)
+                let known = self.procs.remove(&pid);
+                let attached = known.is_some() || instance.is_some();
+                let instance = known
                     .map(|f| f.instance)
                     .filter(|_| instance.is_some())
                     .or(instance);
                 self.unobserved.remove(&pid);
-                if let Some(id) = instance {
-                    // Only instances (scripts under node or bun) have per-process probes.
+                if attached {
+                    // Its own probes go, and a binary's once no other process runs it.
                     out.push(Effect::Detach { pid });
+                }
+                if let Some(id) = instance {
                     let events = self.detector.process_exited(&id, pid, now);
                     self.on_events(events, now, &mut out);
                     self.prune(&id);

@@ -187,6 +187,24 @@ pub struct CaptureView {
     pub lost: u64,
     /// Exchanges seen.
     pub exchanges: u64,
+    /// TLS buffers the kernel kept (not HTTP heads).
+    #[serde(default)]
+    pub skipped: u64,
+    /// Read returns the kernel saw without their entry.
+    #[serde(default)]
+    pub orphan_returns: u64,
+    /// Records the kernel dropped because their process went over its budget.
+    #[serde(default)]
+    pub over_budget: u64,
+    /// Live processes over their budget, most dropped first (bounded).
+    #[serde(default)]
+    pub over_budget_pids: Vec<crate::capture::probes::OverBudget>,
+    /// The attachment cap (`[daemon] max_attachments`).
+    #[serde(default)]
+    pub max_attachments: usize,
+    /// Attachments refused for the cap since the start.
+    #[serde(default)]
+    pub refused_attachments: u64,
 }
 
 /// One instance.

@@ -85,6 +85,8 @@ struct Rig {
     metrics: Vec<Metric>,
     status: Status,
     requests: u32,
+    /// Pids whose attachments the core released.
+    detached: Vec<u32>,
 }
 
 impl Rig {
@@ -130,6 +132,7 @@ impl Rig {
             metrics: Vec::new(),
             status: Status::default(),
             requests: 0,
+            detached: Vec::new(),
         }
     }
 
@@ -166,7 +169,8 @@ impl Rig {
                 Effect::Inspect { pid } => self.inspected.push(pid),
                 Effect::Metric(metric) => self.metrics.push(metric),
                 Effect::Publish(status) => self.status = status,
-                Effect::Attach(_) | Effect::Detach { .. } => {}
+                Effect::Detach { pid } => self.detached.push(pid),
+                Effect::Attach(_) => {}
             }
         }
     }
@@ -1170,4 +1174,25 @@ fn requests_of_the_background_daemon_are_observed_and_never_restart_anything() {
         r.closed(EpisodeEnd::ProcessExited)
             .is_some_and(|e| e.instance == "claude-bg-daemon:1000")
     );
+}
+
+/// Every instance process that exits releases what it held (a native binary's attachment goes
+/// once its last process exits; the daemon's ledger counts), whatever discovery says about it
+/// at exit; a process the core never knew releases nothing.
+#[test]
+fn an_exited_instance_process_releases_its_attachments() {
+    let mut r = Rig::new("");
+    r.start(41, &agent());
+    r.start(42, &agent());
+    r.exit(41);
+    // Discovery no longer names the instance (its pid left the table first): still released.
+    r.input(Input::Exited {
+        pid: 42,
+        instance: None,
+    });
+    r.input(Input::Exited {
+        pid: 99,
+        instance: None,
+    });
+    assert_eq!(r.detached, vec![41, 42]);
 }
