@@ -22,7 +22,7 @@ use crate::watch::policy::PolicySnapshot;
 #[derive(Debug)]
 pub(super) enum Write {
     /// A journal record.
-    Journal(Record),
+    Journal(Box<Record>),
     /// The recovery state.
     State(PolicySnapshot),
 }

@@ -421,7 +421,7 @@ impl Daemon {
                     })));
                 });
             }
-            Effect::Journal(record) => self.durable.send(Write::Journal(record)),
+            Effect::Journal(record) => self.durable.send(Write::Journal(Box::new(record))),
             Effect::SaveRecovery(snapshot) => self.durable.send(Write::State(snapshot)),
             Effect::Metric(metric) => publish::record(&self.metrics, &metric),
             Effect::Publish(status) => self.publish(&status),
@@ -506,6 +506,7 @@ impl Daemon {
                 exchanges: status.exchanges,
             },
             instances: status.instances.clone(),
+            instances_refused: status.instances_refused,
         };
         self.snapshots.send_replace(Arc::new(snapshot));
     }
