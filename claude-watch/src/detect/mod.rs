@@ -473,12 +473,14 @@ impl Detector {
         self.instances.len()
     }
 
-    /// Whether forgetting `instance` loses nothing a decision needs: no live process, healthy
-    /// and no open window (an unknown instance is at rest).
+    /// Whether forgetting `instance` loses nothing a decision needs: no live process and no
+    /// open window, healthy or escalated (its episode closed; an unknown instance is at rest).
     pub fn at_rest(&self, instance: &InstanceId) -> bool {
-        self.instances
-            .get(instance)
-            .is_none_or(|i| i.pids.is_empty() && i.state == State::Healthy && i.window.is_none())
+        self.instances.get(instance).is_none_or(|i| {
+            i.pids.is_empty()
+                && i.window.is_none()
+                && matches!(i.state, State::Healthy | State::Escalated)
+        })
     }
 
     /// The thresholds in use.

@@ -62,7 +62,8 @@ pub const MAX_INSTANCES: usize = 4096;
 
 /// How long a named instance is remembered (status, its detector and recovery state) after its
 /// last process exited, once nothing is under way for it: no open episode, no restart, its
-/// backoff reset. `pid:` instances are forgotten at once (their name cannot come back).
+/// backoff reset (an escalated one too: its hook ran, and a new process starts afresh).
+/// `pid:` instances are forgotten at once (their name cannot come back).
 pub const FORGET_AFTER: Duration = Duration::from_secs(60 * 60);
 
 /// The most pending successors (new processes a background session's restart reported, not

@@ -257,13 +257,19 @@ impl Policy {
         }
     }
 
-    /// Whether forgetting `instance` loses nothing recovery needs: idle with its backoff reset
-    /// (or never heard of), and not holding the restart slot.
+    /// Whether forgetting `instance` loses nothing recovery needs: idle with its backoff reset,
+    /// or escalated with its escalation announced (or never heard of), and not holding the
+    /// restart slot.
     #[must_use]
     pub fn at_rest(&self, instance: &InstanceId) -> bool {
         self.in_flight.as_ref() != Some(instance)
             && self.instances.get(instance).is_none_or(|i| {
-                i.phase == Phase::Idle && i.healthy_since.is_none() && !i.escalate_pending
+                !i.escalate_pending
+                    && match i.phase {
+                        Phase::Idle => i.healthy_since.is_none(),
+                        Phase::Escalated => true,
+                        _ => false,
+                    }
             })
     }
 

@@ -1316,3 +1316,31 @@ fn beyond_the_cap_new_instances_are_refused_and_a_latched_one_is_never_dropped()
         "the refused process exited"
     );
 }
+
+#[test]
+fn an_escalated_instance_without_a_process_is_forgotten_an_hour_later() {
+    let mut r = Rig::new("backoff_initial = \"2s\"\nmax_restarts = 1");
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let (instance, _, _) = r.take_restart();
+    r.restart_ok(&instance, 101);
+    r.exit(100);
+    r.start(101, &agent());
+    r.advance(500 * MS);
+    r.keep_answering(101, 401, "s101", 5 * S);
+    assert_eq!(r.view("agent.service").state, "escalated");
+    // Still escalated while its process runs, however long.
+    r.advance(2 * 60 * 60 * S);
+    assert_eq!(r.view("agent.service").state, "escalated");
+    // Its process is gone for an hour: nothing is under way any more (the episode closed, the
+    // escalation was announced), so it is forgotten; a new process starts afresh.
+    r.exit(101);
+    r.advance(59 * 60 * S);
+    assert_eq!(r.view("agent.service").state, "escalated");
+    r.advance(2 * 60 * S);
+    assert_eq!(largest(&r.watch), 0, "{:?}", footprint(&r.watch));
+    r.start(102, &agent());
+    r.see(102, 200, "s102");
+    assert_eq!(r.view("agent.service").state, "healthy");
+}
