@@ -39,6 +39,9 @@ pub mod text;
 pub mod time;
 pub mod watch;
 
+#[cfg(test)]
+mod proptests;
+
 /// An error and its causes on one line, each said once (`a: b: c`), for logs and the journal
 /// (error types name their cause with `#[source]` and do not repeat it in their message).
 #[must_use]

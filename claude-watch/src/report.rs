@@ -967,6 +967,7 @@ mod tests {
             time_to_recovery_ms: None,
             source: crate::detect::EpisodeSource::Live,
             client_version: None,
+            not_kept: crate::detect::NotKept::default(),
         }
     }
 

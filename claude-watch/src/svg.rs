@@ -420,6 +420,7 @@ mod tests {
             time_to_recovery_ms: None,
             source: EpisodeSource::Transcript,
             client_version: None,
+            not_kept: crate::detect::NotKept::default(),
         }
     }
 

@@ -214,6 +214,19 @@ impl Daemon {
         extra: &str,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Self {
+        Self::start_under(&[], dir, daemon_extra, extra, env)
+    }
+
+    /// As [`Self::start_with_env`], the daemon run through `prefix` (a program that execs its
+    /// arguments, such as `setpriv --bounding-set ... --`), so that its pid is the daemon's.
+    #[track_caller]
+    pub fn start_under(
+        prefix: &[&str],
+        dir: crate::process::ScratchDir,
+        daemon_extra: &str,
+        extra: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         let metrics_port = daemon_extra.contains("metrics_listen").then(|| {
             daemon_extra
                 .split("127.0.0.1:")
@@ -227,7 +240,14 @@ impl Daemon {
             d = dir.path().display()
         );
         std::fs::write(dir.path().join("config.toml"), config).expect("write config");
-        let mut command = Command::new(bin());
+        let mut command = match prefix {
+            [] => Command::new(bin()),
+            [program, args @ ..] => {
+                let mut command = Command::new(program);
+                command.args(args).arg(bin());
+                command
+            }
+        };
         command
             .arg("daemon")
             .arg("--config")

@@ -81,6 +81,13 @@ pub fn render(s: &Snapshot) -> String {
             pids.join(", ")
         ));
     }
+    if s.instances_refused > 0 {
+        out.push_str(&format!(
+            "refused: {} new instances, not watched (over {} tracked; see the log)\n\n",
+            s.instances_refused,
+            crate::watch::MAX_INSTANCES
+        ));
+    }
     if s.instances.is_empty() {
         out.push_str("no claude instances running\n");
         return out;
@@ -250,6 +257,7 @@ mod tests {
             now_ms: 3_601_000,
             dry_run: false,
             config: "<built-in>".into(),
+            instances_refused: 0,
             capture: CaptureView {
                 attachments: 2,
                 sent: 10,

@@ -28,7 +28,7 @@ use crate::watch::policy::PolicySnapshot;
 #[derive(Debug)]
 pub(super) enum Write {
     /// A journal record.
-    Journal(Record),
+    Journal(Box<Record>),
     /// The recovery state.
     State(PolicySnapshot),
 }
@@ -84,7 +84,7 @@ impl Durable {
                             Write::State(snapshot) => state = Some(snapshot),
                         }
                     }
-                    if let Err(e) = journal.append_all(&records) {
+                    if let Err(e) = journal.append_all(records.iter().map(AsRef::as_ref)) {
                         error!(error = %error_chain(&e), records = records.len(), "cannot write the journal");
                     }
                     if let Some(snapshot) = state
@@ -319,7 +319,7 @@ mod tests {
         };
         let mut last = 0;
         for n in 1..=50 {
-            last = durable.send(Write::Journal(record(n)));
+            last = durable.send(Write::Journal(Box::new(record(n))));
         }
         assert_eq!(last, 50);
         // Every acknowledgement covers records already readable from the file.

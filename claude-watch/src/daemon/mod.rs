@@ -423,7 +423,7 @@ impl Daemon {
 
     fn execute(&mut self, effect: Effect) {
         match effect {
-            Effect::Journal(record) => self.write(Write::Journal(record)),
+            Effect::Journal(record) => self.write(Write::Journal(Box::new(record))),
             Effect::SaveRecovery(snapshot) => self.write(Write::State(snapshot)),
             Effect::Restart { .. } | Effect::RunHook { .. } | Effect::Publish(_) => {
                 let coalesced = matches!(effect, Effect::Publish(_));
@@ -487,7 +487,7 @@ impl Daemon {
                     })));
                 });
             }
-            Effect::Journal(record) => self.write(Write::Journal(record)),
+            Effect::Journal(record) => self.write(Write::Journal(Box::new(record))),
             Effect::SaveRecovery(snapshot) => self.write(Write::State(snapshot)),
             Effect::Metric(metric) => publish::record(&self.metrics, &metric),
             Effect::Publish(status) => self.publish(&status),
@@ -593,6 +593,7 @@ impl Daemon {
                 refused_attachments: self.probes.refused_attachments(),
             },
             instances: status.instances.clone(),
+            instances_refused: status.instances_refused,
         };
         self.snapshots.send_replace(Arc::new(snapshot));
     }

@@ -56,6 +56,12 @@ pub(super) fn record(m: &Metrics, metric: &Metric) {
             m.observe("claude_watch_detection_seconds", DETECTION_HELP, *s);
         }
         Metric::RecoverySeconds(s) => m.observe("claude_watch_recovery_seconds", RECOVERY_HELP, *s),
+        Metric::InstanceRefused => m.inc(
+            "claude_watch_instances_refused_total",
+            "New claude instances not watched because too many instances were tracked.",
+            String::new(),
+            1.0,
+        ),
     }
 }
 

@@ -5,6 +5,12 @@ use serde::{Deserialize, Serialize};
 /// How many request ids an episode keeps from its start and from its end.
 pub const REQUEST_IDS_KEPT: usize = 5;
 
+/// How many session ids, models and pids an episode keeps (the first ones of session ids and
+/// models, the latest pids); the rest are only counted in [`Episode::not_kept`]. The values are
+/// the observed process's to choose, and a latched instance re-journals its episode on every
+/// 401.
+pub const EPISODE_LIST_KEPT: usize = 16;
+
 /// How an episode ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,6 +99,29 @@ pub struct Episode {
     /// claude-cli/<version>`, or a transcript's `version`), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_version: Option<String>,
+    /// What the episode's lists did not keep, beyond [`EPISODE_LIST_KEPT`] (absent when
+    /// nothing was left out).
+    #[serde(default, skip_serializing_if = "NotKept::is_empty")]
+    pub not_kept: NotKept,
+}
+
+/// 401s of an episode whose session id, model or pid its lists had no room left for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotKept {
+    /// 401s whose session id was not among the kept ones (the list was full).
+    pub session_ids: u64,
+    /// 401s whose model was not among the kept ones.
+    pub models: u64,
+    /// Pids dropped from the list (the oldest first: the restart target is the newest).
+    pub pids: u64,
+}
+
+impl NotKept {
+    /// Whether nothing was left out.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Episode {

@@ -46,7 +46,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use episode::{Episode, EpisodeEnd, EpisodeSource, REQUEST_IDS_KEPT};
+pub use episode::{
+    EPISODE_LIST_KEPT, Episode, EpisodeEnd, EpisodeSource, NotKept, REQUEST_IDS_KEPT,
+};
 
 use crate::http::Exchange;
 use crate::instance::InstanceId;
@@ -54,8 +56,21 @@ use crate::instance::InstanceId;
 /// Monotonic time in nanoseconds (CLOCK_MONOTONIC, the clock of [`Exchange::mono_ns`]).
 pub type MonoNs = u64;
 
-/// How many exited PIDs / retired sessions an instance remembers, to ignore their late answers.
+/// How many exited PIDs / retired sessions an instance remembers, to ignore their late answers
+/// (also the most sessions one live process keeps).
 const RETIRED_KEPT: usize = 64;
+
+/// How many models an instance keeps per-model state for (throttles, latest accepted answer):
+/// the model is the observed process's to choose. Further models share the state of
+/// [`OTHER_MODEL`].
+pub const MODELS_KEPT: usize = 32;
+
+/// The model under which models beyond [`MODELS_KEPT`] are tracked.
+pub const OTHER_MODEL: &str = "other";
+
+/// How long a model's latest accepted answer is remembered (it tells a tier throttle only
+/// within a minute).
+const LAST_OK_KEPT_NS: MonoNs = 10 * 60 * 1_000_000_000;
 
 /// Thresholds of the detector.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -292,9 +307,26 @@ fn ms(ns: u64) -> u64 {
     ns / 1_000_000
 }
 
-fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
-    if !v.contains(&x) {
-        v.push(x);
+/// Adds `x` to `v` unless it is there or `v` is full ([`EPISODE_LIST_KEPT`]); `false` when it
+/// had no room.
+fn push_kept(v: &mut Vec<String>, x: &str) -> bool {
+    if v.iter().any(|y| y == x) {
+        return true;
+    }
+    if v.len() >= EPISODE_LIST_KEPT {
+        return false;
+    }
+    v.push(x.to_owned());
+    true
+}
+
+/// The key of `model`'s state in `map`: itself when known or when there is room, else
+/// [`OTHER_MODEL`].
+fn model_key<V>(map: &BTreeMap<String, V>, model: &str) -> String {
+    if map.contains_key(model) || map.len() < MODELS_KEPT - 1 {
+        model.to_owned()
+    } else {
+        OTHER_MODEL.to_owned()
     }
 }
 
@@ -359,6 +391,7 @@ impl Inst {
             time_to_recovery_ms: None,
             source: EpisodeSource::Live,
             client_version: self.client_version.clone(),
+            not_kept: NotKept::default(),
         }
         .with_401(pid, ex)
     }
@@ -384,12 +417,22 @@ impl Episode {
         self.count_401 += 1;
         self.last_401_ms = ex.ts_ms;
         self.last_401_mono_ns = ex.mono_ns;
-        push_unique(&mut self.pids, pid);
-        if let Some(s) = &ex.session_id {
-            push_unique(&mut self.session_ids, s.clone());
+        if !self.pids.contains(&pid) {
+            if self.pids.len() >= EPISODE_LIST_KEPT {
+                self.pids.remove(0);
+                self.not_kept.pids += 1;
+            }
+            self.pids.push(pid);
         }
-        if let Some(m) = &ex.model {
-            push_unique(&mut self.models, m.clone());
+        if let Some(s) = &ex.session_id
+            && !push_kept(&mut self.session_ids, s)
+        {
+            self.not_kept.session_ids += 1;
+        }
+        if let Some(m) = &ex.model
+            && !push_kept(&mut self.models, m)
+        {
+            self.not_kept.models += 1;
         }
         if let Some(id) = &ex.request_id {
             if self.first_request_ids.len() < REQUEST_IDS_KEPT {
@@ -423,6 +466,21 @@ impl Detector {
     /// never come back). Returns whether it was known.
     pub fn forget(&mut self, instance: &InstanceId) -> bool {
         self.instances.remove(instance).is_some()
+    }
+
+    /// How many instances the detector keeps state for.
+    pub fn instance_count(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Whether forgetting `instance` loses nothing a decision needs: no live process and no
+    /// open window, healthy or escalated (its episode closed; an unknown instance is at rest).
+    pub fn at_rest(&self, instance: &InstanceId) -> bool {
+        self.instances.get(instance).is_none_or(|i| {
+            i.pids.is_empty()
+                && i.window.is_none()
+                && matches!(i.state, State::Healthy | State::Escalated)
+        })
     }
 
     /// The thresholds in use.
@@ -511,16 +569,21 @@ impl Detector {
             inst.client_version = Some(v.to_owned());
         }
         if let Some(s) = &ex.session_id {
-            inst.pids
-                .get_mut(&pid)
-                .map(|p| p.sessions.insert(s.clone()));
+            if let Some(p) = inst.pids.get_mut(&pid)
+                && !p.sessions.contains(s)
+            {
+                if p.sessions.len() >= RETIRED_KEPT {
+                    p.sessions.pop_first();
+                }
+                p.sessions.insert(s.clone());
+            }
             inst.session = Some(s.clone());
         }
-        let model = ex.model.clone().unwrap_or_else(|| "unknown".to_owned());
+        let model = ex.model.as_deref().unwrap_or("unknown");
         match answer(ex.status) {
             Answer::Rejected => Self::on_401(inst, pid, ex, &mut out),
             Answer::Accepted => {
-                Self::on_throttle_signal(inst, &model, ex.status, ex.mono_ns, &mut out);
+                Self::on_throttle_signal(inst, model, ex.status, ex.mono_ns, &mut out);
                 Self::on_accepted(inst, pid, ex, &mut out);
             }
             Answer::Neutral => {}
@@ -612,6 +675,8 @@ impl Detector {
         out: &mut Vec<Event>,
     ) {
         if status == 429 {
+            let model = model_key(&inst.throttles, model);
+            let model = model.as_str();
             let fresh = !inst.throttles.contains_key(model);
             inst.throttles
                 .entry(model.to_owned())
@@ -648,6 +713,8 @@ impl Detector {
                 at_ns,
             });
         }
+        let model = model_key(&inst.last_ok, model);
+        let model = model.as_str();
         inst.last_ok.insert(model.to_owned(), at_ns);
         if (200..300).contains(&status) && !inst.throttles.is_empty() {
             Self::report_tier(inst, model.to_owned(), at_ns, out);
@@ -745,6 +812,8 @@ impl Detector {
                     at_ns: now,
                 });
             }
+            inst.last_ok
+                .retain(|_, t| now.saturating_sub(*t) < LAST_OK_KEPT_NS);
         }
         out
     }

@@ -522,3 +522,117 @@ fn a_respawned_worker_keeping_the_session_id_is_heard() {
     r.see(&a(), ex(12, 46 * S, 401, "m", "kept", "late"));
     assert_eq!(r.state(&a()), State::Healthy);
 }
+
+#[test]
+fn an_episode_with_1000_sessions_and_models_keeps_the_first_ones_and_counts_the_rest() {
+    let mut r = Rig::new();
+    retrying_401s(&mut r, &a(), 10, S, "s0");
+    assert_eq!(r.state(&a()), State::Latched);
+    let before = r.d.status(&a()).and_then(|s| s.window).expect("open");
+    let kept_401s = before.count_401;
+    let t0 = 60 * S;
+    for i in 0..1_000_u64 {
+        // Each 401 of a new session, a new model and a new process (the values are the
+        // observed process's to choose).
+        let pid = 1_000 + u32::try_from(i).expect("small");
+        r.see(
+            &a(),
+            ex(
+                pid,
+                t0 + i * S / 10,
+                401,
+                &format!("model-{i}"),
+                &format!("s{}", i + 1),
+                &format!("req_x{i}"),
+            ),
+        );
+    }
+    let w = r.d.status(&a()).and_then(|s| s.window).expect("still open");
+    assert_eq!(w.count_401, kept_401s + 1_000);
+    assert_eq!(w.session_ids.len(), EPISODE_LIST_KEPT);
+    assert_eq!(w.session_ids[0], "s0", "the first session is kept");
+    assert_eq!(
+        w.session_ids[EPISODE_LIST_KEPT - 1],
+        format!("s{}", EPISODE_LIST_KEPT - 1)
+    );
+    assert_eq!(
+        w.not_kept.session_ids,
+        1_000 - (EPISODE_LIST_KEPT as u64 - 1)
+    );
+    assert_eq!(w.models.len(), EPISODE_LIST_KEPT);
+    assert_eq!(w.models[0], "claude-opus-4-8");
+    assert_eq!(w.not_kept.models, 1_000 - (EPISODE_LIST_KEPT as u64 - 1));
+    // The latest pids are kept: the restart target is the newest process that got 401s.
+    assert_eq!(w.pids.len(), EPISODE_LIST_KEPT);
+    assert_eq!(w.pids.last(), Some(&1_999));
+    assert_eq!(w.not_kept.pids, 1_001 - EPISODE_LIST_KEPT as u64);
+    // Every update journals a bounded record.
+    let largest = r
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::EpisodeUpdated(ep) => Some(serde_json::to_string(ep).expect("json").len()),
+            _ => None,
+        })
+        .max()
+        .expect("updates");
+    assert!(
+        largest < 4_096,
+        "an episode record stays small: {largest} bytes"
+    );
+    // Nothing left out: the field is absent from the record (journals stay as they were).
+    let small = Episode {
+        not_kept: NotKept::default(),
+        ..w
+    };
+    assert!(
+        !serde_json::to_string(&small)
+            .expect("json")
+            .contains("not_kept")
+    );
+}
+
+#[test]
+fn per_model_state_is_capped_and_old_accepted_answers_are_forgotten() {
+    let mut r = Rig::new();
+    // 1,000 models throttled at once, and 1,000 others answering.
+    for i in 0..1_000_u64 {
+        let t = S + i * S / 100;
+        r.see(&a(), ex(10, t, 429, &format!("m429-{i}"), "s1", "req"));
+        r.see(&a(), ex(10, t, 200, &format!("m200-{i}"), "s1", "req"));
+    }
+    let inst = r.d.instances.get(&a()).expect("known");
+    assert!(
+        inst.throttles.len() <= MODELS_KEPT,
+        "{}",
+        inst.throttles.len()
+    );
+    assert!(inst.throttles.contains_key(OTHER_MODEL));
+    assert!(inst.last_ok.len() <= MODELS_KEPT, "{}", inst.last_ok.len());
+    let status = r.d.status(&a()).expect("known");
+    assert!(status.throttled.len() <= MODELS_KEPT);
+    // Quiet models: throttles clear after 5 minutes, accepted answers are forgotten after 10.
+    r.tick(20 * 60 * S);
+    let inst = r.d.instances.get(&a()).expect("known");
+    assert!(inst.throttles.is_empty());
+    assert!(inst.last_ok.is_empty(), "{:?}", inst.last_ok.keys().take(3));
+}
+
+#[test]
+fn a_process_with_many_sessions_keeps_a_bounded_set() {
+    let mut r = Rig::new();
+    for i in 0..1_000_u64 {
+        r.see(
+            &a(),
+            ex(10, S + i, 200, "claude-haiku-4-5", &format!("s{i}"), "req"),
+        );
+    }
+    let inst = r.d.instances.get(&a()).expect("known");
+    assert!(inst.pids[&10].sessions.len() <= RETIRED_KEPT);
+    r.d.process_exited(&a(), 10, 2 * S);
+    let inst = r.d.instances.get(&a()).expect("known");
+    assert!(inst.retired_sessions.len() <= RETIRED_KEPT);
+    assert!(r.d.at_rest(&a()));
+    assert!(r.d.forget(&a()));
+    assert_eq!(r.d.instance_count(), 0);
+}

@@ -43,6 +43,7 @@ fn episode(id: u64, end: EpisodeEnd) -> Episode {
         time_to_recovery_ms: None,
         source: crate::detect::EpisodeSource::Live,
         client_version: None,
+        not_kept: crate::detect::NotKept::default(),
     }
 }
 

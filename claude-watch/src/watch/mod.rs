@@ -53,6 +53,23 @@ use crate::supervise::{RestartOutcome, SuperviseError, Target};
 use policy::{Action, Phase, Policy, PolicySnapshot};
 use status::{LastSeen, Status};
 
+/// The most instances the core keeps state for (live or remembered). A new instance beyond it
+/// is refused (not attached, not watched; said in the log, counted in status and
+/// `claude_watch_instances_refused_total`), after the longest-idle instance that can be
+/// forgotten without loss has been; an instance with a live process, an open episode or a
+/// recovery under way is never dropped to make room.
+pub const MAX_INSTANCES: usize = 4096;
+
+/// How long a named instance is remembered (status, its detector and recovery state) after its
+/// last process exited, once nothing is under way for it: no open episode, no restart, its
+/// backoff reset (an escalated one too: its hook ran, and a new process starts afresh).
+/// `pid:` instances are forgotten at once (their name cannot come back).
+pub const FORGET_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// The most pending successors (new processes a background session's restart reported, not
+/// yet found) kept; the oldest pid is dropped first.
+const SUCCESSORS_KEPT: usize = 64;
+
 /// Something that happened, for the core to decide about.
 #[derive(Debug)]
 #[expect(
@@ -208,6 +225,8 @@ pub enum Metric {
     DetectionSeconds(f64),
     /// From the end of a restart to the new process's first accepted answer, in seconds.
     RecoverySeconds(f64),
+    /// A new instance was refused: [`MAX_INSTANCES`] were tracked, none could be forgotten.
+    InstanceRefused,
 }
 
 /// The core: detector, recovery policy and what joins them, for every instance of the host.
@@ -241,6 +260,19 @@ pub struct Watch {
     /// New processes a background session's restart reported, and the instance they continue
     /// (a fresh session has a new short id, so discovery names it anew).
     successors: BTreeMap<u32, InstanceId>,
+    /// Every instance the core keeps state for (at most [`MAX_INSTANCES`]).
+    tracked: BTreeSet<InstanceId>,
+    /// Tracked instances without a live process, since when: forgotten [`FORGET_AFTER`] later
+    /// once at rest (or earlier, longest idle first, to make room for a new instance).
+    idle_since: BTreeMap<InstanceId, MonoNs>,
+    /// The same, oldest first.
+    idle_order: BTreeSet<(MonoNs, InstanceId)>,
+    /// New instances refused because [`MAX_INSTANCES`] were tracked.
+    refused: u64,
+    /// Live processes of refused instances (their traffic is ignored until they exit).
+    refused_pids: BTreeSet<u32>,
+    /// When the last refusal was logged (one warning a minute at most).
+    refusal_logged: Option<MonoNs>,
 }
 
 impl Watch {
@@ -266,6 +298,10 @@ impl Watch {
         };
         let mut detector = Detector::new(config.detector.detector_config());
         detector.set_wall_offset(wall_minus_mono_ns);
+        // Instances of the saved state have no process yet: forgotten in time unless one comes.
+        let tracked: BTreeSet<InstanceId> = policy.instances().cloned().collect();
+        let idle_since = tracked.iter().map(|id| (id.clone(), now)).collect();
+        let idle_order = tracked.iter().map(|id| (now, id.clone())).collect();
         Self {
             detector,
             policy,
@@ -283,6 +319,12 @@ impl Watch {
             last_episode: BTreeMap::new(),
             restart_errors: BTreeMap::new(),
             successors: BTreeMap::new(),
+            tracked,
+            idle_since,
+            idle_order,
+            refused: 0,
+            refused_pids: BTreeSet::new(),
+            refusal_logged: None,
         }
     }
 
@@ -351,14 +393,16 @@ impl Watch {
                     .filter(|_| instance.is_some())
                     .or(instance);
                 self.unobserved.remove(&pid);
+                self.refused_pids.remove(&pid);
                 if attached {
                     // Its own probes go, and a binary's once no other process runs it.
                     out.push(Effect::Detach { pid });
                 }
-                if let Some(id) = instance {
+                // An instance refused at the cap was never watched.
+                if let Some(id) = instance.filter(|id| self.tracked.contains(id)) {
                     let events = self.detector.process_exited(&id, pid, now);
                     self.on_events(events, now, &mut out);
-                    self.prune(&id);
+                    self.went_idle(&id, now);
                 }
             }
             Input::Exchange { exchange, instance } => {
@@ -373,6 +417,7 @@ impl Watch {
             Input::Tick => {
                 let events = self.detector.tick(now);
                 self.on_events(events, now, &mut out);
+                self.sweep(now);
             }
             Input::Resume { episodes } => self.resume(episodes, now, &mut out),
             Input::RestartFinished { instance, result } => {
@@ -477,6 +522,10 @@ impl Watch {
             found.instance = old;
         }
         let id = found.instance.clone();
+        if !self.admit(&id, found.info.pid, now, out) {
+            return;
+        }
+        self.busy(&id);
         // A process that moves to another instance (a spare of the background machinery that
         // a session claimed) leaves the one it was part of.
         if let Some(prev) = self
@@ -485,8 +534,10 @@ impl Watch {
             .map(|f| f.instance.clone())
             .filter(|prev| *prev != id)
         {
+            self.procs.remove(&found.info.pid);
             let events = self.detector.process_exited(&prev, found.info.pid, now);
             self.on_events(events, now, out);
+            self.went_idle(&prev, now);
         }
         self.binaries
             .insert(id.clone(), found.info.exe.display().to_string());
@@ -505,8 +556,11 @@ impl Watch {
         out: &mut Vec<Effect>,
     ) {
         self.exchanges += 1;
-        // Not a claude instance (a tool it spawned, say).
+        // Not a claude instance (a tool it spawned, say), or one refused at the cap.
         let Some(id) = instance else { return };
+        if self.refused_pids.contains(&exchange.pid) || !self.admit(&id, exchange.pid, now, out) {
+            return;
+        }
         out.push(Effect::Metric(Metric::Exchange {
             agent: id.name.clone(),
             status: exchange.status,
@@ -579,6 +633,7 @@ impl Watch {
             let age_ms = wall_now.saturating_sub(episode.last_401_ms);
             let last_pid = episode.pids.last().copied().unwrap_or(0);
             info!(instance = %id, episode = %episode.id, live, age_ms, "resuming an episode left open by the previous run");
+            self.tracked.insert(id.clone());
             self.last_episode.insert(id.clone(), episode.id.clone());
             self.detector.restore(&id, episode);
             if !live {
@@ -588,7 +643,7 @@ impl Watch {
                 self.policy.hold(&id);
                 let events = self.detector.process_exited(&id, last_pid, now);
                 self.on_events(events, now, out);
-                self.prune(&id);
+                self.went_idle(&id, now);
                 continue;
             }
             if !self.acts(&id) {
@@ -611,12 +666,36 @@ impl Watch {
         self.save(now, out);
     }
 
-    /// Forgets a `pid:` instance once its process is gone (its name can never come back), so
-    /// neither status nor memory keeps one entry per process that ever ran.
-    fn prune(&mut self, id: &InstanceId) {
-        if id.source != IdSource::Pid || self.procs.values().any(|f| &f.instance == id) {
+    /// Whether `id` has a live process.
+    fn live(&self, id: &InstanceId) -> bool {
+        self.procs.values().any(|f| &f.instance == id)
+    }
+
+    /// A process of `id` is gone: a `pid:` instance is forgotten at once (its name can never
+    /// come back), a named one is remembered as idle when it was its last process, so neither
+    /// status nor memory keeps one entry per instance that ever ran.
+    fn went_idle(&mut self, id: &InstanceId, now: MonoNs) {
+        if self.live(id) {
             return;
         }
+        if id.source == IdSource::Pid {
+            self.forget(id);
+        } else {
+            self.idle(id, now);
+        }
+    }
+
+    /// Whether forgetting `id` loses nothing under way: no live process, no open episode, no
+    /// restart or quiet window, no escalation waiting for an answer.
+    fn at_rest(&self, id: &InstanceId) -> bool {
+        !self.live(id)
+            && self.detector.at_rest(id)
+            && self.policy.at_rest(id)
+            && !self.successors.values().any(|s| s == id)
+    }
+
+    /// Drops everything known about `id`.
+    fn forget(&mut self, id: &InstanceId) {
         self.detector.forget(id);
         self.policy.forget(id);
         self.last_seen.remove(id);
@@ -624,6 +703,80 @@ impl Watch {
         self.placements.remove(id);
         self.recheck.remove(id);
         self.last_episode.remove(id);
+        self.restart_errors.remove(id);
+        self.successors.retain(|_, s| s != id);
+        self.tracked.remove(id);
+        self.busy(id);
+    }
+
+    /// `id` has no live process since `now` (unless known idle since earlier).
+    fn idle(&mut self, id: &InstanceId, now: MonoNs) {
+        if !self.idle_since.contains_key(id) {
+            self.idle_since.insert(id.clone(), now);
+            self.idle_order.insert((now, id.clone()));
+        }
+    }
+
+    /// `id` has a live process again (or is forgotten).
+    fn busy(&mut self, id: &InstanceId) {
+        if let Some(since) = self.idle_since.remove(id) {
+            self.idle_order.remove(&(since, id.clone()));
+        }
+    }
+
+    /// Forgets the named instances idle for [`FORGET_AFTER`] that are at rest.
+    fn sweep(&mut self, now: MonoNs) {
+        let after = u64::try_from(FORGET_AFTER.as_nanos()).unwrap_or(u64::MAX);
+        let due: Vec<InstanceId> = self
+            .idle_order
+            .iter()
+            .take_while(|(since, _)| now.saturating_sub(*since) >= after)
+            .map(|(_, id)| id)
+            .filter(|id| self.at_rest(id))
+            .cloned()
+            .collect();
+        for id in due {
+            tracing::debug!(instance = %id, "forgetting an instance idle for an hour");
+            self.forget(&id);
+        }
+    }
+
+    /// Whether a process of `id` may be watched: `id` is tracked already, or there is room for
+    /// it (made by forgetting the longest-idle instance at rest if need be). Otherwise the
+    /// process is refused: logged (once a minute), counted, and not attached.
+    fn admit(&mut self, id: &InstanceId, pid: u32, now: MonoNs, out: &mut Vec<Effect>) -> bool {
+        if self.tracked.contains(id) {
+            return true;
+        }
+        if self.tracked.len() >= MAX_INSTANCES {
+            let victim = self
+                .idle_order
+                .iter()
+                .map(|(_, id)| id)
+                .find(|id| self.at_rest(id))
+                .cloned();
+            match victim {
+                Some(victim) => {
+                    tracing::debug!(instance = %victim, "forgetting an idle instance to make room");
+                    self.forget(&victim);
+                }
+                None => {
+                    self.refused += 1;
+                    self.refused_pids.insert(pid);
+                    out.push(Effect::Metric(Metric::InstanceRefused));
+                    if self
+                        .refusal_logged
+                        .is_none_or(|t| now.saturating_sub(t) >= 60_000_000_000)
+                    {
+                        self.refusal_logged = Some(now);
+                        warn!(instance = %id, tracked = self.tracked.len(), refused = self.refused, max = MAX_INSTANCES, "too many instances: not watching a new one (each tracked one is live or has recovery under way)");
+                    }
+                    return false;
+                }
+            }
+        }
+        self.tracked.insert(id.clone());
+        true
     }
 
     /// Translates the detector's events into policy calls, journal records and metrics.
@@ -852,7 +1005,7 @@ impl Watch {
     /// discovery) continues `id`: now if it is known already, else when it is found.
     fn adopt(&mut self, id: &InstanceId, pid: u32, now: MonoNs, out: &mut Vec<Effect>) {
         let Some(found) = self.procs.get(&pid).cloned() else {
-            self.successors.insert(pid, id.clone());
+            self.remember_successor(pid, id);
             return;
         };
         if &found.instance == id || !matches!(found.placement, Placement::ClaudeBg(_)) {
@@ -868,10 +1021,23 @@ impl Watch {
             self.placements.remove(&named);
             self.binaries.remove(&named);
             self.last_seen.remove(&named);
+            if self.detector.at_rest(&named) && self.policy.at_rest(&named) {
+                self.forget(&named);
+            } else {
+                self.idle(&named, now);
+            }
         }
         self.procs.remove(&pid);
-        self.successors.insert(pid, id.clone());
+        self.remember_successor(pid, id);
         self.started(found, now, out);
+    }
+
+    /// Remembers that new process `pid` continues `id` (at most [`SUCCESSORS_KEPT`]).
+    fn remember_successor(&mut self, pid: u32, id: &InstanceId) {
+        if self.successors.len() >= SUCCESSORS_KEPT && !self.successors.contains_key(&pid) {
+            self.successors.pop_first();
+        }
+        self.successors.insert(pid, id.clone());
     }
 
     fn escalate(&mut self, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {

@@ -257,6 +257,27 @@ impl Policy {
         }
     }
 
+    /// Whether forgetting `instance` loses nothing recovery needs: idle with its backoff reset,
+    /// or escalated with its escalation announced (or never heard of), and not holding the
+    /// restart slot.
+    #[must_use]
+    pub fn at_rest(&self, instance: &InstanceId) -> bool {
+        self.in_flight.as_ref() != Some(instance)
+            && self.instances.get(instance).is_none_or(|i| {
+                !i.escalate_pending
+                    && match i.phase {
+                        Phase::Idle => i.healthy_since.is_none(),
+                        Phase::Escalated => true,
+                        _ => false,
+                    }
+            })
+    }
+
+    /// The instances the policy keeps state for.
+    pub fn instances(&self) -> impl Iterator<Item = &InstanceId> {
+        self.instances.keys()
+    }
+
     /// Drops everything known about `instance` (a `pid:` instance whose process exited).
     pub fn forget(&mut self, instance: &InstanceId) {
         self.instances.remove(instance);

@@ -28,6 +28,8 @@ pub struct Status {
     pub exchanges: u64,
     /// Whether restarts are disabled.
     pub dry_run: bool,
+    /// New instances refused because too many were tracked ([`super::MAX_INSTANCES`]).
+    pub instances_refused: u64,
 }
 
 /// Every instance's status at `now`: live processes, detector state, recovery phase and
@@ -130,6 +132,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         instances: instances.into_values().collect(),
         exchanges: watch.exchanges,
         dry_run,
+        instances_refused: watch.refused,
     }
 }
 
@@ -174,6 +177,9 @@ pub struct Snapshot {
     pub capture: CaptureView,
     /// One entry per instance, by name.
     pub instances: Vec<InstanceView>,
+    /// New instances refused because too many were tracked (not watched; see the log).
+    #[serde(default)]
+    pub instances_refused: u64,
 }
 
 /// Capture counters.

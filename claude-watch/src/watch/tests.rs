@@ -1196,3 +1196,221 @@ fn an_exited_instance_process_releases_its_attachments() {
     });
     assert_eq!(r.detached, vec![41, 42]);
 }
+
+/// Entries of every per-instance map of the core, its detector and its policy (the per-process
+/// ones, `procs` and `unobserved`, follow live processes).
+fn footprint(w: &Watch) -> Vec<(&'static str, usize)> {
+    vec![
+        ("tracked", w.tracked.len()),
+        ("idle_since", w.idle_since.len()),
+        ("idle_order", w.idle_order.len()),
+        ("binaries", w.binaries.len()),
+        ("placements", w.placements.len()),
+        ("last_seen", w.last_seen.len()),
+        ("recheck", w.recheck.len()),
+        ("last_episode", w.last_episode.len()),
+        ("restart_errors", w.restart_errors.len()),
+        ("successors", w.successors.len()),
+        ("detector", w.detector.instance_count()),
+        ("policy", w.policy.instances().count()),
+    ]
+}
+
+fn largest(w: &Watch) -> usize {
+    footprint(w).into_iter().map(|(_, n)| n).max().unwrap_or(0)
+}
+
+/// Named instance `i` (a unit), live as pid `10_000 + i`: one answer of a model of its own,
+/// then its process exits.
+fn come_and_go(r: &mut Rig, i: u32) {
+    let id = unit(&format!("agent-{i}.service"));
+    let pid = 10_000 + i;
+    r.start(pid, &id);
+    r.answer(pid, 200, &format!("model-{i}"), "s");
+    r.exit(pid);
+}
+
+#[test]
+fn ten_thousand_named_instances_come_and_go_and_the_core_stays_bounded() {
+    // Observe-only (a dry run), so that nothing waits for a restart.
+    let mut r = Rig::new("[daemon]\ndry_run = true");
+    // One every 2 s: 5.5 hours, so the early ones are forgotten an hour after they exited.
+    for i in 0..10_000 {
+        come_and_go(&mut r, i);
+        r.now += 2 * S;
+        if i % 100 == 0 {
+            r.input(Input::Tick);
+        }
+    }
+    // An hour of instances, plus those since the last tick.
+    let per_hour = usize::try_from(FORGET_AFTER.as_secs() / 2).expect("small") + 100;
+    assert!(
+        largest(&r.watch) <= per_hour,
+        "at most an hour's worth of idle instances: {:?}",
+        footprint(&r.watch)
+    );
+    assert_eq!(r.watch.refused, 0);
+    // An hour after the last one exited, nothing is left.
+    r.now += u64::try_from(FORGET_AFTER.as_nanos()).expect("fits") + S;
+    r.input(Input::Tick);
+    assert_eq!(largest(&r.watch), 0, "{:?}", footprint(&r.watch));
+    assert!(r.watch.status(r.now).instances.is_empty());
+}
+
+#[test]
+fn a_burst_of_named_instances_makes_room_by_forgetting_the_longest_idle() {
+    let mut r = Rig::new("[daemon]\ndry_run = true");
+    // 10,000 within 17 minutes: more than the cap, none an hour old.
+    for i in 0..10_000 {
+        come_and_go(&mut r, i);
+        r.now += 100 * MS;
+    }
+    r.input(Input::Tick);
+    assert!(
+        largest(&r.watch) <= MAX_INSTANCES,
+        "{:?}",
+        footprint(&r.watch)
+    );
+    assert_eq!(r.watch.refused, 0, "idle instances make room; none refused");
+    let names: Vec<String> = r
+        .watch
+        .status(r.now)
+        .instances
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert!(
+        names.contains(&"agent-9999.service".to_owned()),
+        "the newest are kept"
+    );
+    assert!(
+        !names.contains(&"agent-0.service".to_owned()),
+        "the oldest went first"
+    );
+}
+
+#[test]
+fn an_exited_named_instance_is_listed_for_an_hour_then_forgotten() {
+    let mut r = Rig::new("");
+    r.start(100, &agent());
+    r.see(100, 200, "s");
+    r.exit(100);
+    r.advance(59 * 60 * S);
+    let view = r.view("agent.service");
+    assert!(view.pids.is_empty());
+    assert_eq!(view.last_status, Some(200), "its last answer still shows");
+    r.advance(2 * 60 * S);
+    assert!(r.watch.status(r.now).instances.is_empty());
+    assert_eq!(largest(&r.watch), 0, "{:?}", footprint(&r.watch));
+    // It comes back as new.
+    r.start(101, &agent());
+    r.see(101, 200, "s2");
+    assert_eq!(r.view("agent.service").state, "healthy");
+}
+
+#[test]
+fn an_instance_with_recovery_under_way_is_kept_after_its_process_exits() {
+    let mut r = Rig::new("backoff_initial = \"3s\"");
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let (instance, _, _) = r.take_restart();
+    // The supervisor killed the old process; the new one has not shown up yet.
+    r.exit(100);
+    r.restart_ok(&instance, 101);
+    r.advance(2 * 60 * 60 * S);
+    assert_eq!(
+        r.view("agent.service").state,
+        "recovering",
+        "waiting for the new process's answer: not forgotten"
+    );
+    r.start(101, &agent());
+    r.see(101, 200, "s1");
+    assert!(r.closed(EpisodeEnd::RecoveredAfterRestart).is_some());
+}
+
+#[test]
+fn beyond_the_cap_new_instances_are_refused_and_a_latched_one_is_never_dropped() {
+    let mut r = Rig::new("backoff_initial = \"3s\"");
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let (instance, _, _) = r.take_restart();
+    // A flood of live instances (another user's units, say) fills the table.
+    for i in 0..u32::try_from(MAX_INSTANCES).expect("small") {
+        let id = unit(&format!("flood-{i}.service"));
+        r.start(20_000 + i, &id);
+    }
+    assert_eq!(r.watch.tracked.len(), MAX_INSTANCES);
+    assert_eq!(r.watch.refused, 1, "the last one had no room");
+    assert!(
+        r.metrics.contains(&Metric::InstanceRefused),
+        "counted in the metrics"
+    );
+    assert_eq!(r.watch.status(r.now).instances_refused, 1);
+    // The refused one is not watched: its traffic and exit change nothing.
+    let last = 20_000 + u32::try_from(MAX_INSTANCES).expect("small") - 1;
+    r.see(last, 401, "x");
+    r.exit(last);
+    assert!(
+        r.watch
+            .status(r.now)
+            .instances
+            .iter()
+            .all(|v| v.name != format!("flood-{}.service", MAX_INSTANCES - 1))
+    );
+    assert_eq!(r.watch.tracked.len(), MAX_INSTANCES);
+    // The latched instance kept everything: its restart is confirmed.
+    r.restart_ok(&instance, 101);
+    r.start(101, &agent());
+    r.see(101, 200, "s1");
+    assert!(r.closed(EpisodeEnd::RecoveredAfterRestart).is_some());
+    // Once a flood process exits, its instance is idle and makes room for a new one.
+    r.exit(20_000);
+    r.start(30_000, &unit("late.service"));
+    assert_eq!(r.watch.refused, 1);
+    assert!(
+        r.watch
+            .status(r.now)
+            .instances
+            .iter()
+            .any(|v| v.name == "late.service")
+    );
+    assert!(
+        largest(&r.watch) <= MAX_INSTANCES,
+        "{:?}",
+        footprint(&r.watch)
+    );
+    assert!(
+        r.watch.refused_pids.is_empty(),
+        "the refused process exited"
+    );
+}
+
+#[test]
+fn an_escalated_instance_without_a_process_is_forgotten_an_hour_later() {
+    let mut r = Rig::new("backoff_initial = \"2s\"\nmax_restarts = 1");
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let (instance, _, _) = r.take_restart();
+    r.restart_ok(&instance, 101);
+    r.exit(100);
+    r.start(101, &agent());
+    r.advance(500 * MS);
+    r.keep_answering(101, 401, "s101", 5 * S);
+    assert_eq!(r.view("agent.service").state, "escalated");
+    // Still escalated while its process runs, however long.
+    r.advance(2 * 60 * 60 * S);
+    assert_eq!(r.view("agent.service").state, "escalated");
+    // Its process is gone for an hour: nothing is under way any more (the episode closed, the
+    // escalation was announced), so it is forgotten; a new process starts afresh.
+    r.exit(101);
+    r.advance(59 * 60 * S);
+    assert_eq!(r.view("agent.service").state, "escalated");
+    r.advance(2 * 60 * S);
+    assert_eq!(largest(&r.watch), 0, "{:?}", footprint(&r.watch));
+    r.start(102, &agent());
+    r.see(102, 200, "s102");
+    assert_eq!(r.view("agent.service").state, "healthy");
+}
