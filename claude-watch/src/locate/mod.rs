@@ -411,7 +411,7 @@ impl Locator {
         if let Err(e) = &result
             && e.is_about_content()
         {
-            tracing::info!(path = %path.display(), dev = stamp.dev, ino = stamp.ino, error = %e, "locate: refused; remembered until the file changes");
+            tracing::debug!(path = %path.display(), dev = stamp.dev, ino = stamp.ino, error = %e, "locate: refused; remembered until the file changes");
             self.refusals
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
