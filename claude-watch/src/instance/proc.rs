@@ -419,15 +419,6 @@ pub fn socket_inodes(pid: u32, max_fds: usize) -> HashSet<u64> {
         .collect()
 }
 
-/// At most `limit` bytes of a host-wide `/proc` file such as `net/unix`.
-///
-/// # Errors
-/// [`ProcError::Read`] when it cannot be read.
-pub fn read_host_file(file: &str, limit: u64) -> Result<Vec<u8>, ProcError> {
-    let path = Path::new(ROOT).join(file);
-    read_bounded(&path, limit).map_err(|source| ProcError::Read { path, source })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
