@@ -161,6 +161,18 @@ impl BgFleet {
         })
     }
 
+    /// The session id `claude agents` lists for `id`.
+    #[track_caller]
+    pub fn session_of(&self, id: &str) -> String {
+        self.agents()
+            .into_iter()
+            .find(|a| a["id"] == id)
+            .unwrap_or_else(|| panic!("session {id} is not listed"))["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_owned()
+    }
+
     /// The worker pid `claude agents` lists for `id`.
     pub fn pid_of(&self, id: &str) -> Option<u32> {
         self.agents()

@@ -2,7 +2,7 @@
 //!
 //! A stand-in Anthropic API on 127.0.0.1 with switchable failure modes ([`standin`]), agents to
 //! watch (light node/Bun agents and the real Claude Code, [`agents`]), the pinned clients they run
-//! on ([`deps`]), a real Docker engine ([`docker`]), child-process guards that never leak a process ([`process`]) and deadline-bound
+//! on ([`deps`]), a real Docker engine ([`docker`]), child-process guards that never leak a process ([`process`]), the pieces the bench shares ([`shared`]) and deadline-bound
 //! waiting ([`wait`]). Helpers panic with a message instead of returning errors, so a failing
 //! scenario says where it failed.
 
@@ -11,6 +11,7 @@ pub mod bg;
 pub mod deps;
 pub mod docker;
 pub mod process;
+pub mod shared;
 pub mod standin;
 pub mod testbed;
 pub mod users;

@@ -5,8 +5,6 @@
 //! switch the failure modes the seed article describes: a session latch, an open upstream window,
 //! a poisoned credential, a model-tier throttle and idle-wake.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
@@ -82,17 +80,11 @@ impl StandIn {
         let (_, ready) = child.wait_for_line(0, START_TIMEOUT, "the stand-in's ready line", |l| {
             l.contains("\"ready\"")
         });
-        let ready: Value = serde_json::from_str(&ready)
-            .unwrap_or_else(|e| panic!("stand-in ready line is not JSON ({e}): {ready}"));
-        let port = |key: &str| {
-            ready[key]
-                .as_u64()
-                .and_then(|p| u16::try_from(p).ok())
-                .unwrap_or_else(|| panic!("stand-in ready line lacks {key}: {ready}"))
-        };
+        let (api_port, control_port) =
+            crate::shared::standin_ports(&ready).unwrap_or_else(|e| panic!("{e}"));
         StandIn {
-            api_port: port("api_port"),
-            control_port: port("control_port"),
+            api_port,
+            control_port,
             child,
         }
     }
@@ -248,33 +240,14 @@ impl StandIn {
     /// One request to the control port (HTTP/1.1, `Connection: close`); panics unless it is 200.
     #[track_caller]
     fn control(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+        let (status, payload) =
+            crate::shared::standin_control(self.control_port, method, path, body)
+                .unwrap_or_else(|e| panic!("stand-in control {method} {path}: {e}"));
+        assert!(
+            crate::shared::is_ok(&status),
+            "stand-in control {method} {path} answered {status}: {payload}"
         );
-        let mut stream = TcpStream::connect(("127.0.0.1", self.control_port))
-            .unwrap_or_else(|e| panic!("stand-in control port unreachable: {e}"));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("set a read timeout");
-        stream
-            .write_all(request.as_bytes())
-            .unwrap_or_else(|e| panic!("stand-in control {method} {path}: {e}"));
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .unwrap_or_else(|e| panic!("stand-in control {method} {path}: {e}"));
-        let (head, payload) = response
-            .split_once("\r\n\r\n")
-            .unwrap_or_else(|| panic!("stand-in control {method} {path}: no header end"));
-        let status = head.split_whitespace().nth(1).unwrap_or("");
-        assert_eq!(
-            status, "200",
-            "stand-in control {method} {path} answered {head}: {payload}"
-        );
-        serde_json::from_str(payload)
+        serde_json::from_str(&payload)
             .unwrap_or_else(|e| panic!("stand-in control {method} {path}: body not JSON ({e})"))
     }
 }

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use claude_watch::detect::{Episode, EpisodeEnd};
+use claude_watch::journal::{ActionKind, ActionRecord, Record};
+use claude_watch::watch::status::InstanceView;
 use serde_json::Value;
 
 use crate::deps::workspace_root;
@@ -353,6 +356,136 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("reading the journal: {e}"))
     }
 
+    /// The journal's actions of `kind`, of every instance (the daemon watches the whole host:
+    /// use [`Self::actions_of`] where another test's agent may act next to the test's own).
+    #[track_caller]
+    pub fn actions(&self, kind: ActionKind) -> Vec<ActionRecord> {
+        self.records()
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Action(a) if a.kind == kind => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The journal's actions of `kind` on `instance`.
+    #[track_caller]
+    pub fn actions_of(&self, instance: &str, kind: ActionKind) -> Vec<ActionRecord> {
+        let mut actions = self.actions(kind);
+        actions.retain(|a| a.instance == instance);
+        actions
+    }
+
+    /// The journal's restart actions, of every instance.
+    #[track_caller]
+    pub fn restarts(&self) -> Vec<ActionRecord> {
+        self.actions(ActionKind::Restart)
+    }
+
+    /// Every episode snapshot in the journal, of every instance.
+    #[track_caller]
+    pub fn episodes(&self) -> Vec<Episode> {
+        self.records()
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Episode { episode, .. } => Some(episode),
+                Record::Action(_) | Record::Throttle(_) => None,
+            })
+            .collect()
+    }
+
+    /// Every episode snapshot of `instance` in the journal.
+    #[track_caller]
+    pub fn episodes_of(&self, instance: &str) -> Vec<Episode> {
+        let mut episodes = self.episodes();
+        episodes.retain(|e| e.instance == instance);
+        episodes
+    }
+
+    /// Waits until an episode (of `instance`, or of any instance with `None`) is journalled as
+    /// closed with `end`; returns it.
+    #[track_caller]
+    pub fn wait_closed_episode(
+        &self,
+        instance: Option<&str>,
+        end: EpisodeEnd,
+        timeout: Duration,
+    ) -> Episode {
+        let what = match instance {
+            Some(instance) => format!("an episode of {instance} closed as {end:?}"),
+            None => format!("an episode closed as {end:?}"),
+        };
+        wait_until(timeout, &what, || {
+            self.episodes()
+                .into_iter()
+                .find(|e| e.end == end && instance.is_none_or(|i| e.instance == i))
+        })
+    }
+
+    /// Waits until a failed (refused) restart of `instance` is journalled; returns it.
+    #[track_caller]
+    pub fn wait_refused_restart(&self, instance: &str, timeout: Duration) -> ActionRecord {
+        wait_until(timeout, &format!("a refused restart of {instance}"), || {
+            self.actions_of(instance, ActionKind::Restart)
+                .into_iter()
+                .find(|a| !a.ok)
+        })
+    }
+
+    /// `claude-watch status --json` read as the library's own type, one per instance.
+    #[track_caller]
+    pub fn instances(&self) -> Vec<InstanceView> {
+        self.status()
+            .into_iter()
+            .map(|i| {
+                serde_json::from_value(i.clone())
+                    .unwrap_or_else(|e| panic!("status line is not an instance ({e}): {i}"))
+            })
+            .collect()
+    }
+
+    /// The status of instance `name`, when it is listed.
+    #[track_caller]
+    pub fn instance(&self, name: &str) -> Option<InstanceView> {
+        self.instances().into_iter().find(|i| i.name == name)
+    }
+
+    /// Waits until instance `name` is listed and satisfies `matches`; returns it.
+    #[track_caller]
+    pub fn wait_for(
+        &self,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        matches: impl Fn(&InstanceView) -> bool,
+    ) -> InstanceView {
+        wait_until(timeout, what, || self.instance(name).filter(|i| matches(i)))
+    }
+
+    /// Recovery confirmed by the new process's own request: waits until instance `name` is
+    /// healthy with a session other than `old_session`, and asserts that the stand-in answered
+    /// that new session 200 after `since_ms`. Returns the instance's status then.
+    #[track_caller]
+    pub fn assert_recovered_by_new_session(
+        &self,
+        standin: &crate::standin::StandIn,
+        name: &str,
+        old_session: &str,
+        since_ms: u64,
+        timeout: Duration,
+    ) -> InstanceView {
+        let now = self.wait_for(name, timeout, "healthy with a new session", |i| {
+            i.state == "healthy" && i.session_id.as_deref().is_some_and(|s| s != old_session)
+        });
+        let new_session = now.session_id.as_deref().expect("new session");
+        assert!(
+            standin.answered(new_session, 200, since_ms),
+            "no 200 for the new session {new_session} of {name}: the new process's own answer must confirm the recovery"
+        );
+        now
+    }
+
     /// `claude-watch episodes --journal <journal> --json`.
     #[track_caller]
     pub fn episodes_report(&self) -> Value {
@@ -430,8 +563,5 @@ pub fn read_journal(path: &std::path::Path) -> Vec<Value> {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (for the daemon's metrics).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    crate::shared::free_port().expect("a free port")
 }

@@ -618,3 +618,62 @@ fn a_process_in_another_mount_namespace_is_reached_through_its_root() {
         (Some("/v1/models"), Some(200))
     );
 }
+
+/// The exec race of issue 14: a file is located from one descriptor and attached through
+/// `/proc/self/fd/N` of that descriptor, so swapping what its path names between the locate and
+/// the attach cannot move the probes (placed at offsets computed for the first file) into the
+/// second one. Shown with two copies of libssl: the path is swapped after the locate, and only
+/// curl loading the opened copy hits the probes.
+#[test]
+fn the_attach_goes_to_the_opened_file_even_when_its_path_is_swapped() {
+    use claude_watch::capture::{Probes, targets};
+    let standin = StandIn::start();
+    let dir = std::env::temp_dir().join(format!("cw-swap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for sub in ["opened", "kept", "other"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+    }
+    let opened = dir.join("opened/libssl.so.3");
+    std::fs::copy(LIBSSL, &opened).expect("copy");
+    std::fs::hard_link(&opened, dir.join("kept/libssl.so.3")).expect("link");
+    std::fs::copy(LIBSSL, dir.join("other/libssl.so.3")).expect("copy");
+
+    let target = targets::binary(&opened).expect("locate the opened copy");
+    // Swap: the path now names the other copy (same bytes, another inode).
+    std::fs::rename(dir.join("other/libssl.so.3"), &opened).expect("swap");
+    let mut probes = Probes::load(1 << 20, None).expect("load");
+    assert!(probes.attach(&target, 0).expect("attach"));
+    let hits = |probes: &Probes| {
+        let s = probes.stats();
+        s.sent + s.skipped
+    };
+    let run = |lib_dir: &std::path::Path| {
+        let mut command = Command::new("curl");
+        command
+            .env("LD_LIBRARY_PATH", lib_dir)
+            .args([
+                "-sk",
+                "--max-time",
+                "20",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}\n",
+            ])
+            .arg(format!("{}/v1/models", standin.base_url()));
+        let mut child = ChildGuard::spawn("curl", &mut command);
+        child.wait_for_line(0, WAIT, "curl's answer", |l| l == "200");
+    };
+    run(&dir.join("opened"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        hits(&probes),
+        0,
+        "curl loading the file now at the path must not hit probes meant for the opened one"
+    );
+    run(&dir.join("kept"));
+    wait_until(WAIT, "the opened copy's probes to fire", || {
+        (hits(&probes) > 0).then_some(())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,15 +14,14 @@ use claude_watch_tests::wait::one_at_a_time as serial;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use claude_watch::detect::{Episode, EpisodeEnd};
-use claude_watch::journal::{ActionKind, ActionRecord, Record};
+use claude_watch::detect::EpisodeEnd;
+use claude_watch::journal::ActionKind;
 use claude_watch_tests::agents::FAKE_API_KEY;
 use claude_watch_tests::bg::BgFleet;
 use claude_watch_tests::process::ScratchDir;
 use claude_watch_tests::standin::StandIn;
 use claude_watch_tests::wait::wait_until;
 use claude_watch_tests::watch::Daemon;
-use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -37,40 +36,6 @@ fn name(id: &str) -> String {
     format!("claude-bg:{id}")
 }
 
-fn has_pid(i: &Value, pid: u32) -> bool {
-    i["pids"]
-        .as_array()
-        .is_some_and(|p| p.contains(&Value::from(pid)))
-}
-
-fn actions(daemon: &Daemon, instance: &str, kind: ActionKind) -> Vec<ActionRecord> {
-    daemon
-        .records()
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Action(a) if a.kind == kind && a.instance == instance => Some(a),
-            _ => None,
-        })
-        .collect()
-}
-
-fn closed_episode(daemon: &Daemon, instance: &str, end: EpisodeEnd) -> Episode {
-    wait_until(
-        WAIT,
-        &format!("an episode of {instance} closed as {end:?}"),
-        || {
-            daemon.records().into_iter().find_map(|r| match r {
-                Record::Episode { episode, .. }
-                    if episode.instance == instance && episode.end == end =>
-                {
-                    Some(episode)
-                }
-                _ => None,
-            })
-        },
-    )
-}
-
 /// Two sessions started and idle, each listed by the daemon as its own instance; their pids.
 fn two_workers(fleet: &BgFleet, daemon: &Daemon) -> ((String, u32), (String, u32)) {
     let a = fleet.start("a", "task a");
@@ -78,17 +43,22 @@ fn two_workers(fleet: &BgFleet, daemon: &Daemon) -> ((String, u32), (String, u32
     let b = fleet.start("b", "task b");
     let b_pid = fleet.wait_idle(&b, None, WAIT);
     for (id, pid, dir) in [(&a, a_pid, "a"), (&b, b_pid, "b")] {
-        let i = daemon.wait_instance(&name(id), WAIT, "the worker listed", |i| has_pid(i, pid));
-        assert_eq!(i["supervisor"], "claude-bg", "{i}");
-        assert_eq!(i["background"]["short_id"], id.as_str(), "{i}");
+        let i = daemon.wait_for(&name(id), WAIT, "the worker listed", |i| {
+            i.pids.contains(&pid)
+        });
+        assert_eq!(i.supervisor, "claude-bg", "{i:?}");
+        let background = i.background.as_ref().expect("a background session");
+        assert_eq!(&background.short_id, id, "{i:?}");
         assert_eq!(
-            i["background"]["cwd"],
-            fleet.dir(dir).display().to_string(),
-            "{i}"
+            background.cwd.as_deref(),
+            Some(fleet.dir(dir).display().to_string().as_str()),
+            "{i:?}"
         );
         assert!(
-            i["session_id"].is_null() || i["session_id"] == i["background"]["session_id"],
-            "{i}"
+            i.session_id
+                .as_ref()
+                .is_none_or(|s| *s == background.session_id),
+            "{i:?}"
         );
     }
     ((a, a_pid), (b, b_pid))
@@ -102,18 +72,14 @@ fn only_workers_listed(fleet: &BgFleet, daemon: &Daemon, workers: &[u32]) {
         fleet_pids.len() > workers.len(),
         "daemon and spares run too"
     );
-    for i in daemon.status() {
-        for pid in i["pids"].as_array().into_iter().flatten() {
-            let pid = u32::try_from(pid.as_u64().unwrap_or(0)).unwrap_or(0);
-            if fleet_pids.contains(&pid) {
+    for i in daemon.instances() {
+        for pid in &i.pids {
+            if fleet_pids.contains(pid) {
                 assert!(
-                    workers.contains(&pid),
-                    "pid {pid} of the fleet is listed but is no worker: {i}"
+                    workers.contains(pid),
+                    "pid {pid} of the fleet is listed but is no worker: {i:?}"
                 );
-                assert!(
-                    i["name"].as_str().unwrap_or("").starts_with("claude-bg:"),
-                    "{i}"
-                );
+                assert!(i.name.starts_with("claude-bg:"), "{i:?}");
             }
         }
     }
@@ -131,13 +97,12 @@ fn two_workers_one_latched_by_its_process_is_recovered_through_claude_respawn() 
     let fleet = BgFleet::new_as(&standin, FAKE_API_KEY, &["a", "b"], Some(NOBODY));
     let ((a, a_pid), (b, b_pid)) = two_workers(&fleet, &daemon);
     only_workers_listed(&fleet, &daemon, &[a_pid, b_pid]);
-    let listed = daemon.wait_instance(&name(&a), WAIT, "a listed", |_| true);
+    let listed = daemon.wait_for(&name(&a), WAIT, "a listed", |_| true);
     assert!(
-        listed["supervisor_reason"]
-            .as_str()
-            .unwrap_or_default()
+        listed
+            .supervisor_reason
             .contains(&format!("as uid {NOBODY}")),
-        "{listed}"
+        "{listed:?}"
     );
 
     // A latch bound to a's process; a's next turn meets it.
@@ -146,20 +111,24 @@ fn two_workers_one_latched_by_its_process_is_recovered_through_claude_respawn() 
     let new_a = wait_until(WAIT, "claude respawn to replace a's worker", || {
         fleet.pid_of(&a).filter(|p| *p != a_pid)
     });
-    let restarted = daemon.wait_instance(&name(&a), WAIT, "the new worker known", |i| {
-        has_pid(i, new_a)
+    let restarted = daemon.wait_for(&name(&a), WAIT, "the new worker known", |i| {
+        i.pids.contains(&new_a)
     });
-    assert_eq!(restarted["background"]["short_id"], a.as_str());
+    assert_eq!(
+        restarted.background.map(|b| b.short_id).as_deref(),
+        Some(a.as_str())
+    );
     // The respawned worker waits for its next turn; its own answer confirms the recovery.
     fleet.wait_idle(&a, Some(a_pid), WAIT);
     fleet.send(&a, "and now?");
-    let episode = closed_episode(&daemon, &name(&a), EpisodeEnd::RecoveredAfterRestart);
+    let episode =
+        daemon.wait_closed_episode(Some(&name(&a)), EpisodeEnd::RecoveredAfterRestart, WAIT);
     assert_eq!(episode.restarts, 1, "{episode:?}");
     assert!(episode.pids.contains(&a_pid), "{episode:?}");
-    daemon.wait_instance(&name(&a), WAIT, "a healthy on its new worker", |i| {
-        i["state"] == "healthy" && i["last_status"] == 200 && has_pid(i, new_a)
+    daemon.wait_for(&name(&a), WAIT, "a healthy on its new worker", |i| {
+        i.state == "healthy" && i.last_status == Some(200) && i.pids.contains(&new_a)
     });
-    let restarts = actions(&daemon, &name(&a), ActionKind::Restart);
+    let restarts = daemon.actions_of(&name(&a), ActionKind::Restart);
     assert_eq!(restarts.len(), 1, "{restarts:?}");
     assert!(restarts[0].ok, "{restarts:?}");
     let detail = restarts[0].detail.as_deref().unwrap_or_default();
@@ -178,14 +147,7 @@ fn two_workers_one_latched_by_its_process_is_recovered_through_claude_respawn() 
     );
     // The new worker kept the session id and got 200 from the stand-in with it.
     let log = standin.log();
-    let session = fleet
-        .agents()
-        .into_iter()
-        .find(|x| x["id"] == a.as_str())
-        .expect("a")["sessionId"]
-        .as_str()
-        .expect("session id")
-        .to_owned();
+    let session = fleet.session_of(&a);
     assert!(
         log.iter().any(|e| e.pid == Some(new_a)
             && e.status == 200
@@ -195,9 +157,9 @@ fn two_workers_one_latched_by_its_process_is_recovered_through_claude_respawn() 
 
     // b untouched: same process, no restart, healthy.
     assert_eq!(fleet.pid_of(&b), Some(b_pid));
-    assert!(actions(&daemon, &name(&b), ActionKind::Restart).is_empty());
-    let bi = daemon.wait_instance(&name(&b), WAIT, "b listed", |_| true);
-    assert_eq!(bi["state"], "healthy", "{bi}");
+    assert!(daemon.actions_of(&name(&b), ActionKind::Restart).is_empty());
+    let bi = daemon.wait_for(&name(&b), WAIT, "b listed", |_| true);
+    assert_eq!(bi.state, "healthy", "{bi:?}");
 
     // Every API request came from a worker: the daemon, pty hosts and spares sent none.
     let workers = [a_pid, new_a, b_pid];
@@ -234,14 +196,7 @@ fn a_latch_bound_to_the_session_survives_respawn_and_escalates_with_advice() {
     );
     let fleet = BgFleet::new(&standin, FAKE_API_KEY, &["a", "b"]);
     let ((a, a_pid), (b, b_pid)) = two_workers(&fleet, &daemon);
-    let session = fleet
-        .agents()
-        .into_iter()
-        .find(|x| x["id"] == a.as_str())
-        .expect("a listed")["sessionId"]
-        .as_str()
-        .expect("session id")
-        .to_owned();
+    let session = fleet.session_of(&a);
     standin.latch_session(&session);
     fleet.send(&a, "next turn please");
 
@@ -256,11 +211,10 @@ fn a_latch_bound_to_the_session_survives_respawn_and_escalates_with_advice() {
             fleet.send(&a, "try again");
         }
         daemon
-            .status()
-            .into_iter()
-            .find(|i| i["name"] == name(&a) && i["state"] == "escalated")
+            .instance(&name(&a))
+            .filter(|i| i.state == "escalated")
     });
-    let episode = closed_episode(&daemon, &name(&a), EpisodeEnd::Escalated);
+    let episode = daemon.wait_closed_episode(Some(&name(&a)), EpisodeEnd::Escalated, WAIT);
     assert_eq!(episode.restarts, 3, "{episode:?}");
     assert_eq!(
         episode.session_ids,
@@ -269,7 +223,8 @@ fn a_latch_bound_to_the_session_survives_respawn_and_escalates_with_advice() {
     );
     assert_eq!(pids.len(), 4, "three respawns: {pids:?}");
     // Quiet windows grew between the respawns.
-    let windows: Vec<u64> = actions(&daemon, &name(&a), ActionKind::Backoff)
+    let windows: Vec<u64> = daemon
+        .actions_of(&name(&a), ActionKind::Backoff)
         .iter()
         .filter_map(|b| {
             b.detail
@@ -289,21 +244,19 @@ fn a_latch_bound_to_the_session_survives_respawn_and_escalates_with_advice() {
     );
     wait_until(WAIT, "the hook to run", || hook_log.exists().then_some(()));
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(actions(&daemon, &name(&a), ActionKind::Restart).len(), 3);
+    assert_eq!(daemon.actions_of(&name(&a), ActionKind::Restart).len(), 3);
     assert_eq!(
         std::fs::read_to_string(&hook_log).expect("hook log"),
         format!("{}\n", name(&a)),
         "the hook ran once"
     );
-    let status = daemon.wait_instance(&name(&a), WAIT, "a escalated", |i| {
-        i["state"] == "escalated"
-    });
-    let advice = status["advice"].as_str().unwrap_or_default();
+    let status = daemon.wait_for(&name(&a), WAIT, "a escalated", |i| i.state == "escalated");
+    let advice = status.advice.as_deref().unwrap_or_default();
     assert!(
         advice.contains("keeps the session id")
             && advice.contains(&format!("claude stop {a}"))
             && advice.contains("fresh_session = true"),
-        "{status}"
+        "{status:?}"
     );
     // The 401s of the respawned workers came with the same session id.
     let rejected: BTreeSet<u32> = standin
@@ -315,7 +268,7 @@ fn a_latch_bound_to_the_session_survives_respawn_and_escalates_with_advice() {
     assert!(rejected.len() >= 2, "{rejected:?} of {pids:?}");
     // b untouched.
     assert_eq!(fleet.pid_of(&b), Some(b_pid));
-    assert!(actions(&daemon, &name(&b), ActionKind::Restart).is_empty());
+    assert!(daemon.actions_of(&name(&b), ActionKind::Restart).is_empty());
 }
 
 #[test]
@@ -325,22 +278,12 @@ fn fresh_session_opt_in_stops_the_worker_and_starts_a_new_session_in_the_same_di
     let daemon = Daemon::start("", &config("fresh_session = true"));
     let fleet = BgFleet::new(&standin, FAKE_API_KEY, &["a", "b"]);
     let ((a, a_pid), (b, b_pid)) = two_workers(&fleet, &daemon);
-    let listed = daemon.wait_instance(&name(&a), WAIT, "a listed", |_| true);
+    let listed = daemon.wait_for(&name(&a), WAIT, "a listed", |_| true);
     assert!(
-        listed["supervisor_reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("fresh_session = true"),
-        "{listed}"
+        listed.supervisor_reason.contains("fresh_session = true"),
+        "{listed:?}"
     );
-    let session = fleet
-        .agents()
-        .into_iter()
-        .find(|x| x["id"] == a.as_str())
-        .expect("a listed")["sessionId"]
-        .as_str()
-        .expect("session id")
-        .to_owned();
+    let session = fleet.session_of(&a);
     // Bound to the session: only a new session gets past it.
     standin.latch_session(&session);
     fleet.send(&a, "next turn please");
@@ -358,13 +301,17 @@ fn fresh_session_opt_in_stops_the_worker_and_starts_a_new_session_in_the_same_di
     let fresh_pid = fleet.wait_idle(&fresh_id, Some(a_pid), WAIT);
     assert_eq!(fleet.pid_of(&a), None, "the old session was stopped");
     // The new worker continues the instance it replaced.
-    daemon.wait_instance(&name(&a), WAIT, "the fresh worker under a's name", |i| {
-        has_pid(i, fresh_pid) && i["background"]["short_id"] == fresh_id.as_str()
+    daemon.wait_for(&name(&a), WAIT, "the fresh worker under a's name", |i| {
+        i.pids.contains(&fresh_pid)
+            && i.background
+                .as_ref()
+                .is_some_and(|b| b.short_id == fresh_id)
     });
     fleet.send(&fresh_id, "hello again");
-    let episode = closed_episode(&daemon, &name(&a), EpisodeEnd::RecoveredAfterRestart);
+    let episode =
+        daemon.wait_closed_episode(Some(&name(&a)), EpisodeEnd::RecoveredAfterRestart, WAIT);
     assert_eq!(episode.restarts, 1, "{episode:?}");
-    let restarts = actions(&daemon, &name(&a), ActionKind::Restart);
+    let restarts = daemon.actions_of(&name(&a), ActionKind::Restart);
     assert_eq!(restarts.len(), 1, "{restarts:?}");
     let detail = restarts[0].detail.as_deref().unwrap_or_default();
     assert!(
@@ -379,10 +326,10 @@ fn fresh_session_opt_in_stops_the_worker_and_starts_a_new_session_in_the_same_di
         "the fresh worker's own 200"
     );
     assert!(
-        daemon.status().iter().all(|i| i["name"] != name(&fresh_id)),
+        daemon.instance(&name(&fresh_id)).is_none(),
         "the fresh session is not listed under a name of its own"
     );
     // b untouched.
     assert_eq!(fleet.pid_of(&b), Some(b_pid));
-    assert!(actions(&daemon, &name(&b), ActionKind::Restart).is_empty());
+    assert!(daemon.actions_of(&name(&b), ActionKind::Restart).is_empty());
 }

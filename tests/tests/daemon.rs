@@ -261,10 +261,11 @@ fn a_latch_that_self_recovers_is_closed_as_self_recovered() {
         i["state"] == "healthy" && i["last_status"] == 200
     });
     let closed = wait_until(WAIT, "the closed episode in the journal", || {
-        daemon
-            .journal()
-            .into_iter()
-            .find(|r| r["record"] == "episode" && r["episode"]["end"] == "self_recovered")
+        daemon.journal().into_iter().find(|r| {
+            r["record"] == "episode"
+                && r["episode"]["instance"] == name.as_str()
+                && r["episode"]["end"] == "self_recovered"
+        })
     });
     assert_eq!(closed["episode"]["restarts"], 0);
     assert!(

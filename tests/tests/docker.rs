@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use claude_watch::detect::{Episode, EpisodeEnd};
 use claude_watch::instance::{Placement, container};
-use claude_watch::journal::{ActionKind, ActionRecord, Record};
+use claude_watch::journal::ActionKind;
 use claude_watch::supervise::docker::DockerRestarter;
 use claude_watch::supervise::{Restarter as _, SuperviseError, Target};
 use claude_watch_tests::agents::{AgentConfig, agent_env, agent_script};
@@ -91,28 +91,6 @@ fn config(extra: &str) -> String {
     )
 }
 
-fn actions(daemon: &Daemon, kind: ActionKind) -> Vec<ActionRecord> {
-    daemon
-        .records()
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Action(a) if a.kind == kind => Some(a),
-            _ => None,
-        })
-        .collect()
-}
-
-fn episodes(daemon: &Daemon) -> Vec<Episode> {
-    daemon
-        .records()
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Episode { episode, .. } => Some(episode),
-            Record::Action(_) | Record::Throttle(_) => None,
-        })
-        .collect()
-}
-
 /// `(main pid, StartedAt)` of a container.
 fn run_of(container: &Container) -> (u32, String) {
     let out = container.inspect("{{.State.Pid}} {{.State.StartedAt}}");
@@ -150,16 +128,13 @@ fn a_latched_container_is_restarted_through_the_engine_api_and_recovers_with_its
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
-    let episode = wait_until(WAIT, "the episode recovered after a restart", || {
-        episodes(&daemon)
-            .into_iter()
-            .find(|e| e.instance == instance && e.end == EpisodeEnd::RecoveredAfterRestart)
-    });
+    let episode =
+        daemon.wait_closed_episode(Some(&instance), EpisodeEnd::RecoveredAfterRestart, WAIT);
     assert_eq!(episode.restarts, 1, "{episode:?}");
     let (new_pid, new_started) = run_of(&container);
     assert_ne!(new_pid, old_pid, "the engine restarted the container");
     assert_ne!(new_started, old_started);
-    let restarts = actions(&daemon, ActionKind::Restart);
+    let restarts = daemon.actions(ActionKind::Restart);
     assert_eq!(restarts.len(), 1, "{restarts:?}");
     assert!(restarts[0].ok, "{restarts:?}");
     assert_eq!(restarts[0].instance, instance);
@@ -171,17 +146,12 @@ fn a_latched_container_is_restarted_through_the_engine_api_and_recovers_with_its
         "{detail}"
     );
     // Confirmed by the new process's own request: a new session answered 200 after the latch.
-    let now = daemon.wait_instance(&instance, WAIT, "healthy with a new session", |i| {
-        i["state"] == "healthy" && i["session_id"] != old_session.as_str()
-    });
+    let now =
+        daemon.assert_recovered_by_new_session(&standin, &instance, &old_session, latched_at, WAIT);
     assert!(
-        now["pids"]
-            .as_array()
-            .is_some_and(|p| p.contains(&serde_json::Value::from(new_pid))),
-        "the new main process is the instance's: {now}"
+        now.pids.contains(&new_pid),
+        "the new main process is the instance's: {now:?}"
     );
-    let new_session = now["session_id"].as_str().expect("new session");
-    assert!(standin.answered(new_session, 200, latched_at));
 }
 
 #[test]
@@ -222,15 +192,12 @@ fn a_latched_podman_container_is_restarted_through_its_docker_compatible_api() {
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
-    let episode = wait_until(WAIT, "the episode recovered after a restart", || {
-        episodes(&daemon)
-            .into_iter()
-            .find(|e| e.instance == instance && e.end == EpisodeEnd::RecoveredAfterRestart)
-    });
+    let episode =
+        daemon.wait_closed_episode(Some(&instance), EpisodeEnd::RecoveredAfterRestart, WAIT);
     assert_eq!(episode.restarts, 1, "{episode:?}");
     let (new_pid, _) = run_of(&container);
     assert_ne!(new_pid, old_pid, "Podman restarted the container");
-    let restarts = actions(&daemon, ActionKind::Restart);
+    let restarts = daemon.actions(ActionKind::Restart);
     assert_eq!(restarts.len(), 1, "{restarts:?}");
     assert!(restarts[0].ok, "{restarts:?}");
     let detail = restarts[0].detail.as_deref().unwrap_or_default();
@@ -239,11 +206,7 @@ fn a_latched_podman_container_is_restarted_through_its_docker_compatible_api() {
             && detail.contains(&format!("→ {new_pid}")),
         "{detail}"
     );
-    let now = daemon.wait_instance(&instance, WAIT, "healthy with a new session", |i| {
-        i["state"] == "healthy" && i["session_id"] != old_session.as_str()
-    });
-    let new_session = now["session_id"].as_str().expect("new session");
-    assert!(standin.answered(new_session, 200, latched_at));
+    daemon.assert_recovered_by_new_session(&standin, &instance, &old_session, latched_at, WAIT);
 }
 
 #[test]
@@ -283,7 +246,7 @@ fn two_containers_in_an_open_window_are_restarted_one_at_a_time_behind_growing_q
     let window_closes = now_ms() + u64::try_from(window.as_millis()).expect("fits");
 
     let recovered = wait_until(WAIT + window, "both containers recovered", || {
-        let eps = episodes(&daemon);
+        let eps = daemon.episodes();
         let done: Vec<Episode> = containers
             .iter()
             .filter_map(|(_, instance)| {
@@ -300,8 +263,8 @@ fn two_containers_in_an_open_window_are_restarted_one_at_a_time_behind_growing_q
             "recovered before the window closed: {episode:?}"
         );
     }
-    let restarts = actions(&daemon, ActionKind::Restart);
-    let backoffs = actions(&daemon, ActionKind::Backoff);
+    let restarts = daemon.actions(ActionKind::Restart);
+    let backoffs = daemon.actions(ActionKind::Backoff);
     assert!(restarts.iter().all(|r| r.ok), "{restarts:?}");
 
     // One at a time: the engine's own events show each restart (first kill to the restart

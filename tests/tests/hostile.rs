@@ -9,7 +9,7 @@ use claude_watch_tests::wait::one_at_a_time as serial;
 use std::time::Duration;
 
 use claude_watch::detect::EpisodeEnd;
-use claude_watch::journal::{ActionKind, ActionRecord, Record};
+use claude_watch::journal::Record;
 use claude_watch_tests::agents::{Agent, AgentConfig, Runtime, agent_unit, start_user_agent};
 use claude_watch_tests::process::ScratchDir;
 use claude_watch_tests::standin::StandIn;
@@ -130,17 +130,6 @@ fn recovery_config(bed: &Testbed) -> String {
     )
 }
 
-fn restarts(daemon: &Daemon) -> Vec<ActionRecord> {
-    daemon
-        .records()
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Action(a) if a.kind == ActionKind::Restart => Some(a),
-            _ => None,
-        })
-        .collect()
-}
-
 /// systemd's `MainPID` of system unit `unit` (a test bed PID).
 fn ns_main_pid(bed: &Testbed, unit: &str) -> String {
     let out = bed.systemctl(&["show", "-p", "MainPID", "--value", unit]);
@@ -187,7 +176,7 @@ fn a_user_unit_named_like_a_system_unit_gets_only_the_users_unit_restarted() {
         Some(system_nginx),
         "the system's nginx.service was not touched"
     );
-    let done = restarts(&daemon);
+    let done = daemon.restarts();
     assert_eq!(done.len(), 1, "{done:?}");
     let detail = done[0].detail.clone().unwrap_or_default();
     assert!(
@@ -245,7 +234,7 @@ fn a_delegated_subcgroup_named_like_a_system_unit_is_refused_and_nothing_is_rest
     standin.latch_session(healthy["session_id"].as_str().expect("session"));
 
     let refused = wait_until(WAIT, "a refused restart in the journal", || {
-        restarts(&daemon).into_iter().find(|a| !a.ok)
+        daemon.restarts().into_iter().find(|a| !a.ok)
     });
     let detail = refused.detail.unwrap_or_default();
     assert!(
@@ -269,7 +258,7 @@ fn a_delegated_subcgroup_named_like_a_system_unit_is_refused_and_nothing_is_rest
         "{}",
         daemon.status_text()
     );
-    assert!(restarts(&daemon).iter().all(|a| !a.ok), "nothing restarted");
+    assert!(daemon.restarts().iter().all(|a| !a.ok), "nothing restarted");
     assert_eq!(bed.main_pid("nginx.service"), Some(system_nginx));
     assert_eq!(ns_main_pid(&bed, "attacker.service"), attacker);
 }
@@ -319,14 +308,14 @@ fn a_user_bus_pointed_at_the_system_bus_gets_nothing_restarted() {
     let pids = healthy["pids"].clone();
     standin.latch_session(healthy["session_id"].as_str().expect("session"));
     let refused = wait_until(WAIT, "a refused restart in the journal", || {
-        restarts(&daemon).into_iter().find(|a| !a.ok)
+        daemon.restarts().into_iter().find(|a| !a.ok)
     });
     let detail = refused.detail.unwrap_or_default();
     assert!(
         detail.contains(&format!("not a socket owned by uid {}", user.uid)),
         "{detail}"
     );
-    assert!(restarts(&daemon).iter().all(|a| !a.ok), "nothing restarted");
+    assert!(daemon.restarts().iter().all(|a| !a.ok), "nothing restarted");
     assert_eq!(bed.main_pid("nginx.service"), Some(system_nginx));
     let now = daemon.wait_instance(&name, WAIT, "the agent", |_| true);
     assert_eq!(

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use claude_watch::detect::{Episode, EpisodeEnd};
-use claude_watch::journal::{ActionKind, ActionRecord, Record};
+use claude_watch::detect::EpisodeEnd;
+use claude_watch::journal::ActionKind;
 use claude_watch_tests::agents::{AgentConfig, FAKE_API_KEY, agent_env, agent_script};
 use claude_watch_tests::deps;
 use claude_watch_tests::process::{ChildGuard, ScratchDir};
@@ -308,62 +308,6 @@ fn agent_program(name: &str, standin: &StandIn, dir: &Path) -> String {
     )
 }
 
-fn actions(daemon: &Daemon, instance: &str, kind: ActionKind) -> Vec<ActionRecord> {
-    daemon
-        .records()
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Action(a) if a.kind == kind && a.instance == instance => Some(a),
-            _ => None,
-        })
-        .collect()
-}
-
-fn closed_episode(daemon: &Daemon, instance: &str, end: EpisodeEnd) -> Episode {
-    wait_until(
-        WAIT,
-        &format!("an episode of {instance} closed as {end:?}"),
-        || {
-            daemon.records().into_iter().find_map(|r| match r {
-                Record::Episode { episode, .. }
-                    if episode.instance == instance && episode.end == end =>
-                {
-                    Some(episode)
-                }
-                _ => None,
-            })
-        },
-    )
-}
-
-/// A refused restart of `instance` in the journal.
-fn refused_restart(daemon: &Daemon, instance: &str) -> ActionRecord {
-    wait_until(WAIT, &format!("a refused restart of {instance}"), || {
-        actions(daemon, instance, ActionKind::Restart)
-            .into_iter()
-            .find(|a| !a.ok)
-    })
-}
-
-/// Recovery confirmed by the new process's own request: its new session answered 200 after
-/// the latch.
-fn assert_new_session_answered(
-    daemon: &Daemon,
-    standin: &StandIn,
-    instance: &str,
-    old: &str,
-    since: u64,
-) {
-    let now = daemon.wait_instance(instance, WAIT, "healthy with a new session", |i| {
-        i["state"] == "healthy" && i["session_id"] != old
-    });
-    let new_session = now["session_id"].as_str().expect("new session");
-    assert!(
-        standin.answered(new_session, 200, since),
-        "no 200 for the new session {new_session}"
-    );
-}
-
 #[test]
 fn a_latched_agent_under_a_users_pm2_is_restarted_by_that_users_pm2() {
     let _serial = serial();
@@ -402,12 +346,13 @@ fn a_latched_agent_under_a_users_pm2_is_restarted_by_that_users_pm2() {
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
-    let episode = closed_episode(&daemon, "pm2:agent", EpisodeEnd::RecoveredAfterRestart);
+    let episode =
+        daemon.wait_closed_episode(Some("pm2:agent"), EpisodeEnd::RecoveredAfterRestart, WAIT);
     assert_eq!(episode.restarts, 1, "{episode:?}");
     // The new process may answer before the restart call returns (supervisord's
     // `startProcess` waits `startsecs`): wait for the action's record too.
     let restarts = wait_until(WAIT, "the restart recorded", || {
-        let r = actions(&daemon, "pm2:agent", ActionKind::Restart);
+        let r = daemon.actions_of("pm2:agent", ActionKind::Restart);
         (!r.is_empty()).then_some(r)
     });
     assert_eq!(restarts.len(), 1, "{restarts:?}");
@@ -430,7 +375,7 @@ fn a_latched_agent_under_a_users_pm2_is_restarted_by_that_users_pm2() {
         "root's app untouched"
     );
     assert_eq!(root_pm2.restarts("agent"), 0);
-    assert_new_session_answered(&daemon, &standin, "pm2:agent", &old_session, latched_at);
+    daemon.assert_recovered_by_new_session(&standin, "pm2:agent", &old_session, latched_at, WAIT);
 }
 
 #[test]
@@ -470,7 +415,7 @@ fn a_process_faking_pm2_variables_is_refused_and_nothing_is_restarted() {
     assert_eq!(seen["supervisor"], "pm2", "{seen}");
     standin.latch_pid(impostor.pid());
 
-    let refused = refused_restart(&daemon, "pm2:impostor");
+    let refused = daemon.wait_refused_restart("pm2:impostor", WAIT);
     let detail = refused.detail.as_deref().unwrap_or_default();
     assert!(
         detail.contains(&format!("does not own pid {}", impostor.pid()))
@@ -490,7 +435,8 @@ fn a_process_faking_pm2_variables_is_refused_and_nothing_is_restarted() {
     assert_eq!(pm2.restarts("agent"), 0);
     assert!(alive(impostor.pid()), "the impostor was not touched either");
     assert!(
-        actions(&daemon, "pm2:impostor", ActionKind::Restart)
+        daemon
+            .actions_of("pm2:impostor", ActionKind::Restart)
             .iter()
             .all(|a| !a.ok)
     );
@@ -517,16 +463,16 @@ fn a_latched_agent_under_supervisord_is_restarted_over_xml_rpc() {
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
-    let episode = closed_episode(
-        &daemon,
-        "supervisord:agent",
+    let episode = daemon.wait_closed_episode(
+        Some("supervisord:agent"),
         EpisodeEnd::RecoveredAfterRestart,
+        WAIT,
     );
     assert_eq!(episode.restarts, 1, "{episode:?}");
     // The new process may answer before the restart call returns (supervisord's
     // `startProcess` waits `startsecs`): wait for the action's record too.
     let restarts = wait_until(WAIT, "the restart recorded", || {
-        let r = actions(&daemon, "supervisord:agent", ActionKind::Restart);
+        let r = daemon.actions_of("supervisord:agent", ActionKind::Restart);
         (!r.is_empty()).then_some(r)
     });
     assert_eq!(restarts.len(), 1, "{restarts:?}");
@@ -534,12 +480,12 @@ fn a_latched_agent_under_supervisord_is_restarted_over_xml_rpc() {
     let new_pid = sup.pid("agent").expect("running again");
     assert_ne!(new_pid, old_pid, "supervisord restarted the program");
     assert!(!alive(old_pid));
-    assert_new_session_answered(
-        &daemon,
+    daemon.assert_recovered_by_new_session(
         &standin,
         "supervisord:agent",
         &old_session,
         latched_at,
+        WAIT,
     );
 }
 
@@ -567,24 +513,24 @@ fn an_agent_under_a_wrapper_shell_of_supervisord_is_restarted_with_its_program()
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
-    closed_episode(
-        &daemon,
-        "supervisord:wrapped",
+    daemon.wait_closed_episode(
+        Some("supervisord:wrapped"),
         EpisodeEnd::RecoveredAfterRestart,
+        WAIT,
     );
     let restarts = wait_until(WAIT, "the restart recorded", || {
-        let r = actions(&daemon, "supervisord:wrapped", ActionKind::Restart);
+        let r = daemon.actions_of("supervisord:wrapped", ActionKind::Restart);
         (!r.is_empty()).then_some(r)
     });
     assert!(restarts[0].ok, "{restarts:?}");
     assert_ne!(sup.pid("wrapped"), Some(shell), "a new shell");
     assert!(!alive(shell) && !alive(u32::try_from(agent).expect("pid")));
-    assert_new_session_answered(
-        &daemon,
+    daemon.assert_recovered_by_new_session(
         &standin,
         "supervisord:wrapped",
         &old_session,
         latched_at,
+        WAIT,
     );
 }
 
@@ -630,14 +576,14 @@ fn processes_faking_supervisord_variables_are_refused_and_nothing_is_restarted()
     standin.latch_pid(inside);
     standin.latch_pid(outsider.pid());
 
-    let refused = refused_restart(&daemon, "supervisord:agent");
+    let refused = daemon.wait_refused_restart("supervisord:agent", WAIT);
     let detail = refused.detail.as_deref().unwrap_or_default();
     assert!(
         detail.contains(&format!("does not own pid {inside}"))
             && detail.contains(&format!("runs agent as pid {real_pid} (RUNNING)")),
         "{detail}"
     );
-    let refused = refused_restart(&daemon, "supervisord:outsider");
+    let refused = daemon.wait_refused_restart("supervisord:outsider", WAIT);
     let detail = refused.detail.as_deref().unwrap_or_default();
     assert!(
         detail.contains("no supervisord among the process's ancestors"),

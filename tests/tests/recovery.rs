@@ -7,8 +7,8 @@ use claude_watch_tests::wait::now_ms;
 use std::path::Path;
 use std::time::Duration;
 
-use claude_watch::detect::{Episode, EpisodeEnd};
-use claude_watch::journal::{ActionKind, ActionRecord, Record};
+use claude_watch::detect::EpisodeEnd;
+use claude_watch::journal::{ActionKind, ActionRecord};
 use claude_watch_tests::agents::{AgentConfig, FAKE_API_KEY, Runtime, agent_unit};
 use claude_watch_tests::deps::ClaudeCode;
 use claude_watch_tests::process::ScratchDir;
@@ -48,38 +48,6 @@ fn recovery_config(bed: &Testbed, extra: &str) -> String {
     )
 }
 
-/// Journal actions of a kind.
-fn actions(daemon: &Daemon, kind: ActionKind) -> Vec<ActionRecord> {
-    daemon
-        .records()
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Action(a) if a.kind == kind && a.instance == UNIT => Some(a),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Every episode snapshot of the bed's agent in the journal. (Actions and episodes are of the
-/// bed's agent only: the daemon watches every claude process on the host, and another test's
-/// agent may be latched next to ours.)
-fn episodes(daemon: &Daemon) -> Vec<Episode> {
-    daemon
-        .records()
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Episode { episode, .. } if episode.instance == UNIT => Some(episode),
-            Record::Episode { .. } | Record::Action(_) | Record::Throttle(_) => None,
-        })
-        .collect()
-}
-
-fn closed_episode(daemon: &Daemon, end: EpisodeEnd) -> Episode {
-    wait_until(WAIT, &format!("an episode closed as {end:?}"), || {
-        episodes(daemon).into_iter().find(|e| e.end == end)
-    })
-}
-
 #[test]
 fn a_latched_agent_is_restarted_through_dbus_and_recovery_is_confirmed_by_its_own_200() {
     let _serial = serial();
@@ -97,7 +65,7 @@ fn a_latched_agent_is_restarted_through_dbus_and_recovery_is_confirmed_by_its_ow
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
-    let episode = closed_episode(&daemon, EpisodeEnd::RecoveredAfterRestart);
+    let episode = daemon.wait_closed_episode(Some(UNIT), EpisodeEnd::RecoveredAfterRestart, WAIT);
     assert_eq!(episode.restarts, 1);
     let ttr = episode
         .time_to_recovery_ms
@@ -105,18 +73,14 @@ fn a_latched_agent_is_restarted_through_dbus_and_recovery_is_confirmed_by_its_ow
     assert!(ttr < 20_000, "time to recovery {ttr} ms");
     let new_pid = bed.main_pid(UNIT).expect("a new main pid");
     assert_ne!(new_pid, old_pid, "systemd restarted the unit");
-    let now = daemon.wait_instance(UNIT, WAIT, "healthy with a new session", |i| {
-        i["state"] == "healthy" && i["session_id"] != old_session.as_str()
-    });
     // Confirmed by the new process's own request: the stand-in answered its new session 200
     // after the restart, and no token probe was ever sent (claude-watch sends no request).
-    let new_session = now["session_id"].as_str().expect("new session");
-    assert!(standin.answered(new_session, 200, latched_at));
+    daemon.assert_recovered_by_new_session(&standin, UNIT, &old_session, latched_at, WAIT);
     assert!(
         standin.log().iter().all(|l| l.path != "/v1/models"),
         "no probe request was made"
     );
-    let restarts = actions(&daemon, ActionKind::Restart);
+    let restarts = daemon.actions_of(UNIT, ActionKind::Restart);
     assert_eq!(restarts.len(), 1, "{restarts:?}");
     assert!(restarts[0].ok);
     assert_eq!(restarts[0].episode_id.as_deref(), Some(episode.id.as_str()));
@@ -142,8 +106,8 @@ fn an_open_upstream_window_backs_off_and_recovery_waits_for_it_to_close() {
     let window_closes = now_ms() + u64::try_from(window.as_millis()).expect("fits");
     standin.latch_session(healthy["session_id"].as_str().expect("session"));
 
-    let episode = closed_episode(&daemon, EpisodeEnd::RecoveredAfterRestart);
-    let restarts = actions(&daemon, ActionKind::Restart);
+    let episode = daemon.wait_closed_episode(Some(UNIT), EpisodeEnd::RecoveredAfterRestart, WAIT);
+    let restarts = daemon.actions_of(UNIT, ActionKind::Restart);
     assert!(
         restarts.len() >= 2,
         "restarted into the open window, then again: {restarts:?}"
@@ -153,7 +117,7 @@ fn an_open_upstream_window_backs_off_and_recovery_waits_for_it_to_close() {
         "recovered before the window closed: {episode:?}"
     );
     // Growing quiet windows, and no restart inside one.
-    let backoffs = actions(&daemon, ActionKind::Backoff);
+    let backoffs = daemon.actions_of(UNIT, ActionKind::Backoff);
     let waits: Vec<u64> = backoffs
         .iter()
         .map(|b| b.until_ms.expect("until") - b.at_ms)
@@ -200,7 +164,7 @@ fn a_poisoned_credential_is_escalated_after_k_restarts_and_the_hook_runs_once() 
     daemon.wait_instance(UNIT, WAIT, "healthy", |i| i["last_status"] == 200);
     standin.poison_credential(FAKE_API_KEY);
 
-    let episode = closed_episode(&daemon, EpisodeEnd::Escalated);
+    let episode = daemon.wait_closed_episode(Some(UNIT), EpisodeEnd::Escalated, WAIT);
     assert_eq!(episode.restarts, 2, "{episode:?}");
     daemon.wait_instance(UNIT, WAIT, "escalated in status", |i| {
         i["state"] == "escalated"
@@ -208,12 +172,12 @@ fn a_poisoned_credential_is_escalated_after_k_restarts_and_the_hook_runs_once() 
     wait_until(WAIT, "the hook to run", || hook_log.exists().then_some(()));
     // No more restarts once escalated, and the hook ran exactly once.
     std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(actions(&daemon, ActionKind::Restart).len(), 2);
+    assert_eq!(daemon.actions_of(UNIT, ActionKind::Restart).len(), 2);
     assert_eq!(
         std::fs::read_to_string(&hook_log).expect("hook log"),
         format!("{UNIT} {UNIT}\n")
     );
-    assert_eq!(actions(&daemon, ActionKind::Hook).len(), 1);
+    assert_eq!(daemon.actions_of(UNIT, ActionKind::Hook).len(), 1);
     // A non-401 leaves escalation.
     standin.clear_credential(FAKE_API_KEY);
     daemon.wait_instance(UNIT, WAIT, "healthy after the credential was fixed", |i| {
@@ -236,7 +200,7 @@ fn a_429_throttle_restarts_nothing() {
     std::thread::sleep(Duration::from_secs(6));
     let status = daemon.wait_instance(UNIT, WAIT, "still healthy", |_| true);
     assert_eq!(status["state"], "healthy");
-    assert!(actions(&daemon, ActionKind::Restart).is_empty());
+    assert!(daemon.actions_of(UNIT, ActionKind::Restart).is_empty());
     assert_eq!(bed.main_pid(UNIT), Some(pid), "the unit was not restarted");
 }
 
@@ -253,7 +217,10 @@ fn a_daemon_restarted_during_a_quiet_window_does_not_restart_early() {
     standin.latch_session(healthy["session_id"].as_str().expect("session"));
     // First restart, into the window: latched again, a 10 s quiet window begins.
     let backoff = wait_until(WAIT, "a quiet window", || {
-        actions(&daemon, ActionKind::Backoff).into_iter().next()
+        daemon
+            .actions_of(UNIT, ActionKind::Backoff)
+            .into_iter()
+            .next()
     });
     let until = backoff.until_ms.expect("until");
     let pid_in_window = bed.main_pid(UNIT).expect("pid");
@@ -278,7 +245,10 @@ fn a_daemon_restarted_during_a_quiet_window_does_not_restart_early() {
     }
     // ...and the next restart comes after it.
     let second = wait_until(WAIT, "the next restart", || {
-        actions(&daemon, ActionKind::Restart).into_iter().nth(1)
+        daemon
+            .actions_of(UNIT, ActionKind::Restart)
+            .into_iter()
+            .nth(1)
     });
     assert!(
         second.at_ms >= until.saturating_sub(300),
@@ -298,7 +268,8 @@ fn an_unreachable_supervisor_is_reported_retried_and_loses_no_episode() {
     let healthy = daemon.wait_instance(UNIT, WAIT, "healthy", |i| i["last_status"] == 200);
     standin.latch_session(healthy["session_id"].as_str().expect("session"));
     let failed = wait_until(WAIT, "two failed restarts", || {
-        let failed: Vec<ActionRecord> = actions(&daemon, ActionKind::Restart)
+        let failed: Vec<ActionRecord> = daemon
+            .actions_of(UNIT, ActionKind::Restart)
             .into_iter()
             .filter(|r| !r.ok)
             .collect();
@@ -312,7 +283,7 @@ fn an_unreachable_supervisor_is_reported_retried_and_loses_no_episode() {
         "{failed:?}"
     );
     assert!(
-        !actions(&daemon, ActionKind::Backoff).is_empty(),
+        !daemon.actions_of(UNIT, ActionKind::Backoff).is_empty(),
         "failures back off"
     );
     daemon.wait_instance(UNIT, WAIT, "still latched, daemon alive", |i| {
@@ -326,9 +297,9 @@ fn an_unreachable_supervisor_is_reported_retried_and_loses_no_episode() {
     )
     .expect("fix config");
     daemon.signal(libc::SIGHUP);
-    let episode = closed_episode(&daemon, EpisodeEnd::RecoveredAfterRestart);
+    let episode = daemon.wait_closed_episode(Some(UNIT), EpisodeEnd::RecoveredAfterRestart, WAIT);
     assert!(episode.restarts >= 1);
-    let ids: Vec<String> = episodes(&daemon).into_iter().map(|e| e.id).collect();
+    let ids: Vec<String> = daemon.episodes_of(UNIT).into_iter().map(|e| e.id).collect();
     assert!(
         ids.iter().all(|id| *id == episode.id),
         "one episode throughout: {ids:?}"
@@ -389,7 +360,7 @@ fn the_real_claude_code_in_a_unit_is_restarted_and_recovers() {
     );
     let old_session = healthy["session_id"].as_str().expect("session").to_owned();
     standin.latch_session(&old_session);
-    let episode = closed_episode(&daemon, EpisodeEnd::RecoveredAfterRestart);
+    let episode = daemon.wait_closed_episode(Some(UNIT), EpisodeEnd::RecoveredAfterRestart, WAIT);
     assert!(episode.session_ids.contains(&old_session), "{episode:?}");
     let now = daemon.wait_instance(UNIT, WAIT, "claude healthy with a new session", |i| {
         i["state"] == "healthy" && i["session_id"] != old_session.as_str()

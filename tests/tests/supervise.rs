@@ -6,11 +6,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use claude_watch::instance::InstanceId;
+use claude_watch::instance::proc;
 use claude_watch::supervise::command::CommandRestarter;
 use claude_watch::supervise::observe::ObserveOnly;
 use claude_watch::supervise::signal::SignalRestarter;
 use claude_watch::supervise::systemd::{SystemdMode, SystemdRestarter};
-use claude_watch::supervise::{Restarter, SuperviseError, Target, procfs};
+use claude_watch::supervise::{Restarter, SuperviseError, Target};
 use claude_watch::time::mono_now_ns;
 use claude_watch::watch::policy::{Action, Phase, Policy, PolicyConfig};
 use claude_watch_tests::testbed::Testbed;
@@ -480,7 +481,7 @@ fn signal_adapter_restarts_the_child_of_a_respawning_parent() {
     let new = outcome.new_pid.expect("respawned child found");
     assert_ne!(new, old);
     assert!(alive(new) && !alive(old));
-    assert_eq!(procfs::parent_pid(new).unwrap(), parent.pid());
+    assert_eq!(proc::parent_pid(new).unwrap(), parent.pid());
     assert!(outcome.summary.contains("SIGTERM"), "{}", outcome.summary);
 }
 

@@ -9,9 +9,9 @@ use claude_watch_tests::wait::now_ms;
 use claude_watch_tests::wait::one_at_a_time as serial;
 use std::time::Duration;
 
-use claude_watch::detect::{Episode, EpisodeEnd};
+use claude_watch::detect::EpisodeEnd;
 use claude_watch::instance::{Manager, Placement, SystemdUnit};
-use claude_watch::journal::{ActionKind, ActionRecord, Record};
+use claude_watch::journal::ActionKind;
 use claude_watch::supervise::systemd::SystemdRestarter;
 use claude_watch::supervise::{Restarter as _, SuperviseError, Target};
 use claude_watch_tests::agents::start_user_agent;
@@ -32,26 +32,6 @@ fn config(bed: &Testbed) -> String {
         "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nsystemd_bus = \"{}\"\nrestart_timeout = \"20s\"\nbackoff_initial = \"3s\"\n",
         bed.bus_address()
     )
-}
-
-fn actions(daemon: &Daemon, kind: ActionKind) -> Vec<ActionRecord> {
-    daemon
-        .records()
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Action(a) if a.kind == kind => Some(a),
-            _ => None,
-        })
-        .collect()
-}
-
-fn closed_episode(daemon: &Daemon, end: EpisodeEnd) -> Episode {
-    wait_until(WAIT, &format!("an episode closed as {end:?}"), || {
-        daemon.records().into_iter().find_map(|r| match r {
-            Record::Episode { episode, .. } if episode.end == end => Some(episode),
-            _ => None,
-        })
-    })
 }
 
 /// Latches the user's agent `unit` and checks it is restarted through the user's manager and
@@ -77,19 +57,12 @@ fn latch_and_recover(bed: &Testbed, user: &TestUser, unit: &str, standin: &Stand
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
-    let episode = closed_episode(&daemon, EpisodeEnd::RecoveredAfterRestart);
+    let episode = daemon.wait_closed_episode(None, EpisodeEnd::RecoveredAfterRestart, WAIT);
     assert_eq!(episode.restarts, 1, "{episode:?}");
     let new_pid = bed.user_main_pid(user, unit).expect("a new main pid");
     assert_ne!(new_pid, old_pid, "the user's manager restarted the unit");
-    let now = daemon.wait_instance(&name, WAIT, "healthy with a new session", |i| {
-        i["state"] == "healthy" && i["session_id"] != old_session.as_str()
-    });
-    let new_session = now["session_id"].as_str().expect("new session");
-    assert!(
-        standin.answered(new_session, 200, latched_at),
-        "the new session's own 200 confirmed the recovery"
-    );
-    let restarts = actions(&daemon, ActionKind::Restart);
+    daemon.assert_recovered_by_new_session(standin, &name, &old_session, latched_at, WAIT);
+    let restarts = daemon.actions(ActionKind::Restart);
     assert_eq!(restarts.len(), 1, "{restarts:?}");
     assert!(restarts[0].ok, "{restarts:?}");
     let detail = restarts[0].detail.as_deref().unwrap_or_default();

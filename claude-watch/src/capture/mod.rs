@@ -12,7 +12,7 @@ pub mod records;
 pub mod targets;
 
 pub use probes::{KernelStats, Probes};
-pub use targets::{AttachPoint, Target};
+pub use targets::{AttachPoint, FileId, OpenedFile, Target};
 
 use std::path::PathBuf;
 
@@ -80,6 +80,19 @@ pub enum CaptureError {
         path: PathBuf,
         /// The cap.
         cap: usize,
+    },
+    /// The file is not the one `/proc` or discovery named (replaced, re-executed or remapped
+    /// meanwhile): nothing is attached to it.
+    #[error(
+        "{path}: the file is {found}, not the {expected} seen before (replaced meanwhile?); not attaching"
+    )]
+    Replaced {
+        /// The file as named.
+        path: PathBuf,
+        /// The identity expected.
+        expected: String,
+        /// The identity found.
+        found: String,
     },
     /// The ring buffer could not be polled.
     #[error("reading the ring buffer failed")]

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::os::unix::fs::MetadataExt as _;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
@@ -13,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use super::ledger::{Acquire, AttachKey, Ledger};
-use super::targets::Target;
+use super::targets::{FileId, Target};
 use super::{CaptureError, chain, os_error};
 use crate::locate::FunctionName;
 
@@ -162,18 +161,17 @@ impl Probes {
     }
 
     /// Attaches to every point of `target` for process `holder` (the process that runs or maps
-    /// it). Attaching the same file in the same scope twice only adds the holder and returns
-    /// `Ok(false)`; the attachment stays until its last holder is [released](Self::release).
-    /// A new file beyond the cap is refused.
+    /// it), through `/proc/self/fd/N` of the descriptor it was located from (the kernel resolves
+    /// that to the very inode, whatever the target's path names now). Right after, the
+    /// descriptor's path and the target's `/proc` link must still lead to that inode, else the
+    /// attach is undone ([`CaptureError::Replaced`]). Attaching the same file in the same scope
+    /// twice only adds the holder and returns `Ok(false)`; the attachment stays until its last
+    /// holder is [released](Self::release). A new file beyond the cap is refused.
     pub fn attach(&mut self, target: &Target, holder: u32) -> Result<bool, CaptureError> {
-        let meta =
-            std::fs::metadata(&target.path).map_err(|source| CaptureError::TargetUnreadable {
-                path: target.path.clone(),
-                source,
-            })?;
+        let id = target.file.id;
         let key = AttachKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
+            dev: id.dev,
+            ino: id.ino,
             pid: target.pid,
         };
         match self.ledger.acquire(key, holder) {
@@ -190,12 +188,13 @@ impl Probes {
             Some(pid) => UProbeScope::OneProcess(pid),
             None => UProbeScope::AllProcesses,
         };
+        let fd_path = target.file.fd_path();
         let mut links = Vec::new();
         for point in &target.points {
             for &name in programs(point.function) {
                 let program = program::<UProbe>(&mut self.ebpf, name)?;
                 let location = UProbeAttachLocation::AbsoluteOffset(point.file_offset);
-                match program.attach(location, &target.path, scope) {
+                match program.attach(location, &fd_path, scope) {
                     Ok(id) => links.push((name, id)),
                     Err(e) => {
                         self.detach_links(links);
@@ -209,7 +208,11 @@ impl Probes {
                 }
             }
         }
-        debug!(path = %target.path.display(), pid = ?target.pid, points = target.points.len(), "attached");
+        if let Err(e) = still_the_same(target) {
+            self.detach_links(links);
+            return Err(e);
+        }
+        debug!(path = %target.path.display(), pid = ?target.pid, dev = id.dev, ino = id.ino, points = target.points.len(), "attached");
         self.links.insert(key, links);
         self.ledger.attached(key, holder);
         Ok(true)
@@ -295,6 +298,24 @@ impl Probes {
         out.truncate(OVER_BUDGET_SHOWN);
         out
     }
+}
+
+/// Whether the descriptor's path and the target's `/proc` link still lead to the inode the
+/// target was located from.
+fn still_the_same(target: &Target) -> Result<(), CaptureError> {
+    let expected = target.file.id;
+    let links = std::iter::once(target.file.fd_path()).chain(target.recheck.clone());
+    for link in links {
+        let now = std::fs::metadata(&link).map(|m| FileId::of(&m));
+        if now.as_ref().ok() != Some(&expected) {
+            return Err(CaptureError::Replaced {
+                path: link,
+                expected: expected.to_string(),
+                found: now.map_or_else(|e| format!("unreadable ({e})"), |id| id.to_string()),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Program `name` of the object, as its type.

@@ -110,6 +110,7 @@ mod tests {
             placement: crate::instance::placement(&info),
             kind: ClaudeKind::Native,
             release: None,
+            exe_id: None,
             info,
         }
     }

@@ -20,6 +20,7 @@ use crate::error_chain;
 use crate::http::Exchange;
 use crate::http::pair::Record;
 use crate::instance::ClaudeKind;
+use crate::instance::proc;
 use crate::time::{rfc3339_ms, wall_minus_mono_ns};
 use crate::watch::Input;
 use crate::watch::front::{Front, NoProcesses, Processes};
@@ -92,12 +93,8 @@ struct ProcNames(HashMap<u32, (Option<String>, Option<String>)>);
 impl ProcNames {
     fn get(&mut self, pid: u32) -> (Option<&str>, Option<&str>) {
         let (comm, exe) = self.0.entry(pid).or_insert_with(|| {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .ok()
-                .map(|s| s.trim_end().to_owned());
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-                .ok()
-                .map(|p| p.display().to_string());
+            let comm = proc::comm(pid);
+            let exe = proc::exe(pid).ok().map(|p| p.display().to_string());
             (comm, exe)
         });
         (comm.as_deref(), exe.as_deref())

@@ -45,12 +45,22 @@ pub enum ControlError {
         source: io::Error,
     },
     /// The daemon's answer could not be read.
-    #[error("reading the daemon's answer on {path}: {detail}")]
+    #[error("reading the daemon's answer on {path}")]
     Answer {
         /// The socket.
         path: PathBuf,
-        /// What went wrong.
-        detail: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon answered something that is not a status document.
+    #[error("the daemon's answer on {path} is not a status document")]
+    NotStatus {
+        /// The socket.
+        path: PathBuf,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
     },
 }
 
@@ -122,21 +132,20 @@ pub fn query_status(path: &Path) -> Result<Snapshot, ControlError> {
             path: path.to_owned(),
             source,
         })?;
-    let answer_err = |detail: String| ControlError::Answer {
+    let answer_err = |source: io::Error| ControlError::Answer {
         path: path.to_owned(),
-        detail,
+        source,
     };
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| answer_err(e.to_string()))?;
-    stream
-        .write_all(b"status\n")
-        .map_err(|e| answer_err(e.to_string()))?;
+        .map_err(answer_err)?;
+    stream.write_all(b"status\n").map_err(answer_err)?;
     let mut body = String::new();
-    stream
-        .read_to_string(&mut body)
-        .map_err(|e| answer_err(e.to_string()))?;
-    serde_json::from_str(&body).map_err(|e| answer_err(format!("not a status document: {e}")))
+    stream.read_to_string(&mut body).map_err(answer_err)?;
+    serde_json::from_str(&body).map_err(|source| ControlError::NotStatus {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 trait TakeExt: Sized {

@@ -6,11 +6,13 @@
 //! - probes attached (locating TLS functions on a blocking task) and detached;
 //! - restarts and the escalation hook on their own tasks, their results fed back as inputs;
 //! - the journal and the recovery state written by one durable writer thread (fsync never runs
-//!   on the event loop);
+//!   on the event loop), and what acts on or reports a decision (restart, hook, status) held
+//!   until the records before it are durable (`durable::WriteAhead`);
 //! - status, metrics, `sd_notify` and the control socket.
 //!
 //! Modules:
-//! - `durable`: the writer thread for the journal and the recovery state;
+//! - `durable`: the writer thread for the journal and the recovery state, and the write-ahead
+//!   rule;
 //! - `publish`: metric events and the status snapshot rendered for the registry and the socket;
 //! - [`control`]: the control socket `claude-watch status` talks to;
 //! - [`metrics`]: the Prometheus registry and endpoint;
@@ -47,7 +49,7 @@ use crate::time::{mono_now_ns, wall_minus_mono_ns};
 use crate::watch::front::Front;
 use crate::watch::policy::PolicySnapshot;
 use crate::watch::{Effect, Input, Watch};
-use durable::{Durable, Write};
+use durable::{Durable, Write, WriteAhead};
 use metrics::Metrics;
 use notify::Notifier;
 use status::Snapshot;
@@ -106,6 +108,8 @@ enum Done {
     },
     /// An input for the core (a restart's or the hook's result).
     Input(Box<Input>),
+    /// The durable writer wrote everything up to this write.
+    Durable(u64),
 }
 
 struct Daemon {
@@ -116,6 +120,8 @@ struct Daemon {
     front: Front<Discovery>,
     watch: Watch,
     durable: Durable,
+    /// Effects that act on or report a decision, until the records before them are durable.
+    ahead: WriteAhead<Effect>,
     metrics: Metrics,
     notifier: Notifier,
     snapshots: watch::Sender<Arc<Snapshot>>,
@@ -229,6 +235,10 @@ impl Daemon {
         let control_path = d.control_socket.clone();
         let engine = EngineSocket::detect(&config.daemon.docker_socket);
         let watch = Watch::new(config, bus, engine, saved, mono_now_ns(), offset);
+        let acks = done_tx.clone();
+        let durable = Durable::start(journal, state_path, move |seq| {
+            let _ = acks.send(Done::Durable(seq));
+        });
         let mut daemon = Self {
             origin,
             options,
@@ -236,7 +246,8 @@ impl Daemon {
             stream: Some(stream),
             front,
             watch,
-            durable: Durable::start(journal, state_path),
+            durable,
+            ahead: WriteAhead::default(),
             metrics,
             notifier: Notifier::from_env(),
             snapshots,
@@ -328,6 +339,16 @@ impl Daemon {
         self.durable
             .send(Write::State(self.watch.recovery_state(mono_now_ns())));
         self.durable.finish();
+        // Everything is durable now: what reports passes; an action decided this late is left
+        // to the next start, which resumes the open episodes.
+        for effect in self.ahead.drain() {
+            match effect {
+                Effect::Restart { instance, .. } | Effect::RunHook { instance, .. } => {
+                    info!(instance = %instance, "stopping: a restart or hook decided just now is left to the next start");
+                }
+                effect => self.act(effect),
+            }
+        }
         let _ = std::fs::remove_file(&self.control_path);
         info!(
             attachments = self.probes.attachments(),
@@ -385,6 +406,11 @@ impl Daemon {
                 last,
             } => self.attach(&found, result, last),
             Done::Input(input) => self.feed(*input),
+            Done::Durable(seq) => {
+                for effect in self.ahead.acknowledged(seq) {
+                    self.act(effect);
+                }
+            }
         }
     }
 
@@ -396,6 +422,29 @@ impl Daemon {
     }
 
     fn execute(&mut self, effect: Effect) {
+        match effect {
+            Effect::Journal(record) => self.write(Write::Journal(record)),
+            Effect::SaveRecovery(snapshot) => self.write(Write::State(snapshot)),
+            Effect::Restart { .. } | Effect::RunHook { .. } | Effect::Publish(_) => {
+                let coalesced = matches!(effect, Effect::Publish(_));
+                if let Some(effect) = self.ahead.admit(effect, coalesced) {
+                    self.act(effect);
+                }
+            }
+            effect => self.act(effect),
+        }
+    }
+
+    /// Queues a durable write; what acts on a decision waits for it.
+    fn write(&mut self, write: Write) {
+        let seq = self.durable.send(write);
+        if self.durable.running() {
+            self.ahead.queued(seq);
+        }
+    }
+
+    /// Executes an effect now (a write-ahead effect once its records are durable).
+    fn act(&mut self, effect: Effect) {
         match effect {
             // A script's TLS library may not be mapped yet: it is looked at again (see
             // `Discovery::due_rescans`), and only the last failure is said.
@@ -438,8 +487,8 @@ impl Daemon {
                     })));
                 });
             }
-            Effect::Journal(record) => self.durable.send(Write::Journal(record)),
-            Effect::SaveRecovery(snapshot) => self.durable.send(Write::State(snapshot)),
+            Effect::Journal(record) => self.write(Write::Journal(record)),
+            Effect::SaveRecovery(snapshot) => self.write(Write::State(snapshot)),
             Effect::Metric(metric) => publish::record(&self.metrics, &metric),
             Effect::Publish(status) => self.publish(&status),
         }

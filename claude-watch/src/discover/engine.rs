@@ -34,13 +34,46 @@ pub enum EngineError {
         source: io::Error,
     },
     /// The engine answered something other than what was asked for.
-    #[error("unexpected answer from the engine on {socket}: {what}")]
+    #[error("unexpected answer from the engine on {socket}")]
     Answer {
         /// The engine's socket.
         socket: PathBuf,
         /// What was wrong with it.
-        what: String,
+        #[source]
+        problem: AnswerProblem,
     },
+}
+
+/// What was wrong with an engine's answer ([`EngineError::Answer`]'s cause).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerProblem {
+    /// The bytes are not an HTTP/1.x answer.
+    #[error("not an HTTP answer")]
+    NotHttp,
+    /// The engine refused the inspect.
+    #[error("inspect of container {container} answered {status}: {message}")]
+    Status {
+        /// The container's short id.
+        container: String,
+        /// The HTTP status.
+        status: u16,
+        /// The engine's message, printable and bounded.
+        message: String,
+    },
+    /// The description lacks a field or has one of the wrong shape.
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// The engine described another container than the one asked about.
+    #[error("asked for container {asked}, got {got}")]
+    OtherContainer {
+        /// The short id asked about.
+        asked: String,
+        /// The id described (at most 64 characters).
+        got: String,
+    },
+    /// The description has no valid container name.
+    #[error("no valid container name")]
+    NoName,
 }
 
 /// An HTTP answer: its status and body.
@@ -119,7 +152,7 @@ pub fn request(
     stream.take(MAX_ANSWER).read_to_end(&mut raw).map_err(io)?;
     parse_answer(&raw).ok_or_else(|| EngineError::Answer {
         socket: socket.to_owned(),
-        what: "not an HTTP answer".into(),
+        problem: AnswerProblem::NotHttp,
     })
 }
 
@@ -202,9 +235,9 @@ pub fn inspect(
     container: &Container,
     timeout: Duration,
 ) -> Result<Inspect, EngineError> {
-    let answer_error = |what: String| EngineError::Answer {
+    let answer_error = |problem: AnswerProblem| EngineError::Answer {
         socket: socket.to_owned(),
-        what,
+        problem,
     };
     // The id is 64 hex digits (checked when it was parsed): nothing to escape.
     let answer = request(
@@ -214,20 +247,19 @@ pub fn inspect(
         timeout,
     )?;
     if answer.status != 200 {
-        return Err(answer_error(format!(
-            "inspect of container {} answered {}: {}",
-            container.short_id(),
-            answer.status,
-            answer.message()
-        )));
+        return Err(answer_error(AnswerProblem::Status {
+            container: container.short_id().to_owned(),
+            status: answer.status,
+            message: answer.message(),
+        }));
     }
-    let inspect = parse_inspect(&answer.body).map_err(|what| answer_error(what.into()))?;
+    let inspect =
+        parse_inspect(&answer.body).map_err(|what| answer_error(AnswerProblem::Malformed(what)))?;
     if !inspect.id.eq_ignore_ascii_case(&container.id) {
-        return Err(answer_error(format!(
-            "asked for container {}, got {}",
-            container.short_id(),
-            inspect.id.chars().take(64).collect::<String>()
-        )));
+        return Err(answer_error(AnswerProblem::OtherContainer {
+            asked: container.short_id().to_owned(),
+            got: inspect.id.chars().take(64).collect(),
+        }));
     }
     Ok(inspect)
 }
@@ -241,7 +273,7 @@ pub fn container_name(socket: &Path, container: &Container) -> Result<String, En
         .name
         .ok_or_else(|| EngineError::Answer {
             socket: socket.to_owned(),
-            what: "no valid container name".into(),
+            problem: AnswerProblem::NoName,
         })
 }
 

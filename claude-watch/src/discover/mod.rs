@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use crate::capture::{CaptureError, Target, targets};
+use crate::capture::{CaptureError, FileId, Target, targets};
 use crate::instance::bg::{self, Role};
 use crate::instance::{
     self, BgSession, ClaudeKind, Container, InstanceId, MatchRule, Placement, ProcessInfo,
@@ -61,6 +61,9 @@ pub struct Found {
     pub release: Option<String>,
     /// Where it lives: the supervisor that could restart it ([`instance::placement`]).
     pub placement: Placement,
+    /// The executable discovery read (device and inode of `/proc/<pid>/exe` when opened for
+    /// the verdict): a native binary is attached only if its executable is still that file.
+    pub exe_id: Option<FileId>,
 }
 
 impl Found {
@@ -156,50 +159,56 @@ impl Default for Recognizer {
 
 impl Recognizer {
     /// Whether the process in `dir` (`/proc/<pid>`), with executable `exe` and command line
-    /// `cmdline`, runs Claude Code: how, and which release when the file says.
+    /// `cmdline`, runs Claude Code: how, which release when the file says, and (for a native
+    /// binary) the identity of the executable file that was judged.
     pub fn process(
         &mut self,
         dir: &Path,
         exe: &Path,
         cmdline: &[String],
-    ) -> Option<(ClaudeKind, Option<String>)> {
+    ) -> Option<(ClaudeKind, Option<String>, Option<FileId>)> {
         if exe.as_os_str().is_empty() {
             return None;
         }
         let by_name = instance::classify(exe, cmdline);
-        let (kind, verdict) = if by_name == Some(ClaudeKind::Script) || is_interpreter(exe) {
+        let (kind, verdict, exe_id) = if by_name == Some(ClaudeKind::Script) || is_interpreter(exe)
+        {
             let script = script_arg(cmdline)?;
             let path = if Path::new(script).is_absolute() {
                 dir.join("root").join(script.trim_start_matches('/'))
             } else {
                 dir.join("cwd").join(script)
             };
-            (ClaudeKind::Script, self.file(&path, ClaudeKind::Script))
+            let (verdict, _) = self.file(&path, ClaudeKind::Script);
+            (ClaudeKind::Script, verdict, None)
         } else {
-            (
-                ClaudeKind::Native,
-                self.file(&dir.join("exe"), ClaudeKind::Native),
-            )
+            let (verdict, id) = self.file(&dir.join("exe"), ClaudeKind::Native);
+            (ClaudeKind::Native, verdict, id)
         };
         match (verdict, by_name) {
-            (Some(file), _) => Some((kind, file.version)),
-            (None, Some(named)) => Some((named, None)),
+            (Some(file), _) => Some((kind, file.version, exe_id)),
+            (None, Some(named)) => Some((named, None, exe_id.filter(|_| named == kind))),
             (None, None) => None,
         }
     }
 
     /// The verdict on the file at `path` read as `kind` (a script's head, or a native
     /// executable's module graph): from the cache when its key is known, else read once and
-    /// remembered.
-    fn file(&mut self, path: &Path, kind: ClaudeKind) -> Option<ClaudeFile> {
-        let mut file = File::open(path).ok()?;
-        let meta = file.metadata().ok()?;
+    /// remembered; with the identity of the file opened.
+    fn file(&mut self, path: &Path, kind: ClaudeKind) -> (Option<ClaudeFile>, Option<FileId>) {
+        let Some((mut file, meta)) = File::open(path)
+            .ok()
+            .and_then(|f| f.metadata().ok().map(|m| (f, m)))
+        else {
+            return (None, None);
+        };
         if !meta.is_file() {
-            return None;
+            return (None, None);
         }
+        let id = Some(FileId::of(&meta));
         let key = (FileKey::of(&meta), kind);
         if let Some(verdict) = self.verdicts.get(&key) {
-            return verdict.clone();
+            return (verdict.clone(), id);
         }
         self.reads += 1;
         let verdict = match kind {
@@ -215,7 +224,7 @@ impl Recognizer {
             ClaudeKind::Native => content::native(&mut file, meta.len()).ok().flatten(),
         };
         self.verdicts.insert(key, verdict.clone());
-        verdict
+        (verdict, id)
     }
 
     /// Files whose content was read so far (cache misses).
@@ -266,6 +275,7 @@ struct Spare {
     start_time: u64,
     kind: ClaudeKind,
     release: Option<String>,
+    exe_id: Option<FileId>,
 }
 
 impl Discovery {
@@ -298,12 +308,7 @@ impl Discovery {
 
     /// Every claude instance running now that was not known yet.
     pub fn scan(&mut self) -> Vec<Found> {
-        let Ok(entries) = std::fs::read_dir(&self.proc_root) else {
-            return Vec::new();
-        };
-        let mut pids: Vec<u32> = entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
+        let mut pids = instance::proc::pids(&self.proc_root);
         pids.sort_unstable();
         pids.into_iter().filter_map(|pid| self.check(pid)).collect()
     }
@@ -326,13 +331,8 @@ impl Discovery {
             }
             self.known.remove(&pid);
         }
-        let (kind, release) = recognized?;
-        let ancestors = instance::read_ancestry(&self.proc_root, pid, MAX_ANCESTRY);
-        let (proc_root, recognizer) = (&self.proc_root, &mut self.recognizer);
-        let role = bg::role(&info, &ancestors, |a| {
-            let dir = proc_root.join(a.pid.to_string());
-            recognizer.process(&dir, &a.exe, &a.cmdline).is_some()
-        });
+        let (kind, release, exe_id) = recognized?;
+        let role = self.role(&info);
         let placement = match role {
             Role::Outermost => instance::placement(&info),
             Role::Helper | Role::BgMachinery => return None,
@@ -354,13 +354,46 @@ impl Discovery {
                             start_time: info.start_time,
                             kind,
                             release,
+                            exe_id,
                         });
                     }
                     return None;
                 }
             },
         };
-        Some(self.found(info, kind, release, placement))
+        Some(self.found(info, kind, release, exe_id, placement))
+    }
+
+    /// Process `pid`, whose own API request just arrived although [`Self::check`] found no
+    /// instance in it: when it is Claude Code's background machinery (its daemon, a pty host,
+    /// an unclaimed spare), it joins its owner's observe-only instance `claude-bg-daemon:<uid>`
+    /// (and is returned, once); anything else (a helper of an instance, not Claude Code) stays
+    /// unattributed.
+    pub fn attribute(&mut self, pid: u32) -> Option<Found> {
+        if self.known.contains_key(&pid) {
+            return None;
+        }
+        let dir = self.proc_root.join(pid.to_string());
+        let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
+        let (kind, release, exe_id) = self.recognizer.process(&dir, &exe, &cmdline)?;
+        let info = instance::read_process_info(&self.proc_root, pid).ok()?;
+        let role = self.role(&info);
+        let machinery = match role {
+            Role::BgMachinery => true,
+            // A claimed spare is a worker: `check` names it (on this exchange or the next tick).
+            Role::BgCandidate => bg_session(&self.proc_root, &info).is_none(),
+            Role::Outermost | Role::Helper => false,
+        };
+        if !machinery {
+            return None;
+        }
+        debug!(
+            pid,
+            uid = info.uid,
+            "requests of Claude Code's background machinery: its observe-only instance"
+        );
+        let placement = Placement::BgMachinery { uid: info.uid };
+        Some(self.found(info, kind, release, exe_id, placement))
     }
 
     /// Unclaimed background spares (see [`Self::check`]) that a session has claimed since
@@ -373,18 +406,42 @@ impl Discovery {
             let Ok(info) = instance::read_process_info(&self.proc_root, spare.pid) else {
                 continue;
             };
-            if info.start_time != spare.start_time || self.known.contains_key(&spare.pid) {
+            // A spare whose own requests made it part of the machinery's instance
+            // ([`Self::attribute`]) is still a spare until a session claims it.
+            let machinery = self
+                .known
+                .get(&spare.pid)
+                .is_some_and(|f| matches!(f.placement, Placement::BgMachinery { .. }));
+            if info.start_time != spare.start_time
+                || (self.known.contains_key(&spare.pid) && !machinery)
+            {
                 continue;
             }
             match bg_session(&self.proc_root, &info) {
                 Some(session) => {
                     let placement = Placement::ClaudeBg(session);
-                    claimed.push(self.found(info, spare.kind, spare.release.clone(), placement));
+                    claimed.push(self.found(
+                        info,
+                        spare.kind,
+                        spare.release.clone(),
+                        spare.exe_id,
+                        placement,
+                    ));
                 }
                 None => self.spares.push(spare),
             }
         }
         claimed
+    }
+
+    /// The part claude process `info` plays, from its parent chain.
+    fn role(&mut self, info: &ProcessInfo) -> Role {
+        let ancestors = instance::read_ancestry(&self.proc_root, info.pid, MAX_ANCESTRY);
+        let (proc_root, recognizer) = (&self.proc_root, &mut self.recognizer);
+        bg::role(info, &ancestors, |a| {
+            let dir = proc_root.join(a.pid.to_string());
+            recognizer.process(&dir, &a.exe, &a.cmdline).is_some()
+        })
     }
 
     /// Names a claude instance process found at `placement`, and remembers it.
@@ -393,6 +450,7 @@ impl Discovery {
         info: ProcessInfo,
         kind: ClaudeKind,
         release: Option<String>,
+        exe_id: Option<FileId>,
         placement: Placement,
     ) -> Found {
         let pid = info.pid;
@@ -404,6 +462,7 @@ impl Discovery {
                     .unwrap_or_else(|| c.short_id().to_owned())
             )),
             Placement::ClaudeBg(bg) => InstanceId::bg_session(&bg.short_id),
+            Placement::BgMachinery { uid } => InstanceId::bg_machinery(*uid),
             _ => instance::identify(&info, &self.rules),
         };
         let members = self
@@ -423,6 +482,7 @@ impl Discovery {
             info,
             release,
             placement,
+            exe_id,
         };
         debug!(pid, instance = %found.instance, exe = %found.info.exe.display(), version = ?found.release, "claude process found");
         if found.kind == ClaudeKind::Script {
@@ -509,12 +569,7 @@ impl Discovery {
 fn bg_session(proc_root: &Path, info: &ProcessInfo) -> Option<BgSession> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut environ = Vec::new();
-    File::open(proc_root.join(info.pid.to_string()).join("environ"))
-        .ok()?
-        .take(ENVIRON_MAX)
-        .read_to_end(&mut environ)
-        .ok()?;
+    let environ = instance::proc::environ(proc_root, info.pid).ok()?;
     let (home, config) = bg::parse_config_env(&environ);
     drop(environ);
     let dir = bg::config_dir(home.as_deref(), config.as_deref())?;
@@ -534,19 +589,14 @@ fn bg_session(proc_root: &Path, info: &ProcessInfo) -> Option<BgSession> {
     bg::parse_session_file(&raw, info.pid, info.start_time, info.uid, &dir)
 }
 
-/// Most bytes of a worker's `environ` read for `HOME` and `CLAUDE_CONFIG_DIR`.
-const ENVIRON_MAX: u64 = 64 * 1024;
-
 /// What to attach for a found process: its executable through `/proc/<pid>/exe` (which works
 /// across mount namespaces and for replaced binaries), for every process running that file,
-/// when it is the native binary; for a script, every TLS-carrying file the interpreter maps
-/// (its executable, or the shared `libssl` a distro node links), for that process only.
+/// when it is the native binary and still the file discovery judged (`exe_id`); for a script,
+/// every TLS-carrying file the interpreter maps (its executable, or the shared `libssl` a
+/// distro node links), for that process only.
 pub fn target(found: &Found) -> Result<Vec<Target>, CaptureError> {
     match found.kind {
-        ClaudeKind::Native => {
-            let exe = PathBuf::from(format!("/proc/{}/exe", found.info.pid));
-            Ok(vec![targets::binary(&exe)?])
-        }
+        ClaudeKind::Native => Ok(vec![targets::executable(found.info.pid, found.exe_id)?]),
         ClaudeKind::Script => targets::process(found.info.pid),
     }
 }

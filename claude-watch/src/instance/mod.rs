@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use bg::BgSession;
-pub use proc::{InstanceError, read_ancestry, read_process_info};
+pub use proc::{ProcError, read_ancestry, read_process_info};
 
 /// What a process is, as far as `/proc` tells: the inputs of [`identify`] and [`is_outermost`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -82,6 +82,9 @@ pub enum IdSource {
     Program,
     /// The name is a background session of Claude Code's own daemon: `claude-bg:<short id>`.
     BgSession,
+    /// The name is Claude Code's background machinery of one user (its daemon, pty hosts and
+    /// unclaimed spares), observed only: `claude-bg-daemon:<uid>`.
+    BgMachinery,
 }
 
 /// The stable name of one Claude Code instance (survives restarts of its process, except for
@@ -151,6 +154,15 @@ impl InstanceId {
         }
     }
 
+    /// The observe-only instance of user `uid`'s background machinery (see
+    /// [`Placement::BgMachinery`]).
+    pub fn bg_machinery(uid: u32) -> Self {
+        Self {
+            name: format!("claude-bg-daemon:{uid}"),
+            source: IdSource::BgMachinery,
+        }
+    }
+
     /// The systemd unit, when the name is one (of the system's or a user's manager).
     pub fn unit_name(&self) -> Option<&str> {
         match self.source {
@@ -161,8 +173,18 @@ impl InstanceId {
     }
 
     /// What the name alone says about where the instance lives: its unit for unit names
-    /// (under the system's manager, or `user:<uid>:`'s), nothing otherwise.
+    /// (under the system's manager, or `user:<uid>:`'s), the background machinery for
+    /// `claude-bg-daemon:<uid>`, nothing otherwise.
     pub fn placement(&self) -> Placement {
+        if self.source == IdSource::BgMachinery {
+            return self
+                .name
+                .strip_prefix("claude-bg-daemon:")
+                .and_then(|uid| uid.parse().ok())
+                .map_or(Placement::Unsupervised, |uid| Placement::BgMachinery {
+                    uid,
+                });
+        }
         let unit = self.unit_name().map(str::to_owned);
         let manager = match self.source {
             IdSource::UserUnit => self
@@ -198,6 +220,8 @@ impl InstanceId {
             IdSource::UserUnit
         } else if name.starts_with("pm2:") || name.starts_with("supervisord:") {
             IdSource::Program
+        } else if name.starts_with("claude-bg-daemon:") {
+            IdSource::BgMachinery
         } else if name.starts_with("claude-bg:") {
             IdSource::BgSession
         } else if unit == Some(name) {
@@ -456,6 +480,14 @@ pub enum Placement {
     /// `claude respawn <short id>` restarts. Found by discovery from the worker's session file,
     /// never from the cgroup or the environment alone.
     ClaudeBg(BgSession),
+    /// Claude Code's background machinery of user `uid`: its daemon (`claude daemon run`), a
+    /// pty host, or a spare no session has claimed. Never restarted (restarting the daemon
+    /// would end every session it holds); when one of them makes API requests itself, they are
+    /// attributed to the observe-only instance `claude-bg-daemon:<uid>`.
+    BgMachinery {
+        /// The owner (real uid).
+        uid: u32,
+    },
     /// None of the above.
     #[default]
     Unsupervised,
@@ -557,6 +589,7 @@ pub fn identify(p: &ProcessInfo, rules: &[MatchRule]) -> InstanceId {
         }) => return InstanceId::user_unit(uid, &name),
         Placement::Unit(unit) => return InstanceId::unit(unit.name),
         Placement::ClaudeBg(bg) => return InstanceId::bg_session(&bg.short_id),
+        Placement::BgMachinery { uid } => return InstanceId::bg_machinery(uid),
         Placement::Container(_) | Placement::Unsupervised => {}
     }
     rules
@@ -583,7 +616,12 @@ pub fn may_join(
             .iter()
             .any(|r| r.name == instance.name && r.uid.is_some()),
         IdSource::Program | IdSource::BgSession => true,
-        IdSource::Unit | IdSource::UserUnit | IdSource::Pid | IdSource::Container => false,
+        // The machinery's name carries the uid the kernel reports for the process.
+        IdSource::Unit
+        | IdSource::UserUnit
+        | IdSource::Pid
+        | IdSource::Container
+        | IdSource::BgMachinery => false,
     };
     !self_named || member_uids.into_iter().all(|m| m == uid)
 }

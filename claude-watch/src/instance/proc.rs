@@ -1,13 +1,26 @@
-//! Reading a process's identity from `/proc` (the only I/O of the instance module).
+//! The one reader of `/proc`: every `/proc` fact the daemon uses (a process's identity for
+//! discovery and instances, start times, owners, namespaces, cgroups and children for the
+//! supervisors) is read here. Every read is bounded, every byte is taken as hostile (decoded
+//! lossily, parsed by the pure functions below), and a process that is gone is an error or an
+//! empty answer, never a panic.
 
-use std::io;
+use std::collections::HashSet;
+use std::io::{self, Read as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use super::ProcessInfo;
 
-/// Errors reading a process from `/proc`.
+/// Where `/proc` is mounted on the host.
+pub const ROOT: &str = "/proc";
+
+/// Most bytes read of a `/proc` text file (`stat`, `status`, `cgroup`, `children`, `cmdline`):
+/// far more than any real one holds, and a process cannot make the daemon read more.
+const MAX_FILE: u64 = 64 * 1024;
+
+/// Why `/proc` could not answer.
 #[derive(Debug, thiserror::Error)]
-pub enum InstanceError {
+pub enum ProcError {
     /// A `/proc/<pid>/...` file could not be read (the process may have exited).
     #[error("reading {path}")]
     Read {
@@ -17,12 +30,69 @@ pub enum InstanceError {
         #[source]
         source: io::Error,
     },
-    /// `/proc/<pid>/stat` did not have the expected shape.
-    #[error("malformed stat of pid {pid}")]
-    Stat {
-        /// The process.
+    /// A `/proc` file had an unexpected shape.
+    #[error("cannot parse {file} of process {pid}")]
+    Malformed {
+        /// The PID.
         pid: u32,
+        /// The file, e.g. `stat`.
+        file: &'static str,
     },
+    /// No process of the namespace has this namespace PID.
+    #[error("no host process has pid {ns_pid} in pid namespace {namespace}")]
+    NotInNamespace {
+        /// The PID inside the namespace.
+        ns_pid: u32,
+        /// The namespace, as `pid:[inode]`.
+        namespace: String,
+    },
+}
+
+/// `<root>/<pid>`.
+fn dir_of(root: &Path, pid: u32) -> PathBuf {
+    root.join(pid.to_string())
+}
+
+/// At most `limit` bytes of `path`.
+fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit)
+        .read_to_end(&mut raw)?;
+    Ok(raw)
+}
+
+/// At most `limit` bytes of `<root>/<pid>/<file>`.
+///
+/// # Errors
+/// [`ProcError::Read`] when it cannot be read (the process is gone, or not ours to read).
+pub fn read_file(root: &Path, pid: u32, file: &str, limit: u64) -> Result<Vec<u8>, ProcError> {
+    let path = dir_of(root, pid).join(file);
+    read_bounded(&path, limit).map_err(|source| ProcError::Read { path, source })
+}
+
+/// A `/proc/<pid>` text file of the host, at most [`MAX_FILE`] bytes, decoded lossily.
+fn read_text(pid: u32, file: &str) -> Result<String, ProcError> {
+    read_file(Path::new(ROOT), pid, file, MAX_FILE)
+        .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// The link `<root>/<pid>/<name>` points to.
+fn read_link(root: &Path, pid: u32, name: &str) -> Result<PathBuf, ProcError> {
+    let path = dir_of(root, pid).join(name);
+    std::fs::read_link(&path).map_err(|source| ProcError::Read { path, source })
+}
+
+/// The PIDs under `root`, in no order (empty when it cannot be listed).
+pub fn pids(root: &Path) -> Vec<u32> {
+    std::fs::read_dir(root).map_or_else(
+        |_| Vec::new(),
+        |entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        },
+    )
 }
 
 /// Parent PID and start time (clock ticks after boot) from the content of `/proc/<pid>/stat`.
@@ -47,7 +117,7 @@ pub fn read_exe_and_cmdline(dir: &Path) -> (PathBuf, Vec<String>) {
                 .map_or(p.clone(), PathBuf::from)
         })
         .unwrap_or_default();
-    let cmdline = std::fs::read(dir.join("cmdline"))
+    let cmdline = read_bounded(&dir.join("cmdline"), MAX_FILE)
         .map(|raw| {
             raw.split(|&b| b == 0)
                 .filter(|a| !a.is_empty())
@@ -63,20 +133,24 @@ pub fn read_exe_and_cmdline(dir: &Path) -> (PathBuf, Vec<String>) {
 ///
 /// `exe` and `cwd` may be unreadable for another user's or a zombie process: they are then left
 /// empty / `None` rather than failing; `stat` and `cgroup` must be readable.
-pub fn read_process_info(proc_root: &Path, pid: u32) -> Result<ProcessInfo, InstanceError> {
-    let dir = proc_root.join(pid.to_string());
+pub fn read_process_info(proc_root: &Path, pid: u32) -> Result<ProcessInfo, ProcError> {
+    let dir = dir_of(proc_root, pid);
     let read = |name: &str| {
-        let path = dir.join(name);
-        std::fs::read(&path).map_err(|source| InstanceError::Read { path, source })
+        read_file(proc_root, pid, name, MAX_FILE)
+            .map(|raw| String::from_utf8_lossy(&raw).into_owned())
     };
-    let stat = String::from_utf8_lossy(&read("stat")?).into_owned();
-    let (ppid, start_time) = parse_stat(&stat).ok_or(InstanceError::Stat { pid })?;
-    let cgroup = String::from_utf8_lossy(&read("cgroup")?).into_owned();
+    let (ppid, start_time) =
+        parse_stat(&read("stat")?).ok_or(ProcError::Malformed { pid, file: "stat" })?;
+    let cgroup = read("cgroup")?;
     let (exe, cmdline) = read_exe_and_cmdline(&dir);
     let cwd = std::fs::read_link(dir.join("cwd")).ok();
-    let status = String::from_utf8_lossy(&read("status")?).into_owned();
-    let uid = parse_uid(&status).ok_or(InstanceError::Stat { pid })?;
-    let env = read_bounded(&dir.join("environ"), MAX_ENVIRON)
+    let uid = parse_owner(&read("status")?)
+        .map(|o| o.uid)
+        .ok_or(ProcError::Malformed {
+            pid,
+            file: "status",
+        })?;
+    let env = environ(proc_root, pid)
         .map(|raw| parse_environ(&raw))
         .unwrap_or_default();
     Ok(ProcessInfo {
@@ -92,30 +166,20 @@ pub fn read_process_info(proc_root: &Path, pid: u32) -> Result<ProcessInfo, Inst
     })
 }
 
-/// Most bytes of `/proc/<pid>/environ` read: process managers put their variables among the
-/// first ones, and a process cannot make the daemon read megabytes.
-const MAX_ENVIRON: u64 = 64 * 1024;
+/// Most bytes of `/proc/<pid>/environ` read: process managers, `HOME` and
+/// `CLAUDE_CONFIG_DIR` are among the first variables, and a process cannot make the daemon
+/// read megabytes.
+pub const MAX_ENVIRON: u64 = 64 * 1024;
 /// Longest value kept from a process manager's variable.
 const MAX_VALUE: usize = 256;
 
-fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut raw = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit)
-        .read_to_end(&mut raw)?;
-    Ok(raw)
-}
-
-/// The real uid (first field of `Uid:`) from the content of `/proc/<pid>/status`.
-pub fn parse_uid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// The raw environment block of `pid` under `root`, at most [`MAX_ENVIRON`] bytes. It holds
+/// credentials: callers parse out the few variables they need and drop it.
+///
+/// # Errors
+/// [`ProcError::Read`] when it cannot be read.
+pub fn environ(root: &Path, pid: u32) -> Result<Vec<u8>, ProcError> {
+    read_file(root, pid, "environ", MAX_ENVIRON)
 }
 
 /// The process-manager variables of an environment block (`KEY=value` entries split at NULs).
@@ -179,4 +243,241 @@ pub fn read_ancestry(proc_root: &Path, pid: u32, max_depth: usize) -> Vec<Proces
         }
     }
     chain
+}
+
+/// Start time of `pid` (field 22 of `/proc/<pid>/stat`, clock ticks since boot).
+///
+/// # Errors
+/// [`ProcError::Read`] when it is gone, [`ProcError::Malformed`] on an odd `stat`.
+pub fn start_time(pid: u32) -> Result<u64, ProcError> {
+    parse_stat(&read_text(pid, "stat")?)
+        .map(|(_, start)| start)
+        .ok_or(ProcError::Malformed { pid, file: "stat" })
+}
+
+/// Parent PID of `pid` (field 4 of `stat`).
+///
+/// # Errors
+/// As [`start_time`].
+pub fn parent_pid(pid: u32) -> Result<u32, ProcError> {
+    parse_stat(&read_text(pid, "stat")?)
+        .map(|(ppid, _)| ppid)
+        .ok_or(ProcError::Malformed { pid, file: "stat" })
+}
+
+/// The `NSpid:` line of a `status` file: the PID in each nested namespace, outermost first.
+#[must_use]
+pub fn parse_nspid(status: &str) -> Option<Vec<u32>> {
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    let pids: Option<Vec<u32>> = line.split_whitespace().map(|p| p.parse().ok()).collect();
+    pids.filter(|p| !p.is_empty())
+}
+
+/// The PID of host process `pid` inside its own (innermost) PID namespace.
+///
+/// # Errors
+/// As [`start_time`].
+pub fn namespace_pid(pid: u32) -> Result<u32, ProcError> {
+    parse_nspid(&read_text(pid, "status")?)
+        .and_then(|p| p.last().copied())
+        .ok_or(ProcError::Malformed {
+            pid,
+            file: "status",
+        })
+}
+
+/// Who owns a process: real uid, gid and supplementary groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// The owner of a process from the content of `/proc/<pid>/status` (real ids: the first field
+/// of `Uid:` and `Gid:`, and `Groups:`).
+#[must_use]
+pub fn parse_owner(status: &str) -> Option<Owner> {
+    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
+    let first = |key: &str| field(key)?.split_whitespace().next()?.parse().ok();
+    let groups = field("Groups:")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<Vec<u32>, _>>()
+        .ok()?;
+    Some(Owner {
+        uid: first("Uid:")?,
+        gid: first("Gid:")?,
+        groups,
+    })
+}
+
+/// The owner of `pid`.
+///
+/// # Errors
+/// As [`start_time`].
+pub fn owner(pid: u32) -> Result<Owner, ProcError> {
+    parse_owner(&read_text(pid, "status")?).ok_or(ProcError::Malformed {
+        pid,
+        file: "status",
+    })
+}
+
+/// The PID namespace of `pid`, as `pid:[inode]`.
+///
+/// # Errors
+/// [`ProcError::Read`] when it is gone.
+pub fn pid_namespace(pid: u32) -> Result<String, ProcError> {
+    read_link(Path::new(ROOT), pid, "ns/pid").map(|p| p.to_string_lossy().into_owned())
+}
+
+/// The PID namespace of `pid` as the device and inode of `/proc/<pid>/ns/pid`.
+///
+/// # Errors
+/// [`ProcError::Read`] when it is gone.
+pub fn pid_namespace_id(pid: u32) -> Result<(u64, u64), ProcError> {
+    let path = dir_of(Path::new(ROOT), pid).join("ns/pid");
+    std::fs::metadata(&path)
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(|source| ProcError::Read { path, source })
+}
+
+/// The host PID of the process whose PID is `ns_pid` inside PID namespace `namespace`
+/// (as returned by [`pid_namespace`]), found by scanning `/proc`.
+///
+/// # Errors
+/// [`ProcError::NotInNamespace`] when no such process exists.
+pub fn host_pid(namespace: &str, ns_pid: u32) -> Result<u32, ProcError> {
+    for pid in pids(Path::new(ROOT)) {
+        let Ok(status) = read_text(pid, "status") else {
+            continue;
+        };
+        if parse_nspid(&status).and_then(|p| p.last().copied()) != Some(ns_pid) {
+            continue;
+        }
+        if pid_namespace(pid).is_ok_and(|ns| ns == namespace) {
+            return Ok(pid);
+        }
+    }
+    Err(ProcError::NotInNamespace {
+        ns_pid,
+        namespace: namespace.to_owned(),
+    })
+}
+
+/// `/proc/<pid>/cgroup` (at most [`MAX_FILE`] bytes).
+///
+/// # Errors
+/// [`ProcError::Read`] when it is gone.
+pub fn cgroup(pid: u32) -> Result<String, ProcError> {
+    read_text(pid, "cgroup")
+}
+
+/// The children of `parent`'s main thread (empty when it is gone).
+pub fn children(parent: u32) -> Vec<u32> {
+    read_text(parent, &format!("task/{parent}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The executable `pid` runs, as `/proc/<pid>/exe` points to it (with ` (deleted)` when the
+/// file was replaced or removed).
+///
+/// # Errors
+/// [`ProcError::Read`] when it is gone or not readable.
+pub fn exe(pid: u32) -> Result<PathBuf, ProcError> {
+    read_link(Path::new(ROOT), pid, "exe")
+}
+
+/// The command name of `pid` (`comm`, at most 16 bytes), lossily decoded, without its newline.
+pub fn comm(pid: u32) -> Option<String> {
+    read_file(Path::new(ROOT), pid, "comm", 64)
+        .ok()
+        .map(|raw| String::from_utf8_lossy(&raw).trim_end().to_owned())
+}
+
+/// The inodes of the sockets among the first `max_fds` descriptors `pid` holds open.
+pub fn socket_inodes(pid: u32, max_fds: usize) -> HashSet<u64> {
+    let Ok(fds) = std::fs::read_dir(dir_of(Path::new(ROOT), pid).join("fd")) else {
+        return HashSet::new();
+    };
+    fds.take(max_fds)
+        .filter_map(|e| {
+            let link = std::fs::read_link(e.ok()?.path()).ok()?;
+            link.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// At most `limit` bytes of a host-wide `/proc` file such as `net/unix`.
+///
+/// # Errors
+/// [`ProcError::Read`] when it cannot be read.
+pub fn read_host_file(file: &str, limit: u64) -> Result<Vec<u8>, ProcError> {
+    let path = Path::new(ROOT).join(file);
+    read_bounded(&path, limit).map_err(|source| ProcError::Read { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_last_parenthesis() {
+        let stat = "4242 (we ird) (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        assert_eq!(parse_stat(stat), Some((1, 987_654)));
+        assert_eq!(parse_stat("12 (x) S 1"), None);
+    }
+
+    #[test]
+    fn nspid_lists_outermost_first() {
+        let status = "Name:\tsleep\nTgid:\t7\nNSpid:\t8762\t42\nPPid:\t1\n";
+        assert_eq!(parse_nspid(status), Some(vec![8762, 42]));
+        assert_eq!(parse_nspid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn owner_from_status() {
+        let status = "Name:\tclaude\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nGroups:\t24 27 100 \n";
+        assert_eq!(
+            parse_owner(status),
+            Some(Owner {
+                uid: 1000,
+                gid: 100,
+                groups: vec![24, 27, 100]
+            })
+        );
+        let none = "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n";
+        assert_eq!(parse_owner(none).unwrap().groups, Vec::<u32>::new());
+        assert_eq!(parse_owner("Uid:\tx\n"), None);
+    }
+
+    #[test]
+    fn own_process_round_trips() {
+        let me = std::process::id();
+        assert!(start_time(me).unwrap() > 0);
+        assert_eq!(parent_pid(me).unwrap(), std::os::unix::process::parent_id());
+        assert_eq!(
+            namespace_pid(me).unwrap(),
+            me,
+            "tests run in the host pid namespace"
+        );
+        let ns = pid_namespace(me).unwrap();
+        assert_eq!(host_pid(&ns, me).unwrap(), me);
+        assert!(cgroup(me).unwrap().contains("::") || cgroup(me).unwrap().contains(':'));
+        assert!(exe(me).unwrap().is_absolute());
+        assert!(pids(Path::new(ROOT)).contains(&me));
+        assert!(matches!(start_time(u32::MAX), Err(ProcError::Read { .. })));
+        assert!(children(u32::MAX).is_empty());
+    }
 }

@@ -248,7 +248,7 @@ fn reads_this_very_process() {
     assert_eq!(ancestry.first().map(|p| p.pid), Some(info.ppid));
     assert!(matches!(
         read_process_info(Path::new("/proc"), u32::MAX),
-        Err(InstanceError::Read { .. })
+        Err(ProcError::Read { .. })
     ));
 }
 
@@ -401,9 +401,16 @@ fn saved_names_keep_their_source() {
         InstanceId::program("pm2:x"),
         InstanceId::program("supervisord:x"),
         InstanceId::rule("alpha"),
+        InstanceId::bg_session("5c56ca27"),
+        InstanceId::bg_machinery(1000),
     ] {
         assert_eq!(InstanceId::from_saved(&id.name, id.unit_name()), id, "{id}");
     }
+    // A saved machinery instance stays observe-only after a daemon restart.
+    assert_eq!(
+        InstanceId::from_saved("claude-bg-daemon:1000", None).placement(),
+        Placement::BgMachinery { uid: 1000 }
+    );
 }
 
 #[test]

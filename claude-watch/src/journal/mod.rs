@@ -224,17 +224,43 @@ impl Journal {
 
     /// Appends one record and syncs it to disk before returning.
     pub fn append(&mut self, record: &Record) -> Result<(), JournalError> {
+        self.append_all([record])
+    }
+
+    /// Appends records in order and syncs them to disk before returning, with one
+    /// `fdatasync` for the batch (and one before each rotation). On an error the records
+    /// before the failed one stay written and synced, and the failed one leaves no torn line.
+    pub fn append_all<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Result<(), JournalError> {
+        let mut unsynced = false;
+        let mut result = Ok(());
+        for record in records {
+            if let Err(e) = self.write_line(record, &mut unsynced) {
+                result = Err(e);
+                break;
+            }
+        }
+        if unsynced && let Err(e) = self.file.sync_data() {
+            return Err(io_err("sync", &self.path)(e));
+        }
+        result
+    }
+
+    /// Writes one record's line (rotating first when it would not fit), unsynced.
+    fn write_line(&mut self, record: &Record, unsynced: &mut bool) -> Result<(), JournalError> {
         let mut line =
             serde_json::to_vec(record).map_err(|source| JournalError::Encode { source })?;
         line.push(b'\n');
         if self.len > 0 && self.len + line.len() as u64 > self.options.max_bytes {
+            if *unsynced {
+                self.file.sync_data().map_err(io_err("sync", &self.path))?;
+                *unsynced = false;
+            }
             self.rotate()?;
         }
-        if let Err(e) = self
-            .file
-            .write_all(&line)
-            .and_then(|()| self.file.sync_data())
-        {
+        if let Err(e) = self.file.write_all(&line) {
             // A short write (disk full) must not leave a torn line for the next record.
             if let Err(cut) = self.file.set_len(self.len) {
                 tracing::error!(path = %self.path.display(), error = %cut, "journal: cannot cut a failed write");
@@ -242,6 +268,7 @@ impl Journal {
             return Err(io_err("write", &self.path)(e));
         }
         self.len += line.len() as u64;
+        *unsynced = true;
         Ok(())
     }
 

@@ -25,6 +25,7 @@ use yaxpeax_arch::{Decoder as _, U8Reader};
 use yaxpeax_arm::armv8::a64::{InstDecoder, Instruction, Opcode, Operand, SizeCode};
 
 use super::boringssl::ErrorSite;
+use super::budget::{Budget, MAX_REFERENCES, OverBudget};
 use super::elf::ElfImage;
 use super::scan::Reference;
 
@@ -145,7 +146,8 @@ impl BlTargets {
 /// Instructions in `code` (mapped at `base`) that complete loading one of `targets` into a
 /// register: the `add` of an `adrp`/`add` pair on the same register (at most
 /// [`MAX_ADRP_DISTANCE`] instructions apart), or an `adr`. Sorted by address. Candidates only:
-/// [`read_site`] decodes the function up to them and checks the value.
+/// [`read_site`] decodes the function up to them and checks the value. Stops after
+/// [`MAX_REFERENCES`] + 1 (the caller refuses a file with more).
 #[must_use]
 pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
     let word_at = |index: usize| {
@@ -174,6 +176,9 @@ pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
                     target: value,
                 });
             }
+            if out.len() > MAX_REFERENCES {
+                break;
+            }
             continue;
         }
         let page = (pc & !0xFFF).wrapping_add_signed(imm << 12);
@@ -190,6 +195,9 @@ pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
                     target,
                 });
             }
+        }
+        if out.len() > MAX_REFERENCES {
+            break;
         }
     }
     out.sort_by_key(|r| r.vaddr);
@@ -416,11 +424,22 @@ impl<'a, 'data> Code<'a, 'data> {
     }
 
     /// Every verified `OPENSSL_PUT_ERROR` site loading one of `strings`.
-    #[must_use]
-    pub fn error_sites(&self, strings: &[u64]) -> Vec<ErrorSite> {
+    ///
+    /// # Errors
+    /// [`OverBudget`] when `budget` runs out or there are more than [`MAX_REFERENCES`].
+    pub fn error_sites(
+        &self,
+        strings: &[u64],
+        budget: &Budget,
+    ) -> Result<Vec<ErrorSite>, OverBudget> {
         let mut sites = Vec::new();
+        let mut seen = 0;
         for seg in self.image.segments.iter().filter(|s| s.executable) {
-            for r in references(self.image.segment_bytes(seg), seg.vaddr, strings) {
+            let refs = references(self.image.segment_bytes(seg), seg.vaddr, strings);
+            seen += refs.len();
+            Budget::cap(seen, MAX_REFERENCES, "references to ssl_lib.cc")?;
+            for r in refs {
+                budget.check("arm64 error sites")?;
                 let site = self.decode_site(&r);
                 tracing::trace!(
                     at = format_args!("{:#x}", r.vaddr),
@@ -430,7 +449,7 @@ impl<'a, 'data> Code<'a, 'data> {
                 sites.extend(site);
             }
         }
-        sites
+        Ok(sites)
     }
 
     /// Whether `vaddr` is a direct call target.
@@ -743,7 +762,7 @@ mod tests {
         let data = bytes(&words);
         let image = image(&data);
         let code = Code::new(&image);
-        let sites = code.error_sites(&[FILE]);
+        let sites = code.error_sites(&[FILE], &Budget::unlimited()).unwrap();
         assert_eq!(sites.len(), 2, "{sites:?}");
         assert!(sites.iter().all(|s| s.function == BASE));
         assert!(code.calls_directly(BASE, BASE + 20 * 4));
@@ -762,13 +781,24 @@ mod tests {
         // Re-aim the adrp (now at 5) at FILE's page.
         data[20..24].copy_from_slice(&adrp_x3(5).to_le_bytes());
         let padded = image(&data);
-        assert!(Code::new(&padded).error_sites(&[FILE]).is_empty());
+        assert!(
+            Code::new(&padded)
+                .error_sites(&[FILE], &Budget::unlimited())
+                .unwrap()
+                .is_empty()
+        );
         // Without the padding the boundary is invisible and nothing is refused: the padding is
         // what shows the second function.
         data[8..16].copy_from_slice(&bytes(&[0xD503_201F, 0xD503_201F])); // nop; nop
         data[4..8].copy_from_slice(&bytes(&[0xD503_201F])); // no ret either
         let unpadded = image(&data);
-        assert_eq!(Code::new(&unpadded).error_sites(&[FILE]).len(), 1);
+        assert_eq!(
+            Code::new(&unpadded)
+                .error_sites(&[FILE], &Budget::unlimited())
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
 use super::aarch64;
+use super::budget::{Budget, MAX_REFERENCES, MAX_STRINGS, OverBudget};
 use super::elf::{Arch, ElfImage};
 use super::scan::{self, CallTargets, Reference};
 use super::{Function, FunctionName};
@@ -71,6 +72,9 @@ pub enum NotIdentified {
         /// How many candidates.
         count: usize,
     },
+    /// The file made the scans exceed their time budget or a candidate cap.
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
 }
 
 /// One verified `OPENSSL_PUT_ERROR` site.
@@ -93,8 +97,11 @@ pub struct ErrorSite {
 /// Locates `SSL_write` and `SSL_read`. `Ok(None)` when the file holds no BoringSSL `ssl_lib.cc`.
 ///
 /// # Errors
-/// [`NotIdentified`] when BoringSSL is there but a check fails.
-pub fn locate(image: &ElfImage<'_>) -> Result<Option<Vec<Function>>, NotIdentified> {
+/// [`NotIdentified`] when BoringSSL is there but a check fails, or `budget` runs out.
+pub fn locate(
+    image: &ElfImage<'_>,
+    budget: &Budget,
+) -> Result<Option<Vec<Function>>, NotIdentified> {
     let strings: Vec<u64> = image
         .segments
         .iter()
@@ -106,15 +113,17 @@ pub fn locate(image: &ElfImage<'_>) -> Result<Option<Vec<Function>>, NotIdentifi
     if strings.is_empty() {
         return Ok(None);
     }
+    Budget::cap(strings.len(), MAX_STRINGS, "ssl_lib.cc strings")?;
+    budget.check("strings")?;
     let (roles, write_prologue, read_prologue) = match image.arch {
         Arch::X86_64 => {
-            let roles = x86_64_roles(image, &strings)?;
+            let roles = x86_64_roles(image, &strings, budget)?;
             let prologue = "push rbp; mov rbp,rsp".to_owned();
             (roles, prologue.clone(), prologue)
         }
         Arch::Aarch64 => {
             let code = aarch64::Code::new(image);
-            let sites = code.error_sites(&strings);
+            let sites = code.error_sites(&strings, budget)?;
             tracing::debug!(
                 strings = strings.len(),
                 sites = sites.len(),
@@ -125,7 +134,7 @@ pub fn locate(image: &ElfImage<'_>) -> Result<Option<Vec<Function>>, NotIdentifi
                     strings: strings.len(),
                 });
             }
-            let roles = classify(&sites, |from, to| code.calls_directly(from, to))?;
+            let roles = classify(&sites, budget, |from, to| code.calls_directly(from, to))?;
             let write = code.prologue_at(roles.write).unwrap_or_default();
             let read = code.prologue_at(roles.read).unwrap_or_default();
             (roles, write, read)
@@ -165,17 +174,26 @@ pub fn locate(image: &ElfImage<'_>) -> Result<Option<Vec<Function>>, NotIdentifi
 }
 
 /// The x86-64 error sites that load one of `strings`, classified into roles.
-fn x86_64_roles(image: &ElfImage<'_>, strings: &[u64]) -> Result<Roles, NotIdentified> {
+fn x86_64_roles(
+    image: &ElfImage<'_>,
+    strings: &[u64],
+    budget: &Budget,
+) -> Result<Roles, NotIdentified> {
     let mut sites = Vec::new();
     let mut calls_by_segment = Vec::new();
+    let mut seen = 0;
     for seg in image.segments.iter().filter(|s| s.executable) {
         let code = image.segment_bytes(seg);
         let refs = scan::references(code, seg.vaddr, strings);
+        seen += refs.len();
+        Budget::cap(seen, MAX_REFERENCES, "references to ssl_lib.cc")?;
+        budget.check("references")?;
         if refs.is_empty() {
             continue;
         }
         let calls = CallTargets::scan(code, seg.vaddr);
         for r in &refs {
+            budget.check("error sites")?;
             let site = decode_site(image, &calls, r);
             tracing::trace!(
                 at = format_args!("{:#x}", r.vaddr),
@@ -196,7 +214,7 @@ fn x86_64_roles(image: &ElfImage<'_>, strings: &[u64]) -> Result<Roles, NotIdent
             strings: strings.len(),
         });
     }
-    classify(&sites, |from, to| {
+    classify(&sites, budget, |from, to| {
         calls_directly(image, &calls_by_segment, from, to)
     })
 }
@@ -426,9 +444,10 @@ pub struct Roles {
 /// `calls(from, to)` says whether the function starting at `from` calls the one at `to`.
 ///
 /// # Errors
-/// [`NotIdentified`] unless each role has exactly one candidate.
+/// [`NotIdentified`] unless each role has exactly one candidate, or when `budget` runs out.
 pub fn classify(
     sites: &[ErrorSite],
+    budget: &Budget,
     calls: impl Fn(u64, u64) -> bool,
 ) -> Result<Roles, NotIdentified> {
     // The error reporter is the callee most sites share; sites calling anything else are not
@@ -485,6 +504,7 @@ pub fn classify(
         }
         let line = p.lines[0];
         for &(&read_impl, impl_profile) in &read_impls {
+            budget.check("classifying")?;
             let after_impl = impl_profile.max_line().is_some_and(|l| l < line);
             if after_impl && line < write_first && calls(start, read_impl) {
                 reads.push((start, read_impl, line));
@@ -669,7 +689,7 @@ mod tests {
     #[test]
     fn classifies_write_read_and_read_impl() {
         let all_call_impl = |_from: u64, to: u64| to == 0x200;
-        let roles = classify(&bun_like(), all_call_impl).expect("roles");
+        let roles = classify(&bun_like(), &Budget::unlimited(), all_call_impl).expect("roles");
         assert_eq!(
             (roles.write, roles.read, roles.read_impl, roles.read_line),
             (0x300, 0x100, 0x200, 931)
@@ -679,7 +699,7 @@ mod tests {
 
     #[test]
     fn refuses_when_read_does_not_call_read_impl() {
-        let err = classify(&bun_like(), |_, _| false).unwrap_err();
+        let err = classify(&bun_like(), &Budget::unlimited(), |_, _| false).unwrap_err();
         assert_eq!(err, NotIdentified::SslRead { count: 0 });
     }
 
@@ -692,7 +712,7 @@ mod tests {
             site(0x700, 111, 992),
         ]);
         assert_eq!(
-            classify(&sites, |_, to| to == 0x200).unwrap_err(),
+            classify(&sites, &Budget::unlimited(), |_, to| to == 0x200).unwrap_err(),
             NotIdentified::SslWrite { count: 2 }
         );
     }
@@ -702,7 +722,7 @@ mod tests {
         let mut sites = bun_like();
         sites.push(site(0x800, 66, 940));
         assert_eq!(
-            classify(&sites, |_, to| to == 0x200).unwrap_err(),
+            classify(&sites, &Budget::unlimited(), |_, to| to == 0x200).unwrap_err(),
             NotIdentified::SslRead { count: 2 }
         );
     }
@@ -720,7 +740,9 @@ mod tests {
         stray[1].lib = Some(6);
         sites.extend(stray);
         assert_eq!(
-            classify(&sites, |_, to| to == 0x200).expect("roles").write,
+            classify(&sites, &Budget::unlimited(), |_, to| to == 0x200)
+                .expect("roles")
+                .write,
             0x300
         );
     }

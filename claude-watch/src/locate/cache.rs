@@ -1,36 +1,75 @@
-//! On-disk cache of locate results, one JSON file per GNU build id.
+//! On-disk cache of locate results, one JSON file per (GNU build id, content digest).
 //!
-//! An entry records the file's architecture and size and a fingerprint of the bytes at the
-//! located functions; an entry that no longer matches the file (same build id, different bytes,
-//! or another architecture: build ids are only unique per build, and an x86-64 and an arm64
-//! build could share one) is ignored, and the fresh result overwrites it. Entries of an older
-//! format are ignored the same way.
+//! The files located come from any user, and a build id is just bytes in a note anyone can
+//! copy, so an entry is trusted only for a file whose bytes at the located functions are the
+//! ones the entry was made from: each entry holds a SHA-256 digest over the file's size, its
+//! architecture and [`DIGEST_SPAN`] bytes at every located function's file offset, and is used
+//! only when the digest over the file being located is the same. Entries are named by build id
+//! *and* digest, so a result for one file never replaces one for another (a forged file with a
+//! real build id gets its own entry, which matches only itself). At most
+//! [`ENTRIES_PER_BUILD_ID`] entries per build id and [`ENTRIES_MAX`] in all are kept; beyond,
+//! results are not stored.
+//!
+//! The directory is the daemon's own: created with mode 0700, refused when another user owns it,
+//! repaired (chmod 0700) when group or others may access it. Entries are opened relative to the
+//! checked directory, without following symbolic links, and only regular files of the daemon's
+//! user of at most [`ENTRY_MAX_BYTES`] are read. Entries of an older format are ignored.
 
-use std::io::Write as _;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
-use super::elf::ElfImage;
+use super::elf::{Arch, ElfImage};
 use super::{Located, Method};
 
 /// The daemon's default cache directory.
 pub const DEFAULT_DIR: &str = "/var/cache/claude-watch/locate";
-/// Bumped when the entry format or the locating method changes meaning (2: `arch`, arm64).
-const FORMAT_VERSION: u32 = 2;
-/// Bytes hashed at each located function.
-const FINGERPRINT_SPAN: usize = 4096;
+/// Bumped when the entry format or the locating method changes meaning (2: `arch`, arm64;
+/// 3: SHA-256 digest, entries named by digest).
+const FORMAT_VERSION: u32 = 3;
+/// Bytes digested at each located function: as far as an error site may lie from its
+/// function's start, so the code the locator read as evidence is covered.
+pub const DIGEST_SPAN: u64 = 64 * 1024;
+/// Largest entry file read.
+pub const ENTRY_MAX_BYTES: u64 = 64 * 1024;
+/// Entries kept per build id (distinct contents claiming it).
+pub const ENTRIES_PER_BUILD_ID: usize = 4;
+/// Entries kept in all.
+pub const ENTRIES_MAX: usize = 256;
 
-/// Why a cache entry could not be written.
+/// Why the cache directory cannot be used or an entry could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// The result has no build id to key it by.
     #[error("the file has no GNU build id; results are not cached")]
     NoBuildId,
-    /// Creating the directory or writing the entry failed.
-    #[error("cannot write cache entry {path}")]
-    Write {
-        /// The entry file.
+    /// The directory is not the daemon's own.
+    #[error("locate cache {dir} refused: {reason}")]
+    Insecure {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong (owner, type).
+        reason: String,
+    },
+    /// Too many entries already (for this build id, or in all): not stored.
+    #[error("locate cache {dir} full ({reason}); result not stored")]
+    Full {
+        /// The directory.
+        dir: PathBuf,
+        /// Which cap.
+        reason: String,
+    },
+    /// Creating, opening or writing failed.
+    #[error("cannot use locate cache entry {path}")]
+    Io {
+        /// The directory or entry file.
         path: PathBuf,
         /// The underlying error.
         #[source]
@@ -45,16 +84,47 @@ struct Format {
 }
 
 /// One stored result.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
     format: u32,
     build_id: String,
     file_size: u64,
-    fingerprint: u64,
+    /// Lowercase hex SHA-256, see [`digest`].
+    digest: String,
     located: Located,
 }
 
-/// A directory of cached results, keyed by GNU build id.
+/// An entry that may answer for a file, before its digest is checked ([`Candidate::verify`]).
+#[derive(Debug, Clone)]
+pub struct Candidate(Entry);
+
+impl Candidate {
+    /// The file ranges (offset, length) the digest covers: what must be read of the file to
+    /// verify the entry.
+    #[must_use]
+    pub fn ranges(&self, file_size: u64) -> Vec<(u64, u64)> {
+        ranges(file_size, &self.0.located)
+    }
+
+    /// The entry's result when the digest over `data` (the file, at least its [`Self::ranges`]
+    /// filled in) is the entry's. The result's method is [`Method::Cache`].
+    #[must_use]
+    pub fn verify(self, data: &[u8], arch: Arch) -> Option<Located> {
+        let entry = self.0;
+        if entry.located.arch != arch
+            || entry.file_size != data.len() as u64
+            || entry.digest != digest(data, &entry.located)
+        {
+            tracing::info!(build_id = %entry.build_id, "locate cache: entry does not match the file; ignored");
+            return None;
+        }
+        let mut located = entry.located;
+        located.method = Method::Cache;
+        Some(located)
+    }
+}
+
+/// A directory of cached results, keyed by GNU build id and content digest.
 #[derive(Debug, Clone)]
 pub struct Cache {
     dir: PathBuf,
@@ -73,97 +143,484 @@ impl Cache {
         &self.dir
     }
 
-    /// Path of the entry for `build_id`; `None` for ids that are not plain hex.
-    fn entry_path(&self, build_id: &str) -> Option<PathBuf> {
-        let valid = !build_id.is_empty()
-            && build_id.len() <= 128
-            && build_id.bytes().all(|b| b.is_ascii_hexdigit());
-        valid.then(|| self.dir.join(format!("{build_id}.json")))
-    }
-
-    /// The cached result for `image`, if an entry exists and still matches the file's size and
-    /// bytes. The result's method is [`Method::Cache`].
-    #[must_use]
-    pub fn lookup(&self, build_id: &str, image: &ElfImage<'_>) -> Option<Located> {
-        let path = self.entry_path(build_id)?;
-        let text = std::fs::read(&path).ok()?;
-        if serde_json::from_slice::<Format>(&text).is_ok_and(|f| f.format != FORMAT_VERSION) {
-            tracing::info!(path = %path.display(), build_id, "locate cache: entry of another format; ignored");
-            return None;
-        }
-        let entry: Entry = match serde_json::from_slice(&text) {
-            Ok(entry) => entry,
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "locate cache: unreadable entry ignored");
-                return None;
-            }
-        };
-        let matches = entry.format == FORMAT_VERSION
-            && entry.build_id == build_id
-            && entry.located.arch == image.arch
-            && entry.file_size == image.data.len() as u64
-            && entry.fingerprint == fingerprint(image.data, &entry.located);
-        if !matches {
-            tracing::info!(path = %path.display(), build_id, "locate cache: entry does not match the file; ignored");
-            return None;
-        }
-        let mut located = entry.located;
-        located.method = Method::Cache;
-        Some(located)
-    }
-
-    /// Stores `located` for `image` (atomically: write then rename).
+    /// Opens the directory (creating it with mode 0700 when `create`), checks it is a directory
+    /// of this process's user, and repairs its mode to 0700 when group or others have access.
     ///
     /// # Errors
-    /// [`CacheError`] when the file has no build id or the entry cannot be written.
+    /// [`CacheError::Insecure`] for a directory of another user or not a directory,
+    /// [`CacheError::Io`] when it cannot be created or opened.
+    pub fn open_dir(&self, create: bool) -> Result<File, CacheError> {
+        let io = |source| CacheError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        if create {
+            if let Some(parent) = self.dir.parent() {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(e)),
+                _ => {}
+            }
+        }
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&self.dir)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR)
+                {
+                    CacheError::Insecure {
+                        dir: self.dir.clone(),
+                        reason: "not a directory (or a symbolic link)".into(),
+                    }
+                } else {
+                    io(e)
+                }
+            })?;
+        let meta = dir.metadata().map_err(io)?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Err(CacheError::Insecure {
+                dir: self.dir.clone(),
+                reason: format!("owned by uid {}, not {me}", meta.uid()),
+            });
+        }
+        if meta.mode() & 0o077 != 0 {
+            tracing::warn!(dir = %self.dir.display(), mode = format_args!("{:o}", meta.mode() & 0o7777), "locate cache: directory open to other users; mode set to 0700");
+            // SAFETY: fchmod on an fd we own.
+            if unsafe { libc::fchmod(dir.as_raw_fd(), 0o700) } != 0 {
+                return Err(io(std::io::Error::last_os_error()));
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Names of the entry files in the checked directory `dir`.
+    fn entry_names(dir: &File) -> Vec<String> {
+        let Ok(list) = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) else {
+            return Vec::new();
+        };
+        list.filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+            .take(ENTRIES_MAX * 2)
+            .collect()
+    }
+
+    /// The entries stored for `build_id` that may answer for a file of `arch` and `file_size`
+    /// bytes; each must still be verified against the file's bytes.
+    #[must_use]
+    pub fn candidates(&self, build_id: &str, arch: Arch, file_size: u64) -> Vec<Candidate> {
+        if !valid_build_id(build_id) {
+            return Vec::new();
+        }
+        let dir = match self.open_dir(false) {
+            Ok(dir) => dir,
+            Err(CacheError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Vec::new();
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "locate cache: not used");
+                return Vec::new();
+            }
+        };
+        let prefix = format!("{build_id}.");
+        let mut out = Vec::new();
+        for name in Self::entry_names(&dir) {
+            if !name.starts_with(&prefix) {
+                continue;
+            }
+            let Some(text) = read_entry(&dir, &name) else {
+                continue;
+            };
+            if serde_json::from_slice::<Format>(&text).is_ok_and(|f| f.format != FORMAT_VERSION) {
+                tracing::info!(
+                    entry = name,
+                    "locate cache: entry of another format; ignored"
+                );
+                continue;
+            }
+            match serde_json::from_slice::<Entry>(&text) {
+                Ok(entry)
+                    if entry.format == FORMAT_VERSION
+                        && entry.build_id == build_id
+                        && entry.located.arch == arch
+                        && entry.file_size == file_size =>
+                {
+                    out.push(Candidate(entry));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(entry = name, %error, "locate cache: unreadable entry ignored");
+                }
+            }
+        }
+        out
+    }
+
+    /// The cached result for `image`, if an entry for its build id has the digest of its bytes.
+    /// The result's method is [`Method::Cache`].
+    #[must_use]
+    pub fn lookup(&self, build_id: &str, image: &ElfImage<'_>) -> Option<Located> {
+        self.candidates(build_id, image.arch, image.data.len() as u64)
+            .into_iter()
+            .find_map(|c| c.verify(image.data, image.arch))
+    }
+
+    /// Stores `located` for `image` (atomically: a new file then a rename), under its build id
+    /// and digest, unless the cache is full.
+    ///
+    /// # Errors
+    /// [`CacheError`] when the file has no build id, the directory is refused, the cache is
+    /// full or the entry cannot be written.
     pub fn store(&self, image: &ElfImage<'_>, located: &Located) -> Result<(), CacheError> {
-        let build_id = image.build_id.as_deref().ok_or(CacheError::NoBuildId)?;
-        let path = self.entry_path(build_id).ok_or(CacheError::NoBuildId)?;
+        let build_id = image
+            .build_id
+            .as_deref()
+            .filter(|id| valid_build_id(id))
+            .ok_or(CacheError::NoBuildId)?;
+        let digest = digest(image.data, located);
+        let name = format!("{build_id}.{}.json", &digest[..16]);
+        let dir = self.open_dir(true)?;
+        let names = Self::entry_names(&dir);
+        if !names.contains(&name) {
+            let prefix = format!("{build_id}.");
+            let same = names.iter().filter(|n| n.starts_with(&prefix)).count();
+            let full = |reason: String| CacheError::Full {
+                dir: self.dir.clone(),
+                reason,
+            };
+            if same >= ENTRIES_PER_BUILD_ID {
+                return Err(full(format!(
+                    "{same} entries for build id {build_id} already"
+                )));
+            }
+            if names.len() >= ENTRIES_MAX {
+                return Err(full(format!("{} entries", names.len())));
+            }
+        }
         let entry = Entry {
             format: FORMAT_VERSION,
             build_id: build_id.to_owned(),
             file_size: image.data.len() as u64,
-            fingerprint: fingerprint(image.data, located),
+            digest,
             located: located.clone(),
         };
-        let write = |p: &Path| -> std::io::Result<()> {
-            std::fs::create_dir_all(&self.dir)?;
-            let mut file = std::fs::File::create(p)?;
-            file.write_all(&serde_json::to_vec_pretty(&entry).map_err(std::io::Error::other)?)?;
-            file.sync_all()?;
-            std::fs::rename(p, &path)
+        let path = self.dir.join(&name);
+        let io = |source| CacheError::Io {
+            path: path.clone(),
+            source,
         };
-        let tmp = self
-            .dir
-            .join(format!(".{build_id}.{}.tmp", std::process::id()));
-        write(&tmp).map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            CacheError::Write {
-                path: path.clone(),
-                source,
-            }
-        })
+        let text = serde_json::to_vec_pretty(&entry).map_err(|e| io(std::io::Error::other(e)))?;
+        let tmp = format!(".{name}.{}.tmp", std::process::id());
+        let result = (|| {
+            let mut file = openat(
+                &dir,
+                &tmp,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600,
+            )?;
+            file.write_all(&text)?;
+            file.sync_all()?;
+            renameat(&dir, &tmp, &name)
+        })();
+        if result.is_err() {
+            let _ = unlinkat(&dir, &tmp);
+        }
+        result.map_err(io)
     }
 }
 
-/// FNV-1a over the first [`FINGERPRINT_SPAN`] bytes at each located function's file offset.
+/// Whether `id` is plain hex of a sane length (it becomes part of a file name).
+fn valid_build_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The entry `name` in `dir`: a regular file of this process's user, not a symbolic link, of
+/// at most [`ENTRY_MAX_BYTES`].
+fn read_entry(dir: &File, name: &str) -> Option<Vec<u8>> {
+    let file = match openat(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        0,
+    ) {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::warn!(entry = name, %error, "locate cache: entry refused (a symbolic link?)");
+            return None;
+        }
+    };
+    let meta = file.metadata().ok()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_file() || meta.uid() != me || meta.len() > ENTRY_MAX_BYTES {
+        tracing::warn!(
+            entry = name,
+            uid = meta.uid(),
+            size = meta.len(),
+            "locate cache: entry refused (not a regular file of ours, or too large)"
+        );
+        return None;
+    }
+    let mut text = Vec::new();
+    file.take(ENTRY_MAX_BYTES).read_to_end(&mut text).ok()?;
+    Some(text)
+}
+
+fn cstring(name: &str) -> std::io::Result<CString> {
+    CString::new(Path::new(name).as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+}
+
+/// `openat(2)` relative to `dir`.
+fn openat(dir: &File, name: &str, flags: i32, mode: libc::mode_t) -> std::io::Result<File> {
+    let name = cstring(name)?;
+    // SAFETY: valid fd and NUL-terminated path; the returned fd is owned by the File.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by openat and is owned by no one else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// `renameat(2)` within `dir`.
+fn renameat(dir: &File, from: &str, to: &str) -> std::io::Result<()> {
+    let (from, to) = (cstring(from)?, cstring(to)?);
+    // SAFETY: valid fd and NUL-terminated paths.
+    if unsafe { libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr()) } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `unlinkat(2)` within `dir`.
+fn unlinkat(dir: &File, name: &str) -> std::io::Result<()> {
+    let name = cstring(name)?;
+    // SAFETY: valid fd and NUL-terminated path.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The file ranges (offset, length) [`digest`] covers for a file of `file_size` bytes:
+/// [`DIGEST_SPAN`] bytes at each located function, cut at the end of the file.
 #[must_use]
-pub fn fingerprint(data: &[u8], located: &Located) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for function in &located.functions {
-        let start = usize::try_from(function.file_offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let end = start.saturating_add(FINGERPRINT_SPAN).min(data.len());
-        for &b in function
-            .file_offset
-            .to_le_bytes()
-            .iter()
-            .chain(&data[start..end])
-        {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+pub fn ranges(file_size: u64, located: &Located) -> Vec<(u64, u64)> {
+    located
+        .functions
+        .iter()
+        .map(|f| {
+            let start = f.file_offset.min(file_size);
+            (start, DIGEST_SPAN.min(file_size - start))
+        })
+        .collect()
+}
+
+/// Lowercase hex SHA-256 over the format version, the architecture, the file size, and each
+/// located function's file offset and the [`ranges`] of `data` at it.
+#[must_use]
+pub fn digest(data: &[u8], located: &Located) -> String {
+    let mut hash = Sha256::new();
+    hash.update(FORMAT_VERSION.to_le_bytes());
+    hash.update(located.arch.to_string().as_bytes());
+    hash.update((data.len() as u64).to_le_bytes());
+    for (function, (start, len)) in located
+        .functions
+        .iter()
+        .zip(ranges(data.len() as u64, located))
+    {
+        hash.update(function.file_offset.to_le_bytes());
+        let (start, len) = (start as usize, len as usize);
+        hash.update(&data[start..start + len]);
+    }
+    hash.finalize()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::locate::elf::Segment;
+    use crate::locate::{Function, FunctionName, TlsLibrary};
+    use std::os::unix::fs::PermissionsExt as _;
+
+    const BUILD_ID: &str = "00112233445566778899aabbccddeeff00112233";
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("claude-watch-cache-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    fn image(data: &[u8]) -> ElfImage<'_> {
+        ElfImage {
+            data,
+            arch: Arch::X86_64,
+            segments: vec![Segment {
+                vaddr: 0x40_0000,
+                offset: 0,
+                file_size: data.len() as u64,
+                executable: true,
+            }],
+            build_id: Some(BUILD_ID.into()),
+            pie: false,
+            needed: Vec::new(),
         }
     }
-    hash
+
+    fn located(write: u64, read: u64) -> Located {
+        let function = |name, at: u64| Function {
+            name,
+            vaddr: 0x40_0000 + at,
+            file_offset: at,
+            evidence: "test".into(),
+        };
+        Located {
+            build_id: Some(BUILD_ID.into()),
+            arch: Arch::X86_64,
+            library: TlsLibrary::BoringSsl,
+            method: Method::Disassembly,
+            functions: vec![
+                function(FunctionName::SslWrite, write),
+                function(FunctionName::SslRead, read),
+            ],
+        }
+    }
+
+    fn genuine() -> Vec<u8> {
+        (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn an_entry_answers_only_for_the_same_bytes() {
+        let dir = scratch("same");
+        let cache = Cache::new(dir.join("c"));
+        let data = genuine();
+        let real = located(0x1000, 0x20000);
+        cache.store(&image(&data), &real).expect("store");
+        let hit = cache.lookup(BUILD_ID, &image(&data)).expect("hit");
+        assert_eq!(hit.method, Method::Cache);
+        assert_eq!(hit.functions, real.functions);
+
+        // Same build id and size; a byte changed near the end of SSL_read's digested span:
+        // the FNV fingerprint of old compared 4 KiB; now 64 KiB under SHA-256.
+        let mut forged = data.clone();
+        forged[0x20000 + 60_000] ^= 1;
+        assert!(cache.lookup(BUILD_ID, &image(&forged)).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_forged_file_never_replaces_the_genuine_entry() {
+        let dir = scratch("forged");
+        let cache = Cache::new(dir.join("c"));
+        let data = genuine();
+        let real = located(0x1000, 0x20000);
+        cache.store(&image(&data), &real).expect("store genuine");
+        // A forged file: same build id, same size, other offsets (as if its own code said so).
+        let mut forged = data.clone();
+        forged[0x3000] ^= 0x55;
+        let fake = located(0x3000, 0x30000);
+        cache.store(&image(&forged), &fake).expect("store forged");
+        // The genuine file still gets its own result; the forged entry answers only itself.
+        let hit = cache.lookup(BUILD_ID, &image(&data)).expect("genuine hit");
+        assert_eq!(hit.functions, real.functions);
+        let hit = cache.lookup(BUILD_ID, &image(&forged)).expect("forged hit");
+        assert_eq!(hit.functions, fake.functions);
+        // A third forged file with the genuine offsets but other bytes there: no entry fits.
+        let mut other = data.clone();
+        other[0x1000 + 10] ^= 1;
+        other[0x3000 + 10] ^= 1;
+        assert!(cache.lookup(BUILD_ID, &image(&other)).is_none());
+        // Per-build-id cap: a flood of forged contents stops being stored.
+        for i in 0..ENTRIES_PER_BUILD_ID {
+            let mut f = data.clone();
+            f[0x5000 + i] ^= 0xAA;
+            let _ = cache.store(&image(&f), &located(0x5000, 0x6000));
+        }
+        let count = std::fs::read_dir(dir.join("c")).unwrap().count();
+        assert_eq!(count, ENTRIES_PER_BUILD_ID);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_symlinked_entry_is_refused() {
+        let dir = scratch("symlink");
+        let cache = Cache::new(dir.join("c"));
+        let data = genuine();
+        let real = located(0x1000, 0x20000);
+        cache.store(&image(&data), &real).expect("store");
+        let entry = std::fs::read_dir(dir.join("c"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let target = dir.join("elsewhere.json");
+        std::fs::rename(&entry, &target).expect("move");
+        std::os::unix::fs::symlink(&target, &entry).expect("symlink");
+        assert!(
+            cache.lookup(BUILD_ID, &image(&data)).is_none(),
+            "an entry that is a symbolic link must not be read"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_world_writable_directory_is_repaired_and_a_symlinked_one_refused() {
+        let dir = scratch("mode");
+        let cache = Cache::new(dir.join("c"));
+        let data = genuine();
+        cache
+            .store(&image(&data), &located(0x1000, 0x20000))
+            .expect("store");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join("c")), 0o700, "created 0700");
+        std::fs::set_permissions(dir.join("c"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(cache.lookup(BUILD_ID, &image(&data)).is_some());
+        assert_eq!(mode(&dir.join("c")), 0o700, "repaired to 0700");
+
+        // The directory replaced by a link to another one: refused.
+        std::fs::rename(dir.join("c"), dir.join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("c")).unwrap();
+        assert!(matches!(
+            cache.open_dir(false),
+            Err(CacheError::Insecure { .. })
+        ));
+        assert!(cache.lookup(BUILD_ID, &image(&data)).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_directory_of_another_user_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to chown");
+            return;
+        }
+        let dir = scratch("owner");
+        let cache = Cache::new(dir.join("c"));
+        std::fs::create_dir(dir.join("c")).unwrap();
+        std::os::unix::fs::chown(dir.join("c"), Some(65534), None).unwrap();
+        let err = cache.open_dir(false).unwrap_err();
+        assert!(matches!(err, CacheError::Insecure { .. }), "{err}");
+        assert!(
+            cache
+                .store(&image(&genuine()), &located(0x1000, 0x20000))
+                .is_err()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -4,8 +4,11 @@
 
 use memchr::memmem;
 
+use super::budget::{MAX_REFERENCES, MAX_STRINGS};
+
 /// Virtual addresses of the NUL-terminated strings in `data` (mapped at `base`) that end with
-/// `suffix`, e.g. every `.../ssl/ssl_lib.cc`.
+/// `suffix`, e.g. every `.../ssl/ssl_lib.cc`. Stops after [`MAX_STRINGS`] + 1 (the caller
+/// refuses a file with more).
 #[must_use]
 pub fn strings_ending_with(data: &[u8], base: u64, suffix: &[u8]) -> Vec<u64> {
     let mut needle = suffix.to_vec();
@@ -19,8 +22,12 @@ pub fn strings_ending_with(data: &[u8], base: u64, suffix: &[u8]) -> Vec<u64> {
             .rposition(|&b| b == 0)
             .map_or(floor, |p| floor + p + 1);
         let addr = base + start as u64;
-        if !found.contains(&addr) {
+        // Matches come in increasing order, so a repeated start is the last one found.
+        if found.last() != Some(&addr) {
             found.push(addr);
+        }
+        if found.len() > MAX_STRINGS {
+            break;
         }
     }
     found
@@ -112,7 +119,8 @@ pub struct Reference {
 
 /// Instructions in `code` (mapped at `base`) that load one of `targets` into a register:
 /// `mov r32, imm32` (`B8+r`, `41 B8+r`), `mov r64, simm32` (`48/49 C7 C0+r`) for non-PIE code,
-/// and `lea r64, [rip+disp32]` (`48/4C 8D modrm`) for PIE code. Sorted by address.
+/// and `lea r64, [rip+disp32]` (`48/4C 8D modrm`) for PIE code. Sorted by address. Stops after
+/// [`MAX_REFERENCES`] + 1 (the caller refuses a file with more).
 #[must_use]
 pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
     let mut out = Vec::new();
@@ -130,6 +138,9 @@ pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
                     vaddr: base + start as u64,
                     target,
                 });
+                if out.len() > MAX_REFERENCES {
+                    return out;
+                }
             }
         }
     }
@@ -151,6 +162,9 @@ pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
                 vaddr: base + pos as u64 - 1,
                 target,
             });
+            if out.len() > MAX_REFERENCES {
+                return out;
+            }
         }
     }
     out.sort_by_key(|r| r.vaddr);

@@ -24,9 +24,10 @@ use serde::Deserialize;
 use tokio::io::AsyncReadExt as _;
 use tokio::process::Command;
 
-use super::{RestartOutcome, Restarter, SuperviseError, Target, procfs};
+use super::{RestartOutcome, Restarter, SuperviseError, Target};
 use crate::instance::Placement;
 use crate::instance::bg::{self, BgSession};
+use crate::instance::proc::{self, Owner};
 
 /// Longest output of `claude agents --json` read.
 const AGENTS_MAX: u64 = 1024 * 1024;
@@ -43,35 +44,6 @@ pub struct ClaudeBgRestarter {
     /// Instead of `claude respawn` (same session id): `claude stop <id>`, then `claude --bg`
     /// in the session's directory, a new session (the conversation is not carried over).
     pub fresh_session: bool,
-}
-
-/// Who owns a process: real uid, gid and supplementary groups.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    /// Real uid.
-    pub uid: u32,
-    /// Real gid.
-    pub gid: u32,
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
-}
-
-/// The owner of a process from the content of `/proc/<pid>/status` (real ids: the first field
-/// of `Uid:` and `Gid:`, and `Groups:`).
-pub fn parse_owner(status: &str) -> Option<Owner> {
-    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
-    let first = |key: &str| field(key)?.split_whitespace().next()?.parse().ok();
-    let groups = field("Groups:")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<Vec<u32>, _>>()
-        .ok()?;
-    Some(Owner {
-        uid: first("Uid:")?,
-        gid: first("Gid:")?,
-        groups,
-    })
 }
 
 /// One session as `claude agents --json` lists it.
@@ -209,14 +181,7 @@ impl AsOwner {
 /// Reads what acting as the owner of `pid` needs: the binary it runs, its owner, and its
 /// `HOME` / `CLAUDE_CONFIG_DIR` (nothing else of its environment).
 fn as_owner(pid: u32, session: &BgSession, timeout: Duration) -> Result<AsOwner, SuperviseError> {
-    let dir = PathBuf::from(format!("/proc/{pid}"));
-    let status = std::fs::read_to_string(dir.join("status"))
-        .map_err(|source| SuperviseError::Process(procfs::ProcError::NoProcess { pid, source }))?;
-    let owner =
-        parse_owner(&status).ok_or(SuperviseError::Process(procfs::ProcError::Malformed {
-            pid,
-            file: "status",
-        }))?;
+    let owner = proc::owner(pid)?;
     if owner.uid != session.uid {
         return Err(SuperviseError::BgSessionNotOwned {
             instance: format!("claude-bg:{}", session.short_id),
@@ -227,8 +192,7 @@ fn as_owner(pid: u32, session: &BgSession, timeout: Duration) -> Result<AsOwner,
             ),
         });
     }
-    let exe = std::fs::read_link(dir.join("exe"))
-        .map_err(|source| SuperviseError::Process(procfs::ProcError::NoProcess { pid, source }))?;
+    let exe = proc::exe(pid)?;
     if exe.to_string_lossy().ends_with(" (deleted)") || !exe.is_absolute() {
         return Err(SuperviseError::BgSessionNotOwned {
             instance: format!("claude-bg:{}", session.short_id),
@@ -236,15 +200,7 @@ fn as_owner(pid: u32, session: &BgSession, timeout: Duration) -> Result<AsOwner,
             detail: format!("its binary {} is gone", exe.display()),
         });
     }
-    let mut environ = Vec::new();
-    {
-        use std::io::Read as _;
-        std::fs::File::open(dir.join("environ"))
-            .and_then(|f| f.take(64 * 1024).read_to_end(&mut environ))
-            .map_err(|source| {
-                SuperviseError::Process(procfs::ProcError::NoProcess { pid, source })
-            })?;
-    }
+    let environ = proc::environ(std::path::Path::new(proc::ROOT), pid)?;
     let (home, config) = bg::parse_config_env(&environ);
     drop(environ);
     let mut env = Vec::new();
@@ -425,21 +381,5 @@ mod tests {
         );
         assert_eq!(backgrounded_id("backgrounded · ../../x\n"), None);
         assert_eq!(backgrounded_id("Not logged in"), None);
-    }
-
-    #[test]
-    fn owner_from_status() {
-        let status = "Name:\tclaude\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nGroups:\t24 27 100 \n";
-        assert_eq!(
-            parse_owner(status),
-            Some(Owner {
-                uid: 1000,
-                gid: 100,
-                groups: vec![24, 27, 100]
-            })
-        );
-        let none = "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n";
-        assert_eq!(parse_owner(none).unwrap().groups, Vec::<u32>::new());
-        assert_eq!(parse_owner("Uid:\tx\n"), None);
     }
 }

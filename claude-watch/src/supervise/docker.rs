@@ -10,22 +10,18 @@
 //!
 //! The exchanges are blocking (short, bounded) and run on a blocking thread.
 
-use std::fs::File;
-use std::io::Read as _;
-use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tracing::{info, instrument};
 
-use super::{RestartOutcome, Restarter, SuperviseError, Target, verify_start_time};
+use super::{RestartFailure, RestartOutcome, Restarter, SuperviseError, Target, verify_start_time};
 use crate::discover::engine::{self, EngineError, Inspect};
+use crate::instance::proc;
 use crate::instance::{Container, Placement};
 
 /// How often the engine is asked whether the container runs again.
 const POLL: Duration = Duration::from_millis(100);
-/// Most bytes read from a `/proc/<pid>/cgroup`.
-const MAX_CGROUP: u64 = 64 * 1024;
 
 /// A [`Restarter`] that restarts the instance's container through the engine on `socket`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +43,7 @@ impl Restarter for DockerRestarter {
             .await
             .map_err(|e| SuperviseError::RestartFailed {
                 unit: "container".into(),
-                reason: format!("the restart task failed: {e}"),
+                source: RestartFailure::Task(e),
             })?
     }
 }
@@ -88,21 +84,17 @@ impl DockerRestarter {
             ));
         }
         let main = inspect.pid;
-        let ns = |pid: u32| {
-            std::fs::metadata(format!("/proc/{pid}/ns/pid"))
-                .map(|m| (m.dev(), m.ino()))
-                .map_err(|source| {
-                    SuperviseError::Process(super::procfs::ProcError::NoProcess { pid, source })
-                })
-        };
-        let (target_ns, main_ns) = (ns(target.pid)?, ns(main)?);
+        let (target_ns, main_ns) = (
+            proc::pid_namespace_id(target.pid)?,
+            proc::pid_namespace_id(main)?,
+        );
         if target_ns != main_ns {
             return Err(refuse(format!(
                 "pid {} is in pid namespace {}, the container's main process {main} in {}",
                 target.pid, target_ns.1, main_ns.1
             )));
         }
-        let (target_cg, main_cg) = (read_cgroup(target.pid)?, read_cgroup(main)?);
+        let (target_cg, main_cg) = (proc::cgroup(target.pid)?, proc::cgroup(main)?);
         if let Err(why) = cgroup_within(&target_cg, &main_cg) {
             return Err(refuse(format!(
                 "pid {} is outside the cgroup of the container's main process {main}: {why}",
@@ -128,11 +120,10 @@ impl DockerRestarter {
         if !(200..300).contains(&answer.status) {
             return Err(SuperviseError::RestartFailed {
                 unit: label,
-                reason: format!(
-                    "the engine answered {}: {}",
-                    answer.status,
-                    answer.message()
-                ),
+                source: RestartFailure::Engine {
+                    status: answer.status,
+                    message: answer.message(),
+                },
             });
         }
         let after = loop {
@@ -174,19 +165,6 @@ fn describe(container: &Container, inspect: &Inspect) -> String {
         Some(name) => format!("{name} ({})", container.short_id()),
         None => container.short_id().to_owned(),
     }
-}
-
-/// `/proc/<pid>/cgroup`, bounded.
-fn read_cgroup(pid: u32) -> Result<String, SuperviseError> {
-    let no_process =
-        |source| SuperviseError::Process(super::procfs::ProcError::NoProcess { pid, source });
-    let mut text = String::new();
-    File::open(Path::new("/proc").join(pid.to_string()).join("cgroup"))
-        .map_err(no_process)?
-        .take(MAX_CGROUP)
-        .read_to_string(&mut text)
-        .map_err(no_process)?;
-    Ok(text)
 }
 
 /// Whether a process with cgroup file `target` lives at or below the cgroups of a process with

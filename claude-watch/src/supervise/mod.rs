@@ -7,15 +7,16 @@
 //!   respawn on their own), [`pm2::Pm2Restarter`] (`pm2 restart` as the app's owner),
 //!   [`supervisord::SupervisordRestarter`] (XML-RPC on its unix socket) and
 //!   [`observe::ObserveOnly`] (never acts);
-//! - [`supervisor`]: which adapter each instance gets, and the escalation hook;
-//! - [`procfs`]: the few `/proc` facts the adapters need (start times, namespace PIDs).
+//! - [`supervisor`]: which adapter each instance gets, and the escalation hook.
+//!
+//! Every `/proc` fact the adapters need (start times, owners, namespace PIDs, cgroups) comes
+//! from [`crate::instance::proc`].
 
 pub mod claude_bg;
 pub mod command;
 pub mod docker;
 pub mod observe;
 pub mod pm2;
-pub mod procfs;
 pub mod signal;
 pub mod supervisor;
 pub mod supervisord;
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::instance::Placement;
+use crate::instance::{Placement, proc};
 
 /// The instance to restart, as the daemon knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +57,7 @@ impl Target {
     /// # Errors
     /// [`SuperviseError::Process`] when the process is gone or `/proc` is unreadable.
     pub fn for_pid(instance: impl Into<String>, pid: u32) -> Result<Self, SuperviseError> {
-        let start_time = procfs::start_time(pid)?;
+        let start_time = proc::start_time(pid)?;
         Ok(Self {
             instance: instance.into(),
             unit: None,
@@ -151,13 +152,14 @@ pub enum SuperviseError {
         #[source]
         source: std::io::Error,
     },
-    /// The restart job did not end as expected.
-    #[error("restart of {unit} failed: {reason}")]
+    /// The restart did not end as expected.
+    #[error("restart of {unit} failed")]
     RestartFailed {
-        /// The unit.
+        /// The unit (or container, or program).
         unit: String,
-        /// What went wrong.
-        reason: String,
+        /// How it ended instead.
+        #[source]
+        source: RestartFailure,
     },
     /// The supervisor did not answer in time.
     #[error("supervisor did not finish within {timeout:?}: {what}")]
@@ -256,7 +258,7 @@ pub enum SuperviseError {
     },
     /// `/proc` could not tell what was needed.
     #[error(transparent)]
-    Process(#[from] procfs::ProcError),
+    Process(#[from] proc::ProcError),
     /// The supervisor asked does not run the latched process (the process's environment named
     /// it, but it runs something else under that name, or nothing): nothing is restarted.
     #[error("{supervisor} does not own pid {pid} of instance {instance}: it {found}")]
@@ -302,12 +304,13 @@ pub enum SuperviseError {
         limit: u64,
     },
     /// A supervisor's answer could not be understood.
-    #[error("{supervisor} answered something unexpected: {detail}")]
+    #[error("{supervisor} answered something unexpected")]
     BadAnswer {
         /// Who answered (`pm2 jlist`, `supervisord supervisor.getProcessInfo`).
         supervisor: String,
-        /// What was wrong.
-        detail: String,
+        /// What was wrong with it.
+        #[source]
+        source: BadAnswer,
     },
     /// A supervisor's socket could not be used.
     #[error("supervisor socket {path}")]
@@ -328,6 +331,50 @@ pub enum SuperviseError {
         /// `faultString`.
         message: String,
     },
+}
+
+/// How a restart that was started did not end as it should have
+/// ([`SuperviseError::RestartFailed`]'s cause).
+#[derive(Debug, thiserror::Error)]
+pub enum RestartFailure {
+    /// systemd finished the restart job but the unit has no new active main process.
+    #[error("unit is {state} with main pid {main_pid} after the job")]
+    NotActive {
+        /// The unit's `ActiveState`.
+        state: String,
+        /// Its `MainPID` (in the manager's PID namespace).
+        main_pid: u32,
+    },
+    /// The blocking task that ran the restart panicked or was cancelled.
+    #[error("the restart task failed")]
+    Task(#[source] tokio::task::JoinError),
+    /// The container engine refused the restart.
+    #[error("the engine answered {status}: {message}")]
+    Engine {
+        /// The HTTP status.
+        status: u16,
+        /// The engine's `message`, printable and bounded.
+        message: String,
+    },
+    /// A supervisord method did not answer `true`.
+    #[error("{method} answered {answer}")]
+    Supervisord {
+        /// The XML-RPC method.
+        method: &'static str,
+        /// Its answer, as debug text.
+        answer: String,
+    },
+}
+
+/// What was wrong with a supervisor's answer ([`SuperviseError::BadAnswer`]'s cause).
+#[derive(Debug, thiserror::Error)]
+pub enum BadAnswer {
+    /// `pm2 jlist` printed no JSON list of apps.
+    #[error("not a JSON list of apps")]
+    NotAppList,
+    /// supervisord's HTTP answer is not an XML-RPC response.
+    #[error(transparent)]
+    XmlRpc(#[from] supervisord::XmlRpcError),
 }
 
 /// Makes `command` run as `uid`, `gid` and exactly the supplementary `groups` (set between fork
@@ -358,7 +405,7 @@ pub(crate) fn drop_to_owner(
 /// Refuses when `pid` no longer has the `expected` start time (the PID was reused).
 pub(crate) fn verify_start_time(pid: u32, expected: Option<u64>) -> Result<(), SuperviseError> {
     if let Some(expected) = expected {
-        let found = procfs::start_time(pid)?;
+        let found = proc::start_time(pid)?;
         if found != expected {
             return Err(SuperviseError::PidReused {
                 pid,
@@ -382,11 +429,10 @@ pub fn is_self_or_wrapper(main: u32, pid: u32, ancestors: &[u32]) -> bool {
 
 /// [`is_self_or_wrapper`] with the parent chain of `pid` read from `/proc` now.
 pub(crate) fn runs_under(main: u32, pid: u32) -> bool {
-    let chain: Vec<u32> =
-        crate::instance::read_ancestry(std::path::Path::new("/proc"), pid, MAX_WRAPPERS)
-            .into_iter()
-            .map(|p| p.pid)
-            .collect();
+    let chain: Vec<u32> = proc::read_ancestry(std::path::Path::new(proc::ROOT), pid, MAX_WRAPPERS)
+        .into_iter()
+        .map(|p| p.pid)
+        .collect();
     is_self_or_wrapper(main, pid, &chain)
 }
 
@@ -402,6 +448,37 @@ pub trait Restarter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_prints_its_cause_once_through_error_chain() {
+        let e = SuperviseError::RestartFailed {
+            unit: "agent.service".into(),
+            source: RestartFailure::NotActive {
+                state: "failed".into(),
+                main_pid: 0,
+            },
+        };
+        assert_eq!(
+            crate::error_chain(&e),
+            "restart of agent.service failed: unit is failed with main pid 0 after the job"
+        );
+        let e = SuperviseError::BadAnswer {
+            supervisor: "supervisord supervisor.getProcessInfo".into(),
+            source: supervisord::parse_response(b"HTTP/1.0 500 Oops\r\n\r\n")
+                .unwrap_err()
+                .into(),
+        };
+        assert_eq!(
+            crate::error_chain(&e),
+            "supervisord supervisor.getProcessInfo answered something unexpected: HTTP status \"HTTP/1.0 500 Oops\""
+        );
+        let e = SuperviseError::from(proc::start_time(u32::MAX).unwrap_err());
+        let text = crate::error_chain(&e);
+        assert!(
+            text.starts_with(&format!("reading /proc/{}/stat: ", u32::MAX)),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_supervisors_pid_must_be_the_process_or_a_near_parent() {

@@ -36,12 +36,10 @@ use tokio::io::AsyncReadExt as _;
 use tokio::process::Command;
 
 use super::{RestartOutcome, Restarter, SuperviseError, Target, verify_start_time};
-use crate::instance::Placement;
+use crate::instance::{Placement, proc};
 
 /// Most bytes of `pm2 jlist` output read (it carries every app's environment).
 const MAX_JLIST: u64 = 16 * 1024 * 1024;
-/// Most bytes of `/proc/<pid>/environ` of the pm2 daemon read, looking for `_`.
-const MAX_ENVIRON: u64 = 64 * 1024;
 
 /// Restarts pm2 apps through the owner's pm2.
 #[derive(Clone, Debug)]
@@ -330,11 +328,10 @@ struct Daemon {
 
 /// The pm2 daemon that is process `pid`, when its title says `God Daemon`, and its owner.
 fn daemon_at(pid: u32) -> Option<(Daemon, u32)> {
-    let proc_root = Path::new("/proc");
-    let info = crate::instance::read_process_info(proc_root, pid).ok()?;
-    let dir = proc_root.join(pid.to_string());
+    let root = Path::new(proc::ROOT);
+    let info = proc::read_process_info(root, pid).ok()?;
     let home = god_daemon_home(&info.cmdline)?;
-    let environ = read_bounded(&dir.join("environ"), MAX_ENVIRON).unwrap_or_default();
+    let environ = proc::environ(root, pid).unwrap_or_default();
     let var = |name: &[u8]| {
         environ.split(|&b| b == 0).find_map(|e| {
             e.strip_prefix(name)
@@ -391,7 +388,7 @@ impl Pm2Restarter {
         }
         parse_jlist(&out).ok_or_else(|| SuperviseError::BadAnswer {
             supervisor: "pm2 jlist".into(),
-            detail: "not a JSON list of apps".into(),
+            source: super::BadAnswer::NotAppList,
         })
     }
 }
@@ -412,7 +409,7 @@ impl Restarter for Pm2Restarter {
         let account = Account::of_uid(uid)?;
         // The app's parent is its pm2 daemon; its title names its home when the app's
         // environment does not.
-        let parent = crate::instance::read_process_info(Path::new("/proc"), target.pid)
+        let parent = proc::read_process_info(Path::new(proc::ROOT), target.pid)
             .ok()
             .and_then(|p| daemon_at(p.ppid))
             .filter(|(_, owner)| *owner == uid)

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use super::{RestartOutcome, Restarter, SuperviseError, Target, procfs};
+use super::{RestartOutcome, Restarter, SuperviseError, Target};
+use crate::instance::proc;
 
 /// Signals the instance's process and lets its parent respawn it.
 #[derive(Clone, Debug)]
@@ -82,14 +83,6 @@ async fn exited_within(fd: &AsyncFd<OwnedFd>, limit: Duration) -> bool {
         .is_ok_and(|r| r.is_ok())
 }
 
-fn children(parent: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
 impl Restarter for SignalRestarter {
     #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
     async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
@@ -99,8 +92,8 @@ impl Restarter for SignalRestarter {
         super::verify_start_time(pid, target.start_time)?;
         let fd = pidfd_open(pid)?;
         super::verify_start_time(pid, target.start_time)?;
-        let parent = procfs::parent_pid(pid)?;
-        let siblings = children(parent);
+        let parent = proc::parent_pid(pid)?;
+        let siblings = proc::children(parent);
         // SAFETY: the OwnedFd stays open and owned by the AsyncFd for its whole life.
         let fd =
             unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| {
@@ -130,7 +123,7 @@ impl Restarter for SignalRestarter {
         if parent > 1 {
             let deadline = tokio::time::Instant::now() + self.respawn_wait;
             while new_pid.is_none() && tokio::time::Instant::now() < deadline {
-                new_pid = children(parent)
+                new_pid = proc::children(parent)
                     .into_iter()
                     .find(|c| *c != pid && !siblings.contains(c));
                 if new_pid.is_none() {

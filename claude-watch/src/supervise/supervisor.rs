@@ -140,6 +140,16 @@ impl Supervisor {
             reason: format!("auto → {} ({why})", supervisor.kind()),
             supervisor,
         };
+        // Restarting Claude Code's background daemon would end every session it holds,
+        // whatever supervisor is configured.
+        if let Placement::BgMachinery { uid } = placement {
+            return Choice {
+                supervisor: Self::Observe(ObserveOnly),
+                reason: format!(
+                    "observe: Claude Code's background daemon of uid {uid} (its own requests), never restarted"
+                ),
+            };
+        }
         match spec {
             SupervisorSpec::Auto => match placement {
                 Placement::Unit(SystemdUnit {
@@ -214,7 +224,7 @@ impl Supervisor {
                         bg.short_id, bg.uid
                     ),
                 ),
-                Placement::Unsupervised => auto(
+                Placement::BgMachinery { .. } | Placement::Unsupervised => auto(
                     Self::Observe(ObserveOnly),
                     "no supervisor found: not in a unit, container or process manager".into(),
                 ),
@@ -301,6 +311,10 @@ impl Supervisor {
 #[must_use]
 pub fn misfit(spec: &SupervisorSpec, placement: &Placement) -> Option<String> {
     match (spec, placement) {
+        (SupervisorSpec::Auto | SupervisorSpec::Observe, _) => None,
+        (_, Placement::BgMachinery { .. }) => {
+            Some("it is Claude Code's background daemon, which is only observed".into())
+        }
         // A user's unit too: `systemd` restarts it through that user's manager.
         (SupervisorSpec::Systemd { .. }, Placement::Unit(_)) => None,
         (SupervisorSpec::Systemd { .. }, _) => Some("it is not in a systemd unit".into()),
@@ -501,6 +515,28 @@ mod tests {
             misfit(&spec, &Placement::Unsupervised).as_deref(),
             Some("it is not in a Docker or Podman container")
         );
+    }
+
+    #[test]
+    fn the_background_daemon_is_only_observed_whatever_is_configured() {
+        let machinery = Placement::BgMachinery { uid: 1000 };
+        for spec in [
+            SupervisorSpec::Auto,
+            SupervisorSpec::Systemd {
+                mode: SystemdModeSpec::Restart,
+            },
+            SupervisorSpec::Signal {
+                grace: Duration::from_secs(5),
+            },
+        ] {
+            let choice = resolve(&spec, &machinery);
+            assert!(!choice.supervisor.acts(), "{spec:?}");
+            assert!(
+                choice.reason.contains("background daemon of uid 1000"),
+                "{}",
+                choice.reason
+            );
+        }
     }
 
     #[test]

@@ -24,8 +24,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
 
-use super::{RestartOutcome, Restarter, SuperviseError, Target, verify_start_time};
+use super::{RestartFailure, RestartOutcome, Restarter, SuperviseError, Target, verify_start_time};
 use crate::instance::Placement;
+use crate::instance::proc;
 
 /// Most bytes of one XML-RPC response read.
 const MAX_RESPONSE: u64 = 256 * 1024;
@@ -169,19 +170,51 @@ pub fn request(method: &str, params: &[Param<'_>]) -> Vec<u8> {
     out
 }
 
+/// Why an HTTP answer is not an XML-RPC response we can read (observed text in it is bounded).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum XmlRpcError {
+    /// The answer is not UTF-8.
+    #[error("response is not UTF-8")]
+    NotUtf8,
+    /// The HTTP head does not end.
+    #[error("no end of HTTP headers")]
+    NoHeadEnd,
+    /// The HTTP status line is not `HTTP/1.x 200`.
+    #[error("HTTP status {0:?}")]
+    Status(String),
+    /// An element was expected and is not there.
+    #[error("expected <{0}>")]
+    Open(&'static str),
+    /// An element does not end where it should.
+    #[error("expected </{0}>")]
+    Close(&'static str),
+    /// Text, a value or an entity runs to the end of the answer.
+    #[error("unterminated {0}")]
+    Unterminated(&'static str),
+    /// Values nest deeper than is read.
+    #[error("values nested too deep")]
+    TooDeep,
+    /// An `<int>` that is not a 64-bit integer.
+    #[error("bad int {0:?}")]
+    BadInt(String),
+    /// An entity that XML does not define.
+    #[error("unknown entity &{0};")]
+    UnknownEntity(String),
+}
+
+/// At most 80 characters of observed text, for an error.
+fn bounded(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
 /// The answer in an HTTP response carrying an XML-RPC response. `Err` says what is wrong.
-pub fn parse_response(raw: &[u8]) -> Result<Answer, String> {
-    let text = std::str::from_utf8(raw).map_err(|_| "response is not UTF-8".to_owned())?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| "no end of HTTP headers".to_owned())?;
+pub fn parse_response(raw: &[u8]) -> Result<Answer, XmlRpcError> {
+    let text = std::str::from_utf8(raw).map_err(|_| XmlRpcError::NotUtf8)?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or(XmlRpcError::NoHeadEnd)?;
     let status = head.lines().next().unwrap_or_default();
     let code = status.split_whitespace().nth(1).unwrap_or_default();
     if !status.starts_with("HTTP/1.") || code != "200" {
-        return Err(format!(
-            "HTTP status {:?}",
-            status.chars().take(80).collect::<String>()
-        ));
+        return Err(XmlRpcError::Status(bounded(status)));
     }
     let mut c = Cursor { s: body };
     c.prolog();
@@ -247,15 +280,15 @@ impl Cursor<'_> {
         }
     }
 
-    fn open(&mut self, tag: &str) -> Result<(), String> {
+    fn open(&mut self, tag: &'static str) -> Result<(), XmlRpcError> {
         if self.try_open(tag) {
             Ok(())
         } else {
-            Err(format!("expected <{tag}>"))
+            Err(XmlRpcError::Open(tag))
         }
     }
 
-    fn close(&mut self, tag: &str) -> Result<(), String> {
+    fn close(&mut self, tag: &'static str) -> Result<(), XmlRpcError> {
         self.ws();
         let rest = self
             .s
@@ -267,31 +300,25 @@ impl Cursor<'_> {
                 self.s = r;
                 Ok(())
             }
-            None => Err(format!("expected </{tag}>")),
+            None => Err(XmlRpcError::Close(tag)),
         }
     }
 
     /// Text up to the next `<`, entities decoded.
-    fn text(&mut self) -> Result<String, String> {
-        let end = self
-            .s
-            .find('<')
-            .ok_or_else(|| "unterminated text".to_owned())?;
+    fn text(&mut self) -> Result<String, XmlRpcError> {
+        let end = self.s.find('<').ok_or(XmlRpcError::Unterminated("text"))?;
         let raw = &self.s[..end];
         self.s = &self.s[end..];
         unescape(raw)
     }
 
-    fn value(&mut self, depth: usize) -> Result<Value, String> {
+    fn value(&mut self, depth: usize) -> Result<Value, XmlRpcError> {
         if depth > MAX_DEPTH {
-            return Err("values nested too deep".into());
+            return Err(XmlRpcError::TooDeep);
         }
         self.open("value")?;
         // Bare text is a string; whitespace before a typed value is not.
-        let text_end = self
-            .s
-            .find('<')
-            .ok_or_else(|| "unterminated value".to_owned())?;
+        let text_end = self.s.find('<').ok_or(XmlRpcError::Unterminated("value"))?;
         let after = &self.s[text_end..];
         if after.starts_with("</value>") {
             let text = self.text()?;
@@ -305,7 +332,10 @@ impl Cursor<'_> {
             Value::Str(t)
         } else if self.try_open("int") || self.try_open("i4") {
             let t = self.text()?;
-            let v = t.trim().parse().map_err(|_| format!("bad int {t:?}"))?;
+            let v = t
+                .trim()
+                .parse()
+                .map_err(|_| XmlRpcError::BadInt(bounded(&t)))?;
             self.close_either("int", "i4")?;
             Value::Int(v)
         } else if self.try_open("boolean") {
@@ -342,7 +372,7 @@ impl Cursor<'_> {
             let end = self
                 .s
                 .find("</value>")
-                .ok_or_else(|| "unterminated value".to_owned())?;
+                .ok_or(XmlRpcError::Unterminated("value"))?;
             self.s = &self.s[end..];
             Value::Other
         };
@@ -350,19 +380,19 @@ impl Cursor<'_> {
         Ok(value)
     }
 
-    fn close_either(&mut self, a: &str, b: &str) -> Result<(), String> {
+    fn close_either(&mut self, a: &'static str, b: &'static str) -> Result<(), XmlRpcError> {
         self.close(a).or_else(|_| self.close(b))
     }
 }
 
-fn unescape(raw: &str) -> Result<String, String> {
+fn unescape(raw: &str) -> Result<String, XmlRpcError> {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(at) = rest.find('&') {
         out.push_str(&rest[..at]);
         let end = rest[at..]
             .find(';')
-            .ok_or_else(|| "unterminated entity".to_owned())?;
+            .ok_or(XmlRpcError::Unterminated("entity"))?;
         let entity = &rest[at + 1..at + end];
         let c = match entity {
             "lt" => '<',
@@ -376,7 +406,7 @@ fn unescape(raw: &str) -> Result<String, String> {
                 .or_else(|| e.strip_prefix('#').map(str::parse))
                 .and_then(Result::ok)
                 .and_then(char::from_u32)
-                .ok_or_else(|| format!("unknown entity &{e};"))?,
+                .ok_or_else(|| XmlRpcError::UnknownEntity(bounded(e)))?,
         };
         out.push(c);
         rest = &rest[at + end + 1..];
@@ -414,32 +444,13 @@ pub fn is_supervisord(cmdline: &[String]) -> bool {
 /// The supervisord among `pid`'s ancestors: its pid, the unix sockets it listens on (as bound)
 /// and its owner.
 fn supervisord_ancestor(pid: u32) -> Option<(u32, Vec<PathBuf>, u32)> {
-    let proc_root = Path::new("/proc");
-    let sup = crate::instance::read_ancestry(proc_root, pid, MAX_ANCESTRY)
+    let root = Path::new(proc::ROOT);
+    let sup = proc::read_ancestry(root, pid, MAX_ANCESTRY)
         .into_iter()
         .find(|p| is_supervisord(&p.cmdline))?;
-    let dir = proc_root.join(sup.pid.to_string());
-    let inodes: HashSet<u64> = std::fs::read_dir(dir.join("fd"))
-        .ok()?
-        .take(MAX_FDS)
-        .filter_map(|e| {
-            let link = std::fs::read_link(e.ok()?.path()).ok()?;
-            link.to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let mut raw = Vec::new();
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(
-            std::fs::File::open(dir.join("net/unix")).ok()?,
-            MAX_NET_UNIX,
-        ),
-        &mut raw,
-    )
-    .ok()?;
+    let inodes = proc::socket_inodes(sup.pid, MAX_FDS);
+    // Its own network namespace's sockets.
+    let raw = proc::read_file(root, sup.pid, "net/unix", MAX_NET_UNIX).ok()?;
     Some((
         sup.pid,
         listening_sockets(&String::from_utf8_lossy(&raw), &inodes),
@@ -549,9 +560,9 @@ impl SupervisordRestarter {
                 code,
                 message,
             }),
-            Err(detail) => Err(SuperviseError::BadAnswer {
+            Err(source) => Err(SuperviseError::BadAnswer {
                 supervisor: format!("supervisord {method}"),
-                detail,
+                source: source.into(),
             }),
         }
     }
@@ -642,7 +653,10 @@ impl Restarter for SupervisordRestarter {
             if done != Value::Bool(true) {
                 return Err(SuperviseError::RestartFailed {
                     unit: name.clone(),
-                    reason: format!("{method} answered {done:?}"),
+                    source: RestartFailure::Supervisord {
+                        method,
+                        answer: format!("{done:?}"),
+                    },
                 });
             }
         }

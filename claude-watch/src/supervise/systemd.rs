@@ -1,7 +1,7 @@
 //! systemd over D-Bus: find the unit of a PID, restart it (or kill its main process when the unit
 //! restarts itself), wait for the job, and read back the new `MainPID` and `InvocationID`.
 //!
-//! systemd speaks PIDs of its own PID namespace; [`procfs`] translates both ways, so a systemd in
+//! systemd speaks PIDs of its own PID namespace; [`proc`](crate::instance::proc) translates both ways, so a systemd in
 //! a container (or the test bed) works like the host's.
 //!
 //! Before acting, the manager itself is asked which unit holds the latched PID
@@ -24,7 +24,8 @@ use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
 use zbus::{Connection, Proxy};
 
-use super::{RestartOutcome, Restarter, SuperviseError, Target, procfs};
+use super::{RestartFailure, RestartOutcome, Restarter, SuperviseError, Target};
+use crate::instance::proc;
 
 const DEST: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
@@ -163,7 +164,9 @@ fn user_bus_path(uid: u32, pid: u32) -> String {
 /// handshake claims that uid. The process must belong to `uid`.
 async fn connect_user_bus(uid: u32, pid: u32) -> Result<Connection, SuperviseError> {
     let path = user_bus_path(uid, pid);
-    let (owner, gid) = procfs::owner(pid)?;
+    let proc::Owner {
+        uid: owner, gid, ..
+    } = proc::owner(pid)?;
     if owner != uid {
         return Err(SuperviseError::NotOwner {
             instance: String::new(),
@@ -302,7 +305,7 @@ async fn unit_path_of_pid(
     instance: &str,
     pid: u32,
 ) -> Result<OwnedObjectPath, SuperviseError> {
-    let ns_pid = procfs::namespace_pid(pid)?;
+    let ns_pid = proc::namespace_pid(pid)?;
     manager
         .call::<_, _, OwnedObjectPath>("GetUnitByPID", &(ns_pid,))
         .await
@@ -388,8 +391,8 @@ impl Restarter for SystemdRestarter {
     async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
         super::verify_start_time(target.pid, target.start_time)?;
         // Remember the namespace now: the old process is about to go.
-        let namespace = procfs::pid_namespace(target.pid)?;
-        let old_ns_pid = procfs::namespace_pid(target.pid)?;
+        let namespace = proc::pid_namespace(target.pid)?;
+        let old_ns_pid = proc::namespace_pid(target.pid)?;
         let conn = self.connect_for(target.pid).await.map_err(|e| match e {
             SuperviseError::NotOwner {
                 pid,
@@ -465,14 +468,14 @@ impl Restarter for SystemdRestarter {
                 return Err(match self.mode {
                     SystemdMode::Restart => SuperviseError::RestartFailed {
                         unit: unit.clone(),
-                        reason: format!("unit is {state} with main pid {main_pid} after the job"),
+                        source: RestartFailure::NotActive { state, main_pid },
                     },
                     SystemdMode::Kill => timed_out("new main process"),
                 });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let new_pid = procfs::host_pid(&namespace, main_pid).ok();
+        let new_pid = proc::host_pid(&namespace, main_pid).ok();
         tracing::info!(unit = %unit, main_pid, ?new_pid, invocation = %invocation_id, "unit restarted");
         Ok(RestartOutcome {
             acted: true,

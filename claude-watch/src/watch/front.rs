@@ -3,7 +3,9 @@
 //! ```text
 //!  EXEC record ──► processes.check(pid) ─ claude? ──► Input::Started(found)
 //!  EXIT record ──► pairer.forget_pid, processes.exited(pid) ──► Input::Exited { pid, instance }
-//!  TLS record  ──► pairer.push ─ exchange? ──► unknown pid: processes.check first (Started)
+//!  TLS record  ──► pairer.push ─ exchange? ──► unknown pid: processes.check first (Started);
+//!                                          │   an API call of background machinery:
+//!                                          │   processes.attribute (Started, observe-only)
 //!                                          └─► Input::Exchange { exchange, instance }
 //! ```
 //!
@@ -25,6 +27,12 @@ pub trait Processes {
     fn exited(&mut self, pid: u32) -> Option<Found>;
     /// The instance process `pid`, if known.
     fn get(&self, pid: u32) -> Option<&Found>;
+    /// Process `pid`, not an instance, made an API request itself: the instance it is
+    /// attributed to when it is one of Claude Code's background machinery (see
+    /// [`Discovery::attribute`]), returned once.
+    fn attribute(&mut self, _pid: u32) -> Option<Found> {
+        None
+    }
     /// Script instances due for another look at their mapped files, with whether it is the
     /// last look (see [`Discovery::due_rescans`]).
     fn due_rescans(&mut self, _now: std::time::Instant) -> Vec<(Found, bool)> {
@@ -41,6 +49,9 @@ impl Processes for Discovery {
     }
     fn get(&self, pid: u32) -> Option<&Found> {
         Discovery::get(self, pid)
+    }
+    fn attribute(&mut self, pid: u32) -> Option<Found> {
+        Discovery::attribute(self, pid)
     }
     fn due_rescans(&mut self, now: std::time::Instant) -> Vec<(Found, bool)> {
         Discovery::due_rescans(self, now)
@@ -121,11 +132,19 @@ impl<P: Processes> Front<P> {
                 };
                 let instance = match self.processes.get(exchange.pid) {
                     Some(found) => Some(found.instance.clone()),
-                    None => self.processes.check(exchange.pid).map(|found| {
-                        let id = found.instance.clone();
-                        emit(Input::Started(found));
-                        id
-                    }),
+                    None => {
+                        let pid = exchange.pid;
+                        let found = self.processes.check(pid).or_else(|| {
+                            crate::detect::is_api_call(&exchange)
+                                .then(|| self.processes.attribute(pid))
+                                .flatten()
+                        });
+                        found.map(|found| {
+                            let id = found.instance.clone();
+                            emit(Input::Started(found));
+                            id
+                        })
+                    }
                 };
                 emit(Input::Exchange { exchange, instance });
             }
@@ -146,7 +165,25 @@ mod tests {
     #[derive(Default)]
     struct Table {
         claude: HashMap<u32, InstanceId>,
+        /// Background machinery, attributed when it makes API requests.
+        machinery: HashMap<u32, InstanceId>,
         known: HashMap<u32, Found>,
+    }
+
+    impl Table {
+        fn found(pid: u32, instance: InstanceId) -> Found {
+            Found {
+                info: ProcessInfo {
+                    pid,
+                    ..ProcessInfo::default()
+                },
+                kind: ClaudeKind::Native,
+                instance,
+                release: None,
+                placement: crate::instance::Placement::Unsupervised,
+                exe_id: None,
+            }
+        }
     }
 
     impl Processes for Table {
@@ -154,16 +191,15 @@ mod tests {
             if self.known.contains_key(&pid) {
                 return None;
             }
-            let found = Found {
-                info: ProcessInfo {
-                    pid,
-                    ..ProcessInfo::default()
-                },
-                kind: ClaudeKind::Native,
-                instance: self.claude.get(&pid)?.clone(),
-                release: None,
-                placement: crate::instance::Placement::Unsupervised,
-            };
+            let found = Self::found(pid, self.claude.get(&pid)?.clone());
+            self.known.insert(pid, found.clone());
+            Some(found)
+        }
+        fn attribute(&mut self, pid: u32) -> Option<Found> {
+            if self.known.contains_key(&pid) {
+                return None;
+            }
+            let found = Self::found(pid, self.machinery.get(&pid)?.clone());
             self.known.insert(pid, found.clone());
             Some(found)
         }
@@ -256,6 +292,39 @@ mod tests {
         assert_eq!(
             feed(&mut front, kind::EXIT, 99, b"", 10),
             ["exited 99 None"]
+        );
+    }
+
+    #[test]
+    fn api_requests_of_background_machinery_go_to_its_observe_only_instance() {
+        let mut table = Table::default();
+        table.machinery.insert(20, InstanceId::bg_machinery(1000));
+        let mut front = Front::new(table, 0);
+        // Not an API call (an update check, say): no instance.
+        feed(
+            &mut front,
+            kind::WRITE,
+            20,
+            b"GET /download/latest HTTP/1.1\r\n\r\n",
+            1,
+        );
+        assert_eq!(
+            feed(&mut front, kind::READ, 20, OK, 2),
+            ["exchange 20 200 /download/latest -"]
+        );
+        // Its own API call: the machinery's instance, found once.
+        feed(&mut front, kind::WRITE, 20, REQ, 3);
+        assert_eq!(
+            feed(&mut front, kind::READ, 20, OK, 4),
+            [
+                "started 20 claude-bg-daemon:1000",
+                "exchange 20 200 /v1/messages claude-bg-daemon:1000"
+            ]
+        );
+        feed(&mut front, kind::WRITE, 20, REQ, 5);
+        assert_eq!(
+            feed(&mut front, kind::READ, 20, OK, 6),
+            ["exchange 20 200 /v1/messages claude-bg-daemon:1000"]
         );
     }
 

@@ -55,6 +55,10 @@ use status::{LastSeen, Status};
 
 /// Something that happened, for the core to decide about.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "Started (a Found) is the common input, moved once into the core; boxing buys nothing"
+)]
 pub enum Input {
     /// A claude instance process was found (at start, on exec, after a restart).
     Started(Found),
@@ -473,6 +477,17 @@ impl Watch {
             found.instance = old;
         }
         let id = found.instance.clone();
+        // A process that moves to another instance (a spare of the background machinery that
+        // a session claimed) leaves the one it was part of.
+        if let Some(prev) = self
+            .procs
+            .get(&found.info.pid)
+            .map(|f| f.instance.clone())
+            .filter(|prev| *prev != id)
+        {
+            let events = self.detector.process_exited(&prev, found.info.pid, now);
+            self.on_events(events, now, out);
+        }
         self.binaries
             .insert(id.clone(), found.info.exe.display().to_string());
         self.placements.insert(id.clone(), found.placement.clone());

@@ -47,6 +47,7 @@ fn found(pid: u32, instance: &InstanceId) -> Found {
         kind: ClaudeKind::Native,
         instance: instance.clone(),
         release: None,
+        exe_id: None,
         placement: match instance.unit_name() {
             None if instance.name.starts_with("docker:") => {
                 crate::instance::Placement::Container(crate::instance::Container {
@@ -1150,4 +1151,48 @@ fn an_exited_instance_process_releases_its_attachments() {
         instance: None,
     });
     assert_eq!(r.detached, vec![41, 42]);
+}
+
+#[test]
+fn requests_of_the_background_daemon_are_observed_and_never_restart_anything() {
+    // Even with a supervisor configured for everything.
+    let mut r = Rig::new("backoff_initial = \"3s\"\nsupervisor = { kind = \"systemd\" }");
+    let machinery = InstanceId::bg_machinery(1000);
+    let spare = Found {
+        instance: machinery.clone(),
+        placement: crate::instance::Placement::BgMachinery { uid: 1000 },
+        ..found(90, &machinery)
+    };
+    r.pids.insert(90, machinery.clone());
+    r.input(Input::Started(spare));
+    r.see(90, 200, "s-daemon");
+    r.advance(S);
+    let view = r.view("claude-bg-daemon:1000");
+    assert_eq!(view.supervisor, "observe");
+    assert!(
+        view.supervisor_reason
+            .contains("background daemon of uid 1000"),
+        "{view:?}"
+    );
+    // Its own 401s: latched, said, never acted on.
+    for _ in 0..10 {
+        r.advance(S);
+        r.see(90, 401, "s-daemon");
+    }
+    r.advance(10 * S);
+    assert_eq!(r.view("claude-bg-daemon:1000").state, "latched");
+    assert_eq!(r.restarts_total, 0);
+    assert!(r.actions(ActionKind::Restart).is_empty());
+
+    // A session claims the spare: the process is the worker's now, and leaves the daemon's
+    // instance (its episode ends with the process's part in it).
+    bg_start(&mut r, 90, "5c56ca27");
+    r.see(90, 200, "s-worker");
+    r.advance(S);
+    assert_eq!(r.view("claude-bg:5c56ca27").pids, [90]);
+    assert!(r.view("claude-bg-daemon:1000").pids.is_empty());
+    assert!(
+        r.closed(EpisodeEnd::ProcessExited)
+            .is_some_and(|e| e.instance == "claude-bg-daemon:1000")
+    );
 }

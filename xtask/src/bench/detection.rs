@@ -164,37 +164,21 @@ impl StandIn {
         cmd.arg("-u").arg(env.tests.join("standin/standin.py"));
         let proc = Proc::spawn_group("stand-in", &mut cmd)?;
         let line = proc.wait_stdout(|l| l.contains("\"ready\""), Duration::from_secs(30))?;
-        let ready: Value = serde_json::from_str(&line.text)?;
-        let port = |key: &str| {
-            ready[key]
-                .as_u64()
-                .and_then(|p| u16::try_from(p).ok())
-                .with_context(|| format!("stand-in ready line lacks {key}: {}", line.text))
-        };
+        let (api_port, control_port) =
+            shared::standin_ports(&line.text).map_err(anyhow::Error::msg)?;
         Ok(Self {
-            api_port: port("api_port")?,
-            control_port: port("control_port")?,
+            api_port,
+            control_port,
             _proc: proc,
         })
     }
 
     /// `POST path` with a JSON body on the control port; fails unless it answers 200.
     pub(super) fn post(&self, path: &str, body: &Value) -> anyhow::Result<()> {
-        use std::io::Write as _;
-        let body = body.to_string();
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.control_port))
+        let (status, _) = shared::standin_control(self.control_port, "POST", path, Some(body))
             .context("stand-in control port")?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let head = response.lines().next().unwrap_or_default();
-        if head.split_whitespace().nth(1) != Some("200") {
-            bail!("stand-in control POST {path} answered {head:?}");
+        if !shared::is_ok(&status) {
+            bail!("stand-in control POST {path} answered {status:?}");
         }
         Ok(())
     }
@@ -247,9 +231,7 @@ pub(super) fn start_agent(env: &BenchEnv, standin: &StandIn, dir: &Path) -> anyh
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the daemon).
 pub(super) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
-        .local_addr()?
-        .port())
+    Ok(shared::free_port()?)
 }
 
 /// `claude-watch status --json --socket SOCKET`: one object per instance (none while the

@@ -19,7 +19,8 @@
 //! 6. locating SSL functions in the real Claude Code binary, cold and cached.
 //!
 //! Files: `env.rs` (binaries, scratch directory, the server), `process.rs` (child processes,
-//! their output and `trace`'s counters), `stats.rs`, one file per part (`overhead.rs`,
+//! their output and `trace`'s counters), `stats.rs`, `shared` (`tests/src/shared.rs`: process
+//! groups, ports and the stand-in's control port, one copy with the test harness), one file per part (`overhead.rs`,
 //! `capacity.rs`, `latency.rs`, `detection.rs`, `footprint.rs`, `locate.rs`) and `report.rs`
 //! (the tables and `BENCHMARKS.md`).
 //!
@@ -46,6 +47,10 @@ mod locate;
 mod overhead;
 mod process;
 mod report;
+/// The pieces shared with the test harness (process groups, free ports, the stand-in's ready line
+/// and control port): one copy, in `tests/src/shared.rs`.
+#[path = "../../../tests/src/shared.rs"]
+mod shared;
 mod stats;
 
 use capacity::*;

@@ -48,20 +48,10 @@ impl Proc {
     /// held open until the drop (the stand-in exits when it closes). The drop kills the whole
     /// group; the kernel kills the leader too if the bench dies first (`PR_SET_PDEATHSIG`).
     pub(super) fn spawn_group(name: &'static str, cmd: &mut Command) -> anyhow::Result<Self> {
-        use std::os::unix::process::CommandExt as _;
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+            .stderr(Stdio::piped());
+        shared::lead_own_group(cmd);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
