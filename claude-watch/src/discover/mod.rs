@@ -502,13 +502,20 @@ impl Discovery {
         if let Some(name) = self.containers.get(container) {
             return name.clone();
         }
-        let name = self.docker_socket.as_deref().and_then(|socket| {
-            engine::container_name(socket, container)
-                .inspect_err(|e| debug!(container = %container.short_id(), "container name: {e}"))
-                .ok()
-        });
-        self.containers.insert(container.clone(), name.clone());
-        name
+        let socket = self.docker_socket.as_deref()?;
+        match engine::container_name(socket, container) {
+            Ok(name) => {
+                self.containers
+                    .insert(container.clone(), Some(name.clone()));
+                Some(name)
+            }
+            // Not remembered: a busy engine that did not answer in time is asked again for the
+            // container's next process.
+            Err(e) => {
+                warn!(container = %container.short_id(), error = %crate::error_chain(&e), "container name unknown: the instance is named by the container's id");
+                None
+            }
+        }
     }
 
     /// Script instances due for another look at their mapped files (see [`target`]); the
