@@ -112,6 +112,10 @@ enum Done {
     Durable(u64),
 }
 
+/// How long locating may hold readiness back at start, for all files together (one file's own
+/// budget is [`crate::locate`]'s 10 s).
+const STARTUP_LOCATE_BUDGET: Duration = Duration::from_secs(20);
+
 struct Daemon {
     origin: String,
     options: Options,
@@ -131,6 +135,8 @@ struct Daemon {
     control_path: PathBuf,
     /// Effects are executed inline while starting (attachments before readiness).
     starting: bool,
+    /// What is left of [`STARTUP_LOCATE_BUDGET`].
+    startup_locate_left: Duration,
     /// Live processes over their record budget, as last read from the kernel.
     over_budget: Vec<OverBudget>,
     /// The kernel's over-budget counter at that read, and when it was.
@@ -256,6 +262,7 @@ impl Daemon {
             started_ms: now_ms(),
             control_path,
             starting: true,
+            startup_locate_left: STARTUP_LOCATE_BUDGET,
             over_budget: Vec::new(),
             over_budget_seen: 0,
             over_budget_read: None,
@@ -495,11 +502,21 @@ impl Daemon {
     }
 
     /// Locates the TLS functions a found process needs (on a blocking task once the daemon
-    /// runs; inline while it starts, so they are attached by the time it says it watches).
+    /// runs; inline while it starts, so they are attached by the time it says it watches, for
+    /// at most [`STARTUP_LOCATE_BUDGET`] in all: files that take long cannot hold readiness back
+    /// past the supervisor's start timeout).
     fn locate(&mut self, found: Found, last: bool) {
         let last = last || found.kind != ClaudeKind::Script;
-        if self.starting {
+        if self.starting && !self.startup_locate_left.is_zero() {
+            let began = std::time::Instant::now();
             let result = discover::target(&found);
+            self.startup_locate_left = self.startup_locate_left.saturating_sub(began.elapsed());
+            if self.startup_locate_left.is_zero() {
+                warn!(
+                    budget_s = STARTUP_LOCATE_BUDGET.as_secs(),
+                    "locating at start took longer than its budget: the remaining files are located after readiness"
+                );
+            }
             self.attach(&found, result, last);
         } else {
             let tx = self.done_tx.clone();
