@@ -590,8 +590,11 @@ fn many_distinct_claude_files_are_capped_and_detached_when_they_exit() {
         ),
         "",
     );
-    let attachments =
-        || metric(&daemon.metrics(), "claude_watch_probe_attachments").expect("attachments gauge");
+    let attachments = || {
+        wait_until(WAIT, "the attachments gauge", || {
+            metric(&daemon.metrics(), "claude_watch_probe_attachments")
+        })
+    };
     // Other claude processes of the host may hold attachments already.
     let base = attachments();
     let base_fds = fds_of(daemon.pid());

@@ -274,6 +274,11 @@ impl Daemon {
             episodes: open_episodes,
         });
         daemon.starting = false;
+        // Status and gauges are there when it says it is ready. What they show at this point
+        // was read from the journal and /proc (no decision is made before the first record is
+        // read), so nothing waits for the writer.
+        let status = daemon.watch.status(mono_now_ns());
+        daemon.publish(&status);
         info!(
             instances = daemon.watch.instance_count(),
             config = %daemon.origin,
