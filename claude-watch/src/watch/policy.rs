@@ -114,6 +114,9 @@ struct Instance {
     healthy_since: Option<MonoNs>,
     /// `Escalate` still to be emitted.
     escalate_pending: bool,
+    /// The new process got 401 before the supervisor answered (its answer and the new
+    /// process's first request race): the restart did not heal, said when the answer comes.
+    rejected_early: bool,
 }
 
 /// The recovery policy for all instances of a host.
@@ -185,6 +188,7 @@ impl Policy {
                 not_before: None,
                 healthy_since: None,
                 escalate_pending: false,
+                rejected_early: false,
             })
     }
 
@@ -230,7 +234,9 @@ impl Policy {
             }
             // The new process got 401 again: the window is still open.
             Phase::Recovering { .. } => self.back_off(instance, now),
-            Phase::Latched | Phase::Restarting { .. } | Phase::Escalated => {}
+            // ... before the supervisor said the restart was done.
+            Phase::Restarting { .. } => i.rejected_early = true,
+            Phase::Latched | Phase::Escalated => {}
         }
     }
 
@@ -248,9 +254,13 @@ impl Policy {
         if !matches!(i.phase, Phase::Restarting { .. }) {
             return;
         }
+        let rejected_early = std::mem::take(&mut i.rejected_early);
         if result.is_ok() {
             i.phase = Phase::Recovering { since: now };
             i.restarts += 1;
+            if rejected_early {
+                self.back_off(instance, now);
+            }
         } else {
             // The supervisor failed: retry later with the same backoff, not counted as a restart.
             self.back_off(instance, now);
@@ -485,6 +495,7 @@ impl Policy {
                     not_before: s.not_before_ms.map(at),
                     healthy_since: s.healthy_since_ms.map(at),
                     escalate_pending: s.escalate_pending,
+                    rejected_early: false,
                 };
                 (id, instance)
             })

@@ -1414,3 +1414,29 @@ fn an_escalated_instance_without_a_process_is_forgotten_an_hour_later() {
     r.see(102, 200, "s102");
     assert_eq!(r.view("agent.service").state, "healthy");
 }
+
+/// The supervisor's answer and the new process's first request race: a new process rejected
+/// before the answer arrives is a restart that did not heal all the same (seen in CI: the
+/// instance stayed `recovering` and never escalated).
+#[test]
+fn a_new_process_rejected_before_the_supervisor_answers_still_counts_toward_escalation() {
+    let mut r = Rig::new("backoff_initial = \"2s\"\nmax_restarts = 2");
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.latch(100, "s0");
+    let mut pid = 100;
+    for _ in 0..2 {
+        let (instance, _, _) = r.take_restart();
+        r.exit(pid);
+        pid += 1;
+        r.start(pid, &agent());
+        r.see(pid, 401, &format!("s{pid}"));
+        r.restart_ok(&instance, pid);
+        r.keep_answering(pid, 401, &format!("s{pid}"), 3 * S);
+    }
+    let episode = r
+        .closed(EpisodeEnd::Escalated)
+        .expect("closed as escalated");
+    assert_eq!(episode.restarts, 2);
+    assert_eq!(r.view("agent.service").state, "escalated");
+}
