@@ -433,10 +433,10 @@ impl Daemon {
         }
     }
 
+    /// Executes an effect, or holds it back when it acts on or reports a decision whose
+    /// records are not durable yet ([`WriteAhead`]).
     fn execute(&mut self, effect: Effect) {
         match effect {
-            Effect::Journal(record) => self.write(Write::Journal(Box::new(record))),
-            Effect::SaveRecovery(snapshot) => self.write(Write::State(snapshot)),
             Effect::Restart { .. } | Effect::RunHook { .. } | Effect::Publish(_) => {
                 let coalesced = matches!(effect, Effect::Publish(_));
                 if let Some(effect) = self.ahead.admit(effect, coalesced) {
