@@ -16,6 +16,27 @@ pub const HEAD_MAX: usize = 4096;
 /// forward the next read on the same connection too: the status line arrived in pieces.
 pub const SHORT_HEAD: u32 = 64;
 
+/// When the kernel wakes the reader for a record (the kernel's `WAKEUP` global, set by user
+/// space at load time). A record that does not wake the reader waits in the ring until the
+/// reader's own timer drains it, or until the ring holds more than the `WATERMARK` global's
+/// bytes, whichever comes first; an exec always wakes it (a new process must be attached before
+/// its first request).
+pub mod wakeup {
+    /// Every response head, exec and exit wakes the reader at once; a request waits for its
+    /// response.
+    pub const RESPONSES: u32 = 0;
+    /// Only what a decision may hang on wakes the reader at once: a response whose status is
+    /// not 1xx, 2xx or 3xx (or cannot be read from its first bytes), a head arriving in
+    /// pieces, an exec. Successful exchanges ride the reader's timer.
+    pub const ERRORS: u32 = 1;
+    /// Only execs (and the watermark) wake the reader; everything else rides its timer.
+    pub const TIMER: u32 = 2;
+}
+
+/// Default of the most bytes the kernel copies of one buffer head (the kernel's `COPY_MAX`
+/// global; at most `HEAD_MAX - 1`).
+pub const COPY_MAX: u32 = (HEAD_MAX - 1) as u32;
+
 /// What a record reports ([`EventHeader::kind`]).
 pub mod kind {
     /// A buffer written by the client with `SSL_write`/`SSL_write_ex`: a request.

@@ -3,7 +3,8 @@
 //! The kernel side stays thin: it looks at the first bytes of each plaintext buffer and forwards
 //! only those that begin an HTTP/1.x request or response (a bounded head, never a body), plus
 //! the next buffer of a connection whose head arrived in pieces. Everything else is counted and
-//! dropped here, so streamed response bodies cost one 8-byte read per `SSL_read`.
+//! dropped here, so streamed response bodies cost one 16-byte read per `SSL_read`. Only what a
+//! decision may hang on wakes the reader at once (see [`wakeup_flags`]).
 //!
 //! Arguments and return values are read through aya's `ProbeContext::arg` and
 //! `RetProbeContext::ret`, which follow `bpf_target_arch` (set by claude-watch's build.rs from
@@ -23,7 +24,7 @@ use aya_ebpf::{
 };
 use claude_ebpf_common::{
     BUDGET_ENTRIES, BUDGET_WINDOW_NS, Budget, ConnKey, EventBuf, EventHeader, HEAD_MAX, HEADER_LEN,
-    ReadArgs, SHORT_HEAD, flags, kind, stats,
+    ReadArgs, SHORT_HEAD, flags, kind, stats, wakeup,
 };
 
 /// Records for user space. User space may resize it at load time.
@@ -42,6 +43,20 @@ static CONT: LruHashMap<ConnKey, u32> = LruHashMap::with_max_entries(8192, 0);
 /// (`u32::MAX`: no budget).
 #[unsafe(no_mangle)]
 static BUDGET_RECORDS: u32 = claude_ebpf_common::BUDGET_RECORDS;
+
+/// When a record wakes the reader, one of [`wakeup`]; set by user space at load time.
+#[unsafe(no_mangle)]
+static WAKEUP: u32 = wakeup::RESPONSES;
+
+/// Bytes in the ring past which every record wakes the reader, whatever [`WAKEUP`] says; set
+/// by user space at load time (a quarter of the ring by default).
+#[unsafe(no_mangle)]
+static WATERMARK: u64 = 2 << 20;
+
+/// The most bytes copied of one buffer head (at most `HEAD_MAX - 1`); set by user space at
+/// load time.
+#[unsafe(no_mangle)]
+static COPY_MAX: u32 = claude_ebpf_common::COPY_MAX;
 
 /// Each process's record budget, keyed by pid (see [`within_budget`]).
 #[map]
@@ -178,19 +193,20 @@ enum Start {
 
 #[inline(always)]
 fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
-    let mut prefix = [0u8; 8];
-    let n = if len >= 8 {
+    // Sixteen bytes hold a method, or a status line's version and code.
+    let mut prefix = [0u8; 16];
+    let n = if len >= 16 {
         // SAFETY: the helper checks the user access.
-        match unsafe { bpf_probe_read_user(buf as *const [u8; 8]) } {
+        match unsafe { bpf_probe_read_user(buf as *const [u8; 16]) } {
             Ok(bytes) => prefix = bytes,
             Err(_) => return,
         }
-        8
+        16
     } else {
         // The mask (kept by `black_box` from being optimised away) bounds the size for the
         // verifier.
-        let n = black_box(len as usize) & 7;
-        // SAFETY: `n` <= 7 < prefix.len(); the helper checks the user access.
+        let n = black_box(len as usize) & 15;
+        // SAFETY: `n` <= 15 < prefix.len(); the helper checks the user access.
         if unsafe {
             raw::bpf_probe_read_user(prefix.as_mut_ptr().cast(), n as u32, buf as *const c_void)
         } != 0
@@ -243,7 +259,13 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
         // Headers written alone (node's http): the body, with the model, follows.
         let _ = CONT.insert(&key, &1, 0);
     }
-    emit(ssl, buf, len, dir, event_flags);
+    // A response matters at once unless its status line reads 1xx, 2xx or 3xx.
+    let urgent = dir == kind::READ
+        && !(start == Start::Head
+            && n >= 12
+            && prefix[8] == b' '
+            && matches!(prefix[9], b'1'..=b'3'));
+    emit(ssl, buf, len, dir, event_flags, urgent);
 }
 
 /// The budget user space set (read through a volatile load so the compiler keeps it a global).
@@ -288,7 +310,7 @@ fn within_budget(pid: u32) -> bool {
 
 /// Whether the first `n` bytes match `HTTP/1.` (all of it, or all there is of a short read).
 #[inline(always)]
-fn starts_status(prefix: &[u8; 8], n: usize) -> bool {
+fn starts_status(prefix: &[u8; 16], n: usize) -> bool {
     const STATUS: &[u8; 7] = b"HTTP/1.";
     let m = if n < 7 { n } else { 7 };
     let mut i = 0;
@@ -316,30 +338,46 @@ fn ends_headers(buf: u64, len: u32) -> bool {
 const NO_WAKEUP: u64 = 1;
 const FORCE_WAKEUP: u64 = 2;
 
-/// One wake-up per exchange: a request waits in the ring for its response (which follows within
-/// the request's latency) and wakes the reader for both; responses, execs and exits wake it at
-/// once. Forced, not adaptive, because an adaptive wake-up is skipped while older records are
-/// unread. User space also drains the ring on a timer, so nothing waits long.
+/// The `bpf_ringbuf_output` flags of a record (see [`wakeup`]): `dir` is its kind, `urgent`
+/// whether a decision may hang on it. Under [`wakeup::RESPONSES`] a request waits in the ring
+/// for its response (which follows within the request's latency) and the response wakes the
+/// reader for both. Forced, not adaptive, because an adaptive wake-up is skipped while older
+/// records are unread. Past the watermark every record wakes the reader, so the ring cannot
+/// fill while it sleeps on its timer.
 #[inline(always)]
-fn wakeup(dir: u32) -> u64 {
-    if dir == kind::WRITE {
-        NO_WAKEUP
-    } else {
+fn wakeup_flags(dir: u32, urgent: bool) -> u64 {
+    // SAFETY: plain reads of globals the loader may have rewritten.
+    let policy = unsafe { core::ptr::read_volatile(&raw const WAKEUP) };
+    let now = match policy {
+        wakeup::RESPONSES => dir != kind::WRITE,
+        wakeup::ERRORS => urgent || dir == kind::EXEC,
+        _ => dir == kind::EXEC,
+    };
+    // SAFETY: as above.
+    let watermark = unsafe { core::ptr::read_volatile(&raw const WATERMARK) };
+    if now || EVENTS.query(BPF_RB_AVAIL_DATA) >= watermark {
         FORCE_WAKEUP
+    } else {
+        NO_WAKEUP
     }
 }
 
+/// `bpf_ringbuf_query` flag: bytes written and not yet read.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
 #[inline(always)]
-fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32) {
+fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32, urgent: bool) {
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU scratch slot, used by one program at a time on this CPU.
     let record = unsafe { &mut *record };
-    // Copy at most HEAD_MAX - 1 bytes so one mask bounds every size for the verifier.
+    // Copy at most COPY_MAX <= HEAD_MAX - 1 bytes; one mask bounds every size for the verifier.
     const MASK: usize = HEAD_MAX - 1;
-    let cap = black_box(if len as usize > MASK {
-        MASK
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    let copy_max = unsafe { core::ptr::read_volatile(&raw const COPY_MAX) } as usize;
+    let cap = black_box(if len as usize > copy_max {
+        copy_max
     } else {
         len as usize
     }) & MASK;
@@ -364,7 +402,7 @@ fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32) {
     // SAFETY: `size` is at most the size of `EventBuf`, which `record` points to.
     let bytes =
         unsafe { core::slice::from_raw_parts((record as *const EventBuf).cast::<u8>(), size) };
-    let ret = EVENTS.output::<[u8]>(bytes, wakeup(dir));
+    let ret = EVENTS.output::<[u8]>(bytes, wakeup_flags(dir, urgent));
     if ret.is_ok() {
         bump(stats::SENT);
     } else {
@@ -406,7 +444,10 @@ fn notify(event_kind: u32) {
         ..EventHeader::default()
     };
     // Process events are not heads: only a lost one is counted.
-    if EVENTS.output::<EventHeader>(&header, FORCE_WAKEUP).is_err() {
+    if EVENTS
+        .output::<EventHeader>(&header, wakeup_flags(event_kind, false))
+        .is_err()
+    {
         bump(stats::LOST);
     }
 }

@@ -111,6 +111,10 @@ pub struct DaemonConfig {
     /// and counts the rest, so one flooding process cannot fill the ring everyone shares.
     /// 0: no budget. Takes effect at the next start.
     pub record_budget: u32,
+    /// When the kernel wakes the daemon for a record: `errors` (only a response a decision may
+    /// hang on: not 1xx–3xx; successful exchanges are read every 250 ms), `responses` (every
+    /// response), `timer` (only execs). Takes effect at the next start.
+    pub wakeup: crate::capture::Wakeup,
     /// Probe attachments (files, or a script's files per process) held at once; new ones beyond
     /// it are refused and their processes shown unobserved.
     pub max_attachments: u32,
@@ -133,6 +137,7 @@ impl Default for DaemonConfig {
             locate_cache: "/var/cache/claude-watch/locate".into(),
             ring_mib: 8,
             record_budget: claude_ebpf_common::BUDGET_RECORDS,
+            wakeup: crate::capture::Wakeup::default(),
             max_attachments: crate::capture::ledger::DEFAULT_MAX_ATTACHMENTS,
             dry_run: false,
             docker_socket: "/var/run/docker.sock".into(),
@@ -712,6 +717,25 @@ mod tests {
         }
         assert_eq!(parse_duration("366d"), Ok(MAX_DURATION));
         assert!(parse_duration("365d24h1ms").is_err());
+    }
+
+    #[test]
+    fn the_wakeup_policy_defaults_to_errors_and_names_the_choices() {
+        use crate::capture::Wakeup;
+        assert_eq!(Config::builtin().daemon.wakeup, Wakeup::Errors);
+        for (text, want) in [
+            ("responses", Wakeup::Responses),
+            ("errors", Wakeup::Errors),
+            ("timer", Wakeup::Timer),
+        ] {
+            let c = Config::parse(&format!("[daemon]\nwakeup = \"{text}\"\n"), "t").unwrap();
+            assert_eq!(c.daemon.wakeup, want);
+        }
+        let e = err("[daemon]\nwakeup = \"always\"\n");
+        assert!(
+            e.contains("wakeup") && e.contains("responses") && e.contains("timer"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -292,7 +292,16 @@ class ApiHandler(BaseHTTPRequestHandler):
             "credential": cred_hash(cred),
             "retry_count": self.headers.get("X-Stainless-Retry-Count"),
             "user_agent": self.headers.get("User-Agent"),
+            # Sizes only (what the kernel must copy to see the headers claude-watch reads):
+            # the request head's bytes, and where the body's "model" value ends, if it does.
+            "head_bytes": self.head_bytes(),
+            "model_end": getattr(self, "model_end", None),
         })
+
+    def head_bytes(self):
+        line = len(self.raw_requestline or b"")
+        fields = sum(len(k) + 2 + len(v) + 2 for k, v in self.headers.items())
+        return line + fields + 2
         emit(f"api {self.command} {self.path} -> {status} {rid} identity={identity} model={model}")
 
     def credential(self):
@@ -378,6 +387,11 @@ class ApiHandler(BaseHTTPRequestHandler):
         except ValueError:
             req = {}
         model = req.get("model") if isinstance(req, dict) else None
+        self.model_end = None
+        if isinstance(model, str):
+            at = raw.find(b'"model"')
+            end = raw.find(json.dumps(model).encode(), at) if at >= 0 else -1
+            self.model_end = end + len(json.dumps(model)) if end >= 0 else None
         if path == "/v1/messages/count_tokens":
             rid = self.send_json(200, "OK", {"input_tokens": max(1, len(raw) // 4)})
             self.log_request_entry(200, rid, self.identity(), model, None, cred, started)

@@ -641,7 +641,12 @@ fn the_attach_goes_to_the_opened_file_even_when_its_path_is_swapped() {
     let target = targets::binary(&opened).expect("locate the opened copy");
     // Swap: the path now names the other copy (same bytes, another inode).
     std::fs::rename(dir.join("other/libssl.so.3"), &opened).expect("swap");
-    let mut probes = Probes::load(1 << 20, None).expect("load");
+    let mut probes = Probes::load(claude_watch::capture::Settings {
+        ring_bytes: 1 << 20,
+        budget: None,
+        ..Default::default()
+    })
+    .expect("load");
     assert!(probes.attach(&target, std::process::id()).expect("attach"));
     let hits = |probes: &Probes| {
         let s = probes.stats();
@@ -676,4 +681,65 @@ fn the_attach_goes_to_the_opened_file_even_when_its_path_is_swapped() {
         (hits(&probes) > 0).then_some(())
     });
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_wakeup_policy_sees_every_exchange_with_its_status() {
+    // `errors` (the default) wakes the reader only for a response that is not 1xx-3xx,
+    // `responses` for each response, `timer` for none: whatever waits in the ring must still
+    // come out, complete and in order, on the reader's timer.
+    let standin = StandIn::start();
+    standin.throttle_models(&["claude-sonnet-*"]);
+    standin.latch_session("wake-latched-session");
+    let script = r#"
+        const base = process.argv[1];
+        const post = (model, session) => fetch(base + '/v1/messages?beta=true', { method: 'POST',
+            headers: { 'content-type': 'application/json', 'x-api-key': process.env.KEY,
+                       'X-Claude-Code-Session-Id': session },
+            body: JSON.stringify({ model, max_tokens: 8, stream: false, messages: [{ role: 'user', content: 'hi' }] }) })
+            .then(async r => { await r.arrayBuffer(); return r.status; });
+        console.log('ready');
+        process.stdin.once('data', async () => {
+            const out = [];
+            out.push(await post('claude-haiku-4-5', 'wake-ok-session'));
+            out.push(await post('claude-sonnet-4-6', 'wake-ok-session'));
+            out.push(await post('claude-haiku-4-5', 'wake-latched-session'));
+            out.push(await post('claude-haiku-4-5', 'wake-ok-session'));
+            console.log(JSON.stringify(out));
+        });
+    "#;
+    for policy in ["errors", "responses", "timer"] {
+        let mut command = Command::new(deps::node());
+        command
+            .args(["-e", script, &standin.base_url()])
+            .env("KEY", CANARY_KEY)
+            .env("NODE_TLS_REJECT_UNAUTHORIZED", "0");
+        let mut node = ChildGuard::spawn("node", &mut command);
+        node.wait_for_line(0, WAIT, "node to start", |l| l == "ready");
+        let pid = node.pid();
+        let trace = Trace::start(&["--pid", &pid.to_string(), "--wakeup", policy]);
+        node.write_line("go");
+        let (_, statuses) = node.wait_for_line(1, WAIT, "node's statuses", |l| l.starts_with('['));
+        assert_eq!(statuses, "[200,429,401,200]", "{policy}");
+        let seen = trace.wait_for(pid, 4, WAIT, "four exchanges", |e| {
+            e["path"] == "/v1/messages?beta=true"
+        });
+        let summary: Vec<(Value, Value)> = seen
+            .iter()
+            .map(|e| (e["status"].clone(), e["session_id"].clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (200.into(), "wake-ok-session".into()),
+                (429.into(), "wake-ok-session".into()),
+                (401.into(), "wake-latched-session".into()),
+                (200.into(), "wake-ok-session".into()),
+            ],
+            "under --wakeup {policy}"
+        );
+        let (_, stderr) = trace.stop();
+        let counters = counters(&stderr);
+        assert_eq!(counters.lost, 0, "{policy}: {stderr:?}");
+    }
 }

@@ -11,7 +11,7 @@ pub mod probes;
 pub mod records;
 pub mod targets;
 
-pub use probes::{KernelStats, Probes};
+pub use probes::{KernelStats, Probes, Settings, Wakeup};
 pub use targets::{AttachPoint, FileId, OpenedFile, Target};
 
 use std::path::PathBuf;

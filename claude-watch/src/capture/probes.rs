@@ -23,6 +23,59 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cl
 /// usual few-hundred-byte ones, between two reads.
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
+/// When the kernel wakes the record reader (the kernel's `WAKEUP`; see
+/// [`claude_ebpf_common::wakeup`]). Whatever the policy, an exec wakes it at once, and so does
+/// every record once a quarter of the ring is unread; the rest waits for the reader's own timer
+/// (250 ms in the daemon, 200 ms in `trace`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Wakeup {
+    /// Every response wakes the reader: each exchange is seen within microseconds, at the cost
+    /// of a wake-up on the client's CPU per response.
+    Responses,
+    /// Only responses a decision may hang on (status not 1xx–3xx, or a head in pieces) wake the
+    /// reader; successful exchanges are read on its timer.
+    #[default]
+    Errors,
+    /// Nothing but execs wakes the reader; every exchange is read on its timer.
+    Timer,
+}
+
+impl Wakeup {
+    /// The kernel's value.
+    fn kernel(self) -> u32 {
+        match self {
+            Self::Responses => claude_ebpf_common::wakeup::RESPONSES,
+            Self::Errors => claude_ebpf_common::wakeup::ERRORS,
+            Self::Timer => claude_ebpf_common::wakeup::TIMER,
+        }
+    }
+}
+
+/// What the kernel side is loaded with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Ring buffer size (a power of two multiple of the page size).
+    pub ring_bytes: u32,
+    /// Records one process may send per second (`None`: no budget).
+    pub budget: Option<u32>,
+    /// When a record wakes the reader.
+    pub wakeup: Wakeup,
+    /// The most bytes copied of one buffer head (1 to `HEAD_MAX - 1`).
+    pub copy_max: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            ring_bytes: DEFAULT_RING_BYTES,
+            budget: Some(claude_ebpf_common::BUDGET_RECORDS),
+            wakeup: Wakeup::default(),
+            copy_max: claude_ebpf_common::COPY_MAX,
+        }
+    }
+}
+
 /// Counters kept by the kernel programs, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct KernelStats {
@@ -36,6 +89,32 @@ pub struct KernelStats {
     pub orphan_returns: u64,
     /// HTTP heads dropped because their process exceeded its record budget.
     pub over_budget: u64,
+}
+
+/// One program's runs and total run time ([`Probes::run_times`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgramTime {
+    /// The program (named as in the eBPF object).
+    pub program: &'static str,
+    /// Times it ran.
+    pub runs: u64,
+    /// Time it ran in all.
+    pub time: std::time::Duration,
+}
+
+/// The kernel's run-time statistics of eBPF programs, on while this value lives (they cost
+/// two clock reads per program run, so they are off unless asked for).
+pub struct RunTimeStats(#[allow(dead_code)] std::os::fd::OwnedFd);
+
+impl RunTimeStats {
+    /// Turns the statistics on.
+    pub fn enable() -> Result<Self, CaptureError> {
+        aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .map(Self)
+            .map_err(|e| CaptureError::Load {
+                detail: format!("enabling the kernel's BPF run-time statistics: {e}"),
+            })
+    }
 }
 
 /// A live process that went over its record budget (from the kernel's `BUDGET` map).
@@ -89,11 +168,16 @@ const ALL_PROGRAMS: [&str; 6] = [
 ];
 
 impl Probes {
-    /// Loads the programs into the kernel with a ring buffer of `ring_bytes` (a power of two
-    /// multiple of the page size) and a budget of `budget` records per process and second
-    /// (`None`: no budget), allowing [`super::ledger::DEFAULT_MAX_ATTACHMENTS`] attachments
-    /// (see [`Probes::set_max_attachments`]).
-    pub fn load(ring_bytes: u32, budget: Option<u32>) -> Result<Self, CaptureError> {
+    /// Loads the programs into the kernel with `settings`, allowing
+    /// [`super::ledger::DEFAULT_MAX_ATTACHMENTS`] attachments (see
+    /// [`Probes::set_max_attachments`]).
+    pub fn load(settings: Settings) -> Result<Self, CaptureError> {
+        let Settings {
+            ring_bytes,
+            budget,
+            wakeup,
+            copy_max,
+        } = settings;
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(CaptureError::NotPrivileged);
@@ -101,9 +185,15 @@ impl Probes {
         raise_memlock();
         raise_nofile();
         let budget_records = budget.unwrap_or(u32::MAX);
+        let wakeup_kernel = wakeup.kernel();
+        let watermark = u64::from(ring_bytes / 4);
+        let copy_max = copy_max.clamp(1, claude_ebpf_common::COPY_MAX);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
             .override_global("BUDGET_RECORDS", &budget_records, true)
+            .override_global("WAKEUP", &wakeup_kernel, true)
+            .override_global("WATERMARK", &watermark, true)
+            .override_global("COPY_MAX", &copy_max, true)
             .load(OBJECT)
             .map_err(|e| load_error(&e))?;
         for name in ALL_PROGRAMS {
@@ -116,7 +206,7 @@ impl Probes {
                 .load()
                 .map_err(|e| load_error(&e))?;
         }
-        info!(ring_bytes, budget = ?budget, "eBPF programs loaded");
+        info!(ring_bytes, budget = ?budget, ?wakeup, copy_max, "eBPF programs loaded");
         Ok(Self {
             ebpf,
             links: HashMap::new(),
@@ -254,6 +344,23 @@ impl Probes {
                 let _ = program.detach(id);
             }
         }
+    }
+
+    /// How often each loaded program ran and for how long in all, as the kernel counts while
+    /// its run-time statistics are on (see [`RunTimeStats`]); zero otherwise.
+    pub fn run_times(&self) -> Vec<ProgramTime> {
+        ALL_PROGRAMS
+            .iter()
+            .chain(PROCESS_PROGRAMS.iter())
+            .filter_map(|&name| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some(ProgramTime {
+                    program: name,
+                    runs: info.run_count(),
+                    time: info.run_time(),
+                })
+            })
+            .collect()
     }
 
     /// Reads the kernel counters.

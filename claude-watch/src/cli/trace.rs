@@ -14,7 +14,7 @@ use claude_ebpf_common::kind;
 use crate::capture::records::RecordStream;
 use tracing::{debug, warn};
 
-use crate::capture::{Probes, Target, probes::DEFAULT_RING_BYTES, targets};
+use crate::capture::{Probes, Settings, Target, Wakeup, probes::DEFAULT_RING_BYTES, targets};
 use crate::discover::{self, Discovery, Found};
 use crate::error_chain;
 use crate::http::Exchange;
@@ -62,6 +62,19 @@ pub struct TraceArgs {
     /// daemon's `[daemon] record_budget`). Default: no budget, every record is shown.
     #[arg(long, value_name = "RECORDS")]
     pub record_budget: Option<u32>,
+    /// When the kernel wakes trace for a record: `errors` (a response that is not 1xx–3xx;
+    /// other lines are printed within 200 ms), `responses` (every response, at once), `timer`
+    /// (every line within 200 ms). The daemon's `[daemon] wakeup`.
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = Wakeup::default())]
+    pub wakeup: Wakeup,
+    /// The most bytes the kernel copies of one head (1 to 4095; for measurements: fewer
+    /// bytes may cut off the headers claude-watch reads).
+    #[arg(long, value_name = "BYTES", default_value_t = claude_ebpf_common::COPY_MAX, hide = true)]
+    pub copy_max: u32,
+    /// At exit, print how often each eBPF program ran and its average time (turns on the
+    /// kernel's BPF run-time statistics while tracing, which adds two clock reads per run).
+    #[arg(long)]
+    pub probe_time: bool,
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -110,7 +123,18 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     for &pid in &args.pid {
         explicit.extend(targets::process(pid)?);
     }
-    let mut probes = Probes::load(args.ring_mib << 20, args.record_budget)?;
+    // Kept until the trace ends: the statistics are on while the descriptor is open.
+    let _stats_on = if args.probe_time {
+        Some(crate::capture::probes::RunTimeStats::enable()?)
+    } else {
+        None
+    };
+    let mut probes = Probes::load(Settings {
+        ring_bytes: args.ring_mib << 20,
+        budget: args.record_budget,
+        wakeup: args.wakeup,
+        copy_max: args.copy_max,
+    })?;
     for target in &explicit {
         // Held by the trace itself (pid 0) for its whole run.
         probes.attach(target, target.pid.unwrap_or(0))?;
@@ -276,6 +300,10 @@ async fn trace_loop<P: Processes>(
     let _ = stdout.lock().flush();
     let k = probes.borrow().stats();
     let p = front.borrow().pair_stats();
+    if args.probe_time {
+        let times = probes.borrow().run_times();
+        eprintln!("claude-watch: probe time: {}", probe_times(&times));
+    }
     eprintln!(
         "claude-watch: kernel sent {} heads, skipped {} other buffers, lost {}; user space ignored {} invalid, {} unpaired",
         k.sent, k.skipped, k.lost, p.invalid, p.unpaired_responses
@@ -321,4 +349,21 @@ fn human(e: &Exchange, comm: Option<&str>) -> String {
     }
     // The command name is the process's own choice.
     crate::text::printable(&line).into_owned()
+}
+
+/// `name runs avg_ns` for each program that ran, e.g. `ssl_write 2000 2512ns`.
+fn probe_times(times: &[crate::capture::probes::ProgramTime]) -> String {
+    let ran: Vec<String> = times
+        .iter()
+        .filter(|t| t.runs > 0)
+        .map(|t| {
+            let avg = t.time.as_nanos() / u128::from(t.runs);
+            format!("{} {} {avg}ns", t.program, t.runs)
+        })
+        .collect();
+    if ran.is_empty() {
+        "no program ran".to_owned()
+    } else {
+        ran.join(", ")
+    }
 }

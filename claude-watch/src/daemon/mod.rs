@@ -37,7 +37,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::capture::probes::OverBudget;
 use crate::capture::records::RecordStream;
-use crate::capture::{CaptureError, KernelStats, Probes, Target as ProbeTarget, targets};
+use crate::capture::{CaptureError, KernelStats, Probes, Settings, Target as ProbeTarget, targets};
 use crate::config::Config;
 use crate::discover::{self, Discovery, Found};
 use crate::error_chain;
@@ -199,10 +199,12 @@ impl Daemon {
         };
         targets::set_locate_cache(d.locate_cache.clone());
 
-        let mut probes = Probes::load(
-            d.ring_mib << 20,
-            (d.record_budget > 0).then_some(d.record_budget),
-        )?;
+        let mut probes = Probes::load(Settings {
+            ring_bytes: d.ring_mib << 20,
+            budget: (d.record_budget > 0).then_some(d.record_budget),
+            wakeup: d.wakeup,
+            ..Settings::default()
+        })?;
         probes.set_max_attachments(d.max_attachments as usize);
         probes.watch_processes()?;
         let stream = RecordStream::new(probes.take_ring()?).context("polling the ring buffer")?;
@@ -379,9 +381,10 @@ impl Daemon {
                     || config.daemon.metrics_listen != old.metrics_listen
                     || config.daemon.record_budget != old.record_budget
                     || config.daemon.ring_mib != old.ring_mib
+                    || config.daemon.wakeup != old.wakeup
                 {
                     warn!(
-                        "journal, control_socket, metrics_listen, ring_mib and record_budget changes take effect at the next start"
+                        "journal, control_socket, metrics_listen, ring_mib, record_budget and wakeup changes take effect at the next start"
                     );
                 }
                 self.front.processes_mut().set_rules(config.rules());

@@ -139,15 +139,22 @@ impl BenchEnv {
         ring_mib: u32,
         keep_stdout: bool,
     ) -> anyhow::Result<Trace> {
+        self.trace_with(binary, ring_mib, keep_stdout, &[])
+    }
+
+    /// [`Self::trace`] with more arguments (`--wakeup POLICY`, `--probe-time`).
+    pub(super) fn trace_with(
+        &self,
+        binary: &Path,
+        ring_mib: u32,
+        keep_stdout: bool,
+        extra: &[&str],
+    ) -> anyhow::Result<Trace> {
         let mut cmd = Command::new(&self.claude_watch);
-        cmd.args([
-            "trace",
-            "--json",
-            "--ring-mib",
-            &ring_mib.to_string(),
-            "--binary",
-        ])
-        .arg(binary);
+        cmd.args(["trace", "--json", "--ring-mib", &ring_mib.to_string()])
+            .args(extra)
+            .arg("--binary")
+            .arg(binary);
         if !keep_stdout {
             cmd.stdout(Stdio::null());
         }

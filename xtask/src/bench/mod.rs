@@ -16,7 +16,12 @@
 //!    stand-in API, sessions latched and healed through its control API, p50/p99 read from the
 //!    daemon's `claude_watch_detection_seconds` histogram;
 //! 5. footprint of `claude-watch trace` with a fleet of node processes, idle then busy;
-//! 6. locating SSL functions in the real Claude Code binary, cold and cached.
+//! 6. locating SSL functions in the real Claude Code binary, cold and cached;
+//! 9. a real Claude Code turn (the pinned latest release, streamed answer) with and without
+//!    `claude-watch daemon`.
+//!
+//! Parts 1, 2 and 4b also measure each wake-up policy (`[daemon] wakeup`) for the trade-off
+//! table, and 4b runs once more with a CPU burner on every core.
 //!
 //! Files: `env.rs` (binaries, scratch directory, the server), `process.rs` (child processes,
 //! their output and `trace`'s counters), `stats.rs`, `shared` (`tests/src/shared.rs`: process
@@ -52,6 +57,7 @@ mod report;
 #[path = "../../../tests/src/shared.rs"]
 mod shared;
 mod stats;
+mod turn;
 
 use capacity::*;
 use detection::*;
@@ -63,6 +69,7 @@ use overhead::*;
 use process::*;
 use report::*;
 use stats::*;
+use turn::*;
 
 /// Sizes of one bench run.
 #[derive(Clone, Debug)]
@@ -97,6 +104,10 @@ struct Plan {
     window: Duration,
     /// Timed runs of the locator, cold and cached each.
     locate_runs: usize,
+    /// Rounds of (nothing, claude-watch) around a real Claude Code...
+    turn_rounds: usize,
+    /// ...each timing this many turns after a warm-up.
+    turns: usize,
 }
 
 impl Plan {
@@ -117,6 +128,8 @@ impl Plan {
             fleet: 50,
             window: Duration::from_secs(5),
             locate_runs: 5,
+            turn_rounds: 7,
+            turns: 10,
         }
     }
 
@@ -137,6 +150,8 @@ impl Plan {
             fleet: 3,
             window: Duration::from_secs(1),
             locate_runs: 1,
+            turn_rounds: 1,
+            turns: 2,
         }
     }
 }
@@ -172,10 +187,28 @@ pub fn run(root: &Path, smoke: bool) -> anyhow::Result<()> {
         Ok(l) => l.report(&mut report),
         Err(e) => report.failed(4, "capture-to-output latency", &e),
     }
-    eprintln!("bench: part 4b: detector decision latency");
-    match detection(&env, &plan) {
-        Ok(d) => d.report(&mut report),
-        Err(e) => report.failed(Part(4, Some('b')), "detector decision latency", &e),
+    // The default policy on the machine as it is and loaded, then the others for the
+    // trade-off table (the smoke run only the first).
+    let runs: &[(&str, bool)] = if smoke {
+        &[(POLICIES[0], false)]
+    } else {
+        &[
+            (POLICIES[0], false),
+            (POLICIES[0], true),
+            (POLICIES[1], false),
+            (POLICIES[2], false),
+        ]
+    };
+    for &(policy, loaded) in runs {
+        let what = format!(
+            "detector decision latency, wakeup {policy}{}",
+            if loaded { ", loaded" } else { "" }
+        );
+        eprintln!("bench: part 4b: {what}");
+        match detection(&env, &plan, policy, loaded) {
+            Ok(d) => d.report(&mut report),
+            Err(e) => report.failed(Part(4, Some('b')), &what, &e),
+        }
     }
     eprintln!("bench: part 5: footprint");
     match footprint(&env, &plan, server.port) {
@@ -193,6 +226,11 @@ pub fn run(root: &Path, smoke: bool) -> anyhow::Result<()> {
     match execburst::run(&env, root, smoke) {
         Ok(b) => b.report(&mut report),
         Err(e) => report.failed(7, "exec burst", &e),
+    }
+    eprintln!("bench: part 9: a real Claude Code turn");
+    match turns(&env, &plan, root) {
+        Ok(t) => t.report(&mut report),
+        Err(e) => report.failed(9, "Claude Code turn", &e),
     }
     eprintln!("bench: part 6: locate");
     match locate(&env, &plan) {
@@ -241,6 +279,35 @@ mod tests {
             None
         );
         assert_eq!(parse_counters("claude-watch: kernel sent 5 heads"), None);
+    }
+
+    #[test]
+    fn probe_time_line_is_parsed() {
+        let line = "claude-watch: probe time: ssl_write 2000 2512ns, ssl_read_return 4000 1500ns";
+        assert_eq!(
+            parse_probe_times(line),
+            Some(vec![
+                ProbeTime {
+                    program: "ssl_write".into(),
+                    runs: 2000,
+                    avg_ns: 2512
+                },
+                ProbeTime {
+                    program: "ssl_read_return".into(),
+                    runs: 4000,
+                    avg_ns: 1500
+                },
+            ])
+        );
+        assert_eq!(
+            parse_probe_times("claude-watch: probe time: no program ran"),
+            Some(Vec::new())
+        );
+        assert_eq!(parse_probe_times("claude-watch: probe time: ssl_write x 1ns"), None);
+        assert_eq!(parse_probe_times("claude-watch: tracing"), None);
+        assert_eq!(counter("a_total 3\nb_total 7.0\n", "b_total"), 7);
+        assert_eq!(counter("a_total 3\n", "b_total"), 0);
+        assert_eq!(counter("a_total_x 3\n", "a_total"), 0);
     }
 
     #[test]

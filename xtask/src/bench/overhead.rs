@@ -9,11 +9,28 @@ pub(super) enum Variant {
     None,
     /// Empty bpftrace probes on the same functions: the kernel's floor.
     Floor,
-    /// `claude-watch trace --binary CLIENT`.
-    Watch,
+    /// `claude-watch trace --wakeup POLICY --binary CLIENT`.
+    Watch(&'static str),
 }
 
-pub(super) const VARIANTS: [Variant; 3] = [Variant::None, Variant::Floor, Variant::Watch];
+/// The wake-up policies measured (`trace --wakeup`, the daemon's `[daemon] wakeup`); the first
+/// is the default, the one the targets are read against.
+pub(super) const POLICIES: [&str; 3] = ["errors", "responses", "timer"];
+
+/// Every variant, in the order of [`Runs`]: nothing, the floor, then each policy.
+pub(super) const VARIANTS: [Variant; 5] = [
+    Variant::None,
+    Variant::Floor,
+    Variant::Watch(POLICIES[0]),
+    Variant::Watch(POLICIES[1]),
+    Variant::Watch(POLICIES[2]),
+];
+
+/// Index in [`VARIANTS`] of nothing, the floor, and claude-watch as installed (the default
+/// policy).
+pub(super) const NONE: usize = 0;
+pub(super) const FLOOR: usize = 1;
+pub(super) const WATCH: usize = 2;
 
 /// The functions `claude-watch locate` finds in a binary, as (name, file offset).
 pub(super) fn located_functions(
@@ -100,11 +117,46 @@ pub(super) enum Attached {
     Watch(Trace),
 }
 
-/// Timings of one workload: per variant, per round.
+/// Timings of one workload: per variant (as in [`VARIANTS`]), per round.
 #[derive(Debug, Default)]
 pub(super) struct Runs {
-    pub(super) wall_ms: [Vec<f64>; 3],
-    pub(super) cpu_ms: [Vec<f64>; 3],
+    pub(super) wall_ms: [Vec<f64>; VARIANTS.len()],
+    pub(super) cpu_ms: [Vec<f64>; VARIANTS.len()],
+}
+
+impl Runs {
+    /// Median wall time of variant `i` over variant `base`, and the spread of the per-round
+    /// ratios.
+    pub(super) fn ratio(&self, i: usize, base: usize) -> (f64, f64, f64) {
+        let per_round: Vec<f64> = self.wall_ms[i]
+            .iter()
+            .zip(&self.wall_ms[base])
+            .map(|(w, b)| w / b)
+            .collect();
+        let (lo, hi) = min_max(&per_round);
+        (
+            median(&self.wall_ms[i]) / median(&self.wall_ms[base]),
+            lo,
+            hi,
+        )
+    }
+
+    /// Median extra client CPU of variant `i` over variant `base` per unit of work (µs), and
+    /// the spread of the per-round differences.
+    pub(super) fn extra_cpu_us(&self, i: usize, base: usize, n: u32) -> (f64, f64, f64) {
+        let per = |ms: f64| ms * 1000.0 / f64::from(n);
+        let per_round: Vec<f64> = self.cpu_ms[i]
+            .iter()
+            .zip(&self.cpu_ms[base])
+            .map(|(w, b)| per(w - b))
+            .collect();
+        let (lo, hi) = min_max(&per_round);
+        (
+            per(median(&self.cpu_ms[i]) - median(&self.cpu_ms[base])),
+            lo,
+            hi,
+        )
+    }
 }
 
 /// Results of parts 1 or 2.
@@ -117,6 +169,9 @@ pub(super) struct Overhead {
     pub(super) floor_missing: Option<String>,
     /// Counters of the last claude-watch run.
     pub(super) counters: Option<Counters>,
+    /// Per policy: the eBPF programs' runs and average times over one extra request loop run
+    /// with the kernel's run-time statistics on.
+    pub(super) probe_times: Vec<(&'static str, Vec<ProbeTime>)>,
     pub(super) how: String,
 }
 
@@ -145,6 +200,7 @@ pub(super) fn overhead(
         stream: Runs::default(),
         floor_missing,
         counters: None,
+        probe_times: Vec::new(),
         how: format!(
             "{} ({method}: {})",
             binary.display(),
@@ -166,7 +222,9 @@ pub(super) fn overhead(
                 Variant::None => Attached::None,
                 Variant::Floor if out.floor_missing.is_some() => continue,
                 Variant::Floor => Attached::Floor(Bpftrace::start(&floor, !by_symbol)?),
-                Variant::Watch => Attached::Watch(env.trace(&binary, 8, false)?),
+                Variant::Watch(policy) => {
+                    Attached::Watch(env.trace_with(&binary, 8, false, &["--wakeup", policy])?)
+                }
             };
             for (runs, mode, args) in [
                 (&mut out.requests, "requests", &requests[..]),
@@ -186,11 +244,22 @@ pub(super) fn overhead(
                     if !status.success() {
                         bail!("claude-watch trace exited with {status}");
                     }
-                    out.counters = Some(counters);
+                    if i == WATCH {
+                        out.counters = Some(counters);
+                    }
                 }
             }
         }
         eprintln!("bench:   round {}/{} done", round + 1, plan.rounds);
+    }
+    // Where the kernel's time goes, per policy: one more request loop with the kernel's
+    // run-time statistics on (they add two clock reads per run, so the timed rounds run
+    // without them).
+    for policy in POLICIES {
+        let t = env.trace_with(&binary, 8, false, &["--wakeup", policy, "--probe-time"])?;
+        env.run_client(client, "requests", port, &requests)?;
+        let (_, _, times) = t.stop_timed()?;
+        out.probe_times.push((policy, times));
     }
     if out.counters.is_some_and(|c| c.sent == 0) {
         bail!(
@@ -240,9 +309,53 @@ impl Overhead {
     pub(super) fn report(&self, part: u8, report: &mut Report) {
         let who = self.client.name();
         let floor = self.floor_missing.is_none();
+        let requests = &self.requests;
+        if floor {
+            let (ratio, lo, hi) = requests.ratio(WATCH, FLOOR);
+            report.row(
+                part,
+                &format!("{who} request loop: wall time, claude-watch / empty-probe floor"),
+                &format!(
+                    "{ratio:.2} (per-round {lo:.2}–{hi:.2}){}",
+                    shown(ratio, hi, 1.05)
+                ),
+                "≤ 1.05",
+                verdict(ratio, hi, 1.05),
+            );
+            let (us, lo, hi) = requests.extra_cpu_us(WATCH, FLOOR, self.plan.requests);
+            report.row(
+                part,
+                &format!("{who} request loop: client CPU per request over the empty-probe floor"),
+                &format!(
+                    "{us:.1} µs (per-round {lo:.1}–{hi:.1}){}",
+                    shown(us, hi, 5.0)
+                ),
+                "≤ 5 µs",
+                verdict(us, hi, 5.0),
+            );
+        } else {
+            report.row(
+                part,
+                &format!("{who} request loop: wall time, claude-watch / empty-probe floor"),
+                "floor not measured",
+                "≤ 1.05",
+                None,
+            );
+        }
+        let (ratio, lo, hi) = self.stream.ratio(WATCH, NONE);
+        report.row(
+            part,
+            &format!("{who} streamed response: wall time, claude-watch / none"),
+            &format!(
+                "{ratio:.2} (per-round {lo:.2}–{hi:.2}){}",
+                shown(ratio, hi, 1.02)
+            ),
+            "≤ 1.02",
+            verdict(ratio, hi, 1.02),
+        );
         for (runs, workload, label) in [
             (
-                &self.requests,
+                requests,
                 "request loop",
                 format!(
                     "{} sequential GETs, one keep-alive connection",
@@ -258,66 +371,58 @@ impl Overhead {
                 ),
             ),
         ] {
-            let med = |i: usize| median(&runs.wall_ms[i]);
-            let watch_none = med(2) / med(0);
-            let per_round: Vec<f64> = runs.wall_ms[2]
-                .iter()
-                .zip(&runs.wall_ms[0])
-                .map(|(w, n)| w / n)
-                .collect();
-            let (lo, hi) = min_max(&per_round);
-            let noise = format!("per-round {lo:.2}–{hi:.2}");
-            if workload == "streamed response" {
-                report.row(
-                    part,
-                    &format!("{who} {workload}: wall time, claude-watch / none"),
-                    &format!("{watch_none:.2} ({noise}){}", shown(watch_none, hi, 1.02)),
-                    "≤ 1.02",
-                    verdict(watch_none, hi, 1.02),
-                );
-            } else if floor {
-                let watch_floor = med(2) / med(1);
-                let per_round: Vec<f64> = runs.wall_ms[2]
-                    .iter()
-                    .zip(&runs.wall_ms[1])
-                    .map(|(w, f)| w / f)
-                    .collect();
-                let (lo, hi) = min_max(&per_round);
-                report.row(
-                    part,
-                    &format!("{who} {workload}: wall time, claude-watch / empty-probe floor"),
-                    &format!(
-                        "{watch_floor:.2} (per-round {lo:.2}–{hi:.2}){}",
-                        shown(watch_floor, hi, 1.10)
-                    ),
-                    "≤ 1.10",
-                    verdict(watch_floor, hi, 1.10),
-                );
-            } else {
-                report.row(
-                    part,
-                    &format!("{who} {workload}: wall time, claude-watch / empty-probe floor"),
-                    "floor not measured",
-                    "≤ 1.10",
-                    None,
-                );
-            }
             report.detail(part, format!("{who} {workload} ({label})"), runs, floor);
         }
         if let Some(why) = &self.floor_missing {
             report.note(format!("{who}: empty-probe floor not measured: {why}."));
         }
-        // Where the time goes, for the notes: the client's own CPU (user + system, where probe
-        // hits are charged) per request and per streamed event, over the floor and over none.
-        let per = |runs: &Runs, n: u32, base: usize| {
-            (median(&runs.cpu_ms[2]) - median(&runs.cpu_ms[base])) * 1000.0 / f64::from(n)
-        };
-        let base = if floor { 1 } else { 0 };
+        let base = if floor { FLOOR } else { NONE };
+        for (k, policy) in POLICIES.into_iter().enumerate() {
+            let i = WATCH + k;
+            let kernel_us =
+                self.probe_times
+                    .iter()
+                    .find(|(p, _)| *p == policy)
+                    .map(|(_, times)| {
+                        times
+                            .iter()
+                            .filter(|t| t.program.starts_with("ssl_"))
+                            .map(|t| t.runs as f64 * t.avg_ns as f64)
+                            .sum::<f64>()
+                            / 1000.0
+                            / f64::from(self.plan.requests)
+                    });
+            report.wake(WakeRow {
+                client: who.to_owned(),
+                policy,
+                ratio: floor.then(|| requests.ratio(i, FLOOR)),
+                extra_cpu_us: requests.extra_cpu_us(i, base, self.plan.requests),
+                kernel_us,
+            });
+        }
+        let programs = self
+            .probe_times
+            .iter()
+            .map(|(policy, times)| {
+                let each: Vec<String> = times
+                    .iter()
+                    .filter(|t| t.program.starts_with("ssl_"))
+                    .map(|t| {
+                        format!(
+                            "{} {} × {:.2} µs",
+                            t.program,
+                            t.runs,
+                            t.avg_ns as f64 / 1000.0
+                        )
+                    })
+                    .collect();
+                format!("`{policy}`: {}", each.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
         report.note(format!(
-            "{who}: claude-watch's extra client CPU over {}: {:.1} µs per request (request loop), {:.1} µs per event (stream); the probes, the copy of each head into the ring buffer and the reader's wakeup run on the client's CPU, and the trace process shares the 2 cores with client and server. Per-round ratios spread wider than the 2% and 10% targets on this shared machine, so those targets cannot be shown met here even where the medians come close.",
-            if floor { "the empty-probe floor" } else { "no probes" },
-            per(&self.requests, self.plan.requests, base),
-            per(&self.stream, self.plan.stream_events, base),
+            "{who}: the eBPF programs' own run time over one extra loop of {} requests per policy, from the kernel's BPF run-time statistics (`trace --probe-time`): {programs}. The floor's empty probes run no program of ours, so this is the kernel part of the extra cost; the rest is the reader's work on the same 2 cores.",
+            self.plan.requests
         ));
         if let Some(c) = self.counters {
             report.note(format!(

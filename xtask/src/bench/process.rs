@@ -253,14 +253,51 @@ pub(super) struct Trace {
 
 impl Trace {
     /// Stops the trace with SIGINT and reads its final counters line.
-    pub(super) fn stop(mut self) -> anyhow::Result<(ExitStatus, Counters)> {
+    pub(super) fn stop(self) -> anyhow::Result<(ExitStatus, Counters)> {
+        self.stop_timed()
+            .map(|(status, counters, _)| (status, counters))
+    }
+
+    /// [`Self::stop`], also reading the `probe time:` line of a trace run with `--probe-time`
+    /// (empty without it).
+    pub(super) fn stop_timed(mut self) -> anyhow::Result<(ExitStatus, Counters, Vec<ProbeTime>)> {
         let (status, stderr) = self.proc.interrupt(Duration::from_secs(20))?;
         let counters = stderr
             .iter()
             .find_map(|l| parse_counters(l))
             .with_context(|| format!("no counters line from trace: {}", stderr.join(" / ")))?;
-        Ok((status, counters))
+        let times = stderr
+            .iter()
+            .find_map(|l| parse_probe_times(l))
+            .unwrap_or_default();
+        Ok((status, counters, times))
     }
+}
+
+/// One eBPF program's runs and average run time, from `trace --probe-time`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct ProbeTime {
+    pub(super) program: String,
+    pub(super) runs: u64,
+    pub(super) avg_ns: u64,
+}
+
+/// Parses `claude-watch: probe time: ssl_write 2000 2512ns, ssl_read_return 4000 1500ns`.
+pub(super) fn parse_probe_times(line: &str) -> Option<Vec<ProbeTime>> {
+    let rest = line.split("probe time: ").nth(1)?;
+    if rest.trim() == "no program ran" {
+        return Some(Vec::new());
+    }
+    rest.split(", ")
+        .map(|part| {
+            let mut words = part.split_whitespace();
+            Some(ProbeTime {
+                program: words.next()?.to_owned(),
+                runs: words.next()?.parse().ok()?,
+                avg_ns: words.next()?.strip_suffix("ns")?.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 /// The final counters line of `claude-watch trace`.

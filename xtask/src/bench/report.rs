@@ -21,6 +21,28 @@ impl std::fmt::Display for Part {
     }
 }
 
+/// One client under one wake-up policy, for the trade-off table.
+pub(super) struct WakeRow {
+    pub(super) client: String,
+    pub(super) policy: &'static str,
+    /// Wall time over the floor: median, per-round low and high (`None`: no floor).
+    pub(super) ratio: Option<(f64, f64, f64)>,
+    /// Client CPU per request over the floor (or none), µs: median, low, high.
+    pub(super) extra_cpu_us: (f64, f64, f64),
+    /// The eBPF programs' run time per request, µs.
+    pub(super) kernel_us: Option<f64>,
+}
+
+/// Detection latency under one wake-up policy and load, for the trade-off table.
+pub(super) struct WakeDetection {
+    pub(super) policy: &'static str,
+    pub(super) loaded: bool,
+    /// p99 bucket bound in seconds (`None`: beyond the last bucket).
+    pub(super) p99: Option<f64>,
+    pub(super) decisions: u64,
+    pub(super) lost: u64,
+}
+
 /// The rows, detail tables and notes of one run.
 #[derive(Default)]
 pub(super) struct Report {
@@ -28,6 +50,8 @@ pub(super) struct Report {
     pub(super) details: Vec<(u8, String, String)>,
     pub(super) notes: Vec<String>,
     pub(super) failures: Vec<String>,
+    pub(super) wake: Vec<WakeRow>,
+    pub(super) wake_detection: Vec<WakeDetection>,
 }
 
 impl Report {
@@ -48,6 +72,60 @@ impl Report {
         ));
     }
 
+    pub(super) fn wake(&mut self, row: WakeRow) {
+        self.wake.push(row);
+    }
+
+    pub(super) fn wake_detection(&mut self, d: WakeDetection) {
+        self.wake_detection.push(d);
+    }
+
+    /// The wake-up trade-off: per policy, what the clients pay and how fast a 401 is decided.
+    fn wake_table(&self) -> Option<String> {
+        if self.wake.is_empty() && self.wake_detection.is_empty() {
+            return None;
+        }
+        let mut t = String::from(
+            "| policy | client | wall / floor, median (per-round) | client CPU per request over the floor, µs | eBPF run time per request, µs |\n|---|---|---|---|---|\n",
+        );
+        for r in &self.wake {
+            let ratio = r.ratio.map_or_else(
+                || "no floor".to_owned(),
+                |(m, lo, hi)| format!("{m:.2} ({lo:.2}–{hi:.2})"),
+            );
+            let (m, lo, hi) = r.extra_cpu_us;
+            let kernel = r
+                .kernel_us
+                .map_or_else(|| "—".to_owned(), |k| format!("{k:.1}"));
+            let _ = writeln!(
+                t,
+                "| `{}` | {} | {ratio} | {m:.1} ({lo:.1}–{hi:.1}) | {kernel} |",
+                r.policy, r.client
+            );
+        }
+        if !self.wake_detection.is_empty() {
+            t.push_str("\n| policy | machine | detection p99 (bucket bound) | decisions | records lost |\n|---|---|---|---|---|\n");
+            for d in &self.wake_detection {
+                let p99 = d
+                    .p99
+                    .map_or_else(|| "> 10 s".to_owned(), |s| format!("≤ {}", fmt_ms(s * 1e3)));
+                let _ = writeln!(
+                    t,
+                    "| `{}` | {} | {p99} | {} | {} |",
+                    d.policy,
+                    if d.loaded {
+                        "loaded (a CPU burner per core)"
+                    } else {
+                        "as it was"
+                    },
+                    d.decisions,
+                    d.lost
+                );
+            }
+        }
+        Some(t)
+    }
+
     pub(super) fn note(&mut self, note: String) {
         self.notes.push(note);
     }
@@ -64,11 +142,16 @@ impl Report {
             "| attached | wall ms, median | wall min–max | client CPU ms, median | wall ratio to none |\n|---|---|---|---|---|\n",
         );
         let base = median(&runs.wall_ms[0]);
-        for (i, name) in ["nothing", "empty probes (floor)", "claude-watch trace"]
-            .iter()
-            .enumerate()
-        {
-            if i == 1 && !floor {
+        for (i, variant) in VARIANTS.iter().enumerate() {
+            let name = match variant {
+                Variant::None => "nothing".to_owned(),
+                Variant::Floor => "empty probes (floor)".to_owned(),
+                Variant::Watch(p) if i == WATCH => {
+                    format!("claude-watch trace (`--wakeup {p}`, the default)")
+                }
+                Variant::Watch(p) => format!("claude-watch trace `--wakeup {p}`"),
+            };
+            if i == FLOOR && !floor {
                 let _ = writeln!(t, "| {name} | not measured | | | |");
                 continue;
             }
@@ -103,6 +186,12 @@ impl Report {
                 None => "n/a",
             };
             let _ = writeln!(s, "| {part} | {measure} | {result} | {target} | {met} |");
+        }
+        if let Some(table) = self.wake_table() {
+            let _ = writeln!(
+                s,
+                "\n## Wake-up policy trade-off\n\nWhen the kernel wakes the reader (`[daemon] wakeup`, `trace --wakeup`): `errors` (the default) only for a response that is not 1xx–3xx, `responses` for every response, `timer` never (the reader drains every 250 ms, 200 ms in trace). Request loops of parts 1 and 2; detection from part 4b.\n\n{table}"
+            );
         }
         let mut details = self.details.iter().collect::<Vec<_>>();
         details.sort_by_key(|d| d.0);
