@@ -748,6 +748,7 @@ mod tests {
                 offset: 0,
                 file_size: data.len() as u64,
                 executable: true,
+                writable: false,
             }],
             build_id: None,
             pie: false,

@@ -105,7 +105,7 @@ pub fn locate(
     let strings: Vec<u64> = image
         .segments
         .iter()
-        .filter(|s| !s.executable)
+        .filter(|s| !s.executable && !s.unread())
         .flat_map(|s| {
             scan::strings_ending_with(image.segment_bytes(s), s.vaddr, b"/ssl/ssl_lib.cc")
         })

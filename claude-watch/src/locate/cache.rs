@@ -473,6 +473,7 @@ mod tests {
                 offset: 0,
                 file_size: data.len() as u64,
                 executable: true,
+                writable: false,
             }],
             build_id: Some(BUILD_ID.into()),
             pie: false,

@@ -82,9 +82,18 @@ pub struct Segment {
     pub file_size: u64,
     /// Whether the segment is mapped executable (`PF_X`).
     pub executable: bool,
+    /// Whether the segment is mapped writable (`PF_W`): data, never code or the read-only
+    /// strings the locator looks for.
+    pub writable: bool,
 }
 
 impl Segment {
+    /// Whether the locator leaves this segment unread (see [`ElfImage::unread_ranges`]).
+    #[must_use]
+    pub fn unread(&self) -> bool {
+        self.writable && !self.executable && self.file_size >= SKIPPED_SEGMENT_BYTES
+    }
+
     /// Whether `vaddr` lies in the file-backed part of this segment.
     #[must_use]
     pub fn contains_vaddr(&self, vaddr: u64) -> bool {
@@ -102,6 +111,9 @@ pub struct FunctionSymbol {
     /// Which table it came from (`.dynsym` or `.symtab`).
     pub table: &'static str,
 }
+
+/// Writable segments at least this large are not read (see [`ElfImage::unread_ranges`]).
+pub const SKIPPED_SEGMENT_BYTES: u64 = 1 << 20;
 
 /// What the locator knows about one ELF file after reading its headers.
 #[derive(Debug, Clone)]
@@ -233,6 +245,7 @@ impl<'data> ElfImage<'data> {
                     offset: ph.p_offset(endian),
                     file_size: ph.p_filesz(endian),
                     executable: ph.p_flags(endian) & elf::PF_X != 0,
+                    writable: ph.p_flags(endian) & elf::PF_W != 0,
                 };
                 let end = seg.offset.saturating_add(seg.file_size);
                 if end > data.len() as u64 {
@@ -261,6 +274,18 @@ impl<'data> ElfImage<'data> {
             pie: header.e_type(endian) == elf::ET_DYN,
             needed,
         })
+    }
+
+    /// File ranges `(offset, len)` the locator never looks at: writable, non-executable
+    /// segments of at least [`SKIPPED_SEGMENT_BYTES`] (in a Bun executable, the embedded
+    /// JavaScript: some 240 MB of Claude Code's 400). Smaller ones (the dynamic table) are read.
+    #[must_use]
+    pub fn unread_ranges(&self) -> Vec<(u64, u64)> {
+        self.segments
+            .iter()
+            .filter(|s| s.unread())
+            .map(|s| (s.offset, s.file_size))
+            .collect()
     }
 
     /// The segment whose file-backed part holds `vaddr`.

@@ -533,6 +533,20 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// Reads the whole file except the `(offset, len)` ranges in `skip` (which read as zeros).
+    fn fill_except(&mut self, skip: &[(u64, u64)]) -> Result<(), LocateError> {
+        let mut skip = skip.to_vec();
+        skip.sort_unstable();
+        let mut at = 0u64;
+        for (offset, len) in skip {
+            if offset > at {
+                self.fill(at, offset - at)?;
+            }
+            at = at.max(offset.saturating_add(len));
+        }
+        self.fill(at, u64::MAX)
+    }
+
     /// Checks the file is as it was when opened: same size, mtime and ctime, nothing past its
     /// end. Bytes read before and after this check are the file's at one moment, as far as
     /// `fstat` can tell.
@@ -640,7 +654,13 @@ fn locate_open(
             }
         }
     }
-    reader.fill(0, u64::MAX)?;
+    // The headers say which segments the locator never looks at (a Bun executable's embedded
+    // JavaScript): the rest is read.
+    reader.fill(0, HEAD_BYTES)?;
+    let skip = ElfImage::parse(&reader.data)
+        .map(|image| image.unread_ranges())
+        .unwrap_or_default();
+    reader.fill_except(&skip)?;
     reader.unchanged()?;
     let read_ms = started.elapsed().as_millis() as u64;
     let data = reader.data;
@@ -800,6 +820,39 @@ mod tests {
         let path = dir.join("claude");
         std::fs::write(&path, bytes).unwrap();
         (dir, path)
+    }
+
+    #[test]
+    fn large_writable_segments_are_left_unread() {
+        use super::elf::Segment;
+        let segment = |offset, file_size, executable, writable| Segment {
+            vaddr: offset,
+            offset,
+            file_size,
+            executable,
+            writable,
+        };
+        let bytes = hostile();
+        let mut image = ElfImage::parse(&bytes).unwrap();
+        image.segments = vec![
+            segment(0, 4 << 20, false, false),
+            segment(4 << 20, 8 << 20, true, false),
+            segment(12 << 20, 4096, false, true),
+            segment(13 << 20, 240 << 20, false, true),
+        ];
+        assert_eq!(image.unread_ranges(), vec![(13 << 20, 240 << 20)]);
+        // What is skipped reads as zeros; everything around it is read.
+        let (dir, path) = scratch("skip", &[7u8; 10_000]);
+        let file = File::open(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        let mut reader = Reader::new(&file, &meta, &path, u64::MAX).unwrap();
+        reader.fill_except(&[(6000, 1000), (100, 900)]).unwrap();
+        assert!(reader.data[..100].iter().all(|&b| b == 7));
+        assert!(reader.data[100..1000].iter().all(|&b| b == 0));
+        assert!(reader.data[1000..6000].iter().all(|&b| b == 7));
+        assert!(reader.data[6000..7000].iter().all(|&b| b == 0));
+        assert!(reader.data[7000..].iter().all(|&b| b == 7));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

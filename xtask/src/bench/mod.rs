@@ -303,7 +303,10 @@ mod tests {
             parse_probe_times("claude-watch: probe time: no program ran"),
             Some(Vec::new())
         );
-        assert_eq!(parse_probe_times("claude-watch: probe time: ssl_write x 1ns"), None);
+        assert_eq!(
+            parse_probe_times("claude-watch: probe time: ssl_write x 1ns"),
+            None
+        );
         assert_eq!(parse_probe_times("claude-watch: tracing"), None);
         assert_eq!(counter("a_total 3\nb_total 7.0\n", "b_total"), 7);
         assert_eq!(counter("a_total 3\n", "b_total"), 0);
