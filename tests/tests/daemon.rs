@@ -404,7 +404,9 @@ fn sigkill_mid_write_loses_no_episode_and_corrupts_no_record() {
         std::thread::sleep(Duration::from_millis(37 * (round + 1)));
         let started = Instant::now();
         dir = Some(daemon.crash());
-        assert!(started.elapsed() < Duration::from_secs(5));
+        // A hang, not a speed: the kernel's teardown of a killed daemon's probes takes
+        // seconds on a loaded machine (it waited over 5 s once, with two builds running).
+        assert!(started.elapsed() < Duration::from_secs(60));
     }
     let daemon = Daemon::start_in(dir.take().expect("dir"), "", DETECTOR);
     // After a restart the (possibly torn) tail was repaired: every line parses.

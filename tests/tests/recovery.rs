@@ -54,7 +54,13 @@ fn a_latched_agent_is_restarted_through_dbus_and_recovery_is_confirmed_by_its_ow
     let standin = StandIn::start();
     let dir = ScratchDir::new("cw-recovery");
     let bed = bed_with_agent("recover", &standin, "claude-haiku-4-5", dir.path());
-    let daemon = Daemon::start("", &recovery_config(&bed, "backoff_initial = \"3s\""));
+    let daemon = Daemon::start(
+        &format!(
+            "metrics_listen = \"127.0.0.1:{}\"",
+            claude_watch_tests::watch::free_port()
+        ),
+        &recovery_config(&bed, "backoff_initial = \"3s\""),
+    );
     let healthy = daemon.wait_instance(UNIT, WAIT, "the unit's agent healthy", |i| {
         i["last_status"] == 200
     });
@@ -84,6 +90,12 @@ fn a_latched_agent_is_restarted_through_dbus_and_recovery_is_confirmed_by_its_ow
     assert_eq!(restarts.len(), 1, "{restarts:?}");
     assert!(restarts[0].ok);
     assert_eq!(restarts[0].episode_id.as_deref(), Some(episode.id.as_str()));
+    // The restart waited for its journal records to be durable, and that wait is measured.
+    let metrics = daemon.metrics();
+    assert!(
+        metrics.contains("claude_watch_restart_sync_wait_seconds_count 1\n"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -125,7 +125,8 @@ struct Daemon {
     watch: Watch,
     durable: Durable,
     /// Effects that act on or report a decision, until the records before them are durable.
-    ahead: WriteAhead<Effect>,
+    /// Effects held for their records, each with the moment it was decided.
+    ahead: WriteAhead<(std::time::Instant, Effect)>,
     metrics: Metrics,
     notifier: Notifier,
     snapshots: watch::Sender<Arc<Snapshot>>,
@@ -355,7 +356,7 @@ impl Daemon {
         self.durable.finish();
         // Everything is durable now: what reports passes; an action decided this late is left
         // to the next start, which resumes the open episodes.
-        for effect in self.ahead.drain() {
+        for (_, effect) in self.ahead.drain() {
             match effect {
                 Effect::Restart { instance, .. } | Effect::RunHook { instance, .. } => {
                     info!(instance = %instance, "stopping: a restart or hook decided just now is left to the next start");
@@ -422,7 +423,14 @@ impl Daemon {
             } => self.attach(&found, result, last),
             Done::Input(input) => self.feed(*input),
             Done::Durable(seq) => {
-                for effect in self.ahead.acknowledged(seq) {
+                for (decided, effect) in self.ahead.acknowledged(seq) {
+                    if matches!(effect, Effect::Restart { .. }) {
+                        self.metrics.observe(
+                            publish::WRITE_AHEAD_HISTOGRAM,
+                            publish::WRITE_AHEAD_HELP,
+                            decided.elapsed().as_secs_f64(),
+                        );
+                    }
                     self.act(effect);
                 }
             }
@@ -442,7 +450,18 @@ impl Daemon {
         match effect {
             Effect::Restart { .. } | Effect::RunHook { .. } | Effect::Publish(_) => {
                 let coalesced = matches!(effect, Effect::Publish(_));
-                if let Some(effect) = self.ahead.admit(effect, coalesced) {
+                let restart = matches!(effect, Effect::Restart { .. });
+                if let Some((_, effect)) = self
+                    .ahead
+                    .admit((std::time::Instant::now(), effect), coalesced)
+                {
+                    if restart {
+                        self.metrics.observe(
+                            publish::WRITE_AHEAD_HISTOGRAM,
+                            publish::WRITE_AHEAD_HELP,
+                            0.0,
+                        );
+                    }
                     self.act(effect);
                 }
             }

@@ -184,7 +184,12 @@ pub(super) fn declare_metrics(m: &Metrics) {
     m.declare_counter("claude_watch_escalations_total", ESCALATIONS_HELP);
     m.declare_histogram("claude_watch_detection_seconds", DETECTION_HELP);
     m.declare_histogram("claude_watch_recovery_seconds", RECOVERY_HELP);
+    m.declare_histogram(WRITE_AHEAD_HISTOGRAM, WRITE_AHEAD_HELP);
 }
+
+/// How long a restart waited for its journal records to be durable (write-ahead).
+pub(super) const WRITE_AHEAD_HISTOGRAM: &str = "claude_watch_restart_sync_wait_seconds";
+pub(super) const WRITE_AHEAD_HELP: &str = "From a restart decision to its start, waiting for the decision's journal records to be durable.";
 
 const EXCHANGES_HELP: &str = "HTTP exchanges of claude instances, by status and model.";
 const EPISODES_HELP: &str = "Latch episodes opened.";
