@@ -241,6 +241,8 @@ pub(super) struct Tally {
     pub(super) heal_seen: u64,
     /// Cycles completed (latched, unlatched, healed or timed out).
     pub(super) cycles: u64,
+    /// Sessions of a cycle the end of the soak cut short (left out of the counts above).
+    pub(super) cut: u64,
     /// Longest time from the latch (or the unlatch) to the status showing it.
     pub(super) latch_wait_max: Duration,
     pub(super) heal_wait_max: Duration,
@@ -248,21 +250,22 @@ pub(super) struct Tally {
 
 impl Tally {
     /// Marks the members the status shows latched (or, `healing`, healthy with a 200).
-    fn observe(
-        &mut self,
-        status: &[Value],
-        members: &mut [(i32, String, bool)],
-        since: Instant,
-        healing: bool,
-    ) {
-        for m in members.iter_mut().filter(|m| !m.2) {
+    fn observe(&mut self, status: &[Value], members: &mut [Member], since: Instant, healing: bool) {
+        for m in members
+            .iter_mut()
+            .filter(|m| !(if healing { m.healed } else { m.latched }))
+        {
             let seen = if healing {
-                shows(status, m.0, "healthy", Some(200))
+                shows(status, m.pid, "healthy", Some(200))
             } else {
-                shows(status, m.0, "latched", None)
+                shows(status, m.pid, "latched", None)
             };
             if seen {
-                m.2 = true;
+                if healing {
+                    m.healed = true;
+                } else {
+                    m.latched = true;
+                }
                 let (count, max) = if healing {
                     (&mut self.heal_seen, &mut self.heal_wait_max)
                 } else {
@@ -275,18 +278,27 @@ impl Tally {
     }
 }
 
+/// A session in a latch cycle: its agent's pid, and whether the daemon was seen to show it
+/// latched, then healed.
+struct Member {
+    pid: i32,
+    session: String,
+    latched: bool,
+    healed: bool,
+}
+
 /// Where the latch cycle is.
 enum Cycle {
     /// The next cycle starts then.
     Wait(Instant),
     /// Sessions latched at `since`, waiting for the daemon to show them latched (`true` once it did).
     Latching {
-        members: Vec<(i32, String, bool)>,
+        members: Vec<Member>,
         since: Instant,
     },
     /// Sessions unlatched at `since`, waiting for the daemon to show them healthy again.
     Healing {
-        members: Vec<(i32, String, bool)>,
+        members: Vec<Member>,
         since: Instant,
     },
 }
@@ -296,7 +308,7 @@ impl Cycle {
         match self {
             Self::Wait(_) => HashSet::new(),
             Self::Latching { members, .. } | Self::Healing { members, .. } => {
-                members.iter().map(|m| m.0).collect()
+                members.iter().map(|m| m.pid).collect()
             }
         }
     }
@@ -676,13 +688,18 @@ fn run(
         // The latch cycle.
         cycle = match std::mem::replace(&mut cycle, Cycle::Wait(now)) {
             Cycle::Wait(at) if now >= at && !over => {
-                let members: Vec<(i32, String, bool)> = fleet
+                let members: Vec<Member> = fleet
                     .agents
                     .iter()
                     .rev()
                     .filter(|l| l.started.elapsed() >= LATCH_MIN_AGE)
                     .take(plan.soak_latch_batch)
-                    .map(|l| (l.agent.proc.pid(), l.agent.session.clone(), false))
+                    .map(|l| Member {
+                        pid: l.agent.proc.pid(),
+                        session: l.agent.session.clone(),
+                        latched: false,
+                        healed: false,
+                    })
                     .collect();
                 if members.is_empty() {
                     Cycle::Wait(at)
@@ -690,7 +707,7 @@ fn run(
                     for m in &members {
                         setup
                             .standin
-                            .post("/latch", &serde_json::json!({ "session": m.1 }))?;
+                            .post("/latch", &serde_json::json!({ "session": m.session }))?;
                     }
                     tally.latched += members.len() as u64;
                     Cycle::Latching {
@@ -703,12 +720,11 @@ fn run(
                 next_poll = now + POLL_EVERY;
                 let status = daemon_status(env, setup.socket).unwrap_or_default();
                 tally.observe(&status, &mut members, since, false);
-                if members.iter().all(|m| m.2) || since.elapsed() >= LATCH_TIMEOUT {
-                    for m in &mut members {
+                if members.iter().all(|m| m.latched) || since.elapsed() >= LATCH_TIMEOUT {
+                    for m in &members {
                         setup
                             .standin
-                            .post("/unlatch", &serde_json::json!({ "session": m.1 }))?;
-                        m.2 = false;
+                            .post("/unlatch", &serde_json::json!({ "session": m.session }))?;
                     }
                     Cycle::Healing {
                         members,
@@ -722,7 +738,7 @@ fn run(
                 next_poll = now + POLL_EVERY;
                 let status = daemon_status(env, setup.socket).unwrap_or_default();
                 tally.observe(&status, &mut members, since, true);
-                if members.iter().all(|m| m.2) || since.elapsed() >= LATCH_TIMEOUT {
+                if members.iter().all(|m| m.healed) || since.elapsed() >= LATCH_TIMEOUT {
                     tally.cycles += 1;
                     Cycle::Wait(Instant::now() + plan.soak_latch_every)
                 } else {
@@ -737,13 +753,18 @@ fn run(
     let ticks = cpu_ticks(pid)? - ticks_start;
     let (rss_end, hwm) = memory_kib(pid)?;
     rss.push((elapsed.as_secs_f64(), rss_end));
-    // A cycle cut short by the end is unlatched, not counted.
+    // A cycle cut short by the end is unlatched, and not counted.
     if let Cycle::Latching { members, .. } | Cycle::Healing { members, .. } = &cycle {
         for m in members {
             let _ = setup
                 .standin
-                .post("/unlatch", &serde_json::json!({ "session": m.1 }));
+                .post("/unlatch", &serde_json::json!({ "session": m.session }));
         }
+        let n = |f: fn(&Member) -> bool| members.iter().filter(|m| f(m)).count() as u64;
+        tally.latched -= members.len() as u64;
+        tally.latch_seen -= n(|m| m.latched);
+        tally.heal_seen -= n(|m| m.healed);
+        tally.cut = members.len() as u64;
     }
     let metrics_end = scrape(setup.metrics_port)?;
     let counter = |text: &str, name: &str| metric_value(text, name).unwrap_or(0.0) as u64;
@@ -887,13 +908,18 @@ impl Soak {
             8,
             "… latches and heals the daemon showed (`claude-watch status`)",
             &format!(
-                "{} of {} latched sessions seen latched (within {:.0} s), {} seen healed (within {:.0} s); {} cycles",
+                "{} of {} latched sessions seen latched (each within {:.0} s), {} seen healed (each within {:.0} s of the unlatch), in {} cycles{}",
                 l.latch_seen,
                 l.latched,
                 l.latch_wait_max.as_secs_f64(),
                 l.heal_seen,
                 l.heal_wait_max.as_secs_f64(),
-                l.cycles
+                l.cycles,
+                if l.cut > 0 {
+                    format!(" ({} more sessions in a cycle the end cut short, not counted)", l.cut)
+                } else {
+                    String::new()
+                }
             ),
             "each latch and heal seen",
             Some(l.latched > 0 && l.latch_seen == l.latched && l.heal_seen == l.latched),
