@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: what claude-watch costs the processes it watches, and how much it can
 //! take, measured side by side on this machine. Prints a table and writes it to
 //! `BENCHMARKS.md` (`--smoke`: a tiny run of every part, written to
-//! `target/BENCHMARKS-smoke.md`, checking only that each part produces numbers).
+//! `target/BENCHMARKS-smoke.md`, checking only that each part produces numbers). `--only 8` or
+//! `--only 1,2,4b` runs some parts alone; a run of fewer than all parts (`--soak-minutes 0`
+//! included) is written to `target/BENCHMARKS-partial.md`, never over `BENCHMARKS.md`.
 //!
 //! Parts:
 //! 1. probe overhead on node clients (keep-alive request loop; long streamed response read in
@@ -17,6 +19,15 @@
 //!    daemon's `claude_watch_detection_seconds` histogram;
 //! 5. footprint of `claude-watch trace` with a fleet of node processes, idle then busy;
 //! 6. locating SSL functions in the real Claude Code binary, cold and cached;
+//! 7. the per-exec check under a burst of execs;
+//! 8. fleet soak, run last: `claude-watch daemon` (dry run) watching 200 light agents (a turn
+//!    every 5–30 s against one stand-in API, a few sessions latched and healed through its
+//!    control API) and sleeping copies of `sleep` named `claude` up to 1,000 watched processes,
+//!    for 30 minutes (`--soak-minutes N`), a sleeper replaced every second and an agent too once
+//!    the previous replacement has started:
+//!    the daemon's RSS every 10 s (start, max, end, least-squares slope over the second half),
+//!    its CPU over the soak and over idle windows (agents stopped, no churn, nothing asked of
+//!    the daemon), the kernel records it lost, and each latch and heal seen in its status.
 //! 9. a real Claude Code turn (the pinned latest release, streamed answer) with and without
 //!    `claude-watch daemon`.
 //!
@@ -26,7 +37,8 @@
 //! Files: `env.rs` (binaries, scratch directory, the server), `process.rs` (child processes,
 //! their output and `trace`'s counters), `stats.rs`, `shared` (`tests/src/shared.rs`: process
 //! groups, ports and the stand-in's control port, one copy with the test harness), one file per part (`overhead.rs`,
-//! `capacity.rs`, `latency.rs`, `detection.rs`, `footprint.rs`, `locate.rs`) and `report.rs`
+//! `capacity.rs`, `latency.rs`, `detection.rs`, `footprint.rs`, `locate.rs`, `execburst.rs`,
+//! `soak.rs`, `turn.rs`) and `report.rs`
 //! (the tables and `BENCHMARKS.md`).
 //!
 //! Everything talks to 127.0.0.1 only: the server is `bench/server.mjs`, run from a private
