@@ -563,7 +563,8 @@ mod tests {
             [Part(1, None), Part(2, None), Part(4, Some('b'))]
         );
         assert_eq!(parse_parts("8").unwrap(), [Part(8, None)]);
-        assert!(parse_parts("9").is_err());
+        assert_eq!(parse_parts("9").unwrap(), [Part(9, None)]);
+        assert!(parse_parts("10").is_err());
         assert!(parse_parts("4c").is_err());
     }
 

@@ -17,10 +17,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::*;
 
-/// Kernel records lost because the ring buffer was full.
-const LOST_METRIC: &str = "claude_watch_lost_events_total";
-/// HTTP heads the kernel sent to user space.
-const RECORDS_METRIC: &str = "claude_watch_kernel_records_total";
 /// Instances the daemon knows.
 const INSTANCES_METRIC: &str = "claude_watch_instances";
 /// Metric events dropped because a family was full.
@@ -312,14 +308,6 @@ impl Cycle {
             }
         }
     }
-}
-
-/// A plain (label-less) sample from a Prometheus text exposition.
-pub(super) fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let (key, value) = l.rsplit_once(' ')?;
-        (key == name).then(|| value.parse().ok()).flatten()
-    })
 }
 
 /// The slope of the least-squares line through `points`; `None` with fewer than two distinct x.
@@ -767,7 +755,6 @@ fn run(
         tally.cut = members.len() as u64;
     }
     let metrics_end = scrape(setup.metrics_port)?;
-    let counter = |text: &str, name: &str| metric_value(text, name).unwrap_or(0.0) as u64;
     let ours = fleet.our_pids();
     let status = daemon_status(env, setup.socket)?;
     let (_, mut foreign) = listed(&status, &ours, &ours);
@@ -796,10 +783,10 @@ fn run(
         hwm: (hwm_start, hwm),
         cpu: ticks as f64 / hz / elapsed.as_secs_f64() * 100.0,
         idle,
-        lost: counter(&metrics_end, LOST_METRIC)
-            .saturating_sub(counter(&metrics_start, LOST_METRIC)),
-        records: counter(&metrics_end, RECORDS_METRIC)
-            .saturating_sub(counter(&metrics_start, RECORDS_METRIC)),
+        lost: counter(&metrics_end, LOST_COUNTER)
+            .saturating_sub(counter(&metrics_start, LOST_COUNTER)),
+        records: counter(&metrics_end, RECORDS_COUNTER)
+            .saturating_sub(counter(&metrics_start, RECORDS_COUNTER)),
         series_dropped: counter(&metrics_end, DROPPED_METRIC),
         instances_end: counter(&metrics_end, INSTANCES_METRIC),
         fleet: counts,
@@ -1003,14 +990,6 @@ mod tests {
             idle_starts(Duration::from_secs(20), Duration::from_secs(4)),
             [Duration::from_secs(8)]
         );
-    }
-
-    #[test]
-    fn plain_metrics_are_read() {
-        let text = "# HELP claude_watch_lost_events_total Lost.\nclaude_watch_lost_events_total 3\nclaude_watch_lost_events_total_x 9\nclaude_watch_instances{a=\"b\"} 4\nclaude_watch_instances 1200\n";
-        assert_eq!(metric_value(text, LOST_METRIC), Some(3.0));
-        assert_eq!(metric_value(text, INSTANCES_METRIC), Some(1200.0));
-        assert_eq!(metric_value(text, DROPPED_METRIC), None);
     }
 
     #[test]
