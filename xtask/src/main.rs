@@ -51,11 +51,18 @@ enum Task {
         args: Vec<String>,
     },
     /// Build claude-watch and measure it (probe overhead, capacity, latency, footprint,
-    /// locate); writes BENCHMARKS.md. Needs root.
+    /// locate, exec burst, fleet soak); writes BENCHMARKS.md. Needs root.
     Bench {
         /// A tiny run of every part (for CI): checks that each part yields numbers, not timings.
         #[arg(long)]
         smoke: bool,
+        /// Length of part 8, the fleet soak, in minutes (0 skips it; default 30, smoke 20 s).
+        #[arg(long, value_name = "N")]
+        soak_minutes: Option<u32>,
+        /// Run only these parts, e.g. `8` or `1,2,4b`; the report then goes to
+        /// `target/BENCHMARKS-partial.md`, never over BENCHMARKS.md.
+        #[arg(long, value_name = "PARTS")]
+        only: Option<String>,
     },
 }
 
@@ -155,11 +162,28 @@ fn main() -> anyhow::Result<()> {
             run(cmd)?;
             if args.is_empty() {
                 // The benchmark's smoke run: every part runs and yields numbers (none is timed).
-                bench::run(&root, true)?;
+                bench::run(
+                    &root,
+                    &bench::Options {
+                        smoke: true,
+                        ..bench::Options::default()
+                    },
+                )?;
             }
             Ok(())
         }
-        Task::Bench { smoke } => bench::run(&root, smoke),
+        Task::Bench {
+            smoke,
+            soak_minutes,
+            only,
+        } => bench::run(
+            &root,
+            &bench::Options {
+                smoke,
+                soak_minutes,
+                only,
+            },
+        ),
     }
 }
 

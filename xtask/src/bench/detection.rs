@@ -197,8 +197,21 @@ impl StandIn {
 }
 
 /// Starts a light agent (`tests/agents/agent.mjs` installed as `@anthropic-ai/claude-code/cli.js`
-/// under `dir`, run by node) against the stand-in, and reads its session id.
+/// under `dir`, run by node) against the stand-in, and reads its session id: a turn every
+/// 300 ms, retries at a tenth of Claude Code's delays.
 pub(super) fn start_agent(env: &BenchEnv, standin: &StandIn, dir: &Path) -> anyhow::Result<Agent> {
+    start_agent_paced(env, standin.api_port, dir, Duration::from_millis(300), 0.1)
+}
+
+/// [`start_agent`] with the stand-in's API port, the pause between two turns and the scale on
+/// the retry delays given.
+pub(super) fn start_agent_paced(
+    env: &BenchEnv,
+    api_port: u16,
+    dir: &Path,
+    interval: Duration,
+    backoff_scale: f64,
+) -> anyhow::Result<Agent> {
     let package = dir.join("node_modules/@anthropic-ai/claude-code");
     std::fs::create_dir_all(&package)?;
     std::fs::write(
@@ -219,7 +232,7 @@ pub(super) fn start_agent(env: &BenchEnv, standin: &StandIn, dir: &Path) -> anyh
         .env("HOME", &home)
         .env(
             "ANTHROPIC_BASE_URL",
-            format!("https://127.0.0.1:{}", standin.api_port),
+            format!("https://127.0.0.1:{api_port}"),
         )
         .env("ANTHROPIC_API_KEY", "sk-ant-api03-bench")
         .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
@@ -227,8 +240,8 @@ pub(super) fn start_agent(env: &BenchEnv, standin: &StandIn, dir: &Path) -> anyh
         .env("DISABLE_AUTOUPDATER", "1")
         .env("DISABLE_TELEMETRY", "1")
         .env("ANTHROPIC_MODEL", "claude-haiku-4-5")
-        .env("AGENT_INTERVAL_MS", "300")
-        .env("AGENT_BACKOFF_SCALE", "0.1")
+        .env("AGENT_INTERVAL_MS", interval.as_millis().to_string())
+        .env("AGENT_BACKOFF_SCALE", backoff_scale.to_string())
         .env("AGENT_USER_AGENT", AGENT_USER_AGENT)
         .current_dir(&home);
     let proc = Proc::spawn_group("agent", &mut cmd)?;

@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: what claude-watch costs the processes it watches, and how much it can
 //! take, measured side by side on this machine. Prints a table and writes it to
 //! `BENCHMARKS.md` (`--smoke`: a tiny run of every part, written to
-//! `target/BENCHMARKS-smoke.md`, checking only that each part produces numbers).
+//! `target/BENCHMARKS-smoke.md`, checking only that each part produces numbers). `--only 8` or
+//! `--only 1,2,4b` runs some parts alone; a run of fewer than all parts (`--soak-minutes 0`
+//! included) is written to `target/BENCHMARKS-partial.md`, never over `BENCHMARKS.md`.
 //!
 //! Parts:
 //! 1. probe overhead on node clients (keep-alive request loop; long streamed response read in
@@ -17,6 +19,15 @@
 //!    daemon's `claude_watch_detection_seconds` histogram;
 //! 5. footprint of `claude-watch trace` with a fleet of node processes, idle then busy;
 //! 6. locating SSL functions in the real Claude Code binary, cold and cached;
+//! 7. the per-exec check under a burst of execs;
+//! 8. fleet soak, run last: `claude-watch daemon` (dry run) watching 200 light agents (a turn
+//!    every 5–30 s against one stand-in API, a few sessions latched and healed through its
+//!    control API) and sleeping copies of `sleep` named `claude` up to 1,000 watched processes,
+//!    for 30 minutes (`--soak-minutes N`), a sleeper replaced every second and an agent too once
+//!    the previous replacement has started:
+//!    the daemon's RSS every 10 s (start, max, end, least-squares slope over the second half),
+//!    its CPU over the soak and over idle windows (agents stopped, no churn, nothing asked of
+//!    the daemon), the kernel records it lost, and each latch and heal seen in its status.
 //! 9. a real Claude Code turn (the pinned latest release, streamed answer) with and without
 //!    `claude-watch daemon`.
 //!
@@ -26,7 +37,8 @@
 //! Files: `env.rs` (binaries, scratch directory, the server), `process.rs` (child processes,
 //! their output and `trace`'s counters), `stats.rs`, `shared` (`tests/src/shared.rs`: process
 //! groups, ports and the stand-in's control port, one copy with the test harness), one file per part (`overhead.rs`,
-//! `capacity.rs`, `latency.rs`, `detection.rs`, `footprint.rs`, `locate.rs`) and `report.rs`
+//! `capacity.rs`, `latency.rs`, `detection.rs`, `footprint.rs`, `locate.rs`, `execburst.rs`,
+//! `soak.rs`, `turn.rs`) and `report.rs`
 //! (the tables and `BENCHMARKS.md`).
 //!
 //! Everything talks to 127.0.0.1 only: the server is `bench/server.mjs`, run from a private
@@ -56,6 +68,7 @@ mod report;
 /// and control port): one copy, in `tests/src/shared.rs`.
 #[path = "../../../tests/src/shared.rs"]
 mod shared;
+mod soak;
 mod stats;
 mod turn;
 
@@ -68,6 +81,7 @@ use locate::*;
 use overhead::*;
 use process::*;
 use report::*;
+use soak::*;
 use stats::*;
 use turn::*;
 
@@ -108,6 +122,25 @@ struct Plan {
     turn_rounds: usize,
     /// ...each timing this many turns after a warm-up.
     turns: usize,
+    /// Part 8, fleet soak: how long (zero: skipped).
+    soak: Duration,
+    /// Light agents in the soak...
+    soak_agents: usize,
+    /// ...and watched processes in all (sleeping `claude` copies make up the rest).
+    soak_processes: usize,
+    /// Each agent's pause between turns is drawn from this range at its start.
+    soak_turn: (Duration, Duration),
+    /// Scale on the agents' retry delays (1: Claude Code's).
+    soak_backoff_scale: f64,
+    /// Extra daemon configuration for the soak (empty: the detector's defaults).
+    soak_detector: &'static str,
+    /// Pause between two latch cycles...
+    soak_latch_every: Duration,
+    /// ...each latching this many sessions.
+    soak_latch_batch: usize,
+    /// Each idle window: settling after the agents are stopped, then the measured time.
+    soak_settle: Duration,
+    soak_idle: Duration,
 }
 
 impl Plan {
@@ -130,6 +163,16 @@ impl Plan {
             locate_runs: 5,
             turn_rounds: 7,
             turns: 10,
+            soak: Duration::from_secs(30 * 60),
+            soak_agents: 200,
+            soak_processes: 1000,
+            soak_turn: (Duration::from_secs(5), Duration::from_secs(30)),
+            soak_backoff_scale: 1.0,
+            soak_detector: "",
+            soak_latch_every: Duration::from_secs(60),
+            soak_latch_batch: 3,
+            soak_settle: Duration::from_secs(5),
+            soak_idle: Duration::from_secs(30),
         }
     }
 
@@ -152,95 +195,198 @@ impl Plan {
             locate_runs: 1,
             turn_rounds: 1,
             turns: 2,
+            soak: Duration::from_secs(20),
+            soak_agents: 5,
+            soak_processes: 20,
+            soak_turn: (Duration::from_secs(1), Duration::from_secs(3)),
+            soak_backoff_scale: 0.1,
+            soak_detector: "[detector]\nlatch_min_401s = 1\nlatch_min_span = \"0s\"\n",
+            soak_latch_every: Duration::from_secs(3),
+            soak_latch_batch: 1,
+            soak_settle: Duration::from_secs(1),
+            soak_idle: Duration::from_secs(3),
         }
     }
 }
 
-/// Runs the bench; `smoke` runs a tiny version of every part and fails if one yields nothing.
-pub fn run(root: &Path, smoke: bool) -> anyhow::Result<()> {
+/// Every part, in the table's order.
+const PARTS: [Part; 10] = [
+    Part(1, None),
+    Part(2, None),
+    Part(3, None),
+    Part(4, None),
+    Part(4, Some('b')),
+    Part(5, None),
+    Part(6, None),
+    Part(7, None),
+    Part(8, None),
+    Part(9, None),
+];
+
+/// Reads `--only`: part names separated by commas (`1,2,4b`).
+fn parse_parts(list: &str) -> anyhow::Result<Vec<Part>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            PARTS
+                .iter()
+                .copied()
+                .find(|part| part.to_string() == p)
+                .with_context(|| {
+                    format!("no bench part {p:?} (parts: 1, 2, 3, 4, 4b, 5, 6, 7, 8, 9)")
+                })
+        })
+        .collect()
+}
+
+/// How `cargo xtask bench` was asked to run.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// A tiny run of every part that fails if one yields nothing.
+    pub smoke: bool,
+    /// Part 8's length in minutes instead of the plan's (0 skips it).
+    pub soak_minutes: Option<u32>,
+    /// Only these parts, separated by commas (`1,2,4b`; all when `None`).
+    pub only: Option<String>,
+}
+
+/// Runs the bench.
+pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     if !super::is_root() {
         bail!("the bench attaches uprobes: run it as root (e.g. `sudo -E cargo xtask bench`)");
     }
+    let smoke = options.smoke;
+    let only = options.only.as_deref().map(parse_parts).transpose()?;
+    let mut plan = if smoke { Plan::smoke() } else { Plan::full() };
+    if let Some(minutes) = options.soak_minutes {
+        plan.soak = Duration::from_secs(u64::from(minutes) * 60);
+    }
+    let wanted = |part: Part| {
+        only.as_ref().is_none_or(|o| o.contains(&part))
+            && (part != Part(8, None) || !plan.soak.is_zero())
+    };
+    let partial = PARTS.iter().any(|p| !wanted(*p));
     super::build(root)?;
     if let Err(e) = super::apt_install(&["bpftrace", "openssl"]) {
         eprintln!("bench: cannot install bpftrace ({e:#}); the probe floor will not be measured");
     }
-    let plan = if smoke { Plan::smoke() } else { Plan::full() };
     let started = Instant::now();
     let env = BenchEnv::new(root)?;
     let mut report = Report::default();
 
-    let server = env.server(1, false)?;
+    let server = [1, 2, 4, 5]
+        .into_iter()
+        .any(|p| wanted(Part(p, None)))
+        .then(|| env.server(1, false))
+        .transpose()?;
+    let port = server.as_ref().map_or(0, |s| s.port);
     for client in [Client::Node, Client::Bun] {
         let part = if client == Client::Node { 1 } else { 2 };
+        if !wanted(Part(part, None)) {
+            continue;
+        }
         eprintln!(
             "bench: part {part}: probe overhead, {} client",
             client.name()
         );
-        match overhead(&env, &plan, client, server.port) {
+        match overhead(&env, &plan, client, port) {
             Ok(o) => o.report(part, &mut report),
             Err(e) => report.failed(part, &format!("probe overhead, {}", client.name()), &e),
         }
     }
-    eprintln!("bench: part 4: capture-to-output latency");
-    match latency(&env, &plan, server.port) {
-        Ok(l) => l.report(&mut report),
-        Err(e) => report.failed(4, "capture-to-output latency", &e),
-    }
-    // The default policy on the machine as it is and loaded, then the others for the
-    // trade-off table (the smoke run only the first).
-    let runs: &[(&str, bool)] = if smoke {
-        &[(POLICIES[0], false)]
-    } else {
-        &[
-            (POLICIES[0], false),
-            (POLICIES[0], true),
-            (POLICIES[1], false),
-            (POLICIES[2], false),
-        ]
-    };
-    for &(policy, loaded) in runs {
-        let what = format!(
-            "detector decision latency, wakeup {policy}{}",
-            if loaded { ", loaded" } else { "" }
-        );
-        eprintln!("bench: part 4b: {what}");
-        match detection(&env, &plan, policy, loaded) {
-            Ok(d) => d.report(&mut report),
-            Err(e) => report.failed(Part(4, Some('b')), &what, &e),
+    if wanted(Part(4, None)) {
+        eprintln!("bench: part 4: capture-to-output latency");
+        match latency(&env, &plan, port) {
+            Ok(l) => l.report(&mut report),
+            Err(e) => report.failed(4, "capture-to-output latency", &e),
         }
     }
-    eprintln!("bench: part 5: footprint");
-    match footprint(&env, &plan, server.port) {
-        Ok(f) => f.report(&mut report),
-        Err(e) => report.failed(5, "footprint", &e),
+    if wanted(Part(4, Some('b'))) {
+        // The default policy on the machine as it is and loaded, then the others for the
+        // trade-off table (the smoke run only the first).
+        let runs: &[(&str, bool)] = if smoke {
+            &[(POLICIES[0], false)]
+        } else {
+            &[
+                (POLICIES[0], false),
+                (POLICIES[0], true),
+                (POLICIES[1], false),
+                (POLICIES[2], false),
+            ]
+        };
+        for &(policy, loaded) in runs {
+            let what = format!(
+                "detector decision latency, wakeup {policy}{}",
+                if loaded { ", loaded" } else { "" }
+            );
+            eprintln!("bench: part 4b: {what}");
+            match detection(&env, &plan, policy, loaded) {
+                Ok(d) => d.report(&mut report),
+                Err(e) => report.failed(Part(4, Some('b')), &what, &e),
+            }
+        }
+    }
+    if wanted(Part(5, None)) {
+        eprintln!("bench: part 5: footprint");
+        match footprint(&env, &plan, port) {
+            Ok(f) => f.report(&mut report),
+            Err(e) => report.failed(5, "footprint", &e),
+        }
     }
     drop(server);
 
-    eprintln!("bench: part 3: pipeline capacity");
-    match capacity(&env, &plan) {
-        Ok(c) => c.report(&mut report),
-        Err(e) => report.failed(3, "pipeline capacity", &e),
+    if wanted(Part(3, None)) {
+        eprintln!("bench: part 3: pipeline capacity");
+        match capacity(&env, &plan) {
+            Ok(c) => c.report(&mut report),
+            Err(e) => report.failed(3, "pipeline capacity", &e),
+        }
     }
-    eprintln!("bench: part 7: exec burst");
-    match execburst::run(&env, root, smoke) {
-        Ok(b) => b.report(&mut report),
-        Err(e) => report.failed(7, "exec burst", &e),
+    if wanted(Part(7, None)) {
+        eprintln!("bench: part 7: exec burst");
+        match execburst::run(&env, root, smoke) {
+            Ok(b) => b.report(&mut report),
+            Err(e) => report.failed(7, "exec burst", &e),
+        }
     }
-    eprintln!("bench: part 9: a real Claude Code turn");
-    match turns(&env, &plan, root) {
-        Ok(t) => t.report(&mut report),
-        Err(e) => report.failed(9, "Claude Code turn", &e),
+    if wanted(Part(9, None)) {
+        eprintln!("bench: part 9: a real Claude Code turn");
+        match turns(&env, &plan, root) {
+            Ok(t) => t.report(&mut report),
+            Err(e) => report.failed(9, "Claude Code turn", &e),
+        }
     }
-    eprintln!("bench: part 6: locate");
-    match locate(&env, &plan) {
-        Ok(l) => l.report(&mut report),
-        Err(e) => report.failed(6, "locate", &e),
+    if wanted(Part(6, None)) {
+        eprintln!("bench: part 6: locate");
+        match locate(&env, &plan) {
+            Ok(l) => l.report(&mut report),
+            Err(e) => report.failed(6, "locate", &e),
+        }
+    }
+    if wanted(Part(8, None)) {
+        eprintln!("bench: part 8: fleet soak");
+        match soak(&env, &plan) {
+            Ok(s) => s.report(&mut report),
+            Err(e) => report.failed(8, "fleet soak", &e),
+        }
     }
 
-    let text = report.render(&machine(), smoke, started.elapsed());
+    let ran: Vec<String> = PARTS
+        .iter()
+        .filter(|p| wanted(**p))
+        .map(ToString::to_string)
+        .collect();
+    let text = report.render(
+        &machine(),
+        smoke,
+        partial.then_some(ran.join(", ")).as_deref(),
+        started.elapsed(),
+    );
     println!("{text}");
-    let out = if smoke {
+    let out = if partial {
+        root.join("target/BENCHMARKS-partial.md")
+    } else if smoke {
         root.join("target/BENCHMARKS-smoke.md")
     } else {
         root.join("BENCHMARKS.md")
@@ -408,6 +554,18 @@ mod tests {
         assert_eq!(fmt_ms(5.0), "5 ms");
         assert_eq!(Part(4, Some('b')).to_string(), "4b");
         assert!(Part::from(4) < Part(4, Some('b')) && Part(4, Some('b')) < Part::from(5));
+    }
+
+    #[test]
+    fn parts_are_chosen_by_name() {
+        assert_eq!(
+            parse_parts("1, 2,4b").unwrap(),
+            [Part(1, None), Part(2, None), Part(4, Some('b'))]
+        );
+        assert_eq!(parse_parts("8").unwrap(), [Part(8, None)]);
+        assert_eq!(parse_parts("9").unwrap(), [Part(9, None)]);
+        assert!(parse_parts("10").is_err());
+        assert!(parse_parts("4c").is_err());
     }
 
     #[test]

@@ -167,7 +167,14 @@ impl Report {
         self.details.push((part, title, t));
     }
 
-    pub(super) fn render(&self, machine: &str, smoke: bool, took: Duration) -> String {
+    /// The Markdown page; `partial` names the parts that ran when not all did.
+    pub(super) fn render(
+        &self,
+        machine: &str,
+        smoke: bool,
+        partial: Option<&str>,
+        took: Duration,
+    ) -> String {
         let mut s = String::from("# claude-watch benchmarks\n\n");
         let _ = writeln!(
             s,
@@ -175,6 +182,9 @@ impl Report {
             if smoke { " --smoke" } else { "" },
             took.as_secs_f64()
         );
+        if let Some(parts) = partial {
+            let _ = writeln!(s, "Partial run: only part(s) {parts}.\n");
+        }
         let _ = writeln!(s, "{machine}\n");
         s.push_str("## Results against the targets\n\n| part | measure | result | target | met |\n|---|---|---|---|---|\n");
         let mut rows = self.rows.clone();

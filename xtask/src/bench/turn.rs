@@ -143,6 +143,9 @@ pub(super) fn turns(env: &BenchEnv, plan: &Plan, root: &Path) -> anyhow::Result<
             }
             times.push(median(&each));
             if let Some(d) = &daemon {
+                // The daemon reads 200s on its 250 ms timer ([daemon] wakeup = "errors") and
+                // refreshes its counters on its 250 ms tick: the last turns show up to 0.5 s late.
+                std::thread::sleep(Duration::from_secs(1));
                 let seen = counter(&scrape(d.metrics_port)?, RECORDS_COUNTER) - before;
                 if seen == 0 {
                     bail!("the daemon's probes saw none of Claude Code's requests");
