@@ -1440,3 +1440,33 @@ fn a_new_process_rejected_before_the_supervisor_answers_still_counts_toward_esca
     assert_eq!(episode.restarts, 2);
     assert_eq!(r.view("agent.service").state, "escalated");
 }
+
+#[test]
+fn an_unchanged_status_is_republished_every_few_seconds_not_every_tick() {
+    let mut rig = Rig::new("");
+    let id = agent();
+    rig.start(100, &id);
+    rig.see(100, 200, "s1");
+    let publishes = |rig: &mut Rig, input: Input| {
+        rig.watch
+            .handle(rig.now, input)
+            .iter()
+            .filter(|e| matches!(e, Effect::Publish(_)))
+            .count()
+    };
+    // The first tick publishes what changed; idle ticks after it publish nothing...
+    assert_eq!(publishes(&mut rig, Input::Tick), 1);
+    let mut idle = 0;
+    for _ in 0..19 {
+        rig.now += S / 4;
+        idle += publishes(&mut rig, Input::Tick);
+    }
+    assert_eq!(idle, 0, "19 idle ticks within 5 s published {idle} times");
+    // ...until the status is REPUBLISH_AFTER old,
+    rig.now += S / 4;
+    assert_eq!(publishes(&mut rig, Input::Tick), 1);
+    // and any exchange makes the next tick publish.
+    rig.now += S / 4;
+    rig.see(100, 200, "s1");
+    assert_eq!(publishes(&mut rig, Input::Tick), 1);
+}

@@ -126,13 +126,15 @@ pub(super) fn turns(env: &BenchEnv, plan: &Plan, root: &Path) -> anyhow::Result<
                     loop {
                         let before = counter(&scrape(d.metrics_port)?, RECORDS_COUNTER);
                         claude.turn().context("warm-up turn")?;
-                        if counter(&scrape(d.metrics_port)?, RECORDS_COUNTER) > before {
-                            break counter(&scrape(d.metrics_port)?, RECORDS_COUNTER);
+                        // Read on the daemon's 250 ms timer, counted on its 250 ms tick.
+                        std::thread::sleep(Duration::from_secs(1));
+                        let after = counter(&scrape(d.metrics_port)?, RECORDS_COUNTER);
+                        if after > before {
+                            break after;
                         }
                         if Instant::now() > deadline {
                             bail!("the daemon's probes saw none of Claude Code's requests in 60 s");
                         }
-                        std::thread::sleep(Duration::from_millis(500));
                     }
                 }
                 None => 0,
