@@ -18,8 +18,9 @@ use claude_watch::detect::EpisodeEnd;
 use claude_watch::journal::ActionKind;
 use claude_watch_tests::agents::{AgentConfig, FAKE_API_KEY, agent_env, agent_script};
 use claude_watch_tests::deps;
-use claude_watch_tests::process::{ChildGuard, ScratchDir};
+use claude_watch_tests::process::{ChildGuard, ScratchDir, alive};
 use claude_watch_tests::standin::StandIn;
+use claude_watch_tests::supervisord::Supervisord;
 use claude_watch_tests::wait::wait_until;
 use claude_watch_tests::watch::Daemon;
 use serde_json::Value;
@@ -31,13 +32,6 @@ const PM2_USER: &str = "cwtest-pm2";
 const WAIT: Duration = Duration::from_secs(45);
 /// Fast detection, short quiet windows; no systemd here.
 const CONFIG: &str = "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nrestart_timeout = \"30s\"\nbackoff_initial = \"3s\"\n";
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rfind(')')
-            .is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z'))
-    })
-}
 
 fn uid_of(pid: u32) -> Option<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -230,67 +224,6 @@ impl Drop for Pm2 {
 
 /// An argument: a string or a path.
 type Arg = dyn AsRef<OsStr>;
-
-/// A supervisord with a unix socket and `programs` (config sections), in `dir`.
-struct Supervisord {
-    child: ChildGuard,
-    conf: PathBuf,
-}
-
-impl Supervisord {
-    fn start(dir: &Path, programs: &str) -> Self {
-        let d = dir.display();
-        let conf = dir.join("supervisord.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[unix_http_server]\nfile={d}/supervisor.sock\n\
-                 [supervisord]\nnodaemon=true\nlogfile={d}/supervisord.log\npidfile={d}/supervisord.pid\nchildlogdir={d}\n\
-                 [rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\
-                 [supervisorctl]\nserverurl=unix://{d}/supervisor.sock\n{programs}"
-            ),
-        )
-        .expect("write supervisord.conf");
-        let child = ChildGuard::spawn(
-            "supervisord",
-            Command::new("supervisord")
-                .arg("-c")
-                .arg(&conf)
-                .env_clear()
-                .env("PATH", "/usr/bin:/bin"),
-        );
-        Self { child, conf }
-    }
-
-    fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new("supervisorctl")
-            .arg("-c")
-            .arg(&self.conf)
-            .args(args)
-            .output()
-            .expect("supervisorctl");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    /// The live pid of program `name`.
-    fn pid(&self, name: &str) -> Option<u32> {
-        self.ctl(&["pid", name])
-            .parse::<u32>()
-            .ok()
-            .filter(|p| *p > 0 && alive(*p))
-    }
-}
-
-impl Drop for Supervisord {
-    fn drop(&mut self) {
-        // supervisord stops its programs (each in a process group of its own) on SIGTERM.
-        if !self.child.has_exited() {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.child.terminate(Duration::from_secs(20))
-            }));
-        }
-    }
-}
 
 /// A supervisord program running a light agent against `standin`.
 fn agent_program(name: &str, standin: &StandIn, dir: &Path) -> String {
