@@ -267,15 +267,15 @@ fn a_latched_agent_under_a_users_pm2_is_restarted_by_that_users_pm2() {
     assert_eq!(uid_of(old_pid), Some(user.uid), "pm2 runs it as {PM2_USER}");
 
     let daemon = Daemon::start("", CONFIG);
-    let healthy = daemon.wait_instance("pm2:agent", WAIT, "the pm2 agent healthy", |i| {
-        i["last_status"] == 200
+    let healthy = daemon.wait_for("pm2:agent", WAIT, "the pm2 agent healthy", |i| {
+        i.last_status == Some(200)
     });
-    assert_eq!(healthy["supervisor"], "pm2", "{healthy}");
+    assert_eq!(healthy.supervisor, "pm2", "{healthy:?}");
     assert_eq!(
-        healthy["supervisor_reason"],
+        healthy.supervisor_reason,
         "auto → pm2 (pm2 app 0 (agent) in the process's environment)"
     );
-    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    let old_session = healthy.session_id.clone().expect("session");
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
@@ -342,10 +342,10 @@ fn a_process_faking_pm2_variables_is_refused_and_nothing_is_restarted() {
     let impostor = ChildGuard::spawn("impostor", &mut fake);
 
     let daemon = Daemon::start("", CONFIG);
-    let seen = daemon.wait_instance("pm2:impostor", WAIT, "the impostor healthy", |i| {
-        i["last_status"] == 200
+    let seen = daemon.wait_for("pm2:impostor", WAIT, "the impostor healthy", |i| {
+        i.last_status == Some(200)
     });
-    assert_eq!(seen["supervisor"], "pm2", "{seen}");
+    assert_eq!(seen.supervisor, "pm2", "{seen:?}");
     standin.latch_pid(impostor.pid());
 
     let refused = daemon.wait_refused_restart("pm2:impostor", WAIT);
@@ -356,8 +356,8 @@ fn a_process_faking_pm2_variables_is_refused_and_nothing_is_restarted() {
         "{detail}"
     );
     // Retried behind a quiet window, shown in status.
-    daemon.wait_instance("pm2:impostor", WAIT, "a quiet window", |i| {
-        i["backoff_until_ms"].is_u64() && i["supervisor"] == "pm2"
+    daemon.wait_for("pm2:impostor", WAIT, "a quiet window", |i| {
+        i.backoff_until_ms.is_some() && i.supervisor == "pm2"
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
@@ -384,15 +384,15 @@ fn a_latched_agent_under_supervisord_is_restarted_over_xml_rpc() {
     let old_pid = wait_until(WAIT, "supervisord's agent", || sup.pid("agent"));
 
     let daemon = Daemon::start("", CONFIG);
-    let healthy = daemon.wait_instance("supervisord:agent", WAIT, "the agent healthy", |i| {
-        i["last_status"] == 200
+    let healthy = daemon.wait_for("supervisord:agent", WAIT, "the agent healthy", |i| {
+        i.last_status == Some(200)
     });
-    assert_eq!(healthy["supervisor"], "supervisord", "{healthy}");
+    assert_eq!(healthy.supervisor, "supervisord", "{healthy:?}");
     assert_eq!(
-        healthy["supervisor_reason"],
+        healthy.supervisor_reason,
         "auto → supervisord (supervisord program agent in the process's environment)"
     );
-    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    let old_session = healthy.session_id.clone().expect("session");
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
@@ -437,12 +437,12 @@ fn an_agent_under_a_wrapper_shell_of_supervisord_is_restarted_with_its_program()
     let shell = wait_until(WAIT, "the wrapper shell", || sup.pid("wrapped"));
 
     let daemon = Daemon::start("", CONFIG);
-    let healthy = daemon.wait_instance("supervisord:wrapped", WAIT, "the agent healthy", |i| {
-        i["last_status"] == 200
+    let healthy = daemon.wait_for("supervisord:wrapped", WAIT, "the agent healthy", |i| {
+        i.last_status == Some(200)
     });
-    let agent = healthy["pids"][0].as_u64().expect("pid");
-    assert_ne!(agent, u64::from(shell), "the agent is the shell's child");
-    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    let agent = healthy.pids[0];
+    assert_ne!(agent, shell, "the agent is the shell's child");
+    let old_session = healthy.session_id.clone().expect("session");
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
@@ -457,7 +457,7 @@ fn an_agent_under_a_wrapper_shell_of_supervisord_is_restarted_with_its_program()
     });
     assert!(restarts[0].ok, "{restarts:?}");
     assert_ne!(sup.pid("wrapped"), Some(shell), "a new shell");
-    assert!(!alive(shell) && !alive(u32::try_from(agent).expect("pid")));
+    assert!(!alive(shell) && !alive(agent));
     daemon.assert_recovered_by_new_session(
         &standin,
         "supervisord:wrapped",
@@ -503,8 +503,8 @@ fn processes_faking_supervisord_variables_are_refused_and_nothing_is_restarted()
 
     let daemon = Daemon::start("", CONFIG);
     for name in ["supervisord:agent", "supervisord:outsider"] {
-        let seen = daemon.wait_instance(name, WAIT, "healthy", |i| i["last_status"] == 200);
-        assert_eq!(seen["supervisor"], "supervisord", "{seen}");
+        let seen = daemon.wait_for(name, WAIT, "healthy", |i| i.last_status == Some(200));
+        assert_eq!(seen.supervisor, "supervisord", "{seen:?}");
     }
     standin.latch_pid(inside);
     standin.latch_pid(outsider.pid());
@@ -523,8 +523,8 @@ fn processes_faking_supervisord_variables_are_refused_and_nothing_is_restarted()
         "{detail}"
     );
     // Retried behind a quiet window, shown in status.
-    daemon.wait_instance("supervisord:agent", WAIT, "a quiet window", |i| {
-        i["backoff_until_ms"].is_u64() && i["supervisor"] == "supervisord"
+    daemon.wait_for("supervisord:agent", WAIT, "a quiet window", |i| {
+        i.backoff_until_ms.is_some() && i.supervisor == "supervisord"
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
