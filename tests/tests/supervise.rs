@@ -1,7 +1,6 @@
 //! Supervisor adapters against real supervisors: systemd (the test bed, over D-Bus), supervisord
 //! (the command adapter), a plain respawning parent (the signal adapter). Run as root.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,33 +13,12 @@ use claude_watch::supervise::systemd::{SystemdMode, SystemdRestarter};
 use claude_watch::supervise::{Restarter, SuperviseError, Target};
 use claude_watch::time::mono_now_ns;
 use claude_watch::watch::policy::{Action, Phase, Policy, PolicyConfig};
-use claude_watch_tests::process::alive;
+use claude_watch_tests::process::{ScratchDir, alive};
 use claude_watch_tests::supervisord::Supervisord;
 use claude_watch_tests::testbed::Testbed;
 use claude_watch_tests::wait::wait_until;
 
 const LOOPER: &str = "[Unit]\nDescription=looper\n[Service]\nExecStart=/bin/sh -c 'while :; do sleep 1; done'\nRestart=always\nRestartSec=100ms\n";
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("cw-supervise-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A child process killed (its whole process group) and reaped on drop.
 struct ChildGuard(Child);
@@ -320,7 +298,7 @@ fn policy_drives_the_systemd_adapter_one_at_a_time_and_backs_off_a_failing_super
 
 #[test]
 fn command_adapter_restarts_a_program_under_a_real_supervisord() {
-    let dir = TempDir::new("supervisord");
+    let dir = ScratchDir::new("cw-supervise-supervisord");
     let supervisord = Supervisord::start(
         dir.path(),
         "[program:agent]\ncommand=/bin/sleep 1000\nautorestart=true\nstartsecs=0\n",
@@ -363,7 +341,7 @@ fn command_adapter_restarts_a_program_under_a_real_supervisord() {
 
 #[test]
 fn command_adapter_kills_a_hanging_command_on_timeout() {
-    let dir = TempDir::new("hang");
+    let dir = ScratchDir::new("cw-supervise-hang");
     let pids = dir.path().join("pids");
     let script = format!(
         "echo $$ > {p}; sleep 30 & echo $! >> {p}; wait",
