@@ -253,6 +253,13 @@ impl Rig {
         });
     }
 
+    /// The supervisor restarted `instance`: process `old` exits and `new` starts in its place.
+    fn replaced(&mut self, instance: &InstanceId, old: u32, new: u32) {
+        self.restart_ok(instance, new);
+        self.exit(old);
+        self.start(new, instance);
+    }
+
     fn actions(&self, kind: ActionKind) -> Vec<&ActionRecord> {
         self.journal
             .iter()
@@ -271,6 +278,13 @@ impl Rig {
                 JournalRecord::Action(_) | JournalRecord::Throttle(_) => None,
             })
             .collect()
+    }
+
+    /// Every episode snapshot journalled is of episode `id`.
+    #[track_caller]
+    fn assert_one_episode(&self, id: &str) {
+        let ids: Vec<&str> = self.episodes().iter().map(|e| e.id.as_str()).collect();
+        assert!(ids.iter().all(|i| *i == id), "one episode: {ids:?}");
     }
 
     fn closed(&self, end: EpisodeEnd) -> Option<&Episode> {
@@ -383,10 +397,8 @@ fn an_open_upstream_window_backs_off_with_growing_quiet_windows() {
     for round in 1..=3 {
         let (instance, _, target) = r.take_restart();
         assert_eq!(target.pid, pid);
-        r.restart_ok(&instance, pid + 1);
-        r.exit(pid);
+        r.replaced(&instance, pid, pid + 1);
         pid += 1;
-        r.start(pid, &agent());
         // The window is still open upstream: the new process gets 401 too.
         r.advance(500 * MS);
         r.see(pid, 401, &format!("s{round}"));
@@ -423,11 +435,7 @@ fn an_open_upstream_window_backs_off_with_growing_quiet_windows() {
         .closed(EpisodeEnd::RecoveredAfterRestart)
         .expect("recovered");
     assert_eq!(episode.restarts, 4);
-    let ids: Vec<&str> = r.episodes().iter().map(|e| e.id.as_str()).collect();
-    assert!(
-        ids.iter().all(|id| *id == episode.id),
-        "one episode: {ids:?}"
-    );
+    r.assert_one_episode(&episode.id);
 }
 
 #[test]
@@ -439,10 +447,8 @@ fn escalation_after_k_restarts_runs_the_hook_once_and_a_non_401_leaves_it() {
     // A poisoned credential: every new process gets 401 at once.
     for _ in 0..2 {
         let (instance, _, _) = r.take_restart();
-        r.restart_ok(&instance, pid + 1);
-        r.exit(pid);
+        r.replaced(&instance, pid, pid + 1);
         pid += 1;
-        r.start(pid, &agent());
         r.advance(500 * MS);
         r.see(pid, 401, &format!("s{pid}"));
         r.keep_answering(pid, 401, &format!("s{pid}"), 3 * S);
@@ -542,9 +548,7 @@ fn a_daemon_restarted_mid_backoff_keeps_the_quiet_window_and_the_episode() {
     let config_text = "backoff_initial = \"10s\"\nmax_restarts = 5";
     let mut r = Rig::latched(config_text);
     let instance = r.take_instance();
-    r.restart_ok(&instance, 101);
-    r.exit(100);
-    r.start(101, &agent());
+    r.replaced(&instance, 100, 101);
     r.advance(S);
     r.see(101, 401, "s1");
     let until = r.actions(ActionKind::Backoff)[0].until_ms.expect("until");
@@ -643,11 +647,7 @@ fn a_failing_supervisor_is_journalled_with_its_cause_and_retried_after_a_quiet_w
     let episode = r
         .closed(EpisodeEnd::RecoveredAfterRestart)
         .expect("recovered");
-    let ids: Vec<&str> = r.episodes().iter().map(|e| e.id.as_str()).collect();
-    assert!(
-        ids.iter().all(|id| *id == episode.id),
-        "one episode: {ids:?}"
-    );
+    r.assert_one_episode(&episode.id);
 }
 
 #[test]
@@ -1379,9 +1379,7 @@ fn beyond_the_cap_new_instances_are_refused_and_a_latched_one_is_never_dropped()
 fn an_escalated_instance_without_a_process_is_forgotten_an_hour_later() {
     let mut r = Rig::latched("backoff_initial = \"2s\"\nmax_restarts = 1");
     let instance = r.take_instance();
-    r.restart_ok(&instance, 101);
-    r.exit(100);
-    r.start(101, &agent());
+    r.replaced(&instance, 100, 101);
     r.advance(500 * MS);
     r.keep_answering(101, 401, "s101", 5 * S);
     assert_eq!(r.view("agent.service").state, "escalated");
