@@ -55,11 +55,7 @@ fn agent_container(image: &str, standin: &StandIn, name: &str, dir: &Path) -> (C
 
 /// Starts `container` (Docker's or Podman's) running the light agent, as [`agent_container`].
 fn agent_in(container: &Container, image: &str, standin: &StandIn, dir: &Path) {
-    let config = AgentConfig {
-        model: "claude-haiku-4-5".into(),
-        as_claude: true,
-        ..AgentConfig::default()
-    };
+    let config = AgentConfig::haiku_as_claude();
     agent_script(dir, true);
     let mut args: Vec<String> = vec![
         "--stop-timeout".into(),

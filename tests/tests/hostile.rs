@@ -250,11 +250,7 @@ fn a_user_unit_named_like_a_system_unit_gets_only_the_users_unit_restarted() {
 fn a_delegated_subcgroup_named_like_a_system_unit_is_refused_and_nothing_is_restarted() {
     let scene = Scene::start("hostile-delegate");
     let (bed, user, dir, standin) = (&scene.bed, &scene.user, &scene.dir, &scene.standin);
-    let config = AgentConfig {
-        model: "claude-haiku-4-5".into(),
-        as_claude: true,
-        ..AgentConfig::default()
-    };
+    let config = AgentConfig::haiku_as_claude();
     let mover = dir.path().join("move.sh");
     std::fs::write(
         &mover,
@@ -376,11 +372,7 @@ fn another_user_cannot_borrow_a_named_instance_and_get_it_restarted() {
     );
     let _serial = serial();
     let daemon = Daemon::start("", &rule);
-    let config = AgentConfig {
-        model: "claude-haiku-4-5".into(),
-        as_claude: true,
-        ..AgentConfig::default()
-    };
+    let config = AgentConfig::haiku_as_claude();
     let honest = Agent::start(&standin, Runtime::Node, &config);
     daemon.wait_for(
         "reviewer",
@@ -516,11 +508,7 @@ fn a_process_flooding_tls_writes_does_not_blind_the_honest_agent() {
         metric(&daemon.metrics(), "claude_watch_kernel_over_budget_total").filter(|&v| v > 1000.0)
     });
 
-    let config = AgentConfig {
-        model: "claude-haiku-4-5".into(),
-        as_claude: true,
-        ..AgentConfig::default()
-    };
+    let config = AgentConfig::haiku_as_claude();
     let honest = Agent::start(&standin, Runtime::Node, &config);
     daemon.wait_for(
         &format!("pid:{}", honest.pid()),

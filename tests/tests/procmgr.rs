@@ -94,11 +94,7 @@ fn chown_tree(path: &Path, user: &User) {
 
 /// The environment a light agent needs (loopback stand-in, fake key), taken for Claude Code.
 fn agent_vars(standin: &StandIn, home: &Path) -> Vec<(&'static str, OsString)> {
-    let config = AgentConfig {
-        model: "claude-haiku-4-5".into(),
-        as_claude: true,
-        ..AgentConfig::default()
-    };
+    let config = AgentConfig::haiku_as_claude();
     let mut env: Vec<(&'static str, OsString)> = vec![
         ("HOME", home.into()),
         ("ANTHROPIC_BASE_URL", standin.base_url().into()),

@@ -79,11 +79,7 @@ fn proc_status(pid: u32, field: &str) -> String {
 /// A test bed running one light agent (taken for Claude Code) in `agent.service`.
 fn bed_with_agent(name: &str, standin: &StandIn, dir: &Path) -> Testbed {
     let bed = Testbed::start(name);
-    let config = AgentConfig {
-        model: "claude-haiku-4-5".into(),
-        as_claude: true,
-        ..AgentConfig::default()
-    };
+    let config = AgentConfig::haiku_as_claude();
     bed.add_unit(AGENT, &agent_unit(standin, Runtime::Node, &config, dir));
     bed.daemon_reload();
     let out = bed.systemctl(&["start", AGENT]);
