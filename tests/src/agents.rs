@@ -73,6 +73,18 @@ pub struct AgentConfig {
     pub as_claude: bool,
 }
 
+impl AgentConfig {
+    /// A light agent asking for `claude-haiku-4-5`, taken for Claude Code (`as_claude`).
+    #[must_use]
+    pub fn haiku_as_claude() -> Self {
+        Self {
+            model: "claude-haiku-4-5".into(),
+            as_claude: true,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
@@ -327,12 +339,7 @@ pub fn start_user_agent(
     standin: &StandIn,
     dir: &std::path::Path,
 ) {
-    let config = AgentConfig {
-        model: "claude-haiku-4-5".into(),
-        as_claude: true,
-        ..AgentConfig::default()
-    };
-    let text = agent_unit(standin, Runtime::Node, &config, dir);
+    let text = agent_unit(standin, Runtime::Node, &AgentConfig::haiku_as_claude(), dir);
     user.chown(dir);
     bed.add_user_unit(user, unit, &text);
     bed.user_daemon_reload(user);

@@ -13,6 +13,7 @@ pub mod docker;
 pub mod process;
 pub mod shared;
 pub mod standin;
+pub mod supervisord;
 pub mod testbed;
 pub mod users;
 pub mod wait;

@@ -471,6 +471,12 @@ impl Daemon {
         self.instances().into_iter().find(|i| i.name == name)
     }
 
+    /// The status of the instance that has `pid`, as the library's own type.
+    #[track_caller]
+    pub fn instance_with_pid(&self, pid: u32) -> Option<InstanceView> {
+        self.instances().into_iter().find(|i| i.pids.contains(&pid))
+    }
+
     /// Waits until instance `name` is listed and satisfies `matches`; returns it.
     #[track_caller]
     pub fn wait_for(

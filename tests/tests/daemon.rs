@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use claude_watch::detect::EpisodeEnd;
 use claude_watch_tests::agents::{Agent, AgentConfig, Runtime};
 use claude_watch_tests::standin::StandIn;
 use claude_watch_tests::wait::wait_until;
@@ -39,6 +40,9 @@ fn pid_name(agent: &Agent) -> String {
     format!("pid:{}", agent.pid())
 }
 
+/// The output contract: `status --json`, the journal's lines, `episodes --json` and
+/// `/metrics` are read here as the JSON and text users script against (the other tests read the
+/// library's own types).
 #[test]
 fn healthy_latched_and_throttled_agents_in_status_journal_episodes_and_metrics() {
     let standin = StandIn::start();
@@ -253,26 +257,16 @@ fn a_latch_that_self_recovers_is_closed_as_self_recovered() {
     let daemon = Daemon::start("", DETECTOR);
     let agent = claude_agent(&standin, "claude-haiku-4-5");
     let name = pid_name(&agent);
-    daemon.wait_instance(&name, WAIT, "healthy", |i| i["last_status"] == 200);
+    daemon.wait_for(&name, WAIT, "healthy", |i| i.last_status == Some(200));
     standin.latch_session(agent.session_id());
-    daemon.wait_instance(&name, WAIT, "latched", |i| i["state"] == "latched");
+    daemon.wait_for(&name, WAIT, "latched", |i| i.state == "latched");
     standin.unlatch_session(agent.session_id());
-    daemon.wait_instance(&name, WAIT, "healthy again", |i| {
-        i["state"] == "healthy" && i["last_status"] == 200
+    daemon.wait_for(&name, WAIT, "healthy again", |i| {
+        i.state == "healthy" && i.last_status == Some(200)
     });
-    let closed = wait_until(WAIT, "the closed episode in the journal", || {
-        daemon.journal().into_iter().find(|r| {
-            r["record"] == "episode"
-                && r["episode"]["instance"] == name.as_str()
-                && r["episode"]["end"] == "self_recovered"
-        })
-    });
-    assert_eq!(closed["episode"]["restarts"], 0);
-    assert!(
-        closed["episode"]["count_401"]
-            .as_u64()
-            .is_some_and(|n| n >= 3)
-    );
+    let closed = daemon.wait_closed_episode(Some(&name), EpisodeEnd::SelfRecovered, WAIT);
+    assert_eq!(closed.restarts, 0);
+    assert!(closed.count_401 >= 3, "{closed:?}");
 }
 
 #[test]
@@ -582,27 +576,15 @@ fn a_restarted_daemon_ends_the_episode_of_a_latched_process_that_exited_meanwhil
     let mut agent = claude_agent(&standin, "claude-haiku-4-5");
     let name = pid_name(&agent);
     let daemon = Daemon::start("", DETECTOR);
-    daemon.wait_instance(&name, WAIT, "a healthy agent", |i| i["state"] == "healthy");
+    daemon.wait_for(&name, WAIT, "a healthy agent", |i| i.state == "healthy");
     standin.latch_session(agent.session_id());
-    daemon.wait_instance(&name, WAIT, "the agent latched", |i| {
-        i["state"] == "latched"
-    });
+    daemon.wait_for(&name, WAIT, "the agent latched", |i| i.state == "latched");
     let dir = daemon.stop();
     // The latched process exits while no daemon runs.
     agent.kill();
 
     let daemon = Daemon::start_in(dir, "", DETECTOR);
-    let ended = wait_until(WAIT, "the open episode to end process_exited", || {
-        daemon.records().into_iter().find_map(|r| match r {
-            claude_watch::journal::Record::Episode { episode, .. }
-                if episode.instance == name
-                    && episode.end == claude_watch::detect::EpisodeEnd::ProcessExited =>
-            {
-                Some(episode)
-            }
-            _ => None,
-        })
-    });
+    let ended = daemon.wait_closed_episode(Some(&name), EpisodeEnd::ProcessExited, WAIT);
     assert!(ended.ended_ms.is_some(), "{ended:?}");
     // The report covers every process this daemon saw (other tests of this binary run agents
     // at the same time): count only this agent's episodes.
@@ -616,8 +598,8 @@ fn a_restarted_daemon_ends_the_episode_of_a_latched_process_that_exited_meanwhil
         .collect();
     assert_eq!(ends, ["process_exited"], "{report}");
     assert!(
-        daemon.status().iter().all(|i| i["name"] != name.as_str()),
+        daemon.instance(&name).is_none(),
         "{name} no longer listed: {:?}",
-        daemon.status()
+        daemon.instances()
     );
 }

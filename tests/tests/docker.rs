@@ -55,11 +55,7 @@ fn agent_container(image: &str, standin: &StandIn, name: &str, dir: &Path) -> (C
 
 /// Starts `container` (Docker's or Podman's) running the light agent, as [`agent_container`].
 fn agent_in(container: &Container, image: &str, standin: &StandIn, dir: &Path) {
-    let config = AgentConfig {
-        model: "claude-haiku-4-5".into(),
-        as_claude: true,
-        ..AgentConfig::default()
-    };
+    let config = AgentConfig::haiku_as_claude();
     agent_script(dir, true);
     let mut args: Vec<String> = vec![
         "--stop-timeout".into(),
@@ -109,21 +105,21 @@ fn a_latched_container_is_restarted_through_the_engine_api_and_recovers_with_its
     let (container, instance) = agent_container(&image, &standin, &name, dir.path());
     let daemon = Daemon::start("", &config("backoff_initial = \"3s\""));
 
-    let healthy = daemon.wait_instance(&instance, WAIT, "the container's agent healthy", |i| {
-        i["last_status"] == 200
+    let healthy = daemon.wait_for(&instance, WAIT, "the container's agent healthy", |i| {
+        i.last_status == Some(200)
     });
     let id = container.id();
-    assert_eq!(healthy["supervisor"], "docker", "{healthy}");
+    assert_eq!(healthy.supervisor, "docker", "{healthy:?}");
     assert_eq!(
-        healthy["supervisor_reason"],
+        healthy.supervisor_reason,
         format!(
             "auto → docker (docker container {} on {})",
             &id[..12],
             docker::SOCKET
         ),
-        "{healthy}"
+        "{healthy:?}"
     );
-    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    let old_session = healthy.session_id.clone().expect("session");
     let (old_pid, old_started) = run_of(&container);
     let latched_at = now_ms();
     standin.latch_session(&old_session);
@@ -173,21 +169,21 @@ fn a_latched_podman_container_is_restarted_through_its_docker_compatible_api() {
         &config("backoff_initial = \"3s\""),
     );
 
-    let healthy = daemon.wait_instance(&instance, WAIT, "the container's agent healthy", |i| {
-        i["last_status"] == 200
+    let healthy = daemon.wait_for(&instance, WAIT, "the container's agent healthy", |i| {
+        i.last_status == Some(200)
     });
     let id = container.id();
-    assert_eq!(healthy["supervisor"], "docker", "{healthy}");
+    assert_eq!(healthy.supervisor, "docker", "{healthy:?}");
     assert_eq!(
-        healthy["supervisor_reason"],
+        healthy.supervisor_reason,
         format!(
             "auto → docker (podman container {} on {})",
             &id[..12],
             podman.socket().display()
         ),
-        "{healthy}"
+        "{healthy:?}"
     );
-    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    let old_session = healthy.session_id.clone().expect("session");
     let (old_pid, _) = run_of(&container);
     let latched_at = now_ms();
     standin.latch_session(&old_session);
@@ -238,7 +234,7 @@ fn two_containers_in_an_open_window_are_restarted_one_at_a_time_behind_growing_q
         &config("backoff_initial = \"2s\"\nbackoff_max = \"16s\"\nmax_restarts = 10"),
     );
     for (_, instance) in &containers {
-        daemon.wait_instance(instance, WAIT, "healthy", |i| i["last_status"] == 200);
+        daemon.wait_for(instance, WAIT, "healthy", |i| i.last_status == Some(200));
     }
     // Every session making a request inside the window latches, the restarted ones too.
     let window = Duration::from_secs(25);

@@ -11,6 +11,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use claude_watch::detect::{Episode, EpisodeEnd, EpisodeSource};
+use claude_watch::journal::{ActionKind, Record, ThrottleRecord};
 use claude_watch_tests::deps::{assets_dir, find_on_path};
 use claude_watch_tests::process::ScratchDir;
 use claude_watch_tests::watch::bin;
@@ -91,18 +93,32 @@ fn request_ids_401(project_suffix: &str) -> Vec<String> {
     ids
 }
 
-fn journal_episodes(journal: &Path) -> Vec<Value> {
+/// Every record of the journal, as the library reads it; each line must be one.
+fn journal_records(journal: &Path) -> Vec<Record> {
     let text = std::fs::read_to_string(journal).expect("journal written");
-    text.lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("journal line is JSON"))
-        .filter(|v| v["record"] == "episode")
-        .map(|v| v["episode"].clone())
+    let records = claude_watch::journal::read_records(journal).expect("journal readable");
+    assert_eq!(
+        records.len(),
+        text.lines().count(),
+        "every journal line is a record:\n{text}"
+    );
+    records
+}
+
+/// Every episode snapshot in the journal.
+fn journal_episodes(journal: &Path) -> Vec<Episode> {
+    journal_records(journal)
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Episode { episode, .. } => Some(episode),
+            Record::Action(_) | Record::Throttle(_) => None,
+        })
         .collect()
 }
 
-fn of<'a>(eps: &'a [Value], instance: &str) -> Vec<&'a Value> {
-    let mut v: Vec<&Value> = eps.iter().filter(|e| e["instance"] == instance).collect();
-    v.sort_by_key(|e| e["first_401_ms"].as_u64());
+fn of<'a>(eps: &'a [Episode], instance: &str) -> Vec<&'a Episode> {
+    let mut v: Vec<&Episode> = eps.iter().filter(|e| e.instance == instance).collect();
+    v.sort_by_key(|e| e.first_401_ms);
     v
 }
 
@@ -130,9 +146,9 @@ fn imports_the_real_transcripts() {
     );
     let eps = journal_episodes(&journal);
     assert_eq!(eps.len(), 5, "{eps:#?}");
-    assert!(eps.iter().all(|e| e["source"] == "transcript"));
+    assert!(eps.iter().all(|e| e.source == EpisodeSource::Transcript));
     assert!(
-        eps.iter().all(|e| e["end"] != "still_open"),
+        eps.iter().all(|e| e.end != EpisodeEnd::StillOpen),
         "history never leaves an episode open"
     );
 
@@ -140,53 +156,50 @@ fn imports_the_real_transcripts() {
     // on the same session without a restart.
     let a = of(&eps, "fleet-a");
     assert_eq!(a.len(), 1, "{a:#?}");
-    assert_eq!(a[0]["end"], "self_recovered");
-    assert_eq!(a[0]["restarts"], 0);
-    assert_eq!(a[0]["count_401"], 6);
-    assert_eq!(a[0]["client_version"], "2.1.331");
+    assert_eq!(a[0].end, EpisodeEnd::SelfRecovered);
+    assert_eq!(a[0].restarts, 0);
+    assert_eq!(a[0].count_401, 6);
+    assert_eq!(a[0].client_version.as_deref(), Some("2.1.331"));
     let ids_a = request_ids_401("fleet-a");
     assert_eq!(ids_a.len(), 6);
-    assert_eq!(a[0]["first_request_ids"], serde_json::json!(ids_a[..5]));
-    assert_eq!(a[0]["last_request_ids"][4], ids_a[5]);
-    assert!(
-        a[0]["idle_before_ms"].as_u64().unwrap() < 3_600_000,
-        "mid-use"
-    );
+    assert_eq!(a[0].first_request_ids, ids_a[..5]);
+    assert_eq!(a[0].last_request_ids[4], ids_a[5]);
+    assert!(a[0].idle_before_ms.unwrap() < 3_600_000, "mid-use");
 
     // fleet-b: the process exited latched; a --resume'd process (same session) recovered.
     let b = of(&eps, "fleet-b");
     assert_eq!(b.len(), 1, "{b:#?}");
-    assert_eq!(b[0]["end"], "recovered_after_restart");
-    assert_eq!(b[0]["restarts"], 1);
-    assert_eq!(b[0]["session_ids"].as_array().unwrap().len(), 1);
+    assert_eq!(b[0].end, EpisodeEnd::RecoveredAfterRestart);
+    assert_eq!(b[0].restarts, 1);
+    assert_eq!(b[0].session_ids.len(), 1);
 
     // fleet-c (2.1.197, which logs only turn-ending errors): healed by a fresh session, then
     // latched again and never recovered.
     let c = of(&eps, "fleet-c");
     assert_eq!(c.len(), 2, "{c:#?}");
-    assert_eq!(c[0]["end"], "recovered_after_restart");
-    assert_eq!(c[0]["restarts"], 1);
-    assert_eq!(c[1]["end"], "process_exited");
-    assert_eq!(c[0]["client_version"], "2.1.197");
-    assert_ne!(c[0]["session_ids"], c[1]["session_ids"]);
+    assert_eq!(c[0].end, EpisodeEnd::RecoveredAfterRestart);
+    assert_eq!(c[0].restarts, 1);
+    assert_eq!(c[1].end, EpisodeEnd::ProcessExited);
+    assert_eq!(c[0].client_version.as_deref(), Some("2.1.197"));
+    assert_ne!(c[0].session_ids, c[1].session_ids);
     // Each latch: a turn whose 5 retries 2.1.197 wrote late (when the next turn started) plus
     // its final error, then a turn whose retries were never written (the process exited): its
     // final error and its inferred first attempt. 8 × 401 per episode, 14 request ids in all.
     let ids_c: BTreeSet<String> = request_ids_401("fleet-c").into_iter().collect();
     assert_eq!(ids_c.len(), 14);
-    assert_eq!(c[0]["count_401"], 8);
-    assert_eq!(c[1]["count_401"], 8);
+    assert_eq!(c[0].count_401, 8);
+    assert_eq!(c[1].count_401, 8);
     for e in &c {
-        for id in e["first_request_ids"].as_array().unwrap() {
-            assert!(ids_c.contains(id.as_str().unwrap()), "{id}");
+        for id in &e.first_request_ids {
+            assert!(ids_c.contains(id), "{id}");
         }
     }
 
     // fleet-idle: SHIFTED fixture, 2 h idle before the latching turn: idle-wake.
     let idle = of(&eps, "fleet-idle");
     assert_eq!(idle.len(), 1, "{idle:#?}");
-    assert!(idle[0]["idle_before_ms"].as_u64().unwrap() > 3_600_000);
-    assert_eq!(idle[0]["end"], "self_recovered");
+    assert!(idle[0].idle_before_ms.unwrap() > 3_600_000);
+    assert_eq!(idle[0].end, EpisodeEnd::SelfRecovered);
 
     // The report counts them so.
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -201,32 +214,27 @@ fn imports_the_real_transcripts() {
     assert_eq!(report["ends"]["process_exited"], 1);
 
     // The Opus throttle of fleet-a, and the restarts.
-    let text = std::fs::read_to_string(&journal).unwrap();
-    let records: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let throttles: Vec<&Value> = records
+    let records = journal_records(&journal);
+    let throttles: Vec<&ThrottleRecord> = records
         .iter()
-        .filter(|r| r["record"] == "throttle")
+        .filter_map(|r| match r {
+            Record::Throttle(t) => Some(t),
+            _ => None,
+        })
         .collect();
     assert_eq!(throttles.len(), 1, "{throttles:#?}");
-    assert_eq!(throttles[0]["instance"], "fleet-a");
-    assert!(
-        throttles[0]["model"]
-            .as_str()
-            .unwrap()
-            .starts_with("claude-opus")
-    );
-    assert_eq!(throttles[0]["count_429"], 6);
-    assert!(throttles[0]["ended_ms"].is_u64(), "opus answered again");
+    assert_eq!(throttles[0].instance, "fleet-a");
+    assert!(throttles[0].model.starts_with("claude-opus"));
+    assert_eq!(throttles[0].count_429, 6);
+    assert!(throttles[0].ended_ms.is_some(), "opus answered again");
     let restarts = records
         .iter()
-        .filter(|r| r["record"] == "action" && r["kind"] == "restart")
+        .filter(|r| matches!(r, Record::Action(a) if a.kind == ActionKind::Restart))
         .count();
     assert_eq!(restarts, 2);
 
     // Nothing but the journal's own fields: no prompt, answer, path or key.
+    let text = std::fs::read_to_string(&journal).unwrap();
     for needle in [
         "turn 1",
         "Hello from the stand-in",
@@ -613,11 +621,11 @@ fn imports_a_transcript_as_claude_code_writes_it() {
     let eps = journal_episodes(&journal);
     assert_eq!(eps.len(), 1, "{eps:#?}");
     let e = &eps[0];
-    assert_eq!(e["end"], "self_recovered");
-    assert_eq!(e["count_401"], 6);
-    assert_eq!(e["session_ids"], serde_json::json!([first.session_id]));
-    assert_eq!(e["first_request_ids"], serde_json::json!(answered_401[..5]));
-    assert_eq!(e["last_request_ids"], serde_json::json!(answered_401[1..]));
+    assert_eq!(e.end, EpisodeEnd::SelfRecovered);
+    assert_eq!(e.count_401, 6);
+    assert_eq!(e.session_ids, [first.session_id]);
+    assert_eq!(e.first_request_ids, answered_401[..5]);
+    assert_eq!(e.last_request_ids, answered_401[1..]);
     let text = std::fs::read_to_string(&journal).unwrap();
     assert!(!text.contains("latched") && !text.contains(FAKE_API_KEY));
 }

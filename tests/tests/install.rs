@@ -24,6 +24,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use claude_watch::discover::content;
+use claude_watch::watch::status::InstanceView;
 use claude_watch_tests::agents::{ClaudeAgent, FAKE_API_KEY, STREAM_ARGS, base_env};
 use claude_watch_tests::deps::{self, Bun, ClaudeCode, LATEST};
 use claude_watch_tests::docker;
@@ -31,7 +32,6 @@ use claude_watch_tests::process::{ScratchDir, processes_in_group};
 use claude_watch_tests::standin::StandIn;
 use claude_watch_tests::wait::wait_until;
 use claude_watch_tests::watch::Daemon;
-use serde_json::Value;
 
 /// T: the built-in configuration's `latch_min_span`.
 const SPAN: Duration = Duration::from_secs(10);
@@ -67,7 +67,7 @@ fn turn_and_listed(
     mut agent: ClaudeAgent,
     find_claude: impl Fn(&ClaudeAgent) -> Option<u32>,
     version: &str,
-) -> (Watched, Value) {
+) -> (Watched, InstanceView) {
     // A process's first request can go out before the daemon has located and attached its
     // binary (a cold locate of a 400 MB executable takes a second or more on a loaded machine):
     // what is asserted is that its requests are seen, so a later turn of the same session may
@@ -84,11 +84,11 @@ fn turn_and_listed(
         );
         let claude_pid = wait_until(WAIT, "the Claude Code process", || find_claude(&agent));
         let listed = |daemon: &Daemon| {
-            daemon.instance_of(claude_pid).filter(|i| {
-                i["version"] == version
-                    && i["session_id"] == result.session_id.as_str()
-                    && i["state"] == "healthy"
-                    && i.get("unobserved").is_none_or(Value::is_null)
+            daemon.instance_with_pid(claude_pid).filter(|i| {
+                i.version.as_deref() == Some(version)
+                    && i.session_id.as_deref() == Some(result.session_id.as_str())
+                    && i.state == "healthy"
+                    && i.unobserved.is_none()
             })
         };
         if turns == 3 {
@@ -135,8 +135,8 @@ fn latched_in_time(daemon: &Daemon, standin: &StandIn, agents: &mut [&mut Watche
     for w in agents.iter() {
         let reported = wait_until(SPAN + WAIT, "the instance reported latched", || {
             daemon
-                .instance_of(w.claude_pid)
-                .filter(|i| i["state"] == "latched")
+                .instance_with_pid(w.claude_pid)
+                .filter(|i| i.state == "latched")
         });
         let reported_at = wall_s();
         let first_401 = standin
@@ -148,12 +148,9 @@ fn latched_in_time(daemon: &Daemon, standin: &StandIn, agents: &mut [&mut Watche
         assert!(
             delay <= SPAN.as_secs_f64() + 1.0,
             "{}: latched reported {delay:.2}s after the first 401 (T = {SPAN:?}, + 1 s)",
-            reported["name"]
+            reported.name
         );
-        assert!(
-            reported["window_401s"].as_u64().is_some_and(|n| n >= 3),
-            "{reported}"
-        );
+        assert!(reported.window_401s.is_some_and(|n| n >= 3), "{reported:?}");
     }
 }
 
@@ -216,7 +213,7 @@ fn npm_global_install_linked_and_copied() {
             "runs as bin/claude.exe: {}",
             exe_of(w.claude_pid)
         );
-        assert_eq!(listed["name"], format!("pid:{}", w.claude_pid), "{listed}");
+        assert_eq!(listed.name, format!("pid:{}", w.claude_pid), "{listed:?}");
     }
     latched_in_time(&daemon, &standin, &mut [&mut a, &mut b]);
 }
@@ -294,7 +291,7 @@ fn typescript_agent_sdk_query() {
         LATEST,
     );
     assert_ne!(w.claude_pid, w.agent.pid(), "the SDK spawned the CLI");
-    assert_eq!(listed["name"], format!("pid:{}", w.claude_pid));
+    assert_eq!(listed.name, format!("pid:{}", w.claude_pid));
     latched_in_time(&daemon, &standin, &mut [&mut w]);
 }
 
@@ -327,10 +324,11 @@ fn musl_build() {
     let agent = ClaudeAgent::start_program(&standin, &deps::native_musl(), &[], FAKE_API_KEY);
     let (mut w, listed) = turn_and_listed(&daemon, agent, |a| Some(a.pid()), LATEST);
     assert!(
-        listed["binary"]
-            .as_str()
+        listed
+            .binary
+            .as_deref()
             .is_some_and(|b| b.ends_with("claude-code-linux-x64-musl/claude")),
-        "{listed}"
+        "{listed:?}"
     );
     latched_in_time(&daemon, &standin, &mut [&mut w]);
 }
@@ -387,19 +385,20 @@ fn cli_js_under_a_node_with_the_shared_libssl() {
     // This release sends no session header: the instance is listed with its pid and version
     // (from cli.js's banner), and it is latched by its connection's process.
     let listed = wait_until(WAIT, "the node instance listed, observed", || {
-        daemon.instance_of(pid).filter(|i| {
-            i["version"] == "2.0.77" && i["state"] == "healthy" && i["last_status"] == 200
+        daemon.instance_with_pid(pid).filter(|i| {
+            i.version.as_deref() == Some("2.0.77")
+                && i.state == "healthy"
+                && i.last_status == Some(200)
         })
     });
-    assert!(
-        listed.get("unobserved").is_none_or(Value::is_null),
-        "{listed}"
-    );
+    assert!(listed.unobserved.is_none(), "{listed:?}");
     let from_log = standin.log().len();
     standin.latch_pid(pid);
     agent.send_turn("are you there?");
     wait_until(SPAN + WAIT, "the node instance reported latched", || {
-        daemon.instance_of(pid).filter(|i| i["state"] == "latched")
+        daemon
+            .instance_with_pid(pid)
+            .filter(|i| i.state == "latched")
     });
     let reported_at = wall_s();
     let first_401 = standin
@@ -445,9 +444,9 @@ fn agent_in_a_docker_container() {
     let agent = ClaudeAgent::spawn("claude in docker", &mut command, home);
     let (mut w, listed) = turn_and_listed(&daemon, agent, |_| Some(container.main_pid()), LATEST);
     assert_eq!(
-        listed["name"],
+        listed.name,
         format!("docker:{}", container.name()),
-        "named after the container: {listed}"
+        "named after the container: {listed:?}"
     );
     latched_in_time(&daemon, &standin, &mut [&mut w]);
 }
@@ -533,10 +532,10 @@ fn a_claude_whose_binary_cannot_be_verified_is_listed_unobserved() {
     let child = claude_watch_tests::process::ChildGuard::spawn("fake claude", &mut command);
     let listed = wait_until(WAIT, "the instance listed as unobserved", || {
         daemon
-            .instance_of(child.pid())
-            .filter(|i| i["unobserved"].is_string())
+            .instance_with_pid(child.pid())
+            .filter(|i| i.unobserved.is_some())
     });
-    let why = listed["unobserved"].as_str().expect("a reason");
+    let why = listed.unobserved.as_deref().expect("a reason");
     assert!(why.contains("no TLS library found"), "{why}");
     let text = daemon.status_text();
     assert!(text.contains("unobserved ("), "{text}");

@@ -18,8 +18,9 @@ use claude_watch::detect::EpisodeEnd;
 use claude_watch::journal::ActionKind;
 use claude_watch_tests::agents::{AgentConfig, FAKE_API_KEY, agent_env, agent_script};
 use claude_watch_tests::deps;
-use claude_watch_tests::process::{ChildGuard, ScratchDir};
+use claude_watch_tests::process::{ChildGuard, ScratchDir, alive};
 use claude_watch_tests::standin::StandIn;
+use claude_watch_tests::supervisord::Supervisord;
 use claude_watch_tests::wait::wait_until;
 use claude_watch_tests::watch::Daemon;
 use serde_json::Value;
@@ -31,13 +32,6 @@ const PM2_USER: &str = "cwtest-pm2";
 const WAIT: Duration = Duration::from_secs(45);
 /// Fast detection, short quiet windows; no systemd here.
 const CONFIG: &str = "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nrestart_timeout = \"30s\"\nbackoff_initial = \"3s\"\n";
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rfind(')')
-            .is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z'))
-    })
-}
 
 fn uid_of(pid: u32) -> Option<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -100,11 +94,7 @@ fn chown_tree(path: &Path, user: &User) {
 
 /// The environment a light agent needs (loopback stand-in, fake key), taken for Claude Code.
 fn agent_vars(standin: &StandIn, home: &Path) -> Vec<(&'static str, OsString)> {
-    let config = AgentConfig {
-        model: "claude-haiku-4-5".into(),
-        as_claude: true,
-        ..AgentConfig::default()
-    };
+    let config = AgentConfig::haiku_as_claude();
     let mut env: Vec<(&'static str, OsString)> = vec![
         ("HOME", home.into()),
         ("ANTHROPIC_BASE_URL", standin.base_url().into()),
@@ -231,67 +221,6 @@ impl Drop for Pm2 {
 /// An argument: a string or a path.
 type Arg = dyn AsRef<OsStr>;
 
-/// A supervisord with a unix socket and `programs` (config sections), in `dir`.
-struct Supervisord {
-    child: ChildGuard,
-    conf: PathBuf,
-}
-
-impl Supervisord {
-    fn start(dir: &Path, programs: &str) -> Self {
-        let d = dir.display();
-        let conf = dir.join("supervisord.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[unix_http_server]\nfile={d}/supervisor.sock\n\
-                 [supervisord]\nnodaemon=true\nlogfile={d}/supervisord.log\npidfile={d}/supervisord.pid\nchildlogdir={d}\n\
-                 [rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\
-                 [supervisorctl]\nserverurl=unix://{d}/supervisor.sock\n{programs}"
-            ),
-        )
-        .expect("write supervisord.conf");
-        let child = ChildGuard::spawn(
-            "supervisord",
-            Command::new("supervisord")
-                .arg("-c")
-                .arg(&conf)
-                .env_clear()
-                .env("PATH", "/usr/bin:/bin"),
-        );
-        Self { child, conf }
-    }
-
-    fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new("supervisorctl")
-            .arg("-c")
-            .arg(&self.conf)
-            .args(args)
-            .output()
-            .expect("supervisorctl");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    /// The live pid of program `name`.
-    fn pid(&self, name: &str) -> Option<u32> {
-        self.ctl(&["pid", name])
-            .parse::<u32>()
-            .ok()
-            .filter(|p| *p > 0 && alive(*p))
-    }
-}
-
-impl Drop for Supervisord {
-    fn drop(&mut self) {
-        // supervisord stops its programs (each in a process group of its own) on SIGTERM.
-        if !self.child.has_exited() {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.child.terminate(Duration::from_secs(20))
-            }));
-        }
-    }
-}
-
 /// A supervisord program running a light agent against `standin`.
 fn agent_program(name: &str, standin: &StandIn, dir: &Path) -> String {
     let cli = agent_script(dir, true);
@@ -334,15 +263,15 @@ fn a_latched_agent_under_a_users_pm2_is_restarted_by_that_users_pm2() {
     assert_eq!(uid_of(old_pid), Some(user.uid), "pm2 runs it as {PM2_USER}");
 
     let daemon = Daemon::start("", CONFIG);
-    let healthy = daemon.wait_instance("pm2:agent", WAIT, "the pm2 agent healthy", |i| {
-        i["last_status"] == 200
+    let healthy = daemon.wait_for("pm2:agent", WAIT, "the pm2 agent healthy", |i| {
+        i.last_status == Some(200)
     });
-    assert_eq!(healthy["supervisor"], "pm2", "{healthy}");
+    assert_eq!(healthy.supervisor, "pm2", "{healthy:?}");
     assert_eq!(
-        healthy["supervisor_reason"],
+        healthy.supervisor_reason,
         "auto → pm2 (pm2 app 0 (agent) in the process's environment)"
     );
-    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    let old_session = healthy.session_id.clone().expect("session");
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
@@ -409,10 +338,10 @@ fn a_process_faking_pm2_variables_is_refused_and_nothing_is_restarted() {
     let impostor = ChildGuard::spawn("impostor", &mut fake);
 
     let daemon = Daemon::start("", CONFIG);
-    let seen = daemon.wait_instance("pm2:impostor", WAIT, "the impostor healthy", |i| {
-        i["last_status"] == 200
+    let seen = daemon.wait_for("pm2:impostor", WAIT, "the impostor healthy", |i| {
+        i.last_status == Some(200)
     });
-    assert_eq!(seen["supervisor"], "pm2", "{seen}");
+    assert_eq!(seen.supervisor, "pm2", "{seen:?}");
     standin.latch_pid(impostor.pid());
 
     let refused = daemon.wait_refused_restart("pm2:impostor", WAIT);
@@ -423,8 +352,8 @@ fn a_process_faking_pm2_variables_is_refused_and_nothing_is_restarted() {
         "{detail}"
     );
     // Retried behind a quiet window, shown in status.
-    daemon.wait_instance("pm2:impostor", WAIT, "a quiet window", |i| {
-        i["backoff_until_ms"].is_u64() && i["supervisor"] == "pm2"
+    daemon.wait_for("pm2:impostor", WAIT, "a quiet window", |i| {
+        i.backoff_until_ms.is_some() && i.supervisor == "pm2"
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
@@ -451,15 +380,15 @@ fn a_latched_agent_under_supervisord_is_restarted_over_xml_rpc() {
     let old_pid = wait_until(WAIT, "supervisord's agent", || sup.pid("agent"));
 
     let daemon = Daemon::start("", CONFIG);
-    let healthy = daemon.wait_instance("supervisord:agent", WAIT, "the agent healthy", |i| {
-        i["last_status"] == 200
+    let healthy = daemon.wait_for("supervisord:agent", WAIT, "the agent healthy", |i| {
+        i.last_status == Some(200)
     });
-    assert_eq!(healthy["supervisor"], "supervisord", "{healthy}");
+    assert_eq!(healthy.supervisor, "supervisord", "{healthy:?}");
     assert_eq!(
-        healthy["supervisor_reason"],
+        healthy.supervisor_reason,
         "auto → supervisord (supervisord program agent in the process's environment)"
     );
-    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    let old_session = healthy.session_id.clone().expect("session");
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
@@ -504,12 +433,12 @@ fn an_agent_under_a_wrapper_shell_of_supervisord_is_restarted_with_its_program()
     let shell = wait_until(WAIT, "the wrapper shell", || sup.pid("wrapped"));
 
     let daemon = Daemon::start("", CONFIG);
-    let healthy = daemon.wait_instance("supervisord:wrapped", WAIT, "the agent healthy", |i| {
-        i["last_status"] == 200
+    let healthy = daemon.wait_for("supervisord:wrapped", WAIT, "the agent healthy", |i| {
+        i.last_status == Some(200)
     });
-    let agent = healthy["pids"][0].as_u64().expect("pid");
-    assert_ne!(agent, u64::from(shell), "the agent is the shell's child");
-    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    let agent = healthy.pids[0];
+    assert_ne!(agent, shell, "the agent is the shell's child");
+    let old_session = healthy.session_id.clone().expect("session");
     let latched_at = now_ms();
     standin.latch_session(&old_session);
 
@@ -524,7 +453,7 @@ fn an_agent_under_a_wrapper_shell_of_supervisord_is_restarted_with_its_program()
     });
     assert!(restarts[0].ok, "{restarts:?}");
     assert_ne!(sup.pid("wrapped"), Some(shell), "a new shell");
-    assert!(!alive(shell) && !alive(u32::try_from(agent).expect("pid")));
+    assert!(!alive(shell) && !alive(agent));
     daemon.assert_recovered_by_new_session(
         &standin,
         "supervisord:wrapped",
@@ -570,8 +499,8 @@ fn processes_faking_supervisord_variables_are_refused_and_nothing_is_restarted()
 
     let daemon = Daemon::start("", CONFIG);
     for name in ["supervisord:agent", "supervisord:outsider"] {
-        let seen = daemon.wait_instance(name, WAIT, "healthy", |i| i["last_status"] == 200);
-        assert_eq!(seen["supervisor"], "supervisord", "{seen}");
+        let seen = daemon.wait_for(name, WAIT, "healthy", |i| i.last_status == Some(200));
+        assert_eq!(seen.supervisor, "supervisord", "{seen:?}");
     }
     standin.latch_pid(inside);
     standin.latch_pid(outsider.pid());
@@ -590,8 +519,8 @@ fn processes_faking_supervisord_variables_are_refused_and_nothing_is_restarted()
         "{detail}"
     );
     // Retried behind a quiet window, shown in status.
-    daemon.wait_instance("supervisord:agent", WAIT, "a quiet window", |i| {
-        i["backoff_until_ms"].is_u64() && i["supervisor"] == "supervisord"
+    daemon.wait_for("supervisord:agent", WAIT, "a quiet window", |i| {
+        i.backoff_until_ms.is_some() && i.supervisor == "supervisord"
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(

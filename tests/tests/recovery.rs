@@ -61,12 +61,12 @@ fn a_latched_agent_is_restarted_through_dbus_and_recovery_is_confirmed_by_its_ow
         ),
         &recovery_config(&bed, "backoff_initial = \"3s\""),
     );
-    let healthy = daemon.wait_instance(UNIT, WAIT, "the unit's agent healthy", |i| {
-        i["last_status"] == 200
+    let healthy = daemon.wait_for(UNIT, WAIT, "the unit's agent healthy", |i| {
+        i.last_status == Some(200)
     });
-    assert_eq!(healthy["supervisor"], "systemd");
-    assert_eq!(healthy["unit"], UNIT);
-    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    assert_eq!(healthy.supervisor, "systemd");
+    assert_eq!(healthy.unit.as_deref(), Some(UNIT));
+    let old_session = healthy.session_id.clone().expect("session");
     let old_pid = bed.main_pid(UNIT).expect("main pid");
     let latched_at = now_ms();
     standin.latch_session(&old_session);
@@ -111,12 +111,12 @@ fn an_open_upstream_window_backs_off_and_recovery_waits_for_it_to_close() {
             "backoff_initial = \"3s\"\nbackoff_max = \"12s\"\nmax_restarts = 6",
         ),
     );
-    let healthy = daemon.wait_instance(UNIT, WAIT, "healthy", |i| i["last_status"] == 200);
+    let healthy = daemon.wait_for(UNIT, WAIT, "healthy", |i| i.last_status == Some(200));
     // Long enough that the first restart lands inside it even on a loaded machine.
     let window = Duration::from_secs(25);
     standin.open_window(window);
     let window_closes = now_ms() + u64::try_from(window.as_millis()).expect("fits");
-    standin.latch_session(healthy["session_id"].as_str().expect("session"));
+    standin.latch_session(healthy.session_id.as_deref().expect("session"));
 
     let episode = daemon.wait_closed_episode(Some(UNIT), EpisodeEnd::RecoveredAfterRestart, WAIT);
     let restarts = daemon.actions_of(UNIT, ActionKind::Restart);
@@ -173,13 +173,13 @@ fn a_poisoned_credential_is_escalated_after_k_restarts_and_the_hook_runs_once() 
         ),
     );
     let daemon = Daemon::start("", &config);
-    daemon.wait_instance(UNIT, WAIT, "healthy", |i| i["last_status"] == 200);
+    daemon.wait_for(UNIT, WAIT, "healthy", |i| i.last_status == Some(200));
     standin.poison_credential(FAKE_API_KEY);
 
     let episode = daemon.wait_closed_episode(Some(UNIT), EpisodeEnd::Escalated, WAIT);
     assert_eq!(episode.restarts, 2, "{episode:?}");
-    daemon.wait_instance(UNIT, WAIT, "escalated in status", |i| {
-        i["state"] == "escalated"
+    daemon.wait_for(UNIT, WAIT, "escalated in status", |i| {
+        i.state == "escalated"
     });
     wait_until(WAIT, "the hook to run", || hook_log.exists().then_some(()));
     // No more restarts once escalated, and the hook ran exactly once.
@@ -192,8 +192,8 @@ fn a_poisoned_credential_is_escalated_after_k_restarts_and_the_hook_runs_once() 
     assert_eq!(daemon.actions_of(UNIT, ActionKind::Hook).len(), 1);
     // A non-401 leaves escalation.
     standin.clear_credential(FAKE_API_KEY);
-    daemon.wait_instance(UNIT, WAIT, "healthy after the credential was fixed", |i| {
-        i["state"] == "healthy" && i["last_status"] == 200
+    daemon.wait_for(UNIT, WAIT, "healthy after the credential was fixed", |i| {
+        i.state == "healthy" && i.last_status == Some(200)
     });
 }
 
@@ -206,12 +206,12 @@ fn a_429_throttle_restarts_nothing() {
     let bed = bed_with_agent("throttle", &standin, "claude-opus-4-8", dir.path());
     let pid = bed.main_pid(UNIT).expect("main pid");
     let daemon = Daemon::start("", &recovery_config(&bed, "backoff_initial = \"2s\""));
-    daemon.wait_instance(UNIT, WAIT, "throttled", |i| {
-        i["last_status"] == 429 && i["throttled"] == serde_json::json!(["claude-opus-4-8"])
+    daemon.wait_for(UNIT, WAIT, "throttled", |i| {
+        i.last_status == Some(429) && i.throttled == ["claude-opus-4-8"]
     });
     std::thread::sleep(Duration::from_secs(6));
-    let status = daemon.wait_instance(UNIT, WAIT, "still healthy", |_| true);
-    assert_eq!(status["state"], "healthy");
+    let status = daemon.wait_for(UNIT, WAIT, "still healthy", |_| true);
+    assert_eq!(status.state, "healthy");
     assert!(daemon.actions_of(UNIT, ActionKind::Restart).is_empty());
     assert_eq!(bed.main_pid(UNIT), Some(pid), "the unit was not restarted");
 }
@@ -224,9 +224,9 @@ fn a_daemon_restarted_during_a_quiet_window_does_not_restart_early() {
     let bed = bed_with_agent("persist", &standin, "claude-haiku-4-5", dir.path());
     let config = recovery_config(&bed, "backoff_initial = \"10s\"\nmax_restarts = 5");
     let daemon = Daemon::start("", &config);
-    let healthy = daemon.wait_instance(UNIT, WAIT, "healthy", |i| i["last_status"] == 200);
+    let healthy = daemon.wait_for(UNIT, WAIT, "healthy", |i| i.last_status == Some(200));
     standin.open_window(Duration::from_secs(60));
-    standin.latch_session(healthy["session_id"].as_str().expect("session"));
+    standin.latch_session(healthy.session_id.as_deref().expect("session"));
     // First restart, into the window: latched again, a 10 s quiet window begins.
     let backoff = wait_until(WAIT, "a quiet window", || {
         daemon
@@ -277,8 +277,8 @@ fn an_unreachable_supervisor_is_reported_retried_and_loses_no_episode() {
     let bed = bed_with_agent("nobus", &standin, "claude-haiku-4-5", dir.path());
     let broken = "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nsystemd_bus = \"unix:path=/nonexistent/bus\"\nbackoff_initial = \"2s\"\n";
     let daemon = Daemon::start("", broken);
-    let healthy = daemon.wait_instance(UNIT, WAIT, "healthy", |i| i["last_status"] == 200);
-    standin.latch_session(healthy["session_id"].as_str().expect("session"));
+    let healthy = daemon.wait_for(UNIT, WAIT, "healthy", |i| i.last_status == Some(200));
+    standin.latch_session(healthy.session_id.as_deref().expect("session"));
     let failed = wait_until(WAIT, "two failed restarts", || {
         let failed: Vec<ActionRecord> = daemon
             .actions_of(UNIT, ActionKind::Restart)
@@ -298,8 +298,8 @@ fn an_unreachable_supervisor_is_reported_retried_and_loses_no_episode() {
         !daemon.actions_of(UNIT, ActionKind::Backoff).is_empty(),
         "failures back off"
     );
-    daemon.wait_instance(UNIT, WAIT, "still latched, daemon alive", |i| {
-        i["state"] == "latched"
+    daemon.wait_for(UNIT, WAIT, "still latched, daemon alive", |i| {
+        i.state == "latched"
     });
     // Fix the configuration: the next attempt goes through and the same episode recovers.
     let config = std::fs::read_to_string(daemon.config_path()).expect("config");
@@ -361,23 +361,24 @@ fn the_real_claude_code_in_a_unit_is_restarted_and_recovers() {
     bed.daemon_reload();
     assert!(bed.systemctl(&["start", UNIT]).status.success());
     let daemon = Daemon::start("", &recovery_config(&bed, "backoff_initial = \"5s\""));
-    let healthy = daemon.wait_instance(UNIT, Duration::from_secs(90), "claude healthy", |i| {
-        i["last_status"] == 200 && i["session_id"].is_string()
+    let healthy = daemon.wait_for(UNIT, Duration::from_secs(90), "claude healthy", |i| {
+        i.last_status == Some(200) && i.session_id.is_some()
     });
     assert!(
-        healthy["binary"]
-            .as_str()
+        healthy
+            .binary
+            .as_deref()
             .is_some_and(|b| b.ends_with("/claude")),
-        "{healthy}"
+        "{healthy:?}"
     );
-    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    let old_session = healthy.session_id.clone().expect("session");
     standin.latch_session(&old_session);
     let episode = daemon.wait_closed_episode(Some(UNIT), EpisodeEnd::RecoveredAfterRestart, WAIT);
     assert!(episode.session_ids.contains(&old_session), "{episode:?}");
-    let now = daemon.wait_instance(UNIT, WAIT, "claude healthy with a new session", |i| {
-        i["state"] == "healthy" && i["session_id"] != old_session.as_str()
+    let now = daemon.wait_for(UNIT, WAIT, "claude healthy with a new session", |i| {
+        i.state == "healthy" && i.session_id.as_deref() != Some(old_session.as_str())
     });
-    let new_session = now["session_id"].as_str().expect("session");
+    let new_session = now.session_id.as_deref().expect("session");
     assert!(
         standin
             .log()

@@ -1,7 +1,6 @@
 //! Supervisor adapters against real supervisors: systemd (the test bed, over D-Bus), supervisord
 //! (the command adapter), a plain respawning parent (the signal adapter). Run as root.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,49 +13,12 @@ use claude_watch::supervise::systemd::{SystemdMode, SystemdRestarter};
 use claude_watch::supervise::{Restarter, SuperviseError, Target};
 use claude_watch::time::mono_now_ns;
 use claude_watch::watch::policy::{Action, Phase, Policy, PolicyConfig};
+use claude_watch_tests::process::{ScratchDir, alive};
+use claude_watch_tests::supervisord::Supervisord;
 use claude_watch_tests::testbed::Testbed;
+use claude_watch_tests::wait::wait_until;
 
 const LOOPER: &str = "[Unit]\nDescription=looper\n[Service]\nExecStart=/bin/sh -c 'while :; do sleep 1; done'\nRestart=always\nRestartSec=100ms\n";
-
-fn alive(pid: u32) -> bool {
-    // A zombie is not alive.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rfind(')')
-            .is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z'))
-    })
-}
-
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("cw-supervise-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A child process killed (its whole process group) and reaped on drop.
 struct ChildGuard(Child);
@@ -108,7 +70,7 @@ fn start_looper(tb: &Testbed) -> u32 {
         "start looper: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_for("looper main pid", Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(5), "looper main pid", || {
         tb.main_pid("looper.service")
     })
 }
@@ -334,52 +296,21 @@ fn policy_drives_the_systemd_adapter_one_at_a_time_and_backs_off_a_failing_super
     assert_eq!(policy.next_deadline(), Some(ghost_next));
 }
 
-fn supervisorctl(conf: &Path, args: &[&str]) -> String {
-    let out = Command::new("supervisorctl")
-        .arg("-c")
-        .arg(conf)
-        .args(args)
-        .output()
-        .expect("supervisorctl");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 #[test]
 fn command_adapter_restarts_a_program_under_a_real_supervisord() {
-    let dir = TempDir::new("supervisord");
-    let d = dir.path().display();
-    let conf = dir.path().join("supervisord.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[unix_http_server]\nfile={d}/supervisor.sock\n\
-             [supervisord]\nnodaemon=true\nlogfile={d}/supervisord.log\npidfile={d}/supervisord.pid\nchildlogdir={d}\n\
-             [rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\
-             [supervisorctl]\nserverurl=unix://{d}/supervisor.sock\n\
-             [program:agent]\ncommand=/bin/sleep 1000\nautorestart=true\nstartsecs=0\n"
-        ),
-    )
-    .unwrap();
-    let _supervisord = ChildGuard::spawn(
-        Command::new("supervisord")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+    let dir = ScratchDir::new("cw-supervise-supervisord");
+    let supervisord = Supervisord::start(
+        dir.path(),
+        "[program:agent]\ncommand=/bin/sleep 1000\nautorestart=true\nstartsecs=0\n",
     );
-    let pid_of_agent = || {
-        supervisorctl(&conf, &["pid", "agent"])
-            .parse::<u32>()
-            .ok()
-            .filter(|p| *p > 0 && alive(*p))
-    };
-    let old = wait_for("supervisord's agent", Duration::from_secs(10), pid_of_agent);
+    let pid_of_agent = || supervisord.pid("agent");
+    let old = wait_until(Duration::from_secs(10), "supervisord's agent", pid_of_agent);
 
     let restarter = CommandRestarter::new(
         vec![
             "supervisorctl".into(),
             "-c".into(),
-            conf.display().to_string(),
+            supervisord.conf().display().to_string(),
             "restart".into(),
             "{instance}".into(),
         ],
@@ -390,7 +321,7 @@ fn command_adapter_restarts_a_program_under_a_real_supervisord() {
         .block_on(restarter.restart(&target))
         .expect("supervisorctl restart");
     assert!(outcome.acted);
-    let new = wait_for("the restarted agent", Duration::from_secs(10), || {
+    let new = wait_until(Duration::from_secs(10), "the restarted agent", || {
         pid_of_agent().filter(|p| *p != old)
     });
     assert!(alive(new));
@@ -410,7 +341,7 @@ fn command_adapter_restarts_a_program_under_a_real_supervisord() {
 
 #[test]
 fn command_adapter_kills_a_hanging_command_on_timeout() {
-    let dir = TempDir::new("hang");
+    let dir = ScratchDir::new("cw-supervise-hang");
     let pids = dir.path().join("pids");
     let script = format!(
         "echo $$ > {p}; sleep 30 & echo $! >> {p}; wait",
@@ -448,9 +379,9 @@ fn command_adapter_kills_a_hanging_command_on_timeout() {
         .collect();
     assert_eq!(started.len(), 2, "the shell and its background child ran");
     for pid in started {
-        wait_for(
-            "the hung command's processes to die",
+        wait_until(
             Duration::from_secs(5),
+            "the hung command's processes to die",
             || (!alive(pid)).then_some(()),
         );
     }
@@ -467,7 +398,7 @@ fn child_of(parent: u32) -> Option<u32> {
 #[test]
 fn signal_adapter_restarts_the_child_of_a_respawning_parent() {
     let parent = ChildGuard::spawn(Command::new("sh").args(["-c", "while :; do sleep 1000; done"]));
-    let old = wait_for("first child", Duration::from_secs(5), || {
+    let old = wait_until(Duration::from_secs(5), "first child", || {
         child_of(parent.pid())
     });
     let restarter = SignalRestarter {
@@ -501,7 +432,7 @@ fn signal_adapter_escalates_to_sigkill_when_sigterm_is_ignored() {
         "while :; do sh -c 'trap \"\" TERM; while :; do sleep 0.1; done'; done",
     ]));
     // Wait until the trap is in place.
-    let old = wait_for("first child", Duration::from_secs(5), || {
+    let old = wait_until(Duration::from_secs(5), "first child", || {
         child_of(parent.pid()).filter(|c| {
             std::fs::read_to_string(format!("/proc/{c}/status")).is_ok_and(|s| sigign_has_term(&s))
         })
@@ -522,7 +453,7 @@ fn signal_adapter_escalates_to_sigkill_when_sigterm_is_ignored() {
 #[test]
 fn signal_adapter_refuses_a_reused_pid() {
     let parent = ChildGuard::spawn(Command::new("sh").args(["-c", "while :; do sleep 1000; done"]));
-    let pid = wait_for("child", Duration::from_secs(5), || child_of(parent.pid()));
+    let pid = wait_until(Duration::from_secs(5), "child", || child_of(parent.pid()));
     // The PID now belongs to a process that started at another time than the instance did.
     let mut target = Target::for_pid("looper", pid).unwrap();
     let real = target.start_time.unwrap();
@@ -546,7 +477,7 @@ fn signal_adapter_refuses_a_reused_pid() {
 #[test]
 fn observe_only_never_acts() {
     let parent = ChildGuard::spawn(Command::new("sh").args(["-c", "while :; do sleep 1000; done"]));
-    let pid = wait_for("child", Duration::from_secs(5), || child_of(parent.pid()));
+    let pid = wait_until(Duration::from_secs(5), "child", || child_of(parent.pid()));
     let target = Target::for_pid("looper", pid).unwrap();
     let outcome = runtime().block_on(ObserveOnly.restart(&target)).unwrap();
     assert!(!outcome.acted);

@@ -39,18 +39,18 @@ fn config(bed: &Testbed) -> String {
 fn latch_and_recover(bed: &Testbed, user: &TestUser, unit: &str, standin: &StandIn) -> Daemon {
     let name = format!("user:{}:{unit}", user.uid);
     let daemon = Daemon::start("", &config(bed));
-    let healthy = daemon.wait_instance(&name, WAIT, "the user's agent healthy", |i| {
-        i["last_status"] == 200
+    let healthy = daemon.wait_for(&name, WAIT, "the user's agent healthy", |i| {
+        i.last_status == Some(200)
     });
-    assert_eq!(healthy["supervisor"], "systemd-user", "{healthy}");
+    assert_eq!(healthy.supervisor, "systemd-user", "{healthy:?}");
     assert_eq!(
-        healthy["supervisor_reason"],
+        healthy.supervisor_reason,
         format!(
             "auto → systemd-user (unit {unit} in user@{}'s manager)",
             user.uid
         )
     );
-    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    let old_session = healthy.session_id.clone().expect("session");
     let old_pid = bed
         .user_main_pid(user, unit)
         .expect("the user unit's main pid");

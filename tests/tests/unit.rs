@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use claude_watch::detect::EpisodeEnd;
 use claude_watch::journal::{ActionKind, Record};
+use claude_watch::watch::status::InstanceView;
 use claude_watch_tests::agents::{AgentConfig, Runtime, agent_unit};
 use claude_watch_tests::process::ScratchDir;
 use claude_watch_tests::standin::StandIn;
@@ -78,11 +79,7 @@ fn proc_status(pid: u32, field: &str) -> String {
 /// A test bed running one light agent (taken for Claude Code) in `agent.service`.
 fn bed_with_agent(name: &str, standin: &StandIn, dir: &Path) -> Testbed {
     let bed = Testbed::start(name);
-    let config = AgentConfig {
-        model: "claude-haiku-4-5".into(),
-        as_claude: true,
-        ..AgentConfig::default()
-    };
+    let config = AgentConfig::haiku_as_claude();
     bed.add_unit(AGENT, &agent_unit(standin, Runtime::Node, &config, dir));
     bed.daemon_reload();
     let out = bed.systemctl(&["start", AGENT]);
@@ -191,14 +188,10 @@ fn the_packaged_unit_runs_the_daemon_sandboxed_under_a_real_systemd() {
         );
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|i| {
-                i["name"] == AGENT
-                    && i["pids"].as_array().is_some_and(|p| !p.is_empty())
-                    && i["unobserved"].is_null()
-            })
+            .filter_map(|l| serde_json::from_str::<InstanceView>(l).ok())
+            .find(|i| i.name == AGENT && !i.pids.is_empty() && i.unobserved.is_none())
     });
-    assert_eq!(agent["unit"], AGENT);
+    assert_eq!(agent.unit.as_deref(), Some(AGENT));
     let out = run(&["status", "--socket", &socket]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let attached: u32 = text
@@ -254,11 +247,11 @@ fn with_the_unit_s_capabilities_only_a_latch_is_detected_and_the_unit_restarted(
         "the daemon runs with the unit's set only"
     );
 
-    let healthy = daemon.wait_instance(AGENT, WAIT, "the unit's agent healthy", |i| {
-        i["last_status"] == 200
+    let healthy = daemon.wait_for(AGENT, WAIT, "the unit's agent healthy", |i| {
+        i.last_status == Some(200)
     });
-    assert_eq!(healthy["supervisor"], "systemd");
-    let old_session = healthy["session_id"].as_str().expect("session").to_owned();
+    assert_eq!(healthy.supervisor, "systemd");
+    let old_session = healthy.session_id.clone().expect("session");
     let old_pid = bed.main_pid(AGENT).expect("main pid");
     standin.latch_session(&old_session);
 

@@ -30,10 +30,11 @@ pub enum CaptureError {
     )]
     BpfUnsupported,
     /// Loading the object or a program failed for another reason.
-    #[error("loading the eBPF programs failed: {detail}")]
+    #[error("loading the eBPF programs failed")]
     Load {
-        /// The loader's message chain.
-        detail: String,
+        /// What failed.
+        #[source]
+        source: LoadError,
     },
     /// A target file does not exist or cannot be read.
     #[error("cannot open {path}")]
@@ -58,8 +59,12 @@ pub enum CaptureError {
         /// What was (not) found.
         reason: String,
     },
+    /// The locator found no TLS functions it can vouch for in a file (its message names the
+    /// file).
+    #[error(transparent)]
+    NotLocated(crate::locate::LocateError),
     /// The kernel refused an attachment.
-    #[error("attaching {function} in {path} at file offset {offset:#x} failed: {detail}")]
+    #[error("attaching {function} in {path} at file offset {offset:#x} failed")]
     Attach {
         /// Function name.
         function: &'static str,
@@ -67,8 +72,9 @@ pub enum CaptureError {
         path: PathBuf,
         /// File offset.
         offset: u64,
-        /// The loader's message chain.
-        detail: String,
+        /// The loader's error.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
     },
     /// The file is not the one `/proc` or discovery named (replaced, re-executed or remapped
     /// meanwhile): nothing is attached to it.
@@ -99,19 +105,48 @@ pub enum CaptureError {
     Read(#[source] std::io::Error),
 }
 
-/// Renders an error and its sources as one line (`a: b: c`).
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
+/// What failed while loading the eBPF object or setting up its programs
+/// ([`CaptureError::Load`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The object could not be loaded (parsed, relocated, its maps created).
+    #[error("loading the object")]
+    Object(#[source] Box<aya::EbpfError>),
+    /// A program could not be loaded, typed or attached.
+    #[error("{step} program {name}")]
+    Program {
+        /// What was being done (`loading`, `attaching`, `typing`).
+        step: &'static str,
+        /// The program.
+        name: &'static str,
+        /// The loader's error.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// The object has no program of that name.
+    #[error("program {name} missing from the object")]
+    MissingProgram {
+        /// The program.
+        name: &'static str,
+    },
+    /// A map is missing (or was taken before).
+    #[error("map {name} missing from the object (or taken already)")]
+    MissingMap {
+        /// The map.
+        name: &'static str,
+    },
+    /// A map could not be used as the type it should have.
+    #[error("map {name}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// The loader's error.
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    /// The kernel's BPF run-time statistics could not be turned on.
+    #[error("enabling the kernel's BPF run-time statistics")]
+    Stats(#[source] aya::sys::SyscallError),
 }
 
 /// The first OS error code in an error's source chain.
@@ -126,4 +161,86 @@ pub(crate) fn os_error(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
         source = s.source();
     }
     None
+}
+
+impl LoadError {
+    /// Program `name` failed at `step`.
+    fn program(
+        step: &'static str,
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    ) -> Self {
+        Self::Program {
+            step,
+            name,
+            source: Box::new(source),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn once(text: &str, part: &str) {
+        assert_eq!(text.matches(part).count(), 1, "{part:?} once in {text:?}");
+    }
+
+    #[test]
+    fn a_failure_prints_its_cause_once_through_error_chain() {
+        let denied = || {
+            aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_link_create",
+                io_error: std::io::Error::from_raw_os_error(libc::EINVAL),
+            })
+        };
+        let e = CaptureError::Attach {
+            function: "SSL_write",
+            path: "/usr/bin/node".into(),
+            offset: 0x1234,
+            source: Box::new(denied()),
+        };
+        let text = crate::error_chain(&e);
+        assert!(
+            text.starts_with(
+                "attaching SSL_write in /usr/bin/node at file offset 0x1234 failed: `bpf_link_create` failed: "
+            ),
+            "{text}"
+        );
+        once(&text, "bpf_link_create");
+        once(&text, "Invalid argument");
+
+        let e = CaptureError::Load {
+            source: LoadError::Program {
+                step: "attaching",
+                name: "sched_process_exec",
+                source: Box::new(denied()),
+            },
+        };
+        let text = crate::error_chain(&e);
+        assert!(
+            text.starts_with("loading the eBPF programs failed: attaching program sched_process_exec: `bpf_link_create` failed: "),
+            "{text}"
+        );
+        once(&text, "sched_process_exec");
+        once(&text, "Invalid argument");
+        assert_eq!(
+            os_error(&e),
+            Some(libc::EINVAL),
+            "the OS error stays reachable through the sources"
+        );
+
+        let e = CaptureError::Load {
+            source: LoadError::MissingMap { name: "EVENTS" },
+        };
+        assert_eq!(
+            crate::error_chain(&e),
+            "loading the eBPF programs failed: map EVENTS missing from the object (or taken already)"
+        );
+
+        let e = CaptureError::NotLocated(crate::locate::LocateError::NoTlsLibrary {
+            path: "/opt/agent/bin".into(),
+        });
+        once(&crate::error_chain(&e), "/opt/agent/bin");
+    }
 }

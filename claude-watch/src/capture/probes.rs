@@ -13,7 +13,7 @@ use tracing::{debug, info};
 
 use super::ledger::{Acquire, AttachKey, Ledger};
 use super::targets::{FileId, Target};
-use super::{CaptureError, chain, os_error};
+use super::{CaptureError, LoadError, os_error};
 use crate::locate::FunctionName;
 
 /// The compiled eBPF object (built by `build.rs` from the `claude-ebpf` crate).
@@ -112,7 +112,7 @@ impl RunTimeStats {
         aya::sys::enable_stats(aya::sys::Stats::RunTime)
             .map(Self)
             .map_err(|e| CaptureError::Load {
-                detail: format!("enabling the kernel's BPF run-time statistics: {e}"),
+                source: super::LoadError::Stats(e),
             })
     }
 }
@@ -195,16 +195,16 @@ impl Probes {
             .override_global("WATERMARK", &watermark, true)
             .override_global("COPY_MAX", &copy_max, true)
             .load(OBJECT)
-            .map_err(|e| load_error(&e))?;
+            .map_err(|e| load_error(LoadError::Object(Box::new(e))))?;
         for name in ALL_PROGRAMS {
             program::<UProbe>(&mut ebpf, name)?
                 .load()
-                .map_err(|e| load_error(&e))?;
+                .map_err(|e| load_error(LoadError::program("loading", name, e)))?;
         }
         for name in PROCESS_PROGRAMS {
             program::<RawTracePoint>(&mut ebpf, name)?
                 .load()
-                .map_err(|e| load_error(&e))?;
+                .map_err(|e| load_error(LoadError::program("loading", name, e)))?;
         }
         info!(ring_bytes, budget = ?budget, ?wakeup, copy_max, "eBPF programs loaded");
         Ok(Self {
@@ -231,9 +231,7 @@ impl Probes {
         for name in PROCESS_PROGRAMS {
             program::<RawTracePoint>(&mut self.ebpf, name)?
                 .attach(name)
-                .map_err(|e| CaptureError::Load {
-                    detail: format!("attaching {name}: {}", chain(&e)),
-                })?;
+                .map_err(|e| load_error(LoadError::program("attaching", name, e)))?;
         }
         self.process_events = true;
         Ok(())
@@ -241,13 +239,15 @@ impl Probes {
 
     /// Takes the ring buffer out (once) for a [`super::records::RecordStream`].
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or_else(|| CaptureError::Load {
-                detail: "ring buffer EVENTS already taken".into(),
-            })?;
-        RingBuf::try_from(map).map_err(|e| load_error(&e))
+        let map = self.ebpf.take_map("EVENTS").ok_or(CaptureError::Load {
+            source: LoadError::MissingMap { name: "EVENTS" },
+        })?;
+        RingBuf::try_from(map).map_err(|source| {
+            load_error(LoadError::Map {
+                name: "EVENTS",
+                source: Box::new(source),
+            })
+        })
     }
 
     /// Attaches to every point of `target` for process `holder` (the process that runs or maps
@@ -292,7 +292,7 @@ impl Probes {
                             function: point.function.symbol(),
                             path: target.path.clone(),
                             offset: point.file_offset,
-                            detail: chain(&e),
+                            source: Box::new(e),
                         });
                     }
                 }
@@ -426,24 +426,24 @@ fn still_the_same(target: &Target) -> Result<(), CaptureError> {
 }
 
 /// Program `name` of the object, as its type.
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, CaptureError>
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, CaptureError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     ebpf.program_mut(name)
-        .ok_or_else(|| CaptureError::Load {
-            detail: format!("program {name} missing from the object"),
+        .ok_or(CaptureError::Load {
+            source: LoadError::MissingProgram { name },
         })?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| load_error(&e))
+        .map_err(|e| load_error(LoadError::program("typing", name, e)))
 }
 
 /// Classifies a loader error: missing privileges and missing BPF get their own messages.
-fn load_error(err: &(dyn std::error::Error + 'static)) -> CaptureError {
-    match os_error(err) {
+fn load_error(cause: LoadError) -> CaptureError {
+    match os_error(&cause) {
         Some(libc::EPERM) => CaptureError::NotPrivileged,
         Some(libc::ENOSYS) => CaptureError::BpfUnsupported,
-        _ => CaptureError::Load { detail: chain(err) },
+        _ => CaptureError::Load { source: cause },
     }
 }
 

@@ -343,10 +343,7 @@ fn find_points(file: &OpenedFile, path: &Path) -> Result<(Vec<AttachPoint>, Stri
             path: path.to_path_buf(),
             source,
         },
-        other => CaptureError::NoTlsFunctions {
-            path: path.display().to_string(),
-            reason: other.to_string(),
-        },
+        other => CaptureError::NotLocated(other),
     })?;
     if Arch::HOST != Some(located.arch) {
         // E.g. an arm64 claude run by qemu-user on an x86-64 host: its code is translated, so

@@ -198,7 +198,7 @@ pub enum LocateError {
     },
     /// A TLS library is there, but the functions could not be identified with certainty.
     #[error(
-        "{path}: {library} found but SSL_write/SSL_read not identified with certainty: {reason}; not attaching"
+        "{path}: {library} found but SSL_write/SSL_read not identified with certainty, not attaching"
     )]
     NotIdentified {
         /// The file.
@@ -206,7 +206,8 @@ pub enum LocateError {
         /// Which library was recognised.
         library: TlsLibrary,
         /// What check failed.
-        reason: String,
+        #[source]
+        source: boringssl::NotIdentified,
     },
     /// The file is larger than a locate reads.
     #[error("{path}: {size} bytes, more than the {limit} a locate reads; not attaching")]
@@ -241,7 +242,7 @@ pub enum LocateError {
     Remembered {
         /// The file.
         path: PathBuf,
-        /// The first refusal.
+        /// The first refusal with its causes, as text (the error itself is not kept).
         reason: String,
     },
 }
@@ -411,11 +412,11 @@ impl Locator {
         if let Err(e) = &result
             && e.is_about_content()
         {
-            tracing::debug!(path = %path.display(), dev = stamp.dev, ino = stamp.ino, error = %e, "locate: refused; remembered until the file changes");
+            tracing::debug!(path = %path.display(), dev = stamp.dev, ino = stamp.ino, error = %crate::error_chain(&e), "locate: refused; remembered until the file changes");
             self.refusals
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(stamp, e.to_string());
+                .insert(stamp, crate::error_chain(&e));
         }
         result
     }
@@ -746,10 +747,10 @@ pub fn locate_within(
             path: path.to_owned(),
             budget,
         }),
-        Err(reason) => Err(LocateError::NotIdentified {
+        Err(source) => Err(LocateError::NotIdentified {
             path: path.to_owned(),
             library: TlsLibrary::BoringSsl,
-            reason: reason.to_string(),
+            source,
         }),
     }
 }

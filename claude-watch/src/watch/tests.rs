@@ -253,6 +253,13 @@ impl Rig {
         });
     }
 
+    /// The supervisor restarted `instance`: process `old` exits and `new` starts in its place.
+    fn replaced(&mut self, instance: &InstanceId, old: u32, new: u32) {
+        self.restart_ok(instance, new);
+        self.exit(old);
+        self.start(new, instance);
+    }
+
     fn actions(&self, kind: ActionKind) -> Vec<&ActionRecord> {
         self.journal
             .iter()
@@ -273,6 +280,13 @@ impl Rig {
             .collect()
     }
 
+    /// Every episode snapshot journalled is of episode `id`.
+    #[track_caller]
+    fn assert_one_episode(&self, id: &str) {
+        let ids: Vec<&str> = self.episodes().iter().map(|e| e.id.as_str()).collect();
+        assert!(ids.iter().all(|i| *i == id), "one episode: {ids:?}");
+    }
+
     fn closed(&self, end: EpisodeEnd) -> Option<&Episode> {
         self.episodes().into_iter().find(|e| e.end == end)
     }
@@ -285,6 +299,21 @@ impl Rig {
             .into_iter()
             .find(|v| v.name == name)
             .unwrap_or_else(|| panic!("{name} in status: {:?}", self.status))
+    }
+
+    /// A run whose `agent.service` (pid 100) answered 200 on session `s0`, then latched: its
+    /// restart is handed out (see [`Rig::take_restart`]).
+    fn latched(extra: &str) -> Self {
+        let mut rig = Self::new(extra);
+        rig.start(100, &agent());
+        rig.see(100, 200, "s0");
+        rig.latch(100, "s0");
+        rig
+    }
+
+    /// The instance of the one restart in flight, taken.
+    fn take_instance(&mut self) -> InstanceId {
+        self.take_restart().0
     }
 
     /// A healthy agent latched: 401s once a second until the restart is handed out.
@@ -362,19 +391,14 @@ fn a_latch_is_restarted_through_systemd_and_confirmed_by_the_new_session_200() {
 
 #[test]
 fn an_open_upstream_window_backs_off_with_growing_quiet_windows() {
-    let mut r = Rig::new("backoff_initial = \"3s\"\nmax_restarts = 5");
-    r.start(100, &agent());
-    r.see(100, 200, "s0");
-    r.latch(100, "s0");
+    let mut r = Rig::latched("backoff_initial = \"3s\"\nmax_restarts = 5");
     let mut pid = 100;
     let mut waits = Vec::new();
     for round in 1..=3 {
         let (instance, _, target) = r.take_restart();
         assert_eq!(target.pid, pid);
-        r.restart_ok(&instance, pid + 1);
-        r.exit(pid);
+        r.replaced(&instance, pid, pid + 1);
         pid += 1;
-        r.start(pid, &agent());
         // The window is still open upstream: the new process gets 401 too.
         r.advance(500 * MS);
         r.see(pid, 401, &format!("s{round}"));
@@ -411,29 +435,20 @@ fn an_open_upstream_window_backs_off_with_growing_quiet_windows() {
         .closed(EpisodeEnd::RecoveredAfterRestart)
         .expect("recovered");
     assert_eq!(episode.restarts, 4);
-    let ids: Vec<&str> = r.episodes().iter().map(|e| e.id.as_str()).collect();
-    assert!(
-        ids.iter().all(|id| *id == episode.id),
-        "one episode: {ids:?}"
-    );
+    r.assert_one_episode(&episode.id);
 }
 
 #[test]
 fn escalation_after_k_restarts_runs_the_hook_once_and_a_non_401_leaves_it() {
-    let mut r = Rig::new(
+    let mut r = Rig::latched(
         "backoff_initial = \"2s\"\nmax_restarts = 2\nescalation_hook = [\"/bin/page\", \"{instance}\", \"{unit}\"]",
     );
-    r.start(100, &agent());
-    r.see(100, 200, "s0");
-    r.latch(100, "s0");
     let mut pid = 100;
     // A poisoned credential: every new process gets 401 at once.
     for _ in 0..2 {
         let (instance, _, _) = r.take_restart();
-        r.restart_ok(&instance, pid + 1);
-        r.exit(pid);
+        r.replaced(&instance, pid, pid + 1);
         pid += 1;
-        r.start(pid, &agent());
         r.advance(500 * MS);
         r.see(pid, 401, &format!("s{pid}"));
         r.keep_answering(pid, 401, &format!("s{pid}"), 3 * S);
@@ -531,14 +546,9 @@ fn a_fleet_wide_incident_restarts_one_instance_at_a_time() {
 #[test]
 fn a_daemon_restarted_mid_backoff_keeps_the_quiet_window_and_the_episode() {
     let config_text = "backoff_initial = \"10s\"\nmax_restarts = 5";
-    let mut r = Rig::new(config_text);
-    r.start(100, &agent());
-    r.see(100, 200, "s0");
-    r.latch(100, "s0");
-    let (instance, _, _) = r.take_restart();
-    r.restart_ok(&instance, 101);
-    r.exit(100);
-    r.start(101, &agent());
+    let mut r = Rig::latched(config_text);
+    let instance = r.take_instance();
+    r.replaced(&instance, 100, 101);
     r.advance(S);
     r.see(101, 401, "s1");
     let until = r.actions(ActionKind::Backoff)[0].until_ms.expect("until");
@@ -591,10 +601,7 @@ fn a_daemon_restarted_mid_backoff_keeps_the_quiet_window_and_the_episode() {
 
 #[test]
 fn a_failing_supervisor_is_journalled_with_its_cause_and_retried_after_a_quiet_window() {
-    let mut r = Rig::new("backoff_initial = \"2s\"");
-    r.start(100, &agent());
-    r.see(100, 200, "s0");
-    r.latch(100, "s0");
+    let mut r = Rig::latched("backoff_initial = \"2s\"");
     let mut waits = Vec::new();
     for attempt in 1..=2 {
         let (instance, _, _) = r.take_restart();
@@ -640,20 +647,13 @@ fn a_failing_supervisor_is_journalled_with_its_cause_and_retried_after_a_quiet_w
     let episode = r
         .closed(EpisodeEnd::RecoveredAfterRestart)
         .expect("recovered");
-    let ids: Vec<&str> = r.episodes().iter().map(|e| e.id.as_str()).collect();
-    assert!(
-        ids.iter().all(|id| *id == episode.id),
-        "one episode: {ids:?}"
-    );
+    r.assert_one_episode(&episode.id);
 }
 
 #[test]
 fn a_refused_restart_is_journalled_with_both_units_and_shown_in_status_until_one_succeeds() {
-    let mut r = Rig::new("backoff_initial = \"2s\"");
-    r.start(100, &agent());
-    r.see(100, 200, "s0");
-    r.latch(100, "s0");
-    let (instance, _, _) = r.take_restart();
+    let mut r = Rig::latched("backoff_initial = \"2s\"");
+    let instance = r.take_instance();
     r.input(Input::RestartFinished {
         instance,
         result: Err(SuperviseError::NotOwner {
@@ -769,11 +769,8 @@ fn an_instance_without_a_live_process_is_not_restarted_blindly() {
 #[test]
 fn a_daemon_restarted_while_escalated_stays_escalated_until_a_non_401() {
     let text = "backoff_initial = \"2s\"\nmax_restarts = 1\nescalation_hook = [\"/bin/page\"]";
-    let mut r = Rig::new(text);
-    r.start(100, &agent());
-    r.see(100, 200, "s0");
-    r.latch(100, "s0");
-    let (instance, _, _) = r.take_restart();
+    let mut r = Rig::latched(text);
+    let instance = r.take_instance();
     r.restart_ok(&instance, 101);
     r.start(101, &agent());
     r.advance(500 * MS);
@@ -977,11 +974,8 @@ fn pid_instances_are_forgotten_when_their_process_exits() {
 
 #[test]
 fn a_restart_that_finishes_after_the_new_process_s_200_still_names_its_episode() {
-    let mut r = Rig::new("");
-    r.start(100, &agent());
-    r.see(100, 200, "s0");
-    r.latch(100, "s0");
-    let (instance, _, _) = r.take_restart();
+    let mut r = Rig::latched("");
+    let instance = r.take_instance();
     // The supervisor's new process answers before the restart call returns (a slow D-Bus).
     r.start(101, &agent());
     r.see(101, 200, "s1");
@@ -1310,11 +1304,8 @@ fn an_exited_named_instance_is_listed_for_an_hour_then_forgotten() {
 
 #[test]
 fn an_instance_with_recovery_under_way_is_kept_after_its_process_exits() {
-    let mut r = Rig::new("backoff_initial = \"3s\"");
-    r.start(100, &agent());
-    r.see(100, 200, "s0");
-    r.latch(100, "s0");
-    let (instance, _, _) = r.take_restart();
+    let mut r = Rig::latched("backoff_initial = \"3s\"");
+    let instance = r.take_instance();
     // The supervisor killed the old process; the new one has not shown up yet.
     r.exit(100);
     r.restart_ok(&instance, 101);
@@ -1331,11 +1322,8 @@ fn an_instance_with_recovery_under_way_is_kept_after_its_process_exits() {
 
 #[test]
 fn beyond_the_cap_new_instances_are_refused_and_a_latched_one_is_never_dropped() {
-    let mut r = Rig::new("backoff_initial = \"3s\"");
-    r.start(100, &agent());
-    r.see(100, 200, "s0");
-    r.latch(100, "s0");
-    let (instance, _, _) = r.take_restart();
+    let mut r = Rig::latched("backoff_initial = \"3s\"");
+    let instance = r.take_instance();
     // A flood of live instances (another user's units, say) fills the table.
     for i in 0..u32::try_from(MAX_INSTANCES).expect("small") {
         let id = unit(&format!("flood-{i}.service"));
@@ -1389,14 +1377,9 @@ fn beyond_the_cap_new_instances_are_refused_and_a_latched_one_is_never_dropped()
 
 #[test]
 fn an_escalated_instance_without_a_process_is_forgotten_an_hour_later() {
-    let mut r = Rig::new("backoff_initial = \"2s\"\nmax_restarts = 1");
-    r.start(100, &agent());
-    r.see(100, 200, "s0");
-    r.latch(100, "s0");
-    let (instance, _, _) = r.take_restart();
-    r.restart_ok(&instance, 101);
-    r.exit(100);
-    r.start(101, &agent());
+    let mut r = Rig::latched("backoff_initial = \"2s\"\nmax_restarts = 1");
+    let instance = r.take_instance();
+    r.replaced(&instance, 100, 101);
     r.advance(500 * MS);
     r.keep_answering(101, 401, "s101", 5 * S);
     assert_eq!(r.view("agent.service").state, "escalated");
@@ -1420,10 +1403,7 @@ fn an_escalated_instance_without_a_process_is_forgotten_an_hour_later() {
 /// instance stayed `recovering` and never escalated).
 #[test]
 fn a_new_process_rejected_before_the_supervisor_answers_still_counts_toward_escalation() {
-    let mut r = Rig::new("backoff_initial = \"2s\"\nmax_restarts = 2");
-    r.start(100, &agent());
-    r.see(100, 200, "s0");
-    r.latch(100, "s0");
+    let mut r = Rig::latched("backoff_initial = \"2s\"\nmax_restarts = 2");
     let mut pid = 100;
     for _ in 0..2 {
         let (instance, _, _) = r.take_restart();
