@@ -42,6 +42,43 @@ pub(super) fn memory_kib(pid: i32) -> anyhow::Result<(u64, u64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Where `pid`'s resident memory is, in KiB, from `/proc/PID/smaps`: the BPF ring buffer and
+/// maps mapped into it, its own executable, other files (libraries), and anonymous memory
+/// (heap, stacks).
+pub(super) fn rss_parts(pid: i32) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+    let mut parts = [
+        ("the BPF ring buffer", 0u64),
+        ("claude-watch's executable", 0),
+        ("other files", 0),
+        ("heap and stacks", 0),
+    ];
+    let mut current = 3;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            let name = line.split_whitespace().nth(5).unwrap_or("");
+            current = if name.contains("bpf") {
+                0
+            } else if std::path::Path::new(name) == exe {
+                1
+            } else if name.starts_with('/') {
+                2
+            } else {
+                3
+            };
+        } else if first == "Rss:" {
+            parts[current].1 += words
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(parts.to_vec())
+}
+
 pub(super) fn usage_over(pid: i32, window: Duration) -> anyhow::Result<Usage> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;

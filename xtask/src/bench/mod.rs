@@ -580,6 +580,13 @@ mod tests {
         let ticks = cpu_ticks(i32::try_from(std::process::id()).unwrap()).unwrap();
         let (rss, hwm) = memory_kib(i32::try_from(std::process::id()).unwrap()).unwrap();
         assert!(rss > 0 && hwm >= rss, "rss {rss} hwm {hwm}");
+        let parts = rss_parts(i32::try_from(std::process::id()).unwrap()).unwrap();
+        let sum: u64 = parts.iter().map(|p| p.1).sum();
+        assert!(parts[1].1 > 0, "the test binary's own pages: {parts:?}");
+        assert!(
+            sum * 2 > rss && sum < rss * 2,
+            "{parts:?} against VmRSS {rss}"
+        );
         let _ = ticks;
     }
 }

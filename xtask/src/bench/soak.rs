@@ -68,6 +68,8 @@ pub(super) struct Soak {
     pub(super) records: u64,
     /// The daemon's `claude_watch_metric_series_dropped_total` and `claude_watch_instances`.
     pub(super) series_dropped: u64,
+    /// Where the daemon's resident memory was at the end (see [`rss_parts`]).
+    pub(super) rss_parts: Vec<(&'static str, u64)>,
     pub(super) instances_end: u64,
     pub(super) fleet: FleetCounts,
     /// The latch cycles.
@@ -740,6 +742,7 @@ fn run(
     let elapsed = start.elapsed();
     let ticks = cpu_ticks(pid)? - ticks_start;
     let (rss_end, hwm) = memory_kib(pid)?;
+    let rss_parts = rss_parts(pid).unwrap_or_default();
     rss.push((elapsed.as_secs_f64(), rss_end));
     // A cycle cut short by the end is unlatched, and not counted.
     if let Cycle::Latching { members, .. } | Cycle::Healing { members, .. } = &cycle {
@@ -788,6 +791,7 @@ fn run(
         records: counter(&metrics_end, RECORDS_COUNTER)
             .saturating_sub(counter(&metrics_start, RECORDS_COUNTER)),
         series_dropped: counter(&metrics_end, DROPPED_METRIC),
+        rss_parts,
         instances_end: counter(&metrics_end, INSTANCES_METRIC),
         fleet: counts,
         latches: tally,
@@ -846,6 +850,17 @@ impl Soak {
             "RSS < 30 MB",
             Some(max > 0 && max < 30 * 1000),
         );
+        if !self.rss_parts.is_empty() {
+            let parts: Vec<String> = self
+                .rss_parts
+                .iter()
+                .map(|(what, kib)| format!("{what} {:.1} MiB", mib(*kib)))
+                .collect();
+            report.note(format!(
+                "Fleet soak (8): the daemon's resident memory at the end, from /proc/PID/smaps: {}. The ring buffer's pages are the kernel's, mapped into the daemon and counted in its RSS as they are read.",
+                parts.join(", ")
+            ));
+        }
         let slope = self.slope_kib_per_min();
         report.row(
             8,
