@@ -385,27 +385,10 @@ pub(super) fn soak(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Soak> {
     let sleep = which("sleep").context("`sleep` is not on PATH")?;
     std::fs::copy(&sleep, &sleeper_exe).context("copying sleep")?;
     let standin = StandIn::start(env)?;
-    let metrics_port = free_port()?;
-    let socket = dir.join("control.sock");
-    // dry_run: nothing is ever restarted (other tests and benches may share the host).
-    let config = format!(
-        "[daemon]\njournal = \"{d}/journal.jsonl\"\nstate_dir = \"{d}/state\"\ncontrol_socket = \"{d}/control.sock\"\nlocate_cache = \"{d}/locate\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\ndry_run = true\n\n{}",
-        plan.soak_detector,
-        d = dir.display()
-    );
-    std::fs::write(dir.join("config.toml"), config)?;
-    let mut cmd = Command::new(&env.claude_watch);
-    cmd.arg("daemon")
-        .arg("--config")
-        .arg(dir.join("config.toml"))
-        .env("RUST_LOG", "info");
-    let daemon = Proc::spawn_group("claude-watch daemon", &mut cmd)?;
-    daemon
-        .wait_stderr(
-            |l| l.contains("claude-watch is watching"),
-            Duration::from_secs(60),
-        )
-        .context("waiting for the daemon to watch")?;
+    // A dry run: nothing is ever restarted (other tests and benches may share the host).
+    let daemon = BenchDaemon::start(env, &dir, &format!("\n{}", plan.soak_detector))?;
+    let (metrics_port, socket) = (daemon.metrics_port, daemon.socket.clone());
+    let daemon = daemon.proc;
     let rss_empty = memory_kib(daemon.pid())?.0;
 
     let api_port = standin.api_port;
