@@ -111,9 +111,7 @@ impl RunTimeStats {
     pub fn enable() -> Result<Self, CaptureError> {
         aya::sys::enable_stats(aya::sys::Stats::RunTime)
             .map(Self)
-            .map_err(|e| CaptureError::Load {
-                source: super::LoadError::Stats(e),
-            })
+            .map_err(|e| load_error(LoadError::Stats(e)))
     }
 }
 

@@ -424,14 +424,7 @@ impl Daemon {
             Done::Input(input) => self.feed(*input),
             Done::Durable(seq) => {
                 for (decided, effect) in self.ahead.acknowledged(seq) {
-                    if matches!(effect, Effect::Restart { .. }) {
-                        self.metrics.observe(
-                            publish::WRITE_AHEAD_HISTOGRAM,
-                            publish::WRITE_AHEAD_HELP,
-                            decided.elapsed().as_secs_f64(),
-                        );
-                    }
-                    self.act(effect);
+                    self.release(decided, effect);
                 }
             }
         }
@@ -450,23 +443,28 @@ impl Daemon {
         match effect {
             Effect::Restart { .. } | Effect::RunHook { .. } | Effect::Publish(_) => {
                 let coalesced = matches!(effect, Effect::Publish(_));
-                let restart = matches!(effect, Effect::Restart { .. });
-                if let Some((_, effect)) = self
+                if let Some((decided, effect)) = self
                     .ahead
                     .admit((std::time::Instant::now(), effect), coalesced)
                 {
-                    if restart {
-                        self.metrics.observe(
-                            publish::WRITE_AHEAD_HISTOGRAM,
-                            publish::WRITE_AHEAD_HELP,
-                            0.0,
-                        );
-                    }
-                    self.act(effect);
+                    self.release(decided, effect);
                 }
             }
             effect => self.act(effect),
         }
+    }
+
+    /// Acts on a write-ahead effect decided at `decided`, once its records are durable, and
+    /// measures how long a restart waited for them.
+    fn release(&mut self, decided: std::time::Instant, effect: Effect) {
+        if matches!(effect, Effect::Restart { .. }) {
+            self.metrics.observe(
+                publish::WRITE_AHEAD_HISTOGRAM,
+                publish::WRITE_AHEAD_HELP,
+                decided.elapsed().as_secs_f64(),
+            );
+        }
+        self.act(effect);
     }
 
     /// Queues a durable write; what acts on a decision waits for it.

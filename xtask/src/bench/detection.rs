@@ -196,6 +196,27 @@ impl StandIn {
     }
 }
 
+/// The environment of Claude Code (or a light agent taken for it) against the stand-in's API
+/// at `api_port`: nothing inherited but `PATH`, `HOME` at `home`, a fake key, no traffic
+/// beyond the API.
+pub(super) fn claude_env<'a>(cmd: &'a mut Command, home: &Path, api_port: u16) -> &'a mut Command {
+    cmd.env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        .env("HOME", home)
+        .env(
+            "ANTHROPIC_BASE_URL",
+            format!("https://127.0.0.1:{api_port}"),
+        )
+        .env("ANTHROPIC_API_KEY", "sk-ant-api03-bench")
+        .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("DISABLE_TELEMETRY", "1")
+}
+
 /// Starts a light agent (`tests/agents/agent.mjs` installed as `@anthropic-ai/claude-code/cli.js`
 /// under `dir`, run by node) against the stand-in, and reads its session id: a turn every
 /// 300 ms, retries at a tenth of Claude Code's delays.
@@ -223,22 +244,7 @@ pub(super) fn start_agent_paced(
     let home = dir.join("home");
     std::fs::create_dir_all(&home)?;
     let mut cmd = Command::new(&env.node);
-    cmd.arg(&cli)
-        .env_clear()
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-        )
-        .env("HOME", &home)
-        .env(
-            "ANTHROPIC_BASE_URL",
-            format!("https://127.0.0.1:{api_port}"),
-        )
-        .env("ANTHROPIC_API_KEY", "sk-ant-api03-bench")
-        .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("DISABLE_AUTOUPDATER", "1")
-        .env("DISABLE_TELEMETRY", "1")
+    claude_env(cmd.arg(&cli), &home, api_port)
         .env("ANTHROPIC_MODEL", "claude-haiku-4-5")
         .env("AGENT_INTERVAL_MS", interval.as_millis().to_string())
         .env("AGENT_BACKOFF_SCALE", backoff_scale.to_string())

@@ -39,22 +39,8 @@ impl Claude {
         std::fs::create_dir_all(&home.0)?;
         let mut cmd = Command::new(binary);
         cmd.args(["-p", "--input-format", "stream-json", "--output-format"])
-            .args(["stream-json", "--verbose"])
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
-            .env("HOME", &home.0)
-            .env(
-                "ANTHROPIC_BASE_URL",
-                format!("https://127.0.0.1:{}", standin.api_port),
-            )
-            .env("ANTHROPIC_API_KEY", "sk-ant-api03-bench")
-            .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
-            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-            .env("DISABLE_AUTOUPDATER", "1")
-            .env("DISABLE_TELEMETRY", "1")
+            .args(["stream-json", "--verbose"]);
+        claude_env(&mut cmd, &home.0, standin.api_port)
             .env("NO_COLOR", "1")
             .current_dir(&home.0);
         let proc = Proc::spawn_group("claude", &mut cmd)?;
