@@ -29,9 +29,10 @@ use claude_ebpf_common::{
 
 /// Records for user space. User space may resize it at load time.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
-/// `SSL_read`/`SSL_read_ex` arguments from entry to return, keyed by pid_tgid.
+/// `SSL_read`/`SSL_read_ex` arguments from entry to return, keyed by pid_tgid: one slot per
+/// thread that reads, empty (`buf` 0) between reads, freed when the thread exits.
 #[map]
 static READ_ARGS: LruHashMap<u64, ReadArgs> = LruHashMap::with_max_entries(16384, 0);
 
@@ -119,6 +120,8 @@ pub fn ssl_read_ex_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Keeps a read's arguments for its return in the thread's slot of [`READ_ARGS`]: written in
+/// place when the thread has one (a lookup, no hash update), inserted on its first read.
 #[inline(always)]
 fn remember_read(ctx: &ProbeContext, readbytes: u64) {
     if let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
@@ -127,7 +130,14 @@ fn remember_read(ctx: &ProbeContext, readbytes: u64) {
             buf,
             readbytes,
         };
-        let _ = READ_ARGS.insert(&bpf_get_current_pid_tgid(), &args, 0);
+        let key = bpf_get_current_pid_tgid();
+        match READ_ARGS.get_ptr_mut(&key) {
+            // SAFETY: the calling thread's own slot; no other program writes it meanwhile.
+            Some(slot) => unsafe { *slot = args },
+            None => {
+                let _ = READ_ARGS.insert(&key, &args, 0);
+            }
+        }
     }
 }
 
@@ -164,14 +174,20 @@ pub fn ssl_read_ex_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// The arguments of the read returning on this thread, and its slot marked empty (`buf` 0)
+/// rather than deleted: the thread's next read reuses it, and the slot goes when the thread
+/// exits ([`sched_process_exit`]) or, idle, to the LRU.
 #[inline(always)]
 fn take_read() -> Option<ReadArgs> {
     let key = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let args = unsafe { READ_ARGS.get(&key) }.copied();
-    if args.is_some() {
-        let _ = READ_ARGS.remove(&key);
-    } else {
+    let args = READ_ARGS.get_ptr_mut(&key).and_then(|slot| {
+        // SAFETY: the calling thread's own slot; no other program writes it meanwhile.
+        let slot = unsafe { &mut *slot };
+        let args = *slot;
+        slot.buf = 0;
+        (args.buf != 0).then_some(args)
+    });
+    if args.is_none() {
         bump(stats::ORPHAN_RETURNS);
     }
     args

@@ -135,7 +135,7 @@ impl Default for DaemonConfig {
             control_socket: "/run/claude-watch/control.sock".into(),
             metrics_listen: None,
             locate_cache: "/var/cache/claude-watch/locate".into(),
-            ring_mib: 8,
+            ring_mib: crate::capture::probes::DEFAULT_RING_BYTES >> 20,
             record_budget: claude_ebpf_common::BUDGET_RECORDS,
             wakeup: crate::capture::Wakeup::default(),
             max_attachments: crate::capture::ledger::DEFAULT_MAX_ATTACHMENTS,

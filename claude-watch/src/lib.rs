@@ -19,8 +19,10 @@
 //! - [`svg`]: the episode timeline drawn as SVG;
 //! - [`config`]: the TOML configuration;
 //! - [`text`]: observed text made safe to print;
-//! - [`cli`]: the subcommands.
+//! - [`cli`]: the subcommands;
+//! - [`allocator`]: the C allocator's settings for the long-running commands.
 
+pub mod allocator;
 pub mod capture;
 pub mod cli;
 pub mod config;

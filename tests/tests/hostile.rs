@@ -37,7 +37,8 @@ fn map_ids_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Entries of the trace's `READ_ARGS` map (reads in flight) belonging to process `tgid`.
+/// Slots of the trace's `READ_ARGS` map (one per thread that reads: a read in flight, or empty
+/// between reads) belonging to process `tgid`.
 fn pending_reads_of(trace_pid: u32, tgid: u32) -> usize {
     let ids = map_ids_of(trace_pid);
     let info = loaded_maps()

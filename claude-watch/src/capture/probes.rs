@@ -19,9 +19,10 @@ use crate::locate::FunctionName;
 /// The compiled eBPF object (built by `build.rs` from the `claude-ebpf` crate).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/claude-ebpf"));
 
-/// Default ring buffer size: 8 MiB holds about 2,000 full 4 KiB heads, or far more of the
-/// usual few-hundred-byte ones, between two reads.
-pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+/// Default ring buffer size: 4 MiB holds about 1,000 full 4 KiB heads, or far more of the
+/// usual few-hundred-byte ones, between two reads. The kernel maps the ring's pages twice into
+/// the reader (so a record that wraps reads as one piece): RSS counts it as 8 MiB.
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
 /// When the kernel wakes the record reader (the kernel's `WAKEUP`; see
 /// [`claude_ebpf_common::wakeup`]). Whatever the policy, an exec wakes it at once, and so does

@@ -116,6 +116,7 @@ impl ProcNames {
 
 /// Runs the trace until interrupted or `--duration` ends.
 pub fn run(args: TraceArgs) -> anyhow::Result<()> {
+    crate::allocator::tune_for_long_run();
     let mut explicit = Vec::new();
     for path in &args.binary {
         explicit.push(targets::binary(path)?);

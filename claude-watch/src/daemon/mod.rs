@@ -87,6 +87,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     // Everything that can be wrong with the configuration is found before anything starts.
     let (mut config, origin) = load_config(options.config.as_deref())?;
     config.daemon.dry_run |= options.dry_run;
+    crate::allocator::tune_for_long_run();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -280,8 +281,7 @@ impl Daemon {
         // Status and gauges are there when it says it is ready. What they show at this point
         // was read from the journal and /proc (no decision is made before the first record is
         // read), so nothing waits for the writer.
-        let status = daemon.watch.status(mono_now_ns());
-        daemon.publish(&status);
+        daemon.publish(daemon.watch.status(mono_now_ns()));
         info!(
             instances = daemon.watch.instance_count(),
             config = %daemon.origin,
@@ -522,7 +522,7 @@ impl Daemon {
             Effect::Journal(record) => self.write(Write::Journal(Box::new(record))),
             Effect::SaveRecovery(snapshot) => self.write(Write::State(snapshot)),
             Effect::Metric(metric) => publish::record(&self.metrics, &metric),
-            Effect::Publish(status) => self.publish(&status),
+            Effect::Publish(status) => self.publish(status),
         }
     }
 
@@ -601,12 +601,12 @@ impl Daemon {
     }
 
     /// Publishes the status snapshot and refreshes the gauges.
-    fn publish(&mut self, status: &crate::watch::status::Status) {
+    fn publish(&mut self, status: crate::watch::status::Status) {
         let stats = self.probes.stats();
         self.refresh_over_budget(&stats);
         publish::gauges(
             &self.metrics,
-            status,
+            &status,
             &publish::CaptureFigures {
                 stats: &stats,
                 attachments: self.probes.attachments(),
@@ -634,7 +634,7 @@ impl Daemon {
                 max_attachments: self.probes.max_attachments(),
                 refused_attachments: self.probes.refused_attachments(),
             },
-            instances: status.instances.clone(),
+            instances: status.instances,
             instances_refused: status.instances_refused,
         };
         self.snapshots.send_replace(Arc::new(snapshot));

@@ -257,7 +257,9 @@ struct Inst {
     session: Option<String>,
     client_version: Option<String>,
     last_api_ns: Option<MonoNs>,
-    window: Option<Episode>,
+    /// The open episode or suspect window, boxed: most instances have none, and a thousand
+    /// of them are kept.
+    window: Option<Box<Episode>>,
     restart_ns: Option<MonoNs>,
     last_restart_ns: Option<MonoNs>,
     throttles: BTreeMap<String, Throttle>,
@@ -400,7 +402,7 @@ impl Inst {
         if let Some(mut ep) = self.window.take() {
             ep.end = end;
             ep.ended_ms = ended_ms;
-            out.push(Event::EpisodeClosed(ep));
+            out.push(Event::EpisodeClosed(*ep));
         }
         self.restart_ns = None;
         self.last_restart_ns = None;
@@ -498,7 +500,7 @@ impl Detector {
             client_version: i.client_version.clone(),
             throttled: i.throttles.keys().cloned().collect(),
             tier_throttle: i.throttles.values().any(|t| t.tier_reported),
-            window: i.window.clone(),
+            window: i.window.as_deref().cloned(),
         })
     }
 
@@ -597,7 +599,7 @@ impl Detector {
         match inst.state {
             State::Escalated => {}
             State::Healthy => {
-                inst.window = Some(inst.new_window(pid, ex));
+                inst.window = Some(Box::new(inst.new_window(pid, ex)));
                 inst.set_state(
                     State::Suspect,
                     Reason::Unauthorized { pid },
@@ -611,7 +613,7 @@ impl Detector {
                     _ => false,
                 };
                 if new_session || inst.window.is_none() {
-                    inst.window = Some(inst.new_window(pid, ex));
+                    inst.window = Some(Box::new(inst.new_window(pid, ex)));
                 } else if let Some(w) = inst.window.as_mut() {
                     w.add_401(pid, ex);
                 }
@@ -630,7 +632,7 @@ impl Detector {
                     );
                 }
                 if let Some(w) = &inst.window {
-                    out.push(Event::EpisodeUpdated(w.clone()));
+                    out.push(Event::EpisodeUpdated((**w).clone()));
                 }
             }
         }
@@ -751,7 +753,7 @@ impl Detector {
                 count_401: w.count_401,
                 open_ms: ms(open),
             };
-            out.push(Event::EpisodeOpened(w.clone()));
+            out.push(Event::EpisodeOpened((**w).clone()));
             inst.set_state(State::Latched, reason, now, out);
         } else if u128::from(now.saturating_sub(w.last_401_mono_ns))
             >= cfg.suspect_forget_after.as_nanos()
@@ -829,7 +831,7 @@ impl Detector {
         }
         tracing::info!(instance = %instance, episode = %episode.id, "resuming open episode");
         inst.state = State::Latched;
-        inst.window = Some(episode);
+        inst.window = Some(Box::new(episode));
         Vec::new()
     }
 
@@ -846,7 +848,7 @@ impl Detector {
         inst.last_restart_ns = Some(now);
         if let Some(w) = inst.window.as_mut() {
             w.restarts += 1;
-            out.push(Event::EpisodeUpdated(w.clone()));
+            out.push(Event::EpisodeUpdated((**w).clone()));
         }
         inst.set_state(State::Recovering, Reason::RestartStarted, now, &mut out);
         out

@@ -23,7 +23,7 @@ pub(super) fn capacity(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Capacity> 
     let server = env.server(2, true)?;
     let mut steps = Vec::new();
     for &(procs, conc) in plan.capacity_steps {
-        let step = capacity_step(env, plan, server.port, procs, conc, 8, false)?;
+        let step = capacity_step(env, plan, server.port, procs, conc, RING_MIB, false)?;
         eprintln!(
             "bench:   {}: {:.0} exchanges/s, lost {}",
             step.label, step.rate, step.counters.lost

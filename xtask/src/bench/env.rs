@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// The ring buffer `claude-watch trace` runs with in the bench, MiB: claude-watch's default
+/// (`capture::probes::DEFAULT_RING_BYTES`, and `[daemon] ring_mib`).
+pub(super) const RING_MIB: u32 = 4;
+
 /// Paths the bench uses, and a scratch directory removed at the end.
 pub(super) struct BenchEnv {
     pub(super) claude_watch: PathBuf,

@@ -43,8 +43,8 @@ pub(super) fn memory_kib(pid: i32) -> anyhow::Result<(u64, u64)> {
 }
 
 /// Where `pid`'s resident memory is, in KiB, from `/proc/PID/smaps`: the BPF ring buffer and
-/// maps mapped into it, its own executable, other files (libraries), and anonymous memory
-/// (heap, stacks).
+/// maps mapped into it, its own executable, other files (libraries), the main heap (`[heap]`,
+/// glibc's main arena), and other anonymous memory (other threads' malloc arenas, stacks).
 pub(super) fn rss_parts(pid: i32) -> anyhow::Result<Vec<(&'static str, u64)>> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
@@ -52,9 +52,10 @@ pub(super) fn rss_parts(pid: i32) -> anyhow::Result<Vec<(&'static str, u64)>> {
         ("the BPF ring buffer", 0u64),
         ("claude-watch's executable", 0),
         ("other files", 0),
-        ("heap and stacks", 0),
+        ("the main heap", 0),
+        ("other anonymous memory (thread arenas, stacks)", 0),
     ];
-    let mut current = 3;
+    let mut current = 4;
     for line in smaps.lines() {
         let mut words = line.split_whitespace();
         let first = words.next().unwrap_or("");
@@ -66,8 +67,10 @@ pub(super) fn rss_parts(pid: i32) -> anyhow::Result<Vec<(&'static str, u64)>> {
                 1
             } else if name.starts_with('/') {
                 2
-            } else {
+            } else if name == "[heap]" {
                 3
+            } else {
+                4
             };
         } else if first == "Rss:" {
             parts[current].1 += words
@@ -107,7 +110,7 @@ pub(super) fn footprint(env: &BenchEnv, plan: &Plan, port: u16) -> anyhow::Resul
     for p in &fleet {
         p.wait_stdout(|l| l.contains("ready"), Duration::from_secs(120))?;
     }
-    let trace = env.trace(&env.node, 8, true)?;
+    let trace = env.trace(&env.node, RING_MIB, true)?;
     let pid = trace.proc.pid();
     let idle = usage_over(pid, plan.window)?;
     for p in &fleet {

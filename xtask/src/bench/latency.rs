@@ -10,7 +10,7 @@ pub(super) struct Latency {
 }
 
 pub(super) fn latency(env: &BenchEnv, plan: &Plan, port: u16) -> anyhow::Result<Latency> {
-    let trace = env.trace(&env.node, 8, true)?;
+    let trace = env.trace(&env.node, RING_MIB, true)?;
     let args = [
         plan.latency_count.to_string(),
         plan.latency_gap_ms.to_string(),

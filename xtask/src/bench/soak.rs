@@ -840,7 +840,7 @@ impl Soak {
                 .map(|(what, kib)| format!("{what} {:.1} MiB", mib(*kib)))
                 .collect();
             report.note(format!(
-                "Fleet soak (8): the daemon's resident memory at the end, from /proc/PID/smaps: {}. The ring buffer's pages are the kernel's, mapped into the daemon and counted in its RSS as they are read.",
+                "Fleet soak (8): the daemon's resident memory at the end, from /proc/PID/smaps: {}. The ring buffer's pages are the kernel's: it maps the data pages twice (a record that wraps around the end reads as one piece), so RSS counts a ring of N MiB as about 2N.",
                 parts.join(", ")
             ));
         }
