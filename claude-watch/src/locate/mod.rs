@@ -857,6 +857,8 @@ fn locate_by_symbols(
         let Ok(image) = ElfImage::parse(&reader.data) else {
             return Ok(None);
         };
+        // Over the whole file, a name `.dynsym` defines is taken from it: when it defines all
+        // of them, `.symtab` cannot change the answer and is left unread.
         let all_dynamic = || {
             image
                 .function_symbols_in(&names, &[elf::Table::Dynamic])
@@ -865,8 +867,7 @@ fn locate_by_symbols(
                 == names.len()
         };
         if tables.len() == 2 || all_dynamic() {
-            // `.dynsym` first, as over the whole file: a name it defines is taken from it.
-            return Ok(symbols::locate(&image));
+            return Ok(symbols::locate_in(&image, tables));
         }
     }
     Ok(None)
