@@ -112,6 +112,111 @@ pub struct FunctionSymbol {
     pub table: &'static str,
 }
 
+/// A symbol table the locator reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// `.dynsym` (the first `SHT_DYNSYM` section).
+    Dynamic,
+    /// `.symtab` (the first `SHT_SYMTAB` section).
+    Static,
+}
+
+impl Table {
+    /// The section type.
+    #[must_use]
+    pub fn sh_type(self) -> u32 {
+        match self {
+            Self::Dynamic => elf::SHT_DYNSYM,
+            Self::Static => elf::SHT_SYMTAB,
+        }
+    }
+
+    /// The usual section name, for evidence.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dynamic => ".dynsym",
+            Self::Static => ".symtab",
+        }
+    }
+}
+
+/// The file ranges `(offset, len)` [`ElfImage::parse`] and the symbol lookups over `tables`
+/// read: the ELF and program headers, the `PT_NOTE` segments, the section header table, the
+/// first `SHT_DYNAMIC` section and, for each table, its first section, the string table it
+/// links to and the `SHT_SYMTAB_SHNDX` sections linked to it, each with its linked section.
+///
+/// Computed from the bytes of `data` read so far (unread bytes are zeros), so it names more as
+/// more is read: apply it until it names nothing new, and every byte those functions look at is
+/// read. Offsets and lengths are the file's, unchecked (hostile): the reader cuts them at the
+/// end of the file. Pure; never allocates beyond a range per section of interest.
+#[must_use]
+pub fn symbol_ranges(data: &[u8], tables: &[Table]) -> Vec<(u64, u64)> {
+    let e = LittleEndian;
+    let mut out = vec![(0, 64)];
+    let Ok(header) = FileHeader64::<LittleEndian>::parse(data) else {
+        return out;
+    };
+    out.push((
+        header.e_phoff(e),
+        u64::from(header.e_phnum(e)) * u64::from(header.e_phentsize(e)),
+    ));
+    if let Ok(phdrs) = header.program_headers(e, data) {
+        out.extend(
+            phdrs
+                .iter()
+                .filter(|ph| ph.p_type(e) == elf::PT_NOTE)
+                .map(|ph| (ph.p_offset(e), ph.p_filesz(e))),
+        );
+    }
+    let shoff = header.e_shoff(e);
+    if shoff == 0 {
+        return out;
+    }
+    // Section 0 holds the counts of a file with more sections than the header can say.
+    out.push((shoff, 64));
+    let Ok(count) = header.shnum(e, data) else {
+        return out;
+    };
+    out.push((shoff, (count as u64).saturating_mul(64)));
+    let Ok(sections) = header.section_headers(e, data) else {
+        return out;
+    };
+    let range = |s: &elf::SectionHeader64<LittleEndian>| {
+        (s.sh_type(e) != elf::SHT_NOBITS).then(|| (s.sh_offset(e), s.sh_size(e)))
+    };
+    let linked = |s: &elf::SectionHeader64<LittleEndian>| {
+        sections
+            .get(s.sh_link(e) as usize)
+            .filter(|_| s.sh_link(e) != 0)
+            .and_then(range)
+    };
+    let first = |sh_type: u32| {
+        sections
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.sh_type(e) == sh_type)
+    };
+    if let Some((_, dynamic)) = first(elf::SHT_DYNAMIC) {
+        out.extend(range(dynamic));
+        out.extend(linked(dynamic));
+    }
+    for table in tables {
+        let Some((index, section)) = first(table.sh_type()) else {
+            continue;
+        };
+        out.extend(range(section));
+        out.extend(linked(section));
+        for shndx in sections
+            .iter()
+            .filter(|s| s.sh_type(e) == elf::SHT_SYMTAB_SHNDX && s.sh_link(e) as usize == index)
+        {
+            out.extend(range(shndx));
+        }
+    }
+    out
+}
+
 /// Writable segments at least this large are not read (see [`ElfImage::unread_ranges`]).
 pub const SKIPPED_SEGMENT_BYTES: u64 = 1 << 20;
 
@@ -318,6 +423,17 @@ impl<'data> ElfImage<'data> {
     /// any of the names is present only as an undefined (imported) symbol.
     #[must_use]
     pub fn function_symbols(&self, names: &[&str]) -> (Vec<FunctionSymbol>, bool) {
+        self.function_symbols_in(names, &[Table::Dynamic, Table::Static])
+    }
+
+    /// [`Self::function_symbols`] from `tables` only, in that order (a name defined in an
+    /// earlier table is taken from it).
+    #[must_use]
+    pub fn function_symbols_in(
+        &self,
+        names: &[&str],
+        tables: &[Table],
+    ) -> (Vec<FunctionSymbol>, bool) {
         let mut found: Vec<FunctionSymbol> = Vec::new();
         let mut imported = false;
         let Ok(header) = FileHeader64::<LittleEndian>::parse(self.data) else {
@@ -327,8 +443,8 @@ impl<'data> ElfImage<'data> {
         let Ok(sections) = header.sections(endian, self.data) else {
             return (found, false);
         };
-        for (kind, table) in [(elf::SHT_DYNSYM, ".dynsym"), (elf::SHT_SYMTAB, ".symtab")] {
-            let Ok(symbols) = sections.symbols(endian, self.data, kind) else {
+        for table in tables {
+            let Ok(symbols) = sections.symbols(endian, self.data, table.sh_type()) else {
                 continue;
             };
             for sym in symbols.iter() {
@@ -352,7 +468,7 @@ impl<'data> ElfImage<'data> {
                     found.push(FunctionSymbol {
                         name: name.to_owned(),
                         vaddr: sym.st_value(endian),
-                        table,
+                        table: table.name(),
                     });
                 }
             }

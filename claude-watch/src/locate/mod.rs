@@ -423,8 +423,8 @@ impl Locator {
 }
 
 /// Memory holding a file's bytes: private anonymous memory (not a mapping of the file, so
-/// nothing another process does to the file can fault a reader), in huge pages where the kernel
-/// allows, which makes filling a few hundred megabytes about twice as fast as a `Vec`.
+/// nothing another process does to the file can fault a reader). Pages never written stay
+/// unallocated.
 pub struct Buffer(Option<memmap2::MmapMut>);
 
 impl Buffer {
@@ -432,9 +432,16 @@ impl Buffer {
         if len == 0 {
             return Ok(Self(None));
         }
-        let map = memmap2::MmapMut::map_anon(len)?;
-        let _ = map.advise(memmap2::Advice::HugePage);
-        Ok(Self(Some(map)))
+        Ok(Self(Some(memmap2::MmapMut::map_anon(len)?)))
+    }
+
+    /// Asks for huge pages where the kernel allows, before most of the buffer is filled: that
+    /// makes filling a few hundred megabytes about twice as fast as a `Vec`. Not before a sparse
+    /// read (the symbol tables alone), where each 2 MiB page touched would be resident whole.
+    fn prefer_huge_pages(&self) {
+        if let Some(map) = &self.0 {
+            let _ = map.advise(memmap2::Advice::HugePage);
+        }
     }
 }
 
@@ -452,12 +459,16 @@ impl std::ops::DerefMut for Buffer {
 }
 
 /// The bytes of one file, read from an open descriptor into a [`Buffer`] of the file's size,
-/// range by range: what is not read yet reads as zeros.
+/// range by range: what is not read yet reads as zeros. No byte is read twice.
 struct Reader<'a> {
     file: &'a File,
     meta: &'a std::fs::Metadata,
     path: &'a Path,
     data: Buffer,
+    /// The ranges read so far, `(start, end)`, sorted, disjoint and not touching.
+    filled: Vec<(u64, u64)>,
+    /// Bytes read so far.
+    read_bytes: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -497,6 +508,8 @@ impl<'a> Reader<'a> {
             meta,
             path,
             data,
+            filled: Vec::new(),
+            read_bytes: 0,
         })
     }
 
@@ -507,21 +520,33 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Reads `len` bytes at `offset` (cut at the end of the buffer). A file that ends early
-    /// was truncated meanwhile: [`LocateError::Changed`].
+    /// Reads `len` bytes at `offset` (cut at the end of the buffer), except what was read
+    /// before. A file that ends early was truncated meanwhile: [`LocateError::Changed`].
     fn fill(&mut self, offset: u64, len: u64) -> Result<(), LocateError> {
+        let size = self.data.len() as u64;
+        let start = offset.min(size);
+        let end = start.saturating_add(len).min(size);
+        for (from, to) in gaps(&self.filled, start, end) {
+            self.read_range(from, to)?;
+            self.filled = with_range(&self.filled, from, to);
+        }
+        Ok(())
+    }
+
+    /// Reads the bytes `from..to` (within the buffer).
+    fn read_range(&mut self, from: u64, to: u64) -> Result<(), LocateError> {
         let size = self.data.len();
-        let start = usize::try_from(offset).unwrap_or(size).min(size);
-        let end = start
-            .saturating_add(usize::try_from(len).unwrap_or(usize::MAX))
-            .min(size);
-        let mut at = start;
+        // Both within the buffer, whose length is a usize.
+        let (mut at, end) = (from as usize, to as usize);
         while at < end {
             match self.file.read_at(&mut self.data[at..end], at as u64) {
                 Ok(0) => {
                     return Err(self.changed(format!("ended at byte {at} of {size} (truncated)")));
                 }
-                Ok(n) => at += n,
+                Ok(n) => {
+                    at += n;
+                    self.read_bytes += n as u64;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(source) => {
                     return Err(LocateError::Io {
@@ -532,6 +557,30 @@ impl<'a> Reader<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Reads the ranges `wanted` names in the bytes read so far, again until it names nothing
+    /// new (headers first, then the tables they point to, then what those name). `false` when
+    /// that does not settle within [`SETTLE_ROUNDS`] or names more than [`SETTLE_RANGES`]
+    /// ranges (no real file does): the caller then reads the whole file.
+    fn fill_settled(
+        &mut self,
+        wanted: impl Fn(&[u8]) -> Vec<(u64, u64)>,
+    ) -> Result<bool, LocateError> {
+        for _ in 0..SETTLE_ROUNDS {
+            let ranges = wanted(&self.data);
+            if ranges.len() > SETTLE_RANGES {
+                return Ok(false);
+            }
+            let before = self.filled.clone();
+            for (offset, len) in ranges {
+                self.fill(offset, len)?;
+            }
+            if self.filled == before {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Reads the whole file except the `(offset, len)` ranges in `skip` (which read as zeros).
@@ -571,6 +620,59 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Rounds [`Reader::fill_settled`] takes at most (a real file settles in three: headers,
+/// section table, tables).
+const SETTLE_ROUNDS: usize = 6;
+/// Ranges [`Reader::fill_settled`] reads at most in one round (a real file names fewer than 10).
+const SETTLE_RANGES: usize = 64;
+
+/// The parts of `start..end` not in `filled` (sorted, disjoint `(start, end)` ranges).
+fn gaps(filled: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = start;
+    for &(from, to) in filled {
+        if to <= at {
+            continue;
+        }
+        if from >= end {
+            break;
+        }
+        if from > at {
+            out.push((at, from));
+        }
+        at = at.max(to);
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out
+}
+
+/// `filled` (sorted, disjoint, not touching) with `start..end` added, kept that way.
+fn with_range(filled: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
+    let (mut start, mut end) = (start, end);
+    let mut out = Vec::with_capacity(filled.len() + 1);
+    let mut placed = false;
+    for &(from, to) in filled {
+        if to < start {
+            out.push((from, to));
+        } else if from > end {
+            if !placed {
+                out.push((start, end));
+                placed = true;
+            }
+            out.push((from, to));
+        } else {
+            start = start.min(from);
+            end = end.max(to);
+        }
+    }
+    if !placed {
+        out.push((start, end));
+    }
+    out
+}
+
 /// Reads all of `file` (whose metadata is `meta`) into memory, refusing files over
 /// `max_bytes`, and files whose size, mtime or ctime change or that end early while read.
 ///
@@ -583,6 +685,7 @@ pub fn read_whole(
     max_bytes: u64,
 ) -> Result<Buffer, LocateError> {
     let mut reader = Reader::new(file, meta, path, max_bytes)?;
+    reader.data.prefer_huge_pages();
     reader.fill(0, u64::MAX)?;
     reader.unchanged()?;
     Ok(reader.data)
@@ -637,8 +740,8 @@ fn locate_open(
     let started = Instant::now();
     let budget = Budget::new(limits.time);
     let mut reader = Reader::new(file, meta, path, limits.max_file_bytes)?;
+    reader.fill(0, HEAD_BYTES)?;
     if let Some(cache) = cache {
-        reader.fill(0, HEAD_BYTES)?;
         let head = ElfImage::parse(&reader.data)
             .ok()
             .and_then(|image| Some((image.build_id?, image.arch)));
@@ -655,12 +758,48 @@ fn locate_open(
             }
         }
     }
+    if let Some(located) = locate_by_symbols(&mut reader, path, &budget)? {
+        if cache.is_some() {
+            for (offset, len) in cache::ranges(reader.data.len() as u64, &located) {
+                reader.fill(offset, len)?;
+            }
+        }
+        reader.unchanged()?;
+        budget
+            .check("reading")
+            .map_err(|budget| LocateError::OverBudget {
+                path: path.to_owned(),
+                budget,
+            })?;
+        tracing::debug!(
+            path = %path.display(),
+            build_id = located.build_id.as_deref().unwrap_or("-"),
+            method = %located.method,
+            read_bytes = reader.read_bytes,
+            file_bytes = reader.data.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "locate: located from the symbol tables alone"
+        );
+        if let Some(cache) = cache {
+            // The image over the bytes read, which hold the build id and the digested ranges.
+            let stored = ElfImage::parse(&reader.data)
+                .map_err(|problem| LocateError::Elf {
+                    path: path.to_owned(),
+                    problem,
+                })
+                .map(|image| cache.store(&image, &located));
+            if let Ok(Err(error)) = stored {
+                tracing::warn!(path = %path.display(), error = %crate::error_chain(&error), "locate: cannot write cache entry");
+            }
+        }
+        return Ok(located);
+    }
     // The headers say which segments the locator never looks at (a Bun executable's embedded
     // JavaScript): the rest is read.
-    reader.fill(0, HEAD_BYTES)?;
     let skip = ElfImage::parse(&reader.data)
         .map(|image| image.unread_ranges())
         .unwrap_or_default();
+    reader.data.prefer_huge_pages();
     reader.fill_except(&skip)?;
     reader.unchanged()?;
     let read_ms = started.elapsed().as_millis() as u64;
@@ -688,6 +827,50 @@ fn locate_open(
         tracing::warn!(path = %path.display(), error = %crate::error_chain(&error), "locate: cannot write cache entry");
     }
     Ok(located)
+}
+
+/// The symbol path on the symbol tables alone: reads the headers, the notes, the section
+/// table, the dynamic section and `.dynsym` with its strings, and `.symtab` with its strings
+/// only when `.dynsym` does not name all of [`FunctionName::ALL`]; the rest of the file stays
+/// unread. The answer is the one [`symbols::locate`] gives over the whole file (every byte it
+/// looks at is read). `None` when the symbols do not name the functions, or the headers do not
+/// settle into a few ranges: the caller reads the file. The caller checks the file is unchanged.
+fn locate_by_symbols(
+    reader: &mut Reader<'_>,
+    path: &Path,
+    budget: &Budget,
+) -> Result<Option<Located>, LocateError> {
+    let names: Vec<&str> = FunctionName::ALL.iter().map(|n| n.symbol()).collect();
+    for tables in [
+        &[elf::Table::Dynamic][..],
+        &[elf::Table::Dynamic, elf::Table::Static],
+    ] {
+        if !reader.fill_settled(|data| elf::symbol_ranges(data, tables))? {
+            return Ok(None);
+        }
+        budget
+            .check("reading")
+            .map_err(|budget| LocateError::OverBudget {
+                path: path.to_owned(),
+                budget,
+            })?;
+        let Ok(image) = ElfImage::parse(&reader.data) else {
+            return Ok(None);
+        };
+        // Over the whole file, a name `.dynsym` defines is taken from it: when it defines all
+        // of them, `.symtab` cannot change the answer and is left unread.
+        let all_dynamic = || {
+            image
+                .function_symbols_in(&names, &[elf::Table::Dynamic])
+                .0
+                .len()
+                == names.len()
+        };
+        if tables.len() == 2 || all_dynamic() {
+            return Ok(symbols::locate_in(&image, tables));
+        }
+    }
+    Ok(None)
 }
 
 /// Locates the TLS functions in a parsed image (no cache, no time budget). `path` is used in
@@ -1016,5 +1199,339 @@ mod tests {
         assert_eq!(refusals.reasons.len(), 3);
         assert!(refusals.reasons.contains_key(&stamp(9)));
         assert!(!refusals.reasons.contains_key(&stamp(0)));
+    }
+
+    /// A little-endian ELF64 x86-64 shared object: ELF and program headers, a GNU build id
+    /// note, `code_len` bytes of code from 4096, then `.dynstr` and `.dynsym` naming `dynamic`,
+    /// `.strtab` and `.symtab` naming `statics` (function `i` of each at code offset `16 * i`),
+    /// an empty `.shstrtab`, and the section table last. One executable `PT_LOAD` maps the whole file.
+    fn with_symbols(code_len: usize, dynamic: &[&str], statics: &[&str]) -> Vec<u8> {
+        fn table(names: &[&str], first: usize) -> (Vec<u8>, Vec<u8>) {
+            let (mut strings, mut symbols) = (vec![0u8], vec![0u8; 24]);
+            for (i, name) in names.iter().enumerate() {
+                let mut sym = [0u8; 24];
+                sym[..4].copy_from_slice(&(strings.len() as u32).to_le_bytes());
+                sym[4] = 0x12; // STB_GLOBAL, STT_FUNC
+                sym[6..8].copy_from_slice(&1u16.to_le_bytes()); // .text
+                let vaddr = 4096 + 16 * (first + i) as u64;
+                sym[8..16].copy_from_slice(&vaddr.to_le_bytes());
+                sym[16..24].copy_from_slice(&16u64.to_le_bytes());
+                symbols.extend_from_slice(&sym);
+                strings.extend_from_slice(name.as_bytes());
+                strings.push(0);
+            }
+            (strings, symbols)
+        }
+        let mut out = vec![0u8; 4096];
+        out[..4].copy_from_slice(b"\x7fELF");
+        out[4] = 2;
+        out[5] = 1;
+        out[6] = 1;
+        out[16..18].copy_from_slice(&3u16.to_le_bytes()); // ET_DYN
+        out[18..20].copy_from_slice(&62u16.to_le_bytes());
+        out[20..24].copy_from_slice(&1u32.to_le_bytes());
+        out[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        out[52..54].copy_from_slice(&64u16.to_le_bytes());
+        out[54..56].copy_from_slice(&56u16.to_le_bytes());
+        out[56..58].copy_from_slice(&2u16.to_le_bytes());
+        out[58..60].copy_from_slice(&64u16.to_le_bytes());
+        // The note: namesz 4, descsz 20, NT_GNU_BUILD_ID, "GNU\0", the id.
+        let note = 64 + 2 * 56;
+        out[note..note + 4].copy_from_slice(&4u32.to_le_bytes());
+        out[note + 4..note + 8].copy_from_slice(&20u32.to_le_bytes());
+        out[note + 8..note + 12].copy_from_slice(&3u32.to_le_bytes());
+        out[note + 12..note + 16].copy_from_slice(b"GNU\0");
+        for (i, b) in out[note + 16..note + 36].iter_mut().enumerate() {
+            *b = 0xa0 + i as u8;
+        }
+        out.extend(std::iter::repeat_n(0xCC, code_len));
+        let (dynstr, dynsym) = table(dynamic, 0);
+        let (strtab, symtab) = table(statics, dynamic.len());
+        let mut sections: Vec<(u32, u64, u64, u32)> =
+            vec![(0, 0, 0, 0), (1, 4096, code_len as u64, 0)];
+        for (sh_type, bytes, link) in [
+            (3, &dynstr, 0),
+            (11, &dynsym, 2),
+            (3, &strtab, 0),
+            (2, &symtab, 4),
+            (3, &vec![0u8], 0),
+        ] {
+            while !out.len().is_multiple_of(8) {
+                out.push(0);
+            }
+            sections.push((sh_type, out.len() as u64, bytes.len() as u64, link));
+            out.extend_from_slice(bytes);
+        }
+        while !out.len().is_multiple_of(8) {
+            out.push(0);
+        }
+        let shoff = out.len() as u64;
+        out[40..48].copy_from_slice(&shoff.to_le_bytes());
+        out[60..62].copy_from_slice(&(sections.len() as u16).to_le_bytes());
+        out[62..64].copy_from_slice(&(sections.len() as u16 - 1).to_le_bytes()); // .shstrtab
+        for (sh_type, offset, size, link) in sections {
+            let mut sh = [0u8; 64];
+            sh[4..8].copy_from_slice(&sh_type.to_le_bytes());
+            sh[24..32].copy_from_slice(&offset.to_le_bytes());
+            sh[32..40].copy_from_slice(&size.to_le_bytes());
+            sh[40..44].copy_from_slice(&link.to_le_bytes());
+            if sh_type == 2 || sh_type == 11 {
+                sh[56..64].copy_from_slice(&24u64.to_le_bytes());
+            }
+            out.extend_from_slice(&sh);
+        }
+        let len = out.len() as u64;
+        let mut ph = [0u8; 56];
+        ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+        ph[32..40].copy_from_slice(&len.to_le_bytes());
+        ph[40..48].copy_from_slice(&len.to_le_bytes());
+        ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
+        out[64..120].copy_from_slice(&ph);
+        let mut ph = [0u8; 56];
+        ph[..4].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
+        ph[8..16].copy_from_slice(&(note as u64).to_le_bytes());
+        ph[16..24].copy_from_slice(&(note as u64).to_le_bytes());
+        ph[32..40].copy_from_slice(&36u64.to_le_bytes());
+        ph[40..48].copy_from_slice(&36u64.to_le_bytes());
+        out[120..176].copy_from_slice(&ph);
+        out
+    }
+
+    const SSL: [&str; 4] = ["SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"];
+
+    /// What the symbol path on a sparse read answers for `bytes` (`None`: the caller would read
+    /// the whole file), and the bytes it read.
+    fn sparse(name: &str, bytes: &[u8]) -> (Result<Option<Located>, String>, u64) {
+        let (dir, path) = scratch(name, bytes);
+        let file = File::open(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        let mut reader = Reader::new(&file, &meta, &path, u64::MAX).unwrap();
+        let result = reader
+            .fill(0, HEAD_BYTES)
+            .and_then(|()| locate_by_symbols(&mut reader, &path, &Budget::unlimited()))
+            .map_err(|e| e.to_string());
+        let read = reader.read_bytes;
+        assert!(
+            read <= bytes.len() as u64,
+            "{read} bytes read of {}",
+            bytes.len()
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+        (result, read)
+    }
+
+    /// What the whole locate answers for `bytes`, and what the locator answers over the
+    /// whole file in memory: the two must agree.
+    fn agree(name: &str, bytes: &[u8]) -> Result<Located, String> {
+        let (dir, path) = scratch(name, bytes);
+        let read = locate_file(&path, None).map_err(|e| e.to_string());
+        let whole = ElfImage::parse(bytes)
+            .map_err(|problem| {
+                LocateError::Elf {
+                    path: path.clone(),
+                    problem,
+                }
+                .to_string()
+            })
+            .and_then(|image| locate_image(&path, &image).map_err(|e| e.to_string()));
+        assert_eq!(read, whole, "{name}");
+        std::fs::remove_dir_all(dir).unwrap();
+        read
+    }
+
+    #[test]
+    fn a_file_with_symbols_is_located_from_its_symbol_tables_alone() {
+        let code = 8 << 20;
+        let bytes = with_symbols(code, &SSL, &["other"]);
+        let (located, read) = sparse("sparse", &bytes);
+        let located = located.unwrap().expect("located by symbols");
+        assert_eq!(located.method, Method::Symbols);
+        assert_eq!(located.functions.len(), 4);
+        assert_eq!(
+            located.build_id.as_deref(),
+            Some("a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3")
+        );
+        // The head and the tables; not the code.
+        assert!(read < 128 << 10, "{read} bytes read of {}", bytes.len());
+        assert_eq!(agree("sparse", &bytes).unwrap(), located);
+    }
+
+    #[test]
+    fn the_static_table_is_read_only_when_the_dynamic_one_lacks_a_name() {
+        let code = 1 << 20;
+        // .dynsym names SSL_write and SSL_read only; the _ex forms are in .symtab.
+        let bytes = with_symbols(code, &SSL[..2], &SSL[2..]);
+        let (located, read) = sparse("static", &bytes);
+        let located = located.unwrap().expect("located by symbols");
+        assert_eq!(located.functions.len(), 4, "{located:?}");
+        assert!(located.functions[2].evidence.contains(".symtab"));
+        assert!(read < 128 << 10, "{read}");
+        assert_eq!(agree("static", &bytes).unwrap(), located);
+        // No symbols at all: not located here (the caller reads the file), and refused whole.
+        let bytes = with_symbols(code, &[], &[]);
+        let (located, _) = sparse("none", &bytes);
+        assert_eq!(located.unwrap(), None);
+        assert!(agree("none", &bytes).is_err());
+        // Only the static table names them.
+        let bytes = with_symbols(code, &[], &SSL);
+        let (located, _) = sparse("only-static", &bytes);
+        assert_eq!(located.unwrap().unwrap().functions.len(), 4);
+    }
+
+    #[test]
+    fn a_cache_entry_made_from_a_sparse_read_verifies_against_the_file() {
+        let bytes = with_symbols(1 << 20, &SSL, &[]);
+        let (dir, path) = scratch("cached", &bytes);
+        let cache = Cache::new(dir.join("cache"));
+        let first = locate_file(&path, Some(&cache)).unwrap();
+        assert_eq!(first.method, Method::Symbols);
+        let second = locate_file(&path, Some(&cache)).unwrap();
+        assert_eq!(second.method, Method::Cache);
+        assert_eq!(second.functions, first.functions);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn put(bytes: &mut [u8], at: usize, value: &[u8]) {
+        bytes[at..at + value.len()].copy_from_slice(value);
+    }
+
+    #[test]
+    fn hostile_section_headers_are_refused_or_read_whole_never_trusted() {
+        let good = with_symbols(256 << 10, &SSL, &["x"]);
+        let len = good.len() as u64;
+        let shoff = u64::from_le_bytes(good[40..48].try_into().unwrap()) as usize;
+        let section = |i: usize, field: usize| shoff + 64 * i + field;
+        let (sh_type, sh_offset, sh_size, sh_link) = (4, 24, 32, 40);
+        let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut case = |name, edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut bytes = good.clone();
+            edit(&mut bytes);
+            cases.push((name, bytes));
+        };
+        case("shoff-past-end", &|b| {
+            put(b, 40, &(len + 4096).to_le_bytes())
+        });
+        case("shoff-max", &|b| put(b, 40, &u64::MAX.to_le_bytes()));
+        case("table-runs-past-end", &|b| {
+            put(b, 60, &0xffffu16.to_le_bytes())
+        });
+        case("shentsize-wrong", &|b| put(b, 58, &32u16.to_le_bytes()));
+        case("extended-count-huge", &|b| {
+            put(b, 60, &0u16.to_le_bytes());
+            put(b, section(0, sh_size), &u64::MAX.to_le_bytes());
+        });
+        case("extended-count-whole-file", &|b| {
+            put(b, 60, &0u16.to_le_bytes());
+            put(b, section(0, sh_size), &(len / 64).to_le_bytes());
+        });
+        case("dynsym-past-end", &|b| {
+            put(b, section(3, sh_offset), &(len + 1).to_le_bytes())
+        });
+        case("dynsym-size-max", &|b| {
+            put(b, section(3, sh_size), &u64::MAX.to_le_bytes())
+        });
+        case("dynsym-whole-file", &|b| {
+            put(b, section(3, sh_offset), &0u64.to_le_bytes());
+            put(b, section(3, sh_size), &(len / 24 * 24).to_le_bytes());
+        });
+        case("dynstr-overlaps-table", &|b| {
+            put(b, section(2, sh_offset), &(shoff as u64).to_le_bytes())
+        });
+        case("dynsym-links-itself", &|b| {
+            put(b, section(3, sh_link), &3u32.to_le_bytes())
+        });
+        case("dynsym-links-nowhere", &|b| {
+            put(b, section(3, sh_link), &u32::MAX.to_le_bytes())
+        });
+        case("strings-not-strtab", &|b| {
+            put(b, section(2, sh_type), &1u32.to_le_bytes())
+        });
+        case("two-dynsyms", &|b| {
+            put(b, section(5, sh_type), &11u32.to_le_bytes())
+        });
+        case("every-section-a-shndx", &|b| {
+            // 1 + 6 sections then as many SHT_SYMTAB_SHNDX headers as fit before the end,
+            // each linked to .dynsym and covering a different part of the code.
+            let count = 200usize;
+            b.truncate(shoff + 7 * 64);
+            for i in 0..count {
+                let mut sh = [0u8; 64];
+                sh[4..8].copy_from_slice(&18u32.to_le_bytes());
+                sh[24..32].copy_from_slice(&(4096 + 1024 * i as u64).to_le_bytes());
+                sh[32..40].copy_from_slice(&512u64.to_le_bytes());
+                sh[40..44].copy_from_slice(&3u32.to_le_bytes());
+                b.extend_from_slice(&sh);
+            }
+            put(b, 60, &((7 + count) as u16).to_le_bytes());
+            let len = b.len() as u64;
+            put(b, 64 + 32, &len.to_le_bytes());
+            put(b, 64 + 40, &len.to_le_bytes());
+        });
+        for (name, bytes) in &cases {
+            // Whatever the headers say, a locate reads each byte at most once, answers as the
+            // whole file in memory does, and does not panic.
+            let (sparse, _) = sparse(name, bytes);
+            let whole = agree(name, bytes);
+            // Only the first of two tables is taken, as over the whole file; every other case
+            // is not located from the symbol tables alone (the file is read whole).
+            assert_eq!(
+                matches!(sparse, Ok(Some(_))),
+                *name == "two-dynsyms",
+                "{name}: {sparse:?}"
+            );
+            // Past the range cap, the whole file is read, and its symbols name the functions.
+            if *name == "every-section-a-shndx" {
+                assert!(whole.is_ok(), "{whole:?}");
+            }
+            if let Ok(Some(located)) = sparse {
+                assert_eq!(Ok(located), whole, "{name}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        #[test]
+        fn a_mutated_symbol_file_reads_as_the_whole_file(
+            writes in proptest::collection::vec((0usize..512, proptest::prelude::any::<u8>()), 1..12),
+            in_head in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = with_symbols(80 << 10, &SSL, &["x"]);
+            let tail = bytes.len() - 512;
+            for (at, value) in writes {
+                // The ELF header, or the section table and the tables before it.
+                let i = if in_head { at % 64 } else { tail + at };
+                bytes[i] = value;
+            }
+            let (sparse, _) = sparse("mutated", &bytes);
+            let whole = agree("mutated", &bytes);
+            if let Ok(Some(located)) = sparse {
+                proptest::prop_assert_eq!(Ok(located), whole);
+            }
+        }
+    }
+
+    #[test]
+    fn read_ranges_are_merged_and_never_read_twice() {
+        let mut filled = Vec::new();
+        for (start, end) in [(10, 20), (30, 40), (20, 30), (50, 60), (0, 5)] {
+            filled = with_range(&filled, start, end);
+        }
+        assert_eq!(filled, vec![(0, 5), (10, 40), (50, 60)]);
+        assert_eq!(gaps(&filled, 0, 70), vec![(5, 10), (40, 50), (60, 70)]);
+        assert_eq!(gaps(&filled, 12, 38), vec![]);
+        assert_eq!(with_range(&filled, 3, 55), vec![(0, 60)]);
+        // A file read twice over is read once.
+        let (dir, path) = scratch("once", &[7u8; 10_000]);
+        let file = File::open(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        let mut reader = Reader::new(&file, &meta, &path, u64::MAX).unwrap();
+        reader.fill(100, 200).unwrap();
+        reader.fill(0, u64::MAX).unwrap();
+        reader.fill(u64::MAX, u64::MAX).unwrap();
+        assert_eq!(reader.read_bytes, 10_000);
+        assert!(reader.data.iter().all(|&b| b == 7));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

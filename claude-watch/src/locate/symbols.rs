@@ -1,15 +1,22 @@
 //! The symbol path: files that name their TLS functions (node's static OpenSSL, `libssl.so.3`,
 //! unstripped BoringSSL builds).
 
-use super::elf::ElfImage;
+use super::elf::{ElfImage, Table};
 use super::{Function, FunctionName, Located, Method, TlsLibrary};
 
 /// Functions named by defined symbols, when at least `SSL_write` and `SSL_read` are; `None`
 /// otherwise (including when they are only imported).
 #[must_use]
 pub fn locate(image: &ElfImage<'_>) -> Option<Located> {
+    locate_in(image, &[Table::Dynamic, Table::Static])
+}
+
+/// [`locate`] from the symbols of `tables` only (a name defined in an earlier one is taken
+/// from it).
+#[must_use]
+pub fn locate_in(image: &ElfImage<'_>, tables: &[Table]) -> Option<Located> {
     let names: Vec<&str> = FunctionName::ALL.iter().map(|n| n.symbol()).collect();
-    let (symbols, _) = image.function_symbols(&names);
+    let (symbols, _) = image.function_symbols_in(&names, tables);
     let mut functions: Vec<Function> = symbols
         .iter()
         .filter_map(|sym| {
