@@ -36,7 +36,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static READ_ARGS: LruHashMap<u64, ReadArgs> = LruHashMap::with_max_entries(16384, 0);
 
-/// Connections whose next buffer in one direction continues a forwarded head.
+/// Connections whose next buffer in one direction continues a forwarded head (1), or not (0):
+/// a connection's slot is set and taken in place, and goes to the LRU when the connection is
+/// idle.
 #[map]
 static CONT: LruHashMap<ConnKey, u32> = LruHashMap::with_max_entries(8192, 0);
 
@@ -252,12 +254,16 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
     match start {
         Start::Head => {}
         Start::Other => {
-            // SAFETY: the value is only tested for presence.
-            if unsafe { CONT.get(&key) }.is_none() {
+            // Taken in place (set to 0), not deleted: the connection's slot is reused.
+            let pending = CONT.get_ptr_mut(&key).is_some_and(|slot| {
+                // SAFETY: a live map value; a connection is written by one thread at a time.
+                let slot = unsafe { &mut *slot };
+                core::mem::replace(slot, 0) != 0
+            });
+            if !pending {
                 bump(stats::SKIPPED);
                 return;
             }
-            let _ = CONT.remove(&key);
             event_flags = flags::CONTINUATION;
         }
     }
@@ -266,14 +272,14 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
     }
     if dir == kind::READ && len < SHORT_HEAD {
         // The status line or headers may be split: forward the next read too.
-        let _ = CONT.insert(&key, &1, 0);
+        expect_continuation(&key);
     } else if dir == kind::WRITE
         && start == Start::Head
         && prefix[0] == b'P'
         && ends_headers(buf, len)
     {
         // Headers written alone (node's http): the body, with the model, follows.
-        let _ = CONT.insert(&key, &1, 0);
+        expect_continuation(&key);
     }
     // A response matters at once unless its status line reads 1xx, 2xx or 3xx.
     let urgent = dir == kind::READ
@@ -282,6 +288,19 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
             && prefix[8] == b' '
             && matches!(prefix[9], b'1'..=b'3'));
     emit(ssl, buf, len, dir, event_flags, urgent);
+}
+
+/// Marks the next buffer of `key`'s connection and direction as a continuation: in its slot
+/// of [`CONT`] when it has one (a lookup, no hash update), else in a new one.
+#[inline(always)]
+fn expect_continuation(key: &ConnKey) {
+    match CONT.get_ptr_mut(key) {
+        // SAFETY: a live map value; a connection is written by one thread at a time.
+        Some(slot) => unsafe { *slot = 1 },
+        None => {
+            let _ = CONT.insert(key, &1, 0);
+        }
+    }
 }
 
 /// The budget user space set (read through a volatile load so the compiler keeps it a global).

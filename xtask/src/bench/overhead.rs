@@ -222,9 +222,12 @@ pub(super) fn overhead(
                 Variant::None => Attached::None,
                 Variant::Floor if out.floor_missing.is_some() => continue,
                 Variant::Floor => Attached::Floor(Bpftrace::start(&floor, !by_symbol)?),
-                Variant::Watch(policy) => {
-                    Attached::Watch(env.trace_with(&binary, RING_MIB, false, &["--wakeup", policy])?)
-                }
+                Variant::Watch(policy) => Attached::Watch(env.trace_with(
+                    &binary,
+                    RING_MIB,
+                    false,
+                    &["--wakeup", policy],
+                )?),
             };
             for (runs, mode, args) in [
                 (&mut out.requests, "requests", &requests[..]),
@@ -256,7 +259,12 @@ pub(super) fn overhead(
     // run-time statistics on (they add two clock reads per run, so the timed rounds run
     // without them).
     for policy in POLICIES {
-        let t = env.trace_with(&binary, RING_MIB, false, &["--wakeup", policy, "--probe-time"])?;
+        let t = env.trace_with(
+            &binary,
+            RING_MIB,
+            false,
+            &["--wakeup", policy, "--probe-time"],
+        )?;
         env.run_client(client, "requests", port, &requests)?;
         let (_, _, times) = t.stop_timed()?;
         out.probe_times.push((policy, times));
