@@ -162,7 +162,7 @@ impl Plan {
             window: Duration::from_secs(5),
             locate_runs: 5,
             turn_rounds: 7,
-            turns: 10,
+            turns: 30,
             soak: Duration::from_secs(30 * 60),
             soak_agents: 200,
             soak_processes: 1000,
