@@ -157,6 +157,18 @@ impl Metrics {
         });
     }
 
+    /// Drops every series whose first label is `agent="<agent>"` (an instance the core forgot:
+    /// its counters go with it, as a target's series go when it is gone).
+    pub fn forget_agent(&self, agent: &str) {
+        let exact = labels(&[("agent", agent)]);
+        let prefix = format!("{exact},");
+        self.with(|m| {
+            for (_, _, family) in m.series.values_mut() {
+                family.retain(|k, _| *k != exact && !k.starts_with(&prefix));
+            }
+        });
+    }
+
     /// Records one observation (seconds) in a histogram.
     pub fn observe(&self, name: &'static str, help: &'static str, seconds: f64) {
         self.with(|m| {
@@ -277,6 +289,36 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_forgotten_agent_s_series_go_and_no_other() {
+        let m = Metrics::default();
+        for agent in ["pid:1", "pid:12", "a\"b"] {
+            m.inc(
+                "x_total",
+                "x",
+                labels(&[("agent", agent), ("status", "200")]),
+                1.0,
+            );
+            m.inc("y_total", "y", labels(&[("agent", agent)]), 1.0);
+        }
+        m.inc("y_total", "y", labels(&[("instance", "pid:1")]), 1.0);
+        m.forget_agent("pid:1");
+        m.forget_agent("a\"b");
+        let text = m.render();
+        let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(
+            !text.contains("agent=\"pid:1\"") && !text.contains("a\\\"b"),
+            "{text}"
+        );
+        for kept in [
+            "x_total{agent=\"pid:12\",status=\"200\"} 1",
+            "y_total{agent=\"pid:12\"} 1",
+            "y_total{instance=\"pid:1\"} 1",
+        ] {
+            assert!(series.contains(&kept), "{kept} in {text}");
+        }
+    }
 
     #[test]
     fn renders_the_text_format() {

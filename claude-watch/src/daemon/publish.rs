@@ -56,6 +56,7 @@ pub(super) fn record(m: &Metrics, metric: &Metric) {
             m.observe("claude_watch_detection_seconds", DETECTION_HELP, *s);
         }
         Metric::RecoverySeconds(s) => m.observe("claude_watch_recovery_seconds", RECOVERY_HELP, *s),
+        Metric::Forgotten { agent } => m.forget_agent(agent),
         Metric::InstanceRefused => m.inc(
             "claude_watch_instances_refused_total",
             "New claude instances not watched because too many instances were tracked.",

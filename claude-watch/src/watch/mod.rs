@@ -227,6 +227,12 @@ pub enum Metric {
     RecoverySeconds(f64),
     /// A new instance was refused: [`MAX_INSTANCES`] were tracked, none could be forgotten.
     InstanceRefused,
+    /// An instance was forgotten: its per-instance series go with it, so the metric families
+    /// hold the instances the core keeps, not every `pid:` instance ever seen.
+    Forgotten {
+        /// Instance name.
+        agent: String,
+    },
 }
 
 /// The core: detector, recovery policy and what joins them, for every instance of the host.
@@ -271,6 +277,8 @@ pub struct Watch {
     refused: u64,
     /// Live processes of refused instances (their traffic is ignored until they exit).
     refused_pids: BTreeSet<u32>,
+    /// Instances forgotten since the last [`Watch::handle`] returned (their series go).
+    forgotten: Vec<String>,
     /// When the last refusal was logged (one warning a minute at most).
     refusal_logged: Option<MonoNs>,
     /// Whether anything but the clock moved since the status was last published.
@@ -333,6 +341,7 @@ impl Watch {
             idle_order,
             refused: 0,
             refused_pids: BTreeSet::new(),
+            forgotten: Vec::new(),
             refusal_logged: None,
             changed: true,
             published_at: None,
@@ -465,6 +474,11 @@ impl Watch {
             }
         }
         self.drive(now, &mut out);
+        out.extend(
+            self.forgotten
+                .drain(..)
+                .map(|agent| Effect::Metric(Metric::Forgotten { agent })),
+        );
         self.changed |= !tick || !out.is_empty();
         let stale = self
             .published_at
@@ -714,6 +728,7 @@ impl Watch {
 
     /// Drops everything known about `id`.
     fn forget(&mut self, id: &InstanceId) {
+        self.forgotten.push(id.name.clone());
         self.detector.forget(id);
         self.policy.forget(id);
         self.last_seen.remove(id);

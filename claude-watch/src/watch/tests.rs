@@ -970,6 +970,17 @@ fn pid_instances_are_forgotten_when_their_process_exits() {
     r.advance(S);
     assert!(r.watch.status(r.now).instances.is_empty());
     assert_eq!(r.watch.instance_count(), 0);
+    // Their metric series go with them, each once.
+    let forgotten: Vec<&str> = r
+        .metrics
+        .iter()
+        .filter_map(|m| match m {
+            Metric::Forgotten { agent } => Some(agent.as_str()),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<String> = (1000..1200).map(|pid| format!("pid:{pid}")).collect();
+    assert_eq!(forgotten, expected);
 }
 
 #[test]
