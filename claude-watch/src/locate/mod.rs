@@ -765,12 +765,7 @@ fn locate_open(
             }
         }
         reader.unchanged()?;
-        budget
-            .check("reading")
-            .map_err(|budget| LocateError::OverBudget {
-                path: path.to_owned(),
-                budget,
-            })?;
+        read_within(&budget, path)?;
         tracing::debug!(
             path = %path.display(),
             build_id = located.build_id.as_deref().unwrap_or("-"),
@@ -782,14 +777,8 @@ fn locate_open(
         );
         if let Some(cache) = cache {
             // The image over the bytes read, which hold the build id and the digested ranges.
-            let stored = ElfImage::parse(&reader.data)
-                .map_err(|problem| LocateError::Elf {
-                    path: path.to_owned(),
-                    problem,
-                })
-                .map(|image| cache.store(&image, &located));
-            if let Ok(Err(error)) = stored {
-                tracing::warn!(path = %path.display(), error = %crate::error_chain(&error), "locate: cannot write cache entry");
+            if let Ok(image) = ElfImage::parse(&reader.data) {
+                store(cache, &image, &located, path);
             }
         }
         return Ok(located);
@@ -804,12 +793,7 @@ fn locate_open(
     reader.unchanged()?;
     let read_ms = started.elapsed().as_millis() as u64;
     let data = reader.data;
-    budget
-        .check("reading")
-        .map_err(|budget| LocateError::OverBudget {
-            path: path.to_owned(),
-            budget,
-        })?;
+    read_within(&budget, path)?;
     let image = ElfImage::parse(&data).map_err(|problem| LocateError::Elf {
         path: path.to_owned(),
         problem,
@@ -823,10 +807,27 @@ fn locate_open(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "locate: located"
     );
-    if let Some(Err(error)) = cache.map(|cache| cache.store(&image, &located)) {
-        tracing::warn!(path = %path.display(), error = %crate::error_chain(&error), "locate: cannot write cache entry");
+    if let Some(cache) = cache {
+        store(cache, &image, &located, path);
     }
     Ok(located)
+}
+
+/// Whether reading `path` stayed within `budget`.
+fn read_within(budget: &Budget, path: &Path) -> Result<(), LocateError> {
+    budget
+        .check("reading")
+        .map_err(|budget| LocateError::OverBudget {
+            path: path.to_owned(),
+            budget,
+        })
+}
+
+/// Stores `located` for `image` in `cache`; a failure is logged, the answer stands.
+fn store(cache: &Cache, image: &ElfImage<'_>, located: &Located, path: &Path) {
+    if let Err(error) = cache.store(image, located) {
+        tracing::warn!(path = %path.display(), error = %crate::error_chain(&error), "locate: cannot write cache entry");
+    }
 }
 
 /// The symbol path on the symbol tables alone: reads the headers, the notes, the section
@@ -848,12 +849,7 @@ fn locate_by_symbols(
         if !reader.fill_settled(|data| elf::symbol_ranges(data, tables))? {
             return Ok(None);
         }
-        budget
-            .check("reading")
-            .map_err(|budget| LocateError::OverBudget {
-                path: path.to_owned(),
-                budget,
-            })?;
+        read_within(budget, path)?;
         let Ok(image) = ElfImage::parse(&reader.data) else {
             return Ok(None);
         };
