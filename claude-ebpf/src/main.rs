@@ -122,8 +122,8 @@ pub fn ssl_read_ex_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Keeps a read's arguments for its return in the thread's slot of [`READ_ARGS`]: written in
-/// place when the thread has one (a lookup, no hash update), inserted on its first read.
+/// Keeps a read's arguments for its return in the thread's slot of [`READ_ARGS`] (see
+/// [`set_in_place`]).
 #[inline(always)]
 fn remember_read(ctx: &ProbeContext, readbytes: u64) {
     if let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
@@ -132,14 +132,7 @@ fn remember_read(ctx: &ProbeContext, readbytes: u64) {
             buf,
             readbytes,
         };
-        let key = bpf_get_current_pid_tgid();
-        match READ_ARGS.get_ptr_mut(&key) {
-            // SAFETY: the calling thread's own slot; no other program writes it meanwhile.
-            Some(slot) => unsafe { *slot = args },
-            None => {
-                let _ = READ_ARGS.insert(&key, &args, 0);
-            }
-        }
+        set_in_place(&READ_ARGS, &bpf_get_current_pid_tgid(), args);
     }
 }
 
@@ -290,15 +283,23 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
     emit(ssl, buf, len, dir, event_flags, urgent);
 }
 
-/// Marks the next buffer of `key`'s connection and direction as a continuation: in its slot
-/// of [`CONT`] when it has one (a lookup, no hash update), else in a new one.
+/// Marks the next buffer of `key`'s connection and direction as a continuation, in its slot of
+/// [`CONT`] (see [`set_in_place`]).
 #[inline(always)]
 fn expect_continuation(key: &ConnKey) {
-    match CONT.get_ptr_mut(key) {
-        // SAFETY: a live map value; a connection is written by one thread at a time.
-        Some(slot) => unsafe { *slot = 1 },
+    set_in_place(&CONT, key, 1);
+}
+
+/// Sets `key`'s value in `map`: written in its slot when it has one (a lookup, no hash
+/// update), else inserted. Used for slots only one thread writes at a time (a thread's read,
+/// a connection's continuation).
+#[inline(always)]
+fn set_in_place<K, V>(map: &LruHashMap<K, V>, key: &K, value: V) {
+    match map.get_ptr_mut(key) {
+        // SAFETY: a live map value; its one writer is the calling thread.
+        Some(slot) => unsafe { *slot = value },
         None => {
-            let _ = CONT.insert(key, &1, 0);
+            let _ = map.insert(key, &value, 0);
         }
     }
 }
