@@ -3,7 +3,8 @@
 //!
 //! - kernel records in, through the front half ([`crate::watch::front`]) and [`Discovery`]
 //!   (`/proc`);
-//! - probes attached (locating TLS functions on a blocking task) and detached;
+//! - probes attached (locating TLS functions on a blocking task, at most
+//!   [`locating::WORKERS`] at once) and detached;
 //! - restarts and the escalation hook on their own tasks, their results fed back as inputs;
 //! - the journal and the recovery state written by one durable writer thread (fsync never runs
 //!   on the event loop), and what acts on or reports a decision (restart, hook, status) held
@@ -13,6 +14,7 @@
 //! Modules:
 //! - `durable`: the writer thread for the journal and the recovery state, and the write-ahead
 //!   rule;
+//! - `locating`: the looks at processes' files waiting for a blocking thread;
 //! - `publish`: metric events and the status snapshot rendered for the registry and the socket;
 //! - [`control`]: the control socket `claude-watch status` talks to;
 //! - [`metrics`]: the Prometheus registry and endpoint;
@@ -21,6 +23,7 @@
 
 pub mod control;
 mod durable;
+mod locating;
 pub mod metrics;
 pub mod notify;
 mod publish;
@@ -50,6 +53,7 @@ use crate::watch::front::Front;
 use crate::watch::policy::PolicySnapshot;
 use crate::watch::{Effect, Input, Watch};
 use durable::{Durable, Write, WriteAhead};
+use locating::LocateQueue;
 use metrics::Metrics;
 use notify::Notifier;
 use status::Snapshot;
@@ -90,6 +94,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     crate::allocator::tune_for_long_run();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Blocking work is locating (at most `locating::WORKERS` at once) and a container
+        // engine's restarts; the cap keeps a burst from becoming hundreds of threads.
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
@@ -112,6 +119,9 @@ enum Done {
     /// The durable writer wrote everything up to this write.
     Durable(u64),
 }
+
+/// Threads for blocking work, at most.
+const MAX_BLOCKING_THREADS: usize = 8;
 
 /// How long locating may hold readiness back at start, for all files together (one file's own
 /// budget is [`crate::locate`]'s 10 s).
@@ -139,6 +149,8 @@ struct Daemon {
     starting: bool,
     /// What is left of [`STARTUP_LOCATE_BUDGET`].
     startup_locate_left: Duration,
+    /// Looks at processes' files waiting for a blocking thread.
+    locates: LocateQueue,
     /// Live processes over their record budget, as last read from the kernel.
     over_budget: Vec<OverBudget>,
     /// The kernel's over-budget counter at that read, and when it was.
@@ -267,6 +279,7 @@ impl Daemon {
             control_path,
             starting: true,
             startup_locate_left: STARTUP_LOCATE_BUDGET,
+            locates: LocateQueue::default(),
             over_budget: Vec::new(),
             over_budget_seen: 0,
             over_budget_read: None,
@@ -420,7 +433,11 @@ impl Daemon {
                 found,
                 result,
                 last,
-            } => self.attach(&found, result, last),
+            } => {
+                self.locates.finished();
+                self.attach(&found, result, last);
+                self.start_locates();
+            }
             Done::Input(input) => self.feed(*input),
             Done::Durable(seq) => {
                 for (decided, effect) in self.ahead.acknowledged(seq) {
@@ -527,9 +544,9 @@ impl Daemon {
     }
 
     /// Locates the TLS functions a found process needs (on a blocking task once the daemon
-    /// runs; inline while it starts, so they are attached by the time it says it watches, for
-    /// at most [`STARTUP_LOCATE_BUDGET`] in all: files that take long cannot hold readiness back
-    /// past the supervisor's start timeout).
+    /// runs, queued behind others in [`LocateQueue`]; inline while it starts, so they are
+    /// attached by the time it says it watches, for at most [`STARTUP_LOCATE_BUDGET`] in all:
+    /// files that take long cannot hold readiness back past the supervisor's start timeout).
     fn locate(&mut self, found: Found, last: bool) {
         let last = last || found.kind != ClaudeKind::Script;
         if self.starting && !self.startup_locate_left.is_zero() {
@@ -544,15 +561,35 @@ impl Daemon {
             }
             self.attach(&found, result, last);
         } else {
+            self.locates.push(found, last);
+            self.start_locates();
+        }
+    }
+
+    /// Starts queued looks while workers are free; a process gone meanwhile is skipped.
+    fn start_locates(&mut self) {
+        let processes = self.front.processes();
+        let current = |found: &Found| {
+            processes
+                .get(found.info.pid)
+                .is_some_and(|f| f.info.start_time == found.info.start_time)
+        };
+        while let Some(look) = self.locates.next(current) {
             let tx = self.done_tx.clone();
             tokio::task::spawn_blocking(move || {
-                let result = discover::target(&found);
+                let result = discover::target(&look.found);
                 let _ = tx.send(Done::Located {
-                    found: Box::new(found),
+                    found: Box::new(look.found),
                     result,
-                    last,
+                    last: look.last,
                 });
             });
+        }
+        if self.locates.waiting() > 0 {
+            debug!(
+                waiting = self.locates.waiting(),
+                "looks at processes' files queued"
+            );
         }
     }
 
