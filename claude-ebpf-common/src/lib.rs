@@ -37,6 +37,11 @@ pub mod wakeup {
 /// global; at most `HEAD_MAX - 1`).
 pub const COPY_MAX: u32 = (HEAD_MAX - 1) as u32;
 
+/// The most bytes the kernel copies of a request body that follows headers written alone
+/// (node's http writes them apart): user space reads only its `"model"`, which Claude Code puts
+/// first (it ends 26 bytes in), so the prompt after it stays in the kernel.
+pub const BODY_COPY_MAX: u32 = 512;
+
 /// What a record reports ([`EventHeader::kind`]).
 pub mod kind {
     /// A buffer written by the client with `SSL_write`/`SSL_write_ex`: a request.

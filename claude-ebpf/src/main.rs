@@ -280,7 +280,13 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
             && n >= 12
             && prefix[8] == b' '
             && matches!(prefix[9], b'1'..=b'3'));
-    emit(ssl, buf, len, dir, event_flags, urgent);
+    // A body after headers written alone: only its start (the model) is read.
+    let limit = if dir == kind::WRITE && event_flags == flags::CONTINUATION {
+        claude_ebpf_common::BODY_COPY_MAX
+    } else {
+        claude_ebpf_common::COPY_MAX
+    };
+    emit(ssl, buf, len, dir, event_flags, urgent, limit);
 }
 
 /// Marks the next buffer of `key`'s connection and direction as a continuation, in its slot of
@@ -402,7 +408,7 @@ fn wakeup_flags(dir: u32, urgent: bool) -> u64 {
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
 #[inline(always)]
-fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32, urgent: bool) {
+fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32, urgent: bool, limit: u32) {
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -411,7 +417,7 @@ fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32, urgent: bool) 
     // Copy at most COPY_MAX <= HEAD_MAX - 1 bytes; one mask bounds every size for the verifier.
     const MASK: usize = HEAD_MAX - 1;
     // SAFETY: a plain read of a global the loader may have rewritten.
-    let copy_max = unsafe { core::ptr::read_volatile(&raw const COPY_MAX) } as usize;
+    let copy_max = unsafe { core::ptr::read_volatile(&raw const COPY_MAX) }.min(limit) as usize;
     let cap = black_box(if len as usize > copy_max {
         copy_max
     } else {

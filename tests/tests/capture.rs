@@ -524,6 +524,58 @@ fn exchanges_of_other_processes_are_not_attributed_to_the_wrong_pid() {
 }
 
 #[test]
+fn a_body_after_headers_written_alone_is_copied_only_as_far_as_its_start() {
+    // node's http writes the headers alone when flushed; the body follows in its own write,
+    // of which the kernel copies only `BODY_COPY_MAX` bytes: the model at the body's start is
+    // seen, one behind 1,000 bytes of other fields is not (the prompt stays in the kernel).
+    let standin = StandIn::start();
+    let script = r#"
+        const https = require('https');
+        const post = (first) => new Promise((ok, fail) => {
+            const fields = first ? { model: 'claude-haiku-4-5', max_tokens: 8, messages: [], pad: 'x'.repeat(1000) }
+                                 : { pad: 'x'.repeat(1000), model: 'claude-sonnet-4-6', max_tokens: 8, messages: [] };
+            const body = JSON.stringify(fields);
+            const req = https.request({ host: '127.0.0.1', port: Number(process.argv[1]), path: '/v1/messages',
+                method: 'POST', rejectUnauthorized: false, agent: false,
+                headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body),
+                           'x-api-key': process.env.KEY } },
+                (res) => { res.resume(); res.on('end', () => ok(res.statusCode)); });
+            req.on('error', fail);
+            req.flushHeaders();
+            setTimeout(() => req.end(body), 100);
+        });
+        console.log('ready');
+        process.stdin.once('data', async () => {
+            const out = [await post(true), await post(false)];
+            console.log(JSON.stringify(out));
+        });
+    "#;
+    let mut command = Command::new(deps::node());
+    command
+        .args(["-e", script, &standin.api_port().to_string()])
+        .env("KEY", CANARY_KEY);
+    let mut node = ChildGuard::spawn("node https", &mut command);
+    node.wait_for_line(0, WAIT, "node to start", |l| l == "ready");
+    let trace = Trace::start(&["--pid", &node.pid().to_string()]);
+    node.write_line("go");
+    node.wait_for_line(1, WAIT, "the two answers", |l| l == "[200,200]");
+    let seen = trace.wait_for(node.pid(), 2, WAIT, "two exchanges", |e| {
+        e["path"] == "/v1/messages"
+    });
+    let models: Vec<&Value> = seen.iter().map(|e| &e["model"]).collect();
+    assert_eq!(models, [&Value::from("claude-haiku-4-5"), &Value::Null]);
+    // Both bodies carried their model: the stand-in read each.
+    let sent: Vec<Option<String>> = standin.log().into_iter().map(|l| l.model).collect();
+    assert_eq!(
+        sent,
+        [
+            Some("claude-haiku-4-5".to_owned()),
+            Some("claude-sonnet-4-6".to_owned())
+        ]
+    );
+}
+
+#[test]
 fn node_https_keep_alive_pairs_each_response_with_its_own_request() {
     // node's https module writes the first request while the handshake is still running:
     // SSL_write fails and is retried with the same buffer. Each attempt reaches the probe.
