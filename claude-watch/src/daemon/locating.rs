@@ -14,6 +14,9 @@ use crate::discover::Found;
 /// Looks that run at once: one reads a file, one can read `/proc` meanwhile.
 pub(super) const WORKERS: usize = 2;
 
+/// Room kept for waiting looks once none waits.
+const IDLE_CAPACITY: usize = 16;
+
 /// A look to start: the process, and whether it is the last look (a failure is then said).
 #[derive(Debug)]
 pub(super) struct Look {
@@ -50,13 +53,13 @@ impl LocateQueue {
         if self.running >= WORKERS {
             return None;
         }
-        while let Some(look) = self.waiting.pop_front() {
-            if current(&look.found) {
-                self.running += 1;
-                return Some(look);
-            }
+        let next = std::iter::from_fn(|| self.waiting.pop_front()).find(|l| current(&l.found));
+        if self.waiting.is_empty() && self.waiting.capacity() > IDLE_CAPACITY {
+            // A burst (a fleet coming up) queued a thousand: that room is not kept.
+            self.waiting = VecDeque::new();
         }
-        None
+        self.running += usize::from(next.is_some());
+        next
     }
 
     /// A started look is done.
@@ -137,5 +140,18 @@ mod tests {
         q.finished();
         q.push(found(9, 1), false);
         assert_eq!(q.next(|_| true).map(|l| l.found.info.pid), Some(9));
+    }
+
+    #[test]
+    fn the_room_of_a_burst_is_given_back_once_it_has_drained() {
+        let mut q = LocateQueue::default();
+        for pid in 1..=1000 {
+            q.push(found(pid, 1), false);
+        }
+        while let Some(_look) = q.next(|_| true) {
+            q.finished();
+        }
+        assert_eq!(q.waiting(), 0);
+        assert!(q.waiting.capacity() <= IDLE_CAPACITY);
     }
 }

@@ -247,11 +247,65 @@ struct Proc {
     announced: bool,
 }
 
+/// An instance's live processes, by pid: a sorted vector (almost always one process; a
+/// `BTreeMap` would allocate a node of eleven for it, for each of a thousand instances).
+#[derive(Debug, Default)]
+struct Pids(Vec<(u32, Proc)>);
+
+impl Pids {
+    fn find(&self, pid: u32) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&pid, |(p, _)| *p)
+    }
+
+    fn get(&self, pid: u32) -> Option<&Proc> {
+        self.find(pid).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, pid: u32) -> Option<&mut Proc> {
+        self.find(pid).ok().map(|i| &mut self.0[i].1)
+    }
+
+    /// The process `pid`, inserted with `new()` when absent.
+    fn get_or_insert_with(&mut self, pid: u32, new: impl FnOnce() -> Proc) -> &mut Proc {
+        let i = match self.find(pid) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (pid, new()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    fn insert(&mut self, pid: u32, proc: Proc) {
+        match self.find(pid) {
+            Ok(i) => self.0[i].1 = proc,
+            Err(i) => self.0.insert(i, (pid, proc)),
+        }
+    }
+
+    fn remove(&mut self, pid: u32) -> Option<Proc> {
+        let proc = self.find(pid).ok().map(|i| self.0.remove(i).1);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        proc
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().map(|(p, _)| *p)
+    }
+}
+
 #[derive(Debug)]
 struct Inst {
     id: InstanceId,
     state: State,
-    pids: BTreeMap<u32, Proc>,
+    pids: Pids,
     exited: Vec<u32>,
     retired_sessions: Vec<String>,
     session: Option<String>,
@@ -344,7 +398,7 @@ impl Inst {
         Self {
             id,
             state: State::Healthy,
-            pids: BTreeMap::new(),
+            pids: Pids::default(),
             exited: Vec::new(),
             retired_sessions: Vec::new(),
             session: None,
@@ -495,7 +549,7 @@ impl Detector {
         self.instances.get(instance).map(|i| InstanceStatus {
             instance: i.id.clone(),
             state: i.state,
-            pids: i.pids.keys().copied().collect(),
+            pids: i.pids.keys().collect(),
             session_id: i.session.clone(),
             client_version: i.client_version.clone(),
             throttled: i.throttles.keys().cloned().collect(),
@@ -538,7 +592,7 @@ impl Detector {
         // A retired session id is ignored only from processes discovery did not announce: a
         // process it reported live is the instance's own, and `claude respawn` gives the new
         // worker of a background session the same session id as the old one.
-        let announced = inst.pids.get(&pid).is_some_and(|p| p.announced);
+        let announced = inst.pids.get(pid).is_some_and(|p| p.announced);
         if inst.exited.contains(&pid)
             || (!announced
                 && ex
@@ -551,8 +605,7 @@ impl Detector {
         }
         let started_ns = inst
             .pids
-            .entry(pid)
-            .or_insert_with(|| Proc {
+            .get_or_insert_with(pid, || Proc {
                 started_ns: ex.mono_ns,
                 sessions: BTreeSet::new(),
                 announced: false,
@@ -571,7 +624,7 @@ impl Detector {
             inst.client_version = Some(v.to_owned());
         }
         if let Some(s) = &ex.session_id {
-            if let Some(p) = inst.pids.get_mut(&pid)
+            if let Some(p) = inst.pids.get_mut(pid)
                 && !p.sessions.contains(s)
             {
                 if p.sessions.len() >= RETIRED_KEPT {
@@ -893,7 +946,7 @@ impl Detector {
         let mut out = Vec::new();
         let wall = self.wall_ms(now);
         let inst = self.inst(instance);
-        if let Some(p) = inst.pids.remove(&pid) {
+        if let Some(p) = inst.pids.remove(pid) {
             for s in p.sessions {
                 push_bounded(&mut inst.retired_sessions, s);
             }
@@ -924,7 +977,7 @@ impl Detector {
         let Some(inst) = self.instances.get_mut(instance) else {
             return;
         };
-        inst.pids.remove(&pid);
+        inst.pids.remove(pid);
         if inst.pids.is_empty() && inst.state == State::Healthy && inst.window.is_none() {
             self.instances.remove(instance);
         }

@@ -628,7 +628,7 @@ fn a_process_with_many_sessions_keeps_a_bounded_set() {
         );
     }
     let inst = r.d.instances.get(&a()).expect("known");
-    assert!(inst.pids[&10].sessions.len() <= RETIRED_KEPT);
+    assert!(inst.pids.get(10).expect("pid 10").sessions.len() <= RETIRED_KEPT);
     r.d.process_exited(&a(), 10, 2 * S);
     let inst = r.d.instances.get(&a()).expect("known");
     assert!(inst.retired_sessions.len() <= RETIRED_KEPT);

@@ -393,7 +393,6 @@ impl Watch {
                 | Input::HookFinished { .. }
                 | Input::Reload { .. }
                 | Input::Engine(_)
-                | Input::Observed { .. }
         );
         match input {
             Input::Started(found) => self.started(found, now, &mut out),

@@ -1461,3 +1461,45 @@ fn an_unchanged_status_is_republished_every_few_seconds_not_every_tick() {
     rig.see(100, 200, "s1");
     assert_eq!(publishes(&mut rig, Input::Tick), 1);
 }
+
+#[test]
+fn attachments_are_published_on_the_next_tick_not_one_status_each() {
+    // A fleet coming up is a thousand attachments in a burst: one status for each would cost
+    // a thousand statuses of a thousand instances.
+    let mut rig = Rig::new("");
+    for pid in 100..110 {
+        rig.start(pid, &InstanceId::pid(pid));
+    }
+    rig.watch.handle(rig.now, Input::Tick);
+    let mut published = 0;
+    for pid in 100..110 {
+        let effects = rig.watch.handle(
+            rig.now,
+            Input::Observed {
+                pid,
+                unobserved: (pid % 2 == 0).then(|| "no TLS library".to_owned()),
+            },
+        );
+        published += effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Publish(_)))
+            .count();
+    }
+    assert_eq!(published, 0);
+    rig.now += S / 4;
+    let status = rig
+        .watch
+        .handle(rig.now, Input::Tick)
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Publish(status) => Some(status),
+            _ => None,
+        })
+        .expect("the tick publishes what the attachments changed");
+    let unobserved = status
+        .instances
+        .iter()
+        .filter(|i| i.unobserved.is_some())
+        .count();
+    assert_eq!(unobserved, 5);
+}
