@@ -523,6 +523,20 @@ fn exchanges_of_other_processes_are_not_attributed_to_the_wrong_pid() {
     assert_eq!(trace.exchanges_of(a.pid()).len(), 2);
 }
 
+/// A node `script` (given the stand-in's port and the canary key) that prints `ready`, traced by
+/// pid from then on, and told to go.
+fn node_traced(standin: &StandIn, script: &str) -> (ChildGuard, Trace) {
+    let mut command = Command::new(deps::node());
+    command
+        .args(["-e", script, &standin.api_port().to_string()])
+        .env("KEY", CANARY_KEY);
+    let mut node = ChildGuard::spawn("node https", &mut command);
+    node.wait_for_line(0, WAIT, "node to start", |l| l == "ready");
+    let trace = Trace::start(&["--pid", &node.pid().to_string()]);
+    node.write_line("go");
+    (node, trace)
+}
+
 #[test]
 fn a_body_after_headers_written_alone_is_copied_only_as_far_as_its_start() {
     // node's http writes the headers alone when flushed; the body follows in its own write,
@@ -550,14 +564,7 @@ fn a_body_after_headers_written_alone_is_copied_only_as_far_as_its_start() {
             console.log(JSON.stringify(out));
         });
     "#;
-    let mut command = Command::new(deps::node());
-    command
-        .args(["-e", script, &standin.api_port().to_string()])
-        .env("KEY", CANARY_KEY);
-    let mut node = ChildGuard::spawn("node https", &mut command);
-    node.wait_for_line(0, WAIT, "node to start", |l| l == "ready");
-    let trace = Trace::start(&["--pid", &node.pid().to_string()]);
-    node.write_line("go");
+    let (mut node, trace) = node_traced(&standin, script);
     node.wait_for_line(1, WAIT, "the two answers", |l| l == "[200,200]");
     let seen = trace.wait_for(node.pid(), 2, WAIT, "two exchanges", |e| {
         e["path"] == "/v1/messages"
@@ -595,14 +602,7 @@ fn node_https_keep_alive_pairs_each_response_with_its_own_request() {
             agent.destroy();
         });
     "#;
-    let mut command = Command::new(deps::node());
-    command
-        .args(["-e", script, &standin.api_port().to_string()])
-        .env("KEY", CANARY_KEY);
-    let mut node = ChildGuard::spawn("node https", &mut command);
-    node.wait_for_line(0, WAIT, "node to start", |l| l == "ready");
-    let trace = Trace::start(&["--pid", &node.pid().to_string()]);
-    node.write_line("go");
+    let (mut node, trace) = node_traced(&standin, script);
     node.wait_for_line(1, WAIT, "the four answers", |l| l == "[200,200,200,200]");
     let seen = trace.wait_for(node.pid(), 4, WAIT, "four exchanges", |_| true);
     let paths: Vec<&str> = seen.iter().filter_map(|e| e["path"].as_str()).collect();
