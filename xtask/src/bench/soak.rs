@@ -785,6 +785,27 @@ fn run(
     })
 }
 
+/// The median of each tenth of `samples` (seconds into the soak, KiB) over `length` seconds,
+/// in MiB; a tenth without samples is left out.
+fn rss_by_tenth(samples: &[(f64, u64)], length: f64) -> Vec<f64> {
+    (0..10)
+        .filter_map(|i| {
+            let (from, to) = (
+                length * f64::from(i) / 10.0,
+                length * f64::from(i + 1) / 10.0,
+            );
+            let mut kib: Vec<u64> = samples
+                .iter()
+                .filter(|(t, _)| *t >= from && (*t < to || i == 9))
+                .map(|(_, k)| *k)
+                .collect();
+            kib.sort_unstable();
+            #[expect(clippy::cast_precision_loss, reason = "KiB of a process's RSS")]
+            kib.get(kib.len() / 2).map(|k| *k as f64 / 1024.0)
+        })
+        .collect()
+}
+
 impl Soak {
     /// RSS trend over the soak's second half, KiB per minute.
     fn slope_kib_per_min(&self) -> Option<f64> {
@@ -954,12 +975,31 @@ impl Soak {
                 )
             }
         ));
+        let tenths: Vec<String> = rss_by_tenth(&self.rss, self.elapsed.as_secs_f64())
+            .iter()
+            .map(|m| format!("{m:.2}"))
+            .collect();
+        report.note(format!(
+            "Fleet soak (8): RSS through the soak, the median of each tenth's samples (MiB): {}.",
+            tenths.join(", ")
+        ));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rss_by_tenth_takes_each_tenth_s_median() {
+        // 100 s, a sample a second: the tenths' medians are their sixth samples.
+        let samples: Vec<(f64, u64)> = (0..100).map(|t| (f64::from(t), 1024 * t as u64)).collect();
+        let tenths = rss_by_tenth(&samples, 100.0);
+        assert_eq!(tenths.len(), 10);
+        assert!((tenths[0] - 5.0).abs() < 1e-9);
+        assert!((tenths[9] - 95.0).abs() < 1e-9);
+        assert!(rss_by_tenth(&[], 100.0).is_empty());
+    }
 
     #[test]
     fn least_squares_slope() {
