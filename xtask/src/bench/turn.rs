@@ -198,7 +198,7 @@ impl Turns {
         };
         if !self.heads.is_empty() {
             report.note(format!(
-                "Copy length: Claude Code 2.1.332's {} `/v1/messages` requests had heads of {} bytes (request line and headers, credentials included), and the body's `model` value ended {} bytes into the body, so the first {} bytes of a write hold everything claude-watch reads of a request. The kernel copies up to 4,095 bytes of a head; responses from the real API carry some 20 rate-limit and tracing headers (about 1.5–2 KB, not measurable here, where the stand-in answers). The kernel's cap stays at 4,095 bytes: what a shorter copy saves is in the README's performance notes.",
+                "Copy length: Claude Code 2.1.332's {} `/v1/messages` requests had heads of {} bytes (request line and headers, credentials included), and the body's `model` value ended {} bytes into the body, so the first {} bytes of a write hold everything claude-watch reads of a request. The kernel copies up to 4,095 bytes of a write that starts a request (with whatever part of the body the same write carries), and at most 512 of a body written after its headers (node's http); responses from the real API carry some 20 rate-limit and tracing headers (about 1.5–2 KB, not measurable here, where the stand-in answers). The kernel's cap stays at 4,095 bytes: what a shorter copy saves is in the README's performance notes.",
                 self.heads.len(),
                 spread(&self.heads),
                 spread(&self.model_ends),
