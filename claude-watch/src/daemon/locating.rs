@@ -7,7 +7,8 @@
 //! each waiting on the locator with its allocations live, and every exited thread's stack kept
 //! in the C library's cache.
 
-use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 
 use crate::discover::Found;
 
@@ -24,10 +25,20 @@ pub(super) struct Look {
     pub last: bool,
 }
 
-/// The waiting looks and how many run.
+/// A process: its pid and start time.
+type Key = (u32, u64);
+
+fn key(found: &Found) -> Key {
+    (found.info.pid, found.info.start_time)
+}
+
+/// The waiting looks (in order, each process once: a queue of keys and the looks by key, so a
+/// repeat is found without a scan, even when a user starts thousands of processes) and how
+/// many run.
 #[derive(Debug, Default)]
 pub(super) struct LocateQueue {
-    waiting: VecDeque<Look>,
+    order: VecDeque<Key>,
+    waiting: HashMap<Key, Look>,
     running: usize,
 }
 
@@ -35,15 +46,16 @@ impl LocateQueue {
     /// Queues a look at `found`'s files. A process already waiting keeps its place, with the
     /// newer `found`; the look is the last if either says so.
     pub fn push(&mut self, found: Found, last: bool) {
-        let same = |l: &Look| {
-            l.found.info.pid == found.info.pid && l.found.info.start_time == found.info.start_time
-        };
-        match self.waiting.iter_mut().find(|l| same(l)) {
-            Some(waiting) => {
+        match self.waiting.entry(key(&found)) {
+            Entry::Occupied(mut waiting) => {
+                let waiting = waiting.get_mut();
                 waiting.last |= last;
                 waiting.found = found;
             }
-            None => self.waiting.push_back(Look { found, last }),
+            Entry::Vacant(slot) => {
+                self.order.push_back(*slot.key());
+                slot.insert(Look { found, last });
+            }
         }
     }
 
@@ -53,10 +65,14 @@ impl LocateQueue {
         if self.running >= WORKERS {
             return None;
         }
-        let next = std::iter::from_fn(|| self.waiting.pop_front()).find(|l| current(&l.found));
-        if self.waiting.is_empty() && self.waiting.capacity() > IDLE_CAPACITY {
+        let waiting = &mut self.waiting;
+        let next = std::iter::from_fn(|| self.order.pop_front())
+            .filter_map(|k| waiting.remove(&k))
+            .find(|l| current(&l.found));
+        if self.order.is_empty() && self.order.capacity() > IDLE_CAPACITY {
             // A burst (a fleet coming up) queued a thousand: that room is not kept.
-            self.waiting = VecDeque::new();
+            self.order = VecDeque::new();
+            self.waiting = HashMap::new();
         }
         self.running += usize::from(next.is_some());
         next
@@ -69,7 +85,7 @@ impl LocateQueue {
 
     /// Looks waiting for a worker.
     pub fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.order.len()
     }
 }
 
@@ -152,6 +168,7 @@ mod tests {
             q.finished();
         }
         assert_eq!(q.waiting(), 0);
+        assert!(q.order.capacity() <= IDLE_CAPACITY);
         assert!(q.waiting.capacity() <= IDLE_CAPACITY);
     }
 }
