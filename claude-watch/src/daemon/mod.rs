@@ -650,6 +650,7 @@ impl Daemon {
                 max_attachments: self.probes.max_attachments(),
                 refused_attachments: self.probes.refused_attachments(),
                 over_budget_processes: self.over_budget.len(),
+                files: self.front.processes().files(),
             },
         );
         let snapshot = Snapshot {

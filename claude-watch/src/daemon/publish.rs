@@ -79,6 +79,8 @@ pub(super) struct CaptureFigures<'a> {
     pub refused_attachments: u64,
     /// Live processes over their record budget.
     pub over_budget_processes: usize,
+    /// Files whose verdict (Claude Code or not) discovery keeps, and files it read.
+    pub files: (usize, u64),
 }
 
 /// Refreshes the gauges from the published status and the kernel's counters.
@@ -151,6 +153,11 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
                 "Attachments refused because [daemon] max_attachments were in place (those processes are unobserved).",
                 capture.refused_attachments,
             ),
+            (
+                "claude_watch_discovery_file_reads_total",
+                "Executables and scripts discovery read to tell whether they are Claude Code (each file once while its verdict is kept).",
+                capture.files.1,
+            ),
         ] {
             m.set_counter(name, help, String::new(), value as f64);
         }
@@ -165,6 +172,12 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
             "The attachment cap ([daemon] max_attachments).",
             String::new(),
             capture.max_attachments as f64,
+        );
+        m.set(
+            "claude_watch_discovery_files_cached",
+            "Files whose verdict (Claude Code or not) discovery keeps (bounded: the oldest are forgotten first).",
+            String::new(),
+            capture.files.0 as f64,
         );
         m.set(
             "claude_watch_over_budget_processes",

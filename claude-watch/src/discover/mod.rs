@@ -552,6 +552,11 @@ impl Discovery {
         self.known.remove(&pid)
     }
 
+    /// Files whose verdict is cached, and files read so far (cache misses).
+    pub fn files(&self) -> (usize, u64) {
+        (self.recognizer.cached(), self.recognizer.reads())
+    }
+
     /// The instance process `pid` belongs to, if known.
     pub fn get(&self, pid: u32) -> Option<&Found> {
         self.known.get(&pid)

@@ -221,18 +221,20 @@ pub(super) fn claude_env<'a>(cmd: &'a mut Command, home: &Path, api_port: u16) -
 /// under `dir`, run by node) against the stand-in, and reads its session id: a turn every
 /// 300 ms, retries at a tenth of Claude Code's delays.
 pub(super) fn start_agent(env: &BenchEnv, standin: &StandIn, dir: &Path) -> anyhow::Result<Agent> {
-    start_agent_paced(env, standin.api_port, dir, Duration::from_millis(300), 0.1)
+    let cli = install_agent(env, dir)?;
+    start_agent_paced(
+        env,
+        standin.api_port,
+        &cli,
+        dir,
+        Duration::from_millis(300),
+        0.1,
+    )
 }
 
-/// [`start_agent`] with the stand-in's API port, the pause between two turns and the scale on
-/// the retry delays given.
-pub(super) fn start_agent_paced(
-    env: &BenchEnv,
-    api_port: u16,
-    dir: &Path,
-    interval: Duration,
-    backoff_scale: f64,
-) -> anyhow::Result<Agent> {
+/// Installs the light agent as npm lays out Claude Code under `dir`
+/// (`node_modules/@anthropic-ai/claude-code/cli.js`); returns that `cli.js`.
+pub(super) fn install_agent(env: &BenchEnv, dir: &Path) -> anyhow::Result<PathBuf> {
     let package = dir.join("node_modules/@anthropic-ai/claude-code");
     std::fs::create_dir_all(&package)?;
     std::fs::write(
@@ -241,10 +243,24 @@ pub(super) fn start_agent_paced(
     )?;
     let cli = package.join("cli.js");
     std::fs::copy(env.tests.join("agents/agent.mjs"), &cli).context("copying agent.mjs")?;
+    Ok(cli)
+}
+
+/// Starts the agent installed at `cli` ([`install_agent`]) with its home under `dir`, against
+/// the stand-in's API at `api_port`, with the pause between two turns and the scale on the
+/// retry delays given.
+pub(super) fn start_agent_paced(
+    env: &BenchEnv,
+    api_port: u16,
+    cli: &Path,
+    dir: &Path,
+    interval: Duration,
+    backoff_scale: f64,
+) -> anyhow::Result<Agent> {
     let home = dir.join("home");
     std::fs::create_dir_all(&home)?;
     let mut cmd = Command::new(&env.node);
-    claude_env(cmd.arg(&cli), &home, api_port)
+    claude_env(cmd.arg(cli), &home, api_port)
         .env("ANTHROPIC_MODEL", "claude-haiku-4-5")
         .env("AGENT_INTERVAL_MS", interval.as_millis().to_string())
         .env("AGENT_BACKOFF_SCALE", backoff_scale.to_string())

@@ -4,7 +4,8 @@
 //!
 //! The fleet: light agents (`tests/agents/agent.mjs` as `@anthropic-ai/claude-code/cli.js`, run
 //! by node) at a turn every 5–30 s (each agent its own pause, drawn at its start), talking to one
-//! stand-in API; and sleepers, copies of `sleep` named `claude` in the scratch directory (taken
+//! stand-in API. Like a host's agents, they run one install (as `npm install -g` leaves it),
+//! each with a home of its own. And sleepers, copies of `sleep` named `claude` in the scratch directory (taken
 //! for Claude Code by name, `instance::classify`), up to the planned number of watched
 //! processes. Every second the oldest sleeper is replaced by a new one, and so is the oldest
 //! agent unless the previous replacement is still starting. A few sessions at a time are
@@ -21,6 +22,9 @@ use super::*;
 const INSTANCES_METRIC: &str = "claude_watch_instances";
 /// Metric events dropped because a family was full.
 const DROPPED_METRIC: &str = "claude_watch_metric_series_dropped_total";
+/// Files whose verdict discovery keeps, and files it read.
+const FILES_CACHED_METRIC: &str = "claude_watch_discovery_files_cached";
+const FILE_READS_METRIC: &str = "claude_watch_discovery_file_reads_total";
 /// The daemon's RSS is read this often.
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// One idle window per this much soak.
@@ -68,6 +72,9 @@ pub(super) struct Soak {
     pub(super) records: u64,
     /// The daemon's `claude_watch_metric_series_dropped_total` and `claude_watch_instances`.
     pub(super) series_dropped: u64,
+    /// Discovery's cached verdicts at the soak's start and end, and the files it read during it.
+    pub(super) files_cached: (u64, u64),
+    pub(super) file_reads: u64,
     /// Where the daemon's resident memory was at the end (see [`rss_parts`]).
     pub(super) rss_parts: Vec<(&'static str, u64)>,
     pub(super) instances_end: u64,
@@ -384,6 +391,7 @@ pub(super) fn soak(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Soak> {
     let sleeper_exe = dir.join("claude");
     let sleep = which("sleep").context("`sleep` is not on PATH")?;
     std::fs::copy(&sleep, &sleeper_exe).context("copying sleep")?;
+    let cli = install_agent(env, &dir.join("install"))?;
     let standin = StandIn::start(env)?;
     // A dry run: nothing is ever restarted (other tests and benches may share the host).
     let daemon = BenchDaemon::start(env, &dir, &format!("\n{}", plan.soak_detector))?;
@@ -399,7 +407,8 @@ pub(super) fn soak(env: &BenchEnv, plan: &Plan) -> anyhow::Result<Soak> {
         let (done, started) = mpsc::channel::<(PathBuf, anyhow::Result<Agent>)>();
         scope.spawn(move || {
             for (dir, pause) in requests {
-                let agent = start_agent_paced(env, api_port, &dir, pause, plan.soak_backoff_scale);
+                let agent =
+                    start_agent_paced(env, api_port, &cli, &dir, pause, plan.soak_backoff_scale);
                 if done.send((dir, agent)).is_err() {
                     break;
                 }
@@ -774,6 +783,12 @@ fn run(
         records: counter(&metrics_end, RECORDS_COUNTER)
             .saturating_sub(counter(&metrics_start, RECORDS_COUNTER)),
         series_dropped: counter(&metrics_end, DROPPED_METRIC),
+        files_cached: (
+            counter(&metrics_start, FILES_CACHED_METRIC),
+            counter(&metrics_end, FILES_CACHED_METRIC),
+        ),
+        file_reads: counter(&metrics_end, FILE_READS_METRIC)
+            .saturating_sub(counter(&metrics_start, FILE_READS_METRIC)),
         rss_parts,
         instances_end: counter(&metrics_end, INSTANCES_METRIC),
         fleet: counts,
@@ -933,7 +948,7 @@ impl Soak {
         let f = &self.fleet;
         let idle: Vec<String> = self.idle.iter().map(|w| format!("{:.2}%", w.1)).collect();
         report.note(format!(
-            "Fleet soak (8): `claude-watch daemon` (dry run: nothing restarted; detector {}) with {} light agents (`tests/agents/agent.mjs` as `@anthropic-ai/claude-code/cli.js` under node, each pausing {:.0}–{:.0} s between turns, its pause drawn at its start, against one stand-in API on 127.0.0.1) and {sleepers} sleepers (copies of `sleep` named `claude` in the scratch directory, taken for Claude Code by name; the daemon lists each as an instance of its own and attaches nothing to them: no TLS library). The fleet was up and listed in `claude-watch status` ({} of its {} processes, {} instances in all) after {:.0} s; then {:.1} min of soak. Churn, once a second: the oldest sleeper replaced ({} started, {} exited), and the oldest agent replaced unless the previous one was still starting ({} started, {} exited, {} seconds skipped, {} failed to start). Pids: {} distinct among the bench's processes, {} of them given out again during the run; the kernel's pid counter (`pid_max` {}) wrapped {} time(s). Agent turns: {} answered 200, {} answered 401, {} other. RSS sampled every {} s ({} samples, from /proc/PID/status); CPU is utime+stime from /proc/PID/stat; idle windows (one per {} min of soak, at its middle, after {:.0} s of settling): {}. The daemon logged {} WARN and {} ERROR lines during the soak (a WARN per sleeper started: \"unobserved: cannot attach\"); `claude_watch_metric_series_dropped_total` {}; `claude_watch_instances` {} at the end.{}",
+            "Fleet soak (8): `claude-watch daemon` (dry run: nothing restarted; detector {}) with {} light agents (`tests/agents/agent.mjs` as `@anthropic-ai/claude-code/cli.js` under node, one install for all as `npm install -g` leaves it, each agent with a home of its own, each pausing {:.0}–{:.0} s between turns, its pause drawn at its start, against one stand-in API on 127.0.0.1) and {sleepers} sleepers (copies of `sleep` named `claude` in the scratch directory, taken for Claude Code by name; the daemon lists each as an instance of its own and attaches nothing to them: no TLS library). The fleet was up and listed in `claude-watch status` ({} of its {} processes, {} instances in all) after {:.0} s; then {:.1} min of soak. Churn, once a second: the oldest sleeper replaced ({} started, {} exited), and the oldest agent replaced unless the previous one was still starting ({} started, {} exited, {} seconds skipped, {} failed to start). Pids: {} distinct among the bench's processes, {} of them given out again during the run; the kernel's pid counter (`pid_max` {}) wrapped {} time(s). Agent turns: {} answered 200, {} answered 401, {} other. RSS sampled every {} s ({} samples, from /proc/PID/status); CPU is utime+stime from /proc/PID/stat; idle windows (one per {} min of soak, at its middle, after {:.0} s of settling): {}. The daemon logged {} WARN and {} ERROR lines during the soak (a WARN per sleeper started: \"unobserved: cannot attach\"); `claude_watch_metric_series_dropped_total` {}; `claude_watch_instances` {} at the end; discovery kept verdicts on {} files at the soak's start and {} at its end, and read {} files during it.{}",
             self.detector,
             self.agents,
             self.turn.0.as_secs_f64(),
@@ -965,6 +980,9 @@ impl Soak {
             self.log.1,
             self.series_dropped,
             self.instances_end,
+            self.files_cached.0,
+            self.files_cached.1,
+            self.file_reads,
             if self.foreign.is_empty() {
                 String::new()
             } else {
