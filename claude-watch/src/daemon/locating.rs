@@ -1,6 +1,9 @@
 //! Looks at processes' files waiting for a thread. At most [`WORKERS`] run at once on blocking
 //! threads (the locator reads one file at a time anyway); the rest wait here, one entry per
-//! process, and a process that has exited (or whose pid was reused) by its turn is skipped.
+//! process, in a queue per user served in turn, so one user starting many processes (each a
+//! file to read, up to the locator's budget) delays another user's next look by at most one of
+//! theirs. A process that has exited (or whose pid was reused) by its turn is skipped, and one
+//! that exits while it waits is forgotten at once.
 //!
 //! Without it, a burst of starts or of due rescans (200 agents started together are rescanned
 //! together) took one blocking thread each: 130 threads at once were seen in the fleet soak,
@@ -25,54 +28,101 @@ pub(super) struct Look {
     pub last: bool,
 }
 
-/// A process: its pid and start time.
-type Key = (u32, u64);
-
-fn key(found: &Found) -> Key {
-    (found.info.pid, found.info.start_time)
-}
-
-/// The waiting looks (in order, each process once: a queue of keys and the looks by key, so a
-/// repeat is found without a scan, even when a user starts thousands of processes) and how
-/// many run.
+/// The waiting looks: by pid (a live pid is one process; a repeat is found without a scan,
+/// even when a user starts thousands of processes), each user's pids in order, and the users
+/// with looks waiting in the order of their turns; and how many looks run.
 #[derive(Debug, Default)]
 pub(super) struct LocateQueue {
-    order: VecDeque<Key>,
-    waiting: HashMap<Key, Look>,
+    waiting: HashMap<u32, Look>,
+    /// Per uid, its pids in order (a pid whose look was forgotten stays until its turn, and is
+    /// passed over).
+    queues: HashMap<u32, VecDeque<u32>>,
+    /// The uids of `queues`, each once, the next to be served first.
+    turns: VecDeque<u32>,
     running: usize,
 }
 
 impl LocateQueue {
-    /// Queues a look at `found`'s files. A process already waiting keeps its place, with the
-    /// newer `found`; the look is the last if either says so.
+    /// Queues a look at `found`'s files, in the queue of the user running it. A process
+    /// already waiting keeps its place, with the newer `found`; the look is the last if either
+    /// says so. A pid waiting for another process (reused) keeps its place for the new one.
     pub fn push(&mut self, found: Found, last: bool) {
-        match self.waiting.entry(key(&found)) {
+        let (pid, uid) = (found.info.pid, found.info.uid);
+        let enqueue = match self.waiting.entry(pid) {
             Entry::Occupied(mut waiting) => {
                 let waiting = waiting.get_mut();
-                waiting.last |= last;
+                let same = waiting.found.info.start_time == found.info.start_time;
+                // A set-uid exec (same process, another user) waits in its new user's queue.
+                let moved = waiting.found.info.uid != uid;
+                waiting.last = last || (same && waiting.last);
                 waiting.found = found;
+                moved
             }
             Entry::Vacant(slot) => {
-                self.order.push_back(*slot.key());
                 slot.insert(Look { found, last });
+                true
             }
+        };
+        if enqueue {
+            self.queues
+                .entry(uid)
+                .or_insert_with(|| {
+                    self.turns.push_back(uid);
+                    VecDeque::new()
+                })
+                .push_back(pid);
         }
     }
 
+    /// Process `pid` exited: its waiting look, if any, is dropped.
+    pub fn forget(&mut self, pid: u32) {
+        self.waiting.remove(&pid);
+    }
+
     /// The next look to start when a worker is free (counted running until
-    /// [`finished`](Self::finished)); looks for which `current` is false are dropped.
+    /// [`finished`](Self::finished)): the oldest of the user whose turn it is; looks for which
+    /// `current` is false are dropped.
     pub fn next(&mut self, current: impl Fn(&Found) -> bool) -> Option<Look> {
         if self.running >= WORKERS {
             return None;
         }
-        let waiting = &mut self.waiting;
-        let next = std::iter::from_fn(|| self.order.pop_front())
-            .filter_map(|k| waiting.remove(&k))
-            .find(|l| current(&l.found));
-        if self.order.is_empty() && self.order.capacity() > IDLE_CAPACITY {
+        let mut next = None;
+        while next.is_none() {
+            let Some(uid) = self.turns.pop_front() else {
+                break;
+            };
+            let Some(queue) = self.queues.get_mut(&uid) else {
+                continue;
+            };
+            while let Some(pid) = queue.pop_front() {
+                // An entry whose look is gone (forgotten) or is now another user's is passed.
+                if self
+                    .waiting
+                    .get(&pid)
+                    .is_none_or(|l| l.found.info.uid != uid)
+                {
+                    continue;
+                }
+                if let Some(look) = self.waiting.remove(&pid).filter(|l| current(&l.found)) {
+                    next = Some(look);
+                    break;
+                }
+            }
+            if queue.is_empty() {
+                self.queues.remove(&uid);
+            } else {
+                self.turns.push_back(uid);
+            }
+        }
+        if self.waiting.is_empty()
+            && self.turns.is_empty()
+            && self.waiting.capacity() > IDLE_CAPACITY
+        {
             // A burst (a fleet coming up) queued a thousand: that room is not kept.
-            self.order = VecDeque::new();
-            self.waiting = HashMap::new();
+            *self = Self {
+                running: self.running,
+                ..Self::default()
+            };
         }
         self.running += usize::from(next.is_some());
         next
@@ -85,7 +135,7 @@ impl LocateQueue {
 
     /// Looks waiting for a worker.
     pub fn waiting(&self) -> usize {
-        self.order.len()
+        self.waiting.len()
     }
 }
 
@@ -95,10 +145,15 @@ mod tests {
     use crate::instance::{ClaudeKind, InstanceId, Placement, ProcessInfo};
 
     fn found(pid: u32, start_time: u64) -> Found {
+        found_as(pid, start_time, 1000)
+    }
+
+    fn found_as(pid: u32, start_time: u64, uid: u32) -> Found {
         Found {
             info: ProcessInfo {
                 pid,
                 start_time,
+                uid,
                 ..ProcessInfo::default()
             },
             kind: ClaudeKind::Script,
@@ -135,9 +190,13 @@ mod tests {
         assert_eq!(q.waiting(), 2);
         let first = q.next(|_| true).expect("a look");
         assert_eq!((first.found.info.pid, first.last), (7, true));
-        // The same pid, another process (reused): waits on its own.
+        // The same pid, another process (the first exited, its pid reused): the new process
+        // takes the waiting place, and the old look's `last` does not carry over.
+        q.push(found(8, 1), true);
         q.push(found(8, 2), false);
-        assert_eq!(q.waiting(), 2);
+        assert_eq!(q.waiting(), 1);
+        let second = q.next(|_| true).expect("a look");
+        assert_eq!((second.found.info.start_time, second.last), (2, false));
     }
 
     #[test]
@@ -168,7 +227,70 @@ mod tests {
             q.finished();
         }
         assert_eq!(q.waiting(), 0);
-        assert!(q.order.capacity() <= IDLE_CAPACITY);
         assert!(q.waiting.capacity() <= IDLE_CAPACITY);
+        assert!(q.queues.capacity() <= IDLE_CAPACITY);
+        assert!(q.turns.capacity() <= IDLE_CAPACITY);
+    }
+
+    /// The pids started, one look finishing before the next is asked for.
+    fn served(q: &mut LocateQueue) -> Vec<u32> {
+        std::iter::from_fn(|| {
+            let look = q.next(|_| true)?;
+            q.finished();
+            Some(look.found.info.pid)
+        })
+        .collect()
+    }
+
+    #[test]
+    fn users_are_served_in_turn_so_a_flood_of_one_delays_another_by_one_look() {
+        let mut q = LocateQueue::default();
+        for pid in 1..=6 {
+            q.push(found_as(pid, 1, 1001), false);
+        }
+        q.push(found_as(50, 1, 1002), false);
+        q.push(found_as(51, 1, 1002), false);
+        q.push(found_as(90, 1, 0), false);
+        assert_eq!(served(&mut q), vec![1, 50, 90, 2, 51, 3, 4, 5, 6]);
+        // Once all have drained, turns start over with whoever waits, in the order they came.
+        q.push(found_as(7, 1, 1001), false);
+        q.push(found_as(8, 1, 1001), false);
+        q.push(found_as(52, 1, 1002), false);
+        assert_eq!(served(&mut q), vec![7, 52, 8]);
+    }
+
+    #[test]
+    fn a_process_that_exits_while_waiting_is_forgotten_at_once() {
+        let mut q = LocateQueue::default();
+        for pid in 1..=3 {
+            q.push(found(pid, 1), false);
+        }
+        q.forget(2);
+        q.forget(99);
+        assert_eq!(q.waiting(), 2);
+        assert_eq!(served(&mut q), vec![1, 3]);
+        // Its pid, given to a new process, waits again (once).
+        q.push(found(2, 5), false);
+        q.push(found(2, 5), true);
+        let look = q.next(|_| true).expect("the new process");
+        assert_eq!((look.found.info.start_time, look.last), (5, true));
+        assert!(q.next(|_| true).is_none());
+    }
+
+    #[test]
+    fn a_set_uid_exec_waits_in_its_new_users_queue_once() {
+        let mut q = LocateQueue::default();
+        q.push(found_as(1, 1, 1001), false);
+        q.push(found_as(2, 1, 1001), false);
+        q.push(found_as(3, 1, 1002), false);
+        q.push(found_as(1, 1, 0), false);
+        assert_eq!(q.waiting(), 3);
+        let order: Vec<(u32, u32)> = std::iter::from_fn(|| {
+            let look = q.next(|_| true)?;
+            q.finished();
+            Some((look.found.info.pid, look.found.info.uid))
+        })
+        .collect();
+        assert_eq!(order, vec![(2, 1001), (3, 1002), (1, 0)]);
     }
 }

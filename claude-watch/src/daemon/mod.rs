@@ -449,6 +449,9 @@ impl Daemon {
 
     /// Hands `input` to the core now and executes what it answers.
     fn feed(&mut self, input: Input) {
+        if let Input::Exited { pid, .. } = &input {
+            self.locates.forget(*pid);
+        }
         for effect in self.watch.handle(mono_now_ns(), input) {
             self.execute(effect);
         }

@@ -25,7 +25,8 @@
 //!    control API) and sleeping copies of `sleep` named `claude` up to 1,000 watched processes,
 //!    for 30 minutes (`--soak-minutes N`), a sleeper replaced every second and an agent too once
 //!    the previous replacement has started:
-//!    the daemon's RSS every 10 s (start, max, end, least-squares slope over the second half),
+//!    the daemon's RSS every 10 s (start, max, end, the median of each tenth, and the slope over the
+//!    second half: Theil–Sen, which transient peaks barely move, with least squares beside it),
 //!    its CPU over the soak and over idle windows (agents stopped, no churn, nothing asked of
 //!    the daemon), the kernel records it lost, and each latch and heal seen in its status.
 //! 9. a real Claude Code turn (the pinned latest release, streamed answer) with and without

@@ -319,6 +319,29 @@ impl Cycle {
     }
 }
 
+/// The Theil–Sen slope of `points`: the median of the slopes between every two of them (with
+/// distinct x); `None` without such a pair. Unlike least squares, a few samples far off the
+/// trend (a transient peak) barely move it.
+pub(super) fn theil_sen(points: &[(f64, f64)]) -> Option<f64> {
+    let mut slopes: Vec<f64> = points
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| points[i + 1..].iter().map(move |b| (a, b)))
+        .filter(|(a, b)| a.0 != b.0)
+        .map(|(a, b)| (b.1 - a.1) / (b.0 - a.0))
+        .collect();
+    if slopes.is_empty() {
+        return None;
+    }
+    slopes.sort_by(f64::total_cmp);
+    let mid = slopes.len() / 2;
+    Some(if slopes.len() % 2 == 1 {
+        slopes[mid]
+    } else {
+        f64::midpoint(slopes[mid - 1], slopes[mid])
+    })
+}
+
 /// The slope of the least-squares line through `points`; `None` with fewer than two distinct x.
 pub(super) fn slope(points: &[(f64, f64)]) -> Option<f64> {
     let n = points.len() as f64;
@@ -822,8 +845,8 @@ fn rss_by_tenth(samples: &[(f64, u64)], length: f64) -> Vec<f64> {
 }
 
 impl Soak {
-    /// RSS trend over the soak's second half, KiB per minute.
-    fn slope_kib_per_min(&self) -> Option<f64> {
+    /// RSS trend over the soak's second half, KiB per minute: Theil–Sen and least squares.
+    fn slopes_kib_per_min(&self) -> (Option<f64>, Option<f64>) {
         let half = self.elapsed.as_secs_f64() / 2.0;
         let points: Vec<(f64, f64)> = self
             .rss
@@ -831,7 +854,7 @@ impl Soak {
             .filter(|(t, _)| *t >= half)
             .map(|(t, kib)| (t / 60.0, *kib as f64))
             .collect();
-        slope(&points)
+        (theil_sen(&points), slope(&points))
     }
 
     pub(super) fn report(&self, report: &mut Report) {
@@ -880,16 +903,21 @@ impl Soak {
                 parts.join(", ")
             ));
         }
-        let slope = self.slope_kib_per_min();
+        let (robust, least_squares) = self.slopes_kib_per_min();
         report.row(
             8,
-            "… RSS trend: least-squares slope over the soak's second half",
-            &slope.map_or_else(
+            "… RSS trend over the soak's second half: Theil–Sen slope (least squares)",
+            &robust.map_or_else(
                 || "too few samples".to_owned(),
-                |s| format!("{s:+.1} KiB/min"),
+                |s| {
+                    format!(
+                        "{s:+.1} KiB/min ({})",
+                        least_squares.map_or_else(String::new, |l| format!("{l:+.1}"))
+                    )
+                },
             ),
             &format!("flat: ≤ {FLAT_KIB_PER_MIN} KiB/min"),
-            slope.map(|s| s <= FLAT_KIB_PER_MIN),
+            robust.map(|s| s <= FLAT_KIB_PER_MIN),
         );
         let idle_total: f64 = self.idle.iter().map(|w| w.0.as_secs_f64()).sum();
         let idle_mean = self
@@ -1017,6 +1045,25 @@ mod tests {
         assert!((tenths[0] - 5.0).abs() < 1e-9);
         assert!((tenths[9] - 95.0).abs() < 1e-9);
         assert!(rss_by_tenth(&[], 100.0).is_empty());
+    }
+
+    #[test]
+    fn theil_sen_slope_follows_the_trend_not_a_few_peaks() {
+        let line: Vec<(f64, f64)> = (0..10)
+            .map(|x| (f64::from(x), 3.0 * f64::from(x) + 7.0))
+            .collect();
+        assert!((theil_sen(&line).unwrap() - 3.0).abs() < 1e-9);
+        // Flat with two peaks late in the window: least squares climbs, Theil–Sen stays flat.
+        let mut flat: Vec<(f64, f64)> = (0..90).map(|x| (f64::from(x), 100.0)).collect();
+        flat[80].1 = 2100.0;
+        flat[86].1 = 2100.0;
+        assert!(slope(&flat).unwrap() > 1.0);
+        assert!(theil_sen(&flat).unwrap().abs() < 1e-9);
+        assert!(theil_sen(&[(1.0, 2.0), (1.0, 5.0)]).is_none());
+        assert!(theil_sen(&[]).is_none());
+        // Six slopes (1, 2, 3, 3.33, 4.5, 6): the mean of the middle two.
+        let curve = [(0.0, 0.0), (1.0, 1.0), (2.0, 4.0), (3.0, 10.0)];
+        assert!((theil_sen(&curve).unwrap() - (3.0 + 10.0 / 3.0) / 2.0).abs() < 1e-9);
     }
 
     #[test]
