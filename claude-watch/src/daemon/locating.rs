@@ -96,14 +96,14 @@ impl LocateQueue {
             };
             while let Some(pid) = queue.pop_front() {
                 // An entry whose look is gone (forgotten) or is now another user's is passed.
-                if self
-                    .waiting
-                    .get(&pid)
-                    .is_none_or(|l| l.found.info.uid != uid)
-                {
+                let Entry::Occupied(entry) = self.waiting.entry(pid) else {
+                    continue;
+                };
+                if entry.get().found.info.uid != uid {
                     continue;
                 }
-                if let Some(look) = self.waiting.remove(&pid).filter(|l| current(&l.found)) {
+                let look = entry.remove();
+                if current(&look.found) {
                     next = Some(look);
                     break;
                 }
