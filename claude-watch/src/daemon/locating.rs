@@ -234,10 +234,15 @@ mod tests {
 
     /// The pids started, one look finishing before the next is asked for.
     fn served(q: &mut LocateQueue) -> Vec<u32> {
+        served_as(q, |f| f.info.pid)
+    }
+
+    /// What `what` takes of each look started, one finishing before the next is asked for.
+    fn served_as<T>(q: &mut LocateQueue, what: impl Fn(&Found) -> T) -> Vec<T> {
         std::iter::from_fn(|| {
             let look = q.next(|_| true)?;
             q.finished();
-            Some(look.found.info.pid)
+            Some(what(&look.found))
         })
         .collect()
     }
@@ -285,12 +290,9 @@ mod tests {
         q.push(found_as(3, 1, 1002), false);
         q.push(found_as(1, 1, 0), false);
         assert_eq!(q.waiting(), 3);
-        let order: Vec<(u32, u32)> = std::iter::from_fn(|| {
-            let look = q.next(|_| true)?;
-            q.finished();
-            Some((look.found.info.pid, look.found.info.uid))
-        })
-        .collect();
-        assert_eq!(order, vec![(2, 1001), (3, 1002), (1, 0)]);
+        assert_eq!(
+            served_as(&mut q, |f| (f.info.pid, f.info.uid)),
+            vec![(2, 1001), (3, 1002), (1, 0)]
+        );
     }
 }

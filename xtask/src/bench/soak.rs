@@ -323,23 +323,14 @@ impl Cycle {
 /// distinct x); `None` without such a pair. Unlike least squares, a few samples far off the
 /// trend (a transient peak) barely move it.
 pub(super) fn theil_sen(points: &[(f64, f64)]) -> Option<f64> {
-    let mut slopes: Vec<f64> = points
+    let slopes: Vec<f64> = points
         .iter()
         .enumerate()
         .flat_map(|(i, a)| points[i + 1..].iter().map(move |b| (a, b)))
         .filter(|(a, b)| a.0 != b.0)
         .map(|(a, b)| (b.1 - a.1) / (b.0 - a.0))
         .collect();
-    if slopes.is_empty() {
-        return None;
-    }
-    slopes.sort_by(f64::total_cmp);
-    let mid = slopes.len() / 2;
-    Some(if slopes.len() % 2 == 1 {
-        slopes[mid]
-    } else {
-        f64::midpoint(slopes[mid - 1], slopes[mid])
-    })
+    (!slopes.is_empty()).then(|| median(&slopes))
 }
 
 /// The slope of the least-squares line through `points`; `None` with fewer than two distinct x.
