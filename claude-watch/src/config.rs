@@ -15,7 +15,7 @@
 //! backoff_initial = "1m"
 //! backoff_max = "30m"
 //! max_restarts = 3
-//! escalation_hook = ["/usr/local/bin/page-oncall", "{instance}"]
+//! escalation_hook = ["/usr/local/bin/page-oncall", "{instance}", "{reason}"]
 //! fresh_session = false                  # claude --bg sessions: respawn (same session id)
 //!
 //! [[instance]]
@@ -41,8 +41,14 @@ use crate::watch::policy::PolicyConfig;
 /// The configuration built into the binary: what `claude-watch daemon` uses without a file.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
-/// Placeholders an argv template may use.
+/// Placeholders a supervisor's argv template may use.
 pub const PLACEHOLDERS: [&str; 3] = ["{instance}", "{unit}", "{pid}"];
+
+/// Placeholders the escalation hook may use: the supervisor's, plus `{reason}` (a sentence:
+/// why the notice) and `{instances}` (every instance it is for, comma-separated: one for an
+/// instance's escalation, all members for an upstream incident's).
+pub const HOOK_PLACEHOLDERS: [&str; 5] =
+    ["{instance}", "{unit}", "{pid}", "{reason}", "{instances}"];
 
 /// Why a configuration cannot be used. Each displays as one line.
 #[derive(Debug, thiserror::Error)]
@@ -201,8 +207,18 @@ pub struct RecoverySection {
     /// Healthy this long resets the backoff.
     #[serde(deserialize_with = "duration")]
     pub healthy_reset: Duration,
-    /// K: restarts without a confirmed recovery before escalating.
+    /// K: restarts without a confirmed recovery (an incident's: rejected canary tries) before
+    /// the escalation notice.
     pub max_restarts: NonZeroU32,
+    /// Also escalate an instance (or an incident) latched this long (off unless set).
+    #[serde(deserialize_with = "optional_duration")]
+    pub escalate_after: Option<Duration>,
+    /// Stop restarting an escalated instance until it answers non-401 on its own (off: an
+    /// escalation is a notice, restarts go on at the quiet window).
+    pub give_up: bool,
+    /// Instances latched together are one upstream incident: one canary restart per quiet
+    /// window, the others restarted once it heals, one notice per incident.
+    pub canary: bool,
     /// How long one restart (job and confirmation) may take.
     #[serde(deserialize_with = "duration")]
     pub restart_timeout: Duration,
@@ -228,6 +244,9 @@ impl Default for RecoverySection {
             backoff_max: Spanned::new(0..0, p.max_backoff),
             healthy_reset: p.healthy_reset,
             max_restarts: NonZeroU32::new(p.max_restarts).unwrap_or(NonZeroU32::MIN),
+            escalate_after: p.escalate_after,
+            give_up: p.give_up,
+            canary: p.canary,
             restart_timeout: p.restart_timeout,
             escalation_hook: None,
             hook_timeout: Duration::from_secs(30),
@@ -246,6 +265,9 @@ impl RecoverySection {
             healthy_reset: self.healthy_reset,
             max_restarts: self.max_restarts.get(),
             restart_timeout: self.restart_timeout,
+            escalate_after: self.escalate_after,
+            give_up: self.give_up,
+            canary: self.canary,
         }
     }
 }
@@ -481,11 +503,12 @@ impl Config {
 
 /// An argv template checked where it is written.
 fn check_argv(argv: &Spanned<Vec<String>>, text: &str, origin: &str) -> Result<(), ConfigError> {
-    validate_argv(argv.get_ref()).map_err(|message| invalid(text, origin, argv.span(), &message))
+    validate_argv(argv.get_ref(), &HOOK_PLACEHOLDERS)
+        .map_err(|message| invalid(text, origin, argv.span(), &message))
 }
 
-/// An argv template: non-empty, a real program first, known placeholders only.
-pub fn validate_argv(argv: &[String]) -> Result<(), String> {
+/// An argv template: non-empty, a real program first, only the `known` placeholders.
+pub fn validate_argv(argv: &[String], known: &[&str]) -> Result<(), String> {
     let Some(program) = argv.first() else {
         return Err("the command is empty: give at least the program".into());
     };
@@ -499,10 +522,10 @@ pub fn validate_argv(argv: &[String]) -> Result<(), String> {
                 return Err(format!("unclosed `{{` in {arg:?}"));
             };
             let placeholder = &rest[open..open + close + 1];
-            if !PLACEHOLDERS.contains(&placeholder) {
+            if !known.contains(&placeholder) {
                 return Err(format!(
                     "unknown placeholder {placeholder} in {arg:?} (known: {})",
-                    PLACEHOLDERS.join(", ")
+                    known.join(", ")
                 ));
             }
             rest = &rest[open + close + 1..];
@@ -513,7 +536,7 @@ pub fn validate_argv(argv: &[String]) -> Result<(), String> {
 
 fn argv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let argv = Vec::<String>::deserialize(d)?;
-    validate_argv(&argv).map_err(serde::de::Error::custom)?;
+    validate_argv(&argv, &PLACEHOLDERS).map_err(serde::de::Error::custom)?;
     Ok(argv)
 }
 

@@ -965,6 +965,7 @@ mod tests {
             end,
             ended_ms: (end != EpisodeEnd::StillOpen).then_some(start_ms + dur_ms),
             time_to_recovery_ms: None,
+            escalated_ms: None,
             source: crate::detect::EpisodeSource::Live,
             client_version: None,
             not_kept: crate::detect::NotKept::default(),

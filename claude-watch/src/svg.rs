@@ -418,6 +418,7 @@ mod tests {
             end,
             ended_ms: Some(start + dur),
             time_to_recovery_ms: None,
+            escalated_ms: None,
             source: EpisodeSource::Transcript,
             client_version: None,
             not_kept: crate::detect::NotKept::default(),

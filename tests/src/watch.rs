@@ -410,7 +410,7 @@ impl Daemon {
             .into_iter()
             .filter_map(|r| match r {
                 Record::Episode { episode, .. } => Some(episode),
-                Record::Action(_) | Record::Throttle(_) => None,
+                Record::Action(_) | Record::Throttle(_) | Record::Incident(_) => None,
             })
             .collect()
     }

@@ -111,7 +111,7 @@ fn journal_episodes(journal: &Path) -> Vec<Episode> {
         .into_iter()
         .filter_map(|r| match r {
             Record::Episode { episode, .. } => Some(episode),
-            Record::Action(_) | Record::Throttle(_) => None,
+            Record::Action(_) | Record::Throttle(_) | Record::Incident(_) => None,
         })
         .collect()
 }

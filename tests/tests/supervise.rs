@@ -257,7 +257,7 @@ fn policy_drives_the_systemd_adapter_one_at_a_time_and_backs_off_a_failing_super
             .into_iter()
             .filter_map(|a| match a {
                 Action::Restart(i) => Some(i),
-                Action::Escalate(_) => None,
+                _ => None,
             })
             .collect();
         assert_eq!(restarts.len(), 1, "one restart at a time: {restarts:?}");

@@ -5,6 +5,7 @@ pub mod config;
 pub mod daemon;
 pub mod episodes;
 pub mod locate;
+pub mod replay;
 pub mod status;
 pub mod trace;
 
@@ -17,7 +18,7 @@ use clap::{Parser, Subcommand};
     name = "claude-watch",
     version,
     propagate_version = true,
-    after_help = "Examples:\n  claude-watch daemon                   watch every claude process, recover latched ones (root)\n  claude-watch status                   what the daemon sees, like systemctl status for the fleet\n  claude-watch trace --json             every API call of every claude process, live (root)\n  claude-watch episodes --since 7d      the episode report to send upstream, with request ids\n  claude-watch locate ~/.local/bin/claude  where SSL_write/SSL_read are in a stripped binary\n  claude-watch config check /etc/claude-watch/config.toml\n\nEach command has --help with more."
+    after_help = "Examples:\n  claude-watch daemon                   watch every claude process, recover latched ones (root)\n  claude-watch status                   what the daemon sees, like systemctl status for the fleet\n  claude-watch trace --json             every API call of every claude process, live (root)\n  claude-watch episodes --since 7d      the episode report to send upstream, with request ids\n  claude-watch locate ~/.local/bin/claude  where SSL_write/SSL_read are in a stripped binary\n  claude-watch config check /etc/claude-watch/config.toml\n  claude-watch replay                   what the recovery settings do over weeks of upstream windows\n\nEach command has --help with more."
 )]
 pub struct Cli {
     /// More log output on stderr (-v: debug, -vv: trace). `RUST_LOG` overrides.
@@ -44,6 +45,8 @@ pub enum Command {
     Episodes(episodes::EpisodesArgs),
     /// Check a configuration file, or print the built-in one.
     Config(config::ConfigArgs),
+    /// Replay weeks of upstream windows against a recovery configuration (no root, no I/O).
+    Replay(replay::ReplayArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
 }
@@ -58,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trace(args) => trace::run(args),
         Command::Locate(args) => locate::run(args),
         Command::Episodes(args) => episodes::run(args),
+        Command::Replay(args) => replay::run(&args),
     }
 }
 

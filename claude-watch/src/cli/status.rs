@@ -258,6 +258,7 @@ mod tests {
             dry_run: false,
             config: "<built-in>".into(),
             instances_refused: 0,
+            incident: None,
             capture: CaptureView {
                 attachments: 2,
                 sent: 10,

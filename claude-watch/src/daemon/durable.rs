@@ -30,7 +30,7 @@ pub(super) enum Write {
     /// A journal record.
     Journal(Box<Record>),
     /// The recovery state.
-    State(PolicySnapshot),
+    State(Box<PolicySnapshot>),
 }
 
 /// Why the recovery state could not be written.

@@ -364,8 +364,9 @@ impl Daemon {
     /// detaches).
     fn shutdown(&mut self) {
         self.notifier.notify("STOPPING=1");
-        self.durable
-            .send(Write::State(self.watch.recovery_state(mono_now_ns())));
+        self.durable.send(Write::State(Box::new(
+            self.watch.recovery_state(mono_now_ns()),
+        )));
         self.durable.finish();
         // Everything is durable now: what reports passes; an action decided this late is left
         // to the next start, which resumes the open episodes.
@@ -529,10 +530,13 @@ impl Daemon {
                 argv,
                 target,
                 timeout,
+                reason,
+                instances,
             } => {
                 let tx = self.done_tx.clone();
                 tokio::spawn(async move {
-                    let result = supervisor::run_hook(&argv, timeout, &target).await;
+                    let result =
+                        supervisor::run_hook(&argv, timeout, &target, &reason, &instances).await;
                     let _ = tx.send(Done::Input(Box::new(Input::HookFinished {
                         instance,
                         result,
@@ -540,7 +544,7 @@ impl Daemon {
                 });
             }
             Effect::Journal(record) => self.write(Write::Journal(Box::new(record))),
-            Effect::SaveRecovery(snapshot) => self.write(Write::State(snapshot)),
+            Effect::SaveRecovery(snapshot) => self.write(Write::State(Box::new(snapshot))),
             Effect::Metric(metric) => publish::record(&self.metrics, &metric),
             Effect::Publish(status) => self.publish(status),
         }
@@ -677,6 +681,7 @@ impl Daemon {
             },
             instances: status.instances,
             instances_refused: status.instances_refused,
+            incident: status.incident,
         };
         self.snapshots.send_replace(Arc::new(snapshot));
     }

@@ -52,6 +52,18 @@ pub(super) fn record(m: &Metrics, metric: &Metric) {
             labels(&[("agent", agent)]),
             1.0,
         ),
+        Metric::IncidentOpened => m.inc(
+            "claude_watch_incidents_total",
+            INCIDENTS_HELP,
+            String::new(),
+            1.0,
+        ),
+        Metric::IncidentEscalated => m.inc(
+            "claude_watch_incident_escalations_total",
+            INCIDENT_ESCALATIONS_HELP,
+            String::new(),
+            1.0,
+        ),
         Metric::DetectionSeconds(s) => {
             m.observe("claude_watch_detection_seconds", DETECTION_HELP, *s);
         }
@@ -113,6 +125,47 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
         "1 for the state each instance is in.",
         states,
     );
+    let members: BTreeMap<String, f64> = status
+        .instances
+        .iter()
+        .map(|v| {
+            (
+                labels(&[("agent", &v.name)]),
+                f64::from(u8::from(v.incident.is_some())),
+            )
+        })
+        .collect();
+    m.set_all(
+        "claude_watch_instance_in_incident",
+        "1 for each instance waiting in the host's upstream incident (its alerts are the incident's).",
+        members,
+    );
+    let incident = status.incident.as_ref();
+    #[expect(clippy::cast_precision_loss, reason = "counts as Prometheus floats")]
+    for (name, help, value) in [
+        (
+            "claude_watch_incident_open",
+            "1 while the host is in an upstream incident (several instances latched together: one canary restart per quiet window).",
+            f64::from(u8::from(incident.is_some())),
+        ),
+        (
+            "claude_watch_incident_instances",
+            "Instances in the host's upstream incident.",
+            incident.map_or(0.0, |i| i.members.len() as f64),
+        ),
+        (
+            "claude_watch_incident_tries",
+            "Canary restarts of the open incident that did not heal (restarts into the open window).",
+            incident.map_or(0.0, |i| f64::from(i.tries)),
+        ),
+        (
+            "claude_watch_incident_escalated",
+            "1 while the host's upstream incident is escalated (one notice for all its instances).",
+            f64::from(u8::from(incident.is_some_and(|i| i.escalated_ms.is_some()))),
+        ),
+    ] {
+        m.set(name, help, String::new(), value);
+    }
     let stats = capture.stats;
     #[expect(clippy::cast_precision_loss, reason = "counters as Prometheus floats")]
     {
@@ -196,6 +249,11 @@ pub(super) fn declare_metrics(m: &Metrics) {
     m.declare_counter("claude_watch_restarts_total", RESTARTS_HELP);
     m.declare_counter("claude_watch_recoveries_total", RECOVERIES_HELP);
     m.declare_counter("claude_watch_escalations_total", ESCALATIONS_HELP);
+    m.declare_counter("claude_watch_incidents_total", INCIDENTS_HELP);
+    m.declare_counter(
+        "claude_watch_incident_escalations_total",
+        INCIDENT_ESCALATIONS_HELP,
+    );
     m.declare_histogram("claude_watch_detection_seconds", DETECTION_HELP);
     m.declare_histogram("claude_watch_recovery_seconds", RECOVERY_HELP);
     m.declare_histogram(WRITE_AHEAD_HISTOGRAM, WRITE_AHEAD_HELP);
@@ -209,6 +267,9 @@ const EXCHANGES_HELP: &str = "HTTP exchanges of claude instances, by status and 
 const EPISODES_HELP: &str = "Latch episodes opened.";
 const RESTARTS_HELP: &str = "Restarts requested from supervisors, by result.";
 const RECOVERIES_HELP: &str = "Confirmed recoveries (a non-401 from the instance itself).";
-const ESCALATIONS_HELP: &str = "Instances escalated after restarts did not heal them.";
+const ESCALATIONS_HELP: &str = "Instances escalated after restarts did not heal them (a notice: restarts go on unless give_up).";
+const INCIDENTS_HELP: &str = "Upstream incidents: several instances of the host latched together.";
+const INCIDENT_ESCALATIONS_HELP: &str =
+    "Upstream incidents escalated (one notice per incident, not per instance).";
 const DETECTION_HELP: &str = "From the latch condition holding to the detector's decision.";
 const RECOVERY_HELP: &str = "Restart to the new process's first accepted answer.";

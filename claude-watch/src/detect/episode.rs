@@ -23,7 +23,7 @@ pub enum EpisodeEnd {
     RecoveredAfterRestart,
     /// The process exited (not through our restart) while latched.
     ProcessExited,
-    /// The recovery layer gave up restarting and escalated.
+    /// The recovery layer escalated and gave up restarting (`give_up`).
     Escalated,
 }
 
@@ -92,6 +92,10 @@ pub struct Episode {
     pub ended_ms: Option<u64>,
     /// After a confirmed recovery: first non-401 time minus the (last) restart time, in ms.
     pub time_to_recovery_ms: Option<u64>,
+    /// Wall time (ms) the instance was escalated during the episode (a notice: restarts went on
+    /// unless `give_up`), when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated_ms: Option<u64>,
     /// Where the episode comes from (`live` when absent, as in journals written before it).
     #[serde(default)]
     pub source: EpisodeSource,

@@ -445,6 +445,7 @@ impl Inst {
             end: EpisodeEnd::StillOpen,
             ended_ms: None,
             time_to_recovery_ms: None,
+            escalated_ms: None,
             source: EpisodeSource::Live,
             client_version: self.client_version.clone(),
             not_kept: NotKept::default(),
@@ -983,7 +984,34 @@ impl Detector {
         }
     }
 
-    /// The recovery layer gave up on `instance`: the open episode closes as
+    /// The recovery layer escalated `instance` as a notice (restarts go on): the open episode
+    /// records when ([`Episode::escalated_ms`]) and stays open. Ignored without one.
+    pub fn mark_escalated(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
+        let wall = self.wall_ms(now);
+        let Some(w) = self
+            .instances
+            .get_mut(instance)
+            .and_then(|i| i.window.as_mut())
+        else {
+            return Vec::new();
+        };
+        if w.escalated_ms.is_none() {
+            w.escalated_ms = wall;
+        }
+        vec![Event::EpisodeUpdated((**w).clone())]
+    }
+
+    /// The recovery layer no longer gives up on `instance` (`give_up` was turned off): an
+    /// escalated instance is healthy again, so that its next 401s open a window.
+    pub fn release_escalated(&mut self, instance: &InstanceId) {
+        if let Some(i) = self.instances.get_mut(instance)
+            && i.state == State::Escalated
+        {
+            i.state = State::Healthy;
+        }
+    }
+
+    /// The recovery layer gave up on `instance` (`give_up`): the open episode closes as
     /// [`EpisodeEnd::Escalated`] and the instance stays escalated until an accepted answer.
     pub fn escalate(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
         let mut out = Vec::new();

@@ -58,6 +58,44 @@ pub enum ActionKind {
     Escalate,
     /// The configured escalation hook ran.
     Hook,
+    /// The instance waits for an upstream incident's canary (see [`IncidentRecord`]): no
+    /// restart of its own until a restart of the incident heals.
+    Held,
+}
+
+/// What happened to a host's upstream incident (several instances latched in one window,
+/// probed by one canary restart per quiet window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentEvent {
+    /// Several instances latched together: the incident opened.
+    Opened,
+    /// One more instance latched during it.
+    Joined,
+    /// Its canary restarts did not heal for long: escalated, once for all members.
+    Escalated,
+    /// A restart healed (the window is closed: the others are restarted promptly), or no
+    /// member was left.
+    Closed,
+}
+
+/// A record of a host's upstream incident.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentRecord {
+    /// Wall time (ms since epoch) of the event.
+    pub at_ms: u64,
+    /// `incident@<wall ms it opened>`; every record of one incident shares it.
+    pub id: String,
+    /// What happened.
+    pub event: IncidentEvent,
+    /// Its members at the event (the instance that joined, for `joined`).
+    pub members: Vec<String>,
+    /// The canary: the member restarted to probe the window (for `closed`, the one that healed).
+    pub canary: Option<String>,
+    /// Canary restarts that did not heal so far (restarts into the open window).
+    pub tries: u32,
+    /// A sentence for people.
+    pub detail: String,
 }
 
 /// An action of the recovery layer, journalled with its episode.
@@ -109,6 +147,10 @@ pub struct ThrottleRecord {
 /// One line of the journal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "record")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "episode snapshots are most of the journal: boxing the common variant buys nothing"
+)]
 pub enum Record {
     /// A snapshot of an episode (opened, updated or closed: see `episode.end`).
     Episode {
@@ -121,6 +163,8 @@ pub enum Record {
     Action(ActionRecord),
     /// A model throttle window (see [`ThrottleRecord`]).
     Throttle(ThrottleRecord),
+    /// An upstream incident of the host (see [`IncidentRecord`]).
+    Incident(IncidentRecord),
 }
 
 /// Size limits of the journal.

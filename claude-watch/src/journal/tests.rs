@@ -41,6 +41,7 @@ fn episode(id: u64, end: EpisodeEnd) -> Episode {
         end,
         ended_ms: (end != EpisodeEnd::StillOpen).then_some(id + 6000),
         time_to_recovery_ms: None,
+        escalated_ms: None,
         source: crate::detect::EpisodeSource::Live,
         client_version: None,
         not_kept: crate::detect::NotKept::default(),
@@ -155,6 +156,7 @@ fn rotates_by_size_keeps_k_files_and_reads_in_order() {
             Record::Episode { at_ms, .. } => *at_ms,
             Record::Action(a) => a.at_ms,
             Record::Throttle(t) => t.first_429_ms,
+            Record::Incident(i) => i.at_ms,
         })
         .collect();
     assert_eq!(

@@ -31,22 +31,49 @@ impl CommandRestarter {
     /// # Errors
     /// [`SuperviseError::MissingPlaceholder`] when `{unit}` is used and the target has no unit.
     pub fn render(&self, target: &Target) -> Result<Vec<String>, SuperviseError> {
+        self.render_with(target, &[])
+    }
+
+    /// [`CommandRestarter::render`] with `extra` placeholders and their values (the hook's
+    /// `{reason}` and `{instances}`). Every argument is rendered in one pass, so a value that
+    /// happens to contain a placeholder's text is never substituted again.
+    ///
+    /// # Errors
+    /// [`SuperviseError::MissingPlaceholder`] when `{unit}` is used and the target has no unit.
+    pub fn render_with(
+        &self,
+        target: &Target,
+        extra: &[(&'static str, &str)],
+    ) -> Result<Vec<String>, SuperviseError> {
         let pid = target.pid.to_string();
         self.argv
             .iter()
             .map(|arg| {
-                let mut out = arg
-                    .replace("{instance}", &target.instance)
-                    .replace("{pid}", &pid);
-                if out.contains("{unit}") {
-                    let unit = target.unit.as_deref().ok_or_else(|| {
-                        SuperviseError::MissingPlaceholder {
-                            placeholder: "{unit}",
-                            instance: target.instance.clone(),
-                        }
-                    })?;
-                    out = out.replace("{unit}", unit);
+                let mut out = String::with_capacity(arg.len());
+                let mut rest = arg.as_str();
+                while let Some(open) = rest.find('{') {
+                    out.push_str(&rest[..open]);
+                    let tail = &rest[open..];
+                    let Some(close) = tail.find('}') else { break };
+                    let placeholder = &tail[..=close];
+                    let value = match placeholder {
+                        "{instance}" => Some(target.instance.as_str()),
+                        "{pid}" => Some(pid.as_str()),
+                        "{unit}" => Some(target.unit.as_deref().ok_or_else(|| {
+                            SuperviseError::MissingPlaceholder {
+                                placeholder: "{unit}",
+                                instance: target.instance.clone(),
+                            }
+                        })?),
+                        other => extra.iter().find(|(p, _)| *p == other).map(|(_, v)| *v),
+                    };
+                    match value {
+                        Some(v) => out.push_str(v),
+                        None => out.push_str(placeholder),
+                    }
+                    rest = &tail[close + 1..];
                 }
+                out.push_str(rest);
                 Ok(out)
             })
             .collect()
@@ -57,6 +84,22 @@ impl Restarter for CommandRestarter {
     #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
     async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
         let argv = self.render(target)?;
+        self.run(argv, target).await
+    }
+}
+
+impl CommandRestarter {
+    /// Runs the rendered `argv` for `target`: no shell, its own process group, killed with
+    /// its children when it outlives the timeout.
+    ///
+    /// # Errors
+    /// [`SuperviseError::Spawn`], [`SuperviseError::CommandFailed`] (a non-zero exit) or
+    /// [`SuperviseError::Timeout`].
+    pub async fn run(
+        &self,
+        argv: Vec<String>,
+        target: &Target,
+    ) -> Result<RestartOutcome, SuperviseError> {
         let program = argv.first().cloned().unwrap_or_default();
         let mut child = Command::new(&program)
             .args(&argv[1..])
@@ -140,6 +183,41 @@ mod tests {
                 "agent; rm -rf /",
                 "--pid=4242",
                 "a b.service"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_hooks_placeholders_are_rendered_in_one_pass() {
+        let r = CommandRestarter::new(
+            vec![
+                "page".into(),
+                "{instance}".into(),
+                "why={reason}".into(),
+                "{instances}".into(),
+                "{other}".into(),
+            ],
+            Duration::from_secs(1),
+        );
+        let mut t = target(None);
+        t.instance = "a{pid}".into();
+        let argv = r
+            .render_with(
+                &t,
+                &[
+                    ("{reason}", "3 restarts {instances}"),
+                    ("{instances}", "a,b"),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            argv,
+            [
+                "page",
+                "a{pid}",
+                "why=3 restarts {instances}",
+                "a,b",
+                "{other}"
             ]
         );
     }

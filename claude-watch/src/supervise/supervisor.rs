@@ -326,15 +326,19 @@ pub fn misfit(spec: &SupervisorSpec, placement: &Placement) -> Option<String> {
     }
 }
 
-/// Runs the escalation hook (an argv template) for `target`, without a shell, with a timeout.
+/// Runs the escalation hook (an argv template) for `target`, without a shell, with a timeout;
+/// `{reason}` and `{instances}` stand for `reason` and `instances` (comma-separated).
 pub async fn run_hook(
     argv: &[String],
     timeout: Duration,
     target: &Target,
+    reason: &str,
+    instances: &[String],
 ) -> Result<RestartOutcome, SuperviseError> {
-    CommandRestarter::new(argv.to_vec(), timeout)
-        .restart(target)
-        .await
+    let hook = CommandRestarter::new(argv.to_vec(), timeout);
+    let instances = instances.join(",");
+    let argv = hook.render_with(target, &[("{reason}", reason), ("{instances}", &instances)])?;
+    hook.run(argv, target).await
 }
 
 #[cfg(test)]

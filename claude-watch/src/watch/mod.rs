@@ -31,6 +31,7 @@
 
 pub mod front;
 pub mod policy;
+pub mod replay;
 pub mod status;
 
 #[cfg(test)]
@@ -47,7 +48,9 @@ use crate::discover::Found;
 use crate::error_chain;
 use crate::http::Exchange;
 use crate::instance::{IdSource, InstanceId, Placement};
-use crate::journal::{ActionKind, ActionRecord, Record as JournalRecord};
+use crate::journal::{
+    ActionKind, ActionRecord, IncidentEvent, IncidentRecord, Record as JournalRecord,
+};
 use crate::supervise::supervisor::{Choice, EngineSocket, Supervisor, SystemdBus};
 use crate::supervise::{RestartOutcome, SuperviseError, Target};
 use policy::{Action, Phase, Policy, PolicySnapshot};
@@ -176,6 +179,10 @@ pub enum Effect {
         target: Target,
         /// Its time limit.
         timeout: Duration,
+        /// Why the notice (`{reason}`): one sentence for the person paged.
+        reason: String,
+        /// Every instance it is for (`{instances}`): one, or an incident's members.
+        instances: Vec<String>,
     },
     /// Append to the journal (durably, in order).
     Journal(JournalRecord),
@@ -221,6 +228,10 @@ pub enum Metric {
         /// Instance name.
         agent: String,
     },
+    /// An upstream incident opened on the host.
+    IncidentOpened,
+    /// The host's upstream incident was escalated (one notice for all its members).
+    IncidentEscalated,
     /// From the latch condition holding to the decision, in seconds.
     DetectionSeconds(f64),
     /// From the end of a restart to the new process's first accepted answer, in seconds.
@@ -308,7 +319,9 @@ impl Watch {
         let policy = match saved {
             Some(snapshot) => {
                 let mut policy = Policy::restore(snapshot, now, wall_now);
-                policy.set_config(config.recovery.policy_config());
+                // Instances given up on under `give_up` and released by a configuration without
+                // it: their current traffic decides afresh.
+                let _released = policy.set_config(config.recovery.policy_config());
                 policy
             }
             None => Policy::new(config.recovery.policy_config()),
@@ -461,7 +474,10 @@ impl Watch {
                 engine,
             } => {
                 self.detector.set_config(config.detector.detector_config());
-                self.policy.set_config(config.recovery.policy_config());
+                for id in self.policy.set_config(config.recovery.policy_config()) {
+                    info!(instance = %id, "give_up is off: the instance given up on is watched again");
+                    self.detector.release_escalated(&id);
+                }
                 self.config = *config;
                 self.bus = bus;
                 self.engine = engine;
@@ -616,7 +632,6 @@ impl Watch {
             if exchange.status == 401 && latched && self.acts(&id) {
                 info!(instance = %id, "the resumed episode's instance still gets 401: latched");
                 self.policy.latched(&id, now);
-                self.journal_backoff(&id, now, out);
                 self.save(now, out);
             }
         }
@@ -648,9 +663,9 @@ impl Watch {
     }
 
     fn resume(&mut self, episodes: Vec<Episode>, now: MonoNs, out: &mut Vec<Effect>) {
-        // Instances the previous run gave up on stay given up on: the detector waits for their
-        // non-401 answer too, instead of latching them anew.
-        let escalated: Vec<InstanceId> = self.policy.escalated().cloned().collect();
+        // Instances the previous run gave up on (`give_up`) stay given up on: the detector
+        // waits for their non-401 answer too, instead of latching them anew.
+        let escalated: Vec<InstanceId> = self.policy.gave_up().cloned().collect();
         for id in escalated {
             let events = self.detector.escalate(&id, now);
             self.on_events(events, now, out);
@@ -692,7 +707,9 @@ impl Watch {
             // previous run stopped counts as not healed (a quiet window first), and a quiet
             // window restored from the state file keeps its deadline.
             self.policy.latched(&id, now);
-            self.journal_backoff(&id, now, out);
+            if let Some(until) = self.policy.not_before(&id).filter(|t| *t > now) {
+                self.journal_backoff(&id, until, false, now, out);
+            }
         }
         self.save(now, out);
     }
@@ -885,11 +902,7 @@ impl Watch {
                     out.push(Effect::Metric(Metric::DetectionSeconds(seconds)));
                 }
                 if self.acts(instance) {
-                    let before = self.policy.not_before(instance);
                     self.policy.latched(instance, now);
-                    if self.policy.not_before(instance) != before {
-                        self.journal_backoff(instance, now, out);
-                    }
                     self.save(now, out);
                 } else {
                     let supervisor = if self.config.daemon.dry_run {
@@ -915,12 +928,61 @@ impl Watch {
         }
     }
 
-    /// Hands out what the policy says is due now.
+    /// Carries out what the policy decided: restarts due now, quiet windows, notices and
+    /// incidents (journalled, logged, counted). A restart that cannot start feeds the policy
+    /// again, so this polls until the policy has nothing more to say.
     fn drive(&mut self, now: MonoNs, out: &mut Vec<Effect>) {
-        for action in self.policy.poll(now) {
-            match action {
-                Action::Restart(id) => self.start_restart(&id, now, out),
-                Action::Escalate(id) => self.escalate(&id, now, out),
+        // Each round either hands out the one restart slot or holds what could not start
+        // behind a quiet window: a few rounds at most.
+        for _ in 0..16 {
+            let actions = self.policy.poll(now);
+            if actions.is_empty() {
+                return;
+            }
+            let mut changed = false;
+            for action in actions {
+                changed = true;
+                match action {
+                    Action::Restart(id) => self.start_restart(&id, now, out),
+                    Action::Backoff {
+                        instance,
+                        until,
+                        incident,
+                    } => self.journal_backoff(&instance, until, incident, now, out),
+                    Action::Escalate {
+                        instance,
+                        restarts,
+                        gave_up,
+                    } => self.escalate(&instance, restarts, gave_up, now, out),
+                    Action::IncidentOpened {
+                        opened,
+                        members,
+                        canary,
+                    } => self.incident_opened(opened, &members, canary.as_ref(), now, out),
+                    Action::Joined { opened, instance } => {
+                        self.incident_joined(opened, &instance, now, out);
+                    }
+                    Action::IncidentEscalated {
+                        opened,
+                        members,
+                        canary,
+                        tries,
+                        gave_up,
+                    } => {
+                        self.incident_escalated(opened, &members, &canary, tries, gave_up, now, out)
+                    }
+                    Action::IncidentClosed {
+                        opened,
+                        healed_by,
+                        released,
+                        tries,
+                    } => {
+                        self.incident_closed(opened, healed_by.as_ref(), &released, tries, now, out)
+                    }
+                }
+            }
+            if changed {
+                self.save(now, out);
             }
         }
     }
@@ -986,13 +1048,7 @@ impl Watch {
         now: MonoNs,
         out: &mut Vec<Effect>,
     ) {
-        let before = self.policy.not_before(id);
         self.policy.restart_finished(id, now, &result);
-        // A failure backs off: said once, here (the detector's return to latched below finds
-        // the window already set).
-        if self.policy.not_before(id) != before {
-            self.journal_backoff(id, now, out);
-        }
         match &result {
             Ok(outcome) => {
                 self.restart_errors.remove(id);
@@ -1072,13 +1128,27 @@ impl Watch {
         self.successors.insert(pid, id.clone());
     }
 
-    fn escalate(&mut self, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
-        let restarts = self.policy.restarts(id);
-        warn!(
-            instance = %id,
-            restarts,
-            "escalated: restarts did not heal it; no more restarts until it answers non-401"
-        );
+    /// `id` is escalated: journalled, counted, its episode marked (or, with `give_up`, closed
+    /// as escalated), and the hook run once.
+    fn escalate(
+        &mut self,
+        id: &InstanceId,
+        restarts: u32,
+        gave_up: bool,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let reason = if gave_up {
+            format!(
+                "{restarts} restarts of {id} did not heal it; restarts stopped (give_up) until it answers non-401"
+            )
+        } else {
+            let every = crate::time::human(*self.config.recovery.backoff_max.get_ref());
+            format!(
+                "{restarts} restarts of {id} did not heal it; restarts go on, at least every {every}, until its own new session answers"
+            )
+        };
+        warn!(instance = %id, restarts, gave_up, "escalated: {reason}");
         out.push(Effect::Metric(Metric::Escalation {
             agent: id.name.clone(),
         }));
@@ -1087,32 +1157,247 @@ impl Watch {
             ActionKind::Escalate,
             true,
             None,
-            format!("{restarts} restarts without a confirmed recovery"),
+            reason.clone(),
             now,
             out,
         );
-        // The process that latched, taken before the escalation closes its episode.
+        // The process that latched, taken before a give-up closes its episode.
         let latched = self.target(id);
-        let events = self.detector.escalate(id, now);
+        let events = if gave_up {
+            self.detector.escalate(id, now)
+        } else {
+            self.detector.mark_escalated(id, now)
+        };
         self.on_events(events, now, out);
-        if let Some(hook) = &self.config.recovery.escalation_hook {
-            let target = latched.unwrap_or(Target {
-                instance: id.name.clone(),
-                unit: id.unit_name().map(str::to_owned),
-                pid: 0,
-                start_time: None,
-                uid: None,
-                placement: self.placements.get(id).cloned().unwrap_or_default(),
-            });
-            info!(instance = %id, "running the escalation hook");
-            out.push(Effect::RunHook {
-                instance: id.clone(),
-                argv: hook.get_ref().clone(),
-                target,
-                timeout: self.config.recovery.hook_timeout,
-            });
+        self.run_hook(id, latched, reason, vec![id.name.clone()], out);
+    }
+
+    /// Runs the escalation hook (when one is configured) for `id`, its `{instances}` being
+    /// `instances`.
+    fn run_hook(
+        &self,
+        id: &InstanceId,
+        latched: Option<Target>,
+        reason: String,
+        instances: Vec<String>,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(hook) = &self.config.recovery.escalation_hook else {
+            return;
+        };
+        let target = latched.unwrap_or(Target {
+            instance: id.name.clone(),
+            unit: id.unit_name().map(str::to_owned),
+            pid: 0,
+            start_time: None,
+            uid: None,
+            placement: self.placements.get(id).cloned().unwrap_or_default(),
+        });
+        info!(instance = %id, "running the escalation hook");
+        out.push(Effect::RunHook {
+            instance: id.clone(),
+            argv: hook.get_ref().clone(),
+            target,
+            timeout: self.config.recovery.hook_timeout,
+            reason,
+            instances,
+        });
+    }
+
+    /// The id of the incident opened at monotonic `opened`.
+    fn incident_id(&self, opened: MonoNs) -> String {
+        format!("incident@{}", self.wall_ms(opened))
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of one incident record"
+    )]
+    fn journal_incident(
+        &self,
+        opened: MonoNs,
+        event: IncidentEvent,
+        members: Vec<String>,
+        canary: Option<String>,
+        tries: u32,
+        detail: String,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        out.push(Effect::Journal(JournalRecord::Incident(IncidentRecord {
+            at_ms: self.wall_ms(now),
+            id: self.incident_id(opened),
+            event,
+            members,
+            canary,
+            tries,
+            detail,
+        })));
+    }
+
+    /// Several instances latched together: the incident is journalled once, and each member's
+    /// episode records that it waits for the canary.
+    fn incident_opened(
+        &mut self,
+        opened: MonoNs,
+        members: &[InstanceId],
+        canary: Option<&InstanceId>,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        let incident = self.incident_id(opened);
+        let detail = format!(
+            "upstream incident: {} instances latched together ({}); one canary restart per quiet window, the others restarted once one heals",
+            names.len(),
+            names.join(", ")
+        );
+        warn!(incident, members = names.len(), canary = ?canary.map(|c| c.name.as_str()), "{detail}");
+        out.push(Effect::Metric(Metric::IncidentOpened));
+        self.journal_incident(
+            opened,
+            IncidentEvent::Opened,
+            names,
+            canary.map(|c| c.name.clone()),
+            0,
+            detail,
+            now,
+            out,
+        );
+        for m in members.iter().filter(|m| Some(*m) != canary) {
+            self.journal_held(&incident, m, now, out);
         }
-        self.save(now, out);
+    }
+
+    fn journal_held(&self, incident: &str, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
+        self.journal_action(
+            id,
+            ActionKind::Held,
+            true,
+            None,
+            format!("held by {incident}: waiting for its canary restart to heal"),
+            now,
+            out,
+        );
+    }
+
+    fn incident_joined(
+        &mut self,
+        opened: MonoNs,
+        id: &InstanceId,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let incident = self.incident_id(opened);
+        info!(instance = %id, incident, "latched during the upstream incident: waiting for its canary");
+        self.journal_incident(
+            opened,
+            IncidentEvent::Joined,
+            vec![id.name.clone()],
+            None,
+            0,
+            format!("{id} latched during the incident"),
+            now,
+            out,
+        );
+        self.journal_held(&incident, id, now, out);
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of the policy's action"
+    )]
+    fn incident_escalated(
+        &mut self,
+        opened: MonoNs,
+        members: &[InstanceId],
+        canary: &InstanceId,
+        tries: u32,
+        gave_up: bool,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        let since = crate::time::rfc3339_ms(self.wall_ms(opened));
+        let reason = if gave_up {
+            format!(
+                "upstream incident since {since}: {} instances latched ({}), {tries} canary restarts did not heal; restarts stopped (give_up)",
+                names.len(),
+                names.join(", ")
+            )
+        } else {
+            format!(
+                "upstream incident since {since}: {} instances latched ({}), {tries} canary restarts did not heal; one canary restart per quiet window goes on, at least every {}, and all are restarted once one heals",
+                names.len(),
+                names.join(", "),
+                crate::time::human(*self.config.recovery.backoff_max.get_ref())
+            )
+        };
+        warn!(
+            incident = self.incident_id(opened),
+            tries,
+            members = names.len(),
+            "escalated: {reason}"
+        );
+        out.push(Effect::Metric(Metric::IncidentEscalated));
+        self.journal_incident(
+            opened,
+            IncidentEvent::Escalated,
+            names.clone(),
+            Some(canary.name.clone()),
+            tries,
+            reason.clone(),
+            now,
+            out,
+        );
+        for m in members {
+            if gave_up {
+                let events = self.detector.escalate(m, now);
+                self.on_events(events, now, out);
+            } else {
+                let events = self.detector.mark_escalated(m, now);
+                self.on_events(events, now, out);
+            }
+        }
+        let latched = self.target(canary);
+        self.run_hook(canary, latched, reason, names, out);
+    }
+
+    fn incident_closed(
+        &mut self,
+        opened: MonoNs,
+        healed_by: Option<&InstanceId>,
+        released: &[InstanceId],
+        tries: u32,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let names: Vec<String> = released.iter().map(|m| m.name.clone()).collect();
+        let lasted = crate::time::human(Duration::from_nanos(now.saturating_sub(opened)));
+        let detail = match healed_by {
+            Some(h) => format!(
+                "the upstream window closed: a restart of {h} healed after {tries} that did not, {lasted} after the incident opened; {} restarted next, one at a time",
+                if names.is_empty() {
+                    "no other instance is".to_owned()
+                } else {
+                    names.join(", ") + " are"
+                }
+            ),
+            None => {
+                format!("no instance of the incident is latched any more, {lasted} after it opened")
+            }
+        };
+        info!(incident = self.incident_id(opened), "{detail}");
+        self.journal_incident(
+            opened,
+            IncidentEvent::Closed,
+            names,
+            healed_by.map(|h| h.name.clone()),
+            tries,
+            detail,
+            now,
+            out,
+        );
     }
 
     fn journal_episode(&self, episode: Episode, now: MonoNs, out: &mut Vec<Effect>) {
@@ -1155,21 +1440,31 @@ impl Watch {
         })));
     }
 
-    /// Journals the quiet window the policy set for `id`, if one runs past `now`.
-    fn journal_backoff(&self, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
-        if let Some(until) = self.policy.not_before(id).filter(|t| *t > now) {
-            let wait_s = (until - now) / 1_000_000_000;
-            info!(instance = %id, wait_s, "quiet window before the next restart");
-            self.journal_action(
-                id,
-                ActionKind::Backoff,
-                true,
-                Some(self.wall_ms(until)),
-                format!("quiet window of {wait_s}s before the next restart"),
-                now,
-                out,
-            );
-        }
+    /// Journals a quiet window until `until` set for `id` (the incident's, when `incident`).
+    fn journal_backoff(
+        &self,
+        id: &InstanceId,
+        until: MonoNs,
+        incident: bool,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let wait_s = until.saturating_sub(now) / 1_000_000_000;
+        let detail = if incident {
+            format!("quiet window of {wait_s}s before the incident's next canary restart")
+        } else {
+            format!("quiet window of {wait_s}s before the next restart")
+        };
+        info!(instance = %id, wait_s, incident, "{detail}");
+        self.journal_action(
+            id,
+            ActionKind::Backoff,
+            true,
+            Some(self.wall_ms(until)),
+            detail,
+            now,
+            out,
+        );
     }
 
     fn save(&self, now: MonoNs, out: &mut Vec<Effect>) {

@@ -1,36 +1,74 @@
 //! The recovery policy, sans-IO: fed what the detector and the restarter report plus the
-//! monotonic clock, it answers with [`Action`]s. It never reads the time or touches a process
-//! itself; [`Policy::next_deadline`] says when the clock alone will change something.
+//! monotonic clock, it answers with [`Action`]s ([`Policy::poll`]). It never reads the time or
+//! touches a process itself; [`Policy::next_deadline`] says when the clock alone will change
+//! something.
+//!
+//! # One instance
 //!
 //! ```text
-//!             latched                poll: slot free,           restart_finished(Ok)
-//!   Idle ───────────────► Latched ── window over ──► Restarting ────────────────────► Recovering
-//!    ▲                     ▲   ▲                         │                              │   │
-//!    │                     │   └── restart_finished(Err) ┘ or restart_timeout           │   │
-//!    │                     └──────────── latched (window still open): quiet window ─────┘   │
-//!    │                                      (K restarts reached: Escalated instead)          │
-//!    └──────────────── recovered (a non-401 of the new process) ───────────────────────────┘
-//!    └──────────────── recovered ◄── Escalated (no restarts; Escalate once)
+//!            latched                poll: slot free,            restart_finished(Ok)
+//!   Idle ─────────────► Latched ──── its turn ────► Restarting ──────────────────► Recovering
+//!    ▲                   ▲   ▲                          │                            │    │
+//!    │                   │   └── restart_finished(Err), restart_timeout: a hold ─────┘    │
+//!    │                   └───── latched (the new process got 401): a quiet window ───────┘
+//!    └──────────── recovered: a non-401 answer of the new process (a confirmed recovery) ──┘
 //! ```
 //!
-//! - The first latch of an instance is restarted as soon as no other restart is in flight.
-//! - After a restart the instance is recovering until its new process gets a non-401 answer
-//!   ([`Policy::recovered`]); a new latch instead means the upstream window is still open, so the
-//!   next restart waits a quiet window that doubles each time up to a cap, and is reset after the
-//!   instance stays healthy long enough.
-//! - One restart is in flight host-wide: several instances latched together (an upstream
-//!   incident) are restarted one at a time, the next one after the previous is confirmed, has
-//!   failed, or has timed out.
-//! - After `max_restarts` restarts without a confirmed recovery the instance is escalated: no
-//!   more restarts, [`Action::Escalate`] once; a non-401 answer leaves the escalated state.
-//! - Supervisor failures (and restarts that time out) are retried behind the same growing
-//!   quiet window, and do not count as restarts.
-//! - [`Policy::snapshot`] / [`Policy::restore`] carry the state across a daemon restart with
-//!   wall-clock deadlines, so a restarted daemon does not restart anything early.
+//! - The first latch of an instance is restarted as soon as the host-wide slot is free (one
+//!   restart in flight per host).
+//! - A restart is confirmed only by the new process's own non-401 answer. When the new process
+//!   gets 401 instead, the upstream window is still open: the next restart waits a quiet window
+//!   that doubles from `initial_backoff` up to `max_backoff` (reset after `healthy_reset` of
+//!   health).
+//! - **Escalation is a notice, not an abandonment.** After `max_restarts` (K) restarts that did
+//!   not heal, or `escalate_after` latched, the instance is escalated: [`Action::Escalate`]
+//!   once (the hook runs, status says escalated), and it is still restarted behind its quiet
+//!   window, which keeps doubling to the cap, until its own new session answers. A confirmed
+//!   recovery ends the escalation. A persisted bad credential therefore costs one restart per
+//!   cap, never a storm, and an agent whose window outlasts the notice comes back when the
+//!   window closes. With `give_up` (off by default) an escalated instance is no longer
+//!   restarted (`Phase::GaveUp`) until it answers non-401 on its own.
+//! - Supervisor failures and restarts that time out are held behind the same growing quiet
+//!   window; they are not restarts and say nothing about the upstream window.
+//!
+//! # An upstream incident: one canary
+//!
+//! When a second instance latches while another is latched and not healed (or a restarted
+//! instance's new session is rejected while others are latched), the host is in an upstream
+//! incident (with `canary`, the default). Its members are not restarted each on its own
+//! schedule: one member at a time, the canary, is restarted per quiet window of the incident;
+//! the others wait, and their waiting counts toward nothing.
+//!
+//! ```text
+//!  second latch ──► Incident { members, tries, backoff } ── next try due, slot free ──► canary
+//!                     ▲    (the member with the fewest tries, then the oldest latch)     │
+//!                     │                                                                  │
+//!                     └──── the canary's new process got 401: tries + 1, quiet window ◄──┤
+//!                                                                                        │
+//!   incident closed ◄── a restarted member's new process answered non-401 ◄─────────────┘
+//!   (the window is closed): every other member is released and restarted promptly, one at a
+//!   time, each confirmed by its own answer.
+//! ```
+//!
+//! - Restarts into an open window grow with the logarithm of its length, not with the number
+//!   of instances: the incident has one quiet window, doubling per rejected try.
+//! - One notice per incident ([`Action::IncidentEscalated`], after K rejected tries or
+//!   `escalate_after`), none per member.
+//! - Members leave the incident when they answer non-401, exit, or are forgotten; the incident
+//!   ends when a restart is confirmed or no member is left.
+//! - A released member rejected again while others are still latched opens the incident anew
+//!   (a window that reopened: the release pauses); rejected alone, it backs off on its own.
+//! - An instance escalated on its own (K restarts alone did not heal it: a persisted
+//!   credential, say) never opens or joins an incident, so it never holds others back.
+//! - An instance latched alone while no incident is open is recovered exactly as without
+//!   incidents.
+//!
+//! [`Policy::snapshot`] / [`Policy::restore`] carry everything across a daemon restart with
+//! wall-clock deadlines, so a restarted daemon does not restart anything early.
 //!
 //! Instances are keyed by [`InstanceId`] and time is [`MonoNs`], like the detector's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -42,40 +80,117 @@ use crate::instance::{IdSource, InstanceId};
 fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
+
+fn yes() -> bool {
+    true
+}
+
 /// Tunables of the policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyConfig {
     /// The first quiet window, after the first restart that did not heal.
     pub initial_backoff: Duration,
-    /// The largest quiet window.
+    /// The largest quiet window (escalated instances are retried at least this often).
     pub max_backoff: Duration,
     /// How long an instance must stay healthy for its backoff to reset.
     pub healthy_reset: Duration,
-    /// Restarts without a confirmed recovery before the instance is escalated.
+    /// K: restarts without a confirmed recovery before the escalation notice (an incident's:
+    /// rejected canary tries).
     pub max_restarts: u32,
     /// How long a restart (job plus confirmation) may hold the host-wide slot.
     pub restart_timeout: Duration,
+    /// Escalate an instance (or an incident) latched this long, whatever its restart count.
+    #[serde(default)]
+    pub escalate_after: Option<Duration>,
+    /// Stop restarting an escalated instance (the behaviour before escalation became a notice).
+    #[serde(default)]
+    pub give_up: bool,
+    /// Several instances latched together are one upstream incident, probed by one canary.
+    #[serde(default = "yes")]
+    pub canary: bool,
 }
 
 impl Default for PolicyConfig {
+    /// The defaults chosen by the replay of the write-up's window history (`claude-watch
+    /// replay`, BENCHMARKS.md): see the README's recovery section for why.
     fn default() -> Self {
         Self {
             initial_backoff: Duration::from_secs(60),
             max_backoff: Duration::from_secs(30 * 60),
             healthy_reset: Duration::from_secs(10 * 60),
-            max_restarts: 3,
+            max_restarts: 6,
             restart_timeout: Duration::from_secs(120),
+            escalate_after: None,
+            give_up: false,
+            canary: true,
         }
     }
 }
 
-/// What the daemon should do now.
+/// What the daemon should do (or record) now; drained by [`Policy::poll`] in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Restart this instance through its supervisor, then report [`Policy::restart_finished`].
     Restart(InstanceId),
-    /// Run the escalation hook for this instance (emitted once per escalation).
-    Escalate(InstanceId),
+    /// No restart of `instance` before `until`: a quiet window after a restart that did not
+    /// heal, or a hold after a supervisor failure.
+    Backoff {
+        /// The instance (an incident's: its latest canary).
+        instance: InstanceId,
+        /// The end of the window.
+        until: MonoNs,
+        /// Whether the window is the incident's (its next canary try), not the instance's.
+        incident: bool,
+    },
+    /// The instance is escalated (once per escalation): run the hook.
+    Escalate {
+        /// The instance.
+        instance: InstanceId,
+        /// Restarts that did not heal it.
+        restarts: u32,
+        /// Whether restarts stop (`give_up`) or go on at the quiet window.
+        gave_up: bool,
+    },
+    /// An upstream incident opened: its members wait for the canary.
+    IncidentOpened {
+        /// When it opened (its id is derived from it).
+        opened: MonoNs,
+        /// The instances latched together.
+        members: Vec<InstanceId>,
+        /// The member whose restart is in flight, if one is.
+        canary: Option<InstanceId>,
+    },
+    /// An instance latched while an incident is open: it waits for the canary.
+    Joined {
+        /// When the incident opened.
+        opened: MonoNs,
+        /// The instance.
+        instance: InstanceId,
+    },
+    /// The incident is escalated (once): run the hook once for all its members.
+    IncidentEscalated {
+        /// When it opened.
+        opened: MonoNs,
+        /// Its members now.
+        members: Vec<InstanceId>,
+        /// The latest canary (the hook's `{instance}`).
+        canary: InstanceId,
+        /// Canary restarts that did not heal.
+        tries: u32,
+        /// Whether restarts stop (`give_up`).
+        gave_up: bool,
+    },
+    /// The incident is over.
+    IncidentClosed {
+        /// When it opened.
+        opened: MonoNs,
+        /// The member whose restart was confirmed (the window closed), if one was.
+        healed_by: Option<InstanceId>,
+        /// Members released to be restarted promptly, one at a time.
+        released: Vec<InstanceId>,
+        /// Canary restarts that did not heal.
+        tries: u32,
+    },
 }
 
 /// Where an instance stands in recovery.
@@ -83,7 +198,7 @@ pub enum Action {
 pub enum Phase {
     /// Not latched.
     Idle,
-    /// Latched, waiting for its turn or its quiet window.
+    /// Latched, waiting for its turn, its quiet window, or the incident's canary.
     Latched,
     /// A restart was handed out and has not finished.
     Restarting {
@@ -95,28 +210,91 @@ pub enum Phase {
         /// When the restart finished.
         since: MonoNs,
     },
-    /// Restarts stopped; waiting for a non-401 answer.
-    Escalated,
+    /// Escalated with `give_up`: no more restarts; waiting for a non-401 answer.
+    GaveUp,
+}
+
+impl Phase {
+    /// Latched and not healed: waiting, restarting or awaiting confirmation.
+    fn unhealed(self) -> bool {
+        matches!(
+            self,
+            Self::Latched | Self::Restarting { .. } | Self::Recovering { .. }
+        )
+    }
 }
 
 #[derive(Clone, Debug)]
 struct Instance {
     phase: Phase,
-    /// When the instance entered `Latched` (for fairness: oldest first).
+    /// When the instance (last) entered `Latched`: the queue's order, oldest first.
     latched_at: Option<MonoNs>,
+    /// Unhealed since (the first latch since the last confirmed recovery).
+    since: Option<MonoNs>,
     /// Restarts since the last confirmed recovery.
     restarts: u32,
+    /// Its own restarts that did not heal, toward K (an incident's tries count toward the
+    /// incident's K instead).
+    unhealed: u32,
     /// The quiet window to apply on the next failed attempt.
     backoff: Duration,
-    /// No restart before this.
+    /// No restart before this (its own quiet window or hold).
     not_before: Option<MonoNs>,
     /// Healthy since (for the backoff reset).
     healthy_since: Option<MonoNs>,
+    /// Escalated at (a notice given; until a confirmed recovery).
+    escalated: Option<MonoNs>,
     /// `Escalate` still to be emitted.
     escalate_pending: bool,
-    /// The new process got 401 before the supervisor answered (its answer and the new
-    /// process's first request race): the restart did not heal, said when the answer comes.
+    /// The new process got 401 before the supervisor answered.
     rejected_early: bool,
+    /// The new process got a non-401 answer before the supervisor answered.
+    accepted_early: bool,
+    /// Canary restarts of it in the current incident (the rotation's order).
+    tries: u32,
+}
+
+impl Instance {
+    fn new(backoff: Duration) -> Self {
+        Self {
+            phase: Phase::Idle,
+            latched_at: None,
+            since: None,
+            restarts: 0,
+            unhealed: 0,
+            backoff,
+            not_before: None,
+            healthy_since: None,
+            escalated: None,
+            escalate_pending: false,
+            rejected_early: false,
+            accepted_early: false,
+            tries: 0,
+        }
+    }
+
+    /// Whether it can open or join an incident: unhealed, not escalated on its own.
+    fn joins(&self) -> bool {
+        self.phase.unhealed() && self.escalated.is_none()
+    }
+}
+
+/// A host-wide upstream incident: several instances latched in one window.
+#[derive(Clone, Debug)]
+struct Incident {
+    opened: MonoNs,
+    members: BTreeSet<InstanceId>,
+    /// The member whose restart (or its confirmation) is awaited.
+    canary: Option<InstanceId>,
+    /// Canary restarts whose new process got 401 (restarts into the open window).
+    tries: u32,
+    /// The next quiet window.
+    backoff: Duration,
+    /// No canary try before this.
+    not_before: Option<MonoNs>,
+    /// Escalated at.
+    escalated: Option<MonoNs>,
+    escalate_pending: bool,
 }
 
 /// The recovery policy for all instances of a host.
@@ -126,6 +304,46 @@ pub struct Policy {
     instances: BTreeMap<InstanceId, Instance>,
     /// The instance holding the host-wide restart slot.
     in_flight: Option<InstanceId>,
+    incident: Option<Incident>,
+    /// Actions decided by the calls since the last [`Policy::poll`].
+    out: Vec<Action>,
+    /// The time of the last [`Policy::poll`]: a deadline it has passed without acting waits
+    /// for an event (the slot freeing), not for the clock.
+    polled: MonoNs,
+}
+
+/// What status shows of one instance's recovery.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryView {
+    /// Restarts since the last confirmed recovery.
+    pub restarts: u32,
+    /// No restart before this (its own quiet window, or the incident's next try).
+    pub not_before: Option<MonoNs>,
+    /// Escalated since (the instance's own escalation, or its incident's).
+    pub escalated: Option<MonoNs>,
+    /// Whether it is a member of the open incident.
+    pub in_incident: bool,
+    /// Whether it is the incident's canary now.
+    pub canary: bool,
+    /// Whether restarts stopped (`give_up`).
+    pub gave_up: bool,
+}
+
+/// What status shows of the open incident.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncidentView {
+    /// When it opened.
+    pub opened: MonoNs,
+    /// Its members.
+    pub members: Vec<InstanceId>,
+    /// The member whose restart is awaited.
+    pub canary: Option<InstanceId>,
+    /// Canary restarts that did not heal.
+    pub tries: u32,
+    /// The next canary try (when no canary is awaited).
+    pub next_try: Option<MonoNs>,
+    /// Escalated since.
+    pub escalated: Option<MonoNs>,
 }
 
 impl Policy {
@@ -136,6 +354,9 @@ impl Policy {
             config,
             instances: BTreeMap::new(),
             in_flight: None,
+            incident: None,
+            out: Vec::new(),
+            polled: 0,
         }
     }
 
@@ -146,8 +367,28 @@ impl Policy {
     }
 
     /// Replaces the tunables (configuration reload); running windows keep their deadlines.
-    pub fn set_config(&mut self, config: PolicyConfig) {
+    /// Returns the instances released from `GaveUp` when `give_up` was turned off (the caller
+    /// lets the detector see their 401s again).
+    pub fn set_config(&mut self, config: PolicyConfig) -> Vec<InstanceId> {
+        let released = if config.give_up {
+            Vec::new()
+        } else {
+            self.instances
+                .iter_mut()
+                .filter(|(_, i)| i.phase == Phase::GaveUp)
+                .map(|(id, i)| {
+                    *i = Instance::new(config.initial_backoff);
+                    id.clone()
+                })
+                .collect()
+        };
+        if !config.canary
+            && let Some(incident) = self.incident.take()
+        {
+            self.release(incident, None);
+        }
         self.config = config;
+        released
     }
 
     /// The phase of `instance`, `None` when the policy has never heard of it.
@@ -162,65 +403,311 @@ impl Policy {
         self.instances.get(instance).map_or(0, |i| i.restarts)
     }
 
-    /// The instances restarts gave up on (waiting for a non-401 answer).
-    pub fn escalated(&self) -> impl Iterator<Item = &InstanceId> {
+    /// The instances restarts gave up on (`give_up`), waiting for a non-401 answer.
+    pub fn gave_up(&self) -> impl Iterator<Item = &InstanceId> {
         self.instances
             .iter()
-            .filter(|(_, i)| i.phase == Phase::Escalated)
+            .filter(|(_, i)| i.phase == Phase::GaveUp)
             .map(|(id, _)| id)
     }
 
-    /// No restart of `instance` happens before this.
+    /// No restart of `instance` happens before this (its own window or hold).
     #[must_use]
     pub fn not_before(&self, instance: &InstanceId) -> Option<MonoNs> {
         self.instances.get(instance).and_then(|i| i.not_before)
+    }
+
+    /// What status shows of `instance`'s recovery.
+    #[must_use]
+    pub fn view(&self, instance: &InstanceId) -> RecoveryView {
+        let Some(i) = self.instances.get(instance) else {
+            return RecoveryView::default();
+        };
+        let incident = self
+            .incident
+            .as_ref()
+            .filter(|inc| inc.members.contains(instance));
+        let canary = incident.is_some_and(|inc| inc.canary.as_ref() == Some(instance));
+        let not_before = match incident {
+            Some(inc) if i.phase == Phase::Latched => {
+                [inc.not_before, i.not_before].into_iter().flatten().max()
+            }
+            _ => i.not_before,
+        };
+        RecoveryView {
+            restarts: i.restarts,
+            not_before,
+            escalated: i.escalated.or(incident.and_then(|inc| inc.escalated)),
+            in_incident: incident.is_some(),
+            canary,
+            gave_up: i.phase == Phase::GaveUp,
+        }
+    }
+
+    /// The open incident, if any.
+    #[must_use]
+    pub fn incident(&self) -> Option<IncidentView> {
+        self.incident.as_ref().map(|inc| IncidentView {
+            opened: inc.opened,
+            members: inc.members.iter().cloned().collect(),
+            canary: inc.canary.clone(),
+            tries: inc.tries,
+            next_try: inc.not_before.filter(|_| inc.canary.is_none()),
+            escalated: inc.escalated,
+        })
     }
 
     fn entry(&mut self, instance: &InstanceId) -> &mut Instance {
         let initial = self.config.initial_backoff;
         self.instances
             .entry(instance.clone())
-            .or_insert_with(|| Instance {
-                phase: Phase::Idle,
-                latched_at: None,
-                restarts: 0,
-                backoff: initial,
-                not_before: None,
-                healthy_since: None,
-                escalate_pending: false,
-                rejected_early: false,
-            })
+            .or_insert_with(|| Instance::new(initial))
     }
 
-    fn release(&mut self, instance: &InstanceId) {
+    fn free_slot(&mut self, instance: &InstanceId) {
         if self.in_flight.as_ref() == Some(instance) {
             self.in_flight = None;
         }
     }
 
-    /// Puts `instance` back in the queue behind a quiet window starting `now`, growing the
-    /// window; escalates instead when it has had its `max_restarts`.
-    fn back_off(&mut self, instance: &InstanceId, now: MonoNs) {
-        let max_restarts = self.config.max_restarts;
+    fn in_incident(&self, instance: &InstanceId) -> bool {
+        self.incident
+            .as_ref()
+            .is_some_and(|inc| inc.members.contains(instance))
+    }
+
+    /// Whether `instance` has been unhealed for `escalate_after` at `now`.
+    fn overdue(&self, since: Option<MonoNs>, now: MonoNs) -> bool {
+        match (self.config.escalate_after, since) {
+            (Some(after), Some(since)) => now >= since.saturating_add(ns(after)),
+            _ => false,
+        }
+    }
+
+    /// Escalates `instance` (its own notice), once.
+    fn escalate(&mut self, instance: &InstanceId, now: MonoNs) {
+        let give_up = self.config.give_up;
+        let i = self.entry(instance);
+        if i.escalated.is_some() {
+            return;
+        }
+        i.escalated = Some(now);
+        i.escalate_pending = true;
+        if give_up {
+            i.phase = Phase::GaveUp;
+            i.not_before = None;
+            self.free_slot(instance);
+        }
+        tracing::warn!(instance = %instance, restarts = self.restarts(instance), give_up, "restarts did not heal: escalating");
+    }
+
+    /// A quiet window of `instance`'s own, starting `now`; the window grows for the next time.
+    fn own_window(&mut self, instance: &InstanceId, now: MonoNs) {
         let max_backoff = self.config.max_backoff;
         let i = self.entry(instance);
-        if i.restarts >= max_restarts {
-            i.phase = Phase::Escalated;
-            i.escalate_pending = true;
-            i.not_before = None;
-            tracing::warn!(
-                instance = %instance,
-                restarts = i.restarts,
-                "restarts did not heal: escalating"
-            );
-        } else {
-            i.phase = Phase::Latched;
-            i.latched_at.get_or_insert(now);
-            i.not_before = Some(now.saturating_add(ns(i.backoff)));
-            tracing::info!(instance = %instance, wait = ?i.backoff, "backing off before the next restart");
-            i.backoff = (i.backoff * 2).min(max_backoff);
+        let until = now.saturating_add(ns(i.backoff));
+        i.not_before = Some(until);
+        i.backoff = (i.backoff * 2).min(max_backoff);
+        tracing::info!(instance = %instance, wait_s = (until - now) / 1_000_000_000, "backing off before the next restart");
+        self.out.push(Action::Backoff {
+            instance: instance.clone(),
+            until,
+            incident: false,
+        });
+    }
+
+    /// A restart of `instance` did not heal: its new process got 401 (the window is open).
+    fn rejected(&mut self, instance: &InstanceId, now: MonoNs) {
+        self.free_slot(instance);
+        let i = self.entry(instance);
+        i.phase = Phase::Latched;
+        i.latched_at = Some(now);
+        let alone = i.escalated.is_some();
+        if self.in_incident(instance) {
+            self.incident_try_failed(instance, now);
+            return;
         }
-        self.release(instance);
+        let others = self.joining_others(instance);
+        if self.config.canary && self.incident.is_none() && !alone && !others.is_empty() {
+            // Rejected while others are latched too: an upstream incident, this rejection its
+            // first try.
+            self.open_incident(instance, others, now);
+            self.incident_try_failed(instance, now);
+            return;
+        }
+        let i = self.entry(instance);
+        i.unhealed += 1;
+        let (unhealed, since) = (i.unhealed, i.since);
+        if unhealed >= self.config.max_restarts || self.overdue(since, now) {
+            self.escalate(instance, now);
+        }
+        if self.phase(instance) == Some(Phase::Latched) {
+            self.own_window(instance, now);
+        }
+    }
+
+    /// The incident's try with `canary` did not heal: one more rejected try, a quiet window.
+    fn incident_try_failed(&mut self, canary: &InstanceId, now: MonoNs) {
+        let max_backoff = self.config.max_backoff;
+        let k = self.config.max_restarts;
+        let overdue = self
+            .incident
+            .as_ref()
+            .is_some_and(|inc| self.overdue(Some(inc.opened), now));
+        let Some(inc) = self.incident.as_mut() else {
+            return;
+        };
+        if inc.canary.as_ref() == Some(canary) {
+            inc.canary = None;
+        }
+        inc.tries += 1;
+        let until = now.saturating_add(ns(inc.backoff));
+        inc.not_before = Some(until);
+        inc.backoff = (inc.backoff * 2).min(max_backoff);
+        tracing::info!(canary = %canary, tries = inc.tries, wait_s = (until - now) / 1_000_000_000, "upstream window still open: quiet window before the incident's next try");
+        self.out.push(Action::Backoff {
+            instance: canary.clone(),
+            until,
+            incident: true,
+        });
+        if inc.tries >= k || overdue {
+            self.escalate_incident(now);
+        }
+    }
+
+    /// Escalates the open incident (one notice for all its members), once; with `give_up`
+    /// its members are no longer restarted.
+    fn escalate_incident(&mut self, now: MonoNs) {
+        let give_up = self.config.give_up;
+        let Some(inc) = self.incident.as_mut() else {
+            return;
+        };
+        if inc.escalated.is_some() {
+            return;
+        }
+        inc.escalated = Some(now);
+        inc.escalate_pending = true;
+        tracing::warn!(
+            tries = inc.tries,
+            members = inc.members.len(),
+            give_up,
+            "upstream incident outlasts the restarts: escalating once for all its members"
+        );
+        if give_up {
+            let members: Vec<InstanceId> = inc.members.iter().cloned().collect();
+            for m in &members {
+                let i = self.entry(m);
+                i.phase = Phase::GaveUp;
+                i.not_before = None;
+                i.escalated.get_or_insert(now);
+            }
+        }
+    }
+
+    /// Instances other than `instance` that can form an incident with it.
+    fn joining_others(&self, instance: &InstanceId) -> Vec<InstanceId> {
+        self.instances
+            .iter()
+            .filter(|(id, i)| *id != instance && i.joins())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Opens an incident of `instance` and `others`, its schedule taken over from theirs.
+    fn open_incident(&mut self, instance: &InstanceId, others: Vec<InstanceId>, now: MonoNs) {
+        let mut members: BTreeSet<InstanceId> = others.into_iter().collect();
+        members.insert(instance.clone());
+        let canary = self
+            .in_flight
+            .clone()
+            .filter(|id| members.contains(id))
+            .or_else(|| {
+                members
+                    .iter()
+                    .find(|m| {
+                        matches!(
+                            self.instances.get(*m).map(|i| i.phase),
+                            Some(Phase::Recovering { .. })
+                        )
+                    })
+                    .cloned()
+            });
+        let initial = self.config.initial_backoff;
+        let mut inc = Incident {
+            opened: now,
+            members: members.clone(),
+            canary: canary.clone(),
+            tries: 0,
+            backoff: initial,
+            not_before: None,
+            escalated: None,
+            escalate_pending: false,
+        };
+        // The members' evidence so far: the window they already waited for carries over.
+        for m in &members {
+            if let Some(i) = self.instances.get_mut(m) {
+                inc.tries = inc.tries.max(i.unhealed);
+                inc.backoff = inc.backoff.max(i.backoff);
+                inc.not_before = inc.not_before.max(i.not_before.filter(|t| *t > now));
+                i.not_before = None;
+                // A member already rejected in this window goes after those never tried.
+                i.tries = u32::from(i.unhealed > 0);
+            }
+        }
+        // The restart in flight is the incident's first try.
+        if let Some(i) = canary.as_ref().and_then(|c| self.instances.get_mut(c)) {
+            i.tries = 1;
+        }
+        tracing::warn!(members = members.len(), canary = ?canary.as_ref().map(|c| c.name.as_str()), "upstream incident: several instances latched together; one canary restart per quiet window");
+        self.out.push(Action::IncidentOpened {
+            opened: now,
+            members: members.into_iter().collect(),
+            canary,
+        });
+        self.incident = Some(inc);
+    }
+
+    /// Closes the incident: every member left waiting is released, to be restarted promptly
+    /// (one at a time, each confirmed) and to fail on its own from now on.
+    fn release(&mut self, incident: Incident, healed_by: Option<InstanceId>) {
+        let mut released = Vec::new();
+        for m in &incident.members {
+            if healed_by.as_ref() == Some(m) {
+                continue;
+            }
+            if let Some(i) = self.instances.get_mut(m) {
+                i.tries = 0;
+                if i.phase.unhealed() {
+                    i.not_before = None;
+                    released.push(m.clone());
+                }
+            }
+        }
+        tracing::info!(healed_by = ?healed_by.as_ref().map(|h| h.name.as_str()), released = released.len(), tries = incident.tries, "upstream incident over");
+        self.out.push(Action::IncidentClosed {
+            opened: incident.opened,
+            healed_by,
+            released,
+            tries: incident.tries,
+        });
+    }
+
+    /// `instance` leaves the incident (healed, gone, held); the incident ends without members.
+    fn leave_incident(&mut self, instance: &InstanceId) {
+        let Some(inc) = self.incident.as_mut() else {
+            return;
+        };
+        if !inc.members.remove(instance) {
+            return;
+        }
+        if inc.canary.as_ref() == Some(instance) {
+            inc.canary = None;
+        }
+        if inc.members.is_empty()
+            && let Some(inc) = self.incident.take()
+        {
+            self.release(inc, None);
+        }
     }
 
     /// The detector says `instance` is latched (its own requests keep getting 401).
@@ -231,12 +718,32 @@ impl Policy {
             Phase::Idle => {
                 i.phase = Phase::Latched;
                 i.latched_at = Some(now);
+                i.since.get_or_insert(now);
+                let alone = i.escalated.is_some();
+                if !self.config.canary || alone {
+                    return;
+                }
+                if let Some(inc) = self.incident.as_mut() {
+                    inc.members.insert(instance.clone());
+                    let opened = inc.opened;
+                    self.entry(instance).not_before = None;
+                    tracing::info!(instance = %instance, "latched during an upstream incident: waiting for the canary");
+                    self.out.push(Action::Joined {
+                        opened,
+                        instance: instance.clone(),
+                    });
+                    return;
+                }
+                let others = self.joining_others(instance);
+                if !others.is_empty() {
+                    self.open_incident(instance, others, now);
+                }
             }
-            // The new process got 401 again: the window is still open.
-            Phase::Recovering { .. } => self.back_off(instance, now),
+            // The new process got 401: the window is still open.
+            Phase::Recovering { .. } => self.rejected(instance, now),
             // ... before the supervisor said the restart was done.
             Phase::Restarting { .. } => i.rejected_early = true,
-            Phase::Latched | Phase::Escalated => {}
+            Phase::Latched | Phase::GaveUp => {}
         }
     }
 
@@ -255,29 +762,48 @@ impl Policy {
             return;
         }
         let rejected_early = std::mem::take(&mut i.rejected_early);
+        let accepted_early = std::mem::take(&mut i.accepted_early);
         if result.is_ok() {
             i.phase = Phase::Recovering { since: now };
             i.restarts += 1;
-            if rejected_early {
-                self.back_off(instance, now);
+            if accepted_early {
+                self.recovered(instance, now);
+            } else if rejected_early {
+                self.rejected(instance, now);
             }
         } else {
-            // The supervisor failed: retry later with the same backoff, not counted as a restart.
-            self.back_off(instance, now);
+            self.failed(instance, now);
         }
     }
 
+    /// The supervisor failed (or the restart timed out): not a restart, and no evidence about
+    /// the window; `instance` is held behind its own quiet window, and an incident's next try
+    /// goes to another member.
+    fn failed(&mut self, instance: &InstanceId, now: MonoNs) {
+        self.free_slot(instance);
+        let i = self.entry(instance);
+        i.phase = Phase::Latched;
+        i.latched_at.get_or_insert(now);
+        if let Some(inc) = self.incident.as_mut()
+            && inc.canary.as_ref() == Some(instance)
+        {
+            inc.canary = None;
+        }
+        self.own_window(instance, now);
+    }
+
     /// Whether forgetting `instance` loses nothing recovery needs: idle with its backoff reset,
-    /// or escalated with its escalation announced (or never heard of), and not holding the
-    /// restart slot.
+    /// or given up with its escalation announced (or never heard of), not holding the restart
+    /// slot and not a member of an incident.
     #[must_use]
     pub fn at_rest(&self, instance: &InstanceId) -> bool {
         self.in_flight.as_ref() != Some(instance)
+            && !self.in_incident(instance)
             && self.instances.get(instance).is_none_or(|i| {
                 !i.escalate_pending
                     && match i.phase {
                         Phase::Idle => i.healthy_since.is_none(),
-                        Phase::Escalated => true,
+                        Phase::GaveUp => true,
                         _ => false,
                     }
             })
@@ -291,68 +817,94 @@ impl Policy {
     /// Drops everything known about `instance` (a `pid:` instance whose process exited).
     pub fn forget(&mut self, instance: &InstanceId) {
         self.instances.remove(instance);
-        self.release(instance);
+        self.free_slot(instance);
+        self.leave_incident(instance);
     }
 
     /// Holds `instance` until its current traffic is seen again (a resumed episode too old to
     /// act on without a fresh 401): no restart until [`Policy::latched`] is called again.
-    /// Restarts, quiet window and backoff are kept; the slot is released.
+    /// Restarts, quiet window and backoff are kept; the slot and its incident are left.
     pub fn hold(&mut self, instance: &InstanceId) {
         let i = self.entry(instance);
-        if matches!(
-            i.phase,
-            Phase::Latched | Phase::Restarting { .. } | Phase::Recovering { .. }
-        ) {
+        if i.phase.unhealed() {
             i.phase = Phase::Idle;
             i.latched_at = None;
         }
-        self.release(instance);
+        self.free_slot(instance);
+        self.leave_incident(instance);
     }
 
     /// `instance`'s process got a non-401 answer: a confirmed recovery when it was recovering
-    /// (returns the time from the end of the restart), and the end of an escalation.
+    /// (returns the time from the end of the restart), the end of an escalation, and, for a
+    /// member of an incident whose restart it confirms, the end of the incident.
     pub fn recovered(&mut self, instance: &InstanceId, now: MonoNs) -> Option<Duration> {
         let i = self.entry(instance);
         let time_to_recovery = match i.phase {
             Phase::Recovering { since } => Some(Duration::from_nanos(now.saturating_sub(since))),
+            Phase::Restarting { .. } => {
+                // The detector counts only processes started since the restart was handed
+                // out: the new process answered before the supervisor did.
+                i.accepted_early = true;
+                return None;
+            }
             _ => None,
         };
-        if matches!(i.phase, Phase::Restarting { .. }) {
-            // An answer of the old process while the restart runs proves nothing about the new.
-            return None;
-        }
         i.phase = Phase::Idle;
         i.latched_at = None;
+        i.since = None;
         i.restarts = 0;
+        i.unhealed = 0;
+        i.tries = 0;
+        i.escalated = None;
         i.escalate_pending = false;
+        i.not_before = None;
         i.healthy_since.get_or_insert(now);
-        self.release(instance);
+        self.free_slot(instance);
+        if time_to_recovery.is_some()
+            && self.in_incident(instance)
+            && let Some(mut inc) = self.incident.take()
+        {
+            // A restart healed a member: the window is closed for new sessions.
+            inc.members.remove(instance);
+            self.release(inc, Some(instance.clone()));
+        } else {
+            self.leave_incident(instance);
+        }
         time_to_recovery
     }
 
-    /// What to do at `now`: restarts to run (at most one in flight host-wide) and escalations
-    /// to announce. [`Policy::next_deadline`] says when to poll again if nothing else happens.
+    /// What to do at `now`: everything decided since the last call (quiet windows, notices,
+    /// incidents), then the restart that is due (at most one in flight host-wide).
+    /// [`Policy::next_deadline`] says when to poll again if nothing else happens.
     pub fn poll(&mut self, now: MonoNs) -> Vec<Action> {
-        let mut actions = Vec::new();
+        self.polled = self.polled.max(now);
         let config = self.config.clone();
         let timeout = ns(config.restart_timeout);
 
         // A restart that holds the slot too long: the restart itself is a failure; an
-        // unconfirmed recovery just frees the slot.
+        // unconfirmed recovery frees the slot (an incident's next try waits a quiet window).
         if let Some(id) = self.in_flight.clone() {
             match self.instances.get(&id).map(|i| i.phase) {
                 Some(Phase::Restarting { since }) if now >= since.saturating_add(timeout) => {
                     tracing::warn!(instance = %id, "restart timed out");
-                    self.back_off(&id, now);
+                    self.failed(&id, now);
                 }
                 Some(Phase::Recovering { since }) if now >= since.saturating_add(timeout) => {
-                    self.release(&id);
+                    self.free_slot(&id);
+                    if let Some(inc) = self.incident.as_mut()
+                        && inc.canary.as_ref() == Some(&id)
+                    {
+                        // No answer from the canary's new process: inconclusive.
+                        inc.canary = None;
+                        inc.not_before = Some(now.saturating_add(ns(inc.backoff)));
+                    }
                 }
                 Some(Phase::Restarting { .. } | Phase::Recovering { .. }) => {}
-                _ => self.release(&id),
+                _ => self.free_slot(&id),
             }
         }
 
+        let mut overdue = Vec::new();
         for (id, i) in &mut self.instances {
             // A long enough healthy period forgets the backoff.
             if let Some(since) = i.healthy_since.filter(|_| i.phase == Phase::Idle)
@@ -362,34 +914,106 @@ impl Policy {
                 i.not_before = None;
                 i.healthy_since = None;
             }
+            if i.phase.unhealed() && i.escalated.is_none() {
+                overdue.push((id.clone(), i.since));
+            }
+        }
+        for (id, since) in overdue {
+            if !self.in_incident(&id) && self.overdue(since, now) {
+                self.escalate(&id, now);
+            }
+        }
+        if self
+            .incident
+            .as_ref()
+            .is_some_and(|inc| self.overdue(Some(inc.opened), now))
+        {
+            self.escalate_incident(now);
+        }
+
+        let mut actions = std::mem::take(&mut self.out);
+        for (id, i) in &mut self.instances {
             if i.escalate_pending {
                 i.escalate_pending = false;
-                actions.push(Action::Escalate(id.clone()));
+                actions.push(Action::Escalate {
+                    instance: id.clone(),
+                    restarts: i.restarts,
+                    gave_up: i.phase == Phase::GaveUp,
+                });
+            }
+        }
+        if let Some(inc) = self.incident.as_mut()
+            && inc.escalate_pending
+        {
+            inc.escalate_pending = false;
+            let members: Vec<InstanceId> = inc.members.iter().cloned().collect();
+            if let Some(canary) = inc.canary.clone().or_else(|| members.first().cloned()) {
+                actions.push(Action::IncidentEscalated {
+                    opened: inc.opened,
+                    members,
+                    canary,
+                    tries: inc.tries,
+                    gave_up: config.give_up,
+                });
+            }
+            if config.give_up
+                && let Some(inc) = self.incident.take()
+            {
+                self.release(inc, None);
+                actions.append(&mut self.out);
             }
         }
 
-        if self.in_flight.is_none() {
-            let due = self
-                .instances
-                .iter()
-                .filter(|(_, i)| i.phase == Phase::Latched)
-                .filter(|(_, i)| i.not_before.is_none_or(|t| t <= now))
-                .min_by_key(|(id, i)| (i.latched_at, *id))
-                .map(|(id, _)| id.clone());
-            if let Some(id) = due {
-                let i = self.entry(&id);
-                i.phase = Phase::Restarting { since: now };
-                i.latched_at = None;
-                self.in_flight = Some(id.clone());
-                actions.push(Action::Restart(id));
+        if self.in_flight.is_none()
+            && let Some(id) = self.due(now)
+        {
+            let in_incident = self.in_incident(&id);
+            let i = self.entry(&id);
+            i.phase = Phase::Restarting { since: now };
+            i.latched_at = None;
+            if in_incident {
+                i.tries += 1;
+                if let Some(inc) = self.incident.as_mut() {
+                    inc.canary = Some(id.clone());
+                }
             }
+            self.in_flight = Some(id.clone());
+            actions.push(Action::Restart(id));
         }
         actions
     }
 
+    /// The restart due at `now`: the oldest latch whose turn it is, an incident's member only
+    /// as its canary (the fewest tries first) when the incident's next try is due.
+    fn due(&self, now: MonoNs) -> Option<InstanceId> {
+        let ready =
+            |i: &Instance| i.phase == Phase::Latched && i.not_before.is_none_or(|t| t <= now);
+        let lone = self
+            .instances
+            .iter()
+            .filter(|(id, i)| ready(i) && !self.in_incident(id))
+            .map(|(id, i)| (i.latched_at, id));
+        let canary = self
+            .incident
+            .as_ref()
+            .filter(|inc| inc.canary.is_none() && inc.not_before.is_none_or(|t| t <= now))
+            .and_then(|inc| {
+                inc.members
+                    .iter()
+                    .filter_map(|m| self.instances.get(m).map(|i| (m, i)))
+                    .filter(|(_, i)| ready(i))
+                    .min_by_key(|(m, i)| (i.tries, i.latched_at, *m))
+                    .map(|(m, i)| (i.latched_at, m))
+            });
+        lone.chain(canary)
+            .min_by_key(|(key, id)| (*key, *id))
+            .map(|(_, id)| id.clone())
+    }
+
     /// The earliest moment [`Policy::poll`] will do something the clock alone decides: the end
-    /// of a restart's time limit, of a quiet window, or of a healthy period that resets the
-    /// backoff. `None` when only an event can change anything.
+    /// of a restart's time limit, of a quiet window, of a healthy period that resets the
+    /// backoff, or an `escalate_after`. `None` when only an event can change anything (a quiet
+    /// window the last poll saw end, waiting for the slot, is such an event's to end).
     #[must_use]
     pub fn next_deadline(&self) -> Option<MonoNs> {
         let timeout = ns(self.config.restart_timeout);
@@ -403,14 +1027,34 @@ impl Policy {
                 }
                 _ => None,
             });
-        let instances = self.instances.values().filter_map(|i| match i.phase {
-            Phase::Idle => i
-                .healthy_since
-                .map(|t| t.saturating_add(ns(self.config.healthy_reset))),
-            Phase::Latched => i.not_before,
-            _ => None,
+        let after = self.config.escalate_after.map(ns);
+        let instances = self.instances.values().flat_map(|i| {
+            let clock = match i.phase {
+                Phase::Idle => i
+                    .healthy_since
+                    .map(|t| t.saturating_add(ns(self.config.healthy_reset))),
+                Phase::Latched => i.not_before,
+                _ => None,
+            };
+            let escalation = after
+                .filter(|_| i.phase.unhealed() && i.escalated.is_none())
+                .and_then(|a| i.since.map(|s| s.saturating_add(a)));
+            [clock, escalation]
         });
-        in_flight.into_iter().chain(instances).min()
+        let incident = self.incident.iter().flat_map(|inc| {
+            [
+                inc.not_before.filter(|_| inc.canary.is_none()),
+                after
+                    .filter(|_| inc.escalated.is_none())
+                    .map(|a| inc.opened.saturating_add(a)),
+            ]
+        });
+        in_flight
+            .into_iter()
+            .chain(instances.flatten())
+            .chain(incident.flatten())
+            .filter(|t| *t > self.polled)
+            .min()
     }
 
     /// The state to persist, with every deadline as wall-clock time (`now` and `wall_now_ms`
@@ -433,7 +1077,7 @@ impl Policy {
                         Phase::Recovering { since } => SavedPhase::Recovering {
                             since_ms: wall(since),
                         },
-                        Phase::Escalated => SavedPhase::Escalated,
+                        Phase::GaveUp => SavedPhase::Escalated,
                     };
                     let saved = SavedInstance {
                         phase,
@@ -443,24 +1087,42 @@ impl Policy {
                         healthy_since_ms: i.healthy_since.map(wall),
                         escalate_pending: i.escalate_pending,
                         source: Some(id.source),
+                        unhealed: i.unhealed,
+                        since_ms: i.since.map(wall),
+                        escalated_ms: i.escalated.map(wall),
+                        tries: i.tries,
                     };
                     (id.name.clone(), saved)
                 })
                 .collect(),
             in_flight: self.in_flight.as_ref().map(|id| id.name.clone()),
+            incident: self.incident.as_ref().map(|inc| SavedIncident {
+                opened_ms: wall(inc.opened),
+                members: inc.members.iter().map(|m| m.name.clone()).collect(),
+                canary: inc.canary.as_ref().map(|c| c.name.clone()),
+                tries: inc.tries,
+                backoff: inc.backoff,
+                not_before_ms: inc.not_before.map(wall),
+                escalated_ms: inc.escalated.map(wall),
+                escalate_pending: inc.escalate_pending,
+            }),
         }
     }
 
     /// The policy saved by [`Policy::snapshot`], its deadlines mapped back onto this process's
     /// monotonic clock. A restart that was running when the daemon stopped is taken as done and
-    /// awaiting confirmation: it is not repeated.
+    /// awaiting confirmation: it is not repeated. An instance given up on by an earlier
+    /// version's escalation is retried like any other unless `give_up` is set.
     #[must_use]
     pub fn restore(snapshot: PolicySnapshot, now: MonoNs, wall_now_ms: u64) -> Self {
         let at = |ms: u64| from_wall_ms(ms, now, wall_now_ms);
+        let give_up = snapshot.config.give_up;
         let mut in_flight = None;
+        let mut ids = BTreeMap::new();
         let instances = snapshot
             .instances
             .into_iter()
+            .filter(|(_, s)| give_up || s.phase != SavedPhase::Escalated)
             .map(|(name, s)| {
                 let id = match s.source {
                     Some(source) => InstanceId { name, source },
@@ -473,6 +1135,7 @@ impl Policy {
                 if snapshot.in_flight.as_deref() == Some(id.name.as_str()) {
                     in_flight = Some(id.clone());
                 }
+                ids.insert(id.name.clone(), id.clone());
                 let phase = match s.phase {
                     SavedPhase::Idle => Phase::Idle,
                     SavedPhase::Latched => Phase::Latched,
@@ -481,7 +1144,7 @@ impl Policy {
                             since: at(since_ms),
                         }
                     }
-                    SavedPhase::Escalated => Phase::Escalated,
+                    SavedPhase::Escalated => Phase::GaveUp,
                 };
                 let restarts = match s.phase {
                     SavedPhase::Restarting { .. } => s.restarts + 1,
@@ -490,20 +1153,50 @@ impl Policy {
                 let instance = Instance {
                     phase,
                     latched_at: (phase == Phase::Latched).then_some(now),
+                    since: s.since_ms.map(at).or(phase.unhealed().then_some(now)),
                     restarts,
+                    unhealed: s
+                        .unhealed
+                        .max(if s.since_ms.is_none() { restarts } else { 0 }),
                     backoff: s.backoff,
                     not_before: s.not_before_ms.map(at),
                     healthy_since: s.healthy_since_ms.map(at),
+                    escalated: s
+                        .escalated_ms
+                        .map(at)
+                        .or((phase == Phase::GaveUp).then_some(now)),
                     escalate_pending: s.escalate_pending,
                     rejected_early: false,
+                    accepted_early: false,
+                    tries: s.tries,
                 };
                 (id, instance)
             })
             .collect();
+        let incident = snapshot.incident.and_then(|s| {
+            let members: BTreeSet<InstanceId> = s
+                .members
+                .iter()
+                .filter_map(|m| ids.get(m).cloned())
+                .collect();
+            (!members.is_empty()).then(|| Incident {
+                opened: at(s.opened_ms),
+                canary: s.canary.and_then(|c| ids.get(&c).cloned()),
+                members,
+                tries: s.tries,
+                backoff: s.backoff,
+                not_before: s.not_before_ms.map(at),
+                escalated: s.escalated_ms.map(at),
+                escalate_pending: s.escalate_pending,
+            })
+        });
         Self {
             config: snapshot.config,
             instances,
             in_flight,
+            incident,
+            out: Vec::new(),
+            polled: 0,
         }
     }
 }
@@ -533,6 +1226,9 @@ pub struct PolicySnapshot {
     pub instances: BTreeMap<String, SavedInstance>,
     /// The instance holding the host-wide restart slot.
     pub in_flight: Option<String>,
+    /// The open upstream incident (absent in files of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<SavedIncident>,
 }
 
 /// One instance's persisted state.
@@ -553,6 +1249,39 @@ pub struct SavedInstance {
     /// How the instance's name was derived (absent in files written by earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<IdSource>,
+    /// Its own restarts that did not heal (toward K).
+    #[serde(default)]
+    pub unhealed: u32,
+    /// Unhealed since (wall ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
+    /// Escalated at (wall ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated_ms: Option<u64>,
+    /// Canary restarts of it in the open incident.
+    #[serde(default)]
+    pub tries: u32,
+}
+
+/// The persisted incident.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedIncident {
+    /// Opened at (wall ms).
+    pub opened_ms: u64,
+    /// Its members' names.
+    pub members: Vec<String>,
+    /// The member whose restart was awaited.
+    pub canary: Option<String>,
+    /// Canary restarts that did not heal.
+    pub tries: u32,
+    /// The next quiet window.
+    pub backoff: Duration,
+    /// No canary try before this (wall ms).
+    pub not_before_ms: Option<u64>,
+    /// Escalated at (wall ms).
+    pub escalated_ms: Option<u64>,
+    /// An `IncidentEscalated` not yet emitted.
+    pub escalate_pending: bool,
 }
 
 /// A persisted [`Phase`].
@@ -573,275 +1302,9 @@ pub enum SavedPhase {
         /// Wall ms.
         since_ms: u64,
     },
-    /// Restarts stopped.
+    /// Restarts stopped (`give_up`, or an earlier version's escalation).
     Escalated,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const S: MonoNs = 1_000_000_000;
-    const MIN: MonoNs = 60 * S;
-    /// A fake monotonic start, far from zero so subtractions stay meaningful.
-    const T0: MonoNs = 10_000 * S;
-
-    fn id(name: &str) -> InstanceId {
-        InstanceId::rule(name)
-    }
-
-    fn restarts_of(actions: &[Action]) -> Vec<&str> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Restart(i) => Some(i.name.as_str()),
-                Action::Escalate(_) => None,
-            })
-            .collect()
-    }
-
-    fn escalations_of(actions: &[Action]) -> Vec<&str> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Escalate(i) => Some(i.name.as_str()),
-                Action::Restart(_) => None,
-            })
-            .collect()
-    }
-
-    /// Restart handed out and finished OK at `t`, then the new process latches again at `t`.
-    fn restart_and_relatch(p: &mut Policy, name: &str, t: MonoNs) {
-        assert_eq!(restarts_of(&p.poll(t)), [name], "a restart is due at {t}");
-        p.restart_finished(&id(name), t, &Ok::<(), ()>(()));
-        p.latched(&id(name), t);
-    }
-
-    #[test]
-    fn first_latch_restarts_at_once_and_recovery_is_confirmed_by_the_new_process() {
-        let a = id("a");
-        let mut p = Policy::new(PolicyConfig::default());
-        assert!(p.poll(T0).is_empty(), "nothing latched, nothing to do");
-        assert_eq!(p.next_deadline(), None);
-        p.latched(&a, T0);
-        assert_eq!(restarts_of(&p.poll(T0)), ["a"]);
-        assert!(
-            restarts_of(&p.poll(T0)).is_empty(),
-            "restart handed out once"
-        );
-        p.restart_finished(&a, T0 + 2 * S, &Ok::<(), ()>(()));
-        assert!(matches!(p.phase(&a), Some(Phase::Recovering { .. })));
-        let ttr = p.recovered(&a, T0 + 5 * S);
-        assert_eq!(ttr, Some(Duration::from_secs(3)));
-        assert_eq!(p.phase(&a), Some(Phase::Idle));
-        assert_eq!(p.restarts(&a), 0);
-    }
-
-    #[test]
-    fn relatches_back_off_with_doubling_waits_up_to_the_cap() {
-        let config = PolicyConfig {
-            max_restarts: 100,
-            max_backoff: Duration::from_secs(4 * 60),
-            ..PolicyConfig::default()
-        };
-        let mut p = Policy::new(config);
-        let mut t = T0;
-        p.latched(&id("a"), t);
-        restart_and_relatch(&mut p, "a", t);
-        let mut waits = Vec::new();
-        for _ in 0..5 {
-            let nb = p
-                .not_before(&id("a"))
-                .expect("a quiet window after a relatch");
-            waits.push(nb - t);
-            // Inside the window: no restart, and the window's end is the next deadline.
-            let inside = p.poll(nb - S);
-            assert!(
-                restarts_of(&inside).is_empty(),
-                "no restart inside the window"
-            );
-            assert_eq!(p.next_deadline(), Some(nb));
-            t = nb;
-            restart_and_relatch(&mut p, "a", t);
-        }
-        assert_eq!(waits, [MIN, 2 * MIN, 4 * MIN, 4 * MIN, 4 * MIN]);
-    }
-
-    #[test]
-    fn a_healthy_period_resets_the_backoff() {
-        let a = id("a");
-        let mut p = Policy::new(PolicyConfig::default());
-        p.latched(&a, T0);
-        restart_and_relatch(&mut p, "a", T0);
-        let t1 = p.not_before(&a).unwrap();
-        restart_and_relatch(&mut p, "a", t1);
-        assert_eq!(p.not_before(&a).unwrap() - t1, 2 * MIN);
-        let t2 = p.not_before(&a).unwrap();
-        assert_eq!(restarts_of(&p.poll(t2)), ["a"]);
-        p.restart_finished(&a, t2, &Ok::<(), ()>(()));
-        p.recovered(&a, t2);
-        // Healthy for less than the reset period: the backoff is remembered.
-        p.poll(t2 + 5 * MIN);
-        p.latched(&a, t2 + 5 * MIN);
-        restart_and_relatch(&mut p, "a", t2 + 5 * MIN);
-        assert_eq!(p.not_before(&a).unwrap() - (t2 + 5 * MIN), 4 * MIN);
-        // Now healthy for 10 minutes: back to the first window.
-        let t3 = p.not_before(&a).unwrap();
-        assert_eq!(restarts_of(&p.poll(t3)), ["a"]);
-        p.restart_finished(&a, t3, &Ok::<(), ()>(()));
-        p.recovered(&a, t3);
-        assert_eq!(
-            p.next_deadline(),
-            Some(t3 + 10 * MIN),
-            "the reset is a deadline"
-        );
-        p.poll(t3 + 10 * MIN);
-        let t4 = t3 + 11 * MIN;
-        p.latched(&a, t4);
-        restart_and_relatch(&mut p, "a", t4);
-        assert_eq!(p.not_before(&a).unwrap() - t4, MIN);
-    }
-
-    #[test]
-    fn simultaneous_latches_are_restarted_one_at_a_time() {
-        let mut p = Policy::new(PolicyConfig::default());
-        for (k, name) in ["c", "a", "b"].iter().enumerate() {
-            p.latched(&id(name), T0 + k as u64 * 1_000_000);
-        }
-        let t = T0 + S;
-        assert_eq!(
-            restarts_of(&p.poll(t)),
-            ["c"],
-            "oldest latch first, one only"
-        );
-        assert!(restarts_of(&p.poll(t)).is_empty(), "c still restarting");
-        p.restart_finished(&id("c"), t, &Ok::<(), ()>(()));
-        assert!(restarts_of(&p.poll(t)).is_empty(), "c not confirmed yet");
-        p.recovered(&id("c"), t + 3 * S);
-        assert_eq!(restarts_of(&p.poll(t + 3 * S)), ["a"]);
-        // a's restart fails: the slot is released, b goes next, a backs off.
-        p.restart_finished(&id("a"), t + 4 * S, &Err::<(), _>("unit not found"));
-        assert_eq!(restarts_of(&p.poll(t + 4 * S)), ["b"]);
-        assert_eq!(p.not_before(&id("a")), Some(t + 4 * S + MIN));
-        // b is never confirmed: after the restart timeout the slot frees, a waits for its window.
-        let timeout = ns(PolicyConfig::default().restart_timeout);
-        let t5 = t + 5 * S + timeout;
-        p.restart_finished(&id("b"), t + 5 * S, &Ok::<(), ()>(()));
-        assert!(restarts_of(&p.poll(t5 - S)).is_empty());
-        assert_eq!(restarts_of(&p.poll(t5)), ["a"]);
-    }
-
-    #[test]
-    fn restart_that_never_reports_times_out_and_is_retried_with_backoff() {
-        let a = id("a");
-        let mut p = Policy::new(PolicyConfig::default());
-        p.latched(&a, T0);
-        assert_eq!(restarts_of(&p.poll(T0)), ["a"]);
-        let timeout = ns(p.config().restart_timeout);
-        p.poll(T0 + S);
-        assert_eq!(p.next_deadline(), Some(T0 + timeout));
-        assert!(restarts_of(&p.poll(T0 + timeout)).is_empty());
-        assert_eq!(p.phase(&a), Some(Phase::Latched));
-        assert_eq!(p.not_before(&a), Some(T0 + timeout + MIN));
-        // A late report of the abandoned restart changes nothing.
-        p.restart_finished(&a, T0 + timeout + S, &Ok::<(), ()>(()));
-        assert_eq!(p.phase(&a), Some(Phase::Latched));
-        assert_eq!(restarts_of(&p.poll(T0 + timeout + MIN)), ["a"]);
-        assert_eq!(p.restarts(&a), 0, "failed attempts are not restarts");
-    }
-
-    #[test]
-    fn escalates_once_after_k_restarts_and_leaves_on_a_non_401() {
-        let a = id("a");
-        let mut p = Policy::new(PolicyConfig::default());
-        let mut t = T0;
-        p.latched(&a, t);
-        for k in 1..=3 {
-            restart_and_relatch(&mut p, "a", t);
-            assert_eq!(p.restarts(&a), k);
-            if k < 3 {
-                t = p.not_before(&a).unwrap();
-            }
-        }
-        assert_eq!(p.phase(&a), Some(Phase::Escalated));
-        let actions = p.poll(t);
-        assert_eq!(escalations_of(&actions), ["a"]);
-        assert!(restarts_of(&actions).is_empty());
-        // Escalated: further latches and polls do nothing, hook once.
-        p.latched(&a, t + 60 * MIN);
-        let later = p.poll(t + 120 * MIN);
-        assert!(later.is_empty(), "{later:?}");
-        // A non-401 answer leaves the escalated state; a new latch restarts again.
-        assert_eq!(p.recovered(&a, t + 121 * MIN), None);
-        assert_eq!(p.phase(&a), Some(Phase::Idle));
-        p.latched(&a, t + 122 * MIN);
-        assert_eq!(restarts_of(&p.poll(t + 122 * MIN)), ["a"]);
-    }
-
-    #[test]
-    fn a_non_401_before_the_restart_cancels_it() {
-        let mut p = Policy::new(PolicyConfig::default());
-        p.latched(&id("a"), T0);
-        p.latched(&id("b"), T0 + 1_000_000);
-        assert_eq!(restarts_of(&p.poll(T0)), ["a"]);
-        p.recovered(&id("b"), T0 + S);
-        p.restart_finished(&id("a"), T0, &Ok::<(), ()>(()));
-        p.recovered(&id("a"), T0 + 2 * S);
-        assert!(restarts_of(&p.poll(T0 + 2 * S)).is_empty());
-    }
-
-    #[test]
-    fn a_restored_policy_does_not_restart_early() {
-        let a = id("a");
-        let mut p = Policy::new(PolicyConfig::default());
-        let wall0: u64 = 1_780_000_000_000;
-        p.latched(&a, T0);
-        restart_and_relatch(&mut p, "a", T0);
-        let t1 = p.not_before(&a).unwrap();
-        restart_and_relatch(&mut p, "a", t1);
-        let deadline_wall = wall0 + (p.not_before(&a).unwrap() - T0) / 1_000_000;
-        let saved = serde_json::to_string(&p.snapshot(T0, wall0)).unwrap();
-
-        // The daemon dies and comes back 30 s later (wall), on a fresh monotonic clock.
-        let t_new = T0 + 5000 * S;
-        let wall_new = wall0 + 30_000;
-        let snapshot: PolicySnapshot = serde_json::from_str(&saved).unwrap();
-        let mut q = Policy::restore(snapshot, t_new, wall_new);
-        let nb = q.not_before(&a).unwrap();
-        assert_eq!(nb, t_new + (deadline_wall - wall_new) * 1_000_000);
-        let early = q.poll(t_new);
-        assert!(
-            restarts_of(&early).is_empty(),
-            "no restart before the saved window ends"
-        );
-        assert_eq!(q.next_deadline(), Some(nb));
-        assert!(restarts_of(&q.poll(nb - 1_000_000)).is_empty());
-        assert_eq!(restarts_of(&q.poll(nb)), ["a"]);
-        assert_eq!(q.restarts(&a), 2, "restart count survives");
-    }
-
-    #[test]
-    fn a_restart_running_at_shutdown_is_not_repeated_after_restore() {
-        let a = id("a");
-        let mut p = Policy::new(PolicyConfig::default());
-        let wall0: u64 = 1_780_000_000_000;
-        p.latched(&a, T0);
-        assert_eq!(restarts_of(&p.poll(T0)), ["a"]);
-        let mut q = Policy::restore(p.snapshot(T0, wall0), T0, wall0 + 1000);
-        assert!(restarts_of(&q.poll(T0 + S)).is_empty());
-        assert!(matches!(q.phase(&a), Some(Phase::Recovering { .. })));
-        q.latched(&a, T0 + 2 * S);
-        assert_eq!(q.not_before(&a), Some(T0 + 2 * S + MIN));
-    }
-
-    #[test]
-    fn state_files_of_earlier_versions_name_units_and_rules() {
-        let old = r#"{"config":{"initial_backoff":{"secs":60,"nanos":0},"max_backoff":{"secs":1800,"nanos":0},"healthy_reset":{"secs":600,"nanos":0},"max_restarts":3,"restart_timeout":{"secs":120,"nanos":0}},"instances":{"agent.service":{"phase":{"phase":"escalated"},"restarts":3,"backoff":{"secs":240,"nanos":0},"not_before_ms":null,"healthy_since_ms":null,"escalate_pending":false},"nightly":{"phase":{"phase":"idle"},"restarts":0,"backoff":{"secs":60,"nanos":0},"not_before_ms":null,"healthy_since_ms":null,"escalate_pending":false}},"in_flight":null}"#;
-        let q = Policy::restore(serde_json::from_str(old).unwrap(), T0, 1_780_000_000_000);
-        assert_eq!(
-            q.phase(&InstanceId::unit("agent.service")),
-            Some(Phase::Escalated)
-        );
-        assert_eq!(q.phase(&InstanceId::rule("nightly")), Some(Phase::Idle));
-    }
-}
+mod tests;

@@ -30,6 +30,27 @@ pub struct Status {
     pub dry_run: bool,
     /// New instances refused because too many were tracked ([`super::MAX_INSTANCES`]).
     pub instances_refused: u64,
+    /// The host's upstream incident, while one is open.
+    pub incident: Option<IncidentStatus>,
+}
+
+/// The host's upstream incident, as status shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentStatus {
+    /// `incident@<wall ms it opened>`, as in the journal.
+    pub id: String,
+    /// When it opened (ms since the epoch).
+    pub since_ms: u64,
+    /// The instances waiting in it.
+    pub members: Vec<String>,
+    /// The member whose restart is awaited now.
+    pub canary: Option<String>,
+    /// Canary restarts that did not heal (restarts into the open window).
+    pub tries: u32,
+    /// When the next canary restart is due (ms since the epoch), when none is awaited.
+    pub next_try_ms: Option<u64>,
+    /// When it was escalated (ms since the epoch): one notice for all its members.
+    pub escalated_ms: Option<u64>,
 }
 
 /// Every instance's status at `now`: live processes, detector state, recovery phase and
@@ -91,6 +112,15 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         }
     }
     let dry_run = watch.config.daemon.dry_run;
+    let incident = watch.policy.incident().map(|i| IncidentStatus {
+        id: watch.incident_id(i.opened),
+        since_ms: watch.wall_ms(i.opened),
+        members: i.members.iter().map(|m| m.name.clone()).collect(),
+        canary: i.canary.map(|c| c.name),
+        tries: i.tries,
+        next_try_ms: i.next_try.map(|t| watch.wall_ms(t.max(now))),
+        escalated_ms: i.escalated.map(|t| watch.wall_ms(t)),
+    });
     for view in instances.values_mut() {
         view.pids.sort_unstable();
         view.pids.dedup();
@@ -117,13 +147,25 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
                 cwd,
             });
         }
-        view.restarts = watch.policy.restarts(id);
+        let recovery = watch.policy.view(id);
+        view.restarts = recovery.restarts;
         view.last_error = watch.restart_errors.get(id).cloned();
-        view.backoff_until_ms = watch
-            .policy
-            .not_before(id)
+        view.backoff_until_ms = recovery
+            .not_before
             .filter(|t| *t > now)
             .map(|t| watch.wall_ms(t));
+        view.escalated_ms = recovery.escalated.map(|t| watch.wall_ms(t));
+        if view.escalated_ms.is_some()
+            && matches!(view.state.as_str(), "latched" | "recovering" | "suspect")
+        {
+            // A notice was given and restarts go on: escalated until a confirmed recovery,
+            // whatever the restart in between (an alert on the state must not flap).
+            view.state = state_name(State::Escalated).to_owned();
+        }
+        if recovery.in_incident {
+            view.incident = incident.as_ref().map(|i| i.id.clone());
+            view.canary = recovery.canary;
+        }
         if view.binary.is_none() {
             view.binary = watch.binaries.get(id).cloned();
         }
@@ -133,6 +175,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         exchanges: watch.exchanges,
         dry_run,
         instances_refused: watch.refused,
+        incident,
     }
 }
 
@@ -180,6 +223,9 @@ pub struct Snapshot {
     /// New instances refused because too many were tracked (not watched; see the log).
     #[serde(default)]
     pub instances_refused: u64,
+    /// The host's upstream incident, while one is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<IncidentStatus>,
 }
 
 /// Capture counters.
@@ -255,6 +301,16 @@ pub struct InstanceView {
     /// Why its latest restart failed or was refused (until a restart succeeds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// When it was escalated (ms since the epoch), its own escalation or its incident's;
+    /// until a confirmed recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated_ms: Option<u64>,
+    /// The upstream incident it waits in (its id), when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
+    /// Whether it is that incident's canary (its restart is awaited now).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub canary: bool,
     /// Why no probe could be attached to it (a binary or library that could not be
     /// verified): its traffic is not seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -275,7 +275,9 @@ impl Rig {
             .iter()
             .filter_map(|r| match r {
                 JournalRecord::Episode { episode, .. } => Some(episode),
-                JournalRecord::Action(_) | JournalRecord::Throttle(_) => None,
+                JournalRecord::Action(_)
+                | JournalRecord::Throttle(_)
+                | JournalRecord::Incident(_) => None,
             })
             .collect()
     }
@@ -439,9 +441,87 @@ fn an_open_upstream_window_backs_off_with_growing_quiet_windows() {
 }
 
 #[test]
-fn escalation_after_k_restarts_runs_the_hook_once_and_a_non_401_leaves_it() {
+fn escalation_after_k_restarts_is_a_notice_and_restarts_go_on_until_a_new_session_answers() {
     let mut r = Rig::latched(
-        "backoff_initial = \"2s\"\nmax_restarts = 2\nescalation_hook = [\"/bin/page\", \"{instance}\", \"{unit}\"]",
+        "backoff_initial = \"2s\"\nbackoff_max = \"8s\"\nmax_restarts = 2\nescalation_hook = [\"/bin/page\", \"{instance}\", \"{unit}\", \"{reason}\"]",
+    );
+    let mut pid = 100;
+    // A poisoned credential: every new process gets 401 at once.
+    let mut restart_times = Vec::new();
+    for round in 0..6 {
+        let wait_from = r.now;
+        while r.restarts.is_empty() {
+            assert!(
+                r.now - wait_from < 20 * S,
+                "a restart within the cap, round {round}"
+            );
+            r.keep_answering(pid, 401, &format!("s{pid}"), 250 * MS);
+        }
+        restart_times.push(r.now);
+        let (instance, _, _) = r.take_restart();
+        r.replaced(&instance, pid, pid + 1);
+        pid += 1;
+        r.advance(500 * MS);
+        r.see(pid, 401, &format!("s{pid}"));
+        if round == 1 {
+            // Two restarts did not heal: the notice, once.
+            assert_eq!(r.view("agent.service").state, "escalated");
+            assert_eq!(r.actions(ActionKind::Escalate).len(), 1);
+            assert_eq!(r.hooks.len(), 1, "the hook runs once");
+            let (instance, argv, target) = r.hooks[0].clone();
+            assert_eq!(argv[..3], ["/bin/page", "{instance}", "{unit}"]);
+            assert_eq!(target.pid, pid);
+            r.input(Input::HookFinished {
+                instance,
+                result: Ok(RestartOutcome {
+                    acted: true,
+                    unit: None,
+                    new_pid: None,
+                    invocation_id: None,
+                    summary: "ran /bin/page".into(),
+                }),
+            });
+            let open = r.episodes().last().copied().cloned().expect("episode");
+            assert_eq!(open.end, EpisodeEnd::StillOpen, "the episode stays open");
+            assert!(open.escalated_ms.is_some(), "{open:?}");
+        }
+    }
+    // Escalated, never abandoned: restarts went on behind the quiet window (2, 4, 8, 8, 8 s),
+    // and nobody was paged again.
+    let gaps: Vec<u64> = restart_times
+        .windows(2)
+        .map(|w| (w[1] - w[0]) / S)
+        .collect();
+    assert!(gaps.iter().all(|g| *g <= 9), "{gaps:?}");
+    assert_eq!(r.hooks.len(), 1);
+    assert_eq!(r.actions(ActionKind::Escalate).len(), 1);
+    assert_eq!(r.actions(ActionKind::Hook).len(), 1);
+    assert_eq!(r.view("agent.service").state, "escalated");
+    assert!(r.view("agent.service").escalated_ms.is_some());
+
+    // The credential is fixed: the next restart's own new session answers, the escalation ends.
+    while r.restarts.is_empty() {
+        r.keep_answering(pid, 401, &format!("s{pid}"), 250 * MS);
+    }
+    let (instance, _, _) = r.take_restart();
+    r.replaced(&instance, pid, pid + 1);
+    r.see(pid + 1, 200, "s-fixed");
+    r.advance(S);
+    let episode = r
+        .closed(EpisodeEnd::RecoveredAfterRestart)
+        .expect("recovered after restart");
+    assert_eq!(episode.restarts, 7);
+    assert!(episode.escalated_ms.is_some());
+    r.assert_one_episode(&episode.id);
+    let view = r.view("agent.service");
+    assert_eq!(view.state, "healthy");
+    assert_eq!((view.restarts, view.escalated_ms), (0, None));
+}
+
+#[test]
+fn with_give_up_escalation_stops_restarts_and_a_non_401_leaves_it() {
+    let mut r = Rig::latched(
+        "backoff_initial = \"2s\"\nmax_restarts = 2\ngive_up = true\nescalation_hook = [\"/bin/page\", \"{instance}\", \"{unit}\"]",
     );
     let mut pid = 100;
     // A poisoned credential: every new process gets 401 at once.
@@ -460,26 +540,15 @@ fn escalation_after_k_restarts_runs_the_hook_once_and_a_non_401_leaves_it() {
     assert_eq!(r.view("agent.service").state, "escalated");
     assert_eq!(r.actions(ActionKind::Escalate).len(), 1);
     assert_eq!(r.hooks.len(), 1, "the hook runs once");
-    let (instance, argv, target) = r.hooks[0].clone();
+    let (_, argv, target) = r.hooks[0].clone();
     assert_eq!(argv, ["/bin/page", "{instance}", "{unit}"]);
     assert_eq!(target.pid, pid);
-    r.input(Input::HookFinished {
-        instance,
-        result: Ok(RestartOutcome {
-            acted: true,
-            unit: None,
-            new_pid: None,
-            invocation_id: None,
-            summary: "ran /bin/page".into(),
-        }),
-    });
 
-    // Escalated: a minute of 401s restarts nothing and runs no hook again.
+    // Given up: a minute of 401s restarts nothing and runs no hook again.
     r.keep_answering(pid, 401, &format!("s{pid}"), 60 * S);
     assert!(r.restarts.is_empty());
     assert_eq!(r.restarts_total, 2);
     assert_eq!(r.hooks.len(), 1);
-    assert_eq!(r.actions(ActionKind::Hook).len(), 1);
     assert_eq!(r.view("agent.service").state, "escalated");
 
     // The credential is fixed: a non-401 leaves escalation.
@@ -767,8 +836,8 @@ fn an_instance_without_a_live_process_is_not_restarted_blindly() {
 }
 
 #[test]
-fn a_daemon_restarted_while_escalated_stays_escalated_until_a_non_401() {
-    let text = "backoff_initial = \"2s\"\nmax_restarts = 1\nescalation_hook = [\"/bin/page\"]";
+fn a_daemon_restarted_while_given_up_stays_escalated_until_a_non_401() {
+    let text = "backoff_initial = \"2s\"\nmax_restarts = 1\ngive_up = true\nescalation_hook = [\"/bin/page\"]";
     let mut r = Rig::latched(text);
     let instance = r.take_instance();
     r.restart_ok(&instance, 101);
@@ -1387,8 +1456,8 @@ fn beyond_the_cap_new_instances_are_refused_and_a_latched_one_is_never_dropped()
 }
 
 #[test]
-fn an_escalated_instance_without_a_process_is_forgotten_an_hour_later() {
-    let mut r = Rig::latched("backoff_initial = \"2s\"\nmax_restarts = 1");
+fn a_given_up_instance_without_a_process_is_forgotten_an_hour_later() {
+    let mut r = Rig::latched("backoff_initial = \"2s\"\nmax_restarts = 1\ngive_up = true");
     let instance = r.take_instance();
     r.replaced(&instance, 100, 101);
     r.advance(500 * MS);
@@ -1425,11 +1494,27 @@ fn a_new_process_rejected_before_the_supervisor_answers_still_counts_toward_esca
         r.restart_ok(&instance, pid);
         r.keep_answering(pid, 401, &format!("s{pid}"), 3 * S);
     }
-    let episode = r
-        .closed(EpisodeEnd::Escalated)
-        .expect("closed as escalated");
-    assert_eq!(episode.restarts, 2);
     assert_eq!(r.view("agent.service").state, "escalated");
+    assert_eq!(r.actions(ActionKind::Escalate).len(), 1);
+    let episode = r.episodes().last().copied().cloned().expect("episode");
+    assert_eq!(episode.restarts, 2);
+    assert!(episode.escalated_ms.is_some() && !episode.is_closed());
+}
+
+#[test]
+fn an_escalated_instance_whose_process_exits_ends_its_episode_and_is_forgotten_later() {
+    let mut r = Rig::latched("backoff_initial = \"2s\"\nmax_restarts = 1");
+    let instance = r.take_instance();
+    r.replaced(&instance, 100, 101);
+    r.advance(500 * MS);
+    r.keep_answering(101, 401, "s101", S);
+    assert_eq!(r.view("agent.service").state, "escalated");
+    // Stopped by someone else while latched: nothing to restart any more.
+    r.exit(101);
+    r.advance(S);
+    assert!(r.closed(EpisodeEnd::ProcessExited).is_some());
+    r.advance(61 * 60 * S);
+    assert_eq!(largest(&r.watch), 0, "{:?}", footprint(&r.watch));
 }
 
 #[test]
