@@ -175,6 +175,8 @@ fn two_workers_one_latched_by_its_process_is_recovered_through_claude_respawn() 
     assert!(text.contains(&format!("id {a}")), "{text}");
 }
 
+/// With `give_up` (a respawn keeps the session id, so a latch bound to the session follows it:
+/// the operator stops restarts after K and acts on the advice).
 #[test]
 fn a_latch_bound_to_the_session_survives_respawn_and_escalates_with_advice() {
     let _serial = serial();
@@ -190,7 +192,7 @@ fn a_latch_bound_to_the_session_survives_respawn_and_escalates_with_advice() {
     let daemon = Daemon::start(
         "",
         &config(&format!(
-            "max_restarts = 3\nescalation_hook = [\"/bin/sh\", \"{}\", \"{{instance}}\"]",
+            "max_restarts = 3\ngive_up = true\nescalation_hook = [\"/bin/sh\", \"{}\", \"{{instance}}\"]",
             hook.display()
         )),
     );

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use claude_watch::detect::EpisodeEnd;
-use claude_watch::journal::{ActionKind, ActionRecord};
+use claude_watch::journal::{ActionKind, ActionRecord, IncidentEvent, Record};
 use claude_watch_tests::agents::{AgentConfig, FAKE_API_KEY, Runtime, agent_unit};
 use claude_watch_tests::deps::ClaudeCode;
 use claude_watch_tests::process::ScratchDir;
@@ -153,7 +153,7 @@ fn an_open_upstream_window_backs_off_and_recovery_waits_for_it_to_close() {
 }
 
 #[test]
-fn a_poisoned_credential_is_escalated_after_k_restarts_and_the_hook_runs_once() {
+fn a_poisoned_credential_is_escalated_after_k_restarts_once_and_retried_until_it_is_fixed() {
     let _serial = serial();
     let standin = StandIn::start();
     let dir = ScratchDir::new("cw-poison");
@@ -168,7 +168,7 @@ fn a_poisoned_credential_is_escalated_after_k_restarts_and_the_hook_runs_once() 
     let config = recovery_config(
         &bed,
         &format!(
-            "backoff_initial = \"2s\"\nmax_restarts = 2\nescalation_hook = [\"/bin/sh\", \"{}\", \"{{instance}}\", \"{{unit}}\"]",
+            "backoff_initial = \"2s\"\nbackoff_max = \"4s\"\nmax_restarts = 2\nescalation_hook = [\"/bin/sh\", \"{}\", \"{{instance}}\", \"{{unit}}\"]",
             hook.display()
         ),
     );
@@ -176,25 +176,40 @@ fn a_poisoned_credential_is_escalated_after_k_restarts_and_the_hook_runs_once() 
     daemon.wait_for(UNIT, WAIT, "healthy", |i| i.last_status == Some(200));
     standin.poison_credential(FAKE_API_KEY);
 
-    let episode = daemon.wait_closed_episode(Some(UNIT), EpisodeEnd::Escalated, WAIT);
-    assert_eq!(episode.restarts, 2, "{episode:?}");
     daemon.wait_for(UNIT, WAIT, "escalated in status", |i| {
-        i.state == "escalated"
+        i.state == "escalated" && i.escalated_ms.is_some()
     });
     wait_until(WAIT, "the hook to run", || hook_log.exists().then_some(()));
-    // No more restarts once escalated, and the hook ran exactly once.
-    std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(daemon.actions_of(UNIT, ActionKind::Restart).len(), 2);
+    // The escalation is a notice: restarts go on behind the capped quiet window (4 s), and
+    // nobody is paged again.
+    let escalated_at = daemon.actions_of(UNIT, ActionKind::Restart).len();
+    wait_until(WAIT, "two more restarts after the notice", || {
+        (daemon.actions_of(UNIT, ActionKind::Restart).len() >= escalated_at + 2).then_some(())
+    });
     assert_eq!(
         std::fs::read_to_string(&hook_log).expect("hook log"),
         format!("{UNIT} {UNIT}\n")
     );
     assert_eq!(daemon.actions_of(UNIT, ActionKind::Hook).len(), 1);
-    // A non-401 leaves escalation.
+    assert_eq!(daemon.actions_of(UNIT, ActionKind::Escalate).len(), 1);
+    let open = daemon
+        .episodes_of(UNIT)
+        .into_iter()
+        .last()
+        .expect("an episode");
+    assert!(!open.is_closed() && open.escalated_ms.is_some(), "{open:?}");
+    // The credential is fixed: the next restart's new session answers, the escalation ends.
+    let fixed_at = now_ms();
     standin.clear_credential(FAKE_API_KEY);
-    daemon.wait_for(UNIT, WAIT, "healthy after the credential was fixed", |i| {
+    let episode = daemon.wait_closed_episode(Some(UNIT), EpisodeEnd::RecoveredAfterRestart, WAIT);
+    assert_eq!(episode.id, open.id, "one episode throughout");
+    assert!(episode.escalated_ms.is_some());
+    let now = daemon.wait_for(UNIT, WAIT, "healthy after the credential was fixed", |i| {
         i.state == "healthy" && i.last_status == Some(200)
     });
+    assert_eq!(now.escalated_ms, None);
+    let session = now.session_id.expect("session");
+    assert!(standin.answered(&session, 200, fixed_at));
 }
 
 #[test]
@@ -386,4 +401,141 @@ fn the_real_claude_code_in_a_unit_is_restarted_and_recovers() {
             .any(|l| l.session.as_deref() == Some(new_session) && l.status == 200),
         "the new session got a 200"
     );
+}
+
+/// Four agents latched by one upstream window that outlasts the old escalation horizon (K = 3
+/// restarts from a 3 s quiet window: escalated about 15 s in, and never restarted again, so
+/// none came back). Now: one canary restart per quiet window while it is open (within
+/// log2(window / backoff_initial) + 2), one notice for all four, and every agent restarted
+/// and confirmed by its own new session once the window has closed.
+#[test]
+fn an_upstream_window_longer_than_the_old_escalation_horizon_brings_every_agent_back() {
+    let _serial = serial();
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-incident");
+    let bed = Testbed::start("incident");
+    let units = [
+        "agent-a.service",
+        "agent-b.service",
+        "agent-c.service",
+        "agent-d.service",
+    ];
+    for unit in units {
+        let home = dir.path().join(unit);
+        std::fs::create_dir_all(&home).expect("agent dir");
+        bed.add_unit(
+            unit,
+            &agent_unit(
+                &standin,
+                Runtime::Node,
+                &AgentConfig::haiku_as_claude(),
+                &home,
+            ),
+        );
+    }
+    bed.daemon_reload();
+    for unit in units {
+        assert!(
+            bed.systemctl(&["start", unit]).status.success(),
+            "start {unit}"
+        );
+    }
+    let hook_log = dir.path().join("hook.log");
+    let hook = dir.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\necho \"$1|$2\" >> {}\n", hook_log.display()),
+    )
+    .expect("write hook");
+    let daemon = Daemon::start(
+        "",
+        &recovery_config(
+            &bed,
+            &format!(
+                "backoff_initial = \"3s\"\nbackoff_max = \"12s\"\nmax_restarts = 3\nescalation_hook = [\"/bin/sh\", \"{}\", \"{{instance}}\", \"{{instances}}\"]",
+                hook.display()
+            ),
+        ),
+    );
+    for unit in units {
+        daemon.wait_for(unit, WAIT, "healthy", |i| i.last_status == Some(200));
+    }
+    let window = Duration::from_secs(50);
+    let opened = now_ms();
+    standin.open_window_for_all(window);
+    let closes = opened + u64::try_from(window.as_millis()).expect("fits");
+
+    // While it is open, the host is in an incident: one canary, the others wait for it.
+    let text = wait_until(WAIT, "the incident of all four in status", || {
+        let text = daemon.status_text();
+        text.contains("4 instances latched together")
+            .then_some(text)
+    });
+    assert!(text.contains("upstream incident since"), "{text}");
+    let members = daemon
+        .instances()
+        .into_iter()
+        .filter(|i| i.incident.is_some())
+        .count();
+    assert_eq!(members, 4, "{text}");
+
+    // Every agent comes back, after the window closed, confirmed by its own new session.
+    let long = Duration::from_secs(150);
+    for unit in units {
+        let episode =
+            daemon.wait_closed_episode(Some(unit), EpisodeEnd::RecoveredAfterRestart, long);
+        assert!(
+            episode.ended_ms.expect("ended") >= closes,
+            "{unit} recovered before the window closed: {episode:?}"
+        );
+        let now = daemon.wait_for(unit, WAIT, "healthy", |i| i.state == "healthy");
+        let session = now.session_id.expect("a session");
+        assert!(
+            standin.answered(&session, 200, closes),
+            "{unit}: its new session got no 200 after the window closed"
+        );
+    }
+    // Restarts into the open window: the canary's tries only, logarithmic in its length.
+    let restarts: Vec<ActionRecord> = units
+        .iter()
+        .flat_map(|u| daemon.actions_of(u, ActionKind::Restart))
+        .filter(|r| r.ok)
+        .collect();
+    let into_window = restarts.iter().filter(|r| r.at_ms < closes).count();
+    let bound = (window.as_secs_f64() / 3.0).log2() + 2.0;
+    eprintln!(
+        "restarts: {} in all, {into_window} while the window was open (bound {bound:.1})",
+        restarts.len()
+    );
+    assert!(
+        into_window >= 2 && into_window as f64 <= bound,
+        "{into_window} restarts into the window (bound {bound:.1}): {restarts:?}"
+    );
+    assert!(
+        restarts.len() >= into_window + units.len() - 1,
+        "every agent restarted after the close: {restarts:?}"
+    );
+    // One notice, for all four; no instance escalated on its own.
+    let notices = std::fs::read_to_string(&hook_log).unwrap_or_default();
+    assert_eq!(notices.lines().count(), 1, "{notices}");
+    assert!(units.iter().all(|u| notices.contains(u)), "{notices}");
+    assert!(daemon.actions(ActionKind::Escalate).is_empty());
+    let incident: Vec<IncidentEvent> = daemon
+        .records()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Incident(i) if i.event != IncidentEvent::Joined => Some(i.event),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        incident,
+        [
+            IncidentEvent::Opened,
+            IncidentEvent::Escalated,
+            IncidentEvent::Closed
+        ]
+    );
+    let text = daemon.status_text();
+    assert!(!text.contains("upstream incident"), "{text}");
 }

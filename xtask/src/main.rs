@@ -90,6 +90,8 @@ const TEST_PACKAGES: &[&str] = &[
     "bpftrace",
     // Draws the `episodes --svg` picture to PNG in tests/history.rs.
     "chromium",
+    // promtool: the shipped alert rules' unit tests (tests/rules.rs).
+    "prometheus",
     // Where users run Claude Code: the musl build's loader, a Docker engine (and a busybox
     // userland for the test image), and what Debian's own node 18 links (its shared libssl.so.3).
     "musl",

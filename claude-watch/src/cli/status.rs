@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::daemon::control::query_status;
-use crate::daemon::status::{InstanceView, Snapshot};
+use crate::daemon::status::{IncidentStatus, InstanceView, Snapshot};
 use crate::time::rfc3339_ms;
 
 /// Show every claude instance: unit, pid, session, version, state, last answer, 401s in the
@@ -87,6 +87,10 @@ pub fn render(s: &Snapshot) -> String {
             s.instances_refused,
             crate::watch::MAX_INSTANCES
         ));
+    }
+    if let Some(incident) = &s.incident {
+        out.push_str(&crate::text::printable(&incident_line(incident, s.now_ms)));
+        out.push_str("\n\n");
     }
     if s.instances.is_empty() {
         out.push_str("no claude instances running\n");
@@ -226,10 +230,45 @@ fn cells(i: &InstanceView, now_ms: u64) -> [String; 10] {
         },
         i.window_401s.map_or_else(dash, |n| n.to_string()),
         i.restarts.to_string(),
-        i.backoff_until_ms
-            .map_or_else(dash, |t| format!("until {}", &rfc3339_ms(t)[11..19])),
+        if i.canary {
+            "canary".to_owned()
+        } else {
+            match (i.backoff_until_ms, &i.incident) {
+                (Some(t), _) => format!("until {}", &rfc3339_ms(t)[11..19]),
+                (None, Some(_)) => "after canary".to_owned(),
+                (None, None) => dash(),
+            }
+        },
         i.supervisor.clone(),
     ]
+}
+
+/// The host's upstream incident in one line: since when, who waits, the canary or the next try.
+fn incident_line(i: &IncidentStatus, now_ms: u64) -> String {
+    let clock = |ms: u64| rfc3339_ms(ms)[11..19].to_owned();
+    let mut line = format!(
+        "upstream incident since {} ({} ago): {} instances latched together, one canary restart per quiet window",
+        clock(i.since_ms),
+        ago(now_ms.saturating_sub(i.since_ms)),
+        i.members.len()
+    );
+    match (&i.canary, i.next_try_ms) {
+        (Some(canary), _) => line.push_str(&format!("; canary {canary} restarting")),
+        (None, Some(next)) => line.push_str(&format!(
+            "; next canary restart at {} (in {})",
+            clock(next),
+            ago(next.saturating_sub(now_ms))
+        )),
+        (None, None) => line.push_str("; next canary restart due"),
+    }
+    line.push_str(&format!("; {} tries did not heal", i.tries));
+    if let Some(at) = i.escalated_ms {
+        line.push_str(&format!(
+            "; escalated at {} (one notice for all)",
+            clock(at)
+        ));
+    }
+    line
 }
 
 /// `3s`, `4m`, `2h05m`, `3d04h`.
@@ -314,6 +353,49 @@ mod tests {
         );
         assert!(
             text.contains("last restart failed:\n  agent-a.service  refused: the system manager says pid 42 belongs to x.service, not to agent-a.service\\u{1b}[2J"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn renders_the_incident_and_who_waits_for_its_canary() {
+        let member = |name: &str, canary: bool| InstanceView {
+            name: name.into(),
+            pids: vec![1],
+            state: "latched".into(),
+            incident: Some("incident@1000".into()),
+            canary,
+            supervisor: "systemd".into(),
+            ..InstanceView::default()
+        };
+        let mut s = Snapshot {
+            now_ms: 121_000,
+            incident: Some(IncidentStatus {
+                id: "incident@1000".into(),
+                since_ms: 1_000,
+                members: vec!["a.service".into(), "b.service".into()],
+                canary: Some("a.service".into()),
+                tries: 2,
+                next_try_ms: None,
+                escalated_ms: None,
+            }),
+            instances: vec![member("a.service", true), member("b.service", false)],
+            ..Snapshot::default()
+        };
+        let text = render(&s);
+        assert!(
+            text.contains("upstream incident since 00:00:01 (2m ago): 2 instances latched together, one canary restart per quiet window; canary a.service restarting; 2 tries did not heal\n"),
+            "{text}"
+        );
+        assert!(text.contains("canary        systemd"), "{text}");
+        assert!(text.contains("after canary  systemd"), "{text}");
+        let incident = s.incident.as_mut().unwrap();
+        incident.canary = None;
+        incident.next_try_ms = Some(181_000);
+        incident.escalated_ms = Some(100_000);
+        let text = render(&s);
+        assert!(
+            text.contains("; next canary restart at 00:03:01 (in 1m); 2 tries did not heal; escalated at 00:01:40 (one notice for all)"),
             "{text}"
         );
     }

@@ -676,9 +676,9 @@ impl Policy {
                 continue;
             }
             if let Some(i) = self.instances.get_mut(m) {
+                // Its own hold (a supervisor that failed) stays; nothing else holds it back.
                 i.tries = 0;
                 if i.phase.unhealed() {
-                    i.not_before = None;
                     released.push(m.clone());
                 }
             }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use super::*;
 use crate::detect::EpisodeEnd;
 use crate::instance::{ClaudeKind, ProcessInfo};
+use crate::journal::IncidentEvent;
 use status::InstanceView;
 
 const MS: MonoNs = 1_000_000;
@@ -610,6 +611,159 @@ fn a_fleet_wide_incident_restarts_one_instance_at_a_time() {
     }
     assert_eq!(order, names, "oldest latch first (ties by name)");
     assert!(names.iter().all(|n| r.view(n).state == "healthy"));
+}
+
+/// Four units latched by one upstream window that outlasts K canary tries: one restart at a
+/// time per quiet window, one notice for all, and every unit restarted and confirmed once the
+/// window closes.
+#[test]
+fn an_upstream_incident_is_probed_by_one_canary_noticed_once_and_every_member_comes_back() {
+    let mut r = Rig::new(
+        "backoff_initial = \"2s\"\nbackoff_max = \"8s\"\nmax_restarts = 2\nescalation_hook = [\"/bin/page\", \"{instance}\", \"{instances}\", \"{reason}\"]",
+    );
+    let names = ["a.service", "b.service", "c.service", "d.service"];
+    let mut pids: BTreeMap<String, u32> = BTreeMap::new();
+    for (k, name) in names.iter().enumerate() {
+        let pid = 100 + u32::try_from(k).unwrap();
+        r.start(pid, &unit(name));
+        r.see(pid, 200, name);
+        pids.insert((*name).to_owned(), pid);
+    }
+    // The window opens: every session is rejected, new ones too.
+    let mut window_open = true;
+    let mut next_pid = 200;
+    let mut rejected_tries = 0;
+    let mut restarts_after_close = Vec::new();
+    for _ in 0..400 {
+        r.advance(250 * MS);
+        if r.now % S == 0 {
+            for (name, pid) in &pids {
+                if r.view(name).state != "healthy" || window_open {
+                    r.see(*pid, 401, &format!("s{pid}"));
+                }
+            }
+        }
+        if r.restarts.is_empty() {
+            if !window_open && names.iter().all(|n| r.view(n).state == "healthy") {
+                break;
+            }
+            continue;
+        }
+        let (instance, _, target) = r.take_restart();
+        r.advance(S);
+        assert!(r.restarts.is_empty(), "one restart at a time");
+        r.restart_ok(&instance, next_pid);
+        r.exit(target.pid);
+        r.start(next_pid, &instance);
+        pids.insert(instance.name.clone(), next_pid);
+        r.advance(500 * MS);
+        if window_open {
+            r.see(next_pid, 401, &format!("s{next_pid}"));
+            rejected_tries += 1;
+            if rejected_tries == 3 {
+                // The notice came with the second rejected try: the window closes now.
+                window_open = false;
+            }
+        } else {
+            restarts_after_close.push(instance.name.clone());
+            r.see(next_pid, 200, &format!("s{next_pid}"));
+        }
+        next_pid += 1;
+    }
+    assert!(
+        names.iter().all(|n| r.view(n).state == "healthy"),
+        "every member came back: {:?}",
+        r.status
+    );
+    assert_eq!(
+        restarts_after_close.len(),
+        4,
+        "the canary, then the other three"
+    );
+    // Journalled: the incident opened, was escalated once and closed; the others were held.
+    let events: Vec<IncidentEvent> = r
+        .journal
+        .iter()
+        .filter_map(|rec| match rec {
+            JournalRecord::Incident(i) => Some(i.event),
+            _ => None,
+        })
+        .filter(|e| *e != IncidentEvent::Joined)
+        .collect();
+    assert_eq!(
+        events,
+        [
+            IncidentEvent::Opened,
+            IncidentEvent::Escalated,
+            IncidentEvent::Closed
+        ]
+    );
+    assert!(
+        r.actions(ActionKind::Held).len() >= 2,
+        "{:?}",
+        r.actions(ActionKind::Held)
+    );
+    // One notice, for all four: the hook once, no instance escalated on its own.
+    assert_eq!(r.hooks.len(), 1, "{:?}", r.hooks);
+    assert!(r.actions(ActionKind::Escalate).is_empty());
+    assert_eq!(
+        r.metrics
+            .iter()
+            .filter(|m| **m == Metric::IncidentEscalated)
+            .count(),
+        1
+    );
+    let (_, argv, _) = &r.hooks[0];
+    assert_eq!(
+        argv[2], "{instances}",
+        "rendered by the daemon, not the core"
+    );
+    // Each member's episode closed recovered after a restart, marked escalated.
+    for name in names {
+        let closed = r
+            .episodes()
+            .into_iter()
+            .filter(|e| e.instance == name && e.end == EpisodeEnd::RecoveredAfterRestart)
+            .count();
+        assert_eq!(closed, 1, "{name}");
+    }
+    assert!(r.view("a.service").incident.is_none());
+    assert!(r.watch.status(r.now).incident.is_none());
+}
+
+#[test]
+fn status_shows_the_incident_its_canary_and_the_next_try() {
+    let mut r = Rig::new("backoff_initial = \"5s\"");
+    for (k, name) in ["a.service", "b.service"].iter().enumerate() {
+        let pid = 100 + u32::try_from(k).unwrap();
+        r.start(pid, &unit(name));
+        r.see(pid, 200, name);
+    }
+    for _ in 0..5 {
+        r.advance(S);
+        r.see(100, 401, "a.service");
+        r.see(101, 401, "b.service");
+    }
+    let (instance, _, target) = r.take_restart();
+    assert_eq!(instance, unit("a.service"));
+    let status = r.watch.status(r.now);
+    let incident = status.incident.expect("an incident");
+    assert_eq!(incident.members, ["a.service", "b.service"]);
+    assert_eq!(incident.canary.as_deref(), Some("a.service"));
+    assert!(incident.id.starts_with("incident@"));
+    let b = r.view("b.service");
+    assert_eq!(b.incident.as_deref(), Some(incident.id.as_str()));
+    assert!(!b.canary && r.view("a.service").canary);
+    // The canary's new process is rejected: the next try is due after the quiet window.
+    r.restart_ok(&instance, 200);
+    r.exit(target.pid);
+    r.start(200, &instance);
+    r.see(200, 401, "s200");
+    let incident = r.watch.status(r.now).incident.expect("still open");
+    assert_eq!((incident.tries, incident.canary), (1, None));
+    let next = incident.next_try_ms.expect("next try");
+    assert_eq!(next, r.wall_now() + 5_000);
+    assert_eq!(r.view("b.service").backoff_until_ms, Some(next));
 }
 
 #[test]
