@@ -14,7 +14,7 @@
 //! supervisor = { kind = "auto" }         # systemd where the instance has a unit, else observe
 //! backoff_initial = "1m"
 //! backoff_max = "30m"
-//! max_restarts = 3
+//! max_restarts = 6                       # then the notice; restarts go on (give_up = false)
 //! escalation_hook = ["/usr/local/bin/page-oncall", "{instance}", "{reason}"]
 //! fresh_session = false                  # claude --bg sessions: respawn (same session id)
 //!

@@ -73,10 +73,12 @@ pub struct Ends {
     pub recovered_after_restart: usize,
     /// The process exited while latched.
     pub process_exited: usize,
-    /// Restarts gave up.
+    /// Restarts gave up (escalated with `give_up`).
     pub escalated: usize,
     /// Not ended.
     pub still_open: usize,
+    /// Episodes (of any end) during which the instance was escalated: a notice was sent.
+    pub notified: usize,
 }
 
 /// One episode's line in the report, for tracing upstream.
@@ -264,6 +266,7 @@ pub fn build_with(
             EpisodeEnd::Escalated => ends.escalated += 1,
             EpisodeEnd::StillOpen => ends.still_open += 1,
         }
+        ends.notified += usize::from(e.escalated_ms.is_some());
         let local = local_time(e.first_401_ms, utc_offset_s(e.first_401_ms));
         *by_day.entry(local.date()).or_insert(0) += 1;
         let group = match e.idle_before_ms {
@@ -629,12 +632,13 @@ pub fn render(r: &Report) -> String {
     let e = &r.ends;
     let _ = writeln!(
         o,
-        "  ended: self-recovered without restart {}, recovered after restart (confirmed) {}, process exited {}, escalated {}, still open {}",
+        "  ended: self-recovered without restart {}, recovered after restart (confirmed) {}, process exited {}, escalated {}, still open {}; escalation notices sent in {}",
         r.self_recovered_without_restart,
         e.recovered_after_restart,
         e.process_exited,
         e.escalated,
-        e.still_open
+        e.still_open,
+        e.notified
     );
     let _ = writeln!(
         o,
@@ -812,11 +816,17 @@ pub fn render_markdown(r: &Report, zone: &str) -> String {
         ),
         ("recovered after a restart", e.recovered_after_restart),
         ("never: the process exited latched", e.process_exited),
-        ("never: restarts gave up (escalated)", e.escalated),
+        ("never: restarts gave up (escalated, give_up)", e.escalated),
         ("still open", e.still_open),
     ] {
         let _ = writeln!(o, "| {what} | {n} |");
     }
+    let _ = writeln!(
+        o,
+        "\nAn escalation notice (the hook) was sent during {} of them; restarts went on after it \
+         unless `give_up` was set.",
+        e.notified
+    );
     let _ = writeln!(o);
 
     let _ = writeln!(o, "## Idle-wake vs mid-use\n");
@@ -1014,7 +1024,8 @@ mod tests {
                 recovered_after_restart: 2,
                 process_exited: 1,
                 escalated: 1,
-                still_open: 1
+                still_open: 1,
+                notified: 0,
             }
         );
         assert_eq!(

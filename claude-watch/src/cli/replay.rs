@@ -47,8 +47,8 @@ pub struct ReplayArgs {
     /// Seed of the history (the same seed, the same windows).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// `text` or `markdown` (tables for BENCHMARKS.md).
-    #[arg(long, default_value = "text", value_parser = ["text", "markdown"])]
+    /// `text`, `markdown` (tables for BENCHMARKS.md) or `json` (one object: the rows).
+    #[arg(long, default_value = "text", value_parser = ["text", "markdown", "json"])]
     pub format: String,
     /// Also sweep backoff_initial, backoff_max and max_restarts around the configuration.
     #[arg(long)]
@@ -77,18 +77,148 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One host size under one policy.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    agents: usize,
+    policy: String,
+    windows: usize,
+    /// Restarts whose new process an open window rejected.
+    restarts_into: u32,
+    most_in_one_window: u32,
+    /// Windows up to 2 h, and those of them over log2(window / backoff_initial) + 2.
+    windows_up_to_2h: usize,
+    over_bound_up_to_2h: usize,
+    windows_over_2h: usize,
+    over_bound_over_2h: usize,
+    notices: usize,
+    /// Extra downtime after a window's close, seconds.
+    downtime_median_s: Option<u64>,
+    downtime_p95_s: Option<u64>,
+    downtime_max_s: Option<u64>,
+    left_down: usize,
+}
+
+impl Row {
+    fn new(agents: usize, policy: &Policy, o: &Outcome) -> Self {
+        let d = o.downtimes();
+        let two_hours = Duration::from_secs(2 * 3600);
+        let (short_over, short) = o.over_bound(policy.initial(), two_hours);
+        let (all_over, all) = o.over_bound(policy.initial(), Duration::MAX);
+        Self {
+            agents,
+            policy: policy.name.clone(),
+            windows: o.windows.len(),
+            restarts_into: o.windows.iter().map(|w| w.restarts_into).sum(),
+            most_in_one_window: o.windows.iter().map(|w| w.restarts_into).max().unwrap_or(0),
+            windows_up_to_2h: short,
+            over_bound_up_to_2h: short_over,
+            windows_over_2h: all - short,
+            over_bound_over_2h: all_over - short_over,
+            notices: o.notices.len(),
+            downtime_median_s: quantile(&d, 0.5).map(|x| x.as_secs()),
+            downtime_p95_s: quantile(&d, 0.95).map(|x| x.as_secs()),
+            downtime_max_s: d.last().map(Duration::as_secs),
+            left_down: o.left_down,
+        }
+    }
+
+    fn downtimes(&self) -> String {
+        format!(
+            "{} / {} / {}",
+            secs(self.downtime_median_s, "-"),
+            secs(self.downtime_p95_s, "-"),
+            secs(self.downtime_max_s, "-")
+        )
+    }
+
+    fn over_bound(&self) -> String {
+        format!(
+            "{} of {} / {} of {}",
+            self.over_bound_up_to_2h,
+            self.windows_up_to_2h,
+            self.over_bound_over_2h,
+            self.windows_over_2h
+        )
+    }
+}
+
+/// `s` seconds for a person, `none` when absent.
+fn secs(s: Option<u64>, none: &str) -> String {
+    s.map_or_else(|| none.to_owned(), |s| human(Duration::from_secs(s)))
+}
+
+/// A persisted bad credential under one policy.
+#[derive(Debug, serde::Serialize)]
+struct CredentialRow {
+    policy: String,
+    /// Restarts while it persisted (6 h).
+    restarts: u32,
+    noticed_after_s: Option<u64>,
+    /// `None`: left down.
+    down_after_fix_s: Option<u64>,
+}
+
+/// The whole replay, as `--format json` prints it.
+#[derive(Debug, serde::Serialize)]
+struct Replayed {
+    days: u32,
+    seed: u64,
+    /// The configuration replayed (the last policy of each host's rows).
+    backoff_initial_s: u64,
+    backoff_max_s: u64,
+    max_restarts: u32,
+    rows: Vec<Row>,
+    credential: Vec<CredentialRow>,
+}
+
+fn replayed(args: &ReplayArgs, policies: &[Policy], timing: &Timing) -> Replayed {
+    let mut rows = Vec::new();
+    for &n in &args.instances {
+        let scenario = Scenario::writeup(args.seed, args.days, n);
+        for policy in policies {
+            let outcome = replay::run(&policy.config, &scenario, timing);
+            rows.push(Row::new(n, policy, &outcome));
+        }
+    }
+    let scenario = Scenario::poisoned(Duration::from_secs(6 * 3600), 5);
+    let credential = policies
+        .iter()
+        .map(|policy| {
+            let o = replay::run(&policy.config, &scenario, timing);
+            let p = &o.poisons[0];
+            CredentialRow {
+                policy: policy.name.clone(),
+                restarts: p.restarts,
+                noticed_after_s: p.noticed_after.map(|d| d.as_secs()),
+                down_after_fix_s: p.down_after_fix.map(|d| d.as_secs()),
+            }
+        })
+        .collect();
+    let r = policies.last().map(|p| &p.config.recovery);
+    Replayed {
+        days: args.days,
+        seed: args.seed,
+        backoff_initial_s: r.map_or(0, |r| r.backoff_initial.as_secs()),
+        backoff_max_s: r.map_or(0, |r| r.backoff_max.get_ref().as_secs()),
+        max_restarts: r.map_or(0, |r| r.max_restarts.get()),
+        rows,
+        credential,
+    }
+}
+
 fn render(args: &ReplayArgs, config: &Config, name: &str) -> String {
-    let md = args.format == "markdown";
     let timing = Timing::default();
     let configured = Policy {
         name: format!("this configuration ({name})"),
         config: config.clone(),
     };
-    let policies = [
-        Policy::before(config),
-        Policy::naive(config),
-        configured.clone(),
-    ];
+    let policies = [Policy::before(config), Policy::naive(config), configured];
+    let replayed = replayed(args, &policies, &timing);
+    if args.format == "json" {
+        return serde_json::to_string(&replayed).unwrap_or_default() + "\n";
+    }
+    let md = args.format == "markdown";
     let mut out = String::new();
     let r = &config.recovery;
     let _ = writeln!(
@@ -114,42 +244,49 @@ fn render(args: &ReplayArgs, config: &Config, name: &str) -> String {
         "extra downtime after close (median / p95 / max)",
         "left down",
     ];
-    let mut rows = Vec::new();
-    for &n in &args.instances {
-        let scenario = Scenario::writeup(args.seed, args.days, n);
-        for policy in &policies {
-            let outcome = replay::run(&policy.config, &scenario, &timing);
-            rows.push(row(n, policy, &outcome, args.days));
-        }
-    }
+    let rows: Vec<Vec<String>> = replayed
+        .rows
+        .iter()
+        .map(|row| {
+            #[expect(clippy::cast_precision_loss, reason = "a count of notices")]
+            let per_day = row.notices as f64 / f64::from(args.days);
+            vec![
+                row.agents.to_string(),
+                row.policy.clone(),
+                row.windows.to_string(),
+                format!("{} / {}", row.restarts_into, row.most_in_one_window),
+                row.over_bound(),
+                format!("{} ({per_day:.1})", row.notices),
+                row.downtimes(),
+                row.left_down.to_string(),
+            ]
+        })
+        .collect();
     out.push_str(&table(&header, &rows, md));
 
-    // A persisted bad credential, fixed after 6 hours.
     out.push('\n');
+    let _ = writeln!(
+        out,
+        "A bad credential persisted in one of 5 agents, fixed after 6 h:"
+    );
     let header = [
         "policy",
         "restarts in 6 h",
         "first notice after",
         "down after the fix",
     ];
-    let scenario = Scenario::poisoned(Duration::from_secs(6 * 3600), 5);
-    let rows: Vec<Vec<String>> = policies
+    let rows: Vec<Vec<String>> = replayed
+        .credential
         .iter()
-        .map(|policy| {
-            let o = replay::run(&policy.config, &scenario, &timing);
-            let p = &o.poisons[0];
+        .map(|c| {
             vec![
-                policy.name.clone(),
-                p.restarts.to_string(),
-                p.noticed_after.map_or_else(|| "never".into(), human),
-                p.down_after_fix.map_or_else(|| "left down".into(), human),
+                c.policy.clone(),
+                c.restarts.to_string(),
+                secs(c.noticed_after_s, "never"),
+                secs(c.down_after_fix_s, "left down"),
             ]
         })
         .collect();
-    let _ = writeln!(
-        out,
-        "A bad credential persisted in one of 5 agents, fixed after 6 h:"
-    );
     out.push_str(&table(&header, &rows, md));
 
     if args.grid {
@@ -157,41 +294,6 @@ fn render(args: &ReplayArgs, config: &Config, name: &str) -> String {
         out.push_str(&grid(args, config, &timing, md));
     }
     out
-}
-
-/// Windows over the bound among those up to 2 h and those longer: `3 of 110 / 2 of 3`.
-fn over_bound(o: &Outcome, initial: Duration) -> String {
-    let two_hours = Duration::from_secs(2 * 3600);
-    let (short_over, short) = o.over_bound(initial, two_hours);
-    let (all_over, all) = o.over_bound(initial, Duration::MAX);
-    format!(
-        "{short_over} of {short} / {} of {}",
-        all_over - short_over,
-        all - short
-    )
-}
-
-fn row(agents: usize, policy: &Policy, o: &Outcome, days: u32) -> Vec<String> {
-    let downtimes = o.downtimes();
-    let most = o.windows.iter().map(|w| w.restarts_into).max().unwrap_or(0);
-    let into: u32 = o.windows.iter().map(|w| w.restarts_into).sum();
-    #[expect(clippy::cast_precision_loss, reason = "a count of notices")]
-    let per_day = o.notices.len() as f64 / f64::from(days);
-    vec![
-        agents.to_string(),
-        policy.name.clone(),
-        o.windows.len().to_string(),
-        format!("{into} / {most}"),
-        over_bound(o, policy.initial()),
-        format!("{} ({per_day:.1})", o.notices.len()),
-        format!(
-            "{} / {} / {}",
-            quantile(&downtimes, 0.5),
-            quantile(&downtimes, 0.95),
-            downtimes.last().map_or_else(|| "-".into(), |d| human(*d))
-        ),
-        o.left_down.to_string(),
-    ]
 }
 
 /// backoff_initial × backoff_max over the hosts of `--instances` together, then max_restarts
@@ -239,21 +341,15 @@ fn grid(args: &ReplayArgs, config: &Config, timing: &Timing, md: bool) -> String
                 o.notices.extend(one.notices);
                 o.left_down += one.left_down;
             }
-            let d = o.downtimes();
-            let into: u32 = o.windows.iter().map(|w| w.restarts_into).sum();
+            let row = Row::new(0, &policy, &o);
             rows.push(vec![
                 human(Duration::from_secs(initial)),
                 human(Duration::from_secs(cap * 60)),
-                into.to_string(),
-                over_bound(&o, policy.initial()),
-                format!(
-                    "{} / {} / {}",
-                    quantile(&d, 0.5),
-                    quantile(&d, 0.95),
-                    d.last().map_or_else(|| "-".into(), |x| human(*x))
-                ),
-                o.notices.len().to_string(),
-                o.left_down.to_string(),
+                row.restarts_into.to_string(),
+                row.over_bound(),
+                row.downtimes(),
+                row.notices.to_string(),
+                row.left_down.to_string(),
             ]);
         }
     }
@@ -298,19 +394,16 @@ fn grid(args: &ReplayArgs, config: &Config, timing: &Timing, md: bool) -> String
     out
 }
 
-/// The `q` quantile of sorted `xs` (nearest rank), `-` when empty.
-fn quantile(xs: &[Duration], q: f64) -> String {
-    if xs.is_empty() {
-        return "-".into();
-    }
+/// The `q` quantile of sorted `xs` (nearest rank), `None` when empty.
+fn quantile(xs: &[Duration], q: f64) -> Option<Duration> {
     #[expect(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
         clippy::cast_precision_loss,
         reason = "an index into a short list"
     )]
-    let i = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len()) - 1;
-    human(xs[i])
+    let i = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len().max(1)) - 1;
+    xs.get(i).copied()
 }
 
 fn table(header: &[&str], rows: &[Vec<String>], md: bool) -> String {

@@ -636,7 +636,7 @@ fn an_upstream_incident_is_probed_by_one_canary_noticed_once_and_every_member_co
     let mut restarts_after_close = Vec::new();
     for _ in 0..400 {
         r.advance(250 * MS);
-        if r.now % S == 0 {
+        if r.now.is_multiple_of(S) {
             for (name, pid) in &pids {
                 if r.view(name).state != "healthy" || window_open {
                     r.see(*pid, 401, &format!("s{pid}"));

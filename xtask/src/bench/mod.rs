@@ -30,7 +30,10 @@
 //!    its CPU over the soak and over idle windows (agents stopped, no churn, nothing asked of
 //!    the daemon), the kernel records it lost, and each latch and heal seen in its status.
 //! 9. a real Claude Code turn (the pinned latest release, streamed answer) with and without
-//!    `claude-watch daemon`.
+//!    `claude-watch daemon`;
+//! 10. the recovery policy replayed against the write-up's window history (`claude-watch
+//!     replay`, the core on a fake clock): agents left down, restarts into open windows against
+//!     log2(window / backoff_initial) + 2, extra downtime after each window closes, notices.
 //!
 //! Parts 1, 2 and 4b also measure each wake-up policy (`[daemon] wakeup`) for the trade-off
 //! table, and 4b runs once more with a CPU burner on every core.
@@ -64,6 +67,7 @@ mod latency;
 mod locate;
 mod overhead;
 mod process;
+mod replay;
 mod report;
 /// The pieces shared with the test harness (process groups, free ports, the stand-in's ready line
 /// and control port): one copy, in `tests/src/shared.rs`.
@@ -211,7 +215,7 @@ impl Plan {
 }
 
 /// Every part, in the table's order.
-const PARTS: [Part; 10] = [
+const PARTS: [Part; 11] = [
     Part(1, None),
     Part(2, None),
     Part(3, None),
@@ -222,6 +226,7 @@ const PARTS: [Part; 10] = [
     Part(7, None),
     Part(8, None),
     Part(9, None),
+    Part(10, None),
 ];
 
 /// Reads `--only`: part names separated by commas (`1,2,4b`).
@@ -235,7 +240,7 @@ fn parse_parts(list: &str) -> anyhow::Result<Vec<Part>> {
                 .copied()
                 .find(|part| part.to_string() == p)
                 .with_context(|| {
-                    format!("no bench part {p:?} (parts: 1, 2, 3, 4, 4b, 5, 6, 7, 8, 9)")
+                    format!("no bench part {p:?} (parts: 1, 2, 3, 4, 4b, 5, 6, 7, 8, 9, 10)")
                 })
         })
         .collect()
@@ -363,6 +368,12 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         match locate(&env, &plan) {
             Ok(l) => l.report(&mut report),
             Err(e) => report.failed(6, "locate", &e),
+        }
+    }
+    if wanted(Part(10, None)) {
+        eprintln!("bench: part 10: recovery replay");
+        if let Err(e) = replay::replay(&env, smoke).and_then(|r| r.report(&mut report)) {
+            report.failed(10, "recovery replay", &e);
         }
     }
     if wanted(Part(8, None)) {
@@ -565,7 +576,8 @@ mod tests {
         );
         assert_eq!(parse_parts("8").unwrap(), [Part(8, None)]);
         assert_eq!(parse_parts("9").unwrap(), [Part(9, None)]);
-        assert!(parse_parts("10").is_err());
+        assert_eq!(parse_parts("10").unwrap(), [Part(10, None)]);
+        assert!(parse_parts("11").is_err());
         assert!(parse_parts("4c").is_err());
     }
 

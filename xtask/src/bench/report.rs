@@ -137,6 +137,11 @@ impl Report {
         self.failures.push(format!("part {part} ({what}): {err:#}"));
     }
 
+    /// A section of its own under the results, as given (Markdown).
+    pub(super) fn section(&mut self, part: u8, title: &str, text: String) {
+        self.details.push((part, title.to_owned(), text));
+    }
+
     pub(super) fn detail(&mut self, part: u8, title: String, runs: &Runs, floor: bool) {
         let mut t = String::from(
             "| attached | wall ms, median | wall min–max | client CPU ms, median | wall ratio to none |\n|---|---|---|---|---|\n",
