@@ -105,15 +105,14 @@ fn the_packaged_unit_runs_the_daemon_sandboxed_under_a_real_systemd() {
         "[daemon]\njournal = \"/run/claude-watch/journal.jsonl\"\nstate_dir = \"/run/claude-watch/state\"\n",
     )
     .expect("write config");
+    // So is the binary: a checkout under /tmp is hidden from the unit by its PrivateTmp.
+    std::fs::copy(bin(), run_dir.join("claude-watch")).expect("binary in the bed");
     let packaged = packaged_unit();
     let unit: String = packaged
         .lines()
         .map(|l| {
             if l.starts_with("ExecStart=") {
-                format!(
-                    "ExecStart={} daemon --config /run/cw-unit/config.toml\nEnvironment=RUST_LOG=info",
-                    bin().display()
-                )
+                "ExecStart=/run/cw-unit/claude-watch daemon --config /run/cw-unit/config.toml\nEnvironment=RUST_LOG=info".to_owned()
             } else {
                 l.to_owned()
             }
