@@ -91,6 +91,97 @@ pub struct Config {
     /// Named instances: match rules and their own supervisors.
     #[serde(rename = "instance")]
     pub instances: Vec<InstanceSection>,
+    /// The fleet's hold: restarts held while the fleet's incident alert fires.
+    pub fleet: FleetSection,
+}
+
+/// `[fleet]`: Prometheus (scraping every host's daemon) decides that an upstream incident is
+/// on, Alertmanager holds the answer, and every host asks it before restarting.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSection {
+    /// Alertmanager base URLs (`http://alertmanager:9093`), asked in turn until one answers;
+    /// empty (the default): no fleet hold.
+    pub alertmanager: Vec<String>,
+    /// Label matchers of the incident alert, every one must match (default: the shipped
+    /// rule's `alertname = "ClaudeFleetUpstreamIncident"`).
+    pub matchers: std::collections::BTreeMap<String, String>,
+    /// How often Alertmanager is asked.
+    #[serde(deserialize_with = "duration")]
+    pub poll_every: Duration,
+    /// No answer for this long: local behaviour (never held on an old answer).
+    #[serde(deserialize_with = "duration")]
+    pub stale_after: Duration,
+    /// When the alert resolves, the hosts resume spread over this long, each at an offset
+    /// derived from its name.
+    #[serde(deserialize_with = "duration")]
+    pub stagger: Duration,
+    /// This host's name in the fleet (default: the kernel's host name).
+    pub host: Option<String>,
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        Self {
+            alertmanager: Vec::new(),
+            matchers: std::iter::once((
+                "alertname".to_owned(),
+                "ClaudeFleetUpstreamIncident".to_owned(),
+            ))
+            .collect(),
+            poll_every: Duration::from_secs(10),
+            stale_after: Duration::from_secs(60),
+            stagger: Duration::from_secs(120),
+            host: None,
+        }
+    }
+}
+
+impl FleetSection {
+    /// Whether the fleet's hold is on (an Alertmanager is named).
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        !self.alertmanager.is_empty()
+    }
+
+    /// The matchers as Alertmanager's `filter` syntax: `alertname="X"`, one per matcher.
+    #[must_use]
+    pub fn filters(&self) -> Vec<String> {
+        self.matchers
+            .iter()
+            .map(|(k, v)| format!("{k}={}", serde_json::Value::String(v.clone())))
+            .collect()
+    }
+
+    /// The core's tunables, `host` the name to use when none is configured.
+    #[must_use]
+    pub fn fleet_config(&self, host: &str) -> crate::watch::fleet::FleetConfig {
+        crate::watch::fleet::FleetConfig {
+            host: self.host.clone().unwrap_or_else(|| host.to_owned()),
+            alert: self.filters().join(", "),
+            stale_after: self.stale_after,
+            stagger: self.stagger,
+        }
+    }
+}
+
+/// Whether `url` is a base URL the fleet's poller can ask: `http://host[:port][/path]`.
+///
+/// # Errors
+/// What is wrong with it, with the form to write.
+pub fn check_alertmanager_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!(
+            "{url:?}: only http:// is supported (e.g. \"http://alertmanager:9093\"); put a TLS proxy on the host if Alertmanager is only reachable over https"
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
+        return Err(format!(
+            "{url:?}: expected http://host[:port][/path], e.g. \"http://alertmanager:9093\""
+        ));
+    }
+    Ok(())
 }
 
 /// `[daemon]`.
@@ -126,6 +217,10 @@ pub struct DaemonConfig {
     pub max_attachments: u32,
     /// Detect and report, never restart (also `--dry-run`).
     pub dry_run: bool,
+    /// Watch only the processes in this cgroup subtree (as `/proc/<pid>/cgroup` names it, e.g.
+    /// `/system.slice/agents.slice`): several daemons on one host, each with its own scope.
+    /// Unset: every process, and a second daemon on the host is refused.
+    pub scope: Option<String>,
     /// The Docker Engine API socket, asked for the names of containers that agents run in and
     /// through which `auto` restarts them (a Podman service socket speaks the same API).
     pub docker_socket: PathBuf,
@@ -146,6 +241,7 @@ impl Default for DaemonConfig {
             wakeup: crate::capture::Wakeup::default(),
             max_attachments: crate::capture::ledger::DEFAULT_MAX_ATTACHMENTS,
             dry_run: false,
+            scope: None,
             docker_socket: "/var/run/docker.sock".into(),
         }
     }
@@ -430,6 +526,44 @@ impl Config {
 
     /// Cross-field checks the types cannot express.
     fn check(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let f = &self.fleet;
+        for url in &f.alertmanager {
+            check_alertmanager_url(url).map_err(|m| {
+                invalid(text, origin, value_span(text, "fleet", "alertmanager"), &m)
+            })?;
+        }
+        if f.enabled() && f.matchers.is_empty() {
+            let span = value_span(text, "fleet", "matchers");
+            return Err(invalid(
+                text,
+                origin,
+                span,
+                "at least one matcher, e.g. { alertname = \"ClaudeFleetUpstreamIncident\" }",
+            ));
+        }
+        if f.poll_every < Duration::from_secs(1) || f.stale_after < f.poll_every * 2 {
+            let span = value_span(text, "fleet", "stale_after");
+            return Err(invalid(
+                text,
+                origin,
+                span,
+                "poll_every must be at least 1s, and stale_after at least twice poll_every",
+            ));
+        }
+        if let Some(scope) = &self.daemon.scope
+            && (!scope.starts_with('/')
+                || scope.len() < 2
+                || scope.ends_with('/')
+                || scope.contains(".."))
+        {
+            let span = value_span(text, "daemon", "scope");
+            return Err(invalid(
+                text,
+                origin,
+                span,
+                "a cgroup path as /proc/<pid>/cgroup names it, e.g. \"/system.slice/agents.slice\"",
+            ));
+        }
         let r = &self.recovery;
         if *r.backoff_max.get_ref() < r.backoff_initial {
             return Err(invalid(

@@ -267,7 +267,8 @@ fn render(args: &ReplayArgs, config: &Config, name: &str) -> String {
     out.push('\n');
     let _ = writeln!(
         out,
-        "A bad credential persisted in one of 5 agents, fixed after 6 h:"
+        "A bad credential persisted in one of 5 agents, fixed after 6 h:{}",
+        if md { "\n" } else { "" }
     );
     let header = [
         "policy",
@@ -308,8 +309,9 @@ fn grid(args: &ReplayArgs, config: &Config, timing: &Timing, md: bool) -> String
     let scenario = Scenario::writeup(args.seed, args.days, n);
     let k = config.recovery.max_restarts.get();
     let sizes: Vec<String> = args.instances.iter().map(ToString::to_string).collect();
+    let gap = if md { "\n" } else { "" };
     let mut out = format!(
-        "backoff_initial x backoff_max, hosts of {} agents together, max_restarts {k}, canary {}:\n",
+        "backoff_initial x backoff_max, hosts of {} agents together, max_restarts {k}, canary {}:\n{gap}",
         sizes.join(", "),
         config.recovery.canary
     );
@@ -355,7 +357,7 @@ fn grid(args: &ReplayArgs, config: &Config, timing: &Timing, md: bool) -> String
     }
     out.push_str(&table(&header, &rows, md));
     out.push_str(&format!(
-        "\nmax_restarts, {n} agents, backoff_initial {} and backoff_max {}: notices, and when a persisted bad credential is first noticed:\n",
+        "\nmax_restarts, {n} agents, backoff_initial {} and backoff_max {}: notices, and when a persisted bad credential is first noticed:\n{gap}",
         human(config.recovery.backoff_initial),
         human(*config.recovery.backoff_max.get_ref())
     ));

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::daemon::control::query_status;
-use crate::daemon::status::{IncidentStatus, InstanceView, Snapshot};
+use crate::daemon::status::{FleetStatus, IncidentStatus, InstanceView, Snapshot};
 use crate::time::rfc3339_ms;
 
 /// Show every claude instance: unit, pid, session, version, state, last answer, 401s in the
@@ -87,6 +87,10 @@ pub fn render(s: &Snapshot) -> String {
             s.instances_refused,
             crate::watch::MAX_INSTANCES
         ));
+    }
+    if let Some(fleet) = &s.fleet {
+        out.push_str(&crate::text::printable(&fleet_line(fleet, s.now_ms)));
+        out.push_str("\n\n");
     }
     if let Some(incident) = &s.incident {
         out.push_str(&crate::text::printable(&incident_line(incident, s.now_ms)));
@@ -230,7 +234,9 @@ fn cells(i: &InstanceView, now_ms: u64) -> [String; 10] {
         },
         i.window_401s.map_or_else(dash, |n| n.to_string()),
         i.restarts.to_string(),
-        if i.canary {
+        if i.fleet_hold {
+            "fleet hold".to_owned()
+        } else if i.canary {
             "canary".to_owned()
         } else {
             match (i.backoff_until_ms, &i.incident) {
@@ -241,6 +247,36 @@ fn cells(i: &InstanceView, now_ms: u64) -> [String; 10] {
         },
         i.supervisor.clone(),
     ]
+}
+
+/// The fleet's hold in one line: what Alertmanager said, when, and what this host does.
+fn fleet_line(f: &FleetStatus, now_ms: u64) -> String {
+    let clock = |ms: u64| rfc3339_ms(ms)[11..19].to_owned();
+    let answered = match (&f.answered_by, f.last_answer_ms) {
+        (Some(by), Some(at)) => format!("{by} answered {} ago", ago(now_ms.saturating_sub(at))),
+        _ => "no answer yet".to_owned(),
+    };
+    let what = match f.state.as_str() {
+        "held" => format!(
+            "HELD: the incident alert ({}) fires since {}; no restart on this host while it does",
+            f.alert,
+            f.firing_since_ms.map_or_else(|| "-".to_owned(), clock)
+        ),
+        "resuming" => format!(
+            "the incident alert resolved; this host's restarts resume at {} (its turn in the stagger)",
+            f.resume_at_ms.map_or_else(|| "-".to_owned(), clock)
+        ),
+        "unreachable" => format!(
+            "no Alertmanager answered ({}): recovering locally, restarts not held",
+            f.error.as_deref().unwrap_or("no answer")
+        ),
+        "waiting" => {
+            "waiting for Alertmanager's first answer (restarts held until it comes, or stale_after)"
+                .to_owned()
+        }
+        _ => format!("clear: the incident alert ({}) does not fire", f.alert),
+    };
+    format!("fleet ({}): {what}; {answered}", f.host)
 }
 
 /// The host's upstream incident in one line: since when, who waits, the canary or the next try.
@@ -298,6 +334,7 @@ mod tests {
             config: "<built-in>".into(),
             instances_refused: 0,
             incident: None,
+            fleet: None,
             capture: CaptureView {
                 attachments: 2,
                 sent: 10,
@@ -396,6 +433,45 @@ mod tests {
         let text = render(&s);
         assert!(
             text.contains("; next canary restart at 00:03:01 (in 1m); 2 tries did not heal; escalated at 00:01:40 (one notice for all)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn renders_the_fleets_hold() {
+        let mut s = Snapshot {
+            now_ms: 61_000,
+            fleet: Some(FleetStatus {
+                host: "host-a".into(),
+                state: "held".into(),
+                alert: "alertname=\"ClaudeFleetUpstreamIncident\"".into(),
+                firing_since_ms: Some(1_000),
+                last_answer_ms: Some(60_000),
+                answered_by: Some("http://am:9093".into()),
+                ..FleetStatus::default()
+            }),
+            instances: vec![InstanceView {
+                name: "a.service".into(),
+                pids: vec![1],
+                state: "latched".into(),
+                fleet_hold: true,
+                supervisor: "systemd".into(),
+                ..InstanceView::default()
+            }],
+            ..Snapshot::default()
+        };
+        let text = render(&s);
+        assert!(
+            text.contains("fleet (host-a): HELD: the incident alert (alertname=\"ClaudeFleetUpstreamIncident\") fires since 00:00:01; no restart on this host while it does; http://am:9093 answered 1s ago\n"),
+            "{text}"
+        );
+        assert!(text.contains("fleet hold  systemd"), "{text}");
+        let f = s.fleet.as_mut().unwrap();
+        f.state = "unreachable".into();
+        f.error = Some("http://am:9093: connect".into());
+        let text = render(&s);
+        assert!(
+            text.contains("no Alertmanager answered (http://am:9093: connect): recovering locally, restarts not held"),
             "{text}"
         );
     }

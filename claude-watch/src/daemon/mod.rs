@@ -23,6 +23,8 @@
 
 pub mod control;
 mod durable;
+pub mod fleet;
+pub mod guard;
 mod locating;
 pub mod metrics;
 pub mod notify;
@@ -74,16 +76,27 @@ pub struct Options {
     pub dry_run: bool,
 }
 
-/// Loads the configuration the daemon would use, and names where it came from.
+/// Loads the configuration the daemon would use, and names where it came from. What the
+/// configuration leaves to the host is filled in here (`[fleet] host`: the kernel's host name).
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
-    match path {
-        Some(p) => Ok((Config::load(p)?, p.display().to_string())),
+    let (mut config, origin) = match path {
+        Some(p) => (Config::load(p)?, p.display().to_string()),
         None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
             let p = Path::new(DEFAULT_CONFIG_PATH);
-            Ok((Config::load(p)?, p.display().to_string()))
+            (Config::load(p)?, p.display().to_string())
         }
-        None => Ok((Config::builtin(), "<built-in>".to_owned())),
+        None => (Config::builtin(), "<built-in>".to_owned()),
+    };
+    if config.fleet.host.is_none() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        config.fleet.host = Some(
+            Some(host.trim())
+                .filter(|h| !h.is_empty())
+                .unwrap_or("localhost")
+                .to_owned(),
+        );
     }
+    Ok((config, origin))
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -151,6 +164,10 @@ struct Daemon {
     startup_locate_left: Duration,
     /// Looks at processes' files waiting for a blocking thread.
     locates: LocateQueue,
+    /// This daemon's claim on its scope (no other daemon watches the same processes).
+    _claim: guard::Claim,
+    /// The task asking the fleet's Alertmanager, and what it asks (`[fleet]`).
+    fleet_poller: Option<(fleet::Asking, tokio::task::JoinHandle<()>)>,
     /// Live processes over their record budget, as last read from the kernel.
     over_budget: Vec<OverBudget>,
     /// The kernel's over-budget counter at that read, and when it was.
@@ -183,6 +200,7 @@ impl Daemon {
     /// Opens everything in an order where a failure leaves nothing half-started: files and
     /// sockets first, the kernel last.
     async fn start(config: Config, origin: String, options: Options) -> anyhow::Result<Self> {
+        let claim = guard::claim(config.daemon.scope.as_deref())?;
         let d = &config.daemon;
         for dir in [
             d.journal.parent(),
@@ -280,10 +298,13 @@ impl Daemon {
             starting: true,
             startup_locate_left: STARTUP_LOCATE_BUDGET,
             locates: LocateQueue::default(),
+            _claim: claim,
+            fleet_poller: None,
             over_budget: Vec::new(),
             over_budget_seen: 0,
             over_budget_read: None,
         };
+        daemon.ask_fleet();
         for found in daemon.front.processes_mut().scan() {
             daemon.feed(Input::Started(found));
         }
@@ -385,6 +406,27 @@ impl Daemon {
         );
     }
 
+    /// Starts, restarts or stops the task asking the fleet's Alertmanager, as `[fleet]` says.
+    fn ask_fleet(&mut self) {
+        let f = &self.watch.config().fleet;
+        let wanted = f.enabled().then(|| fleet::Asking {
+            urls: f.alertmanager.clone(),
+            filters: f.filters(),
+            every: f.poll_every,
+        });
+        if self.fleet_poller.as_ref().map(|(a, _)| a) == wanted.as_ref() {
+            return;
+        }
+        if let Some((_, task)) = self.fleet_poller.take() {
+            task.abort();
+        }
+        if let Some(asking) = wanted {
+            info!(alertmanager = ?asking.urls, every_s = asking.every.as_secs(), filters = ?asking.filters, "asking the fleet's Alertmanager for the incident alert before any restart");
+            let task = tokio::spawn(fleet::poll(asking.clone(), self.done_tx.clone()));
+            self.fleet_poller = Some((asking, task));
+        }
+    }
+
     fn reload(&mut self) {
         self.notifier.notify("RELOADING=1");
         match load_config(self.options.config.as_deref()) {
@@ -408,11 +450,19 @@ impl Daemon {
                 let bus = SystemdBus::detect(config.recovery.systemd_bus.as_deref());
                 let engine = EngineSocket::detect(&config.daemon.docker_socket);
                 self.origin = origin;
+                if config.daemon.scope != self.watch.config().daemon.scope {
+                    warn!("[daemon] scope changes take effect at the next start");
+                    config
+                        .daemon
+                        .scope
+                        .clone_from(&self.watch.config().daemon.scope);
+                }
                 self.feed(Input::Reload {
                     config: Box::new(config),
                     bus,
                     engine,
                 });
+                self.ask_fleet();
                 info!(config = %self.origin, "configuration reloaded");
             }
             Err(e) => error!("reload refused, keeping the running configuration: {e:#}"),
@@ -682,6 +732,7 @@ impl Daemon {
             instances: status.instances,
             instances_refused: status.instances_refused,
             incident: status.incident,
+            fleet: status.fleet,
         };
         self.snapshots.send_replace(Arc::new(snapshot));
     }

@@ -52,6 +52,12 @@ pub(super) fn record(m: &Metrics, metric: &Metric) {
             labels(&[("agent", agent)]),
             1.0,
         ),
+        Metric::RestartRejected { agent } => m.inc(
+            "claude_watch_restarts_rejected_total",
+            REJECTED_HELP,
+            labels(&[("agent", agent)]),
+            1.0,
+        ),
         Metric::IncidentOpened => m.inc(
             "claude_watch_incidents_total",
             INCIDENTS_HELP,
@@ -163,8 +169,34 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
             "1 while the host's upstream incident is escalated (one notice for all its instances).",
             f64::from(u8::from(incident.is_some_and(|i| i.escalated_ms.is_some()))),
         ),
+        (
+            "claude_watch_last_rejected_restart_timestamp_seconds",
+            "When a restart was last rejected on this host (its new process got 401: the upstream window is open), seconds since the epoch; 0 if never. The fleet's rules read it.",
+            status.last_rejected_ms.map_or(0.0, |ms| ms as f64 / 1000.0),
+        ),
     ] {
         m.set(name, help, String::new(), value);
+    }
+    if let Some(fleet) = &status.fleet {
+        for (name, help, value) in [
+            (
+                "claude_watch_fleet_hold",
+                "1 while the fleet's incident alert holds this host's restarts.",
+                f64::from(u8::from(fleet.state == "held")),
+            ),
+            (
+                "claude_watch_fleet_reachable",
+                "1 while an Alertmanager of [fleet] answers within stale_after (0: recovering locally, the fleet's hold is off).",
+                f64::from(u8::from(fleet.state != "unreachable")),
+            ),
+            (
+                "claude_watch_fleet_last_answer_timestamp_seconds",
+                "When an Alertmanager of [fleet] last answered, seconds since the epoch.",
+                fleet.last_answer_ms.map_or(0.0, |ms| ms as f64 / 1000.0),
+            ),
+        ] {
+            m.set(name, help, String::new(), value);
+        }
     }
     let stats = capture.stats;
     #[expect(clippy::cast_precision_loss, reason = "counters as Prometheus floats")]
@@ -250,6 +282,7 @@ pub(super) fn declare_metrics(m: &Metrics) {
     m.declare_counter("claude_watch_recoveries_total", RECOVERIES_HELP);
     m.declare_counter("claude_watch_escalations_total", ESCALATIONS_HELP);
     m.declare_counter("claude_watch_incidents_total", INCIDENTS_HELP);
+    m.declare_counter("claude_watch_restarts_rejected_total", REJECTED_HELP);
     m.declare_counter(
         "claude_watch_incident_escalations_total",
         INCIDENT_ESCALATIONS_HELP,
@@ -268,6 +301,8 @@ const EPISODES_HELP: &str = "Latch episodes opened.";
 const RESTARTS_HELP: &str = "Restarts requested from supervisors, by result.";
 const RECOVERIES_HELP: &str = "Confirmed recoveries (a non-401 from the instance itself).";
 const ESCALATIONS_HELP: &str = "Instances escalated after restarts did not heal them (a notice: restarts go on unless give_up).";
+const REJECTED_HELP: &str =
+    "Restarts whose new process got 401 (the upstream window was still open).";
 const INCIDENTS_HELP: &str = "Upstream incidents: several instances of the host latched together.";
 const INCIDENT_ESCALATIONS_HELP: &str =
     "Upstream incidents escalated (one notice per incident, not per instance).";

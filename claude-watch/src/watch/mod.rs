@@ -29,6 +29,7 @@
 //! Wall time appears only where a person or a file needs it: journal records and the persisted
 //! recovery state, converted with the wall-minus-monotonic offset given at construction.
 
+pub mod fleet;
 pub mod front;
 pub mod policy;
 pub mod replay;
@@ -138,6 +139,8 @@ pub enum Input {
     /// The container engine's socket appeared or went away (the engine started after the
     /// daemon, or stopped).
     Engine(EngineSocket),
+    /// What the fleet's Alertmanager said about the incident alert (`[fleet]`).
+    Fleet(fleet::FleetAnswer),
 }
 
 /// Something for the daemon to do.
@@ -232,6 +235,11 @@ pub enum Metric {
     IncidentOpened,
     /// The host's upstream incident was escalated (one notice for all its members).
     IncidentEscalated,
+    /// A restart did not heal: its new process got 401.
+    RestartRejected {
+        /// Instance name.
+        agent: String,
+    },
     /// From the latch condition holding to the decision, in seconds.
     DetectionSeconds(f64),
     /// From the end of a restart to the new process's first accepted answer, in seconds.
@@ -296,6 +304,12 @@ pub struct Watch {
     changed: bool,
     /// When the status was last published.
     published_at: Option<MonoNs>,
+    /// The fleet's hold, when `[fleet]` names an Alertmanager.
+    fleet: Option<fleet::Fleet>,
+    /// When a restart was last rejected (its new process got 401), wall ms.
+    last_rejected_ms: Option<u64>,
+    /// Live processes outside `[daemon] scope` (another daemon's): their traffic is ignored.
+    outside: BTreeSet<u32>,
 }
 
 /// A tick republishes an unchanged status this often (ages and counters stay fresh), instead
@@ -332,7 +346,16 @@ impl Watch {
         let tracked: BTreeSet<InstanceId> = policy.instances().cloned().collect();
         let idle_since = tracked.iter().map(|id| (id.clone(), now)).collect();
         let idle_order = tracked.iter().map(|id| (now, id.clone())).collect();
+        let fleet = config
+            .fleet
+            .enabled()
+            .then(|| fleet::Fleet::new(config.fleet.fleet_config("localhost"), now));
+        let mut policy = policy;
+        policy.set_fleet_hold(fleet.as_ref().and_then(fleet::Fleet::hold_until));
         Self {
+            fleet,
+            last_rejected_ms: None,
+            outside: BTreeSet::new(),
             detector,
             policy,
             config,
@@ -388,10 +411,14 @@ impl Watch {
     /// window ending, a restart timing out): feed [`Input::Tick`] then.
     #[must_use]
     pub fn next_deadline(&self) -> Option<MonoNs> {
-        [self.detector.next_deadline(), self.policy.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.detector.next_deadline(),
+            self.policy.next_deadline(),
+            self.fleet.as_ref().and_then(fleet::Fleet::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Decides about `input` at monotonic time `now`.
@@ -406,6 +433,7 @@ impl Watch {
                 | Input::HookFinished { .. }
                 | Input::Reload { .. }
                 | Input::Engine(_)
+                | Input::Fleet(_)
         );
         match input {
             Input::Started(found) => self.started(found, now, &mut out),
@@ -417,6 +445,7 @@ impl Watch {
                     self.unobserved.remove(&pid);
                 }
             },
+            Input::Exited { pid, .. } if self.outside.remove(&pid) => {}
             Input::Exited { pid, instance } => {
                 // The core's own name wins (a process adopted by the instance it continues).
                 let known = self.procs.remove(&pid);
@@ -451,6 +480,16 @@ impl Watch {
                 let events = self.detector.tick(now);
                 self.on_events(events, now, &mut out);
                 self.sweep(now);
+                if let Some(f) = self.fleet.as_mut() {
+                    let events = f.tick(now);
+                    self.on_fleet(events, now, &mut out);
+                }
+            }
+            Input::Fleet(answer) => {
+                if let Some(f) = self.fleet.as_mut() {
+                    let events = f.answer(now, answer);
+                    self.on_fleet(events, now, &mut out);
+                }
             }
             Input::Resume { episodes } => self.resume(episodes, now, &mut out),
             Input::RestartFinished { instance, result } => {
@@ -478,6 +517,21 @@ impl Watch {
                     info!(instance = %id, "give_up is off: the instance given up on is watched again");
                     self.detector.release_escalated(&id);
                 }
+                match (self.fleet.as_mut(), config.fleet.enabled()) {
+                    (Some(f), true) => {
+                        let host = f.config().host.clone();
+                        f.set_config(config.fleet.fleet_config(&host));
+                    }
+                    (None, true) => {
+                        self.fleet = Some(fleet::Fleet::new(
+                            config.fleet.fleet_config("localhost"),
+                            now,
+                        ));
+                    }
+                    (_, false) => self.fleet = None,
+                }
+                self.policy
+                    .set_fleet_hold(self.fleet.as_ref().and_then(fleet::Fleet::hold_until));
                 self.config = *config;
                 self.bus = bus;
                 self.engine = engine;
@@ -569,6 +623,13 @@ impl Watch {
             found.instance = old;
         }
         let id = found.instance.clone();
+        if let Some(scope) = &self.config.daemon.scope
+            && !in_scope(&found.info.cgroup, scope)
+        {
+            tracing::debug!(pid = found.info.pid, instance = %id, scope, "outside this daemon's scope: not watched");
+            self.outside.insert(found.info.pid);
+            return;
+        }
         if !self.admit(&id, found.info.pid, now, out) {
             return;
         }
@@ -605,6 +666,9 @@ impl Watch {
         self.exchanges += 1;
         // Not a claude instance (a tool it spawned, say), or one refused at the cap.
         let Some(id) = instance else { return };
+        if self.outside.contains(&exchange.pid) {
+            return;
+        }
         if self.refused_pids.contains(&exchange.pid) || !self.admit(&id, exchange.pid, now, out) {
             return;
         }
@@ -903,6 +967,11 @@ impl Watch {
                 }
                 if self.acts(instance) {
                     self.policy.latched(instance, now);
+                    if let Some(fleet::FleetState::Held { alert, since_ms }) =
+                        self.fleet.as_ref().map(fleet::Fleet::state).cloned()
+                    {
+                        self.journal_fleet_hold(instance, &alert, since_ms, now, out);
+                    }
                     self.save(now, out);
                 } else {
                     let supervisor = if self.config.daemon.dry_run {
@@ -970,6 +1039,12 @@ impl Watch {
                         gave_up,
                     } => {
                         self.incident_escalated(opened, &members, &canary, tries, gave_up, now, out)
+                    }
+                    Action::Rejected { instance } => {
+                        self.last_rejected_ms = Some(self.wall_ms(now));
+                        out.push(Effect::Metric(Metric::RestartRejected {
+                            agent: instance.name.clone(),
+                        }));
                     }
                     Action::IncidentClosed {
                         opened,
@@ -1202,6 +1277,75 @@ impl Watch {
             reason,
             instances,
         });
+    }
+
+    /// The fleet's hold changed: journalled in each latched instance's episode, logged, and
+    /// the policy told.
+    fn on_fleet(&mut self, events: Vec<fleet::FleetEvent>, now: MonoNs, out: &mut Vec<Effect>) {
+        let latched: Vec<InstanceId> = self.policy.unhealed().cloned().collect();
+        for event in events {
+            match event {
+                fleet::FleetEvent::Held { alert, since_ms } => {
+                    warn!(alert, since = %crate::time::rfc3339_ms(since_ms), latched = latched.len(), "the fleet's upstream incident alert fires: no restart on this host while it does");
+                    for id in &latched {
+                        self.journal_fleet_hold(id, &alert, since_ms, now, out);
+                    }
+                }
+                fleet::FleetEvent::Resuming { until } => {
+                    let at = crate::time::rfc3339_ms(self.wall_ms(until));
+                    info!(resume_at = %at, "the fleet's incident alert resolved: restarts resume at this host's turn in the stagger");
+                    for id in &latched {
+                        self.journal_action(
+                            id,
+                            ActionKind::Held,
+                            true,
+                            Some(self.wall_ms(until)),
+                            format!("the fleet's incident alert resolved: restarts resume at {at} (this host's turn in the stagger)"),
+                            now,
+                            out,
+                        );
+                    }
+                }
+                fleet::FleetEvent::Unreachable { error } => {
+                    let after = self
+                        .fleet
+                        .as_ref()
+                        .map(|f| crate::time::human(f.config().stale_after))
+                        .unwrap_or_default();
+                    warn!(
+                        error,
+                        "no Alertmanager answered for {after}: recovering locally, restarts are not held"
+                    );
+                }
+                fleet::FleetEvent::Reachable => {
+                    info!("Alertmanager answers again: the fleet's hold is back in force");
+                }
+            }
+        }
+        self.policy
+            .set_fleet_hold(self.fleet.as_ref().and_then(fleet::Fleet::hold_until));
+    }
+
+    fn journal_fleet_hold(
+        &self,
+        id: &InstanceId,
+        alert: &str,
+        since_ms: u64,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        self.journal_action(
+            id,
+            ActionKind::Held,
+            true,
+            None,
+            format!(
+                "held by the fleet: {alert} fires since {}; no restart on this host while it does",
+                crate::time::rfc3339_ms(since_ms)
+            ),
+            now,
+            out,
+        );
     }
 
     /// The id of the incident opened at monotonic `opened`.
@@ -1492,6 +1636,21 @@ pub fn model_label(model: Option<&str>) -> String {
         }
         Some(_) => "other".to_owned(),
     }
+}
+
+/// Whether a process whose `/proc/<pid>/cgroup` is `cgroup` lives in cgroup subtree `scope`
+/// (its unified, `0::`, line; the first line on a host without one).
+#[must_use]
+pub fn in_scope(cgroup: &str, scope: &str) -> bool {
+    let path = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .or_else(|| cgroup.lines().next().and_then(|l| l.splitn(3, ':').nth(2)))
+        .unwrap_or_default();
+    path == scope
+        || path
+            .strip_prefix(scope)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Wall time in ms since the epoch of monotonic time `mono`.

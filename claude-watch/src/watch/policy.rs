@@ -180,6 +180,12 @@ pub enum Action {
         /// Whether restarts stop (`give_up`).
         gave_up: bool,
     },
+    /// A restart did not heal: its new process got 401 (evidence the window is open; the
+    /// fleet's rules count it).
+    Rejected {
+        /// The instance.
+        instance: InstanceId,
+    },
     /// The incident is over.
     IncidentClosed {
         /// When it opened.
@@ -310,6 +316,9 @@ pub struct Policy {
     /// The time of the last [`Policy::poll`]: a deadline it has passed without acting waits
     /// for an event (the slot freeing), not for the clock.
     polled: MonoNs,
+    /// No restart on the host before this: the fleet's hold (`MonoNs::MAX` while its alert
+    /// fires), set by the core from [`super::fleet::Fleet`].
+    fleet_hold: Option<MonoNs>,
 }
 
 /// What status shows of one instance's recovery.
@@ -357,6 +366,7 @@ impl Policy {
             incident: None,
             out: Vec::new(),
             polled: 0,
+            fleet_hold: None,
         }
     }
 
@@ -401,6 +411,14 @@ impl Policy {
     #[must_use]
     pub fn restarts(&self, instance: &InstanceId) -> u32 {
         self.instances.get(instance).map_or(0, |i| i.restarts)
+    }
+
+    /// The instances latched and not healed (waiting, restarting, awaiting confirmation).
+    pub fn unhealed(&self) -> impl Iterator<Item = &InstanceId> {
+        self.instances
+            .iter()
+            .filter(|(_, i)| i.phase.unhealed())
+            .map(|(id, _)| id)
     }
 
     /// The instances restarts gave up on (`give_up`), waiting for a non-401 answer.
@@ -519,6 +537,9 @@ impl Policy {
     /// A restart of `instance` did not heal: its new process got 401 (the window is open).
     fn rejected(&mut self, instance: &InstanceId, now: MonoNs) {
         self.free_slot(instance);
+        self.out.push(Action::Rejected {
+            instance: instance.clone(),
+        });
         let i = self.entry(instance);
         i.phase = Phase::Latched;
         i.latched_at = Some(now);
@@ -538,7 +559,8 @@ impl Policy {
         let i = self.entry(instance);
         i.unhealed += 1;
         let (unhealed, since) = (i.unhealed, i.since);
-        if unhealed >= self.config.max_restarts || self.overdue(since, now) {
+        if !self.fleet_held() && (unhealed >= self.config.max_restarts || self.overdue(since, now))
+        {
             self.escalate(instance, now);
         }
         if self.phase(instance) == Some(Phase::Latched) {
@@ -570,7 +592,7 @@ impl Policy {
             until,
             incident: true,
         });
-        if inc.tries >= k || overdue {
+        if (inc.tries >= k || overdue) && !self.fleet_held() {
             self.escalate_incident(now);
         }
     }
@@ -919,14 +941,15 @@ impl Policy {
             }
         }
         for (id, since) in overdue {
-            if !self.in_incident(&id) && self.overdue(since, now) {
+            if !self.fleet_held() && !self.in_incident(&id) && self.overdue(since, now) {
                 self.escalate(&id, now);
             }
         }
-        if self
-            .incident
-            .as_ref()
-            .is_some_and(|inc| self.overdue(Some(inc.opened), now))
+        if !self.fleet_held()
+            && self
+                .incident
+                .as_ref()
+                .is_some_and(|inc| self.overdue(Some(inc.opened), now))
         {
             self.escalate_incident(now);
         }
@@ -986,6 +1009,9 @@ impl Policy {
     /// The restart due at `now`: the oldest latch whose turn it is, an incident's member only
     /// as its canary (the fewest tries first) when the incident's next try is due.
     fn due(&self, now: MonoNs) -> Option<InstanceId> {
+        if self.fleet_hold.is_some_and(|until| now < until) {
+            return None;
+        }
         let ready =
             |i: &Instance| i.phase == Phase::Latched && i.not_before.is_none_or(|t| t <= now);
         let lone = self
@@ -1049,10 +1075,12 @@ impl Policy {
                     .map(|a| inc.opened.saturating_add(a)),
             ]
         });
+        let fleet = self.fleet_hold.filter(|t| *t < MonoNs::MAX);
         in_flight
             .into_iter()
             .chain(instances.flatten())
             .chain(incident.flatten())
+            .chain(fleet)
             .filter(|t| *t > self.polled)
             .min()
     }
@@ -1197,7 +1225,19 @@ impl Policy {
             incident,
             out: Vec::new(),
             polled: 0,
+            fleet_hold: None,
         }
+    }
+
+    /// Holds every restart of the host until `until` (`MonoNs::MAX`: until told otherwise;
+    /// `None`: free). While held indefinitely, notices wait too: the fleet's alert is the page.
+    pub fn set_fleet_hold(&mut self, until: Option<MonoNs>) {
+        self.fleet_hold = until;
+    }
+
+    /// Whether the fleet holds the host indefinitely (its alert fires).
+    fn fleet_held(&self) -> bool {
+        self.fleet_hold == Some(MonoNs::MAX)
     }
 }
 

@@ -32,6 +32,37 @@ pub struct Status {
     pub instances_refused: u64,
     /// The host's upstream incident, while one is open.
     pub incident: Option<IncidentStatus>,
+    /// The fleet's hold, when `[fleet]` names an Alertmanager.
+    pub fleet: Option<FleetStatus>,
+    /// When a restart was last rejected (its new process got 401), wall ms.
+    pub last_rejected_ms: Option<u64>,
+}
+
+/// The fleet's hold, as status shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// This host's name in the fleet.
+    pub host: String,
+    /// `waiting` (no answer yet since the start), `clear`, `held`, `resuming` or
+    /// `unreachable` (no answer for `stale_after`: local behaviour).
+    pub state: String,
+    /// The incident alert's matchers.
+    pub alert: String,
+    /// Held: the alert fires since (wall ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firing_since_ms: Option<u64>,
+    /// Resuming: this host's restarts resume at (wall ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_at_ms: Option<u64>,
+    /// The last answer (wall ms) and the Alertmanager that gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_answer_ms: Option<u64>,
+    /// The Alertmanager that answered last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
+    /// Why the last attempt failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The host's upstream incident, as status shows it.
@@ -112,6 +143,30 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         }
     }
     let dry_run = watch.config.daemon.dry_run;
+    let fleet = watch.fleet.as_ref().map(|f| {
+        use super::fleet::FleetState;
+        let (state, firing_since_ms, resume_at_ms) = match f.state() {
+            FleetState::Waiting => ("waiting", None, None),
+            FleetState::Clear => ("clear", None, None),
+            FleetState::Held { since_ms, .. } => ("held", Some(*since_ms), None),
+            FleetState::Resuming { until } => ("resuming", None, Some(watch.wall_ms(*until))),
+            FleetState::Unreachable { .. } => ("unreachable", None, None),
+        };
+        FleetStatus {
+            host: f.config().host.clone(),
+            state: state.to_owned(),
+            alert: f.config().alert.clone(),
+            firing_since_ms,
+            resume_at_ms,
+            last_answer_ms: f.last_answer().map(|(t, _)| watch.wall_ms(*t)),
+            answered_by: f.last_answer().map(|(_, from)| from.clone()),
+            error: f.last_error().map(str::to_owned),
+        }
+    });
+    let held = watch
+        .fleet
+        .as_ref()
+        .is_some_and(|f| matches!(f.state(), super::fleet::FleetState::Held { .. }));
     let incident = watch.policy.incident().map(|i| IncidentStatus {
         id: watch.incident_id(i.opened),
         since_ms: watch.wall_ms(i.opened),
@@ -166,6 +221,8 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
             view.incident = incident.as_ref().map(|i| i.id.clone());
             view.canary = recovery.canary;
         }
+        view.fleet_hold =
+            held && matches!(view.state.as_str(), "latched" | "recovering" | "escalated");
         if view.binary.is_none() {
             view.binary = watch.binaries.get(id).cloned();
         }
@@ -176,6 +233,8 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         dry_run,
         instances_refused: watch.refused,
         incident,
+        fleet,
+        last_rejected_ms: watch.last_rejected_ms,
     }
 }
 
@@ -226,6 +285,9 @@ pub struct Snapshot {
     /// The host's upstream incident, while one is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident: Option<IncidentStatus>,
+    /// The fleet's hold, when `[fleet]` names an Alertmanager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
 }
 
 /// Capture counters.
@@ -311,6 +373,9 @@ pub struct InstanceView {
     /// Whether it is that incident's canary (its restart is awaited now).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub canary: bool,
+    /// Whether the fleet's incident alert holds its restart now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fleet_hold: bool,
     /// Why no probe could be attached to it (a binary or library that could not be
     /// verified): its traffic is not seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]

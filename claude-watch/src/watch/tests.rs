@@ -1742,3 +1742,138 @@ fn attachments_are_published_on_the_next_tick_not_one_status_each() {
         .count();
     assert_eq!(unobserved, 5);
 }
+
+fn firing() -> Input {
+    Input::Fleet(fleet::FleetAnswer::Firing {
+        alert: "ClaudeFleetUpstreamIncident".into(),
+        since_ms: WALL0_MS,
+        from: "http://am:9093".into(),
+    })
+}
+
+fn clear() -> Input {
+    Input::Fleet(fleet::FleetAnswer::Clear {
+        from: "http://am:9093".into(),
+    })
+}
+
+const FLEET: &str = "backoff_initial = \"2s\"\nmax_restarts = 1\nescalate_after = \"5s\"\nescalation_hook = [\"/bin/page\"]\n[fleet]\nalertmanager = [\"http://am:9093\"]\npoll_every = \"1s\"\nstale_after = \"5s\"\nstagger = \"30s\"\nhost = \"host-a\"";
+
+#[test]
+fn while_the_fleets_alert_fires_nothing_is_restarted_and_it_resumes_at_the_hosts_turn() {
+    let mut r = Rig::new(FLEET);
+    r.input(clear());
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.input(firing());
+    // Latched while the alert fires: held, journalled in its episode, shown, never paged.
+    // Forty seconds, far past K restarts' and escalate_after's worth, Alertmanager asked each
+    // second as the poller does.
+    for _ in 0..40 {
+        r.advance(S);
+        r.see(100, 401, "s0");
+        r.input(firing());
+    }
+    assert!(r.restarts.is_empty() && r.restarts_total == 0, "held");
+    assert!(
+        r.hooks.is_empty(),
+        "the fleet's alert is the page, not ours"
+    );
+    let held = r.actions(ActionKind::Held);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(
+        held[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("held by the fleet")
+    );
+    assert!(held[0].episode_id.is_some(), "within the episode");
+    let status = r.watch.status(r.now);
+    assert_eq!(status.fleet.as_ref().unwrap().state, "held");
+    assert!(r.view("agent.service").fleet_hold);
+    // Resolved: restarts resume at this host's offset in the stagger, not at once.
+    r.input(clear());
+    let offset = r.watch.fleet.as_ref().unwrap().config().offset();
+    let resume = r.now + u64::try_from(offset.as_nanos()).unwrap();
+    assert_eq!(r.watch.status(r.now).fleet.unwrap().state, "resuming");
+    while r.now + 250 * MS < resume {
+        r.advance(250 * MS);
+        if r.now.is_multiple_of(S) {
+            r.input(clear());
+        }
+        assert!(r.restarts.is_empty(), "restarted before its turn");
+    }
+    r.advance(S);
+    assert_eq!(r.restarts.len(), 1, "restarted at its turn");
+}
+
+#[test]
+fn an_alertmanager_silent_past_stale_after_leaves_the_host_to_its_local_behaviour() {
+    let mut r = Rig::new(FLEET);
+    r.input(firing());
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    for _ in 0..4 {
+        r.advance(S);
+        r.see(100, 401, "s0");
+        r.input(firing());
+    }
+    assert_eq!(r.view("agent.service").state, "latched");
+    assert!(r.restarts.is_empty(), "held");
+    // No answer for 5 s: recovering locally, and said.
+    r.keep_answering(100, 401, "s0", 6 * S);
+    assert_eq!(r.restarts.len(), 1, "restarted once the answer was stale");
+    let fleet = r.watch.status(r.now).fleet.unwrap();
+    assert_eq!(fleet.state, "unreachable");
+}
+
+#[test]
+fn before_the_first_answer_a_latch_waits_at_most_stale_after() {
+    let mut r = Rig::new(FLEET);
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    for _ in 0..4 {
+        r.advance(S);
+        r.see(100, 401, "s0");
+    }
+    assert_eq!(r.view("agent.service").state, "latched");
+    assert!(r.restarts.is_empty(), "waiting for the first answer");
+    r.input(clear());
+    r.advance(250 * MS);
+    assert_eq!(r.restarts.len(), 1, "the first answer frees it");
+}
+
+#[test]
+fn processes_outside_the_scope_are_neither_watched_nor_attached() {
+    let mut r = Rig::new("[daemon]\nscope = \"/bed-1\"");
+    let mut outside = found(100, &agent());
+    outside.info.cgroup = "0::/bed-2/system.slice/agent.service\n".into();
+    r.pids.insert(100, agent());
+    r.input(Input::Started(outside));
+    let mut inside = found(101, &unit("b.service"));
+    inside.info.cgroup = "0::/bed-1/system.slice/b.service\n".into();
+    r.pids.insert(101, unit("b.service"));
+    r.input(Input::Started(inside));
+    for _ in 0..5 {
+        r.advance(S);
+        r.see(100, 401, "s0");
+        r.see(101, 200, "s1");
+    }
+    let names: Vec<String> = r
+        .watch
+        .status(r.now)
+        .instances
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["b.service"]);
+    assert!(r.episodes().is_empty());
+    r.exit(100);
+    assert!(
+        !r.detached.contains(&100),
+        "never attached, nothing to detach"
+    );
+    assert!(in_scope("0::/bed-1\n", "/bed-1"));
+    assert!(!in_scope("0::/bed-10/x\n", "/bed-1"));
+}

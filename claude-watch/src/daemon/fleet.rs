@@ -1,0 +1,281 @@
+//! Asking the fleet's Alertmanager whether the incident alert fires (`[fleet]`), on a task of
+//! its own: every `poll_every`, each configured Alertmanager in turn until one answers, with
+//! `GET /api/v2/alerts?active=true&silenced=false&inhibited=false&filter=...` over plain HTTP.
+//! The answer goes to the core as [`Input::Fleet`]; the core decides what it means (held,
+//! resuming, stale).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::Done;
+use crate::watch::Input;
+use crate::watch::fleet::FleetAnswer;
+
+/// How long one Alertmanager may take to answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The most an answer may weigh (Alertmanager lists every active alert that matches).
+const ANSWER_MAX: usize = 4 << 20;
+
+/// Why one Alertmanager gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// The URL is not `http://host[:port][/path]` (the configuration check refuses those).
+    #[error("{url}: not an http://host[:port] URL")]
+    Url {
+        /// The URL.
+        url: String,
+    },
+    /// Connecting, writing or reading failed.
+    #[error("{url}: {op}")]
+    Io {
+        /// The URL.
+        url: String,
+        /// What was being done.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No answer within [`ASK_TIMEOUT`].
+    #[error("{url}: no answer within {}s", ASK_TIMEOUT.as_secs())]
+    Timeout {
+        /// The URL.
+        url: String,
+    },
+    /// It answered, but not with a list of alerts.
+    #[error("{url}: {what}")]
+    Answer {
+        /// The URL.
+        url: String,
+        /// What was wrong with it.
+        what: String,
+    },
+}
+
+/// Where to ask, and for what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Asking {
+    /// Alertmanager base URLs, in turn.
+    pub urls: Vec<String>,
+    /// Alertmanager `filter` matchers (`alertname="X"`).
+    pub filters: Vec<String>,
+    /// How often.
+    pub every: Duration,
+}
+
+/// Asks every `asking.every` until the receiver goes away.
+pub(super) async fn poll(asking: Asking, tx: mpsc::UnboundedSender<Done>) {
+    let mut tick = tokio::time::interval(asking.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let answer = ask_all(&asking).await;
+        if tx
+            .send(Done::Input(Box::new(Input::Fleet(answer))))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Each Alertmanager in turn until one answers.
+async fn ask_all(asking: &Asking) -> FleetAnswer {
+    let mut errors = Vec::new();
+    for url in &asking.urls {
+        match tokio::time::timeout(ASK_TIMEOUT, ask(url, &asking.filters)).await {
+            Ok(Ok(answer)) => return answer,
+            Ok(Err(e)) => errors.push(crate::error_chain(&e)),
+            Err(_) => errors.push(AskError::Timeout { url: url.clone() }.to_string()),
+        }
+    }
+    tracing::debug!(errors = ?errors, "no Alertmanager answered");
+    FleetAnswer::Unreachable {
+        error: errors.join("; "),
+    }
+}
+
+/// `host:port` and the path prefix of `http://host[:port][/path]`.
+fn split_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if authority.is_empty() {
+        return None;
+    }
+    let authority = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    Some((authority, path.to_owned()))
+}
+
+/// Percent-encodes a query value.
+fn encode(value: &str) -> String {
+    let mut out = String::new();
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+async fn ask(url: &str, filters: &[String]) -> Result<FleetAnswer, AskError> {
+    let io = |op: &'static str| {
+        let url = url.to_owned();
+        move |source| AskError::Io { url, op, source }
+    };
+    let (authority, prefix) = split_url(url).ok_or_else(|| AskError::Url {
+        url: url.to_owned(),
+    })?;
+    let mut query = String::from("active=true&silenced=false&inhibited=false");
+    for f in filters {
+        let _ = write!(query, "&filter={}", encode(f));
+    }
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority.as_str(), |(h, _)| h);
+    let request = format!(
+        "GET {prefix}/api/v2/alerts?{query} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\nUser-Agent: claude-watch/{}\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut stream = TcpStream::connect(&authority)
+        .await
+        .map_err(io("connect"))?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(io("send the request"))?;
+    let mut raw = Vec::new();
+    (&mut stream)
+        .take(u64::try_from(ANSWER_MAX).unwrap_or(u64::MAX) + 1)
+        .read_to_end(&mut raw)
+        .await
+        .map_err(io("read the answer"))?;
+    let answer = |what: String| AskError::Answer {
+        url: url.to_owned(),
+        what,
+    };
+    if raw.len() > ANSWER_MAX {
+        return Err(answer(format!("answer over {} MiB", ANSWER_MAX >> 20)));
+    }
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| answer("no HTTP head".into()))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| answer("no HTTP status line".into()))?;
+    if status != 200 {
+        return Err(answer(format!("HTTP {status}")));
+    }
+    let alerts: Vec<serde_json::Value> = serde_json::from_slice(&raw[split + 4..])
+        .map_err(|e| answer(format!("not a list of alerts ({e})")))?;
+    Ok(read_alerts(&alerts, url))
+}
+
+/// The answer of a list of active alerts: firing since the oldest `startsAt`, named by its
+/// `alertname` and label count.
+fn read_alerts(alerts: &[serde_json::Value], from: &str) -> FleetAnswer {
+    let active: Vec<&serde_json::Value> = alerts
+        .iter()
+        .filter(|a| a["status"]["state"].as_str().is_none_or(|s| s == "active"))
+        .collect();
+    let Some(first) = active.first() else {
+        return FleetAnswer::Clear {
+            from: from.to_owned(),
+        };
+    };
+    let since_ms = active
+        .iter()
+        .filter_map(|a| {
+            a["startsAt"]
+                .as_str()
+                .and_then(crate::report::parse_rfc3339)
+        })
+        .min()
+        .unwrap_or_default();
+    let name = first["labels"]["alertname"]
+        .as_str()
+        .unwrap_or("the incident alert");
+    let alert = crate::text::printable(&if active.len() > 1 {
+        format!("{name} ({} alerts)", active.len())
+    } else {
+        name.to_owned()
+    })
+    .chars()
+    .take(200)
+    .collect();
+    FleetAnswer::Firing {
+        alert,
+        since_ms,
+        from: from.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_address_and_path() {
+        assert_eq!(
+            split_url("http://am:9093"),
+            Some(("am:9093".into(), String::new()))
+        );
+        assert_eq!(
+            split_url("http://am/alertmanager/"),
+            Some(("am:80".into(), "/alertmanager".into()))
+        );
+        assert_eq!(split_url("https://am:9093"), None);
+        assert_eq!(split_url("http:///x"), None);
+    }
+
+    #[test]
+    fn matchers_are_encoded_for_the_query() {
+        assert_eq!(
+            encode("alertname=\"ClaudeFleetUpstreamIncident\""),
+            "alertname%3D%22ClaudeFleetUpstreamIncident%22"
+        );
+    }
+
+    #[test]
+    fn an_empty_list_is_clear_and_active_alerts_fire_since_the_oldest() {
+        assert!(matches!(read_alerts(&[], "x"), FleetAnswer::Clear { .. }));
+        let alerts: Vec<serde_json::Value> = serde_json::from_str(
+            r#"[{"labels":{"alertname":"ClaudeFleetUpstreamIncident","severity":"critical"},"startsAt":"2026-12-06T14:02:11.123456789Z","status":{"state":"active"}},
+                {"labels":{"alertname":"ClaudeFleetUpstreamIncident"},"startsAt":"2026-12-06T14:00:00Z","status":{"state":"active"}},
+                {"labels":{"alertname":"ClaudeFleetUpstreamIncident"},"startsAt":"2026-12-06T13:00:00Z","status":{"state":"suppressed"}}]"#,
+        )
+        .unwrap();
+        let FleetAnswer::Firing {
+            alert, since_ms, ..
+        } = read_alerts(&alerts, "x")
+        else {
+            panic!("firing");
+        };
+        assert_eq!(alert, "ClaudeFleetUpstreamIncident (2 alerts)");
+        assert_eq!(
+            since_ms,
+            crate::report::parse_rfc3339("2026-12-06T14:00:00Z").unwrap()
+        );
+    }
+}
