@@ -176,6 +176,8 @@ pub struct Report {
     pub episodes: Vec<EpisodeLine>,
     /// Episodes per source (`live`, `transcript`).
     pub sources: BTreeMap<String, usize>,
+    /// Episodes per host (`unknown` for journals written before episodes kept their host).
+    pub hosts: BTreeMap<String, usize>,
     /// Episodes per Claude Code version (`unknown` when not known).
     pub versions: BTreeMap<String, usize>,
     /// Request ids of every episode with their local times, oldest first.
@@ -288,10 +290,14 @@ pub fn build_with(
         g.morning_share = share(g.morning, g.episodes);
     }
     let mut sources = BTreeMap::new();
+    let mut hosts = BTreeMap::new();
     let mut versions = BTreeMap::new();
     let mut request_ids = Vec::new();
     for e in &eps {
         *sources.entry(e.source.as_str().to_owned()).or_insert(0) += 1;
+        *hosts
+            .entry(e.host.clone().unwrap_or_else(|| "unknown".to_owned()))
+            .or_insert(0) += 1;
         *versions
             .entry(
                 e.client_version
@@ -358,6 +364,7 @@ pub fn build_with(
         idle_unknown,
         episodes: lines,
         sources,
+        hosts,
         versions,
         request_ids,
         throttles,
@@ -619,6 +626,19 @@ pub fn render(r: &Report) -> String {
     );
     for (day, n) in &r.by_day {
         let _ = writeln!(o, "    {day}: {n}");
+    }
+    if r.hosts.len() > 1 {
+        let hosts: Vec<String> = r
+            .hosts
+            .iter()
+            .map(|(h, n)| format!("{} {n}", crate::text::printable(h)))
+            .collect();
+        let _ = writeln!(
+            o,
+            "  hosts:             {} ({})",
+            r.hosts.len(),
+            hosts.join(", ")
+        );
     }
     let d = &r.duration;
     let _ = writeln!(
@@ -976,6 +996,7 @@ mod tests {
             ended_ms: (end != EpisodeEnd::StillOpen).then_some(start_ms + dur_ms),
             time_to_recovery_ms: None,
             escalated_ms: None,
+            host: None,
             source: crate::detect::EpisodeSource::Live,
             client_version: None,
             not_kept: crate::detect::NotKept::default(),

@@ -419,6 +419,7 @@ mod tests {
             ended_ms: Some(start + dur),
             time_to_recovery_ms: None,
             escalated_ms: None,
+            host: None,
             source: EpisodeSource::Transcript,
             client_version: None,
             not_kept: crate::detect::NotKept::default(),

@@ -10,6 +10,7 @@ pub mod agents;
 pub mod bg;
 pub mod deps;
 pub mod docker;
+pub mod fleet;
 pub mod process;
 pub mod shared;
 pub mod standin;

@@ -90,8 +90,10 @@ const TEST_PACKAGES: &[&str] = &[
     "bpftrace",
     // Draws the `episodes --svg` picture to PNG in tests/history.rs.
     "chromium",
-    // promtool: the shipped alert rules' unit tests (tests/rules.rs).
+    // promtool: the shipped alert rules' unit tests (tests/rules.rs); Prometheus and
+    // Alertmanager themselves: the fleet of tests/fleet.rs.
     "prometheus",
+    "prometheus-alertmanager",
     // Where users run Claude Code: the musl build's loader, a Docker engine (and a busybox
     // userland for the test image), and what Debian's own node 18 links (its shared libssl.so.3).
     "musl",

@@ -49,14 +49,17 @@ pub const EXAMPLES: &str = "Examples:
   claude-watch episodes --import /home/ci/.claude --format markdown > report.md
   claude-watch episodes --format markdown --redact-instances > upstream.md
   claude-watch episodes --svg episodes.svg             timeline per instance, windows per day
-  claude-watch episodes --json                         one JSON object (same as --format json)";
+  claude-watch episodes --json                         one JSON object (same as --format json)
+  claude-watch episodes --journal host-1.jsonl --journal host-2.jsonl   one report for a fleet";
 
 /// Arguments of `claude-watch episodes` (see [`LONG_ABOUT`]).
 #[derive(Clone, Debug, clap::Args)]
 pub struct EpisodesArgs {
-    /// The journal file (rotated files `PATH.1`, `PATH.2`... are read too).
-    #[arg(long, default_value = DEFAULT_JOURNAL, env = "CLAUDE_WATCH_JOURNAL")]
-    pub journal: PathBuf,
+    /// The journal file (rotated files `PATH.1`, `PATH.2`... are read too). Repeat it for a
+    /// fleet's journals: one report over all of them, each instance named `host/instance`
+    /// (an `--import` goes into the first).
+    #[arg(long, default_value = DEFAULT_JOURNAL, env = "CLAUDE_WATCH_JOURNAL", action = clap::ArgAction::Append)]
+    pub journal: Vec<PathBuf>,
     /// Only episodes that started at or after this time: RFC 3339 (`2026-06-13T00:00:00Z`) or a
     /// duration before now (`24h`, `7d`).
     #[arg(long)]
@@ -89,7 +92,7 @@ impl EpisodesArgs {
     /// Arguments for a plain report of `journal`.
     pub fn for_journal(journal: impl Into<PathBuf>) -> Self {
         Self {
-            journal: journal.into(),
+            journal: vec![journal.into()],
             since: None,
             json: false,
             format: Format::Text,
@@ -206,10 +209,11 @@ pub fn run(args: EpisodesArgs) -> anyhow::Result<()> {
     )
     .context("system clock out of range")?;
     if let Some(dirs) = &args.import {
-        eprint!(
-            "{}",
-            import(&args.journal, dirs, args.config.as_deref(), now_ms)?
-        );
+        let first = args
+            .journal
+            .first()
+            .context("--import needs a --journal to store into")?;
+        eprint!("{}", import(first, dirs, args.config.as_deref(), now_ms)?);
     }
     print!("{}", report_text(&args, now_ms)?);
     Ok(())
@@ -223,11 +227,53 @@ pub fn report_text(args: &EpisodesArgs, now_ms: u64) -> anyhow::Result<String> {
         .as_deref()
         .map(|s| report::parse_since(s, now_ms))
         .transpose()?;
-    let records = journal::read_records(&args.journal)
-        .with_context(|| format!("reading journal {}", args.journal.display()))?;
-    let mut episodes = journal::episodes(&records);
-    let mut throttles = journal::throttles(&records);
-    let mut restarts = journal::restarts(&records);
+    let (mut episodes, mut throttles, mut restarts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut hosts = std::collections::BTreeSet::new();
+    let mut per_journal = Vec::new();
+    for path in &args.journal {
+        let records = journal::read_records(path)
+            .with_context(|| format!("reading journal {}", path.display()))?;
+        let (e, t, r) = (
+            journal::episodes(&records),
+            journal::throttles(&records),
+            journal::restarts(&records),
+        );
+        // The journal's host: the one its episodes name most, else its path.
+        let mut named = std::collections::BTreeMap::<&str, usize>::new();
+        for h in e.iter().filter_map(|e| e.host.as_deref()) {
+            *named.entry(h).or_default() += 1;
+        }
+        let host = named
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map_or_else(|| path.display().to_string(), |(h, _)| h.to_owned());
+        hosts.insert(host.clone());
+        per_journal.push((host, e, t, r));
+    }
+    // A fleet's journals: every instance named by its host too (`host/instance`).
+    let fleet = hosts.len() > 1;
+    for (host, mut e, mut t, mut r) in per_journal {
+        if fleet {
+            for ep in &mut e {
+                let h = ep.host.get_or_insert_with(|| host.clone()).clone();
+                ep.instance = format!("{h}/{}", ep.instance);
+                ep.id = format!("{h}/{}", ep.id);
+            }
+            for th in &mut t {
+                th.instance = format!("{host}/{}", th.instance);
+            }
+            for rs in &mut r {
+                rs.instance = format!("{host}/{}", rs.instance);
+                rs.episode_id = rs.episode_id.take().map(|id| format!("{host}/{id}"));
+            }
+        }
+        episodes.extend(e);
+        throttles.extend(t);
+        restarts.extend(r);
+    }
+    episodes.sort_by_key(|e| e.first_401_ms);
+    throttles.sort_by_key(|t| t.first_429_ms);
+    restarts.sort_by_key(|r| r.at_ms);
     if let Some(s) = since {
         restarts.retain(|r| r.at_ms >= s);
         episodes.retain(|e| e.first_401_ms >= s);
@@ -282,7 +328,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["x", "--journal", "/tmp/j.jsonl", "--since", "7d", "--json"])
                 .unwrap();
-        assert_eq!(cli.args.journal, PathBuf::from("/tmp/j.jsonl"));
+        assert_eq!(cli.args.journal, [PathBuf::from("/tmp/j.jsonl")]);
         assert_eq!(cli.args.since.as_deref(), Some("7d"));
         assert!(cli.args.json);
         assert_eq!(cli.args.import, None, "no import unless asked");
@@ -434,10 +480,59 @@ mod tests {
         let later = EpisodesArgs {
             since: Some("2026-06-29T00:00:00Z".into()),
             json: true,
-            ..EpisodesArgs::for_journal(path)
+            ..EpisodesArgs::for_journal(path.clone())
         };
         let json: serde_json::Value =
             serde_json::from_str(&report_text(&later, now).unwrap()).unwrap();
         assert_eq!(json["windows"], 0);
+
+        // A fleet: the same history on two hosts, one report over both journals.
+        let records = journal::read_records(&path).unwrap();
+        let mut fleet = Vec::new();
+        for host in ["host-1", "host-2"] {
+            let p = dir.join(format!("{host}.jsonl"));
+            let mut j = Journal::open(&p, JournalOptions::default()).unwrap();
+            for r in &records {
+                if let Record::Episode { at_ms, episode } = r {
+                    let mut episode = episode.clone();
+                    episode.host = Some(host.into());
+                    j.append(&Record::Episode {
+                        at_ms: *at_ms,
+                        episode,
+                    })
+                    .unwrap();
+                }
+            }
+            fleet.push(p);
+        }
+        let both = EpisodesArgs {
+            journal: fleet,
+            json: true,
+            ..EpisodesArgs::for_journal(PathBuf::new())
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&report_text(&both, now).unwrap()).unwrap();
+        assert_eq!(json["windows"], 2);
+        assert_eq!(json["hosts"]["host-1"], 1);
+        assert_eq!(json["hosts"]["host-2"], 1);
+        let names: Vec<&str> = json["episodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["instance"].as_str())
+            .collect();
+        assert_eq!(names, ["host-1/agent.service", "host-2/agent.service"]);
+        let text = report_text(
+            &EpisodesArgs {
+                json: false,
+                ..both
+            },
+            now,
+        )
+        .unwrap();
+        assert!(
+            text.contains("hosts:             2 (host-1 1, host-2 1)"),
+            "{text}"
+        );
     }
 }

@@ -96,6 +96,10 @@ pub struct Episode {
     /// unless `give_up`), when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalated_ms: Option<u64>,
+    /// The host whose daemon saw it (`[fleet] host`, the host name by default), so that the
+    /// journals of a fleet make one report (absent in journals written before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Where the episode comes from (`live` when absent, as in journals written before it).
     #[serde(default)]
     pub source: EpisodeSource,

@@ -327,6 +327,8 @@ pub struct Detector {
     instances: BTreeMap<InstanceId, Inst>,
     /// Wall ns minus mono ns, learned from the latest exchange.
     wall_offset_ns: Option<i128>,
+    /// The host every new episode is stamped with.
+    host: Option<String>,
 }
 
 enum Answer {
@@ -425,7 +427,7 @@ impl Inst {
         });
     }
 
-    fn new_window(&self, pid: u32, ex: &Exchange) -> Episode {
+    fn new_window(&self, pid: u32, ex: &Exchange, host: Option<&String>) -> Episode {
         Episode {
             id: format!("{}@{}", self.id, ex.ts_ms),
             instance: self.id.name.clone(),
@@ -446,6 +448,7 @@ impl Inst {
             ended_ms: None,
             time_to_recovery_ms: None,
             escalated_ms: None,
+            host: host.cloned(),
             source: EpisodeSource::Live,
             client_version: self.client_version.clone(),
             not_kept: NotKept::default(),
@@ -510,7 +513,13 @@ impl Detector {
             config,
             instances: BTreeMap::new(),
             wall_offset_ns: None,
+            host: None,
         }
+    }
+
+    /// Stamps every episode opened from now on with `host`.
+    pub fn set_host(&mut self, host: Option<String>) {
+        self.host = host;
     }
 
     /// Sets the wall-minus-monotonic offset (ns) used to stamp episode ends before any exchange
@@ -589,6 +598,7 @@ impl Detector {
         let mut out = Vec::new();
         self.wall_offset_ns = Some(i128::from(ex.ts_ms) * 1_000_000 - i128::from(ex.mono_ns));
         let cfg = self.config.clone();
+        let host = self.host.clone();
         let inst = self.inst(instance);
         // A retired session id is ignored only from processes discovery did not announce: a
         // process it reported live is the instance's own, and `claude respawn` gives the new
@@ -637,7 +647,7 @@ impl Detector {
         }
         let model = ex.model.as_deref().unwrap_or("unknown");
         match answer(ex.status) {
-            Answer::Rejected => Self::on_401(inst, pid, ex, &mut out),
+            Answer::Rejected => Self::on_401(inst, pid, ex, host.as_ref(), &mut out),
             Answer::Accepted => {
                 Self::on_throttle_signal(inst, model, ex.status, ex.mono_ns, &mut out);
                 Self::on_accepted(inst, pid, ex, &mut out);
@@ -649,11 +659,17 @@ impl Detector {
         out
     }
 
-    fn on_401(inst: &mut Inst, pid: u32, ex: &Exchange, out: &mut Vec<Event>) {
+    fn on_401(
+        inst: &mut Inst,
+        pid: u32,
+        ex: &Exchange,
+        host: Option<&String>,
+        out: &mut Vec<Event>,
+    ) {
         match inst.state {
             State::Escalated => {}
             State::Healthy => {
-                inst.window = Some(Box::new(inst.new_window(pid, ex)));
+                inst.window = Some(Box::new(inst.new_window(pid, ex, host)));
                 inst.set_state(
                     State::Suspect,
                     Reason::Unauthorized { pid },
@@ -667,7 +683,7 @@ impl Detector {
                     _ => false,
                 };
                 if new_session || inst.window.is_none() {
-                    inst.window = Some(Box::new(inst.new_window(pid, ex)));
+                    inst.window = Some(Box::new(inst.new_window(pid, ex, host)));
                 } else if let Some(w) = inst.window.as_mut() {
                     w.add_401(pid, ex);
                 }

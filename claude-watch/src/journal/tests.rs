@@ -42,6 +42,7 @@ fn episode(id: u64, end: EpisodeEnd) -> Episode {
         ended_ms: (end != EpisodeEnd::StillOpen).then_some(id + 6000),
         time_to_recovery_ms: None,
         escalated_ms: None,
+        host: None,
         source: crate::detect::EpisodeSource::Live,
         client_version: None,
         not_kept: crate::detect::NotKept::default(),

@@ -342,6 +342,7 @@ impl Watch {
         };
         let mut detector = Detector::new(config.detector.detector_config());
         detector.set_wall_offset(wall_minus_mono_ns);
+        detector.set_host(config.fleet.host.clone());
         // Instances of the saved state have no process yet: forgotten in time unless one comes.
         let tracked: BTreeSet<InstanceId> = policy.instances().cloned().collect();
         let idle_since = tracked.iter().map(|id| (id.clone(), now)).collect();
@@ -513,6 +514,7 @@ impl Watch {
                 engine,
             } => {
                 self.detector.set_config(config.detector.detector_config());
+                self.detector.set_host(config.fleet.host.clone());
                 for id in self.policy.set_config(config.recovery.policy_config()) {
                     info!(instance = %id, "give_up is off: the instance given up on is watched again");
                     self.detector.release_escalated(&id);

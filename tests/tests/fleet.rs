@@ -1,0 +1,344 @@
+//! A fleet, not a host: five daemons stand for five hosts (each scoped to its own systemd test
+//! bed with two agents), a real Prometheus scrapes them and evaluates the shipped rules, a
+//! real Alertmanager holds the incident alert, and every daemon asks it before restarting.
+//!
+//! Needs root and Debian's `prometheus` and `prometheus-alertmanager` (`cargo xtask setup
+//! --tests`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use claude_watch::detect::EpisodeEnd;
+use claude_watch::journal::{ActionKind, ActionRecord};
+use claude_watch_tests::agents::{AgentConfig, Runtime, agent_unit};
+use claude_watch_tests::fleet::{Alertmanager, Prometheus, rules_with_horizon};
+use claude_watch_tests::process::ScratchDir;
+use claude_watch_tests::standin::StandIn;
+use claude_watch_tests::testbed::Testbed;
+use claude_watch_tests::wait::{now_ms, one_at_a_time as serial, wait_until};
+use claude_watch_tests::watch::{Daemon, free_port};
+
+const UNITS: [&str; 2] = ["agent-a.service", "agent-b.service"];
+const ALERT: &str = "ClaudeFleetUpstreamIncident";
+
+/// One host: a test bed with two agents, and a daemon scoped to it.
+struct Host {
+    name: String,
+    daemon: Daemon,
+    metrics: u16,
+    _bed: Testbed,
+}
+
+impl Host {
+    fn start(i: usize, standin: &StandIn, alertmanager: &str, dir: &std::path::Path) -> Self {
+        let bed = Testbed::start(&format!("fleet{i}"));
+        for unit in UNITS {
+            let home = dir.join(format!("host-{i}-{unit}"));
+            std::fs::create_dir_all(&home).expect("agent dir");
+            bed.add_unit(
+                unit,
+                &agent_unit(
+                    standin,
+                    Runtime::Node,
+                    &AgentConfig::haiku_as_claude(),
+                    &home,
+                ),
+            );
+        }
+        bed.daemon_reload();
+        for unit in UNITS {
+            assert!(
+                bed.systemctl(&["start", unit]).status.success(),
+                "start {unit}"
+            );
+        }
+        let metrics = free_port();
+        let name = format!("host-{i}");
+        let daemon = Daemon::start(
+            &format!(
+                "metrics_listen = \"127.0.0.1:{metrics}\"\nscope = \"/{}\"",
+                bed.name()
+            ),
+            &format!(
+                "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nsystemd_bus = \"{}\"\nrestart_timeout = \"20s\"\nbackoff_initial = \"3s\"\nbackoff_max = \"12s\"\n[fleet]\nalertmanager = [\"{alertmanager}\"]\npoll_every = \"1s\"\nstale_after = \"5s\"\nstagger = \"10s\"\nhost = \"{name}\"\n",
+                bed.bus_address()
+            ),
+        );
+        Self {
+            name,
+            daemon,
+            metrics,
+            _bed: bed,
+        }
+    }
+
+    /// The fleet's line of its status.
+    fn fleet_line(&self) -> String {
+        self.daemon
+            .status_text()
+            .lines()
+            .find(|l| l.starts_with("fleet ("))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Its hold intervals from its journal: from a "held by the fleet" record to the next
+    /// "resolved" one (open at the end: `u64::MAX`).
+    fn holds(&self) -> Vec<(u64, u64)> {
+        let mut held: Vec<&ActionRecord> = Vec::new();
+        let records = self.daemon.actions(ActionKind::Held);
+        held.extend(records.iter().filter(|a| {
+            a.detail.as_deref().is_some_and(|d| {
+                d.starts_with("held by the fleet")
+                    || d.starts_with("the fleet's incident alert resolved")
+            })
+        }));
+        held.sort_by_key(|a| a.at_ms);
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for a in held {
+            let start = a.detail.as_deref().is_some_and(|d| d.starts_with("held"));
+            match (start, out.last_mut()) {
+                (true, Some((_, end))) if *end == u64::MAX => {}
+                (true, _) => out.push((a.at_ms, u64::MAX)),
+                (false, Some((_, end))) if *end == u64::MAX => *end = a.at_ms,
+                (false, _) => {}
+            }
+        }
+        out
+    }
+
+    fn restarts(&self) -> Vec<ActionRecord> {
+        self.daemon
+            .actions(ActionKind::Restart)
+            .into_iter()
+            .filter(|r| r.ok)
+            .collect()
+    }
+}
+
+#[test]
+fn a_fleet_holds_restarts_in_an_upstream_incident_and_resumes_in_turn() {
+    let _serial = serial();
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-fleet");
+    let mut alertmanager = Alertmanager::start();
+    let hosts: Vec<Host> = (1..=5)
+        .map(|i| Host::start(i, &standin, &alertmanager.url(), dir.path()))
+        .collect();
+    let ports: Vec<u16> = hosts.iter().map(|h| h.metrics).collect();
+    // The shipped rules, with the fleet's 10-minute rejection horizon cut to 15 s.
+    let prometheus = Prometheus::start(&ports, &rules_with_horizon(15), alertmanager.port);
+    for h in &hosts {
+        for unit in UNITS {
+            h.daemon
+                .wait_for(unit, Duration::from_secs(60), "healthy", |i| {
+                    i.last_status == Some(200)
+                });
+        }
+        assert!(
+            h.fleet_line().contains("clear"),
+            "{}: {}",
+            h.name,
+            h.fleet_line()
+        );
+        // Each daemon sees its own two agents only.
+        assert_eq!(h.daemon.instances().len(), 2, "{}", h.name);
+    }
+
+    // 1. The upstream rejects every session: the alert fires, every host holds.
+    let window = Duration::from_secs(60);
+    let opened = now_ms();
+    standin.open_window_for_all(window);
+    let closes = opened + u64::try_from(window.as_millis()).expect("fits");
+    wait_until(
+        Duration::from_secs(60),
+        "every host held by the fleet's alert",
+        || {
+            hosts
+                .iter()
+                .all(|h| h.fleet_line().contains("HELD"))
+                .then_some(())
+        },
+    );
+    let held_at = now_ms();
+    assert_eq!(
+        alertmanager.alerts(ALERT).len(),
+        1,
+        "one alert for the fleet, not one per instance or host"
+    );
+    for h in &hosts {
+        let held = h
+            .daemon
+            .instances()
+            .into_iter()
+            .filter(|i| i.fleet_hold)
+            .count();
+        assert!(held >= 1, "{}: its latched instances show the hold", h.name);
+    }
+    eprintln!(
+        "fleet: every host held {} ms after the window opened",
+        held_at - opened
+    );
+
+    // 2. The window closes; the alert resolves; every instance comes back, confirmed by its
+    // own new session, the hosts resuming in turn.
+    for h in &hosts {
+        for unit in UNITS {
+            let episode = h.daemon.wait_closed_episode(
+                Some(unit),
+                EpisodeEnd::RecoveredAfterRestart,
+                Duration::from_secs(180),
+            );
+            assert!(
+                episode.ended_ms.expect("ended") >= closes,
+                "{} {unit} recovered before the window closed",
+                h.name
+            );
+        }
+    }
+    let mut into_window = 0;
+    let mut first_after_close = BTreeMap::new();
+    for h in &hosts {
+        let holds = h.holds();
+        assert!(!holds.is_empty(), "{}: the hold is journalled", h.name);
+        let restarts = h.restarts();
+        // No restart handed out while the alert held the host (a restart finishing within 3 s
+        // of the hold's start was handed out before it).
+        for r in &restarts {
+            assert!(
+                !holds
+                    .iter()
+                    .any(|(start, end)| r.at_ms > start + 3_000 && r.at_ms < *end),
+                "{}: a restart at {} while held {holds:?}",
+                h.name,
+                r.at_ms
+            );
+        }
+        into_window += restarts.iter().filter(|r| r.at_ms < closes).count();
+        if let Some(first) = restarts
+            .iter()
+            .map(|r| r.at_ms)
+            .filter(|t| *t >= closes)
+            .min()
+        {
+            first_after_close.insert(h.name.clone(), first);
+        }
+    }
+    let firsts: Vec<u64> = first_after_close.values().copied().collect();
+    let spread = firsts.iter().max().unwrap_or(&0) - firsts.iter().min().unwrap_or(&0);
+    eprintln!(
+        "fleet: {into_window} restarts into the 60 s window across 5 hosts (10 agents); the hosts' first restarts after it spread over {spread} ms: {first_after_close:?}"
+    );
+    assert_eq!(firsts.len(), 5, "every host restarted after the close");
+    assert!(
+        spread >= 1_000,
+        "the hosts resumed in turn, not in the same second"
+    );
+    wait_until(Duration::from_secs(30), "the alert resolved", || {
+        alertmanager.alerts(ALERT).is_empty().then_some(())
+    });
+
+    // 3. No incident: one instance latched alone on one host is restarted at once.
+    let h = &hosts[0];
+    let lone = h.daemon.instance(UNITS[0]).expect("listed");
+    let session = lone.session_id.clone().expect("a session");
+    let latched_at = now_ms();
+    standin.latch_session(&session);
+    let episode = h.daemon.wait_closed_episode(
+        Some(UNITS[0]),
+        EpisodeEnd::RecoveredAfterRestart,
+        Duration::from_secs(60),
+    );
+    let restart = h
+        .restarts()
+        .into_iter()
+        .filter(|r| r.at_ms >= latched_at)
+        .map(|r| r.at_ms)
+        .min()
+        .expect("restarted");
+    let detected = episode.first_401_ms;
+    eprintln!(
+        "fleet: a lone latch was restarted {} ms after its first 401",
+        restart.saturating_sub(detected)
+    );
+    assert!(
+        restart.saturating_sub(detected) < 10_000,
+        "restarted as quickly as without a fleet"
+    );
+    assert!(alertmanager.alerts(ALERT).is_empty(), "no fleet incident");
+
+    // 4. Alertmanager goes away during an incident: past stale_after every host recovers on
+    // its own and says so.
+    standin.open_window_for_all(Duration::from_secs(120));
+    wait_until(Duration::from_secs(60), "held again", || {
+        hosts
+            .iter()
+            .all(|h| h.fleet_line().contains("HELD"))
+            .then_some(())
+    });
+    alertmanager.stop();
+    let stopped = now_ms();
+    wait_until(
+        Duration::from_secs(30),
+        "every host recovering locally",
+        || {
+            hosts
+                .iter()
+                .all(|h| h.fleet_line().contains("recovering locally"))
+                .then_some(())
+        },
+    );
+    let after = now_ms() - stopped;
+    eprintln!(
+        "fleet: every host fell back to local recovery {after} ms after Alertmanager stopped"
+    );
+    assert!(after < 15_000, "within stale_after (5 s) and a poll");
+    for h in &hosts {
+        let metrics = h.daemon.metrics();
+        assert!(
+            metrics.contains("claude_watch_fleet_reachable 0"),
+            "{}: the metric says so",
+            h.name
+        );
+    }
+    // Local recovery restarts again (one canary per host and quiet window).
+    let before: usize = hosts.iter().map(|h| h.restarts().len()).sum();
+    wait_until(Duration::from_secs(60), "a local restart", || {
+        (hosts.iter().map(|h| h.restarts().len()).sum::<usize>() > before).then_some(())
+    });
+    let _ = prometheus.query("claude_watch:hosts_latched:count");
+}
+
+#[test]
+fn a_second_daemon_over_the_same_processes_is_refused_and_disjoint_scopes_are_not() {
+    let _serial = serial();
+    let first = Daemon::start("scope = \"/cw-guard-a\"", "");
+    // A daemon over processes inside the first one's scope: refused at once, saying why.
+    let dir = ScratchDir::new("cw-guard");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nscope = \"/cw-guard-a/inner\"\njournal = \"{d}/j.jsonl\"\nstate_dir = \"{d}\"\ncontrol_socket = \"{d}/c.sock\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .expect("config");
+    let mut refused = claude_watch_tests::process::ChildGuard::spawn(
+        "second daemon",
+        std::process::Command::new(claude_watch_tests::watch::bin())
+            .args(["daemon", "--config"])
+            .arg(&config),
+    );
+    wait_until(Duration::from_secs(10), "the second daemon refused", || {
+        refused.has_exited().then_some(())
+    });
+    let stderr = refused.stderr_tail().join("\n");
+    assert!(
+        stderr.contains("another claude-watch daemon already watches /cw-guard-a on this host"),
+        "{stderr}"
+    );
+    // A disjoint scope is a daemon of its own.
+    let second = Daemon::start("scope = \"/cw-guard-b\"", "");
+    drop((first, second));
+}
