@@ -244,11 +244,12 @@ fn a_fleet_holds_restarts_in_an_upstream_incident_and_resumes_in_turn() {
     let session = lone.session_id.clone().expect("a session");
     let latched_at = now_ms();
     standin.latch_session(&session);
-    let episode = h.daemon.wait_closed_episode(
-        Some(UNITS[0]),
-        EpisodeEnd::RecoveredAfterRestart,
-        Duration::from_secs(60),
-    );
+    let episode = wait_until(Duration::from_secs(60), "the lone latch recovered", || {
+        h.daemon
+            .episodes_of(UNITS[0])
+            .into_iter()
+            .find(|e| e.first_401_ms >= latched_at && e.end == EpisodeEnd::RecoveredAfterRestart)
+    });
     let restart = h
         .restarts()
         .into_iter()

@@ -177,26 +177,31 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
     ] {
         m.set(name, help, String::new(), value);
     }
-    if let Some(fleet) = &status.fleet {
-        for (name, help, value) in [
-            (
-                "claude_watch_fleet_hold",
-                "1 while the fleet's incident alert holds this host's restarts.",
-                f64::from(u8::from(fleet.state == "held")),
-            ),
-            (
-                "claude_watch_fleet_reachable",
-                "1 while an Alertmanager of [fleet] answers within stale_after (0: recovering locally, the fleet's hold is off).",
-                f64::from(u8::from(fleet.state != "unreachable")),
-            ),
-            (
-                "claude_watch_fleet_last_answer_timestamp_seconds",
-                "When an Alertmanager of [fleet] last answered, seconds since the epoch.",
-                fleet.last_answer_ms.map_or(0.0, |ms| ms as f64 / 1000.0),
-            ),
-        ] {
-            m.set(name, help, String::new(), value);
-        }
+    // Without [fleet] the families are exported empty (no series): nothing to alert on.
+    let fleet = status.fleet.as_ref();
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "ms since the epoch as float seconds"
+    )]
+    for (name, help, value) in [
+        (
+            "claude_watch_fleet_hold",
+            "1 while the fleet's incident alert holds this host's restarts ([fleet]).",
+            fleet.map(|f| f64::from(u8::from(f.state == "held"))),
+        ),
+        (
+            "claude_watch_fleet_reachable",
+            "1 while an Alertmanager of [fleet] answers within stale_after (0: recovering locally, the fleet's hold is off).",
+            fleet.map(|f| f64::from(u8::from(f.state != "unreachable"))),
+        ),
+        (
+            "claude_watch_fleet_last_answer_timestamp_seconds",
+            "When an Alertmanager of [fleet] last answered, seconds since the epoch.",
+            fleet.map(|f| f.last_answer_ms.map_or(0.0, |ms| ms as f64 / 1000.0)),
+        ),
+    ] {
+        let series: BTreeMap<String, f64> = value.map(|v| (String::new(), v)).into_iter().collect();
+        m.set_all(name, help, series);
     }
     let stats = capture.stats;
     #[expect(clippy::cast_precision_loss, reason = "counters as Prometheus floats")]
