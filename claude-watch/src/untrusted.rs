@@ -88,6 +88,21 @@ pub enum UntrustedError {
 }
 
 impl UntrustedError {
+    /// The error with its path shown from directory `dir` (the path given was relative to
+    /// it).
+    #[must_use]
+    pub fn in_dir(mut self, dir: &Path) -> Self {
+        match &mut self {
+            Self::Open { path, .. }
+            | Self::NotRegular { path, .. }
+            | Self::TooLarge { path, .. }
+            | Self::OverTime { path, .. }
+            | Self::Replaced { path }
+            | Self::Read { path, .. } => *path = dir.join(&*path),
+        }
+        self
+    }
+
     /// Whether the file (or its process) is simply gone.
     #[must_use]
     pub fn is_gone(&self) -> bool {
@@ -277,6 +292,75 @@ pub fn metadata(path: &Path, resolve: Resolve<'_>) -> Result<std::fs::Metadata, 
     at.metadata().map_err(|source| UntrustedError::Open {
         path: path.to_owned(),
         source,
+    })
+}
+
+/// What `stat` says of a file, as the kernel holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// `st_size`.
+    pub size: u64,
+    /// `st_mtime` in nanoseconds.
+    pub mtime_ns: i128,
+    /// Whether it is a regular file.
+    pub regular: bool,
+}
+
+impl Identity {
+    /// The identity in `meta`.
+    #[must_use]
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            regular: meta.is_file(),
+        }
+    }
+}
+
+/// The identity of `path`, resolved as `resolve` says, without opening it for I/O and without
+/// asking its filesystem (`statx` with `AT_STATX_DONT_SYNC`: a network or FUSE filesystem is
+/// answered from what the kernel holds). Of a `/proc/<pid>/exe` link it is what the event loop
+/// may ask: the link is the kernel's, and the file's filesystem is not called.
+///
+/// # Errors
+/// [`UntrustedError::Open`] when it cannot be resolved.
+pub fn identity(path: &Path, resolve: Resolve<'_>) -> Result<Identity, UntrustedError> {
+    let open_error = |source| UntrustedError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let at = resolve_path(path, resolve).map_err(open_error)?;
+    // SAFETY: statx is plain data; zeroed is valid before the kernel fills it.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty NUL-terminated path with AT_EMPTY_PATH on our descriptor, and a buffer
+    // of the right type that lives across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_statx,
+            at.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_BASIC_STATS,
+            &raw mut stx,
+        )
+    };
+    if rc != 0 {
+        return Err(open_error(io::Error::last_os_error()));
+    }
+    Ok(Identity {
+        dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+        size: stx.stx_size,
+        mtime_ns: i128::from(stx.stx_mtime.tv_sec) * 1_000_000_000
+            + i128::from(stx.stx_mtime.tv_nsec),
+        regular: u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFREG,
     })
 }
 
@@ -576,9 +660,16 @@ mod tests {
             Resolve::InRoot(Path::new("/")),
             Limits::bytes(16),
         );
-        assert!(e.is_err(), "a relative path in root `/` is not the scratch dir");
-        let e = read_head(&dir.0.join("cli.js"), Resolve::InRoot(Path::new("/")), Limits::bytes(16))
-            .unwrap_err();
+        assert!(
+            e.is_err(),
+            "a relative path in root `/` is not the scratch dir"
+        );
+        let e = read_head(
+            &dir.0.join("cli.js"),
+            Resolve::InRoot(Path::new("/")),
+            Limits::bytes(16),
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -606,8 +697,8 @@ mod tests {
         std::fs::write(dir.0.join("real/inner.js"), b"inner").unwrap();
         symlink(dir.0.join("real"), dir.0.join("linked")).unwrap();
         // A link as the last component: never followed.
-        let e = read_head(&dir.0.join("last.js"), Resolve::NoFollow, Limits::bytes(64))
-            .unwrap_err();
+        let e =
+            read_head(&dir.0.join("last.js"), Resolve::NoFollow, Limits::bytes(64)).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -652,6 +743,26 @@ mod tests {
             )
             .unwrap(),
             b"inner"
+        );
+    }
+
+    #[test]
+    fn identities_without_opening() {
+        let dir = Scratch::new("identity");
+        let path = dir.0.join("a");
+        std::fs::write(&path, b"abc").unwrap();
+        let opened = open(&path, Resolve::NoFollow).unwrap();
+        let seen = identity(&path, Resolve::NoFollow).unwrap();
+        assert_eq!(seen, Identity::of(opened.metadata()));
+        assert!(seen.regular && seen.size == 3);
+        let exe = identity(Path::new("/proc/self/exe"), Resolve::Proc).unwrap();
+        let real = std::fs::metadata("/proc/self/exe").unwrap();
+        assert_eq!(exe, Identity::of(&real));
+        mkfifo(&dir.0.join("f"));
+        assert!(
+            !identity(&dir.0.join("f"), Resolve::NoFollow)
+                .unwrap()
+                .regular
         );
     }
 

@@ -45,6 +45,10 @@ pub enum CaptureError {
         #[source]
         source: std::io::Error,
     },
+    /// A file to probe that another user chose was refused or could not be opened (not a
+    /// regular file, a link where none may be, gone).
+    #[error(transparent)]
+    Untrusted(#[from] crate::untrusted::UntrustedError),
     /// No process with that pid.
     #[error("no process with pid {pid}")]
     NoSuchProcess {
