@@ -174,6 +174,9 @@ pub fn import(
     let (loaded, history, outcome) = history::import_dirs(&mut journal, &roots, &cfg, now_ms)
         .with_context(|| format!("importing into {}", journal_path.display()))?;
     let c = loaded.counts;
+    for skipped in &loaded.skipped {
+        eprintln!("claude-watch: {}", crate::text::printable(skipped));
+    }
     Ok(format!(
         "imported from {} transcript director{} ({} sessions, {} processes): {} episodes added, \
          {} already seen live, {} already imported; {} throttles and {} restarts added.\n\
