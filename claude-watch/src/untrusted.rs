@@ -787,6 +787,95 @@ mod tests {
         );
     }
 
+    /// Files that open paths with the standard library or libc, and why that is safe: no
+    /// other user chooses those paths, or they are opened `O_PATH` and checked otherwise.
+    const ALLOWED: &[(&str, &str)] = &[
+        ("untrusted.rs", "the door itself"),
+        ("config.rs", "the configuration file root names"),
+        ("journal/mod.rs", "the journal, in root's directory"),
+        (
+            "daemon/durable.rs",
+            "the recovery state, in root's directory",
+        ),
+        (
+            "locate/cache.rs",
+            "the locate cache: a 0700 directory of root's, entries opened O_NOFOLLOW in it",
+        ),
+        (
+            "cli/",
+            "what the operator names on the command line, and /etc/passwd",
+        ),
+        (
+            "supervise/systemd.rs",
+            "a user's bus socket: opened O_PATH as that user, checked a socket of theirs, \
+             connected through the descriptor",
+        ),
+    ];
+
+    /// Every open of a file the daemon makes goes through this module, except the daemon's
+    /// own files (`ALLOWED`): a module that opens a path its own way fails here.
+    #[test]
+    fn the_door_is_the_only_way_in() {
+        const OPENS: [&str; 7] = [
+            "File::open(",
+            "File::create(",
+            "OpenOptions::new()",
+            "fs::read(",
+            "fs::read_to_string(",
+            "tokio::fs::",
+            "libc::open(",
+        ];
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut stack = vec![src.clone()];
+        let mut offenders = Vec::new();
+        let mut files = 0;
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let rel = path
+                    .strip_prefix(&src)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                let is_test = rel.ends_with("tests.rs") || rel == "proptests.rs";
+                if !rel.ends_with(".rs")
+                    || is_test
+                    || ALLOWED.iter().any(|(own, _)| rel.starts_with(own))
+                {
+                    continue;
+                }
+                files += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                // Unit tests may open their own scratch files.
+                let code = text
+                    .split("#[cfg(test)]\nmod tests")
+                    .next()
+                    .unwrap_or_default();
+                for (n, line) in code.lines().enumerate() {
+                    let opens = OPENS.iter().any(|o| {
+                        line.match_indices(o).any(|(at, _)| {
+                            !line[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                        })
+                    });
+                    if opens && !line.trim_start().starts_with("//") {
+                        offenders.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(files > 50, "the sources were found ({files})");
+        assert!(
+            offenders.is_empty(),
+            "open through crate::untrusted (or name the file in ALLOWED, saying why no one \
+             else chooses its paths):\n{}",
+            offenders.join("\n")
+        );
+    }
+
     #[test]
     fn directories_are_listed_through_the_door() {
         let dir = Scratch::new("dirs");

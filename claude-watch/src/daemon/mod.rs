@@ -15,6 +15,8 @@
 //! - `durable`: the writer thread for the journal and the recovery state, and the write-ahead
 //!   rule;
 //! - `locating`: the looks at processes' files waiting for a blocking thread;
+//! - `looking`: discovery's looks (files other users chose, container names) waiting for a
+//!   blocking thread, one per user at a time;
 //! - `publish`: metric events and the status snapshot rendered for the registry and the socket;
 //! - [`control`]: the control socket `claude-watch status` talks to;
 //! - [`metrics`]: the Prometheus registry and endpoint;
@@ -24,6 +26,7 @@
 pub mod control;
 mod durable;
 mod locating;
+mod looking;
 pub mod metrics;
 pub mod notify;
 mod publish;
@@ -42,7 +45,7 @@ use crate::capture::probes::OverBudget;
 use crate::capture::records::RecordStream;
 use crate::capture::{CaptureError, KernelStats, Probes, Settings, Target as ProbeTarget, targets};
 use crate::config::Config;
-use crate::discover::{self, Discovery, Found};
+use crate::discover::{self, Discovery, Found, Looked};
 use crate::error_chain;
 use crate::http::pair::Record;
 use crate::instance::ClaudeKind;
@@ -50,10 +53,10 @@ use crate::journal::{Journal, JournalOptions};
 use crate::supervise::supervisor::{self, EngineSocket, SystemdBus};
 use crate::time::{mono_now_ns, wall_minus_mono_ns};
 use crate::watch::front::Front;
-use crate::watch::policy::PolicySnapshot;
 use crate::watch::{Effect, Input, Watch};
 use durable::{Durable, Write, WriteAhead};
 use locating::LocateQueue;
+use looking::LookQueue;
 use metrics::Metrics;
 use notify::Notifier;
 use status::Snapshot;
@@ -118,10 +121,23 @@ enum Done {
     Input(Box<Input>),
     /// The durable writer wrote everything up to this write.
     Durable(u64),
+    /// A look of discovery's returned (`overran`: after it was given up).
+    Looked {
+        uid: u32,
+        looked: Option<Looked>,
+        overran: bool,
+    },
+    /// A look of discovery's ran over its budget and was given up.
+    LookOverran { uid: u32, pid: u32 },
 }
 
-/// Threads for blocking work, at most.
-const MAX_BLOCKING_THREADS: usize = 8;
+/// Threads for blocking work, at most: locates ([`locating::WORKERS`]), discovery's looks
+/// ([`looking::WORKERS`], and up to [`looking::MAX_STUCK`] given up in a call that does not
+/// return), and a container engine's restarts.
+const MAX_BLOCKING_THREADS: usize = 12;
+
+/// How long discovery's looks may hold readiness back at start, for all processes together.
+const STARTUP_LOOK_BUDGET: Duration = Duration::from_secs(10);
 
 /// How long locating may hold readiness back at start, for all files together (one file's own
 /// budget is [`crate::locate`]'s 10 s).
@@ -151,6 +167,8 @@ struct Daemon {
     startup_locate_left: Duration,
     /// Looks at processes' files waiting for a blocking thread.
     locates: LocateQueue,
+    /// Discovery's looks waiting for a blocking thread.
+    looks: LookQueue,
     /// Live processes over their record budget, as last read from the kernel.
     over_budget: Vec<OverBudget>,
     /// The kernel's over-budget counter at that read, and when it was.
@@ -162,21 +180,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The recovery state saved by the previous run, if readable.
-fn read_recovery_state(path: &Path) -> Option<PolicySnapshot> {
-    let text = std::fs::read_to_string(path).ok()?;
-    match serde_json::from_str::<PolicySnapshot>(&text) {
-        Ok(snapshot) => {
-            info!(path = %path.display(), "recovery state restored (quiet windows and escalations carry over)");
-            Some(snapshot)
-        }
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "ignoring unreadable recovery state");
-            None
-        }
-    }
 }
 
 impl Daemon {
@@ -224,7 +227,7 @@ impl Daemon {
         let stream = RecordStream::new(probes.take_ring()?).context("polling the ring buffer")?;
 
         let state_path = d.state_dir.join("recovery.json");
-        let saved = read_recovery_state(&state_path);
+        let saved = durable::read_recovery_state(&state_path);
         let records = journal.records().context("reading the journal")?;
         let open_episodes: Vec<_> = crate::journal::episodes(&records)
             .into_iter()
@@ -252,7 +255,8 @@ impl Daemon {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let offset = wall_minus_mono_ns();
         let discovery = Discovery::new("/proc", config.rules())
-            .with_docker_socket(config.daemon.docker_socket.clone());
+            .with_docker_socket(config.daemon.docker_socket.clone())
+            .deferring_looks();
         let front = Front::new(discovery, offset);
         let control_path = d.control_socket.clone();
         let engine = EngineSocket::detect(&config.daemon.docker_socket);
@@ -280,6 +284,7 @@ impl Daemon {
             starting: true,
             startup_locate_left: STARTUP_LOCATE_BUDGET,
             locates: LocateQueue::default(),
+            looks: LookQueue::default(),
             over_budget: Vec::new(),
             over_budget_seen: 0,
             over_budget_read: None,
@@ -287,6 +292,7 @@ impl Daemon {
         for found in daemon.front.processes_mut().scan() {
             daemon.feed(Input::Started(found));
         }
+        daemon.settle_looks().await;
         daemon.feed(Input::Resume {
             episodes: open_episodes,
         });
@@ -355,6 +361,7 @@ impl Daemon {
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
             }
+            self.start_looks();
         }
         self.shutdown();
         Ok(())
@@ -439,6 +446,33 @@ impl Daemon {
                 self.start_locates();
             }
             Done::Input(input) => self.feed(*input),
+            Done::Looked {
+                uid,
+                looked,
+                overran,
+            } => {
+                self.looks.finished(uid, overran);
+                let again =
+                    looked.map_or_else(Vec::new, |looked| self.front.processes_mut().learn(looked));
+                for pid in again {
+                    if let Some(input) = self.front.inspect(pid) {
+                        self.feed(input);
+                    }
+                }
+                self.start_looks();
+            }
+            Done::LookOverran { uid, pid } => {
+                self.looks.overran();
+                self.front.processes_mut().forget_look(pid);
+                warn!(
+                    pid,
+                    uid,
+                    budget_ms = looking::BUDGET.as_millis(),
+                    stuck = self.looks.stuck(),
+                    "a look at a process's file took longer than its budget: given up, its user's next looks wait for it"
+                );
+                self.start_looks();
+            }
             Done::Durable(seq) => {
                 for (decided, effect) in self.ahead.acknowledged(seq) {
                     self.release(decided, effect);
@@ -566,6 +600,70 @@ impl Daemon {
         } else {
             self.locates.push(found, last);
             self.start_locates();
+        }
+    }
+
+    /// Queues discovery's new looks and starts those for which a worker is free, each on a
+    /// blocking thread and given up after [`looking::BUDGET`].
+    fn start_looks(&mut self) {
+        for look in self.front.processes_mut().take_looks() {
+            let (uid, pid) = (look.uid, look.pid);
+            if !self.looks.push(look) {
+                self.front.processes_mut().forget_look(pid);
+                let dropped = self.looks.dropped();
+                // Said at the 1st, 2nd, 4th, 8th ... drop.
+                if dropped.is_power_of_two() {
+                    warn!(
+                        uid,
+                        pid, dropped, "a user's queue of looks is full: this process is not judged"
+                    );
+                }
+            }
+        }
+        while let Some(look) = self.looks.next() {
+            let (uid, pid) = (look.uid, look.pid);
+            let tx = self.done_tx.clone();
+            let mut work = tokio::task::spawn_blocking(move || look.run());
+            tokio::spawn(async move {
+                let (looked, overran) = match tokio::time::timeout(looking::BUDGET, &mut work).await
+                {
+                    Ok(looked) => (looked, false),
+                    Err(_) => {
+                        let _ = tx.send(Done::LookOverran { uid, pid });
+                        (work.await, true)
+                    }
+                };
+                let _ = tx.send(Done::Looked {
+                    uid,
+                    looked: looked.ok(),
+                    overran,
+                });
+            });
+        }
+    }
+
+    /// At start: runs the looks the first scan queued (and those their answers queue), until
+    /// none is left or [`STARTUP_LOOK_BUDGET`] has passed, so that the processes running now
+    /// are found (and attached) before the daemon says it watches.
+    async fn settle_looks(&mut self) {
+        let deadline = tokio::time::Instant::now() + STARTUP_LOOK_BUDGET;
+        loop {
+            self.start_looks();
+            if self.looks.idle() {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
+                Ok(Some(done)) => self.on_done(done),
+                Ok(None) => return,
+                Err(_) => {
+                    warn!(
+                        budget_s = STARTUP_LOOK_BUDGET.as_secs(),
+                        waiting = self.looks.waiting(),
+                        "discovery's looks at start took longer than their budget: the rest are judged after readiness"
+                    );
+                    return;
+                }
+            }
         }
     }
 
@@ -701,8 +799,8 @@ impl Daemon {
         let fresh = self.probes.over_budget();
         for o in &fresh {
             if !self.over_budget.iter().any(|old| old.pid == o.pid) {
-                let comm = std::fs::read_to_string(format!("/proc/{}/comm", o.pid))
-                    .map(|c| c.trim_end().escape_debug().to_string())
+                let comm = crate::instance::proc::comm(o.pid)
+                    .map(|c| c.escape_debug().to_string())
                     .unwrap_or_default();
                 warn!(
                     pid = o.pid,
