@@ -88,6 +88,8 @@ const TEST_PACKAGES: &[&str] = &[
     "dbus-user-session",
     // The benchmark's empty-probe floor.
     "bpftrace",
+    // What the daemon opens and reads while attacked (tests/tests/hostile.rs).
+    "strace",
     // Draws the `episodes --svg` picture to PNG in tests/history.rs.
     "chromium",
     // Where users run Claude Code: the musl build's loader, a Docker engine (and a busybox
