@@ -258,7 +258,7 @@ pub fn report_text(args: &EpisodesArgs, now_ms: u64) -> anyhow::Result<String> {
             s
         }
         Format::Markdown => report::render_markdown(&report, &local_zone_name(now_ms)),
-        Format::Text => report::render(&report),
+        Format::Text => crate::text::printable_lines(&report::render(&report)).into_owned(),
     })
 }
 
