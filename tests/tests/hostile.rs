@@ -598,7 +598,7 @@ fn tiny_claudes(dir: &std::path::Path, user: &TestUser, from: usize, n: usize) -
 /// An unprivileged user runs many distinct `claude` files: the daemon attaches at most
 /// `max_attachments` of them, shows the rest unobserved with the reason (and counts them),
 /// and detaches each file when its last process exits, so attachments and file descriptors
-/// return to where they were.
+/// return to where they were. (The user's share is the whole cap here, to reach the cap.)
 #[test]
 fn many_distinct_claude_files_are_capped_and_detached_when_they_exit() {
     let _serial = serial();
@@ -606,7 +606,7 @@ fn many_distinct_claude_files_are_capped_and_detached_when_they_exit() {
     let dir = ScratchDir::new("cw-hostile-tiny");
     let daemon = Daemon::start(
         &format!(
-            "metrics_listen = \"127.0.0.1:{}\"\nmax_attachments = 8",
+            "metrics_listen = \"127.0.0.1:{}\"\nmax_attachments = 8\nmax_attachments_per_user = 8",
             claude_watch_tests::watch::free_port()
         ),
         "",
@@ -1180,4 +1180,79 @@ fn the_history_import_skips_fifos_huge_files_and_links() {
         );
     }
     eprintln!("import: {:?}, peak RSS {peak_kib} KiB", started.elapsed());
+}
+
+/// An unprivileged user starts as many distinct `claude` files as the whole attachment cap
+/// (12): only their share (a quarter of the cap) is attached, the rest of their files are shown
+/// unobserved with the reason, and another user's agent started afterwards is still attached,
+/// observed and its latch detected.
+#[test]
+fn one_user_filling_the_attachment_cap_leaves_room_for_another_users_agent() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-hostile-share");
+    let daemon = Daemon::start(
+        &format!(
+            "metrics_listen = \"127.0.0.1:{}\"\nmax_attachments = 12",
+            claude_watch_tests::watch::free_port()
+        ),
+        DETECTOR,
+    );
+    let attachments = || {
+        wait_until(WAIT, "the attachments gauge", || {
+            metric(&daemon.metrics(), "claude_watch_probe_attachments")
+        })
+    };
+    let base = attachments();
+    assert!(base < 3.0, "room under the share for the test: {base}");
+    let tinies = tiny_claudes(dir.path(), &user, 0, 12);
+    let share = 12 / 4;
+    wait_until(WAIT, "every copy seen, each attached or refused", || {
+        let views: Vec<_> = tinies
+            .iter()
+            .filter_map(|t| daemon.instance_with_pid(t.pid()))
+            .collect();
+        let refused = views
+            .iter()
+            .filter(|i| {
+                i.unobserved
+                    .as_deref()
+                    .is_some_and(|w| w.contains("max_attachments"))
+            })
+            .count();
+        (views.len() == tinies.len() && refused >= tinies.len() - share).then_some(refused)
+    });
+    let refused: Vec<String> = tinies
+        .iter()
+        .filter_map(|t| daemon.instance_with_pid(t.pid())?.unobserved)
+        .collect();
+    assert_eq!(refused.len(), tinies.len() - share, "{refused:#?}");
+    assert!(
+        refused.iter().all(|w| w.contains(&format!(
+            "uid {} holds {share} attachments already (its share",
+            user.uid
+        ))),
+        "{refused:#?}"
+    );
+    assert_eq!(attachments(), base + share as f64);
+
+    // Another user's agent (root's) is attached and watched: the cap is not the attacker's.
+    let honest = Agent::start(&standin, Runtime::Node, &AgentConfig::haiku_as_claude());
+    let name = format!("pid:{}", honest.pid());
+    daemon.wait_for(&name, WAIT, "the honest agent observed", |i| {
+        i.last_status == Some(200) && i.unobserved.is_none()
+    });
+    standin.latch_session(honest.session_id());
+    daemon.wait_for(&name, WAIT, "the honest agent's latch detected", |i| {
+        i.state == "latched"
+    });
+    assert!(
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("share of attachments is used up") && l.contains("uid=")),
+        "the refusal is logged with its fields"
+    );
+    drop(tinies);
 }

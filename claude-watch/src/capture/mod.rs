@@ -104,6 +104,20 @@ pub enum CaptureError {
         /// The cap.
         cap: usize,
     },
+    /// The process's user holds their share of attachments already (`[daemon]
+    /// max_attachments_per_user`): a new file of theirs is not attached until others of
+    /// theirs are released.
+    #[error(
+        "not attaching {path}: uid {uid} holds {share} attachments already (its share, [daemon] max_attachments_per_user), so its traffic is not seen"
+    )]
+    OverUserShare {
+        /// The file.
+        path: PathBuf,
+        /// The user.
+        uid: u32,
+        /// The share.
+        share: usize,
+    },
     /// The ring buffer could not be polled.
     #[error("reading the ring buffer failed")]
     Read(#[source] std::io::Error),

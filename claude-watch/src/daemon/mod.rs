@@ -223,6 +223,7 @@ impl Daemon {
             ..Settings::default()
         })?;
         probes.set_max_attachments(d.max_attachments as usize);
+        probes.set_max_attachments_per_user(d.max_attachments_per_user.map(|s| s as usize));
         probes.watch_processes()?;
         let stream = RecordStream::new(probes.take_ring()?).context("polling the ring buffer")?;
 
@@ -411,6 +412,9 @@ impl Daemon {
                 self.front.processes_mut().set_rules(config.rules());
                 self.probes
                     .set_max_attachments(config.daemon.max_attachments as usize);
+                self.probes.set_max_attachments_per_user(
+                    config.daemon.max_attachments_per_user.map(|s| s as usize),
+                );
                 let bus = SystemdBus::detect(config.recovery.systemd_bus.as_deref());
                 let engine = EngineSocket::detect(&config.daemon.docker_socket);
                 self.origin = origin;
@@ -714,7 +718,7 @@ impl Daemon {
         }
         let attached = result.and_then(|targets| {
             for target in &targets {
-                if self.probes.attach(target, pid)? {
+                if self.probes.attach(target, pid, found.info.uid)? {
                     info!(pid, instance = %found.instance, path = %target.path.display(), how = %target.how, "attached");
                 }
             }
@@ -722,6 +726,10 @@ impl Daemon {
         });
         let unobserved = match attached {
             Ok(()) => None,
+            Err(e @ CaptureError::OverUserShare { .. }) => {
+                warn!(pid, uid = found.info.uid, instance = %found.instance, share = self.probes.max_attachments_per_user(), error = %error_chain(&e), "unobserved: the user's share of attachments is used up");
+                Some(error_chain(&e))
+            }
             Err(e @ CaptureError::TooManyAttachments { .. }) => {
                 warn!(pid, instance = %found.instance, attachments = self.probes.attachments(), refused = self.probes.refused_attachments(), error = %error_chain(&e), "unobserved: attachment cap reached");
                 Some(error_chain(&e))
