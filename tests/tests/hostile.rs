@@ -1256,3 +1256,70 @@ fn one_user_filling_the_attachment_cap_leaves_room_for_another_users_agent() {
     );
     drop(tinies);
 }
+
+/// Connections a user opens to the metrics port and leaves idle.
+const IDLE_CONNECTIONS: &str = r#"
+import resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+want = int(sys.argv[2]) + 64
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+socks = []
+for _ in range(min(int(sys.argv[2]), hard - 64)):
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect(("127.0.0.1", int(sys.argv[1])))
+    except BlockingIOError:
+        pass
+    socks.append(s)
+print("open", len(socks), flush=True)
+sys.stdin.readline()
+"#;
+
+/// An unprivileged user opens thousands of connections to the metrics port and leaves them
+/// idle: the daemon serves at most a few at once, so its descriptors stay bounded, `status`
+/// answers within a second, and an honest agent started meanwhile is attached and watched.
+#[test]
+fn idle_metrics_connections_do_not_take_the_daemons_descriptors() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let standin = StandIn::start();
+    let port = claude_watch_tests::watch::free_port();
+    let mut daemon = Daemon::start_as_service(
+        ScratchDir::new("cw-metrics-daemon"),
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+        DETECTOR,
+    );
+    let base_fds = fds_of(daemon.pid());
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(user.setpriv_args())
+        .arg(claude_watch_tests::deps::python3())
+        .args(["-c", IDLE_CONNECTIONS, &port.to_string(), "3000"]);
+    let mut idle = ChildGuard::spawn("idle metrics connections", &mut command);
+    let (_, opened) = idle.wait_for_line(0, Duration::from_secs(30), "the connections open", |l| {
+        l.starts_with("open")
+    });
+    let honest = Agent::start(&standin, Runtime::Node, &AgentConfig::haiku_as_claude());
+    let started = std::time::Instant::now();
+    let mut most = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        most = most.max(fds_of(daemon.pid()));
+        assert_steady(
+            &mut daemon,
+            Duration::from_millis(1),
+            "with idle metrics connections",
+        );
+    }
+    assert!(
+        most <= base_fds + 32 + 16,
+        "the daemon's descriptors stay bounded: {most} at most, {base_fds} before ({opened})"
+    );
+    daemon.wait_for(
+        &format!("pid:{}", honest.pid()),
+        WAIT,
+        "the honest agent observed",
+        |i| i.last_status == Some(200) && i.unobserved.is_none(),
+    );
+    eprintln!("{opened}: the daemon held at most {most} descriptors ({base_fds} before)");
+}
