@@ -806,6 +806,10 @@ mod tests {
             "what the operator names on the command line, and /etc/passwd",
         ),
         (
+            "daemon/terminal.rs",
+            "/dev/tty, the daemon's own controlling terminal, opened O_NOCTTY to give it up",
+        ),
+        (
             "supervise/systemd.rs",
             "a user's bus socket: opened O_PATH as that user, checked a socket of theirs, \
              connected through the descriptor",

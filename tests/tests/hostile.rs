@@ -1323,3 +1323,94 @@ fn idle_metrics_connections_do_not_take_the_daemons_descriptors() {
     );
     eprintln!("{opened}: the daemon held at most {most} descriptors ({base_fds} before)");
 }
+
+/// Starts `argv` in a new session whose controlling terminal is a fresh pty, as a process that
+/// does not lead that session (a shell's job), printing its pid and then what it writes there.
+const ON_A_TERMINAL: &str = r#"
+import os, pty, sys
+pid, master = pty.fork()
+if pid == 0:
+    child = os.fork()
+    if child == 0:
+        os.execv(sys.argv[1], sys.argv[1:])
+    print("pid", child, flush=True)
+    os.waitpid(child, 0)
+    os._exit(0)
+buf = b""
+while True:
+    try:
+        data = os.read(master, 4096)
+    except OSError:
+        break
+    if not data:
+        break
+    buf += data
+    *lines, buf = buf.split(b"\n")
+    for line in lines:
+        print(line.decode(errors="replace").rstrip("\r"), flush=True)
+"#;
+
+/// Started by hand from a terminal (a shell's job, not the session's leader), the daemon gives
+/// that terminal up at start: it has none (`tty_nr` 0), and not leading its session it can never
+/// get one.
+#[test]
+fn a_daemon_started_from_a_terminal_gives_it_up() {
+    let _serial = serial();
+    let dir = ScratchDir::new("cw-hostile-tty");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\njournal = \"{d}/journal.jsonl\"\nstate_dir = \"{d}/state\"\ncontrol_socket = \"{d}/control.sock\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .expect("write the config");
+    let bin = claude_watch_tests::watch::bin();
+    let mut command = std::process::Command::new(claude_watch_tests::deps::python3());
+    command
+        .args(["-c", ON_A_TERMINAL])
+        .arg(&bin)
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info");
+    let mut terminal = ChildGuard::spawn("the daemon on a terminal", &mut command);
+    let (_, line) = terminal.wait_for_line(0, Duration::from_secs(10), "the daemon's pid", |l| {
+        l.starts_with("pid ")
+    });
+    let pid: u32 = line[4..].trim().parse().expect("a pid");
+    /// SIGTERM to the daemon however the test ends (it is in a session of its own, which the
+    /// guard of its starter does not reach).
+    struct Stop(libc::pid_t);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // SAFETY: plain syscall on a process this test started.
+            unsafe {
+                libc::kill(self.0, libc::SIGTERM);
+            }
+        }
+    }
+    let _stop = Stop(libc::pid_t::try_from(pid).expect("pid"));
+    terminal.wait_for_line(0, Duration::from_secs(30), "the daemon watching", |l| {
+        l.contains("claude-watch is watching")
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the daemon runs");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 1..]
+        .split_whitespace()
+        .collect();
+    let (session, tty) = (fields[3], fields[4]);
+    assert_ne!(
+        session,
+        pid.to_string(),
+        "the daemon does not lead its session"
+    );
+    assert_eq!(tty, "0", "the daemon has no controlling terminal");
+    assert!(
+        terminal
+            .lines()
+            .iter()
+            .any(|l| l.contains("gave up the controlling terminal")),
+        "{:?}",
+        terminal.lines()
+    );
+}

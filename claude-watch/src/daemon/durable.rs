@@ -228,7 +228,7 @@ fn write_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(), StateE
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(io("create", &tmp))?
     };

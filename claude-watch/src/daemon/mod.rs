@@ -21,7 +21,8 @@
 //! - [`control`]: the control socket `claude-watch status` talks to;
 //! - [`metrics`]: the Prometheus registry and endpoint;
 //! - [`notify`]: `sd_notify` readiness and watchdog;
-//! - [`status`]: the snapshot served to operators.
+//! - [`status`]: the snapshot served to operators;
+//! - [`terminal`]: no controlling terminal, ever.
 
 pub mod control;
 mod durable;
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod notify;
 mod publish;
 pub mod status;
+pub mod terminal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,6 +96,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     // Everything that can be wrong with the configuration is found before anything starts.
     let (mut config, origin) = load_config(options.config.as_deref())?;
     config.daemon.dry_run |= options.dry_run;
+    terminal::give_up_and_say();
     crate::allocator::tune_for_long_run();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -318,7 +318,12 @@ impl Cache {
             let mut file = openat(
                 &dir,
                 &tmp,
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                libc::O_WRONLY
+                    | libc::O_CREAT
+                    | libc::O_EXCL
+                    | libc::O_NOFOLLOW
+                    | libc::O_NOCTTY
+                    | libc::O_CLOEXEC,
                 0o600,
             )?;
             file.write_all(&text)?;
@@ -343,7 +348,7 @@ fn read_entry(dir: &File, name: &str) -> Option<Vec<u8>> {
     let file = match openat(
         dir,
         name,
-        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
         0,
     ) {
         Ok(file) => file,
