@@ -1414,3 +1414,48 @@ fn a_daemon_started_from_a_terminal_gives_it_up() {
         terminal.lines()
     );
 }
+
+/// The honest process of a named instance (a rule without `uid`, which its processes satisfy
+/// by what they run) exits, as it does during its own restart; another user's process that
+/// matches the rule meanwhile is refused the name all the same (the instance remembers its
+/// owner), and is watched under its own pid; the honest process, back, takes its name again.
+#[test]
+fn another_user_cannot_squat_a_named_instance_while_its_process_is_down() {
+    let standin = StandIn::start();
+    let rule = format!(
+        "{DETECTOR}[[instance]]\nname = \"reviewer\"\nmatch = {{ arg = \"claude-code/cli.js\" }}\n"
+    );
+    let _serial = serial();
+    let daemon = Daemon::start("", &rule);
+    let config = AgentConfig::haiku_as_claude();
+    let mut honest = Agent::start(&standin, Runtime::Node, &config);
+    daemon.wait_for("reviewer", WAIT, "the honest agent", |i| {
+        i.state == "healthy" && i.pids == [honest.pid()]
+    });
+    honest.kill();
+    daemon.wait_for("reviewer", WAIT, "the instance without a process", |i| {
+        i.pids.is_empty()
+    });
+    let user = TestUser::ensure(ATTACKER);
+    let attacker = Agent::start_as(&standin, &user, &config);
+    let own = format!("pid:{}", attacker.pid());
+    daemon.wait_for(&own, WAIT, "the attacker under its own pid", |i| {
+        i.state == "healthy"
+    });
+    let reviewer = daemon.wait_for("reviewer", WAIT, "reviewer", |_| true);
+    assert!(reviewer.pids.is_empty(), "{reviewer:?}");
+    assert!(
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("refused") && l.contains("claimed=reviewer")),
+        "the refusal is logged"
+    );
+    let back = Agent::start(&standin, Runtime::Node, &config);
+    daemon.wait_for(
+        "reviewer",
+        WAIT,
+        "the honest agent back under its name",
+        |i| i.pids == [back.pid()],
+    );
+}

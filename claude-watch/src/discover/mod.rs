@@ -52,6 +52,9 @@ const VERDICTS_KEPT: usize = 8192;
 const SPARES_KEPT: usize = 256;
 /// Containers whose name is remembered.
 const CONTAINERS_KEPT: usize = 1024;
+/// Instances whose owner is remembered (names a process chooses: rules without a uid, pm2 and
+/// supervisord programs, background sessions).
+const OWNERS_KEPT: usize = 4096;
 /// Processes whose last look is remembered (each answer is for one exec of one process, so a
 /// pid reused or an exec again is looked at anew).
 const ANSWERS_KEPT: usize = 16_384;
@@ -569,6 +572,10 @@ pub struct Discovery {
     unnamed: std::collections::HashSet<u32>,
     /// Processes waiting for a look at one of their ancestors, by that ancestor's pid.
     recheck_after: HashMap<u32, Vec<u32>>,
+    /// The user whose process first took each instance whose name processes choose: other
+    /// users' processes are refused the name also while none of its processes runs (during
+    /// its own restart), so none can squat it.
+    owners: Bounded<InstanceId, u32>,
     /// Script instances to look at again: pid, start time, when, which attempt.
     rescans: Vec<(u32, u64, Instant, usize)>,
     /// Background spares not claimed by a session yet.
@@ -598,6 +605,7 @@ impl Discovery {
             naming: HashMap::new(),
             unnamed: std::collections::HashSet::new(),
             recheck_after: HashMap::new(),
+            owners: Bounded::new(OWNERS_KEPT),
             rescans: Vec::new(),
             spares: Vec::new(),
         }
@@ -897,8 +905,12 @@ impl Discovery {
             .known
             .values()
             .filter(|f| f.instance == instance)
-            .map(|f| f.info.uid);
+            .map(|f| f.info.uid)
+            .chain(self.owners.get(&instance).copied());
         let instance = if instance::may_join(&instance, info.uid, members, &self.rules) {
+            if instance::self_named(&instance, &self.rules) {
+                self.owners.insert(instance.clone(), info.uid);
+            }
             instance
         } else {
             warn!(pid, uid = info.uid, claimed = %instance, "refused: a process of another user than the instance's claims its name; it is watched under its own pid");

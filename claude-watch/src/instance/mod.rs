@@ -630,7 +630,15 @@ pub fn may_join(
     member_uids: impl IntoIterator<Item = u32>,
     rules: &[MatchRule],
 ) -> bool {
-    let self_named = match instance.source {
+    !self_named(instance, rules) || member_uids.into_iter().all(|m| m == uid)
+}
+
+/// Whether `instance` is named by something its processes choose (a rule without a uid, a
+/// pm2 or supervisord program, a background session), rather than by the kernel (a unit's or
+/// container's cgroup, a pid, the uid of the background machinery) or a rule naming the uid.
+#[must_use]
+pub fn self_named(instance: &InstanceId, rules: &[MatchRule]) -> bool {
+    match instance.source {
         IdSource::Rule => !rules
             .iter()
             .any(|r| r.name == instance.name && r.uid.is_some()),
@@ -641,8 +649,7 @@ pub fn may_join(
         | IdSource::Pid
         | IdSource::Container
         | IdSource::BgMachinery => false,
-    };
-    !self_named || member_uids.into_iter().all(|m| m == uid)
+    }
 }
 
 /// How a process runs Claude Code.
