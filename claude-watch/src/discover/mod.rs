@@ -58,6 +58,9 @@ const OWNERS_KEPT: usize = 4096;
 /// Processes whose last look is remembered (each answer is for one exec of one process, so a
 /// pid reused or an exec again is looked at anew).
 const ANSWERS_KEPT: usize = 16_384;
+/// How long what a look read of a session file answers for that worker (a spare is looked at
+/// again after it, until a session claims it).
+const SESSION_FRESH: Duration = Duration::from_secs(1);
 /// How long reading a script's head or an executable's module graph may take.
 const READ_BUDGET: Duration = Duration::from_secs(2);
 /// When a script instance's mapped files are looked at again, after it was found: the
@@ -385,6 +388,11 @@ enum LookAt {
         container: Container,
         socket: PathBuf,
     },
+    /// The session file of a background worker (under a directory its environment names).
+    Session {
+        proc_root: PathBuf,
+        info: Box<ProcessInfo>,
+    },
 }
 
 /// What a [`Look`] found, for [`Discovery::learn`].
@@ -401,6 +409,10 @@ enum LookedAt {
     Container {
         container: Container,
         name: Option<String>,
+    },
+    Session {
+        start_time: u64,
+        session: Option<BgSession>,
     },
 }
 
@@ -465,6 +477,10 @@ impl Look {
                 };
                 LookedAt::Container { container, name }
             }
+            LookAt::Session { proc_root, info } => LookedAt::Session {
+                start_time: info.start_time,
+                session: bg_session(&proc_root, &info),
+            },
         };
         Looked {
             pid: self.pid,
@@ -572,6 +588,11 @@ pub struct Discovery {
     unnamed: std::collections::HashSet<u32>,
     /// Processes waiting for a look at one of their ancestors, by that ancestor's pid.
     recheck_after: HashMap<u32, Vec<u32>>,
+    /// What a look read of a background worker's session file (by pid, with its start time and
+    /// when), used for [`SESSION_FRESH`].
+    sessions: HashMap<u32, (u64, Option<BgSession>, Instant)>,
+    /// Background workers whose session file a look is reading.
+    sessions_pending: std::collections::HashSet<u32>,
     /// The user whose process first took each instance whose name processes choose: other
     /// users' processes are refused the name also while none of its processes runs (during
     /// its own restart), so none can squat it.
@@ -605,6 +626,8 @@ impl Discovery {
             naming: HashMap::new(),
             unnamed: std::collections::HashSet::new(),
             recheck_after: HashMap::new(),
+            sessions: HashMap::new(),
+            sessions_pending: std::collections::HashSet::new(),
             owners: Bounded::new(OWNERS_KEPT),
             rescans: Vec::new(),
             spares: Vec::new(),
@@ -643,7 +666,43 @@ impl Discovery {
                 }
                 waiting
             }
+            LookedAt::Session {
+                start_time,
+                session,
+            } => {
+                self.sessions_pending.remove(&looked.pid);
+                self.sessions
+                    .insert(looked.pid, (start_time, session, Instant::now()));
+                vec![looked.pid]
+            }
         }
+    }
+
+    /// The background session the worker `info` runs, from its session file: `Some` when
+    /// known now (a look's answer at most [`SESSION_FRESH`] old, or read in place without
+    /// deferred looks), `None` while a look reads it (the process is checked again once it is
+    /// in).
+    fn session_of(&mut self, info: &ProcessInfo) -> Option<Option<BgSession>> {
+        if self.recognizer.inline {
+            return Some(bg_session(&self.proc_root, info));
+        }
+        if let Some((start_time, session, at)) = self.sessions.get(&info.pid)
+            && *start_time == info.start_time
+            && at.elapsed() < SESSION_FRESH
+        {
+            return Some(session.clone());
+        }
+        if self.sessions_pending.insert(info.pid) {
+            self.recognizer.looks.push(Look {
+                pid: info.pid,
+                uid: info.uid,
+                what: LookAt::Session {
+                    proc_root: self.proc_root.clone(),
+                    info: Box::new(info.clone()),
+                },
+            });
+        }
+        None
     }
 
     /// A look at process `pid` was given up (it took longer than its budget, or there was no
@@ -651,6 +710,7 @@ impl Discovery {
     /// here again.
     pub fn forget_look(&mut self, pid: u32) {
         self.recognizer.pending.remove(&pid);
+        self.sessions_pending.remove(&pid);
         self.recheck_after.remove(&pid);
     }
 
@@ -743,11 +803,9 @@ impl Discovery {
                 placement
             }
             Role::Helper | Role::BgMachinery => return None,
-            // An unclaimed spare has no session file yet: not an instance now; its first
-            // exchange after a claim brings it here again.
             // An unclaimed spare has no session file yet: not an instance now, looked at again
             // on every tick until it is claimed ([`Self::due_claims`]) or exits.
-            Role::BgCandidate => match bg_session(&self.proc_root, &info) {
+            Role::BgCandidate => match self.session_of(&info)? {
                 Some(session) => Placement::ClaudeBg(session),
                 None => {
                     debug!(
@@ -793,7 +851,7 @@ impl Discovery {
         let machinery = match role {
             Role::BgMachinery => true,
             // A claimed spare is a worker: `check` names it (on this exchange or the next tick).
-            Role::BgCandidate => bg_session(&self.proc_root, &info).is_none(),
+            Role::BgCandidate => self.session_of(&info)?.is_none(),
             Role::Outermost | Role::Helper => false,
         };
         if !machinery {
@@ -829,8 +887,8 @@ impl Discovery {
             {
                 continue;
             }
-            match bg_session(&self.proc_root, &info) {
-                Some(session) => {
+            match self.session_of(&info) {
+                Some(Some(session)) => {
                     let placement = Placement::ClaudeBg(session);
                     claimed.push(self.found(
                         info,
@@ -840,7 +898,7 @@ impl Discovery {
                         placement,
                     ));
                 }
-                None => self.spares.push(spare),
+                Some(None) | None => self.spares.push(spare),
             }
         }
         claimed
@@ -970,6 +1028,8 @@ impl Discovery {
         self.spares.retain(|s| s.pid != pid);
         self.unnamed.remove(&pid);
         self.recheck_after.remove(&pid);
+        self.sessions.remove(&pid);
+        self.sessions_pending.remove(&pid);
         self.known.remove(&pid)
     }
 
