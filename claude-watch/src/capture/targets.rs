@@ -179,15 +179,43 @@ fn check_identity(
     }
 }
 
+/// Executable files of one process looked at for TLS functions at most (a node maps a few
+/// dozen; the TLS library is among the first), in the order `/proc/<pid>/maps` lists them.
+pub const MAX_FILES_PER_PROCESS: usize = 64;
+/// How long looking at one process's files may take, for all of them together (each file has
+/// the locator's own budget too): a process mapping many files built to be slow to locate
+/// costs one budget, not one per file.
+pub const PROCESS_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Finds the TLS-carrying files mapped by process `pid` (its executable and the libraries it
-/// loaded). Each is opened through `/proc/<pid>/map_files/<range>` (the very file mapped), or
+/// loaded; at most [`MAX_FILES_PER_PROCESS`] of them, for at most [`PROCESS_BUDGET`]). Each is opened through `/proc/<pid>/map_files/<range>` (the very file mapped), or
 /// where that is unavailable through `/proc/<pid>/root<path>` without following a link, and
 /// must have the inode `/proc/<pid>/maps` gives for it.
 pub fn process(pid: u32) -> Result<Vec<Target>, CaptureError> {
     let maps = proc::maps(pid).map_err(|_| CaptureError::NoSuchProcess { pid })?;
     let mut targets: Vec<Target> = Vec::new();
     let mut reasons = Vec::new();
-    for mapping in executable_mappings(&maps) {
+    let started = std::time::Instant::now();
+    let mappings = executable_mappings(&maps);
+    let over = mappings.len().saturating_sub(MAX_FILES_PER_PROCESS);
+    if over > 0 {
+        tracing::warn!(
+            pid,
+            files = mappings.len(),
+            looked_at = MAX_FILES_PER_PROCESS,
+            "a process maps more executable files than are looked at for TLS functions"
+        );
+    }
+    for (n, mapping) in mappings.into_iter().take(MAX_FILES_PER_PROCESS).enumerate() {
+        if started.elapsed() > PROCESS_BUDGET {
+            tracing::warn!(
+                pid,
+                looked_at = n,
+                budget_s = PROCESS_BUDGET.as_secs(),
+                "looking at a process's files took longer than its budget: the rest are not looked at"
+            );
+            break;
+        }
         let shown = PathBuf::from(format!("/proc/{pid}/root{}", mapping.path));
         if targets.iter().any(|t| t.path == shown) {
             continue;
