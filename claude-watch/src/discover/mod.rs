@@ -18,8 +18,8 @@
 //! [`crate::untrusted`], resolved where the process sees them (`/proc/<pid>/root`, its working
 //! directory), and in the daemon never on its event loop. There discovery runs with
 //! [`Discovery::deferring_looks`]: a process whose verdict needs a read (a script, an
-//! executable not judged before) or whose container needs the engine's name is not judged at
-//! once; a [`Look`] is queued instead, taken by the daemon ([`Discovery::take_looks`]) and run
+//! executable not judged before, a background worker's session file) or whose container
+//! needs the engine's name is not judged at once; a [`Look`] is queued instead, taken by the daemon ([`Discovery::take_looks`]) and run
 //! on a blocking thread ([`Look::run`]), and its answer ([`Discovery::learn`]) names the
 //! processes to look at again. Without it (`trace`, `config check`, tests) looks run in place.
 
