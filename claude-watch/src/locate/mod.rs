@@ -735,8 +735,10 @@ fn locate_open(
                 for (offset, len) in candidate.ranges(reader.data.len() as u64) {
                     reader.fill(offset, len)?;
                 }
+                let name = candidate.name().to_owned();
                 if let Some(hit) = candidate.verify(&reader.data, arch) {
                     reader.unchanged()?;
+                    cache.used(&name);
                     tracing::debug!(path = %path.display(), build_id, elapsed_us = started.elapsed().as_micros() as u64, "locate: cache hit");
                     return Ok(hit);
                 }
