@@ -1121,6 +1121,61 @@ mod tests {
     }
 
     #[test]
+    fn deferred_looks_run_off_the_caller_and_judge_once() {
+        let mut discovery = Discovery::new("/proc", Vec::new()).deferring_looks();
+        let me = std::process::id();
+        // The test binary's executable was never judged: nothing is read in place, a look is
+        // queued, once however often the process is checked meanwhile.
+        assert!(discovery.check(me).is_none());
+        assert!(discovery.check(me).is_none());
+        let looks = discovery.take_looks();
+        assert_eq!(looks.len(), 1, "{looks:?}");
+        assert_eq!(discovery.files(), (0, 0), "nothing read yet");
+        let look = looks.into_iter().next().expect("a look");
+        assert_eq!((look.pid, look.uid), (me, own_uid()));
+        let looked = std::thread::spawn(move || look.run())
+            .join()
+            .expect("the look ran");
+        assert_eq!(discovery.learn(looked), vec![me]);
+        assert_eq!(discovery.files(), (1, 1), "read once, remembered");
+        // Judged now: not claude, and no new look.
+        assert!(discovery.check(me).is_none());
+        assert!(discovery.take_looks().is_empty());
+        // Another process running the same file is judged in place from the cache.
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "discover::tests::sleeper"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("a second test binary");
+        let dir = PathBuf::from(format!("/proc/{}", child.id()));
+        assert!(
+            instance::proc::start_time_in(&dir).is_some(),
+            "the child runs"
+        );
+        assert!(discovery.check(child.id()).is_none());
+        assert!(
+            discovery.take_looks().is_empty(),
+            "answered from the verdict cache"
+        );
+        assert_eq!(discovery.files(), (1, 1));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// A second process running the test binary (started by the test above).
+    #[test]
+    #[ignore = "a helper process for deferred_looks_run_off_the_caller_and_judge_once"]
+    fn sleeper() {
+        std::thread::sleep(Duration::from_secs(10));
+    }
+
+    /// This process's uid.
+    fn own_uid() -> u32 {
+        // SAFETY: getuid has no arguments and cannot fail.
+        unsafe { libc::getuid() }
+    }
+
+    #[test]
     fn scan_of_this_machine_finds_no_test_runner() {
         // The test binary is not claude: a scan must not call it an instance.
         let mut discovery = Discovery::new("/proc", Vec::new());
