@@ -215,6 +215,10 @@ pub struct DaemonConfig {
     /// Probe attachments (files, or a script's files per process) held at once; new ones beyond
     /// it are refused and their processes shown unobserved.
     pub max_attachments: u32,
+    /// Attachments that count for one user other than root at most (those their processes
+    /// made); beyond it their new files are refused and shown unobserved, and the rest of the
+    /// cap stays for other users. Unset: a quarter of `max_attachments`.
+    pub max_attachments_per_user: Option<u32>,
     /// Detect and report, never restart (also `--dry-run`).
     pub dry_run: bool,
     /// Watch only the processes in this cgroup subtree (as `/proc/<pid>/cgroup` names it, e.g.
@@ -240,6 +244,7 @@ impl Default for DaemonConfig {
             record_budget: claude_ebpf_common::BUDGET_RECORDS,
             wakeup: crate::capture::Wakeup::default(),
             max_attachments: crate::capture::ledger::DEFAULT_MAX_ATTACHMENTS,
+            max_attachments_per_user: None,
             dry_run: false,
             scope: None,
             docker_socket: "/var/run/docker.sock".into(),
@@ -580,6 +585,15 @@ impl Config {
                 origin,
                 span,
                 "must be a power of two from 1 to 1024",
+            ));
+        }
+        if self.daemon.max_attachments_per_user == Some(0) {
+            let span = value_span(text, "daemon", "max_attachments_per_user");
+            return Err(invalid(
+                text,
+                origin,
+                span,
+                "must be at least 1 (leave it out for a quarter of max_attachments)",
             ));
         }
         if self.daemon.max_attachments == 0 {

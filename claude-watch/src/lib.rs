@@ -19,6 +19,7 @@
 //! - [`svg`]: the episode timeline drawn as SVG;
 //! - [`config`]: the TOML configuration;
 //! - [`text`]: observed text made safe to print;
+//! - [`untrusted`]: the one door for files another user or process chooses;
 //! - [`cli`]: the subcommands;
 //! - [`allocator`]: the C allocator's settings for the long-running commands.
 
@@ -39,6 +40,7 @@ pub mod supervise;
 pub mod svg;
 pub mod text;
 pub mod time;
+pub mod untrusted;
 pub mod watch;
 
 #[cfg(test)]

@@ -755,11 +755,48 @@ pub fn redact_instances(
     map
 }
 
-/// A Markdown table cell: `|` escaped, no line breaks.
+/// A Markdown table cell of the report's own text (times): `|` escaped, no line breaks.
 fn cell(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('|', "\\|")
         .replace(['\n', '\r'], " ")
+}
+
+/// An observed value (a request id, a model, chosen by the process) as a table cell that
+/// renders as itself and nothing else: a code span, in which Markdown makes no link, image,
+/// emphasis or HTML, fenced by more backticks than any run inside it; `|` escaped for the
+/// table (GitHub reads `\|` as `|` inside a code span in a table), control and invisible
+/// formatting characters shown escaped ([`crate::text::printable`]).
+fn code(s: &str) -> String {
+    let s = crate::text::printable(s).replace('|', "\\|");
+    if s.is_empty() {
+        return "-".to_owned();
+    }
+    let mut longest = 0;
+    let mut run = 0;
+    for c in s.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    let pad = if s.starts_with('`') || s.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{s}{pad}{fence}")
+}
+
+/// An observed name (an instance, a version): as itself when it is made only of letters,
+/// digits and `.:/+@=-` with no link in it (nothing Markdown reads as syntax), else as a
+/// [`code`] span.
+fn observed(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".:/+@=- ".contains(c))
+        && !s.contains("://")
+        && !s.to_ascii_lowercase().contains("www.");
+    if plain { s.to_owned() } else { code(s) }
 }
 
 fn end_name(e: EpisodeEnd) -> &'static str {
@@ -879,7 +916,7 @@ pub fn render_markdown(r: &Report, zone: &str) -> String {
     let _ = writeln!(o, "## Claude Code versions\n");
     let _ = writeln!(o, "| version | episodes |\n|---|---:|");
     for (v, n) in &r.versions {
-        let _ = writeln!(o, "| {} | {n} |", cell(v));
+        let _ = writeln!(o, "| {} | {n} |", observed(v));
     }
     let _ = writeln!(o);
 
@@ -896,10 +933,10 @@ pub fn render_markdown(r: &Report, zone: &str) -> String {
         for t in &r.throttles {
             let _ = writeln!(
                 o,
-                "| {} | {} | `{}` | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 t.started,
-                cell(&t.instance),
-                cell(&t.model),
+                observed(&t.instance),
+                code(&t.model),
                 t.count_429,
                 human_ms(t.duration_ms),
                 if t.ended { "yes" } else { "no" },
@@ -920,13 +957,13 @@ pub fn render_markdown(r: &Report, zone: &str) -> String {
             o,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             cell(&started),
-            cell(&l.instance),
+            observed(&l.instance),
             human_ms(l.duration_ms),
             l.count_401,
             l.restarts,
             opt_ms(l.idle_before_ms),
             end_name(l.end),
-            cell(l.client_version.as_deref().unwrap_or("-")),
+            observed(l.client_version.as_deref().unwrap_or("-")),
             l.source.as_str()
         );
     }
@@ -952,10 +989,10 @@ pub fn render_markdown(r: &Report, zone: &str) -> String {
         };
         let _ = writeln!(
             o,
-            "| `{}` | {} | {} |",
-            cell(&q.request_id),
+            "| {} | {} | {} |",
+            code(&q.request_id),
             cell(&time),
-            cell(&q.instance)
+            observed(&q.instance)
         );
     }
     o
@@ -1162,6 +1199,97 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(&format!("req_{}_c", DAY0 + 6 * H)), "{text}");
+    }
+
+    /// `line` without its code spans (a run of N backticks up to the next run of exactly N),
+    /// as CommonMark reads them.
+    fn outside_code_spans(line: &str) -> String {
+        let b = line.as_bytes();
+        let run = |at: usize| b[at..].iter().take_while(|&&c| c == b'`').count();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] != b'`' {
+                out.push(b[i]);
+                i += 1;
+                continue;
+            }
+            let n = run(i);
+            let mut j = i + n;
+            let mut end = None;
+            while j < b.len() {
+                if b[j] == b'`' {
+                    let m = run(j);
+                    if m == n {
+                        end = Some(j + m);
+                        break;
+                    }
+                    j += m;
+                } else {
+                    j += 1;
+                }
+            }
+            match end {
+                Some(end) => i = end,
+                None => {
+                    out.extend_from_slice(&b[i..i + n]);
+                    i += n;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn hostile_values_render_as_themselves_in_markdown_and_on_a_terminal() {
+        let mut eps = sample();
+        let image = "![](https://attacker.example/pixel.png)";
+        let html = "<img src=x onerror=alert(1)>";
+        let tick = "a`b``c";
+        let bidi = "agent.\u{202E}ecivres";
+        eps[0].instance = image.into();
+        eps[1].instance = html.into();
+        eps[2].client_version = Some("[click](javascript:alert(1))".into());
+        eps[3].instance = bidi.into();
+        eps[0].first_request_ids = vec![tick.into(), "req_<b>|x</b>".into()];
+        let throttle = ThrottleRecord {
+            instance: "https://attacker.example".into(),
+            session_id: None,
+            model: "claude-*opus*\n# forged heading".into(),
+            first_429_ms: DAY0 + 6 * H,
+            last_429_ms: DAY0 + 6 * H + 1000,
+            count_429: 3,
+            request_ids: vec![],
+            ended_ms: None,
+            source: EpisodeSource::Live,
+        };
+        let r = build_with(&eps, &[throttle], None, DAY0 + 48 * H, |_| 0);
+        let md = render_markdown(&r, "UTC");
+        // Each value is inside a code span whose fence is longer than any run of backticks in
+        // it (Markdown makes no image, link, HTML or emphasis there), pipes escaped for the
+        // table, line breaks and bidi controls shown escaped.
+        for shown in [
+            format!("`{image}`"),
+            format!("`{html}`"),
+            "```a`b``c```".to_owned(),
+            "`req_<b>\\|x</b>`".to_owned(),
+            "`[click](javascript:alert(1))`".to_owned(),
+            "`agent.\\u{202e}ecivres`".to_owned(),
+            "`https://attacker.example`".to_owned(),
+            "`claude-*opus*\\n# forged heading`".to_owned(),
+        ] {
+            assert!(md.contains(&shown), "{shown} in:\n{md}");
+        }
+        for line in md.lines() {
+            let outside = outside_code_spans(line);
+            for raw in ["![", "<img", "<b>", "](", "\u{202E}", "https://"] {
+                assert!(!outside.contains(raw), "{raw} outside a code span: {line}");
+            }
+            assert!(!line.starts_with("# forged"), "{line}");
+        }
+        // The text report, printed on a terminal, keeps its lines and escapes the rest.
+        let text = crate::text::printable_lines(&render(&r)).into_owned();
+        assert!(!text.contains('\u{202E}'), "{text}");
     }
 
     #[test]

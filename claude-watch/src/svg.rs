@@ -68,7 +68,7 @@ fn esc(s: &str) -> String {
             '>' => o.push_str("&gt;"),
             '"' => o.push_str("&quot;"),
             '\'' => o.push_str("&apos;"),
-            c if c.is_control() => o.push(' '),
+            c if crate::text::is_unsafe(c) => o.push(' '),
             c => o.push(c),
         }
     }

@@ -64,11 +64,34 @@ impl ChildGuard {
     /// Panics if the program cannot be started.
     #[track_caller]
     pub fn spawn(name: &str, command: &mut Command) -> Self {
+        crate::shared::lead_own_group(command);
+        Self::spawn_piped(name, command)
+    }
+
+    /// As [`Self::spawn`], the child leading a new session without a controlling terminal
+    /// (`setsid()`, as systemd starts a service; its session and process group ids are its
+    /// pid), killed by the kernel if the test dies first.
+    #[track_caller]
+    pub fn spawn_session_leader(name: &str, command: &mut Command) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: setsid and prctl are async-signal-safe and touch no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::spawn_piped(name, command)
+    }
+
+    #[track_caller]
+    fn spawn_piped(name: &str, command: &mut Command) -> Self {
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        crate::shared::lead_own_group(command);
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));

@@ -227,6 +227,30 @@ impl Daemon {
         extra: &str,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Self {
+        Self::launch(prefix, dir, daemon_extra, extra, env, false)
+    }
+
+    /// As [`Self::start_in`], the daemon started the way the packaged unit starts it: the
+    /// leader of a session of its own without a controlling terminal (`setsid()`, stdio not a
+    /// terminal), where opening a terminal without `O_NOCTTY` would make it the daemon's.
+    #[track_caller]
+    pub fn start_as_service(
+        dir: crate::process::ScratchDir,
+        daemon_extra: &str,
+        extra: &str,
+    ) -> Self {
+        Self::launch(&[], dir, daemon_extra, extra, &[], true)
+    }
+
+    #[track_caller]
+    fn launch(
+        prefix: &[&str],
+        dir: crate::process::ScratchDir,
+        daemon_extra: &str,
+        extra: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+        session_leader: bool,
+    ) -> Self {
         let metrics_port = daemon_extra.contains("metrics_listen").then(|| {
             daemon_extra
                 .split("127.0.0.1:")
@@ -254,7 +278,11 @@ impl Daemon {
             .arg(dir.path().join("config.toml"))
             .env("RUST_LOG", "info")
             .envs(env.iter().map(|(k, v)| (*k, *v)));
-        let child = ChildGuard::spawn("claude-watch daemon", &mut command);
+        let child = if session_leader {
+            ChildGuard::spawn_session_leader("claude-watch daemon", &mut command)
+        } else {
+            ChildGuard::spawn("claude-watch daemon", &mut command)
+        };
         let mut daemon = Self {
             child,
             dir,
@@ -323,6 +351,47 @@ impl Daemon {
                     .unwrap_or_else(|e| panic!("status printed a line that is not JSON ({e}): {l}"))
             })
             .collect()
+    }
+
+    /// How long `claude-watch status --json` took to answer, or `None` when it had not
+    /// answered within `limit` (it is killed then): a daemon whose event loop is stuck accepts
+    /// the connection and never answers.
+    #[track_caller]
+    pub fn status_latency(&self, limit: Duration) -> Option<Duration> {
+        let socket = self.dir.path().join("control.sock");
+        let started = std::time::Instant::now();
+        let mut child = Command::new(bin())
+            .args(["status", "--json", "--socket"])
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run claude-watch status: {e}"));
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for status") {
+                assert!(status.success(), "status failed: {status}");
+                return Some(started.elapsed());
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The daemon's controlling terminal (`tty_nr`, field 7 of `/proc/<pid>/stat`; 0: none),
+    /// `None` when it is gone.
+    pub fn controlling_terminal(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().nth(4)?.parse().ok()
+    }
+
+    /// Whether the daemon is still running (neither exited nor a zombie).
+    pub fn running(&mut self) -> bool {
+        !self.child.has_exited()
     }
 
     /// `claude-watch status` as text.

@@ -699,7 +699,11 @@ fn the_attach_goes_to_the_opened_file_even_when_its_path_is_swapped() {
         ..Default::default()
     })
     .expect("load");
-    assert!(probes.attach(&target, std::process::id()).expect("attach"));
+    assert!(
+        probes
+            .attach(&target, std::process::id(), 0)
+            .expect("attach")
+    );
     let hits = |probes: &Probes| {
         let s = probes.stats();
         s.sent + s.skipped

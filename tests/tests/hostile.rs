@@ -598,7 +598,7 @@ fn tiny_claudes(dir: &std::path::Path, user: &TestUser, from: usize, n: usize) -
 /// An unprivileged user runs many distinct `claude` files: the daemon attaches at most
 /// `max_attachments` of them, shows the rest unobserved with the reason (and counts them),
 /// and detaches each file when its last process exits, so attachments and file descriptors
-/// return to where they were.
+/// return to where they were. (The user's share is the whole cap here, to reach the cap.)
 #[test]
 fn many_distinct_claude_files_are_capped_and_detached_when_they_exit() {
     let _serial = serial();
@@ -606,7 +606,7 @@ fn many_distinct_claude_files_are_capped_and_detached_when_they_exit() {
     let dir = ScratchDir::new("cw-hostile-tiny");
     let daemon = Daemon::start(
         &format!(
-            "metrics_listen = \"127.0.0.1:{}\"\nmax_attachments = 8",
+            "metrics_listen = \"127.0.0.1:{}\"\nmax_attachments = 8\nmax_attachments_per_user = 8",
             claude_watch_tests::watch::free_port()
         ),
         "",
@@ -690,4 +690,772 @@ fn many_distinct_claude_files_are_capped_and_detached_when_they_exit() {
     eprintln!("fds: {base_fds} at start, {capped_fds} at the cap, {after_fds} after");
     // The daemon still answers status (with instances of the library's own shape).
     daemon.instances();
+}
+
+// The daemon's own reads (#28): paths an unprivileged user chooses, given to a process the
+// daemon looks at, against a daemon started as the packaged unit starts it (a session leader
+// without a terminal).
+
+/// A program named `node` that waits for its standard input to close: discovery takes its
+/// first argument for the script it runs, and looks at that file.
+const TINY_NODE: &str =
+    "#include <unistd.h>\nint main(void) { char c; read(0, &c, 1); return 0; }\n";
+
+/// How fast `status` must answer while an attack runs.
+const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+
+/// The attacker's working directory, theirs, with their own `node` in it.
+struct Workdir {
+    user: TestUser,
+    dir: ScratchDir,
+}
+
+impl Workdir {
+    #[track_caller]
+    fn new(tag: &str) -> Self {
+        let user = TestUser::ensure(ATTACKER);
+        let dir = ScratchDir::new(&format!("cw-{tag}"));
+        std::fs::write(dir.path().join("node.c"), TINY_NODE).expect("write node.c");
+        let out = std::process::Command::new("cc")
+            .args(["-O1", "-o"])
+            .arg(dir.path().join("node"))
+            .arg(dir.path().join("node.c"))
+            .output()
+            .expect("run cc");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        user.chown(dir.path());
+        Self { user, dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Runs `./node <script>` as the attacker, in their directory.
+    #[track_caller]
+    fn node(&self, script: &str) -> ChildGuard {
+        let mut command = std::process::Command::new("setpriv");
+        command
+            .args(self.user.setpriv_args())
+            .arg(self.path().join("node"))
+            .arg(script)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .current_dir(self.path());
+        ChildGuard::spawn("the attacker's node", &mut command)
+    }
+
+    /// Runs `cmd args...` as the attacker, in their directory, to completion.
+    #[track_caller]
+    fn run(&self, cmd: &str, args: &[&str]) {
+        let out = std::process::Command::new("setpriv")
+            .args(self.user.setpriv_args())
+            .arg(cmd)
+            .args(args)
+            .current_dir(self.path())
+            .output()
+            .expect("run as the attacker");
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// For `period`, every quarter second: the daemon runs, has no controlling terminal, and
+/// `status` answers within [`ANSWER_WITHIN`]. Returns the slowest answer.
+#[track_caller]
+fn assert_steady(daemon: &mut Daemon, period: Duration, during: &str) -> Duration {
+    let started = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < period {
+        assert!(daemon.running(), "the daemon exited {during}");
+        assert_eq!(
+            daemon.controlling_terminal(),
+            Some(0),
+            "the daemon has a controlling terminal {during}"
+        );
+        let took = daemon
+            .status_latency(ANSWER_WITHIN)
+            .unwrap_or_else(|| panic!("status did not answer within {ANSWER_WITHIN:?} {during}"));
+        slowest = slowest.max(took);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    slowest
+}
+
+/// The test bed running one honest agent in `agent.service` (root's, taken for Claude Code),
+/// and the daemon's configuration to restart it there.
+fn honest_unit(tag: &str, standin: &StandIn, dir: &std::path::Path) -> (Testbed, String) {
+    let bed = Testbed::start(tag);
+    let config = AgentConfig::haiku_as_claude();
+    bed.add_unit(
+        "agent.service",
+        &agent_unit(standin, Runtime::Node, &config, dir),
+    );
+    bed.daemon_reload();
+    let out = bed.systemctl(&["start", "agent.service"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = recovery_config(&bed);
+    (bed, config)
+}
+
+/// The honest agent in `agent.service` is latched and recovered by a restart, confirmed by its
+/// new process's own 200.
+#[track_caller]
+fn assert_honest_agent_recovered(daemon: &Daemon, standin: &StandIn) {
+    let healthy = daemon.wait_for("agent.service", WAIT, "the honest agent healthy", |i| {
+        i.last_status == Some(200) && i.unobserved.is_none()
+    });
+    let old_session = healthy.session_id.clone().expect("session");
+    let latched_at = claude_watch_tests::wait::now_ms();
+    standin.latch_session(&old_session);
+    daemon.wait_closed_episode(
+        Some("agent.service"),
+        EpisodeEnd::RecoveredAfterRestart,
+        WAIT,
+    );
+    daemon.assert_recovered_by_new_session(
+        standin,
+        "agent.service",
+        &old_session,
+        latched_at,
+        WAIT,
+    );
+}
+
+/// A node process whose script is a FIFO (by a relative path, resolved in its working
+/// directory, and by an absolute one): the daemon never waits for a writer. `status` answers
+/// within a second throughout, also after the daemon restarts with the process still there (its
+/// startup scan meets it first), no instance is made of it, and the honest agent next to it is
+/// observed, latched and recovered.
+#[test]
+fn a_fifo_as_a_script_does_not_stop_the_daemon() {
+    let _serial = serial();
+    let standin = StandIn::start();
+    let scratch = ScratchDir::new("cw-hostile-fifo-agent");
+    let (_bed, config) = honest_unit("hostile-fifo", &standin, scratch.path());
+    let attacker = Workdir::new("hostile-fifo");
+    attacker.run("mkfifo", &["cli.js"]);
+    let absolute = attacker.path().join("cli.js");
+
+    let mut daemon = Daemon::start_as_service(ScratchDir::new("cw-fifo-daemon"), "", &config);
+    daemon.wait_for("agent.service", WAIT, "the honest agent seen", |_| true);
+    let fifos = [
+        attacker.node("cli.js"),
+        attacker.node(absolute.to_str().expect("utf-8")),
+    ];
+    let slowest = assert_steady(&mut daemon, Duration::from_secs(4), "with FIFO scripts");
+    for fifo in &fifos {
+        assert!(
+            daemon.instance_with_pid(fifo.pid()).is_none(),
+            "a process whose script is a FIFO is no instance"
+        );
+    }
+
+    // Restarted with the processes still there: the startup scan meets them first.
+    let dir = daemon.stop();
+    let mut daemon = Daemon::start_as_service(dir, "", &config);
+    let after = assert_steady(&mut daemon, Duration::from_secs(2), "after a restart");
+    assert_honest_agent_recovered(&daemon, &standin);
+    assert_steady(
+        &mut daemon,
+        Duration::from_millis(500),
+        "after the recovery",
+    );
+    drop(fifos);
+    eprintln!("slowest status answer: {slowest:?} with the FIFOs, {after:?} after a restart");
+}
+
+/// The daemon's `open`s and `read`s, as `strace -f -y` shows them, while it is attached.
+struct SyscallTrace {
+    strace: ChildGuard,
+    out: std::path::PathBuf,
+}
+
+impl SyscallTrace {
+    #[track_caller]
+    fn attach(pid: u32, dir: &std::path::Path) -> Self {
+        let out = dir.join("strace.txt");
+        let mut command = std::process::Command::new("strace");
+        command
+            .args([
+                "-f",
+                "-qq",
+                "-y",
+                "-e",
+                "trace=open,openat,openat2,read,pread64",
+            ])
+            .arg("-o")
+            .arg(&out)
+            .args(["-p", &pid.to_string()]);
+        let strace = ChildGuard::spawn("strace", &mut command);
+        wait_until(Duration::from_secs(10), "strace attached", || {
+            out.exists().then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        Self { strace, out }
+    }
+
+    /// Detaches; the calls seen, one per line (a call interrupted by another thread's joined
+    /// with its resumption).
+    #[track_caller]
+    fn finish(mut self) -> Vec<String> {
+        self.strace.terminate(Duration::from_secs(10));
+        let text = std::fs::read_to_string(&self.out).expect("strace output");
+        let mut calls = Vec::new();
+        let mut unfinished: std::collections::HashMap<String, String> =
+            std::collections::HashMap::new();
+        for line in text.lines() {
+            let pid = line
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(start) = line.strip_suffix("<unfinished ...>") {
+                unfinished.insert(pid, start.to_owned());
+            } else if line.contains(" resumed>") {
+                let start = unfinished.remove(&pid).unwrap_or_default();
+                calls.push(format!("{start}{line}"));
+            } else {
+                calls.push(line.to_owned());
+            }
+        }
+        calls
+    }
+}
+
+/// The calls that opened `device` for I/O (anything but `O_PATH`, which runs no driver code)
+/// or read from it.
+fn device_io<'a>(calls: &'a [String], device: &str) -> Vec<&'a String> {
+    let shown = format!("<{device}>");
+    calls
+        .iter()
+        .filter(|c| c.contains(&shown))
+        .filter(|c| {
+            let read = c.contains("read(") || c.contains("pread64(");
+            read || !c.contains("O_PATH")
+        })
+        .collect()
+}
+
+/// Device nodes given as a script (`/dev/zero` by its path, and through a link in the
+/// attacker's directory): the daemon never opens them for I/O nor reads them (`strace` of the
+/// daemon throughout), keeps answering, and keeps watching an honest agent.
+#[test]
+fn a_device_as_a_script_is_never_opened_or_read() {
+    let _serial = serial();
+    let standin = StandIn::start();
+    let attacker = Workdir::new("hostile-device");
+    attacker.run("ln", &["-s", "/dev/zero", "zero.js"]);
+    let mut daemon = Daemon::start_as_service(ScratchDir::new("cw-device-daemon"), "", DETECTOR);
+    let trace = SyscallTrace::attach(daemon.pid(), daemon.dir());
+    let devices = [attacker.node("/dev/zero"), attacker.node("zero.js")];
+    let honest = Agent::start(&standin, Runtime::Node, &AgentConfig::haiku_as_claude());
+    let name = format!("pid:{}", honest.pid());
+    assert_steady(&mut daemon, Duration::from_secs(3), "with device scripts");
+    daemon.wait_for(&name, WAIT, "the honest agent observed", |i| {
+        i.last_status == Some(200) && i.unobserved.is_none()
+    });
+    standin.latch_session(honest.session_id());
+    daemon.wait_for(&name, WAIT, "the honest agent latched", |i| {
+        i.state == "latched"
+    });
+    let calls = trace.finish();
+    let opened = device_io(&calls, "/dev/zero");
+    assert!(
+        opened.is_empty(),
+        "the daemon opened or read /dev/zero for the attacker:\n{opened:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.contains("zero.js") || c.contains("dev/zero")),
+        "the daemon looked at the paths (the trace saw it): {} calls",
+        calls.len()
+    );
+    for device in &devices {
+        assert!(daemon.instance_with_pid(device.pid()).is_none());
+    }
+}
+
+/// The attacker's pty: a fresh pair whose slave their `node` names as its script (through a
+/// link), and a master they type into.
+const PTY_ATTACK: &str = r#"
+import os, subprocess, sys
+master, slave = os.openpty()
+os.symlink(os.ttyname(slave), "cli.js")
+os.close(slave)
+node = subprocess.Popen([os.path.abspath("node"), "cli.js"], stdin=subprocess.PIPE)
+print("ready", node.pid, flush=True)
+for line in sys.stdin:
+    # ^C, ^\ and ^Z: SIGINT, SIGQUIT and SIGTSTP to the terminal's foreground group.
+    os.write(master, b"\x03\x1c\x1a\n")
+    print("typed", flush=True)
+"#;
+
+/// A node process whose script is a link to a fresh pty slave of the attacker's: the daemon
+/// (a session leader without a terminal, as under systemd) never makes it its controlling
+/// terminal (`tty_nr` stays 0), and ^C, ^\ and ^Z typed on the master leave it running and
+/// answering; the honest agent is still observed, latched and recovered.
+#[test]
+fn a_pty_as_a_script_never_becomes_the_daemons_terminal() {
+    let _serial = serial();
+    let standin = StandIn::start();
+    let scratch = ScratchDir::new("cw-hostile-pty-agent");
+    let (_bed, config) = honest_unit("hostile-pty", &standin, scratch.path());
+    let attacker = Workdir::new("hostile-pty");
+    let mut daemon = Daemon::start_as_service(ScratchDir::new("cw-pty-daemon"), "", &config);
+    daemon.wait_for("agent.service", WAIT, "the honest agent seen", |_| true);
+
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(attacker.user.setpriv_args())
+        .arg(claude_watch_tests::deps::python3())
+        .args(["-c", PTY_ATTACK])
+        .current_dir(attacker.path());
+    let mut pty = ChildGuard::spawn("the attacker's pty", &mut command);
+    pty.wait_for_line(0, Duration::from_secs(10), "the pty ready", |l| {
+        l.starts_with("ready")
+    });
+    assert_steady(&mut daemon, Duration::from_secs(3), "with a pty script");
+    for round in 0..3 {
+        pty.write_line("type");
+        pty.wait_for_line(round, Duration::from_secs(5), "the keys typed", |l| {
+            l == "typed"
+        });
+        assert_steady(
+            &mut daemon,
+            Duration::from_secs(1),
+            "after ^C ^\\ ^Z on the pty",
+        );
+    }
+    assert!(
+        !daemon.log().iter().any(|l| l.contains("stopping")),
+        "the daemon did not stop"
+    );
+    assert_honest_agent_recovered(&daemon, &standin);
+    assert_steady(
+        &mut daemon,
+        Duration::from_millis(500),
+        "after the recovery",
+    );
+}
+
+/// `requestId`s in the transcripts under `dir`.
+fn request_ids(dir: &std::path::Path) -> Vec<String> {
+    let mut ids = Vec::new();
+    for file in std::fs::read_dir(dir).expect("read the transcripts") {
+        let text = std::fs::read_to_string(file.expect("entry").path()).expect("read");
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            for id in [&v["requestId"], &v["error"]["requestId"]] {
+                if let Some(id) = id.as_str() {
+                    ids.push(id.to_owned());
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// A copy of fixture project `name` at `to`.
+fn copy_project(name: &str, to: &std::path::Path) {
+    let from = claude_watch_tests::deps::assets_dir()
+        .join("fixtures/transcripts/projects")
+        .join(name);
+    std::fs::create_dir_all(to).expect("create the project");
+    for f in std::fs::read_dir(from).expect("fixtures") {
+        let f = f.expect("entry").path();
+        std::fs::copy(&f, to.join(f.file_name().expect("name"))).expect("copy");
+    }
+}
+
+/// `episodes --import` of a user's `~/.claude` that holds, next to an honest transcript: a
+/// FIFO, a 64 GiB sparse file, a link to another user's transcript, and a link to another
+/// user's whole project directory, all named like transcripts. The import finishes in
+/// seconds with bounded memory, imports the honest transcript, reads nothing through the
+/// links, and says what it skipped.
+#[test]
+fn the_history_import_skips_fifos_huge_files_and_links() {
+    let attacker = Workdir::new("hostile-import");
+    let victim = attacker.path().join("victim-projects/-srv-victim");
+    copy_project("-tmp-cw-transcript-fixtures-fleet-c", &victim);
+    let home = attacker.path().join("home/.claude");
+    let honest = home.join("projects/-srv-honest");
+    copy_project("-tmp-cw-transcript-fixtures-fleet-a", &honest);
+    let evil = home.join("projects/-srv-evil");
+    std::fs::create_dir_all(&evil).expect("create the evil project");
+    let status = std::process::Command::new("mkfifo")
+        .arg(evil.join("fifo.jsonl"))
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+    std::fs::File::create(evil.join("huge.jsonl"))
+        .and_then(|f| f.set_len(64 << 30))
+        .expect("a sparse 64 GiB file");
+    let stolen = std::fs::read_dir(&victim)
+        .expect("victim")
+        .next()
+        .expect("a transcript")
+        .expect("entry")
+        .path();
+    std::os::unix::fs::symlink(&stolen, evil.join("stolen.jsonl")).expect("link a file");
+    std::os::unix::fs::symlink(&victim, home.join("projects/-srv-linked")).expect("link a dir");
+    attacker.user.chown(&attacker.path().join("home"));
+
+    let journal = attacker.path().join("journal.jsonl");
+    let config = attacker.path().join("config.toml");
+    std::fs::write(&config, "").expect("write the config");
+    let started = std::time::Instant::now();
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped below by wait4, which also gives its peak RSS"
+    )]
+    let mut child = std::process::Command::new(claude_watch_tests::watch::bin())
+        .args(["episodes", "--json", "--import"])
+        .arg(&home)
+        .arg("--journal")
+        .arg(&journal)
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run episodes --import");
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // Reaped here with its resource usage (peak RSS).
+    let (status, peak_kib) = loop {
+        let mut raw = 0;
+        // SAFETY: plain syscall on our own child; rusage is written by the kernel.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let done = unsafe { libc::wait4(pid, &raw mut raw, libc::WNOHANG, &raw mut usage) };
+        if done == pid {
+            break (raw, usage.ru_maxrss);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the import did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the import failed ({status:#x}):\n{stderr}"
+    );
+    assert!(
+        peak_kib < 256 * 1024,
+        "the import's peak RSS is {peak_kib} KiB"
+    );
+    let text = std::fs::read_to_string(&journal).expect("the journal");
+    let imported = request_ids(&honest);
+    assert!(
+        imported.iter().any(|id| text.contains(id.as_str())),
+        "the honest transcript was imported"
+    );
+    let leaked: Vec<_> = request_ids(&victim)
+        .into_iter()
+        .filter(|id| text.contains(id.as_str()))
+        .collect();
+    assert!(leaked.is_empty(), "read through a link: {leaked:?}");
+    for skipped in ["fifo.jsonl", "huge.jsonl", "stolen.jsonl", "-srv-linked"] {
+        assert!(
+            stderr.contains(skipped),
+            "the import says it skipped {skipped}:\n{stderr}"
+        );
+    }
+    eprintln!("import: {:?}, peak RSS {peak_kib} KiB", started.elapsed());
+}
+
+/// An unprivileged user starts as many distinct `claude` files as the whole attachment cap
+/// (12): only their share (a quarter of the cap) is attached, the rest of their files are shown
+/// unobserved with the reason, and another user's agent started afterwards is still attached,
+/// observed and its latch detected.
+#[test]
+fn one_user_filling_the_attachment_cap_leaves_room_for_another_users_agent() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-hostile-share");
+    let daemon = Daemon::start(
+        &format!(
+            "metrics_listen = \"127.0.0.1:{}\"\nmax_attachments = 12",
+            claude_watch_tests::watch::free_port()
+        ),
+        DETECTOR,
+    );
+    let attachments = || {
+        wait_until(WAIT, "the attachments gauge", || {
+            metric(&daemon.metrics(), "claude_watch_probe_attachments")
+        })
+    };
+    let base = attachments();
+    assert!(base < 3.0, "room under the share for the test: {base}");
+    let tinies = tiny_claudes(dir.path(), &user, 0, 12);
+    let share = 12 / 4;
+    wait_until(WAIT, "every copy seen, each attached or refused", || {
+        let views: Vec<_> = tinies
+            .iter()
+            .filter_map(|t| daemon.instance_with_pid(t.pid()))
+            .collect();
+        let refused = views
+            .iter()
+            .filter(|i| {
+                i.unobserved
+                    .as_deref()
+                    .is_some_and(|w| w.contains("max_attachments"))
+            })
+            .count();
+        (views.len() == tinies.len() && refused >= tinies.len() - share).then_some(refused)
+    });
+    let refused: Vec<String> = tinies
+        .iter()
+        .filter_map(|t| daemon.instance_with_pid(t.pid())?.unobserved)
+        .collect();
+    assert_eq!(refused.len(), tinies.len() - share, "{refused:#?}");
+    assert!(
+        refused.iter().all(|w| w.contains(&format!(
+            "uid {} holds {share} attachments already (its share",
+            user.uid
+        ))),
+        "{refused:#?}"
+    );
+    assert_eq!(attachments(), base + share as f64);
+
+    // Another user's agent (root's) is attached and watched: the cap is not the attacker's.
+    let honest = Agent::start(&standin, Runtime::Node, &AgentConfig::haiku_as_claude());
+    let name = format!("pid:{}", honest.pid());
+    daemon.wait_for(&name, WAIT, "the honest agent observed", |i| {
+        i.last_status == Some(200) && i.unobserved.is_none()
+    });
+    standin.latch_session(honest.session_id());
+    daemon.wait_for(&name, WAIT, "the honest agent's latch detected", |i| {
+        i.state == "latched"
+    });
+    assert!(
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("share of attachments is used up") && l.contains("uid=")),
+        "the refusal is logged with its fields"
+    );
+    drop(tinies);
+}
+
+/// Connections a user opens to the metrics port and leaves idle.
+const IDLE_CONNECTIONS: &str = r#"
+import resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+want = int(sys.argv[2]) + 64
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+socks = []
+for _ in range(min(int(sys.argv[2]), hard - 64)):
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect(("127.0.0.1", int(sys.argv[1])))
+    except BlockingIOError:
+        pass
+    socks.append(s)
+print("open", len(socks), flush=True)
+sys.stdin.readline()
+"#;
+
+/// An unprivileged user opens thousands of connections to the metrics port and leaves them
+/// idle: the daemon serves at most a few at once, so its descriptors stay bounded, `status`
+/// answers within a second, and an honest agent started meanwhile is attached and watched.
+#[test]
+fn idle_metrics_connections_do_not_take_the_daemons_descriptors() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let standin = StandIn::start();
+    let port = claude_watch_tests::watch::free_port();
+    let mut daemon = Daemon::start_as_service(
+        ScratchDir::new("cw-metrics-daemon"),
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+        DETECTOR,
+    );
+    let base_fds = fds_of(daemon.pid());
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(user.setpriv_args())
+        .arg(claude_watch_tests::deps::python3())
+        .args(["-c", IDLE_CONNECTIONS, &port.to_string(), "3000"]);
+    let mut idle = ChildGuard::spawn("idle metrics connections", &mut command);
+    let (_, opened) = idle.wait_for_line(0, Duration::from_secs(30), "the connections open", |l| {
+        l.starts_with("open")
+    });
+    let honest = Agent::start(&standin, Runtime::Node, &AgentConfig::haiku_as_claude());
+    let started = std::time::Instant::now();
+    let mut most = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        most = most.max(fds_of(daemon.pid()));
+        assert_steady(
+            &mut daemon,
+            Duration::from_millis(1),
+            "with idle metrics connections",
+        );
+    }
+    assert!(
+        most <= base_fds + 32 + 16,
+        "the daemon's descriptors stay bounded: {most} at most, {base_fds} before ({opened})"
+    );
+    daemon.wait_for(
+        &format!("pid:{}", honest.pid()),
+        WAIT,
+        "the honest agent observed",
+        |i| i.last_status == Some(200) && i.unobserved.is_none(),
+    );
+    eprintln!("{opened}: the daemon held at most {most} descriptors ({base_fds} before)");
+}
+
+/// Starts `argv` in a new session whose controlling terminal is a fresh pty, as a process that
+/// does not lead that session (a shell's job), printing its pid and then what it writes there.
+const ON_A_TERMINAL: &str = r#"
+import os, pty, sys
+pid, master = pty.fork()
+if pid == 0:
+    child = os.fork()
+    if child == 0:
+        os.execv(sys.argv[1], sys.argv[1:])
+    print("pid", child, flush=True)
+    os.waitpid(child, 0)
+    os._exit(0)
+buf = b""
+while True:
+    try:
+        data = os.read(master, 4096)
+    except OSError:
+        break
+    if not data:
+        break
+    buf += data
+    *lines, buf = buf.split(b"\n")
+    for line in lines:
+        print(line.decode(errors="replace").rstrip("\r"), flush=True)
+"#;
+
+/// Started by hand from a terminal (a shell's job, not the session's leader), the daemon gives
+/// that terminal up at start: it has none (`tty_nr` 0), and not leading its session it can never
+/// get one.
+#[test]
+fn a_daemon_started_from_a_terminal_gives_it_up() {
+    let _serial = serial();
+    let dir = ScratchDir::new("cw-hostile-tty");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\njournal = \"{d}/journal.jsonl\"\nstate_dir = \"{d}/state\"\ncontrol_socket = \"{d}/control.sock\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .expect("write the config");
+    let bin = claude_watch_tests::watch::bin();
+    let mut command = std::process::Command::new(claude_watch_tests::deps::python3());
+    command
+        .args(["-c", ON_A_TERMINAL])
+        .arg(&bin)
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info");
+    let mut terminal = ChildGuard::spawn("the daemon on a terminal", &mut command);
+    let (_, line) = terminal.wait_for_line(0, Duration::from_secs(10), "the daemon's pid", |l| {
+        l.starts_with("pid ")
+    });
+    let pid: u32 = line[4..].trim().parse().expect("a pid");
+    /// SIGTERM to the daemon however the test ends (it is in a session of its own, which the
+    /// guard of its starter does not reach).
+    struct Stop(libc::pid_t);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // SAFETY: plain syscall on a process this test started.
+            unsafe {
+                libc::kill(self.0, libc::SIGTERM);
+            }
+        }
+    }
+    let _stop = Stop(libc::pid_t::try_from(pid).expect("pid"));
+    terminal.wait_for_line(0, Duration::from_secs(30), "the daemon watching", |l| {
+        l.contains("claude-watch is watching")
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the daemon runs");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 1..]
+        .split_whitespace()
+        .collect();
+    let (session, tty) = (fields[3], fields[4]);
+    assert_ne!(
+        session,
+        pid.to_string(),
+        "the daemon does not lead its session"
+    );
+    assert_eq!(tty, "0", "the daemon has no controlling terminal");
+    assert!(
+        terminal
+            .lines()
+            .iter()
+            .any(|l| l.contains("gave up the controlling terminal")),
+        "{:?}",
+        terminal.lines()
+    );
+}
+
+/// The honest process of a named instance (a rule without `uid`, which its processes satisfy
+/// by what they run) exits, as it does during its own restart; another user's process that
+/// matches the rule meanwhile is refused the name all the same (the instance remembers its
+/// owner), and is watched under its own pid; the honest process, back, takes its name again.
+#[test]
+fn another_user_cannot_squat_a_named_instance_while_its_process_is_down() {
+    let standin = StandIn::start();
+    let rule = format!(
+        "{DETECTOR}[[instance]]\nname = \"reviewer\"\nmatch = {{ arg = \"claude-code/cli.js\" }}\n"
+    );
+    let _serial = serial();
+    let daemon = Daemon::start("", &rule);
+    let config = AgentConfig::haiku_as_claude();
+    let mut honest = Agent::start(&standin, Runtime::Node, &config);
+    daemon.wait_for("reviewer", WAIT, "the honest agent", |i| {
+        i.state == "healthy" && i.pids == [honest.pid()]
+    });
+    honest.kill();
+    daemon.wait_for("reviewer", WAIT, "the instance without a process", |i| {
+        i.pids.is_empty()
+    });
+    let user = TestUser::ensure(ATTACKER);
+    let attacker = Agent::start_as(&standin, &user, &config);
+    let own = format!("pid:{}", attacker.pid());
+    daemon.wait_for(&own, WAIT, "the attacker under its own pid", |i| {
+        i.state == "healthy"
+    });
+    let reviewer = daemon.wait_for("reviewer", WAIT, "reviewer", |_| true);
+    assert!(reviewer.pids.is_empty(), "{reviewer:?}");
+    assert!(
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("refused") && l.contains("claimed=reviewer")),
+        "the refusal is logged"
+    );
+    let back = Agent::start(&standin, Runtime::Node, &config);
+    daemon.wait_for(
+        "reviewer",
+        WAIT,
+        "the honest agent back under its name",
+        |i| i.pids == [back.pid()],
+    );
 }

@@ -88,6 +88,8 @@ const TEST_PACKAGES: &[&str] = &[
     "dbus-user-session",
     // The benchmark's empty-probe floor.
     "bpftrace",
+    // What the daemon opens and reads while attacked (tests/tests/hostile.rs).
+    "strace",
     // Draws the `episodes --svg` picture to PNG in tests/history.rs.
     "chromium",
     // promtool: the shipped alert rules' unit tests (tests/rules.rs); Prometheus and

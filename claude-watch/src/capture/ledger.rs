@@ -7,11 +7,25 @@
 //! exist at once (each costs the daemon a few file descriptors and the kernel a few uprobes),
 //! so a user starting hundreds of distinct `claude` files cannot exhaust the daemon: beyond
 //! the cap a new file is refused and its process is shown unobserved.
+//!
+//! Each user has a share of the cap: an attachment counts for the user whose process made it,
+//! and a user holding `share` attachments gets no new one, so a user who fills their share
+//! (distinct tiny `claude` files, a script mapping hundreds of libraries exporting
+//! `SSL_write`) leaves the rest of the cap to everyone else. A file another user's process
+//! already made an attachment for is shared whatever the share. Root's processes (the host's
+//! own services, its fleet) are bounded by the cap alone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Default for `[daemon] max_attachments`.
 pub const DEFAULT_MAX_ATTACHMENTS: u32 = 256;
+
+/// A user's share of `cap` attachments when `[daemon] max_attachments_per_user` is not set: a
+/// quarter of it (at least 1).
+#[must_use]
+pub fn default_share(cap: usize) -> usize {
+    (cap / 4).max(1)
+}
 
 /// One attached file: which file (by device and inode) in which scope (one process, or every
 /// process mapping it when `pid` is `None`).
@@ -38,23 +52,41 @@ pub enum Acquire {
         /// The cap in force.
         cap: usize,
     },
+    /// Not attached: the process's user holds `share` attachments already.
+    OverShare {
+        /// The share in force.
+        share: usize,
+    },
+}
+
+/// One attachment: the user it counts for, and the processes holding it.
+#[derive(Debug)]
+struct Held {
+    uid: u32,
+    pids: BTreeSet<u32>,
 }
 
 /// Attachments and their holders.
 #[derive(Debug)]
 pub struct Ledger {
     cap: usize,
-    holders: BTreeMap<AttachKey, BTreeSet<u32>>,
+    /// Attachments per user at most (`None`: [`default_share`] of the cap).
+    share: Option<usize>,
+    holders: BTreeMap<AttachKey, Held>,
+    /// Attachments per user.
+    per_user: HashMap<u32, usize>,
     refused: u64,
 }
 
 impl Ledger {
-    /// An empty ledger allowing `cap` attachments.
+    /// An empty ledger allowing `cap` attachments, a quarter of them per user.
     #[must_use]
     pub fn new(cap: usize) -> Self {
         Self {
             cap,
+            share: None,
             holders: BTreeMap::new(),
+            per_user: HashMap::new(),
             refused: 0,
         }
     }
@@ -64,36 +96,73 @@ impl Ledger {
         self.cap = cap;
     }
 
-    /// Process `pid` needs attachment `key`.
-    pub fn acquire(&mut self, key: AttachKey, pid: u32) -> Acquire {
-        if let Some(holders) = self.holders.get_mut(&key) {
-            holders.insert(pid);
+    /// Changes the share of each user (`None`: [`default_share`] of the cap); attachments
+    /// beyond a lowered share stay until released.
+    pub fn set_share(&mut self, share: Option<usize>) {
+        self.share = share;
+    }
+
+    /// The share of each user in force.
+    #[must_use]
+    pub fn share(&self) -> usize {
+        self.share.unwrap_or_else(|| default_share(self.cap))
+    }
+
+    /// Process `pid` of user `uid` needs attachment `key`.
+    pub fn acquire(&mut self, key: AttachKey, pid: u32, uid: u32) -> Acquire {
+        if let Some(held) = self.holders.get_mut(&key) {
+            held.pids.insert(pid);
             return Acquire::Shared;
         }
         if self.holders.len() >= self.cap {
             self.refused += 1;
             return Acquire::Refused { cap: self.cap };
         }
+        let share = self.share();
+        if uid != 0 && self.per_user.get(&uid).copied().unwrap_or(0) >= share {
+            self.refused += 1;
+            return Acquire::OverShare { share };
+        }
         Acquire::Attach
     }
 
-    /// Attachment `key` was made for process `pid` (after [`Acquire::Attach`]).
-    pub fn attached(&mut self, key: AttachKey, pid: u32) {
-        self.holders.entry(key).or_default().insert(pid);
+    /// Attachment `key` was made for process `pid` of user `uid` (after [`Acquire::Attach`]).
+    pub fn attached(&mut self, key: AttachKey, pid: u32, uid: u32) {
+        let held = self.holders.entry(key).or_insert_with(|| {
+            *self.per_user.entry(uid).or_default() += 1;
+            Held {
+                uid,
+                pids: BTreeSet::new(),
+            }
+        });
+        held.pids.insert(pid);
     }
 
     /// Process `pid` exited: the attachments no other process holds, to detach now.
     pub fn release(&mut self, pid: u32) -> Vec<AttachKey> {
         let mut free = Vec::new();
-        for (key, holders) in &mut self.holders {
-            if holders.remove(&pid) && holders.is_empty() {
+        for (key, held) in &mut self.holders {
+            if held.pids.remove(&pid) && held.pids.is_empty() {
                 free.push(*key);
             }
         }
         for key in &free {
-            self.holders.remove(key);
+            if let Some(held) = self.holders.remove(key)
+                && let Some(n) = self.per_user.get_mut(&held.uid)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_user.remove(&held.uid);
+                }
+            }
         }
         free
+    }
+
+    /// Attachments that count for user `uid`.
+    #[must_use]
+    pub fn of_user(&self, uid: u32) -> usize {
+        self.per_user.get(&uid).copied().unwrap_or(0)
     }
 
     /// Attachments in place.
@@ -108,7 +177,7 @@ impl Ledger {
         self.holders.is_empty()
     }
 
-    /// Attachments refused for the cap since the start.
+    /// Attachments refused for the cap or a user's share since the start.
     #[must_use]
     pub fn refused(&self) -> u64 {
         self.refused
@@ -136,31 +205,34 @@ mod tests {
     #[test]
     fn a_shared_file_is_detached_when_its_last_process_exits() {
         let mut ledger = Ledger::new(4);
-        assert_eq!(ledger.acquire(file(7), 100), Acquire::Attach);
-        ledger.attached(file(7), 100);
-        assert_eq!(ledger.acquire(file(7), 101), Acquire::Shared);
-        assert_eq!(ledger.acquire(file(7), 102), Acquire::Shared);
+        assert_eq!(ledger.acquire(file(7), 100, 1000), Acquire::Attach);
+        ledger.attached(file(7), 100, 1000);
+        assert_eq!(ledger.acquire(file(7), 101, 1000), Acquire::Shared);
+        assert_eq!(ledger.acquire(file(7), 102, 1000), Acquire::Shared);
         assert!(ledger.release(101).is_empty());
         assert!(ledger.release(100).is_empty());
         assert_eq!(ledger.len(), 1);
         assert_eq!(ledger.release(102), vec![file(7)]);
         assert!(ledger.is_empty());
         // Gone: the next process attaches anew.
-        assert_eq!(ledger.acquire(file(7), 103), Acquire::Attach);
+        assert_eq!(ledger.acquire(file(7), 103, 1000), Acquire::Attach);
     }
 
     #[test]
     fn a_per_process_attachment_goes_with_its_process() {
         let mut ledger = Ledger::new(4);
+        ledger.set_share(None);
+        assert_eq!(ledger.share(), 1);
+        ledger.set_share(Some(4));
         let lib = AttachKey {
             dev: 1,
             ino: 9,
             pid: Some(200),
         };
-        assert_eq!(ledger.acquire(lib, 200), Acquire::Attach);
-        ledger.attached(lib, 200);
-        assert_eq!(ledger.acquire(file(7), 200), Acquire::Attach);
-        ledger.attached(file(7), 200);
+        assert_eq!(ledger.acquire(lib, 200, 1000), Acquire::Attach);
+        ledger.attached(lib, 200, 1000);
+        assert_eq!(ledger.acquire(file(7), 200, 1000), Acquire::Attach);
+        ledger.attached(file(7), 200, 1000);
         let mut freed = ledger.release(200);
         freed.sort();
         assert_eq!(freed, vec![file(7), lib]);
@@ -170,42 +242,91 @@ mod tests {
     #[test]
     fn beyond_the_cap_new_files_are_refused_and_shared_ones_are_not() {
         let mut ledger = Ledger::new(2);
+        ledger.set_share(Some(2));
         for (ino, pid) in [(1, 10), (2, 20)] {
-            assert_eq!(ledger.acquire(file(ino), pid), Acquire::Attach);
-            ledger.attached(file(ino), pid);
+            assert_eq!(ledger.acquire(file(ino), pid, 1000), Acquire::Attach);
+            ledger.attached(file(ino), pid, 1000);
         }
-        assert_eq!(ledger.acquire(file(3), 30), Acquire::Refused { cap: 2 });
-        assert_eq!(ledger.acquire(file(3), 31), Acquire::Refused { cap: 2 });
+        assert_eq!(
+            ledger.acquire(file(3), 30, 1000),
+            Acquire::Refused { cap: 2 }
+        );
+        assert_eq!(
+            ledger.acquire(file(3), 31, 1000),
+            Acquire::Refused { cap: 2 }
+        );
         assert_eq!(ledger.refused(), 2);
         // A file already attached is still shared at the cap.
-        assert_eq!(ledger.acquire(file(1), 11), Acquire::Shared);
+        assert_eq!(ledger.acquire(file(1), 11, 1000), Acquire::Shared);
         // A refused process holds nothing: its exit frees nothing.
         assert!(ledger.release(30).is_empty());
         // Room again once a file's last process exits.
         assert_eq!(ledger.release(20), vec![file(2)]);
-        assert_eq!(ledger.acquire(file(3), 32), Acquire::Attach);
+        assert_eq!(ledger.acquire(file(3), 32, 1000), Acquire::Attach);
     }
 
     #[test]
     fn a_failed_attach_leaves_nothing_held() {
         let mut ledger = Ledger::new(1);
-        assert_eq!(ledger.acquire(file(1), 10), Acquire::Attach);
+        assert_eq!(ledger.acquire(file(1), 10, 1000), Acquire::Attach);
         // The attach failed: `attached` is never called, the slot stays free.
         assert!(ledger.is_empty());
-        assert_eq!(ledger.acquire(file(2), 11), Acquire::Attach);
+        assert_eq!(ledger.acquire(file(2), 11, 1000), Acquire::Attach);
     }
 
     #[test]
     fn a_lowered_cap_keeps_what_is_attached_but_refuses_more() {
         let mut ledger = Ledger::new(3);
+        ledger.set_share(Some(3));
         for ino in 1..=3 {
-            assert_eq!(ledger.acquire(file(ino), 10), Acquire::Attach);
-            ledger.attached(file(ino), 10);
+            assert_eq!(ledger.acquire(file(ino), 10, 1000), Acquire::Attach);
+            ledger.attached(file(ino), 10, 1000);
         }
         ledger.set_cap(1);
         assert_eq!(ledger.len(), 3);
-        assert_eq!(ledger.acquire(file(4), 11), Acquire::Refused { cap: 1 });
+        assert_eq!(
+            ledger.acquire(file(4), 11, 1000),
+            Acquire::Refused { cap: 1 }
+        );
         assert_eq!(ledger.release(10).len(), 3);
-        assert_eq!(ledger.acquire(file(4), 11), Acquire::Attach);
+        assert_eq!(ledger.acquire(file(4), 11, 1000), Acquire::Attach);
+    }
+
+    #[test]
+    fn a_user_over_their_share_gets_no_new_file_and_others_still_do() {
+        let mut ledger = Ledger::new(8);
+        assert_eq!(ledger.share(), 2, "a quarter of the cap by default");
+        let (attacker, victim) = (1001, 1002);
+        for ino in 1..=2 {
+            assert_eq!(ledger.acquire(file(ino), 10, attacker), Acquire::Attach);
+            ledger.attached(file(ino), 10, attacker);
+        }
+        assert_eq!(
+            ledger.acquire(file(3), 11, attacker),
+            Acquire::OverShare { share: 2 }
+        );
+        // The rest of the cap is everyone else's.
+        for ino in 10..=11 {
+            assert_eq!(ledger.acquire(file(ino), 20, victim), Acquire::Attach);
+            ledger.attached(file(ino), 20, victim);
+        }
+        // A file the attacker attached is shared with another user's process whatever the
+        // share, and still counts for the attacker only.
+        assert_eq!(ledger.acquire(file(1), 21, victim), Acquire::Shared);
+        assert_eq!((ledger.of_user(attacker), ledger.of_user(victim)), (2, 2));
+        // Released by its last holder, it leaves the attacker's share.
+        ledger.release(10);
+        assert_eq!(ledger.of_user(attacker), 1, "file 1 is still held by 21");
+        ledger.release(21);
+        assert_eq!(ledger.of_user(attacker), 0);
+        assert_eq!(ledger.acquire(file(3), 11, attacker), Acquire::Attach);
+        ledger.set_share(Some(1));
+        assert_eq!(ledger.share(), 1);
+        // Root's processes are bounded by the cap alone.
+        for ino in 20..=22 {
+            assert_eq!(ledger.acquire(file(ino), 1, 0), Acquire::Attach);
+            ledger.attached(file(ino), 1, 0);
+        }
+        assert_eq!(ledger.of_user(0), 3);
     }
 }

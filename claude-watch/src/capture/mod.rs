@@ -45,6 +45,10 @@ pub enum CaptureError {
         #[source]
         source: std::io::Error,
     },
+    /// A file to probe that another user chose was refused or could not be opened (not a
+    /// regular file, a link where none may be, gone).
+    #[error(transparent)]
+    Untrusted(#[from] crate::untrusted::UntrustedError),
     /// No process with that pid.
     #[error("no process with pid {pid}")]
     NoSuchProcess {
@@ -99,6 +103,20 @@ pub enum CaptureError {
         path: PathBuf,
         /// The cap.
         cap: usize,
+    },
+    /// The process's user holds their share of attachments already (`[daemon]
+    /// max_attachments_per_user`): a new file of theirs is not attached until others of
+    /// theirs are released.
+    #[error(
+        "not attaching {path}: uid {uid} holds {share} attachments already (its share, [daemon] max_attachments_per_user), so its traffic is not seen"
+    )]
+    OverUserShare {
+        /// The file.
+        path: PathBuf,
+        /// The user.
+        uid: u32,
+        /// The share.
+        share: usize,
     },
     /// The ring buffer could not be polled.
     #[error("reading the ring buffer failed")]

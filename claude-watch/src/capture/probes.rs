@@ -249,27 +249,34 @@ impl Probes {
         })
     }
 
-    /// Attaches to every point of `target` for process `holder` (the process that runs or maps
-    /// it), through `/proc/self/fd/N` of the descriptor it was located from (the kernel
+    /// Attaches to every point of `target` for process `holder` of user `uid` (the process that
+    /// runs or maps it; the attachment counts for that user's share), through `/proc/self/fd/N` of the descriptor it was located from (the kernel
     /// resolves that to the very inode, whatever the target's path names now). Right after,
     /// the descriptor's path and the target's `/proc` link must still lead to that inode, else
     /// the attach is undone ([`CaptureError::Replaced`]). Attaching the same file in the same
     /// scope twice only adds the holder and returns `Ok(false)`; the attachment stays until its
     /// last holder is [released](Self::release). A new file beyond the cap is refused.
-    pub fn attach(&mut self, target: &Target, holder: u32) -> Result<bool, CaptureError> {
+    pub fn attach(&mut self, target: &Target, holder: u32, uid: u32) -> Result<bool, CaptureError> {
         let id = target.file.id;
         let key = AttachKey {
             dev: id.dev,
             ino: id.ino,
             pid: target.pid,
         };
-        match self.ledger.acquire(key, holder) {
+        match self.ledger.acquire(key, holder, uid) {
             Acquire::Attach => {}
             Acquire::Shared => return Ok(false),
             Acquire::Refused { cap } => {
                 return Err(CaptureError::TooManyAttachments {
                     path: target.path.clone(),
                     cap,
+                });
+            }
+            Acquire::OverShare { share } => {
+                return Err(CaptureError::OverUserShare {
+                    path: target.path.clone(),
+                    uid,
+                    share,
                 });
             }
         }
@@ -303,7 +310,7 @@ impl Probes {
         }
         debug!(path = %target.path.display(), pid = ?target.pid, dev = id.dev, ino = id.ino, points = target.points.len(), "attached");
         self.links.insert(key, links);
-        self.ledger.attached(key, holder);
+        self.ledger.attached(key, holder, uid);
         Ok(true)
     }
 
@@ -330,6 +337,16 @@ impl Probes {
     /// The attachment cap in force.
     pub fn max_attachments(&self) -> usize {
         self.ledger.cap()
+    }
+
+    /// Sets each user's share of the cap (`None`: a quarter of it).
+    pub fn set_max_attachments_per_user(&mut self, share: Option<usize>) {
+        self.ledger.set_share(share);
+    }
+
+    /// Each user's share of the cap in force.
+    pub fn max_attachments_per_user(&self) -> usize {
+        self.ledger.share()
     }
 
     /// Attachments refused for the cap since the start.

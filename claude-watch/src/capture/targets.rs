@@ -9,12 +9,14 @@
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd as _;
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use super::CaptureError;
+use crate::instance::proc;
 use crate::locate::{self, Arch, Cache, FunctionName, LocateError, Locator};
+use crate::untrusted::{self, Resolve, UntrustedError};
 
 /// One function in one file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,21 +76,17 @@ impl PartialEq for OpenedFile {
 impl Eq for OpenedFile {}
 
 impl OpenedFile {
-    /// Opens `path` (a `/proc` magic link when `magic`, else not following a symbolic link as
-    /// its last component).
+    /// Opens the regular file `path` through the door ([`untrusted::open`]), resolved as
+    /// `resolve` says (a `/proc` magic link, a path in a process's root, an operator's path
+    /// not followed through a link as its last component).
     ///
     /// # Errors
-    /// As `open(2)` and `fstat(2)`.
-    pub fn open(path: &Path, magic: bool) -> std::io::Result<Self> {
-        let flags = libc::O_CLOEXEC | if magic { 0 } else { libc::O_NOFOLLOW };
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags)
-            .open(path)?;
-        let id = FileId::of(&file.metadata()?);
+    /// As [`untrusted::open`].
+    pub fn open(path: &Path, resolve: Resolve<'_>) -> Result<Self, UntrustedError> {
+        let (file, meta) = untrusted::open(path, resolve)?.into_parts();
         Ok(Self {
             file: Arc::new(file),
-            id,
+            id: FileId::of(&meta),
         })
     }
 
@@ -133,7 +131,7 @@ pub fn binary(path: &Path) -> Result<Target, CaptureError> {
         source,
     };
     let real = fs::canonicalize(path).map_err(unreadable)?;
-    let file = OpenedFile::open(&real, false).map_err(unreadable)?;
+    let file = OpenedFile::open(&real, Resolve::NoFollow)?;
     let (points, how) = find_points(&file, path)?;
     Ok(Target {
         path: path.to_path_buf(),
@@ -150,10 +148,7 @@ pub fn binary(path: &Path) -> Result<Target, CaptureError> {
 /// be covered.
 pub fn executable(pid: u32, expected: Option<FileId>) -> Result<Target, CaptureError> {
     let path = PathBuf::from(format!("/proc/{pid}/exe"));
-    let file = OpenedFile::open(&path, true).map_err(|source| CaptureError::TargetUnreadable {
-        path: path.clone(),
-        source,
-    })?;
+    let file = OpenedFile::open(&path, Resolve::Proc)?;
     check_identity(&path, expected, file.id)?;
     let (points, how) = find_points(&file, &path)?;
     Ok(Target {
@@ -184,16 +179,43 @@ fn check_identity(
     }
 }
 
+/// Executable files of one process looked at for TLS functions at most (a node maps a few
+/// dozen; the TLS library is among the first), in the order `/proc/<pid>/maps` lists them.
+pub const MAX_FILES_PER_PROCESS: usize = 64;
+/// How long looking at one process's files may take, for all of them together (each file has
+/// the locator's own budget too): a process mapping many files built to be slow to locate
+/// costs one budget, not one per file.
+pub const PROCESS_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Finds the TLS-carrying files mapped by process `pid` (its executable and the libraries it
-/// loaded). Each is opened through `/proc/<pid>/map_files/<range>` (the very file mapped), or
+/// loaded; at most [`MAX_FILES_PER_PROCESS`] of them, for at most [`PROCESS_BUDGET`]). Each is opened through `/proc/<pid>/map_files/<range>` (the very file mapped), or
 /// where that is unavailable through `/proc/<pid>/root<path>` without following a link, and
 /// must have the inode `/proc/<pid>/maps` gives for it.
 pub fn process(pid: u32) -> Result<Vec<Target>, CaptureError> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map_err(|_| CaptureError::NoSuchProcess { pid })?;
+    let maps = proc::maps(pid).map_err(|_| CaptureError::NoSuchProcess { pid })?;
     let mut targets: Vec<Target> = Vec::new();
     let mut reasons = Vec::new();
-    for mapping in executable_mappings(&maps) {
+    let started = std::time::Instant::now();
+    let mappings = executable_mappings(&maps);
+    let over = mappings.len().saturating_sub(MAX_FILES_PER_PROCESS);
+    if over > 0 {
+        tracing::warn!(
+            pid,
+            files = mappings.len(),
+            looked_at = MAX_FILES_PER_PROCESS,
+            "a process maps more executable files than are looked at for TLS functions"
+        );
+    }
+    for (n, mapping) in mappings.into_iter().take(MAX_FILES_PER_PROCESS).enumerate() {
+        if started.elapsed() > PROCESS_BUDGET {
+            tracing::warn!(
+                pid,
+                looked_at = n,
+                budget_s = PROCESS_BUDGET.as_secs(),
+                "looking at a process's files took longer than its budget: the rest are not looked at"
+            );
+            break;
+        }
         let shown = PathBuf::from(format!("/proc/{pid}/root{}", mapping.path));
         if targets.iter().any(|t| t.path == shown) {
             continue;
@@ -230,15 +252,13 @@ fn mapped_file(
     shown: &Path,
 ) -> Result<(OpenedFile, PathBuf), CaptureError> {
     let link = PathBuf::from(format!("/proc/{pid}/map_files/{}", mapping.range));
-    let (file, recheck) = match OpenedFile::open(&link, true) {
+    let (file, recheck) = match OpenedFile::open(&link, Resolve::Proc) {
         Ok(file) => (file, link),
+        // A mapping of something that is not a regular file is never opened otherwise.
+        Err(e @ UntrustedError::NotRegular { .. }) => return Err(e.into()),
         Err(_) => {
-            let file = OpenedFile::open(shown, false).map_err(|source| {
-                CaptureError::TargetUnreadable {
-                    path: shown.to_path_buf(),
-                    source,
-                }
-            })?;
+            let root = PathBuf::from(format!("/proc/{pid}/root"));
+            let file = OpenedFile::open(Path::new(mapping.path), Resolve::InRoot(&root))?;
             (file, shown.to_path_buf())
         }
     };
@@ -440,7 +460,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("lib.so");
         fs::write(&path, b"first").unwrap();
-        let opened = OpenedFile::open(&path, false).unwrap();
+        let opened = OpenedFile::open(&path, Resolve::NoFollow).unwrap();
         fs::write(dir.join("other"), b"second").unwrap();
         fs::rename(dir.join("other"), &path).unwrap();
         let now = FileId::of(&fs::metadata(&path).unwrap());
@@ -450,8 +470,17 @@ mod tests {
         assert_eq!(fs::read(opened.fd_path()).unwrap(), b"first");
         // A symbolic link as the last component is not followed.
         std::os::unix::fs::symlink(&path, dir.join("link")).unwrap();
-        let err = OpenedFile::open(&dir.join("link"), false).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        let err = OpenedFile::open(&dir.join("link"), Resolve::NoFollow).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UntrustedError::NotRegular {
+                    kind: "symbolic link",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -177,6 +177,9 @@ pub fn import(
     let (loaded, history, outcome) = history::import_dirs(&mut journal, &roots, &cfg, now_ms)
         .with_context(|| format!("importing into {}", journal_path.display()))?;
     let c = loaded.counts;
+    for skipped in &loaded.skipped {
+        eprintln!("claude-watch: {}", crate::text::printable(skipped));
+    }
     Ok(format!(
         "imported from {} transcript director{} ({} sessions, {} processes): {} episodes added, \
          {} already seen live, {} already imported; {} throttles and {} restarts added.\n\
@@ -301,7 +304,7 @@ pub fn report_text(args: &EpisodesArgs, now_ms: u64) -> anyhow::Result<String> {
             s
         }
         Format::Markdown => report::render_markdown(&report, &local_zone_name(now_ms)),
-        Format::Text => report::render(&report),
+        Format::Text => crate::text::printable_lines(&report::render(&report)).into_owned(),
     })
 }
 

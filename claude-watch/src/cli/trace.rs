@@ -138,7 +138,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     })?;
     for target in &explicit {
         // Held by the trace itself (pid 0) for its whole run.
-        probes.attach(target, target.pid.unwrap_or(0))?;
+        probes.attach(target, target.pid.unwrap_or(0), 0)?;
         announce(target);
     }
     // Exits free what the kernel and the pairer keep per thread and process, also for explicit
@@ -198,7 +198,7 @@ fn announce(target: &Target) {
 fn attach_found(probes: &mut Probes, found: &Found, quiet: bool) {
     let attached = discover::target(found).and_then(|targets| {
         for target in targets {
-            if probes.attach(&target, found.info.pid)? {
+            if probes.attach(&target, found.info.pid, found.info.uid)? {
                 announce(&target);
             }
         }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use tracing::error;
+use tracing::{error, info, warn};
 
 use crate::error_chain;
 use crate::journal::{Journal, Record};
@@ -228,7 +228,7 @@ fn write_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(), StateE
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(io("create", &tmp))?
     };
@@ -242,6 +242,21 @@ fn write_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(), StateE
             .map_err(io("fsync", dir))?;
     }
     Ok(())
+}
+
+/// The recovery state saved by the previous run, if readable.
+pub(super) fn read_recovery_state(path: &Path) -> Option<PolicySnapshot> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str::<PolicySnapshot>(&text) {
+        Ok(snapshot) => {
+            info!(path = %path.display(), "recovery state restored (quiet windows and escalations carry over)");
+            Some(snapshot)
+        }
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "ignoring unreadable recovery state");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

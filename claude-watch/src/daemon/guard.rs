@@ -70,7 +70,14 @@ fn claimed(net_unix: &str) -> Vec<String> {
 /// Claims `scope` for this daemon, unless another daemon's claim overlaps it.
 pub(super) fn claim(scope: Option<&str>) -> Result<Claim, GuardError> {
     let ours = name(scope);
-    let net_unix = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    // The kernel's list of unix sockets (every process's: a busy host has thousands).
+    let net_unix = crate::untrusted::read_head(
+        std::path::Path::new("/proc/net/unix"),
+        crate::untrusted::Resolve::Proc,
+        crate::untrusted::Limits::bytes(64 << 20),
+    )
+    .map(|b| String::from_utf8_lossy(&b).into_owned())
+    .unwrap_or_default();
     if let Some(theirs) = claimed(&net_unix).into_iter().find(|t| overlap(t, &ours)) {
         return Err(GuardError::Overlap { theirs, ours });
     }

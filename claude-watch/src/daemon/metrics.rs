@@ -224,39 +224,60 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped.
+///
+/// At most [`MAX_CONNECTIONS`] connections are served at once, each for at most
+/// [`EXCHANGE_TIMEOUT`] (request read and answer written): at the limit no more are accepted
+/// (they wait in the kernel's backlog), so idle connections cannot take the daemon's
+/// descriptors, and a client that does not read its answer is dropped. A failed `accept` (out
+/// of descriptors) is retried after a pause, not in a busy loop.
 pub async fn serve(listener: TcpListener, metrics: Metrics) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((mut stream, peer)) = listener.accept().await else {
-            continue;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                debug!("metrics: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                stream.read(&mut buf),
-            )
-            .await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) =
-                if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
-                    ("200 OK", metrics.render())
-                } else {
-                    ("404 Not Found", "only GET /metrics is served\n".to_owned())
-                };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = stream.write_all(response.as_bytes()).await {
-                debug!(%peer, "metrics client went away: {e}");
+            let _slot = slot;
+            if let Err(e) = tokio::time::timeout(EXCHANGE_TIMEOUT, answer(stream, &metrics)).await {
+                debug!(%peer, "metrics client too slow: {e}");
             }
         });
+    }
+}
+
+/// Connections to the metrics endpoint served at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long one connection may take, request and answer.
+pub const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads one request on `stream` and answers it.
+async fn answer(mut stream: tokio::net::TcpStream, metrics: &Metrics) {
+    let mut buf = [0u8; 2048];
+    let Ok(n) = stream.read(&mut buf).await else {
+        return;
+    };
+    let request = String::from_utf8_lossy(&buf[..n]);
+    let path = request.split_whitespace().nth(1).unwrap_or("");
+    let (status, body) = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
+        ("200 OK", metrics.render())
+    } else {
+        ("404 Not Found", "only GET /metrics is served\n".to_owned())
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if let Err(e) = stream.write_all(response.as_bytes()).await {
+        debug!("metrics client went away: {e}");
     }
 }
 

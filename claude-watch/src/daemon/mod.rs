@@ -15,21 +15,26 @@
 //! - `durable`: the writer thread for the journal and the recovery state, and the write-ahead
 //!   rule;
 //! - `locating`: the looks at processes' files waiting for a blocking thread;
+//! - `looking`: discovery's looks (files other users chose, container names) waiting for a
+//!   blocking thread, one per user at a time;
 //! - `publish`: metric events and the status snapshot rendered for the registry and the socket;
 //! - [`control`]: the control socket `claude-watch status` talks to;
 //! - [`metrics`]: the Prometheus registry and endpoint;
 //! - [`notify`]: `sd_notify` readiness and watchdog;
-//! - [`status`]: the snapshot served to operators.
+//! - [`status`]: the snapshot served to operators;
+//! - [`terminal`]: no controlling terminal, ever.
 
 pub mod control;
 mod durable;
 pub mod fleet;
 pub mod guard;
 mod locating;
+mod looking;
 pub mod metrics;
 pub mod notify;
 mod publish;
 pub mod status;
+pub mod terminal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,7 +49,7 @@ use crate::capture::probes::OverBudget;
 use crate::capture::records::RecordStream;
 use crate::capture::{CaptureError, KernelStats, Probes, Settings, Target as ProbeTarget, targets};
 use crate::config::Config;
-use crate::discover::{self, Discovery, Found};
+use crate::discover::{self, Discovery, Found, Looked};
 use crate::error_chain;
 use crate::http::pair::Record;
 use crate::instance::ClaudeKind;
@@ -52,10 +57,10 @@ use crate::journal::{Journal, JournalOptions};
 use crate::supervise::supervisor::{self, EngineSocket, SystemdBus};
 use crate::time::{mono_now_ns, wall_minus_mono_ns};
 use crate::watch::front::Front;
-use crate::watch::policy::PolicySnapshot;
 use crate::watch::{Effect, Input, Watch};
 use durable::{Durable, Write, WriteAhead};
 use locating::LocateQueue;
+use looking::LookQueue;
 use metrics::Metrics;
 use notify::Notifier;
 use status::Snapshot;
@@ -88,7 +93,13 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
         None => (Config::builtin(), "<built-in>".to_owned()),
     };
     if config.fleet.host.is_none() {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host = crate::untrusted::read_head(
+            Path::new("/proc/sys/kernel/hostname"),
+            crate::untrusted::Resolve::Proc,
+            crate::untrusted::Limits::bytes(256),
+        )
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
         config.fleet.host = Some(
             Some(host.trim())
                 .filter(|h| !h.is_empty())
@@ -104,6 +115,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     // Everything that can be wrong with the configuration is found before anything starts.
     let (mut config, origin) = load_config(options.config.as_deref())?;
     config.daemon.dry_run |= options.dry_run;
+    terminal::give_up_and_say();
     crate::allocator::tune_for_long_run();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -131,10 +143,23 @@ enum Done {
     Input(Box<Input>),
     /// The durable writer wrote everything up to this write.
     Durable(u64),
+    /// A look of discovery's returned (`overran`: after it was given up).
+    Looked {
+        uid: u32,
+        looked: Option<Looked>,
+        overran: bool,
+    },
+    /// A look of discovery's ran over its budget and was given up.
+    LookOverran { uid: u32, pid: u32 },
 }
 
-/// Threads for blocking work, at most.
-const MAX_BLOCKING_THREADS: usize = 8;
+/// Threads for blocking work, at most: locates ([`locating::WORKERS`]), discovery's looks
+/// ([`looking::WORKERS`], and up to [`looking::MAX_STUCK`] given up in a call that does not
+/// return), and a container engine's restarts.
+const MAX_BLOCKING_THREADS: usize = 12;
+
+/// How long discovery's looks may hold readiness back at start, for all processes together.
+const STARTUP_LOOK_BUDGET: Duration = Duration::from_secs(10);
 
 /// How long locating may hold readiness back at start, for all files together (one file's own
 /// budget is [`crate::locate`]'s 10 s).
@@ -164,6 +189,8 @@ struct Daemon {
     startup_locate_left: Duration,
     /// Looks at processes' files waiting for a blocking thread.
     locates: LocateQueue,
+    /// Discovery's looks waiting for a blocking thread.
+    looks: LookQueue,
     /// This daemon's claim on its scope (no other daemon watches the same processes).
     _claim: guard::Claim,
     /// The task asking the fleet's Alertmanager, and what it asks (`[fleet]`).
@@ -179,21 +206,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The recovery state saved by the previous run, if readable.
-fn read_recovery_state(path: &Path) -> Option<PolicySnapshot> {
-    let text = std::fs::read_to_string(path).ok()?;
-    match serde_json::from_str::<PolicySnapshot>(&text) {
-        Ok(snapshot) => {
-            info!(path = %path.display(), "recovery state restored (quiet windows and escalations carry over)");
-            Some(snapshot)
-        }
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "ignoring unreadable recovery state");
-            None
-        }
-    }
 }
 
 impl Daemon {
@@ -238,11 +250,12 @@ impl Daemon {
             ..Settings::default()
         })?;
         probes.set_max_attachments(d.max_attachments as usize);
+        probes.set_max_attachments_per_user(d.max_attachments_per_user.map(|s| s as usize));
         probes.watch_processes()?;
         let stream = RecordStream::new(probes.take_ring()?).context("polling the ring buffer")?;
 
         let state_path = d.state_dir.join("recovery.json");
-        let saved = read_recovery_state(&state_path);
+        let saved = durable::read_recovery_state(&state_path);
         let records = journal.records().context("reading the journal")?;
         let open_episodes: Vec<_> = crate::journal::episodes(&records)
             .into_iter()
@@ -270,7 +283,8 @@ impl Daemon {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let offset = wall_minus_mono_ns();
         let discovery = Discovery::new("/proc", config.rules())
-            .with_docker_socket(config.daemon.docker_socket.clone());
+            .with_docker_socket(config.daemon.docker_socket.clone())
+            .deferring_looks();
         let front = Front::new(discovery, offset);
         let control_path = d.control_socket.clone();
         let engine = EngineSocket::detect(&config.daemon.docker_socket);
@@ -298,6 +312,7 @@ impl Daemon {
             starting: true,
             startup_locate_left: STARTUP_LOCATE_BUDGET,
             locates: LocateQueue::default(),
+            looks: LookQueue::default(),
             _claim: claim,
             fleet_poller: None,
             over_budget: Vec::new(),
@@ -308,6 +323,7 @@ impl Daemon {
         for found in daemon.front.processes_mut().scan() {
             daemon.feed(Input::Started(found));
         }
+        daemon.settle_looks().await;
         daemon.feed(Input::Resume {
             episodes: open_episodes,
         });
@@ -376,6 +392,7 @@ impl Daemon {
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
             }
+            self.start_looks();
         }
         self.shutdown();
         Ok(())
@@ -447,6 +464,9 @@ impl Daemon {
                 self.front.processes_mut().set_rules(config.rules());
                 self.probes
                     .set_max_attachments(config.daemon.max_attachments as usize);
+                self.probes.set_max_attachments_per_user(
+                    config.daemon.max_attachments_per_user.map(|s| s as usize),
+                );
                 let bus = SystemdBus::detect(config.recovery.systemd_bus.as_deref());
                 let engine = EngineSocket::detect(&config.daemon.docker_socket);
                 self.origin = origin;
@@ -490,6 +510,33 @@ impl Daemon {
                 self.start_locates();
             }
             Done::Input(input) => self.feed(*input),
+            Done::Looked {
+                uid,
+                looked,
+                overran,
+            } => {
+                self.looks.finished(uid, overran);
+                let again =
+                    looked.map_or_else(Vec::new, |looked| self.front.processes_mut().learn(looked));
+                for pid in again {
+                    if let Some(input) = self.front.inspect(pid) {
+                        self.feed(input);
+                    }
+                }
+                self.start_looks();
+            }
+            Done::LookOverran { uid, pid } => {
+                self.looks.overran();
+                self.front.processes_mut().forget_look(pid);
+                warn!(
+                    pid,
+                    uid,
+                    budget_ms = looking::BUDGET.as_millis(),
+                    stuck = self.looks.stuck(),
+                    "a look at a process's file took longer than its budget: given up, its user's next looks wait for it"
+                );
+                self.start_looks();
+            }
             Done::Durable(seq) => {
                 for (decided, effect) in self.ahead.acknowledged(seq) {
                     self.release(decided, effect);
@@ -623,6 +670,70 @@ impl Daemon {
         }
     }
 
+    /// Queues discovery's new looks and starts those for which a worker is free, each on a
+    /// blocking thread and given up after [`looking::BUDGET`].
+    fn start_looks(&mut self) {
+        for look in self.front.processes_mut().take_looks() {
+            let (uid, pid) = (look.uid, look.pid);
+            if !self.looks.push(look) {
+                self.front.processes_mut().forget_look(pid);
+                let dropped = self.looks.dropped();
+                // Said at the 1st, 2nd, 4th, 8th ... drop.
+                if dropped.is_power_of_two() {
+                    warn!(
+                        uid,
+                        pid, dropped, "a user's queue of looks is full: this process is not judged"
+                    );
+                }
+            }
+        }
+        while let Some(look) = self.looks.next() {
+            let (uid, pid) = (look.uid, look.pid);
+            let tx = self.done_tx.clone();
+            let mut work = tokio::task::spawn_blocking(move || look.run());
+            tokio::spawn(async move {
+                let (looked, overran) = match tokio::time::timeout(looking::BUDGET, &mut work).await
+                {
+                    Ok(looked) => (looked, false),
+                    Err(_) => {
+                        let _ = tx.send(Done::LookOverran { uid, pid });
+                        (work.await, true)
+                    }
+                };
+                let _ = tx.send(Done::Looked {
+                    uid,
+                    looked: looked.ok(),
+                    overran,
+                });
+            });
+        }
+    }
+
+    /// At start: runs the looks the first scan queued (and those their answers queue), until
+    /// none is left or [`STARTUP_LOOK_BUDGET`] has passed, so that the processes running now
+    /// are found (and attached) before the daemon says it watches.
+    async fn settle_looks(&mut self) {
+        let deadline = tokio::time::Instant::now() + STARTUP_LOOK_BUDGET;
+        loop {
+            self.start_looks();
+            if self.looks.idle() {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
+                Ok(Some(done)) => self.on_done(done),
+                Ok(None) => return,
+                Err(_) => {
+                    warn!(
+                        budget_s = STARTUP_LOOK_BUDGET.as_secs(),
+                        waiting = self.looks.waiting(),
+                        "discovery's looks at start took longer than their budget: the rest are judged after readiness"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
     /// Starts queued looks while workers are free; a process gone meanwhile is skipped.
     fn start_locates(&mut self) {
         let processes = self.front.processes();
@@ -670,7 +781,7 @@ impl Daemon {
         }
         let attached = result.and_then(|targets| {
             for target in &targets {
-                if self.probes.attach(target, pid)? {
+                if self.probes.attach(target, pid, found.info.uid)? {
                     info!(pid, instance = %found.instance, path = %target.path.display(), how = %target.how, "attached");
                 }
             }
@@ -678,6 +789,10 @@ impl Daemon {
         });
         let unobserved = match attached {
             Ok(()) => None,
+            Err(e @ CaptureError::OverUserShare { .. }) => {
+                warn!(pid, uid = found.info.uid, instance = %found.instance, share = self.probes.max_attachments_per_user(), error = %error_chain(&e), "unobserved: the user's share of attachments is used up");
+                Some(error_chain(&e))
+            }
             Err(e @ CaptureError::TooManyAttachments { .. }) => {
                 warn!(pid, instance = %found.instance, attachments = self.probes.attachments(), refused = self.probes.refused_attachments(), error = %error_chain(&e), "unobserved: attachment cap reached");
                 Some(error_chain(&e))
@@ -757,8 +872,8 @@ impl Daemon {
         let fresh = self.probes.over_budget();
         for o in &fresh {
             if !self.over_budget.iter().any(|old| old.pid == o.pid) {
-                let comm = std::fs::read_to_string(format!("/proc/{}/comm", o.pid))
-                    .map(|c| c.trim_end().escape_debug().to_string())
+                let comm = crate::instance::proc::comm(o.pid)
+                    .map(|c| c.escape_debug().to_string())
                     .unwrap_or_default();
                 warn!(
                     pid = o.pid,

@@ -12,14 +12,25 @@
 //! TLS library that process maps (a distro node links the shared `libssl.so.3`), so the other
 //! node programs on the host never hit a probe. Instances in a Docker or Podman container are
 //! named after it, with the name the engine reports ([`engine`]).
+//!
+//! The files that say what a process is are chosen by whoever started it (a script argument
+//! can name a FIFO, a terminal, a device, a file on a FUSE mount): they are opened only through
+//! [`crate::untrusted`], resolved where the process sees them (`/proc/<pid>/root`, its working
+//! directory), and in the daemon never on its event loop. There discovery runs with
+//! [`Discovery::deferring_looks`]: a process whose verdict needs a read (a script, an
+//! executable not judged before, a background worker's session file) or whose container
+//! needs the engine's name is not judged at once; a [`Look`] is queued instead, taken by the daemon ([`Discovery::take_looks`]) and run
+//! on a blocking thread ([`Look::run`]), and its answer ([`Discovery::learn`]) names the
+//! processes to look at again. Without it (`trace`, `config check`, tests) looks run in place.
 
 pub mod content;
 pub mod engine;
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
+use std::hash::{Hash as _, Hasher as _};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -29,6 +40,7 @@ use crate::instance::bg::{self, Role};
 use crate::instance::{
     self, BgSession, ClaudeKind, Container, InstanceId, MatchRule, Placement, ProcessInfo,
 };
+use crate::untrusted::{self, Identity, Limits, Resolve};
 
 pub use content::ClaudeFile;
 
@@ -40,6 +52,17 @@ const VERDICTS_KEPT: usize = 8192;
 const SPARES_KEPT: usize = 256;
 /// Containers whose name is remembered.
 const CONTAINERS_KEPT: usize = 1024;
+/// Instances whose owner is remembered (names a process chooses: rules without a uid, pm2 and
+/// supervisord programs, background sessions).
+const OWNERS_KEPT: usize = 4096;
+/// Processes whose last look is remembered (each answer is for one exec of one process, so a
+/// pid reused or an exec again is looked at anew).
+const ANSWERS_KEPT: usize = 16_384;
+/// How long what a look read of a session file answers for that worker (a spare is looked at
+/// again after it, until a session claims it).
+const SESSION_FRESH: Duration = Duration::from_secs(1);
+/// How long reading a script's head or an executable's module graph may take.
+const READ_BUDGET: Duration = Duration::from_secs(2);
 /// When a script instance's mapped files are looked at again, after it was found: the
 /// interpreter maps its TLS library (a distro node's `libssl.so.3`) only after the exec.
 const RESCAN_AFTER: [Duration; 3] = [
@@ -92,12 +115,12 @@ struct FileKey {
 }
 
 impl FileKey {
-    fn of(meta: &std::fs::Metadata) -> Self {
+    fn of(id: &Identity) -> Self {
         Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            dev: id.dev,
+            ino: id.ino,
+            size: id.size,
+            mtime_ns: id.mtime_ns,
         }
     }
 }
@@ -139,103 +162,400 @@ impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
     }
 }
 
-/// What files are, remembered per [`FileKey`].
+/// Verdicts per file and the way it was read (a file is a script or an executable), shared
+/// with the threads that run looks.
 #[derive(Debug)]
-pub struct Recognizer {
-    /// Verdicts per file and the way it was read (a file is a script or an executable).
-    verdicts: Bounded<(FileKey, ClaudeKind), Option<ClaudeFile>>,
+struct Verdicts {
+    map: Bounded<(FileKey, ClaudeKind), Option<ClaudeFile>>,
     /// Files actually read (not answered from the cache), for the operator and the bench.
     reads: u64,
+}
+
+impl Verdicts {
+    fn shared() -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Self {
+            map: Bounded::new(VERDICTS_KEPT),
+            reads: 0,
+        }))
+    }
+}
+
+/// What a process's verdict was for: its start time, executable and script argument (a
+/// process that execs again, or a pid reused, is judged anew).
+type Fingerprint = u64;
+
+/// What one look at a process found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Answer {
+    fingerprint: Fingerprint,
+    verdict: Option<ClaudeFile>,
+    /// The identity of the executable judged (native only).
+    id: Option<FileId>,
+}
+
+/// Whether a process runs Claude Code: known, or waiting for a look.
+#[derive(Debug)]
+enum Recognized {
+    /// How, which release when the file says, and the executable judged (native).
+    Known(Option<(ClaudeKind, Option<String>, Option<FileId>)>),
+    /// A look is queued (or running) for the process.
+    Pending,
+}
+
+/// What files are, remembered per [`FileKey`], and what each process was found to be.
+#[derive(Debug)]
+pub struct Recognizer {
+    verdicts: Arc<Mutex<Verdicts>>,
+    answers: Bounded<u32, Answer>,
+    /// Run looks in place (`false`: queue them for the daemon's blocking threads).
+    inline: bool,
+    /// Looks queued, not taken yet.
+    looks: Vec<Look>,
+    /// Processes with a look queued or running, and the exec it is for.
+    pending: HashMap<u32, Fingerprint>,
 }
 
 impl Default for Recognizer {
     fn default() -> Self {
         Self {
-            verdicts: Bounded::new(VERDICTS_KEPT),
-            reads: 0,
+            verdicts: Verdicts::shared(),
+            answers: Bounded::new(ANSWERS_KEPT),
+            inline: true,
+            looks: Vec::new(),
+            pending: HashMap::new(),
         }
     }
 }
 
+/// The fingerprint of one exec of one process.
+fn fingerprint(start_time: u64, exe: &Path, script: Option<&str>) -> Fingerprint {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (start_time, exe, script).hash(&mut h);
+    h.finish()
+}
+
 impl Recognizer {
-    /// Whether the process in `dir` (`/proc/<pid>`), with executable `exe` and command line
-    /// `cmdline`, runs Claude Code: how, which release when the file says, and (for a native
-    /// binary) the identity of the executable file that was judged.
-    pub fn process(
+    /// Whether the process `pid` (directory `dir`, `/proc/<pid>`), started at `start_time`
+    /// with executable `exe` and command line `cmdline`, runs Claude Code: how, which release
+    /// when the file says, and (for a native binary) the identity of the executable file that
+    /// was judged. A native executable already judged is answered at once (its identity from
+    /// the `/proc/<pid>/exe` link, without calling its filesystem); a script, or a file not
+    /// judged yet, needs a look ([`Recognized::Pending`] until [`Self::learn`]).
+    fn process(
         &mut self,
+        pid: u32,
         dir: &Path,
+        start_time: u64,
         exe: &Path,
         cmdline: &[String],
-    ) -> Option<(ClaudeKind, Option<String>, Option<FileId>)> {
+    ) -> Recognized {
         if exe.as_os_str().is_empty() {
-            return None;
+            return Recognized::Known(None);
         }
         let by_name = instance::classify(exe, cmdline);
-        let (kind, verdict, exe_id) = if by_name == Some(ClaudeKind::Script) || is_interpreter(exe)
-        {
-            let script = script_arg(cmdline)?;
-            let path = if Path::new(script).is_absolute() {
-                dir.join("root").join(script.trim_start_matches('/'))
-            } else {
-                dir.join("cwd").join(script)
-            };
-            let (verdict, _) = self.file(&path, ClaudeKind::Script);
-            (ClaudeKind::Script, verdict, None)
+        let script = if by_name == Some(ClaudeKind::Script) || is_interpreter(exe) {
+            match script_arg(cmdline) {
+                Some(script) => Some(script),
+                None => return Recognized::Known(None),
+            }
         } else {
-            let (verdict, id) = self.file(&dir.join("exe"), ClaudeKind::Native);
-            (ClaudeKind::Native, verdict, id)
+            None
         };
-        match (verdict, by_name) {
+        let kind = if script.is_some() {
+            ClaudeKind::Script
+        } else {
+            ClaudeKind::Native
+        };
+        let print = fingerprint(start_time, exe, script);
+        let answer = match self.answers.get(&pid).filter(|a| a.fingerprint == print) {
+            Some(answer) => answer.clone(),
+            None => match script
+                .is_none()
+                .then(|| self.judged_executable(dir, print))
+                .flatten()
+            {
+                Some(answer) => answer,
+                None => {
+                    let look = Look {
+                        pid,
+                        uid: 0,
+                        what: LookAt::File {
+                            fingerprint: print,
+                            dir: dir.to_owned(),
+                            script: script.map(PathBuf::from),
+                            verdicts: self.verdicts.clone(),
+                        },
+                    };
+                    if !self.inline {
+                        if self.pending.get(&pid) != Some(&print) {
+                            self.pending.insert(pid, print);
+                            self.looks.push(look.owned_by(dir));
+                        }
+                        return Recognized::Pending;
+                    }
+                    let LookedAt::File(answer) = look.run().what else {
+                        unreachable!("a file look answers a file")
+                    };
+                    self.answers.insert(pid, answer.clone());
+                    answer
+                }
+            },
+        };
+        let exe_id = answer.id.filter(|_| kind == ClaudeKind::Native);
+        Recognized::Known(match (answer.verdict, by_name) {
             (Some(file), _) => Some((kind, file.version, exe_id)),
             (None, Some(named)) => Some((named, None, exe_id.filter(|_| named == kind))),
             (None, None) => None,
-        }
+        })
     }
 
-    /// The verdict on the file at `path` read as `kind` (a script's head, or a native
-    /// executable's module graph): from the cache when its key is known, else read once and
-    /// remembered; with the identity of the file opened.
-    fn file(&mut self, path: &Path, kind: ClaudeKind) -> (Option<ClaudeFile>, Option<FileId>) {
-        let Some((mut file, meta)) = File::open(path)
-            .ok()
-            .and_then(|f| f.metadata().ok().map(|m| (f, m)))
-        else {
-            return (None, None);
-        };
-        if !meta.is_file() {
-            return (None, None);
+    /// The answer for the executable of the process in `dir` when its file was judged before
+    /// (by identity, as the kernel holds it: the event loop may ask).
+    fn judged_executable(&mut self, dir: &Path, print: Fingerprint) -> Option<Answer> {
+        let identity = untrusted::identity(&dir.join("exe"), Resolve::Proc).ok()?;
+        if !identity.regular {
+            return None;
         }
-        let id = Some(FileId::of(&meta));
-        let key = (FileKey::of(&meta), kind);
-        if let Some(verdict) = self.verdicts.get(&key) {
-            return (verdict.clone(), id);
+        let verdict = self
+            .verdicts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .get(&(FileKey::of(&identity), ClaudeKind::Native))
+            .cloned()?;
+        Some(Answer {
+            fingerprint: print,
+            verdict,
+            id: Some(FileId {
+                dev: identity.dev,
+                ino: identity.ino,
+            }),
+        })
+    }
+
+    /// Remembers what a look at process `pid` found.
+    fn learn(&mut self, pid: u32, answer: Answer) {
+        if self.pending.get(&pid) == Some(&answer.fingerprint) {
+            self.pending.remove(&pid);
         }
-        self.reads += 1;
-        let verdict = match kind {
-            ClaudeKind::Script => {
-                let mut head = Vec::with_capacity(content::HEAD_BYTES);
-                std::io::Read::read_to_end(
-                    &mut std::io::Read::take(&mut file, content::HEAD_BYTES as u64),
-                    &mut head,
-                )
-                .ok()
-                .and_then(|_| content::script(&head))
-            }
-            ClaudeKind::Native => content::native(&mut file, meta.len()).ok().flatten(),
-        };
-        self.verdicts.insert(key, verdict.clone());
-        (verdict, id)
+        self.answers.insert(pid, answer);
     }
 
     /// Files whose content was read so far (cache misses).
     pub fn reads(&self) -> u64 {
-        self.reads
+        self.verdicts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reads
     }
 
     /// Files whose verdict is cached.
     pub fn cached(&self) -> usize {
-        self.verdicts.len()
+        self.verdicts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .len()
     }
+}
+
+/// A look discovery needs before it can judge a process, run off the event loop
+/// ([`Look::run`]): the file that says whether it is Claude Code (its executable, or the
+/// script its interpreter runs), or the engine's name for its container.
+#[derive(Debug)]
+pub struct Look {
+    /// The process looked at.
+    pub pid: u32,
+    /// Its owner (of `/proc/<pid>`): the user whose share of looks it takes.
+    pub uid: u32,
+    what: LookAt,
+}
+
+/// What a [`Look`] reads.
+#[derive(Debug)]
+enum LookAt {
+    /// The file that says what the process in `dir` (`/proc/<pid>`) is, for the exec
+    /// `fingerprint`: its script argument when it has one (resolved where the process sees
+    /// it), else `/proc/<pid>/exe`.
+    File {
+        fingerprint: Fingerprint,
+        dir: PathBuf,
+        script: Option<PathBuf>,
+        verdicts: Arc<Mutex<Verdicts>>,
+    },
+    /// The engine's name for a container.
+    Container {
+        container: Container,
+        socket: PathBuf,
+    },
+    /// The session file of a background worker (under a directory its environment names).
+    Session {
+        proc_root: PathBuf,
+        info: Box<ProcessInfo>,
+    },
+}
+
+/// What a [`Look`] found, for [`Discovery::learn`].
+#[derive(Debug)]
+pub struct Looked {
+    /// The process looked at.
+    pub pid: u32,
+    what: LookedAt,
+}
+
+#[derive(Debug)]
+enum LookedAt {
+    File(Answer),
+    Container {
+        container: Container,
+        name: Option<String>,
+    },
+    Session {
+        start_time: u64,
+        session: Option<BgSession>,
+    },
+}
+
+impl Look {
+    /// A look at process `pid` of `uid` that asks nothing (for the daemon's queue's tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests(pid: u32, uid: u32) -> Self {
+        Self {
+            pid,
+            uid,
+            what: LookAt::Container {
+                container: Container {
+                    engine: instance::Engine::Docker,
+                    id: "0".repeat(64),
+                },
+                socket: PathBuf::from("/nonexistent"),
+            },
+        }
+    }
+
+    /// The look, in the queue of the user owning process directory `dir`.
+    fn owned_by(mut self, dir: &Path) -> Self {
+        self.uid = std::fs::metadata(dir).map_or(0, |m| m.uid());
+        self
+    }
+
+    /// Runs the look (blocking: it opens files another user chose, through
+    /// [`crate::untrusted`], or asks the container engine).
+    #[must_use]
+    pub fn run(self) -> Looked {
+        let what = match self.what {
+            LookAt::File {
+                fingerprint,
+                dir,
+                script,
+                verdicts,
+            } => {
+                let (verdict, id) = match script {
+                    Some(script) => judge_script(&dir, &script, &verdicts),
+                    None => judge_file(
+                        &dir.join("exe"),
+                        Resolve::Proc,
+                        ClaudeKind::Native,
+                        &verdicts,
+                    ),
+                };
+                LookedAt::File(Answer {
+                    fingerprint,
+                    verdict,
+                    id,
+                })
+            }
+            LookAt::Container { container, socket } => {
+                let name = match engine::container_name(&socket, &container) {
+                    Ok(name) => Some(name),
+                    // Not remembered: a busy engine that did not answer in time is asked again
+                    // for the container's next process.
+                    Err(e) => {
+                        warn!(container = %container.short_id(), error = %crate::error_chain(&e), "container name unknown: the instance is named by the container's id");
+                        None
+                    }
+                };
+                LookedAt::Container { container, name }
+            }
+            LookAt::Session { proc_root, info } => LookedAt::Session {
+                start_time: info.start_time,
+                session: bg_session(&proc_root, &info),
+            },
+        };
+        Looked {
+            pid: self.pid,
+            what,
+        }
+    }
+}
+
+/// The verdict on script `script` of the process in `dir`, resolved where the process sees it:
+/// in its root, from its working directory when relative.
+fn judge_script(
+    dir: &Path,
+    script: &Path,
+    verdicts: &Mutex<Verdicts>,
+) -> (Option<ClaudeFile>, Option<FileId>) {
+    let path = if script.is_absolute() {
+        script.to_owned()
+    } else {
+        // The working directory as the process sees it (from its root).
+        let Ok(cwd) = std::fs::read_link(dir.join("cwd")) else {
+            return (None, None);
+        };
+        cwd.join(script)
+    };
+    judge_file(
+        &path,
+        Resolve::InRoot(&dir.join("root")),
+        ClaudeKind::Script,
+        verdicts,
+    )
+}
+
+/// The verdict on the file at `path` read as `kind` (a script's head, or a native
+/// executable's module graph): from the cache when its key is known, else read once and
+/// remembered; with the identity of the file opened. Anything but a regular file is never
+/// opened for reading (see [`crate::untrusted`]).
+fn judge_file(
+    path: &Path,
+    resolve: Resolve<'_>,
+    kind: ClaudeKind,
+    verdicts: &Mutex<Verdicts>,
+) -> (Option<ClaudeFile>, Option<FileId>) {
+    let mut opened = match untrusted::open(path, resolve) {
+        Ok(opened) => opened,
+        Err(e) => {
+            debug!(path = %path.display(), error = %crate::error_chain(&e), "not judged");
+            return (None, None);
+        }
+    };
+    let identity = Identity::of(opened.metadata());
+    let id = Some(FileId {
+        dev: identity.dev,
+        ino: identity.ino,
+    });
+    let key = (FileKey::of(&identity), kind);
+    let lock = || verdicts.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(verdict) = lock().map.get(&key) {
+        return (verdict.clone(), id);
+    }
+    lock().reads += 1;
+    let verdict = match kind {
+        ClaudeKind::Script => opened
+            .read_head(Limits {
+                max_bytes: content::HEAD_BYTES as u64,
+                budget: READ_BUDGET,
+            })
+            .ok()
+            .and_then(|head| content::script(&head)),
+        ClaudeKind::Native => {
+            let mut file = opened.file();
+            content::native(&mut file, identity.size).ok().flatten()
+        }
+    };
+    lock().map.insert(key, verdict.clone());
+    (verdict, id)
 }
 
 /// Whether `exe` is a JavaScript runtime that may run `cli.js` (node, nodejs, bun).
@@ -262,6 +582,21 @@ pub struct Discovery {
     recognizer: Recognizer,
     docker_socket: Option<PathBuf>,
     containers: Bounded<Container, Option<String>>,
+    /// Containers whose name a look is asking the engine for, and the processes waiting.
+    naming: HashMap<Container, Vec<u32>>,
+    /// Processes whose container's name the engine did not give: named by the id.
+    unnamed: std::collections::HashSet<u32>,
+    /// Processes waiting for a look at one of their ancestors, by that ancestor's pid.
+    recheck_after: HashMap<u32, Vec<u32>>,
+    /// What a look read of a background worker's session file (by pid, with its start time and
+    /// when), used for [`SESSION_FRESH`].
+    sessions: HashMap<u32, (u64, Option<BgSession>, Instant)>,
+    /// Background workers whose session file a look is reading.
+    sessions_pending: std::collections::HashSet<u32>,
+    /// The user whose process first took each instance whose name processes choose: other
+    /// users' processes are refused the name also while none of its processes runs (during
+    /// its own restart), so none can squat it.
+    owners: Bounded<InstanceId, u32>,
     /// Script instances to look at again: pid, start time, when, which attempt.
     rescans: Vec<(u32, u64, Instant, usize)>,
     /// Background spares not claimed by a session yet.
@@ -288,9 +623,128 @@ impl Discovery {
             recognizer: Recognizer::default(),
             docker_socket: None,
             containers: Bounded::new(CONTAINERS_KEPT),
+            naming: HashMap::new(),
+            unnamed: std::collections::HashSet::new(),
+            recheck_after: HashMap::new(),
+            sessions: HashMap::new(),
+            sessions_pending: std::collections::HashSet::new(),
+            owners: Bounded::new(OWNERS_KEPT),
             rescans: Vec::new(),
             spares: Vec::new(),
         }
+    }
+
+    /// Never reads a file or asks the engine in place: what needs it is queued as a [`Look`]
+    /// ([`Self::take_looks`]) to run off the event loop, and the process is judged once the
+    /// look's answer is in ([`Self::learn`]).
+    #[must_use]
+    pub fn deferring_looks(mut self) -> Self {
+        self.recognizer.inline = false;
+        self
+    }
+
+    /// The looks queued since the last call.
+    pub fn take_looks(&mut self) -> Vec<Look> {
+        std::mem::take(&mut self.recognizer.looks)
+    }
+
+    /// Takes in what a look found; returns the processes to check again now
+    /// ([`Self::check`]): the one looked at, and those that waited for it.
+    pub fn learn(&mut self, looked: Looked) -> Vec<u32> {
+        match looked.what {
+            LookedAt::File(answer) => {
+                self.recognizer.learn(looked.pid, answer);
+                let mut again = vec![looked.pid];
+                again.extend(self.recheck_after.remove(&looked.pid).unwrap_or_default());
+                again
+            }
+            LookedAt::Container { container, name } => {
+                let waiting = self.naming.remove(&container).unwrap_or_default();
+                match name {
+                    Some(name) => self.containers.insert(container, Some(name)),
+                    None => self.unnamed.extend(waiting.iter().copied()),
+                }
+                waiting
+            }
+            LookedAt::Session {
+                start_time,
+                session,
+            } => {
+                self.sessions_pending.remove(&looked.pid);
+                self.sessions
+                    .insert(looked.pid, (start_time, session, Instant::now()));
+                vec![looked.pid]
+            }
+        }
+    }
+
+    /// The background session the worker `info` runs, from its session file: `Some` when
+    /// known now (a look's answer at most [`SESSION_FRESH`] old, or read in place without
+    /// deferred looks), `None` while a look reads it (the process is checked again once it is
+    /// in).
+    fn session_of(&mut self, info: &ProcessInfo) -> Option<Option<BgSession>> {
+        if self.recognizer.inline {
+            return Some(bg_session(&self.proc_root, info));
+        }
+        if let Some((start_time, session, at)) = self.sessions.get(&info.pid)
+            && *start_time == info.start_time
+            && at.elapsed() < SESSION_FRESH
+        {
+            return Some(session.clone());
+        }
+        if self.sessions_pending.insert(info.pid) {
+            self.recognizer.looks.push(Look {
+                pid: info.pid,
+                uid: info.uid,
+                what: LookAt::Session {
+                    proc_root: self.proc_root.clone(),
+                    info: Box::new(info.clone()),
+                },
+            });
+        }
+        None
+    }
+
+    /// A look at process `pid` was given up (it took longer than its budget, or there was no
+    /// room for it): the processes waiting for it are not judged until something brings them
+    /// here again.
+    pub fn forget_look(&mut self, pid: u32) {
+        self.recognizer.pending.remove(&pid);
+        self.sessions_pending.remove(&pid);
+        self.recheck_after.remove(&pid);
+    }
+
+    /// Whether the name of `container` (of process `pid`) is known, or will not be asked;
+    /// otherwise a look asks the engine (in place, or queued).
+    fn container_named(&mut self, container: &Container, pid: u32) -> bool {
+        let Some(socket) = self.docker_socket.clone() else {
+            return true;
+        };
+        if self.containers.get(container).is_some() || self.unnamed.contains(&pid) {
+            return true;
+        }
+        let look = Look {
+            pid,
+            uid: 0,
+            what: LookAt::Container {
+                container: container.clone(),
+                socket,
+            },
+        };
+        if self.recognizer.inline {
+            self.learn(look.run());
+            self.unnamed.remove(&pid);
+            return true;
+        }
+        let waiting = self.naming.entry(container.clone()).or_default();
+        if waiting.is_empty() {
+            let dir = self.proc_root.join(pid.to_string());
+            self.recognizer.looks.push(look.owned_by(&dir));
+        }
+        if !waiting.contains(&pid) {
+            waiting.push(pid);
+        }
+        false
     }
 
     /// Asks the engine on `socket` (Docker's API, or Podman's compatible one) for the names of
@@ -320,7 +774,12 @@ impl Discovery {
         let dir = self.proc_root.join(pid.to_string());
         // Every exec on the host lands here: the executable's name and (cached) verdict first.
         let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
-        let recognized = self.recognizer.process(&dir, &exe, &cmdline);
+        let started = instance::proc::start_time_in(&dir)?;
+        let Recognized::Known(recognized) =
+            self.recognizer.process(pid, &dir, started, &exe, &cmdline)
+        else {
+            return None;
+        };
         if !self.known.contains_key(&pid) && recognized.is_none() {
             return None;
         }
@@ -332,15 +791,21 @@ impl Discovery {
             self.known.remove(&pid);
         }
         let (kind, release, exe_id) = recognized?;
-        let role = self.role(&info);
+        let role = self.role(&info)?;
         let placement = match role {
-            Role::Outermost => instance::placement(&info),
+            Role::Outermost => {
+                let placement = instance::placement(&info);
+                if let Placement::Container(c) = &placement
+                    && !self.container_named(c, pid)
+                {
+                    return None;
+                }
+                placement
+            }
             Role::Helper | Role::BgMachinery => return None,
-            // An unclaimed spare has no session file yet: not an instance now; its first
-            // exchange after a claim brings it here again.
             // An unclaimed spare has no session file yet: not an instance now, looked at again
             // on every tick until it is claimed ([`Self::due_claims`]) or exits.
-            Role::BgCandidate => match bg_session(&self.proc_root, &info) {
+            Role::BgCandidate => match self.session_of(&info)? {
                 Some(session) => Placement::ClaudeBg(session),
                 None => {
                     debug!(
@@ -375,13 +840,18 @@ impl Discovery {
         }
         let dir = self.proc_root.join(pid.to_string());
         let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
-        let (kind, release, exe_id) = self.recognizer.process(&dir, &exe, &cmdline)?;
+        let started = instance::proc::start_time_in(&dir)?;
+        let Recognized::Known(Some((kind, release, exe_id))) =
+            self.recognizer.process(pid, &dir, started, &exe, &cmdline)
+        else {
+            return None;
+        };
         let info = instance::read_process_info(&self.proc_root, pid).ok()?;
-        let role = self.role(&info);
+        let role = self.role(&info)?;
         let machinery = match role {
             Role::BgMachinery => true,
             // A claimed spare is a worker: `check` names it (on this exchange or the next tick).
-            Role::BgCandidate => bg_session(&self.proc_root, &info).is_none(),
+            Role::BgCandidate => self.session_of(&info)?.is_none(),
             Role::Outermost | Role::Helper => false,
         };
         if !machinery {
@@ -417,8 +887,8 @@ impl Discovery {
             {
                 continue;
             }
-            match bg_session(&self.proc_root, &info) {
-                Some(session) => {
+            match self.session_of(&info) {
+                Some(Some(session)) => {
                     let placement = Placement::ClaudeBg(session);
                     claimed.push(self.found(
                         info,
@@ -428,19 +898,40 @@ impl Discovery {
                         placement,
                     ));
                 }
-                None => self.spares.push(spare),
+                Some(None) | None => self.spares.push(spare),
             }
         }
         claimed
     }
 
-    /// The part claude process `info` plays, from its parent chain.
-    fn role(&mut self, info: &ProcessInfo) -> Role {
+    /// The part claude process `info` plays, from its parent chain; `None` while an ancestor
+    /// waits for a look (`info` is checked again once it is in).
+    fn role(&mut self, info: &ProcessInfo) -> Option<Role> {
         let ancestors = instance::read_ancestry(&self.proc_root, info.pid, MAX_ANCESTRY);
-        let (proc_root, recognizer) = (&self.proc_root, &mut self.recognizer);
-        bg::role(info, &ancestors, |a| {
-            let dir = proc_root.join(a.pid.to_string());
-            recognizer.process(&dir, &a.exe, &a.cmdline).is_some()
+        let mut claude = HashMap::with_capacity(ancestors.len());
+        let mut waiting = false;
+        for a in &ancestors {
+            let dir = self.proc_root.join(a.pid.to_string());
+            match self
+                .recognizer
+                .process(a.pid, &dir, a.start_time, &a.exe, &a.cmdline)
+            {
+                Recognized::Known(found) => {
+                    claude.insert(a.pid, found.is_some());
+                }
+                Recognized::Pending => {
+                    let after = self.recheck_after.entry(a.pid).or_default();
+                    if !after.contains(&info.pid) {
+                        after.push(info.pid);
+                    }
+                    waiting = true;
+                }
+            }
+        }
+        (!waiting).then(|| {
+            bg::role(info, &ancestors, |a| {
+                claude.get(&a.pid).copied().unwrap_or(false)
+            })
         })
     }
 
@@ -458,7 +949,10 @@ impl Discovery {
             Placement::Container(c) => InstanceId::container(format!(
                 "{}:{}",
                 c.engine.label(),
-                self.container_name(c)
+                self.containers
+                    .get(c)
+                    .cloned()
+                    .flatten()
                     .unwrap_or_else(|| c.short_id().to_owned())
             )),
             Placement::ClaudeBg(bg) => InstanceId::bg_session(&bg.short_id),
@@ -469,8 +963,12 @@ impl Discovery {
             .known
             .values()
             .filter(|f| f.instance == instance)
-            .map(|f| f.info.uid);
+            .map(|f| f.info.uid)
+            .chain(self.owners.get(&instance).copied());
         let instance = if instance::may_join(&instance, info.uid, members, &self.rules) {
+            if instance::self_named(&instance, &self.rules) {
+                self.owners.insert(instance.clone(), info.uid);
+            }
             instance
         } else {
             warn!(pid, uid = info.uid, claimed = %instance, "refused: a process of another user than the instance's claims its name; it is watched under its own pid");
@@ -495,27 +993,6 @@ impl Discovery {
         }
         self.known.insert(pid, found.clone());
         found
-    }
-
-    /// The engine's name for a container (cached, also when the engine did not answer).
-    fn container_name(&mut self, container: &Container) -> Option<String> {
-        if let Some(name) = self.containers.get(container) {
-            return name.clone();
-        }
-        let socket = self.docker_socket.as_deref()?;
-        match engine::container_name(socket, container) {
-            Ok(name) => {
-                self.containers
-                    .insert(container.clone(), Some(name.clone()));
-                Some(name)
-            }
-            // Not remembered: a busy engine that did not answer in time is asked again for the
-            // container's next process.
-            Err(e) => {
-                warn!(container = %container.short_id(), error = %crate::error_chain(&e), "container name unknown: the instance is named by the container's id");
-                None
-            }
-        }
     }
 
     /// Script instances due for another look at their mapped files (see [`target`]); the
@@ -549,6 +1026,10 @@ impl Discovery {
     /// Forgets a process that exited; returns it if it was an instance.
     pub fn exited(&mut self, pid: u32) -> Option<Found> {
         self.spares.retain(|s| s.pid != pid);
+        self.unnamed.remove(&pid);
+        self.recheck_after.remove(&pid);
+        self.sessions.remove(&pid);
+        self.sessions_pending.remove(&pid);
         self.known.remove(&pid)
     }
 
@@ -579,25 +1060,21 @@ impl Discovery {
 /// be a regular file owned by the worker's uid (checked on the open file, the last component
 /// not followed if a link), and is read to at most [`bg::SESSION_FILE_MAX`] bytes.
 fn bg_session(proc_root: &Path, info: &ProcessInfo) -> Option<BgSession> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let environ = instance::proc::environ(proc_root, info.pid).ok()?;
     let (home, config) = bg::parse_config_env(&environ);
     drop(environ);
     let dir = bg::config_dir(home.as_deref(), config.as_deref())?;
     let path = dir.join("sessions").join(format!("{}.json", info.pid));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
+    // Where the worker sees it, never above its root.
+    let root = proc_root.join(info.pid.to_string()).join("root");
+    let mut file = untrusted::open(&path, Resolve::InRoot(&root))
+        .inspect_err(|e| debug!(pid = info.pid, error = %crate::error_chain(e), "no session file"))
         .ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.uid() != info.uid {
-        debug!(pid = info.pid, path = %path.display(), "session file not a regular file of the worker's owner");
+    if file.metadata().uid() != info.uid {
+        debug!(pid = info.pid, path = %path.display(), "session file not the worker owner's");
         return None;
     }
-    let mut raw = Vec::new();
-    file.take(bg::SESSION_FILE_MAX).read_to_end(&mut raw).ok()?;
+    let raw = file.read_head(Limits::bytes(bg::SESSION_FILE_MAX)).ok()?;
     bg::parse_session_file(&raw, info.pid, info.start_time, info.uid, &dir)
 }
 
@@ -641,6 +1118,61 @@ mod tests {
             )),
             None
         );
+    }
+
+    #[test]
+    fn deferred_looks_run_off_the_caller_and_judge_once() {
+        let mut discovery = Discovery::new("/proc", Vec::new()).deferring_looks();
+        let me = std::process::id();
+        // The test binary's executable was never judged: nothing is read in place, a look is
+        // queued, once however often the process is checked meanwhile.
+        assert!(discovery.check(me).is_none());
+        assert!(discovery.check(me).is_none());
+        let looks = discovery.take_looks();
+        assert_eq!(looks.len(), 1, "{looks:?}");
+        assert_eq!(discovery.files(), (0, 0), "nothing read yet");
+        let look = looks.into_iter().next().expect("a look");
+        assert_eq!((look.pid, look.uid), (me, own_uid()));
+        let looked = std::thread::spawn(move || look.run())
+            .join()
+            .expect("the look ran");
+        assert_eq!(discovery.learn(looked), vec![me]);
+        assert_eq!(discovery.files(), (1, 1), "read once, remembered");
+        // Judged now: not claude, and no new look.
+        assert!(discovery.check(me).is_none());
+        assert!(discovery.take_looks().is_empty());
+        // Another process running the same file is judged in place from the cache.
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "discover::tests::sleeper"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("a second test binary");
+        let dir = PathBuf::from(format!("/proc/{}", child.id()));
+        assert!(
+            instance::proc::start_time_in(&dir).is_some(),
+            "the child runs"
+        );
+        assert!(discovery.check(child.id()).is_none());
+        assert!(
+            discovery.take_looks().is_empty(),
+            "answered from the verdict cache"
+        );
+        assert_eq!(discovery.files(), (1, 1));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// A second process running the test binary (started by the test above).
+    #[test]
+    #[ignore = "a helper process for deferred_looks_run_off_the_caller_and_judge_once"]
+    fn sleeper() {
+        std::thread::sleep(Duration::from_secs(10));
+    }
+
+    /// This process's uid.
+    fn own_uid() -> u32 {
+        // SAFETY: getuid has no arguments and cannot fail.
+        unsafe { libc::getuid() }
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //! Only the fields the journal keeps are taken from transcripts: times, session ids, request
 //! ids, models, statuses, Claude Code versions. Prompts, answers and paths are never copied;
 //! an instance is named after the last components of its working directory.
+//!
+//! The transcripts live in users' homes, which their users control, and root reads them: below
+//! each `projects` directory nothing is followed through a link (a link to another user's
+//! transcript or project is skipped), only regular files are read (never a FIFO or a device),
+//! each at most [`MAX_TRANSCRIPT_BYTES`] (a larger one, a sparse file of terabytes included, is
+//! refused unread), all through [`crate::untrusted`]. What is skipped is said, not fatal.
 
 pub mod rebuild;
 pub mod transcript;
@@ -22,6 +28,15 @@ use serde::Serialize;
 
 use crate::detect::{DetectorConfig, Episode, EpisodeSource};
 use crate::journal::{self, ActionKind, ActionRecord, Journal, JournalError, Record};
+use crate::untrusted::{self, Limits, Resolve, UntrustedError};
+
+/// The largest transcript read (a long session's is tens of MiB); a larger file is skipped
+/// unread.
+pub const MAX_TRANSCRIPT_BYTES: u64 = 256 << 20;
+/// How long reading one transcript may take.
+const TRANSCRIPT_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most entries listed in one directory (projects of a root, transcripts of a project).
+const MAX_ENTRIES: usize = 100_000;
 
 pub use rebuild::{History, Restart, SessionFile, rebuild};
 pub use transcript::{LineCounts, Transcript, TranscriptError};
@@ -32,6 +47,9 @@ pub enum HistoryError {
     /// Transcripts could not be read.
     #[error(transparent)]
     Transcript(#[from] TranscriptError),
+    /// A `projects` directory could not be listed.
+    #[error(transparent)]
+    Root(#[from] UntrustedError),
     /// The journal could not be read or written.
     #[error("journal")]
     Journal(#[from] JournalError),
@@ -50,18 +68,34 @@ pub fn default_roots(passwd: &str, claude_config_dir: Option<&Path>) -> Vec<Path
         .map(|h| h.join(".claude/projects"))
         .chain(claude_config_dir.map(|d| d.join("projects")));
     for c in candidates {
-        if c.is_dir() && !out.contains(&c) {
+        if below_without_links(&c, 2) && !out.contains(&c) {
             out.push(c);
         }
     }
     out
 }
 
+/// Whether `path` is a directory reached from its `depth`-th ancestor without a link (a
+/// user's `~/.claude` linked to another user's is not theirs to import).
+fn below_without_links(path: &Path, depth: usize) -> bool {
+    let mut base = path;
+    for _ in 0..depth {
+        let Some(parent) = base.parent() else {
+            return false;
+        };
+        base = parent;
+    }
+    let Ok(rel) = path.strip_prefix(base) else {
+        return false;
+    };
+    untrusted::metadata(rel, Resolve::Beneath(base)).is_ok_and(|m| m.is_dir())
+}
+
 /// The `projects` directory for an `--import` argument: `DIR/projects` when it exists (a
-/// `~/.claude` or a `$CLAUDE_CONFIG_DIR`), else `DIR` itself.
+/// `~/.claude` or a `$CLAUDE_CONFIG_DIR`; not through a link), else `DIR` itself.
 pub fn projects_dir(dir: &Path) -> PathBuf {
     let nested = dir.join("projects");
-    if nested.is_dir() {
+    if below_without_links(&nested, 1) {
         nested
     } else {
         dir.to_owned()
@@ -75,35 +109,67 @@ pub struct Loaded {
     pub files: Vec<SessionFile>,
     /// Lines of all files.
     pub counts: LineCounts,
+    /// What was not read and why (a link, not a regular file, too large, unreadable).
+    pub skipped: Vec<String>,
+}
+
+/// The entries of directory `rel` below `root` (`root` itself when empty; not through a
+/// link), relative to `root`, sorted.
+fn entries(root: &Path, rel: &Path) -> Result<Vec<PathBuf>, UntrustedError> {
+    let dir = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let mut names: Vec<PathBuf> = untrusted::list_dir(dir, Resolve::Beneath(root), MAX_ENTRIES)
+        .map_err(|e| e.in_dir(root))?
+        .into_iter()
+        .map(|name| rel.join(name))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// Reads every `<projects>/<project>/*.jsonl` of `roots`, names instances after their working
-/// directories (the shortest unique tail of path components), and parses the files.
+/// directories (the shortest unique tail of path components), and parses the files. Below a
+/// root, links are not followed and only regular files of at most [`MAX_TRANSCRIPT_BYTES`] are
+/// read; the rest is listed in [`Loaded::skipped`].
+///
+/// # Errors
+/// [`HistoryError::Root`] when a root cannot be listed.
 pub fn load(roots: &[PathBuf]) -> Result<Loaded, HistoryError> {
-    let read_dir = |p: &Path| {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-            .map_err(|source| TranscriptError::Read {
-                path: p.to_owned(),
-                source,
-            })?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .collect();
-        v.sort();
-        Ok::<_, TranscriptError>(v)
+    let limits = Limits {
+        max_bytes: MAX_TRANSCRIPT_BYTES,
+        budget: TRANSCRIPT_BUDGET,
     };
     let mut parsed: Vec<(PathBuf, Transcript)> = Vec::new();
+    let mut skipped = Vec::new();
+    let mut skip = |e: &UntrustedError| {
+        skipped.push(format!("skipped {}", crate::error_chain(e)));
+    };
     for root in roots {
-        for project in read_dir(root)?.into_iter().filter(|p| p.is_dir()) {
-            for file in read_dir(&project)? {
-                if file.extension().is_none_or(|e| e != "jsonl") || !file.is_file() {
+        for rel in entries(root, Path::new(""))? {
+            let files = match entries(root, &rel) {
+                Ok(files) => files,
+                // A file next to the projects is no project.
+                Err(UntrustedError::NotRegular {
+                    kind: "regular file",
+                    ..
+                }) => continue,
+                Err(e) => {
+                    skip(&e);
                     continue;
                 }
-                let bytes = std::fs::read(&file).map_err(|source| TranscriptError::Read {
-                    path: file.clone(),
-                    source,
-                })?;
-                parsed.push((project.clone(), transcript::parse(&bytes)));
+            };
+            let project = root.join(&rel);
+            for file in files {
+                if file.extension().is_none_or(|e| e != "jsonl") {
+                    continue;
+                }
+                match untrusted::read_all(&file, Resolve::Beneath(root), limits) {
+                    Ok(bytes) => parsed.push((project.clone(), transcript::parse(&bytes))),
+                    Err(e) => skip(&e.in_dir(root)),
+                }
             }
         }
     }
@@ -123,7 +189,10 @@ pub fn load(roots: &[PathBuf]) -> Result<Loaded, HistoryError> {
         });
     }
     let names = instance_names(&cwd_of.values().cloned().collect::<Vec<_>>());
-    let mut loaded = Loaded::default();
+    let mut loaded = Loaded {
+        skipped,
+        ..Loaded::default()
+    };
     for (project, transcript) in parsed {
         loaded.counts.add(&transcript.counts);
         let cwd = &cwd_of[&project];

@@ -422,3 +422,54 @@ fn old_journals_read_as_live() {
     .unwrap();
     assert!(back.contains(r#""source":"transcript""#), "{back}");
 }
+
+#[test]
+fn the_import_skips_links_fifos_and_huge_files_and_says_so() {
+    let dir = TempDir::new("hostile");
+    let root = dir.0.join("home/.claude/projects");
+    let honest = root.join("-srv-honest");
+    std::fs::create_dir_all(&honest).unwrap();
+    std::fs::write(
+        honest.join("a.jsonl"),
+        "{\"type\":\"user\",\"cwd\":\"/srv/honest\"}\n",
+    )
+    .unwrap();
+    let elsewhere = dir.0.join("other/-srv-victim");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("v.jsonl"), "{\"cwd\":\"/srv/victim\"}\n").unwrap();
+    let evil = root.join("-srv-evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    let fifo = std::ffi::CString::new(evil.join("fifo.jsonl").to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::fs::File::create(evil.join("huge.jsonl"))
+        .unwrap()
+        .set_len(MAX_TRANSCRIPT_BYTES + 1)
+        .unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("v.jsonl"), evil.join("stolen.jsonl")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, root.join("-srv-linked")).unwrap();
+    let loaded = load(std::slice::from_ref(&root)).unwrap();
+    assert_eq!(loaded.files.len(), 1, "only the honest transcript");
+    assert_eq!(loaded.files[0].instance, "srv-honest");
+    let said = loaded.skipped.join("\n");
+    for (what, why) in [
+        ("fifo.jsonl", "fifo"),
+        ("huge.jsonl", "more than"),
+        ("stolen.jsonl", "opening"),
+        ("-srv-linked", "opening"),
+    ] {
+        assert!(
+            loaded
+                .skipped
+                .iter()
+                .any(|l| l.contains(what) && l.contains(why)),
+            "{what} ({why}) in:\n{said}"
+        );
+    }
+    // A `~/.claude` linked to another user's is not a default root.
+    let home = dir.0.join("linked-home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::os::unix::fs::symlink(dir.0.join("home/.claude"), home.join(".claude")).unwrap();
+    let passwd = format!("mallory:x:1001:1001::{}:/bin/sh\n", home.display());
+    assert!(default_roots(&passwd, None).is_empty());
+}

@@ -3,6 +3,12 @@
 //! Sans-IO: [`Pairer::push`] takes one kernel record and returns the exchange it completes, if
 //! any. Per connection it keeps a short FIFO of requests awaiting their responses (HTTP/1.1
 //! answers in order) and the pieces of a status line that arrived split over several reads.
+//!
+//! The table of connections is shared by every process the probes see, so each process has a
+//! share of it ([`MAX_CONNS_PER_PID`]): a process opening (or faking, with distinct `SSL*`
+//! pointers) more connections forgets its own least recently used one, and when the whole
+//! table is full the process holding the most connections gives one up, never a process with
+//! a few honest requests waiting for their answers.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -13,8 +19,12 @@ use super::parse::{Invalid, Parse, RequestHead, model_from_body, parse_request, 
 
 /// Requests remembered per connection at most (pipelining depth we accept).
 const MAX_PENDING: usize = 16;
-/// Connections remembered at most; the least recently used are forgotten beyond this.
+/// Connections remembered at most; beyond this the process holding the most forgets its least
+/// recently used one.
 const MAX_CONNS: usize = 8192;
+/// Connections remembered per process at most; beyond this it forgets its own least recently
+/// used one.
+pub const MAX_CONNS_PER_PID: usize = 256;
 
 /// One record from the kernel: its header and the captured head bytes.
 #[derive(Clone, Copy, Debug)]
@@ -39,6 +49,8 @@ pub struct PairStats {
     /// Writes of a request repeated before any answer (a failed `SSL_write` retried), counted
     /// once.
     pub repeated_writes: u64,
+    /// Connections forgotten to make room (their process over its share, or the table full).
+    pub evicted_conns: u64,
 }
 
 #[derive(Debug)]
@@ -70,6 +82,8 @@ struct Conn {
 #[derive(Debug)]
 pub struct Pairer {
     conns: HashMap<(u32, u64), Conn>,
+    /// Connections remembered per process.
+    per_pid: HashMap<u32, usize>,
     wall_minus_mono_ns: i128,
     stats: PairStats,
 }
@@ -80,6 +94,7 @@ impl Pairer {
     pub fn new(wall_minus_mono_ns: i128) -> Self {
         Self {
             conns: HashMap::new(),
+            per_pid: HashMap::new(),
             wall_minus_mono_ns,
             stats: PairStats::default(),
         }
@@ -92,7 +107,9 @@ impl Pairer {
 
     /// Forgets every connection of a process that exited.
     pub fn forget_pid(&mut self, pid: u32) {
-        self.conns.retain(|&(p, _), _| p != pid);
+        if self.per_pid.remove(&pid).is_some() {
+            self.conns.retain(|&(p, _), _| p != pid);
+        }
     }
 
     /// Feeds one record; returns the exchange it completes.
@@ -100,8 +117,19 @@ impl Pairer {
         let h = record.header;
         let truncated = (h.captured as usize) < h.len as usize || h.captured as usize >= HEAD_MAX;
         let continuation = h.flags & flags::CONTINUATION != 0;
-        if self.conns.len() >= MAX_CONNS && !self.conns.contains_key(&(h.pid, h.conn)) {
-            self.evict_oldest();
+        if !self.conns.contains_key(&(h.pid, h.conn)) {
+            if self.per_pid.get(&h.pid).copied().unwrap_or(0) >= MAX_CONNS_PER_PID {
+                self.evict_oldest_of(h.pid);
+            } else if self.conns.len() >= MAX_CONNS
+                && let Some(biggest) = self
+                    .per_pid
+                    .iter()
+                    .max_by_key(|(_, n)| **n)
+                    .map(|(p, _)| *p)
+            {
+                self.evict_oldest_of(biggest);
+            }
+            *self.per_pid.entry(h.pid).or_default() += 1;
         }
         let conn = self.conns.entry((h.pid, h.conn)).or_default();
         conn.last_seen_ns = h.ts_ns;
@@ -214,14 +242,23 @@ impl Pairer {
         }
     }
 
-    fn evict_oldest(&mut self) {
+    /// Forgets the least recently used connection of process `pid`.
+    fn evict_oldest_of(&mut self, pid: u32) {
         if let Some(key) = self
             .conns
             .iter()
+            .filter(|((p, _), _)| *p == pid)
             .min_by_key(|(_, c)| c.last_seen_ns)
             .map(|(k, _)| *k)
         {
             self.conns.remove(&key);
+            self.stats.evicted_conns += 1;
+            if let Some(n) = self.per_pid.get_mut(&pid) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_pid.remove(&pid);
+                }
+            }
         }
     }
 }
@@ -274,6 +311,63 @@ mod tests {
     }
 
     const REQ: &[u8] = b"POST /v1/messages?beta=true HTTP/1.1\r\nX-Claude-Code-Session-Id: s-1\r\n\r\n{\"model\":\"claude-opus-4-8\"}";
+
+    /// A record of process `pid` on connection `conn`.
+    fn record(pid: u32, conn: u64, t: u64, dir: u32, bytes: &[u8]) -> Record<'_> {
+        Record {
+            header: EventHeader {
+                ts_ns: t,
+                conn,
+                pid,
+                tid: pid,
+                len: bytes.len() as u32,
+                captured: bytes.len() as u32,
+                kind: dir,
+                flags: 0,
+            },
+            head: bytes,
+        }
+    }
+
+    #[test]
+    fn fake_connections_of_other_processes_do_not_evict_a_waiting_request() {
+        // The honest agent's request waits for a slow answer; meanwhile one process writes
+        // 20,000 requests on distinct fake connections (distinct SSL* pointers), and 40 more
+        // processes 300 each, more than the whole table.
+        let mut p = Pairer::new(0);
+        let mut t = 1;
+        assert_eq!(p.push(record(7, 1, t, kind::WRITE, REQ)), None);
+        let fake = b"POST /v1/messages HTTP/1.1\r\n\r\n";
+        for conn in 0..20_000 {
+            t += 1;
+            p.push(record(666, 1000 + conn, t, kind::WRITE, fake));
+        }
+        for pid in 1000..1040 {
+            for conn in 0..300 {
+                t += 1;
+                p.push(record(pid, conn, t, kind::WRITE, fake));
+            }
+        }
+        assert!(p.conns.len() <= MAX_CONNS);
+        assert!(p.per_pid.values().all(|&n| n <= MAX_CONNS_PER_PID));
+        assert_eq!(p.per_pid.values().sum::<usize>(), p.conns.len());
+        t += 1;
+        let answer = p
+            .push(record(
+                7,
+                1,
+                t,
+                kind::READ,
+                b"HTTP/1.1 401 Unauthorized\r\n\r\n",
+            ))
+            .expect("an exchange");
+        assert_eq!(answer.path.as_deref(), Some("/v1/messages?beta=true"));
+        assert_eq!(answer.session_id.as_deref(), Some("s-1"));
+        assert!(p.stats().evicted_conns > 20_000);
+        p.forget_pid(666);
+        assert!(!p.per_pid.contains_key(&666));
+        assert_eq!(p.per_pid.values().sum::<usize>(), p.conns.len());
+    }
 
     #[test]
     fn keep_alive_pairs_in_order() {

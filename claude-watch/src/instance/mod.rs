@@ -346,10 +346,21 @@ impl Container {
     }
 }
 
+/// Whether a cgroup path's `segments` before `index` pass through a user's own manager
+/// (`user@<uid>.service`): a subtree delegated to that user, where they may create cgroups of
+/// any name (`docker-<a real id>.scope` included).
+fn in_user_subtree(segments: &[&str], index: usize) -> bool {
+    segments[..index]
+        .iter()
+        .any(|s| user_manager_uid(s).is_some())
+}
+
 /// The container of a process from the content of `/proc/<pid>/cgroup`: the innermost path
 /// segment naming a Docker or Podman container id (`/docker/<id>`, `docker-<id>.scope`,
 /// `libpod-<id>.scope`, `libpod-<id>`). Only 64-hex-digit ids count, so a process cannot name
-/// a container by choosing a cgroup called `docker-x`.
+/// a container by choosing a cgroup called `docker-x`; and none inside a user's own manager
+/// (`user@<uid>.service/...`), whose cgroups that user names, so a process there cannot join a
+/// container's instance by naming its real id (a rootless container is watched per process).
 pub fn container(cgroup: &str) -> Option<Container> {
     let path = cgroup
         .lines()
@@ -369,14 +380,19 @@ pub fn container(cgroup: &str) -> Option<Container> {
                     .filter(|id| is_id(id))
             };
             if let Some(id) = scoped("docker-") {
-                return Some((Engine::Docker, id));
+                return Some((i, Engine::Docker, id));
             }
             if let Some(id) = scoped("libpod-") {
-                return Some((Engine::Podman, id));
+                return Some((i, Engine::Podman, id));
             }
-            (is_id(seg) && i > 0 && segments[i - 1] == "docker").then_some((Engine::Docker, *seg))
+            (is_id(seg) && i > 0 && segments[i - 1] == "docker").then_some((
+                i,
+                Engine::Docker,
+                *seg,
+            ))
         })
-        .map(|(engine, id)| Container {
+        .filter(|&(i, ..)| !in_user_subtree(&segments, i))
+        .map(|(_, engine, id)| Container {
             engine,
             id: id.to_ascii_lowercase(),
         })
@@ -432,6 +448,9 @@ fn pod_of_path(path: &str) -> Option<Pod> {
                 });
             ok.then_some((i, uid.to_ascii_lowercase()))
         })?;
+    if in_user_subtree(&segments, i) {
+        return None;
+    }
     let leaf = segments.get(i + 1)?;
     let (runtime, id) = match leaf.strip_suffix(".scope") {
         Some(scope) => {
@@ -611,7 +630,15 @@ pub fn may_join(
     member_uids: impl IntoIterator<Item = u32>,
     rules: &[MatchRule],
 ) -> bool {
-    let self_named = match instance.source {
+    !self_named(instance, rules) || member_uids.into_iter().all(|m| m == uid)
+}
+
+/// Whether `instance` is named by something its processes choose (a rule without a uid, a
+/// pm2 or supervisord program, a background session), rather than by the kernel (a unit's or
+/// container's cgroup, a pid, the uid of the background machinery) or a rule naming the uid.
+#[must_use]
+pub fn self_named(instance: &InstanceId, rules: &[MatchRule]) -> bool {
+    match instance.source {
         IdSource::Rule => !rules
             .iter()
             .any(|r| r.name == instance.name && r.uid.is_some()),
@@ -622,8 +649,7 @@ pub fn may_join(
         | IdSource::Pid
         | IdSource::Container
         | IdSource::BgMachinery => false,
-    };
-    !self_named || member_uids.into_iter().all(|m| m == uid)
+    }
 }
 
 /// How a process runs Claude Code.

@@ -1,15 +1,17 @@
 //! The one reader of `/proc`: every `/proc` fact the daemon uses (a process's identity for
-//! discovery and instances, start times, owners, namespaces, cgroups and children for the
-//! supervisors) is read here. Every read is bounded, every byte is taken as hostile (decoded
-//! lossily, parsed by the pure functions below), and a process that is gone is an error or an
-//! empty answer, never a panic.
+//! discovery and instances, start times, owners, namespaces, cgroups, children and mappings for
+//! the supervisors and the probes) is read here, each file through the door for files others
+//! control ([`crate::untrusted`]: a regular file, never a terminal). Every read is bounded, every
+//! byte is taken as hostile (decoded lossily, parsed by the pure functions below), and a process
+//! that is gone is an error or an empty answer, never a panic.
 
 use std::collections::HashSet;
-use std::io::{self, Read as _};
+use std::io;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use super::ProcessInfo;
+use crate::untrusted::{self, Limits, Resolve, UntrustedError};
 
 /// Where `/proc` is mounted on the host.
 pub const ROOT: &str = "/proc";
@@ -21,7 +23,7 @@ const MAX_FILE: u64 = 64 * 1024;
 /// Why `/proc` could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
-    /// A `/proc/<pid>/...` file could not be read (the process may have exited).
+    /// A `/proc/<pid>/...` link or directory could not be read (the process may have exited).
     #[error("reading {path}")]
     Read {
         /// The file.
@@ -30,6 +32,9 @@ pub enum ProcError {
         #[source]
         source: io::Error,
     },
+    /// A `/proc/<pid>/...` file could not be read (the process may have exited).
+    #[error(transparent)]
+    File(#[from] UntrustedError),
     /// A `/proc` file had an unexpected shape.
     #[error("cannot parse {file} of process {pid}")]
     Malformed {
@@ -53,22 +58,17 @@ fn dir_of(root: &Path, pid: u32) -> PathBuf {
     root.join(pid.to_string())
 }
 
-/// At most `limit` bytes of `path`.
-fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let mut raw = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit)
-        .read_to_end(&mut raw)?;
-    Ok(raw)
+/// At most `limit` bytes of `path` (a `/proc` file).
+fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, UntrustedError> {
+    untrusted::read_head(path, Resolve::Proc, Limits::bytes(limit))
 }
 
 /// At most `limit` bytes of `<root>/<pid>/<file>`.
 ///
 /// # Errors
-/// [`ProcError::Read`] when it cannot be read (the process is gone, or not ours to read).
+/// [`ProcError::File`] when it cannot be read (the process is gone, or not ours to read).
 pub fn read_file(root: &Path, pid: u32, file: &str, limit: u64) -> Result<Vec<u8>, ProcError> {
-    let path = dir_of(root, pid).join(file);
-    read_bounded(&path, limit).map_err(|source| ProcError::Read { path, source })
+    Ok(read_bounded(&dir_of(root, pid).join(file), limit)?)
 }
 
 /// A `/proc/<pid>` text file of the host, at most [`MAX_FILE`] bytes, decoded lossily.
@@ -126,6 +126,12 @@ pub fn read_exe_and_cmdline(dir: &Path) -> (PathBuf, Vec<String>) {
         })
         .unwrap_or_default();
     (exe, cmdline)
+}
+
+/// The start time of the process whose directory is `dir` (`/proc/<pid>`), `None` when gone.
+pub fn start_time_in(dir: &Path) -> Option<u64> {
+    let raw = read_bounded(&dir.join("stat"), MAX_FILE).ok()?;
+    parse_stat(&String::from_utf8_lossy(&raw)).map(|(_, start)| start)
 }
 
 /// Reads `/proc/<pid>/{stat,exe,cmdline,cwd,cgroup,status}` and the process-manager variables
@@ -402,6 +408,24 @@ pub fn comm(pid: u32) -> Option<String> {
         .map(|raw| String::from_utf8_lossy(&raw).trim_end().to_owned())
 }
 
+/// Most bytes of `/proc/<pid>/maps` read: some 10,000 mappings, far more than a TLS client
+/// maps (a process mapping more is located from the first ones).
+pub const MAX_MAPS: u64 = 1 << 20;
+
+/// `/proc/<pid>/maps`, at most [`MAX_MAPS`] bytes (cut at the last whole line), lossily
+/// decoded.
+///
+/// # Errors
+/// [`ProcError::File`] when it is gone.
+pub fn maps(pid: u32) -> Result<String, ProcError> {
+    let mut raw = read_file(Path::new(ROOT), pid, "maps", MAX_MAPS)?;
+    if raw.len() as u64 == MAX_MAPS {
+        let whole = raw.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
+        raw.truncate(whole);
+    }
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
 /// The inodes of the sockets among the first `max_fds` descriptors `pid` holds open.
 pub fn socket_inodes(pid: u32, max_fds: usize) -> HashSet<u64> {
     let Ok(fds) = std::fs::read_dir(dir_of(Path::new(ROOT), pid).join("fd")) else {
@@ -468,7 +492,8 @@ mod tests {
         assert!(cgroup(me).unwrap().contains("::") || cgroup(me).unwrap().contains(':'));
         assert!(exe(me).unwrap().is_absolute());
         assert!(pids(Path::new(ROOT)).contains(&me));
-        assert!(matches!(start_time(u32::MAX), Err(ProcError::Read { .. })));
+        assert!(matches!(start_time(u32::MAX), Err(ProcError::File(e)) if e.is_gone()));
+        assert!(maps(me).unwrap().contains(" r-xp "));
         assert!(children(u32::MAX).is_empty());
     }
 }

@@ -248,7 +248,7 @@ fn reads_this_very_process() {
     assert_eq!(ancestry.first().map(|p| p.pid), Some(info.ppid));
     assert!(matches!(
         read_process_info(Path::new("/proc"), u32::MAX),
-        Err(ProcError::Read { .. })
+        Err(ProcError::File(e)) if e.is_gone()
     ));
 }
 
@@ -285,11 +285,25 @@ fn containers_from_real_cgroup_shapes() {
         "0::/user.slice/user-1000.slice/session-3.scope\n",
         "0::/user.slice/user-1000.slice/user@1000.service/app.slice/docker-abc.scope\n",
         "0::/docker/not-a-container-id\n",
+        // A real container's id, named by a user in their own manager's subtree (forged, or a
+        // rootless container the host's engine does not know).
+        &format!("0::/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{id}.scope\n"),
+        &format!("0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{id}.scope\n"),
+        &format!("0::/user.slice/user-1000.slice/user@1000.service/docker/{id}\n"),
         "0::/\n",
         "",
     ] {
         assert_eq!(container(other), None, "{other}");
     }
+}
+
+#[test]
+fn no_pod_in_a_users_own_subtree() {
+    let id = "a".repeat(64);
+    let forged = format!(
+        "0::/user.slice/user-1000.slice/user@1000.service/app.slice/kubepods.slice/kubepods-pod1c2d3e4f_aaaa_bbbb_cccc_0123456789ab.slice/cri-containerd-{id}.scope\n"
+    );
+    assert_eq!(pod(&forged), None);
 }
 
 #[test]

@@ -8,7 +8,9 @@
 //! *and* digest, so a result for one file never replaces one for another (a forged file with a
 //! real build id gets its own entry, which matches only itself). At most
 //! [`ENTRIES_PER_BUILD_ID`] entries per build id and [`ENTRIES_MAX`] in all are kept; beyond,
-//! results are not stored.
+//! the least recently used one (of the build id, or of all) makes room: an entry's mtime is
+//! set each time it answers, so forged entries nobody runs go first, and a flood of them
+//! cannot keep a genuine build out of the cache (it comes back the next time it is located).
 //!
 //! The directory is the daemon's own: created with mode 0700, refused when another user owns it,
 //! repaired (chmod 0700) when group or others may access it. Entries are opened relative to the
@@ -96,21 +98,31 @@ struct Entry {
 
 /// An entry that may answer for a file, before its digest is checked ([`Candidate::verify`]).
 #[derive(Debug, Clone)]
-pub struct Candidate(Entry);
+pub struct Candidate {
+    entry: Entry,
+    /// The entry's file name in the cache directory.
+    name: String,
+}
 
 impl Candidate {
     /// The file ranges (offset, length) the digest covers: what must be read of the file to
     /// verify the entry.
     #[must_use]
     pub fn ranges(&self, file_size: u64) -> Vec<(u64, u64)> {
-        ranges(file_size, &self.0.located)
+        ranges(file_size, &self.entry.located)
+    }
+
+    /// The entry's file name (for [`Cache::used`]).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The entry's result when the digest over `data` (the file, at least its [`Self::ranges`]
     /// filled in) is the entry's. The result's method is [`Method::Cache`].
     #[must_use]
     pub fn verify(self, data: &[u8], arch: Arch) -> Option<Located> {
-        let entry = self.0;
+        let entry = self.entry;
         if entry.located.arch != arch
             || entry.file_size != data.len() as u64
             || entry.digest != digest(data, &entry.located)
@@ -248,7 +260,7 @@ impl Cache {
                         && entry.located.arch == arch
                         && entry.file_size == file_size =>
                 {
-                    out.push(Candidate(entry));
+                    out.push(Candidate { entry, name });
                 }
                 Ok(_) => {}
                 Err(error) => {
@@ -265,7 +277,60 @@ impl Cache {
     pub fn lookup(&self, build_id: &str, image: &ElfImage<'_>) -> Option<Located> {
         self.candidates(build_id, image.arch, image.data.len() as u64)
             .into_iter()
-            .find_map(|c| c.verify(image.data, image.arch))
+            .find_map(|c| {
+                let name = c.name.clone();
+                let hit = c.verify(image.data, image.arch)?;
+                self.used(&name);
+                Some(hit)
+            })
+    }
+
+    /// Marks entry `name` used now (its mtime): the least recently used entries make room
+    /// first.
+    pub fn used(&self, name: &str) {
+        let Ok(dir) = self.open_dir(false) else {
+            return;
+        };
+        let Ok(c_name) = cstring(name) else {
+            return;
+        };
+        // SAFETY: valid fd and NUL-terminated name; a null `times` means now.
+        let rc = unsafe {
+            libc::utimensat(
+                dir.as_raw_fd(),
+                c_name.as_ptr(),
+                std::ptr::null(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(entry = name, error = %std::io::Error::last_os_error(), "locate cache: cannot mark an entry used");
+        }
+    }
+
+    /// Removes the least recently used of `names` (by mtime) to make room; returns it.
+    fn evict_oldest<'a>(dir: &File, names: impl Iterator<Item = &'a String>) -> Option<String> {
+        let oldest = names
+            .filter_map(|n| {
+                let c_name = cstring(n).ok()?;
+                // SAFETY: stat is plain data, filled by the kernel.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: valid fd, NUL-terminated name, a stat of the right type.
+                let rc = unsafe {
+                    libc::fstatat(
+                        dir.as_raw_fd(),
+                        c_name.as_ptr(),
+                        &raw mut st,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                };
+                (rc == 0).then_some(((st.st_mtime, st.st_mtime_nsec), n))
+            })
+            .min()?
+            .1
+            .clone();
+        unlinkat(dir, &oldest).ok()?;
+        Some(oldest)
     }
 
     /// Stores `located` for `image` (atomically: a new file then a rename), under its build id
@@ -292,12 +357,23 @@ impl Cache {
                 reason,
             };
             if same >= ENTRIES_PER_BUILD_ID {
-                return Err(full(format!(
-                    "{same} entries for build id {build_id} already"
-                )));
-            }
-            if names.len() >= ENTRIES_MAX {
-                return Err(full(format!("{} entries", names.len())));
+                let evicted =
+                    Self::evict_oldest(&dir, names.iter().filter(|n| n.starts_with(&prefix)))
+                        .ok_or_else(|| {
+                            full(format!("{same} entries for build id {build_id} already"))
+                        })?;
+                tracing::info!(
+                    evicted,
+                    build_id,
+                    "locate cache: the least recently used entry of the build id makes room"
+                );
+            } else if names.len() >= ENTRIES_MAX {
+                let evicted = Self::evict_oldest(&dir, names.iter())
+                    .ok_or_else(|| full(format!("{} entries", names.len())))?;
+                tracing::info!(
+                    evicted,
+                    "locate cache: the least recently used entry makes room"
+                );
             }
         }
         let entry = Entry {
@@ -318,7 +394,12 @@ impl Cache {
             let mut file = openat(
                 &dir,
                 &tmp,
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                libc::O_WRONLY
+                    | libc::O_CREAT
+                    | libc::O_EXCL
+                    | libc::O_NOFOLLOW
+                    | libc::O_NOCTTY
+                    | libc::O_CLOEXEC,
                 0o600,
             )?;
             file.write_all(&text)?;
@@ -343,7 +424,7 @@ fn read_entry(dir: &File, name: &str) -> Option<Vec<u8>> {
     let file = match openat(
         dir,
         name,
-        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
         0,
     ) {
         Ok(file) => file,
@@ -545,12 +626,38 @@ mod tests {
         other[0x1000 + 10] ^= 1;
         other[0x3000 + 10] ^= 1;
         assert!(cache.lookup(BUILD_ID, &image(&other)).is_none());
-        // Per-build-id cap: a flood of forged contents stops being stored.
-        for i in 0..ENTRIES_PER_BUILD_ID {
+        // Per-build-id cap: a flood of forged contents keeps at most the cap, and the least
+        // recently used entries go first.
+        for i in 0..3 * ENTRIES_PER_BUILD_ID {
             let mut f = data.clone();
             f[0x5000 + i] ^= 0xAA;
             let _ = cache.store(&image(&f), &located(0x5000, 0x6000));
+            // The genuine build keeps being run (and answered from the cache) meanwhile.
+            assert!(cache.lookup(BUILD_ID, &image(&data)).is_some(), "flood {i}");
         }
+        let count = std::fs::read_dir(dir.join("c")).unwrap().count();
+        assert_eq!(count, ENTRIES_PER_BUILD_ID);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn forged_entries_stored_first_do_not_keep_the_genuine_build_out() {
+        let dir = scratch("forged-first");
+        let cache = Cache::new(dir.join("c"));
+        let data = genuine();
+        for i in 0..ENTRIES_PER_BUILD_ID {
+            let mut f = data.clone();
+            f[0x5000 + i] ^= 0xAA;
+            cache
+                .store(&image(&f), &located(0x5000, 0x6000))
+                .expect("a forged entry");
+        }
+        let real = located(0x1000, 0x20000);
+        cache
+            .store(&image(&data), &real)
+            .expect("the genuine build is stored: an unused forged entry makes room");
+        let hit = cache.lookup(BUILD_ID, &image(&data)).expect("genuine hit");
+        assert_eq!(hit.functions, real.functions);
         let count = std::fs::read_dir(dir.join("c")).unwrap().count();
         assert_eq!(count, ENTRIES_PER_BUILD_ID);
         let _ = std::fs::remove_dir_all(&dir);

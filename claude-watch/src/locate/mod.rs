@@ -161,6 +161,10 @@ impl Located {
 /// Why no attach points could be given for a file.
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
+    /// The file could not be opened through the door for files others control (not a
+    /// regular file, a link as its last component, gone).
+    #[error(transparent)]
+    Untrusted(#[from] crate::untrusted::UntrustedError),
     /// The file could not be opened, read or mapped.
     #[error("cannot read {path}")]
     Io {
@@ -703,28 +707,9 @@ const HEAD_BYTES: u64 = 64 * 1024;
 /// See [`LocateError`]: I/O, not a complete x86-64 or arm64 ELF, no TLS library, not identified
 /// with certainty, over a limit, or changed while read.
 pub fn locate_file(path: &Path, cache: Option<&Cache>) -> Result<Located, LocateError> {
-    let file = open_nofollow(path).map_err(|source| LocateError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let meta = file.metadata().map_err(|source| LocateError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let (file, meta) =
+        crate::untrusted::open(path, crate::untrusted::Resolve::NoFollow)?.into_parts();
     locate_open(&file, &meta, path, cache, Limits::default())
-}
-
-/// Opens `path` read-only and close-on-exec, without following a symbolic link as its last
-/// component (`ELOOP` then).
-///
-/// # Errors
-/// As `open(2)`.
-pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
 }
 
 /// Locates from an open file with metadata `meta`. With a cache, the headers are read first and
@@ -750,8 +735,10 @@ fn locate_open(
                 for (offset, len) in candidate.ranges(reader.data.len() as u64) {
                     reader.fill(offset, len)?;
                 }
+                let name = candidate.name().to_owned();
                 if let Some(hit) = candidate.verify(&reader.data, arch) {
                     reader.unchanged()?;
+                    cache.used(&name);
                     tracing::debug!(path = %path.display(), build_id, elapsed_us = started.elapsed().as_micros() as u64, "locate: cache hit");
                     return Ok(hit);
                 }

@@ -475,7 +475,7 @@ mod tests {
         let e = SuperviseError::from(proc::start_time(u32::MAX).unwrap_err());
         let text = crate::error_chain(&e);
         assert!(
-            text.starts_with(&format!("reading /proc/{}/stat: ", u32::MAX)),
+            text.starts_with(&format!("opening /proc/{}/stat: ", u32::MAX)),
             "{text}"
         );
     }

@@ -356,19 +356,26 @@ fn daemon_at(pid: u32) -> Option<(Daemon, u32)> {
 /// The pm2 daemon of `home` run by `uid`: the one its `pm2.pid` names, when that process is a
 /// daemon of this home and `uid`'s.
 fn daemon_of_home(home: &Path, uid: u32) -> Option<Daemon> {
-    let raw = read_bounded(&home.join("pm2.pid"), 32).ok()?;
+    // The home is the user's: its pid file is a regular file of theirs, read through the
+    // door (never a FIFO, a terminal or a device, never through a link as its last component).
+    use crate::untrusted::{self, Limits, Resolve};
+    let path = home.join("pm2.pid");
+    let mut file = untrusted::open(&path, Resolve::NoFollow).ok()?;
+    if file.metadata().uid() != uid {
+        return None;
+    }
+    let raw = file.read_head(Limits::bytes(32)).ok()?;
     let pid: u32 = std::str::from_utf8(&raw).ok()?.trim().parse().ok()?;
     let (daemon, owner) = daemon_at(pid)?;
     (owner == uid && daemon.home.as_deref() == Some(home)).then_some(daemon)
 }
 
-fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut raw = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit)
-        .read_to_end(&mut raw)?;
-    Ok(raw)
+/// What a restart needs, found before pm2 is run: whose pm2, which home, which executable.
+struct Prepared {
+    account: Account,
+    pm2: PathBuf,
+    pm2_home: PathBuf,
+    env: Vec<(&'static str, OsString)>,
 }
 
 impl Pm2Restarter {
@@ -393,10 +400,12 @@ impl Pm2Restarter {
     }
 }
 
-impl Restarter for Pm2Restarter {
-    #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
-    async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
-        let Placement::Pm2 { id, name, home } = &target.placement else {
+impl Pm2Restarter {
+    /// Everything before pm2 runs: the owner's account, the app's pm2 home and daemon, a
+    /// trusted `pm2`. Blocking (`/proc`, `passwd`, and files in the user's pm2 home, which the
+    /// user controls): run off the event loop.
+    fn prepare(&self, target: &Target) -> Result<Prepared, SuperviseError> {
+        let Placement::Pm2 { home, .. } = &target.placement else {
             return Err(SuperviseError::WrongPlacement {
                 instance: target.instance.clone(),
                 supervisor: "pm2",
@@ -468,8 +477,37 @@ impl Restarter for Pm2Restarter {
                 reason: format!("no pm2 daemon listens in {}", pm2_home.display()),
             });
         }
-
         verify_start_time(target.pid, target.start_time)?;
+        Ok(Prepared {
+            account,
+            pm2,
+            pm2_home,
+            env,
+        })
+    }
+}
+
+impl Restarter for Pm2Restarter {
+    #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
+    async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
+        let Placement::Pm2 { id, name, .. } = &target.placement else {
+            return Err(SuperviseError::WrongPlacement {
+                instance: target.instance.clone(),
+                supervisor: "pm2",
+            });
+        };
+        let (this, owned) = (self.clone(), target.clone());
+        let Prepared {
+            account,
+            pm2,
+            pm2_home,
+            env,
+        } = tokio::task::spawn_blocking(move || this.prepare(&owned))
+            .await
+            .map_err(|e| SuperviseError::RestartFailed {
+                unit: "pm2 app".into(),
+                source: super::RestartFailure::Task(e),
+            })??;
         let apps = self.jlist(&account, &pm2, &env).await?;
         let supervisor = format!("pm2 of {} ({})", account.name, pm2_home.display());
         let old_main = match apps.iter().find(|a| a.id == *id) {

@@ -1,0 +1,206 @@
+//! Discovery's looks ([`crate::discover::Look`]: a file another user chose, read to judge a
+//! process, or a container engine asked for a name) waiting for a blocking thread, never run
+//! on the event loop.
+//!
+//! Each user has a share: at most one look of theirs runs at a time, and users are served in
+//! turn, so a user whose files answer slowly (a FUSE mount that never answers, a network file
+//! system) delays only their own processes. A look that runs over [`BUDGET`] is given up: its
+//! worker slot goes back to the others, but its user's next looks wait until the stuck call
+//! returns. At most [`MAX_STUCK`] looks may be stuck at once (each holds a blocking thread);
+//! beyond that no new look starts until one returns. A user's queue holds at most
+//! [`MAX_WAITING_PER_USER`] looks; more are dropped and counted (the user's own processes go
+//! unjudged until they exec or send again).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use crate::discover::Look;
+
+/// Looks that run at once (of different users).
+pub(super) const WORKERS: usize = 2;
+/// How long a look may take before it is given up.
+pub(super) const BUDGET: Duration = Duration::from_secs(2);
+/// Looks given up and still running (stuck in a system call) at most.
+pub(super) const MAX_STUCK: usize = 4;
+/// Looks waiting per user at most.
+pub(super) const MAX_WAITING_PER_USER: usize = 4096;
+
+/// The waiting looks per user, the users' turns, and what runs.
+#[derive(Debug, Default)]
+pub(super) struct LookQueue {
+    queues: HashMap<u32, VecDeque<Look>>,
+    /// Uids with looks waiting, each once, the next to be served first.
+    turns: VecDeque<u32>,
+    /// Uids with a look running or stuck.
+    busy: HashSet<u32>,
+    /// Looks running within their budget.
+    running: usize,
+    /// Looks given up that have not returned.
+    stuck: usize,
+    /// Looks dropped because their user's queue was full.
+    dropped: u64,
+}
+
+impl LookQueue {
+    /// Queues `look` in its user's queue; `false` when that queue is full (dropped, counted).
+    pub fn push(&mut self, look: Look) -> bool {
+        let uid = look.uid;
+        let queue = self.queues.entry(uid).or_default();
+        if queue.len() >= MAX_WAITING_PER_USER {
+            self.dropped += 1;
+            return false;
+        }
+        if queue.is_empty() && !self.turns.contains(&uid) {
+            self.turns.push_back(uid);
+        }
+        queue.push_back(look);
+        true
+    }
+
+    /// The next look to start, if a worker is free: the oldest of the next user in turn who
+    /// has none running. It counts as running until [`Self::finished`] or [`Self::overran`].
+    pub fn next(&mut self) -> Option<Look> {
+        if self.running >= WORKERS || self.stuck >= MAX_STUCK {
+            return None;
+        }
+        for _ in 0..self.turns.len() {
+            let uid = self.turns.pop_front()?;
+            if self.busy.contains(&uid) {
+                self.turns.push_back(uid);
+                continue;
+            }
+            let queue = self.queues.get_mut(&uid)?;
+            let look = queue.pop_front();
+            if queue.is_empty() {
+                self.queues.remove(&uid);
+            } else {
+                self.turns.push_back(uid);
+            }
+            if let Some(look) = look {
+                self.busy.insert(uid);
+                self.running += 1;
+                return Some(look);
+            }
+        }
+        None
+    }
+
+    /// A running look ran over its budget: its worker slot is free, its user (still busy)
+    /// waits for it.
+    pub fn overran(&mut self) {
+        self.running = self.running.saturating_sub(1);
+        self.stuck += 1;
+    }
+
+    /// A look of `uid` returned (`overran`: after it was given up).
+    pub fn finished(&mut self, uid: u32, overran: bool) {
+        if overran {
+            self.stuck = self.stuck.saturating_sub(1);
+        } else {
+            self.running = self.running.saturating_sub(1);
+        }
+        self.busy.remove(&uid);
+        if self.queues.contains_key(&uid) && !self.turns.contains(&uid) {
+            self.turns.push_back(uid);
+        }
+    }
+
+    /// Looks waiting.
+    pub fn waiting(&self) -> usize {
+        self.queues.values().map(VecDeque::len).sum()
+    }
+
+    /// Whether nothing waits or runs (stuck looks aside).
+    pub fn idle(&self) -> bool {
+        self.running == 0 && self.queues.is_empty()
+    }
+
+    /// Looks given up that have not returned.
+    pub fn stuck(&self) -> usize {
+        self.stuck
+    }
+
+    /// Looks dropped for a full queue since the start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn look(pid: u32, uid: u32) -> Look {
+        crate::discover::Look::for_tests(pid, uid)
+    }
+
+    /// The pids started, each finishing before the next is asked for.
+    fn served(q: &mut LookQueue) -> Vec<u32> {
+        std::iter::from_fn(|| {
+            let l = q.next()?;
+            q.finished(l.uid, false);
+            Some(l.pid)
+        })
+        .collect()
+    }
+
+    #[test]
+    fn users_take_turns_and_run_one_look_each() {
+        let mut q = LookQueue::default();
+        for pid in 1..=4 {
+            q.push(look(pid, 1001));
+        }
+        q.push(look(50, 0));
+        q.push(look(51, 0));
+        // One of 1001's runs: the next is root's, and then nothing (both users busy).
+        let a = q.next().expect("a look");
+        let b = q.next().expect("another user's");
+        assert_eq!((a.pid, b.pid), (1, 50));
+        assert!(q.next().is_none(), "at most {WORKERS} at once");
+        q.finished(a.uid, false);
+        q.finished(b.uid, false);
+        assert_eq!(served(&mut q), vec![2, 51, 3, 4]);
+        assert!(q.idle());
+    }
+
+    #[test]
+    fn a_stuck_look_stalls_only_its_user() {
+        let mut q = LookQueue::default();
+        q.push(look(1, 1001));
+        q.push(look(2, 1001));
+        q.push(look(3, 1002));
+        let stuck = q.next().expect("the attacker's look");
+        assert_eq!(stuck.pid, 1);
+        q.overran();
+        // The worker slot is back; 1001 waits for its stuck look, 1002 is served.
+        assert_eq!(served(&mut q), vec![3]);
+        q.push(look(4, 1002));
+        assert_eq!(served(&mut q), vec![4]);
+        assert_eq!(q.waiting(), 1);
+        // When the stuck call returns, 1001's next look runs.
+        q.finished(1001, true);
+        assert_eq!(served(&mut q), vec![2]);
+        assert_eq!(q.stuck(), 0);
+    }
+
+    #[test]
+    fn stuck_looks_are_bounded_and_queues_too() {
+        let mut q = LookQueue::default();
+        for uid in 0..u32::try_from(MAX_STUCK).unwrap() + 1 {
+            q.push(look(uid + 1, 2000 + uid));
+        }
+        for _ in 0..MAX_STUCK {
+            q.next().expect("a look");
+            q.overran();
+        }
+        assert!(q.next().is_none(), "no thread left for looks");
+        q.finished(2000, true);
+        assert!(q.next().is_some());
+        let mut q = LookQueue::default();
+        for pid in 0..u32::try_from(MAX_WAITING_PER_USER).unwrap() + 10 {
+            q.push(look(pid, 1001));
+        }
+        assert_eq!(q.waiting(), MAX_WAITING_PER_USER);
+        assert_eq!(q.dropped(), 10);
+    }
+}
