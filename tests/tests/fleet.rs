@@ -30,7 +30,17 @@ struct Host {
 }
 
 impl Host {
+    /// Host `i` with two agents; its daemon asks `alertmanager` when given (`[fleet]`).
     fn start(i: usize, standin: &StandIn, alertmanager: &str, dir: &std::path::Path) -> Self {
+        Self::start_with(i, standin, Some(alertmanager), dir)
+    }
+
+    fn start_with(
+        i: usize,
+        standin: &StandIn,
+        alertmanager: Option<&str>,
+        dir: &std::path::Path,
+    ) -> Self {
         let bed = Testbed::start(&format!("fleet{i}"));
         for unit in UNITS {
             let home = dir.join(format!("host-{i}-{unit}"));
@@ -60,8 +70,9 @@ impl Host {
                 bed.name()
             ),
             &format!(
-                "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nsystemd_bus = \"{}\"\nrestart_timeout = \"20s\"\nbackoff_initial = \"3s\"\nbackoff_max = \"12s\"\n[fleet]\nalertmanager = [\"{alertmanager}\"]\npoll_every = \"1s\"\nstale_after = \"5s\"\nstagger = \"10s\"\nhost = \"{name}\"\n",
-                bed.bus_address()
+                "[detector]\nlatch_min_401s = 3\nlatch_min_span = \"2s\"\n[recovery]\nsystemd_bus = \"{}\"\nrestart_timeout = \"20s\"\nbackoff_initial = \"3s\"\nbackoff_max = \"12s\"\n[fleet]\nalertmanager = [{}]\npoll_every = \"1s\"\nstale_after = \"5s\"\nstagger = \"10s\"\nhost = \"{name}\"\n",
+                bed.bus_address(),
+                alertmanager.map(|a| format!("\"{a}\"")).unwrap_or_default()
             ),
         );
         Self {
@@ -342,4 +353,99 @@ fn a_second_daemon_over_the_same_processes_is_refused_and_disjoint_scopes_are_no
     // A disjoint scope is a daemon of its own.
     let second = Daemon::start("scope = \"/cw-guard-b\"", "");
     drop((first, second));
+}
+
+/// The daemon's CPU time so far (user + system), ms.
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: plain sysconf query.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    ticks * 1000 / hz.max(1)
+}
+
+/// One 60 s window over five hosts, with or without `[fleet]`: how long until every host
+/// held, the restarts into the window, the daemons' CPU, and how long until every agent was
+/// back.
+fn window_over_five_hosts(with_fleet: bool) -> serde_json::Value {
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-fleet-figures");
+    let alertmanager = Alertmanager::start();
+    let url = alertmanager.url();
+    let hosts: Vec<Host> = (1..=5)
+        .map(|i| Host::start_with(i, &standin, with_fleet.then_some(url.as_str()), dir.path()))
+        .collect();
+    let ports: Vec<u16> = hosts.iter().map(|h| h.metrics).collect();
+    let _prometheus = Prometheus::start(&ports, &rules_with_horizon(15), alertmanager.port);
+    for h in &hosts {
+        for unit in UNITS {
+            h.daemon.wait_for(unit, Duration::from_secs(60), "healthy", |i| {
+                i.last_status == Some(200)
+            });
+        }
+    }
+    let cpu0: Vec<u64> = hosts.iter().map(|h| cpu_ms(h.daemon.pid())).collect();
+    let window = Duration::from_secs(60);
+    let opened = now_ms();
+    standin.open_window_for_all(window);
+    let closes = opened + u64::try_from(window.as_millis()).expect("fits");
+    let held_after_ms = with_fleet.then(|| {
+        wait_until(Duration::from_secs(60), "every host held", || {
+            hosts
+                .iter()
+                .all(|h| h.fleet_line().contains("HELD"))
+                .then_some(())
+        });
+        now_ms() - opened
+    });
+    for h in &hosts {
+        for unit in UNITS {
+            wait_until(Duration::from_secs(240), "recovered after the window", || {
+                h.daemon.episodes_of(unit).into_iter().find(|e| {
+                    e.end == EpisodeEnd::RecoveredAfterRestart
+                        && e.ended_ms.is_some_and(|t| t >= closes)
+                })
+            });
+        }
+    }
+    let back_after_close_ms = now_ms() - closes;
+    let cpu: Vec<u64> = hosts
+        .iter()
+        .zip(&cpu0)
+        .map(|(h, c)| cpu_ms(h.daemon.pid()) - c)
+        .collect();
+    let restarts: Vec<ActionRecord> = hosts.iter().flat_map(Host::restarts).collect();
+    let into = restarts.iter().filter(|r| r.at_ms < closes).count();
+    serde_json::json!({
+        "fleet": with_fleet,
+        "held_after_ms": held_after_ms,
+        "restarts_into_window": into,
+        "restarts": restarts.len(),
+        "back_after_close_ms": back_after_close_ms,
+        "scenario_ms": now_ms() - opened,
+        "daemon_cpu_ms": cpu,
+    })
+}
+
+/// Figures for the bench (part 11): the same window over five hosts with `[fleet]` and
+/// without, written as JSON to `$CLAUDE_WATCH_FLEET_FIGURES`.
+#[test]
+#[ignore = "run by `cargo xtask bench` (part 11)"]
+fn fleet_figures() {
+    let _serial = serial();
+    let out = std::env::var_os("CLAUDE_WATCH_FLEET_FIGURES")
+        .expect("CLAUDE_WATCH_FLEET_FIGURES names the file to write");
+    let with = window_over_five_hosts(true);
+    let without = window_over_five_hosts(false);
+    let figures = serde_json::json!({ "with": with, "without": without });
+    eprintln!("fleet figures: {figures}");
+    std::fs::write(out, figures.to_string()).expect("write the figures");
 }

@@ -33,7 +33,11 @@
 //!    `claude-watch daemon`;
 //! 10. the recovery policy replayed against the write-up's window history (`claude-watch
 //!     replay`, the core on a fake clock): agents left down, restarts into open windows against
-//!     log2(window / backoff_initial) + 2, extra downtime after each window closes, notices.
+//!     log2(window / backoff_initial) + 2, extra downtime after each window closes, notices;
+//! 11. the fleet: five scoped daemons, a real Prometheus and Alertmanager, one window over
+//!     every agent with `[fleet]` and without (the scenario of `tests/tests/fleet.rs`): the
+//!     time to the last host holding, restarts avoided, the daemons' added CPU. Not in the
+//!     smoke run (the test suite runs the same scenario).
 //!
 //! Parts 1, 2 and 4b also measure each wake-up policy (`[daemon] wakeup`) for the trade-off
 //! table, and 4b runs once more with a CPU burner on every core.
@@ -62,6 +66,7 @@ mod capacity;
 mod detection;
 mod env;
 mod execburst;
+mod fleet;
 mod footprint;
 mod latency;
 mod locate;
@@ -215,7 +220,7 @@ impl Plan {
 }
 
 /// Every part, in the table's order.
-const PARTS: [Part; 11] = [
+const PARTS: [Part; 12] = [
     Part(1, None),
     Part(2, None),
     Part(3, None),
@@ -227,6 +232,7 @@ const PARTS: [Part; 11] = [
     Part(8, None),
     Part(9, None),
     Part(10, None),
+    Part(11, None),
 ];
 
 /// Reads `--only`: part names separated by commas (`1,2,4b`).
@@ -240,7 +246,7 @@ fn parse_parts(list: &str) -> anyhow::Result<Vec<Part>> {
                 .copied()
                 .find(|part| part.to_string() == p)
                 .with_context(|| {
-                    format!("no bench part {p:?} (parts: 1, 2, 3, 4, 4b, 5, 6, 7, 8, 9, 10)")
+                    format!("no bench part {p:?} (parts: 1, 2, 3, 4, 4b, 5, 6, 7, 8, 9, 10, 11)")
                 })
         })
         .collect()
@@ -374,6 +380,13 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         eprintln!("bench: part 10: recovery replay");
         if let Err(e) = replay::replay(&env, smoke).and_then(|r| r.report(&mut report)) {
             report.failed(10, "recovery replay", &e);
+        }
+    }
+    if wanted(Part(11, None)) && !smoke {
+        eprintln!("bench: part 11: a fleet in an upstream incident");
+        match fleet::fleet(&env, root) {
+            Ok(f) => f.report(&mut report),
+            Err(e) => report.failed(11, "fleet", &e),
         }
     }
     if wanted(Part(8, None)) {
@@ -577,7 +590,8 @@ mod tests {
         assert_eq!(parse_parts("8").unwrap(), [Part(8, None)]);
         assert_eq!(parse_parts("9").unwrap(), [Part(9, None)]);
         assert_eq!(parse_parts("10").unwrap(), [Part(10, None)]);
-        assert!(parse_parts("11").is_err());
+        assert_eq!(parse_parts("11").unwrap(), [Part(11, None)]);
+        assert!(parse_parts("12").is_err());
         assert!(parse_parts("4c").is_err());
     }
 
