@@ -387,9 +387,10 @@ fn window_over_five_hosts(with_fleet: bool) -> serde_json::Value {
     let _prometheus = Prometheus::start(&ports, &rules_with_horizon(15), alertmanager.port);
     for h in &hosts {
         for unit in UNITS {
-            h.daemon.wait_for(unit, Duration::from_secs(60), "healthy", |i| {
-                i.last_status == Some(200)
-            });
+            h.daemon
+                .wait_for(unit, Duration::from_secs(60), "healthy", |i| {
+                    i.last_status == Some(200)
+                });
         }
     }
     let cpu0: Vec<u64> = hosts.iter().map(|h| cpu_ms(h.daemon.pid())).collect();
@@ -408,12 +409,16 @@ fn window_over_five_hosts(with_fleet: bool) -> serde_json::Value {
     });
     for h in &hosts {
         for unit in UNITS {
-            wait_until(Duration::from_secs(240), "recovered after the window", || {
-                h.daemon.episodes_of(unit).into_iter().find(|e| {
-                    e.end == EpisodeEnd::RecoveredAfterRestart
-                        && e.ended_ms.is_some_and(|t| t >= closes)
-                })
-            });
+            wait_until(
+                Duration::from_secs(240),
+                "recovered after the window",
+                || {
+                    h.daemon.episodes_of(unit).into_iter().find(|e| {
+                        e.end == EpisodeEnd::RecoveredAfterRestart
+                            && e.ended_ms.is_some_and(|t| t >= closes)
+                    })
+                },
+            );
         }
     }
     let back_after_close_ms = now_ms() - closes;

@@ -697,7 +697,7 @@ impl Watch {
                 .is_some_and(|s| s.state == State::Latched);
             if exchange.status == 401 && latched && self.acts(&id) {
                 info!(instance = %id, "the resumed episode's instance still gets 401: latched");
-                self.policy.latched(&id, now);
+                self.latch(&id, now);
                 self.save(now, out);
             }
         }
@@ -719,7 +719,7 @@ impl Watch {
         for id in latched {
             if self.acts(&id) {
                 info!(instance = %id, supervisor = self.supervisor(&id).kind(), "a latched instance can be restarted now");
-                self.policy.latched(&id, now);
+                self.latch(&id, now);
                 adopted = true;
             }
         }
@@ -772,12 +772,25 @@ impl Watch {
             // Still latched as far as recovery knows: a restart that was under way when the
             // previous run stopped counts as not healed (a quiet window first), and a quiet
             // window restored from the state file keeps its deadline.
-            self.policy.latched(&id, now);
+            self.latch(&id, now);
             if let Some(until) = self.policy.not_before(&id).filter(|t| *t > now) {
                 self.journal_backoff(&id, until, false, now, out);
             }
         }
         self.save(now, out);
+    }
+
+    /// Tells the policy that `id` is latched, with its owner (restarts are one at a time per
+    /// owner, and an incident holds only its owner's instances).
+    fn latch(&mut self, id: &InstanceId, now: MonoNs) {
+        let owner = self
+            .procs
+            .values()
+            .filter(|f| &f.instance == id)
+            .max_by_key(|f| f.info.start_time)
+            .map_or(0, |f| f.info.uid);
+        self.policy.set_owner(id, owner);
+        self.policy.latched(id, now);
     }
 
     /// Whether `id` has a live process.
@@ -968,7 +981,7 @@ impl Watch {
                     out.push(Effect::Metric(Metric::DetectionSeconds(seconds)));
                 }
                 if self.acts(instance) {
-                    self.policy.latched(instance, now);
+                    self.latch(instance, now);
                     if let Some(fleet::FleetState::Held { alert, since_ms }) =
                         self.fleet.as_ref().map(fleet::Fleet::state).cloned()
                     {

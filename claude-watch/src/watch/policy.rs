@@ -14,8 +14,9 @@
 //!    └──────────── recovered: a non-401 answer of the new process (a confirmed recovery) ──┘
 //! ```
 //!
-//! - The first latch of an instance is restarted as soon as the host-wide slot is free (one
-//!   restart in flight per host).
+//! - The first latch of an instance is restarted as soon as its owner's slot is free (one
+//!   restart in flight per owner, the uid of its processes: a user whose supervisor hangs
+//!   delays only that user's restarts).
 //! - A restart is confirmed only by the new process's own non-401 answer. When the new process
 //!   gets 401 instead, the upstream window is still open: the next restart waits a quiet window
 //!   that doubles from `initial_backoff` up to `max_backoff` (reset after `healthy_reset` of
@@ -33,9 +34,10 @@
 //!
 //! # An upstream incident: one canary
 //!
-//! When a second instance latches while another is latched and not healed (or a restarted
-//! instance's new session is rejected while others are latched), the host is in an upstream
-//! incident (with `canary`, the default). Its members are not restarted each on its own
+//! When a second instance latches while another of the same owner is latched and not healed
+//! (or a restarted instance's new session is rejected while others are latched), the host is
+//! in an upstream incident of that owner's instances (with `canary`, the default); another
+//! owner's latches never join it, so no user holds another's agents to a canary. Its members are not restarted each on its own
 //! schedule: one member at a time, the canary, is restarted per quiet window of the incident;
 //! the others wait, and their waiting counts toward nothing.
 //!
@@ -258,6 +260,8 @@ struct Instance {
     accepted_early: bool,
     /// Canary restarts of it in the current incident (the rotation's order).
     tries: u32,
+    /// Its owner (uid): restarts are one at a time per owner, and incidents are an owner's.
+    owner: u32,
 }
 
 impl Instance {
@@ -276,6 +280,7 @@ impl Instance {
             rejected_early: false,
             accepted_early: false,
             tries: 0,
+            owner: 0,
         }
     }
 
@@ -288,6 +293,8 @@ impl Instance {
 /// A host-wide upstream incident: several instances latched in one window.
 #[derive(Clone, Debug)]
 struct Incident {
+    /// Whose instances it holds: another owner's latches are never held by it.
+    owner: u32,
     opened: MonoNs,
     members: BTreeSet<InstanceId>,
     /// The member whose restart (or its confirmation) is awaited.
@@ -308,8 +315,9 @@ struct Incident {
 pub struct Policy {
     config: PolicyConfig,
     instances: BTreeMap<InstanceId, Instance>,
-    /// The instance holding the host-wide restart slot.
-    in_flight: Option<InstanceId>,
+    /// The instance holding each owner's restart slot (one restart in flight per owner: a
+    /// user whose own supervisor hangs delays only that user's restarts).
+    in_flight: BTreeMap<u32, InstanceId>,
     incident: Option<Incident>,
     /// Actions decided by the calls since the last [`Policy::poll`].
     out: Vec<Action>,
@@ -362,7 +370,7 @@ impl Policy {
         Self {
             config,
             instances: BTreeMap::new(),
-            in_flight: None,
+            in_flight: BTreeMap::new(),
             incident: None,
             out: Vec::new(),
             polled: 0,
@@ -483,9 +491,21 @@ impl Policy {
     }
 
     fn free_slot(&mut self, instance: &InstanceId) {
-        if self.in_flight.as_ref() == Some(instance) {
-            self.in_flight = None;
-        }
+        self.in_flight.retain(|_, id| id != instance);
+    }
+
+    fn holds_slot(&self, instance: &InstanceId) -> bool {
+        self.in_flight.values().any(|id| id == instance)
+    }
+
+    /// The owner (uid) of `instance`'s processes: restarts are one at a time per owner, and an
+    /// incident holds only its owner's instances. Set before [`Policy::latched`].
+    pub fn set_owner(&mut self, instance: &InstanceId, owner: u32) {
+        self.entry(instance).owner = owner;
+    }
+
+    fn owner(&self, instance: &InstanceId) -> u32 {
+        self.instances.get(instance).map_or(0, |i| i.owner)
     }
 
     fn in_incident(&self, instance: &InstanceId) -> bool {
@@ -626,11 +646,12 @@ impl Policy {
         }
     }
 
-    /// Instances other than `instance` that can form an incident with it.
+    /// Instances other than `instance`, of the same owner, that can form an incident with it.
     fn joining_others(&self, instance: &InstanceId) -> Vec<InstanceId> {
+        let owner = self.owner(instance);
         self.instances
             .iter()
-            .filter(|(id, i)| *id != instance && i.joins())
+            .filter(|(id, i)| *id != instance && i.owner == owner && i.joins())
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -641,8 +662,9 @@ impl Policy {
         members.insert(instance.clone());
         let canary = self
             .in_flight
-            .clone()
-            .filter(|id| members.contains(id))
+            .values()
+            .find(|id| members.contains(*id))
+            .cloned()
             .or_else(|| {
                 members
                     .iter()
@@ -656,6 +678,7 @@ impl Policy {
             });
         let initial = self.config.initial_backoff;
         let mut inc = Incident {
+            owner: self.owner(instance),
             opened: now,
             members: members.clone(),
             canary: canary.clone(),
@@ -745,7 +768,12 @@ impl Policy {
                 if !self.config.canary || alone {
                     return;
                 }
+                let owner = self.owner(instance);
                 if let Some(inc) = self.incident.as_mut() {
+                    if inc.owner != owner {
+                        // Another owner's incident holds only theirs.
+                        return;
+                    }
                     inc.members.insert(instance.clone());
                     let opened = inc.opened;
                     self.entry(instance).not_before = None;
@@ -819,7 +847,7 @@ impl Policy {
     /// slot and not a member of an incident.
     #[must_use]
     pub fn at_rest(&self, instance: &InstanceId) -> bool {
-        self.in_flight.as_ref() != Some(instance)
+        !self.holds_slot(instance)
             && !self.in_incident(instance)
             && self.instances.get(instance).is_none_or(|i| {
                 !i.escalate_pending
@@ -905,7 +933,8 @@ impl Policy {
 
         // A restart that holds the slot too long: the restart itself is a failure; an
         // unconfirmed recovery frees the slot (an incident's next try waits a quiet window).
-        if let Some(id) = self.in_flight.clone() {
+        let in_flight: Vec<InstanceId> = self.in_flight.values().cloned().collect();
+        for id in in_flight {
             match self.instances.get(&id).map(|i| i.phase) {
                 Some(Phase::Restarting { since }) if now >= since.saturating_add(timeout) => {
                     tracing::warn!(instance = %id, "restart timed out");
@@ -987,20 +1016,20 @@ impl Policy {
             }
         }
 
-        if self.in_flight.is_none()
-            && let Some(id) = self.due(now)
-        {
+        // One restart in flight per owner.
+        while let Some(id) = self.due(now) {
             let in_incident = self.in_incident(&id);
             let i = self.entry(&id);
             i.phase = Phase::Restarting { since: now };
             i.latched_at = None;
+            let owner = i.owner;
             if in_incident {
                 i.tries += 1;
                 if let Some(inc) = self.incident.as_mut() {
                     inc.canary = Some(id.clone());
                 }
             }
-            self.in_flight = Some(id.clone());
+            self.in_flight.insert(owner, id.clone());
             actions.push(Action::Restart(id));
         }
         actions
@@ -1012,8 +1041,11 @@ impl Policy {
         if self.fleet_hold.is_some_and(|until| now < until) {
             return None;
         }
-        let ready =
-            |i: &Instance| i.phase == Phase::Latched && i.not_before.is_none_or(|t| t <= now);
+        let ready = |i: &Instance| {
+            i.phase == Phase::Latched
+                && i.not_before.is_none_or(|t| t <= now)
+                && !self.in_flight.contains_key(&i.owner)
+        };
         let lone = self
             .instances
             .iter()
@@ -1045,14 +1077,15 @@ impl Policy {
         let timeout = ns(self.config.restart_timeout);
         let in_flight = self
             .in_flight
-            .as_ref()
-            .and_then(|id| self.instances.get(id))
-            .and_then(|i| match i.phase {
+            .values()
+            .filter_map(|id| self.instances.get(id))
+            .filter_map(|i| match i.phase {
                 Phase::Restarting { since } | Phase::Recovering { since } => {
                     Some(since.saturating_add(timeout))
                 }
                 _ => None,
-            });
+            })
+            .min();
         let after = self.config.escalate_after.map(ns);
         let instances = self.instances.values().flat_map(|i| {
             let clock = match i.phase {
@@ -1119,12 +1152,15 @@ impl Policy {
                         since_ms: i.since.map(wall),
                         escalated_ms: i.escalated.map(wall),
                         tries: i.tries,
+                        owner: i.owner,
                     };
                     (id.name.clone(), saved)
                 })
                 .collect(),
-            in_flight: self.in_flight.as_ref().map(|id| id.name.clone()),
+            in_flight: None,
+            restarting: self.in_flight.values().map(|id| id.name.clone()).collect(),
             incident: self.incident.as_ref().map(|inc| SavedIncident {
+                owner: inc.owner,
                 opened_ms: wall(inc.opened),
                 members: inc.members.iter().map(|m| m.name.clone()).collect(),
                 canary: inc.canary.as_ref().map(|c| c.name.clone()),
@@ -1145,7 +1181,7 @@ impl Policy {
     pub fn restore(snapshot: PolicySnapshot, now: MonoNs, wall_now_ms: u64) -> Self {
         let at = |ms: u64| from_wall_ms(ms, now, wall_now_ms);
         let give_up = snapshot.config.give_up;
-        let mut in_flight = None;
+        let mut in_flight = BTreeMap::new();
         let mut ids = BTreeMap::new();
         let instances = snapshot
             .instances
@@ -1160,8 +1196,10 @@ impl Policy {
                     }
                     None => InstanceId::from_saved(&name, None),
                 };
-                if snapshot.in_flight.as_deref() == Some(id.name.as_str()) {
-                    in_flight = Some(id.clone());
+                if snapshot.in_flight.as_deref() == Some(id.name.as_str())
+                    || snapshot.restarting.iter().any(|r| *r == id.name)
+                {
+                    in_flight.insert(s.owner, id.clone());
                 }
                 ids.insert(id.name.clone(), id.clone());
                 let phase = match s.phase {
@@ -1197,6 +1235,7 @@ impl Policy {
                     rejected_early: false,
                     accepted_early: false,
                     tries: s.tries,
+                    owner: s.owner,
                 };
                 (id, instance)
             })
@@ -1208,6 +1247,7 @@ impl Policy {
                 .filter_map(|m| ids.get(m).cloned())
                 .collect();
             (!members.is_empty()).then(|| Incident {
+                owner: s.owner,
                 opened: at(s.opened_ms),
                 canary: s.canary.and_then(|c| ids.get(&c).cloned()),
                 members,
@@ -1264,8 +1304,12 @@ pub struct PolicySnapshot {
     pub config: PolicyConfig,
     /// Per-instance state.
     pub instances: BTreeMap<String, SavedInstance>,
-    /// The instance holding the host-wide restart slot.
+    /// The instance holding the restart slot (files of earlier versions, one host-wide).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight: Option<String>,
+    /// The instances holding a restart slot (one per owner).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarting: Vec<String>,
     /// The open upstream incident (absent in files of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident: Option<SavedIncident>,
@@ -1301,11 +1345,17 @@ pub struct SavedInstance {
     /// Canary restarts of it in the open incident.
     #[serde(default)]
     pub tries: u32,
+    /// Its owner (uid).
+    #[serde(default)]
+    pub owner: u32,
 }
 
 /// The persisted incident.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedIncident {
+    /// Whose instances it holds (uid).
+    #[serde(default)]
+    pub owner: u32,
     /// Opened at (wall ms).
     pub opened_ms: u64,
     /// Its members' names.

@@ -42,10 +42,9 @@ pub(super) fn fleet(env: &BenchEnv, root: &Path) -> anyhow::Result<Fleet> {
     if !status.success() {
         bail!("the fleet scenario failed ({status})");
     }
-    let figures: Value = serde_json::from_str(
-        &std::fs::read_to_string(&out).context("reading the fleet figures")?,
-    )
-    .context("the fleet figures")?;
+    let figures: Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).context("reading the fleet figures")?)
+            .context("the fleet figures")?;
     Ok(Fleet {
         with: figures["with"].clone(),
         without: figures["without"].clone(),

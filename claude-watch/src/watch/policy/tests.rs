@@ -657,3 +657,38 @@ fn turning_give_up_off_releases_the_instances_given_up_on() {
     assert_eq!(released, std::slice::from_ref(&a));
     assert_eq!(p.phase(&a), Some(Phase::Idle));
 }
+
+#[test]
+fn one_users_hanging_supervisor_and_incident_never_hold_another_users_restart() {
+    // uid 1001 latches two instances of their own (an incident of theirs) under a supervisor
+    // that accepts and never answers; uid 1002's agent latches meanwhile.
+    let (x, y, victim) = (id("x"), id("y"), id("victim"));
+    let mut p = Policy::new(PolicyConfig::default());
+    for (i, owner) in [(&x, 1001), (&y, 1001), (&victim, 1002)] {
+        p.set_owner(i, owner);
+    }
+    p.latched(&x, T0);
+    p.latched(&y, T0 + S);
+    assert_eq!(p.incident().unwrap().members.len(), 2, "1001's incident");
+    assert_eq!(
+        restarts_of(&p.poll(T0 + S)),
+        ["x"],
+        "1001's canary, never answered"
+    );
+    p.latched(&victim, T0 + 2 * S);
+    assert!(
+        !p.view(&victim).in_incident,
+        "not held by another user's incident"
+    );
+    assert_eq!(
+        restarts_of(&p.poll(T0 + 2 * S)),
+        ["victim"],
+        "restarted at once, beside 1001's hanging restart"
+    );
+    p.restart_finished(&victim, T0 + 3 * S, &ok());
+    assert!(p.recovered(&victim, T0 + 4 * S).is_some());
+    // 1001's restart times out on its own slot only; their incident tries its other member.
+    let timeout = ns(p.config().restart_timeout);
+    assert_eq!(restarts_of(&p.poll(T0 + S + timeout)), ["y"]);
+    assert_eq!(p.phase(&x), Some(Phase::Latched));
+}
