@@ -1197,7 +1197,7 @@ impl Policy {
                     None => InstanceId::from_saved(&name, None),
                 };
                 if snapshot.in_flight.as_deref() == Some(id.name.as_str())
-                    || snapshot.restarting.iter().any(|r| *r == id.name)
+                    || snapshot.restarting.contains(&id.name)
                 {
                     in_flight.insert(s.owner, id.clone());
                 }
