@@ -4,6 +4,7 @@
 //!
 //! Needs root and the pinned clients (`cargo xtask setup --tests`).
 
+use claude_watch_tests::wait::one_at_a_time as serial;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +46,7 @@ fn pid_name(agent: &Agent) -> String {
 /// library's own types).
 #[test]
 fn healthy_latched_and_throttled_agents_in_status_journal_episodes_and_metrics() {
+    let _serial = serial();
     let standin = StandIn::start();
     standin.throttle_models(&["claude-opus-*"]);
     let daemon = Daemon::start(
@@ -253,6 +255,7 @@ fn healthy_latched_and_throttled_agents_in_status_journal_episodes_and_metrics()
 
 #[test]
 fn a_latch_that_self_recovers_is_closed_as_self_recovered() {
+    let _serial = serial();
     let standin = StandIn::start();
     let daemon = Daemon::start("", DETECTOR);
     let agent = claude_agent(&standin, "claude-haiku-4-5");
@@ -271,6 +274,7 @@ fn a_latch_that_self_recovers_is_closed_as_self_recovered() {
 
 #[test]
 fn reload_on_sighup_and_clean_sigterm() {
+    let _serial = serial();
     let daemon = Daemon::start("", DETECTOR);
     // A valid change is applied.
     let config = std::fs::read_to_string(daemon.config_path()).expect("config");
@@ -370,6 +374,7 @@ fn bpf_objects_of(pid: u32) -> (Vec<u32>, Vec<u32>) {
 
 #[test]
 fn sigkill_mid_write_loses_no_episode_and_corrupts_no_record() {
+    let _serial = serial();
     let standin = StandIn::start();
     let agent = claude_agent(&standin, "claude-haiku-4-5");
     standin.latch_session(agent.session_id());
@@ -437,6 +442,7 @@ fn sigkill_mid_write_loses_no_episode_and_corrupts_no_record() {
 
 #[test]
 fn sd_notify_readiness_and_watchdog() {
+    let _serial = serial();
     use std::os::unix::net::UnixDatagram;
     let dir = claude_watch_tests::process::ScratchDir::new("claude-watch-notify");
     let path = dir.path().join("notify.sock");
@@ -482,6 +488,7 @@ fn sd_notify_readiness_and_watchdog() {
 
 #[test]
 fn status_without_a_daemon_says_so_in_one_line() {
+    let _serial = serial();
     let out = watch::run(&["status", "--socket", "/nonexistent/claude-watch.sock"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -494,6 +501,7 @@ fn status_without_a_daemon_says_so_in_one_line() {
 
 #[test]
 fn config_check_names_file_line_and_key() {
+    let _serial = serial();
     let dir = claude_watch_tests::process::ScratchDir::new("claude-watch-config");
     let path = dir.path().join("bad.toml");
     std::fs::write(
@@ -532,6 +540,7 @@ fn config_check_names_file_line_and_key() {
 
 #[test]
 fn with_no_configuration_the_daemon_watches_a_running_agent_and_status_shows_it() {
+    let _serial = serial();
     // The built-in configuration and the default control socket, as `cargo xtask run` starts it.
     assert!(
         !std::path::Path::new(claude_watch::daemon::DEFAULT_CONFIG_PATH).exists(),
@@ -572,6 +581,7 @@ fn with_no_configuration_the_daemon_watches_a_running_agent_and_status_shows_it(
 
 #[test]
 fn a_restarted_daemon_ends_the_episode_of_a_latched_process_that_exited_meanwhile() {
+    let _serial = serial();
     let standin = StandIn::start();
     let mut agent = claude_agent(&standin, "claude-haiku-4-5");
     let name = pid_name(&agent);
