@@ -41,6 +41,9 @@ use crate::watch::policy::PolicyConfig;
 /// The configuration built into the binary: what `claude-watch daemon` uses without a file.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// Where the daemon and every command look for a configuration when none is given.
+pub const DEFAULT_PATH: &str = "/etc/claude-watch/config.toml";
+
 /// Placeholders a supervisor's argv template may use.
 pub const PLACEHOLDERS: [&str; 3] = ["{instance}", "{unit}", "{pid}"];
 
@@ -484,6 +487,23 @@ impl Config {
     /// The built-in configuration.
     pub fn builtin() -> Self {
         Self::parse(DEFAULT_TOML, "<built-in>").expect("the built-in configuration is valid")
+    }
+
+    /// The configuration a command uses, and where it came from: the file at `path` (which
+    /// must exist), else the one at [`DEFAULT_PATH`] when it exists, else the built-in one
+    /// (named `<built-in>`).
+    ///
+    /// # Errors
+    /// When the chosen file cannot be read or is invalid.
+    pub fn find(path: Option<&Path>) -> Result<(Self, String), ConfigError> {
+        match path {
+            Some(p) => Ok((Self::load(p)?, p.display().to_string())),
+            None if Path::new(DEFAULT_PATH).exists() => Ok((
+                Self::load(Path::new(DEFAULT_PATH))?,
+                DEFAULT_PATH.to_owned(),
+            )),
+            None => Ok((Self::builtin(), "<built-in>".to_owned())),
+        }
     }
 
     /// Reads and checks the file at `path`.
@@ -1114,5 +1134,143 @@ supervisor = { kind = "docker", socket = "/run/podman/podman.sock" }
         assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("5 m").is_err());
+    }
+
+    /// The field names a struct's `Deserialize` accepts, as serde's derive lists them.
+    fn fields<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+        use serde::de::{Error as _, Visitor};
+        struct Recorder<'a>(&'a mut &'static [&'static str]);
+        impl<'de> Deserializer<'de> for Recorder<'_> {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(Self::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                *self.0 = fields;
+                Err(Self::Error::custom("recorded"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+                identifier ignored_any
+            }
+        }
+        let mut out: &'static [&'static str] = &[];
+        let _ = T::deserialize(Recorder(&mut out));
+        assert!(
+            !out.is_empty(),
+            "{} is a struct",
+            std::any::type_name::<T>()
+        );
+        out
+    }
+
+    /// `section`'s lines of the built-in file (its keys, set or commented out).
+    fn section_lines(section: &str) -> Vec<&'static str> {
+        let header = format!("[{section}]");
+        DEFAULT_TOML
+            .lines()
+            .skip_while(|l| l.trim_start_matches("# ") != header)
+            .skip(1)
+            .take_while(|l| !l.trim_start_matches("# ").starts_with('['))
+            .collect()
+    }
+
+    #[test]
+    fn the_shown_configuration_lists_every_key_in_its_section() {
+        let sections: [(&str, &[&str]); 5] = [
+            ("daemon", fields::<DaemonConfig>()),
+            ("detector", fields::<DetectorSection>()),
+            ("recovery", fields::<RecoverySection>()),
+            ("fleet", fields::<FleetSection>()),
+            ("[instance]", fields::<InstanceSection>()),
+        ];
+        for (section, keys) in sections {
+            let lines = section_lines(section);
+            for key in keys {
+                assert!(
+                    lines.iter().any(|l| {
+                        let l = l.trim_start_matches("# ");
+                        l.starts_with(&format!("{key} =")) || l.contains(&format!(" {key} = "))
+                    }),
+                    "`config show` leaves out [{section}] {key}"
+                );
+            }
+        }
+        // Every way to match an instance is shown in the example rule.
+        let rule = section_lines("[instance]").join("\n");
+        for key in fields::<MatchSection>() {
+            assert!(
+                rule.contains(&format!("{key} = ")),
+                "the example rule leaves out match.{key}"
+            );
+        }
+        // `auto`'s comment names every supervisor it can choose.
+        let recovery = section_lines("recovery").join("\n");
+        for kind in [
+            "docker",
+            "pm2",
+            "supervisord",
+            "systemd",
+            "background session",
+            "signal",
+            "observe",
+        ] {
+            assert!(
+                recovery.contains(kind),
+                "the auto comment leaves out {kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_shown_configuration_is_the_default_and_its_examples_parse() {
+        // The set keys are the code's defaults: a file that leaves everything out and the shown
+        // one configure the same daemon.
+        let shown = Config::builtin();
+        let default = Config::default();
+        assert_eq!(
+            format!("{:?}", shown.daemon),
+            format!("{:?}", default.daemon)
+        );
+        assert_eq!(
+            format!("{:?}", shown.detector.detector_config()),
+            format!("{:?}", default.detector.detector_config())
+        );
+        assert_eq!(
+            format!("{:?}", shown.recovery.policy_config()),
+            format!("{:?}", default.recovery.policy_config())
+        );
+        assert_eq!(shown.recovery.supervisor, default.recovery.supervisor);
+        assert_eq!(shown.recovery.hook_timeout, default.recovery.hook_timeout);
+        assert_eq!(shown.recovery.fresh_session, default.recovery.fresh_session);
+        assert_eq!(format!("{:?}", shown.fleet), format!("{:?}", default.fleet));
+        assert!(shown.instances.is_empty());
+        // Every commented-out key is valid where it stands, once uncommented.
+        for section in ["daemon", "detector", "recovery", "fleet"] {
+            for line in section_lines(section) {
+                let Some(key) = line.strip_prefix("# ").filter(|l| {
+                    l.split_once(" = ")
+                        .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+                }) else {
+                    continue;
+                };
+                let text = format!("[{section}]\n{key}\n");
+                if let Err(e) = Config::parse(&text, "example") {
+                    panic!("the example `{key}` in [{section}] does not parse: {e}");
+                }
+            }
+        }
+        let rule: String = section_lines("[instance]")
+            .iter()
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        Config::parse(&format!("[[instance]]\n{rule}"), "example")
+            .unwrap_or_else(|e| panic!("the example [[instance]] does not parse: {e}"));
     }
 }

@@ -2,6 +2,12 @@
 
 use clap::CommandFactory as _;
 
+/// The examples `claude-watch completions --help` ends with.
+pub const EXAMPLES: &str = "Examples:
+  claude-watch completions bash > /etc/bash_completion.d/claude-watch
+  claude-watch completions zsh > \"${fpath[1]}/_claude-watch\"
+  claude-watch completions fish > ~/.config/fish/completions/claude-watch.fish";
+
 /// Print a completion script, e.g. `claude-watch completions bash > /etc/bash_completion.d/claude-watch`.
 #[derive(Debug, clap::Args)]
 pub struct CompletionsArgs {

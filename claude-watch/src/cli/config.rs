@@ -6,6 +6,12 @@ use crate::config::{Config, DEFAULT_TOML};
 use crate::daemon::DEFAULT_CONFIG_PATH;
 use crate::supervise::supervisor::misfit;
 
+/// The examples `claude-watch config --help` ends with.
+pub const EXAMPLES: &str = "Examples:
+  claude-watch config check                          the daemon's file (/etc/claude-watch/config.toml)
+  claude-watch config check ./cw.toml                a file of your own: file:line:column: key: problem
+  claude-watch config show > /etc/claude-watch/config.toml   start from every key and its default";
+
 /// Check or show the configuration.
 #[derive(Debug, clap::Args)]
 pub struct ConfigArgs {
@@ -18,12 +24,19 @@ pub struct ConfigArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum ConfigAction {
     /// Check a file (default /etc/claude-watch/config.toml) the way the daemon would; exits 1
-    /// with `file:line:column: key: problem` when it is wrong.
+    /// with `file:line:column: key: problem` when it is wrong. Without a file and with none at
+    /// the default place, says that the daemon runs on the built-in configuration.
+    #[command(
+        after_help = "Examples:\n  claude-watch config check\n  claude-watch config check ./cw.toml"
+    )]
     Check {
         /// The file.
         path: Option<PathBuf>,
     },
     /// Print the built-in configuration, with every key and its default, commented.
+    #[command(
+        after_help = "Examples:\n  claude-watch config show\n  claude-watch config show > /etc/claude-watch/config.toml"
+    )]
     Show,
 }
 
@@ -63,6 +76,12 @@ fn warnings(config: &Config, found: &[crate::discover::Found]) -> Vec<String> {
 pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
     match args.action {
         ConfigAction::Check { path } => {
+            if path.is_none() && !std::path::Path::new(DEFAULT_CONFIG_PATH).exists() {
+                println!(
+                    "no {DEFAULT_CONFIG_PATH}: the daemon runs on the built-in configuration (`claude-watch config show` prints it; copy it there to change anything)"
+                );
+                return Ok(());
+            }
             let path = path.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
             let config = Config::load(&path)?;
             for warning in supervision_warnings(&config) {

@@ -11,11 +11,6 @@ use crate::detect::DetectorConfig;
 use crate::journal::{self, Journal, JournalOptions};
 use crate::{history, report, svg};
 
-/// Where the daemon keeps its journal by default.
-pub const DEFAULT_JOURNAL: &str = "/var/lib/claude-watch/journal.jsonl";
-/// The configuration read for the detector thresholds when it exists.
-pub const DEFAULT_CONFIG: &str = "/etc/claude-watch/config.toml";
-
 /// How the report is printed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -55,10 +50,10 @@ pub const EXAMPLES: &str = "Examples:
 /// Arguments of `claude-watch episodes` (see [`LONG_ABOUT`]).
 #[derive(Clone, Debug, clap::Args)]
 pub struct EpisodesArgs {
-    /// The journal file (rotated files `PATH.1`, `PATH.2`... are read too). Repeat it for a
-    /// fleet's journals: one report over all of them, each instance named `host/instance`
-    /// (an `--import` goes into the first).
-    #[arg(long, default_value = DEFAULT_JOURNAL, env = "CLAUDE_WATCH_JOURNAL", action = clap::ArgAction::Append)]
+    /// The journal file (rotated files `PATH.1`, `PATH.2`... are read too; default: the
+    /// configuration's `[daemon] journal`). Repeat it for a fleet's journals: one report over
+    /// all of them, each instance named `host/instance` (an `--import` goes into the first).
+    #[arg(long, env = "CLAUDE_WATCH_JOURNAL", action = clap::ArgAction::Append)]
     pub journal: Vec<PathBuf>,
     /// Only episodes that started at or after this time: RFC 3339 (`2026-06-13T00:00:00Z`) or a
     /// duration before now (`24h`, `7d`).
@@ -82,7 +77,8 @@ pub struct EpisodesArgs {
     /// Name instances `instance-1`, `instance-2`... in the report and the picture.
     #[arg(long)]
     pub redact_instances: bool,
-    /// Configuration whose `[detector]` thresholds the import uses (default:
+    /// The daemon's configuration: its journal is the one read (unless `--journal` is given),
+    /// its `[detector]` thresholds and rotation are the import's (default:
     /// /etc/claude-watch/config.toml when it exists, else the built-in one).
     #[arg(long, short, value_name = "PATH")]
     pub config: Option<PathBuf>,
@@ -134,26 +130,17 @@ fn local_tm(ms: u64) -> Option<libc::tm> {
     (!r.is_null()).then_some(tm)
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    Ok(match path {
-        Some(p) => Config::load(p)?,
-        None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG))?,
-        None => Config::builtin(),
-    })
-}
-
 /// The import's settings from the configuration: the detector thresholds, and the journal's
 /// rotation (the daemon's, so an import never rotates the journal differently).
-fn import_settings(path: Option<&Path>) -> anyhow::Result<(DetectorConfig, JournalOptions)> {
-    let config = load_config(path)?;
+fn import_settings(config: &Config) -> (DetectorConfig, JournalOptions) {
     let d = &config.daemon;
-    Ok((
+    (
         config.detector.detector_config(),
         JournalOptions {
             max_bytes: d.journal_max_bytes,
             keep: usize::try_from(d.journal_keep).unwrap_or(usize::MAX),
         },
-    ))
+    )
 }
 
 /// Imports the transcripts under `dirs` (the default places when empty) into `journal_path`;
@@ -161,10 +148,10 @@ fn import_settings(path: Option<&Path>) -> anyhow::Result<(DetectorConfig, Journ
 pub fn import(
     journal_path: &Path,
     dirs: &[PathBuf],
-    config: Option<&Path>,
+    config: &Config,
     now_ms: u64,
 ) -> anyhow::Result<String> {
-    let (cfg, options) = import_settings(config)?;
+    let (cfg, options) = import_settings(config);
     let roots: Vec<PathBuf> = if dirs.is_empty() {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         let config_dir = std::env::var_os("CLAUDE_CONFIG_DIR").map(PathBuf::from);
@@ -179,6 +166,18 @@ pub fn import(
     let c = loaded.counts;
     for skipped in &loaded.skipped {
         eprintln!("claude-watch: {}", crate::text::printable(skipped));
+    }
+    if loaded.files.is_empty() && !dirs.is_empty() {
+        eprintln!(
+            "claude-watch: no transcripts under {}: give a home, a ~/.claude (or $CLAUDE_CONFIG_DIR) or its projects directory",
+            crate::text::printable(
+                &dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        );
     }
     Ok(format!(
         "imported from {} transcript director{} ({} sessions, {} processes): {} episodes added, \
@@ -203,7 +202,7 @@ pub fn import(
 }
 
 /// Runs the subcommand: imports if asked, prints the report, draws the picture if asked.
-pub fn run(args: EpisodesArgs) -> anyhow::Result<()> {
+pub fn run(mut args: EpisodesArgs) -> anyhow::Result<()> {
     let now_ms = u64::try_from(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -211,12 +210,24 @@ pub fn run(args: EpisodesArgs) -> anyhow::Result<()> {
             .as_millis(),
     )
     .context("system clock out of range")?;
+    let (config, origin) = Config::find(args.config.as_deref())?;
+    if args.journal.is_empty() {
+        args.journal.push(config.daemon.journal.clone());
+    }
     if let Some(dirs) = &args.import {
         let first = args
             .journal
             .first()
             .context("--import needs a --journal to store into")?;
-        eprint!("{}", import(first, dirs, args.config.as_deref(), now_ms)?);
+        eprint!("{}", import(first, dirs, &config, now_ms)?);
+    }
+    for path in &args.journal {
+        if !journal::exists(path) {
+            anyhow::bail!(
+                "no journal at {} (the journal of {origin}): no daemon has run with this configuration, which creates it at start. Give the daemon's configuration (--config FILE) or its journal (--journal FILE)",
+                path.display()
+            );
+        }
     }
     print!("{}", report_text(&args, now_ms)?);
     Ok(())
@@ -368,7 +379,12 @@ mod tests {
             json: true,
             ..EpisodesArgs::for_journal("/nonexistent/dir/j.jsonl")
         };
-        run(missing).expect("a missing journal is an empty report");
+        let err = run(missing).expect_err("a missing journal is an error, not an empty report");
+        assert!(
+            err.to_string()
+                .contains("no journal at /nonexistent/dir/j.jsonl"),
+            "{err}"
+        );
         let bad = EpisodesArgs {
             since: Some("soon".into()),
             ..EpisodesArgs::for_journal("/nonexistent/j")
@@ -385,7 +401,7 @@ mod tests {
             "[daemon]\njournal_max_bytes = 1048576\njournal_keep = 9\n[detector]\nlatch_min_401s = 7\nlatch_min_span = \"30s\"\n",
         )
         .unwrap();
-        let (cfg, options) = import_settings(Some(&path)).unwrap();
+        let (cfg, options) = import_settings(&Config::find(Some(&path)).unwrap().0);
         let _ = std::fs::remove_file(&path);
         assert_eq!(cfg.latch_min_401s, 7);
         assert_eq!(cfg.latch_min_span, std::time::Duration::from_secs(30));
@@ -396,7 +412,7 @@ mod tests {
                 keep: 9
             }
         );
-        assert!(import_settings(Some(Path::new("/nonexistent/config.toml"))).is_err());
+        assert!(Config::find(Some(Path::new("/nonexistent/config.toml"))).is_err());
     }
 
     #[test]

@@ -7,6 +7,13 @@ use anyhow::Context as _;
 
 use crate::locate::{self, Cache, report};
 
+/// The examples `claude-watch locate --help` ends with.
+pub const EXAMPLES: &str = "Examples:
+  claude-watch locate ~/.local/bin/claude          the native installer's binary (links are followed)
+  claude-watch locate $(which claude) --json       one JSON object: offsets, method, build id
+  claude-watch locate /usr/lib/x86_64-linux-gnu/libssl.so.3   a shared library with symbols
+  claude-watch locate ./claude --no-cache          locate again, ignoring the cache";
+
 /// Arguments of `claude-watch locate`.
 #[derive(Debug, clap::Args)]
 pub struct LocateArgs {
@@ -30,7 +37,11 @@ pub struct LocateArgs {
 pub fn run(args: LocateArgs) -> anyhow::Result<()> {
     let cache = (!args.no_cache).then(|| Cache::new(&args.cache_dir));
     let started = Instant::now();
-    let located = locate::locate_file(&args.binary, cache.as_ref())?;
+    // The operator named this file: links are followed (an installer's `~/.local/bin/claude`
+    // is one), unlike the daemon's looks, which never follow a path a process chose.
+    let binary = std::fs::canonicalize(&args.binary)
+        .with_context(|| format!("{}: cannot resolve", args.binary.display()))?;
+    let located = locate::locate_file(&binary, cache.as_ref())?;
     let elapsed = started.elapsed();
     tracing::info!(binary = %args.binary.display(), method = %located.method, elapsed_ms = elapsed.as_secs_f64() * 1e3, "located");
     let text = if args.json {

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
     name = "claude-watch",
     version,
     propagate_version = true,
-    after_help = "Examples:\n  claude-watch daemon                   watch every claude process, recover latched ones (root)\n  claude-watch status                   what the daemon sees, like systemctl status for the fleet\n  claude-watch trace --json             every API call of every claude process, live (root)\n  claude-watch episodes --since 7d      the episode report to send upstream, with request ids\n  claude-watch locate ~/.local/bin/claude  where SSL_write/SSL_read are in a stripped binary\n  claude-watch config check /etc/claude-watch/config.toml\n  claude-watch replay                   what the recovery settings do over weeks of upstream windows\n\nEach command has --help with more."
+    after_help = "Examples:\n  claude-watch daemon                   watch every claude process, recover latched ones (root)\n  claude-watch status                   what the daemon sees, like systemctl status for the fleet\n  claude-watch trace --json             every API call of every claude process, live (root)\n  claude-watch episodes --since 7d      the episode report to send upstream, with request ids\n  claude-watch locate ~/.local/bin/claude  where SSL_write/SSL_read are in a stripped binary\n  claude-watch config check /etc/claude-watch/config.toml\n  claude-watch status --config ./cw.toml  every command reads the daemon's configuration\n  claude-watch replay                   what the recovery settings do over weeks of upstream windows\n\nEach command has --help with more."
 )]
 pub struct Cli {
     /// More log output on stderr (-v: debug, -vv: trace). `RUST_LOG` overrides.
@@ -29,25 +29,33 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The subcommands.
+/// The subcommands. Those with an `about` here take their long help (with examples) from their
+/// arguments' doc comment: a variant's doc comment would hide it.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the watchdog daemon (needs root): detect latches, recover them (`cargo xtask run`).
+    #[command(
+        about = "Run the watchdog daemon (needs root): detect latches, recover them (`cargo xtask run`)"
+    )]
     Daemon(daemon::DaemonArgs),
-    /// Show the instances the running daemon watches, and their state.
+    #[command(about = "Show the instances the running daemon watches, and their state")]
     Status(status::StatusArgs),
-    /// Show every HTTP exchange of TLS clients live, one line each (needs root).
+    #[command(about = "Show every HTTP exchange of TLS clients live, one line each (needs root)")]
     Trace(trace::TraceArgs),
     /// Find SSL_write/SSL_read in an executable or library, with or without symbols.
+    #[command(after_help = locate::EXAMPLES)]
     Locate(locate::LocateArgs),
     /// Report latch episodes from the journal, as you would send them upstream.
     #[command(long_about = episodes::LONG_ABOUT, after_help = episodes::EXAMPLES)]
     Episodes(episodes::EpisodesArgs),
     /// Check a configuration file, or print the built-in one.
+    #[command(after_help = config::EXAMPLES)]
     Config(config::ConfigArgs),
-    /// Replay weeks of upstream windows against a recovery configuration (no root, no I/O).
+    #[command(
+        about = "Replay weeks of upstream windows against a recovery configuration (no root, no I/O)"
+    )]
     Replay(replay::ReplayArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = completions::EXAMPLES)]
     Completions(completions::CompletionsArgs),
 }
 
@@ -81,4 +89,43 @@ pub fn init_logging(verbose: u8) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Every command's `--help` ends with examples of that very command.
+    #[test]
+    fn every_command_has_examples_in_its_help() {
+        let mut root = Cli::command();
+        root.build();
+        let mut stack: Vec<(String, clap::Command)> = root
+            .get_subcommands()
+            .filter(|c| c.get_name() != "help")
+            .map(|c| (format!("claude-watch {}", c.get_name()), c.clone()))
+            .collect();
+        let mut seen = 0;
+        while let Some((path, mut command)) = stack.pop() {
+            stack.extend(
+                command
+                    .get_subcommands()
+                    .filter(|c| c.get_name() != "help")
+                    .map(|c| (format!("{path} {}", c.get_name()), c.clone())),
+            );
+            let help = command.render_long_help().to_string();
+            let examples = help
+                .split_once("Examples:")
+                .map(|(_, e)| e)
+                .unwrap_or_else(|| panic!("`{path} --help` has no examples:\n{help}"));
+            assert!(
+                examples.lines().any(|l| l.trim_start().starts_with(&path)),
+                "`{path} --help`: no example runs {path}:\n{examples}"
+            );
+            seen += 1;
+        }
+        assert!(seen >= 10, "{seen} commands");
+    }
 }

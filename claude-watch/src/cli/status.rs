@@ -12,24 +12,34 @@ use crate::time::rfc3339_ms;
 /// Examples:
 ///   claude-watch status
 ///   claude-watch status --json | jq 'select(.state == "latched")'
+///   claude-watch status --config /etc/claude-watch/agents.toml   a daemon with its own config
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct StatusArgs {
     /// One JSON object per instance, one per line.
     #[arg(long)]
     pub json: bool,
-    /// The daemon's control socket.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/run/claude-watch/control.sock"
-    )]
-    pub socket: PathBuf,
+    /// The daemon's control socket (default: the configuration's `[daemon] control_socket`).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The daemon's configuration, whose control socket is asked (default:
+    /// /etc/claude-watch/config.toml when it exists, else the built-in one).
+    #[arg(long, short, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 /// Prints the status.
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let snapshot = query_status(&args.socket)?;
+    let socket = match args.socket {
+        Some(socket) => socket,
+        None => {
+            crate::config::Config::find(args.config.as_deref())?
+                .0
+                .daemon
+                .control_socket
+        }
+    };
+    let snapshot = query_status(&socket)?;
     if args.json {
         for instance in &snapshot.instances {
             println!("{}", serde_json::to_string(instance)?);

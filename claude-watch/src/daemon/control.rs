@@ -33,6 +33,14 @@ pub enum ControlError {
         #[source]
         source: io::Error,
     },
+    /// The socket is there but only root may talk to it.
+    #[error(
+        "{path}: permission denied: the daemon's control socket is root's; run `sudo claude-watch status`"
+    )]
+    Denied {
+        /// The socket.
+        path: PathBuf,
+    },
     /// No daemon answers there.
     #[error(
         "no claude-watch daemon answers on {path} (is it running? `cargo xtask run`, or `systemctl status claude-watch`)"
@@ -127,11 +135,18 @@ async fn answer(stream: UnixStream, snapshot: &Snapshot) -> io::Result<()> {
 /// Asks the daemon at `path` for its status (client side, blocking).
 pub fn query_status(path: &Path) -> Result<Snapshot, ControlError> {
     use std::io::{Read as _, Write as _};
-    let mut stream =
-        std::os::unix::net::UnixStream::connect(path).map_err(|source| ControlError::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            ControlError::Denied {
+                path: path.to_owned(),
+            }
+        } else {
+            ControlError::Connect {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    })?;
     let answer_err = |source: io::Error| ControlError::Answer {
         path: path.to_owned(),
         source,

@@ -66,7 +66,7 @@ use notify::Notifier;
 use status::Snapshot;
 
 /// The configuration file read when none is given, if it exists.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/claude-watch/config.toml";
+pub const DEFAULT_CONFIG_PATH: &str = crate::config::DEFAULT_PATH;
 
 /// How often the core's clock is advanced without an event.
 const TICK: Duration = Duration::from_millis(250);
@@ -84,14 +84,7 @@ pub struct Options {
 /// Loads the configuration the daemon would use, and names where it came from. What the
 /// configuration leaves to the host is filled in here (`[fleet] host`: the kernel's host name).
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
-    let (mut config, origin) = match path {
-        Some(p) => (Config::load(p)?, p.display().to_string()),
-        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
-            let p = Path::new(DEFAULT_CONFIG_PATH);
-            (Config::load(p)?, p.display().to_string())
-        }
-        None => (Config::builtin(), "<built-in>".to_owned()),
-    };
+    let (mut config, origin) = Config::find(path)?;
     if config.fleet.host.is_none() {
         let host = crate::untrusted::read_head(
             Path::new("/proc/sys/kernel/hostname"),

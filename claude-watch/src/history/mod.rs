@@ -92,14 +92,13 @@ fn below_without_links(path: &Path, depth: usize) -> bool {
 }
 
 /// The `projects` directory for an `--import` argument: `DIR/projects` when it exists (a
-/// `~/.claude` or a `$CLAUDE_CONFIG_DIR`; not through a link), else `DIR` itself.
+/// `~/.claude` or a `$CLAUDE_CONFIG_DIR`), `DIR/.claude/projects` when that does (a home),
+/// neither through a link; else `DIR` itself (a `projects` directory).
 pub fn projects_dir(dir: &Path) -> PathBuf {
-    let nested = dir.join("projects");
-    if below_without_links(&nested, 1) {
-        nested
-    } else {
-        dir.to_owned()
-    }
+    [(dir.join("projects"), 1), (dir.join(".claude/projects"), 2)]
+        .into_iter()
+        .find(|(nested, depth)| below_without_links(nested, *depth))
+        .map_or_else(|| dir.to_owned(), |(nested, _)| nested)
 }
 
 /// Transcripts read from disk, with their counts.

@@ -325,7 +325,15 @@ fn default_roots_are_users_homes_and_the_config_dir() {
         [home.join(".claude/projects"), conf.join("projects")]
     );
     assert_eq!(projects_dir(&conf), conf.join("projects"));
-    assert_eq!(projects_dir(&home), home);
+    // A home, as one naturally passes it: its ~/.claude/projects.
+    assert_eq!(projects_dir(&home), home.join(".claude/projects"));
+    let projects = home.join(".claude/projects");
+    assert_eq!(projects_dir(&projects), projects);
+    // Not through a link: a home whose .claude is another user's is read as given.
+    let mallory = dir.0.join("home/mallory");
+    std::fs::create_dir_all(&mallory).unwrap();
+    std::os::unix::fs::symlink(home.join(".claude"), mallory.join(".claude")).unwrap();
+    assert_eq!(projects_dir(&mallory), mallory);
 }
 
 fn live_episode(ids: &[&str], session: &str, start: u64) -> Episode {

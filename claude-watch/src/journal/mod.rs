@@ -379,6 +379,11 @@ fn repair(file: &mut File, path: &Path) -> Result<u64, JournalError> {
     Ok(keep)
 }
 
+/// Whether a journal is at `path`: the file itself or a rotated one (`PATH.1`).
+pub fn exists(path: &Path) -> bool {
+    path.exists() || rotated(path, 1).exists()
+}
+
 /// Reads every complete record of the journal at `path`, rotated files first (oldest first).
 /// A torn last line is ignored; a complete line that does not parse is skipped with a warning.
 pub fn read_records(path: &Path) -> Result<Vec<Record>, JournalError> {
