@@ -202,6 +202,7 @@ pub struct DaemonConfig {
     /// The control socket `claude-watch status` talks to.
     pub control_socket: PathBuf,
     /// Prometheus metrics on this address (`host:port`); off when unset.
+    #[serde(deserialize_with = "optional_socket_addr")]
     pub metrics_listen: Option<SocketAddr>,
     /// Cache of located TLS functions, by build id.
     pub locate_cache: PathBuf,
@@ -301,6 +302,7 @@ impl DetectorSection {
 #[serde(deny_unknown_fields, default)]
 pub struct RecoverySection {
     /// Supervisor of instances without their own.
+    #[serde(deserialize_with = "supervisor")]
     pub supervisor: SupervisorSpec,
     /// The first quiet window after a restart that did not heal.
     #[serde(deserialize_with = "duration")]
@@ -386,6 +388,7 @@ pub struct InstanceSection {
     #[serde(rename = "match", default)]
     pub matches: MatchSection,
     /// How to restart it (default: `[recovery] supervisor`).
+    #[serde(default, deserialize_with = "optional_supervisor")]
     pub supervisor: Option<SupervisorSpec>,
 }
 
@@ -852,6 +855,51 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
     duration(d).map(Some)
 }
 
+/// A supervisor: a table (`{ kind = "systemd", mode = "kill" }`), or the name of a kind that
+/// needs no setting alone (`"systemd"`).
+fn supervisor<'de, D: Deserializer<'de>>(d: D) -> Result<SupervisorSpec, D::Error> {
+    use serde::de::Error as _;
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(kind) => {
+            let table: toml::Table =
+                std::iter::once(("kind".to_owned(), kind.clone().into())).collect();
+            SupervisorSpec::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let e = e.message().to_owned();
+                if e.starts_with("missing field") {
+                    D::Error::custom(format!(
+                        "{kind:?} needs settings ({e}): write a table, e.g. supervisor = {{ kind = \"command\", argv = [\"supervisorctl\", \"restart\", \"{{instance}}\"] }}"
+                    ))
+                } else {
+                    D::Error::custom(e)
+                }
+            })
+        }
+        value @ toml::Value::Table(_) => {
+            SupervisorSpec::deserialize(value).map_err(|e| D::Error::custom(e.message()))
+        }
+        other => Err(D::Error::custom(format!(
+            "expected a supervisor such as \"systemd\" or {{ kind = \"systemd\", mode = \"kill\" }}, found {}",
+            other.type_str()
+        ))),
+    }
+}
+
+fn optional_supervisor<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SupervisorSpec>, D::Error> {
+    supervisor(d).map(Some)
+}
+
+/// `host:port` with an IP address; the error gives the forms to write.
+fn optional_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address and port: write e.g. \"127.0.0.1:9464\" (this host only), \"0.0.0.0:9464\" (every interface) or \"[::1]:9464\""
+        ))
+    })
+}
+
 fn spanned_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Spanned<Duration>, D::Error> {
     let value: Spanned<toml::Value> = Spanned::deserialize(d)?;
     let span = value.span();
@@ -876,6 +924,52 @@ mod tests {
         Config::parse(text, "test.toml")
             .expect_err("should be rejected")
             .to_string()
+    }
+
+    #[test]
+    fn a_supervisor_may_be_named_alone_and_errors_show_the_form_to_write() {
+        let c = Config::parse("[recovery]\nsupervisor = \"systemd\"\n", "t").expect("a name alone");
+        assert_eq!(
+            c.recovery.supervisor,
+            SupervisorSpec::Systemd {
+                mode: SystemdModeSpec::Restart
+            }
+        );
+        let c = Config::parse(
+            "[[instance]]\nname = \"a\"\nmatch = { uid = 1000 }\nsupervisor = \"pm2\"\n",
+            "t",
+        )
+        .expect("a name alone");
+        assert_eq!(
+            c.instances[0].supervisor,
+            Some(SupervisorSpec::Pm2 { pm2: None })
+        );
+        let e = err("[recovery]\nsupervisor = \"command\"\n");
+        assert!(
+            e.starts_with("test.toml:2:14: recovery.supervisor: \"command\" needs settings")
+                && e.contains("argv = ["),
+            "{e}"
+        );
+        let e = err("[recovery]\nsupervisor = \"systemdd\"\n");
+        assert!(
+            e.contains("unknown variant `systemdd`") && e.contains("`systemd`"),
+            "{e}"
+        );
+        let e = err("[recovery]\nsupervisor = 3\n");
+        assert!(
+            e.contains("expected a supervisor such as \"systemd\""),
+            "{e}"
+        );
+        let e = err("[daemon]\nmetrics_listen = \"localhost:9464\"\n");
+        assert!(
+            e.starts_with("test.toml:2:18: daemon.metrics_listen: \"localhost:9464\" is not an IP address and port: write e.g. \"127.0.0.1:9464\""),
+            "{e}"
+        );
+        let c = Config::parse("[daemon]\nmetrics_listen = \"[::1]:9464\"\n", "t").expect("v6");
+        assert_eq!(
+            c.daemon.metrics_listen,
+            Some("[::1]:9464".parse().expect("addr"))
+        );
     }
 
     #[test]

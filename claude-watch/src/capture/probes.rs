@@ -42,6 +42,16 @@ pub enum Wakeup {
     Timer,
 }
 
+impl std::fmt::Display for Wakeup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Responses => "responses",
+            Self::Errors => "errors",
+            Self::Timer => "timer",
+        })
+    }
+}
+
 impl Wakeup {
     /// The kernel's value.
     fn kernel(self) -> u32 {
@@ -205,7 +215,7 @@ impl Probes {
                 .load()
                 .map_err(|e| load_error(LoadError::program("loading", name, e)))?;
         }
-        info!(ring_bytes, budget = ?budget, ?wakeup, copy_max, "eBPF programs loaded");
+        info!(ring_bytes, budget = %budget.map_or_else(|| "none".to_owned(), |b| format!("{b}/s")), wakeup = %wakeup, copy_max, "eBPF programs loaded");
         Ok(Self {
             ebpf,
             links: HashMap::new(),

@@ -431,7 +431,7 @@ impl Daemon {
             task.abort();
         }
         if let Some(asking) = wanted {
-            info!(alertmanager = ?asking.urls, every_s = asking.every.as_secs(), filters = ?asking.filters, "asking the fleet's Alertmanager for the incident alert before any restart");
+            info!(alertmanager = %asking.urls.join(" "), every_s = asking.every.as_secs(), filters = %asking.filters.join(", "), "asking the fleet's Alertmanager for the incident alert before any restart");
             let task = tokio::spawn(fleet::poll(asking.clone(), self.done_tx.clone()));
             self.fleet_poller = Some((asking, task));
         }

@@ -27,6 +27,18 @@ pub enum EpisodeEnd {
     Escalated,
 }
 
+impl std::fmt::Display for EpisodeEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::StillOpen => "still_open",
+            Self::SelfRecovered => "self_recovered",
+            Self::RecoveredAfterRestart => "recovered_after_restart",
+            Self::ProcessExited => "process_exited",
+            Self::Escalated => "escalated",
+        })
+    }
+}
+
 /// Where an episode comes from.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,

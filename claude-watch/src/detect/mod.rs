@@ -156,6 +156,41 @@ pub enum Reason {
     Forgotten,
 }
 
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Healthy => "healthy",
+            Self::Suspect => "suspect",
+            Self::Latched => "latched",
+            Self::Recovering => "recovering",
+            Self::Escalated => "escalated",
+        })
+    }
+}
+
+/// A phrase for logs: `401 to pid 2157`, `3 401s over 12.0 s`...
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unauthorized { pid } => write!(f, "401 to pid {pid}"),
+            Self::Threshold { count_401, open_ms } => {
+                write!(
+                    f,
+                    "{count_401} 401s over {:.1} s",
+                    Duration::from_millis(*open_ms).as_secs_f64()
+                )
+            }
+            Self::Accepted { pid, status } => write!(f, "{status} to pid {pid}"),
+            Self::RestartStarted => f.write_str("restart started"),
+            Self::RejectedAfterRestart { pid } => write!(f, "401 to the restarted pid {pid}"),
+            Self::ProcessExited { pid } => write!(f, "pid {pid} exited"),
+            Self::RestartFailed => f.write_str("the restart failed"),
+            Self::Escalated => f.write_str("escalated"),
+            Self::Forgotten => f.write_str("no new 401 for suspect_forget_after"),
+        }
+    }
+}
+
 /// What the detector reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "event")]
@@ -417,7 +452,7 @@ impl Inst {
     fn set_state(&mut self, to: State, reason: Reason, at_ns: MonoNs, out: &mut Vec<Event>) {
         let from = self.state;
         self.state = to;
-        tracing::info!(instance = %self.id, ?from, ?to, ?reason, "instance state changed");
+        tracing::info!(instance = %self.id, %from, %to, %reason, "instance state changed");
         out.push(Event::StateChanged {
             instance: self.id.clone(),
             from,

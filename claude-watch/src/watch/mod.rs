@@ -931,7 +931,7 @@ impl Watch {
                 }
                 Event::EpisodeUpdated(episode) => self.journal_episode(episode, now, out),
                 Event::EpisodeClosed(episode) => {
-                    info!(instance = %episode.instance, episode = %episode.id, end = ?episode.end, duration_ms = episode.duration_ms(), restarts = episode.restarts, "episode closed");
+                    info!(instance = %episode.instance, episode = %episode.id, end = %episode.end, duration_ms = episode.duration_ms(), restarts = episode.restarts, "episode closed");
                     self.journal_episode(episode, now, out);
                 }
                 Event::ModelThrottled {
@@ -945,7 +945,7 @@ impl Watch {
                     answering,
                     ..
                 } => {
-                    warn!(instance = %instance, throttled = ?throttled, answering, "tier throttle: 429 for some models while another answers");
+                    warn!(instance = %instance, throttled = %throttled.join(","), answering, "tier throttle: 429 for some models while another answers");
                 }
                 Event::ThrottleCleared {
                     instance, model, ..
@@ -1119,7 +1119,7 @@ impl Watch {
             );
             return;
         };
-        info!(instance = %id, pid = target.pid, unit = ?target.unit, supervisor = supervisor.kind(), "restarting latched instance");
+        info!(instance = %id, pid = target.pid, unit = target.unit.as_deref().unwrap_or("-"), supervisor = supervisor.kind(), "restarting latched instance");
         let events = self.detector.restart_started(id, now);
         self.on_events(events, now, out);
         self.save(now, out);
@@ -1142,7 +1142,7 @@ impl Watch {
         match &result {
             Ok(outcome) => {
                 self.restart_errors.remove(id);
-                info!(instance = %id, new_pid = ?outcome.new_pid, "{}", outcome.summary);
+                info!(instance = %id, new_pid = %outcome.new_pid.map_or_else(|| "-".to_owned(), |p| p.to_string()), "{}", outcome.summary);
                 out.push(Effect::Metric(Metric::Restart {
                     agent: id.name.clone(),
                     ok: true,
