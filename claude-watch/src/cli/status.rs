@@ -170,6 +170,30 @@ pub fn render(s: &Snapshot) -> String {
             out.push_str(&format!("  {name:<w$}  {reason}\n"));
         }
     }
+    // Recoveries since the daemon started: a restart that healed shows, not a bare 0.
+    let recovered: Vec<String> = s
+        .instances
+        .iter()
+        .filter_map(|i| {
+            let at = i.last_recovery_ms?;
+            let how = match i.last_recovery.as_deref() {
+                Some("recovered_after_restart") => "recovered after a restart",
+                _ => "recovered on its own",
+            };
+            Some(format!(
+                "  {}  {how} at {} ({} ago); {} restart{} since the daemon started\n",
+                crate::text::printable(&i.name),
+                &rfc3339_ms(at)[11..19],
+                ago(s.now_ms.saturating_sub(at)),
+                i.restarts_total,
+                if i.restarts_total == 1 { "" } else { "s" }
+            ))
+        })
+        .collect();
+    if !recovered.is_empty() {
+        out.push_str("\nlast recovery:\n");
+        out.push_str(&recovered.concat());
+    }
     // Why the latest restart failed or was refused, until one succeeds.
     let failures: Vec<String> = s
         .instances
@@ -237,13 +261,20 @@ fn cells(i: &InstanceView, now_ms: u64) -> [String; 10] {
             .as_deref()
             .map_or_else(dash, |s| s.chars().take(8).collect()),
         i.version.clone().unwrap_or_else(dash),
-        i.state_label(),
+        match (i.state.as_str(), i.exited_ms) {
+            ("exited", Some(at)) => format!("exited {} ago", ago(now_ms.saturating_sub(at))),
+            _ => i.state_label(),
+        },
         match (i.last_status, i.last_seen_ms) {
             (Some(status), Some(at)) => format!("{status} {} ago", ago(now_ms.saturating_sub(at))),
             _ => dash(),
         },
         i.window_401s.map_or_else(dash, |n| n.to_string()),
-        i.restarts.to_string(),
+        if i.restarts_total > i.restarts {
+            format!("{} ({} in all)", i.restarts, i.restarts_total)
+        } else {
+            i.restarts.to_string()
+        },
         if i.fleet_hold {
             "fleet hold".to_owned()
         } else if i.canary {

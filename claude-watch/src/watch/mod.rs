@@ -44,7 +44,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::detect::{Detector, Episode, Event, MonoNs, Reason, State};
+use crate::detect::{Detector, Episode, EpisodeEnd, Event, MonoNs, Reason, State};
 use crate::discover::Found;
 use crate::error_chain;
 use crate::http::Exchange;
@@ -282,6 +282,8 @@ pub struct Watch {
     last_episode: BTreeMap<InstanceId, String>,
     /// Why the latest restart of each instance failed or was refused (until one succeeds).
     restart_errors: BTreeMap<InstanceId, String>,
+    /// Each instance's recoveries since the daemon started (what `status` shows of its past).
+    recoveries: BTreeMap<InstanceId, Recoveries>,
     /// New processes a background session's restart reported, and the instance they continue
     /// (a fresh session has a new short id, so discovery names it anew).
     successors: BTreeMap<u32, InstanceId>,
@@ -372,6 +374,7 @@ impl Watch {
             recheck: BTreeSet::new(),
             last_episode: BTreeMap::new(),
             restart_errors: BTreeMap::new(),
+            recoveries: BTreeMap::new(),
             successors: BTreeMap::new(),
             tracked,
             idle_since,
@@ -832,6 +835,7 @@ impl Watch {
         self.recheck.remove(id);
         self.last_episode.remove(id);
         self.restart_errors.remove(id);
+        self.recoveries.remove(id);
         self.successors.retain(|_, s| s != id);
         self.tracked.remove(id);
         self.busy(id);
@@ -931,6 +935,18 @@ impl Watch {
                 }
                 Event::EpisodeUpdated(episode) => self.journal_episode(episode, now, out),
                 Event::EpisodeClosed(episode) => {
+                    if matches!(
+                        episode.end,
+                        EpisodeEnd::SelfRecovered | EpisodeEnd::RecoveredAfterRestart
+                    ) && let Some(id) = self
+                        .tracked
+                        .iter()
+                        .find(|i| i.name == episode.instance)
+                        .cloned()
+                    {
+                        let at = self.wall_ms(now);
+                        self.recoveries.entry(id).or_default().last = Some((at, episode.end));
+                    }
                     info!(instance = %episode.instance, episode = %episode.id, end = %episode.end, duration_ms = episode.duration_ms(), restarts = episode.restarts, "episode closed");
                     self.journal_episode(episode, now, out);
                 }
@@ -1142,6 +1158,7 @@ impl Watch {
         match &result {
             Ok(outcome) => {
                 self.restart_errors.remove(id);
+                self.recoveries.entry(id.clone()).or_default().restarts += 1;
                 info!(instance = %id, new_pid = %outcome.new_pid.map_or_else(|| "-".to_owned(), |p| p.to_string()), "{}", outcome.summary);
                 out.push(Effect::Metric(Metric::Restart {
                     agent: id.name.clone(),
@@ -1669,6 +1686,15 @@ pub fn in_scope(cgroup: &str, scope: &str) -> bool {
 }
 
 /// Wall time in ms since the epoch of monotonic time `mono`.
+/// An instance's recoveries since the daemon started.
+#[derive(Clone, Copy, Debug, Default)]
+struct Recoveries {
+    /// Restarts made (accepted by the supervisor), healed or not.
+    restarts: u32,
+    /// The latest recovery: when (wall ms) and how.
+    last: Option<(u64, EpisodeEnd)>,
+}
+
 fn wall_ms(mono: MonoNs, wall_minus_mono_ns: i128) -> u64 {
     u64::try_from((i128::from(mono) + wall_minus_mono_ns).max(0) / 1_000_000).unwrap_or(u64::MAX)
 }

@@ -122,8 +122,9 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
                 ..InstanceView::default()
             });
         view.state = state_name(s.state).to_owned();
-        if view.pids.is_empty() {
-            view.pids.clone_from(&s.pids);
+        if s.state == State::Healthy && !watch.last_seen.contains_key(&s.instance) {
+            // No answer of its own was ever seen: nothing says it is healthy.
+            view.state = "observed".into();
         }
         view.session_id.clone_from(&s.session_id);
         if s.client_version.is_some() {
@@ -204,6 +205,17 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         }
         let recovery = watch.policy.view(id);
         view.restarts = recovery.restarts;
+        if let Some(r) = watch.recoveries.get(id) {
+            view.restarts_total = r.restarts;
+            view.last_recovery_ms = r.last.map(|(ms, _)| ms);
+            view.last_recovery = r.last.map(|(_, end)| end.to_string());
+        }
+        if view.pids.is_empty() {
+            view.exited_ms = watch.idle_since.get(id).map(|t| watch.wall_ms(*t));
+            if matches!(view.state.as_str(), "healthy" | "observed" | "suspect") {
+                view.state = "exited".into();
+            }
+        }
         view.last_error = watch.restart_errors.get(id).cloned();
         view.backoff_until_ms = recovery
             .not_before
@@ -336,8 +348,10 @@ pub struct InstanceView {
     pub version: Option<String>,
     /// The executable.
     pub binary: Option<String>,
-    /// healthy, suspect, latched, recovering, escalated (and `observed` for instances seen
-    /// before their first API call).
+    /// healthy (its own answers seen, the latest accepted), suspect, latched, recovering,
+    /// escalated; `observed` for an instance whose answers were never seen (before its first
+    /// API call, or not observable); `exited` for one whose processes all exited with nothing
+    /// under way.
     pub state: String,
     /// Models currently answered with 429.
     pub throttled: Vec<String>,
@@ -353,6 +367,19 @@ pub struct InstanceView {
     pub episode: Option<String>,
     /// Restarts since the last confirmed recovery.
     pub restarts: u32,
+    /// Restarts made since the daemon started, healed or not.
+    #[serde(default)]
+    pub restarts_total: u32,
+    /// The latest recovery since the daemon started: when (ms since the epoch)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_recovery_ms: Option<u64>,
+    /// ...and how: `self_recovered` or `recovered_after_restart`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_recovery: Option<String>,
+    /// When its last process exited (ms since the epoch), for an instance without a live
+    /// process (state `exited` once nothing is under way; forgotten an hour later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited_ms: Option<u64>,
     /// No restart before this (quiet window), ms since the epoch.
     pub backoff_until_ms: Option<u64>,
     /// How it would be restarted: systemd, command, signal, observe.

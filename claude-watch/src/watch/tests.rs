@@ -1135,7 +1135,8 @@ fn a_resumed_episode_whose_process_is_gone_ends_process_exited_and_leaves_status
                 "{instance} still listed: {listed:?}"
             );
         } else {
-            assert_eq!(q.view(&instance.name).state, "healthy");
+            // Its process is gone: it says so, not `healthy`.
+            assert_eq!(q.view(&instance.name).state, "exited");
         }
     }
 }
@@ -1527,6 +1528,12 @@ fn an_exited_named_instance_is_listed_for_an_hour_then_forgotten() {
     let view = r.view("agent.service");
     assert!(view.pids.is_empty());
     assert_eq!(view.last_status, Some(200), "its last answer still shows");
+    assert_eq!(view.state, "exited", "not healthy: no process of it runs");
+    assert_eq!(
+        view.exited_ms,
+        Some(r.wall_now() - 59 * 60 * 1000),
+        "since when"
+    );
     r.advance(2 * 60 * S);
     assert!(r.watch.status(r.now).instances.is_empty());
     assert_eq!(largest(&r.watch), 0, "{:?}", footprint(&r.watch));
@@ -1876,4 +1883,37 @@ fn processes_outside_the_scope_are_neither_watched_nor_attached() {
     );
     assert!(in_scope("0::/bed-1\n", "/bed-1"));
     assert!(!in_scope("0::/bed-10/x\n", "/bed-1"));
+}
+
+#[test]
+fn healthy_only_once_its_own_answer_was_seen() {
+    let mut r = Rig::new("");
+    r.start(100, &agent());
+    assert_eq!(
+        r.view("agent.service").state,
+        "observed",
+        "no answer seen yet: nothing says it is healthy"
+    );
+    r.see(100, 200, "s");
+    assert_eq!(r.view("agent.service").state, "healthy");
+}
+
+#[test]
+fn a_healed_restart_shows_in_the_lifetime_count_and_the_last_recovery() {
+    let mut r = Rig::latched("backoff_initial = \"3s\"");
+    let instance = r.take_instance();
+    r.exit(100);
+    r.restart_ok(&instance, 101);
+    r.start(101, &agent());
+    r.see(101, 200, "s1");
+    assert!(r.closed(EpisodeEnd::RecoveredAfterRestart).is_some());
+    let view = r.view("agent.service");
+    assert_eq!(view.restarts, 0, "since the last confirmed recovery");
+    assert_eq!(view.restarts_total, 1, "since the daemon started");
+    assert_eq!(
+        view.last_recovery.as_deref(),
+        Some("recovered_after_restart")
+    );
+    assert_eq!(view.last_recovery_ms, Some(r.wall_now()));
+    assert_eq!(view.state, "healthy");
 }
