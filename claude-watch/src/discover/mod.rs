@@ -802,7 +802,7 @@ impl Discovery {
                 }
                 placement
             }
-            Role::Helper | Role::BgMachinery => return None,
+            Role::Helper | Role::Tool | Role::BgMachinery => return None,
             // An unclaimed spare has no session file yet: not an instance now, looked at again
             // on every tick until it is claimed ([`Self::due_claims`]) or exits.
             Role::BgCandidate => match self.session_of(&info)? {
@@ -852,7 +852,7 @@ impl Discovery {
             Role::BgMachinery => true,
             // A claimed spare is a worker: `check` names it (on this exchange or the next tick).
             Role::BgCandidate => self.session_of(&info)?.is_none(),
-            Role::Outermost | Role::Helper => false,
+            Role::Outermost | Role::Helper | Role::Tool => false,
         };
         if !machinery {
             return None;

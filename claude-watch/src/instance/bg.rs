@@ -79,6 +79,51 @@ pub fn bg_role(cmdline: &[String]) -> Option<BgRole> {
     None
 }
 
+/// Claude Code's own subcommands that manage it rather than run an agent (as `claude --help`
+/// 2.1.332 lists them, with older names): short-lived tools, never instances.
+pub const TOOL_COMMANDS: [&str; 23] = [
+    "agents",
+    "attach",
+    "auth",
+    "auto-mode",
+    "config",
+    "doctor",
+    "gateway",
+    "import",
+    "install",
+    "kill",
+    "logs",
+    "mcp",
+    "migrate-installer",
+    "plugin",
+    "plugins",
+    "purge",
+    "respawn",
+    "rm",
+    "setup-token",
+    "stop",
+    "ultrareview",
+    "update",
+    "upgrade",
+];
+
+/// The Claude Code subcommand `cmdline` runs when it is one of [`TOOL_COMMANDS`]: the first
+/// argument (after the script under a runtime: `node .../cli.js agents`).
+pub fn tool_command(cmdline: &[String]) -> Option<&str> {
+    let rest = cmdline.get(1..)?;
+    let is_script = |a: &String| {
+        a.ends_with("cli.js")
+            || a.ends_with("cli.mjs")
+            || Path::new(a).file_name().is_some_and(|f| f == "claude")
+    };
+    let rest = rest
+        .iter()
+        .position(is_script)
+        .map_or(rest, |i| &rest[i + 1..]);
+    let first = rest.first()?.as_str();
+    TOOL_COMMANDS.contains(&first).then_some(first)
+}
+
 /// Which part a claude process plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -86,6 +131,9 @@ pub enum Role {
     Outermost,
     /// Part of the claude instance above it (a helper it spawned, `claude -p` from its shell).
     Helper,
+    /// One of Claude Code's own management commands (`claude agents`, `claude respawn`...):
+    /// a short-lived tool, never an instance.
+    Tool,
     /// Claude Code's background machinery (daemon, pty host, or something they run that is not
     /// a session): never an instance.
     BgMachinery,
@@ -108,6 +156,9 @@ pub fn role(
         Some(BgRole::Daemon | BgRole::PtyHost) => return Role::BgMachinery,
         Some(BgRole::Spare) => return Role::BgCandidate,
         None => {}
+    }
+    if nearest.is_none() && tool_command(&p.cmdline).is_some() {
+        return Role::Tool;
     }
     match nearest_role {
         // The older layout: the pty host runs `claude.exe --session-id <uuid> <prompt>`.
@@ -324,6 +375,45 @@ mod tests {
         // Something else the daemon runs that is not a session: machinery too.
         let other = proc(31100, 30999, &[EXE, "--version"]);
         assert_eq!(role_of(&other, &[daemon()]), Role::BgMachinery);
+    }
+
+    #[test]
+    fn claude_code_s_own_commands_are_tools_not_instances() {
+        for argv in [
+            &[EXE, "agents", "--json"][..],
+            &[EXE, "attach", "ab12"],
+            &[EXE, "respawn", "--all"],
+            &[
+                "node",
+                "/usr/lib/node_modules/@anthropic-ai/claude-code/cli.js",
+                "stop",
+                "ab12",
+            ],
+            &[
+                "node",
+                "--no-warnings",
+                "/usr/local/bin/claude",
+                "mcp",
+                "list",
+            ],
+        ] {
+            let p = proc(33000, 1, argv);
+            assert_eq!(role_of(&p, &[]), Role::Tool, "{argv:?}");
+        }
+        for argv in [
+            &[EXE][..],
+            &[EXE, "-p", "agents"],
+            &[EXE, "--resume"],
+            &[
+                "node",
+                "/usr/lib/node_modules/@anthropic-ai/claude-code/cli.js",
+                "-p",
+                "stop",
+            ],
+        ] {
+            let p = proc(33001, 1, argv);
+            assert_eq!(role_of(&p, &[]), Role::Outermost, "{argv:?}");
+        }
     }
 
     #[test]
