@@ -132,7 +132,7 @@ impl AsOwner {
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
         super::drop_to_owner(
@@ -146,15 +146,23 @@ impl AsOwner {
             source,
         })?;
         let mut stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take();
         let work = async {
             let mut out = Vec::new();
-            (&mut stdout).take(AGENTS_MAX).read_to_end(&mut out).await?;
+            let mut limited = (&mut stdout).take(AGENTS_MAX);
+            let (read, said) =
+                tokio::join!(limited.read_to_end(&mut out), super::read_said(stderr));
+            read?;
             let status = child.wait().await?;
-            Ok::<_, std::io::Error>((out, status))
+            Ok::<_, std::io::Error>((out, status, said))
         };
         match tokio::time::timeout(self.timeout, work).await {
-            Ok(Ok((out, status))) if status.success() => Ok(out),
-            Ok(Ok((_, status))) => Err(SuperviseError::CommandFailed { program, status }),
+            Ok(Ok((out, status, _))) if status.success() => Ok(out),
+            Ok(Ok((_, status, said))) => Err(SuperviseError::CommandFailed {
+                program,
+                status,
+                said,
+            }),
             Ok(Err(source)) => Err(SuperviseError::Spawn { program, source }),
             Err(_) => {
                 if let Some(pgid) = child.id().and_then(|p| i32::try_from(p).ok()) {
@@ -174,6 +182,7 @@ impl AsOwner {
         parse_agents(&out).ok_or_else(|| SuperviseError::CommandFailed {
             program: "claude agents --json (unreadable output)".into(),
             status: std::process::ExitStatus::from_raw(0),
+            said: String::new(),
         })
     }
 }

@@ -105,7 +105,7 @@ impl CommandRestarter {
             .args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
@@ -114,8 +114,13 @@ impl CommandRestarter {
                 source,
             })?;
         let pgid = child.id();
-        match tokio::time::timeout(self.timeout, child.wait()).await {
-            Ok(Ok(status)) if status.success() => {
+        let stderr = child.stderr.take();
+        let work = async {
+            let (said, status) = tokio::join!(super::read_said(stderr), child.wait());
+            status.map(|status| (status, said))
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok((status, _))) if status.success() => {
                 tracing::info!(program = %program, "supervisor command succeeded");
                 Ok(RestartOutcome {
                     acted: true,
@@ -125,9 +130,13 @@ impl CommandRestarter {
                     summary: format!("ran {program} for instance {}", target.instance),
                 })
             }
-            Ok(Ok(status)) => {
-                tracing::warn!(program = %program, %status, "supervisor command failed");
-                Err(SuperviseError::CommandFailed { program, status })
+            Ok(Ok((status, said))) => {
+                tracing::warn!(program = %program, %status, said, "supervisor command failed");
+                Err(SuperviseError::CommandFailed {
+                    program,
+                    status,
+                    said,
+                })
             }
             Ok(Err(source)) => Err(SuperviseError::Spawn { program, source }),
             Err(_elapsed) => {
@@ -246,6 +255,28 @@ mod tests {
             bad.restart(&target(None)).await,
             Err(SuperviseError::CommandFailed { .. })
         ));
+        // Its own reason is kept: the last lines of its stderr, bounded and escaped.
+        let said = CommandRestarter::new(
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "seq 1 5000 >&2; printf 'error: ANTHROPIC_BASE_URL is set only in the environment\\033[2J\\n\\n' >&2; exit 3".into(),
+            ],
+            Duration::from_secs(5),
+        );
+        let e = said
+            .restart(&target(None))
+            .await
+            .expect_err("exit 3")
+            .to_string();
+        assert!(
+            e.starts_with("supervisor command sh failed with exit status: 3: ")
+                && e.ends_with(
+                    "5000 / error: ANTHROPIC_BASE_URL is set only in the environment\\u{1b}[2J"
+                ),
+            "{e}"
+        );
+        assert!(e.len() < 500, "bounded: {e}");
         let missing =
             CommandRestarter::new(vec!["/nonexistent/ctl".into()], Duration::from_secs(5));
         assert!(matches!(

@@ -179,12 +179,14 @@ pub enum SuperviseError {
         source: std::io::Error,
     },
     /// A supervisor command exited unsuccessfully.
-    #[error("supervisor command {program} failed with {status}")]
+    #[error("supervisor command {program} failed with {status}{}", said_suffix(.said))]
     CommandFailed {
         /// argv\[0\].
         program: String,
         /// Its exit status.
         status: std::process::ExitStatus,
+        /// What it said last on stderr (its reason, bounded and escaped; empty if nothing).
+        said: String,
     },
     /// The command template needs a value the target does not have.
     #[error("command template uses {placeholder} but instance {instance} has none")]
@@ -380,6 +382,65 @@ pub enum BadAnswer {
 /// Makes `command` run as `uid`, `gid` and exactly the supplementary `groups` (set between fork
 /// and exec, groups first, the uid last, so nothing of root's is kept): how every adapter that
 /// acts as a process's owner (pm2, `claude respawn`) starts its commands.
+/// `: <what it said>` after a failed command's status, when it said anything.
+fn said_suffix(said: &str) -> String {
+    if said.is_empty() {
+        String::new()
+    } else {
+        format!(": {said}")
+    }
+}
+
+/// How much of a failed command's stderr its error keeps (its last lines).
+pub const SAID_MAX: usize = 400;
+
+/// Reads a supervisor command's stderr to its end (so the command never blocks on a full
+/// pipe), keeping its last bytes; then its last non-empty lines, at most [`SAID_MAX`]
+/// characters, joined by ` / ` and escaped (it may repeat what an agent chose: a session
+/// name, a path).
+pub(crate) async fn read_said(stderr: Option<impl tokio::io::AsyncRead + Unpin>) -> String {
+    use tokio::io::AsyncReadExt as _;
+    const KEEP: usize = 8192;
+    let Some(mut stderr) = stderr else {
+        return String::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                let excess = kept.len().saturating_sub(KEEP);
+                kept.drain(..excess);
+            }
+        }
+    }
+    said_from(&String::from_utf8_lossy(&kept))
+}
+
+/// The pure half of [`read_said`].
+fn said_from(text: &str) -> String {
+    let mut lines: Vec<&str> = Vec::new();
+    let mut len = 0;
+    for line in text.lines().rev().map(str::trim).filter(|l| !l.is_empty()) {
+        if len + line.len() > SAID_MAX && !lines.is_empty() {
+            break;
+        }
+        len += line.len() + 3;
+        lines.push(line);
+    }
+    lines.reverse();
+    let joined = lines.join(" / ");
+    let cut: String = joined.chars().take(SAID_MAX).collect();
+    let cut = if cut.len() < joined.len() {
+        format!("{cut}…")
+    } else {
+        cut
+    };
+    crate::text::printable(&cut).into_owned()
+}
+
 pub(crate) fn drop_to_owner(
     command: &mut tokio::process::Command,
     uid: u32,

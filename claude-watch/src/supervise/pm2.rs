@@ -124,14 +124,15 @@ impl Account {
 }
 
 /// A command run as an account: argv, a minimal environment, its output bounded by
-/// `max_output` bytes (0: not read at all).
+/// `max_output` bytes (0: not read at all); its exit status, output, and last words on stderr
+/// ([`super::read_said`]).
 pub(crate) async fn run_as(
     account: &Account,
     argv: &[OsString],
     env: &[(&str, OsString)],
     timeout: Duration,
     max_output: u64,
-) -> Result<(ExitStatus, Vec<u8>), SuperviseError> {
+) -> Result<(ExitStatus, Vec<u8>, String), SuperviseError> {
     let program = argv
         .first()
         .map(|p| p.to_string_lossy().into_owned())
@@ -154,7 +155,7 @@ pub(crate) async fn run_as(
         } else {
             Stdio::piped()
         })
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     super::drop_to_owner(&mut command, uid, gid, &groups);
@@ -164,23 +165,29 @@ pub(crate) async fn run_as(
     })?;
     let pgid = child.id();
     let mut stdout = child.stdout.take();
+    let stderr = child.stderr.take();
     let work = async {
         let mut out = Vec::new();
-        if let Some(stdout) = &mut stdout {
-            stdout.take(max_output + 1).read_to_end(&mut out).await?;
-        }
+        let read = async {
+            if let Some(stdout) = &mut stdout {
+                stdout.take(max_output + 1).read_to_end(&mut out).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let (read, said) = tokio::join!(read, super::read_said(stderr));
+        read?;
         let status = child.wait().await?;
-        Ok::<_, std::io::Error>((status, out))
+        Ok::<_, std::io::Error>((status, out, said))
     };
     match tokio::time::timeout(timeout, work).await {
-        Ok(Ok((status, out))) => {
+        Ok(Ok((status, out, said))) => {
             if out.len() as u64 > max_output {
                 return Err(SuperviseError::OutputTooLong {
                     program,
                     limit: max_output,
                 });
             }
-            Ok((status, out))
+            Ok((status, out, said))
         }
         Ok(Err(source)) => Err(SuperviseError::Spawn { program, source }),
         Err(_elapsed) => {
@@ -386,11 +393,12 @@ impl Pm2Restarter {
         env: &[(&str, OsString)],
     ) -> Result<Vec<Pm2App>, SuperviseError> {
         let argv = [pm2.as_os_str().to_owned(), "jlist".into()];
-        let (status, out) = run_as(account, &argv, env, self.timeout, MAX_JLIST).await?;
+        let (status, out, said) = run_as(account, &argv, env, self.timeout, MAX_JLIST).await?;
         if !status.success() {
             return Err(SuperviseError::CommandFailed {
                 program: pm2.display().to_string(),
                 status,
+                said,
             });
         }
         parse_jlist(&out).ok_or_else(|| SuperviseError::BadAnswer {
@@ -536,11 +544,12 @@ impl Restarter for Pm2Restarter {
             "restart".into(),
             id.to_string().into(),
         ];
-        let (status, _) = run_as(&account, &argv, &env, self.timeout, 0).await?;
+        let (status, _, said) = run_as(&account, &argv, &env, self.timeout, 0).await?;
         if !status.success() {
             return Err(SuperviseError::CommandFailed {
                 program: pm2.display().to_string(),
                 status,
+                said,
             });
         }
         let new_pid = self
