@@ -64,6 +64,10 @@ use status::{LastSeen, Status};
 /// recovery under way is never dropped to make room.
 pub const MAX_INSTANCES: usize = 4096;
 
+/// Instances one user other than root may have tracked at once (a quarter of
+/// [`MAX_INSTANCES`]): one user's thousands of `claude` processes leave room for everyone else.
+pub const MAX_INSTANCES_PER_USER: usize = MAX_INSTANCES / 4;
+
 /// How long a named instance is remembered (status, its detector and recovery state) after its
 /// last process exited, once nothing is under way for it: no open episode, no restart, its
 /// backoff reset (an escalated one too: its hook ran, and a new process starts afresh).
@@ -289,6 +293,9 @@ pub struct Watch {
     successors: BTreeMap<u32, InstanceId>,
     /// Every instance the core keeps state for (at most [`MAX_INSTANCES`]).
     tracked: BTreeSet<InstanceId>,
+    /// The user whose process first made each tracked instance (for the per-user share,
+    /// [`MAX_INSTANCES_PER_USER`]; unknown: root's).
+    admitted_by: BTreeMap<InstanceId, u32>,
     /// Tracked instances without a live process, since when: forgotten [`FORGET_AFTER`] later
     /// once at rest (or earlier, longest idle first, to make room for a new instance).
     idle_since: BTreeMap<InstanceId, MonoNs>,
@@ -376,6 +383,7 @@ impl Watch {
             restart_errors: BTreeMap::new(),
             recoveries: BTreeMap::new(),
             successors: BTreeMap::new(),
+            admitted_by: tracked.iter().map(|id| (id.clone(), 0)).collect(),
             tracked,
             idle_since,
             idle_order,
@@ -635,7 +643,7 @@ impl Watch {
             self.outside.insert(found.info.pid);
             return;
         }
-        if !self.admit(&id, found.info.pid, now, out) {
+        if !self.admit(&id, found.info.pid, found.info.uid, now, out) {
             return;
         }
         self.busy(&id);
@@ -674,7 +682,10 @@ impl Watch {
         if self.outside.contains(&exchange.pid) {
             return;
         }
-        if self.refused_pids.contains(&exchange.pid) || !self.admit(&id, exchange.pid, now, out) {
+        let uid = self.procs.get(&exchange.pid).map_or(0, |f| f.info.uid);
+        if self.refused_pids.contains(&exchange.pid)
+            || !self.admit(&id, exchange.pid, uid, now, out)
+        {
             return;
         }
         out.push(Effect::Metric(Metric::Exchange {
@@ -838,6 +849,7 @@ impl Watch {
         self.recoveries.remove(id);
         self.successors.retain(|_, s| s != id);
         self.tracked.remove(id);
+        self.admitted_by.remove(id);
         self.busy(id);
     }
 
@@ -873,18 +885,29 @@ impl Watch {
         }
     }
 
-    /// Whether a process of `id` may be watched: `id` is tracked already, or there is room for
-    /// it (made by forgetting the longest-idle instance at rest if need be). Otherwise the
-    /// process is refused: logged (once a minute), counted, and not attached.
-    fn admit(&mut self, id: &InstanceId, pid: u32, now: MonoNs, out: &mut Vec<Effect>) -> bool {
+    /// Whether a process of `id`, owned by `uid`, may be watched: `id` is tracked already, or
+    /// there is room for it in the table and in its user's share (made by forgetting the
+    /// longest-idle instance at rest, the user's own when the share is full, if need be).
+    /// Otherwise the process is refused: logged (once a minute), counted, and not attached.
+    fn admit(
+        &mut self,
+        id: &InstanceId,
+        pid: u32,
+        uid: u32,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) -> bool {
         if self.tracked.contains(id) {
             return true;
         }
-        if self.tracked.len() >= MAX_INSTANCES {
+        let share_full = uid != 0
+            && self.admitted_by.values().filter(|u| **u == uid).count() >= MAX_INSTANCES_PER_USER;
+        if share_full || self.tracked.len() >= MAX_INSTANCES {
             let victim = self
                 .idle_order
                 .iter()
                 .map(|(_, id)| id)
+                .filter(|id| !share_full || self.admitted_by.get(*id) == Some(&uid))
                 .find(|id| self.at_rest(id))
                 .cloned();
             match victim {
@@ -901,13 +924,18 @@ impl Watch {
                         .is_none_or(|t| now.saturating_sub(t) >= 60_000_000_000)
                     {
                         self.refusal_logged = Some(now);
-                        warn!(instance = %id, tracked = self.tracked.len(), refused = self.refused, max = MAX_INSTANCES, "too many instances: not watching a new one (each tracked one is live or has recovery under way)");
+                        if share_full {
+                            warn!(instance = %id, uid, refused = self.refused, share = MAX_INSTANCES_PER_USER, "too many instances of one user: not watching a new one of theirs (each is live or has recovery under way)");
+                        } else {
+                            warn!(instance = %id, tracked = self.tracked.len(), refused = self.refused, max = MAX_INSTANCES, "too many instances: not watching a new one (each tracked one is live or has recovery under way)");
+                        }
                     }
                     return false;
                 }
             }
         }
         self.tracked.insert(id.clone());
+        self.admitted_by.insert(id.clone(), uid);
         true
     }
 

@@ -1917,3 +1917,39 @@ fn a_healed_restart_shows_in_the_lifetime_count_and_the_last_recovery() {
     assert_eq!(view.last_recovery_ms, Some(r.wall_now()));
     assert_eq!(view.state, "healthy");
 }
+
+#[test]
+fn one_user_fills_only_their_share_of_the_instance_table() {
+    let mut r = Rig::new("");
+    let start_as = |r: &mut Rig, pid: u32, name: String, uid: u32| {
+        let id = unit(&name);
+        let mut f = found(pid, &id);
+        f.info.uid = uid;
+        r.pids.insert(pid, id);
+        r.input(Input::Started(f));
+    };
+    // User 1001 starts more claude processes than their share.
+    let share = u32::try_from(MAX_INSTANCES_PER_USER).expect("small");
+    for i in 0..=share {
+        start_as(&mut r, 40_000 + i, format!("mallory-{i}.service"), 1001);
+    }
+    assert_eq!(r.watch.tracked.len(), MAX_INSTANCES_PER_USER);
+    assert_eq!(r.watch.refused, 1, "the one beyond the share");
+    // Another user and root still get their instances watched.
+    start_as(&mut r, 50_000, "alice.service".into(), 1002);
+    start_as(&mut r, 50_001, "root-agent.service".into(), 0);
+    assert_eq!(r.watch.refused, 1);
+    r.see(50_000, 200, "a");
+    assert_eq!(r.view("alice.service").state, "healthy");
+    // Once one of theirs exits, the user's next instance takes its place (their own idle one
+    // is forgotten, nobody else's).
+    r.exit(40_000);
+    start_as(&mut r, 40_999, "mallory-late.service".into(), 1001);
+    assert_eq!(r.watch.refused, 1);
+    assert!(r.watch.tracked.contains(&unit("mallory-late.service")));
+    assert!(r.watch.tracked.contains(&unit("alice.service")));
+    assert_eq!(
+        r.watch.admitted_by.values().filter(|u| **u == 1001).count(),
+        MAX_INSTANCES_PER_USER
+    );
+}
