@@ -16,7 +16,6 @@
 //! time: each takes the built-in 10 s span, and several real Claude Codes starting at once on a
 //! 2-core machine would measure the machine, not claude-watch.
 
-use claude_watch_tests::wait::one_at_a_time as serial;
 use claude_watch_tests::wait::one_at_a_time;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
@@ -171,7 +170,6 @@ fn exe_of(pid: u32) -> String {
 
 #[test]
 fn npm_global_install_linked_and_copied() {
-    let _serial = serial();
     let _serial = one_at_a_time();
     let standin = StandIn::start();
     let daemon = daemon();
@@ -241,7 +239,6 @@ fn start_via_symlink(standin: &StandIn, bin: &Path) -> ClaudeAgent {
 
 #[test]
 fn native_installer_layout_and_an_update_while_the_old_version_runs() {
-    let _serial = serial();
     let _serial = one_at_a_time();
     let standin = StandIn::start();
     let daemon = daemon();
@@ -274,7 +271,6 @@ fn native_installer_layout_and_an_update_while_the_old_version_runs() {
 
 #[test]
 fn typescript_agent_sdk_query() {
-    let _serial = serial();
     let _serial = one_at_a_time();
     let standin = StandIn::start();
     let daemon = daemon();
@@ -301,7 +297,6 @@ fn typescript_agent_sdk_query() {
 
 #[test]
 fn python_agent_sdk_client() {
-    let _serial = serial();
     let _serial = one_at_a_time();
     let standin = StandIn::start();
     let daemon = daemon();
@@ -323,7 +318,6 @@ fn python_agent_sdk_client() {
 
 #[test]
 fn musl_build() {
-    let _serial = serial();
     let _serial = one_at_a_time();
     let standin = StandIn::start();
     let daemon = daemon();
@@ -341,7 +335,6 @@ fn musl_build() {
 
 #[test]
 fn cli_js_under_a_node_with_the_shared_libssl() {
-    let _serial = serial();
     let _serial = one_at_a_time();
     let standin = StandIn::start();
     let daemon = daemon();
@@ -422,7 +415,6 @@ fn cli_js_under_a_node_with_the_shared_libssl() {
 
 #[test]
 fn agent_in_a_docker_container() {
-    let _serial = serial();
     let _serial = one_at_a_time();
     let standin = StandIn::start();
     let engine = docker::Engine::start();
@@ -473,7 +465,7 @@ fn recognise(path: &Path) -> Option<content::ClaudeFile> {
 
 #[test]
 fn content_check_on_real_binaries() {
-    let _serial = serial();
+    let _serial = one_at_a_time();
     let (_, site) = deps::python_agent_sdk();
     let claude: Vec<(PathBuf, &str)> = vec![
         (ClaudeCode::Native2_1_331.command().0, "2.1.331"),
@@ -529,7 +521,6 @@ fn content_check_on_real_binaries() {
 
 #[test]
 fn a_claude_whose_binary_cannot_be_verified_is_listed_unobserved() {
-    let _serial = serial();
     let _serial = one_at_a_time();
     let daemon = daemon();
     // Named like Claude Code (the name rule takes it), but no TLS functions can be verified in
