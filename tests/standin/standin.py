@@ -14,6 +14,15 @@ When both are ready, one JSON line goes to stdout:
 The server exits when its standard input reaches end of file (the test harness holds the
 write end, so the server dies with the test), or on SIGTERM/SIGINT.
 
+On its own (`python3 standin.py --help`):
+  python3 tests/standin/standin.py --api-port 8443 --control-port 8080 --stay
+  ANTHROPIC_BASE_URL=https://127.0.0.1:8443 NODE_TLS_REJECT_UNAUTHORIZED=0 \
+      ANTHROPIC_API_KEY=sk-ant-fake claude -p "hello"          # a 200 from the stand-in
+  curl -s -XPOST 127.0.0.1:8080/latch -d '{"next": true}'      # the next session latches
+  curl -s 127.0.0.1:8080/sessions                              # who is latched
+  curl -s -XPOST 127.0.0.1:8080/reset -d '{}'                  # everything off again
+--stay keeps it up whatever its standard input does (until SIGTERM or ^C).
+
 Control API (POST bodies are JSON; every answer is JSON):
   POST /latch        {"session": ID} | {"next": true, "count": N} | {"pid": P} | {"client_port": N}
                      -> that identity gets 401 on every /v1/messages request until reset/unlatch
@@ -615,6 +624,18 @@ class TlsServer(QuietServer):
 
 
 def main():
+    import argparse
+    parser = argparse.ArgumentParser(
+        description="A stand-in for the Anthropic API on 127.0.0.1 (see the module docstring "
+                    "for its control calls).")
+    parser.add_argument("--api-port", type=int, default=0,
+                        help="the HTTPS API port (default: any free one)")
+    parser.add_argument("--control-port", type=int, default=0,
+                        help="the plain-HTTP control port (default: any free one)")
+    parser.add_argument("--stay", action="store_true",
+                        help="stay up when standard input ends (run it by hand, or under a "
+                             "supervisor); stop it with SIGTERM or ^C")
+    args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="standin-")
     try:
         cert, key = make_certificate(tmp)
@@ -624,8 +645,8 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    api = TlsServer(("127.0.0.1", 0), ApiHandler, context)
-    control = QuietServer(("127.0.0.1", 0), ControlHandler)
+    api = TlsServer(("127.0.0.1", args.api_port), ApiHandler, context)
+    control = QuietServer(("127.0.0.1", args.control_port), ControlHandler)
     for srv in (api, control):
         threading.Thread(target=srv.serve_forever, daemon=True).start()
 
@@ -641,7 +662,8 @@ def main():
             pass
         done.set()
 
-    threading.Thread(target=watch_stdin, daemon=True).start()
+    if not args.stay:
+        threading.Thread(target=watch_stdin, daemon=True).start()
     print(json.dumps({"event": "ready", "api_port": api.server_address[1],
                       "control_port": control.server_address[1], "pid": os.getpid()}),
           flush=True)

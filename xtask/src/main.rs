@@ -43,6 +43,11 @@ enum Task {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// See it work in one command (root): sets up, builds, then three real Claude Code agents
+    /// in units of a real systemd, the API stand-in on 127.0.0.1 and the daemon; one agent's
+    /// session latches and is recovered, one is throttled on Opus, one stays healthy, while
+    /// `status` and `episodes` are shown. Everything is cleaned up after (about 2 minutes).
+    Demo,
     /// Set up, build, and run every test (unit and privileged integration tests) as root, then
     /// the benchmark's smoke run.
     Test {
@@ -153,6 +158,26 @@ fn main() -> anyhow::Result<()> {
                 .status()
                 .with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Demo => {
+            setup(&root, true)?;
+            build(&root)?;
+            let mut cmd = as_root(Path::new("cargo"), &[]);
+            cmd.args([
+                "test",
+                "--release",
+                "-q",
+                "-p",
+                "claude-watch-tests",
+                "--test",
+                "demo",
+                "--",
+                "--nocapture",
+            ])
+            .current_dir(&root);
+            cmd.env("CLAUDE_WATCH_BIN", root.join("target/release/claude-watch"));
+            cmd.env("CLAUDE_WATCH_TEST_DEPS", root.join(".test-deps"));
+            run(cmd)
         }
         Task::Test { args } => {
             setup(&root, true)?;

@@ -62,6 +62,10 @@ pub struct SupervisorEnv {
     pub supervisord_group: Option<String>,
     /// supervisord's `SUPERVISOR_SERVER_URL` (`unix:///...` or `http://...`).
     pub supervisord_url: Option<String>,
+    /// `ANTHROPIC_BASE_URL` when it is plain `http://` (a gateway on loopback, say): scheme,
+    /// host and port only. Such a process's API calls never pass through TLS, so the probes
+    /// cannot see them.
+    pub plain_http_base: Option<String>,
 }
 
 /// How an [`InstanceId`] was derived.

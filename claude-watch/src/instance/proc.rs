@@ -204,7 +204,8 @@ pub fn parse_environ(raw: &[u8]) -> super::SupervisorEnv {
             | b"PM2_HOME"
             | b"SUPERVISOR_PROCESS_NAME"
             | b"SUPERVISOR_GROUP_NAME"
-            | b"SUPERVISOR_SERVER_URL" => key,
+            | b"SUPERVISOR_SERVER_URL"
+            | b"ANTHROPIC_BASE_URL" => key,
             _ => continue,
         };
         let Ok(value) = std::str::from_utf8(value) else {
@@ -220,6 +221,7 @@ pub fn parse_environ(raw: &[u8]) -> super::SupervisorEnv {
             b"PM2_HOME" => env.pm2_home = Some(PathBuf::from(value)),
             b"SUPERVISOR_PROCESS_NAME" => env.supervisord_program = Some(value),
             b"SUPERVISOR_GROUP_NAME" => env.supervisord_group = Some(value),
+            b"ANTHROPIC_BASE_URL" => env.plain_http_base = plain_http_origin(&value),
             _ => env.supervisord_url = Some(value),
         }
     }
@@ -229,6 +231,15 @@ pub fn parse_environ(raw: &[u8]) -> super::SupervisorEnv {
         env.pm2_home = None;
     }
     env
+}
+
+/// `http://host[:port]` of a plain-HTTP base URL, without user info, path or query (a base
+/// URL may carry a credential); `None` for `https://` or anything else.
+pub fn plain_http_origin(url: &str) -> Option<String> {
+    let rest = url.trim().strip_prefix("http://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    (!host.is_empty()).then(|| format!("http://{host}"))
 }
 
 /// The parent chain of `pid`, nearest first, up to (excluding) PID 1 or `max_depth` entries.

@@ -462,3 +462,21 @@ fn only_names_the_kernel_vouches_for_admit_processes_of_other_users() {
     p.uid = 1001;
     assert!(rules[1].matches(&p));
 }
+
+#[test]
+fn a_plain_http_base_url_is_kept_as_its_origin_only() {
+    let env = proc::parse_environ(
+        b"ANTHROPIC_API_KEY=sk-ant-secret\0ANTHROPIC_BASE_URL=http://user:sk-ant-pw@127.0.0.1:4000/v1?key=sk-ant-q\0",
+    );
+    assert_eq!(
+        env.plain_http_base.as_deref(),
+        Some("http://127.0.0.1:4000")
+    );
+    let tls = proc::parse_environ(b"ANTHROPIC_BASE_URL=https://127.0.0.1:4000\0");
+    assert_eq!(tls.plain_http_base, None);
+    assert_eq!(proc::plain_http_origin("http://"), None);
+    assert_eq!(
+        proc::plain_http_origin("http://gateway.local"),
+        Some("http://gateway.local".into())
+    );
+}

@@ -103,6 +103,11 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         if let Some(why) = watch.unobserved.get(&found.info.pid) {
             view.unobserved = Some(why.clone());
         }
+        if let Some(origin) = &found.info.env.plain_http_base {
+            view.blind = Some(format!(
+                "ANTHROPIC_BASE_URL is plain {origin}: its API calls never pass through TLS, so the probes cannot see them"
+            ));
+        }
         if view.version.is_none() {
             view.version = found.version();
         }
@@ -210,6 +215,10 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
             view.last_recovery_ms = r.last.map(|(ms, _)| ms);
             view.last_recovery = r.last.map(|(_, end)| end.to_string());
         }
+        if view.blind.is_some() && view.state == "observed" {
+            // None of its own answers seen, and none can be: it says why.
+            view.state = "blind".into();
+        }
         if view.pids.is_empty() {
             view.exited_ms = watch.idle_since.get(id).map(|t| watch.wall_ms(*t));
             if matches!(view.state.as_str(), "healthy" | "observed" | "suspect") {
@@ -263,13 +272,15 @@ pub fn state_name(state: State) -> &'static str {
 }
 
 /// Every state an instance can show, `observed` (no API call seen yet) first.
-pub const STATES: [&str; 6] = [
+pub const STATES: [&str; 8] = [
     "observed",
     "healthy",
     "suspect",
     "latched",
     "recovering",
     "escalated",
+    "blind",
+    "exited",
 ];
 
 /// The daemon's view of the host at one moment.
@@ -350,8 +361,8 @@ pub struct InstanceView {
     pub binary: Option<String>,
     /// healthy (its own answers seen, the latest accepted), suspect, latched, recovering,
     /// escalated; `observed` for an instance whose answers were never seen (before its first
-    /// API call, or not observable); `exited` for one whose processes all exited with nothing
-    /// under way.
+    /// API call, or not observable); `blind` for one whose answers cannot be seen (see
+    /// [`Self::blind`]); `exited` for one whose processes all exited with nothing under way.
     pub state: String,
     /// Models currently answered with 429.
     pub throttled: Vec<String>,
@@ -403,6 +414,10 @@ pub struct InstanceView {
     /// Whether the fleet's incident alert holds its restart now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fleet_hold: bool,
+    /// Why its API traffic cannot be seen although probes are attached (its base URL is plain
+    /// `http://`, so its requests never pass through TLS): state `blind`, never `healthy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blind: Option<String>,
     /// Why no probe could be attached to it (a binary or library that could not be
     /// verified): its traffic is not seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -449,6 +464,9 @@ impl InstanceView {
     pub fn state_label(&self) -> String {
         if let Some(why) = &self.unobserved {
             return format!("unobserved ({why})");
+        }
+        if let (Some(why), "blind") = (&self.blind, self.state.as_str()) {
+            return format!("blind ({why})");
         }
         if self.throttled.is_empty() {
             self.state.clone()

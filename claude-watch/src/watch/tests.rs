@@ -1953,3 +1953,21 @@ fn one_user_fills_only_their_share_of_the_instance_table() {
         MAX_INSTANCES_PER_USER
     );
 }
+
+#[test]
+fn an_agent_behind_a_plain_http_gateway_reads_blind_never_healthy() {
+    let mut r = Rig::new("");
+    let mut f = found(100, &agent());
+    f.info.env.plain_http_base = Some("http://127.0.0.1:4000".into());
+    r.pids.insert(100, agent());
+    r.input(Input::Started(f));
+    r.advance(180 * S);
+    let view = r.view("agent.service");
+    assert_eq!(view.state, "blind", "{view:?}");
+    assert!(
+        view.state_label()
+            .starts_with("blind (ANTHROPIC_BASE_URL is plain http://127.0.0.1:4000"),
+        "{}",
+        view.state_label()
+    );
+}
