@@ -94,14 +94,22 @@ fn end_text(end: EpisodeEnd) -> &'static str {
     }
 }
 
-/// A tick step for a time range: the first of 1 min ... 7 days giving at most 8 ticks.
+/// A tick step for a time range: the first of 5 s ... 30 days giving at most 8 ticks (a live
+/// journal of two minutes gets 15 s ticks, two weeks 2 days).
 fn tick_step_ms(range_ms: u64) -> u64 {
-    const M: u64 = 60_000;
+    const S: u64 = 1000;
+    const M: u64 = 60 * S;
     const H: u64 = 60 * M;
     const D: u64 = 24 * H;
     [
+        5 * S,
+        10 * S,
+        15 * S,
+        30 * S,
         M,
+        2 * M,
         5 * M,
+        10 * M,
         15 * M,
         30 * M,
         H,
@@ -315,12 +323,17 @@ pub fn render(input: &Input<'_>) -> String {
         let tx = x(tms);
         let lt = local_time(tms, off);
         let day = lt.date();
+        let clock = if step < 60_000 {
+            format!("{:02}:{:02}:{:02}", lt.hour, lt.minute, lt.second)
+        } else {
+            format!("{:02}:{:02}", lt.hour, lt.minute)
+        };
         let label = if step >= 86_400_000 {
             day[5..].to_owned()
         } else if day == prev_day {
-            format!("{:02}:{:02}", lt.hour, lt.minute)
+            clock
         } else {
-            format!("{} {:02}:{:02}", &day[5..], lt.hour, lt.minute)
+            format!("{} {clock}", &day[5..])
         };
         prev_day = day;
         let _ = writeln!(
@@ -519,6 +532,9 @@ mod tests {
 
     #[test]
     fn ticks() {
+        // A live journal of two minutes: several ticks, each with its seconds.
+        assert_eq!(tick_step_ms(2 * 60_000), 15_000);
+        assert_eq!(tick_step_ms(30_000), 5_000);
         assert_eq!(tick_step_ms(5 * 60_000), 60_000);
         assert_eq!(tick_step_ms(2 * 3_600_000), 15 * 60_000);
         assert_eq!(tick_step_ms(3 * 86_400_000), 12 * 3_600_000);
