@@ -60,6 +60,12 @@ pub type MonoNs = u64;
 /// (also the most sessions one live process keeps).
 const RETIRED_KEPT: usize = 64;
 
+/// How long a latched instance whose last process exited on its own keeps its episode open
+/// for a restart by something else (systemd's `Restart=`, another watchdog, `claude
+/// respawn`): a new process of the instance within it continues the episode, and its restart
+/// counts toward the escalation.
+pub const RESTART_ELSEWHERE_GRACE: Duration = Duration::from_secs(60);
+
 /// How many models an instance keeps per-model state for (throttles, latest accepted answer):
 /// the model is the observed process's to choose. Further models share the state of
 /// [`OTHER_MODEL`].
@@ -138,6 +144,14 @@ pub enum Reason {
     },
     /// The recovery layer started a restart.
     RestartStarted,
+    /// Something else restarted the instance: its last process exited while it was latched,
+    /// and a new process of the same instance started within [`RESTART_ELSEWHERE_GRACE`].
+    RestartedElsewhere {
+        /// The process that exited.
+        old_pid: u32,
+        /// The new process.
+        pid: u32,
+    },
     /// The restarted instance's new process got a 401.
     RejectedAfterRestart {
         /// The new process.
@@ -182,6 +196,12 @@ impl std::fmt::Display for Reason {
             }
             Self::Accepted { pid, status } => write!(f, "{status} to pid {pid}"),
             Self::RestartStarted => f.write_str("restart started"),
+            Self::RestartedElsewhere { old_pid, pid } => {
+                write!(
+                    f,
+                    "restarted by something else (pid {old_pid} exited, pid {pid} started)"
+                )
+            }
             Self::RejectedAfterRestart { pid } => write!(f, "401 to the restarted pid {pid}"),
             Self::ProcessExited { pid } => write!(f, "pid {pid} exited"),
             Self::RestartFailed => f.write_str("the restart failed"),
@@ -351,6 +371,9 @@ struct Inst {
     window: Option<Box<Episode>>,
     restart_ns: Option<MonoNs>,
     last_restart_ns: Option<MonoNs>,
+    /// When (and which) its last process exited while latched, not through a restart of ours:
+    /// the episode stays open [`RESTART_ELSEWHERE_GRACE`] for a restart by something else.
+    orphaned: Option<(MonoNs, u32)>,
     throttles: BTreeMap<String, Throttle>,
     last_ok: BTreeMap<String, MonoNs>,
 }
@@ -444,6 +467,7 @@ impl Inst {
             window: None,
             restart_ns: None,
             last_restart_ns: None,
+            orphaned: None,
             throttles: BTreeMap::new(),
             last_ok: BTreeMap::new(),
         }
@@ -499,6 +523,7 @@ impl Inst {
         }
         self.restart_ns = None;
         self.last_restart_ns = None;
+        self.orphaned = None;
     }
 }
 
@@ -900,7 +925,21 @@ impl Detector {
     pub fn tick(&mut self, now: MonoNs) -> Vec<Event> {
         let mut out = Vec::new();
         let cfg = self.config.clone();
+        let offset = self.wall_offset_ns;
+        let grace = u64::try_from(RESTART_ELSEWHERE_GRACE.as_nanos()).unwrap_or(u64::MAX);
         for inst in self.instances.values_mut() {
+            if let Some((at, pid)) = inst.orphaned
+                && now.saturating_sub(at) >= grace
+            {
+                // No process came back: the episode ends when its process exited.
+                inst.orphaned = None;
+                if inst.state == State::Latched && inst.pids.is_empty() {
+                    let wall =
+                        offset.and_then(|o| u64::try_from((i128::from(at) + o) / 1_000_000).ok());
+                    inst.close(EpisodeEnd::ProcessExited, wall, &mut out);
+                    inst.set_state(State::Healthy, Reason::ProcessExited { pid }, now, &mut out);
+                }
+            }
             Self::check_latch(inst, &cfg, now, &mut out);
             let quiet: Vec<String> = inst
                 .throttles
@@ -978,6 +1017,7 @@ impl Detector {
 
     /// A process of `instance` started (exec seen, or the supervisor reported a new main PID).
     pub fn process_started(&mut self, instance: &InstanceId, pid: u32, now: MonoNs) -> Vec<Event> {
+        let mut out = Vec::new();
         let inst = self.inst(instance);
         inst.exited.retain(|&p| p != pid);
         inst.pids.insert(
@@ -988,7 +1028,52 @@ impl Detector {
                 announced: true,
             },
         );
-        Vec::new()
+        if let Some((_, old_pid)) = inst.orphaned.take()
+            && inst.state == State::Latched
+        {
+            // Restarted by something else (another watchdog, `claude respawn`, an operator):
+            // the episode goes on, this restart counts, and the new process's own answer
+            // decides, as after a restart of ours.
+            inst.restart_ns = Some(now);
+            inst.last_restart_ns = Some(now);
+            if let Some(w) = inst.window.as_mut() {
+                w.restarts += 1;
+                out.push(Event::EpisodeUpdated((**w).clone()));
+            }
+            inst.set_state(
+                State::Recovering,
+                Reason::RestartedElsewhere { old_pid, pid },
+                now,
+                &mut out,
+            );
+        }
+        out
+    }
+
+    /// A process of `instance` exited on its own (seen live, not through a restart of ours).
+    /// As [`Self::process_exited`], except that a latched instance whose last process it was
+    /// keeps its episode open [`RESTART_ELSEWHERE_GRACE`]: a process of the instance started
+    /// meanwhile is a restart by something else ([`Reason::RestartedElsewhere`]); otherwise
+    /// [`Self::tick`] closes the episode as [`EpisodeEnd::ProcessExited`] at the exit's time.
+    pub fn process_exited_live(
+        &mut self,
+        instance: &InstanceId,
+        pid: u32,
+        now: MonoNs,
+    ) -> Vec<Event> {
+        let inst = self.inst(instance);
+        let last = inst.pids.keys().all(|p| p == pid);
+        if last && inst.state == State::Latched && inst.pids.get(pid).is_some() {
+            if let Some(p) = inst.pids.remove(pid) {
+                for s in p.sessions {
+                    push_bounded(&mut inst.retired_sessions, s);
+                }
+            }
+            push_bounded(&mut inst.exited, pid);
+            inst.orphaned = Some((now, pid));
+            return Vec::new();
+        }
+        self.process_exited(instance, pid, now)
     }
 
     /// A process of `instance` exited. When it was the last one: a suspect window is dropped and

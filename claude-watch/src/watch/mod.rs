@@ -474,7 +474,7 @@ impl Watch {
                 }
                 // An instance refused at the cap was never watched.
                 if let Some(id) = instance.filter(|id| self.tracked.contains(id)) {
-                    let events = self.detector.process_exited(&id, pid, now);
+                    let events = self.detector.process_exited_live(&id, pid, now);
                     self.on_events(events, now, &mut out);
                     self.went_idle(&id, now);
                 }
@@ -1039,6 +1039,27 @@ impl Watch {
                         self.supervisor(instance).kind()
                     };
                     warn!(instance = %instance, supervisor, "latched; not restarting (observe-only)");
+                }
+            }
+            (State::Latched, State::Recovering) => {
+                if let Reason::RestartedElsewhere { old_pid, pid } = reason {
+                    // Not ours: counted toward the escalation as ours are, and shown.
+                    info!(instance = %instance, old_pid, pid, "restarted by something else while latched: the episode goes on, the new process's own answer decides");
+                    self.policy.restarted_elsewhere(instance, now);
+                    self.recoveries
+                        .entry(instance.clone())
+                        .or_default()
+                        .restarts += 1;
+                    self.journal_action(
+                        instance,
+                        ActionKind::Restart,
+                        true,
+                        None,
+                        format!("restarted by something else, not claude-watch: pid {old_pid} exited while latched, pid {pid} of the same instance started"),
+                        now,
+                        out,
+                    );
+                    self.save(now, out);
                 }
             }
             (State::Recovering | State::Latched | State::Escalated, State::Healthy) => {

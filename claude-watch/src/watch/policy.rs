@@ -797,6 +797,20 @@ impl Policy {
         }
     }
 
+    /// Something else restarted latched `instance` (its process exited and a new one of the
+    /// instance started): a restart as ours are, awaiting the new process's own answer, so a
+    /// rejection counts toward the escalation. Ignored unless it waits latched (a restart of
+    /// ours under way is the one that counts).
+    pub fn restarted_elsewhere(&mut self, instance: &InstanceId, now: MonoNs) {
+        let Some(i) = self.instances.get_mut(instance) else {
+            return;
+        };
+        if i.phase == Phase::Latched {
+            i.phase = Phase::Recovering { since: now };
+            i.restarts += 1;
+        }
+    }
+
     /// The restart handed out for `instance` finished with `result` (the adapter's own result).
     /// Reports for an instance that is not restarting are ignored.
     pub fn restart_finished<T, E>(

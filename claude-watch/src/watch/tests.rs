@@ -1670,9 +1670,15 @@ fn an_escalated_instance_whose_process_exits_ends_its_episode_and_is_forgotten_l
     r.advance(500 * MS);
     r.keep_answering(101, 401, "s101", S);
     assert_eq!(r.view("agent.service").state, "escalated");
-    // Stopped by someone else while latched: nothing to restart any more.
+    // Stopped by someone else while latched, and not started again within the grace for a
+    // restart by something else: nothing to restart any more.
     r.exit(101);
     r.advance(S);
+    assert!(
+        r.closed(EpisodeEnd::ProcessExited).is_none(),
+        "a restart elsewhere may come"
+    );
+    r.advance(crate::detect::RESTART_ELSEWHERE_GRACE.as_secs() * S);
     assert!(r.closed(EpisodeEnd::ProcessExited).is_some());
     r.advance(61 * 60 * S);
     assert_eq!(largest(&r.watch), 0, "{:?}", footprint(&r.watch));
@@ -1970,4 +1976,80 @@ fn an_agent_behind_a_plain_http_gateway_reads_blind_never_healthy() {
         "{}",
         view.state_label()
     );
+}
+
+#[test]
+fn restarts_by_something_else_continue_the_episode_and_count_toward_the_escalation() {
+    let mut r = Rig::latched("backoff_initial = \"10m\"\nmax_restarts = 3");
+    let instance = r.take_instance();
+    // Ours: the new process's own request is rejected on the same session (bound to it).
+    r.replaced(&instance, 100, 101);
+    r.advance(500 * MS);
+    r.keep_answering(101, 401, "s0", 3 * S);
+    assert!(r.actions(ActionKind::Escalate).is_empty());
+    // Another watchdog (or `claude respawn`) restarts it twice before our quiet window ends;
+    // each new process meets the latch again.
+    for (old, new) in [(101, 102), (102, 103)] {
+        r.exit(old);
+        r.advance(2 * S);
+        r.start(new, &agent());
+        r.advance(500 * MS);
+        r.keep_answering(new, 401, "s0", 3 * S);
+    }
+    assert_eq!(r.restarts_total, 1, "claude-watch restarted it once");
+    assert_eq!(
+        r.actions(ActionKind::Escalate).len(),
+        1,
+        "escalated on time: 3 restarts that did not heal, 2 of them by something else"
+    );
+    let elsewhere: Vec<_> = r
+        .actions(ActionKind::Restart)
+        .into_iter()
+        .filter(|a| {
+            a.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("restarted by something else"))
+        })
+        .collect();
+    assert_eq!(elsewhere.len(), 2, "journalled, each");
+    // One episode throughout, with every restart in it.
+    let ids: std::collections::BTreeSet<_> = r.episodes().iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let episode = r.episodes().last().copied().cloned().expect("episode");
+    assert_eq!(episode.restarts, 3);
+    assert!(!episode.is_closed());
+    let view = r.view("agent.service");
+    assert_eq!(view.state, "escalated");
+    assert_eq!(
+        view.restarts, 3,
+        "since the last confirmed recovery: ours and theirs"
+    );
+    // Then a restart by something else that heals it: the new process's own 200 confirms.
+    r.exit(103);
+    r.advance(S);
+    r.start(104, &agent());
+    r.see(104, 200, "s1");
+    assert!(r.closed(EpisodeEnd::RecoveredAfterRestart).is_some());
+    assert_eq!(r.view("agent.service").state, "healthy");
+}
+
+#[test]
+fn a_latched_process_that_exits_and_never_comes_back_ends_its_episode_at_its_exit() {
+    let mut r = Rig::latched("backoff_initial = \"10m\"");
+    let instance = r.take_instance();
+    r.replaced(&instance, 100, 101);
+    r.advance(500 * MS);
+    r.keep_answering(101, 401, "s0", 3 * S);
+    let exited_at = r.wall_now();
+    r.exit(101);
+    r.advance(30 * S);
+    assert!(
+        r.closed(EpisodeEnd::ProcessExited).is_none(),
+        "open for a restart by something else"
+    );
+    r.advance(31 * S);
+    let ended = r
+        .closed(EpisodeEnd::ProcessExited)
+        .expect("closed after the grace");
+    assert_eq!(ended.ended_ms, Some(exited_at), "at the exit's time");
 }
