@@ -133,6 +133,19 @@ fn demo_three_real_agents_one_latched_one_throttled_one_healthy() {
     daemon.wait_for(AGENTS[1].0, WAIT, "planner throttled", |i| {
         i.throttled.iter().any(|m| m.starts_with("claude-opus"))
     });
+    // The moment between the latch and the recovery, when it is caught (it is short: the
+    // restart goes out at once, and the new process answers within seconds).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if daemon
+            .instance(AGENTS[0].0)
+            .is_some_and(|i| i.state == "latched" || i.state == "recovering")
+        {
+            println!("$ claude-watch status\n{}", daemon.status_text());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let episode =
         daemon.wait_closed_episode(Some(AGENTS[0].0), EpisodeEnd::RecoveredAfterRestart, WAIT);
     daemon.assert_recovered_by_new_session(&standin, AGENTS[0].0, &old_session, latched_at, WAIT);
