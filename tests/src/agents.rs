@@ -328,6 +328,46 @@ pub fn agent_unit(
     )
 }
 
+/// A unit file running the real Claude Code `claude` as a headless agent against `standin`: a
+/// turn (`text`) every `every_s` seconds on stream-json, `args` added to its command line (a
+/// `--model`, say), `home` its `HOME` and working directory (its feeding script goes there).
+pub fn claude_code_unit(
+    standin: &StandIn,
+    claude: &std::path::Path,
+    args: &str,
+    every_s: u32,
+    home: &std::path::Path,
+) -> String {
+    std::fs::create_dir_all(home).expect("create the agent's HOME");
+    let feed = home.join("feed.sh");
+    std::fs::write(
+        &feed,
+        format!(
+            "#!/bin/sh\nwhile :; do echo '{{\"type\":\"user\",\"message\":{{\"role\":\"user\",\"content\":\"next step\"}}}}'; sleep {every_s}; done | {} -p {args} --input-format stream-json --output-format stream-json --verbose\n",
+            claude.display()
+        ),
+    )
+    .expect("write feed.sh");
+    let env = [
+        ("HOME", home.display().to_string()),
+        ("ANTHROPIC_BASE_URL", standin.base_url()),
+        ("ANTHROPIC_API_KEY", FAKE_API_KEY.to_owned()),
+        ("NODE_TLS_REJECT_UNAUTHORIZED", "0".to_owned()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
+        ("DISABLE_AUTOUPDATER", "1".to_owned()),
+        ("DISABLE_TELEMETRY", "1".to_owned()),
+    ];
+    let environment: String = env
+        .iter()
+        .map(|(k, v)| format!("Environment=\"{k}={v}\"\n"))
+        .collect();
+    format!(
+        "[Service]\nExecStart=/bin/sh {}\nRestart=always\nWorkingDirectory={}\n{environment}",
+        feed.display(),
+        home.display()
+    )
+}
+
 /// Starts a light agent (taken for Claude Code, Node) as user unit `unit` of `user`'s
 /// manager in `bed` (started with [`Testbed::start_user_manager`]); `dir` (its script and
 /// `HOME`) is given to the user.

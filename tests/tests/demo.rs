@@ -7,12 +7,11 @@
 //!
 //! Needs root and the pinned clients (`cargo xtask setup --tests`).
 
-use std::path::Path;
 use std::time::Duration;
 
 use claude_watch::detect::EpisodeEnd;
 use claude_watch::journal::ActionKind;
-use claude_watch_tests::agents::FAKE_API_KEY;
+use claude_watch_tests::agents::claude_code_unit;
 use claude_watch_tests::deps;
 use claude_watch_tests::process::ScratchDir;
 use claude_watch_tests::standin::StandIn;
@@ -37,38 +36,6 @@ const AGENTS: [(&str, &str, &str); 3] = [
     ("tester.service", "claude-haiku-4-5", "stays healthy"),
 ];
 
-/// A unit running the real Claude Code as a headless agent: a turn every 4 s on stream-json.
-fn agent_unit(standin: &StandIn, claude: &Path, model: &str, home: &Path) -> String {
-    std::fs::create_dir_all(home).expect("home");
-    let feed = home.join("feed.sh");
-    std::fs::write(
-        &feed,
-        format!(
-            "#!/bin/sh\nwhile :; do echo '{{\"type\":\"user\",\"message\":{{\"role\":\"user\",\"content\":\"next step\"}}}}'; sleep 4; done | {} -p --model {model} --input-format stream-json --output-format stream-json --verbose\n",
-            claude.display()
-        ),
-    )
-    .expect("write feed.sh");
-    let env = [
-        ("HOME", home.display().to_string()),
-        ("ANTHROPIC_BASE_URL", standin.base_url()),
-        ("ANTHROPIC_API_KEY", FAKE_API_KEY.to_owned()),
-        ("NODE_TLS_REJECT_UNAUTHORIZED", "0".to_owned()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
-        ("DISABLE_AUTOUPDATER", "1".to_owned()),
-        ("DISABLE_TELEMETRY", "1".to_owned()),
-    ];
-    let environment: String = env
-        .iter()
-        .map(|(k, v)| format!("Environment=\"{k}={v}\"\n"))
-        .collect();
-    format!(
-        "[Service]\nExecStart=/bin/sh {}\nRestart=always\nWorkingDirectory={}\n{environment}",
-        feed.display(),
-        home.display()
-    )
-}
-
 fn step(n: u32, text: &str) {
     println!("\n\x1b[1m== {n}. {text}\x1b[0m\n");
 }
@@ -82,7 +49,8 @@ fn demo_three_real_agents_one_latched_one_throttled_one_healthy() {
     let claude = deps::native_latest();
     for (unit, model, _) in AGENTS {
         let home = dir.path().join(unit.trim_end_matches(".service"));
-        bed.add_unit(unit, &agent_unit(&standin, &claude, model, &home));
+        let args = format!("--model {model}");
+        bed.add_unit(unit, &claude_code_unit(&standin, &claude, &args, 4, &home));
     }
     bed.daemon_reload();
     for (unit, ..) in AGENTS {

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use claude_watch::detect::EpisodeEnd;
 use claude_watch::journal::{ActionKind, ActionRecord, IncidentEvent, Record};
-use claude_watch_tests::agents::{AgentConfig, FAKE_API_KEY, Runtime, agent_unit};
+use claude_watch_tests::agents::{
+    AgentConfig, FAKE_API_KEY, Runtime, agent_unit, claude_code_unit,
+};
 use claude_watch_tests::deps::ClaudeCode;
 use claude_watch_tests::process::ScratchDir;
 use claude_watch_tests::standin::StandIn;
@@ -342,37 +344,7 @@ fn the_real_claude_code_in_a_unit_is_restarted_and_recovers() {
     let (claude, leading) = ClaudeCode::Native2_1_331.command();
     assert!(leading.is_empty());
     let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).expect("home");
-    let feed = dir.path().join("feed.sh");
-    std::fs::write(
-        &feed,
-        format!(
-            "#!/bin/sh\nwhile :; do echo '{{\"type\":\"user\",\"message\":{{\"role\":\"user\",\"content\":\"ping\"}}}}'; sleep 3; done | {} -p --input-format stream-json --output-format stream-json --verbose\n",
-            claude.display()
-        ),
-    )
-    .expect("write feed.sh");
-    let env = [
-        ("HOME", home.display().to_string()),
-        ("ANTHROPIC_BASE_URL", standin.base_url()),
-        ("ANTHROPIC_API_KEY", FAKE_API_KEY.to_owned()),
-        ("NODE_TLS_REJECT_UNAUTHORIZED", "0".to_owned()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
-        ("DISABLE_AUTOUPDATER", "1".to_owned()),
-        ("DISABLE_TELEMETRY", "1".to_owned()),
-    ];
-    let environment: String = env
-        .iter()
-        .map(|(k, v)| format!("Environment=\"{k}={v}\"\n"))
-        .collect();
-    bed.add_unit(
-        UNIT,
-        &format!(
-            "[Service]\nExecStart=/bin/sh {}\nRestart=always\nWorkingDirectory={}\n{environment}",
-            feed.display(),
-            home.display()
-        ),
-    );
+    bed.add_unit(UNIT, &claude_code_unit(&standin, &claude, "", 3, &home));
     bed.daemon_reload();
     assert!(bed.systemctl(&["start", UNIT]).status.success());
     let daemon = Daemon::start("", &recovery_config(&bed, "backoff_initial = \"5s\""));
