@@ -31,6 +31,7 @@ const LABEL_W: f64 = 150.0;
 const RIGHT_PAD: f64 = 20.0;
 const ROW_H: f64 = 30.0;
 const TOP: f64 = 70.0;
+/// Height of the windows-per-day histogram (half of it for one or two days).
 const HIST_H: f64 = 160.0;
 const MIN_BAR_W: f64 = 4.0;
 
@@ -47,7 +48,28 @@ pub struct Input<'a> {
     pub by_day: &'a BTreeMap<String, usize>,
     /// The host's UTC offset (s) for the labels.
     pub utc_offset_s: i64,
+    /// Idle-wake episodes (idle over an hour before their first 401), and how many of them
+    /// started in the morning, as in the report.
+    pub idle_wake: (usize, usize),
+    /// Mid-use episodes, and how many of them started in the morning.
+    pub mid_use: (usize, usize),
 }
+
+/// The duration classes of the "how long windows last" panel: upper bounds (ms) and labels,
+/// seconds to hours on a roughly logarithmic scale.
+const DURATION_CLASSES: [(u64, &str); 8] = [
+    (10_000, "< 10 s"),
+    (30_000, "10-30 s"),
+    (120_000, "30 s-2 m"),
+    (600_000, "2-10 m"),
+    (1_800_000, "10-30 m"),
+    (3_600_000, "30 m-1 h"),
+    (7_200_000, "1-2 h"),
+    (u64::MAX, "> 2 h"),
+];
+
+/// Height of the lower panels (durations, idle-wake / mid-use).
+const PANEL_H: f64 = 120.0;
 
 /// The colour of an episode's bar.
 pub fn end_colour(end: EpisodeEnd) -> &'static str {
@@ -175,7 +197,14 @@ pub fn render(input: &Input<'_>) -> String {
     let timeline_h = rows as f64 * ROW_H;
     let axis_y = TOP + timeline_h;
     let hist_top = axis_y + 80.0;
-    let height = hist_top + HIST_H + 60.0;
+    // A day or two of history needs no tall histogram.
+    let hist_h = if input.by_day.len() <= 2 {
+        HIST_H / 2.0
+    } else {
+        HIST_H
+    };
+    let panel_top = hist_top + hist_h + 80.0;
+    let height = panel_top + PANEL_H + 50.0;
 
     let mut o = String::new();
     let n_eps = input.episodes.len();
@@ -190,7 +219,7 @@ pub fn render(input: &Input<'_>) -> String {
     );
     let _ = writeln!(
         o,
-        r#"<desc id="cw-desc">Timeline per instance from {} to {} (UTC{}): latch episodes coloured by how they ended, model throttles, restarts as ticks; below, 401 windows per day.</desc>"#,
+        r#"<desc id="cw-desc">Timeline per instance from {} to {} (UTC{}): latch episodes coloured by how they ended, model throttles, restarts as ticks; below, 401 windows per day, how long windows last, and idle-wake against mid-use windows with their morning share.</desc>"#,
         local_time(t0, off).civil(),
         local_time(t1, off).civil(),
         offset_text(off)
@@ -364,7 +393,7 @@ pub fn render(input: &Input<'_>) -> String {
     #[expect(clippy::cast_precision_loss, reason = "few days")]
     let slot = plot_w / days as f64;
     let bar_w = (slot * 0.7).clamp(4.0, 60.0);
-    let base = hist_top + HIST_H;
+    let base = hist_top + hist_h;
     let _ = writeln!(
         o,
         r##"<line x1="{LABEL_W}" y1="{base:.1}" x2="{:.1}" y2="{base:.1}" stroke="#424242"/>"##,
@@ -380,7 +409,7 @@ pub fn render(input: &Input<'_>) -> String {
     let label_every = days.div_ceil(12);
     for (i, (day, n)) in input.by_day.iter().enumerate() {
         #[expect(clippy::cast_precision_loss, reason = "small counts")]
-        let h = (*n as f64 / max as f64) * (HIST_H - 10.0);
+        let h = (*n as f64 / max as f64) * (hist_h - 10.0);
         #[expect(clippy::cast_precision_loss, reason = "few days")]
         let bx = LABEL_W + slot * i as f64 + (slot - bar_w) / 2.0;
         let _ = writeln!(
@@ -399,8 +428,115 @@ pub fn render(input: &Input<'_>) -> String {
         }
     }
     let _ = writeln!(o, "</g>");
+    panels(&mut o, input, panel_top, plot_w);
     let _ = writeln!(o, "</svg>");
     o
+}
+
+/// The lower panels: how long windows last (closed ones, by duration class), and idle-wake
+/// against mid-use windows with the morning's share of each.
+fn panels(o: &mut String, input: &Input<'_>, top: f64, plot_w: f64) {
+    let base = top + PANEL_H;
+    // Durations.
+    let mut counts = [0usize; DURATION_CLASSES.len()];
+    for e in input.episodes.iter().filter(|e| e.is_closed()) {
+        let d = e.duration_ms();
+        let class = DURATION_CLASSES
+            .iter()
+            .position(|(upper, _)| d < *upper)
+            .unwrap_or(DURATION_CLASSES.len() - 1);
+        counts[class] += 1;
+    }
+    let width = plot_w * 0.6;
+    let _ = writeln!(o, r#"<g id="durations">"#);
+    let _ = writeln!(
+        o,
+        r#"<text x="20" y="{:.1}" font-size="15" font-weight="bold">How long windows last (closed)</text>"#,
+        top - 14.0
+    );
+    let _ = writeln!(
+        o,
+        r##"<line x1="{LABEL_W}" y1="{base:.1}" x2="{:.1}" y2="{base:.1}" stroke="#424242"/>"##,
+        LABEL_W + width
+    );
+    let max = counts.iter().copied().max().unwrap_or(0).max(1);
+    #[expect(clippy::cast_precision_loss, reason = "eight classes")]
+    let slot = width / DURATION_CLASSES.len() as f64;
+    for (i, ((_, label), n)) in DURATION_CLASSES.iter().zip(counts).enumerate() {
+        let label = esc(label);
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        let h = (n as f64 / max as f64) * (PANEL_H - 20.0);
+        #[expect(clippy::cast_precision_loss, reason = "eight classes")]
+        let bx = LABEL_W + slot * i as f64 + slot * 0.15;
+        let bw = slot * 0.7;
+        let _ = writeln!(
+            o,
+            r#"<rect class="duration" x="{bx:.1}" y="{:.1}" width="{bw:.1}" height="{h:.1}" fill="{HISTOGRAM}"><title>{label}: {n} window(s)</title></rect>"#,
+            base - h
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{n}</text><text x="{:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
+            bx + bw / 2.0,
+            base - h - 4.0,
+            bx + bw / 2.0,
+            base + 16.0
+        );
+    }
+    let _ = writeln!(o, "</g>");
+
+    // Idle-wake against mid-use, each with its morning share.
+    let left = LABEL_W + plot_w * 0.68;
+    let width = plot_w * 0.32;
+    let _ = writeln!(o, r#"<g id="idle">"#);
+    let _ = writeln!(
+        o,
+        r#"<text x="{left:.1}" y="{:.1}" font-size="15" font-weight="bold">Idle-wake or mid-use</text>"#,
+        top - 14.0
+    );
+    let _ = writeln!(
+        o,
+        r##"<line x1="{left:.1}" y1="{base:.1}" x2="{:.1}" y2="{base:.1}" stroke="#424242"/>"##,
+        left + width
+    );
+    let groups = [
+        ("idle-wake", "idle over 1 h before", input.idle_wake),
+        ("mid-use", "idle up to 1 h before", input.mid_use),
+    ];
+    let max = groups.iter().map(|g| g.2.0).max().unwrap_or(0).max(1);
+    let slot = width / 2.0;
+    for (i, (name, what, (n, morning))) in groups.into_iter().enumerate() {
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        let (h, hm) = (
+            (n as f64 / max as f64) * (PANEL_H - 20.0),
+            (morning as f64 / max as f64) * (PANEL_H - 20.0),
+        );
+        #[expect(clippy::cast_precision_loss, reason = "two groups")]
+        let bx = left + slot * i as f64 + slot * 0.2;
+        let bw = slot * 0.6;
+        let share = (morning * 100)
+            .checked_div(n)
+            .map_or_else(|| "-".to_owned(), |p| format!("{p}%"));
+        let _ = writeln!(
+            o,
+            r#"<rect class="split" x="{bx:.1}" y="{:.1}" width="{bw:.1}" height="{h:.1}" fill="{HISTOGRAM}"><title>{name} ({what}): {n} window(s), {morning} of them in the morning (05:00-12:00 local, {share})</title></rect>"#,
+            base - h
+        );
+        let _ = writeln!(
+            o,
+            r#"<rect class="morning" x="{bx:.1}" y="{:.1}" width="{bw:.1}" height="{hm:.1}" fill="{STILL_OPEN}"><title>{name}: {morning} window(s) in the morning ({share})</title></rect>"#,
+            base - hm
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{n} ({share} morning)</text><text x="{:.1}" y="{:.1}" text-anchor="middle">{name}</text>"#,
+            bx + bw / 2.0,
+            base - h - 4.0,
+            bx + bw / 2.0,
+            base + 16.0
+        );
+    }
+    let _ = writeln!(o, "</g>");
 }
 
 #[cfg(test)]
@@ -484,6 +620,8 @@ mod tests {
             restarts: &rs,
             by_day: &by_day,
             utc_offset_s: -5 * 3600,
+            idle_wake: (1, 1),
+            mid_use: (2, 0),
         };
         let svg = render(&input);
         assert_eq!(svg, render(&input), "deterministic");
@@ -505,9 +643,25 @@ mod tests {
         }
         assert!(svg.contains("a&lt;&amp;&gt;"), "names are escaped");
         assert!(!svg.contains("a<&>"));
+        // How long windows last: one bar per class, the three closed windows in theirs.
+        assert_eq!(
+            svg.matches("class=\"duration\"").count(),
+            DURATION_CLASSES.len()
+        );
+        for title in [
+            "<title>10-30 s: 1 window(s)</title>",
+            "<title>30 s-2 m: 1 window(s)</title>",
+            "<title>10-30 m: 1 window(s)</title>",
+            "<title>&lt; 10 s: 0 window(s)</title>",
+        ] {
+            assert!(svg.contains(title), "{title}");
+        }
+        // Idle-wake against mid-use, with the morning's share.
+        assert!(svg.contains("idle-wake (idle over 1 h before): 1 window(s), 1 of them in the morning (05:00-12:00 local, 100%)"));
+        assert!(svg.contains("mid-use (idle up to 1 h before): 2 window(s), 0 of them in the morning (05:00-12:00 local, 0%)"));
         // Every mark has a title; every opened element is closed.
-        assert_eq!(svg.matches("<rect class=").count(), 6);
-        assert!(svg.matches("<title>").count() >= 6 + 6);
+        assert_eq!(svg.matches("<rect class=").count(), 6 + 8 + 4);
+        assert!(svg.matches("<title>").count() >= 18 + 6);
         assert_eq!(svg.matches("<g ").count(), svg.matches("</g>").count());
         assert_eq!(
             svg.matches("<title").count(),
@@ -525,6 +679,8 @@ mod tests {
             restarts: &[],
             by_day: &by_day,
             utc_offset_s: 0,
+            idle_wake: (0, 0),
+            mid_use: (0, 0),
         });
         assert!(svg.contains("0 windows on 0 instances"));
         assert!(svg.trim_end().ends_with("</svg>"));

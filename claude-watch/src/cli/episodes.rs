@@ -304,6 +304,8 @@ pub fn report_text(args: &EpisodesArgs, now_ms: u64) -> anyhow::Result<String> {
             restarts: &restarts,
             by_day: &report.by_day,
             utc_offset_s: local_utc_offset_s(now_ms),
+            idle_wake: (report.idle_wake.episodes, report.idle_wake.morning),
+            mid_use: (report.mid_use.episodes, report.mid_use.morning),
         });
         std::fs::write(path, picture).with_context(|| format!("writing {}", path.display()))?;
     }
