@@ -210,7 +210,14 @@ pub fn run(mut args: EpisodesArgs) -> anyhow::Result<()> {
             .as_millis(),
     )
     .context("system clock out of range")?;
-    let (config, origin) = Config::find(args.config.as_deref())?;
+    // The configuration is read only when something comes from it: the journal (without
+    // --journal), or the import's thresholds.
+    let needs_config = args.journal.is_empty() || args.import.is_some() || args.config.is_some();
+    let (config, origin) = if needs_config {
+        Config::find(args.config.as_deref())?
+    } else {
+        (Config::default(), "--journal".to_owned())
+    };
     if args.journal.is_empty() {
         args.journal.push(config.daemon.journal.clone());
     }
@@ -224,7 +231,7 @@ pub fn run(mut args: EpisodesArgs) -> anyhow::Result<()> {
     for path in &args.journal {
         if !journal::exists(path) {
             anyhow::bail!(
-                "no journal at {} (the journal of {origin}): no daemon has run with this configuration, which creates it at start. Give the daemon's configuration (--config FILE) or its journal (--journal FILE)",
+                "no journal at {} (from {origin}): no daemon has run with this configuration, which creates it at start. Give the daemon's configuration (--config FILE) or its journal (--journal FILE)",
                 path.display()
             );
         }
