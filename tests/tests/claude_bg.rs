@@ -155,11 +155,17 @@ fn two_workers_one_latched_by_its_process_is_recovered_through_claude_respawn() 
         "the respawned worker's own 200 with the same session id"
     );
 
-    // b untouched: same process, no restart, healthy.
+    // b untouched: same process, no restart, and healthy once its own answer is seen (its
+    // first turn may have gone out before the daemon attached: `observed` until then).
     assert_eq!(fleet.pid_of(&b), Some(b_pid));
     assert!(daemon.actions_of(&name(&b), ActionKind::Restart).is_empty());
-    let bi = daemon.wait_for(&name(&b), WAIT, "b listed", |_| true);
+    fleet.send(&b, "and b?");
+    let bi = daemon.wait_for(&name(&b), WAIT, "b's own 200 seen", |i| {
+        i.last_status == Some(200)
+    });
     assert_eq!(bi.state, "healthy", "{bi:?}");
+    assert_eq!(bi.pids, [b_pid], "{bi:?}");
+    assert!(daemon.actions_of(&name(&b), ActionKind::Restart).is_empty());
 
     // Every API request came from a worker: the daemon, pty hosts and spares sent none.
     let workers = [a_pid, new_a, b_pid];
