@@ -66,6 +66,12 @@ const RETIRED_KEPT: usize = 64;
 /// counts toward the escalation.
 pub const RESTART_ELSEWHERE_GRACE: Duration = Duration::from_secs(60);
 
+/// Monotonic `mono` as wall ms since the epoch, given the offset (wall minus monotonic, ns)
+/// when one is known.
+fn wall_ms_at(offset_ns: Option<i128>, mono: MonoNs) -> Option<u64> {
+    offset_ns.map(|off| u64::try_from((i128::from(mono) + off).max(0) / 1_000_000).unwrap_or(0))
+}
+
 /// How many models an instance keeps per-model state for (throttles, latest accepted answer):
 /// the model is the observed process's to choose. Further models share the state of
 /// [`OTHER_MODEL`].
@@ -515,6 +521,18 @@ impl Inst {
         .with_401(pid, ex)
     }
 
+    /// A restart began (ours, or one by something else for `reason`): the episode counts it,
+    /// and only processes started from `now` on decide ([`State::Recovering`]).
+    fn begin_restart(&mut self, reason: Reason, now: MonoNs, out: &mut Vec<Event>) {
+        self.restart_ns = Some(now);
+        self.last_restart_ns = Some(now);
+        if let Some(w) = self.window.as_mut() {
+            w.restarts += 1;
+            out.push(Event::EpisodeUpdated((**w).clone()));
+        }
+        self.set_state(State::Recovering, reason, now, out);
+    }
+
     fn close(&mut self, end: EpisodeEnd, ended_ms: Option<u64>, out: &mut Vec<Event>) {
         if let Some(mut ep) = self.window.take() {
             ep.end = end;
@@ -637,8 +655,7 @@ impl Detector {
     }
 
     fn wall_ms(&self, now: MonoNs) -> Option<u64> {
-        self.wall_offset_ns
-            .map(|off| u64::try_from((i128::from(now) + off).max(0) / 1_000_000).unwrap_or(0))
+        wall_ms_at(self.wall_offset_ns, now)
     }
 
     fn inst(&mut self, id: &InstanceId) -> &mut Inst {
@@ -934,9 +951,7 @@ impl Detector {
                 // No process came back: the episode ends when its process exited.
                 inst.orphaned = None;
                 if inst.state == State::Latched && inst.pids.is_empty() {
-                    let wall =
-                        offset.and_then(|o| u64::try_from((i128::from(at) + o) / 1_000_000).ok());
-                    inst.close(EpisodeEnd::ProcessExited, wall, &mut out);
+                    inst.close(EpisodeEnd::ProcessExited, wall_ms_at(offset, at), &mut out);
                     inst.set_state(State::Healthy, Reason::ProcessExited { pid }, now, &mut out);
                 }
             }
@@ -988,13 +1003,7 @@ impl Detector {
             tracing::debug!(instance = %instance, state = ?inst.state, "restart without open episode ignored");
             return out;
         }
-        inst.restart_ns = Some(now);
-        inst.last_restart_ns = Some(now);
-        if let Some(w) = inst.window.as_mut() {
-            w.restarts += 1;
-            out.push(Event::EpisodeUpdated((**w).clone()));
-        }
-        inst.set_state(State::Recovering, Reason::RestartStarted, now, &mut out);
+        inst.begin_restart(Reason::RestartStarted, now, &mut out);
         out
     }
 
@@ -1034,18 +1043,7 @@ impl Detector {
             // Restarted by something else (another watchdog, `claude respawn`, an operator):
             // the episode goes on, this restart counts, and the new process's own answer
             // decides, as after a restart of ours.
-            inst.restart_ns = Some(now);
-            inst.last_restart_ns = Some(now);
-            if let Some(w) = inst.window.as_mut() {
-                w.restarts += 1;
-                out.push(Event::EpisodeUpdated((**w).clone()));
-            }
-            inst.set_state(
-                State::Recovering,
-                Reason::RestartedElsewhere { old_pid, pid },
-                now,
-                &mut out,
-            );
+            inst.begin_restart(Reason::RestartedElsewhere { old_pid, pid }, now, &mut out);
         }
         out
     }
@@ -1061,32 +1059,25 @@ impl Detector {
         pid: u32,
         now: MonoNs,
     ) -> Vec<Event> {
-        let inst = self.inst(instance);
-        let last = inst.pids.keys().all(|p| p == pid);
-        if last && inst.state == State::Latched && inst.pids.get(pid).is_some() {
-            if let Some(p) = inst.pids.remove(pid) {
-                for s in p.sessions {
-                    push_bounded(&mut inst.retired_sessions, s);
-                }
-            }
-            push_bounded(&mut inst.exited, pid);
-            inst.orphaned = Some((now, pid));
-            return Vec::new();
-        }
-        self.process_exited(instance, pid, now)
+        self.exited(instance, pid, now, true)
     }
 
     /// A process of `instance` exited. When it was the last one: a suspect window is dropped and
     /// a latched episode closes as [`EpisodeEnd::ProcessExited`]; recovering and escalated
     /// instances keep their state (a restart is expected to replace the process).
     pub fn process_exited(&mut self, instance: &InstanceId, pid: u32, now: MonoNs) -> Vec<Event> {
+        self.exited(instance, pid, now, false)
+    }
+
+    /// [`Self::process_exited`], or with `live` [`Self::process_exited_live`].
+    fn exited(&mut self, instance: &InstanceId, pid: u32, now: MonoNs, live: bool) -> Vec<Event> {
         let mut out = Vec::new();
         let wall = self.wall_ms(now);
         let inst = self.inst(instance);
-        if let Some(p) = inst.pids.remove(pid) {
-            for s in p.sessions {
-                push_bounded(&mut inst.retired_sessions, s);
-            }
+        let removed = inst.pids.remove(pid);
+        let known = removed.is_some();
+        for s in removed.into_iter().flat_map(|p| p.sessions) {
+            push_bounded(&mut inst.retired_sessions, s);
         }
         push_bounded(&mut inst.exited, pid);
         if !inst.pids.is_empty() {
@@ -1097,6 +1088,9 @@ impl Detector {
                 inst.window = None;
                 inst.set_state(State::Healthy, Reason::ProcessExited { pid }, now, &mut out);
             }
+            // Its own last process, seen exiting on its own: a restart by something else may
+            // follow ([`Self::tick`] closes the episode if none does).
+            State::Latched if live && known => inst.orphaned = Some((now, pid)),
             State::Latched => {
                 inst.close(EpisodeEnd::ProcessExited, wall, &mut out);
                 inst.set_state(State::Healthy, Reason::ProcessExited { pid }, now, &mut out);
