@@ -690,10 +690,7 @@ pub fn render(r: &Report) -> String {
             l.count_401,
             l.restarts,
             opt_ms(l.idle_before_ms),
-            serde_json::to_value(l.end)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
+            l.end.as_str()
         );
         if !l.request_ids.is_empty() {
             let _ = writeln!(o, "    {}", l.request_ids.join(" "));

@@ -310,10 +310,7 @@ pub fn render(input: &Input<'_>) -> String {
             let _ = writeln!(
                 o,
                 r#"<rect class="episode" data-end="{}" x="{a:.1}" y="{:.1}" width="{w:.1}" height="14" fill="{}"><title>{}: 401 window from {} for {}, {} × 401, {} restart(s), {}{}</title></rect>"#,
-                serde_json::to_value(e.end)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                e.end.as_str(),
                 y + 4.0,
                 end_colour(e.end),
                 esc(name),

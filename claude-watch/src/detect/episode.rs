@@ -27,15 +27,23 @@ pub enum EpisodeEnd {
     Escalated,
 }
 
-impl std::fmt::Display for EpisodeEnd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl EpisodeEnd {
+    /// Its name in the journal, reports and logs (as serde writes it).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::StillOpen => "still_open",
             Self::SelfRecovered => "self_recovered",
             Self::RecoveredAfterRestart => "recovered_after_restart",
             Self::ProcessExited => "process_exited",
             Self::Escalated => "escalated",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for EpisodeEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

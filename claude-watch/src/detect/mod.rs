@@ -176,15 +176,23 @@ pub enum Reason {
     Forgotten,
 }
 
-impl std::fmt::Display for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl State {
+    /// The state's name in logs, status and metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::Healthy => "healthy",
             Self::Suspect => "suspect",
             Self::Latched => "latched",
             Self::Recovering => "recovering",
             Self::Escalated => "escalated",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

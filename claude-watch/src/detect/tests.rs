@@ -636,3 +636,19 @@ fn a_process_with_many_sessions_keeps_a_bounded_set() {
     assert!(r.d.forget(&a()));
     assert_eq!(r.d.instance_count(), 0);
 }
+
+#[test]
+fn an_episode_end_s_name_is_the_journal_s() {
+    for end in [
+        EpisodeEnd::StillOpen,
+        EpisodeEnd::SelfRecovered,
+        EpisodeEnd::RecoveredAfterRestart,
+        EpisodeEnd::ProcessExited,
+        EpisodeEnd::Escalated,
+    ] {
+        assert_eq!(
+            serde_json::to_value(end).expect("serializes"),
+            serde_json::Value::from(end.as_str())
+        );
+    }
+}

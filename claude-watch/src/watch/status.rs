@@ -126,7 +126,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
                 unit: s.instance.unit_name().map(str::to_owned),
                 ..InstanceView::default()
             });
-        view.state = state_name(s.state).to_owned();
+        view.state = s.state.as_str().to_owned();
         if s.state == State::Healthy && !watch.last_seen.contains_key(&s.instance) {
             // No answer of its own was ever seen: nothing says it is healthy.
             view.state = "observed".into();
@@ -198,7 +198,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         }
         if let Some(Placement::ClaudeBg(bg)) = watch.placements.get(id) {
             let cwd = bg.cwd.as_ref().map(|c| c.display().to_string());
-            if view.state == state_name(State::Escalated) {
+            if view.state == State::Escalated.as_str() {
                 view.advice = Some(bg_escalation_advice(&bg.short_id, cwd.as_deref()));
             }
             view.background = Some(BackgroundView {
@@ -236,7 +236,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         {
             // A notice was given and restarts go on: escalated until a confirmed recovery,
             // whatever the restart in between (an alert on the state must not flap).
-            view.state = state_name(State::Escalated).to_owned();
+            view.state = State::Escalated.as_str().to_owned();
         }
         if recovery.in_incident {
             view.incident = incident.as_ref().map(|i| i.id.clone());
@@ -256,18 +256,6 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         incident,
         fleet,
         last_rejected_ms: watch.last_rejected_ms,
-    }
-}
-
-/// The name a state has in status and metrics.
-#[must_use]
-pub fn state_name(state: State) -> &'static str {
-    match state {
-        State::Healthy => "healthy",
-        State::Suspect => "suspect",
-        State::Latched => "latched",
-        State::Recovering => "recovering",
-        State::Escalated => "escalated",
     }
 }
 
