@@ -380,21 +380,19 @@ pub fn render(input: &Input<'_>) -> String {
 
     // Histogram of windows per day.
     let _ = writeln!(o, r#"<g id="histogram">"#);
-    let _ = writeln!(
-        o,
-        r#"<text x="20" y="{:.1}" font-size="15" font-weight="bold">401 windows per day</text>"#,
-        hist_top - 14.0
-    );
     let max = input.by_day.values().copied().max().unwrap_or(0).max(1);
     let days = input.by_day.len().max(1);
     #[expect(clippy::cast_precision_loss, reason = "few days")]
     let slot = plot_w / days as f64;
     let bar_w = (slot * 0.7).clamp(4.0, 60.0);
     let base = hist_top + hist_h;
-    let _ = writeln!(
-        o,
-        r##"<line x1="{LABEL_W}" y1="{base:.1}" x2="{:.1}" y2="{base:.1}" stroke="#424242"/>"##,
-        LABEL_W + plot_w
+    panel_head(
+        &mut o,
+        "401 windows per day",
+        20.0,
+        hist_top,
+        (LABEL_W, LABEL_W + plot_w),
+        base,
     );
     let _ = writeln!(
         o,
@@ -446,15 +444,13 @@ fn panels(o: &mut String, input: &Input<'_>, top: f64, plot_w: f64) {
     }
     let width = plot_w * 0.6;
     let _ = writeln!(o, r#"<g id="durations">"#);
-    let _ = writeln!(
+    panel_head(
         o,
-        r#"<text x="20" y="{:.1}" font-size="15" font-weight="bold">How long windows last (closed)</text>"#,
-        top - 14.0
-    );
-    let _ = writeln!(
-        o,
-        r##"<line x1="{LABEL_W}" y1="{base:.1}" x2="{:.1}" y2="{base:.1}" stroke="#424242"/>"##,
-        LABEL_W + width
+        "How long windows last (closed)",
+        20.0,
+        top,
+        (LABEL_W, LABEL_W + width),
+        base,
     );
     let max = counts.iter().copied().max().unwrap_or(0).max(1);
     #[expect(clippy::cast_precision_loss, reason = "eight classes")]
@@ -471,14 +467,7 @@ fn panels(o: &mut String, input: &Input<'_>, top: f64, plot_w: f64) {
             r#"<rect class="duration" x="{bx:.1}" y="{:.1}" width="{bw:.1}" height="{h:.1}" fill="{HISTOGRAM}"><title>{label}: {n} window(s)</title></rect>"#,
             base - h
         );
-        let _ = writeln!(
-            o,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{n}</text><text x="{:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
-            bx + bw / 2.0,
-            base - h - 4.0,
-            bx + bw / 2.0,
-            base + 16.0
-        );
+        bar_texts(o, bx + bw / 2.0, base - h, base, &n.to_string(), &label);
     }
     let _ = writeln!(o, "</g>");
 
@@ -486,15 +475,13 @@ fn panels(o: &mut String, input: &Input<'_>, top: f64, plot_w: f64) {
     let left = LABEL_W + plot_w * 0.68;
     let width = plot_w * 0.32;
     let _ = writeln!(o, r#"<g id="idle">"#);
-    let _ = writeln!(
+    panel_head(
         o,
-        r#"<text x="{left:.1}" y="{:.1}" font-size="15" font-weight="bold">Idle-wake or mid-use</text>"#,
-        top - 14.0
-    );
-    let _ = writeln!(
-        o,
-        r##"<line x1="{left:.1}" y1="{base:.1}" x2="{:.1}" y2="{base:.1}" stroke="#424242"/>"##,
-        left + width
+        "Idle-wake or mid-use",
+        left,
+        top,
+        (left, left + width),
+        base,
     );
     let groups = [
         ("idle-wake", "idle over 1 h before", input.idle_wake),
@@ -524,16 +511,39 @@ fn panels(o: &mut String, input: &Input<'_>, top: f64, plot_w: f64) {
             r#"<rect class="morning" x="{bx:.1}" y="{:.1}" width="{bw:.1}" height="{hm:.1}" fill="{STILL_OPEN}"><title>{name}: {morning} window(s) in the morning ({share})</title></rect>"#,
             base - hm
         );
-        let _ = writeln!(
+        bar_texts(
             o,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{n} ({share} morning)</text><text x="{:.1}" y="{:.1}" text-anchor="middle">{name}</text>"#,
             bx + bw / 2.0,
-            base - h - 4.0,
-            bx + bw / 2.0,
-            base + 16.0
+            base - h,
+            base,
+            &format!("{n} ({share} morning)"),
+            name,
         );
     }
     let _ = writeln!(o, "</g>");
+}
+
+/// A panel's bold title at `title_x` above `top`, and its baseline from `x.0` to `x.1` at
+/// `base`.
+fn panel_head(o: &mut String, title: &str, title_x: f64, top: f64, x: (f64, f64), base: f64) {
+    let _ = writeln!(
+        o,
+        r##"<text x="{title_x:.1}" y="{:.1}" font-size="15" font-weight="bold">{title}</text><line x1="{:.1}" y1="{base:.1}" x2="{:.1}" y2="{base:.1}" stroke="#424242"/>"##,
+        top - 14.0,
+        x.0,
+        x.1
+    );
+}
+
+/// A bar's value above its top and its label under the baseline, centred on `cx` (both
+/// already escaped).
+fn bar_texts(o: &mut String, cx: f64, bar_top: f64, base: f64, value: &str, label: &str) {
+    let _ = writeln!(
+        o,
+        r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle">{value}</text><text x="{cx:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
+        bar_top - 4.0,
+        base + 16.0
+    );
 }
 
 #[cfg(test)]
