@@ -299,27 +299,13 @@ pub fn agent_unit(
     let script = agent_script(dir, config.as_claude);
     let home = dir.join("home");
     std::fs::create_dir_all(&home).expect("create the unit's HOME");
-    let mut env: Vec<(String, String)> = vec![
-        ("HOME".into(), home.display().to_string()),
-        ("ANTHROPIC_BASE_URL".into(), standin.base_url()),
-        ("ANTHROPIC_API_KEY".into(), config.api_key.clone()),
-        ("NODE_TLS_REJECT_UNAUTHORIZED".into(), "0".into()),
-        (
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".into(),
-            "1".into(),
-        ),
-        ("DISABLE_AUTOUPDATER".into(), "1".into()),
-        ("DISABLE_TELEMETRY".into(), "1".into()),
-    ];
+    let mut env = unit_env(standin, &home, &config.api_key);
     env.extend(
         agent_env(config)
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v)),
     );
-    let environment: String = env
-        .iter()
-        .map(|(k, v)| format!("Environment=\"{k}={v}\"\n"))
-        .collect();
+    let environment = environment_lines(&env);
     format!(
         "[Unit]\nDescription=claude-watch test agent\n[Service]\nExecStart={} {}\nRestart=always\nRestartSec=200ms\nWorkingDirectory={}\n{environment}",
         program.display(),
@@ -348,24 +334,36 @@ pub fn claude_code_unit(
         ),
     )
     .expect("write feed.sh");
-    let env = [
-        ("HOME", home.display().to_string()),
-        ("ANTHROPIC_BASE_URL", standin.base_url()),
-        ("ANTHROPIC_API_KEY", FAKE_API_KEY.to_owned()),
-        ("NODE_TLS_REJECT_UNAUTHORIZED", "0".to_owned()),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
-        ("DISABLE_AUTOUPDATER", "1".to_owned()),
-        ("DISABLE_TELEMETRY", "1".to_owned()),
-    ];
-    let environment: String = env
-        .iter()
-        .map(|(k, v)| format!("Environment=\"{k}={v}\"\n"))
-        .collect();
+    let environment = environment_lines(&unit_env(standin, home, FAKE_API_KEY));
     format!(
         "[Service]\nExecStart=/bin/sh {}\nRestart=always\nWorkingDirectory={}\n{environment}",
         feed.display(),
         home.display()
     )
+}
+
+/// The environment of an agent in a unit: loopback-only API, no telemetry, self-signed TLS
+/// accepted (as [`base_env`], with the unit's `PATH`).
+fn unit_env(standin: &StandIn, home: &std::path::Path, api_key: &str) -> Vec<(String, String)> {
+    [
+        ("HOME", home.display().to_string()),
+        ("ANTHROPIC_BASE_URL", standin.base_url()),
+        ("ANTHROPIC_API_KEY", api_key.to_owned()),
+        ("NODE_TLS_REJECT_UNAUTHORIZED", "0".to_owned()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_owned()),
+        ("DISABLE_AUTOUPDATER", "1".to_owned()),
+        ("DISABLE_TELEMETRY", "1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// `Environment="K=V"` lines of a unit file.
+fn environment_lines(env: &[(String, String)]) -> String {
+    env.iter()
+        .map(|(k, v)| format!("Environment=\"{k}={v}\"\n"))
+        .collect()
 }
 
 /// Starts a light agent (taken for Claude Code, Node) as user unit `unit` of `user`'s
