@@ -79,6 +79,23 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// More than one thing is wrong: how many, then every one of them in file order, a line
+    /// each, as [`ConfigError::Invalid`] shows it alone.
+    #[error("{} problems:\n{}", errors.len(), errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several {
+        /// Each error (never fewer than two).
+        errors: Vec<ConfigError>,
+    },
+}
+
+impl ConfigError {
+    /// One error for `errors` (at least one): itself when alone, else [`ConfigError::Several`].
+    fn of(mut errors: Vec<Self>) -> Self {
+        if errors.len() == 1 {
+            return errors.remove(0);
+        }
+        Self::Several { errors }
+    }
 }
 
 /// The whole configuration.
@@ -518,14 +535,46 @@ impl Config {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Parses and checks TOML `text`; `origin` names it in errors.
+    /// Parses and checks TOML `text`; `origin` names it in errors. Every error of the file is
+    /// reported at once: each syntax error; else each key whose value is wrong, one key at a
+    /// time; else each cross-field check that fails.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let message = e.message().trim_end().to_owned();
-            invalid(text, origin, e.span().unwrap_or(0..0), &message)
-        })?;
-        config.check(text, origin)?;
-        Ok(config)
+        let (root, syntax) = toml::de::DeTable::parse_recoverable(text);
+        let at = |e: &toml::de::Error| {
+            invalid(
+                text,
+                origin,
+                e.span().unwrap_or(0..0),
+                e.message().trim_end(),
+            )
+        };
+        if !syntax.is_empty() {
+            return Err(ConfigError::of(syntax.iter().map(at).collect()));
+        }
+        let read = |doc| Self::deserialize(toml::de::Deserializer::from(doc));
+        let (mut errors, config) = match read(root.clone()) {
+            Ok(config) => (Vec::new(), config),
+            Err(whole) => {
+                let (refused, rest) = sift(&root, |one| read(one).err());
+                let mut errors: Vec<ConfigError> = refused.iter().map(at).collect();
+                if errors.is_empty() {
+                    errors.push(at(&whole));
+                }
+                match read(rest) {
+                    Ok(config) => (errors, config),
+                    Err(_) => return Err(ConfigError::of(errors)),
+                }
+            }
+        };
+        errors.extend(config.check(text, origin));
+        if errors.is_empty() {
+            return Ok(config);
+        }
+        errors.sort_by_key(|e| match e {
+            ConfigError::Invalid { line, column, .. } => (*line, *column),
+            _ => (0, 0),
+        });
+        Err(ConfigError::of(errors))
     }
 
     /// The match rules, in file order.
@@ -553,16 +602,22 @@ impl Config {
     }
 
     /// Cross-field checks the types cannot express.
-    fn check(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+    fn check(&self, text: &str, origin: &str) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
         let f = &self.fleet;
         for url in &f.alertmanager {
-            check_alertmanager_url(url).map_err(|m| {
-                invalid(text, origin, value_span(text, "fleet", "alertmanager"), &m)
-            })?;
+            if let Err(m) = check_alertmanager_url(url) {
+                errors.push(invalid(
+                    text,
+                    origin,
+                    value_span(text, "fleet", "alertmanager"),
+                    &m,
+                ));
+            }
         }
         if f.enabled() && f.matchers.is_empty() {
             let span = value_span(text, "fleet", "matchers");
-            return Err(invalid(
+            errors.push(invalid(
                 text,
                 origin,
                 span,
@@ -571,7 +626,7 @@ impl Config {
         }
         if f.poll_every < Duration::from_secs(1) || f.stale_after < f.poll_every * 2 {
             let span = value_span(text, "fleet", "stale_after");
-            return Err(invalid(
+            errors.push(invalid(
                 text,
                 origin,
                 span,
@@ -585,7 +640,7 @@ impl Config {
                 || scope.contains(".."))
         {
             let span = value_span(text, "daemon", "scope");
-            return Err(invalid(
+            errors.push(invalid(
                 text,
                 origin,
                 span,
@@ -594,7 +649,7 @@ impl Config {
         }
         let r = &self.recovery;
         if *r.backoff_max.get_ref() < r.backoff_initial {
-            return Err(invalid(
+            errors.push(invalid(
                 text,
                 origin,
                 r.backoff_max.span(),
@@ -603,7 +658,7 @@ impl Config {
         }
         if !self.daemon.ring_mib.is_power_of_two() || self.daemon.ring_mib > 1024 {
             let span = value_span(text, "daemon", "ring_mib");
-            return Err(invalid(
+            errors.push(invalid(
                 text,
                 origin,
                 span,
@@ -612,7 +667,7 @@ impl Config {
         }
         if self.daemon.max_attachments_per_user == Some(0) {
             let span = value_span(text, "daemon", "max_attachments_per_user");
-            return Err(invalid(
+            errors.push(invalid(
                 text,
                 origin,
                 span,
@@ -621,7 +676,7 @@ impl Config {
         }
         if self.daemon.max_attachments == 0 {
             let span = value_span(text, "daemon", "max_attachments");
-            return Err(invalid(
+            errors.push(invalid(
                 text,
                 origin,
                 span,
@@ -629,13 +684,13 @@ impl Config {
             ));
         }
         if let Some(hook) = &r.escalation_hook {
-            check_argv(hook, text, origin)?;
+            errors.extend(check_argv(hook, text, origin).err());
         }
         let mut seen: Vec<&str> = Vec::new();
         for instance in &self.instances {
             let name = instance.name.get_ref();
             if name.is_empty() || name.starts_with("pid:") || name.contains(char::is_whitespace) {
-                return Err(invalid(
+                errors.push(invalid(
                     text,
                     origin,
                     instance.name.span(),
@@ -643,7 +698,7 @@ impl Config {
                 ));
             }
             if seen.contains(&name.as_str()) {
-                return Err(invalid(
+                errors.push(invalid(
                     text,
                     origin,
                     instance.name.span(),
@@ -658,7 +713,7 @@ impl Config {
                 && m.cwd.is_none()
                 && m.uid.is_none()
             {
-                return Err(invalid(
+                errors.push(invalid(
                     text,
                     origin,
                     instance.name.span(),
@@ -668,8 +723,65 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        errors
     }
+}
+
+/// Reads the document one value at a time (each key of a table, each `[[instance]]`, each
+/// other top-level key, as a document of its own with its spans), so that every wrong value is
+/// reported, not only the first: the errors of the values `read` refuses, and the document
+/// without them (for the cross-field checks).
+fn sift<'i>(
+    root: &Spanned<toml::de::DeTable<'i>>,
+    read: impl Fn(Spanned<toml::de::DeTable<'i>>) -> Option<toml::de::Error>,
+) -> (Vec<toml::de::Error>, Spanned<toml::de::DeTable<'i>>) {
+    use toml::de::{DeArray, DeTable, DeValue};
+    let mut errors = Vec::new();
+    let mut kept = DeTable::new();
+    let mut try_one = |key: &Spanned<toml::de::DeString<'i>>, value: Spanned<DeValue<'i>>| {
+        let mut t = DeTable::new();
+        t.insert(key.clone(), value);
+        match read(Spanned::new(root.span(), t)) {
+            Some(e) => {
+                errors.push(e);
+                false
+            }
+            None => true,
+        }
+    };
+    for (key, value) in root.get_ref() {
+        let span = value.span();
+        match value.get_ref() {
+            DeValue::Table(table) if !table.is_empty() => {
+                let mut good = DeTable::new();
+                for (k, v) in table {
+                    let mut one = DeTable::new();
+                    one.insert(k.clone(), v.clone());
+                    if try_one(key, Spanned::new(span.clone(), DeValue::Table(one))) {
+                        good.insert(k.clone(), v.clone());
+                    }
+                }
+                kept.insert(key.clone(), Spanned::new(span, DeValue::Table(good)));
+            }
+            DeValue::Array(items) if !items.is_empty() => {
+                let mut good = DeArray::new();
+                for item in items.iter() {
+                    let mut one = DeArray::new();
+                    one.push(item.clone());
+                    if try_one(key, Spanned::new(span.clone(), DeValue::Array(one))) {
+                        good.push(item.clone());
+                    }
+                }
+                kept.insert(key.clone(), Spanned::new(span, DeValue::Array(good)));
+            }
+            _ => {
+                if try_one(key, value.clone()) {
+                    kept.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+    (errors, Spanned::new(root.span(), kept))
 }
 
 /// An argv template checked where it is written.
@@ -924,6 +1036,51 @@ mod tests {
         Config::parse(text, "test.toml")
             .expect_err("should be rejected")
             .to_string()
+    }
+
+    /// Every problem of a file at once, in file order: wrong values of several sections, an
+    /// unknown key, a bad `[[instance]]` among good ones, and the cross-field checks on the
+    /// values that were read.
+    #[test]
+    fn every_error_of_a_file_is_reported_at_once() {
+        let text = "[daemon]\nring_mib = 3\nmetrics_listen = \"localhost:9464\"\njournl = \"/x\"\n\n\
+                    [recovery]\nbackoff_initial = \"5 minutes\"\nsupervisor = \"systemdd\"\n\n\
+                    [[instance]]\nname = \"a b\"\nmatch = { uid = 1000 }\n\n\
+                    [[instance]]\nname = \"ok\"\nmatch = { uid = \"root\" }\n";
+        let e = err(text);
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines[0], "7 problems:", "{e}");
+        let at: Vec<&str> = lines[1..]
+            .iter()
+            .map(|l| l.split(": ").nth(1).unwrap_or(""))
+            .collect();
+        assert_eq!(
+            at,
+            [
+                "daemon.ring_mib",
+                "daemon.metrics_listen",
+                "daemon.journl",
+                "recovery.backoff_initial",
+                "recovery.supervisor",
+                "instance.name",
+                "instance.match",
+            ],
+            "{e}"
+        );
+        assert!(lines[1].starts_with("test.toml:2:12: "), "{e}");
+        assert!(lines[7].starts_with("test.toml:16:17: "), "{e}");
+        // Syntax errors: every one too, and nothing else.
+        let e = err("[daemon\nring_mib = = 4\n");
+        assert!(
+            e.starts_with("3 problems:\ntest.toml:1:8: unclosed table, expected `]`\n"),
+            "{e}"
+        );
+        // One problem reads as before: the line alone.
+        let e = err("[daemon]\nring_mib = 3\n");
+        assert_eq!(
+            e,
+            "test.toml:2:12: daemon.ring_mib: must be a power of two from 1 to 1024"
+        );
     }
 
     #[test]

@@ -153,6 +153,147 @@ fn f(v: u64) -> f64 {
     v as f64
 }
 
+/// Histories longer than this are drawn folded by day (a row per local day, a lane per
+/// instance in it, time of day across): two weeks unfolded would give a window of seconds a
+/// hundredth of a pixel, and an instance's windows of one day would touch.
+const FOLD_AFTER_MS: u64 = 2 * DAY_MS;
+const DAY_MS: u64 = 86_400_000;
+/// Space between two day rows of the folded timeline.
+const DAY_GAP: f64 = 6.0;
+/// Narrowest mark of the folded timeline.
+const MIN_FOLDED_W: f64 = 3.0;
+
+/// The timeline's layout: linear (a row per instance, time across) or folded by day.
+enum Layout {
+    Linear {
+        /// Plotted range (ms), margins included.
+        t0: u64,
+        t1: u64,
+    },
+    Folded {
+        /// First and last local day (days since the epoch, local time).
+        d0: i64,
+        d1: i64,
+        /// Height of an instance's lane in a day row.
+        lane_h: f64,
+        /// Height of a day row.
+        day_h: f64,
+    },
+}
+
+impl Layout {
+    fn new(data: (u64, u64), instances: usize, off: i64) -> Self {
+        let (t0, t1) = data;
+        if t1 - t0 > FOLD_AFTER_MS {
+            #[expect(clippy::cast_precision_loss, reason = "few instances")]
+            let lane_h = (72.0 / instances.max(1) as f64).clamp(3.0, 12.0);
+            #[expect(clippy::cast_precision_loss, reason = "few instances")]
+            let day_h = (lane_h * instances.max(1) as f64).max(18.0);
+            return Self::Folded {
+                d0: local_day(t0, off),
+                d1: local_day(t1, off),
+                lane_h,
+                day_h,
+            };
+        }
+        // A margin of 3 % each side, at least a minute of range.
+        let span = (t1 - t0).max(60_000);
+        let pad = span / 33;
+        Self::Linear {
+            t0: t0.saturating_sub(pad),
+            t1: t0 + span + pad,
+        }
+    }
+
+    /// From the timeline's top to the last line of its axis labels.
+    fn height(&self, instances: usize) -> f64 {
+        match self {
+            #[expect(clippy::cast_precision_loss, reason = "few rows")]
+            Self::Linear { .. } => instances.max(1) as f64 * ROW_H + 34.0,
+            #[expect(clippy::cast_precision_loss, reason = "days of a journal")]
+            Self::Folded { d0, d1, day_h, .. } => {
+                20.0 + (d1 - d0 + 1) as f64 * (day_h + DAY_GAP) + 20.0
+            }
+        }
+    }
+}
+
+/// The local day (days since 1970-01-01, local time) of wall time `ms`.
+fn local_day(ms: u64, off: i64) -> i64 {
+    #[expect(clippy::cast_possible_wrap, reason = "wall times far below 2^63")]
+    (ms as i64 + off * 1000).div_euclid(DAY_MS as i64)
+}
+
+/// The pieces of `[a, b]` (wall ms) on each local day: (day, from, to), times of day in ms.
+fn by_local_day(a: u64, b: u64, off: i64) -> Vec<(i64, u64, u64)> {
+    #[expect(clippy::cast_possible_wrap, reason = "wall times far below 2^63")]
+    let (la, lb) = (a as i64 + off * 1000, b.max(a) as i64 + off * 1000);
+    #[expect(clippy::cast_possible_wrap, reason = "a constant")]
+    let day = DAY_MS as i64;
+    let mut out = Vec::new();
+    let mut d = la.div_euclid(day);
+    while d <= lb.div_euclid(day) {
+        let from = la.max(d * day) - d * day;
+        let to = lb.min((d + 1) * day) - d * day;
+        #[expect(clippy::cast_sign_loss, reason = "both within the day, from 0")]
+        out.push((d, from as u64, to as u64));
+        d += 1;
+    }
+    out
+}
+
+/// `Mon 11-23` for a local day.
+fn day_label(d: i64) -> String {
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    #[expect(clippy::cast_possible_truncation, reason = "0..7")]
+    let wd = WEEKDAYS[d.rem_euclid(7) as usize];
+    #[expect(clippy::cast_sign_loss, reason = "days after 1970")]
+    let date = local_time(d.max(0) as u64 * DAY_MS, 0).date();
+    format!("{wd} {}", &date[5..])
+}
+
+fn episode_title(name: &str, e: &Episode, off: i64) -> String {
+    format!(
+        "{}: 401 window from {} for {}, {} × 401, {} restart(s), {}{}",
+        esc(name),
+        local_time(e.first_401_ms, off).civil(),
+        human(e.duration_ms()),
+        e.count_401,
+        e.restarts,
+        end_text(e.end),
+        if e.source == crate::detect::EpisodeSource::Transcript {
+            " (from transcripts)"
+        } else {
+            ""
+        }
+    )
+}
+
+fn throttle_title(name: &str, t: &ThrottleRecord, off: i64) -> String {
+    let end = t.ended_ms.unwrap_or(t.last_429_ms);
+    format!(
+        "{}: {} throttled from {} for {} ({} × 429{})",
+        esc(name),
+        esc(&t.model),
+        local_time(t.first_429_ms, off).civil(),
+        human(end.saturating_sub(t.first_429_ms)),
+        t.count_429,
+        if t.ended_ms.is_some() {
+            ", answered again"
+        } else {
+            ""
+        }
+    )
+}
+
+fn restart_title(name: &str, r: &ActionRecord, off: i64) -> String {
+    format!(
+        "{}: restart at {}",
+        esc(name),
+        local_time(r.at_ms, off).civil()
+    )
+}
+
 /// Draws the picture.
 #[expect(clippy::too_many_lines, reason = "one element group after another")]
 pub fn render(input: &Input<'_>) -> String {
@@ -185,18 +326,9 @@ pub fn render(input: &Input<'_>) -> String {
     if t0 > t1 {
         (t0, t1) = (0, 60_000);
     }
-    // A margin of 3 % each side, at least a minute of range.
-    let span = (t1 - t0).max(60_000);
-    let pad = span / 33;
-    let (t0, t1) = (t0.saturating_sub(pad), t0 + span + pad);
+    let layout = Layout::new((t0, t1), instances.len(), off);
     let plot_w = f64::from(WIDTH) - LABEL_W - RIGHT_PAD;
-    let x = |ms: u64| LABEL_W + (f(ms.saturating_sub(t0)) / f(t1 - t0)) * plot_w;
-
-    let rows = instances.len().max(1);
-    #[expect(clippy::cast_precision_loss, reason = "few rows")]
-    let timeline_h = rows as f64 * ROW_H;
-    let axis_y = TOP + timeline_h;
-    let hist_top = axis_y + 80.0;
+    let hist_top = TOP + layout.height(instances.len()) + 46.0;
     // A day or two of history needs no tall histogram.
     let hist_h = if input.by_day.len() <= 2 {
         HIST_H / 2.0
@@ -217,9 +349,16 @@ pub fn render(input: &Input<'_>) -> String {
         r#"<title id="cw-title">Claude Code 401 latch episodes: {n_eps} windows on {} instances</title>"#,
         instances.len()
     );
+    let (heading, how) = match layout {
+        Layout::Linear { .. } => ("401 latch episodes per instance", "Timeline per instance"),
+        Layout::Folded { .. } => (
+            "401 latch episodes by day (a lane per instance)",
+            "Timeline folded by day (a row per local day, a lane per instance, time of day across)",
+        ),
+    };
     let _ = writeln!(
         o,
-        r#"<desc id="cw-desc">Timeline per instance from {} to {} (UTC{}): latch episodes coloured by how they ended, model throttles, restarts as ticks; below, 401 windows per day, how long windows last, and idle-wake against mid-use windows with their morning share.</desc>"#,
+        r#"<desc id="cw-desc">{how} from {} to {} (UTC{}): latch episodes coloured by how they ended, model throttles, restarts as ticks; below, 401 windows per day, how long windows last, and idle-wake against mid-use windows with their morning share.</desc>"#,
         local_time(t0, off).civil(),
         local_time(t1, off).civil(),
         offset_text(off)
@@ -230,7 +369,7 @@ pub fn render(input: &Input<'_>) -> String {
     );
     let _ = writeln!(
         o,
-        r#"<text x="20" y="28" font-size="18" font-weight="bold">401 latch episodes per instance</text>"#
+        r#"<text x="20" y="28" font-size="18" font-weight="bold">{heading}</text>"#
     );
 
     // Legend.
@@ -260,123 +399,15 @@ pub fn render(input: &Input<'_>) -> String {
     );
     let _ = writeln!(o, "</g>");
 
-    // Rows.
-    let _ = writeln!(o, r#"<g id="timeline">"#);
-    for (i, name) in instances.iter().enumerate() {
-        #[expect(clippy::cast_precision_loss, reason = "few rows")]
-        let y = TOP + i as f64 * ROW_H;
-        let band = if i % 2 == 0 { "#f5f5f5" } else { "#ffffff" };
-        let _ = writeln!(
-            o,
-            r#"<rect x="{LABEL_W}" y="{y:.1}" width="{plot_w:.1}" height="{ROW_H}" fill="{band}"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            LABEL_W - 8.0,
-            y + ROW_H / 2.0 + 4.0,
-            esc(name)
-        );
-        for r in input.restarts.iter().filter(|r| r.instance == *name) {
-            let rx = x(r.at_ms);
-            let _ = writeln!(
-                o,
-                r#"<line class="restart" x1="{rx:.1}" y1="{:.1}" x2="{rx:.1}" y2="{:.1}" stroke="{RESTART}" stroke-width="1.5"><title>{}: restart at {}</title></line>"#,
-                y + 1.0,
-                y + ROW_H - 1.0,
-                esc(name),
-                local_time(r.at_ms, off).civil()
-            );
-        }
-        for t in input.throttles.iter().filter(|t| t.instance == *name) {
-            let a = x(t.first_429_ms);
-            let end = t.ended_ms.unwrap_or(t.last_429_ms);
-            let w = (x(end) - a).max(MIN_BAR_W);
-            let _ = writeln!(
-                o,
-                r#"<rect class="throttle" x="{a:.1}" y="{:.1}" width="{w:.1}" height="8" fill="{THROTTLE}"><title>{}: {} throttled from {} for {} ({} × 429{})</title></rect>"#,
-                y + ROW_H - 10.0,
-                esc(name),
-                esc(&t.model),
-                local_time(t.first_429_ms, off).civil(),
-                human(end.saturating_sub(t.first_429_ms)),
-                t.count_429,
-                if t.ended_ms.is_some() {
-                    ", answered again"
-                } else {
-                    ""
-                }
-            );
-        }
-        for e in input.episodes.iter().filter(|e| e.instance == *name) {
-            let a = x(e.first_401_ms);
-            let w = (x(e.ended_ms.unwrap_or(e.last_401_ms)) - a).max(MIN_BAR_W);
-            let _ = writeln!(
-                o,
-                r#"<rect class="episode" data-end="{}" x="{a:.1}" y="{:.1}" width="{w:.1}" height="14" fill="{}"><title>{}: 401 window from {} for {}, {} × 401, {} restart(s), {}{}</title></rect>"#,
-                e.end.as_str(),
-                y + 4.0,
-                end_colour(e.end),
-                esc(name),
-                local_time(e.first_401_ms, off).civil(),
-                human(e.duration_ms()),
-                e.count_401,
-                e.restarts,
-                end_text(e.end),
-                if e.source == crate::detect::EpisodeSource::Transcript {
-                    " (from transcripts)"
-                } else {
-                    ""
-                }
-            );
-        }
+    match layout {
+        Layout::Linear { t0, t1 } => linear(&mut o, input, &instances, (t0, t1), plot_w),
+        Layout::Folded {
+            d0,
+            d1,
+            lane_h,
+            day_h,
+        } => folded(&mut o, input, &instances, (d0, d1), (lane_h, day_h), plot_w),
     }
-    let _ = writeln!(o, "</g>");
-
-    // Time axis, ticks at whole local steps.
-    let step = tick_step_ms(t1 - t0);
-    let _ = writeln!(
-        o,
-        r##"<g id="axis"><line x1="{LABEL_W}" y1="{axis_y:.1}" x2="{:.1}" y2="{axis_y:.1}" stroke="#424242"/>"##,
-        LABEL_W + plot_w
-    );
-    let off_ms = off * 1000;
-    let local0 = i128::from(t0) + i128::from(off_ms);
-    let step_i = i128::from(step);
-    let mut tick = (local0 + step_i - 1).div_euclid(step_i) * step_i - i128::from(off_ms);
-    let mut prev_day = String::new();
-    while tick <= i128::from(t1) {
-        let Ok(tms) = u64::try_from(tick) else {
-            tick += step_i;
-            continue;
-        };
-        let tx = x(tms);
-        let lt = local_time(tms, off);
-        let day = lt.date();
-        let clock = if step < 60_000 {
-            format!("{:02}:{:02}:{:02}", lt.hour, lt.minute, lt.second)
-        } else {
-            format!("{:02}:{:02}", lt.hour, lt.minute)
-        };
-        let label = if step >= 86_400_000 {
-            day[5..].to_owned()
-        } else if day == prev_day {
-            clock
-        } else {
-            format!("{} {clock}", &day[5..])
-        };
-        prev_day = day;
-        let _ = writeln!(
-            o,
-            r##"<line x1="{tx:.1}" y1="{axis_y:.1}" x2="{tx:.1}" y2="{:.1}" stroke="#424242"/><text x="{tx:.1}" y="{:.1}" text-anchor="middle">{label}</text>"##,
-            axis_y + 5.0,
-            axis_y + 18.0
-        );
-        tick += step_i;
-    }
-    let _ = writeln!(
-        o,
-        r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#616161">local time (UTC{})</text></g>"##,
-        LABEL_W + plot_w,
-        axis_y + 34.0,
-        offset_text(off)
-    );
 
     // Histogram of windows per day.
     let _ = writeln!(o, r#"<g id="histogram">"#);
@@ -426,6 +457,262 @@ pub fn render(input: &Input<'_>) -> String {
     panels(&mut o, input, panel_top, plot_w);
     let _ = writeln!(o, "</svg>");
     o
+}
+
+/// The linear timeline: a row per instance, time across `(t0, t1)`, and its axis.
+fn linear(
+    o: &mut String,
+    input: &Input<'_>,
+    instances: &[&str],
+    (t0, t1): (u64, u64),
+    plot_w: f64,
+) {
+    let off = input.utc_offset_s;
+    let x = |ms: u64| LABEL_W + (f(ms.saturating_sub(t0)) / f(t1 - t0)) * plot_w;
+    #[expect(clippy::cast_precision_loss, reason = "few rows")]
+    let axis_y = TOP + instances.len().max(1) as f64 * ROW_H;
+    let _ = writeln!(o, r#"<g id="timeline">"#);
+    for (i, name) in instances.iter().enumerate() {
+        #[expect(clippy::cast_precision_loss, reason = "few rows")]
+        let y = TOP + i as f64 * ROW_H;
+        let band = if i % 2 == 0 { "#f5f5f5" } else { "#ffffff" };
+        let _ = writeln!(
+            o,
+            r#"<rect x="{LABEL_W}" y="{y:.1}" width="{plot_w:.1}" height="{ROW_H}" fill="{band}"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LABEL_W - 8.0,
+            y + ROW_H / 2.0 + 4.0,
+            esc(name)
+        );
+        for r in input.restarts.iter().filter(|r| r.instance == *name) {
+            let rx = x(r.at_ms);
+            let _ = writeln!(
+                o,
+                r#"<line class="restart" x1="{rx:.1}" y1="{:.1}" x2="{rx:.1}" y2="{:.1}" stroke="{RESTART}" stroke-width="1.5"><title>{}</title></line>"#,
+                y + 1.0,
+                y + ROW_H - 1.0,
+                restart_title(name, r, off)
+            );
+        }
+        for t in input.throttles.iter().filter(|t| t.instance == *name) {
+            let a = x(t.first_429_ms);
+            let w = (x(t.ended_ms.unwrap_or(t.last_429_ms)) - a).max(MIN_BAR_W);
+            let _ = writeln!(
+                o,
+                r#"<rect class="throttle" x="{a:.1}" y="{:.1}" width="{w:.1}" height="8" fill="{THROTTLE}"><title>{}</title></rect>"#,
+                y + ROW_H - 10.0,
+                throttle_title(name, t, off)
+            );
+        }
+        for e in input.episodes.iter().filter(|e| e.instance == *name) {
+            let a = x(e.first_401_ms);
+            let w = (x(e.ended_ms.unwrap_or(e.last_401_ms)) - a).max(MIN_BAR_W);
+            let _ = writeln!(
+                o,
+                r#"<rect class="episode" data-end="{}" x="{a:.1}" y="{:.1}" width="{w:.1}" height="14" fill="{}"><title>{}</title></rect>"#,
+                e.end.as_str(),
+                y + 4.0,
+                end_colour(e.end),
+                episode_title(name, e, off)
+            );
+        }
+    }
+    let _ = writeln!(o, "</g>");
+
+    // Time axis, ticks at whole local steps.
+    let step = tick_step_ms(t1 - t0);
+    let _ = writeln!(
+        o,
+        r##"<g id="axis"><line x1="{LABEL_W}" y1="{axis_y:.1}" x2="{:.1}" y2="{axis_y:.1}" stroke="#424242"/>"##,
+        LABEL_W + plot_w
+    );
+    let off_ms = off * 1000;
+    let local0 = i128::from(t0) + i128::from(off_ms);
+    let step_i = i128::from(step);
+    let mut tick = (local0 + step_i - 1).div_euclid(step_i) * step_i - i128::from(off_ms);
+    let mut prev_day = String::new();
+    while tick <= i128::from(t1) {
+        let Ok(tms) = u64::try_from(tick) else {
+            tick += step_i;
+            continue;
+        };
+        let tx = x(tms);
+        let lt = local_time(tms, off);
+        let day = lt.date();
+        let clock = if step < 60_000 {
+            format!("{:02}:{:02}:{:02}", lt.hour, lt.minute, lt.second)
+        } else {
+            format!("{:02}:{:02}", lt.hour, lt.minute)
+        };
+        let label = if step >= DAY_MS {
+            day[5..].to_owned()
+        } else if day == prev_day {
+            clock
+        } else {
+            format!("{} {clock}", &day[5..])
+        };
+        prev_day = day;
+        let _ = writeln!(
+            o,
+            r##"<line x1="{tx:.1}" y1="{axis_y:.1}" x2="{tx:.1}" y2="{:.1}" stroke="#424242"/><text x="{tx:.1}" y="{:.1}" text-anchor="middle">{label}</text>"##,
+            axis_y + 5.0,
+            axis_y + 18.0
+        );
+        tick += step_i;
+    }
+    let _ = writeln!(
+        o,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#616161">local time (UTC{})</text></g>"##,
+        LABEL_W + plot_w,
+        axis_y + 34.0,
+        offset_text(off)
+    );
+}
+
+/// The folded timeline: a row per local day from `d0` to `d1` (empty days too), a lane of
+/// `lane_h` per instance in it, the time of day across with a line every hour; a mark that
+/// crosses midnight goes on in the next row (its later pieces are `continued`).
+fn folded(
+    o: &mut String,
+    input: &Input<'_>,
+    instances: &[&str],
+    (d0, d1): (i64, i64),
+    (lane_h, day_h): (f64, f64),
+    plot_w: f64,
+) {
+    let off = input.utc_offset_s;
+    let top = TOP + 20.0;
+    #[expect(clippy::cast_precision_loss, reason = "days of a journal")]
+    let row_y = |d: i64| top + (d - d0) as f64 * (day_h + DAY_GAP);
+    let bottom = row_y(d1 + 1) - DAY_GAP;
+    let x = |tod: u64| LABEL_W + f(tod) / f(DAY_MS) * plot_w;
+    let lane: BTreeMap<&str, usize> = instances.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    #[expect(clippy::cast_precision_loss, reason = "few instances")]
+    let lane_y = |name: &str| lane.get(name).copied().unwrap_or(0) as f64 * lane_h;
+    // Marks fill their lane; tall lanes keep a pixel between neighbours.
+    let mark_h = if lane_h >= 6.0 { lane_h - 1.0 } else { lane_h };
+
+    let _ = writeln!(o, r#"<g id="timeline">"#);
+    for d in d0..=d1 {
+        let y = row_y(d);
+        let _ = writeln!(
+            o,
+            r##"<rect class="day-row" x="{LABEL_W}" y="{y:.1}" width="{plot_w:.1}" height="{day_h:.1}" fill="#f5f5f5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            LABEL_W - 8.0,
+            y + day_h / 2.0 + 4.0,
+            day_label(d)
+        );
+    }
+    // Hour lines over the rows, labels every 3 h above and below.
+    for h in 0..=24u64 {
+        let hx = x(h * 3_600_000);
+        let (stroke, label) = if h % 3 == 0 {
+            ("#bdbdbd", true)
+        } else {
+            ("#e0e0e0", false)
+        };
+        let _ = writeln!(
+            o,
+            r#"<line x1="{hx:.1}" y1="{:.1}" x2="{hx:.1}" y2="{bottom:.1}" stroke="{stroke}" stroke-width="0.5"/>"#,
+            top - 4.0
+        );
+        if label {
+            for ly in [top - 8.0, bottom + 16.0] {
+                let _ = writeln!(
+                    o,
+                    r#"<text x="{hx:.1}" y="{ly:.1}" text-anchor="middle">{h:02}:00</text>"#
+                );
+            }
+        }
+    }
+    let piece =
+        |class: &str, a: u64, b: u64, name: &str, draw: &mut dyn FnMut(&str, f64, f64, f64)| {
+            for (i, (d, from, to)) in by_local_day(a, b, off).into_iter().enumerate() {
+                if d < d0 || d > d1 {
+                    continue;
+                }
+                let class = if i == 0 {
+                    class.to_owned()
+                } else {
+                    format!("{class} continued")
+                };
+                let xa = x(from);
+                draw(
+                    &class,
+                    xa,
+                    (x(to) - xa).max(MIN_FOLDED_W),
+                    row_y(d) + lane_y(name),
+                );
+            }
+        };
+    for t in input.throttles {
+        let name = t.instance.as_str();
+        let end = t.ended_ms.unwrap_or(t.last_429_ms);
+        piece(
+            "throttle",
+            t.first_429_ms,
+            end,
+            name,
+            &mut |class, xa, w, y| {
+                let _ = writeln!(
+                    o,
+                    r#"<rect class="{class}" x="{xa:.1}" y="{:.1}" width="{w:.1}" height="{:.1}" fill="{THROTTLE}"><title>{}</title></rect>"#,
+                    y + mark_h / 2.0,
+                    (mark_h / 2.0).max(1.5),
+                    throttle_title(name, t, off)
+                );
+            },
+        );
+    }
+    for e in input.episodes {
+        let name = e.instance.as_str();
+        let end = e.ended_ms.unwrap_or(e.last_401_ms);
+        piece(
+            "episode",
+            e.first_401_ms,
+            end,
+            name,
+            &mut |class, xa, w, y| {
+                let _ = writeln!(
+                    o,
+                    r#"<rect class="{class}" data-end="{}" x="{xa:.1}" y="{y:.1}" width="{w:.1}" height="{mark_h:.1}" fill="{}"><title>{}</title></rect>"#,
+                    e.end.as_str(),
+                    end_colour(e.end),
+                    episode_title(name, e, off)
+                );
+            },
+        );
+    }
+    // Restarts last: a tick over the episode it belongs to.
+    for r in input.restarts {
+        let name = r.instance.as_str();
+        piece("restart", r.at_ms, r.at_ms, name, &mut |class, xa, _, y| {
+            let _ = writeln!(
+                o,
+                r#"<line class="{class}" x1="{xa:.1}" y1="{y:.1}" x2="{xa:.1}" y2="{:.1}" stroke="{RESTART}" stroke-width="1"><title>{}</title></line>"#,
+                y + lane_h,
+                restart_title(name, r, off)
+            );
+        });
+    }
+    let _ = writeln!(
+        o,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#616161">time of day, local (UTC{}); lanes top to bottom: {}</text></g>"##,
+        LABEL_W + plot_w,
+        bottom + 34.0,
+        offset_text(off),
+        esc(&lane_order(instances))
+    );
+}
+
+/// The lanes' order for the folded timeline's caption: all names when few, else the first and
+/// the last.
+fn lane_order(instances: &[&str]) -> String {
+    match instances {
+        [] => String::new(),
+        few if few.len() <= 4 => few.join(", "),
+        [first, .., last] => format!("{first} … {last} (sorted by name)"),
+        [_] => unreachable!("one name is few"),
+    }
 }
 
 /// The lower panels: how long windows last (closed ones, by duration class), and idle-wake
@@ -701,5 +988,112 @@ mod tests {
         assert_eq!(tick_step_ms(5 * 60_000), 60_000);
         assert_eq!(tick_step_ms(2 * 3_600_000), 15 * 60_000);
         assert_eq!(tick_step_ms(3 * 86_400_000), 12 * 3_600_000);
+    }
+
+    /// Longer than two days: folded by day, every day a row (empty ones too), every episode a
+    /// mark of its own, one that crosses local midnight continued in the next row.
+    #[test]
+    fn a_long_history_is_folded_by_day() {
+        const H: u64 = 3_600_000;
+        let mut eps = vec![
+            ep("a", T0 + 2 * H, 600_000, EpisodeEnd::SelfRecovered),
+            ep(
+                "b",
+                T0 + 23 * H + H / 2,
+                H,
+                EpisodeEnd::RecoveredAfterRestart,
+            ),
+            ep("c", T0 + 4 * 24 * H + 12 * H, 30_000, EpisodeEnd::Escalated),
+        ];
+        eps[2].source = EpisodeSource::Live;
+        let th = vec![ThrottleRecord {
+            instance: "a".into(),
+            session_id: None,
+            model: "claude-opus-4-8".into(),
+            first_429_ms: T0 + 49 * H,
+            last_429_ms: T0 + 49 * H + 300_000,
+            count_429: 6,
+            request_ids: vec![],
+            ended_ms: Some(T0 + 49 * H + 300_000),
+            source: EpisodeSource::Live,
+        }];
+        let rs = vec![ActionRecord {
+            at_ms: T0 + 23 * H + 3 * H / 4,
+            instance: "b".into(),
+            episode_id: None,
+            kind: ActionKind::Restart,
+            ok: true,
+            until_ms: None,
+            detail: None,
+        }];
+        let by_day: BTreeMap<String, usize> = BTreeMap::new();
+        let draw = |utc_offset_s: i64| {
+            render(&Input {
+                episodes: &eps,
+                throttles: &th,
+                restarts: &rs,
+                by_day: &by_day,
+                utc_offset_s,
+                idle_wake: (0, 0),
+                mid_use: (0, 0),
+            })
+        };
+        let svg = draw(0);
+        assert!(svg.contains("401 latch episodes by day (a lane per instance)"));
+        // 2026-06-28 (a Sunday) to 2026-07-02, the empty 06-30 and 07-01 included.
+        assert_eq!(svg.matches("class=\"day-row\"").count(), 5, "{svg}");
+        for label in [
+            "Sun 06-28",
+            "Mon 06-29",
+            "Tue 06-30",
+            "Wed 07-01",
+            "Thu 07-02",
+        ] {
+            assert!(svg.contains(&format!(">{label}</text>")), "{label}");
+        }
+        assert_eq!(svg.matches("class=\"episode\"").count(), 3);
+        assert_eq!(svg.matches("class=\"episode continued\"").count(), 1);
+        assert_eq!(svg.matches("class=\"throttle\"").count(), 1);
+        assert_eq!(svg.matches("class=\"restart\"").count(), 1);
+        assert!(svg.contains("c: 401 window from 2026-07-02 12:00:00+00:00 for 30s"));
+        // Hours across, labelled every three above and below the rows.
+        for h in ["00:00", "03:00", "12:00", "24:00"] {
+            assert_eq!(svg.matches(&format!(">{h}</text>")).count(), 2, "{h}");
+        }
+        assert!(svg.contains("lanes top to bottom: a, b, c"));
+        for line in svg
+            .lines()
+            .filter(|l| l.contains("<rect class=\"episode") || l.contains("<line class="))
+        {
+            assert!(line.contains("<title>"), "mark without a title: {line}");
+        }
+        assert_eq!(svg.matches("<g ").count(), svg.matches("</g>").count());
+        // Five hours west, b's window ends before local midnight, and a's starts the day
+        // before (21:00 on the 27th).
+        let west = draw(-5 * 3600);
+        assert_eq!(west.matches("class=\"episode continued\"").count(), 0);
+        assert!(west.contains(">Sat 06-27</text>"));
+        assert_eq!(
+            west.matches("class=\"day-row\"").count(),
+            6,
+            "06-27 to 07-02"
+        );
+    }
+
+    #[test]
+    fn pieces_by_local_day() {
+        const H: u64 = 3_600_000;
+        let d = local_day(T0, 0);
+        assert_eq!(
+            by_local_day(T0 + 23 * H, T0 + 25 * H, 0),
+            vec![(d, 23 * H, 24 * H), (d + 1, 0, H)]
+        );
+        assert_eq!(by_local_day(T0 + H, T0 + H, 0), vec![(d, H, H)]);
+        // 01:00 UTC is 20:00 the day before, five hours west.
+        assert_eq!(
+            by_local_day(T0 + H, T0 + H, -5 * 3600),
+            vec![(d - 1, 20 * H, 20 * H)]
+        );
+        assert_eq!(day_label(d), "Sun 06-28");
     }
 }

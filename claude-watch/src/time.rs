@@ -26,6 +26,13 @@ pub fn mono_now_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
+/// The wall clock now, in milliseconds since the Unix epoch (0 before 1970).
+pub fn wall_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Milliseconds since the Unix epoch as RFC 3339 UTC, e.g. `2026-06-28T06:52:01.123Z`.
 pub fn rfc3339_ms(ms: u64) -> String {
     let secs = ms / 1000;

@@ -451,6 +451,80 @@ fn svg_height(svg: &str) -> u32 {
         .expect("numeric height")
 }
 
+/// A page drawn by headless Chromium into a PNG, as RGB pixels.
+struct Screenshot {
+    pixels: Vec<[u8; 3]>,
+}
+
+impl Screenshot {
+    /// Draws `url` in a window of `size` (px, device scale 1) and reads the PNG back;
+    /// `CLAUDE_WATCH_KEEP_PNG=DIR` keeps it there.
+    fn take(dir: &Path, url: &str, size: (u32, u32)) -> Self {
+        let png_path = dir.join(format!("shot-{}x{}.png", size.0, size.1));
+        let profile = dir.join("chromium-profile");
+        std::fs::create_dir_all(&profile).unwrap();
+        let out = Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                "--force-color-profile=srgb",
+                "--force-device-scale-factor=1",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--screenshot={}", png_path.display()))
+            .arg(format!("--window-size={},{}", size.0, size.1))
+            .arg(url)
+            .output()
+            .expect("run chromium");
+        assert!(
+            png_path.is_file(),
+            "chromium wrote no screenshot: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Some(keep) = std::env::var_os("CLAUDE_WATCH_KEEP_PNG") {
+            std::fs::create_dir_all(&keep).unwrap();
+            std::fs::copy(
+                &png_path,
+                Path::new(&keep).join(png_path.file_name().unwrap()),
+            )
+            .unwrap();
+        }
+        let decoder = png::Decoder::new(std::io::BufReader::new(
+            std::fs::File::open(&png_path).unwrap(),
+        ));
+        let mut reader = decoder.read_info().expect("a PNG");
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).expect("a frame");
+        assert_eq!((info.width, info.height), size);
+        let channels = info.color_type.samples();
+        let pixels = buf[..info.buffer_size()]
+            .chunks(channels)
+            .map(|p| [p[0], p[1], p[2]])
+            .collect();
+        Self { pixels }
+    }
+
+    /// Pixels of colour `hex` (`#rrggbb`, within 4 per channel).
+    fn count(&self, hex: &str) -> usize {
+        let c = [
+            u8::from_str_radix(&hex[1..3], 16).unwrap(),
+            u8::from_str_radix(&hex[3..5], 16).unwrap(),
+            u8::from_str_radix(&hex[5..7], 16).unwrap(),
+        ];
+        self.pixels
+            .iter()
+            .filter(|p| p.iter().zip(c).all(|(a, b)| a.abs_diff(b) <= 4))
+            .count()
+    }
+}
+
 #[test]
 fn svg_picture_is_drawn_by_a_real_browser() {
     let dir = ScratchDir::new("cw-history-svg");
@@ -492,60 +566,13 @@ fn svg_picture_is_drawn_by_a_real_browser() {
 
     // Drawn by Chromium, headless, into a PNG.
     let height = svg_height(&svg);
-    let png_path = dir.path().join("episodes.png");
-    let profile = dir.path().join("chromium-profile");
-    std::fs::create_dir_all(&profile).unwrap();
-    let out = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--force-color-profile=srgb",
-            "--force-device-scale-factor=1",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--screenshot={}", png_path.display()))
-        .arg(format!("--window-size=960,{height}"))
-        .arg(format!("file://{}", svg_path.display()))
-        .output()
-        .expect("run chromium");
-    assert!(
-        png_path.is_file(),
-        "chromium wrote no screenshot: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let shot = Screenshot::take(
+        dir.path(),
+        &format!("file://{}", svg_path.display()),
+        (960, height),
     );
-    if let Some(keep) = std::env::var_os("CLAUDE_WATCH_KEEP_PNG") {
-        std::fs::copy(&png_path, keep).unwrap();
-    }
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(&png_path).unwrap(),
-    ));
-    let mut reader = decoder.read_info().expect("a PNG");
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).expect("a frame");
-    assert_eq!((info.width, info.height), (960, height));
-    let channels = info.color_type.samples();
-    let pixels: Vec<[u8; 3]> = buf[..info.buffer_size()]
-        .chunks(channels)
-        .map(|p| [p[0], p[1], p[2]])
-        .collect();
-    let count = |hex: &str| {
-        let c = [
-            u8::from_str_radix(&hex[1..3], 16).unwrap(),
-            u8::from_str_radix(&hex[3..5], 16).unwrap(),
-            u8::from_str_radix(&hex[5..7], 16).unwrap(),
-        ];
-        pixels
-            .iter()
-            .filter(|p| p.iter().zip(c).all(|(a, b)| a.abs_diff(b) <= 4))
-            .count()
-    };
+    let count = |hex: &str| shot.count(hex);
+    let pixels = &shot.pixels;
     let white = count("#ffffff");
     assert!(
         white > pixels.len() / 3,
@@ -563,6 +590,125 @@ fn svg_picture_is_drawn_by_a_real_browser() {
         let n = count(colour);
         assert!(n > 14 * 14 + 20, "{what} ({colour}): {n} pixels");
     }
+}
+
+/// The write-up's scale: two weeks of its windows over 30 agents, in the journal the recovery
+/// core writes for them (`claude-watch replay --journal`), drawn folded by day (a row per day,
+/// a lane per agent) and looked at by a real browser at full size and at half size.
+#[test]
+fn a_fleets_two_weeks_are_drawn_and_read_at_two_sizes() {
+    let dir = ScratchDir::new("cw-history-fleet-svg");
+    let journal = dir.path().join("replay.jsonl");
+    let out = Command::new(bin())
+        .args(["replay", "--instances", "30", "--days", "14", "--journal"])
+        .arg(&journal)
+        .output()
+        .expect("run claude-watch replay");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "replay failed: {stderr}");
+    assert!(stderr.contains("episodes of 30 agents"), "{stderr}");
+
+    // The history at the write-up's scale: hundreds of windows on 30 instances, seconds to
+    // hours long, every one recovered.
+    let mut latest: std::collections::BTreeMap<String, Episode> = Default::default();
+    for e in journal_episodes(&journal) {
+        latest.insert(e.id.clone(), e);
+    }
+    let eps: Vec<&Episode> = latest.values().collect();
+    let names: BTreeSet<&str> = eps.iter().map(|e| e.instance.as_str()).collect();
+    assert_eq!(names.len(), 30);
+    assert!(eps.len() >= 300, "{} episodes", eps.len());
+    let shortest = eps.iter().map(|e| e.duration_ms()).min().unwrap();
+    let longest = eps.iter().map(|e| e.duration_ms()).max().unwrap();
+    assert!(
+        shortest < 60_000 && longest > 2 * 3_600_000,
+        "{shortest} .. {longest} ms"
+    );
+    assert!(
+        eps.iter()
+            .all(|e| e.end == EpisodeEnd::RecoveredAfterRestart)
+    );
+    let restarts = journal_records(&journal)
+        .iter()
+        .filter(|r| matches!(r, Record::Action(a) if a.kind == ActionKind::Restart))
+        .count();
+    assert!(restarts > eps.len(), "{restarts} restarts");
+
+    let svg_path = dir.path().join("fleet.svg");
+    episodes_cmd(
+        &[
+            "--journal",
+            journal.to_str().unwrap(),
+            "--svg",
+            svg_path.to_str().unwrap(),
+        ],
+        "UTC",
+    );
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(
+        svg.contains(&format!("{} windows on 30 instances</title>", eps.len())),
+        "{}",
+        &svg[..400]
+    );
+    assert!(svg.contains("401 latch episodes by day (a lane per instance)"));
+    // Every episode and every restart a mark of its own; a row per day.
+    assert_eq!(svg.matches("class=\"episode\"").count(), eps.len());
+    assert_eq!(svg.matches("class=\"restart\"").count(), restarts);
+    let days = svg.matches("class=\"day-row\"").count();
+    assert!((14..=16).contains(&days), "{days} day rows");
+    for line in svg
+        .lines()
+        .filter(|l| l.contains("<rect class=\"episode") || l.contains("<line class="))
+    {
+        assert!(line.contains("<title>"), "mark without a title: {line}");
+    }
+
+    // Full size, as the file opens; then half size, scaled into a page (a laptop's side
+    // panel, a chat preview). Both read: the bars, the restart ticks and the histograms are
+    // drawn, and the half-size picture is the whole picture scaled, not a crop of it.
+    let height = svg_height(&svg);
+    let full = Screenshot::take(
+        dir.path(),
+        &format!("file://{}", svg_path.display()),
+        (960, height),
+    );
+    let page = dir.path().join("fleet.html");
+    std::fs::write(
+        &page,
+        "<!doctype html><html><body style=\"margin:0\"><img src=\"fleet.svg\" style=\"width:100%;display:block\" alt=\"\"></body></html>",
+    )
+    .unwrap();
+    let half = Screenshot::take(
+        dir.path(),
+        &format!("file://{}", page.display()),
+        (480, height / 2 + 1),
+    );
+    for (size, shot) in [("full", &full), ("half", &half)] {
+        let white = shot.count("#ffffff") + shot.count("#f5f5f5");
+        assert!(
+            white > shot.pixels.len() / 2,
+            "{size}: mostly background: {white}"
+        );
+        for (what, colour, at_least) in [
+            ("recovered after restart", "#1565c0", 20_000),
+            ("restart ticks", "#212121", 200),
+            ("histograms", "#546e7a", 5_000),
+        ] {
+            let n = shot.count(colour);
+            let want = if size == "full" {
+                at_least
+            } else {
+                at_least / 5
+            };
+            assert!(n > want, "{size}: {what} ({colour}): {n} pixels");
+        }
+    }
+    #[expect(clippy::cast_precision_loss, reason = "pixel counts")]
+    let ratio = half.count("#546e7a") as f64 / full.count("#546e7a") as f64;
+    assert!(
+        (0.15..0.4).contains(&ratio),
+        "half size is a quarter of the area: {ratio}"
+    );
 }
 
 /// The real Claude Code's transcript as it writes it (nothing left out), imported: the episode

@@ -2,7 +2,6 @@
 //! SVG picture; and the import of the history Claude Code's transcripts already hold.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
@@ -203,13 +202,7 @@ pub fn import(
 
 /// Runs the subcommand: imports if asked, prints the report, draws the picture if asked.
 pub fn run(mut args: EpisodesArgs) -> anyhow::Result<()> {
-    let now_ms = u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .context("system clock before 1970")?
-            .as_millis(),
-    )
-    .context("system clock out of range")?;
+    let now_ms = crate::time::wall_now_ms();
     // The configuration is read only when something comes from it: the journal (without
     // --journal), or the import's thresholds.
     let needs_config = args.journal.is_empty() || args.import.is_some() || args.config.is_some();

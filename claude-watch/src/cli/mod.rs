@@ -61,6 +61,13 @@ pub enum Command {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Daemon(_)) {
+        // A report piped into `head` ends quietly when the reader goes, as other tools do
+        // (Rust ignores SIGPIPE, and `print!` then panics). The daemon keeps ignoring it: a
+        // client that hangs up is an error on that write, not a reason to stop.
+        // SAFETY: setting a signal's disposition to its default, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Daemon(args) => daemon::run(args),
         Command::Status(args) => status::run(args),

@@ -27,6 +27,8 @@ use crate::watch::replay::{self, Outcome, Policy, Scenario, Timing};
 ///   claude-watch replay --config /etc/claude-watch/config.toml --instances 10
 ///   claude-watch replay --days 28 --seed 7 --format markdown
 ///   claude-watch replay --grid          which backoff_initial / backoff_max / max_restarts
+///   claude-watch replay --instances 30 --journal replay.jsonl
+///   claude-watch episodes --journal replay.jsonl --svg replay.svg    the two weeks, drawn
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct ReplayArgs {
@@ -53,6 +55,12 @@ pub struct ReplayArgs {
     /// Also sweep backoff_initial, backoff_max and max_restarts around the configuration.
     #[arg(long)]
     pub grid: bool,
+    /// Also write the journal this configuration would have written on the largest host of
+    /// `--instances` over the last `--days` (episodes, restarts, incidents, as the daemon
+    /// writes them; the history ends now), for
+    /// `claude-watch episodes --journal FILE` and its `--svg` picture. Replaced if it exists.
+    #[arg(long, value_name = "FILE")]
+    pub journal: Option<PathBuf>,
 }
 
 /// Runs the replay and prints the tables.
@@ -74,6 +82,53 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
             render(args, &config, &name)
         });
     print!("{text}");
+    if let Some(path) = &args.journal {
+        write_journal(args, &config, path)?;
+    }
+    Ok(())
+}
+
+/// Writes the journal of `config` on the largest host of `--instances`.
+fn write_journal(args: &ReplayArgs, config: &Config, path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let n = args.instances.iter().copied().max().unwrap_or(1);
+    let scenario = Scenario::writeup(args.seed, args.days, n);
+    let outcome =
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+            replay::run_journalled(
+                config,
+                &scenario,
+                &Timing::default(),
+                crate::time::wall_now_ms(),
+            )
+        });
+    let mut text = Vec::new();
+    for record in &outcome.journal {
+        serde_json::to_writer(&mut text, record)?;
+        text.push(b'\n');
+    }
+    std::fs::write(path, text)
+        .with_context(|| format!("cannot write the replayed journal to {}", path.display()))?;
+    let episodes: std::collections::BTreeSet<(&str, u64)> = outcome
+        .journal
+        .iter()
+        .filter_map(|r| match r {
+            crate::journal::Record::Episode { episode, .. } => {
+                Some((episode.instance.as_str(), episode.first_401_ms))
+            }
+            _ => None,
+        })
+        .collect();
+    eprintln!(
+        "wrote {} journal records ({} episodes of {n} agents, {} windows, {} days) to {}\n\
+         report and picture: claude-watch episodes --journal {} --svg replay.svg",
+        outcome.journal.len(),
+        episodes.len(),
+        scenario.windows.len(),
+        args.days,
+        path.display(),
+        path.display()
+    );
     Ok(())
 }
 

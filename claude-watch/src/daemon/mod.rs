@@ -38,7 +38,7 @@ pub mod terminal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -195,12 +195,6 @@ struct Daemon {
     over_budget_read: Option<std::time::Instant>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Daemon {
     /// Opens everything in an order where a failure leaves nothing half-started: files and
     /// sockets first, the kernel last.
@@ -300,7 +294,7 @@ impl Daemon {
             snapshots,
             done_tx,
             done_rx,
-            started_ms: now_ms(),
+            started_ms: crate::time::wall_now_ms(),
             control_path,
             starting: true,
             startup_locate_left: STARTUP_LOCATE_BUDGET,
@@ -822,7 +816,7 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             started_ms: self.started_ms,
-            now_ms: now_ms(),
+            now_ms: crate::time::wall_now_ms(),
             dry_run: status.dry_run,
             config: self.origin.clone(),
             capture: status::CaptureView {

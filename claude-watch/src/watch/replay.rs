@@ -24,6 +24,7 @@ use crate::detect::MonoNs;
 use crate::discover::Found;
 use crate::http::Exchange;
 use crate::instance::{ClaudeKind, InstanceId, Manager, Placement, ProcessInfo, SystemdUnit};
+use crate::journal::Record as JournalRecord;
 use crate::supervise::RestartOutcome;
 use crate::supervise::supervisor::{EngineSocket, SystemdBus};
 
@@ -252,6 +253,9 @@ pub struct Outcome {
     pub simulated: Duration,
     /// Exchanges the core was fed.
     pub exchanges: u64,
+    /// The journal the core wrote (episodes, actions, incidents), oldest first; kept only by
+    /// [`run_journalled`].
+    pub journal: Vec<JournalRecord>,
 }
 
 impl Outcome {
@@ -323,7 +327,24 @@ enum Event {
 /// an escalation hook is counted as a notice whatever `config` says).
 #[must_use]
 pub fn run(config: &Config, scenario: &Scenario, timing: &Timing) -> Outcome {
-    Replay::new(config, scenario, timing.clone()).run()
+    Replay::new(config, scenario, timing.clone(), WALL0_MS).run()
+}
+
+/// [`run`], keeping the journal the core wrote in [`Outcome::journal`], its wall times placed
+/// so that the replay ends at `ends_at_ms` (the history as if it were the last weeks): what
+/// `claude-watch episodes` reports and draws for a replayed history.
+#[must_use]
+pub fn run_journalled(
+    config: &Config,
+    scenario: &Scenario,
+    timing: &Timing,
+    ends_at_ms: u64,
+) -> Outcome {
+    let length = scenario.last_end() + scenario.settle;
+    let wall0 = ends_at_ms.saturating_sub(u64::try_from(length.as_millis()).unwrap_or(u64::MAX));
+    let mut replay = Replay::new(config, scenario, timing.clone(), wall0);
+    replay.journalled = true;
+    replay.run()
 }
 
 struct Replay<'a> {
@@ -339,12 +360,15 @@ struct Replay<'a> {
     rng: Rng,
     by_id: BTreeMap<InstanceId, usize>,
     out: Outcome,
+    journalled: bool,
+    /// Wall time (ms) of the replay's start.
+    wall0_ms: u64,
 }
 
 const WALL0_MS: u64 = 1_780_000_000_000;
 
 impl<'a> Replay<'a> {
-    fn new(config: &Config, scenario: &'a Scenario, timing: Timing) -> Self {
+    fn new(config: &Config, scenario: &'a Scenario, timing: Timing, wall0_ms: u64) -> Self {
         let mut config = config.clone();
         config.daemon.dry_run = false;
         config.recovery.systemd_bus = Some("unix:path=/replay/bus".into());
@@ -360,7 +384,7 @@ impl<'a> Replay<'a> {
             },
             None,
             start,
-            i128::from(WALL0_MS) * 1_000_000 - i128::from(start),
+            i128::from(wall0_ms) * 1_000_000 - i128::from(start),
         );
         let mut replay = Self {
             watch,
@@ -393,6 +417,8 @@ impl<'a> Replay<'a> {
                     .collect(),
                 ..Outcome::default()
             },
+            journalled: false,
+            wall0_ms,
         };
         for k in 0..scenario.instances {
             let id = InstanceId::unit(format!("agent-{k}.service"));
@@ -567,7 +593,7 @@ impl<'a> Replay<'a> {
         let session = agent.session;
         self.out.exchanges += 1;
         let exchange = Exchange {
-            ts_ms: WALL0_MS + (t - self.start) / 1_000_000,
+            ts_ms: self.wall0_ms + (t - self.start) / 1_000_000,
             mono_ns: t,
             pid,
             tid: pid,
@@ -684,6 +710,7 @@ impl<'a> Replay<'a> {
                         }
                     }
                 }
+                Effect::Journal(record) if self.journalled => self.out.journal.push(record),
                 _ => {}
             }
         }
