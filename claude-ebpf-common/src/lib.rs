@@ -74,8 +74,13 @@ pub mod stats {
     /// HTTP heads dropped in the kernel because their process had used up its
     /// [`super::BUDGET_RECORDS`] for the current window.
     pub const OVER_BUDGET: u32 = 4;
+    /// Execs of images user space judged not Claude Code ([`super::ImageKey`]): decided in the
+    /// kernel, never sent.
+    pub const EXECS_FILTERED: u32 = 5;
+    /// Execs sent to user space.
+    pub const EXECS_SENT: u32 = 6;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 7;
 }
 
 /// Default of the records (HTTP heads and their continuations) one process may send per
@@ -164,8 +169,62 @@ pub struct ConnKey {
     pub direction: u32,
 }
 
+/// An executable image as the kernel holds it at exec (`bprm->file->f_inode`): the key of the
+/// kernel's `IMAGES` map, which user space fills with images it judged not Claude Code (and not
+/// an interpreter whose verdict depends on its script). An exec of such an image stays in the
+/// kernel unless its process is already watched. The size is part of the key, so a file
+/// rewritten in place (same inode, new content) is looked at again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageKey {
+    /// `i_ino`.
+    pub ino: u64,
+    /// `i_size`.
+    pub size: u64,
+    /// `i_sb->s_dev`, the kernel's encoding (`major << 20 | minor`).
+    pub dev: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+/// Entries of the kernel's `IMAGES` map (user space keeps it within this, a share per file
+/// owner).
+pub const IMAGE_ENTRIES: u32 = 4096;
+
+/// Entries of the kernel's `WATCHED` map: processes user space watches (instances), whose
+/// execs and exits are always sent.
+pub const WATCHED_ENTRIES: u32 = 16384;
+
+/// Entries of the kernel's `REPORTED` map: processes whose exec was sent (so is their exit);
+/// the least recently used go first.
+pub const REPORTED_ENTRIES: u32 = 16384;
+
+/// Byte offsets of the kernel structure fields the exec program follows, read by user space
+/// from the kernel's BTF at load time (the kernel's `OFFSETS` global). All zero: no exec
+/// filter, every exec is sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct linux_binprm`'s `file`.
+    pub bprm_file: u32,
+    /// `struct file`'s `f_inode`.
+    pub file_inode: u32,
+    /// `struct inode`'s `i_ino`.
+    pub inode_ino: u32,
+    /// `struct inode`'s `i_size`.
+    pub inode_size: u32,
+    /// `struct inode`'s `i_sb`.
+    pub inode_sb: u32,
+    /// `struct super_block`'s `s_dev`.
+    pub sb_dev: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: plain `repr(C)` integer structs without padding.
+    unsafe impl aya::Pod for super::ImageKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: plain `repr(C)` integer structs without padding.
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::ReadArgs {}

@@ -17,14 +17,19 @@ use core::ffi::c_void;
 use core::hint::black_box;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated as raw},
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated as raw,
+    },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use claude_ebpf_common::{
     BUDGET_ENTRIES, BUDGET_WINDOW_NS, Budget, ConnKey, EventBuf, EventHeader, HEAD_MAX, HEADER_LEN,
-    ReadArgs, SHORT_HEAD, flags, kind, stats, wakeup,
+    IMAGE_ENTRIES, ImageKey, KernelOffsets, REPORTED_ENTRIES, ReadArgs, SHORT_HEAD,
+    WATCHED_ENTRIES, flags, kind, stats, wakeup,
 };
 
 /// Records for user space. User space may resize it at load time.
@@ -68,6 +73,31 @@ static BUDGET: LruHashMap<u32, Budget> = LruHashMap::with_max_entries(BUDGET_ENT
 /// Per-CPU room to assemble a record before it is copied to the ring buffer.
 #[map]
 static SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// Images user space judged not Claude Code: their execs stay here (see
+/// [`sched_process_exec`]). Filled and kept within a share per file owner by user space.
+#[map]
+static IMAGES: HashMap<ImageKey, u32> = HashMap::with_max_entries(IMAGE_ENTRIES, 0);
+
+/// Processes user space watches (instances): their execs and exits are always sent.
+#[map]
+static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(WATCHED_ENTRIES, 0);
+
+/// Processes whose exec was sent: their exit is sent too.
+#[map]
+static REPORTED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(REPORTED_ENTRIES, 0);
+
+/// Field offsets for the exec filter, from the kernel's BTF; set by user space at load time
+/// (all zero: every exec is sent).
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    bprm_file: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    inode_size: 0,
+    inode_sb: 0,
+    sb_dev: 0,
+};
 
 /// Counters, see [`stats`].
 #[map]
@@ -452,14 +482,62 @@ fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32, urgent: bool, 
     }
 }
 
-/// Every `execve`: user space decides whether the new program is a claude to watch.
+/// Every `execve`. An exec of an image user space judged not Claude Code (the [`IMAGES`] map,
+/// keyed by the new image's inode) stays here, unless its process is watched; every other exec
+/// goes to user space, which decides whether the new program is a claude to watch, and its
+/// process's exit will follow it.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: lookups of plain values.
+    let watched = unsafe { WATCHED.get(&pid).is_some() };
+    // SAFETY: a raw tracepoint's context is its arguments: (task, old_pid, bprm).
+    let bprm: u64 = unsafe { *(ctx.as_ptr() as *const u64).add(2) };
+    if !watched && let Some(image) = image_of(bprm) {
+        // SAFETY: as above.
+        if unsafe { IMAGES.get(&image).is_some() } {
+            bump(stats::EXECS_FILTERED);
+            return 0;
+        }
+    }
+    let _ = REPORTED.insert(&pid, &1, 0);
+    bump(stats::EXECS_SENT);
     notify(kind::EXEC);
     0
 }
 
-/// Every thread exit; only a process's main thread is reported.
+/// The image an exec loads (`bprm->file->f_inode`), when user space gave the offsets.
+#[inline(always)]
+fn image_of(bprm: u64) -> Option<ImageKey> {
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    let off = unsafe { core::ptr::read_volatile(&raw const OFFSETS) };
+    if off.file_inode == 0 || bprm == 0 {
+        return None;
+    }
+    // SAFETY: the helper checks every kernel read.
+    unsafe {
+        let file: u64 =
+            bpf_probe_read_kernel((bprm + u64::from(off.bprm_file)) as *const u64).ok()?;
+        let inode: u64 =
+            bpf_probe_read_kernel((file + u64::from(off.file_inode)) as *const u64).ok()?;
+        let ino: u64 =
+            bpf_probe_read_kernel((inode + u64::from(off.inode_ino)) as *const u64).ok()?;
+        let size: u64 =
+            bpf_probe_read_kernel((inode + u64::from(off.inode_size)) as *const u64).ok()?;
+        let sb: u64 =
+            bpf_probe_read_kernel((inode + u64::from(off.inode_sb)) as *const u64).ok()?;
+        let dev: u32 = bpf_probe_read_kernel((sb + u64::from(off.sb_dev)) as *const u32).ok()?;
+        Some(ImageKey {
+            ino,
+            size,
+            dev,
+            pad: 0,
+        })
+    }
+}
+
+/// Every thread exit; only the exit of a process's main thread is reported, and only for a
+/// process user space heard of (watched, its exec sent, or its TLS heads sent).
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -467,9 +545,16 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     // map is the backstop), so no process can fill the map and blind everyone's responses.
     let _ = READ_ARGS.remove(&pid_tgid);
     if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
+        let pid = (pid_tgid >> 32) as u32;
         // A reused pid starts with a full budget.
-        let _ = BUDGET.remove(&((pid_tgid >> 32) as u32));
-        notify(kind::EXIT);
+        let sent_heads = BUDGET.remove(&pid).is_ok();
+        let reported = REPORTED.remove(&pid).is_ok();
+        let watched = WATCHED.remove(&pid).is_ok();
+        // SAFETY: a plain read of a global the loader may have rewritten.
+        let filtering = unsafe { core::ptr::read_volatile(&raw const OFFSETS) }.file_inode != 0;
+        if sent_heads || reported || watched || !filtering {
+            notify(kind::EXIT);
+        }
     }
     0
 }

@@ -233,6 +233,10 @@ pub struct DaemonConfig {
     /// hang on: not 1xx–3xx; successful exchanges are read every 250 ms), `responses` (every
     /// response), `timer` (only execs). Takes effect at the next start.
     pub wakeup: crate::capture::Wakeup,
+    /// Keep execs of images judged not Claude Code in the kernel (decided from the new image's
+    /// inode; needs the kernel's BTF, else every exec is looked at in user space as with
+    /// `false`). Takes effect at the next start.
+    pub exec_filter: bool,
     /// Probe attachments (files, or a script's files per process) held at once; new ones beyond
     /// it are refused and their processes shown unobserved.
     pub max_attachments: u32,
@@ -264,6 +268,7 @@ impl Default for DaemonConfig {
             ring_mib: crate::capture::probes::DEFAULT_RING_BYTES >> 20,
             record_budget: claude_ebpf_common::BUDGET_RECORDS,
             wakeup: crate::capture::Wakeup::default(),
+            exec_filter: true,
             max_attachments: crate::capture::ledger::DEFAULT_MAX_ATTACHMENTS,
             max_attachments_per_user: None,
             dry_run: false,

@@ -308,6 +308,8 @@ pub struct Identity {
     pub mtime_ns: i128,
     /// Whether it is a regular file.
     pub regular: bool,
+    /// `st_uid`: its owner.
+    pub uid: u32,
 }
 
 impl Identity {
@@ -320,6 +322,7 @@ impl Identity {
             size: meta.size(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
             regular: meta.is_file(),
+            uid: meta.uid(),
         }
     }
 }
@@ -361,6 +364,7 @@ pub fn identity(path: &Path, resolve: Resolve<'_>) -> Result<Identity, Untrusted
         mtime_ns: i128::from(stx.stx_mtime.tv_sec) * 1_000_000_000
             + i128::from(stx.stx_mtime.tv_nsec),
         regular: u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFREG,
+        uid: stx.stx_uid,
     })
 }
 
@@ -792,6 +796,10 @@ mod tests {
     const ALLOWED: &[(&str, &str)] = &[
         ("untrusted.rs", "the door itself"),
         ("config.rs", "the configuration file root names"),
+        (
+            "capture/btf.rs",
+            "the kernel's own /sys/kernel/btf/vmlinux, a fixed path in sysfs no user chooses",
+        ),
         ("journal/mod.rs", "the journal, in root's directory"),
         (
             "daemon/durable.rs",

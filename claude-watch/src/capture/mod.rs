@@ -2,10 +2,15 @@
 //! functions of binaries and processes, and read their records.
 //!
 //! - [`probes`]: loading, attaching, detaching, kernel counters;
+//! - [`btf`]: the kernel field offsets the exec filter follows, from the kernel's BTF (pure);
+//! - [`images`]: which images the exec filter knows not to be Claude Code, a share per user
+//!   (pure);
 //! - [`ledger`]: which attachments exist, which processes hold them, the cap (pure);
 //! - [`records`]: decoding ring-buffer records and reading them asynchronously;
 //! - [`targets`]: what to attach to: binaries, processes, the libraries they map.
 
+pub mod btf;
+pub mod images;
 pub mod ledger;
 pub mod probes;
 pub mod records;

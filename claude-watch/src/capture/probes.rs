@@ -74,6 +74,9 @@ pub struct Settings {
     pub wakeup: Wakeup,
     /// The most bytes copied of one buffer head (1 to `HEAD_MAX - 1`).
     pub copy_max: u32,
+    /// Keep execs of images judged not Claude Code in the kernel (when the kernel's BTF gives
+    /// the offsets; see [`super::btf`]).
+    pub exec_filter: bool,
 }
 
 impl Default for Settings {
@@ -83,6 +86,7 @@ impl Default for Settings {
             budget: Some(claude_ebpf_common::BUDGET_RECORDS),
             wakeup: Wakeup::default(),
             copy_max: claude_ebpf_common::COPY_MAX,
+            exec_filter: true,
         }
     }
 }
@@ -100,6 +104,10 @@ pub struct KernelStats {
     pub orphan_returns: u64,
     /// HTTP heads dropped because their process exceeded its record budget.
     pub over_budget: u64,
+    /// Execs of images known not to be Claude Code, kept in the kernel.
+    pub execs_filtered: u64,
+    /// Execs sent to user space.
+    pub execs_sent: u64,
 }
 
 /// One program's runs and total run time ([`Probes::run_times`]).
@@ -144,6 +152,8 @@ pub struct Probes {
     links: HashMap<AttachKey, Vec<(&'static str, UProbeLinkId)>>,
     ledger: Ledger,
     process_events: bool,
+    /// Whether the exec filter is on (the kernel has the offsets).
+    exec_filter: bool,
 }
 
 impl std::fmt::Debug for Probes {
@@ -186,6 +196,7 @@ impl Probes {
             budget,
             wakeup,
             copy_max,
+            exec_filter,
         } = settings;
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -197,12 +208,22 @@ impl Probes {
         let wakeup_kernel = wakeup.kernel();
         let watermark = u64::from(ring_bytes / 4);
         let copy_max = copy_max.clamp(1, claude_ebpf_common::COPY_MAX);
+        let offsets = if exec_filter {
+            super::btf::kernel_offsets()
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "exec filter off: every exec on the host is looked at in user space");
+                })
+                .unwrap_or_default()
+        } else {
+            claude_ebpf_common::KernelOffsets::default()
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
             .override_global("BUDGET_RECORDS", &budget_records, true)
             .override_global("WAKEUP", &wakeup_kernel, true)
             .override_global("WATERMARK", &watermark, true)
             .override_global("COPY_MAX", &copy_max, true)
+            .override_global("OFFSETS", &offsets, true)
             .load(OBJECT)
             .map_err(|e| load_error(LoadError::Object(Box::new(e))))?;
         for name in ALL_PROGRAMS {
@@ -221,7 +242,62 @@ impl Probes {
             links: HashMap::new(),
             ledger: Ledger::new(super::ledger::DEFAULT_MAX_ATTACHMENTS as usize),
             process_events: false,
+            exec_filter: offsets.file_inode != 0,
         })
+    }
+
+    /// Whether execs of images judged not Claude Code stay in the kernel.
+    #[must_use]
+    pub fn exec_filter(&self) -> bool {
+        self.exec_filter
+    }
+
+    /// Puts a change of the [`super::images::ImageBook`] into the kernel's `IMAGES` map.
+    pub fn change_image(&mut self, change: super::images::Change) {
+        use super::images::Change;
+        let Some(map) = self.ebpf.map_mut("IMAGES") else {
+            return;
+        };
+        let Ok(mut images) = BpfHashMap::<_, claude_ebpf_common::ImageKey, u32>::try_from(map)
+        else {
+            return;
+        };
+        let result = match change {
+            Change::Add(image) => images.insert(image, 1, 0),
+            Change::Remove(image) => images.remove(&image),
+        };
+        if let Err(e) = result {
+            debug!(?change, error = %e, "exec filter: image map not changed");
+        }
+    }
+
+    /// Sends the execs and the exit of process `pid` (an instance) whatever its image.
+    pub fn watch_pid(&mut self, pid: u32) {
+        self.watched(pid, true);
+    }
+
+    /// Stops [`Self::watch_pid`] for `pid` (its exit removes it too).
+    pub fn unwatch_pid(&mut self, pid: u32) {
+        self.watched(pid, false);
+    }
+
+    fn watched(&mut self, pid: u32, on: bool) {
+        let Some(map) = self.ebpf.map_mut("WATCHED") else {
+            return;
+        };
+        let Ok(mut watched) = BpfHashMap::<_, u32, u32>::try_from(map) else {
+            return;
+        };
+        let result = if on {
+            watched.insert(pid, 1, 0)
+        } else {
+            watched.remove(&pid)
+        };
+        if let Err(e) = result
+            && on
+        {
+            debug!(pid, error = %e, "exec filter: process not watched in the kernel");
+        }
     }
 
     /// At most `cap` attachments at once; new files beyond it are refused
@@ -404,6 +480,8 @@ impl Probes {
             skipped: sum(stats::SKIPPED),
             orphan_returns: sum(stats::ORPHAN_RETURNS),
             over_budget: sum(stats::OVER_BUDGET),
+            execs_filtered: sum(stats::EXECS_FILTERED),
+            execs_sent: sum(stats::EXECS_SENT),
         }
     }
 

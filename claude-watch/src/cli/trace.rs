@@ -135,6 +135,8 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
         budget: args.record_budget,
         wakeup: args.wakeup,
         copy_max: args.copy_max,
+        // Every exec and exit, as the trace has no discovery to judge images with.
+        exec_filter: false,
     })?;
     for target in &explicit {
         // Held by the trace itself (pid 0) for its whole run.

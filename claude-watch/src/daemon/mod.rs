@@ -45,6 +45,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::capture::images::ImageBook;
 use crate::capture::probes::OverBudget;
 use crate::capture::records::RecordStream;
 use crate::capture::{CaptureError, KernelStats, Probes, Settings, Target as ProbeTarget, targets};
@@ -193,6 +194,8 @@ struct Daemon {
     /// The kernel's over-budget counter at that read, and when it was.
     over_budget_seen: u64,
     over_budget_read: Option<std::time::Instant>,
+    /// Images the kernel's exec filter knows not to be Claude Code.
+    images: ImageBook,
 }
 
 impl Daemon {
@@ -234,6 +237,7 @@ impl Daemon {
             ring_bytes: d.ring_mib << 20,
             budget: (d.record_budget > 0).then_some(d.record_budget),
             wakeup: d.wakeup,
+            exec_filter: d.exec_filter,
             ..Settings::default()
         })?;
         probes.set_max_attachments(d.max_attachments as usize);
@@ -305,6 +309,7 @@ impl Daemon {
             over_budget: Vec::new(),
             over_budget_seen: 0,
             over_budget_read: None,
+            images: ImageBook::new(claude_ebpf_common::IMAGE_ENTRIES as usize),
         };
         daemon.ask_fleet();
         for found in daemon.front.processes_mut().scan() {
@@ -365,6 +370,11 @@ impl Daemon {
                     }
                     for found in self.front.processes_mut().due_claims() {
                         self.feed(Input::Started(found));
+                    }
+                    for (image, owner) in self.front.processes_mut().take_judged_images() {
+                        for change in self.images.offer(image, owner) {
+                            self.probes.change_image(change);
+                        }
                     }
                     let engine = EngineSocket::detect(&self.watch.config().daemon.docker_socket);
                     if &engine != self.watch.engine() {
@@ -585,9 +595,14 @@ impl Daemon {
         match effect {
             // A script's TLS library may not be mapped yet: it is looked at again (see
             // `Discovery::due_rescans`), and only the last failure is said.
-            Effect::Attach(found) => self.locate(found, false),
+            Effect::Attach(found) => {
+                // Its execs and exit reach us whatever image it runs.
+                self.probes.watch_pid(found.info.pid);
+                self.locate(found, false);
+            }
             Effect::Detach { pid } => {
                 self.probes.release(pid);
+                self.probes.unwatch_pid(pid);
             }
             Effect::Inspect { pid } => {
                 if let Some(input) = self.front.inspect(pid) {
@@ -810,6 +825,7 @@ impl Daemon {
                 refused_attachments: self.probes.refused_attachments(),
                 over_budget_processes: self.over_budget.len(),
                 files: self.front.processes().files(),
+                exec_images: self.probes.exec_filter().then(|| self.images.len()),
             },
         );
         let snapshot = Snapshot {

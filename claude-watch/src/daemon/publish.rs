@@ -99,6 +99,8 @@ pub(super) struct CaptureFigures<'a> {
     pub over_budget_processes: usize,
     /// Files whose verdict (Claude Code or not) discovery keeps, and files it read.
     pub files: (usize, u64),
+    /// Images the kernel's exec filter knows not to be Claude Code (`None`: the filter is off).
+    pub exec_images: Option<usize>,
 }
 
 /// Refreshes the gauges from the published status and the kernel's counters.
@@ -244,6 +246,16 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
                 capture.refused_attachments,
             ),
             (
+                "claude_watch_kernel_execs_filtered_total",
+                "Execs of images known not to be Claude Code, decided in the kernel and never sent to user space.",
+                stats.execs_filtered,
+            ),
+            (
+                "claude_watch_kernel_execs_sent_total",
+                "Execs sent to user space (images not judged yet, Claude Code, interpreters, and watched processes).",
+                stats.execs_sent,
+            ),
+            (
                 "claude_watch_discovery_file_reads_total",
                 "Executables and scripts discovery read to tell whether they are Claude Code (each file once while its verdict is kept).",
                 capture.files.1,
@@ -251,6 +263,12 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
         ] {
             m.set_counter(name, help, String::new(), value as f64);
         }
+        m.set(
+            "claude_watch_exec_filter_images",
+            "Images the kernel's exec filter knows not to be Claude Code; -1 when the filter is off (no kernel BTF).",
+            String::new(),
+            capture.exec_images.map_or(-1.0, |n| n as f64),
+        );
         m.set(
             "claude_watch_probe_attachments",
             "Files (or processes) with probes attached.",

@@ -41,6 +41,7 @@ use crate::instance::{
     self, BgSession, ClaudeKind, Container, InstanceId, MatchRule, Placement, ProcessInfo,
 };
 use crate::untrusted::{self, Identity, Limits, Resolve};
+use claude_ebpf_common::ImageKey;
 
 pub use content::ClaudeFile;
 
@@ -58,6 +59,10 @@ const OWNERS_KEPT: usize = 4096;
 /// Processes whose last look is remembered (each answer is for one exec of one process, so a
 /// pid reused or an exec again is looked at anew).
 const ANSWERS_KEPT: usize = 16_384;
+
+/// Judged executables queued for the exec filter between two takes (more wait for their next
+/// exec).
+const JUDGED_QUEUED: usize = 1024;
 /// How long what a look read of a session file answers for that worker (a spare is looked at
 /// again after it, until a session claims it).
 const SESSION_FRESH: Duration = Duration::from_secs(1);
@@ -191,6 +196,9 @@ struct Answer {
     verdict: Option<ClaudeFile>,
     /// The identity of the executable judged (native only).
     id: Option<FileId>,
+    /// The executable as the exec filter keys it, and its owner, when the answer came from a
+    /// verdict on its file read before (native only).
+    image: Option<(ImageKey, u32)>,
 }
 
 /// Whether a process runs Claude Code: known, or waiting for a look.
@@ -213,6 +221,9 @@ pub struct Recognizer {
     looks: Vec<Look>,
     /// Processes with a look queued or running, and the exec it is for.
     pending: HashMap<u32, Fingerprint>,
+    /// Executables judged not Claude Code on a second exec, with their owners, for the
+    /// kernel's exec filter ([`Discovery::take_judged_images`]).
+    judged: Vec<(ImageKey, u32)>,
 }
 
 impl Default for Recognizer {
@@ -223,6 +234,7 @@ impl Default for Recognizer {
             inline: true,
             looks: Vec::new(),
             pending: HashMap::new(),
+            judged: Vec::new(),
         }
     }
 }
@@ -274,7 +286,18 @@ impl Recognizer {
                 .then(|| self.judged_executable(dir, print))
                 .flatten()
             {
-                Some(answer) => answer,
+                Some(answer) => {
+                    // A file read before, not Claude Code and not named like it: its execs
+                    // can stay in the kernel (bounded: the daemon keeps a share per owner).
+                    if answer.verdict.is_none()
+                        && by_name.is_none()
+                        && let Some(image) = answer.image
+                        && self.judged.len() < JUDGED_QUEUED
+                    {
+                        self.judged.push(image);
+                    }
+                    answer
+                }
                 None => {
                     let look = Look {
                         pid,
@@ -330,6 +353,15 @@ impl Recognizer {
                 dev: identity.dev,
                 ino: identity.ino,
             }),
+            image: Some((
+                ImageKey {
+                    ino: identity.ino,
+                    size: identity.size,
+                    dev: crate::capture::btf::kernel_dev(identity.dev),
+                    pad: 0,
+                },
+                identity.uid,
+            )),
         })
     }
 
@@ -461,6 +493,7 @@ impl Look {
                 };
                 LookedAt::File(Answer {
                     fingerprint,
+                    image: None,
                     verdict,
                     id,
                 })
@@ -827,6 +860,12 @@ impl Discovery {
             },
         };
         Some(self.found(info, kind, release, exe_id, placement))
+    }
+
+    /// Executables judged not Claude Code (on a second exec of a file read before) since the
+    /// last take, with their owners: for the kernel's exec filter.
+    pub fn take_judged_images(&mut self) -> Vec<(ImageKey, u32)> {
+        std::mem::take(&mut self.recognizer.judged)
     }
 
     /// Process `pid`, whose own API request just arrived although [`Self::check`] found no
