@@ -121,6 +121,27 @@ pub struct ProgramTime {
     pub time: std::time::Duration,
 }
 
+impl ProgramTime {
+    /// `name runs avgns, ...` for the programs that ran (what `trace --probe-time` and
+    /// `daemon --probe-time` print at exit, and the benchmark reads).
+    #[must_use]
+    pub fn line(times: &[Self]) -> String {
+        let ran: Vec<String> = times
+            .iter()
+            .filter(|t| t.runs > 0)
+            .map(|t| {
+                let avg = t.time.as_nanos() / u128::from(t.runs);
+                format!("{} {} {avg}ns", t.program, t.runs)
+            })
+            .collect();
+        if ran.is_empty() {
+            "no program ran".to_owned()
+        } else {
+            ran.join(", ")
+        }
+    }
+}
+
 /// The kernel's run-time statistics of eBPF programs, on while this value lives (they cost
 /// two clock reads per program run, so they are off unless asked for).
 pub struct RunTimeStats(#[allow(dead_code)] std::os::fd::OwnedFd);

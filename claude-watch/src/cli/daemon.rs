@@ -13,6 +13,7 @@ use std::path::PathBuf;
 ///   claude-watch daemon                                  # defaults
 ///   claude-watch daemon --config /etc/claude-watch/config.toml
 ///   claude-watch daemon --dry-run                        # detect and report, never restart
+///   claude-watch daemon --probe-time                     # and what each eBPF program cost
 ///
 /// Signals: SIGHUP reloads the configuration (a bad one is refused and the running one kept),
 /// SIGTERM/SIGINT stop cleanly (probes detached, state saved).
@@ -25,6 +26,10 @@ pub struct DaemonArgs {
     /// Detect and report, never restart anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print each eBPF program's runs and average run time when stopping (turns the kernel's
+    /// run-time statistics on while running: two clock reads per program run).
+    #[arg(long)]
+    pub probe_time: bool,
 }
 
 /// Runs the daemon until stopped.
@@ -32,5 +37,6 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     crate::daemon::run(crate::daemon::Options {
         config: args.config,
         dry_run: args.dry_run,
+        probe_time: args.probe_time,
     })
 }

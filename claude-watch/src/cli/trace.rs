@@ -305,7 +305,10 @@ async fn trace_loop<P: Processes>(
     let p = front.borrow().pair_stats();
     if args.probe_time {
         let times = probes.borrow().run_times();
-        eprintln!("claude-watch: probe time: {}", probe_times(&times));
+        eprintln!(
+            "claude-watch: probe time: {}",
+            crate::capture::probes::ProgramTime::line(&times)
+        );
     }
     eprintln!(
         "claude-watch: kernel sent {} heads, skipped {} other buffers, lost {}; user space ignored {} invalid, {} unpaired",
@@ -352,21 +355,4 @@ fn human(e: &Exchange, comm: Option<&str>) -> String {
     }
     // The command name is the process's own choice.
     crate::text::printable(&line).into_owned()
-}
-
-/// `name runs avg_ns` for each program that ran, e.g. `ssl_write 2000 2512ns`.
-fn probe_times(times: &[crate::capture::probes::ProgramTime]) -> String {
-    let ran: Vec<String> = times
-        .iter()
-        .filter(|t| t.runs > 0)
-        .map(|t| {
-            let avg = t.time.as_nanos() / u128::from(t.runs);
-            format!("{} {} {avg}ns", t.program, t.runs)
-        })
-        .collect();
-    if ran.is_empty() {
-        "no program ran".to_owned()
-    } else {
-        ran.join(", ")
-    }
 }

@@ -80,6 +80,8 @@ pub struct Options {
     pub config: Option<PathBuf>,
     /// Never restart anything.
     pub dry_run: bool,
+    /// Print each eBPF program's runs and average run time when stopping.
+    pub probe_time: bool,
 }
 
 /// Loads the configuration the daemon would use, and names where it came from. What the
@@ -196,6 +198,8 @@ struct Daemon {
     over_budget_read: Option<std::time::Instant>,
     /// Images the kernel's exec filter knows not to be Claude Code.
     images: ImageBook,
+    /// The kernel's run-time statistics, on for `--probe-time`.
+    run_stats: Option<crate::capture::probes::RunTimeStats>,
 }
 
 impl Daemon {
@@ -233,6 +237,11 @@ impl Daemon {
         };
         targets::set_locate_cache(d.locate_cache.clone());
 
+        let run_stats = if options.probe_time {
+            Some(crate::capture::probes::RunTimeStats::enable()?)
+        } else {
+            None
+        };
         let mut probes = Probes::load(Settings {
             ring_bytes: d.ring_mib << 20,
             budget: (d.record_budget > 0).then_some(d.record_budget),
@@ -310,6 +319,7 @@ impl Daemon {
             over_budget_seen: 0,
             over_budget_read: None,
             images: ImageBook::new(claude_ebpf_common::IMAGE_ENTRIES as usize),
+            run_stats,
         };
         daemon.ask_fleet();
         for found in daemon.front.processes_mut().scan() {
@@ -414,6 +424,12 @@ impl Daemon {
             }
         }
         let _ = std::fs::remove_file(&self.control_path);
+        if self.run_stats.is_some() {
+            eprintln!(
+                "claude-watch: probe time: {}",
+                crate::capture::probes::ProgramTime::line(&self.probes.run_times())
+            );
+        }
         info!(
             attachments = self.probes.attachments(),
             "stopping: detaching probes"

@@ -19,7 +19,8 @@
 //!    daemon's `claude_watch_detection_seconds` histogram;
 //! 5. footprint of `claude-watch trace` with a fleet of node processes, idle then busy;
 //! 6. locating SSL functions in the real Claude Code binary, cold and cached;
-//! 7. the per-exec check under a burst of execs;
+//! 7. the per-exec check under a burst of execs; 7b. an exec loop with no eBPF, an empty floor,
+//!    the daemon with and without its in-kernel exec filter, with per-program kernel figures;
 //! 8. fleet soak, run last: `claude-watch daemon` (dry run) watching 200 light agents (a turn
 //!    every 5–30 s against one stand-in API, a few sessions latched and healed through its
 //!    control API) and sleeping copies of `sleep` named `claude` up to 1,000 watched processes,
@@ -220,7 +221,7 @@ impl Plan {
 }
 
 /// Every part, in the table's order.
-const PARTS: [Part; 12] = [
+const PARTS: [Part; 13] = [
     Part(1, None),
     Part(2, None),
     Part(3, None),
@@ -229,6 +230,7 @@ const PARTS: [Part; 12] = [
     Part(5, None),
     Part(6, None),
     Part(7, None),
+    Part(7, Some('b')),
     Part(8, None),
     Part(9, None),
     Part(10, None),
@@ -360,6 +362,13 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         match execburst::run(&env, root, smoke) {
             Ok(b) => b.report(&mut report),
             Err(e) => report.failed(7, "exec burst", &e),
+        }
+    }
+    if wanted(Part(7, Some('b'))) {
+        eprintln!("bench: part 7b: exec loop");
+        match execburst::exec_loop(&env, smoke) {
+            Ok(l) => l.report(&mut report),
+            Err(e) => report.failed(Part(7, Some('b')), "exec loop", &e),
         }
     }
     if wanted(Part(9, None)) {
