@@ -253,6 +253,11 @@ pub struct DaemonConfig {
     /// The Docker Engine API socket, asked for the names of containers that agents run in and
     /// through which `auto` restarts them (a Podman service socket speaks the same API).
     pub docker_socket: PathBuf,
+    /// How often the coverage audit compares each watched process's TCP traffic (the kernel's
+    /// counters) with what its probes captured: a process that moves API-sized traffic while
+    /// nothing is captured reads `blind`. `"0s"`: no audit.
+    #[serde(deserialize_with = "duration")]
+    pub coverage_audit: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -274,6 +279,7 @@ impl Default for DaemonConfig {
             dry_run: false,
             scope: None,
             docker_socket: "/var/run/docker.sock".into(),
+            coverage_audit: Duration::from_secs(30),
         }
     }
 }

@@ -694,3 +694,98 @@ fn execs_of_an_image_judged_not_claude_stay_in_the_kernel_and_agents_are_still_f
         (!text.contains(&name)).then_some(())
     });
 }
+
+/// The coverage audit (#35): a process recognised as Claude Code whose API traffic the probes
+/// cannot read (HTTP/2 over TLS: the probes on node's OpenSSL see every buffer, none is an
+/// HTTP/1.x head) reads `blind` within two audits, with what was seen; a light agent beside it,
+/// idle and then busy, stays healthy and is never blind.
+#[test]
+fn a_claude_process_whose_traffic_the_probes_miss_reads_blind_and_a_seen_one_never_does() {
+    let _serial = serial();
+    let standin = StandIn::start();
+    let daemon = Daemon::start("coverage_audit = \"2s\"", "");
+    let dir = daemon.dir().join("h2");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let h2 = claude_watch_tests::deps::assets_dir().join("agents/h2.mjs");
+    let mut serve = std::process::Command::new(claude_watch_tests::deps::node());
+    serve.arg(&h2).arg("serve").arg(&cert).arg(&key);
+    let server = claude_watch_tests::process::ChildGuard::spawn("h2 server", &mut serve);
+    let port = wait_until(WAIT, "the HTTP/2 server's port", || {
+        server
+            .lines()
+            .first()
+            .filter(|l| l.parse::<u16>().is_ok())
+            .cloned()
+    });
+
+    // The light agent, watched and making its requests: healthy.
+    let agent = claude_agent(&standin, "claude-haiku-4-5");
+    let agent_name = pid_name(&agent);
+    daemon.wait_instance(&agent_name, WAIT, "the agent healthy", |i| {
+        i["state"] == "healthy"
+    });
+
+    // The HTTP/2 client as Claude Code's cli.js.
+    let package = dir.join("node_modules/@anthropic-ai/claude-code");
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(
+        package.join("package.json"),
+        r#"{"name":"@anthropic-ai/claude-code","type":"module"}"#,
+    )
+    .unwrap();
+    std::fs::copy(&h2, package.join("cli.js")).unwrap();
+    let mut client_cmd = std::process::Command::new(claude_watch_tests::deps::node());
+    client_cmd.arg(package.join("cli.js")).arg(&port);
+    let client = claude_watch_tests::process::ChildGuard::spawn("h2 client", &mut client_cmd);
+    let client_name = format!("pid:{}", client.pid());
+    let started = Instant::now();
+    let blind = daemon.wait_instance(&client_name, WAIT, "the HTTP/2 client blind", |i| {
+        i["state"] == "blind"
+    });
+    let why = blind["blind"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        why.contains("KiB over") && why.contains("captured no API request"),
+        "{blind}"
+    );
+    eprintln!("blind after {:?}: {why}", started.elapsed());
+    assert!(
+        daemon.status_text().contains("blind (it moved"),
+        "status says why"
+    );
+    // Never restarted for it.
+    assert!(daemon.restarts().is_empty());
+    // The light agent, busy all along (a request every few seconds), was never blind.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(2));
+        let agent_view = daemon
+            .status()
+            .into_iter()
+            .find(|i| i["name"] == agent_name.as_str())
+            .expect("the agent listed");
+        assert_eq!(agent_view["state"], "healthy", "{agent_view}");
+    }
+}

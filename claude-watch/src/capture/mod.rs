@@ -7,6 +7,7 @@
 //!   (pure);
 //! - [`ledger`]: which attachments exist, which processes hold them, the cap (pure);
 //! - [`records`]: decoding ring-buffer records and reading them asynchronously;
+//! - [`sockdiag`]: every TCP socket's byte counters, for the coverage audit;
 //! - [`targets`]: what to attach to: binaries, processes, the libraries they map.
 
 pub mod btf;
@@ -14,6 +15,7 @@ pub mod images;
 pub mod ledger;
 pub mod probes;
 pub mod records;
+pub mod sockdiag;
 pub mod targets;
 
 pub use probes::{KernelStats, Probes, Settings, Wakeup};

@@ -126,6 +126,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     })
 }
 
+/// Descriptors of one process the coverage audit looks at.
+const AUDIT_FDS: usize = 4096;
+
 /// A result of work done off the event loop, on its way back.
 enum Done {
     /// The TLS functions of a found process were located (or not).
@@ -135,8 +138,10 @@ enum Done {
         /// The last look at a script instance's mapped files (a failure is then said).
         last: bool,
     },
-    /// An input for the core (a restart's or the hook's result).
+    /// An input for the core (a restart's or the hook's result, an audit's figures).
     Input(Box<Input>),
+    /// A coverage audit finished.
+    Audited,
     /// The durable writer wrote everything up to this write.
     Durable(u64),
     /// A look of discovery's returned (`overran`: after it was given up).
@@ -200,6 +205,8 @@ struct Daemon {
     images: ImageBook,
     /// The kernel's run-time statistics, on for `--probe-time`.
     run_stats: Option<crate::capture::probes::RunTimeStats>,
+    /// When the last coverage audit was started, and whether one is running.
+    audit: (Option<std::time::Instant>, bool),
 }
 
 impl Daemon {
@@ -320,6 +327,7 @@ impl Daemon {
             over_budget_read: None,
             images: ImageBook::new(claude_ebpf_common::IMAGE_ENTRIES as usize),
             run_stats,
+            audit: (None, false),
         };
         daemon.ask_fleet();
         for found in daemon.front.processes_mut().scan() {
@@ -381,6 +389,7 @@ impl Daemon {
                     for found in self.front.processes_mut().due_claims() {
                         self.feed(Input::Started(found));
                     }
+                    self.start_audit();
                     for (image, owner) in self.front.processes_mut().take_judged_images() {
                         for change in self.images.offer(image, owner) {
                             self.probes.change_image(change);
@@ -503,6 +512,50 @@ impl Daemon {
         self.notifier.notify("READY=1");
     }
 
+    /// Starts a coverage audit when one is due: on a blocking thread, one `sock_diag` dump and
+    /// each audited process's socket descriptors (at most [`AUDIT_FDS`] looked at), its totals
+    /// back as [`Input::Traffic`].
+    fn start_audit(&mut self) {
+        let every = self.watch.config().daemon.coverage_audit;
+        let (last, running) = self.audit;
+        if every.is_zero() || running || last.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        let pids = self.watch.audited();
+        self.audit = (Some(std::time::Instant::now()), !pids.is_empty());
+        if pids.is_empty() {
+            return;
+        }
+        let tx = self.done_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let sockets = match crate::capture::sockdiag::tcp_sockets() {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(error = %e, "coverage audit: sock_diag unanswered");
+                    let _ = tx.send(Done::Audited);
+                    return;
+                }
+            };
+            for pid in pids {
+                let mut total = 0u64;
+                let mut held = 0u32;
+                for inode in crate::instance::proc::socket_inodes(pid, AUDIT_FDS) {
+                    if let Some(c) = sockets.get(&inode) {
+                        total = total.saturating_add(c.sent).saturating_add(c.received);
+                        held += 1;
+                    }
+                }
+                let input = Input::Traffic {
+                    pid,
+                    total,
+                    sockets: held,
+                };
+                let _ = tx.send(Done::Input(Box::new(input)));
+            }
+            let _ = tx.send(Done::Audited);
+        });
+    }
+
     fn on_record(&mut self, record: Record<'_>) {
         let mut inputs = Vec::new();
         self.front.push(record, |input| inputs.push(input));
@@ -523,6 +576,7 @@ impl Daemon {
                 self.start_locates();
             }
             Done::Input(input) => self.feed(*input),
+            Done::Audited => self.audit.1 = false,
             Done::Looked {
                 uid,
                 looked,

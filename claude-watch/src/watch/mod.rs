@@ -29,6 +29,7 @@
 //! Wall time appears only where a person or a file needs it: journal records and the persisted
 //! recovery state, converted with the wall-minus-monotonic offset given at construction.
 
+pub mod coverage;
 pub mod fleet;
 pub mod front;
 pub mod policy;
@@ -145,6 +146,16 @@ pub enum Input {
     Engine(EngineSocket),
     /// What the fleet's Alertmanager said about the incident alert (`[fleet]`).
     Fleet(fleet::FleetAnswer),
+    /// The coverage audit of an instance process: the bytes (sent and received) of the TCP
+    /// sockets it holds now, by the kernel's counters (see [`coverage`]).
+    Traffic {
+        /// The process.
+        pid: u32,
+        /// Bytes sent and received on its TCP sockets, in all.
+        total: u64,
+        /// Its TCP sockets.
+        sockets: u32,
+    },
 }
 
 /// Something for the daemon to do.
@@ -270,6 +281,8 @@ pub struct Watch {
     wall_minus_mono_ns: i128,
     /// Live instance processes, by pid.
     procs: BTreeMap<u32, Found>,
+    /// The coverage audit: which processes move traffic their probes do not see.
+    coverage: coverage::Coverage,
     /// The executable of each instance (kept after its processes exit).
     binaries: BTreeMap<InstanceId, String>,
     /// Where the newest process of each instance lives (kept after its processes exit).
@@ -373,6 +386,7 @@ impl Watch {
             engine,
             wall_minus_mono_ns,
             procs: BTreeMap::new(),
+            coverage: coverage::Coverage::default(),
             binaries: BTreeMap::new(),
             placements: BTreeMap::new(),
             last_seen: BTreeMap::new(),
@@ -468,6 +482,7 @@ impl Watch {
                     .or(instance);
                 self.unobserved.remove(&pid);
                 self.refused_pids.remove(&pid);
+                self.coverage.forget(pid);
                 if attached {
                     // Its own probes go, and a binary's once no other process runs it.
                     out.push(Effect::Detach { pid });
@@ -480,6 +495,12 @@ impl Watch {
                 }
             }
             Input::Exchange { exchange, instance } => {
+                if self.coverage.exchange(exchange.pid, now) == Some(coverage::Change::Seen) {
+                    info!(
+                        pid = exchange.pid,
+                        "coverage: an exchange of a blind process was captured; no longer blind"
+                    );
+                }
                 let instance = self
                     .procs
                     .get(&exchange.pid)
@@ -495,6 +516,26 @@ impl Watch {
                 if let Some(f) = self.fleet.as_mut() {
                     let events = f.tick(now);
                     self.on_fleet(events, now, &mut out);
+                }
+            }
+            Input::Traffic {
+                pid,
+                total,
+                sockets,
+            } => {
+                if !self.procs.contains_key(&pid) {
+                    return out;
+                }
+                if let Some(coverage::Change::Blind(b)) =
+                    self.coverage.traffic(pid, total, sockets, now)
+                {
+                    let instance = self.procs.get(&pid).map(|f| f.instance.name.clone());
+                    warn!(
+                        pid,
+                        instance = instance.as_deref().unwrap_or("-"),
+                        "blind: {}",
+                        b.reason(now)
+                    );
                 }
             }
             Input::Fleet(answer) => {
@@ -571,6 +612,22 @@ impl Watch {
             self.published_at = Some(now);
         }
         out
+    }
+
+    /// The instance processes the coverage audit looks at: those with probes attached.
+    #[must_use]
+    pub fn audited(&self) -> Vec<u32> {
+        self.procs
+            .keys()
+            .copied()
+            .filter(|pid| !self.unobserved.contains_key(pid))
+            .collect()
+    }
+
+    /// Why process `pid` is blind by the coverage audit, if it is.
+    #[must_use]
+    pub fn blind_reason(&self, pid: u32, now: MonoNs) -> Option<String> {
+        self.coverage.blind(pid).map(|b| b.reason(now))
     }
 
     /// The status of every instance now (also published on ticks and after restarts).

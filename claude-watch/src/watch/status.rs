@@ -107,6 +107,8 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
             view.blind = Some(format!(
                 "ANTHROPIC_BASE_URL is plain {origin}: its API calls never pass through TLS, so the probes cannot see them"
             ));
+        } else if let Some(why) = watch.blind_reason(found.info.pid, now) {
+            view.blind = Some(why);
         }
         if view.version.is_none() {
             view.version = found.version();
@@ -215,8 +217,8 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
             view.last_recovery_ms = r.last.map(|(ms, _)| ms);
             view.last_recovery = r.last.map(|(_, end)| end.to_string());
         }
-        if view.blind.is_some() && view.state == "observed" {
-            // None of its own answers seen, and none can be: it says why.
+        if view.blind.is_some() && matches!(view.state.as_str(), "observed" | "healthy") {
+            // Its own answers cannot be seen (or no longer are): it says why, never healthy.
             view.state = "blind".into();
         }
         if view.pids.is_empty() {
