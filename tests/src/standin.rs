@@ -72,10 +72,25 @@ impl StandIn {
     /// Starts a fresh stand-in and waits until it listens. Panics if it does not start.
     #[track_caller]
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A stand-in whose API is plain HTTP (a gateway on loopback): its [`Self::base_url`]
+    /// says `https://`, use [`Self::plain_url`].
+    #[track_caller]
+    pub fn start_plain() -> Self {
+        Self::start_with(&["--plain-api"])
+    }
+
+    #[track_caller]
+    fn start_with(args: &[&str]) -> Self {
         let script = deps::assets_dir().join("standin/standin.py");
         let mut child = ChildGuard::spawn(
             "stand-in",
-            Command::new(deps::python3()).arg("-u").arg(&script),
+            Command::new(deps::python3())
+                .arg("-u")
+                .arg(&script)
+                .args(args),
         );
         let (_, ready) = child.wait_for_line(0, START_TIMEOUT, "the stand-in's ready line", |l| {
             l.contains("\"ready\"")
@@ -107,6 +122,11 @@ impl StandIn {
     /// The value for `ANTHROPIC_BASE_URL`: `https://127.0.0.1:<api port>`.
     pub fn base_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.api_port)
+    }
+
+    /// `http://127.0.0.1:<api port>`, for a stand-in started with [`Self::start_plain`].
+    pub fn plain_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
     }
 
     /// Latches session `id`: from now on each of its requests gets 401 (until [`Self::reset`]).

@@ -632,6 +632,9 @@ def main():
                         help="the HTTPS API port (default: any free one)")
     parser.add_argument("--control-port", type=int, default=0,
                         help="the plain-HTTP control port (default: any free one)")
+    parser.add_argument("--plain-api", action="store_true",
+                        help="serve the API over plain HTTP (a gateway on loopback, as LLM proxies "
+                             "run: ANTHROPIC_BASE_URL=http://127.0.0.1:PORT)")
     parser.add_argument("--stay", action="store_true",
                         help="stay up when standard input ends (run it by hand, or under a "
                              "supervisor); stop it with SIGTERM or ^C")
@@ -645,7 +648,10 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    api = TlsServer(("127.0.0.1", args.api_port), ApiHandler, context)
+    if args.plain_api:
+        api = QuietServer(("127.0.0.1", args.api_port), ApiHandler)
+    else:
+        api = TlsServer(("127.0.0.1", args.api_port), ApiHandler, context)
     control = QuietServer(("127.0.0.1", args.control_port), ControlHandler)
     for srv in (api, control):
         threading.Thread(target=srv.serve_forever, daemon=True).start()

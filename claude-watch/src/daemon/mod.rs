@@ -140,8 +140,8 @@ enum Done {
     },
     /// An input for the core (a restart's or the hook's result, an audit's figures).
     Input(Box<Input>),
-    /// A coverage audit finished.
-    Audited,
+    /// A coverage audit finished: how long it took, over how many processes.
+    Audited(Duration, usize),
     /// The durable writer wrote everything up to this write.
     Durable(u64),
     /// A look of discovery's returned (`overran`: after it was given up).
@@ -207,6 +207,8 @@ struct Daemon {
     run_stats: Option<crate::capture::probes::RunTimeStats>,
     /// When the last coverage audit was started, and whether one is running.
     audit: (Option<std::time::Instant>, bool),
+    /// The last coverage audit: how long it took, over how many processes.
+    audit_took: (Duration, usize),
 }
 
 impl Daemon {
@@ -328,6 +330,7 @@ impl Daemon {
             images: ImageBook::new(claude_ebpf_common::IMAGE_ENTRIES as usize),
             run_stats,
             audit: (None, false),
+            audit_took: (Duration::ZERO, 0),
         };
         daemon.ask_fleet();
         for found in daemon.front.processes_mut().scan() {
@@ -528,14 +531,16 @@ impl Daemon {
         }
         let tx = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let sockets = match crate::capture::sockdiag::tcp_sockets() {
                 Ok(s) => s,
                 Err(e) => {
                     debug!(error = %e, "coverage audit: sock_diag unanswered");
-                    let _ = tx.send(Done::Audited);
+                    let _ = tx.send(Done::Audited(started.elapsed(), 0));
                     return;
                 }
             };
+            let audited = pids.len();
             for pid in pids {
                 let mut total = 0u64;
                 let mut held = 0u32;
@@ -552,7 +557,7 @@ impl Daemon {
                 };
                 let _ = tx.send(Done::Input(Box::new(input)));
             }
-            let _ = tx.send(Done::Audited);
+            let _ = tx.send(Done::Audited(started.elapsed(), audited));
         });
     }
 
@@ -576,7 +581,11 @@ impl Daemon {
                 self.start_locates();
             }
             Done::Input(input) => self.feed(*input),
-            Done::Audited => self.audit.1 = false,
+            Done::Audited(took, processes) => {
+                self.audit.1 = false;
+                self.audit_took = (took, processes);
+                debug!(processes, took_ms = took.as_secs_f64() * 1000.0, "coverage audit done");
+            }
             Done::Looked {
                 uid,
                 looked,
@@ -896,6 +905,7 @@ impl Daemon {
                 over_budget_processes: self.over_budget.len(),
                 files: self.front.processes().files(),
                 exec_images: self.probes.exec_filter().then(|| self.images.len()),
+                audit: self.audit_took,
             },
         );
         let snapshot = Snapshot {

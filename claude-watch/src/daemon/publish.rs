@@ -101,6 +101,8 @@ pub(super) struct CaptureFigures<'a> {
     pub files: (usize, u64),
     /// Images the kernel's exec filter knows not to be Claude Code (`None`: the filter is off).
     pub exec_images: Option<usize>,
+    /// The last coverage audit: how long it took, over how many processes.
+    pub audit: (std::time::Duration, usize),
 }
 
 /// Refreshes the gauges from the published status and the kernel's counters.
@@ -263,6 +265,18 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
         ] {
             m.set_counter(name, help, String::new(), value as f64);
         }
+        m.set(
+            "claude_watch_coverage_audit_seconds",
+            "How long the last coverage audit took (one sock_diag dump and each watched process's descriptors, on a blocking thread).",
+            String::new(),
+            capture.audit.0.as_secs_f64(),
+        );
+        m.set(
+            "claude_watch_coverage_audit_processes",
+            "Processes the last coverage audit looked at.",
+            String::new(),
+            capture.audit.1 as f64,
+        );
         m.set(
             "claude_watch_exec_filter_images",
             "Images the kernel's exec filter knows not to be Claude Code; -1 when the filter is off (no kernel BTF).",
