@@ -584,7 +584,11 @@ impl Daemon {
             Done::Audited(took, processes) => {
                 self.audit.1 = false;
                 self.audit_took = (took, processes);
-                debug!(processes, took_ms = took.as_secs_f64() * 1000.0, "coverage audit done");
+                debug!(
+                    processes,
+                    took_ms = took.as_secs_f64() * 1000.0,
+                    "coverage audit done"
+                );
             }
             Done::Looked {
                 uid,

@@ -2053,3 +2053,69 @@ fn a_latched_process_that_exits_and_never_comes_back_ends_its_episode_at_its_exi
         .expect("closed after the grace");
     assert_eq!(ended.ended_ms, Some(exited_at), "at the exit's time");
 }
+
+/// The coverage audit in the core (#35): a healthy instance whose TCP traffic goes on unseen
+/// reads blind, with what was seen, and is not restarted; its next captured exchange makes it
+/// healthy again; an idle one never is.
+#[test]
+fn traffic_the_probes_miss_makes_a_healthy_instance_blind_until_one_is_seen() {
+    let mut r = Rig::new("");
+    let a = InstanceId::unit("agent-a.service");
+    let b = InstanceId::unit("agent-b.service");
+    r.start(100, &a);
+    r.start(200, &b);
+    r.see(100, 200, "s-a");
+    r.see(200, 200, "s-b");
+    let traffic = |r: &mut Rig, pid: u32, total: u64| {
+        r.input(Input::Traffic {
+            pid,
+            total,
+            sockets: 2,
+        });
+    };
+    for (k, total) in [1_000u64, 50_000, 100_000].into_iter().enumerate() {
+        traffic(&mut r, 100, total);
+        traffic(&mut r, 200, 5_000);
+        r.advance(30 * S);
+        if k < 2 {
+            let view = r
+                .status
+                .instances
+                .iter()
+                .find(|i| i.name == a.name)
+                .unwrap();
+            assert_eq!(view.state, "healthy", "audit {k}");
+        }
+    }
+    let view = r
+        .status
+        .instances
+        .iter()
+        .find(|i| i.name == a.name)
+        .unwrap();
+    assert_eq!(view.state, "blind");
+    let why = view.blind.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("moved 96 KiB over 2 TCP connection(s) in 1m "),
+        "{why}"
+    );
+    assert!(why.contains("the last 1m"), "its last capture: {why}");
+    let idle = r
+        .status
+        .instances
+        .iter()
+        .find(|i| i.name == b.name)
+        .unwrap();
+    assert_eq!(idle.state, "healthy");
+    assert!(r.restarts.is_empty(), "never restarted for it");
+    r.see(100, 200, "s-a");
+    r.advance(S);
+    let view = r
+        .status
+        .instances
+        .iter()
+        .find(|i| i.name == a.name)
+        .unwrap();
+    assert_eq!(view.state, "healthy");
+    assert!(view.blind.is_none());
+}
