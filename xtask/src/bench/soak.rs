@@ -86,6 +86,8 @@ pub(super) struct Soak {
     pub(super) pid_wraps: u64,
     /// Daemon log lines at WARN and ERROR during the soak.
     pub(super) log: (u64, u64),
+    /// Processes the coverage audit found blind during the soak (its `blind:` log lines).
+    pub(super) blind: u64,
     /// Instances listed at the end that the bench did not start.
     pub(super) foreign: Vec<String>,
 }
@@ -605,8 +607,12 @@ fn run(
         }
     };
     let mut log = (0u64, 0u64);
+    let blind = std::cell::Cell::new(0u64);
     let read_log = |log: &mut (u64, u64)| {
         for line in daemon.stderr.try_iter() {
+            if line.text.contains("blind:") {
+                blind.set(blind.get() + 1);
+            }
             if line.text.contains(" WARN ") {
                 log.0 += 1;
             } else if line.text.contains(" ERROR ") {
@@ -810,6 +816,7 @@ fn run(
         pid_max,
         pid_wraps,
         log,
+        blind: blind.get(),
         foreign,
     })
 }
@@ -942,6 +949,13 @@ impl Soak {
             &format!("{} lost of {} records sent", self.lost, self.records),
             "0 lost",
             Some(self.lost == 0 && self.records > 0),
+        );
+        report.row(
+            8,
+            "… watched processes the coverage audit called blind (the daemon's `blind:` lines)",
+            &self.blind.to_string(),
+            "0",
+            Some(self.blind == 0),
         );
         let l = &self.latches;
         report.row(
