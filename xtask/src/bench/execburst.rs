@@ -124,16 +124,7 @@ fn burst(
         trues.push(name);
     }
 
-    let socket = dir.join("control.sock");
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\njournal = \"{d}/journal.jsonl\"\nstate_dir = \"{d}/state\"\ncontrol_socket = \"{}\"\nlocate_cache = \"{d}/locate\"\n",
-            socket.display(),
-            d = dir.display()
-        ),
-    )?;
+    let (config, socket) = scratch_config(&dir, "")?;
     let mut daemon = Reaped(
         Command::new(&env.claude_watch)
             .arg("daemon")
@@ -263,6 +254,22 @@ impl ExecBurst {
     }
 }
 
+/// A daemon configuration whose files all live in `dir`, with `extra` `[daemon]` keys; returns
+/// it and its control socket.
+fn scratch_config(dir: &Path, extra: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let socket = dir.join("control.sock");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\njournal = \"{d}/journal.jsonl\"\nstate_dir = \"{d}/state\"\ncontrol_socket = \"{}\"\nlocate_cache = \"{d}/locate\"\n{extra}",
+            socket.display(),
+            d = dir.display()
+        ),
+    )?;
+    Ok((config, socket))
+}
+
 /// Where the bench keeps the Bun it compiles with: the pinned 1.4.5.
 fn pinned_bun(root: &Path) -> PathBuf {
     root.join(".test-deps/npm/bun-1.4.5/node_modules/@oven/bun-linux-x64/bin/bun")
@@ -338,16 +345,7 @@ pub(super) fn exec_loop(env: &BenchEnv, smoke: bool) -> anyhow::Result<ExecLoop>
                 continue;
             }
             let filter = which == 3;
-            let socket = dir.join("control.sock");
-            let config = dir.join("config.toml");
-            std::fs::write(
-                &config,
-                format!(
-                    "[daemon]\njournal = \"{d}/journal.jsonl\"\nstate_dir = \"{d}/state\"\ncontrol_socket = \"{}\"\nlocate_cache = \"{d}/locate\"\nexec_filter = {filter}\n",
-                    socket.display(),
-                    d = dir.display()
-                ),
-            )?;
+            let (config, _) = scratch_config(&dir, &format!("exec_filter = {filter}\n"))?;
             let mut daemon = Reaped(
                 Command::new(&env.claude_watch)
                     .args(["daemon", "--probe-time", "--config"])
