@@ -776,7 +776,9 @@ fn a_claude_process_whose_traffic_the_probes_miss_reads_blind_and_a_seen_one_nev
         daemon.status_text().contains("blind (it moved"),
         "status says why"
     );
-    // Never restarted for it.
+    // Journalled, never restarted for it.
+    let said = daemon.actions_of(&client_name, claude_watch::journal::ActionKind::Blind);
+    assert_eq!(said.len(), 1, "{said:?}");
     assert!(daemon.restarts().is_empty());
     // The light agent, busy all along (a request every few seconds), was never blind.
     for _ in 0..5 {

@@ -61,6 +61,9 @@ pub enum ActionKind {
     /// The instance waits for an upstream incident's canary (see [`IncidentRecord`]): no
     /// restart of its own until a restart of the incident heals.
     Held,
+    /// The coverage audit found the instance's process blind: traffic its probes do not see
+    /// (the detail says what was seen). Nothing is done about it but saying so.
+    Blind,
 }
 
 /// What happened to a host's upstream incident (several instances latched in one window,

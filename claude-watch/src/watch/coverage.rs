@@ -43,8 +43,17 @@ impl Blind {
                 )
             },
         );
+        let since = now.saturating_sub(self.since);
+        let since = if since >= 1_000_000_000 {
+            format!(
+                "; blind for {}",
+                crate::time::human(std::time::Duration::from_nanos(since))
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "it moved {} KiB over {} TCP connection(s) in {} and the probes captured no API request ({last}): a client or protocol the probes do not see",
+            "it moved {} KiB over {} TCP connection(s) in {} and the probes captured no API request ({last}): a client or protocol the probes do not see{since}",
             self.bytes / 1024,
             self.sockets,
             crate::time::human(std::time::Duration::from_nanos(self.over_ns))
@@ -157,6 +166,12 @@ mod tests {
                 .contains("moved 116 KiB over 3 TCP connection(s) in 1m")
         );
         assert!(b.reason(60 * S).contains("none ever"));
+        assert!(!b.reason(60 * S).contains("blind for"));
+        assert!(
+            b.reason(150 * S).ends_with("; blind for 1m30s"),
+            "{}",
+            b.reason(150 * S)
+        );
         assert!(c.blind(7).is_some());
         // Said once.
         assert_eq!(c.traffic(7, 200_000, 3, 90 * S), None);

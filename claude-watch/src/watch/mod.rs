@@ -528,13 +528,18 @@ impl Watch {
                 }
                 if let Some(coverage::Change::Blind(b)) =
                     self.coverage.traffic(pid, total, sockets, now)
+                    && let Some(id) = self.procs.get(&pid).map(|f| f.instance.clone())
                 {
-                    let instance = self.procs.get(&pid).map(|f| f.instance.name.clone());
-                    warn!(
-                        pid,
-                        instance = instance.as_deref().unwrap_or("-"),
-                        "blind: {}",
-                        b.reason(now)
+                    let why = b.reason(now);
+                    warn!(pid, instance = %id, "blind: {why}");
+                    self.journal_action(
+                        &id,
+                        ActionKind::Blind,
+                        false,
+                        None,
+                        format!("pid {pid}: {why}"),
+                        now,
+                        &mut out,
                     );
                 }
             }
