@@ -358,6 +358,11 @@ pub(super) fn scrape(port: u16) -> anyhow::Result<String> {
 
 /// A counter's value in a metrics scrape (0 when absent).
 pub(super) fn counter(text: &str, name: &str) -> u64 {
+    gauge(text, name) as u64
+}
+
+/// A gauge's value in a metrics scrape (0 when absent).
+pub(super) fn gauge(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(name)?
@@ -366,7 +371,7 @@ pub(super) fn counter(text: &str, name: &str) -> u64 {
                 .parse::<f64>()
                 .ok()
         })
-        .map_or(0, |v| v as u64)
+        .unwrap_or(0.0)
 }
 
 /// Busy loops, one per CPU, stopped when dropped: a loaded machine.

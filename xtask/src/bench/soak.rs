@@ -88,6 +88,8 @@ pub(super) struct Soak {
     pub(super) log: (u64, u64),
     /// Processes the coverage audit found blind during the soak (its `blind:` log lines).
     pub(super) blind: u64,
+    /// The last coverage audit at the end: seconds, processes.
+    pub(super) audit: (f64, u64),
     /// Instances listed at the end that the bench did not start.
     pub(super) foreign: Vec<String>,
 }
@@ -817,6 +819,10 @@ fn run(
         pid_wraps,
         log,
         blind: blind.get(),
+        audit: (
+            super::detection::gauge(&metrics_end, "claude_watch_coverage_audit_seconds"),
+            counter(&metrics_end, "claude_watch_coverage_audit_processes"),
+        ),
         foreign,
     })
 }
@@ -956,6 +962,18 @@ impl Soak {
             &self.blind.to_string(),
             "0",
             Some(self.blind == 0),
+        );
+        report.row(
+            8,
+            "… the last coverage audit's cost (one sock_diag dump and each watched process's descriptors, on a blocking thread, every 30 s)",
+            &format!(
+                "{:.1} ms over {} processes ({:.0} µs per process)",
+                self.audit.0 * 1000.0,
+                self.audit.1,
+                self.audit.0 * 1e6 / self.audit.1.max(1) as f64
+            ),
+            "",
+            None,
         );
         let l = &self.latches;
         report.row(
