@@ -76,8 +76,8 @@ struct Audit {
     last: Option<(u64, MonoNs)>,
     /// Bytes moved in the previous window, if it captured nothing.
     previous: Option<(u64, u64)>,
-    /// Exchanges captured since the last audit.
-    exchanges: u64,
+    /// Whether an exchange was captured since the last audit.
+    captured: bool,
     last_exchange: Option<MonoNs>,
     blind: Option<Blind>,
 }
@@ -92,7 +92,7 @@ impl Coverage {
     /// An exchange of `pid` was captured.
     pub fn exchange(&mut self, pid: u32, now: MonoNs) -> Option<Change> {
         let a = self.procs.entry(pid).or_default();
-        a.exchanges += 1;
+        a.captured = true;
         a.last_exchange = Some(now);
         a.previous = None;
         a.blind.take().map(|_| Change::Seen)
@@ -102,13 +102,13 @@ impl Coverage {
     pub fn traffic(&mut self, pid: u32, total: u64, sockets: u32, now: MonoNs) -> Option<Change> {
         let a = self.procs.entry(pid).or_default();
         let Some((before, at)) = a.last.replace((total, now)) else {
-            a.exchanges = 0;
+            a.captured = false;
             return None;
         };
         // Closed sockets take their bytes with them: a drop moves nothing.
         let moved = total.saturating_sub(before);
         let window = now.saturating_sub(at);
-        let captured = std::mem::take(&mut a.exchanges) > 0;
+        let captured = std::mem::take(&mut a.captured);
         if captured || moved == 0 {
             a.previous = None;
             return None;

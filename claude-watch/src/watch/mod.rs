@@ -495,7 +495,10 @@ impl Watch {
                 }
             }
             Input::Exchange { exchange, instance } => {
-                if self.coverage.exchange(exchange.pid, now) == Some(coverage::Change::Seen) {
+                // Only instance processes are audited.
+                if self.procs.contains_key(&exchange.pid)
+                    && self.coverage.exchange(exchange.pid, now) == Some(coverage::Change::Seen)
+                {
                     info!(
                         pid = exchange.pid,
                         "coverage: an exchange of a blind process was captured; no longer blind"
@@ -523,12 +526,10 @@ impl Watch {
                 total,
                 sockets,
             } => {
-                if !self.procs.contains_key(&pid) {
-                    return out;
-                }
-                if let Some(coverage::Change::Blind(b)) =
-                    self.coverage.traffic(pid, total, sockets, now)
-                    && let Some(id) = self.procs.get(&pid).map(|f| f.instance.clone())
+                // A process that exited since the audit began is not counted again.
+                if let Some(id) = self.procs.get(&pid).map(|f| f.instance.clone())
+                    && let Some(coverage::Change::Blind(b)) =
+                        self.coverage.traffic(pid, total, sockets, now)
                 {
                     let why = b.reason(now);
                     warn!(pid, instance = %id, "blind: {why}");
