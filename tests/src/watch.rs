@@ -656,6 +656,12 @@ pub fn read_journal(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
+/// A value of an unlabelled metric family in a `/metrics` text ([`Daemon::metrics`]).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (for the daemon's metrics).
 pub fn free_port() -> u16 {
     crate::shared::free_port().expect("a free port")

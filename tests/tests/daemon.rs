@@ -614,13 +614,6 @@ fn a_restarted_daemon_ends_the_episode_of_a_latched_process_that_exited_meanwhil
     );
 }
 
-/// A metric's value in a `/metrics` text (0 when absent).
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The exec filter (issue #32): once discovery has judged a file twice not to be Claude Code,
 /// its execs stay in the kernel (counted, never sent); an agent started afterwards, and one that
 /// runs that very program as a tool, are still found, and the agent's exit still reaches the
@@ -634,7 +627,8 @@ fn execs_of_an_image_judged_not_claude_stay_in_the_kernel_and_agents_are_still_f
         "",
     );
     assert!(
-        metric(&daemon.metrics(), "claude_watch_exec_filter_images") >= 0.0,
+        watch::metric(&daemon.metrics(), "claude_watch_exec_filter_images")
+            .is_some_and(|n| n >= 0.0),
         "the filter is on (the kernel has BTF)"
     );
     // A program of its own (a fresh inode), run until the daemon has judged it twice and the
@@ -651,7 +645,9 @@ fn execs_of_an_image_judged_not_claude_stay_in_the_kernel_and_agents_are_still_f
             );
         }
     };
-    let filtered = |d: &Daemon| metric(&d.metrics(), "claude_watch_kernel_execs_filtered_total");
+    let filtered = |d: &Daemon| {
+        watch::metric(&d.metrics(), "claude_watch_kernel_execs_filtered_total").unwrap_or_default()
+    };
     run_tool(2);
     wait_until(WAIT, "the image to be judged and filtered", || {
         let before = filtered(&daemon);
@@ -663,22 +659,25 @@ fn execs_of_an_image_judged_not_claude_stay_in_the_kernel_and_agents_are_still_f
     let (filtered0, sent0) = {
         let m = daemon.metrics();
         (
-            metric(&m, "claude_watch_kernel_execs_filtered_total"),
-            metric(&m, "claude_watch_kernel_execs_sent_total"),
+            watch::metric(&m, "claude_watch_kernel_execs_filtered_total").unwrap_or_default(),
+            watch::metric(&m, "claude_watch_kernel_execs_sent_total").unwrap_or_default(),
         )
     };
     run_tool(200);
     let m = wait_until(WAIT, "the counters to include the 200 execs", || {
         std::thread::sleep(Duration::from_secs(1));
         let m = daemon.metrics();
-        (metric(&m, "claude_watch_kernel_execs_filtered_total") >= filtered0 + 200.0).then_some(m)
+        (watch::metric(&m, "claude_watch_kernel_execs_filtered_total").unwrap_or_default()
+            >= filtered0 + 200.0)
+            .then_some(m)
     });
-    let sent = metric(&m, "claude_watch_kernel_execs_sent_total") - sent0;
+    let sent =
+        watch::metric(&m, "claude_watch_kernel_execs_sent_total").unwrap_or_default() - sent0;
     assert!(
         sent < 50.0,
         "the tool's execs were sent: {sent} execs sent during 200 of them"
     );
-    assert!(metric(&m, "claude_watch_exec_filter_images") >= 1.0);
+    assert!(watch::metric(&m, "claude_watch_exec_filter_images").is_some_and(|n| n >= 1.0));
 
     // An agent started now is found and observed, runs the filtered program as a tool, and
     // its exit reaches the daemon (a `pid:` instance leaves `status` when its process exits).

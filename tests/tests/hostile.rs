@@ -16,7 +16,7 @@ use claude_watch_tests::process::ScratchDir;
 use claude_watch_tests::standin::StandIn;
 use claude_watch_tests::testbed::Testbed;
 use claude_watch_tests::users::TestUser;
-use claude_watch_tests::watch::Daemon;
+use claude_watch_tests::watch::{Daemon, metric};
 
 use aya::maps::{HashMap, Map, MapData, loaded_maps};
 use claude_watch_tests::process::ChildGuard;
@@ -412,12 +412,6 @@ fn another_user_cannot_borrow_a_named_instance_and_get_it_restarted() {
         daemon.log()
     );
     drop(honest);
-}
-
-/// A value of an unlabelled metric family in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Open file descriptors of process `pid`.
