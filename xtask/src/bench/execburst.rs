@@ -125,16 +125,7 @@ fn burst(
     }
 
     let (config, socket) = scratch_config(&dir, "")?;
-    let mut daemon = Reaped(
-        Command::new(&env.claude_watch)
-            .arg("daemon")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting the daemon")?,
-    );
+    let mut daemon = spawn_daemon(env, &config, &[])?;
     let stderr = daemon.0.stderr.take().context("stderr")?;
     let mut lines = BufReader::new(stderr).lines();
     loop {
@@ -270,6 +261,20 @@ fn scratch_config(dir: &Path, extra: &str) -> anyhow::Result<(PathBuf, PathBuf)>
     Ok((config, socket))
 }
 
+/// The bench's daemon on `config` with `extra` arguments, its stderr piped.
+fn spawn_daemon(env: &BenchEnv, config: &Path, extra: &[&str]) -> anyhow::Result<Reaped> {
+    let child = Command::new(&env.claude_watch)
+        .arg("daemon")
+        .args(extra)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the daemon")?;
+    Ok(Reaped(child))
+}
+
 /// Where the bench keeps the Bun it compiles with: the pinned 1.4.5.
 fn pinned_bun(root: &Path) -> PathBuf {
     root.join(".test-deps/npm/bun-1.4.5/node_modules/@oven/bun-linux-x64/bin/bun")
@@ -346,15 +351,7 @@ pub(super) fn exec_loop(env: &BenchEnv, smoke: bool) -> anyhow::Result<ExecLoop>
             }
             let filter = which == 3;
             let (config, _) = scratch_config(&dir, &format!("exec_filter = {filter}\n"))?;
-            let mut daemon = Reaped(
-                Command::new(&env.claude_watch)
-                    .args(["daemon", "--probe-time", "--config"])
-                    .arg(&config)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .context("starting the daemon")?,
-            );
+            let mut daemon = spawn_daemon(env, &config, &["--probe-time"])?;
             let stderr = daemon.0.stderr.take().context("stderr")?;
             let (tx, rx) = std::sync::mpsc::channel::<String>();
             std::thread::spawn(move || {
