@@ -77,31 +77,36 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         .as_ref()
         .map_or_else(|| "built-in".to_owned(), |p| p.display().to_string());
     // The core logs every decision; a replay makes thousands.
-    let text =
+    let (text, journalled) =
         tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
             render(args, &config, &name)
         });
     print!("{text}");
-    if let Some(path) = &args.journal {
-        write_journal(args, &config, path)?;
+    if let (Some(path), Some(journalled)) = (&args.journal, journalled) {
+        write_journal(args, &journalled, path)?;
     }
     Ok(())
 }
 
-/// Writes the journal of `config` on the largest host of `--instances`.
-fn write_journal(args: &ReplayArgs, config: &Config, path: &std::path::Path) -> anyhow::Result<()> {
+/// The configuration's replay on the largest host, kept with its journal for `--journal`.
+struct Journalled {
+    agents: usize,
+    windows: usize,
+    outcome: Outcome,
+}
+
+/// Writes the journal of the configuration's replay on the largest host of `--instances`.
+fn write_journal(
+    args: &ReplayArgs,
+    journalled: &Journalled,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let n = args.instances.iter().copied().max().unwrap_or(1);
-    let scenario = Scenario::writeup(args.seed, args.days, n);
-    let outcome =
-        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
-            replay::run_journalled(
-                config,
-                &scenario,
-                &Timing::default(),
-                crate::time::wall_now_ms(),
-            )
-        });
+    let Journalled {
+        agents,
+        windows,
+        outcome,
+    } = journalled;
     let mut text = Vec::new();
     for record in &outcome.journal {
         serde_json::to_writer(&mut text, record)?;
@@ -120,11 +125,10 @@ fn write_journal(args: &ReplayArgs, config: &Config, path: &std::path::Path) -> 
         })
         .collect();
     eprintln!(
-        "wrote {} journal records ({} episodes of {n} agents, {} windows, {} days) to {}\n\
+        "wrote {} journal records ({} episodes of {agents} agents, {windows} windows, {} days) to {}\n\
          report and picture: claude-watch episodes --journal {} --svg replay.svg",
         outcome.journal.len(),
         episodes.len(),
-        scenario.windows.len(),
         args.days,
         path.display(),
         path.display()
@@ -227,13 +231,41 @@ struct Replayed {
     credential: Vec<CredentialRow>,
 }
 
-fn replayed(args: &ReplayArgs, policies: &[Policy], timing: &Timing) -> Replayed {
+/// The rows, and with `--journal` the last policy's replay on the largest host with its
+/// journal (the same replay as its row: its wall times end now).
+fn replayed(
+    args: &ReplayArgs,
+    policies: &[Policy],
+    timing: &Timing,
+) -> (Replayed, Option<Journalled>) {
     let mut rows = Vec::new();
+    let mut journalled = None;
+    let largest = args.instances.iter().copied().max();
     for &n in &args.instances {
         let scenario = Scenario::writeup(args.seed, args.days, n);
-        for policy in policies {
-            let outcome = replay::run(&policy.config, &scenario, timing);
+        for (k, policy) in policies.iter().enumerate() {
+            let keep = args.journal.is_some()
+                && Some(n) == largest
+                && k + 1 == policies.len()
+                && journalled.is_none();
+            let outcome = if keep {
+                replay::run_journalled(
+                    &policy.config,
+                    &scenario,
+                    timing,
+                    crate::time::wall_now_ms(),
+                )
+            } else {
+                replay::run(&policy.config, &scenario, timing)
+            };
             rows.push(Row::new(n, policy, &outcome));
+            if keep {
+                journalled = Some(Journalled {
+                    agents: n,
+                    windows: scenario.windows.len(),
+                    outcome,
+                });
+            }
         }
     }
     let scenario = Scenario::poisoned(Duration::from_secs(6 * 3600), 5);
@@ -251,7 +283,7 @@ fn replayed(args: &ReplayArgs, policies: &[Policy], timing: &Timing) -> Replayed
         })
         .collect();
     let r = policies.last().map(|p| &p.config.recovery);
-    Replayed {
+    let replayed = Replayed {
         days: args.days,
         seed: args.seed,
         backoff_initial_s: r.map_or(0, |r| r.backoff_initial.as_secs()),
@@ -259,19 +291,23 @@ fn replayed(args: &ReplayArgs, policies: &[Policy], timing: &Timing) -> Replayed
         max_restarts: r.map_or(0, |r| r.max_restarts.get()),
         rows,
         credential,
-    }
+    };
+    (replayed, journalled)
 }
 
-fn render(args: &ReplayArgs, config: &Config, name: &str) -> String {
+fn render(args: &ReplayArgs, config: &Config, name: &str) -> (String, Option<Journalled>) {
     let timing = Timing::default();
     let configured = Policy {
         name: format!("this configuration ({name})"),
         config: config.clone(),
     };
     let policies = [Policy::before(config), Policy::naive(config), configured];
-    let replayed = replayed(args, &policies, &timing);
+    let (replayed, journalled) = replayed(args, &policies, &timing);
     if args.format == "json" {
-        return serde_json::to_string(&replayed).unwrap_or_default() + "\n";
+        return (
+            serde_json::to_string(&replayed).unwrap_or_default() + "\n",
+            journalled,
+        );
     }
     let md = args.format == "markdown";
     let mut out = String::new();
@@ -349,7 +385,7 @@ fn render(args: &ReplayArgs, config: &Config, name: &str) -> String {
         out.push('\n');
         out.push_str(&grid(args, config, &timing, md));
     }
-    out
+    (out, journalled)
 }
 
 /// backoff_initial × backoff_max over the hosts of `--instances` together, then max_restarts
