@@ -2078,21 +2078,11 @@ fn traffic_the_probes_miss_makes_a_healthy_instance_blind_until_one_is_seen() {
         traffic(&mut r, 200, 5_000);
         r.advance(30 * S);
         if k < 2 {
-            let view = r
-                .status
-                .instances
-                .iter()
-                .find(|i| i.name == a.name)
-                .unwrap();
+            let view = r.view(&a.name);
             assert_eq!(view.state, "healthy", "audit {k}");
         }
     }
-    let view = r
-        .status
-        .instances
-        .iter()
-        .find(|i| i.name == a.name)
-        .unwrap();
+    let view = r.view(&a.name);
     assert_eq!(view.state, "blind");
     let why = view.blind.as_deref().unwrap_or_default();
     assert!(
@@ -2100,22 +2090,12 @@ fn traffic_the_probes_miss_makes_a_healthy_instance_blind_until_one_is_seen() {
         "{why}"
     );
     assert!(why.contains("the last 1m"), "its last capture: {why}");
-    let idle = r
-        .status
-        .instances
-        .iter()
-        .find(|i| i.name == b.name)
-        .unwrap();
+    let idle = r.view(&b.name);
     assert_eq!(idle.state, "healthy");
     assert!(r.restarts.is_empty(), "never restarted for it");
     r.see(100, 200, "s-a");
     r.advance(S);
-    let view = r
-        .status
-        .instances
-        .iter()
-        .find(|i| i.name == a.name)
-        .unwrap();
+    let view = r.view(&a.name);
     assert_eq!(view.state, "healthy");
     assert!(view.blind.is_none());
 }
