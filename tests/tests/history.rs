@@ -451,6 +451,21 @@ fn svg_height(svg: &str) -> u32 {
         .expect("numeric height")
 }
 
+/// `claude-watch episodes --journal JOURNAL --svg SVG` in time zone `tz`; the picture's text.
+#[track_caller]
+fn draw(journal: &Path, svg: &Path, tz: &str) -> String {
+    episodes_cmd(
+        &[
+            "--journal",
+            journal.to_str().unwrap(),
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+        tz,
+    );
+    std::fs::read_to_string(svg).unwrap()
+}
+
 /// A page drawn by headless Chromium into a PNG, as RGB pixels.
 struct Screenshot {
     pixels: Vec<[u8; 3]>,
@@ -530,17 +545,8 @@ fn svg_picture_is_drawn_by_a_real_browser() {
     let dir = ScratchDir::new("cw-history-svg");
     let journal = live_and_imported(dir.path());
     let svg_path = dir.path().join("episodes.svg");
-    episodes_cmd(
-        &[
-            "--journal",
-            journal.to_str().unwrap(),
-            "--svg",
-            svg_path.to_str().unwrap(),
-        ],
-        // UTC-06:00: the live episode falls on the day before the imported ones.
-        "CST+6",
-    );
-    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    // UTC-06:00: the live episode falls on the day before the imported ones.
+    let svg = draw(&journal, &svg_path, "CST+6");
 
     // Structure: one bar per episode, coloured by how it ended; the throttle; restart ticks;
     // a bar per day; a title on the picture and on every mark.
@@ -635,16 +641,7 @@ fn a_fleets_two_weeks_are_drawn_and_read_at_two_sizes() {
     assert!(restarts > eps.len(), "{restarts} restarts");
 
     let svg_path = dir.path().join("fleet.svg");
-    episodes_cmd(
-        &[
-            "--journal",
-            journal.to_str().unwrap(),
-            "--svg",
-            svg_path.to_str().unwrap(),
-        ],
-        "UTC",
-    );
-    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let svg = draw(&journal, &svg_path, "UTC");
     assert!(
         svg.contains(&format!("{} windows on 30 instances</title>", eps.len())),
         "{}",
