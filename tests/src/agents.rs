@@ -252,6 +252,13 @@ pub fn agent_script(dir: &std::path::Path, as_claude: bool) -> std::path::PathBu
     if !as_claude {
         return script;
     }
+    claude_code_package(dir, &std::fs::read(&script).expect("read agent.mjs"))
+}
+
+/// `source` installed under `dir` as npm's `@anthropic-ai/claude-code/cli.js` (an ES module
+/// package, like the real one), so discovery takes a node running it for Claude Code.
+#[track_caller]
+pub fn claude_code_package(dir: &std::path::Path, source: &[u8]) -> std::path::PathBuf {
     let package = dir.join("node_modules/@anthropic-ai/claude-code");
     std::fs::create_dir_all(&package).expect("create the fake claude-code package");
     std::fs::write(
@@ -260,7 +267,7 @@ pub fn agent_script(dir: &std::path::Path, as_claude: bool) -> std::path::PathBu
     )
     .expect("write package.json");
     let cli = package.join("cli.js");
-    std::fs::copy(&script, &cli).expect("copy agent.mjs as cli.js");
+    std::fs::write(&cli, source).expect("write cli.js");
     cli
 }
 

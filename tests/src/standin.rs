@@ -271,3 +271,26 @@ impl StandIn {
             .unwrap_or_else(|e| panic!("stand-in control {method} {path}: body not JSON ({e})"))
     }
 }
+
+/// A throw-away self-signed certificate for 127.0.0.1 (`openssl req -x509`), written to `dir`:
+/// its certificate and key files, for a test's own TLS server.
+#[track_caller]
+pub fn self_signed_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}

@@ -705,30 +705,7 @@ fn a_claude_process_whose_traffic_the_probes_miss_reads_blind_and_a_seen_one_nev
     let daemon = Daemon::start("coverage_audit = \"2s\"", "");
     let dir = daemon.dir().join("h2");
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, key) = claude_watch_tests::standin::self_signed_certificate(&dir);
     let h2 = claude_watch_tests::deps::assets_dir().join("agents/h2.mjs");
     let mut serve = std::process::Command::new(claude_watch_tests::deps::node());
     serve.arg(&h2).arg("serve").arg(&cert).arg(&key);
@@ -749,16 +726,12 @@ fn a_claude_process_whose_traffic_the_probes_miss_reads_blind_and_a_seen_one_nev
     });
 
     // The HTTP/2 client as Claude Code's cli.js.
-    let package = dir.join("node_modules/@anthropic-ai/claude-code");
-    std::fs::create_dir_all(&package).unwrap();
-    std::fs::write(
-        package.join("package.json"),
-        r#"{"name":"@anthropic-ai/claude-code","type":"module"}"#,
-    )
-    .unwrap();
-    std::fs::copy(&h2, package.join("cli.js")).unwrap();
+    let cli = claude_watch_tests::agents::claude_code_package(
+        &dir,
+        &std::fs::read(&h2).expect("read h2.mjs"),
+    );
     let mut client_cmd = std::process::Command::new(claude_watch_tests::deps::node());
-    client_cmd.arg(package.join("cli.js")).arg(&port);
+    client_cmd.arg(&cli).arg(&port);
     let client = claude_watch_tests::process::ChildGuard::spawn("h2 client", &mut client_cmd);
     let client_name = format!("pid:{}", client.pid());
     let started = Instant::now();

@@ -451,30 +451,8 @@ fn a_process_flooding_tls_writes_does_not_blind_the_honest_agent() {
     let user = TestUser::ensure(ATTACKER);
     let standin = StandIn::start();
     let dir = ScratchDir::new("cw-hostile-flood");
-    let package = dir.path().join("node_modules/@anthropic-ai/claude-code");
-    std::fs::create_dir_all(&package).expect("create the flood package");
-    std::fs::write(
-        package.join("package.json"),
-        r#"{"name":"@anthropic-ai/claude-code","type":"module"}"#,
-    )
-    .expect("write package.json");
-    std::fs::write(package.join("cli.js"), FLOOD).expect("write cli.js");
-    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let cli = claude_watch_tests::agents::claude_code_package(dir.path(), FLOOD.as_bytes());
+    let (cert, key) = claude_watch_tests::standin::self_signed_certificate(dir.path());
     user.chown(dir.path());
 
     let daemon = Daemon::start(
@@ -488,7 +466,7 @@ fn a_process_flooding_tls_writes_does_not_blind_the_honest_agent() {
     command
         .args(user.setpriv_args())
         .arg(claude_watch_tests::deps::node())
-        .arg(package.join("cli.js"))
+        .arg(&cli)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("FLOOD_CERT", &cert)
