@@ -79,8 +79,15 @@ pub mod stats {
     pub const EXECS_FILTERED: u32 = 5;
     /// Execs sent to user space.
     pub const EXECS_SENT: u32 = 6;
+    /// HTTP heads dropped in the kernel because their process's user (other than root) had
+    /// used up its [`super::USER_BUDGET_RECORDS`] for the current window.
+    pub const OVER_USER_BUDGET: u32 = 7;
+    /// Execs of images not judged yet dropped in the kernel because their user (other than
+    /// root, not of a watched process) had used up its [`super::USER_BUDGET_RECORDS`]: user
+    /// space looks at every process again when this grows.
+    pub const EXECS_OVER_BUDGET: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 9;
 }
 
 /// Default of the records (HTTP heads and their continuations) one process may send per
@@ -97,7 +104,21 @@ pub const BUDGET_WINDOW_NS: u64 = 1_000_000_000;
 /// and start over with a full budget).
 pub const BUDGET_ENTRIES: u32 = 8192;
 
-/// One process's budget, in the kernel's `BUDGET` map keyed by pid (thread group id).
+/// Default of the records one user other than root may send per [`BUDGET_WINDOW_NS`], all
+/// their processes together: HTTP heads (after each process's own [`BUDGET_RECORDS`]) and the
+/// execs of images user space has not judged yet. The kernel drops and counts the rest
+/// ([`stats::OVER_USER_BUDGET`], [`stats::EXECS_OVER_BUDGET`]), so a user starting many
+/// flooding processes, or exec'ing fresh files in a loop, spends only their own share of the
+/// ring and of the daemon's time. Root's processes are bounded per process only. User space
+/// sets the value at load time (the kernel's `USER_BUDGET_RECORDS` global).
+pub const USER_BUDGET_RECORDS: u32 = 1024;
+
+/// Entries of the per-user budget map (least recently used users are evicted first, and start
+/// over with a full budget).
+pub const USER_BUDGET_ENTRIES: u32 = 1024;
+
+/// One process's budget, in the kernel's `BUDGET` map keyed by pid (thread group id), or one
+/// user's, in the `USER_BUDGET` map keyed by uid.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Budget {
@@ -129,6 +150,10 @@ pub struct EventHeader {
     pub kind: u32,
     /// Bits from [`flags`].
     pub flags: u32,
+    /// Real user id of the caller (what the user shares in user space are keyed by).
+    pub uid: u32,
+    /// Zero.
+    pub pad: u32,
 }
 
 /// Size of [`EventHeader`] in bytes.

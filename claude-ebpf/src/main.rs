@@ -19,8 +19,8 @@ use core::hint::black_box;
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated as raw,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, generated as raw,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -29,7 +29,7 @@ use aya_ebpf::{
 use claude_ebpf_common::{
     BUDGET_ENTRIES, BUDGET_WINDOW_NS, Budget, ConnKey, EventBuf, EventHeader, HEAD_MAX, HEADER_LEN,
     IMAGE_ENTRIES, ImageKey, KernelOffsets, REPORTED_ENTRIES, ReadArgs, SHORT_HEAD,
-    WATCHED_ENTRIES, flags, kind, stats, wakeup,
+    USER_BUDGET_ENTRIES, WATCHED_ENTRIES, flags, kind, stats, wakeup,
 };
 
 /// Records for user space. User space may resize it at load time.
@@ -52,6 +52,12 @@ static CONT: LruHashMap<ConnKey, u32> = LruHashMap::with_max_entries(8192, 0);
 #[unsafe(no_mangle)]
 static BUDGET_RECORDS: u32 = claude_ebpf_common::BUDGET_RECORDS;
 
+/// Records one user other than root may send per budget window, all their processes together
+/// (heads, and execs of images not judged yet); set by user space at load time (`u32::MAX`: no
+/// budget).
+#[unsafe(no_mangle)]
+static USER_BUDGET_RECORDS: u32 = claude_ebpf_common::USER_BUDGET_RECORDS;
+
 /// When a record wakes the reader, one of [`wakeup`]; set by user space at load time.
 #[unsafe(no_mangle)]
 static WAKEUP: u32 = wakeup::RESPONSES;
@@ -69,6 +75,11 @@ static COPY_MAX: u32 = claude_ebpf_common::COPY_MAX;
 /// Each process's record budget, keyed by pid (see [`within_budget`]).
 #[map]
 static BUDGET: LruHashMap<u32, Budget> = LruHashMap::with_max_entries(BUDGET_ENTRIES, 0);
+
+/// Each user's record budget (other than root's), keyed by uid (see [`within_user_budget`]).
+#[map]
+static USER_BUDGET: LruHashMap<u32, Budget> =
+    LruHashMap::with_max_entries(USER_BUDGET_ENTRIES, 0);
 
 /// Per-CPU room to assemble a record before it is copied to the ring buffer.
 #[map]
@@ -293,6 +304,13 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
     if !within_budget(pid) {
         return;
     }
+    if !within_user_budget(current_uid()) {
+        // Not sent: the process keeps the record it was charged, so what the user's share
+        // refuses does not also use up the process's own budget for the window.
+        refund(&BUDGET, pid);
+        bump(stats::OVER_USER_BUDGET);
+        return;
+    }
     if dir == kind::READ && len < SHORT_HEAD {
         // The status line or headers may be split: forward the next read too.
         expect_continuation(&key);
@@ -340,28 +358,63 @@ fn set_in_place<K, V>(map: &LruHashMap<K, V>, key: &K, value: V) {
     }
 }
 
-/// The budget user space set (read through a volatile load so the compiler keeps it a global).
+
+/// Gives back one record [`spend`] counted for `key` in the current window.
 #[inline(always)]
-fn budget_records() -> u32 {
-    // SAFETY: a plain read of a global the loader may have rewritten.
-    unsafe { core::ptr::read_volatile(&raw const BUDGET_RECORDS) }
+fn refund(map: &LruHashMap<u32, Budget>, key: u32) {
+    if let Some(budget) = map.get_ptr_mut(&key) {
+        // SAFETY: a live map value; concurrent updates only make the counts approximate.
+        let budget = unsafe { &mut *budget };
+        budget.records = budget.records.saturating_sub(1);
+    }
+}
+
+/// The real uid of the calling task.
+#[inline(always)]
+fn current_uid() -> u32 {
+    bpf_get_current_uid_gid() as u32
 }
 
 /// Whether process `pid` may send one more record in the current window (and counts it): at
 /// most [`BUDGET_RECORDS`] per [`BUDGET_WINDOW_NS`], so one process flooding its TLS writes
-/// cannot fill the ring shared with every other process. No loop, one map lookup. Threads of
-/// one process on several CPUs may race on the counts; the budget is approximate by that much.
+/// cannot fill the ring shared with every other process.
 #[inline(always)]
 fn within_budget(pid: u32) -> bool {
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    let limit = unsafe { core::ptr::read_volatile(&raw const BUDGET_RECORDS) };
+    let within = spend(&BUDGET, pid, limit);
+    if !within {
+        bump(stats::OVER_BUDGET);
+    }
+    within
+}
+
+/// Whether user `uid` may send one more record in the current window (and counts it): at most
+/// [`USER_BUDGET_RECORDS`] per [`BUDGET_WINDOW_NS`] over all their processes, so one user
+/// starting many processes (each within its own budget) still spends only their share. Root
+/// is not budgeted here (its processes are, each): root's agents are the host's own.
+#[inline(always)]
+fn within_user_budget(uid: u32) -> bool {
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    let limit = unsafe { core::ptr::read_volatile(&raw const USER_BUDGET_RECORDS) };
+    uid == 0 || spend(&USER_BUDGET, uid, limit)
+}
+
+/// Spends one record of `key`'s budget in `map` for the current window: `false` (and the drop
+/// counted in the entry) when `limit` records were sent in it already. No loop, one map
+/// lookup. Threads on several CPUs may race on the counts; a budget is approximate by that
+/// much.
+#[inline(always)]
+fn spend(map: &LruHashMap<u32, Budget>, key: u32, limit: u32) -> bool {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(budget) = BUDGET.get_ptr_mut(&pid) else {
+    let Some(budget) = map.get_ptr_mut(&key) else {
         let fresh = Budget {
             window_start_ns: now,
             records: 1,
             dropped: 0,
         };
-        let _ = BUDGET.insert(&pid, &fresh, 0);
+        let _ = map.insert(&key, &fresh, 0);
         return true;
     };
     // SAFETY: a live map value; concurrent updates only make the counts approximate.
@@ -370,12 +423,11 @@ fn within_budget(pid: u32) -> bool {
         budget.window_start_ns = now;
         budget.records = 1;
         true
-    } else if budget.records < budget_records() {
+    } else if budget.records < limit {
         budget.records += 1;
         true
     } else {
         budget.dropped = budget.dropped.saturating_add(1);
-        bump(stats::OVER_BUDGET);
         false
     }
 }
@@ -465,6 +517,8 @@ fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32, urgent: bool, 
         conn: ssl,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
+        uid: current_uid(),
+        pad: 0,
         len,
         captured: cap as u32,
         kind: dir,
@@ -493,10 +547,18 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let watched = unsafe { WATCHED.get(&pid).is_some() };
     // SAFETY: a raw tracepoint's context is its arguments: (task, old_pid, bprm).
     let bprm: u64 = unsafe { *(ctx.as_ptr() as *const u64).add(2) };
-    if !watched && let Some(image) = image_of(bprm) {
-        // SAFETY: as above.
-        if unsafe { IMAGES.get(&image).is_some() } {
-            bump(stats::EXECS_FILTERED);
+    if !watched {
+        if let Some(image) = image_of(bprm) {
+            // SAFETY: as above.
+            if unsafe { IMAGES.get(&image).is_some() } {
+                bump(stats::EXECS_FILTERED);
+                return 0;
+            }
+        }
+        // An image not judged yet costs user space a look: a user exec'ing fresh files in a
+        // loop spends their own budget, not the daemon's time for everyone.
+        if !within_user_budget(current_uid()) {
+            bump(stats::EXECS_OVER_BUDGET);
             return 0;
         }
     }
@@ -567,6 +629,7 @@ fn notify(event_kind: u32) {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
+        uid: current_uid(),
         kind: event_kind,
         ..EventHeader::default()
     };

@@ -229,6 +229,12 @@ pub struct DaemonConfig {
     /// and counts the rest, so one flooding process cannot fill the ring everyone shares.
     /// 0: no budget. Takes effect at the next start.
     pub record_budget: u32,
+    /// Records one user other than root may send per second over all their processes: HTTP
+    /// heads (within each process's `record_budget`) and execs of images not judged yet. The
+    /// kernel drops and counts the rest, so one user starting many flooding processes, or
+    /// exec'ing fresh files in a loop, spends only their own share (their own agents are
+    /// looked at again by a rescan). 0: no budget. Takes effect at the next start.
+    pub record_budget_per_user: u32,
     /// When the kernel wakes the daemon for a record: `errors` (only a response a decision may
     /// hang on: not 1xx–3xx; successful exchanges are read every 250 ms), `responses` (every
     /// response), `timer` (only execs). Takes effect at the next start.
@@ -272,6 +278,7 @@ impl Default for DaemonConfig {
             locate_cache: "/var/cache/claude-watch/locate".into(),
             ring_mib: crate::capture::probes::DEFAULT_RING_BYTES >> 20,
             record_budget: claude_ebpf_common::BUDGET_RECORDS,
+            record_budget_per_user: claude_ebpf_common::USER_BUDGET_RECORDS,
             wakeup: crate::capture::Wakeup::default(),
             exec_filter: true,
             max_attachments: crate::capture::ledger::DEFAULT_MAX_ATTACHMENTS,

@@ -60,6 +60,8 @@ fn encode(header: &EventHeader, head: &[u8]) -> Vec<u8> {
         header.captured,
         header.kind,
         header.flags,
+        header.uid,
+        header.pad,
     ] {
         out.extend_from_slice(&field.to_ne_bytes());
     }
@@ -74,6 +76,8 @@ fn header(kind: u32, flags: u32, conn: u64, ts_ns: u64, head: &[u8], len: u32) -
         conn,
         pid: 4242,
         tid: 4243,
+        uid: 1000,
+        pad: 0,
         len,
         captured: u32::try_from(head.len()).expect("head fits"),
         kind,
@@ -283,7 +287,7 @@ proptest! {
         padding in vec(any::<u8>(), 0..16),
     ) {
         let h = EventHeader {
-            ts_ns, conn, pid, tid, len,
+            ts_ns, conn, pid, tid, uid: pid ^ tid, pad: 0, len,
             captured: u32::try_from(head.len()).expect("fits"),
             kind, flags,
         };

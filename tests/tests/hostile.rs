@@ -441,6 +441,40 @@ server.listen(0, "127.0.0.1", () => {
 });
 "#;
 
+/// Starts the [`FLOOD`] installed as `cli` as `user`, and waits for it to write.
+fn spawn_flood(
+    user: &TestUser,
+    dir: &std::path::Path,
+    cli: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> ChildGuard {
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(user.setpriv_args())
+        .arg(claude_watch_tests::deps::node())
+        .arg(cli)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("FLOOD_CERT", cert)
+        .env("FLOOD_KEY", key)
+        .current_dir(dir);
+    let mut flood = ChildGuard::spawn("flooding claude", &mut command);
+    flood.wait_for_line(0, Duration::from_secs(20), "the flood going", |l| {
+        l.contains("writes")
+    });
+    flood
+}
+
+/// The rate of a `/metrics` counter over `span`.
+fn rate_of(daemon: &Daemon, name: &str, span: Duration) -> f64 {
+    let before = metric(&daemon.metrics(), name).unwrap_or_default();
+    let started = std::time::Instant::now();
+    std::thread::sleep(span);
+    let after = metric(&daemon.metrics(), name).unwrap_or_default();
+    (after - before) / started.elapsed().as_secs_f64()
+}
+
 /// An unprivileged user's process taken for claude floods its TLS writes; the kernel budget
 /// drops its records beyond its share, so the honest agent next to it keeps being watched: its
 /// latch is detected, no record is lost to a full ring, and the flood shows in `/metrics` and
@@ -462,20 +496,7 @@ fn a_process_flooding_tls_writes_does_not_blind_the_honest_agent() {
         ),
         DETECTOR,
     );
-    let mut command = std::process::Command::new("setpriv");
-    command
-        .args(user.setpriv_args())
-        .arg(claude_watch_tests::deps::node())
-        .arg(&cli)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("FLOOD_CERT", &cert)
-        .env("FLOOD_KEY", &key)
-        .current_dir(dir.path());
-    let mut flood = ChildGuard::spawn("flooding claude", &mut command);
-    flood.wait_for_line(0, Duration::from_secs(20), "the flood going", |l| {
-        l.contains("writes")
-    });
+    let flood = spawn_flood(&user, dir.path(), &cli, &cert, &key);
     // The flood is watched (so its writes reach the probes) and goes over its budget.
     let dropped = wait_until(WAIT, "the flood over its budget in /metrics", || {
         metric(&daemon.metrics(), "claude_watch_kernel_over_budget_total").filter(|&v| v > 1000.0)
@@ -522,6 +543,227 @@ fn a_process_flooding_tls_writes_does_not_blind_the_honest_agent() {
         "the flood is logged"
     );
     eprintln!("flood: {writes} progress lines, {over} records dropped over budget");
+}
+
+/// The per-user record budget the next two tests give the daemon: well under what the
+/// attacker's processes send together.
+const USER_SHARE: u32 = 300;
+
+/// One unprivileged user starts four flooding processes, each within its own record budget
+/// (256 a second) but over the user's share together: the kernel sends at most the user's
+/// share a second (before the share, all four budgets: about 1,000 a second), says the user
+/// in `/metrics`, `status` and the log, loses nothing to a full ring, and root's honest agent
+/// next to them is watched and its latch detected.
+#[test]
+fn one_users_many_flooding_processes_spend_only_the_users_share() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-hostile-user-flood");
+    let cli = claude_watch_tests::agents::claude_code_package(dir.path(), FLOOD.as_bytes());
+    let (cert, key) = claude_watch_tests::standin::self_signed_certificate(dir.path());
+    user.chown(dir.path());
+    let daemon = Daemon::start_as_service(
+        ScratchDir::new("cw-user-flood-daemon"),
+        &format!(
+            "metrics_listen = \"127.0.0.1:{}\"\nrecord_budget_per_user = {USER_SHARE}",
+            claude_watch_tests::watch::free_port()
+        ),
+        DETECTOR,
+    );
+    let floods: Vec<ChildGuard> = (0..4)
+        .map(|_| spawn_flood(&user, dir.path(), &cli, &cert, &key))
+        .collect();
+    wait_until(WAIT, "the user over their share in /metrics", || {
+        metric(&daemon.metrics(), "claude_watch_kernel_over_user_budget_total")
+            .filter(|&v| v > 1000.0)
+    });
+    let rate = rate_of(&daemon, "claude_watch_kernel_records_total", Duration::from_secs(5));
+    assert!(
+        rate <= f64::from(USER_SHARE) * 1.3,
+        "the user's four processes sent {rate:.0} records a second, over their share of {USER_SHARE}"
+    );
+    assert!(
+        rate >= f64::from(USER_SHARE) * 0.5,
+        "the user's share is spent, not refused whole: {rate:.0} a second"
+    );
+
+    let config = AgentConfig::haiku_as_claude();
+    let honest = Agent::start(&standin, Runtime::Node, &config);
+    daemon.wait_for(
+        &format!("pid:{}", honest.pid()),
+        WAIT,
+        "the honest agent healthy",
+        |i| i.state == "healthy" && i.last_status == Some(200),
+    );
+    standin.latch_session(honest.session_id());
+    daemon.wait_for(
+        &format!("pid:{}", honest.pid()),
+        WAIT,
+        "the honest agent's latch detected",
+        |i| i.state == "latched",
+    );
+    let text = daemon.metrics();
+    assert_eq!(
+        metric(&text, "claude_watch_lost_events_total"),
+        Some(0.0),
+        "no record lost to a full ring:\n{text}"
+    );
+    assert_eq!(
+        metric(&text, "claude_watch_over_budget_users"),
+        Some(1.0),
+        "{text}"
+    );
+    let status = daemon.status_text();
+    assert!(
+        status.contains("over a user's budget") && status.contains(&format!("uid {} (", user.uid)),
+        "the user is named in status:\n{status}"
+    );
+    assert!(
+        daemon.log().iter().any(|l| l.contains("over their record budget")
+            && l.contains(&format!("uid={}", user.uid))),
+        "the user is logged"
+    );
+    assert!(floods.iter().all(|f| claude_watch_tests::process::alive(f.pid())));
+    eprintln!("user flood: 4 processes, {rate:.0} records a second reached user space");
+}
+
+/// A program that execs a fresh image in a loop: it rewrites `./fresh` with its own bytes
+/// and one more trailing byte each time (a new size, so a new image to the kernel even when
+/// the inode is reused, for the first 65,536 runs) and runs it, which exits at once.
+const EXEC_LOOP: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc > 1) return 0;
+    static char self[1 << 20];
+    int fd = open("/proc/self/exe", O_RDONLY);
+    ssize_t n = read(fd, self, sizeof self);
+    close(fd);
+    if (n <= 0) return 1;
+    static char pad[1 << 16];
+    for (unsigned long i = 0;; i++) {
+        int out = open("fresh", O_WRONLY | O_CREAT | O_TRUNC, 0700);
+        if (out < 0) return 2;
+        if (write(out, self, n) != n) return 3;
+        if (write(out, pad, i % sizeof pad) < 0) return 3;
+        close(out);
+        pid_t child = fork();
+        if (child == 0) {
+            char *args[] = { "fresh", "child", NULL };
+            execv("./fresh", args);
+            _exit(127);
+        }
+        int st;
+        waitpid(child, &st, 0);
+        if (i % 1000 == 0) { printf("execs %lu\n", i); fflush(stdout); }
+    }
+}
+"#;
+
+/// A program that only waits, installed as Claude Code's `cli.js`.
+const IDLE_CLAUDE: &str = "setInterval(() => {}, 1000);\n";
+
+/// One unprivileged user execs fresh images in a loop (each one a look for the daemon): the
+/// kernel sends at most the user's share of them a second (before: every one, thousands a
+/// second) and counts the rest; the user's own Claude Code started meanwhile is still found
+/// (the daemon looks at every process again when execs were dropped), root's honest agent is
+/// watched and its latch detected, and `status` answers within a second throughout.
+#[test]
+fn a_user_execing_fresh_images_in_a_loop_spends_only_their_share() {
+    let _serial = serial();
+    let user = TestUser::ensure(ATTACKER);
+    let standin = StandIn::start();
+    let dir = ScratchDir::new("cw-hostile-exec-loop");
+    std::fs::write(dir.path().join("loop.c"), EXEC_LOOP).expect("write loop.c");
+    let out = std::process::Command::new("cc")
+        .args(["-O1", "-o"])
+        .arg(dir.path().join("loop"))
+        .arg(dir.path().join("loop.c"))
+        .output()
+        .expect("run cc");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli = claude_watch_tests::agents::claude_code_package(dir.path(), IDLE_CLAUDE.as_bytes());
+    user.chown(dir.path());
+    let mut daemon = Daemon::start_as_service(
+        ScratchDir::new("cw-exec-loop-daemon"),
+        &format!(
+            "metrics_listen = \"127.0.0.1:{}\"\nrecord_budget_per_user = {USER_SHARE}",
+            claude_watch_tests::watch::free_port()
+        ),
+        DETECTOR,
+    );
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(user.setpriv_args())
+        .arg(dir.path().join("loop"))
+        .current_dir(dir.path());
+    let mut exec_loop = ChildGuard::spawn("exec loop", &mut command);
+    exec_loop.wait_for_line(0, Duration::from_secs(20), "the loop going", |l| {
+        l.starts_with("execs 1000")
+    });
+    wait_until(WAIT, "execs dropped over the user's share", || {
+        metric(&daemon.metrics(), "claude_watch_kernel_execs_over_budget_total")
+            .filter(|&v| v > 1000.0)
+    });
+    let sent = rate_of(&daemon, "claude_watch_kernel_execs_sent_total", Duration::from_secs(5));
+    let dropped = rate_of(
+        &daemon,
+        "claude_watch_kernel_execs_over_budget_total",
+        Duration::from_secs(3),
+    );
+    assert!(
+        sent <= f64::from(USER_SHARE) * 1.3,
+        "{sent:.0} execs a second reached user space, over the user's share of {USER_SHARE}"
+    );
+    assert!(dropped > 0.0, "the loop is still dropped: {dropped:.0} a second");
+
+    // The user's own Claude Code, started during the loop, is found all the same.
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(user.setpriv_args())
+        .arg(claude_watch_tests::deps::node())
+        .arg(&cli)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir(dir.path());
+    let own = ChildGuard::spawn("the user's claude", &mut command);
+    daemon.wait_for(
+        &format!("pid:{}", own.pid()),
+        WAIT,
+        "the user's own claude found during the loop",
+        |_| true,
+    );
+
+    let config = AgentConfig::haiku_as_claude();
+    let honest = Agent::start(&standin, Runtime::Node, &config);
+    daemon.wait_for(
+        &format!("pid:{}", honest.pid()),
+        WAIT,
+        "the honest agent healthy",
+        |i| i.state == "healthy" && i.last_status == Some(200),
+    );
+    standin.latch_session(honest.session_id());
+    daemon.wait_for(
+        &format!("pid:{}", honest.pid()),
+        WAIT,
+        "the honest agent's latch detected",
+        |i| i.state == "latched",
+    );
+    let slowest = assert_steady(&mut daemon, Duration::from_secs(5), "the exec loop");
+    let status = daemon.status_text();
+    assert!(
+        status.contains(&format!("uid {} (", user.uid)),
+        "the user is named in status:\n{status}"
+    );
+    assert!(!exec_loop.has_exited(), "the loop ran throughout");
+    eprintln!(
+        "exec loop: {sent:.0} execs a second sent, {dropped:.0} dropped; status at worst {slowest:?}"
+    );
 }
 
 /// A tiny program named `claude` that exports `SSL_write` and `SSL_read` (found by its

@@ -70,6 +70,9 @@ pub struct Settings {
     pub ring_bytes: u32,
     /// Records one process may send per second (`None`: no budget).
     pub budget: Option<u32>,
+    /// Records one user other than root may send per second over all their processes, heads
+    /// and execs of images not judged yet (`None`: no budget).
+    pub user_budget: Option<u32>,
     /// When a record wakes the reader.
     pub wakeup: Wakeup,
     /// The most bytes copied of one buffer head (1 to `HEAD_MAX - 1`).
@@ -84,6 +87,7 @@ impl Default for Settings {
         Self {
             ring_bytes: DEFAULT_RING_BYTES,
             budget: Some(claude_ebpf_common::BUDGET_RECORDS),
+            user_budget: Some(claude_ebpf_common::USER_BUDGET_RECORDS),
             wakeup: Wakeup::default(),
             copy_max: claude_ebpf_common::COPY_MAX,
             exec_filter: true,
@@ -108,6 +112,10 @@ pub struct KernelStats {
     pub execs_filtered: u64,
     /// Execs sent to user space.
     pub execs_sent: u64,
+    /// HTTP heads dropped because their user (not root) exceeded its record budget.
+    pub over_user_budget: u64,
+    /// Execs of images not judged yet dropped because their user exceeded its record budget.
+    pub execs_over_budget: u64,
 }
 
 /// One program's runs and total run time ([`Probes::run_times`]).
@@ -164,6 +172,15 @@ pub struct OverBudget {
     pub dropped: u64,
 }
 
+/// A user (not root) that went over its record budget (from the kernel's `USER_BUDGET` map).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverUserBudget {
+    /// The user.
+    pub uid: u32,
+    /// Records (heads and execs) of their processes dropped so far.
+    pub dropped: u64,
+}
+
 /// At most this many over-budget processes are read from the kernel map and reported.
 pub const OVER_BUDGET_SHOWN: usize = 16;
 
@@ -215,6 +232,7 @@ impl Probes {
         let Settings {
             ring_bytes,
             budget,
+            user_budget,
             wakeup,
             copy_max,
             exec_filter,
@@ -226,6 +244,7 @@ impl Probes {
         raise_memlock();
         raise_nofile();
         let budget_records = budget.unwrap_or(u32::MAX);
+        let user_budget_records = user_budget.unwrap_or(u32::MAX);
         let wakeup_kernel = wakeup.kernel();
         let watermark = u64::from(ring_bytes / 4);
         let copy_max = copy_max.clamp(1, claude_ebpf_common::COPY_MAX);
@@ -241,6 +260,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
             .override_global("BUDGET_RECORDS", &budget_records, true)
+            .override_global("USER_BUDGET_RECORDS", &user_budget_records, true)
             .override_global("WAKEUP", &wakeup_kernel, true)
             .override_global("WATERMARK", &watermark, true)
             .override_global("COPY_MAX", &copy_max, true)
@@ -257,7 +277,8 @@ impl Probes {
                 .load()
                 .map_err(|e| load_error(LoadError::program("loading", name, e)))?;
         }
-        info!(ring_bytes, budget = %budget.map_or_else(|| "none".to_owned(), |b| format!("{b}/s")), wakeup = %wakeup, copy_max, "eBPF programs loaded");
+        let per_second = |b: Option<u32>| b.map_or_else(|| "none".to_owned(), |b| format!("{b}/s"));
+        info!(ring_bytes, budget = %per_second(budget), user_budget = %per_second(user_budget), wakeup = %wakeup, copy_max, "eBPF programs loaded");
         Ok(Self {
             ebpf,
             links: HashMap::new(),
@@ -503,7 +524,34 @@ impl Probes {
             over_budget: sum(stats::OVER_BUDGET),
             execs_filtered: sum(stats::EXECS_FILTERED),
             execs_sent: sum(stats::EXECS_SENT),
+            over_user_budget: sum(stats::OVER_USER_BUDGET),
+            execs_over_budget: sum(stats::EXECS_OVER_BUDGET),
         }
+    }
+
+    /// Users whose records the kernel dropped over their budget, most dropped first (at most
+    /// [`OVER_BUDGET_SHOWN`]). Walks the kernel's `USER_BUDGET` map (up to
+    /// [`claude_ebpf_common::USER_BUDGET_ENTRIES`] entries): call it only when
+    /// [`KernelStats::over_user_budget`] or [`KernelStats::execs_over_budget`] has grown.
+    pub fn over_user_budget(&self) -> Vec<OverUserBudget> {
+        let Some(map) = self.ebpf.map("USER_BUDGET") else {
+            return Vec::new();
+        };
+        let Ok(budgets) = BpfHashMap::<_, u32, Budget>::try_from(map) else {
+            return Vec::new();
+        };
+        let mut out: Vec<OverUserBudget> = budgets
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, b)| b.dropped > 0)
+            .map(|(uid, b)| OverUserBudget {
+                uid,
+                dropped: u64::from(b.dropped),
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| b.dropped.cmp(&a.dropped).then(a.uid.cmp(&b.uid)));
+        out.truncate(OVER_BUDGET_SHOWN);
+        out
     }
 
     /// Live processes whose records the kernel dropped over budget, most dropped first (at

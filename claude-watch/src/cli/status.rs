@@ -91,6 +91,21 @@ pub fn render(s: &Snapshot) -> String {
             pids.join(", ")
         ));
     }
+    if s.capture.over_user_budget > 0 {
+        out.pop();
+        let users: Vec<String> = s
+            .capture
+            .over_budget_users
+            .iter()
+            .map(|o| format!("uid {} ({} dropped)", o.uid, o.dropped))
+            .collect();
+        out.push_str(&format!(
+            "  {} records dropped over a user's budget ([daemon] record_budget_per_user){}{}\n\n",
+            s.capture.over_user_budget,
+            if users.is_empty() { "" } else { ": " },
+            users.join(", ")
+        ));
+    }
     if s.instances_refused > 0 {
         out.push_str(&format!(
             "refused: {} new instances, not watched (over {} tracked; see the log)\n\n",

@@ -133,6 +133,10 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut probes = Probes::load(Settings {
         ring_bytes: args.ring_mib << 20,
         budget: args.record_budget,
+        // A user's share follows the per-process budget: none when the trace asked for none.
+        user_budget: args
+            .record_budget
+            .map(|_| claude_ebpf_common::USER_BUDGET_RECORDS),
         wakeup: args.wakeup,
         copy_max: args.copy_max,
         // Every exec and exit, as the trace has no discovery to judge images with.

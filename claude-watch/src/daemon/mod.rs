@@ -46,7 +46,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::capture::images::ImageBook;
-use crate::capture::probes::OverBudget;
+use crate::capture::probes::{OverBudget, OverUserBudget};
 use crate::capture::records::RecordStream;
 use crate::capture::{CaptureError, KernelStats, Probes, Settings, Target as ProbeTarget, targets};
 use crate::config::Config;
@@ -83,6 +83,10 @@ pub struct Options {
     /// Print each eBPF program's runs and average run time when stopping.
     pub probe_time: bool,
 }
+
+/// How often at most every process is looked at again while the kernel drops execs over a
+/// user's budget (see [`Daemon::rescan_after_dropped_execs`]).
+const RESCAN_AFTER_DROPPED_EXECS: Duration = Duration::from_secs(5);
 
 /// Loads the configuration the daemon would use, and names where it came from. What the
 /// configuration leaves to the host is filled in here (`[fleet] host`: the kernel's host name).
@@ -201,6 +205,15 @@ struct Daemon {
     /// The kernel's over-budget counter at that read, and when it was.
     over_budget_seen: u64,
     over_budget_read: Option<std::time::Instant>,
+    /// Users over their record budget, as last read from the kernel; the kernel's per-user
+    /// counters (heads and execs) at that read, and when it was.
+    over_budget_users: Vec<OverUserBudget>,
+    over_user_budget_seen: u64,
+    over_user_budget_read: Option<std::time::Instant>,
+    /// The kernel's count of execs dropped over a user's budget when every process was last
+    /// looked at again for them, and when that was.
+    execs_over_budget_seen: u64,
+    rescanned: Option<std::time::Instant>,
     /// Images the kernel's exec filter knows not to be Claude Code.
     images: ImageBook,
     /// The kernel's run-time statistics, on for `--probe-time`.
@@ -254,6 +267,7 @@ impl Daemon {
         let mut probes = Probes::load(Settings {
             ring_bytes: d.ring_mib << 20,
             budget: (d.record_budget > 0).then_some(d.record_budget),
+            user_budget: (d.record_budget_per_user > 0).then_some(d.record_budget_per_user),
             wakeup: d.wakeup,
             exec_filter: d.exec_filter,
             ..Settings::default()
@@ -327,6 +341,11 @@ impl Daemon {
             over_budget: Vec::new(),
             over_budget_seen: 0,
             over_budget_read: None,
+            over_budget_users: Vec::new(),
+            over_user_budget_seen: 0,
+            over_user_budget_read: None,
+            execs_over_budget_seen: 0,
+            rescanned: None,
             images: ImageBook::new(claude_ebpf_common::IMAGE_ENTRIES as usize),
             run_stats,
             audit: (None, false),
@@ -392,6 +411,7 @@ impl Daemon {
                     for found in self.front.processes_mut().due_claims() {
                         self.feed(Input::Started(found));
                     }
+                    self.rescan_after_dropped_execs();
                     self.start_audit();
                     for (image, owner) in self.front.processes_mut().take_judged_images() {
                         for change in self.images.offer(image, owner) {
@@ -479,11 +499,12 @@ impl Daemon {
                     || config.daemon.control_socket != old.control_socket
                     || config.daemon.metrics_listen != old.metrics_listen
                     || config.daemon.record_budget != old.record_budget
+                    || config.daemon.record_budget_per_user != old.record_budget_per_user
                     || config.daemon.ring_mib != old.ring_mib
                     || config.daemon.wakeup != old.wakeup
                 {
                     warn!(
-                        "journal, control_socket, metrics_listen, ring_mib, record_budget and wakeup changes take effect at the next start"
+                        "journal, control_socket, metrics_listen, ring_mib, record_budget, record_budget_per_user and wakeup changes take effect at the next start"
                     );
                 }
                 self.front.processes_mut().set_rules(config.rules());
@@ -898,6 +919,7 @@ impl Daemon {
     fn publish(&mut self, status: crate::watch::status::Status) {
         let stats = self.probes.stats();
         self.refresh_over_budget(&stats);
+        self.refresh_over_user_budget(&stats);
         publish::gauges(
             &self.metrics,
             &status,
@@ -907,6 +929,7 @@ impl Daemon {
                 max_attachments: self.probes.max_attachments(),
                 refused_attachments: self.probes.refused_attachments(),
                 over_budget_processes: self.over_budget.len(),
+                over_budget_users: self.over_budget_users.len(),
                 files: self.front.processes().files(),
                 exec_images: self.probes.exec_filter().then(|| self.images.len()),
                 audit: self.audit_took,
@@ -928,6 +951,8 @@ impl Daemon {
                 orphan_returns: stats.orphan_returns,
                 over_budget: stats.over_budget,
                 over_budget_pids: self.over_budget.clone(),
+                over_user_budget: stats.over_user_budget + stats.execs_over_budget,
+                over_budget_users: self.over_budget_users.clone(),
                 max_attachments: self.probes.max_attachments(),
                 refused_attachments: self.probes.refused_attachments(),
             },
@@ -972,5 +997,65 @@ impl Daemon {
             }
         }
         self.over_budget = fresh;
+    }
+
+    /// Reads which users are over their record budget when the kernel dropped more of theirs
+    /// since the last look (or some still were), at most once a second, and says each new one
+    /// once in the log.
+    fn refresh_over_user_budget(&mut self, stats: &KernelStats) {
+        let dropped = stats.over_user_budget + stats.execs_over_budget;
+        let grew = dropped > self.over_user_budget_seen;
+        if !grew && self.over_budget_users.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .over_user_budget_read
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.over_user_budget_read = Some(now);
+        self.over_user_budget_seen = dropped;
+        let fresh = self.probes.over_user_budget();
+        for o in &fresh {
+            if !self.over_budget_users.iter().any(|old| old.uid == o.uid) {
+                warn!(
+                    uid = o.uid,
+                    dropped = o.dropped,
+                    budget = self.watch.config().daemon.record_budget_per_user,
+                    "a user is over their record budget: the excess TLS records and execs of their processes are dropped in the kernel"
+                );
+            }
+        }
+        self.over_budget_users = fresh;
+    }
+
+    /// Looks at every process again when the kernel dropped execs over a user's budget since
+    /// the last time (at most every [`RESCAN_AFTER_DROPPED_EXECS`]): a Claude Code started by
+    /// that user in the meantime is found this way, only later.
+    fn rescan_after_dropped_execs(&mut self) {
+        let dropped = self.probes.stats().execs_over_budget;
+        if dropped <= self.execs_over_budget_seen {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .rescanned
+            .is_some_and(|at| now.duration_since(at) < RESCAN_AFTER_DROPPED_EXECS)
+        {
+            return;
+        }
+        self.rescanned = Some(now);
+        self.execs_over_budget_seen = dropped;
+        let found = self.front.processes_mut().scan();
+        info!(
+            dropped_execs = dropped,
+            found = found.len(),
+            "execs were dropped over a user's budget: every process looked at again"
+        );
+        for found in found {
+            self.feed(Input::Started(found));
+        }
     }
 }

@@ -97,6 +97,8 @@ pub(super) struct CaptureFigures<'a> {
     pub refused_attachments: u64,
     /// Live processes over their record budget.
     pub over_budget_processes: usize,
+    /// Users over their record budget.
+    pub over_budget_users: usize,
     /// Files whose verdict (Claude Code or not) discovery keeps, and files it read.
     pub files: (usize, u64),
     /// Images the kernel's exec filter knows not to be Claude Code (`None`: the filter is off).
@@ -243,6 +245,16 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
                 stats.over_budget,
             ),
             (
+                "claude_watch_kernel_over_user_budget_total",
+                "HTTP heads dropped in the kernel because their user (not root) exceeded its record budget (one user's many flooding processes).",
+                stats.over_user_budget,
+            ),
+            (
+                "claude_watch_kernel_execs_over_budget_total",
+                "Execs of images not judged yet dropped in the kernel because their user (not root) exceeded its record budget; every process is looked at again after.",
+                stats.execs_over_budget,
+            ),
+            (
                 "claude_watch_probe_attachments_refused_total",
                 "Attachments refused because [daemon] max_attachments were in place (those processes are unobserved).",
                 capture.refused_attachments,
@@ -306,6 +318,12 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
             "Live processes whose records the kernel drops or dropped over their budget.",
             String::new(),
             capture.over_budget_processes as f64,
+        );
+        m.set(
+            "claude_watch_over_budget_users",
+            "Users (not root) whose records the kernel drops or dropped over their budget ([daemon] record_budget_per_user).",
+            String::new(),
+            capture.over_budget_users as f64,
         );
     }
 }

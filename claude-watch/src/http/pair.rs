@@ -6,9 +6,11 @@
 //!
 //! The table of connections is shared by every process the probes see, so each process has a
 //! share of it ([`MAX_CONNS_PER_PID`]): a process opening (or faking, with distinct `SSL*`
-//! pointers) more connections forgets its own least recently used one, and when the whole
-//! table is full the process holding the most connections gives one up, never a process with
-//! a few honest requests waiting for their answers.
+//! pointers) more connections forgets its own least recently used one. When the whole table is
+//! full, the user holding the most connections (the kernel stamps each record with its uid)
+//! gives up their least recently used one: a user spreading fake connections over thousands of
+//! processes, each under its own share, still only takes from themselves, never from another
+//! user's process with a few honest requests waiting for their answers.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -19,7 +21,7 @@ use super::parse::{Invalid, Parse, RequestHead, model_from_body, parse_request, 
 
 /// Requests remembered per connection at most (pipelining depth we accept).
 const MAX_PENDING: usize = 16;
-/// Connections remembered at most; beyond this the process holding the most forgets its least
+/// Connections remembered at most; beyond this the user holding the most forgets their least
 /// recently used one.
 const MAX_CONNS: usize = 8192;
 /// Connections remembered per process at most; beyond this it forgets its own least recently
@@ -49,7 +51,8 @@ pub struct PairStats {
     /// Writes of a request repeated before any answer (a failed `SSL_write` retried), counted
     /// once.
     pub repeated_writes: u64,
-    /// Connections forgotten to make room (their process over its share, or the table full).
+    /// Connections forgotten to make room (their process over its share, or the table full
+    /// and their user holding the most).
     pub evicted_conns: u64,
 }
 
@@ -72,6 +75,8 @@ fn fingerprint(bytes: &[u8]) -> u64 {
 
 #[derive(Debug, Default)]
 struct Conn {
+    /// The user of the process (as the kernel stamped its first record).
+    uid: u32,
     last_seen_ns: u64,
     requests: VecDeque<Pending>,
     /// A status line that has begun but not ended.
@@ -82,8 +87,9 @@ struct Conn {
 #[derive(Debug)]
 pub struct Pairer {
     conns: HashMap<(u32, u64), Conn>,
-    /// Connections remembered per process.
+    /// Connections remembered per process, and per user.
     per_pid: HashMap<u32, usize>,
+    per_uid: HashMap<u32, usize>,
     wall_minus_mono_ns: i128,
     stats: PairStats,
 }
@@ -95,6 +101,7 @@ impl Pairer {
         Self {
             conns: HashMap::new(),
             per_pid: HashMap::new(),
+            per_uid: HashMap::new(),
             wall_minus_mono_ns,
             stats: PairStats::default(),
         }
@@ -108,7 +115,13 @@ impl Pairer {
     /// Forgets every connection of a process that exited.
     pub fn forget_pid(&mut self, pid: u32) {
         if self.per_pid.remove(&pid).is_some() {
-            self.conns.retain(|&(p, _), _| p != pid);
+            let per_uid = &mut self.per_uid;
+            self.conns.retain(|&(p, _), conn| {
+                if p == pid {
+                    release(per_uid, conn.uid);
+                }
+                p != pid
+            });
         }
     }
 
@@ -119,17 +132,25 @@ impl Pairer {
         let continuation = h.flags & flags::CONTINUATION != 0;
         if !self.conns.contains_key(&(h.pid, h.conn)) {
             if self.per_pid.get(&h.pid).copied().unwrap_or(0) >= MAX_CONNS_PER_PID {
-                self.evict_oldest_of(h.pid);
+                self.evict_oldest(|&(pid, _), _| pid == h.pid);
             } else if self.conns.len() >= MAX_CONNS
                 && let Some(biggest) = self
-                    .per_pid
+                    .per_uid
                     .iter()
                     .max_by_key(|(_, n)| **n)
-                    .map(|(p, _)| *p)
+                    .map(|(uid, _)| *uid)
             {
-                self.evict_oldest_of(biggest);
+                self.evict_oldest(|_, conn| conn.uid == biggest);
             }
             *self.per_pid.entry(h.pid).or_default() += 1;
+            *self.per_uid.entry(h.uid).or_default() += 1;
+            self.conns.insert(
+                (h.pid, h.conn),
+                Conn {
+                    uid: h.uid,
+                    ..Conn::default()
+                },
+            );
         }
         let conn = self.conns.entry((h.pid, h.conn)).or_default();
         conn.last_seen_ns = h.ts_ns;
@@ -242,23 +263,29 @@ impl Pairer {
         }
     }
 
-    /// Forgets the least recently used connection of process `pid`.
-    fn evict_oldest_of(&mut self, pid: u32) {
+    /// Forgets the least recently used connection among those `which` picks.
+    fn evict_oldest(&mut self, which: impl Fn(&(u32, u64), &Conn) -> bool) {
         if let Some(key) = self
             .conns
             .iter()
-            .filter(|((p, _), _)| *p == pid)
+            .filter(|(key, conn)| which(key, conn))
             .min_by_key(|(_, c)| c.last_seen_ns)
             .map(|(k, _)| *k)
+            && let Some(conn) = self.conns.remove(&key)
         {
-            self.conns.remove(&key);
             self.stats.evicted_conns += 1;
-            if let Some(n) = self.per_pid.get_mut(&pid) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_pid.remove(&pid);
-                }
-            }
+            release(&mut self.per_pid, key.0);
+            release(&mut self.per_uid, conn.uid);
+        }
+    }
+}
+
+/// One connection fewer held by `who`.
+fn release(counts: &mut HashMap<u32, usize>, who: u32) {
+    if let Some(n) = counts.get_mut(&who) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&who);
         }
     }
 }
@@ -298,6 +325,8 @@ mod tests {
                 conn,
                 pid: 42,
                 tid: 43,
+                uid: 1000,
+                pad: 0,
                 len,
                 captured: bytes.len() as u32,
                 kind: dir,
@@ -312,14 +341,21 @@ mod tests {
 
     const REQ: &[u8] = b"POST /v1/messages?beta=true HTTP/1.1\r\nX-Claude-Code-Session-Id: s-1\r\n\r\n{\"model\":\"claude-opus-4-8\"}";
 
-    /// A record of process `pid` on connection `conn`.
+    /// A record of process `pid` (of user 1000) on connection `conn`.
     fn record(pid: u32, conn: u64, t: u64, dir: u32, bytes: &[u8]) -> Record<'_> {
+        record_of(1000, pid, conn, t, dir, bytes)
+    }
+
+    /// A record of process `pid` of user `uid` on connection `conn`.
+    fn record_of(uid: u32, pid: u32, conn: u64, t: u64, dir: u32, bytes: &[u8]) -> Record<'_> {
         Record {
             header: EventHeader {
                 ts_ns: t,
                 conn,
                 pid,
                 tid: pid,
+                uid,
+                pad: 0,
                 len: bytes.len() as u32,
                 captured: bytes.len() as u32,
                 kind: dir,
@@ -331,12 +367,12 @@ mod tests {
 
     #[test]
     fn fake_connections_of_other_processes_do_not_evict_a_waiting_request() {
-        // The honest agent's request waits for a slow answer; meanwhile one process writes
-        // 20,000 requests on distinct fake connections (distinct SSL* pointers), and 40 more
-        // processes 300 each, more than the whole table.
+        // The honest agent's request waits for a slow answer; meanwhile one process of another
+        // user writes 20,000 requests on distinct fake connections (distinct SSL* pointers),
+        // and 40 more processes 300 each, more than the whole table.
         let mut p = Pairer::new(0);
         let mut t = 1;
-        assert_eq!(p.push(record(7, 1, t, kind::WRITE, REQ)), None);
+        assert_eq!(p.push(record_of(1001, 7, 1, t, kind::WRITE, REQ)), None);
         let fake = b"POST /v1/messages HTTP/1.1\r\n\r\n";
         for conn in 0..20_000 {
             t += 1;
@@ -353,7 +389,8 @@ mod tests {
         assert_eq!(p.per_pid.values().sum::<usize>(), p.conns.len());
         t += 1;
         let answer = p
-            .push(record(
+            .push(record_of(
+                1001,
                 7,
                 1,
                 t,
@@ -367,6 +404,50 @@ mod tests {
         p.forget_pid(666);
         assert!(!p.per_pid.contains_key(&666));
         assert_eq!(p.per_pid.values().sum::<usize>(), p.conns.len());
+    }
+
+    #[test]
+    fn a_user_spreading_fake_connections_over_many_processes_evicts_only_their_own() {
+        // The honest agent (user 1001) has three connections, one with a request waiting for
+        // a slow answer. User 666 fills the table from 9,000 processes, two fake connections
+        // each: every one of them holds fewer than the honest process, so a share per process
+        // alone would take the honest connections; the share per user takes the attacker's.
+        let mut p = Pairer::new(0);
+        let mut t = 1;
+        assert_eq!(p.push(record_of(1001, 7, 1, t, kind::WRITE, REQ)), None);
+        for conn in 2..=3 {
+            t += 1;
+            p.push(record_of(1001, 7, conn, t, kind::WRITE, b"HEAD / HTTP/1.1\r\n\r\n"));
+        }
+        let fake = b"POST /v1/messages HTTP/1.1\r\n\r\n";
+        for pid in 10_000..19_000 {
+            for conn in 0..2 {
+                t += 1;
+                p.push(record_of(666, pid, conn, t, kind::WRITE, fake));
+            }
+        }
+        assert!(p.conns.len() <= MAX_CONNS);
+        assert_eq!(p.per_uid.get(&1001), Some(&3), "the honest user kept every connection");
+        assert_eq!(p.per_uid.values().sum::<usize>(), p.conns.len());
+        assert_eq!(p.per_pid.values().sum::<usize>(), p.conns.len());
+        t += 1;
+        let answer = p
+            .push(record_of(
+                1001,
+                7,
+                1,
+                t,
+                kind::READ,
+                b"HTTP/1.1 401 Unauthorized\r\n\r\n",
+            ))
+            .expect("the waiting request is still paired");
+        assert_eq!(answer.status, 401);
+        assert_eq!(answer.session_id.as_deref(), Some("s-1"));
+        for pid in 10_000..19_000 {
+            p.forget_pid(pid);
+        }
+        assert_eq!(p.per_uid.get(&666), None);
+        assert_eq!(p.conns.len(), 3);
     }
 
     #[test]

@@ -217,6 +217,8 @@ mod tests {
             conn: 7,
             pid,
             tid: pid,
+            uid: 0,
+            pad: 0,
             len: u32::try_from(len).unwrap(),
             captured: u32::try_from(len).unwrap(),
             kind,

@@ -326,6 +326,13 @@ pub struct CaptureView {
     /// Live processes over their budget, most dropped first (bounded).
     #[serde(default)]
     pub over_budget_pids: Vec<crate::capture::probes::OverBudget>,
+    /// Records (heads and execs of images not judged yet) the kernel dropped because their
+    /// user went over its budget.
+    #[serde(default)]
+    pub over_user_budget: u64,
+    /// Users over their budget, most dropped first (bounded).
+    #[serde(default)]
+    pub over_budget_users: Vec<crate::capture::probes::OverUserBudget>,
     /// The attachment cap (`[daemon] max_attachments`).
     #[serde(default)]
     pub max_attachments: usize,
