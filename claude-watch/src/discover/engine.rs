@@ -1,6 +1,6 @@
 //! The container engine's API: Docker's Engine API (and Podman's Docker-compatible one) over its
-//! unix socket, plain HTTP/1.0, no client library. Used by discovery (container names) and by
-//! the `docker` supervisor (inspect, restart).
+//! unix socket, plain HTTP/1.0, no client library. Used by discovery (container names and main
+//! processes) and by the `docker` supervisor (inspect, restart).
 //!
 //! Every exchange has a timeout and a bounded read, so an engine that hangs or babbles costs at
 //! most the timeout and 256 KiB. HTTP/1.0 keeps the answer simple: the engine (a Go server)
@@ -71,9 +71,6 @@ pub enum AnswerProblem {
         /// The id described (at most 64 characters).
         got: String,
     },
-    /// The description has no valid container name.
-    #[error("no valid container name")]
-    NoName,
 }
 
 /// An HTTP answer: its status and body.
@@ -264,19 +261,6 @@ pub fn inspect(
     Ok(inspect)
 }
 
-/// The container's name as the engine reports it (without Docker's leading `/`).
-///
-/// # Errors
-/// As [`inspect`], and [`EngineError::Answer`] when the name is not a valid container name.
-pub fn container_name(socket: &Path, container: &Container) -> Result<String, EngineError> {
-    inspect(socket, container, TIMEOUT)?
-        .name
-        .ok_or_else(|| EngineError::Answer {
-            socket: socket.to_owned(),
-            problem: AnswerProblem::NoName,
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,7 +313,7 @@ mod tests {
             engine: crate::instance::Engine::Docker,
             id: "0".repeat(64),
         };
-        let err = container_name(Path::new("/nonexistent/docker.sock"), &container).unwrap_err();
+        let err = inspect(Path::new("/nonexistent/docker.sock"), &container, TIMEOUT).unwrap_err();
         assert!(matches!(err, EngineError::Io { .. }), "{err}");
     }
 }

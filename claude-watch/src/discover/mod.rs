@@ -11,7 +11,11 @@
 //! it, started now or later; a `cli.js` run by node (or bun) is attached per process, in every
 //! TLS library that process maps (a distro node links the shared `libssl.so.3`), so the other
 //! node programs on the host never hit a probe. Instances in a Docker or Podman container are
-//! named after it, with the name the engine reports ([`engine`]).
+//! named after it, with the name the engine reports ([`engine`]), and only when the engine
+//! vouches for the process: its cgroup must lie within the container's as the cgroup of the
+//! engine's main process of the container shows it ([`instance::container_member`]). A process
+//! in a cgroup that only names the container (a `docker-<a real id>.scope` under a unit
+//! delegated to a user) is watched per process, as `pid:N`.
 //!
 //! The files that say what a process is are chosen by whoever started it (a script argument
 //! can name a FIFO, a terminal, a device, a file on a FUSE mount): they are opened only through
@@ -415,10 +419,12 @@ enum LookAt {
         script: Option<PathBuf>,
         verdicts: Arc<Mutex<Verdicts>>,
     },
-    /// The engine's name for a container.
+    /// The engine's name for a container, and the cgroup of its main process (read under
+    /// `proc_root`).
     Container {
         container: Container,
         socket: PathBuf,
+        proc_root: PathBuf,
     },
     /// The session file of a background worker (under a directory its environment names).
     Session {
@@ -440,12 +446,57 @@ enum LookedAt {
     File(Answer),
     Container {
         container: Container,
-        name: Option<String>,
+        vouch: Option<Vouch>,
     },
     Session {
         start_time: u64,
         session: Option<BgSession>,
     },
+}
+
+/// What the engine says of a container, kept to judge each process whose cgroup path names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Vouch {
+    /// The engine's name for it, without Docker's `/` (`None`: not a valid container name; its
+    /// processes are named by the short id).
+    name: Option<String>,
+    /// Its main process (`State.Pid`), as the engine reported it.
+    main_pid: u32,
+    /// That process's `/proc/<pid>/cgroup`, read right after the engine answered: where the
+    /// container's cgroup is ([`instance::container_member`]).
+    main_cgroup: String,
+}
+
+/// What the engine on `socket` says of `container`, with its main process's cgroup read under
+/// `proc_root`; `None` when there is nothing to judge its processes by: the engine did not
+/// answer (or answered an error), the container runs no process (`State.Pid` 0), or that
+/// process was gone before its cgroup was read. Its processes are then named by the
+/// container's id, as when no engine is asked, and the engine is asked again for the
+/// container's next process.
+///
+/// The main process is read by the pid the engine gave: had it ended and its pid been taken by
+/// a process in a forged cgroup before the engine noticed, that cgroup would be taken for the
+/// container's (a window of the engine's notice of an exit, and a pid cycled through within it).
+fn ask_engine(socket: &Path, proc_root: &Path, container: &Container) -> Option<Vouch> {
+    let inspect = engine::inspect(socket, container, engine::TIMEOUT)
+        .inspect_err(|e| warn!(container = %container.short_id(), error = %crate::error_chain(e), "container unknown to the engine: its processes are named by the container's id"))
+        .ok()?;
+    if inspect.pid == 0 {
+        warn!(
+            container = %container.short_id(),
+            running = inspect.running,
+            "the engine says the container runs no process: its processes are named by the container's id"
+        );
+        return None;
+    }
+    let main_cgroup = instance::proc::cgroup_in(proc_root, inspect.pid)
+        .inspect_err(|e| warn!(container = %container.short_id(), main_pid = inspect.pid, error = %crate::error_chain(e), "the container's main process is gone: its processes are named by the container's id"))
+        .ok()?;
+    Some(Vouch {
+        name: inspect.name,
+        main_pid: inspect.pid,
+        main_cgroup,
+    })
 }
 
 impl Look {
@@ -461,6 +512,7 @@ impl Look {
                     id: "0".repeat(64),
                 },
                 socket: PathBuf::from("/nonexistent"),
+                proc_root: PathBuf::from("/nonexistent"),
             },
         }
     }
@@ -498,18 +550,14 @@ impl Look {
                     id,
                 })
             }
-            LookAt::Container { container, socket } => {
-                let name = match engine::container_name(&socket, &container) {
-                    Ok(name) => Some(name),
-                    // Not remembered: a busy engine that did not answer in time is asked again
-                    // for the container's next process.
-                    Err(e) => {
-                        warn!(container = %container.short_id(), error = %crate::error_chain(&e), "container name unknown: the instance is named by the container's id");
-                        None
-                    }
-                };
-                LookedAt::Container { container, name }
-            }
+            LookAt::Container {
+                container,
+                socket,
+                proc_root,
+            } => LookedAt::Container {
+                vouch: ask_engine(&socket, &proc_root, &container),
+                container,
+            },
             LookAt::Session { proc_root, info } => LookedAt::Session {
                 start_time: info.start_time,
                 session: bg_session(&proc_root, &info),
@@ -614,10 +662,12 @@ pub struct Discovery {
     known: HashMap<u32, Found>,
     recognizer: Recognizer,
     docker_socket: Option<PathBuf>,
-    containers: Bounded<Container, Option<String>>,
+    /// What the engine said of each container asked about (not remembered when it said
+    /// nothing to judge by: asked again for the container's next process).
+    containers: Bounded<Container, Vouch>,
     /// Containers whose name a look is asking the engine for, and the processes waiting.
     naming: HashMap<Container, Vec<u32>>,
-    /// Processes whose container's name the engine did not give: named by the id.
+    /// Processes whose container the engine said nothing of: named by the id.
     unnamed: std::collections::HashSet<u32>,
     /// Processes waiting for a look at one of their ancestors, by that ancestor's pid.
     recheck_after: HashMap<u32, Vec<u32>>,
@@ -691,10 +741,10 @@ impl Discovery {
                 again.extend(self.recheck_after.remove(&looked.pid).unwrap_or_default());
                 again
             }
-            LookedAt::Container { container, name } => {
+            LookedAt::Container { container, vouch } => {
                 let waiting = self.naming.remove(&container).unwrap_or_default();
-                match name {
-                    Some(name) => self.containers.insert(container, Some(name)),
+                match vouch {
+                    Some(vouch) => self.containers.insert(container, vouch),
                     None => self.unnamed.extend(waiting.iter().copied()),
                 }
                 waiting
@@ -762,6 +812,7 @@ impl Discovery {
             what: LookAt::Container {
                 container: container.clone(),
                 socket,
+                proc_root: self.proc_root.clone(),
             },
         };
         if self.recognizer.inline {
@@ -984,16 +1035,15 @@ impl Discovery {
         placement: Placement,
     ) -> Found {
         let pid = info.pid;
+        let mut placement = placement;
         let instance = match &placement {
-            Placement::Container(c) => InstanceId::container(format!(
-                "{}:{}",
-                c.engine.label(),
-                self.containers
-                    .get(c)
-                    .cloned()
-                    .flatten()
-                    .unwrap_or_else(|| c.short_id().to_owned())
-            )),
+            Placement::Container(c) => match self.container_instance(&info, c) {
+                Some(instance) => instance,
+                None => {
+                    placement = Placement::Unsupervised;
+                    InstanceId::pid(pid)
+                }
+            },
             Placement::ClaudeBg(bg) => InstanceId::bg_session(&bg.short_id),
             Placement::BgMachinery { uid } => InstanceId::bg_machinery(*uid),
             _ => instance::identify(&info, &self.rules),
@@ -1032,6 +1082,40 @@ impl Discovery {
         }
         self.known.insert(pid, found.clone());
         found
+    }
+
+    /// The instance of process `info`, whose cgroup path names container `c`: the container's
+    /// (`docker:<name>`) when the engine vouches for the process, named by the container's id
+    /// when the engine was not asked or said nothing to judge by (as before it was asked), and
+    /// `None` (logged, once per process found) when the engine's main process of the container
+    /// shows the container's cgroup elsewhere: the process is then watched as `pid:N`, and no
+    /// supervisor acts for it.
+    fn container_instance(&self, info: &ProcessInfo, c: &Container) -> Option<InstanceId> {
+        let named = |name: Option<&str>| {
+            InstanceId::container(format!(
+                "{}:{}",
+                c.engine.label(),
+                name.unwrap_or_else(|| c.short_id())
+            ))
+        };
+        let Some(vouch) = self.containers.get(c) else {
+            return Some(named(None));
+        };
+        match instance::container_member(c, &info.cgroup, &vouch.main_cgroup) {
+            Ok(()) => Some(named(vouch.name.as_deref())),
+            Err(why) => {
+                warn!(
+                    pid = info.pid,
+                    uid = info.uid,
+                    claimed = %named(vouch.name.as_deref()),
+                    container = %c.short_id(),
+                    main_pid = vouch.main_pid,
+                    reason = %crate::text::printable(&why.to_string()),
+                    "refused: a process whose cgroup names a container is not in that container's cgroup; it is watched under its own pid"
+                );
+                None
+            }
+        }
     }
 
     /// Script instances due for another look at their mapped files (see [`target`]); the
@@ -1212,6 +1296,177 @@ mod tests {
     fn own_uid() -> u32 {
         // SAFETY: getuid has no arguments and cannot fail.
         unsafe { libc::getuid() }
+    }
+
+    const ID: &str = "3f1c2a9be0d4c5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0";
+
+    /// A scratch directory, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "claude-watch-discover-{name}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("scratch directory");
+            Self(dir)
+        }
+
+        /// A fake `/proc` where process `pid`'s cgroup file says `cgroup`.
+        fn with_cgroup(&self, pid: u32, cgroup: &str) {
+            let dir = self.0.join("proc").join(pid.to_string());
+            std::fs::create_dir_all(&dir).expect("process directory");
+            std::fs::write(dir.join("cgroup"), cgroup).expect("cgroup file");
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A fake container engine on `socket`: answers its next `answers` requests with 200 and
+    /// `body`, then returns the request lines it got.
+    fn fake_engine(
+        socket: &Path,
+        body: String,
+        answers: usize,
+    ) -> std::thread::JoinHandle<Vec<String>> {
+        use std::io::{Read as _, Write as _};
+        let listener = std::os::unix::net::UnixListener::bind(socket).expect("engine socket");
+        std::thread::spawn(move || {
+            let mut requests = Vec::new();
+            for _ in 0..answers {
+                let (mut stream, _) = listener.accept().expect("a request");
+                let mut head = Vec::new();
+                let mut byte = [0; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                requests.push(head.lines().next().unwrap_or_default().to_owned());
+                let _ = write!(
+                    stream,
+                    "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{body}"
+                );
+            }
+            requests
+        })
+    }
+
+    /// A claude process `pid` of `uid` in cgroup `cgroup`, as discovery found it.
+    fn process(pid: u32, uid: u32, cgroup: &str) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            uid,
+            start_time: 7,
+            exe: PathBuf::from("/usr/local/bin/claude"),
+            cgroup: cgroup.to_owned(),
+            ..ProcessInfo::default()
+        }
+    }
+
+    /// Discovery's verdict on process `info`, whose cgroup names `container`, once the engine's
+    /// look (if any) is in.
+    fn place(discovery: &mut Discovery, info: ProcessInfo, container: &Container) -> Found {
+        assert!(discovery.container_named(container, info.pid));
+        let placement = Placement::Container(container.clone());
+        discovery.found(info, ClaudeKind::Native, None, None, placement)
+    }
+
+    fn docker() -> Container {
+        Container {
+            engine: instance::Engine::Docker,
+            id: ID.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_container_takes_only_the_processes_its_engine_vouches_for() {
+        let scratch = Scratch::new("vouch");
+        let socket = scratch.0.join("docker.sock");
+        // The engine's main process of the container, in the container's own scope.
+        scratch.with_cgroup(4242, &format!("0::/system.slice/docker-{ID}.scope\n"));
+        let engine = fake_engine(
+            &socket,
+            format!(r#"{{"Id":"{ID}","Name":"/reviewer","State":{{"Running":true,"Pid":4242}}}}"#),
+            1,
+        );
+        let mut discovery = Discovery::new(scratch.0.join("proc"), Vec::new())
+            .with_docker_socket(socket)
+            .deferring_looks();
+        let container = docker();
+        // Two processes naming the container wait for one look, run off the caller.
+        assert!(!discovery.container_named(&container, 100));
+        assert!(!discovery.container_named(&container, 101));
+        let mut looks = discovery.take_looks();
+        assert_eq!(looks.len(), 1, "{looks:?}");
+        let look = looks.pop().expect("a look");
+        let looked = std::thread::spawn(move || look.run())
+            .join()
+            .expect("the look ran");
+        assert_eq!(discovery.learn(looked), vec![100, 101]);
+        assert_eq!(
+            engine.join().expect("the engine ran"),
+            vec![format!("GET /containers/{ID}/json HTTP/1.0")]
+        );
+
+        // A process in the container's cgroup (or below it) is the container's.
+        let real = process(100, 0, &format!("0::/system.slice/docker-{ID}.scope\n"));
+        let found = place(&mut discovery, real, &container);
+        assert_eq!(found.instance, InstanceId::container("docker:reviewer"));
+        assert_eq!(found.placement, Placement::Container(container.clone()));
+        let below = process(102, 0, &format!("0::/system.slice/docker-{ID}.scope/app\n"));
+        let found = place(&mut discovery, below, &container);
+        assert_eq!(found.instance, InstanceId::container("docker:reviewer"));
+
+        // A scope named after it under a unit delegated to a user is not: watched per
+        // process, no supervisor acts for it, the engine not asked again.
+        let forged = process(
+            101,
+            1000,
+            &format!("0::/system.slice/evil.service/docker-{ID}.scope\n"),
+        );
+        let found = place(&mut discovery, forged, &container);
+        assert_eq!(found.instance, InstanceId::pid(101));
+        assert_eq!(found.placement, Placement::Unsupervised);
+        assert!(discovery.take_looks().is_empty());
+    }
+
+    #[test]
+    fn without_the_engines_word_a_container_is_named_by_its_id_and_asked_again() {
+        let scratch = Scratch::new("unvouched");
+        scratch.with_cgroup(1, "0::/init.scope\n");
+        let proc_root = scratch.0.join("proc");
+        let by_id = InstanceId::container(format!("docker:{}", &ID[..12]));
+        let container = docker();
+        let real = || process(100, 0, &format!("0::/system.slice/docker-{ID}.scope\n"));
+        // No engine answers (asked in place, as `trace` does): named by the id, as before.
+        let mut discovery = Discovery::new(&proc_root, Vec::new())
+            .with_docker_socket(scratch.0.join("absent.sock"));
+        assert_eq!(place(&mut discovery, real(), &container).instance, by_id);
+        // The engine says the container runs no process (`State.Pid` 0), or names a main
+        // process that is gone: nothing to judge by, named by the id, asked again for the next.
+        for (n, pid) in [0, 4343].into_iter().enumerate() {
+            let socket = scratch.0.join(format!("docker-{n}.sock"));
+            let engine = fake_engine(
+                &socket,
+                format!(r#"{{"Id":"{ID}","Name":"/reviewer","State":{{"Pid":{pid}}}}}"#),
+                2,
+            );
+            let mut discovery = Discovery::new(&proc_root, Vec::new()).with_docker_socket(socket);
+            assert_eq!(place(&mut discovery, real(), &container).instance, by_id);
+            let again = process(103, 0, &format!("0::/system.slice/docker-{ID}.scope\n"));
+            assert_eq!(place(&mut discovery, again, &container).instance, by_id);
+            assert_eq!(
+                engine.join().expect("the engine ran").len(),
+                2,
+                "asked twice"
+            );
+        }
     }
 
     #[test]

@@ -371,35 +371,169 @@ pub fn container(cgroup: &str) -> Option<Container> {
         .find_map(|l| l.strip_prefix("0::"))
         .or_else(|| cgroup.lines().find_map(|l| l.splitn(3, ':').nth(2)))?
         .trim();
-    let is_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    segments
-        .iter()
-        .enumerate()
+    (0..segments.len())
         .rev()
-        .find_map(|(i, seg)| {
-            let scoped = |prefix: &str| {
-                seg.strip_prefix(prefix)
-                    .map(|rest| rest.strip_suffix(".scope").unwrap_or(rest))
-                    .filter(|id| is_id(id))
-            };
-            if let Some(id) = scoped("docker-") {
-                return Some((i, Engine::Docker, id));
-            }
-            if let Some(id) = scoped("libpod-") {
-                return Some((i, Engine::Podman, id));
-            }
-            (is_id(seg) && i > 0 && segments[i - 1] == "docker").then_some((
-                i,
-                Engine::Docker,
-                *seg,
-            ))
-        })
-        .filter(|&(i, ..)| !in_user_subtree(&segments, i))
-        .map(|(_, engine, id)| Container {
+        .find_map(|i| container_segment(&segments, i).map(|found| (i, found)))
+        .filter(|&(i, _)| !in_user_subtree(&segments, i))
+        .map(|(_, (engine, id))| Container {
             engine,
             id: id.to_ascii_lowercase(),
         })
+}
+
+/// The container segment `i` of a cgroup path's `segments` names, if any: `docker-<id>.scope`
+/// and `libpod-<id>.scope` (systemd's drivers), `libpod-<id>` (Podman's cgroupfs), `<id>` right
+/// below `docker` (Docker's cgroupfs); only 64-hex-digit ids count.
+fn container_segment<'a>(segments: &[&'a str], i: usize) -> Option<(Engine, &'a str)> {
+    let is_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let seg = segments[i];
+    let scoped = |prefix: &str| {
+        seg.strip_prefix(prefix)
+            .map(|rest| rest.strip_suffix(".scope").unwrap_or(rest))
+            .filter(|id| is_id(id))
+    };
+    if let Some(id) = scoped("docker-") {
+        return Some((Engine::Docker, id));
+    }
+    if let Some(id) = scoped("libpod-") {
+        return Some((Engine::Podman, id));
+    }
+    (is_id(seg) && i > 0 && segments[i - 1] == "docker").then_some((Engine::Docker, seg))
+}
+
+/// Why the engine does not vouch for a process that claims a container by its cgroup path
+/// ([`container_member`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotVouched {
+    /// The cgroup of the process the engine calls the container's main one (`State.Pid`)
+    /// names the container in no hierarchy: a pid the engine has not seen end yet, or a setup
+    /// this check does not know; nothing to compare with, so nothing is vouched for.
+    #[error("the container's main process is in no cgroup of the container")]
+    MainElsewhere,
+    /// A cgroup file lists a hierarchy twice: a cgroup name holding a line break (the kernel
+    /// prints names unescaped), which would make the lines after it say anything.
+    #[error("{hierarchy}: listed twice, a cgroup name with a line break")]
+    Repeated {
+        /// The hierarchy: its controllers, or `unified`.
+        hierarchy: String,
+    },
+    /// The process is in no cgroup of a hierarchy the container's main process is in.
+    #[error("{hierarchy}: not in this hierarchy")]
+    NoHierarchy {
+        /// The hierarchy: its controllers, or `unified`.
+        hierarchy: String,
+    },
+    /// The process's cgroup is outside the container's in one hierarchy.
+    #[error("{hierarchy}: {path} is not within the container's {container}")]
+    Outside {
+        /// The hierarchy: its controllers, or `unified`.
+        hierarchy: String,
+        /// The process's cgroup there.
+        path: String,
+        /// The container's cgroup there (or its main process's, where the main process's path
+        /// does not name the container).
+        container: String,
+    },
+}
+
+/// Whether a process with cgroup file `candidate`, whose path names `container`, is in that
+/// container by the engine's word: its cgroup must be at or below the container's cgroup *as
+/// the cgroup file `main` of the container's main process (`State.Pid`) shows it*, in every
+/// hierarchy `main` is in (`<hierarchy id>:<controllers>:<path>` lines).
+///
+/// The container's cgroup is `main`'s path cut after the segment naming the container
+/// (`/system.slice/docker-<id>.scope` with Docker's systemd driver, `/docker/<id>` with its
+/// cgroupfs driver, `/machine.slice/libpod-<id>.scope` or `/libpod_parent/libpod-<id>` with
+/// Podman's), not `main`'s own cgroup: a container whose init is systemd keeps it in
+/// `<container>/init.scope` and its services in `<container>/system.slice/x.service`, and Podman
+/// may keep the container's processes in `<container>/container`; all of them are the
+/// container's. Anything at or below the container's cgroup was put there by the engine or by
+/// root: moving a process into a cgroup takes write access to the `cgroup.procs` of the
+/// nearest cgroup above both the source and the destination, which no user outside the
+/// container has (the container's cgroup and its parent belong to root). A same-named cgroup
+/// elsewhere (`/system.slice/evil.service/docker-<id>.scope` under a unit delegated to a user)
+/// is outside it. Where `main`'s path does not name the container (a cgroup v1 controller the
+/// engine left at `/`), the candidate must be at or below `main`'s path there.
+///
+/// # Errors
+/// [`NotVouched`]: the first hierarchy where the candidate is outside, or `main` naming the
+/// container nowhere.
+pub fn container_member(
+    container: &Container,
+    candidate: &str,
+    main: &str,
+) -> Result<(), NotVouched> {
+    fn split(line: &str) -> Option<(&str, &str, &str)> {
+        let mut fields = line.splitn(3, ':');
+        let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        Some((id, controllers, path.trim()))
+    }
+    let name = |controllers: &str| {
+        if controllers.is_empty() {
+            "unified".to_owned()
+        } else {
+            controllers.to_owned()
+        }
+    };
+    for file in [candidate, main] {
+        let mut seen = std::collections::HashSet::new();
+        for (id, controllers, _) in file.lines().filter_map(split) {
+            if !seen.insert((id, controllers)) {
+                return Err(NotVouched::Repeated {
+                    hierarchy: name(controllers),
+                });
+            }
+        }
+    }
+    // Per hierarchy of `main`: the cgroup the candidate must be in, and whether it is the
+    // container's (cut at the segment naming it) or only the main process's.
+    let mains: Vec<(&str, &str, String, bool)> = main
+        .lines()
+        .filter_map(split)
+        .map(|(id, controllers, path)| {
+            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            let cut = (0..segments.len()).rev().find(|&i| {
+                container_segment(&segments, i)
+                    .is_some_and(|(_, named)| named.eq_ignore_ascii_case(&container.id))
+            });
+            match cut {
+                Some(i) => (
+                    id,
+                    controllers,
+                    format!("/{}", segments[..=i].join("/")),
+                    true,
+                ),
+                None => (id, controllers, path.to_owned(), false),
+            }
+        })
+        .collect();
+    if !mains.iter().any(|(.., named)| *named) {
+        return Err(NotVouched::MainElsewhere);
+    }
+    let candidates: Vec<_> = candidate.lines().filter_map(split).collect();
+    for (id, controllers, root, _) in mains {
+        let hierarchy = name(controllers);
+        let Some(&(.., path)) = candidates
+            .iter()
+            .find(|(i, c, _)| *i == id && *c == controllers)
+        else {
+            return Err(NotVouched::NoHierarchy { hierarchy });
+        };
+        let within = root == "/"
+            || path == root
+            || path
+                .strip_prefix(root.as_str())
+                .is_some_and(|rest| rest.starts_with('/'));
+        if !within {
+            return Err(NotVouched::Outside {
+                hierarchy,
+                path: path.to_owned(),
+                container: root,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A Kubernetes pod container a process runs in, as read from its cgroup path.

@@ -394,6 +394,15 @@ pub fn cgroup(pid: u32) -> Result<String, ProcError> {
     read_text(pid, "cgroup")
 }
 
+/// `<root>/<pid>/cgroup` (at most [`MAX_FILE`] bytes), decoded lossily: [`cgroup`] under
+/// another `/proc` (discovery's, which tests replace).
+///
+/// # Errors
+/// [`ProcError::File`] when it cannot be read (the process is gone).
+pub fn cgroup_in(root: &Path, pid: u32) -> Result<String, ProcError> {
+    read_file(root, pid, "cgroup", MAX_FILE).map(|raw| String::from_utf8_lossy(&raw).into_owned())
+}
+
 /// The children of `parent`'s main thread (empty when it is gone).
 pub fn children(parent: u32) -> Vec<u32> {
     read_text(parent, &format!("task/{parent}/children"))

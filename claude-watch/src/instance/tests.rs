@@ -297,6 +297,135 @@ fn containers_from_real_cgroup_shapes() {
     }
 }
 
+/// A member as [`container_member`] sees it: the container its path names, then the verdict.
+fn member(candidate: &str, main: &str) -> Result<(), NotVouched> {
+    let claimed = container(candidate).expect("the candidate's path names a container");
+    container_member(&claimed, candidate, main)
+}
+
+#[test]
+fn the_engine_vouches_for_its_containers_cgroup_and_below() {
+    let id = "3f1c2a9be0d4c5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0";
+    for main in [
+        // Docker: systemd driver, cgroupfs driver (v2, and v1 with every controller).
+        format!("0::/system.slice/docker-{id}.scope\n"),
+        format!("0::/docker/{id}\n"),
+        format!("12:pids:/docker/{id}\n4:memory:/docker/{id}\n1:name=systemd:/docker/{id}\n"),
+        // Podman: systemd driver, cgroupfs driver; a container nested in a test bed's slice.
+        format!("0::/machine.slice/libpod-{id}.scope\n"),
+        format!("0::/libpod_parent/libpod-{id}\n"),
+        format!("0::/testbed/system.slice/docker-{id}.scope\n"),
+    ] {
+        assert_eq!(member(&main, &main), Ok(()), "{main}");
+        let below: String = main.lines().map(|l| format!("{l}/app\n")).collect();
+        assert_eq!(member(&below, &main), Ok(()), "{below}");
+    }
+    // The main process below the container's cgroup (systemd as the container's init, Podman's
+    // `container` sub-cgroup): the container's other cgroups are its own too.
+    let init = format!("0::/system.slice/docker-{id}.scope/init.scope\n");
+    let service = format!("0::/system.slice/docker-{id}.scope/system.slice/claude.service\n");
+    assert_eq!(member(&service, &init), Ok(()));
+    let podman = format!("0::/machine.slice/libpod-{id}.scope/container\n");
+    let exec = format!("0::/machine.slice/libpod-{id}.scope\n");
+    assert_eq!(member(&exec, &podman), Ok(()));
+}
+
+#[test]
+fn a_forged_container_cgroup_is_not_vouched_for() {
+    let id = "3f1c2a9be0d4c5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0";
+    let main = format!("0::/system.slice/docker-{id}.scope\n");
+    // A scope named after the real container under a system unit delegated to a user
+    // (`User=` with `Delegate=yes`): the user may create it, but it is not the container's.
+    let forged = format!("0::/system.slice/evil.service/docker-{id}.scope\n");
+    assert_eq!(
+        member(&forged, &main),
+        Err(NotVouched::Outside {
+            hierarchy: "unified".into(),
+            path: format!("/system.slice/evil.service/docker-{id}.scope"),
+            container: format!("/system.slice/docker-{id}.scope"),
+        })
+    );
+    // The same with the cgroupfs driver, and one hidden deeper under the delegated unit.
+    let main_fs = format!("0::/docker/{id}\n");
+    for forged in [
+        format!("0::/system.slice/evil.service/docker/{id}\n"),
+        format!(
+            "0::/system.slice/evil.service/x/docker-{id}.scope/system.slice/docker-{id}.scope\n"
+        ),
+        format!("0::/docker/{id}-x/docker/{id}\n"),
+    ] {
+        assert!(member(&forged, &main_fs).is_err(), "{forged}");
+        assert!(member(&forged, &main).is_err(), "{forged}");
+    }
+    // The id in capitals names the same container but is another cgroup (paths are compared
+    // as the kernel does, byte for byte).
+    let upper = format!("0::/docker/{}\n", id.to_ascii_uppercase());
+    assert!(member(&upper, &main_fs).is_err());
+    // A sibling whose name only starts like the container's cgroup.
+    let sibling = format!("0::/docker/{id}0/docker/{id}\n");
+    assert!(member(&sibling, &main_fs).is_err());
+    // Hybrid: the unified line forged, a v1 controller elsewhere than the container.
+    let main_v1 = format!("4:memory:/docker/{id}\n0::/\n");
+    let forged_v1 = format!(
+        "4:memory:/system.slice/evil.service\n0::/system.slice/evil.service/docker-{id}.scope\n"
+    );
+    assert_eq!(
+        member(&forged_v1, &main_v1),
+        Err(NotVouched::Outside {
+            hierarchy: "memory".into(),
+            path: "/system.slice/evil.service".into(),
+            container: format!("/docker/{id}"),
+        })
+    );
+    // A cgroup named with a line break under the delegated unit (the kernel prints it as is):
+    // the lines after it would say anything, so a file listing a hierarchy twice is refused.
+    let injected = format!("0::/system.slice/evil.service/x\n0::/system.slice/docker-{id}.scope\n");
+    assert_eq!(
+        container_member(&container(&main).unwrap(), &injected, &main),
+        Err(NotVouched::Repeated {
+            hierarchy: "unified".into()
+        })
+    );
+    let v1_injected = format!(
+        "12:pids:/system.slice/evil.service/x\n4:memory:/docker/{id}\n4:memory:/system.slice/evil.service\n0::/docker/{id}\n"
+    );
+    assert_eq!(
+        member(
+            &v1_injected,
+            &format!("4:memory:/docker/{id}\n0::/docker/{id}\n")
+        ),
+        Err(NotVouched::Repeated {
+            hierarchy: "memory".into()
+        })
+    );
+    // A hierarchy the candidate is not in at all.
+    assert_eq!(
+        member(
+            &format!("0::/docker/{id}\n"),
+            &format!("4:memory:/docker/{id}\n0::/docker/{id}\n")
+        ),
+        Err(NotVouched::NoHierarchy {
+            hierarchy: "memory".into()
+        })
+    );
+    // The engine's main process in no cgroup of the container (a pid reused, the forger's own
+    // process, an empty or root-only file): nothing is vouched for, not even the same path.
+    for main in [
+        forged.clone().replace(id, &"0".repeat(64)),
+        "0::/system.slice/other.service\n".to_owned(),
+        "0::/\n".to_owned(),
+        String::new(),
+    ] {
+        assert_eq!(
+            member(&forged, &main),
+            Err(NotVouched::MainElsewhere),
+            "{main}"
+        );
+    }
+    let other = format!("0::/system.slice/docker-{}.scope\n", "b".repeat(64));
+    assert_eq!(member(&main, &other), Err(NotVouched::MainElsewhere));
+}
+
 #[test]
 fn no_pod_in_a_users_own_subtree() {
     let id = "a".repeat(64);
