@@ -330,6 +330,64 @@ fn two_containers_in_an_open_window_are_restarted_one_at_a_time_behind_growing_q
     );
 }
 
+/// A host process started inside a cgroup forged to name a running container (a
+/// `docker-<id>.scope` outside the engine's own) is not taken into the container's instance:
+/// the engine's main process for that id is elsewhere, so the process is watched as `pid:N`
+/// and not supervised by the engine, the refusal logged; the container's own agent keeps its
+/// name and its supervisor.
+#[test]
+fn a_process_in_a_forged_container_cgroup_is_not_named_after_the_container() {
+    let _serial = serial();
+    let standin = StandIn::start();
+    let engine = Engine::start();
+    let image = image(&engine);
+    let dir = ScratchDir::new("cw-docker-forged-name");
+    let name = format!("cw-named-{}", std::process::id());
+    let (container, instance) = agent_container(&image, &standin, &name, dir.path());
+    let daemon = Daemon::start("", &config(""));
+    daemon.wait_for(&instance, WAIT, "the container's agent healthy", |i| {
+        i.last_status == Some(200)
+    });
+    let id = container.id();
+    let forged = ForgedCgroup::new(&id);
+
+    // The same program as the container's agent, started by a shell that first moves itself
+    // into the forged cgroup, so discovery meets it there at its exec.
+    let config = AgentConfig::haiku_as_claude();
+    let cli = dir.path().join("node_modules/@anthropic-ai/claude-code/cli.js");
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"echo $$ > "$1" && exec "$2" "$3""#)
+        .arg("sh")
+        .arg(forged.dir.join("cgroup.procs"))
+        .arg(Bun::V1_4_5.path())
+        .arg(&cli)
+        .env("ANTHROPIC_BASE_URL", standin.base_url())
+        .env("ANTHROPIC_API_KEY", &config.api_key)
+        .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
+        .envs(agent_env(&config))
+        .current_dir(dir.path());
+    let mut impostor = ChildGuard::spawn("the impostor", &mut command);
+    let own = daemon.wait_for(
+        &format!("pid:{}", impostor.pid()),
+        WAIT,
+        "the impostor watched under its own pid",
+        |i| i.last_status == Some(200),
+    );
+    assert_ne!(own.supervisor, "docker", "{own:?}");
+    let real = daemon.wait_for(&instance, WAIT, "the container's instance", |_| true);
+    assert!(!real.pids.contains(&impostor.pid()), "{real:?}");
+    assert_eq!(real.supervisor, "docker", "{real:?}");
+    assert!(
+        daemon.log().iter().any(|l| l.contains("refused: a process whose cgroup names a container")
+            && l.contains(&format!("pid={}", impostor.pid()))),
+        "the refusal is logged: {:?}",
+        daemon.log()
+    );
+    impostor.kill();
+}
+
 /// A cgroup (in the unified hierarchy) named like a container's systemd scope, outside it;
 /// removed on drop once its processes are gone.
 struct ForgedCgroup {
