@@ -1493,6 +1493,9 @@ sys.stdin.readline()
 /// An unprivileged user opens thousands of connections to the metrics port and leaves them
 /// idle: the daemon serves at most a few at once, so its descriptors stay bounded, `status`
 /// answers within a second, and an honest agent started meanwhile is attached and watched.
+/// The user holds at most their share of the connections served (8 of 32): root's scrapes
+/// meanwhile are answered at once (before the share, the user's idle connections took every
+/// slot for 5 s each, and a scrape waited behind them).
 #[test]
 fn idle_metrics_connections_do_not_take_the_daemons_descriptors() {
     let _serial = serial();
@@ -1529,13 +1532,26 @@ fn idle_metrics_connections_do_not_take_the_daemons_descriptors() {
         most <= base_fds + 32 + 16,
         "the daemon's descriptors stay bounded: {most} at most, {base_fds} before ({opened})"
     );
+    let mut slowest_scrape = Duration::ZERO;
+    for _ in 0..5 {
+        let asked = std::time::Instant::now();
+        assert!(daemon.metrics().contains("claude_watch_"));
+        slowest_scrape = slowest_scrape.max(asked.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        slowest_scrape < Duration::from_secs(3),
+        "root's scrapes wait behind the user's idle connections: {slowest_scrape:?}"
+    );
     daemon.wait_for(
         &format!("pid:{}", honest.pid()),
         WAIT,
         "the honest agent observed",
         |i| i.last_status == Some(200) && i.unobserved.is_none(),
     );
-    eprintln!("{opened}: the daemon held at most {most} descriptors ({base_fds} before)");
+    eprintln!(
+        "{opened}: the daemon held at most {most} descriptors ({base_fds} before); root's slowest scrape {slowest_scrape:?}"
+    );
 }
 
 /// Starts `argv` in a new session whose controlling terminal is a fresh pty, as a process that

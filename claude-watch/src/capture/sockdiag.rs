@@ -4,6 +4,9 @@
 //! Read from user space on a slow timer: nothing is added to any request's path in the
 //! kernel. Sockets of other network namespaces are not in the dump (their processes are not
 //! audited). The parser is pure; [`tcp_sockets`] does the I/O.
+//!
+//! The same socket family also says who holds the other end of a local connection
+//! ([`local_peer_uid`]): the metrics listener gives each local user a share of its connections.
 
 use std::collections::HashMap;
 use std::io;
@@ -28,6 +31,7 @@ const INET_DIAG_INFO: u16 = 2;
 /// `struct inet_diag_msg`: family, state, timer, retrans, a 48-byte socket id, then expires,
 /// rqueue, wqueue, uid, inode.
 const DIAG_MSG_LEN: usize = 72;
+const UID_AT: usize = 64;
 const INODE_AT: usize = 68;
 /// `struct tcp_info`'s `tcpi_bytes_acked` and `tcpi_bytes_received`.
 const BYTES_ACKED_AT: usize = 120;
@@ -176,6 +180,96 @@ pub fn tcp_sockets() -> io::Result<HashMap<u64, Counters>> {
     Ok(out)
 }
 
+/// The request for the one TCP socket whose own end is `src` and whose peer is `dst` (an
+/// exact lookup, not a dump).
+fn lookup_request(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Option<Vec<u8>> {
+    use std::net::IpAddr;
+    fn bytes(ip: IpAddr) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        match ip {
+            IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => out = v6.octets(),
+        }
+        out
+    }
+    let canonical = |a: std::net::SocketAddr| a.ip().to_canonical();
+    let (sip, dip) = (canonical(src), canonical(dst));
+    let family = match (sip, dip) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => libc::AF_INET as u8,
+        (IpAddr::V6(_), IpAddr::V6(_)) => libc::AF_INET6 as u8,
+        _ => return None,
+    };
+    let mut m = Vec::with_capacity(72);
+    m.extend_from_slice(&72u32.to_ne_bytes());
+    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
+    m.extend_from_slice(&u32::MAX.to_ne_bytes());
+    // struct inet_diag_sockid: ports in network order, addresses, interface, no cookie.
+    m.extend_from_slice(&src.port().to_be_bytes());
+    m.extend_from_slice(&dst.port().to_be_bytes());
+    m.extend_from_slice(&bytes(sip));
+    m.extend_from_slice(&bytes(dip));
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&u32::MAX.to_ne_bytes());
+    m.extend_from_slice(&u32::MAX.to_ne_bytes());
+    Some(m)
+}
+
+/// The uid in the answer to a [`lookup_request`]: `None` when the kernel knows no such socket
+/// (the peer is on another host or in another network namespace) or said an error.
+fn parse_uid(buf: &[u8]) -> Option<u32> {
+    let len = u32_at(buf, 0)? as usize;
+    if len < 16 + DIAG_MSG_LEN || len > buf.len() || u16_at(buf, 4)? != SOCK_DIAG_BY_FAMILY {
+        return None;
+    }
+    u32_at(&buf[16..], UID_AT)
+}
+
+/// The user holding the other end of a connection accepted on `local` from `peer`, when that
+/// end is a socket of this host's (and network namespace's): one exact lookup, which the
+/// kernel answers at once.
+#[must_use]
+pub fn local_peer_uid(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> Option<u32> {
+    let req = lookup_request(peer, local)?;
+    // SAFETY: plain socket creation; the descriptor is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh descriptor of ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a zeroed sockaddr_nl addressed to the kernel (pid 0).
+    let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    to.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: valid buffer and address for the call's duration.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&raw const to).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if sent < 0 {
+        return None;
+    }
+    let mut buf = vec![0u8; 8 * 1024];
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    parse_uid(buf.get(..usize::try_from(n).ok()?)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,5 +347,43 @@ mod tests {
             "{} sockets, not {inode}",
             all.len()
         );
+    }
+
+    #[test]
+    fn a_local_peers_user_is_read_from_its_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let local = listener.local_addr().expect("addr");
+        let client = std::net::TcpStream::connect(local).expect("connect");
+        let (_, peer) = listener.accept().expect("accept");
+        assert_eq!(peer, client.local_addr().expect("client addr"));
+        // SAFETY: no preconditions.
+        let me = unsafe { libc::getuid() };
+        assert_eq!(local_peer_uid(local, peer), Some(me));
+        // A peer no socket of this host has.
+        let nobody: std::net::SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        assert_eq!(local_peer_uid(local, nobody), None);
+    }
+
+    #[test]
+    fn a_lookup_names_the_peers_end_and_an_answer_its_uid() {
+        let peer: std::net::SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+        let local: std::net::SocketAddr = "[::ffff:127.0.0.1]:9464".parse().expect("addr");
+        let req = lookup_request(peer, local).expect("same family once canonical");
+        assert_eq!(req.len(), 72);
+        assert_eq!(req[16], libc::AF_INET as u8);
+        assert_eq!(&req[24..26], &40000u16.to_be_bytes());
+        assert_eq!(&req[26..28], &9464u16.to_be_bytes());
+        assert_eq!(&req[28..32], &[127, 0, 0, 1]);
+        let v6: std::net::SocketAddr = "[::1]:1".parse().expect("addr");
+        assert_eq!(lookup_request(peer, v6), None);
+        let mut answer = message(SOCK_DIAG_BY_FAMILY, &{
+            let mut body = vec![0u8; DIAG_MSG_LEN];
+            body[UID_AT..UID_AT + 4].copy_from_slice(&1001u32.to_ne_bytes());
+            body
+        });
+        assert_eq!(parse_uid(&answer), Some(1001));
+        answer.truncate(40);
+        assert_eq!(parse_uid(&answer), None, "a cut answer");
+        assert_eq!(parse_uid(&message(NLMSG_ERROR, &(-2i32).to_ne_bytes())), None);
     }
 }

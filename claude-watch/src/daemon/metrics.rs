@@ -228,10 +228,17 @@ impl Metrics {
 /// At most [`MAX_CONNECTIONS`] connections are served at once, each for at most
 /// [`EXCHANGE_TIMEOUT`] (request read and answer written): at the limit no more are accepted
 /// (they wait in the kernel's backlog), so idle connections cannot take the daemon's
-/// descriptors, and a client that does not read its answer is dropped. A failed `accept` (out
-/// of descriptors) is retried after a pause, not in a busy loop.
+/// descriptors, and a client that does not read its answer is dropped. A local user other
+/// than root holds at most [`MAX_CONNECTIONS_PER_USER`] of them (the other end's socket says
+/// whose it is); their further connections are closed at once, so one user holding thousands
+/// open does not keep the scraper waiting. A failed `accept` (out of descriptors) is retried
+/// after a pause, not in a busy loop.
 pub async fn serve(listener: TcpListener, metrics: Metrics) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let holders = Arc::new(Holders::default());
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -245,8 +252,19 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
             }
         };
         let metrics = metrics.clone();
+        let holders = holders.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let uid = tokio::task::spawn_blocking(move || {
+                crate::capture::sockdiag::local_peer_uid(local, peer)
+            })
+            .await
+            .ok()
+            .flatten();
+            let Some(_held) = holders.take(uid) else {
+                debug!(%peer, uid, "metrics: a user over their share of connections, closed");
+                return;
+            };
             if let Err(e) = tokio::time::timeout(EXCHANGE_TIMEOUT, answer(stream, &metrics)).await {
                 debug!(%peer, "metrics client too slow: {e}");
             }
@@ -256,6 +274,57 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
 
 /// Connections to the metrics endpoint served at once.
 pub const MAX_CONNECTIONS: usize = 32;
+/// Of those, connections one local user other than root may hold at once (root's and remote
+/// peers' are bounded by [`MAX_CONNECTIONS`] alone).
+pub const MAX_CONNECTIONS_PER_USER: usize = 8;
+
+/// Connections held now, by local user.
+#[derive(Debug, Default)]
+struct Holders(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
+
+/// One connection held by a user, given back when dropped.
+struct Held {
+    holders: Arc<Holders>,
+    uid: Option<u32>,
+}
+
+impl Holders {
+    /// A hold for a connection of `uid` (`None`: remote, or unknown), unless that user (not
+    /// root) holds [`MAX_CONNECTIONS_PER_USER`] already.
+    fn take(self: &Arc<Self>, uid: Option<u32>) -> Option<Held> {
+        let uid = uid.filter(|&u| u != 0);
+        if let Some(u) = uid {
+            let mut held = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = held.entry(u).or_default();
+            if *n >= MAX_CONNECTIONS_PER_USER {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Held {
+            holders: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(u) = self.uid {
+            let mut held = self
+                .holders
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = held.get_mut(&u) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(&u);
+                }
+            }
+        }
+    }
+}
 /// How long one connection may take, request and answer.
 pub const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -290,6 +359,24 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_user_holds_at_most_their_share_and_root_and_remote_peers_the_cap() {
+        let holders = std::sync::Arc::new(super::Holders::default());
+        let held: Vec<_> = (0..super::MAX_CONNECTIONS_PER_USER)
+            .map(|_| holders.take(Some(1001)).expect("within the share"))
+            .collect();
+        assert!(holders.take(Some(1001)).is_none(), "over the share");
+        assert!(holders.take(Some(1002)).is_some(), "another user's own share");
+        let root: Vec<_> = (0..super::MAX_CONNECTIONS)
+            .map(|_| holders.take(Some(0)).expect("root"))
+            .collect();
+        assert!(holders.take(None).is_some(), "a remote peer");
+        drop(held);
+        assert!(holders.take(Some(1001)).is_some(), "given back when dropped");
+        assert_eq!(root.len(), super::MAX_CONNECTIONS);
+        assert!(holders.0.lock().unwrap().get(&1001).is_none());
+    }
+
     #[test]
     fn a_family_keeps_at_most_its_cap_of_label_sets_and_counts_the_rest() {
         let m = Metrics::default();
