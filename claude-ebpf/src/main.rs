@@ -78,8 +78,7 @@ static BUDGET: LruHashMap<u32, Budget> = LruHashMap::with_max_entries(BUDGET_ENT
 
 /// Each user's record budget (other than root's), keyed by uid (see [`within_user_budget`]).
 #[map]
-static USER_BUDGET: LruHashMap<u32, Budget> =
-    LruHashMap::with_max_entries(USER_BUDGET_ENTRIES, 0);
+static USER_BUDGET: LruHashMap<u32, Budget> = LruHashMap::with_max_entries(USER_BUDGET_ENTRIES, 0);
 
 /// Per-CPU room to assemble a record before it is copied to the ring buffer.
 #[map]
@@ -357,7 +356,6 @@ fn set_in_place<K, V>(map: &LruHashMap<K, V>, key: &K, value: V) {
         }
     }
 }
-
 
 /// Gives back one record [`spend`] counted for `key` in the current window.
 #[inline(always)]

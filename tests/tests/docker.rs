@@ -354,7 +354,9 @@ fn a_process_in_a_forged_container_cgroup_is_not_named_after_the_container() {
     // The same program as the container's agent, started by a shell that first moves itself
     // into the forged cgroup, so discovery meets it there at its exec.
     let config = AgentConfig::haiku_as_claude();
-    let cli = dir.path().join("node_modules/@anthropic-ai/claude-code/cli.js");
+    let cli = dir
+        .path()
+        .join("node_modules/@anthropic-ai/claude-code/cli.js");
     let mut command = std::process::Command::new("sh");
     command
         .arg("-c")
@@ -380,7 +382,8 @@ fn a_process_in_a_forged_container_cgroup_is_not_named_after_the_container() {
     assert!(!real.pids.contains(&impostor.pid()), "{real:?}");
     assert_eq!(real.supervisor, "docker", "{real:?}");
     assert!(
-        daemon.log().iter().any(|l| l.contains("refused: a process whose cgroup names a container")
+        daemon.log().iter().any(|l| l
+            .contains("refused: a process whose cgroup names a container")
             && l.contains(&format!("pid={}", impostor.pid()))),
         "the refusal is logged: {:?}",
         daemon.log()

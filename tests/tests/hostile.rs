@@ -575,10 +575,17 @@ fn one_users_many_flooding_processes_spend_only_the_users_share() {
         .map(|_| spawn_flood(&user, dir.path(), &cli, &cert, &key))
         .collect();
     wait_until(WAIT, "the user over their share in /metrics", || {
-        metric(&daemon.metrics(), "claude_watch_kernel_over_user_budget_total")
-            .filter(|&v| v > 1000.0)
+        metric(
+            &daemon.metrics(),
+            "claude_watch_kernel_over_user_budget_total",
+        )
+        .filter(|&v| v > 1000.0)
     });
-    let rate = rate_of(&daemon, "claude_watch_kernel_records_total", Duration::from_secs(5));
+    let rate = rate_of(
+        &daemon,
+        "claude_watch_kernel_records_total",
+        Duration::from_secs(5),
+    );
     assert!(
         rate <= f64::from(USER_SHARE) * 1.3,
         "the user's four processes sent {rate:.0} records a second, over their share of {USER_SHARE}"
@@ -620,11 +627,18 @@ fn one_users_many_flooding_processes_spend_only_the_users_share() {
         "the user is named in status:\n{status}"
     );
     assert!(
-        daemon.log().iter().any(|l| l.contains("over their record budget")
-            && l.contains(&format!("uid={}", user.uid))),
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("over their record budget")
+                && l.contains(&format!("uid={}", user.uid))),
         "the user is logged"
     );
-    assert!(floods.iter().all(|f| claude_watch_tests::process::alive(f.pid())));
+    assert!(
+        floods
+            .iter()
+            .all(|f| claude_watch_tests::process::alive(f.pid()))
+    );
     eprintln!("user flood: 4 processes, {rate:.0} records a second reached user space");
 }
 
@@ -686,7 +700,11 @@ fn a_user_execing_fresh_images_in_a_loop_spends_only_their_share() {
         .arg(dir.path().join("loop.c"))
         .output()
         .expect("run cc");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cli = claude_watch_tests::agents::claude_code_package(dir.path(), IDLE_CLAUDE.as_bytes());
     user.chown(dir.path());
     let mut daemon = Daemon::start_as_service(
@@ -707,10 +725,17 @@ fn a_user_execing_fresh_images_in_a_loop_spends_only_their_share() {
         l.starts_with("execs 1000")
     });
     wait_until(WAIT, "execs dropped over the user's share", || {
-        metric(&daemon.metrics(), "claude_watch_kernel_execs_over_budget_total")
-            .filter(|&v| v > 1000.0)
+        metric(
+            &daemon.metrics(),
+            "claude_watch_kernel_execs_over_budget_total",
+        )
+        .filter(|&v| v > 1000.0)
     });
-    let sent = rate_of(&daemon, "claude_watch_kernel_execs_sent_total", Duration::from_secs(5));
+    let sent = rate_of(
+        &daemon,
+        "claude_watch_kernel_execs_sent_total",
+        Duration::from_secs(5),
+    );
     let dropped = rate_of(
         &daemon,
         "claude_watch_kernel_execs_over_budget_total",
@@ -720,7 +745,10 @@ fn a_user_execing_fresh_images_in_a_loop_spends_only_their_share() {
         sent <= f64::from(USER_SHARE) * 1.3,
         "{sent:.0} execs a second reached user space, over the user's share of {USER_SHARE}"
     );
-    assert!(dropped > 0.0, "the loop is still dropped: {dropped:.0} a second");
+    assert!(
+        dropped > 0.0,
+        "the loop is still dropped: {dropped:.0} a second"
+    );
 
     // The user's own Claude Code, started during the loop, is found all the same.
     let mut command = std::process::Command::new("setpriv");

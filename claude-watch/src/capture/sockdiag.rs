@@ -384,6 +384,9 @@ mod tests {
         assert_eq!(parse_uid(&answer), Some(1001));
         answer.truncate(40);
         assert_eq!(parse_uid(&answer), None, "a cut answer");
-        assert_eq!(parse_uid(&message(NLMSG_ERROR, &(-2i32).to_ne_bytes())), None);
+        assert_eq!(
+            parse_uid(&message(NLMSG_ERROR, &(-2i32).to_ne_bytes())),
+            None
+        );
     }
 }

@@ -294,7 +294,10 @@ impl Holders {
     fn take(self: &Arc<Self>, uid: Option<u32>) -> Option<Held> {
         let uid = uid.filter(|&u| u != 0);
         if let Some(u) = uid {
-            let mut held = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut held = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let n = held.entry(u).or_default();
             if *n >= MAX_CONNECTIONS_PER_USER {
                 return None;
@@ -366,13 +369,19 @@ mod tests {
             .map(|_| holders.take(Some(1001)).expect("within the share"))
             .collect();
         assert!(holders.take(Some(1001)).is_none(), "over the share");
-        assert!(holders.take(Some(1002)).is_some(), "another user's own share");
+        assert!(
+            holders.take(Some(1002)).is_some(),
+            "another user's own share"
+        );
         let root: Vec<_> = (0..super::MAX_CONNECTIONS)
             .map(|_| holders.take(Some(0)).expect("root"))
             .collect();
         assert!(holders.take(None).is_some(), "a remote peer");
         drop(held);
-        assert!(holders.take(Some(1001)).is_some(), "given back when dropped");
+        assert!(
+            holders.take(Some(1001)).is_some(),
+            "given back when dropped"
+        );
         assert_eq!(root.len(), super::MAX_CONNECTIONS);
         assert!(holders.0.lock().unwrap().get(&1001).is_none());
     }

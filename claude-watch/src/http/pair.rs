@@ -417,7 +417,14 @@ mod tests {
         assert_eq!(p.push(record_of(1001, 7, 1, t, kind::WRITE, REQ)), None);
         for conn in 2..=3 {
             t += 1;
-            p.push(record_of(1001, 7, conn, t, kind::WRITE, b"HEAD / HTTP/1.1\r\n\r\n"));
+            p.push(record_of(
+                1001,
+                7,
+                conn,
+                t,
+                kind::WRITE,
+                b"HEAD / HTTP/1.1\r\n\r\n",
+            ));
         }
         let fake = b"POST /v1/messages HTTP/1.1\r\n\r\n";
         for pid in 10_000..19_000 {
@@ -427,7 +434,11 @@ mod tests {
             }
         }
         assert!(p.conns.len() <= MAX_CONNS);
-        assert_eq!(p.per_uid.get(&1001), Some(&3), "the honest user kept every connection");
+        assert_eq!(
+            p.per_uid.get(&1001),
+            Some(&3),
+            "the honest user kept every connection"
+        );
         assert_eq!(p.per_uid.values().sum::<usize>(), p.conns.len());
         assert_eq!(p.per_pid.values().sum::<usize>(), p.conns.len());
         t += 1;

@@ -11,6 +11,11 @@
 //! the least recently used one (of the build id, or of all) makes room: an entry's mtime is
 //! set each time it answers, so forged entries nobody runs go first, and a flood of them
 //! cannot keep a genuine build out of the cache (it comes back the next time it is located).
+//! Each user other than root has a share: an entry located from a file they own is named with
+//! their uid (`<build id>.<digest>.u<uid>.json`), they hold at most one entry per build id and
+//! [`ENTRIES_PER_USER`] in all (their own least recently used one makes room), and when a build
+//! id or the cache is full, users' entries go before root's. So no user can push out the
+//! entries of root's files, and a user's flood of forged files costs only their own entries.
 //!
 //! The directory is the daemon's own: created with mode 0700, refused when another user owns it,
 //! repaired (chmod 0700) when group or others may access it. Entries are opened relative to the
@@ -45,6 +50,16 @@ pub const ENTRY_MAX_BYTES: u64 = 64 * 1024;
 pub const ENTRIES_PER_BUILD_ID: usize = 4;
 /// Entries kept in all.
 pub const ENTRIES_MAX: usize = 256;
+/// Entries kept in all for the files of one user other than root.
+pub const ENTRIES_PER_USER: usize = ENTRIES_MAX / 4;
+
+/// The owner of the file an entry was located from, from its name (root when untagged).
+fn owner_of(name: &str) -> u32 {
+    name.strip_suffix(".json")
+        .and_then(|n| n.rsplit_once(".u"))
+        .and_then(|(_, uid)| uid.parse().ok())
+        .unwrap_or(0)
+}
 
 /// Why the cache directory cannot be used or an entry could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -333,45 +348,81 @@ impl Cache {
         Some(oldest)
     }
 
-    /// Stores `located` for `image` (atomically: a new file then a rename), under its build id
-    /// and digest, unless the cache is full.
+    /// Stores `located` for `image` (atomically: a new file then a rename), under its build id,
+    /// digest and `owner` (the uid owning the located file), making room as the module says.
     ///
     /// # Errors
     /// [`CacheError`] when the file has no build id, the directory is refused, the cache is
     /// full or the entry cannot be written.
-    pub fn store(&self, image: &ElfImage<'_>, located: &Located) -> Result<(), CacheError> {
+    pub fn store(
+        &self,
+        image: &ElfImage<'_>,
+        located: &Located,
+        owner: u32,
+    ) -> Result<(), CacheError> {
         let build_id = image
             .build_id
             .as_deref()
             .filter(|id| valid_build_id(id))
             .ok_or(CacheError::NoBuildId)?;
         let digest = digest(image.data, located);
-        let name = format!("{build_id}.{}.json", &digest[..16]);
+        let name = if owner == 0 {
+            format!("{build_id}.{}.json", &digest[..16])
+        } else {
+            format!("{build_id}.{}.u{owner}.json", &digest[..16])
+        };
         let dir = self.open_dir(true)?;
         let names = Self::entry_names(&dir);
         if !names.contains(&name) {
             let prefix = format!("{build_id}.");
-            let same = names.iter().filter(|n| n.starts_with(&prefix)).count();
+            let of_build = |n: &&String| n.starts_with(&prefix);
+            let mine = |n: &&String| owner != 0 && owner_of(n) == owner;
+            let users_first = |pick: &dyn Fn(&&String) -> bool| -> Vec<&String> {
+                let users: Vec<&String> = names
+                    .iter()
+                    .filter(|n| pick(n) && owner_of(n) != 0)
+                    .collect();
+                if users.is_empty() {
+                    names.iter().filter(|n| pick(n)).collect()
+                } else {
+                    users
+                }
+            };
+            let same = names.iter().filter(of_build).count();
             let full = |reason: String| CacheError::Full {
                 dir: self.dir.clone(),
                 reason,
             };
-            if same >= ENTRIES_PER_BUILD_ID {
-                let evicted =
-                    Self::evict_oldest(&dir, names.iter().filter(|n| n.starts_with(&prefix)))
-                        .ok_or_else(|| {
-                            full(format!("{same} entries for build id {build_id} already"))
-                        })?;
+            let (victims, why): (Vec<&String>, &str) =
+                if names.iter().filter(mine).count() >= ENTRIES_PER_USER {
+                    (
+                        names.iter().filter(mine).collect(),
+                        "the user's share is full",
+                    )
+                } else if names.iter().filter(of_build).any(|n| mine(&n)) {
+                    (
+                        names.iter().filter(|n| of_build(n) && mine(n)).collect(),
+                        "one entry per build id for a user",
+                    )
+                } else if same >= ENTRIES_PER_BUILD_ID {
+                    (users_first(&of_build), "the build id is full")
+                } else if names.len() >= ENTRIES_MAX {
+                    (users_first(&|_| true), "the cache is full")
+                } else {
+                    (Vec::new(), "")
+                };
+            if !victims.is_empty() {
+                let evicted = Self::evict_oldest(&dir, victims.into_iter()).ok_or_else(|| {
+                    full(format!(
+                        "{why}: {same} entries for build id {build_id}, {} in all",
+                        names.len()
+                    ))
+                })?;
                 tracing::info!(
                     evicted,
                     build_id,
-                    "locate cache: the least recently used entry of the build id makes room"
-                );
-            } else if names.len() >= ENTRIES_MAX {
-                let evicted = Self::evict_oldest(&dir, names.iter())
-                    .ok_or_else(|| full(format!("{} entries", names.len())))?;
-                tracing::info!(
-                    evicted,
+                    owner,
+                    why,
                     "locate cache: the least recently used entry makes room"
                 );
             }
@@ -591,7 +642,7 @@ mod tests {
         let cache = Cache::new(dir.join("c"));
         let data = genuine();
         let real = located(0x1000, 0x20000);
-        cache.store(&image(&data), &real).expect("store");
+        cache.store(&image(&data), &real, 0).expect("store");
         let hit = cache.lookup(BUILD_ID, &image(&data)).expect("hit");
         assert_eq!(hit.method, Method::Cache);
         assert_eq!(hit.functions, real.functions);
@@ -610,12 +661,14 @@ mod tests {
         let cache = Cache::new(dir.join("c"));
         let data = genuine();
         let real = located(0x1000, 0x20000);
-        cache.store(&image(&data), &real).expect("store genuine");
+        cache.store(&image(&data), &real, 0).expect("store genuine");
         // A forged file: same build id, same size, other offsets (as if its own code said so).
         let mut forged = data.clone();
         forged[0x3000] ^= 0x55;
         let fake = located(0x3000, 0x30000);
-        cache.store(&image(&forged), &fake).expect("store forged");
+        cache
+            .store(&image(&forged), &fake, 0)
+            .expect("store forged");
         // The genuine file still gets its own result; the forged entry answers only itself.
         let hit = cache.lookup(BUILD_ID, &image(&data)).expect("genuine hit");
         assert_eq!(hit.functions, real.functions);
@@ -631,7 +684,7 @@ mod tests {
         for i in 0..3 * ENTRIES_PER_BUILD_ID {
             let mut f = data.clone();
             f[0x5000 + i] ^= 0xAA;
-            let _ = cache.store(&image(&f), &located(0x5000, 0x6000));
+            let _ = cache.store(&image(&f), &located(0x5000, 0x6000), 0);
             // The genuine build keeps being run (and answered from the cache) meanwhile.
             assert!(cache.lookup(BUILD_ID, &image(&data)).is_some(), "flood {i}");
         }
@@ -649,12 +702,12 @@ mod tests {
             let mut f = data.clone();
             f[0x5000 + i] ^= 0xAA;
             cache
-                .store(&image(&f), &located(0x5000, 0x6000))
+                .store(&image(&f), &located(0x5000, 0x6000), 0)
                 .expect("a forged entry");
         }
         let real = located(0x1000, 0x20000);
         cache
-            .store(&image(&data), &real)
+            .store(&image(&data), &real, 0)
             .expect("the genuine build is stored: an unused forged entry makes room");
         let hit = cache.lookup(BUILD_ID, &image(&data)).expect("genuine hit");
         assert_eq!(hit.functions, real.functions);
@@ -664,12 +717,63 @@ mod tests {
     }
 
     #[test]
+    fn a_users_forged_entries_never_push_out_roots_and_stay_within_their_share() {
+        let dir = scratch("shares");
+        let cache = Cache::new(dir.join("c"));
+        let data = genuine();
+        let real = located(0x1000, 0x20000);
+        cache
+            .store(&image(&data), &real, 0)
+            .expect("root's genuine build");
+        // User 1001 stores forged contents claiming the genuine build id, never run again:
+        // they keep one entry of that build id, and root's (also unused since) stays.
+        for i in 0..3 * ENTRIES_PER_BUILD_ID {
+            let mut f = data.clone();
+            f[0x5000 + i] ^= 0xAA;
+            cache
+                .store(&image(&f), &located(0x5000, 0x6000), 1001)
+                .expect("a forged entry");
+        }
+        let names = Cache::entry_names(&cache.open_dir(false).unwrap());
+        assert_eq!(
+            names.iter().filter(|n| owner_of(n) == 1001).count(),
+            1,
+            "{names:?}"
+        );
+        let hit = cache
+            .lookup(BUILD_ID, &image(&data))
+            .expect("root's entry stayed");
+        assert_eq!(hit.functions, real.functions);
+        // Four users fill the build id: the user entries make room, never root's.
+        for uid in 2001..2005 {
+            let mut f = data.clone();
+            f[0x7000 + uid as usize - 2001] ^= 0x55;
+            cache
+                .store(&image(&f), &located(0x5000, 0x6000), uid)
+                .expect("another user's entry");
+        }
+        assert!(cache.lookup(BUILD_ID, &image(&data)).is_some());
+        assert_eq!(
+            Cache::entry_names(&cache.open_dir(false).unwrap()).len(),
+            ENTRIES_PER_BUILD_ID
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_entrys_owner_is_read_from_its_name() {
+        assert_eq!(owner_of("ab12.0011223344556677.json"), 0);
+        assert_eq!(owner_of("ab12.0011223344556677.u1001.json"), 1001);
+        assert_eq!(owner_of("ab12.0011223344556677.ux.json"), 0);
+    }
+
+    #[test]
     fn a_symlinked_entry_is_refused() {
         let dir = scratch("symlink");
         let cache = Cache::new(dir.join("c"));
         let data = genuine();
         let real = located(0x1000, 0x20000);
-        cache.store(&image(&data), &real).expect("store");
+        cache.store(&image(&data), &real, 0).expect("store");
         let entry = std::fs::read_dir(dir.join("c"))
             .unwrap()
             .next()
@@ -692,7 +796,7 @@ mod tests {
         let cache = Cache::new(dir.join("c"));
         let data = genuine();
         cache
-            .store(&image(&data), &located(0x1000, 0x20000))
+            .store(&image(&data), &located(0x1000, 0x20000), 0)
             .expect("store");
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.join("c")), 0o700, "created 0700");
@@ -726,7 +830,7 @@ mod tests {
         assert!(matches!(err, CacheError::Insecure { .. }), "{err}");
         assert!(
             cache
-                .store(&image(&genuine()), &located(0x1000, 0x20000))
+                .store(&image(&genuine()), &located(0x1000, 0x20000), 0)
                 .is_err()
         );
         let _ = std::fs::remove_dir_all(&dir);

@@ -765,7 +765,7 @@ fn locate_open(
         if let Some(cache) = cache {
             // The image over the bytes read, which hold the build id and the digested ranges.
             if let Ok(image) = ElfImage::parse(&reader.data) {
-                store(cache, &image, &located, path);
+                store(cache, &image, &located, path, meta.uid());
             }
         }
         return Ok(located);
@@ -795,7 +795,7 @@ fn locate_open(
         "locate: located"
     );
     if let Some(cache) = cache {
-        store(cache, &image, &located, path);
+        store(cache, &image, &located, path, meta.uid());
     }
     Ok(located)
 }
@@ -811,8 +811,8 @@ fn read_within(budget: &Budget, path: &Path) -> Result<(), LocateError> {
 }
 
 /// Stores `located` for `image` in `cache`; a failure is logged, the answer stands.
-fn store(cache: &Cache, image: &ElfImage<'_>, located: &Located, path: &Path) {
-    if let Err(error) = cache.store(image, located) {
+fn store(cache: &Cache, image: &ElfImage<'_>, located: &Located, path: &Path, owner: u32) {
+    if let Err(error) = cache.store(image, located, owner) {
         tracing::warn!(path = %path.display(), error = %crate::error_chain(&error), "locate: cannot write cache entry");
     }
 }
