@@ -4,10 +4,11 @@
 //! The module tree follows the data:
 //! - [`capture`]: eBPF programs loaded and attached, ring-buffer records out;
 //! - [`locate`]: where SSL_write/SSL_read are in a binary, by symbols or, in stripped BoringSSL
-//!   (Bun, Claude Code), from what the code itself says (pure, cached by build id);
-//! - [`http`]: records parsed and paired into exchanges (pure);
-//! - [`discover`] and [`instance`]: which processes are claude instances, and their names;
-//! - [`detect`]: the latch detector, a sans-IO state machine over exchanges;
+//!   (Bun, Claude Code), from what the code itself says (reads the file; cached by build id);
+//! - [`http`]: records parsed and paired into exchanges (the core's, re-exported);
+//! - [`discover`] and [`instance`]: which processes are claude instances, and their names (the
+//!   naming is the core's; `instance::proc` reads `/proc`);
+//! - [`detect`]: the latch detector, a sans-IO state machine over exchanges (the core's);
 //! - [`journal`] and [`report`]: the durable episode history and the report made from it;
 //! - [`watch`]: the core: every decision (latch, restart, wait, give up, what to publish) in one
 //!   sans-IO state machine fed inputs and a monotonic clock, returning effects; with the
@@ -18,7 +19,8 @@
 //! - [`history`]: episodes rebuilt from Claude Code's own transcripts, imported into the journal;
 //! - [`svg`]: the episode timeline drawn as SVG;
 //! - [`config`]: the TOML configuration;
-//! - [`text`]: observed text made safe to print;
+//! - [`text`]: observed text made safe to print (the core's);
+//! - [`time`]: the clocks (the shell owns them), and the core's formats;
 //! - [`untrusted`]: the one door for files another user or process chooses;
 //! - [`cli`]: the subcommands;
 //! - [`allocator`]: the C allocator's settings for the long-running commands.
@@ -28,20 +30,20 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod detect;
 pub mod discover;
 pub mod history;
-pub mod http;
 pub mod instance;
 pub mod journal;
 pub mod locate;
 pub mod report;
 pub mod supervise;
 pub mod svg;
-pub mod text;
 pub mod time;
 pub mod untrusted;
 pub mod watch;
+
+// The core's modules, where the shell's paths have always named them.
+pub use claude_watch_core::{detect, http, text};
 
 #[cfg(test)]
 mod proptests;

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 use super::ProcessInfo;
 use crate::untrusted::{self, Limits, Resolve, UntrustedError};
+pub use claude_watch_core::instance::procfs::{
+    Owner, parse_environ, parse_nspid, parse_owner, parse_stat, plain_http_origin,
+};
 
 /// Where `/proc` is mounted on the host.
 pub const ROOT: &str = "/proc";
@@ -95,18 +98,6 @@ pub fn pids(root: &Path) -> Vec<u32> {
     )
 }
 
-/// Parent PID and start time (clock ticks after boot) from the content of `/proc/<pid>/stat`.
-///
-/// The command name (field 2) may hold spaces and parentheses, so fields are counted after the
-/// last `)`: ppid is field 4, starttime field 22.
-pub fn parse_stat(stat: &str) -> Option<(u32, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ppid = fields.get(1)?.parse().ok()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((ppid, start))
-}
-
 /// `exe` (without the ` (deleted)` of a binary replaced while running; empty when unreadable)
 /// and `cmdline` (split at NULs) of the process directory `dir`: all [`super::classify`] needs.
 pub fn read_exe_and_cmdline(dir: &Path) -> (PathBuf, Vec<String>) {
@@ -176,8 +167,6 @@ pub fn read_process_info(proc_root: &Path, pid: u32) -> Result<ProcessInfo, Proc
 /// `CLAUDE_CONFIG_DIR` are among the first variables, and a process cannot make the daemon
 /// read megabytes.
 pub const MAX_ENVIRON: u64 = 64 * 1024;
-/// Longest value kept from a process manager's variable.
-const MAX_VALUE: usize = 256;
 
 /// The raw environment block of `pid` under `root`, at most [`MAX_ENVIRON`] bytes. It holds
 /// credentials: callers parse out the few variables they need and drop it.
@@ -186,60 +175,6 @@ const MAX_VALUE: usize = 256;
 /// [`ProcError::Read`] when it cannot be read.
 pub fn environ(root: &Path, pid: u32) -> Result<Vec<u8>, ProcError> {
     read_file(root, pid, "environ", MAX_ENVIRON)
-}
-
-/// The process-manager variables of an environment block (`KEY=value` entries split at NULs).
-/// Every other variable is skipped unread beyond its key (the environment holds credentials);
-/// values that are too long or hold control characters are ignored.
-pub fn parse_environ(raw: &[u8]) -> super::SupervisorEnv {
-    let mut env = super::SupervisorEnv::default();
-    for entry in raw.split(|&b| b == 0) {
-        let Some(eq) = entry.iter().position(|&b| b == b'=') else {
-            continue;
-        };
-        let (key, value) = (&entry[..eq], &entry[eq + 1..]);
-        let slot = match key {
-            b"pm_id"
-            | b"name"
-            | b"PM2_HOME"
-            | b"SUPERVISOR_PROCESS_NAME"
-            | b"SUPERVISOR_GROUP_NAME"
-            | b"SUPERVISOR_SERVER_URL"
-            | b"ANTHROPIC_BASE_URL" => key,
-            _ => continue,
-        };
-        let Ok(value) = std::str::from_utf8(value) else {
-            continue;
-        };
-        if value.is_empty() || value.len() > MAX_VALUE || value.chars().any(char::is_control) {
-            continue;
-        }
-        let value = value.to_owned();
-        match slot {
-            b"pm_id" => env.pm2_id = value.parse().ok(),
-            b"name" => env.pm2_name = Some(value),
-            b"PM2_HOME" => env.pm2_home = Some(PathBuf::from(value)),
-            b"SUPERVISOR_PROCESS_NAME" => env.supervisord_program = Some(value),
-            b"SUPERVISOR_GROUP_NAME" => env.supervisord_group = Some(value),
-            b"ANTHROPIC_BASE_URL" => env.plain_http_base = plain_http_origin(&value),
-            _ => env.supervisord_url = Some(value),
-        }
-    }
-    if env.pm2_id.is_none() {
-        // `name` alone is too common a variable to mean pm2.
-        env.pm2_name = None;
-        env.pm2_home = None;
-    }
-    env
-}
-
-/// `http://host[:port]` of a plain-HTTP base URL, without user info, path or query (a base
-/// URL may carry a credential); `None` for `https://` or anything else.
-pub fn plain_http_origin(url: &str) -> Option<String> {
-    let rest = url.trim().strip_prefix("http://")?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority.rsplit('@').next().unwrap_or_default();
-    (!host.is_empty()).then(|| format!("http://{host}"))
 }
 
 /// The parent chain of `pid`, nearest first, up to (excluding) PID 1 or `max_depth` entries.
@@ -282,14 +217,6 @@ pub fn parent_pid(pid: u32) -> Result<u32, ProcError> {
         .ok_or(ProcError::Malformed { pid, file: "stat" })
 }
 
-/// The `NSpid:` line of a `status` file: the PID in each nested namespace, outermost first.
-#[must_use]
-pub fn parse_nspid(status: &str) -> Option<Vec<u32>> {
-    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
-    let pids: Option<Vec<u32>> = line.split_whitespace().map(|p| p.parse().ok()).collect();
-    pids.filter(|p| !p.is_empty())
-}
-
 /// The PID of host process `pid` inside its own (innermost) PID namespace.
 ///
 /// # Errors
@@ -301,36 +228,6 @@ pub fn namespace_pid(pid: u32) -> Result<u32, ProcError> {
             pid,
             file: "status",
         })
-}
-
-/// Who owns a process: real uid, gid and supplementary groups.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    /// Real uid.
-    pub uid: u32,
-    /// Real gid.
-    pub gid: u32,
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
-}
-
-/// The owner of a process from the content of `/proc/<pid>/status` (real ids: the first field
-/// of `Uid:` and `Gid:`, and `Groups:`).
-#[must_use]
-pub fn parse_owner(status: &str) -> Option<Owner> {
-    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
-    let first = |key: &str| field(key)?.split_whitespace().next()?.parse().ok();
-    let groups = field("Groups:")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<Vec<u32>, _>>()
-        .ok()?;
-    Some(Owner {
-        uid: first("Uid:")?,
-        gid: first("Gid:")?,
-        groups,
-    })
 }
 
 /// The owner of `pid`.
@@ -515,5 +412,24 @@ mod tests {
         assert!(matches!(start_time(u32::MAX), Err(ProcError::File(e)) if e.is_gone()));
         assert!(maps(me).unwrap().contains(" r-xp "));
         assert!(children(u32::MAX).is_empty());
+    }
+
+    #[test]
+    fn reads_this_very_process() {
+        let me = std::process::id();
+        let info = read_process_info(Path::new("/proc"), me).expect("own /proc entry");
+        assert_eq!(info.pid, me);
+        assert!(info.start_time > 0);
+        assert_eq!(info.exe, std::env::current_exe().unwrap());
+        assert_eq!(
+            info.cwd.as_deref(),
+            Some(std::env::current_dir().unwrap().as_path())
+        );
+        let ancestry = read_ancestry(Path::new("/proc"), me, 64);
+        assert_eq!(ancestry.first().map(|p| p.pid), Some(info.ppid));
+        assert!(matches!(
+            read_process_info(Path::new("/proc"), u32::MAX),
+            Err(ProcError::File(e)) if e.is_gone()
+        ));
     }
 }

@@ -1,0 +1,60 @@
+//! claude-watch's core: what the daemon decides, with no I/O. Records parsed and paired into
+//! exchanges, the latch detector, instance naming and the episode types, fed plain values and a
+//! monotonic clock by the shell (`claude-watch`), which owns every file, socket, probe and clock.
+//! Nothing here depends on tokio, aya, zbus, libc or the filesystem.
+//!
+//! - [`http`]: kernel records parsed and paired into exchanges;
+//! - [`instance`]: which processes are Claude Code instances, and what each is called;
+//! - [`detect`]: the latch detector, a sans-IO state machine over exchanges;
+//! - [`text`]: observed text made safe to print;
+//! - [`time`]: instants and durations written for people.
+
+pub mod detect;
+pub mod http;
+pub mod instance;
+pub mod text;
+pub mod time;
+
+#[cfg(test)]
+mod tests {
+    /// The core reads no file, socket, process or clock: every source file is searched for
+    /// the paths that would (the shell's `time` reads the clocks; `untrusted` opens files).
+    #[test]
+    fn the_core_does_no_io() {
+        const FORBIDDEN: [&str; 12] = [
+            "std::fs",
+            "std::net",
+            "std::process",
+            "std::os::",
+            "libc::",
+            "tokio",
+            "aya::",
+            "zbus",
+            "SystemTime::now",
+            "Instant::now",
+            "File::open",
+            "std::io::stdin",
+        ];
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src];
+        let mut found = Vec::new();
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("lib.rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (n, line) in text.lines().enumerate() {
+                    if line.trim_start().starts_with("//") {
+                        continue;
+                    }
+                    for f in FORBIDDEN {
+                        if line.contains(f) {
+                            found.push(format!("{}:{}: {f}", path.display(), n + 1));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(found.is_empty(), "I/O in the core:\n{}", found.join("\n"));
+    }
+}
