@@ -531,7 +531,7 @@ fn install(root: &Path, dest: &Path) -> anyhow::Result<()> {
         eprintln!("xtask: kept the existing {}", config.display());
     } else {
         copy(
-            &root.join("claude-watch/config/default.toml"),
+            &root.join("claude-watch-core/config/default.toml"),
             &config,
             0o644,
         )?;

@@ -17,8 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// Default for `[daemon] max_attachments`.
-pub const DEFAULT_MAX_ATTACHMENTS: u32 = 256;
+pub use claude_watch_core::config::DEFAULT_MAX_ATTACHMENTS;
 
 /// A user's share of `cap` attachments when `[daemon] max_attachments_per_user` is not set: a
 /// quarter of it (at least 1).

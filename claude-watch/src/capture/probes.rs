@@ -19,49 +19,7 @@ use crate::locate::FunctionName;
 /// The compiled eBPF object (built by `build.rs` from the `claude-ebpf` crate).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/claude-ebpf"));
 
-/// Default ring buffer size: 4 MiB holds about 1,000 full 4 KiB heads, or far more of the
-/// usual few-hundred-byte ones, between two reads. The kernel maps the ring's pages twice into
-/// the reader (so a record that wraps reads as one piece): RSS counts it as 8 MiB.
-pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
-
-/// When the kernel wakes the record reader (the kernel's `WAKEUP`; see
-/// [`claude_ebpf_common::wakeup`]). Whatever the policy, an exec wakes it at once, and so does
-/// every record once a quarter of the ring is unread; the rest waits for the reader's own timer
-/// (250 ms in the daemon, 200 ms in `trace`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Wakeup {
-    /// Every response wakes the reader: each exchange is seen within microseconds, at the cost
-    /// of a wake-up on the client's CPU per response.
-    Responses,
-    /// Only responses a decision may hang on (status not 1xx–3xx, or a head in pieces) wake the
-    /// reader; successful exchanges are read on its timer.
-    #[default]
-    Errors,
-    /// Nothing but execs wakes the reader; every exchange is read on its timer.
-    Timer,
-}
-
-impl std::fmt::Display for Wakeup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Responses => "responses",
-            Self::Errors => "errors",
-            Self::Timer => "timer",
-        })
-    }
-}
-
-impl Wakeup {
-    /// The kernel's value.
-    fn kernel(self) -> u32 {
-        match self {
-            Self::Responses => claude_ebpf_common::wakeup::RESPONSES,
-            Self::Errors => claude_ebpf_common::wakeup::ERRORS,
-            Self::Timer => claude_ebpf_common::wakeup::TIMER,
-        }
-    }
-}
+pub use claude_watch_core::config::{DEFAULT_RING_BYTES, Wakeup};
 
 /// What the kernel side is loaded with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

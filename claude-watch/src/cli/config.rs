@@ -83,7 +83,7 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             let path = path.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-            let config = Config::load(&path)?;
+            let config = crate::config::load(&path)?;
             for warning in supervision_warnings(&config) {
                 eprintln!("warning: {}", crate::text::printable(&warning));
             }

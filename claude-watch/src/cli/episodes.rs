@@ -207,7 +207,7 @@ pub fn run(mut args: EpisodesArgs) -> anyhow::Result<()> {
     // --journal), or the import's thresholds.
     let needs_config = args.journal.is_empty() || args.import.is_some() || args.config.is_some();
     let (config, origin) = if needs_config {
-        Config::find(args.config.as_deref())?
+        crate::config::find(args.config.as_deref())?
     } else {
         (Config::default(), "--journal".to_owned())
     };
@@ -403,7 +403,7 @@ mod tests {
             "[daemon]\njournal_max_bytes = 1048576\njournal_keep = 9\n[detector]\nlatch_min_401s = 7\nlatch_min_span = \"30s\"\n",
         )
         .unwrap();
-        let (cfg, options) = import_settings(&Config::find(Some(&path)).unwrap().0);
+        let (cfg, options) = import_settings(&crate::config::find(Some(&path)).unwrap().0);
         let _ = std::fs::remove_file(&path);
         assert_eq!(cfg.latch_min_401s, 7);
         assert_eq!(cfg.latch_min_span, std::time::Duration::from_secs(30));
@@ -414,7 +414,7 @@ mod tests {
                 keep: 9
             }
         );
-        assert!(Config::find(Some(Path::new("/nonexistent/config.toml"))).is_err());
+        assert!(crate::config::find(Some(Path::new("/nonexistent/config.toml"))).is_err());
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         anyhow::bail!("--days must be at least 1 and --instances between 1 and 1000");
     }
     let config = match &args.config {
-        Some(path) => Config::load(path)?,
+        Some(path) => crate::config::load(path)?,
         None => Config::builtin(),
     };
     let name = args

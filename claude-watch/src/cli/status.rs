@@ -33,7 +33,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let socket = match args.socket {
         Some(socket) => socket,
         None => {
-            crate::config::Config::find(args.config.as_deref())?
+            crate::config::find(args.config.as_deref())?
                 .0
                 .daemon
                 .control_socket

@@ -24,6 +24,7 @@ use crate::instance::proc;
 use crate::time::{rfc3339_ms, wall_minus_mono_ns};
 use crate::watch::Input;
 use crate::watch::front::{Front, NoProcesses, Processes};
+use clap::builder::TypedValueParser as _;
 
 /// Show every HTTP/1.x exchange of TLS clients, live.
 ///
@@ -65,7 +66,9 @@ pub struct TraceArgs {
     /// When the kernel wakes trace for a record: `errors` (a response that is not 1xx–3xx;
     /// other lines are printed within 200 ms), `responses` (every response, at once), `timer`
     /// (every line within 200 ms). The daemon's `[daemon] wakeup`.
-    #[arg(long, value_enum, value_name = "POLICY", default_value_t = Wakeup::default())]
+    #[arg(long, value_name = "POLICY", default_value_t = Wakeup::default(),
+          value_parser = clap::builder::PossibleValuesParser::new(Wakeup::ALL)
+              .map(|s| s.parse::<Wakeup>().expect("one of the possible values")))]
     pub wakeup: Wakeup,
     /// The most bytes the kernel copies of one head (1 to 4095; for measurements: fewer
     /// bytes may cut off the headers claude-watch reads).

@@ -91,7 +91,7 @@ const RESCAN_AFTER_DROPPED_EXECS: Duration = Duration::from_secs(5);
 /// Loads the configuration the daemon would use, and names where it came from. What the
 /// configuration leaves to the host is filled in here (`[fleet] host`: the kernel's host name).
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
-    let (mut config, origin) = Config::find(path)?;
+    let (mut config, origin) = crate::config::find(path)?;
     if config.fleet.host.is_none() {
         let host = crate::untrusted::read_head(
             Path::new("/proc/sys/kernel/hostname"),

@@ -29,12 +29,12 @@
 //! Wall time appears only where a person or a file needs it: journal records and the persisted
 //! recovery state, converted with the wall-minus-monotonic offset given at construction.
 
-pub mod coverage;
-pub mod fleet;
 pub mod front;
-pub mod policy;
 pub mod replay;
 pub mod status;
+
+// The recovery machine, the coverage rule and the fleet's hold are the core's.
+pub use claude_watch_core::{coverage, fleet, policy};
 
 #[cfg(test)]
 mod tests;

@@ -325,7 +325,7 @@ pub struct Policy {
     /// for an event (the slot freeing), not for the clock.
     polled: MonoNs,
     /// No restart on the host before this: the fleet's hold (`MonoNs::MAX` while its alert
-    /// fires), set by the core from [`super::fleet::Fleet`].
+    /// fires), set by the core from [`crate::fleet::Fleet`].
     fleet_hold: Option<MonoNs>,
 }
 
