@@ -6,6 +6,7 @@
 //! - [`config`]: the TOML configuration, parsed and checked (the shell reads the file);
 //! - [`http`]: kernel records parsed and paired into exchanges;
 //! - [`instance`]: which processes are Claude Code instances, and what each is called;
+//! - [`journal`]: the journal's records (episodes, actions, incidents, throttles);
 //! - [`detect`]: the latch detector, a sans-IO state machine over exchanges;
 //! - [`policy`]: the recovery policy (restart, wait out a quiet window, escalate, hold for an
 //!   upstream incident), per instance and per owner;
@@ -20,6 +21,7 @@ pub mod detect;
 pub mod fleet;
 pub mod http;
 pub mod instance;
+pub mod journal;
 pub mod policy;
 pub mod text;
 pub mod time;

@@ -1,7 +1,7 @@
 use std::io::Write;
 
 use super::*;
-use crate::detect::EpisodeEnd;
+use crate::detect::{Episode, EpisodeEnd};
 
 /// A scratch directory removed on drop.
 struct TempDir(PathBuf);
