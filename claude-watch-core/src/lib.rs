@@ -12,6 +12,7 @@
 //!   upstream incident), per instance and per owner;
 //! - [`fleet`]: the fleet's hold (an Alertmanager alert other hosts raise);
 //! - [`coverage`]: when an instance's traffic goes unseen by the probes (blind);
+//! - [`status`]: what `claude-watch status` shows, the snapshot the daemon publishes;
 //! - [`text`]: observed text made safe to print;
 //! - [`time`]: instants and durations written for people.
 
@@ -23,6 +24,7 @@ pub mod http;
 pub mod instance;
 pub mod journal;
 pub mod policy;
+pub mod status;
 pub mod text;
 pub mod time;
 

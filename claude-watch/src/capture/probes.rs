@@ -8,7 +8,7 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use aya::programs::{RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use claude_ebpf_common::{Budget, stats};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tracing::{debug, info};
 
 use super::ledger::{Acquire, AttachKey, Ledger};
@@ -121,23 +121,7 @@ impl RunTimeStats {
     }
 }
 
-/// A live process that went over its record budget (from the kernel's `BUDGET` map).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OverBudget {
-    /// The process.
-    pub pid: u32,
-    /// Records of it dropped so far.
-    pub dropped: u64,
-}
-
-/// A user (not root) that went over its record budget (from the kernel's `USER_BUDGET` map).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OverUserBudget {
-    /// The user.
-    pub uid: u32,
-    /// Records (heads and execs) of their processes dropped so far.
-    pub dropped: u64,
-}
+pub use claude_watch_core::status::{OverBudget, OverUserBudget};
 
 /// At most this many over-budget processes are read from the kernel map and reported.
 pub const OVER_BUDGET_SHOWN: usize = 16;
