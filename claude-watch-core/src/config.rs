@@ -330,6 +330,32 @@ pub struct DaemonConfig {
     pub coverage_audit: Duration,
 }
 
+impl DaemonConfig {
+    /// The keys whose new value (in `new`) a running daemon takes only at its next start: the
+    /// files and sockets it holds open and what the kernel side was loaded with. A reload
+    /// keeps the running values of these (and says which were changed).
+    #[must_use]
+    pub fn changed_at_next_start(&self, new: &Self) -> Vec<&'static str> {
+        [
+            ("journal", self.journal != new.journal),
+            ("control_socket", self.control_socket != new.control_socket),
+            ("metrics_listen", self.metrics_listen != new.metrics_listen),
+            ("ring_mib", self.ring_mib != new.ring_mib),
+            ("record_budget", self.record_budget != new.record_budget),
+            (
+                "record_budget_per_user",
+                self.record_budget_per_user != new.record_budget_per_user,
+            ),
+            ("wakeup", self.wakeup != new.wakeup),
+            ("exec_filter", self.exec_filter != new.exec_filter),
+            ("scope", self.scope != new.scope),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+}
+
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
@@ -1097,6 +1123,24 @@ mod tests {
     /// Every problem of a file at once, in file order: wrong values of several sections, an
     /// unknown key, a bad `[[instance]]` among good ones, and the cross-field checks on the
     /// values that were read.
+    #[test]
+    fn a_reload_names_the_keys_that_wait_for_the_next_start() {
+        let old = Config::builtin().daemon;
+        let same = Config::builtin().daemon;
+        assert!(old.changed_at_next_start(&same).is_empty());
+        let new = Config::parse(
+            "[daemon]\nring_mib = 8\nexec_filter = false\nscope = \"/system.slice\"\nmax_attachments = 9\n",
+            "t",
+        )
+        .expect("valid")
+        .daemon;
+        assert_eq!(
+            old.changed_at_next_start(&new),
+            ["ring_mib", "exec_filter", "scope"],
+            "max_attachments takes effect at once"
+        );
+    }
+
     #[test]
     fn every_error_of_a_file_is_reported_at_once() {
         let text = "[daemon]\nring_mib = 3\nmetrics_listen = \"localhost:9464\"\njournl = \"/x\"\n\n\

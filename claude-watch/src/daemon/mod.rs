@@ -494,18 +494,13 @@ impl Daemon {
         match load_config(self.options.config.as_deref()) {
             Ok((mut config, origin)) => {
                 config.daemon.dry_run |= self.options.dry_run;
-                let old = &self.watch.config().daemon;
-                if config.daemon.journal != old.journal
-                    || config.daemon.control_socket != old.control_socket
-                    || config.daemon.metrics_listen != old.metrics_listen
-                    || config.daemon.record_budget != old.record_budget
-                    || config.daemon.record_budget_per_user != old.record_budget_per_user
-                    || config.daemon.ring_mib != old.ring_mib
-                    || config.daemon.wakeup != old.wakeup
-                {
-                    warn!(
-                        "journal, control_socket, metrics_listen, ring_mib, record_budget, record_budget_per_user and wakeup changes take effect at the next start"
-                    );
+                let later = self
+                    .watch
+                    .config()
+                    .daemon
+                    .changed_at_next_start(&config.daemon);
+                if !later.is_empty() {
+                    warn!(keys = %later.join(", "), "these [daemon] changes take effect at the next start");
                 }
                 self.front.processes_mut().set_rules(config.rules());
                 self.probes
@@ -516,13 +511,11 @@ impl Daemon {
                 let bus = SystemdBus::detect(config.recovery.systemd_bus.as_deref());
                 let engine = EngineSocket::detect(&config.daemon.docker_socket);
                 self.origin = origin;
-                if config.daemon.scope != self.watch.config().daemon.scope {
-                    warn!("[daemon] scope changes take effect at the next start");
-                    config
-                        .daemon
-                        .scope
-                        .clone_from(&self.watch.config().daemon.scope);
-                }
+                // The scope is what this daemon claimed at its start (see `guard`): it stays.
+                config
+                    .daemon
+                    .scope
+                    .clone_from(&self.watch.config().daemon.scope);
                 self.feed(Input::Reload {
                     config: Box::new(config),
                     bus,
