@@ -642,9 +642,10 @@ fn one_users_many_flooding_processes_spend_only_the_users_share() {
     eprintln!("user flood: 4 processes, {rate:.0} records a second reached user space");
 }
 
-/// A program that execs a fresh image in a loop: it rewrites `./fresh` with its own bytes
-/// and one more trailing byte each time (a new size, so a new image to the kernel even when
-/// the inode is reused, for the first 65,536 runs) and runs it, which exits at once.
+/// A program that execs a fresh image in a loop: it writes a new `./fresh` (the old one
+/// unlinked, so a reader still holding it never makes the write fail) with its own bytes and
+/// one more trailing byte each time (a new size, so a new image to the kernel even when the
+/// inode is reused, for the first 65,536 runs) and runs it, which exits at once.
 const EXEC_LOOP: &str = r#"
 #include <fcntl.h>
 #include <stdio.h>
@@ -661,10 +662,11 @@ int main(int argc, char **argv) {
     if (n <= 0) return 1;
     static char pad[1 << 16];
     for (unsigned long i = 0;; i++) {
-        int out = open("fresh", O_WRONLY | O_CREAT | O_TRUNC, 0700);
-        if (out < 0) return 2;
-        if (write(out, self, n) != n) return 3;
-        if (write(out, pad, i % sizeof pad) < 0) return 3;
+        unlink("fresh");
+        int out = open("fresh", O_WRONLY | O_CREAT | O_EXCL, 0700);
+        if (out < 0) { perror("open"); return 2; }
+        if (write(out, self, n) != n) { perror("write"); return 3; }
+        if (write(out, pad, i % sizeof pad) < 0) { perror("write"); return 3; }
         close(out);
         pid_t child = fork();
         if (child == 0) {
@@ -788,7 +790,11 @@ fn a_user_execing_fresh_images_in_a_loop_spends_only_their_share() {
         status.contains(&format!("uid {} (", user.uid)),
         "the user is named in status:\n{status}"
     );
-    assert!(!exec_loop.has_exited(), "the loop ran throughout");
+    assert!(
+        !exec_loop.has_exited(),
+        "the loop ran throughout: {:?}",
+        exec_loop.stderr_tail()
+    );
     eprintln!(
         "exec loop: {sent:.0} execs a second sent, {dropped:.0} dropped; status at worst {slowest:?}"
     );
