@@ -108,7 +108,7 @@ impl Answer {
 }
 
 /// Splits a raw HTTP/1.x answer into status and body; `None` when it is not one, its head does
-/// not end or has more than [`MAX_HEADERS`] fields.
+/// not end or has more than 64 fields.
 pub fn parse_answer(raw: &[u8]) -> Option<Answer> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Response::new(&mut headers);
