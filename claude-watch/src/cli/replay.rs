@@ -32,7 +32,7 @@ use crate::watch::replay::{self, Outcome, Policy, Scenario, Timing};
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct ReplayArgs {
-    /// The configuration to replay (its [detector] and [recovery]; default: the built-in one).
+    /// The configuration to replay (its `[detector]` and `[recovery]`; default: the built-in one).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Days of history per host.

@@ -20,12 +20,21 @@
 //!   entry module's source begins with the banner (a Bun program that is not Claude Code has
 //!   another entry, and plain `bun` has an empty `.bun` section).
 //!
-//! Every read is bounded (about 16 KiB in all: ELF and section headers, the graph's tail, one
-//! module record, the entry's first bytes) and checked against the file's length, so a hostile
-//! file can make the check fail, never hang, allocate much or read out of bounds. The verdict
-//! is cached by the caller per (device, inode, size, mtime).
+//! The ELF side is read with `object` (the locator's reader), the module graph by hand (Bun's own
+//! format). Every read is bounded (about 16 KiB for a real executable: ELF and section headers,
+//! the section names, the graph's tail, one module record, the entry's first bytes; a hostile
+//! file at most 512 section headers, 64 KiB of section names and ten module names) and checked
+//! against the file's length and the section's, so a hostile file can make the check fail, never
+//! hang, allocate much or read out of bounds. The verdict is cached by the caller per (device,
+//! inode, size, mtime).
 
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{Read, Seek};
+
+use object::LittleEndian as LE;
+use object::elf::FileHeader64;
+use object::endian::{U32, U64};
+use object::read::elf::{FileHeader as _, SectionHeader as _, SectionTable};
+use object::read::{ReadCache, ReadRef, StringTable};
 
 /// How much of a script, or of the entry module's source, is read for the banner.
 pub const HEAD_BYTES: usize = 8 * 1024;
@@ -37,9 +46,13 @@ const PRODUCT: [&[u8]; 3] = [b"code.claude.com", b"claude-code", b"Claude Code"]
 const BUN_TRAILER: &[u8; 16] = b"\n---- Bun! ----\n";
 /// `Offsets` before the trailer: byte_count u64, modules (u32 offset, u32 length),
 /// entry_point_id u32, compile_exec_argv (u32, u32), flags u32.
-const OFFSETS_LEN: usize = 32;
+const OFFSETS_LEN: u64 = 32;
+/// `Offsets` and the trailer: the graph's last bytes.
+const TAIL_LEN: u64 = OFFSETS_LEN + BUN_TRAILER.len() as u64;
 /// Most section headers an executable may have for us to read them.
-const MAX_SECTIONS: u64 = 512;
+const MAX_SECTIONS: usize = 512;
+/// Most bytes of section names read.
+const MAX_SECTION_NAMES: u64 = 64 * 1024;
 /// Sizes a module-table record has had across Bun releases (52 in Bun 1.2 to 1.4); the one
 /// whose entry record names a `/$bunfs/` module wins.
 const RECORD_SIZES: [u64; 10] = [52, 48, 56, 44, 60, 64, 40, 68, 72, 36];
@@ -57,12 +70,20 @@ pub struct ClaudeFile {
 /// that cannot be read is simply not recognised).
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {
-    /// Reading the file failed.
-    #[error("reading the file")]
-    Io(#[from] io::Error),
-    /// A header or pointer of the file is out of range or malformed.
-    #[error("malformed {0}")]
-    Malformed(&'static str),
+    /// The ELF headers are malformed (as `object` reads them).
+    #[error("malformed ELF headers")]
+    Elf {
+        /// What `object` found wrong.
+        #[from]
+        source: object::read::Error,
+    },
+    /// A header or pointer of the file is malformed, or what it points at is out of range or
+    /// unreadable.
+    #[error("malformed {what}")]
+    Malformed {
+        /// The header or pointer.
+        what: &'static str,
+    },
 }
 
 /// Whether the first bytes of a script are Claude Code's (`cli.js` of any release).
@@ -70,13 +91,17 @@ pub fn script(head: &[u8]) -> Option<ClaudeFile> {
     banner(head)
 }
 
-/// Whether an ELF file is a Bun single-file executable whose entry module is Claude Code.
-/// `Ok(None)`: a readable file that is not Claude Code (not ELF, not Bun, another Bun program).
+/// Whether an ELF file of `len` bytes is a Bun single-file executable whose entry module is
+/// Claude Code. `Ok(None)`: a readable file that is not Claude Code (not a little-endian ELF64,
+/// not Bun, another Bun program).
 pub fn native<F: Read + Seek>(file: &mut F, len: u64) -> Result<Option<ClaudeFile>, ContentError> {
-    let Some((offset, size)) = bun_section(file, len)? else {
+    // Only the ranges asked for are read, each once, none past `len`.
+    let cache = ReadCache::new(file);
+    let data = cache.range(0, len);
+    let Some((offset, size)) = bun_section(data)? else {
         return Ok(None);
     };
-    entry_head(file, offset, size).map(|head| head.as_deref().and_then(banner))
+    Ok(entry_head(data, offset, size)?.and_then(banner))
 }
 
 /// The banner check over the first bytes of an entry module or script.
@@ -101,149 +126,107 @@ fn banner(head: &[u8]) -> Option<ClaudeFile> {
     Some(ClaudeFile { version })
 }
 
-fn read_at<F: Read + Seek>(
-    file: &mut F,
-    len: u64,
-    offset: u64,
-    buf: &mut [u8],
-) -> Result<(), ContentError> {
-    let end = offset
-        .checked_add(buf.len() as u64)
-        .ok_or(ContentError::Malformed("offset"))?;
-    if end > len {
-        return Err(ContentError::Malformed("offset past the end of the file"));
-    }
-    file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(buf)?;
-    Ok(())
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 /// File offset and size of the `.bun` section of a little-endian ELF64, if it has one.
-fn bun_section<F: Read + Seek>(file: &mut F, len: u64) -> Result<Option<(u64, u64)>, ContentError> {
-    let mut ehdr = [0u8; 64];
-    if len < 64 {
+fn bun_section<'a, R: ReadRef<'a>>(data: R) -> Result<Option<(u64, u64)>, ContentError> {
+    let bad = |what| ContentError::Malformed { what };
+    // ELF, 64-bit, little-endian (x86-64 and AArch64 Claude Code builds), or not ours.
+    let Some((header, endian)) = FileHeader64::<LE>::parse(data)
+        .ok()
+        .and_then(|h| Some((h, h.endian().ok()?)))
+    else {
         return Ok(None);
-    }
-    read_at(file, len, 0, &mut ehdr)?;
-    // ELF, 64-bit, little-endian (x86-64 and AArch64 Claude Code builds).
-    if &ehdr[..4] != b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
-        return Ok(None);
-    }
-    let shoff = u64_at(&ehdr, 0x28);
-    let shentsize = u64::from(u16_at(&ehdr, 0x3a));
-    let shnum = u64::from(u16_at(&ehdr, 0x3c));
-    let shstrndx = u64::from(u16_at(&ehdr, 0x3e));
-    if shentsize != 64 || shnum == 0 || shnum > MAX_SECTIONS || shstrndx >= shnum {
-        return Ok(None);
-    }
-    let mut table = vec![0u8; usize::try_from(shnum * 64).expect("bounded")];
-    read_at(file, len, shoff, &mut table)?;
-    let section = |i: u64| -> (u32, u64, u64) {
-        let s = &table[usize::try_from(i * 64).expect("bounded")..];
-        (u32_at(s, 0), u64_at(s, 0x18), u64_at(s, 0x20))
     };
-    let (_, str_off, str_size) = section(shstrndx);
-    if str_size > 64 * 1024 {
-        return Err(ContentError::Malformed("section name table"));
+    let count = header.shnum(endian, data)?;
+    if count == 0 || count > MAX_SECTIONS {
+        return Ok(None);
     }
-    let mut names = vec![0u8; usize::try_from(str_size).expect("bounded")];
-    read_at(file, len, str_off, &mut names)?;
-    for i in 0..shnum {
-        let (name, offset, size) = section(i);
-        let name = usize::try_from(name).unwrap_or(usize::MAX);
-        if names.get(name..).is_some_and(|n| n.starts_with(b".bun\0")) {
-            if offset.checked_add(size).is_none_or(|end| end > len) {
-                return Err(ContentError::Malformed(".bun section"));
-            }
-            return Ok(Some((offset, size)));
-        }
+    let sections = header.section_headers(endian, data)?;
+    let Some(names) = sections.get(header.shstrndx(endian, data)? as usize) else {
+        return Ok(None);
+    };
+    if names.sh_size(endian) > MAX_SECTION_NAMES {
+        return Err(bad("section name table"));
     }
-    Ok(None)
+    // Read whole, once: the names are looked up in memory.
+    let names = names.data(endian, data)?;
+    let names = StringTable::new(names, 0, names.len() as u64);
+    let table = SectionTable::<FileHeader64<LE>, _>::new(sections, names);
+    let Some((offset, size)) = table
+        .section_by_name(endian, b".bun")
+        .and_then(|(_, bun)| bun.file_range(endian))
+    else {
+        return Ok(None);
+    };
+    let len = data.len().map_err(|()| bad("file length"))?;
+    if offset.checked_add(size).is_none_or(|end| end > len) {
+        return Err(bad(".bun section"));
+    }
+    Ok(Some((offset, size)))
 }
 
-/// The first bytes of the module graph's entry module, `None` when the section holds no graph.
-fn entry_head<F: Read + Seek>(
-    file: &mut F,
+/// The first bytes of the module graph's entry module, `None` when the `.bun` section at
+/// `section` (`size` bytes, within the file) holds no graph.
+fn entry_head<'a, R: ReadRef<'a>>(
+    data: R,
     section: u64,
     size: u64,
-) -> Result<Option<Vec<u8>>, ContentError> {
-    let end_of_section = section + size;
-    if size < 8 + (OFFSETS_LEN + BUN_TRAILER.len()) as u64 {
+) -> Result<Option<&'a [u8]>, ContentError> {
+    let bad = |what| ContentError::Malformed { what };
+    if size < 8 + TAIL_LEN {
         return Ok(None); // plain `bun`: an empty section
     }
-    let mut total = [0u8; 8];
-    read_at(file, end_of_section, section, &mut total)?;
+    // A length, then the graph; pointers in the graph are relative to its start.
     let graph = section + 8;
-    let graph_len = u64::from_le_bytes(total);
-    let graph_end = graph
-        .checked_add(graph_len)
-        .filter(|&e| e <= end_of_section)
-        .ok_or(ContentError::Malformed("module graph length"))?;
-    let mut tail = [0u8; OFFSETS_LEN + 16];
-    let tail_at = graph_end
-        .checked_sub(tail.len() as u64)
-        .filter(|&t| t >= graph)
-        .ok_or(ContentError::Malformed("module graph"))?;
-    read_at(file, graph_end, tail_at, &mut tail)?;
-    if &tail[OFFSETS_LEN..] != BUN_TRAILER {
+    let graph_len = data.read_at::<U64<LE>>(section);
+    let graph_len = graph_len.map_err(|()| bad("module graph length"))?.get(LE);
+    if graph_len > size - 8 {
+        return Err(bad("module graph length"));
+    }
+    // Where `len` bytes at `offset` of the graph are in the file, `None` outside the graph.
+    let within = |offset: u64, len: u64| {
+        let end = offset.checked_add(len)?;
+        (end <= graph_len).then_some(graph + offset)
+    };
+    // The graph ends with `Offsets` and the trailer.
+    let tail = graph_len.checked_sub(TAIL_LEN).ok_or(bad("module graph"))?;
+    let tail = data
+        .read_slice_at::<U32<LE>>(graph + tail, TAIL_LEN as usize / 4)
+        .map_err(|()| bad("module graph"))?;
+    if object::pod::bytes_of_slice(&tail[8..]) != BUN_TRAILER {
         return Ok(None);
     }
-    let modules_off = u64::from(u32_at(&tail, 8));
-    let modules_len = u64::from(u32_at(&tail, 12));
-    let entry = u64::from(u32_at(&tail, 16));
-    // Pointers in the graph are relative to its start.
-    let within = |off: u64, len: u64| {
-        off.checked_add(len)
-            .is_some_and(|end| graph + end <= graph_end)
-    };
-    if !within(modules_off, modules_len) {
-        return Err(ContentError::Malformed("module table"));
-    }
+    let [modules_off, modules_len, entry] = [2, 3, 4].map(|i| u64::from(tail[i].get(LE)));
+    let modules = within(modules_off, modules_len).ok_or(bad("module table"))?;
     for record_size in RECORD_SIZES {
         if modules_len % record_size != 0 || entry >= modules_len / record_size {
             continue;
         }
-        let mut record = [0u8; 16];
-        read_at(
-            file,
-            graph_end,
-            graph + modules_off + entry * record_size,
-            &mut record,
-        )?;
-        let (name_off, name_len) = (u64::from(u32_at(&record, 0)), u32_at(&record, 4));
-        let (src_off, src_len) = (
-            u64::from(u32_at(&record, 8)),
-            u64::from(u32_at(&record, 12)),
-        );
-        if name_len == 0
-            || name_len > MAX_NAME
-            || !within(name_off, u64::from(name_len))
-            || !within(src_off, src_len)
-        {
+        // The entry's record begins with its name and its source, (offset, length) each.
+        let record = data
+            .read_slice_at::<U32<LE>>(modules + entry * record_size, 4)
+            .map_err(|()| bad("module table record"))?;
+        let [name_off, name_len, src_off, src_len] = [0, 1, 2, 3].map(|i| record[i].get(LE));
+        let (Some(name_at), Some(src_at)) = (
+            within(name_off.into(), name_len.into()),
+            within(src_off.into(), src_len.into()),
+        ) else {
+            continue;
+        };
+        if name_len == 0 || name_len > MAX_NAME {
             continue;
         }
-        let mut name = vec![0u8; name_len as usize];
-        read_at(file, graph_end, graph + name_off, &mut name)?;
-        if !(name.starts_with(b"/$bunfs/") || memchr::memmem::find(&name, b"~BUN").is_some()) {
+        let name = data
+            .read_bytes_at(name_at, name_len.into())
+            .map_err(|()| bad("module name"))?;
+        if !(name.starts_with(b"/$bunfs/") || memchr::memmem::find(name, b"~BUN").is_some()) {
             continue;
         }
-        let mut head = vec![0u8; usize::try_from(src_len.min(HEAD_BYTES as u64)).expect("bounded")];
-        read_at(file, graph_end, graph + src_off, &mut head)?;
+        let head = data
+            .read_bytes_at(src_at, u64::from(src_len).min(HEAD_BYTES as u64))
+            .map_err(|()| bad("entry module"))?;
         return Ok(Some(head));
     }
-    Err(ContentError::Malformed("module table record"))
+    Err(bad("module table record"))
 }
 
 #[cfg(test)]
@@ -279,9 +262,7 @@ mod tests {
     /// A minimal ELF64 with one `.bun` section holding `graph` (length-prefixed).
     fn elf_with_bun(graph: &[u8]) -> Vec<u8> {
         let mut file = vec![0u8; 64];
-        file[..4].copy_from_slice(b"\x7fELF");
-        file[4] = 2;
-        file[5] = 1;
+        file[..7].copy_from_slice(b"\x7fELF\x02\x01\x01"); // ELF64, little-endian, version 1
         let section_at = file.len() as u64;
         file.extend_from_slice(&(graph.len() as u64).to_le_bytes());
         file.extend_from_slice(graph);
@@ -324,7 +305,7 @@ mod tests {
         }
         let table_at = g.len() as u32;
         g.extend_from_slice(&records);
-        let mut offsets = [0u8; OFFSETS_LEN];
+        let mut offsets = [0u8; OFFSETS_LEN as usize];
         offsets[..8].copy_from_slice(&(g.len() as u64).to_le_bytes());
         offsets[8..12].copy_from_slice(&table_at.to_le_bytes());
         offsets[12..16].copy_from_slice(&(records.len() as u32).to_le_bytes());
@@ -371,8 +352,99 @@ mod tests {
         // Not ELF at all, and an ELF without sections.
         assert_eq!(check(b"#!/bin/sh\necho hi\n"), None);
         let mut no_sections = vec![0u8; 64];
-        no_sections[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        no_sections[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
         assert_eq!(check(&no_sections), None);
+        // A big-endian or 32-bit ELF is not one of Claude Code's builds.
+        let g = graph(&[("/$bunfs/root/cli", CLI_HEAD)], 0);
+        for (at, value) in [(5, 2u8), (4, 1u8)] {
+            let mut other = elf_with_bun(&g);
+            other[at] = value;
+            assert_eq!(check(&other), None, "byte {at} = {value}");
+        }
+    }
+
+    /// A reader that counts the bytes read through it.
+    struct Counting<'a> {
+        inner: Cursor<&'a [u8]>,
+        read: u64,
+    }
+
+    impl Read for Counting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    impl Seek for Counting<'_> {
+        fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+            self.inner.seek(pos)
+        }
+    }
+
+    /// The verdict on `file` and how many bytes it took to reach.
+    fn counted(file: &[u8]) -> (Result<Option<ClaudeFile>, ContentError>, u64) {
+        let mut reader = Counting {
+            inner: Cursor::new(file),
+            read: 0,
+        };
+        let verdict = native(&mut reader, file.len() as u64);
+        (verdict, reader.read)
+    }
+
+    #[test]
+    fn reads_are_bounded() {
+        // A 4 MiB module before the entry, a 64 KiB entry: the headers, the graph's tail, one
+        // record, one name and 8 KiB of the entry are read.
+        let big = vec![b' '; 4 << 20];
+        let mut entry = CLI_HEAD.to_vec();
+        entry.resize(64 << 10, b' ');
+        let g = graph(
+            &[("/$bunfs/root/chunk", &big), ("/$bunfs/root/cli", &entry)],
+            1,
+        );
+        let (verdict, read) = counted(&elf_with_bun(&g));
+        assert!(verdict.unwrap().is_some());
+        assert!(read <= 16 << 10, "{read} bytes read");
+    }
+
+    #[test]
+    fn hostile_section_tables_are_refused_unread() {
+        let good = elf_with_bun(&graph(&[("/$bunfs/root/cli", CLI_HEAD)], 0));
+        let shoff = u64::from_le_bytes(good[0x28..0x30].try_into().unwrap()) as usize;
+        // More sections than are read, counted in the header or (extended numbering) in
+        // section 0's size: refused before the table is read.
+        let mut many = good.clone();
+        many[0x3c..0x3e].copy_from_slice(&513u16.to_le_bytes());
+        let (verdict, read) = counted(&many);
+        assert!(matches!(verdict, Ok(None)), "{verdict:?}");
+        assert!(read <= 64, "{read} bytes read");
+        let mut extended = good.clone();
+        extended[0x3c..0x3e].copy_from_slice(&0u16.to_le_bytes());
+        extended[shoff + 0x20..shoff + 0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        let (verdict, read) = counted(&extended);
+        assert!(matches!(verdict, Ok(None)), "{verdict:?}");
+        assert!(read <= 128, "{read} bytes read");
+        // Section headers of another size, a name table over 64 KiB, a name table past the
+        // end of the file: errors.
+        let mut entsize = good.clone();
+        entsize[0x3a..0x3c].copy_from_slice(&40u16.to_le_bytes());
+        assert!(native(&mut Cursor::new(&entsize), entsize.len() as u64).is_err());
+        let names = shoff + 64 + 0x20;
+        let mut huge = good.clone();
+        huge[names..names + 8].copy_from_slice(&(65u64 << 10).to_le_bytes());
+        let (verdict, read) = counted(&huge);
+        assert!(verdict.is_err());
+        assert!(read <= 4096, "{read} bytes read");
+        let mut past = good.clone();
+        past[names..names + 8].copy_from_slice(&(64u64 << 10).to_le_bytes());
+        assert!(native(&mut Cursor::new(&past), past.len() as u64).is_err());
+        // A `.bun` name without its terminating NUL at the end of the name table.
+        let mut unterminated = good.clone();
+        let at = memchr::memmem::find(&unterminated, b".bun\0").unwrap();
+        unterminated[at + 4] = b'x';
+        assert_eq!(check(&unterminated), None);
     }
 
     #[test]
@@ -393,7 +465,7 @@ mod tests {
         }
         // A section pointing past the end of the file is refused.
         let mut bad = good.clone();
-        let shoff = u64_at(&bad, 0x28) as usize;
+        let shoff = u64::from_le_bytes(bad[0x28..0x30].try_into().unwrap()) as usize;
         bad[shoff + 2 * 64 + 0x20..shoff + 2 * 64 + 0x28].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(native(&mut Cursor::new(&bad), bad.len() as u64).is_err());
     }

@@ -1,6 +1,7 @@
 //! The container engine's API: Docker's Engine API (and Podman's Docker-compatible one) over its
-//! unix socket, plain HTTP/1.0, no client library. Used by discovery (container names and main
-//! processes) and by the `docker` supervisor (inspect, restart).
+//! unix socket, plain HTTP/1.0, no client library (`httparse` reads the answer's head). Used by
+//! discovery (container names and main processes) and by the `docker` supervisor (inspect,
+//! restart).
 //!
 //! Every exchange has a timeout and a bounded read, so an engine that hangs or babbles costs at
 //! most the timeout and 256 KiB. HTTP/1.0 keeps the answer simple: the engine (a Go server)
@@ -18,6 +19,8 @@ use crate::instance::Container;
 pub const TIMEOUT: Duration = Duration::from_millis(1000);
 /// Most bytes read from one answer.
 const MAX_ANSWER: u64 = 256 * 1024;
+/// Most header fields an answer may have (Docker and Podman send about ten).
+const MAX_HEADERS: usize = 64;
 /// Most bytes of an engine's error message kept.
 const MAX_MESSAGE: usize = 200;
 
@@ -104,19 +107,17 @@ impl Answer {
     }
 }
 
-/// Splits a raw HTTP answer into status and body; `None` when it is not one.
+/// Splits a raw HTTP/1.x answer into status and body; `None` when it is not one, its head does
+/// not end or has more than 64 fields.
 pub fn parse_answer(raw: &[u8]) -> Option<Answer> {
-    let split = memchr::memmem::find(raw, b"\r\n\r\n")?;
-    let (head, body) = (&raw[..split], &raw[split + 4..]);
-    let status_line = head.split(|&b| b == b'\n').next()?;
-    if !status_line.starts_with(b"HTTP/1.") {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(body) = head.parse(raw).ok()? else {
         return None;
-    }
-    let status = status_line.split(|&b| b == b' ').nth(1)?;
-    let status = std::str::from_utf8(status).ok()?.trim().parse().ok()?;
+    };
     Some(Answer {
-        status,
-        body: body.to_vec(),
+        status: head.code?,
+        body: raw[body..].to_vec(),
     })
 }
 
@@ -289,6 +290,16 @@ mod tests {
         assert_eq!(inspect_of(hostile).map(|i| i.name), Some(None));
         assert_eq!(parse_answer(b"garbage"), None);
         assert_eq!(parse_answer(b"SSH-2.0 x\r\n\r\n"), None);
+        // A head cut short, a status that is no number, more fields than are read.
+        assert_eq!(parse_answer(b"HTTP/1.0 200 OK\r\nContent-Type: a"), None);
+        assert_eq!(parse_answer(b"HTTP/1.0 2x0 OK\r\n\r\n{}"), None);
+        let many = format!("HTTP/1.0 200 OK\r\n{}\r\n{{}}", "X: y\r\n".repeat(65));
+        assert_eq!(parse_answer(many.as_bytes()), None);
+        let enough = format!("HTTP/1.0 200 OK\r\n{}\r\n{{}}", "X: y\r\n".repeat(64));
+        assert_eq!(
+            parse_answer(enough.as_bytes()).map(|a| a.body),
+            Some(b"{}".to_vec())
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! imported into the journal as `source = "transcript"`.
 //!
 //! - [`transcript`]: one file's lines to API answers (pure, every line counted);
-//! - [`rebuild`]: answers to episodes, by the live detector on a fake clock (pure);
+//! - [`rebuild`](mod@rebuild): answers to episodes, by the live detector on a fake clock (pure);
 //! - this module: finding the files, and importing into the [`Journal`] without duplicating
 //!   what is already there (an episode the daemon saw live shares its request ids, or its
 //!   session id over the same time, with the rebuilt one).

@@ -19,7 +19,7 @@
 //!
 //! 2.1.197 writes no `api-request` or `cost-state` lines, and writes a turn's `api_error` lines
 //! only when the next turn starts (after the turn-ending error, out of time order), so the
-//! retries of a process's last failed turn are never written. [`super::rebuild`] orders lines by
+//! retries of a process's last failed turn are never written. [`super::rebuild`](mod@super::rebuild) orders lines by
 //! time and infers the first attempt of turns without logged retries (see there).
 
 use serde_json::Value;

@@ -64,28 +64,61 @@ pub fn parse_agents(out: &[u8]) -> Option<Vec<Agent>> {
     serde_json::from_slice(out).ok()
 }
 
+/// What `claude agents --json` says instead of "this session runs as this process"
+/// ([`owns`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotOwned {
+    /// The short id is not listed.
+    #[error("no session {short_id} is listed")]
+    NotListed {
+        /// The session's short id.
+        short_id: String,
+    },
+    /// The short id is listed with another session id.
+    #[error("session {short_id} is listed with another session id")]
+    OtherSession {
+        /// The session's short id.
+        short_id: String,
+    },
+    /// The session runs as another process.
+    #[error("session {short_id} runs as pid {listed}, not {pid}")]
+    OtherPid {
+        /// The session's short id.
+        short_id: String,
+        /// The pid listed.
+        listed: u32,
+        /// The latched process.
+        pid: u32,
+    },
+    /// The session is listed without a process.
+    #[error("session {short_id} has no process")]
+    NoProcess {
+        /// The session's short id.
+        short_id: String,
+    },
+}
+
 /// Whether `agents` maps `session` to `pid`: the id and the session id listed together with
-/// exactly that pid. `Err` says what was listed instead.
+/// exactly that pid.
 ///
 /// # Errors
-/// What the list says about the id instead, for the refusal.
-pub fn owns(agents: &[Agent], session: &BgSession, pid: u32) -> Result<(), String> {
-    let Some(agent) = agents.iter().find(|a| a.id == session.short_id) else {
-        return Err(format!("no session {} is listed", session.short_id));
+/// [`NotOwned`]: what the list says about the id instead, for the refusal.
+pub fn owns(agents: &[Agent], session: &BgSession, pid: u32) -> Result<(), NotOwned> {
+    let short_id = session.short_id.clone();
+    let Some(agent) = agents.iter().find(|a| a.id == short_id) else {
+        return Err(NotOwned::NotListed { short_id });
     };
     if agent.session_id.as_deref() != Some(session.session_id.as_str()) {
-        return Err(format!(
-            "session {} is listed with another session id",
-            session.short_id
-        ));
+        return Err(NotOwned::OtherSession { short_id });
     }
     match agent.pid {
-        Some(p) if p == pid => Ok(()),
-        Some(p) => Err(format!(
-            "session {} runs as pid {p}, not {pid}",
-            session.short_id
-        )),
-        None => Err(format!("session {} has no process", session.short_id)),
+        Some(listed) if listed == pid => Ok(()),
+        Some(listed) => Err(NotOwned::OtherPid {
+            short_id,
+            listed,
+            pid,
+        }),
+        None => Err(NotOwned::NoProcess { short_id }),
     }
 }
 
@@ -303,10 +336,10 @@ impl Restarter for ClaudeBgRestarter {
         // The ownership check, right before acting: Claude Code's daemon must say this session
         // runs as exactly this process.
         let agents = claude.agents().await?;
-        owns(&agents, session, pid).map_err(|detail| SuperviseError::BgSessionNotOwned {
+        owns(&agents, session, pid).map_err(|e| SuperviseError::BgSessionNotOwned {
             instance: target.instance.clone(),
             pid,
-            detail,
+            detail: e.to_string(),
         })?;
         super::verify_start_time(pid, target.start_time)?;
         if self.fresh_session {
@@ -360,15 +393,29 @@ mod tests {
         let agents = parse_agents(AGENTS.as_bytes()).unwrap();
         let b = session("dfe38d22", "dfe38d22-09dc-4ff1-a4c5-49152ec80492");
         assert_eq!(owns(&agents, &b, 31022), Ok(()));
-        assert!(
-            owns(&agents, &b, 31018)
-                .unwrap_err()
-                .contains("runs as pid 31022")
+        let elsewhere = owns(&agents, &b, 31018).unwrap_err();
+        assert_eq!(
+            elsewhere,
+            NotOwned::OtherPid {
+                short_id: "dfe38d22".into(),
+                listed: 31022,
+                pid: 31018
+            }
+        );
+        assert_eq!(
+            elsewhere.to_string(),
+            "session dfe38d22 runs as pid 31022, not 31018"
         );
         let gone = session("0badc0de", "0badc0de-09dc-4ff1-a4c5-49152ec80492");
-        assert!(owns(&agents, &gone, 31022).is_err());
+        assert!(matches!(
+            owns(&agents, &gone, 31022),
+            Err(NotOwned::NotListed { .. })
+        ));
         let other = session("dfe38d22", "dfe38d22-0000-4ff1-a4c5-49152ec80492");
-        assert!(owns(&agents, &other, 31022).is_err());
+        assert!(matches!(
+            owns(&agents, &other, 31022),
+            Err(NotOwned::OtherSession { .. })
+        ));
         assert_eq!(parse_agents(b"not json"), None);
     }
 

@@ -167,15 +167,38 @@ fn describe(container: &Container, inspect: &Inspect) -> String {
     }
 }
 
+/// Why a process is not within the cgroups of a container's main process ([`cgroup_within`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotWithin {
+    /// The main process is in no cgroup of its own (only root paths): it confines nothing.
+    #[error("the container's main process is in no cgroup of its own")]
+    MainAtRoot,
+    /// The process is in no cgroup of a hierarchy the main process is in.
+    #[error("{hierarchy}: not in this hierarchy")]
+    NoHierarchy {
+        /// The hierarchy: its controllers, or `unified`.
+        hierarchy: String,
+    },
+    /// The process's cgroup is outside the main process's in one hierarchy.
+    #[error("{hierarchy}: {path} is not within {main}")]
+    Outside {
+        /// The hierarchy: its controllers, or `unified`.
+        hierarchy: String,
+        /// The process's cgroup there.
+        path: String,
+        /// The main process's cgroup there.
+        main: String,
+    },
+}
+
 /// Whether a process with cgroup file `target` lives at or below the cgroups of a process with
 /// cgroup file `main`, in every hierarchy `main` is in (cgroup v1 controllers, named hierarchies
 /// and the unified one alike). Each line is `<hierarchy id>:<controllers>:<path>`. A `main`
 /// in no cgroup of its own (only root paths) confines nothing and is refused.
 ///
 /// # Errors
-/// The first hierarchy where it does not, as `<controllers or unified>: <target path> is not
-/// within <main path>`.
-pub fn cgroup_within(target: &str, main: &str) -> Result<(), String> {
+/// [`NotWithin`]: the first hierarchy where it does not.
+pub fn cgroup_within(target: &str, main: &str) -> Result<(), NotWithin> {
     let split = |line: &str| {
         let mut fields = line.splitn(3, ':');
         let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
@@ -184,23 +207,27 @@ pub fn cgroup_within(target: &str, main: &str) -> Result<(), String> {
     let targets: Vec<(String, String)> = target.lines().filter_map(split).collect();
     let mains: Vec<(String, String)> = main.lines().filter_map(split).collect();
     if mains.iter().all(|(_, path)| path == "/") {
-        return Err("the container's main process is in no cgroup of its own".into());
+        return Err(NotWithin::MainAtRoot);
     }
-    for (key, main_path) in &mains {
+    for (key, main_path) in mains {
         let hierarchy = match key.split_once(':') {
             Some((_, "")) | None => "unified".to_owned(),
             Some((_, controllers)) => controllers.to_owned(),
         };
-        let Some((_, path)) = targets.iter().find(|(k, _)| k == key) else {
-            return Err(format!("{hierarchy}: not in this hierarchy"));
+        let Some((_, path)) = targets.iter().find(|(k, _)| *k == key) else {
+            return Err(NotWithin::NoHierarchy { hierarchy });
         };
         let within = main_path == "/"
-            || path == main_path
+            || *path == main_path
             || path
                 .strip_prefix(main_path.as_str())
                 .is_some_and(|rest| rest.starts_with('/'));
         if !within {
-            return Err(format!("{hierarchy}: {path} is not within {main_path}"));
+            return Err(NotWithin::Outside {
+                hierarchy,
+                path: path.clone(),
+                main: main_path,
+            });
         }
     }
     Ok(())
@@ -231,21 +258,46 @@ mod tests {
             "0::/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{ID}.scope\n"
         );
         let err = cgroup_within(&forged, &main).unwrap_err();
-        assert!(err.starts_with("unified: /user.slice/"), "{err}");
+        assert!(
+            matches!(&err, NotWithin::Outside { hierarchy, path, .. }
+                if hierarchy == "unified" && path.starts_with("/user.slice/")),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with("unified: /user.slice/"),
+            "{err}"
+        );
         // A sibling whose name only starts like the container's.
         let sibling = format!("0::/system.slice/docker-{ID}.scope-x\n");
         assert!(cgroup_within(&sibling, &main).is_err());
         // Hybrid: the unified line forged, the v1 controllers elsewhere.
         let main = format!("4:memory:/docker/{ID}\n0::/docker/{ID}\n");
         let forged = format!("4:memory:/\n0::/forge/docker-{ID}.scope\n");
+        let err = cgroup_within(&forged, &main).unwrap_err();
         assert_eq!(
-            cgroup_within(&forged, &main),
-            Err(format!("memory: / is not within /docker/{ID}"))
+            err,
+            NotWithin::Outside {
+                hierarchy: "memory".into(),
+                path: "/".into(),
+                main: format!("/docker/{ID}"),
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("memory: / is not within /docker/{ID}")
         );
         // A hierarchy the target is not in at all, or an empty main.
-        assert!(cgroup_within("0::/x\n", &format!("4:memory:/docker/{ID}\n")).is_err());
-        assert!(cgroup_within("0::/x\n", "").is_err());
-        assert!(cgroup_within("0::/x\n", "0::/\n").is_err());
+        assert_eq!(
+            cgroup_within("0::/x\n", &format!("4:memory:/docker/{ID}\n")),
+            Err(NotWithin::NoHierarchy {
+                hierarchy: "memory".into()
+            })
+        );
+        assert_eq!(cgroup_within("0::/x\n", ""), Err(NotWithin::MainAtRoot));
+        assert_eq!(
+            cgroup_within("0::/x\n", "0::/\n"),
+            Err(NotWithin::MainAtRoot)
+        );
         // A colon in a path is part of the path.
         let odd = "0::/docker/a:b\n";
         assert_eq!(cgroup_within(odd, odd), Ok(()));

@@ -261,28 +261,49 @@ pub fn god_daemon_home(cmdline: &[String]) -> Option<PathBuf> {
     (!home.is_empty()).then(|| PathBuf::from(home))
 }
 
+/// Why an app's own `PM2_HOME` is not used ([`choose_pm2_home`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HomeRefused {
+    /// The app names a relative `PM2_HOME`.
+    #[error("PM2_HOME {home} is relative")]
+    Relative {
+        /// The app's `PM2_HOME`.
+        home: PathBuf,
+    },
+    /// The app's `PM2_HOME` is neither under its owner's home nor owned by the owner.
+    #[error("PM2_HOME {home} is neither under {owner_home} nor owned by the app's owner")]
+    NotTheOwners {
+        /// The app's `PM2_HOME`.
+        home: PathBuf,
+        /// The owner's home directory.
+        owner_home: PathBuf,
+    },
+}
+
 /// The `PM2_HOME` to use for `owner`: the app's own (`placement`), when it lies under the
 /// owner's home or `owned_by_owner` says the directory is the owner's; `~/.pm2` when the app did
-/// not say. `Err` with the reason otherwise.
+/// not say.
+///
+/// # Errors
+/// [`HomeRefused`] otherwise.
 pub fn choose_pm2_home(
     placement: Option<&Path>,
     owner_home: &Path,
     owned_by_owner: bool,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, HomeRefused> {
     match placement {
         None => Ok(owner_home.join(".pm2")),
-        Some(home) if !home.is_absolute() => {
-            Err(format!("PM2_HOME {} is relative", home.display()))
-        }
+        Some(home) if !home.is_absolute() => Err(HomeRefused::Relative {
+            home: home.to_owned(),
+        }),
         Some(home) if home.starts_with(owner_home) && owner_home != Path::new("/") => {
             Ok(home.to_owned())
         }
         Some(home) if owned_by_owner => Ok(home.to_owned()),
-        Some(home) => Err(format!(
-            "PM2_HOME {} is neither under {} nor owned by the app's owner",
-            home.display(),
-            owner_home.display()
-        )),
+        Some(home) => Err(HomeRefused::NotTheOwners {
+            home: home.to_owned(),
+            owner_home: owner_home.to_owned(),
+        }),
     }
 }
 
@@ -440,9 +461,9 @@ impl Pm2Restarter {
             &account.home,
             home.as_deref().is_some_and(owned),
         )
-        .map_err(|reason| SuperviseError::Refused {
+        .map_err(|e| SuperviseError::Refused {
             instance: target.instance.clone(),
-            reason,
+            reason: e.to_string(),
         })?;
         // The daemon of that home (the app's parent, normally), to find its pm2. None
         // listening there: pm2 would start one, so nothing is run.
@@ -636,9 +657,23 @@ mod tests {
             choose_pm2_home(Some(Path::new("/tmp/x")), home, true).unwrap(),
             Path::new("/tmp/x")
         );
-        assert!(choose_pm2_home(Some(Path::new("/root/.pm2")), home, false).is_err());
+        let not_theirs = choose_pm2_home(Some(Path::new("/root/.pm2")), home, false).unwrap_err();
+        assert_eq!(
+            not_theirs,
+            HomeRefused::NotTheOwners {
+                home: "/root/.pm2".into(),
+                owner_home: home.into()
+            }
+        );
+        assert_eq!(
+            not_theirs.to_string(),
+            "PM2_HOME /root/.pm2 is neither under /home/a nor owned by the app's owner"
+        );
         assert!(choose_pm2_home(Some(Path::new("/home/ab/.pm2")), home, false).is_err());
-        assert!(choose_pm2_home(Some(Path::new("rel")), home, true).is_err());
+        assert_eq!(
+            choose_pm2_home(Some(Path::new("rel")), home, true),
+            Err(HomeRefused::Relative { home: "rel".into() })
+        );
         // A user whose home is `/` does not own everything.
         assert!(choose_pm2_home(Some(Path::new("/root/.pm2")), Path::new("/"), false).is_err());
     }

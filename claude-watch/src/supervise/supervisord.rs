@@ -483,27 +483,53 @@ fn final_name(bound: &Path) -> PathBuf {
         .unwrap_or_else(|| bound.to_owned())
 }
 
+/// Why no supervisord socket can be talked to for a process ([`choose_socket`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoSocket {
+    /// No ancestor of the process is a supervisord.
+    #[error("no supervisord among the process's ancestors")]
+    NoAncestor,
+    /// The ancestor does not listen on the socket the process's environment names.
+    #[error("supervisord {pid} does not listen on {path}")]
+    NotListening {
+        /// The supervisord.
+        pid: u32,
+        /// The socket the environment names.
+        path: PathBuf,
+    },
+    /// The ancestor listens on no unix socket.
+    #[error("supervisord {pid} listens on no unix socket")]
+    NoneListening {
+        /// The supervisord.
+        pid: u32,
+    },
+    /// The ancestor listens on several unix sockets and the environment names none.
+    #[error("supervisord {pid} listens on several unix sockets and the process names none")]
+    Several {
+        /// The supervisord.
+        pid: u32,
+    },
+}
+
 /// Which socket to talk to: the environment's when the supervisord ancestor listens on it,
 /// else that ancestor's only listening socket.
+///
+/// # Errors
+/// [`NoSocket`] when neither is there.
 pub fn choose_socket(
     env_url: Option<&str>,
     ancestor: Option<(u32, &[PathBuf])>,
-) -> Result<(u32, PathBuf), String> {
+) -> Result<(u32, PathBuf), NoSocket> {
     let Some((pid, listening)) = ancestor else {
-        return Err("no supervisord among the process's ancestors".into());
+        return Err(NoSocket::NoAncestor);
     };
     match env_url.and_then(unix_socket_of) {
         Some(path) if listening.iter().any(|b| same_socket(b, &path)) => Ok((pid, path)),
-        Some(path) => Err(format!(
-            "supervisord {pid} does not listen on {}",
-            path.display()
-        )),
+        Some(path) => Err(NoSocket::NotListening { pid, path }),
         None => match listening {
             [only] => Ok((pid, final_name(only))),
-            [] => Err(format!("supervisord {pid} listens on no unix socket")),
-            _ => Err(format!(
-                "supervisord {pid} listens on several unix sockets and the process names none"
-            )),
+            [] => Err(NoSocket::NoneListening { pid }),
+            _ => Err(NoSocket::Several { pid }),
         },
     }
 }
@@ -596,7 +622,7 @@ impl Restarter for SupervisordRestarter {
                     url.as_deref(),
                     ancestor.as_ref().map(|(p, l, _)| (*p, l.as_slice())),
                 )
-                .map_err(refused)?;
+                .map_err(|e| refused(e.to_string()))?;
                 let socket = through_root(pid, &path);
                 // The file there now must be a socket of supervisord's owner.
                 let owner = ancestor.as_ref().map(|a| a.2);
@@ -805,14 +831,26 @@ mod tests {
             .unwrap(),
             (7, PathBuf::from("/run/supervisor.sock"))
         );
-        assert!(
-            choose_socket(
-                Some("unix:///var/run/docker.sock"),
-                Some((7, listening.as_slice()))
-            )
-            .is_err()
+        let elsewhere = choose_socket(
+            Some("unix:///var/run/docker.sock"),
+            Some((7, listening.as_slice())),
+        )
+        .unwrap_err();
+        assert_eq!(
+            elsewhere,
+            NoSocket::NotListening {
+                pid: 7,
+                path: "/var/run/docker.sock".into()
+            }
         );
-        assert!(choose_socket(Some("unix:///run/supervisor.sock"), None).is_err());
+        assert_eq!(
+            elsewhere.to_string(),
+            "supervisord 7 does not listen on /var/run/docker.sock"
+        );
+        assert_eq!(
+            choose_socket(Some("unix:///run/supervisor.sock"), None),
+            Err(NoSocket::NoAncestor)
+        );
         // No usable URL: the only socket it listens on.
         assert_eq!(
             choose_socket(
@@ -823,7 +861,15 @@ mod tests {
             .1,
             PathBuf::from("/run/supervisor.sock")
         );
-        assert!(choose_socket(None, Some((7, &[]))).is_err());
+        assert_eq!(
+            choose_socket(None, Some((7, &[]))),
+            Err(NoSocket::NoneListening { pid: 7 })
+        );
+        let two = [listening[0].clone(), PathBuf::from("/run/other.sock")];
+        assert_eq!(
+            choose_socket(None, Some((7, two.as_slice()))),
+            Err(NoSocket::Several { pid: 7 })
+        );
         // supervisord's bind-then-rename name.
         let bound = [PathBuf::from("/run/supervisor.sock.812")];
         assert_eq!(

@@ -1,8 +1,8 @@
 //! systemd over D-Bus: find the unit of a PID, restart it (or kill its main process when the unit
 //! restarts itself), wait for the job, and read back the new `MainPID` and `InvocationID`.
 //!
-//! systemd speaks PIDs of its own PID namespace; [`proc`](crate::instance::proc) translates both ways, so a systemd in
-//! a container (or the test bed) works like the host's.
+//! systemd speaks PIDs of its own PID namespace; [`proc`] translates both ways, so a systemd in a
+//! container (or the test bed) works like the host's.
 //!
 //! Before acting, the manager itself is asked which unit holds the latched PID
 //! (`GetUnitByPID`); a unit other than the one about to be restarted is refused
