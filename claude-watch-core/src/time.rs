@@ -1,11 +1,53 @@
-//! Time for people: instants as RFC 3339 and as civil times at a UTC offset, durations as
-//! `3m20s` (the clocks themselves, and the local time zone, are read by the shell,
-//! `claude_watch::time`). The calendar is jiff's.
+//! Time: the one conversion of a monotonic stamp to wall time ([`WallClock`]), and time for
+//! people: instants as RFC 3339 and as civil times at a UTC offset, durations as `3m20s` (the
+//! clocks themselves, and the local time zone, are read by the shell, `claude_watch::time`).
+//! The calendar is jiff's.
 
 use jiff::Timestamp;
 use jiff::civil::DateTime;
 use jiff::fmt::strtime::BrokenDownTime;
 use jiff::tz::Offset;
+
+/// Monotonic time in nanoseconds (CLOCK_MONOTONIC, the clock the kernel stamps records with and
+/// the core's only clock).
+pub type MonoNs = u64;
+
+const NS_PER_MS: i128 = 1_000_000;
+
+/// The wall clock as seen from the monotonic one: every monotonic stamp that a journal record,
+/// an exchange or the persisted recovery state shows as wall time is converted by this, one
+/// way. The shell measures it (`claude_watch::time::wall_clock`) and hands it in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WallClock {
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, in nanoseconds.
+    pub wall_minus_mono_ns: i128,
+}
+
+impl WallClock {
+    /// The clock on which monotonic `mono` is wall time `wall_ms` (both read at one moment).
+    #[must_use]
+    pub fn at(wall_ms: u64, mono: MonoNs) -> Self {
+        Self {
+            wall_minus_mono_ns: i128::from(wall_ms) * NS_PER_MS - i128::from(mono),
+        }
+    }
+
+    /// Monotonic `mono` as milliseconds since the Unix epoch, rounded down; saturating: 0
+    /// before 1970, `u64::MAX` past what a `u64` holds.
+    #[must_use]
+    pub fn wall_ms(self, mono: MonoNs) -> u64 {
+        let ms = (i128::from(mono) + self.wall_minus_mono_ns).max(0) / NS_PER_MS;
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
+
+    /// Wall time `wall_ms` on the monotonic clock; saturating: 0 before the monotonic clock's
+    /// start, `MonoNs::MAX` past its end.
+    #[must_use]
+    pub fn mono(self, wall_ms: u64) -> MonoNs {
+        let ns = (i128::from(wall_ms) * NS_PER_MS - self.wall_minus_mono_ns).max(0);
+        u64::try_from(ns).unwrap_or(MonoNs::MAX)
+    }
+}
 
 /// The instant `ms` milliseconds after the Unix epoch; past jiff's last instant (the end of
 /// year 9999), that one.
@@ -113,6 +155,30 @@ mod tests {
 
     /// 2026-06-28T00:00:00Z.
     const DAY0: u64 = 1_782_604_800_000;
+
+    #[test]
+    fn monotonic_to_wall_and_back_saturates_one_way() {
+        let boot = WallClock::at(DAY0, 5_000_000_000);
+        assert_eq!(boot.wall_ms(5_000_000_000), DAY0);
+        assert_eq!(boot.wall_ms(5_001_999_999), DAY0 + 1);
+        assert_eq!(boot.wall_ms(0), DAY0 - 5_000);
+        assert_eq!(boot.mono(DAY0 + 1), 5_001_000_000);
+        assert_eq!(boot.mono(0), 0, "before boot");
+        assert_eq!(boot.mono(u64::MAX), MonoNs::MAX);
+        let before_1970 = WallClock {
+            wall_minus_mono_ns: -1_000_000_000,
+        };
+        assert_eq!(before_1970.wall_ms(999_999_999), 0);
+        assert_eq!(before_1970.wall_ms(1_002_000_000), 2);
+        let far = WallClock {
+            wall_minus_mono_ns: i128::MAX / 2,
+        };
+        assert_eq!(far.wall_ms(MonoNs::MAX), u64::MAX);
+        assert_eq!(
+            WallClock::default().wall_ms(MonoNs::MAX),
+            MonoNs::MAX / 1_000_000
+        );
+    }
 
     #[test]
     fn formats_known_instants() {
