@@ -14,7 +14,8 @@
 //! - [`coverage`]: when an instance's traffic goes unseen by the probes (blind);
 //! - [`status`]: what `claude-watch status` shows, the snapshot the daemon publishes;
 //! - [`text`]: observed text made safe to print;
-//! - [`time`]: instants and durations written for people.
+//! - [`time`]: the one conversion from monotonic to wall time, and instants and durations
+//!   written for people (jiff's calendar).
 
 pub mod config;
 pub mod coverage;

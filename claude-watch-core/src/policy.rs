@@ -77,6 +77,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::MonoNs;
 use crate::instance::{IdSource, InstanceId};
+use crate::time::WallClock;
 
 /// A duration in nanoseconds, saturating.
 fn ns(d: Duration) -> u64 {
@@ -1132,11 +1133,10 @@ impl Policy {
             .min()
     }
 
-    /// The state to persist, with every deadline as wall-clock time (`now` and `wall_now_ms`
-    /// are the same moment on both clocks).
+    /// The state to persist, with every deadline as wall-clock time.
     #[must_use]
-    pub fn snapshot(&self, now: MonoNs, wall_now_ms: u64) -> PolicySnapshot {
-        let wall = |t: MonoNs| to_wall_ms(t, now, wall_now_ms);
+    pub fn snapshot(&self, clock: WallClock) -> PolicySnapshot {
+        let wall = |t: MonoNs| clock.wall_ms(t);
         PolicySnapshot {
             config: self.config.clone(),
             instances: self
@@ -1192,8 +1192,8 @@ impl Policy {
     /// awaiting confirmation: it is not repeated. An instance given up on by an earlier
     /// version's escalation is retried like any other unless `give_up` is set.
     #[must_use]
-    pub fn restore(snapshot: PolicySnapshot, now: MonoNs, wall_now_ms: u64) -> Self {
-        let at = |ms: u64| from_wall_ms(ms, now, wall_now_ms);
+    pub fn restore(snapshot: PolicySnapshot, now: MonoNs, clock: WallClock) -> Self {
+        let at = |ms: u64| clock.mono(ms);
         let give_up = snapshot.config.give_up;
         let mut in_flight = BTreeMap::new();
         let mut ids = BTreeMap::new();
@@ -1292,22 +1292,6 @@ impl Policy {
     /// Whether the fleet holds the host indefinitely (its alert fires).
     fn fleet_held(&self) -> bool {
         self.fleet_hold == Some(MonoNs::MAX)
-    }
-}
-
-fn to_wall_ms(t: MonoNs, now: MonoNs, wall_now_ms: u64) -> u64 {
-    if t >= now {
-        wall_now_ms.saturating_add((t - now) / 1_000_000)
-    } else {
-        wall_now_ms.saturating_sub((now - t) / 1_000_000)
-    }
-}
-
-fn from_wall_ms(ms: u64, now: MonoNs, wall_now_ms: u64) -> MonoNs {
-    if ms >= wall_now_ms {
-        now.saturating_add((ms - wall_now_ms).saturating_mul(1_000_000))
-    } else {
-        now.saturating_sub((wall_now_ms - ms).saturating_mul(1_000_000))
     }
 }
 

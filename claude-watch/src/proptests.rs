@@ -359,7 +359,7 @@ proptest! {
         exchanges in vec((request(), response(), 0..4_u64, 1..=1000_u16, 1..=1000_u16), 1..8),
         junk in vec((0..6_u32, 0..2_u32, 0..4_u64, vec(any::<u8>(), 0..200), any::<u32>()), 0..8),
     ) {
-        let mut pairer = Pairer::new(0);
+        let mut pairer = Pairer::new(crate::time::WallClock::default());
         let mut ts = 1_000_u64;
         let mut out = Vec::new();
         let mut feed = |pairer: &mut Pairer, kind: u32, flags: u32, conn: u64, head: &[u8], len: u32| {

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::detect::{Episode, EpisodeEnd, EpisodeSource};
 use crate::journal::ThrottleRecord;
+use crate::time::{LocalTime, local_time, offset_text, parse_rfc3339};
 
 /// Errors of the report's inputs.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +37,7 @@ pub enum ReportError {
 /// Idle time above which an episode is an idle-wake episode: 1 h.
 pub const IDLE_WAKE_MS: u64 = 3_600_000;
 /// Local hours counted as morning: `[5, 12)`.
-pub const MORNING_HOURS: std::ops::Range<u32> = 5..12;
+pub const MORNING_HOURS: std::ops::Range<i8> = 5..12;
 
 const DAY_MS: u64 = 86_400_000;
 
@@ -281,7 +282,7 @@ pub fn build_with(
             }
         };
         group.episodes += 1;
-        if MORNING_HOURS.contains(&local.hour) {
+        if MORNING_HOURS.contains(&local.at.hour()) {
             group.morning += 1;
         }
         lines.push(line(e, &local));
@@ -387,191 +388,6 @@ fn line(e: &Episode, local: &LocalTime) -> EpisodeLine {
         client_version: e.client_version.clone(),
         last_401: local_time(e.last_401_ms, local.offset_s).civil(),
     }
-}
-
-/// A civil time with its UTC offset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LocalTime {
-    /// Year.
-    pub year: i64,
-    /// Month 1..=12.
-    pub month: u32,
-    /// Day 1..=31.
-    pub day: u32,
-    /// Hour 0..=23.
-    pub hour: u32,
-    /// Minute.
-    pub minute: u32,
-    /// Second.
-    pub second: u32,
-    /// Offset from UTC in seconds.
-    pub offset_s: i64,
-}
-
-impl LocalTime {
-    /// `YYYY-MM-DD`.
-    pub fn date(&self) -> String {
-        format!("{:04}-{:02}-{:02}", self.year, self.month, self.day)
-    }
-
-    /// `YYYY-MM-DD HH:MM:SS±hh:mm`, for people.
-    pub fn civil(&self) -> String {
-        format!(
-            "{} {:02}:{:02}:{:02}{}",
-            self.date(),
-            self.hour,
-            self.minute,
-            self.second,
-            offset_text(self.offset_s)
-        )
-    }
-
-    /// RFC 3339 with the offset (`Z` for UTC).
-    pub fn rfc3339(&self) -> String {
-        let off = if self.offset_s == 0 {
-            "Z".to_owned()
-        } else {
-            let a = self.offset_s.abs();
-            format!(
-                "{}{:02}:{:02}",
-                if self.offset_s < 0 { '-' } else { '+' },
-                a / 3600,
-                a % 3600 / 60
-            )
-        };
-        format!(
-            "{}T{:02}:{:02}:{:02}{off}",
-            self.date(),
-            self.hour,
-            self.minute,
-            self.second
-        )
-    }
-}
-
-/// `+hh:mm` / `-hh:mm` of an offset in seconds.
-pub fn offset_text(offset_s: i64) -> String {
-    let a = offset_s.abs();
-    format!(
-        "{}{:02}:{:02}",
-        if offset_s < 0 { '-' } else { '+' },
-        a / 3600,
-        a % 3600 / 60
-    )
-}
-
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The civil date of a day count since 1970-01-01.
-#[expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    reason = "bounded by the algorithm"
-)]
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
-}
-
-/// The local civil time of `ms` (since epoch) at UTC offset `offset_s`.
-#[expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_possible_wrap,
-    reason = "bounded values"
-)]
-pub fn local_time(ms: u64, offset_s: i64) -> LocalTime {
-    let secs = (ms / 1000) as i64 + offset_s;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    LocalTime {
-        year,
-        month,
-        day,
-        hour: (rem / 3600) as u32,
-        minute: (rem % 3600 / 60) as u32,
-        second: (rem % 60) as u32,
-        offset_s,
-    }
-}
-
-/// Parses RFC 3339 (`2026-06-13T01:52:00Z`, `2026-06-13 01:52:00.5-05:00`) into ms since epoch.
-pub fn parse_rfc3339(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        t.bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| t.parse().ok())?
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if s.as_bytes().get(4) != Some(&b'-')
-        || s.as_bytes().get(7) != Some(&b'-')
-        || !matches!(s.as_bytes().get(10), Some(b'T' | b't' | b' '))
-        || s.as_bytes().get(13) != Some(&b':')
-        || s.as_bytes().get(16) != Some(&b':')
-        || !(1..=12).contains(&mo)
-        || !(1..=31).contains(&d)
-        || h > 23
-        || mi > 59
-        || se > 60
-    {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut frac_ms = 0i64;
-    if let Some(f) = rest.strip_prefix('.') {
-        let digits = f.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let padded = format!("{:0<3}", &f[..digits.min(3)]);
-        frac_ms = padded.parse().ok()?;
-        rest = &f[digits..];
-    }
-    let offset_s = match rest {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
-            let hh: i64 = o[1..3].parse().ok()?;
-            let mm: i64 = o[4..6].parse().ok()?;
-            let v = hh * 3600 + mm * 60;
-            if o.starts_with('-') { -v } else { v }
-        }
-        _ => return None,
-    };
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "validated ranges"
-    )]
-    let days = days_from_civil(y, mo as u32, d as u32);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_s;
-    u64::try_from(secs * 1000 + frac_ms).ok()
 }
 
 /// Parses `--since`: RFC 3339, or a duration before `now_ms` such as `30m`, `24h`, `7d`, `2w`,
@@ -1149,16 +965,8 @@ mod tests {
 
     #[test]
     fn since_parses_rfc3339_and_relative() {
-        assert_eq!(parse_rfc3339("2026-06-28T00:00:00Z"), Some(DAY0));
-        assert_eq!(parse_rfc3339("2026-06-27T19:00:00-05:00"), Some(DAY0));
-        assert_eq!(
-            parse_rfc3339("2026-06-28 00:00:01.25+00:00"),
-            Some(DAY0 + 1250)
-        );
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
-        assert_eq!(parse_rfc3339("2026-06-28"), None);
         let now = DAY0;
+        assert_eq!(parse_since("2026-06-27T19:00:00-05:00", now).unwrap(), DAY0);
         assert_eq!(parse_since("24h", now).unwrap(), DAY0 - 24 * H);
         assert_eq!(parse_since("7d", now).unwrap(), DAY0 - 7 * 24 * H);
         assert_eq!(parse_since("90m", now).unwrap(), DAY0 - 90 * 60_000);
@@ -1168,15 +976,7 @@ mod tests {
         ));
         assert!(parse_since("12x", now).is_err());
         assert!(parse_since("h", now).is_err());
-    }
-
-    #[test]
-    fn civil_dates_round_trip() {
-        for days in [-1000, 0, 59, 365, 11_016, 20_632, 100_000] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-        assert_eq!(local_time(DAY0, 0).date(), "2026-06-28");
+        assert!(parse_since("2026-06-28", now).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use crate::detect::{Episode, EpisodeEnd};
 use crate::journal::{ActionRecord, ThrottleRecord};
-use crate::report::{local_time, offset_text};
+use crate::time::{local_time, offset_text};
 
 /// Colour of episodes that healed on their own.
 pub const SELF_RECOVERED: &str = "#2e7d32";
@@ -244,12 +244,11 @@ fn by_local_day(a: u64, b: u64, off: i64) -> Vec<(i64, u64, u64)> {
 
 /// `Mon 11-23` for a local day.
 fn day_label(d: i64) -> String {
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    #[expect(clippy::cast_possible_truncation, reason = "0..7")]
-    let wd = WEEKDAYS[d.rem_euclid(7) as usize];
     #[expect(clippy::cast_sign_loss, reason = "days after 1970")]
-    let date = local_time(d.max(0) as u64 * DAY_MS, 0).date();
-    format!("{wd} {}", &date[5..])
+    local_time(d.max(0) as u64 * DAY_MS, 0)
+        .at
+        .strftime("%a %m-%d")
+        .to_string()
 }
 
 fn episode_title(name: &str, e: &Episode, off: i64) -> String {
@@ -538,11 +537,10 @@ fn linear(
         let tx = x(tms);
         let lt = local_time(tms, off);
         let day = lt.date();
-        let clock = if step < 60_000 {
-            format!("{:02}:{:02}:{:02}", lt.hour, lt.minute, lt.second)
-        } else {
-            format!("{:02}:{:02}", lt.hour, lt.minute)
-        };
+        let clock = lt
+            .at
+            .strftime(if step < 60_000 { "%H:%M:%S" } else { "%H:%M" })
+            .to_string();
         let label = if step >= DAY_MS {
             day[5..].to_owned()
         } else if day == prev_day {

@@ -3,9 +3,9 @@
 
 pub use claude_watch_core::time::*;
 
-/// CLOCK_REALTIME minus CLOCK_MONOTONIC, in nanoseconds: add it to a monotonic stamp to get
-/// wall time.
-pub fn wall_minus_mono_ns() -> i128 {
+/// The wall clock as seen from the monotonic one now (CLOCK_REALTIME minus CLOCK_MONOTONIC):
+/// what turns monotonic stamps into wall time.
+pub fn wall_clock() -> WallClock {
     fn now(clock: libc::clockid_t) -> i128 {
         let mut ts = libc::timespec {
             tv_sec: 0,
@@ -15,7 +15,9 @@ pub fn wall_minus_mono_ns() -> i128 {
         unsafe { libc::clock_gettime(clock, &mut ts) };
         i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
     }
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+    WallClock {
+        wall_minus_mono_ns: now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC),
+    }
 }
 
 /// CLOCK_MONOTONIC now, in nanoseconds (the clock of `bpf_ktime_get_ns`).

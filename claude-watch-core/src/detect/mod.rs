@@ -52,9 +52,8 @@ pub use episode::{
 
 use crate::http::Exchange;
 use crate::instance::InstanceId;
-
-/// Monotonic time in nanoseconds (CLOCK_MONOTONIC, the clock of [`Exchange::mono_ns`]).
-pub type MonoNs = u64;
+pub use crate::time::MonoNs;
+use crate::time::WallClock;
 
 /// How many exited PIDs / retired sessions an instance remembers, to ignore their late answers
 /// (also the most sessions one live process keeps).
@@ -65,12 +64,6 @@ const RETIRED_KEPT: usize = 64;
 /// respawn`): a new process of the instance within it continues the episode, and its restart
 /// counts toward the escalation.
 pub const RESTART_ELSEWHERE_GRACE: Duration = Duration::from_secs(60);
-
-/// Monotonic `mono` as wall ms since the epoch, given the offset (wall minus monotonic, ns)
-/// when one is known.
-fn wall_ms_at(offset_ns: Option<i128>, mono: MonoNs) -> Option<u64> {
-    offset_ns.map(|off| u64::try_from((i128::from(mono) + off).max(0) / 1_000_000).unwrap_or(0))
-}
 
 /// How many models an instance keeps per-model state for (throttles, latest accepted answer):
 /// the model is the observed process's to choose. Further models share the state of
@@ -397,8 +390,8 @@ struct Inst {
 pub struct Detector {
     config: DetectorConfig,
     instances: BTreeMap<InstanceId, Inst>,
-    /// Wall ns minus mono ns, learned from the latest exchange.
-    wall_offset_ns: Option<i128>,
+    /// The wall clock, learned from the latest exchange.
+    wall_clock: Option<WallClock>,
     /// The host every new episode is stamped with.
     host: Option<String>,
 }
@@ -598,7 +591,7 @@ impl Detector {
         Self {
             config,
             instances: BTreeMap::new(),
-            wall_offset_ns: None,
+            wall_clock: None,
             host: None,
         }
     }
@@ -608,10 +601,10 @@ impl Detector {
         self.host = host;
     }
 
-    /// Sets the wall-minus-monotonic offset (ns) used to stamp episode ends before any exchange
-    /// has taught it (each exchange updates it).
-    pub fn set_wall_offset(&mut self, wall_minus_mono_ns: i128) {
-        self.wall_offset_ns = Some(wall_minus_mono_ns);
+    /// Sets the wall clock used to stamp episode ends before any exchange has taught it (each
+    /// exchange updates it).
+    pub fn set_wall_clock(&mut self, clock: WallClock) {
+        self.wall_clock = Some(clock);
     }
 
     /// Drops everything known about `instance` (a `pid:` instance whose process exited: it can
@@ -663,7 +656,7 @@ impl Detector {
     }
 
     fn wall_ms(&self, now: MonoNs) -> Option<u64> {
-        wall_ms_at(self.wall_offset_ns, now)
+        self.wall_clock.map(|c| c.wall_ms(now))
     }
 
     fn inst(&mut self, id: &InstanceId) -> &mut Inst {
@@ -681,7 +674,7 @@ impl Detector {
         now: MonoNs,
     ) -> Vec<Event> {
         let mut out = Vec::new();
-        self.wall_offset_ns = Some(i128::from(ex.ts_ms) * 1_000_000 - i128::from(ex.mono_ns));
+        self.wall_clock = Some(WallClock::at(ex.ts_ms, ex.mono_ns));
         let cfg = self.config.clone();
         let host = self.host.clone();
         let inst = self.inst(instance);
@@ -950,7 +943,7 @@ impl Detector {
     pub fn tick(&mut self, now: MonoNs) -> Vec<Event> {
         let mut out = Vec::new();
         let cfg = self.config.clone();
-        let offset = self.wall_offset_ns;
+        let clock = self.wall_clock;
         let grace = u64::try_from(RESTART_ELSEWHERE_GRACE.as_nanos()).unwrap_or(u64::MAX);
         for inst in self.instances.values_mut() {
             if let Some((at, pid)) = inst.orphaned
@@ -959,7 +952,11 @@ impl Detector {
                 // No process came back: the episode ends when its process exited.
                 inst.orphaned = None;
                 if inst.state == State::Latched && inst.pids.is_empty() {
-                    inst.close(EpisodeEnd::ProcessExited, wall_ms_at(offset, at), &mut out);
+                    inst.close(
+                        EpisodeEnd::ProcessExited,
+                        clock.map(|c| c.wall_ms(at)),
+                        &mut out,
+                    );
                     inst.set_state(State::Healthy, Reason::ProcessExited { pid }, now, &mut out);
                 }
             }

@@ -18,6 +18,7 @@ use claude_ebpf_common::{EventHeader, HEAD_MAX, flags, kind};
 
 use super::Exchange;
 use super::parse::{Invalid, Parse, RequestHead, model_from_body, parse_request, parse_response};
+use crate::time::WallClock;
 
 /// Requests remembered per connection at most (pipelining depth we accept).
 const MAX_PENDING: usize = 16;
@@ -90,19 +91,19 @@ pub struct Pairer {
     /// Connections remembered per process, and per user.
     per_pid: HashMap<u32, usize>,
     per_uid: HashMap<u32, usize>,
-    wall_minus_mono_ns: i128,
+    wall_clock: WallClock,
     stats: PairStats,
 }
 
 impl Pairer {
-    /// A pairer converting monotonic timestamps to wall time with `wall_minus_mono_ns`
-    /// (CLOCK_REALTIME minus CLOCK_MONOTONIC, read once at start).
-    pub fn new(wall_minus_mono_ns: i128) -> Self {
+    /// A pairer converting monotonic timestamps to wall time with `wall_clock` (read once at
+    /// start).
+    pub fn new(wall_clock: WallClock) -> Self {
         Self {
             conns: HashMap::new(),
             per_pid: HashMap::new(),
             per_uid: HashMap::new(),
-            wall_minus_mono_ns,
+            wall_clock,
             stats: PairStats::default(),
         }
     }
@@ -235,9 +236,8 @@ impl Pairer {
                             Some(p) => (Some(p.ts_ns), p.head),
                             None => (None, RequestHead::default()),
                         };
-                        let wall_ns = i128::from(h.ts_ns) + self.wall_minus_mono_ns;
                         Some(Exchange {
-                            ts_ms: u64::try_from(wall_ns / 1_000_000).unwrap_or(0),
+                            ts_ms: self.wall_clock.wall_ms(h.ts_ns),
                             mono_ns: h.ts_ns,
                             pid: h.pid,
                             tid: h.tid,
@@ -302,7 +302,9 @@ mod tests {
     impl Feed {
         fn new() -> Self {
             Self {
-                pairer: Pairer::new(1_700_000_000_000_000_000),
+                pairer: Pairer::new(WallClock {
+                    wall_minus_mono_ns: 1_700_000_000_000_000_000,
+                }),
                 t: 1_000_000_000,
             }
         }
@@ -370,7 +372,7 @@ mod tests {
         // The honest agent's request waits for a slow answer; meanwhile one process of another
         // user writes 20,000 requests on distinct fake connections (distinct SSL* pointers),
         // and 40 more processes 300 each, more than the whole table.
-        let mut p = Pairer::new(0);
+        let mut p = Pairer::new(WallClock::default());
         let mut t = 1;
         assert_eq!(p.push(record_of(1001, 7, 1, t, kind::WRITE, REQ)), None);
         let fake = b"POST /v1/messages HTTP/1.1\r\n\r\n";
@@ -412,7 +414,7 @@ mod tests {
         // a slow answer. User 666 fills the table from 9,000 processes, two fake connections
         // each: every one of them holds fewer than the honest process, so a share per process
         // alone would take the honest connections; the share per user takes the attacker's.
-        let mut p = Pairer::new(0);
+        let mut p = Pairer::new(WallClock::default());
         let mut t = 1;
         assert_eq!(p.push(record_of(1001, 7, 1, t, kind::WRITE, REQ)), None);
         for conn in 2..=3 {

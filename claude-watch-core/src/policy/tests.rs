@@ -568,13 +568,13 @@ fn a_restored_policy_does_not_restart_early() {
     let t1 = p.not_before(&a).unwrap();
     restart_and_relatch(&mut p, "a", t1);
     let deadline_wall = wall0 + (p.not_before(&a).unwrap() - T0) / 1_000_000;
-    let saved = serde_json::to_string(&p.snapshot(T0, wall0)).unwrap();
+    let saved = serde_json::to_string(&p.snapshot(WallClock::at(wall0, T0))).unwrap();
 
     // The daemon dies and comes back 30 s later (wall), on a fresh monotonic clock.
     let t_new = T0 + 5000 * S;
     let wall_new = wall0 + 30_000;
     let snapshot: PolicySnapshot = serde_json::from_str(&saved).unwrap();
-    let mut q = Policy::restore(snapshot, t_new, wall_new);
+    let mut q = Policy::restore(snapshot, t_new, WallClock::at(wall_new, t_new));
     let nb = q.not_before(&a).unwrap();
     assert_eq!(nb, t_new + (deadline_wall - wall_new) * 1_000_000);
     let early = q.poll(t_new);
@@ -599,8 +599,12 @@ fn a_restored_incident_keeps_its_members_tries_and_next_try() {
     p.restart_finished(&a, T0 + 2 * S, &ok());
     p.latched(&a, T0 + 3 * S);
     let before = p.incident().unwrap();
-    let saved = serde_json::to_string(&p.snapshot(T0 + 3 * S, wall0)).unwrap();
-    let mut q = Policy::restore(serde_json::from_str(&saved).unwrap(), T0 + 3 * S, wall0);
+    let saved = serde_json::to_string(&p.snapshot(WallClock::at(wall0, T0 + 3 * S))).unwrap();
+    let mut q = Policy::restore(
+        serde_json::from_str(&saved).unwrap(),
+        T0 + 3 * S,
+        WallClock::at(wall0, T0 + 3 * S),
+    );
     let after = q.incident().expect("the incident survives");
     assert_eq!(after, before);
     assert!(restarts_of(&q.poll(after.next_try.unwrap() - S)).is_empty());
@@ -614,7 +618,11 @@ fn a_restart_running_at_shutdown_is_not_repeated_after_restore() {
     let wall0: u64 = 1_780_000_000_000;
     p.latched(&a, T0);
     assert_eq!(restarts_of(&p.poll(T0)), ["a"]);
-    let mut q = Policy::restore(p.snapshot(T0, wall0), T0, wall0 + 1000);
+    let mut q = Policy::restore(
+        p.snapshot(WallClock::at(wall0, T0)),
+        T0,
+        WallClock::at(wall0 + 1000, T0),
+    );
     assert!(restarts_of(&q.poll(T0 + S)).is_empty());
     assert!(matches!(q.phase(&a), Some(Phase::Recovering { .. })));
     q.latched(&a, T0 + 2 * S);
@@ -626,7 +634,7 @@ fn state_files_of_earlier_versions_name_units_and_rules_and_retry_what_they_gave
     let old = r#"{"config":{"initial_backoff":{"secs":60,"nanos":0},"max_backoff":{"secs":1800,"nanos":0},"healthy_reset":{"secs":600,"nanos":0},"max_restarts":3,"restart_timeout":{"secs":120,"nanos":0}},"instances":{"agent.service":{"phase":{"phase":"escalated"},"restarts":3,"backoff":{"secs":240,"nanos":0},"not_before_ms":null,"healthy_since_ms":null,"escalate_pending":false},"nightly":{"phase":{"phase":"idle"},"restarts":0,"backoff":{"secs":60,"nanos":0},"not_before_ms":null,"healthy_since_ms":null,"escalate_pending":false}},"in_flight":null}"#;
     let snapshot: PolicySnapshot = serde_json::from_str(old).unwrap();
     assert!(snapshot.config.canary && !snapshot.config.give_up);
-    let q = Policy::restore(snapshot.clone(), T0, 1_780_000_000_000);
+    let q = Policy::restore(snapshot.clone(), T0, WallClock::at(1_780_000_000_000, T0));
     assert_eq!(
         q.phase(&InstanceId::unit("agent.service")),
         None,
@@ -635,7 +643,7 @@ fn state_files_of_earlier_versions_name_units_and_rules_and_retry_what_they_gave
     assert_eq!(q.phase(&InstanceId::rule("nightly")), Some(Phase::Idle));
     let mut keep = snapshot;
     keep.config.give_up = true;
-    let q = Policy::restore(keep, T0, 1_780_000_000_000);
+    let q = Policy::restore(keep, T0, WallClock::at(1_780_000_000_000, T0));
     assert_eq!(
         q.phase(&InstanceId::unit("agent.service")),
         Some(Phase::GaveUp)

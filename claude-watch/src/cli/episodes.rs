@@ -116,7 +116,7 @@ pub fn local_zone_name(ms: u64) -> String {
                 .into_owned()
         })
         .filter(|z| !z.is_empty())
-        .unwrap_or_else(|| report::offset_text(local_utc_offset_s(ms)))
+        .unwrap_or_else(|| crate::time::offset_text(local_utc_offset_s(ms)))
 }
 
 fn local_tm(ms: u64) -> Option<libc::tm> {

@@ -21,7 +21,7 @@ use crate::http::Exchange;
 use crate::http::pair::Record;
 use crate::instance::ClaudeKind;
 use crate::instance::proc;
-use crate::time::{rfc3339_ms, wall_minus_mono_ns};
+use crate::time::{rfc3339_ms, wall_clock};
 use crate::watch::Input;
 use crate::watch::front::{Front, NoProcesses, Processes};
 use clap::builder::TypedValueParser as _;
@@ -172,14 +172,14 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let offset = wall_minus_mono_ns();
+    let clock = wall_clock();
     match discovery {
-        Some(d) => runtime.block_on(trace_loop(args, probes, ring, Front::new(d, offset))),
+        Some(d) => runtime.block_on(trace_loop(args, probes, ring, Front::new(d, clock))),
         None => runtime.block_on(trace_loop(
             args,
             probes,
             ring,
-            Front::new(NoProcesses, offset),
+            Front::new(NoProcesses, clock),
         )),
     }
 }

@@ -206,11 +206,7 @@ fn read_alerts(alerts: &[serde_json::Value], from: &str) -> FleetAnswer {
     };
     let since_ms = active
         .iter()
-        .filter_map(|a| {
-            a["startsAt"]
-                .as_str()
-                .and_then(crate::report::parse_rfc3339)
-        })
+        .filter_map(|a| a["startsAt"].as_str().and_then(crate::time::parse_rfc3339))
         .min()
         .unwrap_or_default();
     let name = first["labels"]["alertname"]
@@ -275,7 +271,7 @@ mod tests {
         assert_eq!(alert, "ClaudeFleetUpstreamIncident (2 alerts)");
         assert_eq!(
             since_ms,
-            crate::report::parse_rfc3339("2026-12-06T14:00:00Z").unwrap()
+            crate::time::parse_rfc3339("2026-12-06T14:00:00Z").unwrap()
         );
     }
 }

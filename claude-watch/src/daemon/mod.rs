@@ -56,7 +56,7 @@ use crate::http::pair::Record;
 use crate::instance::ClaudeKind;
 use crate::journal::{Journal, JournalOptions};
 use crate::supervise::supervisor::{self, EngineSocket, SystemdBus};
-use crate::time::{mono_now_ns, wall_minus_mono_ns};
+use crate::time::{mono_now_ns, wall_clock};
 use crate::watch::front::Front;
 use crate::watch::{Effect, Input, Watch};
 use durable::{Durable, Write, WriteAhead};
@@ -304,14 +304,14 @@ impl Daemon {
             tokio::spawn(metrics::serve(listener, metrics.clone()));
         }
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let offset = wall_minus_mono_ns();
+        let clock = wall_clock();
         let discovery = Discovery::new("/proc", config.rules())
             .with_docker_socket(config.daemon.docker_socket.clone())
             .deferring_looks();
-        let front = Front::new(discovery, offset);
+        let front = Front::new(discovery, clock);
         let control_path = d.control_socket.clone();
         let engine = EngineSocket::detect(&config.daemon.docker_socket);
-        let watch = Watch::new(config, bus, engine, saved, mono_now_ns(), offset);
+        let watch = Watch::new(config, bus, engine, saved, mono_now_ns(), clock);
         let acks = done_tx.clone();
         let durable = Durable::start(journal, state_path, move |seq| {
             let _ = acks.send(Done::Durable(seq));
@@ -441,9 +441,8 @@ impl Daemon {
     /// detaches).
     fn shutdown(&mut self) {
         self.notifier.notify("STOPPING=1");
-        self.durable.send(Write::State(Box::new(
-            self.watch.recovery_state(mono_now_ns()),
-        )));
+        self.durable
+            .send(Write::State(Box::new(self.watch.recovery_state())));
         self.durable.finish();
         // Everything is durable now: what reports passes; an action decided this late is left
         // to the next start, which resumes the open episodes.

@@ -24,7 +24,7 @@
 
 use serde_json::Value;
 
-use crate::report::parse_rfc3339;
+use crate::time::parse_rfc3339;
 
 /// Errors of this module (reading the files is the caller's; parsing never fails, it counts).
 #[derive(Debug, thiserror::Error)]

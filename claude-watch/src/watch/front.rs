@@ -17,6 +17,7 @@ use claude_ebpf_common::kind;
 use super::Input;
 use crate::discover::{Discovery, Found};
 use crate::http::pair::{PairStats, Pairer, Record};
+use crate::time::WallClock;
 
 /// Which processes are claude instances: the front's one I/O seam.
 pub trait Processes {
@@ -82,10 +83,10 @@ pub struct Front<P> {
 }
 
 impl<P: Processes> Front<P> {
-    /// A front over `processes`, stamping exchanges with wall time through `wall_minus_mono_ns`.
-    pub fn new(processes: P, wall_minus_mono_ns: i128) -> Self {
+    /// A front over `processes`, stamping exchanges with wall time by `wall_clock`.
+    pub fn new(processes: P, wall_clock: WallClock) -> Self {
         Self {
-            pairer: Pairer::new(wall_minus_mono_ns),
+            pairer: Pairer::new(wall_clock),
             processes,
         }
     }
@@ -259,7 +260,7 @@ mod tests {
         let mut table = Table::default();
         table.claude.insert(10, InstanceId::rule("writer"));
         table.claude.insert(11, InstanceId::rule("reviewer"));
-        let mut front = Front::new(table, 0);
+        let mut front = Front::new(table, WallClock::default());
         // A non-claude exec says nothing; a claude exec is a start.
         assert!(feed(&mut front, kind::EXEC, 99, b"", 1).is_empty());
         assert_eq!(
@@ -301,7 +302,7 @@ mod tests {
     fn api_requests_of_background_machinery_go_to_its_observe_only_instance() {
         let mut table = Table::default();
         table.machinery.insert(20, InstanceId::bg_machinery(1000));
-        let mut front = Front::new(table, 0);
+        let mut front = Front::new(table, WallClock::default());
         // Not an API call (an update check, say): no instance.
         feed(
             &mut front,
@@ -334,7 +335,7 @@ mod tests {
     fn an_exit_forgets_the_process_and_its_pending_requests() {
         let mut table = Table::default();
         table.claude.insert(10, InstanceId::rule("writer"));
-        let mut front = Front::new(table, 0);
+        let mut front = Front::new(table, WallClock::default());
         feed(&mut front, kind::EXEC, 10, b"", 1);
         feed(&mut front, kind::WRITE, 10, REQ, 2);
         feed(&mut front, kind::EXIT, 10, b"", 3);

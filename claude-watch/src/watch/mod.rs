@@ -55,6 +55,7 @@ use crate::journal::{
 };
 use crate::supervise::supervisor::{Choice, EngineSocket, Supervisor, SystemdBus};
 use crate::supervise::{RestartOutcome, SuperviseError, Target};
+use crate::time::WallClock;
 use policy::{Action, Phase, Policy, PolicySnapshot};
 use status::{LastSeen, Status};
 
@@ -277,8 +278,8 @@ pub struct Watch {
     engine: EngineSocket,
     detector: Detector,
     policy: Policy,
-    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, ns: turns the core's clock into wall time.
-    wall_minus_mono_ns: i128,
+    /// Turns the core's clock into wall time.
+    wall_clock: WallClock,
     /// Live instance processes, by pid.
     procs: BTreeMap<u32, Found>,
     /// The coverage audit: which processes move traffic their probes do not see.
@@ -349,12 +350,11 @@ impl Watch {
         engine: EngineSocket,
         saved: Option<PolicySnapshot>,
         now: MonoNs,
-        wall_minus_mono_ns: i128,
+        wall_clock: WallClock,
     ) -> Self {
-        let wall_now = wall_ms(now, wall_minus_mono_ns);
         let policy = match saved {
             Some(snapshot) => {
-                let mut policy = Policy::restore(snapshot, now, wall_now);
+                let mut policy = Policy::restore(snapshot, now, wall_clock);
                 // Instances given up on under `give_up` and released by a configuration without
                 // it: their current traffic decides afresh.
                 let _released = policy.set_config(config.recovery.policy_config());
@@ -363,7 +363,7 @@ impl Watch {
             None => Policy::new(config.recovery.policy_config()),
         };
         let mut detector = Detector::new(config.detector.detector_config());
-        detector.set_wall_offset(wall_minus_mono_ns);
+        detector.set_wall_clock(wall_clock);
         detector.set_host(config.fleet.host.clone());
         // Instances of the saved state have no process yet: forgotten in time unless one comes.
         let tracked: BTreeSet<InstanceId> = policy.instances().cloned().collect();
@@ -384,7 +384,7 @@ impl Watch {
             config,
             bus,
             engine,
-            wall_minus_mono_ns,
+            wall_clock,
             procs: BTreeMap::new(),
             coverage: coverage::Coverage::default(),
             binaries: BTreeMap::new(),
@@ -642,15 +642,15 @@ impl Watch {
         status::merge(self, now)
     }
 
-    /// The recovery state to persist at `now` (also sent as [`Effect::SaveRecovery`] after each
-    /// change; the daemon writes it once more when it stops).
+    /// The recovery state to persist (also sent as [`Effect::SaveRecovery`] after each change;
+    /// the daemon writes it once more when it stops).
     #[must_use]
-    pub fn recovery_state(&self, now: MonoNs) -> PolicySnapshot {
-        self.policy.snapshot(now, self.wall_ms(now))
+    pub fn recovery_state(&self) -> PolicySnapshot {
+        self.policy.snapshot(self.wall_clock)
     }
 
     fn wall_ms(&self, now: MonoNs) -> u64 {
-        wall_ms(now, self.wall_minus_mono_ns)
+        self.wall_clock.wall_ms(now)
     }
 
     /// The supervisor of `instance` and why (`Observe` in a dry run acts the same: never).
@@ -775,7 +775,7 @@ impl Watch {
             if exchange.status == 401 && latched && self.acts(&id) {
                 info!(instance = %id, "the resumed episode's instance still gets 401: latched");
                 self.latch(&id, now);
-                self.save(now, out);
+                self.save(out);
             }
         }
     }
@@ -801,7 +801,7 @@ impl Watch {
             }
         }
         if adopted {
-            self.save(now, out);
+            self.save(out);
         }
     }
 
@@ -854,7 +854,7 @@ impl Watch {
                 self.journal_backoff(&id, until, false, now, out);
             }
         }
-        self.save(now, out);
+        self.save(out);
     }
 
     /// Tells the policy that `id` is latched, with its owner (restarts are one at a time per
@@ -1094,7 +1094,7 @@ impl Watch {
                     {
                         self.journal_fleet_hold(instance, &alert, since_ms, now, out);
                     }
-                    self.save(now, out);
+                    self.save(out);
                 } else {
                     let supervisor = if self.config.daemon.dry_run {
                         "dry-run"
@@ -1122,7 +1122,7 @@ impl Watch {
                         now,
                         out,
                     );
-                    self.save(now, out);
+                    self.save(out);
                 }
             }
             (State::Recovering | State::Latched | State::Escalated, State::Healthy) => {
@@ -1134,7 +1134,7 @@ impl Watch {
                         agent: instance.name.clone(),
                     }));
                 }
-                self.save(now, out);
+                self.save(out);
             }
             _ => {}
         }
@@ -1200,7 +1200,7 @@ impl Watch {
                 }
             }
             if changed {
-                self.save(now, out);
+                self.save(out);
             }
         }
     }
@@ -1250,7 +1250,7 @@ impl Watch {
         info!(instance = %id, pid = target.pid, unit = target.unit.as_deref().unwrap_or("-"), supervisor = supervisor.kind(), "restarting latched instance");
         let events = self.detector.restart_started(id, now);
         self.on_events(events, now, out);
-        self.save(now, out);
+        self.save(out);
         out.push(Effect::Restart {
             instance: id.clone(),
             supervisor,
@@ -1305,7 +1305,7 @@ impl Watch {
                 self.on_events(events, now, out);
             }
         }
-        self.save(now, out);
+        self.save(out);
     }
 
     /// The new process `pid` of background session `id` (a fresh session, named anew by
@@ -1755,8 +1755,8 @@ impl Watch {
         );
     }
 
-    fn save(&self, now: MonoNs, out: &mut Vec<Effect>) {
-        out.push(Effect::SaveRecovery(self.recovery_state(now)));
+    fn save(&self, out: &mut Vec<Effect>) {
+        out.push(Effect::SaveRecovery(self.recovery_state()));
     }
 }
 
@@ -1805,8 +1805,4 @@ struct Recoveries {
     restarts: u32,
     /// The latest recovery: when (wall ms) and how.
     last: Option<(u64, EpisodeEnd)>,
-}
-
-fn wall_ms(mono: MonoNs, wall_minus_mono_ns: i128) -> u64 {
-    u64::try_from((i128::from(mono) + wall_minus_mono_ns).max(0) / 1_000_000).unwrap_or(u64::MAX)
 }

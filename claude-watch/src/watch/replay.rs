@@ -27,6 +27,7 @@ use crate::instance::{ClaudeKind, InstanceId, Manager, Placement, ProcessInfo, S
 use crate::journal::Record as JournalRecord;
 use crate::supervise::RestartOutcome;
 use crate::supervise::supervisor::{EngineSocket, SystemdBus};
+use crate::time::WallClock;
 
 const S: MonoNs = 1_000_000_000;
 
@@ -361,8 +362,8 @@ struct Replay<'a> {
     by_id: BTreeMap<InstanceId, usize>,
     out: Outcome,
     journalled: bool,
-    /// Wall time (ms) of the replay's start.
-    wall0_ms: u64,
+    /// The replay's wall clock (its start at the wall time it was given).
+    clock: WallClock,
 }
 
 const WALL0_MS: u64 = 1_780_000_000_000;
@@ -375,6 +376,7 @@ impl<'a> Replay<'a> {
         config.recovery.escalation_hook = Some(Spanned::new(0..0, vec!["/bin/true".into()]));
         config.recovery.supervisor = crate::config::SupervisorSpec::Auto;
         let start = 1_000 * S;
+        let clock = WallClock::at(wall0_ms, start);
         let watch = Watch::new(
             config,
             SystemdBus::Address("unix:path=/replay/bus".into()),
@@ -384,7 +386,7 @@ impl<'a> Replay<'a> {
             },
             None,
             start,
-            i128::from(wall0_ms) * 1_000_000 - i128::from(start),
+            clock,
         );
         let mut replay = Self {
             watch,
@@ -418,7 +420,7 @@ impl<'a> Replay<'a> {
                 ..Outcome::default()
             },
             journalled: false,
-            wall0_ms,
+            clock,
         };
         for k in 0..scenario.instances {
             let id = InstanceId::unit(format!("agent-{k}.service"));
@@ -593,7 +595,7 @@ impl<'a> Replay<'a> {
         let session = agent.session;
         self.out.exchanges += 1;
         let exchange = Exchange {
-            ts_ms: self.wall0_ms + (t - self.start) / 1_000_000,
+            ts_ms: self.clock.wall_ms(t),
             mono_ns: t,
             pid,
             tid: pid,

@@ -70,7 +70,7 @@ fn found(pid: u32, instance: &InstanceId) -> Found {
 struct Rig {
     watch: Watch,
     now: MonoNs,
-    wall_minus_mono_ns: i128,
+    wall_clock: WallClock,
     /// Instance of each live pid (what discovery would say).
     pids: BTreeMap<u32, InstanceId>,
     /// Restarts handed out and not yet reported.
@@ -96,7 +96,9 @@ impl Rig {
             config(extra),
             None,
             100 * S,
-            i128::from(WALL0_MS) * 1_000_000,
+            WallClock {
+                wall_minus_mono_ns: i128::from(WALL0_MS) * 1_000_000,
+            },
         )
     }
 
@@ -105,7 +107,7 @@ impl Rig {
         config: Config,
         saved: Option<PolicySnapshot>,
         now: MonoNs,
-        wall_minus_mono_ns: i128,
+        wall_clock: WallClock,
     ) -> Self {
         let watch = Watch::new(
             config,
@@ -116,12 +118,12 @@ impl Rig {
             },
             saved,
             now,
-            wall_minus_mono_ns,
+            wall_clock,
         );
         Self {
             watch,
             now,
-            wall_minus_mono_ns,
+            wall_clock,
             pids: BTreeMap::new(),
             restarts: Vec::new(),
             restarts_total: 0,
@@ -138,7 +140,7 @@ impl Rig {
     }
 
     fn wall_now(&self) -> u64 {
-        wall_ms(self.now, self.wall_minus_mono_ns)
+        self.wall_clock.wall_ms(self.now)
     }
 
     fn input(&mut self, input: Input) {
@@ -789,8 +791,8 @@ fn a_daemon_restarted_mid_backoff_keeps_the_quiet_window_and_the_episode() {
     // 5000 s (its offset to wall time is what it measures at start).
     let wall_then = r.wall_now() + 2000;
     let mono_then = r.now + 5000 * S;
-    let offset = i128::from(wall_then) * 1_000_000 - i128::from(mono_then);
-    let mut q = Rig::resume(config(config_text), Some(saved), mono_then, offset);
+    let clock = WallClock::at(wall_then, mono_then);
+    let mut q = Rig::resume(config(config_text), Some(saved), mono_then, clock);
     q.start(101, &agent());
     q.input(Input::Resume { episodes: open });
     assert_eq!(q.view("agent.service").state, "latched");
@@ -955,7 +957,7 @@ fn observe_only_and_dry_run_detect_but_never_restart() {
     for extra in ["supervisor = { kind = \"observe\" }", ""] {
         let mut config = config(extra);
         config.daemon.dry_run = extra.is_empty();
-        let mut r = Rig::resume(config, None, 100 * S, 0);
+        let mut r = Rig::resume(config, None, 100 * S, WallClock::default());
         r.start(100, &agent());
         r.see(100, 200, "s0");
         r.keep_answering(100, 401, "s0", 30 * S);
@@ -1003,8 +1005,9 @@ fn a_daemon_restarted_while_given_up_stays_escalated_until_a_non_401() {
     assert_eq!(r.hooks.len(), 1);
     let saved = r.saved.clone().expect("saved");
 
-    let (now, offset) = (r.now + 60 * S, r.wall_minus_mono_ns - i128::from(60 * S));
-    let mut q = Rig::resume(config(text), Some(saved), now, offset);
+    let now = r.now + 60 * S;
+    let clock = WallClock::at(r.wall_now(), now);
+    let mut q = Rig::resume(config(text), Some(saved), now, clock);
     q.start(101, &agent());
     q.input(Input::Resume {
         episodes: Vec::new(),
@@ -1093,7 +1096,7 @@ fn run_until_latched(
     let mut config = config(config_text);
     // Observe only, so the episode stays open with no restart under way.
     config.daemon.dry_run = true;
-    let mut r = Rig::resume(config, None, 100 * S, i128::from(WALL0_MS) * 1_000_000);
+    let mut r = Rig::resume(config, None, 100 * S, WallClock::at(WALL0_MS, 0));
     r.start(pid, instance);
     r.see(pid, 200, "s0");
     r.keep_answering(pid, 401, "s0", 6 * S);
@@ -1102,7 +1105,7 @@ fn run_until_latched(
         .filter(|e| !e.is_closed())
         .collect();
     assert_eq!(open.len(), 1, "one open episode");
-    let saved = r.watch.recovery_state(r.now);
+    let saved = r.watch.recovery_state();
     (r, open, saved)
 }
 
@@ -1110,8 +1113,8 @@ fn run_until_latched(
 fn next_run(r: &Rig, config_text: &str, saved: PolicySnapshot, later_ms: u64) -> Rig {
     let wall_then = r.wall_now() + later_ms;
     let mono_then = r.now + 7000 * S;
-    let offset = i128::from(wall_then) * 1_000_000 - i128::from(mono_then);
-    Rig::resume(config(config_text), Some(saved), mono_then, offset)
+    let clock = WallClock::at(wall_then, mono_then);
+    Rig::resume(config(config_text), Some(saved), mono_then, clock)
 }
 
 #[test]
