@@ -24,10 +24,9 @@
 use yaxpeax_arch::{Decoder as _, U8Reader};
 use yaxpeax_arm::armv8::a64::{InstDecoder, Instruction, Opcode, Operand, SizeCode};
 
-use super::boringssl::ErrorSite;
 use super::budget::{Budget, MAX_REFERENCES, OverBudget};
 use super::elf::ElfImage;
-use super::scan::Reference;
+use super::scan::{ErrorSite, Reference};
 
 /// How far below an error site its function may start.
 const MAX_FUNCTION_SPAN: u64 = 64 * 1024;

@@ -20,7 +20,7 @@ use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Reg
 use super::aarch64;
 use super::budget::{Budget, MAX_REFERENCES, MAX_STRINGS, OverBudget};
 use super::elf::{Arch, ElfImage};
-use super::scan::{self, CallTargets, Reference};
+use super::scan::{self, CallTargets, ErrorSite, Reference};
 use super::{Function, FunctionName};
 
 /// BoringSSL's `ERR_LIB_SSL`.
@@ -75,23 +75,6 @@ pub enum NotIdentified {
     /// The file made the scans exceed their time budget or a candidate cap.
     #[error(transparent)]
     OverBudget(#[from] OverBudget),
-}
-
-/// One verified `OPENSSL_PUT_ERROR` site.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ErrorSite {
-    /// Address of the instruction loading the file name.
-    pub at: u64,
-    /// Start of the function holding it.
-    pub function: u64,
-    /// The reason code argument, when it is an immediate.
-    pub reason: Option<u32>,
-    /// The line argument, when it is an immediate.
-    pub line: Option<u32>,
-    /// The library argument, when it is an immediate in the same block.
-    pub lib: Option<u64>,
-    /// The called function (`ERR_put_error` or a specialised clone of it).
-    pub callee: u64,
 }
 
 /// Locates `SSL_write` and `SSL_read`. `Ok(None)` when the file holds no BoringSSL `ssl_lib.cc`.

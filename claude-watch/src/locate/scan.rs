@@ -181,6 +181,24 @@ pub fn has_prologue(code: &[u8]) -> bool {
     code.starts_with(&PUSH_MOV) || (code.starts_with(&ENDBR64) && code[4..].starts_with(&PUSH_MOV))
 }
 
+/// One verified `OPENSSL_PUT_ERROR` site: what `boringssl` (x86-64) and `aarch64` make of a
+/// [`Reference`] once its instructions are decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorSite {
+    /// Address of the instruction loading the file name.
+    pub at: u64,
+    /// Start of the function holding it.
+    pub function: u64,
+    /// The reason code argument, when it is an immediate.
+    pub reason: Option<u32>,
+    /// The line argument, when it is an immediate.
+    pub line: Option<u32>,
+    /// The library argument, when it is an immediate in the same block.
+    pub lib: Option<u64>,
+    /// The called function (`ERR_put_error` or a specialised clone of it).
+    pub callee: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
