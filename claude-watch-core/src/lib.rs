@@ -13,6 +13,7 @@
 //! - [`fleet`]: the fleet's hold (an Alertmanager alert other hosts raise);
 //! - [`coverage`]: when an instance's traffic goes unseen by the probes (blind);
 //! - [`status`]: what `claude-watch status` shows, the snapshot the daemon publishes;
+//! - [`supervise`]: which supervisor restarts an instance, as plain values;
 //! - [`text`]: observed text made safe to print;
 //! - [`time`]: the one conversion from monotonic to wall time, and instants and durations
 //!   written for people (jiff's calendar).
@@ -26,6 +27,7 @@ pub mod instance;
 pub mod journal;
 pub mod policy;
 pub mod status;
+pub mod supervise;
 pub mod text;
 pub mod time;
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use claude_watch::detect::{Episode, EpisodeEnd};
 use claude_watch::instance::{Placement, container};
 use claude_watch::journal::ActionKind;
-use claude_watch::supervise::docker::DockerRestarter;
+use claude_watch::supervise::docker::{DockerIo as _, DockerRestarter};
 use claude_watch::supervise::{Restarter as _, SuperviseError, Target};
 use claude_watch_tests::agents::{AgentConfig, agent_env, agent_script};
 use claude_watch_tests::deps::{self, Bun, LATEST};
@@ -434,7 +434,8 @@ fn target_of(pid: u32, expected_id: &str) -> Target {
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
     let found = container(&cgroup).unwrap_or_else(|| panic!("no container in {cgroup}"));
     assert_eq!(found.id, expected_id, "the cgroup names the real container");
-    let mut target = Target::for_pid(format!("docker:forged-{pid}"), pid).expect("target");
+    let mut target = claude_watch::supervise::target_for_pid(format!("docker:forged-{pid}"), pid)
+        .expect("target");
     target.placement = Placement::Container(found);
     target
 }

@@ -55,7 +55,7 @@ use crate::error_chain;
 use crate::http::pair::Record;
 use crate::instance::ClaudeKind;
 use crate::journal::{Journal, JournalOptions};
-use crate::supervise::supervisor::{self, EngineSocket, SystemdBus};
+use crate::supervise::supervisor::{self, SystemdBus};
 use crate::time::{mono_now_ns, wall_clock};
 use crate::watch::front::Front;
 use crate::watch::{Effect, Input, Watch};
@@ -285,7 +285,7 @@ impl Daemon {
             .filter(|e| !e.is_closed())
             .collect();
 
-        let bus = SystemdBus::detect(config.recovery.systemd_bus.as_deref());
+        let bus = crate::supervise::supervisor::detect_bus(config.recovery.systemd_bus.as_deref());
         if let SystemdBus::Unavailable(why) = &bus {
             warn!(
                 "systemd is not reachable ({why}): instances in units will be observed, not restarted, unless [recovery] or [[instance]] configure a supervisor"
@@ -310,7 +310,7 @@ impl Daemon {
             .deferring_looks();
         let front = Front::new(discovery, clock);
         let control_path = d.control_socket.clone();
-        let engine = EngineSocket::detect(&config.daemon.docker_socket);
+        let engine = crate::supervise::supervisor::detect_engine(&config.daemon.docker_socket);
         let watch = Watch::new(config, bus, engine, saved, mono_now_ns(), clock);
         let acks = done_tx.clone();
         let durable = Durable::start(journal, state_path, move |seq| {
@@ -418,7 +418,7 @@ impl Daemon {
                             self.probes.change_image(change);
                         }
                     }
-                    let engine = EngineSocket::detect(&self.watch.config().daemon.docker_socket);
+                    let engine = crate::supervise::supervisor::detect_engine(&self.watch.config().daemon.docker_socket);
                     if &engine != self.watch.engine() {
                         info!(socket = %engine.path.display(), present = engine.present, "container engine socket changed");
                         self.feed(Input::Engine(engine));
@@ -507,8 +507,11 @@ impl Daemon {
                 self.probes.set_max_attachments_per_user(
                     config.daemon.max_attachments_per_user.map(|s| s as usize),
                 );
-                let bus = SystemdBus::detect(config.recovery.systemd_bus.as_deref());
-                let engine = EngineSocket::detect(&config.daemon.docker_socket);
+                let bus = crate::supervise::supervisor::detect_bus(
+                    config.recovery.systemd_bus.as_deref(),
+                );
+                let engine =
+                    crate::supervise::supervisor::detect_engine(&config.daemon.docker_socket);
                 self.origin = origin;
                 // The scope is what this daemon claimed at its start (see `guard`): it stays.
                 config
@@ -713,7 +716,9 @@ impl Daemon {
             } => {
                 let tx = self.done_tx.clone();
                 tokio::spawn(async move {
-                    let result = supervisor.restart_within(&target, timeout).await;
+                    let result =
+                        crate::supervise::supervisor::restart_within(&supervisor, &target, timeout)
+                            .await;
                     let _ = tx.send(Done::Input(Box::new(Input::RestartFinished {
                         instance,
                         result,

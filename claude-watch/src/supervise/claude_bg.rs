@@ -28,6 +28,7 @@ use super::{RestartOutcome, Restarter, SuperviseError, Target};
 use crate::instance::Placement;
 use crate::instance::bg::{self, BgSession};
 use crate::instance::proc::{self, Owner};
+pub use claude_watch_core::supervise::ClaudeBgRestarter;
 
 /// Longest output of `claude agents --json` read.
 const AGENTS_MAX: u64 = 1024 * 1024;
@@ -35,16 +36,6 @@ const AGENTS_MAX: u64 = 1024 * 1024;
 const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// How long to wait for `claude agents` to list the respawned worker.
 const NEW_PID_WAIT: Duration = Duration::from_secs(10);
-
-/// Restarts a background session with `claude respawn` (or, opted in, a fresh session).
-#[derive(Clone, Debug)]
-pub struct ClaudeBgRestarter {
-    /// Limit of each `claude` command.
-    pub timeout: Duration,
-    /// Instead of `claude respawn` (same session id): `claude stop <id>`, then `claude --bg`
-    /// in the session's directory, a new session (the conversation is not carried over).
-    pub fresh_session: bool,
-}
 
 /// One session as `claude agents --json` lists it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -260,7 +251,65 @@ fn as_owner(pid: u32, session: &BgSession, timeout: Duration) -> Result<AsOwner,
     })
 }
 
-impl ClaudeBgRestarter {
+impl Restarter for ClaudeBgRestarter {
+    #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
+    async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
+        let Placement::ClaudeBg(session) = &target.placement else {
+            return Err(SuperviseError::NotBgSession {
+                instance: target.instance.clone(),
+                pid: target.pid,
+            });
+        };
+        let pid = target.pid;
+        super::verify_start_time(pid, target.start_time)?;
+        let claude = as_owner(pid, session, self.timeout)?;
+        // The ownership check, right before acting: Claude Code's daemon must say this session
+        // runs as exactly this process.
+        let agents = claude.agents().await?;
+        owns(&agents, session, pid).map_err(|e| SuperviseError::BgSessionNotOwned {
+            instance: target.instance.clone(),
+            pid,
+            detail: e.to_string(),
+        })?;
+        super::verify_start_time(pid, target.start_time)?;
+        if self.fresh_session {
+            return self.fresh(&claude, session, target).await;
+        }
+        tracing::info!(id = %session.short_id, uid = claude.owner.uid, "claude respawn");
+        claude.run(&["respawn", &session.short_id]).await?;
+        let new_pid = self.new_pid(&claude, &session.short_id, pid).await;
+        Ok(RestartOutcome {
+            acted: true,
+            unit: None,
+            new_pid,
+            invocation_id: None,
+            summary: format!(
+                "claude respawn {} as uid {}: pid {pid} -> {}",
+                session.short_id,
+                claude.owner.uid,
+                new_pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+            ),
+        })
+    }
+}
+
+/// What acting on a background session takes (the restarter's values are the core's).
+#[allow(
+    async_fn_in_trait,
+    reason = "used on the concrete type only, whose futures are Send"
+)]
+trait ClaudeBgIo {
+    /// `claude stop <id>`, then `claude --bg` (no prompt: the new session waits for its first
+    /// turn) in the session's directory, as the owner; the new session's worker pid.
+    async fn fresh(
+        &self,
+        claude: &AsOwner,
+        session: &BgSession,
+        target: &Target,
+    ) -> Result<RestartOutcome, SuperviseError>;
+}
+
+impl ClaudeBgIo for ClaudeBgRestarter {
     /// `claude stop <id>`, then `claude --bg` (no prompt: the new session waits for its first
     /// turn) in the session's directory, as the owner; the new session's worker pid.
     async fn fresh(
@@ -301,7 +350,19 @@ impl ClaudeBgRestarter {
     }
 }
 
-impl ClaudeBgRestarter {
+/// Waiting for the respawned worker.
+#[allow(
+    async_fn_in_trait,
+    reason = "used on the concrete type only, whose futures are Send"
+)]
+trait ClaudeBgWait {
+    /// The pid session `id` runs as now, other than `old_pid`, as `claude agents --json` lists
+    /// it: asked every 200 ms for at most `NEW_PID_WAIT` (or the restart timeout); `None` when
+    /// it did not appear (discovery still finds it).
+    async fn new_pid(&self, claude: &AsOwner, id: &str, old_pid: u32) -> Option<u32>;
+}
+
+impl ClaudeBgWait for ClaudeBgRestarter {
     /// The pid session `id` runs as now, other than `old_pid`, as `claude agents --json` lists
     /// it: asked every 200 ms for at most `NEW_PID_WAIT` (or the restart timeout); `None` when
     /// it did not appear (discovery still finds it).
@@ -318,48 +379,6 @@ impl ClaudeBgRestarter {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-}
-
-impl Restarter for ClaudeBgRestarter {
-    #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
-    async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
-        let Placement::ClaudeBg(session) = &target.placement else {
-            return Err(SuperviseError::NotBgSession {
-                instance: target.instance.clone(),
-                pid: target.pid,
-            });
-        };
-        let pid = target.pid;
-        super::verify_start_time(pid, target.start_time)?;
-        let claude = as_owner(pid, session, self.timeout)?;
-        // The ownership check, right before acting: Claude Code's daemon must say this session
-        // runs as exactly this process.
-        let agents = claude.agents().await?;
-        owns(&agents, session, pid).map_err(|e| SuperviseError::BgSessionNotOwned {
-            instance: target.instance.clone(),
-            pid,
-            detail: e.to_string(),
-        })?;
-        super::verify_start_time(pid, target.start_time)?;
-        if self.fresh_session {
-            return self.fresh(&claude, session, target).await;
-        }
-        tracing::info!(id = %session.short_id, uid = claude.owner.uid, "claude respawn");
-        claude.run(&["respawn", &session.short_id]).await?;
-        let new_pid = self.new_pid(&claude, &session.short_id, pid).await;
-        Ok(RestartOutcome {
-            acted: true,
-            unit: None,
-            new_pid,
-            invocation_id: None,
-            summary: format!(
-                "claude respawn {} as uid {}: pid {pid} -> {}",
-                session.short_id,
-                claude.owner.uid,
-                new_pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
-            ),
-        })
     }
 }
 

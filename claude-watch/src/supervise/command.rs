@@ -3,34 +3,53 @@
 //! {instance}`, `s6-svc -r /run/service/{unit}`, `sv restart {unit}`, `docker restart {unit}`).
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use tokio::process::Command;
 
 use super::{RestartOutcome, Restarter, SuperviseError, Target};
+pub use claude_watch_core::supervise::CommandRestarter;
 
-/// Runs a configured argv to restart an instance.
-#[derive(Clone, Debug)]
-pub struct CommandRestarter {
-    /// The argv template; `argv[0]` is the program (looked up in `PATH`).
-    pub argv: Vec<String>,
-    /// How long the command may run before it (and its process group) is killed.
-    pub timeout: Duration,
+impl Restarter for CommandRestarter {
+    #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
+    async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
+        let argv = self.render(target)?;
+        self.run(argv, target).await
+    }
 }
 
-impl CommandRestarter {
-    /// A command restarter for `argv` with `timeout`.
-    #[must_use]
-    pub fn new(argv: Vec<String>, timeout: Duration) -> Self {
-        Self { argv, timeout }
-    }
-
+/// Rendering and running the command (the restarter's values are the core's).
+#[allow(
+    async_fn_in_trait,
+    reason = "used on the concrete type only, whose futures are Send"
+)]
+pub trait CommandIo {
     /// The argv for `target`: each placeholder replaced inside each argument, nothing split or
     /// interpreted, so observed data can never become shell syntax or extra arguments.
     ///
     /// # Errors
     /// [`SuperviseError::MissingPlaceholder`] when `{unit}` is used and the target has no unit.
-    pub fn render(&self, target: &Target) -> Result<Vec<String>, SuperviseError> {
+    fn render(&self, target: &Target) -> Result<Vec<String>, SuperviseError>;
+
+    /// [`CommandRestarter::render`] with `extra` placeholders and their values (the hook's
+    /// `{reason}` and `{instances}`). Every argument is rendered in one pass, so a value that
+    /// happens to contain a placeholder's text is never substituted again.
+    ///
+    /// # Errors
+    /// [`SuperviseError::MissingPlaceholder`] when `{unit}` is used and the target has no unit.
+    fn render_with(
+        &self,
+        target: &Target,
+        extra: &[(&'static str, &str)],
+    ) -> Result<Vec<String>, SuperviseError>;
+}
+
+impl CommandIo for CommandRestarter {
+    /// The argv for `target`: each placeholder replaced inside each argument, nothing split or
+    /// interpreted, so observed data can never become shell syntax or extra arguments.
+    ///
+    /// # Errors
+    /// [`SuperviseError::MissingPlaceholder`] when `{unit}` is used and the target has no unit.
+    fn render(&self, target: &Target) -> Result<Vec<String>, SuperviseError> {
         self.render_with(target, &[])
     }
 
@@ -40,7 +59,7 @@ impl CommandRestarter {
     ///
     /// # Errors
     /// [`SuperviseError::MissingPlaceholder`] when `{unit}` is used and the target has no unit.
-    pub fn render_with(
+    fn render_with(
         &self,
         target: &Target,
         extra: &[(&'static str, &str)],
@@ -80,22 +99,33 @@ impl CommandRestarter {
     }
 }
 
-impl Restarter for CommandRestarter {
-    #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
-    async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
-        let argv = self.render(target)?;
-        self.run(argv, target).await
-    }
-}
-
-impl CommandRestarter {
+/// Running the rendered command.
+#[allow(
+    async_fn_in_trait,
+    reason = "used on the concrete type only, whose futures are Send"
+)]
+pub trait CommandRun {
     /// Runs the rendered `argv` for `target`: no shell, its own process group, killed with
     /// its children when it outlives the timeout.
     ///
     /// # Errors
     /// [`SuperviseError::Spawn`], [`SuperviseError::CommandFailed`] (a non-zero exit) or
     /// [`SuperviseError::Timeout`].
-    pub async fn run(
+    async fn run(
+        &self,
+        argv: Vec<String>,
+        target: &Target,
+    ) -> Result<RestartOutcome, SuperviseError>;
+}
+
+impl CommandRun for CommandRestarter {
+    /// Runs the rendered `argv` for `target`: no shell, its own process group, killed with
+    /// its children when it outlives the timeout.
+    ///
+    /// # Errors
+    /// [`SuperviseError::Spawn`], [`SuperviseError::CommandFailed`] (a non-zero exit) or
+    /// [`SuperviseError::Timeout`].
+    async fn run(
         &self,
         argv: Vec<String>,
         target: &Target,
@@ -158,6 +188,8 @@ impl CommandRestarter {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn target(unit: Option<&str>) -> Target {

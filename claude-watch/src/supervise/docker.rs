@@ -10,7 +10,6 @@
 //!
 //! The exchanges are blocking (short, bounded) and run on a blocking thread.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tracing::{info, instrument};
@@ -19,20 +18,10 @@ use super::{RestartFailure, RestartOutcome, Restarter, SuperviseError, Target, v
 use crate::discover::engine::{self, EngineError, Inspect};
 use crate::instance::proc;
 use crate::instance::{Container, Placement};
+pub use claude_watch_core::supervise::DockerRestarter;
 
 /// How often the engine is asked whether the container runs again.
 const POLL: Duration = Duration::from_millis(100);
-
-/// A [`Restarter`] that restarts the instance's container through the engine on `socket`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DockerRestarter {
-    /// The engine's API socket (Docker's, or a Podman service's).
-    pub socket: PathBuf,
-    /// Time between SIGTERM and SIGKILL (`?t=`); `None` keeps the container's own stop timeout.
-    pub grace: Option<Duration>,
-    /// How long the restart and the wait for the new main process may take.
-    pub timeout: Duration,
-}
 
 impl Restarter for DockerRestarter {
     #[instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
@@ -48,7 +37,99 @@ impl Restarter for DockerRestarter {
     }
 }
 
-impl DockerRestarter {
+/// `name (0123abcd4567)`, or the short id alone when the engine gave no valid name.
+fn describe(container: &Container, inspect: &Inspect) -> String {
+    match &inspect.name {
+        Some(name) => format!("{name} ({})", container.short_id()),
+        None => container.short_id().to_owned(),
+    }
+}
+
+/// Why a process is not within the cgroups of a container's main process ([`cgroup_within`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotWithin {
+    /// The main process is in no cgroup of its own (only root paths): it confines nothing.
+    #[error("the container's main process is in no cgroup of its own")]
+    MainAtRoot,
+    /// The process is in no cgroup of a hierarchy the main process is in.
+    #[error("{hierarchy}: not in this hierarchy")]
+    NoHierarchy {
+        /// The hierarchy: its controllers, or `unified`.
+        hierarchy: String,
+    },
+    /// The process's cgroup is outside the main process's in one hierarchy.
+    #[error("{hierarchy}: {path} is not within {main}")]
+    Outside {
+        /// The hierarchy: its controllers, or `unified`.
+        hierarchy: String,
+        /// The process's cgroup there.
+        path: String,
+        /// The main process's cgroup there.
+        main: String,
+    },
+}
+
+/// Whether a process with cgroup file `target` lives at or below the cgroups of a process with
+/// cgroup file `main`, in every hierarchy `main` is in (cgroup v1 controllers, named hierarchies
+/// and the unified one alike). Each line is `<hierarchy id>:<controllers>:<path>`. A `main`
+/// in no cgroup of its own (only root paths) confines nothing and is refused.
+///
+/// # Errors
+/// [`NotWithin`]: the first hierarchy where it does not.
+pub fn cgroup_within(target: &str, main: &str) -> Result<(), NotWithin> {
+    let split = |line: &str| {
+        let mut fields = line.splitn(3, ':');
+        let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        Some((format!("{id}:{controllers}"), path.trim().to_owned()))
+    };
+    let targets: Vec<(String, String)> = target.lines().filter_map(split).collect();
+    let mains: Vec<(String, String)> = main.lines().filter_map(split).collect();
+    if mains.iter().all(|(_, path)| path == "/") {
+        return Err(NotWithin::MainAtRoot);
+    }
+    for (key, main_path) in mains {
+        let hierarchy = match key.split_once(':') {
+            Some((_, "")) | None => "unified".to_owned(),
+            Some((_, controllers)) => controllers.to_owned(),
+        };
+        let Some((_, path)) = targets.iter().find(|(k, _)| *k == key) else {
+            return Err(NotWithin::NoHierarchy { hierarchy });
+        };
+        let within = main_path == "/"
+            || *path == main_path
+            || path
+                .strip_prefix(main_path.as_str())
+                .is_some_and(|rest| rest.starts_with('/'));
+        if !within {
+            return Err(NotWithin::Outside {
+                hierarchy,
+                path: path.clone(),
+                main: main_path,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What asking the container engine takes (the restarter's values are the core's).
+#[allow(
+    async_fn_in_trait,
+    reason = "used on the concrete type only, whose futures are Send"
+)]
+pub trait DockerIo {
+    fn engine_error(&self, source: EngineError) -> SuperviseError;
+
+    /// The container `target` runs in, confirmed by the engine: its description now.
+    ///
+    /// # Errors
+    /// [`SuperviseError::NotInContainer`] when the engine does not confirm it, and the errors of
+    /// asking.
+    fn confirm(&self, target: &Target) -> Result<(Container, Inspect), SuperviseError>;
+
+    fn restart_blocking(&self, target: &Target) -> Result<RestartOutcome, SuperviseError>;
+}
+
+impl DockerIo for DockerRestarter {
     fn engine_error(&self, source: EngineError) -> SuperviseError {
         SuperviseError::Engine {
             socket: self.socket.clone(),
@@ -61,7 +142,7 @@ impl DockerRestarter {
     /// # Errors
     /// [`SuperviseError::NotInContainer`] when the engine does not confirm it, and the errors of
     /// asking.
-    pub fn confirm(&self, target: &Target) -> Result<(Container, Inspect), SuperviseError> {
+    fn confirm(&self, target: &Target) -> Result<(Container, Inspect), SuperviseError> {
         let Placement::Container(container) = &target.placement else {
             return Err(SuperviseError::NotInContainer {
                 container: "(none)".into(),
@@ -157,80 +238,6 @@ impl DockerRestarter {
             ),
         })
     }
-}
-
-/// `name (0123abcd4567)`, or the short id alone when the engine gave no valid name.
-fn describe(container: &Container, inspect: &Inspect) -> String {
-    match &inspect.name {
-        Some(name) => format!("{name} ({})", container.short_id()),
-        None => container.short_id().to_owned(),
-    }
-}
-
-/// Why a process is not within the cgroups of a container's main process ([`cgroup_within`]).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum NotWithin {
-    /// The main process is in no cgroup of its own (only root paths): it confines nothing.
-    #[error("the container's main process is in no cgroup of its own")]
-    MainAtRoot,
-    /// The process is in no cgroup of a hierarchy the main process is in.
-    #[error("{hierarchy}: not in this hierarchy")]
-    NoHierarchy {
-        /// The hierarchy: its controllers, or `unified`.
-        hierarchy: String,
-    },
-    /// The process's cgroup is outside the main process's in one hierarchy.
-    #[error("{hierarchy}: {path} is not within {main}")]
-    Outside {
-        /// The hierarchy: its controllers, or `unified`.
-        hierarchy: String,
-        /// The process's cgroup there.
-        path: String,
-        /// The main process's cgroup there.
-        main: String,
-    },
-}
-
-/// Whether a process with cgroup file `target` lives at or below the cgroups of a process with
-/// cgroup file `main`, in every hierarchy `main` is in (cgroup v1 controllers, named hierarchies
-/// and the unified one alike). Each line is `<hierarchy id>:<controllers>:<path>`. A `main`
-/// in no cgroup of its own (only root paths) confines nothing and is refused.
-///
-/// # Errors
-/// [`NotWithin`]: the first hierarchy where it does not.
-pub fn cgroup_within(target: &str, main: &str) -> Result<(), NotWithin> {
-    let split = |line: &str| {
-        let mut fields = line.splitn(3, ':');
-        let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-        Some((format!("{id}:{controllers}"), path.trim().to_owned()))
-    };
-    let targets: Vec<(String, String)> = target.lines().filter_map(split).collect();
-    let mains: Vec<(String, String)> = main.lines().filter_map(split).collect();
-    if mains.iter().all(|(_, path)| path == "/") {
-        return Err(NotWithin::MainAtRoot);
-    }
-    for (key, main_path) in mains {
-        let hierarchy = match key.split_once(':') {
-            Some((_, "")) | None => "unified".to_owned(),
-            Some((_, controllers)) => controllers.to_owned(),
-        };
-        let Some((_, path)) = targets.iter().find(|(k, _)| *k == key) else {
-            return Err(NotWithin::NoHierarchy { hierarchy });
-        };
-        let within = main_path == "/"
-            || *path == main_path
-            || path
-                .strip_prefix(main_path.as_str())
-                .is_some_and(|rest| rest.starts_with('/'));
-        if !within {
-            return Err(NotWithin::Outside {
-                hierarchy,
-                path: path.clone(),
-                main: main_path,
-            });
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -22,73 +22,27 @@ pub mod supervisor;
 pub mod supervisord;
 pub mod systemd;
 
+pub use claude_watch_core::supervise::{RestartOutcome, Target};
+
 use std::future::Future;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::instance::{Placement, proc};
 
-/// The instance to restart, as the daemon knows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Target {
-    /// The instance's name in the configuration (what `{instance}` stands for).
-    pub instance: String,
-    /// The supervisor's unit or program name, when known (what `{unit}` stands for).
-    pub unit: Option<String>,
-    /// Host PID of the instance's process (what `{pid}` stands for).
-    pub pid: u32,
-    /// Start time of that process (field 22 of `/proc/<pid>/stat`, clock ticks since boot), so a
-    /// reused PID is never mistaken for the instance. `None` skips the check.
-    pub start_time: Option<u64>,
-    /// The process's owner (real uid), when known: adapters act as this user where they can,
-    /// and check that the supervisor they ask belongs to it.
-    #[serde(default)]
-    pub uid: Option<u32>,
-    /// Where the process lives, as discovery read it (to be confirmed by the supervisor right
-    /// before acting).
-    #[serde(default)]
-    pub placement: Placement,
-}
-
-impl Target {
-    /// A target for the live process `pid`, its start time read from `/proc` now.
-    ///
-    /// # Errors
-    /// [`SuperviseError::Process`] when the process is gone or `/proc` is unreadable.
-    pub fn for_pid(instance: impl Into<String>, pid: u32) -> Result<Self, SuperviseError> {
-        let start_time = proc::start_time(pid)?;
-        Ok(Self {
-            instance: instance.into(),
-            unit: None,
-            pid,
-            start_time: Some(start_time),
-            uid: None,
-            placement: Placement::Unsupervised,
-        })
-    }
-
-    /// The same target with its supervisor unit set.
-    #[must_use]
-    pub fn with_unit(mut self, unit: impl Into<String>) -> Self {
-        self.unit = Some(unit.into());
-        self
-    }
-}
-
-/// What a restart did, for the journal and for confirming the new process.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestartOutcome {
-    /// `false` when nothing was done (observe-only, dry run).
-    pub acted: bool,
-    /// The supervisor unit that was restarted, when there is one.
-    pub unit: Option<String>,
-    /// Host PID of the new main process, when the supervisor tells it.
-    pub new_pid: Option<u32>,
-    /// systemd's `InvocationID` of the new run of the unit (32 hex digits).
-    pub invocation_id: Option<String>,
-    /// One line saying what was done (or would have been done), without secrets.
-    pub summary: String,
+/// A target for the live process `pid`, its start time read from `/proc` now.
+///
+/// # Errors
+/// [`SuperviseError::Process`] when the process is gone or `/proc` is unreadable.
+pub fn target_for_pid(instance: impl Into<String>, pid: u32) -> Result<Target, SuperviseError> {
+    let start_time = proc::start_time(pid)?;
+    Ok(Target {
+        instance: instance.into(),
+        unit: None,
+        pid,
+        start_time: Some(start_time),
+        uid: None,
+        placement: Placement::Unsupervised,
+    })
 }
 
 /// Why a restart did not happen. The policy retries all of these with backoff.

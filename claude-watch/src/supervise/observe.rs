@@ -1,10 +1,7 @@
 //! Observe-only: detect and report, never act (also what `--dry-run` uses).
 
 use super::{RestartOutcome, Restarter, SuperviseError, Target};
-
-/// A [`Restarter`] that never acts and says what it would have done.
-#[derive(Clone, Debug, Default)]
-pub struct ObserveOnly;
+pub use claude_watch_core::supervise::ObserveOnly;
 
 impl Restarter for ObserveOnly {
     async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {

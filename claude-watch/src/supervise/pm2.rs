@@ -37,18 +37,10 @@ use tokio::process::Command;
 
 use super::{RestartOutcome, Restarter, SuperviseError, Target, verify_start_time};
 use crate::instance::{Placement, proc};
+pub use claude_watch_core::supervise::Pm2Restarter;
 
 /// Most bytes of `pm2 jlist` output read (it carries every app's environment).
 const MAX_JLIST: u64 = 16 * 1024 * 1024;
-
-/// Restarts pm2 apps through the owner's pm2.
-#[derive(Clone, Debug)]
-pub struct Pm2Restarter {
-    /// A configured `pm2` executable; found as described in the module docs when `None`.
-    pub pm2: Option<PathBuf>,
-    /// How long each pm2 command may run.
-    pub timeout: Duration,
-}
 
 /// A user account, from its passwd entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -406,7 +398,99 @@ struct Prepared {
     env: Vec<(&'static str, OsString)>,
 }
 
-impl Pm2Restarter {
+impl Restarter for Pm2Restarter {
+    #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
+    async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
+        let Placement::Pm2 { id, name, .. } = &target.placement else {
+            return Err(SuperviseError::WrongPlacement {
+                instance: target.instance.clone(),
+                supervisor: "pm2",
+            });
+        };
+        let (this, owned) = (self.clone(), target.clone());
+        let Prepared {
+            account,
+            pm2,
+            pm2_home,
+            env,
+        } = tokio::task::spawn_blocking(move || this.prepare(&owned))
+            .await
+            .map_err(|e| SuperviseError::RestartFailed {
+                unit: "pm2 app".into(),
+                source: super::RestartFailure::Task(e),
+            })??;
+        let apps = self.jlist(&account, &pm2, &env).await?;
+        let supervisor = format!("pm2 of {} ({})", account.name, pm2_home.display());
+        let old_main = match apps.iter().find(|a| a.id == *id) {
+            // The app itself, or a wrapper (`sh -c "claude ..."`) that pm2 runs around it.
+            Some(app) if super::runs_under(app.pid, target.pid) => app.pid,
+            Some(app) => {
+                return Err(SuperviseError::NotRunBy {
+                    instance: target.instance.clone(),
+                    pid: target.pid,
+                    supervisor,
+                    found: format!("runs pid {} as app {} ({})", app.pid, app.id, app.name),
+                });
+            }
+            None => {
+                return Err(SuperviseError::NotRunBy {
+                    instance: target.instance.clone(),
+                    pid: target.pid,
+                    supervisor,
+                    found: format!("has no app {id} ({name})"),
+                });
+            }
+        };
+
+        let argv = [
+            pm2.as_os_str().to_owned(),
+            "restart".into(),
+            id.to_string().into(),
+        ];
+        let (status, _, said) = run_as(&account, &argv, &env, self.timeout, 0).await?;
+        if !status.success() {
+            return Err(SuperviseError::CommandFailed {
+                program: pm2.display().to_string(),
+                status,
+                said,
+            });
+        }
+        let new_pid = self
+            .jlist(&account, &pm2, &env)
+            .await?
+            .into_iter()
+            .find(|a| a.id == *id && a.pid != 0 && a.pid != old_main)
+            .map(|a| a.pid);
+        tracing::info!(pm_id = id, app = %name, user = %account.name, ?new_pid, "pm2 restarted the app");
+        Ok(RestartOutcome {
+            acted: true,
+            unit: None,
+            new_pid,
+            invocation_id: None,
+            summary: format!(
+                "pm2 restart {id} ({name}) as {} with PM2_HOME {}",
+                account.name,
+                pm2_home.display()
+            ),
+        })
+    }
+}
+
+/// Running the owner's pm2 (the restarter's values are the core's).
+#[allow(
+    async_fn_in_trait,
+    reason = "used on the concrete type only, whose futures are Send"
+)]
+trait Pm2Io {
+    async fn jlist(
+        &self,
+        account: &Account,
+        pm2: &Path,
+        env: &[(&str, OsString)],
+    ) -> Result<Vec<Pm2App>, SuperviseError>;
+}
+
+impl Pm2Io for Pm2Restarter {
     async fn jlist(
         &self,
         account: &Account,
@@ -429,7 +513,19 @@ impl Pm2Restarter {
     }
 }
 
-impl Pm2Restarter {
+/// What a restart needs before pm2 runs.
+#[allow(
+    async_fn_in_trait,
+    reason = "used on the concrete type only, whose futures are Send"
+)]
+trait Pm2Prepare {
+    /// Everything before pm2 runs: the owner's account, the app's pm2 home and daemon, a
+    /// trusted `pm2`. Blocking (`/proc`, `passwd`, and files in the user's pm2 home, which the
+    /// user controls): run off the event loop.
+    fn prepare(&self, target: &Target) -> Result<Prepared, SuperviseError>;
+}
+
+impl Pm2Prepare for Pm2Restarter {
     /// Everything before pm2 runs: the owner's account, the app's pm2 home and daemon, a
     /// trusted `pm2`. Blocking (`/proc`, `passwd`, and files in the user's pm2 home, which the
     /// user controls): run off the event loop.
@@ -512,84 +608,6 @@ impl Pm2Restarter {
             pm2,
             pm2_home,
             env,
-        })
-    }
-}
-
-impl Restarter for Pm2Restarter {
-    #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
-    async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
-        let Placement::Pm2 { id, name, .. } = &target.placement else {
-            return Err(SuperviseError::WrongPlacement {
-                instance: target.instance.clone(),
-                supervisor: "pm2",
-            });
-        };
-        let (this, owned) = (self.clone(), target.clone());
-        let Prepared {
-            account,
-            pm2,
-            pm2_home,
-            env,
-        } = tokio::task::spawn_blocking(move || this.prepare(&owned))
-            .await
-            .map_err(|e| SuperviseError::RestartFailed {
-                unit: "pm2 app".into(),
-                source: super::RestartFailure::Task(e),
-            })??;
-        let apps = self.jlist(&account, &pm2, &env).await?;
-        let supervisor = format!("pm2 of {} ({})", account.name, pm2_home.display());
-        let old_main = match apps.iter().find(|a| a.id == *id) {
-            // The app itself, or a wrapper (`sh -c "claude ..."`) that pm2 runs around it.
-            Some(app) if super::runs_under(app.pid, target.pid) => app.pid,
-            Some(app) => {
-                return Err(SuperviseError::NotRunBy {
-                    instance: target.instance.clone(),
-                    pid: target.pid,
-                    supervisor,
-                    found: format!("runs pid {} as app {} ({})", app.pid, app.id, app.name),
-                });
-            }
-            None => {
-                return Err(SuperviseError::NotRunBy {
-                    instance: target.instance.clone(),
-                    pid: target.pid,
-                    supervisor,
-                    found: format!("has no app {id} ({name})"),
-                });
-            }
-        };
-
-        let argv = [
-            pm2.as_os_str().to_owned(),
-            "restart".into(),
-            id.to_string().into(),
-        ];
-        let (status, _, said) = run_as(&account, &argv, &env, self.timeout, 0).await?;
-        if !status.success() {
-            return Err(SuperviseError::CommandFailed {
-                program: pm2.display().to_string(),
-                status,
-                said,
-            });
-        }
-        let new_pid = self
-            .jlist(&account, &pm2, &env)
-            .await?
-            .into_iter()
-            .find(|a| a.id == *id && a.pid != 0 && a.pid != old_main)
-            .map(|a| a.pid);
-        tracing::info!(pm_id = id, app = %name, user = %account.name, ?new_pid, "pm2 restarted the app");
-        Ok(RestartOutcome {
-            acted: true,
-            unit: None,
-            new_pid,
-            invocation_id: None,
-            summary: format!(
-                "pm2 restart {id} ({name}) as {} with PM2_HOME {}",
-                account.name,
-                pm2_home.display()
-            ),
         })
     }
 }

@@ -10,24 +10,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::{RestartOutcome, Restarter, SuperviseError, Target};
 use crate::instance::proc;
-
-/// Signals the instance's process and lets its parent respawn it.
-#[derive(Clone, Debug)]
-pub struct SignalRestarter {
-    /// How long to wait after SIGTERM (and again after SIGKILL) for the process to exit.
-    pub grace: Duration,
-    /// How long to look for the respawned child of the old process's parent.
-    pub respawn_wait: Duration,
-}
-
-impl Default for SignalRestarter {
-    fn default() -> Self {
-        Self {
-            grace: Duration::from_secs(10),
-            respawn_wait: Duration::from_secs(10),
-        }
-    }
-}
+pub use claude_watch_core::supervise::SignalRestarter;
 
 fn pidfd_open(pid: u32) -> Result<OwnedFd, SuperviseError> {
     let pid_t = libc::pid_t::try_from(pid).map_err(|_| SuperviseError::Syscall {

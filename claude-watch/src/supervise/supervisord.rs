@@ -19,7 +19,6 @@
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
@@ -27,6 +26,7 @@ use tokio::net::UnixStream;
 use super::{RestartFailure, RestartOutcome, Restarter, SuperviseError, Target, verify_start_time};
 use crate::instance::Placement;
 use crate::instance::proc;
+pub use claude_watch_core::supervise::{SupervisordRestarter, process_name};
 
 /// Most bytes of one XML-RPC response read.
 const MAX_RESPONSE: u64 = 256 * 1024;
@@ -38,24 +38,6 @@ const MAX_FDS: usize = 4096;
 const MAX_ANCESTRY: usize = 8;
 /// Deepest nesting of XML-RPC values parsed.
 const MAX_DEPTH: usize = 8;
-
-/// Restarts supervisord programs over XML-RPC.
-#[derive(Clone, Debug)]
-pub struct SupervisordRestarter {
-    /// A configured server URL (`unix:///path`), used instead of the process's.
-    pub url: Option<String>,
-    /// How long each call may take.
-    pub timeout: Duration,
-}
-
-/// The name supervisord knows a process by: `group:program`, or `program` alone when the group
-/// is the program's own (a `[program:x]` section has group `x`).
-pub fn process_name(program: &str, group: Option<&str>) -> String {
-    match group {
-        Some(g) if g != program => format!("{g}:{program}"),
-        _ => program.to_owned(),
-    }
-}
 
 /// The socket path of a `unix://` server URL.
 pub fn unix_socket_of(url: &str) -> Option<PathBuf> {
@@ -547,53 +529,6 @@ fn through_root(pid: u32, path: &Path) -> PathBuf {
     }
 }
 
-impl SupervisordRestarter {
-    async fn call(
-        &self,
-        socket: &Path,
-        method: &'static str,
-        params: &[Param<'_>],
-    ) -> Result<Value, SuperviseError> {
-        let io = async {
-            let mut stream = UnixStream::connect(socket).await?;
-            stream.write_all(&request(method, params)).await?;
-            let mut raw = Vec::new();
-            (&mut stream)
-                .take(MAX_RESPONSE)
-                .read_to_end(&mut raw)
-                .await?;
-            Ok::<_, std::io::Error>(raw)
-        };
-        let raw = match tokio::time::timeout(self.timeout, io).await {
-            Ok(Ok(raw)) => raw,
-            Ok(Err(source)) => {
-                return Err(SuperviseError::Socket {
-                    path: socket.to_owned(),
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(SuperviseError::Timeout {
-                    what: format!("supervisord {method}"),
-                    timeout: self.timeout,
-                });
-            }
-        };
-        match parse_response(&raw) {
-            Ok(Answer::Value(v)) => Ok(v),
-            Ok(Answer::Fault { code, message }) => Err(SuperviseError::Fault {
-                method,
-                code,
-                message,
-            }),
-            Err(source) => Err(SuperviseError::BadAnswer {
-                supervisor: format!("supervisord {method}"),
-                source: source.into(),
-            }),
-        }
-    }
-}
-
 impl Restarter for SupervisordRestarter {
     #[tracing::instrument(skip_all, fields(instance = %target.instance, pid = target.pid))]
     async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
@@ -702,6 +637,67 @@ impl Restarter for SupervisordRestarter {
             invocation_id: None,
             summary: format!("supervisord stopped and started {name} ({supervisor})"),
         })
+    }
+}
+
+/// Calling supervisord (the restarter's values are the core's).
+#[allow(
+    async_fn_in_trait,
+    reason = "used on the concrete type only, whose futures are Send"
+)]
+trait SupervisordIo {
+    async fn call(
+        &self,
+        socket: &Path,
+        method: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<Value, SuperviseError>;
+}
+
+impl SupervisordIo for SupervisordRestarter {
+    async fn call(
+        &self,
+        socket: &Path,
+        method: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<Value, SuperviseError> {
+        let io = async {
+            let mut stream = UnixStream::connect(socket).await?;
+            stream.write_all(&request(method, params)).await?;
+            let mut raw = Vec::new();
+            (&mut stream)
+                .take(MAX_RESPONSE)
+                .read_to_end(&mut raw)
+                .await?;
+            Ok::<_, std::io::Error>(raw)
+        };
+        let raw = match tokio::time::timeout(self.timeout, io).await {
+            Ok(Ok(raw)) => raw,
+            Ok(Err(source)) => {
+                return Err(SuperviseError::Socket {
+                    path: socket.to_owned(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(SuperviseError::Timeout {
+                    what: format!("supervisord {method}"),
+                    timeout: self.timeout,
+                });
+            }
+        };
+        match parse_response(&raw) {
+            Ok(Answer::Value(v)) => Ok(v),
+            Ok(Answer::Fault { code, message }) => Err(SuperviseError::Fault {
+                method,
+                code,
+                message,
+            }),
+            Err(source) => Err(SuperviseError::BadAnswer {
+                supervisor: format!("supervisord {method}"),
+                source: source.into(),
+            }),
+        }
     }
 }
 

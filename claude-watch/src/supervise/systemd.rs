@@ -26,6 +26,7 @@ use zbus::{Connection, Proxy};
 
 use super::{RestartFailure, RestartOutcome, Restarter, SuperviseError, Target};
 use crate::instance::proc;
+pub use claude_watch_core::supervise::{SystemdMode, SystemdRestarter};
 
 const DEST: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
@@ -33,42 +34,6 @@ const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 const UNIT: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE: &str = "org.freedesktop.systemd1.Service";
 const JOB: &str = "org.freedesktop.systemd1.Job";
-
-/// How the unit is made to start a new process.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SystemdMode {
-    /// `RestartUnit(name, "replace")` and wait for the job.
-    #[default]
-    Restart,
-    /// `KillUnit(name, "main", SIGTERM)` and wait for the unit's own `Restart=` to bring a new
-    /// main process (for units whose restart logic must run, e.g. `ExecStopPost`).
-    Kill,
-}
-
-/// Restarts instances that live in systemd units.
-#[derive(Clone, Debug)]
-pub struct SystemdRestarter {
-    /// D-Bus address of systemd's bus; `None` is the system bus.
-    pub address: Option<String>,
-    /// Talk to this user's manager instead (on the user's bus, as the user); `address` is then
-    /// unused.
-    pub user: Option<u32>,
-    /// Restart or kill.
-    pub mode: SystemdMode,
-    /// How long to wait for the job (or the new main process).
-    pub timeout: Duration,
-}
-
-impl Default for SystemdRestarter {
-    fn default() -> Self {
-        Self {
-            address: None,
-            user: None,
-            mode: SystemdMode::Restart,
-            timeout: Duration::from_secs(90),
-        }
-    }
-}
 
 fn bus_err(method: &'static str) -> impl FnOnce(zbus::Error) -> SuperviseError {
     move |source| SuperviseError::Bus {
@@ -85,16 +50,25 @@ fn error_name(e: &zbus::Error) -> Option<&str> {
     }
 }
 
-impl SystemdRestarter {
-    /// A restarter talking to systemd at `address` (e.g. `unix:path=/run/dbus/system_bus_socket`).
-    #[must_use]
-    pub fn with_address(address: impl Into<String>) -> Self {
-        Self {
-            address: Some(address.into()),
-            ..Self::default()
-        }
-    }
+/// What talking to systemd takes (the restarter's values are the core's).
+#[allow(
+    async_fn_in_trait,
+    reason = "used on the concrete type only, whose futures are Send"
+)]
+pub trait SystemdIo {
+    async fn connect(&self) -> Result<Connection, SuperviseError>;
 
+    /// A connection to the manager that is to act on host process `pid`.
+    async fn connect_for(&self, pid: u32) -> Result<Connection, SuperviseError>;
+
+    /// The unit that holds host process `pid` (its name, e.g. `agent.service`).
+    ///
+    /// # Errors
+    /// [`SuperviseError::UnitNotFound`] when systemd has none, bus errors otherwise.
+    async fn unit_of_pid(&self, instance: &str, pid: u32) -> Result<String, SuperviseError>;
+}
+
+impl SystemdIo for SystemdRestarter {
     async fn connect(&self) -> Result<Connection, SuperviseError> {
         let address = self
             .address
@@ -114,25 +88,6 @@ impl SystemdRestarter {
         }
     }
 
-    /// A restarter talking to the manager of user `uid` (on the user's bus, as the user).
-    #[must_use]
-    pub fn for_user(uid: u32) -> Self {
-        Self {
-            user: Some(uid),
-            ..Self::default()
-        }
-    }
-
-    /// The manager this restarter talks to, for messages.
-    #[must_use]
-    pub fn manager_label(&self) -> String {
-        match (self.user, &self.address) {
-            (Some(uid), _) => format!("user@{uid}'s manager"),
-            (None, Some(address)) => format!("the system manager at {address}"),
-            (None, None) => "the system manager".to_owned(),
-        }
-    }
-
     /// A connection to the manager that is to act on host process `pid`.
     async fn connect_for(&self, pid: u32) -> Result<Connection, SuperviseError> {
         match self.user {
@@ -145,7 +100,7 @@ impl SystemdRestarter {
     ///
     /// # Errors
     /// [`SuperviseError::UnitNotFound`] when systemd has none, bus errors otherwise.
-    pub async fn unit_of_pid(&self, instance: &str, pid: u32) -> Result<String, SuperviseError> {
+    async fn unit_of_pid(&self, instance: &str, pid: u32) -> Result<String, SuperviseError> {
         let conn = self.connect_for(pid).await?;
         let manager = proxy(&conn, MANAGER_PATH, MANAGER).await?;
         let path = unit_path_of_pid(&manager, instance, pid).await?;
