@@ -874,5 +874,68 @@ fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// A file's identity: device and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+impl std::fmt::Display for FileId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The kernel's (and glibc's) encoding of a device number.
+        let major = ((self.dev >> 8) & 0xfff) | ((self.dev >> 32) & !0xfff);
+        let minor = (self.dev & 0xff) | ((self.dev >> 12) & !0xff);
+        write!(f, "{major}:{minor} inode {}", self.ino)
+    }
+}
+
+/// A claude process that is an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// What `/proc` said about it.
+    pub info: ProcessInfo,
+    /// Native binary or script.
+    pub kind: ClaudeKind,
+    /// The instance it belongs to.
+    pub instance: InstanceId,
+    /// The release, from the file's banner when it could be read.
+    pub release: Option<String>,
+    /// Where it lives: the supervisor that could restart it ([`instance::placement`]).
+    pub placement: Placement,
+    /// The executable discovery read (device and inode of `/proc/<pid>/exe` when opened for
+    /// the verdict): a native binary is attached only if its executable is still that file.
+    pub exe_id: Option<FileId>,
+}
+
+impl Found {
+    /// The version: from the file's banner, else from the path (npm and native-installer
+    /// layouts), e.g. `2.1.197`.
+    pub fn version(&self) -> Option<String> {
+        self.release.clone().or_else(|| {
+            version_from_path(&self.info.exe).or_else(|| {
+                self.info
+                    .cmdline
+                    .iter()
+                    .find_map(|a| version_from_path(Path::new(a)))
+            })
+        })
+    }
+}
+
+/// A `x.y.z` path component (or file name) of `path`, e.g. npm's
+/// `.../claude-code-2.1.197/...` is not matched but `versions/2.1.197` is.
+pub fn version_from_path(path: &Path) -> Option<String> {
+    path.components().rev().find_map(|c| {
+        let s = c.as_os_str().to_str()?;
+        let mut parts = s.split('.');
+        let ok = parts.clone().count() == 3
+            && parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        ok.then(|| s.to_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tracing::{debug, info};
 
 use super::ledger::{Acquire, AttachKey, Ledger};
-use super::targets::{FileId, Target};
+use super::targets::Target;
 use super::{CaptureError, LoadError, os_error};
 use crate::locate::FunctionName;
 
@@ -528,7 +528,7 @@ fn still_the_same(target: &Target) -> Result<(), CaptureError> {
     let expected = target.file.id;
     let links = std::iter::once(target.file.fd_path()).chain(target.recheck.clone());
     for link in links {
-        let now = std::fs::metadata(&link).map(|m| FileId::of(&m));
+        let now = std::fs::metadata(&link).map(|m| super::targets::file_id(&m));
         if now.as_ref().ok() != Some(&expected) {
             return Err(CaptureError::Replaced {
                 path: link,

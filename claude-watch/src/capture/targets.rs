@@ -27,35 +27,14 @@ pub struct AttachPoint {
     pub file_offset: u64,
 }
 
-/// A file's identity: device and inode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FileId {
-    /// `st_dev`.
-    pub dev: u64,
-    /// `st_ino`.
-    pub ino: u64,
-}
+pub use claude_watch_core::instance::FileId;
 
-impl FileId {
-    /// The identity in `meta`.
-    #[must_use]
-    pub fn of(meta: &fs::Metadata) -> Self {
-        Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        }
-    }
-}
-
-impl std::fmt::Display for FileId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{} inode {}",
-            libc::major(self.dev),
-            libc::minor(self.dev),
-            self.ino
-        )
+/// The identity in `meta`.
+#[must_use]
+pub fn file_id(meta: &fs::Metadata) -> FileId {
+    FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
     }
 }
 
@@ -86,7 +65,7 @@ impl OpenedFile {
         let (file, meta) = untrusted::open(path, resolve)?.into_parts();
         Ok(Self {
             file: Arc::new(file),
-            id: FileId::of(&meta),
+            id: file_id(&meta),
         })
     }
 
@@ -463,9 +442,9 @@ mod tests {
         let opened = OpenedFile::open(&path, Resolve::NoFollow).unwrap();
         fs::write(dir.join("other"), b"second").unwrap();
         fs::rename(dir.join("other"), &path).unwrap();
-        let now = FileId::of(&fs::metadata(&path).unwrap());
+        let now = file_id(&fs::metadata(&path).unwrap());
         assert_ne!(now, opened.id);
-        let via_fd = FileId::of(&fs::metadata(opened.fd_path()).unwrap());
+        let via_fd = file_id(&fs::metadata(opened.fd_path()).unwrap());
         assert_eq!(via_fd, opened.id);
         assert_eq!(fs::read(opened.fd_path()).unwrap(), b"first");
         // A symbolic link as the last component is not followed.

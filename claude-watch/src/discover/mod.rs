@@ -47,6 +47,7 @@ use crate::instance::{
 use crate::untrusted::{self, Identity, Limits, Resolve};
 use claude_ebpf_common::ImageKey;
 
+pub use claude_watch_core::instance::Found;
 pub use content::ClaudeFile;
 
 /// How far up the parent chain to look for an enclosing claude.
@@ -79,39 +80,6 @@ const RESCAN_AFTER: [Duration; 3] = [
     Duration::from_secs(1),
     Duration::from_secs(3),
 ];
-
-/// A claude process that is an instance.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Found {
-    /// What `/proc` said about it.
-    pub info: ProcessInfo,
-    /// Native binary or script.
-    pub kind: ClaudeKind,
-    /// The instance it belongs to.
-    pub instance: InstanceId,
-    /// The release, from the file's banner when it could be read.
-    pub release: Option<String>,
-    /// Where it lives: the supervisor that could restart it ([`instance::placement`]).
-    pub placement: Placement,
-    /// The executable discovery read (device and inode of `/proc/<pid>/exe` when opened for
-    /// the verdict): a native binary is attached only if its executable is still that file.
-    pub exe_id: Option<FileId>,
-}
-
-impl Found {
-    /// The version: from the file's banner, else from the path (npm and native-installer
-    /// layouts), e.g. `2.1.197`.
-    pub fn version(&self) -> Option<String> {
-        self.release.clone().or_else(|| {
-            version_from_path(&self.info.exe).or_else(|| {
-                self.info
-                    .cmdline
-                    .iter()
-                    .find_map(|a| version_from_path(Path::new(a)))
-            })
-        })
-    }
-}
 
 /// Identity of a file's content as far as `stat` tells: a file replaced or rewritten gets a
 /// new key, so its verdict is taken anew.
@@ -1213,21 +1181,10 @@ pub fn target(found: &Found) -> Result<Vec<Target>, CaptureError> {
     }
 }
 
-/// A `x.y.z` path component (or file name) of `path`, e.g. npm's
-/// `.../claude-code-2.1.197/...` is not matched but `versions/2.1.197` is.
-fn version_from_path(path: &Path) -> Option<String> {
-    path.components().rev().find_map(|c| {
-        let s = c.as_os_str().to_str()?;
-        let mut parts = s.split('.');
-        let ok = parts.clone().count() == 3
-            && parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-        ok.then(|| s.to_owned())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use claude_watch_core::instance::version_from_path;
 
     #[test]
     fn versions_from_install_paths() {
