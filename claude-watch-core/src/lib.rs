@@ -14,6 +14,8 @@
 //! - [`coverage`]: when an instance's traffic goes unseen by the probes (blind);
 //! - [`status`]: what `claude-watch status` shows, the snapshot the daemon publishes;
 //! - [`supervise`]: which supervisor restarts an instance, as plain values;
+//! - [`watch`]: the Watch, every decision the daemon makes in one sans-IO state machine fed
+//!   inputs and a monotonic clock, returning effects;
 //! - [`text`]: observed text made safe to print;
 //! - [`time`]: the one conversion from monotonic to wall time, and instants and durations
 //!   written for people (jiff's calendar).
@@ -30,6 +32,24 @@ pub mod status;
 pub mod supervise;
 pub mod text;
 pub mod time;
+pub mod watch;
+
+/// An error and its causes on one line, each said once (`a: b: c`), for logs and the journal
+/// (error types name their cause with `#[source]` and do not repeat it in their message).
+#[must_use]
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
 
 #[cfg(test)]
 mod tests {

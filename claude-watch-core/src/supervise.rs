@@ -463,6 +463,26 @@ pub fn misfit(spec: &SupervisorSpec, placement: &Placement) -> Option<String> {
     }
 }
 
+/// Why a restart (or the escalation hook) did not happen, as the shell's adapter said it: one
+/// line, its causes each said once (what the journal's `detail` and the status's `last_error`
+/// show).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct RestartFailed {
+    /// The adapter's error and its causes.
+    pub detail: String,
+}
+
+impl RestartFailed {
+    /// A failure saying `detail`.
+    #[must_use]
+    pub fn new(detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

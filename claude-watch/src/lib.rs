@@ -10,9 +10,9 @@
 //!   naming is the core's; `instance::proc` reads `/proc`);
 //! - [`detect`]: the latch detector, a sans-IO state machine over exchanges (the core's);
 //! - [`journal`] and [`report`]: the durable episode history and the report made from it;
-//! - [`watch`]: the core: every decision (latch, restart, wait, give up, what to publish) in one
-//!   sans-IO state machine fed inputs and a monotonic clock, returning effects; with the
-//!   recovery policy and the front half (records to inputs) shared with `trace`;
+//! - [`watch`]: every decision (latch, restart, wait, give up, what to publish) in one sans-IO
+//!   state machine fed inputs and a monotonic clock, returning effects (the core's), and the
+//!   front half (records to inputs) shared with `trace`;
 //! - [`supervise`]: supervisor adapters (the I/O seam of recovery);
 //! - [`daemon`]: the shell that executes the core's effects: ring reader, `/proc`, probes,
 //!   supervisors, journal, status, metrics and control;
@@ -48,19 +48,4 @@ pub use claude_watch_core::{detect, http, text};
 #[cfg(test)]
 mod proptests;
 
-/// An error and its causes on one line, each said once (`a: b: c`), for logs and the journal
-/// (error types name their cause with `#[source]` and do not repeat it in their message).
-#[must_use]
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let line = cause.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub use claude_watch_core::error_chain;

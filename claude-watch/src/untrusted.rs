@@ -879,7 +879,8 @@ mod tests {
                 }
             }
         }
-        assert!(files > 50, "the sources were found ({files})");
+        // The shell alone (the core opens nothing: its own test searches it).
+        assert!(files > 40, "the sources were found ({files})");
         assert!(
             offenders.is_empty(),
             "open through crate::untrusted (or name the file in ALLOWED, saying why no one \

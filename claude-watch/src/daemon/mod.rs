@@ -55,6 +55,7 @@ use crate::error_chain;
 use crate::http::pair::Record;
 use crate::instance::ClaudeKind;
 use crate::journal::{Journal, JournalOptions};
+use crate::supervise::RestartFailed;
 use crate::supervise::supervisor::{self, SystemdBus};
 use crate::time::{mono_now_ns, wall_clock};
 use crate::watch::front::Front;
@@ -718,7 +719,8 @@ impl Daemon {
                 tokio::spawn(async move {
                     let result =
                         crate::supervise::supervisor::restart_within(&supervisor, &target, timeout)
-                            .await;
+                            .await
+                            .map_err(|e| RestartFailed::new(crate::error_chain(&e)));
                     let _ = tx.send(Done::Input(Box::new(Input::RestartFinished {
                         instance,
                         result,
@@ -735,8 +737,9 @@ impl Daemon {
             } => {
                 let tx = self.done_tx.clone();
                 tokio::spawn(async move {
-                    let result =
-                        supervisor::run_hook(&argv, timeout, &target, &reason, &instances).await;
+                    let result = supervisor::run_hook(&argv, timeout, &target, &reason, &instances)
+                        .await
+                        .map_err(|e| RestartFailed::new(crate::error_chain(&e)));
                     let _ = tx.send(Done::Input(Box::new(Input::HookFinished {
                         instance,
                         result,

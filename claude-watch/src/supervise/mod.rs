@@ -22,7 +22,7 @@ pub mod supervisor;
 pub mod supervisord;
 pub mod systemd;
 
-pub use claude_watch_core::supervise::{RestartOutcome, Target};
+pub use claude_watch_core::supervise::{RestartFailed, RestartOutcome, Target};
 
 use std::future::Future;
 use std::time::Duration;

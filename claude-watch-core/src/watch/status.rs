@@ -1,11 +1,11 @@
 //! [`merge`], the one place where the processes, the detector and the recovery policy are
 //! joined into each instance's status. The views themselves (what `claude-watch status`
-//! shows, the snapshot the daemon publishes) are the core's ([`claude_watch_core::status`],
+//! shows, the snapshot the daemon publishes) are the core's ([`crate::status`],
 //! re-exported here).
 
 use std::collections::BTreeMap;
 
-pub use claude_watch_core::status::*;
+pub use crate::status::*;
 
 use super::Watch;
 use crate::detect::{MonoNs, State};

@@ -21,12 +21,11 @@ use toml::Spanned;
 use super::{Effect, Input, Watch};
 use crate::config::Config;
 use crate::detect::MonoNs;
-use crate::discover::Found;
 use crate::http::Exchange;
+use crate::instance::Found;
 use crate::instance::{ClaudeKind, InstanceId, Manager, Placement, ProcessInfo, SystemdUnit};
 use crate::journal::Record as JournalRecord;
-use crate::supervise::RestartOutcome;
-use crate::supervise::supervisor::{EngineSocket, SystemdBus};
+use crate::supervise::{EngineSocket, RestartOutcome, SystemdBus};
 use crate::time::WallClock;
 
 const S: MonoNs = 1_000_000_000;

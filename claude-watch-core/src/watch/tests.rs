@@ -832,10 +832,9 @@ fn a_failing_supervisor_is_journalled_with_its_cause_and_retried_after_a_quiet_w
         let (instance, _, _) = r.take_restart();
         r.input(Input::RestartFinished {
             instance,
-            result: Err(SuperviseError::Spawn {
-                program: "systemctl".into(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            }),
+            result: Err(RestartFailed::new(
+                "could not run supervisor command systemctl: no such file",
+            )),
         });
         let failed = r.actions(ActionKind::Restart);
         assert_eq!(failed.len(), attempt);
@@ -881,13 +880,9 @@ fn a_refused_restart_is_journalled_with_both_units_and_shown_in_status_until_one
     let instance = r.take_instance();
     r.input(Input::RestartFinished {
         instance,
-        result: Err(SuperviseError::NotOwner {
-            instance: "agent.service".into(),
-            pid: 100,
-            manager: "the system manager".into(),
-            expected: "agent.service".into(),
-            found: "user@1000.service".into(),
-        }),
+        result: Err(RestartFailed::new(
+            "refused: the system manager says pid 100 of instance agent.service belongs to user@1000.service, not to agent.service; nothing restarted",
+        )),
     });
     let refused = r.actions(ActionKind::Restart);
     assert_eq!(refused.len(), 1);
@@ -934,10 +929,9 @@ fn a_hanging_supervisor_times_out_frees_the_slot_and_its_late_answer_changes_not
     // The hung call finally times out in the daemon: journalled, nothing handed out twice.
     r.input(Input::RestartFinished {
         instance: hung.clone(),
-        result: Err(SuperviseError::Timeout {
-            what: "systemd restart".into(),
-            timeout: Duration::from_secs(20),
-        }),
+        result: Err(RestartFailed::new(
+            "supervisor did not finish within 20s: systemd restart",
+        )),
     });
     assert!(r.restarts.is_empty());
     assert_eq!(r.actions(ActionKind::Restart).len(), 1);
@@ -1067,11 +1061,9 @@ fn a_latched_container_is_restarted_through_the_engine_once_its_socket_appears_a
     // The engine does not confirm the pid: journalled with both names, retried after a window.
     r.input(Input::RestartFinished {
         instance,
-        result: Err(SuperviseError::NotInContainer {
-            container: "reviewer (0123abcd4567)".into(),
-            pid: 100,
-            found: "pid 100 is in pid namespace 1, the container's main process 7 in 2".into(),
-        }),
+        result: Err(RestartFailed::new(
+            "refused: the engine does not confirm pid 100 runs in container reviewer (0123abcd4567): pid 100 is in pid namespace 1, the container's main process 7 in 2",
+        )),
     });
     let failed = r.actions(ActionKind::Restart);
     assert_eq!(failed.len(), 1);

@@ -1,0 +1,1808 @@
+//! The watch core: every decision the daemon makes, in one sans-IO state machine.
+//!
+//! Fed [`Input`]s with the monotonic time (kernel clock, nanoseconds), [`Watch::handle`] answers
+//! with [`Effect`]s for the daemon to execute; the daemon feeds their results back as inputs.
+//! The core reads no clock, no file and no process, so every recovery behaviour is tested here
+//! with a fake clock (`tests.rs`), in milliseconds and without root.
+//!
+//! ```text
+//!  kernel record ─► front (pair, exec/exit) ─► Input::{Started, Exited, Exchange}
+//!  tick / restart result / hook result / reload ────────► Input::{Tick, Restart…, Reload}
+//!                                                             │
+//!                        ┌───────────────── Watch ────────────▼──────────────────────────┐
+//!                        │ Detector (latch?) ──events──► Policy (restart? wait? give up?) │
+//!                        │      one InstanceId per instance, one MonoNs clock            │
+//!                        └────────────────────────────┬──────────────────────────────────┘
+//!                                                     ▼
+//!   Effect::{Attach, Detach, Inspect, Restart, RunHook, Journal, SaveRecovery, Metric, Publish}
+//! ```
+//!
+//! What lives where:
+//! - [`front`]: kernel records to inputs (pairing, exec and exit dispatch), shared with `trace`;
+//! - [`crate::detect`]: what counts as a latch, a recovery, a throttle;
+//! - [`policy`]: when to restart, how long to wait, when to give up;
+//! - this module: how the two are joined (the detector's state changes drive the policy, the
+//!   policy's actions drive the detector), the restart target, the journal and metrics each
+//!   decision produces, resumed episodes;
+//! - [`status`]: the status every instance shows (detector, policy and processes merged).
+//!
+//! Wall time appears only where a person or a file needs it: journal records and the persisted
+//! recovery state, converted with the wall-minus-monotonic offset given at construction.
+
+pub mod replay;
+pub mod status;
+
+// The recovery machine, the coverage rule and the fleet's hold, where the Watch's paths
+// have always named them.
+pub use crate::{coverage, fleet, policy};
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::detect::{Detector, Episode, EpisodeEnd, Event, MonoNs, Reason, State};
+use crate::http::Exchange;
+use crate::instance::Found;
+use crate::instance::{IdSource, InstanceId, Placement};
+use crate::journal::{
+    ActionKind, ActionRecord, IncidentEvent, IncidentRecord, Record as JournalRecord,
+};
+use crate::supervise::{
+    Choice, EngineSocket, RestartFailed, RestartOutcome, Supervisor, SystemdBus, Target,
+};
+use crate::time::WallClock;
+use policy::{Action, Phase, Policy, PolicySnapshot};
+use status::{LastSeen, Status};
+
+/// The most instances the core keeps state for (live or remembered). A new instance beyond it
+/// is refused (not attached, not watched; said in the log, counted in status and
+/// `claude_watch_instances_refused_total`), after the longest-idle instance that can be
+/// forgotten without loss has been; an instance with a live process, an open episode or a
+/// recovery under way is never dropped to make room.
+pub const MAX_INSTANCES: usize = 4096;
+
+/// Instances one user other than root may have tracked at once (a quarter of
+/// [`MAX_INSTANCES`]): one user's thousands of `claude` processes leave room for everyone else.
+pub const MAX_INSTANCES_PER_USER: usize = MAX_INSTANCES / 4;
+
+/// How long a named instance is remembered (status, its detector and recovery state) after its
+/// last process exited, once nothing is under way for it: no open episode, no restart, its
+/// backoff reset (an escalated one too: its hook ran, and a new process starts afresh).
+/// `pid:` instances are forgotten at once (their name cannot come back).
+pub const FORGET_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// The most pending successors (new processes a background session's restart reported, not
+/// yet found) kept; the oldest pid is dropped first.
+const SUCCESSORS_KEPT: usize = 64;
+
+/// Something that happened, for the core to decide about.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "Started (a Found) is the common input, moved once into the core; boxing buys nothing"
+)]
+pub enum Input {
+    /// A claude instance process was found (at start, on exec, after a restart).
+    Started(Found),
+    /// A process exited; `instance` when it was an instance process.
+    Exited {
+        /// The process.
+        pid: u32,
+        /// Its instance, when it was one.
+        instance: Option<InstanceId>,
+    },
+    /// Probes were attached for an instance process (`unobserved` is `None`), or could not
+    /// be (a binary or library that could not be verified: why).
+    Observed {
+        /// The process.
+        pid: u32,
+        /// Why its traffic cannot be seen, if it cannot.
+        unobserved: Option<String>,
+    },
+    /// An HTTP exchange was paired; `instance` when its process is an instance.
+    Exchange {
+        /// The exchange.
+        exchange: Exchange,
+        /// The instance of its process, when it is one.
+        instance: Option<InstanceId>,
+    },
+    /// The clock moved (periodically, and at [`Watch::next_deadline`]).
+    Tick,
+    /// Episodes the journal holds open from the previous run, after the first scan: they are
+    /// resumed under the same ids and, where a supervisor acts, count as still latched.
+    Resume {
+        /// The open episodes.
+        episodes: Vec<Episode>,
+    },
+    /// A restart handed out by [`Effect::Restart`] finished.
+    RestartFinished {
+        /// The instance.
+        instance: InstanceId,
+        /// The supervisor's answer (a time-out is an error too).
+        result: Result<RestartOutcome, RestartFailed>,
+    },
+    /// The escalation hook of [`Effect::RunHook`] finished.
+    HookFinished {
+        /// The instance.
+        instance: InstanceId,
+        /// The hook's result.
+        result: Result<RestartOutcome, RestartFailed>,
+    },
+    /// The configuration was reloaded (and systemd's reachability checked again).
+    Reload {
+        /// The new configuration.
+        config: Box<Config>,
+        /// Where systemd is reachable now.
+        bus: SystemdBus,
+        /// The container engine's socket now.
+        engine: EngineSocket,
+    },
+    /// The container engine's socket appeared or went away (the engine started after the
+    /// daemon, or stopped).
+    Engine(EngineSocket),
+    /// What the fleet's Alertmanager said about the incident alert (`[fleet]`).
+    Fleet(fleet::FleetAnswer),
+    /// The coverage audit of an instance process: the bytes (sent and received) of the TCP
+    /// sockets it holds now, by the kernel's counters (see [`coverage`]).
+    Traffic {
+        /// The process.
+        pid: u32,
+        /// Bytes sent and received on its TCP sockets, in all.
+        total: u64,
+        /// Its TCP sockets.
+        sockets: u32,
+    },
+}
+
+/// Something for the daemon to do.
+#[derive(Debug)]
+pub enum Effect {
+    /// Locate the TLS functions of this process's executable and attach to it.
+    Attach(Found),
+    /// An instance process exited: release what it held (its per-process probes, and a
+    /// binary's once no other process runs it).
+    Detach {
+        /// The process.
+        pid: u32,
+    },
+    /// Look at this process (a supervisor's new main PID) and report it if it is claude.
+    Inspect {
+        /// The process.
+        pid: u32,
+    },
+    /// Restart an instance through its supervisor within `timeout`, then report
+    /// [`Input::RestartFinished`].
+    Restart {
+        /// The instance.
+        instance: InstanceId,
+        /// Through what.
+        supervisor: Supervisor,
+        /// The process to restart.
+        target: Target,
+        /// Report a time-out error after this long.
+        timeout: Duration,
+    },
+    /// Run the escalation hook (an argv template, no shell), then report
+    /// [`Input::HookFinished`].
+    RunHook {
+        /// The instance.
+        instance: InstanceId,
+        /// The hook.
+        argv: Vec<String>,
+        /// What its placeholders stand for.
+        target: Target,
+        /// Its time limit.
+        timeout: Duration,
+        /// Why the notice (`{reason}`): one sentence for the person paged.
+        reason: String,
+        /// Every instance it is for (`{instances}`): one, or an incident's members.
+        instances: Vec<String>,
+    },
+    /// Append to the journal (durably, in order).
+    Journal(JournalRecord),
+    /// Persist the recovery state (durably; the latest one wins).
+    SaveRecovery(PolicySnapshot),
+    /// Count or observe a metric.
+    Metric(Metric),
+    /// Publish the status of every instance.
+    Publish(Status),
+}
+
+/// A metric event; the daemon owns names, help texts and the registry.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Metric {
+    /// An exchange of an instance.
+    Exchange {
+        /// Instance name.
+        agent: String,
+        /// HTTP status.
+        status: u16,
+        /// Model, `unknown` when not seen.
+        model: String,
+    },
+    /// A latch episode opened.
+    EpisodeOpened {
+        /// Instance name.
+        agent: String,
+    },
+    /// A restart finished.
+    Restart {
+        /// Instance name.
+        agent: String,
+        /// Whether the supervisor did it.
+        ok: bool,
+    },
+    /// A confirmed recovery.
+    Recovery {
+        /// Instance name.
+        agent: String,
+    },
+    /// An escalation.
+    Escalation {
+        /// Instance name.
+        agent: String,
+    },
+    /// An upstream incident opened on the host.
+    IncidentOpened,
+    /// The host's upstream incident was escalated (one notice for all its members).
+    IncidentEscalated,
+    /// A restart did not heal: its new process got 401.
+    RestartRejected {
+        /// Instance name.
+        agent: String,
+    },
+    /// From the latch condition holding to the decision, in seconds.
+    DetectionSeconds(f64),
+    /// From the end of a restart to the new process's first accepted answer, in seconds.
+    RecoverySeconds(f64),
+    /// A new instance was refused: [`MAX_INSTANCES`] were tracked, none could be forgotten.
+    InstanceRefused,
+    /// An instance was forgotten: its per-instance series go with it, so the metric families
+    /// hold the instances the core keeps, not every `pid:` instance ever seen.
+    Forgotten {
+        /// Instance name.
+        agent: String,
+    },
+}
+
+/// The core: detector, recovery policy and what joins them, for every instance of the host.
+#[derive(Debug)]
+pub struct Watch {
+    config: Config,
+    bus: SystemdBus,
+    engine: EngineSocket,
+    detector: Detector,
+    policy: Policy,
+    /// Turns the core's clock into wall time.
+    wall_clock: WallClock,
+    /// Live instance processes, by pid.
+    procs: BTreeMap<u32, Found>,
+    /// The coverage audit: which processes move traffic their probes do not see.
+    coverage: coverage::Coverage,
+    /// The executable of each instance (kept after its processes exit).
+    binaries: BTreeMap<InstanceId, String>,
+    /// Where the newest process of each instance lives (kept after its processes exit).
+    placements: BTreeMap<InstanceId, Placement>,
+    /// The latest API answer of each instance.
+    last_seen: BTreeMap<InstanceId, LastSeen>,
+    /// Exchanges seen, of any process.
+    exchanges: u64,
+    /// Instance processes whose traffic cannot be seen, and why.
+    unobserved: BTreeMap<u32, String>,
+    /// Instances of resumed episodes too old to act on: their next API answer decides.
+    recheck: BTreeSet<InstanceId>,
+    /// The id of each instance's latest episode (actions that end after it closed name it).
+    last_episode: BTreeMap<InstanceId, String>,
+    /// Why the latest restart of each instance failed or was refused (until one succeeds).
+    restart_errors: BTreeMap<InstanceId, String>,
+    /// Each instance's recoveries since the daemon started (what `status` shows of its past).
+    recoveries: BTreeMap<InstanceId, Recoveries>,
+    /// New processes a background session's restart reported, and the instance they continue
+    /// (a fresh session has a new short id, so discovery names it anew).
+    successors: BTreeMap<u32, InstanceId>,
+    /// Every instance the core keeps state for (at most [`MAX_INSTANCES`]).
+    tracked: BTreeSet<InstanceId>,
+    /// The user whose process first made each tracked instance (for the per-user share,
+    /// [`MAX_INSTANCES_PER_USER`]; unknown: root's).
+    admitted_by: BTreeMap<InstanceId, u32>,
+    /// Tracked instances without a live process, since when: forgotten [`FORGET_AFTER`] later
+    /// once at rest (or earlier, longest idle first, to make room for a new instance).
+    idle_since: BTreeMap<InstanceId, MonoNs>,
+    /// The same, oldest first.
+    idle_order: BTreeSet<(MonoNs, InstanceId)>,
+    /// New instances refused because [`MAX_INSTANCES`] were tracked.
+    refused: u64,
+    /// Live processes of refused instances (their traffic is ignored until they exit).
+    refused_pids: BTreeSet<u32>,
+    /// Instances forgotten since the last [`Watch::handle`] returned (their series go).
+    forgotten: Vec<String>,
+    /// When the last refusal was logged (one warning a minute at most).
+    refusal_logged: Option<MonoNs>,
+    /// Whether anything but the clock moved since the status was last published.
+    changed: bool,
+    /// When the status was last published.
+    published_at: Option<MonoNs>,
+    /// The fleet's hold, when `[fleet]` names an Alertmanager.
+    fleet: Option<fleet::Fleet>,
+    /// When a restart was last rejected (its new process got 401), wall ms.
+    last_rejected_ms: Option<u64>,
+    /// Live processes outside `[daemon] scope` (another daemon's): their traffic is ignored.
+    outside: BTreeSet<u32>,
+}
+
+/// A tick republishes an unchanged status this often (ages and counters stay fresh), instead
+/// of every tick: with a thousand idle instances, rebuilding the status four times a second
+/// cost the daemon some 7% of a core.
+pub const REPUBLISH_AFTER: MonoNs = 5_000_000_000;
+
+impl Watch {
+    /// A core for `config`, systemd reachable as `bus`, the container engine at `engine`,
+    /// recovery state `saved` by the previous run (if any), at monotonic time `now`.
+    #[must_use]
+    pub fn new(
+        config: Config,
+        bus: SystemdBus,
+        engine: EngineSocket,
+        saved: Option<PolicySnapshot>,
+        now: MonoNs,
+        wall_clock: WallClock,
+    ) -> Self {
+        let policy = match saved {
+            Some(snapshot) => {
+                let mut policy = Policy::restore(snapshot, now, wall_clock);
+                // Instances given up on under `give_up` and released by a configuration without
+                // it: their current traffic decides afresh.
+                let _released = policy.set_config(config.recovery.policy_config());
+                policy
+            }
+            None => Policy::new(config.recovery.policy_config()),
+        };
+        let mut detector = Detector::new(config.detector.detector_config());
+        detector.set_wall_clock(wall_clock);
+        detector.set_host(config.fleet.host.clone());
+        // Instances of the saved state have no process yet: forgotten in time unless one comes.
+        let tracked: BTreeSet<InstanceId> = policy.instances().cloned().collect();
+        let idle_since = tracked.iter().map(|id| (id.clone(), now)).collect();
+        let idle_order = tracked.iter().map(|id| (now, id.clone())).collect();
+        let fleet = config
+            .fleet
+            .enabled()
+            .then(|| fleet::Fleet::new(config.fleet.fleet_config("localhost"), now));
+        let mut policy = policy;
+        policy.set_fleet_hold(fleet.as_ref().and_then(fleet::Fleet::hold_until));
+        Self {
+            fleet,
+            last_rejected_ms: None,
+            outside: BTreeSet::new(),
+            detector,
+            policy,
+            config,
+            bus,
+            engine,
+            wall_clock,
+            procs: BTreeMap::new(),
+            coverage: coverage::Coverage::default(),
+            binaries: BTreeMap::new(),
+            placements: BTreeMap::new(),
+            last_seen: BTreeMap::new(),
+            exchanges: 0,
+            unobserved: BTreeMap::new(),
+            recheck: BTreeSet::new(),
+            last_episode: BTreeMap::new(),
+            restart_errors: BTreeMap::new(),
+            recoveries: BTreeMap::new(),
+            successors: BTreeMap::new(),
+            admitted_by: tracked.iter().map(|id| (id.clone(), 0)).collect(),
+            tracked,
+            idle_since,
+            idle_order,
+            refused: 0,
+            refused_pids: BTreeSet::new(),
+            forgotten: Vec::new(),
+            refusal_logged: None,
+            changed: true,
+            published_at: None,
+        }
+    }
+
+    /// The configuration in force.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The container engine's socket, as last detected.
+    #[must_use]
+    pub fn engine(&self) -> &EngineSocket {
+        &self.engine
+    }
+
+    /// Instances known (with a process or a detector state).
+    #[must_use]
+    pub fn instance_count(&self) -> usize {
+        let mut ids: Vec<&InstanceId> = self.procs.values().map(|f| &f.instance).collect();
+        let statuses = self.detector.statuses();
+        ids.extend(statuses.iter().map(|s| &s.instance));
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+
+    /// When the clock alone will next change something (a latch reaching its span, a quiet
+    /// window ending, a restart timing out): feed [`Input::Tick`] then.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<MonoNs> {
+        [
+            self.detector.next_deadline(),
+            self.policy.next_deadline(),
+            self.fleet.as_ref().and_then(fleet::Fleet::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Decides about `input` at monotonic time `now`.
+    pub fn handle(&mut self, now: MonoNs, input: Input) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let tick = matches!(input, Input::Tick);
+        let publish = matches!(
+            input,
+            Input::Tick
+                | Input::Resume { .. }
+                | Input::RestartFinished { .. }
+                | Input::HookFinished { .. }
+                | Input::Reload { .. }
+                | Input::Engine(_)
+                | Input::Fleet(_)
+        );
+        match input {
+            Input::Started(found) => self.started(found, now, &mut out),
+            Input::Observed { pid, unobserved } => match unobserved {
+                Some(why) if self.procs.contains_key(&pid) => {
+                    self.unobserved.insert(pid, why);
+                }
+                _ => {
+                    self.unobserved.remove(&pid);
+                }
+            },
+            Input::Exited { pid, .. } if self.outside.remove(&pid) => {}
+            Input::Exited { pid, instance } => {
+                // The core's own name wins (a process adopted by the instance it continues).
+                let known = self.procs.remove(&pid);
+                let attached = known.is_some() || instance.is_some();
+                let instance = known
+                    .map(|f| f.instance)
+                    .filter(|_| instance.is_some())
+                    .or(instance);
+                self.unobserved.remove(&pid);
+                self.refused_pids.remove(&pid);
+                self.coverage.forget(pid);
+                if attached {
+                    // Its own probes go, and a binary's once no other process runs it.
+                    out.push(Effect::Detach { pid });
+                }
+                // An instance refused at the cap was never watched.
+                if let Some(id) = instance.filter(|id| self.tracked.contains(id)) {
+                    let events = self.detector.process_exited_live(&id, pid, now);
+                    self.on_events(events, now, &mut out);
+                    self.went_idle(&id, now);
+                }
+            }
+            Input::Exchange { exchange, instance } => {
+                // Only instance processes are audited.
+                if self.procs.contains_key(&exchange.pid)
+                    && self.coverage.exchange(exchange.pid, now) == Some(coverage::Change::Seen)
+                {
+                    info!(
+                        pid = exchange.pid,
+                        "coverage: an exchange of a blind process was captured; no longer blind"
+                    );
+                }
+                let instance = self
+                    .procs
+                    .get(&exchange.pid)
+                    .map(|f| f.instance.clone())
+                    .filter(|_| instance.is_some())
+                    .or(instance);
+                self.exchange(&exchange, instance, now, &mut out);
+            }
+            Input::Tick => {
+                let events = self.detector.tick(now);
+                self.on_events(events, now, &mut out);
+                self.sweep(now);
+                if let Some(f) = self.fleet.as_mut() {
+                    let events = f.tick(now);
+                    self.on_fleet(events, now, &mut out);
+                }
+            }
+            Input::Traffic {
+                pid,
+                total,
+                sockets,
+            } => {
+                // A process that exited since the audit began is not counted again.
+                if let Some(id) = self.procs.get(&pid).map(|f| f.instance.clone())
+                    && let Some(coverage::Change::Blind(b)) =
+                        self.coverage.traffic(pid, total, sockets, now)
+                {
+                    let why = b.reason(now);
+                    warn!(pid, instance = %id, "blind: {why}");
+                    self.journal_action(
+                        &id,
+                        ActionKind::Blind,
+                        false,
+                        None,
+                        format!("pid {pid}: {why}"),
+                        now,
+                        &mut out,
+                    );
+                }
+            }
+            Input::Fleet(answer) => {
+                if let Some(f) = self.fleet.as_mut() {
+                    let events = f.answer(now, answer);
+                    self.on_fleet(events, now, &mut out);
+                }
+            }
+            Input::Resume { episodes } => self.resume(episodes, now, &mut out),
+            Input::RestartFinished { instance, result } => {
+                self.restart_finished(&instance, result, now, &mut out);
+            }
+            Input::HookFinished { instance, result } => {
+                let (ok, detail) = match &result {
+                    Ok(outcome) => (true, outcome.summary.clone()),
+                    Err(e) => (false, e.detail.clone()),
+                };
+                if ok {
+                    info!(instance = %instance, detail, "escalation hook ran");
+                } else {
+                    warn!(instance = %instance, detail, "escalation hook failed");
+                }
+                self.journal_action(&instance, ActionKind::Hook, ok, None, detail, now, &mut out);
+            }
+            Input::Reload {
+                config,
+                bus,
+                engine,
+            } => {
+                self.detector.set_config(config.detector.detector_config());
+                self.detector.set_host(config.fleet.host.clone());
+                for id in self.policy.set_config(config.recovery.policy_config()) {
+                    info!(instance = %id, "give_up is off: the instance given up on is watched again");
+                    self.detector.release_escalated(&id);
+                }
+                match (self.fleet.as_mut(), config.fleet.enabled()) {
+                    (Some(f), true) => {
+                        let host = f.config().host.clone();
+                        f.set_config(config.fleet.fleet_config(&host));
+                    }
+                    (None, true) => {
+                        self.fleet = Some(fleet::Fleet::new(
+                            config.fleet.fleet_config("localhost"),
+                            now,
+                        ));
+                    }
+                    (_, false) => self.fleet = None,
+                }
+                self.policy
+                    .set_fleet_hold(self.fleet.as_ref().and_then(fleet::Fleet::hold_until));
+                self.config = *config;
+                self.bus = bus;
+                self.engine = engine;
+                self.adopt_latched(now, &mut out);
+            }
+            Input::Engine(engine) => {
+                self.engine = engine;
+                self.adopt_latched(now, &mut out);
+            }
+        }
+        self.drive(now, &mut out);
+        out.extend(
+            self.forgotten
+                .drain(..)
+                .map(|agent| Effect::Metric(Metric::Forgotten { agent })),
+        );
+        self.changed |= !tick || !out.is_empty();
+        let stale = self
+            .published_at
+            .is_none_or(|at| now.saturating_sub(at) >= REPUBLISH_AFTER);
+        if publish && (self.changed || stale) {
+            out.push(Effect::Publish(self.status(now)));
+            self.changed = false;
+            self.published_at = Some(now);
+        }
+        out
+    }
+
+    /// The instance processes the coverage audit looks at: those with probes attached.
+    #[must_use]
+    pub fn audited(&self) -> Vec<u32> {
+        self.procs
+            .keys()
+            .copied()
+            .filter(|pid| !self.unobserved.contains_key(pid))
+            .collect()
+    }
+
+    /// Why process `pid` is blind by the coverage audit, if it is.
+    #[must_use]
+    pub fn blind_reason(&self, pid: u32, now: MonoNs) -> Option<String> {
+        self.coverage.blind(pid).map(|b| b.reason(now))
+    }
+
+    /// The status of every instance now (also published on ticks and after restarts).
+    #[must_use]
+    pub fn status(&self, now: MonoNs) -> Status {
+        status::merge(self, now)
+    }
+
+    /// The recovery state to persist (also sent as [`Effect::SaveRecovery`] after each change;
+    /// the daemon writes it once more when it stops).
+    #[must_use]
+    pub fn recovery_state(&self) -> PolicySnapshot {
+        self.policy.snapshot(self.wall_clock)
+    }
+
+    fn wall_ms(&self, now: MonoNs) -> u64 {
+        self.wall_clock.wall_ms(now)
+    }
+
+    /// The supervisor of `instance` and why (`Observe` in a dry run acts the same: never).
+    fn choice(&self, instance: &InstanceId) -> Choice {
+        // An instance known only from its traffic or the journal: its unit, if its name is one.
+        let from_name = || instance.placement();
+        let placement = self
+            .placements
+            .get(instance)
+            .cloned()
+            .unwrap_or_else(from_name);
+        let mut choice = Supervisor::resolve(
+            self.config.supervisor_for(&instance.name),
+            &placement,
+            &self.bus,
+            &self.engine,
+            self.config.recovery.restart_timeout,
+        );
+        if let Supervisor::ClaudeBg(restarter) = &mut choice.supervisor
+            && self.config.recovery.fresh_session
+        {
+            restarter.fresh_session = true;
+            choice
+                .reason
+                .push_str(", a fresh session each time (fresh_session = true)");
+        }
+        choice
+    }
+
+    /// The supervisor of `instance`.
+    fn supervisor(&self, instance: &InstanceId) -> Supervisor {
+        self.choice(instance).supervisor
+    }
+
+    /// Whether latches of `instance` are acted on.
+    fn acts(&self, instance: &InstanceId) -> bool {
+        !self.config.daemon.dry_run && self.supervisor(instance).acts()
+    }
+
+    fn started(&mut self, mut found: Found, now: MonoNs, out: &mut Vec<Effect>) {
+        if let Some(old) = self.successors.remove(&found.info.pid)
+            && matches!(found.placement, Placement::ClaudeBg(_))
+            && old != found.instance
+        {
+            info!(pid = found.info.pid, instance = %old, named = %found.instance, "a fresh background session continues the instance it replaced");
+            found.instance = old;
+        }
+        let id = found.instance.clone();
+        if let Some(scope) = &self.config.daemon.scope
+            && !in_scope(&found.info.cgroup, scope)
+        {
+            tracing::debug!(pid = found.info.pid, instance = %id, scope, "outside this daemon's scope: not watched");
+            self.outside.insert(found.info.pid);
+            return;
+        }
+        if !self.admit(&id, found.info.pid, found.info.uid, now, out) {
+            return;
+        }
+        self.busy(&id);
+        // A process that moves to another instance (a spare of the background machinery that
+        // a session claimed) leaves the one it was part of.
+        if let Some(prev) = self
+            .procs
+            .get(&found.info.pid)
+            .map(|f| f.instance.clone())
+            .filter(|prev| *prev != id)
+        {
+            self.procs.remove(&found.info.pid);
+            let events = self.detector.process_exited(&prev, found.info.pid, now);
+            self.on_events(events, now, out);
+            self.went_idle(&prev, now);
+        }
+        self.binaries
+            .insert(id.clone(), found.info.exe.display().to_string());
+        self.placements.insert(id.clone(), found.placement.clone());
+        let events = self.detector.process_started(&id, found.info.pid, now);
+        self.procs.insert(found.info.pid, found.clone());
+        out.push(Effect::Attach(found));
+        self.on_events(events, now, out);
+    }
+
+    fn exchange(
+        &mut self,
+        exchange: &Exchange,
+        instance: Option<InstanceId>,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        self.exchanges += 1;
+        // Not a claude instance (a tool it spawned, say), or one refused at the cap.
+        let Some(id) = instance else { return };
+        if self.outside.contains(&exchange.pid) {
+            return;
+        }
+        let uid = self.procs.get(&exchange.pid).map_or(0, |f| f.info.uid);
+        if self.refused_pids.contains(&exchange.pid)
+            || !self.admit(&id, exchange.pid, uid, now, out)
+        {
+            return;
+        }
+        out.push(Effect::Metric(Metric::Exchange {
+            agent: id.name.clone(),
+            status: exchange.status,
+            model: model_label(exchange.model.as_deref()),
+        }));
+        if crate::detect::is_api_call(exchange) {
+            self.last_seen.insert(
+                id.clone(),
+                LastSeen {
+                    status: exchange.status,
+                    ts_ms: exchange.ts_ms,
+                },
+            );
+        }
+        let events = self.detector.observe(&id, exchange.pid, exchange, now);
+        self.on_events(events, now, out);
+        if crate::detect::is_api_call(exchange) && self.recheck.remove(&id) {
+            let latched = self
+                .detector
+                .status(&id)
+                .is_some_and(|s| s.state == State::Latched);
+            if exchange.status == 401 && latched && self.acts(&id) {
+                info!(instance = %id, "the resumed episode's instance still gets 401: latched");
+                self.latch(&id, now);
+                self.save(out);
+            }
+        }
+    }
+
+    /// Instances the detector holds latched while their supervisor could not act (observe-only,
+    /// no engine socket, a dry run) are handed to the policy once it can (the engine's socket
+    /// appeared, the configuration was reloaded), instead of waiting for a new latch.
+    fn adopt_latched(&mut self, now: MonoNs, out: &mut Vec<Effect>) {
+        let latched: Vec<InstanceId> = self
+            .detector
+            .statuses()
+            .into_iter()
+            .filter(|s| s.state == State::Latched)
+            .map(|s| s.instance)
+            .filter(|id| matches!(self.policy.phase(id), None | Some(Phase::Idle)))
+            .collect();
+        let mut adopted = false;
+        for id in latched {
+            if self.acts(&id) {
+                info!(instance = %id, supervisor = self.supervisor(&id).kind(), "a latched instance can be restarted now");
+                self.latch(&id, now);
+                adopted = true;
+            }
+        }
+        if adopted {
+            self.save(out);
+        }
+    }
+
+    fn resume(&mut self, episodes: Vec<Episode>, now: MonoNs, out: &mut Vec<Effect>) {
+        // Instances the previous run gave up on (`give_up`) stay given up on: the detector
+        // waits for their non-401 answer too, instead of latching them anew.
+        let escalated: Vec<InstanceId> = self.policy.gave_up().cloned().collect();
+        for id in escalated {
+            let events = self.detector.escalate(&id, now);
+            self.on_events(events, now, out);
+        }
+        let wall_now = self.wall_ms(now);
+        let stale_after =
+            u64::try_from(self.config.recovery.healthy_reset.as_millis()).unwrap_or(u64::MAX);
+        for episode in episodes.into_iter().filter(|e| !e.is_closed()) {
+            let id = InstanceId::from_saved(&episode.instance, episode.unit.as_deref());
+            let live = self.procs.values().any(|f| f.instance == id);
+            let age_ms = wall_now.saturating_sub(episode.last_401_ms);
+            let last_pid = episode.pids.last().copied().unwrap_or(0);
+            info!(instance = %id, episode = %episode.id, live, age_ms, "resuming an episode left open by the previous run");
+            self.tracked.insert(id.clone());
+            self.last_episode.insert(id.clone(), episode.id.clone());
+            self.detector.restore(&id, episode);
+            if !live {
+                // Its process is gone (and a `pid:` name can never come back): the episode
+                // ends as the process's would have, and nothing is restarted.
+                info!(instance = %id, "the latched process is gone: episode ends process_exited");
+                self.policy.hold(&id);
+                let events = self.detector.process_exited(&id, last_pid, now);
+                self.on_events(events, now, out);
+                self.went_idle(&id, now);
+                continue;
+            }
+            if !self.acts(&id) {
+                continue;
+            }
+            if age_ms > stale_after {
+                // Too old to act on: the instance's current traffic decides (a 401 latches it
+                // again, a non-401 closes the episode).
+                info!(instance = %id, age_ms, "old episode: waiting for the instance's current traffic before any restart");
+                self.policy.hold(&id);
+                self.recheck.insert(id);
+                continue;
+            }
+            // Still latched as far as recovery knows: a restart that was under way when the
+            // previous run stopped counts as not healed (a quiet window first), and a quiet
+            // window restored from the state file keeps its deadline.
+            self.latch(&id, now);
+            if let Some(until) = self.policy.not_before(&id).filter(|t| *t > now) {
+                self.journal_backoff(&id, until, false, now, out);
+            }
+        }
+        self.save(out);
+    }
+
+    /// Tells the policy that `id` is latched, with its owner (restarts are one at a time per
+    /// owner, and an incident holds only its owner's instances).
+    fn latch(&mut self, id: &InstanceId, now: MonoNs) {
+        let owner = self
+            .procs
+            .values()
+            .filter(|f| &f.instance == id)
+            .max_by_key(|f| f.info.start_time)
+            .map_or(0, |f| f.info.uid);
+        self.policy.set_owner(id, owner);
+        self.policy.latched(id, now);
+    }
+
+    /// Whether `id` has a live process.
+    fn live(&self, id: &InstanceId) -> bool {
+        self.procs.values().any(|f| &f.instance == id)
+    }
+
+    /// A process of `id` is gone: a `pid:` instance is forgotten at once (its name can never
+    /// come back), a named one is remembered as idle when it was its last process, so neither
+    /// status nor memory keeps one entry per instance that ever ran.
+    fn went_idle(&mut self, id: &InstanceId, now: MonoNs) {
+        if self.live(id) {
+            return;
+        }
+        if id.source == IdSource::Pid {
+            self.forget(id);
+        } else {
+            self.idle(id, now);
+        }
+    }
+
+    /// Whether forgetting `id` loses nothing under way: no live process, no open episode, no
+    /// restart or quiet window, no escalation waiting for an answer.
+    fn at_rest(&self, id: &InstanceId) -> bool {
+        !self.live(id)
+            && self.detector.at_rest(id)
+            && self.policy.at_rest(id)
+            && !self.successors.values().any(|s| s == id)
+    }
+
+    /// Drops everything known about `id`.
+    fn forget(&mut self, id: &InstanceId) {
+        self.forgotten.push(id.name.clone());
+        self.detector.forget(id);
+        self.policy.forget(id);
+        self.last_seen.remove(id);
+        self.binaries.remove(id);
+        self.placements.remove(id);
+        self.recheck.remove(id);
+        self.last_episode.remove(id);
+        self.restart_errors.remove(id);
+        self.recoveries.remove(id);
+        self.successors.retain(|_, s| s != id);
+        self.tracked.remove(id);
+        self.admitted_by.remove(id);
+        self.busy(id);
+    }
+
+    /// `id` has no live process since `now` (unless known idle since earlier).
+    fn idle(&mut self, id: &InstanceId, now: MonoNs) {
+        if !self.idle_since.contains_key(id) {
+            self.idle_since.insert(id.clone(), now);
+            self.idle_order.insert((now, id.clone()));
+        }
+    }
+
+    /// `id` has a live process again (or is forgotten).
+    fn busy(&mut self, id: &InstanceId) {
+        if let Some(since) = self.idle_since.remove(id) {
+            self.idle_order.remove(&(since, id.clone()));
+        }
+    }
+
+    /// Forgets the named instances idle for [`FORGET_AFTER`] that are at rest.
+    fn sweep(&mut self, now: MonoNs) {
+        let after = u64::try_from(FORGET_AFTER.as_nanos()).unwrap_or(u64::MAX);
+        let due: Vec<InstanceId> = self
+            .idle_order
+            .iter()
+            .take_while(|(since, _)| now.saturating_sub(*since) >= after)
+            .map(|(_, id)| id)
+            .filter(|id| self.at_rest(id))
+            .cloned()
+            .collect();
+        for id in due {
+            tracing::debug!(instance = %id, "forgetting an instance idle for an hour");
+            self.forget(&id);
+        }
+    }
+
+    /// Whether a process of `id`, owned by `uid`, may be watched: `id` is tracked already, or
+    /// there is room for it in the table and in its user's share (made by forgetting the
+    /// longest-idle instance at rest, the user's own when the share is full, if need be).
+    /// Otherwise the process is refused: logged (once a minute), counted, and not attached.
+    fn admit(
+        &mut self,
+        id: &InstanceId,
+        pid: u32,
+        uid: u32,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        if self.tracked.contains(id) {
+            return true;
+        }
+        let share_full = uid != 0
+            && self.admitted_by.values().filter(|u| **u == uid).count() >= MAX_INSTANCES_PER_USER;
+        if share_full || self.tracked.len() >= MAX_INSTANCES {
+            let victim = self
+                .idle_order
+                .iter()
+                .map(|(_, id)| id)
+                .filter(|id| !share_full || self.admitted_by.get(*id) == Some(&uid))
+                .find(|id| self.at_rest(id))
+                .cloned();
+            match victim {
+                Some(victim) => {
+                    tracing::debug!(instance = %victim, "forgetting an idle instance to make room");
+                    self.forget(&victim);
+                }
+                None => {
+                    self.refused += 1;
+                    self.refused_pids.insert(pid);
+                    out.push(Effect::Metric(Metric::InstanceRefused));
+                    if self
+                        .refusal_logged
+                        .is_none_or(|t| now.saturating_sub(t) >= 60_000_000_000)
+                    {
+                        self.refusal_logged = Some(now);
+                        if share_full {
+                            warn!(instance = %id, uid, refused = self.refused, share = MAX_INSTANCES_PER_USER, "too many instances of one user: not watching a new one of theirs (each is live or has recovery under way)");
+                        } else {
+                            warn!(instance = %id, tracked = self.tracked.len(), refused = self.refused, max = MAX_INSTANCES, "too many instances: not watching a new one (each tracked one is live or has recovery under way)");
+                        }
+                    }
+                    return false;
+                }
+            }
+        }
+        self.tracked.insert(id.clone());
+        self.admitted_by.insert(id.clone(), uid);
+        true
+    }
+
+    /// Translates the detector's events into policy calls, journal records and metrics.
+    fn on_events(&mut self, events: Vec<Event>, now: MonoNs, out: &mut Vec<Effect>) {
+        for event in events {
+            match event {
+                Event::StateChanged {
+                    instance,
+                    from,
+                    to,
+                    reason,
+                    at_ns,
+                } => self.state_changed(&instance, from, to, &reason, at_ns, now, out),
+                Event::EpisodeOpened(episode) => {
+                    self.last_episode.insert(
+                        InstanceId::from_saved(&episode.instance, episode.unit.as_deref()),
+                        episode.id.clone(),
+                    );
+                    warn!(instance = %episode.instance, episode = %episode.id, count_401 = episode.count_401, request_ids = ?episode.request_ids(), "latched: 401s on the instance's own session");
+                    out.push(Effect::Metric(Metric::EpisodeOpened {
+                        agent: episode.instance.clone(),
+                    }));
+                    self.journal_episode(episode, now, out);
+                }
+                Event::EpisodeUpdated(episode) => self.journal_episode(episode, now, out),
+                Event::EpisodeClosed(episode) => {
+                    if matches!(
+                        episode.end,
+                        EpisodeEnd::SelfRecovered | EpisodeEnd::RecoveredAfterRestart
+                    ) && let Some(id) = self
+                        .tracked
+                        .iter()
+                        .find(|i| i.name == episode.instance)
+                        .cloned()
+                    {
+                        let at = self.wall_ms(now);
+                        self.recoveries.entry(id).or_default().last = Some((at, episode.end));
+                    }
+                    info!(instance = %episode.instance, episode = %episode.id, end = %episode.end, duration_ms = episode.duration_ms(), restarts = episode.restarts, "episode closed");
+                    self.journal_episode(episode, now, out);
+                }
+                Event::ModelThrottled {
+                    instance, model, ..
+                } => {
+                    warn!(instance = %instance, model, "model throttled (429): not a latch, no restart");
+                }
+                Event::TierThrottle {
+                    instance,
+                    throttled,
+                    answering,
+                    ..
+                } => {
+                    warn!(instance = %instance, throttled = %throttled.join(","), answering, "tier throttle: 429 for some models while another answers");
+                }
+                Event::ThrottleCleared {
+                    instance, model, ..
+                } => info!(instance = %instance, model, "throttle cleared"),
+            }
+        }
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of one detector event"
+    )]
+    fn state_changed(
+        &mut self,
+        instance: &InstanceId,
+        from: State,
+        to: State,
+        reason: &Reason,
+        at_ns: MonoNs,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        match (from, to) {
+            (_, State::Latched) => {
+                if from == State::Suspect
+                    && let Some(held) = self.detector.latch_held_since(instance)
+                {
+                    #[expect(
+                        clippy::cast_precision_loss,
+                        reason = "nanoseconds to seconds for a histogram"
+                    )]
+                    let seconds = at_ns.max(now).saturating_sub(held) as f64 / 1e9;
+                    out.push(Effect::Metric(Metric::DetectionSeconds(seconds)));
+                }
+                if self.acts(instance) {
+                    self.latch(instance, now);
+                    if let Some(fleet::FleetState::Held { alert, since_ms }) =
+                        self.fleet.as_ref().map(fleet::Fleet::state).cloned()
+                    {
+                        self.journal_fleet_hold(instance, &alert, since_ms, now, out);
+                    }
+                    self.save(out);
+                } else {
+                    let supervisor = if self.config.daemon.dry_run {
+                        "dry-run"
+                    } else {
+                        self.supervisor(instance).kind()
+                    };
+                    warn!(instance = %instance, supervisor, "latched; not restarting (observe-only)");
+                }
+            }
+            (State::Latched, State::Recovering) => {
+                if let Reason::RestartedElsewhere { old_pid, pid } = reason {
+                    // Not ours: counted toward the escalation as ours are, and shown.
+                    info!(instance = %instance, old_pid, pid, "restarted by something else while latched: the episode goes on, the new process's own answer decides");
+                    self.policy.restarted_elsewhere(instance, now);
+                    self.recoveries
+                        .entry(instance.clone())
+                        .or_default()
+                        .restarts += 1;
+                    self.journal_action(
+                        instance,
+                        ActionKind::Restart,
+                        true,
+                        None,
+                        format!("restarted by something else, not claude-watch: pid {old_pid} exited while latched, pid {pid} of the same instance started"),
+                        now,
+                        out,
+                    );
+                    self.save(out);
+                }
+            }
+            (State::Recovering | State::Latched | State::Escalated, State::Healthy) => {
+                if let Some(ttr) = self.policy.recovered(instance, now) {
+                    out.push(Effect::Metric(Metric::RecoverySeconds(ttr.as_secs_f64())));
+                }
+                if from != State::Latched || matches!(reason, Reason::Accepted { .. }) {
+                    out.push(Effect::Metric(Metric::Recovery {
+                        agent: instance.name.clone(),
+                    }));
+                }
+                self.save(out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Carries out what the policy decided: restarts due now, quiet windows, notices and
+    /// incidents (journalled, logged, counted). A restart that cannot start feeds the policy
+    /// again, so this polls until the policy has nothing more to say.
+    fn drive(&mut self, now: MonoNs, out: &mut Vec<Effect>) {
+        // Each round either hands out the one restart slot or holds what could not start
+        // behind a quiet window: a few rounds at most.
+        for _ in 0..16 {
+            let actions = self.policy.poll(now);
+            if actions.is_empty() {
+                return;
+            }
+            let mut changed = false;
+            for action in actions {
+                changed = true;
+                match action {
+                    Action::Restart(id) => self.start_restart(&id, now, out),
+                    Action::Backoff {
+                        instance,
+                        until,
+                        incident,
+                    } => self.journal_backoff(&instance, until, incident, now, out),
+                    Action::Escalate {
+                        instance,
+                        restarts,
+                        gave_up,
+                    } => self.escalate(&instance, restarts, gave_up, now, out),
+                    Action::IncidentOpened {
+                        opened,
+                        members,
+                        canary,
+                    } => self.incident_opened(opened, &members, canary.as_ref(), now, out),
+                    Action::Joined { opened, instance } => {
+                        self.incident_joined(opened, &instance, now, out);
+                    }
+                    Action::IncidentEscalated {
+                        opened,
+                        members,
+                        canary,
+                        tries,
+                        gave_up,
+                    } => {
+                        self.incident_escalated(opened, &members, &canary, tries, gave_up, now, out)
+                    }
+                    Action::Rejected { instance } => {
+                        self.last_rejected_ms = Some(self.wall_ms(now));
+                        out.push(Effect::Metric(Metric::RestartRejected {
+                            agent: instance.name.clone(),
+                        }));
+                    }
+                    Action::IncidentClosed {
+                        opened,
+                        healed_by,
+                        released,
+                        tries,
+                    } => {
+                        self.incident_closed(opened, healed_by.as_ref(), &released, tries, now, out)
+                    }
+                }
+            }
+            if changed {
+                self.save(out);
+            }
+        }
+    }
+
+    /// The process to restart for `id`: the newest live process whose own requests got the
+    /// open window's 401s. Never another member of the instance: a process that did not latch
+    /// (possibly another user's, borrowing the name) is not restarted for someone else's 401s.
+    fn target(&self, id: &InstanceId) -> Option<Target> {
+        let window_pids = self
+            .detector
+            .status(id)
+            .and_then(|s| s.window)
+            .map(|w| w.pids)
+            .unwrap_or_default();
+        let found = window_pids
+            .iter()
+            .rev()
+            .find_map(|p| self.procs.get(p).filter(|f| &f.instance == id))?;
+        Some(Target {
+            instance: id.name.clone(),
+            unit: id.unit_name().map(str::to_owned),
+            pid: found.info.pid,
+            start_time: Some(found.info.start_time),
+            uid: Some(found.info.uid),
+            placement: found.placement.clone(),
+        })
+    }
+
+    fn start_restart(&mut self, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
+        let supervisor = self.supervisor(id);
+        let Some(target) = self.target(id) else {
+            let detail = format!("no live process of instance {id} got the 401s");
+            warn!(instance = %id, "cannot restart: {detail}");
+            self.policy
+                .restart_finished(id, now, &Err::<(), _>(detail.as_str()));
+            self.journal_action(
+                id,
+                ActionKind::Restart,
+                false,
+                None,
+                format!("no live process to restart: {detail}"),
+                now,
+                out,
+            );
+            return;
+        };
+        info!(instance = %id, pid = target.pid, unit = target.unit.as_deref().unwrap_or("-"), supervisor = supervisor.kind(), "restarting latched instance");
+        let events = self.detector.restart_started(id, now);
+        self.on_events(events, now, out);
+        self.save(out);
+        out.push(Effect::Restart {
+            instance: id.clone(),
+            supervisor,
+            target,
+            timeout: self.config.recovery.restart_timeout,
+        });
+    }
+
+    fn restart_finished(
+        &mut self,
+        id: &InstanceId,
+        result: Result<RestartOutcome, RestartFailed>,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        self.policy.restart_finished(id, now, &result);
+        match &result {
+            Ok(outcome) => {
+                self.restart_errors.remove(id);
+                self.recoveries.entry(id.clone()).or_default().restarts += 1;
+                info!(instance = %id, new_pid = %outcome.new_pid.map_or_else(|| "-".to_owned(), |p| p.to_string()), "{}", outcome.summary);
+                out.push(Effect::Metric(Metric::Restart {
+                    agent: id.name.clone(),
+                    ok: true,
+                }));
+                self.journal_action(
+                    id,
+                    ActionKind::Restart,
+                    true,
+                    None,
+                    outcome.summary.clone(),
+                    now,
+                    out,
+                );
+                if let Some(pid) = outcome.new_pid {
+                    if matches!(self.placements.get(id), Some(Placement::ClaudeBg(_))) {
+                        self.adopt(id, pid, now, out);
+                    }
+                    out.push(Effect::Inspect { pid });
+                }
+            }
+            Err(e) => {
+                let detail = e.detail.clone();
+                warn!(instance = %id, detail, "restart failed");
+                self.restart_errors.insert(id.clone(), detail.clone());
+                out.push(Effect::Metric(Metric::Restart {
+                    agent: id.name.clone(),
+                    ok: false,
+                }));
+                self.journal_action(id, ActionKind::Restart, false, None, detail, now, out);
+                let events = self.detector.restart_failed(id, now);
+                self.on_events(events, now, out);
+            }
+        }
+        self.save(out);
+    }
+
+    /// The new process `pid` of background session `id` (a fresh session, named anew by
+    /// discovery) continues `id`: now if it is known already, else when it is found.
+    fn adopt(&mut self, id: &InstanceId, pid: u32, now: MonoNs, out: &mut Vec<Effect>) {
+        let Some(found) = self.procs.get(&pid).cloned() else {
+            self.remember_successor(pid, id);
+            return;
+        };
+        if &found.instance == id || !matches!(found.placement, Placement::ClaudeBg(_)) {
+            return;
+        }
+        let named = found.instance.clone();
+        self.detector.forget_process(&named, pid);
+        if !self
+            .procs
+            .values()
+            .any(|f| f.instance == named && f.info.pid != pid)
+        {
+            self.placements.remove(&named);
+            self.binaries.remove(&named);
+            self.last_seen.remove(&named);
+            if self.detector.at_rest(&named) && self.policy.at_rest(&named) {
+                self.forget(&named);
+            } else {
+                self.idle(&named, now);
+            }
+        }
+        self.procs.remove(&pid);
+        self.remember_successor(pid, id);
+        self.started(found, now, out);
+    }
+
+    /// Remembers that new process `pid` continues `id` (at most [`SUCCESSORS_KEPT`]).
+    fn remember_successor(&mut self, pid: u32, id: &InstanceId) {
+        if self.successors.len() >= SUCCESSORS_KEPT && !self.successors.contains_key(&pid) {
+            self.successors.pop_first();
+        }
+        self.successors.insert(pid, id.clone());
+    }
+
+    /// `id` is escalated: journalled, counted, its episode marked (or, with `give_up`, closed
+    /// as escalated), and the hook run once.
+    fn escalate(
+        &mut self,
+        id: &InstanceId,
+        restarts: u32,
+        gave_up: bool,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let reason = if gave_up {
+            format!(
+                "{restarts} restarts of {id} did not heal it; restarts stopped (give_up) until it answers non-401"
+            )
+        } else {
+            let every = crate::time::human(*self.config.recovery.backoff_max.get_ref());
+            format!(
+                "{restarts} restarts of {id} did not heal it; restarts go on, at least every {every}, until its own new session answers"
+            )
+        };
+        warn!(instance = %id, restarts, gave_up, "escalated: {reason}");
+        out.push(Effect::Metric(Metric::Escalation {
+            agent: id.name.clone(),
+        }));
+        self.journal_action(
+            id,
+            ActionKind::Escalate,
+            true,
+            None,
+            reason.clone(),
+            now,
+            out,
+        );
+        // The process that latched, taken before a give-up closes its episode.
+        let latched = self.target(id);
+        let events = if gave_up {
+            self.detector.escalate(id, now)
+        } else {
+            self.detector.mark_escalated(id, now)
+        };
+        self.on_events(events, now, out);
+        self.run_hook(id, latched, reason, vec![id.name.clone()], out);
+    }
+
+    /// Runs the escalation hook (when one is configured) for `id`, its `{instances}` being
+    /// `instances`.
+    fn run_hook(
+        &self,
+        id: &InstanceId,
+        latched: Option<Target>,
+        reason: String,
+        instances: Vec<String>,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(hook) = &self.config.recovery.escalation_hook else {
+            return;
+        };
+        let target = latched.unwrap_or(Target {
+            instance: id.name.clone(),
+            unit: id.unit_name().map(str::to_owned),
+            pid: 0,
+            start_time: None,
+            uid: None,
+            placement: self.placements.get(id).cloned().unwrap_or_default(),
+        });
+        info!(instance = %id, "running the escalation hook");
+        out.push(Effect::RunHook {
+            instance: id.clone(),
+            argv: hook.get_ref().clone(),
+            target,
+            timeout: self.config.recovery.hook_timeout,
+            reason,
+            instances,
+        });
+    }
+
+    /// The fleet's hold changed: journalled in each latched instance's episode, logged, and
+    /// the policy told.
+    fn on_fleet(&mut self, events: Vec<fleet::FleetEvent>, now: MonoNs, out: &mut Vec<Effect>) {
+        let latched: Vec<InstanceId> = self.policy.unhealed().cloned().collect();
+        for event in events {
+            match event {
+                fleet::FleetEvent::Held { alert, since_ms } => {
+                    warn!(alert, since = %crate::time::rfc3339_ms(since_ms), latched = latched.len(), "the fleet's upstream incident alert fires: no restart on this host while it does");
+                    for id in &latched {
+                        self.journal_fleet_hold(id, &alert, since_ms, now, out);
+                    }
+                }
+                fleet::FleetEvent::Resuming { until } => {
+                    let at = crate::time::rfc3339_ms(self.wall_ms(until));
+                    info!(resume_at = %at, "the fleet's incident alert resolved: restarts resume at this host's turn in the stagger");
+                    for id in &latched {
+                        self.journal_action(
+                            id,
+                            ActionKind::Held,
+                            true,
+                            Some(self.wall_ms(until)),
+                            format!("the fleet's incident alert resolved: restarts resume at {at} (this host's turn in the stagger)"),
+                            now,
+                            out,
+                        );
+                    }
+                }
+                fleet::FleetEvent::Unreachable { error } => {
+                    let after = self
+                        .fleet
+                        .as_ref()
+                        .map(|f| crate::time::human(f.config().stale_after))
+                        .unwrap_or_default();
+                    warn!(
+                        error,
+                        "no Alertmanager answered for {after}: recovering locally, restarts are not held"
+                    );
+                }
+                fleet::FleetEvent::Reachable => {
+                    info!("Alertmanager answers again: the fleet's hold is back in force");
+                }
+            }
+        }
+        self.policy
+            .set_fleet_hold(self.fleet.as_ref().and_then(fleet::Fleet::hold_until));
+    }
+
+    fn journal_fleet_hold(
+        &self,
+        id: &InstanceId,
+        alert: &str,
+        since_ms: u64,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        self.journal_action(
+            id,
+            ActionKind::Held,
+            true,
+            None,
+            format!(
+                "held by the fleet: {alert} fires since {}; no restart on this host while it does",
+                crate::time::rfc3339_ms(since_ms)
+            ),
+            now,
+            out,
+        );
+    }
+
+    /// The id of the incident opened at monotonic `opened`.
+    fn incident_id(&self, opened: MonoNs) -> String {
+        format!("incident@{}", self.wall_ms(opened))
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of one incident record"
+    )]
+    fn journal_incident(
+        &self,
+        opened: MonoNs,
+        event: IncidentEvent,
+        members: Vec<String>,
+        canary: Option<String>,
+        tries: u32,
+        detail: String,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        out.push(Effect::Journal(JournalRecord::Incident(IncidentRecord {
+            at_ms: self.wall_ms(now),
+            id: self.incident_id(opened),
+            event,
+            members,
+            canary,
+            tries,
+            detail,
+        })));
+    }
+
+    /// Several instances latched together: the incident is journalled once, and each member's
+    /// episode records that it waits for the canary.
+    fn incident_opened(
+        &mut self,
+        opened: MonoNs,
+        members: &[InstanceId],
+        canary: Option<&InstanceId>,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        let incident = self.incident_id(opened);
+        let detail = format!(
+            "upstream incident: {} instances latched together ({}); one canary restart per quiet window, the others restarted once one heals",
+            names.len(),
+            names.join(", ")
+        );
+        warn!(incident, members = names.len(), canary = ?canary.map(|c| c.name.as_str()), "{detail}");
+        out.push(Effect::Metric(Metric::IncidentOpened));
+        self.journal_incident(
+            opened,
+            IncidentEvent::Opened,
+            names,
+            canary.map(|c| c.name.clone()),
+            0,
+            detail,
+            now,
+            out,
+        );
+        for m in members.iter().filter(|m| Some(*m) != canary) {
+            self.journal_held(&incident, m, now, out);
+        }
+    }
+
+    fn journal_held(&self, incident: &str, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
+        self.journal_action(
+            id,
+            ActionKind::Held,
+            true,
+            None,
+            format!("held by {incident}: waiting for its canary restart to heal"),
+            now,
+            out,
+        );
+    }
+
+    fn incident_joined(
+        &mut self,
+        opened: MonoNs,
+        id: &InstanceId,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let incident = self.incident_id(opened);
+        info!(instance = %id, incident, "latched during the upstream incident: waiting for its canary");
+        self.journal_incident(
+            opened,
+            IncidentEvent::Joined,
+            vec![id.name.clone()],
+            None,
+            0,
+            format!("{id} latched during the incident"),
+            now,
+            out,
+        );
+        self.journal_held(&incident, id, now, out);
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of the policy's action"
+    )]
+    fn incident_escalated(
+        &mut self,
+        opened: MonoNs,
+        members: &[InstanceId],
+        canary: &InstanceId,
+        tries: u32,
+        gave_up: bool,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        let since = crate::time::rfc3339_ms(self.wall_ms(opened));
+        let reason = if gave_up {
+            format!(
+                "upstream incident since {since}: {} instances latched ({}), {tries} canary restarts did not heal; restarts stopped (give_up)",
+                names.len(),
+                names.join(", ")
+            )
+        } else {
+            format!(
+                "upstream incident since {since}: {} instances latched ({}), {tries} canary restarts did not heal; one canary restart per quiet window goes on, at least every {}, and all are restarted once one heals",
+                names.len(),
+                names.join(", "),
+                crate::time::human(*self.config.recovery.backoff_max.get_ref())
+            )
+        };
+        warn!(
+            incident = self.incident_id(opened),
+            tries,
+            members = names.len(),
+            "escalated: {reason}"
+        );
+        out.push(Effect::Metric(Metric::IncidentEscalated));
+        self.journal_incident(
+            opened,
+            IncidentEvent::Escalated,
+            names.clone(),
+            Some(canary.name.clone()),
+            tries,
+            reason.clone(),
+            now,
+            out,
+        );
+        for m in members {
+            if gave_up {
+                let events = self.detector.escalate(m, now);
+                self.on_events(events, now, out);
+            } else {
+                let events = self.detector.mark_escalated(m, now);
+                self.on_events(events, now, out);
+            }
+        }
+        let latched = self.target(canary);
+        self.run_hook(canary, latched, reason, names, out);
+    }
+
+    fn incident_closed(
+        &mut self,
+        opened: MonoNs,
+        healed_by: Option<&InstanceId>,
+        released: &[InstanceId],
+        tries: u32,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let names: Vec<String> = released.iter().map(|m| m.name.clone()).collect();
+        let lasted = crate::time::human(Duration::from_nanos(now.saturating_sub(opened)));
+        let detail = match healed_by {
+            Some(h) => format!(
+                "the upstream window closed: a restart of {h} healed after {tries} that did not, {lasted} after the incident opened; {} restarted next, one at a time",
+                if names.is_empty() {
+                    "no other instance is".to_owned()
+                } else {
+                    names.join(", ") + " are"
+                }
+            ),
+            None => {
+                format!("no instance of the incident is latched any more, {lasted} after it opened")
+            }
+        };
+        info!(incident = self.incident_id(opened), "{detail}");
+        self.journal_incident(
+            opened,
+            IncidentEvent::Closed,
+            names,
+            healed_by.map(|h| h.name.clone()),
+            tries,
+            detail,
+            now,
+            out,
+        );
+    }
+
+    fn journal_episode(&self, episode: Episode, now: MonoNs, out: &mut Vec<Effect>) {
+        out.push(Effect::Journal(JournalRecord::Episode {
+            at_ms: self.wall_ms(now),
+            episode,
+        }));
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of one journal record"
+    )]
+    fn journal_action(
+        &self,
+        id: &InstanceId,
+        kind: ActionKind,
+        ok: bool,
+        until_ms: Option<u64>,
+        detail: String,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        // The open episode, else the latest one: a restart may finish, or the hook run, after
+        // the episode it was for has closed.
+        let episode_id = self
+            .detector
+            .status(id)
+            .and_then(|s| s.window)
+            .map(|w| w.id)
+            .or_else(|| self.last_episode.get(id).cloned());
+        out.push(Effect::Journal(JournalRecord::Action(ActionRecord {
+            at_ms: self.wall_ms(now),
+            instance: id.name.clone(),
+            episode_id,
+            kind,
+            ok,
+            until_ms,
+            detail: Some(detail),
+        })));
+    }
+
+    /// Journals a quiet window until `until` set for `id` (the incident's, when `incident`).
+    fn journal_backoff(
+        &self,
+        id: &InstanceId,
+        until: MonoNs,
+        incident: bool,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let wait_s = until.saturating_sub(now) / 1_000_000_000;
+        let detail = if incident {
+            format!("quiet window of {wait_s}s before the incident's next canary restart")
+        } else {
+            format!("quiet window of {wait_s}s before the next restart")
+        };
+        info!(instance = %id, wait_s, incident, "{detail}");
+        self.journal_action(
+            id,
+            ActionKind::Backoff,
+            true,
+            Some(self.wall_ms(until)),
+            detail,
+            now,
+            out,
+        );
+    }
+
+    fn save(&self, out: &mut Vec<Effect>) {
+        out.push(Effect::SaveRecovery(self.recovery_state()));
+    }
+}
+
+/// The `model` label of an exchange's metrics: the model the request named when it has a model
+/// name's shape (lowercase letters, digits and `-._:@/`, at most 80 bytes, as in
+/// `claude-opus-4-8` or `us.anthropic.claude-sonnet-4-6@20251001`), `unknown` when it named
+/// none, `other` otherwise: the request body is the observed process's to choose, and a label
+/// value is exported as is.
+#[must_use]
+pub fn model_label(model: Option<&str>) -> String {
+    match model {
+        None => "unknown".to_owned(),
+        Some(m)
+            if !m.is_empty()
+                && m.len() <= 80
+                && m.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._:@/".contains(&b)
+                }) =>
+        {
+            m.to_owned()
+        }
+        Some(_) => "other".to_owned(),
+    }
+}
+
+/// Whether a process whose `/proc/<pid>/cgroup` is `cgroup` lives in cgroup subtree `scope`
+/// (its unified, `0::`, line; the first line on a host without one).
+#[must_use]
+pub fn in_scope(cgroup: &str, scope: &str) -> bool {
+    let path = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .or_else(|| cgroup.lines().next().and_then(|l| l.splitn(3, ':').nth(2)))
+        .unwrap_or_default();
+    path == scope
+        || path
+            .strip_prefix(scope)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Wall time in ms since the epoch of monotonic time `mono`.
+/// An instance's recoveries since the daemon started.
+#[derive(Clone, Copy, Debug, Default)]
+struct Recoveries {
+    /// Restarts made (accepted by the supervisor), healed or not.
+    restarts: u32,
+    /// The latest recovery: when (wall ms) and how.
+    last: Option<(u64, EpisodeEnd)>,
+}
