@@ -441,6 +441,21 @@ server.listen(0, "127.0.0.1", () => {
 });
 "#;
 
+/// Root's honest agent, started next to an attack: watched healthy on its own 200, then
+/// latched by the stand-in and its latch detected.
+fn honest_agent_latched(daemon: &Daemon, standin: &StandIn) -> Agent {
+    let honest = Agent::start(standin, Runtime::Node, &AgentConfig::haiku_as_claude());
+    let instance = format!("pid:{}", honest.pid());
+    daemon.wait_for(&instance, WAIT, "the honest agent healthy", |i| {
+        i.state == "healthy" && i.last_status == Some(200)
+    });
+    standin.latch_session(honest.session_id());
+    daemon.wait_for(&instance, WAIT, "the honest agent's latch detected", |i| {
+        i.state == "latched"
+    });
+    honest
+}
+
 /// Starts the [`FLOOD`] installed as `cli` as `user`, and waits for it to write.
 fn spawn_flood(
     user: &TestUser,
@@ -502,21 +517,7 @@ fn a_process_flooding_tls_writes_does_not_blind_the_honest_agent() {
         metric(&daemon.metrics(), "claude_watch_kernel_over_budget_total").filter(|&v| v > 1000.0)
     });
 
-    let config = AgentConfig::haiku_as_claude();
-    let honest = Agent::start(&standin, Runtime::Node, &config);
-    daemon.wait_for(
-        &format!("pid:{}", honest.pid()),
-        WAIT,
-        "the honest agent healthy",
-        |i| i.state == "healthy" && i.last_status == Some(200),
-    );
-    standin.latch_session(honest.session_id());
-    daemon.wait_for(
-        &format!("pid:{}", honest.pid()),
-        WAIT,
-        "the honest agent's latch detected",
-        |i| i.state == "latched",
-    );
+    let _honest = honest_agent_latched(&daemon, &standin);
     let writes = flood.lines().len();
     let text = daemon.metrics();
     let over = metric(&text, "claude_watch_kernel_over_budget_total").unwrap_or_default();
@@ -595,21 +596,7 @@ fn one_users_many_flooding_processes_spend_only_the_users_share() {
         "the user's share is spent, not refused whole: {rate:.0} a second"
     );
 
-    let config = AgentConfig::haiku_as_claude();
-    let honest = Agent::start(&standin, Runtime::Node, &config);
-    daemon.wait_for(
-        &format!("pid:{}", honest.pid()),
-        WAIT,
-        "the honest agent healthy",
-        |i| i.state == "healthy" && i.last_status == Some(200),
-    );
-    standin.latch_session(honest.session_id());
-    daemon.wait_for(
-        &format!("pid:{}", honest.pid()),
-        WAIT,
-        "the honest agent's latch detected",
-        |i| i.state == "latched",
-    );
+    let _honest = honest_agent_latched(&daemon, &standin);
     let text = daemon.metrics();
     assert_eq!(
         metric(&text, "claude_watch_lost_events_total"),
@@ -769,21 +756,7 @@ fn a_user_execing_fresh_images_in_a_loop_spends_only_their_share() {
         |_| true,
     );
 
-    let config = AgentConfig::haiku_as_claude();
-    let honest = Agent::start(&standin, Runtime::Node, &config);
-    daemon.wait_for(
-        &format!("pid:{}", honest.pid()),
-        WAIT,
-        "the honest agent healthy",
-        |i| i.state == "healthy" && i.last_status == Some(200),
-    );
-    standin.latch_session(honest.session_id());
-    daemon.wait_for(
-        &format!("pid:{}", honest.pid()),
-        WAIT,
-        "the honest agent's latch detected",
-        |i| i.state == "latched",
-    );
+    let _honest = honest_agent_latched(&daemon, &standin);
     let slowest = assert_steady(&mut daemon, Duration::from_secs(5), "the exec loop");
     let status = daemon.status_text();
     assert!(

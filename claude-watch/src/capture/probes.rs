@@ -472,51 +472,41 @@ impl Probes {
     }
 
     /// Users whose records the kernel dropped over their budget, most dropped first (at most
-    /// [`OVER_BUDGET_SHOWN`]). Walks the kernel's `USER_BUDGET` map (up to
-    /// [`claude_ebpf_common::USER_BUDGET_ENTRIES`] entries): call it only when
+    /// [`OVER_BUDGET_SHOWN`]), from the kernel's `USER_BUDGET` map: call it only when
     /// [`KernelStats::over_user_budget`] or [`KernelStats::execs_over_budget`] has grown.
     pub fn over_user_budget(&self) -> Vec<OverUserBudget> {
-        let Some(map) = self.ebpf.map("USER_BUDGET") else {
-            return Vec::new();
-        };
-        let Ok(budgets) = BpfHashMap::<_, u32, Budget>::try_from(map) else {
-            return Vec::new();
-        };
-        let mut out: Vec<OverUserBudget> = budgets
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, b)| b.dropped > 0)
-            .map(|(uid, b)| OverUserBudget {
-                uid,
-                dropped: u64::from(b.dropped),
-            })
-            .collect();
-        out.sort_unstable_by(|a, b| b.dropped.cmp(&a.dropped).then(a.uid.cmp(&b.uid)));
-        out.truncate(OVER_BUDGET_SHOWN);
-        out
+        self.over("USER_BUDGET")
+            .into_iter()
+            .map(|(uid, dropped)| OverUserBudget { uid, dropped })
+            .collect()
     }
 
     /// Live processes whose records the kernel dropped over budget, most dropped first (at
-    /// most [`OVER_BUDGET_SHOWN`]). Walks the kernel's `BUDGET` map (up to
-    /// [`claude_ebpf_common::BUDGET_ENTRIES`] entries): call it only when
+    /// most [`OVER_BUDGET_SHOWN`]), from the kernel's `BUDGET` map: call it only when
     /// [`KernelStats::over_budget`] has grown.
     pub fn over_budget(&self) -> Vec<OverBudget> {
-        let Some(map) = self.ebpf.map("BUDGET") else {
+        self.over("BUDGET")
+            .into_iter()
+            .map(|(pid, dropped)| OverBudget { pid, dropped })
+            .collect()
+    }
+
+    /// The keys of budget map `name` with drops, and how many, most first (at most
+    /// [`OVER_BUDGET_SHOWN`]). Walks the whole map (up to its 8,192 entries).
+    fn over(&self, name: &str) -> Vec<(u32, u64)> {
+        let Some(map) = self.ebpf.map(name) else {
             return Vec::new();
         };
         let Ok(budgets) = BpfHashMap::<_, u32, Budget>::try_from(map) else {
             return Vec::new();
         };
-        let mut out: Vec<OverBudget> = budgets
+        let mut out: Vec<(u32, u64)> = budgets
             .iter()
             .filter_map(Result::ok)
             .filter(|(_, b)| b.dropped > 0)
-            .map(|(pid, b)| OverBudget {
-                pid,
-                dropped: u64::from(b.dropped),
-            })
+            .map(|(key, b)| (key, u64::from(b.dropped)))
             .collect();
-        out.sort_unstable_by(|a, b| b.dropped.cmp(&a.dropped).then(a.pid.cmp(&b.pid)));
+        out.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         out.truncate(OVER_BUDGET_SHOWN);
         out
     }

@@ -125,12 +125,8 @@ pub fn parse(mut buf: &[u8], out: &mut HashMap<u64, Counters>) -> io::Result<boo
     Ok(false)
 }
 
-/// Every TCP socket of the daemon's network namespace (IPv4 and IPv6) with its counters, by
-/// inode.
-///
-/// # Errors
-/// When the netlink socket cannot be used.
-pub fn tcp_sockets() -> io::Result<HashMap<u64, Counters>> {
+/// A `NETLINK_SOCK_DIAG` socket.
+fn diag_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket creation; the descriptor is owned at once.
     let fd = unsafe {
         libc::socket(
@@ -143,28 +139,42 @@ pub fn tcp_sockets() -> io::Result<HashMap<u64, Counters>> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor of ours.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `req` to the kernel on `fd`.
+fn send(fd: &OwnedFd, req: &[u8]) -> io::Result<()> {
+    // SAFETY: a zeroed sockaddr_nl addressed to the kernel (pid 0).
+    let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    to.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: valid buffer and address for the call's duration.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&raw const to).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Every TCP socket of the daemon's network namespace (IPv4 and IPv6) with its counters, by
+/// inode.
+///
+/// # Errors
+/// When the netlink socket cannot be used.
+pub fn tcp_sockets() -> io::Result<HashMap<u64, Counters>> {
+    let fd = diag_socket()?;
     let mut out = HashMap::new();
     let mut buf = vec![0u8; 64 * 1024];
     for (seq, family) in [(1, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        let req = request(family, seq);
-        // SAFETY: a zeroed sockaddr_nl addressed to the kernel (pid 0).
-        let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        to.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: valid buffer and address for the call's duration.
-        let sent = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-                (&raw const to).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        send(&fd, &request(family, seq))?;
         // A dump ends with NLMSG_DONE; bounded so a kernel that never says it cannot hold us.
         for _ in 0..10_000 {
             // SAFETY: `buf` is writable for its length.
@@ -234,36 +244,8 @@ fn parse_uid(buf: &[u8]) -> Option<u32> {
 #[must_use]
 pub fn local_peer_uid(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> Option<u32> {
     let req = lookup_request(peer, local)?;
-    // SAFETY: plain socket creation; the descriptor is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a fresh descriptor of ours.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: a zeroed sockaddr_nl addressed to the kernel (pid 0).
-    let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    to.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: valid buffer and address for the call's duration.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&raw const to).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if sent < 0 {
-        return None;
-    }
+    let fd = diag_socket().ok()?;
+    send(&fd, &req).ok()?;
     let mut buf = vec![0u8; 8 * 1024];
     // SAFETY: `buf` is writable for its length.
     let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };

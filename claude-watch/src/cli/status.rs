@@ -76,34 +76,32 @@ pub fn render(s: &Snapshot) -> String {
             s.capture.refused_attachments, s.capture.max_attachments
         ));
     }
+    let dropped_line = |dropped: u64, whose: &str, who: Vec<String>| {
+        format!(
+            "  {dropped} records dropped over {whose}{}{}\n\n",
+            if who.is_empty() { "" } else { ": " },
+            who.join(", ")
+        )
+    };
     if s.capture.over_budget > 0 {
         out.pop();
-        let pids: Vec<String> = s
-            .capture
-            .over_budget_pids
-            .iter()
-            .map(|o| format!("pid {} ({} dropped)", o.pid, o.dropped))
-            .collect();
-        out.push_str(&format!(
-            "  {} records dropped over a process's budget{}{}\n\n",
+        let pids = s.capture.over_budget_pids.iter();
+        out.push_str(&dropped_line(
             s.capture.over_budget,
-            if pids.is_empty() { "" } else { ": " },
-            pids.join(", ")
+            "a process's budget",
+            pids.map(|o| format!("pid {} ({} dropped)", o.pid, o.dropped))
+                .collect(),
         ));
     }
     if s.capture.over_user_budget > 0 {
         out.pop();
-        let users: Vec<String> = s
-            .capture
-            .over_budget_users
-            .iter()
-            .map(|o| format!("uid {} ({} dropped)", o.uid, o.dropped))
-            .collect();
-        out.push_str(&format!(
-            "  {} records dropped over a user's budget ([daemon] record_budget_per_user){}{}\n\n",
+        let users = s.capture.over_budget_users.iter();
+        out.push_str(&dropped_line(
             s.capture.over_user_budget,
-            if users.is_empty() { "" } else { ": " },
-            users.join(", ")
+            "a user's budget ([daemon] record_budget_per_user)",
+            users
+                .map(|o| format!("uid {} ({} dropped)", o.uid, o.dropped))
+                .collect(),
         ));
     }
     if s.instances_refused > 0 {
