@@ -273,11 +273,11 @@ impl Restarter for ClaudeBgRestarter {
         })?;
         super::verify_start_time(pid, target.start_time)?;
         if self.fresh_session {
-            return self.fresh(&claude, session, target).await;
+            return fresh(self, &claude, session, target).await;
         }
         tracing::info!(id = %session.short_id, uid = claude.owner.uid, "claude respawn");
         claude.run(&["respawn", &session.short_id]).await?;
-        let new_pid = self.new_pid(&claude, &session.short_id, pid).await;
+        let new_pid = new_pid(self, &claude, &session.short_id, pid).await;
         Ok(RestartOutcome {
             acted: true,
             unit: None,
@@ -293,92 +293,60 @@ impl Restarter for ClaudeBgRestarter {
     }
 }
 
-/// What acting on a background session takes (the restarter's values are the core's).
-#[allow(
-    async_fn_in_trait,
-    reason = "used on the concrete type only, whose futures are Send"
-)]
-trait ClaudeBgIo {
-    /// `claude stop <id>`, then `claude --bg` (no prompt: the new session waits for its first
-    /// turn) in the session's directory, as the owner; the new session's worker pid.
-    async fn fresh(
-        &self,
-        claude: &AsOwner,
-        session: &BgSession,
-        target: &Target,
-    ) -> Result<RestartOutcome, SuperviseError>;
+/// `claude stop <id>`, then `claude --bg` (no prompt: the new session waits for its first
+/// turn) in the session's directory, as the owner; the new session's worker pid.
+async fn fresh(
+    r: &ClaudeBgRestarter,
+    claude: &AsOwner,
+    session: &BgSession,
+    target: &Target,
+) -> Result<RestartOutcome, SuperviseError> {
+    let refuse = |detail: String| SuperviseError::BgSessionNotOwned {
+        instance: target.instance.clone(),
+        pid: target.pid,
+        detail,
+    };
+    let cwd = session
+        .cwd
+        .clone()
+        .filter(|c| c.is_dir())
+        .ok_or_else(|| refuse("its working directory is unknown or gone".into()))?;
+    tracing::info!(id = %session.short_id, uid = claude.owner.uid, "claude stop, then a fresh claude --bg");
+    claude.run(&["stop", &session.short_id]).await?;
+    let out = claude.run_in(&cwd, &["--bg"]).await?;
+    let new_id = backgrounded_id(&String::from_utf8_lossy(&out))
+        .ok_or_else(|| refuse("`claude --bg` printed no session id".into()))?;
+    let new_pid = new_pid(r, claude, &new_id, target.pid).await;
+    Ok(RestartOutcome {
+        acted: true,
+        unit: None,
+        new_pid,
+        invocation_id: None,
+        summary: format!(
+            "claude stop {} and a fresh claude --bg in {} as uid {}: session {new_id}, pid {}",
+            session.short_id,
+            cwd.display(),
+            claude.owner.uid,
+            new_pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+        ),
+    })
 }
 
-impl ClaudeBgIo for ClaudeBgRestarter {
-    /// `claude stop <id>`, then `claude --bg` (no prompt: the new session waits for its first
-    /// turn) in the session's directory, as the owner; the new session's worker pid.
-    async fn fresh(
-        &self,
-        claude: &AsOwner,
-        session: &BgSession,
-        target: &Target,
-    ) -> Result<RestartOutcome, SuperviseError> {
-        let refuse = |detail: String| SuperviseError::BgSessionNotOwned {
-            instance: target.instance.clone(),
-            pid: target.pid,
-            detail,
-        };
-        let cwd = session
-            .cwd
-            .clone()
-            .filter(|c| c.is_dir())
-            .ok_or_else(|| refuse("its working directory is unknown or gone".into()))?;
-        tracing::info!(id = %session.short_id, uid = claude.owner.uid, "claude stop, then a fresh claude --bg");
-        claude.run(&["stop", &session.short_id]).await?;
-        let out = claude.run_in(&cwd, &["--bg"]).await?;
-        let new_id = backgrounded_id(&String::from_utf8_lossy(&out))
-            .ok_or_else(|| refuse("`claude --bg` printed no session id".into()))?;
-        let new_pid = self.new_pid(claude, &new_id, target.pid).await;
-        Ok(RestartOutcome {
-            acted: true,
-            unit: None,
-            new_pid,
-            invocation_id: None,
-            summary: format!(
-                "claude stop {} and a fresh claude --bg in {} as uid {}: session {new_id}, pid {}",
-                session.short_id,
-                cwd.display(),
-                claude.owner.uid,
-                new_pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
-            ),
-        })
-    }
-}
-
-/// Waiting for the respawned worker.
-#[allow(
-    async_fn_in_trait,
-    reason = "used on the concrete type only, whose futures are Send"
-)]
-trait ClaudeBgWait {
-    /// The pid session `id` runs as now, other than `old_pid`, as `claude agents --json` lists
-    /// it: asked every 200 ms for at most `NEW_PID_WAIT` (or the restart timeout); `None` when
-    /// it did not appear (discovery still finds it).
-    async fn new_pid(&self, claude: &AsOwner, id: &str, old_pid: u32) -> Option<u32>;
-}
-
-impl ClaudeBgWait for ClaudeBgRestarter {
-    /// The pid session `id` runs as now, other than `old_pid`, as `claude agents --json` lists
-    /// it: asked every 200 ms for at most `NEW_PID_WAIT` (or the restart timeout); `None` when
-    /// it did not appear (discovery still finds it).
-    async fn new_pid(&self, claude: &AsOwner, id: &str, old_pid: u32) -> Option<u32> {
-        let deadline = tokio::time::Instant::now() + NEW_PID_WAIT.min(self.timeout);
-        loop {
-            if let Ok(agents) = claude.agents().await
-                && let Some(pid) = respawned_pid(&agents, id, old_pid)
-            {
-                return Some(pid);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+/// The pid session `id` runs as now, other than `old_pid`, as `claude agents --json` lists
+/// it: asked every 200 ms for at most `NEW_PID_WAIT` (or the restart timeout); `None` when
+/// it did not appear (discovery still finds it).
+async fn new_pid(r: &ClaudeBgRestarter, claude: &AsOwner, id: &str, old_pid: u32) -> Option<u32> {
+    let deadline = tokio::time::Instant::now() + NEW_PID_WAIT.min(r.timeout);
+    loop {
+        if let Ok(agents) = claude.agents().await
+            && let Some(pid) = respawned_pid(&agents, id, old_pid)
+        {
+            return Some(pid);
         }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -17,7 +17,7 @@ impl Restarter for CommandRestarter {
     }
 }
 
-/// Rendering and running the command (the restarter's values are the core's).
+/// Rendering the command and running it (the restarter's values are the core's).
 #[allow(
     async_fn_in_trait,
     reason = "used on the concrete type only, whose futures are Send"
@@ -41,24 +41,25 @@ pub trait CommandIo {
         target: &Target,
         extra: &[(&'static str, &str)],
     ) -> Result<Vec<String>, SuperviseError>;
+
+    /// Runs the rendered `argv` for `target`: no shell, its own process group, killed with
+    /// its children when it outlives the timeout.
+    ///
+    /// # Errors
+    /// [`SuperviseError::Spawn`], [`SuperviseError::CommandFailed`] (a non-zero exit) or
+    /// [`SuperviseError::Timeout`].
+    async fn run(
+        &self,
+        argv: Vec<String>,
+        target: &Target,
+    ) -> Result<RestartOutcome, SuperviseError>;
 }
 
 impl CommandIo for CommandRestarter {
-    /// The argv for `target`: each placeholder replaced inside each argument, nothing split or
-    /// interpreted, so observed data can never become shell syntax or extra arguments.
-    ///
-    /// # Errors
-    /// [`SuperviseError::MissingPlaceholder`] when `{unit}` is used and the target has no unit.
     fn render(&self, target: &Target) -> Result<Vec<String>, SuperviseError> {
         self.render_with(target, &[])
     }
 
-    /// [`CommandRestarter::render`] with `extra` placeholders and their values (the hook's
-    /// `{reason}` and `{instances}`). Every argument is rendered in one pass, so a value that
-    /// happens to contain a placeholder's text is never substituted again.
-    ///
-    /// # Errors
-    /// [`SuperviseError::MissingPlaceholder`] when `{unit}` is used and the target has no unit.
     fn render_with(
         &self,
         target: &Target,
@@ -97,34 +98,7 @@ impl CommandIo for CommandRestarter {
             })
             .collect()
     }
-}
 
-/// Running the rendered command.
-#[allow(
-    async_fn_in_trait,
-    reason = "used on the concrete type only, whose futures are Send"
-)]
-pub trait CommandRun {
-    /// Runs the rendered `argv` for `target`: no shell, its own process group, killed with
-    /// its children when it outlives the timeout.
-    ///
-    /// # Errors
-    /// [`SuperviseError::Spawn`], [`SuperviseError::CommandFailed`] (a non-zero exit) or
-    /// [`SuperviseError::Timeout`].
-    async fn run(
-        &self,
-        argv: Vec<String>,
-        target: &Target,
-    ) -> Result<RestartOutcome, SuperviseError>;
-}
-
-impl CommandRun for CommandRestarter {
-    /// Runs the rendered `argv` for `target`: no shell, its own process group, killed with
-    /// its children when it outlives the timeout.
-    ///
-    /// # Errors
-    /// [`SuperviseError::Spawn`], [`SuperviseError::CommandFailed`] (a non-zero exit) or
-    /// [`SuperviseError::Timeout`].
     async fn run(
         &self,
         argv: Vec<String>,

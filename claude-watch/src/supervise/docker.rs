@@ -28,7 +28,7 @@ impl Restarter for DockerRestarter {
     async fn restart(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
         let this = self.clone();
         let target = target.clone();
-        tokio::task::spawn_blocking(move || this.restart_blocking(&target))
+        tokio::task::spawn_blocking(move || restart_blocking(&this, &target))
             .await
             .map_err(|e| SuperviseError::RestartFailed {
                 unit: "container".into(),
@@ -117,31 +117,15 @@ pub fn cgroup_within(target: &str, main: &str) -> Result<(), NotWithin> {
     reason = "used on the concrete type only, whose futures are Send"
 )]
 pub trait DockerIo {
-    fn engine_error(&self, source: EngineError) -> SuperviseError;
-
     /// The container `target` runs in, confirmed by the engine: its description now.
     ///
     /// # Errors
     /// [`SuperviseError::NotInContainer`] when the engine does not confirm it, and the errors of
     /// asking.
     fn confirm(&self, target: &Target) -> Result<(Container, Inspect), SuperviseError>;
-
-    fn restart_blocking(&self, target: &Target) -> Result<RestartOutcome, SuperviseError>;
 }
 
 impl DockerIo for DockerRestarter {
-    fn engine_error(&self, source: EngineError) -> SuperviseError {
-        SuperviseError::Engine {
-            socket: self.socket.clone(),
-            source: Box::new(source),
-        }
-    }
-
-    /// The container `target` runs in, confirmed by the engine: its description now.
-    ///
-    /// # Errors
-    /// [`SuperviseError::NotInContainer`] when the engine does not confirm it, and the errors of
-    /// asking.
     fn confirm(&self, target: &Target) -> Result<(Container, Inspect), SuperviseError> {
         let Placement::Container(container) = &target.placement else {
             return Err(SuperviseError::NotInContainer {
@@ -152,7 +136,7 @@ impl DockerIo for DockerRestarter {
         };
         verify_start_time(target.pid, target.start_time)?;
         let inspect = engine::inspect(&self.socket, container, engine::TIMEOUT)
-            .map_err(|e| self.engine_error(e))?;
+            .map_err(|e| engine_error(self, e))?;
         let label = describe(container, &inspect);
         let refuse = |found: String| SuperviseError::NotInContainer {
             container: label.clone(),
@@ -186,58 +170,68 @@ impl DockerIo for DockerRestarter {
         verify_start_time(target.pid, target.start_time)?;
         Ok((container.clone(), inspect))
     }
+}
 
-    fn restart_blocking(&self, target: &Target) -> Result<RestartOutcome, SuperviseError> {
-        let deadline = Instant::now() + self.timeout;
-        let (container, before) = self.confirm(target)?;
-        let label = describe(&container, &before);
-        let path = match self.grace {
-            Some(grace) => format!("/containers/{}/restart?t={}", container.id, grace.as_secs()),
-            None => format!("/containers/{}/restart", container.id),
-        };
-        info!(container = %label, socket = %self.socket.display(), "restarting the container");
-        let answer = engine::request(&self.socket, "POST", &path, self.timeout)
-            .map_err(|e| self.engine_error(e))?;
-        if !(200..300).contains(&answer.status) {
-            return Err(SuperviseError::RestartFailed {
-                unit: label,
-                source: RestartFailure::Engine {
-                    status: answer.status,
-                    message: answer.message(),
-                },
+fn engine_error(r: &DockerRestarter, source: EngineError) -> SuperviseError {
+    SuperviseError::Engine {
+        socket: r.socket.clone(),
+        source: Box::new(source),
+    }
+}
+
+fn restart_blocking(
+    r: &DockerRestarter,
+    target: &Target,
+) -> Result<RestartOutcome, SuperviseError> {
+    let deadline = Instant::now() + r.timeout;
+    let (container, before) = r.confirm(target)?;
+    let label = describe(&container, &before);
+    let path = match r.grace {
+        Some(grace) => format!("/containers/{}/restart?t={}", container.id, grace.as_secs()),
+        None => format!("/containers/{}/restart", container.id),
+    };
+    info!(container = %label, socket = %r.socket.display(), "restarting the container");
+    let answer =
+        engine::request(&r.socket, "POST", &path, r.timeout).map_err(|e| engine_error(r, e))?;
+    if !(200..300).contains(&answer.status) {
+        return Err(SuperviseError::RestartFailed {
+            unit: label,
+            source: RestartFailure::Engine {
+                status: answer.status,
+                message: answer.message(),
+            },
+        });
+    }
+    let after = loop {
+        let now = engine::inspect(&r.socket, &container, engine::TIMEOUT)
+            .map_err(|e| engine_error(r, e))?;
+        if now.running
+            && now.pid != 0
+            && (now.pid != before.pid || now.started_at != before.started_at)
+        {
+            break now;
+        }
+        if Instant::now() + POLL > deadline {
+            return Err(SuperviseError::Timeout {
+                what: format!("container {label} to run again"),
+                timeout: r.timeout,
             });
         }
-        let after = loop {
-            let now = engine::inspect(&self.socket, &container, engine::TIMEOUT)
-                .map_err(|e| self.engine_error(e))?;
-            if now.running
-                && now.pid != 0
-                && (now.pid != before.pid || now.started_at != before.started_at)
-            {
-                break now;
-            }
-            if Instant::now() + POLL > deadline {
-                return Err(SuperviseError::Timeout {
-                    what: format!("container {label} to run again"),
-                    timeout: self.timeout,
-                });
-            }
-            std::thread::sleep(POLL);
-        };
-        Ok(RestartOutcome {
-            acted: true,
-            unit: Some(label.clone()),
-            new_pid: Some(after.pid),
-            invocation_id: None,
-            summary: format!(
-                "restarted {} container {label} through {} (main pid {} → {})",
-                container.engine.label(),
-                self.socket.display(),
-                before.pid,
-                after.pid
-            ),
-        })
-    }
+        std::thread::sleep(POLL);
+    };
+    Ok(RestartOutcome {
+        acted: true,
+        unit: Some(label.clone()),
+        new_pid: Some(after.pid),
+        invocation_id: None,
+        summary: format!(
+            "restarted {} container {label} through {} (main pid {} → {})",
+            container.engine.label(),
+            r.socket.display(),
+            before.pid,
+            after.pid
+        ),
+    })
 }
 
 #[cfg(test)]

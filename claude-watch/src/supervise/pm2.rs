@@ -413,13 +413,13 @@ impl Restarter for Pm2Restarter {
             pm2,
             pm2_home,
             env,
-        } = tokio::task::spawn_blocking(move || this.prepare(&owned))
+        } = tokio::task::spawn_blocking(move || prepare(&this, &owned))
             .await
             .map_err(|e| SuperviseError::RestartFailed {
                 unit: "pm2 app".into(),
                 source: super::RestartFailure::Task(e),
             })??;
-        let apps = self.jlist(&account, &pm2, &env).await?;
+        let apps = jlist(self, &account, &pm2, &env).await?;
         let supervisor = format!("pm2 of {} ({})", account.name, pm2_home.display());
         let old_main = match apps.iter().find(|a| a.id == *id) {
             // The app itself, or a wrapper (`sh -c "claude ..."`) that pm2 runs around it.
@@ -455,8 +455,7 @@ impl Restarter for Pm2Restarter {
                 said,
             });
         }
-        let new_pid = self
-            .jlist(&account, &pm2, &env)
+        let new_pid = jlist(self, &account, &pm2, &env)
             .await?
             .into_iter()
             .find(|a| a.id == *id && a.pid != 0 && a.pid != old_main)
@@ -476,140 +475,110 @@ impl Restarter for Pm2Restarter {
     }
 }
 
-/// Running the owner's pm2 (the restarter's values are the core's).
-#[allow(
-    async_fn_in_trait,
-    reason = "used on the concrete type only, whose futures are Send"
-)]
-trait Pm2Io {
-    async fn jlist(
-        &self,
-        account: &Account,
-        pm2: &Path,
-        env: &[(&str, OsString)],
-    ) -> Result<Vec<Pm2App>, SuperviseError>;
-}
-
-impl Pm2Io for Pm2Restarter {
-    async fn jlist(
-        &self,
-        account: &Account,
-        pm2: &Path,
-        env: &[(&str, OsString)],
-    ) -> Result<Vec<Pm2App>, SuperviseError> {
-        let argv = [pm2.as_os_str().to_owned(), "jlist".into()];
-        let (status, out, said) = run_as(account, &argv, env, self.timeout, MAX_JLIST).await?;
-        if !status.success() {
-            return Err(SuperviseError::CommandFailed {
-                program: pm2.display().to_string(),
-                status,
-                said,
-            });
-        }
-        parse_jlist(&out).ok_or_else(|| SuperviseError::BadAnswer {
-            supervisor: "pm2 jlist".into(),
-            source: super::BadAnswer::NotAppList,
-        })
+async fn jlist(
+    r: &Pm2Restarter,
+    account: &Account,
+    pm2: &Path,
+    env: &[(&str, OsString)],
+) -> Result<Vec<Pm2App>, SuperviseError> {
+    let argv = [pm2.as_os_str().to_owned(), "jlist".into()];
+    let (status, out, said) = run_as(account, &argv, env, r.timeout, MAX_JLIST).await?;
+    if !status.success() {
+        return Err(SuperviseError::CommandFailed {
+            program: pm2.display().to_string(),
+            status,
+            said,
+        });
     }
+    parse_jlist(&out).ok_or_else(|| SuperviseError::BadAnswer {
+        supervisor: "pm2 jlist".into(),
+        source: super::BadAnswer::NotAppList,
+    })
 }
 
-/// What a restart needs before pm2 runs.
-#[allow(
-    async_fn_in_trait,
-    reason = "used on the concrete type only, whose futures are Send"
-)]
-trait Pm2Prepare {
-    /// Everything before pm2 runs: the owner's account, the app's pm2 home and daemon, a
-    /// trusted `pm2`. Blocking (`/proc`, `passwd`, and files in the user's pm2 home, which the
-    /// user controls): run off the event loop.
-    fn prepare(&self, target: &Target) -> Result<Prepared, SuperviseError>;
-}
-
-impl Pm2Prepare for Pm2Restarter {
-    /// Everything before pm2 runs: the owner's account, the app's pm2 home and daemon, a
-    /// trusted `pm2`. Blocking (`/proc`, `passwd`, and files in the user's pm2 home, which the
-    /// user controls): run off the event loop.
-    fn prepare(&self, target: &Target) -> Result<Prepared, SuperviseError> {
-        let Placement::Pm2 { home, .. } = &target.placement else {
-            return Err(SuperviseError::WrongPlacement {
-                instance: target.instance.clone(),
-                supervisor: "pm2",
-            });
-        };
-        let uid = target.uid.ok_or_else(|| SuperviseError::WrongPlacement {
+/// Everything before pm2 runs: the owner's account, the app's pm2 home and daemon, a
+/// trusted `pm2`. Blocking (`/proc`, `passwd`, and files in the user's pm2 home, which the
+/// user controls): run off the event loop.
+fn prepare(r: &Pm2Restarter, target: &Target) -> Result<Prepared, SuperviseError> {
+    let Placement::Pm2 { home, .. } = &target.placement else {
+        return Err(SuperviseError::WrongPlacement {
             instance: target.instance.clone(),
             supervisor: "pm2",
-        })?;
-        let account = Account::of_uid(uid)?;
-        // The app's parent is its pm2 daemon; its title names its home when the app's
-        // environment does not.
-        let parent = proc::read_process_info(Path::new(proc::ROOT), target.pid)
-            .ok()
-            .and_then(|p| daemon_at(p.ppid))
-            .filter(|(_, owner)| *owner == uid)
-            .map(|(d, _)| d);
-        let home = home
-            .clone()
-            .or_else(|| parent.as_ref().and_then(|d| d.home.clone()));
-        let owned = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.uid() == uid);
-        let pm2_home = choose_pm2_home(
-            home.as_deref(),
-            &account.home,
-            home.as_deref().is_some_and(owned),
-        )
-        .map_err(|e| SuperviseError::Refused {
+        });
+    };
+    let uid = target.uid.ok_or_else(|| SuperviseError::WrongPlacement {
+        instance: target.instance.clone(),
+        supervisor: "pm2",
+    })?;
+    let account = Account::of_uid(uid)?;
+    // The app's parent is its pm2 daemon; its title names its home when the app's
+    // environment does not.
+    let parent = proc::read_process_info(Path::new(proc::ROOT), target.pid)
+        .ok()
+        .and_then(|p| daemon_at(p.ppid))
+        .filter(|(_, owner)| *owner == uid)
+        .map(|(d, _)| d);
+    let home = home
+        .clone()
+        .or_else(|| parent.as_ref().and_then(|d| d.home.clone()));
+    let owned = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.uid() == uid);
+    let pm2_home = choose_pm2_home(
+        home.as_deref(),
+        &account.home,
+        home.as_deref().is_some_and(owned),
+    )
+    .map_err(|e| SuperviseError::Refused {
+        instance: target.instance.clone(),
+        reason: e.to_string(),
+    })?;
+    // The daemon of that home (the app's parent, normally), to find its pm2. None
+    // listening there: pm2 would start one, so nothing is run.
+    let daemon = parent
+        .filter(|d| d.home.as_deref() == Some(pm2_home.as_path()))
+        .or_else(|| daemon_of_home(&pm2_home, uid))
+        .ok_or_else(|| SuperviseError::Refused {
             instance: target.instance.clone(),
-            reason: e.to_string(),
+            reason: format!("no pm2 daemon of uid {uid} runs in {}", pm2_home.display()),
         })?;
-        // The daemon of that home (the app's parent, normally), to find its pm2. None
-        // listening there: pm2 would start one, so nothing is run.
-        let daemon = parent
-            .filter(|d| d.home.as_deref() == Some(pm2_home.as_path()))
-            .or_else(|| daemon_of_home(&pm2_home, uid))
-            .ok_or_else(|| SuperviseError::Refused {
-                instance: target.instance.clone(),
-                reason: format!("no pm2 daemon of uid {uid} runs in {}", pm2_home.display()),
-            })?;
-        let daemon = Some(daemon);
-        let (daemon_exe, underscore, daemon_path) =
-            daemon.as_ref().map_or((None, None, &[][..]), |d| {
-                (d.exe.as_deref(), d.underscore.as_deref(), d.path.as_slice())
-            });
-        let pm2 = pm2_candidates(self.pm2.as_deref(), daemon_exe, underscore, daemon_path)
-            .into_iter()
-            .find(|p| trusted_file(p, uid))
-            .ok_or_else(|| SuperviseError::Refused {
-                instance: target.instance.clone(),
-                reason: "no pm2 executable found (set supervisor.pm2)".into(),
-            })?;
-        // `pm2` starts with `#!/usr/bin/env node`: the daemon's node first.
-        let mut path = OsString::new();
-        if let Some(dir) = daemon_exe.and_then(Path::parent) {
-            path.push(dir);
-            path.push(":");
-        }
-        path.push("/usr/local/bin:/usr/bin:/bin");
-        let env: Vec<(&str, OsString)> = vec![
-            ("HOME", account.home.clone().into_os_string()),
-            ("USER", account.name.clone().into()),
-            ("LOGNAME", account.name.clone().into()),
-            ("PATH", path),
-            ("PM2_HOME", pm2_home.clone().into_os_string()),
-        ];
-        if !pm2_home.join("rpc.sock").exists() {
-            return Err(SuperviseError::Refused {
-                instance: target.instance.clone(),
-                reason: format!("no pm2 daemon listens in {}", pm2_home.display()),
-            });
-        }
-        verify_start_time(target.pid, target.start_time)?;
-        Ok(Prepared {
-            account,
-            pm2,
-            pm2_home,
-            env,
-        })
+    let daemon = Some(daemon);
+    let (daemon_exe, underscore, daemon_path) =
+        daemon.as_ref().map_or((None, None, &[][..]), |d| {
+            (d.exe.as_deref(), d.underscore.as_deref(), d.path.as_slice())
+        });
+    let pm2 = pm2_candidates(r.pm2.as_deref(), daemon_exe, underscore, daemon_path)
+        .into_iter()
+        .find(|p| trusted_file(p, uid))
+        .ok_or_else(|| SuperviseError::Refused {
+            instance: target.instance.clone(),
+            reason: "no pm2 executable found (set supervisor.pm2)".into(),
+        })?;
+    // `pm2` starts with `#!/usr/bin/env node`: the daemon's node first.
+    let mut path = OsString::new();
+    if let Some(dir) = daemon_exe.and_then(Path::parent) {
+        path.push(dir);
+        path.push(":");
     }
+    path.push("/usr/local/bin:/usr/bin:/bin");
+    let env: Vec<(&str, OsString)> = vec![
+        ("HOME", account.home.clone().into_os_string()),
+        ("USER", account.name.clone().into()),
+        ("LOGNAME", account.name.clone().into()),
+        ("PATH", path),
+        ("PM2_HOME", pm2_home.clone().into_os_string()),
+    ];
+    if !pm2_home.join("rpc.sock").exists() {
+        return Err(SuperviseError::Refused {
+            instance: target.instance.clone(),
+            reason: format!("no pm2 daemon listens in {}", pm2_home.display()),
+        });
+    }
+    verify_start_time(target.pid, target.start_time)?;
+    Ok(Prepared {
+        account,
+        pm2,
+        pm2_home,
+        env,
+    })
 }
 
 #[cfg(test)]

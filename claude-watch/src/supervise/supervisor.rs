@@ -7,7 +7,7 @@ use std::time::Duration;
 
 pub use claude_watch_core::supervise::{Choice, EngineSocket, Supervisor, SystemdBus, misfit};
 
-use super::command::{CommandIo as _, CommandRestarter, CommandRun as _};
+use super::command::{CommandIo as _, CommandRestarter};
 use super::{RestartOutcome, Restarter, SuperviseError, Target};
 
 /// The system bus socket systemd listens on.

@@ -577,9 +577,13 @@ impl Restarter for SupervisordRestarter {
         let supervisor = format!("supervisord at {}", socket.display());
 
         verify_start_time(target.pid, target.start_time)?;
-        let info = self
-            .call(&socket, "supervisor.getProcessInfo", &[Param::Str(&name)])
-            .await;
+        let info = call(
+            self,
+            &socket,
+            "supervisor.getProcessInfo",
+            &[Param::Str(&name)],
+        )
+        .await;
         let info = match info {
             Err(SuperviseError::Fault { code: 10, .. }) => {
                 return Err(SuperviseError::NotRunBy {
@@ -608,9 +612,13 @@ impl Restarter for SupervisordRestarter {
         }
 
         for method in ["supervisor.stopProcess", "supervisor.startProcess"] {
-            let done = self
-                .call(&socket, method, &[Param::Str(&name), Param::Bool(true)])
-                .await?;
+            let done = call(
+                self,
+                &socket,
+                method,
+                &[Param::Str(&name), Param::Bool(true)],
+            )
+            .await?;
             if done != Value::Bool(true) {
                 return Err(SuperviseError::RestartFailed {
                     unit: name.clone(),
@@ -621,9 +629,13 @@ impl Restarter for SupervisordRestarter {
                 });
             }
         }
-        let info = self
-            .call(&socket, "supervisor.getProcessInfo", &[Param::Str(&name)])
-            .await?;
+        let info = call(
+            self,
+            &socket,
+            "supervisor.getProcessInfo",
+            &[Param::Str(&name)],
+        )
+        .await?;
         let new_pid = info
             .member("pid")
             .and_then(Value::as_int)
@@ -640,64 +652,48 @@ impl Restarter for SupervisordRestarter {
     }
 }
 
-/// Calling supervisord (the restarter's values are the core's).
-#[allow(
-    async_fn_in_trait,
-    reason = "used on the concrete type only, whose futures are Send"
-)]
-trait SupervisordIo {
-    async fn call(
-        &self,
-        socket: &Path,
-        method: &'static str,
-        params: &[Param<'_>],
-    ) -> Result<Value, SuperviseError>;
-}
-
-impl SupervisordIo for SupervisordRestarter {
-    async fn call(
-        &self,
-        socket: &Path,
-        method: &'static str,
-        params: &[Param<'_>],
-    ) -> Result<Value, SuperviseError> {
-        let io = async {
-            let mut stream = UnixStream::connect(socket).await?;
-            stream.write_all(&request(method, params)).await?;
-            let mut raw = Vec::new();
-            (&mut stream)
-                .take(MAX_RESPONSE)
-                .read_to_end(&mut raw)
-                .await?;
-            Ok::<_, std::io::Error>(raw)
-        };
-        let raw = match tokio::time::timeout(self.timeout, io).await {
-            Ok(Ok(raw)) => raw,
-            Ok(Err(source)) => {
-                return Err(SuperviseError::Socket {
-                    path: socket.to_owned(),
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(SuperviseError::Timeout {
-                    what: format!("supervisord {method}"),
-                    timeout: self.timeout,
-                });
-            }
-        };
-        match parse_response(&raw) {
-            Ok(Answer::Value(v)) => Ok(v),
-            Ok(Answer::Fault { code, message }) => Err(SuperviseError::Fault {
-                method,
-                code,
-                message,
-            }),
-            Err(source) => Err(SuperviseError::BadAnswer {
-                supervisor: format!("supervisord {method}"),
-                source: source.into(),
-            }),
+async fn call(
+    r: &SupervisordRestarter,
+    socket: &Path,
+    method: &'static str,
+    params: &[Param<'_>],
+) -> Result<Value, SuperviseError> {
+    let io = async {
+        let mut stream = UnixStream::connect(socket).await?;
+        stream.write_all(&request(method, params)).await?;
+        let mut raw = Vec::new();
+        (&mut stream)
+            .take(MAX_RESPONSE)
+            .read_to_end(&mut raw)
+            .await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = match tokio::time::timeout(r.timeout, io).await {
+        Ok(Ok(raw)) => raw,
+        Ok(Err(source)) => {
+            return Err(SuperviseError::Socket {
+                path: socket.to_owned(),
+                source,
+            });
         }
+        Err(_) => {
+            return Err(SuperviseError::Timeout {
+                what: format!("supervisord {method}"),
+                timeout: r.timeout,
+            });
+        }
+    };
+    match parse_response(&raw) {
+        Ok(Answer::Value(v)) => Ok(v),
+        Ok(Answer::Fault { code, message }) => Err(SuperviseError::Fault {
+            method,
+            code,
+            message,
+        }),
+        Err(source) => Err(SuperviseError::BadAnswer {
+            supervisor: format!("supervisord {method}"),
+            source: source.into(),
+        }),
     }
 }
 

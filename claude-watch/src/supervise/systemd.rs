@@ -56,11 +56,6 @@ fn error_name(e: &zbus::Error) -> Option<&str> {
     reason = "used on the concrete type only, whose futures are Send"
 )]
 pub trait SystemdIo {
-    async fn connect(&self) -> Result<Connection, SuperviseError>;
-
-    /// A connection to the manager that is to act on host process `pid`.
-    async fn connect_for(&self, pid: u32) -> Result<Connection, SuperviseError>;
-
     /// The unit that holds host process `pid` (its name, e.g. `agent.service`).
     ///
     /// # Errors
@@ -69,42 +64,35 @@ pub trait SystemdIo {
 }
 
 impl SystemdIo for SystemdRestarter {
-    async fn connect(&self) -> Result<Connection, SuperviseError> {
-        let address = self
-            .address
-            .clone()
-            .unwrap_or_else(|| "system bus".to_owned());
-        let unavailable = |source| SuperviseError::BusUnavailable {
-            address: address.clone(),
-            source: Box::new(source),
-        };
-        match &self.address {
-            Some(a) => zbus::connection::Builder::address(a.as_str())
-                .map_err(unavailable)?
-                .build()
-                .await
-                .map_err(unavailable),
-            None => Connection::system().await.map_err(unavailable),
-        }
-    }
-
-    /// A connection to the manager that is to act on host process `pid`.
-    async fn connect_for(&self, pid: u32) -> Result<Connection, SuperviseError> {
-        match self.user {
-            Some(uid) => connect_user_bus(uid, pid).await,
-            None => self.connect().await,
-        }
-    }
-
-    /// The unit that holds host process `pid` (its name, e.g. `agent.service`).
-    ///
-    /// # Errors
-    /// [`SuperviseError::UnitNotFound`] when systemd has none, bus errors otherwise.
     async fn unit_of_pid(&self, instance: &str, pid: u32) -> Result<String, SuperviseError> {
-        let conn = self.connect_for(pid).await?;
+        let conn = connect_for(self, pid).await?;
         let manager = proxy(&conn, MANAGER_PATH, MANAGER).await?;
         let path = unit_path_of_pid(&manager, instance, pid).await?;
         unit_id(&conn, &path).await
+    }
+}
+
+async fn connect(r: &SystemdRestarter) -> Result<Connection, SuperviseError> {
+    let address = r.address.clone().unwrap_or_else(|| "system bus".to_owned());
+    let unavailable = |source| SuperviseError::BusUnavailable {
+        address: address.clone(),
+        source: Box::new(source),
+    };
+    match &r.address {
+        Some(a) => zbus::connection::Builder::address(a.as_str())
+            .map_err(unavailable)?
+            .build()
+            .await
+            .map_err(unavailable),
+        None => Connection::system().await.map_err(unavailable),
+    }
+}
+
+/// A connection to the manager that is to act on host process `pid`.
+async fn connect_for(r: &SystemdRestarter, pid: u32) -> Result<Connection, SuperviseError> {
+    match r.user {
+        Some(uid) => connect_user_bus(uid, pid).await,
+        None => connect(r).await,
     }
 }
 
@@ -348,7 +336,7 @@ impl Restarter for SystemdRestarter {
         // Remember the namespace now: the old process is about to go.
         let namespace = proc::pid_namespace(target.pid)?;
         let old_ns_pid = proc::namespace_pid(target.pid)?;
-        let conn = self.connect_for(target.pid).await.map_err(|e| match e {
+        let conn = connect_for(self, target.pid).await.map_err(|e| match e {
             SuperviseError::NotOwner {
                 pid,
                 manager,
