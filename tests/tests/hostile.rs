@@ -550,6 +550,18 @@ fn a_process_flooding_tls_writes_does_not_blind_the_honest_agent() {
 /// attacker's processes send together.
 const USER_SHARE: u32 = 300;
 
+/// A daemon started as the unit starts it, with metrics and a user share of [`USER_SHARE`].
+fn daemon_with_user_share(scratch: &str) -> Daemon {
+    Daemon::start_as_service(
+        ScratchDir::new(scratch),
+        &format!(
+            "metrics_listen = \"127.0.0.1:{}\"\nrecord_budget_per_user = {USER_SHARE}",
+            claude_watch_tests::watch::free_port()
+        ),
+        DETECTOR,
+    )
+}
+
 /// One unprivileged user starts four flooding processes, each within its own record budget
 /// (256 a second) but over the user's share together: the kernel sends at most the user's
 /// share a second (before the share, all four budgets: about 1,000 a second), says the user
@@ -564,14 +576,7 @@ fn one_users_many_flooding_processes_spend_only_the_users_share() {
     let cli = claude_watch_tests::agents::claude_code_package(dir.path(), FLOOD.as_bytes());
     let (cert, key) = claude_watch_tests::standin::self_signed_certificate(dir.path());
     user.chown(dir.path());
-    let daemon = Daemon::start_as_service(
-        ScratchDir::new("cw-user-flood-daemon"),
-        &format!(
-            "metrics_listen = \"127.0.0.1:{}\"\nrecord_budget_per_user = {USER_SHARE}",
-            claude_watch_tests::watch::free_port()
-        ),
-        DETECTOR,
-    );
+    let daemon = daemon_with_user_share("cw-user-flood-daemon");
     let floods: Vec<ChildGuard> = (0..4)
         .map(|_| spawn_flood(&user, dir.path(), &cli, &cert, &key))
         .collect();
@@ -696,14 +701,7 @@ fn a_user_execing_fresh_images_in_a_loop_spends_only_their_share() {
     );
     let cli = claude_watch_tests::agents::claude_code_package(dir.path(), IDLE_CLAUDE.as_bytes());
     user.chown(dir.path());
-    let mut daemon = Daemon::start_as_service(
-        ScratchDir::new("cw-exec-loop-daemon"),
-        &format!(
-            "metrics_listen = \"127.0.0.1:{}\"\nrecord_budget_per_user = {USER_SHARE}",
-            claude_watch_tests::watch::free_port()
-        ),
-        DETECTOR,
-    );
+    let mut daemon = daemon_with_user_share("cw-exec-loop-daemon");
     let mut command = std::process::Command::new("setpriv");
     command
         .args(user.setpriv_args())

@@ -89,6 +89,30 @@ pub struct Options {
 /// user's budget (see [`Daemon::rescan_after_dropped_execs`]).
 const RESCAN_AFTER_DROPPED_EXECS: Duration = Duration::from_secs(5);
 
+/// When a kernel drop counter was last acted on: its value then, and the moment.
+#[derive(Debug, Default)]
+struct DropLook {
+    seen: u64,
+    at: Option<std::time::Instant>,
+}
+
+impl DropLook {
+    /// Whether to act now, and if so noted as done: the counter grew past what was seen (or
+    /// `still` says something is still listed), and `every` has passed since the last time.
+    fn due(&mut self, count: u64, still: bool, every: Duration) -> bool {
+        if count <= self.seen && !still {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        if self.at.is_some_and(|at| now.duration_since(at) < every) {
+            return false;
+        }
+        self.at = Some(now);
+        self.seen = count;
+        true
+    }
+}
+
 /// Loads the configuration the daemon would use, and names where it came from. What the
 /// configuration leaves to the host is filled in here (`[fleet] host`: the kernel's host name).
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
@@ -203,18 +227,14 @@ struct Daemon {
     fleet_poller: Option<(fleet::Asking, tokio::task::JoinHandle<()>)>,
     /// Live processes over their record budget, as last read from the kernel.
     over_budget: Vec<OverBudget>,
-    /// The kernel's over-budget counter at that read, and when it was.
-    over_budget_seen: u64,
-    over_budget_read: Option<std::time::Instant>,
-    /// Users over their record budget, as last read from the kernel; the kernel's per-user
-    /// counters (heads and execs) at that read, and when it was.
+    /// When the kernel's over-budget counter was last acted on.
+    over_budget_look: DropLook,
+    /// Users over their record budget, as last read from the kernel, and when the kernel's
+    /// per-user counters (heads and execs) were last acted on.
     over_budget_users: Vec<OverUserBudget>,
-    over_user_budget_seen: u64,
-    over_user_budget_read: Option<std::time::Instant>,
-    /// The kernel's count of execs dropped over a user's budget when every process was last
-    /// looked at again for them, and when that was.
-    execs_over_budget_seen: u64,
-    rescanned: Option<std::time::Instant>,
+    over_user_budget_look: DropLook,
+    /// When every process was last looked at again for execs dropped over a user's budget.
+    rescan_look: DropLook,
     /// Images the kernel's exec filter knows not to be Claude Code.
     images: ImageBook,
     /// The kernel's run-time statistics, on for `--probe-time`.
@@ -340,13 +360,10 @@ impl Daemon {
             _claim: claim,
             fleet_poller: None,
             over_budget: Vec::new(),
-            over_budget_seen: 0,
-            over_budget_read: None,
+            over_budget_look: DropLook::default(),
             over_budget_users: Vec::new(),
-            over_user_budget_seen: 0,
-            over_user_budget_read: None,
-            execs_over_budget_seen: 0,
-            rescanned: None,
+            over_user_budget_look: DropLook::default(),
+            rescan_look: DropLook::default(),
             images: ImageBook::new(claude_ebpf_common::IMAGE_ENTRIES as usize),
             run_stats,
             audit: (None, false),
@@ -968,19 +985,13 @@ impl Daemon {
     /// since the last look (or some still were), at most once a second, and says each new one
     /// once in the log.
     fn refresh_over_budget(&mut self, stats: &KernelStats) {
-        let grew = stats.over_budget > self.over_budget_seen;
-        if !grew && self.over_budget.is_empty() {
-            return;
-        }
-        let now = std::time::Instant::now();
-        if self
-            .over_budget_read
-            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        let still = !self.over_budget.is_empty();
+        if !self
+            .over_budget_look
+            .due(stats.over_budget, still, Duration::from_secs(1))
         {
             return;
         }
-        self.over_budget_read = Some(now);
-        self.over_budget_seen = stats.over_budget;
         let fresh = self.probes.over_budget();
         for o in &fresh {
             if !self.over_budget.iter().any(|old| old.pid == o.pid) {
@@ -1004,19 +1015,13 @@ impl Daemon {
     /// once in the log.
     fn refresh_over_user_budget(&mut self, stats: &KernelStats) {
         let dropped = stats.over_user_budget + stats.execs_over_budget;
-        let grew = dropped > self.over_user_budget_seen;
-        if !grew && self.over_budget_users.is_empty() {
-            return;
-        }
-        let now = std::time::Instant::now();
-        if self
-            .over_user_budget_read
-            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        let still = !self.over_budget_users.is_empty();
+        if !self
+            .over_user_budget_look
+            .due(dropped, still, Duration::from_secs(1))
         {
             return;
         }
-        self.over_user_budget_read = Some(now);
-        self.over_user_budget_seen = dropped;
         let fresh = self.probes.over_user_budget();
         for o in &fresh {
             if !self.over_budget_users.iter().any(|old| old.uid == o.uid) {
@@ -1036,18 +1041,12 @@ impl Daemon {
     /// that user in the meantime is found this way, only later.
     fn rescan_after_dropped_execs(&mut self) {
         let dropped = self.probes.stats().execs_over_budget;
-        if dropped <= self.execs_over_budget_seen {
-            return;
-        }
-        let now = std::time::Instant::now();
-        if self
-            .rescanned
-            .is_some_and(|at| now.duration_since(at) < RESCAN_AFTER_DROPPED_EXECS)
+        if !self
+            .rescan_look
+            .due(dropped, false, RESCAN_AFTER_DROPPED_EXECS)
         {
             return;
         }
-        self.rescanned = Some(now);
-        self.execs_over_budget_seen = dropped;
         let found = self.front.processes_mut().scan();
         info!(
             dropped_execs = dropped,
@@ -1057,5 +1056,24 @@ impl Daemon {
         for found in found {
             self.feed(Input::Started(found));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drop_counter_is_acted_on_when_it_grows_at_most_once_per_period() {
+        let mut look = DropLook::default();
+        let hour = Duration::from_secs(3600);
+        assert!(!look.due(0, false, hour), "nothing dropped");
+        assert!(look.due(5, false, hour), "grew");
+        assert!(!look.due(9, true, hour), "grew again, within the period");
+        let mut look = DropLook::default();
+        assert!(look.due(5, false, Duration::ZERO));
+        assert!(!look.due(5, false, Duration::ZERO), "the same count");
+        assert!(look.due(5, true, Duration::ZERO), "still listed");
+        assert!(look.due(6, false, Duration::ZERO), "grew");
     }
 }
