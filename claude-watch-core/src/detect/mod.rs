@@ -25,7 +25,7 @@
 //!
 //! # Latch threshold
 //! Latched when the window has at least N 401s (default 3) and `now - first 401 >= T` (default
-//! 10 s) with no accepted answer in between. `T` is measured to `now` (checked by [`Detector::tick`]),
+//! 10 s) with no accepted answer in between. `T` is measured to `now` (checked by [`Instance::tick`]),
 //! not to the last 401: Claude Code retries a 401 after about 1, 1, 3, 4, 8, 18 s, so by 10 s a
 //! latched instance has sent 5 requests but its next 401 only comes at about 17 s; measuring to
 //! `now` reports the latch at T plus the tick period. A lone 401 window that never reaches N is
@@ -304,7 +304,7 @@ struct Throttle {
 struct Proc {
     started_ns: MonoNs,
     sessions: BTreeSet<String>,
-    /// Reported by discovery as a live process of the instance ([`Detector::process_started`]),
+    /// Reported by discovery as a live process of the instance ([`Instance::process_started`]),
     /// not only seen in traffic.
     announced: bool,
 }
@@ -363,8 +363,11 @@ impl Pids {
     }
 }
 
+/// One instance's detection state: its processes and sessions, its 401 window and episode,
+/// its throttles. The [`Rules`] are passed in; a [`Detector`] is a table of these, and the
+/// watch core keeps one in each instance's record.
 #[derive(Debug)]
-struct Inst {
+pub struct Instance {
     id: InstanceId,
     state: State,
     pids: Pids,
@@ -385,15 +388,45 @@ struct Inst {
     last_ok: BTreeMap<String, MonoNs>,
 }
 
-/// The detector for all instances of a host.
+/// What every instance's detection shares: the thresholds, the wall clock, the host.
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    /// The thresholds.
+    pub config: DetectorConfig,
+    /// The wall clock, learned from the latest exchange.
+    pub wall_clock: Option<WallClock>,
+    /// The host every new episode is stamped with.
+    pub host: Option<String>,
+}
+
+impl Rules {
+    /// Rules with the given thresholds.
+    #[must_use]
+    pub fn new(config: DetectorConfig) -> Self {
+        Self {
+            config,
+            wall_clock: None,
+            host: None,
+        }
+    }
+
+    fn wall_ms(&self, now: MonoNs) -> Option<u64> {
+        self.wall_clock.map(|c| c.wall_ms(now))
+    }
+
+    /// `latch_min_span` in ns.
+    fn span_ns(&self) -> MonoNs {
+        u64::try_from(self.config.latch_min_span.as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The detector for all instances of a host: a table of [`Instance`]s under one [`Rules`]
+/// (what rebuilds history from transcripts uses; the watch core keeps each instance's in its
+/// record instead).
 #[derive(Debug, Default)]
 pub struct Detector {
-    config: DetectorConfig,
-    instances: BTreeMap<InstanceId, Inst>,
-    /// The wall clock, learned from the latest exchange.
-    wall_clock: Option<WallClock>,
-    /// The host every new episode is stamped with.
-    host: Option<String>,
+    rules: Rules,
+    instances: BTreeMap<InstanceId, Instance>,
 }
 
 enum Answer {
@@ -460,8 +493,10 @@ fn push_bounded<T>(v: &mut Vec<T>, x: T) {
     v.push(x);
 }
 
-impl Inst {
-    fn new(id: InstanceId) -> Self {
+impl Instance {
+    /// A healthy instance never seen before.
+    #[must_use]
+    pub fn new(id: InstanceId) -> Self {
         Self {
             id,
             state: State::Healthy,
@@ -585,84 +620,533 @@ impl Episode {
     }
 }
 
-impl Detector {
-    /// A detector with the given thresholds.
-    pub fn new(config: DetectorConfig) -> Self {
-        Self {
-            config,
-            instances: BTreeMap::new(),
-            wall_clock: None,
-            host: None,
+impl Instance {
+    /// Whether forgetting it loses nothing a decision needs: no live process and no open
+    /// window, healthy or escalated (its episode closed).
+    #[must_use]
+    pub fn at_rest(&self) -> bool {
+        self.pids.is_empty()
+            && self.window.is_none()
+            && matches!(self.state, State::Healthy | State::Escalated)
+    }
+
+    /// Its state.
+    #[must_use]
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Its open episode or suspect window.
+    #[must_use]
+    pub fn window(&self) -> Option<&Episode> {
+        self.window.as_deref()
+    }
+
+    /// Its status.
+    #[must_use]
+    pub fn status(&self) -> InstanceStatus {
+        InstanceStatus {
+            instance: self.id.clone(),
+            state: self.state,
+            pids: self.pids.keys().collect(),
+            session_id: self.session.clone(),
+            client_version: self.client_version.clone(),
+            throttled: self.throttles.keys().cloned().collect(),
+            tier_throttle: self.throttles.values().any(|t| t.tier_reported),
+            window: self.window.as_deref().cloned(),
         }
     }
 
-    /// Stamps every episode opened from now on with `host`.
-    pub fn set_host(&mut self, host: Option<String>) {
-        self.host = host;
+    /// Feeds one exchange of its process `pid`.
+    pub fn observe(
+        &mut self,
+        rules: &mut Rules,
+        pid: u32,
+        ex: &Exchange,
+        now: MonoNs,
+    ) -> Vec<Event> {
+        let mut out = Vec::new();
+        rules.wall_clock = Some(WallClock::at(ex.ts_ms, ex.mono_ns));
+        // A retired session id is ignored only from processes discovery did not announce: a
+        // process it reported live is the instance's own, and `claude respawn` gives the new
+        // worker of a background session the same session id as the old one.
+        let announced = self.pids.get(pid).is_some_and(|p| p.announced);
+        if self.exited.contains(&pid)
+            || (!announced
+                && ex
+                    .session_id
+                    .as_ref()
+                    .is_some_and(|s| self.retired_sessions.contains(s)))
+        {
+            tracing::debug!(instance = %self.id, pid, "ignoring exchange of an exited process or session");
+            return out;
+        }
+        let started_ns = self
+            .pids
+            .get_or_insert_with(pid, || Proc {
+                started_ns: ex.mono_ns,
+                sessions: BTreeSet::new(),
+                announced: false,
+            })
+            .started_ns;
+        if let (State::Recovering, Some(r)) = (self.state, self.restart_ns)
+            && started_ns < r
+        {
+            tracing::debug!(instance = %self.id, pid, "ignoring pre-restart process while recovering");
+            return out;
+        }
+        if !is_api_call(ex) {
+            return out;
+        }
+        if let Some(v) = ex.user_agent.as_deref().and_then(client_version) {
+            self.client_version = Some(v.to_owned());
+        }
+        if let Some(s) = &ex.session_id {
+            if let Some(p) = self.pids.get_mut(pid)
+                && !p.sessions.contains(s)
+            {
+                if p.sessions.len() >= RETIRED_KEPT {
+                    p.sessions.pop_first();
+                }
+                p.sessions.insert(s.clone());
+            }
+            self.session = Some(s.clone());
+        }
+        let model = ex.model.as_deref().unwrap_or("unknown");
+        match answer(ex.status) {
+            Answer::Rejected => self.on_401(pid, ex, rules.host.as_ref(), &mut out),
+            Answer::Accepted => {
+                self.on_throttle_signal(model, ex.status, ex.mono_ns, &mut out);
+                self.on_accepted(pid, ex, &mut out);
+            }
+            Answer::Neutral => {}
+        }
+        self.last_api_ns = Some(ex.mono_ns);
+        self.check_latch(&rules.config, now, &mut out);
+        out
     }
 
-    /// Sets the wall clock used to stamp episode ends before any exchange has taught it (each
-    /// exchange updates it).
-    pub fn set_wall_clock(&mut self, clock: WallClock) {
-        self.wall_clock = Some(clock);
+    fn on_401(&mut self, pid: u32, ex: &Exchange, host: Option<&String>, out: &mut Vec<Event>) {
+        match self.state {
+            State::Escalated => {}
+            State::Healthy => {
+                self.window = Some(Box::new(self.new_window(pid, ex, host)));
+                self.set_state(
+                    State::Suspect,
+                    Reason::Unauthorized { pid },
+                    ex.mono_ns,
+                    out,
+                );
+            }
+            State::Suspect => {
+                let new_session = match (&ex.session_id, &self.window) {
+                    (Some(s), Some(w)) => !w.session_ids.is_empty() && !w.session_ids.contains(s),
+                    _ => false,
+                };
+                if new_session || self.window.is_none() {
+                    self.window = Some(Box::new(self.new_window(pid, ex, host)));
+                } else if let Some(w) = self.window.as_mut() {
+                    w.add_401(pid, ex);
+                }
+            }
+            State::Latched | State::Recovering => {
+                if let Some(w) = self.window.as_mut() {
+                    w.add_401(pid, ex);
+                }
+                if self.state == State::Recovering {
+                    self.restart_ns = None;
+                    self.set_state(
+                        State::Latched,
+                        Reason::RejectedAfterRestart { pid },
+                        ex.mono_ns,
+                        out,
+                    );
+                }
+                if let Some(w) = &self.window {
+                    out.push(Event::EpisodeUpdated((**w).clone()));
+                }
+            }
+        }
     }
 
-    /// Drops everything known about `instance` (a `pid:` instance whose process exited: it can
-    /// never come back). Returns whether it was known.
-    pub fn forget(&mut self, instance: &InstanceId) -> bool {
-        self.instances.remove(instance).is_some()
+    fn on_accepted(&mut self, pid: u32, ex: &Exchange, out: &mut Vec<Event>) {
+        let reason = Reason::Accepted {
+            pid,
+            status: ex.status,
+        };
+        match self.state {
+            State::Healthy => {}
+            State::Suspect => {
+                self.window = None;
+                self.set_state(State::Healthy, reason, ex.mono_ns, out);
+            }
+            State::Latched if self.window.as_ref().is_none_or(|w| w.restarts == 0) => {
+                self.close(EpisodeEnd::SelfRecovered, Some(ex.ts_ms), out);
+                self.set_state(State::Healthy, reason, ex.mono_ns, out);
+            }
+            // Latched again after a restart, then a non-401 from the restarted process: the
+            // restart did heal it, later than its first request.
+            State::Latched | State::Recovering => {
+                let ttr = self
+                    .last_restart_ns
+                    .map(|r| ms(ex.mono_ns.saturating_sub(r)));
+                if let Some(w) = self.window.as_mut() {
+                    w.time_to_recovery_ms = ttr;
+                }
+                self.close(EpisodeEnd::RecoveredAfterRestart, Some(ex.ts_ms), out);
+                self.set_state(State::Healthy, reason, ex.mono_ns, out);
+            }
+            State::Escalated => self.set_state(State::Healthy, reason, ex.mono_ns, out),
+        }
+    }
+
+    fn on_throttle_signal(
+        &mut self,
+        model: &str,
+        status: u16,
+        at_ns: MonoNs,
+        out: &mut Vec<Event>,
+    ) {
+        if status == 429 {
+            let model = model_key(&self.throttles, model);
+            let model = model.as_str();
+            let fresh = !self.throttles.contains_key(model);
+            self.throttles
+                .entry(model.to_owned())
+                .or_insert(Throttle {
+                    last_429_ns: at_ns,
+                    tier_reported: false,
+                })
+                .last_429_ns = at_ns;
+            if fresh {
+                tracing::info!(instance = %self.id, model, "model throttled");
+                out.push(Event::ModelThrottled {
+                    instance: self.id.clone(),
+                    model: model.to_owned(),
+                    at_ns,
+                });
+            }
+            let since = at_ns.saturating_sub(60_000_000_000);
+            let answering = self
+                .last_ok
+                .iter()
+                .find(|(m, t)| {
+                    m.as_str() != model && **t >= since && !self.throttles.contains_key(*m)
+                })
+                .map(|(m, _)| m.clone());
+            if let Some(answering) = answering {
+                self.report_tier(answering, at_ns, out);
+            }
+            return;
+        }
+        if self.throttles.remove(model).is_some() {
+            out.push(Event::ThrottleCleared {
+                instance: self.id.clone(),
+                model: model.to_owned(),
+                at_ns,
+            });
+        }
+        let model = model_key(&self.last_ok, model);
+        let model = model.as_str();
+        self.last_ok.insert(model.to_owned(), at_ns);
+        if (200..300).contains(&status) && !self.throttles.is_empty() {
+            self.report_tier(model.to_owned(), at_ns, out);
+        }
+    }
+
+    fn report_tier(&mut self, answering: String, at_ns: MonoNs, out: &mut Vec<Event>) {
+        if self.throttles.values().all(|t| t.tier_reported) {
+            return;
+        }
+        self.throttles
+            .values_mut()
+            .for_each(|t| t.tier_reported = true);
+        let throttled: Vec<String> = self.throttles.keys().cloned().collect();
+        tracing::warn!(instance = %self.id, ?throttled, answering = %answering, "tier throttle");
+        out.push(Event::TierThrottle {
+            instance: self.id.clone(),
+            throttled,
+            answering,
+            at_ns,
+        });
+    }
+
+    fn check_latch(&mut self, cfg: &DetectorConfig, now: MonoNs, out: &mut Vec<Event>) {
+        if self.state != State::Suspect {
+            return;
+        }
+        let Some(w) = &self.window else { return };
+        let open = now.saturating_sub(w.first_401_mono_ns);
+        if w.count_401 >= u64::from(cfg.latch_min_401s)
+            && u128::from(open) >= cfg.latch_min_span.as_nanos()
+        {
+            let reason = Reason::Threshold {
+                count_401: w.count_401,
+                open_ms: ms(open),
+            };
+            out.push(Event::EpisodeOpened((**w).clone()));
+            self.set_state(State::Latched, reason, now, out);
+        } else if u128::from(now.saturating_sub(w.last_401_mono_ns))
+            >= cfg.suspect_forget_after.as_nanos()
+        {
+            self.window = None;
+            self.set_state(State::Healthy, Reason::Forgotten, now, out);
+        }
+    }
+
+    /// When the latch condition of its open window came to hold: the 401 that completed it,
+    /// or the moment the window reached its minimum span, whichever is later (detection
+    /// latency is measured from there to the decision).
+    #[must_use]
+    pub fn latch_held_since(&self, rules: &Rules) -> Option<MonoNs> {
+        let w = self.window.as_ref()?;
+        Some(
+            w.last_401_mono_ns
+                .max(w.first_401_mono_ns.saturating_add(rules.span_ns())),
+        )
+    }
+
+    /// The earliest moment its latch can be decided by the clock alone: a suspect window that
+    /// already has N 401s reaches its minimum span then.
+    #[must_use]
+    pub fn next_deadline(&self, rules: &Rules) -> Option<MonoNs> {
+        let w = self
+            .window
+            .as_ref()
+            .filter(|_| self.state == State::Suspect)?;
+        (w.count_401 >= u64::from(rules.config.latch_min_401s))
+            .then(|| w.first_401_mono_ns.saturating_add(rules.span_ns()))
+    }
+
+    /// Advances its clock: reports a latch whose time threshold has passed, forgets a stale
+    /// suspect window, clears throttles gone quiet, ends an orphaned episode.
+    pub fn tick(&mut self, rules: &Rules, now: MonoNs, out: &mut Vec<Event>) {
+        let cfg = &rules.config;
+        let grace = u64::try_from(RESTART_ELSEWHERE_GRACE.as_nanos()).unwrap_or(u64::MAX);
+        if let Some((at, pid)) = self.orphaned
+            && now.saturating_sub(at) >= grace
+        {
+            // No process came back: the episode ends when its process exited.
+            self.orphaned = None;
+            if self.state == State::Latched && self.pids.is_empty() {
+                self.close(EpisodeEnd::ProcessExited, rules.wall_ms(at), out);
+                self.set_state(State::Healthy, Reason::ProcessExited { pid }, now, out);
+            }
+        }
+        self.check_latch(cfg, now, out);
+        let quiet: Vec<String> = self
+            .throttles
+            .iter()
+            .filter(|(_, t)| {
+                u128::from(now.saturating_sub(t.last_429_ns)) >= cfg.throttle_clear_after.as_nanos()
+            })
+            .map(|(m, _)| m.clone())
+            .collect();
+        for model in quiet {
+            self.throttles.remove(&model);
+            out.push(Event::ThrottleCleared {
+                instance: self.id.clone(),
+                model,
+                at_ns: now,
+            });
+        }
+        self.last_ok
+            .retain(|_, t| now.saturating_sub(*t) < LAST_OK_KEPT_NS);
+    }
+
+    /// Resumes an episode found still open in the journal after a daemon restart (the
+    /// monotonic clock survives a daemon restart, not a reboot): the instance is latched with
+    /// that episode, so later 401s extend it and a non-401 closes it under the same id.
+    /// Ignored for closed episodes and for an instance that already has a window.
+    pub fn restore(&mut self, episode: Episode) {
+        if episode.is_closed() || self.window.is_some() || self.state != State::Healthy {
+            return;
+        }
+        tracing::info!(instance = %self.id, episode = %episode.id, "resuming open episode");
+        self.state = State::Latched;
+        self.window = Some(Box::new(episode));
+    }
+
+    /// The recovery layer started restarting it. Only meaningful with an open episode
+    /// (latched or recovering): counts a restart and waits for the new process. Otherwise
+    /// ignored.
+    pub fn restart_started(&mut self, now: MonoNs) -> Vec<Event> {
+        let mut out = Vec::new();
+        if !matches!(self.state, State::Latched | State::Recovering) {
+            tracing::debug!(instance = %self.id, state = ?self.state, "restart without open episode ignored");
+            return out;
+        }
+        self.begin_restart(Reason::RestartStarted, now, &mut out);
+        out
+    }
+
+    /// The restart the recovery layer started did not happen (the supervisor failed): it is
+    /// latched again, its old process still the one that counts.
+    pub fn restart_failed(&mut self, now: MonoNs) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.state == State::Recovering {
+            self.restart_ns = None;
+            self.set_state(State::Latched, Reason::RestartFailed, now, &mut out);
+        }
+        out
+    }
+
+    /// Its process `pid` started (exec seen, or the supervisor reported a new main PID).
+    pub fn process_started(&mut self, pid: u32, now: MonoNs) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.exited.retain(|&p| p != pid);
+        self.pids.insert(
+            pid,
+            Proc {
+                started_ns: now,
+                sessions: BTreeSet::new(),
+                announced: true,
+            },
+        );
+        if let Some((_, old_pid)) = self.orphaned.take()
+            && self.state == State::Latched
+        {
+            // Restarted by something else (another watchdog, `claude respawn`, an operator):
+            // the episode goes on, this restart counts, and the new process's own answer
+            // decides, as after a restart of ours.
+            self.begin_restart(Reason::RestartedElsewhere { old_pid, pid }, now, &mut out);
+        }
+        out
+    }
+
+    /// Its process `pid` exited. When it was the last one: a suspect window is dropped and a
+    /// latched episode closes as [`EpisodeEnd::ProcessExited`]; recovering and escalated
+    /// instances keep their state (a restart is expected to replace the process). With
+    /// `live` (seen exiting on its own, not through a restart of ours), a latched instance
+    /// keeps its episode open [`RESTART_ELSEWHERE_GRACE`]: a process started meanwhile is a
+    /// restart by something else ([`Reason::RestartedElsewhere`]); otherwise [`Self::tick`]
+    /// closes the episode as [`EpisodeEnd::ProcessExited`] at the exit's time.
+    pub fn process_exited(
+        &mut self,
+        rules: &Rules,
+        pid: u32,
+        now: MonoNs,
+        live: bool,
+    ) -> Vec<Event> {
+        let mut out = Vec::new();
+        let removed = self.pids.remove(pid);
+        let known = removed.is_some();
+        for s in removed.into_iter().flat_map(|p| p.sessions) {
+            push_bounded(&mut self.retired_sessions, s);
+        }
+        push_bounded(&mut self.exited, pid);
+        if !self.pids.is_empty() {
+            return out;
+        }
+        match self.state {
+            State::Suspect => {
+                self.window = None;
+                self.set_state(State::Healthy, Reason::ProcessExited { pid }, now, &mut out);
+            }
+            // Its own last process, seen exiting on its own: a restart by something else may
+            // follow ([`Self::tick`] closes the episode if none does).
+            State::Latched if live && known => self.orphaned = Some((now, pid)),
+            State::Latched => {
+                self.close(EpisodeEnd::ProcessExited, rules.wall_ms(now), &mut out);
+                self.set_state(State::Healthy, Reason::ProcessExited { pid }, now, &mut out);
+            }
+            State::Healthy | State::Recovering | State::Escalated => {}
+        }
+        out
+    }
+
+    /// Process `pid` turned out to belong to another instance (a fresh background session
+    /// that continues this one's predecessor): it is dropped without retiring its sessions,
+    /// and the instance starts afresh when that leaves it healthy, with no process and no
+    /// window.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.pids.remove(pid);
+        if self.pids.is_empty() && self.state == State::Healthy && self.window.is_none() {
+            *self = Self::new(self.id.clone());
+        }
+    }
+
+    /// The recovery layer escalated it as a notice (restarts go on): the open episode records
+    /// when ([`Episode::escalated_ms`]) and stays open. Ignored without one.
+    pub fn mark_escalated(&mut self, rules: &Rules, now: MonoNs) -> Vec<Event> {
+        let Some(w) = self.window.as_mut() else {
+            return Vec::new();
+        };
+        if w.escalated_ms.is_none() {
+            w.escalated_ms = rules.wall_ms(now);
+        }
+        vec![Event::EpisodeUpdated((**w).clone())]
+    }
+
+    /// The recovery layer no longer gives up on it (`give_up` was turned off): escalated, it
+    /// is healthy again, so that its next 401s open a window.
+    pub fn release_escalated(&mut self) {
+        if self.state == State::Escalated {
+            self.state = State::Healthy;
+        }
+    }
+
+    /// The recovery layer gave up on it (`give_up`): the open episode closes as
+    /// [`EpisodeEnd::Escalated`] and it stays escalated until an accepted answer.
+    pub fn escalate(&mut self, rules: &Rules, now: MonoNs) -> Vec<Event> {
+        let mut out = Vec::new();
+        match self.state {
+            State::Escalated => return out,
+            State::Latched | State::Recovering => {
+                self.close(EpisodeEnd::Escalated, rules.wall_ms(now), &mut out);
+            }
+            State::Healthy | State::Suspect => self.window = None,
+        }
+        self.set_state(State::Escalated, Reason::Escalated, now, &mut out);
+        out
+    }
+}
+
+impl Detector {
+    /// A detector with the given thresholds.
+    #[must_use]
+    pub fn new(config: DetectorConfig) -> Self {
+        Self {
+            rules: Rules::new(config),
+            instances: BTreeMap::new(),
+        }
+    }
+
+    /// The thresholds in use.
+    #[must_use]
+    pub fn config(&self) -> &DetectorConfig {
+        &self.rules.config
     }
 
     /// How many instances the detector keeps state for.
+    #[must_use]
     pub fn instance_count(&self) -> usize {
         self.instances.len()
     }
 
-    /// Whether forgetting `instance` loses nothing a decision needs: no live process and no
-    /// open window, healthy or escalated (its episode closed; an unknown instance is at rest).
+    /// Whether forgetting `instance` loses nothing a decision needs (an unknown instance is
+    /// at rest).
+    #[must_use]
     pub fn at_rest(&self, instance: &InstanceId) -> bool {
-        self.instances.get(instance).is_none_or(|i| {
-            i.pids.is_empty()
-                && i.window.is_none()
-                && matches!(i.state, State::Healthy | State::Escalated)
-        })
-    }
-
-    /// The thresholds in use.
-    pub fn config(&self) -> &DetectorConfig {
-        &self.config
+        self.instances.get(instance).is_none_or(Instance::at_rest)
     }
 
     /// The status of one instance, if it was ever seen.
+    #[must_use]
     pub fn status(&self, instance: &InstanceId) -> Option<InstanceStatus> {
-        self.instances.get(instance).map(|i| InstanceStatus {
-            instance: i.id.clone(),
-            state: i.state,
-            pids: i.pids.keys().collect(),
-            session_id: i.session.clone(),
-            client_version: i.client_version.clone(),
-            throttled: i.throttles.keys().cloned().collect(),
-            tier_throttle: i.throttles.values().any(|t| t.tier_reported),
-            window: i.window.as_deref().cloned(),
-        })
+        self.instances.get(instance).map(Instance::status)
     }
 
     /// The status of every instance seen.
+    #[must_use]
     pub fn statuses(&self) -> Vec<InstanceStatus> {
-        self.instances
-            .keys()
-            .filter_map(|k| self.status(k))
-            .collect()
+        self.instances.values().map(Instance::status).collect()
     }
 
-    fn wall_ms(&self, now: MonoNs) -> Option<u64> {
-        self.wall_clock.map(|c| c.wall_ms(now))
-    }
-
-    fn inst(&mut self, id: &InstanceId) -> &mut Inst {
+    fn inst(&mut self, id: &InstanceId) -> &mut Instance {
         self.instances
             .entry(id.clone())
-            .or_insert_with(|| Inst::new(id.clone()))
+            .or_insert_with(|| Instance::new(id.clone()))
     }
 
     /// Feeds one exchange of process `pid`, which belongs to `instance`.
@@ -673,492 +1157,90 @@ impl Detector {
         ex: &Exchange,
         now: MonoNs,
     ) -> Vec<Event> {
-        let mut out = Vec::new();
-        self.wall_clock = Some(WallClock::at(ex.ts_ms, ex.mono_ns));
-        let cfg = self.config.clone();
-        let host = self.host.clone();
-        let inst = self.inst(instance);
-        // A retired session id is ignored only from processes discovery did not announce: a
-        // process it reported live is the instance's own, and `claude respawn` gives the new
-        // worker of a background session the same session id as the old one.
-        let announced = inst.pids.get(pid).is_some_and(|p| p.announced);
-        if inst.exited.contains(&pid)
-            || (!announced
-                && ex
-                    .session_id
-                    .as_ref()
-                    .is_some_and(|s| inst.retired_sessions.contains(s)))
-        {
-            tracing::debug!(instance = %instance, pid, "ignoring exchange of an exited process or session");
-            return out;
-        }
-        let started_ns = inst
-            .pids
-            .get_or_insert_with(pid, || Proc {
-                started_ns: ex.mono_ns,
-                sessions: BTreeSet::new(),
-                announced: false,
-            })
-            .started_ns;
-        if let (State::Recovering, Some(r)) = (inst.state, inst.restart_ns)
-            && started_ns < r
-        {
-            tracing::debug!(instance = %instance, pid, "ignoring pre-restart process while recovering");
-            return out;
-        }
-        if !is_api_call(ex) {
-            return out;
-        }
-        if let Some(v) = ex.user_agent.as_deref().and_then(client_version) {
-            inst.client_version = Some(v.to_owned());
-        }
-        if let Some(s) = &ex.session_id {
-            if let Some(p) = inst.pids.get_mut(pid)
-                && !p.sessions.contains(s)
-            {
-                if p.sessions.len() >= RETIRED_KEPT {
-                    p.sessions.pop_first();
-                }
-                p.sessions.insert(s.clone());
-            }
-            inst.session = Some(s.clone());
-        }
-        let model = ex.model.as_deref().unwrap_or("unknown");
-        match answer(ex.status) {
-            Answer::Rejected => Self::on_401(inst, pid, ex, host.as_ref(), &mut out),
-            Answer::Accepted => {
-                Self::on_throttle_signal(inst, model, ex.status, ex.mono_ns, &mut out);
-                Self::on_accepted(inst, pid, ex, &mut out);
-            }
-            Answer::Neutral => {}
-        }
-        inst.last_api_ns = Some(ex.mono_ns);
-        Self::check_latch(inst, &cfg, now, &mut out);
-        out
+        let inst = self
+            .instances
+            .entry(instance.clone())
+            .or_insert_with(|| Instance::new(instance.clone()));
+        inst.observe(&mut self.rules, pid, ex, now)
     }
 
-    fn on_401(
-        inst: &mut Inst,
-        pid: u32,
-        ex: &Exchange,
-        host: Option<&String>,
-        out: &mut Vec<Event>,
-    ) {
-        match inst.state {
-            State::Escalated => {}
-            State::Healthy => {
-                inst.window = Some(Box::new(inst.new_window(pid, ex, host)));
-                inst.set_state(
-                    State::Suspect,
-                    Reason::Unauthorized { pid },
-                    ex.mono_ns,
-                    out,
-                );
-            }
-            State::Suspect => {
-                let new_session = match (&ex.session_id, &inst.window) {
-                    (Some(s), Some(w)) => !w.session_ids.is_empty() && !w.session_ids.contains(s),
-                    _ => false,
-                };
-                if new_session || inst.window.is_none() {
-                    inst.window = Some(Box::new(inst.new_window(pid, ex, host)));
-                } else if let Some(w) = inst.window.as_mut() {
-                    w.add_401(pid, ex);
-                }
-            }
-            State::Latched | State::Recovering => {
-                if let Some(w) = inst.window.as_mut() {
-                    w.add_401(pid, ex);
-                }
-                if inst.state == State::Recovering {
-                    inst.restart_ns = None;
-                    inst.set_state(
-                        State::Latched,
-                        Reason::RejectedAfterRestart { pid },
-                        ex.mono_ns,
-                        out,
-                    );
-                }
-                if let Some(w) = &inst.window {
-                    out.push(Event::EpisodeUpdated((**w).clone()));
-                }
-            }
-        }
-    }
-
-    fn on_accepted(inst: &mut Inst, pid: u32, ex: &Exchange, out: &mut Vec<Event>) {
-        let reason = Reason::Accepted {
-            pid,
-            status: ex.status,
-        };
-        match inst.state {
-            State::Healthy => {}
-            State::Suspect => {
-                inst.window = None;
-                inst.set_state(State::Healthy, reason, ex.mono_ns, out);
-            }
-            State::Latched if inst.window.as_ref().is_none_or(|w| w.restarts == 0) => {
-                inst.close(EpisodeEnd::SelfRecovered, Some(ex.ts_ms), out);
-                inst.set_state(State::Healthy, reason, ex.mono_ns, out);
-            }
-            // Latched again after a restart, then a non-401 from the restarted process: the
-            // restart did heal it, later than its first request.
-            State::Latched | State::Recovering => {
-                let ttr = inst
-                    .last_restart_ns
-                    .map(|r| ms(ex.mono_ns.saturating_sub(r)));
-                if let Some(w) = inst.window.as_mut() {
-                    w.time_to_recovery_ms = ttr;
-                }
-                inst.close(EpisodeEnd::RecoveredAfterRestart, Some(ex.ts_ms), out);
-                inst.set_state(State::Healthy, reason, ex.mono_ns, out);
-            }
-            State::Escalated => inst.set_state(State::Healthy, reason, ex.mono_ns, out),
-        }
-    }
-
-    fn on_throttle_signal(
-        inst: &mut Inst,
-        model: &str,
-        status: u16,
-        at_ns: MonoNs,
-        out: &mut Vec<Event>,
-    ) {
-        if status == 429 {
-            let model = model_key(&inst.throttles, model);
-            let model = model.as_str();
-            let fresh = !inst.throttles.contains_key(model);
-            inst.throttles
-                .entry(model.to_owned())
-                .or_insert(Throttle {
-                    last_429_ns: at_ns,
-                    tier_reported: false,
-                })
-                .last_429_ns = at_ns;
-            if fresh {
-                tracing::info!(instance = %inst.id, model, "model throttled");
-                out.push(Event::ModelThrottled {
-                    instance: inst.id.clone(),
-                    model: model.to_owned(),
-                    at_ns,
-                });
-            }
-            let since = at_ns.saturating_sub(60_000_000_000);
-            let answering = inst
-                .last_ok
-                .iter()
-                .find(|(m, t)| {
-                    m.as_str() != model && **t >= since && !inst.throttles.contains_key(*m)
-                })
-                .map(|(m, _)| m.clone());
-            if let Some(answering) = answering {
-                Self::report_tier(inst, answering, at_ns, out);
-            }
-            return;
-        }
-        if inst.throttles.remove(model).is_some() {
-            out.push(Event::ThrottleCleared {
-                instance: inst.id.clone(),
-                model: model.to_owned(),
-                at_ns,
-            });
-        }
-        let model = model_key(&inst.last_ok, model);
-        let model = model.as_str();
-        inst.last_ok.insert(model.to_owned(), at_ns);
-        if (200..300).contains(&status) && !inst.throttles.is_empty() {
-            Self::report_tier(inst, model.to_owned(), at_ns, out);
-        }
-    }
-
-    fn report_tier(inst: &mut Inst, answering: String, at_ns: MonoNs, out: &mut Vec<Event>) {
-        if inst.throttles.values().all(|t| t.tier_reported) {
-            return;
-        }
-        inst.throttles
-            .values_mut()
-            .for_each(|t| t.tier_reported = true);
-        let throttled: Vec<String> = inst.throttles.keys().cloned().collect();
-        tracing::warn!(instance = %inst.id, ?throttled, answering = %answering, "tier throttle");
-        out.push(Event::TierThrottle {
-            instance: inst.id.clone(),
-            throttled,
-            answering,
-            at_ns,
-        });
-    }
-
-    fn check_latch(inst: &mut Inst, cfg: &DetectorConfig, now: MonoNs, out: &mut Vec<Event>) {
-        if inst.state != State::Suspect {
-            return;
-        }
-        let Some(w) = &inst.window else { return };
-        let open = now.saturating_sub(w.first_401_mono_ns);
-        if w.count_401 >= u64::from(cfg.latch_min_401s)
-            && u128::from(open) >= cfg.latch_min_span.as_nanos()
-        {
-            let reason = Reason::Threshold {
-                count_401: w.count_401,
-                open_ms: ms(open),
-            };
-            out.push(Event::EpisodeOpened((**w).clone()));
-            inst.set_state(State::Latched, reason, now, out);
-        } else if u128::from(now.saturating_sub(w.last_401_mono_ns))
-            >= cfg.suspect_forget_after.as_nanos()
-        {
-            inst.window = None;
-            inst.set_state(State::Healthy, Reason::Forgotten, now, out);
-        }
-    }
-
-    /// When the latch condition of `instance`'s open window came to hold: the 401 that
-    /// completed it, or the moment the window reached its minimum span, whichever is later
-    /// (detection latency is measured from there to the decision).
-    pub fn latch_held_since(&self, instance: &InstanceId) -> Option<MonoNs> {
-        let w = self.instances.get(instance)?.window.as_ref()?;
-        let span = u64::try_from(self.config.latch_min_span.as_nanos()).unwrap_or(u64::MAX);
-        Some(
-            w.last_401_mono_ns
-                .max(w.first_401_mono_ns.saturating_add(span)),
-        )
-    }
-
-    /// The earliest moment a latch can be decided by the clock alone: a suspect window that
-    /// already has N 401s reaches its minimum span then. A caller that sleeps until this moment
-    /// (as well as ticking) reports such latches without the tick period's delay.
+    /// The earliest moment a latch can be decided by the clock alone. A caller that sleeps
+    /// until this moment (as well as ticking) reports such latches without the tick period's
+    /// delay.
+    #[must_use]
     pub fn next_deadline(&self) -> Option<MonoNs> {
-        let span = u64::try_from(self.config.latch_min_span.as_nanos()).unwrap_or(u64::MAX);
         self.instances
             .values()
-            .filter(|i| i.state == State::Suspect)
-            .filter_map(|i| i.window.as_ref())
-            .filter(|w| w.count_401 >= u64::from(self.config.latch_min_401s))
-            .map(|w| w.first_401_mono_ns.saturating_add(span))
+            .filter_map(|i| i.next_deadline(&self.rules))
             .min()
     }
 
-    /// Advances the clock: reports latches whose time threshold has passed, forgets stale suspect
-    /// windows and clears throttles that have gone quiet. Call it periodically (e.g. every
-    /// 250 ms); the latch is reported at most one period after the threshold.
+    /// Advances the clock (see [`Instance::tick`]). Call it periodically (e.g. every 250 ms);
+    /// a latch is reported at most one period after the threshold.
     pub fn tick(&mut self, now: MonoNs) -> Vec<Event> {
         let mut out = Vec::new();
-        let cfg = self.config.clone();
-        let clock = self.wall_clock;
-        let grace = u64::try_from(RESTART_ELSEWHERE_GRACE.as_nanos()).unwrap_or(u64::MAX);
         for inst in self.instances.values_mut() {
-            if let Some((at, pid)) = inst.orphaned
-                && now.saturating_sub(at) >= grace
-            {
-                // No process came back: the episode ends when its process exited.
-                inst.orphaned = None;
-                if inst.state == State::Latched && inst.pids.is_empty() {
-                    inst.close(
-                        EpisodeEnd::ProcessExited,
-                        clock.map(|c| c.wall_ms(at)),
-                        &mut out,
-                    );
-                    inst.set_state(State::Healthy, Reason::ProcessExited { pid }, now, &mut out);
-                }
-            }
-            Self::check_latch(inst, &cfg, now, &mut out);
-            let quiet: Vec<String> = inst
-                .throttles
-                .iter()
-                .filter(|(_, t)| {
-                    u128::from(now.saturating_sub(t.last_429_ns))
-                        >= cfg.throttle_clear_after.as_nanos()
-                })
-                .map(|(m, _)| m.clone())
-                .collect();
-            for model in quiet {
-                inst.throttles.remove(&model);
-                out.push(Event::ThrottleCleared {
-                    instance: inst.id.clone(),
-                    model,
-                    at_ns: now,
-                });
-            }
-            inst.last_ok
-                .retain(|_, t| now.saturating_sub(*t) < LAST_OK_KEPT_NS);
+            inst.tick(&self.rules, now, &mut out);
         }
         out
     }
 
-    /// Resumes an episode found still open in the journal after a daemon restart (the
-    /// monotonic clock survives a daemon restart, not a reboot): the instance is latched with
-    /// that episode, so later 401s extend it and a non-401 closes it under the same id.
-    /// Ignored for closed episodes and for instances that already have a window.
+    /// See [`Instance::restore`].
     pub fn restore(&mut self, instance: &InstanceId, episode: Episode) -> Vec<Event> {
-        let inst = self.inst(instance);
-        if episode.is_closed() || inst.window.is_some() || inst.state != State::Healthy {
-            return Vec::new();
-        }
-        tracing::info!(instance = %instance, episode = %episode.id, "resuming open episode");
-        inst.state = State::Latched;
-        inst.window = Some(Box::new(episode));
+        self.inst(instance).restore(episode);
         Vec::new()
     }
 
-    /// The recovery layer started restarting `instance`. Only meaningful with an open episode
-    /// (latched or recovering): counts a restart and waits for the new process. Otherwise ignored.
+    /// See [`Instance::restart_started`].
     pub fn restart_started(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
-        let mut out = Vec::new();
-        let inst = self.inst(instance);
-        if !matches!(inst.state, State::Latched | State::Recovering) {
-            tracing::debug!(instance = %instance, state = ?inst.state, "restart without open episode ignored");
-            return out;
-        }
-        inst.begin_restart(Reason::RestartStarted, now, &mut out);
-        out
+        self.inst(instance).restart_started(now)
     }
 
-    /// The restart the recovery layer started did not happen (the supervisor failed): the
-    /// instance is latched again, its old process still the one that counts.
+    /// See [`Instance::restart_failed`].
     pub fn restart_failed(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
-        let mut out = Vec::new();
-        let inst = self.inst(instance);
-        if inst.state == State::Recovering {
-            inst.restart_ns = None;
-            inst.set_state(State::Latched, Reason::RestartFailed, now, &mut out);
-        }
-        out
+        self.inst(instance).restart_failed(now)
     }
 
     /// Replaces the thresholds (configuration reload); open windows keep their history.
     pub fn set_config(&mut self, config: DetectorConfig) {
-        self.config = config;
+        self.rules.config = config;
     }
 
-    /// A process of `instance` started (exec seen, or the supervisor reported a new main PID).
+    /// See [`Instance::process_started`].
     pub fn process_started(&mut self, instance: &InstanceId, pid: u32, now: MonoNs) -> Vec<Event> {
-        let mut out = Vec::new();
-        let inst = self.inst(instance);
-        inst.exited.retain(|&p| p != pid);
-        inst.pids.insert(
-            pid,
-            Proc {
-                started_ns: now,
-                sessions: BTreeSet::new(),
-                announced: true,
-            },
-        );
-        if let Some((_, old_pid)) = inst.orphaned.take()
-            && inst.state == State::Latched
-        {
-            // Restarted by something else (another watchdog, `claude respawn`, an operator):
-            // the episode goes on, this restart counts, and the new process's own answer
-            // decides, as after a restart of ours.
-            inst.begin_restart(Reason::RestartedElsewhere { old_pid, pid }, now, &mut out);
-        }
-        out
+        self.inst(instance).process_started(pid, now)
     }
 
-    /// A process of `instance` exited on its own (seen live, not through a restart of ours).
-    /// As [`Self::process_exited`], except that a latched instance whose last process it was
-    /// keeps its episode open [`RESTART_ELSEWHERE_GRACE`]: a process of the instance started
-    /// meanwhile is a restart by something else ([`Reason::RestartedElsewhere`]); otherwise
-    /// [`Self::tick`] closes the episode as [`EpisodeEnd::ProcessExited`] at the exit's time.
+    /// A process of `instance` exited on its own (see [`Instance::process_exited`], `live`).
     pub fn process_exited_live(
         &mut self,
         instance: &InstanceId,
         pid: u32,
         now: MonoNs,
     ) -> Vec<Event> {
-        self.exited(instance, pid, now, true)
+        let rules = self.rules.clone();
+        self.inst(instance).process_exited(&rules, pid, now, true)
     }
 
-    /// A process of `instance` exited. When it was the last one: a suspect window is dropped and
-    /// a latched episode closes as [`EpisodeEnd::ProcessExited`]; recovering and escalated
-    /// instances keep their state (a restart is expected to replace the process).
+    /// A process of `instance` exited (see [`Instance::process_exited`]).
     pub fn process_exited(&mut self, instance: &InstanceId, pid: u32, now: MonoNs) -> Vec<Event> {
-        self.exited(instance, pid, now, false)
+        let rules = self.rules.clone();
+        self.inst(instance).process_exited(&rules, pid, now, false)
     }
 
-    /// [`Self::process_exited`], or with `live` [`Self::process_exited_live`].
-    fn exited(&mut self, instance: &InstanceId, pid: u32, now: MonoNs, live: bool) -> Vec<Event> {
-        let mut out = Vec::new();
-        let wall = self.wall_ms(now);
-        let inst = self.inst(instance);
-        let removed = inst.pids.remove(pid);
-        let known = removed.is_some();
-        for s in removed.into_iter().flat_map(|p| p.sessions) {
-            push_bounded(&mut inst.retired_sessions, s);
-        }
-        push_bounded(&mut inst.exited, pid);
-        if !inst.pids.is_empty() {
-            return out;
-        }
-        match inst.state {
-            State::Suspect => {
-                inst.window = None;
-                inst.set_state(State::Healthy, Reason::ProcessExited { pid }, now, &mut out);
-            }
-            // Its own last process, seen exiting on its own: a restart by something else may
-            // follow ([`Self::tick`] closes the episode if none does).
-            State::Latched if live && known => inst.orphaned = Some((now, pid)),
-            State::Latched => {
-                inst.close(EpisodeEnd::ProcessExited, wall, &mut out);
-                inst.set_state(State::Healthy, Reason::ProcessExited { pid }, now, &mut out);
-            }
-            State::Healthy | State::Recovering | State::Escalated => {}
-        }
-        out
-    }
-
-    /// Process `pid` turned out to belong to another instance (a fresh background session
-    /// that continues `instance`'s predecessor): it is dropped from `instance` without retiring
-    /// its sessions, and `instance` is forgotten altogether when that leaves it healthy, with
-    /// no process and no window.
-    pub fn forget_process(&mut self, instance: &InstanceId, pid: u32) {
-        let Some(inst) = self.instances.get_mut(instance) else {
-            return;
-        };
-        inst.pids.remove(pid);
-        if inst.pids.is_empty() && inst.state == State::Healthy && inst.window.is_none() {
-            self.instances.remove(instance);
-        }
-    }
-
-    /// The recovery layer escalated `instance` as a notice (restarts go on): the open episode
-    /// records when ([`Episode::escalated_ms`]) and stays open. Ignored without one.
+    /// See [`Instance::mark_escalated`].
     pub fn mark_escalated(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
-        let wall = self.wall_ms(now);
-        let Some(w) = self
-            .instances
+        let rules = &self.rules;
+        self.instances
             .get_mut(instance)
-            .and_then(|i| i.window.as_mut())
-        else {
-            return Vec::new();
-        };
-        if w.escalated_ms.is_none() {
-            w.escalated_ms = wall;
-        }
-        vec![Event::EpisodeUpdated((**w).clone())]
+            .map(|i| i.mark_escalated(rules, now))
+            .unwrap_or_default()
     }
 
-    /// The recovery layer no longer gives up on `instance` (`give_up` was turned off): an
-    /// escalated instance is healthy again, so that its next 401s open a window.
-    pub fn release_escalated(&mut self, instance: &InstanceId) {
-        if let Some(i) = self.instances.get_mut(instance)
-            && i.state == State::Escalated
-        {
-            i.state = State::Healthy;
-        }
-    }
-
-    /// The recovery layer gave up on `instance` (`give_up`): the open episode closes as
-    /// [`EpisodeEnd::Escalated`] and the instance stays escalated until an accepted answer.
+    /// See [`Instance::escalate`].
     pub fn escalate(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
-        let mut out = Vec::new();
-        let wall = self.wall_ms(now);
-        let inst = self.inst(instance);
-        match inst.state {
-            State::Escalated => return out,
-            State::Latched | State::Recovering => inst.close(EpisodeEnd::Escalated, wall, &mut out),
-            State::Healthy | State::Suspect => inst.window = None,
-        }
-        inst.set_state(State::Escalated, Reason::Escalated, now, &mut out);
-        out
+        let rules = self.rules.clone();
+        self.inst(instance).escalate(&rules, now)
     }
 }
 

@@ -29,6 +29,7 @@
 //! Wall time appears only where a person or a file needs it: journal records and the persisted
 //! recovery state, converted with the wall-minus-monotonic offset given at construction.
 
+mod record;
 pub mod replay;
 pub mod status;
 
@@ -45,7 +46,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::detect::{Detector, Episode, EpisodeEnd, Event, MonoNs, Reason, State};
+use crate::detect::{self, Episode, EpisodeEnd, Event, MonoNs, Reason, State};
 use crate::http::Exchange;
 use crate::instance::Found;
 use crate::instance::{IdSource, InstanceId, Placement};
@@ -57,6 +58,7 @@ use crate::supervise::{
 };
 use crate::time::WallClock;
 use policy::{Action, Phase, Policy, PolicySnapshot};
+use record::Record;
 use status::{LastSeen, Status};
 
 /// The most instances the core keeps state for (live or remembered). A new instance beyond it
@@ -276,45 +278,24 @@ pub struct Watch {
     config: Config,
     bus: SystemdBus,
     engine: EngineSocket,
-    detector: Detector,
+    /// What every instance's detection shares (thresholds, wall clock, host).
+    rules: detect::Rules,
     policy: Policy,
     /// Turns the core's clock into wall time.
     wall_clock: WallClock,
-    /// Live instance processes, by pid.
+    /// Every instance the core keeps state for (at most [`MAX_INSTANCES`]), one record each.
+    records: BTreeMap<InstanceId, Record>,
+    /// The pid table: live instance processes, by pid (each in its instance's record's pids).
     procs: BTreeMap<u32, Found>,
     /// The coverage audit: which processes move traffic their probes do not see.
     coverage: coverage::Coverage,
-    /// The executable of each instance (kept after its processes exit).
-    binaries: BTreeMap<InstanceId, String>,
-    /// Where the newest process of each instance lives (kept after its processes exit).
-    placements: BTreeMap<InstanceId, Placement>,
-    /// The latest API answer of each instance.
-    last_seen: BTreeMap<InstanceId, LastSeen>,
     /// Exchanges seen, of any process.
     exchanges: u64,
     /// Instance processes whose traffic cannot be seen, and why.
     unobserved: BTreeMap<u32, String>,
-    /// Instances of resumed episodes too old to act on: their next API answer decides.
-    recheck: BTreeSet<InstanceId>,
-    /// The id of each instance's latest episode (actions that end after it closed name it).
-    last_episode: BTreeMap<InstanceId, String>,
-    /// Why the latest restart of each instance failed or was refused (until one succeeds).
-    restart_errors: BTreeMap<InstanceId, String>,
-    /// Each instance's recoveries since the daemon started (what `status` shows of its past).
-    recoveries: BTreeMap<InstanceId, Recoveries>,
     /// New processes a background session's restart reported, and the instance they continue
     /// (a fresh session has a new short id, so discovery names it anew).
     successors: BTreeMap<u32, InstanceId>,
-    /// Every instance the core keeps state for (at most [`MAX_INSTANCES`]).
-    tracked: BTreeSet<InstanceId>,
-    /// The user whose process first made each tracked instance (for the per-user share,
-    /// [`MAX_INSTANCES_PER_USER`]; unknown: root's).
-    admitted_by: BTreeMap<InstanceId, u32>,
-    /// Tracked instances without a live process, since when: forgotten [`FORGET_AFTER`] later
-    /// once at rest (or earlier, longest idle first, to make room for a new instance).
-    idle_since: BTreeMap<InstanceId, MonoNs>,
-    /// The same, oldest first.
-    idle_order: BTreeSet<(MonoNs, InstanceId)>,
     /// New instances refused because [`MAX_INSTANCES`] were tracked.
     refused: u64,
     /// Live processes of refused instances (their traffic is ignored until they exit).
@@ -362,13 +343,20 @@ impl Watch {
             }
             None => Policy::new(config.recovery.policy_config()),
         };
-        let mut detector = Detector::new(config.detector.detector_config());
-        detector.set_wall_clock(wall_clock);
-        detector.set_host(config.fleet.host.clone());
+        let rules = detect::Rules {
+            config: config.detector.detector_config(),
+            wall_clock: Some(wall_clock),
+            host: config.fleet.host.clone(),
+        };
         // Instances of the saved state have no process yet: forgotten in time unless one comes.
-        let tracked: BTreeSet<InstanceId> = policy.instances().cloned().collect();
-        let idle_since = tracked.iter().map(|id| (id.clone(), now)).collect();
-        let idle_order = tracked.iter().map(|id| (now, id.clone())).collect();
+        let records = policy
+            .instances()
+            .map(|id| {
+                let mut record = Record::new(detect::Instance::new(id.clone()), 0);
+                record.idle_since = Some(now);
+                (id.clone(), record)
+            })
+            .collect();
         let fleet = config
             .fleet
             .enabled()
@@ -379,28 +367,18 @@ impl Watch {
             fleet,
             last_rejected_ms: None,
             outside: BTreeSet::new(),
-            detector,
+            rules,
             policy,
             config,
             bus,
             engine,
             wall_clock,
+            records,
             procs: BTreeMap::new(),
             coverage: coverage::Coverage::default(),
-            binaries: BTreeMap::new(),
-            placements: BTreeMap::new(),
-            last_seen: BTreeMap::new(),
             exchanges: 0,
             unobserved: BTreeMap::new(),
-            recheck: BTreeSet::new(),
-            last_episode: BTreeMap::new(),
-            restart_errors: BTreeMap::new(),
-            recoveries: BTreeMap::new(),
             successors: BTreeMap::new(),
-            admitted_by: tracked.iter().map(|id| (id.clone(), 0)).collect(),
-            tracked,
-            idle_since,
-            idle_order,
             refused: 0,
             refused_pids: BTreeSet::new(),
             forgotten: Vec::new(),
@@ -422,15 +400,10 @@ impl Watch {
         &self.engine
     }
 
-    /// Instances known (with a process or a detector state).
+    /// Instances known (with a process, or remembered).
     #[must_use]
     pub fn instance_count(&self) -> usize {
-        let mut ids: Vec<&InstanceId> = self.procs.values().map(|f| &f.instance).collect();
-        let statuses = self.detector.statuses();
-        ids.extend(statuses.iter().map(|s| &s.instance));
-        ids.sort_unstable();
-        ids.dedup();
-        ids.len()
+        self.records.len()
     }
 
     /// When the clock alone will next change something (a latch reaching its span, a quiet
@@ -438,7 +411,10 @@ impl Watch {
     #[must_use]
     pub fn next_deadline(&self) -> Option<MonoNs> {
         [
-            self.detector.next_deadline(),
+            self.records
+                .values()
+                .filter_map(|r| r.detection.next_deadline(&self.rules))
+                .min(),
             self.policy.next_deadline(),
             self.fleet.as_ref().and_then(fleet::Fleet::next_deadline),
         ]
@@ -474,7 +450,7 @@ impl Watch {
             Input::Exited { pid, .. } if self.outside.remove(&pid) => {}
             Input::Exited { pid, instance } => {
                 // The core's own name wins (a process adopted by the instance it continues).
-                let known = self.procs.remove(&pid);
+                let known = self.remove_proc(pid);
                 let attached = known.is_some() || instance.is_some();
                 let instance = known
                     .map(|f| f.instance)
@@ -488,9 +464,10 @@ impl Watch {
                     out.push(Effect::Detach { pid });
                 }
                 // An instance refused at the cap was never watched.
-                if let Some(id) = instance.filter(|id| self.tracked.contains(id)) {
-                    let events = self.detector.process_exited_live(&id, pid, now);
-                    self.on_events(events, now, &mut out);
+                if let Some(id) = instance.filter(|id| self.records.contains_key(id)) {
+                    self.detect(&id, now, &mut out, |d, rules| {
+                        d.process_exited(rules, pid, now, true)
+                    });
                     self.went_idle(&id, now);
                 }
             }
@@ -513,7 +490,10 @@ impl Watch {
                 self.exchange(&exchange, instance, now, &mut out);
             }
             Input::Tick => {
-                let events = self.detector.tick(now);
+                let mut events = Vec::new();
+                for record in self.records.values_mut() {
+                    record.detection.tick(&self.rules, now, &mut events);
+                }
                 self.on_events(events, now, &mut out);
                 self.sweep(now);
                 if let Some(f) = self.fleet.as_mut() {
@@ -571,11 +551,13 @@ impl Watch {
                 bus,
                 engine,
             } => {
-                self.detector.set_config(config.detector.detector_config());
-                self.detector.set_host(config.fleet.host.clone());
+                self.rules.config = config.detector.detector_config();
+                self.rules.host.clone_from(&config.fleet.host);
                 for id in self.policy.set_config(config.recovery.policy_config()) {
                     info!(instance = %id, "give_up is off: the instance given up on is watched again");
-                    self.detector.release_escalated(&id);
+                    if let Some(r) = self.records.get_mut(&id) {
+                        r.detection.release_escalated();
+                    }
                 }
                 match (self.fleet.as_mut(), config.fleet.enabled()) {
                     (Some(f), true) => {
@@ -658,9 +640,9 @@ impl Watch {
         // An instance known only from its traffic or the journal: its unit, if its name is one.
         let from_name = || instance.placement();
         let placement = self
-            .placements
+            .records
             .get(instance)
-            .cloned()
+            .and_then(|r| r.placement.clone())
             .unwrap_or_else(from_name);
         let mut choice = Supervisor::resolve(
             self.config.supervisor_for(&instance.name),
@@ -709,25 +691,28 @@ impl Watch {
         if !self.admit(&id, found.info.pid, found.info.uid, now, out) {
             return;
         }
-        self.busy(&id);
         // A process that moves to another instance (a spare of the background machinery that
         // a session claimed) leaves the one it was part of.
+        let pid = found.info.pid;
         if let Some(prev) = self
             .procs
-            .get(&found.info.pid)
+            .get(&pid)
             .map(|f| f.instance.clone())
             .filter(|prev| *prev != id)
         {
-            self.procs.remove(&found.info.pid);
-            let events = self.detector.process_exited(&prev, found.info.pid, now);
-            self.on_events(events, now, out);
+            self.remove_proc(pid);
+            self.detect(&prev, now, out, |d, rules| {
+                d.process_exited(rules, pid, now, false)
+            });
             self.went_idle(&prev, now);
         }
-        self.binaries
-            .insert(id.clone(), found.info.exe.display().to_string());
-        self.placements.insert(id.clone(), found.placement.clone());
-        let events = self.detector.process_started(&id, found.info.pid, now);
-        self.procs.insert(found.info.pid, found.clone());
+        let record = self.records.get_mut(&id).expect("admitted");
+        record.idle_since = None;
+        record.binary = Some(found.info.exe.display().to_string());
+        record.placement = Some(found.placement.clone());
+        record.pids.insert(pid);
+        let events = record.detection.process_started(pid, now);
+        self.procs.insert(pid, found.clone());
         out.push(Effect::Attach(found));
         self.on_events(events, now, out);
     }
@@ -756,27 +741,24 @@ impl Watch {
             status: exchange.status,
             model: model_label(exchange.model.as_deref()),
         }));
-        if crate::detect::is_api_call(exchange) {
-            self.last_seen.insert(
-                id.clone(),
-                LastSeen {
-                    status: exchange.status,
-                    ts_ms: exchange.ts_ms,
-                },
-            );
+        let api_call = crate::detect::is_api_call(exchange);
+        let record = self.records.get_mut(&id).expect("admitted");
+        if api_call {
+            record.last_seen = Some(LastSeen {
+                status: exchange.status,
+                ts_ms: exchange.ts_ms,
+            });
         }
-        let events = self.detector.observe(&id, exchange.pid, exchange, now);
+        let events = record
+            .detection
+            .observe(&mut self.rules, exchange.pid, exchange, now);
+        let recheck = api_call && std::mem::take(&mut record.recheck);
+        let latched = record.detection.state() == State::Latched;
         self.on_events(events, now, out);
-        if crate::detect::is_api_call(exchange) && self.recheck.remove(&id) {
-            let latched = self
-                .detector
-                .status(&id)
-                .is_some_and(|s| s.state == State::Latched);
-            if exchange.status == 401 && latched && self.acts(&id) {
-                info!(instance = %id, "the resumed episode's instance still gets 401: latched");
-                self.latch(&id, now);
-                self.save(out);
-            }
+        if recheck && exchange.status == 401 && latched && self.acts(&id) {
+            info!(instance = %id, "the resumed episode's instance still gets 401: latched");
+            self.latch(&id, now);
+            self.save(out);
         }
     }
 
@@ -785,11 +767,10 @@ impl Watch {
     /// appeared, the configuration was reloaded), instead of waiting for a new latch.
     fn adopt_latched(&mut self, now: MonoNs, out: &mut Vec<Effect>) {
         let latched: Vec<InstanceId> = self
-            .detector
-            .statuses()
-            .into_iter()
-            .filter(|s| s.state == State::Latched)
-            .map(|s| s.instance)
+            .records
+            .iter()
+            .filter(|(_, r)| r.detection.state() == State::Latched)
+            .map(|(id, _)| id.clone())
             .filter(|id| matches!(self.policy.phase(id), None | Some(Phase::Idle)))
             .collect();
         let mut adopted = false;
@@ -810,28 +791,28 @@ impl Watch {
         // waits for their non-401 answer too, instead of latching them anew.
         let escalated: Vec<InstanceId> = self.policy.gave_up().cloned().collect();
         for id in escalated {
-            let events = self.detector.escalate(&id, now);
-            self.on_events(events, now, out);
+            self.detect(&id, now, out, |d, rules| d.escalate(rules, now));
         }
         let wall_now = self.wall_ms(now);
         let stale_after =
             u64::try_from(self.config.recovery.healthy_reset.as_millis()).unwrap_or(u64::MAX);
         for episode in episodes.into_iter().filter(|e| !e.is_closed()) {
             let id = InstanceId::from_saved(&episode.instance, episode.unit.as_deref());
-            let live = self.procs.values().any(|f| f.instance == id);
+            let live = self.live(&id);
             let age_ms = wall_now.saturating_sub(episode.last_401_ms);
             let last_pid = episode.pids.last().copied().unwrap_or(0);
             info!(instance = %id, episode = %episode.id, live, age_ms, "resuming an episode left open by the previous run");
-            self.tracked.insert(id.clone());
-            self.last_episode.insert(id.clone(), episode.id.clone());
-            self.detector.restore(&id, episode);
+            let record = self.record(&id);
+            record.last_episode = Some(episode.id.clone());
+            record.detection.restore(episode);
             if !live {
                 // Its process is gone (and a `pid:` name can never come back): the episode
                 // ends as the process's would have, and nothing is restarted.
                 info!(instance = %id, "the latched process is gone: episode ends process_exited");
                 self.policy.hold(&id);
-                let events = self.detector.process_exited(&id, last_pid, now);
-                self.on_events(events, now, out);
+                self.detect(&id, now, out, |d, rules| {
+                    d.process_exited(rules, last_pid, now, false)
+                });
                 self.went_idle(&id, now);
                 continue;
             }
@@ -843,7 +824,7 @@ impl Watch {
                 // again, a non-401 closes the episode).
                 info!(instance = %id, age_ms, "old episode: waiting for the instance's current traffic before any restart");
                 self.policy.hold(&id);
-                self.recheck.insert(id);
+                self.record(&id).recheck = true;
                 continue;
             }
             // Still latched as far as recovery knows: a restart that was under way when the
@@ -861,9 +842,7 @@ impl Watch {
     /// owner, and an incident holds only its owner's instances).
     fn latch(&mut self, id: &InstanceId, now: MonoNs) {
         let owner = self
-            .procs
-            .values()
-            .filter(|f| &f.instance == id)
+            .members(id)
             .max_by_key(|f| f.info.start_time)
             .map_or(0, |f| f.info.uid);
         self.policy.set_owner(id, owner);
@@ -872,7 +851,46 @@ impl Watch {
 
     /// Whether `id` has a live process.
     fn live(&self, id: &InstanceId) -> bool {
-        self.procs.values().any(|f| &f.instance == id)
+        self.records.get(id).is_some_and(Record::live)
+    }
+
+    /// The live processes of `id`.
+    fn members<'a>(&'a self, id: &InstanceId) -> impl Iterator<Item = &'a Found> + 'a {
+        let pids = self.records.get(id).map(|r| &r.pids).into_iter().flatten();
+        pids.filter_map(|pid| self.procs.get(pid))
+    }
+
+    /// `id`'s record, made (as root's) if it has none.
+    fn record(&mut self, id: &InstanceId) -> &mut Record {
+        self.records
+            .entry(id.clone())
+            .or_insert_with(|| Record::new(detect::Instance::new(id.clone()), 0))
+    }
+
+    /// Runs `f` on `id`'s detection (its record made if need be) and acts on its events.
+    fn detect(
+        &mut self,
+        id: &InstanceId,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+        f: impl FnOnce(&mut detect::Instance, &detect::Rules) -> Vec<Event>,
+    ) {
+        let rules = &self.rules;
+        let record = self
+            .records
+            .entry(id.clone())
+            .or_insert_with(|| Record::new(detect::Instance::new(id.clone()), 0));
+        let events = f(&mut record.detection, rules);
+        self.on_events(events, now, out);
+    }
+
+    /// Takes process `pid` out of the pid table and its instance's record.
+    fn remove_proc(&mut self, pid: u32) -> Option<Found> {
+        let found = self.procs.remove(&pid)?;
+        if let Some(r) = self.records.get_mut(&found.instance) {
+            r.pids.remove(&pid);
+        }
+        Some(found)
     }
 
     /// A process of `id` is gone: a `pid:` instance is forgotten at once (its name can never
@@ -893,52 +911,45 @@ impl Watch {
     /// restart or quiet window, no escalation waiting for an answer.
     fn at_rest(&self, id: &InstanceId) -> bool {
         !self.live(id)
-            && self.detector.at_rest(id)
+            && self.records.get(id).is_none_or(|r| r.detection.at_rest())
             && self.policy.at_rest(id)
             && !self.successors.values().any(|s| s == id)
     }
 
-    /// Drops everything known about `id`.
+    /// Drops everything known about `id`: its record, its recovery state, its successors.
     fn forget(&mut self, id: &InstanceId) {
         self.forgotten.push(id.name.clone());
-        self.detector.forget(id);
+        self.records.remove(id);
         self.policy.forget(id);
-        self.last_seen.remove(id);
-        self.binaries.remove(id);
-        self.placements.remove(id);
-        self.recheck.remove(id);
-        self.last_episode.remove(id);
-        self.restart_errors.remove(id);
-        self.recoveries.remove(id);
         self.successors.retain(|_, s| s != id);
-        self.tracked.remove(id);
-        self.admitted_by.remove(id);
-        self.busy(id);
     }
 
     /// `id` has no live process since `now` (unless known idle since earlier).
     fn idle(&mut self, id: &InstanceId, now: MonoNs) {
-        if !self.idle_since.contains_key(id) {
-            self.idle_since.insert(id.clone(), now);
-            self.idle_order.insert((now, id.clone()));
+        if let Some(r) = self.records.get_mut(id) {
+            r.idle_since.get_or_insert(now);
         }
     }
 
-    /// `id` has a live process again (or is forgotten).
-    fn busy(&mut self, id: &InstanceId) {
-        if let Some(since) = self.idle_since.remove(id) {
-            self.idle_order.remove(&(since, id.clone()));
-        }
+    /// The instances without a live process, longest idle first.
+    fn idle_order(&self) -> Vec<(MonoNs, &InstanceId)> {
+        let mut idle: Vec<(MonoNs, &InstanceId)> = self
+            .records
+            .iter()
+            .filter_map(|(id, r)| Some((r.idle_since?, id)))
+            .collect();
+        idle.sort_unstable();
+        idle
     }
 
     /// Forgets the named instances idle for [`FORGET_AFTER`] that are at rest.
     fn sweep(&mut self, now: MonoNs) {
         let after = u64::try_from(FORGET_AFTER.as_nanos()).unwrap_or(u64::MAX);
         let due: Vec<InstanceId> = self
-            .idle_order
+            .records
             .iter()
-            .take_while(|(since, _)| now.saturating_sub(*since) >= after)
-            .map(|(_, id)| id)
+            .filter(|(_, r)| r.idle_since.is_some_and(|t| now.saturating_sub(t) >= after))
+            .map(|(id, _)| id)
             .filter(|id| self.at_rest(id))
             .cloned()
             .collect();
@@ -960,17 +971,17 @@ impl Watch {
         now: MonoNs,
         out: &mut Vec<Effect>,
     ) -> bool {
-        if self.tracked.contains(id) {
+        if self.records.contains_key(id) {
             return true;
         }
         let share_full = uid != 0
-            && self.admitted_by.values().filter(|u| **u == uid).count() >= MAX_INSTANCES_PER_USER;
-        if share_full || self.tracked.len() >= MAX_INSTANCES {
+            && self.records.values().filter(|r| r.owner == uid).count() >= MAX_INSTANCES_PER_USER;
+        if share_full || self.records.len() >= MAX_INSTANCES {
             let victim = self
-                .idle_order
-                .iter()
+                .idle_order()
+                .into_iter()
                 .map(|(_, id)| id)
-                .filter(|id| !share_full || self.admitted_by.get(*id) == Some(&uid))
+                .filter(|id| !share_full || self.records[*id].owner == uid)
                 .find(|id| self.at_rest(id))
                 .cloned();
             match victim {
@@ -990,15 +1001,17 @@ impl Watch {
                         if share_full {
                             warn!(instance = %id, uid, refused = self.refused, share = MAX_INSTANCES_PER_USER, "too many instances of one user: not watching a new one of theirs (each is live or has recovery under way)");
                         } else {
-                            warn!(instance = %id, tracked = self.tracked.len(), refused = self.refused, max = MAX_INSTANCES, "too many instances: not watching a new one (each tracked one is live or has recovery under way)");
+                            warn!(instance = %id, tracked = self.records.len(), refused = self.refused, max = MAX_INSTANCES, "too many instances: not watching a new one (each tracked one is live or has recovery under way)");
                         }
                     }
                     return false;
                 }
             }
         }
-        self.tracked.insert(id.clone());
-        self.admitted_by.insert(id.clone(), uid);
+        self.records.insert(
+            id.clone(),
+            Record::new(detect::Instance::new(id.clone()), uid),
+        );
         true
     }
 
@@ -1014,10 +1027,10 @@ impl Watch {
                     at_ns,
                 } => self.state_changed(&instance, from, to, &reason, at_ns, now, out),
                 Event::EpisodeOpened(episode) => {
-                    self.last_episode.insert(
-                        InstanceId::from_saved(&episode.instance, episode.unit.as_deref()),
-                        episode.id.clone(),
-                    );
+                    let id = InstanceId::from_saved(&episode.instance, episode.unit.as_deref());
+                    if let Some(r) = self.records.get_mut(&id) {
+                        r.last_episode = Some(episode.id.clone());
+                    }
                     warn!(instance = %episode.instance, episode = %episode.id, count_401 = episode.count_401, request_ids = ?episode.request_ids(), "latched: 401s on the instance's own session");
                     out.push(Effect::Metric(Metric::EpisodeOpened {
                         agent: episode.instance.clone(),
@@ -1029,14 +1042,16 @@ impl Watch {
                     if matches!(
                         episode.end,
                         EpisodeEnd::SelfRecovered | EpisodeEnd::RecoveredAfterRestart
-                    ) && let Some(id) = self
-                        .tracked
-                        .iter()
-                        .find(|i| i.name == episode.instance)
-                        .cloned()
-                    {
+                    ) {
                         let at = self.wall_ms(now);
-                        self.recoveries.entry(id).or_default().last = Some((at, episode.end));
+                        if let Some(r) = self
+                            .records
+                            .iter_mut()
+                            .find(|(i, _)| i.name == episode.instance)
+                            .map(|(_, r)| r)
+                        {
+                            r.recoveries.last = Some((at, episode.end));
+                        }
                     }
                     info!(instance = %episode.instance, episode = %episode.id, end = %episode.end, duration_ms = episode.duration_ms(), restarts = episode.restarts, "episode closed");
                     self.journal_episode(episode, now, out);
@@ -1078,7 +1093,10 @@ impl Watch {
         match (from, to) {
             (_, State::Latched) => {
                 if from == State::Suspect
-                    && let Some(held) = self.detector.latch_held_since(instance)
+                    && let Some(held) = self
+                        .records
+                        .get(instance)
+                        .and_then(|r| r.detection.latch_held_since(&self.rules))
                 {
                     #[expect(
                         clippy::cast_precision_loss,
@@ -1109,10 +1127,7 @@ impl Watch {
                     // Not ours: counted toward the escalation as ours are, and shown.
                     info!(instance = %instance, old_pid, pid, "restarted by something else while latched: the episode goes on, the new process's own answer decides");
                     self.policy.restarted_elsewhere(instance, now);
-                    self.recoveries
-                        .entry(instance.clone())
-                        .or_default()
-                        .restarts += 1;
+                    self.record(instance).recoveries.restarts += 1;
                     self.journal_action(
                         instance,
                         ActionKind::Restart,
@@ -1210,10 +1225,10 @@ impl Watch {
     /// (possibly another user's, borrowing the name) is not restarted for someone else's 401s.
     fn target(&self, id: &InstanceId) -> Option<Target> {
         let window_pids = self
-            .detector
-            .status(id)
-            .and_then(|s| s.window)
-            .map(|w| w.pids)
+            .records
+            .get(id)
+            .and_then(|r| r.detection.window())
+            .map(|w| w.pids.as_slice())
             .unwrap_or_default();
         let found = window_pids
             .iter()
@@ -1248,8 +1263,7 @@ impl Watch {
             return;
         };
         info!(instance = %id, pid = target.pid, unit = target.unit.as_deref().unwrap_or("-"), supervisor = supervisor.kind(), "restarting latched instance");
-        let events = self.detector.restart_started(id, now);
-        self.on_events(events, now, out);
+        self.detect(id, now, out, |d, _| d.restart_started(now));
         self.save(out);
         out.push(Effect::Restart {
             instance: id.clone(),
@@ -1269,8 +1283,10 @@ impl Watch {
         self.policy.restart_finished(id, now, &result);
         match &result {
             Ok(outcome) => {
-                self.restart_errors.remove(id);
-                self.recoveries.entry(id.clone()).or_default().restarts += 1;
+                let record = self.record(id);
+                record.restart_error = None;
+                record.recoveries.restarts += 1;
+                let bg = matches!(record.placement, Some(Placement::ClaudeBg(_)));
                 info!(instance = %id, new_pid = %outcome.new_pid.map_or_else(|| "-".to_owned(), |p| p.to_string()), "{}", outcome.summary);
                 out.push(Effect::Metric(Metric::Restart {
                     agent: id.name.clone(),
@@ -1286,7 +1302,7 @@ impl Watch {
                     out,
                 );
                 if let Some(pid) = outcome.new_pid {
-                    if matches!(self.placements.get(id), Some(Placement::ClaudeBg(_))) {
+                    if bg {
                         self.adopt(id, pid, now, out);
                     }
                     out.push(Effect::Inspect { pid });
@@ -1295,14 +1311,13 @@ impl Watch {
             Err(e) => {
                 let detail = e.detail.clone();
                 warn!(instance = %id, detail, "restart failed");
-                self.restart_errors.insert(id.clone(), detail.clone());
+                self.record(id).restart_error = Some(detail.clone());
                 out.push(Effect::Metric(Metric::Restart {
                     agent: id.name.clone(),
                     ok: false,
                 }));
                 self.journal_action(id, ActionKind::Restart, false, None, detail, now, out);
-                let events = self.detector.restart_failed(id, now);
-                self.on_events(events, now, out);
+                self.detect(id, now, out, |d, _| d.restart_failed(now));
             }
         }
         self.save(out);
@@ -1319,22 +1334,20 @@ impl Watch {
             return;
         }
         let named = found.instance.clone();
-        self.detector.forget_process(&named, pid);
-        if !self
-            .procs
-            .values()
-            .any(|f| f.instance == named && f.info.pid != pid)
-        {
-            self.placements.remove(&named);
-            self.binaries.remove(&named);
-            self.last_seen.remove(&named);
-            if self.detector.at_rest(&named) && self.policy.at_rest(&named) {
-                self.forget(&named);
-            } else {
-                self.idle(&named, now);
+        self.remove_proc(pid);
+        if let Some(r) = self.records.get_mut(&named) {
+            r.detection.forget_process(pid);
+            if !r.live() {
+                r.placement = None;
+                r.binary = None;
+                r.last_seen = None;
+                if r.detection.at_rest() && self.policy.at_rest(&named) {
+                    self.forget(&named);
+                } else {
+                    self.idle(&named, now);
+                }
             }
         }
-        self.procs.remove(&pid);
         self.remember_successor(pid, id);
         self.started(found, now, out);
     }
@@ -1382,12 +1395,13 @@ impl Watch {
         );
         // The process that latched, taken before a give-up closes its episode.
         let latched = self.target(id);
-        let events = if gave_up {
-            self.detector.escalate(id, now)
-        } else {
-            self.detector.mark_escalated(id, now)
-        };
-        self.on_events(events, now, out);
+        self.detect(id, now, out, |d, rules| {
+            if gave_up {
+                d.escalate(rules, now)
+            } else {
+                d.mark_escalated(rules, now)
+            }
+        });
         self.run_hook(id, latched, reason, vec![id.name.clone()], out);
     }
 
@@ -1410,7 +1424,11 @@ impl Watch {
             pid: 0,
             start_time: None,
             uid: None,
-            placement: self.placements.get(id).cloned().unwrap_or_default(),
+            placement: self
+                .records
+                .get(id)
+                .and_then(|r| r.placement.clone())
+                .unwrap_or_default(),
         });
         info!(instance = %id, "running the escalation hook");
         out.push(Effect::RunHook {
@@ -1639,13 +1657,13 @@ impl Watch {
             out,
         );
         for m in members {
-            if gave_up {
-                let events = self.detector.escalate(m, now);
-                self.on_events(events, now, out);
-            } else {
-                let events = self.detector.mark_escalated(m, now);
-                self.on_events(events, now, out);
-            }
+            self.detect(m, now, out, |d, rules| {
+                if gave_up {
+                    d.escalate(rules, now)
+                } else {
+                    d.mark_escalated(rules, now)
+                }
+            });
         }
         let latched = self.target(canary);
         self.run_hook(canary, latched, reason, names, out);
@@ -1711,12 +1729,11 @@ impl Watch {
     ) {
         // The open episode, else the latest one: a restart may finish, or the hook run, after
         // the episode it was for has closed.
-        let episode_id = self
-            .detector
-            .status(id)
-            .and_then(|s| s.window)
-            .map(|w| w.id)
-            .or_else(|| self.last_episode.get(id).cloned());
+        let record = self.records.get(id);
+        let episode_id = record
+            .and_then(|r| r.detection.window())
+            .map(|w| w.id.clone())
+            .or_else(|| record.and_then(|r| r.last_episode.clone()));
         out.push(Effect::Journal(JournalRecord::Action(ActionRecord {
             at_ms: self.wall_ms(now),
             instance: id.name.clone(),
@@ -1795,14 +1812,4 @@ pub fn in_scope(cgroup: &str, scope: &str) -> bool {
         || path
             .strip_prefix(scope)
             .is_some_and(|rest| rest.starts_with('/'))
-}
-
-/// Wall time in ms since the epoch of monotonic time `mono`.
-/// An instance's recoveries since the daemon started.
-#[derive(Clone, Copy, Debug, Default)]
-struct Recoveries {
-    /// Restarts made (accepted by the supervisor), healed or not.
-    restarts: u32,
-    /// The latest recovery: when (wall ms) and how.
-    last: Option<(u64, EpisodeEnd)>,
 }

@@ -16,47 +16,36 @@ use crate::instance::Placement;
 /// (an escalation, or a restored one, escalates the detector too).
 pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
     let mut instances: BTreeMap<String, InstanceView> = BTreeMap::new();
-    for found in watch.procs.values() {
-        let view = instances
-            .entry(found.instance.name.clone())
-            .or_insert_with(|| InstanceView {
-                name: found.instance.name.clone(),
-                unit: found.instance.unit_name().map(str::to_owned),
-                state: "observed".into(),
-                ..InstanceView::default()
-            });
-        view.pids.push(found.info.pid);
-        view.binary = Some(found.info.exe.display().to_string());
-        if let Some(why) = watch.unobserved.get(&found.info.pid) {
-            view.unobserved = Some(why.clone());
-        }
-        if let Some(origin) = &found.info.env.plain_http_base {
-            view.blind = Some(format!(
-                "ANTHROPIC_BASE_URL is plain {origin}: its API calls never pass through TLS, so the probes cannot see them"
-            ));
-        } else if let Some(why) = watch.blind_reason(found.info.pid, now) {
-            view.blind = Some(why);
-        }
-        if view.version.is_none() {
-            view.version = found.version();
-        }
-    }
     let mut ids = BTreeMap::new();
-    for found in watch.procs.values() {
-        ids.insert(found.instance.name.clone(), found.instance.clone());
-    }
-    for s in watch.detector.statuses() {
-        ids.insert(s.instance.name.clone(), s.instance.clone());
-        let name = s.instance.name.clone();
+    for (id, record) in &watch.records {
+        ids.insert(id.name.clone(), id.clone());
         let view = instances
-            .entry(name.clone())
+            .entry(id.name.clone())
             .or_insert_with(|| InstanceView {
-                name: name.clone(),
-                unit: s.instance.unit_name().map(str::to_owned),
+                name: id.name.clone(),
+                unit: id.unit_name().map(str::to_owned),
                 ..InstanceView::default()
             });
+        for found in watch.members(id) {
+            view.pids.push(found.info.pid);
+            view.binary = Some(found.info.exe.display().to_string());
+            if let Some(why) = watch.unobserved.get(&found.info.pid) {
+                view.unobserved = Some(why.clone());
+            }
+            if let Some(origin) = &found.info.env.plain_http_base {
+                view.blind = Some(format!(
+                    "ANTHROPIC_BASE_URL is plain {origin}: its API calls never pass through TLS, so the probes cannot see them"
+                ));
+            } else if let Some(why) = watch.blind_reason(found.info.pid, now) {
+                view.blind = Some(why);
+            }
+            if view.version.is_none() {
+                view.version = found.version();
+            }
+        }
+        let s = record.detection.status();
         view.state = s.state.as_str().to_owned();
-        if s.state == State::Healthy && !watch.last_seen.contains_key(&s.instance) {
+        if s.state == State::Healthy && record.last_seen.is_none() {
             // No answer of its own was ever seen: nothing says it is healthy.
             view.state = "observed".into();
         }
@@ -72,7 +61,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
             .as_ref()
             .filter(|_| matches!(s.state, State::Latched | State::Recovering))
             .map(|w| w.id.clone());
-        if let Some(last) = watch.last_seen.get(&s.instance) {
+        if let Some(last) = &record.last_seen {
             view.last_status = Some(last.status);
             view.last_seen_ms = Some(last.ts_ms);
         }
@@ -117,6 +106,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         let Some(id) = ids.get(&view.name) else {
             continue;
         };
+        let record = &watch.records[id];
         let choice = watch.choice(id);
         if dry_run {
             view.supervisor = "dry-run".into();
@@ -125,7 +115,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
             view.supervisor = choice.supervisor.kind().into();
             view.supervisor_reason = choice.reason;
         }
-        if let Some(Placement::ClaudeBg(bg)) = watch.placements.get(id) {
+        if let Some(Placement::ClaudeBg(bg)) = &record.placement {
             let cwd = bg.cwd.as_ref().map(|c| c.display().to_string());
             if view.state == State::Escalated.as_str() {
                 view.advice = Some(bg_escalation_advice(&bg.short_id, cwd.as_deref()));
@@ -139,22 +129,21 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         }
         let recovery = watch.policy.view(id);
         view.restarts = recovery.restarts;
-        if let Some(r) = watch.recoveries.get(id) {
-            view.restarts_total = r.restarts;
-            view.last_recovery_ms = r.last.map(|(ms, _)| ms);
-            view.last_recovery = r.last.map(|(_, end)| end.to_string());
-        }
+        let r = record.recoveries;
+        view.restarts_total = r.restarts;
+        view.last_recovery_ms = r.last.map(|(ms, _)| ms);
+        view.last_recovery = r.last.map(|(_, end)| end.to_string());
         if view.blind.is_some() && matches!(view.state.as_str(), "observed" | "healthy") {
             // Its own answers cannot be seen (or no longer are): it says why, never healthy.
             view.state = "blind".into();
         }
         if view.pids.is_empty() {
-            view.exited_ms = watch.idle_since.get(id).map(|t| watch.wall_ms(*t));
+            view.exited_ms = record.idle_since.map(|t| watch.wall_ms(t));
             if matches!(view.state.as_str(), "healthy" | "observed" | "suspect") {
                 view.state = "exited".into();
             }
         }
-        view.last_error = watch.restart_errors.get(id).cloned();
+        view.last_error.clone_from(&record.restart_error);
         view.backoff_until_ms = recovery
             .not_before
             .filter(|t| *t > now)
@@ -174,7 +163,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         view.fleet_hold =
             held && matches!(view.state.as_str(), "latched" | "recovering" | "escalated");
         if view.binary.is_none() {
-            view.binary = watch.binaries.get(id).cloned();
+            view.binary.clone_from(&record.binary);
         }
     }
     Status {

@@ -1421,21 +1421,12 @@ fn an_exited_instance_process_releases_its_attachments() {
     assert_eq!(r.detached, vec![41, 42]);
 }
 
-/// Entries of every per-instance map of the core, its detector and its policy (the per-process
-/// ones, `procs` and `unobserved`, follow live processes).
+/// Entries of every per-instance table of the core: its records and its policy's (the
+/// per-process ones, `procs` and `unobserved`, follow live processes).
 fn footprint(w: &Watch) -> Vec<(&'static str, usize)> {
     vec![
-        ("tracked", w.tracked.len()),
-        ("idle_since", w.idle_since.len()),
-        ("idle_order", w.idle_order.len()),
-        ("binaries", w.binaries.len()),
-        ("placements", w.placements.len()),
-        ("last_seen", w.last_seen.len()),
-        ("recheck", w.recheck.len()),
-        ("last_episode", w.last_episode.len()),
-        ("restart_errors", w.restart_errors.len()),
+        ("records", w.records.len()),
         ("successors", w.successors.len()),
-        ("detector", w.detector.instance_count()),
         ("policy", w.policy.instances().count()),
     ]
 }
@@ -1565,7 +1556,7 @@ fn beyond_the_cap_new_instances_are_refused_and_a_latched_one_is_never_dropped()
         let id = unit(&format!("flood-{i}.service"));
         r.start(20_000 + i, &id);
     }
-    assert_eq!(r.watch.tracked.len(), MAX_INSTANCES);
+    assert_eq!(r.watch.records.len(), MAX_INSTANCES);
     assert_eq!(r.watch.refused, 1, "the last one had no room");
     assert!(
         r.metrics.contains(&Metric::InstanceRefused),
@@ -1583,7 +1574,7 @@ fn beyond_the_cap_new_instances_are_refused_and_a_latched_one_is_never_dropped()
             .iter()
             .all(|v| v.name != format!("flood-{}.service", MAX_INSTANCES - 1))
     );
-    assert_eq!(r.watch.tracked.len(), MAX_INSTANCES);
+    assert_eq!(r.watch.records.len(), MAX_INSTANCES);
     // The latched instance kept everything: its restart is confirmed.
     r.restart_ok(&instance, 101);
     r.start(101, &agent());
@@ -1934,7 +1925,7 @@ fn one_user_fills_only_their_share_of_the_instance_table() {
     for i in 0..=share {
         start_as(&mut r, 40_000 + i, format!("mallory-{i}.service"), 1001);
     }
-    assert_eq!(r.watch.tracked.len(), MAX_INSTANCES_PER_USER);
+    assert_eq!(r.watch.records.len(), MAX_INSTANCES_PER_USER);
     assert_eq!(r.watch.refused, 1, "the one beyond the share");
     // Another user and root still get their instances watched.
     start_as(&mut r, 50_000, "alice.service".into(), 1002);
@@ -1947,10 +1938,10 @@ fn one_user_fills_only_their_share_of_the_instance_table() {
     r.exit(40_000);
     start_as(&mut r, 40_999, "mallory-late.service".into(), 1001);
     assert_eq!(r.watch.refused, 1);
-    assert!(r.watch.tracked.contains(&unit("mallory-late.service")));
-    assert!(r.watch.tracked.contains(&unit("alice.service")));
+    assert!(r.watch.records.contains_key(&unit("mallory-late.service")));
+    assert!(r.watch.records.contains_key(&unit("alice.service")));
     assert_eq!(
-        r.watch.admitted_by.values().filter(|u| **u == 1001).count(),
+        r.watch.records.values().filter(|r| r.owner == 1001).count(),
         MAX_INSTANCES_PER_USER
     );
 }

@@ -1,0 +1,72 @@
+//! One record per instance: everything the core keeps of it, so that forgetting an instance
+//! is dropping its record (its detector state, its recovery state and the pids of its live
+//! processes in it or beside it, each in one place).
+
+use std::collections::BTreeSet;
+
+use crate::detect::{self, EpisodeEnd, MonoNs};
+use crate::instance::Placement;
+
+use super::status::LastSeen;
+
+/// What the core knows of one instance (kept after its processes exit, until forgotten).
+#[derive(Debug)]
+pub(super) struct Record {
+    /// The user whose process first made it (for the per-user share,
+    /// [`super::MAX_INSTANCES_PER_USER`]; unknown: root's).
+    pub owner: u32,
+    /// Its live processes (their [`crate::instance::Found`] in the pid table).
+    pub pids: BTreeSet<u32>,
+    /// Without a live process since then: forgotten [`super::FORGET_AFTER`] later once at
+    /// rest (or earlier, longest idle first, to make room for a new instance).
+    pub idle_since: Option<MonoNs>,
+    /// The executable of its newest process.
+    pub binary: Option<String>,
+    /// Where its newest process lives.
+    pub placement: Option<Placement>,
+    /// Its latest API answer.
+    pub last_seen: Option<LastSeen>,
+    /// A resumed episode too old to act on: its next API answer decides.
+    pub recheck: bool,
+    /// The id of its latest episode (actions that end after it closed name it).
+    pub last_episode: Option<String>,
+    /// Why its latest restart failed or was refused (until one succeeds).
+    pub restart_error: Option<String>,
+    /// Its recoveries since the daemon started (what `status` shows of its past).
+    pub recoveries: Recoveries,
+    /// What the detector knows of it: its 401 window, sessions, throttles.
+    pub detection: detect::Instance,
+}
+
+impl Record {
+    /// A record of an instance first seen through a process of `owner`.
+    pub fn new(detection: detect::Instance, owner: u32) -> Self {
+        Self {
+            owner,
+            pids: BTreeSet::new(),
+            idle_since: None,
+            binary: None,
+            placement: None,
+            last_seen: None,
+            recheck: false,
+            last_episode: None,
+            restart_error: None,
+            recoveries: Recoveries::default(),
+            detection,
+        }
+    }
+
+    /// Whether it has a live process.
+    pub fn live(&self) -> bool {
+        !self.pids.is_empty()
+    }
+}
+
+/// An instance's recoveries since the daemon started.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Recoveries {
+    /// Restarts made (accepted by the supervisor), healed or not.
+    pub restarts: u32,
+    /// The latest recovery: when (wall ms) and how.
+    pub last: Option<(u64, EpisodeEnd)>,
+}
