@@ -174,7 +174,11 @@ fn x86_64_roles(
         if refs.is_empty() {
             continue;
         }
-        let calls = CallTargets::scan(code, seg.vaddr);
+        // Only around the sites is anything asked of the call targets: a function start at
+        // most MAX_FUNCTION_SPAN below a site, and what it calls in its first MAX_READ_SPAN.
+        let near: Vec<u64> = refs.iter().map(|r| r.vaddr).collect();
+        let calls =
+            CallTargets::scan_near(code, seg.vaddr, &near, MAX_FUNCTION_SPAN + MAX_READ_SPAN);
         for r in &refs {
             budget.check("error sites")?;
             let site = decode_site(image, &calls, r);

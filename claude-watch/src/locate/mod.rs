@@ -537,30 +537,38 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// Reads the bytes `from..to` (within the buffer).
+    /// Reads the bytes `from..to` (within the buffer); a range of [`SPLIT_READ`] or more in
+    /// two halves on two threads (the kernel's zeroing of fresh pages is most of a cold read).
     fn read_range(&mut self, from: u64, to: u64) -> Result<(), LocateError> {
         let size = self.data.len();
         // Both within the buffer, whose length is a usize.
-        let (mut at, end) = (from as usize, to as usize);
-        while at < end {
-            match self.file.read_at(&mut self.data[at..end], at as u64) {
-                Ok(0) => {
-                    return Err(self.changed(format!("ended at byte {at} of {size} (truncated)")));
-                }
-                Ok(n) => {
-                    at += n;
-                    self.read_bytes += n as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(LocateError::Io {
-                        path: self.path.to_owned(),
-                        source,
-                    });
-                }
+        let (from, to) = (from as usize, to as usize);
+        let file = self.file;
+        let buf = &mut self.data[from..to];
+        let result = if buf.len() >= SPLIT_READ {
+            let (lo, hi) = buf.split_at_mut(buf.len() / 2);
+            let mid = from + lo.len();
+            std::thread::scope(|s| {
+                let upper = s.spawn(|| read_exact_at(file, hi, mid));
+                let lower = read_exact_at(file, lo, from);
+                lower.and(upper.join().expect("a read does not panic"))
+            })
+        } else {
+            read_exact_at(file, buf, from)
+        };
+        match result {
+            Ok(()) => {
+                self.read_bytes += (to - from) as u64;
+                Ok(())
             }
+            Err(ShortRead::Ended(at)) => {
+                Err(self.changed(format!("ended at byte {at} of {size} (truncated)")))
+            }
+            Err(ShortRead::Io(source)) => Err(LocateError::Io {
+                path: self.path.to_owned(),
+                source,
+            }),
         }
-        Ok(())
     }
 
     /// Reads the ranges `wanted` names in the bytes read so far, again until it names nothing
@@ -629,6 +637,31 @@ impl<'a> Reader<'a> {
 const SETTLE_ROUNDS: usize = 6;
 /// Ranges [`Reader::fill_settled`] reads at most in one round (a real file names fewer than 10).
 const SETTLE_RANGES: usize = 64;
+
+/// Ranges read on two threads from this size on.
+const SPLIT_READ: usize = 16 << 20;
+
+/// Why a read of a range stopped short.
+enum ShortRead {
+    /// The file ended at this byte (truncated while read).
+    Ended(usize),
+    /// The read failed.
+    Io(std::io::Error),
+}
+
+/// Fills `buf` with the file's bytes from `offset` on.
+fn read_exact_at(file: &File, buf: &mut [u8], offset: usize) -> Result<(), ShortRead> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], (offset + done) as u64) {
+            Ok(0) => return Err(ShortRead::Ended(offset + done)),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ShortRead::Io(e)),
+        }
+    }
+    Ok(())
+}
 
 /// The parts of `start..end` not in `filled` (sorted, disjoint `(start, end)` ranges).
 fn gaps(filled: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {

@@ -33,53 +33,113 @@ pub fn strings_ending_with(data: &[u8], base: u64, suffix: &[u8]) -> Vec<u64> {
     found
 }
 
-/// The set of direct call targets (`E8 rel32`) found by scanning a code region byte by byte.
+/// The direct call targets (`E8 rel32`) found by scanning a code region byte by byte, kept
+/// only within windows of it (around the error sites: the only places the caller asks about,
+/// so that a scan of a 125 MB text writes a few kilobytes of bits, not 16 MB at random).
 ///
 /// Every `E8` byte counts, including ones inside other instructions, so the set over-approximates;
 /// callers pair it with a prologue check and a decode from the found start.
 #[derive(Debug, Clone)]
 pub struct CallTargets {
-    base: u64,
-    len: u64,
-    bits: Vec<u64>,
+    /// Disjoint windows, sorted: their first address and one bit per byte.
+    windows: Vec<(u64, Vec<u64>)>,
 }
 
 impl CallTargets {
     /// Scans `code`, mapped at `base`, for `E8 rel32` whose target lies inside `code`.
     #[must_use]
     pub fn scan(code: &[u8], base: u64) -> Self {
-        let len = code.len() as u64;
-        let mut bits = vec![0u64; code.len().div_ceil(64)];
-        for pos in memchr::memchr_iter(0xE8, code) {
-            let Some(rel) = code.get(pos + 1..pos + 5) else {
-                break;
-            };
-            let rel = i64::from(i32::from_le_bytes([rel[0], rel[1], rel[2], rel[3]]));
-            let target = pos as i64 + 5 + rel;
-            if (0..len as i64).contains(&target) {
-                let t = target as usize;
-                bits[t / 64] |= 1 << (t % 64);
+        Self::scan_near(code, base, &[base], code.len() as u64)
+    }
+
+    /// Scans `code`, mapped at `base`, for `E8 rel32` whose target lies inside `code` within
+    /// `radius` of one of `near`; [`Self::contains`] and [`Self::at_or_below`] know nothing
+    /// outside those windows. The two halves of the code are scanned on two threads.
+    #[must_use]
+    pub fn scan_near(code: &[u8], base: u64, near: &[u64], radius: u64) -> Self {
+        let end = base + code.len() as u64;
+        let mut spans: Vec<(u64, u64)> = near
+            .iter()
+            .map(|&v| {
+                (
+                    v.saturating_sub(radius).max(base),
+                    v.saturating_add(radius).min(end),
+                )
+            })
+            .filter(|(lo, hi)| lo < hi)
+            .collect();
+        spans.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (lo, hi) in spans {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
             }
         }
-        Self { base, len, bits }
+        let scan_half = |from: usize, to: usize| {
+            let mut windows: Vec<(u64, Vec<u64>)> = merged
+                .iter()
+                .map(|&(lo, hi)| (lo, vec![0u64; (hi - lo).div_ceil(64) as usize]))
+                .collect();
+            for pos in memchr::memchr_iter(0xE8, &code[from..to]).map(|p| p + from) {
+                let Some(rel) = code.get(pos + 1..pos + 5) else {
+                    break;
+                };
+                let rel = i64::from(i32::from_le_bytes([rel[0], rel[1], rel[2], rel[3]]));
+                let target = pos as i64 + 5 + rel;
+                if !(0..code.len() as i64).contains(&target) {
+                    continue;
+                }
+                let vaddr = base + target as u64;
+                let i = merged.partition_point(|&(_, hi)| hi <= vaddr);
+                if let Some(&(lo, _)) = merged.get(i).filter(|(lo, _)| *lo <= vaddr) {
+                    let bit = vaddr - lo;
+                    windows[i].1[(bit / 64) as usize] |= 1 << (bit % 64);
+                }
+            }
+            windows
+        };
+        let mid = code.len() / 2;
+        let (mut windows, upper) = std::thread::scope(|s| {
+            let upper = s.spawn(|| scan_half(mid, code.len()));
+            (
+                scan_half(0, mid),
+                upper.join().expect("the scan does not panic"),
+            )
+        });
+        for (w, u) in windows.iter_mut().zip(upper) {
+            w.1.iter_mut().zip(u.1).for_each(|(a, b)| *a |= b);
+        }
+        Self { windows }
+    }
+
+    /// The window holding `vaddr`, and the bit of `vaddr` in it.
+    fn window(&self, vaddr: u64) -> Option<(usize, u64)> {
+        let i = self
+            .windows
+            .partition_point(|(lo, _)| *lo <= vaddr)
+            .checked_sub(1)?;
+        let (lo, bits) = &self.windows[i];
+        let bit = vaddr - lo;
+        (bit < bits.len() as u64 * 64).then_some((i, bit))
     }
 
     /// Whether some `E8` in the region targets `vaddr`.
     #[must_use]
     pub fn contains(&self, vaddr: u64) -> bool {
-        let Some(rel) = vaddr.checked_sub(self.base).filter(|&r| r < self.len) else {
-            return false;
-        };
-        self.bits[(rel / 64) as usize] & (1 << (rel % 64)) != 0
+        self.window(vaddr)
+            .is_some_and(|(i, bit)| self.windows[i].1[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
     }
 
-    /// Call targets at or below `vaddr` and no further than `max_distance` below it, highest first.
+    /// Call targets at or below `vaddr` and no further than `max_distance` below it, highest
+    /// first (within the window holding `vaddr`).
     pub fn at_or_below(&self, vaddr: u64, max_distance: u64) -> impl Iterator<Item = u64> + '_ {
-        let hi = vaddr
-            .saturating_sub(self.base)
-            .min(self.len.saturating_sub(1));
-        let lo = vaddr.saturating_sub(max_distance).saturating_sub(self.base);
-        let valid = vaddr >= self.base && self.len > 0;
+        let found = self.window(vaddr);
+        let (lo_addr, bits): (u64, &[u64]) =
+            found.map_or((0, &[]), |(i, _)| (self.windows[i].0, &self.windows[i].1));
+        let hi = found.map_or(0, |(_, bit)| bit);
+        let lo = vaddr.saturating_sub(max_distance).saturating_sub(lo_addr);
+        let valid = found.is_some();
         let mut word = hi / 64;
         let mut mask = if hi % 64 == 63 {
             u64::MAX
@@ -91,12 +151,12 @@ impl CallTargets {
                 return None;
             }
             loop {
-                let w = self.bits[word as usize] & mask;
+                let w = bits[word as usize] & mask;
                 if w != 0 {
                     let bit = 63 - u64::from(w.leading_zeros());
                     mask = (1u64 << bit) - 1;
                     let rel = word * 64 + bit;
-                    return (rel >= lo).then_some(self.base + rel);
+                    return (rel >= lo).then_some(lo_addr + rel);
                 }
                 if word == 0 || word * 64 < lo {
                     return None;
@@ -123,10 +183,33 @@ pub struct Reference {
 /// [`MAX_REFERENCES`] + 1 (the caller refuses a file with more).
 #[must_use]
 pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
+    // The two halves on two threads: a scan of a 125 MB text is memory-bound.
+    let mid = code.len() / 2;
+    let mut out = std::thread::scope(|s| {
+        let upper = s.spawn(|| references_in(code, base, targets, mid, code.len()));
+        let mut out = references_in(code, base, targets, 0, mid);
+        out.extend(upper.join().expect("the scan does not panic"));
+        out
+    });
+    out.sort_by_key(|r| r.vaddr);
+    out.dedup();
+    out.truncate(MAX_REFERENCES + 1);
+    out
+}
+
+/// [`references`] whose opcode or immediate starts in `code[from..to]`.
+fn references_in(
+    code: &[u8],
+    base: u64,
+    targets: &[u64],
+    from: usize,
+    to: usize,
+) -> Vec<Reference> {
     let mut out = Vec::new();
     for &target in targets {
         if let Ok(imm) = u32::try_from(target) {
-            for pos in memmem::find_iter(code, &imm.to_le_bytes()) {
+            let window = &code[from..code.len().min(to + 3)];
+            for pos in memmem::find_iter(window, &imm.to_le_bytes()).map(|p| p + from) {
                 let before = |n: usize| pos.checked_sub(n).map(|p| code[p]);
                 let start = match (before(3), before(2), before(1)) {
                     (Some(0x48 | 0x49), Some(0xC7), Some(0xC0..=0xC7)) => pos - 3,
@@ -144,7 +227,7 @@ pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
             }
         }
     }
-    for pos in memchr::memchr_iter(0x8D, code) {
+    for pos in memchr::memchr_iter(0x8D, &code[from..to]).map(|p| p + from) {
         if pos == 0 || !matches!(code[pos - 1], 0x48 | 0x4C) {
             continue;
         }
@@ -167,8 +250,6 @@ pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
             }
         }
     }
-    out.sort_by_key(|r| r.vaddr);
-    out.dedup();
     out
 }
 
@@ -237,6 +318,40 @@ mod tests {
             vec![200, 0x10]
         );
         assert_eq!(t.at_or_below(199, 1000).collect::<Vec<_>>(), vec![0x10]);
+    }
+
+    #[test]
+    fn call_targets_are_kept_only_near_the_sites_and_found_across_the_halves() {
+        let mut code = vec![0x90u8; 0x4000];
+        let mut call = |at: usize, target: usize| {
+            let rel = (target as i64 - (at as i64 + 5)) as i32;
+            code[at] = 0xE8;
+            code[at + 1..at + 5].copy_from_slice(&rel.to_le_bytes());
+        };
+        call(0x10, 0x1000); // near the site at 0x1100
+        call(0x1FFE, 0x1080); // straddles the middle (0x2000), near the site
+        call(0x3000, 0x3800); // far from every site
+        let t = CallTargets::scan_near(&code, 0x10_0000, &[0x10_1100, 0x10_1180], 0x200);
+        assert!(t.contains(0x10_1000));
+        assert!(t.contains(0x10_1080));
+        assert!(!t.contains(0x10_3800), "outside the windows");
+        assert_eq!(
+            t.at_or_below(0x10_1100, 0x200).collect::<Vec<_>>(),
+            vec![0x10_1080, 0x10_1000]
+        );
+        assert_eq!(t.at_or_below(0x10_3900, 0x200).count(), 0);
+        // The whole region, as before.
+        assert!(CallTargets::scan(&code, 0x10_0000).contains(0x10_3800));
+    }
+
+    #[test]
+    fn a_reference_straddling_the_middle_is_found_once() {
+        let target = 0x0123_4567u64;
+        let mut code = vec![0x90u8; 64];
+        // mov edx, imm32 with its opcode at 31 and its immediate across the middle (32).
+        code[31..36].copy_from_slice(&[0xBA, 0x67, 0x45, 0x23, 0x01]);
+        let refs = references(&code, 0, &[target]);
+        assert_eq!(refs.iter().map(|r| r.vaddr).collect::<Vec<_>>(), vec![31]);
     }
 
     #[test]
