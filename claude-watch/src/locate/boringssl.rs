@@ -98,11 +98,22 @@ pub fn locate(
     }
     Budget::cap(strings.len(), MAX_STRINGS, "ssl_lib.cc strings")?;
     budget.check("strings")?;
-    let (roles, write_prologue, read_prologue) = match image.arch {
+    match image.arch {
         Arch::X86_64 => {
-            let roles = x86_64_roles(image, &strings, budget)?;
-            let prologue = "push rbp; mov rbp,rsp".to_owned();
-            (roles, prologue.clone(), prologue)
+            let (mut scans, mut seen) = (Vec::new(), 0);
+            for seg in image.segments.iter().filter(|s| s.executable) {
+                let code = image.segment_bytes(seg);
+                let refs = scan::references(code, seg.vaddr, &strings);
+                seen += refs.len();
+                references_within(seen, budget)?;
+                let Ok(scanned) = Scanned::new(refs, |near, radius| {
+                    Ok::<_, std::convert::Infallible>(CallTargets::scan_near(
+                        code, seg.vaddr, near, radius,
+                    ))
+                });
+                scans.push(scanned);
+            }
+            identify_x86_64(image, strings.len(), &scans, budget).map(Some)
         }
         Arch::Aarch64 => {
             let code = aarch64::Code::new(image);
@@ -120,9 +131,115 @@ pub fn locate(
             let roles = classify(&sites, budget, |from, to| code.calls_directly(from, to))?;
             let write = code.prologue_at(roles.write).unwrap_or_default();
             let read = code.prologue_at(roles.read).unwrap_or_default();
-            (roles, write, read)
+            Ok(Some(functions(image, &roles, &write, &read)))
         }
-    };
+    }
+}
+
+/// What the linear scans of one executable segment found: its references to the
+/// `ssl_lib.cc` strings and the direct call targets around them.
+#[derive(Debug)]
+pub struct Scanned {
+    refs: Vec<Reference>,
+    calls: Option<CallTargets>,
+}
+
+impl Scanned {
+    /// The scans of a segment whose references are `refs`; `calls(near, radius)` scans its
+    /// call targets within `radius` of the addresses `near` (not at all without references).
+    ///
+    /// # Errors
+    /// What `calls` returns.
+    pub fn new<E>(
+        refs: Vec<Reference>,
+        calls: impl FnOnce(&[u64], u64) -> Result<CallTargets, E>,
+    ) -> Result<Self, E> {
+        // Only around the sites is anything asked of the call targets: a function start at
+        // most MAX_FUNCTION_SPAN below a site, and what it calls in its first MAX_READ_SPAN.
+        let near: Vec<u64> = refs.iter().map(|r| r.vaddr).collect();
+        let calls = if refs.is_empty() {
+            None
+        } else {
+            Some(calls(&near, CALLS_RADIUS)?)
+        };
+        Ok(Self { refs, calls })
+    }
+
+    /// The addresses whose bytes the identification decodes: within [`CODE_RADIUS`] of each
+    /// reference.
+    pub fn code_windows(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.refs.iter().map(|r| {
+            (
+                r.vaddr.saturating_sub(CODE_RADIUS),
+                r.vaddr.saturating_add(CODE_RADIUS),
+            )
+        })
+    }
+}
+
+/// How far around a site the call targets are kept (see [`Scanned::new`]).
+pub const CALLS_RADIUS: u64 = MAX_FUNCTION_SPAN + MAX_READ_SPAN;
+
+/// How far around a site the identification reads code: its function (at most
+/// [`MAX_FUNCTION_SPAN`] below), the functions it may call within [`MAX_READ_SPAN`], and the
+/// jumps compilers use to share one `call ERR_put_error` between a function's sites.
+pub const CODE_RADIUS: u64 = 2 * MAX_FUNCTION_SPAN;
+
+/// Whether `seen` references so far stay within [`MAX_REFERENCES`] and `budget`.
+///
+/// # Errors
+/// [`NotIdentified::OverBudget`] otherwise.
+pub fn references_within(seen: usize, budget: &Budget) -> Result<(), NotIdentified> {
+    Budget::cap(seen, MAX_REFERENCES, "references to ssl_lib.cc")?;
+    budget.check("references")?;
+    Ok(())
+}
+
+/// Identifies `SSL_write` and `SSL_read` on x86-64 from the `scans` of the executable
+/// segments, decoding the code of `image` around each reference (`strings`: how many copies of
+/// the string were found).
+///
+/// # Errors
+/// [`NotIdentified`] when a check fails, or `budget` runs out.
+pub fn identify_x86_64(
+    image: &ElfImage<'_>,
+    strings: usize,
+    scans: &[Scanned],
+    budget: &Budget,
+) -> Result<Vec<Function>, NotIdentified> {
+    let mut sites = Vec::new();
+    for scan in scans {
+        let Some(calls) = &scan.calls else { continue };
+        for r in &scan.refs {
+            budget.check("error sites")?;
+            let site = decode_site(image, calls, r);
+            tracing::trace!(
+                at = format_args!("{:#x}", r.vaddr),
+                ?site,
+                "boringssl: reference"
+            );
+            sites.extend(site);
+        }
+    }
+    tracing::debug!(strings, sites = sites.len(), "boringssl: error sites");
+    if sites.is_empty() {
+        return Err(NotIdentified::NoErrorSites { strings });
+    }
+    let calls: Vec<&CallTargets> = scans.iter().filter_map(|s| s.calls.as_ref()).collect();
+    let roles = classify(&sites, budget, |from, to| {
+        calls_directly(image, &calls, from, to)
+    })?;
+    let prologue = "push rbp; mov rbp,rsp";
+    Ok(functions(image, &roles, prologue, prologue))
+}
+
+/// `SSL_write` and `SSL_read` as identified in `roles`, with their evidence.
+fn functions(
+    image: &ElfImage<'_>,
+    roles: &Roles,
+    write_prologue: &str,
+    read_prologue: &str,
+) -> Vec<Function> {
     tracing::debug!(
         arch = %image.arch,
         ssl_write = format_args!("{:#x}", roles.write),
@@ -136,7 +253,7 @@ pub fn locate(
         file_offset: image.file_offset(vaddr).unwrap_or_default(),
         evidence,
     };
-    Ok(Some(vec![
+    vec![
         function(
             FunctionName::SslWrite,
             roles.write,
@@ -153,57 +270,7 @@ pub fn locate(
                 roles.read_line, roles.read_impl
             ),
         ),
-    ]))
-}
-
-/// The x86-64 error sites that load one of `strings`, classified into roles.
-fn x86_64_roles(
-    image: &ElfImage<'_>,
-    strings: &[u64],
-    budget: &Budget,
-) -> Result<Roles, NotIdentified> {
-    let mut sites = Vec::new();
-    let mut calls_by_segment = Vec::new();
-    let mut seen = 0;
-    for seg in image.segments.iter().filter(|s| s.executable) {
-        let code = image.segment_bytes(seg);
-        let refs = scan::references(code, seg.vaddr, strings);
-        seen += refs.len();
-        Budget::cap(seen, MAX_REFERENCES, "references to ssl_lib.cc")?;
-        budget.check("references")?;
-        if refs.is_empty() {
-            continue;
-        }
-        // Only around the sites is anything asked of the call targets: a function start at
-        // most MAX_FUNCTION_SPAN below a site, and what it calls in its first MAX_READ_SPAN.
-        let near: Vec<u64> = refs.iter().map(|r| r.vaddr).collect();
-        let calls =
-            CallTargets::scan_near(code, seg.vaddr, &near, MAX_FUNCTION_SPAN + MAX_READ_SPAN);
-        for r in &refs {
-            budget.check("error sites")?;
-            let site = decode_site(image, &calls, r);
-            tracing::trace!(
-                at = format_args!("{:#x}", r.vaddr),
-                ?site,
-                "boringssl: reference"
-            );
-            sites.extend(site);
-        }
-        calls_by_segment.push(calls);
-    }
-    tracing::debug!(
-        strings = strings.len(),
-        sites = sites.len(),
-        "boringssl: error sites"
-    );
-    if sites.is_empty() {
-        return Err(NotIdentified::NoErrorSites {
-            strings: strings.len(),
-        });
-    }
-    classify(&sites, budget, |from, to| {
-        calls_directly(image, &calls_by_segment, from, to)
-    })
+    ]
 }
 
 /// A function start with its prologue, for a site at `at`.
@@ -516,7 +583,7 @@ pub fn classify(
 
 /// Whether the function at `start` calls (or tail-jumps to) `callee` within its first
 /// [`MAX_READ_SPAN`] bytes, before the next function starts.
-fn calls_directly(image: &ElfImage<'_>, calls: &[CallTargets], start: u64, callee: u64) -> bool {
+fn calls_directly(image: &ElfImage<'_>, calls: &[&CallTargets], start: u64, callee: u64) -> bool {
     let Some(code) = image.bytes_at(start) else {
         return false;
     };

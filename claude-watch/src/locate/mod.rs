@@ -571,6 +571,52 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Streams the file-backed bytes of `seg` past `f` piece by piece, on two threads (a half
+    /// of the segment each, in a buffer of its own reused for every piece): `f(bytes, base,
+    /// from, to)` gets bytes mapped at `base` whose own part is `bytes[from..to]`, with up to
+    /// `margin` bytes of the segment either side as context. The pieces' results, in order.
+    fn stream<T: Send>(
+        &self,
+        seg: &elf::Segment,
+        margin: usize,
+        f: impl Fn(&[u8], u64, usize, usize) -> T + Sync,
+    ) -> Result<Vec<T>, LocateError> {
+        let len = usize::try_from(seg.file_size).unwrap_or(usize::MAX);
+        let file = self.file;
+        let half = |from: usize, to: usize| -> Result<Vec<T>, ShortRead> {
+            let mut buf = vec![0u8; STREAM_PIECE.min(to - from) + 2 * margin];
+            let mut out = Vec::new();
+            let mut at = from;
+            while at < to {
+                let end = (at + STREAM_PIECE).min(to);
+                let (lo, hi) = (at.saturating_sub(margin), (end + margin).min(len));
+                read_exact_at(file, &mut buf[..hi - lo], seg.offset as usize + lo)?;
+                out.push(f(&buf[..hi - lo], seg.vaddr + lo as u64, at - lo, end - lo));
+                at = end;
+            }
+            Ok(out)
+        };
+        let mid = len / 2;
+        let result = std::thread::scope(|s| {
+            let upper = s.spawn(|| half(mid, len));
+            let lower = half(0, mid);
+            lower.and_then(|mut out| {
+                out.extend(upper.join().expect("a scan does not panic")?);
+                Ok(out)
+            })
+        });
+        result.map_err(|e| match e {
+            ShortRead::Ended(at) => self.changed(format!(
+                "ended at byte {at} of {} (truncated)",
+                self.data.len()
+            )),
+            ShortRead::Io(source) => LocateError::Io {
+                path: self.path.to_owned(),
+                source,
+            },
+        })
+    }
+
     /// Reads the ranges `wanted` names in the bytes read so far, again until it names nothing
     /// new (headers first, then the tables they point to, then what those name). `false` when
     /// that does not settle within [`SETTLE_ROUNDS`] or names more than [`SETTLE_RANGES`]
@@ -637,6 +683,9 @@ impl<'a> Reader<'a> {
 const SETTLE_ROUNDS: usize = 6;
 /// Ranges [`Reader::fill_settled`] reads at most in one round (a real file names fewer than 10).
 const SETTLE_RANGES: usize = 64;
+
+/// The bytes a streamed scan reads at a time, per thread.
+const STREAM_PIECE: usize = 4 << 20;
 
 /// Ranges read on two threads from this size on.
 const SPLIT_READ: usize = 16 << 20;
@@ -778,7 +827,17 @@ fn locate_open(
             }
         }
     }
-    if let Some(located) = locate_by_symbols(&mut reader, path, &budget)? {
+    let sparse = match locate_by_symbols(&mut reader, path, &budget)? {
+        BySymbols::Found(located) => Some((located, "the symbol tables alone")),
+        // A stripped x86-64 executable: the scans stream the file, only the code around the
+        // error sites is read into memory.
+        BySymbols::NotNamed(Arch::X86_64, segments) => {
+            locate_streamed(&mut reader, &segments, path, &budget)?
+                .map(|located| (located, "streamed scans"))
+        }
+        BySymbols::NotNamed(..) | BySymbols::Unsettled => None,
+    };
+    if let Some((located, how)) = sparse {
         if cache.is_some() {
             for (offset, len) in cache::ranges(reader.data.len() as u64, &located) {
                 reader.fill(offset, len)?;
@@ -793,7 +852,7 @@ fn locate_open(
             read_bytes = reader.read_bytes,
             file_bytes = reader.data.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "locate: located from the symbol tables alone"
+            "locate: located from {how}"
         );
         if let Some(cache) = cache {
             // The image over the bytes read, which hold the build id and the digested ranges.
@@ -850,6 +909,16 @@ fn store(cache: &Cache, image: &ElfImage<'_>, located: &Located, path: &Path, ow
     }
 }
 
+/// What the symbol tables alone say.
+enum BySymbols {
+    /// They name the functions.
+    Found(Located),
+    /// They were read whole and do not name them: the image's architecture and segments.
+    NotNamed(Arch, Vec<elf::Segment>),
+    /// The headers did not settle into a few ranges: the caller reads the whole file.
+    Unsettled,
+}
+
 /// The symbol path on the symbol tables alone: reads the headers, the notes, the section
 /// table, the dynamic section and `.dynsym` with its strings, and `.symtab` with its strings
 /// only when `.dynsym` does not name all of [`FunctionName::ALL`]; the rest of the file stays
@@ -860,18 +929,18 @@ fn locate_by_symbols(
     reader: &mut Reader<'_>,
     path: &Path,
     budget: &Budget,
-) -> Result<Option<Located>, LocateError> {
+) -> Result<BySymbols, LocateError> {
     let names: Vec<&str> = FunctionName::ALL.iter().map(|n| n.symbol()).collect();
     for tables in [
         &[elf::Table::Dynamic][..],
         &[elf::Table::Dynamic, elf::Table::Static],
     ] {
         if !reader.fill_settled(|data| elf::symbol_ranges(data, tables))? {
-            return Ok(None);
+            return Ok(BySymbols::Unsettled);
         }
         read_within(budget, path)?;
         let Ok(image) = ElfImage::parse(&reader.data) else {
-            return Ok(None);
+            return Ok(BySymbols::Unsettled);
         };
         // Over the whole file, a name `.dynsym` defines is taken from it: when it defines all
         // of them, `.symtab` cannot change the answer and is left unread.
@@ -883,10 +952,105 @@ fn locate_by_symbols(
                 == names.len()
         };
         if tables.len() == 2 || all_dynamic() {
-            return Ok(symbols::locate_in(&image, tables));
+            return Ok(symbols::locate_in(&image, tables).map_or_else(
+                || BySymbols::NotNamed(image.arch, image.segments.clone()),
+                BySymbols::Found,
+            ));
         }
     }
-    Ok(None)
+    Ok(BySymbols::Unsettled)
+}
+
+/// The x86-64 BoringSSL path without the file in memory: the linear scans (the strings, the
+/// references to them, the call targets around those) stream the segments past two buffers
+/// of a few megabytes, and only the code within [`boringssl::CODE_RADIUS`] of each reference
+/// is read to be decoded: a cold locate of a 400 MB Claude Code neither fills nor zeroes
+/// 160 MB of fresh memory. `None` when this does not identify the functions (no TLS strings,
+/// or a check failed): the caller then reads the whole file and decides as before.
+fn locate_streamed(
+    reader: &mut Reader<'_>,
+    segments: &[elf::Segment],
+    path: &Path,
+    budget: &Budget,
+) -> Result<Option<Located>, LocateError> {
+    const SUFFIX: &[u8] = b"/ssl/ssl_lib.cc";
+    let over = |budget| LocateError::OverBudget {
+        path: path.to_owned(),
+        budget,
+    };
+    let mut strings = Vec::new();
+    for seg in segments.iter().filter(|s| !s.executable && !s.unread()) {
+        let found = reader.stream(seg, 4096 + SUFFIX.len() + 1, |bytes, base, from, to| {
+            scan::strings_ending_in(bytes, base, SUFFIX, from, to)
+        })?;
+        strings.extend(found.into_iter().flatten());
+    }
+    strings.sort_unstable();
+    strings.dedup();
+    if strings.is_empty() {
+        return Ok(None);
+    }
+    Budget::cap(strings.len(), budget::MAX_STRINGS, "ssl_lib.cc strings").map_err(over)?;
+    budget.check("strings").map_err(over)?;
+    let (mut scans, mut seen) = (Vec::new(), 0);
+    for seg in segments.iter().filter(|s| s.executable) {
+        // One pass: the references, and every call target (as offsets, in a few megabytes)
+        // to keep those around the references once they are known.
+        let region = (seg.vaddr, seg.vaddr + seg.file_size);
+        let pieces = reader.stream(seg, 16, |bytes, base, from, to| {
+            let refs = scan::references_in(bytes, base, &strings, from, to);
+            let targets: Vec<u32> = scan::call_targets_in(bytes, base, from, to, region).collect();
+            (refs, targets)
+        })?;
+        let (refs, targets): (Vec<_>, Vec<_>) = pieces.into_iter().unzip();
+        let mut refs: Vec<_> = refs.into_iter().flatten().collect();
+        refs.sort_by_key(|r| r.vaddr);
+        refs.dedup();
+        refs.truncate(budget::MAX_REFERENCES + 1);
+        seen += refs.len();
+        if let Err(e) = boringssl::references_within(seen, budget) {
+            return match e {
+                boringssl::NotIdentified::OverBudget(b) => Err(over(b)),
+                _ => Ok(None),
+            };
+        }
+        let Ok(scanned) = boringssl::Scanned::new(refs, |near, radius| {
+            let mut calls = scan::CallTargets::near(seg.vaddr, seg.file_size, near, radius);
+            for offset in targets.into_iter().flatten() {
+                calls.insert(seg.vaddr + u64::from(offset));
+            }
+            Ok::<_, std::convert::Infallible>(calls)
+        });
+        scans.push(scanned);
+    }
+    for (lo, hi) in scans.iter().flat_map(boringssl::Scanned::code_windows) {
+        for seg in segments.iter().filter(|s| s.executable) {
+            let (a, b) = (lo.max(seg.vaddr), hi.min(seg.vaddr + seg.file_size));
+            if a < b {
+                reader.fill(seg.offset + (a - seg.vaddr), b - a)?;
+            }
+        }
+    }
+    reader.unchanged()?;
+    read_within(budget, path)?;
+    let image = ElfImage::parse(&reader.data).map_err(|problem| LocateError::Elf {
+        path: path.to_owned(),
+        problem,
+    })?;
+    match boringssl::identify_x86_64(&image, strings.len(), &scans, budget) {
+        Ok(functions) => Ok(Some(Located {
+            build_id: image.build_id.clone(),
+            arch: image.arch,
+            library: TlsLibrary::BoringSsl,
+            method: Method::Disassembly,
+            functions,
+        })),
+        Err(boringssl::NotIdentified::OverBudget(b)) => Err(over(b)),
+        Err(why) => {
+            tracing::debug!(path = %path.display(), %why, "locate: the streamed scans did not identify the functions; reading the whole file");
+            Ok(None)
+        }
+    }
 }
 
 /// Locates the TLS functions in a parsed image (no cache, no time budget). `path` is used in
@@ -1326,6 +1490,10 @@ mod tests {
         let result = reader
             .fill(0, HEAD_BYTES)
             .and_then(|()| locate_by_symbols(&mut reader, &path, &Budget::unlimited()))
+            .map(|answer| match answer {
+                BySymbols::Found(located) => Some(located),
+                BySymbols::NotNamed(..) | BySymbols::Unsettled => None,
+            })
             .map_err(|e| e.to_string());
         let read = reader.read_bytes;
         assert!(

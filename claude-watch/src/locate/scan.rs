@@ -11,10 +11,24 @@ use super::budget::{MAX_REFERENCES, MAX_STRINGS};
 /// refuses a file with more).
 #[must_use]
 pub fn strings_ending_with(data: &[u8], base: u64, suffix: &[u8]) -> Vec<u64> {
+    strings_ending_in(data, base, suffix, 0, data.len())
+}
+
+/// [`strings_ending_with`] whose suffix starts in `data[from..to]` (the rest of `data` is
+/// context: the 4 KiB a string's start is looked for before it, the suffix after).
+#[must_use]
+pub fn strings_ending_in(
+    data: &[u8],
+    base: u64,
+    suffix: &[u8],
+    from: usize,
+    to: usize,
+) -> Vec<u64> {
     let mut needle = suffix.to_vec();
     needle.push(0);
     let mut found = Vec::new();
-    for end in memmem::find_iter(data, &needle) {
+    let window = &data[from..data.len().min(to + needle.len() - 1)];
+    for end in memmem::find_iter(window, &needle).map(|p| p + from) {
         // Walk back to the start of the string (after the previous NUL), at most 4 KiB.
         let floor = end.saturating_sub(4096);
         let start = data[floor..end]
@@ -41,8 +55,16 @@ pub fn strings_ending_with(data: &[u8], base: u64, suffix: &[u8]) -> Vec<u64> {
 /// callers pair it with a prologue check and a decode from the found start.
 #[derive(Debug, Clone)]
 pub struct CallTargets {
-    /// Disjoint windows, sorted: their first address and one bit per byte.
-    windows: Vec<(u64, Vec<u64>)>,
+    /// Disjoint windows, sorted.
+    windows: Vec<Window>,
+}
+
+/// Addresses `lo..hi`, one bit each.
+#[derive(Debug, Clone)]
+struct Window {
+    lo: u64,
+    hi: u64,
+    bits: Vec<u64>,
 }
 
 impl CallTargets {
@@ -57,7 +79,28 @@ impl CallTargets {
     /// outside those windows. The two halves of the code are scanned on two threads.
     #[must_use]
     pub fn scan_near(code: &[u8], base: u64, near: &[u64], radius: u64) -> Self {
-        let end = base + code.len() as u64;
+        let empty = Self::near(base, code.len() as u64, near, radius);
+        let region = (base, base + code.len() as u64);
+        let mid = code.len() / 2;
+        let (mut lower, upper) = std::thread::scope(|s| {
+            let upper = s.spawn(|| {
+                let mut t = empty.clone();
+                t.add(code, base, mid, code.len(), region);
+                t
+            });
+            let mut t = empty.clone();
+            t.add(code, base, 0, mid, region);
+            (t, upper.join().expect("the scan does not panic"))
+        });
+        lower.merge(upper);
+        lower
+    }
+
+    /// No call target yet, kept (by [`Self::add`]) within `radius` of one of `near` in the
+    /// region of `len` bytes at `base`.
+    #[must_use]
+    pub fn near(base: u64, len: u64, near: &[u64], radius: u64) -> Self {
+        let end = base + len;
         let mut spans: Vec<(u64, u64)> = near
             .iter()
             .map(|&v| {
@@ -76,67 +119,67 @@ impl CallTargets {
                 _ => merged.push((lo, hi)),
             }
         }
-        let scan_half = |from: usize, to: usize| {
-            let mut windows: Vec<(u64, Vec<u64>)> = merged
-                .iter()
-                .map(|&(lo, hi)| (lo, vec![0u64; (hi - lo).div_ceil(64) as usize]))
-                .collect();
-            for pos in memchr::memchr_iter(0xE8, &code[from..to]).map(|p| p + from) {
-                let Some(rel) = code.get(pos + 1..pos + 5) else {
-                    break;
-                };
-                let rel = i64::from(i32::from_le_bytes([rel[0], rel[1], rel[2], rel[3]]));
-                let target = pos as i64 + 5 + rel;
-                if !(0..code.len() as i64).contains(&target) {
-                    continue;
-                }
-                let vaddr = base + target as u64;
-                let i = merged.partition_point(|&(_, hi)| hi <= vaddr);
-                if let Some(&(lo, _)) = merged.get(i).filter(|(lo, _)| *lo <= vaddr) {
-                    let bit = vaddr - lo;
-                    windows[i].1[(bit / 64) as usize] |= 1 << (bit % 64);
-                }
-            }
-            windows
-        };
-        let mid = code.len() / 2;
-        let (mut windows, upper) = std::thread::scope(|s| {
-            let upper = s.spawn(|| scan_half(mid, code.len()));
-            (
-                scan_half(0, mid),
-                upper.join().expect("the scan does not panic"),
-            )
-        });
-        for (w, u) in windows.iter_mut().zip(upper) {
-            w.1.iter_mut().zip(u.1).for_each(|(a, b)| *a |= b);
-        }
+        let windows = merged
+            .into_iter()
+            .map(|(lo, hi)| Window {
+                lo,
+                hi,
+                bits: vec![0u64; (hi - lo).div_ceil(64) as usize],
+            })
+            .collect();
         Self { windows }
+    }
+
+    /// Adds the call targets of the `E8 rel32` whose opcode is in `code[from..to]` (`code`
+    /// mapped at `base`; the bytes after `to` are context) and whose target lies in `region`
+    /// (the whole region scanned, `(start, end)`) and in a window.
+    pub fn add(&mut self, code: &[u8], base: u64, from: usize, to: usize, region: (u64, u64)) {
+        for target in call_targets_in(code, base, from, to, region) {
+            self.insert(region.0 + u64::from(target));
+        }
+    }
+
+    /// Adds call target `vaddr`, if it is in a window.
+    pub fn insert(&mut self, vaddr: u64) {
+        let i = self.windows.partition_point(|w| w.hi <= vaddr);
+        if let Some(w) = self.windows.get_mut(i).filter(|w| w.lo <= vaddr) {
+            let bit = vaddr - w.lo;
+            w.bits[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+    }
+
+    /// Adds the targets `other` (over the same windows) found.
+    pub fn merge(&mut self, other: Self) {
+        for (w, o) in self.windows.iter_mut().zip(other.windows) {
+            w.bits.iter_mut().zip(o.bits).for_each(|(a, b)| *a |= b);
+        }
     }
 
     /// The window holding `vaddr`, and the bit of `vaddr` in it.
     fn window(&self, vaddr: u64) -> Option<(usize, u64)> {
         let i = self
             .windows
-            .partition_point(|(lo, _)| *lo <= vaddr)
+            .partition_point(|w| w.lo <= vaddr)
             .checked_sub(1)?;
-        let (lo, bits) = &self.windows[i];
-        let bit = vaddr - lo;
-        (bit < bits.len() as u64 * 64).then_some((i, bit))
+        let w = &self.windows[i];
+        (vaddr < w.hi).then_some((i, vaddr - w.lo))
     }
 
     /// Whether some `E8` in the region targets `vaddr`.
     #[must_use]
     pub fn contains(&self, vaddr: u64) -> bool {
-        self.window(vaddr)
-            .is_some_and(|(i, bit)| self.windows[i].1[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+        self.window(vaddr).is_some_and(|(i, bit)| {
+            self.windows[i].bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+        })
     }
 
     /// Call targets at or below `vaddr` and no further than `max_distance` below it, highest
     /// first (within the window holding `vaddr`).
     pub fn at_or_below(&self, vaddr: u64, max_distance: u64) -> impl Iterator<Item = u64> + '_ {
         let found = self.window(vaddr);
-        let (lo_addr, bits): (u64, &[u64]) =
-            found.map_or((0, &[]), |(i, _)| (self.windows[i].0, &self.windows[i].1));
+        let (lo_addr, bits): (u64, &[u64]) = found.map_or((0, &[]), |(i, _)| {
+            (self.windows[i].lo, &self.windows[i].bits)
+        });
         let hi = found.map_or(0, |(_, bit)| bit);
         let lo = vaddr.saturating_sub(max_distance).saturating_sub(lo_addr);
         let valid = found.is_some();
@@ -168,6 +211,29 @@ impl CallTargets {
     }
 }
 
+/// The targets of the `E8 rel32` whose opcode is in `code[from..to]` (`code` mapped at `base`;
+/// the bytes after `to` are context) that lie in `region` (`(start, end)`, under 4 GiB long),
+/// as offsets from its start: kept compactly in a scan's order (a few million of them in a
+/// 125 MB text), to be sorted into [`CallTargets`] once the sites are known.
+pub fn call_targets_in(
+    code: &[u8],
+    base: u64,
+    from: usize,
+    to: usize,
+    region: (u64, u64),
+) -> impl Iterator<Item = u32> + '_ {
+    memchr::memchr_iter(0xE8, &code[from..to]).filter_map(move |p| {
+        let pos = p + from;
+        let rel = code.get(pos + 1..pos + 5)?;
+        let rel = i64::from(i32::from_le_bytes([rel[0], rel[1], rel[2], rel[3]]));
+        let target = (base + pos as u64 + 5).wrapping_add_signed(rel);
+        (region.0..region.1)
+            .contains(&target)
+            .then(|| u32::try_from(target - region.0).ok())
+            .flatten()
+    })
+}
+
 /// An instruction that puts one of the wanted addresses in a register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reference {
@@ -197,8 +263,10 @@ pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
     out
 }
 
-/// [`references`] whose opcode or immediate starts in `code[from..to]`.
-fn references_in(
+/// [`references`] whose opcode or immediate starts in `code[from..to]` (the rest of `code`
+/// is context), unsorted.
+#[must_use]
+pub fn references_in(
     code: &[u8],
     base: u64,
     targets: &[u64],
