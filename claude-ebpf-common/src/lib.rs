@@ -18,18 +18,18 @@ pub const SHORT_HEAD: u32 = 64;
 
 /// When the kernel wakes the reader for a record (the kernel's `WAKEUP` global, set by user
 /// space at load time). A record that does not wake the reader waits in the ring until the
-/// reader's own timer drains it, or until the ring holds more than the `WATERMARK` global's
-/// bytes, whichever comes first; an exec always wakes it (a new process must be attached before
-/// its first request).
+/// reader's own timer drains it (every 50 ms: `PROCESS_DRAIN` in the daemon and `trace`), or
+/// until the ring holds more than the `WATERMARK` global's bytes, whichever comes first.
+/// Process events (execs, exits) never wake it under any policy: they are batched on that
+/// timer, which keeps a new process's discovery well ahead of its first request.
 pub mod wakeup {
-    /// Every response head, exec and exit wakes the reader at once; a request waits for its
-    /// response.
+    /// Every response head wakes the reader at once; a request waits for its response.
     pub const RESPONSES: u32 = 0;
     /// Only what a decision may hang on wakes the reader at once: a response whose status is
     /// not 1xx, 2xx or 3xx (or cannot be read from its first bytes), a head arriving in
-    /// pieces, an exec. Successful exchanges ride the reader's timer.
+    /// pieces. Successful exchanges ride the reader's timer.
     pub const ERRORS: u32 = 1;
-    /// Only execs (and the watermark) wake the reader; everything else rides its timer.
+    /// Only the watermark wakes the reader; everything else rides its timer.
     pub const TIMER: u32 = 2;
 }
 

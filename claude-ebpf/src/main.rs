@@ -128,7 +128,13 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
         (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i32>(2))
         && num > 0
     {
-        capture(ssl, buf, num as u32, kind::WRITE);
+        capture(
+            bpf_get_current_pid_tgid(),
+            ssl,
+            buf,
+            num as u32,
+            kind::WRITE,
+        );
     }
     0
 }
@@ -140,7 +146,13 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
         (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
         && num > 0
     {
-        capture(ssl, buf, num.min(u64::from(u32::MAX)) as u32, kind::WRITE);
+        capture(
+            bpf_get_current_pid_tgid(),
+            ssl,
+            buf,
+            num.min(u64::from(u32::MAX)) as u32,
+            kind::WRITE,
+        );
     }
     0
 }
@@ -179,10 +191,11 @@ fn remember_read(ctx: &ProbeContext, readbytes: u64) {
 /// Return of `SSL_read`: the result is the number of bytes read, or <= 0.
 #[uretprobe]
 pub fn ssl_read_return(ctx: RetProbeContext) -> u32 {
-    if let Some(args) = take_read() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(args) = take_read(pid_tgid) {
         let ret: i32 = ctx.ret();
         if ret > 0 {
-            capture(args.ssl, args.buf, ret as u32, kind::READ);
+            capture(pid_tgid, args.ssl, args.buf, ret as u32, kind::READ);
         }
     }
     0
@@ -191,13 +204,15 @@ pub fn ssl_read_return(ctx: RetProbeContext) -> u32 {
 /// Return of `SSL_read_ex`: 1 on success with the count in `*readbytes`.
 #[uretprobe]
 pub fn ssl_read_ex_return(ctx: RetProbeContext) -> u32 {
-    if let Some(args) = take_read() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(args) = take_read(pid_tgid) {
         let ret: i32 = ctx.ret();
         if ret == 1 {
             // SAFETY: reads user memory through the helper, which checks the access.
             let read = unsafe { bpf_probe_read_user(args.readbytes as *const u64) }.unwrap_or(0);
             if read > 0 {
                 capture(
+                    pid_tgid,
                     args.ssl,
                     args.buf,
                     read.min(u64::from(u32::MAX)) as u32,
@@ -209,13 +224,12 @@ pub fn ssl_read_ex_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// The arguments of the read returning on this thread, and its slot marked empty (`buf` 0)
-/// rather than deleted: the thread's next read reuses it, and the slot goes when the thread
+/// The arguments of the read returning on thread `pid_tgid`, and its slot marked empty (`buf`
+/// 0) rather than deleted: the thread's next read reuses it, and the slot goes when the thread
 /// exits ([`sched_process_exit`]) or, idle, to the LRU.
 #[inline(always)]
-fn take_read() -> Option<ReadArgs> {
-    let key = bpf_get_current_pid_tgid();
-    let args = READ_ARGS.get_ptr_mut(&key).and_then(|slot| {
+fn take_read(pid_tgid: u64) -> Option<ReadArgs> {
+    let args = READ_ARGS.get_ptr_mut(&pid_tgid).and_then(|slot| {
         // SAFETY: the calling thread's own slot; no other program writes it meanwhile.
         let slot = unsafe { &mut *slot };
         let args = *slot;
@@ -242,8 +256,11 @@ enum Start {
     Other,
 }
 
+/// Looks at a buffer of `len` bytes that thread `pid_tgid` wrote or read (`dir`) on connection
+/// `ssl`, and sends it on when it begins (or continues) an HTTP head. Each helper is called
+/// once per run: the thread's ids, the uid and the clock are passed on, not asked again.
 #[inline(always)]
-fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
+fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
     // Sixteen bytes hold a method, or a status line's version and code.
     let mut prefix = [0u8; 16];
     let n = if len >= 16 {
@@ -267,7 +284,7 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
         n
     };
     let start = if dir == kind::WRITE {
-        if n >= 4 && METHODS.iter().any(|m| prefix[..4] == m[..]) {
+        if n >= 4 && starts_method(&prefix) {
             Start::Head
         } else {
             Start::Other
@@ -277,7 +294,7 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
     } else {
         Start::Other
     };
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid = (pid_tgid >> 32) as u32;
     let key = ConnKey {
         ssl,
         pid,
@@ -300,10 +317,13 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
             event_flags = flags::CONTINUATION;
         }
     }
-    if !within_budget(pid) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let uid = current_uid();
+    if !within_budget(pid, now) {
         return;
     }
-    if !within_user_budget(current_uid()) {
+    if !within_user_budget(uid, now) {
         // Not sent: the process keeps the record it was charged, so what the user's share
         // refuses does not also use up the process's own budget for the window.
         refund(&BUDGET, pid);
@@ -333,7 +353,34 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
     } else {
         claude_ebpf_common::COPY_MAX
     };
-    emit(ssl, buf, len, dir, event_flags, urgent, limit);
+    let header = EventHeader {
+        ts_ns: now,
+        conn: ssl,
+        pid,
+        tid: pid_tgid as u32,
+        uid,
+        pad: 0,
+        len,
+        captured: 0,
+        kind: dir,
+        flags: event_flags,
+    };
+    emit(header, buf, urgent, limit);
+}
+
+/// Whether the first four bytes open a request line (one of [`METHODS`]), compared as one
+/// word each.
+#[inline(always)]
+fn starts_method(prefix: &[u8; 16]) -> bool {
+    let word = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+    let mut i = 0;
+    while i < METHODS.len() {
+        if word == u32::from_le_bytes(METHODS[i]) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Marks the next buffer of `key`'s connection and direction as a continuation, in its slot of
@@ -377,10 +424,10 @@ fn current_uid() -> u32 {
 /// most [`BUDGET_RECORDS`] per [`BUDGET_WINDOW_NS`], so one process flooding its TLS writes
 /// cannot fill the ring shared with every other process.
 #[inline(always)]
-fn within_budget(pid: u32) -> bool {
+fn within_budget(pid: u32, now: u64) -> bool {
     // SAFETY: a plain read of a global the loader may have rewritten.
     let limit = unsafe { core::ptr::read_volatile(&raw const BUDGET_RECORDS) };
-    let within = spend(&BUDGET, pid, limit);
+    let within = spend(&BUDGET, pid, limit, now);
     if !within {
         bump(stats::OVER_BUDGET);
     }
@@ -392,20 +439,18 @@ fn within_budget(pid: u32) -> bool {
 /// starting many processes (each within its own budget) still spends only their share. Root
 /// is not budgeted here (its processes are, each): root's agents are the host's own.
 #[inline(always)]
-fn within_user_budget(uid: u32) -> bool {
+fn within_user_budget(uid: u32, now: u64) -> bool {
     // SAFETY: a plain read of a global the loader may have rewritten.
     let limit = unsafe { core::ptr::read_volatile(&raw const USER_BUDGET_RECORDS) };
-    uid == 0 || spend(&USER_BUDGET, uid, limit)
+    uid == 0 || spend(&USER_BUDGET, uid, limit, now)
 }
 
-/// Spends one record of `key`'s budget in `map` for the current window: `false` (and the drop
-/// counted in the entry) when `limit` records were sent in it already. No loop, one map
-/// lookup. Threads on several CPUs may race on the counts; a budget is approximate by that
+/// Spends one record of `key`'s budget in `map` for the window holding `now`: `false` (and
+/// the drop counted in the entry) when `limit` records were sent in it already. No loop, one
+/// map lookup. Threads on several CPUs may race on the counts; a budget is approximate by that
 /// much.
 #[inline(always)]
-fn spend(map: &LruHashMap<u32, Budget>, key: u32, limit: u32) -> bool {
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+fn spend(map: &LruHashMap<u32, Budget>, key: u32, limit: u32, now: u64) -> bool {
     let Some(budget) = map.get_ptr_mut(&key) else {
         let fresh = Budget {
             window_start_ns: now,
@@ -464,16 +509,18 @@ const FORCE_WAKEUP: u64 = 2;
 /// whether a decision may hang on it. Under [`wakeup::RESPONSES`] a request waits in the ring
 /// for its response (which follows within the request's latency) and the response wakes the
 /// reader for both. Forced, not adaptive, because an adaptive wake-up is skipped while older
-/// records are unread. Past the watermark every record wakes the reader, so the ring cannot
-/// fill while it sleeps on its timer.
+/// records are unread. Process events (execs, exits) never wake the reader: the wake-up would
+/// be paid inside the exec of every program not judged yet (20-60 µs here), and the reader
+/// drains the ring on a short timer. Past the watermark every record wakes the reader, so the
+/// ring cannot fill while it sleeps on its timer.
 #[inline(always)]
 fn wakeup_flags(dir: u32, urgent: bool) -> u64 {
     // SAFETY: plain reads of globals the loader may have rewritten.
     let policy = unsafe { core::ptr::read_volatile(&raw const WAKEUP) };
     let now = match policy {
-        wakeup::RESPONSES => dir != kind::WRITE,
-        wakeup::ERRORS => urgent || dir == kind::EXEC,
-        _ => dir == kind::EXEC,
+        wakeup::RESPONSES => dir == kind::READ,
+        wakeup::ERRORS => urgent,
+        _ => false,
     };
     // SAFETY: as above.
     let watermark = unsafe { core::ptr::read_volatile(&raw const WATERMARK) };
@@ -487,8 +534,12 @@ fn wakeup_flags(dir: u32, urgent: bool) -> u64 {
 /// `bpf_ringbuf_query` flag: bytes written and not yet read.
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
+/// Sends `header` and at most `limit` (and `COPY_MAX`) bytes of `buf`, the buffer of
+/// `header.len` bytes it describes.
 #[inline(always)]
-fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32, urgent: bool, limit: u32) {
+fn emit(header: EventHeader, buf: u64, urgent: bool, limit: u32) {
+    let len = header.len;
+    let dir = header.kind;
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -508,19 +559,9 @@ fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32, urgent: bool, 
     if unsafe { raw::bpf_probe_read_user(head, cap as u32, buf as *const c_void) } != 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
     record.header = EventHeader {
-        // SAFETY: helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        conn: ssl,
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: current_uid(),
-        pad: 0,
-        len,
         captured: cap as u32,
-        kind: dir,
-        flags: event_flags,
+        ..header
     };
     let size = HEADER_LEN + (black_box(cap) & MASK);
     // SAFETY: `size` is at most the size of `EventBuf`, which `record` points to.
@@ -555,7 +596,8 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         }
         // An image not judged yet costs user space a look: a user exec'ing fresh files in a
         // loop spends their own budget, not the daemon's time for everyone.
-        if !within_user_budget(current_uid()) {
+        // SAFETY: helper without preconditions.
+        if !within_user_budget(current_uid(), unsafe { bpf_ktime_get_ns() }) {
             bump(stats::EXECS_OVER_BUDGET);
             return 0;
         }
@@ -565,6 +607,9 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     notify(kind::EXEC);
     0
 }
+
+/// Words of `struct inode` [`image_of`] reads at once, from the first of the fields it needs.
+const INODE_WORDS: usize = 8;
 
 /// The image an exec loads (`bprm->file->f_inode`), when user space gave the offsets.
 #[inline(always)]
@@ -580,12 +625,28 @@ fn image_of(bprm: u64) -> Option<ImageKey> {
             bpf_probe_read_kernel((bprm + u64::from(off.bprm_file)) as *const u64).ok()?;
         let inode: u64 =
             bpf_probe_read_kernel((file + u64::from(off.file_inode)) as *const u64).ok()?;
-        let ino: u64 =
-            bpf_probe_read_kernel((inode + u64::from(off.inode_ino)) as *const u64).ok()?;
-        let size: u64 =
-            bpf_probe_read_kernel((inode + u64::from(off.inode_size)) as *const u64).ok()?;
-        let sb: u64 =
-            bpf_probe_read_kernel((inode + u64::from(off.inode_sb)) as *const u64).ok()?;
+        // `i_sb`, `i_ino` and `i_size` lie within a few words of each other (0x28, 0x40,
+        // 0x50 on 6.x): one read of the words from the first to the last, not three.
+        let first = off.inode_sb.min(off.inode_ino).min(off.inode_size);
+        let last = off.inode_sb.max(off.inode_ino).max(off.inode_size);
+        let aligned = (off.inode_sb | off.inode_ino | off.inode_size) % 8 == 0;
+        let (sb, ino, size) = if aligned && last - first < (8 * INODE_WORDS) as u32 {
+            let words: [u64; INODE_WORDS] =
+                bpf_probe_read_kernel((inode + u64::from(first)) as *const [u64; INODE_WORDS])
+                    .ok()?;
+            let word = |at: u32| words[((at - first) / 8) as usize % INODE_WORDS];
+            (
+                word(off.inode_sb),
+                word(off.inode_ino),
+                word(off.inode_size),
+            )
+        } else {
+            (
+                bpf_probe_read_kernel((inode + u64::from(off.inode_sb)) as *const u64).ok()?,
+                bpf_probe_read_kernel((inode + u64::from(off.inode_ino)) as *const u64).ok()?,
+                bpf_probe_read_kernel((inode + u64::from(off.inode_size)) as *const u64).ok()?,
+            )
+        };
         let dev: u32 = bpf_probe_read_kernel((sb + u64::from(off.sb_dev)) as *const u32).ok()?;
         Some(ImageKey {
             ino,
@@ -596,6 +657,17 @@ fn image_of(bprm: u64) -> Option<ImageKey> {
     }
 }
 
+/// Removes `key` from `map` when it holds it; whether it did. A lookup first, since a delete
+/// takes the bucket's lock even when the key is absent (the exit of every thread on the host).
+/// A macro, as the exit program asks both kinds of hash map.
+macro_rules! remove_present {
+    ($map:expr, $key:expr) => {{
+        // SAFETY: only whether the key is present is read.
+        let present = unsafe { $map.get($key).is_some() };
+        present && $map.remove($key).is_ok()
+    }};
+}
+
 /// Every thread exit; only the exit of a process's main thread is reported, and only for a
 /// process user space heard of (watched, its exec sent, or its TLS heads sent).
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
@@ -603,13 +675,15 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // A thread that exits inside SSL_read never returns: free its pending read here (the LRU
     // map is the backstop), so no process can fill the map and blind everyone's responses.
-    let _ = READ_ARGS.remove(&pid_tgid);
+    // Most threads never read TLS: each map is asked first (a lookup takes no lock), and an
+    // entry deleted (the bucket's lock) only when there is one.
+    let _ = remove_present!(READ_ARGS, &pid_tgid);
     if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
         let pid = (pid_tgid >> 32) as u32;
         // A reused pid starts with a full budget.
-        let sent_heads = BUDGET.remove(&pid).is_ok();
-        let reported = REPORTED.remove(&pid).is_ok();
-        let watched = WATCHED.remove(&pid).is_ok();
+        let sent_heads = remove_present!(BUDGET, &pid);
+        let reported = remove_present!(REPORTED, &pid);
+        let watched = remove_present!(WATCHED, &pid);
         // SAFETY: a plain read of a global the loader may have rewritten.
         let filtering = unsafe { core::ptr::read_volatile(&raw const OFFSETS) }.file_inode != 0;
         if sent_heads || reported || watched || !filtering {
