@@ -18,18 +18,19 @@ pub const SHORT_HEAD: u32 = 64;
 
 /// When the kernel wakes the reader for a record (the kernel's `WAKEUP` global, set by user
 /// space at load time). A record that does not wake the reader waits in the ring until the
-/// reader's own timer drains it (every 50 ms: `PROCESS_DRAIN` in the daemon and `trace`), or
-/// until the ring holds more than the `WATERMARK` global's bytes, whichever comes first.
-/// Process events (execs, exits) never wake it under any policy: they are batched on that
-/// timer, which keeps a new process's discovery well ahead of its first request.
+/// reader's own timer drains it, or until the ring holds more than the `WATERMARK` global's
+/// bytes, whichever comes first. An exec always wakes it (user space judges the new program
+/// from the live process, and a new Claude Code must be attached before its first request;
+/// execs of images judged not Claude Code never reach the ring); an exit never does.
 pub mod wakeup {
-    /// Every response head wakes the reader at once; a request waits for its response.
+    /// Every response head and exec wakes the reader at once; a request waits for its
+    /// response.
     pub const RESPONSES: u32 = 0;
     /// Only what a decision may hang on wakes the reader at once: a response whose status is
     /// not 1xx, 2xx or 3xx (or cannot be read from its first bytes), a head arriving in
-    /// pieces. Successful exchanges ride the reader's timer.
+    /// pieces, an exec. Successful exchanges ride the reader's timer.
     pub const ERRORS: u32 = 1;
-    /// Only the watermark wakes the reader; everything else rides its timer.
+    /// Only execs (and the watermark) wake the reader; everything else rides its timer.
     pub const TIMER: u32 = 2;
 }
 
@@ -216,9 +217,13 @@ pub struct ImageKey {
 /// owner).
 pub const IMAGE_ENTRIES: u32 = 4096;
 
-/// Entries of the kernel's `WATCHED` map: processes user space watches (instances), whose
-/// execs and exits are always sent.
-pub const WATCHED_ENTRIES: u32 = 16384;
+/// Words of the kernel's `WATCHED` array: one bit per pid up to the kernel's largest
+/// `pid_max` (`PID_MAX_LIMIT`, 2^22 on 64-bit), set for the processes user space watches
+/// (instances), whose execs and exits are always sent. An array access (inlined by the
+/// verifier) where a hash lookup was, in the exec and exit programs that run for every
+/// process on the host; 512 KiB. Only user space writes it: it sets a process's bit when it
+/// watches it and clears it when it stops (the process exited).
+pub const WATCHED_WORDS: u32 = (1 << 22) / 64;
 
 /// Entries of the kernel's `REPORTED` map: processes whose exec was sent (so is their exit);
 /// the least recently used go first.

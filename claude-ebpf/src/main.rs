@@ -23,13 +23,13 @@ use aya_ebpf::{
         bpf_probe_read_user, generated as raw,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use claude_ebpf_common::{
     BUDGET_ENTRIES, BUDGET_WINDOW_NS, Budget, ConnKey, EventBuf, EventHeader, HEAD_MAX, HEADER_LEN,
     IMAGE_ENTRIES, ImageKey, KernelOffsets, REPORTED_ENTRIES, ReadArgs, SHORT_HEAD,
-    USER_BUDGET_ENTRIES, WATCHED_ENTRIES, flags, kind, stats, wakeup,
+    USER_BUDGET_ENTRIES, WATCHED_WORDS, flags, kind, stats, wakeup,
 };
 
 /// Records for user space. User space may resize it at load time.
@@ -89,9 +89,12 @@ static SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static IMAGES: HashMap<ImageKey, u32> = HashMap::with_max_entries(IMAGE_ENTRIES, 0);
 
-/// Processes user space watches (instances): their execs and exits are always sent.
+/// Processes user space watches (instances), a bit per pid (see [`WATCHED_WORDS`]): their
+/// execs and exits are always sent. User space clears a process's bit when it stops watching
+/// it (its exit seen); should that exit be lost, a later process with the pid has its execs and
+/// exit sent too, which costs user space a look and nothing else.
 #[map]
-static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(WATCHED_ENTRIES, 0);
+static WATCHED: Array<u64> = Array::with_max_entries(WATCHED_WORDS, 0);
 
 /// Processes whose exec was sent: their exit is sent too.
 #[map]
@@ -509,18 +512,22 @@ const FORCE_WAKEUP: u64 = 2;
 /// whether a decision may hang on it. Under [`wakeup::RESPONSES`] a request waits in the ring
 /// for its response (which follows within the request's latency) and the response wakes the
 /// reader for both. Forced, not adaptive, because an adaptive wake-up is skipped while older
-/// records are unread. Process events (execs, exits) never wake the reader: the wake-up would
-/// be paid inside the exec of every program not judged yet (20-60 µs here), and the reader
-/// drains the ring on a short timer. Past the watermark every record wakes the reader, so the
-/// ring cannot fill while it sleeps on its timer.
+/// records are unread. An exec wakes the reader under every policy: user space judges the new
+/// program from the live process (`/proc/PID/exe`, its command line), and a short-lived tool
+/// read on the next timer has exited already, so it would never be judged and its execs never
+/// stay in the kernel. Only execs of images not judged yet (and of Claude Code, interpreters
+/// and watched processes) get here, so the wake-up inside the exec (20-60 µs) is paid once or
+/// twice per new file. An exit never wakes the reader: nothing is read of an exited process,
+/// and it rides the timer. Past the watermark every record wakes the reader, so the ring
+/// cannot fill while it sleeps on its timer.
 #[inline(always)]
 fn wakeup_flags(dir: u32, urgent: bool) -> u64 {
     // SAFETY: plain reads of globals the loader may have rewritten.
     let policy = unsafe { core::ptr::read_volatile(&raw const WAKEUP) };
     let now = match policy {
-        wakeup::RESPONSES => dir == kind::READ,
-        wakeup::ERRORS => urgent,
-        _ => false,
+        wakeup::RESPONSES => dir == kind::READ || dir == kind::EXEC,
+        wakeup::ERRORS => urgent || dir == kind::EXEC,
+        _ => dir == kind::EXEC,
     };
     // SAFETY: as above.
     let watermark = unsafe { core::ptr::read_volatile(&raw const WATERMARK) };
@@ -582,8 +589,7 @@ fn emit(header: EventHeader, buf: u64, urgent: bool, limit: u32) {
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: lookups of plain values.
-    let watched = unsafe { WATCHED.get(&pid).is_some() };
+    let watched = is_watched(pid);
     // SAFETY: a raw tracepoint's context is its arguments: (task, old_pid, bprm).
     let bprm: u64 = unsafe { *(ctx.as_ptr() as *const u64).add(2) };
     if !watched {
@@ -610,6 +616,14 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 
 /// Words of `struct inode` [`image_of`] reads at once, from the first of the fields it needs.
 const INODE_WORDS: usize = 8;
+
+/// Whether user space watches process `pid` (its bit in [`WATCHED`]).
+#[inline(always)]
+fn is_watched(pid: u32) -> bool {
+    WATCHED
+        .get(pid / 64)
+        .is_some_and(|word| word & (1 << (pid % 64)) != 0)
+}
 
 /// The image an exec loads (`bprm->file->f_inode`), when user space gave the offsets.
 #[inline(always)]
@@ -683,7 +697,7 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
         // A reused pid starts with a full budget.
         let sent_heads = remove_present!(BUDGET, &pid);
         let reported = remove_present!(REPORTED, &pid);
-        let watched = remove_present!(WATCHED, &pid);
+        let watched = is_watched(pid);
         // SAFETY: a plain read of a global the loader may have rewritten.
         let filtering = unsafe { core::ptr::read_volatile(&raw const OFFSETS) }.file_inode != 0;
         if sent_heads || reported || watched || !filtering {

@@ -64,8 +64,8 @@ pub struct TraceArgs {
     #[arg(long, value_name = "RECORDS")]
     pub record_budget: Option<u32>,
     /// When the kernel wakes trace for a record: `errors` (a response that is not 1xx–3xx;
-    /// other lines are printed within 50 ms), `responses` (every response, at once), `timer`
-    /// (every line within 50 ms). The daemon's `[daemon] wakeup`.
+    /// other lines are printed within 200 ms), `responses` (every response, at once), `timer`
+    /// (every line within 200 ms). The daemon's `[daemon] wakeup`.
     #[arg(long, value_name = "POLICY", default_value_t = Wakeup::default(),
           value_parser = clap::builder::PossibleValuesParser::new(Wakeup::ALL)
               .map(|s| s.parse::<Wakeup>().expect("one of the possible values")))]
@@ -281,18 +281,12 @@ async fn trace_loop<P: Processes>(
             _ => {}
         });
     };
-    // Requests do not wake the reader (their responses do), nor do execs and exits: a short
-    // timer drains the ring (a new process is seen within it), a slower one sweeps up the rest.
+    // Requests do not wake the reader (their responses do): a timer sweeps up the rest.
     let mut sweep = tokio::time::interval(Duration::from_millis(200));
-    let mut drain = tokio::time::interval(crate::daemon::PROCESS_DRAIN);
     loop {
         let swept = tokio::select! {
             drained = stream.drain(&mut handle) => {
                 drained.map_err(crate::capture::CaptureError::Read)?;
-                false
-            }
-            _ = drain.tick() => {
-                stream.drain_now(&mut handle);
                 false
             }
             _ = sweep.tick() => true,

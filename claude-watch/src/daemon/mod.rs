@@ -73,11 +73,6 @@ pub const DEFAULT_CONFIG_PATH: &str = crate::config::DEFAULT_PATH;
 /// How often the core's clock is advanced without an event.
 const TICK: Duration = Duration::from_millis(250);
 
-/// How often the ring is read without a wake-up: execs and exits never wake the reader (the
-/// wake-up would be paid inside the exec, see `wakeup_flags` in `claude-ebpf`), so a new
-/// process is seen within this of its exec; successful exchanges ride it too.
-pub const PROCESS_DRAIN: Duration = Duration::from_millis(50);
-
 /// How the daemon was started.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -404,8 +399,6 @@ impl Daemon {
         let mut sighup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut drain = tokio::time::interval(PROCESS_DRAIN);
-        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watchdog =
             tokio::time::interval(Notifier::watchdog_period().unwrap_or(Duration::from_secs(3600)));
 
@@ -425,9 +418,6 @@ impl Daemon {
                 // snapshot is rebuilt on the tick, not per record.
                 ready = stream.readable() => {
                     ready.map_err(CaptureError::Read)?;
-                    stream.drain_now(|r| self.on_record(r));
-                }
-                _ = drain.tick() => {
                     stream.drain_now(|r| self.on_record(r));
                 }
                 _ = tick.tick() => {
