@@ -19,10 +19,11 @@ pub const SHORT_HEAD: u32 = 64;
 /// When the kernel wakes the reader for a record (the kernel's `WAKEUP` global, set by user
 /// space at load time). A record that does not wake the reader waits in the ring until the
 /// reader's own timer drains it, or until the ring holds more than the `WATERMARK` global's
-/// bytes, whichever comes first; an exec always wakes it (a new process must be attached before
-/// its first request).
+/// bytes, whichever comes first. An exec always wakes it (user space judges the new program
+/// from the live process, and a new Claude Code must be attached before its first request;
+/// execs of images judged not Claude Code never reach the ring); an exit never does.
 pub mod wakeup {
-    /// Every response head, exec and exit wakes the reader at once; a request waits for its
+    /// Every response head and exec wakes the reader at once; a request waits for its
     /// response.
     pub const RESPONSES: u32 = 0;
     /// Only what a decision may hang on wakes the reader at once: a response whose status is
@@ -216,9 +217,13 @@ pub struct ImageKey {
 /// owner).
 pub const IMAGE_ENTRIES: u32 = 4096;
 
-/// Entries of the kernel's `WATCHED` map: processes user space watches (instances), whose
-/// execs and exits are always sent.
-pub const WATCHED_ENTRIES: u32 = 16384;
+/// Words of the kernel's `WATCHED` array: one bit per pid up to the kernel's largest
+/// `pid_max` (`PID_MAX_LIMIT`, 2^22 on 64-bit), set for the processes user space watches
+/// (instances), whose execs and exits are always sent. An array access (inlined by the
+/// verifier) where a hash lookup was, in the exec and exit programs that run for every
+/// process on the host; 512 KiB. Only user space writes it: it sets a process's bit when it
+/// watches it and clears it when it stops (the process exited).
+pub const WATCHED_WORDS: u32 = (1 << 22) / 64;
 
 /// Entries of the kernel's `REPORTED` map: processes whose exec was sent (so is their exit);
 /// the least recently used go first.

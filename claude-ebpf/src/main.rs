@@ -23,13 +23,13 @@ use aya_ebpf::{
         bpf_probe_read_user, generated as raw,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use claude_ebpf_common::{
     BUDGET_ENTRIES, BUDGET_WINDOW_NS, Budget, ConnKey, EventBuf, EventHeader, HEAD_MAX, HEADER_LEN,
     IMAGE_ENTRIES, ImageKey, KernelOffsets, REPORTED_ENTRIES, ReadArgs, SHORT_HEAD,
-    USER_BUDGET_ENTRIES, WATCHED_ENTRIES, flags, kind, stats, wakeup,
+    USER_BUDGET_ENTRIES, WATCHED_WORDS, flags, kind, stats, wakeup,
 };
 
 /// Records for user space. User space may resize it at load time.
@@ -89,9 +89,12 @@ static SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static IMAGES: HashMap<ImageKey, u32> = HashMap::with_max_entries(IMAGE_ENTRIES, 0);
 
-/// Processes user space watches (instances): their execs and exits are always sent.
+/// Processes user space watches (instances), a bit per pid (see [`WATCHED_WORDS`]): their
+/// execs and exits are always sent. User space clears a process's bit when it stops watching
+/// it (its exit seen); should that exit be lost, a later process with the pid has its execs and
+/// exit sent too, which costs user space a look and nothing else.
 #[map]
-static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(WATCHED_ENTRIES, 0);
+static WATCHED: Array<u64> = Array::with_max_entries(WATCHED_WORDS, 0);
 
 /// Processes whose exec was sent: their exit is sent too.
 #[map]
@@ -128,7 +131,13 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
         (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i32>(2))
         && num > 0
     {
-        capture(ssl, buf, num as u32, kind::WRITE);
+        capture(
+            bpf_get_current_pid_tgid(),
+            ssl,
+            buf,
+            num as u32,
+            kind::WRITE,
+        );
     }
     0
 }
@@ -140,7 +149,13 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
         (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
         && num > 0
     {
-        capture(ssl, buf, num.min(u64::from(u32::MAX)) as u32, kind::WRITE);
+        capture(
+            bpf_get_current_pid_tgid(),
+            ssl,
+            buf,
+            num.min(u64::from(u32::MAX)) as u32,
+            kind::WRITE,
+        );
     }
     0
 }
@@ -179,10 +194,11 @@ fn remember_read(ctx: &ProbeContext, readbytes: u64) {
 /// Return of `SSL_read`: the result is the number of bytes read, or <= 0.
 #[uretprobe]
 pub fn ssl_read_return(ctx: RetProbeContext) -> u32 {
-    if let Some(args) = take_read() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(args) = take_read(pid_tgid) {
         let ret: i32 = ctx.ret();
         if ret > 0 {
-            capture(args.ssl, args.buf, ret as u32, kind::READ);
+            capture(pid_tgid, args.ssl, args.buf, ret as u32, kind::READ);
         }
     }
     0
@@ -191,13 +207,15 @@ pub fn ssl_read_return(ctx: RetProbeContext) -> u32 {
 /// Return of `SSL_read_ex`: 1 on success with the count in `*readbytes`.
 #[uretprobe]
 pub fn ssl_read_ex_return(ctx: RetProbeContext) -> u32 {
-    if let Some(args) = take_read() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(args) = take_read(pid_tgid) {
         let ret: i32 = ctx.ret();
         if ret == 1 {
             // SAFETY: reads user memory through the helper, which checks the access.
             let read = unsafe { bpf_probe_read_user(args.readbytes as *const u64) }.unwrap_or(0);
             if read > 0 {
                 capture(
+                    pid_tgid,
                     args.ssl,
                     args.buf,
                     read.min(u64::from(u32::MAX)) as u32,
@@ -209,13 +227,12 @@ pub fn ssl_read_ex_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// The arguments of the read returning on this thread, and its slot marked empty (`buf` 0)
-/// rather than deleted: the thread's next read reuses it, and the slot goes when the thread
+/// The arguments of the read returning on thread `pid_tgid`, and its slot marked empty (`buf`
+/// 0) rather than deleted: the thread's next read reuses it, and the slot goes when the thread
 /// exits ([`sched_process_exit`]) or, idle, to the LRU.
 #[inline(always)]
-fn take_read() -> Option<ReadArgs> {
-    let key = bpf_get_current_pid_tgid();
-    let args = READ_ARGS.get_ptr_mut(&key).and_then(|slot| {
+fn take_read(pid_tgid: u64) -> Option<ReadArgs> {
+    let args = READ_ARGS.get_ptr_mut(&pid_tgid).and_then(|slot| {
         // SAFETY: the calling thread's own slot; no other program writes it meanwhile.
         let slot = unsafe { &mut *slot };
         let args = *slot;
@@ -242,8 +259,11 @@ enum Start {
     Other,
 }
 
+/// Looks at a buffer of `len` bytes that thread `pid_tgid` wrote or read (`dir`) on connection
+/// `ssl`, and sends it on when it begins (or continues) an HTTP head. Each helper is called
+/// once per run: the thread's ids, the uid and the clock are passed on, not asked again.
 #[inline(always)]
-fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
+fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
     // Sixteen bytes hold a method, or a status line's version and code.
     let mut prefix = [0u8; 16];
     let n = if len >= 16 {
@@ -267,7 +287,7 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
         n
     };
     let start = if dir == kind::WRITE {
-        if n >= 4 && METHODS.iter().any(|m| prefix[..4] == m[..]) {
+        if n >= 4 && starts_method(&prefix) {
             Start::Head
         } else {
             Start::Other
@@ -277,7 +297,7 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
     } else {
         Start::Other
     };
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid = (pid_tgid >> 32) as u32;
     let key = ConnKey {
         ssl,
         pid,
@@ -300,10 +320,13 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
             event_flags = flags::CONTINUATION;
         }
     }
-    if !within_budget(pid) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let uid = current_uid();
+    if !within_budget(pid, now) {
         return;
     }
-    if !within_user_budget(current_uid()) {
+    if !within_user_budget(uid, now) {
         // Not sent: the process keeps the record it was charged, so what the user's share
         // refuses does not also use up the process's own budget for the window.
         refund(&BUDGET, pid);
@@ -333,7 +356,34 @@ fn capture(ssl: u64, buf: u64, len: u32, dir: u32) {
     } else {
         claude_ebpf_common::COPY_MAX
     };
-    emit(ssl, buf, len, dir, event_flags, urgent, limit);
+    let header = EventHeader {
+        ts_ns: now,
+        conn: ssl,
+        pid,
+        tid: pid_tgid as u32,
+        uid,
+        pad: 0,
+        len,
+        captured: 0,
+        kind: dir,
+        flags: event_flags,
+    };
+    emit(header, buf, urgent, limit);
+}
+
+/// Whether the first four bytes open a request line (one of [`METHODS`]), compared as one
+/// word each.
+#[inline(always)]
+fn starts_method(prefix: &[u8; 16]) -> bool {
+    let word = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+    let mut i = 0;
+    while i < METHODS.len() {
+        if word == u32::from_le_bytes(METHODS[i]) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Marks the next buffer of `key`'s connection and direction as a continuation, in its slot of
@@ -377,10 +427,10 @@ fn current_uid() -> u32 {
 /// most [`BUDGET_RECORDS`] per [`BUDGET_WINDOW_NS`], so one process flooding its TLS writes
 /// cannot fill the ring shared with every other process.
 #[inline(always)]
-fn within_budget(pid: u32) -> bool {
+fn within_budget(pid: u32, now: u64) -> bool {
     // SAFETY: a plain read of a global the loader may have rewritten.
     let limit = unsafe { core::ptr::read_volatile(&raw const BUDGET_RECORDS) };
-    let within = spend(&BUDGET, pid, limit);
+    let within = spend(&BUDGET, pid, limit, now);
     if !within {
         bump(stats::OVER_BUDGET);
     }
@@ -392,20 +442,18 @@ fn within_budget(pid: u32) -> bool {
 /// starting many processes (each within its own budget) still spends only their share. Root
 /// is not budgeted here (its processes are, each): root's agents are the host's own.
 #[inline(always)]
-fn within_user_budget(uid: u32) -> bool {
+fn within_user_budget(uid: u32, now: u64) -> bool {
     // SAFETY: a plain read of a global the loader may have rewritten.
     let limit = unsafe { core::ptr::read_volatile(&raw const USER_BUDGET_RECORDS) };
-    uid == 0 || spend(&USER_BUDGET, uid, limit)
+    uid == 0 || spend(&USER_BUDGET, uid, limit, now)
 }
 
-/// Spends one record of `key`'s budget in `map` for the current window: `false` (and the drop
-/// counted in the entry) when `limit` records were sent in it already. No loop, one map
-/// lookup. Threads on several CPUs may race on the counts; a budget is approximate by that
+/// Spends one record of `key`'s budget in `map` for the window holding `now`: `false` (and
+/// the drop counted in the entry) when `limit` records were sent in it already. No loop, one
+/// map lookup. Threads on several CPUs may race on the counts; a budget is approximate by that
 /// much.
 #[inline(always)]
-fn spend(map: &LruHashMap<u32, Budget>, key: u32, limit: u32) -> bool {
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+fn spend(map: &LruHashMap<u32, Budget>, key: u32, limit: u32, now: u64) -> bool {
     let Some(budget) = map.get_ptr_mut(&key) else {
         let fresh = Budget {
             window_start_ns: now,
@@ -464,14 +512,20 @@ const FORCE_WAKEUP: u64 = 2;
 /// whether a decision may hang on it. Under [`wakeup::RESPONSES`] a request waits in the ring
 /// for its response (which follows within the request's latency) and the response wakes the
 /// reader for both. Forced, not adaptive, because an adaptive wake-up is skipped while older
-/// records are unread. Past the watermark every record wakes the reader, so the ring cannot
-/// fill while it sleeps on its timer.
+/// records are unread. An exec wakes the reader under every policy: user space judges the new
+/// program from the live process (`/proc/PID/exe`, its command line), and a short-lived tool
+/// read on the next timer has exited already, so it would never be judged and its execs never
+/// stay in the kernel. Only execs of images not judged yet (and of Claude Code, interpreters
+/// and watched processes) get here, so the wake-up inside the exec (20-60 µs) is paid once or
+/// twice per new file. An exit never wakes the reader: nothing is read of an exited process,
+/// and it rides the timer. Past the watermark every record wakes the reader, so the ring
+/// cannot fill while it sleeps on its timer.
 #[inline(always)]
 fn wakeup_flags(dir: u32, urgent: bool) -> u64 {
     // SAFETY: plain reads of globals the loader may have rewritten.
     let policy = unsafe { core::ptr::read_volatile(&raw const WAKEUP) };
     let now = match policy {
-        wakeup::RESPONSES => dir != kind::WRITE,
+        wakeup::RESPONSES => dir == kind::READ || dir == kind::EXEC,
         wakeup::ERRORS => urgent || dir == kind::EXEC,
         _ => dir == kind::EXEC,
     };
@@ -487,8 +541,12 @@ fn wakeup_flags(dir: u32, urgent: bool) -> u64 {
 /// `bpf_ringbuf_query` flag: bytes written and not yet read.
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
+/// Sends `header` and at most `limit` (and `COPY_MAX`) bytes of `buf`, the buffer of
+/// `header.len` bytes it describes.
 #[inline(always)]
-fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32, urgent: bool, limit: u32) {
+fn emit(header: EventHeader, buf: u64, urgent: bool, limit: u32) {
+    let len = header.len;
+    let dir = header.kind;
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -508,19 +566,9 @@ fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32, urgent: bool, 
     if unsafe { raw::bpf_probe_read_user(head, cap as u32, buf as *const c_void) } != 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
     record.header = EventHeader {
-        // SAFETY: helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        conn: ssl,
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: current_uid(),
-        pad: 0,
-        len,
         captured: cap as u32,
-        kind: dir,
-        flags: event_flags,
+        ..header
     };
     let size = HEADER_LEN + (black_box(cap) & MASK);
     // SAFETY: `size` is at most the size of `EventBuf`, which `record` points to.
@@ -541,8 +589,7 @@ fn emit(ssl: u64, buf: u64, len: u32, dir: u32, event_flags: u32, urgent: bool, 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: lookups of plain values.
-    let watched = unsafe { WATCHED.get(&pid).is_some() };
+    let watched = is_watched(pid);
     // SAFETY: a raw tracepoint's context is its arguments: (task, old_pid, bprm).
     let bprm: u64 = unsafe { *(ctx.as_ptr() as *const u64).add(2) };
     if !watched {
@@ -555,7 +602,8 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         }
         // An image not judged yet costs user space a look: a user exec'ing fresh files in a
         // loop spends their own budget, not the daemon's time for everyone.
-        if !within_user_budget(current_uid()) {
+        // SAFETY: helper without preconditions.
+        if !within_user_budget(current_uid(), unsafe { bpf_ktime_get_ns() }) {
             bump(stats::EXECS_OVER_BUDGET);
             return 0;
         }
@@ -564,6 +612,17 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     bump(stats::EXECS_SENT);
     notify(kind::EXEC);
     0
+}
+
+/// Words of `struct inode` [`image_of`] reads at once, from the first of the fields it needs.
+const INODE_WORDS: usize = 8;
+
+/// Whether user space watches process `pid` (its bit in [`WATCHED`]).
+#[inline(always)]
+fn is_watched(pid: u32) -> bool {
+    WATCHED
+        .get(pid / 64)
+        .is_some_and(|word| word & (1 << (pid % 64)) != 0)
 }
 
 /// The image an exec loads (`bprm->file->f_inode`), when user space gave the offsets.
@@ -580,12 +639,28 @@ fn image_of(bprm: u64) -> Option<ImageKey> {
             bpf_probe_read_kernel((bprm + u64::from(off.bprm_file)) as *const u64).ok()?;
         let inode: u64 =
             bpf_probe_read_kernel((file + u64::from(off.file_inode)) as *const u64).ok()?;
-        let ino: u64 =
-            bpf_probe_read_kernel((inode + u64::from(off.inode_ino)) as *const u64).ok()?;
-        let size: u64 =
-            bpf_probe_read_kernel((inode + u64::from(off.inode_size)) as *const u64).ok()?;
-        let sb: u64 =
-            bpf_probe_read_kernel((inode + u64::from(off.inode_sb)) as *const u64).ok()?;
+        // `i_sb`, `i_ino` and `i_size` lie within a few words of each other (0x28, 0x40,
+        // 0x50 on 6.x): one read of the words from the first to the last, not three.
+        let first = off.inode_sb.min(off.inode_ino).min(off.inode_size);
+        let last = off.inode_sb.max(off.inode_ino).max(off.inode_size);
+        let aligned = (off.inode_sb | off.inode_ino | off.inode_size) % 8 == 0;
+        let (sb, ino, size) = if aligned && last - first < (8 * INODE_WORDS) as u32 {
+            let words: [u64; INODE_WORDS] =
+                bpf_probe_read_kernel((inode + u64::from(first)) as *const [u64; INODE_WORDS])
+                    .ok()?;
+            let word = |at: u32| words[((at - first) / 8) as usize % INODE_WORDS];
+            (
+                word(off.inode_sb),
+                word(off.inode_ino),
+                word(off.inode_size),
+            )
+        } else {
+            (
+                bpf_probe_read_kernel((inode + u64::from(off.inode_sb)) as *const u64).ok()?,
+                bpf_probe_read_kernel((inode + u64::from(off.inode_ino)) as *const u64).ok()?,
+                bpf_probe_read_kernel((inode + u64::from(off.inode_size)) as *const u64).ok()?,
+            )
+        };
         let dev: u32 = bpf_probe_read_kernel((sb + u64::from(off.sb_dev)) as *const u32).ok()?;
         Some(ImageKey {
             ino,
@@ -596,6 +671,17 @@ fn image_of(bprm: u64) -> Option<ImageKey> {
     }
 }
 
+/// Removes `key` from `map` when it holds it; whether it did. A lookup first, since a delete
+/// takes the bucket's lock even when the key is absent (the exit of every thread on the host).
+/// A macro, as the exit program asks both kinds of hash map.
+macro_rules! remove_present {
+    ($map:expr, $key:expr) => {{
+        // SAFETY: only whether the key is present is read.
+        let present = unsafe { $map.get($key).is_some() };
+        present && $map.remove($key).is_ok()
+    }};
+}
+
 /// Every thread exit; only the exit of a process's main thread is reported, and only for a
 /// process user space heard of (watched, its exec sent, or its TLS heads sent).
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
@@ -603,13 +689,15 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // A thread that exits inside SSL_read never returns: free its pending read here (the LRU
     // map is the backstop), so no process can fill the map and blind everyone's responses.
-    let _ = READ_ARGS.remove(&pid_tgid);
+    // Most threads never read TLS: each map is asked first (a lookup takes no lock), and an
+    // entry deleted (the bucket's lock) only when there is one.
+    let _ = remove_present!(READ_ARGS, &pid_tgid);
     if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
         let pid = (pid_tgid >> 32) as u32;
         // A reused pid starts with a full budget.
-        let sent_heads = BUDGET.remove(&pid).is_ok();
-        let reported = REPORTED.remove(&pid).is_ok();
-        let watched = WATCHED.remove(&pid).is_ok();
+        let sent_heads = remove_present!(BUDGET, &pid);
+        let reported = remove_present!(REPORTED, &pid);
+        let watched = is_watched(pid);
         // SAFETY: a plain read of a global the loader may have rewritten.
         let filtering = unsafe { core::ptr::read_volatile(&raw const OFFSETS) }.file_inode != 0;
         if sent_heads || reported || watched || !filtering {

@@ -260,27 +260,28 @@ impl Probes {
         self.watched(pid, true);
     }
 
-    /// Stops [`Self::watch_pid`] for `pid` (its exit removes it too).
+    /// Stops [`Self::watch_pid`] for `pid` (when it exited: the kernel leaves its bit to user
+    /// space).
     pub fn unwatch_pid(&mut self, pid: u32) {
         self.watched(pid, false);
     }
 
+    /// Sets or clears `pid`'s bit in the kernel's `WATCHED` array (a bit per pid, 64 a word;
+    /// only user space writes it, so a word is read and written back whole).
     fn watched(&mut self, pid: u32, on: bool) {
         let Some(map) = self.ebpf.map_mut("WATCHED") else {
             return;
         };
-        let Ok(mut watched) = BpfHashMap::<_, u32, u32>::try_from(map) else {
+        let Ok(mut words) = aya::maps::Array::<_, u64>::try_from(map) else {
             return;
         };
-        let result = if on {
-            watched.insert(pid, 1, 0)
-        } else {
-            watched.remove(&pid)
-        };
-        if let Err(e) = result
-            && on
-        {
-            debug!(pid, error = %e, "exec filter: process not watched in the kernel");
+        let (index, bit) = (pid / 64, 1u64 << (pid % 64));
+        let result = words.get(&index, 0).and_then(|word| {
+            let word = if on { word | bit } else { word & !bit };
+            words.set(index, word, 0)
+        });
+        if let Err(e) = result {
+            debug!(pid, on, error = %e, "exec filter: process's watched bit not changed in the kernel");
         }
     }
 

@@ -402,6 +402,16 @@ impl BenchDaemon {
     /// Starts it; `extra` is appended to the configuration's `[daemon]` section (and may open
     /// further sections).
     pub(super) fn start(env: &BenchEnv, dir: &Path, extra: &str) -> anyhow::Result<Self> {
+        Self::start_with(env, dir, extra, &[])
+    }
+
+    /// [`Self::start`] with more arguments (`--probe-time`).
+    pub(super) fn start_with(
+        env: &BenchEnv,
+        dir: &Path,
+        extra: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let metrics_port = free_port()?;
         let config = format!(
@@ -413,6 +423,7 @@ impl BenchDaemon {
         std::fs::write(dir.join("config.toml"), config)?;
         let mut cmd = Command::new(&env.claude_watch);
         cmd.arg("daemon")
+            .args(args)
             .arg("--config")
             .arg(dir.join("config.toml"))
             .env("RUST_LOG", "info");

@@ -292,6 +292,9 @@ pub(super) struct ExecLoop {
     pub(super) exec_ns: [Option<u64>; 2],
     /// `sched_process_exit`'s, likewise.
     pub(super) exit_ns: [Option<u64>; 2],
+    /// The empty floor's two programs, per run (ns), by the same statistics: runs and total
+    /// run time over the floor's rounds.
+    pub(super) floor_runs: (u64, u64),
 }
 
 const CONFIGS: [&str; 4] = [
@@ -327,6 +330,7 @@ pub(super) fn exec_loop(env: &BenchEnv, smoke: bool) -> anyhow::Result<ExecLoop>
         rounds: [Vec::new(), Vec::new(), Vec::new(), Vec::new()],
         exec_ns: [None; 2],
         exit_ns: [None; 2],
+        floor_runs: (0, 0),
     };
     for round in 0..rounds {
         for k in 0..4 {
@@ -342,7 +346,13 @@ pub(super) fn exec_loop(env: &BenchEnv, smoke: bool) -> anyhow::Result<ExecLoop>
                 );
                 match floor {
                     Ok(floor) => {
+                        // On for the daemon's rounds too (`--probe-time`).
+                        let stats = super::process::BpfStats::on()?;
                         out.rounds[1].push(run(execs)?);
+                        for (_, runs, ns) in stats.programs_of(floor.proc.pid())? {
+                            out.floor_runs.0 += runs;
+                            out.floor_runs.1 += ns;
+                        }
                         floor.stop()?;
                     }
                     Err(e) => eprintln!("bench: part 7b: no empty floor ({e:#})"),
@@ -418,6 +428,10 @@ impl ExecLoop {
                 format!("{:.3}x no eBPF", m / none)
             };
             let kernel = match k {
+                1 if self.floor_runs.0 > 0 => format!(
+                    "; the empty programs {} ns/run",
+                    self.floor_runs.1 / self.floor_runs.0
+                ),
                 0 | 1 => String::new(),
                 k => format!(
                     "; sched_process_exec {} ns/run, sched_process_exit {} ns/run",
@@ -444,6 +458,6 @@ impl ExecLoop {
                 None,
             );
         }
-        report.note("Exec loop (part 7b): one copy of /bin/true fork+exec'd in a loop by the bench (Rust's Command), with no eBPF program, with empty bpftrace programs on the two tracepoints (the floor any exec watcher pays), with the daemon and `exec_filter = false` (every exec reported to user space, as before the filter), and with the daemon's defaults (the exec stays in the kernel once discovery has judged the file twice); rounds alternate in a rotating order. Kernel figures: the daemon's `--probe-time` (the kernel's run-time statistics, which add two clock reads per run), averaged over the daemon's life: the two warm-up execs weigh a few ns in the filtered average.".into());
+        report.note("Exec loop (part 7b): one copy of /bin/true fork+exec'd in a loop by the bench (Rust's Command), with no eBPF program, with empty bpftrace programs on the two tracepoints (the floor any exec watcher pays), with the daemon and `exec_filter = false` (every exec reported to user space, as before the filter), and with the daemon's defaults (the exec stays in the kernel once discovery has judged the file twice); rounds alternate in a rotating order. Kernel figures: the daemon's `--probe-time` (the kernel's run-time statistics, which add two clock reads per run), averaged over the daemon's life: the two warm-up execs weigh a few ns in the filtered average. The empty floor's figure is the same statistics (`kernel.bpf_stats_enabled`, `bpftool prog show`) over its rounds: bpftrace's two programs, which do nothing (its tracepoints are the classic ones, ours raw tracepoints).".into());
     }
 }

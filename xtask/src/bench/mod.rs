@@ -8,7 +8,9 @@
 //! Parts:
 //! 1. probe overhead on node clients (keep-alive request loop; long streamed response read in
 //!    many small reads), each timed with no probes, with an empty-probe floor (bpftrace on the
-//!    same functions), and with `claude-watch trace` attached; runs alternated;
+//!    same functions), and with `claude-watch trace` attached; runs alternated; then the eBPF
+//!    run time per request, per program (runs per request × ns per run), beside the empty
+//!    programs' own;
 //! 2. the same on a Bun client (BoringSSL found without symbols);
 //! 3. pipeline capacity: exchanges/s from node raw-TLS clients, lost records counted, and a
 //!    stalled consumer with a small ring to show loss is counted without a crash;
@@ -31,7 +33,8 @@
 //!    its CPU over the soak and over idle windows (agents stopped, no churn, nothing asked of
 //!    the daemon), the kernel records it lost, and each latch and heal seen in its status.
 //! 9. a real Claude Code turn (the pinned latest release, streamed answer) with and without
-//!    `claude-watch daemon`;
+//!    `claude-watch daemon`, and the daemon's eBPF run time per request, per program, beside
+//!    empty programs on the same probes over one more round;
 //! 10. the recovery policy replayed against the write-up's window history (`claude-watch
 //!     replay`, the core on a fake clock): agents left down, restarts into open windows against
 //!     log2(window / backoff_initial) + 2, extra downtime after each window closes, notices;

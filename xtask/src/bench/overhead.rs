@@ -172,6 +172,9 @@ pub(super) struct Overhead {
     /// Per policy: the eBPF programs' runs and average times over one extra request loop run
     /// with the kernel's run-time statistics on.
     pub(super) probe_times: Vec<(&'static str, Vec<ProbeTime>)>,
+    /// The empty floor's programs over one more request loop with the statistics on: runs and
+    /// total run time (ns).
+    pub(super) floor_times: Option<(u64, u64)>,
     pub(super) how: String,
 }
 
@@ -201,6 +204,7 @@ pub(super) fn overhead(
         floor_missing,
         counters: None,
         probe_times: Vec::new(),
+        floor_times: None,
         how: format!(
             "{} ({method}: {})",
             binary.display(),
@@ -268,6 +272,19 @@ pub(super) fn overhead(
         env.run_client(client, "requests", port, &requests)?;
         let (_, _, times) = t.stop_timed()?;
         out.probe_times.push((policy, times));
+    }
+    // The floor's own run time, the same way: the price of an empty program on each probe.
+    if out.floor_missing.is_none() {
+        let stats = BpfStats::on()?;
+        let b = Bpftrace::start(&floor, !by_symbol)?;
+        env.run_client(client, "requests", port, &requests)?;
+        let programs = stats.programs_of(b.proc.pid())?;
+        b.stop()?;
+        out.floor_times = Some(
+            programs
+                .iter()
+                .fold((0, 0), |(r, t), (_, runs, ns)| (r + runs, t + ns)),
+        );
     }
     if out.counters.is_some_and(|c| c.sent == 0) {
         bail!(
@@ -398,6 +415,42 @@ impl Overhead {
                 extra_cpu_us: requests.extra_cpu_us(i, base, self.plan.requests),
                 kernel_us,
             });
+        }
+        let default = self
+            .probe_times
+            .iter()
+            .find(|(p, _)| *p == POLICIES[0])
+            .map(|(_, times)| {
+                let ssl = || times.iter().filter(|t| t.program.starts_with("ssl_"));
+                let n = f64::from(self.plan.requests);
+                let us = ssl().map(|t| t.runs as f64 * t.avg_ns as f64).sum::<f64>() / 1000.0 / n;
+                let each = ssl()
+                    .map(|t| {
+                        format!(
+                            "{} {:.1} runs × {} ns",
+                            t.program,
+                            t.runs as f64 / n,
+                            t.avg_ns
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                (us, each)
+            });
+        if let Some((us, each)) = default {
+            let floor_us = self
+                .floor_times
+                .map(|(_, ns)| ns as f64 / 1000.0 / f64::from(self.plan.requests));
+            report.row(
+                part,
+                &format!("{who} request loop: eBPF run time per request (default wake-up), per program runs per request × ns per run"),
+                &format!(
+                    "{us:.2} µs ({each}); empty programs on the same probes: {}",
+                    floor_us.map_or("not measured".into(), |f| format!("{f:.2} µs"))
+                ),
+                "≤ 2 µs",
+                Some(us <= 2.0),
+            );
         }
         let programs = self
             .probe_times

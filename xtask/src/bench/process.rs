@@ -282,6 +282,59 @@ pub(super) struct ProbeTime {
     pub(super) avg_ns: u64,
 }
 
+/// The kernel's BPF run-time statistics (`kernel.bpf_stats_enabled`), on while this lives: what
+/// the empty floor's bpftrace programs cost per run (the daemon and trace turn them on for
+/// their own programs with `--probe-time`).
+pub(super) struct BpfStats;
+
+impl BpfStats {
+    pub(super) fn on() -> anyhow::Result<Self> {
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+            .context("turning on kernel.bpf_stats_enabled")?;
+        Ok(Self)
+    }
+
+    /// Name, runs and total run time (ns) of the programs process `pid` (bpftrace) holds (the
+    /// `prog_id` of its descriptors; this bpftool lists no pids), over the time statistics
+    /// were on (`bpftool prog show`).
+    pub(super) fn programs_of(&self, pid: i32) -> anyhow::Result<Vec<(String, u64, u64)>> {
+        let ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .context("reading bpftrace's descriptors")?
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("prog_id:"))
+                    .and_then(|id| id.trim().parse().ok())
+            })
+            .collect();
+        let out = Command::new("bpftool")
+            .args(["prog", "show", "--json"])
+            .output()
+            .context("running bpftool prog show")?;
+        let progs: Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+        Ok(progs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+            .filter_map(|p| {
+                Some((
+                    p["name"].as_str()?.to_owned(),
+                    p["run_cnt"].as_u64()?,
+                    p["run_time_ns"].as_u64()?,
+                ))
+            })
+            .filter(|(_, runs, _)| *runs > 0)
+            .collect())
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    }
+}
+
 /// Parses `claude-watch: probe time: ssl_write 2000 2512ns, ssl_read_return 4000 1500ns`.
 pub(super) fn parse_probe_times(line: &str) -> Option<Vec<ProbeTime>> {
     let rest = line.split("probe time: ").nth(1)?;
