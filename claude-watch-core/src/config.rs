@@ -31,6 +31,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use humantime::DurationError;
 use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
 
@@ -962,56 +963,27 @@ fn value_span(text: &str, table: &str, key: &str) -> Range<usize> {
     0..0
 }
 
-/// Parses `"10s"`, `"1m"`, `"1h30m"`, `"500ms"`, `"2d"` (or a bare number of seconds).
+/// Parses `"10s"`, `"1m"`, `"1h30m"`, `"500ms"`, `"2d"` (or a bare number of seconds), and the
+/// other units `humantime` reads (`min`, `days`, `w`, ...); no space inside.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
     if let Ok(secs) = s.parse::<u64>() {
         return bounded(Duration::from_secs(secs));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "{s:?} is not a duration (like 30s, 5m, 1h30m, 500ms)"
-            ));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{s:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let seconds_per = match &rest[..unit_len] {
-            "ms" => None,
-            "s" => Some(1),
-            "m" => Some(60),
-            "h" => Some(3600),
-            "d" => Some(86_400),
-            other => {
-                return Err(format!(
-                    "{s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
-                ));
-            }
-        };
-        let unit = match seconds_per {
-            None => Some(Duration::from_millis(n)),
-            Some(per) => n.checked_mul(per).map(Duration::from_secs),
-        };
-        total = unit
-            .and_then(|u| total.checked_add(u))
-            .filter(|t| *t <= MAX_DURATION)
-            .ok_or_else(|| too_long(s))?;
-        rest = &rest[unit_len..];
+    match humantime::parse_duration(s) {
+        Ok(_) if s.contains(char::is_whitespace) => Err(not_a_duration(s)),
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) | Err(DurationError::NumberOverflow) => Err(too_long(s)),
+        Err(DurationError::Empty) => Err("empty duration".into()),
+        Err(DurationError::UnknownUnit { unit, .. }) => Err(format!(
+            "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+        )),
+        Err(_) => Err(not_a_duration(s)),
     }
-    Ok(total)
+}
+
+fn not_a_duration(s: &str) -> String {
+    format!("{s:?} is not a duration (like 30s, 5m, 1h30m, 500ms)")
 }
 
 #[derive(Deserialize)]
