@@ -1,25 +1,25 @@
 //! Which process's files are located next, and what a failure to attach means. At most
 //! [`WORKERS`] locates run at once on the shell's blocking threads (the locator reads one file at
 //! a time anyway); the rest wait here ([`Locate`] requests out, [`Locating::located`] when one
-//! is done), one entry per process, in a queue per user served in turn, so one user starting many processes (each a
-//! file to read, up to the locator's budget) delays another user's next look by at most one of
-//! theirs. A process that has exited (or whose pid was reused) by its turn is skipped, and one
-//! that exits while it waits is forgotten at once.
+//! is done), one entry per process, in a queue per user served in turn ([`Turns`]), so one user
+//! starting many processes (each a file to read, up to the locator's budget) delays another
+//! user's next look by at most one of theirs. A process that has exited (or whose pid was
+//! reused) by its turn is skipped, and one that exits while it waits is forgotten at once.
 //!
 //! Without it, a burst of starts or of due rescans (200 agents started together are rescanned
 //! together) took one blocking thread each: 130 threads at once were seen in the fleet soak,
 //! each waiting on the locator with its allocations live, and every exited thread's stack kept
 //! in the C library's cache.
-
 //!
 //! While the daemon starts, locates run inline instead (attached by the time it says it
 //! watches), for at most [`STARTUP_BUDGET`] in all: files that take long cannot hold readiness
 //! back past the supervisor's start timeout.
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use super::Turns;
 use crate::instance::{ClaudeKind, Found};
 
 /// Locates that run at once: one reads a file, one can read `/proc` meanwhile.
@@ -65,37 +65,28 @@ impl AttachFailure {
 
 /// The waiting locates: by pid (a live pid is one process; a repeat is found without a scan,
 /// even when a user starts thousands of processes), each user's pids in order, and the users
-/// with locates waiting in the order of their turns; how many run; and what is left of
-/// [`STARTUP_BUDGET`] while the daemon starts.
+/// with locates waiting in the order of their turns; how many run; and, until the daemon is
+/// ready, how much of [`STARTUP_BUDGET`] inline locates took.
 #[derive(Debug, Default)]
 pub struct Locating {
     waiting: HashMap<u32, Locate>,
     /// Per uid, its pids in order (a pid whose look was forgotten stays until its turn, and is
     /// passed over).
-    queues: HashMap<u32, VecDeque<u32>>,
-    /// The uids of `queues`, each once, the next to be served first.
-    turns: VecDeque<u32>,
+    turns: Turns<u32>,
     running: usize,
-    /// What is left of [`STARTUP_BUDGET`] (`None` once the daemon is ready).
-    startup: Option<Duration>,
+    /// Time inline locates took while the daemon started.
+    spent: Duration,
+    /// The daemon is ready: no locate runs inline.
+    ready: bool,
 }
 
 impl Locating {
-    /// Locating while the daemon starts: inline, within [`STARTUP_BUDGET`].
-    #[must_use]
-    pub fn at_start() -> Self {
-        Self {
-            startup: Some(STARTUP_BUDGET),
-            ..Self::default()
-        }
-    }
-
     /// A process's files to locate (`last`: the last look; a process not a script is looked
     /// at once). While the daemon starts and the budget lasts, the locate to run now, inline
     /// (its time told back with [`Self::spent`]); else it is queued for [`Self::next`].
     pub fn request(&mut self, found: Found, last: bool) -> Option<Locate> {
         let last = last || found.kind != ClaudeKind::Script;
-        if self.startup.is_some_and(|left| !left.is_zero()) {
+        if !self.ready && self.spent < STARTUP_BUDGET {
             return Some(Locate { found, last });
         }
         self.push(found, last);
@@ -104,17 +95,14 @@ impl Locating {
 
     /// An inline locate took `took`; `true` when the startup budget ran out with it.
     pub fn spent(&mut self, took: Duration) -> bool {
-        let Some(left) = &mut self.startup else {
-            return false;
-        };
-        let before = *left;
-        *left = left.saturating_sub(took);
-        !before.is_zero() && left.is_zero()
+        let before = self.spent;
+        self.spent = before.saturating_add(took);
+        !self.ready && before < STARTUP_BUDGET && self.spent >= STARTUP_BUDGET
     }
 
     /// The daemon is ready: locates wait for a blocking thread from now on.
     pub fn ready(&mut self) {
-        self.startup = None;
+        self.ready = true;
     }
 
     /// Queues a look at `found`'s files, in the queue of the user running it. A process
@@ -138,13 +126,7 @@ impl Locating {
             }
         };
         if enqueue {
-            self.queues
-                .entry(uid)
-                .or_insert_with(|| {
-                    self.turns.push_back(uid);
-                    VecDeque::new()
-                })
-                .push_back(pid);
+            self.turns.push(uid, pid);
         }
     }
 
@@ -160,34 +142,17 @@ impl Locating {
         if self.running >= WORKERS {
             return None;
         }
-        let mut next = None;
-        while next.is_none() {
-            let Some(uid) = self.turns.pop_front() else {
-                break;
-            };
-            let Some(queue) = self.queues.get_mut(&uid) else {
-                continue;
-            };
-            while let Some(pid) = queue.pop_front() {
+        let waiting = &mut self.waiting;
+        let next = self.turns.next(
+            |_| true,
+            |uid, pid| match waiting.entry(pid) {
                 // An entry whose look is gone (forgotten) or is now another user's is passed.
-                let Entry::Occupied(entry) = self.waiting.entry(pid) else {
-                    continue;
-                };
-                if entry.get().found.info.uid != uid {
-                    continue;
+                Entry::Occupied(e) if e.get().found.info.uid == uid => {
+                    Some(e.remove()).filter(|l| current(&l.found))
                 }
-                let look = entry.remove();
-                if current(&look.found) {
-                    next = Some(look);
-                    break;
-                }
-            }
-            if queue.is_empty() {
-                self.queues.remove(&uid);
-            } else {
-                self.turns.push_back(uid);
-            }
-        }
+                _ => None,
+            },
+        );
         if self.waiting.is_empty()
             && self.turns.is_empty()
             && self.waiting.capacity() > IDLE_CAPACITY
@@ -195,7 +160,8 @@ impl Locating {
             // A burst (a fleet coming up) queued a thousand: that room is not kept.
             *self = Self {
                 running: self.running,
-                startup: self.startup,
+                spent: self.spent,
+                ready: self.ready,
                 ..Self::default()
             };
         }
@@ -303,8 +269,8 @@ mod tests {
         }
         assert_eq!(q.waiting(), 0);
         assert!(q.waiting.capacity() <= IDLE_CAPACITY);
-        assert!(q.queues.capacity() <= IDLE_CAPACITY);
-        assert!(q.turns.capacity() <= IDLE_CAPACITY);
+        assert!(q.turns.queues.capacity() <= IDLE_CAPACITY);
+        assert!(q.turns.order.capacity() <= IDLE_CAPACITY);
     }
 
     /// The pids started, one look finishing before the next is asked for.
@@ -373,7 +339,7 @@ mod tests {
 
     #[test]
     fn at_start_locates_run_inline_until_the_budget_is_spent() {
-        let mut q = Locating::at_start();
+        let mut q = Locating::default();
         let mut native = found(1, 1);
         native.kind = ClaudeKind::Native;
         let now = q.request(native, false).expect("inline at start");
@@ -384,7 +350,7 @@ mod tests {
         assert!(!q.spent(STARTUP_BUDGET), "said once");
         assert!(q.request(found(3, 1), false).is_none(), "queued");
         assert_eq!(q.waiting(), 1);
-        let mut q = Locating::at_start();
+        let mut q = Locating::default();
         q.ready();
         assert!(q.request(found(4, 1), false).is_none(), "ready: queued");
         assert!(!q.spent(STARTUP_BUDGET));
@@ -394,6 +360,7 @@ mod tests {
     #[test]
     fn a_script_waits_for_its_last_look_unless_it_is_given() {
         let mut q = Locating::default();
+        q.ready();
         let script = found(5, 1);
         q.request(script.clone(), false);
         assert!(!q.next(|_| true).expect("a look").last);

@@ -11,8 +11,10 @@
 //! [`MAX_WAITING_PER_USER`] looks; more are dropped and counted (the user's own processes go
 //! unjudged until they exec or send again).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::time::Duration;
+
+use super::Turns;
 
 /// Looks that run at once (of different users).
 pub const WORKERS: usize = 2;
@@ -29,9 +31,7 @@ pub const STARTUP_BUDGET: Duration = Duration::from_secs(10);
 /// The waiting looks (the shell's, `T`) per user, the users' turns, and what runs.
 #[derive(Debug)]
 pub struct LookQueue<T> {
-    queues: HashMap<u32, VecDeque<T>>,
-    /// Uids with looks waiting, each once, the next to be served first.
-    turns: VecDeque<u32>,
+    turns: Turns<T>,
     /// Uids with a look running or stuck.
     busy: HashSet<u32>,
     /// Looks running within their budget.
@@ -45,8 +45,7 @@ pub struct LookQueue<T> {
 impl<T> Default for LookQueue<T> {
     fn default() -> Self {
         Self {
-            queues: HashMap::new(),
-            turns: VecDeque::new(),
+            turns: Turns::default(),
             busy: HashSet::new(),
             running: 0,
             stuck: 0,
@@ -59,15 +58,11 @@ impl<T> LookQueue<T> {
     /// Queues `look` in the queue of `uid`, whose process it looks at; `false` when that queue
     /// is full (dropped, counted).
     pub fn push(&mut self, uid: u32, look: T) -> bool {
-        let queue = self.queues.entry(uid).or_default();
-        if queue.len() >= MAX_WAITING_PER_USER {
+        if self.turns.waiting_of(uid) >= MAX_WAITING_PER_USER {
             self.dropped += 1;
             return false;
         }
-        if queue.is_empty() && !self.turns.contains(&uid) {
-            self.turns.push_back(uid);
-        }
-        queue.push_back(look);
+        self.turns.push(uid, look);
         true
     }
 
@@ -77,26 +72,13 @@ impl<T> LookQueue<T> {
         if self.running >= WORKERS || self.stuck >= MAX_STUCK {
             return None;
         }
-        for _ in 0..self.turns.len() {
-            let uid = self.turns.pop_front()?;
-            if self.busy.contains(&uid) {
-                self.turns.push_back(uid);
-                continue;
-            }
-            let queue = self.queues.get_mut(&uid)?;
-            let look = queue.pop_front();
-            if queue.is_empty() {
-                self.queues.remove(&uid);
-            } else {
-                self.turns.push_back(uid);
-            }
-            if let Some(look) = look {
-                self.busy.insert(uid);
-                self.running += 1;
-                return Some(look);
-            }
-        }
-        None
+        let busy = &self.busy;
+        let (uid, look) = self
+            .turns
+            .next(|uid| !busy.contains(&uid), |uid, look| Some((uid, look)))?;
+        self.busy.insert(uid);
+        self.running += 1;
+        Some(look)
     }
 
     /// A running look ran over its budget: its worker slot is free, its user (still busy)
@@ -114,19 +96,16 @@ impl<T> LookQueue<T> {
             self.running = self.running.saturating_sub(1);
         }
         self.busy.remove(&uid);
-        if self.queues.contains_key(&uid) && !self.turns.contains(&uid) {
-            self.turns.push_back(uid);
-        }
     }
 
     /// Looks waiting.
     pub fn waiting(&self) -> usize {
-        self.queues.values().map(VecDeque::len).sum()
+        self.turns.waiting()
     }
 
     /// Whether nothing waits or runs (stuck looks aside).
     pub fn idle(&self) -> bool {
-        self.running == 0 && self.queues.is_empty()
+        self.running == 0 && self.turns.is_empty()
     }
 
     /// Looks given up that have not returned.

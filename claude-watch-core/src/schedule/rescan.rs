@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::nanos;
 use crate::time::MonoNs;
 
 /// When a script instance's files are looked at again, after it was found.
@@ -13,66 +14,41 @@ pub const RESCAN_AFTER: [Duration; 3] = [
     Duration::from_secs(3),
 ];
 
-/// One process to look at again.
-#[derive(Clone, Copy, Debug)]
-struct Rescan {
-    pid: u32,
-    /// The process's start time (a pid reused is another process).
-    start_time: u64,
-    /// When its next look is due.
-    at: MonoNs,
-    /// Looks done.
-    done: usize,
-}
-
-/// The script instances to look at again.
+/// The script instances to look at again: pid, start time (a pid reused is another process),
+/// when the next look is due, and how many were done.
 #[derive(Debug, Default)]
 pub struct Rescans {
-    due: Vec<Rescan>,
+    due: Vec<(u32, u64, MonoNs, usize)>,
 }
 
 impl Rescans {
     /// Script instance `pid` (started at `start_time`) was found at `now`.
     pub fn push(&mut self, pid: u32, start_time: u64, now: MonoNs) {
-        self.due.push(Rescan {
-            pid,
-            start_time,
-            at: now.saturating_add(nanos(RESCAN_AFTER[0])),
-            done: 0,
-        });
+        let at = now.saturating_add(nanos(RESCAN_AFTER[0]));
+        self.due.push((pid, start_time, at, 0));
     }
 
     /// The processes due for a look at `now`, with whether it is the last one; a process
     /// for which `current(pid, start_time)` is false (exited, pid reused) is dropped.
     pub fn due(&mut self, now: MonoNs, current: impl Fn(u32, u64) -> bool) -> Vec<(u32, bool)> {
         let mut due = Vec::new();
-        self.due.retain_mut(|r| {
-            if !current(r.pid, r.start_time) {
+        self.due.retain_mut(|(pid, start_time, at, done)| {
+            if !current(*pid, *start_time) {
                 return false;
             }
-            if r.at > now {
+            if *at > now {
                 return true;
             }
-            r.done += 1;
-            let last = r.done >= RESCAN_AFTER.len();
-            due.push((r.pid, last));
-            if let Some(next) = RESCAN_AFTER.get(r.done) {
-                let gap = next.saturating_sub(RESCAN_AFTER[r.done - 1]);
-                r.at = now.saturating_add(nanos(gap));
+            *done += 1;
+            let last = *done >= RESCAN_AFTER.len();
+            due.push((*pid, last));
+            if let Some(next) = RESCAN_AFTER.get(*done) {
+                *at = now.saturating_add(nanos(next.saturating_sub(RESCAN_AFTER[*done - 1])));
             }
             !last
         });
         due
     }
-
-    /// Whether process `pid` will be looked at again.
-    pub fn pending(&self, pid: u32) -> bool {
-        self.due.iter().any(|r| r.pid == pid)
-    }
-}
-
-fn nanos(d: Duration) -> MonoNs {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -90,11 +66,12 @@ mod tests {
         assert_eq!(r.due(1300 * MS, live), vec![(7, false)]);
         assert!(r.due(1999 * MS, live).is_empty(), "1 s after it was found");
         assert_eq!(r.due(2000 * MS, live), vec![(7, false)]);
-        assert!(r.pending(7));
         assert!(r.due(3999 * MS, live).is_empty());
         assert_eq!(r.due(4000 * MS, live), vec![(7, true)]);
-        assert!(!r.pending(7));
-        assert!(r.due(u64::MAX, live).is_empty());
+        assert!(
+            r.due(u64::MAX, live).is_empty(),
+            "the last look was the last"
+        );
     }
 
     #[test]
@@ -106,8 +83,7 @@ mod tests {
             r.due(300 * MS, |pid, start| pid == 8 && start == 1),
             vec![(8, false)]
         );
-        assert!(!r.pending(7));
         assert!(r.due(10_000 * MS, |_, start| start == 2).is_empty());
-        assert!(!r.pending(8));
+        assert!(r.due(10_000 * MS, |_, _| true).is_empty(), "both dropped");
     }
 }

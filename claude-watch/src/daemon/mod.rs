@@ -38,7 +38,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use claude_watch_core::schedule::locate::{self, AttachFailure, Locating};
 use claude_watch_core::schedule::look::{self, LookQueue};
-use claude_watch_core::schedule::{self, Throttle};
+use claude_watch_core::schedule::{self, OverBudgetList, Throttle};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
@@ -182,13 +182,9 @@ struct Daemon {
     /// The task asking the fleet's Alertmanager, and what it asks (`[fleet]`).
     fleet_poller: Option<(fleet::Asking, tokio::task::JoinHandle<()>)>,
     /// Live processes over their record budget, as last read from the kernel.
-    over_budget: Vec<OverBudget>,
-    /// When the kernel's over-budget counter was last acted on.
-    over_budget_look: Throttle,
-    /// Users over their record budget, as last read from the kernel, and when the kernel's
-    /// per-user counters (heads and execs) were last acted on.
-    over_budget_users: Vec<OverUserBudget>,
-    over_user_budget_look: Throttle,
+    over_budget: OverBudgetList<OverBudget>,
+    /// Users over their record budget, as last read from the kernel (heads and execs).
+    over_budget_users: OverBudgetList<OverUserBudget>,
     /// When every process was last looked at again for execs dropped over a user's budget.
     rescan_look: Throttle,
     /// When the container engine's socket was last looked for.
@@ -311,14 +307,12 @@ impl Daemon {
             done_rx,
             started_ms: crate::time::wall_now_ms(),
             control_path,
-            locates: Locating::at_start(),
+            locates: Locating::default(),
             looks: LookQueue::default(),
             _claim: claim,
             fleet_poller: None,
-            over_budget: Vec::new(),
-            over_budget_look: Throttle::default(),
-            over_budget_users: Vec::new(),
-            over_user_budget_look: Throttle::default(),
+            over_budget: OverBudgetList::default(),
+            over_budget_users: OverBudgetList::default(),
             rescan_look: Throttle::default(),
             engine_poll: Throttle::default(),
             images: ImageBook::new(claude_ebpf_common::IMAGE_ENTRIES as usize),
@@ -826,12 +820,7 @@ impl Daemon {
     /// Starts queued looks while workers are free; a process gone meanwhile is skipped.
     fn start_locates(&mut self) {
         let processes = self.front.processes();
-        let current = |found: &Found| {
-            processes
-                .get(found.info.pid)
-                .is_some_and(|f| f.info.start_time == found.info.start_time)
-        };
-        while let Some(locate) = self.locates.next(current) {
+        while let Some(locate) = self.locates.next(|found| processes.is_current(found)) {
             let tx = self.done_tx.clone();
             tokio::task::spawn_blocking(move || {
                 let result = discover::target(&locate.found);
@@ -860,12 +849,7 @@ impl Daemon {
         last: bool,
     ) {
         let pid = found.info.pid;
-        let current = self
-            .front
-            .processes()
-            .get(pid)
-            .is_some_and(|f| f.info.start_time == found.info.start_time);
-        if !current {
+        if !self.front.processes().is_current(found) {
             return;
         }
         let attached = result.and_then(|targets| {
@@ -897,7 +881,6 @@ impl Daemon {
     fn publish(&mut self, status: crate::watch::status::Status) {
         let stats = self.probes.stats();
         self.refresh_over_budget(&stats);
-        self.refresh_over_user_budget(&stats);
         publish::gauges(
             &self.metrics,
             &status,
@@ -906,8 +889,8 @@ impl Daemon {
                 attachments: self.probes.attachments(),
                 max_attachments: self.probes.max_attachments(),
                 refused_attachments: self.probes.refused_attachments(),
-                over_budget_processes: self.over_budget.len(),
-                over_budget_users: self.over_budget_users.len(),
+                over_budget_processes: self.over_budget.listed.len(),
+                over_budget_users: self.over_budget_users.listed.len(),
                 files: self.front.processes().files(),
                 exec_images: self.probes.exec_filter().then(|| self.images.len()),
                 audit: self.audit_took,
@@ -928,9 +911,9 @@ impl Daemon {
                 skipped: stats.skipped,
                 orphan_returns: stats.orphan_returns,
                 over_budget: stats.over_budget,
-                over_budget_pids: self.over_budget.clone(),
+                over_budget_pids: self.over_budget.listed.clone(),
                 over_user_budget: stats.over_user_budget + stats.execs_over_budget,
-                over_budget_users: self.over_budget_users.clone(),
+                over_budget_users: self.over_budget_users.listed.clone(),
                 max_attachments: self.probes.max_attachments(),
                 refused_attachments: self.probes.refused_attachments(),
             },
@@ -942,20 +925,12 @@ impl Daemon {
         self.snapshots.send_replace(Arc::new(snapshot));
     }
 
-    /// Reads which live processes are over their record budget when the kernel dropped more
-    /// since the last look (or some still were), at most once a second, and says each new one
-    /// once in the log.
+    /// Reads which live processes and which users are over their record budget when
+    /// [`OverBudgetList::due`] says, and says each new one once in the log.
     fn refresh_over_budget(&mut self, stats: &KernelStats) {
-        let (still, now) = (!self.over_budget.is_empty(), mono_now_ns());
-        if !self
-            .over_budget_look
-            .grew(stats.over_budget, still, now, schedule::KERNEL_DROPS_EVERY)
-        {
-            return;
-        }
-        let fresh = self.probes.over_budget();
-        for o in &fresh {
-            if !self.over_budget.iter().any(|old| old.pid == o.pid) {
+        let now = mono_now_ns();
+        if self.over_budget.due(stats.over_budget, now) {
+            for o in self.over_budget.read(self.probes.over_budget(), |o| o.pid) {
                 let comm = crate::instance::proc::comm(o.pid)
                     .map(|c| c.escape_debug().to_string())
                     .unwrap_or_default();
@@ -968,24 +943,12 @@ impl Daemon {
                 );
             }
         }
-        self.over_budget = fresh;
-    }
-
-    /// Reads which users are over their record budget when the kernel dropped more of theirs
-    /// since the last look (or some still were), at most once a second, and says each new one
-    /// once in the log.
-    fn refresh_over_user_budget(&mut self, stats: &KernelStats) {
         let dropped = stats.over_user_budget + stats.execs_over_budget;
-        let (still, now) = (!self.over_budget_users.is_empty(), mono_now_ns());
-        if !self
-            .over_user_budget_look
-            .grew(dropped, still, now, schedule::KERNEL_DROPS_EVERY)
-        {
-            return;
-        }
-        let fresh = self.probes.over_user_budget();
-        for o in &fresh {
-            if !self.over_budget_users.iter().any(|old| old.uid == o.uid) {
+        if self.over_budget_users.due(dropped, now) {
+            for o in self
+                .over_budget_users
+                .read(self.probes.over_user_budget(), |o| o.uid)
+            {
                 warn!(
                     uid = o.uid,
                     dropped = o.dropped,
@@ -994,7 +957,6 @@ impl Daemon {
                 );
             }
         }
-        self.over_budget_users = fresh;
     }
 
     /// Looks at every process again when the kernel dropped execs over a user's budget since

@@ -1071,11 +1071,6 @@ impl Discovery {
             .collect()
     }
 
-    /// Whether a script instance will be looked at again.
-    pub fn rescan_pending(&self, pid: u32) -> bool {
-        self.rescans.pending(pid)
-    }
-
     /// Forgets a process that exited; returns it if it was an instance.
     pub fn exited(&mut self, pid: u32) -> Option<Found> {
         self.spares.retain(|s| s.pid != pid);
@@ -1094,6 +1089,13 @@ impl Discovery {
     /// The instance process `pid` belongs to, if known.
     pub fn get(&self, pid: u32) -> Option<&Found> {
         self.known.get(&pid)
+    }
+
+    /// Whether `found` is still a known instance process (it has not exited, its pid not
+    /// reused).
+    pub fn is_current(&self, found: &Found) -> bool {
+        self.get(found.info.pid)
+            .is_some_and(|f| f.info.start_time == found.info.start_time)
     }
 
     /// All known instance processes.
