@@ -945,22 +945,13 @@ fn key_at(text: &str, at: usize) -> Option<String> {
     })
 }
 
-/// Byte offset of `key = ...` inside `[table]`, for checks on plain values.
+/// Where the value of `key` in `[table]` is, by toml's own spans (`0..0` when not given).
 fn value_span(text: &str, table: &str, key: &str) -> Range<usize> {
-    let mut in_table = false;
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t.starts_with('[') {
-            in_table = t.trim_matches(|c| c == '[' || c == ']').trim() == table;
-        } else if in_table && t.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
-            let value = line.find('=').map_or(0, |i| i + 1);
-            let skip = line[value..].len() - line[value..].trim_start().len();
-            return offset + value + skip..offset + line.len();
-        }
-        offset += line.len();
-    }
-    0..0
+    let root = toml::de::DeTable::parse(text).ok();
+    let table = root.as_ref().and_then(|r| r.get_ref().get(table));
+    table
+        .and_then(|t| t.get_ref().get(key))
+        .map_or(0..0, Spanned::span)
 }
 
 /// Parses `"10s"`, `"1m"`, `"1h30m"`, `"500ms"`, `"2d"` (or a bare number of seconds), and the

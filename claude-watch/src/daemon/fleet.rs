@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::Done;
+use crate::discover::engine::parse_answer;
 use crate::watch::Input;
 use crate::watch::fleet::FleetAnswer;
 
@@ -173,21 +174,12 @@ async fn ask(url: &str, filters: &[String]) -> Result<FleetAnswer, AskError> {
     if raw.len() > ANSWER_MAX {
         return Err(answer(format!("answer over {} MiB", ANSWER_MAX >> 20)));
     }
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| answer("no HTTP head".into()))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| answer("no HTTP status line".into()))?;
-    if status != 200 {
-        return Err(answer(format!("HTTP {status}")));
+    // The head is read as the container engine's answers are (httparse).
+    let head = parse_answer(&raw).ok_or_else(|| answer("not an HTTP answer".into()))?;
+    if head.status != 200 {
+        return Err(answer(format!("HTTP {}", head.status)));
     }
-    let alerts: Vec<serde_json::Value> = serde_json::from_slice(&raw[split + 4..])
+    let alerts: Vec<serde_json::Value> = serde_json::from_slice(&head.body)
         .map_err(|e| answer(format!("not a list of alerts ({e})")))?;
     Ok(read_alerts(&alerts, url))
 }
