@@ -250,23 +250,31 @@ impl FleetSection {
     }
 }
 
-/// Whether `url` is a base URL the fleet's poller can ask: `http://host[:port][/path]`.
+/// Where the fleet's poller asks for `url`, a base URL `http://host[:port][/path]`: `host:port`
+/// (port 80 when none is given) and the path prefix.
 ///
 /// # Errors
 /// What is wrong with it, with the form to write.
-pub fn check_alertmanager_url(url: &str) -> Result<(), String> {
+pub fn alertmanager_address(url: &str) -> Result<(String, String), String> {
     let Some(rest) = url.strip_prefix("http://") else {
         return Err(format!(
             "{url:?}: only http:// is supported (e.g. \"http://alertmanager:9093\"); put a TLS proxy on the host if Alertmanager is only reachable over https"
         ));
     };
-    let authority = rest.split('/').next().unwrap_or_default();
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
     if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
         return Err(format!(
             "{url:?}: expected http://host[:port][/path], e.g. \"http://alertmanager:9093\""
         ));
     }
-    Ok(())
+    let port = authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    let authority = match port {
+        Some(_) => authority.to_owned(),
+        None => format!("{authority}:80"),
+    };
+    Ok((authority, path.trim_end_matches('/').to_owned()))
 }
 
 /// `[daemon]`.
@@ -689,7 +697,7 @@ impl Config {
         let mut errors = Vec::new();
         let f = &self.fleet;
         for url in &f.alertmanager {
-            if let Err(m) = check_alertmanager_url(url) {
+            if let Err(m) = alertmanager_address(url) {
                 errors.push(invalid(
                     text,
                     origin,
