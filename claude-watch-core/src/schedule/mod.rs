@@ -1,8 +1,10 @@
 //! When the shell acts, decided on the monotonic clock the shell passes in ([`MonoNs`]): which
 //! locate runs next and for whom ([`locate`]), which of discovery's looks ([`look`]), when a
-//! script's files are looked at again ([`rescan`]), and [`Throttle`], the one throttle of every repeated look and warning (kernel
-//! drop counters, the rescan after dropped execs, the engine socket's poll, the coverage
-//! audit). The shell reads the clock once and does the I/O these say is due.
+//! script's files are looked at again ([`rescan`]); [`Throttle`], the one throttle of every
+//! repeated look and warning (kernel drop counters, the rescan after dropped execs, the engine
+//! socket's poll, the coverage audit); who is over a record budget and which of them to say
+//! ([`OverBudgetList`]); and users served in turn ([`Turns`]). The shell reads the clock and
+//! does the I/O these say is due.
 
 pub mod locate;
 pub mod look;
