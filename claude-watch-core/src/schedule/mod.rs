@@ -55,7 +55,7 @@ impl Throttle {
     /// seen (or `still` says something is still listed), and `every` has passed since the last
     /// time.
     pub fn grew(&mut self, count: u64, still: bool, now: MonoNs, every: Duration) -> bool {
-        if count <= self.seen && !still || !self.due(now, every) {
+        if (count <= self.seen && !still) || !self.due(now, every) {
             return false;
         }
         self.seen = count;
