@@ -31,6 +31,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use humantime::DurationError;
 use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
 
@@ -249,23 +250,31 @@ impl FleetSection {
     }
 }
 
-/// Whether `url` is a base URL the fleet's poller can ask: `http://host[:port][/path]`.
+/// Where the fleet's poller asks for `url`, a base URL `http://host[:port][/path]`: `host:port`
+/// (port 80 when none is given) and the path prefix.
 ///
 /// # Errors
 /// What is wrong with it, with the form to write.
-pub fn check_alertmanager_url(url: &str) -> Result<(), String> {
+pub fn alertmanager_address(url: &str) -> Result<(String, String), String> {
     let Some(rest) = url.strip_prefix("http://") else {
         return Err(format!(
             "{url:?}: only http:// is supported (e.g. \"http://alertmanager:9093\"); put a TLS proxy on the host if Alertmanager is only reachable over https"
         ));
     };
-    let authority = rest.split('/').next().unwrap_or_default();
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
     if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
         return Err(format!(
             "{url:?}: expected http://host[:port][/path], e.g. \"http://alertmanager:9093\""
         ));
     }
-    Ok(())
+    let port = authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    let authority = match port {
+        Some(_) => authority.to_owned(),
+        None => format!("{authority}:80"),
+    };
+    Ok((authority, path.trim_end_matches('/').to_owned()))
 }
 
 /// `[daemon]`.
@@ -688,7 +697,7 @@ impl Config {
         let mut errors = Vec::new();
         let f = &self.fleet;
         for url in &f.alertmanager {
-            if let Err(m) = check_alertmanager_url(url) {
+            if let Err(m) = alertmanager_address(url) {
                 errors.push(invalid(
                     text,
                     origin,
@@ -944,74 +953,36 @@ fn key_at(text: &str, at: usize) -> Option<String> {
     })
 }
 
-/// Byte offset of `key = ...` inside `[table]`, for checks on plain values.
+/// Where the value of `key` in `[table]` is, by toml's own spans (`0..0` when not given).
 fn value_span(text: &str, table: &str, key: &str) -> Range<usize> {
-    let mut in_table = false;
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t.starts_with('[') {
-            in_table = t.trim_matches(|c| c == '[' || c == ']').trim() == table;
-        } else if in_table && t.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
-            let value = line.find('=').map_or(0, |i| i + 1);
-            let skip = line[value..].len() - line[value..].trim_start().len();
-            return offset + value + skip..offset + line.len();
-        }
-        offset += line.len();
-    }
-    0..0
+    let root = toml::de::DeTable::parse(text).ok();
+    let table = root.as_ref().and_then(|r| r.get_ref().get(table));
+    table
+        .and_then(|t| t.get_ref().get(key))
+        .map_or(0..0, Spanned::span)
 }
 
-/// Parses `"10s"`, `"1m"`, `"1h30m"`, `"500ms"`, `"2d"` (or a bare number of seconds).
+/// Parses `"10s"`, `"1m"`, `"1h30m"`, `"500ms"`, `"2d"` (or a bare number of seconds), and the
+/// other units `humantime` reads (`min`, `days`, `w`, ...); no space inside.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
     if let Ok(secs) = s.parse::<u64>() {
         return bounded(Duration::from_secs(secs));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "{s:?} is not a duration (like 30s, 5m, 1h30m, 500ms)"
-            ));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{s:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let seconds_per = match &rest[..unit_len] {
-            "ms" => None,
-            "s" => Some(1),
-            "m" => Some(60),
-            "h" => Some(3600),
-            "d" => Some(86_400),
-            other => {
-                return Err(format!(
-                    "{s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
-                ));
-            }
-        };
-        let unit = match seconds_per {
-            None => Some(Duration::from_millis(n)),
-            Some(per) => n.checked_mul(per).map(Duration::from_secs),
-        };
-        total = unit
-            .and_then(|u| total.checked_add(u))
-            .filter(|t| *t <= MAX_DURATION)
-            .ok_or_else(|| too_long(s))?;
-        rest = &rest[unit_len..];
+    match humantime::parse_duration(s) {
+        Ok(_) if s.contains(char::is_whitespace) => Err(not_a_duration(s)),
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) | Err(DurationError::NumberOverflow) => Err(too_long(s)),
+        Err(DurationError::Empty) => Err("empty duration".into()),
+        Err(DurationError::UnknownUnit { unit, .. }) => Err(format!(
+            "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+        )),
+        Err(_) => Err(not_a_duration(s)),
     }
-    Ok(total)
+}
+
+fn not_a_duration(s: &str) -> String {
+    format!("{s:?} is not a duration (like 30s, 5m, 1h30m, 500ms)")
 }
 
 #[derive(Deserialize)]

@@ -10,6 +10,8 @@
 //! - [`detect`]: the latch detector, a sans-IO state machine over exchanges;
 //! - [`policy`]: the recovery policy (restart, wait out a quiet window, escalate, hold for an
 //!   upstream incident), per instance and per owner;
+//! - [`schedule`]: when the shell acts: which locate runs next (users in turn), when a script is
+//!   looked at again, and the one throttle of repeated looks and warnings;
 //! - [`fleet`]: the fleet's hold (an Alertmanager alert other hosts raise);
 //! - [`coverage`]: when an instance's traffic goes unseen by the probes (blind);
 //! - [`status`]: what `claude-watch status` shows, the snapshot the daemon publishes;
@@ -28,6 +30,7 @@ pub mod http;
 pub mod instance;
 pub mod journal;
 pub mod policy;
+pub mod schedule;
 pub mod status;
 pub mod supervise;
 pub mod text;

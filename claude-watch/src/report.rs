@@ -391,26 +391,15 @@ fn line(e: &Episode, local: &LocalTime) -> EpisodeLine {
 }
 
 /// Parses `--since`: RFC 3339, or a duration before `now_ms` such as `30m`, `24h`, `7d`, `2w`,
-/// `45s`.
+/// `45s` (read by `humantime`).
 pub fn parse_since(input: &str, now_ms: u64) -> Result<u64, ReportError> {
-    let err = || ReportError::Since {
-        input: input.to_owned(),
-    };
     if let Some(ms) = parse_rfc3339(input) {
         return Ok(ms);
     }
-    let t = input.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
-    let n: u64 = t[..split].parse().map_err(|_| err())?;
-    let unit_ms = match &t[split..] {
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => DAY_MS,
-        "w" => 7 * DAY_MS,
-        _ => return Err(err()),
-    };
-    Ok(now_ms.saturating_sub(n.saturating_mul(unit_ms)))
+    let ago = humantime::parse_duration(input.trim()).map_err(|_| ReportError::Since {
+        input: input.to_owned(),
+    })?;
+    Ok(now_ms.saturating_sub(u64::try_from(ago.as_millis()).unwrap_or(u64::MAX)))
 }
 
 fn human_ms(ms: u64) -> String {

@@ -20,7 +20,7 @@
 //! What is left is a regular file on a filesystem that answers slowly or never (a network or
 //! FUSE mount, a mapping whose page faults wait): the calls here may block on it, so callers
 //! never call them on the daemon's event loop (discovery's reads run on blocking threads, see
-//! `daemon::looking`).
+//! `schedule::look` in the core).
 
 use std::fs::File;
 use std::io::{self, Read as _};

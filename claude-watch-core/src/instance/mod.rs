@@ -851,27 +851,18 @@ pub fn is_outermost(
     !ancestors.iter().any(is_claude)
 }
 
-/// Glob match with `*` (any run, `/` included) and `?` (one character).
+/// Glob match with `*` (any run, `/` included) and `?` (one character); every other character
+/// stands for itself (`glob`'s own syntax escaped, a run of `*` one `*`).
 fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
+    let mut escaped = String::with_capacity(pattern.len());
+    for (i, c) in pattern.char_indices() {
+        match c {
+            '*' if pattern[..i].ends_with('*') => {}
+            '*' | '?' => escaped.push(c),
+            c => escaped.push_str(&glob::Pattern::escape(c.encode_utf8(&mut [0; 4]))),
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    glob::Pattern::new(&escaped).is_ok_and(|p| p.matches(text))
 }
 
 /// A file's identity: device and inode.

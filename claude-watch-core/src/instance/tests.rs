@@ -150,6 +150,18 @@ fn glob_behaves() {
     assert!(!glob_match("*/claude", "/usr/bin/claude-helper"));
 }
 
+/// Only `*` and `?` are special, as `MatchRule::exe` says: brackets, braces and backslashes in a
+/// path stand for themselves, and `**` is `*`.
+#[test]
+fn glob_has_no_other_syntax() {
+    assert!(glob_match("/opt/[x]/claude", "/opt/[x]/claude"));
+    assert!(!glob_match("/opt/[x]/claude", "/opt/x/claude"));
+    assert!(glob_match("/opt/{a,b}/c\\d", "/opt/{a,b}/c\\d"));
+    assert!(glob_match("/a**b/***", "/a/x/b/y/z"));
+    assert!(glob_match("", "") && !glob_match("", "x"));
+    assert!(glob_match("/é?/*", "/éü/ö"));
+}
+
 #[test]
 fn classify_claude_installs() {
     let native = [

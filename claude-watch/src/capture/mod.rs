@@ -23,6 +23,8 @@ pub use targets::{AttachPoint, FileId, OpenedFile, Target};
 
 use std::path::PathBuf;
 
+use claude_watch_core::schedule::locate::AttachFailure;
+
 /// Errors of the capture path. Each displays as one line saying what is wrong and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -128,6 +130,18 @@ pub enum CaptureError {
     /// The ring buffer could not be polled.
     #[error("reading the ring buffer failed")]
     Read(#[source] std::io::Error),
+}
+
+impl CaptureError {
+    /// What a failure to attach is to the core's rule ([`AttachFailure::is_final`]).
+    #[must_use]
+    pub fn attach_failure(&self) -> AttachFailure {
+        match self {
+            Self::OverUserShare { .. } => AttachFailure::UserShare,
+            Self::TooManyAttachments { .. } => AttachFailure::Cap,
+            _ => AttachFailure::Other,
+        }
+    }
 }
 
 /// What failed while loading the eBPF object or setting up its programs

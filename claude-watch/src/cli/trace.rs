@@ -299,7 +299,7 @@ async fn trace_loop<P: Processes>(
             let due = front
                 .borrow_mut()
                 .processes_mut()
-                .due_rescans(std::time::Instant::now());
+                .due_rescans(crate::time::mono_now_ns());
             for (found, last) in due {
                 attach_found(&mut probes.borrow_mut(), &found, !last);
             }

@@ -12,6 +12,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::Done;
+use crate::config::alertmanager_address;
+use crate::discover::engine::parse_answer;
 use crate::watch::Input;
 use crate::watch::fleet::FleetAnswer;
 
@@ -100,27 +102,6 @@ async fn ask_all(asking: &Asking) -> FleetAnswer {
     }
 }
 
-/// `host:port` and the path prefix of `http://host[:port][/path]`.
-fn split_url(url: &str) -> Option<(String, String)> {
-    let rest = url.strip_prefix("http://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    if authority.is_empty() {
-        return None;
-    }
-    let authority = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    Some((authority, path.to_owned()))
-}
-
 /// Percent-encodes a query value.
 fn encode(value: &str) -> String {
     let mut out = String::new();
@@ -139,7 +120,7 @@ async fn ask(url: &str, filters: &[String]) -> Result<FleetAnswer, AskError> {
         let url = url.to_owned();
         move |source| AskError::Io { url, op, source }
     };
-    let (authority, prefix) = split_url(url).ok_or_else(|| AskError::Url {
+    let (authority, prefix) = alertmanager_address(url).map_err(|_| AskError::Url {
         url: url.to_owned(),
     })?;
     let mut query = String::from("active=true&silenced=false&inhibited=false");
@@ -173,21 +154,12 @@ async fn ask(url: &str, filters: &[String]) -> Result<FleetAnswer, AskError> {
     if raw.len() > ANSWER_MAX {
         return Err(answer(format!("answer over {} MiB", ANSWER_MAX >> 20)));
     }
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| answer("no HTTP head".into()))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| answer("no HTTP status line".into()))?;
-    if status != 200 {
-        return Err(answer(format!("HTTP {status}")));
+    // The head is read as the container engine's answers are (httparse).
+    let head = parse_answer(&raw).ok_or_else(|| answer("not an HTTP answer".into()))?;
+    if head.status != 200 {
+        return Err(answer(format!("HTTP {}", head.status)));
     }
-    let alerts: Vec<serde_json::Value> = serde_json::from_slice(&raw[split + 4..])
+    let alerts: Vec<serde_json::Value> = serde_json::from_slice(&head.body)
         .map_err(|e| answer(format!("not a list of alerts ({e})")))?;
     Ok(read_alerts(&alerts, url))
 }
@@ -234,15 +206,15 @@ mod tests {
     #[test]
     fn urls_split_into_address_and_path() {
         assert_eq!(
-            split_url("http://am:9093"),
+            alertmanager_address("http://am:9093").ok(),
             Some(("am:9093".into(), String::new()))
         );
         assert_eq!(
-            split_url("http://am/alertmanager/"),
+            alertmanager_address("http://am/alertmanager/").ok(),
             Some(("am:80".into(), "/alertmanager".into()))
         );
-        assert_eq!(split_url("https://am:9093"), None);
-        assert_eq!(split_url("http:///x"), None);
+        assert_eq!(alertmanager_address("https://am:9093").ok(), None);
+        assert_eq!(alertmanager_address("http:///x").ok(), None);
     }
 
     #[test]

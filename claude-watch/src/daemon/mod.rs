@@ -4,7 +4,7 @@
 //! - kernel records in, through the front half ([`crate::watch::front`]) and [`Discovery`]
 //!   (`/proc`);
 //! - probes attached (locating TLS functions on a blocking task, at most
-//!   [`locating::WORKERS`] at once) and detached;
+//!   [`locate::WORKERS`] at once, in the order [`Locating`] says) and detached;
 //! - restarts and the escalation hook on their own tasks, their results fed back as inputs;
 //! - the journal and the recovery state written by one durable writer thread (fsync never runs
 //!   on the event loop), and what acts on or reports a decision (restart, hook, status) held
@@ -14,9 +14,6 @@
 //! Modules:
 //! - `durable`: the writer thread for the journal and the recovery state, and the write-ahead
 //!   rule;
-//! - `locating`: the looks at processes' files waiting for a blocking thread;
-//! - `looking`: discovery's looks (files other users chose, container names) waiting for a
-//!   blocking thread, one per user at a time;
 //! - `publish`: metric events and the status snapshot rendered for the registry and the socket;
 //! - [`control`]: the control socket `claude-watch status` talks to;
 //! - [`metrics`]: the Prometheus registry and endpoint;
@@ -28,8 +25,6 @@ pub mod control;
 mod durable;
 pub mod fleet;
 pub mod guard;
-mod locating;
-mod looking;
 pub mod metrics;
 pub mod notify;
 mod publish;
@@ -41,6 +36,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use claude_watch_core::schedule::locate::{self, AttachFailure, Locating};
+use claude_watch_core::schedule::look::{self, LookQueue};
+use claude_watch_core::schedule::{self, OverBudgetList, Throttle};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
@@ -53,7 +51,6 @@ use crate::config::Config;
 use crate::discover::{self, Discovery, Found, Looked};
 use crate::error_chain;
 use crate::http::pair::Record;
-use crate::instance::ClaudeKind;
 use crate::journal::{Journal, JournalOptions};
 use crate::supervise::RestartFailed;
 use crate::supervise::supervisor::{self, SystemdBus};
@@ -61,8 +58,6 @@ use crate::time::{mono_now_ns, wall_clock};
 use crate::watch::front::Front;
 use crate::watch::{Effect, Input, Watch};
 use durable::{Durable, Write, WriteAhead};
-use locating::LocateQueue;
-use looking::LookQueue;
 use metrics::Metrics;
 use notify::Notifier;
 use status::Snapshot;
@@ -83,34 +78,6 @@ pub struct Options {
     pub dry_run: bool,
     /// Print each eBPF program's runs and average run time when stopping.
     pub probe_time: bool,
-}
-
-/// How often at most every process is looked at again while the kernel drops execs over a
-/// user's budget (see [`Daemon::rescan_after_dropped_execs`]).
-const RESCAN_AFTER_DROPPED_EXECS: Duration = Duration::from_secs(5);
-
-/// When a kernel drop counter was last acted on: its value then, and the moment.
-#[derive(Debug, Default)]
-struct DropLook {
-    seen: u64,
-    at: Option<std::time::Instant>,
-}
-
-impl DropLook {
-    /// Whether to act now, and if so noted as done: the counter grew past what was seen (or
-    /// `still` says something is still listed), and `every` has passed since the last time.
-    fn due(&mut self, count: u64, still: bool, every: Duration) -> bool {
-        if count <= self.seen && !still {
-            return false;
-        }
-        let now = std::time::Instant::now();
-        if self.at.is_some_and(|at| now.duration_since(at) < every) {
-            return false;
-        }
-        self.at = Some(now);
-        self.seen = count;
-        true
-    }
 }
 
 /// Loads the configuration the daemon would use, and names where it came from. What the
@@ -144,7 +111,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     crate::allocator::tune_for_long_run();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        // Blocking work is locating (at most `locating::WORKERS` at once) and a container
+        // Blocking work is locating (at most `locate::WORKERS` at once) and a container
         // engine's restarts; the cap keeps a burst from becoming hundreds of threads.
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
@@ -183,17 +150,10 @@ enum Done {
     LookOverran { uid: u32, pid: u32 },
 }
 
-/// Threads for blocking work, at most: locates ([`locating::WORKERS`]), discovery's looks
-/// ([`looking::WORKERS`], and up to [`looking::MAX_STUCK`] given up in a call that does not
+/// Threads for blocking work, at most: locates ([`locate::WORKERS`]), discovery's looks
+/// ([`look::WORKERS`], and up to [`look::MAX_STUCK`] given up in a call that does not
 /// return), and a container engine's restarts.
 const MAX_BLOCKING_THREADS: usize = 12;
-
-/// How long discovery's looks may hold readiness back at start, for all processes together.
-const STARTUP_LOOK_BUDGET: Duration = Duration::from_secs(10);
-
-/// How long locating may hold readiness back at start, for all files together (one file's own
-/// budget is [`crate::locate`]'s 10 s).
-const STARTUP_LOCATE_BUDGET: Duration = Duration::from_secs(20);
 
 struct Daemon {
     origin: String,
@@ -213,34 +173,28 @@ struct Daemon {
     done_rx: mpsc::UnboundedReceiver<Done>,
     started_ms: u64,
     control_path: PathBuf,
-    /// Effects are executed inline while starting (attachments before readiness).
-    starting: bool,
-    /// What is left of [`STARTUP_LOCATE_BUDGET`].
-    startup_locate_left: Duration,
-    /// Looks at processes' files waiting for a blocking thread.
-    locates: LocateQueue,
+    /// Which process's files are located next (inline while starting, within a budget).
+    locates: Locating,
     /// Discovery's looks waiting for a blocking thread.
-    looks: LookQueue,
+    looks: LookQueue<discover::Look>,
     /// This daemon's claim on its scope (no other daemon watches the same processes).
     _claim: guard::Claim,
     /// The task asking the fleet's Alertmanager, and what it asks (`[fleet]`).
     fleet_poller: Option<(fleet::Asking, tokio::task::JoinHandle<()>)>,
     /// Live processes over their record budget, as last read from the kernel.
-    over_budget: Vec<OverBudget>,
-    /// When the kernel's over-budget counter was last acted on.
-    over_budget_look: DropLook,
-    /// Users over their record budget, as last read from the kernel, and when the kernel's
-    /// per-user counters (heads and execs) were last acted on.
-    over_budget_users: Vec<OverUserBudget>,
-    over_user_budget_look: DropLook,
+    over_budget: OverBudgetList<OverBudget>,
+    /// Users over their record budget, as last read from the kernel (heads and execs).
+    over_budget_users: OverBudgetList<OverUserBudget>,
     /// When every process was last looked at again for execs dropped over a user's budget.
-    rescan_look: DropLook,
+    rescan_look: Throttle,
+    /// When the container engine's socket was last looked for.
+    engine_poll: Throttle,
     /// Images the kernel's exec filter knows not to be Claude Code.
     images: ImageBook,
     /// The kernel's run-time statistics, on for `--probe-time`.
     run_stats: Option<crate::capture::probes::RunTimeStats>,
     /// When the last coverage audit was started, and whether one is running.
-    audit: (Option<std::time::Instant>, bool),
+    audit: (Throttle, bool),
     /// The last coverage audit: how long it took, over how many processes.
     audit_took: (Duration, usize),
 }
@@ -353,20 +307,17 @@ impl Daemon {
             done_rx,
             started_ms: crate::time::wall_now_ms(),
             control_path,
-            starting: true,
-            startup_locate_left: STARTUP_LOCATE_BUDGET,
-            locates: LocateQueue::default(),
+            locates: Locating::default(),
             looks: LookQueue::default(),
             _claim: claim,
             fleet_poller: None,
-            over_budget: Vec::new(),
-            over_budget_look: DropLook::default(),
-            over_budget_users: Vec::new(),
-            over_user_budget_look: DropLook::default(),
-            rescan_look: DropLook::default(),
+            over_budget: OverBudgetList::default(),
+            over_budget_users: OverBudgetList::default(),
+            rescan_look: Throttle::default(),
+            engine_poll: Throttle::default(),
             images: ImageBook::new(claude_ebpf_common::IMAGE_ENTRIES as usize),
             run_stats,
-            audit: (None, false),
+            audit: (Throttle::default(), false),
             audit_took: (Duration::ZERO, 0),
         };
         daemon.ask_fleet();
@@ -377,7 +328,7 @@ impl Daemon {
         daemon.feed(Input::Resume {
             episodes: open_episodes,
         });
-        daemon.starting = false;
+        daemon.locates.ready();
         // Status and gauges are there when it says it is ready. What they show at this point
         // was read from the journal and /proc (no decision is made before the first record is
         // read), so nothing waits for the writer.
@@ -422,7 +373,7 @@ impl Daemon {
                 }
                 _ = tick.tick() => {
                     stream.drain_now(|r| self.on_record(r));
-                    let due = self.front.processes_mut().due_rescans(std::time::Instant::now());
+                    let due = self.front.processes_mut().due_rescans(mono_now_ns());
                     for (found, last) in due {
                         self.locate(found, last);
                     }
@@ -436,11 +387,7 @@ impl Daemon {
                             self.probes.change_image(change);
                         }
                     }
-                    let engine = crate::supervise::supervisor::detect_engine(&self.watch.config().daemon.docker_socket);
-                    if &engine != self.watch.engine() {
-                        info!(socket = %engine.path.display(), present = engine.present, "container engine socket changed");
-                        self.feed(Input::Engine(engine));
-                    }
+                    self.poll_engine();
                     self.feed(Input::Tick);
                 }
                 Some(done) = self.done_rx.recv() => self.on_done(done),
@@ -549,17 +496,33 @@ impl Daemon {
         self.notifier.notify("READY=1");
     }
 
+    /// Looks for the container engine's socket when due ([`schedule::ENGINE_POLL_EVERY`]), and
+    /// tells the core when it came or went.
+    fn poll_engine(&mut self) {
+        if !self
+            .engine_poll
+            .due(mono_now_ns(), schedule::ENGINE_POLL_EVERY)
+        {
+            return;
+        }
+        let engine =
+            crate::supervise::supervisor::detect_engine(&self.watch.config().daemon.docker_socket);
+        if &engine != self.watch.engine() {
+            info!(socket = %engine.path.display(), present = engine.present, "container engine socket changed");
+            self.feed(Input::Engine(engine));
+        }
+    }
+
     /// Starts a coverage audit when one is due: on a blocking thread, one `sock_diag` dump and
     /// each audited process's socket descriptors (at most [`AUDIT_FDS`] looked at), its totals
     /// back as [`Input::Traffic`].
     fn start_audit(&mut self) {
         let every = self.watch.config().daemon.coverage_audit;
-        let (last, running) = self.audit;
-        if every.is_zero() || running || last.is_some_and(|t| t.elapsed() < every) {
+        if every.is_zero() || self.audit.1 || !self.audit.0.due(mono_now_ns(), every) {
             return;
         }
         let pids = self.watch.audited();
-        self.audit = (Some(std::time::Instant::now()), !pids.is_empty());
+        self.audit.1 = !pids.is_empty();
         if pids.is_empty() {
             return;
         }
@@ -610,7 +573,7 @@ impl Daemon {
                 result,
                 last,
             } => {
-                self.locates.finished();
+                self.locates.located();
                 self.attach(&found, result, last);
                 self.start_locates();
             }
@@ -645,7 +608,7 @@ impl Daemon {
                 warn!(
                     pid,
                     uid,
-                    budget_ms = looking::BUDGET.as_millis(),
+                    budget_ms = look::BUDGET.as_millis(),
                     stuck = self.looks.stuck(),
                     "a look at a process's file took longer than its budget: given up, its user's next looks wait for it"
                 );
@@ -770,35 +733,33 @@ impl Daemon {
         }
     }
 
-    /// Locates the TLS functions a found process needs (on a blocking task once the daemon
-    /// runs, queued behind others in [`LocateQueue`]; inline while it starts, so they are
-    /// attached by the time it says it watches, for at most [`STARTUP_LOCATE_BUDGET`] in all:
-    /// files that take long cannot hold readiness back past the supervisor's start timeout).
+    /// Locates the TLS functions a found process needs: inline while the daemon starts and
+    /// [`Locating`] says so, else on a blocking task in its turn.
     fn locate(&mut self, found: Found, last: bool) {
-        let last = last || found.kind != ClaudeKind::Script;
-        if self.starting && !self.startup_locate_left.is_zero() {
-            let began = std::time::Instant::now();
-            let result = discover::target(&found);
-            self.startup_locate_left = self.startup_locate_left.saturating_sub(began.elapsed());
-            if self.startup_locate_left.is_zero() {
-                warn!(
-                    budget_s = STARTUP_LOCATE_BUDGET.as_secs(),
-                    "locating at start took longer than its budget: the remaining files are located after readiness"
-                );
-            }
-            self.attach(&found, result, last);
-        } else {
-            self.locates.push(found, last);
+        let Some(inline) = self.locates.request(found, last) else {
             self.start_locates();
+            return;
+        };
+        let began = mono_now_ns();
+        let result = discover::target(&inline.found);
+        if self
+            .locates
+            .spent(Duration::from_nanos(mono_now_ns().saturating_sub(began)))
+        {
+            warn!(
+                budget_s = locate::STARTUP_BUDGET.as_secs(),
+                "locating at start took longer than its budget: the remaining files are located after readiness"
+            );
         }
+        self.attach(&inline.found, result, inline.last);
     }
 
     /// Queues discovery's new looks and starts those for which a worker is free, each on a
-    /// blocking thread and given up after [`looking::BUDGET`].
+    /// blocking thread and given up after [`look::BUDGET`].
     fn start_looks(&mut self) {
         for look in self.front.processes_mut().take_looks() {
             let (uid, pid) = (look.uid, look.pid);
-            if !self.looks.push(look) {
+            if !self.looks.push(uid, look) {
                 self.front.processes_mut().forget_look(pid);
                 let dropped = self.looks.dropped();
                 // Said at the 1st, 2nd, 4th, 8th ... drop.
@@ -810,13 +771,12 @@ impl Daemon {
                 }
             }
         }
-        while let Some(look) = self.looks.next() {
+        while let Some(look) = self.looks.start() {
             let (uid, pid) = (look.uid, look.pid);
             let tx = self.done_tx.clone();
             let mut work = tokio::task::spawn_blocking(move || look.run());
             tokio::spawn(async move {
-                let (looked, overran) = match tokio::time::timeout(looking::BUDGET, &mut work).await
-                {
+                let (looked, overran) = match tokio::time::timeout(look::BUDGET, &mut work).await {
                     Ok(looked) => (looked, false),
                     Err(_) => {
                         let _ = tx.send(Done::LookOverran { uid, pid });
@@ -833,10 +793,10 @@ impl Daemon {
     }
 
     /// At start: runs the looks the first scan queued (and those their answers queue), until
-    /// none is left or [`STARTUP_LOOK_BUDGET`] has passed, so that the processes running now
+    /// none is left or [`look::STARTUP_BUDGET`] has passed, so that the processes running now
     /// are found (and attached) before the daemon says it watches.
     async fn settle_looks(&mut self) {
-        let deadline = tokio::time::Instant::now() + STARTUP_LOOK_BUDGET;
+        let deadline = tokio::time::Instant::now() + look::STARTUP_BUDGET;
         loop {
             self.start_looks();
             if self.looks.idle() {
@@ -847,7 +807,7 @@ impl Daemon {
                 Ok(None) => return,
                 Err(_) => {
                     warn!(
-                        budget_s = STARTUP_LOOK_BUDGET.as_secs(),
+                        budget_s = look::STARTUP_BUDGET.as_secs(),
                         waiting = self.looks.waiting(),
                         "discovery's looks at start took longer than their budget: the rest are judged after readiness"
                     );
@@ -860,19 +820,14 @@ impl Daemon {
     /// Starts queued looks while workers are free; a process gone meanwhile is skipped.
     fn start_locates(&mut self) {
         let processes = self.front.processes();
-        let current = |found: &Found| {
-            processes
-                .get(found.info.pid)
-                .is_some_and(|f| f.info.start_time == found.info.start_time)
-        };
-        while let Some(look) = self.locates.next(current) {
+        while let Some(locate) = self.locates.next(|found| processes.is_current(found)) {
             let tx = self.done_tx.clone();
             tokio::task::spawn_blocking(move || {
-                let result = discover::target(&look.found);
+                let result = discover::target(&locate.found);
                 let _ = tx.send(Done::Located {
-                    found: Box::new(look.found),
+                    found: Box::new(locate.found),
                     result,
-                    last: look.last,
+                    last: locate.last,
                 });
             });
         }
@@ -894,12 +849,7 @@ impl Daemon {
         last: bool,
     ) {
         let pid = found.info.pid;
-        let current = self
-            .front
-            .processes()
-            .get(pid)
-            .is_some_and(|f| f.info.start_time == found.info.start_time);
-        if !current {
+        if !self.front.processes().is_current(found) {
             return;
         }
         let attached = result.and_then(|targets| {
@@ -910,25 +860,20 @@ impl Daemon {
             }
             Ok(())
         });
-        let unobserved = match attached {
-            Ok(()) => None,
-            Err(e @ CaptureError::OverUserShare { .. }) => {
-                warn!(pid, uid = found.info.uid, instance = %found.instance, share = self.probes.max_attachments_per_user(), error = %error_chain(&e), "unobserved: the user's share of attachments is used up");
-                Some(error_chain(&e))
+        let unobserved = attached.err().map(|e| {
+            let (error, instance) = (error_chain(&e), &found.instance);
+            match e.attach_failure() {
+                f if !f.is_final(last) => debug!(pid, %instance, error = %error, "not attached yet"),
+                AttachFailure::UserShare => {
+                    warn!(pid, uid = found.info.uid, %instance, share = self.probes.max_attachments_per_user(), error = %error, "unobserved: the user's share of attachments is used up");
+                }
+                AttachFailure::Cap => {
+                    warn!(pid, %instance, attachments = self.probes.attachments(), refused = self.probes.refused_attachments(), error = %error, "unobserved: attachment cap reached");
+                }
+                AttachFailure::Other => warn!(pid, %instance, error = %error, "unobserved: cannot attach"),
             }
-            Err(e @ CaptureError::TooManyAttachments { .. }) => {
-                warn!(pid, instance = %found.instance, attachments = self.probes.attachments(), refused = self.probes.refused_attachments(), error = %error_chain(&e), "unobserved: attachment cap reached");
-                Some(error_chain(&e))
-            }
-            Err(e) if last => {
-                warn!(pid, instance = %found.instance, error = %error_chain(&e), "unobserved: cannot attach");
-                Some(error_chain(&e))
-            }
-            Err(e) => {
-                debug!(pid, instance = %found.instance, error = %error_chain(&e), "not attached yet");
-                Some(error_chain(&e))
-            }
-        };
+            error
+        });
         self.feed(Input::Observed { pid, unobserved });
     }
 
@@ -936,7 +881,6 @@ impl Daemon {
     fn publish(&mut self, status: crate::watch::status::Status) {
         let stats = self.probes.stats();
         self.refresh_over_budget(&stats);
-        self.refresh_over_user_budget(&stats);
         publish::gauges(
             &self.metrics,
             &status,
@@ -945,8 +889,8 @@ impl Daemon {
                 attachments: self.probes.attachments(),
                 max_attachments: self.probes.max_attachments(),
                 refused_attachments: self.probes.refused_attachments(),
-                over_budget_processes: self.over_budget.len(),
-                over_budget_users: self.over_budget_users.len(),
+                over_budget_processes: self.over_budget.listed.len(),
+                over_budget_users: self.over_budget_users.listed.len(),
                 files: self.front.processes().files(),
                 exec_images: self.probes.exec_filter().then(|| self.images.len()),
                 audit: self.audit_took,
@@ -967,9 +911,9 @@ impl Daemon {
                 skipped: stats.skipped,
                 orphan_returns: stats.orphan_returns,
                 over_budget: stats.over_budget,
-                over_budget_pids: self.over_budget.clone(),
+                over_budget_pids: self.over_budget.listed.clone(),
                 over_user_budget: stats.over_user_budget + stats.execs_over_budget,
-                over_budget_users: self.over_budget_users.clone(),
+                over_budget_users: self.over_budget_users.listed.clone(),
                 max_attachments: self.probes.max_attachments(),
                 refused_attachments: self.probes.refused_attachments(),
             },
@@ -981,20 +925,12 @@ impl Daemon {
         self.snapshots.send_replace(Arc::new(snapshot));
     }
 
-    /// Reads which live processes are over their record budget when the kernel dropped more
-    /// since the last look (or some still were), at most once a second, and says each new one
-    /// once in the log.
+    /// Reads which live processes and which users are over their record budget when
+    /// [`OverBudgetList::due`] says, and says each new one once in the log.
     fn refresh_over_budget(&mut self, stats: &KernelStats) {
-        let still = !self.over_budget.is_empty();
-        if !self
-            .over_budget_look
-            .due(stats.over_budget, still, Duration::from_secs(1))
-        {
-            return;
-        }
-        let fresh = self.probes.over_budget();
-        for o in &fresh {
-            if !self.over_budget.iter().any(|old| old.pid == o.pid) {
+        let now = mono_now_ns();
+        if self.over_budget.due(stats.over_budget, now) {
+            for o in self.over_budget.read(self.probes.over_budget(), |o| o.pid) {
                 let comm = crate::instance::proc::comm(o.pid)
                     .map(|c| c.escape_debug().to_string())
                     .unwrap_or_default();
@@ -1007,24 +943,12 @@ impl Daemon {
                 );
             }
         }
-        self.over_budget = fresh;
-    }
-
-    /// Reads which users are over their record budget when the kernel dropped more of theirs
-    /// since the last look (or some still were), at most once a second, and says each new one
-    /// once in the log.
-    fn refresh_over_user_budget(&mut self, stats: &KernelStats) {
         let dropped = stats.over_user_budget + stats.execs_over_budget;
-        let still = !self.over_budget_users.is_empty();
-        if !self
-            .over_user_budget_look
-            .due(dropped, still, Duration::from_secs(1))
-        {
-            return;
-        }
-        let fresh = self.probes.over_user_budget();
-        for o in &fresh {
-            if !self.over_budget_users.iter().any(|old| old.uid == o.uid) {
+        if self.over_budget_users.due(dropped, now) {
+            for o in self
+                .over_budget_users
+                .read(self.probes.over_user_budget(), |o| o.uid)
+            {
                 warn!(
                     uid = o.uid,
                     dropped = o.dropped,
@@ -1033,18 +957,15 @@ impl Daemon {
                 );
             }
         }
-        self.over_budget_users = fresh;
     }
 
     /// Looks at every process again when the kernel dropped execs over a user's budget since
-    /// the last time (at most every [`RESCAN_AFTER_DROPPED_EXECS`]): a Claude Code started by
-    /// that user in the meantime is found this way, only later.
+    /// the last time (at most every [`schedule::RESCAN_AFTER_DROPPED_EXECS`]): a Claude Code
+    /// started by that user in the meantime is found this way, only later.
     fn rescan_after_dropped_execs(&mut self) {
         let dropped = self.probes.stats().execs_over_budget;
-        if !self
-            .rescan_look
-            .due(dropped, false, RESCAN_AFTER_DROPPED_EXECS)
-        {
+        let every = schedule::RESCAN_AFTER_DROPPED_EXECS;
+        if !self.rescan_look.grew(dropped, false, mono_now_ns(), every) {
             return;
         }
         let found = self.front.processes_mut().scan();
@@ -1056,24 +977,5 @@ impl Daemon {
         for found in found {
             self.feed(Input::Started(found));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_drop_counter_is_acted_on_when_it_grows_at_most_once_per_period() {
-        let mut look = DropLook::default();
-        let hour = Duration::from_secs(3600);
-        assert!(!look.due(0, false, hour), "nothing dropped");
-        assert!(look.due(5, false, hour), "grew");
-        assert!(!look.due(9, true, hour), "grew again, within the period");
-        let mut look = DropLook::default();
-        assert!(look.due(5, false, Duration::ZERO));
-        assert!(!look.due(5, false, Duration::ZERO), "the same count");
-        assert!(look.due(5, true, Duration::ZERO), "still listed");
-        assert!(look.due(6, false, Duration::ZERO), "grew");
     }
 }

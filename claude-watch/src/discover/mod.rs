@@ -35,7 +35,9 @@ use std::hash::{Hash as _, Hasher as _};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use claude_watch_core::schedule::rescan::Rescans;
 
 use tracing::{debug, warn};
 
@@ -44,6 +46,7 @@ use crate::instance::bg::{self, Role};
 use crate::instance::{
     self, BgSession, ClaudeKind, Container, InstanceId, MatchRule, Placement, ProcessInfo,
 };
+use crate::time::{MonoNs, mono_now_ns};
 use crate::untrusted::{self, Identity, Limits, Resolve};
 use claude_ebpf_common::ImageKey;
 
@@ -73,13 +76,6 @@ const JUDGED_QUEUED: usize = 1024;
 const SESSION_FRESH: Duration = Duration::from_secs(1);
 /// How long reading a script's head or an executable's module graph may take.
 const READ_BUDGET: Duration = Duration::from_secs(2);
-/// When a script instance's mapped files are looked at again, after it was found: the
-/// interpreter maps its TLS library (a distro node's `libssl.so.3`) only after the exec.
-const RESCAN_AFTER: [Duration; 3] = [
-    Duration::from_millis(300),
-    Duration::from_secs(1),
-    Duration::from_secs(3),
-];
 
 /// Identity of a file's content as far as `stat` tells: a file replaced or rewritten gets a
 /// new key, so its verdict is taken anew.
@@ -468,23 +464,6 @@ fn ask_engine(socket: &Path, proc_root: &Path, container: &Container) -> Option<
 }
 
 impl Look {
-    /// A look at process `pid` of `uid` that asks nothing (for the daemon's queue's tests).
-    #[cfg(test)]
-    pub(crate) fn for_tests(pid: u32, uid: u32) -> Self {
-        Self {
-            pid,
-            uid,
-            what: LookAt::Container {
-                container: Container {
-                    engine: instance::Engine::Docker,
-                    id: "0".repeat(64),
-                },
-                socket: PathBuf::from("/nonexistent"),
-                proc_root: PathBuf::from("/nonexistent"),
-            },
-        }
-    }
-
     /// The look, in the queue of the user owning process directory `dir`.
     fn owned_by(mut self, dir: &Path) -> Self {
         self.uid = std::fs::metadata(dir).map_or(0, |m| m.uid());
@@ -641,15 +620,15 @@ pub struct Discovery {
     recheck_after: HashMap<u32, Vec<u32>>,
     /// What a look read of a background worker's session file (by pid, with its start time and
     /// when), used for [`SESSION_FRESH`].
-    sessions: HashMap<u32, (u64, Option<BgSession>, Instant)>,
+    sessions: HashMap<u32, (u64, Option<BgSession>, MonoNs)>,
     /// Background workers whose session file a look is reading.
     sessions_pending: std::collections::HashSet<u32>,
     /// The user whose process first took each instance whose name processes choose: other
     /// users' processes are refused the name also while none of its processes runs (during
     /// its own restart), so none can squat it.
     owners: Bounded<InstanceId, u32>,
-    /// Script instances to look at again: pid, start time, when, which attempt.
-    rescans: Vec<(u32, u64, Instant, usize)>,
+    /// Script instances to look at again (the core's schedule).
+    rescans: Rescans,
     /// Background spares not claimed by a session yet.
     spares: Vec<Spare>,
 }
@@ -680,7 +659,7 @@ impl Discovery {
             sessions: HashMap::new(),
             sessions_pending: std::collections::HashSet::new(),
             owners: Bounded::new(OWNERS_KEPT),
-            rescans: Vec::new(),
+            rescans: Rescans::default(),
             spares: Vec::new(),
         }
     }
@@ -723,7 +702,7 @@ impl Discovery {
             } => {
                 self.sessions_pending.remove(&looked.pid);
                 self.sessions
-                    .insert(looked.pid, (start_time, session, Instant::now()));
+                    .insert(looked.pid, (start_time, session, mono_now_ns()));
                 vec![looked.pid]
             }
         }
@@ -739,7 +718,7 @@ impl Discovery {
         }
         if let Some((start_time, session, at)) = self.sessions.get(&info.pid)
             && *start_time == info.start_time
-            && at.elapsed() < SESSION_FRESH
+            && Duration::from_nanos(mono_now_ns().saturating_sub(*at)) < SESSION_FRESH
         {
             return Some(session.clone());
         }
@@ -1041,12 +1020,7 @@ impl Discovery {
         };
         debug!(pid, instance = %found.instance, exe = %found.info.exe.display(), version = ?found.release, "claude process found");
         if found.kind == ClaudeKind::Script {
-            self.rescans.push((
-                pid,
-                found.info.start_time,
-                Instant::now() + RESCAN_AFTER[0],
-                0,
-            ));
+            self.rescans.push(pid, found.info.start_time, mono_now_ns());
         }
         self.known.insert(pid, found.clone());
         found
@@ -1086,32 +1060,15 @@ impl Discovery {
         }
     }
 
-    /// Script instances due for another look at their mapped files (see [`target`]); the
-    /// last look is marked `final`.
-    pub fn due_rescans(&mut self, now: Instant) -> Vec<(Found, bool)> {
-        let mut due = Vec::new();
+    /// Script instances due at `now` for another look at their mapped files (see [`target`]),
+    /// when [`Rescans`] says; the last look is marked `final`.
+    pub fn due_rescans(&mut self, now: MonoNs) -> Vec<(Found, bool)> {
         let known = &self.known;
-        self.rescans.retain_mut(|(pid, start, at, attempt)| {
-            let Some(found) = known.get(pid).filter(|f| f.info.start_time == *start) else {
-                return false;
-            };
-            if *at > now {
-                return true;
-            }
-            *attempt += 1;
-            let last = *attempt >= RESCAN_AFTER.len();
-            due.push((found.clone(), last));
-            if let Some(next) = RESCAN_AFTER.get(*attempt) {
-                *at = now + next.saturating_sub(RESCAN_AFTER[*attempt - 1]);
-            }
-            !last
-        });
-        due
-    }
-
-    /// Whether a script instance will be looked at again.
-    pub fn rescan_pending(&self, pid: u32) -> bool {
-        self.rescans.iter().any(|(p, ..)| *p == pid)
+        let current = |pid, start| known.get(&pid).is_some_and(|f| f.info.start_time == start);
+        let due = self.rescans.due(now, current);
+        due.into_iter()
+            .filter_map(|(pid, last)| Some((known.get(&pid)?.clone(), last)))
+            .collect()
     }
 
     /// Forgets a process that exited; returns it if it was an instance.
@@ -1132,6 +1089,13 @@ impl Discovery {
     /// The instance process `pid` belongs to, if known.
     pub fn get(&self, pid: u32) -> Option<&Found> {
         self.known.get(&pid)
+    }
+
+    /// Whether `found` is still a known instance process (it has not exited, its pid not
+    /// reused).
+    pub fn is_current(&self, found: &Found) -> bool {
+        self.get(found.info.pid)
+            .is_some_and(|f| f.info.start_time == found.info.start_time)
     }
 
     /// All known instance processes.

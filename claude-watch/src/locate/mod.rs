@@ -759,24 +759,6 @@ fn with_range(filled: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// Reads all of `file` (whose metadata is `meta`) into memory, refusing files over
-/// `max_bytes`, and files whose size, mtime or ctime change or that end early while read.
-///
-/// # Errors
-/// [`LocateError::Io`], [`LocateError::TooLarge`] or [`LocateError::Changed`].
-pub fn read_whole(
-    file: &File,
-    meta: &std::fs::Metadata,
-    path: &Path,
-    max_bytes: u64,
-) -> Result<Buffer, LocateError> {
-    let mut reader = Reader::new(file, meta, path, max_bytes)?;
-    reader.data.prefer_huge_pages();
-    reader.fill(0, u64::MAX)?;
-    reader.unchanged()?;
-    Ok(reader.data)
-}
-
 /// Bytes read first: the ELF and program headers and, in every build seen, the notes holding
 /// the build id, which is all a cache lookup needs besides the digested ranges.
 const HEAD_BYTES: u64 = 64 * 1024;

@@ -36,7 +36,7 @@ pub trait Processes {
     }
     /// Script instances due for another look at their mapped files, with whether it is the
     /// last look (see [`Discovery::due_rescans`]).
-    fn due_rescans(&mut self, _now: std::time::Instant) -> Vec<(Found, bool)> {
+    fn due_rescans(&mut self, _now: crate::time::MonoNs) -> Vec<(Found, bool)> {
         Vec::new()
     }
 }
@@ -54,7 +54,7 @@ impl Processes for Discovery {
     fn attribute(&mut self, pid: u32) -> Option<Found> {
         Discovery::attribute(self, pid)
     }
-    fn due_rescans(&mut self, now: std::time::Instant) -> Vec<(Found, bool)> {
+    fn due_rescans(&mut self, now: crate::time::MonoNs) -> Vec<(Found, bool)> {
         Discovery::due_rescans(self, now)
     }
 }

@@ -1,6 +1,6 @@
-//! Discovery's looks ([`crate::discover::Look`]: a file another user chose, read to judge a
-//! process, or a container engine asked for a name) waiting for a blocking thread, never run
-//! on the event loop.
+//! Which of discovery's looks runs next (the shell's `discover::Look`: a file another user
+//! chose, read to judge a process, or a container engine asked for a name), on the shell's
+//! blocking threads, never on the event loop.
 //!
 //! Each user has a share: at most one look of theirs runs at a time, and users are served in
 //! turn, so a user whose files answer slowly (a FUSE mount that never answers, a network file
@@ -11,26 +11,27 @@
 //! [`MAX_WAITING_PER_USER`] looks; more are dropped and counted (the user's own processes go
 //! unjudged until they exec or send again).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::discover::Look;
+use super::Turns;
 
 /// Looks that run at once (of different users).
-pub(super) const WORKERS: usize = 2;
+pub const WORKERS: usize = 2;
 /// How long a look may take before it is given up.
-pub(super) const BUDGET: Duration = Duration::from_secs(2);
+pub const BUDGET: Duration = Duration::from_secs(2);
 /// Looks given up and still running (stuck in a system call) at most.
-pub(super) const MAX_STUCK: usize = 4;
+pub const MAX_STUCK: usize = 4;
 /// Looks waiting per user at most.
-pub(super) const MAX_WAITING_PER_USER: usize = 4096;
+pub const MAX_WAITING_PER_USER: usize = 4096;
+/// How long discovery's looks may hold readiness back at start, for all processes together
+/// (the processes running then are judged, and attached, before the daemon says it watches).
+pub const STARTUP_BUDGET: Duration = Duration::from_secs(10);
 
-/// The waiting looks per user, the users' turns, and what runs.
-#[derive(Debug, Default)]
-pub(super) struct LookQueue {
-    queues: HashMap<u32, VecDeque<Look>>,
-    /// Uids with looks waiting, each once, the next to be served first.
-    turns: VecDeque<u32>,
+/// The waiting looks (the shell's, `T`) per user, the users' turns, and what runs.
+#[derive(Debug)]
+pub struct LookQueue<T> {
+    turns: Turns<T>,
     /// Uids with a look running or stuck.
     busy: HashSet<u32>,
     /// Looks running within their budget.
@@ -41,48 +42,43 @@ pub(super) struct LookQueue {
     dropped: u64,
 }
 
-impl LookQueue {
-    /// Queues `look` in its user's queue; `false` when that queue is full (dropped, counted).
-    pub fn push(&mut self, look: Look) -> bool {
-        let uid = look.uid;
-        let queue = self.queues.entry(uid).or_default();
-        if queue.len() >= MAX_WAITING_PER_USER {
+impl<T> Default for LookQueue<T> {
+    fn default() -> Self {
+        Self {
+            turns: Turns::default(),
+            busy: HashSet::new(),
+            running: 0,
+            stuck: 0,
+            dropped: 0,
+        }
+    }
+}
+
+impl<T> LookQueue<T> {
+    /// Queues `look` in the queue of `uid`, whose process it looks at; `false` when that queue
+    /// is full (dropped, counted).
+    pub fn push(&mut self, uid: u32, look: T) -> bool {
+        if self.turns.waiting_of(uid) >= MAX_WAITING_PER_USER {
             self.dropped += 1;
             return false;
         }
-        if queue.is_empty() && !self.turns.contains(&uid) {
-            self.turns.push_back(uid);
-        }
-        queue.push_back(look);
+        self.turns.push(uid, look);
         true
     }
 
     /// The next look to start, if a worker is free: the oldest of the next user in turn who
     /// has none running. It counts as running until [`Self::finished`] or [`Self::overran`].
-    pub fn next(&mut self) -> Option<Look> {
+    pub fn start(&mut self) -> Option<T> {
         if self.running >= WORKERS || self.stuck >= MAX_STUCK {
             return None;
         }
-        for _ in 0..self.turns.len() {
-            let uid = self.turns.pop_front()?;
-            if self.busy.contains(&uid) {
-                self.turns.push_back(uid);
-                continue;
-            }
-            let queue = self.queues.get_mut(&uid)?;
-            let look = queue.pop_front();
-            if queue.is_empty() {
-                self.queues.remove(&uid);
-            } else {
-                self.turns.push_back(uid);
-            }
-            if let Some(look) = look {
-                self.busy.insert(uid);
-                self.running += 1;
-                return Some(look);
-            }
-        }
-        None
+        let busy = &self.busy;
+        let (uid, look) = self
+            .turns
+            .next(|uid| !busy.contains(&uid), |uid, look| Some((uid, look)))?;
+        self.busy.insert(uid);
+        self.running += 1;
+        Some(look)
     }
 
     /// A running look ran over its budget: its worker slot is free, its user (still busy)
@@ -100,19 +96,16 @@ impl LookQueue {
             self.running = self.running.saturating_sub(1);
         }
         self.busy.remove(&uid);
-        if self.queues.contains_key(&uid) && !self.turns.contains(&uid) {
-            self.turns.push_back(uid);
-        }
     }
 
     /// Looks waiting.
     pub fn waiting(&self) -> usize {
-        self.queues.values().map(VecDeque::len).sum()
+        self.turns.waiting()
     }
 
     /// Whether nothing waits or runs (stuck looks aside).
     pub fn idle(&self) -> bool {
-        self.running == 0 && self.queues.is_empty()
+        self.running == 0 && self.turns.is_empty()
     }
 
     /// Looks given up that have not returned.
@@ -130,51 +123,52 @@ impl LookQueue {
 mod tests {
     use super::*;
 
-    fn look(pid: u32, uid: u32) -> Look {
-        crate::discover::Look::for_tests(pid, uid)
+    /// Queues a look at `pid` of `uid` (the shell's look, here the pid and uid).
+    fn push(q: &mut LookQueue<(u32, u32)>, pid: u32, uid: u32) -> bool {
+        q.push(uid, (pid, uid))
     }
 
     /// The pids started, each finishing before the next is asked for.
-    fn served(q: &mut LookQueue) -> Vec<u32> {
+    fn served(q: &mut LookQueue<(u32, u32)>) -> Vec<u32> {
         std::iter::from_fn(|| {
-            let l = q.next()?;
-            q.finished(l.uid, false);
-            Some(l.pid)
+            let (pid, uid) = q.start()?;
+            q.finished(uid, false);
+            Some(pid)
         })
         .collect()
     }
 
     #[test]
     fn users_take_turns_and_run_one_look_each() {
-        let mut q = LookQueue::default();
+        let mut q = LookQueue::<(u32, u32)>::default();
         for pid in 1..=4 {
-            q.push(look(pid, 1001));
+            push(&mut q, pid, 1001);
         }
-        q.push(look(50, 0));
-        q.push(look(51, 0));
+        push(&mut q, 50, 0);
+        push(&mut q, 51, 0);
         // One of 1001's runs: the next is root's, and then nothing (both users busy).
-        let a = q.next().expect("a look");
-        let b = q.next().expect("another user's");
-        assert_eq!((a.pid, b.pid), (1, 50));
-        assert!(q.next().is_none(), "at most {WORKERS} at once");
-        q.finished(a.uid, false);
-        q.finished(b.uid, false);
+        let a = q.start().expect("a look");
+        let b = q.start().expect("another user's");
+        assert_eq!((a.0, b.0), (1, 50));
+        assert!(q.start().is_none(), "at most {WORKERS} at once");
+        q.finished(a.1, false);
+        q.finished(b.1, false);
         assert_eq!(served(&mut q), vec![2, 51, 3, 4]);
         assert!(q.idle());
     }
 
     #[test]
     fn a_stuck_look_stalls_only_its_user() {
-        let mut q = LookQueue::default();
-        q.push(look(1, 1001));
-        q.push(look(2, 1001));
-        q.push(look(3, 1002));
-        let stuck = q.next().expect("the attacker's look");
-        assert_eq!(stuck.pid, 1);
+        let mut q = LookQueue::<(u32, u32)>::default();
+        push(&mut q, 1, 1001);
+        push(&mut q, 2, 1001);
+        push(&mut q, 3, 1002);
+        let stuck = q.start().expect("the attacker's look");
+        assert_eq!(stuck.0, 1);
         q.overran();
         // The worker slot is back; 1001 waits for its stuck look, 1002 is served.
         assert_eq!(served(&mut q), vec![3]);
-        q.push(look(4, 1002));
+        push(&mut q, 4, 1002);
         assert_eq!(served(&mut q), vec![4]);
         assert_eq!(q.waiting(), 1);
         // When the stuck call returns, 1001's next look runs.
@@ -185,20 +179,20 @@ mod tests {
 
     #[test]
     fn stuck_looks_are_bounded_and_queues_too() {
-        let mut q = LookQueue::default();
+        let mut q = LookQueue::<(u32, u32)>::default();
         for uid in 0..u32::try_from(MAX_STUCK).unwrap() + 1 {
-            q.push(look(uid + 1, 2000 + uid));
+            push(&mut q, uid + 1, 2000 + uid);
         }
         for _ in 0..MAX_STUCK {
-            q.next().expect("a look");
+            q.start().expect("a look");
             q.overran();
         }
-        assert!(q.next().is_none(), "no thread left for looks");
+        assert!(q.start().is_none(), "no thread left for looks");
         q.finished(2000, true);
-        assert!(q.next().is_some());
-        let mut q = LookQueue::default();
+        assert!(q.start().is_some());
+        let mut q = LookQueue::<(u32, u32)>::default();
         for pid in 0..u32::try_from(MAX_WAITING_PER_USER).unwrap() + 10 {
-            q.push(look(pid, 1001));
+            push(&mut q, pid, 1001);
         }
         assert_eq!(q.waiting(), MAX_WAITING_PER_USER);
         assert_eq!(q.dropped(), 10);
