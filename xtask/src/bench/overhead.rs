@@ -421,21 +421,7 @@ impl Overhead {
             .iter()
             .find(|(p, _)| *p == POLICIES[0])
             .map(|(_, times)| {
-                let ssl = || times.iter().filter(|t| t.program.starts_with("ssl_"));
-                let n = f64::from(self.plan.requests);
-                let us = ssl().map(|t| t.runs as f64 * t.avg_ns as f64).sum::<f64>() / 1000.0 / n;
-                let each = ssl()
-                    .map(|t| {
-                        format!(
-                            "{} {:.1} runs × {} ns",
-                            t.program,
-                            t.runs as f64 / n,
-                            t.avg_ns
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                (us, each)
+                super::process::ssl_per_request(times, f64::from(self.plan.requests))
             });
         if let Some((us, each)) = default {
             let floor_us = self

@@ -231,23 +231,7 @@ impl Turns {
     pub(super) fn report(&self, report: &mut Report) {
         if self.requests > 0 {
             let n = self.requests as f64;
-            let ssl = || {
-                self.probe_times
-                    .iter()
-                    .filter(|t| t.program.starts_with("ssl_"))
-            };
-            let us = ssl().map(|t| (t.runs * t.avg_ns) as f64).sum::<f64>() / 1000.0 / n;
-            let each = ssl()
-                .map(|t| {
-                    format!(
-                        "{} {:.1} runs × {} ns",
-                        t.program,
-                        t.runs as f64 / n,
-                        t.avg_ns
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let (us, each) = super::process::ssl_per_request(&self.probe_times, n);
             let floor = match self.floor {
                 Some((_, ns, requests)) if requests > 0 => {
                     format!("{:.2} µs", ns as f64 / 1000.0 / requests as f64)
