@@ -1112,37 +1112,6 @@ impl Detector {
         }
     }
 
-    /// The thresholds in use.
-    #[must_use]
-    pub fn config(&self) -> &DetectorConfig {
-        &self.rules.config
-    }
-
-    /// How many instances the detector keeps state for.
-    #[must_use]
-    pub fn instance_count(&self) -> usize {
-        self.instances.len()
-    }
-
-    /// Whether forgetting `instance` loses nothing a decision needs (an unknown instance is
-    /// at rest).
-    #[must_use]
-    pub fn at_rest(&self, instance: &InstanceId) -> bool {
-        self.instances.get(instance).is_none_or(Instance::at_rest)
-    }
-
-    /// The status of one instance, if it was ever seen.
-    #[must_use]
-    pub fn status(&self, instance: &InstanceId) -> Option<InstanceStatus> {
-        self.instances.get(instance).map(Instance::status)
-    }
-
-    /// The status of every instance seen.
-    #[must_use]
-    pub fn statuses(&self) -> Vec<InstanceStatus> {
-        self.instances.values().map(Instance::status).collect()
-    }
-
     fn inst(&mut self, id: &InstanceId) -> &mut Instance {
         self.instances
             .entry(id.clone())
@@ -1185,25 +1154,9 @@ impl Detector {
         out
     }
 
-    /// See [`Instance::restore`].
-    pub fn restore(&mut self, instance: &InstanceId, episode: Episode) -> Vec<Event> {
-        self.inst(instance).restore(episode);
-        Vec::new()
-    }
-
     /// See [`Instance::restart_started`].
     pub fn restart_started(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
         self.inst(instance).restart_started(now)
-    }
-
-    /// See [`Instance::restart_failed`].
-    pub fn restart_failed(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
-        self.inst(instance).restart_failed(now)
-    }
-
-    /// Replaces the thresholds (configuration reload); open windows keep their history.
-    pub fn set_config(&mut self, config: DetectorConfig) {
-        self.rules.config = config;
     }
 
     /// See [`Instance::process_started`].
@@ -1211,36 +1164,10 @@ impl Detector {
         self.inst(instance).process_started(pid, now)
     }
 
-    /// A process of `instance` exited on its own (see [`Instance::process_exited`], `live`).
-    pub fn process_exited_live(
-        &mut self,
-        instance: &InstanceId,
-        pid: u32,
-        now: MonoNs,
-    ) -> Vec<Event> {
-        let rules = self.rules.clone();
-        self.inst(instance).process_exited(&rules, pid, now, true)
-    }
-
     /// A process of `instance` exited (see [`Instance::process_exited`]).
     pub fn process_exited(&mut self, instance: &InstanceId, pid: u32, now: MonoNs) -> Vec<Event> {
         let rules = self.rules.clone();
         self.inst(instance).process_exited(&rules, pid, now, false)
-    }
-
-    /// See [`Instance::mark_escalated`].
-    pub fn mark_escalated(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
-        let rules = &self.rules;
-        self.instances
-            .get_mut(instance)
-            .map(|i| i.mark_escalated(rules, now))
-            .unwrap_or_default()
-    }
-
-    /// See [`Instance::escalate`].
-    pub fn escalate(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
-        let rules = self.rules.clone();
-        self.inst(instance).escalate(&rules, now)
     }
 }
 

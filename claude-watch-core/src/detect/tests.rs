@@ -652,3 +652,79 @@ fn an_episode_end_s_name_is_the_journal_s() {
         );
     }
 }
+
+/// The table's other views and inputs, which only these scenarios use.
+impl Detector {
+    /// The thresholds in use.
+    #[must_use]
+    pub fn config(&self) -> &DetectorConfig {
+        &self.rules.config
+    }
+
+    /// How many instances the detector keeps state for.
+    #[must_use]
+    pub fn instance_count(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Whether forgetting `instance` loses nothing a decision needs (an unknown instance is
+    /// at rest).
+    #[must_use]
+    pub fn at_rest(&self, instance: &InstanceId) -> bool {
+        self.instances.get(instance).is_none_or(Instance::at_rest)
+    }
+
+    /// The status of one instance, if it was ever seen.
+    #[must_use]
+    pub fn status(&self, instance: &InstanceId) -> Option<InstanceStatus> {
+        self.instances.get(instance).map(Instance::status)
+    }
+
+    /// The status of every instance seen.
+    #[must_use]
+    pub fn statuses(&self) -> Vec<InstanceStatus> {
+        self.instances.values().map(Instance::status).collect()
+    }
+
+    /// See [`Instance::restore`].
+    pub fn restore(&mut self, instance: &InstanceId, episode: Episode) -> Vec<Event> {
+        self.inst(instance).restore(episode);
+        Vec::new()
+    }
+
+    /// See [`Instance::restart_failed`].
+    pub fn restart_failed(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
+        self.inst(instance).restart_failed(now)
+    }
+
+    /// Replaces the thresholds (configuration reload); open windows keep their history.
+    pub fn set_config(&mut self, config: DetectorConfig) {
+        self.rules.config = config;
+    }
+
+    /// A process of `instance` exited on its own (see [`Instance::process_exited`], `live`).
+    pub fn process_exited_live(
+        &mut self,
+        instance: &InstanceId,
+        pid: u32,
+        now: MonoNs,
+    ) -> Vec<Event> {
+        let rules = self.rules.clone();
+        self.inst(instance).process_exited(&rules, pid, now, true)
+    }
+
+    /// See [`Instance::mark_escalated`].
+    pub fn mark_escalated(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
+        let rules = &self.rules;
+        self.instances
+            .get_mut(instance)
+            .map(|i| i.mark_escalated(rules, now))
+            .unwrap_or_default()
+    }
+
+    /// See [`Instance::escalate`].
+    pub fn escalate(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
+        let rules = self.rules.clone();
+        self.inst(instance).escalate(&rules, now)
+    }
+}
