@@ -1112,10 +1112,13 @@ impl Detector {
         }
     }
 
-    fn inst(&mut self, id: &InstanceId) -> &mut Instance {
-        self.instances
+    /// `id`'s machine (made if it has none), and the rules it runs under.
+    fn inst(&mut self, id: &InstanceId) -> (&mut Instance, &mut Rules) {
+        let inst = self
+            .instances
             .entry(id.clone())
-            .or_insert_with(|| Instance::new(id.clone()))
+            .or_insert_with(|| Instance::new(id.clone()));
+        (inst, &mut self.rules)
     }
 
     /// Feeds one exchange of process `pid`, which belongs to `instance`.
@@ -1126,11 +1129,8 @@ impl Detector {
         ex: &Exchange,
         now: MonoNs,
     ) -> Vec<Event> {
-        let inst = self
-            .instances
-            .entry(instance.clone())
-            .or_insert_with(|| Instance::new(instance.clone()));
-        inst.observe(&mut self.rules, pid, ex, now)
+        let (inst, rules) = self.inst(instance);
+        inst.observe(rules, pid, ex, now)
     }
 
     /// The earliest moment a latch can be decided by the clock alone. A caller that sleeps
@@ -1156,18 +1156,18 @@ impl Detector {
 
     /// See [`Instance::restart_started`].
     pub fn restart_started(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
-        self.inst(instance).restart_started(now)
+        self.inst(instance).0.restart_started(now)
     }
 
     /// See [`Instance::process_started`].
     pub fn process_started(&mut self, instance: &InstanceId, pid: u32, now: MonoNs) -> Vec<Event> {
-        self.inst(instance).process_started(pid, now)
+        self.inst(instance).0.process_started(pid, now)
     }
 
     /// A process of `instance` exited (see [`Instance::process_exited`]).
     pub fn process_exited(&mut self, instance: &InstanceId, pid: u32, now: MonoNs) -> Vec<Event> {
-        let rules = self.rules.clone();
-        self.inst(instance).process_exited(&rules, pid, now, false)
+        let (inst, rules) = self.inst(instance);
+        inst.process_exited(rules, pid, now, false)
     }
 }
 

@@ -688,13 +688,13 @@ impl Detector {
 
     /// See [`Instance::restore`].
     pub fn restore(&mut self, instance: &InstanceId, episode: Episode) -> Vec<Event> {
-        self.inst(instance).restore(episode);
+        self.inst(instance).0.restore(episode);
         Vec::new()
     }
 
     /// See [`Instance::restart_failed`].
     pub fn restart_failed(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
-        self.inst(instance).restart_failed(now)
+        self.inst(instance).0.restart_failed(now)
     }
 
     /// Replaces the thresholds (configuration reload); open windows keep their history.
@@ -709,8 +709,8 @@ impl Detector {
         pid: u32,
         now: MonoNs,
     ) -> Vec<Event> {
-        let rules = self.rules.clone();
-        self.inst(instance).process_exited(&rules, pid, now, true)
+        let (inst, rules) = self.inst(instance);
+        inst.process_exited(rules, pid, now, true)
     }
 
     /// See [`Instance::mark_escalated`].
@@ -724,7 +724,7 @@ impl Detector {
 
     /// See [`Instance::escalate`].
     pub fn escalate(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
-        let rules = self.rules.clone();
-        self.inst(instance).escalate(&rules, now)
+        let (inst, rules) = self.inst(instance);
+        inst.escalate(rules, now)
     }
 }

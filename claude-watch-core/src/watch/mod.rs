@@ -352,7 +352,7 @@ impl Watch {
         let records = policy
             .instances()
             .map(|id| {
-                let mut record = Record::new(detect::Instance::new(id.clone()), 0);
+                let mut record = Record::new(id, 0);
                 record.idle_since = Some(now);
                 (id.clone(), record)
             })
@@ -862,9 +862,7 @@ impl Watch {
 
     /// `id`'s record, made (as root's) if it has none.
     fn record(&mut self, id: &InstanceId) -> &mut Record {
-        self.records
-            .entry(id.clone())
-            .or_insert_with(|| Record::new(detect::Instance::new(id.clone()), 0))
+        Record::of(&mut self.records, id)
     }
 
     /// Runs `f` on `id`'s detection (its record made if need be) and acts on its events.
@@ -875,12 +873,8 @@ impl Watch {
         out: &mut Vec<Effect>,
         f: impl FnOnce(&mut detect::Instance, &detect::Rules) -> Vec<Event>,
     ) {
-        let rules = &self.rules;
-        let record = self
-            .records
-            .entry(id.clone())
-            .or_insert_with(|| Record::new(detect::Instance::new(id.clone()), 0));
-        let events = f(&mut record.detection, rules);
+        let record = Record::of(&mut self.records, id);
+        let events = f(&mut record.detection, &self.rules);
         self.on_events(events, now, out);
     }
 
@@ -1008,10 +1002,7 @@ impl Watch {
                 }
             }
         }
-        self.records.insert(
-            id.clone(),
-            Record::new(detect::Instance::new(id.clone()), uid),
-        );
+        self.records.insert(id.clone(), Record::new(id, uid));
         true
     }
 

@@ -2,10 +2,10 @@
 //! is dropping its record (its detector state, its recovery state and the pids of its live
 //! processes in it or beside it, each in one place).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::detect::{self, EpisodeEnd, MonoNs};
-use crate::instance::Placement;
+use crate::instance::{InstanceId, Placement};
 
 use super::status::LastSeen;
 
@@ -39,8 +39,8 @@ pub(super) struct Record {
 }
 
 impl Record {
-    /// A record of an instance first seen through a process of `owner`.
-    pub fn new(detection: detect::Instance, owner: u32) -> Self {
+    /// A record of instance `id`, first seen through a process of `owner`.
+    pub fn new(id: &InstanceId, owner: u32) -> Self {
         Self {
             owner,
             pids: BTreeSet::new(),
@@ -52,8 +52,15 @@ impl Record {
             last_episode: None,
             restart_error: None,
             recoveries: Recoveries::default(),
-            detection,
+            detection: detect::Instance::new(id.clone()),
         }
+    }
+
+    /// `id`'s record in `records`, made (as root's) if it has none.
+    pub fn of<'a>(records: &'a mut BTreeMap<InstanceId, Self>, id: &InstanceId) -> &'a mut Self {
+        records
+            .entry(id.clone())
+            .or_insert_with(|| Self::new(id, 0))
     }
 
     /// Whether it has a live process.

@@ -106,12 +106,9 @@ pub fn locate(
                 let refs = scan::references(code, seg.vaddr, &strings);
                 seen += refs.len();
                 references_within(seen, budget)?;
-                let Ok(scanned) = Scanned::new(refs, |near, radius| {
-                    Ok::<_, std::convert::Infallible>(CallTargets::scan_near(
-                        code, seg.vaddr, near, radius,
-                    ))
-                });
-                scans.push(scanned);
+                scans.push(Scanned::new(refs, |near, radius| {
+                    CallTargets::scan_near(code, seg.vaddr, near, radius)
+                }));
             }
             identify_x86_64(image, strings.len(), &scans, budget).map(Some)
         }
@@ -147,22 +144,12 @@ pub struct Scanned {
 impl Scanned {
     /// The scans of a segment whose references are `refs`; `calls(near, radius)` scans its
     /// call targets within `radius` of the addresses `near` (not at all without references).
-    ///
-    /// # Errors
-    /// What `calls` returns.
-    pub fn new<E>(
-        refs: Vec<Reference>,
-        calls: impl FnOnce(&[u64], u64) -> Result<CallTargets, E>,
-    ) -> Result<Self, E> {
+    pub fn new(refs: Vec<Reference>, calls: impl FnOnce(&[u64], u64) -> CallTargets) -> Self {
         // Only around the sites is anything asked of the call targets: a function start at
         // most MAX_FUNCTION_SPAN below a site, and what it calls in its first MAX_READ_SPAN.
         let near: Vec<u64> = refs.iter().map(|r| r.vaddr).collect();
-        let calls = if refs.is_empty() {
-            None
-        } else {
-            Some(calls(&near, CALLS_RADIUS)?)
-        };
-        Ok(Self { refs, calls })
+        let calls = (!refs.is_empty()).then(|| calls(&near, CALLS_RADIUS));
+        Self { refs, calls }
     }
 
     /// The addresses whose bytes the identification decodes: within [`CODE_RADIUS`] of each

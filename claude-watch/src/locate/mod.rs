@@ -985,10 +985,7 @@ fn locate_streamed(
             (refs, targets)
         })?;
         let (refs, targets): (Vec<_>, Vec<_>) = pieces.into_iter().unzip();
-        let mut refs: Vec<_> = refs.into_iter().flatten().collect();
-        refs.sort_by_key(|r| r.vaddr);
-        refs.dedup();
-        refs.truncate(budget::MAX_REFERENCES + 1);
+        let refs = scan::sorted_references(refs.into_iter().flatten().collect());
         seen += refs.len();
         if let Err(e) = boringssl::references_within(seen, budget) {
             return match e {
@@ -996,14 +993,13 @@ fn locate_streamed(
                 _ => Ok(None),
             };
         }
-        let Ok(scanned) = boringssl::Scanned::new(refs, |near, radius| {
+        scans.push(boringssl::Scanned::new(refs, |near, radius| {
             let mut calls = scan::CallTargets::near(seg.vaddr, seg.file_size, near, radius);
             for offset in targets.into_iter().flatten() {
                 calls.insert(seg.vaddr + u64::from(offset));
             }
-            Ok::<_, std::convert::Infallible>(calls)
-        });
-        scans.push(scanned);
+            calls
+        }));
     }
     for (lo, hi) in scans.iter().flat_map(boringssl::Scanned::code_windows) {
         for seg in segments.iter().filter(|s| s.executable) {

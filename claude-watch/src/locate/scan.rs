@@ -76,24 +76,12 @@ impl CallTargets {
 
     /// Scans `code`, mapped at `base`, for `E8 rel32` whose target lies inside `code` within
     /// `radius` of one of `near`; [`Self::contains`] and [`Self::at_or_below`] know nothing
-    /// outside those windows. The two halves of the code are scanned on two threads.
+    /// outside those windows.
     #[must_use]
     pub fn scan_near(code: &[u8], base: u64, near: &[u64], radius: u64) -> Self {
-        let empty = Self::near(base, code.len() as u64, near, radius);
-        let region = (base, base + code.len() as u64);
-        let mid = code.len() / 2;
-        let (mut lower, upper) = std::thread::scope(|s| {
-            let upper = s.spawn(|| {
-                let mut t = empty.clone();
-                t.add(code, base, mid, code.len(), region);
-                t
-            });
-            let mut t = empty.clone();
-            t.add(code, base, 0, mid, region);
-            (t, upper.join().expect("the scan does not panic"))
-        });
-        lower.merge(upper);
-        lower
+        let mut targets = Self::near(base, code.len() as u64, near, radius);
+        targets.add(code, base, 0, code.len(), (base, base + code.len() as u64));
+        targets
     }
 
     /// No call target yet, kept (by [`Self::add`]) within `radius` of one of `near` in the
@@ -145,13 +133,6 @@ impl CallTargets {
         if let Some(w) = self.windows.get_mut(i).filter(|w| w.lo <= vaddr) {
             let bit = vaddr - w.lo;
             w.bits[(bit / 64) as usize] |= 1 << (bit % 64);
-        }
-    }
-
-    /// Adds the targets `other` (over the same windows) found.
-    pub fn merge(&mut self, other: Self) {
-        for (w, o) in self.windows.iter_mut().zip(other.windows) {
-            w.bits.iter_mut().zip(o.bits).for_each(|(a, b)| *a |= b);
         }
     }
 
@@ -249,14 +230,13 @@ pub struct Reference {
 /// [`MAX_REFERENCES`] + 1 (the caller refuses a file with more).
 #[must_use]
 pub fn references(code: &[u8], base: u64, targets: &[u64]) -> Vec<Reference> {
-    // The two halves on two threads: a scan of a 125 MB text is memory-bound.
-    let mid = code.len() / 2;
-    let mut out = std::thread::scope(|s| {
-        let upper = s.spawn(|| references_in(code, base, targets, mid, code.len()));
-        let mut out = references_in(code, base, targets, 0, mid);
-        out.extend(upper.join().expect("the scan does not panic"));
-        out
-    });
+    sorted_references(references_in(code, base, targets, 0, code.len()))
+}
+
+/// References found piece by piece ([`references_in`]) as [`references`] gives them: sorted
+/// by address, each once (pieces overlap), at most [`MAX_REFERENCES`] + 1.
+#[must_use]
+pub fn sorted_references(mut out: Vec<Reference>) -> Vec<Reference> {
     out.sort_by_key(|r| r.vaddr);
     out.dedup();
     out.truncate(MAX_REFERENCES + 1);
@@ -389,7 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn call_targets_are_kept_only_near_the_sites_and_found_across_the_halves() {
+    fn call_targets_are_kept_only_near_the_sites_and_found_across_pieces() {
         let mut code = vec![0x90u8; 0x4000];
         let mut call = |at: usize, target: usize| {
             let rel = (target as i64 - (at as i64 + 5)) as i32;
@@ -397,9 +377,19 @@ mod tests {
             code[at + 1..at + 5].copy_from_slice(&rel.to_le_bytes());
         };
         call(0x10, 0x1000); // near the site at 0x1100
-        call(0x1FFE, 0x1080); // straddles the middle (0x2000), near the site
+        call(0x1FFE, 0x1080); // straddles the pieces' boundary (0x2000), near the site
         call(0x3000, 0x3800); // far from every site
-        let t = CallTargets::scan_near(&code, 0x10_0000, &[0x10_1100, 0x10_1180], 0x200);
+        // Two pieces, as a streamed scan adds them: the call at the boundary counts once.
+        let base = 0x10_0000;
+        let region = (base, base + code.len() as u64);
+        let mut t = CallTargets::near(base, code.len() as u64, &[0x10_1100, 0x10_1180], 0x200);
+        t.add(&code, base, 0, 0x2000, region);
+        t.add(&code, base, 0x2000, code.len(), region);
+        let whole = CallTargets::scan_near(&code, base, &[0x10_1100, 0x10_1180], 0x200);
+        assert_eq!(
+            whole.at_or_below(0x10_1100, 0x200).collect::<Vec<_>>(),
+            t.at_or_below(0x10_1100, 0x200).collect::<Vec<_>>()
+        );
         assert!(t.contains(0x10_1000));
         assert!(t.contains(0x10_1080));
         assert!(!t.contains(0x10_3800), "outside the windows");
@@ -413,11 +403,14 @@ mod tests {
     }
 
     #[test]
-    fn a_reference_straddling_the_middle_is_found_once() {
+    fn a_reference_straddling_a_pieces_boundary_is_found_once() {
         let target = 0x0123_4567u64;
         let mut code = vec![0x90u8; 64];
-        // mov edx, imm32 with its opcode at 31 and its immediate across the middle (32).
+        // mov edx, imm32 with its opcode at 31 and its immediate across the boundary (32).
         code[31..36].copy_from_slice(&[0xBA, 0x67, 0x45, 0x23, 0x01]);
+        let mut pieces = references_in(&code, 0, &[target], 0, 32);
+        pieces.extend(references_in(&code, 0, &[target], 32, 64));
+        assert_eq!(sorted_references(pieces), references(&code, 0, &[target]));
         let refs = references(&code, 0, &[target]);
         assert_eq!(refs.iter().map(|r| r.vaddr).collect::<Vec<_>>(), vec![31]);
     }
