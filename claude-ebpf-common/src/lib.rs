@@ -87,8 +87,12 @@ pub mod stats {
     /// root, not of a watched process) had used up its [`super::USER_BUDGET_RECORDS`]: user
     /// space looks at every process again when this grows.
     pub const EXECS_OVER_BUDGET: u32 = 8;
+    /// Reads of a response body skipped at their entry (counted in [`SKIPPED`] too): the
+    /// connection's response head to a request seen written was read, and its next request
+    /// has not been written yet.
+    pub const BODY_READS: u32 = 9;
     /// Number of counters.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Default of the records (HTTP heads and their continuations) one process may send per
@@ -181,6 +185,10 @@ pub struct ReadArgs {
     pub buf: u64,
     /// `SSL_read_ex`'s `size_t *readbytes`, or 0 for `SSL_read`.
     pub readbytes: u64,
+    /// The `SSL *` whose reads on this thread are a response body, skipped at their entry
+    /// (0: none). Set by the read of a response head, cleared by the next request written on
+    /// that connection.
+    pub body: u64,
 }
 
 /// Key of the continuation map: one direction of one TLS connection of one process.

@@ -3,8 +3,10 @@
 //! The kernel side stays thin: it looks at the first bytes of each plaintext buffer and forwards
 //! only those that begin an HTTP/1.x request or response (a bounded head, never a body), plus
 //! the next buffer of a connection whose head arrived in pieces. Everything else is counted and
-//! dropped here, so streamed response bodies cost one 16-byte read per `SSL_read`. Only what a
-//! decision may hang on wakes the reader at once (see [`wakeup_flags`]).
+//! dropped here: a response body's reads (a streamed answer is many) are skipped at their
+//! entry, by the one lookup of the thread's slot the entry makes anyway (see [`conn::BODY`]),
+//! and any other buffer costs a 16-byte read. Only what a decision may hang on wakes the reader
+//! at once (see [`wakeup_flags`]).
 //!
 //! Arguments and return values are read through aya's `ProbeContext::arg` and
 //! `RetProbeContext::ret`, which follow `bpf_target_arch` (set by claude-watch's build.rs from
@@ -41,11 +43,32 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static READ_ARGS: LruHashMap<u64, ReadArgs> = LruHashMap::with_max_entries(16384, 0);
 
-/// Connections whose next buffer in one direction continues a forwarded head (1), or not (0):
-/// a connection's slot is set and taken in place, and goes to the LRU when the connection is
+/// Each connection's state in one direction: bits of [`conn`] (whether its next buffer
+/// continues a forwarded head, and on the read side where it stands in its exchange), and
+/// above them the thread that holds the connection's body mark ([`conn::BODY`]). A
+/// connection's slot is set and taken in place, and goes to the LRU when the connection is
 /// idle.
 #[map]
-static CONT: LruHashMap<ConnKey, u32> = LruHashMap::with_max_entries(8192, 0);
+static CONT: LruHashMap<ConnKey, u64> = LruHashMap::with_max_entries(8192, 0);
+
+/// Bits of a connection's slot in [`CONT`].
+mod conn {
+    /// The next buffer in this direction continues a forwarded head.
+    pub const NEXT: u64 = 1;
+    /// (Read side) a request head was written on the connection and its response head has
+    /// not been read yet.
+    pub const ARMED: u64 = 2;
+    /// (Read side) the response head to a request seen written was read: until the next
+    /// request head, the connection's reads are its body. The reading thread's slot in
+    /// [`super::READ_ARGS`] names the connection (`body`), so that its reads are skipped at
+    /// their entry by the one lookup the entry makes anyway (a streamed answer is many
+    /// reads); the thread's id is kept above these bits, so that the next request, written on
+    /// any thread, clears the mark. Set only after a request was seen: a connection whose
+    /// writes are not seen is looked at on every read.
+    pub const BODY: u64 = 4;
+    /// The bits; the holder of the body mark is above them.
+    pub const BITS: u64 = 0xffff_ffff;
+}
 
 /// Records one process may send per budget window; set by user space at load time
 /// (`u32::MAX`: no budget).
@@ -177,17 +200,36 @@ pub fn ssl_read_ex_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Keeps a read's arguments for its return in the thread's slot of [`READ_ARGS`] (see
-/// [`set_in_place`]).
+/// Keeps a read's arguments for its return in the thread's slot of [`READ_ARGS`], written in
+/// place when the thread has one; unless the slot marks the connection's reads as a response
+/// body ([`conn::BODY`]): then the read stays here, and its return finds the slot empty.
 #[inline(always)]
 fn remember_read(ctx: &ProbeContext, readbytes: u64) {
     if let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
-        let args = ReadArgs {
-            ssl,
-            buf,
-            readbytes,
-        };
-        set_in_place(&READ_ARGS, &bpf_get_current_pid_tgid(), args);
+        let pid_tgid = bpf_get_current_pid_tgid();
+        match READ_ARGS.get_ptr_mut(&pid_tgid) {
+            Some(slot) => {
+                // SAFETY: the calling thread's own slot; other programs only clear `body`.
+                let slot = unsafe { &mut *slot };
+                if slot.body == ssl {
+                    bump(stats::SKIPPED);
+                    bump(stats::BODY_READS);
+                    return;
+                }
+                slot.ssl = ssl;
+                slot.buf = buf;
+                slot.readbytes = readbytes;
+            }
+            None => {
+                let args = ReadArgs {
+                    ssl,
+                    buf,
+                    readbytes,
+                    body: 0,
+                };
+                let _ = READ_ARGS.insert(&pid_tgid, &args, 0);
+            }
+        }
     }
 }
 
@@ -229,20 +271,19 @@ pub fn ssl_read_ex_return(ctx: RetProbeContext) -> u32 {
 
 /// The arguments of the read returning on thread `pid_tgid`, and its slot marked empty (`buf`
 /// 0) rather than deleted: the thread's next read reuses it, and the slot goes when the thread
-/// exits ([`sched_process_exit`]) or, idle, to the LRU.
+/// exits ([`sched_process_exit`]) or, idle, to the LRU. An empty slot is a read its entry
+/// skipped (a response body); a missing one, an orphan.
 #[inline(always)]
 fn take_read(pid_tgid: u64) -> Option<ReadArgs> {
-    let args = READ_ARGS.get_ptr_mut(&pid_tgid).and_then(|slot| {
-        // SAFETY: the calling thread's own slot; no other program writes it meanwhile.
-        let slot = unsafe { &mut *slot };
-        let args = *slot;
-        slot.buf = 0;
-        (args.buf != 0).then_some(args)
-    });
-    if args.is_none() {
+    let Some(slot) = READ_ARGS.get_ptr_mut(&pid_tgid) else {
         bump(stats::ORPHAN_RETURNS);
-    }
-    args
+        return None;
+    };
+    // SAFETY: the calling thread's own slot; no other program writes it meanwhile.
+    let slot = unsafe { &mut *slot };
+    let args = *slot;
+    slot.buf = 0;
+    (args.buf != 0).then_some(args)
 }
 
 /// Methods whose first four bytes open a request line.
@@ -304,21 +345,76 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
         direction: dir,
     };
     let mut event_flags = 0;
-    match start {
-        Start::Head => {}
-        Start::Other => {
-            // Taken in place (set to 0), not deleted: the connection's slot is reused.
-            let pending = CONT.get_ptr_mut(&key).is_some_and(|slot| {
-                // SAFETY: a live map value; a connection is written by one thread at a time.
-                let slot = unsafe { &mut *slot };
-                core::mem::replace(slot, 0) != 0
-            });
-            if !pending {
+    if dir == kind::READ {
+        // The read side's slot is asked on every read that got here, head or not: what it
+        // says and what this read is make the connection's next state.
+        let slot = CONT.get_ptr_mut(&key);
+        // SAFETY: a live map value; a connection is read by one thread at a time.
+        let held = slot.map_or(0, |slot| unsafe { *slot });
+        let state = held & conn::BITS;
+        if start == Start::Other {
+            if state & conn::NEXT == 0 {
                 bump(stats::SKIPPED);
                 return;
             }
             event_flags = flags::CONTINUATION;
         }
+        // An interim answer (1xx) is followed by the final one, with no request between.
+        let interim = start == Start::Head && n >= 12 && prefix[9] == b'1';
+        let next = if len < SHORT_HEAD {
+            // The status line or headers may be split: forward the next read too.
+            (state & conn::ARMED) | conn::NEXT
+        } else if state & conn::ARMED != 0 && !interim {
+            mark_body(pid_tgid, ssl)
+        } else {
+            state & conn::ARMED
+        };
+        if next != held {
+            if state & conn::BODY != 0 {
+                // Another thread holds the body mark (its own reads of the connection never
+                // get here): it goes, whatever replaces it.
+                clear_body(pid, (held >> 32) as u32, ssl);
+            }
+            match slot {
+                // SAFETY: as above.
+                Some(slot) => unsafe { *slot = next },
+                None => {
+                    let _ = CONT.insert(&key, &next, 0);
+                }
+            }
+        }
+    } else if start == Start::Head {
+        // A request: its connection's next response head is looked for, and what follows that
+        // head is its body.
+        let read = ConnKey {
+            direction: kind::READ,
+            ..key
+        };
+        match CONT.get_ptr_mut(&read) {
+            Some(slot) => {
+                // SAFETY: a live map value.
+                let slot = unsafe { &mut *slot };
+                if *slot & conn::BODY != 0 {
+                    clear_body(pid, (*slot >> 32) as u32, ssl);
+                }
+                *slot = conn::ARMED;
+            }
+            None => {
+                let _ = CONT.insert(&read, &conn::ARMED, 0);
+            }
+        }
+    } else {
+        // Taken in place (set to 0), not deleted: the connection's slot is reused.
+        let pending = CONT.get_ptr_mut(&key).is_some_and(|slot| {
+            // SAFETY: a live map value; a connection is written by one thread at a time.
+            let slot = unsafe { &mut *slot };
+            core::mem::replace(slot, 0) != 0
+        });
+        if !pending {
+            bump(stats::SKIPPED);
+            return;
+        }
+        event_flags = flags::CONTINUATION;
     }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -333,14 +429,7 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
         bump(stats::OVER_USER_BUDGET);
         return;
     }
-    if dir == kind::READ && len < SHORT_HEAD {
-        // The status line or headers may be split: forward the next read too.
-        expect_continuation(&key);
-    } else if dir == kind::WRITE
-        && start == Start::Head
-        && prefix[0] == b'P'
-        && ends_headers(buf, len)
-    {
+    if dir == kind::WRITE && start == Start::Head && prefix[0] == b'P' && ends_headers(buf, len) {
         // Headers written alone (node's http): the body, with the model, follows.
         expect_continuation(&key);
     }
@@ -371,6 +460,36 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
     emit(header, buf, urgent, limit);
 }
 
+/// Marks the reads of connection `ssl` on thread `pid_tgid` as a response body, in the
+/// thread's slot of [`READ_ARGS`] (which its current read holds); the connection's read-side
+/// state to keep ([`conn::BODY`] and the thread's id).
+#[inline(always)]
+fn mark_body(pid_tgid: u64, ssl: u64) -> u64 {
+    match READ_ARGS.get_ptr_mut(&pid_tgid) {
+        Some(slot) => {
+            // SAFETY: the calling thread's own slot.
+            unsafe { (*slot).body = ssl };
+            ((pid_tgid & 0xffff_ffff) << 32) | conn::BODY
+        }
+        // No slot to mark: the connection's reads are looked at as before.
+        None => 0,
+    }
+}
+
+/// Clears thread `tid`'s body mark (of process `pid`) when it names connection `ssl`: a
+/// request was written on it, and its next reads are looked at again.
+#[inline(always)]
+fn clear_body(pid: u32, tid: u32, ssl: u64) {
+    let thread = (u64::from(pid) << 32) | u64::from(tid);
+    if let Some(slot) = READ_ARGS.get_ptr_mut(&thread) {
+        // SAFETY: a live map value; only the mark is written, and only to clear it.
+        let slot = unsafe { &mut *slot };
+        if slot.body == ssl {
+            slot.body = 0;
+        }
+    }
+}
+
 /// Whether the first four bytes open a request line (one of [`METHODS`]), compared as one
 /// word each.
 #[inline(always)]
@@ -390,7 +509,7 @@ fn starts_method(prefix: &[u8; 16]) -> bool {
 /// [`CONT`] (see [`set_in_place`]).
 #[inline(always)]
 fn expect_continuation(key: &ConnKey) {
-    set_in_place(&CONT, key, 1);
+    set_in_place(&CONT, key, conn::NEXT);
 }
 
 /// Sets `key`'s value in `map`: written in its slot when it has one (a lookup, no hash

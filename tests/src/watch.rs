@@ -148,6 +148,8 @@ pub struct Counters {
     pub sent: u64,
     /// Buffers the kernel kept back.
     pub skipped: u64,
+    /// Of those, reads of a response body skipped at their entry.
+    pub body_reads: u64,
     /// Records lost.
     pub lost: u64,
     /// Records user space ignored as invalid.
@@ -177,6 +179,7 @@ pub fn counters(stderr: &[String]) -> Counters {
     Counters {
         sent: number_after("sent"),
         skipped: number_after("skipped"),
+        body_reads: number_after("at their entry:"),
         lost: number_after("lost"),
         invalid: number_after("ignored"),
     }

@@ -282,6 +282,9 @@ print(out, flush=True)
         big_seen[0]
     );
     assert_eq!(big_seen[1]["path"], "/v1/models");
+    // The second answer on the same connection, after the 10 MB body whose reads were
+    // skipped at their entry: the next request looked for its head again.
+    assert_eq!(big_seen[1]["status"], 200, "{:?}", big_seen[1]);
     let small_seen = trace.wait_for(
         small.pid(),
         3,
@@ -312,6 +315,12 @@ print(out, flush=True)
     assert!(
         c.skipped >= 100,
         "the 10 MB body should have been hundreds of skipped reads: {c:?}"
+    );
+    // After its status line and headers (forwarded, in pieces), the body's reads cost one
+    // lookup at their entry: nothing was kept for their return.
+    assert!(
+        c.body_reads >= 100 && c.body_reads <= c.skipped,
+        "the 10 MB body's reads should have been skipped at their entry: {c:?}"
     );
     assert_eq!(c.lost, 0);
 }

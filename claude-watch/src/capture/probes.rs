@@ -62,6 +62,8 @@ pub struct KernelStats {
     pub sent: u64,
     /// TLS buffers that were not HTTP heads (bodies, streamed events, non-HTTP traffic).
     pub skipped: u64,
+    /// Of `skipped`, reads of a response body skipped at their entry.
+    pub body_reads: u64,
     /// Read returns without a remembered entry (probe attached mid-call).
     pub orphan_returns: u64,
     /// HTTP heads dropped because their process exceeded its record budget.
@@ -463,6 +465,7 @@ impl Probes {
             lost: sum(stats::LOST),
             sent: sum(stats::SENT),
             skipped: sum(stats::SKIPPED),
+            body_reads: sum(stats::BODY_READS),
             orphan_returns: sum(stats::ORPHAN_RETURNS),
             over_budget: sum(stats::OVER_BUDGET),
             execs_filtered: sum(stats::EXECS_FILTERED),

@@ -318,8 +318,8 @@ async fn trace_loop<P: Processes>(
         );
     }
     eprintln!(
-        "claude-watch: kernel sent {} heads, skipped {} other buffers, lost {}; user space ignored {} invalid, {} unpaired",
-        k.sent, k.skipped, k.lost, p.invalid, p.unpaired_responses
+        "claude-watch: kernel sent {} heads, skipped {} other buffers (body reads at their entry: {}), lost {}; user space ignored {} invalid, {} unpaired",
+        k.sent, k.skipped, k.body_reads, k.lost, p.invalid, p.unpaired_responses
     );
     if k.lost > 0 {
         eprintln!(

@@ -235,6 +235,11 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
                 stats.skipped,
             ),
             (
+                "claude_watch_kernel_body_reads_total",
+                "Of the skipped buffers, reads of a response body skipped at their entry (one lookup each).",
+                stats.body_reads,
+            ),
+            (
                 "claude_watch_kernel_orphan_returns_total",
                 "SSL_read returns without their entry (a probe attached mid-call; a steady rise means reads go unseen).",
                 stats.orphan_returns,

@@ -446,7 +446,7 @@ mod tests {
 
     #[test]
     fn counters_line_is_parsed() {
-        let line = "claude-watch: kernel sent 2000 heads, skipped 31 other buffers, lost 7; user space ignored 1 invalid, 2 unpaired";
+        let line = "claude-watch: kernel sent 2000 heads, skipped 31 other buffers (body reads at their entry: 20), lost 7; user space ignored 1 invalid, 2 unpaired";
         assert_eq!(
             parse_counters(line),
             Some(Counters {

@@ -382,8 +382,8 @@ pub(super) struct Counters {
     pub(super) unpaired: u64,
 }
 
-/// Parses `claude-watch: kernel sent N heads, skipped N other buffers, lost N; user space
-/// ignored N invalid, N unpaired`.
+/// Parses `claude-watch: kernel sent N heads, skipped N other buffers (body reads at their
+/// entry: N), lost N; user space ignored N invalid, N unpaired`.
 pub(super) fn parse_counters(line: &str) -> Option<Counters> {
     let rest = line.split("kernel sent ").nth(1)?;
     let numbers: Vec<u64> = rest
@@ -393,7 +393,7 @@ pub(super) fn parse_counters(line: &str) -> Option<Counters> {
         .collect::<Result<_, _>>()
         .ok()?;
     match numbers[..] {
-        [sent, skipped, lost, invalid, unpaired] => Some(Counters {
+        [sent, skipped, _body_reads, lost, invalid, unpaired] => Some(Counters {
             sent,
             skipped,
             lost,
