@@ -932,25 +932,32 @@ fn invalid(text: &str, origin: &str, span: Range<usize>, message: &str) -> Confi
     }
 }
 
-/// The dotted key whose value is at byte `at`: the table header above plus the key on the line.
+/// The dotted key of the outermost `key = value` around byte `at`, by toml's own spans: the
+/// tables of `[headers]` and of dotted keys (`a.b = 1`) are walked through, the keys of an
+/// inline table are its key's.
 fn key_at(text: &str, at: usize) -> Option<String> {
-    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
-    let line = &text[line_start..line_end];
-    let key = line
-        .split_once('=')
-        .map(|(k, _)| k.trim())
-        .filter(|k| !k.is_empty() && !k.starts_with('['))?;
-    let table = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
-    Some(match table {
-        Some(t) => format!("{t}.{key}"),
-        None => key.to_owned(),
-    })
+    use toml::de::{DeTable, DeValue};
+    // `from`: where the dotted key being walked through began (the range the error may be in).
+    fn find(table: &DeTable<'_>, at: usize, from: Option<usize>) -> Option<Vec<String>> {
+        table.iter().find_map(|(k, v)| {
+            let (key, value) = (k.span(), v.span());
+            let start = from.unwrap_or(key.start);
+            let inner = |t: &DeTable<'_>| {
+                let path = find(t, at, (value == key).then_some(start))?;
+                Some([vec![k.get_ref().to_string()], path].concat())
+            };
+            match v.get_ref() {
+                _ if value.start >= key.end => (start..value.end)
+                    .contains(&at)
+                    .then(|| vec![k.get_ref().to_string()]),
+                DeValue::Table(t) => inner(t),
+                DeValue::Array(items) => items.iter().find_map(|i| inner(i.get_ref().as_table()?)),
+                _ => None,
+            }
+        })
+    }
+    let root = DeTable::parse_recoverable(text).0;
+    find(root.get_ref(), at, None).map(|path| path.join("."))
 }
 
 /// Where the value of `key` in `[table]` is, by toml's own spans (`0..0` when not given).
@@ -1411,6 +1418,19 @@ supervisor = { kind = "docker", socket = "/run/podman/podman.sock" }
         assert!(e.contains("has no `match` condition"), "{e}");
         let e = err("[[instance]]\nname = \"a\"\nmatch = { exe = \"/x\", user = \"bob\" }\n");
         assert!(e.contains("unknown field `user`"), "{e}");
+        // The key by toml's spans: an element on a later line of its array, a dotted key.
+        let e = err("[recovery]\nescalation_hook = [\n  \"/bin/page\",\n  3,\n]\n");
+        assert!(
+            e.starts_with("test.toml:4:3: recovery.escalation_hook: "),
+            "{e}"
+        );
+        let e = err("[daemon]\nring.mib = 4\n");
+        assert!(
+            e.starts_with("test.toml:2:1: daemon.ring.mib: unknown field `ring`"),
+            "{e}"
+        );
+        let e = err("[daemon]\nring_mib = 4\n[detector.latch]\nx = 1\n");
+        assert!(e.starts_with("test.toml:3:"), "a header names no key: {e}");
         let e = err("[detector\n");
         assert!(e.starts_with("test.toml:1:"), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
