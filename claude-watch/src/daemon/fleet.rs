@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::Done;
-use crate::config::alertmanager_address;
+use crate::config::{UrlError, alertmanager_address};
 use crate::discover::engine::parse_answer;
 use crate::watch::Input;
 use crate::watch::fleet::FleetAnswer;
@@ -28,11 +28,8 @@ const ANSWER_MAX: usize = 4 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
     /// The URL is not `http://host[:port][/path]` (the configuration check refuses those).
-    #[error("{url}: not an http://host[:port] URL")]
-    Url {
-        /// The URL.
-        url: String,
-    },
+    #[error(transparent)]
+    Url(#[from] UrlError),
     /// Connecting, writing or reading failed.
     #[error("{url}: {op}")]
     Io {
@@ -115,9 +112,7 @@ async fn ask(url: &str, filters: &[String]) -> Result<FleetAnswer, AskError> {
         let url = url.to_owned();
         move |source| AskError::Io { url, op, source }
     };
-    let (authority, prefix) = alertmanager_address(url).map_err(|_| AskError::Url {
-        url: url.to_owned(),
-    })?;
+    let (authority, prefix) = alertmanager_address(url)?;
     let mut query = String::from("active=true&silenced=false&inhibited=false");
     for f in filters {
         let _ = write!(query, "&filter={}", utf8_percent_encode(f, QUERY_VALUE));
