@@ -41,7 +41,7 @@ pub enum AskError {
         #[source]
         source: std::io::Error,
     },
-    /// No answer within [`ASK_TIMEOUT`].
+    /// No answer within `ASK_TIMEOUT` (3 s).
     #[error("{url}: no answer within {}s", ASK_TIMEOUT.as_secs())]
     Timeout {
         /// The URL.

@@ -2,7 +2,7 @@
 //! [`Journal::append`] returns (written, then `fdatasync`), rotated by size.
 //!
 //! # Crash safety
-//! Every record is a full snapshot (an episode snapshot carries the whole [`Episode`]; readers
+//! Every record is a full snapshot (an episode snapshot carries the whole [`Episode`](claude_watch_core::detect::Episode); readers
 //! keep the latest snapshot per episode id, see [`episodes`]). A record is one `write` of a line
 //! ending in `\n`; a crash can only leave a torn last line without its `\n`. On open the torn tail
 //! is cut off, so the next record starts on a fresh line; readers skip a torn tail too. So killing

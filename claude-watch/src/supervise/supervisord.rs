@@ -1,6 +1,6 @@
 //! supervisord: its XML-RPC interface over its unix socket (`supervisor.getProcessInfo`, then
 //! `stopProcess` and `startProcess`: the API has no restart call): a small request writer, and
-//! a response parser on quick-xml's events, bounded in size ([`MAX_RESPONSE`]) and nesting.
+//! a response parser on quick-xml's events, bounded in size (`MAX_RESPONSE`) and nesting.
 //!
 //! `SUPERVISOR_PROCESS_NAME` / `SUPERVISOR_GROUP_NAME` / `SUPERVISOR_SERVER_URL` in a process's
 //! environment only *suggest* supervisord (any process can set them). So:
