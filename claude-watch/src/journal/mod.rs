@@ -2,13 +2,15 @@
 //! [`Journal::append`] returns (written, then `fdatasync`), rotated by size.
 //!
 //! # Crash safety
-//! Every record is a full snapshot (an episode snapshot carries the whole [`Episode`](claude_watch_core::detect::Episode); readers
+//! Every record is a full snapshot (an episode snapshot carries the whole [`Episode`]; readers
 //! keep the latest snapshot per episode id, see [`episodes`]). A record is one `write` of a line
 //! ending in `\n`; a crash can only leave a torn last line without its `\n`. On open the torn tail
 //! is cut off, so the next record starts on a fresh line; readers skip a torn tail too. So killing
 //! the daemon at any moment loses no record that `append` had returned for and corrupts none:
 //! a completed (closed) episode is on disk before the daemon reports it, and an open one is on
 //! disk as its latest snapshot with `end: still_open`.
+//!
+//! [`Episode`]: claude_watch_core::detect::Episode
 //!
 //! # Rotation
 //! Before an append would take `journal.jsonl` past `max_bytes`, it becomes `journal.jsonl.1`
