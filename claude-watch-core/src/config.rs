@@ -255,17 +255,13 @@ impl FleetSection {
 ///
 /// # Errors
 /// What is wrong with it, with the form to write.
-pub fn alertmanager_address(url: &str) -> Result<(String, String), String> {
+pub fn alertmanager_address(url: &str) -> Result<(String, String), UrlError> {
     let Some(rest) = url.strip_prefix("http://") else {
-        return Err(format!(
-            "{url:?}: only http:// is supported (e.g. \"http://alertmanager:9093\"); put a TLS proxy on the host if Alertmanager is only reachable over https"
-        ));
+        return Err(UrlError::NotHttp(url.to_owned()));
     };
     let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
     if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
-        return Err(format!(
-            "{url:?}: expected http://host[:port][/path], e.g. \"http://alertmanager:9093\""
-        ));
+        return Err(UrlError::NotHostPort(url.to_owned()));
     }
     let port = authority
         .rsplit_once(':')
@@ -275,6 +271,19 @@ pub fn alertmanager_address(url: &str) -> Result<(String, String), String> {
         None => format!("{authority}:80"),
     };
     Ok((authority, path.trim_end_matches('/').to_owned()))
+}
+
+/// Why an Alertmanager URL cannot be asked ([`alertmanager_address`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// Not `http://`.
+    #[error(
+        "{0:?}: only http:// is supported (e.g. \"http://alertmanager:9093\"); put a TLS proxy on the host if Alertmanager is only reachable over https"
+    )]
+    NotHttp(String),
+    /// No host, or a user or a space in it.
+    #[error("{0:?}: expected http://host[:port][/path], e.g. \"http://alertmanager:9093\"")]
+    NotHostPort(String),
 }
 
 /// `[daemon]`.
@@ -697,12 +706,12 @@ impl Config {
         let mut errors = Vec::new();
         let f = &self.fleet;
         for url in &f.alertmanager {
-            if let Err(m) = alertmanager_address(url) {
+            if let Err(e) = alertmanager_address(url) {
                 errors.push(invalid(
                     text,
                     origin,
                     value_span(text, "fleet", "alertmanager"),
-                    &m,
+                    &e.to_string(),
                 ));
             }
         }
@@ -878,28 +887,47 @@ fn sift<'i>(
 /// An argv template checked where it is written.
 fn check_argv(argv: &Spanned<Vec<String>>, text: &str, origin: &str) -> Result<(), ConfigError> {
     validate_argv(argv.get_ref(), &HOOK_PLACEHOLDERS)
-        .map_err(|message| invalid(text, origin, argv.span(), &message))
+        .map_err(|e| invalid(text, origin, argv.span(), &e.to_string()))
+}
+
+/// What is wrong with an argv template ([`validate_argv`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ArgvError {
+    /// No program.
+    #[error("the command is empty: give at least the program")]
+    Empty,
+    /// The program is a placeholder.
+    #[error("the program {0:?} must not be a placeholder")]
+    ProgramPlaceholder(String),
+    /// A `{` without its `}`, in this argument.
+    #[error("unclosed `{{` in {0:?}")]
+    Unclosed(String),
+    /// A placeholder not known here, the argument, the known ones.
+    #[error("unknown placeholder {0} in {1:?} (known: {known})", known = .2.join(", "))]
+    UnknownPlaceholder(String, String, Vec<&'static str>),
 }
 
 /// An argv template: non-empty, a real program first, only the `known` placeholders.
-pub fn validate_argv(argv: &[String], known: &[&str]) -> Result<(), String> {
+pub fn validate_argv(argv: &[String], known: &[&'static str]) -> Result<(), ArgvError> {
     let Some(program) = argv.first() else {
-        return Err("the command is empty: give at least the program".into());
+        return Err(ArgvError::Empty);
     };
     if program.contains('{') {
-        return Err(format!("the program {program:?} must not be a placeholder"));
+        return Err(ArgvError::ProgramPlaceholder(program.clone()));
     }
     for arg in argv {
         let mut rest = arg.as_str();
         while let Some(open) = rest.find('{') {
             let Some(close) = rest[open..].find('}') else {
-                return Err(format!("unclosed `{{` in {arg:?}"));
+                return Err(ArgvError::Unclosed(arg.clone()));
             };
             let placeholder = &rest[open..open + close + 1];
             if !known.contains(&placeholder) {
-                return Err(format!(
-                    "unknown placeholder {placeholder} in {arg:?} (known: {})",
-                    known.join(", ")
+                let known = known.to_vec();
+                return Err(ArgvError::UnknownPlaceholder(
+                    placeholder.into(),
+                    arg.clone(),
+                    known,
                 ));
             }
             rest = &rest[open + close + 1..];
@@ -932,25 +960,32 @@ fn invalid(text: &str, origin: &str, span: Range<usize>, message: &str) -> Confi
     }
 }
 
-/// The dotted key whose value is at byte `at`: the table header above plus the key on the line.
+/// The dotted key of the outermost `key = value` around byte `at`, by toml's own spans: the
+/// tables of `[headers]` and of dotted keys (`a.b = 1`) are walked through, the keys of an
+/// inline table are its key's.
 fn key_at(text: &str, at: usize) -> Option<String> {
-    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
-    let line = &text[line_start..line_end];
-    let key = line
-        .split_once('=')
-        .map(|(k, _)| k.trim())
-        .filter(|k| !k.is_empty() && !k.starts_with('['))?;
-    let table = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
-    Some(match table {
-        Some(t) => format!("{t}.{key}"),
-        None => key.to_owned(),
-    })
+    use toml::de::{DeTable, DeValue};
+    // `from`: where the dotted key being walked through began (the range the error may be in).
+    fn find(table: &DeTable<'_>, at: usize, from: Option<usize>) -> Option<Vec<String>> {
+        table.iter().find_map(|(k, v)| {
+            let (key, value) = (k.span(), v.span());
+            let start = from.unwrap_or(key.start);
+            let inner = |t: &DeTable<'_>| {
+                let path = find(t, at, (value == key).then_some(start))?;
+                Some([vec![k.get_ref().to_string()], path].concat())
+            };
+            match v.get_ref() {
+                _ if value.start >= key.end => (start..value.end)
+                    .contains(&at)
+                    .then(|| vec![k.get_ref().to_string()]),
+                DeValue::Table(t) => inner(t),
+                DeValue::Array(items) => items.iter().find_map(|i| inner(i.get_ref().as_table()?)),
+                _ => None,
+            }
+        })
+    }
+    let root = DeTable::parse_recoverable(text).0;
+    find(root.get_ref(), at, None).map(|path| path.join("."))
 }
 
 /// Where the value of `key` in `[table]` is, by toml's own spans (`0..0` when not given).
@@ -1411,6 +1446,19 @@ supervisor = { kind = "docker", socket = "/run/podman/podman.sock" }
         assert!(e.contains("has no `match` condition"), "{e}");
         let e = err("[[instance]]\nname = \"a\"\nmatch = { exe = \"/x\", user = \"bob\" }\n");
         assert!(e.contains("unknown field `user`"), "{e}");
+        // The key by toml's spans: an element on a later line of its array, a dotted key.
+        let e = err("[recovery]\nescalation_hook = [\n  \"/bin/page\",\n  3,\n]\n");
+        assert!(
+            e.starts_with("test.toml:4:3: recovery.escalation_hook: "),
+            "{e}"
+        );
+        let e = err("[daemon]\nring.mib = 4\n");
+        assert!(
+            e.starts_with("test.toml:2:1: daemon.ring.mib: unknown field `ring`"),
+            "{e}"
+        );
+        let e = err("[daemon]\nring_mib = 4\n[detector.latch]\nx = 1\n");
+        assert!(e.starts_with("test.toml:3:"), "a header names no key: {e}");
         let e = err("[detector\n");
         assert!(e.starts_with("test.toml:1:"), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
@@ -1445,6 +1493,29 @@ supervisor = { kind = "docker", socket = "/run/podman/podman.sock" }
             SupervisorSpec::Pm2 {
                 pm2: Some("/opt/pm2/bin/pm2".into())
             }
+        );
+    }
+
+    #[test]
+    fn argv_and_url_errors_are_typed() {
+        assert_eq!(validate_argv(&[], &PLACEHOLDERS), Err(ArgvError::Empty));
+        let argv = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            validate_argv(&argv(&["x", "{a"]), &PLACEHOLDERS),
+            Err(ArgvError::Unclosed("{a".into()))
+        );
+        let e = validate_argv(&argv(&["x", "-{user}"]), &PLACEHOLDERS).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown placeholder {user} in \"-{user}\" (known: {instance}, {unit}, {pid})"
+        );
+        assert_eq!(
+            alertmanager_address("https://am"),
+            Err(UrlError::NotHttp("https://am".into()))
+        );
+        assert_eq!(
+            alertmanager_address("http://u@am"),
+            Err(UrlError::NotHostPort("http://u@am".into()))
         );
     }
 

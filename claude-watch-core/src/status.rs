@@ -40,7 +40,7 @@ pub struct Status {
     pub exchanges: u64,
     /// Whether restarts are disabled.
     pub dry_run: bool,
-    /// New instances refused because too many were tracked ([`super::MAX_INSTANCES`]).
+    /// New instances refused because too many were tracked ([`crate::watch::MAX_INSTANCES`]).
     pub instances_refused: u64,
     /// The host's upstream incident, while one is open.
     pub incident: Option<IncidentStatus>,

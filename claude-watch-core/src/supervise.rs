@@ -125,7 +125,8 @@ impl SystemdRestarter {
     }
 }
 
-/// A [`Restarter`] that restarts the instance's container through the engine on `socket`.
+/// A restarter (the shell's `Restarter`) that restarts the instance's container through the
+/// engine on `socket`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DockerRestarter {
     /// The engine's API socket (Docker's, or a Podman service's).
@@ -208,7 +209,7 @@ impl Default for SignalRestarter {
     }
 }
 
-/// A [`Restarter`] that never acts and says what it would have done.
+/// A restarter (the shell's `Restarter`) that never acts and says what it would have done.
 #[derive(Clone, Debug, Default)]
 pub struct ObserveOnly;
 

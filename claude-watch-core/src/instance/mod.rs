@@ -894,7 +894,7 @@ pub struct Found {
     pub instance: InstanceId,
     /// The release, from the file's banner when it could be read.
     pub release: Option<String>,
-    /// Where it lives: the supervisor that could restart it ([`instance::placement`]).
+    /// Where it lives: the supervisor that could restart it ([`placement`]).
     pub placement: Placement,
     /// The executable discovery read (device and inode of `/proc/<pid>/exe` when opened for
     /// the verdict): a native binary is attached only if its executable is still that file.

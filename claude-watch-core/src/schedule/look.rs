@@ -9,12 +9,14 @@
 //! returns. At most [`MAX_STUCK`] looks may be stuck at once (each holds a blocking thread);
 //! beyond that no new look starts until one returns. A user's queue holds at most
 //! [`MAX_WAITING_PER_USER`] looks; more are dropped and counted (the user's own processes go
-//! unjudged until they exec or send again).
+//! unjudged until they exec or send again), and said at most every [`FULL_SAID_EVERY`]. At
+//! start, the looks may hold readiness back until a deadline ([`LookQueue::settle`]).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::Turns;
+use super::{Throttle, Turns, nanos};
+use crate::time::MonoNs;
 
 /// Looks that run at once (of different users).
 pub const WORKERS: usize = 2;
@@ -27,6 +29,19 @@ pub const MAX_WAITING_PER_USER: usize = 4096;
 /// How long discovery's looks may hold readiness back at start, for all processes together
 /// (the processes running then are judged, and attached, before the daemon says it watches).
 pub const STARTUP_BUDGET: Duration = Duration::from_secs(10);
+/// How often at most the drops of a full queue are said.
+pub const FULL_SAID_EVERY: Duration = Duration::from_secs(10);
+
+/// Where the looks of the start stand ([`LookQueue::settle`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// None waits or runs: the daemon may say it watches.
+    Done,
+    /// Some wait or run: wait for their answers until this deadline at most.
+    Until(MonoNs),
+    /// [`STARTUP_BUDGET`] has passed: the rest are judged after readiness.
+    OutOfTime,
+}
 
 /// The waiting looks (the shell's, `T`) per user, the users' turns, and what runs.
 #[derive(Debug)]
@@ -40,6 +55,10 @@ pub struct LookQueue<T> {
     stuck: usize,
     /// Looks dropped because their user's queue was full.
     dropped: u64,
+    /// When the drops were last said.
+    full_said: Throttle,
+    /// The end of the start's budget, from the first [`Self::settle`].
+    settle_by: Option<MonoNs>,
 }
 
 impl<T> Default for LookQueue<T> {
@@ -50,6 +69,8 @@ impl<T> Default for LookQueue<T> {
             running: 0,
             stuck: 0,
             dropped: 0,
+            full_said: Throttle::default(),
+            settle_by: None,
         }
     }
 }
@@ -116,6 +137,27 @@ impl<T> LookQueue<T> {
     /// Looks dropped for a full queue since the start.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Whether to say the drops now: some since they were last said, which was at least
+    /// [`FULL_SAID_EVERY`] ago.
+    pub fn say_dropped(&mut self, now: MonoNs) -> bool {
+        self.full_said
+            .grew(self.dropped, false, now, FULL_SAID_EVERY)
+    }
+
+    /// At start, where the looks stand at `now`; the first call starts [`STARTUP_BUDGET`].
+    pub fn settle(&mut self, now: MonoNs) -> Settle {
+        let by = *self
+            .settle_by
+            .get_or_insert(now.saturating_add(nanos(STARTUP_BUDGET)));
+        if self.idle() {
+            Settle::Done
+        } else if now >= by {
+            Settle::OutOfTime
+        } else {
+            Settle::Until(by)
+        }
     }
 }
 
@@ -196,5 +238,40 @@ mod tests {
         }
         assert_eq!(q.waiting(), MAX_WAITING_PER_USER);
         assert_eq!(q.dropped(), 10);
+    }
+
+    #[test]
+    fn drops_are_said_at_most_every_period_and_only_new_ones() {
+        const S: MonoNs = 1_000_000_000;
+        let mut q = LookQueue::<(u32, u32)>::default();
+        let full = u32::try_from(MAX_WAITING_PER_USER).unwrap();
+        for pid in 0..full {
+            push(&mut q, pid, 1001);
+        }
+        assert!(!q.say_dropped(0), "nothing dropped yet");
+        assert!(!push(&mut q, full, 1001));
+        assert!(q.say_dropped(S), "the first drop is said");
+        assert!(!push(&mut q, full + 1, 1001));
+        assert!(!q.say_dropped(5 * S), "not again within the period");
+        assert!(q.say_dropped(11 * S), "the period passed, one more dropped");
+        assert!(!q.say_dropped(30 * S), "none dropped since");
+    }
+
+    #[test]
+    fn the_start_waits_for_looks_until_its_budget_ends() {
+        const S: MonoNs = 1_000_000_000;
+        let mut q = LookQueue::<(u32, u32)>::default();
+        push(&mut q, 1, 1001);
+        push(&mut q, 2, 1002);
+        let (_, uid) = q.start().expect("a look");
+        let by = 3 * S + nanos(STARTUP_BUDGET);
+        assert_eq!(q.settle(3 * S), Settle::Until(by), "the budget starts now");
+        q.finished(uid, false);
+        assert_eq!(q.settle(by - 1), Settle::Until(by), "one still waits");
+        assert_eq!(q.settle(by), Settle::OutOfTime);
+        assert_eq!(served(&mut q), vec![2]);
+        assert_eq!(q.settle(by + S), Settle::Done);
+        let mut q = LookQueue::<(u32, u32)>::default();
+        assert_eq!(q.settle(0), Settle::Done, "nothing to look at");
     }
 }

@@ -7,12 +7,13 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::Done;
-use crate::config::alertmanager_address;
+use crate::config::{UrlError, alertmanager_address};
 use crate::discover::engine::parse_answer;
 use crate::watch::Input;
 use crate::watch::fleet::FleetAnswer;
@@ -27,11 +28,8 @@ const ANSWER_MAX: usize = 4 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
     /// The URL is not `http://host[:port][/path]` (the configuration check refuses those).
-    #[error("{url}: not an http://host[:port] URL")]
-    Url {
-        /// The URL.
-        url: String,
-    },
+    #[error(transparent)]
+    Url(#[from] UrlError),
     /// Connecting, writing or reading failed.
     #[error("{url}: {op}")]
     Io {
@@ -43,7 +41,7 @@ pub enum AskError {
         #[source]
         source: std::io::Error,
     },
-    /// No answer within [`ASK_TIMEOUT`].
+    /// No answer within `ASK_TIMEOUT` (3 s).
     #[error("{url}: no answer within {}s", ASK_TIMEOUT.as_secs())]
     Timeout {
         /// The URL.
@@ -102,30 +100,22 @@ async fn ask_all(asking: &Asking) -> FleetAnswer {
     }
 }
 
-/// Percent-encodes a query value.
-fn encode(value: &str) -> String {
-    let mut out = String::new();
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
+/// What a query value keeps as it is: RFC 3986's unreserved characters.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 async fn ask(url: &str, filters: &[String]) -> Result<FleetAnswer, AskError> {
     let io = |op: &'static str| {
         let url = url.to_owned();
         move |source| AskError::Io { url, op, source }
     };
-    let (authority, prefix) = alertmanager_address(url).map_err(|_| AskError::Url {
-        url: url.to_owned(),
-    })?;
+    let (authority, prefix) = alertmanager_address(url)?;
     let mut query = String::from("active=true&silenced=false&inhibited=false");
     for f in filters {
-        let _ = write!(query, "&filter={}", encode(f));
+        let _ = write!(query, "&filter={}", utf8_percent_encode(f, QUERY_VALUE));
     }
     let host = authority
         .rsplit_once(':')
@@ -219,10 +209,29 @@ mod tests {
 
     #[test]
     fn matchers_are_encoded_for_the_query() {
+        let encode = |v: &str| utf8_percent_encode(v, QUERY_VALUE).to_string();
         assert_eq!(
             encode("alertname=\"ClaudeFleetUpstreamIncident\""),
             "alertname%3D%22ClaudeFleetUpstreamIncident%22"
         );
+        // Round trips, whatever the value: `&`, `%`, `+`, spaces, non-ASCII.
+        for value in [
+            "a=~\"x.*\"",
+            "team!=\"a&b\"",
+            "100% + 1",
+            "é ü/?#[]",
+            "-_.~",
+        ] {
+            let encoded = encode(value);
+            assert!(
+                encoded
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~%".contains(&b)),
+                "{encoded}"
+            );
+            let decoded = percent_encoding::percent_decode_str(&encoded).decode_utf8();
+            assert_eq!(decoded.as_deref(), Ok(value));
+        }
     }
 
     #[test]

@@ -761,12 +761,12 @@ impl Daemon {
             let (uid, pid) = (look.uid, look.pid);
             if !self.looks.push(uid, look) {
                 self.front.processes_mut().forget_look(pid);
-                let dropped = self.looks.dropped();
-                // Said at the 1st, 2nd, 4th, 8th ... drop.
-                if dropped.is_power_of_two() {
+                if self.looks.say_dropped(mono_now_ns()) {
                     warn!(
                         uid,
-                        pid, dropped, "a user's queue of looks is full: this process is not judged"
+                        pid,
+                        dropped = self.looks.dropped(),
+                        "a user's queue of looks is full: this process is not judged (dropped: since the start)"
                     );
                 }
             }
@@ -793,19 +793,17 @@ impl Daemon {
     }
 
     /// At start: runs the looks the first scan queued (and those their answers queue), until
-    /// none is left or [`look::STARTUP_BUDGET`] has passed, so that the processes running now
-    /// are found (and attached) before the daemon says it watches.
+    /// none is left or [`look::STARTUP_BUDGET`] has passed ([`LookQueue::settle`] decides), so
+    /// that the processes running now are found (and attached) before the daemon says it
+    /// watches.
     async fn settle_looks(&mut self) {
-        let deadline = tokio::time::Instant::now() + look::STARTUP_BUDGET;
         loop {
             self.start_looks();
-            if self.looks.idle() {
-                return;
-            }
-            match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
-                Ok(Some(done)) => self.on_done(done),
-                Ok(None) => return,
-                Err(_) => {
+            let now = mono_now_ns();
+            let by = match self.looks.settle(now) {
+                look::Settle::Done => return,
+                look::Settle::Until(by) => by,
+                look::Settle::OutOfTime => {
                     warn!(
                         budget_s = look::STARTUP_BUDGET.as_secs(),
                         waiting = self.looks.waiting(),
@@ -813,6 +811,12 @@ impl Daemon {
                     );
                     return;
                 }
+            };
+            let left = Duration::from_nanos(by.saturating_sub(now));
+            match tokio::time::timeout(left, self.done_rx.recv()).await {
+                Ok(Some(done)) => self.on_done(done),
+                Ok(None) => return,
+                Err(_) => {}
             }
         }
     }

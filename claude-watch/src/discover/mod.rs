@@ -178,7 +178,7 @@ enum Recognized {
     Pending,
 }
 
-/// What files are, remembered per [`FileKey`], and what each process was found to be.
+/// What files are, remembered per `FileKey`, and what each process was found to be.
 #[derive(Debug)]
 pub struct Recognizer {
     verdicts: Arc<Mutex<Verdicts>>,

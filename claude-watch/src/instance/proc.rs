@@ -283,7 +283,7 @@ pub fn host_pid(namespace: &str, ns_pid: u32) -> Result<u32, ProcError> {
     })
 }
 
-/// `/proc/<pid>/cgroup` (at most [`MAX_FILE`] bytes).
+/// `/proc/<pid>/cgroup` (at most `MAX_FILE` bytes).
 ///
 /// # Errors
 /// [`ProcError::Read`] when it is gone.
@@ -291,7 +291,7 @@ pub fn cgroup(pid: u32) -> Result<String, ProcError> {
     read_text(pid, "cgroup")
 }
 
-/// `<root>/<pid>/cgroup` (at most [`MAX_FILE`] bytes), decoded lossily: [`cgroup`] under
+/// `<root>/<pid>/cgroup` (at most `MAX_FILE` bytes), decoded lossily: [`cgroup`] under
 /// another `/proc` (discovery's, which tests replace).
 ///
 /// # Errors

@@ -10,6 +10,8 @@
 //! a completed (closed) episode is on disk before the daemon reports it, and an open one is on
 //! disk as its latest snapshot with `end: still_open`.
 //!
+//! [`Episode`]: claude_watch_core::detect::Episode
+//!
 //! # Rotation
 //! Before an append would take `journal.jsonl` past `max_bytes`, it becomes `journal.jsonl.1`
 //! (`.1` becomes `.2` ..., the oldest beyond `keep` is removed) and a fresh file is started.

@@ -144,7 +144,7 @@ impl BlTargets {
 
 /// Instructions in `code` (mapped at `base`) that complete loading one of `targets` into a
 /// register: the `add` of an `adrp`/`add` pair on the same register (at most
-/// [`MAX_ADRP_DISTANCE`] instructions apart), or an `adr`. Sorted by address. Candidates only:
+/// `MAX_ADRP_DISTANCE` instructions apart), or an `adr`. Sorted by address. Candidates only:
 /// [`read_site`] decodes the function up to them and checks the value. Stops after
 /// [`MAX_REFERENCES`] + 1 (the caller refuses a file with more).
 #[must_use]
@@ -505,7 +505,7 @@ impl<'a, 'data> Code<'a, 'data> {
     }
 
     /// Whether the function at `start` calls (or tail-branches to) `callee` within its first
-    /// [`MAX_READ_SPAN`] bytes, before the next function starts.
+    /// `MAX_READ_SPAN` bytes, before the next function starts.
     #[must_use]
     pub fn calls_directly(&self, start: u64, callee: u64) -> bool {
         let Some(code) = self.image.bytes_at(start) else {
@@ -530,7 +530,7 @@ impl<'a, 'data> Code<'a, 'data> {
 
 /// Reads an error site: decodes linearly from the function entry `function` to the reference
 /// `r`, tracking constants (reset at every branch), checks that `r` loads the file name into
-/// the file argument's register (`x3`, or `x2`, see [`argument_layout`]), then follows the path to the `bl` (through at most two unconditional `b` that stay in
+/// the file argument's register (`x3`, or `x2`, see `argument_layout`), then follows the path to the `bl` (through at most two unconditional `b` that stay in
 /// the function, the tail-merged form compilers emit) and reads `w0`, `w2` and `w4` there.
 /// `code_at` gives the bytes at an address.
 #[must_use]

@@ -168,7 +168,7 @@ impl Scanned {
 pub const CALLS_RADIUS: u64 = MAX_FUNCTION_SPAN + MAX_READ_SPAN;
 
 /// How far around a site the identification reads code: its function (at most
-/// [`MAX_FUNCTION_SPAN`] below), the functions it may call within [`MAX_READ_SPAN`], and the
+/// `MAX_FUNCTION_SPAN` below), the functions it may call within `MAX_READ_SPAN`, and the
 /// jumps compilers use to share one `call ERR_put_error` between a function's sites.
 pub const CODE_RADIUS: u64 = 2 * MAX_FUNCTION_SPAN;
 

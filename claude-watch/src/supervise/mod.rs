@@ -437,7 +437,7 @@ pub(crate) fn verify_start_time(pid: u32, expected: Option<u64>) -> Result<(), S
 const MAX_WRAPPERS: usize = 4;
 
 /// Whether `main`, the pid a supervisor says it runs, is `pid` or one of the `ancestors` of
-/// `pid` (nearest first, at most [`MAX_WRAPPERS`] looked at). PID 0 (nothing running) never is.
+/// `pid` (nearest first, at most `MAX_WRAPPERS` looked at). PID 0 (nothing running) never is.
 pub fn is_self_or_wrapper(main: u32, pid: u32, ancestors: &[u32]) -> bool {
     main != 0 && (main == pid || ancestors.iter().take(MAX_WRAPPERS).any(|&a| a == main))
 }

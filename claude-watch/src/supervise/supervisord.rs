@@ -1,6 +1,6 @@
 //! supervisord: its XML-RPC interface over its unix socket (`supervisor.getProcessInfo`, then
-//! `stopProcess` and `startProcess`: the API has no restart call), with a small bounded
-//! request writer and response parser of our own.
+//! `stopProcess` and `startProcess`: the API has no restart call): a small request writer, and
+//! a response parser on quick-xml's events, bounded in size (`MAX_RESPONSE`) and nesting.
 //!
 //! `SUPERVISOR_PROCESS_NAME` / `SUPERVISOR_GROUP_NAME` / `SUPERVISOR_SERVER_URL` in a process's
 //! environment only *suggest* supervisord (any process can set them). So:
@@ -20,6 +20,10 @@ use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
+use quick_xml::escape::{escape, unescape};
+use quick_xml::events::Event;
+use quick_xml::name::QName;
+use quick_xml::reader::Reader;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
 
@@ -109,21 +113,6 @@ pub enum Answer {
     },
 }
 
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// The HTTP request of an XML-RPC call of `method` with `params`.
 pub fn request(method: &str, params: &[Param<'_>]) -> Vec<u8> {
     let mut body = format!(
@@ -134,7 +123,7 @@ pub fn request(method: &str, params: &[Param<'_>]) -> Vec<u8> {
         match p {
             Param::Str(s) => body.push_str(&format!(
                 "<param><value><string>{}</string></value></param>",
-                escape(s)
+                escape(*s)
             )),
             Param::Bool(b) => body.push_str(&format!(
                 "<param><value><boolean>{}</boolean></value></param>",
@@ -166,13 +155,16 @@ pub enum XmlRpcError {
     Status(String),
     /// An element was expected and is not there.
     #[error("expected <{0}>")]
-    Open(&'static str),
+    Open(String),
     /// An element does not end where it should.
     #[error("expected </{0}>")]
-    Close(&'static str),
-    /// Text, a value or an entity runs to the end of the answer.
-    #[error("unterminated {0}")]
-    Unterminated(&'static str),
+    Close(String),
+    /// The answer ends before its elements do.
+    #[error("unterminated answer")]
+    Unterminated,
+    /// Not well-formed XML (quick-xml's words).
+    #[error("bad XML: {0}")]
+    Xml(String),
     /// Values nest deeper than is read.
     #[error("values nested too deep")]
     TooDeep,
@@ -198,203 +190,174 @@ pub fn parse_response(raw: &[u8]) -> Result<Answer, XmlRpcError> {
     if !status.starts_with("HTTP/1.") || code != "200" {
         return Err(XmlRpcError::Status(bounded(status)));
     }
-    let mut c = Cursor { s: body };
-    c.prolog();
-    c.open("methodResponse")?;
-    let answer = if c.try_open("fault") {
-        let v = c.value(0)?;
-        c.close("fault")?;
-        Answer::Fault {
-            code: v
-                .member("faultCode")
-                .and_then(Value::as_int)
-                .unwrap_or_default(),
-            message: v
-                .member("faultString")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-        }
-    } else {
-        c.open("params")?;
-        c.open("param")?;
-        let v = c.value(0)?;
-        c.close("param")?;
-        c.close("params")?;
-        Answer::Value(v)
+    let mut x = Xml {
+        reader: Reader::from_str(body),
+        back: None,
     };
-    c.close("methodResponse")?;
+    x.reader.config_mut().expand_empty_elements = true;
+    x.open("methodResponse")?;
+    let answer = match x.start()?.as_deref() {
+        Some("fault") => {
+            let v = x.value_element(0)?;
+            x.close("fault")?;
+            Answer::Fault {
+                code: v
+                    .member("faultCode")
+                    .and_then(Value::as_int)
+                    .unwrap_or_default(),
+                message: v
+                    .member("faultString")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            }
+        }
+        Some("params") => {
+            x.open("param")?;
+            let v = x.value_element(0)?;
+            x.close("param")?;
+            x.close("params")?;
+            Answer::Value(v)
+        }
+        _ => return Err(XmlRpcError::Open("params".into())),
+    };
+    x.close("methodResponse")?;
     Ok(answer)
 }
 
-/// A position in an XML text: just enough XML for XML-RPC (no attributes, no CDATA).
-struct Cursor<'a> {
-    s: &'a str,
+/// An XML-RPC answer read with quick-xml: elements and their text (entities decoded), the
+/// declaration, comments and processing instructions skipped.
+struct Xml<'a> {
+    reader: Reader<&'a [u8]>,
+    /// An event read and given back.
+    back: Option<Event<'a>>,
 }
 
-impl Cursor<'_> {
-    fn ws(&mut self) {
-        self.s = self.s.trim_start();
-    }
-
-    fn prolog(&mut self) {
-        self.ws();
-        if self.s.starts_with("<?")
-            && let Some(end) = self.s.find("?>")
-        {
-            self.s = &self.s[end + 2..];
+impl<'a> Xml<'a> {
+    fn next(&mut self) -> Result<Event<'a>, XmlRpcError> {
+        if let Some(event) = self.back.take() {
+            return Ok(event);
         }
-    }
-
-    fn try_open(&mut self, tag: &str) -> bool {
-        self.ws();
-        let rest = self
-            .s
-            .strip_prefix('<')
-            .and_then(|r| r.strip_prefix(tag))
-            .and_then(|r| r.strip_prefix('>'));
-        match rest {
-            Some(r) => {
-                self.s = r;
-                true
+        loop {
+            match self.reader.read_event() {
+                Ok(Event::Decl(_) | Event::Comment(_) | Event::PI(_) | Event::DocType(_)) => {}
+                Ok(Event::Eof) => return Err(XmlRpcError::Unterminated),
+                Ok(event) => return Ok(event),
+                Err(e) => return Err(XmlRpcError::Xml(bounded(&e.to_string()))),
             }
-            None => false,
         }
     }
 
-    fn open(&mut self, tag: &'static str) -> Result<(), XmlRpcError> {
-        if self.try_open(tag) {
-            Ok(())
-        } else {
-            Err(XmlRpcError::Open(tag))
-        }
-    }
-
-    fn close(&mut self, tag: &'static str) -> Result<(), XmlRpcError> {
-        self.ws();
-        let rest = self
-            .s
-            .strip_prefix("</")
-            .and_then(|r| r.strip_prefix(tag))
-            .and_then(|r| r.strip_prefix('>'));
-        match rest {
-            Some(r) => {
-                self.s = r;
-                Ok(())
-            }
-            None => Err(XmlRpcError::Close(tag)),
-        }
-    }
-
-    /// Text up to the next `<`, entities decoded.
+    /// The text up to the next tag, entities decoded (empty when there is none).
     fn text(&mut self) -> Result<String, XmlRpcError> {
-        let end = self.s.find('<').ok_or(XmlRpcError::Unterminated("text"))?;
-        let raw = &self.s[..end];
-        self.s = &self.s[end..];
-        unescape(raw)
+        let mut out = String::new();
+        loop {
+            match self.next()? {
+                Event::Text(t) => out.push_str(&t.xml10_content()),
+                Event::CData(t) => out.push_str(&t.xml10_content()),
+                Event::GeneralRef(r) => out.push_str(
+                    &unescape(&format!("&{};", &*r))
+                        .map_err(|_| XmlRpcError::UnknownEntity(bounded(&r)))?,
+                ),
+                tag => {
+                    self.back = Some(tag);
+                    return Ok(out);
+                }
+            }
+        }
     }
 
+    /// The name of the element that starts next, the text before it skipped; `None` when an
+    /// element ends instead.
+    fn start(&mut self) -> Result<Option<String>, XmlRpcError> {
+        self.text()?;
+        match self.next()? {
+            Event::Start(e) => Ok(Some(e.name().as_ref().to_owned())),
+            end => {
+                self.back = Some(end);
+                Ok(None)
+            }
+        }
+    }
+
+    fn open(&mut self, tag: &str) -> Result<(), XmlRpcError> {
+        match self.start()? {
+            Some(name) if name == tag => Ok(()),
+            _ => Err(XmlRpcError::Open(tag.into())),
+        }
+    }
+
+    fn close(&mut self, tag: &str) -> Result<(), XmlRpcError> {
+        self.text()?;
+        match self.next()? {
+            Event::End(e) if e.name().as_ref() == tag => Ok(()),
+            _ => Err(XmlRpcError::Close(tag.into())),
+        }
+    }
+
+    /// A `<value>` element, nested `depth` deep.
+    fn value_element(&mut self, depth: usize) -> Result<Value, XmlRpcError> {
+        self.open("value")?;
+        self.value(depth)
+    }
+
+    /// A value, after its `<value>`, through its `</value>`.
     fn value(&mut self, depth: usize) -> Result<Value, XmlRpcError> {
         if depth > MAX_DEPTH {
             return Err(XmlRpcError::TooDeep);
         }
-        self.open("value")?;
         // Bare text is a string; whitespace before a typed value is not.
-        let text_end = self.s.find('<').ok_or(XmlRpcError::Unterminated("value"))?;
-        let after = &self.s[text_end..];
-        if after.starts_with("</value>") {
-            let text = self.text()?;
+        let text = self.text()?;
+        let Some(tag) = self.start()? else {
             self.close("value")?;
             return Ok(Value::Str(text));
-        }
-        self.ws();
-        let value = if self.try_open("string") {
-            let t = self.text()?;
-            self.close("string")?;
-            Value::Str(t)
-        } else if self.try_open("int") || self.try_open("i4") {
-            let t = self.text()?;
-            let v = t
-                .trim()
-                .parse()
-                .map_err(|_| XmlRpcError::BadInt(bounded(&t)))?;
-            self.close_either("int", "i4")?;
-            Value::Int(v)
-        } else if self.try_open("boolean") {
-            let t = self.text()?;
-            self.close("boolean")?;
-            Value::Bool(t.trim() == "1")
-        } else if self.try_open("struct") {
-            let mut members = Vec::new();
-            while self.try_open("member") {
-                self.open("name")?;
-                let name = self.text()?;
-                self.close("name")?;
-                let v = self.value(depth + 1)?;
-                self.close("member")?;
-                members.push((name, v));
-            }
-            self.close("struct")?;
-            Value::Struct(members)
-        } else if self.try_open("array") {
-            self.open("data")?;
-            let mut items = Vec::new();
-            loop {
-                self.ws();
-                if !self.s.starts_with("<value>") {
-                    break;
-                }
-                items.push(self.value(depth + 1)?);
-            }
-            self.close("data")?;
-            self.close("array")?;
-            Value::Array(items)
-        } else {
-            // A scalar type we do not read: skip to its end.
-            let end = self
-                .s
-                .find("</value>")
-                .ok_or(XmlRpcError::Unterminated("value"))?;
-            self.s = &self.s[end..];
-            Value::Other
         };
+        let value = match tag.as_str() {
+            "string" => Value::Str(self.text()?),
+            "int" | "i4" => {
+                let t = self.text()?;
+                let int = t.trim().parse();
+                Value::Int(int.map_err(|_| XmlRpcError::BadInt(bounded(&t)))?)
+            }
+            "boolean" => Value::Bool(self.text()?.trim() == "1"),
+            "struct" => {
+                let mut members = Vec::new();
+                while let Some(member) = self.start()? {
+                    if member != "member" {
+                        return Err(XmlRpcError::Open("member".into()));
+                    }
+                    self.open("name")?;
+                    let name = self.text()?;
+                    self.close("name")?;
+                    members.push((name, self.value_element(depth + 1)?));
+                    self.close("member")?;
+                }
+                Value::Struct(members)
+            }
+            "array" => {
+                self.open("data")?;
+                let mut items = Vec::new();
+                while let Some(item) = self.start()? {
+                    if item != "value" {
+                        return Err(XmlRpcError::Open("value".into()));
+                    }
+                    items.push(self.value(depth + 1)?);
+                }
+                self.close("data")?;
+                Value::Array(items)
+            }
+            // A type we do not read (`<double>`, `<base64>`, ...): skipped to its end.
+            _ => {
+                let skipped = self.reader.read_to_end(QName(&tag));
+                skipped.map_err(|e| XmlRpcError::Xml(bounded(&e.to_string())))?;
+                self.close("value")?;
+                return Ok(Value::Other);
+            }
+        };
+        self.close(&tag)?;
         self.close("value")?;
         Ok(value)
     }
-
-    fn close_either(&mut self, a: &'static str, b: &'static str) -> Result<(), XmlRpcError> {
-        self.close(a).or_else(|_| self.close(b))
-    }
-}
-
-fn unescape(raw: &str) -> Result<String, XmlRpcError> {
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(at) = rest.find('&') {
-        out.push_str(&rest[..at]);
-        let end = rest[at..]
-            .find(';')
-            .ok_or(XmlRpcError::Unterminated("entity"))?;
-        let entity = &rest[at + 1..at + end];
-        let c = match entity {
-            "lt" => '<',
-            "gt" => '>',
-            "amp" => '&',
-            "quot" => '"',
-            "apos" => '\'',
-            e => e
-                .strip_prefix("#x")
-                .map(|h| u32::from_str_radix(h, 16))
-                .or_else(|| e.strip_prefix('#').map(str::parse))
-                .and_then(Result::ok)
-                .and_then(char::from_u32)
-                .ok_or_else(|| XmlRpcError::UnknownEntity(bounded(e)))?,
-        };
-        out.push(c);
-        rest = &rest[at + end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 /// The listening unix sockets among `inodes` in the content of a `/proc/<pid>/net/unix`
@@ -774,6 +737,49 @@ mod tests {
         assert_eq!(
             parse_response(array.as_bytes()).unwrap(),
             Answer::Value(Value::Array(vec![Value::Int(1), Value::Other]))
+        );
+    }
+
+    #[test]
+    fn comments_cdata_and_empty_elements_are_xml_too_and_errors_say_which() {
+        let answer = |xml: &str| parse_response(format!("HTTP/1.0 200 OK\r\n\r\n{xml}").as_bytes());
+        let ok = "<?xml version='1.0'?><!-- c --><methodResponse><params><param><value><struct>\
+                  <member><name>a</name><value><string><![CDATA[<x>]]></string></value></member>\
+                  <member><name>b</name><value><string/></value></member>\
+                  </struct></value></param></params></methodResponse>";
+        let Ok(Answer::Value(v)) = answer(ok) else {
+            panic!("{:?}", answer(ok))
+        };
+        assert_eq!(v.member("a"), Some(&Value::Str("<x>".into())));
+        assert_eq!(v.member("b"), Some(&Value::Str(String::new())));
+        let value = |v: &str| {
+            answer(&format!(
+                "<methodResponse><params><param>{v}</param></params></methodResponse>"
+            ))
+        };
+        assert_eq!(
+            value("<value>&bogus;</value>"),
+            Err(XmlRpcError::UnknownEntity("bogus".into()))
+        );
+        assert!(matches!(
+            value("<value><string>x</int></value>"),
+            Err(XmlRpcError::Xml(_))
+        ));
+        let deep = format!(
+            "{}{}",
+            "<value><array><data>".repeat(9),
+            "</data></array></value>".repeat(9)
+        );
+        assert!(value(&deep).is_ok(), "{:?}", value(&deep));
+        let deeper = format!(
+            "{}{}",
+            "<value><array><data>".repeat(10),
+            "</data></array></value>".repeat(10)
+        );
+        assert_eq!(value(&deeper), Err(XmlRpcError::TooDeep));
+        assert_eq!(
+            answer("<methodResponse><params>"),
+            Err(XmlRpcError::Unterminated)
         );
     }
 
