@@ -75,7 +75,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::detect::MonoNs;
+use crate::detect::{MonoNs, Recovery};
 use crate::instance::{IdSource, InstanceId};
 use crate::time::WallClock;
 
@@ -263,11 +263,15 @@ struct Instance {
     tries: u32,
     /// Its owner (uid): restarts are one at a time per owner, and incidents are an owner's.
     owner: u32,
+    /// When its latest restart began (ours handed out, or one by something else), until the
+    /// new process answers or the restart fails: the detector's restart boundary.
+    boundary: Option<MonoNs>,
 }
 
 impl Instance {
     fn new(backoff: Duration) -> Self {
         Self {
+            boundary: None,
             phase: Phase::Idle,
             latched_at: None,
             since: None,
@@ -386,34 +390,39 @@ impl Policy {
     }
 
     /// Replaces the tunables (configuration reload); running windows keep their deadlines.
-    /// Returns the instances released from `GaveUp` when `give_up` was turned off (the caller
-    /// lets the detector see their 401s again).
-    pub fn set_config(&mut self, config: PolicyConfig) -> Vec<InstanceId> {
-        let released = if config.give_up {
-            Vec::new()
-        } else {
-            self.instances
-                .iter_mut()
-                .filter(|(_, i)| i.phase == Phase::GaveUp)
-                .map(|(id, i)| {
-                    *i = Instance::new(config.initial_backoff);
-                    id.clone()
-                })
-                .collect()
-        };
+    /// With `give_up` turned off, the instances given up on are released: their next 401s
+    /// open a window again.
+    pub fn set_config(&mut self, config: PolicyConfig) {
+        for (id, i) in &mut self.instances {
+            if !config.give_up && i.phase == Phase::GaveUp {
+                tracing::info!(instance = %id, "give_up is off: the instance given up on is watched again");
+                *i = Instance::new(config.initial_backoff);
+            }
+        }
         if !config.canary
             && let Some(incident) = self.incident.take()
         {
             self.release(incident, None);
         }
         self.config = config;
-        released
     }
 
     /// The phase of `instance`, `None` when the policy has never heard of it.
     #[must_use]
     pub fn phase(&self, instance: &InstanceId) -> Option<Phase> {
         self.instances.get(instance).map(|i| i.phase)
+    }
+
+    /// What the detector needs of `instance`'s recovery: its restart boundary, and whether
+    /// restarts gave up on it.
+    #[must_use]
+    pub fn recovery(&self, instance: &InstanceId) -> Recovery {
+        self.instances
+            .get(instance)
+            .map_or_else(Recovery::default, |i| Recovery {
+                boundary: i.boundary,
+                gave_up: i.phase == Phase::GaveUp,
+            })
     }
 
     /// Restarts of `instance` since its last confirmed recovery.
@@ -427,14 +436,6 @@ impl Policy {
         self.instances
             .iter()
             .filter(|(_, i)| i.phase.unhealed())
-            .map(|(id, _)| id)
-    }
-
-    /// The instances restarts gave up on (`give_up`), waiting for a non-401 answer.
-    pub fn gave_up(&self) -> impl Iterator<Item = &InstanceId> {
-        self.instances
-            .iter()
-            .filter(|(_, i)| i.phase == Phase::GaveUp)
             .map(|(id, _)| id)
     }
 
@@ -535,6 +536,7 @@ impl Policy {
         if give_up {
             i.phase = Phase::GaveUp;
             i.not_before = None;
+            i.boundary = None;
             self.free_slot(instance);
         }
         tracing::warn!(instance = %instance, restarts = self.restarts(instance), give_up, "restarts did not heal: escalating");
@@ -642,6 +644,7 @@ impl Policy {
                 let i = self.entry(m);
                 i.phase = Phase::GaveUp;
                 i.not_before = None;
+                i.boundary = None;
                 i.escalated.get_or_insert(now);
             }
         }
@@ -760,6 +763,8 @@ impl Policy {
     pub fn latched(&mut self, instance: &InstanceId, now: MonoNs) {
         let i = self.entry(instance);
         i.healthy_since = None;
+        // Its old process counts again, as the new one does.
+        i.boundary = None;
         match i.phase {
             Phase::Idle => {
                 i.phase = Phase::Latched;
@@ -809,6 +814,7 @@ impl Policy {
         if i.phase == Phase::Latched {
             i.phase = Phase::Recovering { since: now };
             i.restarts += 1;
+            i.boundary = Some(now);
         }
     }
 
@@ -823,6 +829,10 @@ impl Policy {
         let Some(i) = self.instances.get_mut(instance) else {
             return;
         };
+        if result.is_err() {
+            // It did not happen (even one that timed out already): the old process counts.
+            i.boundary = None;
+        }
         if !matches!(i.phase, Phase::Restarting { .. }) {
             return;
         }
@@ -910,10 +920,12 @@ impl Policy {
                 // The detector counts only processes started since the restart was handed
                 // out: the new process answered before the supervisor did.
                 i.accepted_early = true;
+                i.boundary = None;
                 return None;
             }
             _ => None,
         };
+        i.boundary = None;
         i.phase = Phase::Idle;
         i.latched_at = None;
         i.since = None;
@@ -1036,6 +1048,7 @@ impl Policy {
             let in_incident = self.in_incident(&id);
             let i = self.entry(&id);
             i.phase = Phase::Restarting { since: now };
+            i.boundary = Some(now);
             i.latched_at = None;
             let owner = i.owner;
             if in_incident {
@@ -1250,6 +1263,7 @@ impl Policy {
                     accepted_early: false,
                     tries: s.tries,
                     owner: s.owner,
+                    boundary: None,
                 };
                 (id, instance)
             })

@@ -661,9 +661,8 @@ fn turning_give_up_off_releases_the_instances_given_up_on() {
     p.latched(&a, T0);
     restart_and_relatch(&mut p, "a", T0);
     assert_eq!(p.phase(&a), Some(Phase::GaveUp));
-    let released = p.set_config(PolicyConfig::default());
-    assert_eq!(released, std::slice::from_ref(&a));
-    assert_eq!(p.phase(&a), Some(Phase::Idle));
+    p.set_config(PolicyConfig::default());
+    assert_eq!(p.phase(&a), Some(Phase::Idle), "released");
 }
 
 #[test]

@@ -270,7 +270,11 @@ impl Rig<'_> {
                         self.done_throttles.push(t);
                     }
                 }
-                Event::StateChanged { .. } | Event::TierThrottle { .. } => {}
+                Event::StateChanged { .. }
+                | Event::TierThrottle { .. }
+                | Event::Rejected { .. }
+                | Event::Accepted { .. }
+                | Event::RestartedElsewhere { .. } => {}
             }
         }
     }
