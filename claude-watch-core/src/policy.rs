@@ -347,8 +347,6 @@ pub struct RecoveryView {
     pub in_incident: bool,
     /// Whether it is the incident's canary now.
     pub canary: bool,
-    /// Whether restarts stopped (`give_up`).
-    pub gave_up: bool,
 }
 
 /// What status shows of the open incident.
@@ -417,12 +415,11 @@ impl Policy {
     /// restarts gave up on it.
     #[must_use]
     pub fn recovery(&self, instance: &InstanceId) -> Recovery {
-        self.instances
-            .get(instance)
-            .map_or_else(Recovery::default, |i| Recovery {
-                boundary: i.boundary,
-                gave_up: i.phase == Phase::GaveUp,
-            })
+        let i = self.instances.get(instance);
+        Recovery {
+            boundary: i.and_then(|i| i.boundary),
+            gave_up: i.is_some_and(|i| i.phase == Phase::GaveUp),
+        }
     }
 
     /// Restarts of `instance` since its last confirmed recovery.
@@ -468,7 +465,6 @@ impl Policy {
             escalated: i.escalated.or(incident.and_then(|inc| inc.escalated)),
             in_incident: incident.is_some(),
             canary,
-            gave_up: i.phase == Phase::GaveUp,
         }
     }
 

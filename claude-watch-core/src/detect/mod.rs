@@ -225,8 +225,6 @@ pub enum Event {
         instance: InstanceId,
         /// The new process.
         pid: u32,
-        /// When.
-        at_ns: MonoNs,
     },
     /// An accepted answer of an instance restarts gave up on (a latched instance's ends its
     /// episode instead: [`EpisodeEnd::SelfRecovered`], or past a restart boundary
@@ -238,8 +236,6 @@ pub enum Event {
         pid: u32,
         /// The answer's status.
         status: u16,
-        /// When.
-        at_ns: MonoNs,
     },
     /// Something else restarted the latched instance: its last process exited, and a new
     /// process of the same instance started within [`RESTART_ELSEWHERE_GRACE`]. The episode
@@ -251,8 +247,6 @@ pub enum Event {
         old_pid: u32,
         /// The new process.
         pid: u32,
-        /// When.
-        at_ns: MonoNs,
     },
     /// A model of the instance got its first 429 of a throttle.
     ModelThrottled {
@@ -576,16 +570,6 @@ impl Instance {
         .with_401(pid, ex)
     }
 
-    /// A restart began (ours, or one by something else): the episode counts it.
-    fn count_restart(&mut self, now: MonoNs, out: &mut Vec<Event>) {
-        self.last_restart_ns = Some(now);
-        self.orphaned = None;
-        if let Some(w) = self.window.as_mut() {
-            w.restarts += 1;
-            out.push(Event::EpisodeUpdated((**w).clone()));
-        }
-    }
-
     fn close(&mut self, end: EpisodeEnd, ended_ms: Option<u64>, out: &mut Vec<Event>) {
         if let Some(mut ep) = self.window.take() {
             ep.end = end;
@@ -729,7 +713,18 @@ impl Instance {
         let model = ex.model.as_deref().unwrap_or("unknown");
         match answer(ex.status) {
             Answer::Rejected if rec.gave_up => {}
-            Answer::Rejected => self.on_401(pid, ex, rules.host.as_ref(), boundary, &mut out),
+            Answer::Rejected => {
+                // A 401 past the boundary (the latched instance's restarted process): the
+                // restart did not heal.
+                if boundary.is_some() {
+                    tracing::info!(instance = %self.id, pid, "401 to the restarted pid");
+                    out.push(Event::Rejected {
+                        instance: self.id.clone(),
+                        pid,
+                    });
+                }
+                self.on_401(pid, ex, rules.host.as_ref(), &mut out);
+            }
             Answer::Accepted => {
                 self.on_throttle_signal(model, ex.status, ex.mono_ns, &mut out);
                 self.on_accepted(pid, ex, rec, &mut out);
@@ -741,14 +736,7 @@ impl Instance {
         out
     }
 
-    fn on_401(
-        &mut self,
-        pid: u32,
-        ex: &Exchange,
-        host: Option<&String>,
-        boundary: Option<MonoNs>,
-        out: &mut Vec<Event>,
-    ) {
+    fn on_401(&mut self, pid: u32, ex: &Exchange, host: Option<&String>, out: &mut Vec<Event>) {
         match self.state {
             State::Healthy => {
                 self.window = Some(Box::new(self.new_window(pid, ex, host)));
@@ -773,16 +761,6 @@ impl Instance {
             State::Latched => {
                 if let Some(w) = self.window.as_mut() {
                     w.add_401(pid, ex);
-                }
-                if boundary.is_some() {
-                    tracing::info!(instance = %self.id, pid, "401 to the restarted pid: the restart did not heal");
-                    out.push(Event::Rejected {
-                        instance: self.id.clone(),
-                        pid,
-                        at_ns: ex.mono_ns,
-                    });
-                }
-                if let Some(w) = &self.window {
                     out.push(Event::EpisodeUpdated((**w).clone()));
                 }
             }
@@ -795,12 +773,14 @@ impl Instance {
             status: ex.status,
         };
         match self.state {
-            State::Healthy if rec.gave_up => out.push(Event::Accepted {
-                instance: self.id.clone(),
-                pid,
-                status: ex.status,
-                at_ns: ex.mono_ns,
-            }),
+            State::Healthy if rec.gave_up => {
+                tracing::info!(instance = %self.id, pid, status = ex.status, "accepted answer of an instance given up on");
+                out.push(Event::Accepted {
+                    instance: self.id.clone(),
+                    pid,
+                    status: ex.status,
+                });
+            }
             State::Healthy => {}
             State::Suspect => {
                 self.window = None;
@@ -995,12 +975,17 @@ impl Instance {
         self.window = Some(Box::new(episode));
     }
 
-    /// The recovery machine started restarting it (its boundary is `now` from then on): the
-    /// open episode counts the restart. Ignored unless latched.
+    /// A restart of it began (the recovery machine's, its boundary `now` from then on, or one
+    /// by something else): the open episode counts it. Ignored unless latched.
     pub fn restart_started(&mut self, now: MonoNs) -> Vec<Event> {
         let mut out = Vec::new();
         if self.state == State::Latched {
-            self.count_restart(now, &mut out);
+            self.last_restart_ns = Some(now);
+            self.orphaned = None;
+            if let Some(w) = self.window.as_mut() {
+                w.restarts += 1;
+                out.push(Event::EpisodeUpdated((**w).clone()));
+            }
         }
         out
     }
@@ -1024,12 +1009,11 @@ impl Instance {
             // the episode goes on, this restart counts, and the new process's own answer
             // decides, as after a restart of ours.
             tracing::info!(instance = %self.id, old_pid, pid, "restarted by something else");
-            self.count_restart(now, &mut out);
+            out = self.restart_started(now);
             out.push(Event::RestartedElsewhere {
                 instance: self.id.clone(),
                 old_pid,
                 pid,
-                at_ns: now,
             });
         }
         out
@@ -1176,14 +1160,11 @@ impl Detector {
         out
     }
 
-    /// A restart of `instance` began (see [`Instance::restart_started`]): its boundary is `now`.
+    /// A restart of latched `instance` began (see [`Instance::restart_started`]): its
+    /// boundary is `now`.
     pub fn restart_started(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
-        let events = self.inst(instance).0.restart_started(now);
-        // Latched: the episode counted it.
-        if !events.is_empty() {
-            self.boundaries.insert(instance.clone(), now);
-        }
-        events
+        self.boundaries.insert(instance.clone(), now);
+        self.inst(instance).0.restart_started(now)
     }
 
     /// See [`Instance::process_started`].

@@ -737,7 +737,6 @@ impl Watch {
             model: model_label(exchange.model.as_deref()),
         }));
         let api_call = crate::detect::is_api_call(exchange);
-        let rec = self.policy.recovery(&id);
         let record = self.records.get_mut(&id).expect("admitted");
         if api_call {
             record.last_seen = Some(LastSeen {
@@ -745,12 +744,11 @@ impl Watch {
                 ts_ms: exchange.ts_ms,
             });
         }
-        let events = record
-            .detection
-            .observe(&mut self.rules, exchange.pid, exchange, now, rec);
         let recheck = api_call && std::mem::take(&mut record.recheck);
-        let latched = record.detection.state() == State::Latched;
-        self.on_events(events, now, out);
+        self.detect(&id, now, out, |d, rules, rec| {
+            d.observe(rules, exchange.pid, exchange, now, rec)
+        });
+        let latched = self.records[&id].detection.state() == State::Latched;
         if recheck && exchange.status == 401 && latched && self.acts(&id) {
             info!(instance = %id, "the resumed episode's instance still gets 401: latched");
             self.latch(&id, now);
@@ -867,11 +865,11 @@ impl Watch {
         id: &InstanceId,
         now: MonoNs,
         out: &mut Vec<Effect>,
-        f: impl FnOnce(&mut detect::Instance, &detect::Rules, detect::Recovery) -> Vec<Event>,
+        f: impl FnOnce(&mut detect::Instance, &mut detect::Rules, detect::Recovery) -> Vec<Event>,
     ) {
         let rec = self.policy.recovery(id);
         let record = Record::of(&mut self.records, id);
-        let events = f(&mut record.detection, &self.rules, rec);
+        let events = f(&mut record.detection, &mut self.rules, rec);
         self.on_events(events, now, out);
     }
 

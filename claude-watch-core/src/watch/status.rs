@@ -11,9 +11,6 @@ use super::Watch;
 use crate::detect::{MonoNs, State};
 use crate::instance::Placement;
 
-/// The state of an instance escalated (restarts gave up, or a notice was given).
-const ESCALATED: &str = "escalated";
-
 /// Every instance's status at `now`: live processes, detector state, recovery phase and
 /// supervisor merged. The state is the detector's window (healthy, suspect, latched) as
 /// recovery qualifies it: `recovering` while latched past a restart boundary, `escalated`
@@ -50,7 +47,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         let s = record.detection.status();
         let rec = watch.policy.recovery(id);
         view.state = match s.state {
-            _ if rec.gave_up => ESCALATED,
+            _ if rec.gave_up => "escalated",
             State::Latched if rec.boundary.is_some() => "recovering",
             // No answer of its own was ever seen: nothing says it is healthy.
             State::Healthy if record.last_seen.is_none() => "observed",
@@ -125,7 +122,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         }
         if let Some(Placement::ClaudeBg(bg)) = &record.placement {
             let cwd = bg.cwd.as_ref().map(|c| c.display().to_string());
-            if view.state == ESCALATED {
+            if view.state == "escalated" {
                 view.advice = Some(bg_escalation_advice(&bg.short_id, cwd.as_deref()));
             }
             view.background = Some(BackgroundView {
@@ -162,7 +159,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         {
             // A notice was given and restarts go on: escalated until a confirmed recovery,
             // whatever the restart in between (an alert on the state must not flap).
-            view.state = ESCALATED.to_owned();
+            view.state = "escalated".to_owned();
         }
         if recovery.in_incident {
             view.incident = incident.as_ref().map(|i| i.id.clone());

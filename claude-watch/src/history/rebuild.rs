@@ -270,11 +270,8 @@ impl Rig<'_> {
                         self.done_throttles.push(t);
                     }
                 }
-                Event::StateChanged { .. }
-                | Event::TierThrottle { .. }
-                | Event::Rejected { .. }
-                | Event::Accepted { .. }
-                | Event::RestartedElsewhere { .. } => {}
+                // State changes, tier throttles, a restart's answers: nothing to record.
+                _ => {}
             }
         }
     }
