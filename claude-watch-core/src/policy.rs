@@ -1,4 +1,5 @@
-//! The recovery policy, sans-IO: fed what the detector and the restarter report plus the
+//! The recovery policy, sans-IO, the one recovery lifecycle of every instance (the detector
+//! keeps only evidence): fed what the detector and the restarter report plus the
 //! monotonic clock, it answers with [`Action`]s ([`Policy::poll`]). It never reads the time or
 //! touches a process itself; [`Policy::next_deadline`] says when the clock alone will change
 //! something.
@@ -31,6 +32,11 @@
 //!   restarted (`Phase::GaveUp`) until it answers non-401 on its own.
 //! - Supervisor failures and restarts that time out are held behind the same growing quiet
 //!   window; they are not restarts and say nothing about the upstream window.
+//! - The detector is told what it needs of this lifecycle with every call
+//!   ([`Policy::recovery`]): the restart boundary, from a restart's hand-out (or a restart by
+//!   something else, [`Policy::restarted_elsewhere`]) until the new process gets 401, the
+//!   restart fails or recovery ends (only processes started since count, and their answers say
+//!   whether it healed), and whether restarts gave up (its 401s then open no window).
 //!
 //! # An upstream incident: one canary
 //!
@@ -800,17 +806,23 @@ impl Policy {
     }
 
     /// Something else restarted latched `instance` (its process exited and a new one of the
-    /// instance started): a restart as ours are, awaiting the new process's own answer, so a
-    /// rejection counts toward the escalation. Ignored unless it waits latched (a restart of
-    /// ours under way is the one that counts).
+    /// instance started): its restart boundary is `now`, and when it waits latched it is a
+    /// restart as ours are, awaiting the new process's own answer, so a rejection counts
+    /// toward the escalation (a restart of ours under way is the one that counts).
     pub fn restarted_elsewhere(&mut self, instance: &InstanceId, now: MonoNs) {
-        let Some(i) = self.instances.get_mut(instance) else {
-            return;
-        };
+        let i = self.entry(instance);
+        i.boundary = Some(now);
         if i.phase == Phase::Latched {
             i.phase = Phase::Recovering { since: now };
             i.restarts += 1;
-            i.boundary = Some(now);
+        }
+    }
+
+    /// The restarted process of `instance`, which nothing recovers (its supervisor does not
+    /// act), got 401: past its restart boundary.
+    pub fn boundary_passed(&mut self, instance: &InstanceId) {
+        if let Some(i) = self.instances.get_mut(instance) {
+            i.boundary = None;
         }
     }
 

@@ -1086,9 +1086,7 @@ impl Instance {
             self.window = None;
             self.state = State::Healthy;
         } else if let Some(w) = self.window.as_mut() {
-            if w.escalated_ms.is_none() {
-                w.escalated_ms = rules.wall_ms(now);
-            }
+            w.escalated_ms = w.escalated_ms.or(rules.wall_ms(now));
             out.push(Event::EpisodeUpdated((**w).clone()));
         }
         out

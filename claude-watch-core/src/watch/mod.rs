@@ -10,8 +10,8 @@
 //!  tick / restart result / hook result / reload ────────► Input::{Tick, Restart…, Reload}
 //!                                                             │
 //!                        ┌───────────────── Watch ────────────▼──────────────────────────┐
-//!                        │ Detector (latch?) ──events──► Policy (restart? wait? give up?) │
-//!                        │      one InstanceId per instance, one MonoNs clock            │
+//!                        │ Detector (evidence) ──events──► Policy (the lifecycle)         │
+//!                        │   ◄── Recovery (boundary, given up); one MonoNs clock          │
 //!                        └────────────────────────────┬──────────────────────────────────┘
 //!                                                     ▼
 //!   Effect::{Attach, Detach, Inspect, Restart, RunHook, Journal, SaveRecovery, Metric, Publish}
@@ -19,11 +19,12 @@
 //!
 //! What lives where:
 //! - [`front`]: kernel records to inputs (pairing, exec and exit dispatch), shared with `trace`;
-//! - [`crate::detect`]: what counts as a latch, a recovery, a throttle;
-//! - [`policy`]: when to restart, how long to wait, when to give up;
-//! - this module: how the two are joined (the detector's state changes drive the policy, the
-//!   policy's actions drive the detector), the restart target, the journal and metrics each
-//!   decision produces, resumed episodes;
+//! - [`crate::detect`]: the evidence: what counts as a latch, a recovery, a throttle;
+//! - [`policy`]: the one recovery lifecycle: when to restart, how long to wait, when to give
+//!   up, and the restart boundary the detector is given with every call;
+//! - this module: how evidence reaches the lifecycle (the detector's events feed the policy;
+//!   the restarts and escalations it decides are recorded in the open episode), the restart
+//!   target, the journal and metrics each decision produces, resumed episodes;
 //! - [`status`]: the status every instance shows (detector, policy and processes merged).
 //!
 //! Wall time appears only where a person or a file needs it: journal records and the persisted
@@ -1034,12 +1035,7 @@ impl Watch {
                     to: State::Healthy,
                     reason,
                     ..
-                } => self.recovered(
-                    &instance,
-                    matches!(reason, Reason::Accepted { .. }),
-                    now,
-                    out,
-                ),
+                } => self.recovered(&instance, &reason, now, out),
                 Event::StateChanged { .. } => {}
                 Event::EpisodeOpened(episode) => {
                     let id = InstanceId::from_saved(&episode.instance, episode.unit.as_deref());
@@ -1054,7 +1050,11 @@ impl Watch {
                 }
                 Event::EpisodeUpdated(episode) => self.journal_episode(episode, now, out),
                 Event::Rejected { instance, .. } => self.on_latch(&instance, now, out),
-                Event::Accepted { instance, .. } => self.recovered(&instance, true, now, out),
+                Event::Accepted {
+                    instance,
+                    pid,
+                    status,
+                } => self.recovered(&instance, &Reason::Accepted { pid, status }, now, out),
                 Event::RestartedElsewhere {
                     instance,
                     old_pid,
@@ -1128,6 +1128,7 @@ impl Watch {
                 self.supervisor(instance).kind()
             };
             warn!(instance = %instance, supervisor, "latched; not restarting (observe-only)");
+            self.policy.boundary_passed(instance);
         }
     }
 
@@ -1140,21 +1141,15 @@ impl Watch {
         }
     }
 
-    /// `instance`'s episode ended, or its give-up: recovery ends (a confirmed recovery when
-    /// its restarted process answered), counted when an `accepted` answer ended it.
-    fn recovered(
-        &mut self,
-        instance: &InstanceId,
-        accepted: bool,
-        now: MonoNs,
-        out: &mut Vec<Effect>,
-    ) {
-        if let Some(ttr) = self.policy.recovered(instance, now) {
+    /// `id`'s episode ended, or its give-up, `why`: recovery ends (a confirmed recovery when
+    /// its restarted process answered), counted when an accepted answer ended it.
+    fn recovered(&mut self, id: &InstanceId, why: &Reason, now: MonoNs, out: &mut Vec<Effect>) {
+        if let Some(ttr) = self.policy.recovered(id, now) {
             out.push(Effect::Metric(Metric::RecoverySeconds(ttr.as_secs_f64())));
         }
-        if accepted {
+        if matches!(why, Reason::Accepted { .. }) {
             out.push(Effect::Metric(Metric::Recovery {
-                agent: instance.name.clone(),
+                agent: id.name.clone(),
             }));
         }
         self.save(out);
