@@ -767,6 +767,8 @@ impl Watch {
             .filter(|(_, r)| r.detection.state() == State::Latched)
             .map(|(id, _)| id.clone())
             .filter(|id| matches!(self.policy.phase(id), None | Some(Phase::Idle)))
+            // Not one restarted by something else, awaiting its new process's answer.
+            .filter(|id| self.policy.recovery(id).boundary.is_none())
             .collect();
         let mut adopted = false;
         for id in latched {
