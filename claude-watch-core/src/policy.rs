@@ -270,7 +270,8 @@ struct Instance {
     /// Its owner (uid): restarts are one at a time per owner, and incidents are an owner's.
     owner: u32,
     /// When its latest restart began (ours handed out, or one by something else), until the
-    /// new process answers or the restart fails: the detector's restart boundary.
+    /// new process gets 401, the restart fails or recovery ends: the detector's restart
+    /// boundary.
     boundary: Option<MonoNs>,
 }
 
