@@ -1344,7 +1344,7 @@ impl Watch {
                 r.placement = None;
                 r.binary = None;
                 r.last_seen = None;
-                if r.detection.at_rest() && self.policy.at_rest(&named) {
+                if self.at_rest(&named) {
                     self.forget(&named);
                 } else {
                     self.idle(&named, now);
