@@ -1,4 +1,5 @@
-//! The recovery policy, sans-IO: fed what the detector and the restarter report plus the
+//! The recovery policy, sans-IO, the one recovery lifecycle of every instance (the detector
+//! keeps only evidence): fed what the detector and the restarter report plus the
 //! monotonic clock, it answers with [`Action`]s ([`Policy::poll`]). It never reads the time or
 //! touches a process itself; [`Policy::next_deadline`] says when the clock alone will change
 //! something.
@@ -31,6 +32,11 @@
 //!   restarted (`Phase::GaveUp`) until it answers non-401 on its own.
 //! - Supervisor failures and restarts that time out are held behind the same growing quiet
 //!   window; they are not restarts and say nothing about the upstream window.
+//! - The detector is told what it needs of this lifecycle with every call
+//!   ([`Policy::recovery`]): the restart boundary, from a restart's hand-out (or a restart by
+//!   something else, [`Policy::restarted_elsewhere`]) until the new process gets 401, the
+//!   restart fails or recovery ends (only processes started since count, and their answers say
+//!   whether it healed), and whether restarts gave up (its 401s then open no window).
 //!
 //! # An upstream incident: one canary
 //!
@@ -75,7 +81,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::detect::MonoNs;
+use crate::detect::{MonoNs, Recovery};
 use crate::instance::{IdSource, InstanceId};
 use crate::time::WallClock;
 
@@ -263,11 +269,16 @@ struct Instance {
     tries: u32,
     /// Its owner (uid): restarts are one at a time per owner, and incidents are an owner's.
     owner: u32,
+    /// When its latest restart began (ours handed out, or one by something else), until the
+    /// new process gets 401, the restart fails or recovery ends: the detector's restart
+    /// boundary.
+    boundary: Option<MonoNs>,
 }
 
 impl Instance {
     fn new(backoff: Duration) -> Self {
         Self {
+            boundary: None,
             phase: Phase::Idle,
             latched_at: None,
             since: None,
@@ -343,8 +354,6 @@ pub struct RecoveryView {
     pub in_incident: bool,
     /// Whether it is the incident's canary now.
     pub canary: bool,
-    /// Whether restarts stopped (`give_up`).
-    pub gave_up: bool,
 }
 
 /// What status shows of the open incident.
@@ -386,34 +395,38 @@ impl Policy {
     }
 
     /// Replaces the tunables (configuration reload); running windows keep their deadlines.
-    /// Returns the instances released from `GaveUp` when `give_up` was turned off (the caller
-    /// lets the detector see their 401s again).
-    pub fn set_config(&mut self, config: PolicyConfig) -> Vec<InstanceId> {
-        let released = if config.give_up {
-            Vec::new()
-        } else {
-            self.instances
-                .iter_mut()
-                .filter(|(_, i)| i.phase == Phase::GaveUp)
-                .map(|(id, i)| {
-                    *i = Instance::new(config.initial_backoff);
-                    id.clone()
-                })
-                .collect()
-        };
+    /// With `give_up` turned off, the instances given up on are released: their next 401s
+    /// open a window again.
+    pub fn set_config(&mut self, config: PolicyConfig) {
+        for (id, i) in &mut self.instances {
+            if !config.give_up && i.phase == Phase::GaveUp {
+                tracing::info!(instance = %id, "give_up is off: the instance given up on is watched again");
+                *i = Instance::new(config.initial_backoff);
+            }
+        }
         if !config.canary
             && let Some(incident) = self.incident.take()
         {
             self.release(incident, None);
         }
         self.config = config;
-        released
     }
 
     /// The phase of `instance`, `None` when the policy has never heard of it.
     #[must_use]
     pub fn phase(&self, instance: &InstanceId) -> Option<Phase> {
         self.instances.get(instance).map(|i| i.phase)
+    }
+
+    /// What the detector needs of `instance`'s recovery: its restart boundary, and whether
+    /// restarts gave up on it.
+    #[must_use]
+    pub fn recovery(&self, instance: &InstanceId) -> Recovery {
+        let i = self.instances.get(instance);
+        Recovery {
+            boundary: i.and_then(|i| i.boundary),
+            gave_up: i.is_some_and(|i| i.phase == Phase::GaveUp),
+        }
     }
 
     /// Restarts of `instance` since its last confirmed recovery.
@@ -427,14 +440,6 @@ impl Policy {
         self.instances
             .iter()
             .filter(|(_, i)| i.phase.unhealed())
-            .map(|(id, _)| id)
-    }
-
-    /// The instances restarts gave up on (`give_up`), waiting for a non-401 answer.
-    pub fn gave_up(&self) -> impl Iterator<Item = &InstanceId> {
-        self.instances
-            .iter()
-            .filter(|(_, i)| i.phase == Phase::GaveUp)
             .map(|(id, _)| id)
     }
 
@@ -467,7 +472,6 @@ impl Policy {
             escalated: i.escalated.or(incident.and_then(|inc| inc.escalated)),
             in_incident: incident.is_some(),
             canary,
-            gave_up: i.phase == Phase::GaveUp,
         }
     }
 
@@ -535,6 +539,7 @@ impl Policy {
         if give_up {
             i.phase = Phase::GaveUp;
             i.not_before = None;
+            i.boundary = None;
             self.free_slot(instance);
         }
         tracing::warn!(instance = %instance, restarts = self.restarts(instance), give_up, "restarts did not heal: escalating");
@@ -642,6 +647,7 @@ impl Policy {
                 let i = self.entry(m);
                 i.phase = Phase::GaveUp;
                 i.not_before = None;
+                i.boundary = None;
                 i.escalated.get_or_insert(now);
             }
         }
@@ -760,6 +766,8 @@ impl Policy {
     pub fn latched(&mut self, instance: &InstanceId, now: MonoNs) {
         let i = self.entry(instance);
         i.healthy_since = None;
+        // Its old process counts again, as the new one does.
+        i.boundary = None;
         match i.phase {
             Phase::Idle => {
                 i.phase = Phase::Latched;
@@ -799,16 +807,23 @@ impl Policy {
     }
 
     /// Something else restarted latched `instance` (its process exited and a new one of the
-    /// instance started): a restart as ours are, awaiting the new process's own answer, so a
-    /// rejection counts toward the escalation. Ignored unless it waits latched (a restart of
-    /// ours under way is the one that counts).
+    /// instance started): its restart boundary is `now`, and when it waits latched it is a
+    /// restart as ours are, awaiting the new process's own answer, so a rejection counts
+    /// toward the escalation (a restart of ours under way is the one that counts).
     pub fn restarted_elsewhere(&mut self, instance: &InstanceId, now: MonoNs) {
-        let Some(i) = self.instances.get_mut(instance) else {
-            return;
-        };
+        let i = self.entry(instance);
+        i.boundary = Some(now);
         if i.phase == Phase::Latched {
             i.phase = Phase::Recovering { since: now };
             i.restarts += 1;
+        }
+    }
+
+    /// The restarted process of `instance`, which nothing recovers (its supervisor does not
+    /// act), got 401: past its restart boundary.
+    pub fn boundary_passed(&mut self, instance: &InstanceId) {
+        if let Some(i) = self.instances.get_mut(instance) {
+            i.boundary = None;
         }
     }
 
@@ -823,6 +838,10 @@ impl Policy {
         let Some(i) = self.instances.get_mut(instance) else {
             return;
         };
+        if result.is_err() {
+            // It did not happen (even one that timed out already): the old process counts.
+            i.boundary = None;
+        }
         if !matches!(i.phase, Phase::Restarting { .. }) {
             return;
         }
@@ -910,10 +929,12 @@ impl Policy {
                 // The detector counts only processes started since the restart was handed
                 // out: the new process answered before the supervisor did.
                 i.accepted_early = true;
+                i.boundary = None;
                 return None;
             }
             _ => None,
         };
+        i.boundary = None;
         i.phase = Phase::Idle;
         i.latched_at = None;
         i.since = None;
@@ -1036,6 +1057,7 @@ impl Policy {
             let in_incident = self.in_incident(&id);
             let i = self.entry(&id);
             i.phase = Phase::Restarting { since: now };
+            i.boundary = Some(now);
             i.latched_at = None;
             let owner = i.owner;
             if in_incident {
@@ -1250,6 +1272,7 @@ impl Policy {
                     accepted_early: false,
                     tries: s.tries,
                     owner: s.owner,
+                    boundary: None,
                 };
                 (id, instance)
             })

@@ -7,9 +7,13 @@
 //!   threshold not reached yet.
 //! - [`State::Latched`]: at least [`DetectorConfig::latch_min_401s`] 401s and the window open for
 //!   at least [`DetectorConfig::latch_min_span`]; an [`Episode`] is open.
-//! - [`State::Recovering`]: the recovery layer restarted the instance; waiting for the new
-//!   process's own answer.
-//! - [`State::Escalated`]: the recovery layer gave up; left only on an accepted answer.
+//!
+//! That is all the detector's own state: the evidence. What recovery does about a latch
+//! (restarting, awaiting the new process's answer, escalated, given up) is the recovery
+//! machine's ([`crate::policy`]); it tells the detector what the detector needs of it as a
+//! [`Recovery`] with each call: the restart boundary (only processes started since count, and
+//! their answers say whether the restart healed: [`Event::Rejected`], [`Event::Accepted`]) and
+//! whether restarts gave up (401s are not counted then, and an accepted answer is reported).
 //!
 //! Model throttles are a separate, per-model dimension ([`InstanceStatus::throttled`]): an
 //! instance can be healthy with `claude-opus-*` throttled, and a 429 never counts toward a latch.
@@ -19,7 +23,7 @@
 //! - **rejected**: 401.
 //! - **accepted**: any other status in 200..=499 except 403 (2xx, 3xx, 400, 404, 413, 429...):
 //!   the request got past authentication on this session. It ends a 401 window, confirms a
-//!   recovery and leaves escalation ("non-401" in the design).
+//!   recovery and ends a give-up ("non-401" in the design).
 //! - **neutral**: 1xx, 403, 5xx (500, 529 overloaded): tells nothing about the session; only
 //!   updates the idle clock.
 //!
@@ -35,8 +39,8 @@
 //! A 401 counts only for the process and session that got it: exchanges from a PID reported
 //! exited, or carrying a session id of an exited process (unless discovery announced the
 //! process as the instance's: a respawned background worker keeps its session id), are
-//! ignored; while recovering only
-//! processes started at or after the restart count; a new session id in a suspect window starts
+//! ignored; past a restart boundary only
+//! processes started at or after it count; a new session id in a suspect window starts
 //! the window anew.
 
 pub mod episode;
@@ -102,7 +106,7 @@ impl Default for DetectorConfig {
     }
 }
 
-/// The state of one instance (see the module documentation).
+/// The 401 window of one instance (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
@@ -112,10 +116,19 @@ pub enum State {
     Suspect,
     /// Latched: an episode is open.
     Latched,
-    /// Restarted, waiting for the new process's own answer.
-    Recovering,
-    /// Restarts gave up; waiting for any accepted answer.
-    Escalated,
+}
+
+/// What the recovery machine tells the detector about one instance with each call: its input,
+/// not the detector's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// A restart began then (ours, or one by something else): while latched, only processes
+    /// started since count, a 401 of theirs is [`Event::Rejected`] and an accepted answer
+    /// confirms the restart.
+    pub boundary: Option<MonoNs>,
+    /// Restarts gave up (`give_up`): 401s open no window, and an accepted answer is reported
+    /// ([`Event::Accepted`]).
+    pub gave_up: bool,
 }
 
 /// Why a state changed.
@@ -141,30 +154,11 @@ pub enum Reason {
         /// Its status.
         status: u16,
     },
-    /// The recovery layer started a restart.
-    RestartStarted,
-    /// Something else restarted the instance: its last process exited while it was latched,
-    /// and a new process of the same instance started within [`RESTART_ELSEWHERE_GRACE`].
-    RestartedElsewhere {
-        /// The process that exited.
-        old_pid: u32,
-        /// The new process.
-        pid: u32,
-    },
-    /// The restarted instance's new process got a 401.
-    RejectedAfterRestart {
-        /// The new process.
-        pid: u32,
-    },
     /// The instance's last process exited.
     ProcessExited {
         /// The process.
         pid: u32,
     },
-    /// The supervisor could not restart the instance.
-    RestartFailed,
-    /// The recovery layer escalated.
-    Escalated,
     /// A suspect window saw no new 401 for [`DetectorConfig::suspect_forget_after`].
     Forgotten,
 }
@@ -177,8 +171,6 @@ impl State {
             Self::Healthy => "healthy",
             Self::Suspect => "suspect",
             Self::Latched => "latched",
-            Self::Recovering => "recovering",
-            Self::Escalated => "escalated",
         }
     }
 }
@@ -202,17 +194,7 @@ impl std::fmt::Display for Reason {
                 )
             }
             Self::Accepted { pid, status } => write!(f, "{status} to pid {pid}"),
-            Self::RestartStarted => f.write_str("restart started"),
-            Self::RestartedElsewhere { old_pid, pid } => {
-                write!(
-                    f,
-                    "restarted by something else (pid {old_pid} exited, pid {pid} started)"
-                )
-            }
-            Self::RejectedAfterRestart { pid } => write!(f, "401 to the restarted pid {pid}"),
             Self::ProcessExited { pid } => write!(f, "pid {pid} exited"),
-            Self::RestartFailed => f.write_str("the restart failed"),
-            Self::Escalated => f.write_str("escalated"),
             Self::Forgotten => f.write_str("no new 401 for suspect_forget_after"),
         }
     }
@@ -235,6 +217,36 @@ pub enum Event {
         reason: Reason,
         /// When (monotonic ns).
         at_ns: MonoNs,
+    },
+    /// A latched instance's process started after the restart boundary got a 401: the restart
+    /// did not heal.
+    Rejected {
+        /// The instance.
+        instance: InstanceId,
+        /// The new process.
+        pid: u32,
+    },
+    /// An accepted answer of an instance restarts gave up on (a latched instance's ends its
+    /// episode instead: [`EpisodeEnd::SelfRecovered`], or past a restart boundary
+    /// [`EpisodeEnd::RecoveredAfterRestart`]).
+    Accepted {
+        /// The instance.
+        instance: InstanceId,
+        /// Its process.
+        pid: u32,
+        /// The answer's status.
+        status: u16,
+    },
+    /// Something else restarted the latched instance: its last process exited, and a new
+    /// process of the same instance started within [`RESTART_ELSEWHERE_GRACE`]. The episode
+    /// counts it; the recovery machine sets the boundary.
+    RestartedElsewhere {
+        /// The instance.
+        instance: InstanceId,
+        /// The process that exited.
+        old_pid: u32,
+        /// The new process.
+        pid: u32,
     },
     /// A model of the instance got its first 429 of a throttle.
     ModelThrottled {
@@ -290,7 +302,7 @@ pub struct InstanceStatus {
     pub throttled: Vec<String>,
     /// Whether a throttled model coexists with another model answering (tier throttle).
     pub tier_throttle: bool,
-    /// The open episode (latched/recovering) or suspect window.
+    /// The open episode (latched) or suspect window.
     pub window: Option<Episode>,
 }
 
@@ -379,7 +391,7 @@ pub struct Instance {
     /// The open episode or suspect window, boxed: most instances have none, and a thousand
     /// of them are kept.
     window: Option<Box<Episode>>,
-    restart_ns: Option<MonoNs>,
+    /// When its episode's latest restart began (time to recovery is measured from it).
     last_restart_ns: Option<MonoNs>,
     /// When (and which) its last process exited while latched, not through a restart of ours:
     /// the episode stays open [`RESTART_ELSEWHERE_GRACE`] for a restart by something else.
@@ -427,6 +439,8 @@ impl Rules {
 pub struct Detector {
     rules: Rules,
     instances: BTreeMap<InstanceId, Instance>,
+    /// Each instance's restart boundary: a rebuild's recovery is only its restarts.
+    boundaries: BTreeMap<InstanceId, MonoNs>,
 }
 
 enum Answer {
@@ -507,7 +521,6 @@ impl Instance {
             client_version: None,
             last_api_ns: None,
             window: None,
-            restart_ns: None,
             last_restart_ns: None,
             orphaned: None,
             throttles: BTreeMap::new(),
@@ -557,25 +570,12 @@ impl Instance {
         .with_401(pid, ex)
     }
 
-    /// A restart began (ours, or one by something else for `reason`): the episode counts it,
-    /// and only processes started from `now` on decide ([`State::Recovering`]).
-    fn begin_restart(&mut self, reason: Reason, now: MonoNs, out: &mut Vec<Event>) {
-        self.restart_ns = Some(now);
-        self.last_restart_ns = Some(now);
-        if let Some(w) = self.window.as_mut() {
-            w.restarts += 1;
-            out.push(Event::EpisodeUpdated((**w).clone()));
-        }
-        self.set_state(State::Recovering, reason, now, out);
-    }
-
     fn close(&mut self, end: EpisodeEnd, ended_ms: Option<u64>, out: &mut Vec<Event>) {
         if let Some(mut ep) = self.window.take() {
             ep.end = end;
             ep.ended_ms = ended_ms;
             out.push(Event::EpisodeClosed(*ep));
         }
-        self.restart_ns = None;
         self.last_restart_ns = None;
         self.orphaned = None;
     }
@@ -622,12 +622,10 @@ impl Episode {
 
 impl Instance {
     /// Whether forgetting it loses nothing a decision needs: no live process and no open
-    /// window, healthy or escalated (its episode closed).
+    /// window.
     #[must_use]
     pub fn at_rest(&self) -> bool {
-        self.pids.is_empty()
-            && self.window.is_none()
-            && matches!(self.state, State::Healthy | State::Escalated)
+        self.pids.is_empty() && self.window.is_none() && self.state == State::Healthy
     }
 
     /// Its state.
@@ -657,13 +655,14 @@ impl Instance {
         }
     }
 
-    /// Feeds one exchange of its process `pid`.
+    /// Feeds one exchange of its process `pid`, under what recovery says of it (`rec`).
     pub fn observe(
         &mut self,
         rules: &mut Rules,
         pid: u32,
         ex: &Exchange,
         now: MonoNs,
+        rec: Recovery,
     ) -> Vec<Event> {
         let mut out = Vec::new();
         rules.wall_clock = Some(WallClock::at(ex.ts_ms, ex.mono_ns));
@@ -689,9 +688,8 @@ impl Instance {
                 announced: false,
             })
             .started_ns;
-        if let (State::Recovering, Some(r)) = (self.state, self.restart_ns)
-            && started_ns < r
-        {
+        let boundary = rec.boundary.filter(|_| self.state == State::Latched);
+        if boundary.is_some_and(|r| started_ns < r) {
             tracing::debug!(instance = %self.id, pid, "ignoring pre-restart process while recovering");
             return out;
         }
@@ -714,10 +712,22 @@ impl Instance {
         }
         let model = ex.model.as_deref().unwrap_or("unknown");
         match answer(ex.status) {
-            Answer::Rejected => self.on_401(pid, ex, rules.host.as_ref(), &mut out),
+            Answer::Rejected if rec.gave_up => {}
+            Answer::Rejected => {
+                // A 401 past the boundary (the latched instance's restarted process): the
+                // restart did not heal.
+                if boundary.is_some() {
+                    tracing::info!(instance = %self.id, pid, "401 to the restarted pid");
+                    out.push(Event::Rejected {
+                        instance: self.id.clone(),
+                        pid,
+                    });
+                }
+                self.on_401(pid, ex, rules.host.as_ref(), &mut out);
+            }
             Answer::Accepted => {
                 self.on_throttle_signal(model, ex.status, ex.mono_ns, &mut out);
-                self.on_accepted(pid, ex, &mut out);
+                self.on_accepted(pid, ex, rec, &mut out);
             }
             Answer::Neutral => {}
         }
@@ -728,7 +738,6 @@ impl Instance {
 
     fn on_401(&mut self, pid: u32, ex: &Exchange, host: Option<&String>, out: &mut Vec<Event>) {
         match self.state {
-            State::Escalated => {}
             State::Healthy => {
                 self.window = Some(Box::new(self.new_window(pid, ex, host)));
                 self.set_state(
@@ -749,44 +758,44 @@ impl Instance {
                     w.add_401(pid, ex);
                 }
             }
-            State::Latched | State::Recovering => {
+            State::Latched => {
                 if let Some(w) = self.window.as_mut() {
                     w.add_401(pid, ex);
-                }
-                if self.state == State::Recovering {
-                    self.restart_ns = None;
-                    self.set_state(
-                        State::Latched,
-                        Reason::RejectedAfterRestart { pid },
-                        ex.mono_ns,
-                        out,
-                    );
-                }
-                if let Some(w) = &self.window {
                     out.push(Event::EpisodeUpdated((**w).clone()));
                 }
             }
         }
     }
 
-    fn on_accepted(&mut self, pid: u32, ex: &Exchange, out: &mut Vec<Event>) {
+    fn on_accepted(&mut self, pid: u32, ex: &Exchange, rec: Recovery, out: &mut Vec<Event>) {
         let reason = Reason::Accepted {
             pid,
             status: ex.status,
         };
         match self.state {
+            State::Healthy if rec.gave_up => {
+                tracing::info!(instance = %self.id, pid, status = ex.status, "accepted answer of an instance given up on");
+                out.push(Event::Accepted {
+                    instance: self.id.clone(),
+                    pid,
+                    status: ex.status,
+                });
+            }
             State::Healthy => {}
             State::Suspect => {
                 self.window = None;
                 self.set_state(State::Healthy, reason, ex.mono_ns, out);
             }
-            State::Latched if self.window.as_ref().is_none_or(|w| w.restarts == 0) => {
+            State::Latched
+                if rec.boundary.is_none()
+                    && self.window.as_ref().is_none_or(|w| w.restarts == 0) =>
+            {
                 self.close(EpisodeEnd::SelfRecovered, Some(ex.ts_ms), out);
                 self.set_state(State::Healthy, reason, ex.mono_ns, out);
             }
-            // Latched again after a restart, then a non-401 from the restarted process: the
-            // restart did heal it, later than its first request.
-            State::Latched | State::Recovering => {
+            // A non-401 from the restarted process (past the boundary, or latched again after
+            // a restart): the restart did heal it, later than its first request perhaps.
+            State::Latched => {
                 let ttr = self
                     .last_restart_ns
                     .map(|r| ms(ex.mono_ns.saturating_sub(r)));
@@ -796,7 +805,6 @@ impl Instance {
                 self.close(EpisodeEnd::RecoveredAfterRestart, Some(ex.ts_ms), out);
                 self.set_state(State::Healthy, reason, ex.mono_ns, out);
             }
-            State::Escalated => self.set_state(State::Healthy, reason, ex.mono_ns, out),
         }
     }
 
@@ -967,26 +975,17 @@ impl Instance {
         self.window = Some(Box::new(episode));
     }
 
-    /// The recovery layer started restarting it. Only meaningful with an open episode
-    /// (latched or recovering): counts a restart and waits for the new process. Otherwise
-    /// ignored.
+    /// A restart of it began (the recovery machine's, its boundary `now` from then on, or one
+    /// by something else): the open episode counts it. Ignored unless latched.
     pub fn restart_started(&mut self, now: MonoNs) -> Vec<Event> {
         let mut out = Vec::new();
-        if !matches!(self.state, State::Latched | State::Recovering) {
-            tracing::debug!(instance = %self.id, state = ?self.state, "restart without open episode ignored");
-            return out;
-        }
-        self.begin_restart(Reason::RestartStarted, now, &mut out);
-        out
-    }
-
-    /// The restart the recovery layer started did not happen (the supervisor failed): it is
-    /// latched again, its old process still the one that counts.
-    pub fn restart_failed(&mut self, now: MonoNs) -> Vec<Event> {
-        let mut out = Vec::new();
-        if self.state == State::Recovering {
-            self.restart_ns = None;
-            self.set_state(State::Latched, Reason::RestartFailed, now, &mut out);
+        if self.state == State::Latched {
+            self.last_restart_ns = Some(now);
+            self.orphaned = None;
+            if let Some(w) = self.window.as_mut() {
+                w.restarts += 1;
+                out.push(Event::EpisodeUpdated((**w).clone()));
+            }
         }
         out
     }
@@ -1009,14 +1008,20 @@ impl Instance {
             // Restarted by something else (another watchdog, `claude respawn`, an operator):
             // the episode goes on, this restart counts, and the new process's own answer
             // decides, as after a restart of ours.
-            self.begin_restart(Reason::RestartedElsewhere { old_pid, pid }, now, &mut out);
+            tracing::info!(instance = %self.id, old_pid, pid, "restarted by something else");
+            out = self.restart_started(now);
+            out.push(Event::RestartedElsewhere {
+                instance: self.id.clone(),
+                old_pid,
+                pid,
+            });
         }
         out
     }
 
     /// Its process `pid` exited. When it was the last one: a suspect window is dropped and a
-    /// latched episode closes as [`EpisodeEnd::ProcessExited`]; recovering and escalated
-    /// instances keep their state (a restart is expected to replace the process). With
+    /// latched episode closes as [`EpisodeEnd::ProcessExited`], unless past a restart
+    /// boundary (`rec`: a restart is expected to replace the process). With
     /// `live` (seen exiting on its own, not through a restart of ours), a latched instance
     /// keeps its episode open [`RESTART_ELSEWHERE_GRACE`]: a process started meanwhile is a
     /// restart by something else ([`Reason::RestartedElsewhere`]); otherwise [`Self::tick`]
@@ -1027,6 +1032,7 @@ impl Instance {
         pid: u32,
         now: MonoNs,
         live: bool,
+        rec: Recovery,
     ) -> Vec<Event> {
         let mut out = Vec::new();
         let removed = self.pids.remove(pid);
@@ -1045,12 +1051,13 @@ impl Instance {
             }
             // Its own last process, seen exiting on its own: a restart by something else may
             // follow ([`Self::tick`] closes the episode if none does).
+            State::Latched if rec.boundary.is_some() => {}
             State::Latched if live && known => self.orphaned = Some((now, pid)),
             State::Latched => {
                 self.close(EpisodeEnd::ProcessExited, rules.wall_ms(now), &mut out);
                 self.set_state(State::Healthy, Reason::ProcessExited { pid }, now, &mut out);
             }
-            State::Healthy | State::Recovering | State::Escalated => {}
+            State::Healthy => {}
         }
         out
     }
@@ -1066,38 +1073,22 @@ impl Instance {
         }
     }
 
-    /// The recovery layer escalated it as a notice (restarts go on): the open episode records
-    /// when ([`Episode::escalated_ms`]) and stays open. Ignored without one.
-    pub fn mark_escalated(&mut self, rules: &Rules, now: MonoNs) -> Vec<Event> {
-        let Some(w) = self.window.as_mut() else {
-            return Vec::new();
-        };
-        if w.escalated_ms.is_none() {
-            w.escalated_ms = rules.wall_ms(now);
-        }
-        vec![Event::EpisodeUpdated((**w).clone())]
-    }
-
-    /// The recovery layer no longer gives up on it (`give_up` was turned off): escalated, it
-    /// is healthy again, so that its next 401s open a window.
-    pub fn release_escalated(&mut self) {
-        if self.state == State::Escalated {
-            self.state = State::Healthy;
-        }
-    }
-
-    /// The recovery layer gave up on it (`give_up`): the open episode closes as
-    /// [`EpisodeEnd::Escalated`] and it stays escalated until an accepted answer.
-    pub fn escalate(&mut self, rules: &Rules, now: MonoNs) -> Vec<Event> {
+    /// The recovery machine escalated it. As a notice (restarts go on) the open episode
+    /// records when ([`Episode::escalated_ms`]) and stays open; when it `gave_up` the episode
+    /// closes as [`EpisodeEnd::Escalated`] (its 401s open no window from then on, see
+    /// [`Recovery::gave_up`]).
+    pub fn escalated(&mut self, rules: &Rules, now: MonoNs, gave_up: bool) -> Vec<Event> {
         let mut out = Vec::new();
-        match self.state {
-            State::Escalated => return out,
-            State::Latched | State::Recovering => {
+        if gave_up {
+            if self.state == State::Latched {
                 self.close(EpisodeEnd::Escalated, rules.wall_ms(now), &mut out);
             }
-            State::Healthy | State::Suspect => self.window = None,
+            self.window = None;
+            self.state = State::Healthy;
+        } else if let Some(w) = self.window.as_mut() {
+            w.escalated_ms = w.escalated_ms.or(rules.wall_ms(now));
+            out.push(Event::EpisodeUpdated((**w).clone()));
         }
-        self.set_state(State::Escalated, Reason::Escalated, now, &mut out);
         out
     }
 }
@@ -1109,16 +1100,21 @@ impl Detector {
         Self {
             rules: Rules::new(config),
             instances: BTreeMap::new(),
+            boundaries: BTreeMap::new(),
         }
     }
 
-    /// `id`'s machine (made if it has none), and the rules it runs under.
-    fn inst(&mut self, id: &InstanceId) -> (&mut Instance, &mut Rules) {
+    /// `id`'s machine (made if it has none), the rules it runs under and its recovery.
+    fn inst(&mut self, id: &InstanceId) -> (&mut Instance, &mut Rules, Recovery) {
         let inst = self
             .instances
             .entry(id.clone())
             .or_insert_with(|| Instance::new(id.clone()));
-        (inst, &mut self.rules)
+        let rec = Recovery {
+            boundary: self.boundaries.get(id).copied(),
+            gave_up: false,
+        };
+        (inst, &mut self.rules, rec)
     }
 
     /// Feeds one exchange of process `pid`, which belongs to `instance`.
@@ -1129,8 +1125,16 @@ impl Detector {
         ex: &Exchange,
         now: MonoNs,
     ) -> Vec<Event> {
-        let (inst, rules) = self.inst(instance);
-        inst.observe(rules, pid, ex, now)
+        let (inst, rules, rec) = self.inst(instance);
+        let events = inst.observe(rules, pid, ex, now, rec);
+        // The new process answered (or the episode ended otherwise): past the boundary.
+        if events
+            .iter()
+            .any(|e| matches!(e, Event::Rejected { .. } | Event::EpisodeClosed(_)))
+        {
+            self.boundaries.remove(instance);
+        }
+        events
     }
 
     /// The earliest moment a latch can be decided by the clock alone. A caller that sleeps
@@ -1154,8 +1158,10 @@ impl Detector {
         out
     }
 
-    /// See [`Instance::restart_started`].
+    /// A restart of latched `instance` began (see [`Instance::restart_started`]): its
+    /// boundary is `now`.
     pub fn restart_started(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
+        self.boundaries.insert(instance.clone(), now);
         self.inst(instance).0.restart_started(now)
     }
 
@@ -1164,10 +1170,11 @@ impl Detector {
         self.inst(instance).0.process_started(pid, now)
     }
 
-    /// A process of `instance` exited (see [`Instance::process_exited`]).
+    /// A process of `instance` exited on its own (see [`Instance::process_exited`]; the table
+    /// sees no live exit, so no restart by something else either).
     pub fn process_exited(&mut self, instance: &InstanceId, pid: u32, now: MonoNs) -> Vec<Event> {
-        let (inst, rules) = self.inst(instance);
-        inst.process_exited(rules, pid, now, false)
+        let (inst, rules, rec) = self.inst(instance);
+        inst.process_exited(rules, pid, now, false, rec)
     }
 }
 

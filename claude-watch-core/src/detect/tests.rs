@@ -66,6 +66,21 @@ impl Rig {
     fn state(&self, id: &InstanceId) -> State {
         self.d.status(id).expect("instance known").state
     }
+    /// Latched past a restart boundary: awaiting the new process's own answer.
+    fn recovering(&self, id: &InstanceId) -> bool {
+        self.state(id) == State::Latched && self.d.boundaries.contains_key(id)
+    }
+    /// Feeds an exchange of an instance restarts gave up on.
+    fn see_given_up(&mut self, id: &InstanceId, e: Exchange) -> Vec<Event> {
+        let rec = Recovery {
+            boundary: None,
+            gave_up: true,
+        };
+        let (inst, rules, _) = self.d.inst(id);
+        let ev = inst.observe(rules, e.pid, &e, e.mono_ns, rec);
+        self.events.extend(ev.clone());
+        ev
+    }
     fn closed(&self) -> Vec<&Episode> {
         self.events
             .iter()
@@ -285,12 +300,12 @@ fn restarted_instance_with_new_session_recovers_and_old_401s_do_not_count() {
     let mut r = Rig::new();
     retrying_401s(&mut r, &a(), 10, 0, "old");
     r.d.restart_started(&a(), 40 * S);
-    assert_eq!(r.state(&a()), State::Recovering);
+    assert!(r.recovering(&a()));
     // A late 401 of the old process, before it is reported exited: ignored.
     r.see(&a(), ex(10, 40 * S + 1, 401, "m", "old", "late1"));
     r.d.process_exited(&a(), 10, 41 * S);
     r.see(&a(), ex(10, 41 * S + 1, 401, "m", "old", "late2"));
-    assert_eq!(r.state(&a()), State::Recovering);
+    assert!(r.recovering(&a()));
     r.d.process_started(&a(), 11, 42 * S);
     let ev = r.see(&a(), ex(11, 45 * S, 200, "m", "new", "req_new"));
     assert!(ev.iter().any(|e| matches!(
@@ -335,43 +350,42 @@ fn recovering_then_latched_again_then_escalated_then_healthy() {
     retrying_401s(&mut r, &a(), 10, 0, "s1");
     r.d.restart_started(&a(), 40 * S);
     r.d.process_exited(&a(), 10, 40 * S);
-    assert_eq!(
-        r.state(&a()),
-        State::Recovering,
-        "exit during a restart closes nothing"
-    );
+    assert!(r.recovering(&a()), "exit during a restart closes nothing");
     r.d.process_started(&a(), 11, 41 * S);
     let ev = r.see(&a(), ex(11, 42 * S, 401, "m", "s2", "again"));
-    assert!(ev.iter().any(|e| matches!(
-        e,
-        Event::StateChanged {
-            from: State::Recovering,
-            to: State::Latched,
-            reason: Reason::RejectedAfterRestart { pid: 11 },
-            ..
-        }
-    )));
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::Rejected { pid: 11, .. }))
+    );
     assert_eq!(r.state(&a()), State::Latched);
+    assert!(!r.recovering(&a()));
     r.d.restart_started(&a(), 100 * S);
     r.d.process_exited(&a(), 11, 100 * S);
     r.d.process_started(&a(), 12, 101 * S);
     r.see(&a(), ex(12, 102 * S, 401, "m", "s3", "again2"));
     let ev = r.d.escalate(&a(), 103 * S);
     r.events.extend(ev);
-    assert_eq!(r.state(&a()), State::Escalated);
+    assert_eq!(r.state(&a()), State::Healthy);
+    assert!(r.d.status(&a()).unwrap().window.is_none());
     let closed = r.closed();
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].end, EpisodeEnd::Escalated);
     assert_eq!(closed[0].restarts, 2);
     assert_eq!(closed[0].pids, [10, 11, 12]);
     assert_eq!(closed[0].ended_ms, Some(WALL0 + 103_000));
-    // 401s while escalated open nothing; a 5xx does not leave; a non-401 does.
-    r.see(&a(), ex(12, 110 * S, 401, "m", "s3", "x"));
+    // 401s while given up open nothing; a 5xx is not reported; a non-401 is.
+    r.see_given_up(&a(), ex(12, 110 * S, 401, "m", "s3", "x"));
     r.run(110 * S, 130 * S);
-    r.see(&a(), ex(12, 131 * S, 529, "m", "s3", "y"));
-    assert_eq!(r.state(&a()), State::Escalated);
+    let ev = r.see_given_up(&a(), ex(12, 131 * S, 529, "m", "s3", "y"));
+    assert!(ev.is_empty());
+    assert_eq!(r.state(&a()), State::Healthy);
+    assert!(r.d.status(&a()).unwrap().window.is_none());
     assert_eq!(r.opened(), 1);
-    r.see(&a(), ex(12, 132 * S, 200, "m", "s3", "z"));
+    let ev = r.see_given_up(&a(), ex(12, 132 * S, 200, "m", "s3", "z"));
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::Accepted { status: 200, .. }))
+    );
     assert_eq!(r.state(&a()), State::Healthy);
 }
 
@@ -692,39 +706,24 @@ impl Detector {
         Vec::new()
     }
 
-    /// See [`Instance::restart_failed`].
-    pub fn restart_failed(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
-        self.inst(instance).0.restart_failed(now)
-    }
-
     /// Replaces the thresholds (configuration reload); open windows keep their history.
     pub fn set_config(&mut self, config: DetectorConfig) {
         self.rules.config = config;
     }
 
-    /// A process of `instance` exited on its own (see [`Instance::process_exited`], `live`).
-    pub fn process_exited_live(
-        &mut self,
-        instance: &InstanceId,
-        pid: u32,
-        now: MonoNs,
-    ) -> Vec<Event> {
-        let (inst, rules) = self.inst(instance);
-        inst.process_exited(rules, pid, now, true)
-    }
-
-    /// See [`Instance::mark_escalated`].
+    /// Escalated as a notice (see [`Instance::escalated`]).
     pub fn mark_escalated(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
         let rules = &self.rules;
         self.instances
             .get_mut(instance)
-            .map(|i| i.mark_escalated(rules, now))
+            .map(|i| i.escalated(rules, now, false))
             .unwrap_or_default()
     }
 
-    /// See [`Instance::escalate`].
+    /// Restarts gave up (see [`Instance::escalated`]).
     pub fn escalate(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
-        let (inst, rules) = self.inst(instance);
-        inst.escalate(rules, now)
+        self.boundaries.remove(instance);
+        let (inst, rules, _) = self.inst(instance);
+        inst.escalated(rules, now, true)
     }
 }

@@ -661,9 +661,8 @@ fn turning_give_up_off_releases_the_instances_given_up_on() {
     p.latched(&a, T0);
     restart_and_relatch(&mut p, "a", T0);
     assert_eq!(p.phase(&a), Some(Phase::GaveUp));
-    let released = p.set_config(PolicyConfig::default());
-    assert_eq!(released, std::slice::from_ref(&a));
-    assert_eq!(p.phase(&a), Some(Phase::Idle));
+    p.set_config(PolicyConfig::default());
+    assert_eq!(p.phase(&a), Some(Phase::Idle), "released");
 }
 
 #[test]
@@ -699,4 +698,52 @@ fn one_users_hanging_supervisor_and_incident_never_hold_another_users_restart() 
     let timeout = ns(p.config().restart_timeout);
     assert_eq!(restarts_of(&p.poll(T0 + S + timeout)), ["y"]);
     assert_eq!(p.phase(&x), Some(Phase::Latched));
+}
+
+#[test]
+fn the_restart_boundary_lasts_from_the_hand_out_to_the_new_process_s_answer() {
+    let a = id("a");
+    let err: Result<(), ()> = Err(());
+    let boundary = |p: &Policy| p.recovery(&a).boundary;
+    let mut p = Policy::new(PolicyConfig {
+        give_up: true,
+        max_restarts: 2,
+        ..PolicyConfig::default()
+    });
+    p.latched(&a, T0);
+    assert_eq!(boundary(&p), None, "latched, nothing handed out");
+    p.poll(T0 + S);
+    assert_eq!(boundary(&p), Some(T0 + S), "from the hand-out");
+    p.restart_finished(&a, T0 + 2 * S, &ok());
+    assert_eq!(
+        boundary(&p),
+        Some(T0 + S),
+        "through the supervisor's answer"
+    );
+    p.latched(&a, T0 + 3 * S);
+    assert_eq!(boundary(&p), None, "its new process got 401");
+    // A failed restart: the old process counts again.
+    let t = p.not_before(&a).expect("a quiet window");
+    p.poll(t);
+    assert_eq!(boundary(&p), Some(t));
+    p.restart_finished(&a, t + S, &err);
+    assert_eq!(boundary(&p), None);
+    // One that times out keeps it until the supervisor's late answer.
+    let t = p.not_before(&a).expect("a hold");
+    p.poll(t);
+    let timeout = ns(p.config().restart_timeout);
+    p.poll(t + timeout);
+    assert_eq!(p.phase(&a), Some(Phase::Latched));
+    assert_eq!(boundary(&p), Some(t), "no answer yet");
+    p.restart_finished(&a, t + timeout + S, &err);
+    assert_eq!(boundary(&p), None);
+    // Something else restarts it: a restart as ours, and its answer ends recovery.
+    p.restarted_elsewhere(&a, t + timeout + 2 * S);
+    assert_eq!(boundary(&p), Some(t + timeout + 2 * S));
+    assert!(matches!(p.phase(&a), Some(Phase::Recovering { .. })));
+    p.latched(&a, t + timeout + 3 * S);
+    assert_eq!(p.phase(&a), Some(Phase::GaveUp), "K restarts did not heal");
+    assert!(p.recovery(&a).gave_up && boundary(&p).is_none());
+    p.recovered(&a, t + timeout + 4 * S);
+    assert_eq!(p.recovery(&a), Recovery::default());
 }

@@ -10,8 +10,8 @@
 //!  tick / restart result / hook result / reload ────────► Input::{Tick, Restart…, Reload}
 //!                                                             │
 //!                        ┌───────────────── Watch ────────────▼──────────────────────────┐
-//!                        │ Detector (latch?) ──events──► Policy (restart? wait? give up?) │
-//!                        │      one InstanceId per instance, one MonoNs clock            │
+//!                        │ Detector (evidence) ──events──► Policy (the lifecycle)         │
+//!                        │   ◄── Recovery (boundary, given up); one MonoNs clock          │
 //!                        └────────────────────────────┬──────────────────────────────────┘
 //!                                                     ▼
 //!   Effect::{Attach, Detach, Inspect, Restart, RunHook, Journal, SaveRecovery, Metric, Publish}
@@ -19,11 +19,12 @@
 //!
 //! What lives where:
 //! - [`front`]: kernel records to inputs (pairing, exec and exit dispatch), shared with `trace`;
-//! - [`crate::detect`]: what counts as a latch, a recovery, a throttle;
-//! - [`policy`]: when to restart, how long to wait, when to give up;
-//! - this module: how the two are joined (the detector's state changes drive the policy, the
-//!   policy's actions drive the detector), the restart target, the journal and metrics each
-//!   decision produces, resumed episodes;
+//! - [`crate::detect`]: the evidence: what counts as a latch, a recovery, a throttle;
+//! - [`policy`]: the one recovery lifecycle: when to restart, how long to wait, when to give
+//!   up, and the restart boundary the detector is given with every call;
+//! - this module: how evidence reaches the lifecycle (the detector's events feed the policy;
+//!   the restarts and escalations it decides are recorded in the open episode), the restart
+//!   target, the journal and metrics each decision produces, resumed episodes;
 //! - [`status`]: the status every instance shows (detector, policy and processes merged).
 //!
 //! Wall time appears only where a person or a file needs it: journal records and the persisted
@@ -338,7 +339,7 @@ impl Watch {
                 let mut policy = Policy::restore(snapshot, now, wall_clock);
                 // Instances given up on under `give_up` and released by a configuration without
                 // it: their current traffic decides afresh.
-                let _released = policy.set_config(config.recovery.policy_config());
+                policy.set_config(config.recovery.policy_config());
                 policy
             }
             None => Policy::new(config.recovery.policy_config()),
@@ -465,8 +466,8 @@ impl Watch {
                 }
                 // An instance refused at the cap was never watched.
                 if let Some(id) = instance.filter(|id| self.records.contains_key(id)) {
-                    self.detect(&id, now, &mut out, |d, rules| {
-                        d.process_exited(rules, pid, now, true)
+                    self.detect(&id, now, &mut out, |d, rules, rec| {
+                        d.process_exited(rules, pid, now, true, rec)
                     });
                     self.went_idle(&id, now);
                 }
@@ -553,12 +554,7 @@ impl Watch {
             } => {
                 self.rules.config = config.detector.detector_config();
                 self.rules.host.clone_from(&config.fleet.host);
-                for id in self.policy.set_config(config.recovery.policy_config()) {
-                    info!(instance = %id, "give_up is off: the instance given up on is watched again");
-                    if let Some(r) = self.records.get_mut(&id) {
-                        r.detection.release_escalated();
-                    }
-                }
+                self.policy.set_config(config.recovery.policy_config());
                 match (self.fleet.as_mut(), config.fleet.enabled()) {
                     (Some(f), true) => {
                         let host = f.config().host.clone();
@@ -701,8 +697,8 @@ impl Watch {
             .filter(|prev| *prev != id)
         {
             self.remove_proc(pid);
-            self.detect(&prev, now, out, |d, rules| {
-                d.process_exited(rules, pid, now, false)
+            self.detect(&prev, now, out, |d, rules, rec| {
+                d.process_exited(rules, pid, now, false, rec)
             });
             self.went_idle(&prev, now);
         }
@@ -749,12 +745,11 @@ impl Watch {
                 ts_ms: exchange.ts_ms,
             });
         }
-        let events = record
-            .detection
-            .observe(&mut self.rules, exchange.pid, exchange, now);
         let recheck = api_call && std::mem::take(&mut record.recheck);
-        let latched = record.detection.state() == State::Latched;
-        self.on_events(events, now, out);
+        self.detect(&id, now, out, |d, rules, rec| {
+            d.observe(rules, exchange.pid, exchange, now, rec)
+        });
+        let latched = self.records[&id].detection.state() == State::Latched;
         if recheck && exchange.status == 401 && latched && self.acts(&id) {
             info!(instance = %id, "the resumed episode's instance still gets 401: latched");
             self.latch(&id, now);
@@ -772,6 +767,8 @@ impl Watch {
             .filter(|(_, r)| r.detection.state() == State::Latched)
             .map(|(id, _)| id.clone())
             .filter(|id| matches!(self.policy.phase(id), None | Some(Phase::Idle)))
+            // Not one restarted by something else, awaiting its new process's answer.
+            .filter(|id| self.policy.recovery(id).boundary.is_none())
             .collect();
         let mut adopted = false;
         for id in latched {
@@ -787,12 +784,6 @@ impl Watch {
     }
 
     fn resume(&mut self, episodes: Vec<Episode>, now: MonoNs, out: &mut Vec<Effect>) {
-        // Instances the previous run gave up on (`give_up`) stay given up on: the detector
-        // waits for their non-401 answer too, instead of latching them anew.
-        let escalated: Vec<InstanceId> = self.policy.gave_up().cloned().collect();
-        for id in escalated {
-            self.detect(&id, now, out, |d, rules| d.escalate(rules, now));
-        }
         let wall_now = self.wall_ms(now);
         let stale_after =
             u64::try_from(self.config.recovery.healthy_reset.as_millis()).unwrap_or(u64::MAX);
@@ -802,16 +793,21 @@ impl Watch {
             let age_ms = wall_now.saturating_sub(episode.last_401_ms);
             let last_pid = episode.pids.last().copied().unwrap_or(0);
             info!(instance = %id, episode = %episode.id, live, age_ms, "resuming an episode left open by the previous run");
+            // Instances the previous run gave up on (`give_up`) stay given up on: their
+            // non-401 answer is awaited, their episode is not resumed.
+            let gave_up = self.policy.recovery(&id).gave_up;
             let record = self.record(&id);
             record.last_episode = Some(episode.id.clone());
-            record.detection.restore(episode);
+            if !gave_up {
+                record.detection.restore(episode);
+            }
             if !live {
                 // Its process is gone (and a `pid:` name can never come back): the episode
                 // ends as the process's would have, and nothing is restarted.
                 info!(instance = %id, "the latched process is gone: episode ends process_exited");
                 self.policy.hold(&id);
-                self.detect(&id, now, out, |d, rules| {
-                    d.process_exited(rules, last_pid, now, false)
+                self.detect(&id, now, out, |d, rules, rec| {
+                    d.process_exited(rules, last_pid, now, false, rec)
                 });
                 self.went_idle(&id, now);
                 continue;
@@ -865,16 +861,18 @@ impl Watch {
         Record::of(&mut self.records, id)
     }
 
-    /// Runs `f` on `id`'s detection (its record made if need be) and acts on its events.
+    /// Runs `f` on `id`'s detection (its record made if need be), under what recovery says of
+    /// it, and acts on its events.
     fn detect(
         &mut self,
         id: &InstanceId,
         now: MonoNs,
         out: &mut Vec<Effect>,
-        f: impl FnOnce(&mut detect::Instance, &detect::Rules) -> Vec<Event>,
+        f: impl FnOnce(&mut detect::Instance, &mut detect::Rules, detect::Recovery) -> Vec<Event>,
     ) {
+        let rec = self.policy.recovery(id);
         let record = Record::of(&mut self.records, id);
-        let events = f(&mut record.detection, &self.rules);
+        let events = f(&mut record.detection, &mut self.rules, rec);
         self.on_events(events, now, out);
     }
 
@@ -1012,11 +1010,35 @@ impl Watch {
             match event {
                 Event::StateChanged {
                     instance,
-                    from,
-                    to,
-                    reason,
+                    from: State::Suspect,
+                    to: State::Latched,
                     at_ns,
-                } => self.state_changed(&instance, from, to, &reason, at_ns, now, out),
+                    ..
+                } => {
+                    if let Some(held) = self
+                        .records
+                        .get(&instance)
+                        .and_then(|r| r.detection.latch_held_since(&self.rules))
+                    {
+                        #[expect(
+                            clippy::cast_precision_loss,
+                            reason = "nanoseconds to seconds for a histogram"
+                        )]
+                        let seconds = at_ns.max(now).saturating_sub(held) as f64 / 1e9;
+                        out.push(Effect::Metric(Metric::DetectionSeconds(seconds)));
+                    }
+                    self.on_latch(&instance, now, out);
+                }
+                // The episode ended (an accepted answer, or its process exited): so does
+                // recovery.
+                Event::StateChanged {
+                    instance,
+                    from: State::Latched,
+                    to: State::Healthy,
+                    reason,
+                    ..
+                } => self.recovered(&instance, &reason, now, out),
+                Event::StateChanged { .. } => {}
                 Event::EpisodeOpened(episode) => {
                     let id = InstanceId::from_saved(&episode.instance, episode.unit.as_deref());
                     if let Some(r) = self.records.get_mut(&id) {
@@ -1029,6 +1051,33 @@ impl Watch {
                     self.journal_episode(episode, now, out);
                 }
                 Event::EpisodeUpdated(episode) => self.journal_episode(episode, now, out),
+                Event::Rejected { instance, .. } => self.on_latch(&instance, now, out),
+                Event::Accepted {
+                    instance,
+                    pid,
+                    status,
+                } => self.recovered(&instance, &Reason::Accepted { pid, status }, now, out),
+                Event::RestartedElsewhere {
+                    instance,
+                    old_pid,
+                    pid,
+                    ..
+                } => {
+                    // Not ours: counted toward the escalation as ours are, and shown.
+                    info!(instance = %instance, old_pid, pid, "restarted by something else while latched: the episode goes on, the new process's own answer decides");
+                    self.policy.restarted_elsewhere(&instance, now);
+                    self.record(&instance).recoveries.restarts += 1;
+                    self.journal_action(
+                        &instance,
+                        ActionKind::Restart,
+                        true,
+                        None,
+                        format!("restarted by something else, not claude-watch: pid {old_pid} exited while latched, pid {pid} of the same instance started"),
+                        now,
+                        out,
+                    );
+                    self.save(out);
+                }
                 Event::EpisodeClosed(episode) => {
                     if matches!(
                         episode.end,
@@ -1067,83 +1116,45 @@ impl Watch {
         }
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the fields of one detector event"
-    )]
-    fn state_changed(
-        &mut self,
-        instance: &InstanceId,
-        from: State,
-        to: State,
-        reason: &Reason,
-        at_ns: MonoNs,
-        now: MonoNs,
-        out: &mut Vec<Effect>,
-    ) {
-        match (from, to) {
-            (_, State::Latched) => {
-                if from == State::Suspect
-                    && let Some(held) = self
-                        .records
-                        .get(instance)
-                        .and_then(|r| r.detection.latch_held_since(&self.rules))
-                {
-                    #[expect(
-                        clippy::cast_precision_loss,
-                        reason = "nanoseconds to seconds for a histogram"
-                    )]
-                    let seconds = at_ns.max(now).saturating_sub(held) as f64 / 1e9;
-                    out.push(Effect::Metric(Metric::DetectionSeconds(seconds)));
-                }
-                if self.acts(instance) {
-                    self.latch(instance, now);
-                    if let Some(fleet::FleetState::Held { alert, since_ms }) =
-                        self.fleet.as_ref().map(fleet::Fleet::state).cloned()
-                    {
-                        self.journal_fleet_hold(instance, &alert, since_ms, now, out);
-                    }
-                    self.save(out);
-                } else {
-                    let supervisor = if self.config.daemon.dry_run {
-                        "dry-run"
-                    } else {
-                        self.supervisor(instance).kind()
-                    };
-                    warn!(instance = %instance, supervisor, "latched; not restarting (observe-only)");
-                }
-            }
-            (State::Latched, State::Recovering) => {
-                if let Reason::RestartedElsewhere { old_pid, pid } = reason {
-                    // Not ours: counted toward the escalation as ours are, and shown.
-                    info!(instance = %instance, old_pid, pid, "restarted by something else while latched: the episode goes on, the new process's own answer decides");
-                    self.policy.restarted_elsewhere(instance, now);
-                    self.record(instance).recoveries.restarts += 1;
-                    self.journal_action(
-                        instance,
-                        ActionKind::Restart,
-                        true,
-                        None,
-                        format!("restarted by something else, not claude-watch: pid {old_pid} exited while latched, pid {pid} of the same instance started"),
-                        now,
-                        out,
-                    );
-                    self.save(out);
-                }
-            }
-            (State::Recovering | State::Latched | State::Escalated, State::Healthy) => {
-                if let Some(ttr) = self.policy.recovered(instance, now) {
-                    out.push(Effect::Metric(Metric::RecoverySeconds(ttr.as_secs_f64())));
-                }
-                if from != State::Latched || matches!(reason, Reason::Accepted { .. }) {
-                    out.push(Effect::Metric(Metric::Recovery {
-                        agent: instance.name.clone(),
-                    }));
-                }
-                self.save(out);
-            }
-            _ => {}
+    /// `instance` is latched (newly, or again: its restarted process got 401): recovery is
+    /// told, where a supervisor acts.
+    fn on_latch(&mut self, instance: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
+        if self.acts(instance) {
+            self.latch(instance, now);
+            self.journal_if_fleet_held(instance, now, out);
+            self.save(out);
+        } else {
+            let supervisor = if self.config.daemon.dry_run {
+                "dry-run"
+            } else {
+                self.supervisor(instance).kind()
+            };
+            warn!(instance = %instance, supervisor, "latched; not restarting (observe-only)");
+            self.policy.boundary_passed(instance);
         }
+    }
+
+    /// Journals that the fleet holds `instance`'s restarts, if it does.
+    fn journal_if_fleet_held(&self, instance: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
+        if let Some(fleet::FleetState::Held { alert, since_ms }) =
+            self.fleet.as_ref().map(fleet::Fleet::state)
+        {
+            self.journal_fleet_hold(instance, alert, *since_ms, now, out);
+        }
+    }
+
+    /// `id`'s episode ended, or its give-up, `why`: recovery ends (a confirmed recovery when
+    /// its restarted process answered), counted when an accepted answer ended it.
+    fn recovered(&mut self, id: &InstanceId, why: &Reason, now: MonoNs, out: &mut Vec<Effect>) {
+        if let Some(ttr) = self.policy.recovered(id, now) {
+            out.push(Effect::Metric(Metric::RecoverySeconds(ttr.as_secs_f64())));
+        }
+        if matches!(why, Reason::Accepted { .. }) {
+            out.push(Effect::Metric(Metric::Recovery {
+                agent: id.name.clone(),
+            }));
+        }
+        self.save(out);
     }
 
     /// Carries out what the policy decided: restarts due now, quiet windows, notices and
@@ -1254,7 +1265,7 @@ impl Watch {
             return;
         };
         info!(instance = %id, pid = target.pid, unit = target.unit.as_deref().unwrap_or("-"), supervisor = supervisor.kind(), "restarting latched instance");
-        self.detect(id, now, out, |d, _| d.restart_started(now));
+        self.detect(id, now, out, |d, _, _| d.restart_started(now));
         self.save(out);
         out.push(Effect::Restart {
             instance: id.clone(),
@@ -1308,7 +1319,8 @@ impl Watch {
                     ok: false,
                 }));
                 self.journal_action(id, ActionKind::Restart, false, None, detail, now, out);
-                self.detect(id, now, out, |d, _| d.restart_failed(now));
+                // Latched again, its old process counting: held by the fleet, if it is.
+                self.journal_if_fleet_held(id, now, out);
             }
         }
         self.save(out);
@@ -1332,7 +1344,7 @@ impl Watch {
                 r.placement = None;
                 r.binary = None;
                 r.last_seen = None;
-                if r.detection.at_rest() && self.policy.at_rest(&named) {
+                if self.at_rest(&named) {
                     self.forget(&named);
                 } else {
                     self.idle(&named, now);
@@ -1386,13 +1398,7 @@ impl Watch {
         );
         // The process that latched, taken before a give-up closes its episode.
         let latched = self.target(id);
-        self.detect(id, now, out, |d, rules| {
-            if gave_up {
-                d.escalate(rules, now)
-            } else {
-                d.mark_escalated(rules, now)
-            }
-        });
+        self.detect(id, now, out, |d, rules, _| d.escalated(rules, now, gave_up));
         self.run_hook(id, latched, reason, vec![id.name.clone()], out);
     }
 
@@ -1648,13 +1654,7 @@ impl Watch {
             out,
         );
         for m in members {
-            self.detect(m, now, out, |d, rules| {
-                if gave_up {
-                    d.escalate(rules, now)
-                } else {
-                    d.mark_escalated(rules, now)
-                }
-            });
+            self.detect(m, now, out, |d, rules, _| d.escalated(rules, now, gave_up));
         }
         let latched = self.target(canary);
         self.run_hook(canary, latched, reason, names, out);

@@ -12,8 +12,9 @@ use crate::detect::{MonoNs, State};
 use crate::instance::Placement;
 
 /// Every instance's status at `now`: live processes, detector state, recovery phase and
-/// supervisor merged. The state is the detector's: the core keeps it in step with the policy
-/// (an escalation, or a restored one, escalates the detector too).
+/// supervisor merged. The state is the detector's window (healthy, suspect, latched) as
+/// recovery qualifies it: `recovering` while latched past a restart boundary, `escalated`
+/// when restarts gave up (and from a notice until the confirmed recovery, below).
 pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
     let mut instances: BTreeMap<String, InstanceView> = BTreeMap::new();
     let mut ids = BTreeMap::new();
@@ -44,11 +45,15 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
             }
         }
         let s = record.detection.status();
-        view.state = s.state.as_str().to_owned();
-        if s.state == State::Healthy && record.last_seen.is_none() {
+        let rec = watch.policy.recovery(id);
+        view.state = match s.state {
+            _ if rec.gave_up => "escalated",
+            State::Latched if rec.boundary.is_some() => "recovering",
             // No answer of its own was ever seen: nothing says it is healthy.
-            view.state = "observed".into();
+            State::Healthy if record.last_seen.is_none() => "observed",
+            state => state.as_str(),
         }
+        .to_owned();
         view.session_id.clone_from(&s.session_id);
         if s.client_version.is_some() {
             view.version.clone_from(&s.client_version);
@@ -59,7 +64,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         view.episode = s
             .window
             .as_ref()
-            .filter(|_| matches!(s.state, State::Latched | State::Recovering))
+            .filter(|_| s.state == State::Latched)
             .map(|w| w.id.clone());
         if let Some(last) = &record.last_seen {
             view.last_status = Some(last.status);
@@ -117,7 +122,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         }
         if let Some(Placement::ClaudeBg(bg)) = &record.placement {
             let cwd = bg.cwd.as_ref().map(|c| c.display().to_string());
-            if view.state == State::Escalated.as_str() {
+            if view.state == "escalated" {
                 view.advice = Some(bg_escalation_advice(&bg.short_id, cwd.as_deref()));
             }
             view.background = Some(BackgroundView {
@@ -154,7 +159,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
         {
             // A notice was given and restarts go on: escalated until a confirmed recovery,
             // whatever the restart in between (an alert on the state must not flap).
-            view.state = State::Escalated.as_str().to_owned();
+            view.state = "escalated".to_owned();
         }
         if recovery.in_incident {
             view.incident = incident.as_ref().map(|i| i.id.clone());

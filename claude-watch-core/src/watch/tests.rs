@@ -2085,3 +2085,58 @@ fn traffic_the_probes_miss_makes_a_healthy_instance_blind_until_one_is_seen() {
     assert_eq!(view.state, "healthy");
     assert!(view.blind.is_none());
 }
+
+#[test]
+fn an_instance_not_acted_on_and_restarted_by_something_else_awaits_its_new_process() {
+    for extra in ["supervisor = { kind = \"observe\" }", ""] {
+        for heals in [false, true] {
+            let mut config = config(extra);
+            config.daemon.dry_run = extra.is_empty();
+            let mut r = Rig::resume(config, None, 100 * S, WallClock::default());
+            r.start(100, &agent());
+            r.see(100, 200, "s0");
+            r.keep_answering(100, 401, "s0", 30 * S);
+            assert_eq!(r.view("agent.service").state, "latched");
+            // Restarted by something else: the new process's own answer decides.
+            r.exit(100);
+            r.advance(S);
+            r.start(101, &agent());
+            assert_eq!(r.view("agent.service").state, "recovering", "{extra:?}");
+            assert_eq!(r.actions(ActionKind::Restart).len(), 1);
+            r.advance(S);
+            if heals {
+                r.see(101, 200, "s1");
+                let healed = r.closed(EpisodeEnd::RecoveredAfterRestart).expect("healed");
+                assert_eq!(healed.restarts, 1);
+                assert_eq!(r.view("agent.service").state, "healthy");
+                continue;
+            }
+            // Its 401: the restart did not heal, latched again; its own exit then ends the
+            // episode once no process came back within the grace.
+            r.see(101, 401, "s1");
+            assert_eq!(r.view("agent.service").state, "latched", "{extra:?}");
+            r.exit(101);
+            r.advance(S);
+            r.advance(crate::detect::RESTART_ELSEWHERE_GRACE.as_secs() * S);
+            assert!(r.closed(EpisodeEnd::ProcessExited).is_some(), "{extra:?}");
+            assert_eq!(r.restarts_total, 0, "{extra:?}");
+        }
+    }
+}
+
+#[test]
+fn a_process_restarted_by_something_else_that_exits_before_answering_keeps_the_episode() {
+    let mut r = Rig::new("supervisor = { kind = \"observe\" }");
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.keep_answering(100, 401, "s0", 30 * S);
+    r.exit(100);
+    r.advance(S);
+    r.start(101, &agent());
+    r.advance(S);
+    r.exit(101);
+    r.advance(S);
+    r.advance(crate::detect::RESTART_ELSEWHERE_GRACE.as_secs() * S);
+    assert!(r.closed(EpisodeEnd::ProcessExited).is_none());
+    assert_eq!(r.view("agent.service").state, "recovering");
+}

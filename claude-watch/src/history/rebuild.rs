@@ -270,7 +270,8 @@ impl Rig<'_> {
                         self.done_throttles.push(t);
                     }
                 }
-                Event::StateChanged { .. } | Event::TierThrottle { .. } => {}
+                // State changes, tier throttles, a restart's answers: nothing to record.
+                _ => {}
             }
         }
     }
