@@ -1024,7 +1024,7 @@ impl Instance {
     /// boundary (`rec`: a restart is expected to replace the process). With
     /// `live` (seen exiting on its own, not through a restart of ours), a latched instance
     /// keeps its episode open [`RESTART_ELSEWHERE_GRACE`]: a process started meanwhile is a
-    /// restart by something else ([`Reason::RestartedElsewhere`]); otherwise [`Self::tick`]
+    /// restart by something else ([`Event::RestartedElsewhere`]); otherwise [`Self::tick`]
     /// closes the episode as [`EpisodeEnd::ProcessExited`] at the exit's time.
     pub fn process_exited(
         &mut self,

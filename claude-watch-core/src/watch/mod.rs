@@ -18,7 +18,8 @@
 //! ```
 //!
 //! What lives where:
-//! - [`front`]: kernel records to inputs (pairing, exec and exit dispatch), shared with `trace`;
+//! - the shell's `watch::front`: kernel records to inputs (pairing, exec and exit dispatch),
+//!   shared with `trace`;
 //! - [`crate::detect`]: the evidence: what counts as a latch, a recovery, a throttle;
 //! - [`policy`]: the one recovery lifecycle: when to restart, how long to wait, when to give
 //!   up, and the restart boundary the detector is given with every call;

@@ -1,4 +1,4 @@
-//! [`merge`], the one place where the processes, the detector and the recovery policy are
+//! `merge`, the one place where the processes, the detector and the recovery policy are
 //! joined into each instance's status. The views themselves (what `claude-watch status`
 //! shows, the snapshot the daemon publishes) are the core's ([`crate::status`],
 //! re-exported here).
