@@ -135,7 +135,8 @@ pub struct Budget {
     pub dropped: u32,
 }
 
-/// Fixed header of every ring-buffer record; `captured` head bytes follow it directly.
+/// Fixed header of every ring-buffer record; `captured` head bytes follow it directly (a head
+/// record may be longer: the kernel reserves it in one of three sizes, see its `emit`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventHeader {
@@ -163,17 +164,6 @@ pub struct EventHeader {
 
 /// Size of [`EventHeader`] in bytes.
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
-
-/// Kernel-side scratch record: header plus the largest head. Lives in a per-CPU array because
-/// it is too large for the 512-byte eBPF stack.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct EventBuf {
-    /// The header sent first.
-    pub header: EventHeader,
-    /// The head bytes; only `header.captured` of them are sent.
-    pub head: [u8; HEAD_MAX],
-}
 
 /// Arguments of an `SSL_read`/`SSL_read_ex` call kept from entry to return, per thread.
 #[repr(C)]

@@ -29,9 +29,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use claude_ebpf_common::{
-    BUDGET_ENTRIES, BUDGET_WINDOW_NS, Budget, ConnKey, EventBuf, EventHeader, HEAD_MAX, HEADER_LEN,
-    IMAGE_ENTRIES, ImageKey, KernelOffsets, REPORTED_ENTRIES, ReadArgs, SHORT_HEAD,
-    USER_BUDGET_ENTRIES, WATCHED_WORDS, flags, kind, stats, wakeup,
+    BUDGET_ENTRIES, BUDGET_WINDOW_NS, Budget, ConnKey, EventHeader, HEAD_MAX, IMAGE_ENTRIES,
+    ImageKey, KernelOffsets, REPORTED_ENTRIES, ReadArgs, SHORT_HEAD, USER_BUDGET_ENTRIES,
+    WATCHED_WORDS, flags, kind, stats, wakeup,
 };
 
 /// Records for user space. User space may resize it at load time.
@@ -102,10 +102,6 @@ static BUDGET: LruHashMap<u32, Budget> = LruHashMap::with_max_entries(BUDGET_ENT
 /// Each user's record budget (other than root's), keyed by uid (see [`within_user_budget`]).
 #[map]
 static USER_BUDGET: LruHashMap<u32, Budget> = LruHashMap::with_max_entries(USER_BUDGET_ENTRIES, 0);
-
-/// Per-CPU room to assemble a record before it is copied to the ring buffer.
-#[map]
-static SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
 
 /// Images user space judged not Claude Code: their execs stay here (see
 /// [`sched_process_exec`]). Filled and kept within a share per file owner by user space.
@@ -661,44 +657,89 @@ fn wakeup_flags(dir: u32, urgent: bool) -> u64 {
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Sends `header` and at most `limit` (and `COPY_MAX`) bytes of `buf`, the buffer of
-/// `header.len` bytes it describes.
+/// `header.len` bytes it describes. The bytes are read straight into the record reserved in
+/// the ring, not through a scratch buffer (in the real client every page a probe touches is
+/// cold: one fewer is worth more than the copy), in the smallest of three sizes that holds
+/// them (the verifier wants a reserve of a constant size; most heads are short).
 #[inline(always)]
 fn emit(header: EventHeader, buf: u64, urgent: bool, limit: u32) {
     let len = header.len;
-    let dir = header.kind;
-    let Some(record) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch slot, used by one program at a time on this CPU.
-    let record = unsafe { &mut *record };
-    // Copy at most COPY_MAX <= HEAD_MAX - 1 bytes; one mask bounds every size for the verifier.
-    const MASK: usize = HEAD_MAX - 1;
     // SAFETY: a plain read of a global the loader may have rewritten.
     let copy_max = unsafe { core::ptr::read_volatile(&raw const COPY_MAX) }.min(limit) as usize;
-    let cap = black_box(if len as usize > copy_max {
+    // At most COPY_MAX <= HEAD_MAX - 1 bytes.
+    let cap = if len as usize > copy_max {
         copy_max
     } else {
         len as usize
-    }) & MASK;
-    let head = record.head.as_mut_ptr().cast::<c_void>();
-    // SAFETY: `cap` < HEAD_MAX = head.len(); the helper checks the user access.
-    if unsafe { raw::bpf_probe_read_user(head, cap as u32, buf as *const c_void) } != 0 {
-        return;
-    }
-    record.header = EventHeader {
-        captured: cap as u32,
-        ..header
-    };
-    let size = HEADER_LEN + (black_box(cap) & MASK);
-    // SAFETY: `size` is at most the size of `EventBuf`, which `record` points to.
-    let bytes =
-        unsafe { core::slice::from_raw_parts((record as *const EventBuf).cast::<u8>(), size) };
-    let ret = EVENTS.output::<[u8]>(bytes, wakeup_flags(dir, urgent));
-    if ret.is_ok() {
-        bump(stats::SENT);
+    } & (HEAD_MAX - 1);
+    let wake = wakeup_flags(header.kind, urgent);
+    let sent = if cap < SMALL {
+        send::<SMALL>(header, buf, cap, wake)
+    } else if cap < MEDIUM {
+        send::<MEDIUM>(header, buf, cap, wake)
     } else {
-        bump(stats::LOST);
+        send::<HEAD_MAX>(header, buf, cap, wake)
+    };
+    match sent {
+        Sent::Yes => bump(stats::SENT),
+        Sent::Full => bump(stats::LOST),
+        Sent::Unreadable => {}
     }
+}
+
+/// Head room of the two smaller record sizes [`emit`] reserves (powers of two, below
+/// [`HEAD_MAX`]).
+const SMALL: usize = 512;
+const MEDIUM: usize = 2048;
+
+/// A record as reserved in the ring: its header, and room for `ROOM` bytes of head.
+#[repr(C)]
+struct Record<const ROOM: usize> {
+    header: EventHeader,
+    head: [u8; ROOM],
+}
+
+/// How a [`send`] went.
+enum Sent {
+    Yes,
+    /// The ring had no room.
+    Full,
+    /// The buffer could not be read (the record was given back).
+    Unreadable,
+}
+
+/// Reserves a record with room for `ROOM` bytes (a power of two), reads `cap` (< `ROOM`)
+/// bytes of `buf` into it and submits it with the wake-up flags `wake`.
+#[inline(always)]
+fn send<const ROOM: usize>(header: EventHeader, buf: u64, cap: usize, wake: u64) -> Sent {
+    let Some(mut entry) = EVENTS.reserve::<Record<ROOM>>(0) else {
+        return Sent::Full;
+    };
+    let record = entry.as_mut_ptr();
+    // One mask bounds the size for the verifier.
+    let cap = black_box(cap) & (ROOM - 1);
+    // SAFETY: `record` points to the reserved record, whose head holds `ROOM` > `cap` bytes;
+    // the helper checks the user access.
+    let read = unsafe {
+        raw::bpf_probe_read_user(
+            (&raw mut (*record).head).cast::<c_void>(),
+            cap as u32,
+            buf as *const c_void,
+        )
+    };
+    if read != 0 {
+        entry.discard(0);
+        return Sent::Unreadable;
+    }
+    // SAFETY: as above; the header is written whole.
+    unsafe {
+        (&raw mut (*record).header).write(EventHeader {
+            captured: cap as u32,
+            ..header
+        });
+    }
+    entry.submit(wake);
+    Sent::Yes
 }
 
 /// Every `execve`. An exec of an image user space judged not Claude Code (the [`IMAGES`] map,
