@@ -82,8 +82,10 @@
 //! what it knows of the instance (the core: in the instance's record, so that forgetting an
 //! instance is dropping its record) and lent to every call as a [`Table`]. The [`Policy`]
 //! keeps only what spans instances: the configuration, each owner's restart slot, the
-//! incident, the actions not yet polled and the fleet's hold; its cross-instance choices (the
-//! oldest latch first, the canary, one restart per owner) go over the table.
+//! incident, the actions not yet polled, the fleet's hold, and the names of the instances it
+//! heard of (an index, so that a poll passes over those and not over every record; dropped
+//! with the rest by [`Policy::forget`]); its cross-instance choices (the oldest latch first,
+//! the canary, one restart per owner) go over the table.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -320,6 +322,8 @@ impl<T: AsRef<Instance> + AsMut<Instance> + for<'a> From<&'a InstanceId>> Entry 
 /// The instances' recovery states the policy's calls are given, by instance.
 pub type Table<T = Instance> = BTreeMap<InstanceId, T>;
 
+/// The state of `id` in `t`, if the policy heard of it (so with `get_mut`: instances it never
+/// heard of have none).
 fn get<'t>(t: &'t Table<impl Entry>, id: &InstanceId) -> Option<&'t State> {
     t.get(id).and_then(|e| e.as_ref().0.as_ref())
 }
@@ -328,23 +332,12 @@ fn get_mut<'t>(t: &'t mut Table<impl Entry>, id: &InstanceId) -> Option<&'t mut 
     t.get_mut(id).and_then(|e| e.as_mut().0.as_mut())
 }
 
-fn states(t: &Table<impl Entry>) -> impl Iterator<Item = (&InstanceId, &State)> {
-    t.iter()
-        .filter_map(|(id, e)| Some((id, e.as_ref().0.as_ref()?)))
-}
-
-/// Instances other than `instance`, of the same owner, that can form an incident with it.
-fn joining_others(t: &Table<impl Entry>, instance: &InstanceId) -> Vec<InstanceId> {
-    let owner = get(t, instance).map_or(0, |i| i.owner);
-    states(t)
-        .filter(|(id, i)| *id != instance && i.owner == owner && i.joins())
-        .map(|(id, _)| id.clone())
-        .collect()
-}
-
-fn states_mut(t: &mut Table<impl Entry>) -> impl Iterator<Item = (&InstanceId, &mut State)> {
-    t.iter_mut()
-        .filter_map(|(id, e)| Some((id, e.as_mut().0.as_mut()?)))
+/// The states of the instances in `heard` (the policy's index of those it heard of).
+fn states<'t>(
+    heard: &'t BTreeSet<InstanceId>,
+    t: &'t Table<impl Entry>,
+) -> impl Iterator<Item = (&'t InstanceId, &'t State)> {
+    heard.iter().filter_map(|id| Some((id, get(t, id)?)))
 }
 
 #[derive(Clone, Debug)]
@@ -447,6 +440,11 @@ pub struct Policy {
     /// No restart on the host before this: the fleet's hold (`MonoNs::MAX` while its alert
     /// fires), set by the core from [`crate::fleet::Fleet`].
     fleet_hold: Option<MonoNs>,
+    /// The instances whose state is not empty, in order: an index into the table, so that a
+    /// pass over the instances (each poll, each deadline) goes over those the policy heard of
+    /// as it did when it kept their states itself, not over every record. Made in `entry`,
+    /// dropped by [`Policy::forget`].
+    heard: BTreeSet<InstanceId>,
 }
 
 /// What status shows of one instance's recovery.
@@ -492,6 +490,7 @@ impl Policy {
             out: Vec::new(),
             polled: 0,
             fleet_hold: None,
+            heard: BTreeSet::new(),
         }
     }
 
@@ -505,7 +504,8 @@ impl Policy {
     /// With `give_up` turned off, the instances given up on are released: their next 401s
     /// open a window again.
     pub fn set_config(&mut self, t: &mut Table<impl Entry>, config: PolicyConfig) {
-        for (id, i) in states_mut(t) {
+        for id in &self.heard {
+            let Some(i) = get_mut(t, id) else { continue };
             if !config.give_up && i.phase == Phase::GaveUp {
                 tracing::info!(instance = %id, "give_up is off: the instance given up on is watched again");
                 *i = State::new(config.initial_backoff);
@@ -559,10 +559,22 @@ impl Policy {
     }
 
     /// `instance`'s state in `t`, made if the policy had not heard of it.
-    fn entry<'t>(&self, t: &'t mut Table<impl Entry>, instance: &InstanceId) -> &'t mut State {
+    fn entry<'t>(&mut self, t: &'t mut Table<impl Entry>, instance: &InstanceId) -> &'t mut State {
         let initial = self.config.initial_backoff;
         let entry = t.entry(instance.clone()).or_insert_with(|| instance.into());
-        entry.as_mut().0.get_or_insert_with(|| State::new(initial))
+        entry.as_mut().0.get_or_insert_with(|| {
+            self.heard.insert(instance.clone());
+            State::new(initial)
+        })
+    }
+
+    /// Instances other than `instance`, of the same owner, that can form an incident with it.
+    fn joining_others(&self, t: &Table<impl Entry>, instance: &InstanceId) -> Vec<InstanceId> {
+        let owner = get(t, instance).map_or(0, |i| i.owner);
+        states(&self.heard, t)
+            .filter(|(id, i)| *id != instance && i.owner == owner && i.joins())
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn free_slot(&mut self, instance: &InstanceId) {
@@ -640,7 +652,7 @@ impl Policy {
             self.incident_try_failed(t, instance, now);
             return;
         }
-        let others = joining_others(t, instance);
+        let others = self.joining_others(t, instance);
         if self.config.canary && self.incident.is_none() && !alone && !others.is_empty() {
             // Rejected while others are latched too: an upstream incident, this rejection its
             // first try.
@@ -850,7 +862,7 @@ impl Policy {
                     });
                     return;
                 }
-                let others = joining_others(t, instance);
+                let others = self.joining_others(t, instance);
                 if !others.is_empty() {
                     self.open_incident(t, instance, others, now);
                 }
@@ -946,6 +958,7 @@ impl Policy {
     /// Drops what is not `instance`'s own state (gone from `t` with it): its restart slot, its
     /// membership of the incident.
     pub fn forget(&mut self, t: &mut Table<impl Entry>, instance: &InstanceId) {
+        self.heard.remove(instance);
         self.free_slot(instance);
         self.leave_incident(t, instance);
     }
@@ -1042,7 +1055,8 @@ impl Policy {
         }
 
         let mut overdue = Vec::new();
-        for (id, i) in states_mut(t) {
+        for id in &self.heard {
+            let Some(i) = get_mut(t, id) else { continue };
             // A long enough healthy period forgets the backoff.
             if let Some(since) = i.healthy_since.filter(|_| i.phase == Phase::Idle)
                 && now >= since.saturating_add(ns(config.healthy_reset))
@@ -1070,7 +1084,8 @@ impl Policy {
         }
 
         let mut actions = std::mem::take(&mut self.out);
-        for (id, i) in states_mut(t) {
+        for id in &self.heard {
+            let Some(i) = get_mut(t, id) else { continue };
             if i.escalate_pending {
                 i.escalate_pending = false;
                 actions.push(Action::Escalate {
@@ -1133,7 +1148,7 @@ impl Policy {
                 && i.not_before.is_none_or(|t| t <= now)
                 && !self.in_flight.contains_key(&i.owner)
         };
-        let lone = states(t)
+        let lone = states(&self.heard, t)
             .filter(|(id, i)| ready(i) && !self.in_incident(id))
             .map(|(id, i)| (i.latched_at, id));
         let canary = self
@@ -1172,7 +1187,7 @@ impl Policy {
             })
             .min();
         let after = self.config.escalate_after.map(ns);
-        let instances = states(t).flat_map(|(_, i)| {
+        let instances = states(&self.heard, t).flat_map(|(_, i)| {
             let clock = match i.phase {
                 Phase::Idle => i
                     .healthy_since
@@ -1209,7 +1224,7 @@ impl Policy {
         let wall = |t: MonoNs| clock.wall_ms(t);
         PolicySnapshot {
             config: self.config.clone(),
-            instances: states(t)
+            instances: states(&self.heard, t)
                 .map(|(id, i)| {
                     let phase = match i.phase {
                         Phase::Idle => SavedPhase::Idle,
@@ -1265,7 +1280,7 @@ impl Policy {
         let give_up = snapshot.config.give_up;
         let mut in_flight = BTreeMap::new();
         let mut ids = BTreeMap::new();
-        let instances = snapshot
+        let instances: Table = snapshot
             .instances
             .into_iter()
             .filter(|(_, s)| give_up || s.phase != SavedPhase::Escalated)
@@ -1348,8 +1363,15 @@ impl Policy {
             out: Vec::new(),
             polled: 0,
             fleet_hold: None,
+            heard: instances.keys().cloned().collect(),
         };
         (policy, instances)
+    }
+
+    /// The instances it heard of (the core's tests check the index against the records).
+    #[cfg(test)]
+    pub(crate) fn heard(&self) -> impl Iterator<Item = &InstanceId> {
+        self.heard.iter()
     }
 
     /// Holds every restart of the host until `until` (`MonoNs::MAX`: until told otherwise;

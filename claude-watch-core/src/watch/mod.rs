@@ -59,7 +59,7 @@ use crate::supervise::{
     Choice, EngineSocket, RestartFailed, RestartOutcome, Supervisor, SystemdBus, Target,
 };
 use crate::time::WallClock;
-use policy::{Action, Phase, Policy, PolicySnapshot};
+use policy::{Action, Phase, Policy, PolicySnapshot, Table};
 use record::Record;
 use status::{LastSeen, Status};
 
@@ -337,10 +337,7 @@ impl Watch {
     ) -> Self {
         let (mut policy, mut saved) = match saved {
             Some(snapshot) => Policy::restore(snapshot, now, wall_clock),
-            None => (
-                Policy::new(config.recovery.policy_config()),
-                BTreeMap::new(),
-            ),
+            None => (Policy::new(config.recovery.policy_config()), Table::new()),
         };
         // Instances given up on under `give_up` and released by a configuration without it:
         // their current traffic decides afresh.
@@ -1448,7 +1445,9 @@ impl Watch {
     /// The fleet's hold changed: journalled in each latched instance's episode, logged, and
     /// the policy told.
     fn on_fleet(&mut self, events: Vec<fleet::FleetEvent>, now: MonoNs, out: &mut Vec<Effect>) {
-        let latched: Vec<InstanceId> = (self.records.iter())
+        let latched: Vec<InstanceId> = self
+            .records
+            .iter()
             .filter(|(_, r)| r.recovery.unhealed())
             .map(|(id, _)| id.clone())
             .collect();

@@ -176,6 +176,15 @@ impl Rig {
                 Effect::Attach(_) => {}
             }
         }
+        // The policy's index names exactly the records with a recovery state.
+        let with_state: Vec<&InstanceId> = self
+            .watch
+            .records
+            .iter()
+            .filter(|(_, r)| r.recovery.phase().is_some())
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(self.watch.policy.heard().collect::<Vec<_>>(), with_state);
     }
 
     fn start(&mut self, pid: u32, instance: &InstanceId) {
@@ -1422,12 +1431,13 @@ fn an_exited_instance_process_releases_its_attachments() {
 }
 
 /// Entries of every per-instance table of the core: its records (each with its recovery
-/// state) and its successors (the per-process ones, `procs` and `unobserved`, follow live
-/// processes).
+/// state), its successors and the policy's index of the instances it heard of (the
+/// per-process ones, `procs` and `unobserved`, follow live processes).
 fn footprint(w: &Watch) -> Vec<(&'static str, usize)> {
     vec![
         ("records", w.records.len()),
         ("successors", w.successors.len()),
+        ("policy", w.policy.heard().count()),
     ]
 }
 
