@@ -1,7 +1,8 @@
 //! One record per instance: everything the core keeps of it, so that forgetting an instance
 //! is dropping its record (its detector state, its recovery state and the pids of its live
-//! processes in it, each in one place; the pid table beside it and the policy's restart slots
-//! and incident only name it).
+//! processes in it, each in one place; the pid table beside it and the policy's restart slots,
+//! incident and index of the instances it heard of only name it, and [`super::Watch::forget`]
+//! tells the policy).
 //!
 //! The policy's calls are lent the records as their [`policy::Table`]: a record is its
 //! instance's recovery state's holder (`AsRef`/`AsMut`), made (as root's) when the policy
