@@ -33,7 +33,7 @@
 //! - Supervisor failures and restarts that time out are held behind the same growing quiet
 //!   window; they are not restarts and say nothing about the upstream window.
 //! - The detector is told what it needs of this lifecycle with every call
-//!   ([`Policy::recovery`]): the restart boundary, from a restart's hand-out (or a restart by
+//!   ([`Instance::detector`]): the restart boundary, from a restart's hand-out (or a restart by
 //!   something else, [`Policy::restarted_elsewhere`]) until the new process gets 401, the
 //!   restart fails or recovery ends (only processes started since count, and their answers say
 //!   whether it healed), and whether restarts gave up (its 401s then open no window).
@@ -75,6 +75,17 @@
 //! wall-clock deadlines, so a restarted daemon does not restart anything early.
 //!
 //! Instances are keyed by [`InstanceId`] and time is [`MonoNs`], like the detector's.
+//!
+//! # Where the state lives
+//!
+//! Each instance's recovery state is an [`Instance`], kept by the caller beside the rest of
+//! what it knows of the instance (the core: in the instance's record, so that forgetting an
+//! instance is dropping its record) and lent to every call as a [`Table`]. The [`Policy`]
+//! keeps only what spans instances: the configuration, each owner's restart slot, the
+//! incident, the actions not yet polled, the fleet's hold, and the names of the instances it
+//! heard of (an index, so that a poll passes over those and not over every record; dropped
+//! with the rest by [`Policy::forget`]); its cross-instance choices (the oldest latch first,
+//! the canary, one restart per owner) go over the table.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -239,8 +250,98 @@ impl Phase {
     }
 }
 
+/// One instance's recovery state, kept beside its detection (the core keeps it in the
+/// instance's record, so that forgetting the instance drops it): empty until the policy
+/// hears of the instance.
+#[derive(Clone, Debug, Default)]
+pub struct Instance(Option<State>);
+
+impl Instance {
+    /// Its phase, `None` when the policy has never heard of it.
+    #[must_use]
+    pub fn phase(&self) -> Option<Phase> {
+        self.0.as_ref().map(|i| i.phase)
+    }
+
+    /// What the detector needs of its recovery: its restart boundary, and whether restarts
+    /// gave up on it.
+    #[must_use]
+    pub fn detector(&self) -> Recovery {
+        Recovery {
+            boundary: self.0.as_ref().and_then(|i| i.boundary),
+            gave_up: self.phase() == Some(Phase::GaveUp),
+        }
+    }
+
+    /// No restart of it happens before this (its own window or hold).
+    #[must_use]
+    pub fn not_before(&self) -> Option<MonoNs> {
+        self.0.as_ref().and_then(|i| i.not_before)
+    }
+
+    /// Latched and not healed (waiting, restarting, awaiting confirmation).
+    #[must_use]
+    pub fn unhealed(&self) -> bool {
+        self.phase().is_some_and(Phase::unhealed)
+    }
+
+    /// Its restarted process, which nothing recovers (its supervisor does not act), got 401:
+    /// past its restart boundary.
+    pub fn boundary_passed(&mut self) {
+        if let Some(i) = self.0.as_mut() {
+            i.boundary = None;
+        }
+    }
+}
+
+impl AsRef<Instance> for Instance {
+    fn as_ref(&self) -> &Instance {
+        self
+    }
+}
+
+impl AsMut<Instance> for Instance {
+    fn as_mut(&mut self) -> &mut Instance {
+        self
+    }
+}
+
+impl From<&InstanceId> for Instance {
+    fn from(_: &InstanceId) -> Self {
+        Self::default()
+    }
+}
+
+/// What holds each instance's recovery state in a [`Table`]: the core's record of it, or the
+/// [`Instance`] alone (a standalone policy's table); made from the id when the policy first
+/// hears of an instance.
+pub trait Entry: AsRef<Instance> + AsMut<Instance> + for<'a> From<&'a InstanceId> {}
+
+impl<T: AsRef<Instance> + AsMut<Instance> + for<'a> From<&'a InstanceId>> Entry for T {}
+
+/// The instances' recovery states the policy's calls are given, by instance.
+pub type Table<T = Instance> = BTreeMap<InstanceId, T>;
+
+/// The state of `id` in `t`, if the policy heard of it (so with `get_mut`: instances it never
+/// heard of have none).
+fn get<'t>(t: &'t Table<impl Entry>, id: &InstanceId) -> Option<&'t State> {
+    t.get(id).and_then(|e| e.as_ref().0.as_ref())
+}
+
+fn get_mut<'t>(t: &'t mut Table<impl Entry>, id: &InstanceId) -> Option<&'t mut State> {
+    t.get_mut(id).and_then(|e| e.as_mut().0.as_mut())
+}
+
+/// The states of the instances in `heard` (the policy's index of those it heard of).
+fn states<'t>(
+    heard: &'t BTreeSet<InstanceId>,
+    t: &'t Table<impl Entry>,
+) -> impl Iterator<Item = (&'t InstanceId, &'t State)> {
+    heard.iter().filter_map(|id| Some((id, get(t, id)?)))
+}
+
 #[derive(Clone, Debug)]
-struct Instance {
+struct State {
     phase: Phase,
     /// When the instance (last) entered `Latched`: the queue's order, oldest first.
     latched_at: Option<MonoNs>,
@@ -275,7 +376,7 @@ struct Instance {
     boundary: Option<MonoNs>,
 }
 
-impl Instance {
+impl State {
     fn new(backoff: Duration) -> Self {
         Self {
             boundary: None,
@@ -322,11 +423,11 @@ struct Incident {
     escalate_pending: bool,
 }
 
-/// The recovery policy for all instances of a host.
+/// The recovery policy for all instances of a host: what is not one instance's (each call is
+/// given the instances' states, a [`Table`]).
 #[derive(Clone, Debug)]
 pub struct Policy {
     config: PolicyConfig,
-    instances: BTreeMap<InstanceId, Instance>,
     /// The instance holding each owner's restart slot (one restart in flight per owner: a
     /// user whose own supervisor hangs delays only that user's restarts).
     in_flight: BTreeMap<u32, InstanceId>,
@@ -339,6 +440,11 @@ pub struct Policy {
     /// No restart on the host before this: the fleet's hold (`MonoNs::MAX` while its alert
     /// fires), set by the core from [`crate::fleet::Fleet`].
     fleet_hold: Option<MonoNs>,
+    /// The instances whose state is not empty, in order: an index into the table, so that a
+    /// pass over the instances (each poll, each deadline) goes over those the policy heard of
+    /// as it did when it kept their states itself, not over every record. Made in `entry`,
+    /// dropped by [`Policy::forget`].
+    heard: BTreeSet<InstanceId>,
 }
 
 /// What status shows of one instance's recovery.
@@ -379,12 +485,12 @@ impl Policy {
     pub fn new(config: PolicyConfig) -> Self {
         Self {
             config,
-            instances: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             incident: None,
             out: Vec::new(),
             polled: 0,
             fleet_hold: None,
+            heard: BTreeSet::new(),
         }
     }
 
@@ -397,62 +503,26 @@ impl Policy {
     /// Replaces the tunables (configuration reload); running windows keep their deadlines.
     /// With `give_up` turned off, the instances given up on are released: their next 401s
     /// open a window again.
-    pub fn set_config(&mut self, config: PolicyConfig) {
-        for (id, i) in &mut self.instances {
+    pub fn set_config(&mut self, t: &mut Table<impl Entry>, config: PolicyConfig) {
+        for id in &self.heard {
+            let Some(i) = get_mut(t, id) else { continue };
             if !config.give_up && i.phase == Phase::GaveUp {
                 tracing::info!(instance = %id, "give_up is off: the instance given up on is watched again");
-                *i = Instance::new(config.initial_backoff);
+                *i = State::new(config.initial_backoff);
             }
         }
         if !config.canary
             && let Some(incident) = self.incident.take()
         {
-            self.release(incident, None);
+            self.release(t, incident, None);
         }
         self.config = config;
     }
 
-    /// The phase of `instance`, `None` when the policy has never heard of it.
-    #[must_use]
-    pub fn phase(&self, instance: &InstanceId) -> Option<Phase> {
-        self.instances.get(instance).map(|i| i.phase)
-    }
-
-    /// What the detector needs of `instance`'s recovery: its restart boundary, and whether
-    /// restarts gave up on it.
-    #[must_use]
-    pub fn recovery(&self, instance: &InstanceId) -> Recovery {
-        let i = self.instances.get(instance);
-        Recovery {
-            boundary: i.and_then(|i| i.boundary),
-            gave_up: i.is_some_and(|i| i.phase == Phase::GaveUp),
-        }
-    }
-
-    /// Restarts of `instance` since its last confirmed recovery.
-    #[must_use]
-    pub fn restarts(&self, instance: &InstanceId) -> u32 {
-        self.instances.get(instance).map_or(0, |i| i.restarts)
-    }
-
-    /// The instances latched and not healed (waiting, restarting, awaiting confirmation).
-    pub fn unhealed(&self) -> impl Iterator<Item = &InstanceId> {
-        self.instances
-            .iter()
-            .filter(|(_, i)| i.phase.unhealed())
-            .map(|(id, _)| id)
-    }
-
-    /// No restart of `instance` happens before this (its own window or hold).
-    #[must_use]
-    pub fn not_before(&self, instance: &InstanceId) -> Option<MonoNs> {
-        self.instances.get(instance).and_then(|i| i.not_before)
-    }
-
     /// What status shows of `instance`'s recovery.
     #[must_use]
-    pub fn view(&self, instance: &InstanceId) -> RecoveryView {
-        let Some(i) = self.instances.get(instance) else {
+    pub fn view(&self, instance: &InstanceId, state: &Instance) -> RecoveryView {
+        let Some(i) = state.0.as_ref() else {
             return RecoveryView::default();
         };
         let incident = self
@@ -488,11 +558,23 @@ impl Policy {
         })
     }
 
-    fn entry(&mut self, instance: &InstanceId) -> &mut Instance {
+    /// `instance`'s state in `t`, made if the policy had not heard of it.
+    fn entry<'t>(&mut self, t: &'t mut Table<impl Entry>, instance: &InstanceId) -> &'t mut State {
         let initial = self.config.initial_backoff;
-        self.instances
-            .entry(instance.clone())
-            .or_insert_with(|| Instance::new(initial))
+        let entry = t.entry(instance.clone()).or_insert_with(|| instance.into());
+        entry.as_mut().0.get_or_insert_with(|| {
+            self.heard.insert(instance.clone());
+            State::new(initial)
+        })
+    }
+
+    /// Instances other than `instance`, of the same owner, that can form an incident with it.
+    fn joining_others(&self, t: &Table<impl Entry>, instance: &InstanceId) -> Vec<InstanceId> {
+        let owner = get(t, instance).map_or(0, |i| i.owner);
+        states(&self.heard, t)
+            .filter(|(id, i)| *id != instance && i.owner == owner && i.joins())
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn free_slot(&mut self, instance: &InstanceId) {
@@ -505,12 +587,8 @@ impl Policy {
 
     /// The owner (uid) of `instance`'s processes: restarts are one at a time per owner, and an
     /// incident holds only its owner's instances. Set before [`Policy::latched`].
-    pub fn set_owner(&mut self, instance: &InstanceId, owner: u32) {
-        self.entry(instance).owner = owner;
-    }
-
-    fn owner(&self, instance: &InstanceId) -> u32 {
-        self.instances.get(instance).map_or(0, |i| i.owner)
+    pub fn set_owner(&mut self, t: &mut Table<impl Entry>, instance: &InstanceId, owner: u32) {
+        self.entry(t, instance).owner = owner;
     }
 
     fn in_incident(&self, instance: &InstanceId) -> bool {
@@ -528,9 +606,9 @@ impl Policy {
     }
 
     /// Escalates `instance` (its own notice), once.
-    fn escalate(&mut self, instance: &InstanceId, now: MonoNs) {
+    fn escalate(&mut self, t: &mut Table<impl Entry>, instance: &InstanceId, now: MonoNs) {
         let give_up = self.config.give_up;
-        let i = self.entry(instance);
+        let i = self.entry(t, instance);
         if i.escalated.is_some() {
             return;
         }
@@ -542,13 +620,13 @@ impl Policy {
             i.boundary = None;
             self.free_slot(instance);
         }
-        tracing::warn!(instance = %instance, restarts = self.restarts(instance), give_up, "restarts did not heal: escalating");
+        tracing::warn!(instance = %instance, restarts = i.restarts, give_up, "restarts did not heal: escalating");
     }
 
     /// A quiet window of `instance`'s own, starting `now`; the window grows for the next time.
-    fn own_window(&mut self, instance: &InstanceId, now: MonoNs) {
+    fn own_window(&mut self, t: &mut Table<impl Entry>, instance: &InstanceId, now: MonoNs) {
         let max_backoff = self.config.max_backoff;
-        let i = self.entry(instance);
+        let i = self.entry(t, instance);
         let until = now.saturating_add(ns(i.backoff));
         i.not_before = Some(until);
         i.backoff = (i.backoff * 2).min(max_backoff);
@@ -561,41 +639,41 @@ impl Policy {
     }
 
     /// A restart of `instance` did not heal: its new process got 401 (the window is open).
-    fn rejected(&mut self, instance: &InstanceId, now: MonoNs) {
+    fn rejected(&mut self, t: &mut Table<impl Entry>, instance: &InstanceId, now: MonoNs) {
         self.free_slot(instance);
         self.out.push(Action::Rejected {
             instance: instance.clone(),
         });
-        let i = self.entry(instance);
+        let i = self.entry(t, instance);
         i.phase = Phase::Latched;
         i.latched_at = Some(now);
         let alone = i.escalated.is_some();
         if self.in_incident(instance) {
-            self.incident_try_failed(instance, now);
+            self.incident_try_failed(t, instance, now);
             return;
         }
-        let others = self.joining_others(instance);
+        let others = self.joining_others(t, instance);
         if self.config.canary && self.incident.is_none() && !alone && !others.is_empty() {
             // Rejected while others are latched too: an upstream incident, this rejection its
             // first try.
-            self.open_incident(instance, others, now);
-            self.incident_try_failed(instance, now);
+            self.open_incident(t, instance, others, now);
+            self.incident_try_failed(t, instance, now);
             return;
         }
-        let i = self.entry(instance);
+        let i = self.entry(t, instance);
         i.unhealed += 1;
         let (unhealed, since) = (i.unhealed, i.since);
         if !self.fleet_held() && (unhealed >= self.config.max_restarts || self.overdue(since, now))
         {
-            self.escalate(instance, now);
+            self.escalate(t, instance, now);
         }
-        if self.phase(instance) == Some(Phase::Latched) {
-            self.own_window(instance, now);
+        if self.entry(t, instance).phase == Phase::Latched {
+            self.own_window(t, instance, now);
         }
     }
 
     /// The incident's try with `canary` did not heal: one more rejected try, a quiet window.
-    fn incident_try_failed(&mut self, canary: &InstanceId, now: MonoNs) {
+    fn incident_try_failed(&mut self, t: &mut Table<impl Entry>, canary: &InstanceId, now: MonoNs) {
         let max_backoff = self.config.max_backoff;
         let k = self.config.max_restarts;
         let overdue = self
@@ -619,13 +697,13 @@ impl Policy {
             incident: true,
         });
         if (inc.tries >= k || overdue) && !self.fleet_held() {
-            self.escalate_incident(now);
+            self.escalate_incident(t, now);
         }
     }
 
     /// Escalates the open incident (one notice for all its members), once; with `give_up`
     /// its members are no longer restarted.
-    fn escalate_incident(&mut self, now: MonoNs) {
+    fn escalate_incident(&mut self, t: &mut Table<impl Entry>, now: MonoNs) {
         let give_up = self.config.give_up;
         let Some(inc) = self.incident.as_mut() else {
             return;
@@ -644,7 +722,7 @@ impl Policy {
         if give_up {
             let members: Vec<InstanceId> = inc.members.iter().cloned().collect();
             for m in &members {
-                let i = self.entry(m);
+                let i = self.entry(t, m);
                 i.phase = Phase::GaveUp;
                 i.not_before = None;
                 i.boundary = None;
@@ -653,18 +731,14 @@ impl Policy {
         }
     }
 
-    /// Instances other than `instance`, of the same owner, that can form an incident with it.
-    fn joining_others(&self, instance: &InstanceId) -> Vec<InstanceId> {
-        let owner = self.owner(instance);
-        self.instances
-            .iter()
-            .filter(|(id, i)| *id != instance && i.owner == owner && i.joins())
-            .map(|(id, _)| id.clone())
-            .collect()
-    }
-
     /// Opens an incident of `instance` and `others`, its schedule taken over from theirs.
-    fn open_incident(&mut self, instance: &InstanceId, others: Vec<InstanceId>, now: MonoNs) {
+    fn open_incident(
+        &mut self,
+        t: &mut Table<impl Entry>,
+        instance: &InstanceId,
+        others: Vec<InstanceId>,
+        now: MonoNs,
+    ) {
         let mut members: BTreeSet<InstanceId> = others.into_iter().collect();
         members.insert(instance.clone());
         let canary = self
@@ -675,17 +749,12 @@ impl Policy {
             .or_else(|| {
                 members
                     .iter()
-                    .find(|m| {
-                        matches!(
-                            self.instances.get(*m).map(|i| i.phase),
-                            Some(Phase::Recovering { .. })
-                        )
-                    })
+                    .find(|m| matches!(get(t, m).map(|i| i.phase), Some(Phase::Recovering { .. })))
                     .cloned()
             });
         let initial = self.config.initial_backoff;
         let mut inc = Incident {
-            owner: self.owner(instance),
+            owner: get(t, instance).map_or(0, |i| i.owner),
             opened: now,
             members: members.clone(),
             canary: canary.clone(),
@@ -697,7 +766,7 @@ impl Policy {
         };
         // The members' evidence so far: the window they already waited for carries over.
         for m in &members {
-            if let Some(i) = self.instances.get_mut(m) {
+            if let Some(i) = get_mut(t, m) {
                 inc.tries = inc.tries.max(i.unhealed);
                 inc.backoff = inc.backoff.max(i.backoff);
                 inc.not_before = inc.not_before.max(i.not_before.filter(|t| *t > now));
@@ -707,7 +776,7 @@ impl Policy {
             }
         }
         // The restart in flight is the incident's first try.
-        if let Some(i) = canary.as_ref().and_then(|c| self.instances.get_mut(c)) {
+        if let Some(i) = canary.as_ref().and_then(|c| get_mut(t, c)) {
             i.tries = 1;
         }
         tracing::warn!(members = members.len(), canary = ?canary.as_ref().map(|c| c.name.as_str()), "upstream incident: several instances latched together; one canary restart per quiet window");
@@ -719,15 +788,15 @@ impl Policy {
         self.incident = Some(inc);
     }
 
-    /// Closes the incident: every member left waiting is released, to be restarted promptly
+    /// Closes incident `inc`: every member left waiting is released, to be restarted promptly
     /// (one at a time, each confirmed) and to fail on its own from now on.
-    fn release(&mut self, incident: Incident, healed_by: Option<InstanceId>) {
+    fn release(&mut self, t: &mut Table<impl Entry>, inc: Incident, healed_by: Option<InstanceId>) {
         let mut released = Vec::new();
-        for m in &incident.members {
+        for m in &inc.members {
             if healed_by.as_ref() == Some(m) {
                 continue;
             }
-            if let Some(i) = self.instances.get_mut(m) {
+            if let Some(i) = get_mut(t, m) {
                 // Its own hold (a supervisor that failed) stays; nothing else holds it back.
                 i.tries = 0;
                 if i.phase.unhealed() {
@@ -735,17 +804,17 @@ impl Policy {
                 }
             }
         }
-        tracing::info!(healed_by = ?healed_by.as_ref().map(|h| h.name.as_str()), released = released.len(), tries = incident.tries, "upstream incident over");
+        tracing::info!(healed_by = ?healed_by.as_ref().map(|h| h.name.as_str()), released = released.len(), tries = inc.tries, "upstream incident over");
         self.out.push(Action::IncidentClosed {
-            opened: incident.opened,
+            opened: inc.opened,
             healed_by,
             released,
-            tries: incident.tries,
+            tries: inc.tries,
         });
     }
 
     /// `instance` leaves the incident (healed, gone, held); the incident ends without members.
-    fn leave_incident(&mut self, instance: &InstanceId) {
+    fn leave_incident(&mut self, t: &mut Table<impl Entry>, instance: &InstanceId) {
         let Some(inc) = self.incident.as_mut() else {
             return;
         };
@@ -758,13 +827,13 @@ impl Policy {
         if inc.members.is_empty()
             && let Some(inc) = self.incident.take()
         {
-            self.release(inc, None);
+            self.release(t, inc, None);
         }
     }
 
     /// The detector says `instance` is latched (its own requests keep getting 401).
-    pub fn latched(&mut self, instance: &InstanceId, now: MonoNs) {
-        let i = self.entry(instance);
+    pub fn latched(&mut self, t: &mut Table<impl Entry>, instance: &InstanceId, now: MonoNs) {
+        let i = self.entry(t, instance);
         i.healthy_since = None;
         // Its old process counts again, as the new one does.
         i.boundary = None;
@@ -777,7 +846,7 @@ impl Policy {
                 if !self.config.canary || alone {
                     return;
                 }
-                let owner = self.owner(instance);
+                let owner = i.owner;
                 if let Some(inc) = self.incident.as_mut() {
                     if inc.owner != owner {
                         // Another owner's incident holds only theirs.
@@ -785,7 +854,7 @@ impl Policy {
                     }
                     inc.members.insert(instance.clone());
                     let opened = inc.opened;
-                    self.entry(instance).not_before = None;
+                    self.entry(t, instance).not_before = None;
                     tracing::info!(instance = %instance, "latched during an upstream incident: waiting for the canary");
                     self.out.push(Action::Joined {
                         opened,
@@ -793,25 +862,25 @@ impl Policy {
                     });
                     return;
                 }
-                let others = self.joining_others(instance);
+                let others = self.joining_others(t, instance);
                 if !others.is_empty() {
-                    self.open_incident(instance, others, now);
+                    self.open_incident(t, instance, others, now);
                 }
             }
             // The new process got 401: the window is still open.
-            Phase::Recovering { .. } => self.rejected(instance, now),
+            Phase::Recovering { .. } => self.rejected(t, instance, now),
             // ... before the supervisor said the restart was done.
             Phase::Restarting { .. } => i.rejected_early = true,
             Phase::Latched | Phase::GaveUp => {}
         }
     }
 
-    /// Something else restarted latched `instance` (its process exited and a new one of the
+    /// Something else restarted latched `id` (its process exited and a new one of the
     /// instance started): its restart boundary is `now`, and when it waits latched it is a
     /// restart as ours are, awaiting the new process's own answer, so a rejection counts
     /// toward the escalation (a restart of ours under way is the one that counts).
-    pub fn restarted_elsewhere(&mut self, instance: &InstanceId, now: MonoNs) {
-        let i = self.entry(instance);
+    pub fn restarted_elsewhere(&mut self, t: &mut Table<impl Entry>, id: &InstanceId, now: MonoNs) {
+        let i = self.entry(t, id);
         i.boundary = Some(now);
         if i.phase == Phase::Latched {
             i.phase = Phase::Recovering { since: now };
@@ -819,23 +888,16 @@ impl Policy {
         }
     }
 
-    /// The restarted process of `instance`, which nothing recovers (its supervisor does not
-    /// act), got 401: past its restart boundary.
-    pub fn boundary_passed(&mut self, instance: &InstanceId) {
-        if let Some(i) = self.instances.get_mut(instance) {
-            i.boundary = None;
-        }
-    }
-
     /// The restart handed out for `instance` finished with `result` (the adapter's own result).
     /// Reports for an instance that is not restarting are ignored.
-    pub fn restart_finished<T, E>(
+    pub fn restart_finished<O, E>(
         &mut self,
+        t: &mut Table<impl Entry>,
         instance: &InstanceId,
         now: MonoNs,
-        result: &Result<T, E>,
+        result: &Result<O, E>,
     ) {
-        let Some(i) = self.instances.get_mut(instance) else {
+        let Some(i) = get_mut(t, instance) else {
             return;
         };
         if result.is_err() {
@@ -851,21 +913,21 @@ impl Policy {
             i.phase = Phase::Recovering { since: now };
             i.restarts += 1;
             if accepted_early {
-                self.recovered(instance, now);
+                self.recovered(t, instance, now);
             } else if rejected_early {
-                self.rejected(instance, now);
+                self.rejected(t, instance, now);
             }
         } else {
-            self.failed(instance, now);
+            self.failed(t, instance, now);
         }
     }
 
     /// The supervisor failed (or the restart timed out): not a restart, and no evidence about
     /// the window; `instance` is held behind its own quiet window, and an incident's next try
     /// goes to another member.
-    fn failed(&mut self, instance: &InstanceId, now: MonoNs) {
+    fn failed(&mut self, t: &mut Table<impl Entry>, instance: &InstanceId, now: MonoNs) {
         self.free_slot(instance);
-        let i = self.entry(instance);
+        let i = self.entry(t, instance);
         i.phase = Phase::Latched;
         i.latched_at.get_or_insert(now);
         if let Some(inc) = self.incident.as_mut()
@@ -873,17 +935,17 @@ impl Policy {
         {
             inc.canary = None;
         }
-        self.own_window(instance, now);
+        self.own_window(t, instance, now);
     }
 
     /// Whether forgetting `instance` loses nothing recovery needs: idle with its backoff reset,
     /// or given up with its escalation announced (or never heard of), not holding the restart
     /// slot and not a member of an incident.
     #[must_use]
-    pub fn at_rest(&self, instance: &InstanceId) -> bool {
+    pub fn at_rest(&self, instance: &InstanceId, state: &Instance) -> bool {
         !self.holds_slot(instance)
             && !self.in_incident(instance)
-            && self.instances.get(instance).is_none_or(|i| {
+            && state.0.as_ref().is_none_or(|i| {
                 !i.escalate_pending
                     && match i.phase {
                         Phase::Idle => i.healthy_since.is_none(),
@@ -893,36 +955,37 @@ impl Policy {
             })
     }
 
-    /// The instances the policy keeps state for.
-    pub fn instances(&self) -> impl Iterator<Item = &InstanceId> {
-        self.instances.keys()
-    }
-
-    /// Drops everything known about `instance` (a `pid:` instance whose process exited).
-    pub fn forget(&mut self, instance: &InstanceId) {
-        self.instances.remove(instance);
+    /// Drops what is not `instance`'s own state (gone from `t` with it): its restart slot, its
+    /// membership of the incident.
+    pub fn forget(&mut self, t: &mut Table<impl Entry>, instance: &InstanceId) {
+        self.heard.remove(instance);
         self.free_slot(instance);
-        self.leave_incident(instance);
+        self.leave_incident(t, instance);
     }
 
     /// Holds `instance` until its current traffic is seen again (a resumed episode too old to
     /// act on without a fresh 401): no restart until [`Policy::latched`] is called again.
     /// Restarts, quiet window and backoff are kept; the slot and its incident are left.
-    pub fn hold(&mut self, instance: &InstanceId) {
-        let i = self.entry(instance);
+    pub fn hold(&mut self, t: &mut Table<impl Entry>, instance: &InstanceId) {
+        let i = self.entry(t, instance);
         if i.phase.unhealed() {
             i.phase = Phase::Idle;
             i.latched_at = None;
         }
         self.free_slot(instance);
-        self.leave_incident(instance);
+        self.leave_incident(t, instance);
     }
 
     /// `instance`'s process got a non-401 answer: a confirmed recovery when it was recovering
     /// (returns the time from the end of the restart), the end of an escalation, and, for a
     /// member of an incident whose restart it confirms, the end of the incident.
-    pub fn recovered(&mut self, instance: &InstanceId, now: MonoNs) -> Option<Duration> {
-        let i = self.entry(instance);
+    pub fn recovered(
+        &mut self,
+        t: &mut Table<impl Entry>,
+        instance: &InstanceId,
+        now: MonoNs,
+    ) -> Option<Duration> {
+        let i = self.entry(t, instance);
         let time_to_recovery = match i.phase {
             Phase::Recovering { since } => Some(Duration::from_nanos(now.saturating_sub(since))),
             Phase::Restarting { .. } => {
@@ -952,9 +1015,9 @@ impl Policy {
         {
             // A restart healed a member: the window is closed for new sessions.
             inc.members.remove(instance);
-            self.release(inc, Some(instance.clone()));
+            self.release(t, inc, Some(instance.clone()));
         } else {
-            self.leave_incident(instance);
+            self.leave_incident(t, instance);
         }
         time_to_recovery
     }
@@ -962,7 +1025,7 @@ impl Policy {
     /// What to do at `now`: everything decided since the last call (quiet windows, notices,
     /// incidents), then the restart that is due (at most one in flight host-wide).
     /// [`Policy::next_deadline`] says when to poll again if nothing else happens.
-    pub fn poll(&mut self, now: MonoNs) -> Vec<Action> {
+    pub fn poll(&mut self, t: &mut Table<impl Entry>, now: MonoNs) -> Vec<Action> {
         self.polled = self.polled.max(now);
         let config = self.config.clone();
         let timeout = ns(config.restart_timeout);
@@ -971,10 +1034,10 @@ impl Policy {
         // unconfirmed recovery frees the slot (an incident's next try waits a quiet window).
         let in_flight: Vec<InstanceId> = self.in_flight.values().cloned().collect();
         for id in in_flight {
-            match self.instances.get(&id).map(|i| i.phase) {
+            match get(t, &id).map(|i| i.phase) {
                 Some(Phase::Restarting { since }) if now >= since.saturating_add(timeout) => {
                     tracing::warn!(instance = %id, "restart timed out");
-                    self.failed(&id, now);
+                    self.failed(t, &id, now);
                 }
                 Some(Phase::Recovering { since }) if now >= since.saturating_add(timeout) => {
                     self.free_slot(&id);
@@ -992,7 +1055,8 @@ impl Policy {
         }
 
         let mut overdue = Vec::new();
-        for (id, i) in &mut self.instances {
+        for id in &self.heard {
+            let Some(i) = get_mut(t, id) else { continue };
             // A long enough healthy period forgets the backoff.
             if let Some(since) = i.healthy_since.filter(|_| i.phase == Phase::Idle)
                 && now >= since.saturating_add(ns(config.healthy_reset))
@@ -1007,7 +1071,7 @@ impl Policy {
         }
         for (id, since) in overdue {
             if !self.fleet_held() && !self.in_incident(&id) && self.overdue(since, now) {
-                self.escalate(&id, now);
+                self.escalate(t, &id, now);
             }
         }
         if !self.fleet_held()
@@ -1016,11 +1080,12 @@ impl Policy {
                 .as_ref()
                 .is_some_and(|inc| self.overdue(Some(inc.opened), now))
         {
-            self.escalate_incident(now);
+            self.escalate_incident(t, now);
         }
 
         let mut actions = std::mem::take(&mut self.out);
-        for (id, i) in &mut self.instances {
+        for id in &self.heard {
+            let Some(i) = get_mut(t, id) else { continue };
             if i.escalate_pending {
                 i.escalate_pending = false;
                 actions.push(Action::Escalate {
@@ -1047,15 +1112,15 @@ impl Policy {
             if config.give_up
                 && let Some(inc) = self.incident.take()
             {
-                self.release(inc, None);
+                self.release(t, inc, None);
                 actions.append(&mut self.out);
             }
         }
 
         // One restart in flight per owner.
-        while let Some(id) = self.due(now) {
+        while let Some(id) = self.due(t, now) {
             let in_incident = self.in_incident(&id);
-            let i = self.entry(&id);
+            let i = self.entry(t, &id);
             i.phase = Phase::Restarting { since: now };
             i.boundary = Some(now);
             i.latched_at = None;
@@ -1074,18 +1139,16 @@ impl Policy {
 
     /// The restart due at `now`: the oldest latch whose turn it is, an incident's member only
     /// as its canary (the fewest tries first) when the incident's next try is due.
-    fn due(&self, now: MonoNs) -> Option<InstanceId> {
+    fn due(&self, t: &Table<impl Entry>, now: MonoNs) -> Option<InstanceId> {
         if self.fleet_hold.is_some_and(|until| now < until) {
             return None;
         }
-        let ready = |i: &Instance| {
+        let ready = |i: &State| {
             i.phase == Phase::Latched
                 && i.not_before.is_none_or(|t| t <= now)
                 && !self.in_flight.contains_key(&i.owner)
         };
-        let lone = self
-            .instances
-            .iter()
+        let lone = states(&self.heard, t)
             .filter(|(id, i)| ready(i) && !self.in_incident(id))
             .map(|(id, i)| (i.latched_at, id));
         let canary = self
@@ -1095,7 +1158,7 @@ impl Policy {
             .and_then(|inc| {
                 inc.members
                     .iter()
-                    .filter_map(|m| self.instances.get(m).map(|i| (m, i)))
+                    .filter_map(|m| get(t, m).map(|i| (m, i)))
                     .filter(|(_, i)| ready(i))
                     .min_by_key(|(m, i)| (i.tries, i.latched_at, *m))
                     .map(|(m, i)| (i.latched_at, m))
@@ -1110,12 +1173,12 @@ impl Policy {
     /// backoff, or an `escalate_after`. `None` when only an event can change anything (a quiet
     /// window the last poll saw end, waiting for the slot, is such an event's to end).
     #[must_use]
-    pub fn next_deadline(&self) -> Option<MonoNs> {
+    pub fn next_deadline(&self, t: &Table<impl Entry>) -> Option<MonoNs> {
         let timeout = ns(self.config.restart_timeout);
         let in_flight = self
             .in_flight
             .values()
-            .filter_map(|id| self.instances.get(id))
+            .filter_map(|id| get(t, id))
             .filter_map(|i| match i.phase {
                 Phase::Restarting { since } | Phase::Recovering { since } => {
                     Some(since.saturating_add(timeout))
@@ -1124,7 +1187,7 @@ impl Policy {
             })
             .min();
         let after = self.config.escalate_after.map(ns);
-        let instances = self.instances.values().flat_map(|i| {
+        let instances = states(&self.heard, t).flat_map(|(_, i)| {
             let clock = match i.phase {
                 Phase::Idle => i
                     .healthy_since
@@ -1157,13 +1220,11 @@ impl Policy {
 
     /// The state to persist, with every deadline as wall-clock time.
     #[must_use]
-    pub fn snapshot(&self, clock: WallClock) -> PolicySnapshot {
+    pub fn snapshot(&self, t: &Table<impl Entry>, clock: WallClock) -> PolicySnapshot {
         let wall = |t: MonoNs| clock.wall_ms(t);
         PolicySnapshot {
             config: self.config.clone(),
-            instances: self
-                .instances
-                .iter()
+            instances: states(&self.heard, t)
                 .map(|(id, i)| {
                     let phase = match i.phase {
                         Phase::Idle => SavedPhase::Idle,
@@ -1209,17 +1270,17 @@ impl Policy {
         }
     }
 
-    /// The policy saved by [`Policy::snapshot`], its deadlines mapped back onto this process's
-    /// monotonic clock. A restart that was running when the daemon stopped is taken as done and
+    /// The policy saved by [`Policy::snapshot`] and the instances' states, its deadlines mapped
+    /// back onto this process's monotonic clock. A restart that was running when the daemon stopped is taken as done and
     /// awaiting confirmation: it is not repeated. An instance given up on by an earlier
     /// version's escalation is retried like any other unless `give_up` is set.
     #[must_use]
-    pub fn restore(snapshot: PolicySnapshot, now: MonoNs, clock: WallClock) -> Self {
+    pub fn restore(snapshot: PolicySnapshot, now: MonoNs, clock: WallClock) -> (Self, Table) {
         let at = |ms: u64| clock.mono(ms);
         let give_up = snapshot.config.give_up;
         let mut in_flight = BTreeMap::new();
         let mut ids = BTreeMap::new();
-        let instances = snapshot
+        let instances: Table = snapshot
             .instances
             .into_iter()
             .filter(|(_, s)| give_up || s.phase != SavedPhase::Escalated)
@@ -1252,7 +1313,7 @@ impl Policy {
                     SavedPhase::Restarting { .. } => s.restarts + 1,
                     _ => s.restarts,
                 };
-                let instance = Instance {
+                let state = State {
                     phase,
                     latched_at: (phase == Phase::Latched).then_some(now),
                     since: s.since_ms.map(at).or(phase.unhealed().then_some(now)),
@@ -1274,7 +1335,7 @@ impl Policy {
                     owner: s.owner,
                     boundary: None,
                 };
-                (id, instance)
+                (id, Instance(Some(state)))
             })
             .collect();
         let incident = snapshot.incident.and_then(|s| {
@@ -1295,15 +1356,22 @@ impl Policy {
                 escalate_pending: s.escalate_pending,
             })
         });
-        Self {
+        let policy = Self {
             config: snapshot.config,
-            instances,
             in_flight,
             incident,
             out: Vec::new(),
             polled: 0,
             fleet_hold: None,
-        }
+            heard: instances.keys().cloned().collect(),
+        };
+        (policy, instances)
+    }
+
+    /// The instances it heard of (the core's tests check the index against the records).
+    #[cfg(test)]
+    pub(crate) fn heard(&self) -> impl Iterator<Item = &InstanceId> {
+        self.heard.iter()
     }
 
     /// Holds every restart of the host until `until` (`MonoNs::MAX`: until told otherwise;

@@ -12,7 +12,7 @@ use claude_watch::supervise::signal::SignalRestarter;
 use claude_watch::supervise::systemd::{SystemdIo as _, SystemdMode, SystemdRestarter};
 use claude_watch::supervise::{Restarter, SuperviseError, Target};
 use claude_watch::time::mono_now_ns;
-use claude_watch::watch::policy::{Action, Phase, Policy, PolicyConfig};
+use claude_watch::watch::policy::{Action, Phase, Policy, PolicyConfig, Table};
 use claude_watch_tests::process::{ScratchDir, alive};
 use claude_watch_tests::supervisord::Supervisord;
 use claude_watch_tests::testbed::Testbed;
@@ -244,16 +244,18 @@ fn policy_drives_the_systemd_adapter_one_at_a_time_and_backs_off_a_failing_super
             looper_id.clone()
         }
     };
+    // The policy alone, with its table of the instances' recovery states.
     let mut policy = Policy::new(PolicyConfig::default());
+    let mut table: Table = Table::new();
     let t0 = mono_now_ns();
-    policy.latched(&ghost, t0);
-    policy.latched(&looper_id, t0 + 1_000_000);
+    policy.latched(&mut table, &ghost, t0);
+    policy.latched(&mut table, &looper_id, t0 + 1_000_000);
 
     let mut new_pid = None;
     for _ in 0..2 {
         let now = mono_now_ns();
         let restarts: Vec<InstanceId> = policy
-            .poll(now)
+            .poll(&mut table, now)
             .into_iter()
             .filter_map(|a| match a {
                 Action::Restart(i) => Some(i),
@@ -276,14 +278,15 @@ fn policy_drives_the_systemd_adapter_one_at_a_time_and_backs_off_a_failing_super
         } else {
             new_pid = result.as_ref().ok().and_then(|o| o.new_pid);
         }
-        policy.restart_finished(&id_of(&target.instance), mono_now_ns(), &result);
+        let id = id_of(&target.instance);
+        policy.restart_finished(&mut table, &id, mono_now_ns(), &result);
     }
     // The failing supervisor is retried only after its quiet window; the other one restarted.
-    let ghost_next = policy.not_before(&ghost).expect("ghost backs off");
+    let ghost_next = table[&ghost].not_before().expect("ghost backs off");
     assert!(ghost_next >= t0 + 60_000_000_000);
-    assert_eq!(policy.phase(&ghost), Some(Phase::Latched));
+    assert_eq!(table[&ghost].phase(), Some(Phase::Latched));
     assert!(matches!(
-        policy.phase(&looper_id),
+        table[&looper_id].phase(),
         Some(Phase::Recovering { .. })
     ));
     let new_pid = new_pid.expect("looper restarted");
@@ -291,15 +294,15 @@ fn policy_drives_the_systemd_adapter_one_at_a_time_and_backs_off_a_failing_super
     assert_eq!(tb.main_pid("looper.service"), Some(new_pid));
     // The new process answers (non-401): recovered; nothing else is due before ghost's window.
     let now = mono_now_ns();
-    assert!(policy.recovered(&looper_id, now).is_some());
+    assert!(policy.recovered(&mut table, &looper_id, now).is_some());
     assert!(
         !policy
-            .poll(now)
+            .poll(&mut table, now)
             .iter()
             .any(|a| matches!(a, Action::Restart(_))),
         "no restart before ghost's window"
     );
-    assert_eq!(policy.next_deadline(), Some(ghost_next));
+    assert_eq!(policy.next_deadline(&table), Some(ghost_next));
 }
 
 #[test]

@@ -8,6 +8,102 @@ const MIN: MonoNs = 60 * S;
 /// A fake monotonic start, far from zero so subtractions stay meaningful.
 const T0: MonoNs = 10_000 * S;
 
+/// A policy alone with its table of the instances' states (the core keeps them in its
+/// records), answering for one instance as the core reads its record.
+struct Alone {
+    p: Policy,
+    t: Table,
+}
+
+impl Alone {
+    fn new(config: PolicyConfig) -> Self {
+        Self {
+            p: Policy::new(config),
+            t: Table::new(),
+        }
+    }
+
+    fn restore(snapshot: PolicySnapshot, now: MonoNs, clock: WallClock) -> Self {
+        let (p, t) = Policy::restore(snapshot, now, clock);
+        Self { p, t }
+    }
+
+    fn config(&self) -> &PolicyConfig {
+        self.p.config()
+    }
+
+    fn set_config(&mut self, config: PolicyConfig) {
+        self.p.set_config(&mut self.t, config);
+    }
+
+    fn phase(&self, id: &InstanceId) -> Option<Phase> {
+        self.t.get(id).and_then(Instance::phase)
+    }
+
+    fn recovery(&self, id: &InstanceId) -> Recovery {
+        self.t.get(id).map(Instance::detector).unwrap_or_default()
+    }
+
+    fn restarts(&self, id: &InstanceId) -> u32 {
+        self.view(id).restarts
+    }
+
+    fn not_before(&self, id: &InstanceId) -> Option<MonoNs> {
+        self.t.get(id).and_then(Instance::not_before)
+    }
+
+    fn view(&self, id: &InstanceId) -> RecoveryView {
+        self.p
+            .view(id, &self.t.get(id).cloned().unwrap_or_default())
+    }
+
+    fn incident(&self) -> Option<IncidentView> {
+        self.p.incident()
+    }
+
+    fn set_owner(&mut self, id: &InstanceId, owner: u32) {
+        self.p.set_owner(&mut self.t, id, owner);
+    }
+
+    fn latched(&mut self, id: &InstanceId, now: MonoNs) {
+        self.p.latched(&mut self.t, id, now);
+    }
+
+    fn restarted_elsewhere(&mut self, id: &InstanceId, now: MonoNs) {
+        self.p.restarted_elsewhere(&mut self.t, id, now);
+    }
+
+    fn restart_finished<O, E>(&mut self, id: &InstanceId, now: MonoNs, result: &Result<O, E>) {
+        self.p.restart_finished(&mut self.t, id, now, result);
+    }
+
+    fn recovered(&mut self, id: &InstanceId, now: MonoNs) -> Option<Duration> {
+        self.p.recovered(&mut self.t, id, now)
+    }
+
+    fn hold(&mut self, id: &InstanceId) {
+        self.p.hold(&mut self.t, id);
+    }
+
+    /// Forgetting `id` is dropping its state, and what the policy keeps of it besides.
+    fn forget(&mut self, id: &InstanceId) {
+        self.t.remove(id);
+        self.p.forget(&mut self.t, id);
+    }
+
+    fn poll(&mut self, now: MonoNs) -> Vec<Action> {
+        self.p.poll(&mut self.t, now)
+    }
+
+    fn next_deadline(&self) -> Option<MonoNs> {
+        self.p.next_deadline(&self.t)
+    }
+
+    fn snapshot(&self, clock: WallClock) -> PolicySnapshot {
+        self.p.snapshot(&self.t, clock)
+    }
+}
+
 fn id(name: &str) -> InstanceId {
     InstanceId::rule(name)
 }
@@ -45,7 +141,7 @@ fn k3() -> PolicyConfig {
 }
 
 /// Restart handed out and finished OK at `t`, then the new process latches again at `t`.
-fn restart_and_relatch(p: &mut Policy, name: &str, t: MonoNs) -> Vec<Action> {
+fn restart_and_relatch(p: &mut Alone, name: &str, t: MonoNs) -> Vec<Action> {
     let actions = p.poll(t);
     assert_eq!(restarts_of(&actions), [name], "a restart is due at {t}");
     p.restart_finished(&id(name), t, &ok());
@@ -56,7 +152,7 @@ fn restart_and_relatch(p: &mut Policy, name: &str, t: MonoNs) -> Vec<Action> {
 #[test]
 fn first_latch_restarts_at_once_and_recovery_is_confirmed_by_the_new_process() {
     let a = id("a");
-    let mut p = Policy::new(PolicyConfig::default());
+    let mut p = Alone::new(PolicyConfig::default());
     assert!(p.poll(T0).is_empty(), "nothing latched, nothing to do");
     assert_eq!(p.next_deadline(), None);
     p.latched(&a, T0);
@@ -79,7 +175,7 @@ fn relatches_back_off_with_doubling_waits_up_to_the_cap() {
         max_backoff: Duration::from_secs(4 * 60),
         ..PolicyConfig::default()
     };
-    let mut p = Policy::new(config);
+    let mut p = Alone::new(config);
     let mut t = T0;
     p.latched(&id("a"), t);
     restart_and_relatch(&mut p, "a", t);
@@ -105,7 +201,7 @@ fn relatches_back_off_with_doubling_waits_up_to_the_cap() {
 #[test]
 fn a_healthy_period_resets_the_backoff() {
     let a = id("a");
-    let mut p = Policy::new(PolicyConfig::default());
+    let mut p = Alone::new(PolicyConfig::default());
     p.latched(&a, T0);
     restart_and_relatch(&mut p, "a", T0);
     let t1 = p.not_before(&a).unwrap();
@@ -139,7 +235,7 @@ fn a_healthy_period_resets_the_backoff() {
 
 #[test]
 fn without_canary_simultaneous_latches_are_restarted_one_at_a_time() {
-    let mut p = Policy::new(PolicyConfig {
+    let mut p = Alone::new(PolicyConfig {
         canary: false,
         ..PolicyConfig::default()
     });
@@ -173,7 +269,7 @@ fn without_canary_simultaneous_latches_are_restarted_one_at_a_time() {
 #[test]
 fn restart_that_never_reports_times_out_and_is_retried_with_backoff() {
     let a = id("a");
-    let mut p = Policy::new(PolicyConfig::default());
+    let mut p = Alone::new(PolicyConfig::default());
     p.latched(&a, T0);
     assert_eq!(restarts_of(&p.poll(T0)), ["a"]);
     let timeout = ns(p.config().restart_timeout);
@@ -197,7 +293,7 @@ fn escalation_is_a_notice_once_and_restarts_go_on_at_the_quiet_window() {
         max_backoff: Duration::from_secs(8 * 60),
         ..k3()
     };
-    let mut p = Policy::new(config);
+    let mut p = Alone::new(config);
     let mut t = T0;
     p.latched(&a, t);
     let mut notices = 0;
@@ -238,7 +334,7 @@ fn escalation_is_a_notice_once_and_restarts_go_on_at_the_quiet_window() {
 #[test]
 fn with_give_up_an_escalated_instance_is_not_restarted_until_it_answers() {
     let a = id("a");
-    let mut p = Policy::new(PolicyConfig {
+    let mut p = Alone::new(PolicyConfig {
         give_up: true,
         ..k3()
     });
@@ -269,7 +365,7 @@ fn with_give_up_an_escalated_instance_is_not_restarted_until_it_answers() {
 #[test]
 fn escalate_after_notifies_when_latched_that_long_whatever_the_restarts() {
     let a = id("a");
-    let mut p = Policy::new(PolicyConfig {
+    let mut p = Alone::new(PolicyConfig {
         escalate_after: Some(Duration::from_secs(10 * 60)),
         max_restarts: 100,
         ..PolicyConfig::default()
@@ -293,7 +389,7 @@ fn escalate_after_notifies_when_latched_that_long_whatever_the_restarts() {
 
 #[test]
 fn a_non_401_before_the_restart_cancels_it() {
-    let mut p = Policy::new(PolicyConfig::default());
+    let mut p = Alone::new(PolicyConfig::default());
     p.latched(&id("a"), T0);
     p.latched(&id("b"), T0 + 1_000_000);
     assert_eq!(restarts_of(&p.poll(T0)), ["a"]);
@@ -307,7 +403,7 @@ fn a_non_401_before_the_restart_cancels_it() {
 #[test]
 fn a_new_process_that_answers_before_the_supervisor_confirms_the_restart() {
     let a = id("a");
-    let mut p = Policy::new(PolicyConfig::default());
+    let mut p = Alone::new(PolicyConfig::default());
     p.latched(&a, T0);
     assert_eq!(restarts_of(&p.poll(T0)), ["a"]);
     assert_eq!(
@@ -329,7 +425,7 @@ fn a_new_process_that_answers_before_the_supervisor_confirms_the_restart() {
 
 /// Four instances latched within seconds of each other, the window open `open_for`: returns
 /// the restarts handed out while it was open and after it closed, and the notices.
-fn incident_run(p: &mut Policy, open_for: MonoNs) -> (Vec<(MonoNs, String)>, Vec<Action>) {
+fn incident_run(p: &mut Alone, open_for: MonoNs) -> (Vec<(MonoNs, String)>, Vec<Action>) {
     let names = ["a", "b", "c", "d"];
     let closes = T0 + open_for;
     let mut latched = 0;
@@ -376,7 +472,7 @@ fn incident_run(p: &mut Policy, open_for: MonoNs) -> (Vec<(MonoNs, String)>, Vec
 
 #[test]
 fn an_incident_restarts_one_canary_per_quiet_window_and_the_rest_once_it_heals() {
-    let mut p = Policy::new(k3());
+    let mut p = Alone::new(k3());
     let open_for = 40 * MIN;
     let (restarts, notices) = incident_run(&mut p, open_for);
     let into_window: Vec<&(MonoNs, String)> = restarts
@@ -415,7 +511,7 @@ fn an_incident_restarts_one_canary_per_quiet_window_and_the_rest_once_it_heals()
 
 #[test]
 fn an_incident_shorter_than_the_notice_sends_none() {
-    let mut p = Policy::new(PolicyConfig::default());
+    let mut p = Alone::new(PolicyConfig::default());
     let (restarts, notices) = incident_run(&mut p, 2 * MIN);
     assert!(notices.is_empty(), "{notices:?}");
     assert_eq!(
@@ -430,7 +526,7 @@ fn a_canary_with_a_bad_credential_does_not_hold_the_others_back() {
     // `a` latched with a persisted bad credential, `b` latched in a window that closed:
     // the canary rotates to b, whose confirmed restart releases a to fail on its own.
     let (a, b) = (id("a"), id("b"));
-    let mut p = Policy::new(k3());
+    let mut p = Alone::new(k3());
     p.latched(&a, T0);
     p.latched(&b, T0 + S);
     assert!(p.incident().is_some());
@@ -480,7 +576,7 @@ fn a_canary_with_a_bad_credential_does_not_hold_the_others_back() {
 #[test]
 fn a_lone_latch_is_recovered_exactly_as_without_canary() {
     for canary in [true, false] {
-        let mut p = Policy::new(PolicyConfig {
+        let mut p = Alone::new(PolicyConfig {
             canary,
             ..PolicyConfig::default()
         });
@@ -500,7 +596,7 @@ fn a_lone_latch_is_recovered_exactly_as_without_canary() {
 #[test]
 fn a_rejection_while_another_is_latched_opens_the_incident() {
     let (a, b) = (id("a"), id("b"));
-    let mut p = Policy::new(PolicyConfig {
+    let mut p = Alone::new(PolicyConfig {
         canary: true,
         ..PolicyConfig::default()
     });
@@ -537,7 +633,7 @@ fn a_rejection_while_another_is_latched_opens_the_incident() {
 #[test]
 fn an_incident_member_that_exits_or_heals_alone_leaves_it() {
     let (a, b, c) = (id("a"), id("b"), id("c"));
-    let mut p = Policy::new(PolicyConfig::default());
+    let mut p = Alone::new(PolicyConfig::default());
     for (k, x) in [&a, &b, &c].into_iter().enumerate() {
         p.latched(x, T0 + k as u64 * S);
     }
@@ -561,7 +657,7 @@ fn an_incident_member_that_exits_or_heals_alone_leaves_it() {
 #[test]
 fn a_restored_policy_does_not_restart_early() {
     let a = id("a");
-    let mut p = Policy::new(PolicyConfig::default());
+    let mut p = Alone::new(PolicyConfig::default());
     let wall0: u64 = 1_780_000_000_000;
     p.latched(&a, T0);
     restart_and_relatch(&mut p, "a", T0);
@@ -574,7 +670,7 @@ fn a_restored_policy_does_not_restart_early() {
     let t_new = T0 + 5000 * S;
     let wall_new = wall0 + 30_000;
     let snapshot: PolicySnapshot = serde_json::from_str(&saved).unwrap();
-    let mut q = Policy::restore(snapshot, t_new, WallClock::at(wall_new, t_new));
+    let mut q = Alone::restore(snapshot, t_new, WallClock::at(wall_new, t_new));
     let nb = q.not_before(&a).unwrap();
     assert_eq!(nb, t_new + (deadline_wall - wall_new) * 1_000_000);
     let early = q.poll(t_new);
@@ -591,7 +687,7 @@ fn a_restored_policy_does_not_restart_early() {
 #[test]
 fn a_restored_incident_keeps_its_members_tries_and_next_try() {
     let (a, b) = (id("a"), id("b"));
-    let mut p = Policy::new(PolicyConfig::default());
+    let mut p = Alone::new(PolicyConfig::default());
     let wall0: u64 = 1_780_000_000_000;
     p.latched(&a, T0);
     p.latched(&b, T0 + S);
@@ -600,7 +696,7 @@ fn a_restored_incident_keeps_its_members_tries_and_next_try() {
     p.latched(&a, T0 + 3 * S);
     let before = p.incident().unwrap();
     let saved = serde_json::to_string(&p.snapshot(WallClock::at(wall0, T0 + 3 * S))).unwrap();
-    let mut q = Policy::restore(
+    let mut q = Alone::restore(
         serde_json::from_str(&saved).unwrap(),
         T0 + 3 * S,
         WallClock::at(wall0, T0 + 3 * S),
@@ -614,11 +710,11 @@ fn a_restored_incident_keeps_its_members_tries_and_next_try() {
 #[test]
 fn a_restart_running_at_shutdown_is_not_repeated_after_restore() {
     let a = id("a");
-    let mut p = Policy::new(PolicyConfig::default());
+    let mut p = Alone::new(PolicyConfig::default());
     let wall0: u64 = 1_780_000_000_000;
     p.latched(&a, T0);
     assert_eq!(restarts_of(&p.poll(T0)), ["a"]);
-    let mut q = Policy::restore(
+    let mut q = Alone::restore(
         p.snapshot(WallClock::at(wall0, T0)),
         T0,
         WallClock::at(wall0 + 1000, T0),
@@ -634,7 +730,7 @@ fn state_files_of_earlier_versions_name_units_and_rules_and_retry_what_they_gave
     let old = r#"{"config":{"initial_backoff":{"secs":60,"nanos":0},"max_backoff":{"secs":1800,"nanos":0},"healthy_reset":{"secs":600,"nanos":0},"max_restarts":3,"restart_timeout":{"secs":120,"nanos":0}},"instances":{"agent.service":{"phase":{"phase":"escalated"},"restarts":3,"backoff":{"secs":240,"nanos":0},"not_before_ms":null,"healthy_since_ms":null,"escalate_pending":false},"nightly":{"phase":{"phase":"idle"},"restarts":0,"backoff":{"secs":60,"nanos":0},"not_before_ms":null,"healthy_since_ms":null,"escalate_pending":false}},"in_flight":null}"#;
     let snapshot: PolicySnapshot = serde_json::from_str(old).unwrap();
     assert!(snapshot.config.canary && !snapshot.config.give_up);
-    let q = Policy::restore(snapshot.clone(), T0, WallClock::at(1_780_000_000_000, T0));
+    let q = Alone::restore(snapshot.clone(), T0, WallClock::at(1_780_000_000_000, T0));
     assert_eq!(
         q.phase(&InstanceId::unit("agent.service")),
         None,
@@ -643,7 +739,7 @@ fn state_files_of_earlier_versions_name_units_and_rules_and_retry_what_they_gave
     assert_eq!(q.phase(&InstanceId::rule("nightly")), Some(Phase::Idle));
     let mut keep = snapshot;
     keep.config.give_up = true;
-    let q = Policy::restore(keep, T0, WallClock::at(1_780_000_000_000, T0));
+    let q = Alone::restore(keep, T0, WallClock::at(1_780_000_000_000, T0));
     assert_eq!(
         q.phase(&InstanceId::unit("agent.service")),
         Some(Phase::GaveUp)
@@ -653,7 +749,7 @@ fn state_files_of_earlier_versions_name_units_and_rules_and_retry_what_they_gave
 #[test]
 fn turning_give_up_off_releases_the_instances_given_up_on() {
     let a = id("a");
-    let mut p = Policy::new(PolicyConfig {
+    let mut p = Alone::new(PolicyConfig {
         give_up: true,
         max_restarts: 1,
         ..PolicyConfig::default()
@@ -670,7 +766,7 @@ fn one_users_hanging_supervisor_and_incident_never_hold_another_users_restart() 
     // uid 1001 latches two instances of their own (an incident of theirs) under a supervisor
     // that accepts and never answers; uid 1002's agent latches meanwhile.
     let (x, y, victim) = (id("x"), id("y"), id("victim"));
-    let mut p = Policy::new(PolicyConfig::default());
+    let mut p = Alone::new(PolicyConfig::default());
     for (i, owner) in [(&x, 1001), (&y, 1001), (&victim, 1002)] {
         p.set_owner(i, owner);
     }
@@ -704,8 +800,8 @@ fn one_users_hanging_supervisor_and_incident_never_hold_another_users_restart() 
 fn the_restart_boundary_lasts_from_the_hand_out_to_the_new_process_s_answer() {
     let a = id("a");
     let err: Result<(), ()> = Err(());
-    let boundary = |p: &Policy| p.recovery(&a).boundary;
-    let mut p = Policy::new(PolicyConfig {
+    let boundary = |p: &Alone| p.recovery(&a).boundary;
+    let mut p = Alone::new(PolicyConfig {
         give_up: true,
         max_restarts: 2,
         ..PolicyConfig::default()

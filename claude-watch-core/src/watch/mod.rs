@@ -59,7 +59,7 @@ use crate::supervise::{
     Choice, EngineSocket, RestartFailed, RestartOutcome, Supervisor, SystemdBus, Target,
 };
 use crate::time::WallClock;
-use policy::{Action, Phase, Policy, PolicySnapshot};
+use policy::{Action, Phase, Policy, PolicySnapshot, Table};
 use record::Record;
 use status::{LastSeen, Status};
 
@@ -335,35 +335,32 @@ impl Watch {
         now: MonoNs,
         wall_clock: WallClock,
     ) -> Self {
-        let policy = match saved {
-            Some(snapshot) => {
-                let mut policy = Policy::restore(snapshot, now, wall_clock);
-                // Instances given up on under `give_up` and released by a configuration without
-                // it: their current traffic decides afresh.
-                policy.set_config(config.recovery.policy_config());
-                policy
-            }
-            None => Policy::new(config.recovery.policy_config()),
+        let (mut policy, mut saved) = match saved {
+            Some(snapshot) => Policy::restore(snapshot, now, wall_clock),
+            None => (Policy::new(config.recovery.policy_config()), Table::new()),
         };
+        // Instances given up on under `give_up` and released by a configuration without it:
+        // their current traffic decides afresh.
+        policy.set_config(&mut saved, config.recovery.policy_config());
         let rules = detect::Rules {
             config: config.detector.detector_config(),
             wall_clock: Some(wall_clock),
             host: config.fleet.host.clone(),
         };
         // Instances of the saved state have no process yet: forgotten in time unless one comes.
-        let records = policy
-            .instances()
-            .map(|id| {
-                let mut record = Record::new(id, 0);
+        let records = saved
+            .into_iter()
+            .map(|(id, recovery)| {
+                let mut record = Record::new(&id, 0);
                 record.idle_since = Some(now);
-                (id.clone(), record)
+                record.recovery = recovery;
+                (id, record)
             })
             .collect();
         let fleet = config
             .fleet
             .enabled()
             .then(|| fleet::Fleet::new(config.fleet.fleet_config("localhost"), now));
-        let mut policy = policy;
         policy.set_fleet_hold(fleet.as_ref().and_then(fleet::Fleet::hold_until));
         Self {
             fleet,
@@ -417,7 +414,7 @@ impl Watch {
                 .values()
                 .filter_map(|r| r.detection.next_deadline(&self.rules))
                 .min(),
-            self.policy.next_deadline(),
+            self.policy.next_deadline(&self.records),
             self.fleet.as_ref().and_then(fleet::Fleet::next_deadline),
         ]
         .into_iter()
@@ -555,7 +552,8 @@ impl Watch {
             } => {
                 self.rules.config = config.detector.detector_config();
                 self.rules.host.clone_from(&config.fleet.host);
-                self.policy.set_config(config.recovery.policy_config());
+                self.policy
+                    .set_config(&mut self.records, config.recovery.policy_config());
                 match (self.fleet.as_mut(), config.fleet.enabled()) {
                     (Some(f), true) => {
                         let host = f.config().host.clone();
@@ -625,7 +623,7 @@ impl Watch {
     /// the daemon writes it once more when it stops).
     #[must_use]
     pub fn recovery_state(&self) -> PolicySnapshot {
-        self.policy.snapshot(self.wall_clock)
+        self.policy.snapshot(&self.records, self.wall_clock)
     }
 
     fn wall_ms(&self, now: MonoNs) -> u64 {
@@ -766,10 +764,10 @@ impl Watch {
             .records
             .iter()
             .filter(|(_, r)| r.detection.state() == State::Latched)
-            .map(|(id, _)| id.clone())
-            .filter(|id| matches!(self.policy.phase(id), None | Some(Phase::Idle)))
+            .filter(|(_, r)| matches!(r.recovery.phase(), None | Some(Phase::Idle)))
             // Not one restarted by something else, awaiting its new process's answer.
-            .filter(|id| self.policy.recovery(id).boundary.is_none())
+            .filter(|(_, r)| r.recovery.detector().boundary.is_none())
+            .map(|(id, _)| id.clone())
             .collect();
         let mut adopted = false;
         for id in latched {
@@ -796,8 +794,8 @@ impl Watch {
             info!(instance = %id, episode = %episode.id, live, age_ms, "resuming an episode left open by the previous run");
             // Instances the previous run gave up on (`give_up`) stay given up on: their
             // non-401 answer is awaited, their episode is not resumed.
-            let gave_up = self.policy.recovery(&id).gave_up;
             let record = self.record(&id);
+            let gave_up = record.recovery.detector().gave_up;
             record.last_episode = Some(episode.id.clone());
             if !gave_up {
                 record.detection.restore(episode);
@@ -806,7 +804,7 @@ impl Watch {
                 // Its process is gone (and a `pid:` name can never come back): the episode
                 // ends as the process's would have, and nothing is restarted.
                 info!(instance = %id, "the latched process is gone: episode ends process_exited");
-                self.policy.hold(&id);
+                self.policy.hold(&mut self.records, &id);
                 self.detect(&id, now, out, |d, rules, rec| {
                     d.process_exited(rules, last_pid, now, false, rec)
                 });
@@ -820,7 +818,7 @@ impl Watch {
                 // Too old to act on: the instance's current traffic decides (a 401 latches it
                 // again, a non-401 closes the episode).
                 info!(instance = %id, age_ms, "old episode: waiting for the instance's current traffic before any restart");
-                self.policy.hold(&id);
+                self.policy.hold(&mut self.records, &id);
                 self.record(&id).recheck = true;
                 continue;
             }
@@ -828,7 +826,7 @@ impl Watch {
             // previous run stopped counts as not healed (a quiet window first), and a quiet
             // window restored from the state file keeps its deadline.
             self.latch(&id, now);
-            if let Some(until) = self.policy.not_before(&id).filter(|t| *t > now) {
+            if let Some(until) = self.record(&id).recovery.not_before().filter(|t| *t > now) {
                 self.journal_backoff(&id, until, false, now, out);
             }
         }
@@ -842,8 +840,8 @@ impl Watch {
             .members(id)
             .max_by_key(|f| f.info.start_time)
             .map_or(0, |f| f.info.uid);
-        self.policy.set_owner(id, owner);
-        self.policy.latched(id, now);
+        self.policy.set_owner(&mut self.records, id, owner);
+        self.policy.latched(&mut self.records, id, now);
     }
 
     /// Whether `id` has a live process.
@@ -871,8 +869,8 @@ impl Watch {
         out: &mut Vec<Effect>,
         f: impl FnOnce(&mut detect::Instance, &mut detect::Rules, detect::Recovery) -> Vec<Event>,
     ) {
-        let rec = self.policy.recovery(id);
         let record = Record::of(&mut self.records, id);
+        let rec = record.recovery.detector();
         let events = f(&mut record.detection, &mut self.rules, rec);
         self.on_events(events, now, out);
     }
@@ -904,8 +902,10 @@ impl Watch {
     /// restart or quiet window, no escalation waiting for an answer.
     fn at_rest(&self, id: &InstanceId) -> bool {
         !self.live(id)
-            && self.records.get(id).is_none_or(|r| r.detection.at_rest())
-            && self.policy.at_rest(id)
+            && self
+                .records
+                .get(id)
+                .is_none_or(|r| r.detection.at_rest() && self.policy.at_rest(id, &r.recovery))
             && !self.successors.values().any(|s| s == id)
     }
 
@@ -913,7 +913,7 @@ impl Watch {
     fn forget(&mut self, id: &InstanceId) {
         self.forgotten.push(id.name.clone());
         self.records.remove(id);
-        self.policy.forget(id);
+        self.policy.forget(&mut self.records, id);
         self.successors.retain(|_, s| s != id);
     }
 
@@ -1066,7 +1066,8 @@ impl Watch {
                 } => {
                     // Not ours: counted toward the escalation as ours are, and shown.
                     info!(instance = %instance, old_pid, pid, "restarted by something else while latched: the episode goes on, the new process's own answer decides");
-                    self.policy.restarted_elsewhere(&instance, now);
+                    self.policy
+                        .restarted_elsewhere(&mut self.records, &instance, now);
                     self.record(&instance).recoveries.restarts += 1;
                     self.journal_action(
                         &instance,
@@ -1131,7 +1132,7 @@ impl Watch {
                 self.supervisor(instance).kind()
             };
             warn!(instance = %instance, supervisor, "latched; not restarting (observe-only)");
-            self.policy.boundary_passed(instance);
+            self.record(instance).recovery.boundary_passed();
         }
     }
 
@@ -1147,7 +1148,7 @@ impl Watch {
     /// `id`'s episode ended, or its give-up, `why`: recovery ends (a confirmed recovery when
     /// its restarted process answered), counted when an accepted answer ended it.
     fn recovered(&mut self, id: &InstanceId, why: &Reason, now: MonoNs, out: &mut Vec<Effect>) {
-        if let Some(ttr) = self.policy.recovered(id, now) {
+        if let Some(ttr) = self.policy.recovered(&mut self.records, id, now) {
             out.push(Effect::Metric(Metric::RecoverySeconds(ttr.as_secs_f64())));
         }
         if matches!(why, Reason::Accepted { .. }) {
@@ -1165,7 +1166,7 @@ impl Watch {
         // Each round either hands out the one restart slot or holds what could not start
         // behind a quiet window: a few rounds at most.
         for _ in 0..16 {
-            let actions = self.policy.poll(now);
+            let actions = self.policy.poll(&mut self.records, now);
             if actions.is_empty() {
                 return;
             }
@@ -1252,8 +1253,9 @@ impl Watch {
         let Some(target) = self.target(id) else {
             let detail = format!("no live process of instance {id} got the 401s");
             warn!(instance = %id, "cannot restart: {detail}");
+            let failed = Err::<(), _>(detail.as_str());
             self.policy
-                .restart_finished(id, now, &Err::<(), _>(detail.as_str()));
+                .restart_finished(&mut self.records, id, now, &failed);
             self.journal_action(
                 id,
                 ActionKind::Restart,
@@ -1283,7 +1285,8 @@ impl Watch {
         now: MonoNs,
         out: &mut Vec<Effect>,
     ) {
-        self.policy.restart_finished(id, now, &result);
+        self.policy
+            .restart_finished(&mut self.records, id, now, &result);
         match &result {
             Ok(outcome) => {
                 let record = self.record(id);
@@ -1442,7 +1445,12 @@ impl Watch {
     /// The fleet's hold changed: journalled in each latched instance's episode, logged, and
     /// the policy told.
     fn on_fleet(&mut self, events: Vec<fleet::FleetEvent>, now: MonoNs, out: &mut Vec<Effect>) {
-        let latched: Vec<InstanceId> = self.policy.unhealed().cloned().collect();
+        let latched: Vec<InstanceId> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.recovery.unhealed())
+            .map(|(id, _)| id.clone())
+            .collect();
         for event in events {
             match event {
                 fleet::FleetEvent::Held { alert, since_ms } => {

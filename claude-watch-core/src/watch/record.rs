@@ -1,11 +1,18 @@
 //! One record per instance: everything the core keeps of it, so that forgetting an instance
 //! is dropping its record (its detector state, its recovery state and the pids of its live
-//! processes in it or beside it, each in one place).
+//! processes in it, each in one place; the pid table beside it and the policy's restart slots,
+//! incident and index of the instances it heard of only name it, and [`super::Watch::forget`]
+//! tells the policy).
+//!
+//! The policy's calls are lent the records as their [`policy::Table`]: a record is its
+//! instance's recovery state's holder (`AsRef`/`AsMut`), made (as root's) when the policy
+//! hears first of an instance.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::detect::{self, EpisodeEnd, MonoNs};
 use crate::instance::{InstanceId, Placement};
+use crate::policy;
 
 use super::status::LastSeen;
 
@@ -36,6 +43,8 @@ pub(super) struct Record {
     pub recoveries: Recoveries,
     /// What the detector knows of it: its 401 window, sessions, throttles.
     pub detection: detect::Instance,
+    /// Where it stands in recovery (the policy's calls are given the records).
+    pub recovery: policy::Instance,
 }
 
 impl Record {
@@ -53,19 +62,37 @@ impl Record {
             restart_error: None,
             recoveries: Recoveries::default(),
             detection: detect::Instance::new(id.clone()),
+            recovery: policy::Instance::default(),
         }
     }
 
     /// `id`'s record in `records`, made (as root's) if it has none.
     pub fn of<'a>(records: &'a mut BTreeMap<InstanceId, Self>, id: &InstanceId) -> &'a mut Self {
-        records
-            .entry(id.clone())
-            .or_insert_with(|| Self::new(id, 0))
+        records.entry(id.clone()).or_insert_with(|| id.into())
     }
 
     /// Whether it has a live process.
     pub fn live(&self) -> bool {
         !self.pids.is_empty()
+    }
+}
+
+/// A record made by the policy for an instance it hears of first (as root's).
+impl From<&InstanceId> for Record {
+    fn from(id: &InstanceId) -> Self {
+        Self::new(id, 0)
+    }
+}
+
+impl AsRef<policy::Instance> for Record {
+    fn as_ref(&self) -> &policy::Instance {
+        &self.recovery
+    }
+}
+
+impl AsMut<policy::Instance> for Record {
+    fn as_mut(&mut self) -> &mut policy::Instance {
+        &mut self.recovery
     }
 }
 

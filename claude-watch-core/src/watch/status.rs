@@ -45,7 +45,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
             }
         }
         let s = record.detection.status();
-        let rec = watch.policy.recovery(id);
+        let rec = record.recovery.detector();
         view.state = match s.state {
             _ if rec.gave_up => "escalated",
             State::Latched if rec.boundary.is_some() => "recovering",
@@ -132,7 +132,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
                 cwd,
             });
         }
-        let recovery = watch.policy.view(id);
+        let recovery = watch.policy.view(id, &record.recovery);
         view.restarts = recovery.restarts;
         let r = record.recoveries;
         view.restarts_total = r.restarts;

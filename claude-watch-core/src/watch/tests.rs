@@ -176,6 +176,15 @@ impl Rig {
                 Effect::Attach(_) => {}
             }
         }
+        // The policy's index names exactly the records with a recovery state.
+        let with_state: Vec<&InstanceId> = self
+            .watch
+            .records
+            .iter()
+            .filter(|(_, r)| r.recovery.phase().is_some())
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(self.watch.policy.heard().collect::<Vec<_>>(), with_state);
     }
 
     fn start(&mut self, pid: u32, instance: &InstanceId) {
@@ -1421,13 +1430,14 @@ fn an_exited_instance_process_releases_its_attachments() {
     assert_eq!(r.detached, vec![41, 42]);
 }
 
-/// Entries of every per-instance table of the core: its records and its policy's (the
+/// Entries of every per-instance table of the core: its records (each with its recovery
+/// state), its successors and the policy's index of the instances it heard of (the
 /// per-process ones, `procs` and `unobserved`, follow live processes).
 fn footprint(w: &Watch) -> Vec<(&'static str, usize)> {
     vec![
         ("records", w.records.len()),
         ("successors", w.successors.len()),
-        ("policy", w.policy.instances().count()),
+        ("policy", w.policy.heard().count()),
     ]
 }
 
