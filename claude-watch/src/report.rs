@@ -189,8 +189,8 @@ pub struct Report {
     pub utc_offset_s: i64,
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+/// Nearest-rank percentile of sorted values (`None` when there are none).
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     if sorted.is_empty() {
         return None;
     }
