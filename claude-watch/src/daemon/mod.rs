@@ -234,11 +234,10 @@ impl Daemon {
         };
         targets::set_locate_cache(d.locate_cache.clone());
 
-        let run_stats = if options.probe_time {
-            Some(crate::capture::probes::RunTimeStats::enable()?)
-        } else {
-            None
-        };
+        let run_stats = options
+            .probe_time
+            .then(crate::capture::probes::RunTimeStats::enable)
+            .transpose()?;
         let mut probes = Probes::load(Settings {
             ring_bytes: d.ring_mib << 20,
             budget: (d.record_budget > 0).then_some(d.record_budget),
