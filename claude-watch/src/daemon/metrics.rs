@@ -87,10 +87,7 @@ pub fn labels(pairs: &[(&str, &str)]) -> String {
 
 impl Metrics {
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        f(&mut self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
+        f(&mut crate::locked(&self.0))
     }
 
     /// Declares a counter family so it is exported (with no series) before its first event.
@@ -294,10 +291,7 @@ impl Holders {
     fn take(self: &Arc<Self>, uid: Option<u32>) -> Option<Held> {
         let uid = uid.filter(|&u| u != 0);
         if let Some(u) = uid {
-            let mut held = self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut held = crate::locked(&self.0);
             let n = held.entry(u).or_default();
             if *n >= MAX_CONNECTIONS_PER_USER {
                 return None;
@@ -314,11 +308,7 @@ impl Holders {
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(u) = self.uid {
-            let mut held = self
-                .holders
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut held = crate::locked(&self.holders.0);
             if let Some(n) = held.get_mut(&u) {
                 *n -= 1;
                 if *n == 0 {
