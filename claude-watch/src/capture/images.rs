@@ -83,7 +83,9 @@ impl ImageBook {
         out
     }
 
-    /// Takes `image` out (its file turned out to be Claude Code after all, or is gone).
+    /// Takes `image` out (its file turned out to be Claude Code after all, or is gone). Only the
+    /// tests take an image out: the daemon never does.
+    #[cfg(test)]
     pub fn withdraw(&mut self, image: ImageKey) -> Option<Change> {
         let owner = self.owners.remove(&image)?;
         self.order.retain(|i| *i != image);
