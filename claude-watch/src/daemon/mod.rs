@@ -90,14 +90,13 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
             crate::untrusted::Resolve::Proc,
             crate::untrusted::Limits::bytes(256),
         )
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
-        config.fleet.host = Some(
-            Some(host.trim())
-                .filter(|h| !h.is_empty())
-                .unwrap_or("localhost")
-                .to_owned(),
-        );
+        config.fleet.host = Some(if host.is_empty() {
+            "localhost".to_owned()
+        } else {
+            host
+        });
     }
     Ok((config, origin))
 }
