@@ -10,12 +10,13 @@ use crate::watch::status::{STATES, Status};
 
 /// Counts or observes one metric event of the core.
 pub(super) fn record(m: &Metrics, metric: &Metric) {
-    match metric {
+    let of_agent = |agent: &str| labels(&[("agent", agent)]);
+    let (name, help, labels) = match metric {
         Metric::Exchange {
             agent,
             status,
             model,
-        } => m.inc(
+        } => (
             "claude_watch_exchanges_total",
             EXCHANGES_HELP,
             labels(&[
@@ -23,65 +24,57 @@ pub(super) fn record(m: &Metrics, metric: &Metric) {
                 ("status", &status.to_string()),
                 ("model", model),
             ]),
-            1.0,
         ),
-        Metric::EpisodeOpened { agent } => m.inc(
-            "claude_watch_episodes_total",
-            EPISODES_HELP,
-            labels(&[("agent", agent)]),
-            1.0,
-        ),
-        Metric::Restart { agent, ok } => m.inc(
+        Metric::EpisodeOpened { agent: a } => {
+            ("claude_watch_episodes_total", EPISODES_HELP, of_agent(a))
+        }
+        Metric::Restart { agent, ok } => (
             "claude_watch_restarts_total",
             RESTARTS_HELP,
             labels(&[
                 ("agent", agent),
                 ("result", if *ok { "ok" } else { "error" }),
             ]),
-            1.0,
         ),
-        Metric::Recovery { agent } => m.inc(
+        Metric::Recovery { agent: a } => (
             "claude_watch_recoveries_total",
             RECOVERIES_HELP,
-            labels(&[("agent", agent)]),
-            1.0,
+            of_agent(a),
         ),
-        Metric::Escalation { agent } => m.inc(
+        Metric::Escalation { agent: a } => (
             "claude_watch_escalations_total",
             ESCALATIONS_HELP,
-            labels(&[("agent", agent)]),
-            1.0,
+            of_agent(a),
         ),
-        Metric::RestartRejected { agent } => m.inc(
+        Metric::RestartRejected { agent: a } => (
             "claude_watch_restarts_rejected_total",
             REJECTED_HELP,
-            labels(&[("agent", agent)]),
-            1.0,
+            of_agent(a),
         ),
-        Metric::IncidentOpened => m.inc(
+        Metric::IncidentOpened => (
             "claude_watch_incidents_total",
             INCIDENTS_HELP,
             String::new(),
-            1.0,
         ),
-        Metric::IncidentEscalated => m.inc(
+        Metric::IncidentEscalated => (
             "claude_watch_incident_escalations_total",
             INCIDENT_ESCALATIONS_HELP,
             String::new(),
-            1.0,
         ),
-        Metric::DetectionSeconds(s) => {
-            m.observe("claude_watch_detection_seconds", DETECTION_HELP, *s);
-        }
-        Metric::RecoverySeconds(s) => m.observe("claude_watch_recovery_seconds", RECOVERY_HELP, *s),
-        Metric::Forgotten { agent } => m.forget_agent(agent),
-        Metric::InstanceRefused => m.inc(
+        Metric::InstanceRefused => (
             "claude_watch_instances_refused_total",
             "New claude instances not watched because too many instances were tracked.",
             String::new(),
-            1.0,
         ),
-    }
+        Metric::DetectionSeconds(s) => {
+            return m.observe("claude_watch_detection_seconds", DETECTION_HELP, *s);
+        }
+        Metric::RecoverySeconds(s) => {
+            return m.observe("claude_watch_recovery_seconds", RECOVERY_HELP, *s);
+        }
+        Metric::Forgotten { agent } => return m.forget_agent(agent),
+    };
+    m.inc(name, help, labels, 1.0);
 }
 
 /// What the capture path reports besides the status: the kernel's counters and the
