@@ -382,26 +382,20 @@ impl Restarter for Pm2Restarter {
                 source: super::RestartFailure::Task(e),
             })??;
         let apps = jlist(self, &account, &pm2, &env).await?;
-        let supervisor = format!("pm2 of {} ({})", account.name, pm2_home.display());
+        let not_run_by = |found: String| SuperviseError::NotRunBy {
+            instance: target.instance.clone(),
+            pid: target.pid,
+            supervisor: format!("pm2 of {} ({})", account.name, pm2_home.display()),
+            found,
+        };
         let old_main = match apps.iter().find(|a| a.id == *id) {
             // The app itself, or a wrapper (`sh -c "claude ..."`) that pm2 runs around it.
             Some(app) if super::runs_under(app.pid, target.pid) => app.pid,
             Some(app) => {
-                return Err(SuperviseError::NotRunBy {
-                    instance: target.instance.clone(),
-                    pid: target.pid,
-                    supervisor,
-                    found: format!("runs pid {} as app {} ({})", app.pid, app.id, app.name),
-                });
+                let found = format!("runs pid {} as app {} ({})", app.pid, app.id, app.name);
+                return Err(not_run_by(found));
             }
-            None => {
-                return Err(SuperviseError::NotRunBy {
-                    instance: target.instance.clone(),
-                    pid: target.pid,
-                    supervisor,
-                    found: format!("has no app {id} ({name})"),
-                });
-            }
+            None => return Err(not_run_by(format!("has no app {id} ({name})"))),
         };
 
         let argv = [
