@@ -85,18 +85,9 @@ pub struct Options {
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
     let (mut config, origin) = crate::config::find(path)?;
     if config.fleet.host.is_none() {
-        let host = crate::untrusted::read_head(
-            Path::new("/proc/sys/kernel/hostname"),
-            crate::untrusted::Resolve::Proc,
-            crate::untrusted::Limits::bytes(256),
-        )
-        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
-        .unwrap_or_default();
-        config.fleet.host = Some(if host.is_empty() {
-            "localhost".to_owned()
-        } else {
-            host
-        });
+        let host = crate::instance::proc::read_host_text("/proc/sys/kernel/hostname", 256);
+        let host = host.trim();
+        config.fleet.host = Some(if host.is_empty() { "localhost" } else { host }.to_owned());
     }
     Ok((config, origin))
 }

@@ -66,6 +66,14 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, UntrustedError> {
     untrusted::read_head(path, Resolve::Proc, Limits::bytes(limit))
 }
 
+/// A host-wide `/proc` text file (`/proc/net/unix`, `/proc/sys/kernel/hostname`): at most
+/// `limit` bytes, decoded lossily; empty when it cannot be read.
+pub fn read_host_text(path: &str, limit: u64) -> String {
+    read_bounded(Path::new(path), limit)
+        .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+        .unwrap_or_default()
+}
+
 /// At most `limit` bytes of `<root>/<pid>/<file>`.
 ///
 /// # Errors
