@@ -85,7 +85,7 @@ struct Conn {
 }
 
 /// Turns kernel records into exchanges.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Pairer {
     conns: HashMap<(u32, u64), Conn>,
     /// Connections remembered per process, and per user.
@@ -100,11 +100,8 @@ impl Pairer {
     /// start).
     pub fn new(wall_clock: WallClock) -> Self {
         Self {
-            conns: HashMap::new(),
-            per_pid: HashMap::new(),
-            per_uid: HashMap::new(),
             wall_clock,
-            stats: PairStats::default(),
+            ..Self::default()
         }
     }
 

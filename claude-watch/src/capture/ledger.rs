@@ -66,7 +66,7 @@ struct Held {
 }
 
 /// Attachments and their holders.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Ledger {
     cap: usize,
     /// Attachments per user at most (`None`: [`default_share`] of the cap).
@@ -83,10 +83,7 @@ impl Ledger {
     pub fn new(cap: usize) -> Self {
         Self {
             cap,
-            share: None,
-            holders: BTreeMap::new(),
-            per_user: HashMap::new(),
-            refused: 0,
+            ..Self::default()
         }
     }
 
