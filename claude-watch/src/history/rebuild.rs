@@ -216,8 +216,7 @@ impl Rig<'_> {
             let mut next = self.det.next_deadline().filter(|&d| d <= t);
             if let Some(last) = self.last_tick_ms {
                 for after in [self.cfg.suspect_forget_after, self.cfg.throttle_clear_after] {
-                    let d = mono(last)
-                        .saturating_add(u64::try_from(after.as_nanos()).unwrap_or(u64::MAX));
+                    let d = mono(last).saturating_add(crate::time::nanos(after));
                     if d <= t && d > mono(last) && next.is_none_or(|n| d < n) {
                         next = Some(d);
                     }
