@@ -103,11 +103,7 @@ fn write_journal(
     path: &std::path::Path,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let Journalled {
-        agents,
-        windows,
-        outcome,
-    } = journalled;
+    let outcome = &journalled.outcome;
     let mut text = Vec::new();
     for record in &outcome.journal {
         serde_json::to_writer(&mut text, record)?;
@@ -126,10 +122,12 @@ fn write_journal(
         })
         .collect();
     eprintln!(
-        "wrote {} journal records ({} episodes of {agents} agents, {windows} windows, {} days) to {}\n\
+        "wrote {} journal records ({} episodes of {} agents, {} windows, {} days) to {}\n\
          report and picture: claude-watch episodes --journal {} --svg replay.svg",
         outcome.journal.len(),
         episodes.len(),
+        journalled.agents,
+        journalled.windows,
         args.days,
         path.display(),
         path.display()
