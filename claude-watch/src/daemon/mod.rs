@@ -68,15 +68,35 @@ pub const DEFAULT_CONFIG_PATH: &str = crate::config::DEFAULT_PATH;
 /// How often the core's clock is advanced without an event.
 const TICK: Duration = Duration::from_millis(250);
 
-/// How the daemon was started.
-#[derive(Clone, Debug, Default)]
+// How the daemon was started: the arguments of `claude-watch daemon`, whose `--help` the doc
+// comment below is (so it speaks to the operator).
+/// Run the watchdog: discover every Claude Code process, attach probes, detect 401 latches and
+/// 429 throttles, and restart latched instances through their supervisor.
+///
+/// Without --config it reads /etc/claude-watch/config.toml if present, else the built-in
+/// configuration (`claude-watch config show`). Instances in systemd units are restarted through
+/// systemd when systemd is reachable; everything else is observed only unless configured.
+///
+/// Examples:
+///   claude-watch daemon                                  # defaults
+///   claude-watch daemon --config /etc/claude-watch/config.toml
+///   claude-watch daemon --dry-run                        # detect and report, never restart
+///   claude-watch daemon --probe-time                     # and what each eBPF program cost
+///
+/// Signals: SIGHUP reloads the configuration (a bad one is refused and the running one kept),
+/// SIGTERM/SIGINT stop cleanly (probes detached, state saved).
+#[derive(Clone, Debug, Default, clap::Args)]
+#[command(verbatim_doc_comment)]
 pub struct Options {
-    /// The configuration file (`None`: `/etc/claude-watch/config.toml` if present, else the
-    /// built-in one).
+    /// Configuration file (TOML).
+    #[arg(long, short, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Never restart anything.
+    /// Detect and report, never restart anything.
+    #[arg(long)]
     pub dry_run: bool,
-    /// Print each eBPF program's runs and average run time when stopping.
+    /// Print each eBPF program's runs and average run time when stopping (turns the kernel's
+    /// run-time statistics on while running: two clock reads per program run).
+    #[arg(long)]
     pub probe_time: bool,
 }
 
