@@ -72,9 +72,7 @@ impl ImageBook {
                 .iter()
                 .max_by_key(|(uid, n)| (**n, **uid != 0))
                 .map(|(uid, _)| *uid);
-            if let Some(uid) = largest {
-                out.extend(self.evict_of(uid));
-            }
+            out.extend(largest.and_then(|uid| self.evict_of(uid)));
         }
         self.owners.insert(image, owner);
         self.order.push_back(image);
