@@ -370,29 +370,26 @@ fn rebuild_instance(
         let now = mono(t);
         match step {
             Step::Start(i) => {
-                if let Some(&prev) = predecessor.get(&i) {
-                    if rig.latched {
-                        history.restarts.push(Restart {
-                            instance: instance.to_owned(),
-                            at_ms: t,
-                            episode_id: rig.open_episode.clone(),
-                        });
-                        let ev = rig.det.restart_started(&id, now);
-                        rig.handle(ev);
-                    }
-                    let ev = rig.det.process_started(&id, pid(i), now);
+                let prev = predecessor.get(&i).copied();
+                if prev.is_some() && rig.latched {
+                    history.restarts.push(Restart {
+                        instance: instance.to_owned(),
+                        at_ms: t,
+                        episode_id: rig.open_episode.clone(),
+                    });
+                    let ev = rig.det.restart_started(&id, now);
                     rig.handle(ev);
-                    // A resumed session keeps its id: retiring the old process would retire it.
-                    let resumed = procs[i]
+                }
+                let ev = rig.det.process_started(&id, pid(i), now);
+                rig.handle(ev);
+                // A resumed session keeps its id: retiring the old process would retire it.
+                if let Some(prev) = prev
+                    && !procs[i]
                         .sessions
                         .iter()
-                        .any(|s| procs[prev].sessions.contains(s));
-                    if !resumed {
-                        let ev = rig.det.process_exited(&id, pid(prev), now);
-                        rig.handle(ev);
-                    }
-                } else {
-                    let ev = rig.det.process_started(&id, pid(i), now);
+                        .any(|s| procs[prev].sessions.contains(s))
+                {
+                    let ev = rig.det.process_exited(&id, pid(prev), now);
                     rig.handle(ev);
                 }
             }
