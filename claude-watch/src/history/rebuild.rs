@@ -394,12 +394,8 @@ fn rebuild_instance(
                 }
             }
             Step::End(i) => {
-                let mut chain = vec![i];
-                let mut cur = i;
-                while let Some(&p) = predecessor.get(&cur) {
-                    chain.push(p);
-                    cur = p;
-                }
+                let chain: Vec<usize> =
+                    std::iter::successors(Some(i), |cur| predecessor.get(cur).copied()).collect();
                 for p in chain.into_iter().rev() {
                     let ev = rig.det.process_exited(&id, pid(p), now);
                     rig.handle(ev);
@@ -423,11 +419,10 @@ fn rebuild_instance(
                     } => (*status, request_id, None),
                 };
                 // One answer can span several lines (one per content block, same request id).
-                if let Some(r) = request_id {
-                    if last_answer_id.get(&i) == Some(r) {
-                        continue;
-                    }
-                    last_answer_id.insert(i, r.clone());
+                if let Some(r) = request_id
+                    && last_answer_id.insert(i, r.clone()).as_ref() == Some(r)
+                {
+                    continue;
                 }
                 match status {
                     401 => history.answers_401 += 1,
@@ -465,19 +460,16 @@ fn rebuild_instance(
                 rig.handle(ev);
                 rig.answering = false;
                 rig.last_tick_ms = Some(t);
-                if status == 429 {
-                    let key = m.unwrap_or_else(|| "unknown".to_owned());
-                    if let Some(th) = rig.throttles.get_mut(&key) {
-                        th.count_429 += 1;
-                        th.last_429_ms = t;
-                        if th.session_id.is_none() {
-                            th.session_id = Some(e.session_id.clone());
-                        }
-                        if let Some(r) = request_id
-                            && th.request_ids.len() < REQUEST_IDS_KEPT
-                        {
-                            th.request_ids.push(r.clone());
-                        }
+                if status == 429
+                    && let Some(th) = rig.throttles.get_mut(m.as_deref().unwrap_or("unknown"))
+                {
+                    th.count_429 += 1;
+                    th.last_429_ms = t;
+                    th.session_id.get_or_insert_with(|| e.session_id.clone());
+                    if let Some(r) = request_id
+                        && th.request_ids.len() < REQUEST_IDS_KEPT
+                    {
+                        th.request_ids.push(r.clone());
                     }
                 }
             }
