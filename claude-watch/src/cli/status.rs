@@ -33,10 +33,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let socket = match args.socket {
         Some(socket) => socket,
         None => {
-            crate::config::find(args.config.as_deref())?
-                .0
-                .daemon
-                .control_socket
+            let (config, _) = crate::config::find(args.config.as_deref())?;
+            config.daemon.control_socket
         }
     };
     let snapshot = query_status(&socket)?;
