@@ -34,21 +34,14 @@ impl Blind {
     /// One sentence for `status`: what was seen, and what was not.
     #[must_use]
     pub fn reason(&self, now: MonoNs) -> String {
+        let human = |ns: u64| crate::time::human(std::time::Duration::from_nanos(ns));
         let last = self.last_exchange.map_or_else(
             || "none ever".to_owned(),
-            |t| {
-                format!(
-                    "the last {} ago",
-                    crate::time::human(std::time::Duration::from_nanos(now.saturating_sub(t)))
-                )
-            },
+            |t| format!("the last {} ago", human(now.saturating_sub(t))),
         );
         let since = now.saturating_sub(self.since);
         let since = if since >= 1_000_000_000 {
-            format!(
-                "; blind for {}",
-                crate::time::human(std::time::Duration::from_nanos(since))
-            )
+            format!("; blind for {}", human(since))
         } else {
             String::new()
         };
@@ -56,7 +49,7 @@ impl Blind {
             "it moved {} KiB over {} TCP connection(s) in {} and the probes captured no API request ({last}): a client or protocol the probes do not see{since}",
             self.bytes / 1024,
             self.sockets,
-            crate::time::human(std::time::Duration::from_nanos(self.over_ns))
+            human(self.over_ns)
         )
     }
 }

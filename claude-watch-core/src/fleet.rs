@@ -22,6 +22,7 @@
 use std::time::Duration;
 
 use crate::detect::MonoNs;
+use crate::time::nanos as ns;
 
 /// The fleet's tunables (`[fleet]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -284,10 +285,6 @@ impl Fleet {
         };
         [stale, resume].into_iter().flatten().min()
     }
-}
-
-fn ns(d: Duration) -> MonoNs {
-    u64::try_from(d.as_nanos()).unwrap_or(MonoNs::MAX)
 }
 
 #[cfg(test)]

@@ -49,6 +49,12 @@ impl WallClock {
     }
 }
 
+/// `d` on the monotonic clock, in nanoseconds; `MonoNs::MAX` past what a `u64` holds.
+#[must_use]
+pub fn nanos(d: std::time::Duration) -> MonoNs {
+    u64::try_from(d.as_nanos()).unwrap_or(MonoNs::MAX)
+}
+
 /// The instant `ms` milliseconds after the Unix epoch; past jiff's last instant (the end of
 /// year 9999), that one.
 fn instant(ms: u64) -> Timestamp {

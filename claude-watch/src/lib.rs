@@ -49,3 +49,11 @@ pub use claude_watch_core::{detect, http, text};
 mod proptests;
 
 pub use claude_watch_core::error_chain;
+
+/// `mutex` locked, even when a thread panicked while holding it: what it guards is used as it
+/// is (every lock of the shell takes it this way).
+pub(crate) fn locked<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

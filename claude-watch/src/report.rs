@@ -189,8 +189,8 @@ pub struct Report {
     pub utc_offset_s: i64,
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+/// Nearest-rank percentile of sorted values (`None` when there are none).
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     if sorted.is_empty() {
         return None;
     }
@@ -272,12 +272,12 @@ pub fn build_with(
         ends.notified += usize::from(e.escalated_ms.is_some());
         let local = local_time(e.first_401_ms, utc_offset_s(e.first_401_ms));
         *by_day.entry(local.date()).or_insert(0) += 1;
+        lines.push(line(e, &local));
         let group = match e.idle_before_ms {
             Some(idle) if idle > IDLE_WAKE_MS => &mut idle_wake,
             Some(_) => &mut mid_use,
             None => {
                 idle_unknown += 1;
-                lines.push(line(e, &local));
                 continue;
             }
         };
@@ -285,7 +285,6 @@ pub fn build_with(
         if MORNING_HOURS.contains(&local.at.hour()) {
             group.morning += 1;
         }
-        lines.push(line(e, &local));
     }
     for g in [&mut idle_wake, &mut mid_use] {
         g.morning_share = share(g.morning, g.episodes);
@@ -294,18 +293,11 @@ pub fn build_with(
     let mut hosts = BTreeMap::new();
     let mut versions = BTreeMap::new();
     let mut request_ids = Vec::new();
+    let known = |v: &Option<String>| v.as_deref().unwrap_or("unknown").to_owned();
     for e in &eps {
         *sources.entry(e.source.as_str().to_owned()).or_insert(0) += 1;
-        *hosts
-            .entry(e.host.clone().unwrap_or_else(|| "unknown".to_owned()))
-            .or_insert(0) += 1;
-        *versions
-            .entry(
-                e.client_version
-                    .clone()
-                    .unwrap_or_else(|| "unknown".to_owned()),
-            )
-            .or_insert(0) += 1;
+        *hosts.entry(known(&e.host)).or_insert(0) += 1;
+        *versions.entry(known(&e.client_version)).or_insert(0) += 1;
         let first = local_time(e.first_401_ms, utc_offset_s(e.first_401_ms)).civil();
         let last = local_time(e.last_401_ms, utc_offset_s(e.last_401_ms)).civil();
         let ids = e.request_ids();

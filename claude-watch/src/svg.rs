@@ -81,20 +81,14 @@ pub fn end_colour(end: EpisodeEnd) -> &'static str {
     }
 }
 
+/// `s` as SVG text or an attribute value: XML's five special characters escaped (quick-xml's
+/// `escape`), control and invisible formatting characters made spaces first.
 fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&apos;"),
-            c if crate::text::is_unsafe(c) => o.push(' '),
-            c => o.push(c),
-        }
-    }
-    o
+    let safe: String = s
+        .chars()
+        .map(|c| if crate::text::is_unsafe(c) { ' ' } else { c })
+        .collect();
+    quick_xml::escape::escape(safe).into_owned()
 }
 
 fn human(ms: u64) -> String {

@@ -3,32 +3,28 @@
 
 pub use claude_watch_core::time::*;
 
-/// The wall clock as seen from the monotonic one now (CLOCK_REALTIME minus CLOCK_MONOTONIC):
-/// what turns monotonic stamps into wall time.
-pub fn wall_clock() -> WallClock {
-    fn now(clock: libc::clockid_t) -> i128 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid clock id and pointer.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-    }
-    WallClock {
-        wall_minus_mono_ns: now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC),
-    }
-}
-
-/// CLOCK_MONOTONIC now, in nanoseconds (the clock of `bpf_ktime_get_ns`).
-pub fn mono_now_ns() -> u64 {
+/// `clock` now, in nanoseconds.
+fn now_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid clock id and pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// The wall clock as seen from the monotonic one now (CLOCK_REALTIME minus CLOCK_MONOTONIC):
+/// what turns monotonic stamps into wall time.
+pub fn wall_clock() -> WallClock {
+    WallClock {
+        wall_minus_mono_ns: now_ns(libc::CLOCK_REALTIME) - now_ns(libc::CLOCK_MONOTONIC),
+    }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds (the clock of `bpf_ktime_get_ns`).
+pub fn mono_now_ns() -> u64 {
+    u64::try_from(now_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
 }
 
 /// The wall clock now, in milliseconds since the Unix epoch (0 before 1970).

@@ -85,7 +85,7 @@ struct Conn {
 }
 
 /// Turns kernel records into exchanges.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Pairer {
     conns: HashMap<(u32, u64), Conn>,
     /// Connections remembered per process, and per user.
@@ -100,11 +100,8 @@ impl Pairer {
     /// start).
     pub fn new(wall_clock: WallClock) -> Self {
         Self {
-            conns: HashMap::new(),
-            per_pid: HashMap::new(),
-            per_uid: HashMap::new(),
             wall_clock,
-            stats: PairStats::default(),
+            ..Self::default()
         }
     }
 
@@ -145,15 +142,11 @@ impl Pairer {
             }
             *self.per_pid.entry(h.pid).or_default() += 1;
             *self.per_uid.entry(h.uid).or_default() += 1;
-            self.conns.insert(
-                (h.pid, h.conn),
-                Conn {
-                    uid: h.uid,
-                    ..Conn::default()
-                },
-            );
         }
-        let conn = self.conns.entry((h.pid, h.conn)).or_default();
+        let conn = self.conns.entry((h.pid, h.conn)).or_insert_with(|| Conn {
+            uid: h.uid,
+            ..Conn::default()
+        });
         conn.last_seen_ns = h.ts_ns;
         match h.kind {
             kind::WRITE if continuation => {
@@ -228,13 +221,12 @@ impl Pairer {
                     }
                     Parse::Parsed(resp) if resp.status < 200 => None, // 1xx: the final answer follows
                     Parse::Parsed(resp) => {
-                        let request = conn.requests.pop_front();
-                        if request.is_none() {
-                            self.stats.unpaired_responses += 1;
-                        }
-                        let (req_ts, req) = match request {
+                        let (req_ts, req) = match conn.requests.pop_front() {
                             Some(p) => (Some(p.ts_ns), p.head),
-                            None => (None, RequestHead::default()),
+                            None => {
+                                self.stats.unpaired_responses += 1;
+                                (None, RequestHead::default())
+                            }
                         };
                         Some(Exchange {
                             ts_ms: self.wall_clock.wall_ms(h.ts_ns),

@@ -139,26 +139,13 @@ pub fn parse_response(buf: &[u8], truncated: bool) -> Parse<ResponseHead> {
         };
     };
     // HTTP/1.x SP 3DIGIT [SP reason]
-    let status = match line {
-        [
-            b'H',
-            b'T',
-            b'T',
-            b'P',
-            b'/',
-            b'1',
-            b'.',
-            minor,
-            b' ',
-            d1,
-            d2,
-            d3,
-            tail @ ..,
-        ] if minor.is_ascii_digit()
-            && (b'1'..=b'5').contains(d1)
-            && d2.is_ascii_digit()
-            && d3.is_ascii_digit()
-            && (tail.is_empty() || tail[0] == b' ') =>
+    let status = match line.strip_prefix(PREFIX) {
+        Some([minor, b' ', d1, d2, d3, tail @ ..])
+            if minor.is_ascii_digit()
+                && (b'1'..=b'5').contains(d1)
+                && d2.is_ascii_digit()
+                && d3.is_ascii_digit()
+                && (tail.is_empty() || tail[0] == b' ') =>
         {
             u16::from(d1 - b'0') * 100 + u16::from(d2 - b'0') * 10 + u16::from(d3 - b'0')
         }

@@ -261,7 +261,7 @@ pub fn parse_session_file(
 }
 
 /// Whether `s` is a UUID in its 8-4-4-4-12 hex form.
-fn is_uuid(s: &str) -> bool {
+pub(super) fn is_uuid(s: &str) -> bool {
     s.len() == 36
         && s.bytes().enumerate().all(|(i, b)| {
             if matches!(i, 8 | 13 | 18 | 23) {

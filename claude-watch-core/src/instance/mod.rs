@@ -576,15 +576,7 @@ fn pod_of_path(path: &str) -> Option<Pod> {
                 Some(slice) => slice.rsplit_once("-pod")?.1.replace('_', "-"),
                 None => s.strip_prefix("pod")?.to_owned(),
             };
-            let ok = uid.len() == 36
-                && uid.bytes().enumerate().all(|(j, b)| {
-                    if matches!(j, 8 | 13 | 18 | 23) {
-                        b == b'-'
-                    } else {
-                        b.is_ascii_hexdigit()
-                    }
-                });
-            ok.then_some((i, uid.to_ascii_lowercase()))
+            bg::is_uuid(&uid).then(|| (i, uid.to_ascii_lowercase()))
         })?;
     if in_user_subtree(&segments, i) {
         return None;

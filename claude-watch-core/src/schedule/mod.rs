@@ -13,7 +13,7 @@ pub mod rescan;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use crate::time::MonoNs;
+use crate::time::{MonoNs, nanos};
 
 /// How often at most the kernel's drop counters are acted on (processes and users over their
 /// record budget read again, each new one said once).
@@ -157,11 +157,6 @@ impl<T> Turns<T> {
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }
-}
-
-/// `d` in nanoseconds, saturating.
-fn nanos(d: Duration) -> MonoNs {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

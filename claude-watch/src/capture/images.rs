@@ -72,9 +72,7 @@ impl ImageBook {
                 .iter()
                 .max_by_key(|(uid, n)| (**n, **uid != 0))
                 .map(|(uid, _)| *uid);
-            if let Some(uid) = largest {
-                out.extend(self.evict_of(uid));
-            }
+            out.extend(largest.and_then(|uid| self.evict_of(uid)));
         }
         self.owners.insert(image, owner);
         self.order.push_back(image);
@@ -83,7 +81,9 @@ impl ImageBook {
         out
     }
 
-    /// Takes `image` out (its file turned out to be Claude Code after all, or is gone).
+    /// Takes `image` out (its file turned out to be Claude Code after all, or is gone). Only the
+    /// tests take an image out: the daemon never does.
+    #[cfg(test)]
     pub fn withdraw(&mut self, image: ImageKey) -> Option<Change> {
         let owner = self.owners.remove(&image)?;
         self.order.retain(|i| *i != image);

@@ -173,7 +173,6 @@ pub const PROCESS_BUDGET: std::time::Duration = std::time::Duration::from_secs(1
 pub fn process(pid: u32) -> Result<Vec<Target>, CaptureError> {
     let maps = proc::maps(pid).map_err(|_| CaptureError::NoSuchProcess { pid })?;
     let mut targets: Vec<Target> = Vec::new();
-    let mut reasons = Vec::new();
     let started = std::time::Instant::now();
     let mappings = executable_mappings(&maps);
     let over = mappings.len().saturating_sub(MAX_FILES_PER_PROCESS);
@@ -199,19 +198,18 @@ pub fn process(pid: u32) -> Result<Vec<Target>, CaptureError> {
         if targets.iter().any(|t| t.path == shown) {
             continue;
         }
-        match mapped_file(pid, &mapping, &shown) {
-            Ok((file, recheck)) => match find_points(&file, &shown) {
-                Ok((points, how)) => targets.push(Target {
-                    path: shown,
-                    file,
-                    recheck: Some(recheck),
-                    pid: Some(pid),
-                    points,
-                    how,
-                }),
-                Err(e) => reasons.push(e.to_string()),
-            },
-            Err(e) => reasons.push(e.to_string()),
+        // A file that cannot be opened, or has no TLS functions, is passed over.
+        if let Ok((file, recheck)) = mapped_file(pid, &mapping, &shown)
+            && let Ok((points, how)) = find_points(&file, &shown)
+        {
+            targets.push(Target {
+                path: shown,
+                file,
+                recheck: Some(recheck),
+                pid: Some(pid),
+                points,
+                how,
+            });
         }
     }
     if targets.is_empty() {

@@ -47,7 +47,7 @@ pub const EXAMPLES: &str = "Examples:
   claude-watch episodes --journal host-1.jsonl --journal host-2.jsonl   one report for a fleet";
 
 /// Arguments of `claude-watch episodes` (see [`LONG_ABOUT`]).
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct EpisodesArgs {
     /// The journal file (rotated files `PATH.1`, `PATH.2`... are read too; default: the
     /// configuration's `[daemon] journal`). Repeat it for a fleet's journals: one report over
@@ -84,17 +84,12 @@ pub struct EpisodesArgs {
 }
 
 impl EpisodesArgs {
-    /// Arguments for a plain report of `journal`.
+    /// Arguments for a plain report of `journal` (the tests' starting point).
+    #[cfg(test)]
     pub fn for_journal(journal: impl Into<PathBuf>) -> Self {
         Self {
             journal: vec![journal.into()],
-            since: None,
-            json: false,
-            format: Format::Text,
-            import: None,
-            svg: None,
-            redact_instances: false,
-            config: None,
+            ..Self::default()
         }
     }
 }

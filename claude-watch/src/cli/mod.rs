@@ -98,6 +98,34 @@ pub fn init_logging(verbose: u8) {
         .init();
 }
 
+/// `rows` under `header` in columns as wide as their widest cell, two spaces apart, each line
+/// trimmed at its end (the tables of `status` and `replay`).
+pub(crate) fn columns(header: &[&str], rows: &[impl AsRef<[String]>]) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.as_ref()[c].chars().count())
+                .chain([header[c].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let l = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        format!("{}\n", l.trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.as_ref().iter().map(String::as_str).collect()));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;

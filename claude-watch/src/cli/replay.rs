@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::report::percentile;
 use crate::time::human;
 use crate::watch::replay::{self, Outcome, Policy, Scenario, Timing};
 
@@ -102,11 +103,7 @@ fn write_journal(
     path: &std::path::Path,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let Journalled {
-        agents,
-        windows,
-        outcome,
-    } = journalled;
+    let outcome = &journalled.outcome;
     let mut text = Vec::new();
     for record in &outcome.journal {
         serde_json::to_writer(&mut text, record)?;
@@ -125,10 +122,12 @@ fn write_journal(
         })
         .collect();
     eprintln!(
-        "wrote {} journal records ({} episodes of {agents} agents, {windows} windows, {} days) to {}\n\
+        "wrote {} journal records ({} episodes of {} agents, {} windows, {} days) to {}\n\
          report and picture: claude-watch episodes --journal {} --svg replay.svg",
         outcome.journal.len(),
         episodes.len(),
+        journalled.agents,
+        journalled.windows,
         args.days,
         path.display(),
         path.display()
@@ -160,7 +159,7 @@ struct Row {
 
 impl Row {
     fn new(agents: usize, policy: &Policy, o: &Outcome) -> Self {
-        let d = o.downtimes();
+        let d: Vec<u64> = o.downtimes().iter().map(Duration::as_secs).collect();
         let two_hours = Duration::from_secs(2 * 3600);
         let (short_over, short) = o.over_bound(policy.initial(), two_hours);
         let (all_over, all) = o.over_bound(policy.initial(), Duration::MAX);
@@ -175,9 +174,9 @@ impl Row {
             windows_over_2h: all - short,
             over_bound_over_2h: all_over - short_over,
             notices: o.notices.len(),
-            downtime_median_s: quantile(&d, 0.5).map(|x| x.as_secs()),
-            downtime_p95_s: quantile(&d, 0.95).map(|x| x.as_secs()),
-            downtime_max_s: d.last().map(Duration::as_secs),
+            downtime_median_s: percentile(&d, 0.5),
+            downtime_p95_s: percentile(&d, 0.95),
+            downtime_max_s: d.last().copied(),
             left_down: o.left_down,
         }
     }
@@ -487,18 +486,6 @@ fn grid(args: &ReplayArgs, config: &Config, timing: &Timing, md: bool) -> String
     out
 }
 
-/// The `q` quantile of sorted `xs` (nearest rank), `None` when empty.
-fn quantile(xs: &[Duration], q: f64) -> Option<Duration> {
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "an index into a short list"
-    )]
-    let i = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len().max(1)) - 1;
-    xs.get(i).copied()
-}
-
 fn table(header: &[&str], rows: &[Vec<String>], md: bool) -> String {
     let mut out = String::new();
     if md {
@@ -513,27 +500,5 @@ fn table(header: &[&str], rows: &[Vec<String>], md: bool) -> String {
         }
         return out;
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            rows.iter()
-                .map(|r| r[c].chars().count())
-                .chain([header[c].chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        let l = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ");
-        format!("{}\n", l.trim_end())
-    };
-    out.push_str(&line(header.to_vec()));
-    for r in rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
-    }
-    out
+    super::columns(header, rows)
 }

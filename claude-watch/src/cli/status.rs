@@ -33,10 +33,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let socket = match args.socket {
         Some(socket) => socket,
         None => {
-            crate::config::find(args.config.as_deref())?
-                .0
-                .daemon
-                .control_socket
+            let (config, _) = crate::config::find(args.config.as_deref())?;
+            config.daemon.control_socket
         }
     };
     let snapshot = query_status(&socket)?;
@@ -136,30 +134,7 @@ pub fn render(s: &Snapshot) -> String {
         "SUPERVISOR",
     ];
     let rows: Vec<[String; 10]> = s.instances.iter().map(|i| row(i, s.now_ms)).collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            rows.iter()
-                .map(|r| r[c].chars().count())
-                .chain([header[c].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<String>| {
-        let mut l = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ");
-        l.truncate(l.trim_end().len());
-        l.push('\n');
-        l
-    };
-    out.push_str(&line(header.iter().map(|h| (*h).to_owned()).collect()));
-    for r in rows {
-        out.push_str(&line(r.to_vec()));
-    }
+    out.push_str(&super::columns(&header, &rows));
     // Why each supervisor was chosen, under the table (too long for a column).
     let reasons: Vec<(String, String)> = s
         .instances

@@ -128,11 +128,10 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
         explicit.extend(targets::process(pid)?);
     }
     // Kept until the trace ends: the statistics are on while the descriptor is open.
-    let _stats_on = if args.probe_time {
-        Some(crate::capture::probes::RunTimeStats::enable()?)
-    } else {
-        None
-    };
+    let _stats_on = args
+        .probe_time
+        .then(crate::capture::probes::RunTimeStats::enable)
+        .transpose()?;
     let mut probes = Probes::load(Settings {
         ring_bytes: args.ring_mib << 20,
         budget: args.record_budget,

@@ -71,13 +71,7 @@ fn claimed(net_unix: &str) -> Vec<String> {
 pub(super) fn claim(scope: Option<&str>) -> Result<Claim, GuardError> {
     let ours = name(scope);
     // The kernel's list of unix sockets (every process's: a busy host has thousands).
-    let net_unix = crate::untrusted::read_head(
-        std::path::Path::new("/proc/net/unix"),
-        crate::untrusted::Resolve::Proc,
-        crate::untrusted::Limits::bytes(64 << 20),
-    )
-    .map(|b| String::from_utf8_lossy(&b).into_owned())
-    .unwrap_or_default();
+    let net_unix = crate::instance::proc::read_host_text("/proc/net/unix", 64 << 20);
     if let Some(theirs) = claimed(&net_unix).into_iter().find(|t| overlap(t, &ours)) {
         return Err(GuardError::Overlap { theirs, ours });
     }

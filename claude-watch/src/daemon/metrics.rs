@@ -46,15 +46,21 @@ struct Inner {
 /// beyond this are counted in `claude_watch_metric_series_dropped_total` instead.
 pub const MAX_SERIES_PER_FAMILY: usize = 2048;
 
-/// Where `labels` may be counted in `family`: its existing entry, or a new one while there is
-/// room; `None` (the event is dropped and counted) when the family is full.
+/// Where `labels` may be counted in family `name` (declared with `help` as a `kind` on its first
+/// event): its existing entry, or a new one while there is room; `None` (the event is dropped
+/// and counted) when the family is full.
 fn slot<'a>(
-    family: &'a mut BTreeMap<String, f64>,
+    m: &'a mut Inner,
+    (name, help, kind): (&'static str, &'static str, Kind),
     labels: String,
-    dropped: &mut u64,
 ) -> Option<&'a mut f64> {
+    let family = &mut m
+        .series
+        .entry(name)
+        .or_insert((help, kind, BTreeMap::new()))
+        .2;
     if family.len() >= MAX_SERIES_PER_FAMILY && !family.contains_key(&labels) {
-        *dropped += 1;
+        m.dropped += 1;
         return None;
     }
     Some(family.entry(labels).or_insert(0.0))
@@ -66,31 +72,22 @@ pub struct Metrics(Arc<Mutex<Inner>>);
 
 /// Formats a label set: `a="x",b="y"` with values escaped.
 pub fn labels(pairs: &[(&str, &str)]) -> String {
-    let mut out = String::new();
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(out, "{k}=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-    out
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{k}=\"{v}\"")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Metrics {
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        f(&mut self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
+        f(&mut crate::locked(&self.0))
     }
 
     /// Declares a counter family so it is exported (with no series) before its first event.
@@ -114,12 +111,7 @@ impl Metrics {
     /// Adds `by` to a counter.
     pub fn inc(&self, name: &'static str, help: &'static str, labels: String, by: f64) {
         self.with(|m| {
-            let family = &mut m
-                .series
-                .entry(name)
-                .or_insert((help, Kind::Counter, BTreeMap::new()))
-                .2;
-            if let Some(v) = slot(family, labels, &mut m.dropped) {
+            if let Some(v) = slot(m, (name, help, Kind::Counter), labels) {
                 *v += by;
             }
         });
@@ -139,12 +131,7 @@ impl Metrics {
     /// Sets a gauge.
     pub fn set(&self, name: &'static str, help: &'static str, labels: String, value: f64) {
         self.with(|m| {
-            let family = &mut m
-                .series
-                .entry(name)
-                .or_insert((help, Kind::Gauge, BTreeMap::new()))
-                .2;
-            if let Some(v) = slot(family, labels, &mut m.dropped) {
+            if let Some(v) = slot(m, (name, help, Kind::Gauge), labels) {
                 *v = value;
             }
         });
@@ -294,10 +281,7 @@ impl Holders {
     fn take(self: &Arc<Self>, uid: Option<u32>) -> Option<Held> {
         let uid = uid.filter(|&u| u != 0);
         if let Some(u) = uid {
-            let mut held = self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut held = crate::locked(&self.0);
             let n = held.entry(u).or_default();
             if *n >= MAX_CONNECTIONS_PER_USER {
                 return None;
@@ -314,11 +298,7 @@ impl Holders {
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(u) = self.uid {
-            let mut held = self
-                .holders
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut held = crate::locked(&self.holders.0);
             if let Some(n) = held.get_mut(&u) {
                 *n -= 1;
                 if *n == 0 {

@@ -68,15 +68,35 @@ pub const DEFAULT_CONFIG_PATH: &str = crate::config::DEFAULT_PATH;
 /// How often the core's clock is advanced without an event.
 const TICK: Duration = Duration::from_millis(250);
 
-/// How the daemon was started.
-#[derive(Clone, Debug, Default)]
+// How the daemon was started: the arguments of `claude-watch daemon`, whose `--help` the doc
+// comment below is (so it speaks to the operator).
+/// Run the watchdog: discover every Claude Code process, attach probes, detect 401 latches and
+/// 429 throttles, and restart latched instances through their supervisor.
+///
+/// Without --config it reads /etc/claude-watch/config.toml if present, else the built-in
+/// configuration (`claude-watch config show`). Instances in systemd units are restarted through
+/// systemd when systemd is reachable; everything else is observed only unless configured.
+///
+/// Examples:
+///   claude-watch daemon                                  # defaults
+///   claude-watch daemon --config /etc/claude-watch/config.toml
+///   claude-watch daemon --dry-run                        # detect and report, never restart
+///   claude-watch daemon --probe-time                     # and what each eBPF program cost
+///
+/// Signals: SIGHUP reloads the configuration (a bad one is refused and the running one kept),
+/// SIGTERM/SIGINT stop cleanly (probes detached, state saved).
+#[derive(Clone, Debug, Default, clap::Args)]
+#[command(verbatim_doc_comment)]
 pub struct Options {
-    /// The configuration file (`None`: `/etc/claude-watch/config.toml` if present, else the
-    /// built-in one).
+    /// Configuration file (TOML).
+    #[arg(long, short, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Never restart anything.
+    /// Detect and report, never restart anything.
+    #[arg(long)]
     pub dry_run: bool,
-    /// Print each eBPF program's runs and average run time when stopping.
+    /// Print each eBPF program's runs and average run time when stopping (turns the kernel's
+    /// run-time statistics on while running: two clock reads per program run).
+    #[arg(long)]
     pub probe_time: bool,
 }
 
@@ -85,19 +105,9 @@ pub struct Options {
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
     let (mut config, origin) = crate::config::find(path)?;
     if config.fleet.host.is_none() {
-        let host = crate::untrusted::read_head(
-            Path::new("/proc/sys/kernel/hostname"),
-            crate::untrusted::Resolve::Proc,
-            crate::untrusted::Limits::bytes(256),
-        )
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-        config.fleet.host = Some(
-            Some(host.trim())
-                .filter(|h| !h.is_empty())
-                .unwrap_or("localhost")
-                .to_owned(),
-        );
+        let host = crate::instance::proc::read_host_text("/proc/sys/kernel/hostname", 256);
+        let host = host.trim();
+        config.fleet.host = Some(if host.is_empty() { "localhost" } else { host }.to_owned());
     }
     Ok((config, origin))
 }
@@ -234,11 +244,10 @@ impl Daemon {
         };
         targets::set_locate_cache(d.locate_cache.clone());
 
-        let run_stats = if options.probe_time {
-            Some(crate::capture::probes::RunTimeStats::enable()?)
-        } else {
-            None
-        };
+        let run_stats = options
+            .probe_time
+            .then(crate::capture::probes::RunTimeStats::enable)
+            .transpose()?;
         let mut probes = Probes::load(Settings {
             ring_bytes: d.ring_mib << 20,
             budget: (d.record_budget > 0).then_some(d.record_budget),

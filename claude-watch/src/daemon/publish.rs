@@ -10,12 +10,13 @@ use crate::watch::status::{STATES, Status};
 
 /// Counts or observes one metric event of the core.
 pub(super) fn record(m: &Metrics, metric: &Metric) {
-    match metric {
+    let of_agent = |agent: &str| labels(&[("agent", agent)]);
+    let (name, help, labels) = match metric {
         Metric::Exchange {
             agent,
             status,
             model,
-        } => m.inc(
+        } => (
             "claude_watch_exchanges_total",
             EXCHANGES_HELP,
             labels(&[
@@ -23,65 +24,57 @@ pub(super) fn record(m: &Metrics, metric: &Metric) {
                 ("status", &status.to_string()),
                 ("model", model),
             ]),
-            1.0,
         ),
-        Metric::EpisodeOpened { agent } => m.inc(
-            "claude_watch_episodes_total",
-            EPISODES_HELP,
-            labels(&[("agent", agent)]),
-            1.0,
-        ),
-        Metric::Restart { agent, ok } => m.inc(
+        Metric::EpisodeOpened { agent: a } => {
+            ("claude_watch_episodes_total", EPISODES_HELP, of_agent(a))
+        }
+        Metric::Restart { agent, ok } => (
             "claude_watch_restarts_total",
             RESTARTS_HELP,
             labels(&[
                 ("agent", agent),
                 ("result", if *ok { "ok" } else { "error" }),
             ]),
-            1.0,
         ),
-        Metric::Recovery { agent } => m.inc(
+        Metric::Recovery { agent: a } => (
             "claude_watch_recoveries_total",
             RECOVERIES_HELP,
-            labels(&[("agent", agent)]),
-            1.0,
+            of_agent(a),
         ),
-        Metric::Escalation { agent } => m.inc(
+        Metric::Escalation { agent: a } => (
             "claude_watch_escalations_total",
             ESCALATIONS_HELP,
-            labels(&[("agent", agent)]),
-            1.0,
+            of_agent(a),
         ),
-        Metric::RestartRejected { agent } => m.inc(
+        Metric::RestartRejected { agent: a } => (
             "claude_watch_restarts_rejected_total",
             REJECTED_HELP,
-            labels(&[("agent", agent)]),
-            1.0,
+            of_agent(a),
         ),
-        Metric::IncidentOpened => m.inc(
+        Metric::IncidentOpened => (
             "claude_watch_incidents_total",
             INCIDENTS_HELP,
             String::new(),
-            1.0,
         ),
-        Metric::IncidentEscalated => m.inc(
+        Metric::IncidentEscalated => (
             "claude_watch_incident_escalations_total",
             INCIDENT_ESCALATIONS_HELP,
             String::new(),
-            1.0,
         ),
-        Metric::DetectionSeconds(s) => {
-            m.observe("claude_watch_detection_seconds", DETECTION_HELP, *s);
-        }
-        Metric::RecoverySeconds(s) => m.observe("claude_watch_recovery_seconds", RECOVERY_HELP, *s),
-        Metric::Forgotten { agent } => m.forget_agent(agent),
-        Metric::InstanceRefused => m.inc(
+        Metric::InstanceRefused => (
             "claude_watch_instances_refused_total",
             "New claude instances not watched because too many instances were tracked.",
             String::new(),
-            1.0,
         ),
-    }
+        Metric::DetectionSeconds(s) => {
+            return m.observe("claude_watch_detection_seconds", DETECTION_HELP, *s);
+        }
+        Metric::RecoverySeconds(s) => {
+            return m.observe("claude_watch_recovery_seconds", RECOVERY_HELP, *s);
+        }
+        Metric::Forgotten { agent } => return m.forget_agent(agent),
+    };
+    m.inc(name, help, labels, 1.0);
 }
 
 /// What the capture path reports besides the status: the kernel's counters and the
@@ -153,36 +146,6 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
         members,
     );
     let incident = status.incident.as_ref();
-    #[expect(clippy::cast_precision_loss, reason = "counts as Prometheus floats")]
-    for (name, help, value) in [
-        (
-            "claude_watch_incident_open",
-            "1 while the host is in an upstream incident (several instances latched together: one canary restart per quiet window).",
-            f64::from(u8::from(incident.is_some())),
-        ),
-        (
-            "claude_watch_incident_instances",
-            "Instances in the host's upstream incident.",
-            incident.map_or(0.0, |i| i.members.len() as f64),
-        ),
-        (
-            "claude_watch_incident_tries",
-            "Canary restarts of the open incident that did not heal (restarts into the open window).",
-            incident.map_or(0.0, |i| f64::from(i.tries)),
-        ),
-        (
-            "claude_watch_incident_escalated",
-            "1 while the host's upstream incident is escalated (one notice for all its instances).",
-            f64::from(u8::from(incident.is_some_and(|i| i.escalated_ms.is_some()))),
-        ),
-        (
-            "claude_watch_last_rejected_restart_timestamp_seconds",
-            "When a restart was last rejected on this host (its new process got 401: the upstream window is open), seconds since the epoch; 0 if never. The fleet's rules read it.",
-            status.last_rejected_ms.map_or(0.0, |ms| ms as f64 / 1000.0),
-        ),
-    ] {
-        m.set(name, help, String::new(), value);
-    }
     // Without [fleet] the families are exported empty (no series): nothing to alert on.
     let fleet = status.fleet.as_ref();
     #[expect(
@@ -210,14 +173,8 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
         m.set_all(name, help, series);
     }
     let stats = capture.stats;
-    #[expect(clippy::cast_precision_loss, reason = "counters as Prometheus floats")]
+    #[expect(clippy::cast_precision_loss, reason = "counts as Prometheus floats")]
     {
-        m.set(
-            "claude_watch_instances",
-            "Claude instances known.",
-            String::new(),
-            status.instances.len() as f64,
-        );
         for (name, help, value) in [
             (
                 "claude_watch_lost_events_total",
@@ -282,54 +239,80 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
         ] {
             m.set_counter(name, help, String::new(), value as f64);
         }
-        m.set(
-            "claude_watch_coverage_audit_seconds",
-            "How long the last coverage audit took (one sock_diag dump and each watched process's descriptors, on a blocking thread).",
-            String::new(),
-            capture.audit.0.as_secs_f64(),
-        );
-        m.set(
-            "claude_watch_coverage_audit_processes",
-            "Processes the last coverage audit looked at.",
-            String::new(),
-            capture.audit.1 as f64,
-        );
-        m.set(
-            "claude_watch_exec_filter_images",
-            "Images the kernel's exec filter knows not to be Claude Code; -1 when the filter is off (no kernel BTF).",
-            String::new(),
-            capture.exec_images.map_or(-1.0, |n| n as f64),
-        );
-        m.set(
-            "claude_watch_probe_attachments",
-            "Files (or processes) with probes attached.",
-            String::new(),
-            capture.attachments as f64,
-        );
-        m.set(
-            "claude_watch_probe_attachments_max",
-            "The attachment cap ([daemon] max_attachments).",
-            String::new(),
-            capture.max_attachments as f64,
-        );
-        m.set(
-            "claude_watch_discovery_files_cached",
-            "Files whose verdict (Claude Code or not) discovery keeps (bounded: the oldest are forgotten first).",
-            String::new(),
-            capture.files.0 as f64,
-        );
-        m.set(
-            "claude_watch_over_budget_processes",
-            "Live processes whose records the kernel drops or dropped over their budget.",
-            String::new(),
-            capture.over_budget_processes as f64,
-        );
-        m.set(
-            "claude_watch_over_budget_users",
-            "Users (not root) whose records the kernel drops or dropped over their budget ([daemon] record_budget_per_user).",
-            String::new(),
-            capture.over_budget_users as f64,
-        );
+        for (name, help, value) in [
+            (
+                "claude_watch_incident_open",
+                "1 while the host is in an upstream incident (several instances latched together: one canary restart per quiet window).",
+                f64::from(u8::from(incident.is_some())),
+            ),
+            (
+                "claude_watch_incident_instances",
+                "Instances in the host's upstream incident.",
+                incident.map_or(0.0, |i| i.members.len() as f64),
+            ),
+            (
+                "claude_watch_incident_tries",
+                "Canary restarts of the open incident that did not heal (restarts into the open window).",
+                incident.map_or(0.0, |i| f64::from(i.tries)),
+            ),
+            (
+                "claude_watch_incident_escalated",
+                "1 while the host's upstream incident is escalated (one notice for all its instances).",
+                f64::from(u8::from(incident.is_some_and(|i| i.escalated_ms.is_some()))),
+            ),
+            (
+                "claude_watch_last_rejected_restart_timestamp_seconds",
+                "When a restart was last rejected on this host (its new process got 401: the upstream window is open), seconds since the epoch; 0 if never. The fleet's rules read it.",
+                status.last_rejected_ms.map_or(0.0, |ms| ms as f64 / 1000.0),
+            ),
+            (
+                "claude_watch_instances",
+                "Claude instances known.",
+                status.instances.len() as f64,
+            ),
+            (
+                "claude_watch_coverage_audit_seconds",
+                "How long the last coverage audit took (one sock_diag dump and each watched process's descriptors, on a blocking thread).",
+                capture.audit.0.as_secs_f64(),
+            ),
+            (
+                "claude_watch_coverage_audit_processes",
+                "Processes the last coverage audit looked at.",
+                capture.audit.1 as f64,
+            ),
+            (
+                "claude_watch_exec_filter_images",
+                "Images the kernel's exec filter knows not to be Claude Code; -1 when the filter is off (no kernel BTF).",
+                capture.exec_images.map_or(-1.0, |n| n as f64),
+            ),
+            (
+                "claude_watch_probe_attachments",
+                "Files (or processes) with probes attached.",
+                capture.attachments as f64,
+            ),
+            (
+                "claude_watch_probe_attachments_max",
+                "The attachment cap ([daemon] max_attachments).",
+                capture.max_attachments as f64,
+            ),
+            (
+                "claude_watch_discovery_files_cached",
+                "Files whose verdict (Claude Code or not) discovery keeps (bounded: the oldest are forgotten first).",
+                capture.files.0 as f64,
+            ),
+            (
+                "claude_watch_over_budget_processes",
+                "Live processes whose records the kernel drops or dropped over their budget.",
+                capture.over_budget_processes as f64,
+            ),
+            (
+                "claude_watch_over_budget_users",
+                "Users (not root) whose records the kernel drops or dropped over their budget ([daemon] record_budget_per_user).",
+                capture.over_budget_users as f64,
+            ),
+        ] {
+            m.set(name, help, String::new(), value);
+        }
     }
 }
 

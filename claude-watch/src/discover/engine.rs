@@ -177,23 +177,19 @@ pub struct Inspect {
 /// What is wrong with the body.
 pub fn parse_inspect(body: &[u8]) -> Result<Inspect, &'static str> {
     #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
     struct Raw {
-        #[serde(rename = "Id")]
         id: String,
-        #[serde(rename = "Name", default)]
+        #[serde(default)]
         name: String,
-        #[serde(rename = "State")]
         state: RawState,
     }
-    #[derive(serde::Deserialize)]
+    #[derive(Default, serde::Deserialize)]
+    #[serde(rename_all = "PascalCase", default)]
     struct RawState {
-        #[serde(rename = "Running", default)]
         running: bool,
-        #[serde(rename = "Restarting", default)]
         restarting: bool,
-        #[serde(rename = "Pid", default)]
         pid: i64,
-        #[serde(rename = "StartedAt", default)]
         started_at: String,
     }
     let raw: Raw = serde_json::from_slice(body).map_err(|_| "not a container description")?;

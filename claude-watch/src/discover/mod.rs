@@ -34,7 +34,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash as _, Hasher as _};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use claude_watch_core::schedule::rescan::Rescans;
@@ -307,10 +307,7 @@ impl Recognizer {
         if !identity.regular {
             return None;
         }
-        let verdict = self
-            .verdicts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let verdict = crate::locked(&self.verdicts)
             .map
             .get(&(FileKey::of(&identity), ClaudeKind::Native))
             .cloned()?;
@@ -343,19 +340,12 @@ impl Recognizer {
 
     /// Files whose content was read so far (cache misses).
     pub fn reads(&self) -> u64 {
-        self.verdicts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reads
+        crate::locked(&self.verdicts).reads
     }
 
     /// Files whose verdict is cached.
     pub fn cached(&self) -> usize {
-        self.verdicts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map
-            .len()
+        crate::locked(&self.verdicts).map.len()
     }
 }
 
@@ -564,7 +554,7 @@ fn judge_file(
         ino: identity.ino,
     });
     let key = (FileKey::of(&identity), kind);
-    let lock = || verdicts.lock().unwrap_or_else(PoisonError::into_inner);
+    let lock = || crate::locked(verdicts);
     if let Some(verdict) = lock().map.get(&key) {
         return (verdict.clone(), id);
     }

@@ -216,8 +216,7 @@ impl Rig<'_> {
             let mut next = self.det.next_deadline().filter(|&d| d <= t);
             if let Some(last) = self.last_tick_ms {
                 for after in [self.cfg.suspect_forget_after, self.cfg.throttle_clear_after] {
-                    let d = mono(last)
-                        .saturating_add(u64::try_from(after.as_nanos()).unwrap_or(u64::MAX));
+                    let d = mono(last).saturating_add(crate::time::nanos(after));
                     if d <= t && d > mono(last) && next.is_none_or(|n| d < n) {
                         next = Some(d);
                     }
@@ -371,39 +370,32 @@ fn rebuild_instance(
         let now = mono(t);
         match step {
             Step::Start(i) => {
-                if let Some(&prev) = predecessor.get(&i) {
-                    if rig.latched {
-                        history.restarts.push(Restart {
-                            instance: instance.to_owned(),
-                            at_ms: t,
-                            episode_id: rig.open_episode.clone(),
-                        });
-                        let ev = rig.det.restart_started(&id, now);
-                        rig.handle(ev);
-                    }
-                    let ev = rig.det.process_started(&id, pid(i), now);
+                let prev = predecessor.get(&i).copied();
+                if prev.is_some() && rig.latched {
+                    history.restarts.push(Restart {
+                        instance: instance.to_owned(),
+                        at_ms: t,
+                        episode_id: rig.open_episode.clone(),
+                    });
+                    let ev = rig.det.restart_started(&id, now);
                     rig.handle(ev);
-                    // A resumed session keeps its id: retiring the old process would retire it.
-                    let resumed = procs[i]
+                }
+                let ev = rig.det.process_started(&id, pid(i), now);
+                rig.handle(ev);
+                // A resumed session keeps its id: retiring the old process would retire it.
+                if let Some(prev) = prev
+                    && !procs[i]
                         .sessions
                         .iter()
-                        .any(|s| procs[prev].sessions.contains(s));
-                    if !resumed {
-                        let ev = rig.det.process_exited(&id, pid(prev), now);
-                        rig.handle(ev);
-                    }
-                } else {
-                    let ev = rig.det.process_started(&id, pid(i), now);
+                        .any(|s| procs[prev].sessions.contains(s))
+                {
+                    let ev = rig.det.process_exited(&id, pid(prev), now);
                     rig.handle(ev);
                 }
             }
             Step::End(i) => {
-                let mut chain = vec![i];
-                let mut cur = i;
-                while let Some(&p) = predecessor.get(&cur) {
-                    chain.push(p);
-                    cur = p;
-                }
+                let chain: Vec<usize> =
+                    std::iter::successors(Some(i), |cur| predecessor.get(cur).copied()).collect();
                 for p in chain.into_iter().rev() {
                     let ev = rig.det.process_exited(&id, pid(p), now);
                     rig.handle(ev);
@@ -427,11 +419,10 @@ fn rebuild_instance(
                     } => (*status, request_id, None),
                 };
                 // One answer can span several lines (one per content block, same request id).
-                if let Some(r) = request_id {
-                    if last_answer_id.get(&i) == Some(r) {
-                        continue;
-                    }
-                    last_answer_id.insert(i, r.clone());
+                if let Some(r) = request_id
+                    && last_answer_id.insert(i, r.clone()).as_ref() == Some(r)
+                {
+                    continue;
                 }
                 match status {
                     401 => history.answers_401 += 1,
@@ -469,19 +460,16 @@ fn rebuild_instance(
                 rig.handle(ev);
                 rig.answering = false;
                 rig.last_tick_ms = Some(t);
-                if status == 429 {
-                    let key = m.unwrap_or_else(|| "unknown".to_owned());
-                    if let Some(th) = rig.throttles.get_mut(&key) {
-                        th.count_429 += 1;
-                        th.last_429_ms = t;
-                        if th.session_id.is_none() {
-                            th.session_id = Some(e.session_id.clone());
-                        }
-                        if let Some(r) = request_id
-                            && th.request_ids.len() < REQUEST_IDS_KEPT
-                        {
-                            th.request_ids.push(r.clone());
-                        }
+                if status == 429
+                    && let Some(th) = rig.throttles.get_mut(m.as_deref().unwrap_or("unknown"))
+                {
+                    th.count_429 += 1;
+                    th.last_429_ms = t;
+                    th.session_id.get_or_insert_with(|| e.session_id.clone());
+                    if let Some(r) = request_id
+                        && th.request_ids.len() < REQUEST_IDS_KEPT
+                    {
+                        th.request_ids.push(r.clone());
                     }
                 }
             }

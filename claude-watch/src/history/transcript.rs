@@ -166,8 +166,7 @@ pub fn parse_line(line: &[u8], prev_ts_ms: Option<u64>) -> Line {
     let kind = match (ty, subtype) {
         ("api-request", _) => EntryKind::Request {
             model: v
-                .get("params")
-                .and_then(|p| p.get("model"))
+                .pointer("/params/model")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
         },
@@ -204,8 +203,7 @@ pub fn parse_line(line: &[u8], prev_ts_ms: Option<u64>) -> Line {
         }
         ("assistant", _) => {
             let model = v
-                .get("message")
-                .and_then(|m| m.get("model"))
+                .pointer("/message/model")
                 .and_then(Value::as_str)
                 .filter(|m| !m.starts_with('<'))
                 .map(str::to_owned);
@@ -228,14 +226,11 @@ pub fn parse_line(line: &[u8], prev_ts_ms: Option<u64>) -> Line {
         return Line::Malformed;
     };
     let ts_ms = match obj.get("timestamp") {
-        Some(t) => match t.as_str().and_then(parse_rfc3339) {
-            Some(ms) => ms,
-            None => return Line::Malformed,
-        },
-        None => match prev_ts_ms {
-            Some(ms) => ms,
-            None => return Line::Malformed,
-        },
+        Some(t) => t.as_str().and_then(parse_rfc3339),
+        None => prev_ts_ms,
+    };
+    let Some(ts_ms) = ts_ms else {
+        return Line::Malformed;
     };
     Line::Entry(Entry {
         ts_ms,
@@ -252,18 +247,10 @@ pub fn parse(bytes: &[u8]) -> Transcript {
     let mut prev_ts = None;
     let mut rest = bytes;
     while !rest.is_empty() {
-        let (line, complete) = match memchr::memchr(b'\n', rest) {
-            Some(i) => {
-                let l = &rest[..i];
-                rest = &rest[i + 1..];
-                (l, true)
-            }
-            None => {
-                let l = rest;
-                rest = &[];
-                (l, false)
-            }
-        };
+        let end = memchr::memchr(b'\n', rest);
+        let complete = end.is_some();
+        let line = &rest[..end.unwrap_or(rest.len())];
+        rest = &rest[end.map_or(rest.len(), |i| i + 1)..];
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }

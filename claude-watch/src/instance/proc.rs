@@ -66,6 +66,14 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, UntrustedError> {
     untrusted::read_head(path, Resolve::Proc, Limits::bytes(limit))
 }
 
+/// A host-wide `/proc` text file (`/proc/net/unix`, `/proc/sys/kernel/hostname`): at most
+/// `limit` bytes, decoded lossily; empty when it cannot be read.
+pub fn read_host_text(path: &str, limit: u64) -> String {
+    read_bounded(Path::new(path), limit)
+        .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+        .unwrap_or_default()
+}
+
 /// At most `limit` bytes of `<root>/<pid>/<file>`.
 ///
 /// # Errors
@@ -197,14 +205,22 @@ pub fn read_ancestry(proc_root: &Path, pid: u32, max_depth: usize) -> Vec<Proces
     chain
 }
 
+/// What `parse` reads in `/proc/<pid>/<file>` of the host; [`ProcError::Malformed`] when it
+/// reads nothing.
+fn parsed<T>(
+    pid: u32,
+    file: &'static str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<T, ProcError> {
+    parse(&read_text(pid, file)?).ok_or(ProcError::Malformed { pid, file })
+}
+
 /// Start time of `pid` (field 22 of `/proc/<pid>/stat`, clock ticks since boot).
 ///
 /// # Errors
 /// [`ProcError::Read`] when it is gone, [`ProcError::Malformed`] on an odd `stat`.
 pub fn start_time(pid: u32) -> Result<u64, ProcError> {
-    parse_stat(&read_text(pid, "stat")?)
-        .map(|(_, start)| start)
-        .ok_or(ProcError::Malformed { pid, file: "stat" })
+    parsed(pid, "stat", |stat| Some(parse_stat(stat)?.1))
 }
 
 /// Parent PID of `pid` (field 4 of `stat`).
@@ -212,9 +228,7 @@ pub fn start_time(pid: u32) -> Result<u64, ProcError> {
 /// # Errors
 /// As [`start_time`].
 pub fn parent_pid(pid: u32) -> Result<u32, ProcError> {
-    parse_stat(&read_text(pid, "stat")?)
-        .map(|(ppid, _)| ppid)
-        .ok_or(ProcError::Malformed { pid, file: "stat" })
+    parsed(pid, "stat", |stat| Some(parse_stat(stat)?.0))
 }
 
 /// The PID of host process `pid` inside its own (innermost) PID namespace.
@@ -222,12 +236,7 @@ pub fn parent_pid(pid: u32) -> Result<u32, ProcError> {
 /// # Errors
 /// As [`start_time`].
 pub fn namespace_pid(pid: u32) -> Result<u32, ProcError> {
-    parse_nspid(&read_text(pid, "status")?)
-        .and_then(|p| p.last().copied())
-        .ok_or(ProcError::Malformed {
-            pid,
-            file: "status",
-        })
+    parsed(pid, "status", |status| parse_nspid(status)?.last().copied())
 }
 
 /// The owner of `pid`.
@@ -235,10 +244,7 @@ pub fn namespace_pid(pid: u32) -> Result<u32, ProcError> {
 /// # Errors
 /// As [`start_time`].
 pub fn owner(pid: u32) -> Result<Owner, ProcError> {
-    parse_owner(&read_text(pid, "status")?).ok_or(ProcError::Malformed {
-        pid,
-        file: "status",
-    })
+    parsed(pid, "status", parse_owner)
 }
 
 /// The PID namespace of `pid`, as `pid:[inode]`.

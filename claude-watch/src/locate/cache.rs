@@ -570,13 +570,8 @@ pub fn digest(data: &[u8], located: &Located) -> String {
         let (start, len) = (start as usize, len as usize);
         hash.update(&data[start..start + len]);
     }
-    hash.finalize()
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            use std::fmt::Write as _;
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    // Lowercase hex, two digits a byte (the digest's own `LowerHex`).
+    format!("{:x}", hash.finalize())
 }
 
 #[cfg(test)]

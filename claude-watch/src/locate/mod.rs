@@ -388,39 +388,24 @@ impl Locator {
         };
         let meta = file.metadata().map_err(io)?;
         let stamp = FileStamp::of(&meta);
-        let remembered = |refusals: &Mutex<Refusals>| {
-            let refusals = refusals
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            refusals.reasons.get(&stamp).cloned()
+        let remembered = || match crate::locked(&self.refusals).reasons.get(&stamp) {
+            Some(reason) => Err(LocateError::Remembered {
+                path: path.to_owned(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
         };
-        if let Some(reason) = remembered(&self.refusals) {
-            return Err(LocateError::Remembered {
-                path: path.to_owned(),
-                reason,
-            });
-        }
-        let _one = self
-            .one_at_a_time
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        remembered()?;
+        let _one = crate::locked(&self.one_at_a_time);
         // Another thread may have refused the same file while this one waited.
-        if let Some(reason) = remembered(&self.refusals) {
-            return Err(LocateError::Remembered {
-                path: path.to_owned(),
-                reason,
-            });
-        }
+        remembered()?;
         self.reads.fetch_add(1, Ordering::Relaxed);
         let result = locate_open(file, &meta, path, self.cache.as_ref(), self.limits);
         if let Err(e) = &result
             && e.is_about_content()
         {
             tracing::debug!(path = %path.display(), dev = stamp.dev, ino = stamp.ino, error = %crate::error_chain(&e), "locate: refused; remembered until the file changes");
-            self.refusals
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(stamp, crate::error_chain(&e));
+            crate::locked(&self.refusals).insert(stamp, crate::error_chain(&e));
         }
         result
     }
@@ -491,18 +476,14 @@ impl<'a> Reader<'a> {
             });
         }
         let size = meta.len();
-        if size > max_bytes {
-            return Err(LocateError::TooLarge {
+        let len = usize::try_from(size)
+            .ok()
+            .filter(|_| size <= max_bytes)
+            .ok_or_else(|| LocateError::TooLarge {
                 path: path.to_owned(),
                 size,
                 limit: max_bytes,
-            });
-        }
-        let len = usize::try_from(size).map_err(|_| LocateError::TooLarge {
-            path: path.to_owned(),
-            size,
-            limit: max_bytes,
-        })?;
+            })?;
         let data = Buffer::new(len).map_err(|source| LocateError::Io {
             path: path.to_owned(),
             source,
@@ -540,7 +521,6 @@ impl<'a> Reader<'a> {
     /// Reads the bytes `from..to` (within the buffer); a range of [`SPLIT_READ`] or more in
     /// two halves on two threads (the kernel's zeroing of fresh pages is most of a cold read).
     fn read_range(&mut self, from: u64, to: u64) -> Result<(), LocateError> {
-        let size = self.data.len();
         // Both within the buffer, whose length is a usize.
         let (from, to) = (from as usize, to as usize);
         let file = self.file;
@@ -556,18 +536,23 @@ impl<'a> Reader<'a> {
         } else {
             read_exact_at(file, buf, from)
         };
-        match result {
-            Ok(()) => {
-                self.read_bytes += (to - from) as u64;
-                Ok(())
-            }
-            Err(ShortRead::Ended(at)) => {
-                Err(self.changed(format!("ended at byte {at} of {size} (truncated)")))
-            }
-            Err(ShortRead::Io(source)) => Err(LocateError::Io {
+        result.map_err(|e| self.short(e))?;
+        self.read_bytes += (to - from) as u64;
+        Ok(())
+    }
+
+    /// The error of a read that stopped short: the file was truncated meanwhile, or the read
+    /// failed.
+    fn short(&self, e: ShortRead) -> LocateError {
+        match e {
+            ShortRead::Ended(at) => self.changed(format!(
+                "ended at byte {at} of {} (truncated)",
+                self.data.len()
+            )),
+            ShortRead::Io(source) => LocateError::Io {
                 path: self.path.to_owned(),
                 source,
-            }),
+            },
         }
     }
 
@@ -605,16 +590,7 @@ impl<'a> Reader<'a> {
                 Ok(out)
             })
         });
-        result.map_err(|e| match e {
-            ShortRead::Ended(at) => self.changed(format!(
-                "ended at byte {at} of {} (truncated)",
-                self.data.len()
-            )),
-            ShortRead::Io(source) => LocateError::Io {
-                path: self.path.to_owned(),
-                source,
-            },
-        })
+        result.map_err(|e| self.short(e))
     }
 
     /// Reads the ranges `wanted` names in the bytes read so far, again until it names nothing

@@ -21,7 +21,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::AsyncReadExt as _;
 use tokio::process::Command;
 
 use super::{RestartOutcome, Restarter, SuperviseError, Target};
@@ -154,51 +153,31 @@ impl AsOwner {
             .env("PATH", PATH)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            .stdout(Stdio::piped());
         super::drop_to_owner(
             &mut command,
             self.owner.uid,
             self.owner.gid,
             &self.owner.groups,
         );
-        let mut child = command.spawn().map_err(|source| SuperviseError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-        let mut stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take();
-        let work = async {
-            let mut out = Vec::new();
-            let mut limited = (&mut stdout).take(AGENTS_MAX);
-            let (read, said) =
-                tokio::join!(limited.read_to_end(&mut out), super::read_said(stderr));
-            read?;
-            let status = child.wait().await?;
-            Ok::<_, std::io::Error>((out, status, said))
-        };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(Ok((out, status, _))) if status.success() => Ok(out),
-            Ok(Ok((_, status, said))) => Err(SuperviseError::CommandFailed {
+        let (status, mut out, said) = super::run_bounded(
+            &mut command,
+            &program,
+            program.clone(),
+            self.timeout,
+            AGENTS_MAX,
+        )
+        .await?;
+        if !status.success() {
+            return Err(SuperviseError::CommandFailed {
                 program,
                 status,
                 said,
-            }),
-            Ok(Err(source)) => Err(SuperviseError::Spawn { program, source }),
-            Err(_) => {
-                if let Some(pgid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                    // SAFETY: plain syscall on the process group this command leads.
-                    unsafe { libc::killpg(pgid, libc::SIGKILL) };
-                }
-                Err(SuperviseError::Timeout {
-                    what: program,
-                    timeout: self.timeout,
-                })
-            }
+            });
         }
+        // Longer output is cut, not refused: it reads as no list of agents.
+        out.truncate(usize::try_from(AGENTS_MAX).unwrap_or(usize::MAX));
+        Ok(out)
     }
 
     async fn agents(&self) -> Result<Vec<Agent>, SuperviseError> {

@@ -105,26 +105,11 @@ impl CommandIo for CommandRestarter {
         target: &Target,
     ) -> Result<RestartOutcome, SuperviseError> {
         let program = argv.first().cloned().unwrap_or_default();
-        let mut child = Command::new(&program)
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| SuperviseError::Spawn {
-                program: program.clone(),
-                source,
-            })?;
-        let pgid = child.id();
-        let stderr = child.stderr.take();
-        let work = async {
-            let (said, status) = tokio::join!(super::read_said(stderr), child.wait());
-            status.map(|status| (status, said))
-        };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(Ok((status, _))) if status.success() => {
+        let mut command = Command::new(&program);
+        command.args(&argv[1..]).stdout(Stdio::null());
+        let what = format!("command {program}");
+        match super::run_bounded(&mut command, &program, what, self.timeout, 0).await {
+            Ok((status, _, _)) if status.success() => {
                 tracing::info!(program = %program, "supervisor command succeeded");
                 Ok(RestartOutcome {
                     acted: true,
@@ -134,7 +119,7 @@ impl CommandIo for CommandRestarter {
                     summary: format!("ran {program} for instance {}", target.instance),
                 })
             }
-            Ok(Ok((status, said))) => {
+            Ok((status, _, said)) => {
                 tracing::warn!(program = %program, %status, said, "supervisor command failed");
                 Err(SuperviseError::CommandFailed {
                     program,
@@ -142,20 +127,11 @@ impl CommandIo for CommandRestarter {
                     said,
                 })
             }
-            Ok(Err(source)) => Err(SuperviseError::Spawn { program, source }),
-            Err(_elapsed) => {
-                // Kill the whole process group: the command may have children of its own.
-                if let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()) {
-                    // SAFETY: plain syscall on a process group we created.
-                    unsafe { libc::killpg(pgid, libc::SIGKILL) };
-                }
-                let _ = child.kill().await;
+            Err(timeout @ SuperviseError::Timeout { .. }) => {
                 tracing::warn!(program = %program, timeout = ?self.timeout, "supervisor command timed out, killed");
-                Err(SuperviseError::Timeout {
-                    what: format!("command {program}"),
-                    timeout: self.timeout,
-                })
+                Err(timeout)
             }
+            Err(e) => Err(e),
         }
     }
 }

@@ -333,9 +333,6 @@ pub enum BadAnswer {
     XmlRpc(#[from] supervisord::XmlRpcError),
 }
 
-/// Makes `command` run as `uid`, `gid` and exactly the supplementary `groups` (set between fork
-/// and exec, groups first, the uid last, so nothing of root's is kept): how every adapter that
-/// acts as a process's owner (pm2, `claude respawn`) starts its commands.
 /// `: <what it said>` after a failed command's status, when it said anything.
 fn said_suffix(said: &str) -> String {
     if said.is_empty() {
@@ -395,6 +392,9 @@ fn said_from(text: &str) -> String {
     crate::text::printable(&cut).into_owned()
 }
 
+/// Makes `command` run as `uid`, `gid` and exactly the supplementary `groups` (set between fork
+/// and exec, groups first, the uid last, so nothing of root's is kept): how every adapter that
+/// acts as a process's owner (pm2, `claude respawn`) starts its commands.
 pub(crate) fn drop_to_owner(
     command: &mut tokio::process::Command,
     uid: u32,
@@ -414,6 +414,63 @@ pub(crate) fn drop_to_owner(
             }
             Ok(())
         });
+    }
+}
+
+/// Runs `command` (its arguments, environment, directory and owner already set) with no
+/// input, in a process group of its own, for at most `timeout`: reads at most `max_output + 1`
+/// bytes of its standard output when that is piped, and its last words on stderr
+/// ([`read_said`]). Its exit status, output and words; on timeout the whole group is killed
+/// (the command may have children of its own) and [`SuperviseError::Timeout`] says `what`.
+/// How every supervisor command is run (the hook's, pm2's, `claude respawn`'s).
+pub(crate) async fn run_bounded(
+    command: &mut tokio::process::Command,
+    program: &str,
+    what: String,
+    timeout: Duration,
+    max_output: u64,
+) -> Result<(std::process::ExitStatus, Vec<u8>, String), SuperviseError> {
+    use tokio::io::AsyncReadExt as _;
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| SuperviseError::Spawn {
+            program: program.to_owned(),
+            source,
+        })?;
+    let pgid = child.id();
+    let mut stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let work = async {
+        let mut out = Vec::new();
+        let read = async {
+            if let Some(stdout) = &mut stdout {
+                stdout.take(max_output + 1).read_to_end(&mut out).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let (read, said) = tokio::join!(read, read_said(stderr));
+        read?;
+        let status = child.wait().await?;
+        Ok::<_, std::io::Error>((status, out, said))
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(source)) => Err(SuperviseError::Spawn {
+            program: program.to_owned(),
+            source,
+        }),
+        Err(_elapsed) => {
+            if let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: plain syscall on the process group the command leads.
+                unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            }
+            let _ = child.kill().await;
+            Err(SuperviseError::Timeout { what, timeout })
+        }
     }
 }
 

@@ -32,7 +32,6 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt as _;
 use tokio::process::Command;
 
 use super::{RestartOutcome, Restarter, SuperviseError, Target, verify_start_time};
@@ -129,7 +128,6 @@ pub(crate) async fn run_as(
         .first()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let (uid, gid, groups) = (account.uid, account.gid, account.groups.clone());
     let cwd = if account.home.is_dir() {
         account.home.clone()
     } else {
@@ -141,58 +139,22 @@ pub(crate) async fn run_as(
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(cwd)
-        .stdin(Stdio::null())
         .stdout(if max_output == 0 {
             Stdio::null()
         } else {
             Stdio::piped()
-        })
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    super::drop_to_owner(&mut command, uid, gid, &groups);
-    let mut child = command.spawn().map_err(|source| SuperviseError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    let pgid = child.id();
-    let mut stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let work = async {
-        let mut out = Vec::new();
-        let read = async {
-            if let Some(stdout) = &mut stdout {
-                stdout.take(max_output + 1).read_to_end(&mut out).await?;
-            }
-            Ok::<_, std::io::Error>(())
-        };
-        let (read, said) = tokio::join!(read, super::read_said(stderr));
-        read?;
-        let status = child.wait().await?;
-        Ok::<_, std::io::Error>((status, out, said))
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(Ok((status, out, said))) => {
-            if out.len() as u64 > max_output {
-                return Err(SuperviseError::OutputTooLong {
-                    program,
-                    limit: max_output,
-                });
-            }
-            Ok((status, out, said))
-        }
-        Ok(Err(source)) => Err(SuperviseError::Spawn { program, source }),
-        Err(_elapsed) => {
-            if let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()) {
-                // SAFETY: plain syscall on the process group we created.
-                unsafe { libc::killpg(pgid, libc::SIGKILL) };
-            }
-            Err(SuperviseError::Timeout {
-                what: format!("command {program}"),
-                timeout,
-            })
-        }
+        });
+    super::drop_to_owner(&mut command, account.uid, account.gid, &account.groups);
+    let what = format!("command {program}");
+    let (status, out, said) =
+        super::run_bounded(&mut command, &program, what, timeout, max_output).await?;
+    if out.len() as u64 > max_output {
+        return Err(SuperviseError::OutputTooLong {
+            program,
+            limit: max_output,
+        });
     }
+    Ok((status, out, said))
 }
 
 /// One app of `pm2 jlist`.
@@ -420,26 +382,20 @@ impl Restarter for Pm2Restarter {
                 source: super::RestartFailure::Task(e),
             })??;
         let apps = jlist(self, &account, &pm2, &env).await?;
-        let supervisor = format!("pm2 of {} ({})", account.name, pm2_home.display());
+        let not_run_by = |found: String| SuperviseError::NotRunBy {
+            instance: target.instance.clone(),
+            pid: target.pid,
+            supervisor: format!("pm2 of {} ({})", account.name, pm2_home.display()),
+            found,
+        };
         let old_main = match apps.iter().find(|a| a.id == *id) {
             // The app itself, or a wrapper (`sh -c "claude ..."`) that pm2 runs around it.
             Some(app) if super::runs_under(app.pid, target.pid) => app.pid,
             Some(app) => {
-                return Err(SuperviseError::NotRunBy {
-                    instance: target.instance.clone(),
-                    pid: target.pid,
-                    supervisor,
-                    found: format!("runs pid {} as app {} ({})", app.pid, app.id, app.name),
-                });
+                let found = format!("runs pid {} as app {} ({})", app.pid, app.id, app.name);
+                return Err(not_run_by(found));
             }
-            None => {
-                return Err(SuperviseError::NotRunBy {
-                    instance: target.instance.clone(),
-                    pid: target.pid,
-                    supervisor,
-                    found: format!("has no app {id} ({name})"),
-                });
-            }
+            None => return Err(not_run_by(format!("has no app {id} ({name})"))),
         };
 
         let argv = [
@@ -510,6 +466,10 @@ fn prepare(r: &Pm2Restarter, target: &Target) -> Result<Prepared, SuperviseError
         instance: target.instance.clone(),
         supervisor: "pm2",
     })?;
+    let refused = |reason: String| SuperviseError::Refused {
+        instance: target.instance.clone(),
+        reason,
+    };
     let account = Account::of_uid(uid)?;
     // The app's parent is its pm2 daemon; its title names its home when the app's
     // environment does not.
@@ -527,31 +487,27 @@ fn prepare(r: &Pm2Restarter, target: &Target) -> Result<Prepared, SuperviseError
         &account.home,
         home.as_deref().is_some_and(owned),
     )
-    .map_err(|e| SuperviseError::Refused {
-        instance: target.instance.clone(),
-        reason: e.to_string(),
-    })?;
+    .map_err(|e| refused(e.to_string()))?;
     // The daemon of that home (the app's parent, normally), to find its pm2. None
     // listening there: pm2 would start one, so nothing is run.
     let daemon = parent
         .filter(|d| d.home.as_deref() == Some(pm2_home.as_path()))
         .or_else(|| daemon_of_home(&pm2_home, uid))
-        .ok_or_else(|| SuperviseError::Refused {
-            instance: target.instance.clone(),
-            reason: format!("no pm2 daemon of uid {uid} runs in {}", pm2_home.display()),
+        .ok_or_else(|| {
+            refused(format!(
+                "no pm2 daemon of uid {uid} runs in {}",
+                pm2_home.display()
+            ))
         })?;
-    let daemon = Some(daemon);
-    let (daemon_exe, underscore, daemon_path) =
-        daemon.as_ref().map_or((None, None, &[][..]), |d| {
-            (d.exe.as_deref(), d.underscore.as_deref(), d.path.as_slice())
-        });
+    let (daemon_exe, underscore, daemon_path) = (
+        daemon.exe.as_deref(),
+        daemon.underscore.as_deref(),
+        daemon.path.as_slice(),
+    );
     let pm2 = pm2_candidates(r.pm2.as_deref(), daemon_exe, underscore, daemon_path)
         .into_iter()
         .find(|p| trusted_file(p, uid))
-        .ok_or_else(|| SuperviseError::Refused {
-            instance: target.instance.clone(),
-            reason: "no pm2 executable found (set supervisor.pm2)".into(),
-        })?;
+        .ok_or_else(|| refused("no pm2 executable found (set supervisor.pm2)".into()))?;
     // `pm2` starts with `#!/usr/bin/env node`: the daemon's node first.
     let mut path = OsString::new();
     if let Some(dir) = daemon_exe.and_then(Path::parent) {
@@ -567,10 +523,10 @@ fn prepare(r: &Pm2Restarter, target: &Target) -> Result<Prepared, SuperviseError
         ("PM2_HOME", pm2_home.clone().into_os_string()),
     ];
     if !pm2_home.join("rpc.sock").exists() {
-        return Err(SuperviseError::Refused {
-            instance: target.instance.clone(),
-            reason: format!("no pm2 daemon listens in {}", pm2_home.display()),
-        });
+        return Err(refused(format!(
+            "no pm2 daemon listens in {}",
+            pm2_home.display()
+        )));
     }
     verify_start_time(target.pid, target.start_time)?;
     Ok(Prepared {

@@ -13,19 +13,17 @@ use crate::instance::proc;
 pub use claude_watch_core::supervise::SignalRestarter;
 
 fn pidfd_open(pid: u32) -> Result<OwnedFd, SuperviseError> {
-    let pid_t = libc::pid_t::try_from(pid).map_err(|_| SuperviseError::Syscall {
+    let failed = |source| SuperviseError::Syscall {
         call: "pidfd_open",
         pid,
-        source: std::io::Error::from_raw_os_error(libc::ESRCH),
-    })?;
+        source,
+    };
+    let pid_t = libc::pid_t::try_from(pid)
+        .map_err(|_| failed(std::io::Error::from_raw_os_error(libc::ESRCH)))?;
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid_t, libc::PIDFD_NONBLOCK) };
     if fd < 0 {
-        return Err(SuperviseError::Syscall {
-            call: "pidfd_open",
-            pid,
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(failed(std::io::Error::last_os_error()));
     }
     let fd = RawFd::try_from(fd).expect("fds fit in RawFd");
     // SAFETY: the syscall just returned this fd and nothing else owns it.

@@ -538,23 +538,19 @@ impl Restarter for SupervisordRestarter {
             }
         };
         let supervisor = format!("supervisord at {}", socket.display());
+        let not_run_by = |found: String| SuperviseError::NotRunBy {
+            instance: target.instance.clone(),
+            pid: target.pid,
+            supervisor: supervisor.clone(),
+            found,
+        };
+        let by_name = [Param::Str(&name)];
+        let process_info = || call(self, &socket, "supervisor.getProcessInfo", &by_name);
 
         verify_start_time(target.pid, target.start_time)?;
-        let info = call(
-            self,
-            &socket,
-            "supervisor.getProcessInfo",
-            &[Param::Str(&name)],
-        )
-        .await;
-        let info = match info {
+        let info = match process_info().await {
             Err(SuperviseError::Fault { code: 10, .. }) => {
-                return Err(SuperviseError::NotRunBy {
-                    instance: target.instance.clone(),
-                    pid: target.pid,
-                    supervisor,
-                    found: format!("has no process {name}"),
-                });
+                return Err(not_run_by(format!("has no process {name}")));
             }
             other => other?,
         };
@@ -566,12 +562,7 @@ impl Restarter for SupervisordRestarter {
         // The program itself, or a wrapper (`sh -c "claude ..."`) it runs around it.
         let main = u32::try_from(pid).unwrap_or(0);
         if !super::runs_under(main, target.pid) || state != "RUNNING" {
-            return Err(SuperviseError::NotRunBy {
-                instance: target.instance.clone(),
-                pid: target.pid,
-                supervisor,
-                found: format!("runs {name} as pid {pid} ({state})"),
-            });
+            return Err(not_run_by(format!("runs {name} as pid {pid} ({state})")));
         }
 
         for method in ["supervisor.stopProcess", "supervisor.startProcess"] {
@@ -592,14 +583,8 @@ impl Restarter for SupervisordRestarter {
                 });
             }
         }
-        let info = call(
-            self,
-            &socket,
-            "supervisor.getProcessInfo",
-            &[Param::Str(&name)],
-        )
-        .await?;
-        let new_pid = info
+        let new_pid = process_info()
+            .await?
             .member("pid")
             .and_then(Value::as_int)
             .and_then(|p| u32::try_from(p).ok())
