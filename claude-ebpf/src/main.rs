@@ -341,6 +341,9 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
         direction: dir,
     };
     let mut event_flags = 0;
+    // A connection's slot this buffer creates, once the buffer is within its budgets: a
+    // process over them creates no state either.
+    let mut create = None;
     if dir == kind::READ {
         // The read side's slot is asked on every read that got here, head or not: what it
         // says and what this read is make the connection's next state.
@@ -369,19 +372,20 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
             if state & conn::BODY != 0 {
                 // Another thread holds the body mark (its own reads of the connection never
                 // get here): it goes, whatever replaces it.
-                clear_body(pid, (held >> 32) as u32, ssl);
+                clear_body((u64::from(pid) << 32) | (held >> 32), ssl);
             }
             match slot {
                 // SAFETY: as above.
                 Some(slot) => unsafe { *slot = next },
-                None => {
-                    let _ = CONT.insert(&key, &next, 0);
-                }
+                None => create = Some((key, next)),
             }
         }
     } else if start == Start::Head {
-        // A request: its connection's next response head is looked for, and what follows that
-        // head is its body.
+        // A request: its connection's reads are looked at again, its next response head is
+        // looked for, and what follows that head is its body. The writing thread's own mark
+        // goes first, so that a client reading and writing a connection on one thread (Claude
+        // Code, node, Bun) never depends on the connection's slot, which others can evict.
+        clear_body(pid_tgid, ssl);
         let read = ConnKey {
             direction: kind::READ,
             ..key
@@ -390,14 +394,13 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
             Some(slot) => {
                 // SAFETY: a live map value.
                 let slot = unsafe { &mut *slot };
-                if *slot & conn::BODY != 0 {
-                    clear_body(pid, (*slot >> 32) as u32, ssl);
+                let holder = (*slot >> 32) as u32;
+                if *slot & conn::BODY != 0 && holder != pid_tgid as u32 {
+                    clear_body((u64::from(pid) << 32) | u64::from(holder), ssl);
                 }
                 *slot = conn::ARMED;
             }
-            None => {
-                let _ = CONT.insert(&read, &conn::ARMED, 0);
-            }
+            None => create = Some((read, conn::ARMED)),
         }
     } else {
         // Taken in place (set to 0), not deleted: the connection's slot is reused.
@@ -424,6 +427,9 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
         refund(&BUDGET, pid);
         bump(stats::OVER_USER_BUDGET);
         return;
+    }
+    if let Some((key, state)) = create {
+        let _ = CONT.insert(&key, &state, 0);
     }
     if dir == kind::WRITE && start == Start::Head && prefix[0] == b'P' && ends_headers(buf, len) {
         // Headers written alone (node's http): the body, with the model, follows.
@@ -472,11 +478,10 @@ fn mark_body(pid_tgid: u64, ssl: u64) -> u64 {
     }
 }
 
-/// Clears thread `tid`'s body mark (of process `pid`) when it names connection `ssl`: a
+/// Clears thread `thread`'s body mark (its pid_tgid) when it names connection `ssl`: a
 /// request was written on it, and its next reads are looked at again.
 #[inline(always)]
-fn clear_body(pid: u32, tid: u32, ssl: u64) {
-    let thread = (u64::from(pid) << 32) | u64::from(tid);
+fn clear_body(thread: u64, ssl: u64) {
     if let Some(slot) = READ_ARGS.get_ptr_mut(&thread) {
         // SAFETY: a live map value; only the mark is written, and only to clear it.
         let slot = unsafe { &mut *slot };
