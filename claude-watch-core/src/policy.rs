@@ -95,11 +95,7 @@ use serde::{Deserialize, Serialize};
 use crate::detect::{MonoNs, Recovery};
 use crate::instance::{IdSource, InstanceId};
 use crate::time::WallClock;
-
-/// A duration in nanoseconds, saturating.
-fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
+use crate::time::nanos as ns;
 
 fn yes() -> bool {
     true

@@ -57,7 +57,7 @@ pub use episode::{
 use crate::http::Exchange;
 use crate::instance::InstanceId;
 pub use crate::time::MonoNs;
-use crate::time::WallClock;
+use crate::time::{WallClock, nanos};
 
 /// How many exited PIDs / retired sessions an instance remembers, to ignore their late answers
 /// (also the most sessions one live process keeps).
@@ -428,7 +428,7 @@ impl Rules {
 
     /// `latch_min_span` in ns.
     fn span_ns(&self) -> MonoNs {
-        u64::try_from(self.config.latch_min_span.as_nanos()).unwrap_or(u64::MAX)
+        nanos(self.config.latch_min_span)
     }
 }
 
@@ -930,7 +930,7 @@ impl Instance {
     /// suspect window, clears throttles gone quiet, ends an orphaned episode.
     pub fn tick(&mut self, rules: &Rules, now: MonoNs, out: &mut Vec<Event>) {
         let cfg = &rules.config;
-        let grace = u64::try_from(RESTART_ELSEWHERE_GRACE.as_nanos()).unwrap_or(u64::MAX);
+        let grace = nanos(RESTART_ELSEWHERE_GRACE);
         if let Some((at, pid)) = self.orphaned
             && now.saturating_sub(at) >= grace
         {

@@ -58,7 +58,7 @@ use crate::journal::{
 use crate::supervise::{
     Choice, EngineSocket, RestartFailed, RestartOutcome, Supervisor, SystemdBus, Target,
 };
-use crate::time::WallClock;
+use crate::time::{WallClock, nanos};
 use policy::{Action, Phase, Policy, PolicySnapshot, Table};
 use record::Record;
 use status::{LastSeen, Status};
@@ -937,7 +937,7 @@ impl Watch {
 
     /// Forgets the named instances idle for [`FORGET_AFTER`] that are at rest.
     fn sweep(&mut self, now: MonoNs) {
-        let after = u64::try_from(FORGET_AFTER.as_nanos()).unwrap_or(u64::MAX);
+        let after = nanos(FORGET_AFTER);
         let due: Vec<InstanceId> = self
             .records
             .iter()

@@ -27,12 +27,9 @@ use crate::instance::{ClaudeKind, InstanceId, Manager, Placement, ProcessInfo, S
 use crate::journal::Record as JournalRecord;
 use crate::supervise::{EngineSocket, RestartOutcome, SystemdBus};
 use crate::time::WallClock;
+use crate::time::nanos as ns;
 
 const S: MonoNs = 1_000_000_000;
-
-fn ns(d: Duration) -> MonoNs {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
 
 /// How the replayed agents and their supervisor behave.
 #[derive(Clone, Debug, PartialEq, Eq)]
