@@ -560,10 +560,6 @@ impl Policy {
         self.in_flight.retain(|_, id| id != instance);
     }
 
-    fn holds_slot(&self, instance: &InstanceId) -> bool {
-        self.in_flight.values().any(|id| id == instance)
-    }
-
     /// The owner (uid) of `instance`'s processes: restarts are one at a time per owner, and an
     /// incident holds only its owner's instances. Set before [`Policy::latched`].
     pub fn set_owner(&mut self, t: &mut Table<impl Entry>, instance: &InstanceId, owner: u32) {
@@ -919,7 +915,7 @@ impl Policy {
     /// slot and not a member of an incident.
     #[must_use]
     pub fn at_rest(&self, instance: &InstanceId, state: &Instance) -> bool {
-        !self.holds_slot(instance)
+        !self.in_flight.values().any(|id| id == instance)
             && !self.in_incident(instance)
             && state.0.as_ref().is_none_or(|i| {
                 !i.escalate_pending
