@@ -546,26 +546,16 @@ impl Instance {
             id: format!("{}@{}", self.id, ex.ts_ms),
             instance: self.id.name.clone(),
             unit: self.id.unit_name().map(str::to_owned),
-            pids: Vec::new(),
-            session_ids: Vec::new(),
-            models: Vec::new(),
             first_401_ms: ex.ts_ms,
             last_401_ms: ex.ts_ms,
             first_401_mono_ns: ex.mono_ns,
             last_401_mono_ns: ex.mono_ns,
-            count_401: 0,
-            first_request_ids: Vec::new(),
-            last_request_ids: Vec::new(),
             idle_before_ms: self.last_api_ns.map(|l| ms(ex.mono_ns.saturating_sub(l))),
-            restarts: 0,
             end: EpisodeEnd::StillOpen,
-            ended_ms: None,
-            time_to_recovery_ms: None,
-            escalated_ms: None,
             host: host.cloned(),
             source: EpisodeSource::Live,
             client_version: self.client_version.clone(),
-            not_kept: NotKept::default(),
+            ..Episode::default()
         }
         .with_401(pid, ex)
     }
