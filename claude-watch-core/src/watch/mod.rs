@@ -657,14 +657,9 @@ impl Watch {
         choice
     }
 
-    /// The supervisor of `instance`.
-    fn supervisor(&self, instance: &InstanceId) -> Supervisor {
-        self.choice(instance).supervisor
-    }
-
     /// Whether latches of `instance` are acted on.
     fn acts(&self, instance: &InstanceId) -> bool {
-        !self.config.daemon.dry_run && self.supervisor(instance).acts()
+        !self.config.daemon.dry_run && self.choice(instance).supervisor.acts()
     }
 
     fn started(&mut self, mut found: Found, now: MonoNs, out: &mut Vec<Effect>) {
@@ -772,7 +767,7 @@ impl Watch {
         let mut adopted = false;
         for id in latched {
             if self.acts(&id) {
-                info!(instance = %id, supervisor = self.supervisor(&id).kind(), "a latched instance can be restarted now");
+                info!(instance = %id, supervisor = self.choice(&id).supervisor.kind(), "a latched instance can be restarted now");
                 self.latch(&id, now);
                 adopted = true;
             }
@@ -1129,7 +1124,7 @@ impl Watch {
             let supervisor = if self.config.daemon.dry_run {
                 "dry-run"
             } else {
-                self.supervisor(instance).kind()
+                self.choice(instance).supervisor.kind()
             };
             warn!(instance = %instance, supervisor, "latched; not restarting (observe-only)");
             self.record(instance).recovery.boundary_passed();
@@ -1249,7 +1244,7 @@ impl Watch {
     }
 
     fn start_restart(&mut self, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
-        let supervisor = self.supervisor(id);
+        let supervisor = self.choice(id).supervisor;
         let Some(target) = self.target(id) else {
             let detail = format!("no live process of instance {id} got the 401s");
             warn!(instance = %id, "cannot restart: {detail}");
