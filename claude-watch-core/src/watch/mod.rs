@@ -1165,9 +1165,7 @@ impl Watch {
             if actions.is_empty() {
                 return;
             }
-            let mut changed = false;
             for action in actions {
-                changed = true;
                 match action {
                     Action::Restart(id) => self.start_restart(&id, now, out),
                     Action::Backoff {
@@ -1213,9 +1211,7 @@ impl Watch {
                     }
                 }
             }
-            if changed {
-                self.save(out);
-            }
+            self.save(out);
         }
     }
 
