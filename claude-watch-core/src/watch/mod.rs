@@ -607,12 +607,6 @@ impl Watch {
             .collect()
     }
 
-    /// Why process `pid` is blind by the coverage audit, if it is.
-    #[must_use]
-    pub fn blind_reason(&self, pid: u32, now: MonoNs) -> Option<String> {
-        self.coverage.blind(pid).map(|b| b.reason(now))
-    }
-
     /// The status of every instance now (also published on ticks and after restarts).
     #[must_use]
     pub fn status(&self, now: MonoNs) -> Status {
