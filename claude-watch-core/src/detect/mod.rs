@@ -417,8 +417,7 @@ impl Rules {
     pub fn new(config: DetectorConfig) -> Self {
         Self {
             config,
-            wall_clock: None,
-            host: None,
+            ..Self::default()
         }
     }
 
@@ -1089,8 +1088,7 @@ impl Detector {
     pub fn new(config: DetectorConfig) -> Self {
         Self {
             rules: Rules::new(config),
-            instances: BTreeMap::new(),
-            boundaries: BTreeMap::new(),
+            ..Self::default()
         }
     }
 
