@@ -601,8 +601,6 @@ impl<'a> Replay<'a> {
             status,
             latency_ms: Some(100),
             request_id: Some(format!("req_{}", self.out.exchanges)),
-            retry_after: None,
-            should_retry: None,
             session_id: Some(format!("s{session}")),
             model: Some("claude-opus-4-8".into()),
             user_agent: Some("claude-cli/2.1.332 (external, sdk-cli)".into()),
