@@ -604,6 +604,7 @@ impl<'a> Replay<'a> {
             session_id: Some(format!("s{session}")),
             model: Some("claude-opus-4-8".into()),
             user_agent: Some("claude-cli/2.1.332 (external, sdk-cli)".into()),
+            ..Exchange::default()
         };
         let instance = Some(self.agents[k].id.clone());
         self.feed(Input::Exchange { exchange, instance });
@@ -652,13 +653,11 @@ impl<'a> Replay<'a> {
         let id = self.agents[k].id.clone();
         self.feed(Input::RestartFinished {
             instance: id.clone(),
-            result: Ok(RestartOutcome {
-                acted: true,
-                unit: id.unit_name().map(str::to_owned),
-                new_pid: Some(new),
-                invocation_id: None,
-                summary: format!("restarted {id}"),
-            }),
+            result: Ok(RestartOutcome::acted(
+                id.unit_name().map(str::to_owned),
+                Some(new),
+                format!("restarted {id}"),
+            )),
         });
         self.feed(Input::Exited {
             pid: old,
