@@ -84,7 +84,7 @@ pub struct ActionRecord {
 /// A model throttle window of one instance: 429 `rate_limit_error` answers for one model, from
 /// the first to the last, until that model answered again. Written by the transcript import (the
 /// daemon shows throttles live and does not journal them).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThrottleRecord {
     /// Instance name.
     pub instance: String,

@@ -95,11 +95,7 @@ use serde::{Deserialize, Serialize};
 use crate::detect::{MonoNs, Recovery};
 use crate::instance::{IdSource, InstanceId};
 use crate::time::WallClock;
-
-/// A duration in nanoseconds, saturating.
-fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
+use crate::time::nanos as ns;
 
 fn yes() -> bool {
     true
@@ -220,9 +216,10 @@ pub enum Action {
 }
 
 /// Where an instance stands in recovery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Phase {
     /// Not latched.
+    #[default]
     Idle,
     /// Latched, waiting for its turn, its quiet window, or the incident's canary.
     Latched,
@@ -340,7 +337,7 @@ fn states<'t>(
     heard.iter().filter_map(|id| Some((id, get(t, id)?)))
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct State {
     phase: Phase,
     /// When the instance (last) entered `Latched`: the queue's order, oldest first.
@@ -379,21 +376,8 @@ struct State {
 impl State {
     fn new(backoff: Duration) -> Self {
         Self {
-            boundary: None,
-            phase: Phase::Idle,
-            latched_at: None,
-            since: None,
-            restarts: 0,
-            unhealed: 0,
             backoff,
-            not_before: None,
-            healthy_since: None,
-            escalated: None,
-            escalate_pending: false,
-            rejected_early: false,
-            accepted_early: false,
-            tries: 0,
-            owner: 0,
+            ..Self::default()
         }
     }
 
@@ -404,7 +388,7 @@ impl State {
 }
 
 /// A host-wide upstream incident: several instances latched in one window.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Incident {
     /// Whose instances it holds: another owner's latches are never held by it.
     owner: u32,
@@ -425,7 +409,7 @@ struct Incident {
 
 /// The recovery policy for all instances of a host: what is not one instance's (each call is
 /// given the instances' states, a [`Table`]).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Policy {
     config: PolicyConfig,
     /// The instance holding each owner's restart slot (one restart in flight per owner: a
@@ -485,12 +469,7 @@ impl Policy {
     pub fn new(config: PolicyConfig) -> Self {
         Self {
             config,
-            in_flight: BTreeMap::new(),
-            incident: None,
-            out: Vec::new(),
-            polled: 0,
-            fleet_hold: None,
-            heard: BTreeSet::new(),
+            ..Self::default()
         }
     }
 
@@ -579,10 +558,6 @@ impl Policy {
 
     fn free_slot(&mut self, instance: &InstanceId) {
         self.in_flight.retain(|_, id| id != instance);
-    }
-
-    fn holds_slot(&self, instance: &InstanceId) -> bool {
-        self.in_flight.values().any(|id| id == instance)
     }
 
     /// The owner (uid) of `instance`'s processes: restarts are one at a time per owner, and an
@@ -758,11 +733,8 @@ impl Policy {
             opened: now,
             members: members.clone(),
             canary: canary.clone(),
-            tries: 0,
             backoff: initial,
-            not_before: None,
-            escalated: None,
-            escalate_pending: false,
+            ..Incident::default()
         };
         // The members' evidence so far: the window they already waited for carries over.
         for m in &members {
@@ -943,7 +915,7 @@ impl Policy {
     /// slot and not a member of an incident.
     #[must_use]
     pub fn at_rest(&self, instance: &InstanceId, state: &Instance) -> bool {
-        !self.holds_slot(instance)
+        !self.in_flight.values().any(|id| id == instance)
             && !self.in_incident(instance)
             && state.0.as_ref().is_none_or(|i| {
                 !i.escalate_pending
@@ -1329,11 +1301,9 @@ impl Policy {
                         .map(at)
                         .or((phase == Phase::GaveUp).then_some(now)),
                     escalate_pending: s.escalate_pending,
-                    rejected_early: false,
-                    accepted_early: false,
                     tries: s.tries,
                     owner: s.owner,
-                    boundary: None,
+                    ..State::default()
                 };
                 (id, Instance(Some(state)))
             })
@@ -1357,13 +1327,10 @@ impl Policy {
             })
         });
         let policy = Self {
-            config: snapshot.config,
             in_flight,
             incident,
-            out: Vec::new(),
-            polled: 0,
-            fleet_hold: None,
             heard: instances.keys().cloned().collect(),
+            ..Self::new(snapshot.config)
         };
         (policy, instances)
     }

@@ -59,6 +59,21 @@ pub struct RestartOutcome {
     pub summary: String,
 }
 
+impl RestartOutcome {
+    /// A restart done by the supervisor: `unit` restarted (when there is one), its new main
+    /// process `new_pid` (when told), `summary` saying what was done.
+    #[must_use]
+    pub fn acted(unit: Option<String>, new_pid: Option<u32>, summary: String) -> Self {
+        Self {
+            acted: true,
+            unit,
+            new_pid,
+            invocation_id: None,
+            summary,
+        }
+    }
+}
+
 /// How the unit is made to start a new process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SystemdMode {

@@ -12,10 +12,11 @@ pub const REQUEST_IDS_KEPT: usize = 5;
 pub const EPISODE_LIST_KEPT: usize = 16;
 
 /// How an episode ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EpisodeEnd {
     /// Not ended (yet, or the daemon stopped before it ended).
+    #[default]
     StillOpen,
     /// The instance's own process got a non-401 answer without any restart.
     SelfRecovered,
@@ -72,7 +73,7 @@ impl EpisodeSource {
 }
 
 /// One latch episode: from the first 401 of the window to its end.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Episode {
     /// Unique id: `<instance>@<first 401 wall ms>`; later snapshots of the same episode share it.
     pub id: String,

@@ -57,7 +57,7 @@ pub use episode::{
 use crate::http::Exchange;
 use crate::instance::InstanceId;
 pub use crate::time::MonoNs;
-use crate::time::WallClock;
+use crate::time::{WallClock, nanos};
 
 /// How many exited PIDs / retired sessions an instance remembers, to ignore their late answers
 /// (also the most sessions one live process keeps).
@@ -417,8 +417,7 @@ impl Rules {
     pub fn new(config: DetectorConfig) -> Self {
         Self {
             config,
-            wall_clock: None,
-            host: None,
+            ..Self::default()
         }
     }
 
@@ -428,7 +427,7 @@ impl Rules {
 
     /// `latch_min_span` in ns.
     fn span_ns(&self) -> MonoNs {
-        u64::try_from(self.config.latch_min_span.as_nanos()).unwrap_or(u64::MAX)
+        nanos(self.config.latch_min_span)
     }
 }
 
@@ -546,26 +545,16 @@ impl Instance {
             id: format!("{}@{}", self.id, ex.ts_ms),
             instance: self.id.name.clone(),
             unit: self.id.unit_name().map(str::to_owned),
-            pids: Vec::new(),
-            session_ids: Vec::new(),
-            models: Vec::new(),
             first_401_ms: ex.ts_ms,
             last_401_ms: ex.ts_ms,
             first_401_mono_ns: ex.mono_ns,
             last_401_mono_ns: ex.mono_ns,
-            count_401: 0,
-            first_request_ids: Vec::new(),
-            last_request_ids: Vec::new(),
             idle_before_ms: self.last_api_ns.map(|l| ms(ex.mono_ns.saturating_sub(l))),
-            restarts: 0,
             end: EpisodeEnd::StillOpen,
-            ended_ms: None,
-            time_to_recovery_ms: None,
-            escalated_ms: None,
             host: host.cloned(),
             source: EpisodeSource::Live,
             client_version: self.client_version.clone(),
-            not_kept: NotKept::default(),
+            ..Episode::default()
         }
         .with_401(pid, ex)
     }
@@ -930,7 +919,7 @@ impl Instance {
     /// suspect window, clears throttles gone quiet, ends an orphaned episode.
     pub fn tick(&mut self, rules: &Rules, now: MonoNs, out: &mut Vec<Event>) {
         let cfg = &rules.config;
-        let grace = u64::try_from(RESTART_ELSEWHERE_GRACE.as_nanos()).unwrap_or(u64::MAX);
+        let grace = nanos(RESTART_ELSEWHERE_GRACE);
         if let Some((at, pid)) = self.orphaned
             && now.saturating_sub(at) >= grace
         {
@@ -1099,8 +1088,7 @@ impl Detector {
     pub fn new(config: DetectorConfig) -> Self {
         Self {
             rules: Rules::new(config),
-            instances: BTreeMap::new(),
-            boundaries: BTreeMap::new(),
+            ..Self::default()
         }
     }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 /// One request and its response, as observed on one TLS connection of one process.
 ///
 /// Carries no credential, cookie or body: the parsers keep only the fields below.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Exchange {
     /// Wall-clock time the response head was read, in milliseconds since the Unix epoch.
     pub ts_ms: u64,

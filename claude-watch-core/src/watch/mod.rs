@@ -58,7 +58,7 @@ use crate::journal::{
 use crate::supervise::{
     Choice, EngineSocket, RestartFailed, RestartOutcome, Supervisor, SystemdBus, Target,
 };
-use crate::time::WallClock;
+use crate::time::{WallClock, nanos};
 use policy::{Action, Phase, Policy, PolicySnapshot, Table};
 use record::Record;
 use status::{LastSeen, Status};
@@ -607,12 +607,6 @@ impl Watch {
             .collect()
     }
 
-    /// Why process `pid` is blind by the coverage audit, if it is.
-    #[must_use]
-    pub fn blind_reason(&self, pid: u32, now: MonoNs) -> Option<String> {
-        self.coverage.blind(pid).map(|b| b.reason(now))
-    }
-
     /// The status of every instance now (also published on ticks and after restarts).
     #[must_use]
     pub fn status(&self, now: MonoNs) -> Status {
@@ -657,14 +651,9 @@ impl Watch {
         choice
     }
 
-    /// The supervisor of `instance`.
-    fn supervisor(&self, instance: &InstanceId) -> Supervisor {
-        self.choice(instance).supervisor
-    }
-
     /// Whether latches of `instance` are acted on.
     fn acts(&self, instance: &InstanceId) -> bool {
-        !self.config.daemon.dry_run && self.supervisor(instance).acts()
+        !self.config.daemon.dry_run && self.choice(instance).supervisor.acts()
     }
 
     fn started(&mut self, mut found: Found, now: MonoNs, out: &mut Vec<Effect>) {
@@ -772,7 +761,7 @@ impl Watch {
         let mut adopted = false;
         for id in latched {
             if self.acts(&id) {
-                info!(instance = %id, supervisor = self.supervisor(&id).kind(), "a latched instance can be restarted now");
+                info!(instance = %id, supervisor = self.choice(&id).supervisor.kind(), "a latched instance can be restarted now");
                 self.latch(&id, now);
                 adopted = true;
             }
@@ -937,7 +926,7 @@ impl Watch {
 
     /// Forgets the named instances idle for [`FORGET_AFTER`] that are at rest.
     fn sweep(&mut self, now: MonoNs) {
-        let after = u64::try_from(FORGET_AFTER.as_nanos()).unwrap_or(u64::MAX);
+        let after = nanos(FORGET_AFTER);
         let due: Vec<InstanceId> = self
             .records
             .iter()
@@ -1129,7 +1118,7 @@ impl Watch {
             let supervisor = if self.config.daemon.dry_run {
                 "dry-run"
             } else {
-                self.supervisor(instance).kind()
+                self.choice(instance).supervisor.kind()
             };
             warn!(instance = %instance, supervisor, "latched; not restarting (observe-only)");
             self.record(instance).recovery.boundary_passed();
@@ -1170,9 +1159,7 @@ impl Watch {
             if actions.is_empty() {
                 return;
             }
-            let mut changed = false;
             for action in actions {
-                changed = true;
                 match action {
                     Action::Restart(id) => self.start_restart(&id, now, out),
                     Action::Backoff {
@@ -1218,9 +1205,7 @@ impl Watch {
                     }
                 }
             }
-            if changed {
-                self.save(out);
-            }
+            self.save(out);
         }
     }
 
@@ -1249,7 +1234,7 @@ impl Watch {
     }
 
     fn start_restart(&mut self, id: &InstanceId, now: MonoNs, out: &mut Vec<Effect>) {
-        let supervisor = self.supervisor(id);
+        let supervisor = self.choice(id).supervisor;
         let Some(target) = self.target(id) else {
             let detail = format!("no live process of instance {id} got the 401s");
             warn!(instance = %id, "cannot restart: {detail}");

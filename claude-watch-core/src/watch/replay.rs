@@ -27,12 +27,9 @@ use crate::instance::{ClaudeKind, InstanceId, Manager, Placement, ProcessInfo, S
 use crate::journal::Record as JournalRecord;
 use crate::supervise::{EngineSocket, RestartOutcome, SystemdBus};
 use crate::time::WallClock;
+use crate::time::nanos as ns;
 
 const S: MonoNs = 1_000_000_000;
-
-fn ns(d: Duration) -> MonoNs {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
 
 /// How the replayed agents and their supervisor behave.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -604,11 +601,10 @@ impl<'a> Replay<'a> {
             status,
             latency_ms: Some(100),
             request_id: Some(format!("req_{}", self.out.exchanges)),
-            retry_after: None,
-            should_retry: None,
             session_id: Some(format!("s{session}")),
             model: Some("claude-opus-4-8".into()),
             user_agent: Some("claude-cli/2.1.332 (external, sdk-cli)".into()),
+            ..Exchange::default()
         };
         let instance = Some(self.agents[k].id.clone());
         self.feed(Input::Exchange { exchange, instance });
@@ -657,13 +653,11 @@ impl<'a> Replay<'a> {
         let id = self.agents[k].id.clone();
         self.feed(Input::RestartFinished {
             instance: id.clone(),
-            result: Ok(RestartOutcome {
-                acted: true,
-                unit: id.unit_name().map(str::to_owned),
-                new_pid: Some(new),
-                invocation_id: None,
-                summary: format!("restarted {id}"),
-            }),
+            result: Ok(RestartOutcome::acted(
+                id.unit_name().map(str::to_owned),
+                Some(new),
+                format!("restarted {id}"),
+            )),
         });
         self.feed(Input::Exited {
             pid: old,

@@ -37,8 +37,8 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
                 view.blind = Some(format!(
                     "ANTHROPIC_BASE_URL is plain {origin}: its API calls never pass through TLS, so the probes cannot see them"
                 ));
-            } else if let Some(why) = watch.blind_reason(found.info.pid, now) {
-                view.blind = Some(why);
+            } else if let Some(b) = watch.coverage.blind(found.info.pid) {
+                view.blind = Some(b.reason(now));
             }
             if view.version.is_none() {
                 view.version = found.version();

@@ -250,14 +250,11 @@ impl Rig<'_> {
                         model.clone(),
                         ThrottleRecord {
                             instance: self.id.name.clone(),
-                            session_id: None,
                             model,
                             first_429_ms: ms,
                             last_429_ms: ms,
-                            count_429: 0,
-                            request_ids: Vec::new(),
-                            ended_ms: None,
                             source: EpisodeSource::Transcript,
+                            ..ThrottleRecord::default()
                         },
                     );
                 }
@@ -440,20 +437,17 @@ fn rebuild_instance(
                     mono_ns: now,
                     pid: pid(i),
                     tid: pid(i),
-                    conn: 0,
                     method: Some("POST".into()),
                     path: Some("/v1/messages".into()),
                     status,
-                    latency_ms: None,
                     request_id: request_id.clone(),
-                    retry_after: None,
-                    should_retry: None,
                     session_id: Some(e.session_id.clone()),
                     model: m.clone(),
                     user_agent: e
                         .version
                         .as_ref()
                         .map(|v| format!("claude-cli/{v} (transcript)")),
+                    ..Exchange::default()
                 };
                 let ev = rig.det.observe(&id, pid(i), &ex, now);
                 rig.answering = true;

@@ -451,11 +451,6 @@ impl<'a, 'data> Code<'a, 'data> {
         Ok(sites)
     }
 
-    /// Whether `vaddr` is a direct call target.
-    fn is_call_target(&self, vaddr: u64) -> bool {
-        self.calls.iter().any(|c| c.contains(vaddr))
-    }
-
     /// The frame prologue at `vaddr`, if there is one.
     #[must_use]
     pub fn prologue_at(&self, vaddr: u64) -> Option<String> {
@@ -473,7 +468,7 @@ impl<'a, 'data> Code<'a, 'data> {
             return true;
         }
         never_falls_through(decode(&code[before..]).as_ref())
-            && (self.is_call_target(pc) || prologue(&code[offset..]).is_some())
+            && (self.calls.iter().any(|c| c.contains(pc)) || prologue(&code[offset..]).is_some())
     }
 
     /// Confirms the reference `r` is an `ERR_put_error(SSL, 0, reason, file, line)` call in a

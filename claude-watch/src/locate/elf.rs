@@ -93,12 +93,6 @@ impl Segment {
     pub fn unread(&self) -> bool {
         self.writable && !self.executable && self.file_size >= SKIPPED_SEGMENT_BYTES
     }
-
-    /// Whether `vaddr` lies in the file-backed part of this segment.
-    #[must_use]
-    pub fn contains_vaddr(&self, vaddr: u64) -> bool {
-        vaddr >= self.vaddr && vaddr - self.vaddr < self.file_size
-    }
 }
 
 /// A defined function symbol of interest.
@@ -396,7 +390,9 @@ impl<'data> ElfImage<'data> {
     /// The segment whose file-backed part holds `vaddr`.
     #[must_use]
     pub fn segment_of(&self, vaddr: u64) -> Option<&Segment> {
-        self.segments.iter().find(|s| s.contains_vaddr(vaddr))
+        self.segments
+            .iter()
+            .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.file_size)
     }
 
     /// File offset of `vaddr` (`vaddr - p_vaddr + p_offset` of the containing `PT_LOAD`).

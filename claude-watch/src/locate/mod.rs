@@ -107,12 +107,6 @@ impl FunctionName {
             Self::SslReadEx => "SSL_read_ex",
         }
     }
-
-    /// The name for a C symbol name.
-    #[must_use]
-    pub fn from_symbol(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|n| n.symbol() == name)
-    }
 }
 
 impl fmt::Display for FunctionName {

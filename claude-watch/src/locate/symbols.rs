@@ -20,7 +20,9 @@ pub fn locate_in(image: &ElfImage<'_>, tables: &[Table]) -> Option<Located> {
     let mut functions: Vec<Function> = symbols
         .iter()
         .filter_map(|sym| {
-            let name = FunctionName::from_symbol(&sym.name)?;
+            let name = FunctionName::ALL
+                .into_iter()
+                .find(|n| n.symbol() == sym.name)?;
             let seg = image.segment_of(sym.vaddr).filter(|s| s.executable)?;
             Some(Function {
                 name,

@@ -257,18 +257,16 @@ impl Restarter for ClaudeBgRestarter {
         tracing::info!(id = %session.short_id, uid = claude.owner.uid, "claude respawn");
         claude.run(&["respawn", &session.short_id]).await?;
         let new_pid = new_pid(self, &claude, &session.short_id, pid).await;
-        Ok(RestartOutcome {
-            acted: true,
-            unit: None,
+        Ok(RestartOutcome::acted(
+            None,
             new_pid,
-            invocation_id: None,
-            summary: format!(
+            format!(
                 "claude respawn {} as uid {}: pid {pid} -> {}",
                 session.short_id,
                 claude.owner.uid,
                 new_pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
             ),
-        })
+        ))
     }
 }
 
@@ -296,19 +294,17 @@ async fn fresh(
     let new_id = backgrounded_id(&String::from_utf8_lossy(&out))
         .ok_or_else(|| refuse("`claude --bg` printed no session id".into()))?;
     let new_pid = new_pid(r, claude, &new_id, target.pid).await;
-    Ok(RestartOutcome {
-        acted: true,
-        unit: None,
+    Ok(RestartOutcome::acted(
+        None,
         new_pid,
-        invocation_id: None,
-        summary: format!(
+        format!(
             "claude stop {} and a fresh claude --bg in {} as uid {}: session {new_id}, pid {}",
             session.short_id,
             cwd.display(),
             claude.owner.uid,
             new_pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
         ),
-    })
+    ))
 }
 
 /// The pid session `id` runs as now, other than `old_pid`, as `claude agents --json` lists

@@ -111,13 +111,11 @@ impl CommandIo for CommandRestarter {
         match super::run_bounded(&mut command, &program, what, self.timeout, 0).await {
             Ok((status, _, _)) if status.success() => {
                 tracing::info!(program = %program, "supervisor command succeeded");
-                Ok(RestartOutcome {
-                    acted: true,
-                    unit: target.unit.clone(),
-                    new_pid: None,
-                    invocation_id: None,
-                    summary: format!("ran {program} for instance {}", target.instance),
-                })
+                Ok(RestartOutcome::acted(
+                    target.unit.clone(),
+                    None,
+                    format!("ran {program} for instance {}", target.instance),
+                ))
             }
             Ok((status, _, said)) => {
                 tracing::warn!(program = %program, %status, said, "supervisor command failed");

@@ -219,19 +219,17 @@ fn restart_blocking(
         }
         std::thread::sleep(POLL);
     };
-    Ok(RestartOutcome {
-        acted: true,
-        unit: Some(label.clone()),
-        new_pid: Some(after.pid),
-        invocation_id: None,
-        summary: format!(
+    Ok(RestartOutcome::acted(
+        Some(label.clone()),
+        Some(after.pid),
+        format!(
             "restarted {} container {label} through {} (main pid {} → {})",
             container.engine.label(),
             r.socket.display(),
             before.pid,
             after.pid
         ),
-    })
+    ))
 }
 
 #[cfg(test)]

@@ -417,17 +417,15 @@ impl Restarter for Pm2Restarter {
             .find(|a| a.id == *id && a.pid != 0 && a.pid != old_main)
             .map(|a| a.pid);
         tracing::info!(pm_id = id, app = %name, user = %account.name, ?new_pid, "pm2 restarted the app");
-        Ok(RestartOutcome {
-            acted: true,
-            unit: None,
+        Ok(RestartOutcome::acted(
+            None,
             new_pid,
-            invocation_id: None,
-            summary: format!(
+            format!(
                 "pm2 restart {id} ({name}) as {} with PM2_HOME {}",
                 account.name,
                 pm2_home.display()
             ),
-        })
+        ))
     }
 }
 

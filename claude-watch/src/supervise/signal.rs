@@ -113,12 +113,10 @@ impl Restarter for SignalRestarter {
             }
         }
         tracing::info!(signal = how, ?new_pid, "instance signalled");
-        Ok(RestartOutcome {
-            acted: true,
-            unit: target.unit.clone(),
+        Ok(RestartOutcome::acted(
+            target.unit.clone(),
             new_pid,
-            invocation_id: None,
-            summary: format!("{how} to pid {pid} of instance {}", target.instance),
-        })
+            format!("{how} to pid {pid} of instance {}", target.instance),
+        ))
     }
 }

@@ -590,13 +590,11 @@ impl Restarter for SupervisordRestarter {
             .and_then(|p| u32::try_from(p).ok())
             .filter(|p| *p != 0 && *p != main);
         tracing::info!(process = %name, ?new_pid, "supervisord restarted the program");
-        Ok(RestartOutcome {
-            acted: true,
-            unit: None,
+        Ok(RestartOutcome::acted(
+            None,
             new_pid,
-            invocation_id: None,
-            summary: format!("supervisord stopped and started {name} ({supervisor})"),
-        })
+            format!("supervisord stopped and started {name} ({supervisor})"),
+        ))
     }
 }
 

@@ -96,17 +96,12 @@ async fn connect_for(r: &SystemdRestarter, pid: u32) -> Result<Connection, Super
     }
 }
 
-/// The path of user `uid`'s bus as process `pid` sees it.
-fn user_bus_path(uid: u32, pid: u32) -> String {
-    format!("/proc/{pid}/root/run/user/{uid}/bus")
-}
-
 /// Connects to user `uid`'s bus as seen by process `pid`, as that user: the socket is
 /// connected from a fresh thread whose own credentials are dropped to the process's uid and
 /// gid (raw per-thread system calls; the rest of the daemon keeps its own), and the D-Bus
 /// handshake claims that uid. The process must belong to `uid`.
 async fn connect_user_bus(uid: u32, pid: u32) -> Result<Connection, SuperviseError> {
-    let path = user_bus_path(uid, pid);
+    let path = format!("/proc/{pid}/root/run/user/{uid}/bus");
     let proc::Owner {
         uid: owner, gid, ..
     } = proc::owner(pid)?;
