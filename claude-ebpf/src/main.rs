@@ -369,11 +369,9 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
             state & conn::ARMED
         };
         if next != held {
-            if state & conn::BODY != 0 {
-                // Another thread holds the body mark (its own reads of the connection never
-                // get here): it goes, whatever replaces it.
-                clear_body((u64::from(pid) << 32) | (held >> 32), ssl);
-            }
+            // Another thread's body mark (this one's reads of a connection it marked never
+            // get here) goes, whatever replaces it.
+            release_body(pid_tgid, held, ssl);
             match slot {
                 // SAFETY: as above.
                 Some(slot) => unsafe { *slot = next },
@@ -394,10 +392,7 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
             Some(slot) => {
                 // SAFETY: a live map value.
                 let slot = unsafe { &mut *slot };
-                let holder = (*slot >> 32) as u32;
-                if *slot & conn::BODY != 0 && holder != pid_tgid as u32 {
-                    clear_body((u64::from(pid) << 32) | u64::from(holder), ssl);
-                }
+                release_body(pid_tgid, *slot, ssl);
                 *slot = conn::ARMED;
             }
             None => create = Some((read, conn::ARMED)),
@@ -475,6 +470,18 @@ fn mark_body(pid_tgid: u64, ssl: u64) -> u64 {
         }
         // No slot to mark: the connection's reads are looked at as before.
         None => 0,
+    }
+}
+
+/// Clears the body mark a connection's read-side state `held` names ([`conn::BODY`] and its
+/// holder's thread id above the bits), on the holder, a thread of the calling thread
+/// `pid_tgid`'s process: unless that is the calling thread, whose own mark the caller has
+/// seen to.
+#[inline(always)]
+fn release_body(pid_tgid: u64, held: u64, ssl: u64) {
+    let holder = held >> 32;
+    if held & conn::BODY != 0 && holder != pid_tgid & 0xffff_ffff {
+        clear_body((pid_tgid & !0xffff_ffff) | holder, ssl);
     }
 }
 
