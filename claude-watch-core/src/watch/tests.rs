@@ -955,15 +955,26 @@ fn a_hanging_supervisor_times_out_frees_the_slot_and_its_late_answer_changes_not
     assert_eq!(target.pid, 100);
 }
 
+/// The two ways an instance is watched and not acted on: an observe-only supervisor, and
+/// (`""`) a dry run.
+const NOT_ACTED_ON: [&str; 2] = ["supervisor = { kind = \"observe\" }", ""];
+
+/// A rig with `extra` (one of [`NOT_ACTED_ON`]) whose agent, pid 100, answered 200 and then
+/// 401 for 30 s.
+fn latched_not_acted_on(extra: &str) -> Rig {
+    let mut config = config(extra);
+    config.daemon.dry_run = extra.is_empty();
+    let mut r = Rig::resume(config, None, 100 * S, WallClock::default());
+    r.start(100, &agent());
+    r.see(100, 200, "s0");
+    r.keep_answering(100, 401, "s0", 30 * S);
+    r
+}
+
 #[test]
 fn observe_only_and_dry_run_detect_but_never_restart() {
-    for extra in ["supervisor = { kind = \"observe\" }", ""] {
-        let mut config = config(extra);
-        config.daemon.dry_run = extra.is_empty();
-        let mut r = Rig::resume(config, None, 100 * S, WallClock::default());
-        r.start(100, &agent());
-        r.see(100, 200, "s0");
-        r.keep_answering(100, 401, "s0", 30 * S);
+    for extra in NOT_ACTED_ON {
+        let r = latched_not_acted_on(extra);
         assert_eq!(r.restarts_total, 0, "{extra:?}");
         assert_eq!(r.view("agent.service").state, "latched");
         let expected = if extra.is_empty() {
@@ -2098,14 +2109,9 @@ fn traffic_the_probes_miss_makes_a_healthy_instance_blind_until_one_is_seen() {
 
 #[test]
 fn an_instance_not_acted_on_and_restarted_by_something_else_awaits_its_new_process() {
-    for extra in ["supervisor = { kind = \"observe\" }", ""] {
+    for extra in NOT_ACTED_ON {
         for heals in [false, true] {
-            let mut config = config(extra);
-            config.daemon.dry_run = extra.is_empty();
-            let mut r = Rig::resume(config, None, 100 * S, WallClock::default());
-            r.start(100, &agent());
-            r.see(100, 200, "s0");
-            r.keep_answering(100, 401, "s0", 30 * S);
+            let mut r = latched_not_acted_on(extra);
             assert_eq!(r.view("agent.service").state, "latched");
             // Restarted by something else: the new process's own answer decides.
             r.exit(100);
