@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use claude_watch::discover::Discovery;
+use claude_watch::discover::{Checked, Discovery};
+use claude_watch::instance::table::PidTable;
 use claude_watch::instance::{ClaudeKind, IdSource, InstanceId, MatchRule};
 use claude_watch_tests::agents::{ClaudeAgent, FAKE_API_KEY};
 use claude_watch_tests::deps::{self, ClaudeCode, LATEST};
@@ -28,7 +29,10 @@ fn discover(
             .ok()
             .filter(|e| e.to_string_lossy().ends_with(exe_suffix))
     });
-    Discovery::new("/proc", rules).check(pid)
+    match Discovery::new("/proc", rules).check(pid, &PidTable::default()) {
+        Checked::Found(found) => Some(found),
+        Checked::Left | Checked::Nothing => None,
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@
 
 pub mod bg;
 pub mod procfs;
+pub mod table;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -42,7 +42,7 @@ pub use crate::{coverage, fleet, policy};
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -51,6 +51,7 @@ use crate::config::Config;
 use crate::detect::{self, Episode, EpisodeEnd, Event, MonoNs, Reason, State};
 use crate::http::Exchange;
 use crate::instance::Found;
+use crate::instance::table::{PidTable, Standing};
 use crate::instance::{IdSource, InstanceId, Placement};
 use crate::journal::{
     ActionKind, ActionRecord, IncidentEvent, IncidentRecord, Record as JournalRecord,
@@ -93,12 +94,11 @@ const SUCCESSORS_KEPT: usize = 64;
 pub enum Input {
     /// A claude instance process was found (at start, on exec, after a restart).
     Started(Found),
-    /// A process exited; `instance` when it was an instance process.
+    /// A process exited, or is no longer a claude process (it exec'd something else): the
+    /// core looks it up in its pid table.
     Exited {
         /// The process.
         pid: u32,
-        /// Its instance, when it was one.
-        instance: Option<InstanceId>,
     },
     /// Probes were attached for an instance process (`unobserved` is `None`), or could not
     /// be (a binary or library that could not be verified: why).
@@ -108,12 +108,10 @@ pub enum Input {
         /// Why its traffic cannot be seen, if it cannot.
         unobserved: Option<String>,
     },
-    /// An HTTP exchange was paired; `instance` when its process is an instance.
+    /// An HTTP exchange was paired (of any process: the core's pid table says whose).
     Exchange {
         /// The exchange.
         exchange: Exchange,
-        /// The instance of its process, when it is one.
-        instance: Option<InstanceId>,
     },
     /// The clock moved (periodically, and at [`Watch::next_deadline`]).
     Tick,
@@ -287,8 +285,9 @@ pub struct Watch {
     wall_clock: WallClock,
     /// Every instance the core keeps state for (at most [`MAX_INSTANCES`]), one record each.
     records: BTreeMap<InstanceId, Record>,
-    /// The pid table: live instance processes, by pid (each in its instance's record's pids).
-    procs: BTreeMap<u32, Found>,
+    /// The pid table: the claude processes discovery found, by pid (each watched one in its
+    /// instance's record's pids; those outside the scope or refused at the cap, ignored).
+    procs: PidTable,
     /// The coverage audit: which processes move traffic their probes do not see.
     coverage: coverage::Coverage,
     /// Exchanges seen, of any process.
@@ -300,8 +299,6 @@ pub struct Watch {
     successors: BTreeMap<u32, InstanceId>,
     /// New instances refused because [`MAX_INSTANCES`] were tracked.
     refused: u64,
-    /// Live processes of refused instances (their traffic is ignored until they exit).
-    refused_pids: BTreeSet<u32>,
     /// Instances forgotten since the last [`Watch::handle`] returned (their series go).
     forgotten: Vec<String>,
     /// When the last refusal was logged (one warning a minute at most).
@@ -314,8 +311,6 @@ pub struct Watch {
     fleet: Option<fleet::Fleet>,
     /// When a restart was last rejected (its new process got 401), wall ms.
     last_rejected_ms: Option<u64>,
-    /// Live processes outside `[daemon] scope` (another daemon's): their traffic is ignored.
-    outside: BTreeSet<u32>,
 }
 
 /// A tick republishes an unchanged status this often (ages and counters stay fresh), instead
@@ -365,7 +360,6 @@ impl Watch {
         Self {
             fleet,
             last_rejected_ms: None,
-            outside: BTreeSet::new(),
             rules,
             policy,
             config,
@@ -373,13 +367,12 @@ impl Watch {
             engine,
             wall_clock,
             records,
-            procs: BTreeMap::new(),
+            procs: PidTable::default(),
             coverage: coverage::Coverage::default(),
             exchanges: 0,
             unobserved: BTreeMap::new(),
             successors: BTreeMap::new(),
             refused: 0,
-            refused_pids: BTreeSet::new(),
             forgotten: Vec::new(),
             refusal_logged: None,
             changed: true,
@@ -439,40 +432,31 @@ impl Watch {
         match input {
             Input::Started(found) => self.started(found, now, &mut out),
             Input::Observed { pid, unobserved } => match unobserved {
-                Some(why) if self.procs.contains_key(&pid) => {
+                Some(why) if self.procs.watched(pid).is_some() => {
                     self.unobserved.insert(pid, why);
                 }
                 _ => {
                     self.unobserved.remove(&pid);
                 }
             },
-            Input::Exited { pid, .. } if self.outside.remove(&pid) => {}
-            Input::Exited { pid, instance } => {
-                // The core's own name wins (a process adopted by the instance it continues).
-                let known = self.remove_proc(pid);
-                let attached = known.is_some() || instance.is_some();
-                let instance = known
-                    .map(|f| f.instance)
-                    .filter(|_| instance.is_some())
-                    .or(instance);
+            Input::Exited { pid } => {
                 self.unobserved.remove(&pid);
-                self.refused_pids.remove(&pid);
                 self.coverage.forget(pid);
-                if attached {
+                // Processes outside the scope or refused at the cap were never watched.
+                if let Some(found) = self.remove_proc(pid) {
                     // Its own probes go, and a binary's once no other process runs it.
                     out.push(Effect::Detach { pid });
-                }
-                // An instance refused at the cap was never watched.
-                if let Some(id) = instance.filter(|id| self.records.contains_key(id)) {
+                    let id = found.instance;
                     self.detect(&id, now, &mut out, |d, rules, rec| {
                         d.process_exited(rules, pid, now, true, rec)
                     });
                     self.went_idle(&id, now);
                 }
             }
-            Input::Exchange { exchange, instance } => {
+            Input::Exchange { exchange } => {
+                let watched = self.procs.watched(exchange.pid).map(|f| f.instance.clone());
                 // Only instance processes are audited.
-                if self.procs.contains_key(&exchange.pid)
+                if watched.is_some()
                     && self.coverage.exchange(exchange.pid, now) == Some(coverage::Change::Seen)
                 {
                     info!(
@@ -480,13 +464,7 @@ impl Watch {
                         "coverage: an exchange of a blind process was captured; no longer blind"
                     );
                 }
-                let instance = self
-                    .procs
-                    .get(&exchange.pid)
-                    .map(|f| f.instance.clone())
-                    .filter(|_| instance.is_some())
-                    .or(instance);
-                self.exchange(&exchange, instance, now, &mut out);
+                self.exchange(&exchange, watched, now, &mut out);
             }
             Input::Tick => {
                 let mut events = Vec::new();
@@ -506,7 +484,7 @@ impl Watch {
                 sockets,
             } => {
                 // A process that exited since the audit began is not counted again.
-                if let Some(id) = self.procs.get(&pid).map(|f| f.instance.clone())
+                if let Some(id) = self.procs.watched(pid).map(|f| f.instance.clone())
                     && let Some(coverage::Change::Blind(b)) =
                         self.coverage.traffic(pid, total, sockets, now)
                 {
@@ -601,10 +579,16 @@ impl Watch {
     #[must_use]
     pub fn audited(&self) -> Vec<u32> {
         self.procs
-            .keys()
-            .copied()
+            .watched_pids()
             .filter(|pid| !self.unobserved.contains_key(pid))
             .collect()
+    }
+
+    /// The pid table: what discovery reads to classify processes (see
+    /// [`crate::instance::table`]).
+    #[must_use]
+    pub fn procs(&self) -> &PidTable {
+        &self.procs
     }
 
     /// The status of every instance now (also published on ticks and after restarts).
@@ -665,22 +649,12 @@ impl Watch {
             found.instance = old;
         }
         let id = found.instance.clone();
-        if let Some(scope) = &self.config.daemon.scope
-            && !in_scope(&found.info.cgroup, scope)
-        {
-            tracing::debug!(pid = found.info.pid, instance = %id, scope, "outside this daemon's scope: not watched");
-            self.outside.insert(found.info.pid);
-            return;
-        }
-        if !self.admit(&id, found.info.pid, found.info.uid, now, out) {
-            return;
-        }
+        let pid = found.info.pid;
         // A process that moves to another instance (a spare of the background machinery that
         // a session claimed) leaves the one it was part of.
-        let pid = found.info.pid;
         if let Some(prev) = self
             .procs
-            .get(&pid)
+            .watched(pid)
             .map(|f| f.instance.clone())
             .filter(|prev| *prev != id)
         {
@@ -690,13 +664,24 @@ impl Watch {
             });
             self.went_idle(&prev, now);
         }
+        if let Some(scope) = &self.config.daemon.scope
+            && !in_scope(&found.info.cgroup, scope)
+        {
+            tracing::debug!(pid, instance = %id, scope, "outside this daemon's scope: not watched");
+            self.procs.insert(found, Standing::Outside);
+            return;
+        }
+        if !self.admit(&id, found.info.uid, now, out) {
+            self.procs.insert(found, Standing::Refused);
+            return;
+        }
         let record = self.records.get_mut(&id).expect("admitted");
         record.idle_since = None;
         record.binary = Some(found.info.exe.display().to_string());
         record.placement = Some(found.placement.clone());
         record.pids.insert(pid);
         let events = record.detection.process_started(pid, now);
-        self.procs.insert(pid, found.clone());
+        self.procs.insert(found.clone(), Standing::Watched);
         out.push(Effect::Attach(found));
         self.on_events(events, now, out);
     }
@@ -709,24 +694,15 @@ impl Watch {
         out: &mut Vec<Effect>,
     ) {
         self.exchanges += 1;
-        // Not a claude instance (a tool it spawned, say), or one refused at the cap.
+        // Not a watched process (a tool an instance spawned, say, or one refused at the cap).
         let Some(id) = instance else { return };
-        if self.outside.contains(&exchange.pid) {
-            return;
-        }
-        let uid = self.procs.get(&exchange.pid).map_or(0, |f| f.info.uid);
-        if self.refused_pids.contains(&exchange.pid)
-            || !self.admit(&id, exchange.pid, uid, now, out)
-        {
-            return;
-        }
         out.push(Effect::Metric(Metric::Exchange {
             agent: id.name.clone(),
             status: exchange.status,
             model: model_label(exchange.model.as_deref()),
         }));
         let api_call = crate::detect::is_api_call(exchange);
-        let record = self.records.get_mut(&id).expect("admitted");
+        let record = Record::of(&mut self.records, &id);
         if api_call {
             record.last_seen = Some(LastSeen {
                 status: exchange.status,
@@ -841,7 +817,7 @@ impl Watch {
     /// The live processes of `id`.
     fn members<'a>(&'a self, id: &InstanceId) -> impl Iterator<Item = &'a Found> + 'a {
         let pids = self.records.get(id).map(|r| &r.pids).into_iter().flatten();
-        pids.filter_map(|pid| self.procs.get(pid))
+        pids.filter_map(|pid| self.procs.watched(*pid))
     }
 
     /// `id`'s record, made (as root's) if it has none.
@@ -864,9 +840,12 @@ impl Watch {
         self.on_events(events, now, out);
     }
 
-    /// Takes process `pid` out of the pid table and its instance's record.
+    /// Takes process `pid` out of the pid table, and out of its instance's record when it
+    /// was watched (then returned).
     fn remove_proc(&mut self, pid: u32) -> Option<Found> {
-        let found = self.procs.remove(&pid)?;
+        let (found, Standing::Watched) = self.procs.remove(pid)? else {
+            return None;
+        };
         if let Some(r) = self.records.get_mut(&found.instance) {
             r.pids.remove(&pid);
         }
@@ -945,14 +924,7 @@ impl Watch {
     /// there is room for it in the table and in its user's share (made by forgetting the
     /// longest-idle instance at rest, the user's own when the share is full, if need be).
     /// Otherwise the process is refused: logged (once a minute), counted, and not attached.
-    fn admit(
-        &mut self,
-        id: &InstanceId,
-        pid: u32,
-        uid: u32,
-        now: MonoNs,
-        out: &mut Vec<Effect>,
-    ) -> bool {
+    fn admit(&mut self, id: &InstanceId, uid: u32, now: MonoNs, out: &mut Vec<Effect>) -> bool {
         if self.records.contains_key(id) {
             return true;
         }
@@ -973,7 +945,6 @@ impl Watch {
                 }
                 None => {
                     self.refused += 1;
-                    self.refused_pids.insert(pid);
                     out.push(Effect::Metric(Metric::InstanceRefused));
                     if self
                         .refusal_logged
@@ -1222,7 +1193,7 @@ impl Watch {
         let found = window_pids
             .iter()
             .rev()
-            .find_map(|p| self.procs.get(p).filter(|f| &f.instance == id))?;
+            .find_map(|p| self.procs.watched(*p).filter(|f| &f.instance == id))?;
         Some(Target {
             instance: id.name.clone(),
             unit: id.unit_name().map(str::to_owned),
@@ -1318,7 +1289,7 @@ impl Watch {
     /// The new process `pid` of background session `id` (a fresh session, named anew by
     /// discovery) continues `id`: now if it is known already, else when it is found.
     fn adopt(&mut self, id: &InstanceId, pid: u32, now: MonoNs, out: &mut Vec<Effect>) {
-        let Some(found) = self.procs.get(&pid).cloned() else {
+        let Some(found) = self.procs.watched(pid).cloned() else {
             self.remember_successor(pid, id);
             return;
         };

@@ -606,8 +606,7 @@ impl<'a> Replay<'a> {
             user_agent: Some("claude-cli/2.1.332 (external, sdk-cli)".into()),
             ..Exchange::default()
         };
-        let instance = Some(self.agents[k].id.clone());
-        self.feed(Input::Exchange { exchange, instance });
+        self.feed(Input::Exchange { exchange });
         // A rejected agent asks again soon, then once a turn; a healthy one keeps its turns
         // while something upstream may reject it, and goes quiet otherwise.
         let agent = &self.agents[k];
@@ -659,10 +658,7 @@ impl<'a> Replay<'a> {
                 format!("restarted {id}"),
             )),
         });
-        self.feed(Input::Exited {
-            pid: old,
-            instance: Some(id.clone()),
-        });
+        self.feed(Input::Exited { pid: old });
         let agent = &mut self.agents[k];
         agent.pid = new;
         agent.session = u64::from(new);

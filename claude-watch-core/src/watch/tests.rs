@@ -71,8 +71,6 @@ struct Rig {
     watch: Watch,
     now: MonoNs,
     wall_clock: WallClock,
-    /// Instance of each live pid (what discovery would say).
-    pids: BTreeMap<u32, InstanceId>,
     /// Restarts handed out and not yet reported.
     restarts: Vec<(InstanceId, Supervisor, Target)>,
     /// Every restart handed out.
@@ -124,7 +122,6 @@ impl Rig {
             watch,
             now,
             wall_clock,
-            pids: BTreeMap::new(),
             restarts: Vec::new(),
             restarts_total: 0,
             restarted_at: 0,
@@ -188,13 +185,11 @@ impl Rig {
     }
 
     fn start(&mut self, pid: u32, instance: &InstanceId) {
-        self.pids.insert(pid, instance.clone());
         self.input(Input::Started(found(pid, instance)));
     }
 
     fn exit(&mut self, pid: u32) {
-        let instance = self.pids.remove(&pid);
-        self.input(Input::Exited { pid, instance });
+        self.input(Input::Exited { pid });
     }
 
     /// Process `pid` gets `status` for a request of `model` on `session`, now.
@@ -217,8 +212,7 @@ impl Rig {
             model: Some(model.into()),
             user_agent: Some("claude-cli/2.1.197 (external, sdk-cli)".into()),
         };
-        let instance = self.pids.get(&pid).cloned();
-        self.input(Input::Exchange { exchange, instance });
+        self.input(Input::Exchange { exchange });
     }
 
     fn see(&mut self, pid: u32, status: u16, session: &str) {
@@ -988,20 +982,41 @@ fn observe_only_and_dry_run_detect_but_never_restart() {
 }
 
 #[test]
-fn an_instance_without_a_live_process_is_not_restarted_blindly() {
+fn traffic_of_a_process_the_core_was_not_told_of_belongs_to_no_instance() {
     let mut r = Rig::new("backoff_initial = \"2s\"");
-    // Traffic of an instance whose process discovery never reported (so no start time).
-    r.pids.insert(100, agent());
+    // Discovery never reported process 100: its 401s latch nothing and restart nothing.
     r.see(100, 200, "s0");
-    r.keep_answering(100, 401, "s0", 5 * S);
+    r.keep_answering(100, 401, "s0", 15 * S);
     assert_eq!(r.restarts_total, 0);
+    assert!(r.actions(ActionKind::Restart).is_empty());
+    assert!(r.episodes().is_empty());
+    assert!(r.watch.status(r.now).instances.is_empty());
+}
+
+#[test]
+fn an_instance_whose_latched_process_is_gone_is_not_restarted_blindly() {
+    let mut r = Rig::latched("backoff_initial = \"2s\"");
+    // Another member of the instance, which never got a 401.
+    r.start(101, &agent());
+    let instance = r.take_instance();
+    r.input(Input::RestartFinished {
+        instance,
+        result: Err(RestartFailed::new("the system manager did not answer")),
+    });
+    // The latched process goes during the quiet window; the other member is not restarted
+    // for its 401s.
+    r.exit(100);
+    r.advance(5 * S);
+    assert_eq!(r.restarts_total, 1);
     let failed = r.actions(ActionKind::Restart);
-    assert!(!failed.is_empty() && !failed[0].ok, "{failed:?}");
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(!failed[1].ok);
     assert!(
-        failed[0]
+        failed[1]
             .detail
             .as_deref()
             .is_some_and(|d| d.contains("no live process")),
+        "{failed:?}"
     );
 }
 
@@ -1297,7 +1312,6 @@ fn bg_found(pid: u32, short_id: &str) -> Found {
 
 /// A background worker, as discovery reports it (named after its short id).
 fn bg_start(r: &mut Rig, pid: u32, short_id: &str) {
-    r.pids.insert(pid, InstanceId::bg_session(short_id));
     r.input(Input::Started(bg_found(pid, short_id)));
 }
 
@@ -1386,7 +1400,6 @@ fn requests_of_the_background_daemon_are_observed_and_never_restart_anything() {
         placement: crate::instance::Placement::BgMachinery { uid: 1000 },
         ..found(90, &machinery)
     };
-    r.pids.insert(90, machinery.clone());
     r.input(Input::Started(spare));
     r.see(90, 200, "s-daemon");
     r.advance(S);
@@ -1421,23 +1434,16 @@ fn requests_of_the_background_daemon_are_observed_and_never_restart_anything() {
 }
 
 /// Every instance process that exits releases what it held (a native binary's attachment goes
-/// once its last process exits; the daemon's ledger counts), whatever discovery says about it
-/// at exit; a process the core never knew releases nothing.
+/// once its last process exits; the daemon's ledger counts): the core's own pid table says
+/// what it was; a process the core never knew releases nothing.
 #[test]
 fn an_exited_instance_process_releases_its_attachments() {
     let mut r = Rig::new("");
     r.start(41, &agent());
     r.start(42, &agent());
     r.exit(41);
-    // Discovery no longer names the instance (its pid left the table first): still released.
-    r.input(Input::Exited {
-        pid: 42,
-        instance: None,
-    });
-    r.input(Input::Exited {
-        pid: 99,
-        instance: None,
-    });
+    r.input(Input::Exited { pid: 42 });
+    r.input(Input::Exited { pid: 99 });
     assert_eq!(r.detached, vec![41, 42]);
 }
 
@@ -1617,10 +1623,7 @@ fn beyond_the_cap_new_instances_are_refused_and_a_latched_one_is_never_dropped()
         "{:?}",
         footprint(&r.watch)
     );
-    assert!(
-        r.watch.refused_pids.is_empty(),
-        "the refused process exited"
-    );
+    assert!(r.watch.procs.counts().2 == 0, "the refused process exited");
 }
 
 #[test]
@@ -1869,11 +1872,9 @@ fn processes_outside_the_scope_are_neither_watched_nor_attached() {
     let mut r = Rig::new("[daemon]\nscope = \"/bed-1\"");
     let mut outside = found(100, &agent());
     outside.info.cgroup = "0::/bed-2/system.slice/agent.service\n".into();
-    r.pids.insert(100, agent());
     r.input(Input::Started(outside));
     let mut inside = found(101, &unit("b.service"));
     inside.info.cgroup = "0::/bed-1/system.slice/b.service\n".into();
-    r.pids.insert(101, unit("b.service"));
     r.input(Input::Started(inside));
     for _ in 0..5 {
         r.advance(S);
@@ -1938,7 +1939,6 @@ fn one_user_fills_only_their_share_of_the_instance_table() {
         let id = unit(&name);
         let mut f = found(pid, &id);
         f.info.uid = uid;
-        r.pids.insert(pid, id);
         r.input(Input::Started(f));
     };
     // User 1001 starts more claude processes than their share.
@@ -1972,7 +1972,6 @@ fn an_agent_behind_a_plain_http_gateway_reads_blind_never_healthy() {
     let mut r = Rig::new("");
     let mut f = found(100, &agent());
     f.info.env.plain_http_base = Some("http://127.0.0.1:4000".into());
-    r.pids.insert(100, agent());
     r.input(Input::Started(f));
     r.advance(180 * S);
     let view = r.view("agent.service");

@@ -45,7 +45,7 @@ pub enum ConfigAction {
 fn supervision_warnings(config: &Config) -> Vec<String> {
     let mut discovery = crate::discover::Discovery::new("/proc", config.rules())
         .with_docker_socket(config.daemon.docker_socket.clone());
-    let found = discovery.scan();
+    let found = discovery.scan(&mut crate::instance::table::PidTable::default());
     warnings(config, &found)
 }
 

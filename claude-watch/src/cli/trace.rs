@@ -21,6 +21,7 @@ use crate::http::Exchange;
 use crate::http::pair::Record;
 use crate::instance::ClaudeKind;
 use crate::instance::proc;
+use crate::instance::table::{PidTable, Standing};
 use crate::time::{rfc3339_ms, wall_clock};
 use crate::watch::Input;
 use crate::watch::front::{Front, NoProcesses, Processes};
@@ -153,14 +154,17 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     // targets; execs find new claude processes.
     probes.watch_processes()?;
     // Without targets: every claude process, now and later.
+    // Without a core, the trace keeps the pid table itself.
+    let mut known = PidTable::default();
     let discovery = if explicit.is_empty() {
         let mut discovery = Discovery::new("/proc", Vec::new());
-        for found in discovery.scan() {
-            attach_found(&mut probes, &found, found.kind == ClaudeKind::Script);
+        let found = discovery.scan(&mut known);
+        for found in &found {
+            attach_found(&mut probes, found, found.kind == ClaudeKind::Script);
         }
         eprintln!(
             "claude-watch: watching for claude processes ({} running)",
-            discovery.all().count()
+            found.len()
         );
         Some(discovery)
     } else {
@@ -173,12 +177,13 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     let clock = wall_clock();
     match discovery {
-        Some(d) => runtime.block_on(trace_loop(args, probes, ring, Front::new(d, clock))),
+        Some(d) => runtime.block_on(trace_loop(args, probes, ring, Front::new(d, clock), known)),
         None => runtime.block_on(trace_loop(
             args,
             probes,
             ring,
             Front::new(NoProcesses, clock),
+            known,
         )),
     }
 }
@@ -227,10 +232,12 @@ async fn trace_loop<P: Processes>(
     probes: Probes,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     front: Front<P>,
+    known: PidTable,
 ) -> anyhow::Result<()> {
     // Shared by the record handler and the sweep timer (script instances looked at again).
     let probes = std::cell::RefCell::new(probes);
     let front = std::cell::RefCell::new(front);
+    let known = std::cell::RefCell::new(known);
     let mut stream = RecordStream::new(ring).context("polling the ring buffer")?;
     let mut names = ProcNames::default();
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -248,37 +255,47 @@ async fn trace_loop<P: Processes>(
         if !matches!(record.header.kind, kind::EXEC | kind::EXIT) {
             names.get(record.header.pid);
         }
-        front.borrow_mut().push(record, |input| match input {
-            Input::Started(found) => attach_found(
-                &mut probes.borrow_mut(),
-                &found,
-                found.kind == ClaudeKind::Script,
-            ),
-            Input::Exited { pid, .. } => {
-                names.0.remove(&pid);
-            }
-            Input::Exchange { exchange, .. } => {
-                let mut out = stdout.lock();
-                let (comm, exe) = names.get(exchange.pid);
-                let written = if args.json {
-                    let line = Line {
-                        ts: rfc3339_ms(exchange.ts_ms),
-                        comm,
-                        exe,
-                        exchange: &exchange,
-                    };
-                    serde_json::to_writer(&mut out, &line)
-                        .map_err(std::io::Error::other)
-                        .and_then(|()| writeln!(out))
-                } else {
-                    writeln!(out, "{}", human(&exchange, comm))
-                };
-                if written.is_err() {
-                    std::process::exit(0); // stdout closed (e.g. `| head`)
+        let mut inputs = Vec::new();
+        front
+            .borrow_mut()
+            .push(record, &known.borrow(), |input| inputs.push(input));
+        for input in inputs {
+            match input {
+                Input::Started(found) => {
+                    attach_found(
+                        &mut probes.borrow_mut(),
+                        &found,
+                        found.kind == ClaudeKind::Script,
+                    );
+                    known.borrow_mut().insert(found, Standing::Watched);
                 }
+                Input::Exited { pid } => {
+                    names.0.remove(&pid);
+                    known.borrow_mut().remove(pid);
+                }
+                Input::Exchange { exchange } => {
+                    let mut out = stdout.lock();
+                    let (comm, exe) = names.get(exchange.pid);
+                    let written = if args.json {
+                        let line = Line {
+                            ts: rfc3339_ms(exchange.ts_ms),
+                            comm,
+                            exe,
+                            exchange: &exchange,
+                        };
+                        serde_json::to_writer(&mut out, &line)
+                            .map_err(std::io::Error::other)
+                            .and_then(|()| writeln!(out))
+                    } else {
+                        writeln!(out, "{}", human(&exchange, comm))
+                    };
+                    if written.is_err() {
+                        std::process::exit(0); // stdout closed (e.g. `| head`)
+                    }
+                }
+                _ => {}
             }
-            _ => {}
-        });
+        }
     };
     // Requests do not wake the reader (their responses do): a timer sweeps up the rest.
     let mut sweep = tokio::time::interval(Duration::from_millis(200));
@@ -298,7 +315,7 @@ async fn trace_loop<P: Processes>(
             let due = front
                 .borrow_mut()
                 .processes_mut()
-                .due_rescans(crate::time::mono_now_ns());
+                .due_rescans(crate::time::mono_now_ns(), &known.borrow());
             for (found, last) in due {
                 attach_found(&mut probes.borrow_mut(), &found, !last);
             }

@@ -330,9 +330,7 @@ impl Daemon {
             audit_took: (Duration::ZERO, 0),
         };
         daemon.ask_fleet();
-        for found in daemon.front.processes_mut().scan() {
-            daemon.feed(Input::Started(found));
-        }
+        daemon.scan();
         daemon.settle_looks().await;
         daemon.feed(Input::Resume {
             episodes: open_episodes,
@@ -382,11 +380,12 @@ impl Daemon {
                 }
                 _ = tick.tick() => {
                     stream.drain_now(|r| self.on_record(r));
-                    let due = self.front.processes_mut().due_rescans(mono_now_ns());
+                    let known = self.watch.procs();
+                    let due = self.front.processes_mut().due_rescans(mono_now_ns(), known);
                     for (found, last) in due {
                         self.locate(found, last);
                     }
-                    for found in self.front.processes_mut().due_claims() {
+                    for found in self.front.processes_mut().due_claims(self.watch.procs()) {
                         self.feed(Input::Started(found));
                     }
                     self.rescan_after_dropped_execs();
@@ -569,7 +568,8 @@ impl Daemon {
 
     fn on_record(&mut self, record: Record<'_>) {
         let mut inputs = Vec::new();
-        self.front.push(record, |input| inputs.push(input));
+        self.front
+            .push(record, self.watch.procs(), |input| inputs.push(input));
         for input in inputs {
             self.feed(input);
         }
@@ -605,9 +605,7 @@ impl Daemon {
                 let again =
                     looked.map_or_else(Vec::new, |looked| self.front.processes_mut().learn(looked));
                 for pid in again {
-                    if let Some(input) = self.front.inspect(pid) {
-                        self.feed(input);
-                    }
+                    self.inspect(pid);
                 }
                 self.start_looks();
             }
@@ -629,6 +627,23 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Looks at process `pid` against the core's pid table, and tells the core what it is.
+    fn inspect(&mut self, pid: u32) -> bool {
+        let input = self.front.inspect(pid, self.watch.procs());
+        let started = matches!(input, Some(Input::Started(_)));
+        if let Some(input) = input {
+            self.feed(input);
+        }
+        started
+    }
+
+    /// Looks at every process on the host; returns how many claude instance processes were
+    /// found that the core did not know.
+    fn scan(&mut self) -> usize {
+        let pids = self.front.processes().pids();
+        pids.into_iter().filter(|pid| self.inspect(*pid)).count()
     }
 
     /// Hands `input` to the core now and executes what it answers.
@@ -694,9 +709,7 @@ impl Daemon {
                 self.probes.unwatch_pid(pid);
             }
             Effect::Inspect { pid } => {
-                if let Some(input) = self.front.inspect(pid) {
-                    self.feed(input);
-                }
+                self.inspect(pid);
             }
             Effect::Restart {
                 instance,
@@ -832,8 +845,8 @@ impl Daemon {
 
     /// Starts queued looks while workers are free; a process gone meanwhile is skipped.
     fn start_locates(&mut self) {
-        let processes = self.front.processes();
-        while let Some(locate) = self.locates.next(|found| processes.is_current(found)) {
+        let known = self.watch.procs();
+        while let Some(locate) = self.locates.next(|found| known.is_current(found)) {
             let tx = self.done_tx.clone();
             tokio::task::spawn_blocking(move || {
                 let result = discover::target(&locate.found);
@@ -862,7 +875,7 @@ impl Daemon {
         last: bool,
     ) {
         let pid = found.info.pid;
-        if !self.front.processes().is_current(found) {
+        if !self.watch.procs().is_current(found) {
             return;
         }
         let attached = result.and_then(|targets| {
@@ -981,14 +994,10 @@ impl Daemon {
         if !self.rescan_look.grew(dropped, false, mono_now_ns(), every) {
             return;
         }
-        let found = self.front.processes_mut().scan();
+        let found = self.scan();
         info!(
             dropped_execs = dropped,
-            found = found.len(),
-            "execs were dropped over a user's budget: every process looked at again"
+            found, "execs were dropped over a user's budget: every process looked at again"
         );
-        for found in found {
-            self.feed(Input::Started(found));
-        }
     }
 }

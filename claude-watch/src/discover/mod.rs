@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use claude_watch_core::instance::table::{PidTable, Standing};
 use claude_watch_core::schedule::rescan::Rescans;
 
 use tracing::{debug, warn};
@@ -180,7 +181,7 @@ enum Recognized {
 
 /// What files are, remembered per `FileKey`, and what each process was found to be.
 #[derive(Debug)]
-pub struct Recognizer {
+struct Recognizer {
     verdicts: Arc<Mutex<Verdicts>>,
     answers: Bounded<u32, Answer>,
     /// Run looks in place (`false`: queue them for the daemon's blocking threads).
@@ -336,16 +337,6 @@ impl Recognizer {
             self.pending.remove(&pid);
         }
         self.answers.insert(pid, answer);
-    }
-
-    /// Files whose content was read so far (cache misses).
-    pub fn reads(&self) -> u64 {
-        crate::locked(&self.verdicts).reads
-    }
-
-    /// Files whose verdict is cached.
-    pub fn cached(&self) -> usize {
-        crate::locked(&self.verdicts).map.len()
     }
 }
 
@@ -591,12 +582,28 @@ fn script_arg(cmdline: &[String]) -> Option<&str> {
     matches!(ext, None | Some("js" | "mjs" | "cjs")).then_some(script.as_str())
 }
 
-/// Known claude processes, keyed by pid.
+/// What [`Discovery::check`] made of a process.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a Found is moved on into the core's Input::Started, unboxed there too"
+)]
+pub enum Checked {
+    /// A claude instance process not in the table before (or a new process on a known pid).
+    Found(Found),
+    /// A process in the table runs something else now (it exec'd, or its pid was reused).
+    Left,
+    /// Nothing to tell the core: known already, not claude, or waiting for a look.
+    Nothing,
+}
+
+/// What a process is: the classifier over `/proc`. The claude processes already known are the
+/// core's pid table ([`PidTable`]), lent to each call; discovery keeps what files and engines
+/// said (caches) and the looks under way.
 #[derive(Debug)]
 pub struct Discovery {
     proc_root: PathBuf,
     rules: Vec<MatchRule>,
-    known: HashMap<u32, Found>,
     recognizer: Recognizer,
     docker_socket: Option<PathBuf>,
     /// What the engine said of each container asked about (not remembered when it said
@@ -639,7 +646,6 @@ impl Discovery {
         Self {
             proc_root: proc_root.into(),
             rules,
-            known: HashMap::new(),
             recognizer: Recognizer::default(),
             docker_socket: None,
             containers: Bounded::new(CONTAINERS_KEPT),
@@ -781,37 +787,80 @@ impl Discovery {
         self.rules = rules;
     }
 
-    /// Every claude instance running now that was not known yet.
-    pub fn scan(&mut self) -> Vec<Found> {
+    /// Every process running now, by pid (for a scan: each [`Self::check`]ed in turn).
+    pub fn pids(&self) -> Vec<u32> {
         let mut pids = instance::proc::pids(&self.proc_root);
         pids.sort_unstable();
-        pids.into_iter().filter_map(|pid| self.check(pid)).collect()
+        pids
     }
 
-    /// Checks one process (after an exec, or a record from an unknown pid); returns it when it
-    /// is a claude instance not known before. A known pid whose start time changed (reused) is
-    /// looked at anew.
-    pub fn check(&mut self, pid: u32) -> Option<Found> {
+    /// Every claude instance running now that is not in `known`, entered there as watched:
+    /// for `trace` and `config check`, which keep their own table (the daemon's is the
+    /// core's).
+    pub fn scan(&mut self, known: &mut PidTable) -> Vec<Found> {
+        let mut found = Vec::new();
+        for pid in self.pids() {
+            if let Checked::Found(f) = self.check(pid, known) {
+                known.insert(f.clone(), Standing::Watched);
+                found.push(f);
+            }
+        }
+        found
+    }
+
+    /// Checks one process (after an exec, or a record from an unknown pid) against `known`:
+    /// [`Checked::Found`] when it is a claude instance not known before (a known pid whose
+    /// start time or executable changed, reused or exec'd anew, is looked at anew), and
+    /// [`Checked::Left`] when a known one runs something else now.
+    pub fn check(&mut self, pid: u32, known: &PidTable) -> Checked {
         let dir = self.proc_root.join(pid.to_string());
         // Every exec on the host lands here: the executable's name and (cached) verdict first.
         let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
-        let started = instance::proc::start_time_in(&dir)?;
+        let Some(started) = instance::proc::start_time_in(&dir) else {
+            return Checked::Nothing;
+        };
         let Recognized::Known(recognized) =
             self.recognizer.process(pid, &dir, started, &exe, &cmdline)
         else {
-            return None;
+            return Checked::Nothing;
         };
-        if !self.known.contains_key(&pid) && recognized.is_none() {
-            return None;
+        let was = known.get(pid);
+        if was.is_none() && recognized.is_none() {
+            return Checked::Nothing;
         }
-        let info = instance::read_process_info(&self.proc_root, pid).ok()?;
-        if let Some(known) = self.known.get(&pid) {
-            if known.info.start_time == info.start_time && known.info.exe == info.exe {
-                return None;
-            }
-            self.known.remove(&pid);
+        let Ok(info) = instance::read_process_info(&self.proc_root, pid) else {
+            return Checked::Nothing;
+        };
+        if let Some(was) = was
+            && was.info.start_time == info.start_time
+            && was.info.exe == info.exe
+        {
+            return Checked::Nothing;
         }
-        let (kind, release, exe_id) = recognized?;
+        let left = if was.is_some() {
+            Checked::Left
+        } else {
+            Checked::Nothing
+        };
+        let Some((kind, release, exe_id)) = recognized else {
+            return left;
+        };
+        self.classify(info, kind, release, exe_id, known)
+            .map_or(left, Checked::Found)
+    }
+
+    /// Names claude process `info` from its place on the host, or `None` while a look it
+    /// needs is under way, or when it is not an instance (a helper, a tool, an unclaimed
+    /// spare).
+    fn classify(
+        &mut self,
+        info: ProcessInfo,
+        kind: ClaudeKind,
+        release: Option<String>,
+        exe_id: Option<FileId>,
+        known: &PidTable,
+    ) -> Option<Found> {
+        let pid = info.pid;
         let role = self.role(&info)?;
         let placement = match role {
             Role::Outermost => {
@@ -847,7 +896,7 @@ impl Discovery {
                 }
             },
         };
-        Some(self.found(info, kind, release, exe_id, placement))
+        Some(self.found(info, kind, release, exe_id, placement, known))
     }
 
     /// Executables judged not Claude Code (on a second exec of a file read before) since the
@@ -861,8 +910,8 @@ impl Discovery {
     /// an unclaimed spare), it joins its owner's observe-only instance `claude-bg-daemon:<uid>`
     /// (and is returned, once); anything else (a helper of an instance, not Claude Code) stays
     /// unattributed.
-    pub fn attribute(&mut self, pid: u32) -> Option<Found> {
-        if self.known.contains_key(&pid) {
+    pub fn attribute(&mut self, pid: u32, known: &PidTable) -> Option<Found> {
+        if known.get(pid).is_some() {
             return None;
         }
         let dir = self.proc_root.join(pid.to_string());
@@ -890,14 +939,14 @@ impl Discovery {
             "requests of Claude Code's background machinery: its observe-only instance"
         );
         let placement = Placement::BgMachinery { uid: info.uid };
-        Some(self.found(info, kind, release, exe_id, placement))
+        Some(self.found(info, kind, release, exe_id, placement, known))
     }
 
     /// Unclaimed background spares (see [`Self::check`]) that a session has claimed since
     /// the last look: each is an instance now. Spares that exited (or whose pid was reused)
     /// are forgotten. Called on every tick of the daemon: a claimed spare writes its session
     /// file a second or two before its first API request.
-    pub fn due_claims(&mut self) -> Vec<Found> {
+    pub fn due_claims(&mut self, known: &PidTable) -> Vec<Found> {
         let mut claimed = Vec::new();
         for spare in std::mem::take(&mut self.spares) {
             let Ok(info) = instance::read_process_info(&self.proc_root, spare.pid) else {
@@ -905,13 +954,10 @@ impl Discovery {
             };
             // A spare whose own requests made it part of the machinery's instance
             // ([`Self::attribute`]) is still a spare until a session claims it.
-            let machinery = self
-                .known
-                .get(&spare.pid)
-                .is_some_and(|f| matches!(f.placement, Placement::BgMachinery { .. }));
-            if info.start_time != spare.start_time
-                || (self.known.contains_key(&spare.pid) && !machinery)
-            {
+            let was = known.get(spare.pid);
+            let machinery =
+                was.is_some_and(|f| matches!(f.placement, Placement::BgMachinery { .. }));
+            if info.start_time != spare.start_time || (was.is_some() && !machinery) {
                 continue;
             }
             match self.session_of(&info) {
@@ -923,6 +969,7 @@ impl Discovery {
                         spare.release.clone(),
                         spare.exe_id,
                         placement,
+                        known,
                     ));
                 }
                 Some(None) | None => self.spares.push(spare),
@@ -962,7 +1009,8 @@ impl Discovery {
         })
     }
 
-    /// Names a claude instance process found at `placement`, and remembers it.
+    /// Names a claude instance process found at `placement` (who may join an instance is
+    /// judged against its members in `known`).
     fn found(
         &mut self,
         info: ProcessInfo,
@@ -970,6 +1018,7 @@ impl Discovery {
         release: Option<String>,
         exe_id: Option<FileId>,
         placement: Placement,
+        known: &PidTable,
     ) -> Found {
         let pid = info.pid;
         let mut placement = placement;
@@ -985,11 +1034,8 @@ impl Discovery {
             Placement::BgMachinery { uid } => InstanceId::bg_machinery(*uid),
             _ => instance::identify(&info, &self.rules),
         };
-        let members = self
-            .known
-            .values()
-            .filter(|f| f.instance == instance)
-            .map(|f| f.info.uid)
+        let members = known
+            .uids_of(&instance)
             .chain(self.owners.get(&instance).copied());
         let instance = if instance::may_join(&instance, info.uid, members, &self.rules) {
             if instance::self_named(&instance, &self.rules) {
@@ -1012,7 +1058,6 @@ impl Discovery {
         if found.kind == ClaudeKind::Script {
             self.rescans.push(pid, found.info.start_time, mono_now_ns());
         }
-        self.known.insert(pid, found.clone());
         found
     }
 
@@ -1052,50 +1097,28 @@ impl Discovery {
 
     /// Script instances due at `now` for another look at their mapped files (see [`target`]),
     /// when [`Rescans`] says; the last look is marked `final`.
-    pub fn due_rescans(&mut self, now: MonoNs) -> Vec<(Found, bool)> {
-        let known = &self.known;
-        let current = |pid, start| known.get(&pid).is_some_and(|f| f.info.start_time == start);
+    pub fn due_rescans(&mut self, now: MonoNs, known: &PidTable) -> Vec<(Found, bool)> {
+        let watched = |pid| known.watched(pid);
+        let current = |pid, start| watched(pid).is_some_and(|f| f.info.start_time == start);
         let due = self.rescans.due(now, current);
         due.into_iter()
-            .filter_map(|(pid, last)| Some((known.get(&pid)?.clone(), last)))
+            .filter_map(|(pid, last)| Some((watched(pid)?.clone(), last)))
             .collect()
     }
 
-    /// Forgets a process that exited; returns it if it was an instance.
-    pub fn exited(&mut self, pid: u32) -> Option<Found> {
+    /// Forgets what a look at process `pid`, which exited, was waiting for.
+    pub fn exited(&mut self, pid: u32) {
         self.spares.retain(|s| s.pid != pid);
         self.unnamed.remove(&pid);
         self.recheck_after.remove(&pid);
         self.sessions.remove(&pid);
         self.sessions_pending.remove(&pid);
-        self.known.remove(&pid)
     }
 
     /// Files whose verdict is cached, and files read so far (cache misses).
     pub fn files(&self) -> (usize, u64) {
-        (self.recognizer.cached(), self.recognizer.reads())
-    }
-
-    /// The instance process `pid` belongs to, if known.
-    pub fn get(&self, pid: u32) -> Option<&Found> {
-        self.known.get(&pid)
-    }
-
-    /// Whether `found` is still a known instance process (it has not exited, its pid not
-    /// reused).
-    pub fn is_current(&self, found: &Found) -> bool {
-        self.get(found.info.pid)
-            .is_some_and(|f| f.info.start_time == found.info.start_time)
-    }
-
-    /// All known instance processes.
-    pub fn all(&self) -> impl Iterator<Item = &Found> {
-        self.known.values()
-    }
-
-    /// What recognising files has cost so far.
-    pub fn recognizer(&self) -> &Recognizer {
-        &self.recognizer
+        let verdicts = crate::locked(&self.recognizer.verdicts);
+        (verdicts.map.len(), verdicts.reads)
     }
 }
 
@@ -1140,6 +1163,10 @@ mod tests {
     use super::*;
     use claude_watch_core::instance::version_from_path;
 
+    fn nothing(checked: Checked) -> bool {
+        matches!(checked, Checked::Nothing)
+    }
+
     #[test]
     fn versions_from_install_paths() {
         assert_eq!(
@@ -1160,8 +1187,8 @@ mod tests {
         let me = std::process::id();
         // The test binary's executable was never judged: nothing is read in place, a look is
         // queued, once however often the process is checked meanwhile.
-        assert!(discovery.check(me).is_none());
-        assert!(discovery.check(me).is_none());
+        assert!(nothing(discovery.check(me, &PidTable::default())));
+        assert!(nothing(discovery.check(me, &PidTable::default())));
         let looks = discovery.take_looks();
         assert_eq!(looks.len(), 1, "{looks:?}");
         assert_eq!(discovery.files(), (0, 0), "nothing read yet");
@@ -1173,7 +1200,7 @@ mod tests {
         assert_eq!(discovery.learn(looked), vec![me]);
         assert_eq!(discovery.files(), (1, 1), "read once, remembered");
         // Judged now: not claude, and no new look.
-        assert!(discovery.check(me).is_none());
+        assert!(nothing(discovery.check(me, &PidTable::default())));
         assert!(discovery.take_looks().is_empty());
         // Another process running the same file is judged in place from the cache.
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -1186,7 +1213,7 @@ mod tests {
             instance::proc::start_time_in(&dir).is_some(),
             "the child runs"
         );
-        assert!(discovery.check(child.id()).is_none());
+        assert!(nothing(discovery.check(child.id(), &PidTable::default())));
         assert!(
             discovery.take_looks().is_empty(),
             "answered from the verdict cache"
@@ -1285,7 +1312,14 @@ mod tests {
     fn place(discovery: &mut Discovery, info: ProcessInfo, container: &Container) -> Found {
         assert!(discovery.container_named(container, info.pid));
         let placement = Placement::Container(container.clone());
-        discovery.found(info, ClaudeKind::Native, None, None, placement)
+        discovery.found(
+            info,
+            ClaudeKind::Native,
+            None,
+            None,
+            placement,
+            &PidTable::default(),
+        )
     }
 
     fn docker() -> Container {
@@ -1380,12 +1414,66 @@ mod tests {
         }
     }
 
+    /// Process `pid` in the fake `/proc` of `scratch`, running `exe` since `start_time`.
+    fn fake_process(scratch: &Scratch, pid: u32, exe: &str, start_time: u64) {
+        let dir = scratch.0.join("proc").join(pid.to_string());
+        std::fs::create_dir_all(&dir).expect("process directory");
+        let mut stat = format!("{pid} (claude) S 1");
+        for _ in 0..17 {
+            stat.push_str(" 0");
+        }
+        std::fs::write(dir.join("stat"), format!("{stat} {start_time} 0\n")).expect("stat");
+        std::fs::write(dir.join("cgroup"), "0::/user.slice\n").expect("cgroup");
+        std::fs::write(
+            dir.join("status"),
+            "Uid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\nGroups:\n",
+        )
+        .expect("status");
+        std::fs::write(dir.join("cmdline"), format!("{exe}\0")).expect("cmdline");
+        let _ = std::fs::remove_file(dir.join("exe"));
+        std::os::unix::fs::symlink(exe, dir.join("exe")).expect("exe link");
+    }
+
+    #[test]
+    fn a_known_process_is_judged_against_the_table_lent_to_it() {
+        let scratch = Scratch::new("table");
+        let mut discovery = Discovery::new(scratch.0.join("proc"), Vec::new());
+        let mut known = PidTable::default();
+        fake_process(&scratch, 100, "/opt/nowhere/bin/claude", 7);
+        let Checked::Found(found) = discovery.check(100, &known) else {
+            panic!("a process named claude is found");
+        };
+        assert_eq!(
+            (found.instance.clone(), found.info.start_time),
+            (InstanceId::pid(100), 7)
+        );
+        // Not in the table (the core was not told, or forgot it): found again.
+        assert!(matches!(discovery.check(100, &known), Checked::Found(_)));
+        known.insert(found, Standing::Watched);
+        // In the table, unchanged: nothing to tell.
+        assert!(nothing(discovery.check(100, &known)));
+        // Its pid reused by another claude: found anew.
+        fake_process(&scratch, 100, "/opt/nowhere/bin/claude", 9);
+        let checked = discovery.check(100, &known);
+        let Checked::Found(again) = checked else {
+            panic!("a new process on a known pid is found: {checked:?}");
+        };
+        assert_eq!(again.info.start_time, 9);
+        known.insert(again, Standing::Watched);
+        // It exec'd something that is not Claude Code: it left.
+        fake_process(&scratch, 100, "/opt/nowhere/bin/sleep", 9);
+        assert!(matches!(discovery.check(100, &known), Checked::Left));
+        known.remove(100);
+        assert!(nothing(discovery.check(100, &known)));
+    }
+
     #[test]
     fn scan_of_this_machine_finds_no_test_runner() {
         // The test binary is not claude: a scan must not call it an instance.
         let mut discovery = Discovery::new("/proc", Vec::new());
         let me = std::process::id();
-        assert!(discovery.scan().iter().all(|f| f.info.pid != me));
-        assert!(discovery.check(me).is_none());
+        let found = discovery.scan(&mut PidTable::default());
+        assert!(found.iter().all(|f| f.info.pid != me));
+        assert!(nothing(discovery.check(me, &PidTable::default())));
     }
 }

@@ -2,60 +2,57 @@
 //!
 //! ```text
 //!  EXEC record ──► processes.check(pid) ─ claude? ──► Input::Started(found)
-//!  EXIT record ──► pairer.forget_pid, processes.exited(pid) ──► Input::Exited { pid, instance }
-//!  TLS record  ──► pairer.push ─ exchange? ──► unknown pid: processes.check first (Started);
-//!                                          │   an API call of background machinery:
-//!                                          │   processes.attribute (Started, observe-only)
-//!                                          └─► Input::Exchange { exchange, instance }
+//!                                        └ left? ───► Input::Exited { pid }
+//!  EXIT record ──► pairer.forget_pid, processes.exited(pid) ──► Input::Exited { pid }
+//!  TLS record  ──► pairer.push ─ exchange? ──► a pid not in the table: processes.check first
+//!                                          │   (Started); an API call of background
+//!                                          │   machinery: processes.attribute (Started)
+//!                                          └─► Input::Exchange { exchange }
 //! ```
 //!
 //! Which processes are claude instances is behind [`Processes`] (implemented by
-//! [`Discovery`], which reads `/proc`); the pairing and the dispatch here are pure.
+//! [`Discovery`], which reads `/proc`), judged against the core's pid table, lent to each
+//! call; the pairing and the dispatch here are pure.
 
 use claude_ebpf_common::kind;
 
 use super::Input;
-use crate::discover::{Discovery, Found};
+use crate::discover::{Checked, Discovery, Found};
 use crate::http::pair::{PairStats, Pairer, Record};
+use crate::instance::table::PidTable;
 use crate::time::WallClock;
 
 /// Which processes are claude instances: the front's one I/O seam.
 pub trait Processes {
-    /// Looks at process `pid` (after an exec, or a record from an unknown pid); returns it when
-    /// it is a claude instance not known before.
-    fn check(&mut self, pid: u32) -> Option<Found>;
-    /// Forgets a process that exited; returns it if it was an instance.
-    fn exited(&mut self, pid: u32) -> Option<Found>;
-    /// The instance process `pid`, if known.
-    fn get(&self, pid: u32) -> Option<&Found>;
-    /// Process `pid`, not an instance, made an API request itself: the instance it is
+    /// Looks at process `pid` (after an exec, or a record from a pid not in `known`).
+    fn check(&mut self, pid: u32, known: &PidTable) -> Checked;
+    /// Forgets what was kept for a process that exited.
+    fn exited(&mut self, pid: u32);
+    /// Process `pid`, not in `known`, made an API request itself: the instance it is
     /// attributed to when it is one of Claude Code's background machinery (see
-    /// [`Discovery::attribute`]), returned once.
-    fn attribute(&mut self, _pid: u32) -> Option<Found> {
+    /// [`Discovery::attribute`]).
+    fn attribute(&mut self, _pid: u32, _known: &PidTable) -> Option<Found> {
         None
     }
     /// Script instances due for another look at their mapped files, with whether it is the
     /// last look (see [`Discovery::due_rescans`]).
-    fn due_rescans(&mut self, _now: crate::time::MonoNs) -> Vec<(Found, bool)> {
+    fn due_rescans(&mut self, _now: crate::time::MonoNs, _known: &PidTable) -> Vec<(Found, bool)> {
         Vec::new()
     }
 }
 
 impl Processes for Discovery {
-    fn check(&mut self, pid: u32) -> Option<Found> {
-        Discovery::check(self, pid)
+    fn check(&mut self, pid: u32, known: &PidTable) -> Checked {
+        Discovery::check(self, pid, known)
     }
-    fn exited(&mut self, pid: u32) -> Option<Found> {
-        Discovery::exited(self, pid)
+    fn exited(&mut self, pid: u32) {
+        Discovery::exited(self, pid);
     }
-    fn get(&self, pid: u32) -> Option<&Found> {
-        Discovery::get(self, pid)
+    fn attribute(&mut self, pid: u32, known: &PidTable) -> Option<Found> {
+        Discovery::attribute(self, pid, known)
     }
-    fn attribute(&mut self, pid: u32) -> Option<Found> {
-        Discovery::attribute(self, pid)
-    }
-    fn due_rescans(&mut self, now: crate::time::MonoNs) -> Vec<(Found, bool)> {
-        Discovery::due_rescans(self, now)
+    fn due_rescans(&mut self, now: crate::time::MonoNs, known: &PidTable) -> Vec<(Found, bool)> {
+        Discovery::due_rescans(self, now, known)
     }
 }
 
@@ -64,14 +61,18 @@ impl Processes for Discovery {
 pub struct NoProcesses;
 
 impl Processes for NoProcesses {
-    fn check(&mut self, _pid: u32) -> Option<Found> {
-        None
+    fn check(&mut self, _pid: u32, _known: &PidTable) -> Checked {
+        Checked::Nothing
     }
-    fn exited(&mut self, _pid: u32) -> Option<Found> {
-        None
-    }
-    fn get(&self, _pid: u32) -> Option<&Found> {
-        None
+    fn exited(&mut self, _pid: u32) {}
+}
+
+/// What a check tells the core.
+fn input(pid: u32, checked: Checked) -> Option<Input> {
+    match checked {
+        Checked::Found(found) => Some(Input::Started(found)),
+        Checked::Left => Some(Input::Exited { pid }),
+        Checked::Nothing => None,
     }
 }
 
@@ -106,48 +107,44 @@ impl<P: Processes> Front<P> {
         self.pairer.stats()
     }
 
-    /// Looks at `pid` (a supervisor's new main process): [`Input::Started`] when it is a claude
-    /// instance not known before.
-    pub fn inspect(&mut self, pid: u32) -> Option<Input> {
-        self.processes.check(pid).map(Input::Started)
+    /// Looks at `pid` (a supervisor's new main process, a process a look was for) against
+    /// `known`: what it means for the core, if anything.
+    pub fn inspect(&mut self, pid: u32, known: &PidTable) -> Option<Input> {
+        input(pid, self.processes.check(pid, known))
     }
 
     /// Turns one kernel record into the inputs it means (none, one, or a process found and
-    /// then its exchange), handed to `emit` in order.
-    pub fn push(&mut self, record: Record<'_>, mut emit: impl FnMut(Input)) {
+    /// then its exchange), handed to `emit` in order; `known` is the core's pid table.
+    pub fn push(&mut self, record: Record<'_>, known: &PidTable, mut emit: impl FnMut(Input)) {
         let pid = record.header.pid;
         match record.header.kind {
             kind::EXEC => {
-                if let Some(found) = self.processes.check(pid) {
-                    emit(Input::Started(found));
+                if let Some(input) = self.inspect(pid, known) {
+                    emit(input);
                 }
             }
             kind::EXIT => {
                 self.pairer.forget_pid(pid);
-                let instance = self.processes.exited(pid).map(|f| f.instance);
-                emit(Input::Exited { pid, instance });
+                self.processes.exited(pid);
+                emit(Input::Exited { pid });
             }
             _ => {
                 let Some(exchange) = self.pairer.push(record) else {
                     return;
                 };
-                let instance = match self.processes.get(exchange.pid) {
-                    Some(found) => Some(found.instance.clone()),
-                    None => {
-                        let pid = exchange.pid;
-                        let found = self.processes.check(pid).or_else(|| {
-                            crate::detect::is_api_call(&exchange)
-                                .then(|| self.processes.attribute(pid))
-                                .flatten()
-                        });
-                        found.map(|found| {
-                            let id = found.instance.clone();
-                            emit(Input::Started(found));
-                            id
-                        })
+                let pid = exchange.pid;
+                if known.get(pid).is_none() {
+                    let found = match self.processes.check(pid, known) {
+                        Checked::Found(found) => Some(found),
+                        Checked::Left | Checked::Nothing => crate::detect::is_api_call(&exchange)
+                            .then(|| self.processes.attribute(pid, known))
+                            .flatten(),
+                    };
+                    if let Some(found) = found {
+                        emit(Input::Started(found));
                     }
-                };
-                emit(Input::Exchange { exchange, instance });
+                }
+                emit(Input::Exchange { exchange });
             }
         }
     }
@@ -160,15 +157,16 @@ mod tests {
     use claude_ebpf_common::EventHeader;
 
     use super::*;
+    use crate::instance::table::Standing;
     use crate::instance::{ClaudeKind, InstanceId, ProcessInfo};
 
-    /// Processes that become known when checked, from a fixed table.
+    /// Processes that are claude instances, from a fixed table (the front's tests keep the
+    /// core's pid table themselves: [`Rig`]).
     #[derive(Default)]
     struct Table {
         claude: HashMap<u32, InstanceId>,
         /// Background machinery, attributed when it makes API requests.
         machinery: HashMap<u32, InstanceId>,
-        known: HashMap<u32, Found>,
     }
 
     impl Table {
@@ -188,27 +186,36 @@ mod tests {
     }
 
     impl Processes for Table {
-        fn check(&mut self, pid: u32) -> Option<Found> {
-            if self.known.contains_key(&pid) {
+        fn check(&mut self, pid: u32, known: &PidTable) -> Checked {
+            match self.claude.get(&pid) {
+                Some(id) if known.get(pid).is_none() => {
+                    Checked::Found(Self::found(pid, id.clone()))
+                }
+                None if known.get(pid).is_some() => Checked::Left,
+                _ => Checked::Nothing,
+            }
+        }
+        fn attribute(&mut self, pid: u32, known: &PidTable) -> Option<Found> {
+            if known.get(pid).is_some() {
                 return None;
             }
-            let found = Self::found(pid, self.claude.get(&pid)?.clone());
-            self.known.insert(pid, found.clone());
-            Some(found)
+            Some(Self::found(pid, self.machinery.get(&pid)?.clone()))
         }
-        fn attribute(&mut self, pid: u32) -> Option<Found> {
-            if self.known.contains_key(&pid) {
-                return None;
+        fn exited(&mut self, _pid: u32) {}
+    }
+
+    /// A front and the pid table the core would keep from its inputs.
+    struct Rig {
+        front: Front<Table>,
+        known: PidTable,
+    }
+
+    impl Rig {
+        fn new(table: Table) -> Self {
+            Self {
+                front: Front::new(table, WallClock::default()),
+                known: PidTable::default(),
             }
-            let found = Self::found(pid, self.machinery.get(&pid)?.clone());
-            self.known.insert(pid, found.clone());
-            Some(found)
-        }
-        fn exited(&mut self, pid: u32) -> Option<Found> {
-            self.known.remove(&pid)
-        }
-        fn get(&self, pid: u32) -> Option<&Found> {
-            self.known.get(&pid)
         }
     }
 
@@ -227,28 +234,40 @@ mod tests {
         }
     }
 
-    fn feed(front: &mut Front<Table>, kind: u32, pid: u32, bytes: &[u8], t: u64) -> Vec<String> {
-        let mut out = Vec::new();
-        front.push(
+    fn feed(rig: &mut Rig, kind: u32, pid: u32, bytes: &[u8], t: u64) -> Vec<String> {
+        let mut inputs = Vec::new();
+        rig.front.push(
             Record {
                 header: header(kind, pid, bytes.len(), t),
                 head: bytes,
             },
-            |input| {
-                out.push(match input {
-                    Input::Started(f) => format!("started {} {}", f.info.pid, f.instance),
-                    Input::Exited { pid, instance } => format!("exited {pid} {instance:?}"),
-                    Input::Exchange { exchange, instance } => format!(
-                        "exchange {} {} {} {}",
-                        exchange.pid,
-                        exchange.status,
-                        exchange.path.as_deref().unwrap_or("-"),
-                        instance.map_or("-".into(), |i| i.name)
-                    ),
-                    other => format!("{other:?}"),
-                });
-            },
+            &rig.known,
+            |input| inputs.push(input),
         );
+        let mut out = Vec::new();
+        for input in inputs {
+            out.push(match input {
+                Input::Started(f) => {
+                    let line = format!("started {} {}", f.info.pid, f.instance);
+                    rig.known.insert(f, Standing::Watched);
+                    line
+                }
+                Input::Exited { pid } => {
+                    let was = rig.known.remove(pid).map(|(f, _)| f.instance.name);
+                    format!("exited {pid} {}", was.as_deref().unwrap_or("-"))
+                }
+                Input::Exchange { exchange } => format!(
+                    "exchange {} {} {} {}",
+                    exchange.pid,
+                    exchange.status,
+                    exchange.path.as_deref().unwrap_or("-"),
+                    rig.known
+                        .get(exchange.pid)
+                        .map_or("-", |f| f.instance.name.as_str())
+                ),
+                other => format!("{other:?}"),
+            });
+        }
         out
     }
 
@@ -260,73 +279,67 @@ mod tests {
         let mut table = Table::default();
         table.claude.insert(10, InstanceId::rule("writer"));
         table.claude.insert(11, InstanceId::rule("reviewer"));
-        let mut front = Front::new(table, WallClock::default());
+        let mut rig = Rig::new(table);
         // A non-claude exec says nothing; a claude exec is a start.
-        assert!(feed(&mut front, kind::EXEC, 99, b"", 1).is_empty());
+        assert!(feed(&mut rig, kind::EXEC, 99, b"", 1).is_empty());
         assert_eq!(
-            feed(&mut front, kind::EXEC, 10, b"", 2),
+            feed(&mut rig, kind::EXEC, 10, b"", 2),
             ["started 10 writer"]
         );
         // A request alone completes nothing; its response is an exchange of the instance.
-        assert!(feed(&mut front, kind::WRITE, 10, REQ, 3).is_empty());
+        assert!(feed(&mut rig, kind::WRITE, 10, REQ, 3).is_empty());
         assert_eq!(
-            feed(&mut front, kind::READ, 10, OK, 4),
+            feed(&mut rig, kind::READ, 10, OK, 4),
             ["exchange 10 200 /v1/messages writer"]
         );
         // A process first seen by its traffic is found, then its exchange follows.
-        feed(&mut front, kind::WRITE, 11, REQ, 5);
+        feed(&mut rig, kind::WRITE, 11, REQ, 5);
         assert_eq!(
-            feed(&mut front, kind::READ, 11, OK, 6),
+            feed(&mut rig, kind::READ, 11, OK, 6),
             [
                 "started 11 reviewer",
                 "exchange 11 200 /v1/messages reviewer"
             ]
         );
         // Traffic of a process that is not claude is still an exchange, of no instance.
-        feed(&mut front, kind::WRITE, 99, REQ, 7);
+        feed(&mut rig, kind::WRITE, 99, REQ, 7);
         assert_eq!(
-            feed(&mut front, kind::READ, 99, OK, 8),
+            feed(&mut rig, kind::READ, 99, OK, 8),
             ["exchange 99 200 /v1/messages -"]
         );
-        assert_eq!(
-            feed(&mut front, kind::EXIT, 10, b"", 9),
-            [r#"exited 10 Some(InstanceId { name: "writer", source: Rule })"#]
-        );
-        assert_eq!(
-            feed(&mut front, kind::EXIT, 99, b"", 10),
-            ["exited 99 None"]
-        );
+        assert_eq!(feed(&mut rig, kind::EXIT, 10, b"", 9), ["exited 10 writer"]);
+        assert_eq!(feed(&mut rig, kind::EXIT, 99, b"", 10), ["exited 99 -"]);
     }
 
     #[test]
     fn api_requests_of_background_machinery_go_to_its_observe_only_instance() {
         let mut table = Table::default();
         table.machinery.insert(20, InstanceId::bg_machinery(1000));
-        let mut front = Front::new(table, WallClock::default());
+        let mut rig = Rig::new(table);
         // Not an API call (an update check, say): no instance.
         feed(
-            &mut front,
+            &mut rig,
             kind::WRITE,
             20,
             b"GET /download/latest HTTP/1.1\r\n\r\n",
             1,
         );
         assert_eq!(
-            feed(&mut front, kind::READ, 20, OK, 2),
+            feed(&mut rig, kind::READ, 20, OK, 2),
             ["exchange 20 200 /download/latest -"]
         );
         // Its own API call: the machinery's instance, found once.
-        feed(&mut front, kind::WRITE, 20, REQ, 3);
+        feed(&mut rig, kind::WRITE, 20, REQ, 3);
         assert_eq!(
-            feed(&mut front, kind::READ, 20, OK, 4),
+            feed(&mut rig, kind::READ, 20, OK, 4),
             [
                 "started 20 claude-bg-daemon:1000",
                 "exchange 20 200 /v1/messages claude-bg-daemon:1000"
             ]
         );
-        feed(&mut front, kind::WRITE, 20, REQ, 5);
+        feed(&mut rig, kind::WRITE, 20, REQ, 5);
         assert_eq!(
-            feed(&mut front, kind::READ, 20, OK, 6),
+            feed(&mut rig, kind::READ, 20, OK, 6),
             ["exchange 20 200 /v1/messages claude-bg-daemon:1000"]
         );
     }
@@ -335,16 +348,37 @@ mod tests {
     fn an_exit_forgets_the_process_and_its_pending_requests() {
         let mut table = Table::default();
         table.claude.insert(10, InstanceId::rule("writer"));
-        let mut front = Front::new(table, WallClock::default());
-        feed(&mut front, kind::EXEC, 10, b"", 1);
-        feed(&mut front, kind::WRITE, 10, REQ, 2);
-        feed(&mut front, kind::EXIT, 10, b"", 3);
+        let mut rig = Rig::new(table);
+        feed(&mut rig, kind::EXEC, 10, b"", 1);
+        feed(&mut rig, kind::WRITE, 10, REQ, 2);
+        feed(&mut rig, kind::EXIT, 10, b"", 3);
         // The pid comes back as another process: it is looked at anew, and the old request is
         // not paired with the new process's answer.
         assert_eq!(
-            feed(&mut front, kind::READ, 10, OK, 4),
+            feed(&mut rig, kind::READ, 10, OK, 4),
             ["started 10 writer", "exchange 10 200 - writer"]
         );
-        assert_eq!(front.pair_stats().unpaired_responses, 1);
+        assert_eq!(rig.front.pair_stats().unpaired_responses, 1);
+    }
+
+    #[test]
+    fn an_instance_process_that_execs_something_else_leaves_the_table() {
+        let mut table = Table::default();
+        table.claude.insert(10, InstanceId::rule("writer"));
+        let mut rig = Rig::new(table);
+        assert_eq!(
+            feed(&mut rig, kind::EXEC, 10, b"", 1),
+            ["started 10 writer"]
+        );
+        // Known and unchanged: nothing to tell.
+        assert!(feed(&mut rig, kind::EXEC, 10, b"", 2).is_empty());
+        rig.front.processes_mut().claude.remove(&10);
+        assert_eq!(feed(&mut rig, kind::EXEC, 10, b"", 3), ["exited 10 writer"]);
+        // Its traffic now belongs to no instance.
+        feed(&mut rig, kind::WRITE, 10, REQ, 4);
+        assert_eq!(
+            feed(&mut rig, kind::READ, 10, OK, 5),
+            ["exchange 10 200 /v1/messages -"]
+        );
     }
 }
