@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use claude_watch::discover::{Checked, Discovery};
+use claude_watch::discover::{Checked, Discovery, Processes as _};
 use claude_watch::instance::table::PidTable;
 use claude_watch::instance::{ClaudeKind, IdSource, InstanceId, MatchRule};
 use claude_watch_tests::agents::{ClaudeAgent, FAKE_API_KEY};

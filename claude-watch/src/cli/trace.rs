@@ -15,7 +15,7 @@ use crate::capture::records::RecordStream;
 use tracing::{debug, warn};
 
 use crate::capture::{Probes, Settings, Target, Wakeup, probes::DEFAULT_RING_BYTES, targets};
-use crate::discover::{self, Discovery, Found};
+use crate::discover::{self, Discovery, Found, Processes};
 use crate::error_chain;
 use crate::http::Exchange;
 use crate::http::pair::Record;
@@ -24,7 +24,7 @@ use crate::instance::proc;
 use crate::instance::table::{PidTable, Standing};
 use crate::time::{rfc3339_ms, wall_clock};
 use crate::watch::Input;
-use crate::watch::front::{Front, NoProcesses, Processes};
+use crate::watch::front::{Front, NoProcesses};
 use clap::builder::TypedValueParser as _;
 
 /// Show every HTTP/1.x exchange of TLS clients, live.

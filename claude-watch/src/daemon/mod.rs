@@ -48,7 +48,7 @@ use crate::capture::probes::{OverBudget, OverUserBudget};
 use crate::capture::records::RecordStream;
 use crate::capture::{CaptureError, KernelStats, Probes, Settings, Target as ProbeTarget, targets};
 use crate::config::Config;
-use crate::discover::{self, Discovery, Found, Looked};
+use crate::discover::{self, Discovery, Found, Looked, Processes as _};
 use crate::error_chain;
 use crate::http::pair::Record;
 use crate::journal::{Journal, JournalOptions};

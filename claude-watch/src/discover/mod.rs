@@ -808,47 +808,6 @@ impl Discovery {
         found
     }
 
-    /// Checks one process (after an exec, or a record from an unknown pid) against `known`:
-    /// [`Checked::Found`] when it is a claude instance not known before (a known pid whose
-    /// start time or executable changed, reused or exec'd anew, is looked at anew), and
-    /// [`Checked::Left`] when a known one runs something else now.
-    pub fn check(&mut self, pid: u32, known: &PidTable) -> Checked {
-        let dir = self.proc_root.join(pid.to_string());
-        // Every exec on the host lands here: the executable's name and (cached) verdict first.
-        let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
-        let Some(started) = instance::proc::start_time_in(&dir) else {
-            return Checked::Nothing;
-        };
-        let Recognized::Known(recognized) =
-            self.recognizer.process(pid, &dir, started, &exe, &cmdline)
-        else {
-            return Checked::Nothing;
-        };
-        let was = known.get(pid);
-        if was.is_none() && recognized.is_none() {
-            return Checked::Nothing;
-        }
-        let Ok(info) = instance::read_process_info(&self.proc_root, pid) else {
-            return Checked::Nothing;
-        };
-        if let Some(was) = was
-            && was.info.start_time == info.start_time
-            && was.info.exe == info.exe
-        {
-            return Checked::Nothing;
-        }
-        let left = if was.is_some() {
-            Checked::Left
-        } else {
-            Checked::Nothing
-        };
-        let Some((kind, release, exe_id)) = recognized else {
-            return left;
-        };
-        self.classify(info, kind, release, exe_id, known)
-            .map_or(left, Checked::Found)
-    }
-
     /// Names claude process `info` from its place on the host, or `None` while a look it
     /// needs is under way, or when it is not an instance (a helper, a tool, an unclaimed
     /// spare).
@@ -903,43 +862,6 @@ impl Discovery {
     /// last take, with their owners: for the kernel's exec filter.
     pub fn take_judged_images(&mut self) -> Vec<(ImageKey, u32)> {
         std::mem::take(&mut self.recognizer.judged)
-    }
-
-    /// Process `pid`, whose own API request just arrived although [`Self::check`] found no
-    /// instance in it: when it is Claude Code's background machinery (its daemon, a pty host,
-    /// an unclaimed spare), it joins its owner's observe-only instance `claude-bg-daemon:<uid>`
-    /// (and is returned, once); anything else (a helper of an instance, not Claude Code) stays
-    /// unattributed.
-    pub fn attribute(&mut self, pid: u32, known: &PidTable) -> Option<Found> {
-        if known.get(pid).is_some() {
-            return None;
-        }
-        let dir = self.proc_root.join(pid.to_string());
-        let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
-        let started = instance::proc::start_time_in(&dir)?;
-        let Recognized::Known(Some((kind, release, exe_id))) =
-            self.recognizer.process(pid, &dir, started, &exe, &cmdline)
-        else {
-            return None;
-        };
-        let info = instance::read_process_info(&self.proc_root, pid).ok()?;
-        let role = self.role(&info)?;
-        let machinery = match role {
-            Role::BgMachinery => true,
-            // A claimed spare is a worker: `check` names it (on this exchange or the next tick).
-            Role::BgCandidate => self.session_of(&info)?.is_none(),
-            Role::Outermost | Role::Helper | Role::Tool => false,
-        };
-        if !machinery {
-            return None;
-        }
-        debug!(
-            pid,
-            uid = info.uid,
-            "requests of Claude Code's background machinery: its observe-only instance"
-        );
-        let placement = Placement::BgMachinery { uid: info.uid };
-        Some(self.found(info, kind, release, exe_id, placement, known))
     }
 
     /// Unclaimed background spares (see [`Self::check`]) that a session has claimed since
@@ -1095,19 +1017,72 @@ impl Discovery {
         }
     }
 
-    /// Script instances due at `now` for another look at their mapped files (see [`target`]),
-    /// when [`Rescans`] says; the last look is marked `final`.
-    pub fn due_rescans(&mut self, now: MonoNs, known: &PidTable) -> Vec<(Found, bool)> {
-        let watched = |pid| known.watched(pid);
-        let current = |pid, start| watched(pid).is_some_and(|f| f.info.start_time == start);
-        let due = self.rescans.due(now, current);
-        due.into_iter()
-            .filter_map(|(pid, last)| Some((watched(pid)?.clone(), last)))
-            .collect()
+    /// Files whose verdict is cached, and files read so far (cache misses).
+    pub fn files(&self) -> (usize, u64) {
+        let verdicts = crate::locked(&self.recognizer.verdicts);
+        (verdicts.map.len(), verdicts.reads)
+    }
+}
+
+/// Which processes are claude instances, judged against the pid table lent to each call: the
+/// front's one I/O seam ([`crate::watch::front`]).
+pub trait Processes {
+    /// Looks at process `pid` (after an exec, or a record from a pid not in `known`).
+    fn check(&mut self, pid: u32, known: &PidTable) -> Checked;
+    /// Forgets what was kept for a process that exited.
+    fn exited(&mut self, pid: u32);
+    /// Process `pid`, not in `known`, made an API request itself: the instance it is
+    /// attributed to when it is one of Claude Code's background machinery.
+    fn attribute(&mut self, _pid: u32, _known: &PidTable) -> Option<Found> {
+        None
+    }
+    /// Script instances due for another look at their mapped files, with whether it is the
+    /// last look.
+    fn due_rescans(&mut self, _now: MonoNs, _known: &PidTable) -> Vec<(Found, bool)> {
+        Vec::new()
+    }
+}
+
+impl Processes for Discovery {
+    /// Checks one process (after an exec, or a record from an unknown pid) against `known`:
+    /// [`Checked::Found`] when it is a claude instance not known before (a known pid whose
+    /// start time or executable changed, reused or exec'd anew, is looked at anew), and
+    /// [`Checked::Left`] when a known one runs something else now.
+    fn check(&mut self, pid: u32, known: &PidTable) -> Checked {
+        let dir = self.proc_root.join(pid.to_string());
+        // Every exec on the host lands here: the executable's name and (cached) verdict first.
+        let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
+        let Some(started) = instance::proc::start_time_in(&dir) else {
+            return Checked::Nothing;
+        };
+        let Recognized::Known(recognized) =
+            self.recognizer.process(pid, &dir, started, &exe, &cmdline)
+        else {
+            return Checked::Nothing;
+        };
+        let was = known.get(pid);
+        if was.is_none() && recognized.is_none() {
+            return Checked::Nothing;
+        }
+        let Ok(info) = instance::read_process_info(&self.proc_root, pid) else {
+            return Checked::Nothing;
+        };
+        if let Some(was) = was
+            && was.info.start_time == info.start_time
+            && was.info.exe == info.exe
+        {
+            return Checked::Nothing;
+        }
+        let left = was.map_or(Checked::Nothing, |_| Checked::Left);
+        let Some((kind, release, exe_id)) = recognized else {
+            return left;
+        };
+        self.classify(info, kind, release, exe_id, known)
+            .map_or(left, Checked::Found)
     }
 
     /// Forgets what a look at process `pid`, which exited, was waiting for.
-    pub fn exited(&mut self, pid: u32) {
+    fn exited(&mut self, pid: u32) {
         self.spares.retain(|s| s.pid != pid);
         self.unnamed.remove(&pid);
         self.recheck_after.remove(&pid);
@@ -1115,10 +1090,52 @@ impl Discovery {
         self.sessions_pending.remove(&pid);
     }
 
-    /// Files whose verdict is cached, and files read so far (cache misses).
-    pub fn files(&self) -> (usize, u64) {
-        let verdicts = crate::locked(&self.recognizer.verdicts);
-        (verdicts.map.len(), verdicts.reads)
+    /// Process `pid`, whose own API request just arrived although [`Self::check`] found no
+    /// instance in it: when it is Claude Code's background machinery (its daemon, a pty host,
+    /// an unclaimed spare), it joins its owner's observe-only instance `claude-bg-daemon:<uid>`
+    /// (and is returned, once); anything else (a helper of an instance, not Claude Code) stays
+    /// unattributed.
+    fn attribute(&mut self, pid: u32, known: &PidTable) -> Option<Found> {
+        if known.get(pid).is_some() {
+            return None;
+        }
+        let dir = self.proc_root.join(pid.to_string());
+        let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
+        let started = instance::proc::start_time_in(&dir)?;
+        let Recognized::Known(Some((kind, release, exe_id))) =
+            self.recognizer.process(pid, &dir, started, &exe, &cmdline)
+        else {
+            return None;
+        };
+        let info = instance::read_process_info(&self.proc_root, pid).ok()?;
+        let role = self.role(&info)?;
+        let machinery = match role {
+            Role::BgMachinery => true,
+            // A claimed spare is a worker: `check` names it (on this exchange or the next tick).
+            Role::BgCandidate => self.session_of(&info)?.is_none(),
+            Role::Outermost | Role::Helper | Role::Tool => false,
+        };
+        if !machinery {
+            return None;
+        }
+        debug!(
+            pid,
+            uid = info.uid,
+            "requests of Claude Code's background machinery: its observe-only instance"
+        );
+        let placement = Placement::BgMachinery { uid: info.uid };
+        Some(self.found(info, kind, release, exe_id, placement, known))
+    }
+
+    /// Script instances due at `now` for another look at their mapped files (see [`target`]),
+    /// when [`Rescans`] says; the last look is marked `final`.
+    fn due_rescans(&mut self, now: MonoNs, known: &PidTable) -> Vec<(Found, bool)> {
+        let watched = |pid| known.watched(pid);
+        let current = |pid, start| watched(pid).is_some_and(|f| f.info.start_time == start);
+        let due = self.rescans.due(now, current);
+        due.into_iter()
+            .filter_map(|(pid, last)| Some((watched(pid)?.clone(), last)))
+            .collect()
     }
 }
 

@@ -11,50 +11,16 @@
 //! ```
 //!
 //! Which processes are claude instances is behind [`Processes`] (implemented by
-//! [`Discovery`], which reads `/proc`), judged against the core's pid table, lent to each
+//! [`crate::discover::Discovery`], which reads `/proc`), judged against the core's pid table, lent to each
 //! call; the pairing and the dispatch here are pure.
 
 use claude_ebpf_common::kind;
 
 use super::Input;
-use crate::discover::{Checked, Discovery, Found};
+use crate::discover::{Checked, Processes};
 use crate::http::pair::{PairStats, Pairer, Record};
 use crate::instance::table::PidTable;
 use crate::time::WallClock;
-
-/// Which processes are claude instances: the front's one I/O seam.
-pub trait Processes {
-    /// Looks at process `pid` (after an exec, or a record from a pid not in `known`).
-    fn check(&mut self, pid: u32, known: &PidTable) -> Checked;
-    /// Forgets what was kept for a process that exited.
-    fn exited(&mut self, pid: u32);
-    /// Process `pid`, not in `known`, made an API request itself: the instance it is
-    /// attributed to when it is one of Claude Code's background machinery (see
-    /// [`Discovery::attribute`]).
-    fn attribute(&mut self, _pid: u32, _known: &PidTable) -> Option<Found> {
-        None
-    }
-    /// Script instances due for another look at their mapped files, with whether it is the
-    /// last look (see [`Discovery::due_rescans`]).
-    fn due_rescans(&mut self, _now: crate::time::MonoNs, _known: &PidTable) -> Vec<(Found, bool)> {
-        Vec::new()
-    }
-}
-
-impl Processes for Discovery {
-    fn check(&mut self, pid: u32, known: &PidTable) -> Checked {
-        Discovery::check(self, pid, known)
-    }
-    fn exited(&mut self, pid: u32) {
-        Discovery::exited(self, pid);
-    }
-    fn attribute(&mut self, pid: u32, known: &PidTable) -> Option<Found> {
-        Discovery::attribute(self, pid, known)
-    }
-    fn due_rescans(&mut self, now: crate::time::MonoNs, known: &PidTable) -> Vec<(Found, bool)> {
-        Discovery::due_rescans(self, now, known)
-    }
-}
 
 /// No discovery: every process is unknown (`trace --pid` / `--binary`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -157,6 +123,7 @@ mod tests {
     use claude_ebpf_common::EventHeader;
 
     use super::*;
+    use crate::discover::Found;
     use crate::instance::table::Standing;
     use crate::instance::{ClaudeKind, InstanceId, ProcessInfo};
 
