@@ -391,27 +391,30 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32, reading: *mut 
         let reader = unsafe { &mut *reading };
         // Armed in the reading thread's own slot: this thread held the connection's body mark
         // and wrote its next request (see the write side below), and nothing else happened
-        // on the connection's read side since (its slot still names this thread).
+        // on the connection's read side since (its slot still names this thread). The arming
+        // moves to the connection's slot here, so that a read marking the body in the thread's
+        // slot alone (above) finds the connection's slot as the request left it.
         let armed_here = reader.armed == ssl && state & conn::BODY != 0 && held >> 32 == tid;
-        // What stays armed while the response head is not complete.
-        let keep = if armed_here {
-            held & !conn::NEXT
-        } else {
-            state & conn::ARMED
-        };
+        if reader.armed == ssl {
+            reader.armed = 0;
+        }
+        let armed = armed_here || state & conn::ARMED != 0;
         let next = if len < SHORT_HEAD {
             // The status line or headers may be split: forward the next read too.
-            keep | conn::NEXT
-        } else if (armed_here || state & conn::ARMED != 0) && !interim {
+            if armed {
+                conn::ARMED | conn::NEXT
+            } else {
+                conn::NEXT
+            }
+        } else if armed && !interim {
             // The response head to a request seen written: the connection's next reads on
             // this thread are its body, skipped at their entry.
             reader.body = ssl;
-            if reader.armed == ssl {
-                reader.armed = 0;
-            }
             (tid << 32) | conn::BODY
+        } else if armed {
+            conn::ARMED
         } else {
-            keep
+            0
         };
         if next != held {
             // Another thread's body mark (this one's reads of a connection it marked never
