@@ -179,6 +179,11 @@ pub struct ReadArgs {
     /// (0: none). Set by the read of a response head, cleared by the next request written on
     /// that connection.
     pub body: u64,
+    /// The `SSL *` of the connection whose body mark this thread gave up by writing its next
+    /// request there (0: none): the connection's read side is armed here, in the thread's own
+    /// slot, instead of in the connection's, while the connection's slot still names this
+    /// thread as the holder of its mark (see the kernel's `capture`).
+    pub armed: u64,
 }
 
 /// Key of the continuation map: one direction of one TLS connection of one process.

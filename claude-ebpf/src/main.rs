@@ -64,7 +64,10 @@ mod conn {
     /// their entry by the one lookup the entry makes anyway (a streamed answer is many
     /// reads); the thread's id is kept above these bits, so that the next request, written on
     /// any thread, clears the mark. Set only after a request was seen: a connection whose
-    /// writes are not seen is looked at on every read.
+    /// writes are not seen is looked at on every read. The holder's next request, written on
+    /// its own thread, leaves these bits as they are and arms the connection's read side in
+    /// the thread's slot instead ([`claude_ebpf_common::ReadArgs::armed`]): one lookup where
+    /// two were.
     pub const BODY: u64 = 4;
     /// The bits; the holder of the body mark is above them.
     pub const BITS: u64 = 0xffff_ffff;
@@ -156,6 +159,7 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
             buf,
             num as u32,
             kind::WRITE,
+            core::ptr::null_mut(),
         );
     }
     0
@@ -174,6 +178,7 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
             buf,
             num.min(u64::from(u32::MAX)) as u32,
             kind::WRITE,
+            core::ptr::null_mut(),
         );
     }
     0
@@ -222,6 +227,7 @@ fn remember_read(ctx: &ProbeContext, readbytes: u64) {
                     buf,
                     readbytes,
                     body: 0,
+                    armed: 0,
                 };
                 let _ = READ_ARGS.insert(&pid_tgid, &args, 0);
             }
@@ -233,10 +239,10 @@ fn remember_read(ctx: &ProbeContext, readbytes: u64) {
 #[uretprobe]
 pub fn ssl_read_return(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(args) = take_read(pid_tgid) {
+    if let Some((args, slot)) = take_read(pid_tgid) {
         let ret: i32 = ctx.ret();
         if ret > 0 {
-            capture(pid_tgid, args.ssl, args.buf, ret as u32, kind::READ);
+            capture(pid_tgid, args.ssl, args.buf, ret as u32, kind::READ, slot);
         }
     }
     0
@@ -246,7 +252,7 @@ pub fn ssl_read_return(ctx: RetProbeContext) -> u32 {
 #[uretprobe]
 pub fn ssl_read_ex_return(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(args) = take_read(pid_tgid) {
+    if let Some((args, slot)) = take_read(pid_tgid) {
         let ret: i32 = ctx.ret();
         if ret == 1 {
             // SAFETY: reads user memory through the helper, which checks the access.
@@ -258,6 +264,7 @@ pub fn ssl_read_ex_return(ctx: RetProbeContext) -> u32 {
                     args.buf,
                     read.min(u64::from(u32::MAX)) as u32,
                     kind::READ,
+                    slot,
                 );
             }
         }
@@ -265,21 +272,22 @@ pub fn ssl_read_ex_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// The arguments of the read returning on thread `pid_tgid`, and its slot marked empty (`buf`
+/// The arguments of the read returning on thread `pid_tgid`, and its slot, marked empty (`buf`
 /// 0) rather than deleted: the thread's next read reuses it, and the slot goes when the thread
 /// exits ([`sched_process_exit`]) or, idle, to the LRU. An empty slot is a read its entry
-/// skipped (a response body); a missing one, an orphan.
+/// skipped (a response body); a missing one, an orphan. The slot is handed on, so that a
+/// response head marks the thread's body without asking the map again.
 #[inline(always)]
-fn take_read(pid_tgid: u64) -> Option<ReadArgs> {
+fn take_read(pid_tgid: u64) -> Option<(ReadArgs, *mut ReadArgs)> {
     let Some(slot) = READ_ARGS.get_ptr_mut(&pid_tgid) else {
         bump(stats::ORPHAN_RETURNS);
         return None;
     };
     // SAFETY: the calling thread's own slot; no other program writes it meanwhile.
-    let slot = unsafe { &mut *slot };
-    let args = *slot;
-    slot.buf = 0;
-    (args.buf != 0).then_some(args)
+    let args = unsafe { *slot };
+    // SAFETY: as above.
+    unsafe { (*slot).buf = 0 };
+    (args.buf != 0).then_some((args, slot))
 }
 
 /// Methods whose first four bytes open a request line.
@@ -298,9 +306,11 @@ enum Start {
 
 /// Looks at a buffer of `len` bytes that thread `pid_tgid` wrote or read (`dir`) on connection
 /// `ssl`, and sends it on when it begins (or continues) an HTTP head. Each helper is called
-/// once per run: the thread's ids, the uid and the clock are passed on, not asked again.
+/// once per run: the thread's ids, the uid and the clock are passed on, not asked again. A
+/// read passes its thread's slot of [`READ_ARGS`] (`reading`, which its return took; null for a
+/// write).
 #[inline(always)]
-fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
+fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32, reading: *mut ReadArgs) {
     // Sixteen bytes hold a method, or a status line's version and code.
     let mut prefix = [0u8; 16];
     let n = if len >= 16 {
@@ -344,7 +354,22 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
     // A connection's slot this buffer creates, once the buffer is within its budgets: a
     // process over them creates no state either.
     let mut create = None;
-    if dir == kind::READ {
+    // SAFETY: for a read, the calling thread's own slot, which its return took; other
+    // programs only clear `body` and `armed`.
+    let reader = unsafe { reading.as_mut() };
+    if let Some(reader) = reader.filter(|reader| {
+        // The response head to the request this thread wrote on a connection whose body mark
+        // it held (see [`rearm_here`]): marked here, in the one slot, without asking the
+        // connection's (the steady state of a client reading and writing a connection on one
+        // thread). A head in pieces, or an interim answer, takes the connection's slot below.
+        reader.armed == ssl
+            && start == Start::Head
+            && len >= SHORT_HEAD
+            && !(n >= 12 && prefix[9] == b'1')
+    }) {
+        reader.body = ssl;
+        reader.armed = 0;
+    } else if dir == kind::READ {
         // The read side's slot is asked on every read that got here, head or not: what it
         // says and what this read is make the connection's next state.
         let slot = CONT.get_ptr_mut(&key);
@@ -360,13 +385,36 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
         }
         // An interim answer (1xx) is followed by the final one, with no request between.
         let interim = start == Start::Head && n >= 12 && prefix[9] == b'1';
+        let tid = pid_tgid & 0xffff_ffff;
+        // SAFETY: the calling thread's own slot, which its return took; other programs only
+        // clear `body` and `armed`.
+        let reader = unsafe { &mut *reading };
+        // Armed in the reading thread's own slot: this thread held the connection's body mark
+        // and wrote its next request (see the write side below), and nothing else happened
+        // on the connection's read side since (its slot still names this thread). The arming
+        // moves to the connection's slot here, so that a read marking the body in the thread's
+        // slot alone (above) finds the connection's slot as the request left it.
+        let armed_here = reader.armed == ssl && state & conn::BODY != 0 && held >> 32 == tid;
+        if reader.armed == ssl {
+            reader.armed = 0;
+        }
+        let armed = armed_here || state & conn::ARMED != 0;
         let next = if len < SHORT_HEAD {
             // The status line or headers may be split: forward the next read too.
-            (state & conn::ARMED) | conn::NEXT
-        } else if state & conn::ARMED != 0 && !interim {
-            mark_body(pid_tgid, ssl)
+            if armed {
+                conn::ARMED | conn::NEXT
+            } else {
+                conn::NEXT
+            }
+        } else if armed && !interim {
+            // The response head to a request seen written: the connection's next reads on
+            // this thread are its body, skipped at their entry.
+            reader.body = ssl;
+            (tid << 32) | conn::BODY
+        } else if armed {
+            conn::ARMED
         } else {
-            state & conn::ARMED
+            0
         };
         if next != held {
             // Another thread's body mark (this one's reads of a connection it marked never
@@ -380,22 +428,24 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
         }
     } else if start == Start::Head {
         // A request: its connection's reads are looked at again, its next response head is
-        // looked for, and what follows that head is its body. The writing thread's own mark
-        // goes first, so that a client reading and writing a connection on one thread (Claude
-        // Code, node, Bun) never depends on the connection's slot, which others can evict.
-        clear_body(pid_tgid, ssl);
-        let read = ConnKey {
-            direction: kind::READ,
-            ..key
-        };
-        match CONT.get_ptr_mut(&read) {
-            Some(slot) => {
-                // SAFETY: a live map value.
-                let slot = unsafe { &mut *slot };
-                release_body(pid_tgid, *slot, ssl);
-                *slot = conn::ARMED;
+        // looked for, and what follows that head is its body. The writing thread's own slot
+        // is asked first, so that a client reading and writing a connection on one thread
+        // (Claude Code, node, Bun) never depends on the connection's slot, which others can
+        // evict, for its own mark to go.
+        if !rearm_here(pid_tgid, ssl) {
+            let read = ConnKey {
+                direction: kind::READ,
+                ..key
+            };
+            match CONT.get_ptr_mut(&read) {
+                Some(slot) => {
+                    // SAFETY: a live map value.
+                    let slot = unsafe { &mut *slot };
+                    release_body(pid_tgid, *slot, ssl);
+                    *slot = conn::ARMED;
+                }
+                None => create = Some((read, conn::ARMED)),
             }
-            None => create = Some((read, conn::ARMED)),
         }
     } else {
         // Taken in place (set to 0), not deleted: the connection's slot is reused.
@@ -457,19 +507,26 @@ fn capture(pid_tgid: u64, ssl: u64, buf: u64, len: u32, dir: u32) {
     emit(header, buf, urgent, limit);
 }
 
-/// Marks the reads of connection `ssl` on thread `pid_tgid` as a response body, in the
-/// thread's slot of [`READ_ARGS`] (which its current read holds); the connection's read-side
-/// state to keep ([`conn::BODY`] and the thread's id).
+/// A request head written by thread `pid_tgid` on connection `ssl`, seen from the thread's own
+/// slot of [`READ_ARGS`]: when the thread holds the connection's body mark, the mark goes and
+/// the connection's read side is armed in the slot ([`ReadArgs::armed`]), in the one lookup,
+/// and `true`: no other thread can hold a mark on the connection (a thread marks its reads
+/// only by releasing the mark its connection's slot names), so its slot need not be asked.
+/// Otherwise `false` (the thread holds no mark on the connection): the caller arms the
+/// connection's slot, and releases the mark another thread holds there.
 #[inline(always)]
-fn mark_body(pid_tgid: u64, ssl: u64) -> u64 {
-    match READ_ARGS.get_ptr_mut(&pid_tgid) {
-        Some(slot) => {
-            // SAFETY: the calling thread's own slot.
-            unsafe { (*slot).body = ssl };
-            ((pid_tgid & 0xffff_ffff) << 32) | conn::BODY
-        }
-        // No slot to mark: the connection's reads are looked at as before.
-        None => 0,
+fn rearm_here(pid_tgid: u64, ssl: u64) -> bool {
+    let Some(slot) = READ_ARGS.get_ptr_mut(&pid_tgid) else {
+        return false;
+    };
+    // SAFETY: the calling thread's own slot; other programs only clear `body`.
+    let slot = unsafe { &mut *slot };
+    if slot.body == ssl {
+        slot.body = 0;
+        slot.armed = ssl;
+        true
+    } else {
+        false
     }
 }
 
@@ -485,15 +542,20 @@ fn release_body(pid_tgid: u64, held: u64, ssl: u64) {
     }
 }
 
-/// Clears thread `thread`'s body mark (its pid_tgid) when it names connection `ssl`: a
-/// request was written on it, and its next reads are looked at again.
+/// Clears thread `thread`'s body mark (its pid_tgid) when it names connection `ssl`, and its
+/// arming of the connection ([`ReadArgs::armed`]): a request was written on it, and its next
+/// reads are looked at again.
 #[inline(always)]
 fn clear_body(thread: u64, ssl: u64) {
     if let Some(slot) = READ_ARGS.get_ptr_mut(&thread) {
-        // SAFETY: a live map value; only the mark is written, and only to clear it.
+        // SAFETY: a live map value; only the mark and the arming are written, and only to
+        // clear them.
         let slot = unsafe { &mut *slot };
         if slot.body == ssl {
             slot.body = 0;
+        }
+        if slot.armed == ssl {
+            slot.armed = 0;
         }
     }
 }

@@ -47,8 +47,8 @@ fn pending_reads_of(trace_pid: u32, tgid: u32) -> usize {
         .expect("the trace holds a READ_ARGS map");
     let data = MapData::from_id(info.id()).expect("open READ_ARGS by id");
     let map = Map::LruHashMap(data);
-    // Key: pid_tgid; value: `ReadArgs` (four u64s).
-    let reads: HashMap<_, u64, [u64; 4]> =
+    // Key: pid_tgid; value: `ReadArgs` (five u64s).
+    let reads: HashMap<_, u64, [u64; 5]> =
         HashMap::try_from(&map).expect("READ_ARGS is a hash map of u64 to ReadArgs");
     reads
         .keys()
