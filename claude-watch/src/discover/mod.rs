@@ -170,11 +170,15 @@ struct Answer {
     image: Option<(ImageKey, u32)>,
 }
 
+/// How a process runs Claude Code, which release when the file says, and the executable
+/// judged (native).
+type Claude = (ClaudeKind, Option<String>, Option<FileId>);
+
 /// Whether a process runs Claude Code: known, or waiting for a look.
 #[derive(Debug)]
 enum Recognized {
     /// How, which release when the file says, and the executable judged (native).
-    Known(Option<(ClaudeKind, Option<String>, Option<FileId>)>),
+    Known(Option<Claude>),
     /// A look is queued (or running) for the process.
     Pending,
 }
@@ -591,7 +595,9 @@ fn script_arg(cmdline: &[String]) -> Option<&str> {
 pub enum Checked {
     /// A claude instance process not in the table before (or a new process on a known pid).
     Found(Found),
-    /// A process in the table runs something else now (it exec'd, or its pid was reused).
+    /// A process in the table is not that process any more (it exec'd, or its pid was
+    /// reused), and its pid is no claude instance now, or not yet (a look it needs is under
+    /// way: it is found once the look is in).
     Left,
     /// Nothing to tell the core: known already, not claude, or waiting for a look.
     Nothing,
@@ -1017,6 +1023,19 @@ impl Discovery {
         }
     }
 
+    /// Whether process `pid` runs Claude Code, from its executable's name and the (cached)
+    /// verdict on its file: how, which release, and the executable judged; `Some(None)` when it
+    /// does not, `None` when it is gone or a look at its file is under way.
+    fn recognize(&mut self, pid: u32) -> Option<Option<Claude>> {
+        let dir = self.proc_root.join(pid.to_string());
+        let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
+        let started = instance::proc::start_time_in(&dir)?;
+        match self.recognizer.process(pid, &dir, started, &exe, &cmdline) {
+            Recognized::Known(recognized) => Some(recognized),
+            Recognized::Pending => None,
+        }
+    }
+
     /// Files whose verdict is cached, and files read so far (cache misses).
     pub fn files(&self) -> (usize, u64) {
         let verdicts = crate::locked(&self.recognizer.verdicts);
@@ -1049,15 +1068,8 @@ impl Processes for Discovery {
     /// start time or executable changed, reused or exec'd anew, is looked at anew), and
     /// [`Checked::Left`] when a known one runs something else now.
     fn check(&mut self, pid: u32, known: &PidTable) -> Checked {
-        let dir = self.proc_root.join(pid.to_string());
         // Every exec on the host lands here: the executable's name and (cached) verdict first.
-        let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
-        let Some(started) = instance::proc::start_time_in(&dir) else {
-            return Checked::Nothing;
-        };
-        let Recognized::Known(recognized) =
-            self.recognizer.process(pid, &dir, started, &exe, &cmdline)
-        else {
+        let Some(recognized) = self.recognize(pid) else {
             return Checked::Nothing;
         };
         let was = known.get(pid);
@@ -1099,14 +1111,7 @@ impl Processes for Discovery {
         if known.get(pid).is_some() {
             return None;
         }
-        let dir = self.proc_root.join(pid.to_string());
-        let (exe, cmdline) = instance::proc::read_exe_and_cmdline(&dir);
-        let started = instance::proc::start_time_in(&dir)?;
-        let Recognized::Known(Some((kind, release, exe_id))) =
-            self.recognizer.process(pid, &dir, started, &exe, &cmdline)
-        else {
-            return None;
-        };
+        let (kind, release, exe_id) = self.recognize(pid)??;
         let info = instance::read_process_info(&self.proc_root, pid).ok()?;
         let role = self.role(&info)?;
         let machinery = match role {

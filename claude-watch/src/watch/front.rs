@@ -11,8 +11,8 @@
 //! ```
 //!
 //! Which processes are claude instances is behind [`Processes`] (implemented by
-//! [`crate::discover::Discovery`], which reads `/proc`), judged against the core's pid table, lent to each
-//! call; the pairing and the dispatch here are pure.
+//! [`crate::discover::Discovery`], which reads `/proc`), judged against the core's pid table,
+//! lent to each call; the pairing and the dispatch here are pure.
 
 use claude_ebpf_common::kind;
 
