@@ -560,13 +560,19 @@ impl Instance {
     }
 
     fn close(&mut self, end: EpisodeEnd, ended_ms: Option<u64>, out: &mut Vec<Event>) {
-        if let Some(mut ep) = self.window.take() {
+        out.extend(self.closed(end, ended_ms).map(Event::EpisodeClosed));
+    }
+
+    /// Ends the open episode as `end`, and returns it closed.
+    fn closed(&mut self, end: EpisodeEnd, ended_ms: Option<u64>) -> Option<Episode> {
+        let episode = self.window.take().map(|mut ep| {
             ep.end = end;
             ep.ended_ms = ended_ms;
-            out.push(Event::EpisodeClosed(*ep));
-        }
+            *ep
+        });
         self.last_restart_ns = None;
         self.orphaned = None;
+        episode
     }
 }
 
@@ -965,18 +971,17 @@ impl Instance {
     }
 
     /// A restart of it began (the recovery machine's, its boundary `now` from then on, or one
-    /// by something else): the open episode counts it. Ignored unless latched.
-    pub fn restart_started(&mut self, now: MonoNs) -> Vec<Event> {
-        let mut out = Vec::new();
-        if self.state == State::Latched {
-            self.last_restart_ns = Some(now);
-            self.orphaned = None;
-            if let Some(w) = self.window.as_mut() {
-                w.restarts += 1;
-                out.push(Event::EpisodeUpdated((**w).clone()));
-            }
+    /// by something else): the open episode counts it, and is returned so. Ignored unless
+    /// latched. Nothing but the episode changes, so nothing but the episode is said.
+    pub fn restart_started(&mut self, now: MonoNs) -> Option<Episode> {
+        if self.state != State::Latched {
+            return None;
         }
-        out
+        self.last_restart_ns = Some(now);
+        self.orphaned = None;
+        let w = self.window.as_mut()?;
+        w.restarts += 1;
+        Some((**w).clone())
     }
 
     /// Its process `pid` started (exec seen, or the supervisor reported a new main PID).
@@ -998,7 +1003,7 @@ impl Instance {
             // the episode goes on, this restart counts, and the new process's own answer
             // decides, as after a restart of ours.
             tracing::info!(instance = %self.id, old_pid, pid, "restarted by something else");
-            out = self.restart_started(now);
+            out.extend(self.restart_started(now).map(Event::EpisodeUpdated));
             out.push(Event::RestartedElsewhere {
                 instance: self.id.clone(),
                 old_pid,
@@ -1066,19 +1071,20 @@ impl Instance {
     /// records when ([`Episode::escalated_ms`]) and stays open; when it `gave_up` the episode
     /// closes as [`EpisodeEnd::Escalated`] (its 401s open no window from then on, see
     /// [`Recovery::gave_up`]).
-    pub fn escalated(&mut self, rules: &Rules, now: MonoNs, gave_up: bool) -> Vec<Event> {
-        let mut out = Vec::new();
+    /// The episode is returned as it now stands (closed when it gave up); nothing else changes
+    /// that anyone is told of.
+    pub fn escalated(&mut self, rules: &Rules, now: MonoNs, gave_up: bool) -> Option<Episode> {
         if gave_up {
-            if self.state == State::Latched {
-                self.close(EpisodeEnd::Escalated, rules.wall_ms(now), &mut out);
-            }
+            let closed = (self.state == State::Latched)
+                .then(|| self.closed(EpisodeEnd::Escalated, rules.wall_ms(now)))
+                .flatten();
             self.window = None;
             self.state = State::Healthy;
-        } else if let Some(w) = self.window.as_mut() {
-            w.escalated_ms = w.escalated_ms.or(rules.wall_ms(now));
-            out.push(Event::EpisodeUpdated((**w).clone()));
+            return closed;
         }
-        out
+        let w = self.window.as_mut()?;
+        w.escalated_ms = w.escalated_ms.or(rules.wall_ms(now));
+        Some((**w).clone())
     }
 }
 
@@ -1150,7 +1156,8 @@ impl Detector {
     /// boundary is `now`.
     pub fn restart_started(&mut self, instance: &InstanceId, now: MonoNs) -> Vec<Event> {
         self.boundaries.insert(instance.clone(), now);
-        self.inst(instance).0.restart_started(now)
+        let episode = self.inst(instance).0.restart_started(now);
+        episode.map(Event::EpisodeUpdated).into_iter().collect()
     }
 
     /// See [`Instance::process_started`].

@@ -716,8 +716,10 @@ impl Detector {
         let rules = &self.rules;
         self.instances
             .get_mut(instance)
-            .map(|i| i.escalated(rules, now, false))
-            .unwrap_or_default()
+            .and_then(|i| i.escalated(rules, now, false))
+            .map(Event::EpisodeUpdated)
+            .into_iter()
+            .collect()
     }
 
     /// Restarts gave up (see [`Instance::escalated`]).
@@ -725,5 +727,8 @@ impl Detector {
         self.boundaries.remove(instance);
         let (inst, rules, _) = self.inst(instance);
         inst.escalated(rules, now, true)
+            .map(Event::EpisodeClosed)
+            .into_iter()
+            .collect()
     }
 }

@@ -1040,24 +1040,7 @@ impl Watch {
                     );
                     self.save(out);
                 }
-                Event::EpisodeClosed(episode) => {
-                    if matches!(
-                        episode.end,
-                        EpisodeEnd::SelfRecovered | EpisodeEnd::RecoveredAfterRestart
-                    ) {
-                        let at = self.wall_ms(now);
-                        if let Some(r) = self
-                            .records
-                            .iter_mut()
-                            .find(|(i, _)| i.name == episode.instance)
-                            .map(|(_, r)| r)
-                        {
-                            r.recoveries.last = Some((at, episode.end));
-                        }
-                    }
-                    info!(instance = %episode.instance, episode = %episode.id, end = %episode.end, duration_ms = episode.duration_ms(), restarts = episode.restarts, "episode closed");
-                    self.journal_episode(episode, now, out);
-                }
+                Event::EpisodeClosed(episode) => self.episode_closed(episode, now, out),
                 Event::ModelThrottled {
                     instance, model, ..
                 } => {
@@ -1075,6 +1058,43 @@ impl Watch {
                     instance, model, ..
                 } => info!(instance = %instance, model, "throttle cleared"),
             }
+        }
+    }
+
+    /// `episode` closed: logged and journalled, and a recovery remembered for status.
+    fn episode_closed(&mut self, episode: Episode, now: MonoNs, out: &mut Vec<Effect>) {
+        if matches!(
+            episode.end,
+            EpisodeEnd::SelfRecovered | EpisodeEnd::RecoveredAfterRestart
+        ) {
+            let at = self.wall_ms(now);
+            if let Some(r) = self
+                .records
+                .iter_mut()
+                .find(|(i, _)| i.name == episode.instance)
+                .map(|(_, r)| r)
+            {
+                r.recoveries.last = Some((at, episode.end));
+            }
+        }
+        info!(instance = %episode.instance, episode = %episode.id, end = %episode.end, duration_ms = episode.duration_ms(), restarts = episode.restarts, "episode closed");
+        self.journal_episode(episode, now, out);
+    }
+
+    /// `id`'s open episode records its escalation, or closes as escalated when restarts
+    /// `gave_up`: journalled. Only the episode changes, so no policy is asked.
+    fn episode_escalated(
+        &mut self,
+        id: &InstanceId,
+        gave_up: bool,
+        now: MonoNs,
+        out: &mut Vec<Effect>,
+    ) {
+        let record = Record::of(&mut self.records, id);
+        match record.detection.escalated(&self.rules, now, gave_up) {
+            Some(episode) if gave_up => self.episode_closed(episode, now, out),
+            Some(episode) => self.journal_episode(episode, now, out),
+            None => {}
         }
     }
 
@@ -1224,7 +1244,9 @@ impl Watch {
             return;
         };
         info!(instance = %id, pid = target.pid, unit = target.unit.as_deref().unwrap_or("-"), supervisor = supervisor.kind(), "restarting latched instance");
-        self.detect(id, now, out, |d, _, _| d.restart_started(now));
+        if let Some(episode) = self.record(id).detection.restart_started(now) {
+            self.journal_episode(episode, now, out);
+        }
         self.save(out);
         out.push(Effect::Restart {
             instance: id.clone(),
@@ -1358,7 +1380,7 @@ impl Watch {
         );
         // The process that latched, taken before a give-up closes its episode.
         let latched = self.target(id);
-        self.detect(id, now, out, |d, rules, _| d.escalated(rules, now, gave_up));
+        self.episode_escalated(id, gave_up, now, out);
         self.run_hook(id, latched, reason, vec![id.name.clone()], out);
     }
 
@@ -1619,7 +1641,7 @@ impl Watch {
             out,
         );
         for m in members {
-            self.detect(m, now, out, |d, rules, _| d.escalated(rules, now, gave_up));
+            self.episode_escalated(m, gave_up, now, out);
         }
         let latched = self.target(canary);
         self.run_hook(canary, latched, reason, names, out);
