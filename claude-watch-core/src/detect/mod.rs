@@ -565,14 +565,11 @@ impl Instance {
 
     /// Ends the open episode as `end`, and returns it closed.
     fn closed(&mut self, end: EpisodeEnd, ended_ms: Option<u64>) -> Option<Episode> {
-        let episode = self.window.take().map(|mut ep| {
-            ep.end = end;
-            ep.ended_ms = ended_ms;
-            *ep
-        });
         self.last_restart_ns = None;
         self.orphaned = None;
-        episode
+        let mut episode = *self.window.take()?;
+        (episode.end, episode.ended_ms) = (end, ended_ms);
+        Some(episode)
     }
 }
 
@@ -1070,9 +1067,7 @@ impl Instance {
     /// The recovery machine escalated it. As a notice (restarts go on) the open episode
     /// records when ([`Episode::escalated_ms`]) and stays open; when it `gave_up` the episode
     /// closes as [`EpisodeEnd::Escalated`] (its 401s open no window from then on, see
-    /// [`Recovery::gave_up`]).
-    /// The episode is returned as it now stands (closed when it gave up); nothing else changes
-    /// that anyone is told of.
+    /// [`Recovery::gave_up`]). The episode is returned as it now stands.
     pub fn escalated(&mut self, rules: &Rules, now: MonoNs, gave_up: bool) -> Option<Episode> {
         if gave_up {
             let closed = (self.state == State::Latched)

@@ -42,7 +42,7 @@ pub use crate::{coverage, fleet, policy};
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -285,6 +285,9 @@ pub struct Watch {
     wall_clock: WallClock,
     /// Every instance the core keeps state for (at most [`MAX_INSTANCES`]), one record each.
     records: BTreeMap<InstanceId, Record>,
+    /// The records without a live process, longest idle first (each one's `idle_since`): who
+    /// makes room at the cap, and who is forgotten, without sorting every record.
+    idle: BTreeSet<(MonoNs, InstanceId)>,
     /// The pid table: the claude processes discovery found, by pid (each watched one in its
     /// instance's record's pids; those outside the scope or refused at the cap, ignored).
     procs: PidTable,
@@ -343,6 +346,7 @@ impl Watch {
             host: config.fleet.host.clone(),
         };
         // Instances of the saved state have no process yet: forgotten in time unless one comes.
+        let idle = saved.keys().map(|id| (now, id.clone())).collect();
         let records = saved
             .into_iter()
             .map(|(id, recovery)| {
@@ -367,6 +371,7 @@ impl Watch {
             engine,
             wall_clock,
             records,
+            idle,
             procs: PidTable::default(),
             coverage: coverage::Coverage::default(),
             exchanges: 0,
@@ -676,7 +681,9 @@ impl Watch {
             return;
         }
         let record = self.records.get_mut(&id).expect("admitted");
-        record.idle_since = None;
+        if let Some(since) = record.idle_since.take() {
+            self.idle.remove(&(since, id.clone()));
+        }
         record.binary = Some(found.info.exe.display().to_string());
         record.placement = Some(found.placement.clone());
         record.pids.insert(pid);
@@ -880,37 +887,31 @@ impl Watch {
     /// Drops everything known about `id`: its record, its recovery state, its successors.
     fn forget(&mut self, id: &InstanceId) {
         self.forgotten.push(id.name.clone());
-        self.records.remove(id);
+        if let Some(since) = self.records.remove(id).and_then(|r| r.idle_since) {
+            self.idle.remove(&(since, id.clone()));
+        }
         self.policy.forget(&mut self.records, id);
         self.successors.retain(|_, s| s != id);
     }
 
     /// `id` has no live process since `now` (unless known idle since earlier).
     fn idle(&mut self, id: &InstanceId, now: MonoNs) {
-        if let Some(r) = self.records.get_mut(id) {
-            r.idle_since.get_or_insert(now);
+        if let Some(r) = self.records.get_mut(id)
+            && r.idle_since.is_none()
+        {
+            r.idle_since = Some(now);
+            self.idle.insert((now, id.clone()));
         }
-    }
-
-    /// The instances without a live process, longest idle first.
-    fn idle_order(&self) -> Vec<(MonoNs, &InstanceId)> {
-        let mut idle: Vec<(MonoNs, &InstanceId)> = self
-            .records
-            .iter()
-            .filter_map(|(id, r)| Some((r.idle_since?, id)))
-            .collect();
-        idle.sort_unstable();
-        idle
     }
 
     /// Forgets the named instances idle for [`FORGET_AFTER`] that are at rest.
     fn sweep(&mut self, now: MonoNs) {
         let after = nanos(FORGET_AFTER);
         let due: Vec<InstanceId> = self
-            .records
+            .idle
             .iter()
-            .filter(|(_, r)| r.idle_since.is_some_and(|t| now.saturating_sub(t) >= after))
-            .map(|(id, _)| id)
+            .take_while(|(since, _)| now.saturating_sub(*since) >= after)
+            .map(|(_, id)| id)
             .filter(|id| self.at_rest(id))
             .cloned()
             .collect();
@@ -932,8 +933,8 @@ impl Watch {
             && self.records.values().filter(|r| r.owner == uid).count() >= MAX_INSTANCES_PER_USER;
         if share_full || self.records.len() >= MAX_INSTANCES {
             let victim = self
-                .idle_order()
-                .into_iter()
+                .idle
+                .iter()
                 .map(|(_, id)| id)
                 .filter(|id| !share_full || self.records[*id].owner == uid)
                 .find(|id| self.at_rest(id))

@@ -84,6 +84,9 @@ struct Rig {
     metrics: Vec<Metric>,
     status: Status,
     requests: u32,
+    /// Inputs handled: the core's indexes are checked against its records after every input
+    /// to a small table, and after every 97th to a large one (each check reads every record).
+    inputs: u64,
     /// Pids whose attachments the core released.
     detached: Vec<u32>,
 }
@@ -132,6 +135,7 @@ impl Rig {
             metrics: Vec::new(),
             status: Status::default(),
             requests: 0,
+            inputs: 0,
             detached: Vec::new(),
         }
     }
@@ -173,6 +177,10 @@ impl Rig {
                 Effect::Attach(_) => {}
             }
         }
+        self.inputs += 1;
+        if self.watch.records.len() > 64 && !self.inputs.is_multiple_of(97) {
+            return;
+        }
         // The policy's index names exactly the records with a recovery state.
         let with_state: Vec<&InstanceId> = self
             .watch
@@ -182,6 +190,14 @@ impl Rig {
             .map(|(id, _)| id)
             .collect();
         assert_eq!(self.watch.policy.heard().collect::<Vec<_>>(), with_state);
+        // The idle index names exactly the records without a live process, since when.
+        let idle: BTreeSet<(MonoNs, InstanceId)> = self
+            .watch
+            .records
+            .iter()
+            .filter_map(|(id, r)| Some((r.idle_since?, id.clone())))
+            .collect();
+        assert_eq!(self.watch.idle, idle);
     }
 
     fn start(&mut self, pid: u32, instance: &InstanceId) {
@@ -1453,6 +1469,7 @@ fn an_exited_instance_process_releases_its_attachments() {
 fn footprint(w: &Watch) -> Vec<(&'static str, usize)> {
     vec![
         ("records", w.records.len()),
+        ("idle", w.idle.len()),
         ("successors", w.successors.len()),
         ("policy", w.policy.heard().count()),
     ]
