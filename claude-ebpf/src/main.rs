@@ -840,7 +840,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let image = image_of(bprm);
     let mut now = watched || image.is_none();
     if !watched {
-        if let Some((key, _)) = &image {
+        if let Some(key) = &image {
             // SAFETY: the value is read at once.
             match unsafe { IMAGES.get(key) } {
                 Some(v) if *v == verdict::NOT_CLAUDE => {
@@ -862,7 +862,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let _ = REPORTED.insert(&pid, &1, 0);
     bump(stats::EXECS_SENT);
     match image {
-        Some((key, interp)) => send_exec(key, interp, now),
+        Some(key) => send_exec(key, bprm, now),
         None => notify(kind::EXEC, now),
     }
     0
@@ -876,10 +876,17 @@ struct ExecRecord {
     path: [u8; EXEC_PATH_MAX],
 }
 
-/// Sends the exec of the current process, of `image` loaded from the path at `interp`
-/// (`bprm->interp`, a kernel string), waking the reader `now` or not.
+/// Sends the exec of the current process, of `image` loaded from the path `bprm->interp`,
+/// waking the reader `now` or not. The path's address is read here, not with the image: an
+/// exec kept in the kernel never needs it.
 #[inline(always)]
-fn send_exec(image: ImageKey, interp: u64, now: bool) {
+fn send_exec(image: ImageKey, bprm: u64, now: bool) {
+    // SAFETY: a plain read of a global the loader may have rewritten; the helper checks the
+    // kernel read (a failed one leaves 0, which the string read below refuses).
+    let interp: u64 = unsafe {
+        let off = core::ptr::read_volatile(&raw const OFFSETS);
+        bpf_probe_read_kernel((bprm + u64::from(off.bprm_interp)) as *const u64).unwrap_or(0)
+    };
     let wake = ring_flags(now);
     let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
         bump(stats::LOST);
@@ -932,10 +939,9 @@ fn is_watched(pid: u32) -> bool {
         .is_some_and(|word| word & (1 << (pid % 64)) != 0)
 }
 
-/// The image an exec loads (`bprm->file->f_inode`) and the address of its path
-/// (`bprm->interp`), when user space gave the offsets.
+/// The image an exec loads (`bprm->file->f_inode`), when user space gave the offsets.
 #[inline(always)]
-fn image_of(bprm: u64) -> Option<(ImageKey, u64)> {
+fn image_of(bprm: u64) -> Option<ImageKey> {
     // SAFETY: a plain read of a global the loader may have rewritten.
     let off = unsafe { core::ptr::read_volatile(&raw const OFFSETS) };
     if off.file_inode == 0 || bprm == 0 {
@@ -970,17 +976,12 @@ fn image_of(bprm: u64) -> Option<(ImageKey, u64)> {
             )
         };
         let dev: u32 = bpf_probe_read_kernel((sb + u64::from(off.sb_dev)) as *const u32).ok()?;
-        let interp: u64 =
-            bpf_probe_read_kernel((bprm + u64::from(off.bprm_interp)) as *const u64).ok()?;
-        Some((
-            ImageKey {
-                ino,
-                size,
-                dev,
-                pad: 0,
-            },
-            interp,
-        ))
+        Some(ImageKey {
+            ino,
+            size,
+            dev,
+            pad: 0,
+        })
     }
 }
 
