@@ -335,10 +335,18 @@ pub(super) fn exec_loop(env: &BenchEnv, smoke: bool) -> anyhow::Result<ExecLoop>
         use std::io::Write as _;
         let t = Instant::now();
         for _ in 0..n {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&growing)?
-                .write_all(b"\0")?;
+            // A reader of the last process's `/proc` files (a daemon that woke for its exec)
+            // may still hold its memory map, and with it the file's exec'd state: wait for it.
+            let mut file = loop {
+                match std::fs::OpenOptions::new().append(true).open(&growing) {
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    opened => break opened?,
+                }
+            };
+            file.write_all(b"\0")?;
+            drop(file);
             Command::new(&growing).status()?;
         }
         Ok(t.elapsed().as_secs_f64())
