@@ -2,8 +2,9 @@
 //!
 //! The kernel sends one [`EventHeader`] followed by `captured` bytes of the buffer head for
 //! every TLS write or read that begins an HTTP/1.x request or response (or continues one the
-//! kernel saw start in pieces), and a bare header for every exec and process exit. Everything
-//! else stays in the kernel and is only counted.
+//! kernel saw start in pieces), a header, the new image's key and its path
+//! ([`EXEC_IMAGE_LEN`]) for an exec it does not keep, and a bare header for a process exit.
+//! Everything else stays in the kernel and is only counted.
 #![no_std]
 
 /// Size of the head area; the kernel copies at most `HEAD_MAX - 1` bytes of a buffer (so one
@@ -16,22 +17,34 @@ pub const HEAD_MAX: usize = 4096;
 /// forward the next read on the same connection too: the status line arrived in pieces.
 pub const SHORT_HEAD: u32 = 64;
 
-/// When the kernel wakes the reader for a record (the kernel's `WAKEUP` global, set by user
-/// space at load time). A record that does not wake the reader waits in the ring until the
+/// When the kernel wakes the reader for a TLS record (the kernel's `WAKEUP` global, set by
+/// user space at load time). A record that does not wake the reader waits in the ring until the
 /// reader's own timer drains it, or until the ring holds more than the `WATERMARK` global's
-/// bytes, whichever comes first. An exec always wakes it (user space judges the new program
-/// from the live process, and a new Claude Code must be attached before its first request;
-/// execs of images judged not Claude Code never reach the ring); an exit never does.
+/// bytes, whichever comes first. Process events do not follow it: an exec wakes the reader
+/// when its image's verdict says so ([`verdict::REPORT_NOW`]: Claude Code, an interpreter),
+/// when its process is watched, or when the kernel cannot tell the image (no exec filter);
+/// an exec of an image not judged yet rides the timer (it carries its image and path, so user
+/// space judges the file after a short-lived process is gone), and an exit never wakes it.
 pub mod wakeup {
-    /// Every response head and exec wakes the reader at once; a request waits for its
-    /// response.
+    /// Every response head wakes the reader at once; a request waits for its response.
     pub const RESPONSES: u32 = 0;
     /// Only what a decision may hang on wakes the reader at once: a response whose status is
     /// not 1xx, 2xx or 3xx (or cannot be read from its first bytes), a head arriving in
-    /// pieces, an exec. Successful exchanges ride the reader's timer.
+    /// pieces. Successful exchanges ride the reader's timer.
     pub const ERRORS: u32 = 1;
-    /// Only execs (and the watermark) wake the reader; everything else rides its timer.
+    /// No TLS record wakes the reader (the watermark aside); everything rides its timer.
     pub const TIMER: u32 = 2;
+}
+
+/// Values of the kernel's `IMAGES` map: what user space judged an image to be, and so what the
+/// kernel does with its execs (a process user space watches is always sent, and wakes it).
+pub mod verdict {
+    /// Not Claude Code, and not an interpreter whose verdict depends on its script: its execs
+    /// stay in the kernel.
+    pub const NOT_CLAUDE: u32 = 1;
+    /// Claude Code, or an interpreter (node, bun) whose script decides: its execs are sent and
+    /// wake the reader at once, so a new process is attached before its first request.
+    pub const REPORT_NOW: u32 = 2;
 }
 
 /// Default of the most bytes the kernel copies of one buffer head (the kernel's `COPY_MAX`
@@ -49,7 +62,9 @@ pub mod kind {
     pub const WRITE: u32 = 1;
     /// A buffer read by the client with `SSL_read`/`SSL_read_ex`: a response.
     pub const READ: u32 = 2;
-    /// A process called `execve` (no head bytes): user space checks whether it is claude.
+    /// A process called `execve`: user space checks whether it is claude. Its head is the new
+    /// image's key and path ([`super::EXEC_IMAGE_LEN`]) when the kernel read the image
+    /// ([`super::flags::IMAGE`]), else empty.
     pub const EXEC: u32 = 3;
     /// A process exited (its main thread; no head bytes).
     pub const EXIT: u32 = 4;
@@ -60,6 +75,11 @@ pub mod flags {
     /// The buffer continues a head the kernel forwarded earlier on this connection (it does
     /// not begin with a request or status line itself).
     pub const CONTINUATION: u32 = 1;
+    /// (Exec) the head is the new image's key, then its path ([`super::EXEC_IMAGE_LEN`]).
+    pub const IMAGE: u32 = 2;
+    /// (Exec) the path did not fit in [`super::EXEC_PATH_MAX`] bytes, or could not be read:
+    /// what follows the key is not the whole path.
+    pub const PATH_CUT: u32 = 4;
 }
 
 /// Indices into the per-CPU `STATS` array map.
@@ -199,9 +219,9 @@ pub struct ConnKey {
 }
 
 /// An executable image as the kernel holds it at exec (`bprm->file->f_inode`): the key of the
-/// kernel's `IMAGES` map, which user space fills with images it judged not Claude Code (and not
-/// an interpreter whose verdict depends on its script). An exec of such an image stays in the
-/// kernel unless its process is already watched. The size is part of the key, so a file
+/// kernel's `IMAGES` map, which user space fills with its [`verdict`] on images: not Claude
+/// Code (an exec stays in the kernel unless its process is already watched), or to report at
+/// once. The size is part of the key, so a file
 /// rewritten in place (same inode, new content) is looked at again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -215,6 +235,19 @@ pub struct ImageKey {
     /// Zero.
     pub pad: u32,
 }
+
+/// The most bytes of an exec's path (see [`EXEC_IMAGE_LEN`]) the kernel copies (its
+/// terminating NUL included): a longer path is cut ([`flags::PATH_CUT`]) and never judged by
+/// path.
+pub const EXEC_PATH_MAX: usize = 512;
+
+/// Bytes of the new image's key at the start of an exec record's head ([`kind::EXEC`] with
+/// [`flags::IMAGE`]): an [`ImageKey`], then the path the exec loaded the image from as the
+/// kernel holds it (`bprm->interp`: the file the image is, the interpreter of a `#!` script;
+/// no NUL). So user space judges the file after its process is gone (a short-lived tool read
+/// on the reader's timer): by the path, in its own mount namespace, and only when the file
+/// opened there has this key.
+pub const EXEC_IMAGE_LEN: usize = core::mem::size_of::<ImageKey>();
 
 /// Entries of the kernel's `IMAGES` map (user space keeps it within this, a share per file
 /// owner).
@@ -240,6 +273,8 @@ pub const REPORTED_ENTRIES: u32 = 16384;
 pub struct KernelOffsets {
     /// `struct linux_binprm`'s `file`.
     pub bprm_file: u32,
+    /// `struct linux_binprm`'s `interp`: the path of `file` as the exec named it.
+    pub bprm_interp: u32,
     /// `struct file`'s `f_inode`.
     pub file_inode: u32,
     /// `struct inode`'s `i_ino`.

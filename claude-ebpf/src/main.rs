@@ -29,9 +29,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use claude_ebpf_common::{
-    BUDGET_ENTRIES, BUDGET_WINDOW_NS, Budget, ConnKey, EventHeader, HEAD_MAX, IMAGE_ENTRIES,
-    ImageKey, KernelOffsets, REPORTED_ENTRIES, ReadArgs, SHORT_HEAD, USER_BUDGET_ENTRIES,
-    WATCHED_WORDS, flags, kind, stats, wakeup,
+    BUDGET_ENTRIES, BUDGET_WINDOW_NS, Budget, ConnKey, EXEC_IMAGE_LEN, EXEC_PATH_MAX, EventHeader,
+    HEAD_MAX, IMAGE_ENTRIES, ImageKey, KernelOffsets, REPORTED_ENTRIES, ReadArgs, SHORT_HEAD,
+    USER_BUDGET_ENTRIES, WATCHED_WORDS, flags, kind, stats, verdict, wakeup,
 };
 
 /// Records for user space. User space may resize it at load time.
@@ -106,7 +106,8 @@ static BUDGET: LruHashMap<u32, Budget> = LruHashMap::with_max_entries(BUDGET_ENT
 #[map]
 static USER_BUDGET: LruHashMap<u32, Budget> = LruHashMap::with_max_entries(USER_BUDGET_ENTRIES, 0);
 
-/// Images user space judged not Claude Code: their execs stay here (see
+/// User space's verdicts on images, one of [`verdict`]: the execs of an image judged not
+/// Claude Code stay here, those of Claude Code and interpreters wake the reader (see
 /// [`sched_process_exec`]). Filled and kept within a share per file owner by user space.
 #[map]
 static IMAGES: HashMap<ImageKey, u32> = HashMap::with_max_entries(IMAGE_ENTRIES, 0);
@@ -127,6 +128,7 @@ static REPORTED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(REPORTED_EN
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets {
     bprm_file: 0,
+    bprm_interp: 0,
     file_inode: 0,
     inode_ino: 0,
     inode_size: 0,
@@ -697,28 +699,28 @@ fn ends_headers(buf: u64, len: u32) -> bool {
 const NO_WAKEUP: u64 = 1;
 const FORCE_WAKEUP: u64 = 2;
 
-/// The `bpf_ringbuf_output` flags of a record (see [`wakeup`]): `dir` is its kind, `urgent`
-/// whether a decision may hang on it. Under [`wakeup::RESPONSES`] a request waits in the ring
-/// for its response (which follows within the request's latency) and the response wakes the
-/// reader for both. Forced, not adaptive, because an adaptive wake-up is skipped while older
-/// records are unread. An exec wakes the reader under every policy: user space judges the new
-/// program from the live process (`/proc/PID/exe`, its command line), and a short-lived tool
-/// read on the next timer has exited already, so it would never be judged and its execs never
-/// stay in the kernel. Only execs of images not judged yet (and of Claude Code, interpreters
-/// and watched processes) get here, so the wake-up inside the exec (20-60 µs) is paid once or
-/// twice per new file. An exit never wakes the reader: nothing is read of an exited process,
-/// and it rides the timer. Past the watermark every record wakes the reader, so the ring
-/// cannot fill while it sleeps on its timer.
+/// The `bpf_ringbuf_output` flags of a TLS record (see [`wakeup`]): `dir` is its kind,
+/// `urgent` whether a decision may hang on it. Under [`wakeup::RESPONSES`] a request waits in
+/// the ring for its response (which follows within the request's latency) and the response
+/// wakes the reader for both. Forced, not adaptive, because an adaptive wake-up is skipped
+/// while older records are unread.
 #[inline(always)]
 fn wakeup_flags(dir: u32, urgent: bool) -> u64 {
     // SAFETY: plain reads of globals the loader may have rewritten.
     let policy = unsafe { core::ptr::read_volatile(&raw const WAKEUP) };
-    let now = match policy {
-        wakeup::RESPONSES => dir == kind::READ || dir == kind::EXEC,
-        wakeup::ERRORS => urgent || dir == kind::EXEC,
-        _ => dir == kind::EXEC,
-    };
-    // SAFETY: as above.
+    ring_flags(match policy {
+        wakeup::RESPONSES => dir == kind::READ,
+        wakeup::ERRORS => urgent,
+        _ => false,
+    })
+}
+
+/// The `bpf_ringbuf_output` flags of a record that wakes the reader `now`, or else waits for
+/// its timer: past the watermark every record wakes the reader, so the ring cannot fill while
+/// it sleeps on its timer.
+#[inline(always)]
+fn ring_flags(now: bool) -> u64 {
+    // SAFETY: a plain read of a global the loader may have rewritten.
     let watermark = unsafe { core::ptr::read_volatile(&raw const WATERMARK) };
     if now || EVENTS.query(BPF_RB_AVAIL_DATA) >= watermark {
         FORCE_WAKEUP
@@ -820,18 +822,33 @@ fn send<const ROOM: usize>(header: EventHeader, buf: u64, cap: usize, wake: u64)
 /// keyed by the new image's inode) stays here, unless its process is watched; every other exec
 /// goes to user space, which decides whether the new program is a claude to watch, and its
 /// process's exit will follow it.
+///
+/// Which execs wake the reader: those of images judged [`verdict::REPORT_NOW`] (Claude Code,
+/// and interpreters whose script decides), of watched processes, and every exec when the
+/// kernel cannot tell the image (no offsets). An exec of an image not judged yet does not: the
+/// wake-up inside the exec (20-60 µs, paid by the process that execs) is what this program
+/// would cost, and the record rides the reader's timer instead. It carries the image's key and
+/// path, so user space judges the file also when a short-lived tool is gone by then; a new
+/// Claude Code is found on that timer (a few hundred ms, well before its first request), and
+/// at once from its image's second exec on.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let watched = is_watched(pid);
     // SAFETY: a raw tracepoint's context is its arguments: (task, old_pid, bprm).
     let bprm: u64 = unsafe { *(ctx.as_ptr() as *const u64).add(2) };
+    let image = image_of(bprm);
+    let mut now = watched || image.is_none();
     if !watched {
-        if let Some(image) = image_of(bprm) {
-            // SAFETY: as above.
-            if unsafe { IMAGES.get(&image).is_some() } {
-                bump(stats::EXECS_FILTERED);
-                return 0;
+        if let Some(key) = &image {
+            // SAFETY: the value is read at once.
+            match unsafe { IMAGES.get(key) } {
+                Some(v) if *v == verdict::NOT_CLAUDE => {
+                    bump(stats::EXECS_FILTERED);
+                    return 0;
+                }
+                Some(_) => now = true,
+                None => {}
             }
         }
         // An image not judged yet costs user space a look: a user exec'ing fresh files in a
@@ -844,8 +861,71 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     }
     let _ = REPORTED.insert(&pid, &1, 0);
     bump(stats::EXECS_SENT);
-    notify(kind::EXEC);
+    match image {
+        Some(key) => send_exec(key, bprm, now),
+        None => notify(kind::EXEC, now),
+    }
     0
+}
+
+/// An exec record as reserved in the ring: its header, the image's key, and room for its path.
+#[repr(C)]
+struct ExecRecord {
+    header: EventHeader,
+    image: ImageKey,
+    path: [u8; EXEC_PATH_MAX],
+}
+
+/// Sends the exec of the current process, of `image` loaded from the path `bprm->interp`,
+/// waking the reader `now` or not. The path's address is read here, not with the image: an
+/// exec kept in the kernel never needs it.
+#[inline(always)]
+fn send_exec(image: ImageKey, bprm: u64, now: bool) {
+    // SAFETY: a plain read of a global the loader may have rewritten; the helper checks the
+    // kernel read (a failed one leaves 0, which the string read below refuses).
+    let interp: u64 = unsafe {
+        let off = core::ptr::read_volatile(&raw const OFFSETS);
+        bpf_probe_read_kernel((bprm + u64::from(off.bprm_interp)) as *const u64).unwrap_or(0)
+    };
+    let wake = ring_flags(now);
+    let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
+        bump(stats::LOST);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to the reserved record, whose path holds `EXEC_PATH_MAX` bytes;
+    // the helper checks the kernel access and writes at most that, its NUL included.
+    let read = unsafe {
+        raw::bpf_probe_read_kernel_str(
+            (&raw mut (*record).path).cast::<c_void>(),
+            EXEC_PATH_MAX as u32,
+            interp as *const c_void,
+        )
+    };
+    // The length with its NUL; a path that filled the room may have been cut.
+    let (len, cut) = if read > 0 && (read as usize) < EXEC_PATH_MAX {
+        (read as u32 - 1, 0)
+    } else {
+        (0, flags::PATH_CUT)
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: as above, the header and key written whole; the clock helper has no
+    // preconditions.
+    unsafe {
+        (&raw mut (*record).image).write(image);
+        (&raw mut (*record).header).write(EventHeader {
+            ts_ns: bpf_ktime_get_ns(),
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            uid: current_uid(),
+            kind: kind::EXEC,
+            flags: flags::IMAGE | cut,
+            len,
+            captured: EXEC_IMAGE_LEN as u32 + len,
+            ..EventHeader::default()
+        });
+    }
+    entry.submit(wake);
 }
 
 /// Words of `struct inode` [`image_of`] reads at once, from the first of the fields it needs.
@@ -935,14 +1015,16 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
         // SAFETY: a plain read of a global the loader may have rewritten.
         let filtering = unsafe { core::ptr::read_volatile(&raw const OFFSETS) }.file_inode != 0;
         if sent_heads || reported || watched || !filtering {
-            notify(kind::EXIT);
+            notify(kind::EXIT, false);
         }
     }
     0
 }
 
+/// Sends a bare process event of `event_kind` for the current process, waking the reader
+/// `now` or not.
 #[inline(always)]
-fn notify(event_kind: u32) {
+fn notify(event_kind: u32, now: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let header = EventHeader {
         // SAFETY: helper without preconditions.
@@ -955,7 +1037,7 @@ fn notify(event_kind: u32) {
     };
     // Process events are not heads: only a lost one is counted.
     if EVENTS
-        .output::<EventHeader>(&header, wakeup_flags(event_kind, false))
+        .output::<EventHeader>(&header, ring_flags(now))
         .is_err()
     {
         bump(stats::LOST);

@@ -54,10 +54,11 @@ pub const PLACEHOLDERS: [&str; 3] = ["{instance}", "{unit}", "{pid}"];
 pub const HOOK_PLACEHOLDERS: [&str; 5] =
     ["{instance}", "{unit}", "{pid}", "{reason}", "{instances}"];
 
-/// When the kernel wakes the reader for a record (the kernel's `WAKEUP` global, see
-/// [`claude_ebpf_common::wakeup`]). Whatever the policy, an exec wakes it at once, and so does
-/// every record once a quarter of the ring is unread; the rest waits for the reader's own timer
-/// (250 ms in the daemon, 200 ms in `trace`).
+/// When the kernel wakes the reader for a TLS record (the kernel's `WAKEUP` global, see
+/// [`claude_ebpf_common::wakeup`]). Whatever the policy, every record wakes it once a quarter of
+/// the ring is unread; the rest waits for the reader's own timer (50 ms in the daemon, 200 ms in
+/// `trace`). Process events do not follow it: an exec of Claude Code, of an interpreter or of a
+/// watched process wakes the reader, one of an image not judged yet rides the timer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Wakeup {
@@ -68,7 +69,7 @@ pub enum Wakeup {
     /// reader; successful exchanges are read on its timer.
     #[default]
     Errors,
-    /// Nothing but execs wakes the reader; every exchange is read on its timer.
+    /// No response wakes the reader; every exchange is read on its timer.
     Timer,
 }
 
@@ -318,8 +319,8 @@ pub struct DaemonConfig {
     /// looked at again by a rescan). 0: no budget. Takes effect at the next start.
     pub record_budget_per_user: u32,
     /// When the kernel wakes the daemon for a record: `errors` (only a response a decision may
-    /// hang on: not 1xx–3xx; successful exchanges are read every 250 ms), `responses` (every
-    /// response), `timer` (only execs). Takes effect at the next start.
+    /// hang on: not 1xx–3xx; successful exchanges are read every 50 ms), `responses` (every
+    /// response), `timer` (no response). Takes effect at the next start.
     pub wakeup: Wakeup,
     /// Keep execs of images judged not Claude Code in the kernel (decided from the new image's
     /// inode; needs the kernel's BTF, else every exec is looked at in user space as with

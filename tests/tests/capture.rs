@@ -808,3 +808,122 @@ fn every_wakeup_policy_sees_every_exchange_with_its_status() {
         assert_eq!(counters.lost, 0, "{policy}: {stderr:?}");
     }
 }
+
+/// #32: an exec of an image not judged yet reaches user space with the image's key and the
+/// path it was exec'd by, and does not wake the reader (it rides the reader's timer); an image
+/// judged to report at once wakes it; one judged not Claude Code stays in the kernel. The
+/// reader is an edge-triggered epoll on the ring, as the daemon's: only a wake-up reports it.
+#[test]
+fn an_exec_not_judged_yet_carries_its_image_and_path_and_wakes_no_one() {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+
+    use claude_ebpf_common::{ImageKey, verdict};
+    use claude_watch::capture::images::Change;
+    use claude_watch::capture::{Probes, btf, records};
+    use claude_watch::discover::Exec;
+
+    let mut probes = Probes::load(claude_watch::capture::Settings {
+        ring_bytes: 1 << 20,
+        ..Default::default()
+    })
+    .expect("load");
+    assert!(
+        probes.exec_filter(),
+        "the exec filter is on (the kernel has BTF)"
+    );
+    probes
+        .watch_processes()
+        .expect("attach the process programs");
+    let mut ring = probes.take_ring().expect("the ring");
+
+    let dir = std::env::temp_dir().join(format!("cw-exec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let tool = dir.join("tool");
+    std::fs::copy("/bin/true", &tool).expect("copy");
+    let m = std::fs::metadata(&tool).expect("stat");
+    let image = ImageKey {
+        ino: m.ino(),
+        size: m.size(),
+        dev: btf::kernel_dev(m.dev()),
+        pad: 0,
+    };
+
+    // SAFETY: plain epoll calls on descriptors this test owns.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(epoll >= 0);
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+        u64: 1,
+    };
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, ring.as_raw_fd(), &raw mut event) },
+        0
+    );
+    let woken = |timeout_ms: i32| {
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }];
+        // SAFETY: a buffer of one event, living across the call.
+        unsafe { libc::epoll_wait(epoll, out.as_mut_ptr(), 1, timeout_ms) > 0 }
+    };
+    // The execs of `pid` in the ring, everything else drained.
+    let mut execs_of = |pid: u32| {
+        let mut execs = Vec::new();
+        while let Some(item) = ring.next() {
+            let record = records::decode(&item).expect("a whole record");
+            if record.header.pid == pid && record.header.kind == claude_ebpf_common::kind::EXEC {
+                execs.push(Exec::of(&record));
+            }
+        }
+        execs
+    };
+    let run = || {
+        let mut child = Command::new(&tool).spawn().expect("run the tool");
+        let pid = child.id();
+        assert!(child.wait().expect("wait").success());
+        pid
+    };
+    execs_of(0);
+    woken(0);
+
+    // Not judged yet: sent, not woken, with its key and path.
+    let pid = run();
+    assert!(
+        !woken(300),
+        "an exec of an image not judged yet woke the reader"
+    );
+    assert_eq!(
+        execs_of(pid),
+        [Some(Exec {
+            image,
+            path: Some(tool.clone()),
+            uid: 0
+        })],
+        "the exec record carries the image's key and path"
+    );
+
+    // To report at once: sent, and woken.
+    probes.change_image(Change::Add(image, verdict::REPORT_NOW));
+    woken(0);
+    let pid = run();
+    assert!(
+        woken(2000),
+        "an exec of an image to report at once did not wake the reader"
+    );
+    assert_eq!(execs_of(pid).len(), 1);
+
+    // Not Claude Code: kept in the kernel.
+    probes.change_image(Change::Add(image, verdict::NOT_CLAUDE));
+    let filtered = probes.stats().execs_filtered;
+    let pid = run();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        execs_of(pid).is_empty(),
+        "an exec of an image judged not Claude Code was sent"
+    );
+    assert!(probes.stats().execs_filtered > filtered);
+    // SAFETY: the test's own descriptor.
+    unsafe { libc::close(epoll) };
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,7 +1,7 @@
-//! The field offsets the exec filter follows (`bprm->file->f_inode->{i_ino, i_size, i_sb->s_dev}`),
-//! read from the running kernel's BTF (`/sys/kernel/btf/vmlinux`), so one eBPF object serves
-//! every kernel without CO-RE relocations. Pure over the bytes; [`kernel_offsets`] reads the
-//! file.
+//! The field offsets the exec filter follows (`bprm->file->f_inode->{i_ino, i_size, i_sb->s_dev}`,
+//! and `bprm->interp`, the path an exec record carries), read from the running kernel's BTF
+//! (`/sys/kernel/btf/vmlinux`), so one eBPF object serves every kernel without CO-RE
+//! relocations. Pure over the bytes; [`kernel_offsets`] reads the file.
 //!
 //! BTF layout (`Documentation/bpf/btf.rst`): a header, then a type section of records (a
 //! 12-byte `btf_type`, then kind-specific data; struct and union members are 12 bytes each:
@@ -185,6 +185,7 @@ pub fn offsets(blob: &[u8]) -> Result<KernelOffsets, BtfError> {
     let t = Types::parse(blob)?;
     Ok(KernelOffsets {
         bprm_file: t.offset("linux_binprm", "file", "linux_binprm.file")?,
+        bprm_interp: t.offset("linux_binprm", "interp", "linux_binprm.interp")?,
         file_inode: t.offset("file", "f_inode", "file.f_inode")?,
         inode_ino: t.offset("inode", "i_ino", "inode.i_ino")?,
         inode_size: t.offset("inode", "i_size", "inode.i_size")?,
@@ -223,6 +224,7 @@ mod tests {
         let o = offsets(&blob).expect("offsets");
         for (what, off) in [
             ("bprm.file", o.bprm_file),
+            ("bprm.interp", o.bprm_interp),
             ("file.f_inode", o.file_inode),
             ("inode.i_ino", o.inode_ino),
             ("inode.i_size", o.inode_size),

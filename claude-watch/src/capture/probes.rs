@@ -249,7 +249,7 @@ impl Probes {
             return;
         };
         let result = match change {
-            Change::Add(image) => images.insert(image, 1, 0),
+            Change::Add(image, verdict) => images.insert(image, verdict, 0),
             Change::Remove(image) => images.remove(&image),
         };
         if let Err(e) = result {

@@ -68,6 +68,12 @@ pub const DEFAULT_CONFIG_PATH: &str = crate::config::DEFAULT_PATH;
 /// How often the core's clock is advanced without an event.
 const TICK: Duration = Duration::from_millis(250);
 
+/// How often the ring is read without a wake-up. An exec of an image not judged yet does not
+/// wake the daemon (the wake-up would be paid inside the exec: `sched_process_exec` in
+/// `claude-ebpf`), so a new program, a Claude Code never seen before among them, is read within
+/// this of its exec; exits and successful exchanges ride it too.
+const DRAIN: Duration = Duration::from_millis(50);
+
 // How the daemon was started: the arguments of `claude-watch daemon`, whose `--help` the doc
 // comment below is (so it speaks to the operator).
 /// Run the watchdog: discover every Claude Code process, attach probes, detect 401 latches and
@@ -357,6 +363,8 @@ impl Daemon {
         let mut sighup = signal(SignalKind::hangup())?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain = tokio::time::interval(DRAIN);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watchdog =
             tokio::time::interval(Notifier::watchdog_period().unwrap_or(Duration::from_secs(3600)));
 
@@ -378,6 +386,9 @@ impl Daemon {
                     ready.map_err(CaptureError::Read)?;
                     stream.drain_now(|r| self.on_record(r));
                 }
+                _ = drain.tick() => {
+                    stream.drain_now(|r| self.on_record(r));
+                }
                 _ = tick.tick() => {
                     stream.drain_now(|r| self.on_record(r));
                     let known = self.watch.procs();
@@ -390,8 +401,8 @@ impl Daemon {
                     }
                     self.rescan_after_dropped_execs();
                     self.start_audit();
-                    for (image, owner) in self.front.processes_mut().take_judged_images() {
-                        for change in self.images.offer(image, owner) {
+                    for (image, owner, verdict) in self.front.processes_mut().take_judged_images() {
+                        for change in self.images.offer(image, owner, verdict) {
                             self.probes.change_image(change);
                         }
                     }

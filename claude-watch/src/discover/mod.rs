@@ -29,6 +29,7 @@
 
 pub mod content;
 pub mod engine;
+pub mod image;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash as _, Hasher as _};
@@ -49,10 +50,11 @@ use crate::instance::{
 };
 use crate::time::{MonoNs, mono_now_ns};
 use crate::untrusted::{self, Identity, Limits, Resolve};
-use claude_ebpf_common::ImageKey;
+use claude_ebpf_common::{ImageKey, verdict};
 
 pub use claude_watch_core::instance::Found;
 pub use content::ClaudeFile;
+pub use image::Exec;
 
 /// How far up the parent chain to look for an enclosing claude.
 const MAX_ANCESTRY: usize = 16;
@@ -141,6 +143,9 @@ impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
 #[derive(Debug)]
 struct Verdicts {
     map: Bounded<(FileKey, ClaudeKind), Option<ClaudeFile>>,
+    /// Executables judged, by the key the kernel gives their image (what an exec record of a
+    /// process gone by then is judged by).
+    images: Bounded<ImageKey, ImageVerdict>,
     /// Files actually read (not answered from the cache), for the operator and the bench.
     reads: u64,
 }
@@ -149,9 +154,38 @@ impl Verdicts {
     fn shared() -> Arc<Mutex<Self>> {
         Arc::new(Mutex::new(Self {
             map: Bounded::new(VERDICTS_KEPT),
+            images: Bounded::new(VERDICTS_KEPT),
             reads: 0,
         }))
     }
+}
+
+/// What an executable image was judged to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ImageVerdict {
+    /// Its file says it is Claude Code.
+    claude: bool,
+    /// A name it was run or found by says Claude Code or an interpreter (whose script decides):
+    /// its execs never stay in the kernel.
+    named: bool,
+    /// Its file's owner (whose share of the kernel's map it takes).
+    owner: u32,
+}
+
+impl ImageVerdict {
+    /// The kernel's verdict ([`verdict`]) on the image run by the name `named` too.
+    fn kernel(self, named: bool) -> u32 {
+        if self.claude || self.named || named {
+            verdict::REPORT_NOW
+        } else {
+            verdict::NOT_CLAUDE
+        }
+    }
+}
+
+/// Whether `path`'s name says Claude Code or an interpreter whose script decides.
+fn named(path: &Path) -> bool {
+    instance::classify(path, &[]).is_some() || is_interpreter(path)
 }
 
 /// What a process's verdict was for: its start time, executable and script argument (a
@@ -194,9 +228,11 @@ struct Recognizer {
     looks: Vec<Look>,
     /// Processes with a look queued or running, and the exec it is for.
     pending: HashMap<u32, Fingerprint>,
-    /// Executables judged not Claude Code on a second exec, with their owners, for the
-    /// kernel's exec filter ([`Discovery::take_judged_images`]).
-    judged: Vec<(ImageKey, u32)>,
+    /// Executables judged, with their owners and the kernel's verdict: not Claude Code on a
+    /// second exec, or to report at once ([`Discovery::take_judged_images`]).
+    judged: Vec<(ImageKey, u32, u32)>,
+    /// Images whose file a look is judging by its path, and the process whose exec asked.
+    images_pending: HashMap<ImageKey, u32>,
 }
 
 impl Default for Recognizer {
@@ -208,6 +244,7 @@ impl Default for Recognizer {
             looks: Vec::new(),
             pending: HashMap::new(),
             judged: Vec::new(),
+            images_pending: HashMap::new(),
         }
     }
 }
@@ -260,14 +297,16 @@ impl Recognizer {
                 .flatten()
             {
                 Some(answer) => {
-                    // A file read before, not Claude Code and not named like it: its execs
-                    // can stay in the kernel (bounded: the daemon keeps a share per owner).
-                    if answer.verdict.is_none()
-                        && by_name.is_none()
-                        && let Some(image) = answer.image
-                        && self.judged.len() < JUDGED_QUEUED
-                    {
-                        self.judged.push(image);
+                    // A file read before: not Claude Code and not named like it, its execs
+                    // can stay in the kernel (bounded: the daemon keeps a share per owner);
+                    // Claude Code, they wake the daemon.
+                    if let Some((image, owner)) = answer.image {
+                        let judged = if answer.verdict.is_none() && by_name.is_none() {
+                            verdict::NOT_CLAUDE
+                        } else {
+                            verdict::REPORT_NOW
+                        };
+                        self.judge(image, owner, judged);
                     }
                     answer
                 }
@@ -323,15 +362,7 @@ impl Recognizer {
                 dev: identity.dev,
                 ino: identity.ino,
             }),
-            image: Some((
-                ImageKey {
-                    ino: identity.ino,
-                    size: identity.size,
-                    dev: crate::capture::btf::kernel_dev(identity.dev),
-                    pad: 0,
-                },
-                identity.uid,
-            )),
+            image: Some((image::key_of(&identity), identity.uid)),
         })
     }
 
@@ -341,6 +372,67 @@ impl Recognizer {
             self.pending.remove(&pid);
         }
         self.answers.insert(pid, answer);
+    }
+
+    /// Queues the kernel's verdict on `image` (owned by `owner`) for its map.
+    fn judge(&mut self, image: ImageKey, owner: u32, judged: u32) {
+        if self.judged.len() < JUDGED_QUEUED {
+            self.judged.push((image, owner, judged));
+        }
+    }
+
+    /// An exec of `exec`'s image by a process gone by the time it was read (or running
+    /// something else now): judged by its path. An image judged before gets its kernel
+    /// verdict (not Claude Code from its second exec on, as for a live process); one not judged
+    /// yet gets a look at the file its path leads to, which judges it only if that file is the
+    /// image ([`image::open_image`]); a relative or cut path waits for the image's next exec.
+    fn gone(&mut self, pid: u32, exec: &Exec) {
+        let by_name = exec.path.as_deref().is_some_and(named);
+        let known = crate::locked(&self.verdicts)
+            .images
+            .get(&exec.image)
+            .copied();
+        if let Some(known) = known {
+            self.judge(exec.image, known.owner, known.kernel(by_name));
+            return;
+        }
+        let Some(path) = exec.path.clone().filter(|p| p.is_absolute()) else {
+            return;
+        };
+        if self.images_pending.contains_key(&exec.image)
+            || self.images_pending.len() >= JUDGED_QUEUED
+        {
+            return;
+        }
+        let look = Look {
+            pid,
+            uid: exec.uid,
+            what: LookAt::Image {
+                image: exec.image,
+                path,
+                verdicts: self.verdicts.clone(),
+            },
+        };
+        if self.inline {
+            if let LookedAt::Image { image, verdict } = look.run().what {
+                self.learn_image(image, verdict);
+            }
+            return;
+        }
+        self.images_pending.insert(exec.image, pid);
+        self.looks.push(look);
+    }
+
+    /// Takes in what a look at an image's path found: Claude Code, or a name that says Claude
+    /// Code or an interpreter, is reported at once from its next exec on; not Claude Code
+    /// waits for its next exec (a program run once never takes room in the kernel's map).
+    fn learn_image(&mut self, image: ImageKey, judged: Option<ImageVerdict>) {
+        self.images_pending.remove(&image);
+        if let Some(judged) = judged
+            && judged.kernel(false) == verdict::REPORT_NOW
+        {
+            self.judge(image, judged.owner, verdict::REPORT_NOW);
+        }
     }
 }
 
@@ -380,6 +472,13 @@ enum LookAt {
         proc_root: PathBuf,
         info: Box<ProcessInfo>,
     },
+    /// The file an exec's path leads to, judged as `image` only if it is that image (its
+    /// process is gone).
+    Image {
+        image: ImageKey,
+        path: PathBuf,
+        verdicts: Arc<Mutex<Verdicts>>,
+    },
 }
 
 /// What a [`Look`] found, for [`Discovery::learn`].
@@ -400,6 +499,10 @@ enum LookedAt {
     Session {
         start_time: u64,
         session: Option<BgSession>,
+    },
+    Image {
+        image: ImageKey,
+        verdict: Option<ImageVerdict>,
     },
 }
 
@@ -468,13 +571,27 @@ impl Look {
             } => {
                 let (verdict, id) = match script {
                     Some(script) => judge_script(&dir, &script, &verdicts),
-                    None => judge_file(
-                        &dir.join("exe"),
-                        Resolve::Proc,
-                        ClaudeKind::Native,
-                        &verdicts,
-                    ),
+                    None => {
+                        let exe = dir.join("exe");
+                        let (verdict, id) =
+                            judge_file(&exe, Resolve::Proc, ClaudeKind::Native, &verdicts);
+                        // The image's verdict too, for its execs read after their process
+                        // is gone.
+                        if let Some((_, identity)) = id {
+                            let by_name = std::fs::read_link(&exe).is_ok_and(|p| named(&p));
+                            crate::locked(&verdicts).images.insert(
+                                image::key_of(&identity),
+                                ImageVerdict {
+                                    claude: verdict.is_some(),
+                                    named: by_name,
+                                    owner: identity.uid,
+                                },
+                            );
+                        }
+                        (verdict, id)
+                    }
                 };
+                let id = id.map(|(id, _)| id);
                 LookedAt::File(Answer {
                     fingerprint,
                     image: None,
@@ -494,6 +611,14 @@ impl Look {
                 start_time: info.start_time,
                 session: bg_session(&proc_root, &info),
             },
+            LookAt::Image {
+                image,
+                path,
+                verdicts,
+            } => LookedAt::Image {
+                image,
+                verdict: judge_image(&path, image, &verdicts),
+            },
         };
         Looked {
             pid: self.pid,
@@ -508,7 +633,7 @@ fn judge_script(
     dir: &Path,
     script: &Path,
     verdicts: &Mutex<Verdicts>,
-) -> (Option<ClaudeFile>, Option<FileId>) {
+) -> (Option<ClaudeFile>, Option<(FileId, Identity)>) {
     let path = if script.is_absolute() {
         script.to_owned()
     } else {
@@ -535,7 +660,7 @@ fn judge_file(
     resolve: Resolve<'_>,
     kind: ClaudeKind,
     verdicts: &Mutex<Verdicts>,
-) -> (Option<ClaudeFile>, Option<FileId>) {
+) -> (Option<ClaudeFile>, Option<(FileId, Identity)>) {
     let mut opened = match untrusted::open(path, resolve) {
         Ok(opened) => opened,
         Err(e) => {
@@ -543,15 +668,25 @@ fn judge_file(
             return (None, None);
         }
     };
-    let identity = Identity::of(opened.metadata());
-    let id = Some(FileId {
+    let (verdict, identity) = judge_opened(&mut opened, kind, verdicts);
+    let id = FileId {
         dev: identity.dev,
         ino: identity.ino,
-    });
+    };
+    (verdict, Some((id, identity)))
+}
+
+/// The verdict on the file `opened`, read as `kind` (see [`judge_file`]), and its identity.
+fn judge_opened(
+    opened: &mut untrusted::Opened,
+    kind: ClaudeKind,
+    verdicts: &Mutex<Verdicts>,
+) -> (Option<ClaudeFile>, Identity) {
+    let identity = Identity::of(opened.metadata());
     let key = (FileKey::of(&identity), kind);
     let lock = || crate::locked(verdicts);
     if let Some(verdict) = lock().map.get(&key) {
-        return (verdict.clone(), id);
+        return (verdict.clone(), identity);
     }
     lock().reads += 1;
     let verdict = match kind {
@@ -568,7 +703,24 @@ fn judge_file(
         }
     };
     lock().map.insert(key, verdict.clone());
-    (verdict, id)
+    (verdict, identity)
+}
+
+/// The verdict on `image`, an exec's image whose process is gone, from the file its `path`
+/// leads to when that file is the image ([`image::open_image`]; `None` when it is not, or
+/// cannot be opened: the image's next exec tries again), remembered for the image.
+fn judge_image(path: &Path, image: ImageKey, verdicts: &Mutex<Verdicts>) -> Option<ImageVerdict> {
+    let (mut opened, resolved) = image::open_image(Some(path), image)
+        .inspect_err(|e| debug!(path = %path.display(), error = %crate::error_chain(e), "image not judged by its path"))
+        .ok()?;
+    let (verdict, identity) = judge_opened(&mut opened, ClaudeKind::Native, verdicts);
+    let judged = ImageVerdict {
+        claude: verdict.is_some(),
+        named: named(path) || resolved.as_deref().is_some_and(named),
+        owner: identity.uid,
+    };
+    crate::locked(verdicts).images.insert(image, judged);
+    Some(judged)
 }
 
 /// Whether `exe` is a JavaScript runtime that may run `cli.js` (node, nodejs, bun).
@@ -707,6 +859,10 @@ impl Discovery {
                     .insert(looked.pid, (start_time, session, mono_now_ns()));
                 vec![looked.pid]
             }
+            LookedAt::Image { image, verdict } => {
+                self.recognizer.learn_image(image, verdict);
+                Vec::new()
+            }
         }
     }
 
@@ -742,6 +898,9 @@ impl Discovery {
     /// here again.
     pub fn forget_look(&mut self, pid: u32) {
         self.recognizer.pending.remove(&pid);
+        self.recognizer
+            .images_pending
+            .retain(|_, asked| *asked != pid);
         self.sessions_pending.remove(&pid);
         self.recheck_after.remove(&pid);
     }
@@ -864,9 +1023,10 @@ impl Discovery {
         Some(self.found(info, kind, release, exe_id, placement, known))
     }
 
-    /// Executables judged not Claude Code (on a second exec of a file read before) since the
-    /// last take, with their owners: for the kernel's exec filter.
-    pub fn take_judged_images(&mut self) -> Vec<(ImageKey, u32)> {
+    /// Executables judged since the last take, with their owners and the kernel's verdict
+    /// ([`verdict`]): not Claude Code (on a second exec of a file read before), or to report
+    /// at once (Claude Code, an interpreter): for the kernel's exec filter.
+    pub fn take_judged_images(&mut self) -> Vec<(ImageKey, u32, u32)> {
         std::mem::take(&mut self.recognizer.judged)
     }
 
@@ -1048,6 +1208,12 @@ impl Discovery {
 pub trait Processes {
     /// Looks at process `pid` (after an exec, or a record from a pid not in `known`).
     fn check(&mut self, pid: u32, known: &PidTable) -> Checked;
+    /// Process `pid` exec'd, the image `exec` when the kernel said: checked as
+    /// [`Self::check`] while it runs that image.
+    fn exec(&mut self, pid: u32, exec: Option<&Exec>, known: &PidTable) -> Checked {
+        let _ = exec;
+        self.check(pid, known)
+    }
     /// Forgets what was kept for a process that exited.
     fn exited(&mut self, pid: u32);
     /// Process `pid`, not in `known`, made an API request itself: the instance it is
@@ -1091,6 +1257,29 @@ impl Processes for Discovery {
         };
         self.classify(info, kind, release, exe_id, known)
             .map_or(left, Checked::Found)
+    }
+
+    /// Checks process `pid` after its exec of `exec`'s image while it still runs that image (an
+    /// interpreter's image is then reported at once from its next exec on: its script
+    /// decides); when it is gone, or runs another image by now (its next exec record follows),
+    /// the image is judged by its path instead ([`Recognizer::gone`]).
+    fn exec(&mut self, pid: u32, exec: Option<&Exec>, known: &PidTable) -> Checked {
+        let Some(exec) = exec else {
+            return self.check(pid, known);
+        };
+        let link = self.proc_root.join(pid.to_string()).join("exe");
+        let running = untrusted::identity(&link, Resolve::Proc)
+            .ok()
+            .filter(|id| id.regular && image::key_of(id) == exec.image);
+        let Some(running) = running else {
+            self.recognizer.gone(pid, exec);
+            return Checked::Nothing;
+        };
+        if std::fs::read_link(&link).is_ok_and(|exe| is_interpreter(&exe)) {
+            self.recognizer
+                .judge(exec.image, running.uid, verdict::REPORT_NOW);
+        }
+        self.check(pid, known)
     }
 
     /// Forgets what a look at process `pid`, which exited, was waiting for.
@@ -1497,5 +1686,84 @@ mod tests {
         let found = discovery.scan(&mut PidTable::default());
         assert!(found.iter().all(|f| f.info.pid != me));
         assert!(nothing(discovery.check(me, &PidTable::default())));
+    }
+
+    /// An exec read after its process is gone is judged by its path, only when the file there
+    /// is the image: not Claude Code goes to the kernel's filter from its second exec on (as
+    /// for a live process), an interpreter is reported at once, and a key the file does not
+    /// have (another namespace's file, a file replaced) or a relative path is never judged.
+    #[test]
+    fn an_exec_whose_process_is_gone_is_judged_by_its_path_when_the_file_is_the_image() {
+        let dir = std::env::temp_dir().join(format!("cw-gone-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = |path: &Path| {
+            let id = untrusted::identity(path, Resolve::NoFollow).unwrap();
+            (image::key_of(&id), id.uid)
+        };
+        let tool = dir.join("tool");
+        std::fs::copy("/bin/true", &tool).unwrap();
+        let (image, owner) = key(&tool);
+        let mut discovery = Discovery::new("/proc", vec![]);
+        let known = PidTable::default();
+        // No process has this pid (above the kernel's largest pid_max).
+        let gone = 1 << 23;
+        let exec = |image, path: &Path| Exec {
+            image,
+            path: Some(path.to_owned()),
+            uid: 1000,
+        };
+        assert!(nothing(discovery.exec(
+            gone,
+            Some(&exec(image, &tool)),
+            &known
+        )));
+        assert!(
+            discovery.take_judged_images().is_empty(),
+            "a program run once takes no room"
+        );
+        assert!(nothing(discovery.exec(
+            gone,
+            Some(&exec(image, &tool)),
+            &known
+        )));
+        assert_eq!(
+            discovery.take_judged_images(),
+            [(image, owner, verdict::NOT_CLAUDE)]
+        );
+
+        // The path's file is not the image: never judged, however often.
+        let other = ImageKey {
+            size: image.size + 1,
+            ..image
+        };
+        for _ in 0..3 {
+            discovery.exec(gone, Some(&exec(other, &tool)), &known);
+        }
+        // Relative: where it led is gone with the process.
+        let relative = ImageKey {
+            ino: image.ino + 1,
+            ..image
+        };
+        for _ in 0..3 {
+            discovery.exec(gone, Some(&exec(relative, Path::new("tool"))), &known);
+        }
+        assert!(discovery.take_judged_images().is_empty());
+
+        // An interpreter (its script decides): reported at once, never kept in the kernel.
+        let node = dir.join("node");
+        std::fs::copy("/bin/true", &node).unwrap();
+        let (interpreter, owner) = key(&node);
+        for _ in 0..2 {
+            discovery.exec(gone, Some(&exec(interpreter, &node)), &known);
+        }
+        assert_eq!(
+            discovery.take_judged_images(),
+            [
+                (interpreter, owner, verdict::REPORT_NOW),
+                (interpreter, owner, verdict::REPORT_NOW)
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,8 +1,8 @@
 //! The front half: kernel records turned into the core's inputs, for the daemon and `trace`.
 //!
 //! ```text
-//!  EXEC record ──► processes.check(pid) ─ claude? ──► Input::Started(found)
-//!                                        └ left? ───► Input::Exited { pid }
+//!  EXEC record ──► processes.exec(pid, image) ─ claude? ──► Input::Started(found)
+//!                 (gone: its image judged by path) └ left? ───► Input::Exited { pid }
 //!  EXIT record ──► pairer.forget_pid, processes.exited(pid) ──► Input::Exited { pid }
 //!  TLS record  ──► pairer.push ─ exchange? ──► a pid not in the table: processes.check first
 //!                                          │   (Started); an API call of background
@@ -17,7 +17,7 @@
 use claude_ebpf_common::kind;
 
 use super::Input;
-use crate::discover::{Checked, Processes};
+use crate::discover::{Checked, Exec, Processes};
 use crate::http::pair::{PairStats, Pairer, Record};
 use crate::instance::table::PidTable;
 use crate::time::WallClock;
@@ -85,7 +85,8 @@ impl<P: Processes> Front<P> {
         let pid = record.header.pid;
         match record.header.kind {
             kind::EXEC => {
-                if let Some(input) = self.inspect(pid, known) {
+                let exec = Exec::of(&record);
+                if let Some(input) = input(pid, self.processes.exec(pid, exec.as_ref(), known)) {
                     emit(input);
                 }
             }

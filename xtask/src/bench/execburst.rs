@@ -281,27 +281,30 @@ fn pinned_bun(root: &Path) -> PathBuf {
 }
 
 /// What the exec loop measured (part 7b): one program exec'd in a loop, with no daemon, with
-/// the daemon's exec filter off (every exec to user space) and on, rounds taken side by side.
+/// the daemon's exec filter off (every exec to user space) and on, and with the filter on and
+/// an image never judged (the program grows a byte before each exec: a new image each time),
+/// rounds taken side by side.
 pub(super) struct ExecLoop {
     /// Execs per round.
     pub(super) execs: usize,
     /// Seconds per round, by configuration ([`CONFIGS`]).
-    pub(super) rounds: [Vec<f64>; 4],
-    /// `sched_process_exec`'s average run time (ns) with the filter off and on, from the
-    /// daemon's `--probe-time`.
-    pub(super) exec_ns: [Option<u64>; 2],
+    pub(super) rounds: [Vec<f64>; 5],
+    /// `sched_process_exec`'s average run time (ns) with the filter off, on, and on with an
+    /// image never judged, from the daemon's `--probe-time`.
+    pub(super) exec_ns: [Option<u64>; 3],
     /// `sched_process_exit`'s, likewise.
-    pub(super) exit_ns: [Option<u64>; 2],
+    pub(super) exit_ns: [Option<u64>; 3],
     /// The empty floor's two programs, per run (ns), by the same statistics: runs and total
     /// run time over the floor's rounds.
     pub(super) floor_runs: (u64, u64),
 }
 
-const CONFIGS: [&str; 4] = [
+const CONFIGS: [&str; 5] = [
     "no eBPF",
     "empty floor (bpftrace, empty programs on the sched_process_exec and exit tracepoints)",
     "claude-watch, exec_filter = false",
     "claude-watch",
+    "claude-watch, an image not judged yet at each exec (the program grows a byte before it)",
 ];
 
 /// Runs the exec loop: 3 rounds of 3,000 execs per configuration (1 round of 300 for `smoke`),
@@ -325,16 +328,39 @@ pub(super) fn exec_loop(env: &BenchEnv, smoke: bool) -> anyhow::Result<ExecLoop>
         }
         Ok(t.elapsed().as_secs_f64())
     };
+    // A program whose image is new at every exec: its size (part of the image's key) grows.
+    let growing = dir.join("tool-grows");
+    std::fs::copy("/bin/true", &growing)?;
+    let run_growing = |n: usize| -> anyhow::Result<f64> {
+        use std::io::Write as _;
+        let t = Instant::now();
+        for _ in 0..n {
+            // A reader of the last process's `/proc` files (a daemon that woke for its exec)
+            // may still hold its memory map, and with it the file's exec'd state: wait for it.
+            let mut file = loop {
+                match std::fs::OpenOptions::new().append(true).open(&growing) {
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    opened => break opened?,
+                }
+            };
+            file.write_all(b"\0")?;
+            drop(file);
+            Command::new(&growing).status()?;
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
     let mut out = ExecLoop {
         execs,
-        rounds: [Vec::new(), Vec::new(), Vec::new(), Vec::new()],
-        exec_ns: [None; 2],
-        exit_ns: [None; 2],
+        rounds: [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()],
+        exec_ns: [None; 3],
+        exit_ns: [None; 3],
         floor_runs: (0, 0),
     };
     for round in 0..rounds {
-        for k in 0..4 {
-            let which = (k + round) % 4;
+        for k in 0..CONFIGS.len() {
+            let which = (k + round) % CONFIGS.len();
             if which == 0 {
                 out.rounds[0].push(run(execs)?);
                 continue;
@@ -359,7 +385,7 @@ pub(super) fn exec_loop(env: &BenchEnv, smoke: bool) -> anyhow::Result<ExecLoop>
                 }
                 continue;
             }
-            let filter = which == 3;
+            let filter = which != 2;
             let (config, _) = scratch_config(&dir, &format!("exec_filter = {filter}\n"))?;
             let mut daemon = spawn_daemon(env, &config, &["--probe-time"])?;
             let stderr = daemon.0.stderr.take().context("stderr")?;
@@ -383,7 +409,11 @@ pub(super) fn exec_loop(env: &BenchEnv, smoke: bool) -> anyhow::Result<ExecLoop>
                 run(1)?;
                 std::thread::sleep(Duration::from_millis(400));
             }
-            out.rounds[which].push(run(execs)?);
+            out.rounds[which].push(if which == 4 {
+                run_growing(execs)?
+            } else {
+                run(execs)?
+            });
             // SAFETY: a signal to our own child.
             unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
             let _ = daemon.0.wait();
@@ -458,6 +488,6 @@ impl ExecLoop {
                 None,
             );
         }
-        report.note("Exec loop (part 7b): one copy of /bin/true fork+exec'd in a loop by the bench (Rust's Command), with no eBPF program, with empty bpftrace programs on the two tracepoints (the floor any exec watcher pays), with the daemon and `exec_filter = false` (every exec reported to user space, as before the filter), and with the daemon's defaults (the exec stays in the kernel once discovery has judged the file twice); rounds alternate in a rotating order. Kernel figures: the daemon's `--probe-time` (the kernel's run-time statistics, which add two clock reads per run), averaged over the daemon's life: the two warm-up execs weigh a few ns in the filtered average. The empty floor's figure is the same statistics (`kernel.bpf_stats_enabled`, `bpftool prog show`) over its rounds: bpftrace's two programs, which do nothing (its tracepoints are the classic ones, ours raw tracepoints).".into());
+        report.note("Exec loop (part 7b): one copy of /bin/true fork+exec'd in a loop by the bench (Rust's Command), with no eBPF program, with empty bpftrace programs on the two tracepoints (the floor any exec watcher pays), with the daemon and `exec_filter = false` (every exec reported to user space, as before the filter), with the daemon's defaults (the exec stays in the kernel once discovery has judged the file twice), and with the daemon's defaults while the program grows a byte before each exec (its size is part of the image's key, so every exec is of an image not judged yet and reaches the daemon, as a program run once does; the loop's time includes the write); rounds alternate in a rotating order. Kernel figures: the daemon's `--probe-time` (the kernel's run-time statistics, which add two clock reads per run), averaged over the daemon's life: the two warm-up execs weigh a few ns in the filtered average. The empty floor's figure is the same statistics (`kernel.bpf_stats_enabled`, `bpftool prog show`) over its rounds: bpftrace's two programs, which do nothing (its tracepoints are the classic ones, ours raw tracepoints).".into());
     }
 }
