@@ -91,8 +91,9 @@ const TEST_PACKAGES: &[&str] = &[
     // The per-user bus (dbus.socket/dbus.service of user managers) of the test bed's
     // `user@<uid>.service` (tests/tests/supervisors.rs, hostile.rs).
     "dbus-user-session",
-    // The benchmark's empty-probe floor.
+    // The benchmark's empty-probe floor, and its programs' run-time statistics.
     "bpftrace",
+    "bpftool",
     // What the daemon opens and reads while attacked (tests/tests/hostile.rs).
     "strace",
     // Draws the `episodes --svg` picture to PNG in tests/history.rs.
