@@ -251,7 +251,15 @@ fn a_fleet_holds_restarts_in_an_upstream_incident_and_resumes_in_turn() {
 
     // 3. No incident: one instance latched alone on one host is restarted at once.
     let h = &hosts[0];
-    let lone = h.daemon.instance(UNITS[0]).expect("listed");
+    // The host's last restart after the window may still be under way (hosts resume in turn,
+    // each host's instances one at a time): the instance is taken once its new process has
+    // answered, so that the session latched is the one it uses.
+    let lone = h.daemon.wait_for(
+        UNITS[0],
+        Duration::from_secs(60),
+        "the lone instance healthy after the window",
+        |i| i.state == "healthy" && i.session_id.is_some(),
+    );
     let session = lone.session_id.clone().expect("a session");
     let latched_at = now_ms();
     standin.latch_session(&session);
