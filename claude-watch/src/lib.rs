@@ -47,6 +47,8 @@ pub use claude_watch_core::{detect, http, text};
 
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod scratch;
 
 pub use claude_watch_core::error_chain;
 

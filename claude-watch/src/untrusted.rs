@@ -546,29 +546,8 @@ impl Opened {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::Scratch;
     use std::os::unix::fs::symlink;
-
-    /// A scratch directory removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "cw-untrusted-{tag}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn mkfifo(path: &Path) {
         let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
@@ -578,7 +557,7 @@ mod tests {
 
     #[test]
     fn regular_files_are_read_within_their_limits() {
-        let dir = Scratch::new("regular");
+        let dir = Scratch::new("untrusted-regular");
         let path = dir.0.join("cli.js");
         std::fs::write(&path, b"0123456789").unwrap();
         assert_eq!(
@@ -605,7 +584,7 @@ mod tests {
 
     #[test]
     fn a_fifo_is_refused_without_waiting_for_a_writer() {
-        let dir = Scratch::new("fifo");
+        let dir = Scratch::new("untrusted-fifo");
         let fifo = dir.0.join("cli.js");
         mkfifo(&fifo);
         let started = Instant::now();
@@ -656,7 +635,7 @@ mod tests {
         };
         assert_eq!(ok, 0);
         let name = std::fs::read_link(format!("/proc/self/fd/{slave}")).unwrap();
-        let dir = Scratch::new("pty");
+        let dir = Scratch::new("untrusted-pty");
         symlink(&name, dir.0.join("cli.js")).unwrap();
         let e = read_head(
             Path::new("cli.js"),
@@ -692,7 +671,7 @@ mod tests {
 
     #[test]
     fn links_are_followed_only_where_allowed() {
-        let dir = Scratch::new("links");
+        let dir = Scratch::new("untrusted-links");
         let target = dir.0.join("target.js");
         std::fs::write(&target, b"target").unwrap();
         symlink(&target, dir.0.join("last.js")).unwrap();
@@ -751,7 +730,7 @@ mod tests {
 
     #[test]
     fn identities_without_opening() {
-        let dir = Scratch::new("identity");
+        let dir = Scratch::new("untrusted-identity");
         let path = dir.0.join("a");
         std::fs::write(&path, b"abc").unwrap();
         let opened = open(&path, Resolve::NoFollow).unwrap();
@@ -771,7 +750,7 @@ mod tests {
 
     #[test]
     fn a_huge_sparse_file_is_refused_unread() {
-        let dir = Scratch::new("sparse");
+        let dir = Scratch::new("untrusted-sparse");
         let path = dir.0.join("huge.jsonl");
         File::create(&path).unwrap().set_len(64 << 30).unwrap();
         let started = Instant::now();
@@ -890,7 +869,7 @@ mod tests {
 
     #[test]
     fn directories_are_listed_through_the_door() {
-        let dir = Scratch::new("dirs");
+        let dir = Scratch::new("untrusted-dirs");
         std::fs::create_dir(dir.0.join("p")).unwrap();
         std::fs::write(dir.0.join("p/a.jsonl"), b"").unwrap();
         symlink(dir.0.join("p"), dir.0.join("q")).unwrap();

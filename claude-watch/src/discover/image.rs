@@ -107,23 +107,7 @@ mod tests {
     use claude_ebpf_common::{EventHeader, HEADER_LEN};
 
     use super::*;
-
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("cw-image-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::scratch::Scratch;
 
     fn key_of_path(path: &Path) -> ImageKey {
         let m = std::fs::metadata(path).unwrap();
@@ -198,7 +182,7 @@ mod tests {
     /// link are not.
     #[test]
     fn a_path_is_judged_only_when_its_file_is_the_image() {
-        let dir = Dir::new("identity");
+        let dir = Scratch::new("image-identity");
         let tool = dir.0.join("tool");
         std::fs::write(&tool, b"\x7fELF not really").unwrap();
         let image = key_of_path(&tool);

@@ -1372,6 +1372,7 @@ pub fn target(found: &Found) -> Result<Vec<Target>, CaptureError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch::Scratch;
     use claude_watch_core::instance::version_from_path;
 
     fn nothing(checked: Checked) -> bool {
@@ -1449,31 +1450,12 @@ mod tests {
 
     const ID: &str = "3f1c2a9be0d4c5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0";
 
-    /// A scratch directory, removed on drop.
-    struct Scratch(PathBuf);
-
     impl Scratch {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "claude-watch-discover-{name}-{}",
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("scratch directory");
-            Self(dir)
-        }
-
         /// A fake `/proc` where process `pid`'s cgroup file says `cgroup`.
         fn with_cgroup(&self, pid: u32, cgroup: &str) {
             let dir = self.0.join("proc").join(pid.to_string());
             std::fs::create_dir_all(&dir).expect("process directory");
             std::fs::write(dir.join("cgroup"), cgroup).expect("cgroup file");
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -1542,7 +1524,7 @@ mod tests {
 
     #[test]
     fn a_container_takes_only_the_processes_its_engine_vouches_for() {
-        let scratch = Scratch::new("vouch");
+        let scratch = Scratch::new("discover-vouch");
         let socket = scratch.0.join("docker.sock");
         // The engine's main process of the container, in the container's own scope.
         scratch.with_cgroup(4242, &format!("0::/system.slice/docker-{ID}.scope\n"));
@@ -1594,7 +1576,7 @@ mod tests {
 
     #[test]
     fn without_the_engines_word_a_container_is_named_by_its_id_and_asked_again() {
-        let scratch = Scratch::new("unvouched");
+        let scratch = Scratch::new("discover-unvouched");
         scratch.with_cgroup(1, "0::/init.scope\n");
         let proc_root = scratch.0.join("proc");
         let by_id = InstanceId::container(format!("docker:{}", &ID[..12]));
@@ -1647,7 +1629,7 @@ mod tests {
 
     #[test]
     fn a_known_process_is_judged_against_the_table_lent_to_it() {
-        let scratch = Scratch::new("table");
+        let scratch = Scratch::new("discover-table");
         let mut discovery = Discovery::new(scratch.0.join("proc"), Vec::new());
         let mut known = PidTable::default();
         fake_process(&scratch, 100, "/opt/nowhere/bin/claude", 7);

@@ -4,6 +4,7 @@ use super::transcript::{Entry, EntryKind, Transcript};
 use super::*;
 use crate::detect::EpisodeEnd;
 use crate::journal::JournalOptions;
+use crate::scratch::Scratch as TempDir;
 
 /// 2026-06-28T00:00:00Z.
 const T0: u64 = 1_782_604_800_000;
@@ -293,24 +294,9 @@ fn instance_names_are_short_and_unique() {
     assert_eq!(n["/"], "-");
 }
 
-struct TempDir(std::path::PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("cw-history-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn default_roots_are_users_homes_and_the_config_dir() {
-    let dir = TempDir::new("roots");
+    let dir = TempDir::new("history-roots");
     let home = dir.0.join("home/alice");
     std::fs::create_dir_all(home.join(".claude/projects")).unwrap();
     let conf = dir.0.join("conf");
@@ -352,7 +338,7 @@ fn live_episode(ids: &[&str], session: &str, start: u64) -> Episode {
 
 #[test]
 fn import_skips_what_the_daemon_saw_and_what_was_imported() {
-    let dir = TempDir::new("import");
+    let dir = TempDir::new("history-import");
     let path = dir.0.join("journal.jsonl");
     let mut journal = Journal::open(&path, JournalOptions::default()).unwrap();
     // The daemon saw s1's episode live (one request id in common).
@@ -433,7 +419,7 @@ fn old_journals_read_as_live() {
 
 #[test]
 fn the_import_skips_links_fifos_and_huge_files_and_says_so() {
-    let dir = TempDir::new("hostile");
+    let dir = TempDir::new("history-hostile");
     let root = dir.0.join("home/.claude/projects");
     let honest = root.join("-srv-honest");
     std::fs::create_dir_all(&honest).unwrap();

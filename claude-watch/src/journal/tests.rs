@@ -2,24 +2,7 @@ use std::io::Write;
 
 use super::*;
 use crate::detect::{Episode, EpisodeEnd};
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("cw-journal-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::scratch::Scratch as TempDir;
 
 fn episode(id: u64, end: EpisodeEnd) -> Episode {
     Episode {
@@ -58,7 +41,7 @@ fn snap(id: u64, end: EpisodeEnd) -> Record {
 
 #[test]
 fn records_round_trip_and_latest_snapshot_wins() {
-    let dir = TempDir::new("rt");
+    let dir = TempDir::new("journal-rt");
     let path = dir.0.join("journal.jsonl");
     let mut j = Journal::open(&path, JournalOptions::default()).unwrap();
     j.append(&snap(1, EpisodeEnd::StillOpen)).unwrap();
@@ -87,7 +70,7 @@ fn records_round_trip_and_latest_snapshot_wins() {
 
 #[test]
 fn torn_last_line_is_repaired_and_never_corrupts_the_next_record() {
-    let dir = TempDir::new("torn");
+    let dir = TempDir::new("journal-torn");
     let path = dir.0.join("journal.jsonl");
     let mut j = Journal::open(&path, JournalOptions::default()).unwrap();
     j.append(&snap(1, EpisodeEnd::SelfRecovered)).unwrap();
@@ -117,7 +100,7 @@ fn torn_last_line_is_repaired_and_never_corrupts_the_next_record() {
 
 #[test]
 fn a_file_that_is_only_a_torn_line_is_emptied() {
-    let dir = TempDir::new("onlytorn");
+    let dir = TempDir::new("journal-onlytorn");
     let path = dir.0.join("journal.jsonl");
     std::fs::write(&path, b"{\"record\":\"episo").unwrap();
     let mut j = Journal::open(&path, JournalOptions::default()).unwrap();
@@ -127,7 +110,7 @@ fn a_file_that_is_only_a_torn_line_is_emptied() {
 
 #[test]
 fn rotates_by_size_keeps_k_files_and_reads_in_order() {
-    let dir = TempDir::new("rot");
+    let dir = TempDir::new("journal-rot");
     let path = dir.0.join("journal.jsonl");
     let line_len = serde_json::to_vec(&snap(100, EpisodeEnd::SelfRecovered))
         .unwrap()
@@ -169,7 +152,7 @@ fn rotates_by_size_keeps_k_files_and_reads_in_order() {
 
 #[test]
 fn reopening_continues_the_same_journal() {
-    let dir = TempDir::new("reopen");
+    let dir = TempDir::new("journal-reopen");
     let path = dir.0.join("sub").join("journal.jsonl");
     for id in 0..3 {
         let mut j = Journal::open(&path, JournalOptions::default()).unwrap();
@@ -232,7 +215,7 @@ fn journal_writer_child() {
 #[test]
 fn sigkill_mid_write_loses_and_corrupts_nothing() {
     use std::io::BufRead as _;
-    let dir = TempDir::new("kill");
+    let dir = TempDir::new("journal-kill");
     let path = dir.0.join("journal.jsonl");
     for round in 0..3 {
         let child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -305,7 +288,7 @@ fn sigkill_mid_write_loses_and_corrupts_nothing() {
 #[test]
 fn the_journal_is_private_and_never_followed_through_a_link() {
     use std::os::unix::fs::PermissionsExt as _;
-    let dir = TempDir::new("private");
+    let dir = TempDir::new("journal-private");
     let path = dir.0.join("journal.jsonl");
     let options = JournalOptions {
         max_bytes: 1 << 20,
