@@ -295,7 +295,7 @@ pub fn metadata(path: &Path, resolve: Resolve<'_>) -> Result<std::fs::Metadata, 
 }
 
 /// What `stat` says of a file, as the kernel holds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Identity {
     /// `st_dev`.
     pub dev: u64,

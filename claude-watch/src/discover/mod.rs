@@ -80,27 +80,6 @@ const SESSION_FRESH: Duration = Duration::from_secs(1);
 /// How long reading a script's head or an executable's module graph may take.
 const READ_BUDGET: Duration = Duration::from_secs(2);
 
-/// Identity of a file's content as far as `stat` tells: a file replaced or rewritten gets a
-/// new key, so its verdict is taken anew.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct FileKey {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-}
-
-impl FileKey {
-    fn of(id: &Identity) -> Self {
-        Self {
-            dev: id.dev,
-            ino: id.ino,
-            size: id.size,
-            mtime_ns: id.mtime_ns,
-        }
-    }
-}
-
 /// A bounded map that forgets its oldest entries first.
 #[derive(Debug)]
 struct Bounded<K, V> {
@@ -142,7 +121,7 @@ impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
 /// with the threads that run looks.
 #[derive(Debug)]
 struct Verdicts {
-    map: Bounded<(FileKey, ClaudeKind), Option<ClaudeFile>>,
+    map: Bounded<(Identity, ClaudeKind), Option<ClaudeFile>>,
     /// Executables judged, by the key the kernel gives their image (what an exec record of a
     /// process gone by then is judged by).
     images: Bounded<ImageKey, ImageVerdict>,
@@ -217,7 +196,8 @@ enum Recognized {
     Pending,
 }
 
-/// What files are, remembered per `FileKey`, and what each process was found to be.
+/// What files are, remembered per file [`Identity`] (a file replaced or rewritten is judged
+/// anew), and what each process was found to be.
 #[derive(Debug)]
 struct Recognizer {
     verdicts: Arc<Mutex<Verdicts>>,
@@ -353,7 +333,7 @@ impl Recognizer {
         }
         let verdict = crate::locked(&self.verdicts)
             .map
-            .get(&(FileKey::of(&identity), ClaudeKind::Native))
+            .get(&(identity, ClaudeKind::Native))
             .cloned()?;
         Some(Answer {
             fingerprint: print,
@@ -683,7 +663,7 @@ fn judge_opened(
     verdicts: &Mutex<Verdicts>,
 ) -> (Option<ClaudeFile>, Identity) {
     let identity = Identity::of(opened.metadata());
-    let key = (FileKey::of(&identity), kind);
+    let key = (identity, kind);
     let lock = || crate::locked(verdicts);
     if let Some(verdict) = lock().map.get(&key) {
         return (verdict.clone(), identity);
@@ -793,9 +773,7 @@ pub struct Discovery {
 struct Spare {
     pid: u32,
     start_time: u64,
-    kind: ClaudeKind,
-    release: Option<String>,
-    exe_id: Option<FileId>,
+    claude: Claude,
 }
 
 impl Discovery {
@@ -976,14 +954,7 @@ impl Discovery {
     /// Names claude process `info` from its place on the host, or `None` while a look it
     /// needs is under way, or when it is not an instance (a helper, a tool, an unclaimed
     /// spare).
-    fn classify(
-        &mut self,
-        info: ProcessInfo,
-        kind: ClaudeKind,
-        release: Option<String>,
-        exe_id: Option<FileId>,
-        known: &PidTable,
-    ) -> Option<Found> {
+    fn classify(&mut self, info: ProcessInfo, claude: Claude, known: &PidTable) -> Option<Found> {
         let pid = info.pid;
         let role = self.role(&info)?;
         let placement = match role {
@@ -1011,16 +982,14 @@ impl Discovery {
                         self.spares.push(Spare {
                             pid,
                             start_time: info.start_time,
-                            kind,
-                            release,
-                            exe_id,
+                            claude,
                         });
                     }
                     return None;
                 }
             },
         };
-        Some(self.found(info, kind, release, exe_id, placement, known))
+        Some(self.found(info, claude, placement, known))
     }
 
     /// Executables judged since the last take, with their owners and the kernel's verdict
@@ -1051,14 +1020,7 @@ impl Discovery {
             match self.session_of(&info) {
                 Some(Some(session)) => {
                     let placement = Placement::ClaudeBg(session);
-                    claimed.push(self.found(
-                        info,
-                        spare.kind,
-                        spare.release.clone(),
-                        spare.exe_id,
-                        placement,
-                        known,
-                    ));
+                    claimed.push(self.found(info, spare.claude.clone(), placement, known));
                 }
                 Some(None) | None => self.spares.push(spare),
             }
@@ -1102,9 +1064,7 @@ impl Discovery {
     fn found(
         &mut self,
         info: ProcessInfo,
-        kind: ClaudeKind,
-        release: Option<String>,
-        exe_id: Option<FileId>,
+        (kind, release, exe_id): Claude,
         placement: Placement,
         known: &PidTable,
     ) -> Found {
@@ -1252,10 +1212,10 @@ impl Processes for Discovery {
             return Checked::Nothing;
         }
         let left = was.map_or(Checked::Nothing, |_| Checked::Left);
-        let Some((kind, release, exe_id)) = recognized else {
+        let Some(claude) = recognized else {
             return left;
         };
-        self.classify(info, kind, release, exe_id, known)
+        self.classify(info, claude, known)
             .map_or(left, Checked::Found)
     }
 
@@ -1300,7 +1260,7 @@ impl Processes for Discovery {
         if known.get(pid).is_some() {
             return None;
         }
-        let (kind, release, exe_id) = self.recognize(pid)??;
+        let claude = self.recognize(pid)??;
         let info = instance::read_process_info(&self.proc_root, pid).ok()?;
         let role = self.role(&info)?;
         let machinery = match role {
@@ -1318,7 +1278,7 @@ impl Processes for Discovery {
             "requests of Claude Code's background machinery: its observe-only instance"
         );
         let placement = Placement::BgMachinery { uid: info.uid };
-        Some(self.found(info, kind, release, exe_id, placement, known))
+        Some(self.found(info, claude, placement, known))
     }
 
     /// Script instances due at `now` for another look at their mapped files (see [`target`]),
@@ -1505,14 +1465,8 @@ mod tests {
     fn place(discovery: &mut Discovery, info: ProcessInfo, container: &Container) -> Found {
         assert!(discovery.container_named(container, info.pid));
         let placement = Placement::Container(container.clone());
-        discovery.found(
-            info,
-            ClaudeKind::Native,
-            None,
-            None,
-            placement,
-            &PidTable::default(),
-        )
+        let native = (ClaudeKind::Native, None, None);
+        discovery.found(info, native, placement, &PidTable::default())
     }
 
     fn docker() -> Container {
