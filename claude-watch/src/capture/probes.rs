@@ -257,20 +257,11 @@ impl Probes {
         }
     }
 
-    /// Sends the execs and the exit of process `pid` (an instance) whatever its image.
-    pub fn watch_pid(&mut self, pid: u32) {
-        self.watched(pid, true);
-    }
-
-    /// Stops [`Self::watch_pid`] for `pid` (when it exited: the kernel leaves its bit to user
-    /// space).
-    pub fn unwatch_pid(&mut self, pid: u32) {
-        self.watched(pid, false);
-    }
-
-    /// Sets or clears `pid`'s bit in the kernel's `WATCHED` array (a bit per pid, 64 a word;
-    /// only user space writes it, so a word is read and written back whole).
-    fn watched(&mut self, pid: u32, on: bool) {
+    /// Sends the execs and the exit of process `pid` (an instance) whatever its image (`on`), or
+    /// stops that when it exited (the kernel leaves its bit to user space): its bit in the
+    /// kernel's `WATCHED` array (a bit per pid, 64 a word; only user space writes it, so a word
+    /// is read and written back whole).
+    pub fn watch_pid(&mut self, pid: u32, on: bool) {
         let Some(map) = self.ebpf.map_mut("WATCHED") else {
             return;
         };

@@ -292,32 +292,20 @@ impl Mapping<'_> {
 pub fn executable_mappings(maps: &str) -> Vec<Mapping<'_>> {
     let mut out: Vec<Mapping<'_>> = Vec::new();
     for line in maps.lines() {
-        let mut fields = line.splitn(6, ' ');
-        let (Some(range), Some(perms), _, Some(dev), Some(ino), Some(path)) = (
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-        ) else {
+        let fields: Vec<&str> = line.splitn(6, ' ').collect();
+        let [range, perms, _, dev, ino, path] = fields[..] else {
             continue;
         };
         let path = path.trim_start();
-        if perms.as_bytes().get(2) != Some(&b'x')
-            || !path.starts_with('/')
-            || path.ends_with(" (deleted)")
-        {
+        let executable = perms.as_bytes().get(2) == Some(&b'x');
+        if !executable || !path.starts_with('/') || path.ends_with(" (deleted)") {
             continue;
         }
-        let Some((major, minor)) = dev.split_once(':') else {
-            continue;
-        };
-        let (Ok(major), Ok(minor), Ok(ino)) = (
-            u32::from_str_radix(major, 16),
-            u32::from_str_radix(minor, 16),
-            ino.parse::<u64>(),
-        ) else {
+        let hex = |s: &str| u32::from_str_radix(s, 16).ok();
+        let dev = dev
+            .split_once(':')
+            .map(|(major, minor)| (hex(major), hex(minor)));
+        let (Some((Some(major), Some(minor))), Ok(ino)) = (dev, ino.parse::<u64>()) else {
             continue;
         };
         if !out.iter().any(|m| m.path == path) {

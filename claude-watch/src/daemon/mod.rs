@@ -712,12 +712,12 @@ impl Daemon {
             // `Discovery::due_rescans`), and only the last failure is said.
             Effect::Attach(found) => {
                 // Its execs and exit reach us whatever image it runs.
-                self.probes.watch_pid(found.info.pid);
+                self.probes.watch_pid(found.info.pid, true);
                 self.locate(found, false);
             }
             Effect::Detach { pid } => {
                 self.probes.release(pid);
-                self.probes.unwatch_pid(pid);
+                self.probes.watch_pid(pid, false);
             }
             Effect::Inspect { pid } => {
                 self.inspect(pid);
