@@ -688,11 +688,9 @@ impl Daemon {
     /// measures how long a restart waited for them.
     fn release(&mut self, decided: std::time::Instant, effect: Effect) {
         if matches!(effect, Effect::Restart { .. }) {
-            self.metrics.observe(
-                publish::WRITE_AHEAD_HISTOGRAM,
-                publish::WRITE_AHEAD_HELP,
-                decided.elapsed().as_secs_f64(),
-            );
+            let (name, help) = publish::WRITE_AHEAD;
+            self.metrics
+                .observe(name, help, decided.elapsed().as_secs_f64());
         }
         self.act(effect);
     }

@@ -11,67 +11,32 @@ use crate::watch::status::{STATES, Status};
 /// Counts or observes one metric event of the core.
 pub(super) fn record(m: &Metrics, metric: &Metric) {
     let of_agent = |agent: &str| labels(&[("agent", agent)]);
-    let (name, help, labels) = match metric {
+    let ((name, help), labels) = match metric {
         Metric::Exchange {
             agent,
             status,
             model,
         } => (
-            "claude_watch_exchanges_total",
-            EXCHANGES_HELP,
+            EXCHANGES,
             labels(&[
                 ("agent", agent),
                 ("status", &status.to_string()),
                 ("model", model),
             ]),
         ),
-        Metric::EpisodeOpened { agent: a } => {
-            ("claude_watch_episodes_total", EPISODES_HELP, of_agent(a))
+        Metric::EpisodeOpened { agent } => (EPISODES, of_agent(agent)),
+        Metric::Restart { agent, ok } => {
+            let result = if *ok { "ok" } else { "error" };
+            (RESTARTS, labels(&[("agent", agent), ("result", result)]))
         }
-        Metric::Restart { agent, ok } => (
-            "claude_watch_restarts_total",
-            RESTARTS_HELP,
-            labels(&[
-                ("agent", agent),
-                ("result", if *ok { "ok" } else { "error" }),
-            ]),
-        ),
-        Metric::Recovery { agent: a } => (
-            "claude_watch_recoveries_total",
-            RECOVERIES_HELP,
-            of_agent(a),
-        ),
-        Metric::Escalation { agent: a } => (
-            "claude_watch_escalations_total",
-            ESCALATIONS_HELP,
-            of_agent(a),
-        ),
-        Metric::RestartRejected { agent: a } => (
-            "claude_watch_restarts_rejected_total",
-            REJECTED_HELP,
-            of_agent(a),
-        ),
-        Metric::IncidentOpened => (
-            "claude_watch_incidents_total",
-            INCIDENTS_HELP,
-            String::new(),
-        ),
-        Metric::IncidentEscalated => (
-            "claude_watch_incident_escalations_total",
-            INCIDENT_ESCALATIONS_HELP,
-            String::new(),
-        ),
-        Metric::InstanceRefused => (
-            "claude_watch_instances_refused_total",
-            "New claude instances not watched because too many instances were tracked.",
-            String::new(),
-        ),
-        Metric::DetectionSeconds(s) => {
-            return m.observe("claude_watch_detection_seconds", DETECTION_HELP, *s);
-        }
-        Metric::RecoverySeconds(s) => {
-            return m.observe("claude_watch_recovery_seconds", RECOVERY_HELP, *s);
-        }
+        Metric::Recovery { agent } => (RECOVERIES, of_agent(agent)),
+        Metric::Escalation { agent } => (ESCALATIONS, of_agent(agent)),
+        Metric::RestartRejected { agent } => (REJECTED, of_agent(agent)),
+        Metric::IncidentOpened => (INCIDENTS, String::new()),
+        Metric::IncidentEscalated => (INCIDENT_ESCALATIONS, String::new()),
+        Metric::InstanceRefused => (INSTANCES_REFUSED, String::new()),
+        Metric::DetectionSeconds(s) => return m.observe(DETECTION.0, DETECTION.1, *s),
+        Metric::RecoverySeconds(s) => return m.observe(RECOVERY.0, RECOVERY.1, *s),
         Metric::Forgotten { agent } => return m.forget_agent(agent),
     };
     m.inc(name, help, labels, 1.0);
@@ -319,35 +284,69 @@ pub(super) fn gauges(m: &Metrics, status: &Status, capture: &CaptureFigures<'_>)
 /// Every metric family, exported from the start (counters and histograms before their first
 /// event), so dashboards and alerts find them.
 pub(super) fn declare_metrics(m: &Metrics) {
-    m.declare_counter("claude_watch_exchanges_total", EXCHANGES_HELP);
-    m.declare_counter("claude_watch_episodes_total", EPISODES_HELP);
-    m.declare_counter("claude_watch_restarts_total", RESTARTS_HELP);
-    m.declare_counter("claude_watch_recoveries_total", RECOVERIES_HELP);
-    m.declare_counter("claude_watch_escalations_total", ESCALATIONS_HELP);
-    m.declare_counter("claude_watch_incidents_total", INCIDENTS_HELP);
-    m.declare_counter("claude_watch_restarts_rejected_total", REJECTED_HELP);
-    m.declare_counter(
-        "claude_watch_incident_escalations_total",
-        INCIDENT_ESCALATIONS_HELP,
-    );
-    m.declare_histogram("claude_watch_detection_seconds", DETECTION_HELP);
-    m.declare_histogram("claude_watch_recovery_seconds", RECOVERY_HELP);
-    m.declare_histogram(WRITE_AHEAD_HISTOGRAM, WRITE_AHEAD_HELP);
+    for (name, help) in [
+        EXCHANGES,
+        EPISODES,
+        RESTARTS,
+        RECOVERIES,
+        ESCALATIONS,
+        INCIDENTS,
+        REJECTED,
+        INCIDENT_ESCALATIONS,
+    ] {
+        m.declare_counter(name, help);
+    }
+    for (name, help) in [DETECTION, RECOVERY, WRITE_AHEAD] {
+        m.declare_histogram(name, help);
+    }
 }
 
-/// How long a restart waited for its journal records to be durable (write-ahead).
-pub(super) const WRITE_AHEAD_HISTOGRAM: &str = "claude_watch_restart_sync_wait_seconds";
-pub(super) const WRITE_AHEAD_HELP: &str = "From a restart decision to its start, waiting for the decision's journal records to be durable.";
+/// A metric family's name and help text.
+type Family = (&'static str, &'static str);
 
-const EXCHANGES_HELP: &str = "HTTP exchanges of claude instances, by status and model.";
-const EPISODES_HELP: &str = "Latch episodes opened.";
-const RESTARTS_HELP: &str = "Restarts requested from supervisors, by result.";
-const RECOVERIES_HELP: &str = "Confirmed recoveries (a non-401 from the instance itself).";
-const ESCALATIONS_HELP: &str = "Instances escalated after restarts did not heal them (a notice: restarts go on unless give_up).";
-const REJECTED_HELP: &str =
-    "Restarts whose new process got 401 (the upstream window was still open).";
-const INCIDENTS_HELP: &str = "Upstream incidents: several instances of the host latched together.";
-const INCIDENT_ESCALATIONS_HELP: &str =
-    "Upstream incidents escalated (one notice per incident, not per instance).";
-const DETECTION_HELP: &str = "From the latch condition holding to the detector's decision.";
-const RECOVERY_HELP: &str = "Restart to the new process's first accepted answer.";
+/// How long a restart waited for its records to be durable.
+pub(super) const WRITE_AHEAD: Family = (
+    "claude_watch_restart_sync_wait_seconds",
+    "From a restart decision to its start, waiting for the decision's journal records to be durable.",
+);
+const EXCHANGES: Family = (
+    "claude_watch_exchanges_total",
+    "HTTP exchanges of claude instances, by status and model.",
+);
+const EPISODES: Family = ("claude_watch_episodes_total", "Latch episodes opened.");
+const RESTARTS: Family = (
+    "claude_watch_restarts_total",
+    "Restarts requested from supervisors, by result.",
+);
+const RECOVERIES: Family = (
+    "claude_watch_recoveries_total",
+    "Confirmed recoveries (a non-401 from the instance itself).",
+);
+const ESCALATIONS: Family = (
+    "claude_watch_escalations_total",
+    "Instances escalated after restarts did not heal them (a notice: restarts go on unless give_up).",
+);
+const REJECTED: Family = (
+    "claude_watch_restarts_rejected_total",
+    "Restarts whose new process got 401 (the upstream window was still open).",
+);
+const INCIDENTS: Family = (
+    "claude_watch_incidents_total",
+    "Upstream incidents: several instances of the host latched together.",
+);
+const INCIDENT_ESCALATIONS: Family = (
+    "claude_watch_incident_escalations_total",
+    "Upstream incidents escalated (one notice per incident, not per instance).",
+);
+const INSTANCES_REFUSED: Family = (
+    "claude_watch_instances_refused_total",
+    "New claude instances not watched because too many instances were tracked.",
+);
+const DETECTION: Family = (
+    "claude_watch_detection_seconds",
+    "From the latch condition holding to the detector's decision.",
+);
+const RECOVERY: Family = (
+    "claude_watch_recovery_seconds",
+    "Restart to the new process's first accepted answer.",
+);

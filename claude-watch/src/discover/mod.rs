@@ -521,7 +521,7 @@ fn ask_engine(socket: &Path, proc_root: &Path, container: &Container) -> Option<
         );
         return None;
     }
-    let main_cgroup = instance::proc::cgroup_in(proc_root, inspect.pid)
+    let main_cgroup = instance::proc::read_text_in(proc_root, inspect.pid, "cgroup")
         .inspect_err(|e| warn!(container = %container.short_id(), main_pid = inspect.pid, error = %crate::error_chain(e), "the container's main process is gone: its processes are named by the container's id"))
         .ok()?;
     Some(Vouch {

@@ -82,10 +82,17 @@ pub fn read_file(root: &Path, pid: u32, file: &str, limit: u64) -> Result<Vec<u8
     Ok(read_bounded(&dir_of(root, pid).join(file), limit)?)
 }
 
-/// A `/proc/<pid>` text file of the host, at most [`MAX_FILE`] bytes, decoded lossily.
+/// `<root>/<pid>/<file>`, a text file, at most [`MAX_FILE`] bytes, decoded lossily.
+///
+/// # Errors
+/// [`ProcError::File`] when it cannot be read (the process is gone).
+pub fn read_text_in(root: &Path, pid: u32, file: &str) -> Result<String, ProcError> {
+    read_file(root, pid, file, MAX_FILE).map(|raw| String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// A `/proc/<pid>` text file of the host (see [`read_text_in`]).
 fn read_text(pid: u32, file: &str) -> Result<String, ProcError> {
-    read_file(Path::new(ROOT), pid, file, MAX_FILE)
-        .map(|raw| String::from_utf8_lossy(&raw).into_owned())
+    read_text_in(Path::new(ROOT), pid, file)
 }
 
 /// The link `<root>/<pid>/<name>` points to.
@@ -140,10 +147,7 @@ pub fn start_time_in(dir: &Path) -> Option<u64> {
 /// empty / `None` rather than failing; `stat` and `cgroup` must be readable.
 pub fn read_process_info(proc_root: &Path, pid: u32) -> Result<ProcessInfo, ProcError> {
     let dir = dir_of(proc_root, pid);
-    let read = |name: &str| {
-        read_file(proc_root, pid, name, MAX_FILE)
-            .map(|raw| String::from_utf8_lossy(&raw).into_owned())
-    };
+    let read = |name: &str| read_text_in(proc_root, pid, name);
     let (ppid, start_time) =
         parse_stat(&read("stat")?).ok_or(ProcError::Malformed { pid, file: "stat" })?;
     let cgroup = read("cgroup")?;
@@ -295,15 +299,6 @@ pub fn host_pid(namespace: &str, ns_pid: u32) -> Result<u32, ProcError> {
 /// [`ProcError::Read`] when it is gone.
 pub fn cgroup(pid: u32) -> Result<String, ProcError> {
     read_text(pid, "cgroup")
-}
-
-/// `<root>/<pid>/cgroup` (at most `MAX_FILE` bytes), decoded lossily: [`cgroup`] under
-/// another `/proc` (discovery's, which tests replace).
-///
-/// # Errors
-/// [`ProcError::File`] when it cannot be read (the process is gone).
-pub fn cgroup_in(root: &Path, pid: u32) -> Result<String, ProcError> {
-    read_file(root, pid, "cgroup", MAX_FILE).map(|raw| String::from_utf8_lossy(&raw).into_owned())
 }
 
 /// The children of `parent`'s main thread (empty when it is gone).
