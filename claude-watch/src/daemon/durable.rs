@@ -193,17 +193,12 @@ impl<T> WriteAhead<T> {
     /// Writes up to `seq` are durable: the items that may pass now, in order.
     pub(super) fn acknowledged(&mut self, seq: u64) -> Vec<T> {
         self.durable = self.durable.max(seq);
-        let mut ready = Vec::new();
-        while self
+        let durable = self
             .held
-            .front()
-            .is_some_and(|(wait, _, _)| *wait <= self.durable)
-        {
-            if let Some((_, _, item)) = self.held.pop_front() {
-                ready.push(item);
-            }
-        }
-        ready
+            .iter()
+            .take_while(|(wait, ..)| *wait <= self.durable);
+        let ready = durable.count();
+        self.held.drain(..ready).map(|(_, _, item)| item).collect()
     }
 
     /// Everything still waiting (at shutdown, once the writer has finished).

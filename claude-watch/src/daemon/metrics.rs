@@ -120,11 +120,9 @@ impl Metrics {
     /// Sets a counter to an absolute value (for counters kept elsewhere, like the kernel's).
     pub fn set_counter(&self, name: &'static str, help: &'static str, labels: String, value: f64) {
         self.with(|m| {
-            m.series
-                .entry(name)
-                .or_insert((help, Kind::Counter, BTreeMap::new()))
-                .2
-                .insert(labels, value);
+            if let Some(v) = slot(m, (name, help, Kind::Counter), labels) {
+                *v = value;
+            }
         });
     }
 
