@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tracing::debug;
@@ -161,14 +161,4 @@ pub fn query_status(path: &Path) -> Result<Snapshot, ControlError> {
         path: path.to_owned(),
         source,
     })
-}
-
-trait TakeExt: Sized {
-    fn take(self, limit: u64) -> tokio::io::Take<Self>;
-}
-
-impl<R: tokio::io::AsyncRead> TakeExt for BufReader<R> {
-    fn take(self, limit: u64) -> tokio::io::Take<Self> {
-        tokio::io::AsyncReadExt::take(self, limit)
-    }
 }
