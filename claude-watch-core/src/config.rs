@@ -611,16 +611,8 @@ pub enum SupervisorSpec {
     Observe,
 }
 
-/// `mode` of a systemd supervisor.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SystemdModeSpec {
-    /// `RestartUnit(unit, "replace")`.
-    #[default]
-    Restart,
-    /// `KillUnit(unit, "main", SIGTERM)`; the unit's `Restart=` brings it back.
-    Kill,
-}
+/// `mode` of a systemd supervisor (`restart`, the default, or `kill`): the restarter's own.
+pub use crate::supervise::SystemdMode as SystemdModeSpec;
 
 fn default_command_timeout() -> Duration {
     Duration::from_secs(60)
