@@ -611,16 +611,8 @@ pub enum SupervisorSpec {
     Observe,
 }
 
-/// `mode` of a systemd supervisor.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SystemdModeSpec {
-    /// `RestartUnit(unit, "replace")`.
-    #[default]
-    Restart,
-    /// `KillUnit(unit, "main", SIGTERM)`; the unit's `Restart=` brings it back.
-    Kill,
-}
+/// `mode` of a systemd supervisor (`restart`, the default, or `kill`): the restarter's own.
+pub use crate::supervise::SystemdMode as SystemdModeSpec;
 
 fn default_command_timeout() -> Duration {
     Duration::from_secs(60)
@@ -705,34 +697,27 @@ impl Config {
     /// Cross-field checks the types cannot express.
     fn check(&self, text: &str, origin: &str) -> Vec<ConfigError> {
         let mut errors = Vec::new();
+        let mut error =
+            |span: Range<usize>, message: &str| errors.push(invalid(text, origin, span, message));
+        // Where the value of `key` in `[table]` is.
+        let at = |table, key| value_span(text, table, key);
         let f = &self.fleet;
         for url in &f.alertmanager {
             if let Err(e) = alertmanager_address(url) {
-                errors.push(invalid(
-                    text,
-                    origin,
-                    value_span(text, "fleet", "alertmanager"),
-                    &e.to_string(),
-                ));
+                error(at("fleet", "alertmanager"), &e.to_string());
             }
         }
         if f.enabled() && f.matchers.is_empty() {
-            let span = value_span(text, "fleet", "matchers");
-            errors.push(invalid(
-                text,
-                origin,
-                span,
+            error(
+                at("fleet", "matchers"),
                 "at least one matcher, e.g. { alertname = \"ClaudeFleetUpstreamIncident\" }",
-            ));
+            );
         }
         if f.poll_every < Duration::from_secs(1) || f.stale_after < f.poll_every * 2 {
-            let span = value_span(text, "fleet", "stale_after");
-            errors.push(invalid(
-                text,
-                origin,
-                span,
+            error(
+                at("fleet", "stale_after"),
                 "poll_every must be at least 1s, and stale_after at least twice poll_every",
-            ));
+            );
         }
         if let Some(scope) = &self.daemon.scope
             && (!scope.starts_with('/')
@@ -740,71 +725,56 @@ impl Config {
                 || scope.ends_with('/')
                 || scope.contains(".."))
         {
-            let span = value_span(text, "daemon", "scope");
-            errors.push(invalid(
-                text,
-                origin,
-                span,
+            error(
+                at("daemon", "scope"),
                 "a cgroup path as /proc/<pid>/cgroup names it, e.g. \"/system.slice/agents.slice\"",
-            ));
+            );
         }
         let r = &self.recovery;
         if *r.backoff_max.get_ref() < r.backoff_initial {
-            errors.push(invalid(
-                text,
-                origin,
+            error(
                 r.backoff_max.span(),
                 "must not be shorter than backoff_initial",
-            ));
+            );
         }
         if !self.daemon.ring_mib.is_power_of_two() || self.daemon.ring_mib > 1024 {
-            let span = value_span(text, "daemon", "ring_mib");
-            errors.push(invalid(
-                text,
-                origin,
-                span,
+            error(
+                at("daemon", "ring_mib"),
                 "must be a power of two from 1 to 1024",
-            ));
+            );
         }
         if self.daemon.max_attachments_per_user == Some(0) {
-            let span = value_span(text, "daemon", "max_attachments_per_user");
-            errors.push(invalid(
-                text,
-                origin,
-                span,
+            error(
+                at("daemon", "max_attachments_per_user"),
                 "must be at least 1 (leave it out for a quarter of max_attachments)",
-            ));
+            );
         }
         if self.daemon.max_attachments == 0 {
-            let span = value_span(text, "daemon", "max_attachments");
-            errors.push(invalid(
-                text,
-                origin,
-                span,
+            error(
+                at("daemon", "max_attachments"),
                 "must be at least 1 (no attachment watches nothing)",
-            ));
+            );
         }
-        if let Some(hook) = &r.escalation_hook {
-            errors.extend(check_argv(hook, text, origin).err());
+        // An argv template checked where it is written.
+        if let Some(hook) = &r.escalation_hook
+            && let Err(e) = validate_argv(hook.get_ref(), &HOOK_PLACEHOLDERS)
+        {
+            error(hook.span(), &e.to_string());
         }
         let mut seen: Vec<&str> = Vec::new();
         for instance in &self.instances {
             let name = instance.name.get_ref();
             if name.is_empty() || name.starts_with("pid:") || name.contains(char::is_whitespace) {
-                errors.push(invalid(
-                    text,
-                    origin,
+                error(
                     instance.name.span(),
                     "an instance name must be non-empty, without spaces, and not start with `pid:`",
-                ));
+                );
             }
             if seen.contains(&name.as_str()) {
-                errors.push(invalid(
-                    text,
-                    origin,
+                error(
                     instance.name.span(),
                     &format!("instance {name:?} is defined twice"),
-                ));
+                );
             }
             seen.push(name);
             let m = &instance.matches;
@@ -814,14 +784,12 @@ impl Config {
                 && m.cwd.is_none()
                 && m.uid.is_none()
             {
-                errors.push(invalid(
-                    text,
-                    origin,
+                error(
                     instance.name.span(),
                     &format!(
                         "instance {name:?} has no `match` condition (exe, arg, cgroup, cwd or uid)"
                     ),
-                ));
+                );
             }
         }
         errors
@@ -883,12 +851,6 @@ fn sift<'i>(
         }
     }
     (errors, Spanned::new(root.span(), kept))
-}
-
-/// An argv template checked where it is written.
-fn check_argv(argv: &Spanned<Vec<String>>, text: &str, origin: &str) -> Result<(), ConfigError> {
-    validate_argv(argv.get_ref(), &HOOK_PLACEHOLDERS)
-        .map_err(|e| invalid(text, origin, argv.span(), &e.to_string()))
 }
 
 /// What is wrong with an argv template ([`validate_argv`]).

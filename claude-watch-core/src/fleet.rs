@@ -96,10 +96,7 @@ pub enum FleetState {
         until: MonoNs,
     },
     /// No answer for `stale_after`: local behaviour.
-    Unreachable {
-        /// Since when no answer came (monotonic).
-        since: MonoNs,
-    },
+    Unreachable,
 }
 
 /// A change worth saying (journal, log, metrics).
@@ -188,7 +185,7 @@ impl Fleet {
             FleetState::Held { .. } => Some(MonoNs::MAX),
             FleetState::Waiting => Some(self.started.saturating_add(ns(self.config.stale_after))),
             FleetState::Resuming { until } => Some(until),
-            FleetState::Clear | FleetState::Unreachable { .. } => None,
+            FleetState::Clear | FleetState::Unreachable => None,
         }
     }
 
@@ -213,7 +210,7 @@ impl Fleet {
             } => (Some((alert, since_ms)), from),
             FleetAnswer::Clear { from } => (None, from),
         };
-        if matches!(self.state, FleetState::Unreachable { .. }) {
+        if matches!(self.state, FleetState::Unreachable) {
             out.push(FleetEvent::Reachable);
         }
         self.last_answer = Some((now, from));
@@ -250,35 +247,27 @@ impl Fleet {
         {
             self.state = FleetState::Clear;
         }
-        let stale_after = ns(self.config.stale_after);
-        let last = self.last_answer.as_ref().map_or(self.started, |(t, _)| *t);
-        if now >= last.saturating_add(stale_after)
-            && !matches!(self.state, FleetState::Unreachable { .. })
-        {
+        if now >= self.stale_at() && !matches!(self.state, FleetState::Unreachable) {
             let error = self
                 .last_error
                 .clone()
                 .unwrap_or_else(|| "no answer".to_owned());
             out.push(FleetEvent::Unreachable { error });
-            self.state = FleetState::Unreachable {
-                since: last.saturating_add(stale_after),
-            };
+            self.state = FleetState::Unreachable;
         }
         out
+    }
+
+    /// When the last answer (or, without one, the start) gets too old to go by.
+    fn stale_at(&self) -> MonoNs {
+        let last = self.last_answer.as_ref().map_or(self.started, |(t, _)| *t);
+        last.saturating_add(ns(self.config.stale_after))
     }
 
     /// When the clock alone will next change something.
     #[must_use]
     pub fn next_deadline(&self) -> Option<MonoNs> {
-        let stale = match self.state {
-            FleetState::Unreachable { .. } => None,
-            _ => Some(
-                self.last_answer
-                    .as_ref()
-                    .map_or(self.started, |(t, _)| *t)
-                    .saturating_add(ns(self.config.stale_after)),
-            ),
-        };
+        let stale = (!matches!(self.state, FleetState::Unreachable)).then(|| self.stale_at());
         let resume = match self.state {
             FleetState::Resuming { until } => Some(until),
             _ => None,

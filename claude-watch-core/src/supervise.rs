@@ -74,8 +74,9 @@ impl RestartOutcome {
     }
 }
 
-/// How the unit is made to start a new process.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How the unit is made to start a new process (`mode` of a systemd supervisor).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SystemdMode {
     /// `RestartUnit(name, "replace")` and wait for the job.
     #[default]
@@ -291,10 +292,6 @@ impl Supervisor {
         timeout: Duration,
     ) -> Choice {
         let systemd = |mode: SystemdModeSpec| {
-            let mode = match mode {
-                SystemdModeSpec::Restart => SystemdMode::Restart,
-                SystemdModeSpec::Kill => SystemdMode::Kill,
-            };
             let address = match bus {
                 SystemdBus::Address(a) => Some(a.clone()),
                 SystemdBus::System | SystemdBus::Unavailable(_) => None,

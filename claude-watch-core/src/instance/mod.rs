@@ -103,69 +103,53 @@ pub struct InstanceId {
 }
 
 impl InstanceId {
-    /// An instance named after a systemd unit.
-    pub fn unit(name: impl Into<String>) -> Self {
+    /// The id `name`, derived as `source` says.
+    fn new(name: impl Into<String>, source: IdSource) -> Self {
         Self {
             name: name.into(),
-            source: IdSource::Unit,
+            source,
         }
+    }
+
+    /// An instance named after a systemd unit.
+    pub fn unit(name: impl Into<String>) -> Self {
+        Self::new(name, IdSource::Unit)
     }
 
     /// An instance named by a configured rule.
     pub fn rule(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            source: IdSource::Rule,
-        }
+        Self::new(name, IdSource::Rule)
     }
 
     /// The fallback name of a process without unit or rule.
     pub fn pid(pid: u32) -> Self {
-        Self {
-            name: format!("pid:{pid}"),
-            source: IdSource::Pid,
-        }
+        Self::new(format!("pid:{pid}"), IdSource::Pid)
     }
 
     /// An instance named after the container it runs in, e.g. `docker:reviewer`.
     pub fn container(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            source: IdSource::Container,
-        }
+        Self::new(name, IdSource::Container)
     }
 
     /// A unit of user `uid`'s systemd manager, named `user:<uid>:<unit>`.
     pub fn user_unit(uid: u32, unit: &str) -> Self {
-        Self {
-            name: format!("user:{uid}:{unit}"),
-            source: IdSource::UserUnit,
-        }
+        Self::new(format!("user:{uid}:{unit}"), IdSource::UserUnit)
     }
 
     /// A program of a process manager, e.g. `pm2:reviewer`.
     pub fn program(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            source: IdSource::Program,
-        }
+        Self::new(name, IdSource::Program)
     }
 
     /// A background session of Claude Code's own daemon, named `claude-bg:<short id>`.
     pub fn bg_session(short_id: &str) -> Self {
-        Self {
-            name: format!("claude-bg:{short_id}"),
-            source: IdSource::BgSession,
-        }
+        Self::new(format!("claude-bg:{short_id}"), IdSource::BgSession)
     }
 
     /// The observe-only instance of user `uid`'s background machinery (see
     /// [`Placement::BgMachinery`]).
     pub fn bg_machinery(uid: u32) -> Self {
-        Self {
-            name: format!("claude-bg-daemon:{uid}"),
-            source: IdSource::BgMachinery,
-        }
+        Self::new(format!("claude-bg-daemon:{uid}"), IdSource::BgMachinery)
     }
 
     /// The systemd unit, when the name is one (of the system's or a user's manager).
@@ -234,10 +218,7 @@ impl InstanceId {
         } else {
             IdSource::Rule
         };
-        Self {
-            name: name.to_owned(),
-            source,
-        }
+        Self::new(name, source)
     }
 }
 

@@ -498,9 +498,8 @@ impl Watch {
                     self.journal_action(
                         &id,
                         ActionKind::Blind,
-                        false,
+                        Err(format!("pid {pid}: {why}")),
                         None,
-                        format!("pid {pid}: {why}"),
                         now,
                         &mut out,
                     );
@@ -517,16 +516,12 @@ impl Watch {
                 self.restart_finished(&instance, result, now, &mut out);
             }
             Input::HookFinished { instance, result } => {
-                let (ok, detail) = match &result {
-                    Ok(outcome) => (true, outcome.summary.clone()),
-                    Err(e) => (false, e.detail.clone()),
-                };
-                if ok {
-                    info!(instance = %instance, detail, "escalation hook ran");
-                } else {
-                    warn!(instance = %instance, detail, "escalation hook failed");
+                let detail = result.map(|o| o.summary).map_err(|e| e.detail);
+                match &detail {
+                    Ok(detail) => info!(instance = %instance, detail, "escalation hook ran"),
+                    Err(detail) => warn!(instance = %instance, detail, "escalation hook failed"),
                 }
-                self.journal_action(&instance, ActionKind::Hook, ok, None, detail, now, &mut out);
+                self.journal_action(&instance, ActionKind::Hook, detail, None, now, &mut out);
             }
             Input::Reload {
                 config,
@@ -1033,9 +1028,8 @@ impl Watch {
                     self.journal_action(
                         &instance,
                         ActionKind::Restart,
-                        true,
+                        Ok(format!("restarted by something else, not claude-watch: pid {old_pid} exited while latched, pid {pid} of the same instance started")),
                         None,
-                        format!("restarted by something else, not claude-watch: pid {old_pid} exited while latched, pid {pid} of the same instance started"),
                         now,
                         out,
                     );
@@ -1122,7 +1116,17 @@ impl Watch {
         if let Some(fleet::FleetState::Held { alert, since_ms }) =
             self.fleet.as_ref().map(fleet::Fleet::state)
         {
-            self.journal_fleet_hold(instance, alert, *since_ms, now, out);
+            self.journal_action(
+                instance,
+                ActionKind::Held,
+                Ok(format!(
+                    "held by the fleet: {alert} fires since {}; no restart on this host while it does",
+                    crate::time::rfc3339_ms(*since_ms)
+                )),
+                None,
+                now,
+                out,
+            );
         }
     }
 
@@ -1236,9 +1240,8 @@ impl Watch {
             self.journal_action(
                 id,
                 ActionKind::Restart,
-                false,
+                Err(format!("no live process to restart: {detail}")),
                 None,
-                format!("no live process to restart: {detail}"),
                 now,
                 out,
             );
@@ -1280,9 +1283,8 @@ impl Watch {
                 self.journal_action(
                     id,
                     ActionKind::Restart,
-                    true,
+                    Ok(outcome.summary.clone()),
                     None,
-                    outcome.summary.clone(),
                     now,
                     out,
                 );
@@ -1301,7 +1303,7 @@ impl Watch {
                     agent: id.name.clone(),
                     ok: false,
                 }));
-                self.journal_action(id, ActionKind::Restart, false, None, detail, now, out);
+                self.journal_action(id, ActionKind::Restart, Err(detail), None, now, out);
                 // Latched again, its old process counting: held by the fleet, if it is.
                 self.journal_if_fleet_held(id, now, out);
             }
@@ -1370,15 +1372,7 @@ impl Watch {
         out.push(Effect::Metric(Metric::Escalation {
             agent: id.name.clone(),
         }));
-        self.journal_action(
-            id,
-            ActionKind::Escalate,
-            true,
-            None,
-            reason.clone(),
-            now,
-            out,
-        );
+        self.journal_action(id, ActionKind::Escalate, Ok(reason.clone()), None, now, out);
         // The process that latched, taken before a give-up closes its episode.
         let latched = self.target(id);
         self.episode_escalated(id, gave_up, now, out);
@@ -1434,8 +1428,9 @@ impl Watch {
             match event {
                 fleet::FleetEvent::Held { alert, since_ms } => {
                     warn!(alert, since = %crate::time::rfc3339_ms(since_ms), latched = latched.len(), "the fleet's upstream incident alert fires: no restart on this host while it does");
+                    // The fleet's state is this hold now: each latched instance's record says so.
                     for id in &latched {
-                        self.journal_fleet_hold(id, &alert, since_ms, now, out);
+                        self.journal_if_fleet_held(id, now, out);
                     }
                 }
                 fleet::FleetEvent::Resuming { until } => {
@@ -1445,9 +1440,8 @@ impl Watch {
                         self.journal_action(
                             id,
                             ActionKind::Held,
-                            true,
-                            Some(self.wall_ms(until)),
-                            format!("the fleet's incident alert resolved: restarts resume at {at} (this host's turn in the stagger)"),
+                            Ok(format!("the fleet's incident alert resolved: restarts resume at {at} (this host's turn in the stagger)")),
+                            Some(until),
                             now,
                             out,
                         );
@@ -1471,28 +1465,6 @@ impl Watch {
         }
         self.policy
             .set_fleet_hold(self.fleet.as_ref().and_then(fleet::Fleet::hold_until));
-    }
-
-    fn journal_fleet_hold(
-        &self,
-        id: &InstanceId,
-        alert: &str,
-        since_ms: u64,
-        now: MonoNs,
-        out: &mut Vec<Effect>,
-    ) {
-        self.journal_action(
-            id,
-            ActionKind::Held,
-            true,
-            None,
-            format!(
-                "held by the fleet: {alert} fires since {}; no restart on this host while it does",
-                crate::time::rfc3339_ms(since_ms)
-            ),
-            now,
-            out,
-        );
     }
 
     /// The id of the incident opened at monotonic `opened`.
@@ -1564,9 +1536,10 @@ impl Watch {
         self.journal_action(
             id,
             ActionKind::Held,
-            true,
+            Ok(format!(
+                "held by {incident}: waiting for its canary restart to heal"
+            )),
             None,
-            format!("held by {incident}: waiting for its canary restart to heal"),
             now,
             out,
         );
@@ -1692,17 +1665,14 @@ impl Watch {
         }));
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the fields of one journal record"
-    )]
+    /// Journals `id`'s action `kind`: `ok` unless its `detail` is an `Err`, with the end
+    /// `until` of the quiet window it set, if it set one.
     fn journal_action(
         &self,
         id: &InstanceId,
         kind: ActionKind,
-        ok: bool,
-        until_ms: Option<u64>,
-        detail: String,
+        detail: Result<String, String>,
+        until: Option<MonoNs>,
         now: MonoNs,
         out: &mut Vec<Effect>,
     ) {
@@ -1718,9 +1688,9 @@ impl Watch {
             instance: id.name.clone(),
             episode_id,
             kind,
-            ok,
-            until_ms,
-            detail: Some(detail),
+            ok: detail.is_ok(),
+            until_ms: until.map(|t| self.wall_ms(t)),
+            detail: Some(detail.unwrap_or_else(|e| e)),
         })));
     }
 
@@ -1740,15 +1710,7 @@ impl Watch {
             format!("quiet window of {wait_s}s before the next restart")
         };
         info!(instance = %id, wait_s, incident, "{detail}");
-        self.journal_action(
-            id,
-            ActionKind::Backoff,
-            true,
-            Some(self.wall_ms(until)),
-            detail,
-            now,
-            out,
-        );
+        self.journal_action(id, ActionKind::Backoff, Ok(detail), Some(until), now, out);
     }
 
     fn save(&self, out: &mut Vec<Effect>) {

@@ -167,6 +167,7 @@ impl Scenario {
     }
 
     /// One window of `length` over every one of `instances` agents, a minute in.
+    #[cfg(test)]
     #[must_use]
     pub fn one_window(length: Duration, instances: usize) -> Self {
         Self {

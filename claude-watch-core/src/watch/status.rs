@@ -79,7 +79,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
             FleetState::Clear => ("clear", None, None),
             FleetState::Held { since_ms, .. } => ("held", Some(*since_ms), None),
             FleetState::Resuming { until } => ("resuming", None, Some(watch.wall_ms(*until))),
-            FleetState::Unreachable { .. } => ("unreachable", None, None),
+            FleetState::Unreachable => ("unreachable", None, None),
         };
         FleetStatus {
             host: f.config().host.clone(),
@@ -92,10 +92,7 @@ pub(super) fn merge(watch: &Watch, now: MonoNs) -> Status {
             error: f.last_error().map(str::to_owned),
         }
     });
-    let held = watch
-        .fleet
-        .as_ref()
-        .is_some_and(|f| matches!(f.state(), super::fleet::FleetState::Held { .. }));
+    let held = watch.fleet.as_ref().is_some_and(super::fleet::Fleet::held);
     let incident = watch.policy.incident().map(|i| IncidentStatus {
         id: watch.incident_id(i.opened),
         since_ms: watch.wall_ms(i.opened),
