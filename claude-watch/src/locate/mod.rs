@@ -145,6 +145,17 @@ pub struct Located {
 }
 
 impl Located {
+    /// BoringSSL's `functions` in `image`, found from its code.
+    fn disassembled(image: &ElfImage<'_>, functions: Vec<Function>) -> Self {
+        Self {
+            build_id: image.build_id.clone(),
+            arch: image.arch,
+            library: TlsLibrary::BoringSsl,
+            method: Method::Disassembly,
+            functions,
+        }
+    }
+
     /// The entry for `name`, if located.
     #[must_use]
     pub fn function(&self, name: FunctionName) -> Option<&Function> {
@@ -986,13 +997,7 @@ fn locate_streamed(
         problem,
     })?;
     match boringssl::identify_x86_64(&image, strings.len(), &scans, budget) {
-        Ok(functions) => Ok(Some(Located {
-            build_id: image.build_id.clone(),
-            arch: image.arch,
-            library: TlsLibrary::BoringSsl,
-            method: Method::Disassembly,
-            functions,
-        })),
+        Ok(functions) => Ok(Some(Located::disassembled(&image, functions))),
         Err(boringssl::NotIdentified::OverBudget(b)) => Err(over(b)),
         Err(why) => {
             tracing::debug!(path = %path.display(), %why, "locate: the streamed scans did not identify the functions; reading the whole file");
@@ -1001,19 +1006,17 @@ fn locate_streamed(
     }
 }
 
-/// Locates the TLS functions in a parsed image (no cache, no time budget). `path` is used in
-/// errors only.
-///
-/// # Errors
-/// As [`locate_file`], without I/O.
+/// Locates the TLS functions in a parsed image (no cache, no time budget; the tests' entry).
+#[cfg(test)]
 pub fn locate_image(path: &Path, image: &ElfImage<'_>) -> Result<Located, LocateError> {
     locate_within(path, image, &Budget::unlimited())
 }
 
-/// [`locate_image`] within `budget`.
+/// Locates the TLS functions in a parsed image (no cache) within `budget`. `path` is used in
+/// errors only.
 ///
 /// # Errors
-/// As [`locate_image`], and [`LocateError::OverBudget`].
+/// As [`locate_file`], without I/O, and [`LocateError::OverBudget`].
 pub fn locate_within(
     path: &Path,
     image: &ElfImage<'_>,
@@ -1023,13 +1026,7 @@ pub fn locate_within(
         return Ok(located);
     }
     match boringssl::locate(image, budget) {
-        Ok(Some(functions)) => Ok(Located {
-            build_id: image.build_id.clone(),
-            arch: image.arch,
-            library: TlsLibrary::BoringSsl,
-            method: Method::Disassembly,
-            functions,
-        }),
+        Ok(Some(functions)) => Ok(Located::disassembled(image, functions)),
         Ok(None) => {
             let names: Vec<&str> = FunctionName::ALL.iter().map(|n| n.symbol()).collect();
             let (_, imported) = image.function_symbols(&names);
