@@ -495,7 +495,6 @@ pub fn redact_instances(
     throttles: &mut [ThrottleRecord],
     restarts: &mut [crate::journal::ActionRecord],
 ) -> BTreeMap<String, String> {
-    let mut order: Vec<String> = Vec::new();
     let mut sorted: Vec<&Episode> = episodes.iter().collect();
     sorted.sort_by_key(|e| (e.first_401_ms, e.id.clone()));
     let names = sorted
@@ -503,16 +502,12 @@ pub fn redact_instances(
         .map(|e| e.instance.clone())
         .chain(throttles.iter().map(|t| t.instance.clone()))
         .chain(restarts.iter().map(|r| r.instance.clone()));
+    // Numbered in order of first appearance.
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
     for n in names {
-        if !order.contains(&n) {
-            order.push(n);
-        }
+        let next = format!("instance-{}", map.len() + 1);
+        map.entry(n).or_insert(next);
     }
-    let map: BTreeMap<String, String> = order
-        .into_iter()
-        .enumerate()
-        .map(|(i, n)| (n, format!("instance-{}", i + 1)))
-        .collect();
     let by_prefix = |id: &str| -> String {
         let (inst, ms) = id.rsplit_once('@').unwrap_or((id, ""));
         format!(
