@@ -257,6 +257,14 @@ pub enum LocateError {
 }
 
 impl LocateError {
+    /// [`LocateError::Io`] about `path`, for `map_err`.
+    fn io(path: &Path) -> impl Fn(std::io::Error) -> Self + '_ {
+        move |source| Self::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
     /// Whether the refusal follows from the file's content alone, so the same unchanged file
     /// would be refused again ([`Locator`] remembers those).
     #[must_use]
@@ -387,11 +395,7 @@ impl Locator {
     /// # Errors
     /// See [`LocateError`].
     pub fn locate(&self, file: &File, path: &Path) -> Result<Located, LocateError> {
-        let io = |source| LocateError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let meta = file.metadata().map_err(io)?;
+        let meta = file.metadata().map_err(LocateError::io(path))?;
         let stamp = FileStamp::of(&meta);
         let remembered = || match crate::locked(&self.refusals).reasons.get(&stamp) {
             Some(reason) => Err(LocateError::Remembered {
@@ -475,10 +479,8 @@ impl<'a> Reader<'a> {
         max_bytes: u64,
     ) -> Result<Self, LocateError> {
         if !meta.is_file() {
-            return Err(LocateError::Io {
-                path: path.to_owned(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
-            });
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+            return Err(LocateError::io(path)(e));
         }
         let size = meta.len();
         let len = usize::try_from(size)
@@ -489,10 +491,7 @@ impl<'a> Reader<'a> {
                 size,
                 limit: max_bytes,
             })?;
-        let data = Buffer::new(len).map_err(|source| LocateError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let data = Buffer::new(len).map_err(LocateError::io(path))?;
         Ok(Self {
             file,
             meta,
@@ -554,10 +553,7 @@ impl<'a> Reader<'a> {
                 "ended at byte {at} of {} (truncated)",
                 self.data.len()
             )),
-            ShortRead::Io(source) => LocateError::Io {
-                path: self.path.to_owned(),
-                source,
-            },
+            ShortRead::Io(source) => LocateError::io(self.path)(source),
         }
     }
 
@@ -640,11 +636,8 @@ impl<'a> Reader<'a> {
     /// end. Bytes read before and after this check are the file's at one moment, as far as
     /// `fstat` can tell.
     fn unchanged(&self) -> Result<(), LocateError> {
-        let io = |source| LocateError::Io {
-            path: self.path.to_owned(),
-            source,
-        };
-        let after = self.file.metadata().map_err(io)?;
+        let io = LocateError::io(self.path);
+        let after = self.file.metadata().map_err(&io)?;
         let mut extra = [0u8; 1];
         let size = self.data.len() as u64;
         if self.file.read_at(&mut extra, size).map_err(io)? != 0
