@@ -209,22 +209,13 @@ fn share(part: usize, whole: usize) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
 }
 
-/// Builds the report. `utc_offset_s(ms)` gives the local offset from UTC at an instant.
-pub fn build(
-    episodes: &[Episode],
-    since_ms: Option<u64>,
-    now_ms: u64,
-    utc_offset_s: impl Fn(u64) -> i64,
-) -> Report {
-    build_with(episodes, &[], since_ms, now_ms, utc_offset_s)
-}
-
-/// [`build`] with throttle windows too.
+/// Builds the report, throttle windows included. `utc_offset_s(ms)` gives the local offset from
+/// UTC at an instant.
 #[expect(
     clippy::too_many_lines,
     reason = "one pass per statistic, in report order"
 )]
-pub fn build_with(
+pub fn build(
     episodes: &[Episode],
     throttles: &[ThrottleRecord],
     since_ms: Option<u64>,
@@ -504,7 +495,6 @@ pub fn redact_instances(
     throttles: &mut [ThrottleRecord],
     restarts: &mut [crate::journal::ActionRecord],
 ) -> BTreeMap<String, String> {
-    let mut order: Vec<String> = Vec::new();
     let mut sorted: Vec<&Episode> = episodes.iter().collect();
     sorted.sort_by_key(|e| (e.first_401_ms, e.id.clone()));
     let names = sorted
@@ -512,16 +502,12 @@ pub fn redact_instances(
         .map(|e| e.instance.clone())
         .chain(throttles.iter().map(|t| t.instance.clone()))
         .chain(restarts.iter().map(|r| r.instance.clone()));
+    // Numbered in order of first appearance.
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
     for n in names {
-        if !order.contains(&n) {
-            order.push(n);
-        }
+        let next = format!("instance-{}", map.len() + 1);
+        map.entry(n).or_insert(next);
     }
-    let map: BTreeMap<String, String> = order
-        .into_iter()
-        .enumerate()
-        .map(|(i, n)| (n, format!("instance-{}", i + 1)))
-        .collect();
     let by_prefix = |id: &str| -> String {
         let (inst, ms) = id.rsplit_once('@').unwrap_or((id, ""));
         format!(
@@ -854,7 +840,7 @@ mod tests {
 
     #[test]
     fn statistics_over_constructed_episodes() {
-        let r = build(&sample(), None, DAY0 + 48 * H, |_| 0);
+        let r = build(&sample(), &[], None, DAY0 + 48 * H, |_| 0);
         assert_eq!(r.windows, 6);
         assert!((r.days - 42.0 / 24.0).abs() < 1e-9, "days {}", r.days);
         assert!((r.per_day - 6.0 / (42.0 / 24.0)).abs() < 1e-9);
@@ -911,7 +897,7 @@ mod tests {
     #[test]
     fn morning_is_local_time() {
         // 15:00 UTC is 10:00 at UTC-5: the afternoon idle-wake episode becomes a morning one.
-        let r = build(&sample(), None, DAY0 + 48 * H, |_| -5 * 3600);
+        let r = build(&sample(), &[], None, DAY0 + 48 * H, |_| -5 * 3600);
         assert_eq!(
             r.idle_wake.morning, 1,
             "06:00Z and 07:00Z are 01:00/02:00 local; 15:00Z is 10:00"
@@ -925,11 +911,11 @@ mod tests {
 
     #[test]
     fn since_filters_and_sets_the_period() {
-        let r = build(&sample(), Some(DAY0 + 24 * H), DAY0 + 48 * H, |_| 0);
+        let r = build(&sample(), &[], Some(DAY0 + 24 * H), DAY0 + 48 * H, |_| 0);
         assert_eq!(r.windows, 2);
         assert!((r.days - 1.0).abs() < 1e-9);
         assert_eq!(r.duration.closed, 1);
-        let empty = build(&[], None, DAY0, |_| 0);
+        let empty = build(&[], &[], None, DAY0, |_| 0);
         assert_eq!(empty.windows, 0);
         assert_eq!(empty.duration.median_ms, None);
         assert_eq!(empty.idle_wake.morning_share, None);
@@ -962,7 +948,7 @@ mod tests {
 
     #[test]
     fn human_report_names_the_numbers() {
-        let text = render(&build(&sample(), None, DAY0 + 48 * H, |_| 0));
+        let text = render(&build(&sample(), &[], None, DAY0 + 48 * H, |_| 0));
         assert!(
             text.contains("windows:           6 over 1.8 days"),
             "{text}"
@@ -1041,7 +1027,7 @@ mod tests {
             ended_ms: None,
             source: EpisodeSource::Live,
         };
-        let r = build_with(&eps, &[throttle], None, DAY0 + 48 * H, |_| 0);
+        let r = build(&eps, &[throttle], None, DAY0 + 48 * H, |_| 0);
         let md = render_markdown(&r, "UTC");
         // Each value is inside a code span whose fence is longer than any run of backticks in
         // it (Markdown makes no image, link, HTML or emphasis there), pipes escaped for the
@@ -1076,7 +1062,7 @@ mod tests {
         eps[1].source = EpisodeSource::Transcript;
         eps[1].client_version = Some("2.1.197".into());
         eps[0].instance = "a|b".into();
-        let r = build(&eps, None, DAY0 + 48 * H, |_| -5 * 3600);
+        let r = build(&eps, &[], None, DAY0 + 48 * H, |_| -5 * 3600);
         let md = render_markdown(&r, "CDT");
         for h in [
             "# Claude Code 401 latch episodes",

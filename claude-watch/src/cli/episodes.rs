@@ -83,9 +83,9 @@ pub struct EpisodesArgs {
     pub config: Option<PathBuf>,
 }
 
+#[cfg(test)]
 impl EpisodesArgs {
     /// Arguments for a plain report of `journal` (the tests' starting point).
-    #[cfg(test)]
     pub fn for_journal(journal: impl Into<PathBuf>) -> Self {
         Self {
             journal: vec![journal.into()],
@@ -291,7 +291,7 @@ pub fn report_text(args: &EpisodesArgs, now_ms: u64) -> anyhow::Result<String> {
     if args.redact_instances {
         report::redact_instances(&mut episodes, &mut throttles, &mut restarts);
     }
-    let report = report::build_with(&episodes, &throttles, since, now_ms, local_utc_offset_s);
+    let report = report::build(&episodes, &throttles, since, now_ms, local_utc_offset_s);
     if let Some(path) = &args.svg {
         let picture = svg::render(&svg::Input {
             episodes: &episodes,

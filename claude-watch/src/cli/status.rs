@@ -74,34 +74,32 @@ pub fn render(s: &Snapshot) -> String {
             s.capture.refused_attachments, s.capture.max_attachments
         ));
     }
-    let dropped_line = |dropped: u64, whose: &str, who: Vec<String>| {
-        format!(
-            "  {dropped} records dropped over {whose}{}{}\n\n",
-            if who.is_empty() { "" } else { ": " },
-            who.join(", ")
-        )
+    // Each replaces the blank line too.
+    let mut dropped = |dropped: u64, whose: &str, who: Vec<String>| {
+        if dropped > 0 {
+            out.pop();
+            out.push_str(&format!(
+                "  {dropped} records dropped over {whose}{}{}\n\n",
+                if who.is_empty() { "" } else { ": " },
+                who.join(", ")
+            ));
+        }
     };
-    if s.capture.over_budget > 0 {
-        out.pop();
-        let pids = s.capture.over_budget_pids.iter();
-        out.push_str(&dropped_line(
-            s.capture.over_budget,
-            "a process's budget",
-            pids.map(|o| format!("pid {} ({} dropped)", o.pid, o.dropped))
-                .collect(),
-        ));
-    }
-    if s.capture.over_user_budget > 0 {
-        out.pop();
-        let users = s.capture.over_budget_users.iter();
-        out.push_str(&dropped_line(
-            s.capture.over_user_budget,
-            "a user's budget ([daemon] record_budget_per_user)",
-            users
-                .map(|o| format!("uid {} ({} dropped)", o.uid, o.dropped))
-                .collect(),
-        ));
-    }
+    let pids = s.capture.over_budget_pids.iter();
+    dropped(
+        s.capture.over_budget,
+        "a process's budget",
+        pids.map(|o| format!("pid {} ({} dropped)", o.pid, o.dropped))
+            .collect(),
+    );
+    let users = s.capture.over_budget_users.iter();
+    dropped(
+        s.capture.over_user_budget,
+        "a user's budget ([daemon] record_budget_per_user)",
+        users
+            .map(|o| format!("uid {} ({} dropped)", o.uid, o.dropped))
+            .collect(),
+    );
     if s.instances_refused > 0 {
         out.push_str(&format!(
             "refused: {} new instances, not watched (over {} tracked; see the log)\n\n",
@@ -198,15 +196,14 @@ pub fn render(s: &Snapshot) -> String {
         out.push_str("\nlast restart failed:\n");
         out.push_str(&failures.concat());
     }
-    let background: Vec<&InstanceView> = s
+    let background: Vec<_> = s
         .instances
         .iter()
-        .filter(|i| i.background.is_some())
+        .filter_map(|i| Some((i, i.background.as_ref()?)))
         .collect();
     if !background.is_empty() {
         out.push_str("\nbackground sessions (claude --bg):\n");
-        for i in background {
-            let Some(bg) = &i.background else { continue };
+        for (i, bg) in background {
             let text = format!(
                 "  {}  id {}  name {}  cwd {}",
                 i.name,

@@ -145,6 +145,17 @@ pub struct Located {
 }
 
 impl Located {
+    /// BoringSSL's `functions` in `image`, found from its code.
+    fn disassembled(image: &ElfImage<'_>, functions: Vec<Function>) -> Self {
+        Self {
+            build_id: image.build_id.clone(),
+            arch: image.arch,
+            library: TlsLibrary::BoringSsl,
+            method: Method::Disassembly,
+            functions,
+        }
+    }
+
     /// The entry for `name`, if located.
     #[must_use]
     pub fn function(&self, name: FunctionName) -> Option<&Function> {
@@ -246,6 +257,14 @@ pub enum LocateError {
 }
 
 impl LocateError {
+    /// [`LocateError::Io`] about `path`, for `map_err`.
+    fn io(path: &Path) -> impl Fn(std::io::Error) -> Self + '_ {
+        move |source| Self::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
     /// Whether the refusal follows from the file's content alone, so the same unchanged file
     /// would be refused again ([`Locator`] remembers those).
     #[must_use]
@@ -376,11 +395,7 @@ impl Locator {
     /// # Errors
     /// See [`LocateError`].
     pub fn locate(&self, file: &File, path: &Path) -> Result<Located, LocateError> {
-        let io = |source| LocateError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let meta = file.metadata().map_err(io)?;
+        let meta = file.metadata().map_err(LocateError::io(path))?;
         let stamp = FileStamp::of(&meta);
         let remembered = || match crate::locked(&self.refusals).reasons.get(&stamp) {
             Some(reason) => Err(LocateError::Remembered {
@@ -464,10 +479,8 @@ impl<'a> Reader<'a> {
         max_bytes: u64,
     ) -> Result<Self, LocateError> {
         if !meta.is_file() {
-            return Err(LocateError::Io {
-                path: path.to_owned(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
-            });
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+            return Err(LocateError::io(path)(e));
         }
         let size = meta.len();
         let len = usize::try_from(size)
@@ -478,10 +491,7 @@ impl<'a> Reader<'a> {
                 size,
                 limit: max_bytes,
             })?;
-        let data = Buffer::new(len).map_err(|source| LocateError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let data = Buffer::new(len).map_err(LocateError::io(path))?;
         Ok(Self {
             file,
             meta,
@@ -543,10 +553,7 @@ impl<'a> Reader<'a> {
                 "ended at byte {at} of {} (truncated)",
                 self.data.len()
             )),
-            ShortRead::Io(source) => LocateError::Io {
-                path: self.path.to_owned(),
-                source,
-            },
+            ShortRead::Io(source) => LocateError::io(self.path)(source),
         }
     }
 
@@ -629,11 +636,8 @@ impl<'a> Reader<'a> {
     /// end. Bytes read before and after this check are the file's at one moment, as far as
     /// `fstat` can tell.
     fn unchanged(&self) -> Result<(), LocateError> {
-        let io = |source| LocateError::Io {
-            path: self.path.to_owned(),
-            source,
-        };
-        let after = self.file.metadata().map_err(io)?;
+        let io = LocateError::io(self.path);
+        let after = self.file.metadata().map_err(&io)?;
         let mut extra = [0u8; 1];
         let size = self.data.len() as u64;
         if self.file.read_at(&mut extra, size).map_err(io)? != 0
@@ -986,13 +990,7 @@ fn locate_streamed(
         problem,
     })?;
     match boringssl::identify_x86_64(&image, strings.len(), &scans, budget) {
-        Ok(functions) => Ok(Some(Located {
-            build_id: image.build_id.clone(),
-            arch: image.arch,
-            library: TlsLibrary::BoringSsl,
-            method: Method::Disassembly,
-            functions,
-        })),
+        Ok(functions) => Ok(Some(Located::disassembled(&image, functions))),
         Err(boringssl::NotIdentified::OverBudget(b)) => Err(over(b)),
         Err(why) => {
             tracing::debug!(path = %path.display(), %why, "locate: the streamed scans did not identify the functions; reading the whole file");
@@ -1001,19 +999,17 @@ fn locate_streamed(
     }
 }
 
-/// Locates the TLS functions in a parsed image (no cache, no time budget). `path` is used in
-/// errors only.
-///
-/// # Errors
-/// As [`locate_file`], without I/O.
+/// Locates the TLS functions in a parsed image (no cache, no time budget; the tests' entry).
+#[cfg(test)]
 pub fn locate_image(path: &Path, image: &ElfImage<'_>) -> Result<Located, LocateError> {
     locate_within(path, image, &Budget::unlimited())
 }
 
-/// [`locate_image`] within `budget`.
+/// Locates the TLS functions in a parsed image (no cache) within `budget`. `path` is used in
+/// errors only.
 ///
 /// # Errors
-/// As [`locate_image`], and [`LocateError::OverBudget`].
+/// As [`locate_file`], without I/O, and [`LocateError::OverBudget`].
 pub fn locate_within(
     path: &Path,
     image: &ElfImage<'_>,
@@ -1023,13 +1019,7 @@ pub fn locate_within(
         return Ok(located);
     }
     match boringssl::locate(image, budget) {
-        Ok(Some(functions)) => Ok(Located {
-            build_id: image.build_id.clone(),
-            arch: image.arch,
-            library: TlsLibrary::BoringSsl,
-            method: Method::Disassembly,
-            functions,
-        }),
+        Ok(Some(functions)) => Ok(Located::disassembled(image, functions)),
         Ok(None) => {
             let names: Vec<&str> = FunctionName::ALL.iter().map(|n| n.symbol()).collect();
             let (_, imported) = image.function_symbols(&names);

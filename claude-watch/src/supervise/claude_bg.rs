@@ -193,24 +193,21 @@ impl AsOwner {
 /// Reads what acting as the owner of `pid` needs: the binary it runs, its owner, and its
 /// `HOME` / `CLAUDE_CONFIG_DIR` (nothing else of its environment).
 fn as_owner(pid: u32, session: &BgSession, timeout: Duration) -> Result<AsOwner, SuperviseError> {
+    let refuse = |detail: String| SuperviseError::BgSessionNotOwned {
+        instance: format!("claude-bg:{}", session.short_id),
+        pid,
+        detail,
+    };
     let owner = proc::owner(pid)?;
     if owner.uid != session.uid {
-        return Err(SuperviseError::BgSessionNotOwned {
-            instance: format!("claude-bg:{}", session.short_id),
-            pid,
-            detail: format!(
-                "the process is owned by uid {}, the session by uid {}",
-                owner.uid, session.uid
-            ),
-        });
+        return Err(refuse(format!(
+            "the process is owned by uid {}, the session by uid {}",
+            owner.uid, session.uid
+        )));
     }
     let exe = proc::exe(pid)?;
     if exe.to_string_lossy().ends_with(" (deleted)") || !exe.is_absolute() {
-        return Err(SuperviseError::BgSessionNotOwned {
-            instance: format!("claude-bg:{}", session.short_id),
-            pid,
-            detail: format!("its binary {} is gone", exe.display()),
-        });
+        return Err(refuse(format!("its binary {} is gone", exe.display())));
     }
     let environ = proc::environ(std::path::Path::new(proc::ROOT), pid)?;
     let (home, config) = bg::parse_config_env(&environ);
@@ -245,11 +242,7 @@ impl Restarter for ClaudeBgRestarter {
         // The ownership check, right before acting: Claude Code's daemon must say this session
         // runs as exactly this process.
         let agents = claude.agents().await?;
-        owns(&agents, session, pid).map_err(|e| SuperviseError::BgSessionNotOwned {
-            instance: target.instance.clone(),
-            pid,
-            detail: e.to_string(),
-        })?;
+        owns(&agents, session, pid).map_err(|e| not_owned(target, e.to_string()))?;
         super::verify_start_time(pid, target.start_time)?;
         if self.fresh_session {
             return fresh(self, &claude, session, target).await;
@@ -270,6 +263,15 @@ impl Restarter for ClaudeBgRestarter {
     }
 }
 
+/// The refusal for `target`: Claude Code's daemon does not say its session runs as its process.
+fn not_owned(target: &Target, detail: String) -> SuperviseError {
+    SuperviseError::BgSessionNotOwned {
+        instance: target.instance.clone(),
+        pid: target.pid,
+        detail,
+    }
+}
+
 /// `claude stop <id>`, then `claude --bg` (no prompt: the new session waits for its first
 /// turn) in the session's directory, as the owner; the new session's worker pid.
 async fn fresh(
@@ -278,21 +280,17 @@ async fn fresh(
     session: &BgSession,
     target: &Target,
 ) -> Result<RestartOutcome, SuperviseError> {
-    let refuse = |detail: String| SuperviseError::BgSessionNotOwned {
-        instance: target.instance.clone(),
-        pid: target.pid,
-        detail,
-    };
+    let refuse = |detail: &str| not_owned(target, detail.to_owned());
     let cwd = session
         .cwd
         .clone()
         .filter(|c| c.is_dir())
-        .ok_or_else(|| refuse("its working directory is unknown or gone".into()))?;
+        .ok_or_else(|| refuse("its working directory is unknown or gone"))?;
     tracing::info!(id = %session.short_id, uid = claude.owner.uid, "claude stop, then a fresh claude --bg");
     claude.run(&["stop", &session.short_id]).await?;
     let out = claude.run_in(&cwd, &["--bg"]).await?;
     let new_id = backgrounded_id(&String::from_utf8_lossy(&out))
-        .ok_or_else(|| refuse("`claude --bg` printed no session id".into()))?;
+        .ok_or_else(|| refuse("`claude --bg` printed no session id"))?;
     let new_pid = new_pid(r, claude, &new_id, target.pid).await;
     Ok(RestartOutcome::acted(
         None,

@@ -87,10 +87,7 @@ impl CommandIo for CommandRestarter {
                         })?),
                         other => extra.iter().find(|(p, _)| *p == other).map(|(_, v)| *v),
                     };
-                    match value {
-                        Some(v) => out.push_str(v),
-                        None => out.push_str(placeholder),
-                    }
+                    out.push_str(value.unwrap_or(placeholder));
                     rest = &tail[close + 1..];
                 }
                 out.push_str(rest);

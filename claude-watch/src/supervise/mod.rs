@@ -133,7 +133,7 @@ pub enum SuperviseError {
         source: std::io::Error,
     },
     /// A supervisor command exited unsuccessfully.
-    #[error("supervisor command {program} failed with {status}{}", said_suffix(.said))]
+    #[error("supervisor command {program} failed with {status}{}{said}", if .said.is_empty() { "" } else { ": " })]
     CommandFailed {
         /// argv\[0\].
         program: String,
@@ -333,15 +333,6 @@ pub enum BadAnswer {
     XmlRpc(#[from] supervisord::XmlRpcError),
 }
 
-/// `: <what it said>` after a failed command's status, when it said anything.
-fn said_suffix(said: &str) -> String {
-    if said.is_empty() {
-        String::new()
-    } else {
-        format!(": {said}")
-    }
-}
-
 /// How much of a failed command's stderr its error keeps (its last lines).
 pub const SAID_MAX: usize = 400;
 
@@ -383,12 +374,10 @@ fn said_from(text: &str) -> String {
     }
     lines.reverse();
     let joined = lines.join(" / ");
-    let cut: String = joined.chars().take(SAID_MAX).collect();
-    let cut = if cut.len() < joined.len() {
-        format!("{cut}…")
-    } else {
-        cut
-    };
+    let mut cut: String = joined.chars().take(SAID_MAX).collect();
+    if cut.len() < joined.len() {
+        cut.push('…');
+    }
     crate::text::printable(&cut).into_owned()
 }
 

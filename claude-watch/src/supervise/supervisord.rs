@@ -409,23 +409,23 @@ fn supervisord_ancestor(pid: u32) -> Option<(u32, Vec<PathBuf>, u32)> {
 pub fn same_socket(bound: &Path, path: &Path) -> bool {
     bound == path
         || bound
-            .as_os_str()
             .to_str()
-            .zip(path.as_os_str().to_str())
-            .and_then(|(b, p)| b.strip_prefix(p)?.strip_prefix('.'))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(pid_suffixed)
+            .is_some_and(|b| path.to_str() == Some(b))
 }
 
 /// `bound` without supervisord's temporary `.<pid>` suffix.
 fn final_name(bound: &Path) -> PathBuf {
     bound
-        .as_os_str()
         .to_str()
-        .and_then(|b| {
-            let (stem, n) = b.rsplit_once('.')?;
-            (!n.is_empty() && n.bytes().all(|c| c.is_ascii_digit())).then(|| PathBuf::from(stem))
-        })
-        .unwrap_or_else(|| bound.to_owned())
+        .and_then(pid_suffixed)
+        .map_or_else(|| bound.to_owned(), PathBuf::from)
+}
+
+/// The name before a `.<digits>` suffix, when `name` has one.
+fn pid_suffixed(name: &str) -> Option<&str> {
+    let (stem, n) = name.rsplit_once('.')?;
+    (!n.is_empty() && n.bytes().all(|c| c.is_ascii_digit())).then_some(stem)
 }
 
 /// Why no supervisord socket can be talked to for a process ([`choose_socket`]).

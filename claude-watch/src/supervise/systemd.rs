@@ -331,21 +331,11 @@ impl Restarter for SystemdRestarter {
         // Remember the namespace now: the old process is about to go.
         let namespace = proc::pid_namespace(target.pid)?;
         let old_ns_pid = proc::namespace_pid(target.pid)?;
-        let conn = connect_for(self, target.pid).await.map_err(|e| match e {
-            SuperviseError::NotOwner {
-                pid,
-                manager,
-                expected,
-                found,
-                ..
-            } => SuperviseError::NotOwner {
-                instance: target.instance.clone(),
-                pid,
-                manager,
-                expected,
-                found,
-            },
-            e => e,
+        let conn = connect_for(self, target.pid).await.map_err(|mut e| {
+            if let SuperviseError::NotOwner { instance, .. } = &mut e {
+                instance.clone_from(&target.instance);
+            }
+            e
         })?;
         let manager = proxy(&conn, MANAGER_PATH, MANAGER).await?;
         // Ask the manager which unit holds the process, right before acting on it.
