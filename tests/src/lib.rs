@@ -19,3 +19,22 @@ pub mod testbed;
 pub mod users;
 pub mod wait;
 pub mod watch;
+
+/// A restart target for the live process `pid` of `instance` (no unit, unsupervised), its start
+/// time read from `/proc` now, as the daemon's core would hand one to a supervisor.
+///
+/// # Errors
+/// When the process is gone.
+pub fn target_for_pid(
+    instance: impl Into<String>,
+    pid: u32,
+) -> Result<claude_watch::supervise::Target, claude_watch::instance::ProcError> {
+    Ok(claude_watch::supervise::Target {
+        instance: instance.into(),
+        unit: None,
+        pid,
+        start_time: Some(claude_watch::instance::proc::start_time(pid)?),
+        uid: None,
+        placement: claude_watch::instance::Placement::Unsupervised,
+    })
+}

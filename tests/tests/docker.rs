@@ -434,8 +434,8 @@ fn target_of(pid: u32, expected_id: &str) -> Target {
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
     let found = container(&cgroup).unwrap_or_else(|| panic!("no container in {cgroup}"));
     assert_eq!(found.id, expected_id, "the cgroup names the real container");
-    let mut target = claude_watch::supervise::target_for_pid(format!("docker:forged-{pid}"), pid)
-        .expect("target");
+    let mut target =
+        claude_watch_tests::target_for_pid(format!("docker:forged-{pid}"), pid).expect("target");
     target.placement = Placement::Container(found);
     target
 }

@@ -139,7 +139,7 @@ fn systemd_adapter_restarts_the_unit_of_a_host_pid_and_returns_the_new_host_pid(
         .expect("unit of pid");
     assert_eq!(unit, "looper.service");
 
-    let target = claude_watch::supervise::target_for_pid("looper", old).unwrap();
+    let target = claude_watch_tests::target_for_pid("looper", old).unwrap();
     let outcome = rt
         .block_on(restarter.restart(&target))
         .unwrap_or_else(|e| panic!("restart: {e:?}\n{}", tb.log()));
@@ -159,7 +159,7 @@ fn systemd_adapter_restarts_the_unit_of_a_host_pid_and_returns_the_new_host_pid(
     assert_ne!(invocation, old_invocation);
 
     // Kill mode: the unit's own Restart=always brings the new process.
-    let target = claude_watch::supervise::target_for_pid("looper", new)
+    let target = claude_watch_tests::target_for_pid("looper", new)
         .unwrap()
         .with_unit("looper.service");
     let killer = SystemdRestarter {
@@ -180,7 +180,7 @@ fn systemd_adapter_reports_unit_not_found_and_bus_unavailable() {
     let restarter = SystemdRestarter::with_address(tb.bus_address());
     let rt = runtime();
 
-    let named = claude_watch::supervise::target_for_pid("ghost", looper)
+    let named = claude_watch_tests::target_for_pid("ghost", looper)
         .unwrap()
         .with_unit("ghost.service");
     // The manager says the pid is looper.service's: refused before anything is done.
@@ -200,7 +200,7 @@ fn systemd_adapter_reports_unit_not_found_and_bus_unavailable() {
         other => panic!("expected NotOwner, got {other:?}"),
     }
     // A host process that is not in the test bed's namespace has no unit there.
-    let me = claude_watch::supervise::target_for_pid("outsider", std::process::id()).unwrap();
+    let me = claude_watch_tests::target_for_pid("outsider", std::process::id()).unwrap();
     assert!(matches!(
         rt.block_on(restarter.restart(&me)),
         Err(SuperviseError::UnitNotFound { .. })
@@ -212,7 +212,7 @@ fn systemd_adapter_reports_unit_not_found_and_bus_unavailable() {
     );
 
     let nowhere = SystemdRestarter::with_address("unix:path=/nonexistent/claude-watch/bus");
-    let target = claude_watch::supervise::target_for_pid("looper", looper).unwrap();
+    let target = claude_watch_tests::target_for_pid("looper", looper).unwrap();
     let err = rt.block_on(nowhere.restart(&target)).unwrap_err();
     assert!(
         matches!(err, SuperviseError::BusUnavailable { .. }),
@@ -228,10 +228,10 @@ fn policy_drives_the_systemd_adapter_one_at_a_time_and_backs_off_a_failing_super
     let restarter = SystemdRestarter::with_address(tb.bus_address());
     let rt = runtime();
     let targets = [
-        claude_watch::supervise::target_for_pid("ghost", looper)
+        claude_watch_tests::target_for_pid("ghost", looper)
             .unwrap()
             .with_unit("ghost.service"),
-        claude_watch::supervise::target_for_pid("looper", looper).unwrap(),
+        claude_watch_tests::target_for_pid("looper", looper).unwrap(),
     ];
     let (ghost, looper_id) = (
         InstanceId::unit("ghost.service"),
@@ -325,7 +325,7 @@ fn command_adapter_restarts_a_program_under_a_real_supervisord() {
         ],
         Duration::from_secs(20),
     );
-    let target = claude_watch::supervise::target_for_pid("agent", old).unwrap();
+    let target = claude_watch_tests::target_for_pid("agent", old).unwrap();
     let outcome = runtime()
         .block_on(restarter.restart(&target))
         .expect("supervisorctl restart");
@@ -414,7 +414,7 @@ fn signal_adapter_restarts_the_child_of_a_respawning_parent() {
         grace: Duration::from_secs(2),
         respawn_wait: Duration::from_secs(5),
     };
-    let target = claude_watch::supervise::target_for_pid("looper", old).unwrap();
+    let target = claude_watch_tests::target_for_pid("looper", old).unwrap();
     let outcome = runtime()
         .block_on(restarter.restart(&target))
         .expect("signal restart");
@@ -450,7 +450,7 @@ fn signal_adapter_escalates_to_sigkill_when_sigterm_is_ignored() {
         grace: Duration::from_millis(300),
         respawn_wait: Duration::from_secs(5),
     };
-    let target = claude_watch::supervise::target_for_pid("stubborn", old).unwrap();
+    let target = claude_watch_tests::target_for_pid("stubborn", old).unwrap();
     let outcome = runtime()
         .block_on(restarter.restart(&target))
         .expect("signal restart");
@@ -464,7 +464,7 @@ fn signal_adapter_refuses_a_reused_pid() {
     let parent = ChildGuard::spawn(Command::new("sh").args(["-c", "while :; do sleep 1000; done"]));
     let pid = wait_until(Duration::from_secs(5), "child", || child_of(parent.pid()));
     // The PID now belongs to a process that started at another time than the instance did.
-    let mut target = claude_watch::supervise::target_for_pid("looper", pid).unwrap();
+    let mut target = claude_watch_tests::target_for_pid("looper", pid).unwrap();
     let real = target.start_time.unwrap();
     target.start_time = Some(real - 1);
     let err = runtime()
@@ -487,7 +487,7 @@ fn signal_adapter_refuses_a_reused_pid() {
 fn observe_only_never_acts() {
     let parent = ChildGuard::spawn(Command::new("sh").args(["-c", "while :; do sleep 1000; done"]));
     let pid = wait_until(Duration::from_secs(5), "child", || child_of(parent.pid()));
-    let target = claude_watch::supervise::target_for_pid("looper", pid).unwrap();
+    let target = claude_watch_tests::target_for_pid("looper", pid).unwrap();
     let outcome = runtime().block_on(ObserveOnly.restart(&target)).unwrap();
     assert!(!outcome.acted);
     assert!(outcome.summary.contains("would restart"));

@@ -109,7 +109,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A target that names `unit` (of `manager`) but whose process is `pid`.
 fn crafted(instance: &str, unit: &str, manager: Manager, pid: u32) -> Target {
-    let mut target = claude_watch::supervise::target_for_pid(instance, pid)
+    let mut target = claude_watch_tests::target_for_pid(instance, pid)
         .expect("a live pid")
         .with_unit(unit);
     target.placement = Placement::Unit(SystemdUnit {

@@ -27,23 +27,7 @@ pub use claude_watch_core::supervise::{RestartFailed, RestartOutcome, Target};
 use std::future::Future;
 use std::time::Duration;
 
-use crate::instance::{Placement, proc};
-
-/// A target for the live process `pid`, its start time read from `/proc` now.
-///
-/// # Errors
-/// [`SuperviseError::Process`] when the process is gone or `/proc` is unreadable.
-pub fn target_for_pid(instance: impl Into<String>, pid: u32) -> Result<Target, SuperviseError> {
-    let start_time = proc::start_time(pid)?;
-    Ok(Target {
-        instance: instance.into(),
-        unit: None,
-        pid,
-        start_time: Some(start_time),
-        uid: None,
-        placement: Placement::Unsupervised,
-    })
-}
+use crate::instance::proc;
 
 /// Why a restart did not happen. The policy retries all of these with backoff.
 #[derive(Debug, thiserror::Error)]
