@@ -1227,15 +1227,15 @@ impl Processes for Discovery {
         let Some(exec) = exec else {
             return self.check(pid, known);
         };
-        let link = self.proc_root.join(pid.to_string()).join("exe");
-        let running = untrusted::identity(&link, Resolve::Proc)
+        let dir = self.proc_root.join(pid.to_string());
+        let running = untrusted::identity(&dir.join("exe"), Resolve::Proc)
             .ok()
             .filter(|id| id.regular && image::key_of(id) == exec.image);
         let Some(running) = running else {
             self.recognizer.gone(pid, exec);
             return Checked::Nothing;
         };
-        if std::fs::read_link(&link).is_ok_and(|exe| is_interpreter(&exe)) {
+        if is_interpreter(&instance::proc::exe_in(&dir)) {
             self.recognizer
                 .judge(exec.image, running.uid, verdict::REPORT_NOW);
         }

@@ -113,16 +113,22 @@ pub fn pids(root: &Path) -> Vec<u32> {
     )
 }
 
-/// `exe` (without the ` (deleted)` of a binary replaced while running; empty when unreadable)
-/// and `cmdline` (split at NULs) of the process directory `dir`: all [`super::classify`] needs.
-pub fn read_exe_and_cmdline(dir: &Path) -> (PathBuf, Vec<String>) {
-    let exe = std::fs::read_link(dir.join("exe"))
+/// The `exe` link of the process directory `dir`, without the ` (deleted)` of a binary
+/// replaced while running (empty when unreadable).
+pub fn exe_in(dir: &Path) -> PathBuf {
+    std::fs::read_link(dir.join("exe"))
         .map(|p| {
             p.to_str()
                 .and_then(|s| s.strip_suffix(" (deleted)"))
                 .map_or(p.clone(), PathBuf::from)
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// `exe` ([`exe_in`]) and `cmdline` (split at NULs) of the process directory `dir`: all
+/// [`super::classify`] needs.
+pub fn read_exe_and_cmdline(dir: &Path) -> (PathBuf, Vec<String>) {
+    let exe = exe_in(dir);
     let cmdline = read_bounded(&dir.join("cmdline"), MAX_FILE)
         .map(|raw| {
             raw.split(|&b| b == 0)
@@ -364,6 +370,20 @@ pub fn socket_inodes(pid: u32, max_fds: usize) -> HashSet<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_executable_replaced_while_running_is_named_without_deleted() {
+        let dir = crate::scratch::Scratch::new("proc-exe");
+        let replaced = dir.0.join("replaced");
+        std::fs::create_dir(&replaced).unwrap();
+        std::os::unix::fs::symlink("/opt/x/bun (deleted)", replaced.join("exe")).unwrap();
+        assert_eq!(exe_in(&replaced), PathBuf::from("/opt/x/bun"));
+        let running = dir.0.join("running");
+        std::fs::create_dir(&running).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/node", running.join("exe")).unwrap();
+        assert_eq!(exe_in(&running), PathBuf::from("/usr/bin/node"));
+        assert_eq!(exe_in(&dir.0.join("gone")), PathBuf::new());
+    }
 
     #[test]
     fn stat_fields_are_counted_after_the_last_parenthesis() {
